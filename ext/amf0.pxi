@@ -1,0 +1,1 @@
+# compiled twin of rtmpq/codec/amf0.py (to be written)

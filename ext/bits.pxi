@@ -1,0 +1,1 @@
+# compiled twin of rtmpq/codec/bits.py (to be written)

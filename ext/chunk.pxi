@@ -1,0 +1,1 @@
+# compiled twin of rtmpq/codec/chunk.py (to be written)

@@ -1,0 +1,1 @@
+# compiled twin of rtmpq/codec/flvtag.py (to be written)

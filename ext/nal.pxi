@@ -1,0 +1,1 @@
+# compiled twin of rtmpq/codec/nal.py (to be written)

@@ -1,0 +1,39 @@
+"""One tree of errors for the whole project.
+
+RtmpqError
+ +-- ProtocolError (also a ValueError)
+ |    +-- RemoteProtocolError   the peer sent bytes we refuse: close that peer, nothing else
+ |    +-- LocalProtocolError    we misused a protocol object (a bug on our side)
+ +-- LimitExceeded (RemoteProtocolError)  a named limit was hit; .limit names the setting
+ +-- StreamNameInUse        a publish for a broadcast that is already live
+"""
+
+
+class RtmpqError(Exception):
+    """Base class of every error rtmpq raises on purpose."""
+
+
+class ProtocolError(RtmpqError, ValueError):
+    """Bytes or calls that break a protocol."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol; the connection to that peer should be closed."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side broke the protocol (misuse of a sans-I/O object)."""
+
+
+class LimitExceeded(RemoteProtocolError):
+    """The peer pushed past a named limit (see rtmpq.limits)."""
+
+    def __init__(self, limit: str, value: int, maximum: int) -> None:
+        super().__init__(f"{limit} exceeded: {value} > {maximum}")
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum
+
+
+class StreamNameInUse(RtmpqError):
+    """A broadcast with this name is already being published."""

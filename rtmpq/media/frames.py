@@ -1,0 +1,38 @@
+"""The unit everything downstream of ingest moves: one frame (MoQ object) of one track."""
+
+from dataclasses import dataclass
+
+VIDEO = "video"
+AUDIO = "audio"
+DATA = "data"
+
+# Timestamps of source tracks are integers in this timescale (RTMP carries milliseconds).
+SOURCE_TIMESCALE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One access unit of one track.
+
+    - ``group``: group sequence number (a GoP; video groups start at an IDR, audio groups follow
+      video group boundaries). ``index``: object id inside the group, from 0.
+    - ``dts``/``pts``: unwrapped 64-bit integers in the track's timescale (see the catalog).
+    - ``payload``: AVC: NAL units each prefixed by a big-endian length of the catalog's
+      ``nal_length_size`` bytes (as in the FLV tag; not Annex-B); AAC: one raw AAC frame;
+      data: the AMF0 bytes of the data message. Usually a memoryview into the message body: hold
+      on to it, never write to it.
+    - ``received_ns``: time.time_ns() when ingest received the message, for latency figures.
+    """
+
+    track: str
+    group: int
+    index: int
+    dts: int
+    pts: int
+    keyframe: bool
+    payload: memoryview | bytes
+    received_ns: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
