@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..errors import StreamNameInUse
+from ..redact import safe_name
 from .catalog import Catalog
 from .frames import VIDEO, Frame
 
@@ -160,7 +161,7 @@ class BroadcastRegistry:
 
     def publish(self, name: str) -> Broadcast:
         if name in self._live:
-            raise StreamNameInUse(f"broadcast {name} is already live")
+            raise StreamNameInUse(f"broadcast {safe_name(name)} is already live")
         b = Broadcast(name, self)
         self._live[name] = b
         for fut in self._waiters.pop(name, ()):
@@ -168,7 +169,7 @@ class BroadcastRegistry:
                 fut.set_result(b)
         for q in self._watchers:
             q.put_nowait(b)
-        log.info("broadcast %s is live", name)
+        log.info("broadcast %s is live", safe_name(name))
         return b
 
     def get(self, name: str) -> Broadcast | None:
@@ -205,4 +206,4 @@ class BroadcastRegistry:
     def _remove(self, b: Broadcast) -> None:
         if self._live.get(b.name) is b:
             del self._live[b.name]
-            log.info("broadcast %s ended", b.name)
+            log.info("broadcast %s ended", safe_name(b.name))

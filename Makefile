@@ -1,0 +1,47 @@
+# rtmpq: the two commands a fresh Debian machine needs are `make up` and `make test`.
+PYTHON ?= python3.12
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# System packages the tests use (publishers, players, containers).
+SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
+	gstreamer1.0-plugins-bad gstreamer1.0-libav
+
+.PHONY: install install-test system-deps up test test-compiled test-pure bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install -q -e .
+
+install-test: $(PY) system-deps
+	$(PY) -m pip install -q -e '.[test]'
+
+# Installs the Debian packages the tests need, only where they are missing.
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+up: install
+	$(VENV)/bin/rtmpq up
+
+# The suite runs twice: against the compiled codecs, then against the pure-Python reference.
+test: install-test
+	$(MAKE) --no-print-directory test-compiled test-pure
+
+test-compiled:
+	RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests
+
+test-pure:
+	RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests
+
+bench: install-test
+	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops
+
+clean:
+	rm -rf build $(VENV) rtmpq/*.so ext/*.c

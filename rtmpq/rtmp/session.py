@@ -1,0 +1,367 @@
+"""The server side of one RTMP connection, sans-I/O: handshake, chunk stream, commands, acks.
+
+Feed bytes with ``receive_data`` (or ``get_buffer``/``buffer_updated`` from a BufferedProtocol),
+take events with ``next_event``, send what ``data_to_send`` returns, call ``handle_timer(now)``.
+The application answers ``PublishRequested`` with ``accept_publish`` or ``reject_publish``.
+Everything else a publisher needs (connect replies, acknowledgements, ping replies) is automatic.
+"""
+
+import logging
+import re
+from collections import deque
+from dataclasses import dataclass
+
+from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode
+from ..codec.amf_types import UNDEFINED
+from ..codec.chunk import MAX_CHUNK_STREAMS, MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, MIN_CHUNK_SIZE
+from ..errors import RemoteProtocolError
+from ..rtmp.chunk_writer import ChunkWriter
+from .handshake import HandshakeDone, ServerHandshake
+from .messages import (
+    CSID_COMMAND,
+    CSID_PROTOCOL,
+    CSID_STREAM_COMMAND,
+    MessageType,
+    PeerBandwidthLimit,
+    UserControlEvent,
+    parse_u32,
+    parse_user_control,
+    set_chunk_size_body,
+    set_peer_bandwidth_body,
+    split_aggregate,
+    user_control_body,
+    u32,
+    window_ack_size_body,
+)
+
+log = logging.getLogger("rtmpq.rtmp")
+
+# Seconds a client has from its first byte to a successful connect command (slowloris guard).
+HANDSHAKE_TIMEOUT = 10.0
+# Window we announce (Window Acknowledgement Size) and the peer bandwidth we set.
+SERVER_WINDOW_ACK_SIZE = 2_500_000
+# Our outbound chunk size (sent right after connect, as nginx-rtmp and SRS do).
+SERVER_CHUNK_SIZE = 4096
+# The peer's window ack size is clamped to at least this, so a tiny window cannot flood ACKs.
+MIN_PEER_WINDOW_ACK_SIZE = 64 * 1024
+# Stream keys and app names: a conservative allowlist; never used as a file path as received.
+STREAM_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
+APP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}(/[A-Za-z0-9_.~-]{1,64})?")
+# Message streams a client may create on one connection.
+MAX_MESSAGE_STREAMS = 8
+
+
+# -- events ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HandshakeCompleted:
+    digest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    app: str
+    tc_url: str
+    flash_ver: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequested:
+    stream_id: int
+    app: str
+    key: str  # the stream key (a secret: never log it)
+    publish_type: str  # "live", "record", "append"
+
+    @property
+    def broadcast(self) -> str:
+        return f"{self.app}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaMessage:
+    """An audio (8), video (9) or data (18 / 15) message of a publishing stream."""
+
+    stream_id: int
+    type_id: int
+    timestamp: int  # 32-bit milliseconds as sent (wraps)
+    body: memoryview | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PublishEnded:
+    stream_id: int
+    reason: str  # "FCUnpublish", "deleteStream", "closeStream"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed:
+    """The peer broke the protocol; the shell should close the connection after flushing."""
+
+    reason: str
+
+
+Event = HandshakeCompleted | Connected | PublishRequested | MediaMessage | PublishEnded | ConnectionFailed
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_message_size: int = MAX_MESSAGE_SIZE
+    max_partial_bytes: int = MAX_PARTIAL_BYTES
+    max_chunk_streams: int = MAX_CHUNK_STREAMS
+    min_chunk_size: int = MIN_CHUNK_SIZE
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    max_message_streams: int = MAX_MESSAGE_STREAMS
+
+
+def _status(level: str, code: str, description: str) -> dict:
+    return {"level": level, "code": code, "description": description}
+
+
+class RtmpServerSession:
+    def __init__(self, *, now: float = 0.0, limits: SessionLimits = SessionLimits(), peer: str = "?") -> None:
+        self.limits = limits
+        self.peer = peer
+        self._handshake = ServerHandshake(now_ms=int(now * 1000))
+        self._handshake_buffer = bytearray(4096)
+        self._reader = ChunkReader(
+            max_message_size=limits.max_message_size,
+            max_partial_bytes=limits.max_partial_bytes,
+            max_chunk_streams=limits.max_chunk_streams,
+            min_chunk_size=limits.min_chunk_size,
+        )
+        self._writer = ChunkWriter(128)
+        self._out = bytearray()
+        self._events: deque[Event] = deque()
+        self._deadline: float | None = now + limits.handshake_timeout
+        self.app: str | None = None
+        self.closed = False
+        self._failed = False
+        self._next_stream_id = 1
+        self._streams: set[int] = set()
+        self.publishing: dict[int, str] = {}  # stream id -> broadcast name, once accepted
+        self._pending: dict[int, PublishRequested] = {}
+        self._peer_window = 0  # bytes between our ACKs, as set by the peer (0: none asked)
+        self._last_ack = 0
+        self.messages_ignored = 0
+
+    # -- input ----------------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._handshake.done:
+            return self._reader.get_buffer(sizehint)
+        return memoryview(self._handshake_buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._handshake.done:
+            self._reader.buffer_updated(nbytes)
+            self._pump()
+        else:
+            self.receive_data(bytes(self._handshake_buffer[:nbytes]))
+
+    def receive_data(self, data) -> None:
+        if self._failed or self.closed:
+            return
+        try:
+            if not self._handshake.done:
+                leftover = self._handshake.receive_data(data)
+                self._out += self._handshake.data_to_send()
+                if not self._handshake.done:
+                    return
+                result: HandshakeDone = self._handshake.result
+                self._events.append(HandshakeCompleted(result.digest))
+                data = leftover
+                if not data:
+                    return
+            self._reader.receive_data(data)
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+            return
+        self._pump()
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                msg = self._reader.next_message()
+                if msg is NEED_DATA:
+                    break
+                self._handle_message(msg.csid, msg.stream_id, msg.type_id, msg.timestamp, msg.body)
+            self._maybe_acknowledge()
+        except RemoteProtocolError as exc:
+            self._fail(str(exc))
+
+    def _fail(self, reason: str) -> None:
+        if not self._failed:
+            self._failed = True
+            self._events.append(ConnectionFailed(reason))
+
+    # -- output ---------------------------------------------------------------------------------
+    def next_event(self):
+        return self._events.popleft() if self._events else NEED_DATA
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def handle_timer(self, now: float) -> None:
+        if self._deadline is not None and now >= self._deadline:
+            self._deadline = None
+            self._fail(f"no successful connect within {self.limits.handshake_timeout:g} s")
+
+    @property
+    def timer_deadline(self) -> float | None:
+        return self._deadline
+
+    # -- application answers --------------------------------------------------------------------
+    def accept_publish(self, stream_id: int) -> None:
+        req = self._pending.pop(stream_id)
+        self.publishing[stream_id] = req.broadcast
+        self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, stream_id))
+        self._send_on_status(stream_id, _status("status", "NetStream.Publish.Start", "Start publishing."))
+
+    def reject_publish(self, stream_id: int, code: str, description: str) -> None:
+        self._pending.pop(stream_id, None)
+        self._send_on_status(stream_id, _status("error", code, description))
+
+    # -- message handling -----------------------------------------------------------------------
+    def _send(self, csid: int, timestamp: int, type_id: int, stream_id: int, body: bytes) -> None:
+        self._out += self._writer.write(csid, timestamp, int(type_id), stream_id, body)
+
+    def _send_command(self, stream_id: int, *values) -> None:
+        csid = CSID_COMMAND if stream_id == 0 else CSID_STREAM_COMMAND
+        self._send(csid, 0, MessageType.COMMAND_AMF0, stream_id, amf0_encode(*values))
+
+    def _send_on_status(self, stream_id: int, info: dict) -> None:
+        self._send_command(stream_id, "onStatus", 0.0, None, info)
+
+    def _maybe_acknowledge(self) -> None:
+        received = self._reader.bytes_received
+        if self._peer_window and received - self._last_ack >= self._peer_window:
+            self._last_ack = received
+            self._send(CSID_PROTOCOL, 0, MessageType.ACKNOWLEDGEMENT, 0, u32(received))
+
+    def _handle_message(self, csid: int, stream_id: int, type_id: int, timestamp: int, body) -> None:
+        if type_id in (MessageType.AUDIO, MessageType.VIDEO, MessageType.DATA_AMF0, MessageType.DATA_AMF3):
+            if stream_id in self.publishing:
+                if type_id == MessageType.DATA_AMF3:
+                    body = body[1:] if len(body) and body[0] == 0 else body
+                    type_id = MessageType.DATA_AMF0
+                self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
+            else:
+                self.messages_ignored += 1  # media before publish: ignored and counted
+        elif type_id == MessageType.AGGREGATE:
+            if stream_id not in self.publishing:
+                self.messages_ignored += 1
+                return
+            tags = split_aggregate(body)
+            base = tags[0][1] if tags else 0
+            for tag_type, ts, tag_body in tags:
+                if tag_type in (MessageType.AUDIO, MessageType.VIDEO, MessageType.DATA_AMF0):
+                    stamp = (timestamp + ts - base) & 0xFFFFFFFF
+                    self._events.append(MediaMessage(stream_id, tag_type, stamp, tag_body))
+        elif type_id in (MessageType.COMMAND_AMF0, MessageType.COMMAND_AMF3):
+            if type_id == MessageType.COMMAND_AMF3 and len(body) and body[0] == 0:
+                body = body[1:]  # AMF3 command messages start with a 0 byte, then AMF0 values
+            self._handle_command(stream_id, amf0_decode(body))
+        elif type_id == MessageType.WINDOW_ACK_SIZE:
+            self._peer_window = max(parse_u32(body, "window ack size"), MIN_PEER_WINDOW_ACK_SIZE)
+        elif type_id == MessageType.USER_CONTROL:
+            event, data = parse_user_control(body)
+            if event == UserControlEvent.PING_REQUEST and len(data) >= 4:
+                self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0,
+                           user_control_body(UserControlEvent.PING_RESPONSE, int.from_bytes(data[:4], "big")))
+        elif type_id in (MessageType.SET_CHUNK_SIZE, MessageType.ABORT, MessageType.ACKNOWLEDGEMENT,
+                         MessageType.SET_PEER_BANDWIDTH):
+            pass  # chunk size and abort are applied by the chunk reader; the rest needs no answer
+        else:
+            self.messages_ignored += 1
+
+    def _handle_command(self, stream_id: int, values: list) -> None:
+        if not values or not isinstance(values[0], str):
+            raise RemoteProtocolError("command message without a command name")
+        name = values[0]
+        tx = values[1] if len(values) > 1 and isinstance(values[1], float) else 0.0
+        args = values[3:]
+        if name == "connect":
+            self._on_connect(tx, values[2] if len(values) > 2 else None)
+            return
+        if self.app is None:
+            raise RemoteProtocolError(f"command {name!r} before connect")
+        if name == "createStream":
+            if len(self._streams) >= self.limits.max_message_streams:
+                raise RemoteProtocolError("too many message streams on one connection")
+            sid = self._next_stream_id
+            self._next_stream_id += 1
+            self._streams.add(sid)
+            self._send_command(0, "_result", tx, None, float(sid))
+        elif name == "publish":
+            self._on_publish(stream_id, tx, args)
+        elif name in ("releaseStream", "FCPublish"):
+            self._send_command(0, "_result", tx, None, UNDEFINED)
+            if name == "FCPublish":
+                self._send_command(0, "onFCPublish", 0.0, None, _status("status", "NetStream.Publish.Start", "FCPublish"))
+        elif name == "FCUnpublish":
+            self._send_command(0, "_result", tx, None, UNDEFINED)
+            self._end_publishing(None, "FCUnpublish")
+        elif name in ("deleteStream", "closeStream"):
+            sid = int(args[0]) if name == "deleteStream" and args and isinstance(args[0], float) else stream_id
+            self._end_publishing(sid, name)
+            self._streams.discard(sid)
+        elif name in ("_checkbw", "getStreamLength", "ping"):
+            self._send_command(0, "_result", tx, None, UNDEFINED)
+        elif name in ("_result", "_error", "onBWDone", "onStatus"):
+            pass
+        elif tx:
+            self._send_command(0, "_error", tx, None, _status("error", "NetConnection.Call.Failed", f"unknown command {name[:32]!r}"))
+
+    def _on_connect(self, tx: float, obj) -> None:
+        if self.app is not None:
+            raise RemoteProtocolError("second connect on one connection")
+        if not isinstance(obj, dict):
+            raise RemoteProtocolError("connect without a command object")
+        app = obj.get("app")
+        if not isinstance(app, str):
+            raise RemoteProtocolError("connect: app is not a string")
+        app = app.split("?", 1)[0].strip("/")
+        if not APP_NAME_PATTERN.fullmatch(app):
+            self._send_command(0, "_error", tx, None, _status("error", "NetConnection.Connect.Rejected", "invalid application name"))
+            raise RemoteProtocolError("connect: invalid application name")
+        self.app = app
+        self._deadline = None
+        self._send(CSID_PROTOCOL, 0, MessageType.WINDOW_ACK_SIZE, 0, window_ack_size_body(SERVER_WINDOW_ACK_SIZE))
+        self._send(CSID_PROTOCOL, 0, MessageType.SET_PEER_BANDWIDTH, 0, set_peer_bandwidth_body(SERVER_WINDOW_ACK_SIZE, PeerBandwidthLimit.DYNAMIC))
+        self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, 0))
+        self._send(CSID_PROTOCOL, 0, MessageType.SET_CHUNK_SIZE, 0, set_chunk_size_body(SERVER_CHUNK_SIZE))
+        self._writer.chunk_size = SERVER_CHUNK_SIZE
+        self._send_command(
+            0, "_result", tx,
+            {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+            {**_status("status", "NetConnection.Connect.Success", "Connection succeeded."), "objectEncoding": 0.0},
+        )
+        self._send_command(0, "onBWDone", 0.0, None, 8192.0)
+        flash_ver = obj.get("flashVer")
+        tc_url = obj.get("tcUrl")
+        self._events.append(Connected(app, tc_url if isinstance(tc_url, str) else "", flash_ver if isinstance(flash_ver, str) else ""))
+
+    def _on_publish(self, stream_id: int, tx: float, args: list) -> None:
+        if stream_id not in self._streams:
+            raise RemoteProtocolError(f"publish on message stream {stream_id} that was never created")
+        if not args or not isinstance(args[0], str):
+            self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "publish needs a stream name"))
+            raise RemoteProtocolError("publish: stream name is not a string")
+        key = args[0].split("?", 1)[0]
+        publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
+        if not STREAM_KEY_PATTERN.fullmatch(key):
+            self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "invalid stream name"))
+            raise RemoteProtocolError("publish: invalid stream name")
+        if stream_id in self.publishing or stream_id in self._pending:
+            raise RemoteProtocolError("publish twice on one message stream")
+        req = PublishRequested(stream_id, self.app, key, publish_type)
+        self._pending[stream_id] = req
+        self._events.append(req)
+
+    def _end_publishing(self, stream_id: int | None, reason: str) -> None:
+        ids = list(self.publishing) if stream_id is None else [stream_id]
+        for sid in ids:
+            if self.publishing.pop(sid, None) is not None:
+                self._events.append(PublishEnded(sid, reason))
+                if reason != "FCUnpublish":
+                    self._send_on_status(sid, _status("status", "NetStream.Unpublish.Success", "Stop publishing."))
