@@ -1,0 +1,95 @@
+"""Recorded FLV tags through the session and the demuxer: groups, catalog, timestamp wrap."""
+
+import subprocess
+
+import pytest
+
+from rtmpq.media.catalog import Catalog
+from rtmpq.media.demux import BroadcastDemuxer, TimestampUnwrapper
+from rtmpq.media.flv import read_flv_tags
+from rtmpq.rtmp.session import MediaMessage, RtmpServerSession
+
+from .conftest import need
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, probe_packets
+from .rtmp_client import InMemoryPublisher
+
+
+@pytest.fixture(scope="module")
+def sample_flv(tmp_path_factory):
+    need("ffmpeg")
+    path = tmp_path_factory.mktemp("flv") / "sample.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+         "-f", "lavfi", "-i", "sine", "-t", "4.5", *VIDEO_ENCODE, *AUDIO_ENCODE, "-f", "flv", str(path)],
+        check=True,
+    )
+    return path
+
+
+def publish_through_session(tags, offset: int, chunk_size: int):
+    """Publish the tags with every timestamp shifted by ``offset`` (mod 2**32); demux what arrives."""
+    session = RtmpServerSession()
+    client = InMemoryPublisher(session, chunk_size=chunk_size)
+    stream_id = client.connect_and_publish("wrap")
+    client.events()
+    session.accept_publish(stream_id)
+    demuxer = BroadcastDemuxer("live/wrap")
+    out = []
+    for tag_type, ts, body in tags:
+        csid = {8: 4, 9: 6, 18: 5}[tag_type]
+        client.send(csid, (ts + offset) & 0xFFFFFFFF, tag_type, stream_id, body)
+        for ev in client.events():
+            assert isinstance(ev, MediaMessage)
+            out += demuxer.message(ev.type_id, ev.timestamp, ev.body)
+    return demuxer, out
+
+
+@pytest.mark.parametrize("offset,chunk_size", [
+    (0, 128),
+    (0xFFFFFF - 1500, 128),       # crosses the 24-bit field: extended timestamps from then on
+    (2**32 - 1500, 4096),          # crosses 2**32: the 32-bit timestamp wraps
+])
+def test_frames_keep_their_timing_across_extended_and_wrapping_timestamps(sample_flv, offset, chunk_size):
+    tags = list(read_flv_tags(str(sample_flv)))
+    demuxer, out = publish_through_session(tags, offset, chunk_size)
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    catalogs = [c for c in out if isinstance(c, Catalog)]
+    reference = probe_packets(str(sample_flv))
+    assert [(f.track, f.dts - offset, f.pts - offset, f.keyframe, f.size) for f in frames] == [
+        (p.track, p.dts, p.pts, p.keyframe, p.size) for p in reference]
+    assert [t.name for t in catalogs[-1].tracks] == ["video", "audio"]
+    # GoP 2 s at 30 fps: groups 0, 1, 2 each open with a keyframe; audio shares the numbering
+    video = [f for f in frames if f.track == "video"]
+    assert [f.index for f in video if f.keyframe] == [0, 0, 0]
+    assert sorted({f.group for f in frames}) == [0, 1, 2]
+    for f in frames:
+        if f.track == "audio":
+            latest_video = max((v.group for v in video if v.dts <= f.dts), default=0)
+            assert f.group == latest_video
+    assert demuxer.stats.dropped == 0
+
+
+def test_unwrapper_is_serial():
+    u = TimestampUnwrapper()
+    assert [u.unwrap(t) for t in (2**32 - 20, 2**32 - 1, 5, 40, 30, 2**31 + 100)] == [
+        2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 40, 2**32 + 30, 2**32 + 2**31 + 100]
+
+
+def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):
+    tags = list(read_flv_tags(str(sample_flv)))
+    demuxer = BroadcastDemuxer("live/x")
+    out = []
+    broken_at = None
+    for i, (tag_type, ts, body) in enumerate(tags):
+        if tag_type == 9 and body[1] == 1 and broken_at is None and ts > 500 and body[0] >> 4 == 2:
+            body = body[:5] + b"\xff\xff\xff\xff" + body[9:]  # NAL length far past the end
+            broken_at = ts
+        out += demuxer.message(tag_type, ts, body)
+    video = [f for f in out if not isinstance(f, Catalog) and f.track == "video"]
+    keyframes = [p.dts for p in probe_packets(str(sample_flv)) if p.track == "video" and p.keyframe]
+    assert demuxer.stats.bad_access_units == 1
+    # nothing between the broken frame and the next keyframe was passed on, and all else was
+    assert not [f for f in video if broken_at <= f.dts < keyframes[1]]
+    assert [f.dts for f in video if f.keyframe] == keyframes
+    assert len(video) == len([p for p in probe_packets(str(sample_flv)) if p.track == "video"]) - len(
+        [t for t in tags if t[0] == 9 and t[2][1] == 1 and broken_at <= t[1] < keyframes[1]])

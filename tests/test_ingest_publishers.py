@@ -1,0 +1,105 @@
+"""Real publishers (ffmpeg, GStreamer) into the RTMP ingest: frames, timestamps, recording."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from rtmpq.config import IngestConfig
+from rtmpq.media.broadcast import BroadcastRegistry
+from rtmpq.rtmp.server import RtmpServer
+
+from .conftest import need
+from .publishers import (
+    as_packets,
+    collect_broadcast,
+    count_decoded_frames,
+    ffmpeg_publish_args,
+    probe_packets,
+    run_process,
+)
+
+
+@pytest.fixture
+async def ingest(tmp_path):
+    registry = BroadcastRegistry()
+    server = RtmpServer(registry, IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0, record_dir=tmp_path / "rec"))
+    await server.start()
+    server.port = server.address[1]
+    yield server
+    await server.close()
+
+
+def recordings(root: Path, key: str) -> list[Path]:
+    return sorted((root / "live").glob(f"{key}-*.flv"))
+
+
+async def test_two_ffmpeg_publishers_arrive_frame_exact_and_are_recorded(ingest, tmp_path):
+    need("ffmpeg")
+    keys = ["cam1", "cam2"]
+    refs = {k: str(tmp_path / f"{k}-reference.flv") for k in keys}
+    collectors = {k: asyncio.create_task(collect_broadcast(ingest.registry, f"live/{k}")) for k in keys}
+    results = await asyncio.gather(*(
+        run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{ingest.port}/live/{k}", refs[k])) for k in keys
+    ))
+    for rc, output in results:
+        assert rc == 0, output
+    for key in keys:
+        catalogs, frames = await collectors[key]
+        reference = probe_packets(refs[key])
+        assert len(reference) > 100
+        # every frame arrived, in order, with the encoder's dts, pts, keyframe flag and size
+        assert as_packets(frames) == reference
+        video = [f for f in frames if f.track == "video"]
+        assert any(f.pts != f.dts for f in video), "B-frames expected"
+        # one group per GoP: each video group opens with its keyframe, audio follows the groups
+        assert [f.group for f in video if f.keyframe] == list(range(len({f.group for f in video})))
+        assert all(f.keyframe == (f.index == 0) for f in video)
+        catalog = catalogs[-1]
+        v, a = catalog.track("video"), catalog.track("audio")
+        assert v.codec.startswith("avc1.64") and (v.width, v.height) == (320, 240)
+        assert a.codec == "mp4a.40.2" and a.sample_rate == 44100 and a.channels == 2
+        # the recording is an exact remux: same packets, decodes with the same frame count
+        [recording] = recordings(tmp_path / "rec", key)
+        assert probe_packets(str(recording)) == reference
+        assert count_decoded_frames(str(recording)) == count_decoded_frames(refs[key])
+
+
+async def test_second_publish_of_a_live_key_is_refused_and_the_first_goes_on(ingest, tmp_path):
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{ingest.port}/live/busy"
+    ref = str(tmp_path / "first.flv")
+    collector = asyncio.create_task(collect_broadcast(ingest.registry, "live/busy"))
+    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=4)))
+    await ingest.registry.wait_for("live/busy", 10)
+    await asyncio.sleep(0.5)
+    rc, output = await run_process(ffmpeg_publish_args(url, str(tmp_path / "second.flv"), seconds=2))
+    assert rc != 0
+    assert "already publishing" in output.lower()
+    rc, output = await first
+    assert rc == 0, output
+    _, frames = await collector
+    assert as_packets(frames) == probe_packets(ref)
+
+
+async def test_gstreamer_publisher_with_4096_byte_chunks(ingest, tmp_path):
+    need("gst-launch-1.0")
+    url = f"rtmp://127.0.0.1:{ingest.port}/live/gst"
+    collector = asyncio.create_task(collect_broadcast(ingest.registry, "live/gst"))
+    pipeline = (
+        "videotestsrc num-buffers=90 is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 "
+        "! x264enc key-int-max=60 bframes=2 tune=zerolatency ! h264parse ! tee name=v "
+        "audiotestsrc num-buffers=130 is-live=true samplesperbuffer=1024 ! audio/x-raw,rate=44100,channels=2 "
+        "! avenc_aac ! aacparse ! tee name=a "
+        f"flvmux name=live streamable=true ! rtmp2sink location={url} chunk-size=4096 "
+        f"flvmux name=file streamable=true ! filesink location={tmp_path / 'gst-reference.flv'} "
+        "v. ! queue ! live.  a. ! queue ! live.  v. ! queue ! file.  a. ! queue ! file."
+    )
+    rc, output = await run_process(["gst-launch-1.0", "-q", "-e", *pipeline.split()], timeout=40)
+    assert rc == 0, output
+    catalogs, frames = await collector
+    reference = probe_packets(str(tmp_path / "gst-reference.flv"))
+    assert len([p for p in reference if p.track == "video"]) == 90
+    assert as_packets(frames) == reference
+    [recording] = recordings(tmp_path / "rec", "gst")
+    assert probe_packets(str(recording)) == reference

@@ -1,0 +1,175 @@
+"""The server session in memory: handshake flavours, the publish command flow, control messages."""
+
+import pytest
+
+from rtmpq.codec import NEED_DATA, amf0_encode
+from rtmpq.codec.amf_types import EcmaArray
+from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, find_client_digest, make_client_c1, verify_server_s2
+from rtmpq.rtmp.session import (
+    ConnectionFailed,
+    Connected,
+    HandshakeCompleted,
+    MediaMessage,
+    PublishEnded,
+    PublishRequested,
+    RtmpServerSession,
+)
+
+from .rtmp_client import InMemoryPublisher
+
+
+def statuses(replies) -> list[str]:
+    return [r[2][3]["code"] for r in replies if r[0] == 20 and r[2][0] == "onStatus"]
+
+
+@pytest.mark.parametrize("digest", [True, False])
+def test_handshake_flavours(digest):
+    client = InMemoryPublisher(RtmpServerSession(), digest=digest)
+    client.handshake()
+    [event] = client.events()
+    assert event == HandshakeCompleted(digest=digest)
+    s1, s2 = client.s1s2[:HANDSHAKE_SIZE], client.s1s2[HANDSHAKE_SIZE:]
+    if digest:
+        # a Flash client checks that S2 is signed with a key derived from its own C1 digest
+        _, c1_digest = find_client_digest(client.c1)
+        assert verify_server_s2(s2, c1_digest)
+    else:
+        assert s2 == client.c1  # plain handshake: S2 echoes C1
+    assert len(s1) == HANDSHAKE_SIZE
+
+
+def test_c2_echo_mismatch_is_tolerated_and_bytes_after_c2_are_kept():
+    session = RtmpServerSession()
+    client = InMemoryPublisher(session)
+    session.receive_data(b"\x03" + make_client_c1(digest=False))
+    session.data_to_send()
+    # a C2 that echoes nothing, and the connect command in the same write
+    connect = client.writer.write(3, 0, 20, 0, amf0_encode("connect", 1.0, {"app": "live"}))
+    session.receive_data(bytes(HANDSHAKE_SIZE) + connect)
+    events = client.events()
+    assert isinstance(events[0], HandshakeCompleted)
+    assert events[1] == Connected("live", "", "")
+
+
+def test_wrong_version_byte_fails_the_connection():
+    session = RtmpServerSession()
+    session.receive_data(b"\x06" + bytes(HANDSHAKE_SIZE))
+    [event] = InMemoryPublisher(session).events()
+    assert isinstance(event, ConnectionFailed) and "version" in event.reason
+
+
+def test_ffmpeg_publish_sequence_and_replies():
+    client = InMemoryPublisher(RtmpServerSession())
+    stream_id = client.connect_and_publish("cam1")
+    events = client.events()
+    assert [type(e) for e in events] == [HandshakeCompleted, Connected, PublishRequested]
+    req = events[-1]
+    assert (req.broadcast, req.stream_id, req.publish_type) == ("live/cam1", stream_id, "live")
+    kinds = [r[0] for r in client.replies]
+    # Window Ack Size, Set Peer Bandwidth, StreamBegin, Set Chunk Size before the connect _result
+    assert kinds[:4] == [5, 6, 4, 1]
+    connect_result = next(r[2] for r in client.replies if r[0] == 20 and r[2][:2] == ["_result", 1.0])
+    assert connect_result[3]["code"] == "NetConnection.Connect.Success"
+    client.session.accept_publish(stream_id)
+    assert statuses(client.read_replies()) == ["NetStream.Publish.Start"]
+    # metadata and media now flow as MediaMessage events
+    client.send(4, 0, 18, stream_id, amf0_encode("@setDataFrame", "onMetaData", EcmaArray(width=320.0)))
+    client.send(6, 40, 9, stream_id, b"\x17\x01\x00\x00\x00" + b"x" * 300)
+    events = client.events()
+    assert [(e.type_id, e.timestamp, len(e.body)) for e in events] == [(18, 0, len(amf0_encode("@setDataFrame", "onMetaData", EcmaArray(width=320.0)))), (9, 40, 305)]
+    client.command(0, "FCUnpublish", 6.0, None, "cam1")
+    client.command(0, "deleteStream", 7.0, None, float(stream_id))
+    assert client.events() == [PublishEnded(stream_id, "FCUnpublish")]
+
+
+def test_rejected_publish_gets_badname_status():
+    client = InMemoryPublisher(RtmpServerSession())
+    stream_id = client.connect_and_publish("cam1")
+    client.events()
+    client.session.reject_publish(stream_id, "NetStream.Publish.BadName", "Stream already publishing")
+    replies = client.read_replies()
+    [status] = [r[2][3] for r in replies if r[0] == 20 and r[2][0] == "onStatus"]
+    assert status["level"] == "error" and status["code"] == "NetStream.Publish.BadName"
+
+
+def test_media_before_publish_is_ignored_and_counted():
+    client = InMemoryPublisher(RtmpServerSession())
+    client.handshake()
+    client.command(0, "connect", 1.0, {"app": "live"})
+    client.send(6, 0, 9, 1, b"\x17\x01\x00\x00\x00abc")
+    assert not [e for e in client.events() if isinstance(e, MediaMessage)]
+    assert client.session.messages_ignored == 1
+
+
+def test_ping_is_answered_and_acknowledgements_follow_the_window():
+    client = InMemoryPublisher(RtmpServerSession())
+    stream_id = client.connect_and_publish()
+    client.session.accept_publish(stream_id)
+    client.read_replies()
+    client.send(2, 0, 4, 0, b"\x00\x06" + (123456).to_bytes(4, "big"))  # PingRequest
+    assert (4, 0, b"\x00\x07" + (123456).to_bytes(4, "big")) in client.read_replies()
+    client.send(2, 0, 5, 0, (1).to_bytes(4, "big"))  # a window of 1 byte is clamped to 64 KiB
+    for i in range(40):
+        client.send(6, i * 40, 9, stream_id, b"\x27\x01\x00\x00\x00" + bytes(4000))
+    acks = [r for r in client.read_replies() if r[0] == 3]
+    assert 1 <= len(acks) <= 3  # ~160 KB received: one ACK per 64 KiB, not one per message
+    assert int.from_bytes(acks[-1][2], "big") <= client.session._reader.bytes_received
+
+
+def test_aggregate_message_is_split_into_tags_rebased_on_its_timestamp():
+    client = InMemoryPublisher(RtmpServerSession())
+    stream_id = client.connect_and_publish()
+    client.session.accept_publish(stream_id)
+    client.events()
+
+    def tag(tag_type, ts, body):
+        header = bytes((tag_type,)) + len(body).to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
+        return header + body + (11 + len(body)).to_bytes(4, "big")
+
+    agg = tag(9, 500, b"\x17\x01\x00\x00\x00v1") + tag(8, 510, b"\xaf\x01a1") + tag(9, 533, b"\x27\x01\x00\x00\x00v2")
+    client.send(6, 1000, 22, stream_id, agg)
+    events = client.events()
+    assert [(e.type_id, e.timestamp, bytes(e.body)) for e in events] == [
+        (9, 1000, b"\x17\x01\x00\x00\x00v1"), (8, 1010, b"\xaf\x01a1"), (9, 1033, b"\x27\x01\x00\x00\x00v2")]
+
+
+def test_amf3_command_is_understood():
+    client = InMemoryPublisher(RtmpServerSession())
+    client.handshake()
+    client.send(3, 0, 17, 0, b"\x00" + amf0_encode("connect", 1.0, {"app": "live"}))
+    assert Connected("live", "", "") in client.events()
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "a" * 300, "", "key with spaces", "ключ"])
+def test_hostile_stream_names_are_refused(key):
+    client = InMemoryPublisher(RtmpServerSession())
+    client.connect_and_publish(key)
+    events = client.events()
+    assert not any(isinstance(e, PublishRequested) for e in events)
+    assert isinstance(events[-1], ConnectionFailed)
+    assert statuses(client.read_replies()) == ["NetStream.Publish.BadName"]
+
+
+def test_publish_name_of_wrong_type_fails_cleanly():
+    client = InMemoryPublisher(RtmpServerSession())
+    client.handshake()
+    client.command(0, "connect", 1.0, {"app": "live"})
+    client.command(0, "createStream", 2.0, None)
+    client.command(1, "publish", 3.0, None, True, "live", csid=8)
+    assert isinstance(client.events()[-1], ConnectionFailed)
+
+
+def test_handshake_deadline():
+    session = RtmpServerSession(now=100.0)
+    session.receive_data(b"\x03")
+    session.handle_timer(105.0)
+    assert session.next_event() is NEED_DATA and session.timer_deadline == 110.0
+    session.handle_timer(110.0)
+    event = session.next_event()
+    assert isinstance(event, ConnectionFailed) and "connect" in event.reason
+
+
+def test_query_string_of_the_key_is_not_part_of_the_name():
+    client = InMemoryPublisher(RtmpServerSession())
+    client.connect_and_publish("cam1?token=secret")
+    assert [e for e in client.events() if isinstance(e, PublishRequested)][0].key == "cam1"
