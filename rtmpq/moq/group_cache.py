@@ -1,0 +1,109 @@
+"""The relay's memory of a track: the newest groups, bounded by bytes and by age.
+
+A new subscriber starts at the newest group that has begun (for video its first object is the
+IDR), so it needs that group from object 0 even while the group is still in progress. Older
+complete groups are kept while the bounds allow, for subscribers that ask from an earlier group
+(FETCH, or a relay below that catches up). The bounds are hard: when a group in progress alone
+outgrows ``max_bytes`` it stops being cached (subscribers still get its objects live) rather than
+let one publisher's huge GoP take the relay's memory.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+# At most this many bytes of objects per track (the newest group always counts first).
+GROUP_CACHE_MAX_BYTES = 32 * 1024 * 1024
+# Complete groups older than this (seconds since their first object) are evicted.
+GROUP_CACHE_MAX_AGE = 30.0
+# Never keep more groups than this per track, however small.
+GROUP_CACHE_MAX_GROUPS = 8
+
+
+@dataclass(slots=True)
+class CachedObject:
+    object_id: int
+    payload: bytes | memoryview
+    extensions: dict | None = None
+
+
+@dataclass(slots=True)
+class CachedGroup:
+    group_id: int
+    started: float  # time of its first object
+    objects: list[CachedObject] = field(default_factory=list)
+    size: int = 0
+    complete: bool = False
+    truncated: bool = False  # objects were not all cached (too big): cannot serve from object 0
+
+
+class GroupCache:
+    def __init__(self, *, max_bytes: int = GROUP_CACHE_MAX_BYTES, max_age: float = GROUP_CACHE_MAX_AGE,
+                 max_groups: int = GROUP_CACHE_MAX_GROUPS) -> None:
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.max_groups = max_groups
+        self._groups: OrderedDict[int, CachedGroup] = OrderedDict()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
+        group = self._groups.get(group_id)
+        if group is None:
+            if self._groups and group_id < next(reversed(self._groups)):
+                return  # a late object of an old group: not worth caching
+            group = CachedGroup(group_id, now)
+            self._groups[group_id] = group
+            for older in self._groups.values():
+                if older is not group:
+                    older.complete = True  # a newer group began: the older one is over
+        if group.truncated:
+            return
+        n = len(payload)
+        group.objects.append(CachedObject(object_id, payload, extensions))
+        group.size += n
+        self.size += n
+        self._evict(now)
+        if self.size > self.max_bytes:  # only the newest group is left and it is too big
+            group.truncated = True
+            self.size -= group.size
+            group.objects.clear()
+            group.size = 0
+
+    def end_group(self, group_id: int) -> None:
+        group = self._groups.get(group_id)
+        if group is not None:
+            group.complete = True
+
+    def _evict(self, now: float) -> None:
+        while len(self._groups) > 1:
+            oldest = next(iter(self._groups.values()))
+            too_old = now - oldest.started > self.max_age
+            if self.size > self.max_bytes or len(self._groups) > self.max_groups or too_old:
+                self._groups.popitem(last=False)
+                self.size -= oldest.size
+            else:
+                break
+
+    def expire(self, now: float) -> None:
+        """Evict by age (call from a timer: a stalled track must not hold memory forever)."""
+        self._evict(now)
+
+    def latest(self) -> CachedGroup | None:
+        """The newest group that can be served from its first object, or None."""
+        for group in reversed(self._groups.values()):
+            if not group.truncated and group.objects and group.objects[0].object_id == 0:
+                return group
+        return None
+
+    def groups_from(self, group_id: int) -> list[CachedGroup]:
+        return [g for g in self._groups.values() if g.group_id >= group_id and not g.truncated]
+
+    @property
+    def largest(self) -> tuple[int, int] | None:
+        """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location."""
+        for group in reversed(self._groups.values()):
+            if group.objects:
+                return group.group_id, group.objects[-1].object_id
+        return None

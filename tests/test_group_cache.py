@@ -1,0 +1,55 @@
+from rtmpq.moq.group_cache import GroupCache
+
+
+def fill(cache, group, objects, size=100, now=0.0):
+    for i in range(objects):
+        cache.add(group, i, bytes(size), None, now)
+
+
+def test_new_subscriber_gets_the_newest_group_from_its_first_object():
+    cache = GroupCache()
+    fill(cache, 0, 30)
+    fill(cache, 1, 5)
+    latest = cache.latest()
+    assert latest.group_id == 1 and [o.object_id for o in latest.objects] == [0, 1, 2, 3, 4]
+    assert not latest.complete and cache.groups_from(0)[0].complete
+    assert cache.largest == (1, 4)
+
+
+def test_bounded_by_bytes_keeps_the_newest_group():
+    cache = GroupCache(max_bytes=10_000)
+    for g in range(10):
+        fill(cache, g, 30, size=100)  # 3000 bytes a group
+    assert cache.size <= 10_000
+    assert [g.group_id for g in cache.groups_from(0)] == [7, 8, 9]
+
+
+def test_a_group_too_big_for_the_cache_is_not_cached_but_memory_stays_bounded():
+    cache = GroupCache(max_bytes=5_000)
+    fill(cache, 0, 10, size=100)
+    fill(cache, 1, 100, size=100)  # 10 kB: more than the cache may hold
+    assert cache.size <= 5_000
+    assert cache.latest() is None  # nothing servable from its first object: wait for the next
+    fill(cache, 2, 3, size=100)
+    assert cache.latest().group_id == 2
+
+
+def test_bounded_by_age_and_count():
+    cache = GroupCache(max_age=10.0, max_groups=3)
+    fill(cache, 0, 2, now=0.0)
+    fill(cache, 1, 2, now=5.0)
+    fill(cache, 2, 2, now=12.0)
+    assert [g.group_id for g in cache.groups_from(0)] == [1, 2]
+    for g in range(3, 8):
+        fill(cache, g, 1, now=13.0)
+    assert len(cache) == 3
+    cache.expire(100.0)
+    assert [g.group_id for g in cache.groups_from(0)] == [7]  # the newest always stays
+
+
+def test_late_objects_of_old_groups_are_ignored():
+    cache = GroupCache(max_groups=2)
+    fill(cache, 5, 2)
+    fill(cache, 6, 2)
+    cache.add(3, 0, b"late", None, 0.0)
+    assert [g.group_id for g in cache.groups_from(0)] == [5, 6]
