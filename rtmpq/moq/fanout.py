@@ -1,0 +1,176 @@
+"""One track's fan-out: the group cache plus every subscriber's delivery state and budgets.
+
+Transport-neutral: a subscriber is a ``GroupSink`` (the MoQ session glue implements it with one
+unidirectional QUIC stream per group). Rules, from DESIGN.md and MoQT draft 16 section "Delivery
+Timeout":
+
+- A new subscriber starts with the newest group in the cache, from its first object.
+- Each group goes on its own stream; a newer group never waits for an older one (the sink gives
+  newer groups and audio higher priority).
+- Latency budget (the subscription's DELIVERY_TIMEOUT): an object still unsent that long after the
+  relay received it gets its whole group stream reset with DELIVERY_TIMEOUT (0x2). No new stream
+  is opened for the rest of that group; the subscriber sees the reset and knows it skipped it.
+- Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
+  reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
+So the memory a subscriber can hold in the relay is bounded whatever it does.
+"""
+
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .group_cache import GroupCache
+
+log = logging.getLogger("rtmpq.moq")
+
+# Seconds an object may wait in the relay before its group is dropped, unless a subscriber asks.
+DEFAULT_DELIVERY_TIMEOUT = 2.0
+# Bytes queued for one subscriber (all its tracks) before its oldest groups are dropped.
+DEFAULT_SEND_BUDGET = 4 * 1024 * 1024
+# Group streams open at once per subscriber and track (stream count costs memory: bad-inputs.md).
+MAX_GROUPS_IN_FLIGHT = 4
+
+RESET_CANCELLED = 0x1
+RESET_DELIVERY_TIMEOUT = 0x2
+
+
+class GroupSink(Protocol):
+    def open_group(self, group_id: int) -> object: ...
+    def send_object(self, handle: object, object_id: int, payload, extensions: dict | None) -> None: ...
+    def end_group(self, handle: object) -> None: ...
+    def reset_group(self, handle: object, code: int) -> None: ...
+    def buffered_bytes(self, handle: object) -> int: ...
+    def total_buffered_bytes(self) -> int: ...
+
+
+@dataclass(slots=True)
+class _GroupInFlight:
+    group_id: int
+    handle: object
+    written: int = 0
+    complete: bool = False
+    # (bytes written up to and including this object, time the relay received the object)
+    pending: deque = field(default_factory=deque)
+
+
+class TrackSubscription:
+    """One subscriber of one track."""
+
+    def __init__(self, sink: GroupSink, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+                 send_budget: int = DEFAULT_SEND_BUDGET, start_group: int | None = None) -> None:
+        self.sink = sink
+        self.delivery_timeout = delivery_timeout
+        self.send_budget = send_budget
+        self.start_group = start_group
+        self.in_flight: dict[int, _GroupInFlight] = {}
+        self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
+        self.skipped_groups: list[int] = []
+        self.objects_sent = 0
+
+    def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
+        if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
+            return
+        g = self.in_flight.get(group_id)
+        if g is None:
+            if object_id != 0 and group_id not in self.in_flight:
+                return  # joined in the middle of a group we never started: wait for the next
+            g = _GroupInFlight(group_id, self.sink.open_group(group_id))
+            self.in_flight[group_id] = g
+            while len(self.in_flight) > MAX_GROUPS_IN_FLIGHT:
+                self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
+        self.sink.send_object(g.handle, object_id, payload, extensions)
+        g.written += len(payload)
+        g.pending.append((g.written, received))
+        self.objects_sent += 1
+
+    def end_group(self, group_id: int) -> None:
+        g = self.in_flight.get(group_id)
+        if g is not None and not g.complete:
+            g.complete = True
+            self.sink.end_group(g.handle)
+
+    def check(self, now: float) -> None:
+        """Enforce the budgets; call on a timer and after each batch of objects."""
+        for g in list(self.in_flight.values()):
+            sent = g.written - self.sink.buffered_bytes(g.handle)
+            while g.pending and g.pending[0][0] <= sent:
+                g.pending.popleft()
+            if not g.pending:
+                if g.complete:
+                    del self.in_flight[g.group_id]  # everything handed to QUIC, FIN sent
+                continue
+            if now - g.pending[0][1] > self.delivery_timeout:
+                self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
+        while self.in_flight and self.sink.total_buffered_bytes() > self.send_budget:
+            self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
+
+    def _drop(self, group_id: int, code: int) -> None:
+        g = self.in_flight.pop(group_id)
+        self.sink.reset_group(g.handle, code)
+        self.dropped.add(group_id)
+        self.skipped_groups.append(group_id)
+        if len(self.dropped) > 64:  # only recent ids matter: groups only move forward
+            self.dropped = set(sorted(self.dropped)[-32:])
+
+    def close(self, code: int = RESET_CANCELLED) -> None:
+        for group_id in list(self.in_flight):
+            g = self.in_flight.pop(group_id)
+            if not g.complete:
+                self.sink.reset_group(g.handle, code)
+
+
+class TrackFanout:
+    """The cache and subscribers of one track at this relay."""
+
+    def __init__(self, cache: GroupCache | None = None) -> None:
+        self.cache = cache or GroupCache()
+        self.subscribers: set[TrackSubscription] = set()
+        self.ended = False
+
+    def subscribe(self, sub: TrackSubscription, now: float) -> None:
+        """Add a subscriber and send it the newest cached group at once."""
+        self.subscribers.add(sub)
+        latest = self.cache.latest()
+        if latest is None:
+            return
+        for group in self.cache.groups_from(latest.group_id):
+            for obj in group.objects:
+                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
+            if group.complete:
+                sub.end_group(group.group_id)
+        sub.check(now)
+
+    def unsubscribe(self, sub: TrackSubscription) -> None:
+        self.subscribers.discard(sub)
+        sub.close()
+
+    def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
+        previous = self.cache.largest
+        self.cache.add(group_id, object_id, payload, extensions, now)
+        if previous is not None and group_id > previous[0]:
+            for sub in self.subscribers:
+                sub.end_group(previous[0])  # a newer group began: the older one is complete
+        for sub in self.subscribers:
+            sub.deliver(group_id, object_id, payload, extensions, now)
+
+    def end_group(self, group_id: int) -> None:
+        self.cache.end_group(group_id)
+        for sub in self.subscribers:
+            sub.end_group(group_id)
+
+    def check(self, now: float) -> None:
+        self.cache.expire(now)
+        for sub in self.subscribers:
+            sub.check(now)
+
+    def end(self) -> Iterable[TrackSubscription]:
+        """The publisher is gone: close every group and return the subscribers to notify."""
+        self.ended = True
+        largest = self.cache.largest
+        if largest is not None:
+            self.end_group(largest[0])
+        subs = list(self.subscribers)
+        self.subscribers.clear()
+        return subs

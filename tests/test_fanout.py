@@ -1,0 +1,109 @@
+"""Fan-out rules with a recording sink: join at the newest group, budgets drop whole groups."""
+
+from rtmpq.moq.fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
+
+
+class FakeSink:
+    """Records what a subscriber's QUIC connection was asked to do; ``drain`` simulates sending."""
+
+    def __init__(self):
+        self.streams = {}  # handle -> dict(group, objects, state, queued)
+        self.next = 0
+
+    def open_group(self, group_id):
+        self.next += 1
+        self.streams[self.next] = {"group": group_id, "objects": [], "state": "open", "queued": 0}
+        return self.next
+
+    def send_object(self, handle, object_id, payload, extensions):
+        s = self.streams[handle]
+        s["objects"].append(object_id)
+        s["queued"] += len(payload)
+
+    def end_group(self, handle):
+        self.streams[handle]["state"] = "fin"
+
+    def reset_group(self, handle, code):
+        self.streams[handle]["state"] = ("reset", code)
+        self.streams[handle]["queued"] = 0
+
+    def buffered_bytes(self, handle):
+        return self.streams[handle]["queued"]
+
+    def total_buffered_bytes(self):
+        return sum(s["queued"] for s in self.streams.values())
+
+    def drain(self):
+        for s in self.streams.values():
+            s["queued"] = 0
+
+    def groups(self, state=None):
+        return [s["group"] for s in self.streams.values() if state is None or s["state"] == state]
+
+
+def publish_gop(fanout, group, n, now, size=1000):
+    for i in range(n):
+        fanout.publish_object(group, i, bytes(size), None, now)
+
+
+def test_late_joiner_starts_at_the_newest_group_from_object_zero():
+    fanout = TrackFanout()
+    publish_gop(fanout, 0, 60, 0.0)
+    publish_gop(fanout, 1, 10, 2.0)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 2.0)
+    [stream] = sink.streams.values()
+    assert stream["group"] == 1 and stream["objects"] == list(range(10))
+    fanout.publish_object(1, 10, b"x", None, 2.1)
+    fanout.publish_object(2, 0, b"x", None, 4.0)
+    assert sink.groups("fin") == [1] and sink.groups("open") == [2]
+
+
+def test_a_fast_subscriber_gets_every_object_of_every_group_in_order():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    for g in range(5):
+        publish_gop(fanout, g, 30, g * 1.0)
+        sink.drain()
+        fanout.check(g * 1.0 + 0.5)
+    assert [s["objects"] for s in sink.streams.values()] == [list(range(30))] * 5
+    assert sink.groups("fin") == [0, 1, 2, 3]
+
+
+def test_a_slow_subscriber_skips_old_groups_whole_and_stays_within_its_budget():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=1.0, send_budget=10**9)
+    fanout.subscribe(sub, 0.0)
+    for g in range(6):  # nothing is ever sent: the link is dead slow
+        publish_gop(fanout, g, 20, g * 1.0)
+        fanout.check(g * 1.0 + 0.9)
+    resets = [s for s in sink.streams.values() if isinstance(s["state"], tuple)]
+    assert resets and all(s["state"] == ("reset", RESET_DELIVERY_TIMEOUT) for s in resets)
+    assert sub.skipped_groups == [s["group"] for s in resets]
+    # what is still queued is never older than the budget
+    assert sink.groups("open") == [5] and len(sub.in_flight) <= 2
+
+
+def test_send_budget_bounds_queued_bytes():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=100.0, send_budget=50_000)
+    fanout.subscribe(sub, 0.0)
+    for g in range(10):
+        publish_gop(fanout, g, 30, 0.0)
+        fanout.check(0.0)
+        assert sink.total_buffered_bytes() <= 50_000 or len(sub.in_flight) == 1
+    assert sub.skipped_groups  # whole groups were dropped, the newest kept
+
+
+def test_group_cut_by_the_relay_is_never_reopened():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=0.5)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 5, 0.0)
+    fanout.check(1.0)
+    publish_gop(fanout, 0, 5, 1.0)  # more objects of the dropped group (same ids don't matter)
+    assert sink.groups() == [0]
