@@ -1,1 +1,231 @@
-# compiled twin of rtmpq/codec/chunk.py (to be written)
+# Compiled twin of rtmpq/codec/chunk.py: same algorithm, same results, same exceptions.
+# The reader works on raw pointers into bytearray blocks it owns and never resizes.
+
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from rtmpq.codec.types import RtmpMessage as _RtmpMessage
+from rtmpq.errors import LimitExceeded as _LimitExceeded
+from rtmpq.codec.chunk import (
+    MAX_MESSAGE_SIZE as _MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES as _MAX_PARTIAL_BYTES,
+    MAX_CHUNK_STREAMS as _MAX_CHUNK_STREAMS, MIN_CHUNK_SIZE as _MIN_CHUNK_SIZE,
+    MAX_CHUNK_SIZE as _MAX_CHUNK_SIZE_PY, BLOCK_SIZE as _BLOCK_SIZE_PY, MIN_FREE as _MIN_FREE_PY,
+)
+
+cdef Py_ssize_t _BLOCK_SIZE = _BLOCK_SIZE_PY
+cdef Py_ssize_t _MIN_FREE = _MIN_FREE_PY
+cdef unsigned int _MAX_CHUNK_SIZE = _MAX_CHUNK_SIZE_PY
+cdef object _NEED_DATA = NEED_DATA
+cdef int[4] _HEADER_SIZES = [11, 7, 3, 0]
+
+
+cdef class _CChunkStream:
+    cdef unsigned int timestamp, delta, length, type_id, stream_id, ext_value, received
+    cdef bint extended
+    cdef list parts  # None when no message is in progress
+
+
+cdef class ChunkReader:
+    cdef bytearray _block
+    cdef unsigned char* _buf
+    cdef Py_ssize_t _start, _end, _size
+    cdef dict _streams
+    cdef Py_ssize_t _partial_bytes
+    cdef unsigned int _last_stream_id
+    cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
+    cdef readonly unsigned int chunk_size
+    cdef readonly unsigned long long bytes_received, chunks_parsed
+
+    def __init__(self, *, max_message_size=_MAX_MESSAGE_SIZE, max_partial_bytes=_MAX_PARTIAL_BYTES,
+                 max_chunk_streams=_MAX_CHUNK_STREAMS, min_chunk_size=_MIN_CHUNK_SIZE):
+        self.max_message_size = max_message_size
+        self.max_partial_bytes = max_partial_bytes
+        self.max_chunk_streams = max_chunk_streams
+        self.min_chunk_size = min_chunk_size
+        self.chunk_size = 128
+        self.bytes_received = 0
+        self.chunks_parsed = 0
+        self._set_block(bytearray(_BLOCK_SIZE))
+        self._start = 0
+        self._end = 0
+        self._streams = {}
+        self._partial_bytes = 0
+        self._last_stream_id = 0
+
+    cdef void _set_block(self, bytearray block):
+        self._block = block
+        self._buf = <unsigned char*>PyByteArray_AS_STRING(block)
+        self._size = len(block)
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        cdef bytearray fresh
+        cdef Py_ssize_t tail
+        if self._size - self._end < _MIN_FREE:
+            tail = self._end - self._start
+            fresh = bytearray(max(_BLOCK_SIZE, tail + _MIN_FREE))
+            fresh[:tail] = self._block[self._start:self._end]
+            self._set_block(fresh)
+            self._start = 0
+            self._end = tail
+        return memoryview(self._block)[self._end:]
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        self._end += nbytes
+        self.bytes_received += nbytes
+
+    def receive_data(self, data):
+        cdef const unsigned char[:] src = data
+        cdef Py_ssize_t off = 0, n, total = src.shape[0]
+        while off < total:
+            buf = self.get_buffer(total - off)
+            n = min(len(buf), total - off)
+            buf[:n] = src[off:off + n]
+            self.buffer_updated(n)
+            off += n
+
+    def next_message(self):
+        cdef object result
+        while True:
+            result = self._next_chunk()
+            if result is not None:
+                return result
+
+    cdef object _next_chunk(self):
+        cdef unsigned char* buf = self._buf
+        cdef Py_ssize_t pos = self._start, p, n
+        cdef Py_ssize_t avail = self._end - pos
+        cdef unsigned int b0, fmt, csid, hdr, mh
+        cdef unsigned int timestamp, delta, length, type_id, stream_id, ext_value, field, peek, received
+        cdef bint extended, new_stream
+        cdef _CChunkStream st
+        if avail < 1:
+            return _NEED_DATA
+        b0 = buf[pos]
+        fmt = b0 >> 6
+        csid = b0 & 0x3F
+        hdr = 1
+        if csid == 0:
+            if avail < 2:
+                return _NEED_DATA
+            csid = buf[pos + 1] + 64
+            hdr = 2
+        elif csid == 1:
+            if avail < 3:
+                return _NEED_DATA
+            csid = buf[pos + 1] + (buf[pos + 2] << 8) + 64
+            hdr = 3
+        mh = _HEADER_SIZES[fmt]
+        if avail < hdr + mh:
+            return _NEED_DATA
+        st = <_CChunkStream?>self._streams.get(csid) if csid in self._streams else None
+        if st is None:
+            if fmt >= 2:
+                raise RemoteProtocolError(f"chunk of fmt {fmt} opens chunk stream {csid} (no header to reuse)")
+            if len(self._streams) >= self.max_chunk_streams:
+                raise _LimitExceeded("max_chunk_streams", len(self._streams) + 1, self.max_chunk_streams)
+            st = _CChunkStream()
+            st.stream_id = self._last_stream_id
+            st.parts = None
+            new_stream = True
+        else:
+            new_stream = False
+        if fmt != 3 and st.parts is not None:
+            raise RemoteProtocolError(f"fmt {fmt} header on chunk stream {csid} while a message is incomplete")
+        p = pos + hdr
+        timestamp = st.timestamp
+        delta = st.delta
+        length = st.length
+        type_id = st.type_id
+        stream_id = st.stream_id
+        extended = st.extended
+        ext_value = st.ext_value
+        if fmt <= 2:
+            field = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
+            if fmt <= 1:
+                length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
+                type_id = buf[p + 6]
+                if fmt == 0:
+                    stream_id = (<unsigned int>buf[p + 7]) | (<unsigned int>buf[p + 8] << 8) | \
+                                (<unsigned int>buf[p + 9] << 16) | (<unsigned int>buf[p + 10] << 24)
+            p += mh
+            extended = field == 0xFFFFFF
+            if extended:
+                if self._end - p < 4:
+                    return _NEED_DATA
+                field = (<unsigned int>buf[p] << 24) | (<unsigned int>buf[p + 1] << 16) | \
+                        (<unsigned int>buf[p + 2] << 8) | buf[p + 3]
+                ext_value = field
+                p += 4
+            if fmt == 0:
+                timestamp = field
+            else:
+                timestamp = timestamp + field  # unsigned int: wraps mod 2**32
+            delta = field
+        else:
+            if extended and self._end - p >= 4:
+                peek = (<unsigned int>buf[p] << 24) | (<unsigned int>buf[p + 1] << 16) | \
+                       (<unsigned int>buf[p + 2] << 8) | buf[p + 3]
+                if peek == ext_value:
+                    p += 4
+            elif extended:
+                return _NEED_DATA
+            if st.parts is None:
+                timestamp = timestamp + delta
+        received = st.received if st.parts is not None else 0
+        if fmt <= 1 and length > self.max_message_size:
+            raise _LimitExceeded("max_message_size", length, self.max_message_size)
+        n = min(self.chunk_size, length - received)
+        if self._end - p < n:
+            return _NEED_DATA
+        if new_stream:
+            self._streams[csid] = st
+        st.timestamp = timestamp
+        st.delta = delta
+        st.length = length
+        st.type_id = type_id
+        st.stream_id = stream_id
+        st.extended = extended
+        st.ext_value = ext_value
+        self._start = p + n
+        self.chunks_parsed += 1
+        payload = memoryview(self._block)[p:p + n]
+        if received + n < length:
+            if st.parts is None:
+                st.parts = [payload]
+            else:
+                st.parts.append(payload)
+            st.received = received + n
+            self._partial_bytes += n
+            if self._partial_bytes > self.max_partial_bytes:
+                raise _LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
+            return None
+        if st.parts is None:
+            body = payload
+        else:
+            st.parts.append(payload)
+            body = b"".join(st.parts)
+            self._partial_bytes -= received
+            st.parts = None
+            st.received = 0
+        self._last_stream_id = stream_id
+        if type_id == 1 or type_id == 2:
+            self._control(type_id, body)
+        return _RtmpMessage(csid, stream_id, type_id, timestamp, body)
+
+    cdef _control(self, unsigned int type_id, body):
+        cdef unsigned int value
+        cdef _CChunkStream st
+        if len(body) < 4:
+            raise RemoteProtocolError(f"control message {type_id} of {len(body)} bytes, need 4")
+        value = (<unsigned int>body[0] << 24) | (<unsigned int>body[1] << 16) | (<unsigned int>body[2] << 8) | body[3]
+        if type_id == 1:
+            if value == 0 or value & 0x80000000:
+                raise RemoteProtocolError(f"invalid chunk size {value:#x}")
+            if value < self.min_chunk_size:
+                raise RemoteProtocolError(f"chunk size {value} is below min_chunk_size {self.min_chunk_size}")
+            self.chunk_size = min(value, _MAX_CHUNK_SIZE)
+        else:
+            if value in self._streams:
+                st = self._streams[value]
+                if st.parts is not None:
+                    self._partial_bytes -= st.received
+                    st.parts = None
+                    st.received = 0

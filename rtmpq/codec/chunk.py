@@ -1,3 +1,239 @@
-"""Placeholder: see the brief for rtmpq/codec/chunk.py."""
+"""RTMP chunk stream reassembly (pure-Python reference of ext/chunk.pxi).
 
-__all__: list[str] = []
+Bytes are received into blocks the reader owns (``get_buffer``/``buffer_updated``, the
+asyncio.BufferedProtocol contract). A block is never resized or reused: when it is full, a fresh
+block takes over the unparsed tail, so views handed out stay valid. A message that fits in one
+chunk is returned as a view into its block; a message of several chunks is joined once from the
+views of its chunk payloads (no preallocation by declared length).
+
+Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-inputs.md):
+- fmt 1 on a csid never seen (librtmp) is accepted: the message stream id is taken from the most
+  recent message of the connection. fmt 2 or 3 on a csid never seen carry no length, so nothing
+  safe can be parsed: RemoteProtocolError.
+- A header of fmt 0, 1 or 2 while a message is incomplete on that csid is refused (it would change
+  the length of a message in flight: CVE-2016-10191).
+- Extended timestamps: fmt-3 chunks of a csid whose header had one may or may not repeat the 4
+  bytes (FFmpeg/OBS do, old librtmp does not). The reader peeks and consumes them only when they
+  equal the extended value (as SRS does).
+- After fmt 0, the "delta" a following fmt-3 message adds is the fmt-0 timestamp itself (what the
+  spec's wording and FFmpeg's sender imply).
+"""
+
+from ..errors import LimitExceeded, RemoteProtocolError
+from .sentinel import NEED_DATA
+from .types import RtmpMessage
+
+__all__ = ["ChunkReader"]
+
+# Largest message we reassemble (a 4K IDR at high bitrate is ~2 MB; nginx caps at 1 MiB).
+MAX_MESSAGE_SIZE = 8 * 1024 * 1024
+# Bytes one connection may hold in incomplete messages across all its chunk streams.
+MAX_PARTIAL_BYTES = 16 * 1024 * 1024
+# Chunk streams (csids) one connection may use (nginx-rtmp's max_streams is 32).
+MAX_CHUNK_STREAMS = 32
+# Smallest Set Chunk Size accepted; smaller ones multiply per-chunk work (Red5#475, SRS#541).
+MIN_CHUNK_SIZE = 128
+# Chunk sizes above this are treated as this (the 24-bit message length bounds any message).
+MAX_CHUNK_SIZE = 0xFFFFFF
+# Receive block size, and the free space below which get_buffer starts a fresh block.
+BLOCK_SIZE = 256 * 1024
+MIN_FREE = 16 * 1024
+
+_HEADER_SIZES = (11, 7, 3, 0)
+
+
+class _ChunkStream:
+    __slots__ = ("timestamp", "delta", "length", "type_id", "stream_id", "extended", "ext_value",
+                 "parts", "received")
+
+    def __init__(self) -> None:
+        self.timestamp = 0
+        self.delta = 0
+        self.length = 0
+        self.type_id = 0
+        self.stream_id = 0
+        self.extended = False
+        self.ext_value = 0
+        self.parts = None  # list of payload views while a message is incomplete, else None
+        self.received = 0
+
+
+class ChunkReader:
+    def __init__(self, *, max_message_size: int = MAX_MESSAGE_SIZE, max_partial_bytes: int = MAX_PARTIAL_BYTES,
+                 max_chunk_streams: int = MAX_CHUNK_STREAMS, min_chunk_size: int = MIN_CHUNK_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self.max_partial_bytes = max_partial_bytes
+        self.max_chunk_streams = max_chunk_streams
+        self.min_chunk_size = min_chunk_size
+        self.chunk_size = 128
+        self.bytes_received = 0
+        self.chunks_parsed = 0
+        self._block = bytearray(BLOCK_SIZE)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of received bytes
+        self._streams: dict[int, _ChunkStream] = {}
+        self._partial_bytes = 0
+        self._last_stream_id = 0
+
+    # -- receiving ------------------------------------------------------------------------------
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        if len(self._block) - self._end < MIN_FREE:
+            tail = self._block[self._start : self._end]
+            self._block = bytearray(max(BLOCK_SIZE, len(tail) + MIN_FREE))
+            self._block[: len(tail)] = tail
+            self._start, self._end = 0, len(tail)
+        return memoryview(self._block)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        self.bytes_received += nbytes
+
+    def receive_data(self, data) -> None:
+        data = memoryview(data)
+        while len(data):
+            buf = self.get_buffer(len(data))
+            n = min(len(buf), len(data))
+            buf[:n] = data[:n]
+            self.buffer_updated(n)
+            data = data[n:]
+
+    # -- parsing --------------------------------------------------------------------------------
+    def next_message(self):
+        while True:
+            result = self._next_chunk()
+            if result is not None:
+                return result
+
+    def _next_chunk(self):
+        """Parse one chunk; returns a message, NEED_DATA, or None (chunk consumed, no message yet)."""
+        buf = self._block
+        pos = self._start
+        avail = self._end - pos
+        if avail < 1:
+            return NEED_DATA
+        b0 = buf[pos]
+        fmt = b0 >> 6
+        csid = b0 & 0x3F
+        hdr = 1
+        if csid == 0:
+            if avail < 2:
+                return NEED_DATA
+            csid = buf[pos + 1] + 64
+            hdr = 2
+        elif csid == 1:
+            if avail < 3:
+                return NEED_DATA
+            csid = buf[pos + 1] + (buf[pos + 2] << 8) + 64
+            hdr = 3
+        mh = _HEADER_SIZES[fmt]
+        if avail < hdr + mh:
+            return NEED_DATA
+        st = self._streams.get(csid)
+        if st is None:
+            if fmt >= 2:
+                raise RemoteProtocolError(f"chunk of fmt {fmt} opens chunk stream {csid} (no header to reuse)")
+            if len(self._streams) >= self.max_chunk_streams:
+                raise LimitExceeded("max_chunk_streams", len(self._streams) + 1, self.max_chunk_streams)
+            st = _ChunkStream()
+            st.stream_id = self._last_stream_id
+            new_stream = True
+        else:
+            new_stream = False
+        if fmt != 3 and st.parts is not None:
+            raise RemoteProtocolError(f"fmt {fmt} header on chunk stream {csid} while a message is incomplete")
+        p = pos + hdr
+        # header fields, committed to ``st`` only once the whole chunk is here
+        timestamp = st.timestamp
+        delta = st.delta
+        length = st.length
+        type_id = st.type_id
+        stream_id = st.stream_id
+        extended = st.extended
+        ext_value = st.ext_value
+        if fmt <= 2:
+            field = (buf[p] << 16) | (buf[p + 1] << 8) | buf[p + 2]
+            if fmt <= 1:
+                length = (buf[p + 3] << 16) | (buf[p + 4] << 8) | buf[p + 5]
+                type_id = buf[p + 6]
+                if fmt == 0:
+                    stream_id = buf[p + 7] | (buf[p + 8] << 8) | (buf[p + 9] << 16) | (buf[p + 10] << 24)
+            p += mh
+            extended = field == 0xFFFFFF
+            if extended:
+                if self._end - p < 4:
+                    return NEED_DATA
+                field = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+                ext_value = field
+                p += 4
+            if fmt == 0:
+                timestamp = field
+            else:
+                timestamp = (timestamp + field) & 0xFFFFFFFF
+            delta = field
+        else:
+            if extended and self._end - p >= 4:
+                peek = (buf[p] << 24) | (buf[p + 1] << 16) | (buf[p + 2] << 8) | buf[p + 3]
+                if peek == ext_value:
+                    p += 4
+            elif extended:
+                return NEED_DATA  # cannot tell yet whether the 4 bytes are repeated
+            if st.parts is None:  # fmt 3 starting a new message: same header, same delta again
+                timestamp = (timestamp + delta) & 0xFFFFFFFF
+        received = st.received if st.parts is not None else 0
+        if fmt <= 1 and length > self.max_message_size:
+            raise LimitExceeded("max_message_size", length, self.max_message_size)
+        n = min(self.chunk_size, length - received)
+        if self._end - p < n:
+            return NEED_DATA
+        # the whole chunk is here: commit
+        if new_stream:
+            self._streams[csid] = st
+        st.timestamp = timestamp
+        st.delta = delta
+        st.length = length
+        st.type_id = type_id
+        st.stream_id = stream_id
+        st.extended = extended
+        st.ext_value = ext_value
+        self._start = p + n
+        self.chunks_parsed += 1
+        payload = memoryview(buf)[p : p + n]
+        if received + n < length:
+            if st.parts is None:
+                st.parts = [payload]
+            else:
+                st.parts.append(payload)
+            st.received = received + n
+            self._partial_bytes += n
+            if self._partial_bytes > self.max_partial_bytes:
+                raise LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
+            return None
+        if st.parts is None:
+            body = payload
+        else:
+            st.parts.append(payload)
+            body = b"".join(st.parts)
+            self._partial_bytes -= received
+            st.parts = None
+            st.received = 0
+        self._last_stream_id = stream_id
+        if type_id == 1 or type_id == 2:
+            self._control(type_id, body)
+        return RtmpMessage(csid, stream_id, type_id, timestamp, body)
+
+    def _control(self, type_id: int, body) -> None:
+        if len(body) < 4:
+            raise RemoteProtocolError(f"control message {type_id} of {len(body)} bytes, need 4")
+        value = (body[0] << 24) | (body[1] << 16) | (body[2] << 8) | body[3]
+        if type_id == 1:
+            if value == 0 or value & 0x80000000:
+                raise RemoteProtocolError(f"invalid chunk size {value:#x}")
+            if value < self.min_chunk_size:
+                raise RemoteProtocolError(f"chunk size {value} is below min_chunk_size {self.min_chunk_size}")
+            self.chunk_size = min(value, MAX_CHUNK_SIZE)
+        else:
+            st = self._streams.get(value)
+            if st is not None and st.parts is not None:
+                self._partial_bytes -= st.received
+                st.parts = None
+                st.received = 0
