@@ -27,6 +27,15 @@ def ffmpeg_publish_args(url: str, reference: str, seconds: float = 3.0, size: st
     ]
 
 
+def ffmpeg_publish_only_args(url: str, seconds: float = 2.0) -> list[str]:
+    """A plain publish (no tee): ffmpeg's exit status tells whether the server took it."""
+    return [
+        "ffmpeg", "-hide_banner", "-loglevel", "info", "-nostdin", "-re",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", str(seconds), *VIDEO_ENCODE,
+        "-f", "flv", url,
+    ]
+
+
 @dataclass(frozen=True)
 class Packet:
     track: str

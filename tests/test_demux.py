@@ -71,8 +71,11 @@ def test_frames_keep_their_timing_across_extended_and_wrapping_timestamps(sample
 
 def test_unwrapper_is_serial():
     u = TimestampUnwrapper()
-    assert [u.unwrap(t) for t in (2**32 - 20, 2**32 - 1, 5, 40, 30, 2**31 + 100)] == [
-        2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 40, 2**32 + 30, 2**32 + 2**31 + 100]
+    g = 2**30
+    stamps = (2**32 - 20, 2**32 - 1, 5, 40, 30, g, 2 * g, 3 * g, 0, 100)
+    assert [u.unwrap(t) for t in stamps] == [
+        2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 40, 2**32 + 30,  # small step back: not a wrap
+        2**32 + g, 2**32 + 2 * g, 2**32 + 3 * g, 2**33, 2**33 + 100]
 
 
 def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):

@@ -15,6 +15,7 @@ from .publishers import (
     collect_broadcast,
     count_decoded_frames,
     ffmpeg_publish_args,
+    ffmpeg_publish_only_args,
     probe_packets,
     run_process,
 )
@@ -73,7 +74,7 @@ async def test_second_publish_of_a_live_key_is_refused_and_the_first_goes_on(ing
     first = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=4)))
     await ingest.registry.wait_for("live/busy", 10)
     await asyncio.sleep(0.5)
-    rc, output = await run_process(ffmpeg_publish_args(url, str(tmp_path / "second.flv"), seconds=2))
+    rc, output = await run_process(ffmpeg_publish_only_args(url))
     assert rc != 0
     assert "already publishing" in output.lower()
     rc, output = await first
@@ -87,9 +88,9 @@ async def test_gstreamer_publisher_with_4096_byte_chunks(ingest, tmp_path):
     url = f"rtmp://127.0.0.1:{ingest.port}/live/gst"
     collector = asyncio.create_task(collect_broadcast(ingest.registry, "live/gst"))
     pipeline = (
-        "videotestsrc num-buffers=90 is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 "
+        "videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1 "
         "! x264enc key-int-max=60 bframes=2 tune=zerolatency ! h264parse ! tee name=v "
-        "audiotestsrc num-buffers=130 is-live=true samplesperbuffer=1024 ! audio/x-raw,rate=44100,channels=2 "
+        "audiotestsrc num-buffers=130 samplesperbuffer=1024 ! audio/x-raw,rate=44100,channels=2 "
         "! avenc_aac ! aacparse ! tee name=a "
         f"flvmux name=live streamable=true ! rtmp2sink location={url} chunk-size=4096 "
         f"flvmux name=file streamable=true ! filesink location={tmp_path / 'gst-reference.flv'} "
@@ -99,7 +100,18 @@ async def test_gstreamer_publisher_with_4096_byte_chunks(ingest, tmp_path):
     assert rc == 0, output
     catalogs, frames = await collector
     reference = probe_packets(str(tmp_path / "gst-reference.flv"))
+    received = as_packets(frames)
+    # two live flvmux instances interleave the tracks and derive dts each their own way (from
+    # their own running time): compare track by track, presentation times relative to the first
+    def relative(packets, track):
+        packets = [p for p in packets if p.track == track]
+        t0 = packets[0].pts
+        return [(p.pts - t0, p.keyframe, p.size) for p in packets]
+
+    for track in ("video", "audio"):
+        assert relative(received, track) == relative(reference, track), track
     assert len([p for p in reference if p.track == "video"]) == 90
-    assert as_packets(frames) == reference
     [recording] = recordings(tmp_path / "rec", "gst")
-    assert probe_packets(str(recording)) == reference
+    # the recording holds exactly what arrived (GStreamer also repeats onMetaData mid-stream,
+    # which ffprobe lists as a data stream: those tags are kept too, but are not frames)
+    assert [p for p in probe_packets(str(recording)) if p.track in ("audio", "video")] == received

@@ -10,6 +10,7 @@ import logging
 import os
 
 from . import amf0, bits, chunk, flvtag, nal
+from .amf0 import amf0_encode
 from .sentinel import NEED_DATA
 
 log = logging.getLogger("rtmpq.codec")
@@ -40,4 +41,4 @@ if _missing and os.environ.get("RTMPQ_REQUIRE_COMPILED") == "1":
 for _name, _pure in REFERENCE.items():
     globals()[_name] = getattr(_compiled, _name, _pure) if _compiled is not None else _pure
 
-__all__ = ["BACKEND", "COMPILED", "NEED_DATA", "REFERENCE", *REFERENCE]
+__all__ = ["BACKEND", "COMPILED", "NEED_DATA", "REFERENCE", "amf0_encode", *REFERENCE]

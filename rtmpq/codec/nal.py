@@ -1,3 +1,67 @@
-"""Placeholder: see the brief for rtmpq/codec/nal.py."""
+"""H.264/H.265 NAL unit framing (pure-Python reference of ext/nal.pxi).
 
-__all__: list[str] = []
+- ``split_length_prefixed``: the NAL units of an AVCC/FLV access unit, as views (no copy).
+- ``find_annexb_units``: (start, end) of each NAL unit of an Annex-B byte stream.
+- ``unescape_rbsp``: emulation-prevention bytes removed (00 00 03 -> 00 00) into a new buffer,
+  never larger than the input.
+"""
+
+from ..errors import RemoteProtocolError
+
+__all__ = ["split_length_prefixed", "find_annexb_units", "unescape_rbsp"]
+
+
+def split_length_prefixed(data, length_size: int) -> list:
+    if length_size not in (1, 2, 4):
+        raise RemoteProtocolError(f"NAL length size {length_size} (must be 1, 2 or 4)")
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    end = len(view)
+    pos = 0
+    units = []
+    while pos < end:
+        if end - pos < length_size:
+            raise RemoteProtocolError(f"NAL length field truncated at byte {pos}")
+        size = int.from_bytes(view[pos : pos + length_size], "big")
+        pos += length_size
+        if size == 0:
+            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size}")
+        if size > end - pos:
+            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size} runs past the end ({end - pos} left)")
+        units.append(view[pos : pos + size])
+        pos += size
+    return units
+
+
+def find_annexb_units(data) -> list[tuple[int, int]]:
+    """Units between start codes (00 00 01 or 00 00 00 01); trailing zero bytes are not part of a unit."""
+    b = bytes(data)
+    n = len(b)
+    starts = []
+    i = b.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append(i)
+        i = b.find(b"\x00\x00\x01", i + 3)
+    units = []
+    for k, s in enumerate(starts):
+        begin = s + 3
+        end = starts[k + 1] if k + 1 < len(starts) else n
+        while end > begin and b[end - 1] == 0:  # a 4-byte start code or trailing_zero_8bits
+            end -= 1
+        if end > begin:
+            units.append((begin, end))
+    return units
+
+
+def unescape_rbsp(data) -> bytes:
+    b = bytes(data)
+    if b.find(b"\x00\x00\x03") < 0:
+        return b
+    out = bytearray()
+    zeros = 0
+    for byte in b:
+        if zeros >= 2 and byte == 3:
+            zeros = 0
+            continue
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)

@@ -82,10 +82,10 @@ class BroadcastDemuxer:
     # -- video ----------------------------------------------------------------------------------
     def _on_video(self, ts: int, body, received_ns: int) -> list:
         tag = parse_video_tag(body)
-        if tag.codec != "avc1":
-            self.stats.unsupported += 1
+        if tag.codec != "avc1" or tag.track_id != 0:
+            self.stats.unsupported += 1  # other codecs, and E-RTMP tracks beyond the default one
             return []
-        payload = memoryview(body)[tag.payload_offset :]
+        payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == 0:  # sequence start: avcC
             try:
                 config = AvcConfig.parse(bytes(payload))
@@ -130,10 +130,10 @@ class BroadcastDemuxer:
     # -- audio ----------------------------------------------------------------------------------
     def _on_audio(self, ts: int, body, received_ns: int) -> list:
         tag = parse_audio_tag(body)
-        if tag.codec != "mp4a":
+        if tag.codec != "mp4a" or tag.track_id != 0:
             self.stats.unsupported += 1
             return []
-        payload = memoryview(body)[tag.payload_offset :]
+        payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == 0:
             try:
                 asc = AudioSpecificConfig.parse(bytes(payload))

@@ -1,0 +1,41 @@
+"""Parsed FLV audio/video tag headers (shared by both twins of rtmpq.codec.flvtag)."""
+
+from dataclasses import dataclass
+
+# Normalised packet types (legacy AVC/AAC packet types map onto the same numbers).
+PACKET_SEQUENCE_START = 0
+PACKET_CODED_FRAMES = 1
+PACKET_SEQUENCE_END = 2
+PACKET_METADATA = 4
+PACKET_COMMAND = 0x100  # a video command frame (FrameType 5): no media payload
+
+FRAME_KEY = 1
+FRAME_INTER = 2
+FRAME_DISPOSABLE_INTER = 3
+FRAME_GENERATED_KEY = 4
+FRAME_COMMAND = 5
+
+
+@dataclass(frozen=True, slots=True)
+class VideoTag:
+    codec: str  # FourCC: "avc1" (legacy CodecID 7 too), "hvc1", "av01", "vp09", or "legacy-<id>"
+    frame_type: int  # 1 key, 2 inter, 3 disposable, 4 generated key, 5 command
+    packet_type: int  # PACKET_* above; enhanced types without a legacy twin keep their number
+    cts: int  # signed composition time offset in ms (0 where the format carries none)
+    enhanced: bool
+    track_id: int  # 0 unless the tag is E-RTMP multitrack
+    payload_offset: int  # codec payload is body[payload_offset:payload_end]
+    payload_end: int
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTag:
+    codec: str  # "mp4a" (legacy SoundFormat 10 too), "Opus", "fLaC", "ac-3", "ec-3", "mp3 ", "legacy-<n>"
+    packet_type: int  # PACKET_SEQUENCE_START / PACKET_CODED_FRAMES / ...
+    enhanced: bool
+    track_id: int
+    payload_offset: int
+    payload_end: int
+    sound_rate: int  # legacy header bits (0..3), 0 for enhanced
+    sound_size: int  # 0 = 8 bit, 1 = 16 bit
+    stereo: bool
