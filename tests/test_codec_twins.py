@@ -1,0 +1,144 @@
+"""The compiled codecs and their pure-Python twins agree on random input, split at random points.
+
+These tests load both twins directly (rtmpq._speedups must be built), whatever backend the rest
+of the run uses.
+"""
+
+import rtmpq._speedups as compiled
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rtmpq.codec import REFERENCE, NEED_DATA
+from rtmpq.codec.amf0 import amf0_encode
+from rtmpq.codec.amf_types import UNDEFINED, AmfDate, EcmaArray
+from rtmpq.errors import RemoteProtocolError
+from rtmpq.rtmp.chunk_writer import ChunkWriter
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_every_reference_function_has_a_compiled_twin():
+    assert sorted(n for n in REFERENCE if not hasattr(compiled, n)) == []
+
+
+def outcome(fn, *args):
+    """Result or (exception type, message): what a caller of either twin would observe."""
+    try:
+        return ("ok", fn(*args))
+    except RemoteProtocolError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def run_reader(cls, data: bytes, cuts: list[int]):
+    r = cls()
+    out = []
+    pos = 0
+    try:
+        for cut in sorted(set(cuts)) + [len(data)]:
+            r.receive_data(data[pos:cut])
+            pos = cut
+            while (m := r.next_message()) is not NEED_DATA:
+                out.append((m.csid, m.stream_id, m.type_id, m.timestamp, bytes(m.body)))
+    except RemoteProtocolError as exc:
+        out.append((type(exc).__name__, str(exc)))
+    return out, r.chunk_size, r.bytes_received
+
+
+messages = st.lists(st.tuples(
+    st.sampled_from([2, 3, 4, 6, 63, 64, 300, 65599]),  # csid
+    st.integers(0, 2**32 - 1),  # timestamp
+    st.sampled_from([8, 9, 18, 20]),
+    st.integers(0, 3),  # stream id
+    st.binary(max_size=700),
+), max_size=12)
+
+
+@SETTINGS
+@given(messages, st.sampled_from([128, 129, 1000, 4096]), st.booleans(), st.lists(st.integers(0, 9000), max_size=20))
+def test_chunk_reader_twins_agree_on_valid_streams(msgs, chunk_size, repeat_ext, cuts):
+    w = ChunkWriter(128, repeat_extended_timestamp=repeat_ext)
+    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
+    w.chunk_size = chunk_size
+    for m in msgs:
+        data += w.write(*m)
+    cuts = [c % (len(data) + 1) for c in cuts]
+    ref = run_reader(REFERENCE["ChunkReader"], data, cuts)
+    assert ref == run_reader(compiled.ChunkReader, data, cuts)
+    assert ref == run_reader(REFERENCE["ChunkReader"], data, [])  # splits change nothing
+    assert len(ref[0]) == len(msgs) + 1
+
+
+@SETTINGS
+@given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=10))
+def test_chunk_reader_twins_agree_on_garbage(data, cuts):
+    cuts = [c % (len(data) + 1) for c in cuts]
+    assert run_reader(REFERENCE["ChunkReader"], data, cuts) == run_reader(compiled.ChunkReader, data, cuts)
+
+
+amf_values = st.recursive(
+    st.none() | st.just(UNDEFINED) | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=30)
+    | st.builds(AmfDate, st.floats(allow_nan=False), st.integers(-720, 720)),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(min_size=1, max_size=8), children, max_size=4)
+    | st.dictionaries(st.text(min_size=1, max_size=8), children, max_size=4).map(EcmaArray),
+    max_leaves=20,
+)
+
+
+@SETTINGS
+@given(st.lists(amf_values, max_size=5))
+def test_amf0_twins_round_trip_identically(values):
+    data = amf0_encode(*values)
+    ref = REFERENCE["amf0_decode"](data)
+    assert ref == compiled.amf0_decode(data) == values
+    assert [type(v) for v in ref] == [type(v) for v in compiled.amf0_decode(data)]
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_amf0_twins_agree_on_garbage(data):
+    assert outcome(REFERENCE["amf0_decode"], data) == outcome(compiled.amf0_decode, data)
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.sampled_from([1, 2, 3, 4]))
+def test_nal_twins_agree(data, length_size):
+    ref = outcome(REFERENCE["split_length_prefixed"], data, length_size)
+    com = outcome(compiled.split_length_prefixed, data, length_size)
+    if ref[0] == "ok":
+        ref, com = [bytes(u) for u in ref[1]], [bytes(u) for u in com[1]]
+    assert ref == com
+    assert REFERENCE["find_annexb_units"](data) == compiled.find_annexb_units(data)
+    assert REFERENCE["unescape_rbsp"](data) == compiled.unescape_rbsp(data)
+
+
+@SETTINGS
+@given(st.binary(max_size=64))
+def test_flv_tag_twins_agree(data):
+    for name in ("parse_video_tag", "parse_audio_tag"):
+        assert outcome(REFERENCE[name], data) == outcome(getattr(compiled, name), data)
+
+
+@SETTINGS
+@given(st.binary(max_size=40), st.lists(st.sampled_from(["bits", "ue", "se", "skip"]), max_size=30),
+       st.integers(0, 33))
+def test_bit_reader_twins_agree(data, ops, n):
+    def run(cls):
+        r = cls(data)
+        out = []
+        try:
+            for op in ops:
+                if op == "bits":
+                    out.append(r.read_bits(n))
+                elif op == "ue":
+                    out.append(r.read_ue())
+                elif op == "se":
+                    out.append(r.read_se())
+                else:
+                    r.skip_bits(n)
+                out.append(r.bits_left)
+        except RemoteProtocolError as exc:
+            out.append(str(exc))
+        return out
+
+    assert run(REFERENCE["BitReader"]) == run(compiled.BitReader)
