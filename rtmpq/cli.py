@@ -51,13 +51,47 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run every node in one process (the default deployment)",
-                        description="Run ingest (and the other nodes as they land) in one process.")
+                        description="Run the RTMP ingest and a MoQ relay (QUIC, draft 16) in one process. "
+                                    "Subscribe with: rtmpq sub moqt://HOST:4443/live/<key> --insecure")
     _add_ingest_arguments(up)
+    _add_moq_server_arguments(up)
+
+    sub_cmd = sub.add_parser("sub", help="subscribe to a broadcast over MoQ and print its objects",
+                             description="Subscribe to moqt://HOST:PORT/live/<key>: prints one JSON line per "
+                                         "object with --json, and a summary. Exit status 1 when nothing came.")
+    sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<key>")
+    sub_cmd.add_argument("--frames", type=int, help="stop after this many media objects")
+    sub_cmd.add_argument("--seconds", type=float, help="stop after this many seconds")
+    sub_cmd.add_argument("--json", action="store_true", help="one JSON line per object")
+    sub_cmd.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
+    sub_cmd.add_argument("--cafile", help="verify the server certificate against this CA file")
+    sub_cmd.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex)")
+    sub_cmd.add_argument("--delivery-timeout", type=float, metavar="S",
+                         help="latency budget: the relay drops groups older than this (seconds)")
 
     ingest = sub.add_parser("ingest", help="accept RTMP publishers",
                             description="Accept RTMP publishes (OBS, ffmpeg, GStreamer) as broadcasts.")
     _add_ingest_arguments(ingest)
     return parser
+
+
+def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--moq", metavar="HOST:PORT", type=lambda t: host_port(t, 4443), default=("0.0.0.0", 4443),
+                   help="UDP address of the MoQ (QUIC) listener (default 0.0.0.0:4443)")
+    p.add_argument("--cert", type=Path, help="TLS certificate (PEM); default: self-signed, made on first start")
+    p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
+    p.add_argument("--state-dir", type=Path, help="where the self-signed certificate is kept "
+                                                  "(default ~/.local/state/rtmpq)")
+
+
+def _moq_config(args):
+    from .nodes.up import MoqConfig
+
+    host, port = args.moq
+    config = MoqConfig(host=host, port=port, certfile=args.cert, keyfile=args.key)
+    if args.state_dir:
+        config.state_dir = args.state_dir
+    return config
 
 
 def _ingest_config(args) -> IngestConfig:
@@ -72,19 +106,27 @@ async def _run(args) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if args.command in ("up", "ingest"):
+    if args.command == "up":
+        from .nodes.up import run_up
+
+        await run_up(_ingest_config(args), _moq_config(args), stop)
+    elif args.command == "ingest":
         await run_ingest(_ingest_config(args), stop=stop)
+    elif args.command == "sub":
+        from .nodes.sub import run_sub
+
+        return await run_sub(args, stop)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(_run(args))
-    except OSError as exc:
+        return asyncio.run(_run(args)) or 0
+    except (OSError, ValueError) as exc:
         print(f"rtmpq: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

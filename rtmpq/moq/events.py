@@ -1,0 +1,117 @@
+"""What a MoqSession reports to its application (frozen slotted dataclasses)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SetupComplete:
+    path: str = ""  # the PATH setup parameter a client sent (server side)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeRequested:
+    request_id: int
+    namespace: tuple[str, ...]
+    track_name: str
+    filter_type: int | None  # None: unfiltered
+    start: tuple[int, int] | None
+    delivery_timeout_ms: int | None
+    subscriber_priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeAccepted:
+    request_id: int
+    track_alias: int
+    largest: tuple[int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    request_id: int
+    error_code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAccepted:
+    request_id: int
+    params: dict
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePublished:
+    request_id: int
+    namespace: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceDone:
+    namespace: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSubscribeRequested:
+    request_id: int
+    prefix: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackStatusRequested:
+    request_id: int
+    namespace: tuple[str, ...]
+    track_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDoneReceived:
+    request_id: int
+    status: int
+    stream_count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectReceived:
+    track_alias: int
+    group: int
+    subgroup: int
+    object_id: int
+    payload: bytes
+    extensions: dict
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SubgroupEnded:
+    """The publisher closed the subgroup stream with FIN: every object of it arrived."""
+
+    track_alias: int
+    group: int
+    subgroup: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubgroupReset:
+    """The publisher reset the subgroup stream: the rest of this group was skipped (``code`` says why)."""
+
+    track_alias: int
+    group: int
+    subgroup: int
+    code: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoawayReceived:
+    new_session_uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    code: int
+    reason: str

@@ -1,0 +1,43 @@
+"""Frames as MoQ objects, in the manner of LOC (specs/draft-ietf-moq-loc.md).
+
+One codec frame per object; the payload is the frame exactly as the catalog describes it (AVC:
+length-prefixed NAL units, AAC: raw frames). Timing travels in object extension headers:
+
+- LOC Timestamp (0x10): the presentation time, in units of LOC Timescale (0x08) per second. We send
+  the track's own timescale (1000 for RTMP sources), so no rounding ever happens.
+- rtmpq private extensions (unknown extension types are ignored by other peers):
+  ``EXT_DTS_OFFSET`` (pts - dts, >= 0; B-frames), ``EXT_FLAGS`` (bit 0: keyframe),
+  ``EXT_RECEIVED_US`` (when ingest received the frame, microseconds since the epoch, for latency).
+"""
+
+from ..media.frames import Frame
+
+EXT_TIMESCALE = 0x08
+EXT_TIMESTAMP = 0x10
+EXT_DTS_OFFSET = 0x7A0
+EXT_FLAGS = 0x7A2
+EXT_RECEIVED_US = 0x7A4
+FLAG_KEYFRAME = 0x1
+
+CATALOG_TRACK = "catalog"
+
+
+def frame_extensions(frame: Frame, timescale: int) -> dict[int, int]:
+    ext = {
+        EXT_TIMESTAMP: max(frame.pts, 0),
+        EXT_TIMESCALE: timescale,
+        EXT_FLAGS: FLAG_KEYFRAME if frame.keyframe else 0,
+    }
+    if frame.pts != frame.dts:
+        ext[EXT_DTS_OFFSET] = frame.pts - frame.dts
+    if frame.received_ns:
+        ext[EXT_RECEIVED_US] = frame.received_ns // 1000
+    return ext
+
+
+def object_to_frame(track: str, group: int, object_id: int, payload, extensions: dict) -> Frame:
+    pts = int(extensions.get(EXT_TIMESTAMP, 0))
+    dts = pts - int(extensions.get(EXT_DTS_OFFSET, 0))
+    keyframe = bool(int(extensions.get(EXT_FLAGS, 1 if object_id == 0 else 0)) & FLAG_KEYFRAME)
+    received_ns = int(extensions.get(EXT_RECEIVED_US, 0)) * 1000
+    return Frame(track, group, object_id, dts, pts, keyframe, payload, received_ns)

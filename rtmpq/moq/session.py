@@ -1,0 +1,300 @@
+"""A MoQ Transport (draft 16) session, sans-I/O, on top of a QUIC connection object.
+
+Modelled on aioquic's H3Connection: the session writes to ``quic`` (any object with aioquic's
+QuicConnection methods: get_next_available_stream_id, send_stream_data, reset_stream, stop_stream,
+close) and turns QUIC events into MoQ events with ``handle_event``. It owns no socket and no clock.
+A peer that breaks the protocol gets the session closed with the draft's error code; nothing is
+raised to the caller.
+"""
+
+import logging
+
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived, StreamReset
+
+from ..codec.sentinel import NEED_DATA
+from . import events as ev
+from . import wire
+from .wire import MoqProtocolError, SessionError
+
+log = logging.getLogger("rtmpq.moq")
+
+# Requests a peer may have open at once (MAX_REQUEST_ID window we grant).
+MAX_REQUESTS = 1000
+# Bytes buffered on the control stream before a message completes (the draft caps messages at 64 KiB).
+MAX_CONTROL_BUFFER = 2 * 0x10000
+# Data streams a peer may have open towards us at once before we refuse new ones.
+MAX_INCOMING_DATA_STREAMS = 256
+
+
+def _text(parts) -> tuple[str, ...]:
+    return tuple(p.decode("utf-8", "replace") for p in parts)
+
+
+def _raw(parts) -> tuple[bytes, ...]:
+    return tuple(p.encode() if isinstance(p, str) else bytes(p) for p in parts)
+
+
+class MoqSession:
+    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS) -> None:
+        self.quic = quic
+        self.is_client = is_client
+        self.path = path
+        self.control_stream_id: int | None = None
+        self.setup_done = False
+        self.closed = False
+        self._control_buf = bytearray()
+        self._data_streams: dict[int, wire.SubgroupStreamParser] = {}
+        self._next_request_id = 0 if is_client else 1
+        self._peer_max_request_id = 0  # we may send requests with ids below this
+        self._max_requests = max_requests
+        self._granted = max_requests * 2  # request ids below this are allowed for the peer
+        self._expected_peer_request = 1 if is_client else 0
+        self._outgoing: dict[int, tuple] = {}  # stream id -> (alias, group, subgroup, last object id)
+
+    # -- connection lifecycle -------------------------------------------------------------------
+    def connect(self) -> None:
+        """Client: open the control stream and send CLIENT_SETUP (call after the QUIC handshake)."""
+        self.control_stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
+        params = {wire.SETUP_MAX_REQUEST_ID: self._granted, wire.SETUP_IMPLEMENTATION: b"rtmpq"}
+        if self.path:
+            params[wire.SETUP_PATH] = self.path.encode()
+        self._send_control(wire.ClientSetup(params))
+
+    def close(self, code: int = SessionError.NO_ERROR, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            self.quic.close(error_code=int(code), reason_phrase=reason[:200])
+
+    def handle_event(self, event) -> list:
+        if self.closed:
+            return []
+        try:
+            if isinstance(event, StreamDataReceived):
+                return self._on_stream_data(event.stream_id, event.data, event.end_stream)
+            if isinstance(event, StreamReset):
+                return self._on_stream_reset(event.stream_id, event.error_code)
+            if isinstance(event, ConnectionTerminated):
+                self.closed = True
+                return [ev.SessionClosed(event.error_code, event.reason_phrase)]
+            if isinstance(event, HandshakeCompleted) and self.is_client and self.control_stream_id is None:
+                self.connect()
+        except MoqProtocolError as exc:
+            log.warning("closing MoQ session: %s", exc)
+            self.close(exc.code, str(exc))
+            return [ev.SessionClosed(exc.code, str(exc))]
+        return []
+
+    # -- requests we send -----------------------------------------------------------------------
+    def _new_request_id(self) -> int:
+        rid = self._next_request_id
+        self._next_request_id += 2
+        return rid
+
+    def subscribe(self, namespace, track_name: str, *, filter_type: int | None = None,
+                  start: tuple[int, int] | None = None, delivery_timeout_ms: int | None = None,
+                  priority: int = 128) -> int:
+        rid = self._new_request_id()
+        params: dict = {wire.PARAM_SUBSCRIBER_PRIORITY: priority}
+        if filter_type is not None:
+            params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start)
+        if delivery_timeout_ms:
+            params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
+        self._send_control(wire.Subscribe(rid, _raw(namespace), track_name.encode(), params))
+        return rid
+
+    def unsubscribe(self, request_id: int) -> None:
+        self._send_control(wire.Unsubscribe(request_id))
+
+    def publish_namespace(self, namespace) -> int:
+        rid = self._new_request_id()
+        self._send_control(wire.PublishNamespace(rid, _raw(namespace)))
+        return rid
+
+    def publish_namespace_done(self, namespace) -> None:
+        self._send_control(wire.PublishNamespaceDone(_raw(namespace)))
+
+    def track_status(self, namespace, track_name: str) -> int:
+        rid = self._new_request_id()
+        self._send_control(wire.TrackStatus(rid, _raw(namespace), track_name.encode()))
+        return rid
+
+    def goaway(self, uri: str = "") -> None:
+        self._send_control(wire.Goaway(uri))
+
+    # -- answers --------------------------------------------------------------------------------
+    def subscribe_ok(self, request_id: int, track_alias: int, largest: tuple[int, int] | None = None) -> None:
+        params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
+        self._send_control(wire.SubscribeOk(request_id, track_alias, params))
+
+    def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
+        params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
+        self._send_control(wire.RequestOk(request_id, params))
+
+    def request_error(self, request_id: int, code: int, reason: str = "") -> None:
+        self._send_control(wire.RequestErrorMessage(request_id, int(code), 0, reason))
+
+    def publish_done(self, request_id: int, status: int, stream_count: int, reason: str = "") -> None:
+        self._send_control(wire.PublishDone(request_id, int(status), stream_count, reason))
+
+    # -- objects --------------------------------------------------------------------------------
+    def open_subgroup(self, track_alias: int, group: int, *, priority: int = 128) -> int:
+        sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
+        header = wire.SubgroupHeader(track_alias, group, 0, priority, extensions=True, end_of_group=True)
+        self.quic.send_stream_data(sid, header.encode())
+        self._outgoing[sid] = [track_alias, group, None]
+        return sid
+
+    def send_object(self, stream_id: int, object_id: int, payload, extensions: dict | None = None) -> None:
+        state = self._outgoing[stream_id]
+        last = state[2]
+        delta = object_id if last is None else object_id - last - 1
+        if delta < 0:
+            raise ValueError("object ids must increase within a subgroup")
+        state[2] = object_id
+        self.quic.send_stream_data(stream_id, wire.encode_object(delta, payload, extensions, with_extensions=True))
+        if len(payload):
+            self.quic.send_stream_data(stream_id, payload)
+
+    def end_subgroup(self, stream_id: int) -> None:
+        if self._outgoing.pop(stream_id, None) is not None:
+            self.quic.send_stream_data(stream_id, b"", end_stream=True)
+
+    def reset_subgroup(self, stream_id: int, code: int) -> None:
+        if self._outgoing.pop(stream_id, None) is not None:
+            self.quic.reset_stream(stream_id, int(code))
+
+    # -- input ----------------------------------------------------------------------------------
+    def _send_control(self, msg) -> None:
+        if self.control_stream_id is None:
+            raise RuntimeError("no control stream yet")
+        self.quic.send_stream_data(self.control_stream_id, wire.encode_control_message(msg))
+
+    def _on_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> list:
+        uni = bool(stream_id & 0x2)
+        if not uni:
+            if self.control_stream_id is None and not self.is_client:
+                self.control_stream_id = stream_id
+            if stream_id != self.control_stream_id:
+                raise MoqProtocolError("a second bidirectional stream (only the control stream is allowed)")
+            if end_stream:
+                raise MoqProtocolError("the control stream was closed")
+            return self._on_control(data)
+        parser = self._data_streams.get(stream_id)
+        if parser is None:
+            if len(self._data_streams) >= MAX_INCOMING_DATA_STREAMS:
+                self.quic.stop_stream(stream_id, wire.StreamResetCode.CANCELLED)
+                return []
+            parser = self._data_streams[stream_id] = wire.SubgroupStreamParser()
+        out = []
+        for item in parser.feed(data):
+            if isinstance(item, wire.SubgroupObject):
+                h = parser.header
+                out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
+                                             item.payload, item.extensions, item.status))
+        if end_stream:
+            del self._data_streams[stream_id]
+            if parser.header is not None:
+                if parser.buffered:
+                    raise MoqProtocolError("subgroup stream ended inside an object")
+                h = parser.header
+                out.append(ev.SubgroupEnded(h.track_alias, h.group_id, h.subgroup_id))
+        return out
+
+    def _on_stream_reset(self, stream_id: int, code: int) -> list:
+        parser = self._data_streams.pop(stream_id, None)
+        if parser is None or parser.header is None:
+            return []
+        h = parser.header
+        return [ev.SubgroupReset(h.track_alias, h.group_id, h.subgroup_id, code)]
+
+    def _on_control(self, data: bytes) -> list:
+        self._control_buf += data
+        if len(self._control_buf) > MAX_CONTROL_BUFFER:
+            raise MoqProtocolError("control message larger than the draft allows")
+        out = []
+        pos = 0
+        while True:
+            r = wire.decode_control_message(self._control_buf, pos)
+            if r is NEED_DATA:
+                break
+            msg, pos = r
+            out += self._on_message(msg)
+        del self._control_buf[:pos]
+        return out
+
+    def _check_request_id(self, rid: int) -> None:
+        if rid != self._expected_peer_request or rid >= self._granted:
+            raise MoqProtocolError(f"request id {rid} (expected {self._expected_peer_request})",
+                                   SessionError.INVALID_REQUEST_ID)
+        self._expected_peer_request += 2
+        if self._granted - rid < self._max_requests:  # keep the window open
+            self._granted += self._max_requests
+            self._send_control(wire.MaxRequestId(self._granted))
+
+    def _on_message(self, msg) -> list:
+        if not self.setup_done:
+            if self.is_client and isinstance(msg, wire.ServerSetup):
+                self.setup_done = True
+                self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
+                return [ev.SetupComplete()]
+            if not self.is_client and isinstance(msg, wire.ClientSetup):
+                self.setup_done = True
+                self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
+                path = msg.params.get(wire.SETUP_PATH, b"")
+                self._send_control(wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: self._granted,
+                                                     wire.SETUP_IMPLEMENTATION: b"rtmpq"}))
+                return [ev.SetupComplete(bytes(path).decode("utf-8", "replace") if isinstance(path, bytes) else "")]
+            raise MoqProtocolError(f"{type(msg).__name__} before setup")
+        if isinstance(msg, (wire.ClientSetup, wire.ServerSetup)):
+            raise MoqProtocolError("setup sent twice")
+        if isinstance(msg, wire.Subscribe):
+            self._check_request_id(msg.request_id)
+            ftype = start = None
+            if wire.PARAM_SUBSCRIPTION_FILTER in msg.params:
+                ftype, start, _ = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
+            timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
+            if timeout == 0:
+                raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
+            return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
+                                          ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)))]
+        if isinstance(msg, wire.SubscribeOk):
+            largest = None
+            if wire.PARAM_LARGEST_OBJECT in msg.params:
+                largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
+            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest)]
+        if isinstance(msg, wire.RequestErrorMessage):
+            return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason)]
+        if isinstance(msg, wire.RequestOk):
+            return [ev.RequestAccepted(msg.request_id, msg.params)]
+        if isinstance(msg, wire.PublishNamespace):
+            self._check_request_id(msg.request_id)
+            return [ev.NamespacePublished(msg.request_id, _text(msg.namespace))]
+        if isinstance(msg, wire.PublishNamespaceDone):
+            return [ev.NamespaceDone(_text(msg.namespace))]
+        if isinstance(msg, wire.SubscribeNamespace):
+            self._check_request_id(msg.request_id)
+            return [ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix))]
+        if isinstance(msg, wire.TrackStatus):
+            self._check_request_id(msg.request_id)
+            return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"))]
+        if isinstance(msg, wire.Unsubscribe):
+            return [ev.Unsubscribed(msg.request_id)]
+        if isinstance(msg, wire.PublishDone):
+            return [ev.PublishDoneReceived(msg.request_id, msg.status, msg.stream_count, msg.reason)]
+        if isinstance(msg, wire.Goaway):
+            return [ev.GoawayReceived(msg.new_session_uri)]
+        if isinstance(msg, wire.MaxRequestId):
+            self._peer_max_request_id = max(self._peer_max_request_id, msg.request_id)
+            return []
+        if isinstance(msg, wire.RequestsBlocked):
+            return []
+        if isinstance(msg, wire.UnknownMessage):
+            # a request we do not serve (FETCH, PUBLISH, REQUEST_UPDATE, ...): its first field is
+            # the request id; refuse it cleanly rather than tear the session down
+            r = wire.decode_varint(msg.body, 0)
+            if r is not NEED_DATA and msg.type in (wire.MessageType.FETCH, wire.MessageType.PUBLISH,
+                                                   wire.MessageType.REQUEST_UPDATE):
+                self._check_request_id(r[0])
+                self.request_error(r[0], wire.RequestError.NOT_SUPPORTED, "not supported by this rtmpq node")
+            return []
+        return []

@@ -1,0 +1,686 @@
+"""MoQ Transport draft 16 wire format: varints, control messages, subgroup streams.
+
+Everything draft-specific about bytes lives here (a later draft is a change to this module and a
+new ALPN). Decoders are incremental: they return NEED_DATA when the bytes so far are a prefix of
+something valid, raise ``MoqProtocolError`` (a RemoteProtocolError carrying the draft's session
+error code) when they cannot be, and never read past what they were given.
+"""
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ..codec.sentinel import NEED_DATA
+from ..errors import RemoteProtocolError
+
+ALPN = "moqt-16"
+
+# Limits: the draft caps control messages at 2^16-1 bytes and reason phrases at 1024 bytes.
+MAX_CONTROL_MESSAGE = 0xFFFF
+MAX_REASON_PHRASE = 1024
+MAX_NAMESPACE_FIELDS = 32  # the draft's limit on Track Namespace tuple fields
+MAX_FULL_TRACK_NAME = 4096  # namespace fields + track name, in bytes (draft: 4,096)
+MAX_PARAMETERS = 64  # key-value pairs in one message or one extension block
+MAX_OBJECT_SIZE = 16 * 1024 * 1024  # largest object payload we accept on a data stream
+
+
+class SessionError(IntEnum):
+    """Session termination codes (draft 16, IANA table)."""
+
+    NO_ERROR = 0x0
+    INTERNAL_ERROR = 0x1
+    UNAUTHORIZED = 0x2
+    PROTOCOL_VIOLATION = 0x3
+    INVALID_REQUEST_ID = 0x4
+    DUPLICATE_TRACK_ALIAS = 0x5
+    KEY_VALUE_FORMATTING_ERROR = 0x6
+    TOO_MANY_REQUESTS = 0x7
+    INVALID_PATH = 0x8
+    MALFORMED_PATH = 0x9
+    GOAWAY_TIMEOUT = 0x10
+    CONTROL_MESSAGE_TIMEOUT = 0x11
+    DATA_STREAM_TIMEOUT = 0x12
+
+
+class RequestError(IntEnum):
+    INTERNAL_ERROR = 0x0
+    UNAUTHORIZED = 0x1
+    TIMEOUT = 0x2
+    NOT_SUPPORTED = 0x3
+    DOES_NOT_EXIST = 0x10  # "Track Does Not Exist" / namespace unknown
+    INVALID_RANGE = 0x11
+
+
+class PublishDoneStatus(IntEnum):
+    INTERNAL_ERROR = 0x0
+    UNAUTHORIZED = 0x1
+    TRACK_ENDED = 0x2
+    SUBSCRIPTION_ENDED = 0x3
+    GOING_AWAY = 0x4
+    EXPIRED = 0x5
+    TOO_FAR_BEHIND = 0x6
+
+
+class StreamResetCode(IntEnum):
+    INTERNAL_ERROR = 0x0
+    CANCELLED = 0x1
+    DELIVERY_TIMEOUT = 0x2
+    SESSION_CLOSED = 0x3
+
+
+class MessageType(IntEnum):
+    CLIENT_SETUP = 0x20
+    SERVER_SETUP = 0x21
+    GOAWAY = 0x10
+    MAX_REQUEST_ID = 0x15
+    REQUESTS_BLOCKED = 0x1A
+    REQUEST_OK = 0x7
+    REQUEST_ERROR = 0x5
+    SUBSCRIBE = 0x3
+    SUBSCRIBE_OK = 0x4
+    REQUEST_UPDATE = 0x2
+    UNSUBSCRIBE = 0xA
+    PUBLISH = 0x1D
+    PUBLISH_OK = 0x1E
+    PUBLISH_DONE = 0xB
+    FETCH = 0x16
+    FETCH_OK = 0x18
+    FETCH_CANCEL = 0x17
+    TRACK_STATUS = 0xD
+    PUBLISH_NAMESPACE = 0x6
+    NAMESPACE = 0x8
+    PUBLISH_NAMESPACE_DONE = 0x9
+    NAMESPACE_DONE = 0xE
+    PUBLISH_NAMESPACE_CANCEL = 0xC
+    SUBSCRIBE_NAMESPACE = 0x11
+
+
+# Setup parameter types (a namespace constant across drafts).
+SETUP_PATH = 0x01
+SETUP_MAX_REQUEST_ID = 0x02
+SETUP_AUTHORITY = 0x05
+SETUP_IMPLEMENTATION = 0x07
+# Message parameter types (draft 16).
+PARAM_DELIVERY_TIMEOUT = 0x02
+PARAM_AUTHORIZATION_TOKEN = 0x03
+PARAM_EXPIRES = 0x08
+PARAM_LARGEST_OBJECT = 0x09
+PARAM_FORWARD = 0x10
+PARAM_SUBSCRIBER_PRIORITY = 0x20
+PARAM_SUBSCRIPTION_FILTER = 0x21
+PARAM_GROUP_ORDER = 0x22
+PARAM_NEW_GROUP_REQUEST = 0x32
+KNOWN_MESSAGE_PARAMS = frozenset({
+    PARAM_DELIVERY_TIMEOUT, PARAM_AUTHORIZATION_TOKEN, PARAM_EXPIRES, PARAM_LARGEST_OBJECT, PARAM_FORWARD,
+    PARAM_SUBSCRIBER_PRIORITY, PARAM_SUBSCRIPTION_FILTER, PARAM_GROUP_ORDER, PARAM_NEW_GROUP_REQUEST,
+})
+
+# Subscription filter types.
+FILTER_NEXT_GROUP_START = 0x1
+FILTER_LARGEST_OBJECT = 0x2
+FILTER_ABSOLUTE_START = 0x3
+FILTER_ABSOLUTE_RANGE = 0x4
+
+FETCH_HEADER = 0x05
+
+
+class MoqProtocolError(RemoteProtocolError):
+    def __init__(self, message: str, code: int = SessionError.PROTOCOL_VIOLATION) -> None:
+        super().__init__(message)
+        self.code = int(code)
+
+
+# -- primitives -----------------------------------------------------------------------------------
+def encode_varint(value: int) -> bytes:
+    if value < 0x40:
+        return bytes((value,))
+    if value < 0x4000:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 0x40000000:
+        return (value | 0x80000000).to_bytes(4, "big")
+    if value < 0x4000000000000000:
+        return (value | 0xC000000000000000).to_bytes(8, "big")
+    raise ValueError(f"{value} does not fit a QUIC varint")
+
+
+def decode_varint(buf, pos: int):
+    """(value, new position) or NEED_DATA."""
+    if pos >= len(buf):
+        return NEED_DATA
+    first = buf[pos]
+    size = 1 << (first >> 6)
+    if len(buf) - pos < size:
+        return NEED_DATA
+    value = first & 0x3F
+    for i in range(1, size):
+        value = (value << 8) | buf[pos + i]
+    return value, pos + size
+
+
+class _Reader:
+    """Reads a complete message payload; running out of bytes here is a malformed message."""
+
+    __slots__ = ("buf", "pos", "end")
+
+    def __init__(self, buf, pos: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def varint(self) -> int:
+        r = decode_varint(self.buf, self.pos)
+        if r is NEED_DATA or r[1] > self.end:
+            raise MoqProtocolError("message payload ends inside a varint")
+        value, self.pos = r
+        return value
+
+    def raw(self, n: int) -> bytes:
+        if n > self.end - self.pos:
+            raise MoqProtocolError(f"field of {n} bytes runs past the message")
+        out = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.raw(1)[0]
+
+    def bytes_field(self, limit: int) -> bytes:
+        n = self.varint()
+        if n > limit:
+            raise MoqProtocolError(f"field of {n} bytes exceeds {limit}")
+        return self.raw(n)
+
+    def reason(self) -> str:
+        return self.bytes_field(MAX_REASON_PHRASE).decode("utf-8", "replace")
+
+    def namespace(self) -> tuple[bytes, ...]:
+        n = self.varint()
+        if n > MAX_NAMESPACE_FIELDS:
+            raise MoqProtocolError(f"track namespace of {n} fields (max {MAX_NAMESPACE_FIELDS})")
+        return tuple(self.bytes_field(MAX_FULL_TRACK_NAME) for _ in range(n))
+
+    def location(self) -> tuple[int, int]:
+        return self.varint(), self.varint()
+
+    def params(self, count: int | None = None) -> dict[int, int | bytes]:
+        """Key-value pairs with delta-encoded types: even types carry a varint, odd a length+bytes."""
+        n = self.varint() if count is None else count
+        if n > MAX_PARAMETERS:
+            raise MoqProtocolError(f"{n} parameters (max {MAX_PARAMETERS})")
+        out: dict[int, int | bytes] = {}
+        kind = 0
+        for _ in range(n):
+            kind += self.varint()
+            out[kind] = self.bytes_field(0xFFFF) if kind & 1 else self.varint()
+        return out
+
+    def kvp_until(self, end: int) -> dict[int, int | bytes]:
+        out: dict[int, int | bytes] = {}
+        kind = 0
+        while self.pos < end:
+            if len(out) >= MAX_PARAMETERS:
+                raise MoqProtocolError("too many extension headers")
+            kind += self.varint()
+            out[kind] = self.bytes_field(0xFFFF) if kind & 1 else self.varint()
+        if self.pos != end:
+            raise MoqProtocolError("extension headers overrun their length")
+        return out
+
+    def done(self) -> None:
+        if self.pos != self.end:
+            raise MoqProtocolError(f"{self.end - self.pos} bytes left over in message")
+
+
+def encode_bytes(b: bytes) -> bytes:
+    return encode_varint(len(b)) + b
+
+
+def encode_namespace(ns: tuple[bytes, ...]) -> bytes:
+    return encode_varint(len(ns)) + b"".join(encode_bytes(f) for f in ns)
+
+
+def encode_kvps(params: dict[int, int | bytes], *, with_count: bool = True) -> bytes:
+    out = bytearray(encode_varint(len(params)) if with_count else b"")
+    previous = 0
+    for kind in sorted(params):
+        value = params[kind]
+        out += encode_varint(kind - previous)
+        previous = kind
+        if kind & 1:
+            out += encode_bytes(bytes(value))
+        else:
+            out += encode_varint(int(value))
+    return bytes(out)
+
+
+def encode_location(group: int, obj: int) -> bytes:
+    return encode_varint(group) + encode_varint(obj)
+
+
+def encode_filter(filter_type: int, start: tuple[int, int] | None = None, end_group: int | None = None) -> bytes:
+    out = encode_varint(filter_type)
+    if filter_type in (FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE):
+        out += encode_location(*(start or (0, 0)))
+    if filter_type == FILTER_ABSOLUTE_RANGE:
+        out += encode_varint(end_group or 0)
+    return out
+
+
+def decode_filter(data: bytes) -> tuple[int, tuple[int, int] | None, int | None]:
+    r = _Reader(data)
+    kind = r.varint()
+    start = end = None
+    if kind in (FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE):
+        start = r.location()
+    if kind == FILTER_ABSOLUTE_RANGE:
+        end = r.varint()
+    if kind not in (FILTER_NEXT_GROUP_START, FILTER_LARGEST_OBJECT, FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE):
+        raise MoqProtocolError(f"unknown subscription filter type {kind}")
+    r.done()
+    return kind, start, end
+
+
+def decode_location_param(data: bytes) -> tuple[int, int]:
+    r = _Reader(data)
+    loc = r.location()
+    r.done()
+    return loc
+
+
+# -- control messages -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClientSetup:
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.CLIENT_SETUP
+
+    def payload(self) -> bytes:
+        return encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSetup:
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.SERVER_SETUP
+
+    def payload(self) -> bytes:
+        return encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class Goaway:
+    new_session_uri: str = ""
+    TYPE = MessageType.GOAWAY
+
+    def payload(self) -> bytes:
+        return encode_bytes(self.new_session_uri.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class MaxRequestId:
+    request_id: int
+    TYPE = MessageType.MAX_REQUEST_ID
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsBlocked:
+    maximum_request_id: int
+    TYPE = MessageType.REQUESTS_BLOCKED
+
+    def payload(self) -> bytes:
+        return encode_varint(self.maximum_request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOk:
+    request_id: int
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.REQUEST_OK
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id) + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestErrorMessage:
+    request_id: int
+    error_code: int
+    retry_interval: int = 0
+    reason: str = ""
+    TYPE = MessageType.REQUEST_ERROR
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_varint(self.error_code)
+                + encode_varint(self.retry_interval) + encode_bytes(self.reason.encode()[:MAX_REASON_PHRASE]))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    request_id: int
+    namespace: tuple[bytes, ...]
+    track_name: bytes
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.SUBSCRIBE
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_namespace(self.namespace)
+                + encode_bytes(self.track_name) + encode_kvps(self.params))
+
+
+@dataclass(frozen=True, slots=True)
+class TrackStatus:
+    """Same layout as SUBSCRIBE; answered with REQUEST_OK (carrying LARGEST_OBJECT) or REQUEST_ERROR."""
+
+    request_id: int
+    namespace: tuple[bytes, ...]
+    track_name: bytes
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.TRACK_STATUS
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_namespace(self.namespace)
+                + encode_bytes(self.track_name) + encode_kvps(self.params))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeOk:
+    request_id: int
+    track_alias: int
+    params: dict = field(default_factory=dict)
+    extensions: dict = field(default_factory=dict)  # track extension headers
+    TYPE = MessageType.SUBSCRIBE_OK
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_varint(self.track_alias) + encode_kvps(self.params)
+                + encode_kvps(self.extensions, with_count=False))
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    request_id: int
+    TYPE = MessageType.UNSUBSCRIBE
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishDone:
+    request_id: int
+    status: int
+    stream_count: int
+    reason: str = ""
+    TYPE = MessageType.PUBLISH_DONE
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_varint(self.status) + encode_varint(self.stream_count)
+                + encode_bytes(self.reason.encode()[:MAX_REASON_PHRASE]))
+
+
+@dataclass(frozen=True, slots=True)
+class PublishNamespace:
+    request_id: int
+    namespace: tuple[bytes, ...]
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.PUBLISH_NAMESPACE
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id) + encode_namespace(self.namespace) + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishNamespaceDone:
+    namespace: tuple[bytes, ...]
+    TYPE = MessageType.PUBLISH_NAMESPACE_DONE
+
+    def payload(self) -> bytes:
+        return encode_namespace(self.namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeNamespace:
+    request_id: int
+    namespace_prefix: tuple[bytes, ...]
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.SUBSCRIBE_NAMESPACE
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id) + encode_namespace(self.namespace_prefix) + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownMessage:
+    """A message type we parse no further (it is refused or ignored by the session)."""
+
+    type: int
+    body: bytes
+
+
+ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBlocked | RequestOk
+                  | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Unsubscribe | PublishDone
+                  | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | UnknownMessage)
+
+
+def encode_control_message(msg) -> bytes:
+    payload = msg.payload()
+    if len(payload) > MAX_CONTROL_MESSAGE:
+        raise ValueError(f"control message of {len(payload)} bytes")
+    return encode_varint(int(msg.TYPE)) + len(payload).to_bytes(2, "big") + payload
+
+
+def _check_message_params(params: dict) -> dict:
+    unknown = [k for k in params if k not in KNOWN_MESSAGE_PARAMS]
+    if unknown:
+        raise MoqProtocolError(f"unknown message parameter {unknown[0]:#x}")
+    return params
+
+
+def decode_control_message(buf, pos: int = 0):
+    """(message, new position) or NEED_DATA."""
+    r = decode_varint(buf, pos)
+    if r is NEED_DATA:
+        return NEED_DATA
+    mtype, p = r
+    if len(buf) - p < 2:
+        return NEED_DATA
+    length = (buf[p] << 8) | buf[p + 1]
+    p += 2
+    if len(buf) - p < length:
+        return NEED_DATA
+    end = p + length
+    rd = _Reader(buf, p, end)
+    if mtype == MessageType.CLIENT_SETUP:
+        msg = ClientSetup(rd.params())
+    elif mtype == MessageType.SERVER_SETUP:
+        msg = ServerSetup(rd.params())
+    elif mtype == MessageType.GOAWAY:
+        msg = Goaway(rd.bytes_field(8192).decode("utf-8", "replace"))
+    elif mtype == MessageType.MAX_REQUEST_ID:
+        msg = MaxRequestId(rd.varint())
+    elif mtype == MessageType.REQUESTS_BLOCKED:
+        msg = RequestsBlocked(rd.varint())
+    elif mtype == MessageType.REQUEST_OK:
+        msg = RequestOk(rd.varint(), _check_message_params(rd.params()))
+    elif mtype == MessageType.REQUEST_ERROR:
+        msg = RequestErrorMessage(rd.varint(), rd.varint(), rd.varint(), rd.reason())
+    elif mtype in (MessageType.SUBSCRIBE, MessageType.TRACK_STATUS):
+        cls = Subscribe if mtype == MessageType.SUBSCRIBE else TrackStatus
+        request_id = rd.varint()
+        ns = rd.namespace()
+        name = rd.bytes_field(MAX_FULL_TRACK_NAME)
+        if sum(map(len, ns)) + len(name) > MAX_FULL_TRACK_NAME:
+            raise MoqProtocolError("full track name longer than 4096 bytes")
+        msg = cls(request_id, ns, name, _check_message_params(rd.params()))
+    elif mtype == MessageType.SUBSCRIBE_OK:
+        request_id = rd.varint()
+        alias = rd.varint()
+        params = _check_message_params(rd.params())
+        msg = SubscribeOk(request_id, alias, params, rd.kvp_until(end))
+    elif mtype == MessageType.UNSUBSCRIBE:
+        msg = Unsubscribe(rd.varint())
+    elif mtype == MessageType.PUBLISH_DONE:
+        msg = PublishDone(rd.varint(), rd.varint(), rd.varint(), rd.reason())
+    elif mtype == MessageType.PUBLISH_NAMESPACE:
+        msg = PublishNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
+    elif mtype == MessageType.PUBLISH_NAMESPACE_DONE:
+        msg = PublishNamespaceDone(rd.namespace())
+    elif mtype == MessageType.SUBSCRIBE_NAMESPACE:
+        msg = SubscribeNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
+    elif mtype in MessageType._value2member_map_:
+        msg = UnknownMessage(mtype, bytes(buf[p:end]))
+        rd.pos = end
+    else:
+        raise MoqProtocolError(f"unknown control message type {mtype:#x}")
+    rd.done()
+    return msg, end
+
+
+# -- data streams ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SubgroupHeader:
+    track_alias: int
+    group_id: int
+    subgroup_id: int = 0
+    priority: int | None = 128  # None: inherit the subscription's publisher priority
+    extensions: bool = True  # objects carry an extension block
+    end_of_group: bool = True  # this subgroup holds the group's last object
+
+    def encode(self) -> bytes:
+        kind = 0x10 | (0x01 if self.extensions else 0) | (0x08 if self.end_of_group else 0)
+        explicit_subgroup = self.subgroup_id != 0
+        if explicit_subgroup:
+            kind |= 0x04  # SUBGROUP_ID_MODE 0b10: present
+        if self.priority is None:
+            kind |= 0x20
+        out = encode_varint(kind) + encode_varint(self.track_alias) + encode_varint(self.group_id)
+        if explicit_subgroup:
+            out += encode_varint(self.subgroup_id)
+        if self.priority is not None:
+            out += bytes((self.priority,))
+        return out
+
+
+def encode_object(object_id_delta: int, payload, extensions: dict | None, *, with_extensions: bool,
+                  status: int = 0) -> bytes:
+    out = bytearray(encode_varint(object_id_delta))
+    if with_extensions:
+        ext = encode_kvps(extensions or {}, with_count=False)
+        out += encode_varint(len(ext)) + ext
+    out += encode_varint(len(payload))
+    if not len(payload):
+        out += encode_varint(status)
+    return bytes(out)  # the payload follows: callers send it without copying it in here
+
+
+@dataclass(frozen=True, slots=True)
+class SubgroupObject:
+    object_id: int
+    payload: bytes | memoryview
+    extensions: dict
+    status: int = 0
+
+
+class SubgroupStreamParser:
+    """Incremental parser of one unidirectional subgroup stream: header, then objects."""
+
+    def __init__(self, *, max_object_size: int = MAX_OBJECT_SIZE) -> None:
+        self.header: SubgroupHeader | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._last_object: int | None = None
+        self._first_object_subgroup = False
+        self.max_object_size = max_object_size
+
+    def feed(self, data) -> list:
+        """Returns the header (once) and then SubgroupObjects completed by these bytes."""
+        self._buf += data
+        out = []
+        if self.header is None:
+            header = self._parse_header()
+            if header is NEED_DATA:
+                return out
+            out.append(header)
+        while True:
+            obj = self._parse_object()
+            if obj is NEED_DATA:
+                break
+            out.append(obj)
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        return out
+
+    def _parse_header(self):
+        buf, p = self._buf, self._pos
+        r = decode_varint(buf, p)
+        if r is NEED_DATA:
+            return NEED_DATA
+        kind, p = r
+        if not (0x10 <= kind <= 0x1F or 0x30 <= kind <= 0x3F) or (kind & 0x06) == 0x06:
+            raise MoqProtocolError(f"unknown data stream type {kind:#x}")
+        fields = []
+        mode = (kind & 0x06) >> 1
+        for _ in range(3 if mode == 2 else 2):
+            r = decode_varint(buf, p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            fields.append(r[0])
+            p = r[1]
+        priority = None
+        if not kind & 0x20:
+            if p >= len(buf):
+                return NEED_DATA
+            priority = buf[p]
+            p += 1
+        subgroup = fields[2] if mode == 2 else 0
+        self._first_object_subgroup = mode == 1
+        self.header = SubgroupHeader(fields[0], fields[1], subgroup, priority, bool(kind & 0x01), bool(kind & 0x08))
+        self._pos = p
+        return self.header
+
+    def _parse_object(self):
+        buf, p = self._buf, self._pos
+        r = decode_varint(buf, p)
+        if r is NEED_DATA:
+            return NEED_DATA
+        delta, p = r
+        extensions: dict = {}
+        if self.header.extensions:
+            r = decode_varint(buf, p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            ext_len, p = r
+            if ext_len > 0xFFFF:
+                raise MoqProtocolError("object extension block too long")
+            if len(buf) - p < ext_len:
+                return NEED_DATA
+            extensions = _Reader(buf, p, p + ext_len).kvp_until(p + ext_len)
+            p += ext_len
+        r = decode_varint(buf, p)
+        if r is NEED_DATA:
+            return NEED_DATA
+        size, p = r
+        status = 0
+        if size == 0:
+            r = decode_varint(buf, p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            status, p = r
+        elif size > self.max_object_size:
+            raise MoqProtocolError(f"object of {size} bytes (max {self.max_object_size})")
+        if len(buf) - p < size:
+            return NEED_DATA
+        payload = bytes(buf[p : p + size])
+        self._pos = p + size
+        object_id = delta if self._last_object is None else self._last_object + delta + 1
+        self._last_object = object_id
+        if self._first_object_subgroup and self.header.subgroup_id == 0 and object_id:
+            self.header = SubgroupHeader(self.header.track_alias, self.header.group_id, object_id,
+                                         self.header.priority, self.header.extensions, self.header.end_of_group)
+            self._first_object_subgroup = False
+        return SubgroupObject(object_id, payload, extensions, status)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos

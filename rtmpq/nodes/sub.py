@@ -1,0 +1,71 @@
+"""``rtmpq sub``: subscribe to a broadcast over MoQ and print what arrives."""
+
+import asyncio
+import json
+import sys
+import time
+
+from ..media.catalog import Catalog
+from ..moq.client import SkippedGroup, subscribe_broadcast
+from ..moq.transport import connect_moq, parse_moq_url
+
+
+async def run_sub(args, stop: asyncio.Event) -> int:
+    host, port, path = parse_moq_url(args.url)
+    broadcast = path.strip("/")
+    if "/" not in broadcast:
+        raise ValueError(f"{args.url!r}: expected moqt://HOST:PORT/<app>/<key>")
+    counts: dict[str, int] = {}
+    sizes = 0
+    skipped = []
+    latencies = []
+    started = time.monotonic()
+    deadline = started + args.seconds if args.seconds else None
+    timeout_ms = int(args.delivery_timeout * 1000) if args.delivery_timeout else None
+    out = sys.stdout
+
+    async def consume() -> None:
+        nonlocal sizes
+        async with connect_moq(host, port, insecure=args.insecure, cafile=args.cafile,
+                               fingerprint=args.fingerprint) as conn:
+            async for item in subscribe_broadcast(conn, broadcast, delivery_timeout_ms=timeout_ms):
+                if isinstance(item, Catalog):
+                    if args.json:
+                        out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
+                    continue
+                if isinstance(item, SkippedGroup):
+                    skipped.append((item.track, item.group))
+                    if args.json:
+                        out.write(json.dumps({"skipped": {"track": item.track, "group": item.group, "code": item.code}}) + "\n")
+                    continue
+                counts[item.track] = counts.get(item.track, 0) + 1
+                sizes += item.size
+                latency = (time.time_ns() - item.received_ns) / 1e6 if item.received_ns else None
+                if latency is not None:
+                    latencies.append(latency)
+                if args.json:
+                    out.write(json.dumps({"track": item.track, "group": item.group, "object": item.index,
+                                          "pts": item.pts, "dts": item.dts, "keyframe": item.keyframe,
+                                          "size": item.size, "latency_ms": None if latency is None else round(latency, 3)}) + "\n")
+                if args.frames and sum(counts.values()) >= args.frames:
+                    return
+
+    task = asyncio.ensure_future(consume())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, timeout=None if deadline is None else deadline - time.monotonic(),
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        print(f"rtmpq sub: {task.exception()}", file=sys.stderr)
+    latencies.sort()
+    summary = {"objects": counts, "bytes": sizes, "skipped_groups": len(skipped),
+               "seconds": round(time.monotonic() - started, 3)}
+    if latencies:
+        summary["latency_ms_p50"] = round(latencies[len(latencies) // 2], 3)
+        summary["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99)], 3)
+    print(json.dumps({"summary": summary}), file=sys.stderr if args.json else sys.stdout)
+    return 0 if counts else 1
