@@ -47,13 +47,26 @@ class NamespacePublished:
 
 @dataclass(frozen=True, slots=True)
 class NamespaceDone:
-    namespace: tuple[str, ...]
+    """The peer withdrew the namespace it published with request ``request_id``."""
+
+    request_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class NamespaceSubscribeRequested:
+    """SUBSCRIBE_NAMESPACE, on its own bidirectional stream ``stream_id`` (answer there)."""
+
     request_id: int
     prefix: tuple[str, ...]
+    stream_id: int
+    options: int
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceUnsubscribed:
+    """The peer closed the stream of a SUBSCRIBE_NAMESPACE."""
+
+    stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,16 @@ class PublishDoneReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackPublished:
+    """PUBLISH: the peer pushes a track to us under ``track_alias`` (answer publish_ok/request_error)."""
+
+    request_id: int
+    namespace: tuple[str, ...]
+    track_name: str
+    track_alias: int
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectReceived:
     track_alias: int
     group: int
@@ -85,6 +108,7 @@ class ObjectReceived:
     payload: bytes
     extensions: dict
     status: int = 0
+    priority: int | None = None  # the publisher priority of its subgroup header (None: inherited)
 
 
 @dataclass(frozen=True, slots=True)

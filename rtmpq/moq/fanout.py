@@ -128,6 +128,7 @@ class TrackFanout:
         self.cache = cache or GroupCache()
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
+        self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
 
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
@@ -159,6 +160,13 @@ class TrackFanout:
         self.cache.end_group(group_id)
         for sub in self.subscribers:
             sub.end_group(group_id)
+
+    def reset_group(self, group_id: int, code: int) -> None:
+        """The group was cut upstream: cut it for every subscriber too (never pass on part silently)."""
+        self.cache.drop(group_id)
+        for sub in self.subscribers:
+            if group_id in sub.in_flight:
+                sub._drop(group_id, code)
 
     def check(self, now: float) -> None:
         self.cache.expire(now)

@@ -86,6 +86,15 @@ class GroupCache:
             else:
                 break
 
+    def drop(self, group_id: int) -> None:
+        """Forget a group that can no longer be served whole."""
+        group = self._groups.get(group_id)
+        if group is not None:
+            group.truncated = True
+            self.size -= group.size
+            group.objects.clear()
+            group.size = 0
+
     def expire(self, now: float) -> None:
         """Evict by age (call from a timer: a stalled track must not hold memory forever)."""
         self._evict(now)

@@ -1,13 +1,18 @@
-"""The MoQ side of a node: serves broadcasts to MoQ subscribers through per-track fan-outs.
+"""The MoQ relay: serves tracks to subscribers from local broadcasts or from upstream publishers.
 
-Each broadcast is read once (one reader of the in-process broadcast, however many subscribers):
-its catalog becomes the ``catalog`` track (one group per catalog version) and each media track a
-``TrackFanout`` with its group cache. Subscribers get one QUIC stream per group, newest and audio
-first, within their delivery timeout and send budget (see fanout.py).
+Where a track comes from:
+- a broadcast of the in-process registry (RTMP ingest in the same process): read once, its
+  catalog becomes the ``catalog`` track (one group per catalog version), each media track a
+  ``TrackFanout``;
+- a publisher that sent PUBLISH_NAMESPACE on one of our sessions (an rtmpq ingest with
+  ``--upstream``, moq-rs, aiomoqt): one SUBSCRIBE to that publisher per track, however many
+  subscribers, started on demand;
+- an upstream relay (``rtmpq relay --upstream``): the same, for anything not found here.
 
-Subscription filters: unfiltered and AbsoluteStart start at the newest cached group (from its first
-object, an IDR for video); LargestObject and NextGroupStart start at the next group, since a group
-is only ever delivered whole from its first object.
+Subscribers get one QUIC stream per group, newest and audio first, within their delivery timeout
+and send budget (fanout.py). Filters: unfiltered and AbsoluteStart start at the newest cached
+group (from its first object: an IDR for video); LargestObject and NextGroupStart start at the
+next group, since a group is only ever delivered whole from its first object.
 """
 
 import asyncio
@@ -29,19 +34,29 @@ log = logging.getLogger("rtmpq.moq")
 CHECK_INTERVAL = 0.05
 # Send scheduler urgency per track kind: lower is sent first.
 URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
+DEFAULT_URGENCY = 3
+
+
+def _label(namespace: tuple[str, ...], track: str = "") -> str:
+    """A loggable name: the last namespace field is a stream key for RTMP broadcasts."""
+    name = safe_name("/".join(namespace)) if namespace else "-"
+    return f"{name}/{track}" if track else name
 
 
 class _ConnectionSink:
     """GroupSink over one MoQ connection for one subscription (one stream per group)."""
 
-    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int) -> None:
+    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout) -> None:
         self.conn = conn
         self.alias = track_alias
         self.urgency = urgency
+        self.fanout = fanout
         self.streams_opened = 0
 
     def open_group(self, group_id: int) -> int:
-        sid = self.conn.session.open_subgroup(self.alias, group_id, priority=self.urgency)
+        # a relayed track keeps its publisher's priority; our own tracks carry their urgency
+        priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
+        sid = self.conn.session.open_subgroup(self.alias, group_id, priority=priority)
         self.conn.set_priority(sid, self.urgency, group_id)
         self.streams_opened += 1
         self.conn.flush()
@@ -69,12 +84,12 @@ class _ConnectionSink:
 
 
 class _Subscription:
-    def __init__(self, conn: MoqConnection, request_id: int, source: "_BroadcastSource", track: str,
+    def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
                  sub: TrackSubscription, sink: _ConnectionSink) -> None:
         self.conn = conn
         self.request_id = request_id
-        self.source = source
-        self.track = track
+        self.fanout = fanout
+        self.label = label
         self.sub = sub
         self.sink = sink
 
@@ -84,22 +99,16 @@ class _BroadcastSource:
 
     def __init__(self, broadcast: Broadcast, on_end) -> None:
         self.broadcast = broadcast
-        self.name = safe_name(broadcast.name)
         self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
         self.ended = False
         self._on_end = on_end
         self._reader = broadcast.reader()
         self._catalog_groups = 0
-        self.task = asyncio.get_running_loop().create_task(self._run())
-        # publish what is known now, so a subscriber right after start has a catalog
-        if broadcast.catalog.tracks:
+        if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
-
-    def fanout(self, track: str) -> TrackFanout | None:
-        return self.fanouts.get(track)
+        self.task = asyncio.get_running_loop().create_task(self._run())
 
     def _on_catalog(self, catalog) -> None:
-        now = time.monotonic()
         data = catalog.to_json()
         last = self.fanouts[CATALOG_TRACK].cache.latest()
         if last is not None and last.objects and bytes(last.objects[0].payload) == data:
@@ -108,11 +117,11 @@ class _BroadcastSource:
             self.fanouts.setdefault(info.name, TrackFanout())
         group = self._catalog_groups
         self._catalog_groups += 1
-        self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, now)
+        self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
         self.fanouts[CATALOG_TRACK].end_group(group)
 
     async def _run(self) -> None:
-        timescales = {}
+        timescales: dict[str, int] = {}
         try:
             async for item in self._reader:
                 if isinstance(item, CatalogUpdate):
@@ -129,29 +138,58 @@ class _BroadcastSource:
         finally:
             self.ended = True
             self._reader.close()
-            self._on_end(self)
+            for fanout in self.fanouts.values():
+                fanout.end()
+            self._on_end(self.fanouts.values())
 
 
-class MoqBroadcastServer:
-    """Answers MoQ subscriptions with the broadcasts of an in-process registry."""
+class _UpstreamTrack:
+    """One subscription to a publisher or an upstream relay, feeding a fan-out."""
 
-    def __init__(self, registry: BroadcastRegistry, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
+    def __init__(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, *,
+                  pushed: tuple[int, int] | None = None) -> None:
+        """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer PUBLISHed."""
+        self.conn = conn
+        self.namespace = namespace
+        self.track = track
+        self.fanout = TrackFanout()
+        self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
+        if pushed is not None:
+            self.request_id, self.alias = pushed
+        else:
+            self.alias = None
+            self.request_id = conn.session.subscribe(namespace, track, priority=URGENCY.get(track, DEFAULT_URGENCY))
+            conn.flush()
+
+
+class MoqRelay:
+    """Answers MoQ requests on any number of sessions (subscribers, publishers, upstream)."""
+
+    def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  send_budget: int = DEFAULT_SEND_BUDGET) -> None:
-        self.registry = registry
+        self.registry = registry or BroadcastRegistry()
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
-        self._sources: dict[str, _BroadcastSource] = {}
-        self._subs: dict[tuple[int, int], _Subscription] = {}  # (id(conn), request id) -> subscription
-        self._aliases: dict[int, int] = {}
+        self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
         self.connections: set[MoqConnection] = set()
-        self._ticker: asyncio.Task | None = None
+        self._sources: dict[str, _BroadcastSource] = {}
+        self._subs: dict[tuple[int, int], _Subscription] = {}  # (id(conn), request id)
+        self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
+        self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
+        self._tracks: dict[tuple[tuple[str, ...], str], _UpstreamTrack] = {}
+        self._by_request: dict[tuple[int, int], _UpstreamTrack] = {}
+        self._by_alias: dict[tuple[int, int], _UpstreamTrack] = {}
+        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...]]] = {}
+        self._tasks: list[asyncio.Task] = []
 
+    # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_registry())]
 
     def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        for task in self._tasks:
+            task.cancel()
         for source in list(self._sources.values()):
             source.task.cancel()
 
@@ -163,74 +201,76 @@ class MoqBroadcastServer:
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             now = time.monotonic()
-            for source in list(self._sources.values()):
-                for fanout in source.fanouts.values():
-                    fanout.check(now)
+            for fanout in self._all_fanouts():
+                fanout.check(now)
 
-    def _source(self, name: str) -> _BroadcastSource | None:
-        source = self._sources.get(name)
-        if source is not None and not source.ended:
-            return source
-        broadcast = self.registry.get(name)
-        if broadcast is None:
-            return None
-        source = self._sources[name] = _BroadcastSource(broadcast, self._on_source_end)
-        return source
+    def _all_fanouts(self):
+        for source in list(self._sources.values()):
+            yield from source.fanouts.values()
+        for track in list(self._tracks.values()):
+            yield track.fanout
 
-    def _on_source_end(self, source: _BroadcastSource) -> None:
-        if self._sources.get(source.broadcast.name) is source:
-            del self._sources[source.broadcast.name]
-        for key, s in list(self._subs.items()):
-            if s.source is source:
-                del self._subs[key]
-                for group in list(s.sub.in_flight):
-                    s.sub.end_group(group)
-                if not s.conn.session.closed:
-                    s.conn.session.publish_done(s.request_id, PublishDoneStatus.TRACK_ENDED, s.sink.streams_opened,
-                                                "the publisher stopped")
-                    s.conn.flush()
-        log.info("%s: MoQ source ended", source.name)
+    async def _watch_registry(self) -> None:
+        async for broadcast in self.registry.announcements():
+            self._announce(tuple(broadcast.name.split("/")))
 
+    # -- namespaces -----------------------------------------------------------------------------
+    def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
+        for conn, prefix in list(self._ns_subscribers.values()):
+            if namespace[: len(prefix)] == prefix and not conn.session.closed:
+                stream_id = next(k[1] for k, v in self._ns_subscribers.items() if v[0] is conn and v[1] == prefix)
+                suffix = namespace[len(prefix):]
+                if done:
+                    conn.session.send_namespace_done(stream_id, suffix)
+                else:
+                    conn.session.send_namespace(stream_id, suffix)
+                conn.flush()
+
+    def _known_namespaces(self) -> list[tuple[str, ...]]:
+        return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published)
+
+    # -- event dispatch -------------------------------------------------------------------------
     def _on_event(self, conn: MoqConnection, event) -> None:
-        if isinstance(event, ev.SubscribeRequested):
-            self._on_subscribe(conn, event)
-        elif isinstance(event, ev.Unsubscribed):
-            s = self._subs.pop((id(conn), event.request_id), None)
-            if s is not None:
-                fanout = s.source.fanout(s.track)
-                if fanout is not None:
-                    fanout.unsubscribe(s.sub)
-                conn.session.publish_done(event.request_id, PublishDoneStatus.SUBSCRIPTION_ENDED, s.sink.streams_opened)
-        elif isinstance(event, ev.TrackStatusRequested):
-            source = self._source("/".join(event.namespace))
-            fanout = source.fanout(event.track_name) if source else None
+        handler = getattr(self, "_on_" + type(event).__name__, None)
+        if handler is not None:
+            handler(conn, event)
+        conn.flush()
+
+    def _on_SubscribeRequested(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
+        name = "/".join(event.namespace)
+        source = self._local_source(name)
+        if source is not None:
+            fanout = source.fanouts.get(event.track_name)
             if fanout is None:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
             else:
-                conn.session.request_ok(event.request_id, fanout.cache.largest)
-        elif isinstance(event, ev.NamespacePublished):
-            # publishing into this node over MoQ is not served yet: say so instead of hanging
-            conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED,
-                                       "this node takes broadcasts over RTMP only")
-        elif isinstance(event, ev.NamespaceSubscribeRequested):
-            conn.session.request_ok(event.request_id)
-        elif isinstance(event, ev.SessionClosed):
-            self.connections.discard(conn)
-            for key in [k for k in self._subs if k[0] == id(conn)]:
-                s = self._subs.pop(key)
-                fanout = s.source.fanout(s.track)
-                if fanout is not None:
-                    fanout.subscribers.discard(s.sub)
-        conn.flush()
-
-    def _on_subscribe(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
-        name = "/".join(event.namespace)
-        source = self._source(name)
-        fanout = source.fanout(event.track_name) if source is not None else None
-        if fanout is None:
-            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST,
-                                       "no such broadcast" if source is None else "no such track")
+                self._accept(conn, event, fanout)
             return
+        key = (event.namespace, event.track_name)
+        upstream = self._tracks.get(key)
+        if upstream is None:
+            publisher = self._publisher_for(event.namespace)
+            if publisher is None:
+                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                return
+            upstream = self._tracks[key] = _UpstreamTrack(publisher, event.namespace, event.track_name)
+            self._by_request[(id(publisher), upstream.request_id)] = upstream
+            log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
+        if upstream.alias is None:
+            upstream.waiting.append((conn, event))
+        else:
+            self._accept(conn, event, upstream.fanout)
+
+    def _publisher_for(self, namespace: tuple[str, ...]) -> MoqConnection | None:
+        for length in range(len(namespace), 0, -1):  # the longest published prefix wins
+            entry = self._published.get(namespace[:length])
+            if entry is not None and not entry[0].session.closed:
+                return entry[0]
+        if self.upstream is not None and not self.upstream.session.closed:
+            return self.upstream
+        return None
+
+    def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout) -> None:
         alias = self._aliases.get(id(conn), 0)
         self._aliases[id(conn)] = alias + 1
         largest = fanout.cache.largest
@@ -238,13 +278,165 @@ class MoqBroadcastServer:
         if event.filter_type in (FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START):
             start_group = largest[0] + 1 if largest else 0
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
-        urgency = URGENCY.get(event.track_name, URGENCY[VIDEO])
-        sink = _ConnectionSink(conn, alias, urgency)
+        sink = _ConnectionSink(conn, alias, URGENCY.get(event.track_name, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         conn.session.subscribe_ok(event.request_id, alias, largest)
-        self._subs[(id(conn), event.request_id)] = _Subscription(conn, event.request_id, source, event.track_name, sub, sink)
+        label = _label(event.namespace, event.track_name)
+        self._subs[(id(conn), event.request_id)] = _Subscription(conn, event.request_id, fanout, label, sub, sink)
+        if fanout.ended:
+            conn.session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
+            return
         if start_group is None:
             fanout.subscribe(sub, time.monotonic())
         else:
             fanout.subscribers.add(sub)
-        log.info("%s: subscribed to %s/%s", conn.peer, source.name, event.track_name)
+        log.info("%s: subscribed to %s", conn.peer, label)
+
+    def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
+        s = self._subs.pop((id(conn), event.request_id), None)
+        if s is not None:
+            s.fanout.unsubscribe(s.sub)
+            conn.session.publish_done(event.request_id, PublishDoneStatus.SUBSCRIPTION_ENDED, s.sink.streams_opened)
+
+    def _on_TrackStatusRequested(self, conn: MoqConnection, event: ev.TrackStatusRequested) -> None:
+        source = self._local_source("/".join(event.namespace))
+        upstream = self._tracks.get((event.namespace, event.track_name))
+        fanout = source.fanouts.get(event.track_name) if source else upstream.fanout if upstream else None
+        if fanout is None:
+            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+        else:
+            conn.session.request_ok(event.request_id, fanout.cache.largest)
+
+    def _on_NamespacePublished(self, conn: MoqConnection, event: ev.NamespacePublished) -> None:
+        self._published[event.namespace] = (conn, event.request_id)
+        conn.session.request_ok(event.request_id)
+        log.info("%s: publishes namespace %s", conn.peer, _label(event.namespace))
+        self._announce(event.namespace)
+
+    def _on_NamespaceDone(self, conn: MoqConnection, event: ev.NamespaceDone) -> None:
+        for ns, (owner, rid) in list(self._published.items()):
+            if owner is conn and rid == event.request_id:
+                del self._published[ns]
+                self._announce(ns, done=True)
+
+    def _on_NamespaceSubscribeRequested(self, conn: MoqConnection, event: ev.NamespaceSubscribeRequested) -> None:
+        conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
+        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix)
+        for ns in self._known_namespaces():
+            if ns[: len(event.prefix)] == event.prefix:
+                conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
+
+    def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
+        self._ns_subscribers.pop((id(conn), event.stream_id), None)
+
+    # -- upstream answers -----------------------------------------------------------------------
+    def _on_SubscribeAccepted(self, conn: MoqConnection, event: ev.SubscribeAccepted) -> None:
+        upstream = self._by_request.get((id(conn), event.request_id))
+        if upstream is None:
+            return
+        upstream.alias = event.track_alias
+        self._by_alias[(id(conn), event.track_alias)] = upstream
+        waiting, upstream.waiting = upstream.waiting, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._accept(sub_conn, request, upstream.fanout)
+                sub_conn.flush()
+
+    def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        upstream = self._by_request.pop((id(conn), event.request_id), None)
+        if upstream is None:
+            return
+        self._tracks.pop((upstream.namespace, upstream.track), None)
+        for sub_conn, request in upstream.waiting:
+            if not sub_conn.session.closed:
+                sub_conn.session.request_error(request.request_id, event.error_code, event.reason)
+                sub_conn.flush()
+
+    def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
+        key = (event.namespace, event.track_name)
+        if key in self._tracks or self.registry.get("/".join(event.namespace)) is not None:
+            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
+            return
+        upstream = _UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
+        self._tracks[key] = upstream
+        self._by_request[(id(conn), event.request_id)] = upstream
+        self._by_alias[(id(conn), event.track_alias)] = upstream
+        conn.session.publish_ok(event.request_id)
+        log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
+
+    def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is not None:
+            upstream.fanout.publisher_priority = event.priority
+            upstream.fanout.publish_object(event.group, event.object_id, event.payload, event.extensions or None,
+                                           time.monotonic())
+
+    def _on_SubgroupEnded(self, conn: MoqConnection, event: ev.SubgroupEnded) -> None:
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is not None:
+            upstream.fanout.end_group(event.group)
+
+    def _on_SubgroupReset(self, conn: MoqConnection, event: ev.SubgroupReset) -> None:
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is not None:
+            upstream.fanout.reset_group(event.group, event.code)
+
+    def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:
+        upstream = self._by_request.pop((id(conn), event.request_id), None)
+        if upstream is not None:
+            self._end_upstream(upstream)
+
+    def _end_upstream(self, upstream: _UpstreamTrack) -> None:
+        self._tracks.pop((upstream.namespace, upstream.track), None)
+        if upstream.alias is not None:
+            self._by_alias.pop((id(upstream.conn), upstream.alias), None)
+        self._fanouts_ended([upstream.fanout])
+        for sub_conn, request in upstream.waiting:
+            if not sub_conn.session.closed:
+                sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
+
+    def _on_SessionClosed(self, conn: MoqConnection, event: ev.SessionClosed) -> None:
+        self.connections.discard(conn)
+        for key in [k for k in self._subs if k[0] == id(conn)]:
+            s = self._subs.pop(key)
+            s.fanout.subscribers.discard(s.sub)
+        for key in [k for k in self._ns_subscribers if k[0] == id(conn)]:
+            del self._ns_subscribers[key]
+        for ns, (owner, _) in list(self._published.items()):
+            if owner is conn:
+                del self._published[ns]
+                self._announce(ns, done=True)
+        for upstream in [t for t in self._tracks.values() if t.conn is conn]:
+            self._by_request.pop((id(conn), upstream.request_id), None)
+            self._end_upstream(upstream)
+        self._aliases.pop(id(conn), None)
+
+    # -- local broadcasts -----------------------------------------------------------------------
+    def _local_source(self, name: str) -> _BroadcastSource | None:
+        source = self._sources.get(name)
+        if source is not None and not source.ended:
+            return source
+        broadcast = self.registry.get(name)
+        if broadcast is None:
+            return None
+        source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended)
+        return source
+
+    def _fanouts_ended(self, fanouts) -> None:
+        """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE)."""
+        fanouts = {id(f) for f in fanouts}
+        for key, s in list(self._subs.items()):
+            if id(s.fanout) in fanouts:
+                del self._subs[key]
+                for group in list(s.sub.in_flight):
+                    s.sub.end_group(group)
+                if not s.conn.session.closed:
+                    s.conn.session.publish_done(s.request_id, PublishDoneStatus.TRACK_ENDED, s.sink.streams_opened,
+                                                "the publisher stopped")
+                    s.conn.flush()
+        for name, source in list(self._sources.items()):
+            if source.ended:
+                del self._sources[name]
+                self._announce(tuple(name.split("/")), done=True)
+
+

@@ -49,7 +49,9 @@ class MoqSession:
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0
-        self._outgoing: dict[int, tuple] = {}  # stream id -> (alias, group, subgroup, last object id)
+        self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
+        self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
+        self._namespace_streams: set[int] = set()  # peer SUBSCRIBE_NAMESPACE streams we answered
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -110,8 +112,8 @@ class MoqSession:
         self._send_control(wire.PublishNamespace(rid, _raw(namespace)))
         return rid
 
-    def publish_namespace_done(self, namespace) -> None:
-        self._send_control(wire.PublishNamespaceDone(_raw(namespace)))
+    def publish_namespace_done(self, request_id: int) -> None:
+        self._send_control(wire.PublishNamespaceDone(request_id))
 
     def track_status(self, namespace, track_name: str) -> int:
         rid = self._new_request_id()
@@ -126,6 +128,9 @@ class MoqSession:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.SubscribeOk(request_id, track_alias, params))
 
+    def publish_ok(self, request_id: int) -> None:
+        self._send_control(wire.PublishOk(request_id))
+
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.RequestOk(request_id, params))
@@ -133,11 +138,26 @@ class MoqSession:
     def request_error(self, request_id: int, code: int, reason: str = "") -> None:
         self._send_control(wire.RequestErrorMessage(request_id, int(code), 0, reason))
 
+    # answers on a SUBSCRIBE_NAMESPACE stream
+    def namespace_subscription_ok(self, stream_id: int, request_id: int) -> None:
+        self.quic.send_stream_data(stream_id, wire.encode_control_message(wire.RequestOk(request_id)))
+
+    def namespace_subscription_error(self, stream_id: int, request_id: int, code: int, reason: str = "") -> None:
+        msg = wire.RequestErrorMessage(request_id, int(code), 0, reason)
+        self.quic.send_stream_data(stream_id, wire.encode_control_message(msg), end_stream=True)
+        self._namespace_streams.discard(stream_id)
+
+    def send_namespace(self, stream_id: int, suffix) -> None:
+        self.quic.send_stream_data(stream_id, wire.encode_control_message(wire.Namespace(_raw(suffix))))
+
+    def send_namespace_done(self, stream_id: int, suffix) -> None:
+        self.quic.send_stream_data(stream_id, wire.encode_control_message(wire.NamespaceDoneMessage(_raw(suffix))))
+
     def publish_done(self, request_id: int, status: int, stream_count: int, reason: str = "") -> None:
         self._send_control(wire.PublishDone(request_id, int(status), stream_count, reason))
 
     # -- objects --------------------------------------------------------------------------------
-    def open_subgroup(self, track_alias: int, group: int, *, priority: int = 128) -> int:
+    def open_subgroup(self, track_alias: int, group: int, *, priority: int | None = 128) -> int:
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
         header = wire.SubgroupHeader(track_alias, group, 0, priority, extensions=True, end_of_group=True)
         self.quic.send_stream_data(sid, header.encode())
@@ -175,7 +195,7 @@ class MoqSession:
             if self.control_stream_id is None and not self.is_client:
                 self.control_stream_id = stream_id
             if stream_id != self.control_stream_id:
-                raise MoqProtocolError("a second bidirectional stream (only the control stream is allowed)")
+                return self._on_request_stream(stream_id, data, end_stream)
             if end_stream:
                 raise MoqProtocolError("the control stream was closed")
             return self._on_control(data)
@@ -190,7 +210,7 @@ class MoqSession:
             if isinstance(item, wire.SubgroupObject):
                 h = parser.header
                 out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
-                                             item.payload, item.extensions, item.status))
+                                             item.payload, item.extensions, item.status, h.priority))
         if end_stream:
             del self._data_streams[stream_id]
             if parser.header is not None:
@@ -206,6 +226,35 @@ class MoqSession:
             return []
         h = parser.header
         return [ev.SubgroupReset(h.track_alias, h.group_id, h.subgroup_id, code)]
+
+    def _on_request_stream(self, stream_id: int, data: bytes, end_stream: bool) -> list:
+        """A bidirectional stream other than the control stream: it carries one SUBSCRIBE_NAMESPACE."""
+        if not self.setup_done:
+            raise MoqProtocolError("request stream before setup")
+        out = []
+        if stream_id not in self._namespace_streams:
+            buf = self._request_streams.get(stream_id)
+            if buf is None:
+                if len(self._request_streams) + len(self._namespace_streams) >= MAX_INCOMING_DATA_STREAMS:
+                    raise MoqProtocolError("too many request streams", SessionError.TOO_MANY_REQUESTS)
+                buf = self._request_streams[stream_id] = bytearray()
+            buf += data
+            r = wire.decode_control_message(buf, 0)
+            if r is NEED_DATA:
+                if len(buf) > MAX_CONTROL_BUFFER or end_stream:
+                    raise MoqProtocolError("incomplete message on a request stream")
+                return out
+            msg, _ = r
+            del self._request_streams[stream_id]
+            if not isinstance(msg, wire.SubscribeNamespace):
+                raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
+            self._check_request_id(msg.request_id)
+            self._namespace_streams.add(stream_id)
+            out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options))
+        if end_stream:
+            self._namespace_streams.discard(stream_id)
+            out.append(ev.NamespaceUnsubscribed(stream_id))
+        return out
 
     def _on_control(self, data: bytes) -> list:
         self._control_buf += data
@@ -270,13 +319,16 @@ class MoqSession:
             self._check_request_id(msg.request_id)
             return [ev.NamespacePublished(msg.request_id, _text(msg.namespace))]
         if isinstance(msg, wire.PublishNamespaceDone):
-            return [ev.NamespaceDone(_text(msg.namespace))]
+            return [ev.NamespaceDone(msg.request_id)]
         if isinstance(msg, wire.SubscribeNamespace):
-            self._check_request_id(msg.request_id)
-            return [ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix))]
+            raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):
             self._check_request_id(msg.request_id)
             return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"))]
+        if isinstance(msg, wire.Publish):
+            self._check_request_id(msg.request_id)
+            return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
+                                      msg.track_alias)]
         if isinstance(msg, wire.Unsubscribe):
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):
@@ -292,8 +344,7 @@ class MoqSession:
             # a request we do not serve (FETCH, PUBLISH, REQUEST_UPDATE, ...): its first field is
             # the request id; refuse it cleanly rather than tear the session down
             r = wire.decode_varint(msg.body, 0)
-            if r is not NEED_DATA and msg.type in (wire.MessageType.FETCH, wire.MessageType.PUBLISH,
-                                                   wire.MessageType.REQUEST_UPDATE):
+            if r is not NEED_DATA and msg.type in (wire.MessageType.FETCH, wire.MessageType.REQUEST_UPDATE):
                 self._check_request_id(r[0])
                 self.request_error(r[0], wire.RequestError.NOT_SUPPORTED, "not supported by this rtmpq node")
             return []

@@ -397,6 +397,33 @@ class SubscribeOk:
 
 
 @dataclass(frozen=True, slots=True)
+class Publish:
+    """A publisher pushes a track (the receiver answers PUBLISH_OK or REQUEST_ERROR)."""
+
+    request_id: int
+    namespace: tuple[bytes, ...]
+    track_name: bytes
+    track_alias: int
+    params: dict = field(default_factory=dict)
+    extensions: dict = field(default_factory=dict)
+    TYPE = MessageType.PUBLISH
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_namespace(self.namespace) + encode_bytes(self.track_name)
+                + encode_varint(self.track_alias) + encode_kvps(self.params) + encode_kvps(self.extensions, with_count=False))
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOk:
+    request_id: int
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.PUBLISH_OK
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id) + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     request_id: int
     TYPE = MessageType.UNSUBSCRIBE
@@ -431,22 +458,50 @@ class PublishNamespace:
 
 @dataclass(frozen=True, slots=True)
 class PublishNamespaceDone:
-    namespace: tuple[bytes, ...]
+    request_id: int  # of the PUBLISH_NAMESPACE being withdrawn
     TYPE = MessageType.PUBLISH_NAMESPACE_DONE
 
     def payload(self) -> bytes:
-        return encode_namespace(self.namespace)
+        return encode_varint(self.request_id)
+
+
+# SUBSCRIBE_NAMESPACE options: which announcements the subscriber wants.
+NAMESPACE_OPTION_PUBLISH = 0x0
+NAMESPACE_OPTION_NAMESPACE = 0x1
+NAMESPACE_OPTION_BOTH = 0x2
 
 
 @dataclass(frozen=True, slots=True)
 class SubscribeNamespace:
+    """Sent on a new bidirectional stream of its own; answered on that stream."""
+
     request_id: int
     namespace_prefix: tuple[bytes, ...]
+    options: int = NAMESPACE_OPTION_NAMESPACE
     params: dict = field(default_factory=dict)
     TYPE = MessageType.SUBSCRIBE_NAMESPACE
 
     def payload(self) -> bytes:
-        return encode_varint(self.request_id) + encode_namespace(self.namespace_prefix) + encode_kvps(self.params)
+        return (encode_varint(self.request_id) + encode_namespace(self.namespace_prefix)
+                + encode_varint(self.options) + encode_kvps(self.params))
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    suffix: tuple[bytes, ...]  # the namespace fields after the subscribed prefix
+    TYPE = MessageType.NAMESPACE
+
+    def payload(self) -> bytes:
+        return encode_namespace(self.suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceDoneMessage:
+    suffix: tuple[bytes, ...]
+    TYPE = MessageType.NAMESPACE_DONE
+
+    def payload(self) -> bytes:
+        return encode_namespace(self.suffix)
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,8 +513,10 @@ class UnknownMessage:
 
 
 ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBlocked | RequestOk
-                  | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Unsubscribe | PublishDone
-                  | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | UnknownMessage)
+                  | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Publish | PublishOk
+                  | Unsubscribe | PublishDone
+                  | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | Namespace
+                  | NamespaceDoneMessage | UnknownMessage)
 
 
 def encode_control_message(msg) -> bytes:
@@ -517,6 +574,15 @@ def decode_control_message(buf, pos: int = 0):
         alias = rd.varint()
         params = _check_message_params(rd.params())
         msg = SubscribeOk(request_id, alias, params, rd.kvp_until(end))
+    elif mtype == MessageType.PUBLISH:
+        request_id = rd.varint()
+        ns = rd.namespace()
+        name = rd.bytes_field(MAX_FULL_TRACK_NAME)
+        alias = rd.varint()
+        params = _check_message_params(rd.params())
+        msg = Publish(request_id, ns, name, alias, params, rd.kvp_until(end))
+    elif mtype == MessageType.PUBLISH_OK:
+        msg = PublishOk(rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.UNSUBSCRIBE:
         msg = Unsubscribe(rd.varint())
     elif mtype == MessageType.PUBLISH_DONE:
@@ -524,9 +590,13 @@ def decode_control_message(buf, pos: int = 0):
     elif mtype == MessageType.PUBLISH_NAMESPACE:
         msg = PublishNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
     elif mtype == MessageType.PUBLISH_NAMESPACE_DONE:
-        msg = PublishNamespaceDone(rd.namespace())
+        msg = PublishNamespaceDone(rd.varint())
     elif mtype == MessageType.SUBSCRIBE_NAMESPACE:
-        msg = SubscribeNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
+        msg = SubscribeNamespace(rd.varint(), rd.namespace(), rd.varint(), _check_message_params(rd.params()))
+    elif mtype == MessageType.NAMESPACE:
+        msg = Namespace(rd.namespace())
+    elif mtype == MessageType.NAMESPACE_DONE:
+        msg = NamespaceDoneMessage(rd.namespace())
     elif mtype in MessageType._value2member_map_:
         msg = UnknownMessage(mtype, bytes(buf[p:end]))
         rd.pos = end

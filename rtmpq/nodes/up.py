@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import IngestConfig
 from ..media.broadcast import BroadcastRegistry
-from ..moq.relay import MoqBroadcastServer
+from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import DEFAULT_MOQ_PORT, serve_moq
 from ..rtmp.server import RtmpServer
@@ -35,7 +35,7 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = RtmpServer(self.registry, ingest)
         self.moq_config = moq
-        self.moq = MoqBroadcastServer(self.registry)
+        self.moq = MoqRelay(self.registry)
         self._quic = None
         self.fingerprint = ""
 
