@@ -51,10 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run every node in one process (the default deployment)",
-                        description="Run the RTMP ingest and a MoQ relay (QUIC, draft 16) in one process. "
-                                    "Subscribe with: rtmpq sub moqt://HOST:4443/live/<key> --insecure")
+                        description="Run the RTMP ingest, a MoQ relay (QUIC, draft 16) and the LL-HLS edge in one "
+                                    "process. Watch http://HOST:8080/live/<key>/ or subscribe with "
+                                    "rtmpq sub moqt://HOST:4443/live/<key> --insecure")
     _add_ingest_arguments(up)
     _add_moq_server_arguments(up)
+    _add_http_arguments(up)
 
     sub_cmd = sub.add_parser("sub", help="subscribe to a broadcast over MoQ and print its objects",
                              description="Subscribe to moqt://HOST:PORT/live/<key>: prints one JSON line per "
@@ -84,6 +86,20 @@ def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
                                                   "(default ~/.local/state/rtmpq)")
 
 
+def _add_http_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, 8080), default=("0.0.0.0", 8080),
+                   help="LL-HLS edge: players open http://HOST:PORT/live/<key>/index.m3u8 (default 0.0.0.0:8080)")
+    p.add_argument("--static", type=Path, default=Path("var/static"),
+                   help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
+
+
+def _http_config(args):
+    from .nodes.up import HttpConfig
+
+    host, port = args.http
+    return HttpConfig(host=host, port=port, static_dir=args.static)
+
+
 def _moq_config(args):
     from .nodes.up import MoqConfig
 
@@ -109,7 +125,7 @@ async def _run(args) -> None:
     if args.command == "up":
         from .nodes.up import run_up
 
-        await run_up(_ingest_config(args), _moq_config(args), stop)
+        await run_up(_ingest_config(args), _moq_config(args), _http_config(args), stop)
     elif args.command == "ingest":
         await run_ingest(_ingest_config(args), stop=stop)
     elif args.command == "sub":

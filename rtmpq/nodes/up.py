@@ -1,4 +1,4 @@
-"""All in one process: RTMP ingest publishing into an in-process MoQ relay (QUIC listener)."""
+"""All in one process: RTMP ingest, an in-process MoQ relay (QUIC) and the LL-HLS edge (HTTP)."""
 
 import asyncio
 import logging
@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import IngestConfig
-from ..media.broadcast import BroadcastRegistry
+from ..edge.server import EdgeServer
+from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import DEFAULT_MOQ_PORT, serve_moq
@@ -28,19 +29,56 @@ class MoqConfig:
     state_dir: Path = field(default_factory=default_state_dir)
 
 
+@dataclass
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
+
+
+def local_broadcast_source(registry: BroadcastRegistry):
+    """open_broadcast for the edge: read an in-process broadcast as Catalog and Frame items."""
+
+    def open_broadcast(name: str):
+        broadcast = registry.get(name)
+        if broadcast is None:
+            return None
+
+        async def items():
+            reader = broadcast.reader()
+            try:
+                async for event in reader:
+                    if isinstance(event, CatalogUpdate):
+                        yield event.catalog
+                    elif isinstance(event, BroadcastEnded):
+                        return
+                    else:
+                        yield event
+            finally:
+                reader.close()
+
+        return items()
+
+    return open_broadcast
+
+
 class UpNode:
     """Ingest + relay; ``start()`` then ``close()``; addresses are known after start."""
 
-    def __init__(self, ingest: IngestConfig, moq: MoqConfig) -> None:
+    def __init__(self, ingest: IngestConfig, moq: MoqConfig, http: HttpConfig | None = None) -> None:
         self.registry = BroadcastRegistry()
         self.rtmp = RtmpServer(self.registry, ingest)
         self.moq_config = moq
         self.moq = MoqRelay(self.registry)
+        http = http or HttpConfig()
+        self.edge = EdgeServer(local_broadcast_source(self.registry), host=http.host, port=http.port,
+                               static_dir=http.static_dir)
         self._quic = None
         self.fingerprint = ""
 
     async def start(self) -> None:
         await self.rtmp.start()
+        await self.edge.start()
         cert, key = self.moq_config.certfile, self.moq_config.keyfile
         if cert is None or key is None:
             cert, key = ensure_self_signed(self.moq_config.state_dir / "tls")
@@ -59,11 +97,12 @@ class UpNode:
         self.moq.stop()
         if self._quic is not None:
             self._quic.close()
+        await self.edge.close()
         await self.rtmp.close()
 
 
-async def run_up(ingest: IngestConfig, moq: MoqConfig, stop: asyncio.Event) -> None:
-    node = UpNode(ingest, moq)
+async def run_up(ingest: IngestConfig, moq: MoqConfig, http: HttpConfig, stop: asyncio.Event) -> None:
+    node = UpNode(ingest, moq, http)
     await node.start()
     try:
         await stop.wait()

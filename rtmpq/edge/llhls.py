@@ -1,0 +1,238 @@
+"""LL-HLS for one broadcast, sans-I/O: frames in, init segment, parts, segments and playlists out.
+
+One segment per source group (GoP), cut into parts of at most ``part_target`` seconds at frame
+boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
+time span, and a segment is the concatenation of its parts. A sliding window keeps the newest
+``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the broadcast ends.
+"""
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..media.catalog import Catalog
+from ..media.frames import AUDIO, VIDEO, Frame
+from .fmp4 import Sample, fragment, init_segment
+
+# Target duration of an LL-HLS part (seconds).
+PART_TARGET = 0.3
+# Complete segments kept in the playlist (and in memory).
+SEGMENT_WINDOW = 6
+# Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
+PART_LISTING_SEGMENTS = 3
+
+
+@dataclass(slots=True)
+class Part:
+    data: bytes
+    duration: float
+    independent: bool
+
+
+@dataclass(slots=True)
+class Segment:
+    msn: int
+    started_ns: int  # wall clock of its first frame (for EXT-X-PROGRAM-DATE-TIME)
+    parts: list[Part] = field(default_factory=list)
+    complete: bool = False
+    duration: float = 0.0
+
+    def data(self) -> bytes:
+        return b"".join(p.data for p in self.parts)
+
+
+class LlHlsStream:
+    def __init__(self, *, part_target: float = PART_TARGET, window: int = SEGMENT_WINDOW) -> None:
+        self.part_target = part_target
+        self.window = window
+        self.catalog: Catalog | None = None
+        self.init: bytes | None = None
+        self.segments: deque[Segment] = deque()
+        self.ended = False
+        self.version = 0  # bumped whenever something new can be fetched (for blocking requests)
+        self._tracks: list[str] = []
+        self._timescale: dict[str, int] = {}
+        self._pending: dict[str, list[Frame]] = {}
+        self._last_duration: dict[str, int] = {}
+        self._fragment_seq = 0
+        self._msn = 0
+        self._group: int | None = None
+        self.max_segment_duration = 0.0
+        self.bandwidth = 0
+
+    # -- input ----------------------------------------------------------------------------------
+    def set_catalog(self, catalog: Catalog) -> None:
+        tracks = [t for t in catalog.tracks if t.kind in (VIDEO, AUDIO) and t.init_data]
+        if [t.name for t in tracks] != self._tracks and self._pending_frames():
+            self._close_part(final=True)
+        self.catalog = catalog
+        self._tracks = [t.name for t in tracks]
+        self._timescale = {t.name: t.timescale for t in tracks}
+        self.init = init_segment(tracks) if tracks else None
+        self._pending = {name: self._pending.get(name, []) for name in self._tracks}
+        self.version += 1
+
+    @property
+    def _primary(self) -> str | None:
+        if VIDEO in self._tracks:
+            return VIDEO
+        return self._tracks[0] if self._tracks else None
+
+    def push(self, frame: Frame) -> None:
+        if frame.track not in self._pending or self.ended:
+            return
+        primary = self._primary
+        if frame.track == primary:
+            if frame.group != self._group:
+                if self._group is not None:
+                    self._close_part(final=True, next_dts=frame.dts)
+                if frame.index != 0 and self._group is None and not frame.keyframe:
+                    return  # never start a stream mid-group
+                self._group = frame.group
+                self._open_segment(frame)
+            elif self._part_span(frame.dts) > self.part_target:
+                self._close_part(final=False, next_dts=frame.dts)
+        elif self._group is None:
+            return  # audio before the first video keyframe has no segment yet
+        self._pending[frame.track].append(frame)
+
+    def end(self) -> None:
+        if not self.ended:
+            if self._pending_frames():
+                self._close_part(final=True)
+            elif self.segments and not self.segments[-1].complete:
+                self._finish_segment()
+            self.ended = True
+            self.version += 1
+
+    # -- cutting --------------------------------------------------------------------------------
+    def _pending_frames(self) -> bool:
+        return any(self._pending.values())
+
+    def _part_span(self, next_dts: int) -> float:
+        frames = self._pending.get(self._primary) or []
+        if not frames:
+            return 0.0
+        return (next_dts - frames[0].dts) / self._timescale[self._primary]
+
+    def _open_segment(self, frame: Frame) -> None:
+        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns()))
+        self._msn += 1
+        while len(self.segments) > self.window + 1:
+            self.segments.popleft()
+
+    def _close_part(self, *, final: bool, next_dts: int | None = None) -> None:
+        if not self.segments:
+            return
+        runs = []
+        duration = 0.0
+        independent = False
+        for track_id, name in enumerate(self._tracks, start=1):
+            frames = self._pending[name]
+            if not frames:
+                continue
+            samples = []
+            for i, f in enumerate(frames):
+                if i + 1 < len(frames):
+                    d = frames[i + 1].dts - f.dts
+                elif name == self._primary and next_dts is not None:
+                    d = next_dts - f.dts
+                else:
+                    d = self._last_duration.get(name, 0) or (frames[i].dts - frames[i - 1].dts if i else 0)
+                d = max(d, 0)
+                self._last_duration[name] = d or self._last_duration.get(name, 0)
+                samples.append(Sample(f.dts, f.pts, d, f.keyframe, f.payload))
+            if name == self._primary:
+                duration = sum(s.duration for s in samples) / self._timescale[name]
+                independent = samples[0].keyframe
+            runs.append((track_id, samples))
+            self._pending[name] = []
+        if runs:
+            self._fragment_seq += 1
+            data = fragment(self._fragment_seq, runs)
+            segment = self.segments[-1]
+            segment.parts.append(Part(data, duration, independent))
+            segment.duration += duration
+            self.version += 1
+        if final:
+            self._finish_segment()
+
+    def _finish_segment(self) -> None:
+        segment = self.segments[-1]
+        segment.complete = True
+        self.max_segment_duration = max(self.max_segment_duration, segment.duration)
+        if segment.duration > 0:
+            bits = sum(len(p.data) for p in segment.parts) * 8 / segment.duration
+            self.bandwidth = max(self.bandwidth, int(bits))
+        self.version += 1
+
+    # -- lookups --------------------------------------------------------------------------------
+    def segment(self, msn: int) -> Segment | None:
+        for s in self.segments:
+            if s.msn == msn:
+                return s
+        return None
+
+    def has(self, msn: int, part: int | None) -> bool:
+        """True when segment ``msn`` is complete, or (with ``part``) that part of it exists."""
+        s = self.segment(msn)
+        if s is None:
+            return bool(self.segments) and msn < self.segments[0].msn
+        return s.complete if part is None else (len(s.parts) > part or s.complete)
+
+    @property
+    def next_part(self) -> tuple[int, int]:
+        """(msn, part index) of the part that will be published next (for the preload hint)."""
+        if not self.segments:
+            return self._msn, 0
+        last = self.segments[-1]
+        return (last.msn + 1, 0) if last.complete else (last.msn, len(last.parts))
+
+    # -- playlists ------------------------------------------------------------------------------
+    def target_duration(self) -> int:
+        return max(1, math.ceil(self.max_segment_duration or 2.0))
+
+    def media_playlist(self) -> str:
+        target = self.target_duration()
+        segments = [s for s in self.segments if s.parts]
+        complete = [s for s in segments if s.complete]
+        shown = complete[-self.window:] + [s for s in segments if not s.complete]
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:9",
+            f"#EXT-X-TARGETDURATION:{target}",
+            f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
+            f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f},HOLD-BACK={3 * target:.1f}",
+            f"#EXT-X-MEDIA-SEQUENCE:{shown[0].msn if shown else self._msn}",
+            '#EXT-X-MAP:URI="init.mp4"',
+        ]
+        with_parts = {s.msn for s in shown[-PART_LISTING_SEGMENTS:]}
+        for s in shown:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.started_ns / 1e9))
+            lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp}.{(s.started_ns // 1_000_000) % 1000:03d}Z")
+            if s.msn in with_parts:
+                for i, p in enumerate(s.parts):
+                    flag = ",INDEPENDENT=YES" if p.independent else ""
+                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="seg{s.msn}.{i}.m4s"{flag}')
+            if s.complete:
+                lines.append(f"#EXTINF:{s.duration:.3f},")
+                lines.append(f"seg{s.msn}.m4s")
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        elif self.segments:
+            msn, part = self.next_part
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="seg{msn}.{part}.m4s"')
+        return "\n".join(lines) + "\n"
+
+    def multivariant_playlist(self) -> str:
+        catalog = self.catalog
+        video = catalog.track(VIDEO) if catalog else None
+        codecs = ",".join(t.codec for t in (catalog.tracks if catalog else ()) if t.name in self._tracks)
+        attrs = [f"BANDWIDTH={max(self.bandwidth, 1)}", f'CODECS="{codecs}"']
+        if video is not None and video.width and video.height:
+            attrs.append(f"RESOLUTION={video.width}x{video.height}")
+        if video is not None and video.framerate:
+            attrs.append(f"FRAME-RATE={video.framerate:.3f}")
+        return "\n".join(["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS",
+                          f"#EXT-X-STREAM-INF:{','.join(attrs)}", "media.m3u8"]) + "\n"

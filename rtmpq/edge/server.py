@@ -1,0 +1,258 @@
+"""The edge's HTTP server: LL-HLS playlists, init segments, parts and segments, a player page.
+
+    /live/<key>/index.m3u8        multivariant playlist
+    /live/<key>/media.m3u8        media playlist (?_HLS_msn=N&_HLS_part=P blocks until it exists)
+    /live/<key>/init.mp4          CMAF init segment
+    /live/<key>/segN.m4s          segment N;  segN.P.m4s: part P of it (the hinted part blocks)
+    /live/<key>/                  a player page (hls.js)
+
+A broadcast is opened on demand, on the first request that names it, from ``open_broadcast``
+(an async iterator of Catalog / Frame items, e.g. an in-process broadcast or a MoQ subscription),
+and dropped ``IDLE_SECONDS`` after its last request once it has ended.
+"""
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from ..media.catalog import Catalog
+from ..media.frames import Frame
+from ..redact import safe_name
+from .llhls import LlHlsStream
+
+log = logging.getLogger("rtmpq.edge")
+
+# Longest a request line + headers may be, and how long a client may take to send them.
+MAX_REQUEST_HEAD = 8192
+REQUEST_TIMEOUT = 10.0
+# Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
+BLOCKING_TARGET_DURATIONS = 3
+# An ended or unwatched broadcast is forgotten after this many seconds without requests.
+IDLE_SECONDS = 60.0
+# Open connections the server accepts at once.
+MAX_HTTP_CONNECTIONS = 1024
+
+_PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
+_SEGMENT = re.compile(r"^seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+
+PLAYER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>rtmpq live</title>
+<style>body{margin:0;background:#111;color:#eee;font:14px sans-serif}video{width:100%;max-height:90vh}</style>
+</head><body>
+<video id="video" controls autoplay muted playsinline></video>
+<div id="status">loading…</div>
+<script src="/hls.min.js"></script>
+<script>
+const video = document.getElementById("video"), status = document.getElementById("status");
+if (!window.Hls) { status.textContent = "hls.js is not installed on this server (make hlsjs)"; }
+else if (Hls.isSupported()) {
+  const hls = new Hls({lowLatencyMode: true});
+  window.rtmpqHls = hls;
+  hls.loadSource("index.m3u8");
+  hls.attachMedia(video);
+  setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
+} else { video.src = "index.m3u8"; }
+</script></body></html>
+"""
+
+
+class _Broadcast:
+    def __init__(self, name: str, stream: LlHlsStream) -> None:
+        self.name = name
+        self.stream = stream
+        self.changed = asyncio.Condition()
+        self.last_request = time.monotonic()
+        self.task: asyncio.Task | None = None
+
+
+class EdgeServer:
+    def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, host: str = "0.0.0.0",
+                 port: int = 8080, static_dir: Path | None = None) -> None:
+        self.open_broadcast = open_broadcast
+        self.host = host
+        self.port = port
+        self.static_dir = static_dir
+        self._broadcasts: dict[str, _Broadcast] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self._connections = 0
+        self._reaper: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        log.info("LL-HLS on http://%s:%d/live/<key>/index.m3u8", *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for b in self._broadcasts.values():
+            if b.task is not None:
+                b.task.cancel()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            now = time.monotonic()
+            for name, b in list(self._broadcasts.items()):
+                if b.stream.ended and now - b.last_request > IDLE_SECONDS:
+                    del self._broadcasts[name]
+
+    # -- broadcasts -----------------------------------------------------------------------------
+    def _broadcast(self, name: str) -> _Broadcast | None:
+        b = self._broadcasts.get(name)
+        if b is not None:
+            b.last_request = time.monotonic()
+            return b
+        source = self.open_broadcast(name)
+        if source is None:
+            return None
+        b = self._broadcasts[name] = _Broadcast(name, LlHlsStream())
+        b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
+        log.info("edge: packaging %s", safe_name(name))
+        return b
+
+    async def _feed(self, b: _Broadcast, source: AsyncIterator) -> None:
+        stream = b.stream
+        try:
+            async for item in source:
+                if isinstance(item, Catalog):
+                    stream.set_catalog(item)
+                elif isinstance(item, Frame):
+                    stream.push(item)
+                else:
+                    continue
+                async with b.changed:
+                    b.changed.notify_all()
+        except Exception as exc:  # the source failed: end the playlist rather than hang players
+            log.warning("edge: %s source failed: %s", safe_name(b.name), exc)
+        finally:
+            stream.end()
+            async with b.changed:
+                b.changed.notify_all()
+
+    async def _wait_for(self, b: _Broadcast, ready: Callable[[], bool]) -> bool:
+        timeout = BLOCKING_TARGET_DURATIONS * b.stream.target_duration()
+        async with b.changed:
+            try:
+                await asyncio.wait_for(b.changed.wait_for(lambda: ready() or b.stream.ended), timeout)
+            except TimeoutError:
+                return False
+        return ready()
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_HTTP_CONNECTIONS:
+            writer.close()
+            return
+        self._connections += 1
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+                    return
+                if len(head) > MAX_REQUEST_HEAD:
+                    await self._send(writer, 431, b"request head too large\n", "text/plain", keep_alive=False)
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split(" ")
+                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                    await self._send(writer, 400, b"bad request line\n", "text/plain", keep_alive=False)
+                    return
+                method, target, version = parts
+                headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
+                keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+                if method not in ("GET", "HEAD"):
+                    await self._send(writer, 405, b"only GET and HEAD\n", "text/plain", keep_alive=keep_alive)
+                else:
+                    status, body, ctype, cache = await self._route(target)
+                    await self._send(writer, status, body, ctype, cache=cache, keep_alive=keep_alive,
+                                     head_only=method == "HEAD")
+                if not keep_alive:
+                    return
+        finally:
+            self._connections -= 1
+            writer.close()
+
+    async def _send(self, writer, status: int, body: bytes, ctype: str, *, cache: str = "no-store",
+                    keep_alive: bool = True, head_only: bool = False) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}.get(status, "OK")
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Cache-Control: {cache}\r\nAccess-Control-Allow-Origin: *\r\n"
+                f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
+        writer.write(head.encode() + (b"" if head_only else body))
+        await writer.drain()
+
+    async def _route(self, target: str) -> tuple[int, bytes, str, str]:
+        url = urlsplit(target)
+        if url.path in ("/hls.min.js", "/hls.js"):
+            path = self.static_dir / "hls.min.js" if self.static_dir else None
+            if path is None or not path.exists():
+                return 404, b"hls.js is not installed (run: make hlsjs)\n", "text/plain", "no-store"
+            return 200, path.read_bytes(), "application/javascript", "max-age=86400"
+        m = _PATH.match(url.path)
+        if m is None:
+            return 404, b"not found: expected /<app>/<key>/index.m3u8\n", "text/plain", "no-store"
+        name = f"{m['app']}/{m['key']}"
+        b = self._broadcast(name)
+        if b is None:
+            return 404, b"no such broadcast\n", "text/plain", "no-store"
+        stream = b.stream
+        file = m["file"]
+        if file in ("", "index.html"):
+            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
+        if file in ("index.m3u8", "media.m3u8", "init.mp4") and not await self._wait_for(b, lambda: stream.init is not None and bool(stream.segments)):
+            return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
+        if file == "index.m3u8":
+            return 200, stream.multivariant_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
+        if file == "init.mp4":
+            return 200, stream.init, "video/mp4", "max-age=60"
+        if file == "media.m3u8":
+            query = parse_qs(url.query)
+            try:
+                msn = int(query["_HLS_msn"][0]) if "_HLS_msn" in query else None
+                part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
+            except ValueError:
+                return 400, b"_HLS_msn and _HLS_part must be integers\n", "text/plain", "no-store"
+            if part is not None and msn is None:
+                return 400, b"_HLS_part needs _HLS_msn\n", "text/plain", "no-store"
+            if msn is not None:
+                newest = stream.segments[-1].msn if stream.segments else 0
+                if msn > newest + 2:
+                    return 400, b"_HLS_msn is too far in the future\n", "text/plain", "no-store"
+                if not await self._wait_for(b, lambda: stream.has(msn, part)):
+                    return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
+            return 200, stream.media_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
+        sm = _SEGMENT.match(file)
+        if sm is None:
+            return 404, b"not found\n", "text/plain", "no-store"
+        msn = int(sm["msn"])
+        part = int(sm["part"]) if sm["part"] is not None else None
+        if not stream.has(msn, part):
+            # only the hinted next part, or the segment in progress, may be waited for
+            last = stream.segments[-1] if stream.segments else None
+            in_progress = last is not None and not last.complete and last.msn == msn
+            if not ((part is not None and (msn, part) == stream.next_part) or (part is None and in_progress)):
+                return 404, b"no such segment\n", "text/plain", "no-store"
+            if not await self._wait_for(b, lambda: stream.has(msn, part)):
+                return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
+        segment = stream.segment(msn)
+        if segment is None:
+            return 404, b"segment no longer available\n", "text/plain", "no-store"
+        if part is None:
+            return 200, segment.data(), "video/mp4", "max-age=60"
+        if part >= len(segment.parts):
+            return 404, b"no such part\n", "text/plain", "no-store"
+        return 200, segment.parts[part].data, "video/mp4", "max-age=60"
