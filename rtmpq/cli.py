@@ -72,8 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
                          help="latency budget: the relay drops groups older than this (seconds)")
 
     ingest = sub.add_parser("ingest", help="accept RTMP publishers",
-                            description="Accept RTMP publishes (OBS, ffmpeg, GStreamer) as broadcasts.")
+                            description="Accept RTMP publishes (OBS, ffmpeg, GStreamer) as broadcasts; with "
+                                        "--upstream, publish them into a remote MoQ relay.")
     _add_ingest_arguments(ingest)
+    ingest.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay to publish into")
+    _add_client_tls_arguments(ingest)
+
+    relay = sub.add_parser("relay", help="a MoQ relay (fan-out with a group cache), chainable",
+                           description="Serve MoQ subscribers; tracks come from publishers that announce to "
+                                       "this relay, or, with --upstream, from the relay above (on demand).")
+    _add_moq_server_arguments(relay)
+    relay.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay above")
+    _add_client_tls_arguments(relay)
+
+    edge = sub.add_parser("edge", help="LL-HLS over HTTP, fed over MoQ",
+                          description="Serve http://HOST:PORT/live/<key>/index.m3u8, subscribing to the "
+                                      "broadcast upstream when a player first asks for it.")
+    edge.add_argument("--upstream", metavar="URL", required=True, help="moqt://HOST:PORT of a relay")
+    _add_http_arguments(edge)
+    _add_client_tls_arguments(edge)
     return parser
 
 
@@ -84,6 +101,16 @@ def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument("--state-dir", type=Path, help="where the self-signed certificate is kept "
                                                   "(default ~/.local/state/rtmpq)")
+
+
+def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="store_true", help="do not verify the upstream's certificate")
+    p.add_argument("--cafile", help="verify the upstream's certificate against this CA file")
+    p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream")
+
+
+def _client_tls(args) -> dict:
+    return {"insecure": args.insecure, "cafile": args.cafile, "fingerprint": args.fingerprint}
 
 
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,7 +154,20 @@ async def _run(args) -> None:
 
         await run_up(_ingest_config(args), _moq_config(args), _http_config(args), stop)
     elif args.command == "ingest":
-        await run_ingest(_ingest_config(args), stop=stop)
+        if args.upstream:
+            from .nodes.nodes import run_ingest_upstream
+
+            await run_ingest_upstream(_ingest_config(args), args.upstream, _client_tls(args), stop)
+        else:
+            await run_ingest(_ingest_config(args), stop=stop)
+    elif args.command == "relay":
+        from .nodes.nodes import run_relay
+
+        await run_relay(_moq_config(args), args.upstream, _client_tls(args), stop)
+    elif args.command == "edge":
+        from .nodes.nodes import run_edge
+
+        await run_edge(_http_config(args), args.upstream, _client_tls(args), stop)
     elif args.command == "sub":
         from .nodes.sub import run_sub
 

@@ -109,6 +109,7 @@ class Broadcast:
         self._readers: set[BroadcastReader] = set()
         self._current_group: list[Frame] = []  # frames since the newest video keyframe
         self._current_group_bytes = 0
+        self._ended = asyncio.Event()
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -133,8 +134,12 @@ class Broadcast:
         for reader in tuple(self._readers):
             reader._put(BroadcastEnded(self.name))
         self._current_group.clear()
+        self._ended.set()
         if self._registry is not None:
             self._registry._remove(self)
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
 
     # -- reader side ----------------------------------------------------------------------------
     def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES) -> BroadcastReader:

@@ -35,6 +35,8 @@ CHECK_INTERVAL = 0.05
 # Send scheduler urgency per track kind: lower is sent first.
 URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
 DEFAULT_URGENCY = 3
+# Seconds to wait for a track's last streams after its publisher's PUBLISH_DONE.
+LATE_STREAM_GRACE = 2.0
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -154,6 +156,8 @@ class _UpstreamTrack:
         self.track = track
         self.fanout = TrackFanout()
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
+        self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
+        self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
@@ -375,18 +379,34 @@ class MoqRelay:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
             upstream.fanout.end_group(event.group)
+            self._stream_finished(upstream)
 
     def _on_SubgroupReset(self, conn: MoqConnection, event: ev.SubgroupReset) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
             upstream.fanout.reset_group(event.group, event.code)
+            self._stream_finished(upstream)
+
+    def _stream_finished(self, upstream: _UpstreamTrack) -> None:
+        upstream.streams_done += 1
+        if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
+            self._end_upstream(upstream)
 
     def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
-        if upstream is not None:
+        if upstream is None:
+            return
+        # PUBLISH_DONE travels on the control stream and overtakes the last groups: end the track
+        # downstream once all its streams have finished, or after a grace period
+        upstream.streams_expected = event.stream_count
+        if upstream.streams_done >= event.stream_count:
             self._end_upstream(upstream)
+        else:
+            asyncio.get_running_loop().call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
     def _end_upstream(self, upstream: _UpstreamTrack) -> None:
+        if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
+            return  # already ended
         self._tracks.pop((upstream.namespace, upstream.track), None)
         if upstream.alias is not None:
             self._by_alias.pop((id(upstream.conn), upstream.alias), None)

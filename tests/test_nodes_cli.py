@@ -1,0 +1,80 @@
+"""The node kinds as separate processes, chained as in a deployment:
+
+    ffmpeg --RTMP--> rtmpq ingest --upstream A --MoQ--> rtmpq relay A <--MoQ-- rtmpq relay B (--upstream A)
+                                                                         |--> rtmpq sub (JSON lines)
+                                                                         \\--> rtmpq edge (LL-HLS) --> ffprobe
+"""
+
+import asyncio
+import json
+import socket
+import sys
+import urllib.request
+
+from .conftest import need
+from .publishers import ffmpeg_publish_args, probe_packets, run_process
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def start(*args: str, env=None):
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", "--log-level", "WARNING", *args,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def wait_udp_ready(port: int) -> None:
+    await asyncio.sleep(1.5)  # the relays generate their certificate and bind; QUIC has no connect probe
+
+
+async def test_ingest_relay_chain_subscriber_and_edge_as_processes(tmp_path):
+    need("ffmpeg")
+    pa, pb, prtmp, phttp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    procs = []
+    try:
+        procs.append(await start("relay", "--moq", f"127.0.0.1:{pa}", "--state-dir", str(tmp_path / "a")))
+        procs.append(await start("relay", "--moq", f"127.0.0.1:{pb}", "--state-dir", str(tmp_path / "b"),
+                                 "--upstream", f"moqt://127.0.0.1:{pa}", "--insecure"))
+        procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pa}", "--insecure"))
+        procs.append(await start("edge", "--http", f"127.0.0.1:{phttp}", "--upstream", f"moqt://127.0.0.1:{pb}", "--insecure"))
+        await wait_udp_ready(pa)
+        ref = str(tmp_path / "ref.flv")
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/chain", ref, seconds=5)))
+        await asyncio.sleep(1.0)  # the ingest announces the broadcast to relay A
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pb}/live/chain",
+                                               "--insecure", "--json", "--seconds", "15"], timeout=30))
+        playlist = f"http://127.0.0.1:{phttp}/live/chain/index.m3u8"
+        # a first player request makes the edge subscribe (through relay B) while the stream is live
+        first = await asyncio.to_thread(lambda: urllib.request.urlopen(playlist, timeout=20).read())
+        assert b"#EXT-X-STREAM-INF" in first
+        rc, output = await publisher
+        assert rc == 0, output
+        rc, out = await sub
+        lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+        frames = [l for l in lines if "track" in l]
+        summary = next(l["summary"] for l in lines if "summary" in l)
+        assert rc == 0 and summary["skipped_groups"] == 0, out
+        reference = probe_packets(ref)
+        for track in ("video", "audio"):
+            got = [(f["dts"], f["pts"], f["keyframe"], f["size"]) for f in frames if f["track"] == track]
+            want = [(p.dts, p.pts, p.keyframe, p.size) for p in reference if p.track == track]
+            # joined about a second in: from the start of the group in progress, every frame, in order
+            assert got and got == want[len(want) - len(got):], track
+            assert got[0] == want[0] or track == "audio"
+        assert all(f["latency_ms"] is not None for f in frames)
+        await asyncio.sleep(1)
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                     "stream=codec_type,nb_read_frames", "-of", "json", playlist], timeout=40)
+        assert rc == 0, out
+        counts = {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
+        # the edge joined inside the first GoP, so the whole broadcast is in its playlist
+        assert counts["video"] == len([p for p in reference if p.track == "video"])
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()
