@@ -59,7 +59,8 @@ async def test_ingest_relay_chain_subscriber_and_edge_as_processes(tmp_path):
         assert rc == 0 and summary["skipped_groups"] == 0, out
         reference = probe_packets(ref)
         for track in ("video", "audio"):
-            got = [(f["dts"], f["pts"], f["keyframe"], f["size"]) for f in frames if f["track"] == track]
+            mine = sorted((f for f in frames if f["track"] == track), key=lambda f: (f["group"], f["object"]))
+            got = [(f["dts"], f["pts"], f["keyframe"], f["size"]) for f in mine]
             want = [(p.dts, p.pts, p.keyframe, p.size) for p in reference if p.track == track]
             # joined about a second in: from the start of the group in progress, every frame, in order
             assert got and got == want[len(want) - len(got):], track

@@ -1,0 +1,174 @@
+"""UDP impairment proxy: delay, jitter, loss, reordering and a rate limit, per direction, seeded.
+
+    async with ImpairmentProxy(target=("127.0.0.1", 4443), down=Impairment(delay_ms=50, loss=0.02),
+                               up=Impairment(delay_ms=50), seed=1) as proxy:
+        ... connect to ("127.0.0.1", proxy.port) ...
+
+"down" is server -> client, "up" client -> server. Given the seed, the same packets are dropped and
+delayed the same way on every run. Packets stay in order unless ``reorder`` picks one to hold
+back by ``reorder_ms``. The rate limit is a token bucket in front of a drop-tail queue of
+``queue_bytes``: a link slower than the traffic delays packets, then drops them, as a real one does.
+"""
+
+import argparse
+import asyncio
+import random
+from dataclasses import dataclass
+
+
+@dataclass
+class Impairment:
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0  # probability a packet is dropped
+    reorder: float = 0.0  # probability a packet is held back by reorder_ms
+    reorder_ms: float = 10.0
+    rate_bps: float | None = None  # link rate in bits per second (None: unlimited)
+    queue_bytes: int = 64 * 1024  # bottleneck queue before drop-tail
+
+
+@dataclass
+class DirectionStats:
+    forwarded: int = 0
+    dropped_loss: int = 0
+    dropped_queue: int = 0
+    reordered: int = 0
+    bytes: int = 0
+
+
+class _Direction:
+    def __init__(self, imp: Impairment, rng: random.Random, send) -> None:
+        self.imp = imp
+        self.rng = rng
+        self.send = send
+        self.stats = DirectionStats()
+        self._link_free_at = 0.0  # when the bottleneck finishes serialising what is queued
+        self._last_due = 0.0
+
+    def packet(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        imp = self.imp
+        now = loop.time()
+        if imp.loss and self.rng.random() < imp.loss:
+            self.stats.dropped_loss += 1
+            return
+        start = now
+        if imp.rate_bps:
+            backlog = max(0.0, self._link_free_at - now) * imp.rate_bps / 8
+            if backlog + len(data) > imp.queue_bytes:
+                self.stats.dropped_queue += 1
+                return
+            self._link_free_at = max(now, self._link_free_at) + len(data) * 8 / imp.rate_bps
+            start = self._link_free_at
+        due = start + imp.delay_ms / 1000
+        if imp.jitter_ms:
+            due += self.rng.uniform(-imp.jitter_ms, imp.jitter_ms) / 1000
+        due = max(due, self._last_due)  # FIFO unless reordered on purpose
+        self._last_due = due
+        if imp.reorder and self.rng.random() < imp.reorder:
+            due += imp.reorder_ms / 1000
+            self.stats.reordered += 1
+        self.stats.forwarded += 1
+        self.stats.bytes += len(data)
+        loop.call_at(due, self.send, data)
+
+
+class _ServerSide(asyncio.DatagramProtocol):
+    def __init__(self, proxy: "ImpairmentProxy", client_addr) -> None:
+        self.proxy = proxy
+        self.client_addr = client_addr
+        self.transport = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        pending, self.proxy._pending = self.proxy._pending, []
+        for data in pending:  # packets that left the "up" impairment before this socket existed
+            transport.sendto(data)
+
+    def datagram_received(self, data, addr) -> None:
+        self.proxy._down.packet(data, asyncio.get_running_loop())
+
+    def error_received(self, exc) -> None:
+        pass
+
+
+class ImpairmentProxy(asyncio.DatagramProtocol):
+    def __init__(self, *, target: tuple[str, int], listen: tuple[str, int] = ("127.0.0.1", 0),
+                 up: Impairment | None = None, down: Impairment | None = None, seed: int = 0) -> None:
+        self.target = target
+        self.listen = listen
+        self._up = _Direction(up or Impairment(), random.Random(seed * 2 + 1), self._to_server)
+        self._down = _Direction(down or Impairment(), random.Random(seed * 2 + 2), self._to_client)
+        self._transport = None
+        self._server_side: _ServerSide | None = None
+        self._client_addr = None
+        self._pending: list[bytes] = []
+        self.port = 0
+
+    @property
+    def stats(self) -> dict[str, DirectionStats]:
+        return {"up": self._up.stats, "down": self._down.stats}
+
+    async def __aenter__(self) -> "ImpairmentProxy":
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.listen)
+        self.port = self._transport.get_extra_info("sockname")[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._server_side is not None and self._server_side.transport is not None:
+            self._server_side.transport.close()
+
+    # one client at a time (a QUIC connection): its packets go out of one socket to the target
+    def datagram_received(self, data, addr) -> None:
+        loop = asyncio.get_running_loop()
+        if self._client_addr != addr:
+            self._client_addr = addr
+            if self._server_side is not None and self._server_side.transport is not None:
+                self._server_side.transport.close()
+            self._server_side = _ServerSide(self, addr)
+            loop.create_task(loop.create_datagram_endpoint(lambda: self._server_side, remote_addr=self.target))
+        self._up.packet(data, loop)
+
+    def _to_server(self, data: bytes) -> None:
+        side = self._server_side
+        if side is not None and side.transport is not None:
+            side.transport.sendto(data)
+        elif len(self._pending) < 1024:
+            self._pending.append(data)
+
+    def _to_client(self, data: bytes) -> None:
+        if self._transport is not None and self._client_addr is not None:
+            self._transport.sendto(data, self._client_addr)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m rtmpq.netem", description=__doc__.split("\n\n")[0])
+    p.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT to listen on")
+    p.add_argument("--target", required=True, help="HOST:PORT of the server")
+    p.add_argument("--delay-ms", type=float, default=0, help="one-way delay, each direction")
+    p.add_argument("--jitter-ms", type=float, default=0)
+    p.add_argument("--loss", type=float, default=0, help="drop probability, each direction")
+    p.add_argument("--reorder", type=float, default=0)
+    p.add_argument("--rate-kbps", type=float, help="server-to-client link rate")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    def split(text):
+        host, _, port = text.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    both = dict(delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss=args.loss, reorder=args.reorder)
+
+    async def run():
+        async with ImpairmentProxy(target=split(args.target), listen=split(args.listen), seed=args.seed,
+                                   up=Impairment(**both),
+                                   down=Impairment(**both, rate_bps=args.rate_kbps * 1000 if args.rate_kbps else None)) as proxy:
+            print(f"impairing udp 127.0.0.1:{proxy.port} -> {args.target}", flush=True)
+            await asyncio.Event().wait()
+
+    asyncio.run(run())

@@ -1,0 +1,71 @@
+"""The seeded UDP impairment proxy, measured with plain UDP on loopback."""
+
+import asyncio
+
+from rtmpq.netem import Impairment, ImpairmentProxy
+
+
+class Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.received = []
+
+    def datagram_received(self, data, addr):
+        self.received.append((asyncio.get_running_loop().time(), data))
+
+
+async def run_through(up: Impairment, down: Impairment, seed: int, count: int = 400, size: int = 200, gap: float = 0.001):
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    target = echo.get_extra_info("sockname")
+    async with ImpairmentProxy(target=target, up=up, down=down, seed=seed) as proxy:
+        client = Client()
+        transport, _ = await loop.create_datagram_endpoint(lambda: client, remote_addr=("127.0.0.1", proxy.port))
+        sent = {}
+        for i in range(count):
+            sent[i] = loop.time()
+            transport.sendto(i.to_bytes(4, "big") + bytes(size - 4))
+            if gap:
+                await asyncio.sleep(gap)
+            elif i % 50 == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0.6)
+        transport.close()
+        stats = proxy.stats
+    echo.close()
+    return sent, client.received, stats
+
+
+async def test_loss_is_close_to_the_setting_and_the_same_for_the_same_seed():
+    lossy = Impairment(loss=0.1)
+    _, got1, stats = await run_through(lossy, Impairment(), seed=7)
+    _, got2, _ = await run_through(lossy, Impairment(), seed=7)
+    ids1 = [int.from_bytes(d[:4], "big") for _, d in got1]
+    assert ids1 == [int.from_bytes(d[:4], "big") for _, d in got2]  # same seed, same drops
+    assert 0.05 < stats["up"].dropped_loss / 400 < 0.15
+    assert ids1 == sorted(ids1)  # no reordering asked for: order kept
+
+
+async def test_delay_adds_up_per_direction():
+    sent, got, _ = await run_through(Impairment(delay_ms=30), Impairment(delay_ms=20), seed=1, count=20)
+    rtts = [t - sent[int.from_bytes(d[:4], "big")] for t, d in got]
+    assert len(rtts) == 20 and min(rtts) >= 0.050 and max(rtts) < 0.2
+
+
+async def test_reordering_and_rate_limit():
+    _, got, stats = await run_through(Impairment(reorder=0.2, reorder_ms=20), Impairment(), seed=3, count=200)
+    ids = [int.from_bytes(d[:4], "big") for _, d in got]
+    assert sorted(ids) == list(range(200)) and ids != sorted(ids) and stats["up"].reordered > 10
+    # 400 packets of 1000 bytes at 800 kbit/s with a 20 kB queue: most are dropped, the rest paced
+    _, got, stats = await run_through(Impairment(rate_bps=800_000, queue_bytes=20_000), Impairment(), seed=3,
+                                      count=400, size=1000)
+    assert stats["up"].dropped_queue > 300
+    times = [t for t, _ in got]
+    assert (times[-1] - times[0]) >= 0.9 * (len(times) - 1) * 1000 * 8 / 800_000
