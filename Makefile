@@ -4,18 +4,28 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # System packages the tests use (publishers, players, containers).
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-libav
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
 
-.PHONY: install install-test system-deps up test test-compiled test-pure bench clean
+.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-install: $(PY)
+install: $(PY) hlsjs
 	$(PY) -m pip install -q -e .
 
-install-test: $(PY) system-deps
+# hls.js for the edge's player page, from the npm registry (not committed): var/static/hls.min.js
+HLSJS_VERSION ?= 1.7.4
+hlsjs: var/static/hls.min.js
+var/static/hls.min.js:
+	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q npm; }
+	mkdir -p var/npm var/static
+	cd var/npm && npm pack --silent hls.js@$(HLSJS_VERSION) >/dev/null
+	tar -xzf var/npm/hls.js-$(HLSJS_VERSION).tgz -C var/npm package/dist/hls.min.js
+	cp var/npm/package/dist/hls.min.js $@
+
+install-test: $(PY) system-deps hlsjs
 	$(PY) -m pip install -q -e '.[test]'
 
 # Installs the Debian packages the tests need, only where they are missing.
@@ -41,7 +51,7 @@ test-pure:
 	RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests
 
 bench: install-test
-	$(PY) -m pytest bench --benchmark-only --benchmark-columns=min,median,mean,ops
+	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s
 
 clean:
 	rm -rf build $(VENV) rtmpq/*.so ext/*.c

@@ -1,0 +1,80 @@
+"""Relay egress and ingest-to-subscriber latency, with 1, 10 and 50 MoQ subscribers (aioquic backend).
+
+    .venv/bin/python -m pytest bench/bench_relay.py --benchmark-only -s
+
+A 3 Mbit/s H.264 + AAC file is encoded once, then replayed in real time into `rtmpq up` with
+`ffmpeg -re -c copy` (no encoding during the run). `rtmpq up` runs in its own process; the N
+subscribers run together in another. Egress per core = bytes the subscribers received / CPU
+seconds the relay process used. Latency = subscriber receipt time - ingest arrival time (same
+machine clock), over every object.
+"""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SECONDS = 8
+RESULTS = {}
+
+
+def free_port(kind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def source_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("relay") / "source.flv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
+                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "3M",
+                    "-maxrate", "3M", "-bufsize", "1M", "-g", "60", "-c:a", "aac", "-f", "flv", str(path)], check=True)
+    return path
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 10 ms
+
+
+def run_once(source: Path, subscribers: int, tmp: Path) -> dict:
+    moq, rtmp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    relay = subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{rtmp}",
+                              "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp)])
+    try:
+        time.sleep(1.5)
+        publisher = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
+                                      f"rtmp://127.0.0.1:{rtmp}/live/bench"])
+        time.sleep(0.5)
+        cpu0 = cpu_seconds(relay.pid)
+        subs = subprocess.run([sys.executable, str(Path(__file__).with_name("relay_subscribers.py")), str(moq),
+                               "live/bench", str(subscribers)], capture_output=True, text=True, timeout=120)
+        cpu = cpu_seconds(relay.pid) - cpu0
+        publisher.wait(timeout=30)
+        stats = json.loads(subs.stdout.strip().splitlines()[-1])
+        stats["relay_cpu_s"] = cpu
+        stats["egress_MB_per_cpu_s"] = round(stats["bytes"] / 1e6 / cpu, 2) if cpu else None
+        return stats
+    finally:
+        relay.terminate()
+        relay.wait(timeout=10)
+
+
+@pytest.mark.parametrize("subscribers", [1, 10, 50])
+def test_relay_egress_and_latency(benchmark, source_file, tmp_path, subscribers):
+    stats = benchmark.pedantic(run_once, args=(source_file, subscribers, tmp_path), rounds=1, iterations=1)
+    assert stats["objects"] > 0
+    benchmark.extra_info.update(stats)
+    RESULTS[subscribers] = stats
+
+
+def teardown_module(module):
+    print("\n\nsubscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms")
+    for n, s in sorted(RESULTS.items()):
+        print(f"{n:11}  {s['objects']:7}  {s['skipped']:7}  {s['bytes'] / 1e6:11.1f}  {s['relay_cpu_s']:11.2f}  "
+              f"{s['egress_MB_per_cpu_s']!s:>13}  {s['latency_p50_ms']:6.1f}  {s['latency_p99_ms']:6.1f}")
