@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rtmpq.config import IngestConfig
-from rtmpq.nodes.up import MoqConfig, UpNode
+from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
 # Cases rtmpq does not serve yet, with the reason (kept in step with docs/interop.md).
 NOT_APPLICABLE = {
@@ -24,7 +24,7 @@ NOT_APPLICABLE = {
 @pytest.fixture
 async def node(tmp_path):
     n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"))
+               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"), HttpConfig(host="127.0.0.1", port=0))
     await n.start()
     yield n
     await n.close()

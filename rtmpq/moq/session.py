@@ -9,8 +9,6 @@ raised to the caller.
 
 import logging
 
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, StreamDataReceived, StreamReset
-
 from ..codec.sentinel import NEED_DATA
 from . import events as ev
 from . import wire
@@ -24,6 +22,9 @@ MAX_REQUESTS = 1000
 MAX_CONTROL_BUFFER = 2 * 0x10000
 # Data streams a peer may have open towards us at once before we refuse new ones.
 MAX_INCOMING_DATA_STREAMS = 256
+# Objects held while their track alias is not known yet (a data stream can overtake the
+# SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
+MAX_HELD_EVENTS = 2048
 
 
 def _text(parts) -> tuple[str, ...]:
@@ -50,6 +51,8 @@ class MoqSession:
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
+        self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
+        self._held: list = []  # data events waiting for their alias
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
         self._namespace_streams: set[int] = set()  # peer SUBSCRIBE_NAMESPACE streams we answered
 
@@ -70,15 +73,17 @@ class MoqSession:
     def handle_event(self, event) -> list:
         if self.closed:
             return []
+        # events are matched by name: aioquic and aiopquic define the same ones (both backends)
+        kind = type(event).__name__
         try:
-            if isinstance(event, StreamDataReceived):
-                return self._on_stream_data(event.stream_id, event.data, event.end_stream)
-            if isinstance(event, StreamReset):
+            if kind == "StreamDataReceived":
+                return self._on_stream_data(event.stream_id, bytes(event.data), event.end_stream)
+            if kind == "StreamReset":
                 return self._on_stream_reset(event.stream_id, event.error_code)
-            if isinstance(event, ConnectionTerminated):
+            if kind == "ConnectionTerminated":
                 self.closed = True
                 return [ev.SessionClosed(event.error_code, event.reason_phrase)]
-            if isinstance(event, HandshakeCompleted) and self.is_client and self.control_stream_id is None:
+            if kind == "HandshakeCompleted" and self.is_client and self.control_stream_id is None:
                 self.connect()
         except MoqProtocolError as exc:
             log.warning("closing MoQ session: %s", exc)
@@ -218,14 +223,33 @@ class MoqSession:
                     raise MoqProtocolError("subgroup stream ended inside an object")
                 h = parser.header
                 out.append(ev.SubgroupEnded(h.track_alias, h.group_id, h.subgroup_id))
-        return out
+        return self._hold_unknown(out)
 
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
         parser = self._data_streams.pop(stream_id, None)
         if parser is None or parser.header is None:
             return []
         h = parser.header
-        return [ev.SubgroupReset(h.track_alias, h.group_id, h.subgroup_id, code)]
+        return self._hold_unknown([ev.SubgroupReset(h.track_alias, h.group_id, h.subgroup_id, code)])
+
+    def _hold_unknown(self, events: list) -> list:
+        """Pass on data events of known aliases; hold the others until their alias is named."""
+        out = []
+        for e in events:
+            if e.track_alias in self._known_aliases:
+                out.append(e)
+            else:
+                self._held.append(e)
+        if len(self._held) > MAX_HELD_EVENTS:
+            del self._held[: len(self._held) - MAX_HELD_EVENTS]
+        return out
+
+    def _release(self, alias: int) -> list:
+        self._known_aliases.add(alias)
+        released = [e for e in self._held if e.track_alias == alias]
+        if released:
+            self._held = [e for e in self._held if e.track_alias != alias]
+        return released
 
     def _on_request_stream(self, stream_id: int, data: bytes, end_stream: bool) -> list:
         """A bidirectional stream other than the control stream: it carries one SUBSCRIBE_NAMESPACE."""
@@ -310,7 +334,7 @@ class MoqSession:
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:
                 largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
-            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest)]
+            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest), *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestErrorMessage):
             return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason)]
         if isinstance(msg, wire.RequestOk):
@@ -328,7 +352,7 @@ class MoqSession:
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias)]
+                                      msg.track_alias), *self._release(msg.track_alias)]
         if isinstance(msg, wire.Unsubscribe):
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):

@@ -1,12 +1,15 @@
-"""The asyncio shell: QUIC (aioquic) connections that drive a MoqSession.
+"""The asyncio shell: QUIC connections that drive a MoqSession, on two backends.
 
-The session is sans-I/O; this module only moves datagrams and timers, and adds what aioquic
-lacks for live media (specs/bad-inputs.md, "QUIC (aioquic) risks"):
+- ``aioquic`` (pure Python, the reference): the session writes into aioquic's QuicConnection and
+  we transmit. aioquic lacks what live media needs (specs/bad-inputs.md, "QUIC (aioquic) risks"),
+  so this module adds a send scheduler (before each transmit the stream queue is ordered by
+  urgency, then newer group first: audio before video, a new GoP before an old one) and
+  per-stream queued-byte accounting for the relay's send budgets.
+- ``aiopquic`` (picoquic on its own thread): writes go into per-stream rings that may refuse
+  bytes (BufferError) when full; refused writes wait here, in order, and are retried. Priorities
+  map onto picoquic's stream priorities (urgency only; same-urgency streams share round robin).
 
-- a send scheduler: before each transmit the stream queue is ordered by (urgency, newer group
-  first), so audio goes before video and a new GoP before an old one;
-- per-stream and per-connection queued bytes, for the relay's send budgets;
-- a handshake timeout and an idle timeout.
+Both: a handshake (setup) timeout and an idle timeout.
 """
 
 import asyncio
@@ -31,12 +34,13 @@ IDLE_TIMEOUT = 30.0
 DEFAULT_MOQ_PORT = 4443
 
 
-class MoqConnection(QuicConnectionProtocol):
+class _MoqConnectionMixin:
     """One QUIC connection with its MoQ session; ``handler`` receives the session's events."""
 
-    def __init__(self, *args, is_client: bool = False, path: str = "", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.session = MoqSession(self._quic, is_client=is_client, path=path)
+    backend = "?"
+
+    def _init_moq(self, quic, is_client: bool, path: str) -> None:
+        self.session = MoqSession(quic, is_client=is_client, path=path)
         self.handler: Callable[["MoqConnection", object], None] | None = None
         self.ready = asyncio.get_running_loop().create_future()
         self._priorities: dict[int, tuple[int, int]] = {}
@@ -100,6 +104,118 @@ from .events import SessionClosed as ev_closed  # noqa: E402
 from .events import SetupComplete as ev_setup  # noqa: E402
 
 
+class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
+    """The aioquic backend."""
+
+    backend = "aioquic"
+
+    def __init__(self, *args, is_client: bool = False, path: str = "", **kwargs) -> None:
+        QuicConnectionProtocol.__init__(self, *args, **kwargs)
+        self._init_moq(self._quic, is_client, path)
+
+
+class _PquicWriter:
+    """aiopquic's QuicConnection, with refused writes kept in order and retried (never dropped)."""
+
+    def __init__(self, quic) -> None:
+        self.quic = quic
+        self.pending: dict[int, list[tuple[bytes, bool]]] = {}
+        self.streams: set[int] = set()
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
+        return self.quic.get_next_available_stream_id(is_unidirectional)
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.streams.add(stream_id)
+        queue = self.pending.get(stream_id)
+        if queue:
+            queue.append((bytes(data), end_stream))
+            return
+        try:
+            self.quic.send_stream_data(stream_id, bytes(data), end_stream)
+        except BufferError:
+            self.pending.setdefault(stream_id, []).append((bytes(data), end_stream))
+
+    def retry(self) -> bool:
+        """Push what was refused; True when something is still waiting."""
+        for stream_id, queue in list(self.pending.items()):
+            while queue:
+                data, end = queue[0]
+                try:
+                    self.quic.send_stream_data(stream_id, data, end)
+                except BufferError:
+                    break
+                queue.pop(0)
+            if not queue:
+                del self.pending[stream_id]
+        return bool(self.pending)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        self.pending.pop(stream_id, None)
+        self.streams.discard(stream_id)
+        self.quic.reset_stream(stream_id, error_code)
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        self.quic.stop_stream(stream_id, error_code)
+
+    def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
+        self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
+
+    def queued(self, stream_id: int) -> int:
+        waiting = sum(len(d) for d, _ in self.pending.get(stream_id, ()))
+        try:
+            return waiting + self.quic.tx_data_ring_used(stream_id)
+        except Exception:  # the stream is gone
+            self.streams.discard(stream_id)
+            return waiting
+
+
+def _pquic_protocol_class():
+    from aiopquic.asyncio.protocol import QuicConnectionProtocol as PquicProtocol
+
+    class PquicMoqConnection(_MoqConnectionMixin, PquicProtocol):
+        """The aiopquic backend."""
+
+        backend = "aiopquic"
+
+        def __init__(self, quic, stream_handler=None, *, is_client: bool = False, path: str = "") -> None:
+            PquicProtocol.__init__(self, quic, stream_handler=stream_handler)
+            self._writer = _PquicWriter(quic)
+            self._init_moq(self._writer, is_client, path)
+            self._retry_handle = None
+
+        def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
+            self._quic.set_stream_priority(stream_id, min(2 * urgency + 2, 254))  # even: round robin
+
+        def forget_stream(self, stream_id: int) -> None:
+            pass
+
+        def flush(self) -> None:
+            if self._writer.retry() and self._retry_handle is None:
+                self._retry_handle = asyncio.get_running_loop().call_later(0.002, self._retry)
+
+        def _retry(self) -> None:
+            self._retry_handle = None
+            self.flush()
+
+        def queued_bytes(self, stream_id: int) -> int:
+            return self._writer.queued(stream_id)
+
+        def total_queued_bytes(self) -> int:
+            return sum(self._writer.queued(s) for s in list(self._writer.streams))
+
+        @property
+        def peer(self) -> str:
+            addr = self._quic.peer_address()
+            return f"{addr[0]}:{addr[1]}" if addr else "?"
+
+    return PquicMoqConnection
+
+
+BACKENDS = ("aioquic", "aiopquic")
+DEFAULT_BACKEND = "aioquic"
+
+
 def server_configuration(certfile, keyfile) -> QuicConfiguration:
     config = QuicConfiguration(is_client=False, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
                                max_datagram_frame_size=65536)
@@ -107,12 +223,24 @@ def server_configuration(certfile, keyfile) -> QuicConfiguration:
     return config
 
 
-async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: Callable[[MoqConnection], None]):
+async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: Callable[[MoqConnection], None],
+                    backend: str = DEFAULT_BACKEND):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler)."""
-    config = server_configuration(certfile, keyfile)
+    if backend == "aiopquic":
+        from aiopquic.asyncio import serve as pquic_serve
+        from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
+
+        config = PquicConfiguration(is_client=False, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT)
+        config.load_cert_chain(str(certfile), str(keyfile))
+        cls = _pquic_protocol_class()
+        serve_fn = pquic_serve
+    else:
+        config = server_configuration(certfile, keyfile)
+        cls = MoqConnection
+        serve_fn = serve
 
     def factory(*args, **kwargs):
-        conn = MoqConnection(*args, is_client=False, **kwargs)
+        conn = cls(*args, is_client=False, **kwargs)
         on_connection(conn)
         loop = asyncio.get_running_loop()
 
@@ -124,7 +252,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         loop.call_later(HANDSHAKE_TIMEOUT, check_setup)
         return conn
 
-    return await serve(host, port, configuration=config, create_protocol=factory)
+    return await serve_fn(host, port, configuration=config, create_protocol=factory)
 
 
 def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, int, str]:
@@ -141,17 +269,34 @@ class connect_moq:
     """``async with connect_moq(host, port, ...) as conn``: a client connection with setup done."""
 
     def __init__(self, host: str, port: int, *, insecure: bool = False, cafile: str | None = None,
-                 fingerprint: str | None = None, path: str = "", timeout: float = HANDSHAKE_TIMEOUT) -> None:
-        config = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
-                                   server_name=host)
-        if insecure or fingerprint:
-            config.verify_mode = ssl.CERT_NONE
-        elif cafile:
-            config.load_verify_locations(cafile)
+                 fingerprint: str | None = None, path: str = "", timeout: float = HANDSHAKE_TIMEOUT,
+                 backend: str = DEFAULT_BACKEND) -> None:
         self._fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
-        self._cm = connect(host, port, configuration=config,
-                           create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, **k),
-                           wait_connected=True)
+        if backend == "aiopquic":
+            from aiopquic.asyncio import connect as pquic_connect
+            from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
+
+            if self._fingerprint:
+                raise ValueError("certificate pinning (--fingerprint) needs the aioquic backend")
+            config = PquicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
+                                        server_name=host)
+            if insecure:
+                config.verify_mode = ssl.CERT_NONE
+            elif cafile:
+                config.load_verify_locations(cafile)
+            cls = _pquic_protocol_class()
+            self._cm = pquic_connect(host, port, configuration=config,
+                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, **k))
+        else:
+            config = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
+                                       server_name=host)
+            if insecure or fingerprint:
+                config.verify_mode = ssl.CERT_NONE
+            elif cafile:
+                config.load_verify_locations(cafile)
+            self._cm = connect(host, port, configuration=config,
+                               create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, **k),
+                               wait_connected=True)
         self._timeout = timeout
 
     async def __aenter__(self) -> MoqConnection:

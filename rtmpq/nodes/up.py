@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from ..rtmp.server import RtmpServer
 log = logging.getLogger("rtmpq.nodes")
 
 
+def free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "rtmpq"
 
@@ -27,6 +34,7 @@ class MoqConfig:
     certfile: Path | None = None  # both None: a self-signed pair is made in state_dir/tls
     keyfile: Path | None = None
     state_dir: Path = field(default_factory=default_state_dir)
+    backend: str = "aioquic"  # QUIC library: "aioquic" or "aiopquic"
 
 
 @dataclass
@@ -83,14 +91,19 @@ class UpNode:
         if cert is None or key is None:
             cert, key = ensure_self_signed(self.moq_config.state_dir / "tls")
         self.fingerprint = fingerprint(cert)
-        self._quic = await serve_moq(self.moq_config.host, self.moq_config.port, certfile=cert, keyfile=key,
-                                     on_connection=self.moq.on_connection)
+        self._quic_port = self.moq_config.port
+        if self.moq_config.backend == "aiopquic" and not self._quic_port:
+            self._quic_port = free_udp_port(self.moq_config.host)  # picoquic does not report a port 0 bind
+        self._quic = await serve_moq(self.moq_config.host, self._quic_port, certfile=cert, keyfile=key,
+                                     on_connection=self.moq.on_connection, backend=self.moq_config.backend)
         self.moq.start()
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d, certificate sha256 %s", host, port, self.fingerprint)
 
     @property
     def moq_address(self) -> tuple[str, int]:
+        if self.moq_config.backend == "aiopquic":  # picoquic binds the port we asked for
+            return self.moq_config.host, self._quic_port
         return self._quic._transport.get_extra_info("sockname")[:2]
 
     async def close(self) -> None:
