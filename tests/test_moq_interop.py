@@ -43,3 +43,61 @@ async def test_aiomoqt_interop_client_cases_pass(node):
     failed = sorted(name for name, status in results.items() if status != "ok" and name not in NOT_APPLICABLE)
     assert failed == [], text
     assert results["data-subgroup-basic"] == "ok" and results["announce-subscribe"] == "ok"
+
+
+async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_path):
+    """ffmpeg -> rtmpq ingest --upstream -> aiomoqt's moq-interop-relay -> rtmpq subscriber."""
+    import socket
+
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.media.frames import Frame
+    from rtmpq.moq.client import subscribe_broadcast
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import connect_moq
+    from rtmpq.nodes.remote import UpstreamLink
+    from rtmpq.rtmp.server import RtmpServer
+
+    from .conftest import need
+    from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
+
+    need("ffmpeg")
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    relay_bin = shutil.which("moq-interop-relay") or str(Path(sys.executable).parent / "moq-interop-relay")
+    third_party = await asyncio.create_subprocess_exec(
+        relay_bin, "--bind", "127.0.0.1", "--port", str(port), "--quic", "--draft", "16", "--cert", str(cert),
+        "--key", str(key), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    registry = BroadcastRegistry()
+    rtmp = RtmpServer(registry, IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0))
+    await rtmp.start()
+    ingest = MoqRelay(registry)
+    ingest.start()
+    link = UpstreamLink(ingest, f"moqt://127.0.0.1:{port}", insecure=True, announce=True, use_for_unknown_tracks=False)
+    try:
+        await asyncio.sleep(1.0)
+        link.start()
+        await asyncio.wait_for(link.connected.wait(), 15)
+        ref = str(tmp_path / "ref.flv")
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp.address[1]}/live/aio", ref, seconds=4)))
+        await registry.wait_for("live/aio", 10)
+        await asyncio.sleep(0.3)  # the announcement reaches the third-party relay
+        frames = []
+        async with connect_moq("127.0.0.1", port, insecure=True) as conn:
+            async for item in subscribe_broadcast(conn, "live/aio"):  # ends with the broadcast
+                if isinstance(item, Frame):
+                    frames.append(item)
+        rc, output = await publisher
+        assert rc == 0, output
+    finally:
+        await link.close()
+        ingest.stop()
+        await rtmp.close()
+        third_party.terminate()
+        await third_party.wait()
+    reference = probe_packets(ref)
+    for track in ("video", "audio"):
+        mine = sorted((f for f in frames if f.track == track), key=lambda f: (f.group, f.index))
+        assert as_packets(mine) == [p for p in reference if p.track == track], track

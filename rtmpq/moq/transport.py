@@ -96,7 +96,8 @@ class _MoqConnectionMixin:
 
     @property
     def peer(self) -> str:
-        addr = self._transport.get_extra_info("peername") if self._transport else None
+        paths = getattr(self._quic, "_network_paths", None)  # a client's UDP socket has no peername
+        addr = paths[0].addr if paths else None
         return f"{addr[0]}:{addr[1]}" if addr else "?"
 
 
