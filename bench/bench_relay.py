@@ -1,4 +1,4 @@
-"""Relay egress and ingest-to-subscriber latency, with 1, 10 and 50 MoQ subscribers (aioquic backend).
+"""Relay egress and ingest-to-subscriber latency, with 1, 10 and 50 MoQ subscribers, on both QUIC backends.
 
     .venv/bin/python -m pytest bench/bench_relay.py --benchmark-only -s
 
@@ -42,10 +42,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 10 ms
 
 
-def run_once(source: Path, subscribers: int, tmp: Path) -> dict:
+def run_once(source: Path, subscribers: int, tmp: Path, backend: str) -> dict:
     moq, rtmp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     relay = subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{rtmp}",
-                              "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp)])
+                              "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp),
+                              "--quic-backend", backend])
     try:
         time.sleep(1.5)
         publisher = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
@@ -53,7 +54,7 @@ def run_once(source: Path, subscribers: int, tmp: Path) -> dict:
         time.sleep(0.5)
         cpu0 = cpu_seconds(relay.pid)
         subs = subprocess.run([sys.executable, str(Path(__file__).with_name("relay_subscribers.py")), str(moq),
-                               "live/bench", str(subscribers)], capture_output=True, text=True, timeout=120)
+                               "live/bench", str(subscribers), backend], capture_output=True, text=True, timeout=120)
         cpu = cpu_seconds(relay.pid) - cpu0
         publisher.wait(timeout=30)
         stats = json.loads(subs.stdout.strip().splitlines()[-1])
@@ -65,16 +66,17 @@ def run_once(source: Path, subscribers: int, tmp: Path) -> dict:
         relay.wait(timeout=10)
 
 
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 @pytest.mark.parametrize("subscribers", [1, 10, 50])
-def test_relay_egress_and_latency(benchmark, source_file, tmp_path, subscribers):
-    stats = benchmark.pedantic(run_once, args=(source_file, subscribers, tmp_path), rounds=1, iterations=1)
+def test_relay_egress_and_latency(benchmark, source_file, tmp_path, subscribers, backend):
+    stats = benchmark.pedantic(run_once, args=(source_file, subscribers, tmp_path, backend), rounds=1, iterations=1)
     assert stats["objects"] > 0
     benchmark.extra_info.update(stats)
-    RESULTS[subscribers] = stats
+    RESULTS[(backend, subscribers)] = stats
 
 
 def teardown_module(module):
-    print("\n\nsubscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms")
-    for n, s in sorted(RESULTS.items()):
-        print(f"{n:11}  {s['objects']:7}  {s['skipped']:7}  {s['bytes'] / 1e6:11.1f}  {s['relay_cpu_s']:11.2f}  "
+    print("\n\nbackend   subscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms")
+    for (backend, n), s in sorted(RESULTS.items()):
+        print(f"{backend:9} {n:11}  {s['objects']:7}  {s['skipped']:7}  {s['bytes'] / 1e6:11.1f}  {s['relay_cpu_s']:11.2f}  "
               f"{s['egress_MB_per_cpu_s']!s:>13}  {s['latency_p50_ms']:6.1f}  {s['latency_p99_ms']:6.1f}")

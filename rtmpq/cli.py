@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub_cmd.add_argument("--frames", type=int, help="stop after this many media objects")
     sub_cmd.add_argument("--seconds", type=float, help="stop after this many seconds")
     sub_cmd.add_argument("--json", action="store_true", help="one JSON line per object")
+    _add_backend_argument(sub_cmd)
     sub_cmd.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
     sub_cmd.add_argument("--cafile", help="verify the server certificate against this CA file")
     sub_cmd.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex)")
@@ -101,16 +102,26 @@ def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument("--state-dir", type=Path, help="where the self-signed certificate is kept "
                                                   "(default ~/.local/state/rtmpq)")
+    _add_backend_argument(p)
+
+
+def _add_backend_argument(p: argparse.ArgumentParser) -> None:
+    if "--quic-backend" in p._option_string_actions:  # a node that both serves and dials QUIC
+        return
+    p.add_argument("--quic-backend", choices=["aioquic", "aiopquic"], default="aioquic",
+                   help="QUIC library: aioquic (pure Python, default) or aiopquic (picoquic, faster)")
 
 
 def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
+    _add_backend_argument(p)
     p.add_argument("--insecure", action="store_true", help="do not verify the upstream's certificate")
     p.add_argument("--cafile", help="verify the upstream's certificate against this CA file")
     p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream")
 
 
 def _client_tls(args) -> dict:
-    return {"insecure": args.insecure, "cafile": args.cafile, "fingerprint": args.fingerprint}
+    return {"insecure": args.insecure, "cafile": args.cafile, "fingerprint": args.fingerprint,
+            "backend": args.quic_backend}
 
 
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,7 +142,7 @@ def _moq_config(args):
     from .nodes.up import MoqConfig
 
     host, port = args.moq
-    config = MoqConfig(host=host, port=port, certfile=args.cert, keyfile=args.key)
+    config = MoqConfig(host=host, port=port, certfile=args.cert, keyfile=args.key, backend=args.quic_backend)
     if args.state_dir:
         config.state_dir = args.state_dir
     return config

@@ -122,6 +122,7 @@ class _PquicWriter:
         self.quic = quic
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
         self.streams: set[int] = set()
+        self.written: dict[int, int] = {}  # bytes picoquic accepted per stream
 
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
         return self.quic.get_next_available_stream_id(is_unidirectional)
@@ -134,6 +135,7 @@ class _PquicWriter:
             return
         try:
             self.quic.send_stream_data(stream_id, bytes(data), end_stream)
+            self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
         except BufferError:
             self.pending.setdefault(stream_id, []).append((bytes(data), end_stream))
 
@@ -146,6 +148,7 @@ class _PquicWriter:
                     self.quic.send_stream_data(stream_id, data, end)
                 except BufferError:
                     break
+                self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
                 queue.pop(0)
             if not queue:
                 del self.pending[stream_id]
@@ -154,6 +157,7 @@ class _PquicWriter:
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         self.pending.pop(stream_id, None)
         self.streams.discard(stream_id)
+        self.written.pop(stream_id, None)
         self.quic.reset_stream(stream_id, error_code)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
@@ -163,12 +167,15 @@ class _PquicWriter:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
 
     def queued(self, stream_id: int) -> int:
+        """Bytes of the stream not yet put into packets (waiting here or in picoquic's ring)."""
         waiting = sum(len(d) for d, _ in self.pending.get(stream_id, ()))
-        try:
-            return waiting + self.quic.tx_data_ring_used(stream_id)
-        except Exception:  # the stream is gone
-            self.streams.discard(stream_id)
-            return waiting
+        written = self.written.get(stream_id, 0)
+        sent = self.quic.tx_sent_bytes(stream_id) if written else 0
+        if written and sent >= written and not waiting:
+            self.streams.discard(stream_id)  # all of it left: stop asking
+            self.written.pop(stream_id, None)
+            return 0
+        return waiting + max(written - sent, 0)
 
 
 def _pquic_protocol_class():

@@ -20,10 +20,10 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     cert, key = moq.certfile, moq.keyfile
     if cert is None or key is None:
         cert, key = ensure_self_signed(moq.state_dir / "tls")
-    server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection)
+    server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+                             backend=moq.backend)
     relay.start()
-    host, port = server._transport.get_extra_info("sockname")[:2]
-    log.info("MoQ relay on udp %s:%d, certificate sha256 %s", host, port, fingerprint(cert))
+    log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, fingerprint(cert))
     return server
 
 

@@ -25,10 +25,11 @@ RECONNECT_MAX = 10.0
 
 class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
-                 fingerprint: str | None = None, announce: bool = False, use_for_unknown_tracks: bool = True) -> None:
+                 fingerprint: str | None = None, backend: str = "aioquic", announce: bool = False,
+                 use_for_unknown_tracks: bool = True) -> None:
         self.relay = relay
         self.host, self.port, self.path = parse_moq_url(url)
-        self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint)
+        self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend)
         self.announce = announce
         self.use_for_unknown_tracks = use_for_unknown_tracks
         self.connected = asyncio.Event()
@@ -97,13 +98,16 @@ class UpstreamLink:
             conn.flush()
 
 
-def moq_broadcast_source(url: str, *, insecure: bool = False, cafile: str | None = None, fingerprint: str | None = None):
-    """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast."""
+def moq_broadcast_source(url: str, **tls):
+    """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast.
+
+    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
+    """
     host, port, _ = parse_moq_url(url)
 
     def open_broadcast(name: str):
         async def items():
-            async with connect_moq(host, port, insecure=insecure, cafile=cafile, fingerprint=fingerprint) as conn:
+            async with connect_moq(host, port, **tls) as conn:
                 async for item in subscribe_broadcast(conn, name):
                     if isinstance(item, (Catalog, Frame)):
                         yield item

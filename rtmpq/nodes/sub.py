@@ -27,7 +27,7 @@ async def run_sub(args, stop: asyncio.Event) -> int:
     async def consume() -> None:
         nonlocal sizes
         async with connect_moq(host, port, insecure=args.insecure, cafile=args.cafile,
-                               fingerprint=args.fingerprint) as conn:
+                               fingerprint=args.fingerprint, backend=args.quic_backend) as conn:
             async for item in subscribe_broadcast(conn, broadcast, delivery_timeout_ms=timeout_ms):
                 if isinstance(item, Catalog):
                     if args.json:
