@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from .sentinel import Sentinel
+
 
 class EcmaArray(dict):
     """An AMF0 ECMA array (associative array): what onMetaData carries."""
@@ -9,26 +11,7 @@ class EcmaArray(dict):
     __slots__ = ()
 
 
-class _Undefined:
-    __slots__ = ()
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNDEFINED"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __reduce__(self):
-        return "UNDEFINED"
-
-
-UNDEFINED = _Undefined()
+UNDEFINED = Sentinel("UNDEFINED")  # AMF0 undefined (marker 0x06)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,23 @@ def _skip_modex(body, pos: int, packet_type: int, modex: int, what: str) -> tupl
     return pos, packet_type
 
 
+def _multitrack(body, pos: int, multitrack_code: int, what: str) -> tuple[int, str, int, int, int]:
+    """E-RTMP multitrack header and first track: (packet type, FourCC, track id, data start, end)."""
+    _need(body, pos, 1, what)
+    multitrack_type = body[pos] >> 4
+    packet_type = body[pos] & 0x0F
+    pos += 1
+    if packet_type == multitrack_code or multitrack_type > _MANY_TRACKS_MANY_CODECS:
+        raise RemoteProtocolError(f"FLV {what} multitrack header is invalid")
+    fourcc = None
+    if multitrack_type != _MANY_TRACKS_MANY_CODECS:
+        _need(body, pos, 4, what)
+        fourcc = _fourcc(body, pos)
+        pos += 4
+    track_id, end, track_fourcc, pos = _first_track(body, pos, multitrack_type, what)
+    return packet_type, track_fourcc or fourcc, track_id, pos, end
+
+
 def _first_track(body, pos: int, multitrack_type: int, what: str) -> tuple[int, int, str | None, int]:
     """(track id, end of the first track's data, its FourCC if per-track, position of its data)."""
     fourcc = None
@@ -86,19 +103,7 @@ def parse_video_tag(body) -> VideoTag:
     track_id = 0
     end = len(body)
     if packet_type == _VIDEO_MULTITRACK:
-        _need(body, pos, 1, "video")
-        multitrack_type = body[pos] >> 4
-        packet_type = body[pos] & 0x0F
-        pos += 1
-        if packet_type == _VIDEO_MULTITRACK or multitrack_type > _MANY_TRACKS_MANY_CODECS:
-            raise RemoteProtocolError("FLV video multitrack header is invalid")
-        fourcc = None
-        if multitrack_type != _MANY_TRACKS_MANY_CODECS:
-            _need(body, pos, 4, "video")
-            fourcc = _fourcc(body, pos)
-            pos += 4
-        track_id, end, track_fourcc, pos = _first_track(body, pos, multitrack_type, "video")
-        fourcc = track_fourcc or fourcc
+        packet_type, fourcc, track_id, pos, end = _multitrack(body, pos, _VIDEO_MULTITRACK, "video")
     else:
         _need(body, pos, 4, "video")
         fourcc = _fourcc(body, pos)
@@ -131,19 +136,7 @@ def parse_audio_tag(body) -> AudioTag:
     track_id = 0
     end = len(body)
     if packet_type == _AUDIO_MULTITRACK:
-        _need(body, pos, 1, "audio")
-        multitrack_type = body[pos] >> 4
-        packet_type = body[pos] & 0x0F
-        pos += 1
-        if packet_type == _AUDIO_MULTITRACK or multitrack_type > _MANY_TRACKS_MANY_CODECS:
-            raise RemoteProtocolError("FLV audio multitrack header is invalid")
-        fourcc = None
-        if multitrack_type != _MANY_TRACKS_MANY_CODECS:
-            _need(body, pos, 4, "audio")
-            fourcc = _fourcc(body, pos)
-            pos += 4
-        track_id, end, track_fourcc, pos = _first_track(body, pos, multitrack_type, "audio")
-        fourcc = track_fourcc or fourcc
+        packet_type, fourcc, track_id, pos, end = _multitrack(body, pos, _AUDIO_MULTITRACK, "audio")
     else:
         _need(body, pos, 4, "audio")
         fourcc = _fourcc(body, pos)

@@ -1,23 +1,19 @@
-"""The "need more data" sentinel shared by every incremental parser (never an exception)."""
+"""Named sentinel values: "need more data" for every incremental parser (never an exception)."""
 
 
-class _NeedData:
-    __slots__ = ()
-    _instance = None
+class Sentinel:
+    """A unique, falsy marker compared with ``is``; one module-level instance per meaning."""
 
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
 
     def __repr__(self) -> str:
-        return "NEED_DATA"
+        return self._name
 
     def __bool__(self) -> bool:
         return False
 
-    def __reduce__(self):
-        return "NEED_DATA"
 
-
-NEED_DATA = _NeedData()
+NEED_DATA = Sentinel("NEED_DATA")
