@@ -220,9 +220,9 @@ class MoqRelay:
 
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
-        for conn, prefix in list(self._ns_subscribers.values()):
+        """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
+        for (_, stream_id), (conn, prefix) in list(self._ns_subscribers.items()):
             if namespace[: len(prefix)] == prefix and not conn.session.closed:
-                stream_id = next(k[1] for k, v in self._ns_subscribers.items() if v[0] is conn and v[1] == prefix)
                 suffix = namespace[len(prefix):]
                 if done:
                     conn.session.send_namespace_done(stream_id, suffix)
