@@ -15,10 +15,8 @@ import pytest
 from rtmpq.config import IngestConfig
 from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
-# Cases rtmpq does not serve yet, with the reason (kept in step with docs/interop.md).
-NOT_APPLICABLE = {
-    "namespace-discovery": "needs the relay to send PUBLISH to SUBSCRIBE_NAMESPACE subscribers (not implemented)",
-}
+# Cases rtmpq does not serve, with the reason (kept in step with docs/interop.md).
+NOT_APPLICABLE: dict[str, str] = {}
 
 
 @pytest.fixture

@@ -100,6 +100,13 @@ class TrackPublished:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishAccepted:
+    """PUBLISH_OK: the peer took a track we pushed with PUBLISH."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectReceived:
     track_alias: int
     group: int

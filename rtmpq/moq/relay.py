@@ -26,7 +26,15 @@ from . import events as ev
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
 from .loc import CATALOG_TRACK, frame_extensions
 from .transport import MoqConnection
-from .wire import FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START, PublishDoneStatus, RequestError
+from .wire import (
+    FILTER_LARGEST_OBJECT,
+    FILTER_NEXT_GROUP_START,
+    NAMESPACE_OPTION_BOTH,
+    NAMESPACE_OPTION_NAMESPACE,
+    NAMESPACE_OPTION_PUBLISH,
+    PublishDoneStatus,
+    RequestError,
+)
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -183,7 +191,8 @@ class MoqRelay:
         self._tracks: dict[tuple[tuple[str, ...], str], _UpstreamTrack] = {}
         self._by_request: dict[tuple[int, int], _UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], _UpstreamTrack] = {}
-        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...]]] = {}
+        # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
+        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -221,8 +230,8 @@ class MoqRelay:
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
         """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
-        for (_, stream_id), (conn, prefix) in list(self._ns_subscribers.items()):
-            if namespace[: len(prefix)] == prefix and not conn.session.closed:
+        for (_, stream_id), (conn, prefix, wants_namespaces, _) in list(self._ns_subscribers.items()):
+            if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
                 suffix = namespace[len(prefix):]
                 if done:
                     conn.session.send_namespace_done(stream_id, suffix)
@@ -274,27 +283,44 @@ class MoqRelay:
             return self.upstream
         return None
 
-    def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout) -> None:
+    def _new_alias(self, conn: MoqConnection) -> int:
         alias = self._aliases.get(id(conn), 0)
         self._aliases[id(conn)] = alias + 1
+        return alias
+
+    def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout) -> None:
+        alias = self._new_alias(conn)
         largest = fanout.cache.largest
         start_group = None
         if event.filter_type in (FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START):
             start_group = largest[0] + 1 if largest else 0
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
-        sink = _ConnectionSink(conn, alias, URGENCY.get(event.track_name, DEFAULT_URGENCY), fanout)
-        sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         conn.session.subscribe_ok(event.request_id, alias, largest)
-        label = _label(event.namespace, event.track_name)
-        self._subs[(id(conn), event.request_id)] = _Subscription(conn, event.request_id, fanout, label, sub, sink)
+        self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout, start_group)
+
+    def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
+                fanout: TrackFanout, timeout: float, start_group: int | None = None) -> None:
+        """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted or a PUBLISH we sent)."""
+        sink = _ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
+        sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
+        label = _label(namespace, track)
+        self._subs[(id(conn), request_id)] = _Subscription(conn, request_id, fanout, label, sub, sink)
         if fanout.ended:
-            conn.session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
+            conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
             return
         if start_group is None:
             fanout.subscribe(sub, time.monotonic())
         else:
             fanout.subscribers.add(sub)
         log.info("%s: subscribed to %s", conn.peer, label)
+
+    def _push_tracks(self, conn: MoqConnection, prefix: tuple[str, ...]) -> None:
+        """PUBLISH every relayed track under ``prefix`` to a namespace subscriber that asked for them."""
+        for (namespace, track), upstream in list(self._tracks.items()):
+            if namespace[: len(prefix)] == prefix and upstream.alias is not None:
+                alias = self._new_alias(conn)
+                rid = conn.session.publish(namespace, track, alias)
+                self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout)
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
@@ -325,10 +351,15 @@ class MoqRelay:
 
     def _on_NamespaceSubscribeRequested(self, conn: MoqConnection, event: ev.NamespaceSubscribeRequested) -> None:
         conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
-        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix)
-        for ns in self._known_namespaces():
-            if ns[: len(event.prefix)] == event.prefix:
-                conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
+        wants_namespaces = event.options in (NAMESPACE_OPTION_NAMESPACE, NAMESPACE_OPTION_BOTH)
+        wants_tracks = event.options in (NAMESPACE_OPTION_PUBLISH, NAMESPACE_OPTION_BOTH)
+        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks)
+        if wants_namespaces:
+            for ns in self._known_namespaces():
+                if ns[: len(event.prefix)] == event.prefix:
+                    conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
+        if wants_tracks:
+            self._push_tracks(conn, event.prefix)
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
@@ -347,6 +378,10 @@ class MoqRelay:
                 sub_conn.flush()
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        pushed = self._subs.pop((id(conn), event.request_id), None)
+        if pushed is not None:  # the peer refused a track we PUBLISHed to it
+            pushed.fanout.unsubscribe(pushed.sub)
+            return
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
             return
@@ -367,6 +402,12 @@ class MoqRelay:
         self._by_alias[(id(conn), event.track_alias)] = upstream
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
+        for other, prefix, _, wants_tracks in list(self._ns_subscribers.values()):
+            if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
+                alias = self._new_alias(other)
+                rid = other.session.publish(event.namespace, event.track_name, alias)
+                self._attach(other, rid, alias, event.namespace, event.track_name, upstream.fanout, self.delivery_timeout)
+                other.flush()
 
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))

@@ -109,6 +109,12 @@ class MoqSession:
         self._send_control(wire.Subscribe(rid, _raw(namespace), track_name.encode(), params))
         return rid
 
+    def publish(self, namespace, track_name: str, track_alias: int) -> int:
+        """Push a track (PUBLISH); objects may follow at once under ``track_alias``."""
+        rid = self._new_request_id()
+        self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias))
+        return rid
+
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
 
@@ -353,6 +359,8 @@ class MoqSession:
             self._check_request_id(msg.request_id)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                       msg.track_alias), *self._release(msg.track_alias)]
+        if isinstance(msg, wire.PublishOk):
+            return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):
