@@ -1,0 +1,103 @@
+"""Interoperability with moq-rs (`import moq`, Rust core) over MoQT draft 16 on loopback.
+
+- moq-rs subscribes to a broadcast that ffmpeg publishes into `rtmpq up` over RTMP.
+- a moq-rs publisher announces a broadcast to the rtmpq relay; a moq-rs subscriber gets it through
+  the relay (the relay subscribes to the publisher on demand).
+"""
+
+import asyncio
+
+import moq
+import pytest
+
+from rtmpq.config import IngestConfig
+from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+
+from .conftest import need
+from .publishers import ffmpeg_publish_args, probe_packets, run_process
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
+               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"), HttpConfig(host="127.0.0.1", port=0))
+    await n.start()
+    yield n
+    await n.close()
+
+
+def client(node) -> moq.Client:
+    host, port = node.moq_address
+    return moq.Client(f"moqt://{host}:{port}", tls_verify=False, websocket_enabled=False, reconnect=False)
+
+
+async def discover(c: moq.Client, path: str):
+    async def first():
+        async for _ in c.announced(""):
+            return
+    await asyncio.wait_for(first(), 10)
+    return await asyncio.wait_for(c.announced_broadcast(path), 10)
+
+
+async def test_moq_rs_subscribes_to_an_ffmpeg_publish(node, tmp_path):
+    need("ffmpeg")
+    ref = str(tmp_path / "ref.flv")
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/rs", ref, seconds=5)))
+    await node.registry.wait_for("live/rs", 10)
+    groups: dict[int, list[bytes]] = {}
+    async with client(node) as c:
+        broadcast = await discover(c, "live/rs")
+        track = await broadcast.subscribe_track("video")
+
+        async def read():
+            async for group in track:
+                groups[group.sequence] = [bytes(f.payload) async for f in group]
+                if len(groups) >= 2:
+                    return
+
+        await asyncio.wait_for(read(), 20)
+    rc, output = await publisher
+    assert rc == 0, output
+    # every group moq-rs got is whole: its frames are exactly the encoder's frames of that GoP
+    video = [p for p in probe_packets(ref) if p.track == "video"]
+    gops = []
+    for p in video:
+        if p.keyframe:
+            gops.append([])
+        gops[-1].append(p.size)
+    for seq, frames in groups.items():
+        assert [len(f) for f in frames] == gops[seq], seq
+
+
+async def test_moq_rs_publisher_through_the_rtmpq_relay_to_a_moq_rs_subscriber(node):
+    sent = {g: [f"group {g} frame {i}".encode() for i in range(5)] for g in range(3)}
+    async with client(node) as pub:
+        broadcast = pub.create_broadcast("interop/rs")
+        track = broadcast.publish_track("data")
+        broadcast.announce()
+        await asyncio.sleep(0.5)  # PUBLISH_NAMESPACE reaches the relay
+        received: dict[int, list[bytes]] = {}
+        async with client(node) as sub:
+            consumer = await discover(sub, "interop/rs")
+            stream = await consumer.subscribe_track("data")
+
+            async def produce():
+                await asyncio.sleep(0.5)  # the relay's upstream subscription is in place
+                for g, frames in sent.items():
+                    group = track.append_group()
+                    for f in frames:
+                        group.write_frame(f)
+                    group.finish()
+                    await asyncio.sleep(0.1)
+
+            async def read():
+                async for group in stream:
+                    received[group.sequence] = [bytes(f.payload) async for f in group]
+                    if len(received) == len(sent):
+                        return
+
+            producer = asyncio.create_task(produce())
+            await asyncio.wait_for(read(), 15)
+            await producer
+    assert sorted(received.values()) == sorted(sent.values())
