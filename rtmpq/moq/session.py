@@ -27,6 +27,20 @@ MAX_INCOMING_DATA_STREAMS = 256
 MAX_HELD_EVENTS = 2048
 
 
+_last_encoded: list = [None, None, -1, b""]  # payload, extensions, delta, bytes
+
+
+def _encoded_object(delta: int, payload, extensions) -> bytes:
+    """Object header + payload as one write. A relay sends the same object to every subscriber
+    in a row, so the last encoding is kept (by identity of payload and extensions) and reused."""
+    c = _last_encoded
+    if c[0] is payload and c[1] is extensions and c[2] == delta:
+        return c[3]
+    data = wire.encode_object(delta, payload, extensions, with_extensions=True) + bytes(payload)
+    c[0], c[1], c[2], c[3] = payload, extensions, delta, data
+    return data
+
+
 def _text(parts) -> tuple[str, ...]:
     return tuple(p.decode("utf-8", "replace") for p in parts)
 
@@ -182,9 +196,7 @@ class MoqSession:
         if delta < 0:
             raise ValueError("object ids must increase within a subgroup")
         state[2] = object_id
-        self.quic.send_stream_data(stream_id, wire.encode_object(delta, payload, extensions, with_extensions=True))
-        if len(payload):
-            self.quic.send_stream_data(stream_id, payload)
+        self.quic.send_stream_data(stream_id, _encoded_object(delta, payload, extensions))
 
     def end_subgroup(self, stream_id: int) -> None:
         if self._outgoing.pop(stream_id, None) is not None:
