@@ -91,3 +91,14 @@ async def test_unknown_broadcast_is_refused_clearly(node):
 async def test_wrong_fingerprint_is_refused(node):
     with pytest.raises(ConnectionError, match="fingerprint"):
         await asyncio.wait_for(receive(node, "live/x", fingerprint="00" * 32), 10)
+
+
+async def test_a_node_shutting_down_sends_goaway(node):
+    from rtmpq.moq.events import GoawayReceived
+
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        got = asyncio.get_running_loop().create_future()
+        conn.handler = lambda _c, e: got.set_result(e) if isinstance(e, GoawayReceived) and not got.done() else None
+        node.moq.stop()
+        assert isinstance(await asyncio.wait_for(got, 5), GoawayReceived)

@@ -201,6 +201,11 @@ class MoqRelay:
         self._tasks = [loop.create_task(self._tick()), loop.create_task(self._watch_registry())]
 
     def stop(self) -> None:
+        """Shut down: GOAWAY to every session (peers move elsewhere), then stop reading sources."""
+        for conn in list(self.connections):
+            if not conn.session.closed and conn.session.setup_done:
+                conn.session.goaway("")
+                conn.flush()
         for task in self._tasks:
             task.cancel()
         for source in list(self._sources.values()):
