@@ -118,7 +118,7 @@ def fragment(sequence: int, runs: list[tuple[int, list[Sample]]]) -> bytes:
         trafs.append((traf, samples))
     moof = bytearray(box(b"moof", full_box(b"mfhd", 0, 0, struct.pack(">I", sequence)), *(t for t, _ in trafs)))
     data_pos = len(moof) + 8
-    for (traf, samples), at in zip(trafs, offsets_at):
+    for (_, samples), at in zip(trafs, offsets_at, strict=True):
         struct.pack_into(">i", moof, at, data_pos)
         data_pos += sum(len(s.data) for s in samples)
     mdat_size = data_pos - len(moof)

@@ -2,6 +2,7 @@
 
 import datetime
 import hashlib
+import ipaddress
 import logging
 import ssl
 from pathlib import Path
@@ -26,9 +27,7 @@ def ensure_self_signed(directory: str | Path, hostname: str = "localhost") -> tu
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    import ipaddress
-
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())

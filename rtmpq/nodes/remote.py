@@ -60,10 +60,10 @@ class UpstreamLink:
                     closed = asyncio.get_running_loop().create_future()
                     original = conn.handler
 
-                    def handler(c, event, _orig=original):
+                    def handler(c, event, _orig=original, _closed=closed):
                         _orig(c, event)
-                        if type(event).__name__ == "SessionClosed" and not closed.done():
-                            closed.set_result(None)
+                        if type(event).__name__ == "SessionClosed" and not _closed.done():
+                            _closed.set_result(None)
 
                     conn.handler = handler
                     announcer = asyncio.ensure_future(self._announce(conn)) if self.announce else None
