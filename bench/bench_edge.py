@@ -117,11 +117,11 @@ async def rtmpq_run(source: Path, tmp: Path) -> dict:
 
         recorder = asyncio.create_task(record())
         port = node.edge.address[1]
-        playlist = (await http_get(port, "/live/bench/media.m3u8")).decode()
+        playlist = (await http_get(port, "/live/bench/video.m3u8")).decode()
         latencies, estimated = [], []
         first_dts = None
         while True:
-            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(seg\d+\.\d+\.m4s)"', playlist)
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(v-seg\d+\.\d+\.m4s)"', playlist)
             if hint is None:
                 break
             try:
@@ -137,7 +137,7 @@ async def rtmpq_run(source: Path, tmp: Path) -> dict:
                 estimated.append((now - started_ns) / 1e6 - (dts - first_dts))
             msn, idx = map(int, re.match(r"seg(\d+)\.(\d+)", hint[1]).groups())
             try:
-                playlist = (await http_get(port, f"/live/bench/media.m3u8?_HLS_msn={msn}&_HLS_part={idx}")).decode()
+                playlist = (await http_get(port, f"/live/bench/video.m3u8?_HLS_msn={msn}&_HLS_part={idx}")).decode()
             except RuntimeError:
                 break
         await publisher.wait()

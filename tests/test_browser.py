@@ -89,7 +89,8 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
                 if first:
                     break
                 await asyncio.sleep(0.1)
-            assert first, await devtools.evaluate("document.getElementById('status').textContent")
+            assert first, (await devtools.evaluate("document.getElementById('status').textContent"),
+                           await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
             await asyncio.sleep(2.0)
             later = await devtools.evaluate("document.getElementById('video').currentTime")
             latency = await devtools.evaluate("window.rtmpqLatency")

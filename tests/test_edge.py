@@ -55,20 +55,23 @@ async def test_ffmpeg_plays_the_ll_hls_playlist_live_and_after_the_end(node, tmp
     assert headers["Access-Control-Allow-Origin"] == "*"
     text = body.decode()
     assert 'CODECS="avc1.' in text and "mp4a.40.2" in text and "RESOLUTION=320x240" in text
+    assert 'FRAME-RATE=30.000' in text and 'AUDIO="audio"' in text
+    assert '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio"' in text and 'URI="audio.m3u8"' in text
     for _ in range(100):  # a plain HLS player starts once a whole segment exists (it ignores parts)
-        if "#EXTINF" in (await http_get(f"{base}/media.m3u8"))[2].decode():
+        if "#EXTINF" in (await http_get(f"{base}/video.m3u8"))[2].decode():
             break
         await asyncio.sleep(0.1)
     rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-t", "2", "-f", "null", "-"], timeout=60)
     assert rc == 0 and out.strip() == "", out
-    media = (await http_get(f"{base}/media.m3u8"))[2].decode()
+    media = (await http_get(f"{base}/video.m3u8"))[2].decode()
     assert "#EXT-X-PART:" in media and "INDEPENDENT=YES" in media and "#EXT-X-PRELOAD-HINT:TYPE=PART" in media
     assert "CAN-BLOCK-RELOAD=YES" in media and "#EXT-X-PROGRAM-DATE-TIME:" in media
     rc, output = await publisher
     assert rc == 0, output
     await asyncio.sleep(0.5)
-    media = (await http_get(f"{base}/media.m3u8"))[2].decode()
-    assert media.rstrip().endswith("#EXT-X-ENDLIST")
+    for rendition in ("video", "audio"):
+        media = (await http_get(f"{base}/{rendition}.m3u8"))[2].decode()
+        assert media.rstrip().endswith("#EXT-X-ENDLIST")
     # after the end: every published frame is in the playlist and decodes
     reference = probe_packets(ref)
     counts = await count_frames(f"{base}/index.m3u8")
@@ -83,19 +86,19 @@ async def test_blocking_reload_returns_when_the_next_part_exists(node, tmp_path)
     base = f"http://{host}:{http_port}/live/block"
     publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/block", str(tmp_path / "r.flv"), seconds=4)))
     await node.registry.wait_for("live/block", 10)
-    media = (await http_get(f"{base}/media.m3u8"))[2].decode()
-    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="seg(\d+)\.(\d+)\.m4s"', media)
+    media = (await http_get(f"{base}/video.m3u8"))[2].decode()
+    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)\.m4s"', media)
     msn, part = int(hint[1]), int(hint[2])
-    assert f'URI="seg{msn}.{part}.m4s"' not in media.split("PRELOAD-HINT")[0]  # not there yet
-    status, _, body = await http_get(f"{base}/media.m3u8?_HLS_msn={msn}&_HLS_part={part}")
+    assert f'URI="v-seg{msn}.{part}.m4s"' not in media.split("PRELOAD-HINT")[0]  # not there yet
+    status, _, body = await http_get(f"{base}/video.m3u8?_HLS_msn={msn}&_HLS_part={part}")
     assert status == 200
-    assert f'URI="seg{msn}.{part}.m4s"' in body.decode().split("PRELOAD-HINT")[0]
+    assert f'URI="v-seg{msn}.{part}.m4s"' in body.decode().split("PRELOAD-HINT")[0]
     # the hinted part itself can be requested ahead: the response comes once it is complete
-    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(seg\d+\.\d+\.m4s)"', body.decode())[1]
+    hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(v-seg\d+\.\d+\.m4s)"', body.decode())[1]
     status, headers, data = await http_get(f"{base}/{hint}")
     assert status == 200 and headers["Content-Type"] == "video/mp4" and data[4:8] == b"moof"
     # far-future requests are refused, not held
-    status, _, _ = await http_get(f"{base}/media.m3u8?_HLS_msn={msn + 10}")
+    status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 10}")
     assert status == 400
     rc, output = await publisher
     assert rc == 0, output

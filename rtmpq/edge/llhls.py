@@ -43,7 +43,13 @@ class Segment:
 
 
 class LlHlsStream:
-    def __init__(self, *, part_target: float = PART_TARGET, window: int = SEGMENT_WINDOW) -> None:
+    """One media playlist: the tracks named in ``tracks`` (all audio/video tracks when None), with
+    every URI it writes prefixed by ``prefix`` (so several streams share one directory)."""
+
+    def __init__(self, *, tracks: set[str] | None = None, prefix: str = "", part_target: float = PART_TARGET,
+                 window: int = SEGMENT_WINDOW) -> None:
+        self.only = tracks
+        self.prefix = prefix
         self.part_target = part_target
         self.window = window
         self.catalog: Catalog | None = None
@@ -59,11 +65,11 @@ class LlHlsStream:
         self._msn = 0
         self._group: int | None = None
         self.max_segment_duration = 0.0
-        self.bandwidth = 0
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
-        tracks = [t for t in catalog.tracks if t.kind in (VIDEO, AUDIO) and t.init_data]
+        tracks = [t for t in catalog.tracks if t.kind in (VIDEO, AUDIO) and t.init_data
+                  and (self.only is None or t.name in self.only)]
         if [t.name for t in tracks] != self._tracks and self._pending_frames():
             self._close_part(final=True)
         self.catalog = catalog
@@ -91,7 +97,7 @@ class LlHlsStream:
                     return  # never start a stream mid-group
                 self._group = frame.group
                 self._open_segment(frame)
-            elif self._part_span(frame.dts) > self.part_target:
+            elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
@@ -110,11 +116,14 @@ class LlHlsStream:
     def _pending_frames(self) -> bool:
         return any(self._pending.values())
 
-    def _part_span(self, next_dts: int) -> float:
+    def _part_would_exceed(self, dts: int) -> bool:
+        """True when a frame at ``dts`` (with a duration like the previous one) would make the
+        part longer than the part target: parts must never exceed PART-TARGET."""
         frames = self._pending.get(self._primary) or []
         if not frames:
-            return 0.0
-        return (next_dts - frames[0].dts) / self._timescale[self._primary]
+            return False
+        step = dts - frames[-1].dts
+        return (dts + step - frames[0].dts) / self._timescale[self._primary] > self.part_target + 1e-9
 
     def _open_segment(self, frame: Frame) -> None:
         self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns()))
@@ -162,10 +171,13 @@ class LlHlsStream:
         segment = self.segments[-1]
         segment.complete = True
         self.max_segment_duration = max(self.max_segment_duration, segment.duration)
-        if segment.duration > 0:
-            bits = sum(len(p.data) for p in segment.parts) * 8 / segment.duration
-            self.bandwidth = max(self.bandwidth, int(bits))
         self.version += 1
+
+    @property
+    def bandwidth(self) -> int:
+        """Peak bits per second over the segments in the window (for BANDWIDTH)."""
+        rates = [sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self.segments if s.duration > 0]
+        return int(max(rates, default=0))
 
     # -- lookups --------------------------------------------------------------------------------
     def segment(self, msn: int) -> Segment | None:
@@ -205,7 +217,7 @@ class LlHlsStream:
             f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f},HOLD-BACK={3 * target:.1f}",
             f"#EXT-X-MEDIA-SEQUENCE:{shown[0].msn if shown else self._msn}",
-            '#EXT-X-MAP:URI="init.mp4"',
+            f'#EXT-X-MAP:URI="{self.prefix}init.mp4"',
         ]
         with_parts = {s.msn for s in shown[-PART_LISTING_SEGMENTS:]}
         for s in shown:
@@ -214,25 +226,49 @@ class LlHlsStream:
             if s.msn in with_parts:
                 for i, p in enumerate(s.parts):
                     flag = ",INDEPENDENT=YES" if p.independent else ""
-                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="seg{s.msn}.{i}.m4s"{flag}')
+                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s"{flag}')
             if s.complete:
                 lines.append(f"#EXTINF:{s.duration:.3f},")
-                lines.append(f"seg{s.msn}.m4s")
+                lines.append(f"{self.prefix}seg{s.msn}.m4s")
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         elif self.segments:
             msn, part = self.next_part
-            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="seg{msn}.{part}.m4s"')
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{self.prefix}seg{msn}.{part}.m4s"')
         return "\n".join(lines) + "\n"
 
-    def multivariant_playlist(self) -> str:
-        catalog = self.catalog
-        video = catalog.track(VIDEO) if catalog else None
-        codecs = ",".join(t.codec for t in (catalog.tracks if catalog else ()) if t.name in self._tracks)
-        attrs = [f"BANDWIDTH={max(self.bandwidth, 1)}", f'CODECS="{codecs}"']
-        if video is not None and video.width and video.height:
-            attrs.append(f"RESOLUTION={video.width}x{video.height}")
-        if video is not None and video.framerate:
-            attrs.append(f"FRAME-RATE={video.framerate:.3f}")
-        return "\n".join(["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS",
-                          f"#EXT-X-STREAM-INF:{','.join(attrs)}", "media.m3u8"]) + "\n"
+    @property
+    def has_media(self) -> bool:
+        return bool(self._tracks)
+
+    @property
+    def playable(self) -> bool:
+        """An init segment and one whole segment: players (hls.js among them) reject a playlist
+        that holds parts but no complete segment yet, so the first one is waited for."""
+        return self.init is not None and any(s.complete for s in self.segments)
+
+
+def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str, audio_uri: str) -> str:
+    """The variant (video, with CODECS/RESOLUTION/BANDWIDTH/FRAME-RATE) and its audio rendition."""
+    catalog = video.catalog or audio.catalog
+    lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    vinfo = catalog.track(VIDEO) if catalog and video.has_media else None
+    ainfo = catalog.track(AUDIO) if catalog and audio.has_media else None
+    if ainfo is not None and vinfo is not None:
+        channels = f',CHANNELS="{ainfo.channels}"' if ainfo.channels else ""
+        lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
+                     f'{channels},URI="{audio_uri}"')
+    main = vinfo or ainfo
+    if main is None:
+        return "\n".join(lines) + "\n"
+    codecs = ",".join(t.codec for t in (vinfo, ainfo) if t is not None)
+    bandwidth = (video.bandwidth if vinfo else 0) + (audio.bandwidth if ainfo else 0)
+    attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
+    if vinfo is not None and vinfo.width and vinfo.height:
+        attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")
+    if vinfo is not None and vinfo.framerate:
+        attrs.append(f"FRAME-RATE={vinfo.framerate:.3f}")
+    if vinfo is not None and ainfo is not None:
+        attrs.append('AUDIO="audio"')
+    lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", video_uri if vinfo else audio_uri]
+    return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
 """The edge's HTTP server: LL-HLS playlists, init segments, parts and segments, a player page.
 
-    /live/<key>/index.m3u8        multivariant playlist
-    /live/<key>/media.m3u8        media playlist (?_HLS_msn=N&_HLS_part=P blocks until it exists)
-    /live/<key>/init.mp4          CMAF init segment
-    /live/<key>/segN.m4s          segment N;  segN.P.m4s: part P of it (the hinted part blocks)
+    /live/<key>/index.m3u8        multivariant playlist (the video variant and its audio rendition)
+    /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
+    /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs
+    /live/<key>/v-init.mp4        CMAF init segments (a- for audio)
+    /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
 A broadcast is opened on demand, on the first request that names it, from ``open_broadcast``
@@ -22,7 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
-from .llhls import LlHlsStream
+from ..media.frames import AUDIO, VIDEO
+from .llhls import LlHlsStream, multivariant_playlist
 
 log = logging.getLogger("rtmpq.edge")
 
@@ -37,7 +39,9 @@ IDLE_SECONDS = 60.0
 MAX_HTTP_CONNECTIONS = 1024
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
-_SEGMENT = re.compile(r"^seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+_SEGMENT = re.compile(r"^(?P<kind>[va])-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+_PLAYLISTS = {"video.m3u8": "v", "audio.m3u8": "a"}
+_INITS = {"v-init.mp4": "v", "a-init.mp4": "a"}
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -52,6 +56,8 @@ if (!window.Hls) { status.textContent = "hls.js is not installed on this server 
 else if (Hls.isSupported()) {
   const hls = new Hls({lowLatencyMode: true});
   window.rtmpqHls = hls;
+  window.rtmpqErrors = [];
+  hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
   hls.loadSource("index.m3u8");
   hls.attachMedia(video);
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
@@ -61,9 +67,9 @@ else if (Hls.isSupported()) {
 
 
 class _Broadcast:
-    def __init__(self, name: str, stream: LlHlsStream) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.stream = stream
+        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
         self.changed = asyncio.Condition()
         self.last_request = time.monotonic()
         self.task: asyncio.Task | None = None
@@ -105,7 +111,7 @@ class EdgeServer:
             await asyncio.sleep(5)
             now = time.monotonic()
             for name, b in list(self._broadcasts.items()):
-                if b.stream.ended and now - b.last_request > IDLE_SECONDS:
+                if b.streams["v"].ended and now - b.last_request > IDLE_SECONDS:
                     del self._broadcasts[name]
 
     # -- broadcasts -----------------------------------------------------------------------------
@@ -117,19 +123,21 @@ class EdgeServer:
         source = self.open_broadcast(name)
         if source is None:
             return None
-        b = self._broadcasts[name] = _Broadcast(name, LlHlsStream())
+        b = self._broadcasts[name] = _Broadcast(name)
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
         return b
 
     async def _feed(self, b: _Broadcast, source: AsyncIterator) -> None:
-        stream = b.stream
+        streams = list(b.streams.values())
         try:
             async for item in source:
                 if isinstance(item, Catalog):
-                    stream.set_catalog(item)
+                    for stream in streams:
+                        stream.set_catalog(item)
                 elif isinstance(item, Frame):
-                    stream.push(item)
+                    for stream in streams:
+                        stream.push(item)
                 else:
                     continue
                 async with b.changed:
@@ -137,15 +145,16 @@ class EdgeServer:
         except Exception as exc:  # the source failed: end the playlist rather than hang players
             log.warning("edge: %s source failed: %s", safe_name(b.name), exc)
         finally:
-            stream.end()
+            for stream in streams:
+                stream.end()
             async with b.changed:
                 b.changed.notify_all()
 
-    async def _wait_for(self, b: _Broadcast, ready: Callable[[], bool]) -> bool:
-        timeout = BLOCKING_TARGET_DURATIONS * b.stream.target_duration()
+    async def _wait_for(self, b: _Broadcast, stream: LlHlsStream, ready: Callable[[], bool]) -> bool:
+        timeout = BLOCKING_TARGET_DURATIONS * stream.target_duration()
         async with b.changed:
             try:
-                await asyncio.wait_for(b.changed.wait_for(lambda: ready() or b.stream.ended), timeout)
+                await asyncio.wait_for(b.changed.wait_for(lambda: ready() or stream.ended), timeout)
             except TimeoutError:
                 return False
         return ready()
@@ -209,35 +218,29 @@ class EdgeServer:
         b = self._broadcast(name)
         if b is None:
             return 404, b"no such broadcast\n", "text/plain", "no-store"
-        stream = b.stream
         file = m["file"]
         if file in ("", "index.html"):
             return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
-        if file in ("index.m3u8", "media.m3u8", "init.mp4") and not await self._wait_for(b, lambda: stream.init is not None and bool(stream.segments)):
-            return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
+        video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
-            return 200, stream.multivariant_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
-        if file == "init.mp4":
-            return 200, stream.init, "video/mp4", "max-age=60"
-        if file == "media.m3u8":
-            query = parse_qs(url.query)
-            try:
-                msn = int(query["_HLS_msn"][0]) if "_HLS_msn" in query else None
-                part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
-            except ValueError:
-                return 400, b"_HLS_msn and _HLS_part must be integers\n", "text/plain", "no-store"
-            if part is not None and msn is None:
-                return 400, b"_HLS_part needs _HLS_msn\n", "text/plain", "no-store"
-            if msn is not None:
-                newest = stream.segments[-1].msn if stream.segments else 0
-                if msn > newest + 2:
-                    return 400, b"_HLS_msn is too far in the future\n", "text/plain", "no-store"
-                if not await self._wait_for(b, lambda: stream.has(msn, part)):
-                    return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
-            return 200, stream.media_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
+            # every rendition the catalog has must be playable before players are pointed at them
+            ready = lambda: all(s.playable for s in (video, audio) if s.has_media) and (video.has_media or audio.has_media)  # noqa: E731
+            if not await self._wait_for(b, video, ready):
+                return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
+            return 200, multivariant_playlist(video, audio, "video.m3u8", "audio.m3u8").encode(), \
+                "application/vnd.apple.mpegurl", "no-cache"
+        if file in _PLAYLISTS or file in _INITS:
+            stream = b.streams[_PLAYLISTS.get(file) or _INITS[file]]
+            if not await self._wait_for(b, stream, lambda: stream.playable):
+                return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
+            if file in _INITS:
+                return 200, stream.init, "video/mp4" if stream is video else "audio/mp4", "max-age=60"
+            return await self._media_playlist(b, stream, url.query)
         sm = _SEGMENT.match(file)
         if sm is None:
             return 404, b"not found\n", "text/plain", "no-store"
+        stream = b.streams[sm["kind"]]
+        ctype = "video/mp4" if stream is video else "audio/mp4"
         msn = int(sm["msn"])
         part = int(sm["part"]) if sm["part"] is not None else None
         if not stream.has(msn, part):
@@ -246,13 +249,30 @@ class EdgeServer:
             in_progress = last is not None and not last.complete and last.msn == msn
             if not ((part is not None and (msn, part) == stream.next_part) or (part is None and in_progress)):
                 return 404, b"no such segment\n", "text/plain", "no-store"
-            if not await self._wait_for(b, lambda: stream.has(msn, part)):
+            if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
         segment = stream.segment(msn)
         if segment is None:
             return 404, b"segment no longer available\n", "text/plain", "no-store"
         if part is None:
-            return 200, segment.data(), "video/mp4", "max-age=60"
+            return 200, segment.data(), ctype, "max-age=60"
         if part >= len(segment.parts):
             return 404, b"no such part\n", "text/plain", "no-store"
-        return 200, segment.parts[part].data, "video/mp4", "max-age=60"
+        return 200, segment.parts[part].data, ctype, "max-age=60"
+
+    async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str):
+        query = parse_qs(query_text)
+        try:
+            msn = int(query["_HLS_msn"][0]) if "_HLS_msn" in query else None
+            part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
+        except ValueError:
+            return 400, b"_HLS_msn and _HLS_part must be integers\n", "text/plain", "no-store"
+        if part is not None and msn is None:
+            return 400, b"_HLS_part needs _HLS_msn\n", "text/plain", "no-store"
+        if msn is not None:
+            newest = stream.segments[-1].msn if stream.segments else 0
+            if msn > newest + 2:
+                return 400, b"_HLS_msn is too far in the future\n", "text/plain", "no-store"
+            if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
+                return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
+        return 200, stream.media_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
