@@ -119,7 +119,7 @@ async def rtmpq_run(source: Path, tmp: Path) -> dict:
         port = node.edge.address[1]
         playlist = (await http_get(port, "/live/bench/video.m3u8")).decode()
         latencies, estimated = [], []
-        first_dts = None
+        first_dts = 0  # the source file's timestamps start at 0 (the player may join a GoP later)
         while True:
             hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(v-seg\d+\.\d+\.m4s)"', playlist)
             if hint is None:
@@ -130,12 +130,10 @@ async def rtmpq_run(source: Path, tmp: Path) -> dict:
                 break
             now = time.time_ns()
             for dts in video_sample_dts(part):
-                if first_dts is None:
-                    first_dts = dts
                 if dts in arrivals:
                     latencies.append((now - arrivals[dts]) / 1e6)
                 estimated.append((now - started_ns) / 1e6 - (dts - first_dts))
-            msn, idx = map(int, re.match(r"seg(\d+)\.(\d+)", hint[1]).groups())
+            msn, idx = map(int, re.match(r"v-seg(\d+)\.(\d+)", hint[1]).groups())
             try:
                 playlist = (await http_get(port, f"/live/bench/video.m3u8?_HLS_msn={msn}&_HLS_part={idx}")).decode()
             except RuntimeError:
