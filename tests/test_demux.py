@@ -83,7 +83,7 @@ def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):
     demuxer = BroadcastDemuxer("live/x")
     out = []
     broken_at = None
-    for i, (tag_type, ts, body) in enumerate(tags):
+    for tag_type, ts, body in tags:
         if tag_type == 9 and body[1] == 1 and broken_at is None and ts > 500 and body[0] >> 4 == 2:
             body = body[:5] + b"\xff\xff\xff\xff" + body[9:]  # NAL length far past the end
             broken_at = ts

@@ -90,7 +90,7 @@ async def test_hostile_clients_are_closed_while_a_real_publish_goes_on(ingest, t
     good = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{port}/live/good", ref, seconds=3)))
     await ingest.registry.wait_for("live/good", 10)
     closed = await asyncio.gather(*(send_and_wait_close(port, payload) for payload in HOSTILE.values()))
-    assert dict(zip(HOSTILE, closed)) == {name: True for name in HOSTILE}
+    assert dict(zip(HOSTILE, closed, strict=True)) == {name: True for name in HOSTILE}
     # a client that connects and says nothing is closed at the handshake deadline
     assert await send_and_wait_close(port, b"", timeout=5.0)
     rc, output = await good

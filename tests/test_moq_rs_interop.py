@@ -84,7 +84,7 @@ async def test_moq_rs_publisher_through_the_rtmpq_relay_to_a_moq_rs_subscriber(n
 
             async def produce():
                 await asyncio.sleep(0.5)  # the relay's upstream subscription is in place
-                for g, frames in sent.items():
+                for frames in sent.values():
                     group = track.append_group()
                     for f in frames:
                         group.write_frame(f)
