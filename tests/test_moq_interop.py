@@ -43,6 +43,20 @@ async def test_aiomoqt_interop_client_cases_pass(node):
     assert results["data-subgroup-basic"] == "ok" and results["announce-subscribe"] == "ok"
 
 
+@pytest.mark.parametrize("case", ["fetch", "join"])
+async def test_aiomoqt_fetch_cases_pass(node, case):
+    """The client's FETCH cases (not in its standard run): standalone FETCH of a group the relay
+    forwarded, and SUBSCRIBE + joining FETCH one group back."""
+    client = shutil.which("moq-interop-client") or str(Path(sys.executable).parent / "moq-interop-client")
+    host, port = node.moq_address
+    proc = await asyncio.create_subprocess_exec(
+        client, "--draft", "16", "-r", f"moqt://{host}:{port}/", "--tls-disable-verify", "-t", case,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode(errors="replace")
+    assert re.search(rf"^ok 1 - {case}$", text, re.M), text
+
+
 async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_path):
     """ffmpeg -> rtmpq ingest --upstream -> aiomoqt's moq-interop-relay -> rtmpq subscriber."""
     import socket

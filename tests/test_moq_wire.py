@@ -54,6 +54,12 @@ def test_parameters_are_delta_encoded_and_odd_types_carry_bytes():
     wire.Namespace((b"cam",)),
     wire.NamespaceDoneMessage((b"cam",)),
     wire.TrackStatus(8, (b"live", b"cam"), b"video"),
+    wire.Fetch(10, wire.FETCH_STANDALONE, (b"live", b"cam"), b"video", (3, 0), (5, 0),
+               params={wire.PARAM_GROUP_ORDER: wire.GROUP_ORDER_DESCENDING}),
+    wire.Fetch(12, wire.FETCH_RELATIVE_JOINING, joining_request_id=10, joining_start=2),
+    wire.Fetch(14, wire.FETCH_ABSOLUTE_JOINING, joining_request_id=10, joining_start=7),
+    wire.FetchOk(10, True, (5, 1), {}, {0x0E: 3}),
+    wire.FetchCancel(10),
 ])
 def test_round_trip_and_truncation_at_every_offset(msg):
     data = wire.encode_control_message(msg)
@@ -109,3 +115,60 @@ def test_subgroup_parser_byte_splits_do_not_matter(objs, cuts, explicit_subgroup
 def test_invalid_subgroup_header_types(kind):
     with pytest.raises(MoqProtocolError):
         wire.SubgroupStreamParser().feed(wire.encode_varint(kind) + b"\x01\x01\x80")
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (b"\x00\x04", "fetch type"),
+    (b"\x00\x01\x01\x01a\x01t\x00\x00\x01\x00\x01\x22\x03", "group order"),  # GROUP_ORDER 3
+])
+def test_malformed_fetch_closes_the_session(body, problem):
+    with pytest.raises(MoqProtocolError, match=problem):
+        wire.decode_control_message(wire.encode_varint(wire.MessageType.FETCH) + len(body).to_bytes(2, "big") + body)
+
+
+def fetch_stream(items):
+    encoder = wire.FetchObjectEncoder()
+    out = bytearray(wire.encode_fetch_header(9))
+    for item in items:
+        if isinstance(item, wire.FetchRangeEnd):
+            out += encoder.end_of_range(item.group_id, item.object_id, unknown=item.unknown)
+        else:
+            out += encoder.object_header(item.group_id, item.subgroup_id, item.object_id, item.priority,
+                                         len(item.payload), item.extensions) + item.payload
+    return bytes(out)
+
+
+fetch_objects = st.lists(st.one_of(
+    st.builds(wire.FetchObject, st.integers(0, 5), st.integers(0, 3), st.integers(0, 5), st.integers(0, 255),
+              st.binary(max_size=200), st.dictionaries(st.integers(0, 50).map(lambda k: k * 2), st.integers(0, 2**30),
+                                                       max_size=2)),
+    st.builds(wire.FetchRangeEnd, st.integers(0, 5), st.integers(0, 5), st.booleans())), min_size=1, max_size=10)
+
+
+@settings(max_examples=80, deadline=None)
+@given(fetch_objects, st.lists(st.integers(1, 3000), max_size=6))
+def test_fetch_stream_round_trips_whatever_the_byte_splits(items, cuts):
+    data = fetch_stream(items)
+    parser = wire.FetchStreamParser()
+    out = []
+    pos = 0
+    for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
+        out += parser.feed(data[pos:cut])
+        pos = cut
+    assert parser.request_id == 9 and parser.buffered == 0
+    assert out == items
+
+
+def test_fetch_objects_leave_out_what_repeats_the_prior_one():
+    encoder = wire.FetchObjectEncoder()
+    first = encoder.object_header(4, 0, 0, 128, 10, None)
+    second = encoder.object_header(4, 0, 1, 128, 10, None)
+    assert first[0] == 0x08 | 0x04 | 0x10  # group, object id and priority stated
+    assert second == b"\x00\x0a"  # nothing but the flags and the payload length
+
+
+def test_a_first_fetch_object_cannot_refer_to_a_prior_one():
+    with pytest.raises(MoqProtocolError, match="prior object"):
+        wire.FetchStreamParser().feed(wire.encode_fetch_header(1) + b"\x00\x00")
+    with pytest.raises(MoqProtocolError):  # serialization flags that are neither flags nor a marker
+        wire.FetchStreamParser().feed(wire.encode_fetch_header(1) + wire.encode_varint(0x90))

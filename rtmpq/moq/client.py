@@ -97,3 +97,55 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
     finally:
         conn.handler = None
+
+
+class FetchError(ConnectionError):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class FetchResult:
+    frames: list[Frame]  # in the order the publisher sent them (its group order)
+    end: tuple[int, int]  # FETCH_OK's End Location: the range covered ends just before it
+    end_of_track: bool
+    unknown: list[tuple[int, int]]  # the publisher does not know the objects before these locations
+
+
+async def fetch_track(conn: MoqConnection, broadcast: str, track: str, start: tuple[int, int], end: tuple[int, int],
+                      *, descending: bool = False) -> FetchResult:
+    """FETCH objects of one track already published: ``start`` up to ``end`` (exclusive; an end
+    object of 0 means the whole end group). Returns once the publisher closed the fetch stream.
+    Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``."""
+    queue: asyncio.Queue = asyncio.Queue()
+    conn.handler = lambda _conn, event: queue.put_nowait(event)
+    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending)
+    conn.flush()
+    result = FetchResult([], start, False, [])
+    accepted = ended = False
+    try:
+        while not (accepted and ended):
+            event = await queue.get()
+            if getattr(event, "request_id", None) != rid and not isinstance(event, ev.SessionClosed):
+                continue
+            if isinstance(event, ev.FetchAccepted):
+                accepted = True
+                result.end, result.end_of_track = event.end, event.end_of_track
+            elif isinstance(event, ev.RequestFailed):
+                raise FetchError(f"fetch of {broadcast} {track} refused: {event.reason} (code {event.error_code})",
+                                 event.error_code)
+            elif isinstance(event, ev.FetchObjectReceived):
+                result.frames.append(object_to_frame(track, event.group, event.object_id, event.payload,
+                                                     event.extensions))
+            elif isinstance(event, ev.FetchRangeUnavailable) and event.unknown:
+                result.unknown.append((event.group, event.object_id))
+            elif isinstance(event, ev.FetchEnded):
+                if event.code is not None:
+                    raise FetchError(f"fetch of {broadcast} {track} was reset (code {event.code})", event.code)
+                ended = True
+            elif isinstance(event, ev.SessionClosed):
+                raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
+    finally:
+        conn.handler = None
+    return result

@@ -146,3 +146,64 @@ class GoawayReceived:
 class SessionClosed:
     code: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRequested:
+    """FETCH. Standalone: ``namespace``/``track_name`` from ``start`` to ``end`` (exclusive; object 0
+    means the whole end group). Joining: ``joining_request_id`` names a subscription and
+    ``joining_start`` counts groups back from its largest (relative) or names the first (absolute)."""
+
+    request_id: int
+    fetch_type: int
+    namespace: tuple[str, ...]
+    track_name: str
+    start: tuple[int, int]
+    end: tuple[int, int]
+    joining_request_id: int
+    joining_start: int
+    descending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FetchAccepted:
+    """FETCH_OK: the fetch covers objects up to ``end`` (exclusive)."""
+
+    request_id: int
+    end_of_track: bool
+    end: tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchCancelled:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchObjectReceived:
+    request_id: int
+    group: int
+    subgroup: int
+    object_id: int
+    payload: bytes
+    extensions: dict
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRangeUnavailable:
+    """Objects after the previous fetched one up to (``group``, ``object_id``) are unknown to the
+    publisher (``unknown``) or do not exist."""
+
+    request_id: int
+    group: int
+    object_id: int
+    unknown: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FetchEnded:
+    """The fetch stream ended: with FIN (``code`` None, every object in range arrived) or reset."""
+
+    request_id: int
+    code: int | None = None

@@ -64,6 +64,7 @@ class TrackSubscription:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.start_group = start_group
+        self.start_object = 0  # objects of ``start_group`` before this one are not delivered
         self.in_flight: dict[int, _GroupInFlight] = {}
         self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
         self.skipped_groups: list[int] = []
@@ -74,7 +75,10 @@ class TrackSubscription:
             return
         g = self.in_flight.get(group_id)
         if g is None:
-            if object_id != 0 and group_id not in self.in_flight:
+            if group_id == self.start_group and self.start_object:
+                if object_id < self.start_object:
+                    return  # before the subscription's start (a joining FETCH carries those)
+            elif object_id != 0:
                 return  # joined in the middle of a group we never started: wait for the next
             g = _GroupInFlight(group_id, self.sink.open_group(group_id))
             self.in_flight[group_id] = g
@@ -141,6 +145,22 @@ class TrackFanout:
                 sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
             if group.complete:
                 sub.end_group(group.group_id)
+        sub.check(now)
+
+    def extend_back(self, sub: TrackSubscription, group_id: int, from_object: int, now: float) -> None:
+        """Also deliver ``group_id`` from object ``from_object`` on (cached objects at once): a
+        subscription that starts mid-group, for a subscriber whose joining FETCH carries the rest."""
+        if sub.start_group is None or group_id >= sub.start_group or group_id in sub.dropped:
+            return
+        sub.start_group, sub.start_object = group_id, from_object
+        for group in self.cache.groups_from(group_id):
+            if group.group_id != group_id:
+                break
+            for obj in group.objects:
+                if obj.object_id >= from_object:
+                    sub.deliver(group_id, obj.object_id, obj.payload, obj.extensions, group.started)
+            if group.complete:
+                sub.end_group(group_id)
         sub.check(now)
 
     def unsubscribe(self, sub: TrackSubscription) -> None:

@@ -106,6 +106,10 @@ class GroupCache:
                 return group
         return None
 
+    def groups(self) -> list[CachedGroup]:
+        """Every group held, oldest first (truncated ones included: their objects are gone)."""
+        return list(self._groups.values())
+
     def groups_from(self, group_id: int) -> list[CachedGroup]:
         return [g for g in self._groups.values() if g.group_id >= group_id and not g.truncated]
 

@@ -24,9 +24,12 @@ from ..media.frames import AUDIO, VIDEO
 from ..redact import safe_name
 from . import events as ev
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
+from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, frame_extensions
 from .transport import MoqConnection
 from .wire import (
+    FETCH_RELATIVE_JOINING,
+    FETCH_STANDALONE,
     FILTER_LARGEST_OBJECT,
     FILTER_NEXT_GROUP_START,
     NAMESPACE_OPTION_BOTH,
@@ -34,6 +37,8 @@ from .wire import (
     NAMESPACE_OPTION_PUBLISH,
     PublishDoneStatus,
     RequestError,
+    SessionError,
+    StreamResetCode,
 )
 
 log = logging.getLogger("rtmpq.moq")
@@ -95,13 +100,16 @@ class _ConnectionSink:
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
-                 sub: TrackSubscription, sink: _ConnectionSink) -> None:
+                 sub: TrackSubscription, sink: _ConnectionSink, filter_type: int | None = None,
+                 largest: tuple[int, int] | None = None) -> None:
         self.conn = conn
         self.request_id = request_id
         self.fanout = fanout
         self.label = label
         self.sub = sub
         self.sink = sink
+        self.filter_type = filter_type
+        self.largest = largest  # the Largest Location told in SUBSCRIBE_OK (joining fetches end there)
 
 
 class _BroadcastSource:
@@ -193,6 +201,7 @@ class MoqRelay:
         self._by_alias: dict[tuple[int, int], _UpstreamTrack] = {}
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
+        self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -221,6 +230,9 @@ class MoqRelay:
             now = time.monotonic()
             for fanout in self._all_fanouts():
                 fanout.check(now)
+            for key, (conn, sid) in list(self._fetch_streams.items()):
+                if conn.session.closed or not conn.queued_bytes(sid):
+                    del self._fetch_streams[key]  # all handed to QUIC: nothing left to cancel
 
     def _all_fanouts(self):
         for source in list(self._sources.values()):
@@ -302,6 +314,8 @@ class MoqRelay:
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
         conn.session.subscribe_ok(event.request_id, alias, largest)
         self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout, start_group)
+        s = self._subs[(id(conn), event.request_id)]
+        s.filter_type, s.largest = event.filter_type, largest
 
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
                 fanout: TrackFanout, timeout: float, start_group: int | None = None) -> None:
@@ -333,10 +347,72 @@ class MoqRelay:
             s.fanout.unsubscribe(s.sub)
             conn.session.publish_done(event.request_id, PublishDoneStatus.SUBSCRIPTION_ENDED, s.sink.streams_opened)
 
+    def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
+        """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
+        if event.fetch_type == FETCH_STANDALONE:
+            fanout = self._fanout(event.namespace, event.track_name)
+            if fanout is None:
+                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                return
+            start, end, label = event.start, event.end, _label(event.namespace, event.track_name)
+        else:
+            s = self._subs.get((id(conn), event.joining_request_id))
+            if s is None:
+                conn.session.request_error(event.request_id, RequestError.INVALID_JOINING_REQUEST_ID,
+                                           "no such subscription")
+                return
+            if s.filter_type != FILTER_LARGEST_OBJECT:
+                conn.session.close(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
+                return
+            if s.largest is None:
+                conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, "nothing was published before the subscription")
+                return
+            fanout, label = s.fanout, s.label
+            first = max(s.largest[0] - event.joining_start, 0) if event.fetch_type == FETCH_RELATIVE_JOINING else event.joining_start
+            start, end = (first, 0), (s.largest[0], s.largest[1] + 1)
+        if conn.total_queued_bytes() > self.send_budget:
+            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later")
+            return
+        try:
+            plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
+        except FetchRangeError as exc:
+            conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
+            return
+        conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended)
+        sid = conn.session.open_fetch_stream(event.request_id)
+        priority = fanout.publisher_priority if fanout.publisher_priority is not None else 128
+        objects = 0
+        for item in plan.items:
+            if isinstance(item, UnknownUntil):
+                conn.session.send_fetch_range_end(sid, *item.location, unknown=True)
+            else:
+                group_id, obj = item
+                conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions, priority=priority)
+                objects += 1
+        conn.session.end_fetch_stream(sid)
+        self._fetch_streams[(id(conn), event.request_id)] = (conn, sid)
+        log.info("%s: fetch of %s from %s to %s: %d objects", conn.peer, label, start, plan.end, objects)
+        if event.fetch_type != FETCH_STANDALONE and s.sub.start_group == s.largest[0] + 1:
+            # the subscription began at the next group; from here on it also carries the rest of the
+            # joined group, so fetch + subscription are contiguous
+            fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
+
+    def _on_FetchCancelled(self, conn: MoqConnection, event: ev.FetchCancelled) -> None:
+        entry = self._fetch_streams.pop((id(conn), event.request_id), None)
+        if entry is not None and conn.queued_bytes(entry[1]):
+            conn.session.reset_fetch_stream(entry[1], StreamResetCode.CANCELLED)
+            conn.forget_stream(entry[1])
+
+    def _fanout(self, namespace: tuple[str, ...], track: str) -> TrackFanout | None:
+        """The fan-out of a track this relay holds now (a local broadcast's or a relayed one's)."""
+        source = self._local_source("/".join(namespace))
+        if source is not None:
+            return source.fanouts.get(track)
+        upstream = self._tracks.get((namespace, track))
+        return upstream.fanout if upstream is not None else None
+
     def _on_TrackStatusRequested(self, conn: MoqConnection, event: ev.TrackStatusRequested) -> None:
-        source = self._local_source("/".join(event.namespace))
-        upstream = self._tracks.get((event.namespace, event.track_name))
-        fanout = source.fanouts.get(event.track_name) if source else upstream.fanout if upstream else None
+        fanout = self._fanout(event.namespace, event.track_name)
         if fanout is None:
             conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
         else:
@@ -468,6 +544,8 @@ class MoqRelay:
             s.fanout.subscribers.discard(s.sub)
         for key in [k for k in self._ns_subscribers if k[0] == id(conn)]:
             del self._ns_subscribers[key]
+        for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
+            del self._fetch_streams[key]
         for ns, (owner, _) in list(self._published.items()):
             if owner is conn:
                 del self._published[ns]

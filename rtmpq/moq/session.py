@@ -58,13 +58,14 @@ class MoqSession:
         self.setup_done = False
         self.closed = False
         self._control_buf = bytearray()
-        self._data_streams: dict[int, wire.SubgroupStreamParser] = {}
+        self._data_streams: dict[int, wire.SubgroupStreamParser | wire.FetchStreamParser] = {}
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
+        self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
         self._held: list = []  # data events waiting for their alias
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
@@ -129,6 +130,31 @@ class MoqSession:
         self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias))
         return rid
 
+    def fetch(self, namespace, track_name: str, start: tuple[int, int], end: tuple[int, int], *,
+              descending: bool = False, priority: int = 128) -> int:
+        """Standalone FETCH of objects from ``start`` up to ``end`` (exclusive; object 0: whole group)."""
+        rid = self._new_request_id()
+        self._send_control(wire.Fetch(rid, wire.FETCH_STANDALONE, _raw(namespace), track_name.encode(), start, end,
+                                      params=self._fetch_params(descending, priority)))
+        return rid
+
+    def joining_fetch(self, subscribe_request_id: int, joining_start: int, *, relative: bool = True,
+                      descending: bool = False, priority: int = 128) -> int:
+        """Joining FETCH: the groups before a subscription (``joining_start`` groups back, or from that group)."""
+        rid = self._new_request_id()
+        kind = wire.FETCH_RELATIVE_JOINING if relative else wire.FETCH_ABSOLUTE_JOINING
+        self._send_control(wire.Fetch(rid, kind, joining_request_id=subscribe_request_id, joining_start=joining_start,
+                                      params=self._fetch_params(descending, priority)))
+        return rid
+
+    @staticmethod
+    def _fetch_params(descending: bool, priority: int) -> dict:
+        order = wire.GROUP_ORDER_DESCENDING if descending else wire.GROUP_ORDER_ASCENDING
+        return {wire.PARAM_SUBSCRIBER_PRIORITY: priority, wire.PARAM_GROUP_ORDER: order}
+
+    def fetch_cancel(self, request_id: int) -> None:
+        self._send_control(wire.FetchCancel(request_id))
+
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
 
@@ -155,6 +181,9 @@ class MoqSession:
 
     def publish_ok(self, request_id: int) -> None:
         self._send_control(wire.PublishOk(request_id))
+
+    def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False) -> None:
+        self._send_control(wire.FetchOk(request_id, end_of_track, end))
 
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
@@ -206,6 +235,32 @@ class MoqSession:
         if self._outgoing.pop(stream_id, None) is not None:
             self.quic.reset_stream(stream_id, int(code))
 
+    # -- fetch responses ------------------------------------------------------------------------
+    def open_fetch_stream(self, request_id: int) -> int:
+        sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
+        self.quic.send_stream_data(sid, wire.encode_fetch_header(request_id))
+        self._fetch_streams[sid] = wire.FetchObjectEncoder()
+        return sid
+
+    def send_fetch_object(self, stream_id: int, group: int, object_id: int, payload, extensions: dict | None = None,
+                          *, subgroup: int = 0, priority: int = 128) -> None:
+        header = self._fetch_streams[stream_id].object_header(group, subgroup, object_id, priority, len(payload),
+                                                              extensions)
+        self.quic.send_stream_data(stream_id, header + bytes(payload))
+
+    def send_fetch_range_end(self, stream_id: int, group: int, object_id: int, *, unknown: bool) -> None:
+        self.quic.send_stream_data(stream_id, self._fetch_streams[stream_id].end_of_range(group, object_id,
+                                                                                         unknown=unknown))
+
+    def end_fetch_stream(self, stream_id: int) -> None:
+        if self._fetch_streams.pop(stream_id, None) is not None:
+            self.quic.send_stream_data(stream_id, b"", end_stream=True)
+
+    def reset_fetch_stream(self, stream_id: int, code: int) -> None:
+        """Abandon a fetch stream (also one already ended with FIN whose bytes are still queued)."""
+        self._fetch_streams.pop(stream_id, None)
+        self.quic.reset_stream(stream_id, int(code))
+
     # -- input ----------------------------------------------------------------------------------
     def _send_control(self, msg) -> None:
         if self.control_stream_id is None:
@@ -224,10 +279,16 @@ class MoqSession:
             return self._on_control(data)
         parser = self._data_streams.get(stream_id)
         if parser is None:
+            if not data:
+                return []
             if len(self._data_streams) >= MAX_INCOMING_DATA_STREAMS:
                 self.quic.stop_stream(stream_id, wire.StreamResetCode.CANCELLED)
                 return []
-            parser = self._data_streams[stream_id] = wire.SubgroupStreamParser()
+            fetch = data[0] == wire.FETCH_HEADER  # both stream types are one-byte varints
+            parser = wire.FetchStreamParser() if fetch else wire.SubgroupStreamParser()
+            self._data_streams[stream_id] = parser
+        if isinstance(parser, wire.FetchStreamParser):
+            return self._on_fetch_stream(stream_id, parser, data, end_stream)
         out = []
         for item in parser.feed(data):
             if isinstance(item, wire.SubgroupObject):
@@ -243,8 +304,25 @@ class MoqSession:
                 out.append(ev.SubgroupEnded(h.track_alias, h.group_id, h.subgroup_id))
         return self._hold_unknown(out)
 
+    def _on_fetch_stream(self, stream_id: int, parser: wire.FetchStreamParser, data: bytes, end_stream: bool) -> list:
+        out = []
+        for item in parser.feed(data):
+            if isinstance(item, wire.FetchObject):
+                out.append(ev.FetchObjectReceived(parser.request_id, item.group_id, item.subgroup_id, item.object_id,
+                                                  item.payload, item.extensions, item.priority))
+            else:
+                out.append(ev.FetchRangeUnavailable(parser.request_id, item.group_id, item.object_id, item.unknown))
+        if end_stream:
+            del self._data_streams[stream_id]
+            if parser.request_id is None or parser.buffered:
+                raise MoqProtocolError("fetch stream ended inside its header or an object")
+            out.append(ev.FetchEnded(parser.request_id))
+        return out
+
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
         parser = self._data_streams.pop(stream_id, None)
+        if isinstance(parser, wire.FetchStreamParser):
+            return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
         if parser is None or parser.header is None:
             return []
         h = parser.header
@@ -384,11 +462,21 @@ class MoqSession:
             return []
         if isinstance(msg, wire.RequestsBlocked):
             return []
+        if isinstance(msg, wire.Fetch):
+            self._check_request_id(msg.request_id)
+            descending = msg.params.get(wire.PARAM_GROUP_ORDER) == wire.GROUP_ORDER_DESCENDING
+            return [ev.FetchRequested(msg.request_id, msg.fetch_type, _text(msg.namespace),
+                                      msg.track_name.decode("utf-8", "replace"), msg.start, msg.end,
+                                      msg.joining_request_id, msg.joining_start, descending)]
+        if isinstance(msg, wire.FetchOk):
+            return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
+        if isinstance(msg, wire.FetchCancel):
+            return [ev.FetchCancelled(msg.request_id)]
         if isinstance(msg, wire.UnknownMessage):
-            # a request we do not serve (FETCH, PUBLISH, REQUEST_UPDATE, ...): its first field is
-            # the request id; refuse it cleanly rather than tear the session down
+            # a request we do not serve (REQUEST_UPDATE): its first field is the request id;
+            # refuse it cleanly rather than tear the session down
             r = wire.decode_varint(msg.body, 0)
-            if r is not NEED_DATA and msg.type in (wire.MessageType.FETCH, wire.MessageType.REQUEST_UPDATE):
+            if r is not NEED_DATA and msg.type == wire.MessageType.REQUEST_UPDATE:
                 self._check_request_id(r[0])
                 self.request_error(r[0], wire.RequestError.NOT_SUPPORTED, "not supported by this rtmpq node")
             return []

@@ -48,6 +48,7 @@ class RequestError(IntEnum):
     NOT_SUPPORTED = 0x3
     DOES_NOT_EXIST = 0x10  # "Track Does Not Exist" / namespace unknown
     INVALID_RANGE = 0x11
+    INVALID_JOINING_REQUEST_ID = 0x32
 
 
 class PublishDoneStatus(IntEnum):
@@ -65,6 +66,7 @@ class StreamResetCode(IntEnum):
     CANCELLED = 0x1
     DELIVERY_TIMEOUT = 0x2
     SESSION_CLOSED = 0x3
+    UNKNOWN_OBJECT_STATUS = 0x4
 
 
 class MessageType(IntEnum):
@@ -120,7 +122,20 @@ FILTER_LARGEST_OBJECT = 0x2
 FILTER_ABSOLUTE_START = 0x3
 FILTER_ABSOLUTE_RANGE = 0x4
 
+# Group order (GROUP_ORDER parameter): how a FETCH response orders its groups.
+GROUP_ORDER_ASCENDING = 0x1
+GROUP_ORDER_DESCENDING = 0x2
+
+# Fetch types.
+FETCH_STANDALONE = 0x1
+FETCH_RELATIVE_JOINING = 0x2
+FETCH_ABSOLUTE_JOINING = 0x3
+
 FETCH_HEADER = 0x05
+# Serialization flags of a fetch stream that are not flags: range markers.
+FETCH_END_OF_NON_EXISTENT_RANGE = 0x8C
+FETCH_END_OF_UNKNOWN_RANGE = 0x10C
+LARGEST_VARINT = (1 << 62) - 1
 
 
 class MoqProtocolError(RemoteProtocolError):
@@ -505,6 +520,54 @@ class NamespaceDoneMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Fetch:
+    """FETCH: standalone (namespace, track, start, end) or joining (a subscription, joining start)."""
+
+    request_id: int
+    fetch_type: int
+    namespace: tuple[bytes, ...] = ()
+    track_name: bytes = b""
+    start: tuple[int, int] = (0, 0)
+    end: tuple[int, int] = (0, 0)  # standalone: end location plus one (object 0: the whole group)
+    joining_request_id: int = 0
+    joining_start: int = 0
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.FETCH
+
+    def payload(self) -> bytes:
+        out = encode_varint(self.request_id) + encode_varint(self.fetch_type)
+        if self.fetch_type == FETCH_STANDALONE:
+            out += (encode_namespace(self.namespace) + encode_bytes(self.track_name)
+                    + encode_location(*self.start) + encode_location(*self.end))
+        else:
+            out += encode_varint(self.joining_request_id) + encode_varint(self.joining_start)
+        return out + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOk:
+    request_id: int
+    end_of_track: bool
+    end: tuple[int, int]
+    params: dict = field(default_factory=dict)
+    extensions: dict = field(default_factory=dict)
+    TYPE = MessageType.FETCH_OK
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + bytes((1 if self.end_of_track else 0,)) + encode_location(*self.end)
+                + encode_kvps(self.params) + encode_kvps(self.extensions, with_count=False))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchCancel:
+    request_id: int
+    TYPE = MessageType.FETCH_CANCEL
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id)
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownMessage:
     """A message type we parse no further (it is refused or ignored by the session)."""
 
@@ -516,7 +579,7 @@ ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBl
                   | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Publish | PublishOk
                   | Unsubscribe | PublishDone
                   | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | Namespace
-                  | NamespaceDoneMessage | UnknownMessage)
+                  | NamespaceDoneMessage | Fetch | FetchOk | FetchCancel | UnknownMessage)
 
 
 def encode_control_message(msg) -> bytes:
@@ -597,6 +660,18 @@ def decode_control_message(buf, pos: int = 0):
         msg = Namespace(rd.namespace())
     elif mtype == MessageType.NAMESPACE_DONE:
         msg = NamespaceDoneMessage(rd.namespace())
+    elif mtype == MessageType.FETCH:
+        msg = _decode_fetch(rd)
+    elif mtype == MessageType.FETCH_OK:
+        request_id = rd.varint()
+        end_of_track = rd.u8()
+        if end_of_track > 1:
+            raise MoqProtocolError(f"FETCH_OK End Of Track {end_of_track}")
+        loc = rd.location()
+        params = _check_message_params(rd.params())
+        msg = FetchOk(request_id, bool(end_of_track), loc, params, rd.kvp_until(end))
+    elif mtype == MessageType.FETCH_CANCEL:
+        msg = FetchCancel(rd.varint())
     elif mtype in MessageType._value2member_map_:
         msg = UnknownMessage(mtype, bytes(buf[p:end]))
         rd.pos = end
@@ -604,6 +679,31 @@ def decode_control_message(buf, pos: int = 0):
         raise MoqProtocolError(f"unknown control message type {mtype:#x}")
     rd.done()
     return msg, end
+
+
+def _decode_fetch(rd: _Reader) -> Fetch:
+    request_id = rd.varint()
+    kind = rd.varint()
+    if kind == FETCH_STANDALONE:
+        ns = rd.namespace()
+        name = rd.bytes_field(MAX_FULL_TRACK_NAME)
+        if sum(map(len, ns)) + len(name) > MAX_FULL_TRACK_NAME:
+            raise MoqProtocolError("full track name longer than 4096 bytes")
+        start, end = rd.location(), rd.location()
+        return Fetch(request_id, kind, ns, name, start, end, params=_check_fetch_params(rd.params()))
+    if kind in (FETCH_RELATIVE_JOINING, FETCH_ABSOLUTE_JOINING):
+        joining, joining_start = rd.varint(), rd.varint()
+        return Fetch(request_id, kind, joining_request_id=joining, joining_start=joining_start,
+                     params=_check_fetch_params(rd.params()))
+    raise MoqProtocolError(f"unknown fetch type {kind:#x}")
+
+
+def _check_fetch_params(params: dict) -> dict:
+    _check_message_params(params)
+    order = params.get(PARAM_GROUP_ORDER, GROUP_ORDER_ASCENDING)
+    if order not in (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING):
+        raise MoqProtocolError(f"group order {order!r}")
+    return params
 
 
 # -- data streams ---------------------------------------------------------------------------------
@@ -754,3 +854,200 @@ class SubgroupStreamParser:
     @property
     def buffered(self) -> int:
         return len(self._buf) - self._pos
+
+
+# -- fetch streams --------------------------------------------------------------------------------
+def encode_fetch_header(request_id: int) -> bytes:
+    return encode_varint(FETCH_HEADER) + encode_varint(request_id)
+
+
+class FetchObjectEncoder:
+    """Serializes the objects of one fetch stream, leaving out what repeats the prior object."""
+
+    __slots__ = ("_group", "_subgroup", "_object", "_priority")
+
+    def __init__(self) -> None:
+        self._group = self._subgroup = self._object = self._priority = None
+
+    def object_header(self, group: int, subgroup: int, object_id: int, priority: int, payload_len: int,
+                      extensions: dict | None) -> bytes:
+        """Serialization flags and fields up to the payload length (the payload follows as is)."""
+        flags = 0
+        fields = bytearray()
+        if group != self._group:
+            flags |= 0x08
+            fields += encode_varint(group)
+        if subgroup == 0:
+            pass
+        elif subgroup == self._subgroup and self._group is not None:
+            flags |= 0x01
+        elif self._subgroup is not None and subgroup == self._subgroup + 1:
+            flags |= 0x02
+        else:
+            flags |= 0x03
+            fields += encode_varint(subgroup)
+        if self._object is None or group != self._group or object_id != self._object + 1:
+            flags |= 0x04
+            fields += encode_varint(object_id)
+        if priority != self._priority:
+            flags |= 0x10
+            fields += bytes((priority,))
+        if extensions:
+            flags |= 0x20
+            ext = encode_kvps(extensions, with_count=False)
+            fields += encode_varint(len(ext)) + ext
+        self._group, self._subgroup, self._object, self._priority = group, subgroup, object_id, priority
+        return encode_varint(flags) + bytes(fields) + encode_varint(payload_len)
+
+    def end_of_range(self, group: int, object_id: int, *, unknown: bool) -> bytes:
+        """Every object after the prior one up to (group, object_id) inclusive is unknown or absent."""
+        marker = FETCH_END_OF_UNKNOWN_RANGE if unknown else FETCH_END_OF_NON_EXISTENT_RANGE
+        self._group, self._object = group, object_id
+        self._subgroup = self._priority = None  # the next real object states them again
+        return encode_varint(marker) + encode_varint(group) + encode_varint(object_id)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchObject:
+    group_id: int
+    subgroup_id: int
+    object_id: int
+    priority: int
+    payload: bytes
+    extensions: dict
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRangeEnd:
+    """A range marker: objects after the previous one up to this location are unknown (or absent)."""
+
+    group_id: int
+    object_id: int
+    unknown: bool
+
+
+class FetchStreamParser:
+    """Incremental parser of one fetch stream: FETCH_HEADER's request id, then objects and markers."""
+
+    def __init__(self, *, max_object_size: int = MAX_OBJECT_SIZE) -> None:
+        self.request_id: int | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._prior: list | None = None  # group, subgroup, object, priority of the prior object
+        self.max_object_size = max_object_size
+
+    def feed(self, data) -> list:
+        self._buf += data
+        out = []
+        if self.request_id is None:
+            r = decode_varint(self._buf, 0)
+            if r is NEED_DATA:
+                return out
+            if r[0] != FETCH_HEADER:
+                raise MoqProtocolError(f"fetch stream of type {r[0]:#x}")
+            r = decode_varint(self._buf, r[1])
+            if r is NEED_DATA:
+                return out
+            self.request_id, self._pos = r
+        while True:
+            item = self._parse_item()
+            if item is NEED_DATA:
+                break
+            out.append(item)
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _varint(self, p: int):
+        return decode_varint(self._buf, p)
+
+    def _parse_item(self):
+        buf = self._buf
+        r = self._varint(self._pos)
+        if r is NEED_DATA:
+            return NEED_DATA
+        flags, p = r
+        if flags in (FETCH_END_OF_NON_EXISTENT_RANGE, FETCH_END_OF_UNKNOWN_RANGE):
+            loc = []
+            for _ in range(2):
+                r = self._varint(p)
+                if r is NEED_DATA:
+                    return NEED_DATA
+                loc.append(r[0])
+                p = r[1]
+            self._pos = p
+            prior = self._prior
+            self._prior = [loc[0], prior[1] if prior else None, loc[1], prior[3] if prior else None]
+            return FetchRangeEnd(loc[0], loc[1], flags == FETCH_END_OF_UNKNOWN_RANGE)
+        if flags >= 0x80:
+            raise MoqProtocolError(f"fetch serialization flags {flags:#x}")
+        prior = self._prior
+
+        def from_prior(i: int, name: str) -> int:
+            if prior is None or prior[i] is None:
+                raise MoqProtocolError(f"fetch object takes its {name} from a prior object that was not sent")
+            return prior[i]
+
+        if flags & 0x08:
+            r = self._varint(p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            group, p = r
+        else:
+            group = from_prior(0, "group")
+        mode = flags & 0x03
+        subgroup = 0
+        if flags & 0x40:
+            pass  # a datagram object: no subgroup
+        elif mode == 0x03:
+            r = self._varint(p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            subgroup, p = r
+        elif mode == 0x01:
+            subgroup = from_prior(1, "subgroup")
+        elif mode == 0x02:
+            subgroup = from_prior(1, "subgroup") + 1
+        if flags & 0x04:
+            r = self._varint(p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            object_id, p = r
+        else:
+            object_id = from_prior(2, "object id") + 1
+        if flags & 0x10:
+            if p >= len(buf):
+                return NEED_DATA
+            priority = buf[p]
+            p += 1
+        else:
+            priority = from_prior(3, "priority")
+        extensions: dict = {}
+        if flags & 0x20:
+            r = self._varint(p)
+            if r is NEED_DATA:
+                return NEED_DATA
+            ext_len, p = r
+            if ext_len > 0xFFFF:
+                raise MoqProtocolError("object extension block too long")
+            if len(buf) - p < ext_len:
+                return NEED_DATA
+            extensions = _Reader(buf, p, p + ext_len).kvp_until(p + ext_len)
+            p += ext_len
+        r = self._varint(p)
+        if r is NEED_DATA:
+            return NEED_DATA
+        size, p = r
+        if size > self.max_object_size:
+            raise MoqProtocolError(f"object of {size} bytes (max {self.max_object_size})")
+        if len(buf) - p < size:
+            return NEED_DATA
+        payload = bytes(buf[p : p + size])
+        self._pos = p + size
+        self._prior = [group, subgroup, object_id, priority]
+        return FetchObject(group, subgroup, object_id, priority, payload, extensions)

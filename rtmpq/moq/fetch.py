@@ -1,0 +1,73 @@
+"""What a FETCH gets from a relay's group cache (draft 16, "Fetch Handling").
+
+The relay answers a FETCH from what it holds: the objects of the requested range that are in the
+cache, in the requested group order, on one stream. It does not ask upstream for older objects.
+Groups older than the cache are *unknown* to it (it may have joined the track late, or evicted
+them), and so are groups it could not cache whole (truncated): those ranges are announced with an
+End of Unknown Range marker rather than left as gaps, because a gap in a fetch means "does not
+exist". Missing group ids between two cached groups never existed (the cache keeps a contiguous
+window of the newest groups, truncated ones included).
+"""
+
+from dataclasses import dataclass
+
+from .group_cache import GroupCache
+from .wire import LARGEST_VARINT
+
+Location = tuple[int, int]
+
+
+class FetchRangeError(Exception):
+    """The FETCH cannot be served (REQUEST_ERROR INVALID_RANGE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownUntil:
+    """Objects after the previous item up to this location, inclusive, are unknown here."""
+
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class FetchPlan:
+    end: Location  # FETCH_OK's End Location
+    items: list  # (group id, CachedObject) and UnknownUntil, in sending order
+
+
+def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending: bool = False) -> FetchPlan:
+    """Objects of ``cache`` from ``start`` to ``end`` (exclusive; object 0 = all of the end group)."""
+    largest = cache.largest
+    if largest is None:
+        raise FetchRangeError("no objects have been published on this track")
+    if start > largest:
+        raise FetchRangeError(f"start {start} is after the largest object {largest}")
+    last = (end[0], LARGEST_VARINT) if end[1] == 0 else (end[0], end[1] - 1)  # inclusive
+    if last < start:
+        raise FetchRangeError(f"end {end} is before start {start}")
+    groups = [g for g in cache.groups() if start[0] <= g.group_id <= last[0]]
+    end_location = end
+    if last >= largest:  # the range reaches past what has been published: it ends at the largest
+        last = largest
+        end_location = (largest[0], largest[1] + 1)
+
+    blocks: list[list] = []  # per group: items in ascending object order
+    oldest = next(iter(cache.groups())).group_id
+    if start[0] < oldest:  # older than anything cached
+        blocks.append([UnknownUntil(min(last, (oldest - 1, LARGEST_VARINT)))])
+    for group in groups:
+        if group.truncated:
+            blocks.append([UnknownUntil(min(last, (group.group_id, LARGEST_VARINT)))])
+            continue
+        objects = [(group.group_id, o) for o in group.objects if start <= (group.group_id, o.object_id) <= last]
+        if objects:
+            blocks.append(objects)
+    if descending:
+        # gaps mean "does not exist" only in ascending order: descending responses carry objects only
+        blocks = [b for b in reversed(blocks) if not isinstance(b[0], UnknownUntil)]
+    items: list = []
+    for item in (item for block in blocks for item in block):
+        if isinstance(item, UnknownUntil) and items and isinstance(items[-1], UnknownUntil):
+            items[-1] = item  # one marker covers adjacent unknown ranges
+        else:
+            items.append(item)
+    return FetchPlan(end_location, items)

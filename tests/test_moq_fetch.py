@@ -1,0 +1,181 @@
+"""FETCH: objects a relay already holds, standalone or joined to a subscription (draft 16).
+
+The plan (what the group cache yields for a range) is tested in memory; the rest over real QUIC
+against `rtmpq up` with an ffmpeg publish, with rtmpq's own client and with aiomoqt's.
+"""
+
+import asyncio
+
+import pytest
+
+from rtmpq.config import IngestConfig
+from rtmpq.media.frames import Frame
+from rtmpq.moq.client import FetchError, fetch_track, subscribe_broadcast
+from rtmpq.moq.fetch import FetchRangeError, UnknownUntil, plan_fetch
+from rtmpq.moq.group_cache import GroupCache
+from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.wire import LARGEST_VARINT, RequestError
+from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+
+from .conftest import need
+from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
+
+
+def cache_with(groups: dict[int, int], *, max_groups: int = 8) -> GroupCache:
+    """A cache holding ``groups`` (group id -> object count), each complete but the last."""
+    cache = GroupCache(max_groups=max_groups)
+    for group_id, count in groups.items():
+        for object_id in range(count):
+            cache.add(group_id, object_id, bytes([group_id, object_id]), None, now=0.0)
+    return cache
+
+
+def locations(plan) -> list:
+    return [i.location if isinstance(i, UnknownUntil) else (i[0], i[1].object_id) for i in plan.items]
+
+
+def test_whole_groups_in_ascending_order():
+    plan = plan_fetch(cache_with({3: 3, 4: 2, 5: 2}), (3, 0), (4, 0))
+    assert locations(plan) == [(3, 0), (3, 1), (3, 2), (4, 0), (4, 1)]
+    assert plan.end == (4, 0)  # the whole end group, which is complete
+
+
+def test_a_range_past_the_largest_object_ends_at_it():
+    cache = cache_with({3: 3, 4: 2})  # group 4 still in progress
+    plan = plan_fetch(cache, (3, 1), (9, 0))
+    assert locations(plan) == [(3, 1), (3, 2), (4, 0), (4, 1)]
+    assert plan.end == (4, 2)
+
+
+def test_an_end_object_cuts_inside_a_group():
+    plan = plan_fetch(cache_with({3: 5, 4: 1}), (3, 1), (3, 3))
+    assert locations(plan) == [(3, 1), (3, 2)]
+    assert plan.end == (3, 3)
+
+
+def test_descending_order_sends_newest_groups_first():
+    plan = plan_fetch(cache_with({3: 2, 4: 2, 5: 1}), (3, 0), (5, 0), descending=True)
+    assert locations(plan) == [(5, 0), (4, 0), (4, 1), (3, 0), (3, 1)]
+
+
+def test_groups_older_than_the_cache_are_announced_unknown_not_missing():
+    cache = cache_with({1: 1, 2: 1, 3: 1, 4: 1}, max_groups=2)  # 1 and 2 evicted
+    plan = plan_fetch(cache, (0, 0), (4, 0))
+    assert locations(plan) == [(2, LARGEST_VARINT), (3, 0), (4, 0)]
+
+
+def test_a_group_too_big_to_cache_is_unknown():
+    cache = GroupCache(max_bytes=100)
+    cache.add(0, 0, b"a" * 10, None, now=0.0)
+    cache.add(1, 0, b"b" * 60, None, now=0.0)
+    cache.add(1, 1, b"b" * 60, None, now=0.0)  # group 1 outgrows the cache: group 0 evicted, 1 truncated
+    cache.add(2, 0, b"c" * 10, None, now=0.0)
+    plan = plan_fetch(cache, (0, 0), (2, 0))
+    assert locations(plan) == [(1, LARGEST_VARINT), (2, 0)]  # one marker for both unknown groups
+
+
+@pytest.mark.parametrize(("start", "end"), [((7, 0), (8, 0)), ((4, 1), (3, 0))])
+def test_ranges_that_cannot_be_served_are_invalid(start, end):
+    with pytest.raises(FetchRangeError):
+        plan_fetch(cache_with({3: 2, 4: 2}), start, end)
+    with pytest.raises(FetchRangeError):
+        plan_fetch(GroupCache(), (0, 0), (1, 0))  # nothing published yet
+
+
+# -- over QUIC against `rtmpq up` ---------------------------------------------------------------
+@pytest.fixture(params=["aioquic", "aiopquic"])
+async def node(tmp_path, request):
+    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
+               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=request.param),
+               HttpConfig(host="127.0.0.1", port=0))
+    await n.start()
+    yield n
+    await n.close()
+
+
+async def publish_until_group(node, tmp_path, name: str, group: int):
+    """Start a 6 s ffmpeg publish; returns (publisher task, reference file) once the relay has begun
+    video group ``group`` (seen by a live subscriber)."""
+    need("ffmpeg")
+    ref = str(tmp_path / "ref.flv")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}"
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=6)))
+    await node.registry.wait_for(name, 10)
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        async for item in subscribe_broadcast(conn, name, tracks=["video"]):
+            if isinstance(item, Frame) and item.group >= group:
+                break
+    return publisher, ref
+
+
+def reference_groups(ref: str, track: str = "video") -> list[list]:
+    groups: list[list] = []
+    for p in probe_packets(ref):
+        if p.track == track:
+            if p.keyframe or not groups:
+                groups.append([])
+            groups[-1].append(p)
+    return groups
+
+
+async def test_fetch_returns_whole_past_groups_as_the_encoder_made_them(node, tmp_path):
+    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/past", 2), 30)
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        result = await asyncio.wait_for(fetch_track(conn, "live/past", "video", (0, 0), (1, 0)), 10)
+        newest_first = await asyncio.wait_for(fetch_track(conn, "live/past", "video", (0, 0), (1, 0), descending=True), 10)
+    rc, output = await publisher
+    assert rc == 0, output
+    assert result.end == (1, 0) and not result.end_of_track and not result.unknown
+    groups = reference_groups(ref)
+    assert as_packets(result.frames) == groups[0] + groups[1]
+    assert [f.group for f in result.frames] == [0] * len(groups[0]) + [1] * len(groups[1])
+    assert as_packets(newest_first.frames) == groups[1] + groups[0]
+
+
+async def test_fetch_errors_are_clear(node, tmp_path):
+    publisher, _ = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/err", 0), 30)
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        with pytest.raises(FetchError, match="no such track") as exc:
+            await asyncio.wait_for(fetch_track(conn, "live/err", "subtitles", (0, 0), (1, 0)), 10)
+        assert exc.value.code == RequestError.DOES_NOT_EXIST
+        with pytest.raises(FetchError, match="after the largest object") as exc:
+            await asyncio.wait_for(fetch_track(conn, "live/err", "video", (50, 0), (51, 0)), 10)
+        assert exc.value.code == RequestError.INVALID_RANGE
+        # the session goes on: a valid fetch on it still works
+        ok = await asyncio.wait_for(fetch_track(conn, "live/err", "video", (0, 0), (0, 1)), 10)
+        assert [(f.group, f.index, f.keyframe) for f in ok.frames] == [(0, 0, True)]
+    rc, output = await publisher
+    assert rc == 0, output
+
+
+async def test_aiomoqt_join_gets_the_current_group_whole_from_fetch_plus_subscription(node, tmp_path):
+    """SUBSCRIBE (largest object) + relative joining FETCH from a third-party client: the fetch
+    carries the joined group up to the largest object, the subscription the rest, with no gap
+    and no duplicate."""
+    from aiomoqt.client import MOQTClient
+    from aiomoqt.types import FetchType
+
+    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/join", 1), 30)
+    await asyncio.sleep(0.5)  # inside group 1
+    host, port = node.moq_address
+    fetched, live = [], []
+    client = MOQTClient(host, port, use_quic=True, verify_tls=False)
+    async with client.connect() as session:
+        await session.client_session_init()
+        session.on_fetch_object = lambda msg, *_: fetched.append((msg.group_id, msg.object_id))
+        _, fetch_ok = await asyncio.wait_for(session.join(
+            ("live", "join"), "video", fetch_type=FetchType.RELATIVE_JOINING, joining_start=0, wait_response=True,
+            on_object=lambda msg, _size, _now, group_id=None, *_: live.append((group_id, msg.object_id))), 10)
+        await session.await_fetch_done(fetch_ok.request_id, timeout=5)
+        rc, output = await publisher
+        assert rc == 0, output
+        await asyncio.sleep(0.5)
+    groups = reference_groups(ref)
+    assert fetched and {g for g, _ in fetched} == {1}
+    assert fetched[0] == (1, 0)
+    group1 = sorted(fetched + [x for x in live if x[0] == 1])
+    assert group1 == [(1, i) for i in range(len(groups[1]))]
+    assert {g for g, _ in live} >= {1, 2}
