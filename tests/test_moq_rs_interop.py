@@ -32,11 +32,14 @@ def client(node) -> moq.Client:
 
 
 async def discover(c: moq.Client, path: str):
-    async def first():
-        async for _ in c.announced(""):
-            return
-    await asyncio.wait_for(first(), 10)
-    return await asyncio.wait_for(c.announced_broadcast(path), 10)
+    """moq-rs learns routes from the relay's NAMESPACE messages: once the broadcast is announced,
+    request_broadcast() resolves it (before that, moq-rs itself refuses an unroutable path)."""
+    async def announced():
+        async for event in c.announced(""):
+            if event.active and event.prefix == path:
+                return
+    await asyncio.wait_for(announced(), 10)
+    return await asyncio.wait_for(c.request_broadcast(path), 10)
 
 
 async def test_moq_rs_subscribes_to_an_ffmpeg_publish(node, tmp_path):

@@ -8,6 +8,7 @@ what it skipped.
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -105,6 +106,7 @@ class Broadcast:
         self.name = name
         self.catalog = Catalog(broadcast=name)
         self.live = True
+        self.started = time.monotonic()
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
         self._current_group: list[Frame] = []  # frames since the newest video keyframe

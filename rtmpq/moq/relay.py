@@ -50,6 +50,9 @@ URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
 DEFAULT_URGENCY = 3
 # Seconds to wait for a track's last streams after its publisher's PUBLISH_DONE.
 LATE_STREAM_GRACE = 2.0
+# A new broadcast's tracks appear as their sequence headers arrive: for this long after a publish
+# starts, a SUBSCRIBE to a track it does not have yet waits for it instead of being refused.
+NEW_TRACK_WAIT = 3.0
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -115,11 +118,13 @@ class _Subscription:
 class _BroadcastSource:
     """Reads one in-process broadcast into per-track fan-outs."""
 
-    def __init__(self, broadcast: Broadcast, on_end) -> None:
+    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks=None) -> None:
         self.broadcast = broadcast
         self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
         self.ended = False
+        self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
+        self._on_new_tracks = on_new_tracks
         self._reader = broadcast.reader()
         self._catalog_groups = 0
         if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
@@ -131,8 +136,11 @@ class _BroadcastSource:
         last = self.fanouts[CATALOG_TRACK].cache.latest()
         if last is not None and last.objects and bytes(last.objects[0].payload) == data:
             return
-        for info in catalog.tracks:
-            self.fanouts.setdefault(info.name, TrackFanout())
+        new = [info.name for info in catalog.tracks if info.name not in self.fanouts]
+        for name in new:
+            self.fanouts[name] = TrackFanout()
+        if new and self.waiting and self._on_new_tracks is not None:
+            self._on_new_tracks(self)
         group = self._catalog_groups
         self._catalog_groups += 1
         self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
@@ -271,10 +279,14 @@ class MoqRelay:
         source = self._local_source(name)
         if source is not None:
             fanout = source.fanouts.get(event.track_name)
-            if fanout is None:
-                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
-            else:
+            wait = source.broadcast.started + NEW_TRACK_WAIT - time.monotonic()
+            if fanout is not None:
                 self._accept(conn, event, fanout)
+            elif wait > 0:
+                source.waiting.append((conn, event))
+                asyncio.get_running_loop().call_later(wait, self._expire_waiting, source, conn, event)
+            else:
+                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
             return
         key = (event.namespace, event.track_name)
         upstream = self._tracks.get(key)
@@ -290,6 +302,23 @@ class MoqRelay:
             upstream.waiting.append((conn, event))
         else:
             self._accept(conn, event, upstream.fanout)
+
+    def _on_new_tracks(self, source: _BroadcastSource) -> None:
+        waiting, source.waiting = source.waiting, []
+        for conn, event in waiting:
+            fanout = source.fanouts.get(event.track_name)
+            if fanout is None:
+                source.waiting.append((conn, event))
+            elif not conn.session.closed:
+                self._accept(conn, event, fanout)
+                conn.flush()
+
+    def _expire_waiting(self, source: _BroadcastSource, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
+        if (conn, event) in source.waiting:
+            source.waiting.remove((conn, event))
+            if not conn.session.closed:
+                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                conn.flush()
 
     def _publisher_for(self, namespace: tuple[str, ...]) -> MoqConnection | None:
         for length in range(len(namespace), 0, -1):  # the longest published prefix wins
@@ -563,7 +592,7 @@ class MoqRelay:
         broadcast = self.registry.get(name)
         if broadcast is None:
             return None
-        source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended)
+        source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
         return source
 
     def _fanouts_ended(self, fanouts) -> None:
