@@ -141,6 +141,8 @@ class TrackFanout:
         if latest is None:
             return
         for group in self.cache.groups_from(latest.group_id):
+            if now - group.started > sub.delivery_timeout:
+                continue  # already past this subscriber's budget: never start it (a reset would follow)
             for obj in group.objects:
                 sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
             if group.complete:

@@ -8,6 +8,8 @@
 - ``aiopquic`` (picoquic on its own thread): writes go into per-stream rings that may refuse
   bytes (BufferError) when full; refused writes wait here, in order, and are retried. Priorities
   map onto picoquic's stream priorities (urgency only; same-urgency streams share round robin).
+  Unacknowledged bytes per stream are estimated from picoquic's packetized offsets and the
+  connection's bytes in flight (``_PquicWriter``).
 
 Both: a handshake (setup) timeout and an idle timeout.
 """
@@ -15,6 +17,8 @@ Both: a handshake (setup) timeout and an idle timeout.
 import asyncio
 import logging
 import ssl
+import time
+from collections import deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -32,6 +36,8 @@ HANDSHAKE_TIMEOUT = 10.0
 # Seconds of silence before QUIC closes a connection.
 IDLE_TIMEOUT = 30.0
 DEFAULT_MOQ_PORT = 4443
+# aiopquic: how often (seconds) the connection's bytes in flight are read for the budgets.
+PATH_POLL_INTERVAL = 0.01
 
 
 class _MoqConnectionMixin:
@@ -116,13 +122,28 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
 
 
 class _PquicWriter:
-    """aiopquic's QuicConnection, with refused writes kept in order and retried (never dropped)."""
+    """aiopquic's QuicConnection, with refused writes kept in order and retried (never dropped).
+
+    Also estimates what aioquic tells exactly: the bytes of a stream not yet acknowledged.
+    picoquic reports per stream only how far it has put the stream into packets, and per
+    connection how many bytes it sent and how many are still in flight. So each time a stream is
+    seen further packetized, the connection's bytes-sent count is noted against that offset; the
+    offset counts as acknowledged once the connection's bytes out of flight (and not lost in the
+    last two round trips, whose copies are still on their way) reach that count. The connection figures come from a snapshot picoquic's thread
+    refreshes when asked, so the count noted is one read after the packetizing was seen (a
+    stale, smaller count would call bytes acknowledged that are still in flight): this errs late,
+    by a poll or two, never early.
+    """
 
     def __init__(self, quic) -> None:
         self.quic = quic
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
         self.streams: set[int] = set()
         self.written: dict[int, int] = {}  # bytes picoquic accepted per stream
+        self._marks: dict[int, deque] = {}  # stream -> [offset packetized, read seen at, connection bytes sent]
+        self._acked: dict[int, int] = {}  # stream -> offset estimated acknowledged
+        self._progress = (0.0, 0, 0, 0)  # when read, read count, connection bytes sent, bytes acknowledged
+        self._losses: deque = deque()  # (when read, connection bytes declared lost so far)
 
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
         return self.quic.get_next_available_stream_id(is_unidirectional)
@@ -155,10 +176,15 @@ class _PquicWriter:
         return bool(self.pending)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        self._forget(stream_id)
+        self.quic.reset_stream(stream_id, error_code)
+
+    def _forget(self, stream_id: int) -> None:
         self.pending.pop(stream_id, None)
         self.streams.discard(stream_id)
         self.written.pop(stream_id, None)
-        self.quic.reset_stream(stream_id, error_code)
+        self._marks.pop(stream_id, None)
+        self._acked.pop(stream_id, None)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         self.quic.stop_stream(stream_id, error_code)
@@ -166,16 +192,53 @@ class _PquicWriter:
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
 
+    def _connection_progress(self) -> tuple[int, int, int]:
+        """(read count, bytes sent, bytes acknowledged) of the connection; a new read at most
+        every PATH_POLL_INTERVAL (each read also asks picoquic's thread for a fresh snapshot)."""
+        now = time.monotonic()
+        read_at, reads, sent, done = self._progress
+        if now - read_at > PATH_POLL_INTERVAL:
+            q = self.quic.path_quality()
+            if q:
+                reads, sent = reads + 1, q["bytes_sent"]
+                # Bytes that left flight were acknowledged, or declared lost and sent again: a
+                # loss counts as not yet delivered for two round trips after it is declared (its
+                # copy's flight). picoquic counts losses in packets.
+                lost = q["lost"] * sent // max(q["sent"], 1)
+                history = self._losses
+                history.append((now, lost))
+                window = max(2 * q["rtt"] / 1e6, 4 * PATH_POLL_INTERVAL)
+                while len(history) > 1 and now - history[1][0] > window:
+                    history.popleft()
+                done = sent - q["bytes_in_transit"] - (lost - history[0][1])
+                self._progress = (now, reads, sent, done)
+        return reads, sent, done
+
     def queued(self, stream_id: int) -> int:
-        """Bytes of the stream not yet put into packets (waiting here or in picoquic's ring)."""
+        """Bytes of the stream not yet acknowledged (estimated; see the class)."""
         waiting = sum(len(d) for d, _ in self.pending.get(stream_id, ()))
         written = self.written.get(stream_id, 0)
-        sent = self.quic.tx_sent_bytes(stream_id) if written else 0
-        if written and sent >= written and not waiting:
-            self.streams.discard(stream_id)  # all of it left: stop asking
-            self.written.pop(stream_id, None)
+        if not written:
+            return waiting
+        if stream_id not in self.quic._stream_ctxs:  # picoquic retired the stream: all of it done
+            self._forget(stream_id)
             return 0
-        return waiting + max(written - sent, 0)
+        marks = self._marks.setdefault(stream_id, deque())
+        packetized = self.quic.tx_sent_bytes(stream_id)
+        reads, conn_sent, conn_done = self._connection_progress()
+        if packetized > (marks[-1][0] if marks else self._acked.get(stream_id, 0)):
+            marks.append([packetized, reads, None])
+        for mark in marks:
+            if mark[2] is None and reads > mark[1]:
+                mark[2] = conn_sent  # from a snapshot asked for after the packetizing was seen
+        acked = self._acked.get(stream_id, 0)
+        while marks and marks[0][2] is not None and marks[0][2] <= conn_done:
+            acked = marks.popleft()[0]
+        self._acked[stream_id] = acked
+        if acked >= written and not waiting:
+            self._forget(stream_id)  # all of it arrived: stop asking
+            return 0
+        return waiting + written - acked
 
 
 def _pquic_protocol_class():
