@@ -172,3 +172,11 @@ def test_a_first_fetch_object_cannot_refer_to_a_prior_one():
         wire.FetchStreamParser().feed(wire.encode_fetch_header(1) + b"\x00\x00")
     with pytest.raises(MoqProtocolError):  # serialization flags that are neither flags nor a marker
         wire.FetchStreamParser().feed(wire.encode_fetch_header(1) + wire.encode_varint(0x90))
+
+
+def test_picoquic_priorities_put_urgency_first_then_the_newest_group():
+    from rtmpq.moq.transport import pquic_priority
+
+    order = [pquic_priority(u, newest=n) for u in range(4) for n in (True, False)]
+    assert order == sorted(order) and len(set(order)) == len(order)
+    assert all(p % 2 == 0 for p in order)  # even: round robin among equal priorities (picoquic)

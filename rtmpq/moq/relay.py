@@ -53,6 +53,8 @@ LATE_STREAM_GRACE = 2.0
 # A new broadcast's tracks appear as their sequence headers arrive: for this long after a publish
 # starts, a SUBSCRIBE to a track it does not have yet waits for it instead of being refused.
 NEW_TRACK_WAIT = 3.0
+# At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
+MAX_WAITING_SUBSCRIBES = 256
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -70,12 +72,21 @@ class _ConnectionSink:
         self.urgency = urgency
         self.fanout = fanout
         self.streams_opened = 0
+        self.newest: tuple[int, int] | None = None  # (group, stream) of the newest group opened
 
     def open_group(self, group_id: int) -> int:
         # a relayed track keeps its publisher's priority; our own tracks carry their urgency
         priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
         sid = self.conn.session.open_subgroup(self.alias, group_id, priority=priority)
         self.conn.set_priority(sid, self.urgency, group_id)
+        # newer groups before older: the group that was newest steps back (a group opened late,
+        # the tail of a joined one, starts behind)
+        if self.newest is None or group_id > self.newest[0]:
+            if self.newest is not None:
+                self.conn.step_back(self.newest[1], self.urgency)
+            self.newest = (group_id, sid)
+        else:
+            self.conn.step_back(sid, self.urgency)
         self.streams_opened += 1
         self.conn.flush()
         return sid
@@ -282,7 +293,7 @@ class MoqRelay:
             wait = source.broadcast.started + NEW_TRACK_WAIT - time.monotonic()
             if fanout is not None:
                 self._accept(conn, event, fanout)
-            elif wait > 0:
+            elif wait > 0 and len(source.waiting) < MAX_WAITING_SUBSCRIBES:
                 source.waiting.append((conn, event))
                 asyncio.get_running_loop().call_later(wait, self._expire_waiting, source, conn, event)
             else:

@@ -7,7 +7,7 @@
   per-stream queued-byte accounting for the relay's send budgets.
 - ``aiopquic`` (picoquic on its own thread): writes go into per-stream rings that may refuse
   bytes (BufferError) when full; refused writes wait here, in order, and are retried. Priorities
-  map onto picoquic's stream priorities (urgency only; same-urgency streams share round robin).
+  map onto picoquic's stream priorities: a band per urgency, the newest group of a track first.
   Unacknowledged bytes per stream are estimated from picoquic's packetized offsets and the
   connection's bytes in flight (``_PquicWriter``).
 
@@ -55,6 +55,9 @@ class _MoqConnectionMixin:
     # -- sending --------------------------------------------------------------------------------
     def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
         self._priorities[stream_id] = (urgency, -group)
+
+    def step_back(self, stream_id: int, urgency: int) -> None:
+        """A newer group of the same track began (aioquic: the queue order already says so)."""
 
     def forget_stream(self, stream_id: int) -> None:
         self._priorities.pop(stream_id, None)
@@ -241,6 +244,12 @@ class _PquicWriter:
         return waiting + written - acked
 
 
+def pquic_priority(urgency: int, *, newest: bool) -> int:
+    """picoquic stream priority (lower first; even = round robin among equals): by urgency, and
+    within one urgency the newest group of a track before its older groups."""
+    return min(8 * urgency + (2 if newest else 4), 254)
+
+
 def _pquic_protocol_class():
     from aiopquic.asyncio.protocol import QuicConnectionProtocol as PquicProtocol
 
@@ -256,7 +265,11 @@ def _pquic_protocol_class():
             self._retry_handle = None
 
         def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
-            self._quic.set_stream_priority(stream_id, min(2 * urgency + 2, 254))  # even: round robin
+            self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
+
+        def step_back(self, stream_id: int, urgency: int) -> None:
+            if stream_id in self._quic._stream_ctxs:  # still sending (picoquic retires finished streams)
+                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=False))
 
         def forget_stream(self, stream_id: int) -> None:
             pass
