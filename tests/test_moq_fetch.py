@@ -179,3 +179,12 @@ async def test_aiomoqt_join_gets_the_current_group_whole_from_fetch_plus_subscri
     group1 = sorted(fetched + [x for x in live if x[0] == 1])
     assert group1 == [(1, i) for i in range(len(groups[1]))]
     assert {g for g, _ in live} >= {1, 2}
+
+
+def test_a_response_is_cut_at_the_byte_limit_and_says_where():
+    cache = cache_with({3: 4, 4: 4, 5: 1})  # objects of 2 bytes
+    plan = plan_fetch(cache, (3, 0), (4, 0), max_bytes=10)
+    assert locations(plan) == [(3, 0), (3, 1), (3, 2), (3, 3), (4, 0)]
+    assert plan.end == (4, 1)  # the subscriber asks again from here
+    newest_first = plan_fetch(cache, (3, 0), (4, 0), descending=True, max_bytes=10)
+    assert locations(newest_first) == [(4, 0), (4, 1), (4, 2), (4, 3), (3, 0)]

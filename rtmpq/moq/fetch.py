@@ -16,6 +16,11 @@ from .wire import LARGEST_VARINT
 
 Location = tuple[int, int]
 
+# Payload bytes one FETCH response may carry: a larger range is cut (ascending: FETCH_OK's End
+# Location says where; descending: the oldest groups are left out), so that no peer can make the
+# relay queue its whole cache per request. Ask again from where the response ended.
+MAX_FETCH_BYTES = 8 * 1024 * 1024
+
 
 class FetchRangeError(Exception):
     """The FETCH cannot be served (REQUEST_ERROR INVALID_RANGE)."""
@@ -34,8 +39,10 @@ class FetchPlan:
     items: list  # (group id, CachedObject) and UnknownUntil, in sending order
 
 
-def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending: bool = False) -> FetchPlan:
-    """Objects of ``cache`` from ``start`` to ``end`` (exclusive; object 0 = all of the end group)."""
+def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending: bool = False,
+               max_bytes: int = MAX_FETCH_BYTES) -> FetchPlan:
+    """Objects of ``cache`` from ``start`` to ``end`` (exclusive; object 0 = all of the end group),
+    at most ``max_bytes`` of payload (at least one object)."""
     largest = cache.largest
     if largest is None:
         raise FetchRangeError("no objects have been published on this track")
@@ -65,9 +72,20 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
         # gaps mean "does not exist" only in ascending order: descending responses carry objects only
         blocks = [b for b in reversed(blocks) if not isinstance(b[0], UnknownUntil)]
     items: list = []
+    size = 0
     for item in (item for block in blocks for item in block):
-        if isinstance(item, UnknownUntil) and items and isinstance(items[-1], UnknownUntil):
-            items[-1] = item  # one marker covers adjacent unknown ranges
-        else:
-            items.append(item)
+        if isinstance(item, UnknownUntil):
+            if items and isinstance(items[-1], UnknownUntil):
+                items[-1] = item  # one marker covers adjacent unknown ranges
+            else:
+                items.append(item)
+            continue
+        group_id, obj = item
+        if size + len(obj.payload) > max_bytes and size:
+            if not descending:
+                last_group, last_obj = items[-1][0], items[-1][1].object_id
+                end_location = (last_group, last_obj + 1)
+            break
+        size += len(obj.payload)
+        items.append(item)
     return FetchPlan(end_location, items)
