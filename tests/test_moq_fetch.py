@@ -188,3 +188,41 @@ def test_a_response_is_cut_at_the_byte_limit_and_says_where():
     assert plan.end == (4, 1)  # the subscriber asks again from here
     newest_first = plan_fetch(cache, (3, 0), (4, 0), descending=True, max_bytes=10)
     assert locations(newest_first) == [(4, 0), (4, 1), (4, 2), (4, 3), (3, 0)]
+
+
+async def test_joining_fetch_errors(node, tmp_path):
+    """A joining FETCH needs a live subscription of this session at the largest object."""
+    from rtmpq.moq import events as ev
+    from rtmpq.moq.wire import FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START, SessionError
+
+    publisher, _ = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/jerr", 0), 30)
+    host, port = node.moq_address
+
+    async def answer(conn, request_id, kinds):
+        queue: asyncio.Queue = asyncio.Queue()
+        conn.handler = lambda _c, e: queue.put_nowait(e)
+        while True:
+            e = await asyncio.wait_for(queue.get(), 10)
+            if isinstance(e, kinds) and getattr(e, "request_id", request_id) == request_id:
+                return e
+
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        rid = conn.session.joining_fetch(99, 0)
+        conn.flush()
+        failed = await answer(conn, rid, (ev.RequestFailed,))
+        assert failed.error_code == RequestError.INVALID_JOINING_REQUEST_ID
+        sub = conn.session.subscribe(("live", "jerr"), "video", filter_type=FILTER_LARGEST_OBJECT)
+        conn.flush()
+        rid = conn.session.joining_fetch(sub, 0)
+        conn.flush()
+        accepted = await answer(conn, rid, (ev.FetchAccepted,))
+        assert accepted.end[1] > 0  # up to the largest object when the subscription began
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        sub = conn.session.subscribe(("live", "jerr"), "video", filter_type=FILTER_NEXT_GROUP_START)
+        conn.flush()
+        conn.session.joining_fetch(sub, 0)
+        conn.flush()
+        closed = await answer(conn, None, (ev.SessionClosed,))
+        assert closed.code == SessionError.PROTOCOL_VIOLATION
+    rc, output = await publisher
+    assert rc == 0, output
