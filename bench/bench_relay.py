@@ -13,6 +13,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,6 +43,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 10 ms
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's resident memory every 50 ms until stopped; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.done = pid, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, rss_mb(self.pid))
+
+
 def run_once(source: Path, subscribers: int, tmp: Path, backend: str) -> dict:
     moq, rtmp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     relay = subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{rtmp}",
@@ -53,13 +73,20 @@ def run_once(source: Path, subscribers: int, tmp: Path, backend: str) -> dict:
                                       f"rtmp://127.0.0.1:{rtmp}/live/bench"])
         time.sleep(0.5)
         cpu0 = cpu_seconds(relay.pid)
+        rss0 = rss_mb(relay.pid)
+        sampler = PeakRss(relay.pid)
+        sampler.start()
         subs = subprocess.run([sys.executable, str(Path(__file__).with_name("relay_subscribers.py")), str(moq),
                                "live/bench", str(subscribers), backend], capture_output=True, text=True, timeout=120)
         cpu = cpu_seconds(relay.pid) - cpu0
+        sampler.done.set()
         publisher.wait(timeout=30)
         stats = json.loads(subs.stdout.strip().splitlines()[-1])
         stats["relay_cpu_s"] = cpu
         stats["egress_MB_per_cpu_s"] = round(stats["bytes"] / 1e6 / cpu, 2) if cpu else None
+        # memory: the relay with the broadcast before anyone subscribes, and what each subscriber adds
+        stats["relay_rss_MB_before"] = round(rss0, 1)
+        stats["rss_MB_per_subscriber"] = round(max(sampler.peak - rss0, 0) / subscribers, 2)
         return stats
     finally:
         relay.terminate()
@@ -76,7 +103,9 @@ def test_relay_egress_and_latency(benchmark, source_file, tmp_path, subscribers,
 
 
 def teardown_module(module):
-    print("\n\nbackend   subscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms")
+    print("\n\nbackend   subscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms"
+          "  RSS MB before  RSS MB per subscriber")
     for (backend, n), s in sorted(RESULTS.items()):
         print(f"{backend:9} {n:11}  {s['objects']:7}  {s['skipped']:7}  {s['bytes'] / 1e6:11.1f}  {s['relay_cpu_s']:11.2f}  "
-              f"{s['egress_MB_per_cpu_s']!s:>13}  {s['latency_p50_ms']:6.1f}  {s['latency_p99_ms']:6.1f}")
+              f"{s['egress_MB_per_cpu_s']!s:>13}  {s['latency_p50_ms']:6.1f}  {s['latency_p99_ms']:6.1f}"
+              f"  {s['relay_rss_MB_before']:13.1f}  {s['rss_MB_per_subscriber']:21.2f}")

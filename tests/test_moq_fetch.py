@@ -226,3 +226,40 @@ async def test_joining_fetch_errors(node, tmp_path):
         assert closed.code == SessionError.PROTOCOL_VIOLATION
     rc, output = await publisher
     assert rc == 0, output
+
+
+async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstream(node, tmp_path):
+    """ffmpeg -> `rtmpq up` (A) <- relay B (--upstream A) <- FETCH: B holds nothing of the track,
+    so it asks A and passes the answer and the objects back."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.nodes.remote import UpstreamLink
+    from rtmpq.nodes.up import free_udp_port
+
+    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/chain", 1), 30)
+    backend = node.moq_config.backend
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_udp_port("127.0.0.1")
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    host_a, port_a = node.moq_address
+    link = UpstreamLink(relay_b, f"moqt://{host_a}:{port_a}", insecure=True, backend=backend)
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
+            result = await asyncio.wait_for(fetch_track(conn, "live/chain", "video", (0, 0), (0, 0)), 10)
+            with pytest.raises(FetchError, match="no such track"):  # A's refusal, passed on
+                await asyncio.wait_for(fetch_track(conn, "live/chain", "subtitles", (0, 0), (0, 0)), 10)
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+    rc, output = await publisher
+    assert rc == 0, output
+    assert result.end == (0, 0)
+    assert as_packets(result.frames) == reference_groups(ref)[0]

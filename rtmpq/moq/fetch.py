@@ -1,7 +1,9 @@
 """What a FETCH gets from a relay's group cache (draft 16, "Fetch Handling").
 
 The relay answers a FETCH from what it holds: the objects of the requested range that are in the
-cache, in the requested group order, on one stream. It does not ask upstream for older objects.
+cache, in the requested group order, on one stream. It does not ask upstream for objects older
+than its cache (a track it does not hold at all is another matter: relay.py passes that FETCH on
+to the track's publisher or upstream relay).
 Groups older than the cache are *unknown* to it (it may have joined the track late, or evicted
 them), and so are groups it could not cache whole (truncated): those ranges are announced with an
 End of Unknown Range marker rather than left as gaps, because a gap in a fetch means "does not

@@ -201,6 +201,31 @@ class _UpstreamTrack:
             conn.flush()
 
 
+class _FetchProxy:
+    """A FETCH passed on to the publisher or upstream relay of a track this relay does not hold:
+    its answer and objects go back to the requester as they come."""
+
+    def __init__(self, conn: MoqConnection, request_id: int, upstream: MoqConnection, upstream_request_id: int) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.upstream = upstream
+        self.upstream_request_id = upstream_request_id
+        self.stream_id: int | None = None
+
+    def stream(self) -> int:
+        if self.stream_id is None:
+            self.stream_id = self.conn.session.open_fetch_stream(self.request_id)
+        return self.stream_id
+
+    def fail(self, code: int, reason: str) -> None:
+        if self.conn.session.closed:
+            return
+        if self.stream_id is not None:
+            self.conn.session.reset_fetch_stream(self.stream_id, StreamResetCode.INTERNAL_ERROR)
+        self.conn.session.request_error(self.request_id, code, reason)
+        self.conn.flush()
+
+
 class MoqRelay:
     """Answers MoQ requests on any number of sessions (subscribers, publishers, upstream)."""
 
@@ -221,6 +246,7 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
+        self._fetch_proxies: dict[tuple[int, int], _FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -392,7 +418,7 @@ class MoqRelay:
         if event.fetch_type == FETCH_STANDALONE:
             fanout = self._fanout(event.namespace, event.track_name)
             if fanout is None:
-                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                self._fetch_upstream(conn, event)
                 return
             start, end, label = event.start, event.end, _label(event.namespace, event.track_name)
         else:
@@ -437,7 +463,56 @@ class MoqRelay:
             # joined group, so fetch + subscription are contiguous
             fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
 
+    def _fetch_upstream(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
+        """A track not held here: pass the FETCH to whoever publishes it (or the upstream relay)."""
+        publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
+        if publisher is None:
+            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+            return
+        rid = publisher.session.fetch(event.namespace, event.track_name, event.start, event.end,
+                                      descending=event.descending)
+        publisher.flush()
+        self._fetch_proxies[(id(publisher), rid)] = _FetchProxy(conn, event.request_id, publisher, rid)
+        log.info("%s: fetch of %s passed to %s", conn.peer, _label(event.namespace, event.track_name), publisher.peer)
+
+    def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
+        p = self._fetch_proxies.get((id(conn), event.request_id))
+        if p is not None and not p.conn.session.closed:
+            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track)
+            p.conn.flush()
+
+    def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:
+        p = self._fetch_proxies.get((id(conn), event.request_id))
+        if p is not None and not p.conn.session.closed:
+            p.conn.session.send_fetch_object(p.stream(), event.group, event.object_id, event.payload,
+                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority)
+            p.conn.flush()
+
+    def _on_FetchRangeUnavailable(self, conn: MoqConnection, event: ev.FetchRangeUnavailable) -> None:
+        p = self._fetch_proxies.get((id(conn), event.request_id))
+        if p is not None and not p.conn.session.closed:
+            p.conn.session.send_fetch_range_end(p.stream(), event.group, event.object_id, unknown=event.unknown)
+            p.conn.flush()
+
+    def _on_FetchEnded(self, conn: MoqConnection, event: ev.FetchEnded) -> None:
+        p = self._fetch_proxies.pop((id(conn), event.request_id), None)
+        if p is None or p.conn.session.closed:
+            return
+        if event.code is None:
+            p.conn.session.end_fetch_stream(p.stream())
+        elif p.stream_id is not None:
+            p.conn.session.reset_fetch_stream(p.stream_id, event.code)
+        p.conn.flush()
+
     def _on_FetchCancelled(self, conn: MoqConnection, event: ev.FetchCancelled) -> None:
+        for key, p in list(self._fetch_proxies.items()):
+            if p.conn is conn and p.request_id == event.request_id:
+                del self._fetch_proxies[key]
+                if p.stream_id is not None:
+                    conn.session.reset_fetch_stream(p.stream_id, StreamResetCode.CANCELLED)
+                if not p.upstream.session.closed:
+                    p.upstream.session.fetch_cancel(p.upstream_request_id)
+                    p.upstream.flush()
         entry = self._fetch_streams.pop((id(conn), event.request_id), None)
         if entry is not None and conn.queued_bytes(entry[1]):
             conn.session.reset_fetch_stream(entry[1], StreamResetCode.CANCELLED)
@@ -499,6 +574,10 @@ class MoqRelay:
                 sub_conn.flush()
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        proxy = self._fetch_proxies.pop((id(conn), event.request_id), None)
+        if proxy is not None:  # a FETCH we passed upstream was refused there
+            proxy.fail(event.error_code, event.reason)
+            return
         pushed = self._subs.pop((id(conn), event.request_id), None)
         if pushed is not None:  # the peer refused a track we PUBLISHed to it
             pushed.fanout.unsubscribe(pushed.sub)
@@ -586,6 +665,15 @@ class MoqRelay:
             del self._ns_subscribers[key]
         for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
             del self._fetch_streams[key]
+        for key, p in list(self._fetch_proxies.items()):
+            if p.upstream is conn:  # the upstream went away mid-fetch
+                del self._fetch_proxies[key]
+                p.fail(RequestError.INTERNAL_ERROR, "the upstream session closed")
+            elif p.conn is conn:
+                del self._fetch_proxies[key]
+                if not p.upstream.session.closed:
+                    p.upstream.session.fetch_cancel(p.upstream_request_id)
+                    p.upstream.flush()
         for ns, (owner, _) in list(self._published.items()):
             if owner is conn:
                 del self._published[ns]
