@@ -4,24 +4,12 @@ import asyncio
 
 import pytest
 
-from rtmpq.config import IngestConfig
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
-
-
-@pytest.fixture(params=["aioquic", "aiopquic"])
-async def node(tmp_path, request):
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=request.param),
-               HttpConfig(host="127.0.0.1", port=0))
-    await n.start()
-    yield n
-    await n.close()
 
 
 async def receive(node, broadcast, *, fingerprint=None, insecure=True, limit=None, until_video=False):

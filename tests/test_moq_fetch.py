@@ -8,14 +8,12 @@ import asyncio
 
 import pytest
 
-from rtmpq.config import IngestConfig
 from rtmpq.media.frames import Frame
 from rtmpq.moq.client import FetchError, fetch_track, subscribe_broadcast
 from rtmpq.moq.fetch import FetchRangeError, UnknownUntil, plan_fetch
 from rtmpq.moq.group_cache import GroupCache
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import LARGEST_VARINT, RequestError
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
@@ -83,16 +81,6 @@ def test_ranges_that_cannot_be_served_are_invalid(start, end):
 
 
 # -- over QUIC against `rtmpq up` ---------------------------------------------------------------
-@pytest.fixture(params=["aioquic", "aiopquic"])
-async def node(tmp_path, request):
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=request.param),
-               HttpConfig(host="127.0.0.1", port=0))
-    await n.start()
-    yield n
-    await n.close()
-
-
 async def publish_until_group(node, tmp_path, name: str, group: int):
     """Start a 6 s ffmpeg publish; returns (publisher task, reference file) once the relay has begun
     video group ``group`` (seen by a live subscriber)."""

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from rtmpq.config import IngestConfig
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+
+from .conftest import start_up_node
 
 # Cases rtmpq does not serve, with the reason (kept in step with docs/interop.md).
 NOT_APPLICABLE: dict[str, str] = {}
@@ -21,9 +22,7 @@ NOT_APPLICABLE: dict[str, str] = {}
 
 @pytest.fixture
 async def node(tmp_path):
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"), HttpConfig(host="127.0.0.1", port=0))
-    await n.start()
+    n = await start_up_node(tmp_path)  # aioquic only: the peer under test is the other side
     yield n
     await n.close()
 

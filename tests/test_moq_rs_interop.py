@@ -10,18 +10,13 @@ import asyncio
 import moq
 import pytest
 
-from rtmpq.config import IngestConfig
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
-
-from .conftest import need
+from .conftest import need, start_up_node
 from .publishers import ffmpeg_publish_args, probe_packets, run_process
 
 
 @pytest.fixture
 async def node(tmp_path):
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"), HttpConfig(host="127.0.0.1", port=0))
-    await n.start()
+    n = await start_up_node(tmp_path)  # aioquic only: the peer under test is the other side
     yield n
     await n.close()
 

@@ -3,32 +3,13 @@
 import asyncio
 import time
 
-import pytest
-
-from rtmpq.config import IngestConfig
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.netem import Impairment, ImpairmentProxy
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
-
-
-async def start_node(tmp_path, backend: str) -> UpNode:
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=backend),
-               HttpConfig(host="127.0.0.1", port=0))
-    await n.start()
-    return n
-
-
-@pytest.fixture(params=["aioquic", "aiopquic"])
-async def node(tmp_path, request):
-    n = await start_node(tmp_path, request.param)
-    yield n
-    await n.close()
 
 
 async def subscribe_through(proxy_port: int, broadcast: str, delivery_timeout_ms=None, backend="aioquic"):

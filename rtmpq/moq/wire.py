@@ -751,35 +751,72 @@ class SubgroupObject:
     status: int = 0
 
 
-class SubgroupStreamParser:
-    """Incremental parser of one unidirectional subgroup stream: header, then objects."""
+class _StreamParser:
+    """What both data stream parsers share: a buffer fed incrementally, a header parsed once, then
+    items (objects, markers) until the bytes run out mid-item."""
 
     def __init__(self, *, max_object_size: int = MAX_OBJECT_SIZE) -> None:
-        self.header: SubgroupHeader | None = None
         self._buf = bytearray()
         self._pos = 0
-        self._last_object: int | None = None
-        self._first_object_subgroup = False
+        self._header_parsed = False
         self.max_object_size = max_object_size
 
     def feed(self, data) -> list:
-        """Returns the header (once) and then SubgroupObjects completed by these bytes."""
+        """The items these bytes complete (a subgroup stream's header first, once)."""
         self._buf += data
         out = []
-        if self.header is None:
+        if not self._header_parsed:
             header = self._parse_header()
             if header is NEED_DATA:
                 return out
-            out.append(header)
+            self._header_parsed = True
+            if header is not None:
+                out.append(header)
         while True:
-            obj = self._parse_object()
-            if obj is NEED_DATA:
+            item = self._parse_item()
+            if item is NEED_DATA:
                 break
-            out.append(obj)
+            out.append(item)
         if self._pos > 65536 and self._pos * 2 > len(self._buf):
             del self._buf[: self._pos]
             self._pos = 0
         return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _parse_header(self):
+        raise NotImplementedError
+
+    def _parse_item(self):
+        raise NotImplementedError
+
+    def _extensions(self, p: int):
+        """(extension headers, position after them) of a length-prefixed block at ``p``, or NEED_DATA."""
+        r = decode_varint(self._buf, p)
+        if r is NEED_DATA:
+            return NEED_DATA
+        ext_len, p = r
+        if ext_len > 0xFFFF:
+            raise MoqProtocolError("object extension block too long")
+        if len(self._buf) - p < ext_len:
+            return NEED_DATA
+        return _Reader(self._buf, p, p + ext_len).kvp_until(p + ext_len), p + ext_len
+
+    def _check_size(self, size: int) -> None:
+        if size > self.max_object_size:
+            raise MoqProtocolError(f"object of {size} bytes (max {self.max_object_size})")
+
+
+class SubgroupStreamParser(_StreamParser):
+    """Incremental parser of one unidirectional subgroup stream: header, then objects."""
+
+    def __init__(self, *, max_object_size: int = MAX_OBJECT_SIZE) -> None:
+        super().__init__(max_object_size=max_object_size)
+        self.header: SubgroupHeader | None = None
+        self._last_object: int | None = None
+        self._first_object_subgroup = False
 
     def _parse_header(self):
         buf, p = self._buf, self._pos
@@ -809,7 +846,7 @@ class SubgroupStreamParser:
         self._pos = p
         return self.header
 
-    def _parse_object(self):
+    def _parse_item(self):
         buf, p = self._buf, self._pos
         r = decode_varint(buf, p)
         if r is NEED_DATA:
@@ -817,16 +854,10 @@ class SubgroupStreamParser:
         delta, p = r
         extensions: dict = {}
         if self.header.extensions:
-            r = decode_varint(buf, p)
+            r = self._extensions(p)
             if r is NEED_DATA:
                 return NEED_DATA
-            ext_len, p = r
-            if ext_len > 0xFFFF:
-                raise MoqProtocolError("object extension block too long")
-            if len(buf) - p < ext_len:
-                return NEED_DATA
-            extensions = _Reader(buf, p, p + ext_len).kvp_until(p + ext_len)
-            p += ext_len
+            extensions, p = r
         r = decode_varint(buf, p)
         if r is NEED_DATA:
             return NEED_DATA
@@ -837,8 +868,8 @@ class SubgroupStreamParser:
             if r is NEED_DATA:
                 return NEED_DATA
             status, p = r
-        elif size > self.max_object_size:
-            raise MoqProtocolError(f"object of {size} bytes (max {self.max_object_size})")
+        else:
+            self._check_size(size)
         if len(buf) - p < size:
             return NEED_DATA
         payload = bytes(buf[p : p + size])
@@ -850,10 +881,6 @@ class SubgroupStreamParser:
                                          self.header.priority, self.header.extensions, self.header.end_of_group)
             self._first_object_subgroup = False
         return SubgroupObject(object_id, payload, extensions, status)
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
 
 
 # -- fetch streams --------------------------------------------------------------------------------
@@ -926,42 +953,25 @@ class FetchRangeEnd:
     unknown: bool
 
 
-class FetchStreamParser:
+class FetchStreamParser(_StreamParser):
     """Incremental parser of one fetch stream: FETCH_HEADER's request id, then objects and markers."""
 
     def __init__(self, *, max_object_size: int = MAX_OBJECT_SIZE) -> None:
+        super().__init__(max_object_size=max_object_size)
         self.request_id: int | None = None
-        self._buf = bytearray()
-        self._pos = 0
         self._prior: list | None = None  # group, subgroup, object, priority of the prior object
-        self.max_object_size = max_object_size
 
-    def feed(self, data) -> list:
-        self._buf += data
-        out = []
-        if self.request_id is None:
-            r = decode_varint(self._buf, 0)
-            if r is NEED_DATA:
-                return out
-            if r[0] != FETCH_HEADER:
-                raise MoqProtocolError(f"fetch stream of type {r[0]:#x}")
-            r = decode_varint(self._buf, r[1])
-            if r is NEED_DATA:
-                return out
-            self.request_id, self._pos = r
-        while True:
-            item = self._parse_item()
-            if item is NEED_DATA:
-                break
-            out.append(item)
-        if self._pos > 65536 and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
-            self._pos = 0
-        return out
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
+    def _parse_header(self):
+        r = decode_varint(self._buf, 0)
+        if r is NEED_DATA:
+            return NEED_DATA
+        if r[0] != FETCH_HEADER:
+            raise MoqProtocolError(f"fetch stream of type {r[0]:#x}")
+        r = decode_varint(self._buf, r[1])
+        if r is NEED_DATA:
+            return NEED_DATA
+        self.request_id, self._pos = r
+        return None  # nothing to report: the request id is an attribute
 
     def _varint(self, p: int):
         return decode_varint(self._buf, p)
@@ -1029,22 +1039,15 @@ class FetchStreamParser:
             priority = from_prior(3, "priority")
         extensions: dict = {}
         if flags & 0x20:
-            r = self._varint(p)
+            r = self._extensions(p)
             if r is NEED_DATA:
                 return NEED_DATA
-            ext_len, p = r
-            if ext_len > 0xFFFF:
-                raise MoqProtocolError("object extension block too long")
-            if len(buf) - p < ext_len:
-                return NEED_DATA
-            extensions = _Reader(buf, p, p + ext_len).kvp_until(p + ext_len)
-            p += ext_len
+            extensions, p = r
         r = self._varint(p)
         if r is NEED_DATA:
             return NEED_DATA
         size, p = r
-        if size > self.max_object_size:
-            raise MoqProtocolError(f"object of {size} bytes (max {self.max_object_size})")
+        self._check_size(size)
         if len(buf) - p < size:
             return NEED_DATA
         payload = bytes(buf[p : p + size])
