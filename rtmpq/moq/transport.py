@@ -132,10 +132,12 @@ class _PquicWriter:
     connection how many bytes it sent and how many are still in flight. So each time a stream is
     seen further packetized, the connection's bytes-sent count is noted against that offset; the
     offset counts as acknowledged once the connection's bytes out of flight (and not lost in the
-    last two round trips, whose copies are still on their way) reach that count. The connection figures come from a snapshot picoquic's thread
-    refreshes when asked, so the count noted is one read after the packetizing was seen (a
-    stale, smaller count would call bytes acknowledged that are still in flight): this errs late,
-    by a poll or two, never early.
+    last two round trips, whose copies are still on their way) reach that count. The connection
+    figures come from a snapshot picoquic's thread refreshes when asked, so the count noted is one
+    read after the packetizing was seen (a stale, smaller count would call bytes acknowledged that
+    are still in flight): this errs late, by a poll or two, never early. Offsets are the stream's
+    own, from its first byte, so a stream's state is kept until picoquic retires it (or it is
+    reset), however long it sits drained between objects.
     """
 
     def __init__(self, quic) -> None:
@@ -238,10 +240,7 @@ class _PquicWriter:
         while marks and marks[0][2] is not None and marks[0][2] <= conn_done:
             acked = marks.popleft()[0]
         self._acked[stream_id] = acked
-        if acked >= written and not waiting:
-            self._forget(stream_id)  # all of it arrived: stop asking
-            return 0
-        return waiting + written - acked
+        return waiting + max(written - acked, 0)
 
 
 def pquic_priority(urgency: int, *, newest: bool) -> int:
