@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # System packages the tests use (publishers, players, containers).
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap
 
-.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench clean
+.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench image clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ test-compiled:
 
 test-pure:
 	RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests
+
+# The node image (Containerfile) with buildah, on a Debian trixie base made with debootstrap.
+image: system-deps hlsjs
+	scripts/build-image
 
 bench: install-test
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s

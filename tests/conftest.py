@@ -1,4 +1,5 @@
 import shutil
+import socket
 
 import pytest
 
@@ -17,6 +18,13 @@ def need(binary: str) -> str:
     if path is None:
         pytest.fail(f"{binary} is not installed: run `make install-test` (installs the system packages)")
     return path
+
+
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    """A free loopback port (TCP by default; socket.SOCK_DGRAM for UDP)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 async def start_up_node(tmp_path, backend: str = "aioquic") -> UpNode:

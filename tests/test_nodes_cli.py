@@ -11,14 +11,8 @@ import socket
 import sys
 import urllib.request
 
-from .conftest import need
+from .conftest import free_port, need
 from .publishers import ffmpeg_publish_args, probe_packets, run_process
-
-
-def free_port(kind=socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start(*args: str, env=None):
