@@ -10,6 +10,8 @@ The same file (720p H.264, 1 s GoP, AAC) is replayed in real time (`ffmpeg -re -
   playlist file is polled every 10 ms; a segment is fetchable when it is listed. nginx does not
   expose arrival times, so for both servers the "sent at" of a frame is also estimated as the
   publish start + its dts (ffmpeg -re paces by dts) and reported, to compare like with like.
+- `rtmpq up` (ingest + relay) and `rtmpq edge --upstream` as two processes, a player on the edge:
+  the CPU of each, so the edge's cost per broadcast is known apart from the ingest's.
 """
 
 import asyncio
@@ -17,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,10 +33,15 @@ SECONDS = 12
 RESULTS = {}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(kind=socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 10 ms
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +156,49 @@ async def rtmpq_run(source: Path, tmp: Path) -> dict:
             "est_p50_ms": percentile(estimated, 0.5), "est_p99_ms": percentile(estimated, 0.99)}
 
 
+async def follow_parts(port: int, name: str) -> int:
+    """A blocking LL-HLS player of the video rendition: fetches each part as it completes."""
+    playlist = (await http_get(port, f"/{name}/video.m3u8")).decode()
+    parts = 0
+    while True:
+        hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(v-seg\d+\.\d+\.m4s)"', playlist)
+        if hint is None:
+            return parts
+        try:
+            await http_get(port, f"/{name}/{hint[1]}")
+            msn, idx = map(int, re.match(r"v-seg(\d+)\.(\d+)", hint[1]).groups())
+            playlist = (await http_get(port, f"/{name}/video.m3u8?_HLS_msn={msn}&_HLS_part={idx}")).decode()
+        except RuntimeError:
+            return parts
+        parts += 1
+
+
+async def split_run(source: Path, tmp: Path) -> dict:
+    """Origin (`rtmpq up`: ingest + relay) and edge in their own processes; CPU of each."""
+    rtmp, moq, http, edge_http = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    rtmpq = [sys.executable, "-m", "rtmpq", "--log-level", "WARNING"]
+    origin = subprocess.Popen([*rtmpq, "up", "--rtmp", f"127.0.0.1:{rtmp}", "--moq", f"127.0.0.1:{moq}",
+                               "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp / "origin")])
+    edge = subprocess.Popen([*rtmpq, "edge", "--upstream", f"moqt://127.0.0.1:{moq}", "--insecure",
+                             "--http", f"127.0.0.1:{edge_http}"])
+    try:
+        await asyncio.sleep(2.0)  # both start, the edge connects to the relay
+        cpu0 = {p.pid: cpu_seconds(p.pid) for p in (origin, edge)}
+        publisher = await asyncio.create_subprocess_exec(
+            "ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
+            f"rtmp://127.0.0.1:{rtmp}/live/split")
+        await asyncio.sleep(1.0)  # live before the player asks (the edge subscribes on the first request)
+        parts = await follow_parts(edge_http, "live/split")
+        await publisher.wait()
+        cpu = {p.pid: cpu_seconds(p.pid) - cpu0[p.pid] for p in (origin, edge)}
+    finally:
+        for p in (edge, origin):
+            p.terminate()
+            p.wait(timeout=10)
+    return {"parts": parts, "edge_cores_per_broadcast": round(cpu[edge.pid] / SECONDS, 3),
+            "origin_cores_per_broadcast": round(cpu[origin.pid] / SECONDS, 3)}
+
+
 NGINX_CONF = """
 load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
 daemon off; master_process off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
@@ -199,6 +250,13 @@ def test_rtmpq_ll_hls_part_latency(benchmark, source_file, tmp_path):
     RESULTS["rtmpq LL-HLS (parts of 0.3 s)"] = stats
 
 
+def test_edge_cpu_apart_from_ingest(benchmark, source_file, tmp_path):
+    stats = benchmark.pedantic(lambda: asyncio.run(split_run(source_file, tmp_path)), rounds=1, iterations=1)
+    assert stats["parts"] > 0
+    benchmark.extra_info.update(stats)
+    RESULTS["split"] = stats
+
+
 def test_nginx_rtmp_hls_segment_latency(benchmark, source_file, tmp_path):
     if not shutil.which("nginx") or not Path("/usr/lib/nginx/modules/ngx_rtmp_module.so").exists():
         pytest.fail("nginx with libnginx-mod-rtmp is not installed (apt-get install nginx libnginx-mod-rtmp)")
@@ -211,6 +269,10 @@ def teardown_module(module):
     if "rtmpq LL-HLS (parts of 0.3 s)" in RESULTS:
         print("\nrtmpq process CPU per broadcast (ingest + edge + client):",
               RESULTS["rtmpq LL-HLS (parts of 0.3 s)"]["cpu_per_broadcast"], "cores")
+    split = RESULTS.pop("split", None)
+    if split is not None:
+        print(f"edge process alone: {split['edge_cores_per_broadcast']} cores per broadcast; origin (ingest + relay "
+              f"serving the edge): {split['origin_cores_per_broadcast']} ({split['parts']} parts fetched)")
     print("\n\nserver                          frames  p50 ms  p99 ms  est. p50 ms  est. p99 ms")
     for name, s in RESULTS.items():
         print(f"{name:30}  {s['frames']:6}  {s.get('p50_ms', float('nan')):6.0f}  {s.get('p99_ms', float('nan')):6.0f}"

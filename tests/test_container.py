@@ -31,6 +31,8 @@ async def test_the_node_image_runs_rtmpq_up(tmp_path):
     rc, container = await run_process([*BUILDAH, "from", IMAGE])
     assert rc == 0, container
     container = container.strip().splitlines()[-1]
+    rc, uid = await run_process([*BUILDAH, "run", "--isolation", "chroot", container, "--", "id", "-u"])
+    assert rc == 0 and uid.strip() != "0", uid  # the node runs unprivileged
     rtmp, moq, http = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     node = await asyncio.create_subprocess_exec(
         *BUILDAH, "run", "--isolation", "chroot", container, "--", "rtmpq", "up", "--rtmp", f"127.0.0.1:{rtmp}",
