@@ -243,6 +243,23 @@ async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstrea
             result = await asyncio.wait_for(fetch_track(conn, "live/chain", "video", (0, 0), (0, 0)), 10)
             with pytest.raises(FetchError, match="no such track"):  # A's refusal, passed on
                 await asyncio.wait_for(fetch_track(conn, "live/chain", "subtitles", (0, 0), (0, 0)), 10)
+            # B passes on at most MAX_FETCHES_PASSED_ON of one subscriber's fetches at a time
+            from rtmpq.moq import events as ev
+            from rtmpq.moq.relay import MAX_FETCHES_PASSED_ON
+
+            queue: asyncio.Queue = asyncio.Queue()
+            conn.handler = lambda _c, e: queue.put_nowait(e)
+            rids = {conn.session.fetch(("live", "chain"), "video", (0, 0), (0, 0)) for _ in range(MAX_FETCHES_PASSED_ON + 1)}
+            conn.flush()
+            outcome = {}
+            while len(outcome) < len(rids):
+                e = await asyncio.wait_for(queue.get(), 10)
+                if isinstance(e, ev.RequestFailed):
+                    outcome[e.request_id] = e.reason
+                elif isinstance(e, ev.FetchEnded) and e.code is None:
+                    outcome[e.request_id] = "ended"
+            assert sorted(outcome.values()).count("ended") == MAX_FETCHES_PASSED_ON
+            assert sum("too many fetches" in r for r in outcome.values()) == 1
     finally:
         await link.close()
         relay_b.stop()

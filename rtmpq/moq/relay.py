@@ -55,6 +55,8 @@ LATE_STREAM_GRACE = 2.0
 NEW_TRACK_WAIT = 3.0
 # At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
 MAX_WAITING_SUBSCRIBES = 256
+# FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
+MAX_FETCHES_PASSED_ON = 4
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -415,6 +417,9 @@ class MoqRelay:
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
+        if conn.total_queued_bytes() > self.send_budget:
+            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later")
+            return
         if event.fetch_type == FETCH_STANDALONE:
             fanout = self._fanout(event.namespace, event.track_name)
             if fanout is None:
@@ -436,9 +441,6 @@ class MoqRelay:
             fanout, label = s.fanout, s.label
             first = max(s.largest[0] - event.joining_start, 0) if event.fetch_type == FETCH_RELATIVE_JOINING else event.joining_start
             start, end = (first, 0), (s.largest[0], s.largest[1] + 1)
-        if conn.total_queued_bytes() > self.send_budget:
-            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later")
-            return
         try:
             plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
         except FetchRangeError as exc:
@@ -468,6 +470,10 @@ class MoqRelay:
         publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
         if publisher is None:
             conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+            return
+        if sum(p.conn is conn for p in self._fetch_proxies.values()) >= MAX_FETCHES_PASSED_ON:
+            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR,
+                                       "too many fetches in progress upstream, retry later")
             return
         rid = publisher.session.fetch(event.namespace, event.track_name, event.start, event.end,
                                       descending=event.descending)
