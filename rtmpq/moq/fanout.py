@@ -143,11 +143,17 @@ class TrackFanout:
         for group in self.cache.groups_from(latest.group_id):
             if now - group.started > sub.delivery_timeout:
                 continue  # already past this subscriber's budget: never start it (a reset would follow)
-            for obj in group.objects:
-                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
-            if group.complete:
-                sub.end_group(group.group_id)
+            self._replay(sub, group)
         sub.check(now)
+
+    @staticmethod
+    def _replay(sub: TrackSubscription, group, from_object: int = 0) -> None:
+        """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), and its end."""
+        for obj in group.objects:
+            if obj.object_id >= from_object:
+                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
+        if group.complete:
+            sub.end_group(group.group_id)
 
     def extend_back(self, sub: TrackSubscription, group_id: int, from_object: int, now: float) -> None:
         """Also deliver ``group_id`` from object ``from_object`` on (cached objects at once): a
@@ -155,14 +161,9 @@ class TrackFanout:
         if sub.start_group is None or group_id >= sub.start_group or group_id in sub.dropped:
             return
         sub.start_group, sub.start_object = group_id, from_object
-        for group in self.cache.groups_from(group_id):
-            if group.group_id != group_id:
-                break
-            for obj in group.objects:
-                if obj.object_id >= from_object:
-                    sub.deliver(group_id, obj.object_id, obj.payload, obj.extensions, group.started)
-            if group.complete:
-                sub.end_group(group_id)
+        group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
+        if group is not None:
+            self._replay(sub, group, from_object)
         sub.check(now)
 
     def unsubscribe(self, sub: TrackSubscription) -> None:

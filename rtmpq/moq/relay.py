@@ -116,22 +116,23 @@ class _ConnectionSink:
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
-                 sub: TrackSubscription, sink: _ConnectionSink, filter_type: int | None = None,
-                 largest: tuple[int, int] | None = None) -> None:
+                 sub: TrackSubscription, sink: _ConnectionSink) -> None:
         self.conn = conn
         self.request_id = request_id
         self.fanout = fanout
         self.label = label
         self.sub = sub
         self.sink = sink
-        self.filter_type = filter_type
-        self.largest = largest  # the Largest Location told in SUBSCRIBE_OK (joining fetches end there)
+        # for a SUBSCRIBE (not a PUBLISH of ours): its filter, and the Largest Location told in
+        # SUBSCRIBE_OK, where a joining FETCH ends
+        self.filter_type: int | None = None
+        self.largest: tuple[int, int] | None = None
 
 
 class _BroadcastSource:
     """Reads one in-process broadcast into per-track fan-outs."""
 
-    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks=None) -> None:
+    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
         self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
         self.ended = False
@@ -152,7 +153,7 @@ class _BroadcastSource:
         new = [info.name for info in catalog.tracks if info.name not in self.fanouts]
         for name in new:
             self.fanouts[name] = TrackFanout()
-        if new and self.waiting and self._on_new_tracks is not None:
+        if new and self.waiting:
             self._on_new_tracks(self)
         group = self._catalog_groups
         self._catalog_groups += 1
@@ -226,6 +227,11 @@ class _FetchProxy:
             self.conn.session.reset_fetch_stream(self.stream_id, StreamResetCode.INTERNAL_ERROR)
         self.conn.session.request_error(self.request_id, code, reason)
         self.conn.flush()
+
+    def cancel_upstream(self) -> None:
+        if not self.upstream.session.closed:
+            self.upstream.session.fetch_cancel(self.upstream_request_id)
+            self.upstream.flush()
 
 
 class MoqRelay:
@@ -516,9 +522,7 @@ class MoqRelay:
                 del self._fetch_proxies[key]
                 if p.stream_id is not None:
                     conn.session.reset_fetch_stream(p.stream_id, StreamResetCode.CANCELLED)
-                if not p.upstream.session.closed:
-                    p.upstream.session.fetch_cancel(p.upstream_request_id)
-                    p.upstream.flush()
+                p.cancel_upstream()
         entry = self._fetch_streams.pop((id(conn), event.request_id), None)
         if entry is not None and conn.queued_bytes(entry[1]):
             conn.session.reset_fetch_stream(entry[1], StreamResetCode.CANCELLED)
@@ -677,9 +681,7 @@ class MoqRelay:
                 p.fail(RequestError.INTERNAL_ERROR, "the upstream session closed")
             elif p.conn is conn:
                 del self._fetch_proxies[key]
-                if not p.upstream.session.closed:
-                    p.upstream.session.fetch_cancel(p.upstream_request_id)
-                    p.upstream.flush()
+                p.cancel_upstream()
         for ns, (owner, _) in list(self._published.items()):
             if owner is conn:
                 del self._published[ns]
