@@ -53,14 +53,15 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
     last = (end[0], LARGEST_VARINT) if end[1] == 0 else (end[0], end[1] - 1)  # inclusive
     if last < start:
         raise FetchRangeError(f"end {end} is before start {start}")
-    groups = [g for g in cache.groups() if start[0] <= g.group_id <= last[0]]
+    cached = cache.groups()
+    groups = [g for g in cached if start[0] <= g.group_id <= last[0]]
     end_location = end
     if last >= largest:  # the range reaches past what has been published: it ends at the largest
         last = largest
         end_location = (largest[0], largest[1] + 1)
 
     blocks: list[list] = []  # per group: items in ascending object order
-    oldest = next(iter(cache.groups())).group_id
+    oldest = cached[0].group_id
     if start[0] < oldest:  # older than anything cached
         blocks.append([UnknownUntil(min(last, (oldest - 1, LARGEST_VARINT)))])
     for group in groups:
@@ -75,6 +76,7 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
         blocks = [b for b in reversed(blocks) if not isinstance(b[0], UnknownUntil)]
     items: list = []
     size = 0
+    last_sent: Location | None = None
     for item in (item for block in blocks for item in block):
         if isinstance(item, UnknownUntil):
             if items and isinstance(items[-1], UnknownUntil):
@@ -83,11 +85,11 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
                 items.append(item)
             continue
         group_id, obj = item
-        if size + len(obj.payload) > max_bytes and size:
+        if size + len(obj.payload) > max_bytes and last_sent is not None:
             if not descending:
-                last_group, last_obj = items[-1][0], items[-1][1].object_id
-                end_location = (last_group, last_obj + 1)
+                end_location = (last_sent[0], last_sent[1] + 1)
             break
         size += len(obj.payload)
+        last_sent = (group_id, obj.object_id)
         items.append(item)
     return FetchPlan(end_location, items)
