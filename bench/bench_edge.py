@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from rtmpq.config import IngestConfig
+from rtmpq.config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig
 from rtmpq.media.broadcast import BroadcastEnded, CatalogUpdate
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+from rtmpq.nodes.up import UpNode
 
 SECONDS = 12
 RESULTS = {}
@@ -105,8 +105,8 @@ async def http_get(port: int, path: str) -> bytes:
 
 
 async def rtmpq_run(source: Path, tmp: Path) -> dict:
-    node = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-                  MoqConfig(host="127.0.0.1", port=0, state_dir=tmp), HttpConfig(host="127.0.0.1", port=0))
+    node = UpNode(Config(rtmp=IngestConfig(host="127.0.0.1", port=0), moq=MoqConfig(host="127.0.0.1", port=0, state_dir=tmp),
+                         http=HttpConfig(host="127.0.0.1", port=0), publish=PublishConfig(grace_period=0)))
     await node.start()
     arrivals = {}  # video dts -> ingest arrival (ns)
     cpu0 = time.process_time()  # this process: ingest + edge + the measuring client (ffmpeg is apart)

@@ -1,14 +1,22 @@
-"""The ``rtmpq`` command: one subcommand per node kind, ``up`` runs them all in one process."""
+"""The ``rtmpq`` command: one subcommand per node kind, ``up`` runs them all in one process.
+
+Settings come from flags, the environment (``RTMPQ_<SECTION>_<KEY>``) and ``--config FILE``
+(TOML), in that order of precedence (rtmpq/config.py); ``rtmpq config show`` prints the result.
+"""
 
 import argparse
 import asyncio
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_RTMP_PORT, IngestConfig
+from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError, load_config,
+                     show)
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -30,74 +38,103 @@ def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     return host, value
 
 
-def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rtmp", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_RTMP_PORT),
-                   default=("0.0.0.0", DEFAULT_RTMP_PORT),
-                   help=f"where publishers connect (default 0.0.0.0:{DEFAULT_RTMP_PORT}); "
-                        "OBS/ffmpeg publish to rtmp://HOST:PORT/live/<stream key>")
-    p.add_argument("--record", metavar="DIR", type=Path,
-                   help="record every publish session as DIR/live/<key>-<UTC start>.flv "
-                        "(an exact remux of the received tags)")
+def _common() -> argparse.ArgumentParser:
+    """Flags every command takes, before or after its name."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", metavar="FILE", type=Path, default=argparse.SUPPRESS,
+                   help="TOML settings file (see docs/configuration.md); flags and RTMPQ_<SECTION>_<KEY> "
+                        "environment variables override it")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log verbosity (default INFO)")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = _common()
     parser = argparse.ArgumentParser(
-        prog="rtmpq",
+        prog="rtmpq", parents=[common],
         description="Live video transport: RTMP in, Media over QUIC (draft 16) through relays, LL-HLS out.",
     )
     parser.add_argument("--version", action="version", version=f"rtmpq {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="log verbosity (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run every node in one process (the default deployment)",
+    up = sub.add_parser("up", parents=[common], help="run every node in one process (the default deployment)",
                         description="Run the RTMP ingest, a MoQ relay (QUIC, draft 16) and the LL-HLS edge in one "
-                                    "process. Watch http://HOST:8080/live/<key>/ or subscribe with "
-                                    "rtmpq sub moqt://HOST:4443/live/<key> --insecure")
+                                    "process. Watch http://HOST:8080/live/<name>/ or subscribe with "
+                                    "rtmpq sub moqt://HOST:4443/live/<name> --insecure. Without [publish.keys] or "
+                                    "[auth] secret in --config the node is open: the stream key is the public name.")
     _add_ingest_arguments(up)
     _add_moq_server_arguments(up)
     _add_http_arguments(up)
 
-    sub_cmd = sub.add_parser("sub", help="subscribe to a broadcast over MoQ and print its objects",
-                             description="Subscribe to moqt://HOST:PORT/live/<key>: prints one JSON line per "
-                                         "object with --json, and a summary. Exit status 1 when nothing came.")
-    sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<key>")
+    sub_cmd = sub.add_parser("sub", parents=[common], help="subscribe to a broadcast over MoQ and print its objects",
+                             description="Subscribe to moqt://HOST:PORT/live/<name>: prints one JSON line per "
+                                         "object with --json, and a summary. Waits for a broadcast that is not "
+                                         "live yet (--wait); follows its publisher's reconnects. Exit status 1 "
+                                         "when nothing came or the server cannot be reached.")
+    sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<name>")
     sub_cmd.add_argument("--frames", type=int, help="stop after this many media objects")
     sub_cmd.add_argument("--seconds", type=float, help="stop after this many seconds")
     sub_cmd.add_argument("--json", action="store_true", help="one JSON line per object")
-    _add_backend_argument(sub_cmd)
-    sub_cmd.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
-    sub_cmd.add_argument("--cafile", help="verify the server certificate against this CA file")
-    sub_cmd.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex)")
     sub_cmd.add_argument("--delivery-timeout", type=float, metavar="S",
                          help="latency budget: the relay drops groups older than this (seconds)")
+    sub_cmd.add_argument("--wait", type=float, metavar="S",
+                         help="how long to wait for a broadcast that is not live yet (default 30)")
+    sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one")
+    _add_client_tls_arguments(sub_cmd)
 
-    ingest = sub.add_parser("ingest", help="accept RTMP publishers",
+    ingest = sub.add_parser("ingest", parents=[common], help="accept RTMP publishers",
                             description="Accept RTMP publishes (OBS, ffmpeg, GStreamer) as broadcasts; with "
                                         "--upstream, publish them into a remote MoQ relay.")
     _add_ingest_arguments(ingest)
     ingest.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay to publish into")
     _add_client_tls_arguments(ingest)
 
-    relay = sub.add_parser("relay", help="a MoQ relay (fan-out with a group cache), chainable",
+    relay = sub.add_parser("relay", parents=[common], help="a MoQ relay (fan-out with a group cache), chainable",
                            description="Serve MoQ subscribers; tracks come from publishers that announce to "
                                        "this relay, or, with --upstream, from the relay above (on demand).")
     _add_moq_server_arguments(relay)
     relay.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay above")
     _add_client_tls_arguments(relay)
 
-    edge = sub.add_parser("edge", help="LL-HLS over HTTP, fed over MoQ",
-                          description="Serve http://HOST:PORT/live/<key>/index.m3u8, subscribing to the "
-                                      "broadcast upstream when a player first asks for it.")
-    edge.add_argument("--upstream", metavar="URL", required=True, help="moqt://HOST:PORT of a relay")
+    edge = sub.add_parser("edge", parents=[common], help="LL-HLS over HTTP, fed over MoQ",
+                          description="Serve http://HOST:PORT/live/<name>/index.m3u8, subscribing to the "
+                                      "broadcast upstream when a player first asks for it; rides through its "
+                                      "upstream's restarts.")
+    edge.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of a relay (or [upstream] url)")
     _add_http_arguments(edge)
     _add_client_tls_arguments(edge)
+
+    token = sub.add_parser("token", parents=[common], help="mint a JWT for publishers, viewers or nodes",
+                           description="Print a signed token (JWT, HS256) with the [auth] secret of --config "
+                                       "(or --secret / RTMPQ_AUTH_SECRET). Publishers use it as the stream key "
+                                       "(or ?token= after it), viewers as ?token= on playlists or with "
+                                       "rtmpq sub --token, nodes as [auth] node_token.")
+    token.add_argument("--act", choices=["publish", "subscribe", "relay"], required=True,
+                       help="what it allows: publish a name, watch it, or act as a node (relay: everything)")
+    token.add_argument("--sub", default="", metavar="PATH",
+                       help="the path it covers: live/studio (one broadcast), live (an app); empty: all")
+    token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
+    token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
+
+    config = sub.add_parser("config", parents=[common], help="print the effective configuration",
+                            description="Print the configuration that --config, the environment and the "
+                                        "defaults make, as TOML, with secrets masked.")
+    config.add_argument("action", choices=["show"])
     return parser
 
 
+def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rtmp", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_RTMP_PORT),
+                   help=f"where publishers connect (default 0.0.0.0:{DEFAULT_RTMP_PORT}); "
+                        "OBS/ffmpeg publish to rtmp://HOST:PORT/live/<stream key>")
+    p.add_argument("--record", metavar="DIR", type=Path,
+                   help="record every publish session as DIR/live/<name>-<UTC start>.flv "
+                        "(an exact remux of the received tags)")
+
+
 def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--moq", metavar="HOST:PORT", type=lambda t: host_port(t, 4443), default=("0.0.0.0", 4443),
-                   help="UDP address of the MoQ (QUIC) listener (default 0.0.0.0:4443)")
+    p.add_argument("--moq", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_MOQ_PORT),
+                   help=f"UDP address of the MoQ (QUIC) listener (default 0.0.0.0:{DEFAULT_MOQ_PORT})")
     p.add_argument("--cert", type=Path, help="TLS certificate (PEM); default: self-signed, made on first start")
     p.add_argument("--key", type=Path, help="TLS private key (PEM) for --cert")
     p.add_argument("--state-dir", type=Path, help="where the self-signed certificate is kept "
@@ -108,54 +145,55 @@ def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
 def _add_backend_argument(p: argparse.ArgumentParser) -> None:
     if "--quic-backend" in p._option_string_actions:  # a node that both serves and dials QUIC
         return
-    p.add_argument("--quic-backend", choices=["aioquic", "aiopquic"], default="aioquic",
+    p.add_argument("--quic-backend", choices=["aioquic", "aiopquic"],
                    help="QUIC library: aioquic (pure Python, default) or aiopquic (picoquic, faster)")
 
 
 def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
     _add_backend_argument(p)
-    p.add_argument("--insecure", action="store_true", help="do not verify the upstream's certificate")
-    p.add_argument("--cafile", help="verify the upstream's certificate against this CA file")
+    p.add_argument("--insecure", action="store_true", default=None, help="do not verify the upstream's certificate")
+    p.add_argument("--cafile", type=Path, help="verify the upstream's certificate against this CA file")
     p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream")
 
 
-def _client_tls(args) -> dict:
-    return {"insecure": args.insecure, "cafile": args.cafile, "fingerprint": args.fingerprint,
-            "backend": args.quic_backend}
-
-
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, 8080), default=("0.0.0.0", 8080),
-                   help="LL-HLS edge: players open http://HOST:PORT/live/<key>/index.m3u8 (default 0.0.0.0:8080)")
-    p.add_argument("--static", type=Path, default=Path("var/static"),
+    p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
+                   help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8 "
+                        f"(default 0.0.0.0:{DEFAULT_HTTP_PORT})")
+    p.add_argument("--static", type=Path,
                    help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
 
 
-def _http_config(args):
-    from .nodes.up import HttpConfig
+def _overrides(args) -> dict[tuple[str, str], object]:
+    """Flags given on the command line, as (section, key) -> value (absent flags are None)."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    out: dict[tuple[str, str], object] = {}
+    for flag, section in (("rtmp", "rtmp"), ("moq", "moq"), ("http", "http")):
+        if get(flag) is not None:
+            out[(section, "host")], out[(section, "port")] = get(flag)
+    out[("rtmp", "record_dir")] = get("record")
+    out[("moq", "certfile")] = get("cert")
+    out[("moq", "keyfile")] = get("key")
+    out[("moq", "state_dir")] = get("state_dir")
+    out[("http", "static_dir")] = get("static")
+    out[("upstream", "url")] = get("upstream") or (get("url") if args.command == "sub" else None)
+    out[("upstream", "insecure")] = get("insecure")
+    out[("upstream", "cafile")] = get("cafile")
+    out[("upstream", "fingerprint")] = get("fingerprint")
+    out[("upstream", "wait")] = get("wait")
+    if get("quic_backend") is not None:
+        out[("moq", "backend")] = out[("upstream", "backend")] = get("quic_backend")
+    if args.command == "token":
+        out[("auth", "secret")] = get("secret")
+    return out
 
-    host, port = args.http
-    return HttpConfig(host=host, port=port, static_dir=args.static)
+
+def _default_static_dir(config: Config) -> None:
+    if config.http.static_dir is None:
+        config.http.static_dir = Path("var/static")
 
 
-def _moq_config(args):
-    from .nodes.up import MoqConfig
-
-    host, port = args.moq
-    config = MoqConfig(host=host, port=port, certfile=args.cert, keyfile=args.key, backend=args.quic_backend)
-    if args.state_dir:
-        config.state_dir = args.state_dir
-    return config
-
-
-def _ingest_config(args) -> IngestConfig:
-    host, port = args.rtmp
-    return IngestConfig(rtmp_host=host, rtmp_port=port, record_dir=args.record)
-
-
-async def _run(args) -> None:
-    from .nodes.ingest import run_ingest
-
+async def _run(args, config: Config) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -163,34 +201,56 @@ async def _run(args) -> None:
     if args.command == "up":
         from .nodes.up import run_up
 
-        await run_up(_ingest_config(args), _moq_config(args), _http_config(args), stop)
+        await run_up(config, stop)
     elif args.command == "ingest":
-        if args.upstream:
-            from .nodes.nodes import run_ingest_upstream
+        from .nodes.nodes import run_ingest_node
 
-            await run_ingest_upstream(_ingest_config(args), args.upstream, _client_tls(args), stop)
-        else:
-            await run_ingest(_ingest_config(args), stop=stop)
+        await run_ingest_node(config, stop)
     elif args.command == "relay":
         from .nodes.nodes import run_relay
 
-        await run_relay(_moq_config(args), args.upstream, _client_tls(args), stop)
+        await run_relay(config, stop)
     elif args.command == "edge":
         from .nodes.nodes import run_edge
 
-        await run_edge(_http_config(args), args.upstream, _client_tls(args), stop)
+        if not config.upstream.url:
+            raise ConfigError("rtmpq edge needs --upstream moqt://HOST:PORT (or [upstream] url)")
+        await run_edge(config, stop)
     elif args.command == "sub":
         from .nodes.sub import run_sub
 
-        return await run_sub(args, stop)
+        return await run_sub(args, config, stop)
+    return 0
+
+
+def _token(args, config: Config) -> int:
+    from .auth.tokens import mint_token
+
+    if not config.auth.secret:
+        print("rtmpq token: no secret: give --secret, RTMPQ_AUTH_SECRET or [auth] secret in --config",
+              file=sys.stderr)
+        return 2
+    print(mint_token(config.auth.secret, args.sub.strip("/"), args.act, args.ttl, now=time.time()))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(_run(args)) or 0
+        config = load_config(getattr(args, "config", None), overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"rtmpq: {exc}", file=sys.stderr)
+        return 2
+    _default_static_dir(config)
+    if args.command == "config":
+        print(show(config), end="")
+        return 0
+    if args.command == "token":
+        return _token(args, config)
+    try:
+        return asyncio.run(_run(args, config)) or 0
     except (OSError, ValueError) as exc:
         print(f"rtmpq: {exc}", file=sys.stderr)
         return 1

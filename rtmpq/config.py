@@ -1,19 +1,328 @@
-"""One dataclass per node, with documented defaults. The CLI and the environment build them."""
+"""Every node's settings: one dataclass per section of the config file, composed into ``Config``.
 
-from dataclasses import dataclass, field
+Where a value comes from, highest first: a command-line flag, the environment
+(``RTMPQ_<SECTION>_<KEY>``, e.g. ``RTMPQ_AUTH_SECRET``), the TOML file given with ``--config``,
+the default written here. A key this module does not know, in the file or the environment, is an
+error that names it; so is a value of the wrong type.
+
+    [rtmp]      the RTMP listener (ingest)
+    [moq]       the MoQ (QUIC) listener
+    [http]      the LL-HLS / HTTP listener
+    [publish]   who may publish what: secret keys -> public names; publisher lifecycle
+    [auth]      tokens (JWT, HS256): the shared secret, whether viewers need one, this node's own
+    [upstream]  how this node reaches the node above it (relay, edge, ingest --upstream, sub)
+    [node]      the process: graceful stop
+"""
+
+import difflib
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .errors import RtmpqError
 from .rtmp.session import SessionLimits
 
 DEFAULT_RTMP_PORT = 1935
+DEFAULT_MOQ_PORT = 4443
+DEFAULT_HTTP_PORT = 8080
 # Connections the RTMP listener accepts at once; more are refused at accept time.
 MAX_RTMP_CONNECTIONS = 512
+# A publisher that sends no media for this long (a frozen encoder, a dead link that TCP has not
+# noticed) is closed and its name freed (seconds).
+PUBLISH_IDLE_TIMEOUT = 10.0
+# A broadcast whose publisher left is kept this long for a publisher to come back under the same
+# name: viewers keep their playlists and subscriptions, group ids go on (seconds).
+PUBLISH_GRACE_PERIOD = 30.0
+# How long a subscriber (rtmpq sub, an edge) waits for a broadcast that is not live yet (seconds).
+SUBSCRIBE_WAIT = 30.0
+# After SIGTERM, the node exits within this many seconds whatever its peers do.
+STOP_TIMEOUT = 5.0
+
+
+_PUBLIC_NAME = re.compile(r"([A-Za-z0-9_.~-]{1,64}/)?[A-Za-z0-9_.~-]{1,128}")
+
+
+class ConfigError(RtmpqError, ValueError):
+    """A bad config file, environment variable or flag; the message names the key."""
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".local" / "state" / "rtmpq"
 
 
 @dataclass
 class IngestConfig:
-    rtmp_host: str = "0.0.0.0"
-    rtmp_port: int = DEFAULT_RTMP_PORT
+    """[rtmp]: the RTMP listener."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_RTMP_PORT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
     limits: SessionLimits = field(default_factory=SessionLimits)
+
+
+@dataclass
+class MoqConfig:
+    """[moq]: the MoQ (QUIC, draft 16) listener."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_MOQ_PORT
+    certfile: Path | None = None  # both None: a self-signed pair is made in state_dir/tls
+    keyfile: Path | None = None
+    state_dir: Path = field(default_factory=default_state_dir)
+    backend: str = "aioquic"  # QUIC library: "aioquic" or "aiopquic"
+
+
+@dataclass
+class HttpConfig:
+    """[http]: the HTTP listener (LL-HLS)."""
+
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_HTTP_PORT
+    static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
+
+
+@dataclass
+class PublishConfig:
+    """[publish]: stream keys and the publisher lifecycle.
+
+    ``keys`` maps secret stream keys to public names: ``"sk-1f9c2a" = "studio"`` makes a publish
+    to ``rtmp://HOST/live/sk-1f9c2a`` play at ``live/studio`` (a name with a ``/`` is taken whole).
+    With [auth] secret set, a JWT with ``act=publish`` is accepted as the key too (or as
+    ``?token=`` after it), its ``sub`` naming the broadcast. With neither, the node is open: any
+    key publishes, and the key is the public name.
+    """
+
+    keys: dict[str, str] = field(default_factory=dict)
+    idle_timeout: float = PUBLISH_IDLE_TIMEOUT
+    grace_period: float = PUBLISH_GRACE_PERIOD
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass
+class AuthConfig:
+    """[auth]: JWTs (HS256) for publishers, viewers and nodes."""
+
+    secret: str = ""  # shared secret that signs and checks every token; empty: no tokens accepted
+    require_playback_token: bool = False  # viewers (HLS, MoQ) need a token with act=subscribe
+    node_token: str = ""  # presented to the upstream node (act=relay); minted from secret if empty
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret)
+
+
+@dataclass
+class UpstreamConfig:
+    """[upstream]: how this node dials the node above it."""
+
+    url: str = ""  # moqt://HOST:PORT
+    insecure: bool = False
+    cafile: Path | None = None
+    fingerprint: str = ""
+    backend: str = "aioquic"
+    wait: float = SUBSCRIBE_WAIT  # for a broadcast that is not live yet
+
+
+@dataclass
+class NodeConfig:
+    """[node]: the process."""
+
+    stop_timeout: float = STOP_TIMEOUT
+
+
+@dataclass
+class Config:
+    rtmp: IngestConfig = field(default_factory=IngestConfig)
+    moq: MoqConfig = field(default_factory=MoqConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+
+
+# Keys whose values are secrets: masked by ``show``.
+SECRET_KEYS = {("auth", "secret"), ("auth", "node_token")}
+# Settings that are not read from a file or the environment (built in code).
+_INTERNAL = {("rtmp", "limits")}
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type for f in fields(Config)}
+
+
+def _keys(section_type: type) -> dict[str, typing.Any]:
+    hints = typing.get_type_hints(section_type)
+    return {f.name: hints[f.name] for f in fields(section_type)}
+
+
+def _coerce(where: str, kind, value, *, from_text: bool):
+    """``value`` (from TOML, or a string from the environment) as a ``kind``."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        inner = [a for a in typing.get_args(kind) if a is not type(None)]
+        if value is None or (from_text and value == ""):
+            return None
+        return _coerce(where, inner[0], value, from_text=from_text)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if from_text and str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_text and str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError("expected a number")
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError("expected a string")
+            return value
+        if kind is Path:
+            if isinstance(value, Path):
+                return value
+            if not isinstance(value, str):
+                raise ValueError("expected a path")
+            return Path(value).expanduser()
+        if typing.get_origin(kind) is dict:
+            if from_text:  # RTMPQ_PUBLISH_KEYS="key1=name1,key2=name2"
+                value = dict(item.split("=", 1) for item in str(value).split(",") if item)
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ValueError("expected a table of strings")
+            return dict(value)
+    except ValueError as exc:
+        shown = "" if _secret(where) else f" (got {value!r})"
+        raise ConfigError(f"{where}: {exc}{shown}") from None
+    raise ConfigError(f"{where}: unsupported setting type {kind}")
+
+
+def _secret(where: str) -> bool:
+    section, _, key = where.partition(".")
+    return (section, key.split(" ")[0]) in SECRET_KEYS or section == "publish" and key.startswith("keys")
+
+
+def _unknown(what: str, name: str, known) -> ConfigError:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown {what} {name!r}{hint}")
+
+
+def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None = None,
+                overrides: Mapping[tuple[str, str], typing.Any] | None = None) -> Config:
+    """The effective configuration: ``overrides`` (from flags) > ``env`` > the file > defaults."""
+    config = Config()
+    sections = _sections()
+    values: dict[tuple[str, str], tuple[typing.Any, bool]] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for section, table in doc.items():
+            if section not in sections:
+                raise _unknown("config section", f"[{section}]", [f"[{s}]" for s in sections])
+            if not isinstance(table, dict):
+                raise ConfigError(f"{section}: expected a [{section}] table")
+            known = _keys(sections[section])
+            for key, value in table.items():
+                if key not in known or (section, key) in _INTERNAL:
+                    raise _unknown(f"key in [{section}]", key, known)
+                values[(section, key)] = (value, False)
+    prefix = "RTMPQ_"
+    for name, value in (os.environ if env is None else env).items():
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix):].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # RTMPQ_PUREPYTHON and friends belong to other parts
+        key = rest[len(section) + 1:]
+        known = _keys(sections[section])
+        if key not in known or (section, key) in _INTERNAL:
+            raise _unknown("environment variable", name, [f"RTMPQ_{section.upper()}_{k.upper()}" for k in known])
+        values[(section, key)] = (value, True)
+    for (section, key), value in (overrides or {}).items():
+        if value is not None:
+            values[(section, key)] = (value, False)
+    for (section, key), (value, from_text) in values.items():
+        kind = _keys(sections[section])[key]
+        setattr(getattr(config, section), key, _coerce(f"{section}.{key}", kind, value, from_text=from_text))
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    for section, port in (("rtmp", config.rtmp.port), ("moq", config.moq.port), ("http", config.http.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"{section}.port: {port} is not a port number")
+    for name in ("backend",):
+        for section in (config.moq, config.upstream):
+            if getattr(section, name) not in ("aioquic", "aiopquic"):
+                raise ConfigError(f"{'moq' if section is config.moq else 'upstream'}.backend: "
+                                  f"expected aioquic or aiopquic (got {getattr(section, name)!r})")
+    for key, name in config.publish.keys.items():
+        if not key or not _PUBLIC_NAME.fullmatch(name):
+            raise ConfigError(f"publish.keys: {name!r} is not a public name ('name' or 'app/name', "
+                              "letters, digits and _.~-)")
+    for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
+                         ("publish.grace_period", config.publish.grace_period),
+                         ("node.stop_timeout", config.node.stop_timeout)):
+        if value < 0:
+            raise ConfigError(f"{where}: must not be negative")
+    if config.auth.require_playback_token and not config.auth.secret:
+        raise ConfigError("auth.require_playback_token needs auth.secret")
+
+
+def show(config: Config) -> str:
+    """The configuration as TOML, secrets masked (``rtmpq config show``)."""
+    lines: list[str] = []
+    for section in _sections():
+        obj = getattr(config, section)
+        lines.append(f"[{section}]")
+        tables = []
+        for key in _keys(type(obj)):
+            if (section, key) in _INTERNAL:
+                continue
+            value = getattr(obj, key)
+            if isinstance(value, dict):
+                tables.append((key, value))
+                continue
+            if value is None:
+                lines.append(f"# {key} is not set")
+                continue
+            if (section, key) in SECRET_KEYS and value:
+                value = "********"
+            lines.append(f"{key} = {_toml_value(value)}")
+        for key, table in tables:
+            lines.append(f"[{section}.{key}]")
+            for i, name in enumerate(table.values()):  # the keys are secrets
+                lines.append(f'"********{i}" = {_toml_value(name)}')
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'

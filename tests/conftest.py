@@ -1,11 +1,12 @@
+import asyncio
 import shutil
 import socket
 
 import pytest
 
 from rtmpq import codec
-from rtmpq.config import IngestConfig
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+from rtmpq.config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig
+from rtmpq.nodes.up import UpNode
 
 
 def pytest_report_header(config):
@@ -27,11 +28,36 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-async def start_up_node(tmp_path, backend: str = "aioquic") -> UpNode:
+async def wait_tcp(port: int, host: str = "127.0.0.1", deadline: float = 20.0) -> None:
+    """Wait until something listens on a TCP port (a node started as a process)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            return
+        except OSError:
+            if loop.time() > end:
+                raise
+            await asyncio.sleep(0.1)
+
+
+def local_config(tmp_path, backend: str = "aioquic", *, grace_period: float = 0.0, **sections) -> Config:
+    """`rtmpq up`'s settings with every listener on a free loopback port. Broadcasts end when
+    their publisher leaves (grace 0) unless a test is about publishers that come back."""
+    config = Config(rtmp=IngestConfig(host="127.0.0.1", port=0),
+                    moq=MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=backend),
+                    http=HttpConfig(host="127.0.0.1", port=0),
+                    publish=PublishConfig(grace_period=grace_period))
+    for name, value in sections.items():
+        setattr(config, name, value)
+    return config
+
+
+async def start_up_node(tmp_path, backend: str = "aioquic", **settings) -> UpNode:
     """`rtmpq up` in this process, every listener on a free loopback port."""
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=backend),
-               HttpConfig(host="127.0.0.1", port=0))
+    n = UpNode(local_config(tmp_path, backend, **settings))
     await n.start()
     return n
 

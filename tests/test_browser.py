@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 import websockets
 
-from rtmpq.config import IngestConfig
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
+from rtmpq.nodes.up import UpNode
 
-from .conftest import need
+from .conftest import local_config, need
 from .publishers import ffmpeg_publish_args, run_process
 
 STATIC = Path(__file__).resolve().parent.parent / "var" / "static"
@@ -24,9 +23,9 @@ STATIC = Path(__file__).resolve().parent.parent / "var" / "static"
 async def node(tmp_path):
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"),
-               HttpConfig(host="127.0.0.1", port=0, static_dir=STATIC))
+    config = local_config(tmp_path)
+    config.http.static_dir = STATIC
+    n = UpNode(config)
     await n.start()
     yield n
     await n.close()

@@ -9,12 +9,12 @@ import asyncio
 import pytest
 
 from rtmpq.codec import amf0_encode
-from rtmpq.config import IngestConfig
+from rtmpq.config import IngestConfig, PublishConfig
 from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.rtmp.chunk_writer import ChunkWriter
 from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
 from rtmpq.rtmp.session import SessionLimits
-from rtmpq.rtmp.server import RtmpServer
+from rtmpq.nodes.ingest import IngestNode
 
 from .conftest import need
 from .publishers import as_packets, collect_broadcast, ffmpeg_publish_args, probe_packets, run_process
@@ -76,7 +76,7 @@ async def send_and_wait_close(port: int, payload: bytes, timeout: float = 10.0) 
 async def ingest(tmp_path):
     registry = BroadcastRegistry()
     limits = SessionLimits(handshake_timeout=1.5)
-    server = RtmpServer(registry, IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0, limits=limits))
+    server = IngestNode(registry, IngestConfig(host="127.0.0.1", port=0, limits=limits), PublishConfig(grace_period=0))
     await server.start()
     yield server
     await server.close()

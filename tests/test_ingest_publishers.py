@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from rtmpq.config import IngestConfig
+from rtmpq.config import IngestConfig, PublishConfig
 from rtmpq.media.broadcast import BroadcastRegistry
-from rtmpq.rtmp.server import RtmpServer
+from rtmpq.nodes.ingest import IngestNode
 
 from .conftest import need
 from .publishers import (
@@ -24,7 +24,7 @@ from .publishers import (
 @pytest.fixture
 async def ingest(tmp_path):
     registry = BroadcastRegistry()
-    server = RtmpServer(registry, IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0, record_dir=tmp_path / "rec"))
+    server = IngestNode(registry, IngestConfig(host="127.0.0.1", port=0, record_dir=tmp_path / "rec"), PublishConfig(grace_period=0))
     await server.start()
     server.port = server.address[1]
     yield server
@@ -64,23 +64,6 @@ async def test_two_ffmpeg_publishers_arrive_frame_exact_and_are_recorded(ingest,
         [recording] = recordings(tmp_path / "rec", key)
         assert probe_packets(str(recording)) == reference
         assert count_decoded_frames(str(recording)) == count_decoded_frames(refs[key])
-
-
-async def test_second_publish_of_a_live_key_is_refused_and_the_first_goes_on(ingest, tmp_path):
-    need("ffmpeg")
-    url = f"rtmp://127.0.0.1:{ingest.port}/live/busy"
-    ref = str(tmp_path / "first.flv")
-    collector = asyncio.create_task(collect_broadcast(ingest.registry, "live/busy"))
-    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=4)))
-    await ingest.registry.wait_for("live/busy", 10)
-    await asyncio.sleep(0.5)
-    rc, output = await run_process(ffmpeg_publish_only_args(url))
-    assert rc != 0
-    assert "already publishing" in output.lower()
-    rc, output = await first
-    assert rc == 0, output
-    _, frames = await collector
-    assert as_packets(frames) == probe_packets(ref)
 
 
 async def test_gstreamer_publisher_with_4096_byte_chunks(ingest, tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rtmpq.config import IngestConfig
+from rtmpq.config import IngestConfig, PublishConfig
 
 from .conftest import start_up_node
 
@@ -67,7 +67,7 @@ async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_pat
     from rtmpq.moq.tls import ensure_self_signed
     from rtmpq.moq.transport import connect_moq
     from rtmpq.nodes.remote import UpstreamLink
-    from rtmpq.rtmp.server import RtmpServer
+    from rtmpq.nodes.ingest import IngestNode
 
     from .conftest import need
     from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
@@ -82,7 +82,7 @@ async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_pat
         relay_bin, "--bind", "127.0.0.1", "--port", str(port), "--quic", "--draft", "16", "--cert", str(cert),
         "--key", str(key), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     registry = BroadcastRegistry()
-    rtmp = RtmpServer(registry, IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0))
+    rtmp = IngestNode(registry, IngestConfig(host="127.0.0.1", port=0), PublishConfig(grace_period=0))
     await rtmp.start()
     ingest = MoqRelay(registry)
     ingest.start()

@@ -9,19 +9,38 @@ import asyncio
 import json
 import socket
 import sys
+import os
+import urllib.error
 import urllib.request
 
-from .conftest import free_port, need
+from .conftest import free_port, need, wait_tcp
 from .publishers import ffmpeg_publish_args, probe_packets, run_process
+
+
+# broadcasts end when their publisher leaves (so players get ENDLIST at once)
+NO_GRACE = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "0"}
 
 
 async def start(*args: str, env=None):
     return await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", "--log-level", "WARNING", *args,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env or NO_GRACE)
 
 
-async def wait_udp_ready(port: int) -> None:
-    await asyncio.sleep(1.5)  # the relays generate their certificate and bind; QUIC has no connect probe
+async def get_when_ready(url: str, deadline: float = 30.0) -> bytes:
+    """GET ``url``, asking again while the server answers 503/404 (not live yet), up to ``deadline`` s."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        try:
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=20).read())
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (404, 503) or loop.time() > end:
+                raise
+        except urllib.error.URLError:  # the edge is not listening yet
+            if loop.time() > end:
+                raise
+        await asyncio.sleep(0.2)
 
 
 async def test_ingest_relay_chain_subscriber_and_edge_as_processes(tmp_path):
@@ -34,15 +53,15 @@ async def test_ingest_relay_chain_subscriber_and_edge_as_processes(tmp_path):
                                  "--upstream", f"moqt://127.0.0.1:{pa}", "--insecure"))
         procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pa}", "--insecure"))
         procs.append(await start("edge", "--http", f"127.0.0.1:{phttp}", "--upstream", f"moqt://127.0.0.1:{pb}", "--insecure"))
-        await wait_udp_ready(pa)
-        ref = str(tmp_path / "ref.flv")
-        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/chain", ref, seconds=5)))
-        await asyncio.sleep(1.0)  # the ingest announces the broadcast to relay A
+        # the subscriber comes first: it waits for the broadcast (and for relay B to be up)
         sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pb}/live/chain",
-                                               "--insecure", "--json", "--seconds", "15"], timeout=30))
+                                               "--insecure", "--json", "--seconds", "20"], timeout=40))
+        ref = str(tmp_path / "ref.flv")
+        await wait_tcp(prtmp)
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/chain", ref, seconds=5)))
         playlist = f"http://127.0.0.1:{phttp}/live/chain/index.m3u8"
         # a first player request makes the edge subscribe (through relay B) while the stream is live
-        first = await asyncio.to_thread(lambda: urllib.request.urlopen(playlist, timeout=20).read())
+        first = await get_when_ready(playlist)
         assert b"#EXT-X-STREAM-INF" in first
         rc, output = await publisher
         assert rc == 0, output

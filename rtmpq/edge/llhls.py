@@ -21,6 +21,10 @@ PART_TARGET = 0.3
 SEGMENT_WINDOW = 6
 # Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
 PART_LISTING_SEGMENTS = 3
+# A group whose first frame is this far (seconds) from the end of the previous one, or before it,
+# starts after a seam (a publisher that reconnected, an origin that restarted): its segment is
+# marked EXT-X-DISCONTINUITY.
+DISCONTINUITY_GAP = 0.5
 
 
 @dataclass(slots=True)
@@ -37,6 +41,7 @@ class Segment:
     parts: list[Part] = field(default_factory=list)
     complete: bool = False
     duration: float = 0.0
+    discontinuity: bool = False  # the timeline jumps before this segment (EXT-X-DISCONTINUITY)
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
@@ -63,6 +68,8 @@ class LlHlsStream:
         self._last_duration: dict[str, int] = {}
         self._fragment_seq = 0
         self._msn = 0
+        self._discontinuity_sequence = 0  # discontinuities that slid out of the window
+        self._last_dts: int | None = None  # of the primary track's newest frame
         self._group: int | None = None
         self.max_segment_duration = 0.0
 
@@ -91,14 +98,16 @@ class LlHlsStream:
         primary = self._primary
         if frame.track == primary:
             if frame.group != self._group:
+                seam = self._is_seam(frame.dts)
                 if self._group is not None:
-                    self._close_part(final=True, next_dts=frame.dts)
+                    self._close_part(final=True, next_dts=None if seam else frame.dts)
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
-                self._open_segment(frame)
+                self._open_segment(frame, discontinuity=seam)
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
+            self._last_dts = frame.dts
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
         self._pending[frame.track].append(frame)
@@ -125,11 +134,18 @@ class LlHlsStream:
         step = dts - frames[-1].dts
         return (dts + step - frames[0].dts) / self._timescale[self._primary] > self.part_target + 1e-9
 
-    def _open_segment(self, frame: Frame) -> None:
-        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns()))
+    def _is_seam(self, dts: int) -> bool:
+        if self._last_dts is None or not self.segments:
+            return False
+        gap = (dts - self._last_dts) / self._timescale[self._primary]
+        return gap < 0 or gap > DISCONTINUITY_GAP
+
+    def _open_segment(self, frame: Frame, discontinuity: bool = False) -> None:
+        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), discontinuity=discontinuity))
         self._msn += 1
         while len(self.segments) > self.window + 1:
-            self.segments.popleft()
+            if self.segments.popleft().discontinuity:
+                self._discontinuity_sequence += 1
 
     def _close_part(self, *, final: bool, next_dts: int | None = None) -> None:
         if not self.segments:
@@ -205,11 +221,17 @@ class LlHlsStream:
     def target_duration(self) -> int:
         return max(1, math.ceil(self.max_segment_duration or 2.0))
 
-    def media_playlist(self) -> str:
+    def media_playlist(self, query: str = "") -> str:
+        """The media playlist; ``query`` (``?token=...``) is appended to every URI in it."""
         target = self.target_duration()
         segments = [s for s in self.segments if s.parts]
         complete = [s for s in segments if s.complete]
         shown = complete[-self.window:] + [s for s in segments if not s.complete]
+        hidden = [s for s in self.segments if s.msn < (shown[0].msn if shown else self._msn)]
+        # the discontinuity sequence number of the first segment shown counts every seam before it,
+        # its own included (its tag is not repeated)
+        discontinuity_sequence = (self._discontinuity_sequence + sum(s.discontinuity for s in hidden)
+                                  + bool(shown and shown[0].discontinuity))
         lines = [
             "#EXTM3U",
             "#EXT-X-VERSION:9",
@@ -217,24 +239,28 @@ class LlHlsStream:
             f"#EXT-X-PART-INF:PART-TARGET={self.part_target:.3f}",
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f},HOLD-BACK={3 * target:.1f}",
             f"#EXT-X-MEDIA-SEQUENCE:{shown[0].msn if shown else self._msn}",
-            f'#EXT-X-MAP:URI="{self.prefix}init.mp4"',
         ]
+        if discontinuity_sequence:
+            lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
+        lines.append(f'#EXT-X-MAP:URI="{self.prefix}init.mp4{query}"')
         with_parts = {s.msn for s in shown[-PART_LISTING_SEGMENTS:]}
         for s in shown:
+            if s.discontinuity and s is not shown[0]:
+                lines.append("#EXT-X-DISCONTINUITY")
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.started_ns / 1e9))
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp}.{(s.started_ns // 1_000_000) % 1000:03d}Z")
             if s.msn in with_parts:
                 for i, p in enumerate(s.parts):
                     flag = ",INDEPENDENT=YES" if p.independent else ""
-                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s"{flag}')
+                    lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s{query}"{flag}')
             if s.complete:
                 lines.append(f"#EXTINF:{s.duration:.3f},")
-                lines.append(f"{self.prefix}seg{s.msn}.m4s")
+                lines.append(f"{self.prefix}seg{s.msn}.m4s{query}")
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         elif self.segments:
             msn, part = self.next_part
-            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{self.prefix}seg{msn}.{part}.m4s"')
+            lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{self.prefix}seg{msn}.{part}.m4s{query}"')
         return "\n".join(lines) + "\n"
 
     @property
@@ -248,7 +274,8 @@ class LlHlsStream:
         return self.init is not None and any(s.complete for s in self.segments)
 
 
-def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str, audio_uri: str) -> str:
+def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str, audio_uri: str,
+                          query: str = "") -> str:
     """The variant (video, with CODECS/RESOLUTION/BANDWIDTH/FRAME-RATE) and its audio rendition."""
     catalog = video.catalog or audio.catalog
     lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS"]
@@ -257,7 +284,7 @@ def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str
     if ainfo is not None and vinfo is not None:
         channels = f',CHANNELS="{ainfo.channels}"' if ainfo.channels else ""
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
-                     f'{channels},URI="{audio_uri}"')
+                     f'{channels},URI="{audio_uri}{query}"')
     main = vinfo or ainfo
     if main is None:
         return "\n".join(lines) + "\n"
@@ -270,5 +297,5 @@ def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str
         attrs.append(f"FRAME-RATE={vinfo.framerate:.3f}")
     if vinfo is not None and ainfo is not None:
         attrs.append('AUDIO="audio"')
-    lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", video_uri if vinfo else audio_uri]
+    lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", (video_uri if vinfo else audio_uri) + query]
     return "\n".join(lines) + "\n"

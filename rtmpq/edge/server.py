@@ -18,7 +18,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
+
+from ..auth.access import Access, AccessDenied
 
 from ..media.catalog import Catalog
 from ..media.frames import Frame
@@ -37,6 +39,9 @@ BLOCKING_TARGET_DURATIONS = 3
 IDLE_SECONDS = 60.0
 # Open connections the server accepts at once.
 MAX_HTTP_CONNECTIONS = 1024
+# An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
+# fetch its last segments; a request after that opens the name afresh (a new publish).
+ENDED_PLAYLIST_KEEP = 10.0
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _SEGMENT = re.compile(r"^(?P<kind>[va])-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
@@ -58,7 +63,7 @@ else if (Hls.isSupported()) {
   window.rtmpqHls = hls;
   window.rtmpqErrors = [];
   hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
-  hls.loadSource("index.m3u8");
+  hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
   hls.attachMedia(video);
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
 } else { video.src = "index.m3u8"; }
@@ -72,13 +77,15 @@ class _Broadcast:
         self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
         self.changed = asyncio.Condition()
         self.last_request = time.monotonic()
+        self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
 
 
 class EdgeServer:
     def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, host: str = "0.0.0.0",
-                 port: int = 8080, static_dir: Path | None = None) -> None:
+                 port: int = 8080, static_dir: Path | None = None, access: Access | None = None) -> None:
         self.open_broadcast = open_broadcast
+        self.access = access or Access()
         self.host = host
         self.port = port
         self.static_dir = static_dir
@@ -117,8 +124,9 @@ class EdgeServer:
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
         b = self._broadcasts.get(name)
-        if b is not None:
-            b.last_request = time.monotonic()
+        now = time.monotonic()
+        if b is not None and not (b.ended_at is not None and now - b.ended_at > ENDED_PLAYLIST_KEEP):
+            b.last_request = now
             return b
         source = self.open_broadcast(name)
         if source is None:
@@ -147,6 +155,7 @@ class EdgeServer:
         finally:
             for stream in streams:
                 stream.end()
+            b.ended_at = time.monotonic()
             async with b.changed:
                 b.changed.notify_all()
 
@@ -196,7 +205,7 @@ class EdgeServer:
 
     async def _send(self, writer, status: int, body: bytes, ctype: str, *, cache: str = "no-store",
                     keep_alive: bool = True, head_only: bool = False) -> None:
-        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+        reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
                   431: "Request Header Fields Too Large", 503: "Service Unavailable"}.get(status, "OK")
         head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 f"Cache-Control: {cache}\r\nAccess-Control-Allow-Origin: *\r\n"
@@ -215,19 +224,25 @@ class EdgeServer:
         if m is None:
             return 404, b"not found: expected /<app>/<key>/index.m3u8\n", "text/plain", "no-store"
         name = f"{m['app']}/{m['key']}"
+        file = m["file"]
+        if file in ("", "index.html"):  # the page holds no media; its requests carry the token
+            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
+        token = parse_qs(url.query).get("token", [None])[0]
+        try:
+            self.access.may_subscribe(name, token, time.time())
+        except AccessDenied as exc:
+            return 403, f"{exc}\n".encode(), "text/plain", "no-store"
+        query = f"?token={quote(token, safe='')}" if token else ""
         b = self._broadcast(name)
         if b is None:
             return 404, b"no such broadcast\n", "text/plain", "no-store"
-        file = m["file"]
-        if file in ("", "index.html"):
-            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
             ready = lambda: all(s.playable for s in (video, audio) if s.has_media) and (video.has_media or audio.has_media)  # noqa: E731
             if not await self._wait_for(b, video, ready):
                 return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
-            return 200, multivariant_playlist(video, audio, "video.m3u8", "audio.m3u8").encode(), \
+            return 200, multivariant_playlist(video, audio, "video.m3u8", "audio.m3u8", query).encode(), \
                 "application/vnd.apple.mpegurl", "no-cache"
         if file in _PLAYLISTS or file in _INITS:
             stream = b.streams[_PLAYLISTS.get(file) or _INITS[file]]
@@ -235,7 +250,7 @@ class EdgeServer:
                 return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
             if file in _INITS:
                 return 200, stream.init, "video/mp4" if stream is video else "audio/mp4", "max-age=60"
-            return await self._media_playlist(b, stream, url.query)
+            return await self._media_playlist(b, stream, url.query, query)
         sm = _SEGMENT.match(file)
         if sm is None:
             return 404, b"not found\n", "text/plain", "no-store"
@@ -260,7 +275,7 @@ class EdgeServer:
             return 404, b"no such part\n", "text/plain", "no-store"
         return 200, segment.parts[part].data, ctype, "max-age=60"
 
-    async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str):
+    async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str):
         query = parse_qs(query_text)
         try:
             msn = int(query["_HLS_msn"][0]) if "_HLS_msn" in query else None
@@ -275,4 +290,4 @@ class EdgeServer:
                 return 400, b"_HLS_msn is too far in the future\n", "text/plain", "no-store"
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
-        return 200, stream.media_playlist().encode(), "application/vnd.apple.mpegurl", "no-cache"
+        return 200, stream.media_playlist(uri_query).encode(), "application/vnd.apple.mpegurl", "no-cache"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import StreamNameInUse
 from ..redact import safe_name
 from .catalog import Catalog
-from .frames import VIDEO, Frame
+from .frames import SOURCE_TIMESCALE, VIDEO, Frame
 
 log = logging.getLogger("rtmpq.media")
 
@@ -25,6 +25,10 @@ READER_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 # Bound on the bytes of the group in progress kept for late joiners (one GoP of a 20 Mbit/s stream
 # with 4 s GoPs is 10 MB).
 BROADCAST_MAX_GROUP_BYTES = 24 * 1024 * 1024
+# At a publisher's return, timestamps go on at least this far (ms) after the last one, so the seam
+# is a visible gap (players mark a discontinuity) and no frame of the new publish sorts before an
+# old one whatever its tracks' first timestamps.
+SEAM_MIN_GAP_MS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +104,57 @@ class BroadcastReader:
 
 
 class Broadcast:
-    """One live stream (``live/<key>``) with its catalog and tracks."""
+    """One stream (``live/<name>``) with its catalog and tracks.
+
+    A broadcast outlives its publisher's connection: when the publisher leaves, it is kept for the
+    registry's grace period; a new publish under the same name within it continues the same
+    broadcast. Readers never see the seam except as new groups: group ids go on above the last
+    one, and timestamps are shifted so they go on too, by the wall-clock time the broadcast had no
+    publisher (a gap of at least ``SEAM_MIN_GAP_MS``), which players see as a discontinuity.
+    """
 
     def __init__(self, name: str, registry: "BroadcastRegistry | None" = None) -> None:
         self.name = name
         self.catalog = Catalog(broadcast=name)
-        self.live = True
-        self.started = time.monotonic()
+        self.live = True  # until it ends (its publisher gone for longer than the grace period)
+        self.publishing = True  # a publisher is attached now
+        self.publishes = 1  # publish sessions so far (reconnects + 1)
+        self.started = time.monotonic()  # of the current publish
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
         self._current_group: list[Frame] = []  # frames since the newest video keyframe
         self._current_group_bytes = 0
         self._ended = asyncio.Event()
+        # continuity across publishes: what the next publish's groups and timestamps are shifted by
+        self._shift = False
+        self._group_base = 0
+        self._ts_offset: int | None = 0
+        self._last_group = -1
+        self._last_dts: int | None = None
+        self._left_at: float | None = None
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
-        self.catalog = catalog
+        """Merge a publisher's catalog: tracks it describes are added or replaced, others stay (a
+        returning publisher's catalog grows track by track; viewers keep what they had meanwhile)."""
+        merged = self.catalog
+        for info in catalog.tracks:
+            if merged.track(info.name) != info:
+                merged = merged.with_track(info)
+        if merged is self.catalog:
+            return
+        self.catalog = merged
         for reader in tuple(self._readers):
-            reader._put(CatalogUpdate(catalog))
+            reader._put(CatalogUpdate(merged))
 
     def push(self, frame: Frame) -> None:
+        if self._shift:
+            frame = self._continue(frame)
+        if frame.group > self._last_group:
+            self._last_group = frame.group
+        if self._last_dts is None or frame.dts > self._last_dts:
+            self._last_dts = frame.dts
         if frame.track == VIDEO and frame.index == 0:
             self._current_group.clear()
             self._current_group_bytes = 0
@@ -129,10 +164,48 @@ class Broadcast:
         for reader in tuple(self._readers):
             reader._put(frame)
 
+    def _continue(self, frame: Frame) -> Frame:
+        """A frame of a publish after the first, on the broadcast's group and time lines."""
+        if self._ts_offset is None:  # the first frame of this publish fixes the shift
+            gap = int((time.monotonic() - (self._left_at or time.monotonic())) * SOURCE_TIMESCALE)
+            self._ts_offset = (self._last_dts or 0) + max(gap, SEAM_MIN_GAP_MS) - frame.dts
+        off = self._ts_offset
+        return Frame(frame.track, frame.group + self._group_base, frame.index, frame.dts + off, frame.pts + off,
+                     frame.keyframe, frame.payload, frame.received_ns)
+
+    def publisher_left(self, grace_period: float) -> None:
+        """The publisher went away: end now, or wait ``grace_period`` seconds for it to return."""
+        if not self.live or not self.publishing:
+            return
+        if grace_period <= 0:
+            self.end()
+            return
+        self.publishing = False
+        self._left_at = time.monotonic()
+        self._expiry = asyncio.get_running_loop().call_later(grace_period, self.end)
+        log.info("broadcast %s: publisher left, kept for %g s", safe_name(self.name), grace_period)
+
+    def _resume(self) -> None:
+        """A new publish continues this broadcast (see the class docstring)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._last_dts is not None:  # something was published before: shift what comes
+            self._shift = True
+            self._group_base = self._last_group + 1
+            self._ts_offset = None
+        self.publishing = True
+        self.publishes += 1
+        self.started = time.monotonic()
+
     def end(self) -> None:
         if not self.live:
             return
         self.live = False
+        self.publishing = False
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for reader in tuple(self._readers):
             reader._put(BroadcastEnded(self.name))
         self._current_group.clear()
@@ -167,8 +240,16 @@ class BroadcastRegistry:
         self._watchers: set[asyncio.Queue] = set()
 
     def publish(self, name: str) -> Broadcast:
-        if name in self._live:
-            raise StreamNameInUse(f"broadcast {safe_name(name)} is already live")
+        """A new broadcast, or the same one again when its publisher left less than the grace
+        period ago. Raises StreamNameInUse while a publisher is attached (a takeover ends that
+        publish first)."""
+        b = self._live.get(name)
+        if b is not None:
+            if b.publishing:
+                raise StreamNameInUse(f"broadcast {safe_name(name)} is already live")
+            b._resume()
+            log.info("broadcast %s: publisher is back (publish %d)", safe_name(name), b.publishes)
+            return b
         b = Broadcast(name, self)
         self._live[name] = b
         for fut in self._waiters.pop(name, ()):
@@ -178,6 +259,11 @@ class BroadcastRegistry:
             q.put_nowait(b)
         log.info("broadcast %s is live", safe_name(name))
         return b
+
+    def end_all(self) -> None:
+        """End every broadcast now (the node is stopping: players get their ENDLIST)."""
+        for b in list(self._live.values()):
+            b.end()
 
     def get(self, name: str) -> Broadcast | None:
         return self._live.get(name)

@@ -14,10 +14,16 @@ from ..media.frames import Frame
 from . import events as ev
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
+from .wire import RequestError
+
+_RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 
 
 # Seconds to wait for streams still in flight after the publisher said it is done.
 LATE_STREAM_GRACE = 2.0
+# While waiting for a broadcast that is not live yet, the catalog SUBSCRIBE is retried this often
+# (seconds): any relay answers it, whether or not it serves SUBSCRIBE_NAMESPACE.
+WAIT_RETRY_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +36,16 @@ class SkippedGroup:
 
 
 class SubscribeError(ConnectionError):
-    pass
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
-                              delivery_timeout_ms: int | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+                              delivery_timeout_ms: int | None = None, wait: float = 0.0,
+                              authorization: str | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+    """The catalog, then frames of its tracks (all of them, or ``tracks``), until the broadcast
+    ends. A broadcast that is not live yet is waited for up to ``wait`` seconds."""
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -50,9 +61,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             if streams_done.get(track, 0) >= count:
                 open_tracks.discard(track)
 
+    wait_until = asyncio.get_running_loop().time() + wait
+    token = {"authorization": authorization} if authorization else {}
+
     def subscribe(track: str) -> None:
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                priority=0 if track == CATALOG_TRACK else 128)
+                                priority=0 if track == CATALOG_TRACK else 128, **token)
         requests[rid] = track
         open_tracks.add(track)
         conn.flush()
@@ -68,8 +82,21 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             if isinstance(event, ev.SubscribeAccepted):
                 aliases[event.track_alias] = requests[event.request_id]
             elif isinstance(event, ev.RequestFailed):
-                track = requests.get(event.request_id, "?")
-                raise SubscribeError(f"subscribe to {broadcast} {track} refused: {event.reason} (code {event.error_code})")
+                track = requests.pop(event.request_id, "?")
+                not_live = track == CATALOG_TRACK and event.error_code == RequestError.DOES_NOT_EXIST
+                if not_live and asyncio.get_running_loop().time() < wait_until:
+                    # not live yet: ask again shortly (the relay holds nothing for us meanwhile)
+                    open_tracks.discard(CATALOG_TRACK)
+                    asyncio.get_running_loop().call_later(WAIT_RETRY_INTERVAL, queue.put_nowait, _RETRY)
+                    open_tracks.add(_RETRY)
+                    continue
+                raise SubscribeError(f"subscribe to {broadcast} {track} refused: {event.reason} (code {event.error_code})",
+                                     event.error_code)
+            elif event is _RETRY:
+                open_tracks.discard(_RETRY)
+                if conn.session.closed:
+                    raise ConnectionError("MoQ session closed")
+                subscribe(CATALOG_TRACK)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if track == CATALOG_TRACK:

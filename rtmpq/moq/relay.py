@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 
+from ..auth.access import Access, AccessDenied
 from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.frames import AUDIO, VIDEO
 from ..redact import safe_name
@@ -238,8 +239,9 @@ class MoqRelay:
     """Answers MoQ requests on any number of sessions (subscribers, publishers, upstream)."""
 
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
-                 send_budget: int = DEFAULT_SEND_BUDGET) -> None:
+                 send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None) -> None:
         self.registry = registry or BroadcastRegistry()
+        self.access = access or Access()
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
@@ -312,6 +314,23 @@ class MoqRelay:
     def _known_namespaces(self) -> list[tuple[str, ...]]:
         return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published)
 
+    # -- access -----------------------------------------------------------------------------------
+    def _denied(self, conn: MoqConnection, event, check, path: str) -> bool:
+        """Runs an Access check with the request's token (or the one of the peer's CLIENT_SETUP);
+        on refusal answers the request with UNAUTHORIZED and returns True."""
+        token = getattr(event, "authorization", None) or getattr(conn.session, "setup_authorization", None)
+        try:
+            check(path, token, time.time())
+        except AccessDenied as exc:
+            log.warning("%s: %s refused: %s", conn.peer, type(event).__name__, exc)
+            if isinstance(event, ev.NamespaceSubscribeRequested):
+                conn.session.namespace_subscription_error(event.stream_id, event.request_id,
+                                                          RequestError.UNAUTHORIZED, str(exc))
+            else:
+                conn.session.request_error(event.request_id, RequestError.UNAUTHORIZED, str(exc))
+            return True
+        return False
+
     # -- event dispatch -------------------------------------------------------------------------
     def _on_event(self, conn: MoqConnection, event) -> None:
         handler = getattr(self, "_on_" + type(event).__name__, None)
@@ -321,6 +340,8 @@ class MoqRelay:
 
     def _on_SubscribeRequested(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
         name = "/".join(event.namespace)
+        if self._denied(conn, event, self.access.may_subscribe, name):
+            return
         source = self._local_source(name)
         if source is not None:
             fanout = source.fanouts.get(event.track_name)
@@ -427,6 +448,8 @@ class MoqRelay:
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later")
             return
         if event.fetch_type == FETCH_STANDALONE:
+            if self._denied(conn, event, self.access.may_subscribe, "/".join(event.namespace)):
+                return
             fanout = self._fanout(event.namespace, event.track_name)
             if fanout is None:
                 self._fetch_upstream(conn, event)
@@ -544,6 +567,14 @@ class MoqRelay:
             conn.session.request_ok(event.request_id, fanout.cache.largest)
 
     def _on_NamespacePublished(self, conn: MoqConnection, event: ev.NamespacePublished) -> None:
+        path = "/".join(event.namespace)
+        if self._denied(conn, event, self.access.may_publish_over_moq, path):
+            return
+        owner = self._published.get(event.namespace)
+        if owner is not None and owner[0] is not conn and not owner[0].session.closed:
+            # the newcomer is authorized for the namespace (checked above): it takes over, as an
+            # RTMP publisher does, so a restarted ingest gets its names back at once
+            log.warning("%s: namespace %s taken over by %s", owner[0].peer, _label(event.namespace), conn.peer)
         self._published[event.namespace] = (conn, event.request_id)
         conn.session.request_ok(event.request_id)
         log.info("%s: publishes namespace %s", conn.peer, _label(event.namespace))
@@ -556,6 +587,8 @@ class MoqRelay:
                 self._announce(ns, done=True)
 
     def _on_NamespaceSubscribeRequested(self, conn: MoqConnection, event: ev.NamespaceSubscribeRequested) -> None:
+        if self._denied(conn, event, self.access.may_list, "/".join(event.prefix)):
+            return
         conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
         wants_namespaces = event.options in (NAMESPACE_OPTION_NAMESPACE, NAMESPACE_OPTION_BOTH)
         wants_tracks = event.options in (NAMESPACE_OPTION_PUBLISH, NAMESPACE_OPTION_BOTH)
@@ -602,6 +635,8 @@ class MoqRelay:
                 sub_conn.flush()
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
+        if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
+            return
         key = (event.namespace, event.track_name)
         if key in self._tracks or self.registry.get("/".join(event.namespace)) is not None:
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")

@@ -1,23 +1,166 @@
-"""The ingest node: an RTMP listener whose publishes become broadcasts."""
+"""The ingest node: RTMP publishes become broadcasts (with a recording, when asked).
+
+It decides what the RTMP layer does not: which public name a stream key publishes (auth/access),
+what happens when a name is already live (the new publish takes over: an encoder's reconnect is
+never refused), when a silent publisher is dropped (``[publish] idle_timeout``), and how long a
+broadcast waits for its publisher to return (``[publish] grace_period``).
+"""
 
 import asyncio
 import logging
+import time
 
-from ..config import IngestConfig
-from ..media.broadcast import BroadcastRegistry
-from ..rtmp.server import RtmpServer
+from ..auth.access import Access, AccessDenied
+from ..config import IngestConfig, PublishConfig
+from ..errors import StreamNameInUse
+from ..media.broadcast import Broadcast, BroadcastRegistry
+from ..media.catalog import Catalog
+from ..media.demux import BroadcastDemuxer
+from ..media.recording import FlvRecorder
+from ..redact import safe_name
+from ..rtmp.server import RtmpConnection, RtmpServer
+from ..rtmp.session import MediaMessage, PublishRequested
 
 log = logging.getLogger("rtmpq.nodes")
 
+# How often publishers are checked for silence (seconds).
+IDLE_CHECK_INTERVAL = 1.0
+
+
+class Publish:
+    """One accepted publish: its connection, broadcast, demuxer and (optional) recorder."""
+
+    def __init__(self, node: "IngestNode", conn: RtmpConnection, stream_id: int, broadcast: Broadcast,
+                 record_dir) -> None:
+        self.node = node
+        self.conn = conn
+        self.stream_id = stream_id
+        self.broadcast = broadcast
+        self.name = safe_name(broadcast.name)
+        self.demuxer = BroadcastDemuxer(broadcast.name, log_name=self.name)
+        # named after the public name (the key never reaches a file name)
+        self.recorder = FlvRecorder(record_dir, broadcast.name) if record_dir else None
+        self.last_media_ns = time.time_ns()
+        self.closed = False
+
+    def on_message(self, msg: MediaMessage) -> None:
+        now_ns = time.time_ns()
+        self.last_media_ns = now_ns
+        if self.recorder is not None:
+            self.recorder.write(msg.type_id, msg.timestamp, msg.body)
+        for item in self.demuxer.message(msg.type_id, msg.timestamp, msg.body, now_ns):
+            if isinstance(item, Catalog):
+                self.broadcast.set_catalog(item)
+            else:
+                self.broadcast.push(item)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.recorder is not None:
+            self.recorder.close()
+        s = self.demuxer.stats
+        log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
+                 self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
+                 s.bad_access_units)
+        self.node._publish_closed(self)
+
+
+class IngestNode:
+    """The RTMP listener and the publishes it holds; a ``PublishHandler`` for ``RtmpServer``."""
+
+    def __init__(self, registry: BroadcastRegistry, config: IngestConfig | None = None,
+                 publish: PublishConfig | None = None, access: Access | None = None) -> None:
+        self.registry = registry
+        self.config = config or IngestConfig()
+        self.publish_config = publish or PublishConfig()
+        self.access = access or Access(self.publish_config)
+        self.server = RtmpServer(self, self.config)
+        self.publishes: dict[str, Publish] = {}  # by broadcast name
+        self._idle_task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.address
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
+
+    async def close(self, reason: str = "the server is stopping") -> None:
+        """Graceful stop: every publisher gets an onStatus and a close, recordings are finalized,
+        broadcasts end (players get ENDLIST)."""
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        for pub in list(self.publishes.values()):
+            pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
+        self.registry.end_all()
+        await self.server.close()
+
+    # -- PublishHandler -------------------------------------------------------------------------
+    def publish_requested(self, conn: RtmpConnection, req: PublishRequested) -> None:
+        try:
+            name = self.access.publish_name(req.app, req.key, req.query, time.time())
+        except AccessDenied as exc:
+            log.warning("%s: publish to app %r refused: %s", conn.peer, req.app, exc)
+            conn.refuse(req.stream_id, "NetStream.Publish.BadName", f"publish refused: {exc}")
+            return
+        old = self.publishes.get(name)
+        if old is not None:  # a reconnecting encoder, or a second one: the newest wins
+            log.warning("%s: %s: taken over by %s", old.conn.peer, safe_name(name), conn.peer)
+            old.conn.stop(old.stream_id, "NetStream.Publish.BadName", "another publisher took over this stream")
+        try:
+            broadcast = self.registry.publish(name)
+        except StreamNameInUse:  # a broadcast of this name that is not ours (e.g. relayed here)
+            log.warning("%s: publish to %s refused: already live", conn.peer, safe_name(name))
+            conn.refuse(req.stream_id, "NetStream.Publish.BadName", "Stream already publishing")
+            return
+        try:
+            pub = Publish(self, conn, req.stream_id, broadcast, self.config.record_dir)
+        except OSError as exc:
+            log.error("%s: cannot record %s: %s", conn.peer, safe_name(name), exc)
+            broadcast.publisher_left(0)
+            conn.refuse(req.stream_id, "NetStream.Publish.Failed", "Recording failed")
+            return
+        self.publishes[name] = pub
+        log.info("%s: publishing %s%s", conn.peer, safe_name(name),
+                 f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
+        conn.accept(req.stream_id, pub)
+
+    def _publish_closed(self, pub: Publish) -> None:
+        if self.publishes.get(pub.broadcast.name) is pub:
+            del self.publishes[pub.broadcast.name]
+        pub.broadcast.publisher_left(self.publish_config.grace_period)
+
+    # -- idle publishers ------------------------------------------------------------------------
+    def check_idle(self, now_ns: int) -> None:
+        """Close every publisher that sent no media for ``idle_timeout`` (time passed in)."""
+        limit = self.publish_config.idle_timeout
+        if limit <= 0:
+            return
+        for pub in list(self.publishes.values()):
+            if now_ns - pub.last_media_ns > limit * 1e9:
+                log.warning("%s: %s: no media for %g s, closing the publisher", pub.conn.peer, pub.name, limit)
+                pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", f"no media for {limit:g} s")
+
+    async def _watch_idle(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_CHECK_INTERVAL)
+            try:
+                self.check_idle(time.time_ns())
+            except Exception:  # never let one bad publish stop the checks for every other
+                log.exception("idle check failed")
+
 
 async def run_ingest(config: IngestConfig, registry: BroadcastRegistry | None = None,
-                     stop: asyncio.Event | None = None) -> None:
-    registry = registry or BroadcastRegistry()
-    server = RtmpServer(registry, config)
-    await server.start()
-    host, port = server.address
+                     stop: asyncio.Event | None = None, publish: PublishConfig | None = None,
+                     access: Access | None = None) -> None:
+    node = IngestNode(registry or BroadcastRegistry(), config, publish, access)
+    await node.start()
+    host, port = node.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     try:
         await (stop or asyncio.Event()).wait()
     finally:
-        await server.close()
+        await node.close()

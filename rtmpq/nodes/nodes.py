@@ -2,18 +2,41 @@
 
 import asyncio
 import logging
+import time
 
-from ..config import IngestConfig
+from ..auth.access import ACT_RELAY, Access
+from ..config import Config, MoqConfig
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastRegistry
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
-from ..rtmp.server import RtmpServer
+from .ingest import IngestNode
 from .remote import UpstreamLink, moq_broadcast_source
-from .up import HttpConfig, MoqConfig
+from .up import stop_within, warn_if_open
 
 log = logging.getLogger("rtmpq.nodes")
+
+# A node token minted from [auth] secret (no node_token given) is valid this long (seconds); a
+# fresh one is minted for every connection to the upstream.
+NODE_TOKEN_TTL = 24 * 3600.0
+
+
+def node_token(config: Config) -> str | None:
+    """The token this node presents upstream: [auth] node_token, or one minted from the secret."""
+    if config.auth.node_token:
+        return config.auth.node_token
+    if config.auth.secret:
+        from ..auth.tokens import mint_token
+
+        return mint_token(config.auth.secret, "", ACT_RELAY, NODE_TOKEN_TTL, now=time.time())
+    return None
+
+
+def upstream_tls(config: Config) -> dict:
+    u = config.upstream
+    return {"insecure": u.insecure, "cafile": str(u.cafile) if u.cafile else None,
+            "fingerprint": u.fingerprint or None, "backend": u.backend}
 
 
 async def serve_relay(relay: MoqRelay, moq: MoqConfig):
@@ -27,13 +50,15 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     return server
 
 
-async def run_relay(moq: MoqConfig, upstream: str | None, tls: dict, stop: asyncio.Event) -> None:
-    """A relay: serves what publishers announce to it, and asks ``upstream`` for anything else."""
-    relay = MoqRelay(BroadcastRegistry())
-    server = await serve_relay(relay, moq)
+async def run_relay(config: Config, stop: asyncio.Event) -> None:
+    """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
+    access = Access(config.publish, config.auth)
+    warn_if_open(access, [config.moq.host])
+    relay = MoqRelay(BroadcastRegistry(), access=access)
+    server = await serve_relay(relay, config.moq)
     link = None
-    if upstream:
-        link = UpstreamLink(relay, upstream, **tls)
+    if config.upstream.url:
+        link = UpstreamLink(relay, config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
         link.start()
     try:
         await stop.wait()
@@ -44,28 +69,45 @@ async def run_relay(moq: MoqConfig, upstream: str | None, tls: dict, stop: async
         server.close()
 
 
-async def run_ingest_upstream(config: IngestConfig, upstream: str, tls: dict, stop: asyncio.Event) -> None:
-    """An ingest that publishes its broadcasts into a remote relay over MoQ."""
+async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
+    """An ingest; with [upstream] url, it publishes its broadcasts into that relay over MoQ."""
+    access = Access(config.publish, config.auth)
+    warn_if_open(access, [config.rtmp.host])
     registry = BroadcastRegistry()
-    rtmp = RtmpServer(registry, config)
-    await rtmp.start()
-    relay = MoqRelay(registry)
-    relay.start()
-    link = UpstreamLink(relay, upstream, announce=True, use_for_unknown_tracks=False, **tls)
-    link.start()
+    ingest = IngestNode(registry, config.rtmp, config.publish, access)
+    await ingest.start()
+    host, port = ingest.address
+    log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
+    relay = link = None
+    if config.upstream.url:
+        relay = MoqRelay(registry, access=access)
+        relay.start()
+        link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
+                            token=lambda: node_token(config), **upstream_tls(config))
+        link.start()
     try:
         await stop.wait()
     finally:
-        await link.close()
-        relay.stop()
-        await rtmp.close()
+        async def closing():
+            await ingest.close()
+            await asyncio.sleep(0)  # the relay reads the ends and passes them upstream
+            if link is not None:
+                await link.close()
+            if relay is not None:
+                relay.stop()
+
+        await stop_within(closing(), config.node.stop_timeout)
 
 
-async def run_edge(http: HttpConfig, upstream: str, tls: dict, stop: asyncio.Event) -> None:
-    """An LL-HLS edge fed over MoQ from ``upstream``, subscribing when a player first asks."""
-    edge = EdgeServer(moq_broadcast_source(upstream, **tls), host=http.host, port=http.port, static_dir=http.static_dir)
+async def run_edge(config: Config, stop: asyncio.Event) -> None:
+    """An LL-HLS edge fed over MoQ from its upstream, subscribing when a player first asks."""
+    access = Access(config.publish, config.auth)
+    source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
+                                  **upstream_tls(config))
+    edge = EdgeServer(source, host=config.http.host, port=config.http.port, static_dir=config.http.static_dir,
+                      access=access)
     await edge.start()
     try:
         await stop.wait()
     finally:
-        await edge.close()
+        await stop_within(edge.close(), config.node.stop_timeout)

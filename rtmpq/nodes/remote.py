@@ -11,7 +11,7 @@ import logging
 
 from ..media.catalog import Catalog
 from ..media.frames import Frame
-from ..moq.client import subscribe_broadcast
+from ..moq.follow import follow_broadcast
 from ..moq.relay import MoqRelay
 from ..moq.transport import connect_moq, parse_moq_url
 from ..redact import safe_name
@@ -26,12 +26,13 @@ RECONNECT_MAX = 10.0
 class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, backend: str = "aioquic", announce: bool = False,
-                 use_for_unknown_tracks: bool = True) -> None:
+                 use_for_unknown_tracks: bool = True, token=lambda: None) -> None:
         self.relay = relay
         self.host, self.port, self.path = parse_moq_url(url)
         self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend)
         self.announce = announce
         self.use_for_unknown_tracks = use_for_unknown_tracks
+        self.token = token  # () -> the node token to present, or None
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -50,7 +51,9 @@ class UpstreamLink:
         delay = RECONNECT_MIN
         while True:
             try:
-                async with connect_moq(self.host, self.port, path=self.path, **self.tls) as conn:
+                token = self.token()
+                setup = {"token": token} if token else {}
+                async with connect_moq(self.host, self.port, path=self.path, **self.tls, **setup) as conn:
                     delay = RECONNECT_MIN
                     self.relay.on_connection(conn)
                     if self.use_for_unknown_tracks:
@@ -85,7 +88,8 @@ class UpstreamLink:
         announced: dict[str, int] = {}
         async for broadcast in self.relay.registry.announcements():
             namespace = tuple(broadcast.name.split("/"))
-            announced[broadcast.name] = conn.session.publish_namespace(namespace)
+            token = self.token()
+            announced[broadcast.name] = conn.session.publish_namespace(namespace, **({"authorization": token} if token else {}))
             conn.flush()
             log.info("announced %s upstream", safe_name(broadcast.name))
             asyncio.ensure_future(self._withdraw_when_done(conn, broadcast, announced))
@@ -98,8 +102,9 @@ class UpstreamLink:
             conn.flush()
 
 
-def moq_broadcast_source(url: str, **tls):
-    """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast.
+def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, **tls):
+    """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast,
+    waits up to ``wait`` for one that is not live yet, and follows it through upstream restarts.
 
     ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
     """
@@ -107,10 +112,9 @@ def moq_broadcast_source(url: str, **tls):
 
     def open_broadcast(name: str):
         async def items():
-            async with connect_moq(host, port, **tls) as conn:
-                async for item in subscribe_broadcast(conn, name):
-                    if isinstance(item, (Catalog, Frame)):
-                        yield item
+            async for item in follow_broadcast(host, port, name, wait=wait, token=token, **tls):
+                if isinstance(item, (Catalog, Frame)):
+                    yield item
 
         return items()
 

@@ -6,11 +6,13 @@ import sys
 import time
 
 from ..media.catalog import Catalog
-from ..moq.client import SkippedGroup, subscribe_broadcast
-from ..moq.transport import connect_moq, parse_moq_url
+from ..moq.client import SkippedGroup
+from ..moq.follow import follow_broadcast
+from ..moq.transport import parse_moq_url
+from .nodes import upstream_tls
 
 
-async def run_sub(args, stop: asyncio.Event) -> int:
+async def run_sub(args, config, stop: asyncio.Event) -> int:
     host, port, path = parse_moq_url(args.url)
     broadcast = path.strip("/")
     if "/" not in broadcast:
@@ -26,29 +28,28 @@ async def run_sub(args, stop: asyncio.Event) -> int:
 
     async def consume() -> None:
         nonlocal sizes
-        async with connect_moq(host, port, insecure=args.insecure, cafile=args.cafile,
-                               fingerprint=args.fingerprint, backend=args.quic_backend) as conn:
-            async for item in subscribe_broadcast(conn, broadcast, delivery_timeout_ms=timeout_ms):
-                if isinstance(item, Catalog):
-                    if args.json:
-                        out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
-                    continue
-                if isinstance(item, SkippedGroup):
-                    skipped.append((item.track, item.group))
-                    if args.json:
-                        out.write(json.dumps({"skipped": {"track": item.track, "group": item.group, "code": item.code}}) + "\n")
-                    continue
-                counts[item.track] = counts.get(item.track, 0) + 1
-                sizes += item.size
-                latency = (time.time_ns() - item.received_ns) / 1e6 if item.received_ns else None
-                if latency is not None:
-                    latencies.append(latency)
+        async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=args.token,
+                                           delivery_timeout_ms=timeout_ms, **upstream_tls(config)):
+            if isinstance(item, Catalog):
                 if args.json:
-                    out.write(json.dumps({"track": item.track, "group": item.group, "object": item.index,
-                                          "pts": item.pts, "dts": item.dts, "keyframe": item.keyframe,
-                                          "size": item.size, "latency_ms": None if latency is None else round(latency, 3)}) + "\n")
-                if args.frames and sum(counts.values()) >= args.frames:
-                    return
+                    out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
+                continue
+            if isinstance(item, SkippedGroup):
+                skipped.append((item.track, item.group))
+                if args.json:
+                    out.write(json.dumps({"skipped": {"track": item.track, "group": item.group, "code": item.code}}) + "\n")
+                continue
+            counts[item.track] = counts.get(item.track, 0) + 1
+            sizes += item.size
+            latency = (time.time_ns() - item.received_ns) / 1e6 if item.received_ns else None
+            if latency is not None:
+                latencies.append(latency)
+            if args.json:
+                out.write(json.dumps({"track": item.track, "group": item.group, "object": item.index,
+                                      "pts": item.pts, "dts": item.dts, "keyframe": item.keyframe,
+                                      "size": item.size, "latency_ms": None if latency is None else round(latency, 3)}) + "\n")
+            if args.frames and sum(counts.values()) >= args.frames:
+                return
 
     task = asyncio.ensure_future(consume())
     stopper = asyncio.ensure_future(stop.wait())

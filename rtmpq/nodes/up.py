@@ -1,18 +1,18 @@
 """All in one process: RTMP ingest, an in-process MoQ relay (QUIC) and the LL-HLS edge (HTTP)."""
 
 import asyncio
+import ipaddress
 import logging
 import socket
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..config import IngestConfig
+from ..auth.access import Access
+from ..config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig  # noqa: F401 (re-exported)
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
-from ..moq.transport import DEFAULT_MOQ_PORT, serve_moq
-from ..rtmp.server import RtmpServer
+from ..moq.transport import serve_moq
+from .ingest import IngestNode
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -21,27 +21,6 @@ def free_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def default_state_dir() -> Path:
-    return Path.home() / ".local" / "state" / "rtmpq"
-
-
-@dataclass
-class MoqConfig:
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_MOQ_PORT
-    certfile: Path | None = None  # both None: a self-signed pair is made in state_dir/tls
-    keyfile: Path | None = None
-    state_dir: Path = field(default_factory=default_state_dir)
-    backend: str = "aioquic"  # QUIC library: "aioquic" or "aiopquic"
-
-
-@dataclass
-class HttpConfig:
-    host: str = "0.0.0.0"
-    port: int = 8080
-    static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
 
 
 def local_broadcast_source(registry: BroadcastRegistry):
@@ -71,16 +50,17 @@ def local_broadcast_source(registry: BroadcastRegistry):
 
 
 class UpNode:
-    """Ingest + relay; ``start()`` then ``close()``; addresses are known after start."""
+    """Ingest + relay + edge; ``start()`` then ``close()``; addresses are known after start."""
 
-    def __init__(self, ingest: IngestConfig, moq: MoqConfig, http: HttpConfig | None = None) -> None:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.access = Access(config.publish, config.auth)
         self.registry = BroadcastRegistry()
-        self.rtmp = RtmpServer(self.registry, ingest)
-        self.moq_config = moq
-        self.moq = MoqRelay(self.registry)
-        http = http or HttpConfig()
-        self.edge = EdgeServer(local_broadcast_source(self.registry), host=http.host, port=http.port,
-                               static_dir=http.static_dir)
+        self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
+        self.moq_config = config.moq
+        self.moq = MoqRelay(self.registry, access=self.access)
+        self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
+                               static_dir=config.http.static_dir, access=self.access)
         self._quic = None
         self.fingerprint = ""
 
@@ -107,17 +87,47 @@ class UpNode:
         return self._quic._transport.get_extra_info("sockname")[:2]
 
     async def close(self) -> None:
+        """Graceful stop: publishers get onStatus and a close, broadcasts end (ENDLIST for the
+        node's playlists, PUBLISH_DONE for subscribers), then GOAWAY to every MoQ session."""
+        await self.rtmp.close()
+        await asyncio.sleep(0)  # let the relay and edge read the ends
+        await self.edge.close()
         self.moq.stop()
         if self._quic is not None:
             self._quic.close()
-        await self.edge.close()
-        await self.rtmp.close()
 
 
-async def run_up(ingest: IngestConfig, moq: MoqConfig, http: HttpConfig, stop: asyncio.Event) -> None:
-    node = UpNode(ingest, moq, http)
+def warn_if_open(access: Access, hosts: list[str]) -> None:
+    """An open node says so at start; one listening beyond loopback also says how to close it."""
+    if not access.open:
+        return
+    log.warning("open node: anyone may publish any stream name, and a stream key is its public playback "
+                "name (no [publish.keys] and no [auth] secret configured)")
+    if any(not _loopback(h) for h in hosts):
+        log.warning("this node listens beyond loopback: to close it, give --config FILE with "
+                    "[publish.keys] (\"secret-key\" = \"name\") or [auth] secret (signed publish tokens: rtmpq token)")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def run_up(config: Config, stop: asyncio.Event) -> None:
+    node = UpNode(config)
+    warn_if_open(node.access, [config.rtmp.host, config.moq.host, config.http.host])
     await node.start()
     try:
         await stop.wait()
     finally:
-        await node.close()
+        await stop_within(node.close(), config.node.stop_timeout)
+
+
+async def stop_within(closing, timeout: float) -> None:
+    """Run a node's graceful ``close()``, giving up after ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(closing, timeout)
+    except TimeoutError:
+        log.warning("graceful stop took longer than %g s; exiting anyway", timeout)

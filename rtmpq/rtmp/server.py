@@ -1,17 +1,16 @@
-"""The asyncio shell around RtmpServerSession: moves bytes and timers, wires publishes to broadcasts."""
+"""The asyncio shell around RtmpServerSession: moves bytes and timers, hands publishes to a handler.
+
+What a publish becomes (a broadcast, a recording) is the ingest node's business
+(``nodes/ingest.py``): the server asks its ``PublishHandler`` and passes each accepted publish's
+media messages to the sink the handler returned.
+"""
 
 import asyncio
 import logging
-import time
+from typing import Protocol
 
 from ..codec import NEED_DATA
 from ..config import IngestConfig
-from ..errors import StreamNameInUse
-from ..media.broadcast import Broadcast, BroadcastRegistry
-from ..media.catalog import Catalog
-from ..media.demux import BroadcastDemuxer
-from ..media.recording import FlvRecorder
-from ..redact import safe_name
 from .session import (
     ConnectionFailed,
     Connected,
@@ -25,31 +24,15 @@ from .session import (
 log = logging.getLogger("rtmpq.rtmp")
 
 
-class _Publish:
-    """One accepted publish: its broadcast, demuxer and (optional) recorder."""
+class PublishSink(Protocol):
+    def on_message(self, msg: MediaMessage) -> None: ...
+    def close(self, reason: str) -> None: ...
 
-    def __init__(self, broadcast: Broadcast, record_dir) -> None:
-        self.broadcast = broadcast
-        self.name = safe_name(broadcast.name)
-        self.demuxer = BroadcastDemuxer(broadcast.name, log_name=self.name)
-        self.recorder = FlvRecorder(record_dir, broadcast.name) if record_dir else None
 
-    def on_message(self, msg: MediaMessage) -> None:
-        if self.recorder is not None:
-            self.recorder.write(msg.type_id, msg.timestamp, msg.body)
-        for item in self.demuxer.message(msg.type_id, msg.timestamp, msg.body, time.time_ns()):
-            if isinstance(item, Catalog):
-                self.broadcast.set_catalog(item)
-            else:
-                self.broadcast.push(item)
+class PublishHandler(Protocol):
+    def publish_requested(self, conn: "RtmpConnection", req: PublishRequested) -> None:
+        """Answer with ``conn.accept(stream_id, sink)`` or ``conn.refuse(...)``."""
 
-    def close(self, reason: str) -> None:
-        if self.recorder is not None:
-            self.recorder.close()
-        s = self.demuxer.stats
-        log.info("%s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
-                 self.name, reason, s.frames["video"], s.frames["audio"], s.dropped, s.bad_access_units)
-        self.broadcast.end()
 
 
 class RtmpConnection(asyncio.BufferedProtocol):
@@ -57,7 +40,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.session: RtmpServerSession | None = None
-        self.publishes: dict[int, _Publish] = {}
+        self.publishes: dict[int, PublishSink] = {}
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -115,7 +98,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 if pub is not None:
                     pub.on_message(event)
             elif isinstance(event, PublishRequested):
-                self._on_publish_requested(event)
+                self.server.handler.publish_requested(self, event)
             elif isinstance(event, PublishEnded):
                 pub = self.publishes.pop(event.stream_id, None)
                 if pub is not None:
@@ -127,11 +110,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
             elif isinstance(event, ConnectionFailed):
                 log.warning("%s: closing connection: %s", self.peer, event.reason)
                 self._close()
-        data = session.data_to_send()
-        if data and not self.transport.is_closing():
-            self.transport.write(data)
-        if self._closing and not self.transport.is_closing():
-            self.transport.close()  # after the write above: asyncio flushes before closing
+        self._flush()  # asyncio flushes what was written before it closes
 
     def _close(self) -> None:
         self._closing = True
@@ -139,32 +118,40 @@ class RtmpConnection(asyncio.BufferedProtocol):
             self._timer.cancel()
             self._timer = None
 
-    def _on_publish_requested(self, req: PublishRequested) -> None:
-        name = safe_name(req.broadcast)
-        try:
-            broadcast = self.server.registry.publish(req.broadcast)
-        except StreamNameInUse:
-            log.warning("%s: publish to %s refused: already live", self.peer, name)
-            self.session.reject_publish(req.stream_id, "NetStream.Publish.BadName", "Stream already publishing")
-            self._close()
-            return
-        try:
-            self.publishes[req.stream_id] = _Publish(broadcast, self.server.config.record_dir)
-        except OSError as exc:
-            log.error("%s: cannot record %s: %s", self.peer, name, exc)
-            broadcast.end()
-            self.session.reject_publish(req.stream_id, "NetStream.Publish.Failed", "Recording failed")
-            self._close()
-            return
-        log.info("%s: publishing %s", self.peer, name)
-        self.session.accept_publish(req.stream_id)
+    # -- answers of the publish handler ------------------------------------------------------------
+    def accept(self, stream_id: int, sink: PublishSink) -> None:
+        self.publishes[stream_id] = sink
+        self.session.accept_publish(stream_id)
+        self._flush()
+
+    def refuse(self, stream_id: int, code: str, description: str) -> None:
+        """Refuse a publish (onStatus ``code``) and close the connection."""
+        self.session.reject_publish(stream_id, code, description)
+        self._close()
+        self._flush()
+
+    def stop(self, stream_id: int, code: str, description: str) -> None:
+        """End an accepted publish from our side (idle, taken over, stopping) and close the connection."""
+        sink = self.publishes.pop(stream_id, None)
+        self.session.stop_publish(stream_id, code, description)
+        self._close()
+        self._flush()
+        if sink is not None:
+            sink.close(description)
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+        if self._closing and not self.transport.is_closing():
+            self.transport.close()
 
 
 class RtmpServer:
-    """Accepts RTMP publishers and turns each publish into a broadcast of ``registry``."""
+    """Accepts RTMP publishers and asks ``handler`` what each publish becomes."""
 
-    def __init__(self, registry: BroadcastRegistry, config: IngestConfig | None = None) -> None:
-        self.registry = registry
+    def __init__(self, handler: PublishHandler, config: IngestConfig | None = None) -> None:
+        self.handler = handler
         self.config = config or IngestConfig()
         self.connections: set[RtmpConnection] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -172,7 +159,7 @@ class RtmpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: RtmpConnection(self), self.config.rtmp_host, self.config.rtmp_port
+            lambda: RtmpConnection(self), self.config.host, self.config.port
         )
         log.info("RTMP listening on %s:%d", *self.address)
 

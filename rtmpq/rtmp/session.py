@@ -45,7 +45,11 @@ SERVER_CHUNK_SIZE = 4096
 # The peer's window ack size is clamped to at least this, so a tiny window cannot flood ACKs.
 MIN_PEER_WINDOW_ACK_SIZE = 64 * 1024
 # Stream keys and app names: a conservative allowlist; never used as a file path as received.
-STREAM_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,128}")
+# A key may be a signed publish token (a JWT, about 200-400 characters), hence the length.
+MAX_STREAM_KEY_LENGTH = 2048
+STREAM_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,%d}" % MAX_STREAM_KEY_LENGTH)
+# What may follow the key after '?' (e.g. ?token=<JWT>): at most this many characters.
+MAX_PUBLISH_QUERY_LENGTH = 4096
 APP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}(/[A-Za-z0-9_.~-]{1,64})?")
 # Message streams a client may create on one connection.
 MAX_MESSAGE_STREAMS = 8
@@ -70,6 +74,7 @@ class PublishRequested:
     app: str
     key: str  # the stream key (a secret: never log it)
     publish_type: str  # "live", "record", "append"
+    query: str = ""  # what followed the key after '?' (may hold ?token=: a secret too)
 
     @property
     def broadcast(self) -> str:
@@ -221,6 +226,12 @@ class RtmpServerSession:
         self._pending.pop(stream_id, None)
         self._send_on_status(stream_id, _status("error", code, description))
 
+    def stop_publish(self, stream_id: int, code: str, description: str) -> None:
+        """End an accepted publish from our side (idle, taken over, server stopping): the
+        publisher gets an onStatus; its media is ignored from here on."""
+        if self.publishing.pop(stream_id, None) is not None:
+            self._send_on_status(stream_id, _status("error", code, description))
+
     # -- message handling -----------------------------------------------------------------------
     def _send(self, csid: int, timestamp: int, type_id: int, stream_id: int, body: bytes) -> None:
         self._out += self._writer.write(csid, timestamp, int(type_id), stream_id, body)
@@ -347,14 +358,14 @@ class RtmpServerSession:
         if not args or not isinstance(args[0], str):
             self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "publish needs a stream name"))
             raise RemoteProtocolError("publish: stream name is not a string")
-        key = args[0].split("?", 1)[0]
+        key, _, query = args[0].partition("?")
         publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
-        if not STREAM_KEY_PATTERN.fullmatch(key):
+        if not STREAM_KEY_PATTERN.fullmatch(key) or len(query) > MAX_PUBLISH_QUERY_LENGTH:
             self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "invalid stream name"))
             raise RemoteProtocolError("publish: invalid stream name")
         if stream_id in self.publishing or stream_id in self._pending:
             raise RemoteProtocolError("publish twice on one message stream")
-        req = PublishRequested(stream_id, self.app, key, publish_type)
+        req = PublishRequested(stream_id, self.app, key, publish_type, query)
         self._pending[stream_id] = req
         self._events.append(req)
 

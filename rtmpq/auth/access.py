@@ -1,0 +1,111 @@
+"""Access decisions from the [publish] and [auth] settings: which public name a stream key
+publishes, and whether a token allows an action on a path. Sans-I/O: the time is passed in.
+
+The node is *open* when neither ``[publish.keys]`` nor ``[auth] secret`` is set: any key
+publishes, the key is the public name, and nobody needs a token (as before this module).
+"""
+
+import re
+
+import jwt
+
+from ..config import AuthConfig, PublishConfig
+from ..errors import RtmpqError
+from .tokens import ACT_PUBLISH, ACT_RELAY, ACT_SUBSCRIBE, TokenError, looks_like_jwt, verify_token
+
+__all__ = ["AccessDenied", "Access", "ACT_PUBLISH", "ACT_RELAY", "ACT_SUBSCRIBE"]
+
+
+# A public broadcast name: app/name, each part as the RTMP layer allows app names and keys.
+BROADCAST_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}")
+
+
+class AccessDenied(RtmpqError):
+    """Refused; the message is safe to show the peer and to log (it never holds a key or token)."""
+
+
+class Access:
+    def __init__(self, publish: PublishConfig | None = None, auth: AuthConfig | None = None) -> None:
+        self.publish = publish or PublishConfig()
+        self.auth = auth or AuthConfig()
+
+    @property
+    def open(self) -> bool:
+        """No keys and no secret: anyone publishes anything, key = public name."""
+        return not self.publish.restricted and not self.auth.enabled
+
+    # -- publish --------------------------------------------------------------------------------
+    def publish_name(self, app: str, key: str, query: str, now: float) -> str:
+        """The public broadcast name (``app/name``) a publish to ``app/key?query`` may use."""
+        if self.open:
+            return f"{app}/{key}"
+        name = self.publish.keys.get(key)
+        if name is not None:
+            return name if "/" in name else f"{app}/{name}"  # the config checked its shape
+        token = _query_token(query)
+        if self.auth.enabled and (token is not None or looks_like_jwt(key)):
+            if token is not None:  # rtmp://HOST/app/<name>?token=<JWT>
+                path = f"{app}/{key}"
+            else:  # the key is the token; its subject names the broadcast
+                token, path = key, _subject_path(key, app)
+            self.check(ACT_PUBLISH, path, token, now)
+            return path
+        raise AccessDenied("unknown stream key")
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def check(self, act: str, path: str, token: str | None, now: float) -> None:
+        """Raises AccessDenied unless ``token`` allows ``act`` on ``path``."""
+        if not self.auth.enabled:
+            raise AccessDenied("tokens are not accepted here (no [auth] secret)")
+        if not token:
+            raise AccessDenied(f"a token is required to {act} {path}")
+        try:
+            verify_token(token, self.auth.secret, act=act, path=path, now=now)
+        except TokenError as exc:
+            raise AccessDenied(f"token refused: {exc.reason}") from None
+
+    def may_subscribe(self, path: str, token: str | None, now: float) -> None:
+        """Viewers (HLS, MoQ SUBSCRIBE/FETCH) need a token only when [auth] says so."""
+        if self.auth.require_playback_token:
+            self.check(ACT_SUBSCRIBE, path, token, now)
+
+    def may_list(self, prefix: str, token: str | None, now: float) -> None:
+        """SUBSCRIBE_NAMESPACE: a viewer's token covers waiting for its one broadcast; listing a
+        prefix above broadcasts (``live``) needs a node token when tokens are required."""
+        if not self.auth.require_playback_token:
+            return
+        if prefix.count("/") >= 1:  # app/name: one broadcast (or below)
+            self.check(ACT_SUBSCRIBE, prefix, token, now)
+        else:
+            self.check(ACT_RELAY, prefix, token, now)
+
+    def may_publish_over_moq(self, path: str, token: str | None, now: float) -> None:
+        """PUBLISH_NAMESPACE / PUBLISH from a peer: open nodes take any; otherwise a node token
+        (act=relay) or a publish token for the path."""
+        if self.open:
+            return
+        self.check(ACT_PUBLISH, path, token, now)
+
+
+def _query_token(query: str) -> str | None:
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name == "token" and value:
+            return value
+    return None
+
+
+def _subject_path(token: str, app: str) -> str:
+    """The broadcast a publish token names (its ``sub``), before the signature is checked (which
+    ``check`` then does against this very path)."""
+    try:
+        sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        raise AccessDenied("token refused: malformed") from None
+    if not isinstance(sub, str) or not sub.strip("/"):
+        raise AccessDenied("token refused: it names no broadcast (sub)")
+    sub = sub.strip("/")
+    path = sub if "/" in sub else f"{app}/{sub}"
+    if not BROADCAST_NAME_PATTERN.fullmatch(path):
+        raise AccessDenied("token refused: its sub is not a broadcast name (app/name)")
+    return path

@@ -1,0 +1,61 @@
+"""Follow a broadcast over MoQ for as long as it lives, through its origin's restarts.
+
+``follow_broadcast`` yields what ``subscribe_broadcast`` yields, but when the session is lost
+(the upstream node restarted, GOAWAY, a network outage) it reconnects with backoff and
+subscribes again, as long as the broadcast comes back within ``wait`` seconds. A first
+connection that fails is reported at once (a wrong address should not look like a wait).
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ..redact import safe_name
+from .client import SkippedGroup, SubscribeError, subscribe_broadcast
+from .transport import connect_moq
+from .wire import RequestError
+
+log = logging.getLogger("rtmpq.moq")
+
+# Seconds between reconnection attempts (doubling up to the maximum).
+RECONNECT_MIN = 0.25
+RECONNECT_MAX = 5.0
+
+
+class BroadcastGone(ConnectionError):
+    """The broadcast did not come back (or the upstream did not) within the wait."""
+
+
+async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
+                           delivery_timeout_ms: int | None = None, **tls) -> AsyncIterator:
+    """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
+    connect_moq's insecure / cafile / fingerprint / backend."""
+    loop = asyncio.get_running_loop()
+    delay = RECONNECT_MIN
+    connected_once = False
+    deadline = loop.time() + wait
+    setup = {"token": token} if token else {}
+    while True:
+        try:
+            async with connect_moq(host, port, **tls, **setup) as conn:
+                connected_once = True
+                async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
+                                                      delivery_timeout_ms=delivery_timeout_ms, authorization=token):
+                    delay = RECONNECT_MIN
+                    if not isinstance(item, SkippedGroup):
+                        deadline = loop.time() + wait  # alive: a later loss gets the whole wait again
+                    yield item
+                return  # PUBLISH_DONE on every track: the broadcast ended
+        except SubscribeError as exc:
+            if exc.code != RequestError.DOES_NOT_EXIST or loop.time() >= deadline:
+                raise
+        except (ConnectionError, OSError) as exc:
+            if not connected_once:
+                raise
+            if loop.time() >= deadline:
+                raise BroadcastGone(f"{safe_name(broadcast)}: upstream {host}:{port} lost and not back within "
+                                    f"{wait:g} s: {exc}") from None
+            log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
+                        exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_MAX)
