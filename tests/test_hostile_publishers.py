@@ -97,4 +97,4 @@ async def test_hostile_clients_are_closed_while_a_real_publish_goes_on(ingest, t
     assert rc == 0, output
     _, frames = await collector
     assert as_packets(frames) == probe_packets(ref)
-    assert len(ingest.connections) == 0
+    assert len(ingest.server.connections) == 0

@@ -120,6 +120,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if track is not None:
                     expected[track] = event.stream_count
                     finish_complete_tracks()
+            elif isinstance(event, ev.GoawayReceived):
+                # the node is going away: what it served goes on elsewhere or after its restart
+                raise ConnectionError("the relay is going away (GOAWAY)")
             elif isinstance(event, ev.SessionClosed):
                 raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
     finally:

@@ -87,12 +87,13 @@ class UpNode:
         return self._quic._transport.get_extra_info("sockname")[:2]
 
     async def close(self) -> None:
-        """Graceful stop: publishers get onStatus and a close, broadcasts end (ENDLIST for the
-        node's playlists, PUBLISH_DONE for subscribers), then GOAWAY to every MoQ session."""
-        await self.rtmp.close()
-        await asyncio.sleep(0)  # let the relay and edge read the ends
-        await self.edge.close()
+        """Graceful stop: GOAWAY to every MoQ session (nodes below reconnect, their broadcasts
+        go on when this node is back), publishers get onStatus and a close, recordings are
+        finalized, the node's own playlists get ENDLIST."""
         self.moq.stop()
+        await self.rtmp.close()
+        await asyncio.sleep(0)  # let the edge read the ends
+        await self.edge.close()
         if self._quic is not None:
             self._quic.close()
 

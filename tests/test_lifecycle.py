@@ -1,0 +1,183 @@
+"""Publishers that freeze, reconnect and come back; viewers and subscribers that ride through it."""
+
+import asyncio
+import os
+import signal
+import urllib.error
+import urllib.request
+
+import pytest
+
+from rtmpq.config import PublishConfig
+from rtmpq.media.catalog import Catalog
+from rtmpq.media.frames import Frame
+from rtmpq.moq.client import subscribe_broadcast
+from rtmpq.moq.transport import connect_moq
+
+from .conftest import need, start_up_node
+from .publishers import VIDEO_ENCODE, ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
+
+
+def long_publish_args(url: str, seconds: float = 60.0) -> list[str]:
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", str(seconds), *VIDEO_ENCODE, "-f", "flv", url]
+
+
+async def spawn(args: list[str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+
+
+async def until(condition, deadline: float = 20.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def video_frames(node, name: str) -> int:
+    pub = node.rtmp.publishes.get(name)
+    return pub.demuxer.stats.frames["video"] if pub is not None else 0
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=20) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    return await asyncio.to_thread(get)
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = await start_up_node(tmp_path, publish=PublishConfig(idle_timeout=2.0, grace_period=30.0))
+    yield n
+    await n.close()
+
+
+async def test_a_frozen_publisher_is_taken_over_at_once(node):
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam"
+    frozen = await spawn(long_publish_args(url))
+    try:
+        await until(lambda: video_frames(node, "live/cam") > 10, what="the first publish")
+        first = node.rtmp.publishes["live/cam"]
+        broadcast = node.registry.get("live/cam")
+        os.kill(frozen.pid, signal.SIGSTOP)  # a dead link that TCP has not noticed
+        # the encoder's reconnect: accepted at once, on the same broadcast
+        rc, output = await run_process(ffmpeg_publish_only_args(url, seconds=2))
+        assert rc == 0, output
+        assert first.closed and node.registry.get("live/cam") is broadcast and broadcast.publishes == 2
+    finally:
+        frozen.kill()
+        await frozen.wait()
+
+
+async def test_a_silent_publisher_is_closed_after_the_idle_time_and_its_name_freed(node, caplog):
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/idle"
+    frozen = await spawn(long_publish_args(url))
+    try:
+        await until(lambda: video_frames(node, "live/idle") > 10, what="the first publish")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        await until(lambda: "live/idle" not in node.rtmp.publishes, deadline=10, what="the idle publisher to be closed")
+        assert "no media for 2 s" in caplog.text
+        rc, output = await run_process(ffmpeg_publish_only_args(url, seconds=1))
+        assert rc == 0, output
+    finally:
+        frozen.kill()
+        await frozen.wait()
+
+
+async def test_subscriber_keeps_receiving_across_a_publisher_reconnect(node, tmp_path):
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/again"
+    host, port = node.moq_address
+    frames: list[Frame] = []
+    catalogs: list[Catalog] = []
+
+    async def subscribe():
+        async with connect_moq(host, port, insecure=True) as conn:
+            # the subscriber comes first: it waits for the broadcast
+            async for item in subscribe_broadcast(conn, "live/again", wait=20):
+                if isinstance(item, Frame):
+                    frames.append(item)
+                elif isinstance(item, Catalog):
+                    catalogs.append(item)
+
+    sub = asyncio.create_task(subscribe())
+    rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=3))
+    assert rc == 0, out
+    first = len([f for f in frames if f.track == "video"])
+    broadcast = node.registry.get("live/again")
+    await until(lambda: not broadcast.publishing, what="the publisher to leave")
+    rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "b.flv"), seconds=3))
+    assert rc == 0, out
+    await until(lambda: len([f for f in frames if f.track == "video"]) >= first + 80, what="frames of the second publish")
+    broadcast.end()
+    await asyncio.wait_for(sub, 10)
+    assert broadcast.publishes == 2 and first >= 60
+    for track in ("video", "audio"):
+        mine = [f for f in frames if f.track == track]
+        groups = [f.group for f in mine]
+        assert groups == sorted(groups), f"{track} group ids went backwards"
+        dts = [f.dts for f in mine]
+        assert all(b > a for a, b in zip(dts, dts[1:])), f"{track} timestamps went backwards"
+        # the seam is a gap of at least a second on the timeline, nothing more
+        jumps = [b - a for a, b in zip(dts, dts[1:]) if b - a > 500]
+        assert len(jumps) == 1 and jumps[0] >= 1000, jumps
+    video = [f for f in frames if f.track == "video"]
+    seam = next(i for i, (a, b) in enumerate(zip(video, video[1:])) if b.dts - a.dts > 500) + 1
+    assert video[seam].keyframe and video[seam].index == 0 and video[seam].group > video[seam - 1].group
+    # a catalog for the second publish only when something changed: same encoder settings, same catalog
+    assert len({c.to_json() for c in catalogs}) == len(catalogs)
+
+
+async def test_hls_player_rides_through_a_publisher_reconnect(node, tmp_path):
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/show"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/show"
+    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=8)))
+    broadcast_live = lambda: node.registry.get("live/show") is not None  # noqa: E731
+    await until(broadcast_live, what="the broadcast")
+    status, _ = await http_get(f"{base}/index.m3u8")  # the edge opens the broadcast and waits for a segment
+    assert status == 200
+    player = asyncio.create_task(run_process(
+        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v",
+         "-f", "framemd5", str(tmp_path / "played.md5")], timeout=90))
+    rc, out = await first
+    assert rc == 0, out
+    broadcast = node.registry.get("live/show")
+    await until(lambda: not broadcast.publishing, what="the publisher to leave")
+    await asyncio.sleep(3)  # the outage itself (not an ordering wait): the encoder is gone this long
+    status, body = await http_get(f"{base}/video.m3u8")
+    assert status == 200 and b"#EXT-X-ENDLIST" not in body  # viewers are kept during the grace period
+    second = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "b.flv"), seconds=6)))
+    playlist = b""
+
+    async def seam_listed() -> bool:
+        nonlocal playlist
+        _, playlist = await http_get(f"{base}/video.m3u8")
+        return b"#EXT-X-DISCONTINUITY" in playlist
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 20
+    while not await seam_listed():
+        assert loop.time() < end, playlist.decode()
+        await asyncio.sleep(0.2)
+    assert b"#EXT-X-ENDLIST" not in playlist
+    rc, out = await second
+    assert rc == 0, out
+    broadcast.end()  # the grace period's end, now: the player gets its ENDLIST and stops
+    rc, out = await player
+    assert rc == 0, out
+    played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
+    # frames of both publishes (8 s + 6 s at 30 fps; the player joined about 2 s into the first)
+    assert len(played) > 8 * 30, len(played)
+    pts = [int(line.split(",")[2]) for line in played]
+    assert pts == sorted(pts)
