@@ -1,10 +1,22 @@
-"""Stream keys are secrets: logs, errors and metrics name a broadcast by a short hash of its key."""
+"""Stream keys are secrets: on an open node (key = name) logs, errors and metrics name a broadcast
+by a short hash of its key. Where keys are mapped to public names or tokens are required
+([publish.keys], [auth] secret), a broadcast's name is public and logged as it is."""
 
 import hashlib
+
+_names_are_public = False
+
+
+def names_are_public(public: bool) -> None:
+    """Set by each node at start from its access settings (``not Access.open``)."""
+    global _names_are_public
+    _names_are_public = public
 
 
 def safe_name(broadcast: str) -> str:
     """``live/<key>`` -> ``live/#1a2b3c4d``: stable across logs, useless to an attacker."""
+    if _names_are_public:
+        return broadcast
     app, sep, key = broadcast.rpartition("/")
     if not sep:
         app, key = "", broadcast

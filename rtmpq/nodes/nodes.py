@@ -11,6 +11,7 @@ from ..media.broadcast import BroadcastRegistry
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
+from ..redact import names_are_public
 from .ingest import IngestNode
 from .remote import UpstreamLink, moq_broadcast_source
 from .up import stop_within, warn_if_open
@@ -39,6 +40,12 @@ def upstream_tls(config: Config) -> dict:
             "fingerprint": u.fingerprint or None, "backend": u.backend}
 
 
+def node_access(config: Config) -> Access:
+    access = Access(config.publish, config.auth)
+    names_are_public(not access.open)  # keys never reach a name: log names as they are
+    return access
+
+
 async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     cert, key = moq.certfile, moq.keyfile
     if cert is None or key is None:
@@ -52,7 +59,7 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
 
 async def run_relay(config: Config, stop: asyncio.Event) -> None:
     """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
-    access = Access(config.publish, config.auth)
+    access = node_access(config)
     warn_if_open(access, [config.moq.host])
     relay = MoqRelay(BroadcastRegistry(), access=access)
     server = await serve_relay(relay, config.moq)
@@ -71,7 +78,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
 
 async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     """An ingest; with [upstream] url, it publishes its broadcasts into that relay over MoQ."""
-    access = Access(config.publish, config.auth)
+    access = node_access(config)
     warn_if_open(access, [config.rtmp.host])
     registry = BroadcastRegistry()
     ingest = IngestNode(registry, config.rtmp, config.publish, access)
@@ -101,7 +108,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
 
 async def run_edge(config: Config, stop: asyncio.Event) -> None:
     """An LL-HLS edge fed over MoQ from its upstream, subscribing when a player first asks."""
-    access = Access(config.publish, config.auth)
+    access = node_access(config)
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
                                   **upstream_tls(config))
     edge = EdgeServer(source, host=config.http.host, port=config.http.port, static_dir=config.http.static_dir,

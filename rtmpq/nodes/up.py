@@ -12,6 +12,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
+from ..redact import names_are_public
 from .ingest import IngestNode
 
 log = logging.getLogger("rtmpq.nodes")
@@ -55,6 +56,7 @@ class UpNode:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.access = Access(config.publish, config.auth)
+        names_are_public(not self.access.open)  # keys never reach a name: log names as they are
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq

@@ -1,0 +1,152 @@
+"""Secret stream keys mapped to public names, signed publish keys, playback tokens on HLS."""
+
+import asyncio
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from rtmpq.auth.access import Access, AccessDenied
+from rtmpq.auth.tokens import mint_token
+from rtmpq.config import AuthConfig, PublishConfig
+from rtmpq.media.catalog import Catalog
+from rtmpq.moq.client import subscribe_broadcast
+from rtmpq.moq.transport import connect_moq
+
+from .conftest import need, start_up_node
+from .publishers import ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
+
+KEY = "sk-1f9c2a77e0"
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+async def http_get(url: str, *, until_live: bool = False) -> tuple[int, bytes]:
+    """GET; with ``until_live``, asks again while the broadcast is not there yet (as players do)."""
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=20) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    end = time.monotonic() + 20
+    while True:
+        status, body = await asyncio.to_thread(get)
+        if not until_live or status not in (404, 503) or time.monotonic() > end:
+            return status, body
+        await asyncio.sleep(0.2)
+
+
+# -- the decisions, in memory -------------------------------------------------------------------
+def test_keys_map_to_public_names_and_unknown_keys_are_refused():
+    access = Access(PublishConfig(keys={KEY: "studio", "sk-other": "news/desk"}))
+    assert access.publish_name("live", KEY, "", 0) == "live/studio"
+    assert access.publish_name("live", "sk-other", "", 0) == "news/desk"
+    with pytest.raises(AccessDenied, match="unknown stream key") as info:
+        access.publish_name("live", "studio", "", 0)  # the public name is not a key
+    assert KEY not in str(info.value)
+
+
+def test_signed_publish_keys_as_key_or_query():
+    now = time.time()
+    access = Access(PublishConfig(), AuthConfig(secret=SECRET))
+    token = mint_token(SECRET, "live/cam1", "publish", 60, now=now)
+    assert access.publish_name("live", token, "", now) == "live/cam1"  # the key is the token
+    assert access.publish_name("live", "cam1", f"token={token}", now) == "live/cam1"
+    with pytest.raises(AccessDenied):
+        access.publish_name("live", "cam2", f"token={token}", now)  # for another name
+    with pytest.raises(AccessDenied, match="expired"):
+        access.publish_name("live", token, "", now + 3600)
+    viewer = mint_token(SECRET, "live/cam1", "subscribe", 60, now=now)
+    with pytest.raises(AccessDenied):
+        access.publish_name("live", viewer, "", now)  # watching does not give the right to publish
+    with pytest.raises(AccessDenied):
+        access.publish_name("live", "cam1", "", now)  # no key, no token
+
+
+def test_an_open_node_publishes_the_key_as_the_name():
+    assert Access().open and Access().publish_name("live", "anything", "", 0) == "live/anything"
+
+
+# -- end to end ---------------------------------------------------------------------------------
+async def test_secret_key_publishes_at_its_public_name_and_appears_nowhere(tmp_path, caplog):
+    need("ffmpeg")
+    caplog.set_level(logging.DEBUG)
+    node = await start_up_node(tmp_path, publish=PublishConfig(keys={KEY: "studio"}, grace_period=0))
+    node.config.rtmp.record_dir = tmp_path / "rec"
+    try:
+        rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+        # a wrong key is refused, with a status that says why
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-wrong", seconds=1))
+        assert rc != 0 and "unknown stream key" in out, out
+        host, port = node.moq_address
+        frames, catalogs = 0, []
+
+        async def watch():
+            nonlocal frames
+            async with connect_moq(host, port, insecure=True) as conn:
+                async for item in subscribe_broadcast(conn, "live/studio", wait=20):
+                    if isinstance(item, Catalog):
+                        catalogs.append(item.to_json().decode())
+                    else:
+                        frames += 1
+
+        watcher = asyncio.create_task(watch())
+        publish = asyncio.create_task(run_process(ffmpeg_publish_args(f"{rtmp}/{KEY}", str(tmp_path / "ref.flv"),
+                                                                      seconds=4)))
+        base = f"http://127.0.0.1:{node.edge.address[1]}/live"
+        status, playlist = await http_get(f"{base}/studio/index.m3u8", until_live=True)
+        assert status == 200 and b"#EXT-X-STREAM-INF" in playlist
+        status, _ = await http_get(f"{base}/{KEY}/index.m3u8")
+        assert status != 200  # the key is not a playback path
+        rc, out = await publish
+        assert rc == 0, out
+        await asyncio.wait_for(watcher, 20)
+        assert frames > 100 and catalogs
+        recordings = list((tmp_path / "rec").rglob("*.flv"))
+        assert recordings and all("studio" in str(p) for p in recordings)
+        seen = [caplog.text, *catalogs, playlist.decode(), *(str(p) for p in recordings)]
+        assert not any(KEY in text for text in seen)
+        assert "live/studio" in caplog.text  # logs name the broadcast by its public name
+    finally:
+        await node.close()
+
+
+async def test_playback_tokens_on_hls(tmp_path):
+    need("ffmpeg")
+    auth = AuthConfig(secret=SECRET, require_playback_token=True)
+    node = await start_up_node(tmp_path, auth=auth, publish=PublishConfig(grace_period=0))
+    try:
+        now = time.time()
+        publish_key = mint_token(SECRET, "live/show", "publish", 60, now=now)
+        publish = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/{publish_key}", str(tmp_path / "ref.flv"), seconds=5)))
+        base = f"http://127.0.0.1:{node.edge.address[1]}/live/show"
+        good = mint_token(SECRET, "live/show", "subscribe", 60, now=now)
+        expired = mint_token(SECRET, "live/show", "subscribe", 1, now=now - 120)
+        other = mint_token(SECRET, "live/other", "subscribe", 60, now=now)
+        forged = mint_token("another-secret-that-is-long-enough-xx", "live/show", "subscribe", 60, now=now)
+        for token in (None, expired, other, forged):
+            query = f"?token={token}" if token else ""
+            status, body = await http_get(f"{base}/index.m3u8{query}")
+            assert status == 403, (status, body)
+            assert token is None or token.encode() not in body
+        status, multivariant = await http_get(f"{base}/index.m3u8?token={good}", until_live=True)
+        assert status == 200, multivariant
+        status, media = await http_get(f"{base}/video.m3u8?token={good}")
+        assert status == 200
+        uris = [line for line in media.decode().splitlines() if ".m4s" in line or "init.mp4" in line]
+        assert uris and all(f"token={good}" in line for line in uris)
+        status, _ = await http_get(f"{base}/v-init.mp4")  # media needs the token as well as playlists
+        assert status == 403
+        rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json",
+                                     f"{base}/index.m3u8?token={good}"], timeout=40)
+        assert rc == 0, out
+        assert {s["codec_type"] for s in json.loads(out)["streams"]} == {"video", "audio"}
+        rc, out = await publish
+        assert rc == 0, out
+    finally:
+        await node.close()
