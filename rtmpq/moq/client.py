@@ -34,7 +34,9 @@ class SubscribeError(ConnectionError):
 
 
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
-                              delivery_timeout_ms: int | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+                              delivery_timeout_ms: int | None = None,
+                              authorization: str | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+    """``authorization``: a token sent with every SUBSCRIBE (AUTHORIZATION TOKEN parameter)."""
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -52,7 +54,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     def subscribe(track: str) -> None:
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                priority=0 if track == CATALOG_TRACK else 128)
+                                priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
         conn.flush()
@@ -114,13 +116,15 @@ class FetchResult:
 
 
 async def fetch_track(conn: MoqConnection, broadcast: str, track: str, start: tuple[int, int], end: tuple[int, int],
-                      *, descending: bool = False) -> FetchResult:
+                      *, descending: bool = False, authorization: str | None = None) -> FetchResult:
     """FETCH objects of one track already published: ``start`` up to ``end`` (exclusive; an end
     object of 0 means the whole end group). Returns once the publisher closed the fetch stream.
-    Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``."""
+    Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``.
+    ``authorization``: a token sent with the FETCH (AUTHORIZATION TOKEN parameter)."""
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
-    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending)
+    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending,
+                             authorization=authorization)
     conn.flush()
     result = FetchResult([], start, False, [])
     accepted = ended = False
