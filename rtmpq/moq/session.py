@@ -102,7 +102,10 @@ class MoqSession:
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
-        self._expected_peer_request = 1 if is_client else 0
+        self._expected_peer_request = 1 if is_client else 0  # the lowest request id the peer has not used
+        # ids above it already used: a SUBSCRIBE_NAMESPACE on its own stream can overtake (or be
+        # overtaken by) requests on the control stream; bounded by the window we grant
+        self._early_peer_requests: set[int] = set()
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
@@ -449,7 +452,7 @@ class MoqSession:
                 if msg.suffix not in sub.live:
                     sub.live_bytes += sum(map(len, msg.suffix)) + _SUFFIX_OVERHEAD
                     if sub.live_bytes > MAX_NAMESPACE_SUFFIX_BYTES:
-                        raise wire.MoqLimitExceeded("live namespaces (bytes)", "MAX_NAMESPACE_SUFFIX_BYTES",
+                        raise wire.MoqLimitExceeded("live namespaces announced", "MAX_NAMESPACE_SUFFIX_BYTES",
                                                     sub.live_bytes, MAX_NAMESPACE_SUFFIX_BYTES)
                     sub.live.add(msg.suffix)
                 suffix = _text(msg.suffix)
@@ -520,10 +523,20 @@ class MoqSession:
         return out
 
     def _check_request_id(self, rid: int) -> None:
-        if rid != self._expected_peer_request or rid >= self._granted:
-            raise MoqProtocolError(f"request id {rid} (expected {self._expected_peer_request})",
+        expected = self._expected_peer_request
+        if rid < expected or rid >= self._granted or (rid - expected) & 1 or rid in self._early_peer_requests:
+            raise MoqProtocolError(f"request id {rid} (expected {expected})",
                                    SessionError.INVALID_REQUEST_ID)
-        self._expected_peer_request += 2
+        if rid == expected:
+            expected += 2
+            while expected in self._early_peer_requests:
+                self._early_peer_requests.discard(expected)
+                expected += 2
+            self._expected_peer_request = expected
+        elif len(self._early_peer_requests) >= self._max_requests:  # a gap that never fills: not reordering
+            raise MoqProtocolError(f"request id {expected} never came", SessionError.INVALID_REQUEST_ID)
+        else:
+            self._early_peer_requests.add(rid)
         if self._granted - rid < self._max_requests:  # keep the window open
             self._granted += self._max_requests
             self._send_control(wire.MaxRequestId(self._granted))
@@ -547,7 +560,7 @@ class MoqSession:
                     self._peer_tokens[token.alias] = token
                     self._peer_token_bytes += size
                 elif not setup:  # in setup the draft has it used as a value instead
-                    raise wire.MoqLimitExceeded("registered authorization tokens (bytes)", "MAX_AUTH_TOKEN_CACHE",
+                    raise wire.MoqLimitExceeded("registered authorization tokens", "MAX_AUTH_TOKEN_CACHE",
                                                 self._peer_token_bytes + size, MAX_AUTH_TOKEN_CACHE,
                                                 SessionError.AUTH_TOKEN_CACHE_OVERFLOW)
                 resolved = (token.token_type, token.value)
@@ -573,14 +586,14 @@ class MoqSession:
     def _on_message(self, msg) -> list:
         if not self.setup_done:
             if self.is_client and isinstance(msg, wire.ServerSetup):
+                self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
-                self.setup_authorization = self._authorization(msg.params, setup=True)
                 return [ev.SetupComplete()]
             if not self.is_client and isinstance(msg, wire.ClientSetup):
+                self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
-                self.setup_authorization = self._authorization(msg.params, setup=True)
                 path = msg.params.get(wire.SETUP_PATH, b"")
                 self._send_control(wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: self._granted,
                                                      wire.SETUP_IMPLEMENTATION: b"rtmpq",

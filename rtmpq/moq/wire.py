@@ -174,12 +174,12 @@ class MoqProtocolError(RemoteProtocolError):
 
 
 class MoqLimitExceeded(MoqProtocolError, LimitExceeded):
-    """A peer went past one of our named limits: closes the session with ``code``."""
+    """A peer went past one of our named limits (in bytes): closes the session with ``code``."""
 
     def __init__(self, what: str, limit: str, value: int, maximum: int,
                  code: int = SessionError.PROTOCOL_VIOLATION) -> None:
         LimitExceeded.__init__(self, limit, value, maximum)
-        self.args = (f"{what} of {value} exceeds {limit} ({maximum})",)
+        self.args = (f"{what}: {value} bytes, more than {limit} ({maximum})",)
         self.code = int(code)
 
 
@@ -386,7 +386,7 @@ def decode_auth_token(data: bytes) -> AuthToken:
         raise MoqProtocolError(f"undecodable authorization token: {exc}", SessionError.KEY_VALUE_FORMATTING_ERROR) from None
     size = r.end - r.pos
     if size > MAX_AUTH_TOKEN_BYTES:
-        raise MoqLimitExceeded("authorization token (bytes)", "MAX_AUTH_TOKEN_BYTES", size, MAX_AUTH_TOKEN_BYTES,
+        raise MoqLimitExceeded("authorization token", "MAX_AUTH_TOKEN_BYTES", size, MAX_AUTH_TOKEN_BYTES,
                                SessionError.MALFORMED_AUTH_TOKEN)
     return AuthToken(alias_type, alias, token_type, r.raw(size))
 
