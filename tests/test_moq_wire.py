@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rtmpq.codec.sentinel import NEED_DATA
+from rtmpq.errors import LimitExceeded
 from rtmpq.moq import wire
 from rtmpq.moq.wire import MoqProtocolError
 
@@ -180,3 +181,73 @@ def test_picoquic_priorities_put_urgency_first_then_the_newest_group():
     order = [pquic_priority(u, newest=n) for u in range(4) for n in (True, False)]
     assert order == sorted(order) and len(set(order)) == len(order)
     assert all(p % 2 == 0 for p in order)  # even: round robin among equal priorities (picoquic)
+
+
+# -- AUTHORIZATION TOKEN ------------------------------------------------------------------------
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJsaXZlIn0.c2lnbmF0dXJl"
+
+
+def test_authorization_token_written_by_hand_from_the_draft():
+    # Token { Alias Type (i) = USE_VALUE 3, Token Type (i) = 0, Token Value (..) = the rest }
+    assert wire.auth_token_param(JWT) == b"\x03\x00" + JWT.encode()
+    # SUBSCRIBE with SUBSCRIBER_PRIORITY and AUTHORIZATION TOKEN: types 0x03 then 0x20 (delta 0x1d)
+    msg = wire.Subscribe(2, (b"live",), b"video", {wire.PARAM_SUBSCRIBER_PRIORITY: 128,
+                                                  wire.PARAM_AUTHORIZATION_TOKEN: wire.auth_token_param("tok")})
+    params = b"\x02" + b"\x03\x05\x03\x00tok" + b"\x1d\x40\x80"
+    assert wire.encode_control_message(msg).endswith(params)
+    # REGISTER (alias 7, type 0, value) / USE_ALIAS 7 / DELETE 7
+    token = wire.AuthToken(wire.AuthAliasType.REGISTER, 7, 0, b"s3cret")
+    assert token.encode() == b"\x01\x07\x00s3cret" and wire.decode_auth_token(b"\x01\x07\x00s3cret") == token
+    assert wire.decode_auth_token(b"\x02\x07") == wire.AuthToken(wire.AuthAliasType.USE_ALIAS, 7)
+    assert wire.decode_auth_token(b"\x00\x07") == wire.AuthToken(wire.AuthAliasType.DELETE, 7)
+    assert wire.AuthToken(wire.AuthAliasType.DELETE, 7).encode() == b"\x00\x07"
+    assert "s3cret" not in repr(token)  # a token is a secret
+
+
+TOKEN = {wire.PARAM_AUTHORIZATION_TOKEN: wire.auth_token_param(JWT)}
+
+
+@pytest.mark.parametrize("msg", [
+    wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 100, wire.SETUP_AUTHORIZATION_TOKEN: wire.auth_token_param(JWT),
+                      wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: 8192}),
+    wire.Subscribe(2, (b"live", b"cam"), b"video", {wire.PARAM_SUBSCRIBER_PRIORITY: 1, **TOKEN}),
+    wire.Fetch(10, wire.FETCH_STANDALONE, (b"live", b"cam"), b"video", (3, 0), (5, 0), params=dict(TOKEN)),
+    wire.Fetch(12, wire.FETCH_RELATIVE_JOINING, joining_request_id=10, joining_start=2, params=dict(TOKEN)),
+    wire.SubscribeNamespace(2, (b"live",), wire.NAMESPACE_OPTION_NAMESPACE, dict(TOKEN)),
+    wire.SubscribeNamespace(4, (), wire.NAMESPACE_OPTION_BOTH, dict(TOKEN)),
+    wire.PublishNamespace(0, (b"live", b"cam"), dict(TOKEN)),
+    wire.Publish(6, (b"live",), b"video", 9, dict(TOKEN), {}),
+    wire.TrackStatus(8, (b"live", b"cam"), b"video", dict(TOKEN)),
+    # repeated tokens (the draft allows them): a tuple of values
+    wire.Subscribe(2, (b"live",), b"video", {wire.PARAM_AUTHORIZATION_TOKEN: (
+        wire.auth_token_param(JWT), wire.AuthToken(wire.AuthAliasType.REGISTER, 1, 0, b"other").encode())}),
+])
+def test_messages_carry_a_token_through_a_round_trip(msg):
+    data = wire.encode_control_message(msg)
+    assert wire.decode_control_message(data) == (msg, len(data))
+    for i in range(len(data)):
+        assert wire.decode_control_message(data[:i]) is NEED_DATA
+    kind = wire.SETUP_AUTHORIZATION_TOKEN if isinstance(msg, wire.ClientSetup) else wire.PARAM_AUTHORIZATION_TOKEN
+    tokens = wire.auth_tokens(msg.params, kind)
+    assert tokens[0] == wire.AuthToken(wire.AuthAliasType.USE_VALUE, None, wire.TOKEN_TYPE_OUT_OF_BAND, JWT.encode())
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x04\x00", b"\x02", b"\x02\x01\x00", b"\x00\x01tail", b"\x01\x01", b"\x03",
+                                 b"\x40"])
+def test_undecodable_tokens_are_key_value_formatting_errors(raw):
+    with pytest.raises(MoqProtocolError) as info:
+        wire.decode_auth_token(raw)
+    assert info.value.code == wire.SessionError.KEY_VALUE_FORMATTING_ERROR
+
+
+def test_a_token_over_the_byte_limit_is_refused_both_ways():
+    big = "x" * (wire.MAX_AUTH_TOKEN_BYTES + 1)
+    wire.decode_auth_token(wire.auth_token_param(big[:-1]))  # exactly at the limit is fine
+    with pytest.raises(ValueError, match="MAX_AUTH_TOKEN_BYTES"):
+        wire.auth_token_param(big)
+    raw = wire.AuthToken(wire.AuthAliasType.USE_VALUE, None, 0, big.encode()).encode()
+    with pytest.raises(MoqProtocolError) as info:
+        wire.decode_auth_token(raw)
+    assert info.value.code == wire.SessionError.MALFORMED_AUTH_TOKEN
+    assert isinstance(info.value, LimitExceeded) and info.value.limit == "MAX_AUTH_TOKEN_BYTES"
+    assert "MAX_AUTH_TOKEN_BYTES" in str(info.value) and "xxxx" not in str(info.value)

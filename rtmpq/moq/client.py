@@ -45,7 +45,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks (all of them, or ``tracks``), until the broadcast
-    ends. A broadcast that is not live yet is waited for up to ``wait`` seconds."""
+    ends. A broadcast that is not live yet is waited for up to ``wait`` seconds.
+    ``authorization``: a token sent with every SUBSCRIBE (AUTHORIZATION TOKEN parameter)."""
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -62,11 +63,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 open_tracks.discard(track)
 
     wait_until = asyncio.get_running_loop().time() + wait
-    token = {"authorization": authorization} if authorization else {}
 
     def subscribe(track: str) -> None:
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                priority=0 if track == CATALOG_TRACK else 128, **token)
+                                priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
         conn.flush()
@@ -144,13 +144,15 @@ class FetchResult:
 
 
 async def fetch_track(conn: MoqConnection, broadcast: str, track: str, start: tuple[int, int], end: tuple[int, int],
-                      *, descending: bool = False) -> FetchResult:
+                      *, descending: bool = False, authorization: str | None = None) -> FetchResult:
     """FETCH objects of one track already published: ``start`` up to ``end`` (exclusive; an end
     object of 0 means the whole end group). Returns once the publisher closed the fetch stream.
-    Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``."""
+    Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``.
+    ``authorization``: a token sent with the FETCH (AUTHORIZATION TOKEN parameter)."""
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
-    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending)
+    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending,
+                             authorization=authorization)
     conn.flush()
     result = FetchResult([], start, False, [])
     accepted = ended = False

@@ -1,6 +1,15 @@
-"""What a MoqSession reports to its application (frozen slotted dataclasses)."""
+"""What a MoqSession reports to its application (frozen slotted dataclasses).
 
-from dataclasses import dataclass
+Requests carry ``authorization``: the token of the request's AUTHORIZATION TOKEN parameter, or
+None when it has none (the session's ``setup_authorization`` holds the one sent in setup). It is
+a secret, so it is left out of the events' repr.
+"""
+
+from dataclasses import dataclass, field
+
+
+def _token():
+    return field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +26,7 @@ class SubscribeRequested:
     start: tuple[int, int] | None
     delivery_timeout_ms: int | None
     subscriber_priority: int
+    authorization: str | None = _token()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,7 @@ class RequestAccepted:
 class NamespacePublished:
     request_id: int
     namespace: tuple[str, ...]
+    authorization: str | None = _token()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,35 @@ class NamespaceSubscribeRequested:
     prefix: tuple[str, ...]
     stream_id: int
     options: int
+    authorization: str | None = _token()
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceReceived:
+    """NAMESPACE on the stream of our SUBSCRIBE_NAMESPACE ``request_id``: ``namespace`` (the
+    subscribed prefix followed by ``suffix``; an empty suffix is the prefix itself) is published."""
+
+    request_id: int
+    suffix: tuple[str, ...]
+    namespace: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceDoneReceived:
+    """NAMESPACE_DONE on the stream of our SUBSCRIBE_NAMESPACE ``request_id``: ``namespace`` is gone."""
+
+    request_id: int
+    suffix: tuple[str, ...]
+    namespace: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceSubscriptionEnded:
+    """The peer closed the stream of our SUBSCRIBE_NAMESPACE ``request_id``: with FIN (``code``
+    None; after a REQUEST_ERROR, or the peer is done) or with a reset."""
+
+    request_id: int
+    code: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +114,7 @@ class TrackStatusRequested:
     request_id: int
     namespace: tuple[str, ...]
     track_name: str
+    authorization: str | None = _token()
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +138,7 @@ class TrackPublished:
     namespace: tuple[str, ...]
     track_name: str
     track_alias: int
+    authorization: str | None = _token()
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +205,7 @@ class FetchRequested:
     joining_request_id: int
     joining_start: int
     descending: bool
+    authorization: str | None = _token()
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,10 +34,9 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
     delay = RECONNECT_MIN
     connected_once = False
     deadline = loop.time() + wait
-    setup = {"token": token} if token else {}
     while True:
         try:
-            async with connect_moq(host, port, **tls, **setup) as conn:
+            async with connect_moq(host, port, **tls, token=token) as conn:
                 connected_once = True
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token):

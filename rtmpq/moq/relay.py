@@ -318,7 +318,7 @@ class MoqRelay:
     def _denied(self, conn: MoqConnection, event, check, path: str) -> bool:
         """Runs an Access check with the request's token (or the one of the peer's CLIENT_SETUP);
         on refusal answers the request with UNAUTHORIZED and returns True."""
-        token = getattr(event, "authorization", None) or getattr(conn.session, "setup_authorization", None)
+        token = event.authorization or conn.session.setup_authorization
         try:
             check(path, token, time.time())
         except AccessDenied as exc:

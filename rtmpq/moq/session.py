@@ -8,6 +8,7 @@ raised to the caller.
 """
 
 import logging
+from dataclasses import dataclass, field
 
 from ..codec.sentinel import NEED_DATA
 from . import events as ev
@@ -25,6 +26,18 @@ MAX_INCOMING_DATA_STREAMS = 256
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
 MAX_HELD_EVENTS = 2048
+# Bytes of authorization tokens a peer may register under aliases, counted as the draft does
+# (16 + the value's length each); advertised as MAX_AUTH_TOKEN_CACHE_SIZE. A registration past
+# it closes the session with AUTH_TOKEN_CACHE_OVERFLOW (one in CLIENT_SETUP is used as a value).
+MAX_AUTH_TOKEN_CACHE = 8192
+# Aliases a peer may have registered at once: the most MAX_AUTH_TOKEN_CACHE admits (16 bytes
+# each at least), so a peer within the advertised size never meets this cap.
+MAX_AUTH_TOKEN_ALIASES = MAX_AUTH_TOKEN_CACHE // 16
+# Bytes of live namespace suffixes remembered per SUBSCRIBE_NAMESPACE we sent (to refuse a
+# NAMESPACE_DONE for one never announced, as the draft asks); past it the session closes.
+MAX_NAMESPACE_SUFFIX_BYTES = 256 * 1024
+# What one remembered suffix costs beyond its bytes (for MAX_NAMESPACE_SUFFIX_BYTES).
+_SUFFIX_OVERHEAD = 16
 
 
 _last_encoded: list = [None, None, -1, b""]  # payload, extensions, delta, bytes
@@ -49,11 +62,37 @@ def _raw(parts) -> tuple[bytes, ...]:
     return tuple(p.encode() if isinstance(p, str) else bytes(p) for p in parts)
 
 
+def _with_token(params: dict, authorization: str | None) -> dict:
+    """Request parameters with the token as an AUTHORIZATION TOKEN (USE_VALUE, type 0)."""
+    if authorization is not None:
+        params[wire.PARAM_AUTHORIZATION_TOKEN] = wire.auth_token_param(authorization)
+    return params
+
+
+@dataclass(slots=True)
+class _NamespaceSubscription:
+    """A SUBSCRIBE_NAMESPACE we sent, on its own bidirectional stream."""
+
+    request_id: int
+    prefix: tuple[str, ...]
+    buf: bytearray = field(default_factory=bytearray)
+    answered: bool = False
+    live: set = field(default_factory=set)  # suffixes announced with NAMESPACE and not yet done
+    live_bytes: int = 0
+
+
 class MoqSession:
-    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS) -> None:
+    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS,
+                 token: str | None = None) -> None:
         self.quic = quic
         self.is_client = is_client
         self.path = path
+        # client: sent in CLIENT_SETUP (checked now, not when the handshake is done)
+        self._setup_token = wire.auth_token_param(token) if token is not None else None
+        self.setup_authorization: str | None = None  # the token the peer sent in its setup message
+        self._peer_tokens: dict[int, wire.AuthToken] = {}  # alias -> token the peer registered
+        self._peer_token_bytes = 0
+        self._namespace_subscriptions: dict[int, _NamespaceSubscription] = {}  # stream id -> ours
         self.control_stream_id: int | None = None
         self.setup_done = False
         self.closed = False
@@ -63,7 +102,10 @@ class MoqSession:
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
-        self._expected_peer_request = 1 if is_client else 0
+        self._expected_peer_request = 1 if is_client else 0  # the lowest request id the peer has not used
+        # ids above it already used: a SUBSCRIBE_NAMESPACE on its own stream can overtake (or be
+        # overtaken by) requests on the control stream; bounded by the window we grant
+        self._early_peer_requests: set[int] = set()
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
@@ -75,9 +117,12 @@ class MoqSession:
     def connect(self) -> None:
         """Client: open the control stream and send CLIENT_SETUP (call after the QUIC handshake)."""
         self.control_stream_id = self.quic.get_next_available_stream_id(is_unidirectional=False)
-        params = {wire.SETUP_MAX_REQUEST_ID: self._granted, wire.SETUP_IMPLEMENTATION: b"rtmpq"}
+        params = {wire.SETUP_MAX_REQUEST_ID: self._granted, wire.SETUP_IMPLEMENTATION: b"rtmpq",
+                  wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: MAX_AUTH_TOKEN_CACHE}
         if self.path:
             params[wire.SETUP_PATH] = self.path.encode()
+        if self._setup_token is not None:
+            params[wire.SETUP_AUTHORIZATION_TOKEN] = self._setup_token
         self._send_control(wire.ClientSetup(params))
 
     def close(self, code: int = SessionError.NO_ERROR, reason: str = "") -> None:
@@ -112,11 +157,12 @@ class MoqSession:
         self._next_request_id += 2
         return rid
 
+    # ``authorization`` (every request): a token sent as the request's AUTHORIZATION TOKEN
     def subscribe(self, namespace, track_name: str, *, filter_type: int | None = None,
                   start: tuple[int, int] | None = None, delivery_timeout_ms: int | None = None,
-                  priority: int = 128) -> int:
+                  priority: int = 128, authorization: str | None = None) -> int:
+        params: dict = _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority}, authorization)
         rid = self._new_request_id()
-        params: dict = {wire.PARAM_SUBSCRIBER_PRIORITY: priority}
         if filter_type is not None:
             params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start)
         if delivery_timeout_ms:
@@ -124,33 +170,36 @@ class MoqSession:
         self._send_control(wire.Subscribe(rid, _raw(namespace), track_name.encode(), params))
         return rid
 
-    def publish(self, namespace, track_name: str, track_alias: int) -> int:
+    def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None) -> int:
         """Push a track (PUBLISH); objects may follow at once under ``track_alias``."""
+        params = _with_token({}, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias))
+        self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params))
         return rid
 
     def fetch(self, namespace, track_name: str, start: tuple[int, int], end: tuple[int, int], *,
-              descending: bool = False, priority: int = 128) -> int:
+              descending: bool = False, priority: int = 128, authorization: str | None = None) -> int:
         """Standalone FETCH of objects from ``start`` up to ``end`` (exclusive; object 0: whole group)."""
+        params = self._fetch_params(descending, priority, authorization)
         rid = self._new_request_id()
         self._send_control(wire.Fetch(rid, wire.FETCH_STANDALONE, _raw(namespace), track_name.encode(), start, end,
-                                      params=self._fetch_params(descending, priority)))
+                                      params=params))
         return rid
 
     def joining_fetch(self, subscribe_request_id: int, joining_start: int, *, relative: bool = True,
-                      descending: bool = False, priority: int = 128) -> int:
+                      descending: bool = False, priority: int = 128, authorization: str | None = None) -> int:
         """Joining FETCH: the groups before a subscription (``joining_start`` groups back, or from that group)."""
+        params = self._fetch_params(descending, priority, authorization)
         rid = self._new_request_id()
         kind = wire.FETCH_RELATIVE_JOINING if relative else wire.FETCH_ABSOLUTE_JOINING
         self._send_control(wire.Fetch(rid, kind, joining_request_id=subscribe_request_id, joining_start=joining_start,
-                                      params=self._fetch_params(descending, priority)))
+                                      params=params))
         return rid
 
     @staticmethod
-    def _fetch_params(descending: bool, priority: int) -> dict:
+    def _fetch_params(descending: bool, priority: int, authorization: str | None) -> dict:
         order = wire.GROUP_ORDER_DESCENDING if descending else wire.GROUP_ORDER_ASCENDING
-        return {wire.PARAM_SUBSCRIBER_PRIORITY: priority, wire.PARAM_GROUP_ORDER: order}
+        return _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority, wire.PARAM_GROUP_ORDER: order}, authorization)
 
     def fetch_cancel(self, request_id: int) -> None:
         self._send_control(wire.FetchCancel(request_id))
@@ -158,18 +207,40 @@ class MoqSession:
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
 
-    def publish_namespace(self, namespace) -> int:
+    def publish_namespace(self, namespace, *, authorization: str | None = None) -> int:
+        params = _with_token({}, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.PublishNamespace(rid, _raw(namespace)))
+        self._send_control(wire.PublishNamespace(rid, _raw(namespace), params))
         return rid
 
     def publish_namespace_done(self, request_id: int) -> None:
         self._send_control(wire.PublishNamespaceDone(request_id))
 
-    def track_status(self, namespace, track_name: str) -> int:
+    def track_status(self, namespace, track_name: str, *, authorization: str | None = None) -> int:
+        params = _with_token({}, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.TrackStatus(rid, _raw(namespace), track_name.encode()))
+        self._send_control(wire.TrackStatus(rid, _raw(namespace), track_name.encode(), params))
         return rid
+
+    def subscribe_namespace(self, prefix, *, authorization: str | None = None,
+                            options: int = wire.NAMESPACE_OPTION_NAMESPACE) -> int:
+        """SUBSCRIBE_NAMESPACE on a stream of its own: the answer comes as RequestAccepted or
+        RequestFailed, then NamespaceReceived / NamespaceDoneReceived for namespaces under
+        ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream)."""
+        params = _with_token({}, authorization)
+        rid = self._new_request_id()
+        sid = self.quic.get_next_available_stream_id(is_unidirectional=False)
+        self.quic.send_stream_data(sid, wire.encode_control_message(wire.SubscribeNamespace(rid, _raw(prefix),
+                                                                                            options, params)))
+        self._namespace_subscriptions[sid] = _NamespaceSubscription(rid, _text(_raw(prefix)))
+        return rid
+
+    def unsubscribe_namespace(self, request_id: int) -> None:
+        """Cancel a SUBSCRIBE_NAMESPACE (FIN on its stream); what the peer still sends is dropped."""
+        for sid, sub in list(self._namespace_subscriptions.items()):
+            if sub.request_id == request_id:
+                del self._namespace_subscriptions[sid]
+                self.quic.send_stream_data(sid, b"", end_stream=True)
 
     def goaway(self, uri: str = "") -> None:
         self._send_control(wire.Goaway(uri))
@@ -273,6 +344,11 @@ class MoqSession:
             if self.control_stream_id is None and not self.is_client:
                 self.control_stream_id = stream_id
             if stream_id != self.control_stream_id:
+                sub = self._namespace_subscriptions.get(stream_id)
+                if sub is not None:
+                    return self._on_namespace_stream(stream_id, sub, data, end_stream)
+                if (stream_id & 1) == (0 if self.is_client else 1):
+                    return []  # a stream of ours we gave up (unsubscribe_namespace): drop what follows
                 return self._on_request_stream(stream_id, data, end_stream)
             if end_stream:
                 raise MoqProtocolError("the control stream was closed")
@@ -320,6 +396,9 @@ class MoqSession:
         return out
 
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
+        sub = self._namespace_subscriptions.pop(stream_id, None)
+        if sub is not None:
+            return [ev.NamespaceSubscriptionEnded(sub.request_id, code)]
         parser = self._data_streams.pop(stream_id, None)
         if isinstance(parser, wire.FetchStreamParser):
             return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
@@ -347,6 +426,56 @@ class MoqSession:
             self._held = [e for e in self._held if e.track_alias != alias]
         return released
 
+    def _on_namespace_stream(self, stream_id: int, sub: _NamespaceSubscription, data: bytes,
+                             end_stream: bool) -> list:
+        """The answer stream of a SUBSCRIBE_NAMESPACE we sent: REQUEST_OK or REQUEST_ERROR, then
+        NAMESPACE and NAMESPACE_DONE messages."""
+        sub.buf += data
+        out = []
+        pos = 0
+        while True:
+            r = wire.decode_control_message(sub.buf, pos)
+            if r is NEED_DATA:
+                break
+            msg, pos = r
+            if isinstance(msg, (wire.RequestOk, wire.RequestErrorMessage)):
+                if sub.answered:
+                    raise MoqProtocolError("a second answer to SUBSCRIBE_NAMESPACE")
+                sub.answered = True
+                if isinstance(msg, wire.RequestOk):
+                    out.append(ev.RequestAccepted(sub.request_id, msg.params))
+                else:
+                    out.append(ev.RequestFailed(sub.request_id, msg.error_code, msg.reason))
+            elif not sub.answered:
+                raise MoqProtocolError(f"{type(msg).__name__} before the answer to SUBSCRIBE_NAMESPACE")
+            elif isinstance(msg, wire.Namespace):
+                if msg.suffix not in sub.live:
+                    sub.live_bytes += sum(map(len, msg.suffix)) + _SUFFIX_OVERHEAD
+                    if sub.live_bytes > MAX_NAMESPACE_SUFFIX_BYTES:
+                        raise wire.MoqLimitExceeded("live namespaces announced", "MAX_NAMESPACE_SUFFIX_BYTES",
+                                                    sub.live_bytes, MAX_NAMESPACE_SUFFIX_BYTES)
+                    sub.live.add(msg.suffix)
+                suffix = _text(msg.suffix)
+                out.append(ev.NamespaceReceived(sub.request_id, suffix, sub.prefix + suffix))
+            elif isinstance(msg, wire.NamespaceDoneMessage):
+                if msg.suffix not in sub.live:
+                    raise MoqProtocolError("NAMESPACE_DONE for a namespace never announced")
+                sub.live.discard(msg.suffix)
+                sub.live_bytes -= sum(map(len, msg.suffix)) + _SUFFIX_OVERHEAD
+                suffix = _text(msg.suffix)
+                out.append(ev.NamespaceDoneReceived(sub.request_id, suffix, sub.prefix + suffix))
+            else:
+                raise MoqProtocolError(f"{type(msg).__name__} on a SUBSCRIBE_NAMESPACE stream")
+        del sub.buf[:pos]
+        if len(sub.buf) > MAX_CONTROL_BUFFER:
+            raise MoqProtocolError("control message larger than the draft allows")
+        if end_stream:
+            del self._namespace_subscriptions[stream_id]
+            if sub.buf:
+                raise MoqProtocolError("SUBSCRIBE_NAMESPACE stream ended inside a message")
+            out.append(ev.NamespaceSubscriptionEnded(sub.request_id))
+        return out
+
     def _on_request_stream(self, stream_id: int, data: bytes, end_stream: bool) -> list:
         """A bidirectional stream other than the control stream: it carries one SUBSCRIBE_NAMESPACE."""
         if not self.setup_done:
@@ -369,8 +498,10 @@ class MoqSession:
             if not isinstance(msg, wire.SubscribeNamespace):
                 raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
             self._check_request_id(msg.request_id)
+            authorization = self._authorization(msg.params)
             self._namespace_streams.add(stream_id)
-            out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options))
+            out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options,
+                                                      authorization))
         if end_stream:
             self._namespace_streams.discard(stream_id)
             out.append(ev.NamespaceUnsubscribed(stream_id))
@@ -392,26 +523,81 @@ class MoqSession:
         return out
 
     def _check_request_id(self, rid: int) -> None:
-        if rid != self._expected_peer_request or rid >= self._granted:
-            raise MoqProtocolError(f"request id {rid} (expected {self._expected_peer_request})",
+        expected = self._expected_peer_request
+        if rid < expected or rid >= self._granted or (rid - expected) & 1 or rid in self._early_peer_requests:
+            raise MoqProtocolError(f"request id {rid} (expected {expected})",
                                    SessionError.INVALID_REQUEST_ID)
-        self._expected_peer_request += 2
+        if rid == expected:
+            expected += 2
+            while expected in self._early_peer_requests:
+                self._early_peer_requests.discard(expected)
+                expected += 2
+            self._expected_peer_request = expected
+        elif len(self._early_peer_requests) >= self._max_requests:  # a gap that never fills: not reordering
+            raise MoqProtocolError(f"request id {expected} never came", SessionError.INVALID_REQUEST_ID)
+        else:
+            self._early_peer_requests.add(rid)
         if self._granted - rid < self._max_requests:  # keep the window open
             self._granted += self._max_requests
             self._send_control(wire.MaxRequestId(self._granted))
 
+    def _authorization(self, params: dict, *, setup: bool = False) -> str | None:
+        """The token a message carries: the first AUTHORIZATION TOKEN of type 0 (out of band, as
+        JWTs are sent), after the alias operations of every one of them; None if it has none."""
+        found = None
+        seen = set()
+        for token in wire.auth_tokens(params, wire.SETUP_AUTHORIZATION_TOKEN if setup else wire.PARAM_AUTHORIZATION_TOKEN):
+            kind = token.alias_type
+            if kind == wire.AuthAliasType.USE_VALUE:
+                resolved = (token.token_type, token.value)
+            elif kind == wire.AuthAliasType.REGISTER:
+                if token.alias in self._peer_tokens:
+                    raise MoqProtocolError(f"authorization token alias {token.alias} registered twice",
+                                           SessionError.DUPLICATE_AUTH_TOKEN_ALIAS)
+                size = 16 + len(token.value)
+                if (self._peer_token_bytes + size <= MAX_AUTH_TOKEN_CACHE
+                        and len(self._peer_tokens) < MAX_AUTH_TOKEN_ALIASES):
+                    self._peer_tokens[token.alias] = token
+                    self._peer_token_bytes += size
+                elif not setup:  # in setup the draft has it used as a value instead
+                    raise wire.MoqLimitExceeded("registered authorization tokens", "MAX_AUTH_TOKEN_CACHE",
+                                                self._peer_token_bytes + size, MAX_AUTH_TOKEN_CACHE,
+                                                SessionError.AUTH_TOKEN_CACHE_OVERFLOW)
+                resolved = (token.token_type, token.value)
+            else:  # DELETE, USE_ALIAS: an alias registered before
+                if setup:
+                    raise MoqProtocolError("authorization token alias used in setup")
+                known = self._peer_tokens.get(token.alias)
+                if known is None:
+                    raise MoqProtocolError(f"authorization token alias {token.alias} is not registered",
+                                           SessionError.UNKNOWN_AUTH_TOKEN_ALIAS)
+                if kind == wire.AuthAliasType.DELETE:
+                    del self._peer_tokens[token.alias]
+                    self._peer_token_bytes -= 16 + len(known.value)
+                    continue
+                resolved = (known.token_type, known.value)
+            if resolved in seen:
+                raise MoqProtocolError("the same authorization token twice in one message")
+            seen.add(resolved)
+            if found is None and resolved[0] == wire.TOKEN_TYPE_OUT_OF_BAND:
+                found = resolved[1].decode("utf-8", "replace")
+        return found
+
     def _on_message(self, msg) -> list:
         if not self.setup_done:
             if self.is_client and isinstance(msg, wire.ServerSetup):
+                self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
                 return [ev.SetupComplete()]
             if not self.is_client and isinstance(msg, wire.ClientSetup):
+                self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
                 path = msg.params.get(wire.SETUP_PATH, b"")
                 self._send_control(wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: self._granted,
-                                                     wire.SETUP_IMPLEMENTATION: b"rtmpq"}))
+                                                     wire.SETUP_IMPLEMENTATION: b"rtmpq",
+                                                     wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: MAX_AUTH_TOKEN_CACHE}))
                 return [ev.SetupComplete(bytes(path).decode("utf-8", "replace") if isinstance(path, bytes) else "")]
             raise MoqProtocolError(f"{type(msg).__name__} before setup")
         if isinstance(msg, (wire.ClientSetup, wire.ServerSetup)):
@@ -425,7 +611,8 @@ class MoqSession:
             if timeout == 0:
                 raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                          ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)))]
+                                          ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
+                                          self._authorization(msg.params))]
         if isinstance(msg, wire.SubscribeOk):
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:
@@ -437,18 +624,19 @@ class MoqSession:
             return [ev.RequestAccepted(msg.request_id, msg.params)]
         if isinstance(msg, wire.PublishNamespace):
             self._check_request_id(msg.request_id)
-            return [ev.NamespacePublished(msg.request_id, _text(msg.namespace))]
+            return [ev.NamespacePublished(msg.request_id, _text(msg.namespace), self._authorization(msg.params))]
         if isinstance(msg, wire.PublishNamespaceDone):
             return [ev.NamespaceDone(msg.request_id)]
         if isinstance(msg, wire.SubscribeNamespace):
             raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):
             self._check_request_id(msg.request_id)
-            return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"))]
+            return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
+                                            self._authorization(msg.params))]
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias), *self._release(msg.track_alias)]
+                                      msg.track_alias, self._authorization(msg.params)), *self._release(msg.track_alias)]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):
@@ -467,7 +655,8 @@ class MoqSession:
             descending = msg.params.get(wire.PARAM_GROUP_ORDER) == wire.GROUP_ORDER_DESCENDING
             return [ev.FetchRequested(msg.request_id, msg.fetch_type, _text(msg.namespace),
                                       msg.track_name.decode("utf-8", "replace"), msg.start, msg.end,
-                                      msg.joining_request_id, msg.joining_start, descending)]
+                                      msg.joining_request_id, msg.joining_start, descending,
+                                      self._authorization(msg.params))]
         if isinstance(msg, wire.FetchOk):
             return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
         if isinstance(msg, wire.FetchCancel):

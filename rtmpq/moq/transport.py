@@ -47,8 +47,8 @@ class _MoqConnectionMixin:
 
     backend = "?"
 
-    def _init_moq(self, quic, is_client: bool, path: str) -> None:
-        self.session = MoqSession(quic, is_client=is_client, path=path)
+    def _init_moq(self, quic, is_client: bool, path: str, token: str | None = None) -> None:
+        self.session = MoqSession(quic, is_client=is_client, path=path, token=token)
         self.handler: Callable[["MoqConnection", object], None] | None = None
         self.ready = asyncio.get_running_loop().create_future()
         # nobody awaits a server session's setup: mark its failure seen (no "never retrieved" noise)
@@ -123,9 +123,9 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
 
     backend = "aioquic"
 
-    def __init__(self, *args, is_client: bool = False, path: str = "", **kwargs) -> None:
+    def __init__(self, *args, is_client: bool = False, path: str = "", token: str | None = None, **kwargs) -> None:
         QuicConnectionProtocol.__init__(self, *args, **kwargs)
-        self._init_moq(self._quic, is_client, path)
+        self._init_moq(self._quic, is_client, path, token)
 
     async def wait_connected(self) -> None:
         # aioquic's own, with its waiter's failure marked seen: a connect that timed out left it
@@ -269,10 +269,11 @@ def _pquic_protocol_class():
 
         backend = "aiopquic"
 
-        def __init__(self, quic, stream_handler=None, *, is_client: bool = False, path: str = "") -> None:
+        def __init__(self, quic, stream_handler=None, *, is_client: bool = False, path: str = "",
+                     token: str | None = None) -> None:
             PquicProtocol.__init__(self, quic, stream_handler=stream_handler)
             self._writer = _PquicWriter(quic)
-            self._init_moq(self._writer, is_client, path)
+            self._init_moq(self._writer, is_client, path, token)
             self._retry_handle = None
 
         def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
@@ -361,11 +362,14 @@ def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, 
 
 
 class connect_moq:
-    """``async with connect_moq(host, port, ...) as conn``: a client connection with setup done."""
+    """``async with connect_moq(host, port, ...) as conn``: a client connection with setup done.
+    ``token``: sent as the AUTHORIZATION TOKEN of CLIENT_SETUP (covers the whole session)."""
 
     def __init__(self, host: str, port: int, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, path: str = "", timeout: float = CONNECT_TIMEOUT,
-                 backend: str = DEFAULT_BACKEND) -> None:
+                 backend: str = DEFAULT_BACKEND, token: str | None = None) -> None:
+        if token is not None:
+            wire.auth_token_param(token)  # too long a token fails here, not inside the connection
         self._fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
         if backend == "aiopquic":
             from aiopquic.asyncio import connect as pquic_connect
@@ -381,7 +385,7 @@ class connect_moq:
                 config.load_verify_locations(cafile)
             cls = _pquic_protocol_class()
             self._cm = pquic_connect(host, port, configuration=config,
-                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, **k))
+                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, token=token, **k))
         else:
             config = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
                                        server_name=host)
@@ -390,7 +394,8 @@ class connect_moq:
             elif cafile:
                 config.load_verify_locations(cafile)
             self._cm = connect(host, port, configuration=config,
-                               create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, **k),
+                               create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, token=token,
+                                                                             **k),
                                wait_connected=True)
         self._timeout = timeout
         self._address = f"{host}:{port}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from ..codec.sentinel import NEED_DATA
-from ..errors import RemoteProtocolError
+from ..errors import LimitExceeded, RemoteProtocolError
 
 ALPN = "moqt-16"
 
@@ -21,6 +21,7 @@ MAX_NAMESPACE_FIELDS = 32  # the draft's limit on Track Namespace tuple fields
 MAX_FULL_TRACK_NAME = 4096  # namespace fields + track name, in bytes (draft: 4,096)
 MAX_PARAMETERS = 64  # key-value pairs in one message or one extension block
 MAX_OBJECT_SIZE = 16 * 1024 * 1024  # largest object payload we accept on a data stream
+MAX_AUTH_TOKEN_BYTES = 4096  # Token Value of an AUTHORIZATION TOKEN; a longer one closes the session
 
 
 class SessionError(IntEnum):
@@ -39,6 +40,12 @@ class SessionError(IntEnum):
     GOAWAY_TIMEOUT = 0x10
     CONTROL_MESSAGE_TIMEOUT = 0x11
     DATA_STREAM_TIMEOUT = 0x12
+    AUTH_TOKEN_CACHE_OVERFLOW = 0x13
+    DUPLICATE_AUTH_TOKEN_ALIAS = 0x14
+    VERSION_NEGOTIATION_FAILED = 0x15
+    MALFORMED_AUTH_TOKEN = 0x16
+    UNKNOWN_AUTH_TOKEN_ALIAS = 0x17
+    EXPIRED_AUTH_TOKEN = 0x18
 
 
 class RequestError(IntEnum):
@@ -46,6 +53,8 @@ class RequestError(IntEnum):
     UNAUTHORIZED = 0x1
     TIMEOUT = 0x2
     NOT_SUPPORTED = 0x3
+    MALFORMED_AUTH_TOKEN = 0x4
+    EXPIRED_AUTH_TOKEN = 0x5
     DOES_NOT_EXIST = 0x10  # "Track Does Not Exist" / namespace unknown
     INVALID_RANGE = 0x11
     INVALID_JOINING_REQUEST_ID = 0x32
@@ -99,6 +108,8 @@ class MessageType(IntEnum):
 # Setup parameter types (a namespace constant across drafts).
 SETUP_PATH = 0x01
 SETUP_MAX_REQUEST_ID = 0x02
+SETUP_AUTHORIZATION_TOKEN = 0x03
+SETUP_MAX_AUTH_TOKEN_CACHE_SIZE = 0x04
 SETUP_AUTHORITY = 0x05
 SETUP_IMPLEMENTATION = 0x07
 # Message parameter types (draft 16).
@@ -115,6 +126,24 @@ KNOWN_MESSAGE_PARAMS = frozenset({
     PARAM_DELIVERY_TIMEOUT, PARAM_AUTHORIZATION_TOKEN, PARAM_EXPIRES, PARAM_LARGEST_OBJECT, PARAM_FORWARD,
     PARAM_SUBSCRIBER_PRIORITY, PARAM_SUBSCRIPTION_FILTER, PARAM_GROUP_ORDER, PARAM_NEW_GROUP_REQUEST,
 })
+
+# Message parameters that may appear more than once in a message: decoded as a tuple of their
+# values when repeated (a bare value otherwise); a tuple or list is encoded as repeats.
+# (The setup parameter of the same number is also AUTHORIZATION TOKEN.)
+REPEATABLE_PARAMS = frozenset({PARAM_AUTHORIZATION_TOKEN})
+
+
+class AuthAliasType(IntEnum):
+    """Alias Type of an AUTHORIZATION TOKEN's Token structure."""
+
+    DELETE = 0x0  # alias only: retire it
+    REGISTER = 0x1  # alias, type, value: remember the token under the alias
+    USE_ALIAS = 0x2  # alias only: the token registered under it
+    USE_VALUE = 0x3  # type and value, no alias
+
+
+# Token Type 0: not in the IANA table, negotiated out of band (what rtmpq's JWTs are sent as).
+TOKEN_TYPE_OUT_OF_BAND = 0x0
 
 # Subscription filter types.
 FILTER_NEXT_GROUP_START = 0x1
@@ -141,6 +170,16 @@ LARGEST_VARINT = (1 << 62) - 1
 class MoqProtocolError(RemoteProtocolError):
     def __init__(self, message: str, code: int = SessionError.PROTOCOL_VIOLATION) -> None:
         super().__init__(message)
+        self.code = int(code)
+
+
+class MoqLimitExceeded(MoqProtocolError, LimitExceeded):
+    """A peer went past one of our named limits (in bytes): closes the session with ``code``."""
+
+    def __init__(self, what: str, limit: str, value: int, maximum: int,
+                 code: int = SessionError.PROTOCOL_VIOLATION) -> None:
+        LimitExceeded.__init__(self, limit, value, maximum)
+        self.args = (f"{what}: {value} bytes, more than {limit} ({maximum})",)
         self.code = int(code)
 
 
@@ -225,7 +264,11 @@ class _Reader:
         kind = 0
         for _ in range(n):
             kind += self.varint()
-            out[kind] = self.bytes_field(0xFFFF) if kind & 1 else self.varint()
+            value = self.bytes_field(0xFFFF) if kind & 1 else self.varint()
+            if kind in out and kind in REPEATABLE_PARAMS:
+                previous = out[kind]
+                value = (*previous, value) if isinstance(previous, tuple) else (previous, value)
+            out[kind] = value
         return out
 
     def kvp_until(self, end: int) -> dict[int, int | bytes]:
@@ -254,17 +297,22 @@ def encode_namespace(ns: tuple[bytes, ...]) -> bytes:
 
 
 def encode_kvps(params: dict[int, int | bytes], *, with_count: bool = True) -> bytes:
-    out = bytearray(encode_varint(len(params)) if with_count else b"")
+    out = bytearray()
     previous = 0
+    count = 0  # of pairs: a repeated parameter (a tuple of values) is one pair per value
     for kind in sorted(params):
-        value = params[kind]
-        out += encode_varint(kind - previous)
-        previous = kind
-        if kind & 1:
-            out += encode_bytes(bytes(value))
-        else:
-            out += encode_varint(int(value))
-    return bytes(out)
+        values = params[kind]
+        if not isinstance(values, (tuple, list)):
+            values = (values,)
+        for value in values:
+            out += encode_varint(kind - previous)
+            previous = kind
+            count += 1
+            if kind & 1:
+                out += encode_bytes(bytes(value))
+            else:
+                out += encode_varint(int(value))
+    return encode_varint(count) + bytes(out) if with_count else bytes(out)
 
 
 def encode_location(group: int, obj: int) -> bytes:
@@ -292,6 +340,65 @@ def decode_filter(data: bytes) -> tuple[int, tuple[int, int] | None, int | None]
         raise MoqProtocolError(f"unknown subscription filter type {kind}")
     r.done()
     return kind, start, end
+
+
+@dataclass(frozen=True, slots=True)
+class AuthToken:
+    """The Token structure an AUTHORIZATION TOKEN parameter carries."""
+
+    alias_type: int
+    alias: int | None = None  # DELETE, REGISTER, USE_ALIAS
+    token_type: int | None = None  # REGISTER, USE_VALUE
+    value: bytes | None = field(default=None, repr=False)  # REGISTER, USE_VALUE (a secret: not in repr)
+
+    def encode(self) -> bytes:
+        out = encode_varint(self.alias_type)
+        if self.alias_type != AuthAliasType.USE_VALUE:
+            out += encode_varint(self.alias or 0)
+        if self.alias_type in (AuthAliasType.REGISTER, AuthAliasType.USE_VALUE):
+            out += encode_varint(self.token_type or 0) + bytes(self.value or b"")
+        return out
+
+
+def auth_token_param(value: str | bytes, token_type: int = TOKEN_TYPE_OUT_OF_BAND) -> bytes:
+    """The AUTHORIZATION TOKEN parameter's bytes for a token sent as is (USE_VALUE)."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if len(raw) > MAX_AUTH_TOKEN_BYTES:
+        raise ValueError(f"authorization token of {len(raw)} bytes exceeds MAX_AUTH_TOKEN_BYTES ({MAX_AUTH_TOKEN_BYTES})")
+    return AuthToken(AuthAliasType.USE_VALUE, None, token_type, raw).encode()
+
+
+def decode_auth_token(data: bytes) -> AuthToken:
+    """A Token structure; one that cannot be decoded closes the session with
+    KEY_VALUE_FORMATTING_ERROR, a value over MAX_AUTH_TOKEN_BYTES with MALFORMED_AUTH_TOKEN."""
+    r = _Reader(data)
+    try:
+        alias_type = r.varint()
+        if alias_type in (AuthAliasType.DELETE, AuthAliasType.USE_ALIAS):
+            token = AuthToken(alias_type, r.varint())
+            r.done()
+            return token
+        if alias_type not in (AuthAliasType.REGISTER, AuthAliasType.USE_VALUE):
+            raise MoqProtocolError(f"authorization token alias type {alias_type}")
+        alias = r.varint() if alias_type == AuthAliasType.REGISTER else None
+        token_type = r.varint()
+    except MoqProtocolError as exc:
+        raise MoqProtocolError(f"undecodable authorization token: {exc}", SessionError.KEY_VALUE_FORMATTING_ERROR) from None
+    size = r.end - r.pos
+    if size > MAX_AUTH_TOKEN_BYTES:
+        raise MoqLimitExceeded("authorization token", "MAX_AUTH_TOKEN_BYTES", size, MAX_AUTH_TOKEN_BYTES,
+                               SessionError.MALFORMED_AUTH_TOKEN)
+    return AuthToken(alias_type, alias, token_type, r.raw(size))
+
+
+def auth_tokens(params: dict, kind: int = PARAM_AUTHORIZATION_TOKEN) -> list[AuthToken]:
+    """Every AUTHORIZATION TOKEN in a message's (or a setup message's) parameters, in order."""
+    raw = params.get(kind)
+    if raw is None:
+        return []
+    if isinstance(raw, int):  # an even type cannot be this parameter; only a wrong number gets here
+        raise MoqProtocolError("authorization token is not a byte field", SessionError.KEY_VALUE_FORMATTING_ERROR)
+    return [decode_auth_token(bytes(v)) for v in (raw if isinstance(raw, tuple) else (raw,))]
 
 
 def decode_location_param(data: bytes) -> tuple[int, int]:

@@ -51,9 +51,7 @@ class UpstreamLink:
         delay = RECONNECT_MIN
         while True:
             try:
-                token = self.token()
-                setup = {"token": token} if token else {}
-                async with connect_moq(self.host, self.port, path=self.path, **self.tls, **setup) as conn:
+                async with connect_moq(self.host, self.port, path=self.path, **self.tls, token=self.token()) as conn:
                     delay = RECONNECT_MIN
                     self.relay.on_connection(conn)
                     if self.use_for_unknown_tracks:
@@ -88,8 +86,7 @@ class UpstreamLink:
         announced: dict[str, int] = {}
         async for broadcast in self.relay.registry.announcements():
             namespace = tuple(broadcast.name.split("/"))
-            token = self.token()
-            announced[broadcast.name] = conn.session.publish_namespace(namespace, **({"authorization": token} if token else {}))
+            announced[broadcast.name] = conn.session.publish_namespace(namespace, authorization=self.token())
             conn.flush()
             log.info("announced %s upstream", safe_name(broadcast.name))
             asyncio.ensure_future(self._withdraw_when_done(conn, broadcast, announced))
