@@ -150,3 +150,87 @@ async def test_playback_tokens_on_hls(tmp_path):
         assert rc == 0, out
     finally:
         await node.close()
+
+
+# -- tokens over MoQ ----------------------------------------------------------------------------
+class Events:
+    """A MoQ connection's events in a queue, for requests the client API does not wrap."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.queue: asyncio.Queue = asyncio.Queue()
+        conn.handler = lambda _c, event: self.queue.put_nowait(event)
+
+    async def answer(self, request_id: int):
+        async with asyncio.timeout(10):
+            while True:
+                event = await self.queue.get()
+                if getattr(event, "request_id", None) == request_id and type(event).__name__ in (
+                        "RequestAccepted", "RequestFailed"):
+                    return event
+
+
+async def test_moq_requests_need_tokens_where_auth_says_so(tmp_path):
+    from rtmpq.moq import events as ev
+    from rtmpq.moq.client import FetchError, SubscribeError, fetch_track
+    from rtmpq.moq.wire import RequestError
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True),
+                               publish=PublishConfig(grace_period=0))
+    try:
+        now = time.time()
+        host, port = node.moq_address
+        viewer = mint_token(SECRET, "live/show", "subscribe", 60, now=now)
+        node_token = mint_token(SECRET, "", "relay", 60, now=now)
+        publish = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/show?token={mint_token(SECRET, 'live/show', 'publish', 60, now=now)}",
+            str(tmp_path / "ref.flv"), seconds=4)))
+        async with connect_moq(host, port, insecure=True) as conn:
+            for token in (None, mint_token(SECRET, "live/other", "subscribe", 60, now=now)):
+                with pytest.raises(SubscribeError) as info:
+                    async for _ in subscribe_broadcast(conn, "live/show", wait=20, authorization=token):
+                        pass
+                assert info.value.code == RequestError.UNAUTHORIZED
+            with pytest.raises(FetchError) as fetch_info:
+                await fetch_track(conn, "live/show", "video", (0, 0), (1, 0))
+            assert fetch_info.value.code == RequestError.UNAUTHORIZED
+        # a viewer's token plays its broadcast, sent with the requests or in CLIENT_SETUP
+        for setup, request in ((None, viewer), (viewer, None)):
+            frames = 0
+            async with connect_moq(host, port, insecure=True, token=setup) as conn:
+                async for item in subscribe_broadcast(conn, "live/show", wait=20, authorization=request):
+                    frames += not isinstance(item, Catalog)
+                    if frames >= 30:
+                        break
+            assert frames >= 30
+        # listing: a viewer may wait for its one name, not list the app; a node may
+        async with connect_moq(host, port, insecure=True) as conn:
+            events = Events(conn)
+            refused = conn.session.subscribe_namespace(("live",), authorization=viewer)
+            conn.flush()
+            assert isinstance(await events.answer(refused), ev.RequestFailed)
+            one = conn.session.subscribe_namespace(("live", "show"), authorization=viewer)
+            listing = conn.session.subscribe_namespace(("live",), authorization=node_token)
+            conn.flush()
+            assert isinstance(await events.answer(one), ev.RequestAccepted)
+            assert isinstance(await events.answer(listing), ev.RequestAccepted)
+        # publishing over MoQ: a namespace held by a session is not taken by one without a token
+        async with connect_moq(host, port, insecure=True, token=node_token) as owner, \
+                connect_moq(host, port, insecure=True) as intruder, \
+                connect_moq(host, port, insecure=True, token=node_token) as restarted:
+            owner_events, intruder_events, restarted_events = Events(owner), Events(intruder), Events(restarted)
+            rid = owner.session.publish_namespace(("live", "relayed"))
+            owner.flush()
+            assert isinstance(await owner_events.answer(rid), ev.RequestAccepted)
+            rid = intruder.session.publish_namespace(("live", "relayed"))
+            intruder.flush()
+            failed = await intruder_events.answer(rid)
+            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.UNAUTHORIZED
+            rid = restarted.session.publish_namespace(("live", "relayed"))
+            restarted.flush()
+            assert isinstance(await restarted_events.answer(rid), ev.RequestAccepted)  # an authorized takeover
+        rc, out = await publish
+        assert rc == 0, out
+    finally:
+        await node.close()

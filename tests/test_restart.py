@@ -1,0 +1,135 @@
+"""Nodes as processes that stop and restart: graceful SIGTERM, an edge riding through its origin's restart."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from .conftest import free_port, need, wait_tcp
+from .publishers import count_decoded_frames, ffmpeg_publish_args, run_process
+from .test_lifecycle import long_publish_args, spawn
+
+
+async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", *args, "--log-level", "INFO",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env={**os.environ, **(env or {})})
+
+
+async def http_get(url: str) -> tuple[int, bytes]:
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=20) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except urllib.error.URLError:
+            return 0, b""
+
+    return await asyncio.to_thread(get)
+
+
+async def poll(url: str, accept, deadline: float = 30.0) -> bytes:
+    end = time.monotonic() + deadline
+    while True:
+        status, body = await http_get(url)
+        if status == 200 and accept(body):
+            return body
+        assert time.monotonic() < end, (status, body.decode(errors="replace"))
+        await asyncio.sleep(0.2)
+
+
+async def test_sigterm_stops_publishers_finalizes_recordings_and_exits_in_time(tmp_path):
+    need("ffmpeg")
+    prtmp, phttp, pmoq = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    node = await start_node("up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{phttp}",
+                            "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "state"),
+                            "--record", str(tmp_path / "rec"), env={"RTMPQ_NODE_STOP_TIMEOUT": "4"})
+    publisher = None
+    try:
+        await wait_tcp(prtmp)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/stop", seconds=60))
+        playlist = f"http://127.0.0.1:{phttp}/live/stop/video.m3u8"
+        await poll(playlist, lambda body: b"#EXTINF" in body)
+        player = asyncio.create_task(run_process(["ffmpeg", "-v", "error", "-nostdin", "-i", playlist, "-f", "null", "-"],
+                                                 timeout=60))
+        await asyncio.sleep(1)  # the player reads for a while (not an ordering wait)
+        started = time.monotonic()
+        node.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(node.communicate(), 15)
+        assert time.monotonic() - started < 4 + 2, "the node did not stop within its stop timeout"
+        assert node.returncode == 0, err.decode()
+        assert b"Traceback" not in err, err.decode()
+        # the publisher was told and closed: ffmpeg ends on its own, long before its 60 s
+        await asyncio.wait_for(publisher.wait(), 10)
+        # the player saw the end of the playlist (or the server closing) and stopped by itself
+        await asyncio.wait_for(player, 20)
+        [recording] = list((tmp_path / "rec").rglob("*.flv"))
+        assert count_decoded_frames(str(recording))["video"] > 30  # finalized and decodable
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+
+
+async def test_an_edge_keeps_serving_across_its_origins_restart(tmp_path):
+    need("ffmpeg")
+    prtmp, phttp_origin, phttp_edge, pmoq = free_port(), free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    origin_args = ["up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{phttp_origin}",
+                   "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "state")]
+    origin = await start_node(*origin_args)
+    # the edge waits this long for its upstream (or the broadcast) to come back before it ends playlists
+    edge = await start_node("edge", "--http", f"127.0.0.1:{phttp_edge}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                            "--insecure", env={"RTMPQ_UPSTREAM_WAIT": "10"})
+    procs = [origin, edge]
+    try:
+        await wait_tcp(prtmp)
+        first = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tv",
+                                                                    str(tmp_path / "a.flv"), seconds=6)))
+        playlist = f"http://127.0.0.1:{phttp_edge}/live/tv/video.m3u8"
+        await poll(f"http://127.0.0.1:{phttp_edge}/live/tv/index.m3u8", lambda body: b"#EXT-X-STREAM-INF" in body)
+        player = asyncio.create_task(run_process(
+            ["ffmpeg", "-v", "error", "-nostdin", "-i", playlist, "-f", "framemd5", str(tmp_path / "played.md5")],
+            timeout=90))
+        rc, out = await first
+        assert rc == 0, out
+        origin.send_signal(signal.SIGTERM)  # the origin restarts (GOAWAY to the edge)
+        await asyncio.wait_for(origin.communicate(), 15)
+        _, body = await http_get(playlist)
+        assert b"#EXT-X-ENDLIST" not in body
+        before = body
+        origin = await start_node(*origin_args)
+        procs.append(origin)
+        await wait_tcp(prtmp)
+        second = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tv",
+                                                                     str(tmp_path / "b.flv"), seconds=6)))
+        after = await poll(playlist, lambda body: b"#EXT-X-DISCONTINUITY" in body)
+        assert b"#EXT-X-ENDLIST" not in after
+
+        def msn(text: bytes) -> int:
+            return int(next(line for line in text.decode().splitlines() if line.startswith("#EXT-X-MEDIA-SEQUENCE:"))
+                       .split(":")[1])
+
+        assert msn(after) >= msn(before)  # the same playlist, going on
+        rc, out = await second
+        assert rc == 0, out
+        origin.send_signal(signal.SIGTERM)  # now for good: the edge ends its playlists after its wait
+        await asyncio.wait_for(origin.communicate(), 15)
+        rc, out = await player
+        assert rc == 0, out
+        played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
+        assert len(played) > 6 * 30  # frames of both publishes
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            if p.returncode is None:
+                _, err = await p.communicate()
+                assert b"Traceback" not in err, err.decode()
