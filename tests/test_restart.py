@@ -133,3 +133,46 @@ async def test_an_edge_keeps_serving_across_its_origins_restart(tmp_path):
             if p.returncode is None:
                 _, err = await p.communicate()
                 assert b"Traceback" not in err, err.decode()
+
+
+async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
+    need("ffmpeg")
+    import json
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    relay = await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"))
+    ingest_args = ["ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure"]
+    ingest = await start_node(*ingest_args)
+    procs = [relay, ingest]
+    try:
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pmoq}/live/cam",
+                                               "--insecure", "--json", "--seconds", "25", "--wait", "20"], timeout=45))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam", str(tmp_path / "a.flv"),
+                                                        seconds=4))
+        assert rc == 0, out
+        ingest.send_signal(signal.SIGTERM)  # restarted, e.g. for an upgrade
+        await asyncio.wait_for(ingest.communicate(), 15)
+        ingest = await start_node(*ingest_args)
+        procs.append(ingest)
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam", str(tmp_path / "b.flv"),
+                                                        seconds=4))
+        assert rc == 0, out
+        relay.send_signal(signal.SIGTERM)  # ends the subscription (GOAWAY, and the relay is gone)
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        video = [line for line in lines if line.get("track") == "video"]
+        groups = [f["group"] for f in video]
+        assert groups == sorted(groups), "group ids went backwards across the restart"
+        # both publishes arrived on the one subscription (4 s + 4 s at 30 fps, the first joined early)
+        assert len(video) > 4 * 30 + 60, len(video)
+        assert len(set(groups)) >= 4
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            if p.returncode is None:
+                _, err = await p.communicate()
+                assert b"Traceback" not in err, err.decode()

@@ -58,6 +58,10 @@ NEW_TRACK_WAIT = 3.0
 MAX_WAITING_SUBSCRIBES = 256
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
+# A relayed track whose publisher or upstream session is lost keeps its subscribers this long
+# (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
+# node's [publish] grace_period sets it.
+DEFAULT_UPSTREAM_GRACE = 30.0
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -197,12 +201,32 @@ class _UpstreamTrack:
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
+        # continuity across a new source session: its group ids are shifted above the last one seen
+        self.last_group = -1
+        self.group_offset = 0
+        self.check_offset = False
+        self.orphaned_at: float | None = None  # the source session was lost at this time
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
-            self.alias = None
-            self.request_id = conn.session.subscribe(namespace, track, priority=URGENCY.get(track, DEFAULT_URGENCY))
-            conn.flush()
+            self.subscribe(conn)
+
+    def subscribe(self, conn: MoqConnection) -> None:
+        self.conn = conn
+        self.alias = None
+        self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY))
+        conn.flush()
+
+    def group(self, source_group: int) -> int:
+        """The relay's group id for a group id of the current source session."""
+        if self.check_offset:  # the first group of a new session: never at or below one we served
+            self.check_offset = False
+            if source_group + self.group_offset <= self.last_group:
+                self.group_offset = self.last_group + 1 - source_group
+        group = source_group + self.group_offset
+        if group > self.last_group:
+            self.last_group = group
+        return group
 
 
 class _FetchProxy:
@@ -239,9 +263,11 @@ class MoqRelay:
     """Answers MoQ requests on any number of sessions (subscribers, publishers, upstream)."""
 
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
-                 send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None) -> None:
+                 send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
+                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE) -> None:
         self.registry = registry or BroadcastRegistry()
         self.access = access or Access()
+        self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
@@ -288,6 +314,7 @@ class MoqRelay:
             for key, (conn, sid) in list(self._fetch_streams.items()):
                 if conn.session.closed or not conn.queued_bytes(sid):
                     del self._fetch_streams[key]  # all handed to QUIC: nothing left to cancel
+            self.expire_orphans(now)
 
     def _all_fanouts(self):
         for source in list(self._sources.values()):
@@ -576,6 +603,12 @@ class MoqRelay:
             # RTMP publisher does, so a restarted ingest gets its names back at once
             log.warning("%s: namespace %s taken over by %s", owner[0].peer, _label(event.namespace), conn.peer)
         self._published[event.namespace] = (conn, event.request_id)
+        previous = owner[0] if owner is not None else None
+        for upstream in list(self._tracks.values()):  # tracks waiting for this publisher, or taken over
+            if upstream.namespace[: len(event.namespace)] != event.namespace or upstream.conn is conn:
+                continue
+            if upstream.orphaned_at is not None or (previous is not None and upstream.conn is previous):
+                self._resume(upstream, conn)
         conn.session.request_ok(event.request_id)
         log.info("%s: publishes namespace %s", conn.peer, _label(event.namespace))
         self._announce(event.namespace)
@@ -638,7 +671,15 @@ class MoqRelay:
         if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
             return
         key = (event.namespace, event.track_name)
-        if key in self._tracks or self.registry.get("/".join(event.namespace)) is not None:
+        existing = self._tracks.get(key)
+        if existing is not None and existing.orphaned_at is not None:  # its publisher is back
+            existing.conn, existing.orphaned_at, existing.check_offset = conn, None, True
+            existing.request_id, existing.alias = event.request_id, event.track_alias
+            self._by_request[(id(conn), event.request_id)] = existing
+            self._by_alias[(id(conn), event.track_alias)] = existing
+            conn.session.publish_ok(event.request_id)
+            return
+        if existing is not None or self.registry.get("/".join(event.namespace)) is not None:
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
             return
         upstream = _UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
@@ -658,19 +699,19 @@ class MoqRelay:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
             upstream.fanout.publisher_priority = event.priority
-            upstream.fanout.publish_object(event.group, event.object_id, event.payload, event.extensions or None,
-                                           time.monotonic())
+            upstream.fanout.publish_object(upstream.group(event.group), event.object_id, event.payload,
+                                           event.extensions or None, time.monotonic())
 
     def _on_SubgroupEnded(self, conn: MoqConnection, event: ev.SubgroupEnded) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
-            upstream.fanout.end_group(event.group)
+            upstream.fanout.end_group(upstream.group(event.group))
             self._stream_finished(upstream)
 
     def _on_SubgroupReset(self, conn: MoqConnection, event: ev.SubgroupReset) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
-            upstream.fanout.reset_group(event.group, event.code)
+            upstream.fanout.reset_group(upstream.group(event.group), event.code)
             self._stream_finished(upstream)
 
     def _stream_finished(self, upstream: _UpstreamTrack) -> None:
@@ -694,7 +735,7 @@ class MoqRelay:
         if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
             return  # already ended
         self._tracks.pop((upstream.namespace, upstream.track), None)
-        if upstream.alias is not None:
+        if upstream.alias is not None and upstream.conn is not None:
             self._by_alias.pop((id(upstream.conn), upstream.alias), None)
         self._fanouts_ended([upstream.fanout])
         for sub_conn, request in upstream.waiting:
@@ -723,8 +764,59 @@ class MoqRelay:
                 self._announce(ns, done=True)
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
             self._by_request.pop((id(conn), upstream.request_id), None)
-            self._end_upstream(upstream)
+            self._orphan(upstream, time.monotonic())
+        if self.upstream is conn:
+            self.upstream = None
         self._aliases.pop(id(conn), None)
+
+    # -- sources that come back ---------------------------------------------------------------------
+    def _orphan(self, upstream: _UpstreamTrack, now: float) -> None:
+        """The track's source session is gone: keep its subscribers for ``upstream_grace`` in case
+        the source (a restarted ingest or relay above) comes back; the group in progress ends."""
+        if upstream.alias is not None:
+            self._by_alias.pop((id(upstream.conn), upstream.alias), None)
+        if self.upstream_grace <= 0 or upstream.streams_expected is not None:
+            self._end_upstream(upstream)  # no grace, or the publisher had already said it was done
+            return
+        upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now
+        if upstream.fanout.cache.largest is not None:
+            upstream.fanout.end_group(upstream.fanout.cache.largest[0])
+        for sub_conn, request in upstream.waiting:
+            if not sub_conn.session.closed:
+                sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
+                sub_conn.flush()
+        upstream.waiting = []
+        log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),
+                 self.upstream_grace)
+
+    def _resume(self, upstream: _UpstreamTrack, conn: MoqConnection) -> None:
+        """Subscribe to ``upstream``'s track on a new source session; groups go on above the last."""
+        if upstream.conn is not None and not upstream.conn.session.closed:
+            self._by_request.pop((id(upstream.conn), upstream.request_id), None)
+            if upstream.alias is not None:
+                self._by_alias.pop((id(upstream.conn), upstream.alias), None)
+        upstream.orphaned_at = None
+        upstream.check_offset = True
+        upstream.subscribe(conn)
+        self._by_request[(id(conn), upstream.request_id)] = upstream
+        log.info("%s: resubscribing at %s", _label(upstream.namespace, upstream.track), conn.peer)
+
+    def set_upstream(self, conn: MoqConnection | None) -> None:
+        """The relay above (re)connected: tracks it fed that are waiting for it resubscribe there."""
+        self.upstream = conn
+        if conn is None:
+            return
+        for upstream in list(self._tracks.values()):
+            if upstream.orphaned_at is not None and self._publisher_for(upstream.namespace) is conn:
+                self._resume(upstream, conn)
+
+    def expire_orphans(self, now: float) -> None:
+        """End the relayed tracks whose source has not come back within the grace period."""
+        for upstream in list(self._tracks.values()):
+            if upstream.orphaned_at is not None and now - upstream.orphaned_at >= self.upstream_grace:
+                log.info("%s: source did not return within %g s", _label(upstream.namespace, upstream.track),
+                         self.upstream_grace)
+                self._end_upstream(upstream)
 
     # -- local broadcasts -----------------------------------------------------------------------
     def _local_source(self, name: str) -> _BroadcastSource | None:

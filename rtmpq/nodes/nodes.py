@@ -61,7 +61,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
     access = node_access(config)
     warn_if_open(access, [config.moq.host])
-    relay = MoqRelay(BroadcastRegistry(), access=access)
+    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period)
     server = await serve_relay(relay, config.moq)
     link = None
     if config.upstream.url:
@@ -87,7 +87,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     relay = link = None
     if config.upstream.url:
-        relay = MoqRelay(registry, access=access)
+        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))
@@ -96,12 +96,13 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         async def closing():
-            await ingest.close()
-            await asyncio.sleep(0)  # the relay reads the ends and passes them upstream
+            # the session upstream closes first, without PUBLISH_DONE: the relay above keeps the
+            # broadcasts for its grace period, so a restarted ingest continues them
             if link is not None:
                 await link.close()
             if relay is not None:
                 relay.stop()
+            await ingest.close()
 
         await stop_within(closing(), config.node.stop_timeout)
 

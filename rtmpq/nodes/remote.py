@@ -55,7 +55,7 @@ class UpstreamLink:
                     delay = RECONNECT_MIN
                     self.relay.on_connection(conn)
                     if self.use_for_unknown_tracks:
-                        self.relay.upstream = conn
+                        self.relay.set_upstream(conn)
                     log.info("connected to upstream %s:%d", self.host, self.port)
                     self.connected.set()
                     closed = asyncio.get_running_loop().create_future()
@@ -77,7 +77,7 @@ class UpstreamLink:
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
             self.connected.clear()
             if self.relay.upstream is not None and self.relay.upstream.session.closed:
-                self.relay.upstream = None
+                self.relay.set_upstream(None)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 

@@ -60,7 +60,7 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
-        self.moq = MoqRelay(self.registry, access=self.access)
+        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
         self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
