@@ -181,14 +181,15 @@ def _coerce(where: str, kind, value, *, from_text: bool):
             if from_text and str(value).lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError("expected true or false")
-        if kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, str)):
-                raise ValueError("expected an integer")
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError("expected a number")
-            return float(value)
+        if kind in (int, float):
+            expected = "an integer" if kind is int else "a number"
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
+                    kind is int and isinstance(value, float)):
+                raise ValueError(f"expected {expected}")
+            try:
+                return kind(value)
+            except ValueError:
+                raise ValueError(f"expected {expected}") from None
         if kind is str:
             if not isinstance(value, str):
                 raise ValueError("expected a string")

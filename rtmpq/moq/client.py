@@ -21,9 +21,10 @@ _RETRY = object()  # queue marker: time to ask for a broadcast that was not live
 
 # Seconds to wait for streams still in flight after the publisher said it is done.
 LATE_STREAM_GRACE = 2.0
-# While waiting for a broadcast that is not live yet, the catalog SUBSCRIBE is retried this often
-# (seconds): any relay answers it, whether or not it serves SUBSCRIBE_NAMESPACE.
-WAIT_RETRY_INTERVAL = 0.25
+# While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
+# name (the relay says NAMESPACE when it goes live) and also retries the catalog SUBSCRIBE this
+# often (seconds): a relay may know the broadcast only through its own upstream.
+WAIT_RETRY_INTERVAL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             if streams_done.get(track, 0) >= count:
                 open_tracks.discard(track)
 
-    wait_until = asyncio.get_running_loop().time() + wait
+    loop = asyncio.get_running_loop()
+    wait_until = loop.time() + wait
+    watch: int | None = None  # our SUBSCRIBE_NAMESPACE on the broadcast while it is not live
 
     def subscribe(track: str) -> None:
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
@@ -81,21 +84,29 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 break
             if isinstance(event, ev.SubscribeAccepted):
                 aliases[event.track_alias] = requests[event.request_id]
+                if watch is not None:  # live: no more need to watch for it
+                    session.unsubscribe_namespace(watch)
+                    watch = None
             elif isinstance(event, ev.RequestFailed):
+                if event.request_id == watch:
+                    continue  # the relay will not tell us; the retries still ask
                 track = requests.pop(event.request_id, "?")
                 not_live = track == CATALOG_TRACK and event.error_code == RequestError.DOES_NOT_EXIST
-                if not_live and asyncio.get_running_loop().time() < wait_until:
-                    # not live yet: ask again shortly (the relay holds nothing for us meanwhile)
+                if not_live and loop.time() < wait_until:
                     open_tracks.discard(CATALOG_TRACK)
-                    asyncio.get_running_loop().call_later(WAIT_RETRY_INTERVAL, queue.put_nowait, _RETRY)
+                    if watch is None:
+                        watch = session.subscribe_namespace(namespace, authorization=authorization)
+                        conn.flush()
+                    loop.call_later(WAIT_RETRY_INTERVAL, queue.put_nowait, _RETRY)
                     open_tracks.add(_RETRY)
                     continue
                 raise SubscribeError(f"subscribe to {broadcast} {track} refused: {event.reason} (code {event.error_code})",
                                      event.error_code)
-            elif event is _RETRY:
+            elif event is _RETRY or (isinstance(event, ev.NamespaceReceived) and event.request_id == watch
+                                     and event.namespace == namespace):
+                if _RETRY not in open_tracks:
+                    continue  # a retry already went out
                 open_tracks.discard(_RETRY)
-                if conn.session.closed:
-                    raise ConnectionError("MoQ session closed")
                 subscribe(CATALOG_TRACK)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)

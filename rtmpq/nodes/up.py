@@ -6,6 +6,7 @@ import logging
 import socket
 
 from ..auth.access import Access
+from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
 from ..config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig  # noqa: F401 (re-exported)
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
@@ -102,6 +103,9 @@ class UpNode:
 
 def warn_if_open(access: Access, hosts: list[str]) -> None:
     """An open node says so at start; one listening beyond loopback also says how to close it."""
+    if access.auth.secret and weak_secret(access.auth.secret):
+        log.warning("[auth] secret is short: use at least %d random bytes (e.g. openssl rand -hex 32)",
+                    MIN_SECRET_BYTES)
     if not access.open:
         return
     log.warning("open node: anyone may publish any stream name, and a stream key is its public playback "

@@ -1,0 +1,93 @@
+"""Settings: file < environment < flags, errors that name the key, secrets masked, tokens minted."""
+
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rtmpq.auth.tokens import verify_token
+from rtmpq.cli import _overrides, build_parser
+from rtmpq.config import ConfigError, load_config, show
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rtmpq.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults():
+    config = load_config(env={})
+    assert config.rtmp.port == 1935 and config.moq.port == 4443 and config.http.port == 8080
+    assert config.publish.idle_timeout == 10.0 and config.publish.grace_period == 30.0
+    assert not config.publish.keys and not config.auth.secret
+
+
+def test_flag_beats_environment_beats_file(tmp_path):
+    path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
+                           '[publish.keys]\n"sk-1" = "studio"\n')
+    config = load_config(path, env={})
+    assert (config.rtmp.host, config.rtmp.port, config.publish.grace_period) == ("127.0.0.1", 1000, 5.0)
+    assert config.publish.keys == {"sk-1": "studio"}
+    config = load_config(path, env={"RTMPQ_RTMP_PORT": "2000", "RTMPQ_PUBLISH_GRACE_PERIOD": "7.5"})
+    assert config.rtmp.port == 2000 and config.publish.grace_period == 7.5
+    args = build_parser().parse_args(["up", "--rtmp", "0.0.0.0:3000"])
+    config = load_config(path, env={"RTMPQ_RTMP_PORT": "2000"}, overrides=_overrides(args))
+    assert (config.rtmp.host, config.rtmp.port) == ("0.0.0.0", 3000)
+    assert config.rtmp.host == "0.0.0.0"  # the flag gave both
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
+    ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
+    ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),
+    ("[rtmp]\nport = 70000\n", "rtmp.port: 70000 is not a port number"),
+    ("[publish]\nidle_timeout = -1\n", "publish.idle_timeout: must not be negative"),
+    ("[auth]\nrequire_playback_token = true\n", "auth.require_playback_token needs auth.secret"),
+    ('[publish.keys]\n"sk" = "a/b/c"\n', "publish.keys: 'a/b/c' is not a public name"),
+    ("[rtmp\n", "config file"),
+])
+def test_a_bad_file_names_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_a_bad_environment_variable_names_itself():
+    with pytest.raises(ConfigError, match="RTMPQ_AUTH_SECRETS"):
+        load_config(env={"RTMPQ_AUTH_SECRETS": "x"})
+    with pytest.raises(ConfigError, match="publish.grace_period: expected a number"):
+        load_config(env={"RTMPQ_PUBLISH_GRACE_PERIOD": "soon"})
+    load_config(env={"RTMPQ_PUREPYTHON": "1"})  # other parts' variables are not settings
+
+
+def test_show_masks_secrets(tmp_path):
+    path = write(tmp_path, '[auth]\nsecret = "s3cr3t-value"\nnode_token = "tok-value"\n[publish.keys]\n"sk-hidden" = "studio"\n')
+    text = show(load_config(path, env={}))
+    assert "s3cr3t-value" not in text and "tok-value" not in text and "sk-hidden" not in text
+    assert '"studio"' in text and "grace_period = 30.0" in text
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rtmpq", *args], capture_output=True, text=True, timeout=30,
+                          env=env)
+
+
+def test_cli_config_show_and_errors(tmp_path):
+    ok = run_cli("config", "show", "--config", str(write(tmp_path, "[http]\nport = 9090\n")))
+    assert ok.returncode == 0 and "port = 9090" in ok.stdout
+    bad = run_cli("up", "--config", str(write(tmp_path, "[http]\nprot = 9090\n")))
+    assert bad.returncode == 2 and "unknown key in [http] 'prot'" in bad.stderr
+
+
+def test_cli_mints_tokens_the_nodes_accept(tmp_path):
+    path = write(tmp_path, '[auth]\nsecret = "a-shared-secret-of-32-bytes-or-more!!"\n')
+    out = run_cli("token", "--config", str(path), "--act", "publish", "--sub", "live/studio", "--ttl", "60")
+    assert out.returncode == 0, out.stderr
+    claims = verify_token(out.stdout.strip(), "a-shared-secret-of-32-bytes-or-more!!", act="publish",
+                          path="live/studio", now=time.time())
+    assert claims.sub == "live/studio"
+    missing = run_cli("token", "--act", "relay")
+    assert missing.returncode == 2 and "no secret" in missing.stderr
