@@ -18,7 +18,7 @@ from rtmpq.media.frames import Frame
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import free_port, need
+from .conftest import free_port, need, wait_tcp
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,8 @@ async def container(image: str, *args: str):
     assert rc == 0, name
     name = name.strip().splitlines()[-1]
     proc = await asyncio.create_subprocess_exec(
-        *BUILDAH, "run", "--isolation", "chroot", name, "--", "rtmpq", *args,
+        # broadcasts end when their publisher leaves (the tests read them to the end)
+        *BUILDAH, "run", "--isolation", "chroot", "--env", "RTMPQ_PUBLISH_GRACE_PERIOD=0", name, "--", "rtmpq", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
     try:
         yield name, proc
@@ -60,13 +61,25 @@ async def still_running(*procs) -> None:
 
 
 async def receive(moq_port: int, broadcast: str, on_frame=None) -> list[Frame]:
+    """Every frame of ``broadcast``, subscribing before it is live (the subscriber waits for it)."""
     frames = []
-    async with connect_moq("127.0.0.1", moq_port, insecure=True) as conn:
-        async for item in subscribe_broadcast(conn, broadcast):  # ends with the broadcast
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while True:  # the node in the container may still be making its certificate and binding
+        try:
+            connection = connect_moq("127.0.0.1", moq_port, insecure=True, timeout=2)
+            conn = await connection.__aenter__()
+            break
+        except ConnectionError:
+            assert loop.time() < deadline, "the MoQ listener never answered"
+    try:
+        async for item in subscribe_broadcast(conn, broadcast, wait=30):  # ends with the broadcast
             if isinstance(item, Frame):
                 frames.append(item)
                 if on_frame is not None:
                     await on_frame(len(frames))
+    finally:
+        await connection.__aexit__(None, None, None)
     return frames
 
 
@@ -96,12 +109,12 @@ async def test_the_node_image_runs_rtmpq_up(image, tmp_path):
                          f"127.0.0.1:{http}", "--state-dir", "/var/lib/rtmpq", "--static", "/opt/rtmpq/static") as (name, node):
         rc, uid = await run_process([*BUILDAH, "run", "--isolation", "chroot", name, "--", "id", "-u"])
         assert rc == 0 and uid.strip() != "0", uid  # the node runs unprivileged
-        await asyncio.sleep(3)  # the node makes its certificate and binds
+        receiving = asyncio.create_task(receive(moq, "live/box", look_at_the_edge))  # the subscriber comes first
+        await wait_tcp(rtmp)
         await still_running(node)
         ref = str(tmp_path / "ref.flv")
         publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/box", ref, seconds=4)))
-        await asyncio.sleep(0.5)
-        frames = await receive(moq, "live/box", look_at_the_edge)
+        frames = await receiving
         rc, output = await publisher
         assert rc == 0, output
     assert got["playlist"][0] == 200 and b"#EXT-X-STREAM-INF" in got["playlist"][1]
@@ -122,12 +135,12 @@ async def test_ingest_relay_and_edge_each_in_a_container(image, tmp_path):
     async with (container(image, "relay", "--moq", f"127.0.0.1:{relay}", "--state-dir", "/var/lib/rtmpq") as (_, r),
                 container(image, "ingest", "--rtmp", f"127.0.0.1:{rtmp}", *upstream) as (_, i),
                 container(image, "edge", "--http", f"127.0.0.1:{http}", *upstream) as (_, e)):
-        await asyncio.sleep(3)  # certificates, binds, the ingest and the edge connect to the relay
+        receiving = asyncio.create_task(receive(relay, "live/tree", play_from_the_edge))  # the subscriber comes first
+        await wait_tcp(rtmp)
         await still_running(r, i, e)
         ref = str(tmp_path / "ref.flv")
         publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/tree", ref, seconds=5)))
-        await asyncio.sleep(1.0)  # the ingest announces the broadcast to the relay
-        frames = await receive(relay, "live/tree", play_from_the_edge)
+        frames = await receiving
         rc, output = await publisher
         assert rc == 0, output
         await still_running(r, i, e)
