@@ -4,6 +4,8 @@ sine tone and publishes them as Enhanced RTMP (HEVC, AV1, Opus in FLV), the way 
 
     python tests/pyav_publisher.py --video libx265 --audio aac --seconds 3 rtmp://127.0.0.1:1935/live/x ref.flv
 
+(URL "-": only write the reference file, as fast as it encodes.)
+
 Every encoded packet goes both to the RTMP URL and, unchanged, to the reference FLV file, so a
 test can compare what arrived with what was sent. With ``--multitrack 640x360`` it instead writes
 an E-RTMP multitrack FLV to the reference file only (the main picture and the audio as track 0, a
@@ -132,7 +134,8 @@ def main() -> None:
     if args.multitrack:
         write_multitrack(args)
     else:
-        encode([args.url, args.reference], args.video, args.audio, args.size, args.seconds, realtime=True)
+        targets = [args.reference] if args.url == "-" else [args.url, args.reference]
+        encode(targets, args.video, args.audio, args.size, args.seconds, realtime=args.url != "-")
 
 
 if __name__ == "__main__":
