@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from rtmpq.codec import parse_video_tag
 from rtmpq.errors import RemoteProtocolError
+from rtmpq.media.ac3 import Ac3Header
 from rtmpq.media.av1 import Av1Config, is_key_temporal_unit, parse_sequence_header
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer
@@ -85,6 +86,20 @@ def test_av1c_and_sequence_header_of_real_encodes_match_ffmpeg(encodes, size):
     assert [f.keyframe for f in video] == facts["frames"]
     # the bitstream alone tells key temporal units apart (without the FLV frame type)
     assert [is_key_temporal_unit(f.payload) for f in video] == facts["frames"]
+
+
+def test_ac3_frame_header_and_dac3():
+    # 48 kHz, 192 kbit/s (frmsizecod 20), bsid 8, 2/0 with dsurmod, no LFE: ATSC A/52 5.4.1
+    frame = b"\x0b\x77" + b"\x00\x00" + bytes((0x00 << 6 | 20, 8 << 3 | 0, 2 << 5 | 0 << 3 | 0 << 2)) + bytes(8)
+    header = Ac3Header.parse(frame)
+    assert (header.sample_rate, header.channels, header.bsid) == (48000, 2, 8)
+    assert header.dac3() == bytes.fromhex("101140") and Ac3Header.from_dac3(header.dac3()) == header
+    five_one = b"\x0b\x77\x00\x00" + bytes((0x40 | 28, 6 << 3, 7 << 5 | 0b01011, 0b00000000)) + bytes(4)
+    assert Ac3Header.parse(five_one).channels == 6 and Ac3Header.parse(five_one).sample_rate == 44100
+    for bad in (b"", b"\x0b\x77\x00", b"\x0b\x78" + bytes(8), b"\x0b\x77\x00\x00\xc0" + bytes(4),
+                b"\x0b\x77\x00\x00\x00\x80" + bytes(4)):  # no sync, reserved fscod, E-AC-3 bsid 16
+        with pytest.raises(RemoteProtocolError):
+            Ac3Header.parse(bad)
 
 
 def test_opus_head_and_dops():
@@ -165,7 +180,7 @@ def test_truncated_records_at_every_length_are_protocol_errors(encodes):
 @given(st.binary(max_size=120))
 def test_random_bytes_raise_only_protocol_errors(data):
     for parse in (HevcConfig.parse, parse_hevc_sps, Av1Config.parse, parse_sequence_header, OpusHead.parse,
-                  is_key_temporal_unit):
+                  is_key_temporal_unit, Ac3Header.parse):
         _only_protocol_errors(parse, data)
     _only_protocol_errors(parse_hevc_sps, b"\x42\x01" + data)
 

@@ -66,6 +66,7 @@ CASES = {
     # video encoder, audio encoder, expected catalog codec strings (level from the encoder's choice)
     "hevc+aac": ("libx265", "aac", r"hvc1\.1\.6\.L\d+\.90", "mp4a.40.2", "mp4a.40.2"),
     "av1+opus": ("libsvtav1", "libopus", r"av01\.0\.\d\dM\.08", "opus", "Opus"),
+    "hevc+ac3": ("libx265", "ac3", r"hvc1\.1\.6\.L\d+\.90", "ac-3", "ac-3"),
 }
 
 

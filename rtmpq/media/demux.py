@@ -5,7 +5,7 @@ sequence headers become catalog tracks, every coded frame becomes a ``Frame`` wh
 view into the message body (no copy).
 
 Codecs carried: video AVC (``avc1``), HEVC (``hvc1``, also legacy CodecID 12) and AV1 (``av01``);
-audio AAC (``mp4a``) and Opus (``Opus``). Any other codec is logged once per publish with its
+audio AAC (``mp4a``), Opus (``Opus``) and AC-3 (``ac-3``, described by its frame headers). Any other codec is logged once per publish with its
 FourCC and its frames are counted in ``stats.unsupported``. Every E-RTMP track id becomes its own
 track: ``video``/``audio`` for track 0, ``video-<id>``/``audio-<id>`` for the others; all video
 tracks of a publish are renditions of each other (one MSF altGroup).
@@ -26,6 +26,7 @@ from ..codec import amf0_decode, parse_audio_tracks, parse_video_tracks, split_l
 from ..codec.flv_types import PACKET_CODED_FRAMES, PACKET_SEQUENCE_START
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
+from .ac3 import Ac3Header
 from .av1 import Av1Config, is_key_temporal_unit
 from .avc import AvcConfig, parse_sps
 from .catalog import Catalog, TrackInfo
@@ -39,7 +40,7 @@ AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 VIDEO_CODECS = ("avc1", "hvc1", "av01")
-AUDIO_CODECS = ("mp4a", "Opus")
+AUDIO_CODECS = ("mp4a", "Opus", "ac-3")
 
 
 class TimestampUnwrapper:
@@ -234,18 +235,42 @@ class BroadcastDemuxer:
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == PACKET_SEQUENCE_START:
             return self._audio_sequence_start(tag, payload)
+        out = []
+        if tag.codec == "ac-3" and len(payload):  # no sequence header: each frame describes itself
+            out = self._ac3_track(tag, payload)
         track = self._audio.get(tag.track_id)
         if track is None or track.codec != tag.codec or not len(payload):
             self.stats.dropped += 1
-            return []
+            return out
         group = self._next_audio_group(track, ts)
         frame = Frame(track.name, group, track.index, ts, ts, True, payload, received_ns)
         track.index += 1
         self.stats.frames[AUDIO] += 1
-        return [frame]
+        return [*out, frame]
+
+    def _ac3_track(self, tag, payload) -> list:
+        """The track of an AC-3 stream, from its frame header; a catalog when it is new or changed."""
+        track = self._audio.get(tag.track_id)
+        if track is not None and track.codec == "ac-3" and bytes(payload[4:8]) == track.config:
+            return []  # the same fscod/frmsizecod/bsid/bsmod/acmod bytes as the track's: unchanged
+        name = track_name(AUDIO, tag.track_id)
+        try:
+            header = Ac3Header.parse(payload)
+        except RemoteProtocolError as exc:
+            if track is None or track.codec != "ac-3":
+                log.warning("%s: ac-3 frame header of %s rejected: %s", self._log_name, name, exc)
+            return []
+        track = self._audio.setdefault(tag.track_id, _Track(name))
+        track.codec, track.config = "ac-3", bytes(payload[4:8])
+        meta = self._track_meta(AUDIO, tag.track_id)
+        return self._set_track(TrackInfo(
+            name=name, kind=AUDIO, codec=header.codec_string, init_data=header.dac3(), timescale=SOURCE_TIMESCALE,
+            sample_rate=header.sample_rate, channels=header.channels, bitrate=_kbps(meta.get("audiodatarate"))))
 
     def _audio_sequence_start(self, tag, payload) -> list:
         name = track_name(AUDIO, tag.track_id)
+        if tag.codec == "ac-3":
+            return []  # AC-3 is described by its frames
         try:
             if tag.codec == "mp4a":
                 config = AudioSpecificConfig.parse(bytes(payload))
