@@ -194,3 +194,16 @@ def test_damaged_real_records_raise_only_protocol_errors(encodes, damage):
             data[pos % len(data)] = value
         parse = Av1Config.parse if video == "libsvtav1" else lambda d: parse_hevc_sps(HevcConfig.parse(d).sps[0])
         _only_protocol_errors(parse, bytes(data))
+
+
+def test_tracks_per_publish_are_bounded(encodes, caplog):
+    """A publisher naming 200 E-RTMP track ids gets MAX_TRACKS_PER_KIND tracks and one log line."""
+    from rtmpq.media.demux import MAX_TRACKS_PER_KIND
+
+    record = sequence_start(encodes["libx265", "322x186"])
+    demuxer = BroadcastDemuxer("live/x")
+    with caplog.at_level(logging.WARNING, "rtmpq.media"):
+        for track_id in range(200):
+            demuxer.message(9, 0, bytes((0x96, 0x00)) + b"hvc1" + bytes((track_id,)) + record)
+    assert [t.name for t in demuxer.catalog.tracks] == ["video"] + [f"video-{i}" for i in range(1, MAX_TRACKS_PER_KIND)]
+    assert len([r for r in caplog.records if "MAX_TRACKS_PER_KIND" in r.getMessage()]) == 1

@@ -37,6 +37,9 @@ from .opus import OPUS_SAMPLE_RATE, OpusHead
 log = logging.getLogger("rtmpq.media")
 
 AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
+# E-RTMP tracks of one kind a publish may open (each is a catalog entry, a MoQ track and an LL-HLS
+# rendition downstream); sequence headers for more are refused with one log line.
+MAX_TRACKS_PER_KIND = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 VIDEO_CODECS = ("avc1", "hvc1", "av01")
@@ -127,6 +130,16 @@ class BroadcastDemuxer:
             return self._on_data(ts, body, received_ns)
         return []
 
+    def _room_for(self, kind: str, tracks: dict) -> bool:
+        if len(tracks) < MAX_TRACKS_PER_KIND:
+            return True
+        self.stats.unsupported += 1
+        if (kind, "") not in self._not_carried:
+            self._not_carried.add((kind, ""))
+            log.warning("%s: more than %d %s tracks (MAX_TRACKS_PER_KIND); the others are dropped",
+                        self._log_name, MAX_TRACKS_PER_KIND, kind)
+        return False
+
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
         self.stats.unsupported += 1
         if (kind, fourcc) not in self._not_carried:
@@ -213,6 +226,8 @@ class BroadcastDemuxer:
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
+        if tag.track_id not in self._video and not self._room_for(VIDEO, self._video):
+            return []
         track = self._video.setdefault(tag.track_id, _Track(name))
         if track.codec and track.codec != tag.codec:
             track.resync = True  # a new codec: its frames start at its next keyframe
@@ -260,6 +275,8 @@ class BroadcastDemuxer:
             if track is None or track.codec != "ac-3":
                 log.warning("%s: ac-3 frame header of %s rejected: %s", self._log_name, name, exc)
             return []
+        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+            return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
         track.codec, track.config = "ac-3", bytes(payload[4:8])
         meta = self._track_meta(AUDIO, tag.track_id)
@@ -280,6 +297,8 @@ class BroadcastDemuxer:
                 init, rate, channels = config.to_bytes(), OPUS_SAMPLE_RATE, config.channels
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
+            return []
+        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
         track.codec, track.config = tag.codec, config
