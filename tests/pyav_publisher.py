@@ -26,6 +26,7 @@ VIDEO_OPTIONS = {
     "libx265": {"x265-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0:bframes=0:log-level=error"},
     "libsvtav1": {"preset": "12"},
     "libx264": {"preset": "veryfast", "tune": "zerolatency"},
+    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"},
 }
 AUDIO_RATE = {"libopus": 48000, "aac": 44100}
 

@@ -19,6 +19,7 @@ from rtmpq.media.demux import BroadcastDemuxer
 from rtmpq.media.flv import read_flv_tags
 from rtmpq.media.hevc import HevcConfig, parse_hevc_sps
 from rtmpq.media.opus import OpusHead
+from rtmpq.media.vp9 import Vp9Config, is_key_frame, key_frame_size
 
 from .publishers import PYAV_PUBLISHER
 
@@ -31,7 +32,8 @@ def encodes(tmp_path_factory):
     out = {}
     folder = tmp_path_factory.mktemp("enc")
     for video, audio, size in (("libx265", "aac", "1280x720"), ("libx265", "aac", "322x186"),
-                               ("libsvtav1", "libopus", "640x360"), ("libsvtav1", "libopus", "322x186")):
+                               ("libsvtav1", "libopus", "640x360"), ("libsvtav1", "libopus", "322x186"),
+                               ("libvpx-vp9", "libopus", "322x186")):
         path = folder / f"{video}-{size}.flv"
         subprocess.run([sys.executable, PYAV_PUBLISHER, "-", str(path), "--video", video, "--audio", audio,
                         "--seconds", "1.1", "--size", size], check=True, capture_output=True)
@@ -88,6 +90,23 @@ def test_av1c_and_sequence_header_of_real_encodes_match_ffmpeg(encodes, size):
     assert [is_key_temporal_unit(f.payload) for f in video] == facts["frames"]
 
 
+def test_vp9_config_and_key_frames_of_a_real_encode(encodes):
+    path = encodes["libvpx-vp9", "322x186"]
+    facts = stream_facts(path)
+    config = Vp9Config.parse(sequence_start(path))
+    assert config.codec_string == "vp09.00.11.08"  # profile 0, level 1.1 (322x186 at 30 fps), 8 bit
+    frames = [(tag, bytes(b[tag.payload_offset : tag.payload_end])) for t, _, b in read_flv_tags(path)
+              if t == 9 and (tag := parse_video_tag(b)).packet_type == 1]
+    assert [is_key_frame(data) for _, data in frames] == facts["frames"]
+    assert key_frame_size(frames[0][1]) == (322, 186)
+    with pytest.raises(RemoteProtocolError):
+        key_frame_size(frames[1][1])  # an inter frame has no size
+    demuxer = BroadcastDemuxer("live/x")  # without onMetaData, the size comes from the key frame
+    out = [item for t, ts, b in read_flv_tags(path) if t != 18 for item in demuxer.message(t, ts, b)]
+    catalog = [c for c in out if isinstance(c, Catalog)][-1]
+    assert (catalog.track("video").width, catalog.track("video").height) == (322, 186)
+
+
 def test_ac3_frame_header_and_dac3():
     # 48 kHz, 192 kbit/s (frmsizecod 20), bsid 8, 2/0 with dsurmod, no LFE: ATSC A/52 5.4.1
     frame = b"\x0b\x77" + b"\x00\x00" + bytes((0x00 << 6 | 20, 8 << 3 | 0, 2 << 5 | 0 << 3 | 0 << 2)) + bytes(8)
@@ -142,13 +161,13 @@ def test_legacy_codec_id_12_hevc_is_carried(encodes):
 
 def test_a_codec_not_carried_is_logged_once_with_its_fourcc(caplog):
     demuxer = BroadcastDemuxer("live/x", log_name="live/#x")
-    vp9 = lambda packet_type: bytes((0x90 | packet_type,)) + b"vp09" + b"\x00" * 8  # noqa: E731
+    vvc = lambda packet_type: bytes((0x90 | packet_type,)) + b"vvc1" + b"\x00" * 8  # noqa: E731
     with caplog.at_level(logging.WARNING, "rtmpq.media"):
         for i in range(5):
-            assert demuxer.message(9, i * 33, vp9(0 if i == 0 else 1)) == []
+            assert demuxer.message(9, i * 33, vvc(0 if i == 0 else 1)) == []
             assert demuxer.message(8, i * 20, b"\x91fLaC" + b"\x00" * 4) == []
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["live/#x: video codec 'vp09' is not carried; its frames are dropped",
+    assert lines == ["live/#x: video codec 'vvc1' is not carried; its frames are dropped",
                      "live/#x: audio codec 'fLaC' is not carried; its frames are dropped"]
     assert demuxer.stats.unsupported == 10
 
@@ -180,7 +199,7 @@ def test_truncated_records_at_every_length_are_protocol_errors(encodes):
 @given(st.binary(max_size=120))
 def test_random_bytes_raise_only_protocol_errors(data):
     for parse in (HevcConfig.parse, parse_hevc_sps, Av1Config.parse, parse_sequence_header, OpusHead.parse,
-                  is_key_temporal_unit, Ac3Header.parse):
+                  is_key_temporal_unit, Ac3Header.parse, Vp9Config.parse, is_key_frame, key_frame_size):
         _only_protocol_errors(parse, data)
     _only_protocol_errors(parse_hevc_sps, b"\x42\x01" + data)
 

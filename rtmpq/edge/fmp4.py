@@ -50,7 +50,8 @@ def _esds(asc: bytes, bitrate: int = 0) -> bytes:
 
 
 # Sample entry and configuration box per codec (the catalog's codec string prefix).
-VIDEO_ENTRIES = {"avc1": (b"avc1", b"avcC"), "hvc1": (b"hvc1", b"hvcC"), "av01": (b"av01", b"av1C")}
+VIDEO_ENTRIES = {"avc1": (b"avc1", b"avcC"), "hvc1": (b"hvc1", b"hvcC"), "av01": (b"av01", b"av1C"),
+                 "vp09": (b"vp09", b"vpcC")}  # the catalog's vpcC is the full box body (version 1)
 
 
 def _sample_entry(info: TrackInfo) -> bytes:

@@ -4,7 +4,8 @@ Per publish session: timestamps are unwrapped from 32-bit milliseconds with seri
 sequence headers become catalog tracks, every coded frame becomes a ``Frame`` whose payload is a
 view into the message body (no copy).
 
-Codecs carried: video AVC (``avc1``), HEVC (``hvc1``, also legacy CodecID 12) and AV1 (``av01``);
+Codecs carried: video AVC (``avc1``), HEVC (``hvc1``, also legacy CodecID 12), AV1 (``av01``) and
+VP9 (``vp09``, its picture size from key frames);
 audio AAC (``mp4a``), Opus (``Opus``) and AC-3 (``ac-3``, described by its frame headers). Any other codec is logged once per publish with its
 FourCC and its frames are counted in ``stats.unsupported``. Every E-RTMP track id becomes its own
 track: ``video``/``audio`` for track 0, ``video-<id>``/``audio-<id>`` for the others; all video
@@ -33,6 +34,7 @@ from .catalog import Catalog, TrackInfo
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO, Frame
 from .hevc import HevcConfig, is_irap, parse_hevc_sps
 from .opus import OPUS_SAMPLE_RATE, OpusHead
+from .vp9 import Vp9Config, is_key_frame, key_frame_size
 
 log = logging.getLogger("rtmpq.media")
 
@@ -42,7 +44,7 @@ AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
 MAX_TRACKS_PER_KIND = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
-VIDEO_CODECS = ("avc1", "hvc1", "av01")
+VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
 AUDIO_CODECS = ("mp4a", "Opus", "ac-3")
 
 
@@ -168,15 +170,29 @@ class BroadcastDemuxer:
             return []
         if keyframe is None:
             return []  # an empty access unit
+        out = []
         if keyframe:
             self._open_video_group(track, tag.track_id, ts)
+            if tag.codec == "vp09":
+                out = self._vp9_size(track, payload)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
         frame = Frame(track.name, track.group, track.index, ts, ts + tag.cts, keyframe, payload, received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
-        return [frame]
+        return [*out, frame]
+
+    def _vp9_size(self, track: _Track, payload) -> list:
+        """VP9's picture size is in its key frames, not in vpcC: a catalog when it changes."""
+        info = self.catalog.track(track.name)
+        try:
+            width, height = key_frame_size(payload)
+        except RemoteProtocolError:
+            return []  # the FLV said key frame, the bitstream did not: keep what the catalog has
+        if info is None or (info.width, info.height) == (width, height):
+            return []
+        return self._set_track(replace(info, width=width, height=height))
 
     def _video_keyframe(self, track: _Track, tag, payload) -> bool | None:
         """Whether the access unit is a random access point; None when it is empty. Raises
@@ -186,6 +202,8 @@ class BroadcastDemuxer:
                 return None
             rap = is_key_temporal_unit(payload, track.config.sequence_header.reduced_still_picture_header)
             return tag.frame_type == 1 or rap
+        if tag.codec == "vp09":
+            return None if not len(payload) else tag.frame_type == 1 or is_key_frame(payload)
         units = split_length_prefixed(payload, track.config.nal_length_size)
         if not units:
             return None
@@ -219,10 +237,15 @@ class BroadcastDemuxer:
                 config = HevcConfig.parse(payload)
                 sps = parse_hevc_sps(config.sps[0])
                 size, framerate, nal_length_size = (sps.width, sps.height), None, config.nal_length_size
-            else:
+            elif tag.codec == "av01":
                 config = Av1Config.parse(payload)
                 header = config.sequence_header
                 size, framerate, nal_length_size = (header.width, header.height), header.framerate, None
+            else:
+                config = Vp9Config.parse(payload)  # the size comes with the first key frame
+                meta = self._track_meta(VIDEO, tag.track_id)
+                size = (_int(meta.get("width")), _int(meta.get("height")))
+                framerate, nal_length_size = None, None
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
@@ -382,6 +405,11 @@ class BroadcastDemuxer:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _int(value) -> int | None:
+    number = _number(value)
+    return int(number) if number else None
 
 
 def _kbps(value) -> int | None:
