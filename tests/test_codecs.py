@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rtmpq.codec import parse_video_tag
 from rtmpq.errors import RemoteProtocolError
-from rtmpq.media.ac3 import Ac3Header
+from rtmpq.media.ac3 import Ac3Header, Eac3Header
 from rtmpq.media.av1 import Av1Config, is_key_temporal_unit, parse_sequence_header
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer
@@ -121,6 +121,19 @@ def test_ac3_frame_header_and_dac3():
             Ac3Header.parse(bad)
 
 
+def test_eac3_frame_header_and_dec3():
+    # from an FFmpeg E-AC-3 encode: independent substream 0, 768-byte frames of 6 blocks, 48 kHz, 2/0
+    frame = bytes.fromhex("0b77017f3487c000") + bytes(760)
+    header = Eac3Header.parse(frame)
+    assert (header.sample_rate, header.channels, header.kbps, header.bsid) == (48000, 2, 192, 16)
+    assert header.dec3() == bytes.fromhex("0600200400")  # 192 kbit/s, one substream: fscod 0, bsid 16, acmod 2
+    assert Eac3Header.from_dec3(header.dec3()) == header
+    for bad in (frame[:4], b"\x0b\x77\x41" + frame[3:],  # dependent substream first
+                bytes.fromhex("0b77017ff487c000")):  # reduced sample rate
+        with pytest.raises(RemoteProtocolError):
+            Eac3Header.parse(bad)
+
+
 def test_opus_head_and_dops():
     head = OpusHead.parse(b"OpusHead\x01\x02\x38\x01\x80\xbb\x00\x00\x00\x00\x00")
     assert (head.channels, head.pre_skip, head.input_sample_rate, head.mapping_family) == (2, 312, 48000, 0)
@@ -199,7 +212,7 @@ def test_truncated_records_at_every_length_are_protocol_errors(encodes):
 @given(st.binary(max_size=120))
 def test_random_bytes_raise_only_protocol_errors(data):
     for parse in (HevcConfig.parse, parse_hevc_sps, Av1Config.parse, parse_sequence_header, OpusHead.parse,
-                  is_key_temporal_unit, Ac3Header.parse, Vp9Config.parse, is_key_frame, key_frame_size):
+                  is_key_temporal_unit, Ac3Header.parse, Eac3Header.parse, Vp9Config.parse, is_key_frame, key_frame_size):
         _only_protocol_errors(parse, data)
     _only_protocol_errors(parse_hevc_sps, b"\x42\x01" + data)
 

@@ -67,6 +67,7 @@ CASES = {
     "hevc+aac": ("libx265", "aac", r"hvc1\.1\.6\.L\d+\.90", "mp4a.40.2", "mp4a.40.2"),
     "av1+opus": ("libsvtav1", "libopus", r"av01\.0\.\d\dM\.08", "opus", "Opus"),
     "hevc+ac3": ("libx265", "ac3", r"hvc1\.1\.6\.L\d+\.90", "ac-3", "ac-3"),
+    "av1+eac3": ("libsvtav1", "eac3", r"av01\.0\.\d\dM\.08", "ec-3", "ec-3"),
     "vp9+opus": ("libvpx-vp9", "libopus", r"vp09\.00\.\d\d\.08", "opus", "Opus"),
 }
 

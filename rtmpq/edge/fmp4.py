@@ -7,8 +7,8 @@ the moment it is complete. A muxer that decides fragmentation itself gives none 
 
 Samples keep the source timescale (milliseconds for RTMP sources), so no timestamp is rounded.
 AVC and HEVC samples are the length-prefixed NAL units of the source frame (the layout avcC/hvcC
-declare), AV1 samples its temporal unit of OBUs (av1C), AAC, Opus and AC-3 samples raw frames
-(esds, dOps, dac3).
+declare), AV1 samples its temporal unit of OBUs (av1C), AAC, Opus, AC-3 and E-AC-3 samples raw frames
+(esds, dOps, dac3, dec3).
 """
 
 import struct
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..media.catalog import TrackInfo
 from ..media.frames import VIDEO
-from ..media.ac3 import Ac3Header
+from ..media.ac3 import Ac3Header, Eac3Header
 from ..media.opus import OPUS_SAMPLE_RATE, OpusHead
 
 # sample_flags (ISO/IEC 14496-12 8.8.3.1): a sync sample depends on nothing; others on earlier ones
@@ -68,10 +68,11 @@ def _sample_entry(info: TrackInfo) -> bytes:
         return box(b"Opus", bytes(6), struct.pack(">H", 1), bytes(8),
                    struct.pack(">HHHH", head.channels, 16, 0, 0), struct.pack(">I", OPUS_SAMPLE_RATE << 16),
                    box(b"dOps", head.dops()))
-    if info.codec == "ac-3":
-        head = Ac3Header.from_dac3(info.init_data)
-        return box(b"ac-3", bytes(6), struct.pack(">H", 1), bytes(8), struct.pack(">HHHH", 2, 16, 0, 0),
-                   struct.pack(">I", head.sample_rate << 16), box(b"dac3", info.init_data))
+    if info.codec in ("ac-3", "ec-3"):
+        ac3 = info.codec == "ac-3"
+        head = Ac3Header.from_dac3(info.init_data) if ac3 else Eac3Header.from_dec3(info.init_data)
+        return box(info.codec.encode(), bytes(6), struct.pack(">H", 1), bytes(8), struct.pack(">HHHH", 2, 16, 0, 0),
+                   struct.pack(">I", head.sample_rate << 16), box(b"dac3" if ac3 else b"dec3", info.init_data))
     return box(
         b"mp4a", bytes(6), struct.pack(">H", 1), bytes(8),
         struct.pack(">HHHH", info.channels or 2, 16, 0, 0), struct.pack(">I", (info.sample_rate or 48000) << 16 if (info.sample_rate or 0) < 65536 else 0),
@@ -83,7 +84,7 @@ def can_package(info: TrackInfo) -> bool:
     """Whether this writer has a sample entry for the track's codec."""
     if info.kind == VIDEO:
         return info.codec[:4] in VIDEO_ENTRIES
-    return info.codec.startswith("mp4a") or info.codec in ("opus", "ac-3")
+    return info.codec.startswith("mp4a") or info.codec in ("opus", "ac-3", "ec-3")
 
 
 def _trak(track_id: int, info: TrackInfo) -> bytes:

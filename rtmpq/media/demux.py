@@ -6,7 +6,8 @@ view into the message body (no copy).
 
 Codecs carried: video AVC (``avc1``), HEVC (``hvc1``, also legacy CodecID 12), AV1 (``av01``) and
 VP9 (``vp09``, its picture size from key frames);
-audio AAC (``mp4a``), Opus (``Opus``) and AC-3 (``ac-3``, described by its frame headers). Any other codec is logged once per publish with its
+audio AAC (``mp4a``), Opus (``Opus``), AC-3 and E-AC-3 (``ac-3``, ``ec-3``: described by their
+frame headers). Any other codec is logged once per publish with its
 FourCC and its frames are counted in ``stats.unsupported``. Every E-RTMP track id becomes its own
 track: ``video``/``audio`` for track 0, ``video-<id>``/``audio-<id>`` for the others; all video
 tracks of a publish are renditions of each other (one MSF altGroup).
@@ -27,7 +28,7 @@ from ..codec import amf0_decode, parse_audio_tracks, parse_video_tracks, split_l
 from ..codec.flv_types import PACKET_CODED_FRAMES, PACKET_SEQUENCE_START
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
-from .ac3 import Ac3Header
+from .ac3 import Ac3Header, Eac3Header
 from .av1 import Av1Config, is_key_temporal_unit
 from .avc import AvcConfig, parse_sps
 from .catalog import Catalog, TrackInfo
@@ -45,7 +46,8 @@ MAX_TRACKS_PER_KIND = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
-AUDIO_CODECS = ("mp4a", "Opus", "ac-3")
+AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
+_SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
 
 
 class TimestampUnwrapper:
@@ -274,8 +276,8 @@ class BroadcastDemuxer:
         if tag.packet_type == PACKET_SEQUENCE_START:
             return self._audio_sequence_start(tag, payload)
         out = []
-        if tag.codec == "ac-3" and len(payload):  # no sequence header: each frame describes itself
-            out = self._ac3_track(tag, payload)
+        if tag.codec in _SYNCFRAME_CODECS and len(payload):
+            out = self._syncframe_track(tag, payload)
         track = self._audio.get(tag.track_id)
         if track is None or track.codec != tag.codec or not len(payload):
             self.stats.dropped += 1
@@ -286,31 +288,34 @@ class BroadcastDemuxer:
         self.stats.frames[AUDIO] += 1
         return [*out, frame]
 
-    def _ac3_track(self, tag, payload) -> list:
-        """The track of an AC-3 stream, from its frame header; a catalog when it is new or changed."""
+    def _syncframe_track(self, tag, payload) -> list:
+        """The track of an AC-3/E-AC-3 stream, from its frame header; a catalog when it is new or
+        changed."""
         track = self._audio.get(tag.track_id)
-        if track is not None and track.codec == "ac-3" and bytes(payload[4:8]) == track.config:
-            return []  # the same fscod/frmsizecod/bsid/bsmod/acmod bytes as the track's: unchanged
+        key = bytes(payload[4:8] if tag.codec == "ac-3" else payload[2:8])  # the header after AC-3's crc1
+        if track is not None and track.codec == tag.codec and key == track.config:
+            return []  # the same header bytes as the track's: unchanged
         name = track_name(AUDIO, tag.track_id)
         try:
-            header = Ac3Header.parse(payload)
+            header = _SYNCFRAME_CODECS[tag.codec].parse(payload)
         except RemoteProtocolError as exc:
-            if track is None or track.codec != "ac-3":
-                log.warning("%s: ac-3 frame header of %s rejected: %s", self._log_name, name, exc)
+            if track is None or track.codec != tag.codec:
+                log.warning("%s: %s frame header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
         if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
-        track.codec, track.config = "ac-3", bytes(payload[4:8])
+        track.codec, track.config = tag.codec, key
         meta = self._track_meta(AUDIO, tag.track_id)
+        init = header.dac3() if tag.codec == "ac-3" else header.dec3()
         return self._set_track(TrackInfo(
-            name=name, kind=AUDIO, codec=header.codec_string, init_data=header.dac3(), timescale=SOURCE_TIMESCALE,
+            name=name, kind=AUDIO, codec=header.codec_string, init_data=init, timescale=SOURCE_TIMESCALE,
             sample_rate=header.sample_rate, channels=header.channels, bitrate=_kbps(meta.get("audiodatarate"))))
 
     def _audio_sequence_start(self, tag, payload) -> list:
         name = track_name(AUDIO, tag.track_id)
-        if tag.codec == "ac-3":
-            return []  # AC-3 is described by its frames
+        if tag.codec in _SYNCFRAME_CODECS:
+            return []  # described by its frames
         try:
             if tag.codec == "mp4a":
                 config = AudioSpecificConfig.parse(bytes(payload))
