@@ -3,7 +3,11 @@
 import asyncio
 import json
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+from rtmpq.codec import amf0_encode
 
 from rtmpq.media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from rtmpq.media.frames import Frame
@@ -98,3 +102,89 @@ async def run_process(args: list[str], timeout: float = 30.0) -> tuple[int, str]
         await proc.wait()
         raise
     return proc.returncode, out.decode(errors="replace")
+
+
+# -- Enhanced RTMP (HEVC, AV1, Opus, multitrack) from PyAV's bundled FFmpeg ------------------------
+
+PYAV_PUBLISHER = str(Path(__file__).parent / "pyav_publisher.py")
+
+
+def pyav_publish_args(url: str, reference: str, video: str, audio: str, seconds: float = 3.0,
+                      size: str = "320x240", multitrack: str = "") -> list[str]:
+    """tests/pyav_publisher.py as a subprocess: E-RTMP to ``url`` and the same tags to ``reference``."""
+    args = [sys.executable, PYAV_PUBLISHER, url, reference, "--video", video, "--audio", audio,
+            "--seconds", str(seconds), "--size", size]
+    return args + (["--multitrack", multitrack] if multitrack else [])
+
+
+def pyav_packets(path: str) -> dict[int, list[Packet]]:
+    """Every packet of a file as PyAV's FFmpeg (8.x, which reads enhanced FLV) demuxes it, per
+    stream index; timestamps in ms."""
+    import av
+
+    out: dict[int, list[Packet]] = {}
+    with av.open(path) as container:
+        for p in container.demux():
+            if p.size:
+                kind = p.stream.type
+                ms = lambda t: int(t * p.time_base * 1000)  # noqa: E731
+                out.setdefault(p.stream.index, []).append(Packet(kind, ms(p.dts), ms(p.pts), p.is_keyframe, p.size))
+    return out
+
+
+def pyav_decoded_frames(path: str) -> dict[str, int]:
+    """Frames per stream type that PyAV's FFmpeg decodes; raises on a decoding error."""
+    import av
+
+    counts: dict[str, int] = {}
+    with av.open(path) as container:
+        for frame in container.decode(*container.streams):
+            kind = "video" if isinstance(frame, av.VideoFrame) else "audio"
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+async def push_flv(port: int, key: str, flv_path: str, app: str = "live") -> None:
+    """Publish the tags of an FLV file, as they are, over one RTMP connection, paced by their
+    timestamps (as ffmpeg -re); for tags the Debian ffmpeg cannot read (enhanced, multitrack, or
+    damaged on purpose). Returns when the server has closed the connection after the last."""
+    from rtmpq.codec import NEED_DATA, ChunkReader
+    from rtmpq.media.flv import read_flv_tags
+    from rtmpq.rtmp.chunk_writer import ChunkWriter
+    from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    w = ChunkWriter(128)
+    writer.write(b"\x03" + make_client_c1(digest=False))
+    s0s1s2 = await reader.readexactly(1 + 2 * HANDSHAKE_SIZE)
+    out = s0s1s2[1 : 1 + HANDSHAKE_SIZE]  # C2 echoes S1
+    out += w.write(2, 0, 1, 0, (4096).to_bytes(4, "big"))
+    w.chunk_size = 4096
+    out += w.write(3, 0, 20, 0, amf0_encode("connect", 1.0, {"app": app, "type": "nonprivate"}))
+    out += w.write(3, 0, 20, 0, amf0_encode("createStream", 2.0, None))
+    out += w.write(8, 0, 20, 1, amf0_encode("publish", 3.0, None, key, "live"))
+    writer.write(out)
+    replies = ChunkReader()  # media only once the server said NetStream.Publish.Start, as clients do
+    started = False
+    while not started:
+        data = await asyncio.wait_for(reader.read(65536), 10)
+        if not data:
+            raise ConnectionError("the server closed the connection before the publish started")
+        replies.receive_data(data)
+        while (msg := replies.next_message()) is not NEED_DATA:
+            started = started or (msg.type_id == 20 and b"NetStream.Publish.Start" in bytes(msg.body))
+    start = asyncio.get_running_loop().time()
+    for tag_type, ts, body in read_flv_tags(flv_path):
+        delay = start + ts / 1000 - asyncio.get_running_loop().time()
+        if delay > 0:
+            await writer.drain()
+            await asyncio.sleep(delay)
+        writer.write(w.write({8: 4, 9: 6, 18: 5}[tag_type], ts, tag_type, 1, body))
+    writer.write(w.write(8, 0, 20, 1, amf0_encode("deleteStream", 4.0, None, 1.0)))
+    await writer.drain()
+    writer.write_eof()
+    try:
+        await asyncio.wait_for(reader.read(), 10)  # the server closes once it has read everything
+    except TimeoutError:
+        pass
+    writer.close()

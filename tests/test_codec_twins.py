@@ -142,3 +142,78 @@ def test_bit_reader_twins_agree(data, ops, n):
         return out
 
     assert run(REFERENCE["BitReader"]) == run(compiled.BitReader)
+
+
+@SETTINGS
+@given(st.binary(max_size=64))
+def test_flv_multitrack_twins_agree(data):
+    for name in ("parse_video_tracks", "parse_audio_tracks"):
+        assert outcome(REFERENCE[name], data) == outcome(getattr(compiled, name), data)
+
+
+def _multitrack_body(kind: str, mt_type: int, packet_type: int, tracks: list[tuple[str, int, bytes]], cut: int) -> bytes:
+    """An E-RTMP multitrack video (0x96) or audio (0x95) message, cut at ``cut`` bytes."""
+    first = 0x96 if kind == "video" else 0x95
+    body = bytes((first, (mt_type << 4) | packet_type))
+    if mt_type != 2:
+        body += tracks[0][0].encode("latin-1")
+    for fourcc, track_id, payload in tracks:
+        if mt_type == 2:
+            body += fourcc.encode("latin-1")
+        body += bytes((track_id,))
+        if mt_type != 0:
+            body += len(payload).to_bytes(3, "big")
+        body += payload
+        if mt_type == 0:
+            break
+    return body[:cut] if cut else body
+
+
+@SETTINGS
+@given(st.sampled_from(["video", "audio"]), st.integers(0, 3), st.sampled_from([0, 1, 2, 3, 4, 5]),
+       st.lists(st.tuples(st.sampled_from(["avc1", "hvc1", "av01", "Opus", "mp4a"]), st.integers(0, 255),
+                          st.binary(max_size=12)), min_size=1, max_size=5),
+       st.integers(0, 80))
+def test_flv_multitrack_twins_agree_on_structured_messages(kind, mt_type, packet_type, tracks, cut):
+    body = _multitrack_body(kind, mt_type, packet_type, tracks, cut)
+    name = f"parse_{kind}_tracks"
+    ref = outcome(REFERENCE[name], body)
+    assert ref == outcome(getattr(compiled, name), body)
+    if ref[0] == "ok" and not cut and mt_type in (1, 2):
+        assert [t.track_id for t in ref[1]] == [t[1] for t in tracks]  # every track, in order
+        assert outcome(REFERENCE[f"parse_{kind}_tag"], body)[1] == ref[1][0]
+
+
+def _obu(obu_type: int, payload: bytes, extension: bool, sized: bool, size_bytes: int) -> bytes:
+    header = bytes(((obu_type << 3) | (0x04 if extension else 0) | (0x02 if sized else 0),))
+    if extension:
+        header += b"\x08"
+    if sized:
+        n = len(payload)
+        leb = bytearray()
+        for i in range(size_bytes):
+            leb.append((n & 0x7F) | (0x80 if i < size_bytes - 1 else 0))
+            n >>= 7
+        header += bytes(leb)
+    return header + payload
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.integers(0, 15), st.binary(max_size=20), st.booleans(), st.integers(1, 9)), max_size=6),
+       st.booleans(), st.integers(0, 200))
+def test_obu_twins_agree(obus, last_unsized, cut):
+    data = b"".join(_obu(t, p, ext, not (last_unsized and i == len(obus) - 1), sb)
+                    for i, (t, p, ext, sb) in enumerate(obus))
+    data = data[: cut] if cut < len(data) else data
+    ref = outcome(REFERENCE["split_obus"], data)
+    assert ref == outcome(compiled.split_obus, data)
+    assert ref == outcome(compiled.split_obus, memoryview(data))
+    if ref[0] == "ok":
+        for _, start, payload, end in ref[1]:
+            assert start < payload <= end <= len(data)
+
+
+@SETTINGS
+@given(st.binary(max_size=200))
+def test_obu_twins_agree_on_garbage(data):
+    assert outcome(REFERENCE["split_obus"], data) == outcome(compiled.split_obus, data)

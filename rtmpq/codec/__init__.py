@@ -9,7 +9,7 @@ the "compiled" run cannot quietly test the reference twice).
 import logging
 import os
 
-from . import amf0, bits, chunk, flvtag, nal
+from . import amf0, bits, chunk, flvtag, nal, obu
 from .amf0 import amf0_encode
 from .sentinel import NEED_DATA
 
@@ -18,7 +18,7 @@ log = logging.getLogger("rtmpq.codec")
 # name -> pure-Python twin; rtmpq._speedups must define every one of these names.
 REFERENCE = {
     name: getattr(module, name)
-    for module in (chunk, amf0, bits, nal, flvtag)
+    for module in (chunk, amf0, bits, nal, flvtag, obu)
     for name in module.__all__
 }
 

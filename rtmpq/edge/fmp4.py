@@ -6,8 +6,9 @@ from the source timestamps, and each part must be a self-contained moof+mdat tha
 the moment it is complete. A muxer that decides fragmentation itself gives none of that control.
 
 Samples keep the source timescale (milliseconds for RTMP sources), so no timestamp is rounded.
-AVC samples are the length-prefixed NAL units of the source frame (the same layout as avcC
-declares); AAC samples are raw frames.
+AVC and HEVC samples are the length-prefixed NAL units of the source frame (the layout avcC/hvcC
+declare), AV1 samples its temporal unit of OBUs (av1C), AAC, Opus, AC-3 and E-AC-3 samples raw frames
+(esds, dOps, dac3, dec3).
 """
 
 import struct
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 
 from ..media.catalog import TrackInfo
 from ..media.frames import VIDEO
+from ..media.ac3 import Ac3Header, Eac3Header
+from ..media.opus import OPUS_SAMPLE_RATE, OpusHead
 
 # sample_flags (ISO/IEC 14496-12 8.8.3.1): a sync sample depends on nothing; others on earlier ones
 SYNC_SAMPLE_FLAGS = 0x02000000
@@ -46,19 +49,42 @@ def _esds(asc: bytes, bitrate: int = 0) -> bytes:
     return full_box(b"esds", 0, 0, descriptor(0x03, b"\x00\x01\x00" + decoder_config + sl_config))
 
 
+# Sample entry and configuration box per codec (the catalog's codec string prefix).
+VIDEO_ENTRIES = {"avc1": (b"avc1", b"avcC"), "hvc1": (b"hvc1", b"hvcC"), "av01": (b"av01", b"av1C"),
+                 "vp09": (b"vp09", b"vpcC")}  # the catalog's vpcC is the full box body (version 1)
+
+
 def _sample_entry(info: TrackInfo) -> bytes:
     if info.kind == VIDEO:
+        entry, config = VIDEO_ENTRIES[info.codec[:4]]
         return box(
-            b"avc1", bytes(6), struct.pack(">H", 1), bytes(16),
+            entry, bytes(6), struct.pack(">H", 1), bytes(16),
             struct.pack(">HH", info.width or 0, info.height or 0),
             struct.pack(">II", 0x00480000, 0x00480000), bytes(4), struct.pack(">H", 1), bytes(32),
-            struct.pack(">Hh", 0x18, -1), box(b"avcC", info.init_data),
+            struct.pack(">Hh", 0x18, -1), box(config, info.init_data),
         )
+    if info.codec == "opus":
+        head = OpusHead.parse(info.init_data)
+        return box(b"Opus", bytes(6), struct.pack(">H", 1), bytes(8),
+                   struct.pack(">HHHH", head.channels, 16, 0, 0), struct.pack(">I", OPUS_SAMPLE_RATE << 16),
+                   box(b"dOps", head.dops()))
+    if info.codec in ("ac-3", "ec-3"):
+        ac3 = info.codec == "ac-3"
+        head = Ac3Header.from_dac3(info.init_data) if ac3 else Eac3Header.from_dec3(info.init_data)
+        return box(info.codec.encode(), bytes(6), struct.pack(">H", 1), bytes(8), struct.pack(">HHHH", 2, 16, 0, 0),
+                   struct.pack(">I", head.sample_rate << 16), box(b"dac3" if ac3 else b"dec3", info.init_data))
     return box(
         b"mp4a", bytes(6), struct.pack(">H", 1), bytes(8),
         struct.pack(">HHHH", info.channels or 2, 16, 0, 0), struct.pack(">I", (info.sample_rate or 48000) << 16 if (info.sample_rate or 0) < 65536 else 0),
         _esds(info.init_data),
     )
+
+
+def can_package(info: TrackInfo) -> bool:
+    """Whether this writer has a sample entry for the track's codec."""
+    if info.kind == VIDEO:
+        return info.codec[:4] in VIDEO_ENTRIES
+    return info.codec.startswith("mp4a") or info.codec in ("opus", "ac-3", "ec-3")
 
 
 def _trak(track_id: int, info: TrackInfo) -> bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
-from .fmp4 import Sample, fragment, init_segment
+from .fmp4 import Sample, can_package, fragment, init_segment
 
 # Target duration of an LL-HLS part (seconds).
 PART_TARGET = 0.3
@@ -75,7 +75,7 @@ class LlHlsStream:
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
-        tracks = [t for t in catalog.tracks if t.kind in (VIDEO, AUDIO) and t.init_data
+        tracks = [t for t in catalog.tracks if t.kind in (VIDEO, AUDIO) and t.init_data and can_package(t)
                   and (self.only is None or t.name in self.only)]
         if [t.name for t in tracks] != self._tracks and self._pending_frames():
             self._close_part(final=True)
@@ -264,6 +264,11 @@ class LlHlsStream:
         return "\n".join(lines) + "\n"
 
     @property
+    def track_names(self) -> list[str]:
+        """The catalog tracks this stream packages, in init segment order."""
+        return list(self._tracks)
+
+    @property
     def has_media(self) -> bool:
         return bool(self._tracks)
 
@@ -274,28 +279,43 @@ class LlHlsStream:
         return self.init is not None and any(s.complete for s in self.segments)
 
 
-def multivariant_playlist(video: LlHlsStream, audio: LlHlsStream, video_uri: str, audio_uri: str,
+def hls_codec(codec: str) -> str:
+    """The CODECS name of a catalog codec: RFC 6381 names the ISOBMFF sample entry, which for
+    Opus is "Opus" (WebCodecs and MSF write "opus"); the others are the same string."""
+    return "Opus" if codec == "opus" else codec
+
+
+def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStream, audio_uri: str,
                           query: str = "") -> str:
-    """The variant (video, with CODECS/RESOLUTION/BANDWIDTH/FRAME-RATE) and its audio rendition."""
-    catalog = video.catalog or audio.catalog
+    """One variant per video stream (renditions of one picture: CODECS, RESOLUTION, BANDWIDTH,
+    FRAME-RATE), all sharing the audio rendition; an audio-only variant when there is no video.
+    ``query`` (``?token=...``) is appended to every URI."""
+    catalog = next((s.catalog for s, _ in videos if s.catalog), None) or audio.catalog
     lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS"]
-    vinfo = catalog.track(VIDEO) if catalog and video.has_media else None
     ainfo = catalog.track(AUDIO) if catalog and audio.has_media else None
-    if ainfo is not None and vinfo is not None:
+    variants = []
+    for stream, uri in videos:
+        if catalog is None or not stream.has_media:
+            continue
+        info = catalog.track(stream.track_names[0])
+        if info is not None:
+            variants.append((stream, uri, info))
+    if ainfo is not None and variants:
         channels = f',CHANNELS="{ainfo.channels}"' if ainfo.channels else ""
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
                      f'{channels},URI="{audio_uri}{query}"')
-    main = vinfo or ainfo
-    if main is None:
-        return "\n".join(lines) + "\n"
-    codecs = ",".join(t.codec for t in (vinfo, ainfo) if t is not None)
-    bandwidth = (video.bandwidth if vinfo else 0) + (audio.bandwidth if ainfo else 0)
-    attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
-    if vinfo is not None and vinfo.width and vinfo.height:
-        attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")
-    if vinfo is not None and vinfo.framerate:
-        attrs.append(f"FRAME-RATE={vinfo.framerate:.3f}")
-    if vinfo is not None and ainfo is not None:
-        attrs.append('AUDIO="audio"')
-    lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", (video_uri if vinfo else audio_uri) + query]
+    audio_bandwidth = audio.bandwidth if ainfo is not None else 0
+    for stream, uri, vinfo in variants:
+        codecs = ",".join(hls_codec(t.codec) for t in (vinfo, ainfo) if t is not None)
+        bandwidth = (stream.bandwidth or vinfo.bitrate or 0) + audio_bandwidth
+        attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
+        if vinfo.width and vinfo.height:
+            attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")
+        if vinfo.framerate:
+            attrs.append(f"FRAME-RATE={vinfo.framerate:.3f}")
+        if ainfo is not None:
+            attrs.append('AUDIO="audio"')
+        lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", uri + query]
+    if not variants and ainfo is not None:
+        lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={max(audio_bandwidth, 1)},CODECS="{hls_codec(ainfo.codec)}"', audio_uri + query]
     return "\n".join(lines) + "\n"

@@ -1,9 +1,10 @@
 """The edge's HTTP server: LL-HLS playlists, init segments, parts and segments, a player page.
 
-    /live/<key>/index.m3u8        multivariant playlist (the video variant and its audio rendition)
+    /live/<key>/index.m3u8        multivariant playlist (a variant per video track, one audio rendition)
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
-    /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs
-    /live/<key>/v-init.mp4        CMAF init segments (a- for audio)
+    /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs;
+    /live/<key>/video-1.m3u8        E-RTMP video track 1 (a rendition) and so on
+    /live/<key>/v-init.mp4        CMAF init segments (a- for audio, v1- for video-1)
     /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
@@ -44,9 +45,14 @@ MAX_HTTP_CONNECTIONS = 1024
 ENDED_PLAYLIST_KEEP = 10.0
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
-_SEGMENT = re.compile(r"^(?P<kind>[va])-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
-_PLAYLISTS = {"video.m3u8": "v", "audio.m3u8": "a"}
-_INITS = {"v-init.mp4": "v", "a-init.mp4": "a"}
+_SEGMENT = re.compile(r"^(?P<kind>v\d{0,3}|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+_PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?|audio)\.m3u8$")
+_INIT = re.compile(r"^(?P<kind>v\d{0,3}|a)-init\.mp4$")
+
+
+def stream_key(track: str) -> str:
+    """Prefix of a track's files: ``v`` for video, ``v1`` for video-1, ``a`` for audio."""
+    return "a" if track == AUDIO else "v" + track[len(VIDEO) + 1:]
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -141,6 +147,11 @@ class EdgeServer:
         try:
             async for item in source:
                 if isinstance(item, Catalog):
+                    for info in item.tracks:  # another video track: another variant
+                        key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
+                        if key is not None and key not in b.streams:
+                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
+                            streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)
                 elif isinstance(item, Frame):
@@ -239,23 +250,28 @@ class EdgeServer:
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
-            ready = lambda: all(s.playable for s in (video, audio) if s.has_media) and (video.has_media or audio.has_media)  # noqa: E731
+            streams = list(b.streams.values())
+            ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
             if not await self._wait_for(b, video, ready):
                 return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
-            return 200, multivariant_playlist(video, audio, "video.m3u8", "audio.m3u8", query).encode(), \
+            videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items() if k != "a" and s.has_media]
+            return 200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), \
                 "application/vnd.apple.mpegurl", "no-cache"
-        if file in _PLAYLISTS or file in _INITS:
-            stream = b.streams[_PLAYLISTS.get(file) or _INITS[file]]
+        pm, im = _PLAYLIST.match(file), _INIT.match(file)
+        if pm is not None or im is not None:
+            stream = b.streams.get(stream_key(pm["track"]) if pm is not None else im["kind"])
+            if stream is None:
+                return 404, b"no such rendition\n", "text/plain", "no-store"
             if not await self._wait_for(b, stream, lambda: stream.playable):
                 return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
-            if file in _INITS:
-                return 200, stream.init, "video/mp4" if stream is video else "audio/mp4", "max-age=60"
+            if im is not None:
+                return 200, stream.init, "audio/mp4" if stream is audio else "video/mp4", "max-age=60"
             return await self._media_playlist(b, stream, url.query, query)
         sm = _SEGMENT.match(file)
-        if sm is None:
+        stream = b.streams.get(sm["kind"]) if sm is not None else None
+        if stream is None:
             return 404, b"not found\n", "text/plain", "no-store"
-        stream = b.streams[sm["kind"]]
-        ctype = "video/mp4" if stream is video else "audio/mp4"
+        ctype = "audio/mp4" if stream is audio else "video/mp4"
         msn = int(sm["msn"])
         part = int(sm["part"]) if sm["part"] is not None else None
         if not stream.has(msn, part):

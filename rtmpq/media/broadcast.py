@@ -141,7 +141,7 @@ class Broadcast:
         merged = self.catalog
         for info in catalog.tracks:
             if merged.track(info.name) != info:
-                merged = merged.with_track(info)
+                merged = merged.with_track(info, generated_at=catalog.generated_at)
         if merged is self.catalog:
             return
         self.catalog = merged

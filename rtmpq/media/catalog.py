@@ -1,77 +1,106 @@
 """What a subscriber needs to decode from its first frame: codecs, configs, sizes, rates.
 
-Serialised as JSON in the shape of an MSF catalog (specs/draft-ietf-moq-msf.md): a ``tracks`` list
-with ``name``, ``packaging`` "loc", ``codec``, ``width``/``height``/``framerate`` or
-``samplerate``/``channelConfig``, plus rtmpq fields for the decoder configuration (``initData``:
-base64 avcC or AudioSpecificConfig) and ``timescale``.
+Serialised as an MSF catalog (specs/draft-ietf-moq-msf.md, "version": "draft-01" as its examples
+write it), fields in the draft's order:
+
+- root: ``version``, ``generatedAt`` (ms since the epoch, live catalogs only), ``isComplete`` (only
+  when true), ``tracks``, then ``initDataList`` (after the tracks, as the draft asks): one
+  ``{"id", "type": "inline", "data": base64}`` entry per track with a decoder configuration (avcC,
+  hvcC, av1C, OpusHead or AudioSpecificConfig), which the track names in ``initRef``.
+- per track: ``name``, ``packaging`` "loc", ``isLive``, ``role``, ``renderGroup``, ``altGroup``,
+  ``initRef``, ``codec`` (WebCodecs registry strings: ``avc1.64001f``, ``hvc1.1.6.L93.B0``,
+  ``av01.0.04M.08``, ``mp4a.40.2``, ``opus``), ``framerate``, ``timescale``, ``bitrate``, ``width``,
+  ``height``, ``samplerate``, ``channelConfig`` (a string).
+
+Private fields only where MSF has no place: ``broadcast`` (the broadcast's name) and
+``rtmpq.catalogVersion`` (our counter of catalog changes). The AVC/HEVC NAL length size is not sent:
+it is read back from the configuration record.
 """
 
 import base64
+import binascii
 import json
 from dataclasses import dataclass, field, replace
 
-from .frames import AUDIO, SOURCE_TIMESCALE, VIDEO
+from ..errors import RemoteProtocolError
+from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO
+
+MSF_VERSION = "draft-01"
+PACKAGING_LOC = "loc"
+INIT_INLINE = "inline"
+PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
+
+
+def nal_length_size_of(codec: str, init_data: bytes) -> int | None:
+    """The NAL length size an avcC or hvcC declares (None for other codecs or no record)."""
+    if codec.startswith(("avc1", "avc3")) and len(init_data) >= 5:
+        return (init_data[4] & 0x03) + 1
+    if codec.startswith(("hvc1", "hev1")) and len(init_data) >= 22:
+        return (init_data[21] & 0x03) + 1
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class TrackInfo:
-    name: str  # "video", "audio", or a rendition such as "video-720p"
+    name: str  # "video", "audio", "video-1" (E-RTMP track 1), or a rendition such as "video-720p"
     kind: str  # VIDEO, AUDIO or DATA
-    codec: str  # RFC 6381 string: "avc1.64001f", "mp4a.40.2"
-    init_data: bytes = b""  # avcC for AVC, AudioSpecificConfig for AAC
+    codec: str  # WebCodecs / RFC 6381 string: "avc1.64001f", "hvc1.1.6.L93.B0", "av01.0.04M.08", "mp4a.40.2", "opus"
+    init_data: bytes = b""  # avcC, hvcC, av1C, OpusHead or AudioSpecificConfig
     timescale: int = SOURCE_TIMESCALE
     width: int | None = None
     height: int | None = None
     framerate: float | None = None
-    bitrate: int | None = None
-    nal_length_size: int | None = None  # AVC only: 1, 2 or 4
+    bitrate: int | None = None  # bits per second (MSF: the maximum), from the publisher's metadata
+    nal_length_size: int | None = None  # AVC/HEVC only: 1, 2 or 4
     sample_rate: int | None = None
     channels: int | None = None
     render_group: int = 1  # tracks that play together (MSF renderGroup)
     alt_group: int | None = None  # renditions of the same content (MSF altGroup)
 
-    def to_msf(self) -> dict:
-        out: dict = {
-            "name": self.name,
-            "packaging": "loc",
-            "codec": self.codec,
-            "renderGroup": self.render_group,
-            "timescale": self.timescale,
-            "role": self.kind,
-        }
+    def to_msf(self, *, live: bool = True, init_ref: str | None = None) -> dict:
+        """The MSF track object, fields in the draft's order (Table 2)."""
+        out: dict = {"name": self.name, "packaging": PACKAGING_LOC, "isLive": live, "role": self.kind,
+                     "renderGroup": self.render_group}
         if self.alt_group is not None:
             out["altGroup"] = self.alt_group
-        if self.init_data:
-            out["initData"] = base64.b64encode(self.init_data).decode("ascii")
+        if init_ref is not None:
+            out["initRef"] = init_ref
+        out["codec"] = self.codec
         for key, value in (
+            ("framerate", _number(self.framerate)),
+            ("timescale", self.timescale),
+            ("bitrate", self.bitrate),
             ("width", self.width),
             ("height", self.height),
-            ("framerate", self.framerate),
-            ("bitrate", self.bitrate),
             ("samplerate", self.sample_rate),
             ("channelConfig", None if self.channels is None else str(self.channels)),
-            ("nalLengthSize", self.nal_length_size),
         ):
             if value is not None:
                 out[key] = value
         return out
 
     @classmethod
-    def from_msf(cls, obj: dict) -> "TrackInfo":
+    def from_msf(cls, obj: dict, init_data: bytes = b"") -> "TrackInfo":
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            raise RemoteProtocolError("MSF track object without a string name")
+        role = obj.get("role")
+        if role not in (VIDEO, AUDIO, DATA):
+            role = VIDEO if "width" in obj else AUDIO if "samplerate" in obj else DATA
         channels = obj.get("channelConfig")
+        codec = obj.get("codec", "")
         return cls(
             name=obj["name"],
-            kind=obj.get("role") or (VIDEO if "width" in obj else AUDIO),
-            codec=obj.get("codec", ""),
-            init_data=base64.b64decode(obj["initData"]) if obj.get("initData") else b"",
+            kind=role,
+            codec=codec,
+            init_data=init_data,
             timescale=int(obj.get("timescale", SOURCE_TIMESCALE)),
             width=obj.get("width"),
             height=obj.get("height"),
             framerate=obj.get("framerate"),
             bitrate=obj.get("bitrate"),
-            nal_length_size=obj.get("nalLengthSize"),
+            nal_length_size=nal_length_size_of(codec, init_data),
             sample_rate=obj.get("samplerate"),
-            channels=int(channels) if channels is not None else None,
+            channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,
             render_group=int(obj.get("renderGroup", 1)),
             alt_group=obj.get("altGroup"),
         )
@@ -81,8 +110,11 @@ class TrackInfo:
 class Catalog:
     broadcast: str  # "live/<key>"
     tracks: tuple[TrackInfo, ...] = ()
-    version: int = 1
+    version: int = 1  # rtmpq's counter of catalog changes (MSF orders catalogs by group instead)
     metadata: dict = field(default_factory=dict, compare=False)  # onMetaData, for information
+    generated_at: int | None = field(default=None, compare=False)  # ms since the epoch (MSF generatedAt)
+    live: bool = True  # MSF isLive of every track
+    complete: bool = False  # MSF isComplete: no track will be added or grow any more
 
     def track(self, name: str) -> TrackInfo | None:
         for t in self.tracks:
@@ -90,28 +122,86 @@ class Catalog:
                 return t
         return None
 
-    def with_track(self, info: TrackInfo) -> "Catalog":
+    def with_track(self, info: TrackInfo, *, generated_at: int | None = None) -> "Catalog":
         """A new catalog with ``info`` added or replacing the track of the same name."""
         others = tuple(t for t in self.tracks if t.name != info.name)
-        ordered = tuple(sorted(others + (info,), key=lambda t: (t.kind != VIDEO, t.name)))
-        return replace(self, tracks=ordered, version=self.version + 1)
+        ordered = tuple(sorted(others + (info,), key=_track_order))
+        return replace(self, tracks=ordered, version=self.version + 1,
+                       generated_at=self.generated_at if generated_at is None else generated_at)
 
     def to_json(self) -> bytes:
-        doc = {
-            "version": 1,
-            "generatedAt": None,
-            "broadcast": self.broadcast,
-            "catalogVersion": self.version,
-            "tracks": [t.to_msf() for t in self.tracks],
-        }
-        doc = {k: v for k, v in doc.items() if v is not None}
-        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+        doc: dict = {"version": MSF_VERSION}
+        if self.live and self.generated_at is not None:
+            doc["generatedAt"] = self.generated_at
+        if self.complete:
+            doc["isComplete"] = True
+        init_list = []
+        tracks = []
+        for t in self.tracks:
+            ref = None
+            if t.init_data:
+                ref = t.name  # track names are unique in the catalog, so they serve as ids
+                init_list.append({"id": ref, "type": INIT_INLINE, "data": base64.b64encode(t.init_data).decode("ascii")})
+            tracks.append(t.to_msf(live=self.live, init_ref=ref))
+        doc["tracks"] = tracks
+        if init_list:
+            doc["initDataList"] = init_list
+        doc["broadcast"] = self.broadcast
+        doc[PRIVATE_CATALOG_VERSION] = self.version
+        return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> "Catalog":
-        doc = json.loads(data)
+        """An independent MSF catalog (ours or anyone's). Raises RemoteProtocolError for what is not
+        one: bad JSON, no string version, a delta update, or an initRef naming no inline entry."""
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RemoteProtocolError(f"MSF catalog is not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise RemoteProtocolError("MSF catalog is not a JSON object")
+        if "deltaUpdate" in doc:
+            raise RemoteProtocolError("MSF catalog delta updates are not supported")
+        if not isinstance(doc.get("version"), str) or not isinstance(doc.get("tracks"), list):
+            raise RemoteProtocolError("MSF catalog needs a string version and a tracks array")
+        inits: dict[str, bytes | None] = {}
+        for entry in doc.get("initDataList") or ():
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise RemoteProtocolError("MSF initDataList entry without a string id")
+            if entry.get("type") == INIT_INLINE:
+                try:
+                    inits[entry["id"]] = base64.b64decode(entry.get("data", ""), validate=True)
+                except (binascii.Error, TypeError):
+                    raise RemoteProtocolError(f"MSF initDataList entry {entry['id']!r} is not base64") from None
+            else:
+                inits[entry["id"]] = None  # carried in a track or object property, not here
+        tracks = []
+        for obj in doc["tracks"]:
+            ref = obj.get("initRef") if isinstance(obj, dict) else None
+            if ref is not None and ref not in inits:
+                raise RemoteProtocolError(f"MSF initRef {ref!r} names no initDataList entry")
+            tracks.append(TrackInfo.from_msf(obj, (inits.get(ref) if ref is not None else None) or b""))
+        live = all(t.get("isLive", True) is not False for t in doc["tracks"] if isinstance(t, dict))
+        generated = doc.get("generatedAt")
         return cls(
-            broadcast=doc.get("broadcast", ""),
-            tracks=tuple(TrackInfo.from_msf(t) for t in doc.get("tracks", ())),
-            version=int(doc.get("catalogVersion", 1)),
+            broadcast=str(doc.get("broadcast", "")),
+            tracks=tuple(tracks),
+            version=int(doc.get(PRIVATE_CATALOG_VERSION, 1)),
+            generated_at=int(generated) if isinstance(generated, (int, float)) else None,
+            live=live,
+            complete=doc.get("isComplete") is True,
         )
+
+
+def _number(value: float | None) -> float | int | None:
+    """30.0 is written 30, as the draft writes frame rates."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _track_order(t: TrackInfo) -> tuple:
+    """Video first, then audio, then data; in a kind, the default track, then by E-RTMP track id."""
+    kind = {VIDEO: 0, AUDIO: 1}.get(t.kind, 2)
+    base, _, number = t.name.rpartition("-")
+    if base and number.isdigit():
+        return kind, base, int(number)
+    return kind, t.name, -1

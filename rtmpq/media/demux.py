@@ -1,28 +1,53 @@
 """From RTMP media messages (FLV tag bodies) to a broadcast: catalog updates and frames.
 
 Per publish session: timestamps are unwrapped from 32-bit milliseconds with serial arithmetic,
-the AVC/AAC sequence headers become catalog tracks, every coded frame becomes a ``Frame`` whose
-payload is a view into the message body (no copy). Video groups start at each keyframe; audio
-frames belong to the video group in progress (audio-only streams cut a group every
-``AUDIO_ONLY_GROUP_MS``). Frames that cannot be decoded from where they are (before the first
-sequence header or keyframe, or after a malformed access unit until the next keyframe) are
-dropped and counted, never passed on half-valid.
+sequence headers become catalog tracks, every coded frame becomes a ``Frame`` whose payload is a
+view into the message body (no copy).
+
+Codecs carried: video AVC (``avc1``), HEVC (``hvc1``, also legacy CodecID 12), AV1 (``av01``) and
+VP9 (``vp09``, its picture size from key frames);
+audio AAC (``mp4a``), Opus (``Opus``), AC-3 and E-AC-3 (``ac-3``, ``ec-3``: described by their
+frame headers). Any other codec is logged once per publish with its
+FourCC and its frames are counted in ``stats.unsupported``. Every E-RTMP track id becomes its own
+track: ``video``/``audio`` for track 0, ``video-<id>``/``audio-<id>`` for the others; all video
+tracks of a publish are renditions of each other (one MSF altGroup).
+
+Video groups start at each random access point (AVC IDR, HEVC IRAP, AV1 shown key frame, or the
+FLV key frame flag); video tracks whose key frames share a timestamp get the same group number, so
+renditions switch on the same boundaries. Audio frames belong to the group in progress of the
+default video track (audio-only streams cut a group every ``AUDIO_ONLY_GROUP_MS``). Frames that
+cannot be decoded from where they are (before their track's sequence header or first key frame,
+or after a malformed access unit until the next key frame) are dropped and counted, never passed
+on half-valid; a malformed sequence header is logged and ignored, as for AVC.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..codec import amf0_decode, parse_audio_tag, parse_video_tag, split_length_prefixed
+from ..codec import amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
+from ..codec.flv_types import PACKET_CODED_FRAMES, PACKET_SEQUENCE_START
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
+from .ac3 import Ac3Header, Eac3Header
+from .av1 import Av1Config, is_key_temporal_unit
 from .avc import AvcConfig, parse_sps
 from .catalog import Catalog, TrackInfo
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO, Frame
+from .hevc import HevcConfig, is_irap, parse_hevc_sps
+from .opus import OPUS_SAMPLE_RATE, OpusHead
+from .vp9 import Vp9Config, is_key_frame, key_frame_size
 
 log = logging.getLogger("rtmpq.media")
 
 AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
+# E-RTMP tracks of one kind a publish may open (each is a catalog entry, a MoQ track and an LL-HLS
+# rendition downstream); sequence headers for more are refused with one log line.
+MAX_TRACKS_PER_KIND = 8
+VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
+VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
+AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
+_SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
 
 
 class TimestampUnwrapper:
@@ -47,7 +72,24 @@ class DemuxStats:
     frames: dict = field(default_factory=lambda: {VIDEO: 0, AUDIO: 0, DATA: 0})
     dropped: int = 0
     bad_access_units: int = 0
-    unsupported: int = 0
+    unsupported: int = 0  # frames and headers of codecs that are not carried
+
+
+@dataclass(slots=True)
+class _Track:
+    """Per-track state of one E-RTMP track id of one kind."""
+
+    name: str
+    codec: str = ""  # FourCC of its configuration
+    config: object = None  # AvcConfig / HevcConfig / Av1Config / AudioSpecificConfig / OpusHead
+    group: int = -1
+    index: int = 0
+    resync: bool = False  # a bad access unit was seen: wait for the next keyframe
+    group_start: int | None = None  # audio-only: dts of the group's first frame
+
+
+def track_name(kind: str, track_id: int) -> str:
+    return kind if track_id == 0 else f"{kind}-{track_id}"
 
 
 class BroadcastDemuxer:
@@ -58,114 +100,255 @@ class BroadcastDemuxer:
         self.stats = DemuxStats()
         self._log_name = log_name
         self._clock = TimestampUnwrapper()
-        self._video: AvcConfig | None = None
-        self._audio_ok = False
-        self._video_group = -1
-        self._video_index = 0
-        self._video_resync = False  # a bad access unit was seen: wait for the next keyframe
-        self._audio_group = -1
-        self._audio_index = 0
-        self._audio_group_start: int | None = None
+        self._video: dict[int, _Track] = {}
+        self._audio: dict[int, _Track] = {}
+        self._last_keyframe: tuple[int, int] | None = None  # (dts, group) of the newest video group start
         self._data_index = 0
+        self._meta: dict = {}  # the publisher's onMetaData
+        self._not_carried: set[tuple[str, str]] = set()  # (kind, FourCC) already logged
+        self._now_ms: int | None = None
+
+    @property
+    def _video_group(self) -> int:
+        """The group in progress of the default video track (track 0, else the lowest id):
+        audio and data follow it."""
+        if not self._video:
+            return -1
+        return self._video.get(0, self._video[min(self._video)]).group
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
         ts = self._clock.unwrap(timestamp)
+        self._now_ms = received_ns // 1_000_000 if received_ns else None
         if type_id == 9:
-            return self._on_video(ts, body, received_ns)
+            out = []
+            for tag in parse_video_tracks(body):
+                out += self._on_video(tag, ts, body, received_ns)
+            return out
         if type_id == 8:
-            return self._on_audio(ts, body, received_ns)
+            out = []
+            for tag in parse_audio_tracks(body):
+                out += self._on_audio(tag, ts, body, received_ns)
+            return out
         if type_id == 18:
             return self._on_data(ts, body, received_ns)
         return []
 
+    def _room_for(self, kind: str, tracks: dict) -> bool:
+        if len(tracks) < MAX_TRACKS_PER_KIND:
+            return True
+        self.stats.unsupported += 1
+        if (kind, "") not in self._not_carried:
+            self._not_carried.add((kind, ""))
+            log.warning("%s: more than %d %s tracks (MAX_TRACKS_PER_KIND); the others are dropped",
+                        self._log_name, MAX_TRACKS_PER_KIND, kind)
+        return False
+
+    def _not_carried_codec(self, kind: str, fourcc: str) -> list:
+        self.stats.unsupported += 1
+        if (kind, fourcc) not in self._not_carried:
+            self._not_carried.add((kind, fourcc))
+            log.warning("%s: %s codec %r is not carried; its frames are dropped", self._log_name, kind, fourcc)
+        return []
+
     # -- video ----------------------------------------------------------------------------------
-    def _on_video(self, ts: int, body, received_ns: int) -> list:
-        tag = parse_video_tag(body)
-        if tag.codec != "avc1" or tag.track_id != 0:
-            self.stats.unsupported += 1  # other codecs, and E-RTMP tracks beyond the default one
-            return []
+    def _on_video(self, tag, ts: int, body, received_ns: int) -> list:
+        if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
+            return []  # sequence end, metadata (HDR), command frames: nothing to carry
+        if tag.codec not in VIDEO_CODECS:
+            return self._not_carried_codec(VIDEO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
-        if tag.packet_type == 0:  # sequence start: avcC
-            try:
-                config = AvcConfig.parse(bytes(payload))
-                sps = parse_sps(config.sps[0]) if config.sps else None
-            except RemoteProtocolError as exc:
-                log.warning("%s: AVC sequence header rejected: %s", self._log_name, exc)
-                return []
-            self._video = config
-            info = TrackInfo(
-                name=VIDEO, kind=VIDEO, codec=config.codec_string, init_data=bytes(payload),
-                timescale=SOURCE_TIMESCALE, nal_length_size=config.nal_length_size,
-                width=sps.width if sps else None, height=sps.height if sps else None,
-                framerate=sps.framerate if sps else None,
-            )
-            return self._set_track(info)
-        if tag.packet_type != 1 or self._video is None:
-            if tag.packet_type == 1:
-                self.stats.dropped += 1
+        track = self._video.get(tag.track_id)
+        if tag.packet_type == PACKET_SEQUENCE_START:
+            return self._video_sequence_start(tag, payload)
+        if track is None or track.codec != tag.codec:
+            self.stats.dropped += 1
             return []
         try:
-            units = split_length_prefixed(payload, self._video.nal_length_size)
+            keyframe = self._video_keyframe(track, tag, payload)
         except RemoteProtocolError:
             self.stats.bad_access_units += 1
-            self._video_resync = True
+            track.resync = True
             return []
-        if not units:
-            return []
-        keyframe = tag.frame_type == 1 or any(len(u) and (u[0] & 0x1F) == _NAL_IDR for u in units)
+        if keyframe is None:
+            return []  # an empty access unit
+        out = []
         if keyframe:
-            # never behind audio: audio may have opened this group before the first keyframe
-            self._video_group = max(self._video_group + 1, self._audio_group)
-            self._video_index = 0
-            self._video_resync = False
-        elif self._video_group < 0 or self._video_resync:
+            self._open_video_group(track, tag.track_id, ts)
+            if tag.codec == "vp09":
+                out = self._vp9_size(track, payload)
+        elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
-        frame = Frame(VIDEO, self._video_group, self._video_index, ts, ts + tag.cts, keyframe, payload, received_ns)
-        self._video_index += 1
+        frame = Frame(track.name, track.group, track.index, ts, ts + tag.cts, keyframe, payload, received_ns)
+        track.index += 1
         self.stats.frames[VIDEO] += 1
-        return [frame]
+        return [*out, frame]
+
+    def _vp9_size(self, track: _Track, payload) -> list:
+        """VP9's picture size is in its key frames, not in vpcC: a catalog when it changes."""
+        info = self.catalog.track(track.name)
+        try:
+            width, height = key_frame_size(payload)
+        except RemoteProtocolError:
+            return []  # the FLV said key frame, the bitstream did not: keep what the catalog has
+        if info is None or (info.width, info.height) == (width, height):
+            return []
+        return self._set_track(replace(info, width=width, height=height))
+
+    def _video_keyframe(self, track: _Track, tag, payload) -> bool | None:
+        """Whether the access unit is a random access point; None when it is empty. Raises
+        RemoteProtocolError when it does not frame."""
+        if tag.codec == "av01":
+            if not len(payload):
+                return None
+            rap = is_key_temporal_unit(payload, track.config.sequence_header.reduced_still_picture_header)
+            return tag.frame_type == 1 or rap
+        if tag.codec == "vp09":
+            return None if not len(payload) else tag.frame_type == 1 or is_key_frame(payload)
+        units = split_length_prefixed(payload, track.config.nal_length_size)
+        if not units:
+            return None
+        if tag.codec == "hvc1":
+            return tag.frame_type == 1 or is_irap(units)
+        return tag.frame_type == 1 or any(len(u) and (u[0] & 0x1F) == _NAL_IDR for u in units)
+
+    def _open_video_group(self, track: _Track, track_id: int, ts: int) -> None:
+        group = track.group + 1
+        if track_id == 0:
+            # never behind audio: audio may have opened this group before the first keyframe
+            group = max(group, max((a.group for a in self._audio.values()), default=-1))
+        if self._last_keyframe is not None and self._last_keyframe[0] == ts:
+            group = max(group, self._last_keyframe[1])  # renditions switch on the same boundaries
+        if self._last_keyframe is None or ts >= self._last_keyframe[0]:
+            self._last_keyframe = (ts, group)
+        track.group = group
+        track.index = 0
+        track.resync = False
+
+    def _video_sequence_start(self, tag, payload) -> list:
+        name = track_name(VIDEO, tag.track_id)
+        try:
+            if tag.codec == "avc1":
+                config = AvcConfig.parse(payload)
+                sps = parse_sps(config.sps[0]) if config.sps else None
+                size = (sps.width, sps.height) if sps else (None, None)
+                framerate = sps.framerate if sps else None
+                nal_length_size = config.nal_length_size
+            elif tag.codec == "hvc1":
+                config = HevcConfig.parse(payload)
+                sps = parse_hevc_sps(config.sps[0])
+                size, framerate, nal_length_size = (sps.width, sps.height), None, config.nal_length_size
+            elif tag.codec == "av01":
+                config = Av1Config.parse(payload)
+                header = config.sequence_header
+                size, framerate, nal_length_size = (header.width, header.height), header.framerate, None
+            else:
+                config = Vp9Config.parse(payload)  # the size comes with the first key frame
+                meta = self._track_meta(VIDEO, tag.track_id)
+                size = (_int(meta.get("width")), _int(meta.get("height")))
+                framerate, nal_length_size = None, None
+        except RemoteProtocolError as exc:
+            log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
+            return []
+        if tag.track_id not in self._video and not self._room_for(VIDEO, self._video):
+            return []
+        track = self._video.setdefault(tag.track_id, _Track(name))
+        if track.codec and track.codec != tag.codec:
+            track.resync = True  # a new codec: its frames start at its next keyframe
+        track.codec, track.config = tag.codec, config
+        meta = self._track_meta(VIDEO, tag.track_id)
+        info = TrackInfo(
+            name=name, kind=VIDEO, codec=config.codec_string, init_data=bytes(payload),
+            timescale=SOURCE_TIMESCALE, nal_length_size=nal_length_size, width=size[0], height=size[1],
+            framerate=framerate or _number(meta.get("framerate")), bitrate=_kbps(meta.get("videodatarate")),
+            alt_group=VIDEO_ALT_GROUP,
+        )
+        return self._set_track(info)
 
     # -- audio ----------------------------------------------------------------------------------
-    def _on_audio(self, ts: int, body, received_ns: int) -> list:
-        tag = parse_audio_tag(body)
-        if tag.codec != "mp4a" or tag.track_id != 0:
-            self.stats.unsupported += 1
-            return []
+    def _on_audio(self, tag, ts: int, body, received_ns: int) -> list:
+        if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
+            return []  # sequence end, multichannel configuration: nothing to carry
+        if tag.codec not in AUDIO_CODECS:
+            return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
-        if tag.packet_type == 0:
-            try:
-                asc = AudioSpecificConfig.parse(bytes(payload))
-            except RemoteProtocolError as exc:
-                log.warning("%s: AAC sequence header rejected: %s", self._log_name, exc)
-                return []
-            self._audio_ok = True
-            info = TrackInfo(
-                name=AUDIO, kind=AUDIO, codec=asc.codec_string, init_data=bytes(payload),
-                timescale=SOURCE_TIMESCALE, sample_rate=asc.sample_rate, channels=asc.channels,
-            )
-            return self._set_track(info)
-        if not self._audio_ok or tag.packet_type != 1 or not len(payload):
+        if tag.packet_type == PACKET_SEQUENCE_START:
+            return self._audio_sequence_start(tag, payload)
+        out = []
+        if tag.codec in _SYNCFRAME_CODECS and len(payload):
+            out = self._syncframe_track(tag, payload)
+        track = self._audio.get(tag.track_id)
+        if track is None or track.codec != tag.codec or not len(payload):
             self.stats.dropped += 1
-            return []
-        group = self._next_audio_group(ts)
-        frame = Frame(AUDIO, group, self._audio_index, ts, ts, True, payload, received_ns)
-        self._audio_index += 1
+            return out
+        group = self._next_audio_group(track, ts)
+        frame = Frame(track.name, group, track.index, ts, ts, True, payload, received_ns)
+        track.index += 1
         self.stats.frames[AUDIO] += 1
-        return [frame]
+        return [*out, frame]
 
-    def _next_audio_group(self, ts: int) -> int:
-        if self.catalog.track(VIDEO) is not None:
-            target = max(self._video_group, self._audio_group, 0)
-        elif self._audio_group_start is None or ts - self._audio_group_start >= AUDIO_ONLY_GROUP_MS:
-            self._audio_group_start = ts
-            target = self._audio_group + 1
+    def _syncframe_track(self, tag, payload) -> list:
+        """The track of an AC-3/E-AC-3 stream, from its frame header; a catalog when it is new or
+        changed."""
+        track = self._audio.get(tag.track_id)
+        key = bytes(payload[4:8] if tag.codec == "ac-3" else payload[2:8])  # the header after AC-3's crc1
+        if track is not None and track.codec == tag.codec and key == track.config:
+            return []  # the same header bytes as the track's: unchanged
+        name = track_name(AUDIO, tag.track_id)
+        try:
+            header = _SYNCFRAME_CODECS[tag.codec].parse(payload)
+        except RemoteProtocolError as exc:
+            if track is None or track.codec != tag.codec:
+                log.warning("%s: %s frame header of %s rejected: %s", self._log_name, tag.codec, name, exc)
+            return []
+        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+            return []
+        track = self._audio.setdefault(tag.track_id, _Track(name))
+        track.codec, track.config = tag.codec, key
+        meta = self._track_meta(AUDIO, tag.track_id)
+        init = header.dac3() if tag.codec == "ac-3" else header.dec3()
+        return self._set_track(TrackInfo(
+            name=name, kind=AUDIO, codec=header.codec_string, init_data=init, timescale=SOURCE_TIMESCALE,
+            sample_rate=header.sample_rate, channels=header.channels, bitrate=_kbps(meta.get("audiodatarate"))))
+
+    def _audio_sequence_start(self, tag, payload) -> list:
+        name = track_name(AUDIO, tag.track_id)
+        if tag.codec in _SYNCFRAME_CODECS:
+            return []  # described by its frames
+        try:
+            if tag.codec == "mp4a":
+                config = AudioSpecificConfig.parse(bytes(payload))
+                init, rate, channels = bytes(payload), config.sample_rate, config.channels
+            else:
+                config = OpusHead.parse(payload)
+                init, rate, channels = config.to_bytes(), OPUS_SAMPLE_RATE, config.channels
+        except RemoteProtocolError as exc:
+            log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
+            return []
+        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+            return []
+        track = self._audio.setdefault(tag.track_id, _Track(name))
+        track.codec, track.config = tag.codec, config
+        meta = self._track_meta(AUDIO, tag.track_id)
+        info = TrackInfo(
+            name=name, kind=AUDIO, codec=config.codec_string, init_data=init,
+            timescale=SOURCE_TIMESCALE, sample_rate=rate, channels=channels,
+            bitrate=_kbps(meta.get("audiodatarate")),
+        )
+        return self._set_track(info)
+
+    def _next_audio_group(self, track: _Track, ts: int) -> int:
+        if self._video:
+            target = max(self._video_group, track.group, 0)
+        elif track.group_start is None or ts - track.group_start >= AUDIO_ONLY_GROUP_MS:
+            track.group_start = ts
+            target = track.group + 1
         else:
-            target = self._audio_group
-        if target != self._audio_group:
-            self._audio_group = target
-            self._audio_index = 0
+            target = track.group
+        if target != track.group:
+            track.group = target
+            track.index = 0
         return target
 
     # -- data -----------------------------------------------------------------------------------
@@ -179,9 +362,11 @@ class BroadcastDemuxer:
             values = values[1:]
         if values and values[0] == "onMetaData":
             meta = values[1] if len(values) > 1 and isinstance(values[1], dict) else {}
+            self._meta = meta
             self.catalog = Catalog(self.catalog.broadcast, self.catalog.tracks, self.catalog.version,
-                                   {k: v for k, v in meta.items() if isinstance(v, (str, float, bool))})
-            return []
+                                   {k: v for k, v in meta.items() if isinstance(v, (str, float, bool))},
+                                   self.catalog.generated_at)
+            return self._apply_metadata()
         group = max(self._video_group, 0)
         frame = Frame(DATA, group, self._data_index, ts, ts, True, body, received_ns)
         self._data_index += 1
@@ -190,9 +375,49 @@ class BroadcastDemuxer:
             return [*self._set_track(TrackInfo(name=DATA, kind=DATA, codec="amf0")), frame]
         return [frame]
 
+    def _track_meta(self, kind: str, track_id: int) -> dict:
+        """onMetaData for one track: the top level for track 0, else its E-RTMP TrackIdInfoMap
+        entry over the top level."""
+        meta = self._meta
+        if track_id == 0:
+            return meta
+        per_track = meta.get(f"{kind}TrackIdInfoMap")
+        entry = per_track.get(str(track_id)) if isinstance(per_track, dict) else None
+        return entry if isinstance(entry, dict) else {}
+
+    def _apply_metadata(self) -> list:
+        """Bitrates (and frame rates the bitstream did not give) of tracks that came before it."""
+        out = []
+        for kind, tracks in ((VIDEO, self._video), (AUDIO, self._audio)):
+            for track_id, track in tracks.items():
+                info = self.catalog.track(track.name)
+                if info is None:
+                    continue
+                meta = self._track_meta(kind, track_id)
+                bitrate = _kbps(meta.get("videodatarate" if kind == VIDEO else "audiodatarate")) or info.bitrate
+                framerate = info.framerate or (_number(meta.get("framerate")) if kind == VIDEO else None)
+                if (bitrate, framerate) != (info.bitrate, info.framerate):
+                    out = self._set_track(replace(info, bitrate=bitrate, framerate=framerate))
+        return out
+
     def _set_track(self, info: TrackInfo) -> list:
         current = self.catalog.track(info.name)
         if current == info:
             return []  # repeated sequence header (OBS resends them): nothing changed
-        self.catalog = self.catalog.with_track(info)
+        self.catalog = self.catalog.with_track(info, generated_at=self._now_ms)
         return [self.catalog]
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+def _int(value) -> int | None:
+    number = _number(value)
+    return int(number) if number else None
+
+
+def _kbps(value) -> int | None:
+    """onMetaData rates are in kilobits per second; MSF's bitrate is in bits per second."""
+    rate = _number(value)
+    return int(rate * 1000) if rate else None

@@ -17,9 +17,9 @@ class Frame:
     - ``group``: group sequence number (a GoP; video groups start at an IDR, audio groups follow
       video group boundaries). ``index``: object id inside the group, from 0.
     - ``dts``/``pts``: unwrapped 64-bit integers in the track's timescale (see the catalog).
-    - ``payload``: AVC: NAL units each prefixed by a big-endian length of the catalog's
-      ``nal_length_size`` bytes (as in the FLV tag; not Annex-B); AAC: one raw AAC frame;
-      data: the AMF0 bytes of the data message. Usually a memoryview into the message body: hold
+    - ``payload``: AVC/HEVC: NAL units each prefixed by a big-endian length of the catalog's
+      ``nal_length_size`` bytes (as in the FLV tag; not Annex-B); AV1: the OBUs of one temporal
+      unit; AAC/Opus: one raw packet; data: the AMF0 bytes of the data message. Usually a memoryview into the message body: hold
       on to it, never write to it.
     - ``received_ns``: time.time_ns() when ingest received the message, for latency figures.
     """

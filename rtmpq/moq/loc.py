@@ -1,7 +1,10 @@
 """Frames as MoQ objects, in the manner of LOC (specs/draft-ietf-moq-loc.md).
 
-One codec frame per object; the payload is the frame exactly as the catalog describes it (AVC:
-length-prefixed NAL units, AAC: raw frames). Timing travels in object extension headers:
+One codec frame per object; the payload is the frame exactly as the catalog describes it and as
+the publisher sent it (AVC and HEVC: NAL units with the length prefix the avcC/hvcC declares; AV1:
+the temporal unit's OBUs, low-overhead format, as av1C describes; AAC and Opus: one raw packet).
+The decoder configuration is in the catalog (``initDataList``), never repeated in objects. Timing
+travels in object extension headers:
 
 - LOC Timestamp (0x10): the presentation time, in units of LOC Timescale (0x08) per second. We send
   the track's own timescale (1000 for RTMP sources), so no rounding ever happens.
