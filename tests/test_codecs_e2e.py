@@ -10,11 +10,11 @@ import urllib.request
 
 import pytest
 
-from rtmpq.config import IngestConfig
-from rtmpq.media.catalog import Catalog
-from rtmpq.nodes.up import HttpConfig, MoqConfig, UpNode
 
-from .conftest import need
+from rtmpq.media.catalog import Catalog
+from rtmpq.nodes.up import UpNode
+
+from .conftest import local_config, need
 from .publishers import (
     as_packets,
     pyav_decoded_frames,
@@ -28,9 +28,9 @@ from .test_moq_e2e import receive
 
 @pytest.fixture
 async def node(tmp_path):
-    n = UpNode(IngestConfig(rtmp_host="127.0.0.1", rtmp_port=0, record_dir=tmp_path / "rec"),
-               MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"),
-               HttpConfig(host="127.0.0.1", port=0))
+    config = local_config(tmp_path)
+    config.rtmp.record_dir = tmp_path / "rec"
+    n = UpNode(config)
     await n.start()
     yield n
     await n.close()

@@ -24,6 +24,8 @@ from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_proc
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "localhost/rtmpq-test"
 BUILDAH = ["buildah", "--storage-driver", "vfs"]
+# building the image (the first test) takes minutes on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +132,7 @@ async def test_ingest_relay_and_edge_each_in_a_container(image, tmp_path):
 
     async def play_from_the_edge(count: int) -> None:
         if count == 20:  # a player's first request makes the edge subscribe through the relay
+            await wait_tcp(http)  # the edge's container may still be starting
             got["playlist"] = await asyncio.to_thread(http_get, f"http://127.0.0.1:{http}/live/tree/index.m3u8")
 
     async with (container(image, "relay", "--moq", f"127.0.0.1:{relay}", "--state-dir", "/var/lib/rtmpq") as (_, r),
