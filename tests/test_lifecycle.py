@@ -136,6 +136,7 @@ async def test_subscriber_keeps_receiving_across_a_publisher_reconnect(node, tmp
     assert video[seam].keyframe and video[seam].index == 0 and video[seam].group > video[seam - 1].group
     # a catalog for the second publish only when something changed: same encoder settings, same catalog
     assert len({c.to_json() for c in catalogs}) == len(catalogs)
+    assert all(c.live for c in catalogs[:-1]) and not catalogs[-1].live and catalogs[-1].complete  # the end
 
 
 async def test_hls_player_rides_through_a_publisher_reconnect(node, tmp_path):

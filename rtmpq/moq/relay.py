@@ -18,6 +18,7 @@ next group, since a group is only ever delivered whole from its first object.
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
 from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
@@ -173,6 +174,8 @@ class _BroadcastSource:
                     timescales = {t.name: t.timescale for t in item.catalog.tracks}
                     self._on_catalog(item.catalog)
                 elif isinstance(item, BroadcastEnded):
+                    # the last catalog says so (MSF isLive false, isComplete): nothing more will come
+                    self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
                     break
                 else:
                     fanout = self.fanouts.get(item.track)
