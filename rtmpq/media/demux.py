@@ -6,7 +6,9 @@ payload is a view into the message body (no copy). Video groups start at each ke
 frames belong to the video group in progress (audio-only streams cut a group every
 ``AUDIO_ONLY_GROUP_MS``). Frames that cannot be decoded from where they are (before the first
 sequence header or keyframe, or after a malformed access unit until the next keyframe) are
-dropped and counted, never passed on half-valid.
+dropped and counted, never passed on half-valid. An audio or video message whose FLV tag header is
+truncated or contradictory raises RemoteProtocolError (RtmpServerSession refuses those before they
+get here); empty messages are dropped.
 """
 
 import logging
@@ -70,6 +72,9 @@ class BroadcastDemuxer:
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
+        if not len(body):
+            self.stats.dropped += 1
+            return []
         ts = self._clock.unwrap(timestamp)
         if type_id == 9:
             return self._on_video(ts, body, received_ns)
