@@ -68,6 +68,7 @@ class BroadcastDemuxer:
         self._audio_group = -1
         self._audio_index = 0
         self._audio_group_start: int | None = None
+        self._data_group = -1
         self._data_index = 0
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
@@ -187,7 +188,12 @@ class BroadcastDemuxer:
             self.catalog = Catalog(self.catalog.broadcast, self.catalog.tracks, self.catalog.version,
                                    {k: v for k, v in meta.items() if isinstance(v, (str, float, bool))})
             return []
-        group = max(self._video_group, 0)
+        # the group in progress on the media tracks (audio's, for audio-only broadcasts); object
+        # ids restart at 0 in each group, as MoQ subscribers and the group cache expect
+        group = max(self._video_group, self._audio_group, 0)
+        if group != self._data_group:
+            self._data_group = group
+            self._data_index = 0
         frame = Frame(DATA, group, self._data_index, ts, ts, True, body, received_ns)
         self._data_index += 1
         self.stats.frames[DATA] += 1
