@@ -253,3 +253,54 @@ async def test_ffmpeg_rereads_the_init_segment_of_any_live_fmp4_playlist(node, t
         reference_server.shutdown()
     assert f"[mov,mp4,m4a,3gp,3g2,mj2] {MOOV_WARNING}" in ffmpeg_warnings(reference), reference
     assert warning_kinds(ours) <= warning_kinds(reference) | {"    Last message repeated N times"}, (ours, reference)
+
+
+async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discontinuity(node, tmp_path):
+    """The publisher's encoder restarts at another resolution: the segments after the change name
+    a new init segment (a URI of its own, so a cached old one cannot be applied to them) behind
+    EXT-X-DISCONTINUITY, and each init segment with its own segments decodes every frame."""
+    need("ffmpeg")
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/restart"
+    encodes = []
+    for size in ("320x240", "640x360"):
+        path = tmp_path / f"{size}.flv"
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "2", "-c:v", "libx264",
+             "-preset", "veryfast", "-bf", "2", "-g", "30", "-pix_fmt", "yuv420p", "-b:v", "400k", *AUDIO_ENCODE,
+             "-f", "flv", str(path)], check=True)
+        encodes.append([tag for tag in read_flv_tags(str(path)) if tag[0] in (8, 9)])
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "restart")
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
+    offset = 0
+    for tags in encodes:
+        for tag_type, ts, body in tags:
+            publisher.media(tag_type, offset + ts, body)
+        offset += 2000
+    publisher.close()
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+    playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
+    tags = [line for line in playlist.splitlines()
+            if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY" or line.endswith("m4s") and "PART" not in line]
+    assert tags == ['#EXT-X-MAP:URI="v-init-0.mp4"', "v-seg0.m4s", "v-seg1.m4s",
+                    "#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="v-init-1.mp4"', "v-seg2.m4s", "v-seg3.m4s"], playlist
+    audio = (await http_get(f"{base}/audio.m3u8"))[2].decode()
+    assert "#EXT-X-DISCONTINUITY" not in audio and 'a-init-0.mp4' in audio  # its config did not change
+    for version, (segments, size) in enumerate(((["v-seg0.m4s", "v-seg1.m4s"], (320, 240)),
+                                                 (["v-seg2.m4s", "v-seg3.m4s"], (640, 360)))):
+        status, headers, init = await http_get(f"{base}/v-init-{version}.mp4")
+        assert status == 200 and headers["Cache-Control"] == "max-age=60"
+        media = init + b"".join([(await http_get(f"{base}/{name}"))[2] for name in segments])
+        path = tmp_path / f"version{version}.mp4"
+        path.write_bytes(media)
+        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"])
+        assert rc == 0 and out == "", out
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
+                                     "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(path)])
+        [stream] = json.loads(out)["streams"]
+        sent = len([t for t in encodes[version] if t[0] == 9 and t[2][1] == 1])
+        assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (*size, sent)

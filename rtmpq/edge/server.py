@@ -3,7 +3,8 @@
     /live/<key>/index.m3u8        multivariant playlist (the video variant and its audio rendition)
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
     /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs
-    /live/<key>/v-init.mp4        CMAF init segments (a- for audio)
+    /live/<key>/v-init-N.mp4      CMAF init segment version N (a- for audio); a new avcC/ASC
+                                  mid-broadcast makes a new version (v-init.mp4: the newest)
     /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
@@ -41,7 +42,7 @@ MAX_HTTP_CONNECTIONS = 1024
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _SEGMENT = re.compile(r"^(?P<kind>[va])-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLISTS = {"video.m3u8": "v", "audio.m3u8": "a"}
-_INITS = {"v-init.mp4": "v", "a-init.mp4": "a"}
+_INIT = re.compile(r"^(?P<kind>[va])-init(?:-(?P<version>\d{1,9}))?\.mp4$")
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -229,13 +230,20 @@ class EdgeServer:
                 return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
             return 200, multivariant_playlist(video, audio, "video.m3u8", "audio.m3u8").encode(), \
                 "application/vnd.apple.mpegurl", "no-cache"
-        if file in _PLAYLISTS or file in _INITS:
-            stream = b.streams[_PLAYLISTS.get(file) or _INITS[file]]
+        init = _INIT.match(file)
+        if file in _PLAYLISTS or init is not None:
+            stream = b.streams[_PLAYLISTS.get(file) or init["kind"]]
             if not await self._wait_for(b, stream, lambda: stream.playable):
                 return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
-            if file in _INITS:
-                return 200, stream.init, "video/mp4" if stream is video else "audio/mp4", "max-age=60"
-            return await self._media_playlist(b, stream, url.query)
+            if init is None:
+                return await self._media_playlist(b, stream, url.query)
+            ctype = "video/mp4" if stream is video else "audio/mp4"
+            if init["version"] is None:  # the newest: its content changes with the next avcC
+                return 200, stream.init, ctype, "no-cache"
+            data = stream.init_version_data(int(init["version"]))
+            if data is None:
+                return 404, b"no such init segment\n", "text/plain", "no-store"
+            return 200, data, ctype, "max-age=60"  # a version's bytes never change
         sm = _SEGMENT.match(file)
         if sm is None:
             return 404, b"not found\n", "text/plain", "no-store"
