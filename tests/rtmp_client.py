@@ -1,4 +1,6 @@
-"""A minimal in-memory RTMP publisher for driving RtmpServerSession without sockets."""
+"""Minimal RTMP publishers for tests: in memory (no sockets) and over a real TCP connection."""
+
+import asyncio
 
 from rtmpq.codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode
 from rtmpq.rtmp.chunk_writer import ChunkWriter
@@ -59,3 +61,75 @@ class InMemoryPublisher:
         [stream_id] = [int(r[2][3]) for r in replies if r[0] == 20 and r[2][0] == "_result" and r[2][1] == 4.0]
         self.command(stream_id, "publish", 5.0, None, key, "live", csid=8)
         return stream_id
+
+
+class TcpPublisher:
+    """A minimal RTMP publisher over a real TCP connection: plain handshake, connect, publish.
+
+    ``send`` writes any message, so a test can follow good media with bad bytes; ``closed`` tells
+    whether the server closed the connection.
+    """
+
+    def __init__(self, reader, writer) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.chunks = ChunkWriter(128)
+        self.replies = ChunkReader()
+        self.stream_id = 0
+
+    @classmethod
+    async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0) -> "TcpPublisher":
+        """Connect, publish ``app/key`` and wait for NetStream.Publish.Start."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self = cls(reader, writer)
+        async with asyncio.timeout(timeout):
+            writer.write(b"\x03" + make_client_c1(digest=False))
+            s0s1s2 = await reader.readexactly(1 + 2 * HANDSHAKE_SIZE)
+            writer.write(s0s1s2[1 : 1 + HANDSHAKE_SIZE])  # C2 echoes S1
+            self.command(0, "connect", 1.0, {"app": app, "tcUrl": f"rtmp://127.0.0.1/{app}"})
+            self.command(0, "createStream", 2.0, None)
+            reply = await self.wait_command(lambda v: v[0] == "_result" and v[1] == 2.0)
+            self.stream_id = int(reply[3])
+            self.command(self.stream_id, "publish", 3.0, None, key, "live", csid=8)
+            await self.wait_command(lambda v: v[0] == "onStatus" and v[3]["code"] == "NetStream.Publish.Start")
+        return self
+
+    def send(self, csid: int, timestamp: int, type_id: int, stream_id: int, body: bytes) -> None:
+        self.writer.write(self.chunks.write(csid, timestamp, type_id, stream_id, body))
+
+    def command(self, stream_id: int, *values, csid: int = 3) -> None:
+        self.send(csid, 0, 20, stream_id, amf0_encode(*values))
+
+    def media(self, type_id: int, timestamp: int, body: bytes) -> None:
+        self.send(4 if type_id == 8 else 6, timestamp, type_id, self.stream_id, body)
+
+    async def wait_command(self, match) -> list:
+        while True:
+            while (msg := self.replies.next_message()) is not NEED_DATA:
+                if msg.type_id == 20 and match(values := amf0_decode(bytes(msg.body))):
+                    return values
+            data = await self.reader.read(65536)
+            if not data:
+                raise ConnectionError("server closed the connection")
+            self.replies.receive_data(data)
+
+    async def closed(self, timeout: float = 10.0) -> bool:
+        """True when the server closes the connection (EOF or reset) within the timeout."""
+        try:
+            await self.writer.drain()
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(65536):
+                    pass
+            return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    @property
+    def local_address(self) -> str:
+        host, port = self.writer.get_extra_info("sockname")[:2]
+        return f"{host}:{port}"
+
+    def close(self) -> None:
+        self.writer.close()

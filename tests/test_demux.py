@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from rtmpq.codec import amf0_encode
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer, TimestampUnwrapper
 from rtmpq.media.flv import read_flv_tags
@@ -96,3 +97,38 @@ def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):
     assert [f.dts for f in video if f.keyframe] == keyframes
     assert len(video) == len([p for p in probe_packets(str(sample_flv)) if p.track == "video"]) - len(
         [t for t in tags if t[0] == 9 and t[2][1] == 1 and broken_at <= t[1] < keyframes[1]])
+
+
+def data_message(text: str) -> bytes:
+    return amf0_encode("onTextData", {"text": text})
+
+
+def test_data_objects_are_numbered_from_zero_in_each_group(sample_flv):
+    demuxer = BroadcastDemuxer("live/x")
+    out = []
+    for tag_type, ts, body in read_flv_tags(str(sample_flv)):
+        out += demuxer.message(tag_type, ts, body)
+        if tag_type == 9 and body[1] == 1:  # after each coded video frame
+            out += demuxer.message(18, ts, data_message(f"at {ts}"))
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    data = [f for f in frames if f.track == "data"]
+    video = [f for f in frames if f.track == "video"]
+    assert sorted({f.group for f in data}) == [0, 1, 2]
+    for group in (0, 1, 2):
+        # a data object belongs to the video group in progress, and ids restart at each group
+        assert [f.index for f in data if f.group == group] == list(range(len([v for v in video if v.group == group])))
+    assert [c for c in out if isinstance(c, Catalog)][-1].track("data").codec == "amf0"
+
+
+def test_data_objects_of_an_audio_only_broadcast_follow_the_audio_groups():
+    demuxer = BroadcastDemuxer("live/radio")
+    out = demuxer.message(8, 0, b"\xaf\x00\x12\x10")  # AAC LC 44.1 kHz stereo
+    for ts in range(0, 5000, 100):
+        out += demuxer.message(8, ts, b"\xaf\x01" + bytes(10))
+        out += demuxer.message(18, ts, data_message(f"at {ts}"))
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    audio = [(f.group, f.dts) for f in frames if f.track == "audio"]
+    data = [f for f in frames if f.track == "data"]
+    assert [(f.group, f.dts) for f in data] == audio
+    assert [f.index for f in data] == [f.index for f in frames if f.track == "audio"]
+    assert {f.group for f in data} == {0, 1, 2}

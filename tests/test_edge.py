@@ -1,14 +1,21 @@
 """LL-HLS edge: ffmpeg publishes over RTMP into `rtmpq up`, ffmpeg/ffprobe play it back over HTTP."""
 
 import asyncio
+import functools
 import json
 import re
+import subprocess
+import threading
 import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from rtmpq.media.flv import FlvWriter, read_flv_tags
+
 from .conftest import need, start_up_node
-from .publishers import ffmpeg_publish_args, probe_packets, run_process
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
+from .rtmp_client import TcpPublisher
 
 
 @pytest.fixture
@@ -104,3 +111,196 @@ async def test_unknown_broadcast_and_bad_paths(node):
     assert status == 404 and b"no such broadcast" in body
     status, _, _ = await http_get(f"http://{host}:{port}/../../etc/passwd")
     assert status == 404
+
+
+# -- ffmpeg's warnings on the multivariant playlist, against ffmpeg's own HLS muxer -----------------
+def ffmpeg_warnings(output: str) -> list[str]:
+    """ffmpeg's log lines without the context pointers, so two runs compare line by line."""
+    return [re.sub(r" @ 0x[0-9a-f]+", "", line) for line in output.splitlines() if line.strip()]
+
+
+def warning_kinds(output: str) -> set[str]:
+    return {re.sub(r"\d+", "N", line) for line in ffmpeg_warnings(output)}
+
+
+DTS_WARNING = "Application provided invalid, non monotonically increasing dts to muxer"
+MOOV_WARNING = "Found duplicated MOOV Atom. Skipped it"
+
+
+@pytest.fixture(scope="module")
+def source_flv(tmp_path_factory):
+    """8 s of the test encode (B-frames, a GoP every 2 s), as ffmpeg writes FLV."""
+    need("ffmpeg")
+    path = tmp_path_factory.mktemp("src") / "src.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8", *VIDEO_ENCODE, *AUDIO_ENCODE,
+         "-f", "flv", str(path)], check=True)
+    return path
+
+
+def cut_at_second_gop(source, path, audio_lead_ms: int) -> None:
+    """The source from its second keyframe on (as an edge that joins there sees it), audio moved a
+    few ms so its first frame comes ``audio_lead_ms`` before the first video presentation time."""
+    tags = list(read_flv_tags(str(source)))
+    keyframes = [ts for t, ts, body in tags if t == 9 and body[:2] == b"\x17\x01"]
+    start = keyframes[1]
+    idr = next(body for t, ts, body in tags if t == 9 and ts == start and body[:2] == b"\x17\x01")
+    first_pts = start + int.from_bytes(idr[2:5], "big")
+    first_audio = min(ts for t, ts, body in tags if t == 8 and body[1] == 1 and ts >= start)
+    shift = first_pts - audio_lead_ms - first_audio
+    with open(path, "wb") as f:
+        w = FlvWriter(f)
+        for t, ts, body in tags:
+            if t == 18 or (t in (8, 9) and body[1] == 0):
+                w.write_tag(t, 0, body)  # metadata (ffmpeg's HLS muxer wants its bitrates), sequence headers
+            elif t == 9 and ts >= start:
+                w.write_tag(t, ts, body)
+            elif t == 8 and ts + shift >= start:
+                w.write_tag(t, ts + shift, body)
+
+
+async def read_with_ffmpeg(url: str, *extra: str) -> str:
+    rc, out = await run_process(["ffmpeg", "-hide_banner", "-nostdin", "-v", "warning", "-i", url, *extra,
+                                 "-f", "null", "-"], timeout=60)
+    assert rc == 0, out
+    return out
+
+
+async def publish_flv_and_end(node, key: str, path) -> None:
+    """Publish every tag of an FLV at once, with the edge already packaging the broadcast; return
+    once both renditions have ended."""
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/{key}"
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], key)
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge opens the broadcast before any frame
+    for tag_type, ts, body in read_flv_tags(str(path)):
+        if tag_type in (8, 9):
+            publisher.media(tag_type, ts, body)
+    publisher.close()
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+
+
+async def test_ffmpeg_reads_the_multivariant_playlist_as_it_reads_its_own_hls_output(node, tmp_path, source_flv):
+    """ffmpeg decoding rtmpq's multivariant playlist (video + the audio rendition) to null prints
+    exactly what it prints for the same stream packaged by its own HLS muxer (fMP4, separate audio
+    rendition, the 1 ms clock of the FLV source): nothing when the audio starts some frames before
+    the video, and the "non monotonically increasing dts" warning on every third frame when the
+    first audio frame leads the first video picture by exactly 1.5 frame durations (50 ms at 30
+    fps). That warning is ffmpeg 5.1's: it rounds video timestamps, taken from the earliest start
+    of all streams, to a 1/30 s time base, and a half-frame offset makes two frames round alike."""
+    need("ffmpeg")
+    host, http_port = node.edge.address
+    for key, lead, expect_dts_warnings in (("clean", 60, False), ("tie", 50, True)):
+        flv = tmp_path / f"{key}.flv"
+        cut_at_second_gop(source_flv, flv, lead)
+        await publish_flv_and_end(node, key, flv)
+        ours = await read_with_ffmpeg(f"http://{host}:{http_port}/live/{key}/index.m3u8")
+        ref_dir = tmp_path / f"ref-{key}"
+        ref_dir.mkdir()
+        rc, out = await run_process([
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(flv), "-map", "0:v", "-map", "0:a", "-c", "copy",
+            "-f", "hls", "-hls_segment_type", "fmp4", "-hls_segment_options", "video_track_timescale=1000",
+            "-hls_time", "2", "-hls_playlist_type", "vod", "-var_stream_map", "v:0,agroup:aud a:0,agroup:aud,default:yes",
+            "-master_pl_name", "index.m3u8", "-hls_segment_filename", str(ref_dir / "seg_%v_%d.m4s"),
+            "-hls_fmp4_init_filename", "init.mp4", str(ref_dir / "stream_%v.m3u8")])
+        assert rc == 0, out
+        reference = await read_with_ffmpeg(str(ref_dir / "index.m3u8"))
+        assert ffmpeg_warnings(ours) == ffmpeg_warnings(reference), (key, ours, reference)
+        if expect_dts_warnings:
+            assert DTS_WARNING in reference and warning_kinds(reference) == {
+                f"[null] {DTS_WARNING} in stream N: N >= N"}, reference
+        else:
+            assert ours == "", ours
+
+
+async def test_ffmpeg_rereads_the_init_segment_of_any_live_fmp4_playlist(node, tmp_path):
+    """ffmpeg 5.1 reading a live fMP4 playlist logs "Found duplicated MOOV Atom" after playlist
+    reloads (its HLS demuxer makes a new EXT-X-MAP entry per reload and feeds the init segment to
+    the MP4 demuxer again), for ffmpeg's own live HLS output as for rtmpq's. rtmpq's live
+    playlist gives ffmpeg no warning of another kind."""
+    need("ffmpeg")
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(ref_dir))
+    handler.log_message = lambda *args: None
+    reference_server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=reference_server.serve_forever, daemon=True).start()
+    host, http_port = node.edge.address
+    try:
+        publish = asyncio.create_task(run_process([
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi",
+            "-i", "testsrc2=size=320x240:rate=30", "-t", "12", "-map", "0:v", "-c:v", "libx264", "-preset", "veryfast",
+            "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p", "-b:v", "400k", "-flags", "+global_header",
+            "-f", "tee",
+            f"[f=flv]rtmp://127.0.0.1:{node.rtmp.address[1]}/live/moov|"
+            f"[f=hls:hls_segment_type=fmp4:hls_time=1:hls_list_size=6]{ref_dir}/live.m3u8"]))
+        await node.registry.wait_for("live/moov", 10)
+        ours_url = f"http://{host}:{http_port}/live/moov/video.m3u8"
+        ref_url = f"http://127.0.0.1:{reference_server.server_address[1]}/live.m3u8"
+        async with asyncio.timeout(15):  # both players start once a few segments exist
+            while (await http_get(ours_url))[2].count(b"#EXTINF") < 3 or \
+                    not (ref_dir / "live.m3u8").exists() or (ref_dir / "live.m3u8").read_text().count("#EXTINF") < 3:
+                await asyncio.sleep(0.1)
+        ours, reference = await asyncio.gather(read_with_ffmpeg(ours_url, "-t", "4"),
+                                               read_with_ffmpeg(ref_url, "-t", "4"))
+        rc, output = await publish
+        assert rc == 0, output
+    finally:
+        reference_server.shutdown()
+    assert f"[mov,mp4,m4a,3gp,3g2,mj2] {MOOV_WARNING}" in ffmpeg_warnings(reference), reference
+    assert warning_kinds(ours) <= warning_kinds(reference) | {"    Last message repeated N times"}, (ours, reference)
+
+
+async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discontinuity(node, tmp_path):
+    """The publisher's encoder restarts at another resolution: the segments after the change name
+    a new init segment (a URI of its own, so a cached old one cannot be applied to them) behind
+    EXT-X-DISCONTINUITY, and each init segment with its own segments decodes every frame."""
+    need("ffmpeg")
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/restart"
+    encodes = []
+    for size in ("320x240", "640x360"):
+        path = tmp_path / f"{size}.flv"
+        subprocess.run(
+            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "2", "-c:v", "libx264",
+             "-preset", "veryfast", "-bf", "2", "-g", "30", "-pix_fmt", "yuv420p", "-b:v", "400k", *AUDIO_ENCODE,
+             "-f", "flv", str(path)], check=True)
+        encodes.append([tag for tag in read_flv_tags(str(path)) if tag[0] in (8, 9)])
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "restart")
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
+    offset = 0
+    for tags in encodes:
+        for tag_type, ts, body in tags:
+            publisher.media(tag_type, offset + ts, body)
+        offset += 2000
+    publisher.close()
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+    playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
+    tags = [line for line in playlist.splitlines()
+            if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY" or line.endswith("m4s") and "PART" not in line]
+    assert tags == ['#EXT-X-MAP:URI="v-init-0.mp4"', "v-seg0.m4s", "v-seg1.m4s",
+                    "#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="v-init-1.mp4"', "v-seg2.m4s", "v-seg3.m4s"], playlist
+    audio = (await http_get(f"{base}/audio.m3u8"))[2].decode()
+    assert "#EXT-X-DISCONTINUITY" not in audio and 'a-init-0.mp4' in audio  # its config did not change
+    for version, (segments, size) in enumerate(((["v-seg0.m4s", "v-seg1.m4s"], (320, 240)),
+                                                 (["v-seg2.m4s", "v-seg3.m4s"], (640, 360)))):
+        status, headers, init = await http_get(f"{base}/v-init-{version}.mp4")
+        assert status == 200 and headers["Cache-Control"] == "max-age=60"
+        media = init + b"".join([(await http_get(f"{base}/{name}"))[2] for name in segments])
+        path = tmp_path / f"version{version}.mp4"
+        path.write_bytes(media)
+        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"])
+        assert rc == 0 and out == "", out
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
+                                     "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(path)])
+        [stream] = json.loads(out)["streams"]
+        sent = len([t for t in encodes[version] if t[0] == 9 and t[2][1] == 1])
+        assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (*size, sent)

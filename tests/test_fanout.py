@@ -94,8 +94,24 @@ def test_send_budget_bounds_queued_bytes():
     for g in range(10):
         publish_gop(fanout, g, 30, 0.0)
         fanout.check(0.0)
-        assert sink.total_buffered_bytes() <= 50_000 or len(sub.in_flight) == 1
-    assert sub.skipped_groups  # whole groups were dropped, the newest kept
+        assert sink.total_buffered_bytes() <= 50_000
+        assert sink.groups("open") == [g]  # the newest group is kept; older ones went whole
+    assert sub.skipped_groups == list(range(9))
+    assert all(s["objects"] == list(range(30)) for s in sink.streams.values())
+
+
+def test_a_group_bigger_than_the_send_budget_is_dropped_whole_and_signalled():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=100.0, send_budget=50_000)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 60, 0.0)  # 60 kB queued: the budget holds even with one group in flight
+    fanout.check(0.0)
+    assert sink.total_buffered_bytes() == 0 and sub.skipped_groups == [0]
+    assert [s["state"] for s in sink.streams.values()] == [("reset", RESET_DELIVERY_TIMEOUT)]
+    publish_gop(fanout, 1, 30, 0.0)  # the next group that fits is delivered from its start
+    fanout.check(0.0)
+    assert sink.groups("open") == [1] and sink.streams[2]["objects"] == list(range(30))
 
 
 def test_group_cut_by_the_relay_is_never_reopened():

@@ -1,8 +1,12 @@
 """ffmpeg publishes over RTMP into `rtmpq up`; MoQ subscribers receive over real QUIC on loopback."""
 
 import asyncio
+import subprocess
 
 import pytest
+
+from rtmpq.codec import amf0_encode
+from rtmpq.media.flv import read_flv_tags
 
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
@@ -10,6 +14,7 @@ from rtmpq.moq.transport import connect_moq
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
+from .rtmp_client import TcpPublisher
 
 
 async def receive(node, broadcast, *, fingerprint=None, insecure=True, limit=None, until_video=False):
@@ -90,3 +95,54 @@ async def test_a_node_shutting_down_sends_goaway(node):
         conn.handler = lambda _c, e: got.set_result(e) if isinstance(e, GoawayReceived) and not got.done() else None
         node.moq.stop()
         assert isinstance(await asyncio.wait_for(got, 5), GoawayReceived)
+
+
+@pytest.fixture(scope="module")
+def video_flv(tmp_path_factory):
+    """Two seconds of video with a keyframe every 0.5 s: groups 0 to 3."""
+    need("ffmpeg")
+    path = tmp_path_factory.mktemp("flv") / "video.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=20",
+         "-t", "2", "-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-g", "10", "-keyint_min", "10",
+         "-x264-params", "scenecut=0", "-f", "flv", str(path)],
+        check=True,
+    )
+    return path
+
+
+async def test_data_objects_of_every_group_reach_a_subscriber(node, video_flv):
+    """Timed metadata (AMF0 data messages) in every group, not only the first, reach MoQ subscribers."""
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "meta")
+    tags = list(read_flv_tags(str(video_flv)))
+    # the sequence header and group 0, with a data message after each frame
+    first_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+
+    def send(part):
+        for tag_type, ts, body in part:
+            publisher.media(tag_type, ts, body)
+            if tag_type == 9 and body[1] == 1:
+                publisher.media(18, ts, amf0_encode("onTextData", {"text": f"at {ts}"}))
+
+    send(tags[:first_group])
+    data: list = []
+
+    async def subscriber():
+        host, port = node.moq_address
+        async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+            async for item in subscribe_broadcast(conn, "live/meta", tracks=["data"]):
+                if not isinstance(item, (Catalog, SkippedGroup)):
+                    data.append(item)
+
+    task = asyncio.create_task(subscriber())
+    async with asyncio.timeout(10):
+        while not data:  # subscribed: it has the newest group of the data track
+            await asyncio.sleep(0.01)
+    send(tags[first_group:])
+    publisher.close()  # the broadcast ends: the subscription ends once every group is in
+    await asyncio.wait_for(task, 15)
+    # from group 1 on, every data object, numbered from 0 in its group, with its bytes
+    later = sorted((f.group, f.index, bytes(f.payload)) for f in data if f.group >= 1)  # one stream a group
+    video = [(ts, body) for t, ts, body in tags[first_group:] if t == 9 and body[1] == 1]
+    assert later == [(1 + n // 10, n % 10, amf0_encode("onTextData", {"text": f"at {ts}"}))
+                     for n, (ts, _) in enumerate(video)]

@@ -173,3 +173,51 @@ def test_query_string_of_the_key_is_not_part_of_the_name():
     client = InMemoryPublisher(RtmpServerSession())
     client.connect_and_publish("cam1?token=secret")
     assert [e for e in client.events() if isinstance(e, PublishRequested)][0].key == "cam1"
+
+
+def flv_tag(type_id: int, timestamp: int, body: bytes) -> bytes:
+    return (bytes((type_id,)) + len(body).to_bytes(3, "big") + (timestamp & 0xFFFFFF).to_bytes(3, "big")
+            + bytes((timestamp >> 24,)) + bytes(3) + body + (11 + len(body)).to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("bad", [
+    (9, b"\x17\x01\x00"),  # AVC NALU header cut before its composition time
+    (8, b"\xaf"),  # AAC header cut before its packet type
+    (9, b"\x91av"),  # E-RTMP header cut inside its FourCC
+])
+@pytest.mark.parametrize("aggregated", [False, True])
+def test_truncated_flv_tag_header_fails_the_connection(bad, aggregated):
+    client = InMemoryPublisher(RtmpServerSession())
+    sid = client.connect_and_publish()
+    [req] = [e for e in client.events() if isinstance(e, PublishRequested)]
+    client.session.accept_publish(req.stream_id)
+    type_id, body = bad
+    good = (8, b"\xaf\x01" + bytes(8))
+    if aggregated:
+        client.send(4, 0, 22, sid, flv_tag(*good[:1], 0, good[1]) + flv_tag(type_id, 20, body))
+    else:
+        client.send(4, 0, good[0], sid, good[1])
+        client.send(4, 20, type_id, sid, body)
+    events = client.events()
+    assert isinstance(events[0], MediaMessage) and bytes(events[0].body) == good[1]
+    assert isinstance(events[-1], ConnectionFailed) and "truncated" in events[-1].reason
+
+
+def test_empty_media_messages_are_skipped():
+    client = InMemoryPublisher(RtmpServerSession())
+    sid = client.connect_and_publish()
+    [req] = [e for e in client.events() if isinstance(e, PublishRequested)]
+    client.session.accept_publish(req.stream_id)
+    client.send(4, 0, 8, sid, b"")
+    client.send(4, 0, 9, sid, b"")
+    assert client.events() == [] and client.session.messages_ignored == 2
+
+
+@pytest.mark.parametrize("stream_id", [float("nan"), float("inf"), -1.0, 1.5, 2.0**40])
+def test_delete_stream_with_an_impossible_stream_id_fails_the_connection(stream_id):
+    client = InMemoryPublisher(RtmpServerSession())
+    client.connect_and_publish()
+    client.events()
+    client.command(0, "deleteStream", 6.0, None, stream_id)
+    [event] = client.events()
+    assert isinstance(event, ConnectionFailed) and event.reason.startswith("deleteStream: stream id")

@@ -4,8 +4,14 @@ One segment per source group (GoP), cut into parts of at most ``part_target`` se
 boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
 time span, and a segment is the concatenation of its parts. A sliding window keeps the newest
 ``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the broadcast ends.
+
+A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted) gets
+a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
+first segment after the change starts at the next keyframe with EXT-X-DISCONTINUITY and a new
+EXT-X-MAP, and the old version is kept while a segment in the window still needs it.
 """
 
+import itertools
 import math
 import time
 from collections import deque
@@ -14,6 +20,8 @@ from dataclasses import dataclass, field
 from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from .fmp4 import Sample, can_package, fragment, init_segment
+
+_INIT_VERSIONS = itertools.count()
 
 # Target duration of an LL-HLS part (seconds).
 PART_TARGET = 0.3
@@ -41,7 +49,9 @@ class Segment:
     parts: list[Part] = field(default_factory=list)
     complete: bool = False
     duration: float = 0.0
-    discontinuity: bool = False  # the timeline jumps before this segment (EXT-X-DISCONTINUITY)
+    init_version: int = 0  # the init segment its samples need
+    discontinuity: bool = False  # a new init segment or a seam in the timeline before it (EXT-X-DISCONTINUITY)
+    discontinuity_sequence: int = 0  # EXT-X-DISCONTINUITY tags up to and including this segment
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
@@ -59,6 +69,12 @@ class LlHlsStream:
         self.window = window
         self.catalog: Catalog | None = None
         self.init: bytes | None = None
+        # init versions are unique in the process: a broadcast the edge opens again never reuses a
+        # URI a player may have cached (init-N.mp4 is served max-age=60)
+        self.init_version = next(_INIT_VERSIONS)
+        self._inits: dict[int, bytes] = {}  # init segment by version, while segments need them
+        self._new_init = False  # the next segment opens with a discontinuity
+        self._discontinuities = 0
         self.segments: deque[Segment] = deque()
         self.ended = False
         self.version = 0  # bumped whenever something new can be fetched (for blocking requests)
@@ -68,7 +84,6 @@ class LlHlsStream:
         self._last_duration: dict[str, int] = {}
         self._fragment_seq = 0
         self._msn = 0
-        self._discontinuity_sequence = 0  # discontinuities that slid out of the window
         self._last_dts: int | None = None  # of the primary track's newest frame
         self._group: int | None = None
         self.max_segment_duration = 0.0
@@ -82,7 +97,19 @@ class LlHlsStream:
         self.catalog = catalog
         self._tracks = [t.name for t in tracks]
         self._timescale = {t.name: t.timescale for t in tracks}
-        self.init = init_segment(tracks) if tracks else None
+        init = init_segment(tracks) if tracks else None
+        if init is not None and self.init is not None and init != self.init:
+            # samples from here on need the new init: end the segment, restart at a keyframe
+            if self._pending_frames():
+                self._close_part(final=True)
+            elif self.segments and not self.segments[-1].complete:
+                self._finish_segment()
+            self._group = None
+            self.init_version = next(_INIT_VERSIONS)
+            self._new_init = True
+        self.init = init
+        if init is not None:
+            self._inits[self.init_version] = init
         self._pending = {name: self._pending.get(name, []) for name in self._tracks}
         self.version += 1
 
@@ -104,7 +131,7 @@ class LlHlsStream:
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
-                self._open_segment(frame, discontinuity=seam)
+                self._open_segment(frame, seam=seam)
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
             self._last_dts = frame.dts
@@ -140,12 +167,22 @@ class LlHlsStream:
         gap = (dts - self._last_dts) / self._timescale[self._primary]
         return gap < 0 or gap > DISCONTINUITY_GAP
 
-    def _open_segment(self, frame: Frame, discontinuity: bool = False) -> None:
-        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), discontinuity=discontinuity))
+    def _open_segment(self, frame: Frame, seam: bool = False) -> None:
+        discontinuity = (self._new_init or seam) and bool(self.segments)
+        self._discontinuities += discontinuity
+        self._new_init = False
+        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), init_version=self.init_version,
+                                     discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
         self._msn += 1
         while len(self.segments) > self.window + 1:
-            if self.segments.popleft().discontinuity:
-                self._discontinuity_sequence += 1
+            self.segments.popleft()
+        oldest = self.segments[0].init_version
+        for version in [v for v in self._inits if v < oldest]:
+            del self._inits[version]
+
+    def init_version_data(self, version: int) -> bytes | None:
+        """The init segment of ``version``, while a segment in the window needs it."""
+        return self._inits.get(version)
 
     def _close_part(self, *, final: bool, next_dts: int | None = None) -> None:
         if not self.segments:
@@ -227,11 +264,6 @@ class LlHlsStream:
         segments = [s for s in self.segments if s.parts]
         complete = [s for s in segments if s.complete]
         shown = complete[-self.window:] + [s for s in segments if not s.complete]
-        hidden = [s for s in self.segments if s.msn < (shown[0].msn if shown else self._msn)]
-        # the discontinuity sequence number of the first segment shown counts every seam before it,
-        # its own included (its tag is not repeated)
-        discontinuity_sequence = (self._discontinuity_sequence + sum(s.discontinuity for s in hidden)
-                                  + bool(shown and shown[0].discontinuity))
         lines = [
             "#EXTM3U",
             "#EXT-X-VERSION:9",
@@ -240,13 +272,14 @@ class LlHlsStream:
             f"#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={3 * self.part_target:.3f},HOLD-BACK={3 * target:.1f}",
             f"#EXT-X-MEDIA-SEQUENCE:{shown[0].msn if shown else self._msn}",
         ]
-        if discontinuity_sequence:
-            lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
-        lines.append(f'#EXT-X-MAP:URI="{self.prefix}init.mp4{query}"')
+        if shown and shown[0].discontinuity_sequence:
+            lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{shown[0].discontinuity_sequence}")
+        lines.append(f'#EXT-X-MAP:URI="{self.prefix}init-{shown[0].init_version if shown else self.init_version}.mp4{query}"')
         with_parts = {s.msn for s in shown[-PART_LISTING_SEGMENTS:]}
         for s in shown:
             if s.discontinuity and s is not shown[0]:
                 lines.append("#EXT-X-DISCONTINUITY")
+                lines.append(f'#EXT-X-MAP:URI="{self.prefix}init-{s.init_version}.mp4{query}"')
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.started_ns / 1e9))
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp}.{(s.started_ns // 1_000_000) % 1000:03d}Z")
             if s.msn in with_parts:

@@ -4,7 +4,8 @@
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
     /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs;
     /live/<key>/video-1.m3u8        E-RTMP video track 1 (a rendition) and so on
-    /live/<key>/v-init.mp4        CMAF init segments (a- for audio, v1- for video-1)
+    /live/<key>/v-init-N.mp4      CMAF init segment version N (a- for audio, v1- for video-1); a new
+                                  avcC/ASC mid-broadcast makes a new version (v-init.mp4: the newest)
     /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
@@ -47,7 +48,7 @@ ENDED_PLAYLIST_KEEP = 10.0
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _SEGMENT = re.compile(r"^(?P<kind>v\d{0,3}|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?|audio)\.m3u8$")
-_INIT = re.compile(r"^(?P<kind>v\d{0,3}|a)-init\.mp4$")
+_INIT = re.compile(r"^(?P<kind>v\d{0,3}|a)-init(?:-(?P<version>\d{1,9}))?\.mp4$")
 
 
 def stream_key(track: str) -> str:
@@ -264,9 +265,15 @@ class EdgeServer:
                 return 404, b"no such rendition\n", "text/plain", "no-store"
             if not await self._wait_for(b, stream, lambda: stream.playable):
                 return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
-            if im is not None:
-                return 200, stream.init, "audio/mp4" if stream is audio else "video/mp4", "max-age=60"
-            return await self._media_playlist(b, stream, url.query, query)
+            if im is None:
+                return await self._media_playlist(b, stream, url.query, query)
+            ctype = "audio/mp4" if stream is audio else "video/mp4"
+            if im["version"] is None:  # the newest: its content changes with the next avcC
+                return 200, stream.init, ctype, "no-cache"
+            data = stream.init_version_data(int(im["version"]))
+            if data is None:
+                return 404, b"no such init segment\n", "text/plain", "no-store"
+            return 200, data, ctype, "max-age=60"  # a version's bytes never change
         sm = _SEGMENT.match(file)
         stream = b.streams.get(sm["kind"]) if sm is not None else None
         if stream is None:

@@ -18,7 +18,9 @@ renditions switch on the same boundaries. Audio frames belong to the group in pr
 default video track (audio-only streams cut a group every ``AUDIO_ONLY_GROUP_MS``). Frames that
 cannot be decoded from where they are (before their track's sequence header or first key frame,
 or after a malformed access unit until the next key frame) are dropped and counted, never passed
-on half-valid; a malformed sequence header is logged and ignored, as for AVC.
+on half-valid; a malformed sequence header is logged and ignored, as for AVC. An audio or video
+message whose FLV tag header is truncated or contradictory raises RemoteProtocolError
+(RtmpServerSession refuses those before they get here); empty messages are dropped.
 """
 
 import logging
@@ -103,6 +105,7 @@ class BroadcastDemuxer:
         self._video: dict[int, _Track] = {}
         self._audio: dict[int, _Track] = {}
         self._last_keyframe: tuple[int, int] | None = None  # (dts, group) of the newest video group start
+        self._data_group = -1
         self._data_index = 0
         self._meta: dict = {}  # the publisher's onMetaData
         self._not_carried: set[tuple[str, str]] = set()  # (kind, FourCC) already logged
@@ -118,6 +121,9 @@ class BroadcastDemuxer:
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
+        if not len(body):  # Wowza sends empty media messages: nothing to carry
+            self.stats.dropped += 1
+            return []
         ts = self._clock.unwrap(timestamp)
         self._now_ms = received_ns // 1_000_000 if received_ns else None
         if type_id == 9:
@@ -367,7 +373,13 @@ class BroadcastDemuxer:
                                    {k: v for k, v in meta.items() if isinstance(v, (str, float, bool))},
                                    self.catalog.generated_at)
             return self._apply_metadata()
-        group = max(self._video_group, 0)
+        # the group in progress on the media tracks (audio's, for audio-only broadcasts); object
+        # ids restart at 0 in each group, as MoQ subscribers and the group cache expect
+        audio_group = max((t.group for t in self._audio.values()), default=-1)
+        group = max(self._video_group, audio_group, 0)
+        if group != self._data_group:
+            self._data_group = group
+            self._data_index = 0
         frame = Frame(DATA, group, self._data_index, ts, ts, True, body, received_ns)
         self._data_index += 1
         self.stats.frames[DATA] += 1

@@ -11,7 +11,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode
+from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tag, parse_video_tag
 from ..codec.amf_types import UNDEFINED
 from ..codec.chunk import MAX_CHUNK_STREAMS, MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, MIN_CHUNK_SIZE
 from ..errors import RemoteProtocolError
@@ -119,6 +119,13 @@ class SessionLimits:
 
 def _status(level: str, code: str, description: str) -> dict:
     return {"level": level, "code": code, "description": description}
+
+
+def _stream_id_arg(command: str, value: float) -> int:
+    """A message stream id sent as an AMF0 number (a double: NaN, infinity and 0.5 are refused)."""
+    if not (value.is_integer() and 0 <= value <= 0xFFFFFFFF):
+        raise RemoteProtocolError(f"{command}: stream id {value!r} is not a message stream id")
+    return int(value)
 
 
 class RtmpServerSession:
@@ -249,13 +256,25 @@ class RtmpServerSession:
             self._last_ack = received
             self._send(CSID_PROTOCOL, 0, MessageType.ACKNOWLEDGEMENT, 0, u32(received))
 
+    def _media(self, stream_id: int, type_id: int, timestamp: int, body) -> None:
+        if not len(body):
+            self.messages_ignored += 1  # an empty media message (Wowza sends them) carries nothing
+            return
+        # A malformed FLV tag header fails the connection here, where it can be closed cleanly;
+        # the demuxer downstream then parses only headers known to be whole.
+        if type_id == MessageType.VIDEO:
+            parse_video_tag(body)
+        elif type_id == MessageType.AUDIO:
+            parse_audio_tag(body)
+        self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
+
     def _handle_message(self, csid: int, stream_id: int, type_id: int, timestamp: int, body) -> None:
         if type_id in (MessageType.AUDIO, MessageType.VIDEO, MessageType.DATA_AMF0, MessageType.DATA_AMF3):
             if stream_id in self.publishing:
                 if type_id == MessageType.DATA_AMF3:
                     body = body[1:] if len(body) and body[0] == 0 else body
                     type_id = MessageType.DATA_AMF0
-                self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
+                self._media(stream_id, type_id, timestamp, body)
             else:
                 self.messages_ignored += 1  # media before publish: ignored and counted
         elif type_id == MessageType.AGGREGATE:
@@ -266,8 +285,7 @@ class RtmpServerSession:
             base = tags[0][1] if tags else 0
             for tag_type, ts, tag_body in tags:
                 if tag_type in (MessageType.AUDIO, MessageType.VIDEO, MessageType.DATA_AMF0):
-                    stamp = (timestamp + ts - base) & 0xFFFFFFFF
-                    self._events.append(MediaMessage(stream_id, tag_type, stamp, tag_body))
+                    self._media(stream_id, tag_type, (timestamp + ts - base) & 0xFFFFFFFF, tag_body)
         elif type_id in (MessageType.COMMAND_AMF0, MessageType.COMMAND_AMF3):
             if type_id == MessageType.COMMAND_AMF3 and len(body) and body[0] == 0:
                 body = body[1:]  # AMF3 command messages start with a 0 byte, then AMF0 values
@@ -313,7 +331,7 @@ class RtmpServerSession:
             self._send_command(0, "_result", tx, None, UNDEFINED)
             self._end_publishing(None, "FCUnpublish")
         elif name in ("deleteStream", "closeStream"):
-            sid = int(args[0]) if name == "deleteStream" and args and isinstance(args[0], float) else stream_id
+            sid = _stream_id_arg(name, args[0]) if name == "deleteStream" and args and isinstance(args[0], float) else stream_id
             self._end_publishing(sid, name)
             self._streams.discard(sid)
         elif name in ("_checkbw", "getStreamLength", "ping"):
