@@ -11,7 +11,6 @@ first segment after the change starts at the next keyframe with EXT-X-DISCONTINU
 EXT-X-MAP, and the old version is kept while a segment in the window still needs it.
 """
 
-import itertools
 import math
 import time
 from collections import deque
@@ -21,15 +20,13 @@ from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from .fmp4 import Sample, can_package, fragment, init_segment
 
-_INIT_VERSIONS = itertools.count()
-
 # Target duration of an LL-HLS part (seconds).
 PART_TARGET = 0.3
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
 # Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
 PART_LISTING_SEGMENTS = 3
-# A group whose first frame is this far (seconds) from the end of the previous one, or before it,
+# A group whose first frame is more than this far (seconds) after the previous frame, or before it,
 # starts after a seam (a publisher that reconnected, an origin that restarted): its segment is
 # marked EXT-X-DISCONTINUITY.
 DISCONTINUITY_GAP = 0.5
@@ -69,9 +66,7 @@ class LlHlsStream:
         self.window = window
         self.catalog: Catalog | None = None
         self.init: bytes | None = None
-        # init versions are unique in the process: a broadcast the edge opens again never reuses a
-        # URI a player may have cached (init-N.mp4 is served max-age=60)
-        self.init_version = next(_INIT_VERSIONS)
+        self.init_version = 0
         self._inits: dict[int, bytes] = {}  # init segment by version, while segments need them
         self._new_init = False  # the next segment opens with a discontinuity
         self._discontinuities = 0
@@ -105,7 +100,7 @@ class LlHlsStream:
             elif self.segments and not self.segments[-1].complete:
                 self._finish_segment()
             self._group = None
-            self.init_version = next(_INIT_VERSIONS)
+            self.init_version += 1
             self._new_init = True
         self.init = init
         if init is not None:
@@ -165,7 +160,7 @@ class LlHlsStream:
         if self._last_dts is None or not self.segments:
             return False
         gap = (dts - self._last_dts) / self._timescale[self._primary]
-        return gap < 0 or gap > DISCONTINUITY_GAP
+        return abs(gap) > DISCONTINUITY_GAP  # a few ms of overlap between sources is jitter, not a seam
 
     def _open_segment(self, frame: Frame, seam: bool = False) -> None:
         discontinuity = (self._new_init or seam) and bool(self.segments)

@@ -237,17 +237,20 @@ class EdgeServer:
             return 404, b"not found: expected /<app>/<key>/index.m3u8\n", "text/plain", "no-store"
         name = f"{m['app']}/{m['key']}"
         file = m["file"]
-        if file in ("", "index.html"):  # the page holds no media; its requests carry the token
-            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
+        page = file in ("", "index.html")
         token = parse_qs(url.query).get("token", [None])[0]
         try:
             self.access.may_subscribe(name, token, time.time())
         except AccessDenied as exc:
+            if page:  # the page holds no media; the requests it makes carry the token
+                return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
             return 403, f"{exc}\n".encode(), "text/plain", "no-store"
         query = f"?token={quote(token, safe='')}" if token else ""
-        b = self._broadcast(name)
+        b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
         if b is None:
             return 404, b"no such broadcast\n", "text/plain", "no-store"
+        if page:
+            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
