@@ -16,7 +16,9 @@ from .wire import MoqProtocolError, SessionError
 
 log = logging.getLogger("rtmpq.moq")
 
-# Requests a peer may have open at once (MAX_REQUEST_ID window we grant).
+# Requests a peer may have open at once: the MAX_REQUEST_ID we grant never lets the requests still
+# open plus the ids not used yet exceed this; more are granted only as requests close (an answer
+# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000.
 MAX_REQUESTS = 1000
 # Bytes buffered on the control stream before a message completes (the draft caps messages at 64 KiB).
 MAX_CONTROL_BUFFER = 2 * 0x10000
@@ -64,12 +66,14 @@ class MoqSession:
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0
+        self._open_requests: dict[int, int] = {}  # the peer's open requests: request id -> message type
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
+        self._fetch_stream_requests: dict[int, int] = {}  # their stream id -> the FETCH's request id
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
         self._held: list = []  # data events waiting for their alias
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
-        self._namespace_streams: set[int] = set()  # peer SUBSCRIBE_NAMESPACE streams we answered
+        self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -157,6 +161,7 @@ class MoqSession:
 
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
+        self._request_closed(request_id)  # a track the peer PUBLISHed to us
 
     def publish_namespace(self, namespace) -> int:
         rid = self._new_request_id()
@@ -188,9 +193,12 @@ class MoqSession:
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.RequestOk(request_id, params))
+        if self._open_requests.get(request_id) == wire.MessageType.TRACK_STATUS:
+            self._request_closed(request_id)  # answered; a PUBLISH_NAMESPACE stays open until its DONE
 
     def request_error(self, request_id: int, code: int, reason: str = "") -> None:
         self._send_control(wire.RequestErrorMessage(request_id, int(code), 0, reason))
+        self._request_closed(request_id)
 
     # answers on a SUBSCRIBE_NAMESPACE stream
     def namespace_subscription_ok(self, stream_id: int, request_id: int) -> None:
@@ -199,7 +207,8 @@ class MoqSession:
     def namespace_subscription_error(self, stream_id: int, request_id: int, code: int, reason: str = "") -> None:
         msg = wire.RequestErrorMessage(request_id, int(code), 0, reason)
         self.quic.send_stream_data(stream_id, wire.encode_control_message(msg), end_stream=True)
-        self._namespace_streams.discard(stream_id)
+        self._namespace_streams.pop(stream_id, None)
+        self._request_closed(request_id)
 
     def send_namespace(self, stream_id: int, suffix) -> None:
         self.quic.send_stream_data(stream_id, wire.encode_control_message(wire.Namespace(_raw(suffix))))
@@ -209,6 +218,7 @@ class MoqSession:
 
     def publish_done(self, request_id: int, status: int, stream_count: int, reason: str = "") -> None:
         self._send_control(wire.PublishDone(request_id, int(status), stream_count, reason))
+        self._request_closed(request_id)
 
     # -- objects --------------------------------------------------------------------------------
     def open_subgroup(self, track_alias: int, group: int, *, priority: int | None = 128) -> int:
@@ -240,6 +250,7 @@ class MoqSession:
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
         self.quic.send_stream_data(sid, wire.encode_fetch_header(request_id))
         self._fetch_streams[sid] = wire.FetchObjectEncoder()
+        self._fetch_stream_requests[sid] = request_id
         return sid
 
     def send_fetch_object(self, stream_id: int, group: int, object_id: int, payload, extensions: dict | None = None,
@@ -255,11 +266,18 @@ class MoqSession:
     def end_fetch_stream(self, stream_id: int) -> None:
         if self._fetch_streams.pop(stream_id, None) is not None:
             self.quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._fetch_done(stream_id)
 
     def reset_fetch_stream(self, stream_id: int, code: int) -> None:
         """Abandon a fetch stream (also one already ended with FIN whose bytes are still queued)."""
         self._fetch_streams.pop(stream_id, None)
         self.quic.reset_stream(stream_id, int(code))
+        self._fetch_done(stream_id)
+
+    def _fetch_done(self, stream_id: int) -> None:
+        request_id = self._fetch_stream_requests.pop(stream_id, None)
+        if request_id is not None:
+            self._request_closed(request_id)
 
     # -- input ----------------------------------------------------------------------------------
     def _send_control(self, msg) -> None:
@@ -320,6 +338,13 @@ class MoqSession:
         return out
 
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
+        if not stream_id & 0x2:  # a request stream: the peer gave up its SUBSCRIBE_NAMESPACE
+            self._request_streams.pop(stream_id, None)
+            request_id = self._namespace_streams.pop(stream_id, None)
+            if request_id is None:
+                return []
+            self._request_closed(request_id)
+            return [ev.NamespaceUnsubscribed(stream_id)]
         parser = self._data_streams.pop(stream_id, None)
         if isinstance(parser, wire.FetchStreamParser):
             return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
@@ -368,11 +393,13 @@ class MoqSession:
             del self._request_streams[stream_id]
             if not isinstance(msg, wire.SubscribeNamespace):
                 raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
-            self._check_request_id(msg.request_id)
-            self._namespace_streams.add(stream_id)
+            self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE_NAMESPACE)
+            self._namespace_streams[stream_id] = msg.request_id
             out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options))
         if end_stream:
-            self._namespace_streams.discard(stream_id)
+            request_id = self._namespace_streams.pop(stream_id, None)
+            if request_id is not None:
+                self._request_closed(request_id)
             out.append(ev.NamespaceUnsubscribed(stream_id))
         return out
 
@@ -391,13 +418,32 @@ class MoqSession:
         del self._control_buf[:pos]
         return out
 
-    def _check_request_id(self, rid: int) -> None:
-        if rid != self._expected_peer_request or rid >= self._granted:
+    def _check_request_id(self, rid: int, kind: int | None) -> None:
+        """A new request from the peer; ``kind`` (its message type) is None for one answered at once."""
+        if rid != self._expected_peer_request:
             raise MoqProtocolError(f"request id {rid} (expected {self._expected_peer_request})",
                                    SessionError.INVALID_REQUEST_ID)
+        if rid >= self._granted:
+            raise MoqProtocolError(f"request id {rid} beyond the MAX_REQUEST_ID granted ({self._granted}): "
+                                   f"more than {self._max_requests} requests open", SessionError.TOO_MANY_REQUESTS)
         self._expected_peer_request += 2
-        if self._granted - rid < self._max_requests:  # keep the window open
-            self._granted += self._max_requests
+        if kind is not None:
+            self._open_requests[rid] = kind
+        self._grant_more()
+
+    def _request_closed(self, rid: int) -> None:
+        if self._open_requests.pop(rid, None) is not None:
+            self._grant_more()
+
+    def _grant_more(self) -> None:
+        """Raise MAX_REQUEST_ID so that open requests + ids still unused stay within max_requests;
+        sent once half the window is used up (as QUIC does with MAX_STREAMS), not per request."""
+        if self.closed or self.control_stream_id is None:
+            return
+        unused = (self._granted - self._expected_peer_request + 1) // 2  # ids of the peer's parity
+        room = self._max_requests - len(self._open_requests) - unused
+        if room > 0 and unused <= self._max_requests // 2:
+            self._granted += 2 * room
             self._send_control(wire.MaxRequestId(self._granted))
 
     def _on_message(self, msg) -> list:
@@ -417,7 +463,7 @@ class MoqSession:
         if isinstance(msg, (wire.ClientSetup, wire.ServerSetup)):
             raise MoqProtocolError("setup sent twice")
         if isinstance(msg, wire.Subscribe):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
             ftype = start = None
             if wire.PARAM_SUBSCRIPTION_FILTER in msg.params:
                 ftype, start, _ = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
@@ -436,24 +482,27 @@ class MoqSession:
         if isinstance(msg, wire.RequestOk):
             return [ev.RequestAccepted(msg.request_id, msg.params)]
         if isinstance(msg, wire.PublishNamespace):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.PUBLISH_NAMESPACE)
             return [ev.NamespacePublished(msg.request_id, _text(msg.namespace))]
         if isinstance(msg, wire.PublishNamespaceDone):
+            self._request_closed(msg.request_id)
             return [ev.NamespaceDone(msg.request_id)]
         if isinstance(msg, wire.SubscribeNamespace):
             raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.TRACK_STATUS)
             return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"))]
         if isinstance(msg, wire.Publish):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                       msg.track_alias), *self._release(msg.track_alias)]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):
+            self._request_closed(msg.request_id)
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):
+            self._request_closed(msg.request_id)  # a track the peer PUBLISHed has ended
             return [ev.PublishDoneReceived(msg.request_id, msg.status, msg.stream_count, msg.reason)]
         if isinstance(msg, wire.Goaway):
             return [ev.GoawayReceived(msg.new_session_uri)]
@@ -461,9 +510,10 @@ class MoqSession:
             self._peer_max_request_id = max(self._peer_max_request_id, msg.request_id)
             return []
         if isinstance(msg, wire.RequestsBlocked):
+            self._grant_more()
             return []
         if isinstance(msg, wire.Fetch):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.FETCH)
             descending = msg.params.get(wire.PARAM_GROUP_ORDER) == wire.GROUP_ORDER_DESCENDING
             return [ev.FetchRequested(msg.request_id, msg.fetch_type, _text(msg.namespace),
                                       msg.track_name.decode("utf-8", "replace"), msg.start, msg.end,
@@ -471,13 +521,14 @@ class MoqSession:
         if isinstance(msg, wire.FetchOk):
             return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
         if isinstance(msg, wire.FetchCancel):
+            self._request_closed(msg.request_id)
             return [ev.FetchCancelled(msg.request_id)]
         if isinstance(msg, wire.UnknownMessage):
             # a request we do not serve (REQUEST_UPDATE): its first field is the request id;
             # refuse it cleanly rather than tear the session down
             r = wire.decode_varint(msg.body, 0)
             if r is not NEED_DATA and msg.type == wire.MessageType.REQUEST_UPDATE:
-                self._check_request_id(r[0])
+                self._check_request_id(r[0], None)
                 self.request_error(r[0], wire.RequestError.NOT_SUPPORTED, "not supported by this rtmpq node")
             return []
         return []
