@@ -3,6 +3,7 @@
 import pytest
 
 from rtmpq.moq import events as ev
+from rtmpq.moq import session as session_module
 from rtmpq.moq import wire
 from rtmpq.moq.wire import RequestError, SessionError
 
@@ -111,3 +112,26 @@ def test_which_requests_stay_open(tmp_path, case):
     else:
         assert closed is None
         assert any(isinstance(e, ev.SubscribeRequested) for e in server_events)
+
+
+def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path, monkeypatch):
+    """Objects may overtake the SUBSCRIBE_OK naming their alias; those held meanwhile are bounded
+    in bytes (the oldest go first), not only in number."""
+    monkeypatch.setattr(session_module, "MAX_HELD_BYTES", 64 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    sid = pair.server.open_subgroup(5, 0)
+    for object_id in range(100):
+        pair.server.send_object(sid, object_id, bytes([object_id]) * 4096)
+    client_events, _ = pair.pump()
+    assert not [e for e in client_events if isinstance(e, ev.ObjectReceived)]  # alias 5 not named yet
+    pair.server.subscribe_ok(rid, 5)
+    client_events, _ = pair.pump()
+    objects = [e for e in client_events if isinstance(e, ev.ObjectReceived)]
+    assert objects and sum(len(e.payload) for e in objects) <= 64 * 1024
+    assert [e.object_id for e in objects] == list(range(100 - len(objects), 100))  # the newest kept
+    pair.server.send_object(sid, 100, b"after")
+    client_events, _ = pair.pump()
+    assert [e.object_id for e in client_events if isinstance(e, ev.ObjectReceived)] == [100]

@@ -8,6 +8,7 @@ raised to the caller.
 """
 
 import logging
+from collections import deque
 
 from ..codec.sentinel import NEED_DATA
 from . import events as ev
@@ -27,6 +28,8 @@ MAX_INCOMING_DATA_STREAMS = 256
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
 MAX_HELD_EVENTS = 2048
+# The same, in bytes of object payload held (the oldest go first). Default 8 MiB.
+MAX_HELD_BYTES = 8 * 1024 * 1024
 
 
 _last_encoded: list = [None, None, -1, b""]  # payload, extensions, delta, bytes
@@ -41,6 +44,11 @@ def _encoded_object(delta: int, payload, extensions) -> bytes:
     data = wire.encode_object(delta, payload, extensions, with_extensions=True) + bytes(payload)
     c[0], c[1], c[2], c[3] = payload, extensions, delta, data
     return data
+
+
+def _held_size(event) -> int:
+    payload = getattr(event, "payload", None)
+    return 0 if payload is None else len(payload)
 
 
 def _text(parts) -> tuple[str, ...]:
@@ -71,7 +79,8 @@ class MoqSession:
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._fetch_stream_requests: dict[int, int] = {}  # their stream id -> the FETCH's request id
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
-        self._held: list = []  # data events waiting for their alias
+        self._held: deque = deque()  # data events waiting for their alias
+        self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
         self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
 
@@ -356,20 +365,23 @@ class MoqSession:
     def _hold_unknown(self, events: list) -> list:
         """Pass on data events of known aliases; hold the others until their alias is named."""
         out = []
+        held = self._held
         for e in events:
             if e.track_alias in self._known_aliases:
                 out.append(e)
             else:
-                self._held.append(e)
-        if len(self._held) > MAX_HELD_EVENTS:
-            del self._held[: len(self._held) - MAX_HELD_EVENTS]
+                held.append(e)
+                self._held_bytes += _held_size(e)
+        while held and (len(held) > MAX_HELD_EVENTS or self._held_bytes > MAX_HELD_BYTES):
+            self._held_bytes -= _held_size(held.popleft())
         return out
 
     def _release(self, alias: int) -> list:
         self._known_aliases.add(alias)
         released = [e for e in self._held if e.track_alias == alias]
         if released:
-            self._held = [e for e in self._held if e.track_alias != alias]
+            self._held = deque(e for e in self._held if e.track_alias != alias)
+            self._held_bytes = sum(_held_size(e) for e in self._held)
         return released
 
     def _on_request_stream(self, stream_id: int, data: bytes, end_stream: bool) -> list:
