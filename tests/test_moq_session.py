@@ -135,3 +135,44 @@ def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path, monkeyp
     pair.server.send_object(sid, 100, b"after")
     client_events, _ = pair.pump()
     assert [e.object_id for e in client_events if isinstance(e, ev.ObjectReceived)] == [100]
+
+
+def _partial_object_stream(alias: int, group: int, size: int, sent: int) -> bytes:
+    """A subgroup stream's header and the start of one object: ``sent`` of its ``size`` bytes."""
+    header = wire.SubgroupHeader(alias, group, 0, 128, extensions=False, end_of_group=True).encode()
+    return header + wire.encode_varint(0) + wire.encode_varint(size) + b"x" * sent
+
+
+def test_stream_data_buffered_by_a_session_is_capped_in_bytes(tmp_path, monkeypatch):
+    """Partial objects on many streams at once: past MAX_STREAM_BUFFER the session is closed."""
+    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    for group in range(10):  # 10 objects of 100 KB, each half sent and never finished: 500 KB
+        sid = pair.client_quic.get_next_available_stream_id(is_unidirectional=True)
+        pair.client_quic.send_stream_data(sid, _partial_object_stream(1, group, 100_000, 50_000))
+    client_events, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION
+    assert "MAX_STREAM_BUFFER" in closed.reason
+
+
+def test_complete_objects_do_not_count_against_the_stream_buffer(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 1)
+    # 5 streams at once, 2 MB in all, in 30 KB objects: at most 5 partial objects are buffered
+    sids = [pair.server.open_subgroup(1, group) for group in range(5)]
+    for object_id in range(14):
+        for sid in sids:
+            pair.server.send_object(sid, object_id, b"y" * 30_000)
+    for sid in sids:
+        pair.server.end_subgroup(sid)
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None
+    assert sum(isinstance(e, ev.ObjectReceived) for e in client_events) == 70
+    assert sum(isinstance(e, ev.SubgroupEnded) for e in client_events) == 5
+    assert pair.client._stream_buffer_bytes == 0

@@ -25,6 +25,10 @@ MAX_REQUESTS = 1000
 MAX_CONTROL_BUFFER = 2 * 0x10000
 # Data streams a peer may have open towards us at once before we refuse new ones.
 MAX_INCOMING_DATA_STREAMS = 256
+# Bytes a session buffers from the peer's streams before they parse (partial objects on data
+# streams, partial requests on request streams), all streams together; past it the session is
+# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB.
+MAX_STREAM_BUFFER = 32 * 1024 * 1024
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
 MAX_HELD_EVENTS = 2048
@@ -69,6 +73,7 @@ class MoqSession:
         self.closed = False
         self._control_buf = bytearray()
         self._data_streams: dict[int, wire.SubgroupStreamParser | wire.FetchStreamParser] = {}
+        self._stream_buffer_bytes = 0  # unparsed bytes of all the peer's streams (MAX_STREAM_BUFFER)
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._max_requests = max_requests
@@ -317,13 +322,14 @@ class MoqSession:
         if isinstance(parser, wire.FetchStreamParser):
             return self._on_fetch_stream(stream_id, parser, data, end_stream)
         out = []
-        for item in parser.feed(data):
+        for item in self._feed(parser, data):
             if isinstance(item, wire.SubgroupObject):
                 h = parser.header
                 out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
                                              item.payload, item.extensions, item.status, h.priority))
         if end_stream:
             del self._data_streams[stream_id]
+            self._stream_buffer_bytes -= parser.buffered
             if parser.header is not None:
                 if parser.buffered:
                     raise MoqProtocolError("subgroup stream ended inside an object")
@@ -333,7 +339,7 @@ class MoqSession:
 
     def _on_fetch_stream(self, stream_id: int, parser: wire.FetchStreamParser, data: bytes, end_stream: bool) -> list:
         out = []
-        for item in parser.feed(data):
+        for item in self._feed(parser, data):
             if isinstance(item, wire.FetchObject):
                 out.append(ev.FetchObjectReceived(parser.request_id, item.group_id, item.subgroup_id, item.object_id,
                                                   item.payload, item.extensions, item.priority))
@@ -341,20 +347,35 @@ class MoqSession:
                 out.append(ev.FetchRangeUnavailable(parser.request_id, item.group_id, item.object_id, item.unknown))
         if end_stream:
             del self._data_streams[stream_id]
+            self._stream_buffer_bytes -= parser.buffered
             if parser.request_id is None or parser.buffered:
                 raise MoqProtocolError("fetch stream ended inside its header or an object")
             out.append(ev.FetchEnded(parser.request_id))
         return out
 
+    def _feed(self, parser, data: bytes) -> list:
+        before = parser.buffered
+        items = parser.feed(data)
+        self._add_stream_buffer(parser.buffered - before)
+        return items
+
+    def _add_stream_buffer(self, n: int) -> None:
+        self._stream_buffer_bytes += n
+        if self._stream_buffer_bytes > MAX_STREAM_BUFFER:
+            raise MoqProtocolError(f"MAX_STREAM_BUFFER exceeded: {self._stream_buffer_bytes} > {MAX_STREAM_BUFFER} "
+                                   "bytes of unfinished objects and requests buffered from the peer's streams")
+
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
         if not stream_id & 0x2:  # a request stream: the peer gave up its SUBSCRIBE_NAMESPACE
-            self._request_streams.pop(stream_id, None)
+            self._stream_buffer_bytes -= len(self._request_streams.pop(stream_id, b""))
             request_id = self._namespace_streams.pop(stream_id, None)
             if request_id is None:
                 return []
             self._request_closed(request_id)
             return [ev.NamespaceUnsubscribed(stream_id)]
         parser = self._data_streams.pop(stream_id, None)
+        if parser is not None:
+            self._stream_buffer_bytes -= parser.buffered
         if isinstance(parser, wire.FetchStreamParser):
             return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
         if parser is None or parser.header is None:
@@ -396,6 +417,7 @@ class MoqSession:
                     raise MoqProtocolError("too many request streams", SessionError.TOO_MANY_REQUESTS)
                 buf = self._request_streams[stream_id] = bytearray()
             buf += data
+            self._add_stream_buffer(len(data))
             r = wire.decode_control_message(buf, 0)
             if r is NEED_DATA:
                 if len(buf) > MAX_CONTROL_BUFFER or end_stream:
@@ -403,6 +425,7 @@ class MoqSession:
                 return out
             msg, _ = r
             del self._request_streams[stream_id]
+            self._stream_buffer_bytes -= len(buf)
             if not isinstance(msg, wire.SubscribeNamespace):
                 raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE_NAMESPACE)
