@@ -2,6 +2,7 @@
 # The reader works on raw pointers into bytearray blocks it owns and never resizes.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from libc.string cimport memcpy
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
 from rtmpq.codec.chunk import (
@@ -32,7 +33,7 @@ cdef class ChunkReader:
     cdef unsigned int _last_stream_id
     cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
     cdef readonly unsigned int chunk_size
-    cdef readonly unsigned long long bytes_received, chunks_parsed
+    cdef readonly unsigned long long bytes_received, chunks_parsed, bytes_moved
 
     def __init__(self, *, max_message_size=_MAX_MESSAGE_SIZE, max_partial_bytes=_MAX_PARTIAL_BYTES,
                  max_chunk_streams=_MAX_CHUNK_STREAMS, min_chunk_size=_MIN_CHUNK_SIZE):
@@ -43,6 +44,7 @@ cdef class ChunkReader:
         self.chunk_size = 128
         self.bytes_received = 0
         self.chunks_parsed = 0
+        self.bytes_moved = 0
         self._set_block(bytearray(_BLOCK_SIZE))
         self._start = 0
         self._end = 0
@@ -58,10 +60,11 @@ cdef class ChunkReader:
     def get_buffer(self, Py_ssize_t sizehint=-1):
         cdef bytearray fresh
         cdef Py_ssize_t tail
-        if self._size - self._end < _MIN_FREE:
-            tail = self._end - self._start
-            fresh = bytearray(max(_BLOCK_SIZE, tail + _MIN_FREE))
-            fresh[:tail] = self._block[self._start:self._end]
+        tail = self._end - self._start
+        if self._size - self._end < _MIN_FREE or (self._size > _BLOCK_SIZE and 2 * tail + _MIN_FREE <= _BLOCK_SIZE):
+            fresh = bytearray(max(_BLOCK_SIZE, 2 * tail + _MIN_FREE))
+            memcpy(PyByteArray_AS_STRING(fresh), self._buf + self._start, tail)
+            self.bytes_moved += tail
             self._set_block(fresh)
             self._start = 0
             self._end = tail
@@ -186,8 +189,8 @@ cdef class ChunkReader:
         st.ext_value = ext_value
         self._start = p + n
         self.chunks_parsed += 1
-        payload = memoryview(self._block)[p:p + n]
         if received + n < length:
+            payload = memoryview(self._block)[p:p + n]
             if st.parts is None:
                 st.parts = [payload]
             else:
@@ -198,9 +201,9 @@ cdef class ChunkReader:
                 raise _LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
         if st.parts is None:
-            body = payload
+            body = memoryview(self._block)[p:p + n]
         else:
-            st.parts.append(payload)
+            st.parts.append(memoryview(self._block)[p:p + n])
             body = b"".join(st.parts)
             self._partial_bytes -= received
             st.parts = None

@@ -163,3 +163,36 @@ def test_garbage_never_raises_anything_but_protocol_errors():
             parse(data, step=rng.randrange(1, 50))
         except RemoteProtocolError:
             pass
+
+
+def _feed_in_reads(r, data: bytes, read_size: int) -> list:
+    """Feed as asyncio's BufferedProtocol does (get_buffer, then buffer_updated), parsing after each read."""
+    out = []
+    for pos in range(0, len(data), read_size):
+        piece = data[pos : pos + read_size]
+        buf = r.get_buffer(len(piece))
+        n = min(len(buf), len(piece))
+        assert n == len(piece)
+        buf[:n] = piece
+        r.buffer_updated(n)
+        while (m := r.next_message()) is not NEED_DATA:
+            out.append(m)
+    return out
+
+
+def test_a_16_mb_chunk_read_4_kb_at_a_time_is_moved_a_linear_number_of_bytes():
+    """Set Chunk Size 0xFFFFFF and one 16 MB message: while the chunk is incomplete the unparsed
+    tail moves to fresh blocks; the bytes moved must stay a small multiple of the message (they
+    grew with its square when each fresh block had only MIN_FREE more room)."""
+    size = 16_000_000
+    r = ChunkReader(max_message_size=size, max_partial_bytes=size)
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, (0xFFFFFF).to_bytes(4, "big"))
+    w.chunk_size = 0xFFFFFF
+    body = bytes(range(256)) * (size // 256)
+    data += w.write(6, 0, 9, 1, body) + w.write(4, 0, 8, 1, b"after")
+    msgs = _feed_in_reads(r, data, 4096)
+    assert [m.type_id for m in msgs] == [1, 9, 8]
+    assert bytes(msgs[1].body) == body and bytes(msgs[2].body) == b"after"
+    assert r.bytes_moved <= 2 * size
+

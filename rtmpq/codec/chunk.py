@@ -2,9 +2,12 @@
 
 Bytes are received into blocks the reader owns (``get_buffer``/``buffer_updated``, the
 asyncio.BufferedProtocol contract). A block is never resized or reused: when it is full, a fresh
-block takes over the unparsed tail, so views handed out stay valid. A message that fits in one
-chunk is returned as a view into its block; a message of several chunks is joined once from the
-views of its chunk payloads (no preallocation by declared length).
+block takes over the unparsed tail, so views handed out stay valid. While one chunk outgrows its
+block (Set Chunk Size up to 0xFFFFFF) each fresh block doubles, so a chunk of n bytes is moved
+O(n) bytes in all (``bytes_moved`` counts them); an oversized block is left as soon as the tail
+fits a normal one. A message that fits in one chunk is returned as a view into its block; a
+message of several chunks is joined once from the views of its chunk payloads (no preallocation
+by declared length).
 
 Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-inputs.md):
 - fmt 1 on a csid never seen (librtmp) is accepted: the message stream id is taken from the most
@@ -68,6 +71,7 @@ class ChunkReader:
         self.chunk_size = 128
         self.bytes_received = 0
         self.chunks_parsed = 0
+        self.bytes_moved = 0  # unparsed bytes copied from a full block into a fresh one
         self._block = bytearray(BLOCK_SIZE)
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
@@ -77,11 +81,16 @@ class ChunkReader:
 
     # -- receiving ------------------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        if len(self._block) - self._end < MIN_FREE:
-            tail = self._block[self._start : self._end]
-            self._block = bytearray(max(BLOCK_SIZE, len(tail) + MIN_FREE))
-            self._block[: len(tail)] = tail
-            self._start, self._end = 0, len(tail)
+        size = len(self._block)
+        tail = self._end - self._start
+        if size - self._end < MIN_FREE or (size > BLOCK_SIZE and 2 * tail + MIN_FREE <= BLOCK_SIZE):
+            # a fresh block takes the unparsed tail: twice the tail while one chunk outgrows its
+            # block (moves stay linear), back to BLOCK_SIZE once the tail is small
+            block = bytearray(max(BLOCK_SIZE, 2 * tail + MIN_FREE))
+            block[:tail] = memoryview(self._block)[self._start : self._end]
+            self.bytes_moved += tail
+            self._block = block
+            self._start, self._end = 0, tail
         return memoryview(self._block)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
