@@ -2,6 +2,7 @@
 # The reader works on raw pointers into bytearray blocks it owns and never resizes.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcpy
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
@@ -9,10 +10,12 @@ from rtmpq.codec.chunk import (
     MAX_MESSAGE_SIZE as _MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES as _MAX_PARTIAL_BYTES,
     MAX_CHUNK_STREAMS as _MAX_CHUNK_STREAMS, MIN_CHUNK_SIZE as _MIN_CHUNK_SIZE,
     MAX_CHUNK_SIZE as _MAX_CHUNK_SIZE_PY, BLOCK_SIZE as _BLOCK_SIZE_PY, MIN_FREE as _MIN_FREE_PY,
+    MAX_PIN_FACTOR as _MAX_PIN_FACTOR_PY,
 )
 
 cdef Py_ssize_t _BLOCK_SIZE = _BLOCK_SIZE_PY
 cdef Py_ssize_t _MIN_FREE = _MIN_FREE_PY
+cdef Py_ssize_t _MAX_PIN_FACTOR = _MAX_PIN_FACTOR_PY
 cdef unsigned int _MAX_CHUNK_SIZE = _MAX_CHUNK_SIZE_PY
 cdef object _NEED_DATA = NEED_DATA
 cdef int[4] _HEADER_SIZES = [11, 7, 3, 0]
@@ -201,7 +204,10 @@ cdef class ChunkReader:
                 raise _LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
         if st.parts is None:
-            body = memoryview(self._block)[p:p + n]
+            if n * _MAX_PIN_FACTOR >= self._size:
+                body = memoryview(self._block)[p:p + n]
+            else:  # small: a copy, not a view that would pin the whole block
+                body = PyBytes_FromStringAndSize(<char*>buf + p, n)
         else:
             st.parts.append(memoryview(self._block)[p:p + n])
             body = b"".join(st.parts)

@@ -5,9 +5,10 @@ asyncio.BufferedProtocol contract). A block is never resized or reused: when it 
 block takes over the unparsed tail, so views handed out stay valid. While one chunk outgrows its
 block (Set Chunk Size up to 0xFFFFFF) each fresh block doubles, so a chunk of n bytes is moved
 O(n) bytes in all (``bytes_moved`` counts them); an oversized block is left as soon as the tail
-fits a normal one. A message that fits in one chunk is returned as a view into its block; a
-message of several chunks is joined once from the views of its chunk payloads (no preallocation
-by declared length).
+fits a normal one. A message that fits in one chunk is returned as a view into its block when it
+fills at least 1/MAX_PIN_FACTOR of it, else copied out (a small view would pin the whole block);
+a message of several chunks is joined once from the views of its chunk payloads (no
+preallocation by declared length).
 
 Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-inputs.md):
 - fmt 1 on a csid never seen (librtmp) is accepted: the message stream id is taken from the most
@@ -41,6 +42,9 @@ MAX_CHUNK_SIZE = 0xFFFFFF
 # Receive block size, and the free space below which get_buffer starts a fresh block.
 BLOCK_SIZE = 256 * 1024
 MIN_FREE = 16 * 1024
+# A single-chunk body smaller than 1/MAX_PIN_FACTOR of its receive block is copied out rather
+# than handed on as a view, so a body held alive pins at most this many times its own size.
+MAX_PIN_FACTOR = 4
 
 _HEADER_SIZES = (11, 7, 3, 0)
 
@@ -218,7 +222,7 @@ class ChunkReader:
                 raise LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
         if st.parts is None:
-            body = payload
+            body = payload if n * MAX_PIN_FACTOR >= len(buf) else bytes(payload)
         else:
             st.parts.append(payload)
             body = b"".join(st.parts)
