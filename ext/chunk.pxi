@@ -25,6 +25,22 @@ cdef class _CChunkStream:
     cdef unsigned int timestamp, delta, length, type_id, stream_id, ext_value, received
     cdef bint extended
     cdef list parts  # None when no message is in progress
+    cdef object block  # the block of the newest part
+    cdef Py_ssize_t pinned  # bytes of blocks left behind that hold earlier parts
+
+
+cdef void _gather(_CChunkStream st):
+    cdef bytearray acc
+    cdef list parts = st.parts
+    if type(parts[0]) is bytearray:
+        acc = parts[0]
+        parts = parts[1:]
+    else:
+        acc = bytearray()
+    for part in parts:
+        acc += part
+    st.parts = [acc]
+    st.pinned = 0
 
 
 cdef class ChunkReader:
@@ -196,7 +212,14 @@ cdef class ChunkReader:
             payload = memoryview(self._block)[p:p + n]
             if st.parts is None:
                 st.parts = [payload]
+                st.block = self._block
+                st.pinned = 0
             else:
+                if st.block is not self._block:
+                    st.pinned += len(st.block)
+                    st.block = self._block
+                    if st.pinned > _MAX_PIN_FACTOR * received:
+                        _gather(st)
                 st.parts.append(payload)
             st.received = received + n
             self._partial_bytes += n
@@ -213,6 +236,7 @@ cdef class ChunkReader:
             body = b"".join(st.parts)
             self._partial_bytes -= received
             st.parts = None
+            st.block = None
             st.received = 0
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
@@ -237,4 +261,5 @@ cdef class ChunkReader:
                 if st.parts is not None:
                     self._partial_bytes -= st.received
                     st.parts = None
+                    st.block = None
                     st.received = 0

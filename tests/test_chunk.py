@@ -169,12 +169,12 @@ def test_garbage_never_raises_anything_but_protocol_errors():
 def _feed_in_reads(r, data: bytes, read_size: int) -> list:
     """Feed as asyncio's BufferedProtocol does (get_buffer, then buffer_updated), parsing after each read."""
     out = []
-    for pos in range(0, len(data), read_size):
-        piece = data[pos : pos + read_size]
-        buf = r.get_buffer(len(piece))
-        n = min(len(buf), len(piece))
-        assert n == len(piece)
-        buf[:n] = piece
+    pos = 0
+    while pos < len(data):
+        buf = r.get_buffer(read_size)
+        n = min(len(buf), read_size, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        pos += n
         r.buffer_updated(n)
         while (m := r.next_message()) is not NEED_DATA:
             out.append(m)
@@ -223,3 +223,28 @@ def test_a_single_chunk_body_that_fills_much_of_its_block_stays_a_view():
     big = _feed_in_reads(r, data, 4096)[1]
     assert isinstance(big.body, memoryview) and len(big.body) == 200_000
     assert len(big.body.obj) <= MAX_PIN_FACTOR * len(big.body)
+
+
+def test_a_message_in_flight_does_not_pin_a_block_per_chunk():
+    """Chunks of one message spread thin over many receive blocks (each followed by 256 KiB of
+    other messages, let go): the incomplete message must not keep every block alive."""
+    import tracemalloc
+
+    w = ChunkWriter(128)
+    head = w.write(4, 0, 9, 1, b"a" * 128 * 61)  # one message, 61 chunks of 128 bytes
+    first = len(head) - 60 * 129  # 12-byte header + 128; then 1-byte headers + 128
+    chunks = [head[:first]] + [head[first + 129 * i : first + 129 * (i + 1)] for i in range(60)]
+    filler = b"".join(w.write(5, 0, 8, 1, b"f" * 100) for _ in range(2300))  # ~256 KiB of small messages
+    r = ChunkReader()
+    tracemalloc.start()
+    try:
+        for chunk in chunks[:-1]:
+            for m in _feed_in_reads(r, chunk + filler, 65536):
+                assert m.csid == 5
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # 60 blocks of 256 KiB if each part pinned its block; the reader's own block and a few more if not
+    assert held < 3 * 1024 * 1024, f"{held} bytes held for a message of {60 * 128} bytes in progress"
+    [msg] = _feed_in_reads(r, chunks[-1], 65536)
+    assert bytes(msg.body) == b"a" * 128 * 61

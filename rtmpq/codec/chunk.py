@@ -8,7 +8,9 @@ O(n) bytes in all (``bytes_moved`` counts them); an oversized block is left as s
 fits a normal one. A message that fits in one chunk is returned as a view into its block when it
 fills at least 1/MAX_PIN_FACTOR of it, else copied out (a small view would pin the whole block);
 a message of several chunks is joined once from the views of its chunk payloads (no
-preallocation by declared length).
+preallocation by declared length). If those views, spread thin, would keep more than
+MAX_PIN_FACTOR times their bytes alive in blocks the reader has left, they are first gathered
+into one buffer of the message's own.
 
 Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-inputs.md):
 - fmt 1 on a csid never seen (librtmp) is accepted: the message stream id is taken from the most
@@ -51,7 +53,7 @@ _HEADER_SIZES = (11, 7, 3, 0)
 
 class _ChunkStream:
     __slots__ = ("timestamp", "delta", "length", "type_id", "stream_id", "extended", "ext_value",
-                 "parts", "received")
+                 "parts", "received", "block", "pinned")
 
     def __init__(self) -> None:
         self.timestamp = 0
@@ -63,6 +65,8 @@ class _ChunkStream:
         self.ext_value = 0
         self.parts = None  # list of payload views while a message is incomplete, else None
         self.received = 0
+        self.block = None  # the block of the newest part
+        self.pinned = 0  # bytes of blocks left behind that hold earlier parts
 
 
 class ChunkReader:
@@ -214,7 +218,14 @@ class ChunkReader:
         if received + n < length:
             if st.parts is None:
                 st.parts = [payload]
+                st.block = buf
+                st.pinned = 0
             else:
+                if st.block is not buf:  # earlier parts stay in a block the reader has left
+                    st.pinned += len(st.block)
+                    st.block = buf
+                    if st.pinned > MAX_PIN_FACTOR * received:
+                        _gather(st)
                 st.parts.append(payload)
             st.received = received + n
             self._partial_bytes += n
@@ -227,7 +238,7 @@ class ChunkReader:
             st.parts.append(payload)
             body = b"".join(st.parts)
             self._partial_bytes -= received
-            st.parts = None
+            st.parts = st.block = None
             st.received = 0
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
@@ -248,5 +259,20 @@ class ChunkReader:
             st = self._streams.get(value)
             if st is not None and st.parts is not None:
                 self._partial_bytes -= st.received
-                st.parts = None
+                st.parts = st.block = None
                 st.received = 0
+
+
+def _gather(st: _ChunkStream) -> None:
+    """Copy the parts of an incomplete message into one buffer of its own (appended to, so each
+    byte is gathered once), freeing the blocks they pinned."""
+    parts = st.parts
+    if type(parts[0]) is bytearray:
+        acc = parts[0]
+        parts = parts[1:]
+    else:
+        acc = bytearray()
+    for part in parts:
+        acc += part
+    st.parts = [acc]
+    st.pinned = 0
