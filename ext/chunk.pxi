@@ -2,16 +2,20 @@
 # The reader works on raw pointers into bytearray blocks it owns and never resizes.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.string cimport memcpy
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
 from rtmpq.codec.chunk import (
     MAX_MESSAGE_SIZE as _MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES as _MAX_PARTIAL_BYTES,
     MAX_CHUNK_STREAMS as _MAX_CHUNK_STREAMS, MIN_CHUNK_SIZE as _MIN_CHUNK_SIZE,
     MAX_CHUNK_SIZE as _MAX_CHUNK_SIZE_PY, BLOCK_SIZE as _BLOCK_SIZE_PY, MIN_FREE as _MIN_FREE_PY,
+    MAX_PIN_FACTOR as _MAX_PIN_FACTOR_PY,
 )
 
 cdef Py_ssize_t _BLOCK_SIZE = _BLOCK_SIZE_PY
 cdef Py_ssize_t _MIN_FREE = _MIN_FREE_PY
+cdef Py_ssize_t _MAX_PIN_FACTOR = _MAX_PIN_FACTOR_PY
 cdef unsigned int _MAX_CHUNK_SIZE = _MAX_CHUNK_SIZE_PY
 cdef object _NEED_DATA = NEED_DATA
 cdef int[4] _HEADER_SIZES = [11, 7, 3, 0]
@@ -21,6 +25,22 @@ cdef class _CChunkStream:
     cdef unsigned int timestamp, delta, length, type_id, stream_id, ext_value, received
     cdef bint extended
     cdef list parts  # None when no message is in progress
+    cdef object block  # the block of the newest part
+    cdef Py_ssize_t pinned  # bytes of blocks left behind that hold earlier parts
+
+
+cdef void _gather(_CChunkStream st):
+    cdef bytearray acc
+    cdef list parts = st.parts
+    if type(parts[0]) is bytearray:
+        acc = parts[0]
+        parts = parts[1:]
+    else:
+        acc = bytearray()
+    for part in parts:
+        acc += part
+    st.parts = [acc]
+    st.pinned = 0
 
 
 cdef class ChunkReader:
@@ -32,7 +52,7 @@ cdef class ChunkReader:
     cdef unsigned int _last_stream_id
     cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
     cdef readonly unsigned int chunk_size
-    cdef readonly unsigned long long bytes_received, chunks_parsed
+    cdef readonly unsigned long long bytes_received, chunks_parsed, bytes_moved
 
     def __init__(self, *, max_message_size=_MAX_MESSAGE_SIZE, max_partial_bytes=_MAX_PARTIAL_BYTES,
                  max_chunk_streams=_MAX_CHUNK_STREAMS, min_chunk_size=_MIN_CHUNK_SIZE):
@@ -43,6 +63,7 @@ cdef class ChunkReader:
         self.chunk_size = 128
         self.bytes_received = 0
         self.chunks_parsed = 0
+        self.bytes_moved = 0
         self._set_block(bytearray(_BLOCK_SIZE))
         self._start = 0
         self._end = 0
@@ -58,10 +79,11 @@ cdef class ChunkReader:
     def get_buffer(self, Py_ssize_t sizehint=-1):
         cdef bytearray fresh
         cdef Py_ssize_t tail
-        if self._size - self._end < _MIN_FREE:
-            tail = self._end - self._start
-            fresh = bytearray(max(_BLOCK_SIZE, tail + _MIN_FREE))
-            fresh[:tail] = self._block[self._start:self._end]
+        tail = self._end - self._start
+        if self._size - self._end < _MIN_FREE or (self._size > _BLOCK_SIZE and 2 * tail + _MIN_FREE <= _BLOCK_SIZE):
+            fresh = bytearray(max(_BLOCK_SIZE, 2 * tail + _MIN_FREE))
+            memcpy(PyByteArray_AS_STRING(fresh), self._buf + self._start, tail)
+            self.bytes_moved += tail
             self._set_block(fresh)
             self._start = 0
             self._end = tail
@@ -186,11 +208,18 @@ cdef class ChunkReader:
         st.ext_value = ext_value
         self._start = p + n
         self.chunks_parsed += 1
-        payload = memoryview(self._block)[p:p + n]
         if received + n < length:
+            payload = memoryview(self._block)[p:p + n]
             if st.parts is None:
                 st.parts = [payload]
+                st.block = self._block
+                st.pinned = 0
             else:
+                if st.block is not self._block:
+                    st.pinned += len(st.block)
+                    st.block = self._block
+                    if st.pinned > _MAX_PIN_FACTOR * received:
+                        _gather(st)
                 st.parts.append(payload)
             st.received = received + n
             self._partial_bytes += n
@@ -198,12 +227,16 @@ cdef class ChunkReader:
                 raise _LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
         if st.parts is None:
-            body = payload
+            if n * _MAX_PIN_FACTOR >= self._size:
+                body = memoryview(self._block)[p:p + n]
+            else:  # small: a copy, not a view that would pin the whole block
+                body = PyBytes_FromStringAndSize(<char*>buf + p, n)
         else:
-            st.parts.append(payload)
+            st.parts.append(memoryview(self._block)[p:p + n])
             body = b"".join(st.parts)
             self._partial_bytes -= received
             st.parts = None
+            st.block = None
             st.received = 0
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
@@ -228,4 +261,5 @@ cdef class ChunkReader:
                 if st.parts is not None:
                     self._partial_bytes -= st.received
                     st.parts = None
+                    st.block = None
                     st.received = 0

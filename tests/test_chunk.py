@@ -3,7 +3,7 @@
 import pytest
 
 from rtmpq.codec import NEED_DATA, ChunkReader
-from rtmpq.codec.chunk import MAX_CHUNK_STREAMS
+from rtmpq.codec.chunk import MAX_CHUNK_STREAMS, MAX_PIN_FACTOR
 from rtmpq.errors import LimitExceeded, RemoteProtocolError
 from rtmpq.rtmp.chunk_writer import ChunkWriter
 
@@ -141,17 +141,18 @@ def test_too_many_chunk_streams():
 
 def test_single_chunk_bodies_are_views_of_the_receive_block_and_big_ones_are_joined_once():
     r = ChunkReader()
-    w = ChunkWriter(4096)
-    data = ChunkWriter(128).write(2, 0, 1, 0, (4096).to_bytes(4, "big"))
-    data += w.write(6, 0, 9, 1, b"s" * 1000) + w.write(6, 40, 9, 1, b"m" * 10000)
+    w = ChunkWriter(100_000)
+    data = ChunkWriter(128).write(2, 0, 1, 0, (100_000).to_bytes(4, "big"))
+    data += w.write(6, 0, 9, 1, b"s" * 1000) + w.write(6, 40, 9, 1, b"l" * 90_000) + w.write(6, 80, 9, 1, b"m" * 150_000)
     buf = r.get_buffer(len(data))
     buf[: len(data)] = data
     r.buffer_updated(len(data))
     r.next_message()
-    small, big = r.next_message(), r.next_message()
-    assert isinstance(small.body, memoryview) and small.body.obj is buf.obj  # no copy at all
-    assert isinstance(big.body, bytes) and len(big.body) == 10000  # one copy, by join
-    assert r.chunks_parsed == 1 + 1 + 3
+    small, large, big = r.next_message(), r.next_message(), r.next_message()
+    assert isinstance(small.body, bytes) and small.body == b"s" * 1000  # copied: a view would pin the block
+    assert isinstance(large.body, memoryview) and large.body.obj is buf.obj  # no copy at all
+    assert isinstance(big.body, bytes) and len(big.body) == 150_000  # one copy, by join
+    assert r.chunks_parsed == 1 + 1 + 1 + 2
 
 
 def test_garbage_never_raises_anything_but_protocol_errors():
@@ -163,3 +164,87 @@ def test_garbage_never_raises_anything_but_protocol_errors():
             parse(data, step=rng.randrange(1, 50))
         except RemoteProtocolError:
             pass
+
+
+def _feed_in_reads(r, data: bytes, read_size: int) -> list:
+    """Feed as asyncio's BufferedProtocol does (get_buffer, then buffer_updated), parsing after each read."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        buf = r.get_buffer(read_size)
+        n = min(len(buf), read_size, len(data) - pos)
+        buf[:n] = data[pos : pos + n]
+        pos += n
+        r.buffer_updated(n)
+        while (m := r.next_message()) is not NEED_DATA:
+            out.append(m)
+    return out
+
+
+def test_a_16_mb_chunk_read_4_kb_at_a_time_is_moved_a_linear_number_of_bytes():
+    """Set Chunk Size 0xFFFFFF and one 16 MB message: while the chunk is incomplete the unparsed
+    tail moves to fresh blocks; the bytes moved must stay a small multiple of the message (they
+    grew with its square when each fresh block had only MIN_FREE more room)."""
+    size = 16_000_000
+    r = ChunkReader(max_message_size=size, max_partial_bytes=size)
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, (0xFFFFFF).to_bytes(4, "big"))
+    w.chunk_size = 0xFFFFFF
+    body = bytes(range(256)) * (size // 256)
+    data += w.write(6, 0, 9, 1, body) + w.write(4, 0, 8, 1, b"after")
+    msgs = _feed_in_reads(r, data, 4096)
+    assert [m.type_id for m in msgs] == [1, 9, 8]
+    assert bytes(msgs[1].body) == body and bytes(msgs[2].body) == b"after"
+    assert r.bytes_moved <= 2 * size
+
+
+def test_small_messages_held_alive_pin_about_their_own_size():
+    """Bodies are views into 256 KiB receive blocks; a small one held alive must not keep a whole
+    block alive (byte limits on held frames would not bound memory)."""
+    r = ChunkReader()
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, (65536).to_bytes(4, "big"))
+    w.chunk_size = 65536
+    for i in range(200):  # small messages kept (audio), each followed by a big one let go
+        data += w.write(4, i, 8, 1, bytes([i]) * 100) + w.write(6, i, 9, 1, b"v" * 60_000)
+    held = [m.body for m in _feed_in_reads(r, data, 4096) if m.type_id == 8]
+    assert len(held) == 200
+    owners = {id(o): o for o in (b.obj if isinstance(b, memoryview) else b for b in held)}
+    pinned = sum(len(o) for o in owners.values())
+    assert pinned <= 2 * sum(len(b) for b in held), f"{pinned} bytes pinned by {len(held)} bodies of 100 bytes"
+
+
+def test_a_single_chunk_body_that_fills_much_of_its_block_stays_a_view():
+    r = ChunkReader()
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, (0xFFFFFF).to_bytes(4, "big"))
+    w.chunk_size = 0xFFFFFF
+    data += w.write(6, 0, 9, 1, b"i" * 200_000)
+    big = _feed_in_reads(r, data, 4096)[1]
+    assert isinstance(big.body, memoryview) and len(big.body) == 200_000
+    assert len(big.body.obj) <= MAX_PIN_FACTOR * len(big.body)
+
+
+def test_a_message_in_flight_does_not_pin_a_block_per_chunk():
+    """Chunks of one message spread thin over many receive blocks (each followed by 256 KiB of
+    other messages, let go): the incomplete message must not keep every block alive."""
+    import tracemalloc
+
+    w = ChunkWriter(128)
+    head = w.write(4, 0, 9, 1, b"a" * 128 * 61)  # one message, 61 chunks of 128 bytes
+    first = len(head) - 60 * 129  # 12-byte header + 128; then 1-byte headers + 128
+    chunks = [head[:first]] + [head[first + 129 * i : first + 129 * (i + 1)] for i in range(60)]
+    filler = b"".join(w.write(5, 0, 8, 1, b"f" * 100) for _ in range(2300))  # ~256 KiB of small messages
+    r = ChunkReader()
+    tracemalloc.start()
+    try:
+        for chunk in chunks[:-1]:
+            for m in _feed_in_reads(r, chunk + filler, 65536):
+                assert m.csid == 5
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # 60 blocks of 256 KiB if each part pinned its block; the reader's own block and a few more if not
+    assert held < 3 * 1024 * 1024, f"{held} bytes held for a message of {60 * 128} bytes in progress"
+    [msg] = _feed_in_reads(r, chunks[-1], 65536)
+    assert bytes(msg.body) == b"a" * 128 * 61

@@ -2,9 +2,15 @@
 
 Bytes are received into blocks the reader owns (``get_buffer``/``buffer_updated``, the
 asyncio.BufferedProtocol contract). A block is never resized or reused: when it is full, a fresh
-block takes over the unparsed tail, so views handed out stay valid. A message that fits in one
-chunk is returned as a view into its block; a message of several chunks is joined once from the
-views of its chunk payloads (no preallocation by declared length).
+block takes over the unparsed tail, so views handed out stay valid. While one chunk outgrows its
+block (Set Chunk Size up to 0xFFFFFF) each fresh block doubles, so a chunk of n bytes is moved
+O(n) bytes in all (``bytes_moved`` counts them); an oversized block is left as soon as the tail
+fits a normal one. A message that fits in one chunk is returned as a view into its block when it
+fills at least 1/MAX_PIN_FACTOR of it, else copied out (a small view would pin the whole block);
+a message of several chunks is joined once from the views of its chunk payloads (no
+preallocation by declared length). If those views, spread thin, would keep more than
+MAX_PIN_FACTOR times their bytes alive in blocks the reader has left, they are first gathered
+into one buffer of the message's own.
 
 Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-inputs.md):
 - fmt 1 on a csid never seen (librtmp) is accepted: the message stream id is taken from the most
@@ -38,13 +44,16 @@ MAX_CHUNK_SIZE = 0xFFFFFF
 # Receive block size, and the free space below which get_buffer starts a fresh block.
 BLOCK_SIZE = 256 * 1024
 MIN_FREE = 16 * 1024
+# A single-chunk body smaller than 1/MAX_PIN_FACTOR of its receive block is copied out rather
+# than handed on as a view, so a body held alive pins at most this many times its own size.
+MAX_PIN_FACTOR = 4
 
 _HEADER_SIZES = (11, 7, 3, 0)
 
 
 class _ChunkStream:
     __slots__ = ("timestamp", "delta", "length", "type_id", "stream_id", "extended", "ext_value",
-                 "parts", "received")
+                 "parts", "received", "block", "pinned")
 
     def __init__(self) -> None:
         self.timestamp = 0
@@ -56,6 +65,8 @@ class _ChunkStream:
         self.ext_value = 0
         self.parts = None  # list of payload views while a message is incomplete, else None
         self.received = 0
+        self.block = None  # the block of the newest part
+        self.pinned = 0  # bytes of blocks left behind that hold earlier parts
 
 
 class ChunkReader:
@@ -68,6 +79,7 @@ class ChunkReader:
         self.chunk_size = 128
         self.bytes_received = 0
         self.chunks_parsed = 0
+        self.bytes_moved = 0  # unparsed bytes copied from a full block into a fresh one
         self._block = bytearray(BLOCK_SIZE)
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
@@ -77,11 +89,16 @@ class ChunkReader:
 
     # -- receiving ------------------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        if len(self._block) - self._end < MIN_FREE:
-            tail = self._block[self._start : self._end]
-            self._block = bytearray(max(BLOCK_SIZE, len(tail) + MIN_FREE))
-            self._block[: len(tail)] = tail
-            self._start, self._end = 0, len(tail)
+        size = len(self._block)
+        tail = self._end - self._start
+        if size - self._end < MIN_FREE or (size > BLOCK_SIZE and 2 * tail + MIN_FREE <= BLOCK_SIZE):
+            # a fresh block takes the unparsed tail: twice the tail while one chunk outgrows its
+            # block (moves stay linear), back to BLOCK_SIZE once the tail is small
+            block = bytearray(max(BLOCK_SIZE, 2 * tail + MIN_FREE))
+            block[:tail] = memoryview(self._block)[self._start : self._end]
+            self.bytes_moved += tail
+            self._block = block
+            self._start, self._end = 0, tail
         return memoryview(self._block)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -201,7 +218,14 @@ class ChunkReader:
         if received + n < length:
             if st.parts is None:
                 st.parts = [payload]
+                st.block = buf
+                st.pinned = 0
             else:
+                if st.block is not buf:  # earlier parts stay in a block the reader has left
+                    st.pinned += len(st.block)
+                    st.block = buf
+                    if st.pinned > MAX_PIN_FACTOR * received:
+                        _gather(st)
                 st.parts.append(payload)
             st.received = received + n
             self._partial_bytes += n
@@ -209,12 +233,12 @@ class ChunkReader:
                 raise LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
         if st.parts is None:
-            body = payload
+            body = payload if n * MAX_PIN_FACTOR >= len(buf) else bytes(payload)
         else:
             st.parts.append(payload)
             body = b"".join(st.parts)
             self._partial_bytes -= received
-            st.parts = None
+            st.parts = st.block = None
             st.received = 0
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
@@ -235,5 +259,20 @@ class ChunkReader:
             st = self._streams.get(value)
             if st is not None and st.parts is not None:
                 self._partial_bytes -= st.received
-                st.parts = None
+                st.parts = st.block = None
                 st.received = 0
+
+
+def _gather(st: _ChunkStream) -> None:
+    """Copy the parts of an incomplete message into one buffer of its own (appended to, so each
+    byte is gathered once), freeing the blocks they pinned."""
+    parts = st.parts
+    if type(parts[0]) is bytearray:
+        acc = parts[0]
+        parts = parts[1:]
+    else:
+        acc = bytearray()
+    for part in parts:
+        acc += part
+    st.parts = [acc]
+    st.pinned = 0

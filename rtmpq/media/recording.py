@@ -2,10 +2,19 @@
 
 The file is ``<dir>/<app>/<key>-<UTC start>.flv``. The key has passed the session's allowlist
 (letters, digits, ``_.~-``), so it cannot climb out of ``dir``; we check that once more anyway.
+
+The disk is only touched by a thread of the recorder's own (opening, writing, closing), so a slow
+or stuck disk never holds up the event loop. Tags wait for it in a queue bounded in bytes; a
+recording that falls further behind, or whose disk fails, is stopped with an error log and the
+stream goes on. Bodies are queued as they come, without a copy: they are views into the chunk
+reader's receive blocks, which are never reused (or copies it made), so they stay valid.
 """
 
+import asyncio
 import logging
+import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from ..redact import safe_name
@@ -15,6 +24,14 @@ log = logging.getLogger("rtmpq.media")
 
 # "@setDataFrame" as an AMF0 string: publishers wrap onMetaData in it; FLV files store it without.
 _SET_DATA_FRAME = b"\x02\x00\x0d@setDataFrame"
+# Bytes of tags a recording may have waiting for the disk; past it the recording is stopped
+# (error log), never the stream. Default 32 MiB (about 20 s of a 12 Mbit/s stream).
+RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
+# Seconds close() waits for the writer thread to flush and close the file; a disk stuck longer is
+# left to the thread, which closes the file when the disk returns. Default 10 s.
+RECORDER_CLOSE_TIMEOUT = 10.0
+# Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
+_TAG_OVERHEAD = 15
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
@@ -32,20 +49,108 @@ def recording_path(directory: Path, broadcast: str, started: float) -> Path:
 
 
 class FlvRecorder:
-    def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None) -> None:
-        self.path = recording_path(Path(directory), broadcast, time.time() if started is None else started)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb", buffering=256 * 1024)
-        self._writer = FlvWriter(self._file, has_audio=True, has_video=True)
+    """``write`` queues a tag and returns at once; ``close`` (or ``await aclose()``) finalizes."""
+
+    def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None,
+                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES) -> None:
+        self.path: Path | None = None  # set by the writer thread once the file is open
         self.tags = 0
-        log.info("recording %s to %s", safe_name(broadcast), self.path.parent / f"…{self.path.suffix}")
+        self.stopped = False  # the disk failed or fell behind: nothing more is recorded
+        self.max_queued_bytes = max_queued_bytes
+        self._directory = Path(directory)
+        self._started = time.time() if started is None else started
+        self._name = safe_name(broadcast)
+        self._broadcast = broadcast
+        self._queue: deque = deque()
+        self._queued_bytes = 0
+        self._closing = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"rtmpq-recorder {self._name}", daemon=True)
+        self._thread.start()
 
     def write(self, type_id: int, timestamp: int, body) -> None:
+        if self.stopped or self._closing:
+            return
         if type_id == 18 and bytes(body[: len(_SET_DATA_FRAME)]) == _SET_DATA_FRAME:
             body = body[len(_SET_DATA_FRAME) :]
-        self._writer.write_tag(type_id, timestamp, body)
+        size = len(body) + _TAG_OVERHEAD
+        with self._wake:
+            if self._queued_bytes + size > self.max_queued_bytes:
+                self._stop_locked(f"the disk is {self._queued_bytes} bytes behind "
+                                  f"(RECORDER_MAX_QUEUED_BYTES {self.max_queued_bytes})")
+                return
+            self._queue.append((type_id, timestamp, body))
+            self._queued_bytes += size
+            self._wake.notify()
         self.tags += 1
 
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
+    def close(self, timeout: float = RECORDER_CLOSE_TIMEOUT) -> None:
+        """Flush what is queued and close the file; waits for the writer thread up to ``timeout``."""
+        self._begin_close()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("recording of %s: the disk did not finish within %g s; the file is closed when it does",
+                      self._name, timeout)
+
+    async def aclose(self) -> None:
+        """close() without blocking the event loop."""
+        self._begin_close()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def _begin_close(self) -> None:
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+
+    def _stop_locked(self, why: str) -> None:
+        """Stop recording (the stream goes on): drop what waits, let the thread close the file."""
+        if not self.stopped:
+            self.stopped = True
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._wake.notify()
+            log.error("recording of %s stopped: %s", self._name, why)
+
+    # -- the writer thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        file = None
+        try:
+            self.path = recording_path(self._directory, self._broadcast, self._started)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(self.path, "wb", buffering=256 * 1024)
+            writer = FlvWriter(file, has_audio=True, has_video=True)
+            log.info("recording %s to %s", self._name, self.path.parent / f"…{self.path.suffix}")
+            while True:
+                with self._wake:
+                    while not self._queue and not self._closing and not self.stopped:
+                        self._wake.wait()
+                    if self.stopped or (self._closing and not self._queue):
+                        break
+                    batch = list(self._queue)
+                    self._queue.clear()
+                done = 0
+                for type_id, timestamp, body in batch:
+                    if self.stopped:
+                        break
+                    writer.write_tag(type_id, timestamp, body)
+                    done += len(body) + _TAG_OVERHEAD
+                with self._wake:
+                    if not self.stopped:
+                        self._queued_bytes -= done
+        except Exception as exc:  # a full or failing disk stops the recording, not the stream
+            with self._wake:
+                self._stop_locked(_describe(exc))
+        finally:
+            if file is not None:
+                try:
+                    file.close()
+                except Exception as exc:
+                    with self._wake:
+                        self._stop_locked(f"closing the file: {_describe(exc)}")
+
+
+def _describe(exc: Exception) -> str:
+    """The error without the file name (it holds the stream key)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__

@@ -312,18 +312,30 @@ class MoqRelay:
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
             now = time.monotonic()
-            for fanout in self._all_fanouts():
-                fanout.check(now)
-            for key, (conn, sid) in list(self._fetch_streams.items()):
-                if conn.session.closed or not conn.queued_bytes(sid):
-                    del self._fetch_streams[key]  # all handed to QUIC: nothing left to cancel
-            self.expire_orphans(now)
+            # one track's failure is logged and must not stop budgets, timeouts and cache ages for all
+            for label, fanout in self._all_fanouts():
+                try:
+                    fanout.check(now)
+                except Exception:
+                    log.exception("%s: fan-out check failed", label)
+            try:
+                for key, (conn, sid) in list(self._fetch_streams.items()):
+                    if conn.session.closed or not conn.queued_bytes(sid):
+                        del self._fetch_streams[key]  # all handed to QUIC: nothing left to cancel
+            except Exception:
+                log.exception("fetch stream check failed")
+            try:
+                self.expire_orphans(now)
+            except Exception:
+                log.exception("expiring relayed tracks failed")
 
     def _all_fanouts(self):
-        for source in list(self._sources.values()):
-            yield from source.fanouts.values()
-        for track in list(self._tracks.values()):
-            yield track.fanout
+        """(loggable track name, fan-out) of every track held."""
+        for name, source in list(self._sources.items()):
+            for track, fanout in list(source.fanouts.items()):
+                yield _label(tuple(name.split("/")), track), fanout
+        for (namespace, track), upstream in list(self._tracks.items()):
+            yield _label(namespace, track), upstream.fanout
 
     async def _watch_registry(self) -> None:
         async for broadcast in self.registry.announcements():

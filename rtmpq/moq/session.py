@@ -9,6 +9,7 @@ raised to the caller.
 
 import logging
 from dataclasses import dataclass, field
+from collections import deque
 
 from ..codec.sentinel import NEED_DATA
 from . import events as ev
@@ -17,12 +18,18 @@ from .wire import MoqProtocolError, SessionError
 
 log = logging.getLogger("rtmpq.moq")
 
-# Requests a peer may have open at once (MAX_REQUEST_ID window we grant).
+# Requests a peer may have open at once: the MAX_REQUEST_ID we grant never lets the requests still
+# open plus the ids not used yet exceed this; more are granted only as requests close (an answer
+# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000.
 MAX_REQUESTS = 1000
 # Bytes buffered on the control stream before a message completes (the draft caps messages at 64 KiB).
 MAX_CONTROL_BUFFER = 2 * 0x10000
 # Data streams a peer may have open towards us at once before we refuse new ones.
 MAX_INCOMING_DATA_STREAMS = 256
+# Bytes a session buffers from the peer's streams before they parse (partial objects on data
+# streams, partial requests on request streams), all streams together; past it the session is
+# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB.
+MAX_STREAM_BUFFER = 32 * 1024 * 1024
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
 MAX_HELD_EVENTS = 2048
@@ -38,6 +45,8 @@ MAX_AUTH_TOKEN_ALIASES = MAX_AUTH_TOKEN_CACHE // 16
 MAX_NAMESPACE_SUFFIX_BYTES = 256 * 1024
 # What one remembered suffix costs beyond its bytes (for MAX_NAMESPACE_SUFFIX_BYTES).
 _SUFFIX_OVERHEAD = 16
+# The same, in bytes of object payload held (the oldest go first). Default 8 MiB.
+MAX_HELD_BYTES = 8 * 1024 * 1024
 
 
 _last_encoded: list = [None, None, -1, b""]  # payload, extensions, delta, bytes
@@ -52,6 +61,11 @@ def _encoded_object(delta: int, payload, extensions) -> bytes:
     data = wire.encode_object(delta, payload, extensions, with_extensions=True) + bytes(payload)
     c[0], c[1], c[2], c[3] = payload, extensions, delta, data
     return data
+
+
+def _held_size(event) -> int:
+    payload = getattr(event, "payload", None)
+    return 0 if payload is None else len(payload)
 
 
 def _text(parts) -> tuple[str, ...]:
@@ -98,6 +112,7 @@ class MoqSession:
         self.closed = False
         self._control_buf = bytearray()
         self._data_streams: dict[int, wire.SubgroupStreamParser | wire.FetchStreamParser] = {}
+        self._stream_buffer_bytes = 0  # unparsed bytes of all the peer's streams (MAX_STREAM_BUFFER)
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._max_requests = max_requests
@@ -106,12 +121,15 @@ class MoqSession:
         # ids above it already used: a SUBSCRIBE_NAMESPACE on its own stream can overtake (or be
         # overtaken by) requests on the control stream; bounded by the window we grant
         self._early_peer_requests: set[int] = set()
+        self._open_requests: dict[int, int] = {}  # the peer's open requests: request id -> message type
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
+        self._fetch_stream_requests: dict[int, int] = {}  # their stream id -> the FETCH's request id
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
-        self._held: list = []  # data events waiting for their alias
+        self._held: deque = deque()  # data events waiting for their alias
+        self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
-        self._namespace_streams: set[int] = set()  # peer SUBSCRIBE_NAMESPACE streams we answered
+        self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -206,6 +224,7 @@ class MoqSession:
 
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
+        self._request_closed(request_id)  # a track the peer PUBLISHed to us
 
     def publish_namespace(self, namespace, *, authorization: str | None = None) -> int:
         params = _with_token({}, authorization)
@@ -259,9 +278,12 @@ class MoqSession:
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.RequestOk(request_id, params))
+        if self._open_requests.get(request_id) == wire.MessageType.TRACK_STATUS:
+            self._request_closed(request_id)  # answered; a PUBLISH_NAMESPACE stays open until its DONE
 
     def request_error(self, request_id: int, code: int, reason: str = "") -> None:
         self._send_control(wire.RequestErrorMessage(request_id, int(code), 0, reason))
+        self._request_closed(request_id)
 
     # answers on a SUBSCRIBE_NAMESPACE stream
     def namespace_subscription_ok(self, stream_id: int, request_id: int) -> None:
@@ -270,7 +292,8 @@ class MoqSession:
     def namespace_subscription_error(self, stream_id: int, request_id: int, code: int, reason: str = "") -> None:
         msg = wire.RequestErrorMessage(request_id, int(code), 0, reason)
         self.quic.send_stream_data(stream_id, wire.encode_control_message(msg), end_stream=True)
-        self._namespace_streams.discard(stream_id)
+        self._namespace_streams.pop(stream_id, None)
+        self._request_closed(request_id)
 
     def send_namespace(self, stream_id: int, suffix) -> None:
         self.quic.send_stream_data(stream_id, wire.encode_control_message(wire.Namespace(_raw(suffix))))
@@ -280,6 +303,7 @@ class MoqSession:
 
     def publish_done(self, request_id: int, status: int, stream_count: int, reason: str = "") -> None:
         self._send_control(wire.PublishDone(request_id, int(status), stream_count, reason))
+        self._request_closed(request_id)
 
     # -- objects --------------------------------------------------------------------------------
     def open_subgroup(self, track_alias: int, group: int, *, priority: int | None = 128) -> int:
@@ -311,6 +335,7 @@ class MoqSession:
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
         self.quic.send_stream_data(sid, wire.encode_fetch_header(request_id))
         self._fetch_streams[sid] = wire.FetchObjectEncoder()
+        self._fetch_stream_requests[sid] = request_id
         return sid
 
     def send_fetch_object(self, stream_id: int, group: int, object_id: int, payload, extensions: dict | None = None,
@@ -326,11 +351,18 @@ class MoqSession:
     def end_fetch_stream(self, stream_id: int) -> None:
         if self._fetch_streams.pop(stream_id, None) is not None:
             self.quic.send_stream_data(stream_id, b"", end_stream=True)
+        self._fetch_done(stream_id)
 
     def reset_fetch_stream(self, stream_id: int, code: int) -> None:
         """Abandon a fetch stream (also one already ended with FIN whose bytes are still queued)."""
         self._fetch_streams.pop(stream_id, None)
         self.quic.reset_stream(stream_id, int(code))
+        self._fetch_done(stream_id)
+
+    def _fetch_done(self, stream_id: int) -> None:
+        request_id = self._fetch_stream_requests.pop(stream_id, None)
+        if request_id is not None:
+            self._request_closed(request_id)
 
     # -- input ----------------------------------------------------------------------------------
     def _send_control(self, msg) -> None:
@@ -366,13 +398,14 @@ class MoqSession:
         if isinstance(parser, wire.FetchStreamParser):
             return self._on_fetch_stream(stream_id, parser, data, end_stream)
         out = []
-        for item in parser.feed(data):
+        for item in self._feed(parser, data):
             if isinstance(item, wire.SubgroupObject):
                 h = parser.header
                 out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
                                              item.payload, item.extensions, item.status, h.priority))
         if end_stream:
             del self._data_streams[stream_id]
+            self._stream_buffer_bytes -= parser.buffered
             if parser.header is not None:
                 if parser.buffered:
                     raise MoqProtocolError("subgroup stream ended inside an object")
@@ -382,7 +415,7 @@ class MoqSession:
 
     def _on_fetch_stream(self, stream_id: int, parser: wire.FetchStreamParser, data: bytes, end_stream: bool) -> list:
         out = []
-        for item in parser.feed(data):
+        for item in self._feed(parser, data):
             if isinstance(item, wire.FetchObject):
                 out.append(ev.FetchObjectReceived(parser.request_id, item.group_id, item.subgroup_id, item.object_id,
                                                   item.payload, item.extensions, item.priority))
@@ -390,16 +423,38 @@ class MoqSession:
                 out.append(ev.FetchRangeUnavailable(parser.request_id, item.group_id, item.object_id, item.unknown))
         if end_stream:
             del self._data_streams[stream_id]
+            self._stream_buffer_bytes -= parser.buffered
             if parser.request_id is None or parser.buffered:
                 raise MoqProtocolError("fetch stream ended inside its header or an object")
             out.append(ev.FetchEnded(parser.request_id))
         return out
 
+    def _feed(self, parser, data: bytes) -> list:
+        before = parser.buffered
+        items = parser.feed(data)
+        self._add_stream_buffer(parser.buffered - before)
+        return items
+
+    def _add_stream_buffer(self, n: int) -> None:
+        self._stream_buffer_bytes += n
+        if self._stream_buffer_bytes > MAX_STREAM_BUFFER:
+            raise MoqProtocolError(f"MAX_STREAM_BUFFER exceeded: {self._stream_buffer_bytes} > {MAX_STREAM_BUFFER} "
+                                   "bytes of unfinished objects and requests buffered from the peer's streams")
+
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
         sub = self._namespace_subscriptions.pop(stream_id, None)
         if sub is not None:
             return [ev.NamespaceSubscriptionEnded(sub.request_id, code)]
+        if not stream_id & 0x2:  # a request stream: the peer gave up its SUBSCRIBE_NAMESPACE
+            self._stream_buffer_bytes -= len(self._request_streams.pop(stream_id, b""))
+            request_id = self._namespace_streams.pop(stream_id, None)
+            if request_id is None:
+                return []
+            self._request_closed(request_id)
+            return [ev.NamespaceUnsubscribed(stream_id)]
         parser = self._data_streams.pop(stream_id, None)
+        if parser is not None:
+            self._stream_buffer_bytes -= parser.buffered
         if isinstance(parser, wire.FetchStreamParser):
             return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
         if parser is None or parser.header is None:
@@ -410,20 +465,23 @@ class MoqSession:
     def _hold_unknown(self, events: list) -> list:
         """Pass on data events of known aliases; hold the others until their alias is named."""
         out = []
+        held = self._held
         for e in events:
             if e.track_alias in self._known_aliases:
                 out.append(e)
             else:
-                self._held.append(e)
-        if len(self._held) > MAX_HELD_EVENTS:
-            del self._held[: len(self._held) - MAX_HELD_EVENTS]
+                held.append(e)
+                self._held_bytes += _held_size(e)
+        while held and (len(held) > MAX_HELD_EVENTS or self._held_bytes > MAX_HELD_BYTES):
+            self._held_bytes -= _held_size(held.popleft())
         return out
 
     def _release(self, alias: int) -> list:
         self._known_aliases.add(alias)
         released = [e for e in self._held if e.track_alias == alias]
         if released:
-            self._held = [e for e in self._held if e.track_alias != alias]
+            self._held = deque(e for e in self._held if e.track_alias != alias)
+            self._held_bytes = sum(_held_size(e) for e in self._held)
         return released
 
     def _on_namespace_stream(self, stream_id: int, sub: _NamespaceSubscription, data: bytes,
@@ -488,6 +546,7 @@ class MoqSession:
                     raise MoqProtocolError("too many request streams", SessionError.TOO_MANY_REQUESTS)
                 buf = self._request_streams[stream_id] = bytearray()
             buf += data
+            self._add_stream_buffer(len(data))
             r = wire.decode_control_message(buf, 0)
             if r is NEED_DATA:
                 if len(buf) > MAX_CONTROL_BUFFER or end_stream:
@@ -495,15 +554,18 @@ class MoqSession:
                 return out
             msg, _ = r
             del self._request_streams[stream_id]
+            self._stream_buffer_bytes -= len(buf)
             if not isinstance(msg, wire.SubscribeNamespace):
                 raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE_NAMESPACE)
             authorization = self._authorization(msg.params)
-            self._namespace_streams.add(stream_id)
+            self._namespace_streams[stream_id] = msg.request_id
             out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options,
                                                       authorization))
         if end_stream:
-            self._namespace_streams.discard(stream_id)
+            request_id = self._namespace_streams.pop(stream_id, None)
+            if request_id is not None:
+                self._request_closed(request_id)
             out.append(ev.NamespaceUnsubscribed(stream_id))
         return out
 
@@ -522,11 +584,15 @@ class MoqSession:
         del self._control_buf[:pos]
         return out
 
-    def _check_request_id(self, rid: int) -> None:
+    def _check_request_id(self, rid: int, kind: int | None) -> None:
+        """A new request from the peer; ``kind`` (its message type) is None for one answered at once.
+        Ids may arrive out of order across streams, within the window we granted."""
         expected = self._expected_peer_request
-        if rid < expected or rid >= self._granted or (rid - expected) & 1 or rid in self._early_peer_requests:
-            raise MoqProtocolError(f"request id {rid} (expected {expected})",
-                                   SessionError.INVALID_REQUEST_ID)
+        if rid < expected or (rid - expected) & 1 or rid in self._early_peer_requests:
+            raise MoqProtocolError(f"request id {rid} (expected {expected})", SessionError.INVALID_REQUEST_ID)
+        if rid >= self._granted:
+            raise MoqProtocolError(f"request id {rid} beyond the MAX_REQUEST_ID granted ({self._granted}): "
+                                   f"more than {self._max_requests} requests open", SessionError.TOO_MANY_REQUESTS)
         if rid == expected:
             expected += 2
             while expected in self._early_peer_requests:
@@ -537,8 +603,23 @@ class MoqSession:
             raise MoqProtocolError(f"request id {expected} never came", SessionError.INVALID_REQUEST_ID)
         else:
             self._early_peer_requests.add(rid)
-        if self._granted - rid < self._max_requests:  # keep the window open
-            self._granted += self._max_requests
+        if kind is not None:
+            self._open_requests[rid] = kind
+        self._grant_more()
+
+    def _request_closed(self, rid: int) -> None:
+        if self._open_requests.pop(rid, None) is not None:
+            self._grant_more()
+
+    def _grant_more(self) -> None:
+        """Raise MAX_REQUEST_ID so that open requests + ids still unused stay within max_requests;
+        sent once half the window is used up (as QUIC does with MAX_STREAMS), not per request."""
+        if self.closed or self.control_stream_id is None:
+            return
+        unused = (self._granted - self._expected_peer_request + 1) // 2  # ids of the peer's parity
+        room = self._max_requests - len(self._open_requests) - unused
+        if room > 0 and unused <= self._max_requests // 2:
+            self._granted += 2 * room
             self._send_control(wire.MaxRequestId(self._granted))
 
     def _authorization(self, params: dict, *, setup: bool = False) -> str | None:
@@ -603,7 +684,7 @@ class MoqSession:
         if isinstance(msg, (wire.ClientSetup, wire.ServerSetup)):
             raise MoqProtocolError("setup sent twice")
         if isinstance(msg, wire.Subscribe):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
             ftype = start = None
             if wire.PARAM_SUBSCRIPTION_FILTER in msg.params:
                 ftype, start, _ = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
@@ -623,25 +704,28 @@ class MoqSession:
         if isinstance(msg, wire.RequestOk):
             return [ev.RequestAccepted(msg.request_id, msg.params)]
         if isinstance(msg, wire.PublishNamespace):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.PUBLISH_NAMESPACE)
             return [ev.NamespacePublished(msg.request_id, _text(msg.namespace), self._authorization(msg.params))]
         if isinstance(msg, wire.PublishNamespaceDone):
+            self._request_closed(msg.request_id)
             return [ev.NamespaceDone(msg.request_id)]
         if isinstance(msg, wire.SubscribeNamespace):
             raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.TRACK_STATUS)
             return [ev.TrackStatusRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                             self._authorization(msg.params))]
         if isinstance(msg, wire.Publish):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                       msg.track_alias, self._authorization(msg.params)), *self._release(msg.track_alias)]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):
+            self._request_closed(msg.request_id)
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):
+            self._request_closed(msg.request_id)  # a track the peer PUBLISHed has ended
             return [ev.PublishDoneReceived(msg.request_id, msg.status, msg.stream_count, msg.reason)]
         if isinstance(msg, wire.Goaway):
             return [ev.GoawayReceived(msg.new_session_uri)]
@@ -649,9 +733,10 @@ class MoqSession:
             self._peer_max_request_id = max(self._peer_max_request_id, msg.request_id)
             return []
         if isinstance(msg, wire.RequestsBlocked):
+            self._grant_more()
             return []
         if isinstance(msg, wire.Fetch):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, wire.MessageType.FETCH)
             descending = msg.params.get(wire.PARAM_GROUP_ORDER) == wire.GROUP_ORDER_DESCENDING
             return [ev.FetchRequested(msg.request_id, msg.fetch_type, _text(msg.namespace),
                                       msg.track_name.decode("utf-8", "replace"), msg.start, msg.end,
@@ -660,13 +745,14 @@ class MoqSession:
         if isinstance(msg, wire.FetchOk):
             return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
         if isinstance(msg, wire.FetchCancel):
+            self._request_closed(msg.request_id)
             return [ev.FetchCancelled(msg.request_id)]
         if isinstance(msg, wire.UnknownMessage):
             # a request we do not serve (REQUEST_UPDATE): its first field is the request id;
             # refuse it cleanly rather than tear the session down
             r = wire.decode_varint(msg.body, 0)
             if r is not NEED_DATA and msg.type == wire.MessageType.REQUEST_UPDATE:
-                self._check_request_id(r[0])
+                self._check_request_id(r[0], None)
                 self.request_error(r[0], wire.RequestError.NOT_SUPPORTED, "not supported by this rtmpq node")
             return []
         return []

@@ -884,7 +884,7 @@ class _StreamParser:
             if item is NEED_DATA:
                 break
             out.append(item)
-        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+        if self._pos:  # drop what was parsed (payloads are copies), so ``buffered`` is what is held
             del self._buf[: self._pos]
             self._pos = 0
         return out

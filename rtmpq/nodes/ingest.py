@@ -58,8 +58,8 @@ class Publish:
         if self.closed:
             return
         self.closed = True
-        if self.recorder is not None:
-            self.recorder.close()
+        if self.recorder is not None:  # finalized off the event loop; a graceful stop waits for it
+            self.node._finalizing.add(asyncio.ensure_future(self.recorder.aclose()))
         s = self.demuxer.stats
         log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
                  self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
@@ -78,7 +78,7 @@ class IngestNode:
         self.access = access or Access(self.publish_config)
         self.server = RtmpServer(self, self.config)
         self.publishes: dict[str, Publish] = {}  # by broadcast name
-        self._idle_task: asyncio.Task | None = None
+        self._finalizing: set[asyncio.Future] = set()  # recordings being closed        self._idle_task: asyncio.Task | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -97,6 +97,9 @@ class IngestNode:
             pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
         self.registry.end_all()
         await self.server.close()
+        self._finalizing = {f for f in self._finalizing if not f.done()}
+        if self._finalizing:
+            await asyncio.gather(*self._finalizing, return_exceptions=True)
 
     # -- PublishHandler -------------------------------------------------------------------------
     def publish_requested(self, conn: RtmpConnection, req: PublishRequested) -> None:

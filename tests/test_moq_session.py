@@ -1,0 +1,178 @@
+"""The sans-I/O MoqSession driven in memory over a pair of aioquic connections (tests/moq_pair.py)."""
+
+import pytest
+
+from rtmpq.moq import events as ev
+from rtmpq.moq import session as session_module
+from rtmpq.moq import wire
+from rtmpq.moq.wire import RequestError, SessionError
+
+from .moq_pair import MoqPair, closed_with
+
+NS = ("live", "cam")
+
+
+def requested(events) -> list[int]:
+    return [e.request_id for e in events if hasattr(e, "request_id") and type(e).__name__.endswith(
+        ("Requested", "Published", "TrackPublished"))]
+
+
+def test_requests_beyond_max_requests_close_the_session_with_too_many_requests(tmp_path):
+    pair = MoqPair(tmp_path, max_requests=4)
+    pair.setup()
+    rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
+    _, server_events = pair.pump()
+    assert requested(server_events) == rids and closed_with(server_events) is None
+    # none of the four was answered: they are all still open, so a fifth is one too many
+    pair.client.subscribe(NS, "t4")
+    client_events, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.TOO_MANY_REQUESTS
+    client_events, _ = pair.run_timers()
+    assert closed_with(client_events).code == SessionError.TOO_MANY_REQUESTS
+
+
+def test_closed_requests_make_room_for_new_ones(tmp_path):
+    """200 requests, never more than 4 open: ended by REQUEST_ERROR, UNSUBSCRIBE or PUBLISH_DONE."""
+    pair = MoqPair(tmp_path, max_requests=4)
+    pair.setup()
+    for round_ in range(50):
+        rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
+        _, server_events = pair.pump()
+        assert closed_with(server_events) is None, f"round {round_}"
+        assert requested(server_events) == rids
+        pair.server.request_error(rids[0], RequestError.DOES_NOT_EXIST, "no")
+        pair.server.subscribe_ok(rids[1], 2 * round_)
+        pair.server.publish_done(rids[1], wire.PublishDoneStatus.TRACK_ENDED, 0)
+        pair.server.subscribe_ok(rids[2], 2 * round_ + 1)
+        pair.client.unsubscribe(rids[2])
+        pair.client.unsubscribe(rids[3])  # never answered, given up
+        _, server_events = pair.pump()
+        assert closed_with(server_events) is None
+    assert not pair.server._open_requests
+
+
+def _send_subscribe_namespace(pair) -> int:
+    sid = pair.client_quic.get_next_available_stream_id(is_unidirectional=False)
+    rid = pair.client._new_request_id()
+    pair.client_quic.send_stream_data(sid, wire.encode_control_message(
+        wire.SubscribeNamespace(rid, (b"live",), wire.NAMESPACE_OPTION_NAMESPACE)))
+    return sid
+
+
+# (how the client opens a request, how it ends on either side, whether it is still open after that)
+def _fetch_served(pair, rid):
+    pair.server.fetch_ok(rid, (1, 0))
+    sid = pair.server.open_fetch_stream(rid)
+    pair.server.end_fetch_stream(sid)
+
+
+def _namespace_ended(pair, sid):
+    pair.client_quic.send_stream_data(sid, b"", end_stream=True)
+
+
+def _namespace_reset(pair, sid):
+    pair.client_quic.reset_stream(sid, 0)
+
+
+CASES = {
+    "track status answered": (lambda p: p.client.track_status(NS, "video"), lambda p, r: p.server.request_ok(r), False),
+    "namespace accepted": (lambda p: p.client.publish_namespace(NS), lambda p, r: p.server.request_ok(r), True),
+    "namespace withdrawn": (lambda p: p.client.publish_namespace(NS),
+                            lambda p, r: (p.server.request_ok(r), p.client.publish_namespace_done(r)), False),
+    "publish accepted": (lambda p: p.client.publish(NS, "video", 7), lambda p, r: p.server.publish_ok(r), True),
+    "publish done": (lambda p: p.client.publish(NS, "video", 7),
+                     lambda p, r: (p.server.publish_ok(r),
+                                   p.client.publish_done(r, wire.PublishDoneStatus.TRACK_ENDED, 0)), False),
+    "fetch accepted": (lambda p: p.client.fetch(NS, "video", (0, 0), (1, 0)),
+                       lambda p, r: p.server.fetch_ok(r, (1, 0)), True),
+    "fetch served": (lambda p: p.client.fetch(NS, "video", (0, 0), (1, 0)), _fetch_served, False),
+    "fetch cancelled": (lambda p: p.client.fetch(NS, "video", (0, 0), (1, 0)),
+                        lambda p, r: p.client.fetch_cancel(r), False),
+    "namespace subscription": (_send_subscribe_namespace, lambda p, sid: None, True),
+    "namespace subscription ended": (_send_subscribe_namespace, _namespace_ended, False),
+    "namespace subscription reset": (_send_subscribe_namespace, _namespace_reset, False),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_which_requests_stay_open(tmp_path, case):
+    open_request, end, still_open = CASES[case]
+    pair = MoqPair(tmp_path, max_requests=1)
+    pair.setup()
+    handle = open_request(pair)
+    pair.pump()
+    end(pair, handle)
+    pair.pump()
+    pair.client.subscribe(NS, "next")
+    _, server_events = pair.pump()
+    closed = closed_with(server_events)
+    if still_open:
+        assert closed is not None and closed.code == SessionError.TOO_MANY_REQUESTS
+    else:
+        assert closed is None
+        assert any(isinstance(e, ev.SubscribeRequested) for e in server_events)
+
+
+def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path, monkeypatch):
+    """Objects may overtake the SUBSCRIBE_OK naming their alias; those held meanwhile are bounded
+    in bytes (the oldest go first), not only in number."""
+    monkeypatch.setattr(session_module, "MAX_HELD_BYTES", 64 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    sid = pair.server.open_subgroup(5, 0)
+    for object_id in range(100):
+        pair.server.send_object(sid, object_id, bytes([object_id]) * 4096)
+    client_events, _ = pair.pump()
+    assert not [e for e in client_events if isinstance(e, ev.ObjectReceived)]  # alias 5 not named yet
+    pair.server.subscribe_ok(rid, 5)
+    client_events, _ = pair.pump()
+    objects = [e for e in client_events if isinstance(e, ev.ObjectReceived)]
+    assert objects and sum(len(e.payload) for e in objects) <= 64 * 1024
+    assert [e.object_id for e in objects] == list(range(100 - len(objects), 100))  # the newest kept
+    pair.server.send_object(sid, 100, b"after")
+    client_events, _ = pair.pump()
+    assert [e.object_id for e in client_events if isinstance(e, ev.ObjectReceived)] == [100]
+
+
+def _partial_object_stream(alias: int, group: int, size: int, sent: int) -> bytes:
+    """A subgroup stream's header and the start of one object: ``sent`` of its ``size`` bytes."""
+    header = wire.SubgroupHeader(alias, group, 0, 128, extensions=False, end_of_group=True).encode()
+    return header + wire.encode_varint(0) + wire.encode_varint(size) + b"x" * sent
+
+
+def test_stream_data_buffered_by_a_session_is_capped_in_bytes(tmp_path, monkeypatch):
+    """Partial objects on many streams at once: past MAX_STREAM_BUFFER the session is closed."""
+    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    for group in range(10):  # 10 objects of 100 KB, each half sent and never finished: 500 KB
+        sid = pair.client_quic.get_next_available_stream_id(is_unidirectional=True)
+        pair.client_quic.send_stream_data(sid, _partial_object_stream(1, group, 100_000, 50_000))
+    client_events, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION
+    assert "MAX_STREAM_BUFFER" in closed.reason
+
+
+def test_complete_objects_do_not_count_against_the_stream_buffer(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 1)
+    # 5 streams at once, 2 MB in all, in 30 KB objects: at most 5 partial objects are buffered
+    sids = [pair.server.open_subgroup(1, group) for group in range(5)]
+    for object_id in range(14):
+        for sid in sids:
+            pair.server.send_object(sid, object_id, b"y" * 30_000)
+    for sid in sids:
+        pair.server.end_subgroup(sid)
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None
+    assert sum(isinstance(e, ev.ObjectReceived) for e in client_events) == 70
+    assert sum(isinstance(e, ev.SubgroupEnded) for e in client_events) == 5
+    assert pair.client._stream_buffer_bytes == 0

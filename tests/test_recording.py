@@ -1,0 +1,134 @@
+"""The FLV recorder writes on a thread of its own: the event loop never waits for the disk."""
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from rtmpq.media import recording
+from rtmpq.media.flv import read_flv_tags
+from rtmpq.media.recording import FlvRecorder
+
+TAGS = [(9 if i % 3 else 8, i * 20, bytes([i % 256]) * (1000 + i)) for i in range(300)]
+
+
+class _StuckDisk:
+    """open() for the recorder whose file blocks every write until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.writes_waiting = threading.Event()
+
+    def open(self, path, mode="rb", buffering=-1):
+        real = open(path, mode)
+        disk = self
+
+        class File:
+            closed = False
+
+            def write(self, data):
+                disk.writes_waiting.set()
+                disk.release.wait()
+                return real.write(data)
+
+            def flush(self):
+                real.flush()
+
+            def close(self):
+                self.closed = True
+                real.close()
+
+        return File()
+
+
+def _recording(root):
+    [path] = list(root.rglob("*.flv"))
+    return path
+
+
+def test_tags_are_written_in_order_and_close_finalizes_the_file(tmp_path):
+    rec = FlvRecorder(tmp_path, "live/cam")
+    for type_id, ts, body in TAGS:
+        rec.write(type_id, ts, memoryview(body))
+    rec.close()
+    assert list(read_flv_tags(_recording(tmp_path))) == TAGS
+    assert rec.tags == len(TAGS)
+
+
+def test_writes_do_not_wait_for_a_slow_disk(tmp_path, monkeypatch):
+    disk = _StuckDisk()
+    monkeypatch.setattr(recording, "open", disk.open, raising=False)
+    timer = threading.Timer(5.0, disk.release.set)  # the disk comes back after 5 s
+    timer.start()
+    try:
+        began = time.monotonic()
+        rec = FlvRecorder(tmp_path, "live/cam")
+        for type_id, ts, body in TAGS:
+            rec.write(type_id, ts, body)
+        assert time.monotonic() - began < 1.0, "the caller waited for the disk"
+        assert disk.writes_waiting.wait(5)
+    finally:
+        disk.release.set()
+        timer.cancel()
+    rec.close()
+    assert list(read_flv_tags(_recording(tmp_path))) == TAGS
+
+
+def test_a_disk_that_cannot_keep_up_stops_the_recording_not_the_stream(tmp_path, monkeypatch, caplog):
+    disk = _StuckDisk()
+    monkeypatch.setattr(recording, "open", disk.open, raising=False)
+    rec = FlvRecorder(tmp_path, "live/cam", max_queued_bytes=100_000)
+    began = time.monotonic()
+    for type_id, ts, body in TAGS:  # 450 KB: past the bound while the disk is stuck
+        rec.write(type_id, ts, body)
+    assert time.monotonic() - began < 1.0
+    assert rec.stopped
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "stopped" in errors[0].getMessage() and "cam" not in errors[0].getMessage()
+    disk.release.set()
+    rec.close()
+    written = list(read_flv_tags(_recording(tmp_path)))
+    assert written == TAGS[: len(written)]  # a valid FLV file, a prefix of the stream
+    assert sum(len(b) for _, _, b in written) <= 100_000
+
+
+async def test_aclose_finalizes_without_blocking_the_loop(tmp_path, monkeypatch):
+    disk = _StuckDisk()
+    monkeypatch.setattr(recording, "open", disk.open, raising=False)
+    rec = FlvRecorder(tmp_path, "live/cam")
+    for type_id, ts, body in TAGS[:10]:
+        rec.write(type_id, ts, body)
+    closing = asyncio.ensure_future(rec.aclose())
+    ticks = 0
+    while ticks < 20:  # the loop keeps running while the disk is stuck
+        await asyncio.sleep(0.01)
+        ticks += 1
+    assert not closing.done()
+    disk.release.set()
+    await asyncio.wait_for(closing, 10)
+    assert list(read_flv_tags(_recording(tmp_path))) == TAGS[:10]
+
+
+def test_a_disk_error_stops_the_recording_with_an_error_log(tmp_path, monkeypatch, caplog):
+    def failing_open(path, mode="rb", buffering=-1):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(recording, "open", failing_open, raising=False)
+    rec = FlvRecorder(tmp_path, "live/cam")
+    for type_id, ts, body in TAGS:
+        rec.write(type_id, ts, body)
+    rec.close()
+    assert rec.stopped
+    [error] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "No space" in error and "cam" not in error  # the path holds the stream key
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_threads():
+    yield
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("rtmpq-recorder") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "a recorder thread outlived close()"
+        time.sleep(0.01)
