@@ -59,7 +59,9 @@ class Publish:
             return
         self.closed = True
         if self.recorder is not None:  # finalized off the event loop; a graceful stop waits for it
-            self.node._finalizing.add(asyncio.ensure_future(self.recorder.aclose()))
+            closing = asyncio.ensure_future(self.recorder.aclose())
+            self.node._finalizing.add(closing)
+            closing.add_done_callback(self.node._finalizing.discard)
         s = self.demuxer.stats
         log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
                  self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
@@ -97,7 +99,6 @@ class IngestNode:
             pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
         self.registry.end_all()
         await self.server.close()
-        self._finalizing = {f for f in self._finalizing if not f.done()}
         if self._finalizing:
             await asyncio.gather(*self._finalizing, return_exceptions=True)
 
