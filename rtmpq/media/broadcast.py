@@ -131,8 +131,8 @@ class Broadcast:
         self._ts_offset: int | None = 0
         self._last_group = -1
         self._last_dts: int | None = None
-        self._left_at: float | None = None
-        self._expiry: asyncio.TimerHandle | None = None
+        self._left_at: float | None = None  # monotonic time the publisher left
+        self.expires_at: float | None = None  # ends then unless a publisher returns (registry.expire)
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -167,29 +167,28 @@ class Broadcast:
     def _continue(self, frame: Frame) -> Frame:
         """A frame of a publish after the first, on the broadcast's group and time lines."""
         if self._ts_offset is None:  # the first frame of this publish fixes the shift
-            gap = int((time.monotonic() - (self._left_at or time.monotonic())) * SOURCE_TIMESCALE)
+            gap = int((time.monotonic() - self._left_at) * SOURCE_TIMESCALE) if self._left_at is not None else 0
             self._ts_offset = (self._last_dts or 0) + max(gap, SEAM_MIN_GAP_MS) - frame.dts
         off = self._ts_offset
         return Frame(frame.track, frame.group + self._group_base, frame.index, frame.dts + off, frame.pts + off,
                      frame.keyframe, frame.payload, frame.received_ns)
 
-    def publisher_left(self, grace_period: float) -> None:
-        """The publisher went away: end now, or wait ``grace_period`` seconds for it to return."""
+    def publisher_left(self, grace_period: float, now: float) -> None:
+        """The publisher went away at ``now`` (monotonic): end now, or wait ``grace_period`` seconds
+        for it to return (the registry's ``expire(now)`` ends it after that)."""
         if not self.live or not self.publishing:
             return
         if grace_period <= 0:
             self.end()
             return
         self.publishing = False
-        self._left_at = time.monotonic()
-        self._expiry = asyncio.get_running_loop().call_later(grace_period, self.end)
+        self._left_at = now
+        self.expires_at = now + grace_period
         log.info("broadcast %s: publisher left, kept for %g s", safe_name(self.name), grace_period)
 
     def _resume(self) -> None:
         """A new publish continues this broadcast (see the class docstring)."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self.expires_at = None
         if self._last_dts is not None:  # something was published before: shift what comes
             self._shift = True
             self._group_base = self._last_group + 1
@@ -203,9 +202,7 @@ class Broadcast:
             return
         self.live = False
         self.publishing = False
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
+        self.expires_at = None
         for reader in tuple(self._readers):
             reader._put(BroadcastEnded(self.name))
         self._current_group.clear()
@@ -259,6 +256,13 @@ class BroadcastRegistry:
             q.put_nowait(b)
         log.info("broadcast %s is live", safe_name(name))
         return b
+
+    def expire(self, now: float) -> None:
+        """End the broadcasts whose publisher has not returned within the grace period."""
+        for b in list(self._live.values()):
+            if b.expires_at is not None and now >= b.expires_at:
+                log.info("broadcast %s: no publisher came back", safe_name(b.name))
+                b.end()
 
     def end_all(self) -> None:
         """End every broadcast now (the node is stopping: players get their ENDLIST)."""

@@ -23,8 +23,8 @@ from ..rtmp.session import MediaMessage, PublishRequested
 
 log = logging.getLogger("rtmpq.nodes")
 
-# How often publishers are checked for silence (seconds).
-IDLE_CHECK_INTERVAL = 1.0
+# How often publishers are checked for silence, and broadcasts for an expired grace period (seconds).
+CHECK_INTERVAL = 0.5
 
 
 class Publish:
@@ -124,7 +124,7 @@ class IngestNode:
             pub = Publish(self, conn, req.stream_id, broadcast, self.config.record_dir)
         except OSError as exc:
             log.error("%s: cannot record %s: %s", conn.peer, safe_name(name), exc)
-            broadcast.publisher_left(0)
+            broadcast.publisher_left(0, time.monotonic())
             conn.refuse(req.stream_id, "NetStream.Publish.Failed", "Recording failed")
             return
         self.publishes[name] = pub
@@ -135,7 +135,7 @@ class IngestNode:
     def _publish_closed(self, pub: Publish) -> None:
         if self.publishes.get(pub.broadcast.name) is pub:
             del self.publishes[pub.broadcast.name]
-        pub.broadcast.publisher_left(self.publish_config.grace_period)
+        pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic())
 
     # -- idle publishers ------------------------------------------------------------------------
     def check_idle(self, now_ns: int) -> None:
@@ -150,9 +150,10 @@ class IngestNode:
 
     async def _watch_idle(self) -> None:
         while True:
-            await asyncio.sleep(IDLE_CHECK_INTERVAL)
+            await asyncio.sleep(CHECK_INTERVAL)
             try:
                 self.check_idle(time.time_ns())
+                self.registry.expire(time.monotonic())
             except Exception:  # never let one bad publish stop the checks for every other
                 log.exception("idle check failed")
 
