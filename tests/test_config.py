@@ -91,3 +91,19 @@ def test_cli_mints_tokens_the_nodes_accept(tmp_path):
     assert claims.sub == "live/studio"
     missing = run_cli("token", "--act", "relay")
     assert missing.returncode == 2 and "no secret" in missing.stderr
+
+
+def test_sub_says_at_once_when_no_server_answers():
+    """A subscriber pointed at an address where nothing listens says so (address, reason) within
+    a few seconds and exits non-zero, without tracebacks."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never answered
+        started = time.monotonic()
+        out = run_cli("sub", f"moqt://127.0.0.1:{port}/live/none", "--insecure")
+    assert out.returncode == 1
+    assert f"127.0.0.1:{port}" in out.stderr and "no MoQ answer" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "never retrieved" not in out.stderr, out.stderr
+    assert time.monotonic() - started < 15
