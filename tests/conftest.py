@@ -1,5 +1,7 @@
 import asyncio
 import shutil
+import urllib.error
+import urllib.request
 import socket
 
 import pytest
@@ -41,6 +43,27 @@ async def wait_tcp(port: int, host: str = "127.0.0.1", deadline: float = 20.0) -
             if loop.time() > end:
                 raise
             await asyncio.sleep(0.1)
+
+
+async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:
+    """GET ``url`` as a player would: (status, body); status 0 when nothing listens. With
+    ``until_live``, asks again while the broadcast is not there yet (404/503), up to ``deadline``."""
+    def get():
+        try:
+            with urllib.request.urlopen(url, timeout=20) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except urllib.error.URLError:
+            return 0, b""
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        status, body = await asyncio.to_thread(get)
+        if not until_live or status not in (0, 404, 503) or loop.time() > end:
+            return status, body
+        await asyncio.sleep(0.2)
 
 
 def local_config(tmp_path, backend: str = "aioquic", *, grace_period: float = 0.0, **sections) -> Config:

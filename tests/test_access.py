@@ -4,8 +4,6 @@ import asyncio
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -16,28 +14,11 @@ from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import need, start_up_node
+from .conftest import http_get, need, start_up_node
 from .publishers import ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
 
 KEY = "sk-1f9c2a77e0"
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
-
-
-async def http_get(url: str, *, until_live: bool = False) -> tuple[int, bytes]:
-    """GET; with ``until_live``, asks again while the broadcast is not there yet (as players do)."""
-    def get():
-        try:
-            with urllib.request.urlopen(url, timeout=20) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    end = time.monotonic() + 20
-    while True:
-        status, body = await asyncio.to_thread(get)
-        if not until_live or status not in (404, 503) or time.monotonic() > end:
-            return status, body
-        await asyncio.sleep(0.2)
 
 
 # -- the decisions, in memory -------------------------------------------------------------------

@@ -3,8 +3,6 @@
 import asyncio
 import os
 import signal
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -14,7 +12,7 @@ from rtmpq.media.frames import Frame
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import need, start_up_node
+from .conftest import http_get, need, start_up_node
 from .publishers import VIDEO_ENCODE, ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
 
 
@@ -40,17 +38,6 @@ async def until(condition, deadline: float = 20.0, what: str = "condition") -> N
 def video_frames(node, name: str) -> int:
     pub = node.rtmp.publishes.get(name)
     return pub.demuxer.stats.frames["video"] if pub is not None else 0
-
-
-async def http_get(url: str) -> tuple[int, bytes]:
-    def get():
-        try:
-            with urllib.request.urlopen(url, timeout=20) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-
-    return await asyncio.to_thread(get)
 
 
 @pytest.fixture

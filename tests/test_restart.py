@@ -6,10 +6,8 @@ import signal
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from .conftest import free_port, need, wait_tcp
+from .conftest import http_get, free_port, need, wait_tcp
 from .publishers import count_decoded_frames, ffmpeg_publish_args, run_process
 from .test_lifecycle import long_publish_args, spawn
 
@@ -20,17 +18,15 @@ async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.
                                                 env={**os.environ, **(env or {})})
 
 
-async def http_get(url: str) -> tuple[int, bytes]:
-    def get():
-        try:
-            with urllib.request.urlopen(url, timeout=20) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except urllib.error.URLError:
-            return 0, b""
-
-    return await asyncio.to_thread(get)
+async def stop_all(procs) -> None:
+    """SIGTERM every node still running; none may have logged a traceback."""
+    for p in procs:
+        if p.returncode is None:
+            p.terminate()
+    for p in procs:
+        if p.returncode is None:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()
 
 
 async def poll(url: str, accept, deadline: float = 30.0) -> bytes:
@@ -126,13 +122,7 @@ async def test_an_edge_keeps_serving_across_its_origins_restart(tmp_path):
         played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
         assert len(played) > 6 * 30  # frames of both publishes
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            if p.returncode is None:
-                _, err = await p.communicate()
-                assert b"Traceback" not in err, err.decode()
+        await stop_all(procs)
 
 
 async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
@@ -169,10 +159,4 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
         assert len(video) > 4 * 30 + 60, len(video)
         assert len(set(groups)) >= 4
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            if p.returncode is None:
-                _, err = await p.communicate()
-                assert b"Traceback" not in err, err.decode()
+        await stop_all(procs)

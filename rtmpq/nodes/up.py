@@ -7,7 +7,7 @@ import socket
 
 from ..auth.access import Access
 from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
-from ..config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig  # noqa: F401 (re-exported)
+from ..config import Config
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
