@@ -25,9 +25,11 @@ X264_TUNE = "zerolatency"
 GOP_BACKSTOP_FRAMES = 300
 # Frame rate assumed for rate control when the catalog gives none.
 DEFAULT_FRAMERATE = 30.0
-# Decoded frames queued per rung between the decoder and the rung's encoder: a rung that falls
-# this far behind drops to the next group boundary instead of stalling the others.
-RUNG_QUEUE_FRAMES = 8
+# Decoded frames queued per rung between the decoder and the rung's encoder (half a second at
+# 30 fps: rides through scheduling hiccups on a busy host; each holds a decoded source picture,
+# 1.4 MB at 720p): a rung that falls this far behind drops to the next group boundary instead of
+# stalling the others.
+RUNG_QUEUE_FRAMES = 15
 # Source frames queued between the event loop and the decoder (at most one GoP of 60 fps, 4 s).
 DECODE_QUEUE_FRAMES = 240
 # A rung whose last subscriber left keeps encoding this long (seconds), so a player switching

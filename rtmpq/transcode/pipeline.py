@@ -83,7 +83,7 @@ class _RungWorker:
         self.thread.start()
 
     # decoder thread
-    def offer(self, group: int, frame, received_ns: int) -> None:
+    def offer(self, group: int, frame, received_ns: int, catch_up: bool = False) -> None:
         if self.last_pts is not None and frame.pts <= self.last_pts:
             return  # already made by a catch-up decode
         first = group != self.offered_group
@@ -94,7 +94,7 @@ class _RungWorker:
             self.stats.frames_dropped += 1
             return
         try:
-            if self.owner.lossless:
+            if self.owner.lossless or catch_up:  # a catch-up burst waits for the encoder
                 self.queue.put((group, frame, first, received_ns))
             else:
                 self.queue.put_nowait((group, frame, first, received_ns))
@@ -231,7 +231,7 @@ class Transcoder:
             i = bisect.bisect_right(keys, pts) - 1
             return starts[i][1] if i >= 0 else None
 
-        def dispatch(frames, workers) -> None:
+        def dispatch(frames, workers, catch_up: bool = False) -> None:
             for f in frames:
                 self.stats.frames_decoded += 1
                 g = group_of(f.pts)
@@ -239,7 +239,7 @@ class Transcoder:
                 if g is None:
                     continue
                 for w in workers:
-                    w.offer(g, f, ns)
+                    w.offer(g, f, ns, catch_up)
 
         def open_decoder() -> SourceDecoder | None:
             nonlocal broken, failed
@@ -299,7 +299,7 @@ class Transcoder:
                     continue
                 if not others:
                     decoder = dec
-                dispatch(frames, [w])
+                dispatch(frames, [w], catch_up=True)
                 continue
             unit: Frame = value
             self._queued -= 1
