@@ -767,8 +767,29 @@ class MoqRelay:
         if source is not None:
             source.added = added
             source._on_catalog(source.broadcast.catalog)
+        else:
+            self._reissue_relayed_catalog(upstream.namespace)
         log.info("%s: tracks added by %s: %s", _label(upstream.namespace), upstream.conn.peer,
                  ", ".join(t.name for t in added))
+
+    def _reissue_relayed_catalog(self, namespace: tuple[str, ...]) -> None:
+        """A relayed broadcast's last catalog again, as a new group, with the added tracks listed
+        (its publisher sends a catalog only when its own tracks change). Its later groups are
+        shifted above this one."""
+        catalog = self._tracks.get((namespace, CATALOG_TRACK))
+        latest = catalog.fanout.cache.latest() if catalog is not None else None
+        if latest is None or not latest.objects:
+            return
+        first = latest.objects[0]
+        try:
+            merged = with_added_tracks(Catalog.from_json(bytes(first.payload)), self._added.get(namespace, ()))
+        except Exception:  # noqa: BLE001 - an unreadable catalog stays as it came
+            return
+        group = catalog.last_group + 1
+        catalog.last_group = group
+        catalog.group_offset += 1
+        catalog.fanout.publish_object(group, 0, merged.to_json(), first.extensions, time.monotonic())
+        catalog.fanout.end_group(group)
 
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
@@ -854,6 +875,8 @@ class MoqRelay:
                 if source is not None and not source.ended:
                     source.added = ()
                     source._on_catalog(source.broadcast.catalog)
+                else:
+                    self._reissue_relayed_catalog(upstream.namespace)
             self._orphan(upstream, time.monotonic())
         if self.upstream is conn:
             self.upstream = None

@@ -140,12 +140,7 @@ class _RungWorker:
                 index += 1
 
     def stop(self) -> None:
-        while True:
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
-        self.queue.put(_STOP)
+        self.queue.put(_STOP)  # after what is queued (at most rung_queue_frames): nothing is cut off
 
 
 class Transcoder:
