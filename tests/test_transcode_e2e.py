@@ -211,4 +211,44 @@ async def test_separate_nodes_up_transcode_and_edge(tmp_path):
             if p.returncode is None:
                 p.terminate()
         for p in procs:
-            await p.wait()
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_relay(tmp_path):
+    """`rtmpq ingest --upstream` -> `rtmpq relay` <- `rtmpq transcode --upstream`: the relay
+    re-issues the relayed broadcast's catalog with the rung listed, and serves it on demand."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    procs = []
+    try:
+        procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                 "--insecure", env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "360p", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/relayed", "--insecure", "--json",
+                                               "--rendition", "360p", "--seconds", "25"], timeout=60))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/relayed",
+                                                        str(tmp_path / "ref.flv"), seconds=10, size="1280x720"),
+                                    timeout=90)
+        assert rc == 0, out
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        catalog = [line["catalog"] for line in lines if "catalog" in line][-1]
+        assert [(t["name"], t.get("height")) for t in catalog["tracks"]] == [
+            ("video", 720), ("video-360p", 360), ("audio", None)], out[-2000:]
+        rung = [o for o in lines if o.get("track") == "video-360p"]
+        assert len({o["group"] for o in rung}) >= 2 and all(o["keyframe"] for o in rung if o["object"] == 0)
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
