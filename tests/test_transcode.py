@@ -224,3 +224,44 @@ def test_encoder_settings_are_live():
     enc = RungEncoder(Rung("360p", 360, 700_000), 640, 360, 30, 1000)
     assert enc.ctx.max_b_frames == 0 and enc.ctx.gop_size >= 300
     assert enc.avcc[0] == 1 and enc.codec.startswith("avc1.")
+
+
+def test_a_source_that_changes_size_and_avcc_keeps_its_rungs(source):
+    """A publisher comes back at another size (a new avcC): the rung goes on at the next group,
+    at its own size, its first frame an IDR."""
+    info, frames = source
+    small_info, small = make_source(seconds=2.0, width=960, height=540)
+    later = [Frame(f.track, f.group + 10, f.index, f.dts + 10_000, f.pts + 10_000, f.keyframe, f.payload)
+             for f in small]
+    out: dict[str, list[Frame]] = {}
+    t = Transcoder("live/resize", info, parse_ladder("360p"), lambda tr, f: out.setdefault(tr, []).append(f),
+                   lossless=True)
+    t.set_active("video-360p", True)
+    for f in frames:
+        t.push(f)
+    t.reconfigure(small_info)
+    for f in later:
+        t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 60
+    while len(out.get("video-360p", [])) < len(frames) + len(later) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    got = out["video-360p"]
+    assert len(got) == len(frames) + len(later)
+    first_new = next(f for f in got if f.group == 10)
+    assert first_new.index == 0 and first_new.keyframe and first_new.pts == later[0].pts
+    pictures = decode_all(t.tracks[0], got)
+    assert {(p.width, p.height) for p in pictures} == {(640, 360)}
+
+
+def test_request_update_and_publish_forward_on_the_wire():
+    from rtmpq.moq import wire
+
+    msg = wire.RequestUpdate(4, 2, {wire.PARAM_FORWARD: 1})
+    decoded, end = wire.decode_control_message(wire.encode_control_message(msg))
+    assert decoded == msg
+    pub = wire.Publish(6, (b"live", b"cam"), b"video-480p", 3, {wire.PARAM_FORWARD: 0})
+    decoded, _ = wire.decode_control_message(wire.encode_control_message(pub))
+    assert decoded.params[wire.PARAM_FORWARD] == 0

@@ -261,6 +261,8 @@ class Transcoder:
                 decoder = None
                 continue
             if kind == "config":
+                if decoder is not None:  # the old stream's last pictures (held for reordering) go out
+                    dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
                 source, decoder, broken, failed = value, None, True, False
                 continue
             if kind == "active":
