@@ -15,7 +15,6 @@ from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
 from ..redact import names_are_public
 from .ingest import IngestNode
-from .transcode import LocalTranscoder
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -79,7 +78,11 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
-        self.transcoder = LocalTranscoder(self.registry, config.transcode) if config.transcode.ladder else None
+        self.transcoder = None
+        if config.transcode.ladder:
+            from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
+
+            self.transcoder = LocalTranscoder(self.registry, config.transcode)
         self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
