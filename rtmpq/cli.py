@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_arguments(up)
     _add_moq_server_arguments(up)
     _add_http_arguments(up)
+    _add_ladder_argument(up, "none")
 
     sub_cmd = sub.add_parser("sub", parents=[common], help="subscribe to a broadcast over MoQ and print its objects",
                              description="Subscribe to moqt://HOST:PORT/live/<name>: prints one JSON line per "
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub_cmd.add_argument("--wait", type=float, metavar="S",
                          help="how long to wait for a broadcast that is not live yet (default 30)")
     sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one")
+    sub_cmd.add_argument("--track", action="append", metavar="NAME",
+                         help="subscribe to this track (repeat for more); default: the catalog's tracks, one "
+                              "rendition per altGroup (the source's)")
+    sub_cmd.add_argument("--rendition", metavar="RUNG",
+                         help="take this rendition of each altGroup instead of the source's, e.g. 480p")
     _add_client_tls_arguments(sub_cmd)
 
     ingest = sub.add_parser("ingest", parents=[common], help="accept RTMP publishers",
@@ -103,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of a relay (or [upstream] url)")
     _add_http_arguments(edge)
     _add_client_tls_arguments(edge)
+
+    transcode = sub.add_parser("transcode", parents=[common], help="an ABR ladder for every broadcast of a relay",
+                               description="Subscribe to each broadcast the relay (--upstream) announces and add "
+                                           "rungs (video-480p, ...) to it: H.264 made group by group from the "
+                                           "source's groups, listed in the broadcast's catalog, encoded only "
+                                           "while someone watches them.")
+    transcode.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the origin relay")
+    _add_ladder_argument(transcode, "720p,480p,360p")
+    _add_client_tls_arguments(transcode)
 
     token = sub.add_parser("token", parents=[common], help="mint a JWT for publishers, viewers or nodes",
                            description="Print a signed token (JWT, HS256) with the [auth] secret of --config "
@@ -130,6 +145,12 @@ def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", metavar="DIR", type=Path,
                    help="record every publish session as DIR/live/<name>-<UTC start>.flv "
                         "(an exact remux of the received tags)")
+
+
+def _add_ladder_argument(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--ladder", metavar="RUNGS",
+                   help=f"rungs by height, e.g. 480p,360p (default {default}; [transcode] ladder); a rung "
+                        "not smaller than the source is left out")
 
 
 def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:
@@ -181,6 +202,7 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     out[("upstream", "cafile")] = get("cafile")
     out[("upstream", "fingerprint")] = get("fingerprint")
     out[("upstream", "wait")] = get("wait")
+    out[("transcode", "ladder")] = get("ladder")
     if get("quic_backend") is not None:
         out[("moq", "backend")] = out[("upstream", "backend")] = get("quic_backend")
     if args.command == "token":
@@ -216,6 +238,12 @@ async def _run(args, config: Config) -> int:
         if not config.upstream.url:
             raise ConfigError("rtmpq edge needs --upstream moqt://HOST:PORT (or [upstream] url)")
         await run_edge(config, stop)
+    elif args.command == "transcode":
+        from .nodes.transcode import run_transcode
+
+        if not config.upstream.url:
+            raise ConfigError("rtmpq transcode needs --upstream moqt://HOST:PORT (or [upstream] url)")
+        await run_transcode(config, stop)
     elif args.command == "sub":
         from .nodes.sub import run_sub
 

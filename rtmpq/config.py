@@ -11,6 +11,7 @@ error that names it; so is a value of the wrong type.
     [publish]   who may publish what: secret keys -> public names; publisher lifecycle
     [auth]      tokens (JWT, HS256): the shared secret, whether viewers need one, this node's own
     [upstream]  how this node reaches the node above it (relay, edge, ingest --upstream, sub)
+    [transcode] the ABR ladder (rtmpq transcode, rtmpq up --ladder)
     [node]      the process: graceful stop
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from .errors import RtmpqError
 from .rtmp.session import SessionLimits
+from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, LadderError, parse_ladder
 
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_MOQ_PORT = 4443
@@ -133,6 +135,24 @@ class UpstreamConfig:
 
 
 @dataclass
+class TranscodeConfig:
+    """[transcode]: the ABR ladder made from each broadcast's video (rtmpq/transcode/ladder.py
+    names every default and its reason).
+
+    ``ladder``: rungs by height, ``"480p,360p"``; empty: ``rtmpq up`` makes none and ``rtmpq
+    transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
+    the defaults (720p 2500, 480p 1200, 360p 700). A rung starts when it is first watched and
+    stops ``idle_stop`` seconds after its last viewer left.
+    """
+
+    ladder: str = ""
+    bitrates: dict[str, str] = field(default_factory=dict)
+    preset: str = X264_PRESET
+    idle_stop: float = IDLE_STOP_SECONDS
+    rung_queue_frames: int = RUNG_QUEUE_FRAMES
+
+
+@dataclass
 class NodeConfig:
     """[node]: the process."""
 
@@ -147,6 +167,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
 
 
@@ -288,6 +309,14 @@ def validate(config: Config) -> None:
                          ("node.stop_timeout", config.node.stop_timeout)):
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
+    try:
+        parse_ladder(config.transcode.ladder, config.transcode.bitrates)
+    except LadderError as exc:
+        raise ConfigError(str(exc)) from None
+    if config.transcode.idle_stop < 0:
+        raise ConfigError("transcode.idle_stop: must not be negative")
+    if config.transcode.rung_queue_frames < 1:
+        raise ConfigError("transcode.rung_queue_frames: must be at least 1")
     if config.auth.require_playback_token and not config.auth.secret:
         raise ConfigError("auth.require_playback_token needs auth.secret")
 

@@ -102,3 +102,84 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
         await browser.wait()
         rc, output = await publisher
     assert rc == 0, output
+
+
+async def _chromium_page(tmp_path, url: str):
+    """(browser process, DevTools websocket URL) of a headless Chromium showing ``url``."""
+    chromium = shutil.which("chromium") or need("chromium")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        debug_port = s.getsockname()[1]
+    browser = await asyncio.create_subprocess_exec(
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--remote-debugging-port={debug_port}", url,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            targets = json.loads(await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
+            pages = [t for t in targets if t["type"] == "page"]
+            if pages:
+                return browser, pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    browser.terminate()
+    raise AssertionError("chromium did not start")
+
+
+async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
+    """`rtmpq up --ladder 480p,360p`: hls.js sees three levels and switches to a rung it had not
+    watched; the rung starts on demand, the new level loads and playback goes on without a stall."""
+    from rtmpq.config import TranscodeConfig
+
+    need("ffmpeg")
+    if not (STATIC / "hls.min.js").exists():
+        pytest.fail("hls.js is not installed: run `make hlsjs`")
+    config = local_config(tmp_path, transcode=TranscodeConfig(ladder="480p,360p", rung_queue_frames=120))
+    config.http.static_dir = STATIC
+    node = UpNode(config)
+    await node.start()
+    browser = None
+    try:
+        rtmp_port = node.rtmp.address[1]
+        host, http_port = node.edge.address
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{rtmp_port}/live/abr", str(tmp_path / "ref.flv"), seconds=24, size="1280x720"),
+            timeout=90))
+        await node.registry.wait_for("live/abr", 10)
+        browser, ws_url = await _chromium_page(tmp_path, f"http://{host}:{http_port}/live/abr/")
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            now = "document.getElementById('video').currentTime"
+            async with asyncio.timeout(30):  # until playback starts
+                while not await devtools.evaluate(f"window.rtmpqHls && {now} > 0"):
+                    await asyncio.sleep(0.2)
+            heights = await devtools.evaluate("rtmpqHls.levels.map(l => l.height)")
+            assert sorted(heights) == [360, 480, 720]
+            target = heights.index(360)
+            assert await devtools.evaluate("rtmpqHls.currentLevel") != target
+            errors_before = len(await devtools.evaluate("window.rtmpqErrors"))
+            await devtools.evaluate("window.switched = null; rtmpqHls.on(Hls.Events.LEVEL_SWITCHED, "
+                                    "(e, d) => { window.switched = d.level; });"
+                                    f"rtmpqHls.currentLevel = {target}; true")
+            async with asyncio.timeout(30):  # the new level loads (the rung starts for it)
+                while await devtools.evaluate("window.switched") != target:
+                    await asyncio.sleep(0.2)
+            async with asyncio.timeout(20):  # and its pictures show
+                while await devtools.evaluate("document.getElementById('video').videoHeight") != 360:
+                    await asyncio.sleep(0.2)
+            before = await devtools.evaluate(now)
+            await asyncio.sleep(3.0)
+            after = await devtools.evaluate(now)
+            errors = (await devtools.evaluate("window.rtmpqErrors"))[errors_before:]  # since the switch
+        assert after > before + 2.0, (before, after, errors)  # playback goes on
+        assert not [e for e in errors if "bufferStalledError" in e or "fatal" in e], errors
+        assert node.transcoder.broadcasts["live/abr"].frames_encoded("video-480p") == 0  # never watched
+    finally:
+        if browser is not None:
+            browser.terminate()
+            await browser.wait()
+        await node.close()

@@ -137,7 +137,8 @@ async def test_two_track_publish_is_two_renditions(node, tmp_path):
     host, http_port = node.edge.address
     base = f"http://{host}:{http_port}/live/ladder"
     live_playlist = asyncio.create_task(http_text(f"{base}/index.m3u8"))
-    catalogs, frames, _ = await asyncio.wait_for(receive(node, "live/ladder"), 60)
+    # both renditions asked for by name (by default a subscriber takes one per altGroup)
+    catalogs, frames, _ = await asyncio.wait_for(receive(node, "live/ladder", tracks=["video", "video-1", "audio"]), 60)
     assert (await live_playlist)[0] == 200
     await pusher
     catalog = catalogs[-1]

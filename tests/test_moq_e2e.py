@@ -17,14 +17,14 @@ from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_proc
 from .rtmp_client import TcpPublisher
 
 
-async def receive(node, broadcast, *, fingerprint=None, insecure=True, limit=None, until_video=False):
+async def receive(node, broadcast, *, fingerprint=None, insecure=True, limit=None, until_video=False, tracks=None):
     host, port = node.moq_address
     catalogs, frames, skipped = [], [], []
     # the subscriber uses the same QUIC library as the node (pinning needs aioquic on the client)
     backend = "aioquic" if fingerprint else node.moq_config.backend
     async with connect_moq(host, port, insecure=insecure and not fingerprint, fingerprint=fingerprint,
                            backend=backend) as conn:
-        async for item in subscribe_broadcast(conn, broadcast):
+        async for item in subscribe_broadcast(conn, broadcast, tracks=tracks):
             if isinstance(item, Catalog):
                 catalogs.append(item)
             elif isinstance(item, SkippedGroup):

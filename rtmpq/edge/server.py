@@ -46,13 +46,18 @@ MAX_HTTP_CONNECTIONS = 1024
 ENDED_PLAYLIST_KEEP = 10.0
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
-_SEGMENT = re.compile(r"^(?P<kind>v\d{0,3}|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
-_PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?|audio)\.m3u8$")
-_INIT = re.compile(r"^(?P<kind>v\d{0,3}|a)-init(?:-(?P<version>\d{1,9}))?\.mp4$")
+# video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
+_SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+_PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
+_INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<version>\d{1,9}))?\.mp4$")
+# An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
+# it: this many seconds after its last request, the edge lets it go (and the rung may stop).
+RENDITION_IDLE_SECONDS = 15.0
 
 
 def stream_key(track: str) -> str:
-    """Prefix of a track's files: ``v`` for video, ``v1`` for video-1, ``a`` for audio."""
+    """Prefix of a track's files: ``v`` for video, ``v1`` for video-1, ``v480p`` for video-480p,
+    ``v1-480p`` for video-1-480p, ``a`` for audio."""
     return "a" if track == AUDIO else "v" + track[len(VIDEO) + 1:]
 
 PLAYER_PAGE = """<!doctype html>
@@ -86,6 +91,32 @@ class _Broadcast:
         self.last_request = time.monotonic()
         self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
+        self.source = None
+        self.catalog: Catalog | None = None
+        self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
+
+    def asked_for(self, stream: LlHlsStream) -> None:
+        """A player asked for ``stream``: an alternate rendition is pulled from now on."""
+        want = getattr(self.source, "want", None)
+        track = stream.only and next(iter(stream.only))
+        if want is None or not track or self.catalog is None or not self.catalog.is_rung(track):
+            return
+        if track not in self.wanted:
+            want(track, True)
+        self.wanted[track] = time.monotonic()
+
+    def idle_renditions(self, now: float) -> None:
+        for track, last in list(self.wanted.items()):
+            if now - last > RENDITION_IDLE_SECONDS:
+                del self.wanted[track]
+                self.source.want(track, False)
+
+    def listed(self, key: str, stream: LlHlsStream) -> bool:
+        """Whether the multivariant waits for ``stream`` to be playable (alternates not pulled yet
+        are listed from the catalog alone)."""
+        track = stream.only and next(iter(stream.only))
+        return key == "v" or key == "a" or self.catalog is None or not self.catalog.is_rung(track) \
+            or track in self.wanted
 
 
 class EdgeServer:
@@ -127,6 +158,8 @@ class EdgeServer:
             for name, b in list(self._broadcasts.items()):
                 if b.streams["v"].ended and now - b.last_request > IDLE_SECONDS:
                     del self._broadcasts[name]
+                else:
+                    b.idle_renditions(now)
 
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
@@ -139,6 +172,7 @@ class EdgeServer:
         if source is None:
             return None
         b = self._broadcasts[name] = _Broadcast(name)
+        b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
         return b
@@ -148,6 +182,7 @@ class EdgeServer:
         try:
             async for item in source:
                 if isinstance(item, Catalog):
+                    b.catalog = item
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
                         if key is not None and key not in b.streams:
@@ -254,7 +289,7 @@ class EdgeServer:
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
-            streams = list(b.streams.values())
+            streams = [s for k, s in b.streams.items() if b.listed(k, s)]
             ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
             if not await self._wait_for(b, video, ready):
                 return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
@@ -266,6 +301,7 @@ class EdgeServer:
             stream = b.streams.get(stream_key(pm["track"]) if pm is not None else im["kind"])
             if stream is None:
                 return 404, b"no such rendition\n", "text/plain", "no-store"
+            b.asked_for(stream)
             if not await self._wait_for(b, stream, lambda: stream.playable):
                 return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
             if im is None:
@@ -281,6 +317,7 @@ class EdgeServer:
         stream = b.streams.get(sm["kind"]) if sm is not None else None
         if stream is None:
             return 404, b"not found\n", "text/plain", "no-store"
+        b.asked_for(stream)
         ctype = "audio/mp4" if stream is audio else "video/mp4"
         msn = int(sm["msn"])
         part = int(sm["part"]) if sm["part"] is not None else None

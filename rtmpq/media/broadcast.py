@@ -133,6 +133,31 @@ class Broadcast:
         self._last_dts: int | None = None
         self._left_at: float | None = None  # monotonic time the publisher left
         self.expires_at: float | None = None  # ends then unless a publisher returns (registry.expire)
+        # tracks made on demand (transcoder rungs): who watches each, and who to tell
+        self.demand: dict[str, int] = {}
+        self._demand_watchers: list = []
+
+    # -- renditions made on demand ------------------------------------------------------------------
+    def want(self, track: str, wanted: bool = True) -> None:
+        """A reader (the relay for its MoQ subscribers, the edge for its players) starts or stops
+        needing ``track``; the transcoder makes a rung only while someone needs it."""
+        before = self.demand.get(track, 0)
+        after = max(before + (1 if wanted else -1), 0)
+        self.demand[track] = after
+        if (before == 0) != (after == 0):
+            for watcher in tuple(self._demand_watchers):
+                watcher(track, after > 0)
+
+    def watch_demand(self, callback) -> None:
+        """``callback(track, wanted)`` whenever a track goes from unwatched to watched or back."""
+        self._demand_watchers.append(callback)
+
+    def push_rendition(self, frame: Frame) -> None:
+        """A frame of a track made here from this broadcast's own frames (a transcoder rung): its
+        groups and timestamps are the source's already, so no seam shift applies."""
+        if self.live:
+            for reader in tuple(self._readers):
+                reader._put(frame)
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:

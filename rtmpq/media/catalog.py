@@ -20,6 +20,7 @@ it is read back from the configuration record.
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 from ..errors import RemoteProtocolError
@@ -29,6 +30,8 @@ MSF_VERSION = "draft-01"
 PACKAGING_LOC = "loc"
 INIT_INLINE = "inline"
 PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
+# Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
+RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
 
 def nal_length_size_of(codec: str, init_data: bytes) -> int | None:
@@ -122,6 +125,30 @@ class Catalog:
                 return t
         return None
 
+    def default_tracks(self, rendition: str | None = None) -> list[str]:
+        """One track per altGroup (the first listed: the source rendition; with ``rendition``,
+        e.g. "480p", the member named ``...-480p`` when there is one) and every track outside one."""
+        chosen: dict[int, TrackInfo] = {}
+        out: list[str] = []
+        for t in self.tracks:
+            if t.alt_group is None:
+                out.append(t.name)
+            elif t.alt_group not in chosen or (rendition and t.name.endswith("-" + rendition)
+                                               and not chosen[t.alt_group].name.endswith("-" + rendition)):
+                chosen[t.alt_group] = t
+        return out + [t.name for t in chosen.values()]
+
+    def is_rung(self, name: str) -> bool:
+        """An alternate made on demand from another track (a transcoder rung, "video-480p"): it
+        costs CPU only while someone takes it."""
+        return RUNG_NAME.search(name) is not None and self.is_alternate(name)
+
+    def is_alternate(self, name: str) -> bool:
+        """A track of an altGroup that is not its first (a rung, another E-RTMP rendition): taken
+        only when asked for."""
+        t = self.track(name)
+        return t is not None and t.alt_group is not None and name not in self.default_tracks()
+
     def with_track(self, info: TrackInfo, *, generated_at: int | None = None) -> "Catalog":
         """A new catalog with ``info`` added or replacing the track of the same name."""
         others = tuple(t for t in self.tracks if t.name != info.name)
@@ -199,9 +226,12 @@ def _number(value: float | None) -> float | int | None:
 
 
 def _track_order(t: TrackInfo) -> tuple:
-    """Video first, then audio, then data; in a kind, the default track, then by E-RTMP track id."""
+    """Video first, then audio, then data; in a kind, the default track, then by E-RTMP track id,
+    then transcoder rungs ("video-480p") from the tallest down."""
     kind = {VIDEO: 0, AUDIO: 1}.get(t.kind, 2)
     base, _, number = t.name.rpartition("-")
     if base and number.isdigit():
-        return kind, base, int(number)
-    return kind, t.name, -1
+        return kind, base, 1, int(number)
+    if base and number[:-1].isdigit() and number.endswith("p"):
+        return kind, base, 2, -int(number[:-1])
+    return kind, t.name, 0, 0

@@ -17,6 +17,7 @@ from .transport import MoqConnection
 from .wire import RequestError
 
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
+_CHOICE = object()  # queue marker: the TrackChoice changed
 
 
 # Seconds to wait for streams still in flight after the publisher said it is done.
@@ -42,12 +43,43 @@ class SubscribeError(ConnectionError):
         self.code = code
 
 
+class TrackChoice:
+    """Which tracks of a broadcast a subscription takes. By default one per MSF altGroup (the
+    first the catalog lists: the source rendition; with ``rendition``, e.g. "480p", the member
+    named ``...-480p``) and every track outside an altGroup; with ``tracks``, exactly those.
+    ``want(track)`` adds (or with False drops) one while the subscription runs."""
+
+    def __init__(self, tracks: list[str] | None = None, rendition: str | None = None, *,
+                 all_but_rungs: bool = False) -> None:
+        self.tracks = None if tracks is None else set(tracks)
+        self.rendition = rendition
+        self.all_but_rungs = all_but_rungs  # every track but transcoder rungs (the edge: rungs on demand)
+        self.extra: set[str] = set()
+        self._wake = None
+
+    def names(self, catalog: Catalog) -> set[str]:
+        if self.tracks is not None:
+            base = set(self.tracks)
+        elif self.all_but_rungs:
+            base = {t.name for t in catalog.tracks if not catalog.is_rung(t.name)}
+        else:
+            base = set(catalog.default_tracks(self.rendition))
+        return base | self.extra
+
+    def want(self, track: str, wanted: bool = True) -> None:
+        (self.extra.add if wanted else self.extra.discard)(track)
+        if self._wake is not None:
+            self._wake()
+
+
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
-                              authorization: str | None = None) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
-    """The catalog, then frames of its tracks (all of them, or ``tracks``), until the broadcast
-    ends. A broadcast that is not live yet is waited for up to ``wait`` seconds.
-    ``authorization``: a token sent with every SUBSCRIBE (AUTHORIZATION TOKEN parameter)."""
+                              authorization: str | None = None, choice: TrackChoice | None = None,
+                              ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+    """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
+    per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
+    up to ``wait`` seconds. ``authorization``: a token sent with every SUBSCRIBE."""
+    choice = choice or TrackChoice(tracks)
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -74,6 +106,27 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         open_tracks.add(track)
         conn.flush()
 
+    catalog: Catalog | None = None
+
+    def update_tracks() -> None:
+        """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
+        if catalog is None:
+            return
+        chosen = choice.names(catalog) & {t.name for t in catalog.tracks}
+        subscribed = {name: rid for rid, name in requests.items()}
+        for name in sorted(chosen - set(subscribed)):
+            subscribe(name)
+        for name, rid in subscribed.items():
+            if name != CATALOG_TRACK and name not in chosen:
+                session.unsubscribe(rid)
+                del requests[rid]
+                open_tracks.discard(name)
+                for alias, n in list(aliases.items()):
+                    if n == name:
+                        del aliases[alias]
+                conn.flush()
+
+    choice._wake = lambda: queue.put_nowait(_CHOICE)
     subscribe(CATALOG_TRACK)
     try:
         while open_tracks:
@@ -102,6 +155,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     continue
                 raise SubscribeError(f"subscribe to {broadcast} {track} refused: {event.reason} (code {event.error_code})",
                                      event.error_code)
+            elif event is _CHOICE:
+                update_tracks()
             elif event is _RETRY or (isinstance(event, ev.NamespaceReceived) and event.request_id == watch
                                      and event.namespace == namespace):
                 if _RETRY not in open_tracks:
@@ -111,12 +166,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if track == CATALOG_TRACK:
-                    new = Catalog.from_json(event.payload)
-                    subscribed = set(requests.values())
-                    for info in new.tracks:  # tracks appear as their sequence headers arrive
-                        if info.name not in subscribed and (tracks is None or info.name in tracks):
-                            subscribe(info.name)
-                    yield new
+                    catalog = Catalog.from_json(event.payload)
+                    update_tracks()  # tracks appear as their sequence headers arrive
+                    yield catalog
                 elif track is not None:
                     yield object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
@@ -138,6 +190,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
     finally:
         conn.handler = None
+        choice._wake = None
 
 
 class FetchError(ConnectionError):

@@ -139,6 +139,7 @@ class TrackPublished:
     track_name: str
     track_alias: int
     authorization: str | None = _token()
+    forward: bool = True  # FORWARD=0: no objects until we send REQUEST_UPDATE with FORWARD=1
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,3 +251,14 @@ class FetchEnded:
 
     request_id: int
     code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUpdated:
+    """REQUEST_UPDATE of our request ``existing_request_id`` (a track we PUBLISHed or a SUBSCRIBE we
+    serve); ``forward`` is its FORWARD parameter (None when absent). Answer request_ok/request_error
+    with ``request_id``."""
+
+    request_id: int
+    existing_request_id: int
+    forward: bool | None

@@ -84,6 +84,8 @@ class TrackSubscription:
             self.in_flight[group_id] = g
             while len(self.in_flight) > MAX_GROUPS_IN_FLIGHT:
                 self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
+        elif g.complete:
+            return  # its stream is already finished (a late object of an ended group): cannot be added
         self.sink.send_object(g.handle, object_id, payload, extensions)
         g.written += len(payload)
         g.pending.append((g.written, received))

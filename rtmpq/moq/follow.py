@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from ..redact import safe_name
-from .client import SkippedGroup, SubscribeError, subscribe_broadcast
+from .client import SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
 from .transport import connect_moq
 from .wire import RequestError
 
@@ -27,7 +27,8 @@ class BroadcastGone(ConnectionError):
 
 
 async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
-                           delivery_timeout_ms: int | None = None, **tls) -> AsyncIterator:
+                           delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
+                           **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
     connect_moq's insecure / cafile / fingerprint / backend."""
     loop = asyncio.get_running_loop()
@@ -39,7 +40,8 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
             async with connect_moq(host, port, **tls, token=token) as conn:
                 connected_once = True
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
-                                                      delivery_timeout_ms=delivery_timeout_ms, authorization=token):
+                                                      delivery_timeout_ms=delivery_timeout_ms, authorization=token,
+                                                      choice=choice):
                     delay = RECONNECT_MIN
                     if not isinstance(item, SkippedGroup):
                         deadline = loop.time() + wait  # alive: a later loss gets the whole wait again

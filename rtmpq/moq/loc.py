@@ -23,6 +23,9 @@ EXT_RECEIVED_US = 0x7A4
 FLAG_KEYFRAME = 0x1
 
 CATALOG_TRACK = "catalog"
+# A node's (a transcoder's) list of the tracks it adds to a broadcast: an MSF catalog of those tracks
+# alone, which a relay merges into the broadcast's catalog (rtmpq's own; not listed in catalogs).
+RENDITIONS_TRACK = "rtmpq.renditions"
 
 
 def frame_extensions(frame: Frame, timescale: int) -> dict[int, int]:

@@ -22,12 +22,13 @@ from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
 from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO
 from ..redact import safe_name
 from . import events as ev
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
-from .loc import CATALOG_TRACK, frame_extensions
+from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions
 from .transport import MoqConnection
 from .wire import (
     FETCH_RELATIVE_JOINING,
@@ -63,6 +64,14 @@ MAX_FETCHES_PASSED_ON = 4
 # (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
 # node's [publish] grace_period sets it.
 DEFAULT_UPSTREAM_GRACE = 30.0
+
+
+def with_added_tracks(catalog: Catalog, added) -> Catalog:
+    """``catalog`` with the tracks another node added to its broadcast (transcoder rungs) listed."""
+    for info in added:
+        if catalog.track(info.name) != info:
+            catalog = catalog.with_track(info)
+    return catalog
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -147,16 +156,20 @@ class _BroadcastSource:
         self._on_new_tracks = on_new_tracks
         self._reader = broadcast.reader()
         self._catalog_groups = 0
+        self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
+        self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
         if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     def _on_catalog(self, catalog) -> None:
+        catalog = with_added_tracks(catalog, self.added)
         data = catalog.to_json()
         last = self.fanouts[CATALOG_TRACK].cache.latest()
         if last is not None and last.objects and bytes(last.objects[0].payload) == data:
             return
-        new = [info.name for info in catalog.tracks if info.name not in self.fanouts]
+        added = {info.name for info in self.added}
+        new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
         for name in new:
             self.fanouts[name] = TrackFanout()
         if new and self.waiting:
@@ -165,6 +178,15 @@ class _BroadcastSource:
         self._catalog_groups += 1
         self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
         self.fanouts[CATALOG_TRACK].end_group(group)
+
+    def update_demand(self) -> None:
+        """Tell the broadcast which tracks have MoQ subscribers here, so a transcoder makes a rung
+        only while someone watches it."""
+        for name, fanout in self.fanouts.items():
+            watched = bool(fanout.subscribers) and not self.ended
+            if watched != (name in self.wanted):
+                (self.wanted.add if watched else self.wanted.discard)(name)
+                self.broadcast.want(name, watched)
 
     async def _run(self) -> None:
         timescales: dict[str, int] = {}
@@ -185,6 +207,7 @@ class _BroadcastSource:
                                           frame_extensions(item, timescales.get(item.track, 1000)), time.monotonic())
         finally:
             self.ended = True
+            self.update_demand()
             self._reader.close()
             for fanout in self.fanouts.values():
                 fanout.end()
@@ -209,6 +232,9 @@ class _UpstreamTrack:
         self.group_offset = 0
         self.check_offset = False
         self.orphaned_at: float | None = None  # the source session was lost at this time
+        # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
+        self.on_demand = False
+        self.forward = True
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
@@ -287,6 +313,7 @@ class MoqRelay:
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         self._fetch_proxies: dict[tuple[int, int], _FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
+        self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -328,6 +355,12 @@ class MoqRelay:
                 self.expire_orphans(now)
             except Exception:
                 log.exception("expiring relayed tracks failed")
+            try:  # rungs made on demand follow who watches them
+                for source in list(self._sources.values()):
+                    source.update_demand()
+                self._update_forward()
+            except Exception:
+                log.exception("updating demand for renditions failed")
 
     def _all_fanouts(self):
         """(loggable track name, fan-out) of every track held."""
@@ -385,6 +418,10 @@ class MoqRelay:
         if self._denied(conn, event, self.access.may_subscribe, name):
             return
         source = self._local_source(name)
+        added = self._tracks.get((event.namespace, event.track_name))
+        if source is not None and added is not None and added.alias is not None:
+            self._accept(conn, event, added.fanout)  # a track a node added to this broadcast (a rung)
+            return
         if source is not None:
             fanout = source.fanouts.get(event.track_name)
             wait = source.broadcast.started + NEW_TRACK_WAIT - time.monotonic()
@@ -596,9 +633,9 @@ class MoqRelay:
     def _fanout(self, namespace: tuple[str, ...], track: str) -> TrackFanout | None:
         """The fan-out of a track this relay holds now (a local broadcast's or a relayed one's)."""
         source = self._local_source("/".join(namespace))
-        if source is not None:
-            return source.fanouts.get(track)
         upstream = self._tracks.get((namespace, track))
+        if source is not None and (upstream is None or track in source.fanouts):
+            return source.fanouts.get(track)
         return upstream.fanout if upstream is not None else None
 
     def _on_TrackStatusRequested(self, conn: MoqConnection, event: ev.TrackStatusRequested) -> None:
@@ -694,10 +731,12 @@ class MoqRelay:
             self._by_alias[(id(conn), event.track_alias)] = existing
             conn.session.publish_ok(event.request_id)
             return
-        if existing is not None or self.registry.get("/".join(event.namespace)) is not None:
+        local = self._local_source("/".join(event.namespace))
+        if existing is not None or (local is not None and event.track_name in local.fanouts):
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
             return
         upstream = _UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
+        upstream.on_demand, upstream.forward = not event.forward, event.forward
         self._tracks[key] = upstream
         self._by_request[(id(conn), event.request_id)] = upstream
         self._by_alias[(id(conn), event.track_alias)] = upstream
@@ -710,8 +749,74 @@ class MoqRelay:
                 self._attach(other, rid, alias, event.namespace, event.track_name, upstream.fanout, self.delivery_timeout)
                 other.flush()
 
+    def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
+        conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "not supported by this relay")
+
+    def _on_RequestAccepted(self, conn: MoqConnection, event: ev.RequestAccepted) -> None:
+        pass  # the answer to a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
+
+    def _update_forward(self) -> None:
+        """Ask an on-demand track's publisher for objects while it has subscribers (REQUEST_UPDATE
+        FORWARD=1), and to stop when the last one left (FORWARD=0)."""
+        for upstream in list(self._tracks.values()):
+            if not upstream.on_demand or upstream.alias is None or upstream.conn is None:
+                continue
+            wanted = bool(upstream.fanout.subscribers)
+            if wanted != upstream.forward and not upstream.conn.session.closed:
+                upstream.forward = wanted
+                upstream.conn.session.request_update(upstream.request_id, forward=wanted)
+                upstream.conn.flush()
+                log.info("%s: %s", _label(upstream.namespace, upstream.track),
+                         "subscribed: asking its publisher for objects" if wanted else "no subscribers: objects paused")
+
+    def _added_tracks(self, upstream: _UpstreamTrack, payload) -> None:
+        """A node's list of the tracks it adds to a broadcast (an MSF catalog on RENDITIONS_TRACK):
+        the broadcast's catalog is re-issued with them."""
+        try:
+            added = Catalog.from_json(bytes(payload)).tracks
+        except Exception as exc:  # noqa: BLE001 - a bad list costs only that list
+            log.warning("%s: bad track list from %s: %s", _label(upstream.namespace), upstream.conn.peer, exc)
+            return
+        self._added[upstream.namespace] = added
+        source = self._local_source("/".join(upstream.namespace))
+        if source is not None:
+            source.added = added
+            source._on_catalog(source.broadcast.catalog)
+        else:
+            self._reissue_relayed_catalog(upstream.namespace)
+        log.info("%s: tracks added by %s: %s", _label(upstream.namespace), upstream.conn.peer,
+                 ", ".join(t.name for t in added))
+
+    def _reissue_relayed_catalog(self, namespace: tuple[str, ...]) -> None:
+        """A relayed broadcast's last catalog again, as a new group, with the added tracks listed
+        (its publisher sends a catalog only when its own tracks change). Its later groups are
+        shifted above this one."""
+        catalog = self._tracks.get((namespace, CATALOG_TRACK))
+        latest = catalog.fanout.cache.latest() if catalog is not None else None
+        if latest is None or not latest.objects:
+            return
+        first = latest.objects[0]
+        try:
+            merged = with_added_tracks(Catalog.from_json(bytes(first.payload)), self._added.get(namespace, ()))
+        except Exception:  # noqa: BLE001 - an unreadable catalog stays as it came
+            return
+        group = catalog.last_group + 1
+        catalog.last_group = group
+        catalog.group_offset += 1
+        catalog.fanout.publish_object(group, 0, merged.to_json(), first.extensions, time.monotonic())
+        catalog.fanout.end_group(group)
+
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is not None and upstream.track == RENDITIONS_TRACK:
+            self._added_tracks(upstream, event.payload)
+            return
+        if upstream is not None and upstream.track == CATALOG_TRACK and self._added.get(upstream.namespace):
+            try:  # a relayed broadcast: its catalog lists the tracks nodes added here
+                merged = with_added_tracks(Catalog.from_json(bytes(event.payload)), self._added[upstream.namespace])
+                event = replace(event, payload=merged.to_json())
+            except Exception:  # noqa: BLE001 - an unreadable catalog is passed on as it came
+                pass
         if upstream is not None:
             upstream.fanout.publisher_priority = event.priority
             upstream.fanout.publish_object(upstream.group(event.group), event.object_id, event.payload,
@@ -779,6 +884,14 @@ class MoqRelay:
                 self._announce(ns, done=True)
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
             self._by_request.pop((id(conn), upstream.request_id), None)
+            if upstream.track == RENDITIONS_TRACK:  # the node that added tracks is gone: unlist them
+                self._added.pop(upstream.namespace, None)
+                source = self._sources.get("/".join(upstream.namespace))
+                if source is not None and not source.ended:
+                    source.added = ()
+                    source._on_catalog(source.broadcast.catalog)
+                else:
+                    self._reissue_relayed_catalog(upstream.namespace)
             self._orphan(upstream, time.monotonic())
         if self.upstream is conn:
             self.upstream = None

@@ -188,9 +188,13 @@ class MoqSession:
         self._send_control(wire.Subscribe(rid, _raw(namespace), track_name.encode(), params))
         return rid
 
-    def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None) -> int:
-        """Push a track (PUBLISH); objects may follow at once under ``track_alias``."""
+    def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
+                forward: bool = True) -> int:
+        """Push a track (PUBLISH); objects may follow at once under ``track_alias``. With
+        ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1."""
         params = _with_token({}, authorization)
+        if not forward:
+            params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
         self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params))
         return rid
@@ -221,6 +225,12 @@ class MoqSession:
 
     def fetch_cancel(self, request_id: int) -> None:
         self._send_control(wire.FetchCancel(request_id))
+
+    def request_update(self, existing_request_id: int, *, forward: bool) -> int:
+        """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state."""
+        rid = self._new_request_id()
+        self._send_control(wire.RequestUpdate(rid, existing_request_id, {wire.PARAM_FORWARD: int(forward)}))
+        return rid
 
     def unsubscribe(self, request_id: int) -> None:
         self._send_control(wire.Unsubscribe(request_id))
@@ -717,8 +727,18 @@ class MoqSession:
                                             self._authorization(msg.params))]
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
+            forward = msg.params.get(wire.PARAM_FORWARD, 1)
+            if forward not in (0, 1):
+                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias, self._authorization(msg.params)), *self._release(msg.track_alias)]
+                                      msg.track_alias, self._authorization(msg.params), bool(forward)),
+                    *self._release(msg.track_alias)]
+        if isinstance(msg, wire.RequestUpdate):
+            self._check_request_id(msg.request_id)
+            forward = msg.params.get(wire.PARAM_FORWARD)
+            if forward not in (None, 0, 1):
+                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
+            return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, None if forward is None else bool(forward))]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):

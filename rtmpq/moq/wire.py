@@ -546,6 +546,17 @@ class PublishOk:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestUpdate:
+    request_id: int
+    existing_request_id: int
+    params: dict = field(default_factory=dict)
+    TYPE = MessageType.REQUEST_UPDATE
+
+    def payload(self) -> bytes:
+        return encode_varint(self.request_id) + encode_varint(self.existing_request_id) + encode_kvps(self.params)
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribe:
     request_id: int
     TYPE = MessageType.UNSUBSCRIBE
@@ -684,7 +695,7 @@ class UnknownMessage:
 
 ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBlocked | RequestOk
                   | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Publish | PublishOk
-                  | Unsubscribe | PublishDone
+                  | RequestUpdate | Unsubscribe | PublishDone
                   | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | Namespace
                   | NamespaceDoneMessage | Fetch | FetchOk | FetchCancel | UnknownMessage)
 
@@ -755,6 +766,8 @@ def decode_control_message(buf, pos: int = 0):
         msg = PublishOk(rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.UNSUBSCRIBE:
         msg = Unsubscribe(rd.varint())
+    elif mtype == MessageType.REQUEST_UPDATE:
+        msg = RequestUpdate(rd.varint(), rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.PUBLISH_DONE:
         msg = PublishDone(rd.varint(), rd.varint(), rd.varint(), rd.reason())
     elif mtype == MessageType.PUBLISH_NAMESPACE:

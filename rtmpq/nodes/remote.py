@@ -11,6 +11,7 @@ import logging
 
 from ..media.catalog import Catalog
 from ..media.frames import Frame
+from ..moq.client import TrackChoice
 from ..moq.follow import follow_broadcast
 from ..moq.relay import MoqRelay
 from ..moq.transport import connect_moq, parse_moq_url
@@ -108,11 +109,23 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, **t
     host, port, _ = parse_moq_url(url)
 
     def open_broadcast(name: str):
-        async def items():
-            async for item in follow_broadcast(host, port, name, wait=wait, token=token, **tls):
-                if isinstance(item, (Catalog, Frame)):
-                    yield item
-
-        return items()
+        return MoqFeed(host, port, name, wait=wait, token=token, **tls)
 
     return open_broadcast
+
+
+class MoqFeed:
+    """A broadcast followed over MoQ as Catalog and Frame items for the edge: every track but the
+    transcoder rungs, and the rungs that ``want`` asks for while players watch them."""
+
+    def __init__(self, host: str, port: int, name: str, **options) -> None:
+        self.host, self.port, self.name, self.options = host, port, name, options
+        self.choice = TrackChoice(all_but_rungs=True)
+
+    def want(self, track: str, wanted: bool = True) -> None:
+        self.choice.want(track, wanted)
+
+    async def __aiter__(self):
+        async for item in follow_broadcast(self.host, self.port, self.name, choice=self.choice, **self.options):
+            if isinstance(item, (Catalog, Frame)):
+                yield item

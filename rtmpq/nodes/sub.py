@@ -6,7 +6,7 @@ import sys
 import time
 
 from ..media.catalog import Catalog
-from ..moq.client import SkippedGroup
+from ..moq.client import SkippedGroup, TrackChoice
 from ..moq.follow import follow_broadcast
 from ..moq.transport import parse_moq_url
 from .nodes import upstream_tls
@@ -28,8 +28,9 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
 
     async def consume() -> None:
         nonlocal sizes
+        choice = TrackChoice(args.track, getattr(args, "rendition", None))
         async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=args.token,
-                                           delivery_timeout_ms=timeout_ms, **upstream_tls(config)):
+                                           delivery_timeout_ms=timeout_ms, choice=choice, **upstream_tls(config)):
             if isinstance(item, Catalog):
                 if args.json:
                     out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")

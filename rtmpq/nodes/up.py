@@ -25,28 +25,44 @@ def free_udp_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+class LocalFeed:
+    """An in-process broadcast as Catalog and Frame items for the edge. Transcoder rungs pass only
+    once ``want`` asked for them,
+    which tells the broadcast (and so the transcoder) that they are watched."""
+
+    def __init__(self, broadcast) -> None:
+        self.broadcast = broadcast
+        self.wanted: set[str] = set()
+
+    def want(self, track: str, wanted: bool = True) -> None:
+        if wanted != (track in self.wanted):
+            (self.wanted.add if wanted else self.wanted.discard)(track)
+            self.broadcast.want(track, wanted)
+
+    async def __aiter__(self):
+        reader = self.broadcast.reader()
+        catalog = None
+        try:
+            async for event in reader:
+                if isinstance(event, CatalogUpdate):
+                    catalog = event.catalog
+                    yield catalog
+                elif isinstance(event, BroadcastEnded):
+                    return
+                elif catalog is None or event.track in self.wanted or not catalog.is_rung(event.track):
+                    yield event
+        finally:
+            reader.close()
+            for track in list(self.wanted):
+                self.want(track, False)
+
+
 def local_broadcast_source(registry: BroadcastRegistry):
     """open_broadcast for the edge: read an in-process broadcast as Catalog and Frame items."""
 
     def open_broadcast(name: str):
         broadcast = registry.get(name)
-        if broadcast is None:
-            return None
-
-        async def items():
-            reader = broadcast.reader()
-            try:
-                async for event in reader:
-                    if isinstance(event, CatalogUpdate):
-                        yield event.catalog
-                    elif isinstance(event, BroadcastEnded):
-                        return
-                    else:
-                        yield event
-            finally:
-                reader.close()
-
-        return items()
+        return None if broadcast is None else LocalFeed(broadcast)
 
     return open_broadcast
 
@@ -62,6 +78,11 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
+        self.transcoder = None
+        if config.transcode.ladder:
+            from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
+
+            self.transcoder = LocalTranscoder(self.registry, config.transcode)
         self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
@@ -80,6 +101,8 @@ class UpNode:
         self._quic = await serve_moq(self.moq_config.host, self._quic_port, certfile=cert, keyfile=key,
                                      on_connection=self.moq.on_connection, backend=self.moq_config.backend)
         self.moq.start()
+        if self.transcoder is not None:
+            self.transcoder.start()
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d, certificate sha256 %s", host, port, self.fingerprint)
 
@@ -94,6 +117,8 @@ class UpNode:
         go on when this node is back), publishers get onStatus and a close, recordings are
         finalized, the node's own playlists get ENDLIST."""
         self.moq.stop()
+        if self.transcoder is not None:
+            self.transcoder.close()
         await self.rtmp.close()
         await asyncio.sleep(0)  # let the edge read the ends
         await self.edge.close()

@@ -1,0 +1,396 @@
+"""The transcoder node: an ABR ladder for every broadcast, made on demand.
+
+- ``BroadcastTranscoder``: one broadcast's rungs (a ``Transcoder`` per source video track), fed
+  Catalog and Frame items, told which rung tracks are watched; rung tracks and frames go to the
+  ``publish_tracks``/``emit`` it was given. A rung stops ``idle_stop`` seconds after its last
+  viewer left.
+- ``LocalTranscoder`` (``rtmpq up --ladder``): over the in-process registry; rungs become tracks
+  of the same ``Broadcast`` (its catalog lists them), demand comes from ``Broadcast.want``
+  (the relay for MoQ subscribers, the edge for players).
+- ``run_transcode`` (``rtmpq transcode --upstream``): over MoQ. For each broadcast the relay
+  announces, it subscribes to the catalog and the source video, and PUBLISHes into that relay,
+  as a trusted node, an MSF catalog of its rungs (track ``rtmpq.renditions``, which the relay
+  merges into the broadcast's catalog) and each rung with FORWARD=0: the relay asks for a rung's
+  objects (REQUEST_UPDATE FORWARD=1) when its first subscriber comes, and stops them when the last
+  one leaves.
+"""
+
+import asyncio
+import logging
+
+from ..config import Config, TranscodeConfig
+from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
+from ..media.frames import VIDEO, Frame
+from ..redact import safe_name
+from ..transcode.coder import CoderError
+from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
+from ..transcode.pipeline import Transcoder
+
+log = logging.getLogger("rtmpq.transcode")
+
+def is_rung_track(name: str) -> bool:
+    """A track named like a rung ("video-480p") is never transcoded again (a relay may still list
+    the rungs of an earlier transcoder session)."""
+    return RUNG_NAME.search(name) is not None
+
+
+class BroadcastTranscoder:
+    def __init__(self, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig, publish_tracks, emit) -> None:
+        self.name = name
+        self.label = safe_name(name)
+        self.ladder = ladder
+        self.config = config
+        self.publish_tracks = publish_tracks  # (tuple[TrackInfo, ...]) -> None, on the loop
+        self.emit = emit  # (Frame) -> None, on the loop
+        self.transcoders: dict[str, Transcoder] = {}  # source track -> its rungs
+        self.rung_source: dict[str, str] = {}  # rung track -> source track
+        self.wanted: set[str] = set()
+        self._stops: dict[str, asyncio.TimerHandle] = {}
+        self._loop = asyncio.get_running_loop()
+
+    def on_catalog(self, catalog: Catalog) -> None:
+        for info in catalog.tracks:
+            if info.kind != VIDEO or is_rung_track(info.name) or info.name in self.rung_source:
+                continue
+            t = self.transcoders.get(info.name)
+            if t is None:
+                self._start(info)
+            elif (t.source.init_data, t.source.codec) != (info.init_data, info.codec):
+                log.info("%s %s: new decoder configuration; rungs go on at the next group", self.label, info.name)
+                t.source = info
+                t.reconfigure(info)
+
+    def _start(self, info: TrackInfo) -> None:
+        def emit(track: str, frame: Frame) -> None:  # rung threads -> the loop
+            self._loop.call_soon_threadsafe(self.emit, frame)
+
+        try:
+            t = Transcoder(self.label, info, self.ladder, emit, rung_queue_frames=self.config.rung_queue_frames,
+                           preset=self.config.preset)
+        except CoderError as exc:
+            log.warning("%s %s: not transcoded: %s", self.label, info.name, exc)
+            return
+        if not t.workers:
+            log.info("%s %s: no rung is smaller than the source (%sx%s)", self.label, info.name, info.width, info.height)
+        self.transcoders[info.name] = t
+        for track in t.workers:
+            self.rung_source[track] = info.name
+        if t.tracks:
+            self.publish_tracks(t.tracks)
+            log.info("%s %s: rungs %s (made when watched)", self.label, info.name,
+                     ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
+        for track in self.wanted & set(t.workers):
+            t.set_active(track, True)
+
+    def on_frame(self, frame: Frame) -> None:
+        t = self.transcoders.get(frame.track)
+        if t is not None:
+            t.push(frame)
+
+    def set_wanted(self, track: str, wanted: bool) -> None:
+        """A rung gained its first viewer (start it now) or lost its last (stop it a little later)."""
+        stop = self._stops.pop(track, None)
+        if stop is not None:
+            stop.cancel()
+        if wanted:
+            if track not in self.wanted:
+                log.info("%s %s: watched; encoding", self.label, track)
+            self.wanted.add(track)
+            self._activate(track, True)
+        elif track in self.wanted:
+            self._stops[track] = self._loop.call_later(self.config.idle_stop, self._idle, track)
+
+    def _idle(self, track: str) -> None:
+        self._stops.pop(track, None)
+        self.wanted.discard(track)
+        log.info("%s %s: nobody watches; stopped", self.label, track)
+        self._activate(track, False)
+
+    def _activate(self, track: str, on: bool) -> None:
+        source = self.rung_source.get(track)
+        if source is not None:
+            self.transcoders[source].set_active(track, on)
+
+    def frames_encoded(self, track: str) -> int:
+        source = self.rung_source.get(track)
+        return self.transcoders[source].frames_encoded(track) if source else 0
+
+    def finish(self) -> None:
+        for t in self.transcoders.values():
+            t.finish()
+
+    def close(self) -> None:
+        for handle in self._stops.values():
+            handle.cancel()
+        for t in self.transcoders.values():
+            t.close()
+
+
+def ladder_of(config: TranscodeConfig, default: str = "") -> tuple[Rung, ...]:
+    return parse_ladder(config.ladder or default, config.bitrates)
+
+
+class LocalTranscoder:
+    """Rungs for every in-process broadcast (``rtmpq up --ladder``)."""
+
+    def __init__(self, registry: BroadcastRegistry, config: TranscodeConfig) -> None:
+        self.registry = registry
+        self.config = config
+        self.ladder = ladder_of(config)
+        self.broadcasts: dict[str, BroadcastTranscoder] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._watch: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._watch = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        async for broadcast in self.registry.announcements():
+            if broadcast.name not in self.broadcasts:
+                task = asyncio.get_running_loop().create_task(self._serve(broadcast))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, broadcast) -> None:
+        def publish_tracks(infos):
+            broadcast.set_catalog(Catalog(broadcast.name, tuple(infos), generated_at=broadcast.catalog.generated_at))
+
+        bt = self.broadcasts[broadcast.name] = BroadcastTranscoder(broadcast.name, self.ladder, self.config,
+                                                                   publish_tracks, broadcast.push_rendition)
+        for track, count in broadcast.demand.items():
+            if count:
+                bt.set_wanted(track, True)
+        broadcast.watch_demand(bt.set_wanted)
+        reader = broadcast.reader()
+        try:
+            async for item in reader:
+                if isinstance(item, CatalogUpdate):
+                    bt.on_catalog(item.catalog)
+                elif isinstance(item, BroadcastEnded):
+                    bt.finish()
+                    break
+                elif item.track in bt.transcoders:
+                    bt.on_frame(item)
+        finally:
+            reader.close()
+            bt.close()
+            if self.broadcasts.get(broadcast.name) is bt:
+                del self.broadcasts[broadcast.name]
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for bt in self.broadcasts.values():
+            bt.close()
+
+
+# -- the transcoder as its own node, over MoQ ---------------------------------------------------------
+
+# Seconds between attempts to reach the upstream relay (doubling up to the maximum).
+RECONNECT_MIN = 0.5
+RECONNECT_MAX = 10.0
+
+
+class _RungPublisher:
+    """One rung PUBLISHed into the relay with FORWARD=0: groups go out only while forwarded."""
+
+    def __init__(self, conn, namespace: tuple[str, ...], info: TrackInfo, alias: int, token: str | None) -> None:
+        self.conn = conn
+        self.info = info
+        self.alias = alias
+        self.request_id = conn.session.publish(namespace, info.name, alias, authorization=token, forward=False)
+        self.forward = False
+        self.stream: int | None = None
+        self.group: int | None = None
+
+    def send(self, frame: Frame) -> None:
+        from ..moq.loc import frame_extensions
+
+        session = self.conn.session
+        if not self.forward or session.closed:
+            return
+        if frame.group != self.group:
+            if self.stream is not None:
+                session.end_subgroup(self.stream)
+                self.stream = None
+            if frame.index != 0:
+                return  # never start a group mid-way
+            self.group = frame.group
+            self.stream = session.open_subgroup(self.alias, frame.group, priority=2)
+        if self.stream is not None:
+            session.send_object(self.stream, frame.index, frame.payload, frame_extensions(frame, self.info.timescale))
+            self.conn.flush()
+
+    def stop(self) -> None:
+        if self.stream is not None and not self.conn.session.closed:
+            self.conn.session.end_subgroup(self.stream)
+        self.stream = self.group = None
+
+
+async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig,
+                             token: str | None, registry: dict) -> None:
+    """One broadcast on one session: subscribe to its catalog and source video, PUBLISH its rungs
+    (FORWARD=0) and the list of them, encode a rung while the relay forwards it. Returns when the
+    broadcast ends; raises ConnectionError when the session is lost."""
+    from ..moq import events as ev
+    from ..moq.loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
+
+    namespace = tuple(name.split("/"))
+    session = conn.session
+    events: asyncio.Queue = asyncio.Queue()
+    conn.handler = lambda _c, event: events.put_nowait(event)
+    requests: dict[int, str] = {}  # our SUBSCRIBE request id -> track
+    aliases: dict[int, str] = {}  # subscription track alias -> track
+    rungs: dict[str, _RungPublisher] = {}
+    by_request: dict[int, _RungPublisher] = {}
+    next_alias = [0]
+    list_alias = None
+
+    def sub(track: str) -> None:
+        requests[session.subscribe(namespace, track, priority=0 if track == CATALOG_TRACK else 128,
+                                   authorization=token)] = track
+        conn.flush()
+
+    def publish_tracks(infos) -> None:
+        nonlocal list_alias
+        for info in infos:
+            if info.name not in rungs:
+                alias = next_alias[0]
+                next_alias[0] += 1
+                p = rungs[info.name] = _RungPublisher(conn, namespace, info, alias, token)
+                by_request[p.request_id] = p
+        # the list of what this node adds: one group per version on RENDITIONS_TRACK
+        if list_alias is None:
+            list_alias = next_alias[0]
+            next_alias[0] += 1
+            session.publish(namespace, RENDITIONS_TRACK, list_alias, authorization=token)
+        group = publish_tracks.version = getattr(publish_tracks, "version", -1) + 1
+        sid = session.open_subgroup(list_alias, group, priority=0)
+        session.send_object(sid, 0, Catalog(name, tuple(p.info for p in rungs.values())).to_json())
+        session.end_subgroup(sid)
+        conn.flush()
+
+    def emit(frame: Frame) -> None:
+        p = rungs.get(frame.track)
+        if p is not None:
+            p.send(frame)
+
+    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit)
+    registry[name] = bt
+    source_tracks: set[str] = set()
+    sub(CATALOG_TRACK)
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, ev.SubscribeAccepted):
+                if event.request_id in requests:
+                    aliases[event.track_alias] = requests[event.request_id]
+            elif isinstance(event, ev.RequestFailed):
+                track = requests.pop(event.request_id, None)
+                if track == CATALOG_TRACK:
+                    return  # the broadcast is gone
+                p = by_request.get(event.request_id)
+                if p is not None:
+                    log.warning("%s %s: the relay refused the rung: %s", bt.label, p.info.name, event.reason)
+            elif isinstance(event, ev.ObjectReceived):
+                track = aliases.get(event.track_alias)
+                if track == CATALOG_TRACK:
+                    catalog = Catalog.from_json(event.payload)
+                    bt.on_catalog(catalog)
+                    for source in bt.transcoders:
+                        if source not in source_tracks:
+                            source_tracks.add(source)
+                            sub(source)
+                elif track is not None:
+                    bt.on_frame(object_to_frame(track, event.group, event.object_id, event.payload, event.extensions))
+            elif isinstance(event, ev.RequestUpdated):
+                p = by_request.get(event.existing_request_id)
+                if p is None or event.forward is None:
+                    session.request_error(event.request_id, 0x3, "only FORWARD updates of rungs")  # NOT_SUPPORTED
+                else:
+                    session.request_ok(event.request_id)
+                    p.forward = event.forward
+                    if not event.forward:
+                        p.stop()
+                    bt.set_wanted(p.info.name, event.forward)
+                conn.flush()
+            elif isinstance(event, ev.PublishDoneReceived):
+                if requests.get(event.request_id) == CATALOG_TRACK:
+                    bt.finish()
+                    return  # the broadcast ended
+            elif isinstance(event, ev.GoawayReceived):
+                raise ConnectionError("the relay is going away (GOAWAY)")
+            elif isinstance(event, ev.SessionClosed):
+                raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
+    finally:
+        conn.handler = None
+        bt.close()
+        if registry.get(name) is bt:
+            del registry[name]
+
+
+async def run_transcode(config: Config, stop: asyncio.Event) -> None:
+    """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists."""
+    from ..moq import events as ev
+    from ..moq.transport import connect_moq, parse_moq_url
+    from .nodes import node_token, upstream_tls
+
+    ladder = ladder_of(config.transcode, DEFAULT_LADDER)
+    host, port, _ = parse_moq_url(config.upstream.url)
+    tls = upstream_tls(config)
+    broadcasts: dict[str, BroadcastTranscoder] = {}
+    tasks: dict[str, asyncio.Task] = {}
+
+    async def follow(name: str) -> None:
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                token = node_token(config)
+                async with connect_moq(host, port, **tls, token=token) as conn:
+                    await transcode_over_moq(conn, name, ladder, config.transcode, token, broadcasts)
+                    return
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("%s: upstream %s:%d: %s; again in %.1f s", safe_name(name), host, port, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def listing() -> None:
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                token = node_token(config)
+                async with connect_moq(host, port, **tls, token=token) as conn:
+                    events: asyncio.Queue = asyncio.Queue()
+                    conn.handler = lambda _c, event: events.put_nowait(event)
+                    conn.session.subscribe_namespace((), authorization=token)
+                    conn.flush()
+                    log.info("transcoder: ladder %s, following the broadcasts of %s:%d",
+                             ",".join(r.name for r in ladder), host, port)
+                    delay = RECONNECT_MIN
+                    while True:
+                        event = await events.get()
+                        if isinstance(event, ev.NamespaceReceived):
+                            name = "/".join(event.namespace)
+                            if name and (name not in tasks or tasks[name].done()):
+                                tasks[name] = asyncio.ensure_future(follow(name))
+                        elif isinstance(event, ev.RequestFailed):
+                            raise ConnectionError(f"the relay refused to list broadcasts: {event.reason}")
+                        elif isinstance(event, (ev.SessionClosed, ev.GoawayReceived)):
+                            raise ConnectionError("session closed")
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("transcoder: upstream %s:%d: %s; again in %.1f s", host, port, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    lister = asyncio.ensure_future(listing())
+    try:
+        await stop.wait()
+    finally:
+        lister.cancel()
+        for task in tasks.values():
+            task.cancel()
+        for bt in list(broadcasts.values()):
+            bt.close()

@@ -1,0 +1,333 @@
+"""One source video track -> its rungs: decode once, scale and encode per rung, group by group.
+
+Threads (PyAV releases the GIL in decode, scale and encode, so they use both cores):
+
+    push(Frame) --queue--> decoder thread --bounded queue per rung--> rung thread --> emit(track, Frame)
+
+- **Groups.** Output group N of every rung is made from source group N: the first frame of each
+  source group goes into each rung's encoder as an IDR (pict_type I, forced-idr), every other
+  frame with its picture type cleared. Decoded frames are mapped to source groups by pts (the
+  first pts of each group), never by call order, so decoder delay cannot move a frame across a
+  boundary. Rung frames keep the source pts; dts = pts (no B-frames).
+- **Frames leave as they are encoded**: a rung adds the encoder's delay (none with zerolatency)
+  and the queue's, not a GoP.
+- **On demand.** A rung that is not active gets no frames and costs nothing; with no active rung
+  nothing is decoded either. The decoder thread always keeps the current source group's access
+  units (references, not copies), so a rung that becomes active starts at the current group:
+  that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
+  catch-up decoder for that rung alone) before it goes on live.
+- **Falling behind.** A rung whose queue is full drops the rest of that group and the frames
+  until the next group boundary (a skipped group: counted, logged); it never stalls the decoder
+  or the other rungs, and a group it delivers always starts with an IDR.
+- **Bad input.** A decode error, or a new configuration record, stops decoding until the next
+  source group, which starts a fresh decoder; one log line names the broadcast.
+"""
+
+import bisect
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import av
+
+from ..media.catalog import TrackInfo
+from ..media.frames import Frame
+from .coder import CoderError, RungEncoder, SourceDecoder
+from .ladder import DECODE_QUEUE_FRAMES, RUNG_QUEUE_FRAMES, X264_PRESET, Rung, rungs_for_source
+
+log = logging.getLogger("rtmpq.transcode")
+
+# The access units of the current source group kept for rungs that start mid-group (bytes; one GoP
+# of a 20 Mbit/s source with 4 s GoPs is 10 MB). A larger group cannot be joined mid-way.
+MAX_GROUP_BYTES = 24 * 1024 * 1024
+# Group start pts remembered to map decoded frames to groups (decoders hold back a few frames).
+GROUP_STARTS_KEPT = 8
+
+_STOP = object()
+
+
+@dataclass
+class RungStats:
+    frames_encoded: int = 0
+    groups: int = 0  # groups delivered (each starting with an IDR)
+    skipped_groups: int = 0  # groups dropped or cut short because the rung fell behind
+    frames_dropped: int = 0
+
+
+@dataclass
+class TranscodeStats:
+    frames_in: int = 0
+    frames_decoded: int = 0
+    decode_errors: int = 0
+    input_skipped_groups: int = 0  # source groups dropped before the decoder (it fell behind)
+    rungs: dict[str, RungStats] = field(default_factory=dict)
+
+
+class _RungWorker:
+    """One rung's encoder and thread; fed by the decoder thread through a bounded queue."""
+
+    def __init__(self, owner: "Transcoder", encoder: RungEncoder, track: str) -> None:
+        self.owner = owner
+        self.encoder = encoder
+        self.track = track
+        self.stats = owner.stats.rungs.setdefault(track, RungStats())
+        self.queue: queue.Queue = queue.Queue(maxsize=owner.rung_queue_frames)
+        # decoder-thread side
+        self.active = False
+        self.offered_group: int | None = None
+        self.skipping = False
+        self.last_pts: int | None = None
+        self.thread = threading.Thread(target=self._run, name=f"rtmpq-rung-{track}", daemon=True)
+        self.thread.start()
+
+    # decoder thread
+    def offer(self, group: int, frame, received_ns: int, catch_up: bool = False) -> None:
+        if self.last_pts is not None and frame.pts <= self.last_pts:
+            return  # already made by a catch-up decode
+        first = group != self.offered_group
+        if first:
+            self.offered_group = group
+            self.skipping = False
+        elif self.skipping:
+            self.stats.frames_dropped += 1
+            return
+        try:
+            if self.owner.lossless or catch_up:  # a catch-up burst waits for the encoder
+                self.queue.put((group, frame, first, received_ns))
+            else:
+                self.queue.put_nowait((group, frame, first, received_ns))
+            self.last_pts = frame.pts
+        except queue.Full:
+            self.skipping = True
+            self.stats.skipped_groups += 1
+            self.stats.frames_dropped += 1
+            log.warning("%s %s: the encoder fell behind; dropping to the next group (group %d %s)",
+                        self.owner.label, self.track, group, "skipped" if first else "cut short")
+
+    # rung thread
+    def _run(self) -> None:
+        group = None
+        index = 0
+        drop_group = False
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                return
+            group_id, frame, first, received_ns = item
+            try:
+                packets = self.encoder.encode(frame, idr=first)
+            except av.FFmpegError as exc:
+                log.warning("%s %s: encode failed (%s); going on at the next group", self.owner.label, self.track, exc)
+                drop_group, group = True, group_id
+                continue
+            self.stats.frames_encoded = self.encoder.frames_encoded
+            for pts, data, idr in packets:
+                if first:
+                    group, index, drop_group = group_id, 0, False
+                    first = False
+                    if not idr:  # never deliver a group that does not start with an IDR
+                        drop_group = True
+                        self.stats.skipped_groups += 1
+                        log.warning("%s %s: group %d did not start with an IDR; skipped", self.owner.label, self.track,
+                                    group_id)
+                    else:
+                        self.stats.groups += 1
+                if drop_group or group is None:
+                    continue
+                self.owner.emit(self.track, Frame(self.track, group, index, pts, pts, idr, data, received_ns))
+                index += 1
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)  # after what is queued (at most rung_queue_frames): nothing is cut off
+
+
+class Transcoder:
+    """The rungs of one source video track. ``push`` and ``set_active`` are called from the event
+    loop and never block; ``emit(track, Frame)`` is called from rung threads (make it thread-safe,
+    e.g. with ``loop.call_soon_threadsafe``). ``lossless``: for files and benchmarks, where input
+    comes faster than real time: the decoder waits for slow rungs instead of dropping groups."""
+
+    def __init__(self, label: str, source: TrackInfo, ladder: tuple[Rung, ...], emit, *,
+                 rung_queue_frames: int = RUNG_QUEUE_FRAMES, decode_queue_frames: int = DECODE_QUEUE_FRAMES,
+                 lossless: bool = False, preset: str = X264_PRESET) -> None:
+        self.lossless = lossless
+        self.label = label  # the broadcast's loggable name
+        self.source = source
+        self.emit = emit
+        self.rung_queue_frames = rung_queue_frames
+        self.decode_queue_frames = decode_queue_frames
+        self.stats = TranscodeStats()
+        self.workers: dict[str, _RungWorker] = {}
+        if not source.width or not source.height:
+            raise CoderError(f"{label} {source.name}: the catalog gives no picture size")
+        for rung in rungs_for_source(ladder, source.height):
+            width, height = rung.size_for(source.width, source.height)
+            encoder = RungEncoder(rung, width, height, source.framerate, source.timescale, preset)
+            self.workers[rung.track(source.name)] = _RungWorker(self, encoder, rung.track(source.name))
+        self.tracks = tuple(w.encoder.info(source) for w in self.workers.values())
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued = 0  # frames in the inbox (approximate across threads; only a bound)
+        self._dropping = False  # the decoder fell behind: drop input until the next group
+        self._thread = threading.Thread(target=self._run, name=f"rtmpq-decode-{source.name}", daemon=True)
+        self._thread.start()
+
+    # -- event loop side ------------------------------------------------------------------------------
+    def push(self, frame: Frame) -> None:
+        self.stats.frames_in += 1
+        if frame.index == 0:
+            self._dropping = False
+        if self._dropping:
+            return
+        if self._queued >= self.decode_queue_frames and not self.lossless:
+            self._dropping = True
+            self.stats.input_skipped_groups += 1
+            log.warning("%s %s: the decoder fell behind; dropping source group %d", self.label, self.source.name,
+                        frame.group)
+            return
+        self._queued += 1
+        self._inbox.put(("frame", frame))
+
+    def set_active(self, track: str, active: bool) -> None:
+        if track in self.workers:
+            self._inbox.put(("active", (track, active)))
+
+    def reconfigure(self, source: TrackInfo) -> None:
+        """A new configuration record for the source track: a fresh decoder at the next group."""
+        self._inbox.put(("config", source))
+
+    def finish(self) -> None:
+        """The source ended: the frames the decoder still holds (reordering) go out."""
+        self._inbox.put(("flush", None))
+
+    def close(self) -> None:
+        self._inbox.put(("stop", None))
+
+    def join(self, timeout: float = 2.0) -> None:
+        self._thread.join(timeout)
+        for w in self.workers.values():
+            w.thread.join(timeout)
+
+    # -- decoder thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        source = self.source
+        decoder: SourceDecoder | None = None
+        broken = False  # wait for the next group start (after an error or a new configuration)
+        failed = False  # the decoder cannot be opened for this configuration: wait for another
+        group_units: list[Frame] = []  # the current group's access units, from its IDR
+        group_bytes = 0
+        group_whole = False  # group_units starts at the group's first unit and holds all of it
+        starts: deque[tuple[int, int]] = deque(maxlen=GROUP_STARTS_KEPT)  # (first pts, group)
+        received: dict[int, int] = {}  # pts -> ingest arrival, for latency figures
+
+        def group_of(pts: int) -> int | None:
+            keys = [p for p, _ in starts]
+            i = bisect.bisect_right(keys, pts) - 1
+            return starts[i][1] if i >= 0 else None
+
+        def dispatch(frames, workers, catch_up: bool = False) -> None:
+            for f in frames:
+                self.stats.frames_decoded += 1
+                g = group_of(f.pts)
+                ns = received.pop(f.pts, 0)
+                if g is None:
+                    continue
+                for w in workers:
+                    w.offer(g, f, ns, catch_up)
+
+        def open_decoder() -> SourceDecoder | None:
+            nonlocal broken, failed
+            try:
+                return SourceDecoder(source)
+            except CoderError as exc:
+                broken = failed = True
+                log.warning("%s %s: %s; no rungs until the source changes", self.label, source.name, exc)
+                return None
+
+        def decode(dec: SourceDecoder, unit: Frame) -> list:
+            received[unit.pts] = unit.received_ns
+            if len(received) > 4 * GROUP_STARTS_KEPT * 60:
+                received.pop(next(iter(received)))
+            return dec.decode(unit.payload, unit.pts, unit.dts, unit.keyframe)
+
+        while True:
+            kind, value = self._inbox.get()
+            if kind == "stop":
+                break
+            if kind == "flush":
+                if decoder is not None:
+                    dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
+                decoder = None
+                continue
+            if kind == "config":
+                if decoder is not None:  # the old stream's last pictures (held for reordering) go out
+                    dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
+                source, decoder, broken, failed = value, None, True, False
+                continue
+            if kind == "active":
+                track, on = value
+                w = self.workers[track]
+                if on == w.active:
+                    continue
+                w.active = on
+                if not on:
+                    w.offered_group, w.last_pts = None, None
+                    if not any(x.active for x in self.workers.values()):
+                        decoder = None  # nobody watches: stop decoding
+                    continue
+                # a rung starts at the current group, from its IDR
+                if broken or not group_whole:
+                    continue  # it starts at the next group
+                others = decoder is not None
+                dec = SourceDecoder(source) if others else open_decoder()
+                if dec is None:
+                    continue
+                try:
+                    frames = []
+                    for unit in group_units:
+                        frames += decode(dec, unit)
+                    # a catch-up decoder is not flushed: what it gives is the display-order prefix
+                    # the main decoder gave; the main decoder's next frames follow on from it
+                except av.FFmpegError as exc:
+                    self.stats.decode_errors += 1
+                    log.warning("%s %s: undecodable group (%s); the rung starts at the next one", self.label,
+                                source.name, exc)
+                    continue
+                if not others:
+                    decoder = dec
+                dispatch(frames, [w], catch_up=True)
+                continue
+            unit: Frame = value
+            self._queued -= 1
+            if unit.index == 0:
+                group_units, group_bytes, group_whole = [], 0, True
+                starts.append((unit.pts, unit.group))
+                broken = failed
+            if group_whole:
+                if group_bytes + len(unit.payload) <= MAX_GROUP_BYTES:
+                    group_units.append(unit)
+                    group_bytes += len(unit.payload)
+                else:
+                    group_whole = False
+            active = [w for w in self.workers.values() if w.active]
+            if not active or broken:
+                continue
+            if decoder is None:
+                if unit.index != 0:
+                    continue
+                decoder = open_decoder()
+                if decoder is None:
+                    continue
+            try:
+                dispatch(decode(decoder, unit), active)
+            except av.FFmpegError as exc:
+                self.stats.decode_errors += 1
+                decoder, broken = None, True
+                log.warning("%s %s: corrupt input in group %d (%s); going on at the next group", self.label,
+                            source.name, unit.group, exc)
+        for w in self.workers.values():
+            w.stop()
+
+    def frames_encoded(self, track: str) -> int:
+        return self.stats.rungs[track].frames_encoded

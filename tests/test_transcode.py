@@ -1,0 +1,267 @@
+"""The transcoder core with real PyAV encodes, no network: groups in, groups out per rung."""
+
+import threading
+import time
+from fractions import Fraction
+
+import av
+import pytest
+
+from rtmpq.media.catalog import TrackInfo
+from rtmpq.media.frames import Frame
+from rtmpq.transcode.coder import RungEncoder, SourceDecoder, annexb_to_length_prefixed
+from rtmpq.transcode.ladder import LadderError, Rung, parse_ladder, rungs_for_source
+from rtmpq.transcode.pipeline import Transcoder
+
+FPS = 30
+
+
+def make_source(seconds: float = 6.0, gop: int = 60, width: int = 1280, height: int = 720, bframes: int = 2):
+    """A real x264 encode (B-frames, as ffmpeg publishes by default): (TrackInfo, [Frame])."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base = Fraction(1, 1000)
+    enc.framerate = Fraction(FPS)
+    enc.gop_size = gop
+    enc.max_b_frames = bframes
+    enc.flags |= 1 << 22
+    enc.options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"} if bframes == 0 else \
+        {"preset": "superfast", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+    enc.open()
+    packets = []
+    n = int(seconds * FPS)
+    for i in range(n + 1):
+        if i < n:
+            img = av.VideoFrame(width, height, "yuv420p")
+            for p, plane in enumerate(img.planes):
+                plane.update(bytes([(i * 7 + p * 50) % 256]) * plane.buffer_size)
+            img.pts = round(i * 1000 / FPS)
+            packets += enc.encode(img)
+        else:
+            packets += enc.encode(None)
+    from rtmpq.codec import find_annexb_units
+    from rtmpq.media.avc import avcc_from_parameter_sets
+    ex = bytes(enc.extradata)
+    units = [ex[s:e] for s, e in find_annexb_units(ex)]
+    sps = next(u for u in units if u[0] & 0x1F == 7)
+    pps = next(u for u in units if u[0] & 0x1F == 8)
+    info = TrackInfo("video", "video", f"avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}", avcc_from_parameter_sets(sps, pps),
+                     width=width, height=height, framerate=FPS, nal_length_size=4, alt_group=1)
+    frames = []
+    group, index = -1, 0
+    for p in packets:
+        data, _ = annexb_to_length_prefixed(bytes(p))
+        if p.is_keyframe:
+            group, index = group + 1, 0
+        frames.append(Frame("video", group, index, p.dts, p.pts, p.is_keyframe, data, time.time_ns()))
+        index += 1
+    return info, frames
+
+
+@pytest.fixture(scope="module")
+def source():
+    return make_source()
+
+
+def run(info, frames, ladder, active, *, feed_delay=0.0, activate_after=None):
+    out: dict[str, list[Frame]] = {}
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.setdefault(track, []).append(frame)
+
+    t = Transcoder("live/test", info, ladder, emit, lossless=True)
+    for track in active if activate_after is None else ():
+        t.set_active(track, True)
+    for i, f in enumerate(frames):
+        if activate_after is not None and i == activate_after:
+            for track in active:
+                t.set_active(track, True)
+        t.push(f)
+        if feed_delay:
+            time.sleep(feed_delay)
+    t.finish()
+    deadline = time.monotonic() + 60
+    last = [f for f in frames if f.group == frames[-1].group]
+    # until every rung has the whole last group (or more frames than the source, which fails)
+    while time.monotonic() < deadline:
+        with lock:
+            if all(sum(f.group == last[0].group for f in out.get(tr, [])) >= len(last) for tr in active):
+                break
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    return t, out
+
+
+def decode_all(info: TrackInfo, frames: list[Frame]):
+    dec = SourceDecoder(info)
+    pictures = []
+    for f in frames:
+        pictures += dec.decode(f.payload, f.pts, f.dts, f.keyframe)
+    pictures += dec.flush()
+    return pictures
+
+
+def test_ladder_parsing_and_defaults():
+    rungs = parse_ladder("360p, 720p,480p")
+    assert [r.name for r in rungs] == ["720p", "480p", "360p"]
+    assert [r.bitrate for r in rungs] == [2_500_000, 1_200_000, 700_000]
+    assert parse_ladder("480p", {"480p": "900"})[0].bitrate == 900_000
+    assert [r.name for r in rungs_for_source(rungs, 720)] == ["480p", "360p"]  # not as tall as the source
+    assert Rung("480p", 480, 1).size_for(1280, 720) == (854, 480)
+    with pytest.raises(LadderError, match="'fast'"):
+        parse_ladder("720p,fast")
+    with pytest.raises(LadderError, match="not in the ladder"):
+        parse_ladder("720p", {"480p": "1000"})
+
+
+def test_every_group_starts_with_an_idr_at_the_source_pts(source):
+    info, frames = source
+    ladder = parse_ladder("720p,480p,360p")
+    t, out = run(info, frames, ladder, ["video-480p", "video-360p"])
+    assert set(t.workers) == {"video-480p", "video-360p"}  # 720p is not smaller than the source
+    src_groups = {}
+    for f in frames:
+        src_groups.setdefault(f.group, []).append(f.pts)
+    for rung in t.tracks:
+        got = out[rung.name]
+        assert len(got) == len(frames)
+        groups: dict[int, list[Frame]] = {}
+        for f in got:
+            groups.setdefault(f.group, []).append(f)
+        assert sorted(groups) == sorted(src_groups)
+        for g, fs in groups.items():
+            assert [f.index for f in fs] == list(range(len(fs)))
+            assert fs[0].keyframe and all(not f.keyframe for f in fs[1:])  # IDR at the start only
+            assert fs[0].pts == min(src_groups[g])  # the group's first frame has the source's pts
+            assert all(f.dts == f.pts for f in fs)
+            assert sorted(f.pts for f in fs) == sorted(src_groups[g])
+        pictures = decode_all(rung, got)
+        assert len(pictures) == len(frames)
+        assert {(p.width, p.height) for p in pictures} == {(rung.width, rung.height)}
+        assert rung.codec.startswith("avc1.") and rung.bitrate in (1_200_000, 700_000)
+        assert t.frames_encoded(rung.name) == len(frames)
+
+
+def test_an_inactive_rung_encodes_nothing_and_starts_at_the_current_group(source):
+    info, frames = source
+    ladder = parse_ladder("480p,360p")
+    # 480p is watched from the start; 360p is asked for in the middle of group 1
+    mid = next(i for i, f in enumerate(frames) if f.group == 1) + 20
+    out: dict[str, list[Frame]] = {}
+    t = Transcoder("live/test", info, ladder, lambda tr, f: out.setdefault(tr, []).append(f), lossless=True)
+    t.set_active("video-480p", True)
+    for i, f in enumerate(frames):
+        if i == mid:
+            deadline = time.monotonic() + 30
+            while len(out.get("video-480p", [])) < mid - 5 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert t.frames_encoded("video-360p") == 0  # nobody asked: nothing encoded
+            t.set_active("video-360p", True)
+        t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 60
+    first_g1 = next(i for i, f in enumerate(frames) if f.group == 1)
+    while (len(out.get("video-360p", [])) < len(frames) - first_g1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    late = out["video-360p"]
+    assert late[0].group == 1 and late[0].index == 0 and late[0].keyframe
+    assert late[0].pts == frames[first_g1].pts  # the IDR that starts the current source group
+    assert len(late) == len(frames) - first_g1
+    assert len(decode_all(t.tracks[1], late)) == len(late)
+
+
+def test_a_corrupt_group_recovers_at_the_next_one(source, caplog):
+    info, frames = source
+    bad = []
+    for f in frames:
+        if f.group == 1 and f.index in (0, 1):
+            f = Frame(f.track, f.group, f.index, f.dts, f.pts, f.keyframe, b"\x00\x00\x00\x05\x65\xff\xff\xff\xff" * 3)
+        bad.append(f)
+    t, out = run(info, bad, parse_ladder("360p"), ["video-360p"], activate_after=0)
+    got = out.get("video-360p", [])
+    groups = {f.group for f in got}
+    assert 0 in groups and max(f.group for f in frames) in groups
+    for g in groups:
+        first = min((f for f in got if f.group == g), key=lambda f: f.index)
+        assert first.index == 0 and first.keyframe
+
+
+def test_a_codec_the_decoder_cannot_open_is_logged_with_the_broadcast(source, caplog):
+    info, frames = source
+    broken = TrackInfo(info.name, info.kind, "vvc1.1.L93", b"\x01\x02", width=1280, height=720, alt_group=1)
+    out = {}
+    t = Transcoder("live/broken-cam", broken, parse_ladder("360p"), lambda tr, f: out.setdefault(tr, []).append(f),
+                   lossless=True)
+    t.set_active("video-360p", True)
+    for f in frames[:70]:
+        t.push(f)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "live/broken-cam" not in caplog.text:
+        time.sleep(0.05)
+    assert "live/broken-cam video: no decoder for codec 'vvc1.1.L93'" in caplog.text
+    assert not out  # nothing goes out for a source that cannot be decoded
+    t.reconfigure(info)  # a good configuration: rungs come back at the next group
+    for f in frames[70:]:
+        t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 30
+    while not any(f.group >= 2 for f in out.get("video-360p", [])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    got = out.get("video-360p", [])
+    assert any(f.group >= 2 for f in got)
+    for g in {f.group for f in got}:
+        assert min((f for f in got if f.group == g), key=lambda f: f.index).keyframe
+
+
+def test_encoder_settings_are_live():
+    enc = RungEncoder(Rung("360p", 360, 700_000), 640, 360, 30, 1000)
+    assert enc.ctx.max_b_frames == 0 and enc.ctx.gop_size >= 300
+    assert enc.avcc[0] == 1 and enc.codec.startswith("avc1.")
+
+
+def test_a_source_that_changes_size_and_avcc_keeps_its_rungs(source):
+    """A publisher comes back at another size (a new avcC): the rung goes on at the next group,
+    at its own size, its first frame an IDR."""
+    info, frames = source
+    small_info, small = make_source(seconds=2.0, width=960, height=540)
+    later = [Frame(f.track, f.group + 10, f.index, f.dts + 10_000, f.pts + 10_000, f.keyframe, f.payload)
+             for f in small]
+    out: dict[str, list[Frame]] = {}
+    t = Transcoder("live/resize", info, parse_ladder("360p"), lambda tr, f: out.setdefault(tr, []).append(f),
+                   lossless=True)
+    t.set_active("video-360p", True)
+    for f in frames:
+        t.push(f)
+    t.reconfigure(small_info)
+    for f in later:
+        t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 60
+    while len(out.get("video-360p", [])) < len(frames) + len(later) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    got = out["video-360p"]
+    assert len(got) == len(frames) + len(later)
+    first_new = next(f for f in got if f.group == 10)
+    assert first_new.index == 0 and first_new.keyframe and first_new.pts == later[0].pts
+    pictures = decode_all(t.tracks[0], got)
+    assert {(p.width, p.height) for p in pictures} == {(640, 360)}
+
+
+def test_request_update_and_publish_forward_on_the_wire():
+    from rtmpq.moq import wire
+
+    msg = wire.RequestUpdate(4, 2, {wire.PARAM_FORWARD: 1})
+    decoded, end = wire.decode_control_message(wire.encode_control_message(msg))
+    assert decoded == msg
+    pub = wire.Publish(6, (b"live", b"cam"), b"video-480p", 3, {wire.PARAM_FORWARD: 0})
+    decoded, _ = wire.decode_control_message(wire.encode_control_message(pub))
+    assert decoded.params[wire.PARAM_FORWARD] == 0

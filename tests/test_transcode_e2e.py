@@ -1,0 +1,254 @@
+"""The ABR ladder end to end: ffmpeg publishes 720p30 (2 s GoP) into `rtmpq up --ladder 480p,360p`;
+MoQ subscribers and LL-HLS players get every rendition, made group by group from the source's."""
+
+import asyncio
+import json
+import os
+import re
+import socket
+import sys
+
+import av
+import pytest
+
+from rtmpq.media.catalog import Catalog
+from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.up import UpNode
+from rtmpq.transcode.coder import SourceDecoder
+from rtmpq.transcode.ladder import parse_ladder
+from rtmpq.config import TranscodeConfig
+
+from .conftest import free_port, local_config, need, wait_tcp
+from .publishers import ffmpeg_publish_args, run_process
+from .test_codecs_e2e import http_text
+
+RUNGS = {"video-480p": (854, 480), "video-360p": (640, 360)}
+
+
+@pytest.fixture
+async def node(tmp_path):
+    # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
+    # the broadcast outlives its publisher by 3 s: the rungs' last frames (queued on a busy host)
+    # still reach the subscribers
+    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="480p,360p", idle_stop=1.0,
+                                                                rung_queue_frames=120)))
+    await n.start()
+    yield n
+    await n.close()
+
+
+async def subscribe(node, name: str, track: str, out: dict) -> None:
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        # a generous latency budget: this test is about completeness, on a shared CI host
+        async for item in subscribe_broadcast(conn, name, tracks=[track], wait=20, delivery_timeout_ms=15000):
+            if isinstance(item, Catalog):
+                out.setdefault("catalog", []).append(item)
+            elif isinstance(item, SkippedGroup):
+                out.setdefault("skipped", []).append(item)
+            else:
+                out.setdefault(item.track, []).append(item)
+
+
+def first_nal_types(payload) -> list[int]:
+    data, types, pos = bytes(payload), [], 0
+    while pos + 4 <= len(data):
+        n = int.from_bytes(data[pos:pos + 4], "big")
+        types.append(data[pos + 4] & 0x1F)
+        pos += 4 + n
+    return types
+
+
+def by_group(frames):
+    groups: dict[int, list] = {}
+    for f in frames:
+        groups.setdefault(f.group, []).append(f)
+    return groups
+
+
+async def test_every_rendition_is_made_group_by_group_from_the_source(node, tmp_path):
+    need("ffmpeg")
+    rtmp_port = node.rtmp.address[1]
+    url = f"rtmp://127.0.0.1:{rtmp_port}/live/ladder"
+    received: dict[str, dict] = {t: {} for t in ("video", *RUNGS)}
+    subscribers = [asyncio.create_task(subscribe(node, "live/ladder", t, received[t])) for t in received]
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "ref.flv"), seconds=7,
+                                                                    size="1280x720"), timeout=90))
+    await node.registry.wait_for("live/ladder", 20)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/ladder"
+    # the multivariant lists the rungs before anyone watched them (from the catalog)
+    status, multivariant = await http_text(f"{base}/index.m3u8")
+    assert status == 200, multivariant
+    variants = re.findall(r"#EXT-X-STREAM-INF:(.*)\n(.*)", multivariant)
+    assert [(re.search(r"RESOLUTION=(\d+x\d+)", a)[1], uri) for a, uri in variants] == [
+        ("1280x720", "video.m3u8"), ("854x480", "video-480p.m3u8"), ("640x360", "video-360p.m3u8")]
+    assert all(re.search(r"BANDWIDTH=\d+", a) and "FRAME-RATE=30.000" in a and "avc1." in a for a, _ in variants)
+    # ffprobe plays each rung's playlist (the edge pulls a rung when its playlist is asked for)
+    probes = [asyncio.create_task(run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                               "stream=codec_type,width,height,nb_read_frames", "-of", "json",
+                                               f"{base}/{track}.m3u8"], timeout=90)) for track in RUNGS]
+    rc, out = await publisher
+    assert rc == 0, out
+    await asyncio.wait_for(asyncio.gather(*subscribers), 60)
+    for (track, size), probe in zip(RUNGS.items(), probes):
+        rc, out = await probe
+        assert rc == 0, out
+        video = [s for s in json.loads(out)["streams"] if s["codec_type"] == "video"]
+        assert (video[0]["width"], video[0]["height"]) == size and int(video[0]["nb_read_frames"]) > 30
+
+    catalog = received["video"]["catalog"][-1]
+    source = by_group(received["video"]["video"])
+    assert len(source) >= 3
+    for track, size in RUNGS.items():
+        info = catalog.track(track)
+        assert (info.width, info.height, info.alt_group, info.render_group) == (*size, 1, 1)
+        assert info.codec.startswith("avc1.") and info.bitrate == parse_ladder(track.split("-")[1])[0].bitrate
+        frames = received[track].get(track, [])
+        assert not received[track].get("skipped")
+        groups = by_group(frames)
+        assert groups and set(groups) <= set(source)
+        # from its first group on, every source group has its rung group (the last may be cut short
+        # by the end of the broadcast)
+        assert sorted(groups) == [g for g in sorted(source) if g >= min(groups)]
+        assert min(groups) <= min(source) + 1
+        for g, fs in groups.items():
+            assert [f.index for f in fs] == list(range(len(fs)))
+            assert 5 in first_nal_types(fs[0].payload) and fs[0].keyframe  # an IDR starts every group
+            assert fs[0].pts == min(f.pts for f in source[g])  # ... at the source group's first pts
+            assert all(f.dts == f.pts for f in fs)
+            if g != max(groups):
+                assert len(fs) == len(source[g])
+        decoder = SourceDecoder(info)
+        pictures = []
+        for f in sorted(frames, key=lambda f: (f.group, f.index)):  # groups arrive on their own streams
+            pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)  # raises on a decode error
+        pictures += decoder.flush()
+        assert len(pictures) == len(frames)
+        assert {(p.width, p.height) for p in pictures} == {size}
+
+
+async def test_a_rung_nobody_watches_encodes_nothing_and_starts_at_the_current_group(node, tmp_path):
+    need("ffmpeg")
+    rtmp_port = node.rtmp.address[1]
+    source: dict = {}
+    watcher = asyncio.create_task(subscribe(node, "live/lazy", "video", source))
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{rtmp_port}/live/lazy", str(tmp_path / "ref.flv"), seconds=6, size="1280x720"), timeout=90))
+    async with asyncio.timeout(30):
+        while len(by_group(source.get("video", []))) < 2:  # into the second source group
+            await asyncio.sleep(0.05)
+    bt = node.transcoder.broadcasts["live/lazy"]
+    assert set(bt.rung_source) == set(RUNGS)
+    assert bt.frames_encoded("video-480p") == bt.frames_encoded("video-360p") == 0  # nobody watches
+    late: dict = {}
+    await asyncio.sleep(0.3)  # mid-group
+    current = max(f.group for f in source["video"])
+    await asyncio.wait_for(asyncio.gather(subscribe(node, "live/lazy", "video-360p", late), publisher), 60)
+    await watcher
+    frames = late["video-360p"]
+    assert frames[0].group == current and frames[0].index == 0 and frames[0].keyframe
+    assert frames[0].pts == min(f.pts for f in source["video"] if f.group == current)
+    assert bt.frames_encoded("video-480p") == 0 and bt.frames_encoded("video-360p") > 0
+
+
+async def test_separate_nodes_up_transcode_and_edge(tmp_path):
+    """`rtmpq up` + `rtmpq transcode --upstream` + `rtmpq edge`, each its own process: the rungs
+    are listed in the broadcast's catalog at the origin, a MoQ subscriber that knows only the
+    broadcast's name gets a rung (`rtmpq sub --rendition 360p`), and the edge serves it as HLS."""
+    need("ffmpeg")
+    from .test_nodes_cli import get_when_ready, start
+
+    prtmp, pmoq, phttp, pedge = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    procs = []
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "480p,360p", env=env))
+        procs.append(await start("edge", "--http", f"127.0.0.1:{pedge}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                 "--insecure", env=env))
+        # the subscriber comes first and knows only the broadcast's name: it takes the source
+        # rendition until the catalog lists the 360p rung, then that one
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/apart", "--insecure", "--json",
+                                               "--rendition", "360p", "--seconds", "30"], timeout=60))
+        await wait_tcp(prtmp)
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{prtmp}/live/apart", str(tmp_path / "ref.flv"), seconds=10, size="1280x720"), timeout=90))
+        base = f"http://127.0.0.1:{pedge}/live/apart"
+        async with asyncio.timeout(40):  # the rungs appear in the multivariant (from the catalog)
+            while True:
+                multivariant = (await get_when_ready(f"{base}/index.m3u8")).decode()
+                if "video-360p.m3u8" in multivariant:
+                    break
+                await asyncio.sleep(0.3)
+        assert re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["1280x720", "854x480", "640x360"]
+        # asking for the rung's playlist starts it (the edge pulls it, the relay asks the transcoder);
+        # like a player, ask again while it answers 503 (no whole segment yet)
+        await get_when_ready(f"{base}/video-480p.m3u8", 30)
+        probe = asyncio.create_task(run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                                 "stream=codec_type,width,height,nb_read_frames", "-of", "json",
+                                                 f"{base}/video-480p.m3u8"], timeout=90))
+        rc, out = await publisher
+        assert rc == 0, out
+        rc, out = await probe
+        assert rc == 0, out
+        video = [s for s in json.loads(out)["streams"] if s["codec_type"] == "video"]
+        assert (video[0]["width"], video[0]["height"]) == (854, 480) and int(video[0]["nb_read_frames"]) > 30
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        catalog = [line["catalog"] for line in lines if "catalog" in line][-1]
+        assert [t["name"] for t in catalog["tracks"]] == ["video", "video-480p", "video-360p", "audio"]
+        objects = [line for line in lines if "track" in line]
+        assert {"video-360p", "audio"} <= {o["track"] for o in objects} <= {"video", "video-360p", "audio"}, out[-3000:]
+        firsts = [o for o in objects if o["track"] == "video-360p" and o["object"] == 0]
+        assert len(firsts) >= 2 and all(o["keyframe"] for o in firsts)
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_relay(tmp_path):
+    """`rtmpq ingest --upstream` -> `rtmpq relay` <- `rtmpq transcode --upstream`: the relay
+    re-issues the relayed broadcast's catalog with the rung listed, and serves it on demand."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    procs = []
+    try:
+        procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                 "--insecure", env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "360p", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/relayed", "--insecure", "--json",
+                                               "--rendition", "360p", "--seconds", "25"], timeout=60))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/relayed",
+                                                        str(tmp_path / "ref.flv"), seconds=10, size="1280x720"),
+                                    timeout=90)
+        assert rc == 0, out
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        catalog = [line["catalog"] for line in lines if "catalog" in line][-1]
+        assert [(t["name"], t.get("height")) for t in catalog["tracks"]] == [
+            ("video", 720), ("video-360p", 360), ("audio", None)], out[-2000:]
+        rung = [o for o in lines if o.get("track") == "video-360p"]
+        assert len({o["group"] for o in rung}) >= 2 and all(o["keyframe"] for o in rung if o["object"] == 0)
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
