@@ -734,7 +734,7 @@ class MoqSession:
                                       msg.track_alias, self._authorization(msg.params), bool(forward)),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
-            self._check_request_id(msg.request_id)
+            self._check_request_id(msg.request_id, None)  # answered at once
             forward = msg.params.get(wire.PARAM_FORWARD)
             if forward not in (None, 0, 1):
                 raise MoqProtocolError(f"FORWARD parameter {forward!r}")
