@@ -287,6 +287,9 @@ class MoqRelay:
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         self._fetch_proxies: dict[tuple[int, int], _FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
+        # subscriptions of ended tracks whose last groups are still on their way: their budgets
+        # hold until those are delivered or reset (an ended track must not drain seconds late)
+        self._draining: set[_Subscription] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -314,6 +317,11 @@ class MoqRelay:
             now = time.monotonic()
             for fanout in self._all_fanouts():
                 fanout.check(now)
+            for s in list(self._draining):
+                if not s.conn.session.closed:
+                    s.sub.check(now)
+                if s.conn.session.closed or not s.sub.in_flight:
+                    self._draining.discard(s)
             for key, (conn, sid) in list(self._fetch_streams.items()):
                 if conn.session.closed or not conn.queued_bytes(sid):
                     del self._fetch_streams[key]  # all handed to QUIC: nothing left to cancel
@@ -840,6 +848,8 @@ class MoqRelay:
                 del self._subs[key]
                 for group in list(s.sub.in_flight):
                     s.sub.end_group(group)
+                if s.sub.in_flight:
+                    self._draining.add(s)
                 if not s.conn.session.closed:
                     s.conn.session.publish_done(s.request_id, PublishDoneStatus.TRACK_ENDED, s.sink.streams_opened,
                                                 "the publisher stopped")

@@ -193,8 +193,10 @@ class _PquicWriter:
         return bool(self.pending)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        retired = stream_id in self.written and stream_id not in self.quic._stream_ctxs
         self._forget(stream_id)
-        self.quic.reset_stream(stream_id, error_code)
+        if not retired:  # picoquic retired it: every byte was delivered, nothing to reset
+            self.quic.reset_stream(stream_id, error_code)
 
     def _forget(self, stream_id: int) -> None:
         self.pending.pop(stream_id, None)
