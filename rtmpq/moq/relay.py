@@ -22,12 +22,12 @@ from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
 from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
-from ..media.frames import AUDIO, VIDEO
+from ..media.frames import AUDIO, VIDEO, Frame
 from ..redact import safe_name
 from . import events as ev
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
-from .loc import CATALOG_TRACK, frame_extensions
+from .loc import CATALOG_TRACK, frame_extensions, object_to_frame
 from .transport import MoqConnection
 from .wire import (
     FETCH_RELATIVE_JOINING,
@@ -140,7 +140,7 @@ class _BroadcastSource:
 
     def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
-        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
+        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
         self.ended = False
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
@@ -200,7 +200,7 @@ class _UpstreamTrack:
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        self.fanout = TrackFanout()
+        self.fanout = TrackFanout(state=track == CATALOG_TRACK)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
@@ -267,8 +267,11 @@ class MoqRelay:
 
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
-                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE) -> None:
+                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False) -> None:
         self.registry = registry or BroadcastRegistry()
+        # read every local broadcast into its group caches from its start, watched or not (the
+        # edge of `rtmpq up` fills a first viewer's playlist window from them)
+        self.cache_local = cache_local
         self.access = access or Access()
         self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
@@ -335,6 +338,8 @@ class MoqRelay:
 
     async def _watch_registry(self) -> None:
         async for broadcast in self.registry.announcements():
+            if self.cache_local:
+                self._local_source(broadcast.name)
             self._announce(tuple(broadcast.name.split("/")))
 
     # -- namespaces -----------------------------------------------------------------------------
@@ -839,6 +844,24 @@ class MoqRelay:
             return None
         source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
         return source
+
+    def cached_frames(self, name: str) -> list[Frame]:
+        """The frames of local broadcast ``name`` that its group caches hold (whole groups from
+        their first object), in dts order: what a new reader can start from instead of the
+        current group alone."""
+        source = self._sources.get(name)
+        if source is None or source.ended:
+            return []
+        frames = []
+        for track, fanout in list(source.fanouts.items()):
+            if track == CATALOG_TRACK:
+                continue
+            for group in fanout.cache.groups_from(0):
+                if group.objects and group.objects[0].object_id == 0:
+                    frames.extend(object_to_frame(track, group.group_id, o.object_id, o.payload, o.extensions or {})
+                                  for o in group.objects)
+        frames.sort(key=lambda f: f.dts)
+        return frames
 
     def _fanouts_ended(self, fanouts) -> None:
         """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE)."""

@@ -25,8 +25,10 @@ def free_udp_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def local_broadcast_source(registry: BroadcastRegistry):
-    """open_broadcast for the edge: read an in-process broadcast as Catalog and Frame items."""
+def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None = None):
+    """open_broadcast for the edge: read an in-process broadcast as Catalog and Frame items.
+    With ``relay``, a new reader starts with the groups its caches hold (a first viewer's playlist
+    window is filled at once), then goes on with the broadcast from where they end."""
 
     def open_broadcast(name: str):
         broadcast = registry.get(name)
@@ -34,14 +36,21 @@ def local_broadcast_source(registry: BroadcastRegistry):
             return None
 
         async def items():
-            reader = broadcast.reader()
+            reader = broadcast.reader()  # first: nothing published from now on is missed
+            cached = relay.cached_frames(name) if relay is not None else []
+            newest: dict[str, tuple[int, int]] = {}  # track -> (group, object) yielded from the cache
             try:
+                if cached and broadcast.catalog.tracks:
+                    yield broadcast.catalog
+                    for frame in cached:
+                        newest[frame.track] = (frame.group, frame.index)
+                        yield frame
                 async for event in reader:
                     if isinstance(event, CatalogUpdate):
                         yield event.catalog
                     elif isinstance(event, BroadcastEnded):
                         return
-                    else:
+                    elif (event.group, event.index) > newest.get(event.track, (-1, -1)):
                         yield event
             finally:
                 reader.close()
@@ -61,8 +70,9 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
-        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
-        self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
+        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
+                            cache_local=True)
+        self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
         self.fingerprint = ""
