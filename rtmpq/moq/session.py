@@ -52,7 +52,8 @@ def _encoded_object(delta: int, payload, extensions) -> bytes:
     c = _last_encoded
     if c[0] is payload and c[1] is extensions and c[2] == delta:
         return c[3]
-    data = wire.encode_object(delta, payload, extensions, with_extensions=True) + bytes(payload)
+    # one copy of the payload (a join takes the view as it is; bytes() + concatenation made two)
+    data = b"".join((wire.encode_object(delta, payload, extensions, with_extensions=True), payload))
     c[0], c[1], c[2], c[3] = payload, extensions, delta, data
     return data
 
