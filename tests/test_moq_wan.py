@@ -36,7 +36,10 @@ async def test_100ms_rtt_and_2_percent_loss_deliver_every_object_in_order(node, 
         publisher = asyncio.create_task(run_process(
             ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/wan", ref, seconds=4)))
         await node.registry.wait_for("live/wan", 10)
-        frames, skipped, _, _ = await asyncio.wait_for(subscribe_through(proxy.port, "live/wan", backend=node.moq_config.backend), 40)
+        # reliability, not liveness: a budget well above the path (the default 2 s one resets a
+        # group that a CPU-starved run delivers late; test_default_budget... covers the budget)
+        frames, skipped, _, _ = await asyncio.wait_for(
+            subscribe_through(proxy.port, "live/wan", 10_000, backend=node.moq_config.backend), 40)
         rc, output = await publisher
         assert rc == 0, output
         assert proxy.stats["down"].dropped_loss > 0  # the loss really happened
@@ -82,8 +85,12 @@ async def test_a_link_slower_than_the_stream_skips_old_groups_and_stays_within_b
     # whatever arrives is recent: the budget, the bottleneck's queueing delay, the path and slack
     lateness.sort()
     assert lateness[int(len(lateness) * 0.95)] < budget + queue * 8 / rate + 0.6, lateness[-10:]
-    # audio goes first: the groups skipped are video's (audio fits the link on its own)
-    assert sum(f.track == "audio" for f in frames) > 0.8 * sum(p.track == "audio" for p in probe_packets(str(tmp_path / "r.flv")))
+    # audio goes first: most groups skipped are video's (audio fits the link on its own). An audio
+    # object can still wait past the budget behind video already in the bottleneck queue (or a
+    # retransmission), and then its group is reset like any other: at most one audio group here
+    skipped_audio = [s for s in skipped if s.track == "audio"]
+    assert len(skipped_audio) <= 1 and len(skipped) > len(skipped_audio), skipped
+    assert sum(f.track == "audio" for f in frames) > 0.6 * sum(p.track == "audio" for p in probe_packets(str(tmp_path / "r.flv")))
     # the relay holds no more than its send budget for this subscriber, however slow the link
     from rtmpq.moq.fanout import DEFAULT_SEND_BUDGET
     assert max(queued) <= DEFAULT_SEND_BUDGET
