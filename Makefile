@@ -6,7 +6,10 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap
 
-.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench image clean
+# The peers the benchmarks compare with (not needed by the tests).
+BENCH_PACKAGES := nginx libnginx-mod-rtmp
+
+.PHONY: install install-test system-deps bench-deps hlsjs up test test-compiled test-pure bench plots image clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +40,13 @@ system-deps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
+bench-deps:
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
 up: install
 	$(VENV)/bin/rtmpq up
 
@@ -54,7 +64,7 @@ test-pure:
 image: system-deps hlsjs
 	scripts/build-image
 
-bench: install-test
+bench: install-test bench-deps
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s
 
 clean:

@@ -23,12 +23,15 @@ def nal_units(rng: random.Random, total: int) -> bytes:
     return b"".join(n.to_bytes(4, "big") + bytes((0x65,)) + rng.randbytes(n - 1) for n in sizes)
 
 
-def publish_session(chunk_size: int, seed: int = 1) -> bytes:
+def publish_session(chunk_size: int, seed: int = 1) -> tuple[bytes, int, int]:
+    """(the bytes, messages written, message body bytes written)."""
     rng = random.Random(seed)
     w = ChunkWriter(128)
     out = bytearray()
+    messages = body_bytes = 0
     if chunk_size != 128:  # OBS announces its chunk size first
         out += w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
+        messages, body_bytes = 1, 4
         w.chunk_size = chunk_size
     frames_per_gop = FPS * GOP_SECONDS
     inter_bytes = (VIDEO_BITRATE // 8 * GOP_SECONDS - IDR_BYTES) // (frames_per_gop - 1)
@@ -43,9 +46,12 @@ def publish_session(chunk_size: int, seed: int = 1) -> bytes:
     events.sort(key=lambda e: e[0])
     for ts, csid, type_id, body in events:
         out += w.write(csid, ts, type_id, 1, body)
-    return bytes(out)
+        messages += 1
+        body_bytes += len(body)
+    return bytes(out), messages, body_bytes
 
 
 @pytest.fixture(scope="session", params=[128, 4096], ids=["chunk128-ffmpeg", "chunk4096-obs"])
 def session_bytes(request):
-    return request.param, publish_session(request.param)
+    """(chunk size, the bytes, messages in them, message body bytes in them)."""
+    return request.param, *publish_session(request.param)

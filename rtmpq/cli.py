@@ -167,14 +167,15 @@ def _add_backend_argument(p: argparse.ArgumentParser) -> None:
     if "--quic-backend" in p._option_string_actions:  # a node that both serves and dials QUIC
         return
     p.add_argument("--quic-backend", choices=["aioquic", "aiopquic"],
-                   help="QUIC library: aioquic (pure Python, default) or aiopquic (picoquic, faster)")
+                   help="QUIC library: aiopquic (picoquic, default) or aioquic (pure Python; needed for --fingerprint)")
 
 
 def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
     _add_backend_argument(p)
     p.add_argument("--insecure", action="store_true", default=None, help="do not verify the upstream's certificate")
     p.add_argument("--cafile", type=Path, help="verify the upstream's certificate against this CA file")
-    p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream")
+    p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream "
+                   "(--quic-backend aioquic; on aiopquic pin with --cafile <node cert.pem>)")
 
 
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:

@@ -77,7 +77,7 @@ class MoqConfig:
     certfile: Path | None = None  # both None: a self-signed pair is made in state_dir/tls
     keyfile: Path | None = None
     state_dir: Path = field(default_factory=default_state_dir)
-    backend: str = "aioquic"  # QUIC library: "aioquic" or "aiopquic"
+    backend: str = "aiopquic"  # QUIC library: "aiopquic" (picoquic) or "aioquic" (pure Python)
 
 
 @dataclass
@@ -129,8 +129,8 @@ class UpstreamConfig:
     url: str = ""  # moqt://HOST:PORT
     insecure: bool = False
     cafile: Path | None = None
-    fingerprint: str = ""
-    backend: str = "aioquic"
+    fingerprint: str = ""  # SHA-256 pin: needs backend "aioquic" (aiopquic pins with cafile)
+    backend: str = "aiopquic"
     wait: float = SUBSCRIBE_WAIT  # for a broadcast that is not live yet
 
 
@@ -300,6 +300,10 @@ def validate(config: Config) -> None:
             if getattr(section, name) not in ("aioquic", "aiopquic"):
                 raise ConfigError(f"{'moq' if section is config.moq else 'upstream'}.backend: "
                                   f"expected aioquic or aiopquic (got {getattr(section, name)!r})")
+    if config.upstream.fingerprint and config.upstream.backend != "aioquic":
+        from .moq.transport import FINGERPRINT_NEEDS_AIOQUIC
+
+        raise ConfigError(f"upstream.fingerprint: {FINGERPRINT_NEEDS_AIOQUIC}")
     for key, name in config.publish.keys.items():
         if not key or not _PUBLIC_NAME.fullmatch(name):
             raise ConfigError(f"publish.keys: {name!r} is not a public name ('name' or 'app/name', "

@@ -9,6 +9,7 @@ import pytest
 from rtmpq import codec
 from rtmpq.config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig
 from rtmpq.nodes.up import UpNode
+from rtmpq.moq.transport import DEFAULT_BACKEND
 
 
 def pytest_report_header(config):
@@ -66,7 +67,7 @@ async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0
         await asyncio.sleep(0.2)
 
 
-def local_config(tmp_path, backend: str = "aioquic", *, grace_period: float = 0.0, **sections) -> Config:
+def local_config(tmp_path, backend: str = DEFAULT_BACKEND, *, grace_period: float = 0.0, **sections) -> Config:
     """`rtmpq up`'s settings with every listener on a free loopback port. Broadcasts end when
     their publisher leaves (grace 0) unless a test is about publishers that come back."""
     config = Config(rtmp=IngestConfig(host="127.0.0.1", port=0),
@@ -78,7 +79,7 @@ def local_config(tmp_path, backend: str = "aioquic", *, grace_period: float = 0.
     return config
 
 
-async def start_up_node(tmp_path, backend: str = "aioquic", **settings) -> UpNode:
+async def start_up_node(tmp_path, backend: str = DEFAULT_BACKEND, **settings) -> UpNode:
     """`rtmpq up` in this process, every listener on a free loopback port."""
     n = UpNode(local_config(tmp_path, backend, **settings))
     await n.start()

@@ -57,7 +57,7 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
     rtmp_port = node.rtmp.address[1]
     host, http_port = node.edge.address
     publisher = asyncio.create_task(run_process(
-        ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/web", str(tmp_path / "ref.flv"), seconds=8), timeout=60))
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/web", str(tmp_path / "ref.flv"), seconds=10), timeout=60))
     await node.registry.wait_for("live/web", 10)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,13 +90,18 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
                 await asyncio.sleep(0.1)
             assert first, (await devtools.evaluate("document.getElementById('status').textContent"),
                            await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
-            await asyncio.sleep(2.0)
+            samples = []  # hls.js's own estimate: live edge - playhead, every 0.5 s for 4 s
+            for _ in range(8):
+                await asyncio.sleep(0.5)
+                samples.append(await devtools.evaluate("window.rtmpqHls.latency"))
             later = await devtools.evaluate("document.getElementById('video').currentTime")
-            latency = await devtools.evaluate("window.rtmpqLatency")
-        assert later > first + 1.0  # the video plays
-        assert latency is not None and 0 < latency < 10
+        assert later > first + 3.0  # the video plays
+        assert all(s is not None and s > 0 for s in samples), samples
+        latency = sorted(samples)[len(samples) // 2]
         record_property("hlsjs_live_latency_s", round(latency, 3))
-        print(f"hls.js live latency: {latency:.3f} s")
+        print(f"hls.js live latency: median {latency:.3f} s of {[round(s, 2) for s in samples]}")
+        # the player page sits half a second behind the live edge (edge/server.py PLAYER_PAGE)
+        assert latency < 1.0, samples
     finally:
         browser.terminate()
         await browser.wait()

@@ -304,3 +304,37 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
         [stream] = json.loads(out)["streams"]
         sent = len([t for t in encodes[version] if t[0] == 9 and t[2][1] == 1])
         assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (*size, sent)
+
+
+async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_frame(node, tmp_path):
+    """Instant start: the edge fills a first viewer's playlist window from the relay's group cache,
+    so its first playlist lists the segments already published and a player that reads from
+    there to the end decodes every frame of the publish."""
+    need("ffmpeg")
+    ref = str(tmp_path / "ref.flv")
+    base = "http://{}:{}/live/late".format(*node.edge.address)
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/late", ref, seconds=9)))
+    broadcast = await node.registry.wait_for("live/late", 10)
+    for _ in range(300):  # 2 s GoPs: group 2 begins at 4 s; arrive inside it, ~5 s in
+        if broadcast._current_group and broadcast._current_group[0].group >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.8)
+    status, _, body = await http_get(f"{base}/video.m3u8")  # the edge's first request for it
+    first = body.decode()
+    assert status == 200
+    assert first.count("#EXTINF") >= 2, first  # groups 0 and 1, whole, in the very first answer
+    assert "#EXT-X-MEDIA-SEQUENCE:0" in first
+    # a player that starts at the oldest listed segment and reads to the end gets every frame
+    reader = asyncio.create_task(run_process(
+        ["ffprobe", "-v", "error", "-live_start_index", "0", "-count_frames", "-show_entries",
+         "stream=codec_type,nb_read_frames", "-of", "json", f"{base}/index.m3u8"], timeout=60))
+    rc, output = await publisher
+    assert rc == 0, output
+    rc, out = await reader
+    assert rc == 0, out
+    counts = {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
+    reference = probe_packets(ref)
+    assert counts["video"] == sum(p.track == "video" for p in reference)
+    assert counts["audio"] == sum(p.track == "audio" for p in reference)

@@ -123,3 +123,23 @@ def test_group_cut_by_the_relay_is_never_reopened():
     fanout.check(1.0)
     publish_gop(fanout, 0, 5, 1.0)  # more objects of the dropped group (same ids don't matter)
     assert sink.groups() == [0]
+
+
+def test_a_late_subscriber_gets_the_catalog_however_old_it_is():
+    """The catalog is state, not media: a subscriber joining long after it was published (beyond
+    its delivery timeout) still gets it, and its budget runs from the join."""
+    fanout = TrackFanout(state=True)
+    fanout.publish_object(0, 0, b'{"catalog": 1}', None, now=0.0)
+    fanout.end_group(0)
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 30.0)
+    [stream] = sink.streams.values()
+    assert stream["group"] == 0 and stream["objects"] == [0] and stream["state"] == "fin"
+    sub.check(31.0)  # not sent yet, but within its budget from the join
+    assert not sub.skipped_groups
+    media = TrackFanout()  # a media track's group that old is never started
+    media.publish_object(0, 0, b"x", None, 0.0)
+    other = FakeSink()
+    media.subscribe(TrackSubscription(other, delivery_timeout=2.0), 30.0)
+    assert not other.streams

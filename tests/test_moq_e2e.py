@@ -86,6 +86,34 @@ async def test_wrong_fingerprint_is_refused(node):
         await asyncio.wait_for(receive(node, "live/x", fingerprint="00" * 32), 10)
 
 
+async def test_the_nodes_own_certificate_as_ca_pins_it_on_both_backends(node, tmp_path):
+    """How aiopquic pins (it cannot show the peer certificate for --fingerprint): --cafile with
+    the node's certificate accepts that node and refuses any other."""
+    from rtmpq.moq.tls import ensure_self_signed
+
+    host, port = node.moq_address
+    backend = node.moq_config.backend
+    own = node.moq_config.state_dir / "tls" / "cert.pem"
+    async with connect_moq(host, port, cafile=str(own), backend=backend, timeout=10) as conn:
+        assert conn.session.setup_done
+    other, _ = ensure_self_signed(tmp_path / "other")
+    with pytest.raises(ConnectionError):
+        async with connect_moq(host, port, cafile=str(other), backend=backend, timeout=10):
+            pass
+    with pytest.raises(ConnectionError):  # and no CA at all: the system's roots do not know it
+        async with connect_moq(host, port, backend=backend, timeout=10):
+            pass
+
+
+def test_fingerprint_on_aiopquic_says_to_pin_with_cafile():
+    with pytest.raises(ValueError, match="--cafile"):
+        connect_moq("127.0.0.1", 4443, fingerprint="00" * 32, backend="aiopquic")
+    from rtmpq.config import Config, ConfigError, UpstreamConfig, validate
+
+    with pytest.raises(ConfigError, match="--cafile"):
+        validate(Config(upstream=UpstreamConfig(url="moqt://a:1", fingerprint="00" * 32)))
+
+
 async def test_a_node_shutting_down_sends_goaway(node):
     from rtmpq.moq.events import GoawayReceived
 

@@ -150,5 +150,5 @@ def fragment(sequence: int, runs: list[tuple[int, list[Sample]]]) -> bytes:
     mdat_size = data_pos - len(moof)
     chunks = [bytes(moof), struct.pack(">I", mdat_size), b"mdat"]
     for _, samples in trafs:
-        chunks.extend(bytes(s.data) for s in samples)
+        chunks.extend(s.data for s in samples)  # views: the join below is the one copy
     return b"".join(chunks)

@@ -71,7 +71,9 @@ PLAYER_PAGE = """<!doctype html>
 const video = document.getElementById("video"), status = document.getElementById("status");
 if (!window.Hls) { status.textContent = "hls.js is not installed on this server (make hlsjs)"; }
 else if (Hls.isSupported()) {
-  const hls = new Hls({lowLatencyMode: true});
+  // sit two parts (2 x 0.3 s) behind the live edge, not the playlist's PART-HOLD-BACK (3 parts),
+  // and catch up at up to 1.5x after a stall
+  const hls = new Hls({lowLatencyMode: true, liveSyncDuration: 0.5, liveMaxLatencyDuration: 0.9, liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
   window.rtmpqHls = hls;
   window.rtmpqErrors = [];
   hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));

@@ -23,12 +23,12 @@ from dataclasses import replace
 from ..auth.access import Access, AccessDenied
 from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import Catalog
-from ..media.frames import AUDIO, VIDEO
+from ..media.frames import AUDIO, VIDEO, Frame
 from ..redact import safe_name
 from . import events as ev
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
-from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions
+from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions, object_to_frame
 from .transport import MoqConnection
 from .wire import (
     FETCH_RELATIVE_JOINING,
@@ -149,7 +149,7 @@ class _BroadcastSource:
 
     def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
-        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
+        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
         self.ended = False
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
@@ -223,7 +223,7 @@ class _UpstreamTrack:
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        self.fanout = TrackFanout()
+        self.fanout = TrackFanout(state=track == CATALOG_TRACK)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
@@ -293,8 +293,11 @@ class MoqRelay:
 
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
-                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE) -> None:
+                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False) -> None:
         self.registry = registry or BroadcastRegistry()
+        # read every local broadcast into its group caches from its start, watched or not (the
+        # edge of `rtmpq up` fills a first viewer's playlist window from them)
+        self.cache_local = cache_local
         self.access = access or Access()
         self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
@@ -314,6 +317,9 @@ class MoqRelay:
         self._fetch_proxies: dict[tuple[int, int], _FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
         self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
+        # subscriptions of ended tracks whose last groups are still on their way: their budgets
+        # hold until those are delivered or reset (an ended track must not drain seconds late)
+        self._draining: set[_Subscription] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -361,6 +367,14 @@ class MoqRelay:
                 self._update_forward()
             except Exception:
                 log.exception("updating demand for renditions failed")
+            try:  # ended tracks' last groups are held to their budgets until delivered or reset
+                for s in list(self._draining):
+                    if not s.conn.session.closed:
+                        s.sub.check(now)
+                    if s.conn.session.closed or not s.sub.in_flight:
+                        self._draining.discard(s)
+            except Exception:
+                log.exception("draining ended tracks failed")
 
     def _all_fanouts(self):
         """(loggable track name, fan-out) of every track held."""
@@ -372,6 +386,8 @@ class MoqRelay:
 
     async def _watch_registry(self) -> None:
         async for broadcast in self.registry.announcements():
+            if self.cache_local:
+                self._local_source(broadcast.name)
             self._announce(tuple(broadcast.name.split("/")))
 
     # -- namespaces -----------------------------------------------------------------------------
@@ -957,6 +973,24 @@ class MoqRelay:
         source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
         return source
 
+    def cached_frames(self, name: str) -> list[Frame]:
+        """The frames of local broadcast ``name`` that its group caches hold (whole groups from
+        their first object), in dts order: what a new reader can start from instead of the
+        current group alone."""
+        source = self._sources.get(name)
+        if source is None or source.ended:
+            return []
+        frames = []
+        for track, fanout in list(source.fanouts.items()):
+            if track == CATALOG_TRACK:
+                continue
+            for group in fanout.cache.groups_from(0):
+                if group.objects and group.objects[0].object_id == 0:
+                    frames.extend(object_to_frame(track, group.group_id, o.object_id, o.payload, o.extensions or {})
+                                  for o in group.objects)
+        frames.sort(key=lambda f: f.dts)
+        return frames
+
     def _fanouts_ended(self, fanouts) -> None:
         """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE)."""
         fanouts = {id(f) for f in fanouts}
@@ -965,6 +999,8 @@ class MoqRelay:
                 del self._subs[key]
                 for group in list(s.sub.in_flight):
                     s.sub.end_group(group)
+                if s.sub.in_flight:
+                    self._draining.add(s)
                 if not s.conn.session.closed:
                     s.conn.session.publish_done(s.request_id, PublishDoneStatus.TRACK_ENDED, s.sink.streams_opened,
                                                 "the publisher stopped")

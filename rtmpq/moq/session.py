@@ -33,6 +33,9 @@ MAX_STREAM_BUFFER = 32 * 1024 * 1024
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
 MAX_HELD_EVENTS = 2048
+# Ended subgroup streams remembered so a delivery timeout can still reset them (a subscriber
+# holds at most 4 groups per track in flight, so this covers 64 tracks per session).
+MAX_ENDED_SUBGROUPS = 256
 # Bytes of authorization tokens a peer may register under aliases, counted as the draft does
 # (16 + the value's length each); advertised as MAX_AUTH_TOKEN_CACHE_SIZE. A registration past
 # it closes the session with AUTH_TOKEN_CACHE_OVERFLOW (one in CLIENT_SETUP is used as a value).
@@ -58,7 +61,8 @@ def _encoded_object(delta: int, payload, extensions) -> bytes:
     c = _last_encoded
     if c[0] is payload and c[1] is extensions and c[2] == delta:
         return c[3]
-    data = wire.encode_object(delta, payload, extensions, with_extensions=True) + bytes(payload)
+    # one copy of the payload (a join takes the view as it is; bytes() + concatenation made two)
+    data = b"".join((wire.encode_object(delta, payload, extensions, with_extensions=True), payload))
     c[0], c[1], c[2], c[3] = payload, extensions, delta, data
     return data
 
@@ -123,6 +127,9 @@ class MoqSession:
         self._early_peer_requests: set[int] = set()
         self._open_requests: dict[int, int] = {}  # the peer's open requests: request id -> message type
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
+        # subgroup streams whose FIN is written but maybe not delivered: a delivery timeout may
+        # still reset them (a group ends when the next begins, long before a slow link drains it)
+        self._ended: dict[int, None] = {}
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._fetch_stream_requests: dict[int, int] = {}  # their stream id -> the FETCH's request id
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
@@ -335,10 +342,19 @@ class MoqSession:
     def end_subgroup(self, stream_id: int) -> None:
         if self._outgoing.pop(stream_id, None) is not None:
             self.quic.send_stream_data(stream_id, b"", end_stream=True)
+            self._ended[stream_id] = None
+            if len(self._ended) > MAX_ENDED_SUBGROUPS:
+                del self._ended[next(iter(self._ended))]  # the oldest: long delivered or reset
 
     def reset_subgroup(self, stream_id: int, code: int) -> None:
+        """Reset a subgroup stream, open or ended (FIN written, not all of it delivered yet)."""
         if self._outgoing.pop(stream_id, None) is not None:
             self.quic.reset_stream(stream_id, int(code))
+        elif self._ended.pop(stream_id, 0) is None:
+            try:
+                self.quic.reset_stream(stream_id, int(code))
+            except ValueError:
+                pass  # aioquic: every byte and the FIN were acknowledged, the stream is gone
 
     # -- fetch responses ------------------------------------------------------------------------
     def open_fetch_stream(self, request_id: int) -> int:

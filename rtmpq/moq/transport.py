@@ -193,8 +193,10 @@ class _PquicWriter:
         return bool(self.pending)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        retired = stream_id in self.written and stream_id not in self.quic._stream_ctxs
         self._forget(stream_id)
-        self.quic.reset_stream(stream_id, error_code)
+        if not retired:  # picoquic retired it: every byte was delivered, nothing to reset
+            self.quic.reset_stream(stream_id, error_code)
 
     def _forget(self, stream_id: int) -> None:
         self.pending.pop(stream_id, None)
@@ -309,7 +311,13 @@ def _pquic_protocol_class():
 
 
 BACKENDS = ("aioquic", "aiopquic")
-DEFAULT_BACKEND = "aioquic"
+FINGERPRINT_NEEDS_AIOQUIC = (
+    "certificate pinning by SHA-256 fingerprint needs --quic-backend aioquic: aiopquic (picoquic) does not "
+    "show the peer certificate. With aiopquic, pin the node's own certificate as the only CA instead: "
+    "--cafile <the node's cert.pem> (a self-signed node keeps it in <state-dir>/tls/cert.pem)")
+# picoquic (BBR, C packetization): ~10x aioquic's egress per core and live over lossy paths
+# (docs/benchmarks.md); aioquic stays selectable and is the one that can pin by fingerprint.
+DEFAULT_BACKEND = "aiopquic"
 
 
 def server_configuration(certfile, keyfile) -> QuicConfiguration:
@@ -376,7 +384,7 @@ class connect_moq:
             from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
 
             if self._fingerprint:
-                raise ValueError("certificate pinning (--fingerprint) needs the aioquic backend")
+                raise ValueError(FINGERPRINT_NEEDS_AIOQUIC)
             config = PquicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
                                         server_name=host)
             if insecure:

@@ -14,7 +14,7 @@ from ..media.frames import Frame
 from ..moq.client import TrackChoice
 from ..moq.follow import follow_broadcast
 from ..moq.relay import MoqRelay
-from ..moq.transport import connect_moq, parse_moq_url
+from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..redact import safe_name
 
 log = logging.getLogger("rtmpq.nodes")
@@ -26,7 +26,7 @@ RECONNECT_MAX = 10.0
 
 class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
-                 fingerprint: str | None = None, backend: str = "aioquic", announce: bool = False,
+                 fingerprint: str | None = None, backend: str = DEFAULT_BACKEND, announce: bool = False,
                  use_for_unknown_tracks: bool = True, token=lambda: None) -> None:
         self.relay = relay
         self.host, self.port, self.path = parse_moq_url(url)

@@ -27,11 +27,13 @@ def free_udp_port(host: str) -> int:
 
 class LocalFeed:
     """An in-process broadcast as Catalog and Frame items for the edge. Transcoder rungs pass only
-    once ``want`` asked for them,
-    which tells the broadcast (and so the transcoder) that they are watched."""
+    once ``want`` asked for them, which tells the broadcast (and so the transcoder) that they are
+    watched. With ``relay``, a new feed starts with the groups the relay's caches hold (a first
+    viewer's playlist window is filled at once), then goes on with the broadcast from there."""
 
-    def __init__(self, broadcast) -> None:
+    def __init__(self, broadcast, relay: MoqRelay | None = None) -> None:
         self.broadcast = broadcast
+        self.relay = relay
         self.wanted: set[str] = set()
 
     def want(self, track: str, wanted: bool = True) -> None:
@@ -39,17 +41,29 @@ class LocalFeed:
             (self.wanted.add if wanted else self.wanted.discard)(track)
             self.broadcast.want(track, wanted)
 
+    def _passes(self, catalog, track: str) -> bool:
+        return catalog is None or track in self.wanted or not catalog.is_rung(track)
+
     async def __aiter__(self):
-        reader = self.broadcast.reader()
+        reader = self.broadcast.reader()  # first: nothing published from now on is missed
+        cached = self.relay.cached_frames(self.broadcast.name) if self.relay is not None else []
+        newest: dict[str, tuple[int, int]] = {}  # track -> (group, object) yielded from the cache
         catalog = None
         try:
+            if cached and self.broadcast.catalog.tracks:
+                catalog = self.broadcast.catalog
+                yield catalog
+                for frame in cached:
+                    if self._passes(catalog, frame.track):
+                        newest[frame.track] = (frame.group, frame.index)
+                        yield frame
             async for event in reader:
                 if isinstance(event, CatalogUpdate):
                     catalog = event.catalog
                     yield catalog
                 elif isinstance(event, BroadcastEnded):
                     return
-                elif catalog is None or event.track in self.wanted or not catalog.is_rung(event.track):
+                elif (event.group, event.index) > newest.get(event.track, (-1, -1)) and self._passes(catalog, event.track):
                     yield event
         finally:
             reader.close()
@@ -57,12 +71,12 @@ class LocalFeed:
                 self.want(track, False)
 
 
-def local_broadcast_source(registry: BroadcastRegistry):
+def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None = None):
     """open_broadcast for the edge: read an in-process broadcast as Catalog and Frame items."""
 
     def open_broadcast(name: str):
         broadcast = registry.get(name)
-        return None if broadcast is None else LocalFeed(broadcast)
+        return None if broadcast is None else LocalFeed(broadcast, relay)
 
     return open_broadcast
 
@@ -77,13 +91,14 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
-        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
+        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
+                            cache_local=True)
         self.transcoder = None
         if config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
 
             self.transcoder = LocalTranscoder(self.registry, config.transcode)
-        self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
+        self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
         self.fingerprint = ""
