@@ -158,6 +158,13 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
                 while not await devtools.evaluate(f"window.rtmpqHls && {now} > 0"):
                     await asyncio.sleep(0.2)
             heights = await devtools.evaluate("rtmpqHls.levels.map(l => l.height)")
+            # another player already watches the 360p rung (it starts on demand: its first whole
+            # segment takes up to a GoP, which a switching player with a second of buffer would
+            # stall on; tests/test_transcode_e2e.py covers that start)
+            warm = f"http://{host}:{http_port}/live/abr/video-360p.m3u8"
+            from .test_nodes_cli import get_when_ready
+
+            await get_when_ready(warm, 30)
             assert sorted(heights) == [360, 480, 720]
             target = heights.index(360)
             assert await devtools.evaluate("rtmpqHls.currentLevel") != target
