@@ -68,6 +68,10 @@ class LlHlsStream:
         self._last_duration: dict[str, int] = {}
         self._fragment_seq = 0
         self._msn = 0
+        # the broadcast's first group id (set by the edge): a stream that starts later (a rung
+        # pulled when a player asks) numbers its first segment from it, so equal media sequence
+        # numbers are the same group in every rendition (players align renditions by them)
+        self.group_origin: int | None = None
         self._discontinuity_sequence = 0  # discontinuities that slid out of the window
         self._last_dts: int | None = None  # of the primary track's newest frame
         self._group: int | None = None
@@ -141,6 +145,8 @@ class LlHlsStream:
         return gap < 0 or gap > DISCONTINUITY_GAP
 
     def _open_segment(self, frame: Frame, discontinuity: bool = False) -> None:
+        if not self.segments and self._msn == 0 and self.group_origin is not None:
+            self._msn = max(frame.group - self.group_origin, 0)
         self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), discontinuity=discontinuity))
         self._msn += 1
         while len(self.segments) > self.window + 1:
