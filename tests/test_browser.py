@@ -190,7 +190,8 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
                 "JSON.stringify({b: Array.from({length: video.buffered.length}, (_, i) => [video.buffered.start(i), video.buffered.end(i)]),"
                 " l: rtmpqHls.levels.map(l => l.details ? l.details.fragments.slice(-4).map(f => [f.sn, f.start.toFixed(3), f.duration.toFixed(3)]) : null)})")
         assert after > before + 2.0, (before, after, errors)  # playback goes on
-        assert not [e for e in errors if "bufferStalledError" in e or "fatal" in e], (errors, debug)
+        stats = node.transcoder.broadcasts["live/abr"].transcoders["video"].stats
+        assert not [e for e in errors if "bufferStalledError" in e or "fatal" in e], (errors, debug, stats)
         assert node.transcoder.broadcasts["live/abr"].frames_encoded("video-480p") == 0  # never watched
     finally:
         if browser is not None:
