@@ -85,7 +85,11 @@ async def test_every_rendition_is_made_group_by_group_from_the_source(node, tmp_
     assert [(re.search(r"RESOLUTION=(\d+x\d+)", a)[1], uri) for a, uri in variants] == [
         ("1280x720", "video.m3u8"), ("854x480", "video-480p.m3u8"), ("640x360", "video-360p.m3u8")]
     assert all(re.search(r"BANDWIDTH=\d+", a) and "FRAME-RATE=30.000" in a and "avc1." in a for a, _ in variants)
-    # ffprobe plays each rung's playlist (the edge pulls a rung when its playlist is asked for)
+    # ffprobe plays each rung's playlist (the edge pulls a rung when its playlist is asked for;
+    # like a player, ask again while it answers 503: no whole segment yet)
+    from .test_nodes_cli import get_when_ready
+
+    await asyncio.gather(*(get_when_ready(f"{base}/{track}.m3u8", 30) for track in RUNGS))
     probes = [asyncio.create_task(run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
                                                "stream=codec_type,width,height,nb_read_frames", "-of", "json",
                                                f"{base}/{track}.m3u8"], timeout=90)) for track in RUNGS]
@@ -161,7 +165,8 @@ async def test_separate_nodes_up_transcode_and_edge(tmp_path):
     from .test_nodes_cli import get_when_ready, start
 
     prtmp, pmoq, phttp, pedge = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
-    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
     procs = []
     try:
         procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
@@ -174,7 +179,7 @@ async def test_separate_nodes_up_transcode_and_edge(tmp_path):
         # rendition until the catalog lists the 360p rung, then that one
         sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
                                                f"moqt://127.0.0.1:{pmoq}/live/apart", "--insecure", "--json",
-                                               "--rendition", "360p", "--seconds", "30"], timeout=60))
+                                               "--rendition", "360p", "--seconds", "30", "--delivery-timeout", "15"], timeout=60))
         await wait_tcp(prtmp)
         publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
             f"rtmp://127.0.0.1:{prtmp}/live/apart", str(tmp_path / "ref.flv"), seconds=10, size="1280x720"), timeout=90))
@@ -222,7 +227,8 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
     from .test_nodes_cli import start
 
     prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
-    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
     procs = []
     try:
         procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"), env=env))
@@ -232,10 +238,10 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
                                  "--ladder", "360p", env=env))
         sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
                                                f"moqt://127.0.0.1:{pmoq}/live/relayed", "--insecure", "--json",
-                                               "--rendition", "360p", "--seconds", "25"], timeout=60))
+                                               "--rendition", "360p", "--seconds", "30", "--delivery-timeout", "15"], timeout=60))
         await wait_tcp(prtmp)
         rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/relayed",
-                                                        str(tmp_path / "ref.flv"), seconds=10, size="1280x720"),
+                                                        str(tmp_path / "ref.flv"), seconds=12, size="1280x720"),
                                     timeout=90)
         assert rc == 0, out
         rc, out = await sub

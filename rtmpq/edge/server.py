@@ -96,6 +96,7 @@ class _Broadcast:
         self.source = None
         self.catalog: Catalog | None = None
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
+        self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
 
     def asked_for(self, stream: LlHlsStream) -> None:
         """A player asked for ``stream``: an alternate rendition is pulled from now on."""
@@ -189,10 +190,15 @@ class EdgeServer:
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
                         if key is not None and key not in b.streams:
                             b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
+                            b.streams[key].group_origin = b.group_origin
                             streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)
                 elif isinstance(item, Frame):
+                    if b.group_origin is None:  # segment numbers of every rendition count from here
+                        b.group_origin = item.group
+                        for stream in streams:
+                            stream.group_origin = item.group
                     for stream in streams:
                         stream.push(item)
                 else:

@@ -136,6 +136,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             except TimeoutError:
                 break
             if isinstance(event, ev.SubscribeAccepted):
+                if event.request_id not in requests:
+                    continue  # the answer to a subscription already let go of
                 aliases[event.track_alias] = requests[event.request_id]
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
