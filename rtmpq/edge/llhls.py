@@ -79,14 +79,10 @@ class LlHlsStream:
         self._last_duration: dict[str, int] = {}
         self._fragment_seq = 0
         self._msn = 0
-<<<<<<< HEAD
-=======
         # the broadcast's first group id (set by the edge): a stream that starts later (a rung
         # pulled when a player asks) numbers its first segment from it, so equal media sequence
         # numbers are the same group in every rendition (players align renditions by them)
         self.group_origin: int | None = None
-        self._discontinuity_sequence = 0  # discontinuities that slid out of the window
->>>>>>> transcode
         self._last_dts: int | None = None  # of the primary track's newest frame
         self._group: int | None = None
         self.max_segment_duration = 0.0
@@ -170,19 +166,14 @@ class LlHlsStream:
         gap = (dts - self._last_dts) / self._timescale[self._primary]
         return abs(gap) > DISCONTINUITY_GAP  # a few ms of overlap between sources is jitter, not a seam
 
-<<<<<<< HEAD
     def _open_segment(self, frame: Frame, seam: bool = False) -> None:
+        if not self.segments and self._msn == 0 and self.group_origin is not None:
+            self._msn = max(frame.group - self.group_origin, 0)
         discontinuity = (self._new_init or seam) and bool(self.segments)
         self._discontinuities += discontinuity
         self._new_init = False
         self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), init_version=self.init_version,
                                      discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
-=======
-    def _open_segment(self, frame: Frame, discontinuity: bool = False) -> None:
-        if not self.segments and self._msn == 0 and self.group_origin is not None:
-            self._msn = max(frame.group - self.group_origin, 0)
-        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), discontinuity=discontinuity))
->>>>>>> transcode
         self._msn += 1
         while len(self.segments) > self.window + 1:
             self.segments.popleft()
