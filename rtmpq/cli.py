@@ -162,6 +162,9 @@ def _add_http_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default 0.0.0.0:{DEFAULT_HTTP_PORT})")
     p.add_argument("--static", type=Path,
                    help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
+    p.add_argument("--http-cert", type=Path, help="TLS certificate (PEM) for the HTTP listener: serves HTTPS, "
+                                                  "HTTP/2 offered by ALPN (default: plain HTTP/1.1)")
+    p.add_argument("--http-key", type=Path, help="TLS private key (PEM) for --http-cert")
 
 
 def _overrides(args) -> dict[tuple[str, str], object]:
@@ -176,6 +179,8 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     out[("moq", "keyfile")] = get("key")
     out[("moq", "state_dir")] = get("state_dir")
     out[("http", "static_dir")] = get("static")
+    out[("http", "certfile")] = get("http_cert")
+    out[("http", "keyfile")] = get("http_key")
     out[("upstream", "url")] = get("upstream") or (get("url") if args.command == "sub" else None)
     out[("upstream", "insecure")] = get("insecure")
     out[("upstream", "cafile")] = get("cafile")

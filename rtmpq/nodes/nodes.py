@@ -112,8 +112,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     access = node_access(config)
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
                                   **upstream_tls(config))
-    edge = EdgeServer(source, host=config.http.host, port=config.http.port, static_dir=config.http.static_dir,
-                      access=access)
+    edge = EdgeServer(source, http=config.http, access=access)
     await edge.start()
     try:
         await stop.wait()

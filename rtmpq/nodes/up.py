@@ -62,8 +62,7 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
-        self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
-                               static_dir=config.http.static_dir, access=self.access)
+        self.edge = EdgeServer(local_broadcast_source(self.registry), http=config.http, access=self.access)
         self._quic = None
         self.fingerprint = ""
 
