@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_arguments(ingest)
     ingest.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay to publish into")
     _add_client_tls_arguments(ingest)
+    _add_ops_http_arguments(ingest)
 
     relay = sub.add_parser("relay", parents=[common], help="a MoQ relay (fan-out with a group cache), chainable",
                            description="Serve MoQ subscribers; tracks come from publishers that announce to "
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_moq_server_arguments(relay)
     relay.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay above")
     _add_client_tls_arguments(relay)
+    _add_ops_http_arguments(relay)
 
     edge = sub.add_parser("edge", parents=[common], help="LL-HLS over HTTP, fed over MoQ",
                           description="Serve http://HOST:PORT/live/<name>/index.m3u8, subscribing to the "
@@ -156,12 +158,25 @@ def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fingerprint", help="accept only this SHA-256 certificate fingerprint (hex) upstream")
 
 
+def _add_ops_http_arguments(p: argparse.ArgumentParser) -> None:
+    """The HTTP listener of a node that serves no video over HTTP: metrics, health, API, status."""
+    p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
+                   help="serve /metrics, /healthz, /readyz, /api/v1/broadcasts and a status page here "
+                        "(default: no HTTP listener)")
+    _add_http_tls_arguments(p)
+
+
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
-                   help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8 "
+                   help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8; also /metrics, "
+                        f"/healthz, /readyz, /api/v1/broadcasts and a status page at / "
                         f"(default 0.0.0.0:{DEFAULT_HTTP_PORT})")
     p.add_argument("--static", type=Path,
                    help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
+    _add_http_tls_arguments(p)
+
+
+def _add_http_tls_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-cert", type=Path, help="TLS certificate (PEM) for the HTTP listener: serves HTTPS, "
                                                   "HTTP/2 offered by ALPN (default: plain HTTP/1.1)")
     p.add_argument("--http-key", type=Path, help="TLS private key (PEM) for --http-cert")
@@ -174,6 +189,8 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     for flag, section in (("rtmp", "rtmp"), ("moq", "moq"), ("http", "http")):
         if get(flag) is not None:
             out[(section, "host")], out[(section, "port")] = get(flag)
+    if get("http") is not None:
+        out[("http", "enabled")] = True
     out[("rtmp", "record_dir")] = get("record")
     out[("moq", "certfile")] = get("cert")
     out[("moq", "keyfile")] = get("key")

@@ -100,6 +100,9 @@ class HttpConfig:
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_HTTP_PORT
+    # whether the node listens: unset, rtmpq up and edge do and relay and ingest do not
+    # (--http HOST:PORT turns it on for them)
+    enabled: bool | None = None
     static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
     certfile: Path | None = None  # with keyfile: HTTPS, and HTTP/2 offered by ALPN
     keyfile: Path | None = None

@@ -40,6 +40,10 @@ IDLE_SECONDS = 60.0
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
 # fetch its last segments; a request after that opens the name afresh (a new publish).
 ENDED_PLAYLIST_KEEP = 10.0
+# Players are told apart by address and user agent, and counted as viewers of a broadcast for
+# this long after their last request (seconds); at most this many are tracked per broadcast.
+VIEWER_WINDOW = 10.0
+MAX_VIEWERS_TRACKED = 65536
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _SEGMENT = re.compile(r"^(?P<kind>v\d{0,3}|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
@@ -81,6 +85,9 @@ class _Broadcast:
         self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
         self.changed = asyncio.Condition()
         self.last_request = time.monotonic()
+        self.opened = time.time()
+        self.viewers: dict[tuple[str, str], float] = {}  # (client address, user agent) -> last request
+        self.bytes_out = 0
         self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
 
@@ -125,6 +132,7 @@ class EdgeServer:
             for name, b in list(self._broadcasts.items()):
                 if b.streams["v"].ended and now - b.last_request > IDLE_SECONDS:
                     del self._broadcasts[name]
+                b.viewers = {k: t for k, t in b.viewers.items() if now - t < VIEWER_WINDOW}
 
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
@@ -186,7 +194,7 @@ class EdgeServer:
                 return response
         if request.method not in ("GET", "HEAD"):
             return text(405, "only GET and HEAD")
-        return await self._route(request.path, request.query)
+        return await self._route(request)
 
     def _hls_js(self) -> Response:
         if self._hls_js_bytes is None:
@@ -196,7 +204,8 @@ class EdgeServer:
             self._hls_js_bytes = path.read_bytes()
         return Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400")
 
-    async def _route(self, path: str, query_text: str) -> Response:
+    async def _route(self, request: Request) -> Response:
+        path, query_text = request.path, request.query
         if path in ("/hls.min.js", "/hls.js"):
             return self._hls_js()
         m = _PATH.match(path)
@@ -215,6 +224,13 @@ class EdgeServer:
         b = self._broadcast(name)
         if b is None:
             return text(404, "no such broadcast")
+        if len(b.viewers) < MAX_VIEWERS_TRACKED:
+            b.viewers[(request.client, request.headers.get("user-agent", ""))] = time.monotonic()
+        response = await self._serve_file(b, file, query_text, query)
+        b.bytes_out += response.length
+        return response
+
+    async def _serve_file(self, b: _Broadcast, file: str, query_text: str, query: str) -> Response:
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them

@@ -25,7 +25,7 @@ from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, Cata
 from ..media.frames import AUDIO, VIDEO
 from ..redact import safe_name
 from . import events as ev
-from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
+from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, frame_extensions
 from .transport import MoqConnection
@@ -100,6 +100,7 @@ class _ConnectionSink:
         return sid
 
     def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+        self.fanout.bytes_sent += len(payload)
         self.conn.session.send_object(handle, object_id, payload, extensions)
         self.conn.flush()
 
@@ -109,6 +110,8 @@ class _ConnectionSink:
         self.conn.flush()
 
     def reset_group(self, handle: int, code: int) -> None:
+        if code == RESET_DELIVERY_TIMEOUT:
+            self.fanout.groups_dropped += 1
         self.conn.session.reset_subgroup(handle, code)
         self.conn.forget_stream(handle)
         self.conn.flush()

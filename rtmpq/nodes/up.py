@@ -13,6 +13,8 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
+from ..ops.routes import OpsRoutes
+from ..ops.view import NodeView
 from ..redact import names_are_public
 from .ingest import IngestNode
 
@@ -62,7 +64,12 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
-        self.edge = EdgeServer(local_broadcast_source(self.registry), http=config.http, access=self.access)
+        self.view = NodeView("up", registry=self.registry, relay=self.moq, ingest=self.rtmp)
+        self.view.relay_backend = config.moq.backend
+        self.ops = OpsRoutes(self.view)
+        self.edge = EdgeServer(local_broadcast_source(self.registry), http=config.http, access=self.access,
+                               apps=[self.ops])
+        self.view.edge, self.view.http = self.edge, self.edge.http
         self._quic = None
         self.fingerprint = ""
 
@@ -79,6 +86,8 @@ class UpNode:
         self._quic = await serve_moq(self.moq_config.host, self._quic_port, certfile=cert, keyfile=key,
                                      on_connection=self.moq.on_connection, backend=self.moq_config.backend)
         self.moq.start()
+        self.ops.start()
+        self.view.listening = True
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d, certificate sha256 %s", host, port, self.fingerprint)
 
@@ -92,6 +101,8 @@ class UpNode:
         """Graceful stop: GOAWAY to every MoQ session (nodes below reconnect, their broadcasts
         go on when this node is back), publishers get onStatus and a close, recordings are
         finalized, the node's own playlists get ENDLIST."""
+        self.view.listening = False
+        self.ops.stop()
         self.moq.stop()
         await self.rtmp.close()
         await asyncio.sleep(0)  # let the edge read the ends
