@@ -132,6 +132,8 @@ async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
             metrics = samples((await client.get(f"http://127.0.0.1:{relay_http}/metrics")).text)
             assert ("rtmpq_connections", (("protocol", "moq"),)) in metrics
             assert (await client.get(f"http://127.0.0.1:{relay_http}/live/x/index.m3u8")).status_code == 404
+            page = await client.get(f"http://127.0.0.1:{relay_http}/")  # a status page with no player links
+            assert page.status_code == 200 and 'data-player="0"' in page.text
             # an edge whose upstream answers is ready; one whose upstream is down is not, but alive
             assert await wait_until(lambda: _is(readyz(up), 200))
             status, body = await wait_until(lambda: _reason(readyz(down), "unreachable"))

@@ -1,5 +1,6 @@
 """OpsRoutes: the operator's routes on every node's HTTP listener.
 
+    GET /                    status page: live broadcasts, their tracks, bitrate, viewers, a player link
     GET /metrics             Prometheus text exposition (rtmpq/ops/metrics.py)
     GET /healthz             200 while the process runs its event loop
     GET /readyz              200 when listening (and, for a relay or an edge, its upstream answers), else 503
@@ -8,6 +9,7 @@
 """
 
 import json
+from importlib import resources
 
 from ..http import Request, Response
 from .metrics import CONTENT_TYPE, NodeMetrics
@@ -24,6 +26,15 @@ class OpsRoutes:
     def __init__(self, view: NodeView) -> None:
         self.view = view
         self.metrics = NodeMetrics(view)
+        self._page: bytes | None = None
+
+    def status_page(self) -> bytes:
+        """The page (package data, so it is there however rtmpq was installed); player links
+        only where this node serves the player (an edge)."""
+        if self._page is None:
+            html = resources.files(__package__).joinpath("static/status.html").read_text("utf-8")
+            self._page = html.replace("{{player}}", "1" if self.view.edge is not None else "0").encode()
+        return self._page
 
     def start(self) -> None:
         self.metrics.start()
@@ -34,7 +45,7 @@ class OpsRoutes:
     async def __call__(self, request: Request) -> Response | None:
         """The response for an operator's route, or None for any other path."""
         path = request.path
-        if path not in ("/metrics", "/healthz", "/readyz", "/api/v1/broadcasts"):
+        if path not in ("/", "/index.html", "/metrics", "/healthz", "/readyz", "/api/v1/broadcasts"):
             return None
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"only GET and HEAD\n")
@@ -45,7 +56,9 @@ class OpsRoutes:
         if path == "/readyz":
             ready, reason = self.view.ready()
             return _json(200 if ready else 503, {"ready": ready, "reason": reason})
-        return _json(200, self.view.api_broadcasts())
+        if path == "/api/v1/broadcasts":
+            return _json(200, self.view.api_broadcasts())
+        return Response(200, self.status_page(), "text/html; charset=utf-8", "no-cache")
 
 
 def ops_only(routes: OpsRoutes):
