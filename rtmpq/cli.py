@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError, load_config,
-                     show)
+from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError,
+                     bundled_static_dir, load_config, show)
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -172,7 +172,7 @@ def _add_http_arguments(p: argparse.ArgumentParser) -> None:
                         f"/healthz, /readyz, /api/v1/broadcasts and a status page at / "
                         f"(default 0.0.0.0:{DEFAULT_HTTP_PORT})")
     p.add_argument("--static", type=Path,
-                   help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
+                   help="directory holding hls.min.js for the player page (default: the one installed with rtmpq)")
     _add_http_tls_arguments(p)
 
 
@@ -212,7 +212,7 @@ def _overrides(args) -> dict[tuple[str, str], object]:
 
 def _default_static_dir(config: Config) -> None:
     if config.http.static_dir is None:
-        config.http.static_dir = Path("var/static")
+        config.http.static_dir = bundled_static_dir()
 
 
 async def _run(args, config: Config) -> int:

@@ -71,6 +71,12 @@ def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "rtmpq"
 
 
+def bundled_static_dir() -> Path:
+    """Where the installed package keeps hls.min.js (package data; `make hlsjs` or the wheel
+    build puts it there), whatever the current directory."""
+    return Path(__file__).resolve().parent / "edge" / "static"
+
+
 @dataclass
 class IngestConfig:
     """[rtmp]: the RTMP listener."""
@@ -103,7 +109,7 @@ class HttpConfig:
     # whether the node listens: unset, rtmpq up and edge do and relay and ingest do not
     # (--http HOST:PORT turns it on for them)
     enabled: bool | None = None
-    static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
+    static_dir: Path | None = None  # where hls.min.js is; unset: the one installed with rtmpq
     certfile: Path | None = None  # with keyfile: HTTPS, and HTTP/2 offered by ALPN
     keyfile: Path | None = None
     max_connections: int = HTTP_MAX_CONNECTIONS

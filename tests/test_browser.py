@@ -6,17 +6,17 @@ import json
 import shutil
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 import websockets
 
+from rtmpq.config import bundled_static_dir
 from rtmpq.nodes.up import UpNode
 
 from .conftest import local_config, need
 from .publishers import ffmpeg_publish_args, run_process
 
-STATIC = Path(__file__).resolve().parent.parent / "var" / "static"
+STATIC = bundled_static_dir()  # the node serves it from there by default
 
 
 @pytest.fixture
@@ -24,7 +24,6 @@ async def node(tmp_path):
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
     config = local_config(tmp_path)
-    config.http.static_dir = STATIC
     n = UpNode(config)
     await n.start()
     yield n

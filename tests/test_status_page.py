@@ -6,18 +6,18 @@ import json
 import shutil
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 import websockets
 
+from rtmpq.config import bundled_static_dir
 from rtmpq.nodes.up import UpNode
 
 from .conftest import local_config, need
 from .publishers import ffmpeg_publish_args, run_process
 from .test_browser import DevTools
 
-STATIC = Path(__file__).resolve().parent.parent / "var" / "static"
+STATIC = bundled_static_dir()  # the node serves it from there by default
 
 
 async def poll(devtools: DevTools, expression: str, deadline: float = 30.0):
@@ -37,7 +37,6 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
     config = local_config(tmp_path)
-    config.http.static_dir = STATIC
     node = UpNode(config)
     await node.start()
     host, http_port = node.edge.address

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
 from ..auth.access import Access, AccessDenied
-from ..config import HttpConfig
+from ..config import HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
 from ..http.server import HttpServer
 from ..media.catalog import Catalog
@@ -65,7 +65,7 @@ PLAYER_PAGE = """<!doctype html>
 <script src="/hls.min.js"></script>
 <script>
 const video = document.getElementById("video"), status = document.getElementById("status");
-if (!window.Hls) { status.textContent = "hls.js is not installed on this server (make hlsjs)"; }
+if (!window.Hls) { status.textContent = "this node has no hls.js (its log says so at start); players can open index.m3u8"; }
 else if (Hls.isSupported()) {
   const hls = new Hls({lowLatencyMode: true});
   window.rtmpqHls = hls;
@@ -101,7 +101,7 @@ class EdgeServer:
         self.open_broadcast = open_broadcast
         self.access = access or Access()
         self.http_config = http or HttpConfig()
-        self.static_dir: Path | None = self.http_config.static_dir
+        self.static_dir: Path = self.http_config.static_dir or bundled_static_dir()
         self.apps = list(apps)
         self.http = HttpServer(self.handle, self.http_config)
         self._broadcasts: dict[str, _Broadcast] = {}
@@ -109,6 +109,9 @@ class EdgeServer:
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
+        if not (self.static_dir / "hls.min.js").is_file():
+            log.warning("hls.js is not in %s: the player page (/live/<name>/) cannot play; run `make hlsjs` "
+                        "(or give --static DIR holding hls.min.js); playlists work without it", self.static_dir)
         await self.http.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
         log.info("LL-HLS on %s://%s:%d/live/<key>/index.m3u8", self.http.scheme, *self.address)
@@ -198,8 +201,8 @@ class EdgeServer:
 
     def _hls_js(self) -> Response:
         if self._hls_js_bytes is None:
-            path = self.static_dir / "hls.min.js" if self.static_dir else None
-            if path is None or not path.exists():
+            path = self.static_dir / "hls.min.js"
+            if not path.is_file():
                 return text(404, "hls.js is not installed on this node (its log said so at start)")
             self._hls_js_bytes = path.read_bytes()
         return Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400")
