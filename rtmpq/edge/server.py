@@ -41,9 +41,10 @@ IDLE_SECONDS = 60.0
 # fetch its last segments; a request after that opens the name afresh (a new publish).
 ENDED_PLAYLIST_KEEP = 10.0
 # Players are told apart by address and user agent, and counted as viewers of a broadcast for
-# this long after their last request (seconds); at most this many are tracked per broadcast.
+# this long after their last request (seconds); at most this many are tracked per broadcast
+# (about 200 bytes each: the user agent is cut to 64 characters).
 VIEWER_WINDOW = 10.0
-MAX_VIEWERS_TRACKED = 65536
+MAX_VIEWERS_TRACKED = 16384
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _SEGMENT = re.compile(r"^(?P<kind>v\d{0,3}|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
@@ -228,7 +229,7 @@ class EdgeServer:
         if b is None:
             return text(404, "no such broadcast")
         if len(b.viewers) < MAX_VIEWERS_TRACKED:
-            b.viewers[(request.client, request.headers.get("user-agent", ""))] = time.monotonic()
+            b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
         response = await self._serve_file(b, file, query_text, query)
         b.bytes_out += response.length
         return response

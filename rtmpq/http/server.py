@@ -404,7 +404,8 @@ class _H2:
         timeout = self.c.config.request_timeout
         while not self.c.closed:
             await asyncio.sleep(min(1.0, timeout))
-            if not self._streams and not self._pending and time.monotonic() - self._last_active > timeout:
+            # a stream still sending its request (or never ending it) does not keep the connection
+            if not self._streams and time.monotonic() - self._last_active > timeout:
                 self.h2.close_connection()
                 self._flush()
                 self.c.close()

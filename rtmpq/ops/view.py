@@ -104,7 +104,7 @@ class NodeView:
             return out[name]
 
         if self.registry is not None:
-            for b in list(self.registry._live.values()):
+            for b in filter(None, map(self.registry.get, self.registry.names())):
                 s = get(b.name)
                 s.catalog = b.catalog if b.catalog.tracks else s.catalog
                 s.started = b.created
