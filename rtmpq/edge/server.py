@@ -1,4 +1,5 @@
-"""The edge's HTTP server: LL-HLS playlists, init segments, parts and segments, a player page.
+"""The edge's LL-HLS on the node's HTTP listener (rtmpq/http): playlists, init segments, parts
+and segments, a player page.
 
     /live/<key>/index.m3u8        multivariant playlist (a variant per video track, one audio rendition)
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
@@ -19,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 from ..auth.access import Access, AccessDenied
 from ..config import HttpConfig, bundled_static_dir
