@@ -209,3 +209,48 @@ async def test_http2_over_tls_with_alpn_serves_blocking_ll_hls(tmp_path):
         assert rc == 0, out
     finally:
         await node.close()
+
+
+async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
+    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    body = os.urandom(1_000_000)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    server = HttpServer(big, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, write_timeout=1.0))
+    await server.start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"), (":authority", "x")],
+                          end_stream=True)
+        writer.write(conn.data_to_send())
+        got = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while loop.time() < end:  # read what the default 64 KiB window lets through, never open it further
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    got += len(event.data)  # not acknowledged: the window stays shut
+            writer.write(conn.data_to_send())
+        assert 0 < got < len(body)
+        assert server.stats.errors["write_timeout"] == 1 and server.stats.open == 0
+        writer.close()
+    finally:
+        await server.close()
