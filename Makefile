@@ -2,9 +2,10 @@
 PYTHON ?= python3.12
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# System packages the tests use (publishers, players, containers).
+# System packages the tests use (publishers, players, containers; h2load for bench/bench_http.py).
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
-	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap
+	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap \
+	nghttp2-client
 
 # The peers the benchmarks compare with (not needed by the tests).
 BENCH_PACKAGES := nginx libnginx-mod-rtmp
@@ -18,15 +19,12 @@ $(PY):
 install: $(PY) hlsjs
 	$(PY) -m pip install -q -e .
 
-# hls.js for the edge's player page, from the npm registry (not committed): var/static/hls.min.js
-HLSJS_VERSION ?= 1.7.4
-hlsjs: var/static/hls.min.js
-var/static/hls.min.js:
-	@command -v npm >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -q npm; }
-	mkdir -p var/npm var/static
-	cd var/npm && npm pack --silent hls.js@$(HLSJS_VERSION) >/dev/null
-	tar -xzf var/npm/hls.js-$(HLSJS_VERSION).tgz -C var/npm package/dist/hls.min.js
-	cp var/npm/package/dist/hls.min.js $@
+# hls.js for the edge's player page, from the npm registry (pinned version and SHA-512, not
+# committed), as package data: rtmpq/edge/static/hls.min.js. setup.py fetches it the same way
+# when it builds a wheel from a tree without it.
+hlsjs: rtmpq/edge/static/hls.min.js
+rtmpq/edge/static/hls.min.js: scripts/hlsjs.py
+	$(PYTHON) scripts/hlsjs.py $@
 
 install-test: $(PY) system-deps hlsjs
 	$(PY) -m pip install -q -e '.[test]'

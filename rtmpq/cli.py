@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError, load_config,
-                     show)
+from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError,
+                     bundled_static_dir, load_config, show)
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ingest_arguments(ingest)
     ingest.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay to publish into")
     _add_client_tls_arguments(ingest)
+    _add_ops_http_arguments(ingest)
 
     relay = sub.add_parser("relay", parents=[common], help="a MoQ relay (fan-out with a group cache), chainable",
                            description="Serve MoQ subscribers; tracks come from publishers that announce to "
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_moq_server_arguments(relay)
     relay.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay above")
     _add_client_tls_arguments(relay)
+    _add_ops_http_arguments(relay)
 
     edge = sub.add_parser("edge", parents=[common], help="LL-HLS over HTTP, fed over MoQ",
                           description="Serve http://HOST:PORT/live/<name>/index.m3u8, subscribing to the "
@@ -178,12 +180,28 @@ def _add_client_tls_arguments(p: argparse.ArgumentParser) -> None:
                    "(--quic-backend aioquic; on aiopquic pin with --cafile <node cert.pem>)")
 
 
+def _add_ops_http_arguments(p: argparse.ArgumentParser) -> None:
+    """The HTTP listener of a node that serves no video over HTTP: metrics, health, API, status."""
+    p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
+                   help="serve /metrics, /healthz, /readyz, /api/v1/broadcasts and a status page here "
+                        "(default: no HTTP listener)")
+    _add_http_tls_arguments(p)
+
+
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
-                   help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8 "
+                   help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8; also /metrics, "
+                        f"/healthz, /readyz, /api/v1/broadcasts and a status page at / "
                         f"(default 0.0.0.0:{DEFAULT_HTTP_PORT})")
     p.add_argument("--static", type=Path,
-                   help="directory holding hls.min.js for the player page (default var/static; make hlsjs)")
+                   help="directory holding hls.min.js for the player page (default: the one installed with rtmpq)")
+    _add_http_tls_arguments(p)
+
+
+def _add_http_tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--http-cert", type=Path, help="TLS certificate (PEM) for the HTTP listener: serves HTTPS, "
+                                                  "HTTP/2 offered by ALPN (default: plain HTTP/1.1)")
+    p.add_argument("--http-key", type=Path, help="TLS private key (PEM) for --http-cert")
 
 
 def _overrides(args) -> dict[tuple[str, str], object]:
@@ -193,11 +211,15 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     for flag, section in (("rtmp", "rtmp"), ("moq", "moq"), ("http", "http")):
         if get(flag) is not None:
             out[(section, "host")], out[(section, "port")] = get(flag)
+    if get("http") is not None:
+        out[("http", "enabled")] = True
     out[("rtmp", "record_dir")] = get("record")
     out[("moq", "certfile")] = get("cert")
     out[("moq", "keyfile")] = get("key")
     out[("moq", "state_dir")] = get("state_dir")
     out[("http", "static_dir")] = get("static")
+    out[("http", "certfile")] = get("http_cert")
+    out[("http", "keyfile")] = get("http_key")
     out[("upstream", "url")] = get("upstream") or (get("url") if args.command == "sub" else None)
     out[("upstream", "insecure")] = get("insecure")
     out[("upstream", "cafile")] = get("cafile")
@@ -213,7 +235,7 @@ def _overrides(args) -> dict[tuple[str, str], object]:
 
 def _default_static_dir(config: Config) -> None:
     if config.http.static_dir is None:
-        config.http.static_dir = Path("var/static")
+        config.http.static_dir = bundled_static_dir()
 
 
 async def _run(args, config: Config) -> int:

@@ -44,6 +44,22 @@ PUBLISH_GRACE_PERIOD = 30.0
 SUBSCRIBE_WAIT = 30.0
 # After SIGTERM, the node exits within this many seconds whatever its peers do.
 STOP_TIMEOUT = 5.0
+# The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
+HTTP_MAX_CONNECTIONS = 1024
+HTTP_MAX_CONNECTIONS_PER_IP = 256
+# Longest request head (request line + headers; HTTP/2: the header list) in bytes: else 431.
+HTTP_MAX_HEADER_BYTES = 8192
+# Longest request body, and most bytes of pipelined requests buffered unanswered (bytes).
+HTTP_MAX_REQUEST_BYTES = 64 * 1024
+# A request head must arrive within this after the connection opens or the last response; an
+# idle keep-alive connection is closed after it (seconds).
+HTTP_REQUEST_TIMEOUT = 10.0
+# A response must be taken by the socket within this, else the client is dropped (seconds).
+HTTP_WRITE_TIMEOUT = 10.0
+# Response bytes queued in user space per connection before the writer waits for the socket.
+HTTP_WRITE_BUFFER_BYTES = 64 * 1024
+# HTTP/2 streams a client may have open at once.
+HTTP_MAX_CONCURRENT_STREAMS = 100
 
 
 _PUBLIC_NAME = re.compile(r"([A-Za-z0-9_.~-]{1,64}/)?[A-Za-z0-9_.~-]{1,128}")
@@ -55,6 +71,12 @@ class ConfigError(RtmpqError, ValueError):
 
 def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "rtmpq"
+
+
+def bundled_static_dir() -> Path:
+    """Where the installed package keeps hls.min.js (package data; `make hlsjs` or the wheel
+    build puts it there), whatever the current directory."""
+    return Path(__file__).resolve().parent / "edge" / "static"
 
 
 @dataclass
@@ -82,11 +104,24 @@ class MoqConfig:
 
 @dataclass
 class HttpConfig:
-    """[http]: the HTTP listener (LL-HLS)."""
+    """[http]: the HTTP listener (LL-HLS, metrics, health, API, status page)."""
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_HTTP_PORT
-    static_dir: Path | None = None  # where hls.min.js is (make hlsjs puts it in var/static)
+    # whether the node listens: unset, rtmpq up and edge do and relay and ingest do not
+    # (--http HOST:PORT turns it on for them)
+    enabled: bool | None = None
+    static_dir: Path | None = None  # where hls.min.js is; unset: the one installed with rtmpq
+    certfile: Path | None = None  # with keyfile: HTTPS, and HTTP/2 offered by ALPN
+    keyfile: Path | None = None
+    max_connections: int = HTTP_MAX_CONNECTIONS
+    max_connections_per_ip: int = HTTP_MAX_CONNECTIONS_PER_IP
+    max_header_bytes: int = HTTP_MAX_HEADER_BYTES
+    max_request_bytes: int = HTTP_MAX_REQUEST_BYTES
+    request_timeout: float = HTTP_REQUEST_TIMEOUT
+    write_timeout: float = HTTP_WRITE_TIMEOUT
+    write_buffer_bytes: int = HTTP_WRITE_BUFFER_BYTES
+    max_concurrent_streams: int = HTTP_MAX_CONCURRENT_STREAMS
 
 
 @dataclass
@@ -321,6 +356,13 @@ def validate(config: Config) -> None:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if config.transcode.rung_queue_frames < 1:
         raise ConfigError("transcode.rung_queue_frames: must be at least 1")
+    h = config.http
+    for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
+                "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):
+        if getattr(h, key) <= 0:
+            raise ConfigError(f"http.{key}: must be positive")
+    if (h.certfile is None) != (h.keyfile is None):
+        raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
     if config.auth.require_playback_token and not config.auth.secret:
         raise ConfigError("auth.require_playback_token needs auth.secret")
 

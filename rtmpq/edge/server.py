@@ -1,4 +1,5 @@
-"""The edge's HTTP server: LL-HLS playlists, init segments, parts and segments, a player page.
+"""The edge's LL-HLS on the node's HTTP listener (rtmpq/http): playlists, init segments, parts
+and segments, a player page.
 
     /live/<key>/index.m3u8        multivariant playlist (a variant per video track, one audio rendition)
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
@@ -18,12 +19,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
 from ..auth.access import Access, AccessDenied
-
+from ..config import HttpConfig, bundled_static_dir
+from ..http import Request, Response, text
+from ..http.server import HttpServer
 from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
@@ -32,18 +35,18 @@ from .llhls import LlHlsStream, multivariant_playlist
 
 log = logging.getLogger("rtmpq.edge")
 
-# Longest a request line + headers may be, and how long a client may take to send them.
-MAX_REQUEST_HEAD = 8192
-REQUEST_TIMEOUT = 10.0
 # Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
 BLOCKING_TARGET_DURATIONS = 3
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
-# Open connections the server accepts at once.
-MAX_HTTP_CONNECTIONS = 1024
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
 # fetch its last segments; a request after that opens the name afresh (a new publish).
 ENDED_PLAYLIST_KEEP = 10.0
+# Players are told apart by address and user agent, and counted as viewers of a broadcast for
+# this long after their last request (seconds); at most this many are tracked per broadcast
+# (about 200 bytes each: the user agent is cut to 64 characters).
+VIEWER_WINDOW = 10.0
+MAX_VIEWERS_TRACKED = 16384
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
@@ -53,6 +56,7 @@ _INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<versi
 # An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
 # it: this many seconds after its last request, the edge lets it go (and the rung may stop).
 RENDITION_IDLE_SECONDS = 15.0
+PLAYLIST = "application/vnd.apple.mpegurl"
 
 
 def stream_key(track: str) -> str:
@@ -69,7 +73,7 @@ PLAYER_PAGE = """<!doctype html>
 <script src="/hls.min.js"></script>
 <script>
 const video = document.getElementById("video"), status = document.getElementById("status");
-if (!window.Hls) { status.textContent = "hls.js is not installed on this server (make hlsjs)"; }
+if (!window.Hls) { status.textContent = "this node has no hls.js (its log says so at start); players can open index.m3u8"; }
 else if (Hls.isSupported()) {
   // sit two parts (2 x 0.3 s) behind the live edge, not the playlist's PART-HOLD-BACK (3 parts),
   // and catch up at up to 1.5x after a stall
@@ -91,6 +95,9 @@ class _Broadcast:
         self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
         self.changed = asyncio.Condition()
         self.last_request = time.monotonic()
+        self.opened = time.time()
+        self.viewers: dict[tuple[str, str], float] = {}  # (client address, user agent) -> last request
+        self.bytes_out = 0
         self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
         self.source = None
@@ -123,26 +130,32 @@ class _Broadcast:
 
 
 class EdgeServer:
-    def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, host: str = "0.0.0.0",
-                 port: int = 8080, static_dir: Path | None = None, access: Access | None = None) -> None:
+    """LL-HLS on the node's HTTP listener. ``apps`` are the node's other routes (async
+    ``(Request) -> Response | None``), tried first."""
+
+    def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, http: HttpConfig | None = None,
+                 access: Access | None = None, apps: list[Callable[[Request], Awaitable[Response | None]]] = ()) -> None:
         self.open_broadcast = open_broadcast
         self.access = access or Access()
-        self.host = host
-        self.port = port
-        self.static_dir = static_dir
+        self.http_config = http or HttpConfig()
+        self.static_dir: Path = self.http_config.static_dir or bundled_static_dir()
+        self.apps = list(apps)
+        self.http = HttpServer(self.handle, self.http_config)
         self._broadcasts: dict[str, _Broadcast] = {}
-        self._server: asyncio.AbstractServer | None = None
-        self._connections = 0
+        self._hls_js_bytes: bytes | None = None
         self._reaper: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        if not (self.static_dir / "hls.min.js").is_file():
+            log.warning("hls.js is not in %s: the player page (/live/<name>/) cannot play; run `make hlsjs` "
+                        "(or give --static DIR holding hls.min.js); playlists work without it", self.static_dir)
+        await self.http.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        log.info("LL-HLS on http://%s:%d/live/<key>/index.m3u8", *self.address)
+        log.info("LL-HLS on %s://%s:%d/live/<key>/index.m3u8", self.http.scheme, *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
-        return self._server.sockets[0].getsockname()[:2]
+        return self.http.address
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -150,9 +163,7 @@ class EdgeServer:
         for b in self._broadcasts.values():
             if b.task is not None:
                 b.task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self.http.close()
 
     async def _reap(self) -> None:
         while True:
@@ -163,6 +174,7 @@ class EdgeServer:
                     del self._broadcasts[name]
                 else:
                     b.idle_renditions(now)
+                    b.viewers = {k: t for k, t in b.viewers.items() if now - t < VIEWER_WINDOW}
 
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
@@ -224,107 +236,83 @@ class EdgeServer:
         return ready()
 
     # -- HTTP -----------------------------------------------------------------------------------
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._connections >= MAX_HTTP_CONNECTIONS:
-            writer.close()
-            return
-        self._connections += 1
-        try:
-            while True:
-                try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-                    return
-                if len(head) > MAX_REQUEST_HEAD:
-                    await self._send(writer, 431, b"request head too large\n", "text/plain", keep_alive=False)
-                    return
-                lines = head.decode("latin-1").split("\r\n")
-                parts = lines[0].split(" ")
-                if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                    await self._send(writer, 400, b"bad request line\n", "text/plain", keep_alive=False)
-                    return
-                method, target, version = parts
-                headers = {k.strip().lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-                keep_alive = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-                if method not in ("GET", "HEAD"):
-                    await self._send(writer, 405, b"only GET and HEAD\n", "text/plain", keep_alive=keep_alive)
-                else:
-                    status, body, ctype, cache = await self._route(target)
-                    await self._send(writer, status, body, ctype, cache=cache, keep_alive=keep_alive,
-                                     head_only=method == "HEAD")
-                if not keep_alive:
-                    return
-        finally:
-            self._connections -= 1
-            writer.close()
+    async def handle(self, request: Request) -> Response:
+        for app in self.apps:  # the node's own routes (metrics, health, API, status page) first
+            response = await app(request)
+            if response is not None:
+                return response
+        if request.method not in ("GET", "HEAD"):
+            return text(405, "only GET and HEAD")
+        return await self._route(request)
 
-    async def _send(self, writer, status: int, body: bytes, ctype: str, *, cache: str = "no-store",
-                    keep_alive: bool = True, head_only: bool = False) -> None:
-        reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-                  431: "Request Header Fields Too Large", 503: "Service Unavailable"}.get(status, "OK")
-        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                f"Cache-Control: {cache}\r\nAccess-Control-Allow-Origin: *\r\n"
-                f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n")
-        writer.write(head.encode() + (b"" if head_only else body))
-        await writer.drain()
+    def _hls_js(self) -> Response:
+        if self._hls_js_bytes is None:
+            path = self.static_dir / "hls.min.js"
+            if not path.is_file():
+                return text(404, "hls.js is not installed on this node (its log said so at start)")
+            self._hls_js_bytes = path.read_bytes()
+        return Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400")
 
-    async def _route(self, target: str) -> tuple[int, bytes, str, str]:
-        url = urlsplit(target)
-        if url.path in ("/hls.min.js", "/hls.js"):
-            path = self.static_dir / "hls.min.js" if self.static_dir else None
-            if path is None or not path.exists():
-                return 404, b"hls.js is not installed (run: make hlsjs)\n", "text/plain", "no-store"
-            return 200, path.read_bytes(), "application/javascript", "max-age=86400"
-        m = _PATH.match(url.path)
+    async def _route(self, request: Request) -> Response:
+        path, query_text = request.path, request.query
+        if path in ("/hls.min.js", "/hls.js"):
+            return self._hls_js()
+        m = _PATH.match(path)
         if m is None:
-            return 404, b"not found: expected /<app>/<key>/index.m3u8\n", "text/plain", "no-store"
+            return text(404, "not found: expected /<app>/<key>/index.m3u8")
         name = f"{m['app']}/{m['key']}"
         file = m["file"]
         page = file in ("", "index.html")
-        token = parse_qs(url.query).get("token", [None])[0]
+        token = parse_qs(query_text).get("token", [None])[0]
         try:
             self.access.may_subscribe(name, token, time.time())
         except AccessDenied as exc:
             if page:  # the page holds no media; the requests it makes carry the token
-                return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
-            return 403, f"{exc}\n".encode(), "text/plain", "no-store"
+                return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
+            return text(403, str(exc))
         query = f"?token={quote(token, safe='')}" if token else ""
-        b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
+        b = self._broadcast(name)
         if b is None:
-            return 404, b"no such broadcast\n", "text/plain", "no-store"
-        if page:
-            return 200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache"
+            return text(404, "no such broadcast")
+        if page:  # it opened the broadcast: its playlist is ready sooner
+            return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
+        if len(b.viewers) < MAX_VIEWERS_TRACKED:
+            b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
+        response = await self._serve_file(b, file, query_text, query)
+        b.bytes_out += response.length
+        return response
+
+    async def _serve_file(self, b: _Broadcast, file: str, query_text: str, query: str) -> Response:
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
             streams = [s for k, s in b.streams.items() if b.listed(k, s)]
             ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
             if not await self._wait_for(b, video, ready):
-                return 503, b"the broadcast has no media yet\n", "text/plain", "no-store"
+                return text(503, "the broadcast has no media yet")
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items() if k != "a" and s.has_media]
-            return 200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), \
-                "application/vnd.apple.mpegurl", "no-cache"
+            return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
             stream = b.streams.get(stream_key(pm["track"]) if pm is not None else im["kind"])
             if stream is None:
-                return 404, b"no such rendition\n", "text/plain", "no-store"
+                return text(404, "no such rendition")
             b.asked_for(stream)
             if not await self._wait_for(b, stream, lambda: stream.playable):
-                return 503, b"this rendition has no media yet\n", "text/plain", "no-store"
+                return text(503, "this rendition has no media yet")
             if im is None:
-                return await self._media_playlist(b, stream, url.query, query)
+                return await self._media_playlist(b, stream, query_text, query)
             ctype = "audio/mp4" if stream is audio else "video/mp4"
             if im["version"] is None:  # the newest: its content changes with the next avcC
-                return 200, stream.init, ctype, "no-cache"
+                return Response(200, stream.init, ctype, "no-cache")
             data = stream.init_version_data(int(im["version"]))
             if data is None:
-                return 404, b"no such init segment\n", "text/plain", "no-store"
-            return 200, data, ctype, "max-age=60"  # a version's bytes never change
+                return text(404, "no such init segment")
+            return Response(200, data, ctype, "max-age=60")  # a version's bytes never change
         sm = _SEGMENT.match(file)
         stream = b.streams.get(sm["kind"]) if sm is not None else None
         if stream is None:
-            return 404, b"not found\n", "text/plain", "no-store"
+            return text(404, "not found")
         b.asked_for(stream)
         ctype = "audio/mp4" if stream is audio else "video/mp4"
         msn = int(sm["msn"])
@@ -334,31 +322,31 @@ class EdgeServer:
             last = stream.segments[-1] if stream.segments else None
             in_progress = last is not None and not last.complete and last.msn == msn
             if not ((part is not None and (msn, part) == stream.next_part) or (part is None and in_progress)):
-                return 404, b"no such segment\n", "text/plain", "no-store"
+                return text(404, "no such segment")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
-                return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
+                return text(503, "the requested part did not appear in time")
         segment = stream.segment(msn)
         if segment is None:
-            return 404, b"segment no longer available\n", "text/plain", "no-store"
-        if part is None:
-            return 200, segment.data(), ctype, "max-age=60"
+            return text(404, "segment no longer available")
+        if part is None:  # its parts one after another: no joined copy per request
+            return Response(200, [p.data for p in segment.parts], ctype, "max-age=60")
         if part >= len(segment.parts):
-            return 404, b"no such part\n", "text/plain", "no-store"
-        return 200, segment.parts[part].data, ctype, "max-age=60"
+            return text(404, "no such part")
+        return Response(200, segment.parts[part].data, ctype, "max-age=60")
 
-    async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str):
+    async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str) -> Response:
         query = parse_qs(query_text)
         try:
             msn = int(query["_HLS_msn"][0]) if "_HLS_msn" in query else None
             part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
         except ValueError:
-            return 400, b"_HLS_msn and _HLS_part must be integers\n", "text/plain", "no-store"
+            return text(400, "_HLS_msn and _HLS_part must be integers")
         if part is not None and msn is None:
-            return 400, b"_HLS_part needs _HLS_msn\n", "text/plain", "no-store"
+            return text(400, "_HLS_part needs _HLS_msn")
         if msn is not None:
             newest = stream.segments[-1].msn if stream.segments else 0
             if msn > newest + 2:
-                return 400, b"_HLS_msn is too far in the future\n", "text/plain", "no-store"
+                return text(400, "_HLS_msn is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
-                return 503, b"the requested part did not appear in time\n", "text/plain", "no-store"
-        return 200, stream.media_playlist(uri_query).encode(), "application/vnd.apple.mpegurl", "no-cache"
+                return text(503, "the requested part did not appear in time")
+        return Response(200, stream.media_playlist(uri_query).encode(), PLAYLIST, "no-cache")

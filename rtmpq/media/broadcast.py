@@ -76,6 +76,8 @@ class BroadcastReader:
         for ev in self._queue:
             if isinstance(ev, Frame) and ev.group < newest[ev.track]:
                 self._bytes -= len(ev.payload)
+                if (ev.track, ev.group) not in self.skipped_groups:
+                    self.broadcast.skipped_groups += 1
                 self.skipped_groups.add((ev.track, ev.group))
             else:
                 kept.append(ev)
@@ -120,6 +122,14 @@ class Broadcast:
         self.publishing = True  # a publisher is attached now
         self.publishes = 1  # publish sessions so far (reconnects + 1)
         self.started = time.monotonic()  # of the current publish
+        self.created = time.time()  # wall clock of the first publish (the API's "started")
+        # counters read by metrics at scrape time: an integer add per frame, a little per group
+        self.frames_in = 0
+        self.bytes_in: dict[str, int] = {}  # by track
+        self.groups = 0
+        self.keyframe_interval_ms = 0  # between the starts of the last two groups
+        self.skipped_groups = 0  # whole groups readers dropped for falling behind
+        self._group_dts: int | None = None
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
         self._current_group: list[Frame] = []  # frames since the newest video keyframe
@@ -176,8 +186,15 @@ class Broadcast:
     def push(self, frame: Frame) -> None:
         if self._shift:
             frame = self._continue(frame)
+        self.frames_in += 1
+        track_bytes = self.bytes_in
+        track_bytes[frame.track] = track_bytes.get(frame.track, 0) + len(frame.payload)
         if frame.group > self._last_group:
             self._last_group = frame.group
+            self.groups += 1
+            if self._group_dts is not None and frame.dts > self._group_dts:
+                self.keyframe_interval_ms = frame.dts - self._group_dts
+            self._group_dts = frame.dts
         if self._last_dts is None or frame.dts > self._last_dts:
             self._last_dts = frame.dts
         if frame.track == VIDEO and frame.index == 0:
@@ -234,6 +251,10 @@ class Broadcast:
         self._ended.set()
         if self._registry is not None:
             self._registry._remove(self)
+
+    @property
+    def readers(self) -> int:
+        return len(self._readers)
 
     async def wait_ended(self) -> None:
         await self._ended.wait()

@@ -138,6 +138,12 @@ class TrackFanout:
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
+        # read by metrics: objects and bytes in, bytes handed to subscribers' sessions, groups
+        # dropped for subscribers past their budget
+        self.objects_received = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.groups_dropped = 0
 
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
@@ -180,6 +186,8 @@ class TrackFanout:
         sub.close()
 
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
+        self.objects_received += 1
+        self.bytes_received += len(payload)
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now)
         if previous is not None and group_id > previous[0]:

@@ -26,7 +26,7 @@ from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from ..redact import safe_name
 from . import events as ev
-from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, TrackFanout, TrackSubscription
+from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions, object_to_frame
 from .transport import MoqConnection
@@ -109,6 +109,7 @@ class _ConnectionSink:
         return sid
 
     def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+        self.fanout.bytes_sent += len(payload)
         self.conn.session.send_object(handle, object_id, payload, extensions)
         self.conn.flush()
 
@@ -118,6 +119,8 @@ class _ConnectionSink:
         self.conn.flush()
 
     def reset_group(self, handle: int, code: int) -> None:
+        if code == RESET_DELIVERY_TIMEOUT:
+            self.fanout.groups_dropped += 1
         self.conn.session.reset_subgroup(handle, code)
         self.conn.forget_stream(handle)
         self.conn.flush()

@@ -7,10 +7,14 @@ import time
 from ..auth.access import ACT_RELAY, Access
 from ..config import Config, MoqConfig
 from ..edge.server import EdgeServer
+from ..http.server import HttpServer
 from ..media.broadcast import BroadcastRegistry
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
+from ..ops.probe import UpstreamProbe
+from ..ops.routes import OpsRoutes, ops_only
+from ..ops.view import NodeView
 from ..redact import names_are_public
 from .ingest import IngestNode
 from .remote import UpstreamLink, moq_broadcast_source
@@ -57,19 +61,55 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     return server
 
 
+class OpsListener:
+    """The HTTP listener of a node that serves no video over HTTP (relay, ingest): metrics,
+    health, API. Started only when [http] enabled (``--http``)."""
+
+    def __init__(self, config: Config, view: NodeView) -> None:
+        self.view = view
+        self.routes = OpsRoutes(view)
+        self.http = HttpServer(ops_only(self.routes), config.http) if config.http.enabled else None
+        view.http = self.http
+
+    async def start(self) -> None:
+        self.routes.start()
+        if self.http is not None:
+            await self.http.start()
+            log.info("metrics and health on %s://%s:%d/metrics", self.http.scheme, *self.http.address)
+        self.view.listening = True
+
+    async def close(self) -> None:
+        self.view.listening = False
+        self.routes.stop()
+        if self.http is not None:
+            await self.http.close()
+
+
+def link_ready(link: "UpstreamLink") -> tuple[bool, str]:
+    if link.connected.is_set():
+        return True, f"upstream {link.host}:{link.port} connected"
+    return False, f"upstream {link.host}:{link.port} not connected"
+
+
 async def run_relay(config: Config, stop: asyncio.Event) -> None:
     """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
     access = node_access(config)
     warn_if_open(access, [config.moq.host])
     relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period)
+    view = NodeView("relay", relay=relay)
+    view.relay_backend = config.moq.backend
+    ops = OpsListener(config, view)
     server = await serve_relay(relay, config.moq)
     link = None
     if config.upstream.url:
         link = UpstreamLink(relay, config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
         link.start()
+        view.upstream_ready = lambda: link_ready(link)
+    await ops.start()
     try:
         await stop.wait()
     finally:
+        await ops.close()
         if link is not None:
             await link.close()
         relay.stop()
@@ -86,16 +126,22 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     relay = link = None
+    view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
         relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))
         link.start()
+        view.relay, view.relay_backend = relay, config.upstream.backend
+        view.upstream_ready = lambda: link_ready(link)
+    ops = OpsListener(config, view)
+    await ops.start()
     try:
         await stop.wait()
     finally:
         async def closing():
+            await ops.close()
             # the session upstream closes first, without PUBLISH_DONE: the relay above keeps the
             # broadcasts for its grace period, so a restarted ingest continues them
             if link is not None:
@@ -112,10 +158,20 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     access = node_access(config)
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
                                   **upstream_tls(config))
-    edge = EdgeServer(source, host=config.http.host, port=config.http.port, static_dir=config.http.static_dir,
-                      access=access)
+    view = NodeView("edge")
+    ops = OpsRoutes(view)
+    edge = EdgeServer(source, http=config.http, access=access, apps=[ops])
+    view.edge, view.http = edge, edge.http
+    probe = UpstreamProbe(config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
+    view.upstream_ready = probe
     await edge.start()
+    ops.start()
+    probe.start()
+    view.listening = True
     try:
         await stop.wait()
     finally:
+        view.listening = False
+        probe.stop()
+        ops.stop()
         await stop_within(edge.close(), config.node.stop_timeout)

@@ -13,6 +13,8 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
+from ..ops.routes import OpsRoutes
+from ..ops.view import NodeView
 from ..redact import names_are_public
 from .ingest import IngestNode
 
@@ -98,8 +100,12 @@ class UpNode:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
 
             self.transcoder = LocalTranscoder(self.registry, config.transcode)
-        self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), host=config.http.host, port=config.http.port,
-                               static_dir=config.http.static_dir, access=self.access)
+        self.view = NodeView("up", registry=self.registry, relay=self.moq, ingest=self.rtmp)
+        self.view.relay_backend = config.moq.backend
+        self.ops = OpsRoutes(self.view)
+        self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), http=config.http, access=self.access,
+                               apps=[self.ops])
+        self.view.edge, self.view.http = self.edge, self.edge.http
         self._quic = None
         self.fingerprint = ""
 
@@ -118,6 +124,8 @@ class UpNode:
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
+        self.ops.start()
+        self.view.listening = True
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d, certificate sha256 %s", host, port, self.fingerprint)
 
@@ -131,6 +139,8 @@ class UpNode:
         """Graceful stop: GOAWAY to every MoQ session (nodes below reconnect, their broadcasts
         go on when this node is back), publishers get onStatus and a close, recordings are
         finalized, the node's own playlists get ENDLIST."""
+        self.view.listening = False
+        self.ops.stop()
         self.moq.stop()
         if self.transcoder is not None:
             self.transcoder.close()

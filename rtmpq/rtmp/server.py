@@ -6,6 +6,7 @@ media messages to the sink the handler returned.
 """
 
 import asyncio
+from collections import Counter
 import logging
 from typing import Protocol
 
@@ -54,6 +55,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.session = RtmpServerSession(now=loop.time(), limits=self.server.config.limits, peer=self.peer)
         if len(self.server.connections) >= self.server.config.max_connections:
             log.warning("%s: refused, %d connections open (max_connections)", self.peer, len(self.server.connections))
+            self.server.errors["max_connections"] += 1
             transport.abort()
             return
         self.server.connections.add(self)
@@ -63,6 +65,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         return self.session.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.server.bytes_in += nbytes
         self.session.buffer_updated(nbytes)
         self._process()
 
@@ -109,6 +112,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
                 log.warning("%s: closing connection: %s", self.peer, event.reason)
+                self.server.errors["handshake_timeout" if event.reason.startswith("no successful connect")
+                                   else "protocol_error"] += 1
                 self._close()
         self._flush()  # asyncio flushes what was written before it closes
 
@@ -154,6 +159,8 @@ class RtmpServer:
         self.handler = handler
         self.config = config or IngestConfig()
         self.connections: set[RtmpConnection] = set()
+        self.bytes_in = 0  # read by metrics
+        self.errors: Counter[str] = Counter()  # connections closed by us, by reason
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:

@@ -1,0 +1,511 @@
+"""HttpServer: every node's HTTP listener, h11 and h2 under a thin asyncio shell.
+
+The protocol cores are h11 (HTTP/1.1) and h2 (HTTP/2): sans-I/O state machines that take bytes
+in and give bytes out. This module only moves those bytes and enforces what a public listener
+needs, each a named setting in ``[http]`` (rtmpq/config.py):
+
+- ``max_connections`` / ``max_connections_per_ip``: more are answered 503 and closed at accept;
+- ``max_header_bytes``: a request head larger than this is answered 431 and the connection closed;
+- ``max_request_bytes``: a body, or pipelined requests not read yet, beyond this: 413, or the
+  socket stops being read until the requests before are answered;
+- ``request_timeout``: a request head must arrive within this after the connection opens or the
+  previous response was written (an idle keep-alive connection is closed after it);
+- ``write_timeout``: a response must be taken by the socket within this, or the connection is
+  dropped. Bodies are written in pieces of ``WRITE_PIECE`` bytes, each after the socket has taken
+  the one before (``write_buffer_bytes`` at most queued in user space), so a client that stops
+  reading holds one piece of our memory, not a segment per pipelined request, and is dropped
+  after ``write_timeout``.
+
+HTTP/2 is offered (ALPN ``h2``) when the listener has a certificate (``--http-cert``/
+``--http-key``); plain HTTP/1.1 is the default.
+"""
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+
+import h2.config
+import h2.errors
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import h11
+
+from .message import Request, Response, text
+
+log = logging.getLogger("rtmpq.http")
+
+# A response body is handed to the socket in pieces of at most this many bytes.
+WRITE_PIECE = 64 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HttpStats:
+    """Plain counters, read when metrics are scraped (no work per request beyond an add)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.requests = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.errors: Counter[str] = Counter()  # by reason
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, config, *, server_header: str = "rtmpq") -> None:
+        """``config`` is an [http] section (rtmpq.config.HttpConfig)."""
+        self.handler = handler
+        self.config = config
+        self.server_header = server_header
+        self.stats = HttpStats()
+        self.tls = bool(config.certfile and config.keyfile)
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._per_ip: Counter[str] = Counter()
+        self.closing = False
+
+    async def start(self) -> None:
+        ctx = None
+        if self.tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            ctx.set_alpn_protocols(["h2", "http/1.1"])
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Connection(self), self.config.host, self.config.port,
+                                                ssl=ctx, ssl_handshake_timeout=self.config.request_timeout if ctx else None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.sockets[0].getsockname()[:2]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def buffered_bytes(self) -> int:
+        """Response bytes queued in user space for all connections (read at scrape time)."""
+        return sum(c.buffered_bytes() for c in self._connections)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for c in list(self._connections):
+            c.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _admit(self, c: "_Connection") -> str | None:
+        """None, or why the connection is refused."""
+        if len(self._connections) >= self.config.max_connections:
+            return "max_connections"
+        if self._per_ip[c.client] >= self.config.max_connections_per_ip:
+            return "max_connections_per_ip"
+        self._connections.add(c)
+        self._per_ip[c.client] += 1
+        self.stats.accepted += 1
+        self.stats.open += 1
+        return None
+
+    def _forget(self, c: "_Connection") -> None:
+        if c in self._connections:
+            self._connections.discard(c)
+            self.stats.open -= 1
+            self._per_ip[c.client] -= 1
+            if self._per_ip[c.client] <= 0:
+                del self._per_ip[c.client]
+
+
+_REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n"
+            b"connection: close\r\n\r\ntoo many connections\n")
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted socket: limits, write backpressure, and the driver for its HTTP version."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.config = server.config
+        self.stats = server.stats
+        self.transport: asyncio.Transport | None = None
+        self.client = "?"
+        self.driver: _H1 | _H2 | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.closed = False
+
+    # -- asyncio ----------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else "?"
+        refused = self.server._admit(self) if not self.server.closing else "closing"
+        if refused is not None:
+            self.stats.errors[refused] += 1
+            self.closed = True
+            transport.write(_REFUSED)
+            transport.close()
+            return
+        transport.set_write_buffer_limits(high=self.config.write_buffer_bytes)
+        sslobj = transport.get_extra_info("ssl_object")
+        alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
+        self.driver = _H2(self) if alpn == "h2" else _H1(self)
+        self.driver.start()
+
+    def data_received(self, data: bytes) -> None:
+        self.stats.bytes_in += len(data)
+        if self.driver is not None and not self.closed:
+            self.driver.data_received(data)
+
+    def eof_received(self):
+        if self.driver is not None:
+            self.driver.data_received(b"")
+        return self.transport.get_extra_info("sslcontext") is None  # keep a half-closed socket open to answer
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self._writable.set()
+        self.server._forget(self)
+        if self.driver is not None:
+            self.driver.lost()
+
+    # -- used by the drivers ----------------------------------------------------------------------
+    def write(self, data) -> None:
+        if not self.closed:
+            self.stats.bytes_out += len(data)
+            self.transport.write(data)
+
+    async def drain(self, deadline: float) -> None:
+        """Wait until the socket has taken what we queued (down to the low-water mark)."""
+        if self.closed:
+            raise ConnectionError("closed")
+        if self._writable.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._writable.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            self.abort("write_timeout")
+            raise ConnectionError("write timeout") from None
+        if self.closed:
+            raise ConnectionError("closed")
+
+    def buffered_bytes(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None and not self.closed else 0
+
+    def abort(self, reason: str) -> None:
+        self.stats.errors[reason] += 1
+        if not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    async def respond(self, request: Request) -> Response:
+        self.stats.requests += 1
+        try:
+            return await self.server.handler(request)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("http: %s %s failed", request.method, request.path)
+            self.stats.errors["handler"] += 1
+            return text(500, "internal error")
+
+    def head_fields(self, response: Response) -> list[tuple[str, str]]:
+        """Header fields of ``response`` as HTTP/1.1 writes them (HTTP/2 lower-cases the names)."""
+        return [("Content-Type", response.content_type), ("Content-Length", str(response.length)),
+                ("Cache-Control", response.cache), ("Access-Control-Allow-Origin", "*"),
+                ("Server", self.server.server_header), *response.headers]
+
+
+class _H1:
+    """HTTP/1.1 on h11: one request at a time (pipelined ones wait in h11's buffer, bounded)."""
+
+    def __init__(self, c: _Connection) -> None:
+        self.c = c
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=c.config.max_header_bytes)
+        self._readable = asyncio.Event()
+        self._reading_paused = False
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.h11.receive_data(data)
+        except RuntimeError:  # data after the connection was closed: ignore
+            return
+        if not self._reading_paused and len(self.h11.trailing_data[0]) > self.c.config.max_request_bytes:
+            self._reading_paused = True  # the requests before must be answered first
+            self.c.transport.pause_reading()
+        self._readable.set()
+
+    def lost(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and not self.c.closed:
+            self._reading_paused = False
+            self.c.transport.resume_reading()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                request = await self._next_request()
+                if request is None:
+                    break
+                response = await self.c.respond(request)
+                await self._send(response, head_only=request.method == "HEAD")
+                if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE or self.c.server.closing:
+                    break
+                self.h11.start_next_cycle()
+                if len(self.h11.trailing_data[0]) <= self.c.config.max_request_bytes:
+                    self._resume_reading()
+        except (ConnectionError, h11.LocalProtocolError):
+            pass
+        except asyncio.CancelledError:
+            return
+        finally:
+            self.c.close()
+
+    async def _next_request(self) -> Request | None:
+        deadline = time.monotonic() + self.c.config.request_timeout
+        request = None
+        body = 0
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                self.c.stats.errors["header_too_large" if status == 431 else "bad_request"] += 1
+                await self._send_error(status, str(exc) or HTTPStatus(status).phrase)
+                return None
+            if event is h11.NEED_DATA:
+                self._resume_reading()
+                self._readable.clear()
+                try:
+                    await asyncio.wait_for(self._readable.wait(), max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    idle = request is None and not self.h11.trailing_data[0]
+                    if not idle:
+                        self.c.stats.errors["request_timeout"] += 1
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                # h11 bounds a head still arriving; one that came whole is measured here
+                head = len(event.target) + 16 + sum(len(k) + len(v) + 4 for k, v in event.headers.raw_items())
+                if head > self.c.config.max_header_bytes:
+                    self.c.stats.errors["header_too_large"] += 1
+                    await self._send_error(431, "request head too large")
+                    return None
+                target = event.target.decode("latin-1")
+                path, _, query = target.partition("?")
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+                request = Request(event.method.decode("ascii", "replace"), path, query, headers, self.c.client,
+                                  event.http_version.decode("ascii"))
+            elif isinstance(event, h11.Data):
+                body += len(event.data)
+                if body > self.c.config.max_request_bytes:
+                    self.c.stats.errors["request_too_large"] += 1
+                    await self._send_error(413, "request body too large")
+                    return None
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            else:  # ConnectionClosed, or PAUSED after a protocol switch we never agree to
+                return None
+
+    async def _send_error(self, status: int, message: str) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        response = text(status, message)
+        response.headers.append(("Connection", "close"))
+        try:
+            await self._send(response, head_only=False)
+        except h11.LocalProtocolError:
+            pass
+
+    async def _send(self, response: Response, *, head_only: bool) -> None:
+        c = self.c
+        deadline = time.monotonic() + c.config.write_timeout
+        head = h11.Response(status_code=response.status, headers=c.head_fields(response),
+                            reason=_reason(response.status))
+        c.write(self.h11.send(head))
+        if not head_only:
+            for chunk in response.chunks():
+                view = memoryview(chunk)
+                for off in range(0, len(view), WRITE_PIECE):
+                    for piece in self.h11.send_with_data_passthrough(h11.Data(data=view[off:off + WRITE_PIECE])):
+                        c.write(piece)
+                    await c.drain(deadline)
+        c.write(self.h11.send(h11.EndOfMessage()))
+        await c.drain(deadline)
+
+
+class _H2:
+    """HTTP/2 on h2: a task per stream, the peer's flow-control windows respected."""
+
+    def __init__(self, c: _Connection) -> None:
+        self.c = c
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config)
+        self._streams: dict[int, asyncio.Task] = {}
+        self._pending: dict[int, tuple[Request, int]] = {}  # stream -> (request, body bytes so far)
+        self._window = asyncio.Event()
+        self._last_active = time.monotonic()
+        self._watchdog: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.h2.initiate_connection()
+        self.h2.update_settings({
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.c.config.max_concurrent_streams,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: self.c.config.max_header_bytes,
+        })
+        self._flush()
+        self._watchdog = asyncio.get_running_loop().create_task(self._idle())
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.c.write(data)
+
+    def lost(self) -> None:
+        for task in self._streams.values():
+            task.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+    async def _idle(self) -> None:
+        timeout = self.c.config.request_timeout
+        while not self.c.closed:
+            await asyncio.sleep(min(1.0, timeout))
+            # a stream still sending its request (or never ending it) does not keep the connection
+            if not self._streams and time.monotonic() - self._last_active > timeout:
+                self.h2.close_connection()
+                self._flush()
+                self.c.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not data:
+            self.c.close()
+            return
+        self._last_active = time.monotonic()
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.c.stats.errors["h2_protocol"] += 1
+            log.debug("http/2 from %s: %s", self.c.client, exc)
+            self._flush()
+            self.c.close()
+            return
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+                target = headers.get(":path", "/")
+                path, _, query = target.partition("?")
+                request = Request(headers.get(":method", "GET"), path, query, headers, self.c.client, "2")
+                if event.stream_ended is not None:
+                    self._begin(event.stream_id, request)
+                else:
+                    self._pending[event.stream_id] = (request, 0)
+            elif isinstance(event, h2.events.DataReceived):
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                if event.stream_id in self._pending:
+                    request, size = self._pending[event.stream_id]
+                    size += len(event.data)
+                    self._pending[event.stream_id] = (request, size)
+                    if size > self.c.config.max_request_bytes:
+                        self.c.stats.errors["request_too_large"] += 1
+                        del self._pending[event.stream_id]
+                        self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                if event.stream_ended is not None and event.stream_id in self._pending:
+                    self._begin(event.stream_id, self._pending.pop(event.stream_id)[0])
+            elif isinstance(event, h2.events.StreamEnded):
+                if event.stream_id in self._pending:
+                    self._begin(event.stream_id, self._pending.pop(event.stream_id)[0])
+            elif isinstance(event, h2.events.StreamReset):
+                self._pending.pop(event.stream_id, None)
+                task = self._streams.pop(event.stream_id, None)
+                if task is not None:
+                    task.cancel()
+                self._window.set()
+            elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                self._window.set()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._flush()
+                self.c.close()
+                return
+        self._flush()
+
+    def _begin(self, stream_id: int, request: Request) -> None:
+        if stream_id not in self._streams:
+            self._streams[stream_id] = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
+
+    async def _serve(self, stream_id: int, request: Request) -> None:
+        c = self.c
+        try:
+            response = await c.respond(request)
+            deadline = time.monotonic() + c.config.write_timeout
+            head_only = request.method == "HEAD" or response.length == 0
+            fields = [(":status", str(response.status)),
+                      *((k.lower(), v) for k, v in c.head_fields(response) if k.lower() != "connection")]
+            self.h2.send_headers(stream_id, fields, end_stream=head_only)
+            self._flush()
+            if not head_only:
+                for chunk in response.chunks():
+                    view = memoryview(chunk)
+                    off = 0
+                    while off < len(view):
+                        window = self.h2.local_flow_control_window(stream_id)
+                        if window <= 0:
+                            await self._wait_window(deadline)
+                            continue
+                        n = min(window, self.h2.max_outbound_frame_size, WRITE_PIECE, len(view) - off)
+                        self.h2.send_data(stream_id, bytes(view[off:off + n]))
+                        off += n
+                        self._flush()
+                        await c.drain(deadline)
+                self.h2.end_stream(stream_id)
+                self._flush()
+            await c.drain(deadline)
+        except (ConnectionError, asyncio.CancelledError, h2.exceptions.StreamClosedError):
+            pass
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("http/2 stream %d to %s: %s", stream_id, c.client, exc)
+        finally:
+            self._streams.pop(stream_id, None)
+            self._last_active = time.monotonic()
+
+    async def _wait_window(self, deadline: float) -> None:
+        self._window.clear()
+        try:
+            await asyncio.wait_for(self._window.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:  # the peer keeps its window shut: a reader that stopped reading
+            self.c.abort("write_timeout")
+            raise ConnectionError("write timeout") from None
+

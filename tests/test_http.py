@@ -1,0 +1,256 @@
+"""The HTTP listener (h11 / h2 under rtmpq.http.server): limits, stuck clients, HTTP/2 over TLS."""
+
+import asyncio
+import os
+import socket
+import sys
+
+import httpx
+import pytest
+
+from rtmpq.config import HttpConfig
+from rtmpq.http import Response
+from rtmpq.http.server import HttpServer
+from rtmpq.moq.tls import ensure_self_signed
+
+from .conftest import free_port, local_config, need, wait_tcp
+from .publishers import run_process
+
+
+async def hello(request):
+    return Response(200, f"hello {request.method} {request.path} {request.version}\n".encode())
+
+
+@pytest.fixture
+async def server():
+    s = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, max_connections_per_ip=3, request_timeout=1.0,
+                                     max_header_bytes=1024))
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def test_requests_pipelined_keep_alive_and_bad_heads(server):
+    port = server.address[1]
+    two = await exchange(port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert two.count(b"HTTP/1.1 200 OK") == 2 and b"hello GET /a 1.1" in two and b"hello GET /b 1.1" in two
+    huge = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n")
+    assert huge.startswith(b"HTTP/1.1 431 ")
+    bad = await exchange(port, b"GARBAGE\r\n\r\n")
+    assert bad.startswith(b"HTTP/1.1 400 ")
+    # a client that sends half a request head is closed after request_timeout, with nothing else
+    assert await exchange(port, b"GET / HTTP/1.1\r\nHo") == b""
+    assert server.stats.errors["header_too_large"] == 1 and server.stats.errors["bad_request"] == 1
+    assert server.stats.errors["request_timeout"] == 1
+
+
+async def test_per_ip_connection_limit(server):
+    port = server.address[1]
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    try:
+        for _ in range(100):  # the server has accepted all three
+            if server.stats.open == 3:
+                break
+            await asyncio.sleep(0.05)
+        refused = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused.startswith(b"HTTP/1.1 503 ") and b"too many connections" in refused
+        assert server.stats.errors["max_connections_per_ip"] == 1
+    finally:
+        for _, w in held:
+            w.close()
+    for _ in range(100):
+        if server.stats.open == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await exchange(port, b"GET / HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+
+
+# -- a node with real publishers and players -----------------------------------------------------
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def established_to(port: int) -> int:
+    """Established TCP connections whose local port is ``port`` (the server's side of them)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+def publish_args(url: str, seconds: float) -> list[str]:
+    """A 3 Mbit/s 640x360 stream with 1 s GoPs, so a segment is a few hundred KB."""
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440",
+            "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30",
+            "-b:v", "3M", "-maxrate", "3M", "-bufsize", "1M", "-x264-params", "nal-hrd=cbr:scenecut=0",
+            "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-f", "flv", url]
+
+
+async def test_fifty_stuck_clients_are_dropped_with_memory_flat_and_players_unaffected(tmp_path):
+    need("ffmpeg")
+    rtmp, http = free_port(), free_port()
+    write_timeout = 3.0
+    (tmp_path / "node.toml").write_text(f"[http]\nwrite_timeout = {write_timeout}\n")
+    node = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtmpq", "up", "--log-level", "WARNING", "--config", str(tmp_path / "node.toml"),
+        "--rtmp", f"127.0.0.1:{rtmp}", "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+        "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp_path / "state"),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    stuck: list[socket.socket] = []
+    try:
+        await wait_tcp(rtmp)
+        await wait_tcp(http)
+        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{rtmp}/live/big", 25), timeout=90))
+        base = f"http://127.0.0.1:{http}/live/big"
+        async with httpx.AsyncClient(timeout=20) as client:
+            segment = None
+            for _ in range(300):  # until two whole segments exist
+                r = await client.get(f"{base}/video.m3u8")
+                names = [line for line in r.text.splitlines() if line.startswith("v-seg")] if r.status_code == 200 else []
+                if len(names) >= 2:
+                    segment = names[-1]
+                    break
+                await asyncio.sleep(0.1)
+            assert segment is not None, "no segments"
+            size = len((await client.get(f"{base}/{segment}")).content)
+            assert size > 200_000  # what a stuck client would pin per request if bodies were buffered
+        before = rss_bytes(node.pid)
+        request = f"GET /live/big/{segment} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        for _ in range(50):  # each pipelines 100 requests for that segment and never reads a byte
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", http))
+            s.sendall(request * 100)
+            stuck.append(s)
+        # meanwhile a player decodes the live stream without an error
+        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-t", "3",
+                                     "-f", "null", "-"], timeout=60)
+        assert rc == 0 and out.strip() == "", out
+        peak = rss_bytes(node.pid)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + write_timeout + 30
+        while established_to(http) > 0 and loop.time() < end:  # the stuck ones are dropped
+            peak = max(peak, rss_bytes(node.pid))
+            await asyncio.sleep(0.2)
+        assert established_to(http) == 0, "stuck clients still connected"
+        after = rss_bytes(node.pid)
+        # 50 clients x 100 requests x a segment would be GBs if bodies were queued; each client
+        # may pin one write piece (64 KiB) plus the socket's own buffers, which are the kernel's.
+        grew = peak - before
+        print(f"segment {size} B; RSS before {before >> 20} MiB, peak {peak >> 20} MiB, after {after >> 20} MiB")
+        assert grew < 24 * 1024 * 1024, f"RSS grew {grew >> 20} MiB with 50 stuck clients"
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        for s in stuck:
+            s.close()
+        node.terminate()
+        await node.wait()
+
+
+async def test_http2_over_tls_with_alpn_serves_blocking_ll_hls(tmp_path):
+    need("ffmpeg")
+    from rtmpq.nodes.up import UpNode
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    config = local_config(tmp_path)
+    config.http.certfile, config.http.keyfile = cert, key
+    node = UpNode(config)
+    await node.start()
+    try:
+        rtmp = node.rtmp.address[1]
+        port = node.edge.address[1]
+        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{rtmp}/live/h2", 8), timeout=60))
+        await node.registry.wait_for("live/h2", 10)
+        base = f"https://127.0.0.1:{port}/live/h2"
+        async with httpx.AsyncClient(http2=True, verify=False, timeout=20) as client:
+            r = await client.get(f"{base}/index.m3u8")
+            assert r.status_code == 200 and r.http_version == "HTTP/2", (r.status_code, r.http_version)
+            assert "#EXT-X-STREAM-INF" in r.text and r.headers["access-control-allow-origin"] == "*"
+            playlist = (await client.get(f"{base}/video.m3u8")).text
+            hint = next(line for line in playlist.splitlines() if line.startswith("#EXT-X-PRELOAD-HINT"))
+            uri = hint.split('URI="')[1].rstrip('"')
+            msn = int(uri.split("seg")[1].split(".")[0])
+            # two blocking requests on one connection: the next playlist and the hinted part
+            reload, part = await asyncio.gather(
+                client.get(f"{base}/video.m3u8", params={"_HLS_msn": msn, "_HLS_part": int(uri.split(".")[1])}),
+                client.get(f"{base}/{uri}"))
+            assert reload.status_code == 200 and uri in reload.text
+            assert part.status_code == 200 and part.http_version == "HTTP/2" and len(part.content) > 1000
+            assert part.content[4:8] == b"moof"
+        if os.path.exists("/usr/bin/curl"):  # curl (nghttp2) agrees, ALPN and all
+            rc, out = await run_process(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version}",
+                                         f"{base}/index.m3u8"], timeout=30)
+            assert rc == 0 and out.strip() == "2", out
+        # plain HTTP/1.1 clients still work on the same TLS listener
+        async with httpx.AsyncClient(verify=False, timeout=20) as client:
+            r = await client.get(f"{base}/video.m3u8")
+            assert r.status_code == 200 and r.http_version == "HTTP/1.1"
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        await node.close()
+
+
+async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
+    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    body = os.urandom(1_000_000)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    server = HttpServer(big, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, write_timeout=1.0))
+    await server.start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
+        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"), (":authority", "x")],
+                          end_stream=True)
+        writer.write(conn.data_to_send())
+        got = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 30
+        while loop.time() < end:  # read what the default 64 KiB window lets through, never open it further
+            data = await asyncio.wait_for(reader.read(65536), 30)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    got += len(event.data)  # not acknowledged: the window stays shut
+            writer.write(conn.data_to_send())
+        assert 0 < got < len(body)
+        assert server.stats.errors["write_timeout"] == 1 and server.stats.open == 0
+        writer.close()
+    finally:
+        await server.close()

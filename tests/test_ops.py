@@ -1,0 +1,164 @@
+"""What operators read from every node's HTTP listener: /metrics, /healthz, /readyz, the API."""
+
+import asyncio
+import json
+import sys
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from rtmpq.config import Config, HttpConfig, MoqConfig, PublishConfig, UpstreamConfig
+
+from .conftest import free_port, need, start_up_node, wait_tcp
+from .publishers import ffmpeg_publish_args, run_process
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, as prometheus_client's own parser reads the page."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def wait_until(check, deadline: float = 20.0, interval: float = 0.2):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        result = await check()
+        if result or loop.time() > end:
+            return result
+        await asyncio.sleep(interval)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, backend):
+    need("ffmpeg")
+    # a secret key published under a public name: only the name may show
+    node = await start_up_node(tmp_path, backend, publish=PublishConfig(keys={"sk-9f8e7d": "ops"}, grace_period=0))
+    try:
+        rtmp = node.rtmp.address[1]
+        base = f"http://127.0.0.1:{node.edge.address[1]}"
+        publisher = asyncio.create_task(run_process(
+            ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/sk-9f8e7d", str(tmp_path / "ref.flv"), seconds=8),
+            timeout=60))
+        await node.registry.wait_for("live/ops", 10)
+        async with httpx.AsyncClient(timeout=20) as client:
+            assert (await client.get(f"{base}/healthz")).json() == {"status": "ok"}
+            ready = await client.get(f"{base}/readyz")
+            assert ready.status_code == 200 and ready.json()["ready"] is True
+
+            async def scrape():
+                r = await client.get(f"{base}/metrics")
+                assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+                assert "sk-9f8e7d" not in r.text
+                return samples(r.text)
+
+            first = await scrape()
+            b = (("broadcast", "live/ops"),)
+            # a MoQ subscriber and a player watch
+            sub = asyncio.create_task(run_process(
+                [sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{node.moq_address[1]}/live/ops",
+                 "--insecure", "--quic-backend", backend, "--seconds", "5"], timeout=60))
+            assert (await client.get(f"{base}/live/ops/index.m3u8")).status_code == 200
+            assert (await client.get(f"{base}/live/ops/video.m3u8")).status_code == 200
+
+            async def moved():
+                later = await scrape()
+                return later if later.get(("rtmpq_broadcast_groups_total", b), 0) >= 3 and \
+                    later.get(("rtmpq_broadcast_subscribers", b)) == 1 else None
+
+            later = await wait_until(moved)
+            assert later, "groups did not move"
+            assert later[("rtmpq_broadcast_frames_received_total", b)] > first.get(("rtmpq_broadcast_frames_received_total", b), 0)
+            video_bytes = ("rtmpq_broadcast_received_bytes_total", (("broadcast", "live/ops"), ("track", "video")))
+            assert later[video_bytes] > first.get(video_bytes, 0) > 0
+            assert later[("rtmpq_received_bytes_total", (("protocol", "rtmp"),))] > first[("rtmpq_received_bytes_total", (("protocol", "rtmp"),))]
+            assert later[("rtmpq_sent_bytes_total", (("protocol", "http"),))] > 0
+            assert later[("rtmpq_broadcast_sent_bytes_total", (("broadcast", "live/ops"), ("protocol", "hls")))] > 0
+            assert 1.5 <= later[("rtmpq_broadcast_keyframe_interval_seconds", b)] <= 2.5  # ffmpeg -g 60 at 30 fps
+            assert later[("rtmpq_broadcast_viewers", b)] == 1
+            assert later[("rtmpq_broadcast_sent_bytes_total", (("broadcast", "live/ops"), ("protocol", "moq")))] > 0
+            assert later[("rtmpq_connections", (("protocol", "moq"),))] == 1
+            assert 0 < later[("rtmpq_quic_rtt_seconds", (("stat", "max"),))] < 1
+            if backend == "aiopquic":  # picoquic also counts packets
+                assert later[("rtmpq_quic_packets_sent", ())] > 0
+            assert later[("rtmpq_broadcast_publisher_reconnects_total", b)] == 0
+            assert 300_000 < later[("rtmpq_broadcast_bitrate_in_bits_per_second", b)] < 1_500_000  # 400k + 64k
+            assert later[("rtmpq_connections", (("protocol", "rtmp"),))] == 1
+            assert ("rtmpq_event_loop_lag_seconds", (("stat", "max"),)) in later
+            assert all(name.startswith("rtmpq_") for name, _ in later)
+
+            api = (await client.get(f"{base}/api/v1/broadcasts")).json()
+            assert "sk-9f8e7d" not in json.dumps(api)
+            item = next(i for i in api["items"] if i["name"] == "live/ops")
+            tracks = {t["name"]: t for t in item["tracks"]}
+            assert tracks["video"]["codec"].startswith("avc1.") and (tracks["video"]["width"], tracks["video"]["height"]) == (320, 240)
+            assert tracks["audio"]["codec"] == "mp4a.40.2" and tracks["audio"]["bitrate"] > 0
+            assert item["started"].endswith("Z") and item["viewers"] == 1 and item["subscribers"] == 1
+        rc, out = await sub
+        assert rc == 0, out
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        await node.close()
+
+
+async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
+    from rtmpq.nodes.nodes import run_edge, run_relay
+
+    stop = asyncio.Event()
+    relay_http, relay_moq = free_port(), free_port(2)
+    relay = Config(moq=MoqConfig(host="127.0.0.1", port=relay_moq, state_dir=tmp_path / "state"),
+                   http=HttpConfig(host="127.0.0.1", port=relay_http, enabled=True))
+    down = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
+                  upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{free_port(2)}", insecure=True))
+    up = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
+                upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{relay_moq}", insecure=True))
+    tasks = [asyncio.create_task(run_relay(relay, stop)), asyncio.create_task(run_edge(down, stop)),
+             asyncio.create_task(run_edge(up, stop))]
+    try:
+        for c in (relay, down, up):
+            await wait_tcp(c.http.port)
+        async with httpx.AsyncClient(timeout=20) as client:
+            async def readyz(config):
+                r = await client.get(f"http://127.0.0.1:{config.http.port}/readyz")
+                return r.status_code, r.json()
+
+            # a relay with no upstream is ready once it listens; its metrics count MoQ sessions
+            assert await readyz(relay) == (200, {"ready": True, "reason": "listening"})
+            metrics = samples((await client.get(f"http://127.0.0.1:{relay_http}/metrics")).text)
+            assert ("rtmpq_connections", (("protocol", "moq"),)) in metrics
+            assert (await client.get(f"http://127.0.0.1:{relay_http}/live/x/index.m3u8")).status_code == 404
+            page = await client.get(f"http://127.0.0.1:{relay_http}/")  # a status page with no player links
+            assert page.status_code == 200 and 'data-player="0"' in page.text
+            # an edge whose upstream answers is ready; one whose upstream is down is not, but alive
+            assert await wait_until(lambda: _is(readyz(up), 200))
+            status, body = await wait_until(lambda: _reason(readyz(down), "unreachable"))
+            assert status == 503 and body["ready"] is False and "unreachable" in body["reason"]
+            assert (await client.get(f"http://127.0.0.1:{down.http.port}/healthz")).status_code == 200
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def _is(call, status: int):
+    return (await call)[0] == status
+
+
+async def _reason(call, word: str):
+    result = await call
+    return result if word in result[1]["reason"] else None
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/api/v1/broadcasts"])
+async def test_operator_routes_refuse_other_methods(tmp_path, path):
+    node = await start_up_node(tmp_path)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            r = await client.post(f"http://127.0.0.1:{node.edge.address[1]}{path}")
+            assert r.status_code == 405
+    finally:
+        await node.close()

@@ -1,0 +1,90 @@
+"""The status page at / in headless Chromium: it lists a broadcast that goes live while it is open,
+and its link opens a player that plays."""
+
+import asyncio
+import json
+import shutil
+import socket
+import urllib.request
+
+import pytest
+import websockets
+
+from rtmpq.config import bundled_static_dir
+from rtmpq.nodes.up import UpNode
+
+from .conftest import local_config, need
+from .publishers import ffmpeg_publish_args, run_process
+from .test_browser import DevTools
+
+STATIC = bundled_static_dir()  # the node serves it from there by default
+
+
+async def poll(devtools: DevTools, expression: str, deadline: float = 30.0):
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        value = await devtools.evaluate(expression)
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    return None
+
+
+async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(tmp_path):
+    chromium = shutil.which("chromium") or need("chromium")
+    need("ffmpeg")
+    if not (STATIC / "hls.min.js").exists():
+        pytest.fail("hls.js is not installed: run `make hlsjs`")
+    config = local_config(tmp_path)
+    node = UpNode(config)
+    await node.start()
+    host, http_port = node.edge.address
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        debug_port = s.getsockname()[1]
+    browser = await asyncio.create_subprocess_exec(
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--remote-debugging-port={debug_port}", f"http://{host}:{http_port}/",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    publisher = None
+    try:
+        targets = []
+        for _ in range(150):
+            try:
+                targets = json.loads(await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
+                if any(t["type"] == "page" for t in targets):
+                    break
+            except OSError:
+                pass
+            await asyncio.sleep(0.1)
+        page = next(t for t in targets if t["type"] == "page")
+        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            devtools = DevTools(ws)
+            # the page is open before anything is live: it says so
+            assert await poll(devtools, "document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
+            publisher = asyncio.create_task(run_process(
+                ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/web", str(tmp_path / "ref.flv"),
+                                    seconds=10), timeout=60))
+            # ...and lists the broadcast once it is live, without a reload, with its tracks
+            row = await poll(devtools, """(() => { const r = document.querySelector('tr[data-name="live/web"]');
+                return r && r.textContent.includes('avc1.') && r.textContent.includes('mp4a.40.2') ? r.textContent : null; })()""")
+            assert row and "320x240" in row, await devtools.evaluate("document.body.innerText")
+            href = await devtools.evaluate("document.querySelector('tr[data-name=\"live/web\"] a.player').href")
+            assert href == f"http://{host}:{http_port}/live/web/"
+            await devtools.evaluate("document.querySelector('tr[data-name=\"live/web\"] a.player').click()")
+            playing = await poll(devtools, "location.pathname === '/live/web/' && document.getElementById('video') "
+                                           "&& document.getElementById('video').currentTime > 1")
+            assert playing, (await devtools.evaluate("location.href"),
+                             await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        browser.terminate()
+        await browser.wait()
+        if publisher is not None and not publisher.done():
+            publisher.cancel()
+        await node.close()
