@@ -110,7 +110,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     def update_tracks() -> None:
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
-        if catalog is None:
+        if catalog is None or not catalog.live:  # an ended broadcast's last catalog: nothing to add
             return
         chosen = choice.names(catalog) & {t.name for t in catalog.tracks}
         subscribed = {name: rid for rid, name in requests.items()}
