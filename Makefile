@@ -65,5 +65,11 @@ image: system-deps hlsjs
 bench: install-test bench-deps
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s
 
+# The peer plots (docs/plots/*.png): runs the benchmarks they come from, then draws them.
+plots: install-test bench-deps
+	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pytest bench/bench_ingest.py bench/bench_relay.py bench/bench_hls_lag.py --benchmark-only -s
+	$(PY) bench/plots.py
+
 clean:
 	rm -rf build $(VENV) rtmpq/*.so ext/*.c

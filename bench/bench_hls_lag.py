@@ -14,6 +14,7 @@ starts at the newest listed media is, with ffmpeg's own start-up left out for bo
 """
 
 import asyncio
+import json
 import re
 import shutil
 import socket
@@ -165,6 +166,9 @@ def test_hls_live_edge_lag_same_publish(benchmark, gop_file, tmp_path):
     assert stats["rtmpq"]["polls"] > SECONDS * 5 and stats["nginx"]["polls"] > SECONDS * 5, stats
     benchmark.extra_info.update({f"{s}_{k}": v for s, d in stats.items() for k, v in d.items()})
     RESULTS[gop_file.stem] = stats
+    out = Path("var/bench")
+    out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
+    (out / "hls_lag.json").write_text(json.dumps(RESULTS, indent=1))
     print(f"\n\nserver  polls  listed  p50 lag ms  p99 lag ms\n"
           + "\n".join(f"{s:6}  {d['polls']:5}  {d['items']:6}  {d['p50_ms']:10}  {d['p99_ms']:10}" for s, d in stats.items())
           + f"\nnginx p50 / rtmpq p50 = {stats['nginx']['p50_ms'] / max(stats['rtmpq']['p50_ms'], 1):.1f}x")

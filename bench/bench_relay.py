@@ -68,7 +68,16 @@ def run_once(source: Path, subscribers: int, tmp: Path, backend: str) -> dict:
                               "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp),
                               "--quic-backend", backend])
     try:
-        time.sleep(1.5)
+        deadline = time.monotonic() + 30
+        while True:  # listening before the publisher comes (a loaded machine starts it slowly)
+            try:
+                socket.create_connection(("127.0.0.1", rtmp), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        time.sleep(0.5)  # the MoQ listener starts right after the RTMP one
         publisher = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                       f"rtmp://127.0.0.1:{rtmp}/live/bench"])
         time.sleep(0.5)
@@ -103,6 +112,11 @@ def test_relay_egress_and_latency(benchmark, source_file, tmp_path, subscribers,
 
 
 def teardown_module(module):
+    if RESULTS:
+        out = Path("var/bench")
+        out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
+        (out / "relay.json").write_text(json.dumps([{"backend": b, "subscribers": n, **s}
+                                                    for (b, n), s in RESULTS.items()], indent=1))
     print("\n\nbackend   subscribers  objects  skipped  MB received  relay CPU s  MB/s per core  p50 ms  p99 ms"
           "  RSS MB before  RSS MB per subscriber")
     for (backend, n), s in sorted(RESULTS.items()):

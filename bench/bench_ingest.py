@@ -1,0 +1,142 @@
+"""Ingest CPU and memory per publisher: rtmpq (compiled, pure) vs nginx-rtmp vs pyrtmp (issue 12).
+
+    make bench-deps   # nginx + libnginx-mod-rtmp
+    .venv/bin/python -m pytest bench/bench_ingest.py --benchmark-only -s
+
+N = 1, 10, 50 concurrent `ffmpeg -re -c copy` publishers of the same 6 s file (720p30 H.264 at
+2.6 Mbit/s, 2 s GoP, AAC) into each server in turn, each in its own process, with and without
+recording every publish to disk. CPU = the server process's user + system time from before the
+first publisher starts until the last one exits, per publisher and per second of media (so 0.01 =
+1% of a core for one publisher); RSS = the peak resident memory sampled every 50 ms minus the
+server's RSS before the publishers, per publisher. rtmpq runs as `rtmpq up` (ingest + relay,
+whose group caches hold each broadcast's last groups, + edge; nobody watches), so its RSS per
+publisher includes the group cache, reported apart as the media bytes the cache holds (at most 8
+groups: here the whole 6 s). Publishers that fail are counted; a run where any failed is reported
+as such, not hidden.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench_relay import PeakRss, cpu_seconds, free_port, rss_mb
+
+SECONDS = 6
+RESULTS: dict[tuple[str, bool, int], dict] = {}
+BENCH = Path(__file__).parent
+
+NGINX_CONF = """
+load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;
+daemon off; master_process off; worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+events {{ worker_connections 1024; }}
+rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; {record} }} }} }}
+"""
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ingest") / "source.flv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
+                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "2600k",
+                    "-maxrate", "2600k", "-bufsize", "1300k", "-g", "60", "-c:a", "aac", "-f", "flv", str(path)],
+                   check=True)
+    return path
+
+
+def start_server(kind: str, port: int, tmp: Path, record: bool) -> subprocess.Popen:
+    rec = tmp / "rec"
+    rec.mkdir(exist_ok=True)
+    if kind == "nginx-rtmp":
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, record=f"record all; record_path {rec}; record_unique on;"
+                                          if record else ""))
+        return subprocess.Popen(["nginx", "-c", str(conf), "-p", str(tmp)], stderr=subprocess.DEVNULL)
+    if kind == "pyrtmp":
+        return subprocess.Popen([sys.executable, str(BENCH / "pyrtmp_server.py"), str(port), *([str(rec)] if record else [])])
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "0"}
+    env.pop("RTMPQ_PUREPYTHON", None)
+    if kind == "rtmpq pure":
+        env["RTMPQ_PUREPYTHON"] = "1"
+    return subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
+                             "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                             "--state-dir", str(tmp / "state"), *(["--record", str(rec)] if record else [])], env=env)
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="ingest-"))
+    port = free_port(socket.SOCK_STREAM)
+    server = start_server(kind, port, tmp, record)
+    try:
+        wait_listening(port)
+        time.sleep(1.0)  # settled (rtmpq: imports done, listeners up)
+        rss0, cpu0 = rss_mb(server.pid), cpu_seconds(server.pid)
+        sampler = PeakRss(server.pid)
+        sampler.start()
+        procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
+                                   f"rtmp://127.0.0.1:{port}/live/p{i}"], stdin=subprocess.DEVNULL)
+                 for i in range(publishers)]
+        failed = sum(p.wait(timeout=SECONDS * 10) != 0 for p in procs)
+        idle_since, last = time.monotonic(), cpu_seconds(server.pid)
+        while time.monotonic() - idle_since < 1.0:  # a server behind its publishers catches up first
+            time.sleep(0.2)
+            if (now := cpu_seconds(server.pid)) > last + 0.02:
+                idle_since, last = time.monotonic(), now
+        cpu = cpu_seconds(server.pid) - cpu0
+        sampler.done.set()
+        recorded = sum(f.stat().st_size for f in (tmp / "rec").rglob("*.flv"))
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"publishers": publishers, "failed": failed, "cpu_per_publisher_s": round(cpu / publishers, 4),
+            "cores_per_publisher": round(cpu / publishers / SECONDS, 4),
+            "rss_mb_per_publisher": round((sampler.peak - rss0) / publishers, 2), "recorded_mb": round(recorded / 1e6, 1)}
+
+
+KINDS = ["rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+
+
+@pytest.mark.parametrize("publishers", [1, 10, 50])
+@pytest.mark.parametrize("record", [False, True], ids=["live", "record"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_ingest_cpu_per_publisher(benchmark, source, kind, record, publishers):
+    if kind == "nginx-rtmp" and not Path("/usr/lib/nginx/modules/ngx_rtmp_module.so").exists():
+        pytest.fail("nginx with libnginx-mod-rtmp is not installed (make bench-deps)")
+    stats = benchmark.pedantic(run, args=(kind, record, publishers, source), rounds=1, iterations=1)
+    if record and not stats["failed"]:  # each recorded what it was sent (within 10%: FLV framing differs)
+        assert stats["recorded_mb"] > 0.9 * publishers * source.stat().st_size / 1e6, stats
+    benchmark.extra_info.update(stats)
+    RESULTS[(kind, record, publishers)] = stats
+
+
+def teardown_module(module):
+    if not RESULTS:
+        return
+    out = Path("var/bench")
+    out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
+    (out / "ingest.json").write_text(json.dumps([{"server": k, "record": r, **s} for (k, r, _), s in RESULTS.items()], indent=1))
+    print("\n\nserver          record  publishers  failed  cores/publisher  RSS MB/publisher  recorded MB")
+    for (kind, record, n), s in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][2], KINDS.index(kv[0][0]))):
+        print(f"{kind:15} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
+              f"{s['rss_mb_per_publisher']:16.2f}  {s['recorded_mb']:11}")
