@@ -1,0 +1,183 @@
+"""Many hosts on one directory (a real redis-server per test): origins register the broadcasts
+they hold with a lease, a relay or an edge finds a broadcast's origin there and follows it when
+the publisher moves to another ingest, and a dead origin's lease lapses within seconds."""
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+
+import pytest
+import redis.asyncio
+
+from .conftest import free_port, need, wait_tcp
+from .publishers import ffmpeg_publish_args, run_process
+from .test_lifecycle import long_publish_args, spawn
+from .test_restart import poll, start_node
+
+TTL = "1.5"  # seconds: short, so a dead origin is forgotten quickly here
+
+
+async def entry(r, name: str):
+    raw = await r.get(f"rtmpq:broadcast:{name}")
+    return None if raw is None else json.loads(raw)
+
+
+async def until(condition, what: str, deadline: float = 20.0):
+    end = time.monotonic() + deadline
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def origin(tmp_path, label: str, directory: str, *, grace: float, backend: str = "aioquic"):
+    """`rtmpq up` registering in ``directory``; returns (process, rtmp port, moq port)."""
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    proc = await start_node("up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{free_port()}",
+                            "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / label), "--quic-backend", backend,
+                            "--directory", directory,
+                            env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_NODE_ID": label,
+                                 "RTMPQ_PUBLISH_GRACE_PERIOD": str(grace)})
+    await wait_tcp(prtmp)
+    return proc, prtmp, pmoq
+
+
+async def stop_all(procs) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.terminate()
+    for p in procs:
+        if p.returncode is None or p.stderr is not None:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()
+
+
+async def test_an_origin_holds_a_lease_while_publishing_and_a_dead_one_is_forgotten_in_seconds(tmp_path, redis_server):
+    need("ffmpeg")
+    r = redis.asyncio.from_url(redis_server.url)
+    node, prtmp, pmoq = await origin(tmp_path, "ingest-a", redis_server.url, grace=30)
+    publisher = None
+    try:
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/lease", seconds=60))
+        found = await until(lambda: entry(r, "live/lease"), "the origin to register")
+        assert found["url"] == f"moqt://127.0.0.1:{pmoq}" and found["node"] == "ingest-a"
+        assert len(found["fingerprint"]) == 64  # followers can pin the origin's self-signed certificate
+        assert 0 < await r.pttl("rtmpq:broadcast:live/lease") <= 1500  # a lease, not a permanent entry
+        await asyncio.sleep(2 * float(TTL))  # longer than the lease: it must have been renewed
+        assert (await entry(r, "live/lease"))["version"] == found["version"]
+        # the publisher leaves: the broadcast waits for it here (grace), but the entry goes at once,
+        # since a returning publisher may come back anywhere
+        publisher.kill()
+        await publisher.wait()
+        await until(lambda: _absent(r, "live/lease"), "the entry to be withdrawn", deadline=5)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/lease", seconds=60))
+        again = await until(lambda: entry(r, "live/lease"), "the returning publisher to be registered")
+        assert again["version"] > found["version"]
+        # the node dies without a word: its lease lapses within the TTL (plus one renewal period)
+        node.send_signal(signal.SIGKILL)
+        await node.wait()
+        killed = time.monotonic()
+        await until(lambda: _absent(r, "live/lease"), "the dead origin's lease to lapse", deadline=10)
+        assert time.monotonic() - killed <= float(TTL) + 0.5
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        await r.aclose()
+
+
+async def _absent(r, name: str) -> bool:
+    return await r.get(f"rtmpq:broadcast:{name}") is None
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_relay_finds_the_origin_in_the_directory_and_follows_the_publisher_to_another_ingest(
+        tmp_path, redis_server, backend):
+    need("ffmpeg")
+    # ingest A keeps a broadcast whose publisher left (its grace): the directory, not an end, moves
+    # the relay; ingest B ends it when its publisher stops, which ends the subscription
+    a, rtmp_a, _ = await origin(tmp_path, "ingest-a", redis_server.url, grace=30, backend=backend)
+    b, rtmp_b, _ = await origin(tmp_path, "ingest-b", redis_server.url, grace=0, backend=backend)
+    pmoq = free_port(socket.SOCK_DGRAM)
+    relay = await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"),
+                             "--quic-backend", backend, "--directory", redis_server.url, "--insecure",
+                             env={"RTMPQ_DIRECTORY_TTL": TTL})
+    procs = [a, b, relay]
+    try:
+        # the subscriber comes first: the relay has no --upstream, only the directory
+        sub = asyncio.create_task(run_process(
+            [sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pmoq}/live/move", "--insecure", "--json",
+             "--wait", "20", "--quic-backend", backend], timeout=60))
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_a}/live/move", str(tmp_path / "a.flv"),
+                                                        seconds=4))
+        assert rc == 0, out
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_b}/live/move", str(tmp_path / "b.flv"),
+                                                        seconds=4))
+        assert rc == 0, out
+        rc, out = await sub  # ends with B's broadcast (PUBLISH_DONE through the relay)
+        assert rc == 0, out
+        video = [f for f in (json.loads(line) for line in out.splitlines() if line.startswith("{"))
+                 if f.get("track") == "video"]
+        groups = [f["group"] for f in video]
+        assert groups == sorted(groups), "group ids went backwards across the move"
+        # the timestamps restart at B (a new broadcast there): the frames of each ingest
+        seam = next((i for i in range(1, len(video)) if video[i]["dts"] < video[i - 1]["dts"]), None)
+        if seam is None:
+            relay.terminate()
+            _, err = await relay.communicate()
+            print(err.decode())
+        assert seam is not None, f"frames of one ingest only: {[(f['group'], f['dts']) for f in video][::15]}"
+        from_a, from_b = video[:seam], video[seam:]
+        # each from the group the relay joined at (2 s groups: at least the last one of 4 s), whole
+        assert len(from_a) >= 2 * 30 and len(from_b) >= 2 * 30, (len(from_a), len(from_b))
+        assert from_a[0]["keyframe"] and from_b[0]["keyframe"]
+        assert video[-1]["dts"] >= 3900  # B's to its end
+    finally:
+        await stop_all(procs)
+
+
+async def test_an_edge_with_only_a_directory_plays_across_a_move(tmp_path, redis_server):
+    need("ffmpeg")
+    a, rtmp_a, _ = await origin(tmp_path, "ingest-a", redis_server.url, grace=30)
+    b, rtmp_b, _ = await origin(tmp_path, "ingest-b", redis_server.url, grace=0)
+    phttp = free_port()
+    edge = await start_node("edge", "--http", f"127.0.0.1:{phttp}", "--directory", redis_server.url, "--insecure",
+                            env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_UPSTREAM_WAIT": "10"})
+    procs = [a, b, edge]
+    try:
+        await wait_tcp(phttp)
+        first = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_a}/live/hop",
+                                                                    str(tmp_path / "a.flv"), seconds=5)))
+        playlist = f"http://127.0.0.1:{phttp}/live/hop/video.m3u8"
+        await poll(f"http://127.0.0.1:{phttp}/live/hop/index.m3u8", lambda body: b"#EXT-X-STREAM-INF" in body)
+        player = asyncio.create_task(run_process(
+            ["ffmpeg", "-v", "error", "-nostdin", "-i", playlist, "-f", "framemd5", str(tmp_path / "played.md5")],
+            timeout=60))
+        rc, out = await first
+        assert rc == 0, out
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_b}/live/hop", str(tmp_path / "b.flv"),
+                                                        seconds=5))
+        assert rc == 0, out
+        body = await poll(playlist, lambda body: b"#EXT-X-ENDLIST" in body)  # B's end is the playlist's end
+        assert b"#EXT-X-DISCONTINUITY" in body  # the move is a seam in one playlist
+        rc, out = await player
+        assert rc == 0, out
+        played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
+        assert len(played) > 7 * 30, len(played)  # frames of both publishes, decoded
+    finally:
+        await stop_all(procs)
+
+
+async def test_an_unreachable_directory_is_reported_at_start(tmp_path):
+    closed = free_port()
+    rc, out = await run_process([sys.executable, "-m", "rtmpq", "relay", "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                                 "--state-dir", str(tmp_path / "s"), "--directory", f"redis://:sekrit@127.0.0.1:{closed}/0"])
+    assert rc == 1
+    assert f"directory redis://:********@127.0.0.1:{closed}/0" in out and "sekrit" not in out
