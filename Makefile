@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap redis-server
 
-.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench image clean
+.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench image multihost clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ test-pure:
 # The node image (Containerfile) with buildah, on a Debian trixie base made with debootstrap.
 image: system-deps hlsjs
 	scripts/build-image
+
+# Many hosts again and again: the network-namespace test and the directory tests (in `make test`
+# once each), five rounds on each codec backend, to catch what is flaky under load. Needs root.
+multihost: install-test
+	for i in 1 2 3 4 5; do \
+	  RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests/test_multihost.py tests/test_directory.py -q || exit 1; \
+	  RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests/test_multihost.py tests/test_directory.py -q || exit 1; \
+	done
 
 bench: install-test
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s

@@ -197,3 +197,38 @@ async def test_an_unreachable_directory_is_reported_at_start(tmp_path):
                                  "--state-dir", str(tmp_path / "s"), "--directory", f"redis://:sekrit@127.0.0.1:{closed}/0"])
     assert rc == 1
     assert f"directory redis://:********@127.0.0.1:{closed}/0" in out and "sekrit" not in out
+
+
+async def test_a_relay_that_an_ingest_publishes_into_is_the_origin_other_relays_find(tmp_path, redis_server):
+    need("ffmpeg")
+    r = redis.asyncio.from_url(redis_server.url)
+    origin_moq, edge_moq, prtmp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port()
+    relays = [await start_node("relay", "--moq", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / label),
+                               "--directory", redis_server.url, "--insecure",
+                               env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_NODE_ID": label})
+              for label, port in (("relay-origin", origin_moq), ("relay-edge", edge_moq))]
+    ingest = await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{origin_moq}",
+                              "--insecure", "--directory", redis_server.url)  # accepted: its relay registers
+    procs = [*relays, ingest]
+    publisher = None
+    try:
+        await wait_tcp(prtmp)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/chain", seconds=60))
+        found = await until(lambda: entry(r, "live/chain"), "the relay to register what the ingest publishes")
+        assert found["url"] == f"moqt://127.0.0.1:{origin_moq}" and found["node"] == "relay-origin"
+        # a subscriber at the other relay, which has no --upstream: the directory leads it there
+        rc, out = await run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{edge_moq}/live/chain",
+                                     "--insecure", "--json", "--frames", "60", "--wait", "20"], timeout=45)
+        assert rc == 0, out
+        video = [json.loads(line) for line in out.splitlines() if line.startswith('{"track": "video"')
+                 or (line.startswith("{") and json.loads(line).get("track") == "video")]
+        assert len(video) >= 50 and video[0]["keyframe"]
+        # the relay holds the broadcast while the ingest announces it (through the ingest's grace
+        # period too); the ingest stopping withdraws the namespace, and the entry goes with it
+        ingest.send_signal(signal.SIGTERM)
+        await until(lambda: _absent(r, "live/chain"), "the entry to be withdrawn", deadline=10)
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        await stop_all(procs)
+        await r.aclose()

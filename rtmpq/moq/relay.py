@@ -201,7 +201,7 @@ class _UpstreamTrack:
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        self.fanout = TrackFanout()
+        self.fanout = TrackFanout(ends_groups_on_newer=False)  # groups end with their own streams
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
@@ -791,6 +791,7 @@ class MoqRelay:
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now
         if upstream.fanout.cache.largest is not None:
             upstream.fanout.end_group(upstream.fanout.cache.largest[0])
+        upstream.fanout.end_open_groups()
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
                 sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
