@@ -78,6 +78,14 @@ async def test_an_origin_holds_a_lease_while_publishing_and_a_dead_one_is_forgot
         publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/lease", seconds=60))
         again = await until(lambda: entry(r, "live/lease"), "the returning publisher to be registered")
         assert again["version"] > found["version"]
+        # Redis restarts with nothing: the origin's next renewal finds its lease gone and claims again
+        await r.aclose()
+        await redis_server.stop()
+        await redis_server.start()
+        r = redis.asyncio.from_url(redis_server.url)
+        back = await until(lambda: entry(r, "live/lease"), "the origin to claim again after Redis restarted",
+                           deadline=10)
+        assert back["node"] == "ingest-a"
         # the node dies without a word: its lease lapses within the TTL (plus one renewal period)
         node.send_signal(signal.SIGKILL)
         await node.wait()

@@ -44,24 +44,21 @@ def test_a_claim_that_failed_is_tried_again_and_stop_withdraws_everything():
         Registrar("n", "moqt://n:1", ttl=0)
 
 
-def test_the_mirror_follows_moves_and_lapses_and_a_late_snapshot_cannot_undo_a_claim():
+def test_the_mirror_follows_moves_and_lapses_and_a_snapshot_cannot_undo_a_newer_claim():
     m = Mirror()
     a = Entry("live/x", "moqt://a:1", "a", version=1)
     b = Entry("live/x", "moqt://b:1", "b", version=2)
     assert m.apply_message(announcement("live/x", a)) == [Change("live/x", None, a)]
-    assert m.apply_message(announcement("live/x", b)) == [Change("live/x", a, b)]
-    # a withdrawal of a's old claim arrives after b took the name: ignored
-    assert m.apply_message(announcement("live/x", None, withdrawn=a)) == []
-    # a snapshot read before b's claim (version counter at 1) shows a: it cannot bring a back
+    # the shell applies a snapshot whole, between announcements: one that began (counter at 1)
+    # before b's claim may show a, or nothing, for the name; b's announcement comes after it
     assert m.snapshot([a], version_before=1) == []
-    assert m.entries["live/x"] == b
-    # nor can one that started before b's claim and no longer lists the name
-    assert m.snapshot([], version_before=1) == []
-    # b's lease lapsed (b died silently): a snapshot after its claim no longer has it
+    assert m.apply_message(announcement("live/x", b)) == [Change("live/x", a, b)]
+    # a withdrawal of a's old claim arriving after b took the name is ignored
+    assert m.apply_message(announcement("live/x", None, withdrawn=a)) == []
+    # a snapshot that began after b's claim and does not list it: b's lease lapsed (b died)
     assert m.snapshot([], version_before=2) == [Change("live/x", b, None)]
-    # a renewal (same claim) changes nothing
     m.claimed(b)
-    assert m.claimed(b) == []
+    assert m.claimed(b) == []  # a renewal (the same claim) changes nothing
 
 
 def test_bad_directory_data_is_refused_and_the_mirror_is_bounded():
@@ -85,3 +82,21 @@ def test_a_redis_password_never_shows():
     assert safe_url("redis://:hunter2@r:6379/0") == "redis://:********@r:6379/0"
     assert "hunter2" not in safe_url("redis://user:hunter2@r/1")
     assert safe_url("redis://r:6379/0") == "redis://r:6379/0"
+
+
+def test_after_redis_lost_its_data_the_mirror_takes_what_it_holds_now():
+    m = Mirror()
+    a = Entry("live/x", "moqt://a:1", "a", version=40)
+    m.claimed(a)
+    # Redis restarted: its counter starts again, and the origin that has the publisher now
+    # (b, after a move meanwhile) writes its claim with a small version
+    b = Entry("live/x", "moqt://b:1", "b", version=1)
+    assert m.claimed(b) == []  # an announcement alone cannot tell a restart from a stale message
+    changes = m.snapshot([b], version_before=1)
+    assert m.entries == {"live/x": b} and changes == [Change("live/x", a, b)]
+    assert m.snapshot([b], version_before=1) == []  # and it stays, with no churn
+    r = Registrar("b", "moqt://b:1", ttl=3.0)
+    r.update({"live/x"}, 0.0)
+    r.claimed(r.entry("live/x", 40), 0.0)
+    r.lapsed("live/x")  # its renewal found no entry
+    assert r.update({"live/x"}, 0.1) == [Claim("live/x")]  # claimed again, with a fresh version

@@ -7,8 +7,9 @@ A node that holds broadcasts for subscribers (``rtmpq up``, a relay that ingests
 channel, and act on its changes. The Redis shell (``redis.py``) moves bytes and timers; these
 classes take ``now`` as an argument and return what to do.
 
-Ordering: each claim takes a number from one Redis counter (``version``), so a snapshot read
-before a claim cannot undo it in the mirror, and a withdrawal only removes the claim it names.
+Ordering: each claim takes a number from one Redis counter (``version``): followers keep the
+highest claim per name, a withdrawal only removes the claim it names, and a counter that went
+back (Redis lost its data) makes the next snapshot authoritative.
 """
 
 import json
@@ -149,6 +150,12 @@ class Registrar:
         self._due.pop(name, None)
         self._superseded.add(name)
 
+    def lapsed(self, name: str) -> None:
+        """A renewal found no entry (Redis lost it, or this node was away longer than the TTL):
+        the next update claims the name again, with a fresh version."""
+        self.entries.pop(name, None)
+        self._due.pop(name, None)
+
     def failed(self, name: str) -> None:
         """A claim could not be written (Redis unreachable): the next update tries again."""
         self._pending.discard(name)
@@ -180,6 +187,7 @@ class Mirror:
     entries: dict[str, Entry] = field(default_factory=dict)
     max_entries: int = MAX_ENTRIES
     dropped: int = 0  # entries ignored because the mirror was full
+    high_water: int = 0  # the highest claim version seen
 
     def _set(self, name: str, new: Entry | None, changes: list[Change]) -> None:
         old = self.entries.get(name)
@@ -201,6 +209,7 @@ class Mirror:
         old = self.entries.get(entry.name)
         if old is None or entry.version >= old.version:
             self._set(entry.name, entry, changes)
+            self.high_water = max(self.high_water, entry.version)
         return changes
 
     def withdrawn(self, name: str, node: str, version: int) -> list[Change]:
@@ -213,8 +222,16 @@ class Mirror:
 
     def snapshot(self, entries: list[Entry], version_before: int) -> list[Change]:
         """Every entry in Redis, read after the version counter said ``version_before``: what is
-        missing has lapsed (or was withdrawn), unless it was claimed after the read began."""
+        missing has lapsed (or was withdrawn), unless it was claimed after the read began. A counter
+        below a version already seen means Redis lost its data (a restart): what it holds now is
+        taken as it is, whatever the versions."""
         changes: list[Change] = []
+        if version_before < self.high_water:
+            fresh = {entry.name: entry for entry in entries}
+            for name in sorted(set(self.entries) | set(fresh)):
+                self._set(name, fresh.get(name), changes)
+            self.high_water = max([version_before, *(e.version for e in fresh.values())])
+            return changes
         seen = {}
         for entry in entries:
             seen[entry.name] = entry

@@ -34,12 +34,12 @@ RETRY_INTERVAL = 1.0
 # Keys asked per SCAN step of a snapshot.
 SCAN_COUNT = 1000
 
-# Renew a lease only while it is ours or has lapsed: 1 renewed, 2 written again after a lapse,
+# Renew a lease only while it is ours: 1 renewed, 2 lapsed (claimed again with a fresh version),
 # 0 another node holds the name.
 _RENEW = """
 local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
-if v == false then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+if v == false then return 2 end
 return 0
 """
 # Delete an entry only if it is still ours.
@@ -136,8 +136,9 @@ class RedisDirectory:
             if result == 0:
                 self.registrar.superseded(action.entry.name)
                 log.info("directory: %s was claimed by another node", safe_name(action.entry.name))
-            elif result == 2:  # the lease had lapsed (Redis was away): followers may have dropped it
-                await self.redis.publish(CHANNEL, announcement(action.entry.name, action.entry))
+            elif result == 2:  # the lease lapsed (Redis restarted, or this node stalled): claim again
+                self.registrar.lapsed(action.entry.name)
+                log.warning("directory: the lease on %s had lapsed; claiming it again", safe_name(action.entry.name))
         elif isinstance(action, Withdraw):
             if await self._withdraw(keys=[key_of(action.entry.name)], args=[action.entry.encode()]):
                 await self.redis.publish(CHANNEL, announcement(action.entry.name, None, withdrawn=action.entry))
