@@ -109,8 +109,9 @@ async def test_playback_from_an_edge_goes_on_when_the_publisher_moves_to_another
         out, err = await asyncio.wait_for(player.communicate(), 60)
         assert player.returncode == 0, err.decode()
         decoded = int(json.loads(out)["streams"][0]["nb_read_frames"])
-        # A's frames (at least the two segments seen) and B's 5 s (from the group the relay joined)
-        assert decoded >= 2 * 60 + 3 * 30, decoded
+        # A's two segments seen before the move (2 s groups at 30 fps) and B's from the group the
+        # relay joined at (under load as late as its last, 1 s of 5 s)
+        assert decoded >= 2 * 60 + 30, decoded
     finally:
         if publisher is not None and publisher.returncode is None:
             publisher.kill()
