@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 # System packages the tests use (publishers, players, containers; h2load for bench/bench_http.py).
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap \
-	nghttp2-client
+	nghttp2-client redis-server
 
 # The peers the benchmarks compare with (not needed by the tests).
 BENCH_PACKAGES := nginx libnginx-mod-rtmp
 
-.PHONY: install install-test system-deps bench-deps hlsjs up test test-compiled test-pure bench plots image clean
+.PHONY: install install-test system-deps bench-deps hlsjs up test test-compiled test-pure bench plots image multihost clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,14 @@ test-pure:
 # The node image (Containerfile) with buildah, on a Debian trixie base made with debootstrap.
 image: system-deps hlsjs
 	scripts/build-image
+
+# Many hosts again and again: the network-namespace test and the directory tests (in `make test`
+# once each), five rounds on each codec backend, to catch what is flaky under load. Needs root.
+multihost: install-test
+	for i in 1 2 3 4 5; do \
+	  RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests/test_multihost.py tests/test_directory.py -q || exit 1; \
+	  RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests/test_multihost.py tests/test_directory.py -q || exit 1; \
+	done
 
 bench: install-test bench-deps
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_moq_server_arguments(up)
     _add_http_arguments(up)
     _add_ladder_argument(up, "none")
+    _add_directory_argument(up, "register the broadcasts published here, so relays and edges on other hosts "
+                                "find them")
 
     sub_cmd = sub.add_parser("sub", parents=[common], help="subscribe to a broadcast over MoQ and print its objects",
                              description="Subscribe to moqt://HOST:PORT/live/<name>: prints one JSON line per "
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay to publish into")
     _add_client_tls_arguments(ingest)
     _add_ops_http_arguments(ingest)
+    _add_directory_argument(ingest, "accepted for a shared config; the relay an ingest publishes into registers "
+                                    "its broadcasts")
 
     relay = sub.add_parser("relay", parents=[common], help="a MoQ relay (fan-out with a group cache), chainable",
                            description="Serve MoQ subscribers; tracks come from publishers that announce to "
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     relay.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the relay above")
     _add_client_tls_arguments(relay)
     _add_ops_http_arguments(relay)
+    _add_directory_argument(relay, "register what ingests publish into this relay, and subscribe to anything "
+                                   "else at the origin the directory names (following it when it moves)")
 
     edge = sub.add_parser("edge", parents=[common], help="LL-HLS over HTTP, fed over MoQ",
                           description="Serve http://HOST:PORT/live/<name>/index.m3u8, subscribing to the "
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of a relay (or [upstream] url)")
     _add_http_arguments(edge)
     _add_client_tls_arguments(edge)
+    _add_directory_argument(edge, "with no --upstream: subscribe at each broadcast's origin as the directory names "
+                                  "it, following it when it moves")
 
     transcode = sub.add_parser("transcode", parents=[common], help="an ABR ladder for every broadcast of a relay",
                                description="Subscribe to each broadcast the relay (--upstream) announces and add "
@@ -188,6 +196,11 @@ def _add_ops_http_arguments(p: argparse.ArgumentParser) -> None:
     _add_http_tls_arguments(p)
 
 
+def _add_directory_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--directory", metavar="URL", help=f"redis://HOST:PORT of the directory of broadcasts "
+                                                        f"(many hosts): {what}")
+
+
 def _add_http_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_HTTP_PORT),
                    help=f"LL-HLS edge: players open http://HOST:PORT/live/<name>/index.m3u8; also /metrics, "
@@ -226,6 +239,7 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     out[("upstream", "fingerprint")] = get("fingerprint")
     out[("upstream", "wait")] = get("wait")
     out[("transcode", "ladder")] = get("ladder")
+    out[("directory", "url")] = get("directory")
     if get("quic_backend") is not None:
         out[("moq", "backend")] = out[("upstream", "backend")] = get("quic_backend")
     if args.command == "token":
@@ -258,8 +272,9 @@ async def _run(args, config: Config) -> int:
     elif args.command == "edge":
         from .nodes.nodes import run_edge
 
-        if not config.upstream.url:
-            raise ConfigError("rtmpq edge needs --upstream moqt://HOST:PORT (or [upstream] url)")
+        if not config.upstream.url and not config.directory.url:
+            raise ConfigError("rtmpq edge needs --upstream moqt://HOST:PORT or --directory redis://HOST:PORT "
+                              "(or [upstream] url / [directory] url)")
         await run_edge(config, stop)
     elif args.command == "transcode":
         from .nodes.transcode import run_transcode

@@ -13,6 +13,7 @@ error that names it; so is a value of the wrong type.
     [upstream]  how this node reaches the node above it (relay, edge, ingest --upstream, sub)
     [transcode] the ABR ladder (rtmpq transcode, rtmpq up --ladder)
     [node]      the process: graceful stop
+    [directory] many hosts: where broadcasts live, in Redis (leases, pub/sub)
 """
 
 import difflib
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .errors import RtmpqError
 from .rtmp.session import SessionLimits
 from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, LadderError, parse_ladder
@@ -195,6 +197,16 @@ class NodeConfig:
 
 
 @dataclass
+class DirectoryConfig:
+    """[directory]: where broadcasts live when there are many hosts (Redis)."""
+
+    url: str = ""  # redis://HOST:PORT/DB; empty: no directory, nodes use [upstream] only
+    ttl: float = DEFAULT_DIRECTORY_TTL  # lease of an entry: a dead origin is forgotten this long after
+    node_id: str = ""  # this node's name in entries; empty: HOSTNAME-PID
+    advertise: str = ""  # moqt://HOST:PORT others reach this node at; empty: from [moq] host/port
+
+
+@dataclass
 class Config:
     rtmp: IngestConfig = field(default_factory=IngestConfig)
     moq: MoqConfig = field(default_factory=MoqConfig)
@@ -204,6 +216,7 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
 
 # Keys whose values are secrets: masked by ``show``.
@@ -363,6 +376,13 @@ def validate(config: Config) -> None:
             raise ConfigError(f"http.{key}: must be positive")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
+    d = config.directory
+    if d.url and not d.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"directory.url: expected redis://HOST:PORT (got {d.url!r})")
+    if d.ttl <= 0:
+        raise ConfigError("directory.ttl: must be positive")
+    if d.advertise and not d.advertise.startswith("moqt://"):
+        raise ConfigError(f"directory.advertise: expected moqt://HOST:PORT (got {d.advertise!r})")
     if config.auth.require_playback_token and not config.auth.secret:
         raise ConfigError("auth.require_playback_token needs auth.secret")
 
@@ -386,6 +406,8 @@ def show(config: Config) -> str:
                 continue
             if (section, key) in SECRET_KEYS and value:
                 value = "********"
+            elif (section, key) == ("directory", "url"):
+                value = safe_url(value)
             lines.append(f"{key} = {_toml_value(value)}")
         for key, table in tables:
             lines.append(f"[{section}.{key}]")

@@ -92,3 +92,35 @@ async def node(tmp_path, request):
     n = await start_up_node(tmp_path, request.param)
     yield n
     await n.close()
+
+
+class RedisServer:
+    """A real redis-server (the Debian package) on a free loopback port, for the directory."""
+
+    def __init__(self, tmp_path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = tmp_path / "redis"
+        self.proc = None
+
+    async def start(self) -> "RedisServer":
+        need("redis-server")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = await asyncio.create_subprocess_exec(
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.dir), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        await wait_tcp(self.port)
+        return self
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            await self.proc.wait()
+
+
+@pytest.fixture
+async def redis_server(tmp_path):
+    """A redis-server of the test's own (the directory of many hosts)."""
+    server = await RedisServer(tmp_path).start()
+    yield server
+    await server.stop()

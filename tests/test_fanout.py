@@ -143,3 +143,31 @@ def test_a_late_subscriber_gets_the_catalog_however_old_it_is():
     other = FakeSink()
     media.subscribe(TrackSubscription(other, delivery_timeout=2.0), 30.0)
     assert not other.streams
+
+
+def test_a_relayed_tracks_groups_end_with_their_own_streams_so_a_late_tail_still_arrives():
+    # upstream sends groups on parallel streams, newest first: group 1's last objects may come
+    # after group 2 began; they belong on group 1's stream, which ends when upstream's does
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    publish_gop(fanout, 1, 3, 0.0)
+    fanout.publish_object(2, 0, b"x", None, 0.1)
+    fanout.publish_object(1, 3, b"x", None, 0.1)  # group 1's tail, late
+    fanout.end_group(1)
+    by_group = {s["group"]: s for s in sink.streams.values()}
+    assert by_group[1]["objects"] == [0, 1, 2, 3] and by_group[1]["state"] == "fin"
+    assert by_group[2]["state"] == "open"
+    # the source goes away: every group still open ends (none is left hanging)
+    fanout.end_open_groups()
+    assert sink.groups("open") == []
+
+
+def test_an_object_after_its_groups_end_is_not_sent_on_the_finished_stream():
+    fanout = TrackFanout()
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    publish_gop(fanout, 1, 2, 0.0)
+    fanout.publish_object(2, 0, b"x", None, 0.1)  # a local source: group 1 is over
+    fanout.publish_object(1, 2, b"x", None, 0.1)
+    assert [s["objects"] for s in sink.streams.values()] == [[0, 1], [0]]

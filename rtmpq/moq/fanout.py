@@ -74,6 +74,9 @@ class TrackSubscription:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
             return
         g = self.in_flight.get(group_id)
+        if g is not None and g.complete:
+            log.debug("object %d of group %d after its end: not delivered", object_id, group_id)
+            return  # its stream is finished; a source that ends groups by their own streams never does this
         if g is None:
             if group_id == self.start_group and self.start_object:
                 if object_id < self.start_object:
@@ -130,11 +133,17 @@ class TrackSubscription:
 class TrackFanout:
     """The cache and subscribers of one track at this relay."""
 
-    def __init__(self, cache: GroupCache | None = None, *, state: bool = False) -> None:
+    def __init__(self, cache: GroupCache | None = None, *, state: bool = False,
+                 ends_groups_on_newer: bool = True) -> None:
+        """``ends_groups_on_newer``: a group is over when a newer one begins (a local source, which
+        produces groups in order). A relayed track passes False: its groups arrive on parallel
+        streams, newest first, so an older group's tail may come after a newer group's start, and
+        a group ends when its own stream does (``end_group``)."""
         self.cache = cache or GroupCache()
         # a state track (the catalog): its newest group is the current state, not media that
         # ages, so a new subscriber always gets it however long ago it was published
         self.state = state
+        self.ends_groups_on_newer = ends_groups_on_newer
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
@@ -190,7 +199,7 @@ class TrackFanout:
         self.bytes_received += len(payload)
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now)
-        if previous is not None and group_id > previous[0]:
+        if self.ends_groups_on_newer and previous is not None and group_id > previous[0]:
             for sub in self.subscribers:
                 sub.end_group(previous[0])  # a newer group began: the older one is complete
         for sub in self.subscribers:
@@ -200,6 +209,12 @@ class TrackFanout:
         self.cache.end_group(group_id)
         for sub in self.subscribers:
             sub.end_group(group_id)
+
+    def end_open_groups(self) -> None:
+        """The source is gone: every group still open for a subscriber ends here."""
+        for sub in self.subscribers:
+            for group_id in list(sub.in_flight):
+                sub.end_group(group_id)
 
     def reset_group(self, group_id: int, code: int) -> None:
         """The group was cut upstream: cut it for every subscriber too (never pass on part silently)."""

@@ -7,7 +7,8 @@ Where a track comes from:
 - a publisher that sent PUBLISH_NAMESPACE on one of our sessions (an rtmpq ingest with
   ``--upstream``, moq-rs, aiomoqt): one SUBSCRIBE to that publisher per track, however many
   subscribers, started on demand;
-- an upstream relay (``rtmpq relay --upstream``): the same, for anything not found here.
+- an upstream relay (``rtmpq relay --upstream``): the same, for anything not found here;
+- a route from the directory (``route()``, many hosts): a session to the broadcast's origin.
 
 Subscribers get one QUIC stream per group, newest and audio first, within their delivery timeout
 and send budget (fanout.py). Filters: unfiltered and AbsoluteStart start at the newest cached
@@ -226,7 +227,8 @@ class _UpstreamTrack:
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        self.fanout = TrackFanout(state=track == CATALOG_TRACK)
+        # groups end with their own streams
+        self.fanout = TrackFanout(state=track == CATALOG_TRACK, ends_groups_on_newer=False)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
@@ -306,11 +308,13 @@ class MoqRelay:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
+        self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
         self._sources: dict[str, _BroadcastSource] = {}
         self._subs: dict[tuple[int, int], _Subscription] = {}  # (id(conn), request id)
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
+        self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
         self._tracks: dict[tuple[tuple[str, ...], str], _UpstreamTrack] = {}
         self._by_request: dict[tuple[int, int], _UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], _UpstreamTrack] = {}
@@ -406,7 +410,8 @@ class MoqRelay:
                 conn.flush()
 
     def _known_namespaces(self) -> list[tuple[str, ...]]:
-        return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published)
+        return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
+            ns for ns in self._routes if ns not in self._published]
 
     # -- access -----------------------------------------------------------------------------------
     def _denied(self, conn: MoqConnection, event, check, path: str) -> bool:
@@ -489,6 +494,9 @@ class MoqRelay:
             entry = self._published.get(namespace[:length])
             if entry is not None and not entry[0].session.closed:
                 return entry[0]
+        route = self._routes.get(namespace)
+        if route is not None and not route.session.closed:
+            return route
         if self.upstream is not None and not self.upstream.session.closed:
             return self.upstream
         return None
@@ -928,6 +936,7 @@ class MoqRelay:
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now
         if upstream.fanout.cache.largest is not None:
             upstream.fanout.end_group(upstream.fanout.cache.largest[0])
+        upstream.fanout.end_open_groups()
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
                 sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
@@ -947,6 +956,38 @@ class MoqRelay:
         upstream.subscribe(conn)
         self._by_request[(id(conn), upstream.request_id)] = upstream
         log.info("%s: resubscribing at %s", _label(upstream.namespace, upstream.track), conn.peer)
+
+    def published_names(self) -> set[str]:
+        """Broadcasts publishers announced here (what this relay is the origin of for others)."""
+        return {"/".join(ns) for ns, (conn, _) in self._published.items() if not conn.session.closed}
+
+    def route(self, namespace: tuple[str, ...], conn: MoqConnection | None) -> None:
+        """The directory says ``namespace`` lives at the origin reached by ``conn`` (or nowhere now).
+        Its tracks held here move there, their group ids going on above the last one served; with
+        no origin they wait ``upstream_grace`` for one, as for a lost publisher."""
+        old = self._routes.get(namespace)
+        if conn is None:
+            if old is None:
+                return
+            del self._routes[namespace]
+            now = time.monotonic()
+            for upstream in list(self._tracks.values()):
+                if upstream.namespace == namespace and upstream.conn is old:
+                    if not old.session.closed:
+                        self._by_request.pop((id(old), upstream.request_id), None)
+                        old.session.unsubscribe(upstream.request_id)
+                        old.flush()
+                    self._orphan(upstream, now)
+            return
+        self._routes[namespace] = conn
+        for upstream in list(self._tracks.values()):
+            if upstream.namespace == namespace and upstream.conn is not conn:
+                if upstream.conn is not None and not upstream.conn.session.closed:
+                    upstream.conn.session.unsubscribe(upstream.request_id)
+                    upstream.conn.flush()
+                self._resume(upstream, conn)
+        if old is None:
+            self._announce(namespace)  # subscribers waiting for it retry now
 
     def set_upstream(self, conn: MoqConnection | None) -> None:
         """The relay above (re)connected: tracks it fed that are waiting for it resubscribe there."""

@@ -16,8 +16,9 @@ from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
 from ..redact import names_are_public
+from .directory import advertised_url, open_directory
 from .ingest import IngestNode
-from .remote import UpstreamLink, moq_broadcast_source
+from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
 from .up import stop_within, warn_if_open
 
 log = logging.getLogger("rtmpq.nodes")
@@ -57,7 +58,8 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend)
     relay.start()
-    log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, fingerprint(cert))
+    relay.fingerprint = fingerprint(cert)
+    log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, relay.fingerprint)
     return server
 
 
@@ -92,24 +94,37 @@ def link_ready(link: "UpstreamLink") -> tuple[bool, str]:
 
 
 async def run_relay(config: Config, stop: asyncio.Event) -> None:
-    """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
+    """A relay: serves what publishers announce to it, and asks its upstream for anything else.
+    With a directory, it registers what publishers announce to it and subscribes to anything else
+    at the origin the directory names (before trying its upstream)."""
     access = node_access(config)
     warn_if_open(access, [config.moq.host])
+    directory = await open_directory(config)
     relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
     server = await serve_relay(relay, config.moq)
-    link = None
+    link = origins = None
     if config.upstream.url:
         link = UpstreamLink(relay, config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
         link.start()
         view.upstream_ready = lambda: link_ready(link)
+    if directory is not None:
+        directory.register(relay.published_names, advertised_url(config, config.moq.host, config.moq.port),
+                           relay.fingerprint)
+        directory.follow()
+        origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_tls(config))
+        origins.start()
     await ops.start()
     try:
         await stop.wait()
     finally:
         await ops.close()
+        if origins is not None:
+            await origins.close()
+        if directory is not None:
+            await directory.close()  # entries withdrawn: followers move at once
         if link is not None:
             await link.close()
         relay.stop()
@@ -154,24 +169,34 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
 
 
 async def run_edge(config: Config, stop: asyncio.Event) -> None:
-    """An LL-HLS edge fed over MoQ from its upstream, subscribing when a player first asks."""
+    """An LL-HLS edge fed over MoQ from its upstream (or, with a directory and no upstream, from
+    each broadcast's origin), subscribing when a player first asks."""
     access = node_access(config)
+    directory = None if config.upstream.url else await open_directory(config)
+    if directory is not None:
+        directory.follow()
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
-                                  **upstream_tls(config))
+                                  directory=directory, **upstream_tls(config))
     view = NodeView("edge")
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])
     view.edge, view.http = edge, edge.http
-    probe = UpstreamProbe(config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
-    view.upstream_ready = probe
+    probe = None
+    if config.upstream.url:  # with only a directory, each broadcast has its own origin
+        probe = UpstreamProbe(config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
+        view.upstream_ready = probe
     await edge.start()
     ops.start()
-    probe.start()
+    if probe is not None:
+        probe.start()
     view.listening = True
     try:
         await stop.wait()
     finally:
         view.listening = False
-        probe.stop()
+        if probe is not None:
+            probe.stop()
         ops.stop()
         await stop_within(edge.close(), config.node.stop_timeout)
+        if directory is not None:
+            await directory.close()

@@ -3,16 +3,21 @@
 - ``UpstreamLink``: keeps one client session to an upstream node open (reconnecting with
   backoff), with a MoqRelay handling its events. A relay asks it for tracks it does not have; an
   ingest announces its broadcasts on it (PUBLISH_NAMESPACE) and answers the upstream's SUBSCRIBEs.
-- ``moq_broadcast_source``: the edge's ``open_broadcast`` over MoQ (one session per broadcast).
+- ``OriginLinks``: a relay that follows the directory (many hosts): one UpstreamLink per origin
+  listed there, and each broadcast routed to its origin's session as entries move.
+- ``moq_broadcast_source``: the edge's ``open_broadcast`` over MoQ (one session per broadcast), at
+  a fixed upstream or at the origin the directory names (following it when it moves).
 """
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from ..media.catalog import Catalog
 from ..media.frames import Frame
+from ..directory.core import Change, Entry
 from ..moq.client import TrackChoice
-from ..moq.follow import follow_broadcast
+from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.relay import MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..redact import safe_name
@@ -27,13 +32,16 @@ RECONNECT_MAX = 10.0
 class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, backend: str = DEFAULT_BACKEND, announce: bool = False,
-                 use_for_unknown_tracks: bool = True, token=lambda: None) -> None:
+                 use_for_unknown_tracks: bool = True, token=lambda: None,
+                 on_connect: Callable | None = None) -> None:
         self.relay = relay
         self.host, self.port, self.path = parse_moq_url(url)
         self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend)
         self.announce = announce
         self.use_for_unknown_tracks = use_for_unknown_tracks
         self.token = token  # () -> the node token to present, or None
+        self.on_connect = on_connect  # called with each new session, once set up
+        self.conn = None  # the session while connected
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -58,7 +66,10 @@ class UpstreamLink:
                     if self.use_for_unknown_tracks:
                         self.relay.set_upstream(conn)
                     log.info("connected to upstream %s:%d", self.host, self.port)
+                    self.conn = conn
                     self.connected.set()
+                    if self.on_connect is not None:
+                        self.on_connect(conn)
                     closed = asyncio.get_running_loop().create_future()
                     original = conn.handler
 
@@ -76,6 +87,7 @@ class UpstreamLink:
                             announcer.cancel()
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
+            self.conn = None
             self.connected.clear()
             if self.relay.upstream is not None and self.relay.upstream.session.closed:
                 self.relay.set_upstream(None)
@@ -100,16 +112,142 @@ class UpstreamLink:
             conn.flush()
 
 
-def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, **tls):
+class OriginLinks:
+    """A relay that finds broadcasts through the directory: a session to every origin listed
+    (excluding this node), and ``relay.route`` kept pointing each broadcast at its origin's session."""
+
+    def __init__(self, relay: MoqRelay, directory, *, token=lambda: None, **tls) -> None:
+        self.relay = relay
+        self.directory = directory
+        self.token = token
+        self.tls = tls
+        self.links: dict[str, UpstreamLink] = {}  # origin URL -> link
+        self._names: dict[str, Entry] = {}  # broadcast -> its origin entry (other nodes only)
+
+    def start(self) -> None:
+        self.directory.listen(self._on_changes)
+        self._on_changes([Change(e.name, None, e) for e in list(self.directory.mirror.entries.values())])
+
+    async def close(self) -> None:
+        for link in list(self.links.values()):
+            await link.close()
+        self.links.clear()
+
+    def _on_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            namespace = tuple(change.name.split("/"))
+            new = change.new if change.new is not None and change.new.node != self.directory.node else None
+            if new is None:
+                self._names.pop(change.name, None)
+                self.relay.route(namespace, None)
+                continue
+            self._names[change.name] = new
+            link = self._link(new)
+            # until the new origin's session is up, the broadcast has none (its tracks wait)
+            self.relay.route(namespace, link.conn if link.conn is not None and not link.conn.session.closed else None)
+        for url in [u for u in self.links if not any(e.url == u for e in self._names.values())]:
+            asyncio.ensure_future(self.links.pop(url).close())  # no broadcast there any more
+
+    def _link(self, entry: Entry) -> UpstreamLink:
+        link = self.links.get(entry.url)
+        if link is None:
+            link = self.links[entry.url] = UpstreamLink(
+                self.relay, entry.url, use_for_unknown_tracks=False, token=self.token,
+                on_connect=lambda conn, url=entry.url: self._connected(url, conn), **_origin_tls(self.tls, entry))
+            link.start()
+        return link
+
+    def _connected(self, url: str, conn) -> None:
+        for name, entry in list(self._names.items()):
+            if entry.url == url:
+                self.relay.route(tuple(name.split("/")), conn)
+
+
+def _origin_tls(tls: dict, entry: Entry) -> dict:
+    """With no way of its own to check the origin's certificate, pin the one it registered."""
+    tls = dict(tls)
+    if not (tls.get("insecure") or tls.get("cafile") or tls.get("fingerprint")) and entry.fingerprint:
+        tls["fingerprint"] = entry.fingerprint
+    return tls
+
+
+async def follow_via_directory(directory, name: str, *, wait: float, token: str | None = None, choice=None, **tls):
+    """Catalog / Frame items of ``name`` from the origin the directory names, moving with it: when
+    its entry moves (the publisher went to another ingest) or lapses (the origin died), the
+    subscription there ends and one starts at the new origin, as long as one appears within ``wait``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        entry = directory.lookup(name)
+        while entry is None or entry.node == directory.node:
+            if loop.time() >= deadline:
+                raise BroadcastGone(f"{safe_name(name)}: not in the directory within {wait:g} s")
+            try:
+                await asyncio.wait_for(directory.changed(), deadline - loop.time())
+            except TimeoutError:
+                pass
+            entry = directory.lookup(name)
+        host, port, _ = parse_moq_url(entry.url)
+        log.info("%s: following its origin %s", safe_name(name), entry.url)
+        items = follow_broadcast(host, port, name, wait=wait, token=token, choice=choice,
+                                 **_origin_tls(tls, entry)).__aiter__()
+        moved = False
+        watch = asyncio.ensure_future(_moved(directory, name, entry))
+        try:
+            while True:
+                nxt = asyncio.ensure_future(items.__anext__())
+                done, _ = await asyncio.wait({nxt, watch}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    try:
+                        await nxt
+                    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - leaving this origin
+                        pass
+                    moved = True
+                    break
+                try:
+                    item = nxt.result()
+                except StopAsyncIteration:
+                    return  # the broadcast ended at its origin
+                except (ConnectionError, OSError) as exc:
+                    # the origin is unreachable; its entry lapses within the TTL if it died
+                    log.warning("%s: origin %s: %s; waiting for the directory", safe_name(name), entry.url, exc)
+                    break
+                deadline = loop.time() + wait
+                yield item
+        finally:
+            watch.cancel()
+            await items.aclose()
+        if not moved:
+            try:
+                await asyncio.wait_for(_moved(directory, name, entry), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                raise BroadcastGone(f"{safe_name(name)}: origin {entry.url} lost and no other within {wait:g} s") \
+                    from None
+
+
+async def _moved(directory, name: str, entry: Entry) -> None:
+    """Returns once ``name`` is no longer at ``entry``'s origin."""
+    while True:
+        now = directory.lookup(name)
+        if now is None or (now.url, now.node) != (entry.url, entry.node):
+            return
+        await directory.changed()
+
+
+def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, directory=None, **tls):
     """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast,
     waits up to ``wait`` for one that is not live yet, and follows it through upstream restarts.
+    With no ``url`` and a ``directory``, it subscribes at the broadcast's origin and follows moves.
 
     ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
     """
-    host, port, _ = parse_moq_url(url)
+    if url:
+        host, port, _ = parse_moq_url(url)
 
     def open_broadcast(name: str):
-        return MoqFeed(host, port, name, wait=wait, token=token, **tls)
+        return MoqFeed(host if url else None, port if url else None, name, directory=directory, wait=wait,
+                       token=token, **tls)
 
     return open_broadcast
 
@@ -118,14 +256,19 @@ class MoqFeed:
     """A broadcast followed over MoQ as Catalog and Frame items for the edge: every track but the
     transcoder rungs, and the rungs that ``want`` asks for while players watch them."""
 
-    def __init__(self, host: str, port: int, name: str, **options) -> None:
-        self.host, self.port, self.name, self.options = host, port, name, options
+    def __init__(self, host: str | None, port: int | None, name: str, *, directory=None, **options) -> None:
+        """From ``host:port``, or with no host from the broadcast's origin in ``directory``."""
+        self.host, self.port, self.name, self.directory, self.options = host, port, name, directory, options
         self.choice = TrackChoice(all_but_rungs=True)
 
     def want(self, track: str, wanted: bool = True) -> None:
         self.choice.want(track, wanted)
 
     async def __aiter__(self):
-        async for item in follow_broadcast(self.host, self.port, self.name, choice=self.choice, **self.options):
+        if self.host is not None:
+            source = follow_broadcast(self.host, self.port, self.name, choice=self.choice, **self.options)
+        else:
+            source = follow_via_directory(self.directory, self.name, choice=self.choice, **self.options)
+        async for item in source:
             if isinstance(item, (Catalog, Frame)):
                 yield item

@@ -173,12 +173,19 @@ def _loopback(host: str) -> bool:
 
 
 async def run_up(config: Config, stop: asyncio.Event) -> None:
+    from .directory import advertised_url, open_directory, publishing
+
     node = UpNode(config)
     warn_if_open(node.access, [config.rtmp.host, config.moq.host, config.http.host])
+    directory = await open_directory(config)
     await node.start()
+    if directory is not None:  # the origin of what is published here: relays and edges find it
+        directory.register(publishing(node.registry), advertised_url(config, *node.moq_address), node.fingerprint)
     try:
         await stop.wait()
     finally:
+        if directory is not None:
+            await directory.close()  # withdrawn first: followers look elsewhere before the GOAWAY
         await stop_within(node.close(), config.node.stop_timeout)
 
 

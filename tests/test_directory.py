@@ -1,0 +1,242 @@
+"""Many hosts on one directory (a real redis-server per test): origins register the broadcasts
+they hold with a lease, a relay or an edge finds a broadcast's origin there and follows it when
+the publisher moves to another ingest, and a dead origin's lease lapses within seconds."""
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+
+import pytest
+import redis.asyncio
+
+from .conftest import free_port, need, wait_tcp
+from .publishers import ffmpeg_publish_args, run_process
+from .test_lifecycle import long_publish_args, spawn
+from .test_restart import poll, start_node
+
+TTL = "1.5"  # seconds: short, so a dead origin is forgotten quickly here
+
+
+async def entry(r, name: str):
+    raw = await r.get(f"rtmpq:broadcast:{name}")
+    return None if raw is None else json.loads(raw)
+
+
+async def until(condition, what: str, deadline: float = 20.0):
+    end = time.monotonic() + deadline
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def origin(tmp_path, label: str, directory: str, *, grace: float, backend: str = "aioquic"):
+    """`rtmpq up` registering in ``directory``; returns (process, rtmp port, moq port)."""
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    proc = await start_node("up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{free_port()}",
+                            "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / label), "--quic-backend", backend,
+                            "--directory", directory,
+                            env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_NODE_ID": label,
+                                 "RTMPQ_PUBLISH_GRACE_PERIOD": str(grace)})
+    await wait_tcp(prtmp)
+    return proc, prtmp, pmoq
+
+
+async def stop_all(procs) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.terminate()
+    for p in procs:
+        _, err = await p.communicate()
+        print(err.decode(errors="replace"))  # shown when the test fails
+        assert b"Traceback" not in err, err.decode()
+
+
+async def test_an_origin_holds_a_lease_while_publishing_and_a_dead_one_is_forgotten_in_seconds(tmp_path, redis_server):
+    need("ffmpeg")
+    r = redis.asyncio.from_url(redis_server.url)
+    node, prtmp, pmoq = await origin(tmp_path, "ingest-a", redis_server.url, grace=30)
+    publisher = None
+    try:
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/lease", seconds=60))
+        found = await until(lambda: entry(r, "live/lease"), "the origin to register")
+        assert found["url"] == f"moqt://127.0.0.1:{pmoq}" and found["node"] == "ingest-a"
+        assert len(found["fingerprint"]) == 64  # followers can pin the origin's self-signed certificate
+        assert 0 < await r.pttl("rtmpq:broadcast:live/lease") <= 1500  # a lease, not a permanent entry
+        await asyncio.sleep(2 * float(TTL))  # longer than the lease: it must have been renewed
+        assert (await entry(r, "live/lease"))["version"] == found["version"]
+        # the publisher leaves: the broadcast waits for it here (grace), but the entry goes at once,
+        # since a returning publisher may come back anywhere
+        publisher.kill()
+        await publisher.wait()
+        await until(lambda: _absent(r, "live/lease"), "the entry to be withdrawn", deadline=5)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/lease", seconds=60))
+        again = await until(lambda: entry(r, "live/lease"), "the returning publisher to be registered")
+        assert again["version"] > found["version"]
+        # Redis restarts with nothing: the origin's next renewal finds its lease gone and claims again
+        await r.aclose()
+        await redis_server.stop()
+        await redis_server.start()
+        r = redis.asyncio.from_url(redis_server.url)
+        back = await until(lambda: entry(r, "live/lease"), "the origin to claim again after Redis restarted",
+                           deadline=10)
+        assert back["node"] == "ingest-a"
+        # the node dies without a word: its lease lapses within the TTL (plus one renewal period)
+        node.send_signal(signal.SIGKILL)
+        await node.wait()
+        killed = time.monotonic()
+        await until(lambda: _absent(r, "live/lease"), "the dead origin's lease to lapse", deadline=10)
+        assert time.monotonic() - killed <= float(TTL) + 0.5
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        await r.aclose()
+
+
+async def _absent(r, name: str) -> bool:
+    return await r.get(f"rtmpq:broadcast:{name}") is None
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_relay_finds_the_origin_in_the_directory_and_follows_the_publisher_to_another_ingest(
+        tmp_path, redis_server, backend):
+    need("ffmpeg")
+    # ingest A keeps a broadcast whose publisher left (its grace): the directory, not an end, moves
+    # the relay; ingest B ends it when its publisher stops, which ends the subscription
+    a, rtmp_a, _ = await origin(tmp_path, "ingest-a", redis_server.url, grace=30, backend=backend)
+    b, rtmp_b, _ = await origin(tmp_path, "ingest-b", redis_server.url, grace=0, backend=backend)
+    pmoq = free_port(socket.SOCK_DGRAM)
+    relay = await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"),
+                             "--quic-backend", backend, "--directory", redis_server.url, "--insecure",
+                             env={"RTMPQ_DIRECTORY_TTL": TTL})
+    procs = [a, b, relay]
+    publisher = None
+    try:
+        # the subscriber comes first: the relay has no --upstream, only the directory
+        sub = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pmoq}/live/move", "--insecure", "--json",
+            "--wait", "30", "--quic-backend", backend, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        procs.append(sub)
+        video = []
+        enough = asyncio.Event()
+
+        async def read_frames():
+            async for line in sub.stdout:
+                if line.startswith(b"{"):
+                    frame = json.loads(line)
+                    if frame.get("track") == "video":
+                        video.append(frame)
+                        if len(video) >= 45:
+                            enough.set()
+
+        reading = asyncio.create_task(read_frames())
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{rtmp_a}/live/move", seconds=60))
+        await asyncio.wait_for(enough.wait(), 40)  # A's frames reach the subscriber through the relay
+        publisher.kill()  # the encoder moves to ingest B (as after a failover of its DNS name)
+        await publisher.wait()
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_b}/live/move", str(tmp_path / "b.flv"),
+                                                        seconds=4))
+        assert rc == 0, out
+        await asyncio.wait_for(reading, 30)  # ends with B's broadcast (PUBLISH_DONE through the relay)
+        assert await sub.wait() == 0
+        # groups travel on parallel streams (newest first), so arrival order is not group order;
+        # in group order, ids never repeat and the timestamps restart once: where B took over
+        video.sort(key=lambda f: (f["group"], f["object"]))
+        assert len({(f["group"], f["object"]) for f in video}) == len(video), "a group id was reused across the move"
+        seams = [i for i in range(1, len(video)) if video[i]["dts"] < video[i - 1]["dts"]]
+        assert len(seams) == 1, f"not one seam: {[(f['group'], f['dts']) for f in video][::15]}"
+        from_a, from_b = video[:seams[0]], video[seams[0]:]
+        # B's from the group the relay joined at (2 s groups: at least the last one of 4 s), whole
+        assert len(from_a) >= 45 and len(from_b) >= 2 * 30, (len(from_a), len(from_b))
+        assert from_a[0]["keyframe"] and from_b[0]["keyframe"]
+        assert video[-1]["dts"] >= 3900  # B's to its end
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        await stop_all(procs)
+
+
+async def test_an_edge_with_only_a_directory_plays_across_a_move(tmp_path, redis_server):
+    need("ffmpeg")
+    a, rtmp_a, _ = await origin(tmp_path, "ingest-a", redis_server.url, grace=30)
+    b, rtmp_b, _ = await origin(tmp_path, "ingest-b", redis_server.url, grace=0)
+    phttp = free_port()
+    edge = await start_node("edge", "--http", f"127.0.0.1:{phttp}", "--directory", redis_server.url, "--insecure",
+                            env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_UPSTREAM_WAIT": "10"})
+    procs = [a, b, edge]
+    publisher = None
+    try:
+        await wait_tcp(phttp)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{rtmp_a}/live/hop", seconds=60))
+        playlist = f"http://127.0.0.1:{phttp}/live/hop/video.m3u8"
+        await poll(f"http://127.0.0.1:{phttp}/live/hop/index.m3u8", lambda body: b"#EXT-X-STREAM-INF" in body)
+        player = asyncio.create_task(run_process(
+            ["ffmpeg", "-v", "error", "-nostdin", "-i", playlist, "-f", "framemd5", str(tmp_path / "played.md5")],
+            timeout=60))
+        await poll(playlist, lambda body: body.count(b"#EXTINF") >= 2)  # A's segments are out
+        publisher.kill()  # the encoder moves to ingest B
+        await publisher.wait()
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_b}/live/hop", str(tmp_path / "b.flv"),
+                                                        seconds=5))
+        assert rc == 0, out
+        body = await poll(playlist, lambda body: b"#EXT-X-ENDLIST" in body)  # B's end is the playlist's end
+        assert b"#EXT-X-DISCONTINUITY" in body  # the move is a seam in one playlist
+        rc, out = await player
+        assert rc == 0, out
+        played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
+        assert len(played) > 4 * 30 + 2 * 30, len(played)  # frames of both publishes, decoded
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        await stop_all(procs)
+
+
+async def test_an_unreachable_directory_is_reported_at_start(tmp_path):
+    closed = free_port()
+    rc, out = await run_process([sys.executable, "-m", "rtmpq", "relay", "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                                 "--state-dir", str(tmp_path / "s"), "--directory", f"redis://:sekrit@127.0.0.1:{closed}/0"])
+    assert rc == 1
+    assert f"directory redis://:********@127.0.0.1:{closed}/0" in out and "sekrit" not in out
+
+
+async def test_a_relay_that_an_ingest_publishes_into_is_the_origin_other_relays_find(tmp_path, redis_server):
+    need("ffmpeg")
+    r = redis.asyncio.from_url(redis_server.url)
+    origin_moq, edge_moq, prtmp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM), free_port()
+    relays = [await start_node("relay", "--moq", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / label),
+                               "--directory", redis_server.url, "--insecure",
+                               env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_NODE_ID": label})
+              for label, port in (("relay-origin", origin_moq), ("relay-edge", edge_moq))]
+    ingest = await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{origin_moq}",
+                              "--insecure", "--directory", redis_server.url)  # accepted: its relay registers
+    procs = [*relays, ingest]
+    publisher = None
+    try:
+        await wait_tcp(prtmp)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/chain", seconds=60))
+        found = await until(lambda: entry(r, "live/chain"), "the relay to register what the ingest publishes")
+        assert found["url"] == f"moqt://127.0.0.1:{origin_moq}" and found["node"] == "relay-origin"
+        # a subscriber at the other relay, which has no --upstream: the directory leads it there
+        rc, out = await run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{edge_moq}/live/chain",
+                                     "--insecure", "--json", "--frames", "60", "--wait", "20"], timeout=45)
+        assert rc == 0, out
+        video = [json.loads(line) for line in out.splitlines() if line.startswith('{"track": "video"')
+                 or (line.startswith("{") and json.loads(line).get("track") == "video")]
+        assert len(video) >= 50 and video[0]["keyframe"]
+        # the relay holds the broadcast while the ingest announces it (through the ingest's grace
+        # period too); the ingest stopping withdraws the namespace, and the entry goes with it
+        ingest.send_signal(signal.SIGTERM)
+        await until(lambda: _absent(r, "live/chain"), "the entry to be withdrawn", deadline=10)
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        await stop_all(procs)
+        await r.aclose()
