@@ -15,7 +15,6 @@ from .publishers import (
     collect_broadcast,
     count_decoded_frames,
     ffmpeg_publish_args,
-    ffmpeg_publish_only_args,
     probe_packets,
     run_process,
 )
