@@ -119,7 +119,7 @@ async def test_fifty_stuck_clients_are_dropped_with_memory_flat_and_players_unaf
     try:
         await wait_tcp(rtmp)
         await wait_tcp(http)
-        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{rtmp}/live/big", 25), timeout=90))
+        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{rtmp}/live/big", 18), timeout=90))
         base = f"http://127.0.0.1:{http}/live/big"
         async with httpx.AsyncClient(timeout=20) as client:
             segment = None

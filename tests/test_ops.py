@@ -56,7 +56,14 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
                 assert "sk-9f8e7d" not in r.text
                 return samples(r.text)
 
-            first = await scrape()
+            video_bytes = ("rtmpq_broadcast_received_bytes_total", (("broadcast", "live/ops"), ("track", "video")))
+
+            async def some_video():
+                reading = await scrape()
+                return reading if reading.get(video_bytes, 0) > 0 else None
+
+            first = await wait_until(some_video)
+            assert first, "no video counted"
             b = (("broadcast", "live/ops"),)
             # a MoQ subscriber and a player watch
             sub = asyncio.create_task(run_process(
@@ -73,8 +80,7 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
             later = await wait_until(moved)
             assert later, "groups did not move"
             assert later[("rtmpq_broadcast_frames_received_total", b)] > first.get(("rtmpq_broadcast_frames_received_total", b), 0)
-            video_bytes = ("rtmpq_broadcast_received_bytes_total", (("broadcast", "live/ops"), ("track", "video")))
-            assert later[video_bytes] > first.get(video_bytes, 0) > 0
+            assert later[video_bytes] > first[video_bytes]
             assert later[("rtmpq_received_bytes_total", (("protocol", "rtmp"),))] > first[("rtmpq_received_bytes_total", (("protocol", "rtmp"),))]
             assert later[("rtmpq_sent_bytes_total", (("protocol", "http"),))] > 0
             assert later[("rtmpq_broadcast_sent_bytes_total", (("broadcast", "live/ops"), ("protocol", "hls")))] > 0
