@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap
 
-.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench image clean
+.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench fuzz fuzz-corpus image clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,21 @@ image: system-deps hlsjs
 
 bench: install-test
 	$(PY) -m pytest bench/bench_*.py --benchmark-only --benchmark-columns=min,median,rounds -s
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; FUZZ_TARGETS to pick some.
+# Crashes land in var/fuzz/crashes/ and make this target fail (see docs/reliability.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell PYTHONPATH=. $(PY) -m tests.fuzz.run --list 2>/dev/null)
+fuzz: install-test
+	@mkdir -p var/fuzz; failed=""; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s, log var/fuzz/$$t.log)"; \
+	  PYTHONPATH=. $(PY) -m tests.fuzz.run $$t --seconds $(FUZZ_SECONDS) >var/fuzz/$$t.log 2>&1 || failed="$$failed $$t"; \
+	  grep -E '^(#[0-9]+ +DONE|==[0-9]+== ERROR|Traceback|.*Error:|stat::(number_of_executed|new_units))' var/fuzz/$$t.log; \
+	done; [ -z "$$failed" ] || { echo "fuzz crashes in:$$failed (files in var/fuzz/crashes/)"; exit 1; }
+
+# Re-record the seed corpora from real publishes (ffmpeg, GStreamer, PyAV E-RTMP, OBS-shaped).
+fuzz-corpus: install-test
+	PYTHONPATH=. $(PY) -m tests.fuzz.capture
 
 clean:
 	rm -rf build $(VENV) rtmpq/*.so ext/*.c
