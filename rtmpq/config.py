@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import RtmpqError
+from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.session import SessionLimits
 
 DEFAULT_RTMP_PORT = 1935
@@ -76,6 +77,8 @@ class MoqConfig:
     keyfile: Path | None = None
     state_dir: Path = field(default_factory=default_state_dir)
     backend: str = "aioquic"  # QUIC library: "aioquic" or "aiopquic"
+    # seconds a subscriber may acknowledge nothing it is owed before its session is closed
+    stuck_timeout: float = DEFAULT_STUCK_TIMEOUT
 
 
 @dataclass

@@ -123,3 +123,27 @@ def test_group_cut_by_the_relay_is_never_reopened():
     fanout.check(1.0)
     publish_gop(fanout, 0, 5, 1.0)  # more objects of the dropped group (same ids don't matter)
     assert sink.groups() == [0]
+
+
+def test_stalled_since_counts_only_acknowledged_bytes_not_dropped_groups():
+    """A subscriber that takes nothing stays stalled across its groups' resets; one that takes
+    anything (however slowly) is not stalled; one that is idle with nothing owed is not either."""
+    fanout = TrackFanout()
+    stuck, slow = FakeSink(), FakeSink()
+    s_stuck, s_slow = TrackSubscription(stuck, delivery_timeout=1.0), TrackSubscription(slow, delivery_timeout=1.0)
+    publish_gop(fanout, 0, 1, 0.0)
+    fanout.subscribe(s_stuck, 0.0)
+    fanout.subscribe(s_slow, 0.0)
+    fanout.check(0.1)
+    assert s_stuck.stalled_since == 0.0 and s_slow.stalled_since == 0.0  # owed group 0 since joining
+    for t in range(1, 20):  # a group a second, each dropped unread by the stuck one
+        publish_gop(fanout, t, 3, float(t))
+        for s in slow.streams.values():  # the slow one takes one object's worth a second
+            s["queued"] = max(0, s["queued"] - 1000)
+        fanout.check(t + 0.5)
+    assert stuck.groups("fin") == [] and len([s for s in stuck.streams.values() if s["state"] != "open"]) > 10
+    assert s_stuck.stalled_since == 0.0  # 19 s without taking a byte
+    assert s_slow.stalled_since is not None and s_slow.stalled_since >= 18.5
+    slow.drain()
+    fanout.check(20.0)
+    assert s_slow.stalled_since is None

@@ -61,7 +61,8 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     """A relay: serves what publishers announce to it, and asks its upstream for anything else."""
     access = node_access(config)
     warn_if_open(access, [config.moq.host])
-    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period)
+    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
+                     stuck_timeout=config.moq.stuck_timeout)
     server = await serve_relay(relay, config.moq)
     link = None
     if config.upstream.url:
@@ -87,7 +88,8 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     relay = link = None
     if config.upstream.url:
-        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period)
+        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
+                     stuck_timeout=config.moq.stuck_timeout)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))

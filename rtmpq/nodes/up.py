@@ -61,7 +61,8 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
-        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period)
+        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
+                     stuck_timeout=config.moq.stuck_timeout)
         self.edge = EdgeServer(local_broadcast_source(self.registry), host=config.http.host, port=config.http.port,
                                static_dir=config.http.static_dir, access=self.access)
         self._quic = None
