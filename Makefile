@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav chromium buildah debootstrap
 
-.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench fuzz fuzz-corpus image clean
+.PHONY: install install-test system-deps hlsjs up test test-compiled test-pure bench fuzz fuzz-corpus wan soak image clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,18 @@ fuzz: install-test
 	  PYTHONPATH=. $(PY) -m tests.fuzz.run $$t --seconds $(FUZZ_SECONDS) >var/fuzz/$$t.log 2>&1 || failed="$$failed $$t"; \
 	  grep -E '^(#[0-9]+ +DONE|==[0-9]+== ERROR|Traceback|.*Error:|stat::(number_of_executed|new_units))' var/fuzz/$$t.log; \
 	done; [ -z "$$failed" ] || { echo "fuzz crashes in:$$failed (files in var/fuzz/crashes/)"; exit 1; }
+
+# WAN profiles through rtmpq.netem with a per-object scoreboard, both QUIC backends, a 720p stream;
+# the table goes into docs/reliability.md. WAN_SECONDS: stream length per profile.
+WAN_SECONDS ?= 20
+wan: install-test
+	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --write-docs docs/reliability.md
+
+# Soak: publishers that reconnect, subscriber and player churn, rotating impairment; samples every
+# 30 s into var/soak/, plot and figures into docs/reliability.md.
+MINUTES ?= 10
+soak: install-test
+	PYTHONPATH=. $(PY) -m tests.wan.soak --minutes $(MINUTES) --write-docs docs/reliability.md
 
 # Re-record the seed corpora from real publishes (ffmpeg, GStreamer, PyAV E-RTMP, OBS-shaped).
 fuzz-corpus: install-test
