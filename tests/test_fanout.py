@@ -147,3 +147,18 @@ def test_stalled_since_counts_only_acknowledged_bytes_not_dropped_groups():
     slow.drain()
     fanout.check(20.0)
     assert s_slow.stalled_since is None
+
+
+def test_the_catalog_reaches_a_subscriber_however_old_it_is():
+    """A state track's newest group (the catalog changes rarely) is sent to every new subscriber;
+    a media group older than the budget is not (the next one comes within a GoP)."""
+    catalog, media = TrackFanout(state=True), TrackFanout()
+    catalog.publish_object(0, 0, b'{"tracks": []}', None, 0.0)
+    catalog.end_group(0)
+    publish_gop(media, 0, 3, 0.0)
+    media.end_group(0)
+    a, b = FakeSink(), FakeSink()
+    catalog.subscribe(TrackSubscription(a, delivery_timeout=2.0), 60.0)
+    media.subscribe(TrackSubscription(b, delivery_timeout=2.0), 60.0)
+    assert a.groups("fin") == [0] and a.streams[1]["objects"] == [0]
+    assert b.groups() == []

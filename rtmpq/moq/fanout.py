@@ -144,8 +144,11 @@ class TrackSubscription:
 class TrackFanout:
     """The cache and subscribers of one track at this relay."""
 
-    def __init__(self, cache: GroupCache | None = None) -> None:
+    def __init__(self, cache: GroupCache | None = None, *, state: bool = False) -> None:
         self.cache = cache or GroupCache()
+        # a state track (the catalog): its newest group stays current however old it is, so a new
+        # subscriber always gets it (a media group past the budget is skipped: the next comes soon)
+        self.state = state
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
@@ -157,17 +160,21 @@ class TrackFanout:
         if latest is None:
             return
         for group in self.cache.groups_from(latest.group_id):
+            if self.state and group.group_id == latest.group_id:
+                self._replay(sub, group, received=now)  # the budget runs from now for it
+                continue
             if now - group.started > sub.delivery_timeout:
                 continue  # already past this subscriber's budget: never start it (a reset would follow)
             self._replay(sub, group)
         sub.check(now)
 
     @staticmethod
-    def _replay(sub: TrackSubscription, group, from_object: int = 0) -> None:
+    def _replay(sub: TrackSubscription, group, from_object: int = 0, received: float | None = None) -> None:
         """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), and its end."""
         for obj in group.objects:
             if obj.object_id >= from_object:
-                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, group.started)
+                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions,
+                            group.started if received is None else received)
         if group.complete:
             sub.end_group(group.group_id)
 

@@ -140,7 +140,7 @@ class _BroadcastSource:
 
     def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
-        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout()}
+        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
         self.ended = False
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
@@ -200,7 +200,7 @@ class _UpstreamTrack:
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        self.fanout = TrackFanout()
+        self.fanout = TrackFanout(state=track == CATALOG_TRACK)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
