@@ -78,6 +78,7 @@ wan: install-test
 # 30 s into var/soak/, plot and figures into docs/reliability.md.
 MINUTES ?= 10
 soak: install-test
+	$(PY) -m pip install -q matplotlib
 	PYTHONPATH=. $(PY) -m tests.wan.soak --minutes $(MINUTES) --write-docs docs/reliability.md
 
 # Re-record the seed corpora from real publishes (ffmpeg, GStreamer, PyAV E-RTMP, OBS-shaped).
