@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer
 # The peers the benchmarks compare with (not needed by the tests).
 BENCH_PACKAGES := nginx libnginx-mod-rtmp
 
-.PHONY: install install-test system-deps bench-deps hlsjs up test test-compiled test-pure bench plots image multihost clean
+.PHONY: install install-test system-deps bench-deps hlsjs up test test-compiled test-pure bench plots image multihost fuzz fuzz-corpus wan soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,34 @@ plots: install-test bench-deps
 	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) -m pytest bench/bench_ingest.py bench/bench_relay.py bench/bench_hls_lag.py --benchmark-only -s
 	$(PY) bench/plots.py
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; FUZZ_TARGETS to pick some.
+# Crashes land in var/fuzz/crashes/ and make this target fail (see docs/reliability.md).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(shell PYTHONPATH=. $(PY) -m tests.fuzz.run --list 2>/dev/null)
+fuzz: install-test
+	@mkdir -p var/fuzz; failed=""; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t ($(FUZZ_SECONDS) s, log var/fuzz/$$t.log)"; \
+	  PYTHONPATH=. $(PY) -m tests.fuzz.run $$t --seconds $(FUZZ_SECONDS) >var/fuzz/$$t.log 2>&1 || failed="$$failed $$t"; \
+	  grep -E '^(#[0-9]+ +DONE|==[0-9]+== ERROR|Traceback|.*Error:|stat::(number_of_executed|new_units))' var/fuzz/$$t.log; \
+	done; [ -z "$$failed" ] || { echo "fuzz crashes in:$$failed (files in var/fuzz/crashes/)"; exit 1; }
+
+# WAN profiles through rtmpq.netem with a per-object scoreboard, both QUIC backends, a 720p stream;
+# the table goes into docs/reliability.md. WAN_SECONDS: stream length per profile.
+WAN_SECONDS ?= 20
+wan: install-test
+	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --write-docs docs/reliability.md
+
+# Soak: publishers that reconnect, subscriber and player churn, rotating impairment; samples every
+# 30 s into var/soak/, plot and figures into docs/reliability.md.
+MINUTES ?= 10
+soak: install-test
+	$(PY) -m pip install -q matplotlib
+	PYTHONPATH=. $(PY) -m tests.wan.soak --minutes $(MINUTES) --write-docs docs/reliability.md
+
+# Re-record the seed corpora from real publishes (ffmpeg, GStreamer, PyAV E-RTMP, OBS-shaped).
+fuzz-corpus: install-test
+	PYTHONPATH=. $(PY) -m tests.fuzz.capture
 
 clean:
 	rm -rf build $(VENV) rtmpq/*.so ext/*.c

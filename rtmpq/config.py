@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .errors import RtmpqError
+from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.session import SessionLimits
 from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, LadderError, parse_ladder
 
@@ -102,6 +103,8 @@ class MoqConfig:
     keyfile: Path | None = None
     state_dir: Path = field(default_factory=default_state_dir)
     backend: str = "aiopquic"  # QUIC library: "aiopquic" (picoquic) or "aioquic" (pure Python)
+    # seconds a subscriber may acknowledge nothing it is owed before its session is closed
+    stuck_timeout: float = DEFAULT_STUCK_TIMEOUT
 
 
 @dataclass

@@ -171,3 +171,42 @@ def test_an_object_after_its_groups_end_is_not_sent_on_the_finished_stream():
     fanout.publish_object(2, 0, b"x", None, 0.1)  # a local source: group 1 is over
     fanout.publish_object(1, 2, b"x", None, 0.1)
     assert [s["objects"] for s in sink.streams.values()] == [[0, 1], [0]]
+
+
+def test_stalled_since_counts_only_acknowledged_bytes_not_dropped_groups():
+    """A subscriber that takes nothing stays stalled across its groups' resets; one that takes
+    anything (however slowly) is not stalled; one that is idle with nothing owed is not either."""
+    fanout = TrackFanout()
+    stuck, slow = FakeSink(), FakeSink()
+    s_stuck, s_slow = TrackSubscription(stuck, delivery_timeout=1.0), TrackSubscription(slow, delivery_timeout=1.0)
+    publish_gop(fanout, 0, 1, 0.0)
+    fanout.subscribe(s_stuck, 0.0)
+    fanout.subscribe(s_slow, 0.0)
+    fanout.check(0.1)
+    assert s_stuck.stalled_since == 0.0 and s_slow.stalled_since == 0.0  # owed group 0 since joining
+    for t in range(1, 20):  # a group a second, each dropped unread by the stuck one
+        publish_gop(fanout, t, 3, float(t))
+        for s in slow.streams.values():  # the slow one takes one object's worth a second
+            s["queued"] = max(0, s["queued"] - 1000)
+        fanout.check(t + 0.5)
+    assert stuck.groups("fin") == [] and len([s for s in stuck.streams.values() if s["state"] != "open"]) > 10
+    assert s_stuck.stalled_since == 0.0  # 19 s without taking a byte
+    assert s_slow.stalled_since is not None and s_slow.stalled_since >= 18.5
+    slow.drain()
+    fanout.check(20.0)
+    assert s_slow.stalled_since is None
+
+
+def test_the_catalog_reaches_a_subscriber_however_old_it_is():
+    """A state track's newest group (the catalog changes rarely) is sent to every new subscriber;
+    a media group older than the budget is not (the next one comes within a GoP)."""
+    catalog, media = TrackFanout(state=True), TrackFanout()
+    catalog.publish_object(0, 0, b'{"tracks": []}', None, 0.0)
+    catalog.end_group(0)
+    publish_gop(media, 0, 3, 0.0)
+    media.end_group(0)
+    a, b = FakeSink(), FakeSink()
+    catalog.subscribe(TrackSubscription(a, delivery_timeout=2.0), 60.0)
+    media.subscribe(TrackSubscription(b, delivery_timeout=2.0), 60.0)
+    assert a.groups("fin") == [0] and a.streams[1]["objects"] == [0]
+    assert b.groups() == []

@@ -69,3 +69,43 @@ async def test_reordering_and_rate_limit():
     assert stats["up"].dropped_queue > 300
     times = [t for t, _ in got]
     assert (times[-1] - times[0]) >= 0.9 * (len(times) - 1) * 1000 * 8 / 800_000
+
+
+async def test_gilbert_elliott_loss_comes_in_bursts():
+    # good->bad 2% a packet, bad->good 25%: ~7% loss, in runs of ~4 packets
+    _, got, stats = await run_through(Impairment(burst_p=0.02, burst_r=0.25), Impairment(), seed=11, count=600)
+    ids = {int.from_bytes(d[:4], "big") for _, d in got}
+    lost = sorted(set(range(600)) - ids)
+    assert stats["up"].dropped_burst == len(lost) and 0.03 < len(lost) / 600 < 0.15
+    runs, run = [], 1
+    for a, b in zip(lost, lost[1:]):
+        if b == a + 1:
+            run += 1
+        else:
+            runs.append(run)
+            run = 1
+    runs.append(run)
+    assert sum(runs) / len(runs) > 2.5  # bursts, not independent drops (those average ~1.1)
+
+
+async def test_blackhole_drops_everything_for_its_duration_then_recovers():
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    async with ImpairmentProxy(target=echo.get_extra_info("sockname")) as proxy:
+        client = Client()
+        transport, _ = await loop.create_datagram_endpoint(lambda: client, remote_addr=("127.0.0.1", proxy.port))
+        sent = {}
+        for i in range(90):
+            if i == 30:
+                proxy.blackhole(0.3)
+            sent[i] = loop.time()
+            transport.sendto(i.to_bytes(4, "big"))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        transport.close()
+    echo.close()
+    ids = [int.from_bytes(d[:4], "big") for _, d in client.received]
+    dark = [i for i in range(90) if i not in ids]
+    assert dark and dark[0] == 30 and dark == list(range(30, dark[-1] + 1))  # one contiguous outage
+    assert 0.25 <= sent[dark[-1]] - sent[30] <= 0.35 and ids[-1] == 89  # ~0.3 s, then packets flow again
+    assert proxy.stats["up"].dropped_blackhole == len(dark)

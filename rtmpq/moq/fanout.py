@@ -13,6 +13,10 @@ Timeout":
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
+- Stuck subscriber: one that acknowledges nothing for a while (it stopped reading: its QUIC
+  flow-control window stays full) only has its groups reset, over and over. ``stalled_since``
+  says since when no byte owed to it was acknowledged; the relay closes its session after
+  ``stuck_timeout``. A slow subscriber keeps acknowledging something and is not stuck.
 """
 
 import logging
@@ -31,6 +35,8 @@ DEFAULT_DELIVERY_TIMEOUT = 2.0
 DEFAULT_SEND_BUDGET = 4 * 1024 * 1024
 # Group streams open at once per subscriber and track (stream count costs memory: bad-inputs.md).
 MAX_GROUPS_IN_FLIGHT = 4
+# Seconds a subscriber may acknowledge nothing of what it is owed before its session is closed.
+DEFAULT_STUCK_TIMEOUT = 30.0
 
 RESET_CANCELLED = 0x1
 RESET_DELIVERY_TIMEOUT = 0x2
@@ -69,6 +75,8 @@ class TrackSubscription:
         self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
         self.skipped_groups: list[int] = []
         self.objects_sent = 0
+        # when the subscriber last stopped taking what it is owed (None: it is keeping up)
+        self.stalled_since: float | None = None
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
@@ -102,10 +110,13 @@ class TrackSubscription:
 
     def check(self, now: float) -> None:
         """Enforce the budgets; call on a timer and after each batch of objects."""
+        progress = waiting = False
         for g in list(self.in_flight.values()):
             sent = g.written - self.sink.buffered_bytes(g.handle)
             while g.pending and g.pending[0][0] <= sent:
                 g.pending.popleft()
+                progress = True
+            waiting = waiting or bool(g.pending)
             if not g.pending:
                 if g.complete:
                     del self.in_flight[g.group_id]  # everything handed to QUIC, FIN sent
@@ -114,6 +125,11 @@ class TrackSubscription:
                 self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
         while self.in_flight and self.sink.total_buffered_bytes() > self.send_budget:
             self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
+        # groups dropped unread do not restart the clock; only acknowledged bytes do
+        if progress:
+            self.stalled_since = now if waiting else None
+        elif waiting and self.stalled_since is None:
+            self.stalled_since = now
 
     def _drop(self, group_id: int, code: int) -> None:
         g = self.in_flight.pop(group_id)

@@ -27,7 +27,8 @@ from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from ..redact import safe_name
 from . import events as ev
-from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
+from .fanout import (DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, RESET_DELIVERY_TIMEOUT,
+                     TrackFanout, TrackSubscription)
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions, object_to_frame
 from .transport import MoqConnection
@@ -298,11 +299,13 @@ class MoqRelay:
 
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
-                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False) -> None:
+                 upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
+                 stuck_timeout: float = DEFAULT_STUCK_TIMEOUT) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
         self.cache_local = cache_local
+        self.stuck_timeout = stuck_timeout
         self.access = access or Access()
         self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
@@ -382,6 +385,23 @@ class MoqRelay:
                         self._draining.discard(s)
             except Exception:
                 log.exception("draining ended tracks failed")
+            try:
+                self.drop_stuck(now)
+            except Exception:
+                log.exception("dropping stuck subscribers failed")
+
+    def drop_stuck(self, now: float) -> None:
+        """Close the session of a subscriber that acknowledged nothing it is owed for stuck_timeout
+        (it stopped reading): its groups were being reset anyway, now its streams and state go."""
+        for s in list(self._subs.values()):
+            since = s.sub.stalled_since
+            if since is None or now - since <= self.stuck_timeout or s.conn.session.closed:
+                continue
+            reason = f"subscriber stuck: nothing acknowledged for {now - since:.0f} s"
+            log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, reason)
+            s.conn.session.close(SessionError.DATA_STREAM_TIMEOUT, reason)
+            s.conn.flush()
+            self._on_SessionClosed(s.conn, ev.SessionClosed(int(SessionError.DATA_STREAM_TIMEOUT), reason))
 
     def _all_fanouts(self):
         """(loggable track name, fan-out) of every track held."""

@@ -8,6 +8,11 @@
 delayed the same way on every run. Packets stay in order unless ``reorder`` picks one to hold
 back by ``reorder_ms``. The rate limit is a token bucket in front of a drop-tail queue of
 ``queue_bytes``: a link slower than the traffic delays packets, then drops them, as a real one does.
+Bursty loss is a Gilbert-Elliott chain: each packet, the good state turns bad with ``burst_p`` and
+the bad state turns good with ``burst_r``; a packet is lost with ``loss`` in the good state and
+``burst_loss`` in the bad one (mean burst 1/burst_r packets). ``proxy.blackhole(seconds)`` drops
+every packet both ways for that long (a dead link, then recovery); ``blackholes`` schedules the
+same from the command line.
 """
 
 import argparse
@@ -25,6 +30,9 @@ class Impairment:
     reorder_ms: float = 10.0
     rate_bps: float | None = None  # link rate in bits per second (None: unlimited)
     queue_bytes: int = 64 * 1024  # bottleneck queue before drop-tail
+    burst_p: float = 0.0  # Gilbert-Elliott: good -> bad per packet (0: no bursts)
+    burst_r: float = 0.5  # bad -> good per packet
+    burst_loss: float = 1.0  # loss probability in the bad state
 
 
 @dataclass
@@ -32,6 +40,8 @@ class DirectionStats:
     forwarded: int = 0
     dropped_loss: int = 0
     dropped_queue: int = 0
+    dropped_burst: int = 0
+    dropped_blackhole: int = 0
     reordered: int = 0
     bytes: int = 0
 
@@ -44,10 +54,20 @@ class _Direction:
         self.stats = DirectionStats()
         self._link_free_at = 0.0  # when the bottleneck finishes serialising what is queued
         self._last_due = 0.0
+        self._bad = False  # Gilbert-Elliott state
+        self.dark_until = 0.0  # blackhole: drop everything until this loop time
 
     def packet(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
         imp = self.imp
         now = loop.time()
+        if now < self.dark_until:
+            self.stats.dropped_blackhole += 1
+            return
+        if imp.burst_p:
+            self._bad = self.rng.random() >= imp.burst_r if self._bad else self.rng.random() < imp.burst_p
+            if self._bad and self.rng.random() < imp.burst_loss:
+                self.stats.dropped_burst += 1
+                return
         if imp.loss and self.rng.random() < imp.loss:
             self.stats.dropped_loss += 1
             return
@@ -104,6 +124,11 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
         self._pending: list[bytes] = []
         self.port = 0
 
+    def blackhole(self, seconds: float) -> None:
+        """Drop every packet, both directions, for ``seconds`` from now."""
+        until = asyncio.get_running_loop().time() + seconds
+        self._up.dark_until = self._down.dark_until = until
+
     @property
     def stats(self) -> dict[str, DirectionStats]:
         return {"up": self._up.stats, "down": self._down.stats}
@@ -155,6 +180,12 @@ def main(argv=None) -> None:
     p.add_argument("--loss", type=float, default=0, help="drop probability, each direction")
     p.add_argument("--reorder", type=float, default=0)
     p.add_argument("--rate-kbps", type=float, help="server-to-client link rate")
+    p.add_argument("--queue-bytes", type=int, default=64 * 1024, help="bottleneck queue of --rate-kbps")
+    p.add_argument("--burst-p", type=float, default=0, help="Gilbert-Elliott good->bad per packet")
+    p.add_argument("--burst-r", type=float, default=0.5, help="Gilbert-Elliott bad->good per packet")
+    p.add_argument("--burst-loss", type=float, default=1.0, help="loss probability in the bad state")
+    p.add_argument("--blackhole", action="append", default=[], metavar="AT:SECONDS",
+                   help="drop everything for SECONDS, AT seconds after start (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -162,13 +193,19 @@ def main(argv=None) -> None:
         host, _, port = text.rpartition(":")
         return host or "127.0.0.1", int(port)
 
-    both = dict(delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss=args.loss, reorder=args.reorder)
+    both = dict(delay_ms=args.delay_ms, jitter_ms=args.jitter_ms, loss=args.loss, reorder=args.reorder,
+                burst_p=args.burst_p, burst_r=args.burst_r, burst_loss=args.burst_loss)
+    outages = [tuple(float(x) for x in b.split(":")) for b in args.blackhole]
 
     async def run():
         async with ImpairmentProxy(target=split(args.target), listen=split(args.listen), seed=args.seed,
                                    up=Impairment(**both),
-                                   down=Impairment(**both, rate_bps=args.rate_kbps * 1000 if args.rate_kbps else None)) as proxy:
+                                   down=Impairment(**both, rate_bps=args.rate_kbps * 1000 if args.rate_kbps else None,
+                                                   queue_bytes=args.queue_bytes)) as proxy:
             print(f"impairing udp 127.0.0.1:{proxy.port} -> {args.target}", flush=True)
+            loop = asyncio.get_running_loop()
+            for at, seconds in outages:
+                loop.call_later(at, proxy.blackhole, seconds)
             await asyncio.Event().wait()
 
     asyncio.run(run())

@@ -100,7 +100,8 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     access = node_access(config)
     warn_if_open(access, [config.moq.host])
     directory = await open_directory(config)
-    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period)
+    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
+                     stuck_timeout=config.moq.stuck_timeout)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
@@ -143,7 +144,8 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     relay = link = None
     view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
-        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period)
+        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
+                     stuck_timeout=config.moq.stuck_timeout)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))

@@ -94,7 +94,7 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
-                            cache_local=True)
+                            cache_local=True, stuck_timeout=config.moq.stuck_timeout)
         self.transcoder = None
         if config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode

@@ -1,0 +1,331 @@
+"""Fuzz targets: every parser that takes bytes from a peer, one function of ``data: bytes`` each.
+
+A target returns normally when the parser accepted the bytes or refused them with
+RemoteProtocolError (the one error the I/O shells catch: close that peer, nothing else). Anything
+else escaping is a crash. Where a parser has a compiled twin (rtmpq.codec), the target runs both
+and asserts they give the same result or the same error, whatever backend this process selected.
+Stream parsers are fed the same bytes cut at points derived from the input, and must give the same
+result as one whole feed.
+
+Used by tests/fuzz/run.py (atheris, `make fuzz`) and tests/test_fuzz.py (a few seconds each).
+"""
+
+import asyncio
+import math
+import random
+
+from rtmpq.codec import NEED_DATA, REFERENCE
+from rtmpq.errors import RemoteProtocolError
+
+try:  # the twins are compared when the extension is built (CI requires it)
+    import rtmpq._speedups as COMPILED
+except ImportError:  # pragma: no cover - pure-Python-only install
+    COMPILED = None
+
+
+def _cuts(data: bytes, payload_len: int) -> list[int]:
+    """Split points for a payload, drawn from the input's first bytes (so a crash file replays)."""
+    rng = random.Random(data[:8])
+    return sorted(rng.randrange(payload_len + 1) for _ in range(rng.randrange(8)))
+
+
+def _same(a, b) -> bool:
+    """Equality that treats NaN as equal to NaN (AMF numbers), recursively."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    fields = getattr(type(a), "__dataclass_fields__", None)
+    if fields is not None and type(a) is type(b):  # e.g. AmfDate(ms=nan)
+        return all(_same(getattr(a, f), getattr(b, f)) for f in fields)
+    return type(a) is type(b) and a == b
+
+
+def _outcome(fn, *args):
+    """("ok", result) or (error class name, message): what a caller of either twin observes."""
+    try:
+        return ("ok", fn(*args))
+    except RemoteProtocolError as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def _twins(name: str, *args, normalize=lambda r: r):
+    ref = _outcome(REFERENCE[name], *args)
+    if ref[0] == "ok":
+        ref = ("ok", normalize(ref[1]))
+    if COMPILED is not None:
+        com = _outcome(getattr(COMPILED, name), *args)
+        if com[0] == "ok":
+            com = ("ok", normalize(com[1]))
+        assert _same(ref, com), f"{name} twins differ: {ref!r} != {com!r}"
+    return ref
+
+
+# --- RTMP ------------------------------------------------------------------------------------
+
+def _read_chunks(cls, payload: bytes, cuts: list[int]):
+    r = cls()
+    out = []
+    pos = 0
+    try:
+        for cut in cuts + [len(payload)]:
+            r.receive_data(payload[pos:cut])
+            pos = cut
+            while (m := r.next_message()) is not NEED_DATA:
+                out.append((m.csid, m.stream_id, m.type_id, m.timestamp, bytes(m.body)))
+    except RemoteProtocolError as exc:  # reading stops at the error: bytes_received depends on the cuts
+        out.append((type(exc).__name__, str(exc)))
+        return out, r.chunk_size, None
+    return out, r.chunk_size, r.bytes_received
+
+
+def chunk(data: bytes) -> None:
+    """RTMP chunk reassembly, cut at random points: both twins, and the same as one whole read."""
+    payload = data[8:]
+    cuts = _cuts(data, len(payload))
+    ref = _read_chunks(REFERENCE["ChunkReader"], payload, cuts)
+    if COMPILED is not None:
+        assert ref == _read_chunks(COMPILED.ChunkReader, payload, cuts), "ChunkReader twins differ"
+    whole = _read_chunks(REFERENCE["ChunkReader"], payload, [])
+    assert ref == whole, "ChunkReader result depends on how the bytes were cut"
+
+
+def handshake(data: bytes) -> None:
+    """The server side of the RTMP handshake, then the leftover bytes, cut at random points."""
+    from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, ServerHandshake
+
+    payload = data[8:]
+    hs = ServerHandshake(now_ms=1)
+    leftover = b""
+    pos = 0
+    try:
+        for cut in _cuts(data, len(payload)) + [len(payload)]:
+            leftover += hs.receive_data(payload[pos:cut])
+            pos = cut
+    except RemoteProtocolError:
+        return
+    out = hs.data_to_send()
+    if len(payload) >= 1 + HANDSHAKE_SIZE:
+        assert len(out) == 1 + 2 * HANDSHAKE_SIZE
+    if len(payload) >= 1 + 2 * HANDSHAKE_SIZE:
+        assert hs.done and leftover == payload[1 + 2 * HANDSHAKE_SIZE:]
+    else:
+        assert not hs.done and leftover == b""
+
+
+def session(data: bytes) -> None:
+    """A whole RTMP server session (handshake skipped: a valid C0C1C2 is prepended) fed garbage."""
+    from rtmpq.rtmp.handshake import HANDSHAKE_SIZE
+    from rtmpq.rtmp.session import RtmpServerSession
+
+    s = RtmpServerSession()
+    payload = b"\x03" + bytes(HANDSHAKE_SIZE) + bytes(HANDSHAKE_SIZE) + data[8:]
+    pos = 0
+    try:
+        for cut in _cuts(data, len(payload)) + [len(payload)]:
+            s.receive_data(payload[pos:cut])
+            pos = cut
+            while s.next_event() is not NEED_DATA:
+                pass
+    except RemoteProtocolError:
+        return
+    s.data_to_send()
+
+
+def amf0(data: bytes) -> None:
+    """AMF0 decoding: both twins; what decodes re-encodes to something that decodes the same."""
+    from rtmpq.codec.amf0 import amf0_encode
+
+    ref = _twins("amf0_decode", data)
+    if ref[0] == "ok":
+        try:
+            again = REFERENCE["amf0_decode"](amf0_encode(*ref[1]))
+        except (RemoteProtocolError, ValueError):  # e.g. nesting our encoder refuses
+            return
+        assert _same(again, ref[1]), "AMF0 round trip changed the values"
+
+
+def flvtag(data: bytes) -> None:
+    """FLV video/audio tag headers, legacy and E-RTMP (ExHeader, multitrack): both twins."""
+    for name in ("parse_video_tag", "parse_audio_tag", "parse_video_tracks", "parse_audio_tracks"):
+        _twins(name, data, normalize=_tag_tuple)
+
+
+def _tag_tuple(result):
+    items = result if isinstance(result, list) else [result]
+    return [tuple((k, bytes(v) if isinstance(v, memoryview) else v) for k, v in sorted(vars(t).items()))
+            if hasattr(t, "__dict__") else tuple(
+                (k, bytes(getattr(t, k)) if isinstance(getattr(t, k), memoryview) else getattr(t, k))
+                for k in t.__slots__) for t in items]
+
+
+# --- codec configs and bitstreams ---------------------------------------------------------------
+
+def _units(result):
+    return [bytes(u) for u in result]
+
+
+def avc(data: bytes) -> None:
+    """avcC, SPS, length-prefixed and Annex B NAL splitting, RBSP unescaping."""
+    from rtmpq.media.avc import AvcConfig, is_idr, parse_sps
+
+    for size in (1, 2, 3, 4):
+        r = _twins("split_length_prefixed", data, size, normalize=_units)
+        if r[0] == "ok":
+            is_idr(r[1])
+    _twins("find_annexb_units", data)
+    _twins("unescape_rbsp", data)
+    try:
+        cfg = AvcConfig.parse(data)
+        for sps in cfg.sps:
+            try:
+                parse_sps(sps)
+            except RemoteProtocolError:
+                pass
+    except RemoteProtocolError:
+        pass
+    try:
+        parse_sps(data)
+    except RemoteProtocolError:
+        pass
+
+
+def hevc(data: bytes) -> None:
+    """hvcC and the HEVC SPS."""
+    from rtmpq.media.hevc import HevcConfig, parse_hevc_sps
+
+    for fn in (HevcConfig.parse, parse_hevc_sps):
+        try:
+            fn(data)
+        except RemoteProtocolError:
+            pass
+
+
+def av1(data: bytes) -> None:
+    """av1C, the AV1 sequence header, OBU splitting (both twins), key temporal units."""
+    from rtmpq.media.av1 import Av1Config, is_key_temporal_unit, parse_sequence_header
+
+    _twins("split_obus", data)
+    for fn in (Av1Config.parse, parse_sequence_header, is_key_temporal_unit):
+        try:
+            fn(data)
+        except RemoteProtocolError:
+            pass
+
+
+def audio_config(data: bytes) -> None:
+    """AAC AudioSpecificConfig, OpusHead, AC-3/E-AC-3 headers and boxes, vpcC."""
+    from rtmpq.media.aac import AudioSpecificConfig
+    from rtmpq.media.ac3 import Ac3Header, Eac3Header
+    from rtmpq.media.opus import OpusHead
+    from rtmpq.media.vp9 import Vp9Config
+
+    for fn in (AudioSpecificConfig.parse, OpusHead.parse, Ac3Header.parse, Ac3Header.from_dac3,
+               Eac3Header.parse, Eac3Header.from_dec3, Vp9Config.parse):
+        try:
+            fn(data)
+        except RemoteProtocolError:
+            pass
+
+
+# --- MoQT ---------------------------------------------------------------------------------------
+
+def moq_control(data: bytes) -> None:
+    """MoQT control messages: decode; what decodes re-encodes and decodes to the same message."""
+    from rtmpq.moq.wire import UnknownMessage, decode_control_message, encode_control_message
+
+    try:
+        result = decode_control_message(data)
+    except RemoteProtocolError:
+        return
+    if result is NEED_DATA:
+        return
+    msg, end = result
+    assert 0 < end <= len(data)
+    if isinstance(msg, UnknownMessage):
+        return
+    again, end2 = decode_control_message(encode_control_message(msg))
+    assert again == msg, f"control message round trip: {msg!r} -> {again!r}"
+
+
+def _stream(cls, data: bytes) -> None:
+    payload = data[8:]
+
+    def run(cuts):
+        p = cls()
+        out = []
+        pos = 0
+        try:
+            for cut in cuts + [len(payload)]:
+                out += p.feed(payload[pos:cut])
+                pos = cut
+        except RemoteProtocolError as exc:
+            return out, (type(exc).__name__, str(exc)), None
+        assert p.buffered <= len(payload)
+        return out, None, p.buffered
+
+    split = run(_cuts(data, len(payload)))
+    whole = run([])
+    if split[1] is None and whole[1] is None:
+        assert split == whole, f"{cls.__name__} result depends on how the bytes were cut"
+    else:  # an error may surface at a different item, but it must surface either way
+        assert (split[1] is None) == (whole[1] is None), f"{cls.__name__}: error only in one reading"
+        n = min(len(split[0]), len(whole[0]))
+        assert split[0][:n] == whole[0][:n]
+
+
+def moq_subgroup(data: bytes) -> None:
+    """A subgroup data stream (header, objects, extensions), cut at random points."""
+    from rtmpq.moq.wire import SubgroupStreamParser
+
+    _stream(SubgroupStreamParser, data)
+
+
+def moq_fetch(data: bytes) -> None:
+    """A fetch data stream (header, objects with serialization flags, end-of-range markers)."""
+    from rtmpq.moq.wire import FetchStreamParser
+
+    _stream(FetchStreamParser, data)
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+_loop = None
+_edge = None
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.out = bytearray()
+
+    def write(self, b) -> None:
+        self.out += b
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def http_request(data: bytes) -> None:
+    """The edge's HTTP/1.1 request head parsing and routing, on the real handler, no socket."""
+    global _loop, _edge
+    from rtmpq.edge.server import EdgeServer
+
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+        _edge = EdgeServer(lambda name: None)
+    reader = asyncio.StreamReader(loop=_loop)
+    reader.feed_data(data)
+    reader.feed_eof()
+    w = _Writer()
+    _loop.run_until_complete(asyncio.wait_for(_edge._serve(reader, w), 5))
+    for reply in bytes(w.out).split(b"HTTP/1.1 ")[1:]:
+        assert reply[:3].isdigit(), reply[:40]
+
+
+TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, avc, hevc, av1, audio_config,
+                                   moq_control, moq_subgroup, moq_fetch, http_request)}

@@ -1,0 +1,59 @@
+"""The WAN scoreboard (make wan) flags each kind of violation; in memory, no network."""
+
+from rtmpq.media.frames import Frame
+from rtmpq.moq.client import SkippedGroup
+
+from tests.publishers import Packet
+from tests.wan.scoreboard import PROFILES, Result, judge
+
+# two 3-frame video groups and their audio, as the reference file would list them
+REF = [Packet("video", d, d, d % 100 == 0, 1000 + d) for d in (0, 33, 66, 100, 133, 166)]
+REF += [Packet("audio", d, d, True, 300) for d in (0, 50, 100, 150)]
+
+
+def frames(spec):
+    """(track, group, index, dts[, keyframe]) -> (arrival, lateness, Frame) as the subscriber saw them."""
+    out = []
+    for i, (track, group, index, dts, *key) in enumerate(spec):
+        pk = next(p for p in REF if p.track == track and p.dts == dts)
+        kf = key[0] if key else pk.keyframe
+        out.append((float(i), 0.1, Frame(track, group, index, dts, dts, kf, bytes(pk.size))))
+    return out
+
+
+GOOD = [("video", 0, 0, 0), ("audio", 0, 0, 0), ("video", 0, 1, 33), ("audio", 0, 1, 50), ("video", 0, 2, 66),
+        ("video", 1, 0, 100), ("audio", 1, 0, 100), ("video", 1, 1, 133), ("audio", 1, 1, 150), ("video", 1, 2, 166)]
+
+
+def run(spec, skipped=()):
+    return judge(Result("aioquic", PROFILES["reorder"]), REF, frames(spec), list(skipped), None)
+
+
+def test_a_clean_delivery_passes():
+    r = run(GOOD)
+    assert r.passed and r.share == 1.0 and r.objects == 10
+
+
+def test_each_violation_is_counted():
+    # a frame missing inside a group, no signal
+    assert run([s for s in GOOD if s[3] != 33 or s[0] != "video"]).unsignalled == 1
+    # the same gap when the relay said it dropped the group's rest is fine (but fewer arrived)
+    gap = [s for s in GOOD if not (s[0] == "video" and s[1] == 0 and s[2] > 0)]
+    r = run(gap, [SkippedGroup("video", 0, 2)])
+    assert r.unsignalled == 0 and r.share < 1.0
+    assert run(gap).unsignalled == 2
+    # object ids out of order within a group
+    swapped = GOOD[:2] + [GOOD[4], GOOD[3], GOOD[2]] + GOOD[5:]
+    assert run(swapped).out_of_order == 1
+    # a video group that does not start on a keyframe
+    assert run([("video", 0, 0, 0, False)] + GOOD[1:]).not_idr == 1
+    # bytes that are not the reference's (a truncated object)
+    bad = frames(GOOD)
+    t, lat, f = bad[2]
+    bad[2] = (t, lat, Frame(f.track, f.group, f.index, f.dts, f.pts, f.keyframe, b"short"))
+    assert judge(Result("aioquic", PROFILES["reorder"]), REF, bad, [], None).incomplete == 1
+
+
+def test_a_subscriber_that_received_nothing_fails():
+    r = run([])
+    assert not r.passed and r.share == 0.0
