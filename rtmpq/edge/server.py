@@ -271,11 +271,11 @@ class EdgeServer:
                 return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
             return text(403, str(exc))
         query = f"?token={quote(token, safe='')}" if token else ""
-        b = self._broadcast(name)
+        b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
+        if page:  # served whether or not the broadcast is live yet: the player retries
+            return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
         if b is None:
             return text(404, "no such broadcast")
-        if page:  # it opened the broadcast: its playlist is ready sooner
-            return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
         if len(b.viewers) < MAX_VIEWERS_TRACKED:
             b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
         response = await self._serve_file(b, file, query_text, query)
