@@ -159,7 +159,7 @@ class NodeView:
             get(name).subscribers = len(conns)
         sent: dict[str, int] = {}
         dropped: dict[str, int] = {}
-        for fanout in relay._all_fanouts():
+        for _, fanout in relay._all_fanouts():
             name = fanouts.get(id(fanout))
             if name is not None:
                 sent[name] = sent.get(name, 0) + fanout.bytes_sent
