@@ -114,7 +114,8 @@ async def receive(moq_port: int, broadcast: str, on_frame=None) -> list[Frame]:
         except ConnectionError:
             assert loop.time() < deadline, "the MoQ listener never answered"
     try:
-        async for item in subscribe_broadcast(conn, broadcast, wait=30):  # ends with the broadcast
+        # every frame is checked: a latency budget far above what a loaded machine may take
+        async for item in subscribe_broadcast(conn, broadcast, wait=30, delivery_timeout_ms=30_000):
             if isinstance(item, Frame):
                 frames.append(item)
                 if on_frame is not None:
