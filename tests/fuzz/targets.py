@@ -310,20 +310,67 @@ class _Writer:
         pass
 
 
+class _Transport(asyncio.Transport):
+    """What the HTTP listener writes, kept; no socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
 def http_request(data: bytes) -> None:
-    """The edge's HTTP/1.1 request head parsing and routing, on the real handler, no socket."""
+    """The HTTP/1.1 listener (h11 under our shell) with the edge's routes, on bytes, no socket:
+    every answer is a well-formed status line, nothing escapes."""
     global _loop, _edge
+    from rtmpq.config import HttpConfig
     from rtmpq.edge.server import EdgeServer
+    from rtmpq.http.server import _Connection
 
     if _loop is None:
         _loop = asyncio.new_event_loop()
-        _edge = EdgeServer(lambda name: None)
-    reader = asyncio.StreamReader(loop=_loop)
-    reader.feed_data(data)
-    reader.feed_eof()
-    w = _Writer()
-    _loop.run_until_complete(asyncio.wait_for(_edge._serve(reader, w), 5))
-    for reply in bytes(w.out).split(b"HTTP/1.1 ")[1:]:
+        _edge = EdgeServer(lambda name: None, http=HttpConfig(host="127.0.0.1", port=0, request_timeout=1.0))
+
+    async def run() -> bytes:
+        conn = _Connection(_edge.http)
+        transport = _Transport()
+        conn.connection_made(transport)
+        conn.data_received(data)
+        conn.eof_received()
+        for _ in range(20):  # let the handler answer what it parsed
+            await asyncio.sleep(0)
+        conn.connection_lost(None)
+        return bytes(transport.out)
+
+    out = _loop.run_until_complete(asyncio.wait_for(run(), 5))
+    for reply in out.split(b"HTTP/1.1 ")[1:]:
         assert reply[:3].isdigit(), reply[:40]
 
 
