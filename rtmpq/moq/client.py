@@ -107,6 +107,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         conn.flush()
 
     catalog: Catalog | None = None
+    catalog_group: int | None = None
 
     def update_tracks() -> None:
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
@@ -168,6 +169,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if track == CATALOG_TRACK:
+                    # each catalog version is a group on its own stream: an older one can arrive
+                    # after a newer one (newest first), and must not undo it
+                    if catalog_group is not None and event.group < catalog_group:
+                        continue
+                    catalog_group = event.group
                     catalog = Catalog.from_json(event.payload)
                     update_tracks()  # tracks appear as their sequence headers arrive
                     yield catalog

@@ -856,7 +856,9 @@ class MoqRelay:
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None and upstream.track == RENDITIONS_TRACK:
-            self._added_tracks(upstream, event.payload)
+            newest = upstream.last_group
+            if upstream.group(event.group) > newest:  # not an older version overtaken by a newer one
+                self._added_tracks(upstream, event.payload)
             return
         if upstream is not None and upstream.track == CATALOG_TRACK and self._added.get(upstream.namespace):
             try:  # a relayed broadcast: its catalog lists the tracks nodes added here

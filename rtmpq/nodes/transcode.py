@@ -281,6 +281,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit)
     registry[name] = bt
     source_tracks: set[str] = set()
+    catalog_group = -1
     sub(CATALOG_TRACK)
     try:
         while True:
@@ -298,6 +299,9 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if track == CATALOG_TRACK:
+                    if event.group < catalog_group:
+                        continue  # an older catalog version overtaken by a newer one
+                    catalog_group = event.group
                     catalog = Catalog.from_json(event.payload)
                     bt.on_catalog(catalog)
                     for source in bt.transcoders:
