@@ -88,13 +88,15 @@ async def test_a_viewer_arriving_5s_in_at_a_separate_edge_gets_whole_segments_an
         await origin.close()
 
 
-async def test_a_relay_that_refuses_the_fetch_means_starting_at_the_live_edge(tmp_path, monkeypatch, caplog):
-    """A relay that answers FETCH with an error (here: NOT_SUPPORTED for every FETCH): the edge
-    starts with the group in progress, as without the fill, and says so once."""
+@pytest.mark.parametrize("relay", ["refuses", "never-answers"])
+async def test_a_relay_that_refuses_the_fetch_means_starting_at_the_live_edge(tmp_path, monkeypatch, caplog, relay):
+    """A relay that answers FETCH with an error (NOT_SUPPORTED for every FETCH) or not at all:
+    the edge starts with the group in progress, as without the fill, and says so once."""
     need("ffmpeg")
 
     def refuse(self, conn, event):
-        conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no fetch here")
+        if relay == "refuses":
+            conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no fetch here")
 
     monkeypatch.setattr(relay_module.MoqRelay, "_on_FetchRequested", refuse)
     caplog.set_level(logging.INFO, logger="rtmpq")
