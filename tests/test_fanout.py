@@ -210,3 +210,41 @@ def test_the_catalog_reaches_a_subscriber_however_old_it_is():
     media.subscribe(TrackSubscription(b, delivery_timeout=2.0), 60.0)
     assert a.groups("fin") == [0] and a.streams[1]["objects"] == [0]
     assert b.groups() == []
+
+
+class BrokenSink(FakeSink):
+    """A subscriber whose QUIC connection closed under the relay: calls into it raise."""
+
+    def __init__(self, fail_from_group):
+        super().__init__()
+        self.fail_from_group = fail_from_group
+
+    def open_group(self, group_id):
+        if group_id >= self.fail_from_group:
+            raise ConnectionError("set_stream_priority: cnx not open")
+        return super().open_group(group_id)
+
+    def reset_group(self, handle, code):
+        raise ConnectionError("cnx not open")
+
+
+def test_a_subscriber_whose_connection_fails_leaves_alone_and_the_others_get_every_object():
+    fanout = TrackFanout()
+    healthy, broken = FakeSink(), BrokenSink(fail_from_group=2)
+    other = FakeSink()
+    subs = [TrackSubscription(s) for s in (healthy, broken, other)]
+    for sub in subs:
+        fanout.subscribe(sub, 0.0)
+    for g in range(5):
+        publish_gop(fanout, g, 30, g * 1.0)
+        healthy.drain()
+        other.drain()
+        fanout.check(g * 1.0 + 0.5)
+    fanout.end_group(4)
+    for sink in (healthy, other):
+        assert [s["objects"] for s in sink.streams.values()] == [list(range(30))] * 5
+        assert sink.groups("fin") == [0, 1, 2, 3, 4]
+    assert subs[1] not in fanout.subscribers and subs[0] in fanout.subscribers and subs[2] in fanout.subscribers
+    assert subs[1].failed == "ConnectionError: set_stream_priority: cnx not open"
+    assert subs[0].failed is None and not subs[1].in_flight
+    assert broken.groups() == [0, 1]  # what it got before its connection failed

@@ -162,12 +162,13 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
     def _to_server(self, data: bytes) -> None:
         side = self._server_side
         if side is not None and side.transport is not None:
-            side.transport.sendto(data)
+            if not side.transport.is_closing():  # a packet still delayed when the proxy closed
+                side.transport.sendto(data)
         elif len(self._pending) < 1024:
             self._pending.append(data)
 
     def _to_client(self, data: bytes) -> None:
-        if self._transport is not None and self._client_addr is not None:
+        if self._transport is not None and self._client_addr is not None and not self._transport.is_closing():
             self._transport.sendto(data, self._client_addr)
 
 
