@@ -33,6 +33,9 @@ class FakeSink:
     def total_buffered_bytes(self):
         return sum(s["queued"] for s in self.streams.values())
 
+    def confirmed(self, handle):
+        return self.streams[handle]["queued"] == 0
+
     def drain(self):
         for s in self.streams.values():
             s["queued"] = 0
@@ -248,3 +251,40 @@ def test_a_subscriber_whose_connection_fails_leaves_alone_and_the_others_get_eve
     assert subs[1].failed == "ConnectionError: set_stream_priority: cnx not open"
     assert subs[0].failed is None and not subs[1].in_flight
     assert broken.groups() == [0, 1]  # what it got before its connection failed
+
+
+class EstimatingSink(FakeSink):
+    """Acknowledgements estimated (aiopquic): ``drain`` says sent, the transport confirms later."""
+
+    def __init__(self):
+        super().__init__()
+        self.unconfirmed = set()
+
+    def send_object(self, handle, object_id, payload, extensions):
+        super().send_object(handle, object_id, payload, extensions)
+        self.unconfirmed.add(handle)
+
+    def confirmed(self, handle):
+        return handle not in self.unconfirmed
+
+
+def test_an_ended_group_the_transport_does_not_confirm_within_budget_is_reset():
+    fanout = TrackFanout()
+    sink = EstimatingSink()
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 30, 0.0)
+    fanout.publish_object(0, 30, bytes(10), None, 1.0)  # the group's newest object, at 1.0
+    publish_gop(fanout, 1, 30, 1.1)  # group 0 ends
+    sink.drain()  # the estimate: every byte of both groups delivered
+    fanout.check(2.9)
+    assert set(sub.in_flight) == {0, 1}  # ended, not confirmed: still watched, within budget
+    sink.unconfirmed.discard(2)  # group 1's stream confirmed
+    fanout.check(3.05)  # group 0's newest object is now 2.05 s old and its delivery unconfirmed
+    assert sink.streams[1]["state"] == ("reset", RESET_DELIVERY_TIMEOUT) and sub.skipped_groups == [0]
+    assert set(sub.in_flight) == {1}  # group 1 is open (not ended yet): it stays
+    fanout.publish_object(2, 0, b"x", None, 3.1)  # group 1 ends
+    sink.drain()
+    sink.unconfirmed.discard(2)
+    fanout.check(3.2)
+    assert set(sub.in_flight) == {2} and sub.skipped_groups == [0]  # group 1 confirmed: done with

@@ -133,6 +133,9 @@ class _ConnectionSink:
     def total_buffered_bytes(self) -> int:
         return self.conn.total_queued_bytes()
 
+    def confirmed(self, handle: int) -> bool:
+        return self.conn.delivered(handle)
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,

@@ -106,6 +106,10 @@ class _MoqConnectionMixin:
     def total_queued_bytes(self) -> int:
         return sum(len(s.sender._buffer) for s in self._quic._streams.values())
 
+    def delivered(self, stream_id: int) -> bool:
+        """Every byte written on the stream (and its FIN) is acknowledged, by QUIC's own word."""
+        return self.queued_bytes(stream_id) == 0  # aioquic's count is exact
+
     # -- receiving ------------------------------------------------------------------------------
     def quic_event_received(self, event) -> None:
         for moq_event in self.session.handle_event(event):
@@ -343,6 +347,11 @@ def _pquic_protocol_class():
 
         def total_queued_bytes(self) -> int:
             return sum(self._writer.queued(s) for s in list(self._writer.streams))
+
+        def delivered(self, stream_id: int) -> bool:
+            # queued() is an estimate; picoquic retires a stream once every byte and the FIN
+            # are acknowledged (nothing more can be delivered once the connection is closed)
+            return stream_id not in self._quic._stream_ctxs or self._writer.closed
 
         @property
         def peer(self) -> str:
