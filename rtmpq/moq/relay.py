@@ -133,6 +133,9 @@ class _ConnectionSink:
     def total_buffered_bytes(self) -> int:
         return self.conn.total_queued_bytes()
 
+    def confirmed(self, handle: int) -> bool:
+        return self.conn.delivered(handle)
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
@@ -377,18 +380,20 @@ class MoqRelay:
                 self._update_forward()
             except Exception:
                 log.exception("updating demand for renditions failed")
-            try:  # ended tracks' last groups are held to their budgets until delivered or reset
-                for s in list(self._draining):
+            for s in list(self._draining):  # ended tracks' last groups: budgets hold until delivered or reset
+                try:
                     if not s.conn.session.closed:
                         s.sub.check(now)
-                    if s.conn.session.closed or not s.sub.in_flight:
-                        self._draining.discard(s)
-            except Exception:
-                log.exception("draining ended tracks failed")
+                except Exception as exc:  # noqa: BLE001 - its connection failed: it alone is dropped
+                    s.sub.failed = f"{type(exc).__name__}: {exc}"
+                    s.sub.in_flight.clear()
+                if s.conn.session.closed or not s.sub.in_flight:
+                    self._draining.discard(s)
             try:
                 self.drop_stuck(now)
+                self.drop_failed()
             except Exception:
-                log.exception("dropping stuck subscribers failed")
+                log.exception("dropping stuck or failed subscribers failed")
 
     def drop_stuck(self, now: float) -> None:
         """Close the session of a subscriber that acknowledged nothing it is owed for stuck_timeout
@@ -399,9 +404,20 @@ class MoqRelay:
                 continue
             reason = f"subscriber stuck: nothing acknowledged for {now - since:.0f} s"
             log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, reason)
-            s.conn.session.close(SessionError.DATA_STREAM_TIMEOUT, reason)
-            s.conn.flush()
-            self._on_SessionClosed(s.conn, ev.SessionClosed(int(SessionError.DATA_STREAM_TIMEOUT), reason))
+            s.conn.close_session(SessionError.DATA_STREAM_TIMEOUT, reason)  # forgets it here too
+
+    def drop_failed(self) -> None:
+        """Close the session of a subscriber whose connection failed under a fan-out's call (the
+        fan-out already let it go): whatever else it subscribed to goes with it."""
+        for s in list(self._subs.values()):
+            if s.sub.failed is None:
+                continue
+            log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, s.sub.failed)
+            if s.conn.session.closed:  # closed without the relay hearing of it: forget it now
+                self._on_SessionClosed(s.conn, ev.SessionClosed(int(SessionError.INTERNAL_ERROR), s.sub.failed))
+            else:
+                s.conn.close_session(SessionError.INTERNAL_ERROR, "delivery failed")
+            self._subs.pop((id(s.conn), s.request_id), None)
 
     def _all_fanouts(self):
         """(loggable track name, fan-out) of every track held."""
@@ -588,7 +604,7 @@ class MoqRelay:
                                            "no such subscription")
                 return
             if s.filter_type != FILTER_LARGEST_OBJECT:
-                conn.session.close(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
+                conn.close_session(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
                 return
             if s.largest is None:
                 conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, "nothing was published before the subscription")

@@ -126,7 +126,8 @@ class _ServerSide(asyncio.DatagramProtocol):
 
     def to_server(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.sendto(data)
+            if not self.transport.is_closing():  # a packet still delayed when the proxy closed
+                self.transport.sendto(data)
         elif not self.closed and len(self.pending) < 1024:
             self.pending.append(data)
 
@@ -189,7 +190,7 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
         self._up.packet(data, loop, side.to_server)
 
     def send_to_client(self, data: bytes, addr) -> None:
-        if self._transport is not None:
+        if self._transport is not None and not self._transport.is_closing():  # delayed past close
             self._transport.sendto(data, addr)
 
 
