@@ -70,7 +70,8 @@ async def test_subscribers_that_vanish_cost_the_others_nothing(node, tmp_path, c
         vanishing_frames: list = []
         vanishing = asyncio.create_task(read_all(proxy.port, backend, vanishing_frames, []))
         await until(lambda: len(vanishing_frames) > 30, 15)
-        [vanished] = [c for c in node.moq.connections if c.peer.endswith(f":{proxy._server_side.transport.get_extra_info('sockname')[1]}")]
+        [side] = proxy._sides.values()  # the proxy's one client: its socket towards the relay
+        [vanished] = [c for c in node.moq.connections if c.peer.endswith(f":{side.transport.get_extra_info('sockname')[1]}")]
         proxy.blackhole(600)
 
         # one is closed by the relay (protocol violation) while subscribed to the video
