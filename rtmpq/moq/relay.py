@@ -48,8 +48,12 @@ from .wire import (
 
 log = logging.getLogger("rtmpq.moq")
 
-# How often budgets are enforced and caches expired (seconds).
+# How often budgets are enforced and caches expired (seconds) while anyone is subscribed here.
 CHECK_INTERVAL = 0.05
+# How often the same checks run while nobody is (cache ages, orphaned tracks, rung demand): an
+# idle node wakes twice a second, not twenty times (each wakeup costs CPU; issue 12). A new
+# subscription wakes the checks at once.
+IDLE_CHECK_INTERVAL = 0.5
 # Send scheduler urgency per track kind: lower is sent first.
 URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
 DEFAULT_URGENCY = 3
@@ -330,6 +334,7 @@ class MoqRelay:
         # subscriptions of ended tracks whose last groups are still on their way: their budgets
         # hold until those are delivered or reset (an ended track must not drain seconds late)
         self._draining: set[_Subscription] = set()
+        self._tick_waiter: asyncio.Future | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -351,9 +356,24 @@ class MoqRelay:
         conn.handler = self._on_event
         self.connections.add(conn)
 
+    def _busy(self) -> bool:
+        """Whether something here needs its budgets checked every CHECK_INTERVAL."""
+        return bool(self._subs or self._draining or self._fetch_streams or self._tracks)
+
+    def _wake_tick(self) -> None:
+        if self._tick_waiter is not None and not self._tick_waiter.done():
+            self._tick_waiter.set_result(None)
+
     async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
+            self._tick_waiter = waiter = loop.create_future()
+            timer = loop.call_later(CHECK_INTERVAL if self._busy() else IDLE_CHECK_INTERVAL, self._wake_tick)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._tick_waiter = None
             now = time.monotonic()
             # one track's failure is logged and must not stop budgets, timeouts and cache ages for all
             for label, fanout in self._all_fanouts():
@@ -545,6 +565,7 @@ class MoqRelay:
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
         self._subs[(id(conn), request_id)] = _Subscription(conn, request_id, fanout, label, sub, sink)
+        self._wake_tick()  # from now on budgets are checked every CHECK_INTERVAL
         if fanout.ended:
             conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
             return
