@@ -154,7 +154,8 @@ class _Subscription:
 
 
 class _BroadcastSource:
-    """Reads one in-process broadcast into per-track fan-outs."""
+    """Reads one in-process broadcast into per-track fan-outs: a listener of the broadcast, called
+    from inside the publisher's calls (no task and no queue per frame; issue 12)."""
 
     def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
@@ -163,13 +164,13 @@ class _BroadcastSource:
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
         self._on_new_tracks = on_new_tracks
-        self._reader = broadcast.reader()
+        self._timescales: dict[str, int] = {}
         self._catalog_groups = 0
         self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
         self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
         if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        broadcast.listen(self._on_event)
 
     def _on_catalog(self, catalog) -> None:
         catalog = with_added_tracks(catalog, self.added)
@@ -197,30 +198,35 @@ class _BroadcastSource:
                 (self.wanted.add if watched else self.wanted.discard)(name)
                 self.broadcast.want(name, watched)
 
-    async def _run(self) -> None:
-        timescales: dict[str, int] = {}
+    def _on_event(self, item) -> None:
         try:
-            async for item in self._reader:
-                if isinstance(item, CatalogUpdate):
-                    timescales = {t.name: t.timescale for t in item.catalog.tracks}
-                    self._on_catalog(item.catalog)
-                elif isinstance(item, BroadcastEnded):
-                    # the last catalog says so (MSF isLive false, isComplete): nothing more will come
-                    self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
-                    break
-                else:
-                    fanout = self.fanouts.get(item.track)
-                    if fanout is None:
-                        fanout = self.fanouts[item.track] = TrackFanout()
-                    fanout.publish_object(item.group, item.index, item.payload,
-                                          frame_extensions(item, timescales.get(item.track, 1000)), time.monotonic())
-        finally:
-            self.ended = True
-            self.update_demand()
-            self._reader.close()
-            for fanout in self.fanouts.values():
-                fanout.end()
-            self._on_end(self.fanouts.values())
+            if type(item) is Frame:
+                fanout = self.fanouts.get(item.track)
+                if fanout is None:
+                    fanout = self.fanouts[item.track] = TrackFanout()
+                fanout.publish_object(item.group, item.index, item.payload,
+                                      frame_extensions(item, self._timescales.get(item.track, 1000)), time.monotonic())
+            elif isinstance(item, CatalogUpdate):
+                self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
+                self._on_catalog(item.catalog)
+            elif isinstance(item, BroadcastEnded):
+                # the last catalog says so (MSF isLive false, isComplete): nothing more will come
+                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
+                self.close()
+        except Exception:  # as a reading task that failed did: this source ends, the publish goes on
+            log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading the broadcast: every fan-out ends."""
+        if self.ended:
+            return
+        self.ended = True
+        self.broadcast.unlisten(self._on_event)
+        self.update_demand()
+        for fanout in self.fanouts.values():
+            fanout.end()
+        self._on_end(self.fanouts.values())
 
 
 class _UpstreamTrack:
@@ -350,7 +356,7 @@ class MoqRelay:
         for task in self._tasks:
             task.cancel()
         for source in list(self._sources.values()):
-            source.task.cancel()
+            source.close()
 
     def on_connection(self, conn: MoqConnection) -> None:
         conn.handler = self._on_event

@@ -28,6 +28,8 @@ log = logging.getLogger("rtmpq.rtmp")
 class PublishSink(Protocol):
     def on_message(self, msg: MediaMessage) -> None: ...
     def close(self, reason: str) -> None: ...
+    # optional: the fast path (see RtmpServerSession); when a sink has it, on_message is not used
+    # def on_media(self, type_id, timestamp, body, codec, frame_type, cts, payload_offset) -> None: ...
 
 
 class PublishHandler(Protocol):
@@ -126,7 +128,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
     # -- answers of the publish handler ------------------------------------------------------------
     def accept(self, stream_id: int, sink: PublishSink) -> None:
         self.publishes[stream_id] = sink
-        self.session.accept_publish(stream_id)
+        self.session.accept_publish(stream_id, getattr(sink, "on_media", None))
         self._flush()
 
     def refuse(self, stream_id: int, code: str, description: str) -> None:
