@@ -68,8 +68,10 @@ class RtmpConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.server.bytes_in += nbytes
-        self.session.buffer_updated(nbytes)
-        self._process()
+        session = self.session
+        session.buffer_updated(nbytes)
+        if session.has_work:  # most reads carry media only, which the session handed on already
+            self._process()
 
     def eof_received(self):
         return False  # close our side too

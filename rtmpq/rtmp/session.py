@@ -219,6 +219,11 @@ class RtmpServerSession:
             self._events.append(ConnectionFailed(reason))
 
     # -- output ---------------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        """Whether there are events to take or bytes to send (the shell may skip both when not)."""
+        return bool(self._events or self._out)
+
     def next_event(self):
         return self._events.popleft() if self._events else NEED_DATA
 
