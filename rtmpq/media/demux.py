@@ -115,9 +115,11 @@ class BroadcastDemuxer:
     def _video_group(self) -> int:
         """The group in progress of the default video track (track 0, else the lowest id):
         audio and data follow it."""
-        if not self._video:
+        video = self._video
+        if not video:
             return -1
-        return self._video.get(0, self._video[min(self._video)]).group
+        track = video.get(0)
+        return (track if track is not None else video[min(video)]).group
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
