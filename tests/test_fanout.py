@@ -210,3 +210,22 @@ def test_the_catalog_reaches_a_subscriber_however_old_it_is():
     media.subscribe(TrackSubscription(b, delivery_timeout=2.0), 60.0)
     assert a.groups("fin") == [0] and a.streams[1]["objects"] == [0]
     assert b.groups() == []
+
+
+def test_the_rest_of_a_joined_group_is_not_dropped_for_the_age_of_the_group():
+    """Largest Object subscription + joining FETCH: the objects of the joined group after the
+    largest one come on the subscription, however long ago the group began (here 2.5 s, past the
+    2 s budget): they were published after the join, so their budget runs from then."""
+    fanout = TrackFanout()
+    publish_gop(fanout, 4, 30, 0.0)  # the joined group, begun long ago
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=2.0, start_group=5)
+    fanout.subscribers.add(sub)
+    fanout.publish_object(4, 30, b"x", None, 2.5)  # after the largest object the subscriber learned (4, 29)
+    assert sink.streams == {}
+    fanout.extend_back(sub, 4, 30, 2.5)  # the joining FETCH carries (4, 0) to (4, 29)
+    [stream] = sink.streams.values()
+    assert stream["group"] == 4 and stream["objects"] == [30] and stream["state"] == "open"
+    fanout.publish_object(4, 31, b"x", None, 2.6)
+    sub.check(2.7)
+    assert stream["state"] == "open" and stream["objects"] == [30, 31]

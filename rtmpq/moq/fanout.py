@@ -203,7 +203,10 @@ class TrackFanout:
         sub.start_group, sub.start_object = group_id, from_object
         group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
         if group is not None:
-            self._replay(sub, group, from_object)
+            # those objects came after the subscription began (within a round trip): their budget
+            # runs from now, not from the group's start, or a joined group older than the budget
+            # would be dropped at once and leave a hole between the FETCH and the subscription
+            self._replay(sub, group, from_object, received=now)
         sub.check(now)
 
     def unsubscribe(self, sub: TrackSubscription) -> None:
