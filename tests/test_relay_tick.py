@@ -24,7 +24,7 @@ async def test_a_failing_fanout_does_not_stop_the_checks_of_other_tracks(caplog)
     bad, good = _Fanout(fail_times=1), _Fanout()
     # two tracks of one local broadcast; the first one checked raises once
     relay._sources["live/cam"] = SimpleNamespace(fanouts={"video": bad, "audio": good},
-                                                task=SimpleNamespace(cancel=lambda: None), update_demand=lambda: None)
+                                                close=lambda: None, update_demand=lambda: None)
     relay.start()
     try:
         deadline = time.monotonic() + 10

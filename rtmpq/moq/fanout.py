@@ -251,6 +251,9 @@ class TrackFanout:
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
         self.objects_received += 1
         self.bytes_received += len(payload)
+        if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
+            self.cache.add(group_id, object_id, payload, extensions, now)
+            return
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now)
         failed = None
