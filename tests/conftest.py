@@ -12,6 +12,14 @@ from rtmpq.nodes.up import UpNode
 from rtmpq.moq.transport import DEFAULT_BACKEND
 
 
+@pytest.fixture(autouse=True)
+def _names_hidden_again():
+    """A node sets the process-wide ``names_are_public`` at start; each test starts from the default."""
+    yield
+    from rtmpq.redact import names_are_public
+    names_are_public(False)
+
+
 def pytest_report_header(config):
     return f"rtmpq codec backend: {codec.BACKEND}"
 
