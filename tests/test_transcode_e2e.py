@@ -272,14 +272,14 @@ def metric_values(text: str, name: str) -> dict[str, float]:
 
 async def test_a_rung_that_cannot_keep_up_skips_to_the_next_group_and_says_so(tmp_path, caplog):
     """The 480p rung encodes with x264's slowest preset (far slower than 30 fps) behind a queue of
-    5 frames: it drops to the next group boundary, and a MoQ subscriber of it sees each group it
+    15 frames (the default): it drops to the next group boundary, and a MoQ subscriber of it sees each group it
     cut short or skipped signalled (the group's stream reset with DELIVERY_TIMEOUT), never a
     group that does not start with an IDR; the 360p rung and the source go on group after group;
     /metrics counts the skips and the frames per rendition."""
     need("ffmpeg")
     caplog.set_level("WARNING", "rtmpq.transcode")
     node = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(
-        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=5, idle_stop=1.0)))
+        ladder="480p,360p", presets={"480p": "placebo"}, idle_stop=1.0)))
     await node.start()
     try:
         received: dict[str, dict] = {t: {} for t in ("video", *RUNGS)}

@@ -67,10 +67,10 @@ class BroadcastTranscoder:
 
     def _start(self, info: TrackInfo) -> None:
         def emit(track: str, frame: Frame) -> None:  # rung threads -> the loop (in order with skip)
-            self._loop.call_soon_threadsafe(self.emit, frame)
+            self._to_loop(self.emit, frame)
 
         def skip(track: str, group: int) -> None:
-            self._loop.call_soon_threadsafe(self.skip, track, group)
+            self._to_loop(self.skip, track, group)
 
         try:
             t = Transcoder(self.label, info, self.ladder, emit, skip=skip,
@@ -90,6 +90,12 @@ class BroadcastTranscoder:
                      ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
+
+    def _to_loop(self, callback, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed (the node stopped while a rung finished its queue): nobody to tell
 
     def on_frame(self, frame: Frame) -> None:
         t = self.transcoders.get(frame.track)

@@ -88,6 +88,9 @@ class _RungWorker:
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
+        # the group being dropped: its frames still queued are dropped too, unencoded (set by the
+        # decoder thread, read by the rung thread: a plain attribute, replaced whole)
+        self.cut_group: int | None = None
         self.thread = threading.Thread(target=self._run, name=f"rtmpq-rung-{track}", daemon=True)
         self.thread.start()
 
@@ -109,6 +112,7 @@ class _RungWorker:
         self.skipping = True
         self.stats.skipped_groups += 1
         self.stats.frames_dropped += 1
+        self.cut_group = group
         self.queue.put((_SKIP, group))
         log.warning("%s %s: the encoder fell behind; dropping to the next group (group %d %s)",
                     self.owner.label, self.track, group, "skipped" if first else "cut short")
@@ -132,6 +136,9 @@ class _RungWorker:
                 continue
             self.room.release()
             group_id, frame, first, received_ns, pushed_ns = item
+            if group_id == self.cut_group:  # stale: the rung goes on at the next group
+                self.stats.frames_dropped += 1
+                continue
             try:
                 packets = self.encoder.encode(frame, idr=first)
             except av.FFmpegError as exc:
