@@ -60,11 +60,6 @@ class Segment:
 DATE_REANCHOR_SECONDS = 10.0
 
 
-# A segment's last part shorter than this (seconds) goes to the start of the next segment instead,
-# where its frames can start one (audio): see LlHlsStream._short_tail.
-MIN_TAIL_PART = 0.1
-
-
 class MediaClock:
     """The dates of one broadcast's segments, from media time: one anchor (a frame's arrival
     wall clock and its pts) for every playlist of the broadcast, so a segment's date is the
@@ -187,18 +182,17 @@ class LlHlsStream:
 
     # -- cutting --------------------------------------------------------------------------------
     def _short_tail(self, frame: Frame, seam: bool) -> list[Frame]:
-        """At a group boundary: the frames pending for a last part of the segment shorter than
-        ``MIN_TAIL_PART``, when each of them can start a segment (audio), taken out to open the
-        next segment instead. hls.js finds a part by its expected time, and its expectation for
-        an alternate audio playlist is off by tens of ms (the video's composition offset): a last
-        part shorter than that (a group boundary falls at any point of a 279 ms run of AAC
-        frames) was never loaded, a hole it stalled on."""
+        """At a group boundary of a track whose every frame can start a segment (audio): the
+        frames pending for the segment's last part, taken out to open the next segment, so every
+        part of such a playlist is a whole part (12 AAC frames, 279 ms) and a segment ends up to
+        a part before the video's. hls.js finds the next part by its expected time, and its
+        expectation for an alternate audio playlist is off by tens of ms (more on a loaded
+        host): a last part shorter than that (a group boundary falls anywhere in a run of AAC
+        frames) was never loaded, a hole playback stalled on."""
         if self._group is None or seam or not self.segments or not self.segments[-1].parts:
             return []
         pending = self._pending.get(frame.track) or []
         if not pending or not all(f.keyframe for f in pending):
-            return []
-        if (frame.dts - pending[0].dts) / self._timescale[frame.track] >= MIN_TAIL_PART:
             return []
         self._pending[frame.track] = []
         return pending
