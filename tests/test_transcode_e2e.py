@@ -260,13 +260,13 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
             assert b"Traceback" not in err, err.decode()[-3000:]
 
 
-def metric_values(text: str, name: str) -> dict[str, float]:
+def metric_values(text: str, name: str, broadcast: str = "live/behind") -> dict[str, float]:
     """{rendition: value} of one metric in a Prometheus text exposition."""
     out = {}
     for m in re.finditer(rf'^{name}\{{([^}}]*)\}} (\S+)$', text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
         out[labels["rendition"]] = float(m[2])
-        assert labels["broadcast"] == "live/behind"
+        assert labels["broadcast"] == broadcast
     return out
 
 
@@ -325,3 +325,49 @@ async def test_a_rung_that_cannot_keep_up_skips_to_the_next_group_and_says_so(tm
     assert 0 < encoded["video-480p"] < encoded["video-360p"]
     lag = metric_values(metrics, "rtmpq_transcode_lag_seconds")
     assert set(lag) == set(RUNGS) and all(0 < v < 30 for v in lag.values())
+
+
+async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(tmp_path):
+    """`rtmpq transcode --upstream` with a 480p rung far too slow for real time: the group it cut
+    short or skipped reaches a subscriber of the relay (`rtmpq sub --rendition 480p`) as a reset
+    group (DELIVERY_TIMEOUT), each group it does deliver starts with a key frame, and the
+    transcoder's own /metrics (`--http`) counts the skips."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq, phttp, pops = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_PRESETS": "480p=placebo"}
+    procs = []
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "480p", "--http", f"127.0.0.1:{pops}", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/slow", "--insecure", "--json",
+                                               "--rendition", "480p", "--seconds", "25", "--delivery-timeout", "15"],
+                                              timeout=60))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/slow",
+                                                        str(tmp_path / "ref.flv"), seconds=9, size="1280x720"),
+                                    timeout=90)
+        assert rc == 0, out
+        status, metrics = await http_text(f"http://127.0.0.1:{pops}/metrics")
+        assert status == 200
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        skipped = [line["skipped"] for line in lines if "skipped" in line]
+        assert skipped and all(s["track"] == "video-480p" and s["code"] == 0x2 for s in skipped), out[-3000:]
+        rung = [o for o in lines if o.get("track") == "video-480p"]
+        firsts = {o["group"]: o for o in rung if o["object"] == 0}
+        assert firsts and all(o["keyframe"] for o in firsts.values())
+        assert {o["group"] for o in rung} <= set(firsts)  # no group without its key frame
+        skips = metric_values(metrics, "rtmpq_transcode_skipped_groups_total", "live/slow")
+        assert skips["video-480p"] >= 1
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
