@@ -17,10 +17,10 @@ Threads (PyAV releases the GIL in decode, scale and encode, so they use both cor
   that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
   catch-up decoder for that rung alone) before it goes on live.
 - **Falling behind.** A rung whose queue is full drops the rest of that group and the frames
-  until the next group boundary (a skipped group: counted, logged, and signalled with
-  ``skip(track, group)`` once the frames of it already queued went out, so the wire can say so);
-  it never stalls the decoder or the other rungs, and a group it delivers always starts with an
-  IDR.
+  until the next group boundary, and what its queue still holds of that group and older ones
+  (stale; a skipped group: counted, logged, and signalled with ``skip(track, group)`` after any
+  frames of it the rung emitted, so the wire can say so); it never stalls the decoder or the
+  other rungs, and a group it delivers always starts with an IDR.
 - **Bad input.** A decode error, or a new configuration record, stops decoding until the next
   source group, which starts a fresh decoder; one log line names the broadcast.
 """
@@ -88,8 +88,8 @@ class _RungWorker:
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
-        # the group being dropped: its frames still queued are dropped too, unencoded (set by the
-        # decoder thread, read by the rung thread: a plain attribute, replaced whole)
+        # the newest group dropped: its frames still queued, and those of older groups (stale),
+        # are dropped too, unencoded (set by the decoder thread, read by the rung thread)
         self.cut_group: int | None = None
         self.thread = threading.Thread(target=self._run, name=f"rtmpq-rung-{track}", daemon=True)
         self.thread.start()
@@ -136,8 +136,16 @@ class _RungWorker:
                 continue
             self.room.release()
             group_id, frame, first, received_ns, pushed_ns = item
-            if group_id == self.cut_group:  # stale: the rung goes on at the next group
+            cut = self.cut_group
+            if cut is not None and group_id <= cut:  # stale: the rung goes on at the next group
                 self.stats.frames_dropped += 1
+                if group_id != signalled:  # (the rest of) this group is not made: say so
+                    if group_id < cut:
+                        self.stats.skipped_groups += 1  # an older group cut short on the way
+                    signalled = group_id
+                    self.owner.skip(self.track, group_id)
+                if group == group_id:
+                    drop_group = True
                 continue
             try:
                 packets = self.encoder.encode(frame, idr=first)
