@@ -43,6 +43,9 @@ PATH_POLL_INTERVAL = 0.01
 # Longest a reset waits for its stream's first bytes to go out in a packet (seconds): see
 # _AioquicWriter and _PquicWriter.reset_stream.
 HELD_RESET_SECONDS = 0.5
+# Only a stream holding no more than this (bytes: a subgroup header, no object) is held so:
+# resetting a stream with data sooner frees what it holds, as a delivery timeout wants.
+HELD_RESET_MAX_BYTES = 64
 
 
 class _MoqConnectionMixin:
@@ -137,7 +140,7 @@ class _AioquicWriter:
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         stream = self.quic._streams.get(stream_id)
-        if stream is not None and not stream.sender.highest_offset and not stream.sender.buffer_is_empty:
+        if stream is not None and not stream.sender.highest_offset and 0 < stream.sender._buffer_stop <= HELD_RESET_MAX_BYTES:
             self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
             return
         self.quic.reset_stream(stream_id, error_code)
@@ -252,8 +255,8 @@ class _PquicWriter:
         header written just before: MoQT's "there is an unsent Subgroup") is reset once they
         are, else picoquic drops them with the stream and the receiver learns nothing (raw QUIC
         has no RESET_STREAM_AT here)."""
-        if stream_id in self.written and not self.quic.tx_sent_bytes(stream_id) and stream_id in self.quic._stream_ctxs \
-                or stream_id in self.pending:
+        if 0 < self.written.get(stream_id, 0) + sum(len(d) for d, _ in self.pending.get(stream_id, ())) <= HELD_RESET_MAX_BYTES \
+                and not self.quic.tx_sent_bytes(stream_id) and (stream_id in self.quic._stream_ctxs or stream_id in self.pending):
             self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
             return
         self._reset_now(stream_id, error_code)
