@@ -13,6 +13,12 @@ whose group caches hold each broadcast's last groups, + edge; nobody watches), s
 publisher includes the group cache, reported apart as the media bytes the cache holds (at most 8
 groups: here the whole 6 s). Publishers that fail are counted; a run where any failed is reported
 as such, not hidden.
+
+INGEST_BASELINE=<a checkout of an earlier rtmpq, its extension built in place> adds "rtmpq
+baseline" (that code, compiled) to the same run, for a before/after measured back to back:
+
+    git archive main | tar -x -C /tmp/rtmpq-main && (cd /tmp/rtmpq-main && python setup.py build_ext --inplace)
+    INGEST_BASELINE=/tmp/rtmpq-main .venv/bin/python -m pytest bench/bench_ingest.py --benchmark-only -s
 """
 
 import json
@@ -66,9 +72,13 @@ def start_server(kind: str, port: int, tmp: Path, record: bool) -> subprocess.Po
     env.pop("RTMPQ_PUREPYTHON", None)
     if kind == "rtmpq pure":
         env["RTMPQ_PUREPYTHON"] = "1"
+    if kind == "rtmpq baseline":  # run from elsewhere, so that checkout's rtmpq is the one imported
+        env["PYTHONPATH"] = BASELINE
+        env["RTMPQ_REQUIRE_COMPILED"] = "1"
     return subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
                              "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
-                             "--state-dir", str(tmp / "state"), *(["--record", str(rec)] if record else [])], env=env)
+                             "--state-dir", str(tmp / "state"), *(["--record", str(rec)] if record else [])], env=env,
+                            cwd=tmp)
 
 
 def wait_listening(port: int) -> None:
@@ -114,7 +124,8 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
             "rss_mb_per_publisher": round((sampler.peak - rss0) / publishers, 2), "recorded_mb": round(recorded / 1e6, 1)}
 
 
-KINDS = ["rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+BASELINE = os.environ.get("INGEST_BASELINE", "")
+KINDS = [*(["rtmpq baseline"] if BASELINE else []), "rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
 
 
 @pytest.mark.parametrize("publishers", [1, 10, 50])

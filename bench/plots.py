@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 RESULTS = Path("var/bench")
 OUT = Path("docs/plots")
-SERVERS = ["rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+SERVERS = ["rtmpq baseline", "rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
 
 
 def ingest() -> None:

@@ -2,7 +2,7 @@
 # The reader works on raw pointers into bytearray blocks it owns and never resizes.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
@@ -43,6 +43,65 @@ cdef void _gather(_CChunkStream st):
     st.pinned = 0
 
 
+cdef str _AVC = "avc1", _HEVC = "hvc1", _AAC = "mp4a", _OPUS = "Opus"
+cdef tuple _NO_HEADER = (None, 0, 0, 0)
+
+
+cdef inline bint _is4(const unsigned char* p, const char* s):
+    return p[0] == <unsigned char>s[0] and p[1] == <unsigned char>s[1] and p[2] == <unsigned char>s[2] and p[3] == <unsigned char>s[3]
+
+
+cdef tuple _media_header(unsigned int type_id, const unsigned char* b, Py_ssize_t n):
+    """(codec, frame_type, cts, payload_offset) of a single-track coded AVC/HEVC/AAC/Opus frame,
+    else _NO_HEADER (the caller parses the tag itself). Twin of chunk.py's _media_header."""
+    cdef int b0, frame_type, codec_id, packet_type, sound_format
+    cdef int cts
+    cdef str codec
+    if n < 2:
+        return _NO_HEADER
+    b0 = b[0]
+    if type_id == 9:
+        frame_type = (b0 >> 4) & 0x07
+        if frame_type == 5:
+            return _NO_HEADER
+        if not b0 & 0x80:
+            codec_id = b0 & 0x0F
+            if (codec_id != 7 and codec_id != 12) or n < 5 or b[1] != 1:
+                return _NO_HEADER
+            cts = (b[2] << 16) | (b[3] << 8) | b[4]
+            if cts & 0x800000:
+                cts -= 0x1000000
+            return (_AVC if codec_id == 7 else _HEVC), frame_type, cts, 5
+        packet_type = b0 & 0x0F
+        if (packet_type != 1 and packet_type != 3) or n < 5:
+            return _NO_HEADER
+        if _is4(b + 1, b"avc1"):
+            codec = _AVC
+        elif _is4(b + 1, b"hvc1"):
+            codec = _HEVC
+        else:
+            return _NO_HEADER
+        if packet_type == 3:
+            return codec, frame_type, 0, 5
+        if n < 8:
+            return _NO_HEADER
+        cts = (b[5] << 16) | (b[6] << 8) | b[7]
+        if cts & 0x800000:
+            cts -= 0x1000000
+        return codec, frame_type, cts, 8
+    if type_id == 8:
+        sound_format = b0 >> 4
+        if sound_format == 10:
+            return (_AAC, 0, 0, 2) if b[1] == 1 else _NO_HEADER
+        if sound_format != 9 or (b0 & 0x0F) != 1 or n < 5:
+            return _NO_HEADER
+        if _is4(b + 1, b"mp4a"):
+            return _AAC, 0, 0, 5
+        if _is4(b + 1, b"Opus"):
+            return _OPUS, 0, 0, 5
+    return _NO_HEADER
+
+
 cdef class ChunkReader:
     cdef bytearray _block
     cdef unsigned char* _buf
@@ -50,6 +109,10 @@ cdef class ChunkReader:
     cdef dict _streams
     cdef Py_ssize_t _partial_bytes
     cdef unsigned int _last_stream_id
+    cdef object _error  # raised again by read_messages once it was deferred
+    # the header and payload of the message _next_chunk returned last
+    cdef unsigned int _csid, _type_id, _timestamp
+    cdef const unsigned char* _body_ptr
     cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
     cdef readonly unsigned int chunk_size
     cdef readonly unsigned long long bytes_received, chunks_parsed, bytes_moved
@@ -70,6 +133,7 @@ cdef class ChunkReader:
         self._streams = {}
         self._partial_bytes = 0
         self._last_stream_id = 0
+        self._error = None
 
     cdef void _set_block(self, bytearray block):
         self._block = block
@@ -104,11 +168,40 @@ cdef class ChunkReader:
             off += n
 
     def next_message(self):
-        cdef object result
+        cdef object body
         while True:
-            result = self._next_chunk()
-            if result is not None:
-                return result
+            body = self._next_chunk()
+            if body is _NEED_DATA:
+                return body
+            if body is not None:
+                return _RtmpMessage(self._csid, self._last_stream_id, self._type_id, self._timestamp, body)
+
+    def read_messages(self):
+        """Every complete message received so far, as tuples (see rtmpq/codec/chunk.py)."""
+        cdef object body
+        cdef list out = []
+        cdef tuple h
+        cdef Py_ssize_t n
+        if self._error is not None:
+            raise self._error
+        try:
+            while True:
+                body = self._next_chunk()
+                if body is _NEED_DATA:
+                    return out
+                if body is not None:
+                    if self._type_id == 8 or self._type_id == 9:
+                        n = len(body)
+                        h = _media_header(self._type_id, self._body_ptr, n)
+                    else:
+                        h = _NO_HEADER
+                    out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body,
+                                h[0], h[1], h[2], h[3]))
+        except RemoteProtocolError as exc:
+            if not out:
+                raise
+            self._error = exc
+            return out
 
     cdef object _next_chunk(self):
         cdef unsigned char* buf = self._buf
@@ -231,9 +324,11 @@ cdef class ChunkReader:
                 body = memoryview(self._block)[p:p + n]
             else:  # small: a copy, not a view that would pin the whole block
                 body = PyBytes_FromStringAndSize(<char*>buf + p, n)
+            self._body_ptr = buf + p
         else:
             st.parts.append(memoryview(self._block)[p:p + n])
             body = b"".join(st.parts)
+            self._body_ptr = <const unsigned char*>PyBytes_AS_STRING(body)
             self._partial_bytes -= received
             st.parts = None
             st.block = None
@@ -241,7 +336,10 @@ cdef class ChunkReader:
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
             self._control(type_id, body)
-        return _RtmpMessage(csid, stream_id, type_id, timestamp, body)
+        self._csid = csid
+        self._type_id = type_id
+        self._timestamp = timestamp
+        return body
 
     cdef _control(self, unsigned int type_id, body):
         cdef unsigned int value

@@ -68,3 +68,39 @@ def unescape_rbsp(data):
         else:
             zeros = 0
     return bytes(out[:o])
+
+
+def access_unit_type(data, Py_ssize_t start, int length_size, bint hevc):
+    cdef const unsigned char[:] b
+    cdef Py_ssize_t pos = start, end, size
+    cdef int i, found = 0
+    if length_size != 1 and length_size != 2 and length_size != 4:
+        raise RemoteProtocolError(f"NAL length size {length_size} (must be 1, 2 or 4)")
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    b = view
+    end = b.shape[0]
+    if start < 0:
+        raise ValueError(f"start {start} is negative")
+    while pos < end:
+        if end - pos < length_size:
+            raise RemoteProtocolError(f"NAL length field truncated at byte {pos - start}")
+        size = 0
+        for i in range(length_size):
+            size = (size << 8) | b[pos + i]
+        pos += length_size
+        if size == 0:
+            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size - start}")
+        if size > end - pos:
+            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size - start} runs past the end ({end - pos} left)")
+        if found != 2:
+            if hevc:
+                if size >= 2 and 16 <= ((b[pos] >> 1) & 0x3F) <= 23:
+                    found = 2
+                else:
+                    found = 1
+            elif (b[pos] & 0x1F) == 5:
+                found = 2
+            else:
+                found = 1
+        pos += size
+    return found

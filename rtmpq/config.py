@@ -45,6 +45,10 @@ PUBLISH_IDLE_TIMEOUT = 10.0
 PUBLISH_GRACE_PERIOD = 30.0
 # How long a subscriber (rtmpq sub, an edge) waits for a broadcast that is not live yet (seconds).
 SUBSCRIBE_WAIT = 30.0
+# Whole groups before the live edge that an edge fetches from the relay above (joining FETCH)
+# when it starts a broadcast for its first viewer, so the first playlist lists them as segments
+# at once; capped by the playlist window (6 segments); 0: start at the live edge.
+EDGE_FILL_GROUPS = 6
 # After SIGTERM, the node exits within this many seconds whatever its peers do.
 STOP_TIMEOUT = 5.0
 # The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
@@ -172,6 +176,7 @@ class UpstreamConfig:
     fingerprint: str = ""  # SHA-256 pin: needs backend "aioquic" (aiopquic pins with cafile)
     backend: str = "aiopquic"
     wait: float = SUBSCRIBE_WAIT  # for a broadcast that is not live yet
+    fill_groups: int = EDGE_FILL_GROUPS  # an edge starts a broadcast with this many cached groups (FETCH)
 
 
 @dataclass

@@ -46,6 +46,16 @@ async def wait_tcp(port: int, host: str = "127.0.0.1", deadline: float = 20.0) -
             await asyncio.sleep(0.1)
 
 
+async def until(condition, deadline: float = 20.0, what: str = "condition") -> None:
+    """Wait for ``condition()`` to be true, polling, for at most ``deadline`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
 async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:
     """GET ``url`` as a player would: (status, body); status 0 when nothing listens. With
     ``until_live``, asks again while the broadcast is not there yet (404/503), up to ``deadline``."""

@@ -240,3 +240,94 @@ def test_obu_twins_agree(obus, last_unsized, cut):
 @given(st.binary(max_size=200))
 def test_obu_twins_agree_on_garbage(data):
     assert outcome(REFERENCE["split_obus"], data) == outcome(compiled.split_obus, data)
+
+
+# FLV tag header starts: legacy and E-RTMP, coded frames and not, AVC/HEVC/AV1/AAC/Opus/other,
+# multitrack and ModEx, truncated or not; the rest of each body is random.
+_TAG_STARTS = [
+    b"\x17\x01", b"\x27\x01", b"\x17\x00", b"\x1c\x01", b"\x2c\x01", b"\x1d\x01", b"\x12", b"\x57\x01",
+    b"\x91avc1", b"\x92hvc1", b"\x93avc1", b"\xa1avc1", b"\x91av01", b"\x90avc1", b"\x96\x01avc1\x00",
+    b"\x97\x00", b"\xd1avc1",
+    b"\xaf\x01", b"\xaf\x00", b"\x2f\x01", b"\x91mp4a", b"\x91Opus", b"\x90Opus", b"\x95\x01Opus\x00", b"\x91fLaC",
+    b"\x97\x00\x00",
+]
+media_messages = st.lists(st.tuples(
+    st.sampled_from([4, 6, 64]),  # csid
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([8, 9, 9, 18, 20]),
+    st.integers(0, 2),
+    st.tuples(st.sampled_from(_TAG_STARTS), st.binary(max_size=600), st.integers(0, 12)),
+), max_size=10)
+
+
+def run_batches(cls, data: bytes, cuts: list[int]):
+    """read_messages after each piece: the tuples (bodies as bytes, and whether each is a view)."""
+    r = cls()
+    out = []
+    pos = 0
+    try:
+        for cut in sorted(set(cuts)) + [len(data)]:
+            r.receive_data(data[pos:cut])
+            pos = cut
+            batch = r.read_messages()
+            out.append([(*m[:4], bytes(m[4]), type(m[4]).__name__, *m[5:]) for m in batch])
+    except RemoteProtocolError as exc:
+        out.append((type(exc).__name__, str(exc)))
+    return out, r.chunk_size, r.bytes_received, r.bytes_moved
+
+
+@SETTINGS
+@given(media_messages, st.sampled_from([128, 300, 4096]), st.lists(st.integers(0, 9000), max_size=20), st.binary(max_size=40))
+def test_read_messages_twins_agree_on_media_streams(msgs, chunk_size, cuts, garbage):
+    """Both twins of read_messages give the same batches, whatever the reads; every FLV header
+    they read is the one parse_*_tag reads; split points change only how the messages are batched.
+    Trailing garbage: the messages before it are returned, the error comes with the next call."""
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
+    w.chunk_size = chunk_size
+    for csid, ts, type_id, sid, (start, rest, cut) in msgs:
+        body = (start + rest)[: len(start) + len(rest) - cut] if cut < len(start) + len(rest) else start[:1]
+        data += w.write(csid, ts, type_id, sid, body)
+    data += garbage
+    cuts = [c % (len(data) + 1) for c in cuts]
+    ref = run_batches(REFERENCE["ChunkReader"], data, cuts)
+    assert ref == run_batches(compiled.ChunkReader, data, cuts)
+    whole = [m for batch in run_batches(REFERENCE["ChunkReader"], data, [])[0] if isinstance(batch, list) for m in batch]
+    assert [m[:5] + m[6:] for batch in ref[0] if isinstance(batch, list) for m in batch] == [m[:5] + m[6:] for m in whole]
+    assert [m[:4] + (m[4],) for m in whole] == [m[:5] for m in run_reader(REFERENCE["ChunkReader"], data, [])[0]
+                                               if len(m) == 6]
+    for csid, sid, type_id, ts, body, kind, codec, frame_type, cts, offset in whole:
+        if codec is None:
+            continue
+        tag = (REFERENCE["parse_video_tag"] if type_id == 9 else REFERENCE["parse_audio_tag"])(body)
+        assert (tag.codec, tag.packet_type, tag.track_id, tag.payload_end) == (codec, 1, 0, len(body))
+        assert (getattr(tag, "frame_type", 0), getattr(tag, "cts", 0), tag.payload_offset) == (frame_type, cts, offset)
+
+
+def test_read_messages_reads_the_headers_ffmpeg_sends():
+    w = ChunkWriter(4096)
+    bodies = [b"\x17\x01\x00\x00\x21" + bytes(20), b"\x27\x01\xff\xff\xfe" + bytes(20), b"\xaf\x01" + bytes(9),
+              b"\x17\x00\x00\x00\x00" + bytes(9), b"\x02\x00\x0aonMetaData"]
+    data = b"".join(w.write(6, i, 9 if b[0] & 0x0F == 7 else 8 if b[0] == 0xAF else 18, 1, b) for i, b in enumerate(bodies))
+    for cls in (REFERENCE["ChunkReader"], compiled.ChunkReader):
+        reader = cls()
+        reader.receive_data(ChunkWriter(128).write(2, 0, 1, 0, (4096).to_bytes(4, "big")) + data)
+        got = [m[5:] for m in reader.read_messages()[1:]]
+        assert got == [("avc1", 1, 0x21, 5), ("avc1", 2, -2, 5), ("mp4a", 0, 0, 2), (None, 0, 0, 0), (None, 0, 0, 0)]
+
+
+@SETTINGS
+@given(st.binary(max_size=300), st.integers(0, 20), st.sampled_from([1, 2, 3, 4]), st.booleans())
+def test_access_unit_type_twins_agree_with_split_length_prefixed(data, start, length_size, hevc):
+    ref = outcome(REFERENCE["access_unit_type"], data, start, length_size, hevc)
+    assert ref == outcome(compiled.access_unit_type, data, start, length_size, hevc)
+    split = outcome(REFERENCE["split_length_prefixed"], data[start:], length_size)
+    if split[0] != "ok":
+        assert ref == split
+        return
+    units = split[1]
+    if hevc:
+        rap = any(len(u) >= 2 and 16 <= (u[0] >> 1) & 0x3F <= 23 for u in units)
+    else:
+        rap = any(u[0] & 0x1F == 5 for u in units)
+    assert ref == ("ok", 0 if not units else 2 if rap else 1)

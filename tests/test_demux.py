@@ -132,3 +132,49 @@ def test_data_objects_of_an_audio_only_broadcast_follow_the_audio_groups():
     assert [(f.group, f.dts) for f in data] == audio
     assert [f.index for f in data] == [f.index for f in frames if f.track == "audio"]
     assert {f.group for f in data} == {0, 1, 2}
+
+
+def publish_through_media_sink(tags, offset: int, chunk_size: int):
+    """As publish_through_session, with the fast path: a media sink that calls demuxer.media."""
+    session = RtmpServerSession()
+    client = InMemoryPublisher(session, chunk_size=chunk_size)
+    stream_id = client.connect_and_publish("wrap")
+    client.events()
+    demuxer = BroadcastDemuxer("live/wrap")
+    out = []
+    session.accept_publish(stream_id, lambda *msg: out.extend(demuxer.media(*msg)))
+    for tag_type, ts, body in tags:
+        client.send({8: 4, 9: 6, 18: 5}[tag_type], (ts + offset) & 0xFFFFFFFF, tag_type, stream_id, body)
+        assert not [ev for ev in client.events() if isinstance(ev, MediaMessage)]
+    return demuxer, out
+
+
+def _broken(tags):
+    """Every 7th video frame's NAL length runs past its end; every 11th frame comes twice."""
+    out = []
+    for i, (tag_type, ts, body) in enumerate(tags):
+        if tag_type == 9 and i % 7 == 3 and len(body) > 9 and body[1] == 1:
+            body = body[:5] + b"\x7f\xff\xff\xff" + body[9:]
+        out.append((tag_type, ts, body))
+        if i % 11 == 5:
+            out.append((tag_type, ts, body))
+    return out
+
+
+@pytest.mark.parametrize("offset,chunk_size,broken", [(0, 4096, False), (2**32 - 1500, 128, False), (0, 4096, True)])
+def test_the_media_sink_fast_path_gives_what_the_events_give(sample_flv, offset, chunk_size, broken):
+    """Frames, catalogs and counters are the same whether media come as MediaMessage events through
+    demuxer.message or straight to a media sink through demuxer.media (read_messages' headers)."""
+    tags = list(read_flv_tags(str(sample_flv)))
+    if broken:
+        tags = _broken(tags)
+    slow, slow_out = publish_through_session(tags, offset, chunk_size)
+    fast, fast_out = publish_through_media_sink(tags, offset, chunk_size)
+    def key(item):
+        if isinstance(item, Catalog):
+            return item.to_json()
+        return (item.track, item.group, item.index, item.dts, item.pts, item.keyframe, bytes(item.payload))
+    assert [key(i) for i in fast_out] == [key(i) for i in slow_out]
+    assert len([i for i in fast_out if not isinstance(i, Catalog)]) > 100
+    assert fast.stats == slow.stats
+    assert (fast.stats.bad_access_units > 0) == broken

@@ -33,6 +33,9 @@ class FakeSink:
     def total_buffered_bytes(self):
         return sum(s["queued"] for s in self.streams.values())
 
+    def confirmed(self, handle):
+        return self.streams[handle]["queued"] == 0
+
     def drain(self):
         for s in self.streams.values():
             s["queued"] = 0
@@ -247,3 +250,97 @@ def test_an_upstream_group_reset_with_nothing_sent_is_passed_on_as_skipped():
     assert [(s["group"], s["objects"], s["state"]) for s in sink.streams.values()] == [
         (0, list(range(10)), "fin"), (1, [], ("reset", RESET_DELIVERY_TIMEOUT)),
         (2, [0, 1, 2], ("reset", RESET_DELIVERY_TIMEOUT))]
+
+
+def test_the_rest_of_a_joined_group_is_not_dropped_for_the_age_of_the_group():
+    """Largest Object subscription + joining FETCH: the objects of the joined group after the
+    largest one come on the subscription, however long ago the group began (here 2.5 s, past the
+    2 s budget): they were published after the join, so their budget runs from then."""
+    fanout = TrackFanout()
+    publish_gop(fanout, 4, 30, 0.0)  # the joined group, begun long ago
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=2.0, start_group=5)
+    fanout.subscribers.add(sub)
+    fanout.publish_object(4, 30, b"x", None, 2.5)  # after the largest object the subscriber learned (4, 29)
+    assert sink.streams == {}
+    fanout.extend_back(sub, 4, 30, 2.5)  # the joining FETCH carries (4, 0) to (4, 29)
+    [stream] = sink.streams.values()
+    assert stream["group"] == 4 and stream["objects"] == [30] and stream["state"] == "open"
+    fanout.publish_object(4, 31, b"x", None, 2.6)
+    sub.check(2.7)
+    assert stream["state"] == "open" and stream["objects"] == [30, 31]
+
+
+class BrokenSink(FakeSink):
+    """A subscriber whose QUIC connection closed under the relay: calls into it raise."""
+
+    def __init__(self, fail_from_group):
+        super().__init__()
+        self.fail_from_group = fail_from_group
+
+    def open_group(self, group_id):
+        if group_id >= self.fail_from_group:
+            raise ConnectionError("set_stream_priority: cnx not open")
+        return super().open_group(group_id)
+
+    def reset_group(self, handle, code):
+        raise ConnectionError("cnx not open")
+
+
+def test_a_subscriber_whose_connection_fails_leaves_alone_and_the_others_get_every_object():
+    fanout = TrackFanout()
+    healthy, broken = FakeSink(), BrokenSink(fail_from_group=2)
+    other = FakeSink()
+    subs = [TrackSubscription(s) for s in (healthy, broken, other)]
+    for sub in subs:
+        fanout.subscribe(sub, 0.0)
+    for g in range(5):
+        publish_gop(fanout, g, 30, g * 1.0)
+        healthy.drain()
+        other.drain()
+        fanout.check(g * 1.0 + 0.5)
+    fanout.end_group(4)
+    for sink in (healthy, other):
+        assert [s["objects"] for s in sink.streams.values()] == [list(range(30))] * 5
+        assert sink.groups("fin") == [0, 1, 2, 3, 4]
+    assert subs[1] not in fanout.subscribers and subs[0] in fanout.subscribers and subs[2] in fanout.subscribers
+    assert subs[1].failed == "ConnectionError: set_stream_priority: cnx not open"
+    assert subs[0].failed is None and not subs[1].in_flight
+    assert broken.groups() == [0, 1]  # what it got before its connection failed
+
+
+class EstimatingSink(FakeSink):
+    """Acknowledgements estimated (aiopquic): ``drain`` says sent, the transport confirms later."""
+
+    def __init__(self):
+        super().__init__()
+        self.unconfirmed = set()
+
+    def send_object(self, handle, object_id, payload, extensions):
+        super().send_object(handle, object_id, payload, extensions)
+        self.unconfirmed.add(handle)
+
+    def confirmed(self, handle):
+        return handle not in self.unconfirmed
+
+
+def test_an_ended_group_the_transport_does_not_confirm_within_budget_is_reset():
+    fanout = TrackFanout()
+    sink = EstimatingSink()
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 30, 0.0)
+    fanout.publish_object(0, 30, bytes(10), None, 1.0)  # the group's newest object, at 1.0
+    publish_gop(fanout, 1, 30, 1.1)  # group 0 ends
+    sink.drain()  # the estimate: every byte of both groups delivered
+    fanout.check(2.9)
+    assert set(sub.in_flight) == {0, 1}  # ended, not confirmed: still watched, within budget
+    sink.unconfirmed.discard(2)  # group 1's stream confirmed
+    fanout.check(3.05)  # group 0's newest object is now 2.05 s old and its delivery unconfirmed
+    assert sink.streams[1]["state"] == ("reset", RESET_DELIVERY_TIMEOUT) and sub.skipped_groups == [0]
+    assert set(sub.in_flight) == {1}  # group 1 is open (not ended yet): it stays
+    fanout.publish_object(2, 0, b"x", None, 3.1)  # group 1 ends
+    sink.drain()
+    sink.unconfirmed.discard(2)
+    fanout.check(3.2)
+    assert set(sub.in_flight) == {2} and sub.skipped_groups == [0]  # group 1 confirmed: done with

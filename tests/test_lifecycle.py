@@ -12,7 +12,7 @@ from rtmpq.media.frames import Frame
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import http_get, need, start_up_node
+from .conftest import http_get, need, start_up_node, until
 from .publishers import VIDEO_ENCODE, ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
 
 
@@ -24,15 +24,6 @@ def long_publish_args(url: str, seconds: float = 60.0) -> list[str]:
 async def spawn(args: list[str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)
-
-
-async def until(condition, deadline: float = 20.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not condition():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def video_frames(node, name: str) -> int:

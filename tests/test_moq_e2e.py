@@ -12,7 +12,7 @@ from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import need
+from .conftest import need, until
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
@@ -64,8 +64,10 @@ async def test_late_joiner_starts_on_the_newest_keyframe_at_once(node, tmp_path)
     ref = str(tmp_path / "ref.flv")
     publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/late", ref, seconds=5)))
     await node.registry.wait_for("live/late", 10)
-    await asyncio.sleep(2.8)  # inside the second GoP (keyframes every 2 s)
-    in_progress = node.registry.get("live/late")._current_group[0]
+    broadcast = node.registry.get("live/late")
+    # into the second GoP (keyframes every 2 s): its IDR is the group in progress, the next is 2 s away
+    await until(lambda: broadcast._current_group and broadcast._current_group[0].group == 1, what="the second group")
+    in_progress = broadcast._current_group[0]
     assert in_progress.track == "video" and in_progress.group == 1
     catalogs, frames, _ = await asyncio.wait_for(receive(node, "live/late", until_video=True), 20)
     first_video = next(f for f in frames if f.track == "video")

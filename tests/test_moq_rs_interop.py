@@ -12,7 +12,7 @@ import pytest
 
 from rtmpq.media.flv import read_flv_tags
 
-from .conftest import need, start_up_node
+from .conftest import need, start_up_node, until
 from .publishers import ffmpeg_publish_args, run_process
 
 
@@ -78,14 +78,16 @@ async def test_moq_rs_publisher_through_the_rtmpq_relay_to_a_moq_rs_subscriber(n
         broadcast = pub.create_broadcast("interop/rs")
         track = broadcast.publish_track("data")
         broadcast.announce()
-        await asyncio.sleep(0.5)  # PUBLISH_NAMESPACE reaches the relay
+        await until(lambda: ("interop", "rs") in node.moq._published, what="PUBLISH_NAMESPACE at the relay")
         received: dict[int, list[bytes]] = {}
         async with client(node) as sub:
             consumer = await discover(sub, "interop/rs")
             stream = await consumer.subscribe_track("data")
 
             async def produce():
-                await asyncio.sleep(0.5)  # the relay's upstream subscription is in place
+                upstream = lambda: node.moq._tracks.get((("interop", "rs"), "data"))  # noqa: E731
+                await until(lambda: upstream() is not None and upstream().alias is not None,
+                            what="the relay's subscription to the publisher")
                 for frames in sent.values():
                     group = track.append_group()
                     for f in frames:

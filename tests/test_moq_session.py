@@ -10,6 +10,7 @@ from rtmpq.moq.wire import RequestError, SessionError
 from .moq_pair import MoqPair, closed_with
 
 NS = ("live", "cam")
+NS_RAW = tuple(part.encode() for part in NS)
 
 
 def requested(events) -> list[int]:
@@ -23,13 +24,40 @@ def test_requests_beyond_max_requests_close_the_session_with_too_many_requests(t
     rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
     _, server_events = pair.pump()
     assert requested(server_events) == rids and closed_with(server_events) is None
-    # none of the four was answered: they are all still open, so a fifth is one too many
-    pair.client.subscribe(NS, "t4")
+    # none of the four was answered: they are all still open, so a fifth is one too many (sent
+    # raw: our own client holds it back, see the next test)
+    pair.client._send_control(wire.Subscribe(pair.client._new_request_id(), NS_RAW, b"t4", {}))
     client_events, server_events = pair.pump()
     closed = closed_with(server_events)
     assert closed is not None and closed.code == SessionError.TOO_MANY_REQUESTS
     client_events, _ = pair.run_timers()
     assert closed_with(client_events).code == SessionError.TOO_MANY_REQUESTS
+
+
+def test_a_request_beyond_the_peers_grant_waits_for_more_and_says_requests_blocked(tmp_path):
+    """MoQT d16 MAX_REQUEST_ID / REQUESTS_BLOCKED: a client never sends a request id the peer has
+    not granted (the peer would close the session); it says it is blocked, and sends the request
+    as soon as the peer raises the bound."""
+    pair = MoqPair(tmp_path, max_requests=4)
+    pair.setup()
+    rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
+    pair.pump()
+    fifth = pair.client.subscribe(NS, "t4")
+    gone = pair.client.subscribe(NS, "t5")
+    pair.client.unsubscribe(gone)  # given up while still held: goes out after it, not before
+    blocked = []
+    original = pair.server._on_message
+    pair.server._on_message = lambda msg: (blocked.append(msg) if isinstance(msg, wire.RequestsBlocked) else None,
+                                           original(msg))[1]
+    _, server_events = pair.pump()
+    assert closed_with(server_events) is None and fifth not in requested(server_events)
+    assert len(blocked) == 1 and blocked[0].maximum_request_id == pair.client._peer_max_request_id
+    for rid in rids:  # the four end: the server grants more
+        pair.server.request_error(rid, RequestError.DOES_NOT_EXIST, "no")
+    _, server_events = pair.pump()
+    assert closed_with(server_events) is None
+    assert requested(server_events) == [fifth, gone]
+    assert [e.request_id for e in server_events if isinstance(e, ev.Unsubscribed)] == [gone]
 
 
 def test_closed_requests_make_room_for_new_ones(tmp_path):
@@ -104,7 +132,8 @@ def test_which_requests_stay_open(tmp_path, case):
     pair.pump()
     end(pair, handle)
     pair.pump()
-    pair.client.subscribe(NS, "next")
+    # raw: the server's count of open requests is under test, not the client's own hold-back
+    pair.client._send_control(wire.Subscribe(pair.client._new_request_id(), NS_RAW, b"next", {}))
     _, server_events = pair.pump()
     closed = closed_with(server_events)
     if still_open:

@@ -109,3 +109,26 @@ async def test_blackhole_drops_everything_for_its_duration_then_recovers():
     assert dark and dark[0] == 30 and dark == list(range(30, dark[-1] + 1))  # one contiguous outage
     assert 0.25 <= sent[dark[-1]] - sent[30] <= 0.35 and ids[-1] == 89  # ~0.3 s, then packets flow again
     assert proxy.stats["up"].dropped_blackhole == len(dark)
+
+
+async def test_several_clients_at_once_each_keep_their_own_path():
+    """A node's session and its readiness probe share the proxy: a second client must not take the
+    first one's path away (found with `make multihost`: the edge's probe cut its MoQ session)."""
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(Echo, local_addr=("127.0.0.1", 0))
+    async with ImpairmentProxy(target=echo.get_extra_info("sockname")) as proxy:
+        clients = [Client() for _ in range(3)]
+        transports = [(await loop.create_datagram_endpoint(lambda c=c: c, remote_addr=("127.0.0.1", proxy.port)))[0]
+                      for c in clients]
+        for i in range(30):  # interleaved, as concurrent QUIC connections are
+            for n, transport in enumerate(transports):
+                transport.sendto(bytes([n, i]))
+            await asyncio.sleep(0.001)
+        deadline = loop.time() + 5
+        while any(len(c.received) < 30 for c in clients) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for transport in transports:
+            transport.close()
+    echo.close()
+    for n, client in enumerate(clients):
+        assert [d for _, d in client.received] == [bytes([n, i]) for i in range(30)]

@@ -23,6 +23,18 @@ Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-i
   equal the extended value (as SRS does).
 - After fmt 0, the "delta" a following fmt-3 message adds is the fmt-0 timestamp itself (what the
   spec's wording and FFmpeg's sender imply).
+
+Two ways to read messages: ``next_message()`` returns one ``RtmpMessage`` at a time;
+``read_messages()`` (one call per socket read, the ingest's fast path) returns every complete
+message received so far as plain tuples ``(csid, stream_id, type_id, timestamp, body, codec,
+frame_type, cts, payload_offset)``, with the FLV tag header of the common media messages already
+read: for a single-track coded frame of AVC/HEVC video (legacy or E-RTMP) or AAC/Opus audio,
+``codec`` is its FourCC, ``frame_type`` the FLV frame type (0 for audio), ``cts`` the signed
+composition offset (ms) and ``payload_offset`` where the codec payload starts (it runs to the end
+of the body); for every other message (commands, control, data, sequence headers, other codecs,
+multitrack, truncated headers) ``codec`` is None and the rest 0: the caller parses those with
+``parse_*_tag``, which raises on a bad header. A protocol error after some complete messages is
+raised by the next call, so the messages before it are handled first.
 """
 
 from ..errors import LimitExceeded, RemoteProtocolError
@@ -30,6 +42,50 @@ from .sentinel import NEED_DATA
 from .types import RtmpMessage
 
 __all__ = ["ChunkReader"]
+
+_AVC, _HEVC, _AAC, _OPUS = "avc1", "hvc1", "mp4a", "Opus"
+_VIDEO_FOURCC = {b"avc1": _AVC, b"hvc1": _HEVC}
+_AUDIO_FOURCC = {b"mp4a": _AAC, b"Opus": _OPUS}
+
+
+def _media_header(type_id: int, body) -> tuple | None:
+    """(codec, frame_type, cts, payload_offset) of a single-track coded AVC/HEVC/AAC/Opus frame,
+    else None (the caller parses the tag itself). Agrees with parse_video_tag/parse_audio_tag."""
+    n = len(body)
+    if n < 2:
+        return None
+    b0 = body[0]
+    if type_id == 9:
+        frame_type = (b0 >> 4) & 0x07
+        if frame_type == 5:
+            return None
+        if not b0 & 0x80:  # legacy: CodecID 7 (AVC) or 12 (HEVC), AVCPacketType 1
+            codec_id = b0 & 0x0F
+            if (codec_id != 7 and codec_id != 12) or n < 5 or body[1] != 1:
+                return None
+            cts = (body[2] << 16) | (body[3] << 8) | body[4]
+            return (_AVC if codec_id == 7 else _HEVC), frame_type, cts - 0x1000000 if cts & 0x800000 else cts, 5
+        packet_type = b0 & 0x0F
+        if (packet_type != 1 and packet_type != 3) or n < 5:
+            return None
+        codec = _VIDEO_FOURCC.get(bytes(body[1:5]))
+        if codec is None:
+            return None
+        if packet_type == 3:  # CodedFramesX: no composition offset
+            return codec, frame_type, 0, 5
+        if n < 8:
+            return None
+        cts = (body[5] << 16) | (body[6] << 8) | body[7]
+        return codec, frame_type, cts - 0x1000000 if cts & 0x800000 else cts, 8
+    if type_id == 8:
+        sound_format = b0 >> 4
+        if sound_format == 10:
+            return (_AAC, 0, 0, 2) if body[1] == 1 else None
+        if sound_format != 9 or b0 & 0x0F != 1 or n < 5:
+            return None
+        codec = _AUDIO_FOURCC.get(bytes(body[1:5]))
+        return None if codec is None else (codec, 0, 0, 5)
+    return None
 
 # Largest message we reassemble (a 4K IDR at high bitrate is ~2 MB; nginx caps at 1 MiB).
 MAX_MESSAGE_SIZE = 8 * 1024 * 1024
@@ -86,6 +142,9 @@ class ChunkReader:
         self._streams: dict[int, _ChunkStream] = {}
         self._partial_bytes = 0
         self._last_stream_id = 0
+        self._error = None  # raised again by read_messages once it was deferred
+        # the header of the message _next_chunk returned last
+        self._csid = self._type_id = self._timestamp = 0
 
     # -- receiving ------------------------------------------------------------------------------
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -117,12 +176,38 @@ class ChunkReader:
     # -- parsing --------------------------------------------------------------------------------
     def next_message(self):
         while True:
-            result = self._next_chunk()
-            if result is not None:
-                return result
+            body = self._next_chunk()
+            if body is NEED_DATA:
+                return body
+            if body is not None:
+                return RtmpMessage(self._csid, self._last_stream_id, self._type_id, self._timestamp, body)
+
+    def read_messages(self) -> list:
+        """Every complete message received so far, as tuples (see the module docstring)."""
+        if self._error is not None:
+            raise self._error
+        out = []
+        try:
+            while True:
+                body = self._next_chunk()
+                if body is NEED_DATA:
+                    return out
+                if body is not None:
+                    type_id = self._type_id
+                    header = _media_header(type_id, body) if type_id == 8 or type_id == 9 else None
+                    if header is None:
+                        out.append((self._csid, self._last_stream_id, type_id, self._timestamp, body, None, 0, 0, 0))
+                    else:
+                        out.append((self._csid, self._last_stream_id, type_id, self._timestamp, body, *header))
+        except RemoteProtocolError as exc:
+            if not out:
+                raise
+            self._error = exc
+            return out
 
     def _next_chunk(self):
-        """Parse one chunk; returns a message, NEED_DATA, or None (chunk consumed, no message yet)."""
+        """Parse one chunk; returns a message body (its header in _csid, _last_stream_id, _type_id,
+        _timestamp), NEED_DATA, or None (chunk consumed, no message yet)."""
         buf = self._block
         pos = self._start
         avail = self._end - pos
@@ -243,7 +328,10 @@ class ChunkReader:
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
             self._control(type_id, body)
-        return RtmpMessage(csid, stream_id, type_id, timestamp, body)
+        self._csid = csid
+        self._type_id = type_id
+        self._timestamp = timestamp
+        return body
 
     def _control(self, type_id: int, body) -> None:
         if len(body) < 4:

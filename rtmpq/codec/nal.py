@@ -4,11 +4,15 @@
 - ``find_annexb_units``: (start, end) of each NAL unit of an Annex-B byte stream.
 - ``unescape_rbsp``: emulation-prevention bytes removed (00 00 03 -> 00 00) into a new buffer,
   never larger than the input.
+- ``access_unit_type``: what the length-prefixed NAL units of ``data[start:]`` hold (the ingest's
+  fast path: no list of units): 0 nothing (empty), 1 a picture that is not a random access point,
+  2 a random access point (AVC: an IDR unit; HEVC: an IRAP unit). Raises RemoteProtocolError
+  where ``split_length_prefixed(data[start:], length_size)`` would, with the same message.
 """
 
 from ..errors import RemoteProtocolError
 
-__all__ = ["split_length_prefixed", "find_annexb_units", "unescape_rbsp"]
+__all__ = ["split_length_prefixed", "find_annexb_units", "unescape_rbsp", "access_unit_type"]
 
 
 def split_length_prefixed(data, length_size: int) -> list:
@@ -65,3 +69,30 @@ def unescape_rbsp(data) -> bytes:
         out.append(byte)
         zeros = zeros + 1 if byte == 0 else 0
     return bytes(out)
+
+
+def access_unit_type(data, start: int, length_size: int, hevc: bool) -> int:
+    if length_size not in (1, 2, 4):
+        raise RemoteProtocolError(f"NAL length size {length_size} (must be 1, 2 or 4)")
+    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    if start < 0:
+        raise ValueError(f"start {start} is negative")
+    end = len(view)
+    pos = start
+    found = 0
+    while pos < end:
+        if end - pos < length_size:
+            raise RemoteProtocolError(f"NAL length field truncated at byte {pos - start}")
+        size = int.from_bytes(view[pos : pos + length_size], "big")
+        pos += length_size
+        if size == 0:
+            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size - start}")
+        if size > end - pos:
+            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size - start} runs past the end ({end - pos} left)")
+        if hevc:
+            rap = size >= 2 and 16 <= (view[pos] >> 1) & 0x3F <= 23  # IRAP: BLA, IDR, CRA (hevc.is_irap)
+        else:
+            rap = view[pos] & 0x1F == 5  # IDR
+        found = 2 if rap or found == 2 else 1
+        pos += size
+    return found

@@ -17,16 +17,13 @@ MAX_FRMSIZECOD = 37
 MAX_AC3_BSID = 8  # 9 and 10 are lower-rate variants; 16 is E-AC-3, which this does not carry
 
 
-@dataclass(frozen=True, slots=True)
-class Ac3Header:
+class _Layout:
+    """Sample rate and channel count from the fields both syncframe headers share."""
+
+    __slots__ = ()
     fscod: int
-    frmsizecod: int
-    bsid: int
-    bsmod: int
     acmod: int
     lfeon: int
-
-    codec_string = "ac-3"
 
     @property
     def sample_rate(self) -> int:
@@ -35,6 +32,18 @@ class Ac3Header:
     @property
     def channels(self) -> int:
         return _CHANNELS[self.acmod] + self.lfeon
+
+
+@dataclass(frozen=True, slots=True)
+class Ac3Header(_Layout):
+    fscod: int
+    frmsizecod: int
+    bsid: int
+    bsmod: int
+    acmod: int
+    lfeon: int
+
+    codec_string = "ac-3"
 
     def dac3(self) -> bytes:
         """The body of the AC3SpecificBox: fscod, bsid, bsmod, acmod, lfeon, bit_rate_code, reserved."""
@@ -78,7 +87,7 @@ _BLOCKS = (1, 2, 3, 6)  # audio blocks of 256 samples per E-AC-3 frame, by numbl
 
 
 @dataclass(frozen=True, slots=True)
-class Eac3Header:
+class Eac3Header(_Layout):
     """The independent substream 0 of an E-AC-3 frame (ATSC A/52 E.1.2.2), as dec3 describes it."""
 
     fscod: int
@@ -89,14 +98,6 @@ class Eac3Header:
     lfeon: int
 
     codec_string = "ec-3"
-
-    @property
-    def sample_rate(self) -> int:
-        return SAMPLE_RATES[self.fscod]
-
-    @property
-    def channels(self) -> int:
-        return _CHANNELS[self.acmod] + self.lfeon
 
     @property
     def kbps(self) -> int:

@@ -3,7 +3,9 @@
 A ``Broadcast`` holds the catalog and the frames of the group in progress (so a late reader starts
 on the newest keyframe at once); each ``BroadcastReader`` gets its own bounded queue. A reader that
 falls more than ``max_buffered_bytes`` behind drops whole old groups, never part of one, and counts
-what it skipped.
+what it skipped. A listener (``listen``) is the synchronous alternative for in-process consumers
+that never wait (the relay's group caches): it is called with each event as it happens, with no
+queue and no task wakeup per frame (issue 12).
 """
 
 import asyncio
@@ -141,6 +143,7 @@ class Broadcast:
         self._group_dts: int | None = None
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
+        self._listeners: list = []  # callables given every event at once (listen)
         self._current_group: list[Frame] = []  # frames since the newest video keyframe
         self._current_group_bytes = 0
         self._ended = asyncio.Event()
@@ -177,6 +180,8 @@ class Broadcast:
         if self.live:
             for reader in tuple(self._readers):
                 reader._put(frame)
+            if self._listeners:
+                self._tell(frame)
 
     def skip_rendition_group(self, track: str, group: int) -> None:
         """A track made here dropped (the rest of) ``group``: readers pass the skip on."""
@@ -184,6 +189,8 @@ class Broadcast:
             event = GroupSkipped(track, group)
             for reader in tuple(self._readers):
                 reader._put(event)
+            if self._listeners:
+                self._tell(event)
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -196,8 +203,11 @@ class Broadcast:
         if merged is self.catalog:
             return
         self.catalog = merged
+        update = CatalogUpdate(merged)
         for reader in tuple(self._readers):
-            reader._put(CatalogUpdate(merged))
+            reader._put(update)
+        if self._listeners:
+            self._tell(update)
 
     def push(self, frame: Frame) -> None:
         if self._shift:
@@ -219,8 +229,19 @@ class Broadcast:
         if self._current_group_bytes + len(frame.payload) <= BROADCAST_MAX_GROUP_BYTES:
             self._current_group.append(frame)
             self._current_group_bytes += len(frame.payload)
-        for reader in tuple(self._readers):
-            reader._put(frame)
+        if self._readers:
+            for reader in tuple(self._readers):
+                reader._put(frame)
+        if self._listeners:
+            self._tell(frame)
+
+    def _tell(self, event: BroadcastEvent) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # a consumer's bug must not reach the publisher's connection
+                log.exception("broadcast %s: a listener failed; it is detached", safe_name(self.name))
+                self.unlisten(listener)
 
     def _continue(self, frame: Frame) -> Frame:
         """A frame of a publish after the first, on the broadcast's group and time lines."""
@@ -261,8 +282,12 @@ class Broadcast:
         self.live = False
         self.publishing = False
         self.expires_at = None
+        ended = BroadcastEnded(self.name)
         for reader in tuple(self._readers):
-            reader._put(BroadcastEnded(self.name))
+            reader._put(ended)
+        if self._listeners:
+            self._tell(ended)
+            self._listeners.clear()
         self._current_group.clear()
         self._ended.set()
         if self._registry is not None:
@@ -276,6 +301,23 @@ class Broadcast:
         await self._ended.wait()
 
     # -- reader side ----------------------------------------------------------------------------
+    def listen(self, listener) -> None:
+        """Call ``listener(event)`` with what a new reader would get first (the catalog, the group
+        in progress), then with every CatalogUpdate, Frame and the BroadcastEnded as they happen,
+        from inside the publisher's calls: it must not block (nor raise: it would be detached)."""
+        if self.catalog.tracks:
+            listener(CatalogUpdate(self.catalog))
+        for frame in tuple(self._current_group):
+            listener(frame)
+        if self.live:
+            self._listeners.append(listener)
+        else:
+            listener(BroadcastEnded(self.name))
+
+    def unlisten(self, listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES) -> BroadcastReader:
         """A new reader: the catalog, then the group in progress from its keyframe, then live."""
         r = BroadcastReader(self, max_buffered_bytes)

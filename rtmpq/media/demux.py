@@ -26,7 +26,7 @@ message whose FLV tag header is truncated or contradictory raises RemoteProtocol
 import logging
 from dataclasses import dataclass, field, replace
 
-from ..codec import amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
+from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
 from ..codec.flv_types import PACKET_CODED_FRAMES, PACKET_SEQUENCE_START
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
@@ -115,9 +115,11 @@ class BroadcastDemuxer:
     def _video_group(self) -> int:
         """The group in progress of the default video track (track 0, else the lowest id):
         audio and data follow it."""
-        if not self._video:
+        video = self._video
+        if not video:
             return -1
-        return self._video.get(0, self._video[min(self._video)]).group
+        track = video.get(0)
+        return (track if track is not None else video[min(video)]).group
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
@@ -139,6 +141,55 @@ class BroadcastDemuxer:
         if type_id == 18:
             return self._on_data(ts, body, received_ns)
         return []
+
+    def media(self, type_id: int, timestamp: int, body, codec: str | None, frame_type: int, cts: int,
+              offset: int, received_ns: int = 0) -> list:
+        """``message`` for a message whose FLV header ChunkReader.read_messages read (``codec``
+        None: it did not, and this is ``message``): the same results, with less work per frame
+        for the common case (a coded frame of track 0 whose track is known)."""
+        if codec is None:
+            return self.message(type_id, timestamp, body, received_ns)
+        if type_id == 9:
+            track = self._video.get(0)
+        else:
+            track = self._audio.get(0)
+        if track is None or track.codec != codec:
+            return self.message(type_id, timestamp, body, received_ns)  # dropped there, or counted
+        clock = self._clock  # TimestampUnwrapper.unwrap, inline
+        last = clock._last
+        if last is None:
+            ts = clock._last = timestamp
+        else:
+            ts = clock._last = last + ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        self._now_ms = received_ns // 1_000_000 if received_ns else None
+        payload = memoryview(body)[offset:]
+        if type_id == 8:
+            if not len(payload):
+                self.stats.dropped += 1
+                return []
+            group = self._next_audio_group(track, ts)
+            frame = Frame(track.name, group, track.index, ts, ts, True, payload, received_ns)
+            track.index += 1
+            self.stats.frames[AUDIO] += 1
+            return [frame]
+        try:
+            kind = access_unit_type(body, offset, track.config.nal_length_size, codec == "hvc1")
+        except RemoteProtocolError:
+            self.stats.bad_access_units += 1
+            track.resync = True
+            return []
+        if not kind:
+            return []  # an empty access unit
+        keyframe = frame_type == 1 or kind == 2
+        if keyframe:
+            self._open_video_group(track, 0, ts)
+        elif track.group < 0 or track.resync:
+            self.stats.dropped += 1
+            return []
+        frame = Frame(track.name, track.group, track.index, ts, ts + cts, keyframe, payload, received_ns)
+        track.index += 1
+        self.stats.frames[VIDEO] += 1
+        return [frame]
 
     def _room_for(self, kind: str, tracks: dict) -> bool:
         if len(tracks) < MAX_TRACKS_PER_KIND:

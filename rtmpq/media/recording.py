@@ -30,6 +30,11 @@ RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 # Seconds close() waits for the writer thread to flush and close the file; a disk stuck longer is
 # left to the thread, which closes the file when the disk returns. Default 10 s.
 RECORDER_CLOSE_TIMEOUT = 10.0
+# The writer thread is woken once this many bytes wait, or once this many seconds passed since it
+# was last woken, not for every tag (a thread wakeup per tag cost more CPU than the write; issue
+# 12). The file is written through a 256 KiB buffer anyway; close() flushes at once.
+RECORDER_WAKE_BYTES = 256 * 1024
+RECORDER_WAKE_INTERVAL = 0.2
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
 
@@ -64,6 +69,7 @@ class FlvRecorder:
         self._queue: deque = deque()
         self._queued_bytes = 0
         self._closing = False
+        self._woken = 0.0  # time.monotonic() the writer thread was last woken
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"rtmpq-recorder {self._name}", daemon=True)
         self._thread.start()
@@ -81,7 +87,10 @@ class FlvRecorder:
                 return
             self._queue.append((type_id, timestamp, body))
             self._queued_bytes += size
-            self._wake.notify()
+            now = time.monotonic()
+            if self._queued_bytes >= RECORDER_WAKE_BYTES or now - self._woken >= RECORDER_WAKE_INTERVAL:
+                self._woken = now
+                self._wake.notify()
         self.tags += 1
 
     def close(self, timeout: float = RECORDER_CLOSE_TIMEOUT) -> None:

@@ -6,18 +6,27 @@
 """
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..media.catalog import Catalog
 from ..media.frames import Frame
+from ..redact import safe_name
 from . import events as ev
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
-from .wire import RequestError
+from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
+from .wire import FILTER_LARGEST_OBJECT, RequestError
+
+log = logging.getLogger("rtmpq.moq")
 
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 _CHOICE = object()  # queue marker: the TrackChoice changed
+_FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
+# Upstreams already said (once each) not to serve the window fill; at most this many remembered.
+_FILL_REFUSED_BY: set[str] = set()
+MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
 # Seconds to wait for streams still in flight after the publisher said it is done.
@@ -75,10 +84,15 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+                              fill_groups: int = 0) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
-    up to ``wait`` seconds. ``authorization``: a token sent with every SUBSCRIBE."""
+    up to ``wait`` seconds. ``authorization``: a token sent with every SUBSCRIBE and FETCH.
+
+    ``fill_groups``: start with the past too: the tracks the subscription starts with first get
+    up to this many whole groups before the live edge from the relay's cache (joining FETCH,
+    window_fill.py), then go on live with no gap and no duplicate. A relay that refuses or does
+    not answer the FETCH in time means starting at the live edge, as with 0 (logged once)."""
     choice = choice or TrackChoice(tracks)
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
@@ -99,12 +113,52 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     wait_until = loop.time() + wait
     watch: int | None = None  # our SUBSCRIBE_NAMESPACE on the broadcast while it is not live
 
+    fill = WindowFill(fill_groups) if fill_groups > 0 else None
+    fill_subscriptions: set[int] = set()  # subscriptions at the largest object, joined by a FETCH
+
     def subscribe(track: str) -> None:
+        join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
+        if join and not fill.started:
+            loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
+                                filter_type=FILTER_LARGEST_OBJECT if join else None,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
+        if join:
+            fill.subscribing(track)
+            fill_subscriptions.add(rid)
         conn.flush()
+
+    def drop_subscription(rid: int) -> None:
+        name = requests.pop(rid)
+        session.unsubscribe(rid)
+        fill_subscriptions.discard(rid)
+        open_tracks.discard(name)
+        streams_done.pop(name, None)  # a later subscription of the track counts its own streams
+        expected.pop(name, None)
+        for alias, n in list(aliases.items()):
+            if n == name:
+                del aliases[alias]
+        conn.flush()
+
+    def start_live(track: str, why: str) -> None:
+        """The fill of ``track`` failed: subscribe it afresh from the live edge (as without the fill)."""
+        peer = getattr(conn, "peer", "?")
+        if peer not in _FILL_REFUSED_BY:
+            if len(_FILL_REFUSED_BY) >= MAX_FILL_REFUSALS_REMEMBERED:
+                _FILL_REFUSED_BY.clear()
+            _FILL_REFUSED_BY.add(peer)
+            log.warning("%s: upstream %s did not fill the playlist window with a FETCH (%s): starting at the "
+                        "live edge (said once per upstream)", safe_name(broadcast), peer, why)
+        for rid, name in list(requests.items()):
+            if name == track:
+                drop_subscription(rid)
+        subscribe(track)
+
+    def timescale(track: str) -> int:
+        info = catalog.track(track) if catalog is not None else None
+        return info.timescale if info is not None else 1
 
     catalog: Catalog | None = None
     catalog_group: int | None = None
@@ -119,13 +173,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             subscribe(name)
         for name, rid in subscribed.items():
             if name != CATALOG_TRACK and name not in chosen:
-                session.unsubscribe(rid)
-                del requests[rid]
-                open_tracks.discard(name)
-                for alias, n in list(aliases.items()):
-                    if n == name:
-                        del aliases[alias]
-                conn.flush()
+                drop_subscription(rid)
 
     choice._wake = lambda: queue.put_nowait(_CHOICE)
     subscribe(CATALOG_TRACK)
@@ -139,10 +187,44 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             if isinstance(event, ev.SubscribeAccepted):
                 if event.request_id not in requests:
                     continue  # the answer to a subscription already let go of
-                aliases[event.track_alias] = requests[event.request_id]
+                track = aliases[event.track_alias] = requests[event.request_id]
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
+                if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
+                    fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
+                                  track)
+                    conn.flush()
+            elif fill is not None and fill.is_fetch(getattr(event, "request_id", None)):
+                rid = event.request_id
+                if isinstance(event, ev.FetchAccepted):
+                    fill.fetch_ok(rid, event.end)
+                elif isinstance(event, ev.FetchObjectReceived):
+                    fill.fetched(rid, object_to_frame(fill.track_of(rid), event.group, event.object_id,
+                                                      event.payload, event.extensions))
+                elif isinstance(event, ev.FetchRangeUnavailable):
+                    if event.unknown:
+                        fill.unknown(rid, (event.group, event.object_id))
+                elif isinstance(event, ev.FetchEnded) and event.code is None:
+                    more = fill.fetch_ended(rid)
+                    if isinstance(more, str):
+                        start_live(more, f"still cut short after {MAX_CONTINUATIONS} more fetches")
+                    elif more is not None:
+                        fill.fetching(session.fetch(namespace, more.track, more.start, more.end,
+                                                    authorization=authorization), more.track)
+                        conn.flush()
+                elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
+                    reason = (f"{event.reason} (code {event.error_code})" if isinstance(event, ev.RequestFailed)
+                              else f"fetch stream reset (code {event.code})")
+                    track = fill.failed(rid)
+                    if track is not None:
+                        start_live(track, reason)
+            elif event is _FILL_EXPIRED:
+                if fill is not None and not fill.released:
+                    for track, fetches in fill.expire():
+                        for rid in fetches:
+                            session.fetch_cancel(rid)
+                        start_live(track, f"no answer within {FILL_TIMEOUT:g} s")
             elif isinstance(event, ev.RequestFailed):
                 if event.request_id == watch:
                     continue  # the relay will not tell us; the retries still ask
@@ -178,7 +260,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     update_tracks()  # tracks appear as their sequence headers arrive
                     yield catalog
                 elif track is not None:
-                    yield object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
+                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
+                    if fill is None:
+                        yield frame
+                    else:
+                        for frame in fill.live(frame):
+                            yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -196,6 +283,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 raise ConnectionError("the relay is going away (GOAWAY)")
             elif isinstance(event, ev.SessionClosed):
                 raise ConnectionError(f"MoQ session closed: {event.reason or event.code}")
+            if fill is not None and fill.ready:
+                if fill.fetched_any:
+                    log.info("%s: starts with the past from upstream: %s", safe_name(broadcast), fill.summary())
+                for frame in fill.release(timescale):
+                    yield frame
+        if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
+            for frame in fill.release(timescale):
+                yield frame
     finally:
         conn.handler = None
         choice._wake = None

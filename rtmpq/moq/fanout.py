@@ -49,6 +49,9 @@ class GroupSink(Protocol):
     def reset_group(self, handle: object, code: int) -> None: ...
     def buffered_bytes(self, handle: object) -> int: ...
     def total_buffered_bytes(self) -> int: ...
+    def confirmed(self, handle: object) -> bool:
+        """Every byte of the group and its end reached the subscriber, by the transport's own
+        word (``buffered_bytes`` may be an estimate)."""
 
 
 @dataclass(slots=True)
@@ -59,6 +62,7 @@ class _GroupInFlight:
     complete: bool = False
     # (bytes written up to and including this object, time the relay received the object)
     pending: deque = field(default_factory=deque)
+    last_received: float = 0.0  # when the relay received the group's newest object
 
 
 class TrackSubscription:
@@ -77,6 +81,8 @@ class TrackSubscription:
         self.objects_sent = 0
         # when the subscriber last stopped taking what it is owed (None: it is keeping up)
         self.stalled_since: float | None = None
+        # why its fan-out let it go (its connection failed under a call): the relay closes its session
+        self.failed: str | None = None
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
@@ -100,6 +106,7 @@ class TrackSubscription:
         self.sink.send_object(g.handle, object_id, payload, extensions)
         g.written += len(payload)
         g.pending.append((g.written, received))
+        g.last_received = received
         self.objects_sent += 1
 
     def end_group(self, group_id: int) -> None:
@@ -119,7 +126,14 @@ class TrackSubscription:
             waiting = waiting or bool(g.pending)
             if not g.pending:
                 if g.complete:
-                    del self.in_flight[g.group_id]  # everything handed to QUIC, FIN sent
+                    # everything sent, FIN too. Where acknowledgements are estimated, a hole in
+                    # the stream (a copy lost again) can hold the group's tail back at the
+                    # subscriber long after the estimate said delivered: the group stays until
+                    # the transport confirms it, within the budget of its newest object
+                    if self.sink.confirmed(g.handle):
+                        del self.in_flight[g.group_id]
+                    elif now - g.last_received > self.delivery_timeout:
+                        self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
                 continue
             if now - g.pending[0][1] > self.delivery_timeout:
                 self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
@@ -182,14 +196,32 @@ class TrackFanout:
         latest = self.cache.latest()
         if latest is None:
             return
-        for group in self.cache.groups_from(latest.group_id):
-            if self.state:
-                self._replay(sub, group, received=now)  # its budget runs from now
-            elif now - group.started > sub.delivery_timeout:
-                continue  # already past this subscriber's budget: never start it (a reset would follow)
-            else:
-                self._replay(sub, group)
-        sub.check(now)
+        try:
+            for group in self.cache.groups_from(latest.group_id):
+                if self.state:
+                    self._replay(sub, group, received=now)  # its budget runs from now
+                elif now - group.started > sub.delivery_timeout:
+                    continue  # already past this subscriber's budget: never start it (a reset would follow)
+                else:
+                    self._replay(sub, group)
+            sub.check(now)
+        except Exception as exc:  # noqa: BLE001 - see _let_go
+            self._let_go([(sub, exc)])
+
+    def _let_go(self, failed: list) -> None:
+        """Subscribers whose connection failed under a call (closed under us, a transport error)
+        leave this fan-out at once, so one dead connection never stops the others' delivery;
+        ``sub.failed`` tells the relay to close its session."""
+        for sub, exc in failed:
+            if sub not in self.subscribers:
+                continue
+            self.subscribers.discard(sub)
+            sub.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("subscriber dropped from a fan-out: %s", sub.failed)
+            try:
+                sub.close()
+            except Exception:  # noqa: BLE001 - its connection is already broken
+                sub.in_flight.clear()
 
     @staticmethod
     def _replay(sub: TrackSubscription, group, from_object: int = 0, received: float | None = None) -> None:
@@ -208,9 +240,15 @@ class TrackFanout:
             return
         sub.start_group, sub.start_object = group_id, from_object
         group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
-        if group is not None:
-            self._replay(sub, group, from_object)
-        sub.check(now)
+        try:
+            if group is not None:
+                # those objects came after the subscription began (within a round trip): their
+                # budget runs from now, not from the group's start, or a joined group older than
+                # the budget would be dropped at once and leave a hole between FETCH and subscription
+                self._replay(sub, group, from_object, received=now)
+            sub.check(now)
+        except Exception as exc:  # noqa: BLE001 - see _let_go
+            self._let_go([(sub, exc)])
 
     def unsubscribe(self, sub: TrackSubscription) -> None:
         self.subscribers.discard(sub)
@@ -219,24 +257,46 @@ class TrackFanout:
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
         self.objects_received += 1
         self.bytes_received += len(payload)
+        if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
+            self.cache.add(group_id, object_id, payload, extensions, now)
+            return
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now)
-        if self.ends_groups_on_newer and previous is not None and group_id > previous[0]:
-            for sub in self.subscribers:
-                sub.end_group(previous[0])  # a newer group began: the older one is complete
+        failed = None
+        ended = previous[0] if self.ends_groups_on_newer and previous is not None and group_id > previous[0] else None
         for sub in self.subscribers:
-            sub.deliver(group_id, object_id, payload, extensions, now)
+            try:
+                if ended is not None:
+                    sub.end_group(ended)  # a newer group began: the older one is complete
+                sub.deliver(group_id, object_id, payload, extensions, now)
+            except Exception as exc:  # noqa: BLE001 - see _let_go
+                failed = failed or []
+                failed.append((sub, exc))
+        if failed:
+            self._let_go(failed)
+
+    def _each(self, call) -> None:
+        """``call(sub)`` for every subscriber; one whose connection fails is let go (_let_go)."""
+        failed = None
+        for sub in self.subscribers:
+            try:
+                call(sub)
+            except Exception as exc:  # noqa: BLE001 - see _let_go
+                failed = failed or []
+                failed.append((sub, exc))
+        if failed:
+            self._let_go(failed)
 
     def end_group(self, group_id: int) -> None:
         self.cache.end_group(group_id)
-        for sub in self.subscribers:
-            sub.end_group(group_id)
+        self._each(lambda sub: sub.end_group(group_id))
 
     def end_open_groups(self) -> None:
         """The source is gone: every group still open for a subscriber ends here."""
-        for sub in self.subscribers:
+        def end_all(sub):
             for group_id in list(sub.in_flight):
                 sub.end_group(group_id)
+        self._each(end_all)
 
     def reset_group(self, group_id: int, code: int, now: float | None = None) -> None:
         """The group was cut upstream: cut it for every subscriber too (never pass on part silently).
@@ -246,9 +306,7 @@ class TrackFanout:
             self.skip_group(group_id, code, now)
             return
         self.cache.drop(group_id)
-        for sub in self.subscribers:
-            if group_id in sub.in_flight:
-                sub._drop(group_id, code)
+        self._each(lambda sub: group_id in sub.in_flight and sub._drop(group_id, code))
 
     def skip_group(self, group_id: int, code: int, now: float | None = None) -> None:
         """The source dropped (the rest of) ``group_id`` (a transcoder rung that fell behind): a
@@ -268,8 +326,7 @@ class TrackFanout:
 
     def check(self, now: float) -> None:
         self.cache.expire(now)
-        for sub in self.subscribers:
-            sub.check(now)
+        self._each(lambda sub: sub.check(now))
 
     def end(self) -> Iterable[TrackSubscription]:
         """The publisher is gone: close every group and return the subscribers to notify."""

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
+from ..media.frames import Frame
 from ..redact import safe_name
 from .client import SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
 from .transport import connect_moq
@@ -28,9 +29,11 @@ class BroadcastGone(ConnectionError):
 
 async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
-                           **tls) -> AsyncIterator:
+                           fill_groups: int = 0, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
-    connect_moq's insecure / cafile / fingerprint / backend."""
+    connect_moq's insecure / cafile / fingerprint / backend. ``fill_groups``: the first
+    subscription starts with up to this many cached groups before the live edge
+    (subscribe_broadcast); one after a reconnection goes on from the live edge."""
     loop = asyncio.get_running_loop()
     delay = RECONNECT_MIN
     connected_once = False
@@ -41,7 +44,9 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                 connected_once = True
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token,
-                                                      choice=choice):
+                                                      choice=choice, fill_groups=fill_groups):
+                    if isinstance(item, Frame):
+                        fill_groups = 0  # what follows a reconnection continues what was handed on
                     delay = RECONNECT_MIN
                     if not isinstance(item, SkippedGroup):
                         deadline = loop.time() + wait  # alive: a later loss gets the whole wait again

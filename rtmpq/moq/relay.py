@@ -48,8 +48,12 @@ from .wire import (
 
 log = logging.getLogger("rtmpq.moq")
 
-# How often budgets are enforced and caches expired (seconds).
+# How often budgets are enforced and caches expired (seconds) while anyone is subscribed here.
 CHECK_INTERVAL = 0.05
+# How often the same checks run while nobody is (cache ages, orphaned tracks, rung demand): an
+# idle node wakes twice a second, not twenty times (each wakeup costs CPU; issue 12). A new
+# subscription wakes the checks at once.
+IDLE_CHECK_INTERVAL = 0.5
 # Send scheduler urgency per track kind: lower is sent first.
 URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
 DEFAULT_URGENCY = 3
@@ -133,6 +137,9 @@ class _ConnectionSink:
     def total_buffered_bytes(self) -> int:
         return self.conn.total_queued_bytes()
 
+    def confirmed(self, handle: int) -> bool:
+        return self.conn.delivered(handle)
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
@@ -150,7 +157,8 @@ class _Subscription:
 
 
 class _BroadcastSource:
-    """Reads one in-process broadcast into per-track fan-outs."""
+    """Reads one in-process broadcast into per-track fan-outs: a listener of the broadcast, called
+    from inside the publisher's calls (no task and no queue per frame; issue 12)."""
 
     def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
         self.broadcast = broadcast
@@ -159,13 +167,13 @@ class _BroadcastSource:
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
         self._on_end = on_end
         self._on_new_tracks = on_new_tracks
-        self._reader = broadcast.reader()
+        self._timescales: dict[str, int] = {}
         self._catalog_groups = 0
         self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
         self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
         if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        broadcast.listen(self._on_event)
 
     def _on_catalog(self, catalog) -> None:
         catalog = with_added_tracks(catalog, self.added)
@@ -193,34 +201,39 @@ class _BroadcastSource:
                 (self.wanted.add if watched else self.wanted.discard)(name)
                 self.broadcast.want(name, watched)
 
-    async def _run(self) -> None:
-        timescales: dict[str, int] = {}
+    def _on_event(self, item) -> None:
         try:
-            async for item in self._reader:
-                if isinstance(item, CatalogUpdate):
-                    timescales = {t.name: t.timescale for t in item.catalog.tracks}
-                    self._on_catalog(item.catalog)
-                elif isinstance(item, BroadcastEnded):
-                    # the last catalog says so (MSF isLive false, isComplete): nothing more will come
-                    self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
-                    break
-                elif isinstance(item, GroupSkipped):
-                    fanout = self.fanouts.get(item.track)
-                    if fanout is not None:
-                        fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
-                else:
-                    fanout = self.fanouts.get(item.track)
-                    if fanout is None:
-                        fanout = self.fanouts[item.track] = TrackFanout()
-                    fanout.publish_object(item.group, item.index, item.payload,
-                                          frame_extensions(item, timescales.get(item.track, 1000)), time.monotonic())
-        finally:
-            self.ended = True
-            self.update_demand()
-            self._reader.close()
-            for fanout in self.fanouts.values():
-                fanout.end()
-            self._on_end(self.fanouts.values())
+            if type(item) is Frame:
+                fanout = self.fanouts.get(item.track)
+                if fanout is None:
+                    fanout = self.fanouts[item.track] = TrackFanout()
+                fanout.publish_object(item.group, item.index, item.payload,
+                                      frame_extensions(item, self._timescales.get(item.track, 1000)), time.monotonic())
+            elif isinstance(item, CatalogUpdate):
+                self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
+                self._on_catalog(item.catalog)
+            elif isinstance(item, GroupSkipped):
+                fanout = self.fanouts.get(item.track)
+                if fanout is not None:
+                    fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
+            elif isinstance(item, BroadcastEnded):
+                # the last catalog says so (MSF isLive false, isComplete): nothing more will come
+                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
+                self.close()
+        except Exception:  # as a reading task that failed did: this source ends, the publish goes on
+            log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
+            self.close()
+
+    def close(self) -> None:
+        """Stop reading the broadcast: every fan-out ends."""
+        if self.ended:
+            return
+        self.ended = True
+        self.broadcast.unlisten(self._on_event)
+        self.update_demand()
+        for fanout in self.fanouts.values():
+            fanout.end()
+        self._on_end(self.fanouts.values())
 
 
 class _UpstreamTrack:
@@ -334,6 +347,7 @@ class MoqRelay:
         # subscriptions of ended tracks whose last groups are still on their way: their budgets
         # hold until those are delivered or reset (an ended track must not drain seconds late)
         self._draining: set[_Subscription] = set()
+        self._tick_waiter: asyncio.Future | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -349,15 +363,30 @@ class MoqRelay:
         for task in self._tasks:
             task.cancel()
         for source in list(self._sources.values()):
-            source.task.cancel()
+            source.close()
 
     def on_connection(self, conn: MoqConnection) -> None:
         conn.handler = self._on_event
         self.connections.add(conn)
 
+    def _busy(self) -> bool:
+        """Whether something here needs its budgets checked every CHECK_INTERVAL."""
+        return bool(self._subs or self._draining or self._fetch_streams or self._tracks)
+
+    def _wake_tick(self) -> None:
+        if self._tick_waiter is not None and not self._tick_waiter.done():
+            self._tick_waiter.set_result(None)
+
     async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
+            self._tick_waiter = waiter = loop.create_future()
+            timer = loop.call_later(CHECK_INTERVAL if self._busy() else IDLE_CHECK_INTERVAL, self._wake_tick)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._tick_waiter = None
             now = time.monotonic()
             # one track's failure is logged and must not stop budgets, timeouts and cache ages for all
             for label, fanout in self._all_fanouts():
@@ -381,18 +410,20 @@ class MoqRelay:
                 self._update_forward()
             except Exception:
                 log.exception("updating demand for renditions failed")
-            try:  # ended tracks' last groups are held to their budgets until delivered or reset
-                for s in list(self._draining):
+            for s in list(self._draining):  # ended tracks' last groups: budgets hold until delivered or reset
+                try:
                     if not s.conn.session.closed:
                         s.sub.check(now)
-                    if s.conn.session.closed or not s.sub.in_flight:
-                        self._draining.discard(s)
-            except Exception:
-                log.exception("draining ended tracks failed")
+                except Exception as exc:  # noqa: BLE001 - its connection failed: it alone is dropped
+                    s.sub.failed = f"{type(exc).__name__}: {exc}"
+                    s.sub.in_flight.clear()
+                if s.conn.session.closed or not s.sub.in_flight:
+                    self._draining.discard(s)
             try:
                 self.drop_stuck(now)
+                self.drop_failed()
             except Exception:
-                log.exception("dropping stuck subscribers failed")
+                log.exception("dropping stuck or failed subscribers failed")
 
     def drop_stuck(self, now: float) -> None:
         """Close the session of a subscriber that acknowledged nothing it is owed for stuck_timeout
@@ -403,9 +434,20 @@ class MoqRelay:
                 continue
             reason = f"subscriber stuck: nothing acknowledged for {now - since:.0f} s"
             log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, reason)
-            s.conn.session.close(SessionError.DATA_STREAM_TIMEOUT, reason)
-            s.conn.flush()
-            self._on_SessionClosed(s.conn, ev.SessionClosed(int(SessionError.DATA_STREAM_TIMEOUT), reason))
+            s.conn.close_session(SessionError.DATA_STREAM_TIMEOUT, reason)  # forgets it here too
+
+    def drop_failed(self) -> None:
+        """Close the session of a subscriber whose connection failed under a fan-out's call (the
+        fan-out already let it go): whatever else it subscribed to goes with it."""
+        for s in list(self._subs.values()):
+            if s.sub.failed is None:
+                continue
+            log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, s.sub.failed)
+            if s.conn.session.closed:  # closed without the relay hearing of it: forget it now
+                self._on_SessionClosed(s.conn, ev.SessionClosed(int(SessionError.INTERNAL_ERROR), s.sub.failed))
+            else:
+                s.conn.close_session(SessionError.INTERNAL_ERROR, "delivery failed")
+            self._subs.pop((id(s.conn), s.request_id), None)
 
     def _all_fanouts(self):
         """(loggable track name, fan-out) of every track held."""
@@ -549,6 +591,7 @@ class MoqRelay:
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
         self._subs[(id(conn), request_id)] = _Subscription(conn, request_id, fanout, label, sub, sink)
+        self._wake_tick()  # from now on budgets are checked every CHECK_INTERVAL
         if fanout.ended:
             conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
             return
@@ -592,7 +635,7 @@ class MoqRelay:
                                            "no such subscription")
                 return
             if s.filter_type != FILTER_LARGEST_OBJECT:
-                conn.session.close(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
+                conn.close_session(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
                 return
             if s.largest is None:
                 conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, "nothing was published before the subscription")

@@ -119,6 +119,10 @@ class MoqSession:
         self._stream_buffer_bytes = 0  # unparsed bytes of all the peer's streams (MAX_STREAM_BUFFER)
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
+        # requests (and what follows one of them) held until the peer's MAX_REQUEST_ID covers
+        # them: (request id, send); and the bound we last said REQUESTS_BLOCKED for
+        self._blocked: deque = deque()
+        self._blocked_at: int | None = None
         self._max_requests = max_requests
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0  # the lowest request id the peer has not used
@@ -182,6 +186,30 @@ class MoqSession:
         self._next_request_id += 2
         return rid
 
+    def _request(self, rid: int, send) -> int:
+        """Send a new request now, or hold it until the peer's Maximum Request ID covers it
+        (saying REQUESTS_BLOCKED once per bound). Held requests go out in order."""
+        if not self._blocked and rid < self._peer_max_request_id:
+            send()
+            return rid
+        self._blocked.append((rid, send))
+        if self.setup_done and self._blocked_at != self._peer_max_request_id:
+            self._blocked_at = self._peer_max_request_id
+            log.debug("request %d waits for the peer's MAX_REQUEST_ID (now %d)", rid, self._peer_max_request_id)
+            self._send_control(wire.RequestsBlocked(self._peer_max_request_id))
+        return rid
+
+    def _after_request(self, rid: int, send) -> None:
+        """Send what refers to request ``rid`` (a cancel) after it: at once unless it is held."""
+        if any(held == rid for held, _ in self._blocked):
+            self._blocked.append((rid, send))
+        else:
+            send()
+
+    def _release_requests(self) -> None:
+        while self._blocked and self._blocked[0][0] < self._peer_max_request_id and not self.closed:
+            self._blocked.popleft()[1]()
+
     # ``authorization`` (every request): a token sent as the request's AUTHORIZATION TOKEN
     def subscribe(self, namespace, track_name: str, *, filter_type: int | None = None,
                   start: tuple[int, int] | None = None, delivery_timeout_ms: int | None = None,
@@ -192,8 +220,8 @@ class MoqSession:
             params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start)
         if delivery_timeout_ms:
             params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
-        self._send_control(wire.Subscribe(rid, _raw(namespace), track_name.encode(), params))
-        return rid
+        msg = wire.Subscribe(rid, _raw(namespace), track_name.encode(), params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
                 forward: bool = True) -> int:
@@ -203,17 +231,16 @@ class MoqSession:
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
-        self._send_control(wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params))
-        return rid
+        msg = wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     def fetch(self, namespace, track_name: str, start: tuple[int, int], end: tuple[int, int], *,
               descending: bool = False, priority: int = 128, authorization: str | None = None) -> int:
         """Standalone FETCH of objects from ``start`` up to ``end`` (exclusive; object 0: whole group)."""
         params = self._fetch_params(descending, priority, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.Fetch(rid, wire.FETCH_STANDALONE, _raw(namespace), track_name.encode(), start, end,
-                                      params=params))
-        return rid
+        msg = wire.Fetch(rid, wire.FETCH_STANDALONE, _raw(namespace), track_name.encode(), start, end, params=params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     def joining_fetch(self, subscribe_request_id: int, joining_start: int, *, relative: bool = True,
                       descending: bool = False, priority: int = 128, authorization: str | None = None) -> int:
@@ -221,9 +248,8 @@ class MoqSession:
         params = self._fetch_params(descending, priority, authorization)
         rid = self._new_request_id()
         kind = wire.FETCH_RELATIVE_JOINING if relative else wire.FETCH_ABSOLUTE_JOINING
-        self._send_control(wire.Fetch(rid, kind, joining_request_id=subscribe_request_id, joining_start=joining_start,
-                                      params=params))
-        return rid
+        msg = wire.Fetch(rid, kind, joining_request_id=subscribe_request_id, joining_start=joining_start, params=params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     @staticmethod
     def _fetch_params(descending: bool, priority: int, authorization: str | None) -> dict:
@@ -231,32 +257,32 @@ class MoqSession:
         return _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority, wire.PARAM_GROUP_ORDER: order}, authorization)
 
     def fetch_cancel(self, request_id: int) -> None:
-        self._send_control(wire.FetchCancel(request_id))
+        self._after_request(request_id, lambda: self._send_control(wire.FetchCancel(request_id)))
 
     def request_update(self, existing_request_id: int, *, forward: bool) -> int:
         """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state."""
         rid = self._new_request_id()
-        self._send_control(wire.RequestUpdate(rid, existing_request_id, {wire.PARAM_FORWARD: int(forward)}))
-        return rid
+        msg = wire.RequestUpdate(rid, existing_request_id, {wire.PARAM_FORWARD: int(forward)})
+        return self._request(rid, lambda: self._send_control(msg))
 
     def unsubscribe(self, request_id: int) -> None:
-        self._send_control(wire.Unsubscribe(request_id))
+        self._after_request(request_id, lambda: self._send_control(wire.Unsubscribe(request_id)))
         self._request_closed(request_id)  # a track the peer PUBLISHed to us
 
     def publish_namespace(self, namespace, *, authorization: str | None = None) -> int:
         params = _with_token({}, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.PublishNamespace(rid, _raw(namespace), params))
-        return rid
+        msg = wire.PublishNamespace(rid, _raw(namespace), params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     def publish_namespace_done(self, request_id: int) -> None:
-        self._send_control(wire.PublishNamespaceDone(request_id))
+        self._after_request(request_id, lambda: self._send_control(wire.PublishNamespaceDone(request_id)))
 
     def track_status(self, namespace, track_name: str, *, authorization: str | None = None) -> int:
         params = _with_token({}, authorization)
         rid = self._new_request_id()
-        self._send_control(wire.TrackStatus(rid, _raw(namespace), track_name.encode(), params))
-        return rid
+        msg = wire.TrackStatus(rid, _raw(namespace), track_name.encode(), params)
+        return self._request(rid, lambda: self._send_control(msg))
 
     def subscribe_namespace(self, prefix, *, authorization: str | None = None,
                             options: int = wire.NAMESPACE_OPTION_NAMESPACE) -> int:
@@ -265,14 +291,19 @@ class MoqSession:
         ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream)."""
         params = _with_token({}, authorization)
         rid = self._new_request_id()
-        sid = self.quic.get_next_available_stream_id(is_unidirectional=False)
-        self.quic.send_stream_data(sid, wire.encode_control_message(wire.SubscribeNamespace(rid, _raw(prefix),
-                                                                                            options, params)))
-        self._namespace_subscriptions[sid] = _NamespaceSubscription(rid, _text(_raw(prefix)))
-        return rid
+
+        def send() -> None:
+            sid = self.quic.get_next_available_stream_id(is_unidirectional=False)
+            self.quic.send_stream_data(sid, wire.encode_control_message(wire.SubscribeNamespace(rid, _raw(prefix),
+                                                                                                options, params)))
+            self._namespace_subscriptions[sid] = _NamespaceSubscription(rid, _text(_raw(prefix)))
+        return self._request(rid, send)
 
     def unsubscribe_namespace(self, request_id: int) -> None:
         """Cancel a SUBSCRIBE_NAMESPACE (FIN on its stream); what the peer still sends is dropped."""
+        if any(held == request_id for held, _ in self._blocked):
+            self._after_request(request_id, lambda: self.unsubscribe_namespace(request_id))
+            return
         for sid, sub in list(self._namespace_subscriptions.items()):
             if sub.request_id == request_id:
                 del self._namespace_subscriptions[sid]
@@ -696,6 +727,7 @@ class MoqSession:
                 self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
+                self._release_requests()
                 return [ev.SetupComplete()]
             if not self.is_client and isinstance(msg, wire.ClientSetup):
                 self.setup_authorization = self._authorization(msg.params, setup=True)
@@ -705,6 +737,7 @@ class MoqSession:
                 self._send_control(wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: self._granted,
                                                      wire.SETUP_IMPLEMENTATION: b"rtmpq",
                                                      wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: MAX_AUTH_TOKEN_CACHE}))
+                self._release_requests()
                 return [ev.SetupComplete(bytes(path).decode("utf-8", "replace") if isinstance(path, bytes) else "")]
             raise MoqProtocolError(f"{type(msg).__name__} before setup")
         if isinstance(msg, (wire.ClientSetup, wire.ServerSetup)):
@@ -767,6 +800,7 @@ class MoqSession:
             return [ev.GoawayReceived(msg.new_session_uri)]
         if isinstance(msg, wire.MaxRequestId):
             self._peer_max_request_id = max(self._peer_max_request_id, msg.request_id)
+            self._release_requests()
             return []
         if isinstance(msg, wire.RequestsBlocked):
             self._grant_more()

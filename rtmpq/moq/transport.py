@@ -61,6 +61,24 @@ class _MoqConnectionMixin:
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._priorities: dict[int, tuple[int, int]] = {}
         self._flush_scheduled = False
+        self._close_told = False  # the handler heard SessionClosed (it hears it exactly once)
+
+    def close_session(self, code: int, reason: str = "") -> None:
+        """Close the MoQ session from this side. The handler hears SessionClosed at once, as for a
+        close by the peer (the QUIC close that follows is not reported again)."""
+        if self.session.closed:
+            return
+        self.session.close(code, reason)
+        self.flush()
+        self._tell_closed(int(code), reason)
+
+    def _tell_closed(self, code: int, reason: str) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"MoQ session closed: {reason or code}"))
+        if not self._close_told:
+            self._close_told = True
+            if self.handler is not None:
+                self.handler(self, ev_closed(code, reason))
 
     # -- sending --------------------------------------------------------------------------------
     def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
@@ -94,24 +112,34 @@ class _MoqConnectionMixin:
     def total_queued_bytes(self) -> int:
         return sum(len(s.sender._buffer) for s in self._quic._streams.values())
 
+    def delivered(self, stream_id: int) -> bool:
+        """Every byte written on the stream (and its FIN) is acknowledged, by QUIC's own word."""
+        return self.queued_bytes(stream_id) == 0  # aioquic's count is exact
+
     # -- receiving ------------------------------------------------------------------------------
     def quic_event_received(self, event) -> None:
         for moq_event in self.session.handle_event(event):
             if isinstance(moq_event, ev_setup) and not self.ready.done():
                 self.ready.set_result(moq_event)
+            if isinstance(moq_event, ev_closed):
+                if not self.ready.done():
+                    self.ready.set_exception(ConnectionError(f"MoQ session closed: {moq_event.reason or moq_event.code}"))
+                if self._close_told:
+                    continue
+                self._close_told = True
             if self.handler is not None:
                 self.handler(self, moq_event)
-            if isinstance(moq_event, ev_closed) and not self.ready.done():
-                self.ready.set_exception(ConnectionError(f"MoQ session closed: {moq_event.reason or moq_event.code}"))
+        if self.session.closed and not self._close_told:
+            # a handler closed the session itself (session.close): everyone else forgets it too
+            self._tell_closed(0, "closed by this side")
         self.flush()
 
     def connection_lost(self, exc) -> None:
         super().connection_lost(exc)
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("QUIC connection lost"))
-        if self.handler is not None and not self.session.closed:
-            self.session.closed = True
-            self.handler(self, ev_closed(0, "connection lost"))
+        self.session.closed = True
+        self._tell_closed(0, "connection lost")
 
     @property
     def peer(self) -> str:
@@ -215,7 +243,19 @@ class _PquicWriter:
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
         return self.quic.get_next_available_stream_id(is_unidirectional)
 
+    @property
+    def closed(self) -> bool:
+        """The connection is closed or closing (either side): nothing written now would be read."""
+        return self.quic._closed
+
+    @property
+    def open(self) -> bool:
+        """picoquic has the connection: calls that need it do not raise ("cnx not open")."""
+        return bool(self.quic._cnx_ptr) and not self.quic._closed
+
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if self.closed:
+            return  # nobody will read it: a subscriber that left costs nothing more
         self.streams.add(stream_id)
         queue = self.pending.get(stream_id)
         if queue:
@@ -229,6 +269,10 @@ class _PquicWriter:
 
     def retry(self) -> bool:
         """Push what was refused, and the resets held; True when something is still waiting."""
+        if (self.pending or self.held_resets) and self.closed:
+            self.pending.clear()
+            self.held_resets.clear()
+            return False
         for stream_id, queue in list(self.pending.items()):
             while queue:
                 data, end = queue[0]
@@ -264,7 +308,7 @@ class _PquicWriter:
     def _reset_now(self, stream_id: int, error_code: int) -> None:
         retired = stream_id in self.written and stream_id not in self.quic._stream_ctxs
         self._forget(stream_id)
-        if not retired:  # picoquic retired it: every byte was delivered, nothing to reset
+        if not retired and not self.closed:  # retired: every byte was delivered, nothing to reset
             self.quic.reset_stream(stream_id, error_code)
 
     def _forget(self, stream_id: int) -> None:
@@ -275,7 +319,8 @@ class _PquicWriter:
         self._acked.pop(stream_id, None)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
-        self.quic.stop_stream(stream_id, error_code)
+        if not self.closed:
+            self.quic.stop_stream(stream_id, error_code)
 
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
@@ -348,10 +393,12 @@ def _pquic_protocol_class():
             self._retry_handle = None
 
         def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
-            self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
+            if self._writer.open:  # a closed connection refuses it ("cnx not open")
+                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
 
         def step_back(self, stream_id: int, urgency: int) -> None:
-            if stream_id in self._quic._stream_ctxs:  # still sending (picoquic retires finished streams)
+            # still sending (picoquic retires finished streams) and the connection still open
+            if stream_id in self._quic._stream_ctxs and self._writer.open:
                 self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=False))
 
         def forget_stream(self, stream_id: int) -> None:
@@ -370,6 +417,11 @@ def _pquic_protocol_class():
 
         def total_queued_bytes(self) -> int:
             return sum(self._writer.queued(s) for s in list(self._writer.streams))
+
+        def delivered(self, stream_id: int) -> bool:
+            # queued() is an estimate; picoquic retires a stream once every byte and the FIN
+            # are acknowledged (nothing more can be delivered once the connection is closed)
+            return stream_id not in self._quic._stream_ctxs or self._writer.closed
 
         @property
         def peer(self) -> str:
@@ -420,8 +472,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         def check_setup():
             if not conn.ready.done():
                 log.warning("%s: no MoQ setup within %g s, closing", conn.peer, HANDSHAKE_TIMEOUT)
-                conn.session.close(wire.SessionError.CONTROL_MESSAGE_TIMEOUT, "setup timeout")
-                conn.flush()
+                conn.close_session(wire.SessionError.CONTROL_MESSAGE_TIMEOUT, "setup timeout")
         loop.call_later(HANDSHAKE_TIMEOUT, check_setup)
         return conn
 

@@ -13,12 +13,20 @@ the bad state turns good with ``burst_r``; a packet is lost with ``loss`` in the
 ``burst_loss`` in the bad one (mean burst 1/burst_r packets). ``proxy.blackhole(seconds)`` drops
 every packet both ways for that long (a dead link, then recovery); ``blackholes`` schedules the
 same from the command line.
+
+Several clients may use the proxy at once (a node's session and its readiness probe, say): each
+client address gets its own socket towards the target, and all of them share one impaired link
+per direction, as hosts behind one bottleneck do.
 """
 
 import argparse
 import asyncio
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
+
+# Client addresses carried at once; the least recently heard from is let go beyond this.
+MAX_CLIENTS = 64
 
 
 @dataclass
@@ -47,17 +55,16 @@ class DirectionStats:
 
 
 class _Direction:
-    def __init__(self, imp: Impairment, rng: random.Random, send) -> None:
+    def __init__(self, imp: Impairment, rng: random.Random) -> None:
         self.imp = imp
         self.rng = rng
-        self.send = send
         self.stats = DirectionStats()
         self._link_free_at = 0.0  # when the bottleneck finishes serialising what is queued
         self._last_due = 0.0
         self._bad = False  # Gilbert-Elliott state
         self.dark_until = 0.0  # blackhole: drop everything until this loop time
 
-    def packet(self, data: bytes, loop: asyncio.AbstractEventLoop) -> None:
+    def packet(self, data: bytes, loop: asyncio.AbstractEventLoop, send) -> None:
         imp = self.imp
         now = loop.time()
         if now < self.dark_until:
@@ -89,26 +96,49 @@ class _Direction:
             self.stats.reordered += 1
         self.stats.forwarded += 1
         self.stats.bytes += len(data)
-        loop.call_at(due, self.send, data)
+        loop.call_at(due, send, data)
 
 
 class _ServerSide(asyncio.DatagramProtocol):
+    """One client's socket towards the target."""
+
     def __init__(self, proxy: "ImpairmentProxy", client_addr) -> None:
         self.proxy = proxy
         self.client_addr = client_addr
         self.transport = None
+        self.pending: list[bytes] = []  # packets that left the "up" impairment before this socket existed
+        self.closed = False
 
     def connection_made(self, transport) -> None:
+        if self.closed:
+            transport.close()
+            return
         self.transport = transport
-        pending, self.proxy._pending = self.proxy._pending, []
-        for data in pending:  # packets that left the "up" impairment before this socket existed
+        pending, self.pending = self.pending, []
+        for data in pending:
             transport.sendto(data)
 
     def datagram_received(self, data, addr) -> None:
-        self.proxy._down.packet(data, asyncio.get_running_loop())
+        self.proxy._down.packet(data, asyncio.get_running_loop(), self.to_client)
 
     def error_received(self, exc) -> None:
         pass
+
+    def to_server(self, data: bytes) -> None:
+        if self.transport is not None:
+            if not self.transport.is_closing():  # a packet still delayed when the proxy closed
+                self.transport.sendto(data)
+        elif not self.closed and len(self.pending) < 1024:
+            self.pending.append(data)
+
+    def to_client(self, data: bytes) -> None:
+        if not self.closed:
+            self.proxy.send_to_client(data, self.client_addr)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
 
 class ImpairmentProxy(asyncio.DatagramProtocol):
@@ -116,12 +146,10 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
                  up: Impairment | None = None, down: Impairment | None = None, seed: int = 0) -> None:
         self.target = target
         self.listen = listen
-        self._up = _Direction(up or Impairment(), random.Random(seed * 2 + 1), self._to_server)
-        self._down = _Direction(down or Impairment(), random.Random(seed * 2 + 2), self._to_client)
+        self._up = _Direction(up or Impairment(), random.Random(seed * 2 + 1))
+        self._down = _Direction(down or Impairment(), random.Random(seed * 2 + 2))
         self._transport = None
-        self._server_side: _ServerSide | None = None
-        self._client_addr = None
-        self._pending: list[bytes] = []
+        self._sides: OrderedDict = OrderedDict()  # client address -> _ServerSide
         self.port = 0
 
     def blackhole(self, seconds: float) -> None:
@@ -145,30 +173,25 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
-        if self._server_side is not None and self._server_side.transport is not None:
-            self._server_side.transport.close()
+        for side in self._sides.values():
+            side.close()
+        self._sides.clear()
 
-    # one client at a time (a QUIC connection): its packets go out of one socket to the target
     def datagram_received(self, data, addr) -> None:
         loop = asyncio.get_running_loop()
-        if self._client_addr != addr:
-            self._client_addr = addr
-            if self._server_side is not None and self._server_side.transport is not None:
-                self._server_side.transport.close()
-            self._server_side = _ServerSide(self, addr)
-            loop.create_task(loop.create_datagram_endpoint(lambda: self._server_side, remote_addr=self.target))
-        self._up.packet(data, loop)
+        side = self._sides.get(addr)
+        if side is None:
+            side = self._sides[addr] = _ServerSide(self, addr)
+            loop.create_task(loop.create_datagram_endpoint(lambda: side, remote_addr=self.target))
+            if len(self._sides) > MAX_CLIENTS:
+                self._sides.popitem(last=False)[1].close()
+        else:
+            self._sides.move_to_end(addr)
+        self._up.packet(data, loop, side.to_server)
 
-    def _to_server(self, data: bytes) -> None:
-        side = self._server_side
-        if side is not None and side.transport is not None:
-            side.transport.sendto(data)
-        elif len(self._pending) < 1024:
-            self._pending.append(data)
-
-    def _to_client(self, data: bytes) -> None:
-        if self._transport is not None and self._client_addr is not None:
-            self._transport.sendto(data, self._client_addr)
+    def send_to_client(self, data: bytes, addr) -> None:
+        if self._transport is not None and not self._transport.is_closing():  # delayed past close
+            self._transport.sendto(data, addr)
 
 
 def main(argv=None) -> None:

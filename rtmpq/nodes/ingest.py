@@ -16,6 +16,7 @@ from ..errors import StreamNameInUse
 from ..media.broadcast import Broadcast, BroadcastRegistry
 from ..media.catalog import Catalog
 from ..media.demux import BroadcastDemuxer
+from ..media.frames import Frame
 from ..media.recording import FlvRecorder
 from ..redact import safe_name
 from ..rtmp.server import RtmpConnection, RtmpServer
@@ -53,6 +54,19 @@ class Publish:
                 self.broadcast.set_catalog(item)
             else:
                 self.broadcast.push(item)
+
+    def on_media(self, type_id: int, timestamp: int, body, codec, frame_type: int, cts: int, offset: int) -> None:
+        """The fast path (RtmpServerSession's media sink): one message, its FLV header read."""
+        now_ns = time.time_ns()
+        self.last_media_ns = now_ns
+        if self.recorder is not None:
+            self.recorder.write(type_id, timestamp, body)
+        broadcast = self.broadcast
+        for item in self.demuxer.media(type_id, timestamp, body, codec, frame_type, cts, offset, now_ns):
+            if type(item) is Frame:
+                broadcast.push(item)
+            else:
+                broadcast.set_catalog(item)
 
     def close(self, reason: str) -> None:
         if self.closed:

@@ -6,6 +6,7 @@ import time
 
 from ..auth.access import ACT_RELAY, Access
 from ..config import Config, MoqConfig
+from ..edge.llhls import SEGMENT_WINDOW
 from ..edge.server import EdgeServer
 from ..http.server import HttpServer
 from ..media.broadcast import BroadcastRegistry
@@ -178,7 +179,8 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     if directory is not None:
         directory.follow()
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
-                                  directory=directory, **upstream_tls(config))
+                                  directory=directory, fill_groups=min(config.upstream.fill_groups, SEGMENT_WINDOW),
+                                  **upstream_tls(config))
     view = NodeView("edge")
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])

@@ -171,10 +171,12 @@ def _origin_tls(tls: dict, entry: Entry) -> dict:
     return tls
 
 
-async def follow_via_directory(directory, name: str, *, wait: float, token: str | None = None, choice=None, **tls):
+async def follow_via_directory(directory, name: str, *, wait: float, token: str | None = None, choice=None,
+                               fill_groups: int = 0, **tls):
     """Catalog / Frame items of ``name`` from the origin the directory names, moving with it: when
     its entry moves (the publisher went to another ingest) or lapses (the origin died), the
-    subscription there ends and one starts at the new origin, as long as one appears within ``wait``."""
+    subscription there ends and one starts at the new origin, as long as one appears within ``wait``.
+    ``fill_groups``: the first origin's subscription starts with its cached groups (follow_broadcast)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -189,7 +191,7 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
             entry = directory.lookup(name)
         host, port, _ = parse_moq_url(entry.url)
         log.info("%s: following its origin %s", safe_name(name), entry.url)
-        items = follow_broadcast(host, port, name, wait=wait, token=token, choice=choice,
+        items = follow_broadcast(host, port, name, wait=wait, token=token, choice=choice, fill_groups=fill_groups,
                                  **_origin_tls(tls, entry)).__aiter__()
         moved = False
         watch = asyncio.ensure_future(_moved(directory, name, entry))
@@ -214,6 +216,8 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
                     log.warning("%s: origin %s: %s; waiting for the directory", safe_name(name), entry.url, exc)
                     break
                 deadline = loop.time() + wait
+                if isinstance(item, Frame):
+                    fill_groups = 0  # a move continues what was handed on
                 yield item
         finally:
             watch.cancel()
@@ -235,10 +239,13 @@ async def _moved(directory, name: str, entry: Entry) -> None:
         await directory.changed()
 
 
-def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, directory=None, **tls):
+def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, directory=None, fill_groups: int = 0,
+                         **tls):
     """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast,
     waits up to ``wait`` for one that is not live yet, and follows it through upstream restarts.
     With no ``url`` and a ``directory``, it subscribes at the broadcast's origin and follows moves.
+    ``fill_groups``: a broadcast starts with up to this many whole groups before the live edge,
+    fetched from the relay's cache (the first playlist lists them as segments at once).
 
     ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
     """
@@ -247,7 +254,7 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
 
     def open_broadcast(name: str):
         return MoqFeed(host if url else None, port if url else None, name, directory=directory, wait=wait,
-                       token=token, **tls)
+                       token=token, fill_groups=fill_groups, **tls)
 
     return open_broadcast
 

@@ -28,6 +28,8 @@ log = logging.getLogger("rtmpq.rtmp")
 class PublishSink(Protocol):
     def on_message(self, msg: MediaMessage) -> None: ...
     def close(self, reason: str) -> None: ...
+    # optional: the fast path (see RtmpServerSession); when a sink has it, on_message is not used
+    # def on_media(self, type_id, timestamp, body, codec, frame_type, cts, payload_offset) -> None: ...
 
 
 class PublishHandler(Protocol):
@@ -66,8 +68,10 @@ class RtmpConnection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.server.bytes_in += nbytes
-        self.session.buffer_updated(nbytes)
-        self._process()
+        session = self.session
+        session.buffer_updated(nbytes)
+        if session.has_work:  # most reads carry media only, which the session handed on already
+            self._process()
 
     def eof_received(self):
         return False  # close our side too
@@ -126,7 +130,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
     # -- answers of the publish handler ------------------------------------------------------------
     def accept(self, stream_id: int, sink: PublishSink) -> None:
         self.publishes[stream_id] = sink
-        self.session.accept_publish(stream_id)
+        self.session.accept_publish(stream_id, getattr(sink, "on_media", None))
         self._flush()
 
     def refuse(self, stream_id: int, code: str, description: str) -> None:

@@ -4,6 +4,12 @@ Feed bytes with ``receive_data`` (or ``get_buffer``/``buffer_updated`` from a Bu
 take events with ``next_event``, send what ``data_to_send`` returns, call ``handle_timer(now)``.
 The application answers ``PublishRequested`` with ``accept_publish`` or ``reject_publish``.
 Everything else a publisher needs (connect replies, acknowledgements, ping replies) is automatic.
+
+Media of an accepted publish come as ``MediaMessage`` events, or, when ``accept_publish`` was given
+a ``media_sink``, straight to it (no event object per message: the ingest's fast path), in order,
+as ``media_sink(type_id, timestamp, body, codec, frame_type, cts, payload_offset)``: the FLV header
+fields are those ``ChunkReader.read_messages`` read (``codec`` None when it did not: the sink
+parses the tag itself; its header is known to be whole).
 """
 
 import logging
@@ -150,6 +156,7 @@ class RtmpServerSession:
         self._next_stream_id = 1
         self._streams: set[int] = set()
         self.publishing: dict[int, str] = {}  # stream id -> broadcast name, once accepted
+        self._media_sinks: dict[int, object] = {}  # stream id -> media_sink of accept_publish
         self._pending: dict[int, PublishRequested] = {}
         self._peer_window = 0  # bytes between our ACKs, as set by the peer (0: none asked)
         self._last_ack = 0
@@ -189,12 +196,19 @@ class RtmpServerSession:
         self._pump()
 
     def _pump(self) -> None:
+        if self._failed:
+            return  # the connection is being closed: nothing more it sends is handled
+        sinks = self._media_sinks
         try:
-            while True:
-                msg = self._reader.next_message()
-                if msg is NEED_DATA:
-                    break
-                self._handle_message(msg.csid, msg.stream_id, msg.type_id, msg.timestamp, msg.body)
+            # one call per socket read (and one more that raises an error found after the
+            # messages it returned, or returns nothing); common media frames go straight to
+            # their publish's sink
+            while batch := self._reader.read_messages():
+                for csid, stream_id, type_id, timestamp, body, codec, frame_type, cts, offset in batch:
+                    if codec is not None and (sink := sinks.get(stream_id)) is not None:
+                        sink(type_id, timestamp, body, codec, frame_type, cts, offset)
+                    else:
+                        self._handle_message(csid, stream_id, type_id, timestamp, body)
             self._maybe_acknowledge()
         except RemoteProtocolError as exc:
             self._fail(str(exc))
@@ -205,10 +219,17 @@ class RtmpServerSession:
             self._events.append(ConnectionFailed(reason))
 
     # -- output ---------------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        """Whether there are events to take or bytes to send (the shell may skip both when not)."""
+        return bool(self._events or self._out)
+
     def next_event(self):
         return self._events.popleft() if self._events else NEED_DATA
 
     def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -223,9 +244,11 @@ class RtmpServerSession:
         return self._deadline
 
     # -- application answers --------------------------------------------------------------------
-    def accept_publish(self, stream_id: int) -> None:
+    def accept_publish(self, stream_id: int, media_sink=None) -> None:
         req = self._pending.pop(stream_id)
         self.publishing[stream_id] = req.broadcast
+        if media_sink is not None:
+            self._media_sinks[stream_id] = media_sink
         self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, stream_id))
         self._send_on_status(stream_id, _status("status", "NetStream.Publish.Start", "Start publishing."))
 
@@ -236,6 +259,7 @@ class RtmpServerSession:
     def stop_publish(self, stream_id: int, code: str, description: str) -> None:
         """End an accepted publish from our side (idle, taken over, server stopping): the
         publisher gets an onStatus; its media is ignored from here on."""
+        self._media_sinks.pop(stream_id, None)
         if self.publishing.pop(stream_id, None) is not None:
             self._send_on_status(stream_id, _status("error", code, description))
 
@@ -262,14 +286,18 @@ class RtmpServerSession:
             return
         # A malformed FLV tag header fails the connection here, where it can be closed cleanly;
         # the demuxer downstream then parses only headers known to be whole.
-        if type_id == MessageType.VIDEO:
+        if type_id == 9:
             parse_video_tag(body)
-        elif type_id == MessageType.AUDIO:
+        elif type_id == 8:
             parse_audio_tag(body)
-        self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
+        sink = self._media_sinks.get(stream_id)
+        if sink is not None:
+            sink(type_id, timestamp, body, None, 0, 0, 0)
+        else:
+            self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
 
     def _handle_message(self, csid: int, stream_id: int, type_id: int, timestamp: int, body) -> None:
-        if type_id in (MessageType.AUDIO, MessageType.VIDEO, MessageType.DATA_AMF0, MessageType.DATA_AMF3):
+        if type_id == 8 or type_id == 9 or type_id == 18 or type_id == 15:  # audio, video, data (AMF0, AMF3)
             if stream_id in self.publishing:
                 if type_id == MessageType.DATA_AMF3:
                     body = body[1:] if len(body) and body[0] == 0 else body
@@ -390,6 +418,7 @@ class RtmpServerSession:
     def _end_publishing(self, stream_id: int | None, reason: str) -> None:
         ids = list(self.publishing) if stream_id is None else [stream_id]
         for sid in ids:
+            self._media_sinks.pop(sid, None)
             if self.publishing.pop(sid, None) is not None:
                 self._events.append(PublishEnded(sid, reason))
                 if reason != "FCUnpublish":

@@ -81,8 +81,26 @@ def _read_chunks(cls, payload: bytes, cuts: list[int]):
     return out, r.chunk_size, r.bytes_received
 
 
+def _read_batches(cls, payload: bytes, cuts: list[int]):
+    """read_messages after each piece (until it returns nothing or raises)."""
+    r = cls()
+    out = []
+    pos = 0
+    try:
+        for cut in cuts + [len(payload)]:
+            r.receive_data(payload[pos:cut])
+            pos = cut
+            while batch := r.read_messages():
+                out += [(*m[:4], bytes(m[4]), *m[5:]) for m in batch]
+    except RemoteProtocolError as exc:
+        out.append((type(exc).__name__, str(exc)))
+        return out, r.chunk_size, None
+    return out, r.chunk_size, r.bytes_received
+
+
 def chunk(data: bytes) -> None:
-    """RTMP chunk reassembly, cut at random points: both twins, and the same as one whole read."""
+    """RTMP chunk reassembly, cut at random points: both twins, and the same as one whole read;
+    read_messages (both twins) gives the same messages as next_message."""
     payload = data[8:]
     cuts = _cuts(data, len(payload))
     ref = _read_chunks(REFERENCE["ChunkReader"], payload, cuts)
@@ -90,6 +108,10 @@ def chunk(data: bytes) -> None:
         assert ref == _read_chunks(COMPILED.ChunkReader, payload, cuts), "ChunkReader twins differ"
     whole = _read_chunks(REFERENCE["ChunkReader"], payload, [])
     assert ref == whole, "ChunkReader result depends on how the bytes were cut"
+    batches = _read_batches(REFERENCE["ChunkReader"], payload, cuts)
+    if COMPILED is not None:
+        assert batches == _read_batches(COMPILED.ChunkReader, payload, cuts), "read_messages twins differ"
+    assert [m[:5] if len(m) > 2 else m for m in batches[0]] == ref[0], "read_messages differs from next_message"
 
 
 def handshake(data: bytes) -> None:

@@ -1,0 +1,80 @@
+"""Where `rtmpq up` spends its time on ingest: cProfile of the server while N publishers push.
+
+    .venv/bin/python bench/profile_ingest.py [publishers] [--record] [--pure] [--sort tottime]
+
+The same publishes as bench/bench_ingest.py (a 6 s 720p30 2.6 Mbit/s H.264 + AAC file pushed by
+`ffmpeg -re -c copy`); the server's main thread is profiled (cProfile, switched on by SIGUSR1 once the server is up and
+off by SIGUSR2 one second after the last publisher exited: imports and start-up are left out);
+the top functions are printed. With 0 publishers it profiles 10 s of an idle server (the fixed
+cost). cProfile slows Python
+calls down, so read the shares, not the absolute times.
+"""
+
+import argparse
+import os
+import pstats
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ingest import SECONDS, wait_listening  # noqa: E402
+from bench_relay import cpu_seconds, free_port  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("publishers", type=int, nargs="?", default=10)
+    ap.add_argument("--record", action="store_true")
+    ap.add_argument("--pure", action="store_true")
+    ap.add_argument("--sort", default="tottime")
+    ap.add_argument("--top", type=int, default=45)
+    ap.add_argument("--no-profile", action="store_true", help="only the CPU seconds")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="profile-ingest-"))
+    source = tmp / "source.flv"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
+                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "2600k",
+                    "-maxrate", "2600k", "-bufsize", "1300k", "-g", "60", "-c:a", "aac", "-f", "flv", str(source)],
+                   check=True)
+    port = free_port(socket.SOCK_STREAM)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "0"}
+    env.pop("RTMPQ_PUREPYTHON", None)
+    if args.pure:
+        env["RTMPQ_PUREPYTHON"] = "1"
+    prof = tmp / "up.prof"
+    profile = ["-m", "rtmpq"] if args.no_profile else [str(Path(__file__).parent / "profiled.py"), str(prof)]
+    server = subprocess.Popen([sys.executable, *profile, "--log-level", "WARNING", "up",
+                               "--rtmp", f"127.0.0.1:{port}", "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                               "--http", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}", "--state-dir", str(tmp / "state"),
+                               *(["--record", str(tmp / "rec")] if args.record else [])], env=env)
+    try:
+        wait_listening(port)
+        time.sleep(1.0)
+        cpu0 = cpu_seconds(server.pid)
+        if not args.no_profile:
+            server.send_signal(signal.SIGUSR1)
+        procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
+                                   f"rtmp://127.0.0.1:{port}/live/p{i}"], stdin=subprocess.DEVNULL)
+                 for i in range(args.publishers)]
+        failed = sum(p.wait(timeout=SECONDS * 10) != 0 for p in procs)
+        time.sleep(1.0 if procs else 10.0)
+        cpu = cpu_seconds(server.pid) - cpu0
+        if not args.no_profile:
+            server.send_signal(signal.SIGUSR2)
+            time.sleep(0.5)
+        print(f"{args.publishers} publishers ({failed} failed): {cpu:.3f} s CPU"
+              + (f", {cpu / args.publishers / SECONDS:.4f} cores per publisher" if procs else " in 10 s idle"))
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    if not args.no_profile:
+        pstats.Stats(str(prof)).sort_stats(args.sort).print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
