@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcode.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the origin relay")
     _add_ladder_argument(transcode, "720p,480p,360p")
     _add_client_tls_arguments(transcode)
+    _add_ops_http_arguments(transcode)
 
     token = sub.add_parser("token", parents=[common], help="mint a JWT for publishers, viewers or nodes",
                            description="Print a signed token (JWT, HS256) with the [auth] secret of --config "

@@ -30,7 +30,7 @@ from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.session import SessionLimits
-from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, LadderError, parse_ladder
+from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS, LadderError, parse_ladder
 
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_MOQ_PORT = 4443
@@ -186,13 +186,15 @@ class TranscodeConfig:
 
     ``ladder``: rungs by height, ``"480p,360p"``; empty: ``rtmpq up`` makes none and ``rtmpq
     transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
-    the defaults (720p 2500, 480p 1200, 360p 700). A rung starts when it is first watched and
-    stops ``idle_stop`` seconds after its last viewer left.
+    the defaults (720p 2500, 480p 1200, 360p 700). ``preset``: libx264 preset of every rung;
+    ``presets``: per rung over it, ``{"360p" = "medium"}``. A rung starts when it is first
+    watched and stops ``idle_stop`` seconds after its last viewer left.
     """
 
     ladder: str = ""
     bitrates: dict[str, str] = field(default_factory=dict)
     preset: str = X264_PRESET
+    presets: dict[str, str] = field(default_factory=dict)
     idle_stop: float = IDLE_STOP_SECONDS
     rung_queue_frames: int = RUNG_QUEUE_FRAMES
 
@@ -373,6 +375,13 @@ def validate(config: Config) -> None:
         parse_ladder(config.transcode.ladder, config.transcode.bitrates)
     except LadderError as exc:
         raise ConfigError(str(exc)) from None
+    for rung, preset in config.transcode.presets.items():
+        if preset not in X264_PRESETS:
+            raise ConfigError(f"transcode.presets: {rung} = {preset!r} is not a libx264 preset "
+                              f"({', '.join(X264_PRESETS)})")
+    if config.transcode.preset not in X264_PRESETS:
+        raise ConfigError(f"transcode.preset: {config.transcode.preset!r} is not a libx264 preset "
+                          f"({', '.join(X264_PRESETS)})")
     if config.transcode.idle_stop < 0:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if config.transcode.rung_queue_frames < 1:

@@ -191,9 +191,11 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
             # loaded host the refill itself may be reported as a stall; from the new level's first
             # pictures on, playback must go on without one
             errors_before = len(await devtools.evaluate("window.rtmpqErrors"))
-            before = await devtools.evaluate(now)
-            await asyncio.sleep(3.0)
-            after = await devtools.evaluate(now)
+            before = after = await devtools.evaluate(now)
+            async with asyncio.timeout(20):  # playback goes on: two more seconds of the new level
+                while after <= before + 2.0:
+                    await asyncio.sleep(0.2)
+                    after = await devtools.evaluate(now)
             errors = (await devtools.evaluate("window.rtmpqErrors"))[errors_before:]  # since the switch
             debug = await devtools.evaluate(
                 "JSON.stringify({b: Array.from({length: video.buffered.length}, (_, i) => [video.buffered.start(i), video.buffered.end(i)]),"

@@ -215,6 +215,43 @@ def test_the_catalog_reaches_a_subscriber_however_old_it_is():
     assert b.groups() == []
 
 
+def test_a_group_the_source_skips_is_signalled_to_every_subscriber_cut_short_or_never_begun():
+    """A transcoder rung that fell behind skips (the rest of) a group: a subscriber with the group
+    open has its stream reset; one that has not begun it gets its header alone, reset; later
+    groups go on, and a subscriber joining after the skip never gets the skipped group's part."""
+    fanout = TrackFanout()
+    early, late = FakeSink(), FakeSink()
+    fanout.subscribe(TrackSubscription(early), 0.0)
+    publish_gop(fanout, 0, 30, 0.0)
+    publish_gop(fanout, 1, 5, 1.0)
+    fanout.skip_group(1, RESET_DELIVERY_TIMEOUT, 1.1)  # cut short after 5 objects
+    fanout.skip_group(2, RESET_DELIVERY_TIMEOUT, 2.0)  # never begun
+    publish_gop(fanout, 3, 30, 3.0)
+    states = {s["group"]: (s["objects"], s["state"]) for s in early.streams.values()}
+    assert states[1] == (list(range(5)), ("reset", RESET_DELIVERY_TIMEOUT))
+    assert states[2] == ([], ("reset", RESET_DELIVERY_TIMEOUT))
+    assert states[0][1] == "fin" and states[3] == (list(range(30)), "open")
+    fanout.subscribe(TrackSubscription(late), 3.1)
+    assert late.groups() == [3]  # the newest group: the skipped ones are not replayed
+
+
+def test_an_upstream_group_reset_with_nothing_sent_is_passed_on_as_skipped():
+    """Through a relay: a group whose stream arrived with its header alone and a reset (the
+    transcoder skipped it whole) reaches the subscribers as such; a group cut short upstream is
+    cut for those that have it, and not announced to a subscriber that never took it."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    publish_gop(fanout, 0, 10, 0.0)
+    fanout.end_group(0)
+    fanout.reset_group(1, RESET_DELIVERY_TIMEOUT)  # nothing of group 1 came
+    publish_gop(fanout, 2, 3, 2.0)
+    fanout.reset_group(2, RESET_DELIVERY_TIMEOUT)
+    assert [(s["group"], s["objects"], s["state"]) for s in sink.streams.values()] == [
+        (0, list(range(10)), "fin"), (1, [], ("reset", RESET_DELIVERY_TIMEOUT)),
+        (2, [0, 1, 2], ("reset", RESET_DELIVERY_TIMEOUT))]
+
+
 def test_the_rest_of_a_joined_group_is_not_dropped_for_the_age_of_the_group():
     """Largest Object subscription + joining FETCH: the objects of the joined group after the
     largest one come on the subscription, however long ago the group began (here 2.5 s, past the

@@ -69,3 +69,47 @@ def test_an_unchanged_rendition_has_no_discontinuity_when_another_track_changes(
     stream.set_catalog(catalog.with_track(video_catalog(b"\x01\x64\x00\x1eBBBB", 640).tracks[0]))
     playlist = stream.media_playlist()
     assert re.findall(r"#EXT-X-(MAP|DISCONTINUITY)\S*", playlist) == ["MAP"] and 'a-init-0.mp4' in playlist
+
+
+def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
+    """Dates (EXT-X-PROGRAM-DATE-TIME) come from media time with one anchor per broadcast: a
+    publisher that runs behind and bursts (arrival times jitter by a second) still gets dates
+    two seconds apart for two-second segments, and a rendition made later (a rung) and the
+    audio get the same date for the same media time."""
+    from rtmpq.edge.llhls import MediaClock
+
+    clock = MediaClock()
+    video, rung, audio = (LlHlsStream(tracks={name}, prefix=f"{name}-") for name in (VIDEO, "video-360p", AUDIO))
+    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360, nal_length_size=4)
+    ).with_track(TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2))
+    for s in (video, rung, audio):
+        s.clock, s.group_origin = clock, 0  # as the edge sets them for a broadcast's playlists
+        s.set_catalog(catalog)
+    base = 1_800_000_000 * 10**9
+    jitter = [0, 900, -300, 1200, 50]  # ms the arrival is late or early, per group
+    for group in range(5):
+        arrival = base + (group * 2000 + jitter[group]) * 10**6
+        for i in range(60):
+            pts = 67 + group * 2000 + i * 33
+            frame = Frame(VIDEO, group, i, pts - 67, pts, i == 0, b"\x00\x00\x00\x01\x65", arrival + i * 33 * 10**6)
+            video.push(frame)
+            if group >= 2:  # the rung starts later, from its own arrival times
+                rung.push(Frame("video-360p", group, i, pts, pts, i == 0, b"\x00\x00\x00\x01\x65",
+                                arrival + (500 + i * 33) * 10**6))
+        for k in range(86):
+            t = round((group * 86 + k) * 1024 * 1000 / 44100)
+            audio.push(Frame(AUDIO, group, k, t, t, True, b"\x21\x00", arrival + t % 2000 * 10**6))
+
+    def dates(s):
+        return {seg.msn: seg.started_ns for seg in s.segments}
+
+    v, r = dates(video), dates(rung)
+    assert [v[m + 1] - v[m] for m in range(4)] == [2000 * 10**6] * 4
+    assert all(r[m] == v[m] for m in r) and set(r) == {2, 3, 4}
+    a = list(audio.segments)
+    for seg in a[1:]:  # an audio segment starts up to a part before the video's: dates say so
+        assert 0 <= v[seg.msn] - seg.started_ns < 300 * 10**6
+    # every audio part but a segment's (possibly longer-carried) first is a whole 12-frame part,
+    # never a sliver at a group boundary
+    assert all(p.duration > 0.25 for seg in a[:-1] for p in seg.parts), [[p.duration for p in s.parts] for s in a]

@@ -258,3 +258,118 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
         for p in procs:
             _, err = await p.communicate()
             assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+def metric_values(text: str, name: str, broadcast: str = "live/behind") -> dict[str, float]:
+    """{rendition: value} of one metric in a Prometheus text exposition."""
+    out = {}
+    for m in re.finditer(rf'^{name}\{{([^}}]*)\}} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+        out[labels["rendition"]] = float(m[2])
+        assert labels["broadcast"] == broadcast
+    return out
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_rung_that_cannot_keep_up_skips_to_the_next_group_and_says_so(tmp_path, caplog, backend):
+    """The 480p rung encodes with x264's slowest preset (far slower than 30 fps; a queue of 60
+    frames, so the 360p rung rides out the CPU it takes on a shared host): it drops to the next
+    group boundary, and a MoQ subscriber of it sees each group it
+    cut short or skipped signalled (the group's stream reset with DELIVERY_TIMEOUT), never a
+    group that does not start with an IDR; the 360p rung and the source go on group after group;
+    /metrics counts the skips and the frames per rendition."""
+    need("ffmpeg")
+    caplog.set_level("WARNING", "rtmpq.transcode")
+    node = UpNode(local_config(tmp_path, backend, grace_period=3.0, transcode=TranscodeConfig(
+        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=60, idle_stop=1.0)))
+    await node.start()
+    try:
+        received: dict[str, dict] = {t: {} for t in ("video", *RUNGS)}
+        subscribers = [asyncio.create_task(subscribe(node, "live/behind", t, received[t])) for t in received]
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/behind",
+                                                        str(tmp_path / "ref.flv"), seconds=9, size="1280x720"),
+                                    timeout=90)
+        assert rc == 0, out
+        host, http_port = node.edge.address
+        status, metrics = await http_text(f"http://{host}:{http_port}/metrics")  # while the broadcast is kept
+        assert status == 200
+        await asyncio.wait_for(asyncio.gather(*subscribers), 60)
+    finally:
+        await node.close()
+
+    source = by_group(received["video"]["video"])
+    assert len(source) >= 4
+    slow, fast = received["video-480p"], received["video-360p"]
+    skipped = {s.group for s in slow.get("skipped", [])}
+    assert skipped and {s.code for s in slow["skipped"]} == {0x2}  # DELIVERY_TIMEOUT
+    for received_rung in (slow, fast):
+        for g, fs in by_group(received_rung.get(next(t for t in RUNGS if t in received_rung), [])).items():
+            assert fs[0].index == 0 and 5 in first_nal_types(fs[0].payload) and fs[0].keyframe  # IDR first
+            assert fs[0].pts == min(f.pts for f in source[g])
+            assert [f.index for f in fs] == list(range(len(fs)))
+    # every group of the slow rung (but the last, cut by the broadcast's end) is whole or signalled
+    slow_groups = by_group(slow.get("video-480p", []))
+    first, last = min(slow_groups), max(source)
+    for g in range(first, last):
+        assert g in skipped or len(slow_groups.get(g, [])) == len(source[g]), (g, sorted(skipped))
+    # the other rung and the source are not held back: each group whole, none skipped
+    fast_groups = by_group(fast["video-360p"])
+    assert not fast.get("skipped") and not received["video"].get("skipped")
+    assert sorted(fast_groups) == [g for g in sorted(source) if g >= min(fast_groups)]
+    assert all(len(fast_groups[g]) == len(source[g]) for g in fast_groups if g != max(fast_groups))
+    # one log line per skip, naming the broadcast (as logs may: hashed on an open node) and the rung
+    assert any(re.match(r"live/\S+ video-480p: the encoder fell behind; dropping to the next group", r.getMessage())
+               for r in caplog.records)
+    # the metrics say the same, per rendition
+    skips = metric_values(metrics, "rtmpq_transcode_skipped_groups_total")
+    assert skips["video-480p"] >= len(skipped) - 1 and skips["video-360p"] == 0
+    encoded = metric_values(metrics, "rtmpq_transcode_frames_encoded_total")
+    assert 0 < encoded["video-480p"] < encoded["video-360p"]
+    lag = metric_values(metrics, "rtmpq_transcode_lag_seconds")
+    assert set(lag) == set(RUNGS) and all(0 < v < 30 for v in lag.values())
+
+
+async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(tmp_path):
+    """`rtmpq transcode --upstream` with a 480p rung far too slow for real time: the group it cut
+    short or skipped reaches a subscriber of the relay (`rtmpq sub --rendition 480p`) as a reset
+    group (DELIVERY_TIMEOUT), each group it does deliver starts with a key frame, and the
+    transcoder's own /metrics (`--http`) counts the skips."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq, phttp, pops = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_PRESETS": "480p=placebo"}
+    procs = []
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "480p", "--http", f"127.0.0.1:{pops}", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/slow", "--insecure", "--json",
+                                               "--rendition", "480p", "--seconds", "25", "--delivery-timeout", "15"],
+                                              timeout=60))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/slow",
+                                                        str(tmp_path / "ref.flv"), seconds=9, size="1280x720"),
+                                    timeout=90)
+        assert rc == 0, out
+        status, metrics = await http_text(f"http://127.0.0.1:{pops}/metrics")
+        assert status == 200
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        skipped = [line["skipped"] for line in lines if "skipped" in line]
+        assert skipped and all(s["track"] == "video-480p" and s["code"] == 0x2 for s in skipped), out[-3000:]
+        rung = [o for o in lines if o.get("track") == "video-480p"]
+        firsts = {o["group"]: o for o in rung if o["object"] == 0}
+        assert firsts and all(o["keyframe"] for o in firsts.values())
+        assert {o["group"] for o in rung} <= set(firsts)  # no group without its key frame
+        skips = metric_values(metrics, "rtmpq_transcode_skipped_groups_total", "live/slow")
+        assert skips["video-480p"] >= 1
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]

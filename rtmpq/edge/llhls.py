@@ -42,7 +42,7 @@ class Part:
 @dataclass(slots=True)
 class Segment:
     msn: int
-    started_ns: int  # wall clock of its first frame (for EXT-X-PROGRAM-DATE-TIME)
+    started_ns: int  # date of its first frame (EXT-X-PROGRAM-DATE-TIME; see MediaClock)
     parts: list[Part] = field(default_factory=list)
     complete: bool = False
     duration: float = 0.0
@@ -52,6 +52,33 @@ class Segment:
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
+
+
+# A segment's date (EXT-X-PROGRAM-DATE-TIME) further than this (seconds) from its first frame's
+# arrival re-anchors the broadcast's MediaClock: the media timeline jumped (a source that restarted
+# its timestamps), not the usual jitter of a publisher that runs a little behind real time.
+DATE_REANCHOR_SECONDS = 10.0
+
+
+class MediaClock:
+    """The dates of one broadcast's segments, from media time: one anchor (a frame's arrival
+    wall clock and its pts) for every playlist of the broadcast, so a segment's date is the
+    anchor plus its first frame's media time since. Dates taken from each segment's arrival
+    instead drift from the EXTINF durations whenever the publisher runs behind or bursts, and
+    differ between renditions made later (transcoder rungs) and the audio: hls.js aligns
+    alternate audio to video by date, loaded the wrong audio parts and stalled on the holes."""
+
+    def __init__(self) -> None:
+        self.anchor: tuple[int, float] | None = None  # (wall clock ns, media seconds)
+
+    def date_ns(self, pts: int, timescale: int, arrival_ns: int) -> int:
+        media = pts / timescale
+        if self.anchor is not None:
+            date = self.anchor[0] + round((media - self.anchor[1]) * 1e9)
+            if abs(date - arrival_ns) <= DATE_REANCHOR_SECONDS * 1e9:
+                return date
+        self.anchor = (arrival_ns, media)
+        return arrival_ns
 
 
 class LlHlsStream:
@@ -86,6 +113,8 @@ class LlHlsStream:
         self._last_dts: int | None = None  # of the primary track's newest frame
         self._group: int | None = None
         self.max_segment_duration = 0.0
+        # the broadcast's clock for segment dates, shared by its playlists (set by the edge)
+        self.clock: MediaClock | None = None
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -125,12 +154,16 @@ class LlHlsStream:
         if frame.track == primary:
             if frame.group != self._group:
                 seam = self._is_seam(frame.dts)
-                if self._group is not None:
+                carried = self._short_tail(frame, seam)
+                if carried:
+                    self._finish_segment()
+                elif self._group is not None:
                     self._close_part(final=True, next_dts=None if seam else frame.dts)
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
-                self._open_segment(frame, seam=seam)
+                self._open_segment(carried[0] if carried else frame, seam=seam)
+                self._pending[primary] = carried
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
             self._last_dts = frame.dts
@@ -148,6 +181,22 @@ class LlHlsStream:
             self.version += 1
 
     # -- cutting --------------------------------------------------------------------------------
+    def _short_tail(self, frame: Frame, seam: bool) -> list[Frame]:
+        """At a group boundary of a track whose every frame can start a segment (audio): the
+        frames pending for the segment's last part, taken out to open the next segment, so every
+        part of such a playlist is a whole part (12 AAC frames, 279 ms) and a segment ends up to
+        a part before the video's. hls.js finds the next part by its expected time, and its
+        expectation for an alternate audio playlist is off by tens of ms (more on a loaded
+        host): a last part shorter than that (a group boundary falls anywhere in a run of AAC
+        frames) was never loaded, a hole playback stalled on."""
+        if self._group is None or seam or not self.segments or not self.segments[-1].parts:
+            return []
+        pending = self._pending.get(frame.track) or []
+        if not pending or not all(f.keyframe for f in pending):
+            return []
+        self._pending[frame.track] = []
+        return pending
+
     def _pending_frames(self) -> bool:
         return any(self._pending.values())
 
@@ -172,7 +221,9 @@ class LlHlsStream:
         discontinuity = (self._new_init or seam) and bool(self.segments)
         self._discontinuities += discontinuity
         self._new_init = False
-        self.segments.append(Segment(self._msn, frame.received_ns or time.time_ns(), init_version=self.init_version,
+        arrival = frame.received_ns or time.time_ns()
+        started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
+        self.segments.append(Segment(self._msn, started, init_version=self.init_version,
                                      discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
         self._msn += 1
         while len(self.segments) > self.window + 1:

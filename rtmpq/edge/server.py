@@ -31,7 +31,7 @@ from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
-from .llhls import LlHlsStream, multivariant_playlist
+from .llhls import LlHlsStream, MediaClock, multivariant_playlist
 
 log = logging.getLogger("rtmpq.edge")
 
@@ -93,6 +93,9 @@ class _Broadcast:
     def __init__(self, name: str) -> None:
         self.name = name
         self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
+        self.clock = MediaClock()  # segment dates of every rendition from one anchor
+        for stream in self.streams.values():
+            stream.clock = self.clock
         self.changed = asyncio.Condition()
         self.last_request = time.monotonic()
         self.opened = time.time()
@@ -203,6 +206,7 @@ class EdgeServer:
                         if key is not None and key not in b.streams:
                             b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
                             b.streams[key].group_origin = b.group_origin
+                            b.streams[key].clock = b.clock
                             streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)

@@ -43,7 +43,16 @@ class BroadcastEnded:
     name: str
 
 
-BroadcastEvent = CatalogUpdate | Frame | BroadcastEnded
+@dataclass(frozen=True, slots=True)
+class GroupSkipped:
+    """A track made here (a transcoder rung) dropped (the rest of) this group: it fell behind.
+    Comes after whatever frames of the group were pushed; no more of them follow."""
+
+    track: str
+    group: int
+
+
+BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | BroadcastEnded
 
 
 class BroadcastReader:
@@ -173,6 +182,15 @@ class Broadcast:
                 reader._put(frame)
             if self._listeners:
                 self._tell(frame)
+
+    def skip_rendition_group(self, track: str, group: int) -> None:
+        """A track made here dropped (the rest of) ``group``: readers pass the skip on."""
+        if self.live:
+            event = GroupSkipped(track, group)
+            for reader in tuple(self._readers):
+                reader._put(event)
+            if self._listeners:
+                self._tell(event)
 
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:

@@ -145,6 +145,12 @@ class TrackSubscription:
         elif waiting and self.stalled_since is None:
             self.stalled_since = now
 
+    def signal_skipped(self, group_id: int, code: int) -> None:
+        """Tell the subscriber that ``group_id``, which it never began, is skipped: its stream,
+        opened with the header alone, is reset at once."""
+        self.in_flight[group_id] = _GroupInFlight(group_id, self.sink.open_group(group_id))
+        self._drop(group_id, code)
+
     def _drop(self, group_id: int, code: int) -> None:
         g = self.in_flight.pop(group_id)
         self.sink.reset_group(g.handle, code)
@@ -292,10 +298,31 @@ class TrackFanout:
                 sub.end_group(group_id)
         self._each(end_all)
 
-    def reset_group(self, group_id: int, code: int) -> None:
-        """The group was cut upstream: cut it for every subscriber too (never pass on part silently)."""
+    def reset_group(self, group_id: int, code: int, now: float | None = None) -> None:
+        """The group was cut upstream: cut it for every subscriber too (never pass on part silently).
+        A group of which nothing arrived (its publisher skipped it whole: a stream of the header
+        alone, reset) is passed on as such (see ``skip_group``)."""
+        if not self.cache.has_objects(group_id):
+            self.skip_group(group_id, code, now)
+            return
         self.cache.drop(group_id)
         self._each(lambda sub: group_id in sub.in_flight and sub._drop(group_id, code))
+
+    def skip_group(self, group_id: int, code: int, now: float | None = None) -> None:
+        """The source dropped (the rest of) ``group_id`` (a transcoder rung that fell behind): a
+        subscriber with the group open gets its stream reset with ``code``; one that has not begun
+        it (and would have: it is not older than the subscription's start) gets a stream of the
+        subgroup header alone, reset, which tells it the group is skipped (MoQT d16: "explicitly
+        tells the receiver there is an unsent Subgroup")."""
+        self.cache.drop(group_id)
+        for sub in self.subscribers:
+            if group_id in sub.in_flight:
+                if not sub.in_flight[group_id].complete:
+                    sub._drop(group_id, code)
+            elif group_id not in sub.dropped and (sub.start_group is None or group_id >= sub.start_group):
+                sub.signal_skipped(group_id, code)
+            if now is not None:
+                sub.check(now)
 
     def check(self, now: float) -> None:
         self.cache.expire(now)

@@ -86,6 +86,11 @@ class GroupCache:
             else:
                 break
 
+    def has_objects(self, group_id: int) -> bool:
+        """Whether some object of ``group_id`` arrived (and is still held or was dropped since)."""
+        group = self._groups.get(group_id)
+        return group is not None and (bool(group.objects) or group.truncated)
+
     def drop(self, group_id: int) -> None:
         """Forget a group that can no longer be served whole."""
         group = self._groups.get(group_id)

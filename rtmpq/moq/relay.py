@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
-from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
 from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from ..redact import safe_name
@@ -212,6 +212,10 @@ class _BroadcastSource:
             elif isinstance(item, CatalogUpdate):
                 self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
                 self._on_catalog(item.catalog)
+            elif isinstance(item, GroupSkipped):
+                fanout = self.fanouts.get(item.track)
+                if fanout is not None:
+                    fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
             elif isinstance(item, BroadcastEnded):
                 # the last catalog says so (MSF isLive false, isComplete): nothing more will come
                 self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))

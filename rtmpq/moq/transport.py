@@ -40,6 +40,12 @@ IDLE_TIMEOUT = 30.0
 DEFAULT_MOQ_PORT = 4443
 # aiopquic: how often (seconds) the connection's bytes in flight are read for the budgets.
 PATH_POLL_INTERVAL = 0.01
+# Longest a reset waits for its stream's first bytes to go out in a packet (seconds): see
+# _AioquicWriter and _PquicWriter.reset_stream.
+HELD_RESET_SECONDS = 0.5
+# Only a stream holding no more than this (bytes: a subgroup header, no object) is held so:
+# resetting a stream with data sooner frees what it holds, as a delivery timeout wants.
+HELD_RESET_MAX_BYTES = 64
 
 
 class _MoqConnectionMixin:
@@ -146,6 +152,39 @@ from .events import SessionClosed as ev_closed  # noqa: E402
 from .events import SetupComplete as ev_setup  # noqa: E402
 
 
+class _AioquicWriter:
+    """aioquic's QuicConnection as the session uses it, with resets held until the stream's first
+    bytes went out in a packet: aioquic drops a reset stream's unsent data, and a subgroup
+    header written just before its reset (MoQT's "there is an unsent Subgroup") would never
+    reach the receiver (raw QUIC has no RESET_STREAM_AT here)."""
+
+    def __init__(self, quic) -> None:
+        self.quic = quic
+        self.get_next_available_stream_id = quic.get_next_available_stream_id
+        self.send_stream_data = quic.send_stream_data
+        self.stop_stream = quic.stop_stream
+        self.close = quic.close
+        self.held_resets: dict[int, tuple[int, float]] = {}  # stream id -> (code, give up at)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        stream = self.quic._streams.get(stream_id)
+        if stream is not None and not stream.sender.highest_offset and 0 < stream.sender._buffer_stop <= HELD_RESET_MAX_BYTES:
+            self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
+            return
+        self.quic.reset_stream(stream_id, error_code)
+
+    def release(self) -> bool:
+        """Reset the streams whose first bytes are out (after a transmit); True when some wait."""
+        now = time.monotonic()
+        for stream_id, (code, give_up) in list(self.held_resets.items()):
+            stream = self.quic._streams.get(stream_id)
+            if stream is None or stream.sender.highest_offset or now > give_up:
+                del self.held_resets[stream_id]
+                if stream is not None:
+                    self.quic.reset_stream(stream_id, code)
+        return bool(self.held_resets)
+
+
 class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
     """The aioquic backend."""
 
@@ -153,7 +192,16 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
 
     def __init__(self, *args, is_client: bool = False, path: str = "", token: str | None = None, **kwargs) -> None:
         QuicConnectionProtocol.__init__(self, *args, **kwargs)
-        self._init_moq(self._quic, is_client, path, token)
+        self._writer = _AioquicWriter(self._quic)
+        self._init_moq(self._writer, is_client, path, token)
+
+    def _flush(self) -> None:
+        super()._flush()
+        if self._writer.held_resets:
+            waiting = self._writer.release()
+            self.transmit()
+            if waiting:
+                asyncio.get_running_loop().call_later(0.002, self.flush)
 
     async def wait_connected(self) -> None:
         # aioquic's own, with its waiter's failure marked seen: a connect that timed out left it
@@ -188,6 +236,8 @@ class _PquicWriter:
         self._marks: dict[int, deque] = {}  # stream -> [offset packetized, read seen at, connection bytes sent]
         self._acked: dict[int, int] = {}  # stream -> offset estimated acknowledged
         self._progress = (0.0, 0, 0, 0)  # when read, read count, connection bytes sent, bytes acknowledged
+        # resets held until the stream's first bytes are in a packet: stream id -> (code, give up at)
+        self.held_resets: dict[int, tuple[int, float]] = {}
         self._losses: deque = deque()  # (when read, connection bytes declared lost so far)
 
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
@@ -218,9 +268,10 @@ class _PquicWriter:
             self.pending.setdefault(stream_id, []).append((bytes(data), end_stream))
 
     def retry(self) -> bool:
-        """Push what was refused; True when something is still waiting."""
-        if self.pending and self.closed:
+        """Push what was refused, and the resets held; True when something is still waiting."""
+        if (self.pending or self.held_resets) and self.closed:
             self.pending.clear()
+            self.held_resets.clear()
             return False
         for stream_id, queue in list(self.pending.items()):
             while queue:
@@ -233,9 +284,28 @@ class _PquicWriter:
                 queue.pop(0)
             if not queue:
                 del self.pending[stream_id]
-        return bool(self.pending)
+        now = time.monotonic()
+        for stream_id, (code, give_up) in list(self.held_resets.items()):
+            if stream_id not in self.pending and (self.quic.tx_sent_bytes(stream_id) or now > give_up):
+                del self.held_resets[stream_id]
+                try:
+                    self._reset_now(stream_id, code)
+                except Exception:  # noqa: BLE001 - the connection went away meanwhile: nothing to reset
+                    pass
+        return bool(self.pending or self.held_resets)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Reset a stream; one whose first bytes picoquic has not put in a packet yet (a subgroup
+        header written just before: MoQT's "there is an unsent Subgroup") is reset once they
+        are, else picoquic drops them with the stream and the receiver learns nothing (raw QUIC
+        has no RESET_STREAM_AT here)."""
+        if 0 < self.written.get(stream_id, 0) + sum(len(d) for d, _ in self.pending.get(stream_id, ())) <= HELD_RESET_MAX_BYTES \
+                and not self.quic.tx_sent_bytes(stream_id) and (stream_id in self.quic._stream_ctxs or stream_id in self.pending):
+            self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
+            return
+        self._reset_now(stream_id, error_code)
+
+    def _reset_now(self, stream_id: int, error_code: int) -> None:
         retired = stream_id in self.written and stream_id not in self.quic._stream_ctxs
         self._forget(stream_id)
         if not retired and not self.closed:  # retired: every byte was delivered, nothing to reset

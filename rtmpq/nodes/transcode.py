@@ -22,6 +22,7 @@ from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
+from ..moq.fanout import RESET_DELIVERY_TIMEOUT
 from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
@@ -36,13 +37,16 @@ def is_rung_track(name: str) -> bool:
 
 
 class BroadcastTranscoder:
-    def __init__(self, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig, publish_tracks, emit) -> None:
+    def __init__(self, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig, publish_tracks, emit,
+                 skip=None) -> None:
         self.name = name
         self.label = safe_name(name)
         self.ladder = ladder
         self.config = config
         self.publish_tracks = publish_tracks  # (tuple[TrackInfo, ...]) -> None, on the loop
         self.emit = emit  # (Frame) -> None, on the loop
+        # (track, group) -> None, on the loop: a rung dropped (the rest of) that group
+        self.skip = skip or (lambda track, group: None)
         self.transcoders: dict[str, Transcoder] = {}  # source track -> its rungs
         self.rung_source: dict[str, str] = {}  # rung track -> source track
         self.wanted: set[str] = set()
@@ -62,12 +66,16 @@ class BroadcastTranscoder:
                 t.reconfigure(info)
 
     def _start(self, info: TrackInfo) -> None:
-        def emit(track: str, frame: Frame) -> None:  # rung threads -> the loop
-            self._loop.call_soon_threadsafe(self.emit, frame)
+        def emit(track: str, frame: Frame) -> None:  # rung threads -> the loop (in order with skip)
+            self._to_loop(self.emit, frame)
+
+        def skip(track: str, group: int) -> None:
+            self._to_loop(self.skip, track, group)
 
         try:
-            t = Transcoder(self.label, info, self.ladder, emit, rung_queue_frames=self.config.rung_queue_frames,
-                           preset=self.config.preset)
+            t = Transcoder(self.label, info, self.ladder, emit, skip=skip,
+                           rung_queue_frames=self.config.rung_queue_frames, preset=self.config.preset,
+                           presets=self.config.presets)
         except CoderError as exc:
             log.warning("%s %s: not transcoded: %s", self.label, info.name, exc)
             return
@@ -82,6 +90,12 @@ class BroadcastTranscoder:
                      ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
+
+    def _to_loop(self, callback, *args) -> None:
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            pass  # the loop is closed (the node stopped while a rung finished its queue): nobody to tell
 
     def on_frame(self, frame: Frame) -> None:
         t = self.transcoders.get(frame.track)
@@ -116,6 +130,12 @@ class BroadcastTranscoder:
         source = self.rung_source.get(track)
         return self.transcoders[source].frames_encoded(track) if source else 0
 
+    def rung_stats(self):
+        """(rung track, RungStats, encoding now) of every rung, for metrics."""
+        for source, t in list(self.transcoders.items()):
+            for track, stats in list(t.stats.rungs.items()):
+                yield track, stats, track in self.wanted
+
     def finish(self) -> None:
         for t in self.transcoders.values():
             t.finish()
@@ -125,6 +145,17 @@ class BroadcastTranscoder:
             handle.cancel()
         for t in self.transcoders.values():
             t.close()
+
+
+def rung_readings(broadcasts: dict[str, BroadcastTranscoder]):
+    """NodeView.transcode: (broadcast, rendition track, RungStats, encoding now) of every rung."""
+
+    def readings():
+        for name, bt in list(broadcasts.items()):
+            for track, stats, encoding in bt.rung_stats():
+                yield name, track, stats, encoding
+
+    return readings
 
 
 def ladder_of(config: TranscodeConfig, default: str = "") -> tuple[Rung, ...]:
@@ -157,7 +188,8 @@ class LocalTranscoder:
             broadcast.set_catalog(Catalog(broadcast.name, tuple(infos), generated_at=broadcast.catalog.generated_at))
 
         bt = self.broadcasts[broadcast.name] = BroadcastTranscoder(broadcast.name, self.ladder, self.config,
-                                                                   publish_tracks, broadcast.push_rendition)
+                                                                   publish_tracks, broadcast.push_rendition,
+                                                                   broadcast.skip_rendition_group)
         for track, count in broadcast.demand.items():
             if count:
                 bt.set_wanted(track, True)
@@ -224,6 +256,25 @@ class _RungPublisher:
             session.send_object(self.stream, frame.index, frame.payload, frame_extensions(frame, self.info.timescale))
             self.conn.flush()
 
+    def skip(self, group: int) -> None:
+        """The rung dropped (the rest of) ``group``: its subgroup stream is reset with
+        DELIVERY_TIMEOUT; a group not begun gets a stream of its header alone, reset (MoQT d16:
+        "explicitly tells the receiver there is an unsent Subgroup")."""
+        session = self.conn.session
+        if not self.forward or session.closed:
+            return
+        if self.group != group or self.stream is None:
+            if self.group is not None and group < self.group:
+                return  # older than what went out: nothing to say
+            if self.stream is not None:
+                session.end_subgroup(self.stream)
+            self.group = group
+            self.stream = session.open_subgroup(self.alias, group, priority=2)
+            self.conn.flush()  # the header goes out before the reset
+        session.reset_subgroup(self.stream, RESET_DELIVERY_TIMEOUT)
+        self.stream = None
+        self.conn.flush()
+
     def stop(self) -> None:
         if self.stream is not None and not self.conn.session.closed:
             self.conn.session.end_subgroup(self.stream)
@@ -278,7 +329,12 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         if p is not None:
             p.send(frame)
 
-    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit)
+    def skip(track: str, group: int) -> None:
+        p = rungs.get(track)
+        if p is not None:
+            p.skip(group)
+
+    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip)
     registry[name] = bt
     source_tracks: set[str] = set()
     catalog_group = -1
@@ -337,16 +393,22 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
 
 
 async def run_transcode(config: Config, stop: asyncio.Event) -> None:
-    """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists."""
+    """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists; with ``--http``,
+    its metrics and health there."""
     from ..moq import events as ev
     from ..moq.transport import connect_moq, parse_moq_url
-    from .nodes import node_token, upstream_tls
+    from ..ops.view import NodeView
+    from .nodes import OpsListener, node_token, upstream_tls
 
     ladder = ladder_of(config.transcode, DEFAULT_LADDER)
     host, port, _ = parse_moq_url(config.upstream.url)
     tls = upstream_tls(config)
     broadcasts: dict[str, BroadcastTranscoder] = {}
     tasks: dict[str, asyncio.Task] = {}
+    view = NodeView("transcoder")
+    view.transcode = rung_readings(broadcasts)
+    ops = OpsListener(config, view)
+    await ops.start()
 
     async def follow(name: str) -> None:
         delay = RECONNECT_MIN
@@ -393,6 +455,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
+        await ops.close()
         lister.cancel()
         for task in tasks.values():
             task.cancel()

@@ -9,7 +9,7 @@ from ..auth.access import Access
 from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
 from ..config import Config
 from ..edge.server import EdgeServer
-from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import serve_moq
@@ -65,6 +65,8 @@ class LocalFeed:
                     yield catalog
                 elif isinstance(event, BroadcastEnded):
                     return
+                elif isinstance(event, GroupSkipped):
+                    continue  # the segmenter sees the gap: the next group starts a new segment
                 elif (event.group, event.index) > newest.get(event.track, (-1, -1)) and self._passes(catalog, event.track):
                     yield event
         finally:
@@ -101,6 +103,10 @@ class UpNode:
 
             self.transcoder = LocalTranscoder(self.registry, config.transcode)
         self.view = NodeView("up", registry=self.registry, relay=self.moq, ingest=self.rtmp)
+        if self.transcoder is not None:
+            from .transcode import rung_readings
+
+            self.view.transcode = rung_readings(self.transcoder.broadcasts)
         self.view.relay_backend = config.moq.backend
         self.ops = OpsRoutes(self.view)
         self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), http=config.http, access=self.access,

@@ -67,11 +67,8 @@ class NodeCollector:
         yield lag
         yield from self._broadcasts()
         yield from self._connections()
-        transcode = GaugeMetricFamily("rtmpq_transcode_lag_seconds",
-                                      "how far a transcoded rung runs behind its source", labels=["broadcast", "rung"])
-        for (name, rung), seconds in list(view.transcode_lag.items()):
-            transcode.add_metric([name, rung], seconds)
-        yield transcode
+        if view.transcode is not None:
+            yield from self._rungs(view.transcode())
         for extra in list(view.collectors):
             yield from extra()
 
@@ -113,6 +110,27 @@ class NodeCollector:
             skipped.add_metric(name, s.skipped_groups)
             reconnects.add_metric(name, max(0, s.publishes - 1))
         yield from (frames, bytes_in, bytes_out, rate_in, rate_out, groups, keyint, subs, viewers, skipped, reconnects)
+
+    @staticmethod
+    def _rungs(rungs):
+        """Transcoder rungs: (broadcast, rendition track, RungStats, encoding now) each."""
+        labels = ["broadcast", "rendition"]
+        lag = GaugeMetricFamily("rtmpq_transcode_lag_seconds", "source frame arrival at the transcoder to its rung "
+                                "frame leaving the encoder, for the rung's last frame (rungs encoding now)", labels=labels)
+        encoded = CounterMetricFamily("rtmpq_transcode_frames_encoded", "frames a rung encoded", labels=labels)
+        groups = CounterMetricFamily("rtmpq_transcode_groups", "groups a rung delivered (each from an IDR)",
+                                     labels=labels)
+        skipped = CounterMetricFamily("rtmpq_transcode_skipped_groups",
+                                      "groups a rung dropped or cut short (it fell behind; signalled on the wire)",
+                                      labels=labels)
+        for name, track, stats, encoding in rungs:
+            key = [name, track]
+            if encoding and stats.lag is not None:
+                lag.add_metric(key, stats.lag)
+            encoded.add_metric(key, stats.frames_encoded)
+            groups.add_metric(key, stats.groups)
+            skipped.add_metric(key, stats.skipped_groups)
+        yield from (lag, encoded, groups, skipped)
 
     def _connections(self):
         view = self.view

@@ -79,8 +79,8 @@ class NodeView:
         self.started = time.time()
         self.listening = False  # set by the node once every listener is up
         self.upstream_ready: Callable[[], tuple[bool, str]] | None = None
-        # transcode lag per rung, set by a transcoder: (broadcast, rung) -> seconds
-        self.transcode_lag: dict[tuple[str, str], float] = {}
+        # a transcoder's rungs: () -> iterable of (broadcast, rendition track, RungStats, encoding now)
+        self.transcode: Callable[[], Iterable] | None = None
         # more readings a component may add: () -> iterable of prometheus metric families
         self.collectors: list[Callable[[], Iterable]] = []
         self._rate = _Rate()

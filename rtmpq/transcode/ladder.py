@@ -18,6 +18,9 @@ DEFAULT_LADDER = "720p,480p,360p"
 VBV_BUFFER_SECONDS = 2.0
 # x264 speed/quality trade-off: veryfast keeps 720p->480p+360p inside one core at 30 fps.
 X264_PRESET = "veryfast"
+# libx264's presets, fastest first ([transcode] preset and presets take one of these).
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")
 # zerolatency: no lookahead, no frame threads, so a frame leaves the encoder as it goes in.
 X264_TUNE = "zerolatency"
 # Key frames come from the source's groups (forced IDR at each group start); this backstop (in

@@ -17,8 +17,10 @@ Threads (PyAV releases the GIL in decode, scale and encode, so they use both cor
   that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
   catch-up decoder for that rung alone) before it goes on live.
 - **Falling behind.** A rung whose queue is full drops the rest of that group and the frames
-  until the next group boundary (a skipped group: counted, logged); it never stalls the decoder
-  or the other rungs, and a group it delivers always starts with an IDR.
+  until the next group boundary, and what its queue still holds of that group and older ones
+  (stale; a skipped group: counted, logged, and signalled with ``skip(track, group)`` after any
+  frames of it the rung emitted, so the wire can say so); it never stalls the decoder or the
+  other rungs, and a group it delivers always starts with an IDR.
 - **Bad input.** A decode error, or a new configuration record, stops decoding until the next
   source group, which starts a fresh decoder; one log line names the broadcast.
 """
@@ -27,6 +29,7 @@ import bisect
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -46,6 +49,7 @@ MAX_GROUP_BYTES = 24 * 1024 * 1024
 GROUP_STARTS_KEPT = 8
 
 _STOP = object()
+_SKIP = object()  # queue marker: (_SKIP, group) after the last queued frame of a skipped group
 
 
 @dataclass
@@ -54,6 +58,9 @@ class RungStats:
     groups: int = 0  # groups delivered (each starting with an IDR)
     skipped_groups: int = 0  # groups dropped or cut short because the rung fell behind
     frames_dropped: int = 0
+    # seconds from a source frame's arrival at the transcoder to its rung frame leaving the
+    # encoder, for the last frame made (None: none yet)
+    lag: float | None = None
 
 
 @dataclass
@@ -66,24 +73,29 @@ class TranscodeStats:
 
 
 class _RungWorker:
-    """One rung's encoder and thread; fed by the decoder thread through a bounded queue."""
+    """One rung's encoder and thread; fed by the decoder thread through a queue bounded in frames
+    (markers are not counted: a skip is always signalled)."""
 
     def __init__(self, owner: "Transcoder", encoder: RungEncoder, track: str) -> None:
         self.owner = owner
         self.encoder = encoder
         self.track = track
         self.stats = owner.stats.rungs.setdefault(track, RungStats())
-        self.queue: queue.Queue = queue.Queue(maxsize=owner.rung_queue_frames)
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.room = threading.Semaphore(owner.rung_queue_frames)  # frames the queue may still take
         # decoder-thread side
         self.active = False
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
+        # the newest group dropped: its frames still queued, and those of older groups (stale),
+        # are dropped too, unencoded (set by the decoder thread, read by the rung thread)
+        self.cut_group: int | None = None
         self.thread = threading.Thread(target=self._run, name=f"rtmpq-rung-{track}", daemon=True)
         self.thread.start()
 
     # decoder thread
-    def offer(self, group: int, frame, received_ns: int, catch_up: bool = False) -> None:
+    def offer(self, group: int, frame, received_ns: int, pushed_ns: int, catch_up: bool = False) -> None:
         if self.last_pts is not None and frame.pts <= self.last_pts:
             return  # already made by a catch-up decode
         first = group != self.offered_group
@@ -93,33 +105,56 @@ class _RungWorker:
         elif self.skipping:
             self.stats.frames_dropped += 1
             return
-        try:
-            if self.owner.lossless or catch_up:  # a catch-up burst waits for the encoder
-                self.queue.put((group, frame, first, received_ns))
-            else:
-                self.queue.put_nowait((group, frame, first, received_ns))
+        if self.room.acquire(blocking=self.owner.lossless or catch_up):  # a catch-up burst waits for the encoder
+            self.queue.put((group, frame, first, received_ns, pushed_ns))
             self.last_pts = frame.pts
-        except queue.Full:
-            self.skipping = True
-            self.stats.skipped_groups += 1
-            self.stats.frames_dropped += 1
-            log.warning("%s %s: the encoder fell behind; dropping to the next group (group %d %s)",
-                        self.owner.label, self.track, group, "skipped" if first else "cut short")
+            return
+        self.skipping = True
+        self.stats.skipped_groups += 1
+        self.stats.frames_dropped += 1
+        self.cut_group = group
+        self.queue.put((_SKIP, group))
+        log.warning("%s %s: the encoder fell behind; dropping to the next group (group %d %s)",
+                    self.owner.label, self.track, group, "skipped" if first else "cut short")
 
     # rung thread
     def _run(self) -> None:
         group = None
         index = 0
         drop_group = False
+        signalled = None  # the last group signalled as skipped
         while True:
             item = self.queue.get()
             if item is _STOP:
                 return
-            group_id, frame, first, received_ns = item
+            if item[0] is _SKIP:
+                if item[1] != signalled:
+                    signalled = item[1]
+                    self.owner.skip(self.track, item[1])
+                if group == item[1]:
+                    drop_group = True
+                continue
+            self.room.release()
+            group_id, frame, first, received_ns, pushed_ns = item
+            cut = self.cut_group
+            if cut is not None and group_id <= cut:  # stale: the rung goes on at the next group
+                self.stats.frames_dropped += 1
+                if group_id != signalled:  # (the rest of) this group is not made: say so
+                    if group_id < cut:
+                        self.stats.skipped_groups += 1  # an older group cut short on the way
+                    signalled = group_id
+                    self.owner.skip(self.track, group_id)
+                if group == group_id:
+                    drop_group = True
+                continue
             try:
                 packets = self.encoder.encode(frame, idr=first)
             except av.FFmpegError as exc:
                 log.warning("%s %s: encode failed (%s); going on at the next group", self.owner.label, self.track, exc)
+                if group_id != signalled:
+                    self.stats.skipped_groups += 1
+                    signalled = group_id
+                    self.owner.skip(self.track, group_id)
                 drop_group, group = True, group_id
                 continue
             self.stats.frames_encoded = self.encoder.frames_encoded
@@ -132,11 +167,15 @@ class _RungWorker:
                         self.stats.skipped_groups += 1
                         log.warning("%s %s: group %d did not start with an IDR; skipped", self.owner.label, self.track,
                                     group_id)
+                        signalled = group_id
+                        self.owner.skip(self.track, group_id)
                     else:
                         self.stats.groups += 1
                 if drop_group or group is None:
                     continue
                 self.owner.emit(self.track, Frame(self.track, group, index, pts, pts, idr, data, received_ns))
+                if pushed_ns:
+                    self.stats.lag = (time.monotonic_ns() - pushed_ns) / 1e9
                 index += 1
 
     def stop(self) -> None:
@@ -145,17 +184,21 @@ class _RungWorker:
 
 class Transcoder:
     """The rungs of one source video track. ``push`` and ``set_active`` are called from the event
-    loop and never block; ``emit(track, Frame)`` is called from rung threads (make it thread-safe,
-    e.g. with ``loop.call_soon_threadsafe``). ``lossless``: for files and benchmarks, where input
-    comes faster than real time: the decoder waits for slow rungs instead of dropping groups."""
+    loop and never block; ``emit(track, Frame)`` and ``skip(track, group)`` (the rung dropped the
+    rest of that group, after any of its frames it emitted) are called from rung threads (make
+    them thread-safe, e.g. with ``loop.call_soon_threadsafe``; in that order, they keep theirs).
+    ``lossless``: for files and benchmarks, where input comes faster than real time: the decoder
+    waits for slow rungs instead of dropping groups. ``presets``: an x264 preset per rung name
+    ("480p") over ``preset``."""
 
-    def __init__(self, label: str, source: TrackInfo, ladder: tuple[Rung, ...], emit, *,
+    def __init__(self, label: str, source: TrackInfo, ladder: tuple[Rung, ...], emit, *, skip=None,
                  rung_queue_frames: int = RUNG_QUEUE_FRAMES, decode_queue_frames: int = DECODE_QUEUE_FRAMES,
-                 lossless: bool = False, preset: str = X264_PRESET) -> None:
+                 lossless: bool = False, preset: str = X264_PRESET, presets: dict[str, str] | None = None) -> None:
         self.lossless = lossless
         self.label = label  # the broadcast's loggable name
         self.source = source
         self.emit = emit
+        self.skip = skip or (lambda track, group: None)
         self.rung_queue_frames = rung_queue_frames
         self.decode_queue_frames = decode_queue_frames
         self.stats = TranscodeStats()
@@ -164,7 +207,8 @@ class Transcoder:
             raise CoderError(f"{label} {source.name}: the catalog gives no picture size")
         for rung in rungs_for_source(ladder, source.height):
             width, height = rung.size_for(source.width, source.height)
-            encoder = RungEncoder(rung, width, height, source.framerate, source.timescale, preset)
+            encoder = RungEncoder(rung, width, height, source.framerate, source.timescale,
+                                  (presets or {}).get(rung.name, preset))
             self.workers[rung.track(source.name)] = _RungWorker(self, encoder, rung.track(source.name))
         self.tracks = tuple(w.encoder.info(source) for w in self.workers.values())
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -187,7 +231,7 @@ class Transcoder:
                         frame.group)
             return
         self._queued += 1
-        self._inbox.put(("frame", frame))
+        self._inbox.put(("frame", (frame, time.monotonic_ns())))
 
     def set_active(self, track: str, active: bool) -> None:
         if track in self.workers:
@@ -215,11 +259,11 @@ class Transcoder:
         decoder: SourceDecoder | None = None
         broken = False  # wait for the next group start (after an error or a new configuration)
         failed = False  # the decoder cannot be opened for this configuration: wait for another
-        group_units: list[Frame] = []  # the current group's access units, from its IDR
+        group_units: list[tuple[Frame, int]] = []  # the current group's access units (and arrival), from its IDR
         group_bytes = 0
         group_whole = False  # group_units starts at the group's first unit and holds all of it
         starts: deque[tuple[int, int]] = deque(maxlen=GROUP_STARTS_KEPT)  # (first pts, group)
-        received: dict[int, int] = {}  # pts -> ingest arrival, for latency figures
+        received: dict[int, tuple[int, int]] = {}  # pts -> (ingest arrival, arrival here), for lag figures
 
         def group_of(pts: int) -> int | None:
             keys = [p for p, _ in starts]
@@ -230,11 +274,11 @@ class Transcoder:
             for f in frames:
                 self.stats.frames_decoded += 1
                 g = group_of(f.pts)
-                ns = received.pop(f.pts, 0)
+                ns, pushed = received.pop(f.pts, (0, 0))
                 if g is None:
                     continue
                 for w in workers:
-                    w.offer(g, f, ns, catch_up)
+                    w.offer(g, f, ns, pushed, catch_up)
 
         def open_decoder() -> SourceDecoder | None:
             nonlocal broken, failed
@@ -245,8 +289,8 @@ class Transcoder:
                 log.warning("%s %s: %s; no rungs until the source changes", self.label, source.name, exc)
                 return None
 
-        def decode(dec: SourceDecoder, unit: Frame) -> list:
-            received[unit.pts] = unit.received_ns
+        def decode(dec: SourceDecoder, unit: Frame, pushed_ns: int = 0) -> list:
+            received[unit.pts] = (unit.received_ns, pushed_ns)
             if len(received) > 4 * GROUP_STARTS_KEPT * 60:
                 received.pop(next(iter(received)))
             return dec.decode(unit.payload, unit.pts, unit.dts, unit.keyframe)
@@ -285,8 +329,8 @@ class Transcoder:
                     continue
                 try:
                     frames = []
-                    for unit in group_units:
-                        frames += decode(dec, unit)
+                    for unit, pushed_ns in group_units:
+                        frames += decode(dec, unit, pushed_ns)
                     # a catch-up decoder is not flushed: what it gives is the display-order prefix
                     # the main decoder gave; the main decoder's next frames follow on from it
                 except av.FFmpegError as exc:
@@ -298,7 +342,7 @@ class Transcoder:
                     decoder = dec
                 dispatch(frames, [w], catch_up=True)
                 continue
-            unit: Frame = value
+            unit, pushed_ns = value
             self._queued -= 1
             if unit.index == 0:
                 group_units, group_bytes, group_whole = [], 0, True
@@ -306,7 +350,7 @@ class Transcoder:
                 broken = failed
             if group_whole:
                 if group_bytes + len(unit.payload) <= MAX_GROUP_BYTES:
-                    group_units.append(unit)
+                    group_units.append((unit, pushed_ns))
                     group_bytes += len(unit.payload)
                 else:
                     group_whole = False
@@ -320,7 +364,7 @@ class Transcoder:
                 if decoder is None:
                     continue
             try:
-                dispatch(decode(decoder, unit), active)
+                dispatch(decode(decoder, unit, pushed_ns), active)
             except av.FFmpegError as exc:
                 self.stats.decode_errors += 1
                 decoder, broken = None, True
