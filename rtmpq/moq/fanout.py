@@ -315,7 +315,8 @@ class TrackFanout:
         subgroup header alone, reset, which tells it the group is skipped (MoQT d16: "explicitly
         tells the receiver there is an unsent Subgroup")."""
         self.cache.drop(group_id)
-        for sub in self.subscribers:
+
+        def skip(sub: TrackSubscription) -> None:
             if group_id in sub.in_flight:
                 if not sub.in_flight[group_id].complete:
                     sub._drop(group_id, code)
@@ -323,6 +324,7 @@ class TrackFanout:
                 sub.signal_skipped(group_id, code)
             if now is not None:
                 sub.check(now)
+        self._each(skip)
 
     def check(self, now: float) -> None:
         self.cache.expire(now)
