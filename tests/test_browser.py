@@ -50,14 +50,9 @@ class DevTools:
         return result.get("result", {}).get("value")
 
 
-async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path, record_property):
+async def chromium_page(tmp_path, url: str):
+    """(browser process, DevTools websocket URL) of a headless Chromium showing ``url``."""
     chromium = shutil.which("chromium") or need("chromium")
-    need("ffmpeg")
-    rtmp_port = node.rtmp.address[1]
-    host, http_port = node.edge.address
-    publisher = asyncio.create_task(run_process(
-        ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/web", str(tmp_path / "ref.flv"), seconds=10), timeout=60))
-    await node.registry.wait_for("live/web", 10)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         debug_port = s.getsockname()[1]
@@ -65,21 +60,32 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
         chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
-        f"--remote-debugging-port={debug_port}", f"http://{host}:{http_port}/live/web/",
+        f"--remote-debugging-port={debug_port}", url,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            targets = json.loads(await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
+            pages = [t for t in targets if t["type"] == "page"]
+            if pages:
+                return browser, pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    browser.terminate()
+    raise AssertionError("chromium did not start")
+
+
+async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path, record_property):
+    need("ffmpeg")
+    rtmp_port = node.rtmp.address[1]
+    host, http_port = node.edge.address
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/web", str(tmp_path / "ref.flv"), seconds=10), timeout=60))
+    await node.registry.wait_for("live/web", 10)
+    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/web/")
     try:
-        targets = None
-        for _ in range(100):
-            try:
-                targets = json.loads(await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
-                if any(t["type"] == "page" for t in targets):
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        page = next(t for t in targets if t["type"] == "page")
-        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+        async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
             first = None
             for _ in range(100):  # until playback starts
@@ -113,32 +119,6 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
     assert rc == 0, output
 
 
-async def _chromium_page(tmp_path, url: str):
-    """(browser process, DevTools websocket URL) of a headless Chromium showing ``url``."""
-    chromium = shutil.which("chromium") or need("chromium")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        debug_port = s.getsockname()[1]
-    browser = await asyncio.create_subprocess_exec(
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
-        f"--remote-debugging-port={debug_port}", url,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            targets = json.loads(await asyncio.to_thread(
-                lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
-            pages = [t for t in targets if t["type"] == "page"]
-            if pages:
-                return browser, pages[0]["webSocketDebuggerUrl"]
-        except OSError:
-            pass
-        await asyncio.sleep(0.1)
-    browser.terminate()
-    raise AssertionError("chromium did not start")
-
-
 async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
     """`rtmpq up --ladder 480p,360p`: hls.js sees three levels and switches to a rung it had not
     watched; the rung starts on demand, the new level loads and playback goes on without a stall."""
@@ -159,7 +139,7 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
         timeout=90))
     try:
         await node.registry.wait_for("live/abr", 10)
-        browser, ws_url = await _chromium_page(tmp_path, f"http://{host}:{http_port}/live/abr/")
+        browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/abr/")
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
             now = "document.getElementById('video').currentTime"

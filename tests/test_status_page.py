@@ -2,10 +2,6 @@
 and its link opens a player that plays."""
 
 import asyncio
-import json
-import shutil
-import socket
-import urllib.request
 
 import pytest
 import websockets
@@ -15,7 +11,7 @@ from rtmpq.nodes.up import UpNode
 
 from .conftest import local_config, need
 from .publishers import ffmpeg_publish_args, run_process
-from .test_browser import DevTools
+from .test_browser import DevTools, chromium_page
 
 STATIC = bundled_static_dir()  # the node serves it from there by default
 
@@ -32,7 +28,6 @@ async def poll(devtools: DevTools, expression: str, deadline: float = 30.0):
 
 
 async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(tmp_path):
-    chromium = shutil.which("chromium") or need("chromium")
     need("ffmpeg")
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
@@ -40,29 +35,10 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
     node = UpNode(config)
     await node.start()
     host, http_port = node.edge.address
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        debug_port = s.getsockname()[1]
-    browser = await asyncio.create_subprocess_exec(
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
-        f"--remote-debugging-port={debug_port}", f"http://{host}:{http_port}/",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/")
     publisher = None
     try:
-        targets = []
-        for _ in range(150):
-            try:
-                targets = json.loads(await asyncio.to_thread(
-                    lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
-                if any(t["type"] == "page" for t in targets):
-                    break
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        page = next(t for t in targets if t["type"] == "page")
-        async with websockets.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+        async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
             # the page is open before anything is live: it says so
             assert await poll(devtools, "document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
