@@ -123,6 +123,22 @@ def warning_kinds(output: str) -> set[str]:
     return {re.sub(r"\d+", "N", line) for line in ffmpeg_warnings(output)}
 
 
+async def assert_reads_every_frame(playlist_url: str, publisher, ref: str) -> None:
+    """ffprobe reading ``playlist_url`` from its oldest listed segment until ENDLIST (after the
+    ``publisher`` task ends) counts every video and audio frame of the reference file ``ref``."""
+    reader = asyncio.create_task(run_process(
+        ["ffprobe", "-v", "error", "-live_start_index", "0", "-count_frames", "-show_entries",
+         "stream=codec_type,nb_read_frames", "-of", "json", playlist_url], timeout=60))
+    rc, output = await publisher
+    assert rc == 0, output
+    rc, out = await reader
+    assert rc == 0, out
+    counts = {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
+    reference = probe_packets(ref)
+    assert counts["video"] == sum(p.track == "video" for p in reference)
+    assert counts["audio"] == sum(p.track == "audio" for p in reference)
+
+
 DTS_WARNING = "Application provided invalid, non monotonically increasing dts to muxer"
 MOOV_WARNING = "Found duplicated MOOV Atom. Skipped it"
 
@@ -327,14 +343,4 @@ async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_fra
     assert first.count("#EXTINF") >= 2, first  # groups 0 and 1, whole, in the very first answer
     assert "#EXT-X-MEDIA-SEQUENCE:0" in first
     # a player that starts at the oldest listed segment and reads to the end gets every frame
-    reader = asyncio.create_task(run_process(
-        ["ffprobe", "-v", "error", "-live_start_index", "0", "-count_frames", "-show_entries",
-         "stream=codec_type,nb_read_frames", "-of", "json", f"{base}/index.m3u8"], timeout=60))
-    rc, output = await publisher
-    assert rc == 0, output
-    rc, out = await reader
-    assert rc == 0, out
-    counts = {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
-    reference = probe_packets(ref)
-    assert counts["video"] == sum(p.track == "video" for p in reference)
-    assert counts["audio"] == sum(p.track == "audio" for p in reference)
+    await assert_reads_every_frame(f"{base}/index.m3u8", publisher, ref)

@@ -3,7 +3,6 @@ playlist window with a joining FETCH from the relay above (here the in-process r
 which caches every local broadcast's groups), on either QUIC backend, with node and playback tokens."""
 
 import asyncio
-import json
 import logging
 import time
 
@@ -16,8 +15,8 @@ from rtmpq.moq.wire import RequestError
 from rtmpq.nodes.nodes import run_edge
 
 from .conftest import free_port, need, start_up_node, wait_tcp
-from .publishers import ffmpeg_publish_args, probe_packets, run_process
-from .test_edge import http_get
+from .publishers import ffmpeg_publish_args, run_process
+from .test_edge import assert_reads_every_frame, http_get
 
 SECRET = "edge-fetch-test-secret-0123456789abcdef"
 
@@ -70,18 +69,7 @@ async def test_a_viewer_arriving_5s_in_at_a_separate_edge_gets_whole_segments_an
         assert first.count("#EXTINF") >= 2, first  # groups 0 and 1, whole, in the very first answer
         assert "#EXT-X-MEDIA-SEQUENCE:0" in first
         # a player that starts at the oldest listed segment and reads to the end gets every frame
-        reader = asyncio.create_task(run_process(
-            ["ffprobe", "-v", "error", "-live_start_index", "0", "-count_frames", "-show_entries",
-             "stream=codec_type,nb_read_frames", "-of", "json",
-             f"http://127.0.0.1:{port}/live/late/index.m3u8?token={viewer}"], timeout=60))
-        rc, output = await publisher
-        assert rc == 0, output
-        rc, out = await reader
-        assert rc == 0, out
-        counts = {s["codec_type"]: int(s["nb_read_frames"]) for s in json.loads(out)["streams"]}
-        reference = probe_packets(ref)
-        assert counts["video"] == sum(p.track == "video" for p in reference)
-        assert counts["audio"] == sum(p.track == "audio" for p in reference)
+        await assert_reads_every_frame(f"http://127.0.0.1:{port}/live/late/index.m3u8?token={viewer}", publisher, ref)
     finally:
         stop.set()
         await task
