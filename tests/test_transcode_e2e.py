@@ -147,7 +147,9 @@ async def test_a_rung_nobody_watches_encodes_nothing_and_starts_at_the_current_g
     assert set(bt.rung_source) == set(RUNGS)
     assert bt.frames_encoded("video-480p") == bt.frames_encoded("video-360p") == 0  # nobody watches
     late: dict = {}
-    await asyncio.sleep(0.3)  # mid-group
+    async with asyncio.timeout(30):  # mid-group: some frames into the group in progress
+        while sum(f.group == max(g.group for g in source["video"]) for f in source["video"]) < 10:
+            await asyncio.sleep(0.05)
     current = max(f.group for f in source["video"])
     await asyncio.wait_for(asyncio.gather(subscribe(node, "live/lazy", "video-360p", late), publisher), 60)
     await watcher
