@@ -123,6 +123,16 @@ def warning_kinds(output: str) -> set[str]:
     return {re.sub(r"\d+", "N", line) for line in ffmpeg_warnings(output)}
 
 
+async def inside_group(broadcast, group: int, video_frames: int = 24) -> None:
+    """Wait until the publish is ``video_frames`` frames into group ``group`` (or later)."""
+    for _ in range(400):
+        current = broadcast._current_group
+        if current and current[0].group >= group and sum(f.track == "video" for f in current) >= video_frames:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the publish never got {video_frames} frames into group {group}")
+
+
 async def assert_reads_every_frame(playlist_url: str, publisher, ref: str) -> None:
     """ffprobe reading ``playlist_url`` from its oldest listed segment until ENDLIST (after the
     ``publisher`` task ends) counts every video and audio frame of the reference file ``ref``."""
@@ -332,11 +342,7 @@ async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_fra
     publisher = asyncio.create_task(run_process(
         ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/late", ref, seconds=9)))
     broadcast = await node.registry.wait_for("live/late", 10)
-    for _ in range(300):  # 2 s GoPs: group 2 begins at 4 s; arrive inside it, ~5 s in
-        if broadcast._current_group and broadcast._current_group[0].group >= 2:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.8)
+    await inside_group(broadcast, 2)  # 2 s GoPs: group 2 begins at 4 s; arrive inside it, ~5 s in
     status, _, body = await http_get(f"{base}/video.m3u8")  # the edge's first request for it
     first = body.decode()
     assert status == 200

@@ -16,17 +16,9 @@ from rtmpq.nodes.nodes import run_edge
 
 from .conftest import free_port, need, start_up_node, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
-from .test_edge import assert_reads_every_frame, http_get
+from .test_edge import assert_reads_every_frame, http_get, inside_group
 
 SECRET = "edge-fetch-test-secret-0123456789abcdef"
-
-
-async def wait_for_group(broadcast, group: int) -> None:
-    for _ in range(400):
-        if broadcast._current_group and broadcast._current_group[0].group >= group:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the publish never reached group {group}")
 
 
 async def origin_and_edge(tmp_path, backend: str, stop: asyncio.Event, **upstream):
@@ -52,8 +44,7 @@ async def publish_late_viewer(tmp_path, origin, edge_port: int, name: str):
     publisher = asyncio.create_task(run_process(
         ffmpeg_publish_args(f"rtmp://127.0.0.1:{origin.rtmp.address[1]}/live/{name}?token={publish}", ref, seconds=9)))
     broadcast = await origin.registry.wait_for(f"live/{name}", 10)
-    await wait_for_group(broadcast, 2)  # group 2 begins at 4 s: arrive inside it, ~5 s in
-    await asyncio.sleep(0.8)
+    await inside_group(broadcast, 2)  # group 2 begins at 4 s: arrive inside it, ~5 s in
     status, _, body = await http_get(f"http://127.0.0.1:{edge_port}/live/{name}/video.m3u8?token={viewer}")
     assert status == 200, body
     return body.decode(), ref, publisher, viewer
