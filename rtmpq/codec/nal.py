@@ -15,25 +15,31 @@ from ..errors import RemoteProtocolError
 __all__ = ["split_length_prefixed", "find_annexb_units", "unescape_rbsp", "access_unit_type"]
 
 
-def split_length_prefixed(data, length_size: int) -> list:
+def _units(data, start: int, length_size: int):
+    """(view, offset, size) of each length-prefixed NAL unit of ``data[start:]``, checked as it
+    goes: the framing both functions below read (error offsets count from ``start``)."""
     if length_size not in (1, 2, 4):
         raise RemoteProtocolError(f"NAL length size {length_size} (must be 1, 2 or 4)")
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
+    if start < 0:
+        raise ValueError(f"start {start} is negative")
     end = len(view)
-    pos = 0
-    units = []
+    pos = start
     while pos < end:
         if end - pos < length_size:
-            raise RemoteProtocolError(f"NAL length field truncated at byte {pos}")
+            raise RemoteProtocolError(f"NAL length field truncated at byte {pos - start}")
         size = int.from_bytes(view[pos : pos + length_size], "big")
         pos += length_size
         if size == 0:
-            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size}")
+            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size - start}")
         if size > end - pos:
-            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size} runs past the end ({end - pos} left)")
-        units.append(view[pos : pos + size])
+            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size - start} runs past the end ({end - pos} left)")
+        yield view, pos, size
         pos += size
-    return units
+
+
+def split_length_prefixed(data, length_size: int) -> list:
+    return [view[pos : pos + size] for view, pos, size in _units(data, 0, length_size)]
 
 
 def find_annexb_units(data) -> list[tuple[int, int]]:
@@ -72,27 +78,11 @@ def unescape_rbsp(data) -> bytes:
 
 
 def access_unit_type(data, start: int, length_size: int, hevc: bool) -> int:
-    if length_size not in (1, 2, 4):
-        raise RemoteProtocolError(f"NAL length size {length_size} (must be 1, 2 or 4)")
-    view = memoryview(data).cast("B") if not isinstance(data, memoryview) or data.format != "B" else data
-    if start < 0:
-        raise ValueError(f"start {start} is negative")
-    end = len(view)
-    pos = start
     found = 0
-    while pos < end:
-        if end - pos < length_size:
-            raise RemoteProtocolError(f"NAL length field truncated at byte {pos - start}")
-        size = int.from_bytes(view[pos : pos + length_size], "big")
-        pos += length_size
-        if size == 0:
-            raise RemoteProtocolError(f"NAL unit of length 0 at byte {pos - length_size - start}")
-        if size > end - pos:
-            raise RemoteProtocolError(f"NAL unit of {size} bytes at byte {pos - length_size - start} runs past the end ({end - pos} left)")
+    for view, pos, size in _units(data, start, length_size):  # every unit: a bad one later still raises
         if hevc:
             rap = size >= 2 and 16 <= (view[pos] >> 1) & 0x3F <= 23  # IRAP: BLA, IDR, CRA (hevc.is_irap)
         else:
             rap = view[pos] & 0x1F == 5  # IDR
         found = 2 if rap or found == 2 else 1
-        pos += size
     return found
