@@ -127,7 +127,7 @@ class MoqSession:
         self._granted = max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0  # the lowest request id the peer has not used
         # ids above it already used: a SUBSCRIBE_NAMESPACE on its own stream can overtake (or be
-        # overtaken by) requests on the control stream; bounded by the window we grant
+        # overtaken by) requests on the control stream; at most max_requests of them
         self._early_peer_requests: set[int] = set()
         self._open_requests: dict[int, int] = {}  # the peer's open requests: request id -> message type
         self._outgoing: dict[int, list] = {}  # stream id -> [alias, group, last object id]
