@@ -36,6 +36,12 @@ class FakeSink:
     def confirmed(self, handle):
         return self.streams[handle]["queued"] == 0
 
+    def unsent_bytes(self, handle):
+        return self.streams[handle]["queued"]  # nothing in flight: sent is delivered here
+
+    def ack_allowance(self):
+        return 0.0
+
     def drain(self):
         for s in self.streams.values():
             s["queued"] = 0
@@ -344,3 +350,63 @@ def test_an_ended_group_the_transport_does_not_confirm_within_budget_is_reset():
     sink.unconfirmed.discard(2)
     fanout.check(3.2)
     assert set(sub.in_flight) == {2} and sub.skipped_groups == [0]  # group 1 confirmed: done with
+
+
+class InFlightSink(FakeSink):
+    """A sink whose bytes go out (``send``), then are acknowledged a round trip later (``ack``)."""
+
+    def __init__(self, rtt):
+        super().__init__()
+        self.rtt = rtt
+        self.unsent = {}
+
+    def send_object(self, handle, object_id, payload, extensions):
+        super().send_object(handle, object_id, payload, extensions)
+        self.unsent[handle] = self.unsent.get(handle, 0) + len(payload)
+
+    def send(self):
+        self.unsent = {h: 0 for h in self.unsent}
+
+    def ack(self):
+        self.drain()
+
+    def unsent_bytes(self, handle):
+        return self.unsent.get(handle, 0)
+
+    def ack_allowance(self):
+        return self.rtt
+
+
+def test_an_object_sent_within_budget_has_a_round_trip_more_to_be_acknowledged():
+    # 750 ms RTT, 2 s budget: an object received at 0 and sent at 1.9 s is acknowledged at 2.65 s.
+    # Judged by the acknowledgement alone it was late at 2 s; it was sent in time
+    fanout = TrackFanout()
+    sink = InFlightSink(rtt=0.75)
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 3, 0.0)
+    sink.send()
+    fanout.check(2.6)
+    assert sink.groups("open") == [0] and not sub.skipped_groups
+    sink.ack()
+    fanout.check(2.65)
+    assert sink.groups("open") == [0] and not sub.skipped_groups
+    # not acknowledged a round trip past the budget (a copy lost): reset then
+    publish_gop(fanout, 1, 3, 3.0)
+    sink.send()
+    fanout.check(5.7)
+    assert 1 not in sub.skipped_groups
+    fanout.check(5.8)
+    assert 1 in sub.skipped_groups
+
+
+def test_an_object_not_even_sent_when_its_budget_ends_is_reset_at_once():
+    fanout = TrackFanout()
+    sink = InFlightSink(rtt=0.75)
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 3, 0.0)
+    fanout.check(1.9)
+    assert not sub.skipped_groups
+    fanout.check(2.1)  # still unsent at 2 s: no round trip more
+    assert sub.skipped_groups == [0]

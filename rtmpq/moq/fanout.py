@@ -7,9 +7,13 @@ Timeout":
 - A new subscriber starts with the newest group in the cache, from its first object.
 - Each group goes on its own stream; a newer group never waits for an older one (the sink gives
   newer groups and audio higher priority).
-- Latency budget (the subscription's DELIVERY_TIMEOUT): an object still unsent that long after the
-  relay received it gets its whole group stream reset with DELIVERY_TIMEOUT (0x2). No new stream
-  is opened for the rest of that group; the subscriber sees the reset and knows it skipped it.
+- Latency budget (the subscription's DELIVERY_TIMEOUT): an object not delivered that long after
+  the relay received it gets its whole group stream reset with DELIVERY_TIMEOUT (0x2). No new
+  stream is opened for the rest of that group; the subscriber sees the reset and knows it skipped
+  it. Delivered means acknowledged, and an acknowledgement takes a round trip to come back: an
+  object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
+  more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
+  750 ms RTT, judging by acknowledgement alone left 1.25 s of a 2 s budget to send in.)
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
@@ -52,6 +56,12 @@ class GroupSink(Protocol):
     def confirmed(self, handle: object) -> bool:
         """Every byte of the group and its end reached the subscriber, by the transport's own
         word (``buffered_bytes`` may be an estimate)."""
+    def unsent_bytes(self, handle: object) -> int:
+        """Bytes of the group not yet sent even once (``buffered_bytes`` counts those and the ones
+        in flight)."""
+    def ack_allowance(self) -> float:
+        """Seconds an acknowledgement of bytes sent takes to come back (0: judge by
+        ``buffered_bytes`` alone)."""
 
 
 @dataclass(slots=True)
@@ -118,9 +128,10 @@ class TrackSubscription:
     def check(self, now: float) -> None:
         """Enforce the budgets; call on a timer and after each batch of objects."""
         progress = waiting = False
+        allowance = self.sink.ack_allowance()
         for g in list(self.in_flight.values()):
-            sent = g.written - self.sink.buffered_bytes(g.handle)
-            while g.pending and g.pending[0][0] <= sent:
+            acked = g.written - self.sink.buffered_bytes(g.handle)
+            while g.pending and g.pending[0][0] <= acked:
                 g.pending.popleft()
                 progress = True
             waiting = waiting or bool(g.pending)
@@ -132,10 +143,12 @@ class TrackSubscription:
                     # the transport confirms it, within the budget of its newest object
                     if self.sink.confirmed(g.handle):
                         del self.in_flight[g.group_id]
-                    elif now - g.last_received > self.delivery_timeout:
+                    elif now - g.last_received > self.delivery_timeout + allowance:
                         self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
                 continue
-            if now - g.pending[0][1] > self.delivery_timeout:
+            deadline = now - self.delivery_timeout  # objects received before this are past budget
+            if g.pending[0][1] < deadline - allowance or (
+                    g.pending[0][1] < deadline and self._late_object_unsent(g, deadline)):
                 self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
         while self.in_flight and self.sink.total_buffered_bytes() > self.send_budget:
             self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
@@ -144,6 +157,16 @@ class TrackSubscription:
             self.stalled_since = now if waiting else None
         elif waiting and self.stalled_since is None:
             self.stalled_since = now
+
+    def _late_object_unsent(self, g: _GroupInFlight, deadline: float) -> bool:
+        """Whether the newest of ``g``'s objects received before ``deadline`` has bytes not yet
+        sent even once (it cannot be delivered within its budget)."""
+        end = 0
+        for written, received in g.pending:
+            if received >= deadline:
+                break
+            end = written
+        return end > g.written - self.sink.unsent_bytes(g.handle)
 
     def signal_skipped(self, group_id: int, code: int) -> None:
         """Tell the subscriber that ``group_id``, which it never began, is skipped: its stream,

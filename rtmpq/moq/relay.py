@@ -140,6 +140,12 @@ class _ConnectionSink:
     def confirmed(self, handle: int) -> bool:
         return self.conn.delivered(handle)
 
+    def unsent_bytes(self, handle: int) -> int:
+        return self.conn.unsent_bytes(handle)
+
+    def ack_allowance(self) -> float:
+        return self.conn.ack_allowance()
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,

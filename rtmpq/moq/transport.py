@@ -53,6 +53,10 @@ AIOQUIC_CONGESTION_CONTROL = congestion.NAME
 # bounds what a peer can make us buffer unread or out of order.
 AIOQUIC_MAX_DATA = 4 * 1024 * 1024
 AIOQUIC_MAX_STREAM_DATA = 2 * 1024 * 1024
+# aioquic: UDP socket buffers asked for (the kernel caps them at net.core.rmem_max / wmem_max).
+# Linux's default ~208 kB holds ~90 full packets: 150 ms of a 5 Mbit/s burst arriving while the
+# event loop is busy elsewhere, after which the kernel drops them (seen at 750 ms RTT).
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
 # Only a stream holding no more than this (bytes: a subgroup header, no object) is held so:
 # resetting a stream with data sooner frees what it holds, as a delivery timeout wants.
 HELD_RESET_MAX_BYTES = 64
@@ -125,6 +129,16 @@ class _MoqConnectionMixin:
     def delivered(self, stream_id: int) -> bool:
         """Every byte written on the stream (and its FIN) is acknowledged, by QUIC's own word."""
         return self.queued_bytes(stream_id) == 0  # aioquic's count is exact
+
+    def unsent_bytes(self, stream_id: int) -> int:
+        """Bytes written on a stream and not yet sent even once."""
+        stream = self._quic._streams.get(stream_id)
+        return stream.sender._buffer_stop - stream.sender.highest_offset if stream is not None else 0
+
+    def ack_allowance(self) -> float:
+        """Seconds an acknowledgement takes to come back: the smoothed RTT (the relay's delivery
+        budget gives an object sent in time this long more to be acknowledged)."""
+        return self._quic._loss._rtt_smoothed
 
     # -- receiving ------------------------------------------------------------------------------
     def quic_event_received(self, event) -> None:
@@ -433,6 +447,12 @@ def _pquic_protocol_class():
             # are acknowledged (nothing more can be delivered once the connection is closed)
             return stream_id not in self._quic._stream_ctxs or self._writer.closed
 
+        def unsent_bytes(self, stream_id: int) -> int:
+            return self._writer.queued(stream_id)  # the estimate stands for both: judged as before
+
+        def ack_allowance(self) -> float:
+            return 0.0  # queued() already waits for the acknowledgements' flight
+
         @property
         def peer(self) -> str:
             addr = self._quic.peer_address()
@@ -449,6 +469,20 @@ FINGERPRINT_NEEDS_AIOQUIC = (
 # picoquic (BBR, C packetization): ~10x aioquic's egress per core and live over lossy paths
 # (docs/benchmarks.md); aioquic stays selectable and is the one that can pin by fingerprint.
 DEFAULT_BACKEND = "aiopquic"
+
+
+def widen_udp_buffers(transport) -> None:
+    """Ask for UDP_BUFFER_BYTES of receive and send buffer on an asyncio datagram transport."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    import socket
+
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
+        except OSError:  # refused: the default stays
+            pass
 
 
 def aioquic_configuration(*, is_client: bool, **kwargs) -> QuicConfiguration:
@@ -491,7 +525,10 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         loop.call_later(HANDSHAKE_TIMEOUT, check_setup)
         return conn
 
-    return await serve_fn(host, port, configuration=config, create_protocol=factory)
+    server = await serve_fn(host, port, configuration=config, create_protocol=factory)
+    if backend != "aiopquic":
+        widen_udp_buffers(server._transport)
+    return server
 
 
 def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, int, str]:
@@ -552,6 +589,8 @@ class connect_moq:
 
     async def _enter(self) -> MoqConnection:
         conn = await self._cm.__aenter__()
+        if isinstance(conn, MoqConnection):
+            widen_udp_buffers(conn._transport)
         if self._fingerprint is not None:
             der = conn._quic.tls._peer_certificate.public_bytes(_der_encoding())
             if der_fingerprint(der) != self._fingerprint:

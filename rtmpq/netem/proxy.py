@@ -27,6 +27,20 @@ from dataclasses import dataclass
 
 # Client addresses carried at once; the least recently heard from is let go beyond this.
 MAX_CLIENTS = 64
+# UDP socket buffers asked for (capped by the kernel's rmem_max / wmem_max): the proxy drops only
+# what its impairment says, not a burst that came while its event loop was busy.
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _widen(transport) -> None:
+    import socket
+
+    sock = transport.get_extra_info("socket")
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -114,6 +128,7 @@ class _ServerSide(asyncio.DatagramProtocol):
             transport.close()
             return
         self.transport = transport
+        _widen(transport)
         pending, self.pending = self.pending, []
         for data in pending:
             transport.sendto(data)
@@ -164,6 +179,7 @@ class ImpairmentProxy(asyncio.DatagramProtocol):
     async def __aenter__(self) -> "ImpairmentProxy":
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=self.listen)
+        _widen(self._transport)
         self.port = self._transport.get_extra_info("sockname")[1]
         return self
 
