@@ -114,8 +114,8 @@ HD_SECONDS = 8
 async def test_default_budget_keeps_a_lossy_720p_link_live(node, hd_source):
     """The relay's default delivery timeout (2 s) holds on both backends: a 2.6 Mbit/s 720p stream
     over 100 ms RTT and 2% loss either arrives, or its old groups are skipped and signalled, never
-    seconds behind. (aioquic's Reno carries ~0.8 Mbit/s at this loss: most of each video group is
-    skipped there; picoquic's BBR carries all of it.)"""
+    seconds behind. (aioquic with its own NewReno carried ~0.8 Mbit/s at this loss, most of each
+    video group skipped; with rtmpq's congestion controller, moq/congestion.py, all of it.)"""
     budget = DEFAULT_DELIVERY_TIMEOUT
     path = Impairment(delay_ms=50, jitter_ms=5, loss=0.02)
     frames, skipped, lateness = [], [], []
@@ -161,8 +161,10 @@ async def test_default_budget_keeps_a_lossy_720p_link_live(node, hd_source):
     lateness.sort()
     p99 = lateness[int(len(lateness) * 0.99)]
     assert p99 < budget + 0.5, (p99, lateness[-5:], skipped)
-    # and it is not a subscriber that got nothing: a share of the stream arrives (aioquic: the
-    # start of each group, 18-30% of the video objects in our runs; aiopquic: all of them)
-    assert len(video) >= 0.1 * sum(sizes), (len(video), sum(sizes))
+    # and it is not a subscriber that got nothing: a share of the stream arrives. aioquic: every
+    # video object in our runs (18-30% before moq/congestion.py); aiopquic: 64-100% (one or two
+    # groups skipped in some runs on a loaded machine)
+    floor = 0.8 if node.moq_config.backend == "aioquic" else 0.1
+    assert len(video) >= floor * sum(sizes), (len(video), sum(sizes), skipped)
     audio_published = sum(p.track == "audio" for p in reference)
     assert sum(f.track == "audio" for f in frames) >= 0.7 * audio_published
