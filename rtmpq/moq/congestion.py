@@ -21,9 +21,9 @@ its window at the same 2 x BDP.
 - A path that goes dark (persistent congestion): the rate history is forgotten with the window.
 - A long round trip: slow start doubles the window once per RTT, so at 750 ms a subscriber's first
   group (up to a 1 s GOP, ~300 kB, sent at once when it joins) took 4 s to leave and its budget
-  ran out. As picoquic does, a path slower than ``RENO_RTT`` starts with a window and grows it in
-  slow start as many times faster as its RTT is longer (up to ``SATELLITE_RTT``): per second,
-  like a 100 ms path.
+  ran out. As picoquic does, a path whose RTT is N times ``RENO_RTT`` (N counted up to
+  ``SATELLITE_RTT / RENO_RTT``) starts with N times the initial window and grows it N times
+  faster in slow start: per second, like a 100 ms path.
 
 Sans-I/O like the rest of aioquic's recovery: every call gets the time.
 """
@@ -42,8 +42,9 @@ from aioquic.quic.congestion.base import (
 NAME = "live"
 # The window's floor in bandwidth-delay products (BBR's cwnd gain).
 FLOOR_GAIN = 2.0
-# Seconds the highest delivery rate is remembered: two 1 s GOPs, so a keyframe burst (the moments
-# a live sender is not application-limited) is always in it.
+# Seconds the highest delivery rate is remembered: several 1 s GOPs, so a keyframe burst (when a
+# live sender is not application-limited) is always in it, and a stall of a second or two (a
+# CPU-starved process measures its own slowness) does not erase it.
 BW_WINDOW = 5.0
 # NewReno's multiplicative decrease.
 LOSS_REDUCTION_FACTOR = 0.5
