@@ -119,10 +119,11 @@ class TrackSubscription:
         """Enforce the budgets; call on a timer and after each batch of objects."""
         progress = waiting = False
         for g in list(self.in_flight.values()):
-            sent = g.written - self.sink.buffered_bytes(g.handle)
-            while g.pending and g.pending[0][0] <= sent:
-                g.pending.popleft()
-                progress = True
+            if g.pending:  # (a group with nothing owed needs no count from the transport)
+                sent = g.written - self.sink.buffered_bytes(g.handle)
+                while g.pending and g.pending[0][0] <= sent:
+                    g.pending.popleft()
+                    progress = True
             waiting = waiting or bool(g.pending)
             if not g.pending:
                 if g.complete:
