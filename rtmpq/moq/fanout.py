@@ -351,7 +351,7 @@ class TrackFanout:
 
     def check(self, now: float) -> None:
         self.cache.expire(now)
-        self._each(lambda sub: sub.check(now))
+        self._each(lambda sub: now < sub._quiet_until or sub.check(now))
 
     def end(self) -> Iterable[TrackSubscription]:
         """The publisher is gone: close every group and return the subscribers to notify."""
