@@ -254,6 +254,8 @@ class _PquicWriter:
     reset), however long it sits drained between objects.
     """
 
+    max_write = PQUIC_STREAM_RING_BYTES  # the session cuts larger objects while encoding them
+
     def __init__(self, quic) -> None:
         self.quic = quic
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
@@ -397,14 +399,16 @@ class _PquicWriter:
         The estimate moves only with a new read of the connection (or a write): between two
         reads the last answer is given again without asking picoquic (the budgets ask for every
         group of every subscriber each check; a packetizing seen a read later errs late)."""
-        reads = self._connection_progress()[0]
+        return self._queued_at(stream_id, self._connection_progress())
+
+    def _queued_at(self, stream_id: int, progress: tuple[int, int, int]) -> int:
         written = self.written.get(stream_id, 0)
         queue = self.pending.get(stream_id)
-        key = (reads, written, len(queue) if queue else 0)
+        key = (progress[0], written, len(queue) if queue else 0)
         last = self._last_queued.get(stream_id)
         if last is not None and last[0] == key:
             return last[1]
-        value = self._queued(stream_id, written, queue)
+        value = self._queued(stream_id, written, queue, progress)
         if stream_id in self.streams:
             self._last_queued[stream_id] = (key, value)
         return value
@@ -413,15 +417,17 @@ class _PquicWriter:
         """``queued`` summed over the connection's streams, counted once per read of the
         connection (every track of every subscriber asks, each check); between two reads, that
         count plus the bytes written since (errs high: late, never early)."""
-        reads = self._connection_progress()[0]
+        progress = self._connection_progress()
         last_reads, last_total, last_in = self._last_total
-        if reads == last_reads:
+        if progress[0] == last_reads:
             return last_total + self._bytes_in - last_in
-        total = sum(self.queued(s) for s in list(self.streams))
-        self._last_total = (reads, total, self._bytes_in)
+        total = 0
+        for stream_id in list(self.streams):
+            total += self._queued_at(stream_id, progress)
+        self._last_total = (progress[0], total, self._bytes_in)
         return total
 
-    def _queued(self, stream_id: int, written: int, queue) -> int:
+    def _queued(self, stream_id: int, written: int, queue, progress: tuple[int, int, int]) -> int:
         waiting = sum(len(d) for d, _ in queue) if queue else 0
         if not written:
             return waiting
@@ -430,7 +436,7 @@ class _PquicWriter:
             return 0
         marks = self._marks.setdefault(stream_id, deque())
         packetized = self.quic.tx_sent_bytes(stream_id)
-        reads, conn_sent, conn_done = self._connection_progress()
+        reads, conn_sent, conn_done = progress
         if packetized > (marks[-1][0] if marks else self._acked.get(stream_id, 0)):
             marks.append([packetized, reads, None])
         for mark in marks:
