@@ -28,6 +28,7 @@ from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer
 from rtmpq.moq import session as moq_session
 from rtmpq.moq.loc import frame_extensions
+from rtmpq.moq.transport import PQUIC_STREAM_RING_BYTES
 from rtmpq.rtmp.chunk_writer import ChunkWriter
 
 READ_SIZE = 65536
@@ -55,7 +56,7 @@ def pipeline(data: bytes) -> tuple[int, int, dict[str, int]]:
     hls = LlHlsStream()
     view = memoryview(data)
     media = received = 0
-    ingest, moq, llhls = Stage(), Stage(), Stage()
+    ingest, moq, moq_pquic, llhls = Stage(), Stage(), Stage(), Stage()
     for pos in range(0, len(data), READ_SIZE):
         piece = view[pos:pos + READ_SIZE]
         n = len(piece)
@@ -79,11 +80,15 @@ def pipeline(data: bytes) -> tuple[int, int, dict[str, int]]:
             keep.append(item)
             with moq:  # the object as handed to the QUIC library (once for every subscriber)
                 keep.append(moq_session._encoded_object(0, item.payload, frame_extensions(item, 1000)))
+            with moq_pquic:  # the same on aiopquic: objects over its stream ring cut into ring-sized writes
+                keep.append(moq_session._encoded_object(0, item.payload, frame_extensions(item, 1000),
+                                                        PQUIC_STREAM_RING_BYTES))
             with llhls:  # CMAF parts
                 hls.push(item)
     with llhls:
         hls.end()
-    return media, received, {"ingest": ingest.allocated, "moq": moq.allocated, "llhls": llhls.allocated}
+    return media, received, {"ingest": ingest.allocated, "moq": moq.allocated, "moq_aiopquic": moq_pquic.allocated,
+                             "llhls": llhls.allocated}
 
 
 def count(data: bytes) -> tuple[int, int, dict[str, float]]:

@@ -410,3 +410,44 @@ def test_an_object_not_even_sent_when_its_budget_ends_is_reset_at_once():
     assert not sub.skipped_groups
     fanout.check(2.1)  # still unsent at 2 s: no round trip more
     assert sub.skipped_groups == [0]
+
+
+class CountingSink(FakeSink):
+    """Counts how often the fan-out asks the transport what is still queued (what costs CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = 0
+
+    def buffered_bytes(self, handle):
+        self.counts += 1
+        return super().buffered_bytes(handle)
+
+    def total_buffered_bytes(self):
+        self.counts += 1
+        return super().total_buffered_bytes()
+
+
+def test_a_subscriber_that_keeps_up_is_counted_rarely_and_one_that_stops_still_loses_its_group_on_time():
+    """Checked every 50 ms as the relay does, 30 objects a second: a subscriber whose transport
+    takes everything at once is asked about far less often than every check, while one that takes
+    nothing has its group dropped at the first check past its 2 s delivery timeout, as before."""
+    fanout = TrackFanout()
+    fast, stuck = CountingSink(), CountingSink()
+    s_fast, s_stuck = TrackSubscription(fast, delivery_timeout=2.0), TrackSubscription(stuck, delivery_timeout=2.0)
+    fanout.subscribe(s_fast, 0.0)
+    fanout.subscribe(s_stuck, 0.0)
+    checks = 0
+    for tick in range(1, 61):  # 3 s
+        now = tick * 0.05
+        for i in range(3 * (tick - 1) // 2, 3 * tick // 2):  # 30 objects a second in group 0
+            fanout.publish_object(0, i, bytes(1000), None, now)
+        fast.drain()
+        fanout.check(now)
+        checks += 1
+        if stuck.groups("open") == [0]:
+            assert now - 0.05 <= 2.0 + 0.05  # still open only until the first check past the budget
+    assert s_stuck.skipped_groups == [0] and stuck.streams[1]["state"] == ("reset", RESET_DELIVERY_TIMEOUT)
+    assert s_fast.skipped_groups == [] and fast.groups("open") == [0] and fast.streams[1]["objects"] == list(range(90))
+    assert fast.counts <= checks * 2 // 3  # about a count per QUIET_COUNT_INTERVAL, not two per check
+    assert s_fast.stalled_since is None

@@ -52,18 +52,26 @@ _SUFFIX_OVERHEAD = 16
 MAX_HELD_BYTES = 8 * 1024 * 1024
 
 
-_last_encoded: list = [None, None, -1, b""]  # payload, extensions, delta, bytes
+_last_encoded: list = [None, None, -1, b"", None]  # payload, extensions, delta, bytes, max_write
 
 
-def _encoded_object(delta: int, payload, extensions) -> bytes:
+def _encoded_object(delta: int, payload, extensions, max_write: int | None = None) -> bytes | tuple[bytes, ...]:
     """Object header + payload as one write. A relay sends the same object to every subscriber
-    in a row, so the last encoding is kept (by identity of payload and extensions) and reused."""
+    in a row, so the last encoding is kept (by identity of payload and extensions) and reused.
+    With ``max_write`` (a backend that takes writes of bounded size: aiopquic's stream ring) a
+    larger object is a tuple of writes of at most that size, cut while joining."""
     c = _last_encoded
-    if c[0] is payload and c[1] is extensions and c[2] == delta:
+    if c[0] is payload and c[1] is extensions and c[2] == delta and c[4] == max_write:
         return c[3]
-    # one copy of the payload (a join takes the view as it is; bytes() + concatenation made two)
-    data = b"".join((wire.encode_object(delta, payload, extensions, with_extensions=True), payload))
-    c[0], c[1], c[2], c[3] = payload, extensions, delta, data
+    header = wire.encode_object(delta, payload, extensions, with_extensions=True)
+    if max_write and len(header) + len(payload) > max_write:
+        view, first = memoryview(payload), max_write - len(header)
+        data = (b"".join((header, view[:first])),) + tuple(
+            bytes(view[i:i + max_write]) for i in range(first, len(view), max_write))
+    else:
+        # one copy of the payload (a join takes the view as it is; bytes() + concatenation made two)
+        data = b"".join((header, payload))
+    c[0], c[1], c[2], c[3], c[4] = payload, extensions, delta, data, max_write
     return data
 
 
@@ -103,6 +111,7 @@ class MoqSession:
     def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS,
                  token: str | None = None) -> None:
         self.quic = quic
+        self._max_write = getattr(quic, "max_write", None)  # largest write the backend takes at once
         self.is_client = is_client
         self.path = path
         # client: sent in CLIENT_SETUP (checked now, not when the handshake is done)
@@ -368,7 +377,12 @@ class MoqSession:
         if delta < 0:
             raise ValueError("object ids must increase within a subgroup")
         state[2] = object_id
-        self.quic.send_stream_data(stream_id, _encoded_object(delta, payload, extensions))
+        data = _encoded_object(delta, payload, extensions, self._max_write)
+        if type(data) is tuple:
+            for piece in data:
+                self.quic.send_stream_data(stream_id, piece)
+        else:
+            self.quic.send_stream_data(stream_id, data)
 
     def end_subgroup(self, stream_id: int) -> None:
         if self._outgoing.pop(stream_id, None) is not None:

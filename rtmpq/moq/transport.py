@@ -42,6 +42,17 @@ IDLE_TIMEOUT = 30.0
 DEFAULT_MOQ_PORT = 4443
 # aiopquic: how often (seconds) the connection's bytes in flight are read for the budgets.
 PATH_POLL_INTERVAL = 0.01
+# aiopquic: bytes of each stream's send ring (aiopquic's default is 4 MiB). The ring only holds
+# what picoquic has not yet put into packets; each stream's ring is allocated whole and the
+# pages it touches stay resident while the stream lives, so with a GoP per stream a 4 MiB ring
+# cost a subscriber its whole group in flight (~0.8 MB of a 3 Mbit/s stream per group). A write
+# larger than the ring is cut into ring-sized pieces (cut once per object, shared by every
+# subscriber); a full ring refuses the rest, which waits here and is retried.
+PQUIC_STREAM_RING_BYTES = 64 * 1024
+# aiopquic: seconds between retries of writes a full ring refused; doubled while a retry takes
+# nothing (a subscriber on a slow path), up to the second figure.
+PQUIC_RETRY_MIN = 0.002
+PQUIC_RETRY_MAX = 0.016
 # Longest a reset waits for its stream's first bytes to go out in a packet (seconds): see
 # _AioquicWriter and _PquicWriter.reset_stream.
 HELD_RESET_SECONDS = 0.5
@@ -254,6 +265,21 @@ def _cap_pto_backoff(loss) -> None:
     loss.on_loss_detection_timeout = on_loss_detection_timeout
 
 
+_last_pieces: list = [None, ()]  # data, its pieces
+
+
+def _ring_pieces(data) -> tuple[bytes, ...]:
+    """``data`` cut into pieces no larger than a stream's ring. A relay writes the same object to
+    every subscriber in a row: the last cut is kept (by identity) and reused, so the pieces are
+    made once per object, not once per subscriber."""
+    if _last_pieces[0] is data:
+        return _last_pieces[1]
+    view = memoryview(data)
+    pieces = tuple(bytes(view[i:i + PQUIC_STREAM_RING_BYTES]) for i in range(0, len(view), PQUIC_STREAM_RING_BYTES))
+    _last_pieces[0], _last_pieces[1] = data, pieces
+    return pieces
+
+
 class _PquicWriter:
     """aiopquic's QuicConnection, with refused writes kept in order and retried (never dropped).
 
@@ -270,6 +296,8 @@ class _PquicWriter:
     reset), however long it sits drained between objects.
     """
 
+    max_write = PQUIC_STREAM_RING_BYTES  # the session cuts larger objects while encoding them
+
     def __init__(self, quic) -> None:
         self.quic = quic
         self.pending: dict[int, list[tuple[bytes, bool]]] = {}
@@ -281,6 +309,10 @@ class _PquicWriter:
         # resets held until the stream's first bytes are in a packet: stream id -> (code, give up at)
         self.held_resets: dict[int, tuple[int, float]] = {}
         self._losses: deque = deque()  # (when read, connection bytes declared lost so far)
+        self._last_queued: dict[int, tuple[tuple, int]] = {}  # stream -> ((read, written, waiting), queued)
+        self._last_total = (-1, 0, 0)  # (read count, total_queued, _bytes_in) when last counted
+        self._bytes_in = 0  # bytes handed to send_stream_data (taken or waiting), ever
+        self._changes = 0  # writes taken or refused, and streams forgotten (retry's progress)
 
     def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
         return self.quic.get_next_available_stream_id(is_unidirectional)
@@ -296,22 +328,33 @@ class _PquicWriter:
         return bool(self.quic._cnx_ptr) and not self.quic._closed
 
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
-        if self.closed:
+        if self.quic._closed:
             return  # nobody will read it: a subscriber that left costs nothing more
         self.streams.add(stream_id)
+        if len(data) > PQUIC_STREAM_RING_BYTES:
+            *pieces, last = _ring_pieces(data)
+            for piece in pieces:
+                self.send_stream_data(stream_id, piece)
+            data = last
+        elif type(data) is not bytes:
+            data = bytes(data)
+        self._changes += 1
+        self._bytes_in += len(data)
         queue = self.pending.get(stream_id)
         if queue:
-            queue.append((bytes(data), end_stream))
+            queue.append((data, end_stream))
             return
         try:
-            self.quic.send_stream_data(stream_id, bytes(data), end_stream)
+            self.quic.send_stream_data(stream_id, data, end_stream)
             self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
         except BufferError:
-            self.pending.setdefault(stream_id, []).append((bytes(data), end_stream))
+            self.pending[stream_id] = [(data, end_stream)]
 
     def retry(self) -> bool:
         """Push what was refused, and the resets held; True when something is still waiting."""
-        if (self.pending or self.held_resets) and self.closed:
+        if not self.pending and not self.held_resets:
+            return False
+        if self.closed:
             self.pending.clear()
             self.held_resets.clear()
             return False
@@ -323,6 +366,7 @@ class _PquicWriter:
                 except BufferError:
                     break
                 self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
+                self._changes += 1
                 queue.pop(0)
             if not queue:
                 del self.pending[stream_id]
@@ -354,11 +398,13 @@ class _PquicWriter:
             self.quic.reset_stream(stream_id, error_code)
 
     def _forget(self, stream_id: int) -> None:
+        self._changes += 1
         self.pending.pop(stream_id, None)
         self.streams.discard(stream_id)
         self.written.pop(stream_id, None)
         self._marks.pop(stream_id, None)
         self._acked.pop(stream_id, None)
+        self._last_queued.pop(stream_id, None)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         if not self.closed:
@@ -390,9 +436,41 @@ class _PquicWriter:
         return reads, sent, done
 
     def queued(self, stream_id: int) -> int:
-        """Bytes of the stream not yet acknowledged (estimated; see the class)."""
-        waiting = sum(len(d) for d, _ in self.pending.get(stream_id, ()))
+        """Bytes of the stream not yet acknowledged (estimated; see the class).
+
+        The estimate moves only with a new read of the connection (or a write): between two
+        reads the last answer is given again without asking picoquic (the budgets ask for every
+        group of every subscriber each check; a packetizing seen a read later errs late)."""
+        return self._queued_at(stream_id, self._connection_progress())
+
+    def _queued_at(self, stream_id: int, progress: tuple[int, int, int]) -> int:
         written = self.written.get(stream_id, 0)
+        queue = self.pending.get(stream_id)
+        key = (progress[0], written, len(queue) if queue else 0)
+        last = self._last_queued.get(stream_id)
+        if last is not None and last[0] == key:
+            return last[1]
+        value = self._queued(stream_id, written, queue, progress)
+        if stream_id in self.streams:
+            self._last_queued[stream_id] = (key, value)
+        return value
+
+    def total_queued(self) -> int:
+        """``queued`` summed over the connection's streams, counted once per read of the
+        connection (every track of every subscriber asks, each check); between two reads, that
+        count plus the bytes written since (errs high: late, never early)."""
+        progress = self._connection_progress()
+        last_reads, last_total, last_in = self._last_total
+        if progress[0] == last_reads:
+            return last_total + self._bytes_in - last_in
+        total = 0
+        for stream_id in list(self.streams):
+            total += self._queued_at(stream_id, progress)
+        self._last_total = (progress[0], total, self._bytes_in)
+        return total
+
+    def _queued(self, stream_id: int, written: int, queue, progress: tuple[int, int, int]) -> int:
+        waiting = sum(len(d) for d, _ in queue) if queue else 0
         if not written:
             return waiting
         if stream_id not in self.quic._stream_ctxs:  # picoquic retired the stream: all of it done
@@ -400,7 +478,7 @@ class _PquicWriter:
             return 0
         marks = self._marks.setdefault(stream_id, deque())
         packetized = self.quic.tx_sent_bytes(stream_id)
-        reads, conn_sent, conn_done = self._connection_progress()
+        reads, conn_sent, conn_done = progress
         if packetized > (marks[-1][0] if marks else self._acked.get(stream_id, 0)):
             marks.append([packetized, reads, None])
         for mark in marks:
@@ -433,6 +511,8 @@ def _pquic_protocol_class():
             self._writer = _PquicWriter(quic)
             self._init_moq(self._writer, is_client, path, token)
             self._retry_handle = None
+            self._retry_after = PQUIC_RETRY_MIN
+            self._retry_seen = 0
 
         def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
             if self._writer.open:  # a closed connection refuses it ("cnx not open")
@@ -448,17 +528,22 @@ def _pquic_protocol_class():
 
         def flush(self) -> None:
             if self._writer.retry() and self._retry_handle is None:
-                self._retry_handle = asyncio.get_running_loop().call_later(0.002, self._retry)
+                self._retry_handle = asyncio.get_running_loop().call_later(self._retry_after, self._retry)
 
         def _retry(self) -> None:
+            # a full ring that took nothing since the last try (a slow path) is tried less often
+            written = self._writer._changes
+            self._retry_after = (PQUIC_RETRY_MIN if written != self._retry_seen
+                                 else min(2 * self._retry_after, PQUIC_RETRY_MAX))
             self._retry_handle = None
             self.flush()
+            self._retry_seen = self._writer._changes
 
         def queued_bytes(self, stream_id: int) -> int:
             return self._writer.queued(stream_id)
 
         def total_queued_bytes(self) -> int:
-            return sum(self._writer.queued(s) for s in list(self._writer.streams))
+            return self._writer.total_queued()
 
         def delivered(self, stream_id: int) -> bool:
             # queued() is an estimate; picoquic retires a stream once every byte and the FIN
@@ -522,7 +607,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         from aiopquic.asyncio import serve as pquic_serve
         from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
 
-        config = PquicConfiguration(is_client=False, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT)
+        config = PquicConfiguration(is_client=False, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
+                                    stream_ring_cap=PQUIC_STREAM_RING_BYTES)
         config.load_cert_chain(str(certfile), str(keyfile))
         cls = _pquic_protocol_class()
         serve_fn = pquic_serve
@@ -576,7 +662,7 @@ class connect_moq:
             if self._fingerprint:
                 raise ValueError(FINGERPRINT_NEEDS_AIOQUIC)
             config = PquicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
-                                        server_name=host)
+                                        server_name=host, stream_ring_cap=PQUIC_STREAM_RING_BYTES)
             if insecure:
                 config.verify_mode = ssl.CERT_NONE
             elif cafile:
