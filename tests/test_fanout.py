@@ -36,6 +36,9 @@ class FakeSink:
     def confirmed(self, handle):
         return self.streams[handle]["queued"] == 0
 
+    def announced(self, handle):
+        return True  # its header arrives at once
+
     def drain(self):
         for s in self.streams.values():
             s["queued"] = 0
@@ -344,3 +347,32 @@ def test_an_ended_group_the_transport_does_not_confirm_within_budget_is_reset():
     sink.unconfirmed.discard(2)
     fanout.check(3.2)
     assert set(sub.in_flight) == {2} and sub.skipped_groups == [0]  # group 1 confirmed: done with
+
+
+class LossySink(FakeSink):
+    """A subscriber whose link lost every packet so far: no stream header has been acknowledged."""
+
+    def announced(self, handle):
+        return False
+
+
+def test_a_group_dropped_before_its_header_arrived_is_signalled_on_a_stream_of_its_own():
+    # The delivery timeout resets group 0's stream while nothing of it has reached the subscriber:
+    # the reset drops the header with the objects, and a bare RESET_STREAM names no group. The
+    # relay says which group with a new stream carrying the header alone, reset (MoQT d16).
+    fanout = TrackFanout()
+    sink = LossySink()
+    sub = TrackSubscription(sink, delivery_timeout=1.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 10, 0.0)
+    fanout.check(1.5)
+    first, signal = sink.streams.values()
+    assert first == {"group": 0, "objects": list(range(10)), "state": ("reset", RESET_DELIVERY_TIMEOUT), "queued": 0}
+    assert signal == {"group": 0, "objects": [], "state": ("reset", RESET_DELIVERY_TIMEOUT), "queued": 0}
+    assert sub.skipped_groups == [0]
+    # a group whose header did arrive is reset on its own stream only
+    publish_gop(fanout, 1, 10, 2.0)
+    fanout.check(2.1)
+    sink.announced = lambda handle: True
+    fanout.check(3.5)
+    assert sink.groups() == [0, 0, 1] and sub.skipped_groups == [0, 1]

@@ -140,6 +140,9 @@ class _ConnectionSink:
     def confirmed(self, handle: int) -> bool:
         return self.conn.delivered(handle)
 
+    def announced(self, handle: int) -> bool:
+        return self.conn.announced(handle)
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
