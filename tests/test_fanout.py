@@ -42,6 +42,9 @@ class FakeSink:
     def ack_allowance(self):
         return 0.0
 
+    def announced(self, handle):
+        return True  # its header arrives at once
+
     def drain(self):
         for s in self.streams.values():
             s["queued"] = 0
@@ -451,3 +454,32 @@ def test_a_subscriber_that_keeps_up_is_counted_rarely_and_one_that_stops_still_l
     assert s_fast.skipped_groups == [] and fast.groups("open") == [0] and fast.streams[1]["objects"] == list(range(90))
     assert fast.counts <= checks * 2 // 3  # about a count per QUIET_COUNT_INTERVAL, not two per check
     assert s_fast.stalled_since is None
+
+
+class LossySink(FakeSink):
+    """A subscriber whose link lost every packet so far: no stream header has been acknowledged."""
+
+    def announced(self, handle):
+        return False
+
+
+def test_a_group_dropped_before_its_header_arrived_is_signalled_on_a_stream_of_its_own():
+    # The delivery timeout resets group 0's stream while nothing of it has reached the subscriber:
+    # the reset drops the header with the objects, and a bare RESET_STREAM names no group. The
+    # relay says which group with a new stream carrying the header alone, reset (MoQT d16).
+    fanout = TrackFanout()
+    sink = LossySink()
+    sub = TrackSubscription(sink, delivery_timeout=1.0)
+    fanout.subscribe(sub, 0.0)
+    publish_gop(fanout, 0, 10, 0.0)
+    fanout.check(1.5)
+    first, signal = sink.streams.values()
+    assert first == {"group": 0, "objects": list(range(10)), "state": ("reset", RESET_DELIVERY_TIMEOUT), "queued": 0}
+    assert signal == {"group": 0, "objects": [], "state": ("reset", RESET_DELIVERY_TIMEOUT), "queued": 0}
+    assert sub.skipped_groups == [0]
+    # a group whose header did arrive is reset on its own stream only
+    publish_gop(fanout, 1, 10, 2.0)
+    fanout.check(2.1)
+    sink.announced = lambda handle: True
+    fanout.check(3.5)
+    assert sink.groups() == [0, 0, 1] and sub.skipped_groups == [0, 1]

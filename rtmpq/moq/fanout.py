@@ -67,6 +67,9 @@ class GroupSink(Protocol):
     def ack_allowance(self) -> float:
         """Seconds an acknowledgement of bytes sent takes to come back (0: judge by
         ``buffered_bytes`` alone)."""
+    def announced(self, handle: object) -> bool:
+        """The group's stream header reached the subscriber (or never can): a reset of the
+        stream now tells it which group it skipped."""
 
 
 @dataclass(slots=True)
@@ -199,7 +202,13 @@ class TrackSubscription:
 
     def _drop(self, group_id: int, code: int) -> None:
         g = self.in_flight.pop(group_id)
+        unannounced = g.written > 0 and not self.sink.announced(g.handle)
         self.sink.reset_group(g.handle, code)
+        if unannounced:
+            # the reset drops the stream's unsent bytes, its header among them, and then says
+            # nothing about which group it was: say it with a stream of the header alone, reset
+            # once that has arrived (MoQT d16 allows a new stream after a premature reset)
+            self.sink.reset_group(self.sink.open_group(group_id), code)
         self.dropped.add(group_id)
         self.skipped_groups.append(group_id)
         if len(self.dropped) > 64:  # only recent ids matter: groups only move forward

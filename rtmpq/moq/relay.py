@@ -146,6 +146,9 @@ class _ConnectionSink:
     def ack_allowance(self) -> float:
         return self.conn.ack_allowance()
 
+    def announced(self, handle: int) -> bool:
+        return self.conn.announced(handle)
+
 
 class _Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,

@@ -28,6 +28,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
 from . import congestion, wire
+from .native_memory import pin_mmap_threshold
 from .session import MoqSession
 from .tls import der_fingerprint
 
@@ -53,9 +54,11 @@ PQUIC_STREAM_RING_BYTES = 64 * 1024
 # nothing (a subscriber on a slow path), up to the second figure.
 PQUIC_RETRY_MIN = 0.002
 PQUIC_RETRY_MAX = 0.016
-# Longest a reset waits for its stream's first bytes to go out in a packet (seconds): see
-# _AioquicWriter and _PquicWriter.reset_stream.
-HELD_RESET_SECONDS = 0.5
+# Longest a reset waits for its stream's first bytes (the subgroup header) to be acknowledged
+# (seconds): see _AioquicWriter and _PquicWriter.reset_stream. A round trip, a queue at a slow
+# link (0.3 s at 1 Mbit/s in the soak, where 0.5 s ran out) and a resend or two; a held stream
+# costs a few bytes.
+HELD_RESET_SECONDS = 2.0
 # aioquic: congestion controller (``congestion.NAME``: "live"; aioquic's own: "reno", "cubic").
 AIOQUIC_CONGESTION_CONTROL = congestion.NAME
 # aioquic: flow-control credit granted to the peer at the start, per connection and per stream
@@ -77,6 +80,8 @@ UDP_BUFFER_BYTES = 4 * 1024 * 1024
 # Only a stream holding no more than this (bytes: a subgroup header, no object) is held so:
 # resetting a stream with data sooner frees what it holds, as a delivery timeout wants.
 HELD_RESET_MAX_BYTES = 64
+# picoquic priority of a stream whose reset waits for its header: ahead of all media (a few bytes).
+HELD_RESET_PRIORITY = 0
 
 
 class _MoqConnectionMixin:
@@ -157,6 +162,12 @@ class _MoqConnectionMixin:
         budget gives an object sent in time this long more to be acknowledged)."""
         return self._quic._loss._rtt_smoothed
 
+    def announced(self, stream_id: int) -> bool:
+        """The stream's first bytes (a subgroup header) are acknowledged, or nothing can be told
+        any more: a reset of the stream now names its group at the receiver."""
+        stream = self._quic._streams.get(stream_id)
+        return self.session.closed or stream is None or stream.sender._buffer_start > 0
+
     # -- receiving ------------------------------------------------------------------------------
     def quic_event_received(self, event) -> None:
         for moq_event in self.session.handle_event(event):
@@ -194,10 +205,10 @@ from .events import SetupComplete as ev_setup  # noqa: E402
 
 
 class _AioquicWriter:
-    """aioquic's QuicConnection as the session uses it, with resets held until the stream's first
-    bytes went out in a packet: aioquic drops a reset stream's unsent data, and a subgroup
-    header written just before its reset (MoQT's "there is an unsent Subgroup") would never
-    reach the receiver (raw QUIC has no RESET_STREAM_AT here)."""
+    """aioquic's QuicConnection as the session uses it, with resets of a stream that holds only
+    its subgroup header held until that header is acknowledged: aioquic neither sends nor resends
+    a reset stream's data, and a header written just before its reset (MoQT's "there is an unsent
+    Subgroup") would never reach the receiver (raw QUIC has no RESET_STREAM_AT here)."""
 
     def __init__(self, quic) -> None:
         self.quic = quic
@@ -209,17 +220,17 @@ class _AioquicWriter:
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         stream = self.quic._streams.get(stream_id)
-        if stream is not None and not stream.sender.highest_offset and 0 < stream.sender._buffer_stop <= HELD_RESET_MAX_BYTES:
+        if stream is not None and not stream.sender._buffer_start and 0 < stream.sender._buffer_stop <= HELD_RESET_MAX_BYTES:
             self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
             return
         self.quic.reset_stream(stream_id, error_code)
 
     def release(self) -> bool:
-        """Reset the streams whose first bytes are out (after a transmit); True when some wait."""
+        """Reset the streams whose first bytes are acknowledged; True when some wait."""
         now = time.monotonic()
         for stream_id, (code, give_up) in list(self.held_resets.items()):
             stream = self.quic._streams.get(stream_id)
-            if stream is None or stream.sender.highest_offset or now > give_up:
+            if stream is None or stream.sender._buffer_start or now > give_up:
                 del self.held_resets[stream_id]
                 if stream is not None:
                     self.quic.reset_stream(stream_id, code)
@@ -306,8 +317,9 @@ class _PquicWriter:
         self._marks: dict[int, deque] = {}  # stream -> [offset packetized, read seen at, connection bytes sent]
         self._acked: dict[int, int] = {}  # stream -> offset estimated acknowledged
         self._progress = (0.0, 0, 0, 0)  # when read, read count, connection bytes sent, bytes acknowledged
-        # resets held until the stream's first bytes are in a packet: stream id -> (code, give up at)
+        # resets held until the stream's first bytes are acknowledged: stream id -> (code, give up at)
         self.held_resets: dict[int, tuple[int, float]] = {}
+        self._first_write: dict[int, int] = {}  # stream -> length of its first write (a header)
         self._losses: deque = deque()  # (when read, connection bytes declared lost so far)
         self._last_queued: dict[int, tuple[tuple, int]] = {}  # stream -> ((read, written, waiting), queued)
         self._last_total = (-1, 0, 0)  # (read count, total_queued, _bytes_in) when last counted
@@ -330,6 +342,8 @@ class _PquicWriter:
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
         if self.quic._closed:
             return  # nobody will read it: a subscriber that left costs nothing more
+        if stream_id not in self.streams:
+            self._first_write[stream_id] = len(data)
         self.streams.add(stream_id)
         if len(data) > PQUIC_STREAM_RING_BYTES:
             *pieces, last = _ring_pieces(data)
@@ -372,7 +386,7 @@ class _PquicWriter:
                 del self.pending[stream_id]
         now = time.monotonic()
         for stream_id, (code, give_up) in list(self.held_resets.items()):
-            if stream_id not in self.pending and (self.quic.tx_sent_bytes(stream_id) or now > give_up):
+            if stream_id not in self.pending and (self.announced(stream_id) or now > give_up):
                 del self.held_resets[stream_id]
                 try:
                     self._reset_now(stream_id, code)
@@ -381,15 +395,29 @@ class _PquicWriter:
         return bool(self.pending or self.held_resets)
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
-        """Reset a stream; one whose first bytes picoquic has not put in a packet yet (a subgroup
-        header written just before: MoQT's "there is an unsent Subgroup") is reset once they
-        are, else picoquic drops them with the stream and the receiver learns nothing (raw QUIC
-        has no RESET_STREAM_AT here)."""
+        """Reset a stream; one that holds only its subgroup header (MoQT's "there is an unsent
+        Subgroup") is reset once the header is acknowledged, and sent first meanwhile: picoquic
+        neither sends nor resends a reset stream's data, so the receiver would learn nothing
+        (raw QUIC has no RESET_STREAM_AT here)."""
         if 0 < self.written.get(stream_id, 0) + sum(len(d) for d, _ in self.pending.get(stream_id, ())) <= HELD_RESET_MAX_BYTES \
-                and not self.quic.tx_sent_bytes(stream_id) and (stream_id in self.quic._stream_ctxs or stream_id in self.pending):
+                and (stream_id in self.quic._stream_ctxs or stream_id in self.pending) and not self.announced(stream_id):
             self.held_resets[stream_id] = (error_code, time.monotonic() + HELD_RESET_SECONDS)
+            if self.open:
+                self.quic.set_stream_priority(stream_id, HELD_RESET_PRIORITY)
             return
         self._reset_now(stream_id, error_code)
+
+    def announced(self, stream_id: int) -> bool:
+        """The stream's first write (a subgroup header) is acknowledged (estimated, late rather
+        than early: see the class), or nothing can be told any more."""
+        if self.closed or stream_id not in self._first_write:
+            return True
+        if stream_id in self.pending and stream_id not in self.written:
+            return False
+        self.queued(stream_id)  # moves the estimate on
+        if stream_id not in self.written:  # picoquic retired it: every byte acknowledged
+            return True
+        return self._acked.get(stream_id, 0) >= self._first_write[stream_id]
 
     def _reset_now(self, stream_id: int, error_code: int) -> None:
         retired = stream_id in self.written and stream_id not in self.quic._stream_ctxs
@@ -405,6 +433,7 @@ class _PquicWriter:
         self._marks.pop(stream_id, None)
         self._acked.pop(stream_id, None)
         self._last_queued.pop(stream_id, None)
+        self._first_write.pop(stream_id, None)
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         if not self.closed:
@@ -500,6 +529,8 @@ def pquic_priority(urgency: int, *, newest: bool) -> int:
 def _pquic_protocol_class():
     from aiopquic.asyncio.protocol import QuicConnectionProtocol as PquicProtocol
 
+    pin_mmap_threshold()  # picoquic's per-stream rings back to the OS when a stream ends
+
     class PquicMoqConnection(_MoqConnectionMixin, PquicProtocol):
         """The aiopquic backend."""
 
@@ -544,6 +575,9 @@ def _pquic_protocol_class():
 
         def total_queued_bytes(self) -> int:
             return self._writer.total_queued()
+
+        def announced(self, stream_id: int) -> bool:
+            return self._writer.announced(stream_id)
 
         def delivered(self, stream_id: int) -> bool:
             # queued() is an estimate; picoquic retires a stream once every byte and the FIN
