@@ -113,3 +113,45 @@ def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
     # every audio part but a segment's (possibly longer-carried) first is a whole 12-frame part,
     # never a sliver at a group boundary
     assert all(p.duration > 0.25 for seg in a[:-1] for p in seg.parts), [[p.duration for p in s.parts] for s in a]
+
+
+def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
+    """A rung pulled mid-group starts at that group's IDR and decodes its way up to the live edge;
+    players get its playlist only once it is within RUNG_LIVE_LAG of the source (hls.js places a
+    level it switches to at the old level's playhead: past a lagging rung's edge, it would play
+    on at that edge with no buffer). Once caught up, a rung stays offered until it is let go."""
+    from rtmpq.edge.server import RUNG_LIVE_LAG, _Broadcast
+
+    b = _Broadcast("live/x")
+    b.catalog = Catalog("live/x").with_track(
+        TrackInfo(VIDEO, VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eAAAA", 1000, 1280, 720, nal_length_size=4, alt_group=1)
+    ).with_track(TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360,
+                           nal_length_size=4, alt_group=1))
+    source = b.streams["v"]
+    rung = b.streams["v360p"] = LlHlsStream(tracks={"video-360p"}, prefix="v360p-")
+    for s in b.streams.values():
+        s.set_catalog(b.catalog)
+    assert b.caught_up(source) and b.caught_up(b.streams["a"])  # the source and audio at once
+
+    def push(stream, track, first, upto_ms):  # 30 fps, 2 s groups; the source has B-frames
+        for n in range(first, upto_ms // 33 + 1):
+            pts = n * 33 + (67 if track == VIDEO else 0)
+            stream.push(Frame(track, n // 60, n % 60, n * 33, pts, n % 60 == 0, b"\x00\x00\x00\x01\x65", 1))
+        return upto_ms // 33 + 1
+
+    sent = push(source, VIDEO, 0, 3000)  # group 1, 1 s in: the rung is pulled, starts at its IDR
+    assert not b.caught_up(rung)  # nothing yet
+    done = push(rung, "video-360p", 60, 2500)
+    assert not b.caught_up(rung) and 3.067 - rung.media_time > RUNG_LIVE_LAG
+    push(rung, "video-360p", done, 2850)
+    assert b.caught_up(rung) and 3.067 - rung.media_time <= RUNG_LIVE_LAG
+    push(source, VIDEO, sent, 6000)  # the rung falls behind again: still offered (players have it)
+    assert b.caught_up(rung)
+
+    class Source:
+        def want(self, track, on):
+            self.last = (track, on)
+
+    b.source, b.wanted = Source(), {"video-360p": 0.0}
+    b.idle_renditions(1000.0)  # let go: pulled again later, it starts behind again
+    assert b.source.last == ("video-360p", False) and not b.caught_up(rung)

@@ -111,6 +111,7 @@ class LlHlsStream:
         # numbers are the same group in every rendition (players align renditions by them)
         self.group_origin: int | None = None
         self._last_dts: int | None = None  # of the primary track's newest frame
+        self.media_time: float | None = None  # newest presentation time of the primary track (s)
         self._group: int | None = None
         self.max_segment_duration = 0.0
         # the broadcast's clock for segment dates, shared by its playlists (set by the edge)
@@ -167,6 +168,8 @@ class LlHlsStream:
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
             self._last_dts = frame.dts
+            pts = frame.pts / self._timescale[primary]
+            self.media_time = pts if self.media_time is None else max(self.media_time, pts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
         self._pending[frame.track].append(frame)
