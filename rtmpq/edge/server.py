@@ -61,6 +61,9 @@ RENDITION_IDLE_SECONDS = 15.0
 # and hls.js places a level it switches to at the old level's playhead, so a player given the
 # playlist sooner stood past the rung's edge and played on at it with no buffer (stalls).
 RUNG_LIVE_LAG = 0.3
+# ... or once this many seconds have passed since it was pulled: a rung that cannot keep up (a
+# starved host) is served as live as it gets rather than refused.
+RUNG_CATCH_UP_WAIT = 5.0
 PLAYLIST = "application/vnd.apple.mpegurl"
 
 
@@ -126,21 +129,24 @@ class _Broadcast:
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
+        self.pulled_at: dict[str, float] = {}  # rungs pulled for players -> when (time.monotonic())
 
     def _rung(self, stream: LlHlsStream) -> str | None:
         track = stream.only and next(iter(stream.only))
         return track if track and self.catalog is not None and self.catalog.is_rung(track) else None
 
-    def caught_up(self, stream: LlHlsStream) -> bool:
+    def caught_up(self, stream: LlHlsStream, now: float) -> bool:
         """Whether players may be given ``stream``'s playlist: any stream but a rung at once, a
-        rung once it has come within RUNG_LIVE_LAG of its source since it was pulled."""
+        rung once it has come within RUNG_LIVE_LAG of its source since it was pulled (or
+        RUNG_CATCH_UP_WAIT after that)."""
         track = self._rung(stream)
         if track is None or track in self.rungs_live:
             return True
         source = self.streams.get(stream_key(RUNG_NAME.sub("", track)))
         if source is None or source.media_time is None or source.ended:
             return True
-        if stream.media_time is None or source.media_time - stream.media_time > RUNG_LIVE_LAG:
+        behind = stream.media_time is None or source.media_time - stream.media_time > RUNG_LIVE_LAG
+        if behind and now - self.pulled_at.setdefault(track, now) < RUNG_CATCH_UP_WAIT:
             return False
         self.rungs_live.add(track)
         return True
@@ -153,6 +159,7 @@ class _Broadcast:
             return
         if track not in self.wanted:
             want(track, True)
+            self.pulled_at[track] = time.monotonic()
         self.wanted[track] = time.monotonic()
 
     def idle_renditions(self, now: float) -> None:
@@ -160,6 +167,7 @@ class _Broadcast:
             if now - last > RENDITION_IDLE_SECONDS:
                 del self.wanted[track]
                 self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
+                self.pulled_at.pop(track, None)
                 self.source.want(track, False)
 
     def listed(self, key: str, stream: LlHlsStream) -> bool:
@@ -245,6 +253,8 @@ class EdgeServer:
                             b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
+                            if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
+                                b.streams[key].follows = b.streams.get(stream_key(RUNG_NAME.sub("", info.name)))
                             streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)
@@ -340,7 +350,7 @@ class EdgeServer:
             if stream is None:
                 return text(404, "no such rendition")
             b.asked_for(stream)
-            if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream)):
+            if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream, time.monotonic())):
                 return text(503, "this rendition has no media yet")
             if im is None:
                 return await self._media_playlist(b, stream, query_text, query)
