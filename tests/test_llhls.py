@@ -195,3 +195,6 @@ def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     assert "#EXT-X-DISCONTINUITY-SEQUENCE" not in rung.media_playlist()
     group(rung, "video-360p", 20, 20 * 1980 + 5000)  # stopped, pulled again 25 s later
     assert [s.msn for s in rung.segments] == [20]
+    group(source, VIDEO, 21, 21 * 1980 + 60000)  # the publisher back a minute later: a seam of both
+    group(rung, "video-360p", 21, 21 * 1980 + 60000)
+    assert [(s.msn, s.discontinuity) for s in rung.segments] == [(20, False), (21, True)]

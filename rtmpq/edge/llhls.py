@@ -162,10 +162,10 @@ class LlHlsStream:
         primary = self._primary
         if frame.track == primary:
             if frame.group != self._group:
-                if self.follows is not None and self._last_dts is not None \
+                seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
+                if self.follows is not None and not seam and self._last_dts is not None \
                         and (frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:
                     self._restart()
-                seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
                 if seam:
                     self.seam_groups.append(frame.group)
                 carried = self._short_tail(frame, seam)
