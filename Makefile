@@ -53,11 +53,7 @@ test: install-test
 	$(MAKE) --no-print-directory test-compiled test-pure
 
 # tests/test_container.py builds the node image (minutes): it runs under `make image-test`.
-# The ABR switch in Chromium stays apart: after the fixes of 2026-11-28 (segment dates, audio
-# parts) it still stalls about one run in five on a loaded shared host (the page's player sits
-# 0.5 s behind the live edge; a CPU-starved rung runs 0.2-1.5 s behind its source).
-NOT_IN_SUITE := --ignore=tests/test_container.py \
-	--deselect tests/test_browser.py::test_hls_js_switches_between_transcoded_renditions
+NOT_IN_SUITE := --ignore=tests/test_container.py
 test-compiled:
 	RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests $(NOT_IN_SUITE)
 

@@ -31,6 +31,28 @@ def ffmpeg_publish_args(url: str, reference: str, seconds: float = 3.0, size: st
     ]
 
 
+def ffmpeg_clip_args(path: str, seconds: float = 4.0, size: str = "320x240") -> list[str]:
+    """The same encode as ffmpeg_publish_args, as fast as it goes, into the FLV file ``path`` (a
+    whole number of 2 s GoPs), for ffmpeg_replay_args."""
+    return [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+        "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+        "-t", str(seconds), *VIDEO_ENCODE, *AUDIO_ENCODE,
+        "-map", "0:v", "-map", "1:a", "-flags", "+global_header", "-f", "flv", "-y", path,
+    ]
+
+
+def ffmpeg_replay_args(url: str, clip: str, seconds: float) -> list[str]:
+    """A live publish of an encoded clip, looped for ``seconds`` in real time: a publisher that
+    costs no encoding CPU while the test runs (for tests whose host is busy decoding and
+    transcoding already)."""
+    return [
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-stream_loop", "-1",
+        "-i", clip, "-t", str(seconds), "-c", "copy", "-f", "flv", url,
+    ]
+
+
 def ffmpeg_publish_only_args(url: str, seconds: float = 2.0) -> list[str]:
     """A plain publish (no tee): ffmpeg's exit status tells whether the server took it."""
     return [

@@ -113,3 +113,88 @@ def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
     # every audio part but a segment's (possibly longer-carried) first is a whole 12-frame part,
     # never a sliver at a group boundary
     assert all(p.duration > 0.25 for seg in a[:-1] for p in seg.parts), [[p.duration for p in s.parts] for s in a]
+
+
+def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
+    """A rung pulled mid-group starts at that group's IDR and decodes its way up to the live edge;
+    players get its playlist only once it is within RUNG_LIVE_LAG of the source (hls.js places a
+    level it switches to at the old level's playhead: past a lagging rung's edge, it would play
+    on at that edge with no buffer). Once caught up, a rung stays offered until it is let go; one
+    that cannot catch up is offered RUNG_CATCH_UP_WAIT after it was pulled."""
+    from rtmpq.edge.server import RUNG_CATCH_UP_WAIT, RUNG_LIVE_LAG, _Broadcast
+
+    b = _Broadcast("live/x")
+    b.catalog = Catalog("live/x").with_track(
+        TrackInfo(VIDEO, VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eAAAA", 1000, 1280, 720, nal_length_size=4, alt_group=1)
+    ).with_track(TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360,
+                           nal_length_size=4, alt_group=1))
+    source = b.streams["v"]
+    rung = b.streams["v360p"] = LlHlsStream(tracks={"video-360p"}, prefix="v360p-")
+    for s in b.streams.values():
+        s.set_catalog(b.catalog)
+    assert b.caught_up(source, 0.0) and b.caught_up(b.streams["a"], 0.0)  # the source and audio at once
+
+    def push(stream, track, first, upto_ms):  # 30 fps, 2 s groups; the source has B-frames
+        for n in range(first, upto_ms // 33 + 1):
+            pts = n * 33 + (67 if track == VIDEO else 0)
+            stream.push(Frame(track, n // 60, n % 60, n * 33, pts, n % 60 == 0, b"\x00\x00\x00\x01\x65", 1))
+        return upto_ms // 33 + 1
+
+    sent = push(source, VIDEO, 0, 3000)  # group 1, 1 s in: the rung is pulled, starts at its IDR
+    b.pulled_at["video-360p"] = 100.0
+    assert not b.caught_up(rung, 100.0)  # nothing yet
+    done = push(rung, "video-360p", 60, 2500)
+    assert not b.caught_up(rung, 101.0) and 3.067 - rung.media_time > RUNG_LIVE_LAG
+    assert b.caught_up(rung, 100.0 + RUNG_CATCH_UP_WAIT)  # as live as it gets, after a while
+    b.rungs_live.clear()
+    push(rung, "video-360p", done, 2850)
+    assert b.caught_up(rung, 101.5) and 3.067 - rung.media_time <= RUNG_LIVE_LAG
+    push(source, VIDEO, sent, 6000)  # the rung falls behind again: still offered (players have it)
+    assert b.caught_up(rung, 102.0)
+
+    class Source:
+        def want(self, track, on):
+            self.last = (track, on)
+
+    b.source, b.wanted = Source(), {"video-360p": 0.0}
+    b.idle_renditions(1000.0)  # let go: pulled again later, it starts behind again
+    assert b.source.last == ("video-360p", False) and "video-360p" not in b.pulled_at
+    assert not b.caught_up(rung, 1000.0)
+
+
+def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
+    """A rung that fell behind drops the rest of a group (or whole groups): that gap is not a seam
+    of its own (an EXT-X-DISCONTINUITY only the rung had made hls.js misplace it by seconds at a
+    switch); its last picture is shown through the gap. A seam of the source is one of the rung
+    too, and a rung stopped and pulled again much later starts its playlist afresh."""
+    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={"video-360p"})
+    rung.follows = source
+    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360, nal_length_size=4))
+    for s in (source, rung):
+        s.group_origin = 0
+        s.set_catalog(catalog)
+
+    def group(stream, track, g, start_ms, frames=60):
+        for i in range(frames):
+            ts = start_ms + i * 33
+            stream.push(Frame(track, g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
+
+    for g in range(4):  # the source: groups 0-3, then a seam (a publisher that came back 5 s later)
+        group(source, VIDEO, g, g * 1980)
+    group(source, VIDEO, 4, 4 * 1980 + 5000)
+    group(source, VIDEO, 5, 5 * 1980 + 5000)
+    group(rung, "video-360p", 0, 0)
+    group(rung, "video-360p", 1, 1980, frames=20)  # the rest of group 1 dropped, group 2 skipped
+    group(rung, "video-360p", 3, 3 * 1980)
+    group(rung, "video-360p", 4, 4 * 1980 + 5000)
+    group(rung, "video-360p", 5, 5 * 1980 + 5000)
+    assert [s.discontinuity for s in source.segments] == [False] * 4 + [True, False]
+    assert [s.discontinuity for s in rung.segments] == [False, False, False, True, False]
+    assert abs(rung.segments[1].duration - 2 * 1.98) < 0.01  # group 1's last picture through group 2
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE" not in rung.media_playlist()
+    group(rung, "video-360p", 20, 20 * 1980 + 5000)  # stopped, pulled again 25 s later
+    assert [s.msn for s in rung.segments] == [20]
+    group(source, VIDEO, 21, 21 * 1980 + 60000)  # the publisher back a minute later: a seam of both
+    group(rung, "video-360p", 21, 21 * 1980 + 60000)
+    assert [(s.msn, s.discontinuity) for s in rung.segments] == [(20, False), (21, True)]

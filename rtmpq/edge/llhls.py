@@ -30,6 +30,12 @@ PART_LISTING_SEGMENTS = 3
 # starts after a seam (a publisher that reconnected, an origin that restarted): its segment is
 # marked EXT-X-DISCONTINUITY.
 DISCONTINUITY_GAP = 0.5
+# A rendition made from another (a transcoder rung) follows that one's timeline: a gap in its
+# pictures (the rest of a group it skipped, falling behind) is no seam of its own, or its
+# discontinuity count would differ from the source's and players that align renditions by it
+# (hls.js) would misplace it by seconds; the picture before the gap is shown through it. A gap
+# longer than this (seconds: the rung was stopped and pulled again) starts its playlist afresh.
+FOLLOWER_RESTART_GAP = 10.0
 
 
 @dataclass(slots=True)
@@ -111,10 +117,13 @@ class LlHlsStream:
         # numbers are the same group in every rendition (players align renditions by them)
         self.group_origin: int | None = None
         self._last_dts: int | None = None  # of the primary track's newest frame
+        self.media_time: float | None = None  # newest presentation time of the primary track (s)
         self._group: int | None = None
         self.max_segment_duration = 0.0
         # the broadcast's clock for segment dates, shared by its playlists (set by the edge)
         self.clock: MediaClock | None = None
+        self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
+        self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -153,7 +162,12 @@ class LlHlsStream:
         primary = self._primary
         if frame.track == primary:
             if frame.group != self._group:
-                seam = self._is_seam(frame.dts)
+                seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
+                if self.follows is not None and not seam and self._last_dts is not None \
+                        and (frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:
+                    self._restart()
+                if seam:
+                    self.seam_groups.append(frame.group)
                 carried = self._short_tail(frame, seam)
                 if carried:
                     self._finish_segment()
@@ -167,6 +181,8 @@ class LlHlsStream:
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
             self._last_dts = frame.dts
+            pts = frame.pts / self._timescale[primary]
+            self.media_time = pts if self.media_time is None else max(self.media_time, pts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
         self._pending[frame.track].append(frame)
@@ -196,6 +212,15 @@ class LlHlsStream:
             return []
         self._pending[frame.track] = []
         return pending
+
+    def _restart(self) -> None:
+        """Forget every segment: the next group starts the playlist again, numbered from the
+        broadcast's first group like a stream that starts late."""
+        self.segments.clear()
+        self._pending = {name: [] for name in self._tracks}
+        self._group = self._last_dts = None
+        self._msn = 0
+        self.version += 1
 
     def _pending_frames(self) -> bool:
         return any(self._pending.values())

@@ -27,7 +27,7 @@ from ..auth.access import Access, AccessDenied
 from ..config import HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
 from ..http.server import HttpServer
-from ..media.catalog import Catalog
+from ..media.catalog import RUNG_NAME, Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
@@ -56,6 +56,14 @@ _INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<versi
 # An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
 # it: this many seconds after its last request, the edge lets it go (and the rung may stop).
 RENDITION_IDLE_SECONDS = 15.0
+# A rung's playlist is first served once the rung is this close (seconds of media) to its source:
+# a rung asked for mid-group starts at that group's IDR and decodes its way up to the live edge,
+# and hls.js places a level it switches to at the old level's playhead, so a player given the
+# playlist sooner stood past the rung's edge and played on at it with no buffer (stalls).
+RUNG_LIVE_LAG = 0.3
+# ... or once this many seconds have passed since it was pulled: a rung that cannot keep up (a
+# starved host) is served as live as it gets rather than refused.
+RUNG_CATCH_UP_WAIT = 5.0
 PLAYLIST = "application/vnd.apple.mpegurl"
 
 
@@ -63,6 +71,15 @@ def stream_key(track: str) -> str:
     """Prefix of a track's files: ``v`` for video, ``v1`` for video-1, ``v480p`` for video-480p,
     ``v1-480p`` for video-1-480p, ``a`` for audio."""
     return "a" if track == AUDIO else "v" + track[len(VIDEO) + 1:]
+
+# The player page plays this many seconds behind the live edge unless asked otherwise
+# (/live/<name>/?latency=SECONDS, between the two bounds): below the playlist's PART-HOLD-BACK (3
+# parts, 0.9 s) for a live latency under 1 s, at the price of a stall now and then on a busy machine
+# or link, which a larger value buffers away. Further behind than that plus PLAYER_LATENCY_SLACK
+# (after a stall), it seeks back to the edge.
+PLAYER_LATENCY = 0.5
+PLAYER_LATENCY_BOUNDS = (0.3, 30.0)
+PLAYER_LATENCY_SLACK = 0.4
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -75,9 +92,12 @@ PLAYER_PAGE = """<!doctype html>
 const video = document.getElementById("video"), status = document.getElementById("status");
 if (!window.Hls) { status.textContent = "this node has no hls.js (its log says so at start); players can open index.m3u8"; }
 else if (Hls.isSupported()) {
-  // sit two parts (2 x 0.3 s) behind the live edge, not the playlist's PART-HOLD-BACK (3 parts),
-  // and catch up at up to 1.5x after a stall
-  const hls = new Hls({lowLatencyMode: true, liveSyncDuration: 0.5, liveMaxLatencyDuration: 0.9, liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
+  // PLAYER_LATENCY behind the live edge unless the page is asked for ?latency=SECONDS (see
+  // edge/server.py), catching up at up to 1.5x; a stall adds only 0.1 s to the target
+  const asked = parseFloat(new URLSearchParams(location.search).get("latency"));
+  const latency = asked >= @MIN@ && asked <= @MAX@ ? asked : @LATENCY@;
+  const hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
+                       liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
   window.rtmpqHls = hls;
   window.rtmpqErrors = [];
   hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
@@ -86,7 +106,8 @@ else if (Hls.isSupported()) {
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
 } else { video.src = "index.m3u8"; }
 </script></body></html>
-"""
+""".replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
+    .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY))
 
 
 class _Broadcast:
@@ -107,21 +128,46 @@ class _Broadcast:
         self.catalog: Catalog | None = None
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
+        self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
+        self.pulled_at: dict[str, float] = {}  # rungs pulled for players -> when (time.monotonic())
+
+    def _rung(self, stream: LlHlsStream) -> str | None:
+        track = stream.only and next(iter(stream.only))
+        return track if track and self.catalog is not None and self.catalog.is_rung(track) else None
+
+    def caught_up(self, stream: LlHlsStream, now: float) -> bool:
+        """Whether players may be given ``stream``'s playlist: any stream but a rung at once, a
+        rung once it has come within RUNG_LIVE_LAG of its source since it was pulled (or
+        RUNG_CATCH_UP_WAIT after that)."""
+        track = self._rung(stream)
+        if track is None or track in self.rungs_live:
+            return True
+        source = self.streams.get(stream_key(RUNG_NAME.sub("", track)))
+        if source is None or source.media_time is None or source.ended:
+            return True
+        behind = stream.media_time is None or source.media_time - stream.media_time > RUNG_LIVE_LAG
+        if behind and now - self.pulled_at.setdefault(track, now) < RUNG_CATCH_UP_WAIT:
+            return False
+        self.rungs_live.add(track)
+        return True
 
     def asked_for(self, stream: LlHlsStream) -> None:
         """A player asked for ``stream``: an alternate rendition is pulled from now on."""
         want = getattr(self.source, "want", None)
-        track = stream.only and next(iter(stream.only))
-        if want is None or not track or self.catalog is None or not self.catalog.is_rung(track):
+        track = self._rung(stream)
+        if want is None or track is None:
             return
         if track not in self.wanted:
             want(track, True)
+            self.pulled_at[track] = time.monotonic()
         self.wanted[track] = time.monotonic()
 
     def idle_renditions(self, now: float) -> None:
         for track, last in list(self.wanted.items()):
             if now - last > RENDITION_IDLE_SECONDS:
                 del self.wanted[track]
+                self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
+                self.pulled_at.pop(track, None)
                 self.source.want(track, False)
 
     def listed(self, key: str, stream: LlHlsStream) -> bool:
@@ -207,6 +253,8 @@ class EdgeServer:
                             b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
+                            if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
+                                b.streams[key].follows = b.streams.get(stream_key(RUNG_NAME.sub("", info.name)))
                             streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)
@@ -302,7 +350,7 @@ class EdgeServer:
             if stream is None:
                 return text(404, "no such rendition")
             b.asked_for(stream)
-            if not await self._wait_for(b, stream, lambda: stream.playable):
+            if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream, time.monotonic())):
                 return text(503, "this rendition has no media yet")
             if im is None:
                 return await self._media_playlist(b, stream, query_text, query)
