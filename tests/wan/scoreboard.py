@@ -236,15 +236,19 @@ def _frame_from_row(row: list):
     return t, lateness, Frame(track, group, index, dts, pts, keyframe, bytes(size))
 
 
-async def subscribe_profile(port: int, name: str, profile: Profile, backend: str, on_first) -> dict:
+async def subscribe_profile(port: int, name: str, profile: Profile, backend: str, on_first, *,
+                            budget_ms: int | None = -1, timeout: float = 120, wait: float = 0.0) -> dict:
     """One MoQ subscriber through the proxy on ``port``: every object as (arrival on the monotonic
     clock, which all processes of the machine share; lateness from ingest; the frame), the skips,
-    and when the profile's blackhole ends. ``on_first(now)`` starts the blackhole."""
+    and when the profile's blackhole ends. ``on_first(now)`` starts the blackhole. ``budget_ms``:
+    the profile's budget unless given (None: the relay's default)."""
+    if budget_ms == -1:
+        budget_ms = int(profile.budget * 1000)
     out = {"got": [], "skipped": [], "blackhole_end": None, "errors": []}
 
     async def subscribe():
         async with connect_moq("127.0.0.1", port, insecure=True, timeout=30, backend=backend) as conn:
-            async for item in subscribe_broadcast(conn, name, delivery_timeout_ms=int(profile.budget * 1000)):
+            async for item in subscribe_broadcast(conn, name, delivery_timeout_ms=budget_ms, wait=wait):
                 now = time.monotonic()
                 if isinstance(item, SkippedGroup):
                     out["skipped"].append(item)
@@ -256,7 +260,7 @@ async def subscribe_profile(port: int, name: str, profile: Profile, backend: str
                     out["got"].append((now, (time.time_ns() - item.received_ns) / 1e9, item))
 
     try:
-        await asyncio.wait_for(subscribe(), 120)
+        await asyncio.wait_for(subscribe(), timeout)
     except Exception as exc:  # noqa: BLE001 - a profile's failure is a scoreboard line, not a crash
         out["errors"].append(f"{type(exc).__name__}: {exc}")
     return out
@@ -268,12 +272,12 @@ def _child(*args: str, stdin: bool = False):
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL, limit=1 << 28)
 
 
-async def _subscriber_child(args: list[str], on_line) -> dict:
+async def _subscriber_child(args: list[str], on_line=lambda msg: None, timeout: float = 160) -> dict:
     """Run a --role subscriber child; its last line is the JSON result, earlier JSON lines events."""
     proc = await _child("--role", "subscriber", *args)
     result = None
     try:
-        async with asyncio.timeout(160):
+        async with asyncio.timeout(timeout):
             async for line in proc.stdout:
                 msg = json.loads(line)
                 if "got" in msg:
@@ -290,6 +294,22 @@ async def _subscriber_child(args: list[str], on_line) -> dict:
     result["got"] = [_frame_from_row(r) for r in result["got"]]
     result["skipped"] = [SkippedGroup(*s) for s in result["skipped"]]
     return result
+
+
+async def subscribe_in_child(target: tuple[str, int], name: str, up: Impairment, down: Impairment, *,
+                             backend: str, seed: int = 1, budget_ms: int | None = None,
+                             timeout: float = 60, wait: float = 0.0) -> dict:
+    """One subscriber behind its own impairment proxy, both in a child process (as a viewer on
+    another machine would be): {"got": [(arrival, lateness, Frame)], "skipped": [SkippedGroup],
+    "errors": [...], "proxy": {"up"/"down": DirectionStats fields}}. ``budget_ms`` None: the
+    relay's default delivery timeout; ``wait``: seconds the broadcast may take to go live."""
+    from dataclasses import asdict
+
+    return await _subscriber_child(
+        ["--target", f"{target[0]}:{target[1]}", "--with-proxy", "--name", name, "--backend", backend,
+         "--seed", str(seed), "--impair", json.dumps({"up": asdict(up), "down": asdict(down)}),
+         "--budget-ms", "default" if budget_ms is None else str(budget_ms), "--timeout", str(timeout), "--wait", str(wait)],
+        timeout=timeout + 30)
 
 
 async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list, *, seed: int = 1,
@@ -312,7 +332,7 @@ async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list
                                           lambda now: loop.call_later(profile.blackhole[0], proxy.blackhole,
                                                                       profile.blackhole[1]))
     elif layout == "subscriber":
-        out = await _subscriber_child(["--target", f"{host}:{port}", "--with-proxy", *common], lambda msg: None)
+        out = await _subscriber_child(["--target", f"{host}:{port}", "--with-proxy", *common])
     else:
         proxy = await _child("--role", "proxy", "--target", f"{host}:{port}", *common, stdin=True)
         ready = json.loads(await proxy.stdout.readline())
@@ -346,7 +366,13 @@ async def child_main(args) -> int:
     obeys "blackhole SECONDS" lines on stdin until it closes. --role subscriber: one subscriber
     through --target (with --with-proxy: through its own proxy in front of --target); prints
     {"first": t} at the first object, then the result as one JSON line."""
-    profile = PROFILES[args.profile]
+    if args.impair:  # a path of the caller's (tests/test_moq_wan.py), not one of the profiles
+        both = json.loads(args.impair)
+        profile = Profile("custom", "", Impairment(**both["up"]), Impairment(**both["down"]), budget=0, min_share=0)
+    else:
+        profile = PROFILES[args.profile]
+    budget = {"budget_ms": None if args.budget_ms == "default" else int(args.budget_ms)} if args.budget_ms else {}
+    budget["timeout"], budget["wait"] = args.timeout, args.wait
     host, port = args.target.rsplit(":", 1)
     target = (host, int(port))
     loop = asyncio.get_running_loop()
@@ -368,9 +394,11 @@ async def child_main(args) -> int:
 
     if args.with_proxy:
         async with ImpairmentProxy(target=target, up=profile.up, down=profile.down, seed=args.seed) as proxy:
-            out = await subscribe_profile(proxy.port, args.name, profile, args.backend, lambda now: first(now, proxy))
+            out = await subscribe_profile(proxy.port, args.name, profile, args.backend, lambda now: first(now, proxy),
+                                          **budget)
+            out["proxy"] = {d: vars(st) for d, st in proxy.stats.items()}
     else:
-        out = await subscribe_profile(target[1], args.name, profile, args.backend, first)
+        out = await subscribe_profile(target[1], args.name, profile, args.backend, first, **budget)
     out["got"] = [_frame_row(*g) for g in out["got"]]
     out["skipped"] = [[s.track, s.group, s.code] for s in out["skipped"]]
     print(json.dumps(out), flush=True)
@@ -442,6 +470,10 @@ def main() -> int:
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--with-proxy", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impair", help=argparse.SUPPRESS)  # JSON {"up": {...}, "down": {...}}
+    ap.add_argument("--budget-ms", help=argparse.SUPPRESS)  # N, or "default"
+    ap.add_argument("--timeout", type=float, default=120, help=argparse.SUPPRESS)
+    ap.add_argument("--wait", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role != "all":
         return asyncio.run(child_main(args))
