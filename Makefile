@@ -97,10 +97,13 @@ fuzz: install-test
 	done; [ -z "$$failed" ] || { echo "fuzz crashes in:$$failed (files in var/fuzz/crashes/)"; exit 1; }
 
 # WAN profiles through rtmpq.netem with a per-object scoreboard, both QUIC backends, a 720p stream;
-# the table goes into docs/reliability.md. WAN_SECONDS: stream length per profile.
+# the table goes into docs/reliability.md. WAN_SECONDS: stream length per profile. WAN_LAYOUT: apart
+# (default: the subscriber and the proxy each in a child process, the relay alone in the parent),
+# subscriber (both in one child), in-process (all on one event loop, as before 2026-11-28 09:00).
 WAN_SECONDS ?= 20
+WAN_LAYOUT ?= apart
 wan: install-test
-	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --write-docs docs/reliability.md
+	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --layout $(WAN_LAYOUT) --write-docs docs/reliability.md
 
 # Soak: publishers that reconnect, subscriber and player churn, rotating impairment; samples every
 # 30 s into var/soak/, plot and figures into docs/reliability.md.

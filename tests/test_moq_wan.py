@@ -14,6 +14,7 @@ from rtmpq.netem import Impairment, ImpairmentProxy
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
+from .wan.scoreboard import subscribe_in_child
 
 
 async def subscribe_through(proxy_port: int, broadcast: str, delivery_timeout_ms=None, backend="aioquic"):
@@ -119,30 +120,25 @@ async def test_default_budget_keeps_a_lossy_720p_link_live(node, hd_source):
     video group skipped; with rtmpq's congestion controller, moq/congestion.py, all of it.)"""
     budget = DEFAULT_DELIVERY_TIMEOUT
     path = Impairment(delay_ms=50, jitter_ms=5, loss=0.02)
-    frames, skipped, lateness = [], [], []
-    async with ImpairmentProxy(target=node.moq_address, up=path, down=path, seed=42) as proxy:
-        publisher = asyncio.create_task(run_process(
-            ["ffmpeg", "-v", "error", "-nostdin", "-re", "-i", hd_source, "-c", "copy", "-f", "flv",
-             f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/hd"]))
-        await node.registry.wait_for("live/hd", 10)
-
-        async def subscribe():
-            async with connect_moq("127.0.0.1", proxy.port, insecure=True, timeout=20,
-                                   backend=node.moq_config.backend) as conn:
-                async for item in subscribe_broadcast(conn, "live/hd"):
-                    if isinstance(item, SkippedGroup):
-                        skipped.append((item.track, item.group, item.code))
-                    elif not isinstance(item, Catalog):
-                        frames.append(item)
-                        lateness.append((time.time_ns() - item.received_ns) / 1e9)
-
-        try:  # whatever has not arrived by then is late anyway (and counted as missing)
-            await asyncio.wait_for(subscribe(), HD_SECONDS + budget + 15)
-        except TimeoutError:
-            pass
-        rc, output = await publisher
-        assert rc == 0, output
-        assert proxy.stats["down"].dropped_loss > 0
+    # the subscriber and its impairment proxy in a child process, as a viewer on another machine:
+    # on one event loop with the relay, a pure-Python QUIC client and proxy take the relay's CPU
+    # and inflate the RTT on a loaded machine (docs/reliability.md, "WAN profiles"); whatever has
+    # not arrived by the timeout is late anyway (and counted as missing)
+    # (started first: it waits for the broadcast, its interpreter's start-up does not delay its join)
+    subscriber = asyncio.create_task(subscribe_in_child(
+        node.moq_address, "live/hd", path, path, backend=node.moq_config.backend, seed=42,
+        timeout=HD_SECONDS + budget + 25, wait=20))
+    publisher = asyncio.create_task(run_process(
+        ["ffmpeg", "-v", "error", "-nostdin", "-re", "-i", hd_source, "-c", "copy", "-f", "flv",
+         f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/hd"]))
+    out = await subscriber
+    rc, output = await publisher
+    assert rc == 0, output
+    assert out["proxy"]["down"]["dropped_loss"] > 0
+    assert not [e for e in out["errors"] if not e.startswith("TimeoutError")], out["errors"]
+    frames = [f for _, _, f in out["got"]]
+    lateness = [lat for _, lat, _ in out["got"]]
+    skipped = [(s.track, s.group, s.code) for s in out["skipped"]]
     reference = probe_packets(hd_source)
     sizes = [0]  # video objects per group, from the file: a group starts at each key frame
     for p in (p for p in reference if p.track == "video"):

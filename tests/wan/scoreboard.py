@@ -1,13 +1,18 @@
 """WAN profiles through the impairment proxy, each judged object by object.
 
     python -m tests.wan.scoreboard [--backends aioquic,aiopquic] [--profiles a,b] [--seconds 20]
+                                   [--layout apart|subscriber|in-process]
                                    [--write-docs docs/reliability.md]      (make wan)
 
 A real 720p stream (x264, ~2.5 Mbit/s, 1 s GOPs, AAC) is encoded once to an FLV file, which is
 also the reference: each profile publishes it in real time over RTMP to an in-process `rtmpq up`,
 and one MoQ subscriber (same QUIC backend as the node) reads it through rtmpq.netem with the
-profile's impairment and its delivery budget. The scoreboard checks every object the subscriber got
-against the reference:
+profile's impairment and its delivery budget. As in production, the subscriber is not on the
+relay's event loop: by default (``--layout apart``) the proxy and the subscriber each run in a
+child process of their own and the subscriber sends what it got back as JSON on its stdout, so
+the relay's loop is not shared with a pure-Python QUIC client and proxy (``--layout in-process``:
+all on one loop, as before). The scoreboard checks every object the subscriber got against the
+reference:
 
 - complete: the object is a reference packet, same timestamps, keyframe flag and size;
 - in order within its group: object ids arrive 0, 1, 2, ... per group;
@@ -22,6 +27,7 @@ against the reference:
 
 import argparse
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -122,6 +128,8 @@ class Result:
     worst: float = 0.0
     limit: float = 0.0
     after_blackhole: int = 0
+    relay_cpu: float = 0.0  # share of a core the scoreboard's process (relay, ingest) used
+    load: float = 0.0  # the machine's 1-minute load average at the profile's end
     errors: list = field(default_factory=list)
 
     @property
@@ -210,42 +218,191 @@ def node_config(tmp: Path, backend: str) -> Config:
                   http=HttpConfig(host="127.0.0.1", port=0), publish=PublishConfig(grace_period=0))
 
 
-async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list, *, seed: int = 1) -> Result:
+LAYOUTS = {
+    "apart": "relay and ingest in the scoreboard's process; the impairment proxy and the MoQ subscriber each in a child process",
+    "subscriber": "relay and ingest in the scoreboard's process; the proxy and the subscriber together in one child process",
+    "in-process": "relay, ingest, proxy and subscriber on one event loop in one process (the runs before 2026-11-28 09:00 UTC)",
+}
+
+
+def _frame_row(t: float, lateness: float, f) -> list:
+    return [t, lateness, f.track, f.group, f.index, f.dts, f.pts, f.keyframe, f.size]
+
+
+def _frame_from_row(row: list):
+    from rtmpq.media.frames import Frame
+
+    t, lateness, track, group, index, dts, pts, keyframe, size = row
+    return t, lateness, Frame(track, group, index, dts, pts, keyframe, bytes(size))
+
+
+async def subscribe_profile(port: int, name: str, profile: Profile, backend: str, on_first, *,
+                            budget_ms: int | None = -1, timeout: float = 120, wait: float = 0.0) -> dict:
+    """One MoQ subscriber through the proxy on ``port``: every object as (arrival on the monotonic
+    clock, which all processes of the machine share; lateness from ingest; the frame), the skips,
+    and when the profile's blackhole ends. ``on_first(now)`` starts the blackhole. ``budget_ms``:
+    the profile's budget unless given (None: the relay's default)."""
+    if budget_ms == -1:
+        budget_ms = int(profile.budget * 1000)
+    out = {"got": [], "skipped": [], "blackhole_end": None, "errors": []}
+
+    async def subscribe():
+        async with connect_moq("127.0.0.1", port, insecure=True, timeout=30, backend=backend) as conn:
+            async for item in subscribe_broadcast(conn, name, delivery_timeout_ms=budget_ms, wait=wait):
+                now = time.monotonic()
+                if isinstance(item, SkippedGroup):
+                    out["skipped"].append(item)
+                elif not isinstance(item, Catalog):
+                    if not out["got"] and profile.blackhole:
+                        at, seconds = profile.blackhole
+                        on_first(now)
+                        out["blackhole_end"] = now + at + seconds
+                    out["got"].append((now, (time.time_ns() - item.received_ns) / 1e9, item))
+
+    try:
+        await asyncio.wait_for(subscribe(), timeout)
+    except Exception as exc:  # noqa: BLE001 - a profile's failure is a scoreboard line, not a crash
+        out["errors"].append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _child(*args: str, stdin: bool = False):
+    return asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.wan.scoreboard", *args, cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL, limit=1 << 28)
+
+
+async def _subscriber_child(args: list[str], on_line=lambda msg: None, timeout: float = 160) -> dict:
+    """Run a --role subscriber child; its last line is the JSON result, earlier JSON lines events."""
+    proc = await _child("--role", "subscriber", *args)
+    result = None
+    try:
+        async with asyncio.timeout(timeout):
+            async for line in proc.stdout:
+                msg = json.loads(line)
+                if "got" in msg:
+                    result = msg
+                else:
+                    on_line(msg)
+            await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+    if result is None:
+        return {"got": [], "skipped": [], "blackhole_end": None,
+                "errors": [f"the subscriber process exited {proc.returncode} without a result"]}
+    result["got"] = [_frame_from_row(r) for r in result["got"]]
+    result["skipped"] = [SkippedGroup(*s) for s in result["skipped"]]
+    return result
+
+
+async def subscribe_in_child(target: tuple[str, int], name: str, up: Impairment, down: Impairment, *,
+                             backend: str, seed: int = 1, budget_ms: int | None = None,
+                             timeout: float = 60, wait: float = 0.0) -> dict:
+    """One subscriber behind its own impairment proxy, both in a child process (as a viewer on
+    another machine would be): {"got": [(arrival, lateness, Frame)], "skipped": [SkippedGroup],
+    "errors": [...], "proxy": {"up"/"down": DirectionStats fields}}. ``budget_ms`` None: the
+    relay's default delivery timeout; ``wait``: seconds the broadcast may take to go live."""
+    from dataclasses import asdict
+
+    return await _subscriber_child(
+        ["--target", f"{target[0]}:{target[1]}", "--with-proxy", "--name", name, "--backend", backend,
+         "--seed", str(seed), "--impair", json.dumps({"up": asdict(up), "down": asdict(down)}),
+         "--budget-ms", "default" if budget_ms is None else str(budget_ms), "--timeout", str(timeout), "--wait", str(wait)],
+        timeout=timeout + 30)
+
+
+async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list, *, seed: int = 1,
+                      layout: str = "apart") -> Result:
     result = Result(node.config.moq.backend, profile)
     backend = node.config.moq.backend
     name = f"live/wan-{profile.name}"
-    got, skipped = [], []
-    blackhole_end = None
-    async with ImpairmentProxy(target=node.moq_address, up=profile.up, down=profile.down, seed=seed) as proxy:
-        publisher = await asyncio.create_subprocess_exec(
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", str(flv), "-c", "copy",
-            "-f", "flv", f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-        await node.registry.wait_for(name, 15)
-        loop = asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
+    host, port = node.moq_address
+    publisher = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", str(flv), "-c", "copy",
+        "-f", "flv", f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    await node.registry.wait_for(name, 15)
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    common = ["--name", name, "--profile", profile.name, "--backend", backend, "--seed", str(seed)]
+    if layout == "in-process":
+        async with ImpairmentProxy(target=node.moq_address, up=profile.up, down=profile.down, seed=seed) as proxy:
+            out = await subscribe_profile(proxy.port, name, profile, backend,
+                                          lambda now: loop.call_later(profile.blackhole[0], proxy.blackhole,
+                                                                      profile.blackhole[1]))
+    elif layout == "subscriber":
+        out = await _subscriber_child(["--target", f"{host}:{port}", "--with-proxy", *common])
+    else:
+        proxy = await _child("--role", "proxy", "--target", f"{host}:{port}", *common, stdin=True)
+        ready = json.loads(await proxy.stdout.readline())
 
-        async def subscribe():
-            nonlocal blackhole_end
-            async with connect_moq("127.0.0.1", proxy.port, insecure=True, timeout=30, backend=backend) as conn:
-                async for item in subscribe_broadcast(conn, name, delivery_timeout_ms=int(profile.budget * 1000)):
-                    now = time.monotonic()
-                    if isinstance(item, SkippedGroup):
-                        skipped.append(item)
-                    elif not isinstance(item, Catalog):
-                        if not got and profile.blackhole:
-                            at, seconds = profile.blackhole
-                            loop.call_later(at, proxy.blackhole, seconds)
-                            blackhole_end = now + at + seconds
-                        got.append((now, (time.time_ns() - item.received_ns) / 1e9, item))
+        def on_line(msg):  # the subscriber's first object: the blackhole starts `at` seconds later
+            if "first" in msg and profile.blackhole:
+                at, seconds = profile.blackhole
+                loop.call_later(at, proxy.stdin.write, f"blackhole {seconds}\n".encode())
 
         try:
-            await asyncio.wait_for(subscribe(), 120)
-        except Exception as exc:  # noqa: BLE001 - a profile's failure is a scoreboard line, not a crash
-            result.errors.append(f"{type(exc).__name__}: {exc}")
-        _, err = await publisher.communicate()
-        if publisher.returncode != 0:
-            result.errors.append(f"publisher exited {publisher.returncode}: {err.decode()[-300:]}")
-    return judge(result, reference, got, skipped, blackhole_end)
+            out = await _subscriber_child(["--target", f"127.0.0.1:{ready['port']}", *common], on_line)
+        finally:
+            proxy.stdin.close()
+            try:
+                async with asyncio.timeout(10):
+                    await proxy.wait()
+            except TimeoutError:
+                proxy.kill()
+                await proxy.wait()
+    result.relay_cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
+    result.load = os.getloadavg()[0]
+    result.errors += out["errors"]
+    _, err = await publisher.communicate()
+    if publisher.returncode != 0:
+        result.errors.append(f"publisher exited {publisher.returncode}: {err.decode()[-300:]}")
+    return judge(result, reference, out["got"], out["skipped"], out["blackhole_end"])
+
+
+async def child_main(args) -> int:
+    """--role proxy: the profile's impairment proxy in front of --target; prints {"port": N}, then
+    obeys "blackhole SECONDS" lines on stdin until it closes. --role subscriber: one subscriber
+    through --target (with --with-proxy: through its own proxy in front of --target); prints
+    {"first": t} at the first object, then the result as one JSON line."""
+    if args.impair:  # a path of the caller's (tests/test_moq_wan.py), not one of the profiles
+        both = json.loads(args.impair)
+        profile = Profile("custom", "", Impairment(**both["up"]), Impairment(**both["down"]), budget=0, min_share=0)
+    else:
+        profile = PROFILES[args.profile]
+    budget = {"budget_ms": None if args.budget_ms == "default" else int(args.budget_ms)} if args.budget_ms else {}
+    budget["timeout"], budget["wait"] = args.timeout, args.wait
+    host, port = args.target.rsplit(":", 1)
+    target = (host, int(port))
+    loop = asyncio.get_running_loop()
+    if args.role == "proxy":
+        async with ImpairmentProxy(target=target, up=profile.up, down=profile.down, seed=args.seed) as proxy:
+            print(json.dumps({"port": proxy.port}), flush=True)
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            async for line in reader:
+                cmd, _, value = line.decode().partition(" ")
+                if cmd == "blackhole":
+                    proxy.blackhole(float(value))
+        return 0
+
+    def first(now, proxy=None):
+        print(json.dumps({"first": now}), flush=True)
+        if proxy is not None:
+            loop.call_later(profile.blackhole[0], proxy.blackhole, profile.blackhole[1])
+
+    if args.with_proxy:
+        async with ImpairmentProxy(target=target, up=profile.up, down=profile.down, seed=args.seed) as proxy:
+            out = await subscribe_profile(proxy.port, args.name, profile, args.backend, lambda now: first(now, proxy),
+                                          **budget)
+            out["proxy"] = {d: vars(st) for d, st in proxy.stats.items()}
+    else:
+        out = await subscribe_profile(target[1], args.name, profile, args.backend, first, **budget)
+    out["got"] = [_frame_row(*g) for g in out["got"]]
+    out["skipped"] = [[s.track, s.group, s.code] for s in out["skipped"]]
+    print(json.dumps(out), flush=True)
+    return 0
 
 
 def table(results: list[Result]) -> str:
@@ -263,7 +420,8 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-async def run_all(backends: list[str], profiles: list[str], seconds: float, tmp: Path) -> list[Result]:
+async def run_all(backends: list[str], profiles: list[str], seconds: float, tmp: Path,
+                  layout: str = "apart") -> list[Result]:
     from tests.publishers import probe_packets
 
     flv = encode_720p(ROOT / "var/wan/720p.flv", seconds)
@@ -274,21 +432,24 @@ async def run_all(backends: list[str], profiles: list[str], seconds: float, tmp:
             node = UpNode(node_config(tmp / backend / name, backend))
             await node.start()
             try:
-                r = await run_profile(node, PROFILES[name], flv, reference)
+                r = await run_profile(node, PROFILES[name], flv, reference, layout=layout)
             finally:
                 await node.close()
-            print(table([r]).splitlines()[-1], flush=True)
+            print(table([r]).splitlines()[-1], f"(load {r.load:.1f}, relay process {r.relay_cpu:.0%} of a core)",
+                  flush=True)
             results.append(r)
     return results
 
 
-def write_docs(path: Path, results: list[Result], command: str, seconds: float) -> None:
+def write_docs(path: Path, results: list[Result], command: str, seconds: float, layout: str) -> None:
     text = path.read_text() if path.exists() else "# Reliability\n"
     start, end = "<!-- wan-scoreboard:start -->", "<!-- wan-scoreboard:end -->"
     bitrate = os.path.getsize(ROOT / "var/wan/720p.flv") * 8 / seconds / 1e6
+    loads = [r.load for r in results]
     block = (f"{start}\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}`: "
              f"a {seconds:g} s 1280x720 30 fps stream at {bitrate:.1f} Mbit/s (video + audio), one "
-             f"subscriber per profile.\n\n{table(results)}\n{end}")
+             f"subscriber per profile; {LAYOUTS[layout]}; load average {min(loads):.1f}–{max(loads):.1f}."
+             f"\n\n{table(results)}\n{end}")
     if start in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
     else:
@@ -301,15 +462,29 @@ def main() -> int:
     ap.add_argument("--backends", default="aioquic,aiopquic")
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--layout", choices=list(LAYOUTS), default="apart",
+                    help="; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))
     ap.add_argument("--write-docs", help="put the scoreboard table into this Markdown file")
+    ap.add_argument("--role", choices=["all", "proxy", "subscriber"], default="all", help=argparse.SUPPRESS)
+    for hidden in ("--target", "--name", "--profile", "--backend"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--with-proxy", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impair", help=argparse.SUPPRESS)  # JSON {"up": {...}, "down": {...}}
+    ap.add_argument("--budget-ms", help=argparse.SUPPRESS)  # N, or "default"
+    ap.add_argument("--timeout", type=float, default=120, help=argparse.SUPPRESS)
+    ap.add_argument("--wait", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role != "all":
+        return asyncio.run(child_main(args))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = asyncio.run(run_all(args.backends.split(","), args.profiles.split(","), args.seconds, Path(tmp)))
+        results = asyncio.run(run_all(args.backends.split(","), args.profiles.split(","), args.seconds, Path(tmp),
+                                      args.layout))
     print(table(results))
     if args.write_docs:
-        write_docs(Path(args.write_docs), results, "make wan", args.seconds)
+        write_docs(Path(args.write_docs), results, "make wan", args.seconds, args.layout)
     return 0 if all(r.passed for r in results) else 1
 
 
