@@ -62,22 +62,28 @@ class PeakRss(threading.Thread):
             self.peak = max(self.peak, rss_mb(self.pid))
 
 
+def wait_listening(rtmp: int) -> None:
+    """Until the node listens for RTMP (a loaded machine starts it slowly), and a little more: its
+    MoQ listener starts right after the RTMP one."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", rtmp), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    time.sleep(0.5)
+
+
 def run_once(source: Path, subscribers: int, tmp: Path, backend: str) -> dict:
     moq, rtmp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     relay = subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{rtmp}",
                               "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}", "--state-dir", str(tmp),
                               "--quic-backend", backend])
     try:
-        deadline = time.monotonic() + 30
-        while True:  # listening before the publisher comes (a loaded machine starts it slowly)
-            try:
-                socket.create_connection(("127.0.0.1", rtmp), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        time.sleep(0.5)  # the MoQ listener starts right after the RTMP one
+        wait_listening(rtmp)
         publisher = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                       f"rtmp://127.0.0.1:{rtmp}/live/bench"])
         time.sleep(0.5)

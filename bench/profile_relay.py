@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_relay import PeakRss, SECONDS, free_port, rss_mb
+from bench_relay import PeakRss, SECONDS, free_port, rss_mb, wait_listening
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,16 +60,7 @@ def main() -> None:
                               "--rtmp", f"127.0.0.1:{rtmp}", "--moq", f"127.0.0.1:{moq}", "--http", f"127.0.0.1:{http}",
                               "--state-dir", str(tmp), "--quic-backend", args.backend], env=env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", rtmp), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        time.sleep(0.5)
+        wait_listening(rtmp)
         publisher = subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                       f"rtmp://127.0.0.1:{rtmp}/live/bench"])
         time.sleep(0.5)
