@@ -9,7 +9,8 @@ Timeout":
   newer groups and audio higher priority).
 - Latency budget (the subscription's DELIVERY_TIMEOUT): an object not delivered that long after
   the relay received it gets its whole group stream reset with DELIVERY_TIMEOUT (0x2). No new
-  stream is opened for the rest of that group; the subscriber sees the reset and knows it skipped
+  stream is opened for the rest of that group (only one of the header alone, reset, when the
+  reset took the header with it: ``_drop``); the subscriber sees the reset and knows it skipped
   it. Delivered means acknowledged, and an acknowledgement takes a round trip to come back: an
   object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
   more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
