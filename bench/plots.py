@@ -49,6 +49,10 @@ def relay() -> None:
             n, egress, p99 = zip(*points)
             axes[0].plot(n, egress, marker="o", label=backend)
             axes[1].plot(n, p99, marker="o", label=backend)
+        probe = sorted((r["subscribers"], r["probe_latency_p99_ms"]) for r in rows
+                       if r["backend"] == backend and r.get("probe_latency_p99_ms") is not None)
+        if probe:  # the subscriber alone in its process (bench_relay.py)
+            axes[1].plot(*zip(*probe), marker="x", linestyle="--", label=f"{backend}, probe subscriber")
     axes[0].set_ylabel("relay egress, MB per relay CPU second")
     axes[1].set_ylabel("p99 ingest-to-subscriber latency (ms)")
     axes[1].set_yscale("log")
