@@ -3,12 +3,16 @@ latency stamped (bench/relay_latency.py). SIGUSR1 starts recording, SIGUSR2 writ
 
 Per media frame, against its ingest arrival (``Frame.received_ns``, the same clock as the
 subscribers'): when the relay's broadcast listener got it (``enter``: ingest, demux and the
-broadcast's own work before it) and when the listener returned (``handed``: the object written to
-every subscriber's QUIC stream, i.e. handed to picoquic's rings); with aiopquic, when picoquic put
-the object's last byte into a packet for the first, the middle and the last subscriber written
-(``packetized_first`` / ``_mid`` / ``_last``, objects of BIG_OBJECT bytes or more apart: a thread polls each stream's packetized offset every
-PACKETIZED_POLL_S). And the event loop's lag: a timer due every LAG_PROBE_S fires late by this much
-(other work held the loop)."""
+broadcast's own work before it), when the listener returned (``handed``: the object written to
+every subscriber's QUIC stream, i.e. handed to picoquic's rings) and the listener's thread CPU;
+with aiopquic, when picoquic put the object's last byte into a packet for the first, the middle
+and the last subscriber written (``packetized_first`` / ``_mid`` / ``_last``; objects of
+BIG_OBJECT bytes or more apart, in ``..._big``: a thread polls each stream's packetized offset
+every PACKETIZED_POLL_S). Also the event loop's lag (a timer due every LAG_PROBE_S fires late by
+this much: other work held the loop), every connection's cwnd, smoothed RTT and pacing rate every
+PATH_SAMPLE_S, and aiopquic's counters of TX events and network-thread wake-ups over the run.
+The stamping costs the relay CPU of its own (the polling thread, the samples): its latencies err
+high, and the relay's CPU here is no egress figure."""
 
 import asyncio
 import json
