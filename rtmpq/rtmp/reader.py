@@ -5,10 +5,12 @@
 handle, transport, protocol) costs several times the read itself (docs/benchmarks.md, ingest).
 Here the loop watches one private ``epoll`` holding every connection's socket (the transports'
 own reading is paused); when it is readable, one callback reads every ready socket into its
-session's buffer (``get_buffer``/``buffer_updated`` as asyncio would), then stops watching for
-``coalesce`` seconds, so that under many publishers one wakeup serves many sockets and several
-messages of each. After a quiet spell longer than the window the next byte is read at once: an
-idle server or a lone publisher waits no more than before for its first message. Writes, accept
+session's buffer (``get_buffer``/``buffer_updated`` as asyncio would). Once wakeups come less than
+``coalesce`` seconds apart (smoothed), the loop stops watching and a timer reads every ready
+socket once per ``coalesce`` seconds, so that one wakeup serves many sockets and, with a window
+near a publisher's message interval, several messages of each; the first round that finds
+nothing goes back to watching. So an idle server or a lone publisher is read at once, and a busy
+one adds at most ``coalesce`` to a message's way in. Writes, accept
 and close stay asyncio's. Where ``select.epoll`` is missing (not Linux) ``SharedReader.create``
 returns None and the transports read as usual.
 """
@@ -20,10 +22,12 @@ import socket
 
 log = logging.getLogger("rtmpq.rtmp")
 
-# Seconds the shared reader stops watching its sockets after a wakeup, so the next wakeup reads
-# more at once ([rtmp] read_coalesce); 0: every readable socket is read as soon as the loop runs.
-# Adds at most this to a message's ingest latency, and only while reads come faster than it.
-INGEST_READ_COALESCE = 0.005
+# Seconds between the shared reader's rounds while reads come faster than that ([rtmp]
+# read_coalesce); 0: every readable socket is read as soon as the loop runs. Adds at most this to a
+# message's ingest latency, and only on a busy server (docs/benchmarks.md: the CPU it saves).
+INGEST_READ_COALESCE = 0.01
+# Weight of the newest gap between wakeups in the smoothed gap that decides when to poll.
+GAP_SMOOTHING = 0.2
 # Ready sockets taken from the epoll per wakeup (the rest stay ready for the next one).
 MAX_READY_PER_WAKEUP = 1024
 
@@ -46,6 +50,7 @@ class SharedReader:
         self._watching = False
         self._rearm: asyncio.TimerHandle | None = None  # the next polling round
         self._last_wakeup = float("-inf")
+        self._gap = 1.0  # seconds between wakeups while watching, smoothed (GAP_SMOOTHING)
         self.wakeups = 0  # callbacks run (read by tests and benchmarks)
         self.reads = 0  # recv_into calls that returned bytes
 
@@ -122,10 +127,14 @@ class SharedReader:
 
     def _on_ready(self) -> None:
         now = self._loop.time()
-        busy = now - self._last_wakeup < self.coalesce
+        # a smoothed gap between wakeups, so that two messages that happen to come close
+        # together (a lone publisher's audio and video) do not start polling rounds that find
+        # nothing: each empty round is a wakeup more than watching would have cost
+        gap = min(now - self._last_wakeup, 1.0)
+        self._gap += (gap - self._gap) * GAP_SMOOTHING
         self._last_wakeup = now
         self._read_ready()
-        if busy and self._watching and self._conns:
+        if self._gap < self.coalesce and self._watching and self._conns:
             self._loop.remove_reader(self._fd)
             self._watching = False
             self._rearm = self._loop.call_later(self.coalesce, self._on_timer)
