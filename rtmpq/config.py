@@ -96,7 +96,7 @@ class IngestConfig:
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
-    # many publishers (rtmpq/rtmp/reader.py); 0: read each as soon as it is readable
+    # many publishers (rtmpq/rtmp/reader.py); 0: asyncio reads each as soon as it is readable
     read_coalesce: float = INGEST_READ_COALESCE
     limits: SessionLimits = field(default_factory=SessionLimits)
 

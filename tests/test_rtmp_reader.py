@@ -53,7 +53,7 @@ async def wait_until(cond, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.parametrize("coalesce", [0.0, 0.02])
+@pytest.mark.parametrize("coalesce", [0.002, 0.02])
 async def test_many_publishers_are_read_by_one_reader_every_frame_in_order(coalesce):
     node = await start_ingest(coalesce)
     try:
@@ -202,9 +202,11 @@ async def test_coalescing_window_is_respected(window):
         transport.close()
 
 
-async def test_without_epoll_the_transports_read(monkeypatch):
-    monkeypatch.delattr(select, "epoll")
-    node = await start_ingest()
+@pytest.mark.parametrize("no_epoll", [True, False])
+async def test_without_epoll_or_without_a_window_the_transports_read(monkeypatch, no_epoll):
+    if no_epoll:
+        monkeypatch.delattr(select, "epoll")
+    node = await start_ingest(INGEST_READ_COALESCE if no_epoll else 0.0)
     try:
         assert node.server.reader is None
         pub = await TcpPublisher.publish(node.address[1], "plain")

@@ -12,7 +12,7 @@ near a publisher's message interval, several messages of each; the first round t
 nothing goes back to watching. So an idle server or a lone publisher is read at once, and a busy
 one adds at most ``coalesce`` to a message's way in. Writes, accept
 and close stay asyncio's. Where ``select.epoll`` is missing (not Linux) ``SharedReader.create``
-returns None and the transports read as usual.
+returns None and the transports read as usual; so it does with ``coalesce`` 0.
 """
 
 import asyncio
@@ -23,7 +23,8 @@ import socket
 log = logging.getLogger("rtmpq.rtmp")
 
 # Seconds between the shared reader's rounds while reads come faster than that ([rtmp]
-# read_coalesce); 0: every readable socket is read as soon as the loop runs. Adds at most this to a
+# read_coalesce); 0: no shared reader, each transport reads its socket as soon as it is readable
+# (asyncio's own reads, as before the shared reader). Adds at most this to a
 # message's ingest latency, and only on a busy server (docs/benchmarks.md: the CPU it saves).
 INGEST_READ_COALESCE = 0.01
 # Weight of the newest gap between wakeups in the smoothed gap that decides when to poll.
@@ -56,8 +57,10 @@ class SharedReader:
 
     @classmethod
     def create(cls, loop: asyncio.AbstractEventLoop, coalesce: float = INGEST_READ_COALESCE) -> "SharedReader | None":
-        """A reader, or None where there is no epoll (the caller keeps asyncio's reads)."""
-        if not hasattr(select, "epoll"):
+        """A reader, or None (the caller keeps asyncio's reads) where there is no epoll, or with
+        no window: read at once, one epoll inside another measured no cheaper than asyncio's own
+        reads (docs/benchmarks.md)."""
+        if not hasattr(select, "epoll") or not coalesce:
             return None
         return cls(loop, coalesce)
 
