@@ -19,6 +19,9 @@ baseline" (that code, compiled) to the same run, for a before/after measured bac
 
     git archive main | tar -x -C /tmp/rtmpq-main && (cd /tmp/rtmpq-main && python setup.py build_ext --inplace)
     INGEST_BASELINE=/tmp/rtmpq-main .venv/bin/python -m pytest bench/bench_ingest.py --benchmark-only -s
+
+INGEST_COALESCE=0,0.02 adds "rtmpq compiled" runs with those [rtmp] read_coalesce windows (seconds;
+the plain "rtmpq compiled" run has the default), for the CPU a window saves, in the same run.
 """
 
 import json
@@ -72,6 +75,8 @@ def start_server(kind: str, port: int, tmp: Path, record: bool) -> subprocess.Po
     env.pop("RTMPQ_PUREPYTHON", None)
     if kind == "rtmpq pure":
         env["RTMPQ_PUREPYTHON"] = "1"
+    if kind.startswith("rtmpq coalesce "):
+        env["RTMPQ_RTMP_READ_COALESCE"] = kind.split()[-1]
     if kind == "rtmpq baseline":  # run from elsewhere, so that checkout's rtmpq is the one imported
         env["PYTHONPATH"] = BASELINE
         env["RTMPQ_REQUIRE_COMPILED"] = "1"
@@ -125,7 +130,9 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
 
 
 BASELINE = os.environ.get("INGEST_BASELINE", "")
-KINDS = [*(["rtmpq baseline"] if BASELINE else []), "rtmpq compiled", "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+COALESCE = [w for w in os.environ.get("INGEST_COALESCE", "").split(",") if w]
+KINDS = [*(["rtmpq baseline"] if BASELINE else []), "rtmpq compiled", *(f"rtmpq coalesce {w}" for w in COALESCE),
+         "rtmpq pure", "nginx-rtmp", "pyrtmp"]
 
 
 @pytest.mark.parametrize("publishers", [1, 10, 50])
@@ -147,7 +154,7 @@ def teardown_module(module):
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "ingest.json").write_text(json.dumps([{"server": k, "record": r, **s} for (k, r, _), s in RESULTS.items()], indent=1))
-    print("\n\nserver          record  publishers  failed  cores/publisher  RSS MB/publisher  recorded MB")
+    print("\n\nserver               record  publishers  failed  cores/publisher  RSS MB/publisher  recorded MB")
     for (kind, record, n), s in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][2], KINDS.index(kv[0][0]))):
-        print(f"{kind:15} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
+        print(f"{kind:20} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
               f"{s['rss_mb_per_publisher']:16.2f}  {s['recorded_mb']:11}")

@@ -29,6 +29,7 @@ from pathlib import Path
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
+from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import SessionLimits
 from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS, LadderError, parse_ladder
 
@@ -94,6 +95,9 @@ class IngestConfig:
     port: int = DEFAULT_RTMP_PORT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
+    # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
+    # many publishers (rtmpq/rtmp/reader.py); 0: asyncio reads each as soon as it is readable
+    read_coalesce: float = INGEST_READ_COALESCE
     limits: SessionLimits = field(default_factory=SessionLimits)
 
 
@@ -368,7 +372,8 @@ def validate(config: Config) -> None:
                               "letters, digits and _.~-)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
-                         ("node.stop_timeout", config.node.stop_timeout)):
+                         ("node.stop_timeout", config.node.stop_timeout),
+                         ("rtmp.read_coalesce", config.rtmp.read_coalesce)):
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
     try:

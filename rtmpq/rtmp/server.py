@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ..codec import NEED_DATA
 from ..config import IngestConfig
+from .reader import SharedReader
 from .session import (
     ConnectionFailed,
     Connected,
@@ -47,6 +48,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._reader_fd: int | None = None  # set while the server's SharedReader reads this socket
 
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -61,6 +63,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
             transport.abort()
             return
         self.server.connections.add(self)
+        if self.server.reader is not None:
+            self.server.reader.add(self, transport)
         self._arm_timer()
 
     def get_buffer(self, sizehint: int):
@@ -76,7 +80,18 @@ class RtmpConnection(asyncio.BufferedProtocol):
     def eof_received(self):
         return False  # close our side too
 
+    # -- from the SharedReader (when it reads this socket): what asyncio would do ---------------
+    def read_eof(self) -> None:
+        self.eof_received()
+        self.transport.close()
+
+    def read_failed(self, exc: BaseException) -> None:
+        log.debug("%s: read failed: %r", self.peer, exc)
+        self.transport.abort()
+
     def connection_lost(self, exc) -> None:
+        if self._reader_fd is not None:
+            self.server.reader.remove(self)
         self.server.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
@@ -153,6 +168,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
         if data and not self.transport.is_closing():
             self.transport.write(data)
         if self._closing and not self.transport.is_closing():
+            if self._reader_fd is not None:  # read no more, as asyncio's close() does
+                self.server.reader.remove(self)
             self.transport.close()
 
 
@@ -166,9 +183,11 @@ class RtmpServer:
         self.bytes_in = 0  # read by metrics
         self.errors: Counter[str] = Counter()  # connections closed by us, by reason
         self._server: asyncio.AbstractServer | None = None
+        self.reader: SharedReader | None = None  # reads every connection's socket (None: asyncio does)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.reader = SharedReader.create(loop, self.config.read_coalesce)
         self._server = await loop.create_server(
             lambda: RtmpConnection(self), self.config.host, self.config.port
         )
@@ -185,3 +204,5 @@ class RtmpServer:
             for conn in tuple(self.connections):
                 conn.transport.close()
             await self._server.wait_closed()
+        if self.reader is not None:
+            self.reader.close()

@@ -1,0 +1,195 @@
+"""One reader for the sockets of every RTMP connection: fewer event-loop wakeups per message.
+
+``ffmpeg -re`` and live encoders send each RTMP message when it is due, so a plain asyncio
+``BufferedProtocol`` is woken about once per message, and in this VM each such wakeup (selector,
+handle, transport, protocol) costs several times the read itself (docs/benchmarks.md, ingest).
+Here the loop watches one private ``epoll`` holding every connection's socket (the transports'
+own reading is paused); when it is readable, one callback reads every ready socket into its
+session's buffer (``get_buffer``/``buffer_updated`` as asyncio would). Once wakeups come less than
+``coalesce`` seconds apart (smoothed), the loop stops watching and a timer reads every ready
+socket once per ``coalesce`` seconds, so that one wakeup serves many sockets and, with a window
+near a publisher's message interval, several messages of each; the first round that finds
+nothing goes back to watching. So an idle server or a lone publisher is read at once, and a busy
+one adds at most ``coalesce`` to a message's way in. Writes, accept
+and close stay asyncio's. Where ``select.epoll`` is missing (not Linux) ``SharedReader.create``
+returns None and the transports read as usual; so it does with ``coalesce`` 0.
+"""
+
+import asyncio
+import logging
+import select
+import socket
+
+log = logging.getLogger("rtmpq.rtmp")
+
+# Seconds between the shared reader's rounds while reads come faster than that ([rtmp]
+# read_coalesce); 0: no shared reader, each transport reads its socket as soon as it is readable
+# (asyncio's own reads, as before the shared reader). Adds at most this to a
+# message's ingest latency, and only on a busy server (docs/benchmarks.md: the CPU it saves).
+INGEST_READ_COALESCE = 0.01
+# Weight of the newest gap between wakeups in the smoothed gap that decides when to poll.
+GAP_SMOOTHING = 0.2
+# Ready sockets taken from the epoll per wakeup (the rest stay ready for the next one).
+MAX_READY_PER_WAKEUP = 1024
+
+
+class SharedReader:
+    """Reads the sockets of many connections from one epoll the event loop watches.
+
+    A connection handed to ``add`` must have ``get_buffer(sizehint)``, ``buffer_updated(n)``,
+    ``read_eof()`` and ``read_failed(exc)``, and its transport must not read (``pause_reading``).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, coalesce: float = INGEST_READ_COALESCE) -> None:
+        if coalesce < 0:
+            raise ValueError("coalesce must not be negative")
+        self._loop = loop
+        self.coalesce = coalesce
+        self._epoll = select.epoll()
+        self._fd = self._epoll.fileno()
+        self._conns: dict[int, tuple[object, socket.socket]] = {}  # fd -> (connection, socket)
+        self._watching = False
+        self._rearm: asyncio.TimerHandle | None = None  # the next polling round
+        self._last_wakeup = float("-inf")
+        self._gap = 1.0  # seconds between wakeups while watching, smoothed (GAP_SMOOTHING)
+        self.wakeups = 0  # callbacks run (read by tests and benchmarks)
+        self.reads = 0  # recv_into calls that returned bytes
+
+    @classmethod
+    def create(cls, loop: asyncio.AbstractEventLoop, coalesce: float = INGEST_READ_COALESCE) -> "SharedReader | None":
+        """A reader, or None (the caller keeps asyncio's reads) where there is no epoll, or with
+        no window: read at once, one epoll inside another measured no cheaper than asyncio's own
+        reads (docs/benchmarks.md)."""
+        if not hasattr(select, "epoll") or not coalesce:
+            return None
+        return cls(loop, coalesce)
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def add(self, conn, transport: asyncio.Transport) -> bool:
+        """Take over the reads of ``transport`` for ``conn``; False (nothing changed) if its
+        socket cannot be had (then the transport goes on reading)."""
+        tsock = transport.get_extra_info("socket")
+        if tsock is None or tsock.type != socket.SOCK_STREAM:
+            return False
+        # asyncio hands out a wrapper without recv_into; a duplicate of the descriptor is a real
+        # socket on the same connection (closed by us in ``remove``, asyncio closes its own)
+        sock = socket.socket(tsock.family, tsock.type, tsock.proto, fileno=socket.dup(tsock.fileno()))
+        sock.setblocking(False)
+        transport.pause_reading()
+        fd = sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._conns[fd] = (conn, sock)
+        conn._reader_fd = fd
+        if self._rearm is None:
+            self._watch()
+        return True
+
+    def remove(self, conn) -> None:
+        fd = getattr(conn, "_reader_fd", None)
+        if fd is None:
+            return
+        conn._reader_fd = None
+        entry = self._conns.pop(fd, None)
+        if entry is None:
+            return
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass
+        entry[1].close()
+        if not self._conns:
+            self._unwatch()
+
+    def close(self) -> None:
+        for conn, _ in tuple(self._conns.values()):
+            self.remove(conn)
+        self._unwatch()
+        self._epoll.close()
+
+    # -- the loop's side ------------------------------------------------------------------------
+    # Two modes. Watching: the loop wakes us when a socket is readable (a quiet server, a lone
+    # publisher: read at once). Polling: once reads come less than ``coalesce`` apart, the loop
+    # stops watching and a timer reads every ready socket each ``coalesce`` seconds, until a
+    # round finds nothing (back to watching). Each wakeup of this VM's event loop costs more
+    # than the reads it serves (docs/benchmarks.md), and a timer that finds work saves the
+    # second wakeup a re-armed watch would take.
+    def _watch(self) -> None:
+        if self._conns and not self._watching:
+            self._loop.add_reader(self._fd, self._on_ready)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._rearm is not None:
+            self._rearm.cancel()
+            self._rearm = None
+        if self._watching:
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+
+    def _on_ready(self) -> None:
+        now = self._loop.time()
+        # a smoothed gap between wakeups, so that two messages that happen to come close
+        # together (a lone publisher's audio and video) do not start polling rounds that find
+        # nothing: each empty round is a wakeup more than watching would have cost
+        gap = min(now - self._last_wakeup, 1.0)
+        self._gap += (gap - self._gap) * GAP_SMOOTHING
+        self._last_wakeup = now
+        self._read_ready()
+        if self._gap < self.coalesce and self._watching and self._conns:
+            self._loop.remove_reader(self._fd)
+            self._watching = False
+            self._rearm = self._loop.call_later(self.coalesce, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._rearm = None
+        self._last_wakeup = self._loop.time()
+        if self._read_ready() and self._conns:
+            self._rearm = self._loop.call_later(self.coalesce, self._on_timer)
+        else:
+            self._watch()
+
+    def _read_ready(self) -> int:
+        """Read every ready socket once; how many were ready."""
+        self.wakeups += 1
+        conns = self._conns
+        ready = self._epoll.poll(0, MAX_READY_PER_WAKEUP)
+        for fd, _events in ready:
+            entry = conns.get(fd)
+            if entry is None:
+                continue
+            conn, sock = entry
+            try:
+                n = sock.recv_into(conn.get_buffer(-1))
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as exc:  # reset by the peer and the like: the connection is gone
+                self.remove(conn)
+                conn.read_failed(exc)
+                continue
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # a bug of this connection's: it alone is closed
+                self.remove(conn)
+                self._report(conn, exc, "get_buffer() failed")
+                continue
+            if not n:
+                self.remove(conn)
+                conn.read_eof()
+                continue
+            self.reads += 1
+            try:
+                conn.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.remove(conn)
+                self._report(conn, exc, "buffer_updated() failed")
+        return len(ready)
+
+    def _report(self, conn, exc: BaseException, what: str) -> None:
+        # what asyncio does when a protocol callback raises: report it, close that connection
+        self._loop.call_exception_handler({"message": f"Fatal error: protocol.{what}", "exception": exc,
+                                           "protocol": conn})
+        conn.read_failed(exc)
