@@ -15,6 +15,9 @@ Timeout":
   object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
   more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
   750 ms RTT, judging by acknowledgement alone left 1.25 s of a 2 s budget to send in.)
+  Where acknowledgements are estimated and the path is lossy (``ack_doubt``), an object the
+  estimate calls delivered is still in doubt: its group must be confirmed by the transport
+  (every byte and the end acknowledged) within that object's budget, or it is dropped then.
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
@@ -68,6 +71,9 @@ class GroupSink(Protocol):
     def ack_allowance(self) -> float:
         """Seconds an acknowledgement of bytes sent takes to come back (0: judge by
         ``buffered_bytes`` alone)."""
+    def ack_doubt(self) -> bool:
+        """``buffered_bytes`` is an estimate that cannot be trusted now (a lossy path: bytes it
+        counts as delivered may still be missing at the subscriber, their copies lost again)."""
     def announced(self, handle: object) -> bool:
         """The group's stream header reached the subscriber (or never can): a reset of the
         stream now tells it which group it skipped."""
@@ -82,6 +88,9 @@ class _GroupInFlight:
     # (bytes written up to and including this object, time the relay received the object)
     pending: deque = field(default_factory=deque)
     last_received: float = 0.0  # when the relay received the group's newest object
+    # when the relay received the oldest object an estimate in doubt called delivered (None: none):
+    # the group must be confirmed within that object's budget
+    doubted: float | None = None
 
 
 class TrackSubscription:
@@ -147,13 +156,23 @@ class TrackSubscription:
             return
         progress = waiting = False
         allowance = self.sink.ack_allowance()
+        deadline = now - self.delivery_timeout  # objects received before this are past budget
         for g in list(self.in_flight.values()):
             if g.pending:  # (a group with nothing owed needs no count from the transport)
                 acked = g.written - self.sink.buffered_bytes(g.handle)
-                while g.pending and g.pending[0][0] <= acked:
-                    g.pending.popleft()
+                if g.pending[0][0] <= acked:
                     progress = True
+                    if g.doubted is None and self.sink.ack_doubt():
+                        g.doubted = g.pending[0][1]  # delivered by the estimate's word only
+                    while g.pending and g.pending[0][0] <= acked:
+                        g.pending.popleft()
             waiting = waiting or bool(g.pending)
+            if g.doubted is not None and g.doubted < deadline - allowance:
+                if self.sink.confirmed(g.handle):
+                    g.doubted = None  # every byte so far was acknowledged after all
+                else:
+                    self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
+                    continue
             if not g.pending:
                 if g.complete:
                     # everything sent, FIN too. Where acknowledgements are estimated, a hole in
@@ -165,7 +184,6 @@ class TrackSubscription:
                     elif now - g.last_received > self.delivery_timeout + allowance:
                         self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
                 continue
-            deadline = now - self.delivery_timeout  # objects received before this are past budget
             if g.pending[0][1] < deadline - allowance or (
                     g.pending[0][1] < deadline and self._late_object_unsent(g, deadline)):
                 self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
@@ -182,6 +200,7 @@ class TrackSubscription:
         if total <= self.send_budget // 2:
             due = [g.pending[0][1] if g.pending else g.last_received
                    for g in self.in_flight.values() if g.pending or g.complete]
+            due += [g.doubted for g in self.in_flight.values() if g.doubted is not None]
             self._quiet_until = min(now + QUIET_COUNT_INTERVAL,
                                     min(due, default=now + 1e9) + self.delivery_timeout - QUIET_COUNT_INTERVAL)
 
