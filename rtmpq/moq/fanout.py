@@ -18,6 +18,9 @@ Timeout":
   Where acknowledgements are estimated and the path is lossy (``ack_doubt``), an object the
   estimate calls delivered is still in doubt: its group must be confirmed by the transport
   (every byte and the end acknowledged) within that object's budget, or it is dropped then.
+  And a media group that ends while in doubt keeps its end (FIN) back until the doubt is gone:
+  picoquic refuses to reset a stream whose FIN it has sent before every byte is acknowledged,
+  and then delivers the rest however late (8 s at 30 % loss); without the FIN the reset holds.
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
@@ -91,6 +94,7 @@ class _GroupInFlight:
     # when the relay received the oldest object an estimate in doubt called delivered (None: none):
     # the group must be confirmed within that object's budget
     doubted: float | None = None
+    fin_held: bool = False  # ended, its FIN not written yet (in doubt: see the module docstring)
 
 
 class TrackSubscription:
@@ -112,6 +116,9 @@ class TrackSubscription:
         # why its fan-out let it go (its connection failed under a call): the relay closes its session
         self.failed: str | None = None
         self._quiet_until = 0.0  # nothing can fall due before then (QUIET_COUNT_INTERVAL)
+        # a group that ends while acknowledgements are in doubt keeps its FIN back (a state
+        # track's groups do not: the relay never resets those for lateness)
+        self.hold_fin = True
         self._written_since = 0  # bytes written since the last count
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
@@ -147,8 +154,18 @@ class TrackSubscription:
         g = self.in_flight.get(group_id)
         if g is not None and not g.complete:
             g.complete = True
-            self.sink.end_group(g.handle)
+            if self.hold_fin and self.sink.ack_doubt():
+                g.fin_held = True  # resettable until the doubt is gone (check) or its budget ends
+            else:
+                self.sink.end_group(g.handle)
             self._quiet_until = 0.0  # the next check sees whether it was all delivered
+
+    def release_fins(self) -> None:
+        """Write the FIN of every ended group that holds it back."""
+        for g in self.in_flight.values():
+            if g.fin_held:
+                g.fin_held = False
+                self.sink.end_group(g.handle)
 
     def check(self, now: float) -> None:
         """Enforce the budgets; call on a timer and after each batch of objects."""
@@ -157,6 +174,8 @@ class TrackSubscription:
         progress = waiting = False
         allowance = self.sink.ack_allowance()
         deadline = now - self.delivery_timeout  # objects received before this are past budget
+        if any(g.fin_held for g in self.in_flight.values()) and not self.sink.ack_doubt():
+            self.release_fins()
         for g in list(self.in_flight.values()):
             if g.pending:  # (a group with nothing owed needs no count from the transport)
                 acked = g.written - self.sink.buffered_bytes(g.handle)
@@ -237,7 +256,7 @@ class TrackSubscription:
     def close(self, code: int = RESET_CANCELLED) -> None:
         for group_id in list(self.in_flight):
             g = self.in_flight.pop(group_id)
-            if not g.complete:
+            if not g.complete or g.fin_held:
                 self.sink.reset_group(g.handle, code)
 
 
@@ -268,6 +287,7 @@ class TrackFanout:
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
         self.subscribers.add(sub)
+        sub.hold_fin = not self.state
         latest = self.cache.latest()
         if latest is None:
             return
@@ -411,6 +431,7 @@ class TrackFanout:
         largest = self.cache.largest
         if largest is not None:
             self.end_group(largest[0])
+        self._each(lambda sub: sub.release_fins())  # nothing checks their budgets from now on
         subs = list(self.subscribers)
         self.subscribers.clear()
         return subs
