@@ -100,10 +100,12 @@ fuzz: install-test
 # the table goes into docs/reliability.md. WAN_SECONDS: stream length per profile. WAN_LAYOUT: apart
 # (default: the subscriber and the proxy each in a child process, the relay alone in the parent),
 # subscriber (both in one child), in-process (all on one event loop, as before 2026-11-28 09:00).
+# WAN_BURNERS: child processes spinning a core each for the run (a busy host; at most one per core).
 WAN_SECONDS ?= 20
 WAN_LAYOUT ?= apart
+WAN_BURNERS ?= 0
 wan: install-test
-	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --layout $(WAN_LAYOUT) --write-docs docs/reliability.md
+	PYTHONPATH=. $(PY) -m tests.wan.scoreboard --seconds $(WAN_SECONDS) --layout $(WAN_LAYOUT) --cpu-burners $(WAN_BURNERS) --write-docs docs/reliability.md
 
 # Soak: publishers that reconnect, subscriber and player churn, rotating impairment; samples every
 # 30 s into var/soak/, plot and figures into docs/reliability.md.

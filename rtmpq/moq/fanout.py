@@ -15,6 +15,12 @@ Timeout":
   object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
   more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
   750 ms RTT, judging by acknowledgement alone left 1.25 s of a 2 s budget to send in.)
+  Where acknowledgements are estimated and the path is lossy (``ack_doubt``), an object the
+  estimate calls delivered is still in doubt: its group must be confirmed by the transport
+  (every byte and the end acknowledged) within that object's budget, or it is dropped then.
+  And a media group that ends while in doubt keeps its end (FIN) back until the doubt is gone:
+  picoquic refuses to reset a stream whose FIN it has sent before every byte is acknowledged,
+  and then delivers the rest however late (8 s at 30 % loss); without the FIN the reset holds.
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
@@ -68,6 +74,9 @@ class GroupSink(Protocol):
     def ack_allowance(self) -> float:
         """Seconds an acknowledgement of bytes sent takes to come back (0: judge by
         ``buffered_bytes`` alone)."""
+    def ack_doubt(self) -> bool:
+        """``buffered_bytes`` is an estimate that cannot be trusted now (a lossy path: bytes it
+        counts as delivered may still be missing at the subscriber, their copies lost again)."""
     def announced(self, handle: object) -> bool:
         """The group's stream header reached the subscriber (or never can): a reset of the
         stream now tells it which group it skipped."""
@@ -82,6 +91,10 @@ class _GroupInFlight:
     # (bytes written up to and including this object, time the relay received the object)
     pending: deque = field(default_factory=deque)
     last_received: float = 0.0  # when the relay received the group's newest object
+    # when the relay received the oldest object an estimate in doubt called delivered (None: none):
+    # the group must be confirmed within that object's budget
+    doubted: float | None = None
+    fin_held: bool = False  # ended, its FIN not written yet (in doubt: see the module docstring)
 
 
 class TrackSubscription:
@@ -103,6 +116,9 @@ class TrackSubscription:
         # why its fan-out let it go (its connection failed under a call): the relay closes its session
         self.failed: str | None = None
         self._quiet_until = 0.0  # nothing can fall due before then (QUIET_COUNT_INTERVAL)
+        # a group that ends while acknowledgements are in doubt keeps its FIN back (a state
+        # track's groups do not: the relay never resets those for lateness)
+        self.hold_fin = True
         self._written_since = 0  # bytes written since the last count
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
@@ -138,8 +154,18 @@ class TrackSubscription:
         g = self.in_flight.get(group_id)
         if g is not None and not g.complete:
             g.complete = True
-            self.sink.end_group(g.handle)
+            if self.hold_fin and self.sink.ack_doubt():
+                g.fin_held = True  # resettable until the doubt is gone (check) or its budget ends
+            else:
+                self.sink.end_group(g.handle)
             self._quiet_until = 0.0  # the next check sees whether it was all delivered
+
+    def release_fins(self) -> None:
+        """Write the FIN of every ended group that holds it back."""
+        for g in self.in_flight.values():
+            if g.fin_held:
+                g.fin_held = False
+                self.sink.end_group(g.handle)
 
     def check(self, now: float) -> None:
         """Enforce the budgets; call on a timer and after each batch of objects."""
@@ -147,13 +173,25 @@ class TrackSubscription:
             return
         progress = waiting = False
         allowance = self.sink.ack_allowance()
+        deadline = now - self.delivery_timeout  # objects received before this are past budget
+        if any(g.fin_held for g in self.in_flight.values()) and not self.sink.ack_doubt():
+            self.release_fins()
         for g in list(self.in_flight.values()):
             if g.pending:  # (a group with nothing owed needs no count from the transport)
                 acked = g.written - self.sink.buffered_bytes(g.handle)
-                while g.pending and g.pending[0][0] <= acked:
-                    g.pending.popleft()
+                if g.pending[0][0] <= acked:
                     progress = True
+                    if g.doubted is None and self.sink.ack_doubt():
+                        g.doubted = g.pending[0][1]  # delivered by the estimate's word only
+                    while g.pending and g.pending[0][0] <= acked:
+                        g.pending.popleft()
             waiting = waiting or bool(g.pending)
+            if g.doubted is not None and g.doubted < deadline - allowance:
+                if self.sink.confirmed(g.handle):
+                    g.doubted = None  # every byte so far was acknowledged after all
+                else:
+                    self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
+                    continue
             if not g.pending:
                 if g.complete:
                     # everything sent, FIN too. Where acknowledgements are estimated, a hole in
@@ -165,7 +203,6 @@ class TrackSubscription:
                     elif now - g.last_received > self.delivery_timeout + allowance:
                         self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
                 continue
-            deadline = now - self.delivery_timeout  # objects received before this are past budget
             if g.pending[0][1] < deadline - allowance or (
                     g.pending[0][1] < deadline and self._late_object_unsent(g, deadline)):
                 self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
@@ -182,6 +219,7 @@ class TrackSubscription:
         if total <= self.send_budget // 2:
             due = [g.pending[0][1] if g.pending else g.last_received
                    for g in self.in_flight.values() if g.pending or g.complete]
+            due += [g.doubted for g in self.in_flight.values() if g.doubted is not None]
             self._quiet_until = min(now + QUIET_COUNT_INTERVAL,
                                     min(due, default=now + 1e9) + self.delivery_timeout - QUIET_COUNT_INTERVAL)
 
@@ -218,7 +256,7 @@ class TrackSubscription:
     def close(self, code: int = RESET_CANCELLED) -> None:
         for group_id in list(self.in_flight):
             g = self.in_flight.pop(group_id)
-            if not g.complete:
+            if not g.complete or g.fin_held:
                 self.sink.reset_group(g.handle, code)
 
 
@@ -249,6 +287,7 @@ class TrackFanout:
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
         self.subscribers.add(sub)
+        sub.hold_fin = not self.state
         latest = self.cache.latest()
         if latest is None:
             return
@@ -392,6 +431,7 @@ class TrackFanout:
         largest = self.cache.largest
         if largest is not None:
             self.end_group(largest[0])
+        self._each(lambda sub: sub.release_fins())  # nothing checks their budgets from now on
         subs = list(self.subscribers)
         self.subscribers.clear()
         return subs

@@ -146,6 +146,9 @@ class _ConnectionSink:
     def ack_allowance(self) -> float:
         return self.conn.ack_allowance()
 
+    def ack_doubt(self) -> bool:
+        return self.conn.ack_doubt()
+
     def announced(self, handle: int) -> bool:
         return self.conn.announced(handle)
 

@@ -1,7 +1,7 @@
 """WAN profiles through the impairment proxy, each judged object by object.
 
     python -m tests.wan.scoreboard [--backends aioquic,aiopquic] [--profiles a,b] [--seconds 20]
-                                   [--layout apart|subscriber|in-process]
+                                   [--layout apart|subscriber|in-process] [--cpu-burners N]
                                    [--write-docs docs/reliability.md]      (make wan)
 
 A real 720p stream (x264, ~2.5 Mbit/s, 1 s GOPs, AAC) is encoded once to an FLV file, which is
@@ -405,6 +405,33 @@ async def child_main(args) -> int:
     return 0
 
 
+# A CPU burner (--cpu-burners) gives up on its own after this long, should its parent die unseen.
+BURNER_MAX_SECONDS = 3600.0
+
+
+def burn(max_seconds: float = BURNER_MAX_SECONDS) -> int:
+    """--role burner: spin one core until the parent goes (or ``max_seconds``): a busy host."""
+    parent, end = os.getppid(), time.monotonic() + max_seconds
+    while time.monotonic() < end and os.getppid() == parent:
+        for _ in range(200_000):
+            pass
+    return 0
+
+
+def start_burners(n: int) -> list[subprocess.Popen]:
+    """``n`` child processes that each keep one core busy (at most one per core of the machine)."""
+    n = max(0, min(n, os.cpu_count() or 1))
+    return [subprocess.Popen([sys.executable, "-m", "tests.wan.scoreboard", "--role", "burner"], cwd=ROOT,
+                             stdin=subprocess.DEVNULL) for _ in range(n)]
+
+
+def stop_burners(burners: list[subprocess.Popen]) -> None:
+    for b in burners:
+        b.kill()
+    for b in burners:
+        b.wait()
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| backend | profile | budget | arrived (min) | video / audio | skipped groups | p50 / p99 / max latency (limit) | incomplete, out of order, not IDR, unsignalled, late | verdict |",
@@ -421,12 +448,21 @@ def table(results: list[Result]) -> str:
 
 
 async def run_all(backends: list[str], profiles: list[str], seconds: float, tmp: Path,
-                  layout: str = "apart") -> list[Result]:
+                  layout: str = "apart", cpu_burners: int = 0) -> list[Result]:
     from tests.publishers import probe_packets
 
     flv = encode_720p(ROOT / "var/wan/720p.flv", seconds)
     reference = probe_packets(str(flv))
     results = []
+    burners = start_burners(cpu_burners)
+    try:
+        await _run_profiles(backends, profiles, flv, reference, tmp, layout, results)
+    finally:
+        stop_burners(burners)
+    return results
+
+
+async def _run_profiles(backends, profiles, flv, reference, tmp, layout, results) -> None:
     for backend in backends:
         for name in profiles:
             node = UpNode(node_config(tmp / backend / name, backend))
@@ -438,17 +474,18 @@ async def run_all(backends: list[str], profiles: list[str], seconds: float, tmp:
             print(table([r]).splitlines()[-1], f"(load {r.load:.1f}, relay process {r.relay_cpu:.0%} of a core)",
                   flush=True)
             results.append(r)
-    return results
 
 
-def write_docs(path: Path, results: list[Result], command: str, seconds: float, layout: str) -> None:
+def write_docs(path: Path, results: list[Result], command: str, seconds: float, layout: str,
+               cpu_burners: int = 0) -> None:
     text = path.read_text() if path.exists() else "# Reliability\n"
     start, end = "<!-- wan-scoreboard:start -->", "<!-- wan-scoreboard:end -->"
     bitrate = os.path.getsize(ROOT / "var/wan/720p.flv") * 8 / seconds / 1e6
     loads = [r.load for r in results]
     block = (f"{start}\nMeasured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `{command}`: "
              f"a {seconds:g} s 1280x720 30 fps stream at {bitrate:.1f} Mbit/s (video + audio), one "
-             f"subscriber per profile; {LAYOUTS[layout]}; load average {min(loads):.1f}–{max(loads):.1f}."
+             f"subscriber per profile; {LAYOUTS[layout]}"
+             f"{f'; {cpu_burners} CPU burner(s) spinning a core each' if cpu_burners else ''}; load average {min(loads):.1f}–{max(loads):.1f}."
              f"\n\n{table(results)}\n{end}")
     if start in text:
         text = text[:text.index(start)] + block + text[text.index(end) + len(end):]
@@ -464,8 +501,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--layout", choices=list(LAYOUTS), default="apart",
                     help="; ".join(f"{k}: {v}" for k, v in LAYOUTS.items()))
+    ap.add_argument("--cpu-burners", type=int, default=0,
+                    help="child processes that each spin one core for the whole run (a busy host; "
+                         "at most one per core)")
     ap.add_argument("--write-docs", help="put the scoreboard table into this Markdown file")
-    ap.add_argument("--role", choices=["all", "proxy", "subscriber"], default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--role", choices=["all", "proxy", "subscriber", "burner"], default="all", help=argparse.SUPPRESS)
     for hidden in ("--target", "--name", "--profile", "--backend"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
@@ -475,16 +515,18 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=120, help=argparse.SUPPRESS)
     ap.add_argument("--wait", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "burner":
+        return burn()
     if args.role != "all":
         return asyncio.run(child_main(args))
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         results = asyncio.run(run_all(args.backends.split(","), args.profiles.split(","), args.seconds, Path(tmp),
-                                      args.layout))
+                                      args.layout, args.cpu_burners))
     print(table(results))
     if args.write_docs:
-        write_docs(Path(args.write_docs), results, "make wan", args.seconds, args.layout)
+        write_docs(Path(args.write_docs), results, "make wan", args.seconds, args.layout, args.cpu_burners)
     return 0 if all(r.passed for r in results) else 1
 
 

@@ -57,3 +57,28 @@ def test_each_violation_is_counted():
 def test_a_subscriber_that_received_nothing_fails():
     r = run([])
     assert not r.passed and r.share == 0.0
+
+
+def test_a_cpu_burner_keeps_a_core_busy_until_stopped():
+    """--cpu-burners (a busy host for make wan): each burner really spins, and stops with the run."""
+    import os
+    import time
+
+    from tests.wan.scoreboard import start_burners, stop_burners
+
+    assert start_burners(0) == []
+    burners = start_burners(1)
+    try:
+        assert len(burners) == 1
+        ticks = os.sysconf("SC_CLK_TCK")
+        deadline = time.monotonic() + 20
+        cpu = 0.0
+        while time.monotonic() < deadline and cpu < 0.3:
+            with open(f"/proc/{burners[0].pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+            time.sleep(0.05)
+        assert cpu >= 0.3, f"the burner used {cpu:.2f} s of CPU"
+    finally:
+        stop_burners(burners)
+    assert burners[0].poll() is not None
