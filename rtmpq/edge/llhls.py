@@ -2,7 +2,9 @@
 
 One segment per source group (GoP), cut into parts of at most ``part_target`` seconds at frame
 boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
-time span, and a segment is the concatenation of its parts. A sliding window keeps the newest
+time span, and a segment is the concatenation of its parts. A part is published as soon as its
+last frame is in (the next frame, by the track's frame interval, would not fit), not when the
+next frame arrives: that wait was one frame interval of live-edge lag for nothing. A sliding window keeps the newest
 ``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the broadcast ends.
 
 A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted) gets
@@ -20,8 +22,18 @@ from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from .fmp4 import Sample, can_package, fragment, init_segment
 
-# Target duration of an LL-HLS part (seconds).
+# Target duration of an LL-HLS part (seconds; EXT-X-PART-INF PART-TARGET; `[http] part_target`).
+# Every part is at most this long (RFC 8216bis 4.4.4.9), so a player at the live edge is behind
+# the publisher by about half of it on average, and each viewer makes about two requests (a
+# blocking playlist reload and the part) per part and playlist. See docs/benchmarks.md "HLS
+# live-edge lag vs nginx-rtmp" for the measurements behind the default.
 PART_TARGET = 0.3
+# The next frame's time is predicted from the mean of this many recent frame intervals of the
+# track (timestamps in ms jitter by a tick: 33, 33, 34 at 30 fps).
+FRAME_INTERVAL_HISTORY = 8
+# Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
+# a part; the part's written duration never exceeds PART-TARGET all the same.
+FRAME_TIME_TOLERANCE_TICKS = 1
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
 # Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
@@ -117,6 +129,7 @@ class LlHlsStream:
         # numbers are the same group in every rendition (players align renditions by them)
         self.group_origin: int | None = None
         self._last_dts: int | None = None  # of the primary track's newest frame
+        self._recent_dts: deque[int] = deque(maxlen=FRAME_INTERVAL_HISTORY + 1)  # the primary's, in one run
         self.media_time: float | None = None  # newest presentation time of the primary track (s)
         self._group: int | None = None
         self.max_segment_duration = 0.0
@@ -180,12 +193,19 @@ class LlHlsStream:
                 self._pending[primary] = carried
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
+            if self._last_dts is None or not 0 < frame.dts - self._last_dts <= DISCONTINUITY_GAP * self._timescale[primary]:
+                self._recent_dts.clear()  # a gap or a jump is no frame interval
+            self._recent_dts.append(frame.dts)
             self._last_dts = frame.dts
             pts = frame.pts / self._timescale[primary]
             self.media_time = pts if self.media_time is None else max(self.media_time, pts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
         self._pending[frame.track].append(frame)
+        if frame.track == primary:
+            last = self._part_full()
+            if last is not None:  # the next frame would not fit: publish the part now
+                self._close_part(final=False, last_duration=last)
 
     def end(self) -> None:
         if not self.ended:
@@ -225,14 +245,37 @@ class LlHlsStream:
     def _pending_frames(self) -> bool:
         return any(self._pending.values())
 
+    def _frame_interval(self) -> float | None:
+        """The primary track's mean frame interval over its recent frames (ticks), if known."""
+        if len(self._recent_dts) < 2:
+            return None
+        return (self._recent_dts[-1] - self._recent_dts[0]) / (len(self._recent_dts) - 1)
+
     def _part_would_exceed(self, dts: int) -> bool:
         """True when a frame at ``dts`` (with a duration like the previous one) would make the
-        part longer than the part target: parts must never exceed PART-TARGET."""
+        part longer than the part target: parts must never exceed PART-TARGET. (A part is
+        normally closed before this, by ``_part_full``; this catches a frame that came sooner
+        than predicted.)"""
         frames = self._pending.get(self._primary) or []
         if not frames:
             return False
-        step = dts - frames[-1].dts
-        return (dts + step - frames[0].dts) / self._timescale[self._primary] > self.part_target + 1e-9
+        step = self._frame_interval() or dts - frames[-1].dts
+        limit = self.part_target * self._timescale[self._primary] + FRAME_TIME_TOLERANCE_TICKS
+        return dts + step - frames[0].dts > limit
+
+    def _part_full(self) -> int | None:
+        """When the pending part's next frame would not fit in the part target (by the frame
+        interval), the duration (ticks) to give its last frame so the part is published now
+        without exceeding PART-TARGET; else None."""
+        frames = self._pending.get(self._primary) or []
+        step = self._frame_interval()
+        if not frames or step is None:
+            return None
+        target = self.part_target * self._timescale[self._primary]
+        span = frames[-1].dts - frames[0].dts
+        if span + 2 * step <= target + FRAME_TIME_TOLERANCE_TICKS:
+            return None
+        return max(1, min(round(step), math.floor(target + 1e-6) - span))
 
     def _is_seam(self, dts: int) -> bool:
         if self._last_dts is None or not self.segments:
@@ -261,8 +304,16 @@ class LlHlsStream:
         """The init segment of ``version``, while a segment in the window needs it."""
         return self._inits.get(version)
 
-    def _close_part(self, *, final: bool, next_dts: int | None = None) -> None:
+    def _close_part(self, *, final: bool, next_dts: int | None = None, last_duration: int | None = None) -> None:
+        """Publish the pending frames as a part; the primary track's last frame lasts until
+        ``next_dts`` or ``last_duration`` ticks (else as long as the one before)."""
         if not self.segments:
+            return
+        if not self._pending.get(self._primary):
+            # (a stream of several tracks) the others' frames alone make no part: its duration is
+            # the primary's; they go with the primary's next frames
+            if final and not self.segments[-1].complete:
+                self._finish_segment()
             return
         runs = []
         duration = 0.0
@@ -277,6 +328,8 @@ class LlHlsStream:
                     d = frames[i + 1].dts - f.dts
                 elif name == self._primary and next_dts is not None:
                     d = next_dts - f.dts
+                elif name == self._primary and last_duration is not None:
+                    d = last_duration
                 else:
                     d = self._last_duration.get(name, 0) or (frames[i].dts - frames[i - 1].dts if i else 0)
                 d = max(d, 0)
