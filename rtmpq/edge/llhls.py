@@ -23,11 +23,15 @@ from ..media.frames import AUDIO, VIDEO, Frame
 from .fmp4 import Sample, can_package, fragment, init_segment
 
 # Target duration of an LL-HLS part (seconds; EXT-X-PART-INF PART-TARGET; `[http] part_target`).
-# Every part is at most this long (RFC 8216bis 4.4.4.9), so a player at the live edge is behind
-# the publisher by about half of it on average, and each viewer makes about two requests (a
-# blocking playlist reload and the part) per part and playlist. See docs/benchmarks.md "HLS
-# live-edge lag vs nginx-rtmp" for the measurements behind the default.
-PART_TARGET = 0.3
+# Every part is at most this long (RFC 8216bis 4.4.4.9), so the live edge trails the publisher
+# by about half of it on average, and each viewer makes about two requests (a blocking playlist
+# reload and the part) per part and playlist. 0.2 s: the shortest that hls.js played without
+# aborted part loads on the loaded test machine, with the live edge 7-14x nearer the publisher
+# than nginx-rtmp's 1-2 s fragments, at ~22 requests/s per viewer (0.3 s: 2.7-5.5x, ~14/s;
+# 0.1 s: ~40/s, aborted loads and stalls). Whole frames fill 85 % of it (the spec's floor for
+# parts) at 25, 30, 50 and 60 fps, not at 24 fps (4 frames, 83 %). docs/benchmarks.md "HLS
+# live-edge lag vs nginx-rtmp" has the measurements.
+PART_TARGET = 0.2
 # The next frame's time is predicted from the mean of this many recent frame intervals of the
 # track (timestamps in ms jitter by a tick: 33, 33, 34 at 30 fps).
 FRAME_INTERVAL_HISTORY = 8
