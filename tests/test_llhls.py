@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from rtmpq.edge.llhls import LlHlsStream
+from rtmpq.edge.llhls import PART_TARGET, LlHlsStream
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import AUDIO, VIDEO, Frame
 
@@ -110,11 +110,13 @@ def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
     assert [v[m + 1] - v[m] for m in range(4)] == [2000 * 10**6] * 4
     assert all(r[m] == v[m] for m in r) and set(r) == {2, 3, 4}
     a = list(audio.segments)
-    for seg in a[1:]:  # an audio segment starts up to a part before the video's: dates say so
-        assert 0 <= v[seg.msn] - seg.started_ns < 300 * 10**6
-    # every audio part but a segment's (possibly longer-carried) first is a whole 12-frame part,
-    # never a sliver at a group boundary
-    assert all(p.duration > 0.25 for seg in a[:-1] for p in seg.parts), [[p.duration for p in s.parts] for s in a]
+    for seg in a[1:]:  # an audio segment starts up to a part before the video's (dated by its
+        # first pts, 67 ms after its dts here): dates say so
+        assert 0 <= v[seg.msn] - seg.started_ns < (PART_TARGET + 0.067) * 10**9
+    # every audio part but a segment's (possibly longer-carried) first is a whole part (8 AAC
+    # frames in 0.2 s), never a sliver at a group boundary
+    assert all(p.duration > 0.85 * PART_TARGET for seg in a[:-1] for p in seg.parts), \
+        [[p.duration for p in s.parts] for s in a]
 
 
 def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
