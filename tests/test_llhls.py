@@ -298,3 +298,22 @@ def test_the_edge_packages_with_the_configured_part_target():
     b = _Broadcast("live/x", edge.http_config.part_target)
     assert {s.part_target for s in b.streams.values()} == {0.2}
     assert "PART-TARGET=0.200" in b.streams["v"].media_playlist()
+
+
+def test_the_cached_playlist_is_always_the_one_the_stream_would_make_now():
+    """Viewers woken by a new part get one playlist made once (cached by the stream's version):
+    after every frame, catalog change and the end, it is what rendering afresh gives."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=2)
+    stream.set_catalog(av_catalog())
+    checked = 0
+    for n in range(200):
+        if n == 120:  # a new avcC mid-broadcast: a new init segment version and a discontinuity
+            stream.set_catalog(video_catalog(b"\x01\x64\x00\x1fBBBB", 640))
+        ts = round(n * 1000 / 30)
+        stream.push(Frame(VIDEO, n // 30, n % 30, ts, ts, n % 30 == 0, b"\x00\x00\x00\x01\x65", 1))
+        for query in ("", "?token=t"):
+            assert stream.media_playlist(query) == stream._render_media_playlist(query)
+            checked += 1
+    stream.end()
+    assert stream.media_playlist() == stream._render_media_playlist("") and "#EXT-X-ENDLIST" in stream.media_playlist()
+    assert checked == 400 and stream.media_playlist() is stream.media_playlist()  # the same text, not made again

@@ -141,6 +141,9 @@ class LlHlsStream:
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
         self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
+        # the last media playlist made: (version, query, text); the viewers a new part wakes
+        # (blocking reloads) all ask for the same one, once per part
+        self._rendered: tuple[int, str, str] | None = None
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -298,6 +301,7 @@ class LlHlsStream:
         self.segments.append(Segment(self._msn, started, init_version=self.init_version,
                                      discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
         self._msn += 1
+        self.version += 1  # (the window moves)
         while len(self.segments) > self.window + 1:
             self.segments.popleft()
         oldest = self.segments[0].init_version
@@ -394,6 +398,14 @@ class LlHlsStream:
 
     def media_playlist(self, query: str = "") -> str:
         """The media playlist; ``query`` (``?token=...``) is appended to every URI in it."""
+        rendered = self._rendered
+        if rendered is not None and rendered[0] == self.version and rendered[1] == query:
+            return rendered[2]
+        text = self._render_media_playlist(query)
+        self._rendered = (self.version, query, text)
+        return text
+
+    def _render_media_playlist(self, query: str) -> str:
         target = self.target_duration()
         segments = [s for s in self.segments if s.parts]
         complete = [s for s in segments if s.complete]
