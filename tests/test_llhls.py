@@ -271,6 +271,12 @@ def test_parts_never_exceed_part_target(part_target, fps, track):
                 assert p.duration >= floor, (s.msn, i, p.duration)
     for d in re.findall(r"#EXT-X-PART:DURATION=([\d.]+)", playlist):
         assert float(d) <= part_target
+    # the predicted durations of parts' last frames leave no holes but of a tick (ms timestamps
+    # round 29.97 fps and AAC frame times; a 6-frame part at 29.97 fps is cut to 0.2 s): the
+    # parts add up to the media
+    media = int(6.0 * fps) / fps if track == VIDEO else int(6.0 * 44100 / 1024) * 1024 / 44100
+    parts = sum(len(s.parts) for s in stream.segments)
+    assert sum(s.duration for s in stream.segments) == pytest.approx(media, abs=0.001 * parts / 2 + 0.002)
 
 
 def test_a_stream_of_video_and_audio_never_makes_a_part_of_audio_alone():

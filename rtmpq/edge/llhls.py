@@ -33,8 +33,9 @@ from .fmp4 import Sample, can_package, fragment, init_segment
 # live-edge lag vs nginx-rtmp" has the measurements.
 PART_TARGET = 0.2
 # The next frame's time is predicted from the mean of this many recent frame intervals of the
-# track (timestamps in ms jitter by a tick: 33, 33, 34 at 30 fps).
-FRAME_INTERVAL_HISTORY = 8
+# track: timestamps in ms jitter by a tick (33, 33, 34 at 30 fps), and a mean over a second of
+# frames predicts the next one to the tick, so a part's last frame ends where the next begins.
+FRAME_INTERVAL_HISTORY = 30
 # Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
 # a part; the part's written duration never exceeds PART-TARGET all the same.
 FRAME_TIME_TOLERANCE_TICKS = 1
@@ -282,7 +283,12 @@ class LlHlsStream:
         span = frames[-1].dts - frames[0].dts
         if span + 2 * step <= target + FRAME_TIME_TOLERANCE_TICKS:
             return None
-        return max(1, min(round(step), math.floor(target + 1e-6) - span))
+        # the next frame's dts, from every recent one (each is rounded to the tick: their mean
+        # phase is nearer the true one than the last's), so the part ends where the next begins
+        recent = self._recent_dts
+        count = len(recent)
+        predicted = round(sum(d + (count - i) * step for i, d in enumerate(recent)) / count) - frames[-1].dts
+        return max(1, min(predicted, math.floor(target + 1e-6) - span))
 
     def _is_seam(self, dts: int) -> bool:
         if self._last_dts is None or not self.segments:
