@@ -4,8 +4,9 @@ One segment per source group (GoP), cut into parts of at most ``part_target`` se
 boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
 time span, and a segment is the concatenation of its parts. A part is published as soon as its
 last frame is in (the next frame, by the track's frame interval, would not fit), not when the
-next frame arrives: that wait was one frame interval of live-edge lag for nothing. A sliding window keeps the newest
-``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the broadcast ends.
+next frame arrives: that wait was one frame interval of live-edge lag for nothing. A sliding
+window keeps the newest ``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the
+broadcast ends.
 
 A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted) gets
 a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
@@ -25,12 +26,12 @@ from .fmp4 import Sample, can_package, fragment, init_segment
 # Target duration of an LL-HLS part (seconds; EXT-X-PART-INF PART-TARGET; `[http] part_target`).
 # Every part is at most this long (RFC 8216bis 4.4.4.9), so the live edge trails the publisher
 # by about half of it on average, and each viewer makes about two requests (a blocking playlist
-# reload and the part) per part and playlist. 0.2 s: the shortest that hls.js played without
-# aborted part loads on the loaded test machine, with the live edge 7-14x nearer the publisher
-# than nginx-rtmp's 1-2 s fragments, at ~22 requests/s per viewer (0.3 s: 2.7-5.5x, ~14/s;
-# 0.1 s: ~40/s, aborted loads and stalls). Whole frames fill 85 % of it (the spec's floor for
-# parts) at 25, 30, 50 and 60 fps, not at 24 fps (4 frames, 83 %). docs/benchmarks.md "HLS
-# live-edge lag vs nginx-rtmp" has the measurements.
+# reload and the part) per part and playlist. 0.2 s: the live edge 6-16x nearer the publisher
+# (p50) than nginx-rtmp's fragments of one 1-2 s GoP, at ~20 requests/s per viewer (0.3 s:
+# 3.5-6.6x, ~14/s; 0.1 s: 8.6-27x, but ~40/s, and hls.js aborted part loads in every run on the
+# loaded test machine). Whole frames fill 85 % of it (the spec's floor for parts) at 25, 30, 50
+# and 60 fps, not at 24 fps (4 frames, 83 %). docs/benchmarks.md "HLS live-edge lag vs
+# nginx-rtmp" has the measurements.
 PART_TARGET = 0.2
 # The next frame's time is predicted from the mean of this many recent frame intervals of the
 # track: timestamps in ms jitter by a tick (33, 33, 34 at 30 fps), and a mean over a second of

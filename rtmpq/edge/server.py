@@ -74,9 +74,9 @@ def stream_key(track: str) -> str:
 
 # The player page plays this many seconds behind the live edge unless asked otherwise
 # (/live/<name>/?latency=SECONDS, between the two bounds): below the playlist's PART-HOLD-BACK (3
-# parts: 0.6 s at the default PART_TARGET of 0.2 s) for a live latency under 1 s, at the price of a stall now and then on a busy machine
-# or link, which a larger value buffers away. Further behind than that plus PLAYER_LATENCY_SLACK
-# (after a stall), it seeks back to the edge.
+# parts: 0.6 s with the default PART_TARGET of 0.2 s) for a live latency under 1 s, at the price
+# of a stall now and then on a busy machine or link, which a larger value buffers away. Further
+# behind than that plus PLAYER_LATENCY_SLACK (after a stall), it seeks back to the edge.
 PLAYER_LATENCY = 0.5
 PLAYER_LATENCY_BOUNDS = (0.3, 30.0)
 PLAYER_LATENCY_SLACK = 0.4
