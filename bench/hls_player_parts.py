@@ -6,7 +6,8 @@ For each part target: `rtmpq up` in this process with `[http] part_target` set, 
 ffmpeg publish (320x240 30 fps, 2 s GoP, AAC: tests/publishers.py), and the edge's player page
 (hls.js, as tests/test_browser.py opens it). Once playing, for 6 s: hls.js's own latency estimate
 every 0.5 s (median, min, max), the page's requests per second (Resource Timing: playlists,
-parts, segments), 'waiting' events of the video element (stalls) and hls.js's error details.
+parts, segments); and from the start of playback, 'waiting' events of the video element (stalls),
+and from the page's start, hls.js's error details.
 """
 
 import asyncio
@@ -50,8 +51,7 @@ async def measure(part_target: float) -> str:
             await page.evaluate("window.stalls = 0; document.getElementById('video')"
                                 ".addEventListener('waiting', () => window.stalls++)")
             await asyncio.sleep(2)
-            await page.evaluate("performance.setResourceTimingBufferSize(100000); performance.clearResourceTimings(); "
-                                "window.rtmpqErrors.length = 0")
+            await page.evaluate("performance.setResourceTimingBufferSize(100000); performance.clearResourceTimings()")
             start = time.monotonic()
             samples = []
             while time.monotonic() - start < SECONDS:
