@@ -26,7 +26,7 @@ from .fmp4 import Sample, can_package, fragment, init_segment
 # Target duration of an LL-HLS part (seconds; EXT-X-PART-INF PART-TARGET; `[http] part_target`).
 # Every part is at most this long (RFC 8216bis 4.4.4.9), so the live edge trails the publisher
 # by about half of it on average, and each viewer makes about two requests (a blocking playlist
-# reload and the part) per part and playlist. 0.2 s: the live edge 6-16x nearer the publisher
+# reload and the part) per part and playlist. 0.2 s: the live edge 6-19x nearer the publisher
 # (p50) than nginx-rtmp's fragments of one 1-2 s GoP, at ~20 requests/s per viewer (0.3 s:
 # 3.5-6.6x, ~14/s; 0.1 s: 8.6-27x, but ~40/s, and hls.js aborted part loads in every run on the
 # loaded test machine). Whole frames fill 85 % of it (the spec's floor for parts) at 25, 30, 50
