@@ -11,10 +11,21 @@ The live edge at a poll is the newest listed video frame; lag = poll time - the 
 that frame (the publish clock: the same tee also writes FLV to a local TCP socket here, which
 notes when each video tag leaves ffmpeg). So the lag is how far behind the publisher a player that
 starts at the newest listed media is, with ffmpeg's own start-up left out for both servers.
+Parts (0.1-0.3 s) and fragments (1-2 s) come at multiples of the 100 ms poll period, so the polls
+of one run see each at only a few fixed phases, which differ from run to run: the p50 of one
+run moves by up to a poll period (most with the shortest parts); the mean is printed too.
+
+rtmpq's part target is its default unless given in the environment, which `rtmpq up` reads:
+
+    RTMPQ_HTTP_PART_TARGET=0.1 .venv/bin/python -m pytest bench/bench_hls_lag.py --benchmark-only -s
+
+Also printed: rtmpq's largest video.m3u8 (bytes) and parts per second of media (an LL-HLS player
+makes about two requests per part and playlist: a blocking reload and the part).
 """
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -116,6 +127,7 @@ def same_publish(source: Path, tmp: Path) -> dict:
         seen = {"rtmpq": {}, "nginx": {}}  # name -> first listed (monotonic)
         polls = []
         edge_dts = {"rtmpq": {}, "nginx": {}}  # name -> end of its last video frame, ms
+        playlist_bytes = 0
         nginx_playlist = tmp / "hls" / "lag.m3u8"
         next_poll = time.monotonic()
         while publisher.poll() is None:
@@ -124,6 +136,7 @@ def same_publish(source: Path, tmp: Path) -> dict:
                 text = http_get(http, "/live/lag/video.m3u8").decode()
             except (RuntimeError, OSError):
                 text = ""
+            playlist_bytes = max(playlist_bytes, len(text))
             for uri in re.findall(r'URI="(v-seg\d+\.\d+\.m4s)"', text):
                 if uri not in seen["rtmpq"] and "PRELOAD-HINT" not in text.split(uri)[0].rsplit("\n", 1)[-1]:
                     seen["rtmpq"][uri] = now
@@ -154,7 +167,10 @@ def same_publish(source: Path, tmp: Path) -> dict:
             if listed and max(listed) in clock.sent:
                 lags.append((t - clock.sent[max(listed)]) * 1000)
         out[server] = {"polls": len(lags), "p50_ms": round(percentile(lags, 0.5)), "p99_ms": round(percentile(lags, 0.99)),
+                       "mean_ms": round(sum(lags) / len(lags)),
                        "items": len(seen[server])}
+    out["rtmpq"]["playlist_bytes"] = playlist_bytes
+    out["rtmpq"]["parts_per_s"] = round(len(seen["rtmpq"]) / max(polls[-1] - min(seen["rtmpq"].values()), 1e-9), 1)
     return out
 
 
@@ -165,10 +181,16 @@ def test_hls_live_edge_lag_same_publish(benchmark, gop_file, tmp_path):
     # both servers were live through the publish, or the comparison means nothing
     assert stats["rtmpq"]["polls"] > SECONDS * 5 and stats["nginx"]["polls"] > SECONDS * 5, stats
     benchmark.extra_info.update({f"{s}_{k}": v for s, d in stats.items() for k, v in d.items()})
+    part_target = os.environ.get("RTMPQ_HTTP_PART_TARGET", "default")
+    stats["rtmpq"]["part_target"] = part_target
     RESULTS[gop_file.stem] = stats
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "hls_lag.json").write_text(json.dumps(RESULTS, indent=1))
-    print(f"\n\nserver  polls  listed  p50 lag ms  p99 lag ms\n"
-          + "\n".join(f"{s:6}  {d['polls']:5}  {d['items']:6}  {d['p50_ms']:10}  {d['p99_ms']:10}" for s, d in stats.items())
-          + f"\nnginx p50 / rtmpq p50 = {stats['nginx']['p50_ms'] / max(stats['rtmpq']['p50_ms'], 1):.1f}x")
+    print(f"\n\nserver  polls  listed  p50 lag ms  p99 lag ms  mean lag ms\n"
+          + "\n".join(f"{s:6}  {d['polls']:5}  {d['items']:6}  {d['p50_ms']:10}  {d['p99_ms']:10}  {d['mean_ms']:11}"
+                      for s, d in stats.items())
+          + f"\nnginx p50 / rtmpq p50 = {stats['nginx']['p50_ms'] / max(stats['rtmpq']['p50_ms'], 1):.1f}x, "
+            f"mean / mean = {stats['nginx']['mean_ms'] / max(stats['rtmpq']['mean_ms'], 1):.1f}x"
+          + f"\nrtmpq part target {part_target}: video.m3u8 up to {stats['rtmpq']['playlist_bytes']} bytes, "
+            f"{stats['rtmpq']['parts_per_s']} parts/s")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
+from .edge.llhls import PART_TARGET
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.reader import INGEST_READ_COALESCE
@@ -68,6 +69,9 @@ HTTP_WRITE_TIMEOUT = 10.0
 HTTP_WRITE_BUFFER_BYTES = 64 * 1024
 # HTTP/2 streams a client may have open at once.
 HTTP_MAX_CONCURRENT_STREAMS = 100
+# The shortest LL-HLS part target accepted (seconds): a part holds at least one frame, and a
+# part target below the frame interval would have to shorten frames (50 ms: 20 fps).
+MIN_PART_TARGET = 0.05
 
 
 _PUBLIC_NAME = re.compile(r"([A-Za-z0-9_.~-]{1,64}/)?[A-Za-z0-9_.~-]{1,128}")
@@ -135,6 +139,8 @@ class HttpConfig:
     write_timeout: float = HTTP_WRITE_TIMEOUT
     write_buffer_bytes: int = HTTP_WRITE_BUFFER_BYTES
     max_concurrent_streams: int = HTTP_MAX_CONCURRENT_STREAMS
+    # LL-HLS parts of at most this many seconds (PART-TARGET; see PART_TARGET in edge/llhls.py)
+    part_target: float = PART_TARGET
 
 
 @dataclass
@@ -396,6 +402,8 @@ def validate(config: Config) -> None:
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")
+    if h.part_target < MIN_PART_TARGET:
+        raise ConfigError(f"http.part_target: must be at least {MIN_PART_TARGET} s")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
     d = config.directory

@@ -48,7 +48,9 @@ async def test_ffmpeg_plays_the_ll_hls_playlist_live_and_after_the_end(node, tmp
     rtmp_port = node.rtmp.address[1]
     host, http_port = node.edge.address
     base = f"http://{host}:{http_port}/live/show"
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/show", ref, seconds=5)))
+    # 7 s: still live once ffmpeg has played 2 s of it, which takes from ~2.2 s after the first
+    # segment to ~3 s when its playlist reload (every half target duration) just misses segment 1
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/show", ref, seconds=7)))
     await node.registry.wait_for("live/show", 10)
     # while live: the player decodes what is there without a single error
     status, headers, body = await http_get(f"{base}/index.m3u8")

@@ -2,7 +2,9 @@
 
 import re
 
-from rtmpq.edge.llhls import LlHlsStream
+import pytest
+
+from rtmpq.edge.llhls import PART_TARGET, LlHlsStream
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import AUDIO, VIDEO, Frame
 
@@ -108,11 +110,13 @@ def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
     assert [v[m + 1] - v[m] for m in range(4)] == [2000 * 10**6] * 4
     assert all(r[m] == v[m] for m in r) and set(r) == {2, 3, 4}
     a = list(audio.segments)
-    for seg in a[1:]:  # an audio segment starts up to a part before the video's: dates say so
-        assert 0 <= v[seg.msn] - seg.started_ns < 300 * 10**6
-    # every audio part but a segment's (possibly longer-carried) first is a whole 12-frame part,
-    # never a sliver at a group boundary
-    assert all(p.duration > 0.25 for seg in a[:-1] for p in seg.parts), [[p.duration for p in s.parts] for s in a]
+    for seg in a[1:]:  # an audio segment starts up to a part before the video's (dated by its
+        # first pts, 67 ms after its dts here): dates say so
+        assert 0 <= v[seg.msn] - seg.started_ns < (PART_TARGET + 0.067) * 10**9
+    # every audio part but a segment's (possibly longer-carried) first is a whole part (8 AAC
+    # frames in 0.2 s), never a sliver at a group boundary
+    assert all(p.duration > 0.85 * PART_TARGET for seg in a[:-1] for p in seg.parts), \
+        [[p.duration for p in s.parts] for s in a]
 
 
 def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
@@ -198,3 +202,124 @@ def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     group(source, VIDEO, 21, 21 * 1980 + 60000)  # the publisher back a minute later: a seam of both
     group(rung, "video-360p", 21, 21 * 1980 + 60000)
     assert [(s.msn, s.discontinuity) for s in rung.segments] == [(20, False), (21, True)]
+
+
+def av_catalog() -> Catalog:
+    return video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2))
+
+
+def listed_parts(playlist: str) -> list[tuple[str, float]]:
+    return [(uri, float(d)) for d, uri in re.findall(r'#EXT-X-PART:DURATION=([\d.]+),URI="([^"]+)"', playlist)]
+
+
+def test_a_part_is_listed_as_soon_as_its_last_frame_is_in():
+    """At 30 fps (RTMP timestamps in ms: 0, 33, 67, 100, ...) a 0.3 s part holds 9 frames; it is
+    in the playlist once the 9th is pushed, not a frame interval later when the 10th arrives, and
+    its last frame's duration (from the frame interval) makes it exactly 0.300 s."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=0.3)
+    stream.set_catalog(av_catalog())
+    for n in range(9):
+        ts = round(n * 1000 / 30)
+        stream.push(Frame(VIDEO, 0, n, ts, ts, n == 0, b"\x00\x00\x00\x01\x65", 1))
+        if n < 8:
+            assert stream.segments[0].parts == []
+    assert stream.next_part == (0, 1)  # the hint moved on: a blocking request for part 0 returns now
+    assert listed_parts(stream.media_playlist()) == [("v-seg0.0.m4s", 0.3)]
+    for n in range(9, 31):  # the rest of the 1 s group and the next keyframe
+        ts = round(n * 1000 / 30)
+        stream.push(Frame(VIDEO, n // 30, n % 30, ts, ts, n % 30 == 0, b"\x00\x00\x00\x01\x65", 1))
+    assert [p for _, p in listed_parts(stream.media_playlist())] == [0.3, 0.3, 0.3, 0.1]
+    assert stream.segments[0].duration == pytest.approx(1.0)  # the predicted durations add up to the media's
+
+
+def push_media(stream: LlHlsStream, fps: float, seconds: float, gop: float) -> None:
+    """Video at ``fps`` (ms timestamps, a keyframe every ``gop`` s) and AAC at 44.1 kHz, interleaved
+    by time as a publisher sends them."""
+    frames = [Frame(VIDEO, int(n / fps // gop), n, round(n * 1000 / fps), round(n * 1000 / fps),
+                    round(n / fps * 1000) % round(gop * 1000) < 1000 / fps - 1e-6, b"\x00\x00\x00\x01\x65", 1)
+              for n in range(int(seconds * fps))]
+    frames += [Frame(AUDIO, int(n * 1024 / 44100 // gop), n, round(n * 1024000 / 44100), round(n * 1024000 / 44100),
+                     True, b"\x21", 1) for n in range(int(seconds * 44100 / 1024))]
+    for f in sorted(frames, key=lambda f: (f.dts, f.track != VIDEO)):
+        stream.push(f)
+
+
+@pytest.mark.parametrize("part_target", [0.1, 0.2, 0.3])
+@pytest.mark.parametrize("fps", [30, 30000 / 1001, 25, 60])
+@pytest.mark.parametrize("track", [VIDEO, AUDIO])
+def test_parts_never_exceed_part_target(part_target, fps, track):
+    """RFC 8216bis 4.4.4.9: every part is at most PART-TARGET long, and at least 85 % of it but for
+    a segment's last part and INDEPENDENT ones (where whole frames can fill 85 %: not 25 fps in
+    0.1 s parts, whose two frames make 0.08 s). Before parts were closed by the frame interval
+    (with a tick of slack for ms timestamps), 0.3 s parts at 29.97 fps came out 0.301 s and audio
+    parts 0.302 s."""
+    stream = LlHlsStream(tracks={track}, prefix="x-", part_target=part_target)
+    stream.set_catalog(av_catalog())
+    push_media(stream, fps, 6.0, 1.0)
+    stream.end()
+    playlist = stream.media_playlist()
+    assert f"PART-TARGET={part_target:.3f}" in playlist
+    frame = 1024 / 44100 if track == AUDIO else 1 / fps
+    floor = min(0.85 * part_target, int(part_target / frame + 1e-6) * frame - 0.0015)
+    segments = [s for s in stream.segments if s.complete]
+    assert len(segments) >= 5
+    for s in segments:
+        for i, p in enumerate(s.parts):
+            assert p.duration <= part_target + 1e-9, (s.msn, i, p.duration)
+            if i + 1 < len(s.parts) and not p.independent:
+                assert p.duration >= floor, (s.msn, i, p.duration)
+    for d in re.findall(r"#EXT-X-PART:DURATION=([\d.]+)", playlist):
+        assert float(d) <= part_target
+    # the predicted durations of parts' last frames leave no holes but of a tick (ms timestamps
+    # round 29.97 fps and AAC frame times; a 6-frame part at 29.97 fps is cut to 0.2 s): the
+    # parts add up to the media
+    media = int(6.0 * fps) / fps if track == VIDEO else int(6.0 * 44100 / 1024) * 1024 / 44100
+    parts = sum(len(s.parts) for s in stream.segments)
+    assert sum(s.duration for s in stream.segments) == pytest.approx(media, abs=0.001 * parts / 2 + 0.002)
+
+
+def test_a_stream_of_video_and_audio_never_makes_a_part_of_audio_alone():
+    """With both tracks in one playlist, the video part closes at its last frame; audio that
+    arrives before the next video frame waits for it (a part's duration is the video's), even at
+    a group boundary."""
+    stream = LlHlsStream(part_target=0.3)
+    stream.set_catalog(av_catalog())
+    push_media(stream, 30, 4.0, 1.0)
+    stream.end()
+    assert all(p.duration > 0 for s in stream.segments for p in s.parts)
+    assert [round(s.duration, 3) for s in stream.segments if s.complete][:3] == [1.0, 1.0, 1.0]
+
+
+def test_the_edge_packages_with_the_configured_part_target():
+    from rtmpq.config import ConfigError, HttpConfig, load_config
+    from rtmpq.edge.server import EdgeServer
+
+    assert load_config(env={"RTMPQ_HTTP_PART_TARGET": "0.2"}).http.part_target == 0.2
+    with pytest.raises(ConfigError, match="part_target"):
+        load_config(env={"RTMPQ_HTTP_PART_TARGET": "0.01"})
+    edge = EdgeServer(lambda name: None, http=HttpConfig(part_target=0.2))
+    from rtmpq.edge.server import _Broadcast
+
+    b = _Broadcast("live/x", edge.http_config.part_target)
+    assert {s.part_target for s in b.streams.values()} == {0.2}
+    assert "PART-TARGET=0.200" in b.streams["v"].media_playlist()
+
+
+def test_the_cached_playlist_is_always_the_one_the_stream_would_make_now():
+    """Viewers woken by a new part get one playlist made once (cached by the stream's version):
+    after every frame, catalog change and the end, it is what rendering afresh gives."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=2)
+    stream.set_catalog(av_catalog())
+    checked = 0
+    for n in range(200):
+        if n == 120:  # a new avcC mid-broadcast: a new init segment version and a discontinuity
+            stream.set_catalog(video_catalog(b"\x01\x64\x00\x1fBBBB", 640))
+        ts = round(n * 1000 / 30)
+        stream.push(Frame(VIDEO, n // 30, n % 30, ts, ts, n % 30 == 0, b"\x00\x00\x00\x01\x65", 1))
+        for query in ("", "?token=t"):
+            assert stream.media_playlist(query) == stream._render_media_playlist(query)
+            checked += 1
+    stream.end()
+    assert stream.media_playlist() == stream._render_media_playlist("") and "#EXT-X-ENDLIST" in stream.media_playlist()
+    assert checked == 400 and stream.media_playlist() is stream.media_playlist()  # the same text, not made again

@@ -2,8 +2,11 @@
 
 One segment per source group (GoP), cut into parts of at most ``part_target`` seconds at frame
 boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
-time span, and a segment is the concatenation of its parts. A sliding window keeps the newest
-``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the broadcast ends.
+time span, and a segment is the concatenation of its parts. A part is published as soon as its
+last frame is in (the next frame, by the track's frame interval, would not fit), not when the
+next frame arrives: that wait was one frame interval of live-edge lag for nothing. A sliding
+window keeps the newest ``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the
+broadcast ends.
 
 A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted) gets
 a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
@@ -20,8 +23,23 @@ from ..media.catalog import Catalog
 from ..media.frames import AUDIO, VIDEO, Frame
 from .fmp4 import Sample, can_package, fragment, init_segment
 
-# Target duration of an LL-HLS part (seconds).
-PART_TARGET = 0.3
+# Target duration of an LL-HLS part (seconds; EXT-X-PART-INF PART-TARGET; `[http] part_target`).
+# Every part is at most this long (RFC 8216bis 4.4.4.9), so the live edge trails the publisher
+# by about half of it on average, and each viewer makes about two requests (a blocking playlist
+# reload and the part) per part and playlist. 0.2 s: the live edge 6-19x nearer the publisher
+# (p50) than nginx-rtmp's fragments of one 1-2 s GoP, at ~20 requests/s per viewer (0.3 s:
+# 3.5-6.6x, ~14/s; 0.1 s: 8.6-27x, but ~40/s, and hls.js aborted part loads in every run on the
+# loaded test machine). Whole frames fill 85 % of it (the spec's floor for parts) at 25, 30, 50
+# and 60 fps, not at 24 fps (4 frames, 83 %). docs/benchmarks.md "HLS live-edge lag vs
+# nginx-rtmp" has the measurements.
+PART_TARGET = 0.2
+# The next frame's time is predicted from the mean of this many recent frame intervals of the
+# track: timestamps in ms jitter by a tick (33, 33, 34 at 30 fps), and a mean over a second of
+# frames predicts the next one to the tick, so a part's last frame ends where the next begins.
+FRAME_INTERVAL_HISTORY = 30
+# Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
+# a part; the part's written duration never exceeds PART-TARGET all the same.
+FRAME_TIME_TOLERANCE_TICKS = 1
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
 # Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
@@ -117,6 +135,7 @@ class LlHlsStream:
         # numbers are the same group in every rendition (players align renditions by them)
         self.group_origin: int | None = None
         self._last_dts: int | None = None  # of the primary track's newest frame
+        self._recent_dts: deque[int] = deque(maxlen=FRAME_INTERVAL_HISTORY + 1)  # the primary's, in one run
         self.media_time: float | None = None  # newest presentation time of the primary track (s)
         self._group: int | None = None
         self.max_segment_duration = 0.0
@@ -124,6 +143,9 @@ class LlHlsStream:
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
         self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
+        # the last media playlist made: (version, query, text); the viewers a new part wakes
+        # (blocking reloads) all ask for the same one, once per part
+        self._rendered: tuple[int, str, str] | None = None
 
     # -- input ----------------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
@@ -180,12 +202,19 @@ class LlHlsStream:
                 self._pending[primary] = carried
             elif self._part_would_exceed(frame.dts):
                 self._close_part(final=False, next_dts=frame.dts)
+            if self._last_dts is None or not 0 < frame.dts - self._last_dts <= DISCONTINUITY_GAP * self._timescale[primary]:
+                self._recent_dts.clear()  # a gap or a jump is no frame interval
+            self._recent_dts.append(frame.dts)
             self._last_dts = frame.dts
             pts = frame.pts / self._timescale[primary]
             self.media_time = pts if self.media_time is None else max(self.media_time, pts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
         self._pending[frame.track].append(frame)
+        if frame.track == primary:
+            last = self._part_full()
+            if last is not None:  # the next frame would not fit: publish the part now
+                self._close_part(final=False, last_duration=last)
 
     def end(self) -> None:
         if not self.ended:
@@ -225,14 +254,42 @@ class LlHlsStream:
     def _pending_frames(self) -> bool:
         return any(self._pending.values())
 
+    def _frame_interval(self) -> float | None:
+        """The primary track's mean frame interval over its recent frames (ticks), if known."""
+        if len(self._recent_dts) < 2:
+            return None
+        return (self._recent_dts[-1] - self._recent_dts[0]) / (len(self._recent_dts) - 1)
+
     def _part_would_exceed(self, dts: int) -> bool:
         """True when a frame at ``dts`` (with a duration like the previous one) would make the
-        part longer than the part target: parts must never exceed PART-TARGET."""
+        part longer than the part target: parts must never exceed PART-TARGET. (A part is
+        normally closed before this, by ``_part_full``; this catches a frame that came sooner
+        than predicted.)"""
         frames = self._pending.get(self._primary) or []
         if not frames:
             return False
-        step = dts - frames[-1].dts
-        return (dts + step - frames[0].dts) / self._timescale[self._primary] > self.part_target + 1e-9
+        step = self._frame_interval() or dts - frames[-1].dts
+        limit = self.part_target * self._timescale[self._primary] + FRAME_TIME_TOLERANCE_TICKS
+        return dts + step - frames[0].dts > limit
+
+    def _part_full(self) -> int | None:
+        """When the pending part's next frame would not fit in the part target (by the frame
+        interval), the duration (ticks) to give its last frame so the part is published now
+        without exceeding PART-TARGET; else None."""
+        frames = self._pending.get(self._primary) or []
+        step = self._frame_interval()
+        if not frames or step is None:
+            return None
+        target = self.part_target * self._timescale[self._primary]
+        span = frames[-1].dts - frames[0].dts
+        if span + 2 * step <= target + FRAME_TIME_TOLERANCE_TICKS:
+            return None
+        # the next frame's dts, from every recent one (each is rounded to the tick: their mean
+        # phase is nearer the true one than the last's), so the part ends where the next begins
+        recent = self._recent_dts
+        count = len(recent)
+        predicted = round(sum(d + (count - i) * step for i, d in enumerate(recent)) / count) - frames[-1].dts
+        return max(1, min(predicted, math.floor(target + 1e-6) - span))
 
     def _is_seam(self, dts: int) -> bool:
         if self._last_dts is None or not self.segments:
@@ -251,6 +308,7 @@ class LlHlsStream:
         self.segments.append(Segment(self._msn, started, init_version=self.init_version,
                                      discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
         self._msn += 1
+        self.version += 1  # (the window moves)
         while len(self.segments) > self.window + 1:
             self.segments.popleft()
         oldest = self.segments[0].init_version
@@ -261,8 +319,16 @@ class LlHlsStream:
         """The init segment of ``version``, while a segment in the window needs it."""
         return self._inits.get(version)
 
-    def _close_part(self, *, final: bool, next_dts: int | None = None) -> None:
+    def _close_part(self, *, final: bool, next_dts: int | None = None, last_duration: int | None = None) -> None:
+        """Publish the pending frames as a part; the primary track's last frame lasts until
+        ``next_dts`` or ``last_duration`` ticks (else as long as the one before)."""
         if not self.segments:
+            return
+        if not self._pending.get(self._primary):
+            # (a stream of several tracks) the others' frames alone make no part: its duration is
+            # the primary's; they go with the primary's next frames
+            if final and not self.segments[-1].complete:
+                self._finish_segment()
             return
         runs = []
         duration = 0.0
@@ -277,6 +343,8 @@ class LlHlsStream:
                     d = frames[i + 1].dts - f.dts
                 elif name == self._primary and next_dts is not None:
                     d = next_dts - f.dts
+                elif name == self._primary and last_duration is not None:
+                    d = last_duration
                 else:
                     d = self._last_duration.get(name, 0) or (frames[i].dts - frames[i - 1].dts if i else 0)
                 d = max(d, 0)
@@ -337,6 +405,14 @@ class LlHlsStream:
 
     def media_playlist(self, query: str = "") -> str:
         """The media playlist; ``query`` (``?token=...``) is appended to every URI in it."""
+        rendered = self._rendered
+        if rendered is not None and rendered[0] == self.version and rendered[1] == query:
+            return rendered[2]
+        text = self._render_media_playlist(query)
+        self._rendered = (self.version, query, text)
+        return text
+
+    def _render_media_playlist(self, query: str) -> str:
         target = self.target_duration()
         segments = [s for s in self.segments if s.parts]
         complete = [s for s in segments if s.complete]

@@ -31,7 +31,7 @@ from ..media.catalog import RUNG_NAME, Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
-from .llhls import LlHlsStream, MediaClock, multivariant_playlist
+from .llhls import PART_TARGET, LlHlsStream, MediaClock, multivariant_playlist
 
 log = logging.getLogger("rtmpq.edge")
 
@@ -74,9 +74,9 @@ def stream_key(track: str) -> str:
 
 # The player page plays this many seconds behind the live edge unless asked otherwise
 # (/live/<name>/?latency=SECONDS, between the two bounds): below the playlist's PART-HOLD-BACK (3
-# parts, 0.9 s) for a live latency under 1 s, at the price of a stall now and then on a busy machine
-# or link, which a larger value buffers away. Further behind than that plus PLAYER_LATENCY_SLACK
-# (after a stall), it seeks back to the edge.
+# parts: 0.6 s with the default PART_TARGET of 0.2 s) for a live latency under 1 s, at the price
+# of a stall now and then on a busy machine or link, which a larger value buffers away. Further
+# behind than that plus PLAYER_LATENCY_SLACK (after a stall), it seeks back to the edge.
 PLAYER_LATENCY = 0.5
 PLAYER_LATENCY_BOUNDS = (0.3, 30.0)
 PLAYER_LATENCY_SLACK = 0.4
@@ -111,9 +111,11 @@ else if (Hls.isSupported()) {
 
 
 class _Broadcast:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, part_target: float = PART_TARGET) -> None:
         self.name = name
-        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-"), "a": LlHlsStream(tracks={AUDIO}, prefix="a-")}
+        self.part_target = part_target
+        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=part_target),
+                        "a": LlHlsStream(tracks={AUDIO}, prefix="a-", part_target=part_target)}
         self.clock = MediaClock()  # segment dates of every rendition from one anchor
         for stream in self.streams.values():
             stream.clock = self.clock
@@ -235,7 +237,7 @@ class EdgeServer:
         source = self.open_broadcast(name)
         if source is None:
             return None
-        b = self._broadcasts[name] = _Broadcast(name)
+        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -250,7 +252,7 @@ class EdgeServer:
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
                         if key is not None and key not in b.streams:
-                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-")
+                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-", part_target=b.part_target)
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
