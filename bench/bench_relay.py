@@ -34,12 +34,17 @@ def free_port(kind) -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def source_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("relay") / "source.flv"
+def encode_source(path: Path) -> None:
+    """The 3 Mbit/s 720p30 H.264 (2 s GoP) + AAC file every relay benchmark replays."""
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
                     "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "3M",
                     "-maxrate", "3M", "-bufsize", "1M", "-g", "60", "-c:a", "aac", "-f", "flv", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def source_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("relay") / "source.flv"
+    encode_source(path)
     return path
 
 

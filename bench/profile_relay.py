@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench_relay import PeakRss, SECONDS, free_port, rss_mb, wait_listening
+from bench_relay import PeakRss, SECONDS, encode_source, free_port, rss_mb, wait_listening
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,9 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     source = tmp / "source.flv"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
-                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "3M",
-                    "-maxrate", "3M", "-bufsize", "1M", "-g", "60", "-c:a", "aac", "-f", "flv", str(source)], check=True)
+    encode_source(source)
     moq, rtmp, http = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
     counters = tmp / "counters.txt"
     env = dict(os.environ, PYTHONPATH=os.getcwd())  # this checkout's rtmpq

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_relay import SECONDS, cpu_seconds, free_port, wait_listening
+from bench_relay import cpu_seconds, encode_source, free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,9 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     source = tmp / "source.flv"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
-                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "3M",
-                    "-maxrate", "3M", "-bufsize", "1M", "-g", "60", "-c:a", "aac", "-f", "flv", str(source)], check=True)
+    encode_source(source)
     for spec in args.processes.split(","):
         if "+" in spec:
             shares = [int(n) for n in spec.split("+")]
