@@ -104,6 +104,8 @@ class BroadcastDemuxer:
         self._clock = TimestampUnwrapper()
         self._video: dict[int, _Track] = {}
         self._default_video: _Track | None = None  # track 0, else the lowest id: what audio and data follow
+        self._video0: _Track | None = None  # track 0 of each kind: media()'s fast path, without a lookup
+        self._audio0: _Track | None = None
         self._audio: dict[int, _Track] = {}
         self._last_keyframe: tuple[int, int] | None = None  # (dts, group) of the newest video group start
         self._data_group = -1
@@ -147,10 +149,7 @@ class BroadcastDemuxer:
         for the common case (a coded frame of track 0 whose track is known)."""
         if codec is None:
             return self.message(type_id, timestamp, body, received_ns)
-        if type_id == 9:
-            track = self._video.get(0)
-        else:
-            track = self._audio.get(0)
+        track = self._video0 if type_id == 9 else self._audio0
         if track is None or track.codec != codec:
             return self.message(type_id, timestamp, body, received_ns)  # dropped there, or counted
         clock = self._clock  # TimestampUnwrapper.unwrap, inline
@@ -309,7 +308,7 @@ class BroadcastDemuxer:
         if tag.track_id not in self._video and not self._room_for(VIDEO, self._video):
             return []
         track = self._video.setdefault(tag.track_id, _Track(name))
-        default = self._video.get(0)
+        default = self._video0 = self._video.get(0)
         self._default_video = default if default is not None else self._video[min(self._video)]
         if track.codec and track.codec != tag.codec:
             track.resync = True  # a new codec: its frames start at its next keyframe
@@ -362,6 +361,7 @@ class BroadcastDemuxer:
         if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
+        self._audio0 = self._audio.get(0)
         track.codec, track.config = tag.codec, key
         meta = self._track_meta(AUDIO, tag.track_id)
         init = header.dac3() if tag.codec == "ac-3" else header.dec3()
@@ -386,6 +386,7 @@ class BroadcastDemuxer:
         if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
+        self._audio0 = self._audio.get(0)
         track.codec, track.config = tag.codec, config
         meta = self._track_meta(AUDIO, tag.track_id)
         info = TrackInfo(
