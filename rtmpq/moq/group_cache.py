@@ -47,17 +47,20 @@ class GroupCache:
         # start time of the oldest group while another is held (else None): what ``add`` checks
         # to skip ``_evict`` for the common object that can evict nothing (issue 12)
         self._oldest_started: float | None = None
+        self._newest: CachedGroup | None = None  # the last group of _groups: most objects are its
 
     def __len__(self) -> int:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
-        group = self._groups.get(group_id)
+        group = self._newest
+        if group is None or group.group_id != group_id:
+            group = self._groups.get(group_id)
         new = group is None
         if new:
             if self._groups and group_id < next(reversed(self._groups)):
                 return  # a late object of an old group: not worth caching
-            group = CachedGroup(group_id, now)
+            group = self._newest = CachedGroup(group_id, now)
             self._groups[group_id] = group
             for older in self._groups.values():
                 if older is not group:
