@@ -69,3 +69,20 @@ async def test_no_grace_period_ends_at_once():
     b = registry.publish("live/b")
     b.publisher_left(0, now=1.0)
     assert not b.live and registry.get("live/b") is None
+
+
+async def test_a_listener_that_fails_on_a_frame_is_detached_and_the_others_go_on():
+    registry = BroadcastRegistry()
+    b = registry.publish("live/l")
+    got, calls = [], []
+
+    def broken(event):
+        calls.append(event)
+        raise RuntimeError("a consumer's bug")
+
+    b.listen(broken)
+    b.listen(got.append)
+    for f in frames(2):
+        b.push(f)  # never raises to the publisher
+    assert len(calls) == 1 and got == frames(2)
+    assert b.bytes_in == {VIDEO: 60} and b.frames_in == 6

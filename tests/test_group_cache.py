@@ -53,3 +53,20 @@ def test_late_objects_of_old_groups_are_ignored():
     fill(cache, 6, 2)
     cache.add(3, 0, b"late", None, 0.0)
     assert [g.group_id for g in cache.groups_from(0)] == [5, 6]
+
+
+def test_an_object_of_the_newest_group_evicts_what_got_too_old_or_too_big():
+    # add() skips the eviction pass when nothing can be evicted: not when an object of the group
+    # in progress makes the oldest group too old, or the cache too big
+    cache = GroupCache(max_age=10.0)
+    fill(cache, 0, 2, now=0.0)
+    fill(cache, 1, 2, now=5.0)
+    cache.add(1, 2, bytes(100), None, 9.5)
+    assert [g.group_id for g in cache.groups_from(0)] == [0, 1]  # 9.5 s old: not yet
+    cache.add(1, 3, bytes(100), None, 10.5)
+    assert [g.group_id for g in cache.groups_from(0)] == [1]
+    cache = GroupCache(max_bytes=1_000)
+    fill(cache, 0, 5)
+    fill(cache, 1, 5)
+    cache.add(1, 5, bytes(100), None, 0.0)
+    assert [g.group_id for g in cache.groups_from(0)] == [1] and cache.size == 600

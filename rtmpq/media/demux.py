@@ -103,6 +103,9 @@ class BroadcastDemuxer:
         self._log_name = log_name
         self._clock = TimestampUnwrapper()
         self._video: dict[int, _Track] = {}
+        self._default_video: _Track | None = None  # track 0, else the lowest id: what audio and data follow
+        self._video0: _Track | None = None  # track 0 of each kind: media()'s fast path, without a lookup
+        self._audio0: _Track | None = None
         self._audio: dict[int, _Track] = {}
         self._last_keyframe: tuple[int, int] | None = None  # (dts, group) of the newest video group start
         self._data_group = -1
@@ -115,11 +118,8 @@ class BroadcastDemuxer:
     def _video_group(self) -> int:
         """The group in progress of the default video track (track 0, else the lowest id):
         audio and data follow it."""
-        video = self._video
-        if not video:
-            return -1
-        track = video.get(0)
-        return (track if track is not None else video[min(video)]).group
+        track = self._default_video
+        return -1 if track is None else track.group
 
     def message(self, type_id: int, timestamp: int, body, received_ns: int = 0) -> list:
         """Returns a list of Catalog (when it changed) and Frame objects, in order."""
@@ -149,10 +149,7 @@ class BroadcastDemuxer:
         for the common case (a coded frame of track 0 whose track is known)."""
         if codec is None:
             return self.message(type_id, timestamp, body, received_ns)
-        if type_id == 9:
-            track = self._video.get(0)
-        else:
-            track = self._audio.get(0)
+        track = self._video0 if type_id == 9 else self._audio0
         if track is None or track.codec != codec:
             return self.message(type_id, timestamp, body, received_ns)  # dropped there, or counted
         clock = self._clock  # TimestampUnwrapper.unwrap, inline
@@ -164,7 +161,7 @@ class BroadcastDemuxer:
         self._now_ms = received_ns // 1_000_000 if received_ns else None
         payload = memoryview(body)[offset:]
         if type_id == 8:
-            if not len(payload):
+            if not payload:  # (a memoryview's truth is its length, without a call)
                 self.stats.dropped += 1
                 return []
             group = self._next_audio_group(track, ts)
@@ -311,6 +308,8 @@ class BroadcastDemuxer:
         if tag.track_id not in self._video and not self._room_for(VIDEO, self._video):
             return []
         track = self._video.setdefault(tag.track_id, _Track(name))
+        default = self._video0 = self._video.get(0)
+        self._default_video = default if default is not None else self._video[min(self._video)]
         if track.codec and track.codec != tag.codec:
             track.resync = True  # a new codec: its frames start at its next keyframe
         track.codec, track.config = tag.codec, config
@@ -362,6 +361,7 @@ class BroadcastDemuxer:
         if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
+        self._audio0 = self._audio.get(0)
         track.codec, track.config = tag.codec, key
         meta = self._track_meta(AUDIO, tag.track_id)
         init = header.dac3() if tag.codec == "ac-3" else header.dec3()
@@ -386,6 +386,7 @@ class BroadcastDemuxer:
         if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
             return []
         track = self._audio.setdefault(tag.track_id, _Track(name))
+        self._audio0 = self._audio.get(0)
         track.codec, track.config = tag.codec, config
         meta = self._track_meta(AUDIO, tag.track_id)
         info = TrackInfo(
@@ -396,8 +397,13 @@ class BroadcastDemuxer:
         return self._set_track(info)
 
     def _next_audio_group(self, track: _Track, ts: int) -> int:
-        if self._video:
-            target = max(self._video_group, track.group, 0)
+        video = self._default_video
+        if video is not None:  # max(video.group, track.group, 0) without a builtin call per frame (issue 12)
+            target = video.group
+            if track.group > target:
+                target = track.group
+            if target < 0:
+                target = 0
         elif track.group_start is None or ts - track.group_start >= AUDIO_ONLY_GROUP_MS:
             track.group_start = ts
             target = track.group + 1

@@ -44,16 +44,23 @@ class GroupCache:
         self.max_groups = max_groups
         self._groups: OrderedDict[int, CachedGroup] = OrderedDict()
         self.size = 0
+        # start time of the oldest group while another is held (else None): what ``add`` checks
+        # to skip ``_evict`` for the common object that can evict nothing (issue 12)
+        self._oldest_started: float | None = None
+        self._newest: CachedGroup | None = None  # the last group of _groups: most objects are its
 
     def __len__(self) -> int:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
-        group = self._groups.get(group_id)
-        if group is None:
+        group = self._newest
+        if group is None or group.group_id != group_id:
+            group = self._groups.get(group_id)
+        new = group is None
+        if new:
             if self._groups and group_id < next(reversed(self._groups)):
                 return  # a late object of an old group: not worth caching
-            group = CachedGroup(group_id, now)
+            group = self._newest = CachedGroup(group_id, now)
             self._groups[group_id] = group
             for older in self._groups.values():
                 if older is not group:
@@ -64,7 +71,11 @@ class GroupCache:
         group.objects.append(CachedObject(object_id, payload, extensions))
         group.size += n
         self.size += n
-        self._evict(now)
+        # only a new group, the byte bound or the oldest group's age can evict: else (most
+        # objects) the groups held are the same as before this one, and _evict would find nothing
+        oldest = self._oldest_started
+        if new or self.size > self.max_bytes or (oldest is not None and now - oldest > self.max_age):
+            self._evict(now)
         if self.size > self.max_bytes:  # only the newest group is left and it is too big
             group.truncated = True
             self.size -= group.size
@@ -85,6 +96,7 @@ class GroupCache:
                 self.size -= oldest.size
             else:
                 break
+        self._oldest_started = next(iter(self._groups.values())).started if len(self._groups) > 1 else None
 
     def has_objects(self, group_id: int) -> bool:
         """Whether some object of ``group_id`` arrived (and is still held or was dropped since)."""

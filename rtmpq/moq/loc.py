@@ -29,13 +29,14 @@ RENDITIONS_TRACK = "rtmpq.renditions"
 
 
 def frame_extensions(frame: Frame, timescale: int) -> dict[int, int]:
+    pts = frame.pts
     ext = {
-        EXT_TIMESTAMP: max(frame.pts, 0),
+        EXT_TIMESTAMP: pts if pts > 0 else 0,  # not max(): a builtin call per frame (issue 12)
         EXT_TIMESCALE: timescale,
         EXT_FLAGS: FLAG_KEYFRAME if frame.keyframe else 0,
     }
-    if frame.pts != frame.dts:
-        ext[EXT_DTS_OFFSET] = frame.pts - frame.dts
+    if pts != frame.dts:
+        ext[EXT_DTS_OFFSET] = pts - frame.dts
     if frame.received_ns:
         ext[EXT_RECEIVED_US] = frame.received_ns // 1000
     return ext

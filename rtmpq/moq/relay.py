@@ -180,6 +180,9 @@ class _BroadcastSource:
         self._on_end = on_end
         self._on_new_tracks = on_new_tracks
         self._timescales: dict[str, int] = {}
+        # track -> (its fan-out, its timescale): one lookup per frame; cleared when the catalog
+        # changes (fan-outs are never replaced, timescales may be)
+        self._frame_targets: dict[str, tuple[TrackFanout, int]] = {}
         self._catalog_groups = 0
         self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
         self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
@@ -216,13 +219,15 @@ class _BroadcastSource:
     def _on_event(self, item) -> None:
         try:
             if type(item) is Frame:
-                fanout = self.fanouts.get(item.track)
-                if fanout is None:
-                    fanout = self.fanouts[item.track] = TrackFanout()
-                fanout.publish_object(item.group, item.index, item.payload,
-                                      frame_extensions(item, self._timescales.get(item.track, 1000)), time.monotonic())
+                target = self._frame_targets.get(item.track)
+                if target is None:
+                    target = self._frame_target(item.track)
+                fanout, timescale = target
+                fanout.publish_object(item.group, item.index, item.payload, frame_extensions(item, timescale),
+                                      time.monotonic())
             elif isinstance(item, CatalogUpdate):
                 self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
+                self._frame_targets.clear()
                 self._on_catalog(item.catalog)
             elif isinstance(item, GroupSkipped):
                 fanout = self.fanouts.get(item.track)
@@ -235,6 +240,13 @@ class _BroadcastSource:
         except Exception:  # as a reading task that failed did: this source ends, the publish goes on
             log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
             self.close()
+
+    def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
+        fanout = self.fanouts.get(track)
+        if fanout is None:
+            fanout = self.fanouts[track] = TrackFanout()
+        target = self._frame_targets[track] = (fanout, self._timescales.get(track, 1000))
+        return target
 
     def close(self) -> None:
         """Stop reading the broadcast: every fan-out ends."""
