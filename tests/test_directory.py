@@ -12,6 +12,8 @@ import time
 import pytest
 import redis.asyncio
 
+from rtmpq.netem import Impairment, ImpairmentProxy
+
 from .conftest import free_port, need, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
 from .test_lifecycle import long_publish_args, spawn
@@ -35,14 +37,15 @@ async def until(condition, what: str, deadline: float = 20.0):
         await asyncio.sleep(0.1)
 
 
-async def origin(tmp_path, label: str, directory: str, *, grace: float, backend: str = "aioquic"):
+async def origin(tmp_path, label: str, directory: str, *, grace: float, backend: str = "aioquic",
+                 pmoq: int | None = None, advertise: str = ""):
     """`rtmpq up` registering in ``directory``; returns (process, rtmp port, moq port)."""
-    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    prtmp, pmoq = free_port(), pmoq or free_port(socket.SOCK_DGRAM)
     proc = await start_node("up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{free_port()}",
                             "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / label), "--quic-backend", backend,
                             "--directory", directory,
                             env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_NODE_ID": label,
-                                 "RTMPQ_PUBLISH_GRACE_PERIOD": str(grace)})
+                                 "RTMPQ_PUBLISH_GRACE_PERIOD": str(grace), "RTMPQ_DIRECTORY_ADVERTISE": advertise})
     await wait_tcp(prtmp)
     return proc, prtmp, pmoq
 
@@ -103,6 +106,39 @@ async def test_an_origin_holds_a_lease_while_publishing_and_a_dead_one_is_forgot
 
 async def _absent(r, name: str) -> bool:
     return await r.get(f"rtmpq:broadcast:{name}") is None
+
+
+async def test_a_broadcast_that_ends_at_its_origin_ends_whole_at_a_relay_that_hears_the_directory_first(
+        tmp_path, redis_server):
+    need("ffmpeg")
+    # the relay reaches the origin over a slow path (0.2 s each way) and hears from the directory
+    # (Redis) that the broadcast is gone before its last objects and PUBLISH_DONE come over QUIC;
+    # it must still deliver them (before: it unsubscribed at once and the tail was lost)
+    pmoq = free_port(socket.SOCK_DGRAM)
+    slow = Impairment(delay_ms=200)
+    async with ImpairmentProxy(target=("127.0.0.1", pmoq), up=slow, down=slow) as proxy:
+        o, rtmp, _ = await origin(tmp_path, "ingest", redis_server.url, grace=0, pmoq=pmoq,
+                                  advertise=f"moqt://127.0.0.1:{proxy.port}")
+        prelay = free_port(socket.SOCK_DGRAM)
+        relay = await start_node("relay", "--moq", f"127.0.0.1:{prelay}", "--state-dir", str(tmp_path / "relay"),
+                                 "--directory", redis_server.url, "--insecure",
+                                 env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_PUBLISH_GRACE_PERIOD": "1"})
+        sub = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{prelay}/live/tail", "--insecure", "--json",
+            "--wait", "30", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        procs = [o, relay, sub]
+        try:
+            rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/tail",
+                                                             str(tmp_path / "ref.flv"), seconds=8))
+            assert rc == 0, out
+            lines, _ = await asyncio.wait_for(sub.communicate(), 30)
+            assert sub.returncode == 0
+            video = [f for f in map(json.loads, (line for line in lines.splitlines() if line.startswith(b"{")))
+                     if f.get("track") == "video"]
+            assert video, "the subscriber got no video"
+            assert max(f["dts"] for f in video) >= 7900, "the broadcast's last frames were lost at the relay"
+        finally:
+            await stop_all(procs)
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

@@ -59,6 +59,10 @@ URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
 DEFAULT_URGENCY = 3
 # Seconds to wait for a track's last streams after its publisher's PUBLISH_DONE.
 LATE_STREAM_GRACE = 2.0
+# The directory (Redis) can say that a broadcast's origin withdrew it before that origin's last
+# objects and PUBLISH_DONE have come over QUIC: the relay keeps its subscriptions there this long
+# (seconds) before it counts the source as lost, so a broadcast that ended there ends here whole.
+ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 # A new broadcast's tracks appear as their sequence headers arrive: for this long after a publish
 # starts, a SUBSCRIBE to a track it does not have yet waits for it instead of being refused.
 NEW_TRACK_WAIT = 3.0
@@ -1057,20 +1061,13 @@ class MoqRelay:
     def route(self, namespace: tuple[str, ...], conn: MoqConnection | None) -> None:
         """The directory says ``namespace`` lives at the origin reached by ``conn`` (or nowhere now).
         Its tracks held here move there, their group ids going on above the last one served; with
-        no origin they wait ``upstream_grace`` for one, as for a lost publisher."""
+        no origin (after ``ORIGIN_DRAIN``) they wait ``upstream_grace`` for one, as for a lost publisher."""
         old = self._routes.get(namespace)
         if conn is None:
             if old is None:
                 return
             del self._routes[namespace]
-            now = time.monotonic()
-            for upstream in list(self._tracks.values()):
-                if upstream.namespace == namespace and upstream.conn is old:
-                    if not old.session.closed:
-                        self._by_request.pop((id(old), upstream.request_id), None)
-                        old.session.unsubscribe(upstream.request_id)
-                        old.flush()
-                    self._orphan(upstream, now)
+            asyncio.get_running_loop().call_later(ORIGIN_DRAIN, self._unroute, namespace, old)
             return
         self._routes[namespace] = conn
         for upstream in list(self._tracks.values()):
@@ -1081,6 +1078,20 @@ class MoqRelay:
                 self._resume(upstream, conn)
         if old is None:
             self._announce(namespace)  # subscribers waiting for it retry now
+
+    def _unroute(self, namespace: tuple[str, ...], old: MoqConnection) -> None:
+        """``ORIGIN_DRAIN`` after the directory withdrew ``namespace`` from ``old``: its tracks still
+        fed from there (not ended by their PUBLISH_DONE, not moved elsewhere) lose their source."""
+        if self._routes.get(namespace) is old:
+            return  # listed there again meanwhile
+        now = time.monotonic()
+        for upstream in list(self._tracks.values()):
+            if upstream.namespace == namespace and upstream.conn is old:
+                if not old.session.closed:
+                    self._by_request.pop((id(old), upstream.request_id), None)
+                    old.session.unsubscribe(upstream.request_id)
+                    old.flush()
+                self._orphan(upstream, now)
 
     def set_upstream(self, conn: MoqConnection | None) -> None:
         """The relay above (re)connected: tracks it fed that are waiting for it resubscribe there."""

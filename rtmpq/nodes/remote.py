@@ -18,7 +18,7 @@ from ..media.frames import Frame
 from ..directory.core import Change, Entry
 from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
-from ..moq.relay import MoqRelay
+from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..redact import safe_name
 
@@ -122,6 +122,9 @@ class OriginLinks:
         self.token = token
         self.tls = tls
         self.links: dict[str, UpstreamLink] = {}  # origin URL -> link
+        # origin URL -> a link no broadcast is listed at any more, closed ORIGIN_DRAIN later (its
+        # last objects may still be on their way)
+        self._draining: dict[str, UpstreamLink] = {}
         self._names: dict[str, Entry] = {}  # broadcast -> its origin entry (other nodes only)
 
     def start(self) -> None:
@@ -129,9 +132,10 @@ class OriginLinks:
         self._on_changes([Change(e.name, None, e) for e in list(self.directory.mirror.entries.values())])
 
     async def close(self) -> None:
-        for link in list(self.links.values()):
+        for link in [*self.links.values(), *self._draining.values()]:
             await link.close()
         self.links.clear()
+        self._draining.clear()
 
     def _on_changes(self, changes: list[Change]) -> None:
         for change in changes:
@@ -146,11 +150,19 @@ class OriginLinks:
             # until the new origin's session is up, the broadcast has none (its tracks wait)
             self.relay.route(namespace, link.conn if link.conn is not None and not link.conn.session.closed else None)
         for url in [u for u in self.links if not any(e.url == u for e in self._names.values())]:
-            asyncio.ensure_future(self.links.pop(url).close())  # no broadcast there any more
+            link = self._draining[url] = self.links.pop(url)  # no broadcast there any more
+            asyncio.get_running_loop().call_later(ORIGIN_DRAIN, self._close_drained, url, link)
+
+    def _close_drained(self, url: str, link: UpstreamLink) -> None:
+        if self._draining.get(url) is link:  # (not needed again meanwhile)
+            del self._draining[url]
+            asyncio.ensure_future(link.close())
 
     def _link(self, entry: Entry) -> UpstreamLink:
-        link = self.links.get(entry.url)
-        if link is None:
+        link = self.links.get(entry.url) or self._draining.pop(entry.url, None)
+        if link is not None:
+            self.links[entry.url] = link
+        else:
             link = self.links[entry.url] = UpstreamLink(
                 self.relay, entry.url, use_for_unknown_tracks=False, token=self.token,
                 on_connect=lambda conn, url=entry.url: self._connected(url, conn), **_origin_tls(self.tls, entry))
