@@ -10,9 +10,11 @@ first publisher starts until the last one exits, per publisher and per second of
 1% of a core for one publisher); RSS = the peak resident memory sampled every 50 ms minus the
 server's RSS before the publishers, per publisher. rtmpq runs as `rtmpq up` (ingest + relay,
 whose group caches hold each broadcast's last groups, + edge; nobody watches), so its RSS per
-publisher includes the group cache, reported apart as the media bytes the cache holds (at most 8
-groups: here the whole 6 s). Publishers that fail are counted; a run where any failed is reported
-as such, not hidden.
+publisher includes the group cache, reported apart: the media bytes its caches hold (at most 8
+groups per track: here the whole 6 s), the most its `rtmpq_group_cache_bytes` metric read (every
+second until the first publisher exits; not for "rtmpq baseline": older code has no such metric). CPU is also
+split into user and system time (the server's own code vs the kernel's reads and TCP). Publishers
+that fail are counted; a run where any failed is reported as such, not hidden.
 
 INGEST_BASELINE=<a checkout of an earlier rtmpq, its extension built in place> adds "rtmpq
 baseline" (that code, compiled) to the same run, for a before/after measured back to back:
@@ -33,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -61,7 +64,7 @@ def source(tmp_path_factory) -> Path:
     return path
 
 
-def start_server(kind: str, port: int, tmp: Path, record: bool) -> subprocess.Popen:
+def start_server(kind: str, port: int, tmp: Path, record: bool, http: int = 0) -> subprocess.Popen:
     rec = tmp / "rec"
     rec.mkdir(exist_ok=True)
     if kind == "nginx-rtmp":
@@ -81,9 +84,42 @@ def start_server(kind: str, port: int, tmp: Path, record: bool) -> subprocess.Po
         env["PYTHONPATH"] = BASELINE
         env["RTMPQ_REQUIRE_COMPILED"] = "1"
     return subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
-                             "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+                             "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{http or free_port(socket.SOCK_STREAM)}",
                              "--state-dir", str(tmp / "state"), *(["--record", str(rec)] if record else [])], env=env,
                             cwd=tmp)
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far: what nginx and rtmpq spend in their own code
+    and in the kernel (reads, TCP) differ in kind, not only in size."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / 100, int(fields[12]) / 100
+
+
+class CacheReading(threading.Thread):
+    """The most rtmpq's group caches held (`rtmpq_group_cache_bytes` from its /metrics), read
+    every ``interval`` seconds until ``stop()``: the caches grow until the publishes end, as RSS
+    does. A few scrapes per run: a few ms of the measured CPU."""
+
+    def __init__(self, http: int, interval: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.http, self.interval, self.peak, self.readings = http, interval, 0.0, 0
+        self.done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(self.interval):
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()
+            value = next(float(line.split()[1]) for line in body.splitlines()
+                         if line.startswith("rtmpq_group_cache_bytes "))
+            self.peak, self.readings = max(self.peak, value), self.readings + 1
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join(10)
+        if not self.readings:
+            raise RuntimeError("no rtmpq_group_cache_bytes reading")
+        return self.peak
 
 
 def wait_listening(port: int) -> None:
@@ -100,17 +136,20 @@ def wait_listening(port: int) -> None:
 
 def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="ingest-"))
-    port = free_port(socket.SOCK_STREAM)
-    server = start_server(kind, port, tmp, record)
+    port, http = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_STREAM)
+    server = start_server(kind, port, tmp, record, http)
     try:
         wait_listening(port)
         time.sleep(1.0)  # settled (rtmpq: imports done, listeners up)
-        rss0, cpu0 = rss_mb(server.pid), cpu_seconds(server.pid)
+        rss0, cpu0, split0 = rss_mb(server.pid), cpu_seconds(server.pid), cpu_split(server.pid)
         sampler = PeakRss(server.pid)
         sampler.start()
         procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                    f"rtmp://127.0.0.1:{port}/live/p{i}"], stdin=subprocess.DEVNULL)
                  for i in range(publishers)]
+        cache = CacheReading(http) if kind.startswith("rtmpq") and kind != "rtmpq baseline" else None
+        procs[0].wait(timeout=SECONDS * 10)  # a publish that ends ends its broadcast: its cache goes
+        cache_bytes = None if cache is None else cache.stop()
         failed = sum(p.wait(timeout=SECONDS * 10) != 0 for p in procs)
         idle_since, last = time.monotonic(), cpu_seconds(server.pid)
         while time.monotonic() - idle_since < 1.0:  # a server behind its publishers catches up first
@@ -118,6 +157,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
             if (now := cpu_seconds(server.pid)) > last + 0.02:
                 idle_since, last = time.monotonic(), now
         cpu = cpu_seconds(server.pid) - cpu0
+        user, system = (b - a for a, b in zip(split0, cpu_split(server.pid)))
         sampler.done.set()
         recorded = sum(f.stat().st_size for f in (tmp / "rec").rglob("*.flv"))
     finally:
@@ -126,6 +166,8 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"publishers": publishers, "failed": failed, "cpu_per_publisher_s": round(cpu / publishers, 4),
             "cores_per_publisher": round(cpu / publishers / SECONDS, 4),
+            "user_s_per_publisher": round(user / publishers, 4), "system_s_per_publisher": round(system / publishers, 4),
+            "cache_mb_per_publisher": None if cache_bytes is None else round(cache_bytes / 1e6 / publishers, 2),
             "rss_mb_per_publisher": round((sampler.peak - rss0) / publishers, 2), "recorded_mb": round(recorded / 1e6, 1)}
 
 
@@ -154,7 +196,10 @@ def teardown_module(module):
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "ingest.json").write_text(json.dumps([{"server": k, "record": r, **s} for (k, r, _), s in RESULTS.items()], indent=1))
-    print("\n\nserver               record  publishers  failed  cores/publisher  RSS MB/publisher  recorded MB")
+    print("\n\nserver               record  publishers  failed  cores/publisher  user s/pub  system s/pub  "
+          "RSS MB/publisher  of it cache MB  recorded MB")
     for (kind, record, n), s in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][2], KINDS.index(kv[0][0]))):
+        cache = "" if s["cache_mb_per_publisher"] is None else f"{s['cache_mb_per_publisher']:.2f}"
         print(f"{kind:20} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
-              f"{s['rss_mb_per_publisher']:16.2f}  {s['recorded_mb']:11}")
+              f"{s['user_s_per_publisher']:10.4f}  {s['system_s_per_publisher']:12.4f}  "
+              f"{s['rss_mb_per_publisher']:16.2f}  {cache:>14}  {s['recorded_mb']:11}")

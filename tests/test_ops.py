@@ -94,6 +94,9 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
             assert later[("rtmpq_broadcast_publisher_reconnects_total", b)] == 0
             assert 300_000 < later[("rtmpq_broadcast_bitrate_in_bits_per_second", b)] < 1_500_000  # 400k + 64k
             assert later[("rtmpq_connections", (("protocol", "rtmp"),))] == 1
+            # the relay's caches hold the media received so far (this publish is shorter than their bounds)
+            rtmp_in = later[("rtmpq_received_bytes_total", (("protocol", "rtmp"),))]
+            assert 0.5 * later[video_bytes] < later[("rtmpq_group_cache_bytes", ())] <= rtmp_in
             assert ("rtmpq_event_loop_lag_seconds", (("stat", "max"),)) in later
             assert all(name.startswith("rtmpq_") for name, _ in later)
 

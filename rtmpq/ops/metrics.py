@@ -175,6 +175,9 @@ class NodeCollector:
             yield rtt
             yield GaugeMetricFamily("rtmpq_quic_queued_bytes", "bytes queued in QUIC, not yet acknowledged",
                                     value=sum(c.total_queued_bytes() for c in sessions))
+            yield GaugeMetricFamily("rtmpq_group_cache_bytes",
+                                    "media bytes the relay's group caches hold, every track of every broadcast",
+                                    value=sum(fanout.cache.size for _, fanout in view.relay._all_fanouts()))
             if view.relay_backend == "aiopquic":  # picoquic counts packets sent and lost per path
                 yield GaugeMetricFamily("rtmpq_quic_packets_lost", "packets lost on the open QUIC connections",
                                         value=lost)
