@@ -27,6 +27,12 @@ def ingest() -> None:
                 points = sorted((r["publishers"], r[key]) for r in rows if r["server"] == server and r["record"] == record)
                 if points:
                     ax.plot(*zip(*points), marker="o", label=server)
+            if key == "rss_mb_per_publisher":  # the group cache's share apart (bench_ingest reads it)
+                points = sorted((r["publishers"], r[key] - r["cache_mb_per_publisher"]) for r in rows
+                                if r["server"] == "rtmpq compiled" and r["record"] == record
+                                and r.get("cache_mb_per_publisher") is not None)
+                if points:
+                    ax.plot(*zip(*points), marker="o", linestyle="--", label="rtmpq compiled, less its group cache")
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("concurrent publishers (ffmpeg -re -c copy, 2.6 Mbit/s)")
