@@ -17,6 +17,7 @@ from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
 from ..redact import names_are_public
+from . import runtime
 from .directory import advertised_url, open_directory
 from .ingest import IngestNode
 from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
@@ -119,6 +120,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
         origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_tls(config))
         origins.start()
     await ops.start()
+    runtime.settle()
     try:
         await stop.wait()
     finally:
@@ -155,6 +157,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
         view.upstream_ready = lambda: link_ready(link)
     ops = OpsListener(config, view)
     await ops.start()
+    runtime.settle()
     try:
         await stop.wait()
     finally:
@@ -194,6 +197,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     if probe is not None:
         probe.start()
     view.listening = True
+    runtime.settle()
     try:
         await stop.wait()
     finally:

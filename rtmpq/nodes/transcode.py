@@ -27,6 +27,7 @@ from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
 from ..transcode.pipeline import Transcoder
+from . import runtime
 
 log = logging.getLogger("rtmpq.transcode")
 
@@ -452,6 +453,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
             delay = min(delay * 2, RECONNECT_MAX)
 
     lister = asyncio.ensure_future(listing())
+    runtime.settle()
     try:
         await stop.wait()
     finally:

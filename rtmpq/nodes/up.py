@@ -16,6 +16,7 @@ from ..moq.transport import serve_moq
 from ..ops.routes import OpsRoutes
 from ..ops.view import NodeView
 from ..redact import names_are_public
+from . import runtime
 from .ingest import IngestNode
 
 log = logging.getLogger("rtmpq.nodes")
@@ -187,6 +188,7 @@ async def run_up(config: Config, stop: asyncio.Event) -> None:
     await node.start()
     if directory is not None:  # the origin of what is published here: relays and edges find it
         directory.register(publishing(node.registry), advertised_url(config, *node.moq_address), node.fingerprint)
+    runtime.settle()
     try:
         await stop.wait()
     finally:
