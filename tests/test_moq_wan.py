@@ -89,7 +89,7 @@ async def test_a_link_slower_than_the_stream_skips_old_groups_and_stays_within_b
     # audio goes first: most groups skipped are video's (audio fits the link on its own). An audio
     # object can still wait past the budget behind video already in the bottleneck queue (or a
     # retransmission), and then its group is reset like any other: at most one audio group here
-    # (by group: a group reset before its header arrived is announced again, so said twice)
+    # (a group reset before its header arrived is announced again: the client reports it once)
     skipped_audio = {s.group for s in skipped if s.track == "audio"}
     assert len(skipped_audio) <= 1 and len({(s.track, s.group) for s in skipped}) > len(skipped_audio), skipped
     assert sum(f.track == "audio" for f in frames) > 0.6 * sum(p.track == "audio" for p in probe_packets(str(tmp_path / "r.flv")))

@@ -53,3 +53,54 @@ def test_a_subscriber_its_fanout_let_go_has_its_session_closed_and_is_forgotten(
     assert closed == [(SessionError.INTERNAL_ERROR, "delivery failed")]
     assert list(relay._subs) == [(id(conn), 5)]  # the rest goes when its SessionClosed arrives
     assert any("cnx not open" in r.getMessage() for r in caplog.records)
+
+
+async def _relay_with_pending_timers(monkeypatch):
+    """A relay with one of each timer it schedules pending: an ORIGIN_DRAIN after the directory
+    withdrew a broadcast, a LATE_STREAM_GRACE after a PUBLISH_DONE, a SUBSCRIBE waiting for a new
+    broadcast's track. Each callback is replaced by a spy; the delays are shortened to 0.05 s."""
+    from rtmpq.moq import events as ev
+    from rtmpq.moq import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "ORIGIN_DRAIN", 0.05)
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 0.05)
+    relay = MoqRelay()
+    fired = []
+    for name in ("_unroute", "_end_upstream", "_expire_waiting"):
+        monkeypatch.setattr(relay, name, lambda *args, name=name: fired.append(name))
+    session = SimpleNamespace(closed=False, setup_done=False, setup_authorization=None)
+    conn = SimpleNamespace(session=session, peer="127.0.0.1:9", flush=lambda: None)
+    relay._routes[("live", "cam")] = conn
+    relay.route(("live", "cam"), None)
+    relay._by_request[(id(conn), 7)] = SimpleNamespace(streams_done=0, streams_expected=None)
+    relay._on_PublishDoneReceived(conn, ev.PublishDoneReceived(request_id=7, status=0, stream_count=2, reason=""))
+    started = time.monotonic() - relay_module.NEW_TRACK_WAIT + 0.05
+    relay._sources["live/new"] = SimpleNamespace(ended=False, fanouts={}, waiting=[], close=lambda: None,
+                                                 broadcast=SimpleNamespace(started=started))
+    relay._on_SubscribeRequested(conn, ev.SubscribeRequested(
+        request_id=9, namespace=("live", "new"), track_name="video", filter_type=None, start=None,
+        delivery_timeout_ms=None, subscriber_priority=128))
+    return relay, fired
+
+
+async def test_the_relays_timers_fire_while_it_runs(monkeypatch):
+    # (the control for the test below: the spies do see each timer fire)
+    relay, fired = await _relay_with_pending_timers(monkeypatch)
+    deadline = time.monotonic() + 10
+    while len(fired) < 3:
+        assert time.monotonic() < deadline, f"only {fired} fired"
+        await asyncio.sleep(0.01)
+    assert sorted(fired) == ["_end_upstream", "_expire_waiting", "_unroute"]
+    relay.stop()
+
+
+async def test_a_stopped_relay_runs_none_of_its_pending_timers(monkeypatch):
+    # before: stop() left them scheduled, and e.g. an ORIGIN_DRAIN orphaned (and logged) tracks of
+    # a relay already shut down
+    relay, fired = await _relay_with_pending_timers(monkeypatch)
+    relay.stop()
+    # well past every (0.05 s) delay: a timer scheduled after them runs after them
+    past = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.3, past.set_result, None)
+    await asyncio.wait_for(past, 10)
+    assert fired == []

@@ -35,6 +35,10 @@ LATE_STREAM_GRACE = 2.0
 # name (the relay says NAMESPACE when it goes live) and also retries the catalog SUBSCRIBE this
 # often (seconds): a relay may know the broadcast only through its own upstream.
 WAIT_RETRY_INTERVAL = 1.0
+# A group is reported skipped once: a relay announces a dropped group again on a new stream of its
+# header alone, reset, when the first reset may have lost the header (fanout.py, ``_drop``), so the
+# same group can be reset twice. The newest this many groups reported are remembered per track.
+SKIPS_REMEMBERED = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,23 @@ class SkippedGroup:
     track: str
     group: int
     code: int
+
+
+class SkipMemory:
+    """The groups already reported skipped, per track (the newest ``SKIPS_REMEMBERED`` of each)."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, dict[int, None]] = {}
+
+    def first(self, track: str, group: int) -> bool:
+        """True the first time ``group`` of ``track`` is reported; it is remembered from then on."""
+        groups = self._groups.setdefault(track, {})
+        if group in groups:
+            return False
+        groups[group] = None
+        if len(groups) > SKIPS_REMEMBERED:
+            del groups[next(iter(groups))]  # the oldest reported
+        return True
 
 
 class SubscribeError(ConnectionError):
@@ -84,7 +105,8 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              fill_groups: int = 0) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+                              fill_groups: int = 0, skips: SkipMemory | None = None
+                              ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
     up to ``wait`` seconds. ``authorization``: a token sent with every SUBSCRIBE and FETCH.
@@ -92,8 +114,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     ``fill_groups``: start with the past too: the tracks the subscription starts with first get
     up to this many whole groups before the live edge from the relay's cache (joining FETCH,
     window_fill.py), then go on live with no gap and no duplicate. A relay that refuses or does
-    not answer the FETCH in time means starting at the live edge, as with 0 (logged once)."""
+    not answer the FETCH in time means starting at the live edge, as with 0 (logged once).
+
+    Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
+    an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
+    skips = skips if skips is not None else SkipMemory()
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -270,7 +296,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
-                    if isinstance(event, ev.SubgroupReset):
+                    if isinstance(event, ev.SubgroupReset) and skips.first(track, event.group):
                         yield SkippedGroup(track, event.group, event.code)
                     finish_complete_tracks()
             elif isinstance(event, ev.PublishDoneReceived):

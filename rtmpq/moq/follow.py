@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from ..media.frames import Frame
 from ..redact import safe_name
-from .client import SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
+from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
 from .transport import connect_moq
 from .wire import RequestError
 
@@ -38,13 +38,14 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
     delay = RECONNECT_MIN
     connected_once = False
     deadline = loop.time() + wait
+    skips = SkipMemory()  # a group skipped before a reconnection and again after it is reported once
     while True:
         try:
             async with connect_moq(host, port, **tls, token=token) as conn:
                 connected_once = True
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token,
-                                                      choice=choice, fill_groups=fill_groups):
+                                                      choice=choice, fill_groups=fill_groups, skips=skips):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
                     delay = RECONNECT_MIN

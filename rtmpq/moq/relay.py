@@ -376,6 +376,9 @@ class MoqRelay:
         # hold until those are delivered or reset (an ended track must not drain seconds late)
         self._draining: set[_Subscription] = set()
         self._tick_waiter: asyncio.Future | None = None
+        # pending call_later handles (ORIGIN_DRAIN, LATE_STREAM_GRACE, NEW_TRACK_WAIT): stop()
+        # cancels them, so nothing of a stopped relay runs later (e.g. orphaning its tracks)
+        self._timers: set[asyncio.TimerHandle] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -390,8 +393,20 @@ class MoqRelay:
                 conn.flush()
         for task in self._tasks:
             task.cancel()
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         for source in list(self._sources.values()):
             source.close()
+
+    def _call_later(self, delay: float, callback, *args) -> None:
+        """``loop.call_later`` with the handle kept until it fires, for stop() to cancel."""
+        def fire() -> None:
+            self._timers.discard(handle)
+            callback(*args)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
 
     def on_connection(self, conn: MoqConnection) -> None:
         conn.handler = self._on_event
@@ -547,7 +562,7 @@ class MoqRelay:
                 self._accept(conn, event, fanout)
             elif wait > 0 and len(source.waiting) < MAX_WAITING_SUBSCRIBES:
                 source.waiting.append((conn, event))
-                asyncio.get_running_loop().call_later(wait, self._expire_waiting, source, conn, event)
+                self._call_later(wait, self._expire_waiting, source, conn, event)
             else:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
             return
@@ -973,7 +988,7 @@ class MoqRelay:
         if upstream.streams_done >= event.stream_count:
             self._end_upstream(upstream)
         else:
-            asyncio.get_running_loop().call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
+            self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
     def _end_upstream(self, upstream: _UpstreamTrack) -> None:
         if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
@@ -1067,7 +1082,7 @@ class MoqRelay:
             if old is None:
                 return
             del self._routes[namespace]
-            asyncio.get_running_loop().call_later(ORIGIN_DRAIN, self._unroute, namespace, old)
+            self._call_later(ORIGIN_DRAIN, self._unroute, namespace, old)
             return
         self._routes[namespace] = conn
         for upstream in list(self._tracks.values()):

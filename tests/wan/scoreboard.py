@@ -11,8 +11,10 @@ profile's impairment and its delivery budget. As in production, the subscriber i
 relay's event loop: by default (``--layout apart``) the proxy and the subscriber each run in a
 child process of their own and the subscriber sends what it got back as JSON on its stdout, so
 the relay's loop is not shared with a pure-Python QUIC client and proxy (``--layout in-process``:
-all on one loop, as before). The scoreboard checks every object the subscriber got against the
-reference:
+all on one loop, as before). The subscriber goes first and the publisher starts once its MoQ
+session is up; a subscriber that never gets ready is a HARNESS FAILURE, no verdict on the profile
+(exit code 2 when nothing else failed). The scoreboard checks every object the subscriber got
+against the reference:
 
 - complete: the object is a reference packet, same timestamps, keyframe flag and size;
 - in order within its group: object ids arrive 0, 1, 2, ... per group;
@@ -27,6 +29,7 @@ reference:
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -43,6 +46,13 @@ from rtmpq.netem import Impairment, ImpairmentProxy
 from rtmpq.nodes.up import UpNode
 
 ROOT = Path(__file__).resolve().parents[2]
+# The publisher starts only once the subscriber's MoQ session is up (its child process says so):
+# on a loaded machine (load >= 7) an interpreter started after the publisher could join after a
+# short stream had ended. A subscriber not ready within this many seconds (QUIC's handshake through
+# the profile's impairment included) is a failure of the harness, not of the profile.
+SUBSCRIBER_READY_TIMEOUT = 60.0
+# Seconds the ready subscriber waits for the broadcast to go live (ffmpeg's start-up and RTMP).
+SUBSCRIBER_WAIT = 30.0
 
 
 @dataclass
@@ -131,11 +141,13 @@ class Result:
     relay_cpu: float = 0.0  # share of a core the scoreboard's process (relay, ingest) used
     load: float = 0.0  # the machine's 1-minute load average at the profile's end
     errors: list = field(default_factory=list)
+    # why the harness could not run the profile (its subscriber never got ready): no verdict on it
+    harness: str = ""
 
     @property
     def passed(self) -> bool:
         p = self.profile
-        return (not self.errors and self.objects > 0 and self.incomplete == 0 and self.out_of_order == 0
+        return (not self.harness and not self.errors and self.objects > 0 and self.incomplete == 0 and self.out_of_order == 0
                 and self.not_idr == 0 and self.unsignalled == 0 and self.late <= 0.01 * self.objects
                 and self.share >= p.min_share and self.audio_share >= p.min_audio_share
                 and (p.blackhole is None or self.after_blackhole > 0))
@@ -237,17 +249,21 @@ def _frame_from_row(row: list):
 
 
 async def subscribe_profile(port: int, name: str, profile: Profile, backend: str, on_first, *,
-                            budget_ms: int | None = -1, timeout: float = 120, wait: float = 0.0) -> dict:
+                            budget_ms: int | None = -1, timeout: float = 120, wait: float = 0.0,
+                            on_ready=lambda now: None) -> dict:
     """One MoQ subscriber through the proxy on ``port``: every object as (arrival on the monotonic
     clock, which all processes of the machine share; lateness from ingest; the frame), the skips,
-    and when the profile's blackhole ends. ``on_first(now)`` starts the blackhole. ``budget_ms``:
-    the profile's budget unless given (None: the relay's default)."""
+    and when the profile's blackhole ends. ``on_first(now)`` starts the blackhole; ``on_ready(now)``
+    is called once the MoQ session is up, just before the SUBSCRIBE (a broadcast not live yet is
+    waited for ``wait`` seconds). ``budget_ms``: the profile's budget unless given (None: the
+    relay's default)."""
     if budget_ms == -1:
         budget_ms = int(profile.budget * 1000)
     out = {"got": [], "skipped": [], "blackhole_end": None, "errors": []}
 
     async def subscribe():
         async with connect_moq("127.0.0.1", port, insecure=True, timeout=30, backend=backend) as conn:
+            on_ready(time.monotonic())
             async for item in subscribe_broadcast(conn, name, delivery_timeout_ms=budget_ms, wait=wait):
                 now = time.monotonic()
                 if isinstance(item, SkippedGroup):
@@ -286,8 +302,11 @@ async def _subscriber_child(args: list[str], on_line=lambda msg: None, timeout: 
                     on_line(msg)
             await proc.wait()
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        pass
+    finally:  # (also when cancelled: a subscriber that never got ready)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     if result is None:
         return {"got": [], "skipped": [], "blackhole_end": None,
                 "errors": [f"the subscriber process exited {proc.returncode} without a result"]}
@@ -314,51 +333,92 @@ async def subscribe_in_child(target: tuple[str, int], name: str, up: Impairment,
 
 async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list, *, seed: int = 1,
                       layout: str = "apart") -> Result:
+    ready_timeout = SUBSCRIBER_READY_TIMEOUT
     result = Result(node.config.moq.backend, profile)
     backend = node.config.moq.backend
     name = f"live/wan-{profile.name}"
     loop = asyncio.get_running_loop()
     host, port = node.moq_address
-    publisher = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", str(flv), "-c", "copy",
-        "-f", "flv", f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    await node.registry.wait_for(name, 15)
-    cpu0, wall0 = time.process_time(), time.monotonic()
-    common = ["--name", name, "--profile", profile.name, "--backend", backend, "--seed", str(seed)]
-    if layout == "in-process":
-        async with ImpairmentProxy(target=node.moq_address, up=profile.up, down=profile.down, seed=seed) as proxy:
-            out = await subscribe_profile(proxy.port, name, profile, backend,
-                                          lambda now: loop.call_later(profile.blackhole[0], proxy.blackhole,
-                                                                      profile.blackhole[1]))
-    elif layout == "subscriber":
-        out = await _subscriber_child(["--target", f"{host}:{port}", "--with-proxy", *common])
-    else:
-        proxy = await _child("--role", "proxy", "--target", f"{host}:{port}", *common, stdin=True)
-        ready = json.loads(await proxy.stdout.readline())
+    common = ["--name", name, "--profile", profile.name, "--backend", backend, "--seed", str(seed),
+              "--wait", str(SUBSCRIBER_WAIT)]
+    ready = asyncio.Event()
+    proxy = blackhole = publisher = None
+    finished = False
 
-        def on_line(msg):  # the subscriber's first object: the blackhole starts `at` seconds later
-            if "first" in msg and profile.blackhole:
+    def on_line(msg):
+        if "ready" in msg:
+            ready.set()
+        elif "first" in msg and blackhole is not None:
+            blackhole()
+
+    async with contextlib.AsyncExitStack() as stack:
+        # the subscriber first: the publisher starts once its session is up (SUBSCRIBER_READY_TIMEOUT)
+        if layout == "in-process":
+            in_process = await stack.enter_async_context(
+                ImpairmentProxy(target=node.moq_address, up=profile.up, down=profile.down, seed=seed))
+            subscriber = asyncio.ensure_future(subscribe_profile(
+                in_process.port, name, profile, backend,
+                lambda now: loop.call_later(profile.blackhole[0], in_process.blackhole, profile.blackhole[1]),
+                wait=SUBSCRIBER_WAIT, on_ready=lambda now: ready.set()))
+        elif layout == "subscriber":
+            subscriber = asyncio.ensure_future(_subscriber_child(
+                ["--target", f"{host}:{port}", "--with-proxy", *common], on_line))
+        else:
+            proxy = await _child("--role", "proxy", "--target", f"{host}:{port}", *common, stdin=True)
+            stack.push_async_callback(_stop_proxy, proxy)
+            proxy_port = json.loads(await proxy.stdout.readline())["port"]
+            if profile.blackhole:  # the subscriber's first object: the blackhole starts `at` seconds later
                 at, seconds = profile.blackhole
-                loop.call_later(at, proxy.stdin.write, f"blackhole {seconds}\n".encode())
-
+                blackhole = lambda: loop.call_later(at, proxy.stdin.write, f"blackhole {seconds}\n".encode())  # noqa: E731
+            subscriber = asyncio.ensure_future(_subscriber_child(["--target", f"127.0.0.1:{proxy_port}", *common],
+                                                                 on_line))
         try:
-            out = await _subscriber_child(["--target", f"127.0.0.1:{ready['port']}", *common], on_line)
+            readiness = asyncio.ensure_future(ready.wait())
+            await asyncio.wait({readiness, subscriber}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
+            readiness.cancel()
+            if not ready.is_set():
+                if not subscriber.done():
+                    why = f"not within {ready_timeout:g} s"
+                elif subscriber.exception() is not None:
+                    why = repr(subscriber.exception())
+                else:
+                    why = "; ".join(subscriber.result()["errors"]) or "it ended"
+                result.harness = f"the subscriber never got ready ({why})"
+                result.load = os.getloadavg()[0]
+                return result
+            publisher = await asyncio.create_subprocess_exec(
+                "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", str(flv), "-c", "copy",
+                "-f", "flv", f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            await node.registry.wait_for(name, 15)
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            out = await subscriber
+            result.relay_cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
+            finished = True
         finally:
-            proxy.stdin.close()
-            try:
-                async with asyncio.timeout(10):
-                    await proxy.wait()
-            except TimeoutError:
-                proxy.kill()
-                await proxy.wait()
-    result.relay_cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
+            if not subscriber.done():
+                subscriber.cancel()
+                await asyncio.gather(subscriber, return_exceptions=True)
+            if publisher is not None and not finished and publisher.returncode is None:
+                publisher.kill()
+                await publisher.wait()
     result.load = os.getloadavg()[0]
     result.errors += out["errors"]
     _, err = await publisher.communicate()
     if publisher.returncode != 0:
         result.errors.append(f"publisher exited {publisher.returncode}: {err.decode()[-300:]}")
     return judge(result, reference, out["got"], out["skipped"], out["blackhole_end"])
+
+
+async def _stop_proxy(proxy) -> None:
+    """A --role proxy child ends when its stdin closes."""
+    proxy.stdin.close()
+    try:
+        async with asyncio.timeout(10):
+            await proxy.wait()
+    except TimeoutError:
+        proxy.kill()
+        await proxy.wait()
 
 
 async def child_main(args) -> int:
@@ -387,6 +447,9 @@ async def child_main(args) -> int:
                     proxy.blackhole(float(value))
         return 0
 
+    def ready(now):
+        print(json.dumps({"ready": now}), flush=True)
+
     def first(now, proxy=None):
         print(json.dumps({"first": now}), flush=True)
         if proxy is not None:
@@ -395,10 +458,10 @@ async def child_main(args) -> int:
     if args.with_proxy:
         async with ImpairmentProxy(target=target, up=profile.up, down=profile.down, seed=args.seed) as proxy:
             out = await subscribe_profile(proxy.port, args.name, profile, args.backend, lambda now: first(now, proxy),
-                                          **budget)
+                                          on_ready=ready, **budget)
             out["proxy"] = {d: vars(st) for d, st in proxy.stats.items()}
     else:
-        out = await subscribe_profile(target[1], args.name, profile, args.backend, first, **budget)
+        out = await subscribe_profile(target[1], args.name, profile, args.backend, first, on_ready=ready, **budget)
     out["got"] = [_frame_row(*g) for g in out["got"]]
     out["skipped"] = [[s.track, s.group, s.code] for s in out["skipped"]]
     print(json.dumps(out), flush=True)
@@ -432,6 +495,12 @@ def stop_burners(burners: list[subprocess.Popen]) -> None:
         b.wait()
 
 
+def verdict(r: Result) -> str:
+    if r.harness:
+        return f"HARNESS FAILURE (no verdict on the profile): {r.harness}"
+    return 'pass' if r.passed else 'FAIL' + (': ' + '; '.join(r.errors) if r.errors else '')
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| backend | profile | budget | arrived (min) | video / audio | skipped groups | p50 / p99 / max latency (limit) | incomplete, out of order, not IDR, unsignalled, late | verdict |",
@@ -443,7 +512,7 @@ def table(results: list[Result]) -> str:
             f"| {r.backend} | {p.name}: {p.describe} | {p.budget:g} s | {r.share:.1%} ({p.min_share:.0%}) "
             f"| {r.video_share:.1%} / {r.audio_share:.1%} | {r.skipped} | {r.p50:.2f} / {r.p99:.2f} / {r.worst:.2f} s "
             f"({r.limit:.2f}) | {r.incomplete}, {r.out_of_order}, {r.not_idr}, {r.unsignalled}, {r.late} "
-            f"| {'pass' if r.passed else 'FAIL' + (': ' + '; '.join(r.errors) if r.errors else '')} |")
+            f"| {verdict(r)} |")
     return "\n".join(lines)
 
 
@@ -525,9 +594,13 @@ def main() -> int:
         results = asyncio.run(run_all(args.backends.split(","), args.profiles.split(","), args.seconds, Path(tmp),
                                       args.layout, args.cpu_burners))
     print(table(results))
+    harness = [r for r in results if r.harness]
+    if harness:
+        print(f"{len(harness)} profile run(s) not judged: the harness failed ({harness[0].harness})", file=sys.stderr)
     if args.write_docs:
         write_docs(Path(args.write_docs), results, "make wan", args.seconds, args.layout, args.cpu_burners)
-    return 0 if all(r.passed for r in results) else 1
+    # 1: a profile failed; 2: none failed, but the harness could not run some
+    return 1 if any(not r.passed and not r.harness for r in results) else 2 if harness else 0
 
 
 if __name__ == "__main__":

@@ -82,3 +82,29 @@ def test_a_cpu_burner_keeps_a_core_busy_until_stopped():
     finally:
         stop_burners(burners)
     assert burners[0].poll() is not None
+
+
+async def test_a_subscriber_that_never_gets_ready_is_a_harness_failure_and_nothing_is_published(
+        tmp_path, monkeypatch):
+    """The publisher starts only once the subscriber's session is up; one that never comes up is
+    the harness's failure, told apart from the profile's (before: the publisher went first, and a
+    subscriber that started after a short stream had ended made the profile FAIL with no objects)."""
+    import socket
+    from types import SimpleNamespace
+
+    from tests.conftest import free_port
+    from tests.wan import scoreboard
+
+    monkeypatch.setattr(scoreboard, "SUBSCRIBER_READY_TIMEOUT", 3.0, raising=False)
+
+    class Node:  # nothing listens at its MoQ port: the subscriber's session never comes up
+        config = SimpleNamespace(moq=SimpleNamespace(backend="aioquic"))
+        moq_address = ("127.0.0.1", free_port(socket.SOCK_DGRAM))
+
+        @property
+        def rtmp(self):
+            raise AssertionError("the publisher was started before the subscriber was ready")
+
+    r = await scoreboard.run_profile(Node(), PROFILES["reorder"], tmp_path / "unused.flv", [])
+    assert not r.passed and "never got ready" in r.harness, r
+    assert scoreboard.verdict(r).startswith("HARNESS FAILURE")
