@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return _token(args, config)
+    from .nodes import runtime
+
+    runtime.own_process()
     try:
         return asyncio.run(_run(args, config)) or 0
     except (OSError, ValueError) as exc:
