@@ -100,7 +100,7 @@ async def test_a_link_slower_than_the_stream_skips_old_groups_and_stays_within_b
 
 @pytest.fixture(scope="module")
 def hd_source(tmp_path_factory) -> str:
-    """8 s of 720p30 H.264 at 2.6 Mbit/s (2 s GoP) + AAC, encoded once and replayed with -c copy."""
+    """12 s of 720p30 H.264 at 2.6 Mbit/s (2 s GoP) + AAC, encoded once and replayed with -c copy."""
     need("ffmpeg")
     path = str(tmp_path_factory.mktemp("hd") / "hd.flv")
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
@@ -110,7 +110,10 @@ def hd_source(tmp_path_factory) -> str:
     return path
 
 
-HD_SECONDS = 8
+# Six groups: the floors below allow one skipped group. A connection's first group through 2% loss
+# can miss its budget while the congestion window is still small (CI, pure-Python, aioquic: group 0
+# skipped, 189 of 240 video objects with 8 s = four groups), which is the budget doing its job.
+HD_SECONDS = 12
 
 
 async def test_default_budget_keeps_a_lossy_720p_link_live(node, hd_source):
