@@ -44,10 +44,7 @@ async def measure(part_target: float) -> str:
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
             page = DevTools(ws)
-            for _ in range(100):  # until playback starts
-                if await page.evaluate("document.getElementById('video').currentTime"):
-                    break
-                await asyncio.sleep(0.1)
+            await page.playback_started()
             await page.evaluate("window.stalls = 0; document.getElementById('video')"
                                 ".addEventListener('waiting', () => window.stalls++)")
             await asyncio.sleep(2)

@@ -49,6 +49,14 @@ class DevTools:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result.get("result", {}).get("value")
 
+    async def playback_started(self, tries: int = 100) -> float:
+        """The page's video position once it moves, polled every 0.1 s (0 if it never does)."""
+        for _ in range(tries):
+            if position := await self.evaluate("document.getElementById('video').currentTime"):
+                return position
+            await asyncio.sleep(0.1)
+        return 0
+
 
 async def chromium_page(tmp_path, url: str):
     """(browser process, DevTools websocket URL) of a headless Chromium showing ``url``."""
@@ -87,12 +95,7 @@ async def test_hls_js_in_chromium_plays_live_and_reports_latency(node, tmp_path,
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
-            first = None
-            for _ in range(100):  # until playback starts
-                first = await devtools.evaluate("document.getElementById('video').currentTime")
-                if first:
-                    break
-                await asyncio.sleep(0.1)
+            first = await devtools.playback_started()
             assert first, (await devtools.evaluate("document.getElementById('status').textContent"),
                            await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
             later = first

@@ -511,16 +511,22 @@ class RetiringSink(FakeSink):
         return self.doubt
 
 
+def subscribed_with_budget(doubt: bool):
+    """A fan-out with one subscriber (2 s budget) on a RetiringSink whose path is lossy or not."""
+    fanout = TrackFanout()
+    sink = RetiringSink(doubt=doubt)
+    sub = TrackSubscription(sink, delivery_timeout=2.0)
+    fanout.subscribe(sub, 0.0)
+    return fanout, sink, sub
+
+
 def test_on_a_lossy_path_bytes_the_estimate_calls_delivered_stay_within_their_budget():
     # 30 % loss: the estimate counted a group's bytes delivered while a copy lost again held its
     # objects back at the subscriber; the group was judged delivered and its objects came seconds
     # late. In doubt, the group must be confirmed within the budget of the oldest object the
     # estimate let go, or it is reset then
     for complete in (False, True):
-        fanout = TrackFanout()
-        sink = RetiringSink(doubt=True)
-        sub = TrackSubscription(sink, delivery_timeout=2.0)
-        fanout.subscribe(sub, 0.0)
+        fanout, sink, sub = subscribed_with_budget(doubt=True)
         for i in range(30):
             fanout.publish_object(0, i, bytes(1000), None, i / 30)
         if complete:
@@ -535,10 +541,7 @@ def test_on_a_lossy_path_bytes_the_estimate_calls_delivered_stay_within_their_bu
 
 
 def test_on_a_lossy_path_a_group_confirmed_in_time_is_kept():
-    fanout = TrackFanout()
-    sink = RetiringSink(doubt=True)
-    sub = TrackSubscription(sink, delivery_timeout=2.0)
-    fanout.subscribe(sub, 0.0)
+    fanout, sink, sub = subscribed_with_budget(doubt=True)
     publish_gop(fanout, 0, 30, 0.0)
     sink.estimate_all()
     fanout.check(0.5)  # the estimate let every object go while in doubt
@@ -554,10 +557,7 @@ def test_on_a_lossy_path_a_group_confirmed_in_time_is_kept():
 def test_on_a_clean_path_the_estimate_stands_and_a_group_longer_than_the_budget_lives():
     # no doubt: an open 4 s group with a 2 s budget, every object estimated delivered, is not reset
     # (picoquic cannot confirm a group before its end)
-    fanout = TrackFanout()
-    sink = RetiringSink(doubt=False)
-    sub = TrackSubscription(sink, delivery_timeout=2.0)
-    fanout.subscribe(sub, 0.0)
+    fanout, sink, sub = subscribed_with_budget(doubt=False)
     for i in range(120):
         fanout.publish_object(0, i, bytes(1000), None, i / 30)
         sink.estimate_all()
@@ -570,10 +570,7 @@ def test_on_a_lossy_path_a_group_keeps_its_fin_back_so_that_its_reset_still_hold
     # delivers the rest however late: whole audio groups arrived 4-8 s late at 30 % loss). In
     # doubt, an ended group's FIN waits; the group is reset at its budget, or the FIN is written
     # once the path is no longer lossy
-    fanout = TrackFanout()
-    sink = RetiringSink(doubt=True)
-    sub = TrackSubscription(sink, delivery_timeout=2.0)
-    fanout.subscribe(sub, 0.0)
+    fanout, sink, sub = subscribed_with_budget(doubt=True)
     publish_gop(fanout, 0, 30, 0.0)
     fanout.publish_object(1, 0, bytes(1000), None, 1.0)  # group 0 ends
     assert sink.streams[1]["state"] == "open"  # no FIN yet
