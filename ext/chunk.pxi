@@ -1,7 +1,7 @@
 # Compiled twin of rtmpq/codec/chunk.py: same algorithm, same results, same exceptions.
 # The reader works on raw pointers into bytearray blocks it owns and never resizes.
 
-from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
@@ -16,9 +16,16 @@ from rtmpq.codec.chunk import (
 cdef Py_ssize_t _BLOCK_SIZE = _BLOCK_SIZE_PY
 cdef Py_ssize_t _MIN_FREE = _MIN_FREE_PY
 cdef Py_ssize_t _MAX_PIN_FACTOR = _MAX_PIN_FACTOR_PY
+
 cdef unsigned int _MAX_CHUNK_SIZE = _MAX_CHUNK_SIZE_PY
 cdef object _NEED_DATA = NEED_DATA
 cdef int[4] _HEADER_SIZES = [11, 7, 3, 0]
+
+
+cdef bytearray _new_block(Py_ssize_t size):
+    # uninitialized (the pure twin's bytearray(size) is zeroed): nothing before _end is ever read,
+    # and pages recv has not written yet cost neither a memset nor resident memory
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 cdef class _CChunkStream:
@@ -127,7 +134,7 @@ cdef class ChunkReader:
         self.bytes_received = 0
         self.chunks_parsed = 0
         self.bytes_moved = 0
-        self._set_block(bytearray(_BLOCK_SIZE))
+        self._set_block(_new_block(_BLOCK_SIZE))
         self._start = 0
         self._end = 0
         self._streams = {}
@@ -145,7 +152,7 @@ cdef class ChunkReader:
         cdef Py_ssize_t tail
         tail = self._end - self._start
         if self._size - self._end < _MIN_FREE or (self._size > _BLOCK_SIZE and 2 * tail + _MIN_FREE <= _BLOCK_SIZE):
-            fresh = bytearray(max(_BLOCK_SIZE, 2 * tail + _MIN_FREE))
+            fresh = _new_block(max(_BLOCK_SIZE, 2 * tail + _MIN_FREE))
             memcpy(PyByteArray_AS_STRING(fresh), self._buf + self._start, tail)
             self.bytes_moved += tail
             self._set_block(fresh)

@@ -7,8 +7,11 @@ server's first read does not.
 """
 
 import asyncio
+import fcntl
 import select
 import socket
+import sys
+import termios
 
 import pytest
 
@@ -137,9 +140,9 @@ async def test_eof_in_the_middle_of_a_message_ends_the_publish(caplog):
 class Recorder:
     """A stand-in connection: records when each read arrived."""
 
-    def __init__(self, loop) -> None:
+    def __init__(self, loop, size: int = 65536) -> None:
         self.loop = loop
-        self.buf = bytearray(65536)
+        self.buf = bytearray(size)
         self.reads: list[tuple[float, bytes]] = []
         self.eof = False
 
@@ -156,15 +159,18 @@ class Recorder:
         raise AssertionError(exc)
 
 
-async def reader_pair(coalesce: float):
-    """A SharedReader reading one end of a TCP connection (the other end is returned)."""
+async def reader_pair(coalesce: float, *, buffer: int = 65536, pending: bytes = b""):
+    """A SharedReader reading one end of a TCP connection (the other end is returned); ``pending``
+    is sent and waiting in the kernel before the reader takes the socket."""
     loop = asyncio.get_running_loop()
-    rec = Recorder(loop)
+    rec = Recorder(loop, buffer)
     srv = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(srv.getsockname())
     conn, _ = srv.accept()
     srv.close()
     conn.setblocking(False)
+    client.sendall(pending)
+    await wait_until(lambda: fcntl.ioctl(conn.fileno(), termios.FIONREAD, b"\0\0\0\0") == len(pending).to_bytes(4, sys.byteorder))
     transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, conn)
     reader = SharedReader(loop, coalesce)
     assert reader.add(rec, transport)
@@ -198,6 +204,21 @@ async def test_coalescing_window_is_respected(window):
         await wait_until(lambda: rec.eof)
         assert len(reader) == 0
     finally:
+        reader.close()
+        transport.close()
+
+
+async def test_a_burst_larger_than_the_buffer_is_read_in_one_round():
+    """A key frame bigger than the receive buffer's free space is read on in the same round, not
+    one round per buffer (each round of a busy server is ``coalesce`` later)."""
+    burst = bytes(range(256)) * 80  # 20 KiB: five reads of a 4 KiB buffer
+    reader, rec, client, transport = await reader_pair(1.0, buffer=4096, pending=burst)
+    try:
+        await wait_until(lambda: sum(len(data) for _, data in rec.reads) == len(burst))
+        assert reader.wakeups == 1 and len(rec.reads) == 5
+        assert b"".join(data for _, data in rec.reads) == burst
+    finally:
+        client.close()
         reader.close()
         transport.close()
 

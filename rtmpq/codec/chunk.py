@@ -97,8 +97,11 @@ MAX_CHUNK_STREAMS = 32
 MIN_CHUNK_SIZE = 128
 # Chunk sizes above this are treated as this (the 24-bit message length bounds any message).
 MAX_CHUNK_SIZE = 0xFFFFFF
-# Receive block size, and the free space below which get_buffer starts a fresh block.
-BLOCK_SIZE = 256 * 1024
+# Receive block size, and the free space below which get_buffer starts a fresh block. Every
+# connection holds one block, so this is most of a publisher's memory besides its cached media
+# (docs/benchmarks.md: 256 KiB cost 0.2 MB per publisher); a burst larger than the free space
+# takes several reads (rtmp/reader.py reads again at once while reads fill the buffer).
+BLOCK_SIZE = 64 * 1024
 MIN_FREE = 16 * 1024
 # A single-chunk body smaller than 1/MAX_PIN_FACTOR of its receive block is copied out rather
 # than handed on as a view, so a body held alive pins at most this many times its own size.

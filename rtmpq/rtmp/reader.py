@@ -31,6 +31,9 @@ INGEST_READ_COALESCE = 0.01
 GAP_SMOOTHING = 0.2
 # Ready sockets taken from the epoll per wakeup (the rest stay ready for the next one).
 MAX_READY_PER_WAKEUP = 1024
+# Reads of one socket per round while each fills the receive buffer (a burst larger than the
+# chunk reader's free space); what is left waits for the next round, so no publisher starves others.
+MAX_READS_PER_SOCKET = 8
 
 
 class SharedReader:
@@ -160,32 +163,39 @@ class SharedReader:
             if entry is None:
                 continue
             conn, sock = entry
-            try:
-                n = sock.recv_into(conn.get_buffer(-1))
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:  # reset by the peer and the like: the connection is gone
-                self.remove(conn)
-                conn.read_failed(exc)
-                continue
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:  # a bug of this connection's: it alone is closed
-                self.remove(conn)
-                self._report(conn, exc, "get_buffer() failed")
-                continue
-            if not n:
-                self.remove(conn)
-                conn.read_eof()
-                continue
-            self.reads += 1
-            try:
-                conn.buffer_updated(n)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.remove(conn)
-                self._report(conn, exc, "buffer_updated() failed")
+            # a read that fills the buffer may have left more behind (a key frame larger than the
+            # receive block's free space): read on now, not a round later
+            for _ in range(MAX_READS_PER_SOCKET):
+                try:
+                    buf = conn.get_buffer(-1)
+                    n = sock.recv_into(buf)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # reset by the peer and the like: the connection is gone
+                    self.remove(conn)
+                    conn.read_failed(exc)
+                    break
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:  # a bug of this connection's: it alone is closed
+                    self.remove(conn)
+                    self._report(conn, exc, "get_buffer() failed")
+                    break
+                if not n:
+                    self.remove(conn)
+                    conn.read_eof()
+                    break
+                self.reads += 1
+                try:
+                    conn.buffer_updated(n)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.remove(conn)
+                    self._report(conn, exc, "buffer_updated() failed")
+                    break
+                if n < len(buf) or conn._reader_fd != fd:  # drained, or closed by what it read
+                    break
         return len(ready)
 
     def _report(self, conn, exc: BaseException, what: str) -> None:
