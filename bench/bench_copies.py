@@ -5,7 +5,8 @@
 Method: tracemalloc byte counters. A synthetic 4 s publish (bench/conftest.py: 3 Mbit/s
 H.264-shaped video, AAC-shaped audio; 128-byte chunks as ffmpeg sends them) goes through the
 ingest's own pieces in 64 KiB reads: ChunkReader (the receive buffer is the socket buffer:
-`get_buffer` + `buffer_updated`, as the asyncio BufferedProtocol does), BroadcastDemuxer, then for
+`get_buffer` + `buffer_updated`, as the asyncio BufferedProtocol does; `read_messages`, as the
+ingest reads), BroadcastDemuxer (`media`, the ingest's fast path), then for
 every frame the MoQ object encoding (`moq.session._encoded_object`, what is handed to the QUIC
 library's `send_stream_data`, once for all subscribers) and the LL-HLS packager (`LlHlsStream`,
 its parts). Every object made is kept alive; for each stage the peak of traced memory during
@@ -22,7 +23,7 @@ from collections import defaultdict
 
 import pytest
 
-from rtmpq.codec import NEED_DATA, ChunkReader
+from rtmpq.codec import ChunkReader
 from rtmpq.edge.llhls import LlHlsStream
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer
@@ -67,10 +68,10 @@ def pipeline(data: bytes) -> tuple[int, int, dict[str, int]]:
             else:
                 buf[:n] = piece  # stands for the socket's recv_into the same buffer
                 reader.buffer_updated(n)
-            items = []
-            while (m := reader.next_message()) is not NEED_DATA:
-                keep.append(m)
-                items += demuxer.message(m.type_id, m.timestamp, m.body, 1)
+            items = []  # the ingest's own path: one read_messages per read, media to demuxer.media
+            for _csid, _sid, type_id, ts, body, codec, frame_type, cts, header in reader.read_messages():
+                keep.append(body)
+                items += demuxer.media(type_id, ts, body, codec, frame_type, cts, header, 1)
         received += n
         for item in items:
             if isinstance(item, Catalog):

@@ -4,6 +4,7 @@
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
 from rtmpq.codec.chunk import (
@@ -117,9 +118,10 @@ cdef class ChunkReader:
     cdef Py_ssize_t _partial_bytes
     cdef unsigned int _last_stream_id
     cdef object _error  # raised again by read_messages once it was deferred
-    # the header and payload of the message _next_chunk returned last
+    # the header of the message _next_chunk returned last
     cdef unsigned int _csid, _type_id, _timestamp
-    cdef const unsigned char* _body_ptr
+    cdef bint _split  # read_messages: split the tag header off common media messages
+    cdef object _media  # (codec, frame_type, cts, header bytes) of the message split last, or None
     cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
     cdef readonly unsigned int chunk_size
     cdef readonly unsigned long long bytes_received, chunks_parsed, bytes_moved
@@ -141,6 +143,8 @@ cdef class ChunkReader:
         self._partial_bytes = 0
         self._last_stream_id = 0
         self._error = None
+        self._split = False
+        self._media = None
 
     cdef void _set_block(self, bytearray block):
         self._block = block
@@ -185,30 +189,31 @@ cdef class ChunkReader:
 
     def read_messages(self):
         """Every complete message received so far, as tuples (see rtmpq/codec/chunk.py)."""
-        cdef object body
+        cdef object body, media
         cdef list out = []
-        cdef tuple h
-        cdef Py_ssize_t n
         if self._error is not None:
             raise self._error
+        self._split = True
         try:
             while True:
                 body = self._next_chunk()
                 if body is _NEED_DATA:
                     return out
                 if body is not None:
-                    if self._type_id == 8 or self._type_id == 9:
-                        n = len(body)
-                        h = _media_header(self._type_id, self._body_ptr, n)
+                    media = self._media
+                    if media is None:
+                        out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body,
+                                    None, 0, 0, None))
                     else:
-                        h = _NO_HEADER
-                    out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body,
-                                h[0], h[1], h[2], h[3]))
+                        out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body,
+                                    (<tuple>media)[0], (<tuple>media)[1], (<tuple>media)[2], (<tuple>media)[3]))
         except RemoteProtocolError as exc:
             if not out:
                 raise
             self._error = exc
             return out
+        finally:
+            self._split = False
 
     cdef object _next_chunk(self):
         cdef unsigned char* buf = self._buf
@@ -218,6 +223,11 @@ cdef class ChunkReader:
         cdef unsigned int timestamp, delta, length, type_id, stream_id, ext_value, field, peek, received
         cdef bint extended, new_stream
         cdef _CChunkStream st
+        cdef Py_ssize_t off
+        cdef tuple h
+        cdef list parts
+        cdef object media, first_obj
+        cdef Py_buffer first
         if avail < 1:
             return _NEED_DATA
         b0 = buf[pos]
@@ -326,20 +336,38 @@ cdef class ChunkReader:
             if self._partial_bytes > self.max_partial_bytes:
                 raise _LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
+        media = None
         if st.parts is None:
+            off = 0
+            if self._split and (type_id == 8 or type_id == 9):
+                h = _media_header(type_id, buf + p, n)
+                if h is not _NO_HEADER:
+                    off = h[3]
+                    media = (h[0], h[1], h[2], PyBytes_FromStringAndSize(<char*>buf + p, off))
             if n * _MAX_PIN_FACTOR >= self._size:
-                body = memoryview(self._block)[p:p + n]
+                body = memoryview(self._block)[p + off:p + n]
             else:  # small: a copy, not a view that would pin the whole block
-                body = PyBytes_FromStringAndSize(<char*>buf + p, n)
-            self._body_ptr = buf + p
+                body = PyBytes_FromStringAndSize(<char*>buf + p + off, n - off)
         else:
-            st.parts.append(memoryview(self._block)[p:p + n])
-            body = b"".join(st.parts)
-            self._body_ptr = <const unsigned char*>PyBytes_AS_STRING(body)
+            parts = st.parts
+            parts.append(memoryview(self._block)[p:p + n])
+            if self._split and (type_id == 8 or type_id == 9):
+                first_obj = parts[0]
+                PyObject_GetBuffer(first_obj, &first, PyBUF_SIMPLE)
+                try:
+                    h = _media_header(type_id, <const unsigned char*>first.buf, min(<Py_ssize_t>length, first.len))
+                    if h is not _NO_HEADER:
+                        off = h[3]
+                        media = (h[0], h[1], h[2], PyBytes_FromStringAndSize(<char*>first.buf, off))
+                        parts[0] = memoryview(first_obj)[off:]
+                finally:
+                    PyBuffer_Release(&first)
+            body = b"".join(parts)
             self._partial_bytes -= received
             st.parts = None
             st.block = None
             st.received = 0
+        self._media = media
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
             self._control(type_id, body)

@@ -294,14 +294,17 @@ def test_read_messages_twins_agree_on_media_streams(msgs, chunk_size, cuts, garb
     assert ref == run_batches(compiled.ChunkReader, data, cuts)
     whole = [m for batch in run_batches(REFERENCE["ChunkReader"], data, [])[0] if isinstance(batch, list) for m in batch]
     assert [m[:5] + m[6:] for batch in ref[0] if isinstance(batch, list) for m in batch] == [m[:5] + m[6:] for m in whole]
-    assert [m[:4] + (m[4],) for m in whole] == [m[:5] for m in run_reader(REFERENCE["ChunkReader"], data, [])[0]
-                                               if len(m) == 6]
-    for csid, sid, type_id, ts, body, kind, codec, frame_type, cts, offset in whole:
+    # a header read is split off the body: together they are the message next_message returns
+    assert [m[:4] + ((m[9] or b"") + m[4],) for m in whole] == [
+        m[:5] for m in run_reader(REFERENCE["ChunkReader"], data, [])[0] if len(m) == 6]
+    for csid, sid, type_id, ts, payload, kind, codec, frame_type, cts, header in whole:
         if codec is None:
+            assert header is None
             continue
+        body = header + payload
         tag = (REFERENCE["parse_video_tag"] if type_id == 9 else REFERENCE["parse_audio_tag"])(body)
         assert (tag.codec, tag.packet_type, tag.track_id, tag.payload_end) == (codec, 1, 0, len(body))
-        assert (getattr(tag, "frame_type", 0), getattr(tag, "cts", 0), tag.payload_offset) == (frame_type, cts, offset)
+        assert (getattr(tag, "frame_type", 0), getattr(tag, "cts", 0), tag.payload_offset) == (frame_type, cts, len(header))
 
 
 def test_read_messages_reads_the_headers_ffmpeg_sends():
@@ -312,8 +315,10 @@ def test_read_messages_reads_the_headers_ffmpeg_sends():
     for cls in (REFERENCE["ChunkReader"], compiled.ChunkReader):
         reader = cls()
         reader.receive_data(ChunkWriter(128).write(2, 0, 1, 0, (4096).to_bytes(4, "big")) + data)
-        got = [m[5:] for m in reader.read_messages()[1:]]
-        assert got == [("avc1", 1, 0x21, 5), ("avc1", 2, -2, 5), ("mp4a", 0, 0, 2), (None, 0, 0, 0), (None, 0, 0, 0)]
+        got = [(bytes(m[4]), *m[5:]) for m in reader.read_messages()[1:]]
+        assert got == [(bytes(20), "avc1", 1, 0x21, b"\x17\x01\x00\x00\x21"),
+                       (bytes(20), "avc1", 2, -2, b"\x27\x01\xff\xff\xfe"), (bytes(9), "mp4a", 0, 0, b"\xaf\x01"),
+                       (bodies[3], None, 0, 0, None), (bodies[4], None, 0, 0, None)]
 
 
 @SETTINGS

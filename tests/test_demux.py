@@ -178,3 +178,15 @@ def test_the_media_sink_fast_path_gives_what_the_events_give(sample_flv, offset,
     assert len([i for i in fast_out if not isinstance(i, Catalog)]) > 100
     assert fast.stats == slow.stats
     assert (fast.stats.bad_access_units > 0) == broken
+
+
+@pytest.mark.parametrize("chunk_size", [128, 4096])
+def test_fast_path_frames_hold_the_readers_copy_and_no_view_over_it(sample_flv, chunk_size):
+    """A frame the fast path makes holds the one copy the chunk reader made of its payload (the
+    FLV tag header split off), not a view over a copy of the whole tag: each cached frame would
+    otherwise keep a view and its buffer record alive beside it (docs/benchmarks.md, ingest RSS)."""
+    tags = list(read_flv_tags(str(sample_flv)))
+    _, out = publish_through_media_sink(tags, 0, chunk_size)
+    frames = [i for i in out if not isinstance(i, Catalog)]
+    assert len(frames) > 100
+    assert {type(f.payload) for f in frames} == {bytes}

@@ -27,12 +27,14 @@ Choices where real clients and the spec differ (specs/rtmp-notes.md, specs/bad-i
 Two ways to read messages: ``next_message()`` returns one ``RtmpMessage`` at a time;
 ``read_messages()`` (one call per socket read, the ingest's fast path) returns every complete
 message received so far as plain tuples ``(csid, stream_id, type_id, timestamp, body, codec,
-frame_type, cts, payload_offset)``, with the FLV tag header of the common media messages already
-read: for a single-track coded frame of AVC/HEVC video (legacy or E-RTMP) or AAC/Opus audio,
+frame_type, cts, header)``, with the FLV tag header of the common media messages already read and
+split off: for a single-track coded frame of AVC/HEVC video (legacy or E-RTMP) or AAC/Opus audio,
 ``codec`` is its FourCC, ``frame_type`` the FLV frame type (0 for audio), ``cts`` the signed
-composition offset (ms) and ``payload_offset`` where the codec payload starts (it runs to the end
-of the body); for every other message (commands, control, data, sequence headers, other codecs,
-multitrack, truncated headers) ``codec`` is None and the rest 0: the caller parses those with
+composition offset (ms), ``header`` the bytes of the tag header and ``body`` the codec payload
+alone (``header + body`` is the message), so the payload is the one copy (or view) made of those
+bytes and a frame holds no view of its own on top; for every other message (commands, control,
+data, sequence headers, other codecs, multitrack, truncated headers) ``body`` is the whole
+message, ``codec`` and ``header`` are None and the rest 0: the caller parses those with
 ``parse_*_tag``, which raises on a bad header. A protocol error after some complete messages is
 raised by the next call, so the messages before it are handled first.
 """
@@ -48,10 +50,10 @@ _VIDEO_FOURCC = {b"avc1": _AVC, b"hvc1": _HEVC}
 _AUDIO_FOURCC = {b"mp4a": _AAC, b"Opus": _OPUS}
 
 
-def _media_header(type_id: int, body) -> tuple | None:
-    """(codec, frame_type, cts, payload_offset) of a single-track coded AVC/HEVC/AAC/Opus frame,
-    else None (the caller parses the tag itself). Agrees with parse_video_tag/parse_audio_tag."""
-    n = len(body)
+def _media_header(type_id: int, body, n: int) -> tuple | None:
+    """(codec, frame_type, cts, payload_offset) of a single-track coded AVC/HEVC/AAC/Opus frame
+    whose first ``n`` bytes are in ``body``, else None (the caller parses the tag itself). Agrees
+    with parse_video_tag/parse_audio_tag."""
     if n < 2:
         return None
     b0 = body[0]
@@ -146,6 +148,8 @@ class ChunkReader:
         self._partial_bytes = 0
         self._last_stream_id = 0
         self._error = None  # raised again by read_messages once it was deferred
+        self._split = False  # read_messages: split the tag header off common media messages
+        self._media = None  # (codec, frame_type, cts, header bytes) of the message split last
         # the header of the message _next_chunk returned last
         self._csid = self._type_id = self._timestamp = 0
 
@@ -190,23 +194,26 @@ class ChunkReader:
         if self._error is not None:
             raise self._error
         out = []
+        self._split = True
         try:
             while True:
                 body = self._next_chunk()
                 if body is NEED_DATA:
                     return out
                 if body is not None:
-                    type_id = self._type_id
-                    header = _media_header(type_id, body) if type_id == 8 or type_id == 9 else None
-                    if header is None:
-                        out.append((self._csid, self._last_stream_id, type_id, self._timestamp, body, None, 0, 0, 0))
+                    media = self._media
+                    if media is None:
+                        out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body, None, 0, 0,
+                                    None))
                     else:
-                        out.append((self._csid, self._last_stream_id, type_id, self._timestamp, body, *header))
+                        out.append((self._csid, self._last_stream_id, self._type_id, self._timestamp, body, *media))
         except RemoteProtocolError as exc:
             if not out:
                 raise
             self._error = exc
             return out
+        finally:
+            self._split = False
 
     def _next_chunk(self):
         """Parse one chunk; returns a message body (its header in _csid, _last_stream_id, _type_id,
@@ -320,14 +327,30 @@ class ChunkReader:
             if self._partial_bytes > self.max_partial_bytes:
                 raise LimitExceeded("max_partial_bytes", self._partial_bytes, self.max_partial_bytes)
             return None
+        media = None
         if st.parts is None:
+            if self._split and (type_id == 8 or type_id == 9):
+                media = _media_header(type_id, payload, n)
+            if media is not None:
+                off = media[3]
+                media = (media[0], media[1], media[2], bytes(payload[:off]))
+                payload = payload[off:]
             body = payload if n * MAX_PIN_FACTOR >= len(buf) else bytes(payload)
         else:
-            st.parts.append(payload)
-            body = b"".join(st.parts)
+            parts = st.parts
+            parts.append(payload)
+            if self._split and (type_id == 8 or type_id == 9):
+                first = parts[0]
+                media = _media_header(type_id, first, min(length, len(first)))
+                if media is not None:
+                    off = media[3]
+                    media = (media[0], media[1], media[2], bytes(first[:off]))
+                    parts[0] = memoryview(first)[off:]
+            body = b"".join(parts)
             self._partial_bytes -= received
             st.parts = st.block = None
             st.received = 0
+        self._media = media
         self._last_stream_id = stream_id
         if type_id == 1 or type_id == 2:
             self._control(type_id, body)

@@ -142,16 +142,18 @@ class BroadcastDemuxer:
             return self._on_data(ts, body, received_ns)
         return []
 
-    def media(self, type_id: int, timestamp: int, body, codec: str | None, frame_type: int, cts: int,
-              offset: int, received_ns: int = 0) -> list:
-        """``message`` for a message whose FLV header ChunkReader.read_messages read (``codec``
-        None: it did not, and this is ``message``): the same results, with less work per frame
-        for the common case (a coded frame of track 0 whose track is known)."""
+    def media(self, type_id: int, timestamp: int, payload, codec: str | None, frame_type: int, cts: int,
+              header: bytes | None, received_ns: int = 0) -> list:
+        """``message`` for a message whose FLV header ChunkReader.read_messages read and split off
+        (``header`` its bytes, ``payload`` the rest, which becomes the frame's payload as it is);
+        ``codec`` None: it did not, ``payload`` is the whole message and this is ``message``. The
+        same results, with less work per frame for the common case (a coded frame of track 0
+        whose track is known)."""
         if codec is None:
-            return self.message(type_id, timestamp, body, received_ns)
+            return self.message(type_id, timestamp, payload, received_ns)
         track = self._video0 if type_id == 9 else self._audio0
-        if track is None or track.codec != codec:
-            return self.message(type_id, timestamp, body, received_ns)  # dropped there, or counted
+        if track is None or track.codec != codec:  # dropped there, or counted: the whole message again
+            return self.message(type_id, timestamp, header + payload, received_ns)
         clock = self._clock  # TimestampUnwrapper.unwrap, inline
         last = clock._last
         if last is None:
@@ -159,9 +161,8 @@ class BroadcastDemuxer:
         else:
             ts = clock._last = last + ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
         self._now_ms = received_ns // 1_000_000 if received_ns else None
-        payload = memoryview(body)[offset:]
         if type_id == 8:
-            if not payload:  # (a memoryview's truth is its length, without a call)
+            if not payload:
                 self.stats.dropped += 1
                 return []
             group = self._next_audio_group(track, ts)
@@ -170,7 +171,7 @@ class BroadcastDemuxer:
             self.stats.frames[AUDIO] += 1
             return [frame]
         try:
-            kind = access_unit_type(body, offset, track.config.nal_length_size, codec == "hvc1")
+            kind = access_unit_type(payload, 0, track.config.nal_length_size, codec == "hvc1")
         except RemoteProtocolError:
             self.stats.bad_access_units += 1
             track.resync = True

@@ -18,13 +18,15 @@ class FlvWriter:
         flags = (0x04 if has_audio else 0) | (0x01 if has_video else 0)
         fileobj.write(b"FLV\x01" + bytes((flags,)) + struct.pack(">I", FLV_HEADER_SIZE) + bytes(4))
 
-    def write_tag(self, tag_type: int, timestamp: int, body) -> None:
-        size = len(body)
+    def write_tag(self, tag_type: int, timestamp: int, body, prefix: bytes = b"") -> None:
+        """One tag whose body is ``prefix + body`` (the ingest hands over a media message's FLV tag
+        header apart from its payload)."""
+        size = len(prefix) + len(body)
         if size > 0xFFFFFF:
             raise ValueError(f"FLV tag of {size} bytes does not fit the 24-bit size field")
         ts = timestamp & 0xFFFFFFFF
         header = bytes((tag_type,)) + size.to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
-        self._f.write(header)
+        self._f.write(header + prefix)
         self._f.write(body)
         self._f.write(struct.pack(">I", TAG_HEADER_SIZE + size))
 

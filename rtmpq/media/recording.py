@@ -74,18 +74,20 @@ class FlvRecorder:
         self._thread = threading.Thread(target=self._run, name=f"rtmpq-recorder {self._name}", daemon=True)
         self._thread.start()
 
-    def write(self, type_id: int, timestamp: int, body) -> None:
+    def write(self, type_id: int, timestamp: int, body, header: bytes = b"") -> None:
+        """Queue the tag ``header + body`` (``header``: the FLV tag header of a media message whose
+        payload is ``body``, as ChunkReader.read_messages splits them)."""
         if self.stopped or self._closing:
             return
         if type_id == 18 and bytes(body[: len(_SET_DATA_FRAME)]) == _SET_DATA_FRAME:
             body = body[len(_SET_DATA_FRAME) :]
-        size = len(body) + _TAG_OVERHEAD
+        size = len(header) + len(body) + _TAG_OVERHEAD
         with self._wake:
             if self._queued_bytes + size > self.max_queued_bytes:
                 self._stop_locked(f"the disk is {self._queued_bytes} bytes behind "
                                   f"(RECORDER_MAX_QUEUED_BYTES {self.max_queued_bytes})")
                 return
-            self._queue.append((type_id, timestamp, body))
+            self._queue.append((type_id, timestamp, header, body))
             self._queued_bytes += size
             now = time.monotonic()
             if self._queued_bytes >= RECORDER_WAKE_BYTES or now - self._woken >= RECORDER_WAKE_INTERVAL:
@@ -138,11 +140,11 @@ class FlvRecorder:
                     batch = list(self._queue)
                     self._queue.clear()
                 done = 0
-                for type_id, timestamp, body in batch:
+                for type_id, timestamp, header, body in batch:
                     if self.stopped:
                         break
-                    writer.write_tag(type_id, timestamp, body)
-                    done += len(body) + _TAG_OVERHEAD
+                    writer.write_tag(type_id, timestamp, body, header)
+                    done += len(header) + len(body) + _TAG_OVERHEAD
                 with self._wake:
                     if not self.stopped:
                         self._queued_bytes -= done

@@ -55,14 +55,15 @@ class Publish:
             else:
                 self.broadcast.push(item)
 
-    def on_media(self, type_id: int, timestamp: int, body, codec, frame_type: int, cts: int, offset: int) -> None:
-        """The fast path (RtmpServerSession's media sink): one message, its FLV header read."""
+    def on_media(self, type_id: int, timestamp: int, body, codec, frame_type: int, cts: int, header) -> None:
+        """The fast path (RtmpServerSession's media sink): one message, its FLV header read (and,
+        with a ``codec``, split off: ``body`` is the payload)."""
         now_ns = time.time_ns()
         self.last_media_ns = now_ns
         if self.recorder is not None:
-            self.recorder.write(type_id, timestamp, body)
+            self.recorder.write(type_id, timestamp, body, header or b"")
         broadcast = self.broadcast
-        for item in self.demuxer.media(type_id, timestamp, body, codec, frame_type, cts, offset, now_ns):
+        for item in self.demuxer.media(type_id, timestamp, body, codec, frame_type, cts, header, now_ns):
             if type(item) is Frame:
                 broadcast.push(item)
             else:

@@ -7,9 +7,10 @@ Everything else a publisher needs (connect replies, acknowledgements, ping repli
 
 Media of an accepted publish come as ``MediaMessage`` events, or, when ``accept_publish`` was given
 a ``media_sink``, straight to it (no event object per message: the ingest's fast path), in order,
-as ``media_sink(type_id, timestamp, body, codec, frame_type, cts, payload_offset)``: the FLV header
-fields are those ``ChunkReader.read_messages`` read (``codec`` None when it did not: the sink
-parses the tag itself; its header is known to be whole).
+as ``media_sink(type_id, timestamp, body, codec, frame_type, cts, header)``: the FLV header
+fields are those ``ChunkReader.read_messages`` read and split off (``body`` is then the codec
+payload alone, ``header`` the tag header's bytes); ``codec`` None when it did not: ``body`` is the
+whole message, the sink parses the tag itself, its header is known to be whole.
 """
 
 import logging
@@ -204,11 +205,13 @@ class RtmpServerSession:
             # messages it returned, or returns nothing); common media frames go straight to
             # their publish's sink
             while batch := self._reader.read_messages():
-                for csid, stream_id, type_id, timestamp, body, codec, frame_type, cts, offset in batch:
-                    if codec is not None and (sink := sinks.get(stream_id)) is not None:
-                        sink(type_id, timestamp, body, codec, frame_type, cts, offset)
-                    else:
-                        self._handle_message(csid, stream_id, type_id, timestamp, body)
+                for csid, stream_id, type_id, timestamp, body, codec, frame_type, cts, header in batch:
+                    if codec is not None:
+                        if (sink := sinks.get(stream_id)) is not None:
+                            sink(type_id, timestamp, body, codec, frame_type, cts, header)
+                            continue
+                        body = header + body  # the whole message again (no fast path for this stream)
+                    self._handle_message(csid, stream_id, type_id, timestamp, body)
             self._maybe_acknowledge()
         except RemoteProtocolError as exc:
             self._fail(str(exc))
@@ -292,7 +295,7 @@ class RtmpServerSession:
             parse_audio_tag(body)
         sink = self._media_sinks.get(stream_id)
         if sink is not None:
-            sink(type_id, timestamp, body, None, 0, 0, 0)
+            sink(type_id, timestamp, body, None, 0, 0, None)
         else:
             self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
 

@@ -91,7 +91,8 @@ def _read_batches(cls, payload: bytes, cuts: list[int]):
             r.receive_data(payload[pos:cut])
             pos = cut
             while batch := r.read_messages():
-                out += [(*m[:4], bytes(m[4]), *m[5:]) for m in batch]
+                # a header read is split off the body: joined again, the message next_message gives
+                out += [(*m[:4], (m[8] or b"") + bytes(m[4]), *m[5:]) for m in batch]
     except RemoteProtocolError as exc:
         out.append((type(exc).__name__, str(exc)))
         return out, r.chunk_size, None
