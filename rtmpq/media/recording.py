@@ -32,9 +32,12 @@ RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 RECORDER_CLOSE_TIMEOUT = 10.0
 # The writer thread is woken once this many bytes wait, or once this many seconds passed since it
 # was last woken, not for every tag (a thread wakeup per tag cost more CPU than the write; issue
-# 12). The file is written through a 256 KiB buffer anyway; close() flushes at once.
+# 12). close() flushes at once.
 RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
+# The file's write buffer: every recording holds one, so it is resident memory per publisher
+# (256 KiB cost ~0.2 MB each, docs/benchmarks.md); a woken writer's batch is a few writes of this.
+RECORDER_FILE_BUFFER = 64 * 1024
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
 
@@ -128,7 +131,7 @@ class FlvRecorder:
         try:
             self.path = recording_path(self._directory, self._broadcast, self._started)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(self.path, "wb", buffering=256 * 1024)
+            file = open(self.path, "wb", buffering=RECORDER_FILE_BUFFER)
             writer = FlvWriter(file, has_audio=True, has_video=True)
             log.info("recording %s to %s", self._name, self.path.parent / f"…{self.path.suffix}")
             while True:
