@@ -12,7 +12,9 @@ server's RSS before the publishers, per publisher. rtmpq runs as `rtmpq up` (ing
 whose group caches hold each broadcast's last groups, + edge; nobody watches), so its RSS per
 publisher includes the group cache, reported apart: the media bytes its caches hold (at most 8
 groups per track: here the whole 6 s), the most its `rtmpq_group_cache_bytes` metric read (every
-second until the first publisher exits; not for "rtmpq baseline": older code has no such metric). CPU is also
+second until the first publisher exits; not for a baseline older than that metric), and "RSS less
+cache", the most RSS held besides the caches, each cache reading paired with an RSS reading taken
+just after it (so it is not the peak RSS less a cache read up to a second earlier). CPU is also
 split into user and system time (the server's own code vs the kernel's reads and TCP). Publishers
 that fail are counted; a run where any failed is reported as such, not hidden.
 
@@ -97,29 +99,36 @@ def cpu_split(pid: int) -> tuple[float, float]:
 
 
 class CacheReading(threading.Thread):
-    """The most rtmpq's group caches held (`rtmpq_group_cache_bytes` from its /metrics), read
-    every ``interval`` seconds until ``stop()``: the caches grow until the publishes end, as RSS
-    does. A few scrapes per run: a few ms of the measured CPU."""
+    """rtmpq's group caches (`rtmpq_group_cache_bytes` from its /metrics) read every ``interval``
+    seconds until ``stop()``, each time with the server's RSS just after: ``peak`` is the most
+    the caches held, ``rest_peak`` the most RSS held besides them at the same moment (RSS less
+    the cache read with it: a cache read a second before the RSS peak would leave that second's
+    media in "RSS less cache"). A few scrapes per run: a few ms of the measured CPU."""
 
-    def __init__(self, http: int, interval: float = 1.0) -> None:
+    def __init__(self, http: int, pid: int, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
-        self.http, self.interval, self.peak, self.readings = http, interval, 0.0, 0
+        self.http, self.pid, self.interval = http, pid, interval
+        self.peak = self.rest_peak = 0.0
+        self.readings = 0
         self.done = threading.Event()
         self.start()
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
             body = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()
-            value = next(float(line.split()[1]) for line in body.splitlines()
-                         if line.startswith("rtmpq_group_cache_bytes "))
-            self.peak, self.readings = max(self.peak, value), self.readings + 1
+            value = next((float(line.split()[1]) for line in body.splitlines()
+                          if line.startswith("rtmpq_group_cache_bytes ")), None)
+            if value is None:  # code older than the metric (an INGEST_BASELINE)
+                return
+            rest = rss_mb(self.pid) - value / 1e6
+            self.peak, self.rest_peak, self.readings = max(self.peak, value), max(self.rest_peak, rest), self.readings + 1
 
-    def stop(self) -> float:
+    def stop(self) -> tuple[float | None, float | None]:
+        """(the most the caches held in bytes, the most RSS held besides them in MB); Nones for
+        code without the metric."""
         self.done.set()
         self.join(10)
-        if not self.readings:
-            raise RuntimeError("no rtmpq_group_cache_bytes reading")
-        return self.peak
+        return (self.peak, self.rest_peak) if self.readings else (None, None)
 
 
 def wait_listening(port: int) -> None:
@@ -147,9 +156,9 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
         procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                    f"rtmp://127.0.0.1:{port}/live/p{i}"], stdin=subprocess.DEVNULL)
                  for i in range(publishers)]
-        cache = CacheReading(http) if kind.startswith("rtmpq") and kind != "rtmpq baseline" else None
+        cache = CacheReading(http, server.pid) if kind.startswith("rtmpq") else None
         procs[0].wait(timeout=SECONDS * 10)  # a publish that ends ends its broadcast: its cache goes
-        cache_bytes = None if cache is None else cache.stop()
+        cache_bytes, rest_mb = (None, None) if cache is None else cache.stop()
         failed = sum(p.wait(timeout=SECONDS * 10) != 0 for p in procs)
         idle_since, last = time.monotonic(), cpu_seconds(server.pid)
         while time.monotonic() - idle_since < 1.0:  # a server behind its publishers catches up first
@@ -168,6 +177,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
             "cores_per_publisher": round(cpu / publishers / SECONDS, 4),
             "user_s_per_publisher": round(user / publishers, 4), "system_s_per_publisher": round(system / publishers, 4),
             "cache_mb_per_publisher": None if cache_bytes is None else round(cache_bytes / 1e6 / publishers, 2),
+            "rss_less_cache_mb_per_publisher": None if rest_mb is None else round((rest_mb - rss0) / publishers, 2),
             "rss_mb_per_publisher": round((sampler.peak - rss0) / publishers, 2), "recorded_mb": round(recorded / 1e6, 1)}
 
 
@@ -197,9 +207,10 @@ def teardown_module(module):
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "ingest.json").write_text(json.dumps([{"server": k, "record": r, **s} for (k, r, _), s in RESULTS.items()], indent=1))
     print("\n\nserver               record  publishers  failed  cores/publisher  user s/pub  system s/pub  "
-          "RSS MB/publisher  of it cache MB  recorded MB")
+          "RSS MB/publisher  of it cache MB  RSS less cache MB  recorded MB")
     for (kind, record, n), s in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][2], KINDS.index(kv[0][0]))):
         cache = "" if s["cache_mb_per_publisher"] is None else f"{s['cache_mb_per_publisher']:.2f}"
+        rest = "" if s.get("rss_less_cache_mb_per_publisher") is None else f"{s['rss_less_cache_mb_per_publisher']:.2f}"
         print(f"{kind:20} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
               f"{s['user_s_per_publisher']:10.4f}  {s['system_s_per_publisher']:12.4f}  "
-              f"{s['rss_mb_per_publisher']:16.2f}  {cache:>14}  {s['recorded_mb']:11}")
+              f"{s['rss_mb_per_publisher']:16.2f}  {cache:>14}  {rest:>17}  {s['recorded_mb']:11}")

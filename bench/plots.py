@@ -28,9 +28,9 @@ def ingest() -> None:
                 if points:
                     ax.plot(*zip(*points), marker="o", label=server)
             if key == "rss_mb_per_publisher":  # the group cache's share apart (bench_ingest reads it)
-                points = sorted((r["publishers"], r[key] - r["cache_mb_per_publisher"]) for r in rows
+                points = sorted((r["publishers"], r["rss_less_cache_mb_per_publisher"]) for r in rows
                                 if r["server"] == "rtmpq compiled" and r["record"] == record
-                                and r.get("cache_mb_per_publisher") is not None)
+                                and r.get("rss_less_cache_mb_per_publisher") is not None)
                 if points:
                     ax.plot(*zip(*points), marker="o", linestyle="--", label="rtmpq compiled, less its group cache")
             ax.set_xscale("log")

@@ -1,6 +1,8 @@
 """Fan-out rules with a recording sink: join at the newest group, budgets drop whole groups."""
 
+from rtmpq.media.frames import Frame
 from rtmpq.moq.fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
+from rtmpq.moq.loc import frame_extensions
 
 
 class FakeSink:
@@ -600,3 +602,37 @@ def test_a_state_track_never_holds_its_fin():
     fanout.publish_object(0, 0, b"{}", None, 0.0)
     fanout.publish_object(1, 0, b"{}", None, 1.0)
     assert sink.streams[1]["state"] == "fin"
+
+
+class ExtSink(FakeSink):
+    """Also records each object as sent: (object id, payload, LOC extensions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    def send_object(self, handle, object_id, payload, extensions):
+        super().send_object(handle, object_id, payload, extensions)
+        self.sent.append((object_id, bytes(payload), extensions))
+
+
+def test_frames_cached_before_anyone_subscribed_reach_a_late_subscriber_as_a_live_one_gets_them():
+    """An in-process broadcast's frames are cached without their LOC extensions built (nobody may
+    ever read them); a late subscriber still gets each object with the very extensions a
+    subscriber present from the start got."""
+    frames = [Frame("video", 3, i, 1000 + 33 * i, 1066 + 33 * i, i == 0, bytes([i]) * 10, 1_700_000_000_000_000_000 + i)
+              for i in range(5)]
+    late, live = TrackFanout(), TrackFanout()
+    live_sink, late_sink = ExtSink(), ExtSink()
+    live.subscribe(TrackSubscription(live_sink), 0.0)
+    for f in frames[:3]:
+        late.publish_frame(f, 90000, 0.0)
+        live.publish_frame(f, 90000, 0.0)
+    late.subscribe(TrackSubscription(late_sink), 0.1)
+    for f in frames[3:]:
+        late.publish_frame(f, 90000, 0.2)
+        live.publish_frame(f, 90000, 0.2)
+    expected = [(f.index, f.payload, frame_extensions(f, 90000)) for f in frames]
+    assert live_sink.sent == expected and late_sink.sent == expected
+    assert late.objects_received == live.objects_received == 5
+    assert late.bytes_received == live.bytes_received == 50

@@ -36,7 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..media.frames import Frame
 from .group_cache import GroupCache
+from .loc import frame_extensions
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -348,6 +350,16 @@ class TrackFanout:
     def unsubscribe(self, sub: TrackSubscription) -> None:
         self.subscribers.discard(sub)
         sub.close()
+
+    def publish_frame(self, frame: Frame, timescale: int, now: float) -> None:
+        """``publish_object`` for a frame of an in-process broadcast: its LOC extensions are made
+        only once a subscriber is there to send them to (the cache makes them when read)."""
+        if self.subscribers:
+            self.publish_object(frame.group, frame.index, frame.payload, frame_extensions(frame, timescale), now)
+            return
+        self.objects_received += 1
+        self.bytes_received += len(frame.payload)
+        self.cache.add_frame(frame, timescale, now)
 
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
         self.objects_received += 1

@@ -11,6 +11,9 @@ let one publisher's huge GoP take the relay's memory.
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from ..media.frames import Frame
+from .loc import frame_extensions
+
 # At most this many bytes of objects per track (the newest group always counts first).
 GROUP_CACHE_MAX_BYTES = 32 * 1024 * 1024
 # Complete groups older than this (seconds since their first object) are evicted.
@@ -26,11 +29,35 @@ class CachedObject:
     extensions: dict | None = None
 
 
+class CachedFrame:
+    """A frame of an in-process broadcast, cached as it came: its LOC extensions are built when a
+    late subscriber or a FETCH reads them, not for every frame (most frames of an ingest nobody
+    watches are never read), and the frame costs less memory than a dict of them (issue 12)."""
+
+    __slots__ = ("frame", "timescale")
+
+    def __init__(self, frame: Frame, timescale: int) -> None:
+        self.frame = frame
+        self.timescale = timescale
+
+    @property
+    def object_id(self) -> int:
+        return self.frame.index
+
+    @property
+    def payload(self):
+        return self.frame.payload
+
+    @property
+    def extensions(self) -> dict:
+        return frame_extensions(self.frame, self.timescale)
+
+
 @dataclass(slots=True)
 class CachedGroup:
     group_id: int
     started: float  # time of its first object
-    objects: list[CachedObject] = field(default_factory=list)
+    objects: list[CachedObject | CachedFrame] = field(default_factory=list)
     size: int = 0
     complete: bool = False
     truncated: bool = False  # objects were not all cached (too big): cannot serve from object 0
@@ -53,6 +80,13 @@ class GroupCache:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
+        self._add(group_id, CachedObject(object_id, payload, extensions), len(payload), now)
+
+    def add_frame(self, frame: Frame, timescale: int, now: float) -> None:
+        """``add`` for a frame of an in-process broadcast (see CachedFrame)."""
+        self._add(frame.group, CachedFrame(frame, timescale), len(frame.payload), now)
+
+    def _add(self, group_id: int, obj, n: int, now: float) -> None:
         group = self._newest
         if group is None or group.group_id != group_id:
             group = self._groups.get(group_id)
@@ -67,8 +101,7 @@ class GroupCache:
                     older.complete = True  # a newer group began: the older one is over
         if group.truncated:
             return
-        n = len(payload)
-        group.objects.append(CachedObject(object_id, payload, extensions))
+        group.objects.append(obj)
         group.size += n
         self.size += n
         # only a new group, the byte bound or the oldest group's age can evict: else (most
