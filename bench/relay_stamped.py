@@ -24,7 +24,7 @@ import time
 
 from rtmpq.cli import main
 from rtmpq.media.frames import Frame
-from rtmpq.moq import relay, transport
+from rtmpq.moq import broadcast_source, transport
 
 LAG_PROBE_S = 0.005
 PACKETIZED_POLL_S = 0.0005
@@ -35,7 +35,7 @@ BIG_OBJECT = 30_000  # bytes: the benchmark's keyframes (~36 kB; other frames up
 PATH_SAMPLE_S = 0.1
 conns: dict[int, object] = {}  # aiopquic connections written to: their path figures sampled
 state = {"on": False, **{k: [] for k in LISTS}}
-_on_event = relay._BroadcastSource._on_event
+_on_event = broadcast_source.BroadcastSource._on_event
 _send = transport._PquicWriter.send_stream_data
 writes: list = []  # this object's writes: (quic, stream id, offset of its end)
 watch: list = []  # (quic, stream id, offset, received_ns, list to add to)
@@ -108,7 +108,7 @@ def on_event(self, item) -> None:
         state["handed"].append((t1 - item.received_ns) / 1e6)
 
 
-relay._BroadcastSource._on_event = on_event
+broadcast_source.BroadcastSource._on_event = on_event
 
 
 def probe(loop, due: float) -> None:

@@ -17,7 +17,7 @@ import tracemalloc
 import aiopquic.quic.connection as pquic_connection
 
 from rtmpq.cli import main
-from rtmpq.moq import fanout, relay
+from rtmpq.moq import broadcast_source, fanout, relay_sink
 
 out = sys.argv.pop(1)
 counters: dict[str, list] = {}
@@ -44,10 +44,10 @@ def count(owner, name: str, label: str, nested: bool = False) -> None:
 
 
 count(fanout.TrackFanout, "check", "budget checks (TrackFanout.check, every tick)")
-count(relay._BroadcastSource, "_on_event", "objects handed to every subscriber (broadcast listener)")
+count(broadcast_source.BroadcastSource, "_on_event", "objects handed to every subscriber (broadcast listener)")
 count(pquic_connection, "drain_and_route", "aiopquic: events from picoquic's thread")
-count(relay._ConnectionSink, "total_buffered_bytes", "  of the checks: transport total counts", nested=True)
-count(relay._ConnectionSink, "buffered_bytes", "  of the checks: transport per-group counts", nested=True)
+count(relay_sink.ConnectionSink, "total_buffered_bytes", "  of the checks: transport total counts", nested=True)
+count(relay_sink.ConnectionSink, "buffered_bytes", "  of the checks: transport per-group counts", nested=True)
 
 
 TRACE = os.environ.get("RTMPQ_BENCH_TRACEMALLOC") == "1"

@@ -14,6 +14,10 @@ Subscribers get one QUIC stream per group, newest and audio first, within their 
 and send budget (fanout.py). Filters: unfiltered and AbsoluteStart start at the newest cached
 group (from its first object: an IDR for video); LargestObject and NextGroupStart start at the
 next group, since a group is only ever delivered whole from its first object.
+
+This module is the router: MoQ session events, timers and which fan-out serves whom. What it ties
+together lives apart: broadcast_source.py (local broadcasts into fan-outs), upstream.py (tracks and
+FETCHes taken from a publisher or upstream relay), relay_sink.py (a fan-out onto one subscriber).
 """
 
 import asyncio
@@ -22,16 +26,18 @@ import time
 from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
-from ..media.broadcast import Broadcast, BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
+from ..media.broadcast import BroadcastRegistry
 from ..media.catalog import Catalog
-from ..media.frames import AUDIO, VIDEO, Frame
+from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
-from .fanout import (DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, RESET_DELIVERY_TIMEOUT,
-                     TrackFanout, TrackSubscription)
+from .broadcast_source import BroadcastSource, with_added_tracks
+from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
-from .loc import CATALOG_TRACK, RENDITIONS_TRACK, frame_extensions, object_to_frame
+from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
+from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription
 from .transport import MoqConnection
+from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
     FETCH_RELATIVE_JOINING,
     FETCH_STANDALONE,
@@ -54,9 +60,6 @@ CHECK_INTERVAL = 0.05
 # idle node wakes twice a second, not twenty times (each wakeup costs CPU; issue 12). A new
 # subscription wakes the checks at once.
 IDLE_CHECK_INTERVAL = 0.5
-# Send scheduler urgency per track kind: lower is sent first.
-URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
-DEFAULT_URGENCY = 3
 # Seconds to wait for a track's last streams after its publisher's PUBLISH_DONE.
 LATE_STREAM_GRACE = 2.0
 # The directory (Redis) can say that a broadcast's origin withdrew it before that origin's last
@@ -76,267 +79,10 @@ MAX_FETCHES_PASSED_ON = 4
 DEFAULT_UPSTREAM_GRACE = 30.0
 
 
-def with_added_tracks(catalog: Catalog, added) -> Catalog:
-    """``catalog`` with the tracks another node added to its broadcast (transcoder rungs) listed."""
-    for info in added:
-        if catalog.track(info.name) != info:
-            catalog = catalog.with_track(info)
-    return catalog
-
-
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
     """A loggable name: the last namespace field is a stream key for RTMP broadcasts."""
     name = safe_name("/".join(namespace)) if namespace else "-"
     return f"{name}/{track}" if track else name
-
-
-class _ConnectionSink:
-    """GroupSink over one MoQ connection for one subscription (one stream per group)."""
-
-    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout) -> None:
-        self.conn = conn
-        self.alias = track_alias
-        self.urgency = urgency
-        self.fanout = fanout
-        self.streams_opened = 0
-        self.newest: tuple[int, int] | None = None  # (group, stream) of the newest group opened
-
-    def open_group(self, group_id: int) -> int:
-        # a relayed track keeps its publisher's priority; our own tracks carry their urgency
-        priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
-        sid = self.conn.session.open_subgroup(self.alias, group_id, priority=priority)
-        self.conn.set_priority(sid, self.urgency, group_id)
-        # newer groups before older: the group that was newest steps back (a group opened late,
-        # the tail of a joined one, starts behind)
-        if self.newest is None or group_id > self.newest[0]:
-            if self.newest is not None:
-                self.conn.step_back(self.newest[1], self.urgency)
-            self.newest = (group_id, sid)
-        else:
-            self.conn.step_back(sid, self.urgency)
-        self.streams_opened += 1
-        self.conn.flush()
-        return sid
-
-    def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
-        self.fanout.bytes_sent += len(payload)
-        self.conn.session.send_object(handle, object_id, payload, extensions)
-        self.conn.flush()
-
-    def end_group(self, handle: int) -> None:
-        self.conn.session.end_subgroup(handle)
-        self.conn.forget_stream(handle)
-        self.conn.flush()
-
-    def reset_group(self, handle: int, code: int) -> None:
-        if code == RESET_DELIVERY_TIMEOUT:
-            self.fanout.groups_dropped += 1
-        self.conn.session.reset_subgroup(handle, code)
-        self.conn.forget_stream(handle)
-        self.conn.flush()
-
-    def buffered_bytes(self, handle: int) -> int:
-        return self.conn.queued_bytes(handle)
-
-    def total_buffered_bytes(self) -> int:
-        return self.conn.total_queued_bytes()
-
-    def confirmed(self, handle: int) -> bool:
-        return self.conn.delivered(handle)
-
-    def unsent_bytes(self, handle: int) -> int:
-        return self.conn.unsent_bytes(handle)
-
-    def ack_allowance(self) -> float:
-        return self.conn.ack_allowance()
-
-    def ack_doubt(self) -> bool:
-        return self.conn.ack_doubt()
-
-    def announced(self, handle: int) -> bool:
-        return self.conn.announced(handle)
-
-
-class _Subscription:
-    def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
-                 sub: TrackSubscription, sink: _ConnectionSink) -> None:
-        self.conn = conn
-        self.request_id = request_id
-        self.fanout = fanout
-        self.label = label
-        self.sub = sub
-        self.sink = sink
-        # for a SUBSCRIBE (not a PUBLISH of ours): its filter, and the Largest Location told in
-        # SUBSCRIBE_OK, where a joining FETCH ends
-        self.filter_type: int | None = None
-        self.largest: tuple[int, int] | None = None
-
-
-class _BroadcastSource:
-    """Reads one in-process broadcast into per-track fan-outs: a listener of the broadcast, called
-    from inside the publisher's calls (no task and no queue per frame; issue 12)."""
-
-    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
-        self.broadcast = broadcast
-        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
-        self.ended = False
-        self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
-        self._on_end = on_end
-        self._on_new_tracks = on_new_tracks
-        self._timescales: dict[str, int] = {}
-        # track -> (its fan-out, its timescale): one lookup per frame; cleared when the catalog
-        # changes (fan-outs are never replaced, timescales may be)
-        self._frame_targets: dict[str, tuple[TrackFanout, int]] = {}
-        self._catalog_groups = 0
-        self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
-        self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
-        if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
-            self._on_catalog(broadcast.catalog)
-        broadcast.listen(self._on_event)
-
-    def _on_catalog(self, catalog) -> None:
-        catalog = with_added_tracks(catalog, self.added)
-        data = catalog.to_json()
-        last = self.fanouts[CATALOG_TRACK].cache.latest()
-        if last is not None and last.objects and bytes(last.objects[0].payload) == data:
-            return
-        added = {info.name for info in self.added}
-        new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
-        for name in new:
-            self.fanouts[name] = TrackFanout()
-        if new and self.waiting:
-            self._on_new_tracks(self)
-        group = self._catalog_groups
-        self._catalog_groups += 1
-        self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
-        self.fanouts[CATALOG_TRACK].end_group(group)
-
-    def update_demand(self) -> None:
-        """Tell the broadcast which tracks have MoQ subscribers here, so a transcoder makes a rung
-        only while someone watches it."""
-        for name, fanout in self.fanouts.items():
-            watched = bool(fanout.subscribers) and not self.ended
-            if watched != (name in self.wanted):
-                (self.wanted.add if watched else self.wanted.discard)(name)
-                self.broadcast.want(name, watched)
-
-    def _on_event(self, item) -> None:
-        try:
-            if type(item) is Frame:
-                target = self._frame_targets.get(item.track)
-                if target is None:
-                    target = self._frame_target(item.track)
-                fanout, timescale = target
-                fanout.publish_object(item.group, item.index, item.payload, frame_extensions(item, timescale),
-                                      time.monotonic())
-            elif isinstance(item, CatalogUpdate):
-                self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
-                self._frame_targets.clear()
-                self._on_catalog(item.catalog)
-            elif isinstance(item, GroupSkipped):
-                fanout = self.fanouts.get(item.track)
-                if fanout is not None:
-                    fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
-            elif isinstance(item, BroadcastEnded):
-                # the last catalog says so (MSF isLive false, isComplete): nothing more will come
-                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
-                self.close()
-        except Exception:  # as a reading task that failed did: this source ends, the publish goes on
-            log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
-            self.close()
-
-    def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
-        fanout = self.fanouts.get(track)
-        if fanout is None:
-            fanout = self.fanouts[track] = TrackFanout()
-        target = self._frame_targets[track] = (fanout, self._timescales.get(track, 1000))
-        return target
-
-    def close(self) -> None:
-        """Stop reading the broadcast: every fan-out ends."""
-        if self.ended:
-            return
-        self.ended = True
-        self.broadcast.unlisten(self._on_event)
-        self.update_demand()
-        for fanout in self.fanouts.values():
-            fanout.end()
-        self._on_end(self.fanouts.values())
-
-
-class _UpstreamTrack:
-    """One subscription to a publisher or an upstream relay, feeding a fan-out."""
-
-    def __init__(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, *,
-                  pushed: tuple[int, int] | None = None) -> None:
-        """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer PUBLISHed."""
-        self.conn = conn
-        self.namespace = namespace
-        self.track = track
-        # groups end with their own streams
-        self.fanout = TrackFanout(state=track == CATALOG_TRACK, ends_groups_on_newer=False)
-        self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
-        self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
-        self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
-        # continuity across a new source session: its group ids are shifted above the last one seen
-        self.last_group = -1
-        self.group_offset = 0
-        self.check_offset = False
-        self.orphaned_at: float | None = None  # the source session was lost at this time
-        # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
-        self.on_demand = False
-        self.forward = True
-        if pushed is not None:
-            self.request_id, self.alias = pushed
-        else:
-            self.subscribe(conn)
-
-    def subscribe(self, conn: MoqConnection) -> None:
-        self.conn = conn
-        self.alias = None
-        self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY))
-        conn.flush()
-
-    def group(self, source_group: int) -> int:
-        """The relay's group id for a group id of the current source session."""
-        if self.check_offset:  # the first group of a new session: never at or below one we served
-            self.check_offset = False
-            if source_group + self.group_offset <= self.last_group:
-                self.group_offset = self.last_group + 1 - source_group
-        group = source_group + self.group_offset
-        if group > self.last_group:
-            self.last_group = group
-        return group
-
-
-class _FetchProxy:
-    """A FETCH passed on to the publisher or upstream relay of a track this relay does not hold:
-    its answer and objects go back to the requester as they come."""
-
-    def __init__(self, conn: MoqConnection, request_id: int, upstream: MoqConnection, upstream_request_id: int) -> None:
-        self.conn = conn
-        self.request_id = request_id
-        self.upstream = upstream
-        self.upstream_request_id = upstream_request_id
-        self.stream_id: int | None = None
-
-    def stream(self) -> int:
-        if self.stream_id is None:
-            self.stream_id = self.conn.session.open_fetch_stream(self.request_id)
-        return self.stream_id
-
-    def fail(self, code: int, reason: str) -> None:
-        if self.conn.session.closed:
-            return
-        if self.stream_id is not None:
-            self.conn.session.reset_fetch_stream(self.stream_id, StreamResetCode.INTERNAL_ERROR)
-        self.conn.session.request_error(self.request_id, code, reason)
-        self.conn.flush()
-
-    def cancel_upstream(self) -> None:
-        if not self.upstream.session.closed:
-            self.upstream.session.fetch_cancel(self.upstream_request_id)
-            self.upstream.flush()
 
 
 class MoqRelay:
@@ -358,23 +104,23 @@ class MoqRelay:
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
-        self._sources: dict[str, _BroadcastSource] = {}
-        self._subs: dict[tuple[int, int], _Subscription] = {}  # (id(conn), request id)
+        self._sources: dict[str, BroadcastSource] = {}
+        self._subs: dict[tuple[int, int], Subscription] = {}  # (id(conn), request id)
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
         self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
-        self._tracks: dict[tuple[tuple[str, ...], str], _UpstreamTrack] = {}
-        self._by_request: dict[tuple[int, int], _UpstreamTrack] = {}
-        self._by_alias: dict[tuple[int, int], _UpstreamTrack] = {}
+        self._tracks: dict[tuple[tuple[str, ...], str], UpstreamTrack] = {}
+        self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
+        self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
-        self._fetch_proxies: dict[tuple[int, int], _FetchProxy] = {}  # (id(upstream), its request id)
+        self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
         self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
         # subscriptions of ended tracks whose last groups are still on their way: their budgets
         # hold until those are delivered or reset (an ended track must not drain seconds late)
-        self._draining: set[_Subscription] = set()
+        self._draining: set[Subscription] = set()
         self._tick_waiter: asyncio.Future | None = None
         # pending call_later handles (ORIGIN_DRAIN, LATE_STREAM_GRACE, NEW_TRACK_WAIT): stop()
         # cancels them, so nothing of a stopped relay runs later (e.g. orphaning its tracks)
@@ -573,7 +319,7 @@ class MoqRelay:
             if publisher is None:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 return
-            upstream = self._tracks[key] = _UpstreamTrack(publisher, event.namespace, event.track_name)
+            upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
             log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
         if upstream.alias is None:
@@ -581,7 +327,7 @@ class MoqRelay:
         else:
             self._accept(conn, event, upstream.fanout)
 
-    def _on_new_tracks(self, source: _BroadcastSource) -> None:
+    def _on_new_tracks(self, source: BroadcastSource) -> None:
         waiting, source.waiting = source.waiting, []
         for conn, event in waiting:
             fanout = source.fanouts.get(event.track_name)
@@ -591,7 +337,7 @@ class MoqRelay:
                 self._accept(conn, event, fanout)
                 conn.flush()
 
-    def _expire_waiting(self, source: _BroadcastSource, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
+    def _expire_waiting(self, source: BroadcastSource, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
         if (conn, event) in source.waiting:
             source.waiting.remove((conn, event))
             if not conn.session.closed:
@@ -630,10 +376,10 @@ class MoqRelay:
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
                 fanout: TrackFanout, timeout: float, start_group: int | None = None) -> None:
         """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted or a PUBLISH we sent)."""
-        sink = _ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
+        sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
-        self._subs[(id(conn), request_id)] = _Subscription(conn, request_id, fanout, label, sub, sink)
+        self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
         self._wake_tick()  # from now on budgets are checked every CHECK_INTERVAL
         if fanout.ended:
             conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
@@ -723,7 +469,7 @@ class MoqRelay:
         rid = publisher.session.fetch(event.namespace, event.track_name, event.start, event.end,
                                       descending=event.descending)
         publisher.flush()
-        self._fetch_proxies[(id(publisher), rid)] = _FetchProxy(conn, event.request_id, publisher, rid)
+        self._fetch_proxies[(id(publisher), rid)] = FetchProxy(conn, event.request_id, publisher, rid)
         log.info("%s: fetch of %s passed to %s", conn.peer, _label(event.namespace, event.track_name), publisher.peer)
 
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
@@ -872,7 +618,7 @@ class MoqRelay:
         if existing is not None or (local is not None and event.track_name in local.fanouts):
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
             return
-        upstream = _UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
+        upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
         upstream.on_demand, upstream.forward = not event.forward, event.forward
         self._tracks[key] = upstream
         self._by_request[(id(conn), event.request_id)] = upstream
@@ -906,7 +652,7 @@ class MoqRelay:
                 log.info("%s: %s", _label(upstream.namespace, upstream.track),
                          "subscribed: asking its publisher for objects" if wanted else "no subscribers: objects paused")
 
-    def _added_tracks(self, upstream: _UpstreamTrack, payload) -> None:
+    def _added_tracks(self, upstream: UpstreamTrack, payload) -> None:
         """A node's list of the tracks it adds to a broadcast (an MSF catalog on RENDITIONS_TRACK):
         the broadcast's catalog is re-issued with them."""
         try:
@@ -973,7 +719,7 @@ class MoqRelay:
             upstream.fanout.reset_group(upstream.group(event.group), event.code)
             self._stream_finished(upstream)
 
-    def _stream_finished(self, upstream: _UpstreamTrack) -> None:
+    def _stream_finished(self, upstream: UpstreamTrack) -> None:
         upstream.streams_done += 1
         if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
             self._end_upstream(upstream)
@@ -990,7 +736,7 @@ class MoqRelay:
         else:
             self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
-    def _end_upstream(self, upstream: _UpstreamTrack) -> None:
+    def _end_upstream(self, upstream: UpstreamTrack) -> None:
         if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
             return  # already ended
         self._tracks.pop((upstream.namespace, upstream.track), None)
@@ -1037,7 +783,7 @@ class MoqRelay:
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
-    def _orphan(self, upstream: _UpstreamTrack, now: float) -> None:
+    def _orphan(self, upstream: UpstreamTrack, now: float) -> None:
         """The track's source session is gone: keep its subscribers for ``upstream_grace`` in case
         the source (a restarted ingest or relay above) comes back; the group in progress ends."""
         if upstream.alias is not None:
@@ -1057,7 +803,7 @@ class MoqRelay:
         log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),
                  self.upstream_grace)
 
-    def _resume(self, upstream: _UpstreamTrack, conn: MoqConnection) -> None:
+    def _resume(self, upstream: UpstreamTrack, conn: MoqConnection) -> None:
         """Subscribe to ``upstream``'s track on a new source session; groups go on above the last."""
         if upstream.conn is not None and not upstream.conn.session.closed:
             self._by_request.pop((id(upstream.conn), upstream.request_id), None)
@@ -1126,14 +872,14 @@ class MoqRelay:
                 self._end_upstream(upstream)
 
     # -- local broadcasts -----------------------------------------------------------------------
-    def _local_source(self, name: str) -> _BroadcastSource | None:
+    def _local_source(self, name: str) -> BroadcastSource | None:
         source = self._sources.get(name)
         if source is not None and not source.ended:
             return source
         broadcast = self.registry.get(name)
         if broadcast is None:
             return None
-        source = self._sources[name] = _BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
+        source = self._sources[name] = BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
         return source
 
     def cached_frames(self, name: str) -> list[Frame]:

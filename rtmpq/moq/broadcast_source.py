@@ -1,0 +1,120 @@
+"""A local broadcast (media/broadcast.py, the in-process RTMP ingest) read into per-track
+``TrackFanout``s: its catalog as the ``catalog`` track (one group per version, with the tracks other
+nodes added listed by ``with_added_tracks``), each frame published as an object as the publisher
+hands it over. The relay (relay.py) subscribes its subscribers to these fan-outs.
+"""
+
+import logging
+import time
+from dataclasses import replace
+
+from ..media.broadcast import Broadcast, BroadcastEnded, CatalogUpdate, GroupSkipped
+from ..media.catalog import Catalog
+from ..media.frames import Frame
+from ..redact import safe_name
+from . import events as ev
+from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout
+from .loc import CATALOG_TRACK, frame_extensions
+from .transport import MoqConnection
+
+log = logging.getLogger("rtmpq.moq")
+
+
+def with_added_tracks(catalog: Catalog, added) -> Catalog:
+    """``catalog`` with the tracks another node added to its broadcast (transcoder rungs) listed."""
+    for info in added:
+        if catalog.track(info.name) != info:
+            catalog = catalog.with_track(info)
+    return catalog
+
+
+class BroadcastSource:
+    """Reads one in-process broadcast into per-track fan-outs: a listener of the broadcast, called
+    from inside the publisher's calls (no task and no queue per frame; issue 12)."""
+
+    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
+        self.broadcast = broadcast
+        self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
+        self.ended = False
+        self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
+        self._on_end = on_end
+        self._on_new_tracks = on_new_tracks
+        self._timescales: dict[str, int] = {}
+        # track -> (its fan-out, its timescale): one lookup per frame; cleared when the catalog
+        # changes (fan-outs are never replaced, timescales may be)
+        self._frame_targets: dict[str, tuple[TrackFanout, int]] = {}
+        self._catalog_groups = 0
+        self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
+        self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
+        if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
+            self._on_catalog(broadcast.catalog)
+        broadcast.listen(self._on_event)
+
+    def _on_catalog(self, catalog) -> None:
+        catalog = with_added_tracks(catalog, self.added)
+        data = catalog.to_json()
+        last = self.fanouts[CATALOG_TRACK].cache.latest()
+        if last is not None and last.objects and bytes(last.objects[0].payload) == data:
+            return
+        added = {info.name for info in self.added}
+        new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
+        for name in new:
+            self.fanouts[name] = TrackFanout()
+        if new and self.waiting:
+            self._on_new_tracks(self)
+        group = self._catalog_groups
+        self._catalog_groups += 1
+        self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
+        self.fanouts[CATALOG_TRACK].end_group(group)
+
+    def update_demand(self) -> None:
+        """Tell the broadcast which tracks have MoQ subscribers here, so a transcoder makes a rung
+        only while someone watches it."""
+        for name, fanout in self.fanouts.items():
+            watched = bool(fanout.subscribers) and not self.ended
+            if watched != (name in self.wanted):
+                (self.wanted.add if watched else self.wanted.discard)(name)
+                self.broadcast.want(name, watched)
+
+    def _on_event(self, item) -> None:
+        try:
+            if type(item) is Frame:
+                target = self._frame_targets.get(item.track)
+                if target is None:
+                    target = self._frame_target(item.track)
+                fanout, timescale = target
+                fanout.publish_object(item.group, item.index, item.payload, frame_extensions(item, timescale),
+                                      time.monotonic())
+            elif isinstance(item, CatalogUpdate):
+                self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
+                self._frame_targets.clear()
+                self._on_catalog(item.catalog)
+            elif isinstance(item, GroupSkipped):
+                fanout = self.fanouts.get(item.track)
+                if fanout is not None:
+                    fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
+            elif isinstance(item, BroadcastEnded):
+                # the last catalog says so (MSF isLive false, isComplete): nothing more will come
+                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
+                self.close()
+        except Exception:  # as a reading task that failed did: this source ends, the publish goes on
+            log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
+            self.close()
+
+    def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
+        fanout = self.fanouts.get(track)
+        if fanout is None:
+            fanout = self.fanouts[track] = TrackFanout()
+        target = self._frame_targets[track] = (fanout, self._timescales.get(track, 1000))
+        return target
+
+    def close(self) -> None:
+        """Stop reading the broadcast: every fan-out ends."""
+        if self.ended:
+            return
+        self.ended = True
+        self.broadcast.unlisten(self._on_event)
+        self.update_demand()
+        for fanout in self.fanouts.values():
+            fanout.end()
+        self._on_end(self.fanouts.values())

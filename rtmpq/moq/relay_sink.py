@@ -1,0 +1,97 @@
+"""Delivery of one track to one subscriber: ``ConnectionSink`` is the GroupSink a ``TrackFanout``
+(fanout.py) writes through onto a subscriber's MoQ connection (one stream per group, newer groups
+first), ``Subscription`` what the relay remembers of that subscription. Kept apart from relay.py,
+which decides who subscribes to what, and from fanout.py, which knows no connection.
+"""
+
+from ..media.frames import AUDIO, VIDEO
+from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
+from .loc import CATALOG_TRACK
+from .transport import MoqConnection
+
+# Send scheduler urgency per track kind: lower is sent first.
+URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
+DEFAULT_URGENCY = 3
+
+
+class ConnectionSink:
+    """GroupSink over one MoQ connection for one subscription (one stream per group)."""
+
+    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout) -> None:
+        self.conn = conn
+        self.alias = track_alias
+        self.urgency = urgency
+        self.fanout = fanout
+        self.streams_opened = 0
+        self.newest: tuple[int, int] | None = None  # (group, stream) of the newest group opened
+
+    def open_group(self, group_id: int) -> int:
+        # a relayed track keeps its publisher's priority; our own tracks carry their urgency
+        priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
+        sid = self.conn.session.open_subgroup(self.alias, group_id, priority=priority)
+        self.conn.set_priority(sid, self.urgency, group_id)
+        # newer groups before older: the group that was newest steps back (a group opened late,
+        # the tail of a joined one, starts behind)
+        if self.newest is None or group_id > self.newest[0]:
+            if self.newest is not None:
+                self.conn.step_back(self.newest[1], self.urgency)
+            self.newest = (group_id, sid)
+        else:
+            self.conn.step_back(sid, self.urgency)
+        self.streams_opened += 1
+        self.conn.flush()
+        return sid
+
+    def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+        self.fanout.bytes_sent += len(payload)
+        self.conn.session.send_object(handle, object_id, payload, extensions)
+        self.conn.flush()
+
+    def end_group(self, handle: int) -> None:
+        self.conn.session.end_subgroup(handle)
+        self.conn.forget_stream(handle)
+        self.conn.flush()
+
+    def reset_group(self, handle: int, code: int) -> None:
+        if code == RESET_DELIVERY_TIMEOUT:
+            self.fanout.groups_dropped += 1
+        self.conn.session.reset_subgroup(handle, code)
+        self.conn.forget_stream(handle)
+        self.conn.flush()
+
+    def buffered_bytes(self, handle: int) -> int:
+        return self.conn.queued_bytes(handle)
+
+    def total_buffered_bytes(self) -> int:
+        return self.conn.total_queued_bytes()
+
+    def confirmed(self, handle: int) -> bool:
+        return self.conn.delivered(handle)
+
+    def unsent_bytes(self, handle: int) -> int:
+        return self.conn.unsent_bytes(handle)
+
+    def ack_allowance(self) -> float:
+        return self.conn.ack_allowance()
+
+    def ack_doubt(self) -> bool:
+        return self.conn.ack_doubt()
+
+    def announced(self, handle: int) -> bool:
+        return self.conn.announced(handle)
+
+
+class Subscription:
+    def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
+                 sub: TrackSubscription, sink: ConnectionSink) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.fanout = fanout
+        self.label = label
+        self.sub = sub
+        self.sink = sink
+        # for a SUBSCRIBE (not a PUBLISH of ours): its filter, and the Largest Location told in
+        # SUBSCRIBE_OK, where a joining FETCH ends
+        self.filter_type: int | None = None
+        self.largest: tuple[int, int] | None = None
+
