@@ -14,7 +14,7 @@ from rtmpq.netem import Impairment, ImpairmentProxy
 
 from .conftest import need
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
-from .wan.scoreboard import subscribe_in_child
+from .wan.scoreboard import SUBSCRIBER_READY_TIMEOUT, subscribe_in_child, subscriber_ready
 
 
 async def subscribe_through(proxy_port: int, broadcast: str, delivery_timeout_ms=None, backend="aioquic"):
@@ -127,10 +127,17 @@ async def test_default_budget_keeps_a_lossy_720p_link_live(node, hd_source):
     # on one event loop with the relay, a pure-Python QUIC client and proxy take the relay's CPU
     # and inflate the RTT on a loaded machine (docs/reliability.md, "WAN profiles"); whatever has
     # not arrived by the timeout is late anyway (and counted as missing)
-    # (started first: it waits for the broadcast, its interpreter's start-up does not delay its join)
+    # (started first, and the publisher only once its session is up: it waits for the broadcast,
+    # so its interpreter's start-up on a loaded machine does not delay its join)
+    ready = asyncio.Event()
     subscriber = asyncio.create_task(subscribe_in_child(
         node.moq_address, "live/hd", path, path, backend=node.moq_config.backend, seed=42,
-        timeout=HD_SECONDS + budget + 25, wait=20))
+        timeout=HD_SECONDS + budget + 25, wait=20, on_ready=lambda now: ready.set()))
+    why = await subscriber_ready(ready, subscriber, SUBSCRIBER_READY_TIMEOUT)
+    if why is not None:
+        subscriber.cancel()
+        await asyncio.gather(subscriber, return_exceptions=True)
+        pytest.fail(f"the subscriber never got ready ({why})")
     publisher = asyncio.create_task(run_process(
         ["ffmpeg", "-v", "error", "-nostdin", "-re", "-i", hd_source, "-c", "copy", "-f", "flv",
          f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/hd"]))

@@ -317,18 +317,39 @@ async def _subscriber_child(args: list[str], on_line=lambda msg: None, timeout: 
 
 async def subscribe_in_child(target: tuple[str, int], name: str, up: Impairment, down: Impairment, *,
                              backend: str, seed: int = 1, budget_ms: int | None = None,
-                             timeout: float = 60, wait: float = 0.0) -> dict:
+                             timeout: float = 60, wait: float = 0.0, on_ready=lambda now: None) -> dict:
     """One subscriber behind its own impairment proxy, both in a child process (as a viewer on
     another machine would be): {"got": [(arrival, lateness, Frame)], "skipped": [SkippedGroup],
     "errors": [...], "proxy": {"up"/"down": DirectionStats fields}}. ``budget_ms`` None: the
-    relay's default delivery timeout; ``wait``: seconds the broadcast may take to go live."""
+    relay's default delivery timeout; ``wait``: seconds the broadcast may take to go live;
+    ``on_ready(now)`` once its MoQ session is up (see subscriber_ready)."""
     from dataclasses import asdict
+
+    def on_line(msg):
+        if "ready" in msg:
+            on_ready(msg["ready"])
 
     return await _subscriber_child(
         ["--target", f"{target[0]}:{target[1]}", "--with-proxy", "--name", name, "--backend", backend,
          "--seed", str(seed), "--impair", json.dumps({"up": asdict(up), "down": asdict(down)}),
          "--budget-ms", "default" if budget_ms is None else str(budget_ms), "--timeout", str(timeout), "--wait", str(wait)],
-        timeout=timeout + 30)
+        on_line, timeout=timeout + 30)
+
+
+async def subscriber_ready(ready: asyncio.Event, subscriber: asyncio.Future, timeout: float) -> str | None:
+    """Wait until ``ready`` is set (the subscriber's MoQ session is up: the publisher may start) or
+    the ``subscriber`` task ends, at most ``timeout`` seconds (SUBSCRIBER_READY_TIMEOUT): None once
+    ready, else why it did not get ready."""
+    readiness = asyncio.ensure_future(ready.wait())
+    await asyncio.wait({readiness, subscriber}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    readiness.cancel()
+    if ready.is_set():
+        return None
+    if not subscriber.done():
+        return f"not within {timeout:g} s"
+    if subscriber.exception() is not None:
+        return repr(subscriber.exception())
+    return "; ".join(subscriber.result()["errors"]) or "it ended"
 
 
 async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list, *, seed: int = 1,
@@ -373,16 +394,8 @@ async def run_profile(node: UpNode, profile: Profile, flv: Path, reference: list
             subscriber = asyncio.ensure_future(_subscriber_child(["--target", f"127.0.0.1:{proxy_port}", *common],
                                                                  on_line))
         try:
-            readiness = asyncio.ensure_future(ready.wait())
-            await asyncio.wait({readiness, subscriber}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
-            readiness.cancel()
-            if not ready.is_set():
-                if not subscriber.done():
-                    why = f"not within {ready_timeout:g} s"
-                elif subscriber.exception() is not None:
-                    why = repr(subscriber.exception())
-                else:
-                    why = "; ".join(subscriber.result()["errors"]) or "it ended"
+            why = await subscriber_ready(ready, subscriber, ready_timeout)
+            if why is not None:
                 result.harness = f"the subscriber never got ready ({why})"
                 result.load = os.getloadavg()[0]
                 return result
