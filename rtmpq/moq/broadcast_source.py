@@ -14,7 +14,7 @@ from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout
-from .loc import CATALOG_TRACK, frame_extensions
+from .loc import CATALOG_TRACK
 from .transport import MoqConnection
 
 log = logging.getLogger("rtmpq.moq")
@@ -83,8 +83,7 @@ class BroadcastSource:
                 if target is None:
                     target = self._frame_target(item.track)
                 fanout, timescale = target
-                fanout.publish_object(item.group, item.index, item.payload, frame_extensions(item, timescale),
-                                      time.monotonic())
+                fanout.publish_frame(item, timescale, time.monotonic())
             elif isinstance(item, CatalogUpdate):
                 self._timescales = {t.name: t.timescale for t in item.catalog.tracks}
                 self._frame_targets.clear()
