@@ -19,16 +19,20 @@ class FlvWriter:
         fileobj.write(b"FLV\x01" + bytes((flags,)) + struct.pack(">I", FLV_HEADER_SIZE) + bytes(4))
 
     def write_tag(self, tag_type: int, timestamp: int, body, prefix: bytes = b"") -> None:
-        """One tag whose body is ``prefix + body`` (the ingest hands over a media message's FLV tag
-        header apart from its payload)."""
-        size = len(prefix) + len(body)
-        if size > 0xFFFFFF:
-            raise ValueError(f"FLV tag of {size} bytes does not fit the 24-bit size field")
-        ts = timestamp & 0xFFFFFFFF
-        header = bytes((tag_type,)) + size.to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
-        self._f.write(header + prefix)
-        self._f.write(body)
-        self._f.write(struct.pack(">I", TAG_HEADER_SIZE + size))
+        for piece in tag_pieces(tag_type, timestamp, body, prefix):
+            self._f.write(piece)
+
+
+def tag_pieces(tag_type: int, timestamp: int, body, prefix: bytes = b"") -> tuple:
+    """One FLV tag whose body is ``prefix + body``, as three pieces to write one after the other:
+    its 11-byte header with ``prefix``, ``body`` itself (not copied), its PreviousTagSize. (The
+    ingest hands over a media message's FLV tag header apart from its payload.)"""
+    size = len(prefix) + len(body)
+    if size > 0xFFFFFF:
+        raise ValueError(f"FLV tag of {size} bytes does not fit the 24-bit size field")
+    ts = timestamp & 0xFFFFFFFF
+    header = bytes((tag_type,)) + size.to_bytes(3, "big") + (ts & 0xFFFFFF).to_bytes(3, "big") + bytes((ts >> 24,)) + bytes(3)
+    return header + prefix, body, struct.pack(">I", TAG_HEADER_SIZE + size)
 
 
 def read_flv_tags(source: str | Path | bytes) -> Iterator[tuple[int, int, bytes]]:

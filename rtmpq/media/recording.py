@@ -12,13 +12,14 @@ reader's receive blocks, which are never reused (or copies it made), so they sta
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
 from ..redact import safe_name
-from .flv import FlvWriter
+from .flv import FlvWriter, tag_pieces
 
 log = logging.getLogger("rtmpq.media")
 
@@ -35,11 +36,9 @@ RECORDER_CLOSE_TIMEOUT = 10.0
 # 12). close() flushes at once.
 RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
-# The file's write buffer: every recording holds one, so it is resident memory per publisher
-# (256 KiB cost ~0.2 MB each, docs/benchmarks.md); a woken writer's batch is a few writes of this.
-RECORDER_FILE_BUFFER = 64 * 1024
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # pieces one writev takes
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
@@ -131,7 +130,10 @@ class FlvRecorder:
         try:
             self.path = recording_path(self._directory, self._broadcast, self._started)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(self.path, "wb", buffering=RECORDER_FILE_BUFFER)
+            # unbuffered: each batch goes out in writev calls straight from the queued bodies, so
+            # a recording holds no write buffer (256 KiB each cost ~0.2 MB per publisher) and the
+            # bytes are not copied once more on their way to the kernel
+            file = open(self.path, "wb", buffering=0)
             writer = FlvWriter(file, has_audio=True, has_video=True)
             log.info("recording %s to %s", self._name, self.path.parent / f"…{self.path.suffix}")
             while True:
@@ -142,12 +144,12 @@ class FlvRecorder:
                         break
                     batch = list(self._queue)
                     self._queue.clear()
+                pieces = []
                 done = 0
                 for type_id, timestamp, header, body in batch:
-                    if self.stopped:
-                        break
-                    writer.write_tag(type_id, timestamp, body, header)
+                    pieces += tag_pieces(type_id, timestamp, body, header)
                     done += len(header) + len(body) + _TAG_OVERHEAD
+                write_all(file.fileno(), pieces)
                 with self._wake:
                     if not self.stopped:
                         self._queued_bytes -= done
@@ -161,6 +163,22 @@ class FlvRecorder:
                 except Exception as exc:
                     with self._wake:
                         self._stop_locked(f"closing the file: {_describe(exc)}")
+
+
+def write_all(fd: int, pieces: list) -> None:
+    """Write every piece, in order, with as few writev calls as the system's IOV_MAX allows
+    (writev may write less than asked: the rest is written on)."""
+    i = 0
+    while i < len(pieces):
+        chunk = pieces[i : i + _IOV_MAX]
+        n = os.writev(fd, chunk)
+        for piece in chunk:
+            if n < len(piece):
+                break
+            n -= len(piece)
+            i += 1
+        if n:  # a piece written in part: its rest goes first next time
+            pieces[i] = memoryview(pieces[i])[n:]
 
 
 def _describe(exc: Exception) -> str:
