@@ -30,7 +30,10 @@ def ingest() -> None:
             if key == "rss_mb_per_publisher":  # the group cache's share apart (bench_ingest reads it)
                 points = sorted((r["publishers"], r["rss_less_cache_mb_per_publisher"]) for r in rows
                                 if r["server"] == "rtmpq compiled" and r["record"] == record
-                                and r.get("rss_less_cache_mb_per_publisher") is not None)
+                                and r.get("rss_less_cache_mb_per_publisher") is not None
+                                # one publisher's media can fit in heap pages start-up made
+                                # resident: RSS less cache comes out <= 0, nothing to draw on a log scale
+                                and r["rss_less_cache_mb_per_publisher"] > 0)
                 if points:
                     ax.plot(*zip(*points), marker="o", linestyle="--", label="rtmpq compiled, less its group cache")
             ax.set_xscale("log")

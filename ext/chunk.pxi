@@ -17,7 +17,6 @@ from rtmpq.codec.chunk import (
 cdef Py_ssize_t _BLOCK_SIZE = _BLOCK_SIZE_PY
 cdef Py_ssize_t _MIN_FREE = _MIN_FREE_PY
 cdef Py_ssize_t _MAX_PIN_FACTOR = _MAX_PIN_FACTOR_PY
-
 cdef unsigned int _MAX_CHUNK_SIZE = _MAX_CHUNK_SIZE_PY
 cdef object _NEED_DATA = NEED_DATA
 cdef int[4] _HEADER_SIZES = [11, 7, 3, 0]
