@@ -33,12 +33,13 @@ RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 RECORDER_CLOSE_TIMEOUT = 10.0
 # The writer thread is woken once this many bytes wait, or once this many seconds passed since it
 # was last woken, not for every tag (a thread wakeup per tag cost more CPU than the write; issue
-# 12). close() flushes at once.
+# 12). close() writes what waits at once.
 RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16  # pieces one writev takes
+# pieces one writev takes (Linux: 1024; sysconf says -1 where it is not known)
+_IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
