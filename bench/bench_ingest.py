@@ -56,14 +56,18 @@ rtmp {{ server {{ listen 127.0.0.1:{port}; application live {{ live on; {record}
 """
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ingest") / "source.flv"
+def make_source(path: Path) -> Path:
+    """The publish every ingest benchmark pushes: SECONDS of 720p30 H.264 at 2.6 Mbit/s (2 s GoP) + AAC."""
     subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
                     "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "2600k",
                     "-maxrate", "2600k", "-bufsize", "1300k", "-g", "60", "-c:a", "aac", "-f", "flv", str(path)],
                    check=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return make_source(tmp_path_factory.mktemp("ingest") / "source.flv")
 
 
 def start_server(kind: str, port: int, tmp: Path, record: bool, http: int = 0) -> subprocess.Popen:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ingest import SECONDS, wait_listening  # noqa: E402
+from bench_ingest import SECONDS, make_source, wait_listening  # noqa: E402
 from bench_relay import cpu_seconds, free_port  # noqa: E402
 
 
@@ -36,11 +36,7 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="only the CPU seconds")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="profile-ingest-"))
-    source = tmp / "source.flv"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30", "-f", "lavfi",
-                    "-i", "sine", "-t", str(SECONDS), "-c:v", "libx264", "-preset", "ultrafast", "-b:v", "2600k",
-                    "-maxrate", "2600k", "-bufsize", "1300k", "-g", "60", "-c:a", "aac", "-f", "flv", str(source)],
-                   check=True)
+    source = make_source(tmp / "source.flv")
     port = free_port(socket.SOCK_STREAM)
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "0"}
     env.pop("RTMPQ_PUREPYTHON", None)
