@@ -88,10 +88,13 @@ async def test_a_link_slower_than_the_stream_skips_old_groups_and_stays_within_b
     assert lateness[int(len(lateness) * 0.95)] < budget + queue * 8 / rate + 0.6, lateness[-10:]
     # audio goes first: most groups skipped are video's (audio fits the link on its own). An audio
     # object can still wait past the budget behind video already in the bottleneck queue (or a
-    # retransmission), and then its group is reset like any other: at most one audio group here
-    # (a group reset before its header arrived is announced again: the client reports it once)
+    # retransmission), and then its group is reset like any other: the joined group's (its cached
+    # key frame goes out as one burst) and at times the next one's (2 of 7 runs of 1cf1d1f and one CI
+    # run of ecc6d86 on 2026-11-28), and fewer than video's (a group reset before its header
+    # arrived is announced again: the client reports it once)
     skipped_audio = {s.group for s in skipped if s.track == "audio"}
-    assert len(skipped_audio) <= 1 and len({(s.track, s.group) for s in skipped}) > len(skipped_audio), skipped
+    skipped_video = {s.group for s in skipped if s.track == "video"}
+    assert len(skipped_audio) <= 2 and len(skipped_audio) < len(skipped_video), skipped
     assert sum(f.track == "audio" for f in frames) > 0.6 * sum(p.track == "audio" for p in probe_packets(str(tmp_path / "r.flv")))
     # the relay holds no more than its send budget for this subscriber, however slow the link
     from rtmpq.moq.fanout import DEFAULT_SEND_BUDGET
