@@ -119,7 +119,6 @@ cdef class ChunkReader:
     cdef object _error  # raised again by read_messages once it was deferred
     # the header of the message _next_chunk returned last
     cdef unsigned int _csid, _type_id, _timestamp
-    cdef bint _split  # read_messages: split the tag header off common media messages
     cdef object _media  # (codec, frame_type, cts, header bytes) of the message split last, or None
     cdef public Py_ssize_t max_message_size, max_partial_bytes, max_chunk_streams, min_chunk_size
     cdef readonly unsigned int chunk_size
@@ -142,7 +141,6 @@ cdef class ChunkReader:
         self._partial_bytes = 0
         self._last_stream_id = 0
         self._error = None
-        self._split = False
         self._media = None
 
     cdef void _set_block(self, bytearray block):
@@ -180,7 +178,7 @@ cdef class ChunkReader:
     def next_message(self):
         cdef object body
         while True:
-            body = self._next_chunk()
+            body = self._next_chunk(False)
             if body is _NEED_DATA:
                 return body
             if body is not None:
@@ -192,10 +190,9 @@ cdef class ChunkReader:
         cdef list out = []
         if self._error is not None:
             raise self._error
-        self._split = True
         try:
             while True:
-                body = self._next_chunk()
+                body = self._next_chunk(True)
                 if body is _NEED_DATA:
                     return out
                 if body is not None:
@@ -211,10 +208,8 @@ cdef class ChunkReader:
                 raise
             self._error = exc
             return out
-        finally:
-            self._split = False
 
-    cdef object _next_chunk(self):
+    cdef object _next_chunk(self, bint split):
         cdef unsigned char* buf = self._buf
         cdef Py_ssize_t pos = self._start, p, n
         cdef Py_ssize_t avail = self._end - pos
@@ -338,7 +333,7 @@ cdef class ChunkReader:
         media = None
         if st.parts is None:
             off = 0
-            if self._split and (type_id == 8 or type_id == 9):
+            if split and (type_id == 8 or type_id == 9):
                 h = _media_header(type_id, buf + p, n)
                 if h is not _NO_HEADER:
                     off = h[3]
@@ -350,7 +345,7 @@ cdef class ChunkReader:
         else:
             parts = st.parts
             parts.append(memoryview(self._block)[p:p + n])
-            if self._split and (type_id == 8 or type_id == 9):
+            if split and (type_id == 8 or type_id == 9):
                 first_obj = parts[0]
                 PyObject_GetBuffer(first_obj, &first, PyBUF_SIMPLE)
                 try:

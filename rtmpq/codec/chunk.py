@@ -148,7 +148,6 @@ class ChunkReader:
         self._partial_bytes = 0
         self._last_stream_id = 0
         self._error = None  # raised again by read_messages once it was deferred
-        self._split = False  # read_messages: split the tag header off common media messages
         self._media = None  # (codec, frame_type, cts, header bytes) of the message split last
         # the header of the message _next_chunk returned last
         self._csid = self._type_id = self._timestamp = 0
@@ -183,7 +182,7 @@ class ChunkReader:
     # -- parsing --------------------------------------------------------------------------------
     def next_message(self):
         while True:
-            body = self._next_chunk()
+            body = self._next_chunk(False)
             if body is NEED_DATA:
                 return body
             if body is not None:
@@ -194,10 +193,9 @@ class ChunkReader:
         if self._error is not None:
             raise self._error
         out = []
-        self._split = True
         try:
             while True:
-                body = self._next_chunk()
+                body = self._next_chunk(True)
                 if body is NEED_DATA:
                     return out
                 if body is not None:
@@ -212,12 +210,12 @@ class ChunkReader:
                 raise
             self._error = exc
             return out
-        finally:
-            self._split = False
 
-    def _next_chunk(self):
+    def _next_chunk(self, split: bool):
         """Parse one chunk; returns a message body (its header in _csid, _last_stream_id, _type_id,
-        _timestamp), NEED_DATA, or None (chunk consumed, no message yet)."""
+        _timestamp), NEED_DATA, or None (chunk consumed, no message yet). With ``split``, a common
+        media message's FLV tag header is split off (read_messages): the body is its payload and
+        _media holds the header."""
         buf = self._block
         pos = self._start
         avail = self._end - pos
@@ -329,7 +327,7 @@ class ChunkReader:
             return None
         media = None
         if st.parts is None:
-            if self._split and (type_id == 8 or type_id == 9):
+            if split and (type_id == 8 or type_id == 9):
                 media = _media_header(type_id, payload, n)
             if media is not None:
                 off = media[3]
@@ -339,7 +337,7 @@ class ChunkReader:
         else:
             parts = st.parts
             parts.append(payload)
-            if self._split and (type_id == 8 or type_id == 9):
+            if split and (type_id == 8 or type_id == 9):
                 first = parts[0]
                 media = _media_header(type_id, first, min(length, len(first)))
                 if media is not None:
