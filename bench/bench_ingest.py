@@ -26,6 +26,10 @@ baseline" (that code, compiled) to the same run, for a before/after measured bac
 
 INGEST_COALESCE=0,0.02 adds "rtmpq compiled" runs with those [rtmp] read_coalesce windows (seconds;
 the plain "rtmpq compiled" run has the default), for the CPU a window saves, in the same run.
+
+INGEST_FLOOR=1 adds two live-only runs of rtmpq compiled cut short (bench/ingest_floor.py): "rtmpq
+read only" drops every message once read, "rtmpq read+demux" demuxes it and drops the frame: what
+the read path, and the read path with the demuxer, cost with nothing downstream.
 """
 
 import json
@@ -89,7 +93,9 @@ def start_server(kind: str, port: int, tmp: Path, record: bool, http: int = 0) -
     if kind == "rtmpq baseline":  # run from elsewhere, so that checkout's rtmpq is the one imported
         env["PYTHONPATH"] = BASELINE
         env["RTMPQ_REQUIRE_COMPILED"] = "1"
-    return subprocess.Popen([sys.executable, "-m", "rtmpq", "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
+    floor = {"rtmpq read only": "read", "rtmpq read+demux": "demux"}.get(kind)
+    rtmpq = [str(BENCH / "ingest_floor.py"), floor] if floor else ["-m", "rtmpq"]
+    return subprocess.Popen([sys.executable, *rtmpq, "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
                              "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{http or free_port(socket.SOCK_STREAM)}",
                              "--state-dir", str(tmp / "state"), *(["--record", str(rec)] if record else [])], env=env,
                             cwd=tmp)
@@ -187,13 +193,15 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
 
 BASELINE = os.environ.get("INGEST_BASELINE", "")
 COALESCE = [w for w in os.environ.get("INGEST_COALESCE", "").split(",") if w]
+FLOOR = ["rtmpq read only", "rtmpq read+demux"] if os.environ.get("INGEST_FLOOR") else []
 KINDS = [*(["rtmpq baseline"] if BASELINE else []), "rtmpq compiled", *(f"rtmpq coalesce {w}" for w in COALESCE),
-         "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+         *FLOOR, "rtmpq pure", "nginx-rtmp", "pyrtmp"]
+RUNS = [pytest.param(kind, record, n, id=f"{kind}-{'record' if record else 'live'}-{n}")
+        for kind in KINDS for record in (False, True) for n in (1, 10, 50)
+        if not (record and kind in FLOOR)]  # a cut-short ingest writes no recording
 
 
-@pytest.mark.parametrize("publishers", [1, 10, 50])
-@pytest.mark.parametrize("record", [False, True], ids=["live", "record"])
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind, record, publishers", RUNS)
 def test_ingest_cpu_per_publisher(benchmark, source, kind, record, publishers):
     if kind == "nginx-rtmp" and not Path("/usr/lib/nginx/modules/ngx_rtmp_module.so").exists():
         pytest.fail("nginx with libnginx-mod-rtmp is not installed (make bench-deps)")
