@@ -222,6 +222,54 @@ async def test_separate_nodes_up_transcode_and_edge(tmp_path):
             assert b"Traceback" not in err, err.decode()[-3000:]
 
 
+async def test_the_rungs_of_a_transcoder_that_stops_leave_the_catalog(tmp_path):
+    """`rtmpq up` + `rtmpq transcode --upstream` + `rtmpq edge`: once the transcoder node is gone,
+    the broadcast's catalog is re-issued without its rungs, so players are no longer offered
+    renditions nobody makes; the source rendition plays on."""
+    need("ffmpeg")
+    from .test_nodes_cli import get_when_ready, start
+
+    prtmp, pmoq, phttp, pedge = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3"}
+    procs, publisher = [], None
+
+    async def multivariant() -> str:
+        return (await get_when_ready(f"http://127.0.0.1:{pedge}/live/rungs/index.m3u8")).decode()
+
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        transcoder = await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "360p", env=env)
+        procs.append(transcoder)
+        procs.append(await start("edge", "--http", f"127.0.0.1:{pedge}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                 "--insecure", env=env))
+        await wait_tcp(prtmp)
+        publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{prtmp}/live/rungs", str(tmp_path / "ref.flv"), seconds=60, size="1280x720"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(40):
+            while "video-360p.m3u8" not in await multivariant():
+                await asyncio.sleep(0.3)
+        transcoder.terminate()
+        await transcoder.wait()
+        async with asyncio.timeout(20):
+            while "video-360p.m3u8" in (listing := await multivariant()):
+                await asyncio.sleep(0.3)
+        assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
+        assert publisher.returncode is None, "the publish ended before the rung was unlisted"
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            _, err = await p.communicate()
+            assert b"Traceback" not in err, err.decode()[-3000:]
+
+
 async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_relay(tmp_path):
     """`rtmpq ingest --upstream` -> `rtmpq relay` <- `rtmpq transcode --upstream`: the relay
     re-issues the relayed broadcast's catalog with the rung listed, and serves it on demand."""

@@ -67,6 +67,12 @@ class BroadcastSource:
         self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
         self.fanouts[CATALOG_TRACK].end_group(group)
 
+    def set_added(self, added: tuple) -> None:
+        """The tracks a trusted node adds to this broadcast (its rungs; () when it is gone): the
+        catalog is re-issued with them."""
+        self.added = added
+        self._on_catalog(self.broadcast.catalog)
+
     def update_demand(self) -> None:
         """Tell the broadcast which tracks have MoQ subscribers here, so a transcoder makes a rung
         only while someone watches it."""

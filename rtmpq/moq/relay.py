@@ -663,8 +663,7 @@ class MoqRelay:
         self._added[upstream.namespace] = added
         source = self._local_source("/".join(upstream.namespace))
         if source is not None:
-            source.added = added
-            source._on_catalog(source.broadcast.catalog)
+            source.set_added(added)
         else:
             self._reissue_relayed_catalog(upstream.namespace)
         log.info("%s: tracks added by %s: %s", _label(upstream.namespace), upstream.conn.peer,
@@ -773,8 +772,7 @@ class MoqRelay:
                 self._added.pop(upstream.namespace, None)
                 source = self._sources.get("/".join(upstream.namespace))
                 if source is not None and not source.ended:
-                    source.added = ()
-                    source._on_catalog(source.broadcast.catalog)
+                    source.set_added(())
                 else:
                     self._reissue_relayed_catalog(upstream.namespace)
             self._orphan(upstream, time.monotonic())
