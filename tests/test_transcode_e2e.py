@@ -51,6 +51,16 @@ async def subscribe(node, name: str, track: str, out: dict) -> None:
                 out.setdefault(item.track, []).append(item)
 
 
+async def stop_nodes(procs) -> None:
+    """Terminate node processes and check that none of them died of an exception."""
+    for p in procs:
+        if p.returncode is None:
+            p.terminate()
+    for p in procs:
+        _, err = await p.communicate()
+        assert b"Traceback" not in err, err.decode()[-3000:]
+
+
 def first_nal_types(payload) -> list[int]:
     data, types, pos = bytes(payload), [], 0
     while pos + 4 <= len(data):
@@ -214,12 +224,7 @@ async def test_separate_nodes_up_transcode_and_edge(tmp_path):
         firsts = [o for o in objects if o["track"] == "video-360p" and o["object"] == 0]
         assert len(firsts) >= 2 and all(o["keyframe"] for o in firsts)
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            _, err = await p.communicate()
-            assert b"Traceback" not in err, err.decode()[-3000:]
+        await stop_nodes(procs)
 
 
 async def test_the_rungs_of_a_transcoder_that_stops_leave_the_catalog(tmp_path):
@@ -262,12 +267,7 @@ async def test_the_rungs_of_a_transcoder_that_stops_leave_the_catalog(tmp_path):
         if publisher is not None and publisher.returncode is None:
             publisher.kill()
             await publisher.wait()
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            _, err = await p.communicate()
-            assert b"Traceback" not in err, err.decode()[-3000:]
+        await stop_nodes(procs)
 
 
 async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_relay(tmp_path):
@@ -302,12 +302,7 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
         rung = [o for o in lines if o.get("track") == "video-360p"]
         assert len({o["group"] for o in rung}) >= 2 and all(o["keyframe"] for o in rung if o["object"] == 0)
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            _, err = await p.communicate()
-            assert b"Traceback" not in err, err.decode()[-3000:]
+        await stop_nodes(procs)
 
 
 def metric_values(text: str, name: str, broadcast: str = "live/behind") -> dict[str, float]:
@@ -417,9 +412,4 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
         skips = metric_values(metrics, "rtmpq_transcode_skipped_groups_total", "live/slow")
         assert skips["video-480p"] >= 1
     finally:
-        for p in procs:
-            if p.returncode is None:
-                p.terminate()
-        for p in procs:
-            _, err = await p.communicate()
-            assert b"Traceback" not in err, err.decode()[-3000:]
+        await stop_nodes(procs)
