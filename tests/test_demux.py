@@ -27,8 +27,8 @@ def sample_flv(tmp_path_factory):
     return path
 
 
-def publish_through_session(tags, offset: int, chunk_size: int):
-    """Publish the tags with every timestamp shifted by ``offset`` (mod 2**32); demux what arrives."""
+def publish_through_session(tags, offset: int, chunk_size: int, wrap: int = 2**32):
+    """Publish the tags with every timestamp shifted by ``offset`` (mod ``wrap``); demux what arrives."""
     session = RtmpServerSession()
     client = InMemoryPublisher(session, chunk_size=chunk_size)
     stream_id = client.connect_and_publish("wrap")
@@ -38,7 +38,7 @@ def publish_through_session(tags, offset: int, chunk_size: int):
     out = []
     for tag_type, ts, body in tags:
         csid = {8: 4, 9: 6, 18: 5}[tag_type]
-        client.send(csid, (ts + offset) & 0xFFFFFFFF, tag_type, stream_id, body)
+        client.send(csid, (ts + offset) % wrap, tag_type, stream_id, body)
         for ev in client.events():
             assert isinstance(ev, MediaMessage)
             out += demuxer.message(ev.type_id, ev.timestamp, ev.body)
@@ -134,7 +134,7 @@ def test_data_objects_of_an_audio_only_broadcast_follow_the_audio_groups():
     assert {f.group for f in data} == {0, 1, 2}
 
 
-def publish_through_media_sink(tags, offset: int, chunk_size: int):
+def publish_through_media_sink(tags, offset: int, chunk_size: int, wrap: int = 2**32):
     """As publish_through_session, with the fast path: a media sink that calls demuxer.media."""
     session = RtmpServerSession()
     client = InMemoryPublisher(session, chunk_size=chunk_size)
@@ -144,7 +144,7 @@ def publish_through_media_sink(tags, offset: int, chunk_size: int):
     out = []
     session.accept_publish(stream_id, lambda *msg: out.extend(demuxer.media(*msg)))
     for tag_type, ts, body in tags:
-        client.send({8: 4, 9: 6, 18: 5}[tag_type], (ts + offset) & 0xFFFFFFFF, tag_type, stream_id, body)
+        client.send({8: 4, 9: 6, 18: 5}[tag_type], (ts + offset) % wrap, tag_type, stream_id, body)
         assert not [ev for ev in client.events() if isinstance(ev, MediaMessage)]
     return demuxer, out
 
@@ -178,6 +178,19 @@ def test_the_media_sink_fast_path_gives_what_the_events_give(sample_flv, offset,
     assert len([i for i in fast_out if not isinstance(i, Catalog)]) > 100
     assert fast.stats == slow.stats
     assert (fast.stats.bad_access_units > 0) == broken
+
+
+@pytest.mark.parametrize("publish", [publish_through_session, publish_through_media_sink])
+def test_timestamps_that_wrap_at_2_31_as_ffmpeg_and_obs_send_them_go_on(sample_flv, publish):
+    """FFmpeg's and OBS's FLV writers keep 31 bits of a timestamp (``(ts >> 24) & 0x7F``), so
+    their timestamps wrap at 2**31 ms (24.8 days into a publish, or at once after -copyts or
+    -output_ts_offset): a step from near 2**31 to near 0 is time going on, not 24.8 days back."""
+    tags = list(read_flv_tags(str(sample_flv)))
+    offset = 2**31 - 1500
+    _, out = publish(tags, offset, 4096, wrap=2**31)
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    assert [(f.track, f.dts - offset, f.pts - offset) for f in frames] == [
+        (p.track, p.dts, p.pts) for p in probe_packets(str(sample_flv))]
 
 
 @pytest.mark.parametrize("chunk_size", [128, 4096])

@@ -61,6 +61,8 @@ HOSTILE = {
     "path traversal key": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "../../etc/passwd", "live"))), "publish: invalid stream name"),
     # says nothing at all: closed at the handshake deadline
     "silent client": (b"", "no successful connect within 1.5 s"),
+    # connects (no key needed) and never publishes: it would hold one of MAX_RTMP_CONNECTIONS for good
+    "connected client that never publishes": (after_connect(), "no publish within 1.5 s"),
 }
 
 

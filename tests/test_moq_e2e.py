@@ -12,7 +12,9 @@ from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import need, until
+from rtmpq.nodes.up import UpNode
+
+from .conftest import local_config, need, until
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
@@ -114,6 +116,19 @@ def test_fingerprint_on_aiopquic_says_to_pin_with_cafile():
 
     with pytest.raises(ConfigError, match="--cafile"):
         validate(Config(upstream=UpstreamConfig(url="moqt://a:1", fingerprint="00" * 32)))
+
+
+async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
+    """A second node on the same UDP port does not start. picoquic, when it cannot bind its
+    port, runs with no socket at all and says nothing: the node logged that it listened."""
+    config = local_config(tmp_path / "second", node.moq_config.backend)
+    config.moq.port = node.moq_address[1]
+    second = UpNode(config)
+    try:
+        with pytest.raises(OSError, match=str(config.moq.port)):
+            await second.start()
+    finally:
+        await second.close()
 
 
 async def test_a_node_shutting_down_sends_goaway(node):

@@ -169,6 +169,22 @@ def test_handshake_deadline():
     assert isinstance(event, ConnectionFailed) and "connect" in event.reason
 
 
+def test_the_deadline_stands_after_connect_until_a_publish_is_accepted():
+    session = RtmpServerSession(now=100.0)
+    client = InMemoryPublisher(session)
+    stream_id = client.connect_and_publish("cam1")
+    client.events()
+    assert session.timer_deadline == 110.0  # connected, publish asked for, not yet accepted
+    session.accept_publish(stream_id)
+    assert session.timer_deadline is None
+    idle = RtmpServerSession(now=100.0)  # connects, asks to publish, is never accepted
+    idle_client = InMemoryPublisher(idle)
+    idle_client.connect_and_publish("cam1")
+    idle_client.events()
+    idle.handle_timer(110.0)
+    assert [e.reason for e in idle_client.events() if isinstance(e, ConnectionFailed)] == ["no publish within 10 s"]
+
+
 def test_query_string_of_the_key_is_not_part_of_the_name():
     client = InMemoryPublisher(RtmpServerSession())
     client.connect_and_publish("cam1?token=secret")

@@ -1,6 +1,6 @@
 """From RTMP media messages (FLV tag bodies) to a broadcast: catalog updates and frames.
 
-Per publish session: timestamps are unwrapped from 32-bit milliseconds with serial arithmetic,
+Per publish session: timestamps are unwrapped from 32-bit (or 31-bit) milliseconds with serial arithmetic,
 sequence headers become catalog tracks, every coded frame becomes a ``Frame`` whose payload is a
 view into the message body (no copy).
 
@@ -52,8 +52,16 @@ AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
 
 
+# FFmpeg's and OBS's FLV writers keep 31 bits of a timestamp (``(ts >> 24) & 0x7F``), so their
+# timestamps wrap at 2**31 ms, 24.8 days into a publish (or at once after -copyts): a step back
+# by more than this (12.4 days between two messages) is such a wrap, time going on by
+# ``delta + 2**31``. Publishers that send all 32 bits never step back that far.
+WRAP_31_STEP_BACK = 0x40000000
+
+
 class TimestampUnwrapper:
-    """32-bit millisecond timestamps to a monotonic-ish 64-bit timeline (serial arithmetic)."""
+    """32-bit millisecond timestamps to a monotonic-ish 64-bit timeline (serial arithmetic), and
+    31-bit ones (see WRAP_31_STEP_BACK)."""
 
     __slots__ = ("_last",)
 
@@ -65,6 +73,8 @@ class TimestampUnwrapper:
             self._last = ts32
             return ts32
         delta = ((ts32 - self._last) + 0x80000000) % 0x100000000 - 0x80000000
+        if delta < -WRAP_31_STEP_BACK:
+            delta += 0x80000000
         self._last += delta
         return self._last
 
@@ -159,7 +169,10 @@ class BroadcastDemuxer:
         if last is None:
             ts = clock._last = timestamp
         else:
-            ts = clock._last = last + ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            delta = ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            if delta < -WRAP_31_STEP_BACK:
+                delta += 0x80000000
+            ts = clock._last = last + delta
         self._now_ms = received_ns // 1_000_000 if received_ns else None
         if type_id == 8:
             if not payload:

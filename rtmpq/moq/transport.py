@@ -18,6 +18,7 @@ Both: a handshake (setup) timeout and an idle timeout.
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections import deque
@@ -701,10 +702,26 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         loop.call_later(HANDSHAKE_TIMEOUT, check_setup)
         return conn
 
-    server = await serve_fn(host, port, configuration=config, create_protocol=factory)
+    try:
+        if backend == "aiopquic":
+            _check_udp_port_free(host, port)
+        server = await serve_fn(host, port, configuration=config, create_protocol=factory)
+    except OSError as exc:  # say which listener: the bare errno names no address
+        raise OSError(exc.errno, f"MoQ listener on udp {host}:{port}: {exc.strerror or exc}") from None
     if backend != "aiopquic":
         widen_udp_buffers(server._transport)
     return server
+
+
+def _check_udp_port_free(host: str, port: int) -> None:
+    """picoquic binds the port on every interface, whatever ``host`` says, and when that bind
+    fails it runs with no socket at all and says nothing: bind it once here first, so a port in
+    use stops the node at start as it does on aioquic."""
+    if host not in ("", "0.0.0.0", "::"):
+        log.warning("aiopquic listens on udp port %d of every interface, not only %s "
+                    "(--quic-backend aioquic binds that address alone)", port, host)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("0.0.0.0", port))
 
 
 def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, int, str]:

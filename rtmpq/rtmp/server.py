@@ -131,7 +131,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
                 log.warning("%s: closing connection: %s", self.peer, event.reason)
-                self.server.errors["handshake_timeout" if event.reason.startswith("no successful connect")
+                self.server.errors["handshake_timeout" if event.reason.startswith(("no successful connect", "no publish"))
                                    else "protocol_error"] += 1
                 self._close()
         self._flush()  # asyncio flushes what was written before it closes

@@ -43,7 +43,8 @@ from .messages import (
 
 log = logging.getLogger("rtmpq.rtmp")
 
-# Seconds a client has from its first byte to a successful connect command (slowloris guard).
+# Seconds a client has from its first byte to a successful connect command, and to an accepted
+# publish (slowloris guard: connecting needs no key, and an ingest only serves publishers).
 HANDSHAKE_TIMEOUT = 10.0
 # Window we announce (Window Acknowledgement Size) and the peer bandwidth we set.
 SERVER_WINDOW_ACK_SIZE = 2_500_000
@@ -240,7 +241,8 @@ class RtmpServerSession:
     def handle_timer(self, now: float) -> None:
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
-            self._fail(f"no successful connect within {self.limits.handshake_timeout:g} s")
+            waited_for = "successful connect" if self.app is None else "publish"
+            self._fail(f"no {waited_for} within {self.limits.handshake_timeout:g} s")
 
     @property
     def timer_deadline(self) -> float | None:
@@ -250,6 +252,7 @@ class RtmpServerSession:
     def accept_publish(self, stream_id: int, media_sink=None) -> None:
         req = self._pending.pop(stream_id)
         self.publishing[stream_id] = req.broadcast
+        self._deadline = None
         if media_sink is not None:
             self._media_sinks[stream_id] = media_sink
         self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, stream_id))
@@ -384,8 +387,7 @@ class RtmpServerSession:
         if not APP_NAME_PATTERN.fullmatch(app):
             self._send_command(0, "_error", tx, None, _status("error", "NetConnection.Connect.Rejected", "invalid application name"))
             raise RemoteProtocolError("connect: invalid application name")
-        self.app = app
-        self._deadline = None
+        self.app = app  # the deadline stands until a publish is accepted
         self._send(CSID_PROTOCOL, 0, MessageType.WINDOW_ACK_SIZE, 0, window_ack_size_body(SERVER_WINDOW_ACK_SIZE))
         self._send(CSID_PROTOCOL, 0, MessageType.SET_PEER_BANDWIDTH, 0, set_peer_bandwidth_body(SERVER_WINDOW_ACK_SIZE, PeerBandwidthLimit.DYNAMIC))
         self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, 0))
