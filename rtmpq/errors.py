@@ -37,3 +37,8 @@ class LimitExceeded(RemoteProtocolError):
 
 class StreamNameInUse(RtmpqError):
     """A broadcast with this name is already being published."""
+
+
+def listener_error(exc: OSError, what: str, host: str, port: int) -> OSError:
+    """``exc`` from binding a listener, saying which one (a bare errno names no address)."""
+    return OSError(exc.errno, f"{what} listener on {host}:{port}: {exc.strerror or exc}")

@@ -131,6 +131,21 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
         await second.close()
 
 
+@pytest.mark.parametrize("listener", ["RTMP", "HTTP"])
+async def test_a_tcp_port_in_use_names_its_listener(node, tmp_path, listener):
+    """The error a user sees (`rtmpq: ...`) says which of the node's listeners could not bind:
+    the bare errno names no address."""
+    config = local_config(tmp_path / "second", node.moq_config.backend)
+    section, (host, port) = (config.rtmp, node.rtmp.address) if listener == "RTMP" else (config.http, node.edge.address)
+    section.port = port
+    second = UpNode(config)
+    try:
+        with pytest.raises(OSError, match=f"{listener} listener on {host}:{port}: "):
+            await second.start()
+    finally:
+        await second.close()
+
+
 async def test_a_node_shutting_down_sends_goaway(node):
     from rtmpq.moq.events import GoawayReceived
 

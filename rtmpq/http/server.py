@@ -36,6 +36,7 @@ import h2.exceptions
 import h2.settings
 import h11
 
+from ..errors import listener_error
 from .message import Request, Response, text
 
 log = logging.getLogger("rtmpq.http")
@@ -79,8 +80,11 @@ class HttpServer:
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             ctx.set_alpn_protocols(["h2", "http/1.1"])
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), self.config.host, self.config.port,
-                                                ssl=ctx, ssl_handshake_timeout=self.config.request_timeout if ctx else None)
+        try:
+            self._server = await loop.create_server(lambda: _Connection(self), self.config.host, self.config.port, ssl=ctx,
+                                                    ssl_handshake_timeout=self.config.request_timeout if ctx else None)
+        except OSError as exc:
+            raise listener_error(exc, "HTTP", self.config.host, self.config.port) from None
 
     @property
     def address(self) -> tuple[str, int]:

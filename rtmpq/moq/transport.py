@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
+from ..errors import listener_error
 from . import congestion, wire
 from .native_memory import pin_mmap_threshold
 from .session import MoqSession
@@ -706,8 +707,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         if backend == "aiopquic":
             _check_udp_port_free(host, port)
         server = await serve_fn(host, port, configuration=config, create_protocol=factory)
-    except OSError as exc:  # say which listener: the bare errno names no address
-        raise OSError(exc.errno, f"MoQ listener on udp {host}:{port}: {exc.strerror or exc}") from None
+    except OSError as exc:
+        raise listener_error(exc, "MoQ (udp)", host, port) from None
     if backend != "aiopquic":
         widen_udp_buffers(server._transport)
     return server

@@ -95,7 +95,8 @@ class IngestNode:
         self.access = access or Access(self.publish_config)
         self.server = RtmpServer(self, self.config)
         self.publishes: dict[str, Publish] = {}  # by broadcast name
-        self._finalizing: set[asyncio.Future] = set()  # recordings being closed        self._idle_task: asyncio.Task | None = None
+        self._finalizing: set[asyncio.Future] = set()  # recordings being closed
+        self._idle_task: asyncio.Task | None = None
 
     @property
     def address(self) -> tuple[str, int]:

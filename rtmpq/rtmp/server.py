@@ -12,6 +12,7 @@ from typing import Protocol
 
 from ..codec import NEED_DATA
 from ..config import IngestConfig
+from ..errors import listener_error
 from .reader import SharedReader
 from .session import (
     ConnectionFailed,
@@ -188,9 +189,12 @@ class RtmpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.reader = SharedReader.create(loop, self.config.read_coalesce)
-        self._server = await loop.create_server(
-            lambda: RtmpConnection(self), self.config.host, self.config.port
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: RtmpConnection(self), self.config.host, self.config.port
+            )
+        except OSError as exc:
+            raise listener_error(exc, "RTMP", self.config.host, self.config.port) from None
         log.info("RTMP listening on %s:%d", *self.address)
 
     @property
