@@ -161,3 +161,49 @@ async def test_hls_player_rides_through_a_publisher_reconnect(node, tmp_path):
     assert len(played) > 8 * 30, len(played)
     pts = [int(line.split(",")[2]) for line in played]
     assert pts == sorted(pts)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_subscription_outlives_a_publisher_gap_longer_than_the_quic_idle_timeout(tmp_path, monkeypatch, backend):
+    """While a broadcast waits for its publisher (the grace period) nothing flows on its MoQ
+    sessions; the client keeps them alive (QUIC PING) or QUIC's idle timeout closes them. Seen
+    before: with `[publish] grace_period` above 30 s every subscriber and relay below lost its
+    session 30 s into the gap (rtmpq sub exited "not back within 30 s")."""
+    need("ffmpeg")
+    from rtmpq.moq import transport
+
+    idle = 1.5  # the test's idle timeout (30 s in a node)
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)
+    monkeypatch.setattr(transport, "KEEPALIVE_INTERVAL", idle / 3)
+    node = await start_up_node(tmp_path, backend, publish=PublishConfig(grace_period=30.0))
+    try:
+        url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gap"
+        host, port = node.moq_address
+        frames: list[Frame] = []
+        conns = []
+
+        async def subscribe():
+            async with connect_moq(host, port, insecure=True, backend=backend) as conn:
+                conns.append(conn)
+                async for item in subscribe_broadcast(conn, "live/gap", wait=20, delivery_timeout_ms=30_000):
+                    if isinstance(item, Frame):
+                        frames.append(item)
+
+        sub = asyncio.create_task(subscribe())
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=2))
+        assert rc == 0, out
+        broadcast = node.registry.get("live/gap")
+        await until(lambda: not broadcast.publishing, what="the publisher to leave")
+        first = len(frames)
+        assert first > 0 and conns
+        # quiet for three idle timeouts: the session must stay open
+        with pytest.raises(AssertionError, match="timed out"):
+            await until(lambda: sub.done() or conns[0].session.closed, deadline=3 * idle, what="a lost session")
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "b.flv"), seconds=2))
+        assert rc == 0, out
+        await until(lambda: len(frames) >= first + 60 or sub.done(), what="frames of the second publish")
+        assert not sub.done(), sub.exception() if not sub.cancelled() else "cancelled"
+        broadcast.end()
+        await asyncio.wait_for(sub, 10)
+    finally:
+        await node.close()

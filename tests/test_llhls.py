@@ -323,3 +323,33 @@ def test_the_cached_playlist_is_always_the_one_the_stream_would_make_now():
     stream.end()
     assert stream.media_playlist() == stream._render_media_playlist("") and "#EXT-X-ENDLIST" in stream.media_playlist()
     assert checked == 400 and stream.media_playlist() is stream.media_playlist()  # the same text, not made again
+
+
+@pytest.mark.parametrize("track", [VIDEO, AUDIO])
+def test_a_late_frame_of_the_previous_group_does_not_cut_a_segment(track):
+    """Each group travels on its own QUIC stream and a relay sends the newest group first, so
+    after a burst (an upstream relay restarted, a loss recovered) the last frame of group N can
+    reach an edge after the first of group N+1 (seen with a relay restarted in a chain). The
+    late frame's segment is already closed: it is left out, never made a segment of its own
+    (which began on a non-key frame, lasted a frame and made players fail to decode)."""
+    frames: list[Frame] = []
+
+    class Collect:
+        push = frames.append
+    push_media(Collect, 30, 6.0, 1.0)  # type: ignore[arg-type]
+    frames = [f for f in frames if f.track == track]
+    swapped = list(frames)
+    for i in range(1, len(frames)):
+        if frames[i].group != frames[i - 1].group:  # the next group's first frame overtakes the last
+            swapped[i - 1], swapped[i] = frames[i], frames[i - 1]
+    in_order, late = (LlHlsStream(tracks={track}, prefix="x-", part_target=0.2) for _ in range(2))
+    for stream, sequence in ((in_order, frames), (late, swapped)):
+        stream.set_catalog(av_catalog())
+        for f in sequence:
+            stream.push(f)
+        stream.end()
+    assert [s.msn for s in late.segments] == [s.msn for s in in_order.segments] == list(range(6))
+    assert all(s.parts[0].independent for s in late.segments)
+    # the frame left out is covered by the one before it (lasting until the next group)
+    assert all(0.5 < s.duration < 1.5 for s in list(late.segments)[:-1])
+    assert sum(s.duration for s in late.segments) == pytest.approx(sum(s.duration for s in in_order.segments), abs=0.05)

@@ -16,7 +16,7 @@ from rtmpq.moq.group_cache import GroupCache
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import LARGEST_VARINT, RequestError
 
-from .conftest import need
+from .conftest import need, until
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 
 
@@ -252,6 +252,61 @@ async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstrea
     assert rc == 0, output
     assert result.end == (0, 0)
     assert as_packets(result.frames) == reference_groups(ref)[0]
+
+
+async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node, tmp_path):
+    """aiomoqt's join sends SUBSCRIBE (largest object) and its joining FETCH together. At a relay
+    below (B, --upstream A) that was not carrying the track, the FETCH used to arrive while the
+    SUBSCRIBE waited for A and was refused (INVALID_JOINING_REQUEST_ID: draft 16 lets a pending
+    subscription be joined), and B's SUBSCRIBE_OK said nothing existed. Now B answers with A's
+    Largest Location and passes the FETCH up to A: the joined group arrives whole, half from the
+    fetch and half from the subscription."""
+    from aiomoqt.client import MOQTClient
+    from aiomoqt.types import FetchType
+
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.nodes.remote import UpstreamLink
+    from rtmpq.nodes.up import free_udp_port
+
+    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/joinb", 1), 30)
+    backend = node.moq_config.backend
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_udp_port("127.0.0.1")
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    host_a, port_a = node.moq_address
+    link = UpstreamLink(relay_b, f"moqt://{host_a}:{port_a}", insecure=True, backend=backend)
+    link.start()
+    fetched, live = [], []
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        client = MOQTClient("127.0.0.1", port_b, use_quic=True, verify_tls=False)
+        async with client.connect() as session:
+            await session.client_session_init()
+            session.on_fetch_object = lambda msg, *_: fetched.append((msg.group_id, msg.object_id))
+            _, fetch_ok = await asyncio.wait_for(session.join(
+                ("live", "joinb"), "video", fetch_type=FetchType.RELATIVE_JOINING, joining_start=1,
+                wait_response=True,
+                on_object=lambda msg, _size, _now, group_id=None, *_: live.append((group_id, msg.object_id))), 10)
+            await session.await_fetch_done(fetch_ok.request_id, timeout=5)
+            joined = fetch_ok.largest_group_id
+            await until(lambda: any(g > joined for g, _ in live), deadline=10, what="the next group, live")
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+    rc, output = await publisher
+    assert rc == 0, output
+    groups = reference_groups(ref)
+    assert fetched and fetched[0] == (joined - 1, 0)
+    whole = sorted(fetched + [x for x in live if x[0] == joined])
+    assert [x for x in whole if x[0] == joined - 1] == [(joined - 1, i) for i in range(len(groups[joined - 1]))]
+    assert [x for x in whole if x[0] == joined] == [(joined, i) for i in range(len(groups[joined]))]
 
 
 async def test_a_relay_passes_on_at_most_a_few_fetches_of_one_subscriber(tmp_path):

@@ -265,3 +265,21 @@ def test_request_update_and_publish_forward_on_the_wire():
     pub = wire.Publish(6, (b"live", b"cam"), b"video-480p", 3, {wire.PARAM_FORWARD: 0})
     decoded, _ = wire.decode_control_message(wire.encode_control_message(pub))
     assert decoded.params[wire.PARAM_FORWARD] == 0
+
+
+async def test_only_rungs_are_logged_as_watched_and_stopped(caplog):
+    """Demand comes for every track of a broadcast (the relay's subscribers: catalog, audio, the
+    source video); only a rung's is the transcoder's to start and stop. Before, an operator read
+    "audio: watched; encoding" and "catalog: nobody watches; stopped" for nothing being encoded."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    caplog.set_level("INFO", "rtmpq.transcode")
+    bt = BroadcastTranscoder("live/x", parse_ladder("360p"), TranscodeConfig(idle_stop=0.0),
+                             lambda tracks: None, lambda frame: None)
+    for track in ("catalog", "audio", "video", "video-360p"):
+        bt.set_wanted(track, True)
+    assert bt.wanted == {"video-360p"}
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and logged[0].endswith(" video-360p: watched; encoding"), logged
+    bt.close()

@@ -184,6 +184,10 @@ class LlHlsStream:
         primary = self._primary
         if frame.track == primary:
             if frame.group != self._group:
+                if self._group is not None and frame.group < self._group and frame.index != 0:
+                    # the tail of a group whose segment is closed, overtaken by the next group
+                    # on another QUIC stream (a relay sends the newest group first): too late
+                    return
                 seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
                 if self.follows is not None and not seam and self._last_dts is not None \
                         and (frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:

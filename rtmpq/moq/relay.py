@@ -115,6 +115,9 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
+        # joining FETCHes of a SUBSCRIBE still waiting (for the track upstream, or a new local
+        # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
+        self._held_fetches: dict[tuple[int, int], list[ev.FetchRequested]] = {}
         self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
         self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
@@ -341,7 +344,7 @@ class MoqRelay:
         if (conn, event) in source.waiting:
             source.waiting.remove((conn, event))
             if not conn.session.closed:
-                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such track")
                 conn.flush()
 
     def _publisher_for(self, namespace: tuple[str, ...]) -> MoqConnection | None:
@@ -361,9 +364,15 @@ class MoqRelay:
         self._aliases[id(conn)] = alias + 1
         return alias
 
-    def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout) -> None:
+    def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout,
+                upstream: UpstreamTrack | None = None) -> None:
         alias = self._new_alias(conn)
         largest = fanout.cache.largest
+        # a track just subscribed upstream: nothing is here yet, but the publisher above said what
+        # it has (a joining FETCH of this subscription is then passed up there)
+        from_upstream = largest is None and upstream is not None and upstream.largest is not None
+        if from_upstream:
+            largest = upstream.largest
         start_group = None
         if event.filter_type in (FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START):
             start_group = largest[0] + 1 if largest else 0
@@ -372,6 +381,9 @@ class MoqRelay:
         self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout, start_group)
         s = self._subs[(id(conn), event.request_id)]
         s.filter_type, s.largest = event.filter_type, largest
+        s.upstream = upstream if from_upstream else None
+        for fetch in self._held_fetches.pop((id(conn), event.request_id), ()):
+            self._on_FetchRequested(conn, fetch)
 
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
                 fanout: TrackFanout, timeout: float, start_group: int | None = None) -> None:
@@ -419,6 +431,11 @@ class MoqRelay:
             start, end, label = event.start, event.end, _label(event.namespace, event.track_name)
         else:
             s = self._subs.get((id(conn), event.joining_request_id))
+            if s is None and self._subscribe_waiting(conn, event.joining_request_id):
+                # draft 16 allows joining a subscription still pending (a subscriber may send
+                # SUBSCRIBE and its joining FETCH together, as aiomoqt's join does)
+                self._held_fetches.setdefault((id(conn), event.joining_request_id), []).append(event)
+                return
             if s is None:
                 conn.session.request_error(event.request_id, RequestError.INVALID_JOINING_REQUEST_ID,
                                            "no such subscription")
@@ -432,6 +449,12 @@ class MoqRelay:
             fanout, label = s.fanout, s.label
             first = max(s.largest[0] - event.joining_start, 0) if event.fetch_type == FETCH_RELATIVE_JOINING else event.joining_start
             start, end = (first, 0), (s.largest[0], s.largest[1] + 1)
+            if s.upstream is not None:  # what it joins is above: ask there for that range
+                self._fetch_upstream(conn, replace(event, fetch_type=FETCH_STANDALONE, namespace=s.upstream.namespace,
+                                                   track_name=s.upstream.track, start=start, end=end), s.upstream.conn)
+                if s.sub.start_group == s.largest[0] + 1:
+                    fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
+                return
         try:
             plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
         except FetchRangeError as exc:
@@ -456,9 +479,21 @@ class MoqRelay:
             # joined group, so fetch + subscription are contiguous
             fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
 
-    def _fetch_upstream(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
+    def _subscribe_waiting(self, conn: MoqConnection, request_id: int) -> bool:
+        holders = [*self._tracks.values(), *self._sources.values()]
+        return any(c is conn and r.request_id == request_id for h in holders for c, r in h.waiting)
+
+    def _refuse_waiting(self, conn: MoqConnection, request: ev.SubscribeRequested, code: int, reason: str) -> None:
+        """Refuse a SUBSCRIBE that was waiting, and the joining FETCHes held for it."""
+        conn.session.request_error(request.request_id, code, reason)
+        for fetch in self._held_fetches.pop((id(conn), request.request_id), ()):
+            conn.session.request_error(fetch.request_id, RequestError.INVALID_JOINING_REQUEST_ID,
+                                       "the subscription it joins was refused")
+
+    def _fetch_upstream(self, conn: MoqConnection, event: ev.FetchRequested, publisher: MoqConnection | None = None) -> None:
         """A track not held here: pass the FETCH to whoever publishes it (or the upstream relay)."""
-        publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
+        if publisher is None:
+            publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
         if publisher is None:
             conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
             return
@@ -578,10 +613,12 @@ class MoqRelay:
             return
         upstream.alias = event.track_alias
         self._by_alias[(id(conn), event.track_alias)] = upstream
+        if event.largest is not None and upstream.group_offset == 0:
+            upstream.largest = event.largest
         waiting, upstream.waiting = upstream.waiting, []
         for sub_conn, request in waiting:
             if not sub_conn.session.closed:
-                self._accept(sub_conn, request, upstream.fanout)
+                self._accept(sub_conn, request, upstream.fanout, upstream)
                 sub_conn.flush()
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
@@ -599,7 +636,7 @@ class MoqRelay:
         self._tracks.pop((upstream.namespace, upstream.track), None)
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
-                sub_conn.session.request_error(request.request_id, event.error_code, event.reason)
+                self._refuse_waiting(sub_conn, request, event.error_code, event.reason)
                 sub_conn.flush()
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
@@ -744,7 +781,7 @@ class MoqRelay:
         self._fanouts_ended([upstream.fanout])
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
-                sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
+                self._refuse_waiting(sub_conn, request, RequestError.DOES_NOT_EXIST, "the publisher left")
 
     def _on_SessionClosed(self, conn: MoqConnection, event: ev.SessionClosed) -> None:
         self.connections.discard(conn)
@@ -755,6 +792,8 @@ class MoqRelay:
             del self._ns_subscribers[key]
         for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
             del self._fetch_streams[key]
+        for key in [k for k in self._held_fetches if k[0] == id(conn)]:
+            del self._held_fetches[key]
         for key, p in list(self._fetch_proxies.items()):
             if p.upstream is conn:  # the upstream went away mid-fetch
                 del self._fetch_proxies[key]
@@ -795,7 +834,7 @@ class MoqRelay:
         upstream.fanout.end_open_groups()
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
-                sub_conn.session.request_error(request.request_id, RequestError.DOES_NOT_EXIST, "the publisher left")
+                self._refuse_waiting(sub_conn, request, RequestError.DOES_NOT_EXIST, "the publisher left")
                 sub_conn.flush()
         upstream.waiting = []
         log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),

@@ -94,4 +94,5 @@ class Subscription:
         # SUBSCRIBE_OK, where a joining FETCH ends
         self.filter_type: int | None = None
         self.largest: tuple[int, int] | None = None
+        self.upstream = None  # the UpstreamTrack whose publisher told that Largest Location (nothing was here yet)
 

@@ -13,7 +13,7 @@
   Unacknowledged bytes per stream are estimated from picoquic's packetized offsets and the
   connection's bytes in flight (``_PquicWriter``).
 
-Both: a handshake (setup) timeout and an idle timeout.
+Both: a handshake (setup) timeout, an idle timeout, and a keep-alive (PING) on both sides.
 """
 
 import asyncio
@@ -42,6 +42,10 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 # Seconds of silence before QUIC closes a connection.
 IDLE_TIMEOUT = 30.0
+# Seconds between QUIC PINGs a client sends: a MoQ session is quiet while its broadcast waits
+# for a publisher (the grace period, which may be longer than IDLE_TIMEOUT) or before it is
+# live, and must not be closed for that.
+KEEPALIVE_INTERVAL = IDLE_TIMEOUT / 3
 DEFAULT_MOQ_PORT = 4443
 # aiopquic: how often (seconds) the connection's bytes in flight are read for the budgets.
 PATH_POLL_INTERVAL = 0.01
@@ -267,6 +271,19 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
         self._writer = _AioquicWriter(self._quic)
         self._init_moq(self._writer, is_client, path, token)
         _cap_pto_backoff(self._quic._loss)
+        # aioquic sends no keep-alive of its own (aiopquic: keep_alive_interval)
+        self._keepalive = self._loop.call_later(KEEPALIVE_INTERVAL, self._keep_alive)
+
+    def _keep_alive(self) -> None:
+        if self.session.closed:
+            return
+        self._quic.send_ping(0)
+        self.transmit()
+        self._keepalive = self._loop.call_later(KEEPALIVE_INTERVAL, self._keep_alive)
+
+    def connection_lost(self, exc) -> None:
+        self._keepalive.cancel()
+        super().connection_lost(exc)
 
     def _flush(self) -> None:
         super()._flush()
@@ -682,7 +699,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
 
         config = PquicConfiguration(is_client=False, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
-                                    stream_ring_cap=PQUIC_STREAM_RING_BYTES)
+                                    keep_alive_interval=KEEPALIVE_INTERVAL, stream_ring_cap=PQUIC_STREAM_RING_BYTES)
         config.load_cert_chain(str(certfile), str(keyfile))
         cls = _pquic_protocol_class()
         serve_fn = pquic_serve
@@ -752,7 +769,8 @@ class connect_moq:
             if self._fingerprint:
                 raise ValueError(FINGERPRINT_NEEDS_AIOQUIC)
             config = PquicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], idle_timeout=IDLE_TIMEOUT,
-                                        server_name=host, stream_ring_cap=PQUIC_STREAM_RING_BYTES)
+                                        keep_alive_interval=KEEPALIVE_INTERVAL, server_name=host,
+                                        stream_ring_cap=PQUIC_STREAM_RING_BYTES)
             if insecure:
                 config.verify_mode = ssl.CERT_NONE
             elif cafile:

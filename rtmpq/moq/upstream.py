@@ -31,6 +31,7 @@ class UpstreamTrack:
         self.group_offset = 0
         self.check_offset = False
         self.orphaned_at: float | None = None  # the source session was lost at this time
+        self.largest: tuple[int, int] | None = None  # the publisher's Largest Location in its SUBSCRIBE_OK
         # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
         self.on_demand = False
         self.forward = True

@@ -105,6 +105,8 @@ class BroadcastTranscoder:
 
     def set_wanted(self, track: str, wanted: bool) -> None:
         """A rung gained its first viewer (start it now) or lost its last (stop it a little later)."""
+        if not is_rung_track(track):
+            return  # demand for the source's own tracks (catalog, audio, video) is not ours to meet
         stop = self._stops.pop(track, None)
         if stop is not None:
             stop.cancel()
