@@ -42,7 +42,7 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 # Seconds of silence before QUIC closes a connection.
 IDLE_TIMEOUT = 30.0
-# Seconds between QUIC PINGs a client sends: a MoQ session is quiet while its broadcast waits
+# Seconds between QUIC PINGs either end of a session sends: a MoQ session is quiet while its broadcast waits
 # for a publisher (the grace period, which may be longer than IDLE_TIMEOUT) or before it is
 # live, and must not be closed for that.
 KEEPALIVE_INTERVAL = IDLE_TIMEOUT / 3
