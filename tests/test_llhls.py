@@ -353,3 +353,26 @@ def test_a_late_frame_of_the_previous_group_does_not_cut_a_segment(track):
     # the frame left out is covered by the one before it (lasting until the next group)
     assert all(0.5 < s.duration < 1.5 for s in list(late.segments)[:-1])
     assert sum(s.duration for s in late.segments) == pytest.approx(sum(s.duration for s in in_order.segments), abs=0.05)
+
+
+def test_a_segment_slightly_longer_than_the_rest_keeps_the_target_duration():
+    """RFC 8216 6.2.1: the target duration MUST NOT change, and it bounds each EXTINF rounded to
+    the nearest integer. A group 40 ms longer than 2 s (jitter, an upstream restart) fits the
+    target of 2 s; groups of 2.6 s need 3."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=6)
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    dts = 0
+    for group, frames in enumerate((20, 20, 20, 20)):  # 100 ms frames: 2 s groups
+        for i in range(frames):
+            stream.push(Frame(VIDEO, group, i, dts, dts, i == 0, b"\x00\x00\x00\x01\x65" if i == 0 else b"\x00\x00\x00\x01\x41", 1))
+            dts += 140 if (group, i) == (1, 5) else 100  # one frame 40 ms late: a group over 2 s
+    stream.end()
+    playlist = stream.media_playlist()
+    longest = max(float(d) for d in re.findall(r"#EXTINF:([\d.]+),", playlist))
+    assert 2.0 < longest < 2.5 and "#EXT-X-TARGETDURATION:2\n" in playlist, playlist
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=6)
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    push_group(stream, 0, frames=26)  # 2.6 s
+    push_group(stream, 1, frames=26)
+    stream.end()
+    assert "#EXT-X-TARGETDURATION:3\n" in stream.media_playlist()

@@ -405,7 +405,9 @@ class LlHlsStream:
 
     # -- playlists ------------------------------------------------------------------------------
     def target_duration(self) -> int:
-        return max(1, math.ceil(self.max_segment_duration or 2.0))
+        # RFC 8216 bounds each EXTINF rounded to the nearest integer (.5 up): a segment a little
+        # longer than its GoP (jitter) does not raise the target, which must not change
+        return max(1, math.floor((self.max_segment_duration or 2.0) + 0.5))
 
     def media_playlist(self, query: str = "") -> str:
         """The media playlist; ``query`` (``?token=...``) is appended to every URI in it."""
