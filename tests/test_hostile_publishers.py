@@ -127,6 +127,16 @@ async def test_hostile_clients_are_closed_with_a_logged_reason_while_a_real_publ
             await asyncio.sleep(0.01)
 
 
+async def test_a_client_that_unpublishes_and_stays_connected_is_closed_at_the_deadline(ingest, caplog):
+    """It would hold one of MAX_RTMP_CONNECTIONS for good: after its publish ends it has the
+    handshake deadline to publish again, as after connect."""
+    client = await TcpPublisher.publish(ingest.address[1], "quits")
+    peer = "%s:%d" % client.writer.get_extra_info("sockname")[:2]
+    client.command(0, "deleteStream", 4.0, None, float(client.stream_id))
+    assert await client.closed(timeout=10)
+    assert close_reason(caplog, peer) == "no publish within 1.5 s"
+
+
 AAC_CONFIG = b"\xaf\x00\x12\x10"  # AAC LC, 44.1 kHz, stereo
 BAD_AFTER_PUBLISH = {
     # (message type, body) sent on the publishing stream, and the reason the log must give

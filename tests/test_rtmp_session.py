@@ -185,6 +185,32 @@ def test_the_deadline_stands_after_connect_until_a_publish_is_accepted():
     assert [e.reason for e in idle_client.events() if isinstance(e, ConnectionFailed)] == ["no publish within 10 s"]
 
 
+def test_a_client_that_unpublishes_and_stays_connected_has_the_deadline_to_publish_again():
+    session = RtmpServerSession(now=100.0)
+    client = InMemoryPublisher(session)
+    stream_id = client.connect_and_publish("cam1")
+    client.events()
+    session.accept_publish(stream_id)
+    client.command(0, "deleteStream", 4.0, None, float(stream_id))
+    assert [type(e) for e in client.events()] == [PublishEnded]
+    session.publish_idle(200.0)
+    assert session.timer_deadline == 210.0
+    session.handle_timer(210.0)
+    assert [e.reason for e in client.events() if isinstance(e, ConnectionFailed)] == ["no publish within 10 s"]
+    # one publish of two ended: the other goes on, no deadline
+    both = RtmpServerSession(now=100.0)
+    two = InMemoryPublisher(both)
+    first = two.connect_and_publish("cam1")
+    two.command(0, "createStream", 5.0, None)
+    two.command(first + 1, "publish", 6.0, None, "cam2", "live", csid=8)
+    for req in [e for e in two.events() if isinstance(e, PublishRequested)]:
+        both.accept_publish(req.stream_id)
+    two.command(0, "deleteStream", 7.0, None, float(first))
+    two.events()
+    both.publish_idle(200.0)
+    assert both.timer_deadline is None and len(both.publishing) == 1
+
+
 def test_query_string_of_the_key_is_not_part_of_the_name():
     client = InMemoryPublisher(RtmpServerSession())
     client.connect_and_publish("cam1?token=secret")

@@ -126,6 +126,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 pub = self.publishes.pop(event.stream_id, None)
                 if pub is not None:
                     pub.close(event.reason)
+                self._publish_idle()
             elif isinstance(event, Connected):
                 log.info("%s: connected to app %r (%s)", self.peer, event.app, event.flash_ver[:64])
             elif isinstance(event, HandshakeCompleted):
@@ -136,6 +137,12 @@ class RtmpConnection(asyncio.BufferedProtocol):
                                    else "protocol_error"] += 1
                 self._close()
         self._flush()  # asyncio flushes what was written before it closes
+
+    def _publish_idle(self) -> None:
+        """Start the deadline to publish again if this connection publishes nothing now."""
+        self.session.publish_idle(asyncio.get_running_loop().time())
+        if self._timer is None and not self._closing:
+            self._arm_timer()
 
     def _close(self) -> None:
         self._closing = True

@@ -244,6 +244,13 @@ class RtmpServerSession:
             waited_for = "successful connect" if self.app is None else "publish"
             self._fail(f"no {waited_for} within {self.limits.handshake_timeout:g} s")
 
+    def publish_idle(self, now: float) -> None:
+        """Call when the client ended a publish: if nothing is published or asked to be on this
+        connection any more, it has ``handshake_timeout`` from ``now`` to publish again, as after
+        connect, else it is closed (it would hold a connection slot for good)."""
+        if not self.publishing and not self._pending and self._deadline is None and not self._failed:
+            self._deadline = now + self.limits.handshake_timeout
+
     @property
     def timer_deadline(self) -> float | None:
         return self._deadline
