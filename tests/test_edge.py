@@ -6,11 +6,13 @@ import json
 import re
 import subprocess
 import threading
+import time
 import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
 from .conftest import need, start_up_node
@@ -23,6 +25,10 @@ async def node(tmp_path):
     n = await start_up_node(tmp_path)  # the edge works the same on either QUIC backend
     yield n
     await n.close()
+
+
+def media_sequence(playlist: str) -> int:
+    return int(re.search(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)$", playlist, re.M)[1])
 
 
 async def http_get(url: str, timeout: float = 15.0) -> tuple[int, dict, bytes]:
@@ -314,13 +320,14 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
     playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
     tags = [line for line in playlist.splitlines()
             if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY" or line.endswith("m4s") and "PART" not in line]
-    assert tags == ['#EXT-X-MAP:URI="v-init-0.mp4"', "v-seg0.m4s", "v-seg1.m4s",
-                    "#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="v-init-1.mp4"', "v-seg2.m4s", "v-seg3.m4s"], playlist
+    n = media_sequence(playlist)  # the broadcast's first segment and init version (sequence_base)
+    assert tags == [f'#EXT-X-MAP:URI="v-init-{n}.mp4"', f"v-seg{n}.m4s", f"v-seg{n + 1}.m4s", "#EXT-X-DISCONTINUITY",
+                    f'#EXT-X-MAP:URI="v-init-{n + 1}.mp4"', f"v-seg{n + 2}.m4s", f"v-seg{n + 3}.m4s"], playlist
     audio = (await http_get(f"{base}/audio.m3u8"))[2].decode()
-    assert "#EXT-X-DISCONTINUITY" not in audio and 'a-init-0.mp4' in audio  # its config did not change
-    for version, (segments, size) in enumerate(((["v-seg0.m4s", "v-seg1.m4s"], (320, 240)),
-                                                 (["v-seg2.m4s", "v-seg3.m4s"], (640, 360)))):
-        status, headers, init = await http_get(f"{base}/v-init-{version}.mp4")
+    assert "#EXT-X-DISCONTINUITY" not in audio and f'a-init-{n}.mp4' in audio  # its config did not change
+    for version, (segments, size) in enumerate(((["v-seg%d.m4s" % n, "v-seg%d.m4s" % (n + 1)], (320, 240)),
+                                                 (["v-seg%d.m4s" % (n + 2), "v-seg%d.m4s" % (n + 3)], (640, 360)))):
+        status, headers, init = await http_get(f"{base}/v-init-{n + version}.mp4")
         assert status == 200 and headers["Cache-Control"] == "max-age=60"
         media = init + b"".join([(await http_get(f"{base}/{name}"))[2] for name in segments])
         path = tmp_path / f"version{version}.mp4"
@@ -334,6 +341,34 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
         assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (*size, sent)
 
 
+async def test_a_new_broadcast_of_the_same_name_never_reuses_an_earlier_ones_uris(node, tmp_path, monkeypatch):
+    """Segments and init segments are served with max-age=60: a publisher back after its grace
+    period (or a restarted node) must not make a URI a player or cache holds name other bytes."""
+    from rtmpq.edge import server as edge_server
+
+    monkeypatch.setattr(edge_server, "ENDED_PLAYLIST_KEEP", 0.2)  # the ended one is forgotten at once
+    base = "http://{}:{}/live/again".format(*node.edge.address)
+    served = []
+    for size in ("320x240", "640x360"):
+        path = tmp_path / f"{size}.flv"
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+                        "-t", "2", "-c:v", "libx264", "-preset", "veryfast", "-g", "30", "-f", "flv", str(path)], check=True)
+        publisher = await TcpPublisher.publish(node.rtmp.address[1], "again")
+        assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
+        for tag_type, ts, body in read_flv_tags(str(path)):
+            if tag_type == 9:
+                publisher.media(tag_type, ts, body)
+        publisher.close()
+        async with asyncio.timeout(15):
+            while not (playlist := (await http_get(f"{base}/video.m3u8"))[2].decode()).rstrip().endswith("#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+        served.append(set(re.findall(r'(v-(?:seg|init-)[\d.]+\.m(?:4s|p4))', playlist)))
+        async with asyncio.timeout(15):  # ended and forgotten: the next publish is a new broadcast
+            while (await http_get(f"{base}/video.m3u8"))[0] == 200:
+                await asyncio.sleep(0.1)
+    assert all(served) and not served[0] & served[1], served
+
+
 async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_frame(node, tmp_path):
     """Instant start: the edge fills a first viewer's playlist window from the relay's group cache,
     so its first playlist lists the segments already published and a player that reads from
@@ -345,10 +380,12 @@ async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_fra
         ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/late", ref, seconds=9)))
     broadcast = await node.registry.wait_for("live/late", 10)
     await inside_group(broadcast, 2)  # 2 s GoPs: group 2 begins at 4 s; arrive inside it, ~5 s in
+    opened = sequence_base(time.time())
     status, _, body = await http_get(f"{base}/video.m3u8")  # the edge's first request for it
     first = body.decode()
     assert status == 200
     assert first.count("#EXTINF") >= 2, first  # groups 0 and 1, whole, in the very first answer
-    assert "#EXT-X-MEDIA-SEQUENCE:0" in first
+    # numbered from the broadcast's start on this edge: the window begins at its first group
+    assert opened <= media_sequence(first) <= sequence_base(time.time()), first
     # a player that starts at the oldest listed segment and reads to the end gets every frame
     await assert_reads_every_frame(f"{base}/index.m3u8", publisher, ref)

@@ -105,19 +105,30 @@ class MediaClock:
         return arrival_ns
 
 
+def sequence_base(now: float) -> int:
+    """Where a broadcast's media sequence numbers and init versions start: the wall clock in
+    tenths of a second (``now``, Unix time). A segment's or init's URI then names the same
+    bytes for good, across broadcasts of one name (a publisher back after its grace period, a
+    restarted node), which players and caches keep for their max-age: one broadcast would
+    reach the numbers of a later one only with groups shorter than 0.1 s."""
+    return int(now * 10)
+
+
 class LlHlsStream:
     """One media playlist: the tracks named in ``tracks`` (all audio/video tracks when None), with
-    every URI it writes prefixed by ``prefix`` (so several streams share one directory)."""
+    every URI it writes prefixed by ``prefix`` (so several streams share one directory); its
+    segments and init versions are numbered from ``first`` (see ``sequence_base``)."""
 
     def __init__(self, *, tracks: set[str] | None = None, prefix: str = "", part_target: float = PART_TARGET,
-                 window: int = SEGMENT_WINDOW) -> None:
+                 window: int = SEGMENT_WINDOW, first: int = 0) -> None:
         self.only = tracks
         self.prefix = prefix
         self.part_target = part_target
         self.window = window
+        self.first = first
         self.catalog: Catalog | None = None
         self.init: bytes | None = None
-        self.init_version = 0
+        self.init_version = first
         self._inits: dict[int, bytes] = {}  # init segment by version, while segments need them
         self._new_init = False  # the next segment opens with a discontinuity
         self._discontinuities = 0
@@ -129,7 +140,7 @@ class LlHlsStream:
         self._pending: dict[str, list[Frame]] = {}
         self._last_duration: dict[str, int] = {}
         self._fragment_seq = 0
-        self._msn = 0
+        self._msn = first
         # the broadcast's first group id (set by the edge): a stream that starts later (a rung
         # pulled when a player asks) numbers its first segment from it, so equal media sequence
         # numbers are the same group in every rendition (players align renditions by them)
@@ -252,7 +263,7 @@ class LlHlsStream:
         self.segments.clear()
         self._pending = {name: [] for name in self._tracks}
         self._group = self._last_dts = None
-        self._msn = 0
+        self._msn = self.first
         self.version += 1
 
     def _pending_frames(self) -> bool:
@@ -302,8 +313,8 @@ class LlHlsStream:
         return abs(gap) > DISCONTINUITY_GAP  # a few ms of overlap between sources is jitter, not a seam
 
     def _open_segment(self, frame: Frame, seam: bool = False) -> None:
-        if not self.segments and self._msn == 0 and self.group_origin is not None:
-            self._msn = max(frame.group - self.group_origin, 0)
+        if not self.segments and self._msn == self.first and self.group_origin is not None:
+            self._msn = self.first + max(frame.group - self.group_origin, 0)
         discontinuity = (self._new_init or seam) and bool(self.segments)
         self._discontinuities += discontinuity
         self._new_init = False

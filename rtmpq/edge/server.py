@@ -31,7 +31,7 @@ from ..media.catalog import RUNG_NAME, Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
-from .llhls import PART_TARGET, LlHlsStream, MediaClock, multivariant_playlist
+from .llhls import PART_TARGET, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
 
 log = logging.getLogger("rtmpq.edge")
 
@@ -50,9 +50,9 @@ MAX_VIEWERS_TRACKED = 16384
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
-_SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,9})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+_SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
-_INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<version>\d{1,9}))?\.mp4$")
+_INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<version>\d{1,12}))?\.mp4$")
 # An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
 # it: this many seconds after its last request, the edge lets it go (and the rung may stop).
 RENDITION_IDLE_SECONDS = 15.0
@@ -114,8 +114,9 @@ class _Broadcast:
     def __init__(self, name: str, part_target: float = PART_TARGET) -> None:
         self.name = name
         self.part_target = part_target
-        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=part_target),
-                        "a": LlHlsStream(tracks={AUDIO}, prefix="a-", part_target=part_target)}
+        self.first = sequence_base(time.time())  # every rendition's segments numbered alike
+        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=part_target, first=self.first),
+                        "a": LlHlsStream(tracks={AUDIO}, prefix="a-", part_target=part_target, first=self.first)}
         self.clock = MediaClock()  # segment dates of every rendition from one anchor
         for stream in self.streams.values():
             stream.clock = self.clock
@@ -252,7 +253,8 @@ class EdgeServer:
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
                         if key is not None and key not in b.streams:
-                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-", part_target=b.part_target)
+                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-", part_target=b.part_target,
+                                                         first=b.first)
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
@@ -398,7 +400,7 @@ class EdgeServer:
         if part is not None and msn is None:
             return text(400, "_HLS_part needs _HLS_msn")
         if msn is not None:
-            newest = stream.segments[-1].msn if stream.segments else 0
+            newest = stream.segments[-1].msn if stream.segments else stream.first
             if msn > newest + 2:
                 return text(400, "_HLS_msn is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
