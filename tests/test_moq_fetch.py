@@ -5,6 +5,7 @@ against `rtmpq up` with an ffmpeg publish, with rtmpq's own client and with aiom
 """
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -217,9 +218,10 @@ async def test_joining_fetch_errors(node, tmp_path):
     assert rc == 0, output
 
 
-async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstream(node, tmp_path):
-    """ffmpeg -> `rtmpq up` (A) <- relay B (--upstream A) <- FETCH: B holds nothing of the track,
-    so it asks A and passes the answer and the objects back."""
+@contextlib.asynccontextmanager
+async def relay_below(node, tmp_path):
+    """Relay B (`--upstream` the node, A), on A's QUIC backend: yields B's MoQ port once its
+    upstream session is up."""
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq.relay import MoqRelay
     from rtmpq.moq.tls import ensure_self_signed
@@ -227,7 +229,6 @@ async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstrea
     from rtmpq.nodes.remote import UpstreamLink
     from rtmpq.nodes.up import free_udp_port
 
-    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/chain", 1), 30)
     backend = node.moq_config.backend
     cert, key = ensure_self_signed(tmp_path / "b-tls")
     relay_b = MoqRelay(BroadcastRegistry())
@@ -240,14 +241,22 @@ async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstrea
     link.start()
     try:
         await asyncio.wait_for(link.connected.wait(), 10)
-        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
-            result = await asyncio.wait_for(fetch_track(conn, "live/chain", "video", (0, 0), (0, 0)), 10)
-            with pytest.raises(FetchError, match="no such track"):  # A's refusal, passed on
-                await asyncio.wait_for(fetch_track(conn, "live/chain", "subtitles", (0, 0), (0, 0)), 10)
+        yield port_b
     finally:
         await link.close()
         relay_b.stop()
         server_b.close()
+
+
+async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstream(node, tmp_path):
+    """ffmpeg -> `rtmpq up` (A) <- relay B (--upstream A) <- FETCH: B holds nothing of the track,
+    so it asks A and passes the answer and the objects back."""
+    publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/chain", 1), 30)
+    async with relay_below(node, tmp_path) as port_b, \
+            connect_moq("127.0.0.1", port_b, insecure=True, backend=node.moq_config.backend) as conn:
+        result = await asyncio.wait_for(fetch_track(conn, "live/chain", "video", (0, 0), (0, 0)), 10)
+        with pytest.raises(FetchError, match="no such track"):  # A's refusal, passed on
+            await asyncio.wait_for(fetch_track(conn, "live/chain", "subtitles", (0, 0), (0, 0)), 10)
     rc, output = await publisher
     assert rc == 0, output
     assert result.end == (0, 0)
@@ -264,27 +273,9 @@ async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node,
     from aiomoqt.client import MOQTClient
     from aiomoqt.types import FetchType
 
-    from rtmpq.media.broadcast import BroadcastRegistry
-    from rtmpq.moq.relay import MoqRelay
-    from rtmpq.moq.tls import ensure_self_signed
-    from rtmpq.moq.transport import serve_moq
-    from rtmpq.nodes.remote import UpstreamLink
-    from rtmpq.nodes.up import free_udp_port
-
     publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/joinb", 1), 30)
-    backend = node.moq_config.backend
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    relay_b = MoqRelay(BroadcastRegistry())
-    port_b = free_udp_port("127.0.0.1")
-    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
-                               backend=backend)
-    relay_b.start()
-    host_a, port_a = node.moq_address
-    link = UpstreamLink(relay_b, f"moqt://{host_a}:{port_a}", insecure=True, backend=backend)
-    link.start()
     fetched, live = [], []
-    try:
-        await asyncio.wait_for(link.connected.wait(), 10)
+    async with relay_below(node, tmp_path) as port_b:
         client = MOQTClient("127.0.0.1", port_b, use_quic=True, verify_tls=False)
         async with client.connect() as session:
             await session.client_session_init()
@@ -296,10 +287,6 @@ async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node,
             await session.await_fetch_done(fetch_ok.request_id, timeout=5)
             joined = fetch_ok.largest_group_id
             await until(lambda: any(g > joined for g, _ in live), deadline=10, what="the next group, live")
-    finally:
-        await link.close()
-        relay_b.stop()
-        server_b.close()
     rc, output = await publisher
     assert rc == 0, output
     groups = reference_groups(ref)
