@@ -215,3 +215,22 @@ async def test_moq_requests_need_tokens_where_auth_says_so(tmp_path):
         assert rc == 0, out
     finally:
         await node.close()
+
+
+@pytest.mark.parametrize("backend, exposed", [("aioquic", False), ("aiopquic", True)])
+async def test_an_open_node_says_it_listens_beyond_loopback_when_its_moq_port_does(tmp_path, caplog, backend, exposed):
+    """Every listener asked for 127.0.0.1; picoquic binds the MoQ port on every interface anyway,
+    so an open node on aiopquic is reachable from the network and must say how to close it."""
+    from rtmpq.nodes.up import run_up
+
+    from .conftest import local_config, until
+
+    caplog.set_level(logging.INFO, "rtmpq")
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_up(local_config(tmp_path, backend), stop))
+    try:
+        await until(lambda: "MoQ (draft 16" in caplog.text or task.done(), what="the node to listen")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert ("this node listens beyond loopback" in caplog.text) == exposed, caplog.text

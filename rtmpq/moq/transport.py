@@ -731,6 +731,12 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
     return server
 
 
+def bound_host(host: str, backend: str) -> str:
+    """The address a MoQ listener asked to listen on ``host`` really binds: picoquic (aiopquic)
+    binds its port on every interface."""
+    return "0.0.0.0" if backend == "aiopquic" else host
+
+
 def _check_udp_port_free(host: str, port: int) -> None:
     """picoquic binds the port on every interface, whatever ``host`` says, and when that bind
     fails it runs with no socket at all and says nothing: bind it once here first, so a port in

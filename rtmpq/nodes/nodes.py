@@ -12,7 +12,7 @@ from ..http.server import HttpServer
 from ..media.broadcast import BroadcastRegistry
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
-from ..moq.transport import serve_moq
+from ..moq.transport import bound_host, serve_moq
 from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
@@ -100,7 +100,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     With a directory, it registers what publishers announce to it and subscribes to anything else
     at the origin the directory names (before trying its upstream)."""
     access = node_access(config)
-    warn_if_open(access, [config.moq.host])
+    warn_if_open(access, [bound_host(config.moq.host, config.moq.backend)])
     directory = await open_directory(config)
     relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
                      stuck_timeout=config.moq.stuck_timeout)

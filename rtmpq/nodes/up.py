@@ -12,7 +12,7 @@ from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
 from ..moq.relay import MoqRelay
 from ..moq.tls import ensure_self_signed, fingerprint
-from ..moq.transport import serve_moq
+from ..moq.transport import bound_host, serve_moq
 from ..ops.routes import OpsRoutes
 from ..ops.view import NodeView
 from ..redact import names_are_public
@@ -183,7 +183,7 @@ async def run_up(config: Config, stop: asyncio.Event) -> None:
     from .directory import advertised_url, open_directory, publishing
 
     node = UpNode(config)
-    warn_if_open(node.access, [config.rtmp.host, config.moq.host, config.http.host])
+    warn_if_open(node.access, [config.rtmp.host, bound_host(config.moq.host, config.moq.backend), config.http.host])
     directory = await open_directory(config)
     await node.start()
     if directory is not None:  # the origin of what is published here: relays and edges find it
