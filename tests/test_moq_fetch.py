@@ -263,6 +263,18 @@ async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstrea
     assert as_packets(result.frames) == reference_groups(ref)[0]
 
 
+async def test_a_relay_below_says_when_its_upstream_goes_away(node, tmp_path, caplog):
+    """An operator reading relay B's log sees why its upstream session ends (A stopping sends
+    GOAWAY), not only the reconnection failing a few seconds later."""
+    import logging
+
+    caplog.set_level(logging.INFO, "rtmpq.moq")
+    async with relay_below(node, tmp_path):
+        node.moq.stop()  # A's graceful stop: GOAWAY to every session
+        await until(lambda: "MoQ upstream" in caplog.text and "is going away (GOAWAY)" in caplog.text,
+                    deadline=10, what="B's log line")
+
+
 async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node, tmp_path):
     """aiomoqt's join sends SUBSCRIBE (largest object) and its joining FETCH together. At a relay
     below (B, --upstream A) that was not carrying the track, the FETCH used to arrive while the

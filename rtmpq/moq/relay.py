@@ -783,6 +783,12 @@ class MoqRelay:
             if not sub_conn.session.closed:
                 self._refuse_waiting(sub_conn, request, RequestError.DOES_NOT_EXIST, "the publisher left")
 
+    def _on_GoawayReceived(self, conn: MoqConnection, event: ev.GoawayReceived) -> None:
+        # what it served is kept as for a lost source once it closes; the upstream link reconnects
+        role = "upstream" if conn is self.upstream else "peer"
+        log.info("MoQ %s %s is going away (GOAWAY%s)", role, conn.peer,
+                 f", to {event.new_session_uri}" if event.new_session_uri else "")
+
     def _on_SessionClosed(self, conn: MoqConnection, event: ev.SessionClosed) -> None:
         self.connections.discard(conn)
         for key in [k for k in self._subs if k[0] == id(conn)]:
