@@ -48,6 +48,21 @@ def test_signed_publish_keys_as_key_or_query():
         access.publish_name("live", "cam1", "", now)  # no key, no token
 
 
+def test_an_app_wide_publish_token_as_the_key_names_no_broadcast():
+    # `rtmpq token --act publish --sub live` covers every name in app live; as the stream key it
+    # names none of them (it once published "live/live"), while with ?token= the key names one
+    now = time.time()
+    access = Access(PublishConfig(), AuthConfig(secret=SECRET))
+    app_wide = mint_token(SECRET, "live", "publish", 60, now=now)
+    with pytest.raises(AccessDenied, match=r"covers an app, not one broadcast.*rtmp://HOST/live/<name>\?token=") as info:
+        access.publish_name("live", app_wide, "", now)
+    assert app_wide not in str(info.value)
+    assert access.publish_name("live", "cam7", f"token={app_wide}", now) == "live/cam7"
+    everything = mint_token(SECRET, "", "publish", 60, now=now)
+    with pytest.raises(AccessDenied, match="names no broadcast"):
+        access.publish_name("live", everything, "", now)
+
+
 def test_an_open_node_publishes_the_key_as_the_name():
     assert Access().open and Access().publish_name("live", "anything", "", 0) == "live/anything"
 

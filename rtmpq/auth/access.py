@@ -103,9 +103,12 @@ def _subject_path(token: str, app: str) -> str:
     except jwt.PyJWTError:
         raise AccessDenied("token refused: malformed") from None
     if not isinstance(sub, str) or not sub.strip("/"):
-        raise AccessDenied("token refused: it names no broadcast (sub)")
-    sub = sub.strip("/")
-    path = sub if "/" in sub else f"{app}/{sub}"
+        raise AccessDenied("token refused: it names no broadcast (sub); publish to "
+                           f"rtmp://HOST/{app}/<name>?token=<token> instead")
+    path = sub.strip("/")
+    if "/" not in path:  # an app ("live"): it covers many names and names none of them
+        raise AccessDenied(f"token refused: its sub {path!r} covers an app, not one broadcast; publish to "
+                           f"rtmp://HOST/{path}/<name>?token=<token> instead")
     if not BROADCAST_NAME_PATTERN.fullmatch(path):
         raise AccessDenied("token refused: its sub is not a broadcast name (app/name)")
     return path
