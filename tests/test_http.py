@@ -254,3 +254,37 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
         writer.close()
     finally:
         await server.close()
+
+
+async def test_a_viewer_who_resets_mid_response_costs_no_warnings_and_no_writes(caplog):
+    # a player that goes away (RST) while a segment is being written: the rest of the response is
+    # not written into the dead transport (asyncio warns "socket.send() raised exception." from
+    # the fifth such write on), and the server goes on serving others
+    reset = asyncio.Event()
+
+    async def big(request):
+        if request.path == "/big":
+            await reset.wait()  # the client is gone before the first byte of the body is written
+            return Response(200, b"x" * (4 * 1024 * 1024))
+        return await hello(request)
+
+    s = HttpServer(big, HttpConfig(host="127.0.0.1", port=0))
+    await s.start()
+    try:
+        caplog.set_level("DEBUG", logger="asyncio")
+        sock = socket.create_connection(("127.0.0.1", s.address[1]))
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            while not s.stats.requests:  # the request is in the handler
+                await asyncio.sleep(0.01)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # linger 0: an RST
+        reset.set()
+        async with asyncio.timeout(10):
+            while s.stats.open:  # the server saw the reset
+                await asyncio.sleep(0.01)
+        assert (await exchange(s.address[1], b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        assert not [r for r in caplog.records if "socket.send() raised exception" in r.getMessage()]
+        assert s.stats.bytes_out < 1024 * 1024, s.stats.bytes_out  # the rest of the 4 MB was not written
+    finally:
+        await s.close()

@@ -196,13 +196,15 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the drivers ----------------------------------------------------------------------
     def write(self, data) -> None:
-        if not self.closed:
+        # closing: a send failed (the peer reset) and connection_lost is still to come; asyncio
+        # would drop each write and warn from the fifth on
+        if not self.closed and not self.transport.is_closing():
             self.stats.bytes_out += len(data)
             self.transport.write(data)
 
     async def drain(self, deadline: float) -> None:
         """Wait until the socket has taken what we queued (down to the low-water mark)."""
-        if self.closed:
+        if self.closed or self.transport.is_closing():
             raise ConnectionError("closed")
         if self._writable.is_set():
             return
