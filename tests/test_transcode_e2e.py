@@ -418,12 +418,12 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
 async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_it(tmp_path):
     """`rtmpq up` + `rtmpq transcode --upstream` to it (a GPU box for the ladder): the HLS URL
     `rtmpq up` prints offers the rung as a variant, its playlist and segments play at the rung's
-    size (the rung is pulled from the transcoder while asked for), and once the transcoder stops
+    size (the transcoder makes it only once a player asks for it), and once the transcoder stops
     the variant leaves the multivariant while the source plays on."""
     need("ffmpeg")
     from .test_nodes_cli import get_when_ready, start
 
-    prtmp, pmoq, phttp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    prtmp, pmoq, phttp, pops = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
     base = f"http://127.0.0.1:{phttp}/live/gpu"
     procs, publisher = [], None
@@ -431,11 +431,16 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
     async def multivariant() -> str:
         return (await get_when_ready(f"{base}/index.m3u8")).decode()
 
+    async def encoded() -> float:  # frames the transcoder made of the rung so far
+        status, metrics = await http_text(f"http://127.0.0.1:{pops}/metrics")
+        assert status == 200, metrics
+        return metric_values(metrics, "rtmpq_transcode_frames_encoded_total", "live/gpu").get("video-360p", 0)
+
     try:
         procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
                                  "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
         transcoder = await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
-                                 "--ladder", "360p", env=env)
+                                 "--ladder", "360p", "--http", f"127.0.0.1:{pops}", env=env)
         procs.append(transcoder)
         await wait_tcp(prtmp)
         publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(
@@ -445,6 +450,7 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
             while "video-360p.m3u8" not in (listing := await multivariant()):
                 await asyncio.sleep(0.3)
         assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720", "640x360"], listing
+        assert await encoded() == 0  # listed, not watched: not made
         # asking for the rung's playlist pulls it (up's relay asks the transcoder for it); like a
         # player, ask again while it answers 503 (no whole segment yet)
         playlist = (await get_when_ready(f"{base}/video-360p.m3u8", 30)).decode()
@@ -458,6 +464,7 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         assert rc == 0, out
         video = [s for s in json.loads(out)["streams"] if s["codec_type"] == "video"]
         assert (video[0]["width"], video[0]["height"]) == (640, 360) and int(video[0]["nb_read_frames"]) > 10
+        assert await encoded() > 0
         transcoder.terminate()
         await transcoder.wait()
         async with asyncio.timeout(20):
