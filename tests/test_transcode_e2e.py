@@ -18,6 +18,7 @@ from rtmpq.nodes.up import UpNode
 from rtmpq.transcode.coder import SourceDecoder
 from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
+from rtmpq.edge.server import RENDITION_IDLE_SECONDS
 
 from .conftest import free_port, local_config, need, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
@@ -412,4 +413,77 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
         skips = metric_values(metrics, "rtmpq_transcode_skipped_groups_total", "live/slow")
         assert skips["video-480p"] >= 1
     finally:
+        await stop_nodes(procs)
+
+
+async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_it(tmp_path):
+    """`rtmpq up` + `rtmpq transcode --upstream` to it (a GPU box for the ladder): the HLS URL
+    `rtmpq up` prints offers the rung as a variant, its playlist and segments play at the rung's
+    size (the transcoder makes it only once a player asks for it, and stops once players left),
+    and once the transcoder stops the variant leaves the multivariant while the source plays on."""
+    need("ffmpeg")
+    from .test_nodes_cli import get_when_ready, start
+
+    prtmp, pmoq, phttp, pops = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120",
+           "RTMPQ_TRANSCODE_IDLE_STOP": "1"}
+    base = f"http://127.0.0.1:{phttp}/live/gpu"
+    procs, publisher = [], None
+
+    async def multivariant() -> str:
+        return (await get_when_ready(f"{base}/index.m3u8")).decode()
+
+    async def transcoder_metric(name: str) -> float | None:  # of the rung, None when not exposed
+        status, metrics = await http_text(f"http://127.0.0.1:{pops}/metrics")
+        assert status == 200, metrics
+        return metric_values(metrics, name, "live/gpu").get("video-360p")
+
+    async def encoded() -> float:  # frames the transcoder made of the rung so far
+        return await transcoder_metric("rtmpq_transcode_frames_encoded_total") or 0
+
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        transcoder = await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "360p", "--http", f"127.0.0.1:{pops}", env=env)
+        procs.append(transcoder)
+        await wait_tcp(prtmp)
+        publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{prtmp}/live/gpu", str(tmp_path / "ref.flv"), seconds=60, size="1280x720"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(40):  # the rung appears in up's own multivariant (from the catalog)
+            while "video-360p.m3u8" not in (listing := await multivariant()):
+                await asyncio.sleep(0.3)
+        assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720", "640x360"], listing
+        assert await encoded() == 0  # listed, not watched: not made
+        # asking for the rung's playlist pulls it (up's relay asks the transcoder for it); like a
+        # player, ask again while it answers 503 (no whole segment yet)
+        playlist = (await get_when_ready(f"{base}/video-360p.m3u8", 30)).decode()
+        init = re.search(r'#EXT-X-MAP:URI="([^"]+)"', playlist)[1]
+        segment = re.findall(r"#EXTINF:.*\n(.*)", playlist)[-1]
+        data = await get_when_ready(f"{base}/{init}") + await get_when_ready(f"{base}/{segment}")
+        (tmp_path / "rung.mp4").write_bytes(data)
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                     "stream=codec_type,width,height,nb_read_frames", "-of", "json",
+                                     str(tmp_path / "rung.mp4")], timeout=60)
+        assert rc == 0, out
+        video = [s for s in json.loads(out)["streams"] if s["codec_type"] == "video"]
+        assert (video[0]["width"], video[0]["height"]) == (640, 360) and int(video[0]["nb_read_frames"]) > 10
+        assert await encoded() > 0
+        # nobody asks for the rung any more: the edge lets it go (after RENDITION_IDLE_SECONDS),
+        # and the transcoder stops encoding it (its lag is exposed only while it encodes)
+        async with asyncio.timeout(RENDITION_IDLE_SECONDS + 20):
+            while await transcoder_metric("rtmpq_transcode_lag_seconds") is not None:
+                await asyncio.sleep(0.5)
+        transcoder.terminate()
+        await transcoder.wait()
+        async with asyncio.timeout(20):
+            while "video-360p.m3u8" in (listing := await multivariant()):
+                await asyncio.sleep(0.3)
+        assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
+        assert publisher.returncode is None, "the publish ended before the rung was unlisted"
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
         await stop_nodes(procs)

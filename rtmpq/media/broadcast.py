@@ -94,6 +94,11 @@ class BroadcastReader:
                 kept.append(ev)
         self._queue = kept
 
+    def add(self, event: BroadcastEvent) -> None:
+        """An event from elsewhere in the process, in line with the broadcast's own (the edge of
+        `rtmpq up` gets the tracks another node added to the broadcast through its relay)."""
+        self._put(event)
+
     def close(self) -> None:
         self._closed = True
         self._queue.clear()

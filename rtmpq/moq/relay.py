@@ -121,6 +121,8 @@ class MoqRelay:
         self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
         self._tasks: list[asyncio.Task] = []
         self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
+        # local broadcast name -> in-process readers told when the tracks added to it change (watch_added)
+        self._added_watchers: dict[str, list] = {}
         # subscriptions of ended tracks whose last groups are still on their way: their budgets
         # hold until those are delivered or reset (an ended track must not drain seconds late)
         self._draining: set[Subscription] = set()
@@ -697,14 +699,28 @@ class MoqRelay:
         except Exception as exc:  # noqa: BLE001 - a bad list costs only that list
             log.warning("%s: bad track list from %s: %s", _label(upstream.namespace), upstream.conn.peer, exc)
             return
-        self._added[upstream.namespace] = added
-        source = self._local_source("/".join(upstream.namespace))
-        if source is not None:
-            source.set_added(added)
-        else:
-            self._reissue_relayed_catalog(upstream.namespace)
+        self._set_added(upstream.namespace, added)
         log.info("%s: tracks added by %s: %s", _label(upstream.namespace), upstream.conn.peer,
                  ", ".join(t.name for t in added))
+
+    def _set_added(self, namespace: tuple[str, ...], added: tuple) -> None:
+        """The tracks a node adds to a broadcast (() when it is gone): its catalog is re-issued with
+        them listed, and in-process readers of a local broadcast are told (watch_added)."""
+        if added:
+            self._added[namespace] = added
+        else:
+            self._added.pop(namespace, None)
+        name = "/".join(namespace)
+        source = self._sources.get(name) if not added else self._local_source(name)
+        if source is not None and not source.ended:
+            source.set_added(added)
+        else:
+            self._reissue_relayed_catalog(namespace)
+        for watcher in tuple(self._added_watchers.get(name, ())):
+            try:
+                watcher()
+            except Exception:  # a reader's bug must not stop the relay's handling of the event
+                log.exception("%s: an in-process reader failed", _label(namespace))
 
     def _reissue_relayed_catalog(self, namespace: tuple[str, ...]) -> None:
         """A relayed broadcast's last catalog again, as a new group, with the added tracks listed
@@ -814,12 +830,7 @@ class MoqRelay:
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
             self._by_request.pop((id(conn), upstream.request_id), None)
             if upstream.track == RENDITIONS_TRACK:  # the node that added tracks is gone: unlist them
-                self._added.pop(upstream.namespace, None)
-                source = self._sources.get("/".join(upstream.namespace))
-                if source is not None and not source.ended:
-                    source.set_added(())
-                else:
-                    self._reissue_relayed_catalog(upstream.namespace)
+                self._set_added(upstream.namespace, ())
             self._orphan(upstream, time.monotonic())
         if self.upstream is conn:
             self.upstream = None
@@ -924,6 +935,36 @@ class MoqRelay:
             return None
         source = self._sources[name] = BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
         return source
+
+    # -- in-process readers of what nodes added to a local broadcast (the edge of `rtmpq up`) --------
+    def added_tracks(self, name: str) -> tuple:
+        """TrackInfo of the tracks other nodes added to broadcast ``name`` (a transcoder node's rungs)."""
+        return self._added.get(tuple(name.split("/")), ())
+
+    def watch_added(self, name: str, callback, watching: bool = True) -> None:
+        """``callback()`` whenever the tracks nodes add to ``name`` change (``watching=False``: no more)."""
+        watchers = self._added_watchers.setdefault(name, [])
+        if watching:
+            watchers.append(callback)
+        else:
+            if callback in watchers:
+                watchers.remove(callback)
+            if not watchers:
+                del self._added_watchers[name]
+
+    def added_fanout(self, name: str, track: str) -> TrackFanout | None:
+        """The fan-out of a track a node added to ``name`` (None if it has none here now, or it ended)."""
+        upstream = self._tracks.get((tuple(name.split("/")), track))
+        return None if upstream is None or upstream.fanout.ended else upstream.fanout
+
+    def subscribe_in_process(self, fanout: TrackFanout, sink) -> TrackSubscription:
+        """Deliver ``fanout`` to a reader in this process (a GroupSink that takes objects at once).
+        As any subscriber, it makes an on-demand track's publisher send objects (_update_forward);
+        ``fanout.unsubscribe`` ends it."""
+        sub = TrackSubscription(sink, delivery_timeout=self.delivery_timeout, send_budget=self.send_budget)
+        fanout.subscribe(sub, time.monotonic())
+        self._wake_tick()  # the publisher is asked for objects at the next check, not IDLE_CHECK_INTERVAL later
+        return sub
 
     def cached_frames(self, name: str) -> list[Frame]:
         """The frames of local broadcast ``name`` that its group caches hold (whole groups from

@@ -1,12 +1,14 @@
 """Delivery of one track to one subscriber: ``ConnectionSink`` is the GroupSink a ``TrackFanout``
 (fanout.py) writes through onto a subscriber's MoQ connection (one stream per group, newer groups
-first), ``Subscription`` what the relay remembers of that subscription. Kept apart from relay.py,
-which decides who subscribes to what, and from fanout.py, which knows no connection.
+first), ``InProcessSink`` the one for a reader in the same process, ``Subscription`` what the relay
+remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
+from fanout.py, which knows no connection.
 """
 
+from ..media.broadcast import GroupSkipped
 from ..media.frames import AUDIO, VIDEO
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
-from .loc import CATALOG_TRACK
+from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
 
 # Send scheduler urgency per track kind: lower is sent first.
@@ -79,6 +81,48 @@ class ConnectionSink:
 
     def announced(self, handle: int) -> bool:
         return self.conn.announced(handle)
+
+
+class InProcessSink:
+    """GroupSink for a reader in the same process (the edge of ``rtmpq up``): each object is handed
+    to ``deliver`` as a Frame at once (nothing is ever buffered), a group cut short as GroupSkipped."""
+
+    def __init__(self, track: str, deliver) -> None:
+        self.track = track
+        self.deliver = deliver
+
+    def open_group(self, group_id: int) -> int:
+        return group_id
+
+    def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+        self.deliver(object_to_frame(self.track, handle, object_id, payload, extensions or {}))
+
+    def end_group(self, handle: int) -> None:
+        pass
+
+    def reset_group(self, handle: int, code: int) -> None:
+        self.deliver(GroupSkipped(self.track, handle))
+
+    def buffered_bytes(self, handle: int) -> int:
+        return 0
+
+    def total_buffered_bytes(self) -> int:
+        return 0
+
+    def confirmed(self, handle: int) -> bool:
+        return True
+
+    def unsent_bytes(self, handle: int) -> int:
+        return 0
+
+    def ack_allowance(self) -> float:
+        return 0.0
+
+    def ack_doubt(self) -> bool:
+        return False
+
+    def announced(self, handle: int) -> bool:
+        return True
 
 
 class Subscription:

@@ -10,7 +10,9 @@ from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
 from ..config import Config
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
+from ..moq.broadcast_source import with_added_tracks
 from ..moq.relay import MoqRelay
+from ..moq.relay_sink import InProcessSink
 from ..moq.tls import ensure_self_signed, fingerprint
 from ..moq.transport import bound_host, serve_moq
 from ..ops.routes import OpsRoutes
@@ -32,29 +34,78 @@ class LocalFeed:
     """An in-process broadcast as Catalog and Frame items for the edge. Transcoder rungs pass only
     once ``want`` asked for them, which tells the broadcast (and so the transcoder) that they are
     watched. With ``relay``, a new feed starts with the groups the relay's caches hold (a first
-    viewer's playlist window is filled at once), then goes on with the broadcast from there."""
+    viewer's playlist window is filled at once), then goes on with the broadcast from there; and
+    the tracks another node added to the broadcast through the relay (the rungs of `rtmpq
+    transcode --upstream` connected to this node) are listed in its catalog and, while wanted, read
+    from the relay as one more subscriber there: the transcoder makes a rung only while it has one,
+    as for the MoQ subscription of a separate `rtmpq edge`."""
 
     def __init__(self, broadcast, relay: MoqRelay | None = None) -> None:
         self.broadcast = broadcast
         self.relay = relay
         self.wanted: set[str] = set()
+        self._reader = None
+        # wanted tracks another node added -> (the relay's fan-out, our subscription there) or None
+        # while the relay has none (the node is reconnecting)
+        self._from_relay: dict[str, tuple | None] = {}
 
     def want(self, track: str, wanted: bool = True) -> None:
-        if wanted != (track in self.wanted):
-            (self.wanted.add if wanted else self.wanted.discard)(track)
+        if wanted == (track in self.wanted):
+            return
+        (self.wanted.add if wanted else self.wanted.discard)(track)
+        if wanted and self.broadcast.catalog.track(track) is None and self._added(track):
+            self._from_relay[track] = None
+            self._subscribe()
+        elif not wanted and track in self._from_relay:
+            held = self._from_relay.pop(track)
+            if held is not None:
+                held[0].unsubscribe(held[1])  # the relay stops asking the transcoder for it
+        else:
             self.broadcast.want(track, wanted)
+
+    def _added(self, track: str) -> bool:
+        return self.relay is not None and any(t.name == track for t in self.relay.added_tracks(self.broadcast.name))
+
+    def _subscribe(self) -> None:
+        """Subscribe at the relay to each wanted track another node added, where not yet, or anew
+        where its fan-out there changed (the node came back after the relay gave up on it)."""
+        if self._reader is None:
+            return
+        for track, held in list(self._from_relay.items()):
+            fanout = self.relay.added_fanout(self.broadcast.name, track)
+            if held is not None and held[0] is fanout:
+                continue
+            if held is not None:
+                held[0].unsubscribe(held[1])
+            self._from_relay[track] = None if fanout is None else (
+                fanout, self.relay.subscribe_in_process(fanout, InProcessSink(track, self._reader.add)))
+
+    def _on_added(self) -> None:
+        """The tracks another node adds to the broadcast changed: the catalog again (merged with
+        them on the way out), and subscriptions to them follow."""
+        if self.broadcast.catalog.tracks:
+            self._reader.add(CatalogUpdate(self.broadcast.catalog))
+        self._subscribe()
+
+    def _merged(self, catalog):
+        if self.relay is None:
+            return catalog
+        return with_added_tracks(catalog, self.relay.added_tracks(self.broadcast.name))
 
     def _passes(self, catalog, track: str) -> bool:
         return catalog is None or track in self.wanted or not catalog.is_rung(track)
 
     async def __aiter__(self):
-        reader = self.broadcast.reader()  # first: nothing published from now on is missed
+        reader = self._reader = self.broadcast.reader()  # first: nothing published from now on is missed
         cached = self.relay.cached_frames(self.broadcast.name) if self.relay is not None else []
+        if self.relay is not None:
+            self.relay.watch_added(self.broadcast.name, self._on_added)
+            self._subscribe()
         newest: dict[str, tuple[int, int]] = {}  # track -> (group, object) yielded from the cache
         catalog = None
         try:
             if cached and self.broadcast.catalog.tracks:
-                catalog = self.broadcast.catalog
+                catalog = self._merged(self.broadcast.catalog)
                 yield catalog
                 for frame in cached:
                     if self._passes(catalog, frame.track):
@@ -62,7 +113,7 @@ class LocalFeed:
                         yield frame
             async for event in reader:
                 if isinstance(event, CatalogUpdate):
-                    catalog = event.catalog
+                    catalog = self._merged(event.catalog)
                     yield catalog
                 elif isinstance(event, BroadcastEnded):
                     return
@@ -72,6 +123,8 @@ class LocalFeed:
                     yield event
         finally:
             reader.close()
+            if self.relay is not None:
+                self.relay.watch_added(self.broadcast.name, self._on_added, False)
             for track in list(self.wanted):
                 self.want(track, False)
 
