@@ -183,3 +183,35 @@ async def test_an_audio_only_publisher_back_without_video_takes_video_out_after_
     assert b.catalog.track(VIDEO) is not None
     b.push(Frame(AUDIO, 1, 0, 2000, 2000, True, b"a"))
     assert [t.name for t in b.catalog.tracks] == [AUDIO]
+
+
+async def test_the_relay_ends_a_track_the_returning_publisher_does_not_carry_and_takes_it_back_later():
+    """The relay's reading of a local broadcast: the audio track that left the catalog ends for
+    its MoQ subscribers (PUBLISH_DONE); a later publish with audio again makes a new one."""
+    from rtmpq.moq.broadcast_source import BroadcastSource
+    from rtmpq.moq.loc import CATALOG_TRACK
+
+    registry = BroadcastRegistry()
+    b = registry.publish("live/moq")
+    ended = []
+    source = BroadcastSource(b, ended.extend, lambda source: None)
+    b.set_catalog(av_catalog("live/moq"))
+    for f in av_frames(2):
+        b.push(f)
+    audio = source.fanouts[AUDIO]
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/moq")
+    b.set_catalog(Catalog("live/moq").with_track(catalog("live/moq", 320).track(VIDEO)))
+    for f in av_frames(2, audio=False):
+        b.push(f)
+    assert ended == [audio] and audio.ended and AUDIO not in source.fanouts
+    latest = Catalog.from_json(bytes(source.fanouts[CATALOG_TRACK].cache.latest().objects[0].payload))
+    assert [t.name for t in latest.tracks] == [VIDEO]
+    assert not source.fanouts[VIDEO].ended
+    b.publisher_left(30.0, now=200.0)
+    registry.publish("live/moq")  # back with audio: a track again
+    b.set_catalog(av_catalog("live/moq"))
+    for f in av_frames(2):
+        b.push(f)
+    assert source.fanouts[AUDIO] is not audio and not source.fanouts[AUDIO].ended and ended == [audio]
+    source.close()
