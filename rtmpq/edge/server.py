@@ -96,13 +96,32 @@ else if (Hls.isSupported()) {
   // edge/server.py), catching up at up to 1.5x; a stall adds only 0.1 s to the target
   const asked = parseFloat(new URLSearchParams(location.search).get("latency"));
   const latency = asked >= @MIN@ && asked <= @MAX@ ? asked : @LATENCY@;
-  const hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
-                       liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
-  window.rtmpqHls = hls;
+  let hls = null;
   window.rtmpqErrors = [];
-  hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
-  hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
-  hls.attachMedia(video);
+  window.rtmpqRestarts = 0;
+  const start = () => {
+    hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
+                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
+    window.rtmpqHls = hls;
+    hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
+    // the audio playlist ended while the video goes on (a publisher back without audio): a media
+    // element plays only what all its buffers hold, so start over from the multivariant playlist
+    // (at the broadcast's end the multivariant still lists the audio: nothing to do)
+    hls.on(Hls.Events.AUDIO_TRACK_LOADED, (event, data) => {
+      if (data.details.live) return;
+      const ended = hls;
+      fetch("index.m3u8" + location.search).then((r) => r.text()).then((listing) => {
+        if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes("TYPE=AUDIO")) {
+          window.rtmpqRestarts += 1;
+          hls.destroy();
+          start();
+        }
+      }).catch(() => {});
+    });
+    hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
+    hls.attachMedia(video);
+  };
+  start();
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
 } else { video.src = "index.m3u8"; }
 </script></body></html>
