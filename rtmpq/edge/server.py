@@ -195,8 +195,10 @@ class _Broadcast:
 
     def listed(self, key: str, stream: LlHlsStream) -> bool:
         """Whether the multivariant waits for ``stream`` to be playable (alternates not pulled yet
-        are listed from the catalog alone)."""
+        are listed from the catalog alone; a track that left the catalog is not listed)."""
         track = stream.only and next(iter(stream.only))
+        if self.catalog is not None and track not in self.listed_tracks:
+            return False
         return key == "v" or key == "a" or self.catalog is None or not self.catalog.is_rung(track) \
             or track in self.wanted
 
@@ -378,7 +380,7 @@ class EdgeServer:
             if not await self._wait_for(b, video, ready):
                 return text(503, "the broadcast has no media yet")
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
-                      if k != "a" and s.has_media and s.only <= b.listed_tracks]
+                      if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
