@@ -1,11 +1,13 @@
 """The broadcast that outlives its publisher, in memory: the time is passed in, nothing sleeps."""
 
+from dataclasses import replace
+
 import pytest
 
 from rtmpq.errors import StreamNameInUse
 from rtmpq.media.broadcast import SEAM_MIN_GAP_MS, BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from rtmpq.media.catalog import Catalog, TrackInfo
-from rtmpq.media.frames import VIDEO, Frame
+from rtmpq.media.frames import AUDIO, DATA, VIDEO, Frame
 
 
 def frames(n_groups: int, per_group: int = 3, start_dts: int = 0) -> list[Frame]:
@@ -86,3 +88,130 @@ async def test_a_listener_that_fails_on_a_frame_is_detached_and_the_others_go_on
         b.push(f)  # never raises to the publisher
     assert len(calls) == 1 and got == frames(2)
     assert b.bytes_in == {VIDEO: 60} and b.frames_in == 6
+
+
+def av_catalog(name: str, *extra: TrackInfo) -> Catalog:
+    c = catalog(name, 320).with_track(TrackInfo(name=AUDIO, kind=AUDIO, codec="mp4a.40.2", init_data=b"\x12\x10",
+                                                sample_rate=44100, channels=2))
+    for info in extra:
+        c = c.with_track(info)
+    return c
+
+
+def av_frames(n_groups: int, start_dts: int = 0, audio: bool = True) -> list[Frame]:
+    """Video groups of 3 frames, with an audio frame after each video frame (group by group, as
+    the demuxer numbers them)."""
+    out = []
+    for f in frames(n_groups, start_dts=start_dts):
+        out.append(f)
+        if audio:
+            out.append(Frame(AUDIO, f.group, f.index, f.dts, f.dts, True, b"a" * 4))
+    return out
+
+
+RUNG = TrackInfo(name="video-180p", kind=VIDEO, codec="avc1.64000c", init_data=b"\x01r", width=320, height=180,
+                 alt_group=1)
+
+
+async def test_a_publisher_back_without_audio_takes_audio_out_of_the_catalog_after_its_first_group():
+    """ffmpeg restarted with -an: once the new publish's first group is over (its second keyframe),
+    the catalog is re-issued without audio, and video goes on; a transcoder rung and the data
+    track stay."""
+    registry = BroadcastRegistry()
+    b = registry.publish("live/an")
+    video = replace(catalog("live/an", 320).track(VIDEO), alt_group=1)
+    b.set_catalog(av_catalog("live/an", video, TrackInfo(name=DATA, kind=DATA, codec="amf0")))
+    b.set_catalog(Catalog("live/an", (RUNG,)))  # the local transcoder's rung
+    reader = b.reader()
+    for f in av_frames(3):
+        b.push(f)
+    b.publisher_left(30.0, now=100.0)
+    assert registry.publish("live/an") is b
+    b.set_catalog(Catalog("live/an").with_track(video))  # the new publish: video only
+    second = frames(3)
+    for f in second[:3]:  # its first group: what else it carries may still come
+        b.push(f)
+    assert b.catalog.track(AUDIO) is not None
+    b.push(second[3])  # the second keyframe: its track set is known
+    items = drain(reader)
+    updates = [i.catalog for i in items if isinstance(i, CatalogUpdate)]
+    assert [t.name for t in updates[-1].tracks] == [VIDEO, "video-180p", DATA]
+    assert b.catalog is updates[-1] and updates[-1].version > updates[0].version
+    # the update comes just before the frame that settled it, and frames go on
+    assert isinstance(items[-2], CatalogUpdate) and items[-1].track == VIDEO and items[-1].index == 0
+    for f in second[4:]:
+        b.push(f)
+    got = [i for i in drain(reader) if isinstance(i, Frame)]
+    assert [f.group for f in got] == [4, 4, 5, 5, 5]
+    late = b.reader()
+    assert all(not isinstance(i, Frame) or i.track != AUDIO for i in drain(late))  # a late reader too
+    late.close()
+
+
+async def test_a_publisher_back_with_the_same_tracks_changes_no_catalog():
+    registry = BroadcastRegistry()
+    b = registry.publish("live/same")
+    b.set_catalog(av_catalog("live/same"))
+    reader = b.reader()
+    for f in av_frames(2):
+        b.push(f)
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/same")
+    b.set_catalog(Catalog("live/same").with_track(catalog("live/same", 320).track(VIDEO)))
+    b.push(av_frames(1)[0])  # video's sequence header came first, audio's a moment later
+    b.set_catalog(av_catalog("live/same"))
+    for f in av_frames(3)[1:]:
+        b.push(f)
+    items = drain(reader)
+    assert sum(isinstance(i, CatalogUpdate) for i in items) == 1  # the first publish's only
+    assert {t.name for t in b.catalog.tracks} == {VIDEO, AUDIO}
+    assert [f.group for f in items if isinstance(f, Frame) and f.track == AUDIO][-1] == 4
+
+
+async def test_an_audio_only_publisher_back_without_video_takes_video_out_after_its_first_group():
+    """An audio-only publish has groups too (AUDIO_ONLY_GROUP_MS): its second one settles it."""
+    registry = BroadcastRegistry()
+    b = registry.publish("live/radio")
+    b.set_catalog(av_catalog("live/radio"))
+    for f in av_frames(2):
+        b.push(f)
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/radio")
+    b.set_catalog(Catalog("live/radio").with_track(av_catalog("live/radio").track(AUDIO)))
+    for i in range(5):
+        b.push(Frame(AUDIO, 0, i, i * 23, i * 23, True, b"a"))
+    assert b.catalog.track(VIDEO) is not None
+    b.push(Frame(AUDIO, 1, 0, 2000, 2000, True, b"a"))
+    assert [t.name for t in b.catalog.tracks] == [AUDIO]
+
+
+async def test_the_relay_ends_a_track_the_returning_publisher_does_not_carry_and_takes_it_back_later():
+    """The relay's reading of a local broadcast: the audio track that left the catalog ends for
+    its MoQ subscribers (PUBLISH_DONE); a later publish with audio again makes a new one."""
+    from rtmpq.moq.broadcast_source import BroadcastSource
+    from rtmpq.moq.loc import CATALOG_TRACK
+
+    registry = BroadcastRegistry()
+    b = registry.publish("live/moq")
+    ended = []
+    source = BroadcastSource(b, ended.extend, lambda source: None)
+    b.set_catalog(av_catalog("live/moq"))
+    for f in av_frames(2):
+        b.push(f)
+    audio = source.fanouts[AUDIO]
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/moq")
+    b.set_catalog(Catalog("live/moq").with_track(catalog("live/moq", 320).track(VIDEO)))
+    for f in av_frames(2, audio=False):
+        b.push(f)
+    assert ended == [audio] and audio.ended and AUDIO not in source.fanouts
+    latest = Catalog.from_json(bytes(source.fanouts[CATALOG_TRACK].cache.latest().objects[0].payload))
+    assert [t.name for t in latest.tracks] == [VIDEO]
+    assert not source.fanouts[VIDEO].ended
+    b.publisher_left(30.0, now=200.0)
+    registry.publish("live/moq")  # back with audio: a track again
+    b.set_catalog(av_catalog("live/moq"))
+    for f in av_frames(2):
+        b.push(f)
+    assert source.fanouts[AUDIO] is not audio and not source.fanouts[AUDIO].ended and ended == [audio]
+    source.close()

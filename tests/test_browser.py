@@ -235,3 +235,53 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
             await browser.wait()
         await node.close()
         await publisher  # ffmpeg ends when the node closes its connection
+
+
+async def test_the_player_page_plays_on_when_the_publisher_comes_back_without_audio(tmp_path):
+    """ffmpeg publishes audio and video, then comes back within the grace period with `-an`. A
+    media element plays only what every MSE buffer holds, so hls.js with an audio rendition that
+    stops stalls; the edge ends the audio playlist and the page, seeing it end while the
+    multivariant no longer lists audio, starts over from it: video plays on."""
+    from rtmpq.config import PublishConfig
+
+    from .conftest import until
+    from .test_lifecycle import long_publish_args, spawn
+
+    need("ffmpeg")
+    if not (STATIC / "hls.min.js").exists():
+        pytest.fail("hls.js is not installed: run `make hlsjs`")
+    node = UpNode(local_config(tmp_path, publish=PublishConfig(grace_period=30.0)))
+    await node.start()
+    browser, second = None, None
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/an"
+    host, http_port = node.edge.address
+    frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
+    try:
+        first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "ref.flv"), seconds=8),
+                                                timeout=60))
+        await node.registry.wait_for("live/an", 10)
+        browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/an/")
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            assert await devtools.playback_started(), await devtools.evaluate("JSON.stringify(window.rtmpqErrors)")
+            rc, out = await first
+            assert rc == 0, out
+            broadcast = node.registry.get("live/an")
+            await until(lambda: not broadcast.publishing, what="the publisher to leave")
+            second = await spawn(long_publish_args(url, seconds=40))
+            await until(lambda: broadcast.catalog.track("audio") is None, what="the audio to leave the catalog")
+            before = await devtools.evaluate(frames)
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 25
+            while (now := await devtools.evaluate(frames)) < before + 3 * 30:  # 3 s of video after the seam
+                assert loop.time() < end, (now, before, await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+                await asyncio.sleep(0.2)
+            assert await devtools.evaluate("window.rtmpqRestarts") == 1
+    finally:
+        if second is not None and second.returncode is None:
+            second.kill()
+            await second.wait()
+        if browser is not None:
+            browser.terminate()
+            await browser.wait()
+        await node.close()

@@ -15,7 +15,7 @@ import pytest
 from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
-from .conftest import need, start_up_node
+from .conftest import need, start_up_node, until
 from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
@@ -389,3 +389,60 @@ async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_fra
     assert opened <= media_sequence(first) <= sequence_base(time.time()), first
     # a player that starts at the oldest listed segment and reads to the end gets every frame
     await assert_reads_every_frame(f"{base}/index.m3u8", publisher, ref)
+
+
+async def test_an_audio_rendition_that_leaves_and_comes_back(tmp_path, source_flv):
+    """A publisher back without audio: the multivariant stops listing the audio rendition and its
+    playlist ends; back with audio again, the multivariant lists it again, its playlist goes on
+    under the same URI with a new init segment URI (an init URI names the same bytes for good)."""
+    from rtmpq.config import PublishConfig
+
+    node = await start_up_node(tmp_path, publish=PublishConfig(grace_period=30.0))
+    try:
+        host, http_port = node.edge.address
+        base = f"http://{host}:{http_port}/live/back"
+        tags = [(t, ts, body) for t, ts, body in read_flv_tags(str(source_flv)) if t in (8, 9) and ts < 4100]
+
+        async def publish(audio: bool) -> None:
+            broadcast = node.registry.get("live/back")
+            publisher = await TcpPublisher.publish(node.rtmp.address[1], "back")
+            if broadcast is None:
+                assert (await http_get(f"{base}/"))[0] == 200  # the edge opens the broadcast first
+            for tag_type, ts, body in tags:
+                if audio or tag_type == 9:
+                    publisher.media(tag_type, ts, body)
+            publisher.close()
+            broadcast = node.registry.get("live/back")
+            await until(lambda: not broadcast.publishing, what="the publisher to leave")
+
+        async def multivariant() -> str:
+            status, _, body = await http_get(f"{base}/index.m3u8")
+            assert status == 200, body
+            return body.decode()
+
+        await publish(audio=True)
+        assert 'TYPE=AUDIO' in await multivariant()
+        _, _, audio = await http_get(f"{base}/audio.m3u8")
+        first_init = re.search(rb'#EXT-X-MAP:URI="([^"]+)"', audio)[1]
+        await publish(audio=False)
+        async with asyncio.timeout(15):
+            while "TYPE=AUDIO" in (listing := await multivariant()):
+                await asyncio.sleep(0.1)
+        assert "mp4a" not in listing and "video.m3u8" in listing
+        _, _, audio = await http_get(f"{base}/audio.m3u8")
+        assert audio.rstrip().endswith(b"#EXT-X-ENDLIST"), audio.decode()
+        _, _, video = await http_get(f"{base}/video.m3u8")
+        assert b"#EXT-X-ENDLIST" not in video
+        await publish(audio=True)
+        async with asyncio.timeout(15):
+            while "TYPE=AUDIO" not in (listing := await multivariant()):
+                await asyncio.sleep(0.1)
+        assert 'CODECS="avc1.64000d,mp4a.40.2"' in listing, listing
+        _, _, audio = await http_get(f"{base}/audio.m3u8")
+        assert b"#EXT-X-ENDLIST" not in audio and b"#EXTINF" in audio, audio.decode()
+        init = re.search(rb'#EXT-X-MAP:URI="([^"]+)"', audio)[1]
+        assert init != first_init
+        status, _, data = await http_get(f"{base}/{init.decode()}")
+        assert status == 200 and b"mp4a" in data
+    finally:
+        await node.close()

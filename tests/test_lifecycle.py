@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import signal
 
 import pytest
@@ -161,6 +162,74 @@ async def test_hls_player_rides_through_a_publisher_reconnect(node, tmp_path):
     assert len(played) > 8 * 30, len(played)
     pts = [int(line.split(",")[2]) for line in played]
     assert pts == sorted(pts)
+
+
+def media_sequence(playlist: bytes) -> int:
+    """The media sequence number of a media playlist's last segment (or part in progress)."""
+    first = int(re.search(rb"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)[1])
+    return first + len(re.findall(rb"^#EXTINF", playlist, re.M))
+
+
+async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_video_plays_on(node, tmp_path):
+    """ffmpeg publishes audio and video, stops, and comes back within the grace period with `-an`:
+    once the new publish's first group is over the audio rendition leaves the multivariant
+    playlist and its media playlist ends, while the video playlist goes on past the seam; an
+    HLS player that reads the stream throughout (ffmpeg) keeps getting video frames."""
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/an"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/an"
+    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=6)))
+    await until(lambda: node.registry.get("live/an") is not None, what="the broadcast")
+    status, multivariant = await http_get(f"{base}/index.m3u8")
+    assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
+    player = asyncio.create_task(run_process(
+        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v",
+         "-f", "framemd5", "-flush_packets", "1", str(tmp_path / "played.md5")], timeout=90))
+    rc, out = await first
+    assert rc == 0, out
+    broadcast = node.registry.get("live/an")
+    await until(lambda: not broadcast.publishing, what="the publisher to leave")
+    second = await spawn(long_publish_args(url, seconds=30))  # the encoder restarted without audio
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while b"TYPE=AUDIO" in multivariant:
+            assert loop.time() < end, multivariant.decode()
+            await asyncio.sleep(0.2)
+            status, multivariant = await http_get(f"{base}/index.m3u8")
+            assert status == 200, multivariant
+        assert b"mp4a" not in multivariant and b"video.m3u8" in multivariant, multivariant.decode()
+        status, audio = await http_get(f"{base}/audio.m3u8")
+        assert status == 200 and b"#EXT-X-ENDLIST" in audio, audio.decode()  # players stop waiting for it
+        _, video = await http_get(f"{base}/video.m3u8")
+        assert b"#EXT-X-DISCONTINUITY" in video and b"#EXT-X-ENDLIST" not in video, video.decode()
+        seen = media_sequence(video)
+        while media_sequence(video) < seen + 2:  # the video playlist goes on growing past the seam
+            assert loop.time() < end + 10, video.decode()
+            await asyncio.sleep(0.2)
+            _, video = await http_get(f"{base}/video.m3u8")
+        assert b"#EXT-X-ENDLIST" not in video
+        broadcast_catalog = broadcast.catalog
+        assert [t.name for t in broadcast_catalog.tracks] == ["video"]
+        # the player (ffmpeg reading index.m3u8 since the first publish) gets video past the seam
+        played = lambda: [int(line.split(",")[2]) for line in (tmp_path / "played.md5").read_text().splitlines()  # noqa: E731
+                          if not line.startswith("#")] if (tmp_path / "played.md5").exists() else []
+
+        def after_seam() -> int:
+            pts = played()
+            steps = [b - a for a, b in zip(pts, pts[1:])]
+            seam = max(range(len(steps)), key=steps.__getitem__, default=None)
+            return 0 if seam is None or steps[seam] < 10 * min(steps) else len(pts) - seam - 1
+
+        await until(lambda: after_seam() >= 3 * 30, deadline=30, what="the player to play 3 s of video after the seam")
+    finally:
+        if second.returncode is None:
+            second.kill()
+        await second.wait()
+    broadcast.end()
+    rc, out = await player
+    assert rc == 0, out
+    assert played() == sorted(played())
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

@@ -96,13 +96,32 @@ else if (Hls.isSupported()) {
   // edge/server.py), catching up at up to 1.5x; a stall adds only 0.1 s to the target
   const asked = parseFloat(new URLSearchParams(location.search).get("latency"));
   const latency = asked >= @MIN@ && asked <= @MAX@ ? asked : @LATENCY@;
-  const hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
-                       liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
-  window.rtmpqHls = hls;
+  let hls = null;
   window.rtmpqErrors = [];
-  hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
-  hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
-  hls.attachMedia(video);
+  window.rtmpqRestarts = 0;
+  const start = () => {
+    hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
+                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
+    window.rtmpqHls = hls;
+    hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
+    // the audio playlist ended while the video goes on (a publisher back without audio): a media
+    // element plays only what all its buffers hold, so start over from the multivariant playlist
+    // (at the broadcast's end the multivariant still lists the audio: nothing to do)
+    hls.on(Hls.Events.AUDIO_TRACK_LOADED, (event, data) => {
+      if (data.details.live) return;
+      const ended = hls;
+      fetch("index.m3u8" + location.search).then((r) => r.text()).then((listing) => {
+        if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes("TYPE=AUDIO")) {
+          window.rtmpqRestarts += 1;
+          hls.destroy();
+          start();
+        }
+      }).catch(() => {});
+    });
+    hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
+    hls.attachMedia(video);
+  };
+  start();
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
 } else { video.src = "index.m3u8"; }
 </script></body></html>
@@ -129,6 +148,7 @@ class _Broadcast:
         self.task: asyncio.Task | None = None
         self.source = None
         self.catalog: Catalog | None = None
+        self.listed_tracks: set[str] = set()  # the track names of ``catalog``
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
@@ -175,8 +195,10 @@ class _Broadcast:
 
     def listed(self, key: str, stream: LlHlsStream) -> bool:
         """Whether the multivariant waits for ``stream`` to be playable (alternates not pulled yet
-        are listed from the catalog alone)."""
+        are listed from the catalog alone; a track that left the catalog is not listed)."""
         track = stream.only and next(iter(stream.only))
+        if self.catalog is not None and track not in self.listed_tracks:
+            return False
         return key == "v" or key == "a" or self.catalog is None or not self.catalog.is_rung(track) \
             or track in self.wanted
 
@@ -249,17 +271,28 @@ class EdgeServer:
         try:
             async for item in source:
                 if isinstance(item, Catalog):
+                    listed = {t.name for t in item.tracks}
+                    if b.catalog is not None:  # a track that left (a publisher back without it): its playlist ends
+                        for stream in [s for s in streams if not s.only <= listed and s.only <= b.listed_tracks]:
+                            stream.end()
+                            streams.remove(stream)
                     b.catalog = item
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
-                        if key is not None and key not in b.streams:
+                        if key is None and info.kind == AUDIO and info.name == AUDIO and b.streams["a"].ended:
+                            key = "a"  # the audio is back: a new playlist (numbered on, from the same groups)
+                        if key is not None and (key not in b.streams or b.streams[key].ended):
+                            old = b.streams.get(key)
                             b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-", part_target=b.part_target,
                                                          first=b.first)
+                            if old is not None:  # an init URI names the same bytes for good
+                                b.streams[key].init_version = old.init_version + 1
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
                                 b.streams[key].follows = b.streams.get(stream_key(RUNG_NAME.sub("", info.name)))
                             streams.append(b.streams[key])
+                    b.listed_tracks = listed
                     for stream in streams:
                         stream.set_catalog(item)
                 elif isinstance(item, Frame):
@@ -346,7 +379,8 @@ class EdgeServer:
             ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
             if not await self._wait_for(b, video, ready):
                 return text(503, "the broadcast has no media yet")
-            videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items() if k != "a" and s.has_media]
+            videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
+                      if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:

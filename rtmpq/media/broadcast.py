@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..errors import StreamNameInUse
 from ..redact import safe_name
 from .catalog import Catalog
-from .frames import SOURCE_TIMESCALE, VIDEO, Frame
+from .frames import DATA, SOURCE_TIMESCALE, VIDEO, Frame
 
 log = logging.getLogger("rtmpq.media")
 
@@ -129,6 +129,14 @@ class Broadcast:
     broadcast. Readers never see the seam except as new groups: group ids go on above the last
     one, and timestamps are shifted so they go on too, by the wall-clock time the broadcast had no
     publisher (a gap of at least ``SEAM_MIN_GAP_MS``), which players see as a discontinuity.
+
+    The broadcast follows the returning publisher's track set: its tracks count as known once its
+    first group is over (its first frame of a later group: the second keyframe, or the second
+    ``AUDIO_ONLY_GROUP_MS`` group of an audio-only publish), since encoders send every sequence
+    header before their first frames and AC-3 tracks show in their first frame. Then the tracks of
+    the earlier publish it has not declared leave the catalog (a catalog update without them),
+    except tracks made here on demand (transcoder rungs) and the data track (data messages come
+    when they come, not in every group). A return with the same tracks changes nothing.
     """
 
     def __init__(self, name: str, registry: "BroadcastRegistry | None" = None) -> None:
@@ -159,6 +167,10 @@ class Broadcast:
         self._last_group = -1
         self._last_dts: int | None = None
         self._left_at: float | None = None  # monotonic time the publisher left
+        # a returning publish's tracks (the names its catalogs gave) until its first group is over,
+        # and that group (see the class docstring); None: the track set is known
+        self._carried: set[str] | None = None
+        self._first_group: int | None = None
         self.expires_at: float | None = None  # ends then unless a publisher returns (registry.expire)
         # tracks made on demand (transcoder rungs): who watches each, and who to tell
         self.demand: dict[str, int] = {}
@@ -200,15 +212,20 @@ class Broadcast:
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
         """Merge a publisher's catalog: tracks it describes are added or replaced, others stay (a
-        returning publisher's catalog grows track by track; viewers keep what they had meanwhile)."""
+        returning publisher's catalog grows track by track; viewers keep what they had meanwhile,
+        until its first group is over: see the class docstring)."""
+        if self._carried is not None:
+            self._carried.update(info.name for info in catalog.tracks)
         merged = self.catalog
         for info in catalog.tracks:
             if merged.track(info.name) != info:
                 merged = merged.with_track(info, generated_at=catalog.generated_at)
-        if merged is self.catalog:
-            return
-        self.catalog = merged
-        update = CatalogUpdate(merged)
+        if merged is not self.catalog:
+            self._new_catalog(merged)
+
+    def _new_catalog(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        update = CatalogUpdate(catalog)
         for reader in tuple(self._readers):
             reader._put(update)
         if self._listeners:
@@ -217,6 +234,8 @@ class Broadcast:
     def push(self, frame: Frame) -> None:
         if self._shift:
             frame = self._continue(frame)
+            if self._carried is not None:
+                self._track_set_known(frame)
         self.frames_in += 1
         size = len(frame.payload)
         try:
@@ -265,6 +284,27 @@ class Broadcast:
         return Frame(frame.track, frame.group + self._group_base, frame.index, frame.dts + off, frame.pts + off,
                      frame.keyframe, frame.payload, frame.received_ns)
 
+    def _track_set_known(self, frame: Frame) -> None:
+        """A returning publish's frame: at its first frame of a group after its first, the tracks
+        it has not declared leave the catalog (see the class docstring)."""
+        if self._first_group is None:
+            self._first_group = frame.group
+            return
+        if frame.group <= self._first_group:
+            return
+        carried, self._carried = self._carried, None
+        gone = [t.name for t in self.catalog.tracks
+                if t.name not in carried and t.kind != DATA and not self.catalog.is_rung(t.name)]
+        if not gone:
+            return
+        log.info("broadcast %s: the publisher came back without %s; removed from the catalog",
+                 safe_name(self.name), ", ".join(gone))
+        # a late reader must not start on frames of a track the catalog no longer has
+        self._current_group = [f for f in self._current_group if f.track not in gone]
+        self._current_group_bytes = sum(len(f.payload) for f in self._current_group)
+        generated = frame.received_ns // 1_000_000 if frame.received_ns else None
+        self._new_catalog(self.catalog.without_tracks(set(gone), generated_at=generated))
+
     def publisher_left(self, grace_period: float, now: float) -> None:
         """The publisher went away at ``now`` (monotonic): end now, or wait ``grace_period`` seconds
         for it to return (the registry's ``expire(now)`` ends it after that)."""
@@ -285,6 +325,7 @@ class Broadcast:
             self._shift = True
             self._group_base = self._last_group + 1
             self._ts_offset = None
+            self._carried, self._first_group = set(), None
         self.publishing = True
         self.publishes += 1
         self.started = time.monotonic()

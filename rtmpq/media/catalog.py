@@ -156,6 +156,11 @@ class Catalog:
         return replace(self, tracks=ordered, version=self.version + 1,
                        generated_at=self.generated_at if generated_at is None else generated_at)
 
+    def without_tracks(self, names, *, generated_at: int | None = None) -> "Catalog":
+        """A new catalog without the tracks named in ``names``."""
+        return replace(self, tracks=tuple(t for t in self.tracks if t.name not in names), version=self.version + 1,
+                       generated_at=self.generated_at if generated_at is None else generated_at)
+
     def to_json(self) -> bytes:
         doc: dict = {"version": MSF_VERSION}
         if self.live and self.generated_at is not None:

@@ -46,6 +46,7 @@ class BroadcastSource:
         self._catalog_groups = 0
         self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
         self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
+        self._own: set[str] = set()  # the broadcast's own tracks in the last catalog
         if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
         broadcast.listen(self._on_event)
@@ -57,6 +58,9 @@ class BroadcastSource:
         if last is not None and last.objects and bytes(last.objects[0].payload) == data:
             return
         added = {info.name for info in self.added}
+        own = {info.name for info in catalog.tracks} - added
+        gone, self._own = self._own - own, own
+        self._end_tracks(gone - added)
         new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
         for name in new:
             self.fanouts[name] = TrackFanout()
@@ -66,6 +70,22 @@ class BroadcastSource:
         self._catalog_groups += 1
         self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
         self.fanouts[CATALOG_TRACK].end_group(group)
+
+    def _end_tracks(self, names) -> None:
+        """Tracks the broadcast's catalog no longer lists (a publisher back without them): their
+        subscribers are told the track ended (PUBLISH_DONE); a later catalog may list them again."""
+        ended = []
+        for name in names:
+            fanout = self.fanouts.pop(name, None)
+            self._frame_targets.pop(name, None)
+            if name in self.wanted:
+                self.wanted.discard(name)
+                self.broadcast.want(name, False)
+            if fanout is not None:
+                fanout.end()
+                ended.append(fanout)
+        if ended:
+            self._on_end(ended)
 
     def set_added(self, added: tuple) -> None:
         """The tracks a trusted node adds to this broadcast (its rungs; () when it is gone): the
