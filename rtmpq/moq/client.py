@@ -3,6 +3,9 @@
     async with connect_moq(host, port, insecure=True) as conn:
         async for item in subscribe_broadcast(conn, "live/cam1"):
             ...  # Catalog, Frame, SkippedGroup, or the end (iteration stops)
+
+Frames of a track come in group order: the rest of a group that arrives after a frame of a newer
+group of its track is dropped and reported as a SkippedGroup (``LATE_GROUP``).
 """
 
 import asyncio
@@ -41,9 +44,16 @@ WAIT_RETRY_INTERVAL = 1.0
 SKIPS_REMEMBERED = 64
 
 
+# SkippedGroup.code when the client dropped (the rest of) a group itself: it came after a frame of
+# a newer group of its track (each group has its own QUIC stream, and a relay sends the newest
+# first), too late to be handed on in order. Not a MoQT code: those are never negative.
+LATE_GROUP = -1
+
+
 @dataclass(frozen=True, slots=True)
 class SkippedGroup:
-    """The relay dropped (the rest of) this group for us: it fell outside our budget."""
+    """(The rest of) this group is not handed on: the relay dropped it for us, outside our budget
+    (``code``: its stream reset code), or it came late, after a newer group (``LATE_GROUP``)."""
 
     track: str
     group: int
@@ -65,6 +75,26 @@ class SkipMemory:
         if len(groups) > SKIPS_REMEMBERED:
             del groups[next(iter(groups))]  # the oldest reported
         return True
+
+
+class GroupOrder:
+    """Hands frames on in group order per track: once a frame of group G of a track has been handed
+    on, a frame of an older group of that track is dropped, and its group reported skipped once
+    (through ``skips``). A decoder fed the tail of a group after the next group's keyframe gets
+    timestamps going backwards and references to frames it dropped."""
+
+    def __init__(self, skips: SkipMemory) -> None:
+        self.skips = skips
+        self._newest: dict[str, int] = {}  # track -> newest group handed on
+
+    def admit(self, frame: Frame) -> Frame | SkippedGroup | None:
+        """``frame`` to hand it on, the SkippedGroup to report instead, or None (dropped, reported already)."""
+        newest = self._newest.get(frame.track)
+        if newest is not None and frame.group < newest:
+            return SkippedGroup(frame.track, frame.group, LATE_GROUP) if self.skips.first(frame.track, frame.group) \
+                else None
+        self._newest[frame.track] = frame.group
+        return frame
 
 
 class SubscribeError(ConnectionError):
@@ -116,10 +146,16 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     window_fill.py), then go on live with no gap and no duplicate. A relay that refuses or does
     not answer the FETCH in time means starting at the live edge, as with 0 (logged once).
 
+    Frames of each track come in group order. Each group on its own QUIC stream, the relay sending
+    the newest first, the tail of a group can arrive after frames of the next one (under load, or
+    after a relay's restart): it is dropped, and the group reported as a SkippedGroup with code
+    ``LATE_GROUP``, so that a decoder never gets frames going back in time.
+
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
+    order = GroupOrder(skips)
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -287,11 +323,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     yield catalog
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
-                    if fill is None:
-                        yield frame
-                    else:
-                        for frame in fill.live(frame):
-                            yield frame
+                    for frame in ([frame] if fill is None else fill.live(frame)):
+                        if (item := order.admit(frame)) is not None:
+                            yield item
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -313,10 +347,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if fill.fetched_any:
                     log.info("%s: starts with the past from upstream: %s", safe_name(broadcast), fill.summary())
                 for frame in fill.release(timescale):
-                    yield frame
+                    if (item := order.admit(frame)) is not None:
+                        yield item
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
-                yield frame
+                if (item := order.admit(frame)) is not None:
+                    yield item
     finally:
         conn.handler = None
         choice._wake = None
