@@ -131,6 +131,34 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
         await second.close()
 
 
+async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
+    """aiopquic binds its port on IPv4 and IPv6 of every interface. A port another program holds
+    on IPv6 alone passed the IPv4 check, and picoquic ran with no socket: the node said it
+    listened and nobody could reach it."""
+    import errno
+    import socket
+
+    try:
+        holder = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        pytest.skip("this host has no IPv6")
+    with holder:
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(("::", 0))
+        port = holder.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+            v4.bind(("0.0.0.0", port))  # free on IPv4: only the IPv6 check can see it taken
+        config = local_config(tmp_path, "aiopquic")
+        config.moq.port = port
+        node = UpNode(config)
+        try:
+            with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
+                await node.start()
+            assert info.value.errno == errno.EADDRINUSE
+        finally:
+            await node.close()
+
+
 @pytest.mark.parametrize("listener", ["RTMP", "HTTP"])
 async def test_a_tcp_port_in_use_names_its_listener(node, tmp_path, listener):
     """The error a user sees (`rtmpq: ...`) says which of the node's listeners could not bind:
