@@ -133,8 +133,8 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
 
 async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
     """aiopquic binds its port on IPv4 and IPv6 of every interface. A port another program holds
-    on IPv6 alone passed the IPv4 check, and picoquic ran with no socket: the node said it
-    listened and nobody could reach it."""
+    on IPv6 alone passed the IPv4 check: the node started (aiopquic 0.6.1 listening on IPv4 alone,
+    picoquic on no socket at all), and IPv6 clients of the port reached the other program."""
     import errno
     import socket
 
