@@ -154,14 +154,14 @@ async def test_the_late_tail_of_a_group_after_the_next_group_is_dropped_and_repo
     frames = [(f.group, bytes(f.payload)) for f in got if not isinstance(f, (Catalog, SkippedGroup))]
     assert frames == [(4, b"4.0"), (5, b"5.0"), (5, b"5.1"), (6, b"6.0")]
     assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, LATE_GROUP)]
-    # reported where the late frame would have been: after 5.0, before 5.1
+    # reported once group 4's stream ended (a reset might still have come, with the relay's reason)
     kinds = [type(i).__name__ for i in got if not isinstance(i, Catalog)]
-    assert kinds == ["Frame", "Frame", "SkippedGroup", "Frame", "Frame"]
+    assert kinds == ["Frame", "Frame", "Frame", "SkippedGroup", "Frame"]
 
 
-async def test_a_group_reset_after_its_late_tail_was_dropped_is_reported_once():
-    from rtmpq.moq.client import LATE_GROUP
-
+async def test_a_group_reset_after_its_late_tail_was_dropped_is_reported_once_with_the_relays_code():
+    """A group late because it was too slow is often cut short by the relay too: the skip carries
+    the relay's reason (DELIVERY_TIMEOUT), once."""
     reset = lambda _rid, alias: ev.SubgroupReset(alias, 4, 0, StreamResetCode.DELIVERY_TIMEOUT)  # noqa: E731
     conn = ScriptedRelay({
         CATALOG_TRACK: [obj(0, 0, Catalog("live/x", (VIDEO,)).to_json()), ended(0), done(1)],
@@ -171,5 +171,19 @@ async def test_a_group_reset_after_its_late_tail_was_dropped_is_reported_once():
     async with asyncio.timeout(10):
         async for item in subscribe_broadcast(conn, "live/x"):
             got.append(item)
-    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, LATE_GROUP)]
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, StreamResetCode.DELIVERY_TIMEOUT)]
     assert [bytes(f.payload) for f in got if not isinstance(f, (Catalog, SkippedGroup))] == [b"5.0"]
+
+
+async def test_a_late_group_whose_stream_never_ended_is_still_reported_at_the_end():
+    from rtmpq.moq.client import LATE_GROUP
+
+    conn = ScriptedRelay({
+        CATALOG_TRACK: [obj(0, 0, Catalog("live/x", (VIDEO,)).to_json()), ended(0), done(1)],
+        "video": [obj(5, 0, b"5.0"), obj(4, 3, b"4.3 late"), ended(5), done(1)],
+    })
+    got = []
+    async with asyncio.timeout(10):
+        async for item in subscribe_broadcast(conn, "live/x"):
+            got.append(item)
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, LATE_GROUP)]

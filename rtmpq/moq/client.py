@@ -5,7 +5,8 @@
             ...  # Catalog, Frame, SkippedGroup, or the end (iteration stops)
 
 Frames of a track come in group order: the rest of a group that arrives after a frame of a newer
-group of its track is dropped and reported as a SkippedGroup (``LATE_GROUP``).
+group of its track is dropped, and the group reported as a SkippedGroup (``LATE_GROUP``, or the
+relay's reset code when it cut the group short too).
 """
 
 import asyncio
@@ -79,22 +80,39 @@ class SkipMemory:
 
 class GroupOrder:
     """Hands frames on in group order per track: once a frame of group G of a track has been handed
-    on, a frame of an older group of that track is dropped, and its group reported skipped once
-    (through ``skips``). A decoder fed the tail of a group after the next group's keyframe gets
-    timestamps going backwards and references to frames it dropped."""
+    on, a frame of an older group of that track is dropped. A decoder fed the tail of a group after
+    the next group's keyframe gets timestamps going backwards and references to frames it dropped.
+
+    A group with frames dropped is reported skipped once (through ``skips``) when its stream ends:
+    with the relay's reset code if the relay cut it short too (a group late because it was too
+    slow often is), else with ``LATE_GROUP``."""
 
     def __init__(self, skips: SkipMemory) -> None:
         self.skips = skips
         self._newest: dict[str, int] = {}  # track -> newest group handed on
+        self._late: dict[tuple[str, int], None] = {}  # groups with frames dropped, not reported yet
 
-    def admit(self, frame: Frame) -> Frame | SkippedGroup | None:
-        """``frame`` to hand it on, the SkippedGroup to report instead, or None (dropped, reported already)."""
+    def admit(self, frame: Frame) -> Frame | None:
+        """``frame`` to hand it on, or None: it came after a newer group of its track."""
         newest = self._newest.get(frame.track)
         if newest is not None and frame.group < newest:
-            return SkippedGroup(frame.track, frame.group, LATE_GROUP) if self.skips.first(frame.track, frame.group) \
-                else None
+            self._late[(frame.track, frame.group)] = None
+            return None
         self._newest[frame.track] = frame.group
         return frame
+
+    def stream_ended(self, track: str, group: int, reset_code: int | None) -> SkippedGroup | None:
+        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skip to report, if any."""
+        late = (track, group) in self._late
+        self._late.pop((track, group), None)
+        if (late or reset_code is not None) and self.skips.first(track, group):
+            return SkippedGroup(track, group, LATE_GROUP if reset_code is None else reset_code)
+        return None
+
+    def unreported(self) -> list[SkippedGroup]:
+        """The groups with frames dropped whose stream never ended (the subscription did first)."""
+        late, self._late = self._late, {}
+        return [SkippedGroup(t, g, LATE_GROUP) for t, g in late if self.skips.first(t, g)]
 
 
 class SubscribeError(ConnectionError):
@@ -148,8 +166,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     Frames of each track come in group order. Each group on its own QUIC stream, the relay sending
     the newest first, the tail of a group can arrive after frames of the next one (under load, or
-    after a relay's restart): it is dropped, and the group reported as a SkippedGroup with code
-    ``LATE_GROUP``, so that a decoder never gets frames going back in time.
+    after a relay's restart): it is dropped, so that a decoder never gets frames going back in
+    time, and the group is reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``,
+    or the relay's reset code when the relay also cut it short).
 
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
@@ -330,8 +349,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
-                    if isinstance(event, ev.SubgroupReset) and skips.first(track, event.group):
-                        yield SkippedGroup(track, event.group, event.code)
+                    skipped = order.stream_ended(track, event.group,
+                                                 event.code if isinstance(event, ev.SubgroupReset) else None)
+                    if skipped is not None:
+                        yield skipped
                     finish_complete_tracks()
             elif isinstance(event, ev.PublishDoneReceived):
                 track = requests.get(event.request_id)
@@ -353,6 +374,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             for frame in fill.release(timescale):
                 if (item := order.admit(frame)) is not None:
                     yield item
+        for skipped in order.unreported():
+            yield skipped
     finally:
         conn.handler = None
         choice._wake = None
