@@ -153,7 +153,7 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              fill_groups: int = 0, skips: SkipMemory | None = None
+                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = True
                               ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
@@ -168,13 +168,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     the newest first, the tail of a group can arrive after frames of the next one (under load, or
     after a relay's restart): it is dropped, so that a decoder never gets frames going back in
     time, and the group is reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``,
-    or the relay's reset code when the relay also cut it short).
+    or the relay's reset code when the relay also cut it short). ``in_order=False`` hands such
+    frames on as they come instead (for a consumer that orders them itself, e.g. by (group, index)).
 
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
-    order = GroupOrder(skips)
+    order = GroupOrder(skips) if in_order else None
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -343,14 +344,18 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
                     for frame in ([frame] if fill is None else fill.live(frame)):
-                        if (item := order.admit(frame)) is not None:
-                            yield item
+                        if order is None or (frame := order.admit(frame)) is not None:
+                            yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
-                    skipped = order.stream_ended(track, event.group,
-                                                 event.code if isinstance(event, ev.SubgroupReset) else None)
+                    code = event.code if isinstance(event, ev.SubgroupReset) else None
+                    if order is not None:
+                        skipped = order.stream_ended(track, event.group, code)
+                    else:
+                        skipped = SkippedGroup(track, event.group, code) \
+                            if code is not None and skips.first(track, event.group) else None
                     if skipped is not None:
                         yield skipped
                     finish_complete_tracks()
@@ -368,13 +373,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if fill.fetched_any:
                     log.info("%s: starts with the past from upstream: %s", safe_name(broadcast), fill.summary())
                 for frame in fill.release(timescale):
-                    if (item := order.admit(frame)) is not None:
-                        yield item
+                    if order is None or (frame := order.admit(frame)) is not None:
+                        yield frame
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
-                if (item := order.admit(frame)) is not None:
-                    yield item
-        for skipped in order.unreported():
+                if order is None or (frame := order.admit(frame)) is not None:
+                    yield frame
+        for skipped in order.unreported() if order is not None else ():
             yield skipped
     finally:
         conn.handler = None
