@@ -97,3 +97,25 @@ async def test_gstreamer_publisher_with_4096_byte_chunks(ingest, tmp_path):
     # the recording holds exactly what arrived (GStreamer also repeats onMetaData mid-stream,
     # which ffprobe lists as a data stream: those tags are kept too, but are not frames)
     assert [p for p in probe_packets(str(recording)) if p.track in ("audio", "video")] == received
+
+
+async def test_a_publish_without_media_leaves_no_recording_and_a_short_one_does(ingest, tmp_path):
+    """connect + publish + deleteStream with no audio or video left a 13-byte FLV (its header
+    alone) in the recording directory; a short ffmpeg publish still leaves its file."""
+    from .conftest import until
+    from .rtmp_client import TcpPublisher
+
+    publisher = await TcpPublisher.publish(ingest.port, "empty")
+    await until(lambda: list((tmp_path / "rec").rglob("empty-*.flv")), 10, "the recording opened")
+    publisher.command(0, "deleteStream", 4.0, None, float(publisher.stream_id))
+    await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
+    publisher.close()
+    assert recordings(tmp_path / "rec", "empty") == []
+
+    need("ffmpeg")
+    ref = str(tmp_path / "short.flv")
+    rc, output = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{ingest.port}/live/short", ref, seconds=1))
+    assert rc == 0, output
+    await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
+    [recording] = recordings(tmp_path / "rec", "short")
+    assert probe_packets(str(recording)) == probe_packets(ref)

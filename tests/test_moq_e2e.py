@@ -131,6 +131,34 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
         await second.close()
 
 
+async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
+    """aiopquic binds its port on IPv4 and IPv6 of every interface. A port another program holds
+    on IPv6 alone passed the IPv4 check: the node started (aiopquic 0.6.1 listening on IPv4 alone,
+    picoquic on no socket at all), and IPv6 clients of the port reached the other program."""
+    import errno
+    import socket
+
+    try:
+        holder = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        pytest.skip("this host has no IPv6")
+    with holder:
+        holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        holder.bind(("::", 0))
+        port = holder.getsockname()[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+            v4.bind(("0.0.0.0", port))  # free on IPv4: only the IPv6 check can see it taken
+        config = local_config(tmp_path, "aiopquic")
+        config.moq.port = port
+        node = UpNode(config)
+        try:
+            with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
+                await node.start()
+            assert info.value.errno == errno.EADDRINUSE
+        finally:
+            await node.close()
+
+
 @pytest.mark.parametrize("listener", ["RTMP", "HTTP"])
 async def test_a_tcp_port_in_use_names_its_listener(node, tmp_path, listener):
     """The error a user sees (`rtmpq: ...`) says which of the node's listeners could not bind:
@@ -198,7 +226,15 @@ async def test_data_objects_of_every_group_reach_a_subscriber(node, video_flv):
     async with asyncio.timeout(10):
         while not data:  # subscribed: it has the newest group of the data track
             await asyncio.sleep(0.01)
-    send(tags[first_group:])
+    # group by group, as a live source would: sent in one burst, groups would overtake each other
+    # (newest first, one stream each) and the client would drop each one overtaken (in group order)
+    keyframes = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1:] + [len(tags)]
+    for group, (start, end) in enumerate(zip(keyframes, keyframes[1:]), 1):
+        send(tags[start:end])
+        frames = sum(1 for t, _, body in tags[start:end] if t == 9 and body[1] == 1)
+        async with asyncio.timeout(10):
+            while sum(1 for f in data if f.group == group) < frames:  # the whole group is in
+                await asyncio.sleep(0.01)
     publisher.close()  # the broadcast ends: the subscription ends once every group is in
     await asyncio.wait_for(task, 15)
     # from group 1 on, every data object, numbered from 0 in its group, with its bytes

@@ -94,3 +94,96 @@ def test_the_memory_of_skipped_groups_is_bounded_per_track():
         assert skips.first("video", group)
     assert skips.first("video", 0)  # the oldest was forgotten (a group that old is not reset again)
     assert not skips.first("audio", 0)
+
+
+class ScriptedRelay:
+    """An in-memory MoQ connection for subscribe_broadcast: answers each SUBSCRIBE at once with the
+    events the test scripts for its track, in exactly that order (no QUIC to reorder streams)."""
+
+    def __init__(self, script: dict[str, list]) -> None:
+        self.script = script
+        self.handler = None
+        self.session = self
+        self._rids = iter(range(0, 1000, 2))
+
+    def subscribe(self, namespace, track, **_options) -> int:
+        rid = next(self._rids)
+        alias = rid + 1000
+        events = [ev.SubscribeAccepted(rid, alias, None)]
+        for item in self.script[track]:
+            events.append(item(rid, alias))
+        loop = asyncio.get_running_loop()
+        for event in events:
+            loop.call_soon(lambda e=event: self.handler(self, e))
+        return rid
+
+    def unsubscribe(self, _rid) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def obj(group, index, payload):
+    return lambda _rid, alias: ev.ObjectReceived(alias, group, 0, index, payload, {})
+
+
+def ended(group):
+    return lambda _rid, alias: ev.SubgroupEnded(alias, group, 0)
+
+
+def done(streams):
+    return lambda rid, _alias: ev.PublishDoneReceived(rid, PublishDoneStatus.TRACK_ENDED, streams, "")
+
+
+async def test_the_late_tail_of_a_group_after_the_next_group_is_dropped_and_reported_skipped():
+    """The relay sends the newest group first, each on its own stream: the tail of group 4 may
+    come after group 5 began. A decoder fed it would go back in time: it is not handed on, and
+    group 4 is reported skipped (once) so that the consumer knows frames are missing."""
+    from rtmpq.moq.client import LATE_GROUP
+
+    conn = ScriptedRelay({
+        CATALOG_TRACK: [obj(0, 0, Catalog("live/x", (VIDEO,)).to_json()), ended(0), done(1)],
+        "video": [obj(4, 0, b"4.0"), obj(5, 0, b"5.0"), obj(4, 1, b"4.1 late"), obj(5, 1, b"5.1"),
+                  obj(4, 2, b"4.2 late"), ended(4), ended(5), obj(6, 0, b"6.0"), ended(6), done(3)],
+    })
+    got = []
+    async with asyncio.timeout(10):
+        async for item in subscribe_broadcast(conn, "live/x"):
+            got.append(item)
+    frames = [(f.group, bytes(f.payload)) for f in got if not isinstance(f, (Catalog, SkippedGroup))]
+    assert frames == [(4, b"4.0"), (5, b"5.0"), (5, b"5.1"), (6, b"6.0")]
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, LATE_GROUP)]
+    # reported once group 4's stream ended (a reset might still have come, with the relay's reason)
+    kinds = [type(i).__name__ for i in got if not isinstance(i, Catalog)]
+    assert kinds == ["Frame", "Frame", "Frame", "SkippedGroup", "Frame"]
+
+
+async def test_a_group_reset_after_its_late_tail_was_dropped_is_reported_once_with_the_relays_code():
+    """A group late because it was too slow is often cut short by the relay too: the skip carries
+    the relay's reason (DELIVERY_TIMEOUT), once."""
+    reset = lambda _rid, alias: ev.SubgroupReset(alias, 4, 0, StreamResetCode.DELIVERY_TIMEOUT)  # noqa: E731
+    conn = ScriptedRelay({
+        CATALOG_TRACK: [obj(0, 0, Catalog("live/x", (VIDEO,)).to_json()), ended(0), done(1)],
+        "video": [obj(5, 0, b"5.0"), obj(4, 3, b"4.3 late"), reset, ended(5), done(2)],
+    })
+    got = []
+    async with asyncio.timeout(10):
+        async for item in subscribe_broadcast(conn, "live/x"):
+            got.append(item)
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, StreamResetCode.DELIVERY_TIMEOUT)]
+    assert [bytes(f.payload) for f in got if not isinstance(f, (Catalog, SkippedGroup))] == [b"5.0"]
+
+
+async def test_a_late_group_whose_stream_never_ended_is_still_reported_at_the_end():
+    from rtmpq.moq.client import LATE_GROUP
+
+    conn = ScriptedRelay({
+        CATALOG_TRACK: [obj(0, 0, Catalog("live/x", (VIDEO,)).to_json()), ended(0), done(1)],
+        "video": [obj(5, 0, b"5.0"), obj(4, 3, b"4.3 late"), ended(5), done(1)],
+    })
+    got = []
+    async with asyncio.timeout(10):
+        async for item in subscribe_broadcast(conn, "live/x"):
+            got.append(item)
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [SkippedGroup("video", 4, LATE_GROUP)]

@@ -160,3 +160,70 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
         assert len(set(groups)) >= 4
     finally:
         await stop_all(procs)
+
+
+async def first_video_line(sub: asyncio.subprocess.Process, deadline: float = 30.0) -> None:
+    """Read ``rtmpq sub --json`` output until its first video object (the track is relayed, live)."""
+    async with asyncio.timeout(deadline):
+        while b'"track": "video"' not in await sub.stdout.readline():
+            assert not sub.stdout.at_eof(), "the subscriber ended"
+
+
+async def relayed_live_track(tmp_path, *, below: bool):
+    """An ingest publishing into a relay, ffmpeg publishing live/cam into it, a subscriber on the
+    relay (and with ``below``, a second relay below it with a subscriber of its own): the
+    processes, once video reaches every subscriber."""
+    need("ffmpeg")
+    prtmp, pmoq, pmoq2 = free_port(), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    procs = [await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"))]
+    if below:
+        procs.append(await start_node("relay", "--moq", f"127.0.0.1:{pmoq2}", "--state-dir", str(tmp_path / "relay2"),
+                                      "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure"))
+    procs.append(await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                  "--insecure"))
+    await wait_tcp(prtmp)
+    others = [await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam"))]
+    for port in [pmoq, pmoq2] if below else [pmoq]:
+        sub = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure", "--json",
+            "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        others.append(sub)
+        await first_video_line(sub)
+    return procs, others
+
+
+async def stop_others(procs) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.kill()
+        await p.wait()
+
+
+async def test_a_relay_stopped_on_purpose_does_not_say_it_lost_its_sources(tmp_path):
+    """SIGTERM of a relay (one relaying what an ingest publishes into it, one below it relaying
+    from its upstream) logged "source lost, kept N s for it to return" for every track it held:
+    an operator read a failure upstream into a deliberate stop."""
+    procs, others = await relayed_live_track(tmp_path, below=True)
+    relay, relay_below = procs[0], procs[1]
+    try:
+        for node in (relay_below, relay):
+            node.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(node.communicate(), 20)
+            assert node.returncode == 0, err.decode()
+            assert b"source lost" not in err, err.decode()
+    finally:
+        await stop_others(others)
+        await stop_all(procs)
+
+
+async def test_a_relay_still_says_so_when_its_source_goes(tmp_path):
+    procs, others = await relayed_live_track(tmp_path, below=False)
+    relay, ingest = procs[0], procs[1]
+    try:
+        ingest.send_signal(signal.SIGTERM)  # the publisher's session to the relay closes
+        async with asyncio.timeout(20):
+            while b"source lost, kept" not in (line := await relay.stderr.readline()):
+                assert line, "the relay ended"
+    finally:
+        await stop_others(others)
+        await stop_all(procs)

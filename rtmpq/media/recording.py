@@ -1,6 +1,7 @@
 """Record a publish session as an FLV file: a remux of exactly the tags received.
 
-The file is ``<dir>/<app>/<key>-<UTC start>.flv``. The key has passed the session's allowlist
+The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video leaves
+none (the file is removed when the recording closes). The key has passed the session's allowlist
 (letters, digits, ``_.~-``), so it cannot climb out of ``dir``; we check that once more anyway.
 
 The disk is only touched by a thread of the recorder's own (opening, writing, closing), so a slow
@@ -128,6 +129,7 @@ class FlvRecorder:
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
         file = None
+        media = 0  # audio and video tags written
         try:
             self.path = recording_path(self._directory, self._broadcast, self._started)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +152,7 @@ class FlvRecorder:
                 for type_id, timestamp, header, body in batch:
                     pieces += tag_pieces(type_id, timestamp, body, header)
                     done += len(header) + len(body) + _TAG_OVERHEAD
+                    media += type_id in (8, 9)
                 write_all(file.fileno(), pieces)
                 with self._wake:
                     if not self.stopped:
@@ -164,6 +167,16 @@ class FlvRecorder:
                 except Exception as exc:
                     with self._wake:
                         self._stop_locked(f"closing the file: {_describe(exc)}")
+                if not media and not self.stopped:
+                    # a publish that sent no audio or video (connect, publish, gone) would leave a
+                    # file with nothing to play in it: the FLV header, perhaps metadata (a stopped
+                    # recording keeps its file: what the disk took before the error log)
+                    try:
+                        self.path.unlink()
+                        log.info("recording of %s: no audio or video came, no file kept", self._name)
+                    except OSError as exc:
+                        log.warning("recording of %s: could not remove the empty file: %s", self._name,
+                                    _describe(exc))
 
 
 def write_all(fd: int, pieces: list) -> None:

@@ -3,6 +3,10 @@
     async with connect_moq(host, port, insecure=True) as conn:
         async for item in subscribe_broadcast(conn, "live/cam1"):
             ...  # Catalog, Frame, SkippedGroup, or the end (iteration stops)
+
+Frames of a track come in group order: the rest of a group that arrives after a frame of a newer
+group of its track is dropped, and the group reported as a SkippedGroup (``LATE_GROUP``, or the
+relay's reset code when it cut the group short too).
 """
 
 import asyncio
@@ -41,9 +45,16 @@ WAIT_RETRY_INTERVAL = 1.0
 SKIPS_REMEMBERED = 64
 
 
+# SkippedGroup.code when the client dropped (the rest of) a group itself: it came after a frame of
+# a newer group of its track (each group has its own QUIC stream, and a relay sends the newest
+# first), too late to be handed on in order. Not a MoQT code: those are never negative.
+LATE_GROUP = -1
+
+
 @dataclass(frozen=True, slots=True)
 class SkippedGroup:
-    """The relay dropped (the rest of) this group for us: it fell outside our budget."""
+    """(The rest of) this group is not handed on: the relay dropped it for us, outside our budget
+    (``code``: its stream reset code), or it came late, after a newer group (``LATE_GROUP``)."""
 
     track: str
     group: int
@@ -65,6 +76,43 @@ class SkipMemory:
         if len(groups) > SKIPS_REMEMBERED:
             del groups[next(iter(groups))]  # the oldest reported
         return True
+
+
+class GroupOrder:
+    """Hands frames on in group order per track: once a frame of group G of a track has been handed
+    on, a frame of an older group of that track is dropped. A decoder fed the tail of a group after
+    the next group's keyframe gets timestamps going backwards and references to frames it dropped.
+
+    A group with frames dropped is reported skipped once (through ``skips``) when its stream ends:
+    with the relay's reset code if the relay cut it short too (a group late because it was too
+    slow often is), else with ``LATE_GROUP``."""
+
+    def __init__(self, skips: SkipMemory) -> None:
+        self.skips = skips
+        self._newest: dict[str, int] = {}  # track -> newest group handed on
+        self._late: dict[tuple[str, int], None] = {}  # groups with frames dropped, not reported yet
+
+    def admit(self, frame: Frame) -> Frame | None:
+        """``frame`` to hand it on, or None: it came after a newer group of its track."""
+        newest = self._newest.get(frame.track)
+        if newest is not None and frame.group < newest:
+            self._late[(frame.track, frame.group)] = None
+            return None
+        self._newest[frame.track] = frame.group
+        return frame
+
+    def stream_ended(self, track: str, group: int, reset_code: int | None) -> SkippedGroup | None:
+        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skip to report, if any."""
+        late = (track, group) in self._late
+        self._late.pop((track, group), None)
+        if (late or reset_code is not None) and self.skips.first(track, group):
+            return SkippedGroup(track, group, LATE_GROUP if reset_code is None else reset_code)
+        return None
+
+    def unreported(self) -> list[SkippedGroup]:
+        """The groups with frames dropped whose stream never ended (the subscription did first)."""
+        late, self._late = self._late, {}
+        return [SkippedGroup(t, g, LATE_GROUP) for t, g in late if self.skips.first(t, g)]
 
 
 class SubscribeError(ConnectionError):
@@ -105,7 +153,7 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              fill_groups: int = 0, skips: SkipMemory | None = None
+                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = True
                               ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
@@ -116,10 +164,18 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     window_fill.py), then go on live with no gap and no duplicate. A relay that refuses or does
     not answer the FETCH in time means starting at the live edge, as with 0 (logged once).
 
+    Frames of each track come in group order. Each group on its own QUIC stream, the relay sending
+    the newest first, the tail of a group can arrive after frames of the next one (under load, or
+    after a relay's restart): it is dropped, so that a decoder never gets frames going back in
+    time, and the group is reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``,
+    or the relay's reset code when the relay also cut it short). ``in_order=False`` hands such
+    frames on as they come instead (for a consumer that orders them itself, e.g. by (group, index)).
+
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
+    order = GroupOrder(skips) if in_order else None
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -287,17 +343,21 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     yield catalog
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
-                    if fill is None:
-                        yield frame
-                    else:
-                        for frame in fill.live(frame):
+                    for frame in ([frame] if fill is None else fill.live(frame)):
+                        if order is None or (frame := order.admit(frame)) is not None:
                             yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
-                    if isinstance(event, ev.SubgroupReset) and skips.first(track, event.group):
-                        yield SkippedGroup(track, event.group, event.code)
+                    code = event.code if isinstance(event, ev.SubgroupReset) else None
+                    if order is not None:
+                        skipped = order.stream_ended(track, event.group, code)
+                    else:
+                        skipped = SkippedGroup(track, event.group, code) \
+                            if code is not None and skips.first(track, event.group) else None
+                    if skipped is not None:
+                        yield skipped
                     finish_complete_tracks()
             elif isinstance(event, ev.PublishDoneReceived):
                 track = requests.get(event.request_id)
@@ -313,10 +373,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if fill.fetched_any:
                     log.info("%s: starts with the past from upstream: %s", safe_name(broadcast), fill.summary())
                 for frame in fill.release(timescale):
-                    yield frame
+                    if order is None or (frame := order.admit(frame)) is not None:
+                        yield frame
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
-                yield frame
+                if order is None or (frame := order.admit(frame)) is not None:
+                    yield frame
+        for skipped in order.unreported() if order is not None else ():
+            yield skipped
     finally:
         conn.handler = None
         choice._wake = None

@@ -130,6 +130,9 @@ class MoqRelay:
         # pending call_later handles (ORIGIN_DRAIN, LATE_STREAM_GRACE, NEW_TRACK_WAIT): stop()
         # cancels them, so nothing of a stopped relay runs later (e.g. orphaning its tracks)
         self._timers: set[asyncio.TimerHandle] = set()
+        # a deliberate stop: set by stop(), or earlier by a node closing its links first; the sources
+        # it lets go then are not "lost" (an operator would read that log as a failure upstream)
+        self.stopping = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,6 +141,7 @@ class MoqRelay:
 
     def stop(self) -> None:
         """Shut down: GOAWAY to every session (peers move elsewhere), then stop reading sources."""
+        self.stopping = True
         for conn in list(self.connections):
             if not conn.session.closed and conn.session.setup_done:
                 conn.session.goaway("")
@@ -854,8 +858,9 @@ class MoqRelay:
                 self._refuse_waiting(sub_conn, request, RequestError.DOES_NOT_EXIST, "the publisher left")
                 sub_conn.flush()
         upstream.waiting = []
-        log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),
-                 self.upstream_grace)
+        if not self.stopping:
+            log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),
+                     self.upstream_grace)
 
     def _resume(self, upstream: UpstreamTrack, conn: MoqConnection) -> None:
         """Subscribe to ``upstream``'s track on a new source session; groups go on above the last."""

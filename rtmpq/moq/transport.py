@@ -17,6 +17,7 @@ Both: a handshake (setup) timeout, an idle timeout, and a keep-alive (PING) on b
 """
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -738,14 +739,31 @@ def bound_host(host: str, backend: str) -> str:
 
 
 def _check_udp_port_free(host: str, port: int) -> None:
-    """picoquic binds the port on every interface, whatever ``host`` says, and when that bind
-    fails it runs with no socket at all and says nothing: bind it once here first, so a port in
-    use stops the node at start as it does on aioquic."""
+    """picoquic binds the port on every interface, IPv4 and IPv6, whatever ``host`` says, and
+    when a bind fails it opens neither socket and says nothing (aiopquic 0.6.1 probes IPv6 first
+    and then listens on IPv4 alone, with a warning: IPv6 clients of the port reach whatever holds
+    it). Bind both once here first, so a port in use stops the node at start as it does on
+    aioquic. IPv6 is probed where the host has it; a host without (no IPv6 support, or IPv6
+    disabled) listens on IPv4 alone, as aiopquic does there."""
     if host not in ("", "0.0.0.0", "::"):
         log.warning("aiopquic listens on udp port %d of every interface, not only %s "
                     "(--quic-backend aioquic binds that address alone)", port, host)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("0.0.0.0", port))
+    if not socket.has_ipv6:
+        return
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    except OSError:
+        return  # built with IPv6, but the kernel has none
+    with probe:
+        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(("::", port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            # EADDRNOTAVAIL and the like: IPv6 is disabled here, picoquic uses IPv4 alone
 
 
 def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, int, str]:

@@ -124,6 +124,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     try:
         await stop.wait()
     finally:
+        relay.stopping = True  # the links below close first: their tracks are not lost sources
         await ops.close()
         if origins is not None:
             await origins.close()
@@ -165,6 +166,8 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
             await ops.close()
             # the session upstream closes first, without PUBLISH_DONE: the relay above keeps the
             # broadcasts for its grace period, so a restarted ingest continues them
+            if relay is not None:
+                relay.stopping = True
             if link is not None:
                 await link.close()
             if relay is not None:
