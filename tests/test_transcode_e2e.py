@@ -8,7 +8,6 @@ import re
 import socket
 import sys
 
-import av
 import pytest
 
 from rtmpq.media.catalog import Catalog
@@ -60,6 +59,17 @@ async def stop_nodes(procs) -> None:
     for p in procs:
         _, err = await p.communicate()
         assert b"Traceback" not in err, err.decode()[-3000:]
+
+async def rung_leaves_when_stopped(transcoder, multivariant, publisher) -> None:
+    """Stop the transcoder node: its rung leaves the multivariant while the source plays on."""
+    transcoder.terminate()
+    await transcoder.wait()
+    async with asyncio.timeout(20):
+        while "video-360p.m3u8" in (listing := await multivariant()):
+            await asyncio.sleep(0.3)
+    assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
+    assert publisher.returncode is None, "the publish ended before the rung was unlisted"
+
 
 
 def first_nal_types(payload) -> list[int]:
@@ -257,13 +267,7 @@ async def test_the_rungs_of_a_transcoder_that_stops_leave_the_catalog(tmp_path):
         async with asyncio.timeout(40):
             while "video-360p.m3u8" not in await multivariant():
                 await asyncio.sleep(0.3)
-        transcoder.terminate()
-        await transcoder.wait()
-        async with asyncio.timeout(20):
-            while "video-360p.m3u8" in (listing := await multivariant()):
-                await asyncio.sleep(0.3)
-        assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
-        assert publisher.returncode is None, "the publish ended before the rung was unlisted"
+        await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
         if publisher is not None and publisher.returncode is None:
             publisher.kill()
@@ -475,13 +479,7 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         async with asyncio.timeout(RENDITION_IDLE_SECONDS + 20):
             while await transcoder_metric("rtmpq_transcode_lag_seconds") is not None:
                 await asyncio.sleep(0.5)
-        transcoder.terminate()
-        await transcoder.wait()
-        async with asyncio.timeout(20):
-            while "video-360p.m3u8" in (listing := await multivariant()):
-                await asyncio.sleep(0.3)
-        assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
-        assert publisher.returncode is None, "the publish ended before the rung was unlisted"
+        await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
         if publisher is not None and publisher.returncode is None:
             publisher.kill()

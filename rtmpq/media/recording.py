@@ -137,7 +137,7 @@ class FlvRecorder:
             # a recording holds no write buffer (256 KiB each cost ~0.2 MB per publisher) and the
             # bytes are not copied once more on their way to the kernel
             file = open(self.path, "wb", buffering=0)
-            writer = FlvWriter(file, has_audio=True, has_video=True)
+            FlvWriter(file, has_audio=True, has_video=True)  # writes the FLV header; tags go out below
             log.info("recording %s to %s", self._name, self.path.parent / f"…{self.path.suffix}")
             while True:
                 with self._wake:
