@@ -4,9 +4,11 @@
         async for item in subscribe_broadcast(conn, "live/cam1"):
             ...  # Catalog, Frame, SkippedGroup, or the end (iteration stops)
 
-Frames of a track come in group order: the rest of a group that arrives after a frame of a newer
-group of its track is dropped, and the group reported as a SkippedGroup (``LATE_GROUP``, or the
-relay's reset code when it cut the group short too).
+Frames come as they arrive, so the tail of a group can follow frames of the next one (each group
+has its own stream); ``in_order=True`` hands frames of a track on in group order instead: the rest
+of a group that arrives after a frame of a newer group of its track is dropped, and the group
+reported as a SkippedGroup (``LATE_GROUP``, or the relay's reset code when it cut the group short
+too).
 """
 
 import asyncio
@@ -153,7 +155,7 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = True
+                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = False
                               ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
@@ -164,12 +166,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     window_fill.py), then go on live with no gap and no duplicate. A relay that refuses or does
     not answer the FETCH in time means starting at the live edge, as with 0 (logged once).
 
-    Frames of each track come in group order. Each group on its own QUIC stream, the relay sending
-    the newest first, the tail of a group can arrive after frames of the next one (under load, or
-    after a relay's restart): it is dropped, so that a decoder never gets frames going back in
-    time, and the group is reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``,
-    or the relay's reset code when the relay also cut it short). ``in_order=False`` hands such
-    frames on as they come instead (for a consumer that orders them itself, e.g. by (group, index)).
+    Frames come as they arrive. Each group on its own QUIC stream, the relay sending the newest
+    first, the tail of a group can arrive after frames of the next one (under load, or after a
+    relay's restart); every frame is handed on, and a consumer may order them by (group, index).
+    ``in_order=True`` is for a consumer that decodes as it reads: frames of each track then come
+    in group order, a late tail is dropped (a decoder would go back in time) and its group is
+    reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``, or the relay's reset
+    code when the relay also cut it short). On a loaded machine that drops data even on
+    loopback (the relay favours the newest group), hence not the default.
 
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
