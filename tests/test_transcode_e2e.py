@@ -51,14 +51,19 @@ async def subscribe(node, name: str, track: str, out: dict) -> None:
                 out.setdefault(item.track, []).append(item)
 
 
-async def stop_nodes(procs) -> None:
-    """Terminate node processes and check that none of them died of an exception."""
+async def stop_nodes(procs, publisher=None) -> None:
+    """Terminate node processes and check that none of them died of an exception; ``publisher``
+    (an ffmpeg still publishing, if any) is killed first."""
+    if publisher is not None and publisher.returncode is None:
+        publisher.kill()
+        await publisher.wait()
     for p in procs:
         if p.returncode is None:
             p.terminate()
     for p in procs:
         _, err = await p.communicate()
         assert b"Traceback" not in err, err.decode()[-3000:]
+
 
 async def rung_leaves_when_stopped(transcoder, multivariant, publisher) -> None:
     """Stop the transcoder node: its rung leaves the multivariant while the source plays on."""
@@ -69,7 +74,6 @@ async def rung_leaves_when_stopped(transcoder, multivariant, publisher) -> None:
             await asyncio.sleep(0.3)
     assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720"], listing
     assert publisher.returncode is None, "the publish ended before the rung was unlisted"
-
 
 
 def first_nal_types(payload) -> list[int]:
@@ -269,10 +273,7 @@ async def test_the_rungs_of_a_transcoder_that_stops_leave_the_catalog(tmp_path):
                 await asyncio.sleep(0.3)
         await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
-        if publisher is not None and publisher.returncode is None:
-            publisher.kill()
-            await publisher.wait()
-        await stop_nodes(procs)
+        await stop_nodes(procs, publisher)
 
 
 async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_relay(tmp_path):
@@ -481,7 +482,4 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
                 await asyncio.sleep(0.5)
         await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
-        if publisher is not None and publisher.returncode is None:
-            publisher.kill()
-            await publisher.wait()
-        await stop_nodes(procs)
+        await stop_nodes(procs, publisher)

@@ -148,7 +148,6 @@ class _Broadcast:
         self.task: asyncio.Task | None = None
         self.source = None
         self.catalog: Catalog | None = None
-        self.listed_tracks: set[str] = set()  # the track names of ``catalog``
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
@@ -192,6 +191,11 @@ class _Broadcast:
                 self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
                 self.pulled_at.pop(track, None)
                 self.source.want(track, False)
+
+    @property
+    def listed_tracks(self) -> set[str]:
+        """The track names of ``catalog`` (none before the first)."""
+        return {t.name for t in self.catalog.tracks} if self.catalog is not None else set()
 
     def listed(self, key: str, stream: LlHlsStream) -> bool:
         """Whether the multivariant waits for ``stream`` to be playable (alternates not pulled yet
@@ -292,7 +296,6 @@ class EdgeServer:
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
                                 b.streams[key].follows = b.streams.get(stream_key(RUNG_NAME.sub("", info.name)))
                             streams.append(b.streams[key])
-                    b.listed_tracks = listed
                     for stream in streams:
                         stream.set_catalog(item)
                 elif isinstance(item, Frame):

@@ -89,13 +89,16 @@ class GroupOrder:
     with the relay's reset code if the relay cut it short too (a group late because it was too
     slow often is), else with ``LATE_GROUP``."""
 
-    def __init__(self, skips: SkipMemory) -> None:
+    def __init__(self, skips: SkipMemory, drop_late: bool = True) -> None:
         self.skips = skips
+        self.drop_late = drop_late  # False: every frame is handed on; only the relay's resets are skips
         self._newest: dict[str, int] = {}  # track -> newest group handed on
         self._late: dict[tuple[str, int], None] = {}  # groups with frames dropped, not reported yet
 
     def admit(self, frame: Frame) -> Frame | None:
         """``frame`` to hand it on, or None: it came after a newer group of its track."""
+        if not self.drop_late:
+            return frame
         newest = self._newest.get(frame.track)
         if newest is not None and frame.group < newest:
             self._late[(frame.track, frame.group)] = None
@@ -179,7 +182,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
-    order = GroupOrder(skips) if in_order else None
+    order = GroupOrder(skips, drop_late=in_order)
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -348,19 +351,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
                     for frame in ([frame] if fill is None else fill.live(frame)):
-                        if order is None or (frame := order.admit(frame)) is not None:
+                        if (frame := order.admit(frame)) is not None:
                             yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
                     code = event.code if isinstance(event, ev.SubgroupReset) else None
-                    if order is not None:
-                        skipped = order.stream_ended(track, event.group, code)
-                    else:
-                        skipped = SkippedGroup(track, event.group, code) \
-                            if code is not None and skips.first(track, event.group) else None
-                    if skipped is not None:
+                    if (skipped := order.stream_ended(track, event.group, code)) is not None:
                         yield skipped
                     finish_complete_tracks()
             elif isinstance(event, ev.PublishDoneReceived):
@@ -377,13 +375,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if fill.fetched_any:
                     log.info("%s: starts with the past from upstream: %s", safe_name(broadcast), fill.summary())
                 for frame in fill.release(timescale):
-                    if order is None or (frame := order.admit(frame)) is not None:
+                    if (frame := order.admit(frame)) is not None:
                         yield frame
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
-                if order is None or (frame := order.admit(frame)) is not None:
+                if (frame := order.admit(frame)) is not None:
                     yield frame
-        for skipped in order.unreported() if order is not None else ():
+        for skipped in order.unreported():
             yield skipped
     finally:
         conn.handler = None
