@@ -310,7 +310,9 @@ class _H1:
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 self.c.stats.errors["header_too_large" if status == 431 else "bad_request"] += 1
-                await self._send_error(status, str(exc) or HTTPStatus(status).phrase)
+                # h11 says what was wrong, then quotes the bytes: the reason alone goes back (a
+                # request line may hold a token, and the client needs no echo of what it sent)
+                await self._send_error(status, str(exc).split(":", 1)[0] or HTTPStatus(status).phrase)
                 return None
             if event is h11.NEED_DATA:
                 self._resume_reading()
