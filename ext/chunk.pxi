@@ -4,6 +4,9 @@
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from libc.string cimport memcpy
+from libc.errno cimport errno, EAGAIN, EINTR  # EWOULDBLOCK is EAGAIN on Linux
+from posix.unistd cimport read as _read
+from cpython.exc cimport PyErr_SetFromErrno
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from rtmpq.codec.types import RtmpMessage as _RtmpMessage
 from rtmpq.errors import LimitExceeded as _LimitExceeded
@@ -148,7 +151,7 @@ cdef class ChunkReader:
         self._buf = <unsigned char*>PyByteArray_AS_STRING(block)
         self._size = len(block)
 
-    def get_buffer(self, Py_ssize_t sizehint=-1):
+    cdef int _make_room(self) except -1:
         cdef bytearray fresh
         cdef Py_ssize_t tail
         tail = self._end - self._start
@@ -159,11 +162,36 @@ cdef class ChunkReader:
             self._set_block(fresh)
             self._start = 0
             self._end = tail
+        return 0
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        self._make_room()
         return memoryview(self._block)[self._end:]
 
     def buffer_updated(self, Py_ssize_t nbytes):
         self._end += nbytes
         self.bytes_received += nbytes
+
+    def recv_from(self, int fd, int max_reads=1):
+        """See rtmpq/codec/chunk.py."""
+        cdef Py_ssize_t total = 0, n, free
+        cdef int i
+        for i in range(max_reads):
+            self._make_room()
+            free = self._size - self._end
+            n = _read(fd, self._buf + self._end, free)
+            if n < 0:
+                if errno == EAGAIN or errno == EINTR:
+                    break
+                PyErr_SetFromErrno(OSError)
+            if n == 0:
+                return total
+            self._end += n
+            self.bytes_received += n
+            total += n
+            if n < free:
+                break
+        return total if total else -1
 
     def receive_data(self, data):
         cdef const unsigned char[:] src = data
@@ -208,6 +236,32 @@ cdef class ChunkReader:
                 raise
             self._error = exc
             return out
+
+    def dispatch(self, dict sinks):
+        """See rtmpq/codec/chunk.py."""
+        cdef object body, media, sink
+        if self._error is not None:
+            raise self._error
+        while True:
+            try:
+                body = self._next_chunk(True)
+            except RemoteProtocolError as exc:
+                self._error = exc
+                raise
+            if body is _NEED_DATA:
+                return None
+            if body is None:
+                continue
+            media = self._media
+            if media is not None:
+                sink = sinks.get(self._last_stream_id)
+                if sink is not None:
+                    sink(self._type_id, self._timestamp, body, (<tuple>media)[0], (<tuple>media)[1],
+                         (<tuple>media)[2], (<tuple>media)[3])
+                    continue
+                return (self._csid, self._last_stream_id, self._type_id, self._timestamp, body,
+                        (<tuple>media)[0], (<tuple>media)[1], (<tuple>media)[2], (<tuple>media)[3])
+            return (self._csid, self._last_stream_id, self._type_id, self._timestamp, body, None, 0, 0, None)
 
     cdef object _next_chunk(self, bint split):
         cdef unsigned char* buf = self._buf

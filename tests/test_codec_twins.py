@@ -4,6 +4,8 @@ These tests load both twins directly (rtmpq._speedups must be built), whatever b
 of the run uses.
 """
 
+import socket
+
 import rtmpq._speedups as compiled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -336,3 +338,63 @@ def test_access_unit_type_twins_agree_with_split_length_prefixed(data, start, le
     else:
         rap = any(u[0] & 0x1F == 5 for u in units)
     assert ref == ("ok", 0 if not units else 2 if rap else 1)
+
+
+def run_dispatch(cls, data: bytes, cuts: list[int], sink_ids: set[int], max_reads: int):
+    """The shared reader's fast path on a real socket: each piece is sent, then ``recv_from`` and
+    ``dispatch`` until it stops; what went to a sink, what came back, errors, in order."""
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    r = cls()
+    out = []
+    sinks = {sid: (lambda *m, sid=sid: out.append(("sink", sid, *m[:2], bytes(m[2]), *m[3:])))
+             for sid in sink_ids}
+    pos = 0
+    try:
+        with a, b:
+            for cut in sorted(set(cuts)) + [len(data)]:
+                if cut > pos:
+                    a.sendall(data[pos:cut])
+                pos = cut
+                got = r.recv_from(b.fileno(), max_reads)
+                out.append(("read", got))
+                while (m := r.dispatch(sinks)) is not None:
+                    out.append(("rest", *m[:4], bytes(m[4]), *m[5:]))
+            a.shutdown(socket.SHUT_WR)
+            out.append(("read", r.recv_from(b.fileno(), max_reads)))
+    except RemoteProtocolError as exc:
+        out.append((type(exc).__name__, str(exc)))
+    return out, r.bytes_received
+
+
+@SETTINGS
+@given(media_messages, st.sampled_from([128, 300, 4096]), st.lists(st.integers(0, 9000), max_size=20),
+       st.binary(max_size=40), st.sets(st.integers(0, 2)), st.sampled_from([1, 8]))
+def test_recv_from_and_dispatch_twins_agree(msgs, chunk_size, cuts, garbage, sink_ids, max_reads):
+    """Both twins of the fast path agree, whatever the reads; and every message reaches its sink
+    or the caller exactly once, in the order read_messages gives them (a command between two
+    frames is handed back before the frame after it goes to its sink)."""
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
+    w.chunk_size = chunk_size
+    for csid, ts, type_id, sid, (start, rest, cut) in msgs:
+        body = (start + rest)[: len(start) + len(rest) - cut] if cut < len(start) + len(rest) else start[:1]
+        data += w.write(csid, ts, type_id, sid, body)
+    data += garbage
+    cuts = [c % (len(data) + 1) for c in cuts]
+    ref = run_dispatch(REFERENCE["ChunkReader"], data, cuts, sink_ids, max_reads)
+    assert ref == run_dispatch(compiled.ChunkReader, data, cuts, sink_ids, max_reads)
+    events, received = ref
+    assert received == len(data) or events[-1][0] != "read"  # everything read, unless an error stopped it
+    if events[-1][0] == "read":
+        assert events[-1][1] == 0  # the peer's close, once everything before it was read
+    handed = [e for e in events if e[0] in ("sink", "rest")]
+    whole = [m for batch in run_batches(REFERENCE["ChunkReader"], data, [])[0] if isinstance(batch, list) for m in batch]
+    assert len(handed) == len(whole)
+    for e, (csid, sid, type_id, ts, body, _kind, codec, frame_type, cts, header) in zip(handed, whole):
+        if e[0] == "sink":  # a media message whose header was split off, of a stream with a sink
+            assert codec is not None and sid in sink_ids
+            assert e[1:] == (sid, type_id, ts, body, codec, frame_type, cts, header)
+        else:
+            assert codec is None or sid not in sink_ids
+            assert e[1:] == (csid, sid, type_id, ts, body, codec, frame_type, cts, header)

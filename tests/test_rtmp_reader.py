@@ -15,6 +15,7 @@ import termios
 
 import pytest
 
+from rtmpq.codec import NEED_DATA
 from rtmpq.config import ConfigError, IngestConfig, PublishConfig, load_config
 from rtmpq.media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from rtmpq.nodes.ingest import IngestNode
@@ -246,3 +247,37 @@ def test_read_coalesce_setting():
     assert load_config(env={}).rtmp.read_coalesce == INGEST_READ_COALESCE
     with pytest.raises(ConfigError, match="rtmp.read_coalesce"):
         load_config(env={"RTMPQ_RTMP_READ_COALESCE": "-1"})
+
+
+@pytest.mark.parametrize("coalesce", [0, INGEST_READ_COALESCE])
+async def test_acknowledgements_follow_the_publishers_window_and_every_byte_is_counted(coalesce):
+    """A publisher that asks for acknowledgements (Window Acknowledgement Size) gets them as its
+    bytes arrive, whether its socket is read by asyncio or by the shared reader's fast path (where
+    media go to the publish without the connection), and the ingest's byte count (the
+    rtmpq_received_bytes metric) holds every byte it sent."""
+    node = await start_ingest(coalesce)
+    try:
+        pub = await TcpPublisher.publish(node.address[1], "acked")
+        pub.send(2, 0, 5, 0, (64 * 1024).to_bytes(4, "big"))  # acknowledge every 64 KiB
+        collector = asyncio.create_task(frames_of(node.registry, "live/acked", 100))
+        pub.media(8, 0, AAC_CONFIG)
+        for k in range(100):
+            pub.media(8, 23 * k, aac(23 * k, 1) + bytes(3000))
+        acks = []
+        async with asyncio.timeout(10):
+            # ~308 kB sent: one ACK per read that completes a window, the last within a window of the end
+            while True:
+                while (msg := pub.replies.next_message()) is not NEED_DATA:
+                    if msg.type_id == 3:
+                        acks.append(int.from_bytes(bytes(msg.body), "big"))
+                if acks and acks[-1] >= 308_000 - 64 * 1024:
+                    break
+                pub.replies.receive_data(await pub.reader.read(65536))
+        assert len(await collector) == 100
+        assert all(b - a >= 64 * 1024 for a, b in zip([0, *acks], acks)), acks
+        assert 308_000 <= node.server.bytes_in < 310_000
+        if coalesce:
+            assert node.server.reader.bytes > acks[-1] - 64 * 1024  # read on the fast path
+        pub.close()
+    finally:
+        await node.close()

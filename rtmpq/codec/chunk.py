@@ -36,8 +36,13 @@ bytes and a frame holds no view of its own on top; for every other message (comm
 data, sequence headers, other codecs, multitrack, truncated headers) ``body`` is the whole
 message, ``codec`` and ``header`` are None and the rest 0: the caller parses those with
 ``parse_*_tag``, which raises on a bad header. A protocol error after some complete messages is
-raised by the next call, so the messages before it are handled first.
+raised by the next call, so the messages before it are handled first. ``dispatch(sinks)`` (the
+shared reader's fast path) reads the same tuples but hands each split media message of a stream
+with a sink straight to it, returning the first other message; ``recv_from(fd)`` receives from a
+socket into the buffer itself.
 """
+
+import os
 
 from ..errors import LimitExceeded, RemoteProtocolError
 from .sentinel import NEED_DATA
@@ -170,6 +175,27 @@ class ChunkReader:
         self._end += nbytes
         self.bytes_received += nbytes
 
+    def recv_from(self, fd: int, max_reads: int = 1) -> int:
+        """Receive from the non-blocking socket ``fd`` into the buffer, reading again (up to
+        ``max_reads`` reads) while each read fills the free space. The bytes received; 0 when the
+        peer closed before any byte came, -1 when there was nothing to read. Other errors of the
+        read are raised (OSError). One call per ready socket instead of get_buffer, recv_into and
+        buffer_updated: the shared reader's fast path (rtmpq/rtmp/reader.py)."""
+        total = 0
+        for _ in range(max_reads):
+            buf = self.get_buffer(-1)
+            try:
+                n = os.readv(fd, [buf])
+            except (BlockingIOError, InterruptedError):
+                break
+            if not n:
+                return total  # 0: the peer closed; after bytes, the next call sees the EOF
+            self.buffer_updated(n)
+            total += n
+            if n < len(buf):
+                break
+        return total if total else -1
+
     def receive_data(self, data) -> None:
         data = memoryview(data)
         while len(data):
@@ -210,6 +236,37 @@ class ChunkReader:
                 raise
             self._error = exc
             return out
+
+    def dispatch(self, sinks: dict):
+        """Hand the media messages received so far to their stream's sink, up to the first
+        message that is not one: that message is returned (a ``read_messages`` tuple; the bytes
+        after it stay unparsed), None when every complete message was handed on. A media message
+        is one ``read_messages`` splits (``codec`` not None) whose stream id has a sink in
+        ``sinks``; it is handed as ``sink(type_id, timestamp, body, codec, frame_type, cts,
+        header)``. Stopping at the first other message keeps every message of a connection in
+        order (a command that ends a publish is handled before the media after it). A protocol
+        error is raised when it is found, after the media before it were handed on, and by every
+        call after."""
+        if self._error is not None:
+            raise self._error
+        while True:
+            try:
+                body = self._next_chunk(True)
+            except RemoteProtocolError as exc:
+                self._error = exc  # the stream is broken from here on: every later call says so
+                raise
+            if body is NEED_DATA:
+                return None
+            if body is None:
+                continue
+            media = self._media
+            if media is not None:
+                sink = sinks.get(self._last_stream_id)
+                if sink is not None:
+                    sink(self._type_id, self._timestamp, body, *media)
+                    continue
+                return (self._csid, self._last_stream_id, self._type_id, self._timestamp, body, *media)
+            return (self._csid, self._last_stream_id, self._type_id, self._timestamp, body, None, 0, 0, None)
 
     def _next_chunk(self, split: bool):
         """Parse one chunk; returns a message body (its header in _csid, _last_stream_id, _type_id,

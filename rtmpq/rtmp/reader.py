@@ -5,7 +5,9 @@
 handle, transport, protocol) costs several times the read itself (docs/benchmarks.md, ingest).
 Here the loop watches one private ``epoll`` holding every connection's socket (the transports'
 own reading is paused); when it is readable, one callback reads every ready socket into its
-session's buffer (``get_buffer``/``buffer_updated`` as asyncio would). Once wakeups come less than
+session's buffer (``get_buffer``/``buffer_updated`` as asyncio would, during the handshake; after
+it, the fast path: the chunk reader receives and hands the media to their sinks itself, and the
+connection is called only for other messages). Once wakeups come less than
 ``coalesce`` seconds apart (smoothed), the loop stops watching and a timer reads every ready
 socket once per ``coalesce`` seconds, so that one wakeup serves many sockets and, with a window
 near a publisher's message interval, several messages of each; the first round that finds
@@ -19,6 +21,8 @@ import asyncio
 import logging
 import select
 import socket
+
+from ..errors import RemoteProtocolError
 
 log = logging.getLogger("rtmpq.rtmp")
 
@@ -51,12 +55,15 @@ class SharedReader:
         self._epoll = select.epoll()
         self._fd = self._epoll.fileno()
         self._conns: dict[int, tuple[object, socket.socket]] = {}  # fd -> (connection, socket)
+        # fd -> (connection, chunk reader, media sinks, session) of a connection on the fast path
+        self._fast: dict[int, tuple] = {}
         self._watching = False
         self._rearm: asyncio.TimerHandle | None = None  # the next polling round
         self._last_wakeup = float("-inf")
         self._gap = 1.0  # seconds between wakeups while watching, smoothed (GAP_SMOOTHING)
         self.wakeups = 0  # callbacks run (read by tests and benchmarks)
-        self.reads = 0  # recv_into calls that returned bytes
+        self.reads = 0  # socket reads that returned bytes (a fast-path read may be several recvs)
+        self.bytes = 0  # bytes read on the fast path (the connections count the others)
 
     @classmethod
     def create(cls, loop: asyncio.AbstractEventLoop, coalesce: float = INGEST_READ_COALESCE) -> "SharedReader | None":
@@ -89,11 +96,24 @@ class SharedReader:
             self._watch()
         return True
 
+    def fast_path(self, conn, session) -> bool:
+        """Read ``conn``'s socket on the fast path from now on, if it has one (the session's
+        handshake done): one compiled call receives into the session's chunk reader, one more
+        hands its media to their publishes' sinks, and the connection is called only for the
+        other messages (``read_rest``) or an acknowledgement due. Whether it is on it now."""
+        fd = getattr(conn, "_reader_fd", None)
+        path = session.fast_path
+        if fd is None or path is None:
+            return False
+        self._fast[fd] = (conn, *path, session)
+        return True
+
     def remove(self, conn) -> None:
         fd = getattr(conn, "_reader_fd", None)
         if fd is None:
             return
         conn._reader_fd = None
+        self._fast.pop(fd, None)
         entry = self._conns.pop(fd, None)
         if entry is None:
             return
@@ -156,9 +176,12 @@ class SharedReader:
     def _read_ready(self) -> int:
         """Read every ready socket once; how many were ready."""
         self.wakeups += 1
-        conns = self._conns
+        conns, fast = self._conns, self._fast
         ready = self._epoll.poll(0, MAX_READY_PER_WAKEUP)
         for fd, _events in ready:
+            if (path := fast.get(fd)) is not None:
+                self._read_fast(fd, *path)
+                continue
             entry = conns.get(fd)
             if entry is None:
                 continue
@@ -197,6 +220,35 @@ class SharedReader:
                 if n < len(buf) or conn._reader_fd != fd:  # drained, or closed by what it read
                     break
         return len(ready)
+
+    def _read_fast(self, fd: int, conn, reader, sinks: dict, session) -> None:
+        try:
+            n = reader.recv_from(fd, MAX_READS_PER_SOCKET)
+        except OSError as exc:  # reset by the peer and the like: the connection is gone
+            self.remove(conn)
+            conn.read_failed(exc)
+            return
+        if n <= 0:
+            if n == 0:
+                self.remove(conn)
+                conn.read_eof()
+            return
+        self.reads += 1
+        self.bytes += n
+        try:
+            try:
+                message = reader.dispatch(sinks)
+            except RemoteProtocolError:
+                message = None  # raised again where the session handles it (read_rest)
+            else:
+                if message is None and reader.bytes_received < session.ack_at:
+                    return  # media only, all handed on: nothing for the connection to do
+            conn.read_rest(message)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # a bug of this connection's (or its sink's): it alone is closed
+            self.remove(conn)
+            self._report(conn, exc, "read_rest() failed")
 
     def _report(self, conn, exc: BaseException, what: str) -> None:
         # what asyncio does when a protocol callback raises: report it, close that connection

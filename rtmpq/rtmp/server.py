@@ -72,10 +72,20 @@ class RtmpConnection(asyncio.BufferedProtocol):
         return self.session.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.server.bytes_in += nbytes
+        self.server._bytes_in += nbytes
         session = self.session
         session.buffer_updated(nbytes)
         if session.has_work:  # most reads carry media only, which the session handed on already
+            self._process()
+        if self._reader_fd is not None:  # the handshake done: the shared reader's fast path from now
+            self.server.reader.fast_path(self, session)
+
+    def read_rest(self, message) -> None:
+        """From the shared reader's fast path: ``message`` (or None) and what follows it, for the
+        session (commands, the publish's first messages, an acknowledgement due, an error)."""
+        session = self.session
+        session.handle_read(message)
+        if session.has_work:
             self._process()
 
     def eof_received(self):
@@ -188,7 +198,7 @@ class RtmpServer:
         self.handler = handler
         self.config = config or IngestConfig()
         self.connections: set[RtmpConnection] = set()
-        self.bytes_in = 0  # read by metrics
+        self._bytes_in = 0  # read by the connections themselves (handshakes, no shared reader)
         self.errors: Counter[str] = Counter()  # connections closed by us, by reason
         self._server: asyncio.AbstractServer | None = None
         self.reader: SharedReader | None = None  # reads every connection's socket (None: asyncio does)
@@ -203,6 +213,11 @@ class RtmpServer:
         except OSError as exc:
             raise listener_error(exc, "RTMP", self.config.host, self.config.port) from None
         log.info("RTMP listening on %s:%d", *self.address)
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received from every connection (read by metrics)."""
+        return self._bytes_in + (self.reader.bytes if self.reader is not None else 0)
 
     @property
     def address(self) -> tuple[str, int]:

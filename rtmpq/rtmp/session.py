@@ -52,6 +52,7 @@ SERVER_WINDOW_ACK_SIZE = 2_500_000
 SERVER_CHUNK_SIZE = 4096
 # The peer's window ack size is clamped to at least this, so a tiny window cannot flood ACKs.
 MIN_PEER_WINDOW_ACK_SIZE = 64 * 1024
+_NO_ACK = 1 << 62  # ack_at while the peer asked for no acknowledgements
 # Stream keys and app names: a conservative allowlist; never used as a file path as received.
 # A key may be a signed publish token (a JWT, about 200-400 characters), hence the length.
 MAX_STREAM_KEY_LENGTH = 2048
@@ -162,6 +163,7 @@ class RtmpServerSession:
         self._pending: dict[int, PublishRequested] = {}
         self._peer_window = 0  # bytes between our ACKs, as set by the peer (0: none asked)
         self._last_ack = 0
+        self.ack_at = _NO_ACK  # bytes received at which the next ACK is due (read by the shared reader)
         self.messages_ignored = 0
 
     # -- input ----------------------------------------------------------------------------------
@@ -198,24 +200,36 @@ class RtmpServerSession:
         self._pump()
 
     def _pump(self) -> None:
+        self.handle_read(None)
+
+    def handle_read(self, message) -> None:
+        """What a read brought, after the chunk reader's ``dispatch`` handed its media to their
+        sinks (the shared reader's fast path does that itself): ``message`` is the one it stopped
+        at (None: none), handled here with every message after it, in order."""
         if self._failed:
             return  # the connection is being closed: nothing more it sends is handled
         sinks = self._media_sinks
+        reader = self._reader
         try:
-            # one call per socket read (and one more that raises an error found after the
-            # messages it returned, or returns nothing); common media frames go straight to
-            # their publish's sink
-            while batch := self._reader.read_messages():
-                for csid, stream_id, type_id, timestamp, body, codec, frame_type, cts, header in batch:
-                    if codec is not None:
-                        if (sink := sinks.get(stream_id)) is not None:
-                            sink(type_id, timestamp, body, codec, frame_type, cts, header)
-                            continue
-                        body = header + body  # the whole message again (no fast path for this stream)
-                    self._handle_message(csid, stream_id, type_id, timestamp, body)
+            if message is None:
+                message = reader.dispatch(sinks)
+            while message is not None:
+                csid, stream_id, type_id, timestamp, body, codec, frame_type, cts, header = message
+                if codec is not None:
+                    body = header + body  # the whole message again (no sink for this stream)
+                self._handle_message(csid, stream_id, type_id, timestamp, body)
+                message = reader.dispatch(sinks)
             self._maybe_acknowledge()
         except RemoteProtocolError as exc:
             self._fail(str(exc))
+
+    @property
+    def fast_path(self) -> tuple | None:
+        """(chunk reader, media sinks by stream id) once the handshake is done and the session has
+        not failed: the shared reader may then receive into the reader and dispatch its media
+        itself, calling ``handle_read`` only for what is left (rtmpq/rtmp/reader.py)."""
+        if self._handshake.done and not self._failed and not self.closed:
+            return self._reader, self._media_sinks
 
     def _fail(self, reason: str) -> None:
         if not self._failed:
@@ -291,6 +305,7 @@ class RtmpServerSession:
         received = self._reader.bytes_received
         if self._peer_window and received - self._last_ack >= self._peer_window:
             self._last_ack = received
+            self.ack_at = received + self._peer_window
             self._send(CSID_PROTOCOL, 0, MessageType.ACKNOWLEDGEMENT, 0, u32(received))
 
     def _media(self, stream_id: int, type_id: int, timestamp: int, body) -> None:
@@ -333,6 +348,7 @@ class RtmpServerSession:
             self._handle_command(stream_id, amf0_decode(body))
         elif type_id == MessageType.WINDOW_ACK_SIZE:
             self._peer_window = max(parse_u32(body, "window ack size"), MIN_PEER_WINDOW_ACK_SIZE)
+            self.ack_at = self._last_ack + self._peer_window
         elif type_id == MessageType.USER_CONTROL:
             event, data = parse_user_control(body)
             if event == UserControlEvent.PING_REQUEST and len(data) >= 4:
