@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .edge.llhls import PART_TARGET
+from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.reader import INGEST_READ_COALESCE
@@ -141,6 +142,9 @@ class HttpConfig:
     max_concurrent_streams: int = HTTP_MAX_CONCURRENT_STREAMS
     # LL-HLS parts of at most this many seconds (PART-TARGET; see PART_TARGET in edge/llhls.py)
     part_target: float = PART_TARGET
+    # seconds without audio while the video goes on before the HLS audio gets silence (0: never;
+    # see edge/silence.py)
+    audio_gap_fill: float = AUDIO_GAP_FILL
 
 
 @dataclass
@@ -402,6 +406,8 @@ def validate(config: Config) -> None:
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")
+    if h.audio_gap_fill < 0:
+        raise ConfigError("http.audio_gap_fill: must not be negative (0: no silence is filled)")
     if h.part_target < MIN_PART_TARGET:
         raise ConfigError(f"http.part_target: must be at least {MIN_PART_TARGET} s")
     if (h.certfile is None) != (h.keyfile is None):

@@ -142,3 +142,19 @@ async def redis_server(tmp_path):
     server = await RedisServer(tmp_path).start()
     yield server
     await server.stop()
+
+
+@pytest.fixture(scope="module")
+def source_flv(tmp_path_factory):
+    """8 s of the test encode (B-frames, a GoP every 2 s), as ffmpeg writes FLV."""
+    import subprocess
+
+    from .publishers import AUDIO_ENCODE, VIDEO_ENCODE
+
+    need("ffmpeg")
+    path = tmp_path_factory.mktemp("src") / "src.flv"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8", *VIDEO_ENCODE, *AUDIO_ENCODE,
+         "-f", "flv", str(path)], check=True)
+    return path

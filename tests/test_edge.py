@@ -16,7 +16,7 @@ from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
 from .conftest import need, start_up_node, until
-from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
+from .publishers import AUDIO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
 
@@ -159,18 +159,6 @@ async def assert_reads_every_frame(playlist_url: str, publisher, ref: str) -> No
 
 DTS_WARNING = "Application provided invalid, non monotonically increasing dts to muxer"
 MOOV_WARNING = "Found duplicated MOOV Atom. Skipped it"
-
-
-@pytest.fixture(scope="module")
-def source_flv(tmp_path_factory):
-    """8 s of the test encode (B-frames, a GoP every 2 s), as ffmpeg writes FLV."""
-    need("ffmpeg")
-    path = tmp_path_factory.mktemp("src") / "src.flv"
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8", *VIDEO_ENCODE, *AUDIO_ENCODE,
-         "-f", "flv", str(path)], check=True)
-    return path
 
 
 def cut_at_second_gop(source, path, audio_lead_ms: int) -> None:
@@ -444,5 +432,71 @@ async def test_an_audio_rendition_that_leaves_and_comes_back(tmp_path, source_fl
         assert init != first_init
         status, _, data = await http_get(f"{base}/{init.decode()}")
         assert status == 200 and b"mp4a" in data
+    finally:
+        await node.close()
+
+
+async def publish_in_real_time(node, key: str, path, keep_audio) -> None:
+    """A publisher that sends each tag of an FLV when it is due (its own clock, as a live encoder
+    whose audio and video are captured apart does), leaving out the audio tags for which
+    ``keep_audio(ts)`` is false; the edge packages the broadcast from before the first frame."""
+    host, http_port = node.edge.address
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], key)
+    assert (await http_get(f"http://{host}:{http_port}/live/{key}/"))[0] == 200
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for tag_type, ts, body in read_flv_tags(str(path)):
+        if tag_type == 9 or (tag_type == 8 and (body[1] == 0 or keep_audio(ts))):
+            if (due := start + ts / 1000 - loop.time()) > 0:
+                await asyncio.sleep(due)  # the publisher's pace, not a wait for the server
+            publisher.media(tag_type, ts, body)
+            await publisher.writer.drain()
+    publisher.close()
+
+
+async def audio_samples(url: str) -> list[tuple[float, float]]:
+    """(presentation time, peak amplitude) of every audio frame the playlist at ``url`` decodes to."""
+    import av
+
+    def decode():
+        out = []
+        with av.open(url) as container:
+            for frame in container.decode(audio=0):
+                peak = max((abs(v) for plane in frame.to_ndarray() for v in plane), default=0.0) \
+                    if hasattr(frame, "to_ndarray") else 0.0
+                out.append((float(frame.time), float(peak)))
+        return out
+    return await asyncio.to_thread(decode)
+
+
+async def test_audio_that_stops_while_the_video_goes_on_is_filled_with_silence(tmp_path, source_flv):
+    """A publisher whose audio stops for a while (a phone call takes a mobile encoder's
+    microphone) and comes back, while its video goes on: the HLS audio playlist goes on with
+    silence through the gap, so players keep playing, and the audio after it is the publisher's
+    again, with no frame twice; without the fill the audio playlist stopped growing at the gap
+    and every player stalled there."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    try:
+        host, http_port = node.edge.address
+        base = f"http://{host}:{http_port}/live/gap"
+        await publish_in_real_time(node, "gap", source_flv, keep_audio=lambda ts: not 2500 <= ts < 5500)
+        async with asyncio.timeout(15):
+            for rendition in ("video", "audio"):
+                while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                    await asyncio.sleep(0.1)
+        _, _, audio = await http_get(f"{base}/audio.m3u8")
+        _, _, video = await http_get(f"{base}/video.m3u8")
+        durations = {name: sum(float(d) for d in re.findall(rb"#EXTINF:([0-9.]+)", playlist))
+                     for name, playlist in (("audio", audio), ("video", video))}
+        assert durations["audio"] > durations["video"] - 0.5, durations
+        frames = await audio_samples(f"{base}/audio.m3u8")
+        times = [t for t, _ in frames]
+        assert times == sorted(set(times)), "an audio frame twice or out of order"
+        assert max(b - a for a, b in zip(times, times[1:])) < 0.05  # no hole: one frame follows another
+        # the sine before and after the gap, silence inside it (the encoder's edges aside)
+        assert all(peak > 0.05 for t, peak in frames if 0.5 < t < 2.3 or 6.0 < t < 7.5), [(round(t, 2), round(p, 3)) for t, p in frames][::8]
+        assert all(peak < 0.001 for t, peak in frames if 3.0 < t < 5.2), [(round(t, 2), round(p, 3)) for t, p in frames][::8]
+        assert sum(1 for t, _ in frames if 2.5 < t < 5.5) > 100  # ~129 frames of 23 ms
     finally:
         await node.close()

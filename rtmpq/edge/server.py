@@ -32,6 +32,7 @@ from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
 from .llhls import PART_TARGET, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
+from .silence import AUDIO_GAP_FILL, AudioGapFill
 
 log = logging.getLogger("rtmpq.edge")
 
@@ -130,8 +131,9 @@ else if (Hls.isSupported()) {
 
 
 class _Broadcast:
-    def __init__(self, name: str, part_target: float = PART_TARGET) -> None:
+    def __init__(self, name: str, part_target: float = PART_TARGET, audio_gap_fill: float = AUDIO_GAP_FILL) -> None:
         self.name = name
+        self.gap_fill = AudioGapFill(audio_gap_fill)  # silence while the audio stops and the video goes on
         self.part_target = part_target
         self.first = sequence_base(time.time())  # every rendition's segments numbered alike
         self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=part_target, first=self.first),
@@ -264,7 +266,7 @@ class EdgeServer:
         source = self.open_broadcast(name)
         if source is None:
             return None
-        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target)
+        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target, self.http_config.audio_gap_fill)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -298,11 +300,25 @@ class EdgeServer:
                             streams.append(b.streams[key])
                     for stream in streams:
                         stream.set_catalog(item)
+                    b.gap_fill.set_tracks(item.track(AUDIO), item.track(VIDEO))
                 elif isinstance(item, Frame):
                     if b.group_origin is None:  # segment numbers of every rendition count from here
                         b.group_origin = item.group
                         for stream in streams:
                             stream.group_origin = item.group
+                    if item.track == VIDEO:
+                        gaps = b.gap_fill.gaps
+                        for frame in b.gap_fill.video(item, time.monotonic()):
+                            b.streams["a"].push(frame)
+                        if b.gap_fill.gaps != gaps:
+                            log.info("edge: %s: no audio for %.1f s while the video goes on; its HLS audio gets "
+                                     "silence until the audio is back", safe_name(b.name), b.gap_fill.lag)
+                    elif item.track == AUDIO:
+                        frames = b.gap_fill.audio(item, time.monotonic())
+                        if not frames:
+                            continue  # inside the silence already listed
+                        for frame in frames[:-1]:  # the rest of a filled gap, up to it
+                            b.streams["a"].push(frame)
                     for stream in streams:
                         stream.push(item)
                 else:
