@@ -483,3 +483,50 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
         await stop_nodes(procs, publisher)
+
+
+async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
+    """`rtmpq up --ladder 180p` and an E-RTMP multitrack publisher (``video`` 640x360, ``video-1``
+    320x240, audio) that comes back within the grace period with ``video`` and audio only: once
+    the new publish's first group is over, ``video-1`` and its rung ``video-1-180p`` leave the
+    catalog and the multivariant playlist, and the rung's media playlist ends; ``video-180p``
+    stays. Before, the rung stayed listed with nothing feeding it. A third publish with both
+    tracks lists the rung again."""
+    from .publishers import push_flv, pyav_publish_args
+    from .test_nodes_cli import get_when_ready
+
+    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
+    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
+                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
+        rc, out = await run_process(args, timeout=120)
+        assert rc == 0, out
+    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p")))
+    await node.start()
+    try:
+        base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
+        names = lambda: [t.name for t in node.registry.get("live/mt").catalog.tracks]  # noqa: E731
+        first = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))
+        async with asyncio.timeout(20):
+            while "video-1-180p.m3u8" not in (multivariant := (await get_when_ready(f"{base}/index.m3u8")).decode()):
+                await asyncio.sleep(0.2)
+        broadcast = node.registry.get("live/mt")
+        assert {"video-180p", "video-1-180p"} <= set(names()), names()
+        await get_when_ready(f"{base}/video-1-180p.m3u8")  # a player on the rung: it is made
+        await first
+        await push_flv(node.rtmp.address[1], "mt", main)  # back without video-1
+        assert broadcast.publishes == 2 and names() == ["video", "video-180p", "audio"]
+        async with asyncio.timeout(20):
+            while re.search(r"video-1\.m3u8|video-1-180p", multivariant := (await get_when_ready(f"{base}/index.m3u8")).decode()):
+                await asyncio.sleep(0.2)
+        assert "video-180p.m3u8" in multivariant, multivariant
+        for gone in ("video-1", "video-1-180p"):  # players on them stop waiting
+            status, playlist = await http_text(f"{base}/{gone}.m3u8")
+            assert status == 200 and "#EXT-X-ENDLIST" in playlist, (gone, playlist)
+        third = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))  # video-1 is back: its rung too
+        async with asyncio.timeout(20):
+            while "video-1-180p.m3u8" not in (multivariant := (await get_when_ready(f"{base}/index.m3u8")).decode()):
+                await asyncio.sleep(0.2)
+        assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
+        await third
+    finally:
+        await node.close()
