@@ -530,3 +530,85 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
         await third
     finally:
         await node.close()
+
+
+async def rung_subscription(pmoq: int, name: str, track: str) -> tuple[asyncio.Queue, object]:
+    """A MoQ SUBSCRIBE to one rung on its own session: (the session's events, its request id)."""
+    from contextlib import AsyncExitStack
+
+    stack = AsyncExitStack()
+    conn = await stack.enter_async_context(connect_moq("127.0.0.1", pmoq, insecure=True))
+    events: asyncio.Queue = asyncio.Queue()
+    conn.handler = lambda _c, event: events.put_nowait(event)
+    request = conn.session.subscribe(tuple(name.split("/")), track)
+    conn.flush()
+    events.close = stack.aclose
+    return events, request
+
+
+async def next_event(events: asyncio.Queue, kind, what: str, request=None):
+    async with asyncio.timeout(30):
+        while True:
+            event = await events.get()
+            if isinstance(event, kind) and (request is None or event.request_id == request):
+                return event
+            assert type(event).__name__ not in ("SessionClosed", "RequestFailed"), (what, event)
+
+
+async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_it(tmp_path):
+    """`rtmpq up` + `rtmpq transcode --upstream --ladder 180p`, an E-RTMP multitrack publisher back
+    within the grace period without ``video-1``: the transcoder withdraws ``video-1-180p`` (its
+    MoQ subscriber gets PUBLISH_DONE, TRACK_ENDED) and the rung leaves the multivariant;
+    ``video-180p`` stays. When ``video-1`` comes back, its rung is listed and made again."""
+    need("ffmpeg")
+    from rtmpq.moq import events as ev
+    from rtmpq.moq.wire import PublishDoneStatus
+
+    from .publishers import push_flv, pyav_publish_args
+    from .test_nodes_cli import get_when_ready, start
+
+    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
+    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
+                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
+        rc, out = await run_process(args, timeout=120)
+        assert rc == 0, out
+    prtmp, pmoq, phttp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "30"}
+    procs, subs = [], []
+
+    async def multivariant() -> str:
+        return (await get_when_ready(f"http://127.0.0.1:{phttp}/live/mt/index.m3u8")).decode()
+
+    async def listed(rung: bool) -> str:
+        async with asyncio.timeout(30):
+            while ("video-1-180p.m3u8" in (text := await multivariant())) != rung:
+                await asyncio.sleep(0.2)
+        return text
+
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "180p", env=env))
+        await wait_tcp(prtmp)
+        first = asyncio.create_task(push_flv(prtmp, "mt", both))
+        await listed(True)
+        events, request = await rung_subscription(pmoq, "live/mt", "video-1-180p")
+        subs.append(events)
+        await next_event(events, ev.ObjectReceived, "the rung's first object")
+        await first
+        await push_flv(prtmp, "mt", main)  # back without video-1
+        done = await next_event(events, ev.PublishDoneReceived, "PUBLISH_DONE of the rung", request)
+        assert done.status == PublishDoneStatus.TRACK_ENDED
+        text = await listed(False)
+        assert "video-180p.m3u8" in text and "video-1.m3u8" not in text, text
+        third = asyncio.create_task(push_flv(prtmp, "mt", both))  # video-1 is back, and so is its rung
+        await listed(True)
+        events, _ = await rung_subscription(pmoq, "live/mt", "video-1-180p")
+        subs.append(events)
+        await next_event(events, ev.ObjectReceived, "the rung's first object after video-1 came back")
+        await third
+    finally:
+        for events in subs:
+            await events.close()
+        await stop_nodes(procs)
