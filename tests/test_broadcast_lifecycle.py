@@ -148,13 +148,20 @@ async def test_a_publisher_back_without_audio_takes_audio_out_of_the_catalog_aft
     late.close()
 
 
-async def test_a_publisher_back_with_the_same_tracks_changes_no_catalog():
+def av_published(name: str):
+    """A broadcast whose first publish sent video and audio, two groups, read from the start:
+    (registry, broadcast, reader)."""
     registry = BroadcastRegistry()
-    b = registry.publish("live/same")
-    b.set_catalog(av_catalog("live/same"))
+    b = registry.publish(name)
+    b.set_catalog(av_catalog(name))
     reader = b.reader()
     for f in av_frames(2):
         b.push(f)
+    return registry, b, reader
+
+
+async def test_a_publisher_back_with_the_same_tracks_changes_no_catalog():
+    registry, b, reader = av_published("live/same")
     b.publisher_left(30.0, now=100.0)
     registry.publish("live/same")
     b.set_catalog(Catalog("live/same").with_track(catalog("live/same", 320).track(VIDEO)))
@@ -299,12 +306,7 @@ async def test_a_returning_publish_of_headers_only_wipes_nothing_and_the_next_pu
     audio (P2 published no frame: it decides nothing). P3 comes with video and audio: nothing
     leaves. P4 sends headers only for video and drops; P5 publishes video only: audio leaves after
     P5's first group, at the P5 group numbers (no half state left over from P2 or P4)."""
-    registry = BroadcastRegistry()
-    b = registry.publish("live/hh")
-    b.set_catalog(av_catalog("live/hh"))
-    reader = b.reader()
-    for f in av_frames(2):
-        b.push(f)
+    registry, b, reader = av_published("live/hh")
     video_only = Catalog("live/hh").with_track(catalog("live/hh", 320).track(VIDEO))
     b.publisher_left(30.0, now=100.0)
     registry.publish("live/hh")  # P2: a header, no frame
