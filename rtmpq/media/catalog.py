@@ -14,8 +14,8 @@ write it), fields in the draft's order:
 
 Private fields only where MSF has no place: ``broadcast`` (the broadcast's name),
 ``rtmpq.catalogVersion`` (our counter of catalog changes) and, on a transcoder rung's track,
-``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that track). The AVC/HEVC NAL length size is not sent:
-it is read back from the configuration record.
+``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that
+track). The AVC/HEVC NAL length size is not sent: it is read back from the configuration record.
 """
 
 import base64
