@@ -148,13 +148,20 @@ async def test_a_publisher_back_without_audio_takes_audio_out_of_the_catalog_aft
     late.close()
 
 
-async def test_a_publisher_back_with_the_same_tracks_changes_no_catalog():
+def av_published(name: str):
+    """A broadcast whose first publish sent video and audio, two groups, read from the start:
+    (registry, broadcast, reader)."""
     registry = BroadcastRegistry()
-    b = registry.publish("live/same")
-    b.set_catalog(av_catalog("live/same"))
+    b = registry.publish(name)
+    b.set_catalog(av_catalog(name))
     reader = b.reader()
     for f in av_frames(2):
         b.push(f)
+    return registry, b, reader
+
+
+async def test_a_publisher_back_with_the_same_tracks_changes_no_catalog():
+    registry, b, reader = av_published("live/same")
     b.publisher_left(30.0, now=100.0)
     registry.publish("live/same")
     b.set_catalog(Catalog("live/same").with_track(catalog("live/same", 320).track(VIDEO)))
@@ -215,3 +222,116 @@ async def test_the_relay_ends_a_track_the_returning_publisher_does_not_carry_and
         b.push(f)
     assert source.fanouts[AUDIO] is not audio and not source.fanouts[AUDIO].ended and ended == [audio]
     source.close()
+
+
+def multitrack_catalog(name: str) -> Catalog:
+    """E-RTMP multitrack: the main picture (``video``), a second picture (``video-1``), audio."""
+    second = TrackInfo(name="video-1", kind=VIDEO, codec="avc1.64001e", init_data=b"\x01v1", width=640, height=360,
+                       alt_group=1)
+    return av_catalog(name, replace(catalog(name, 320).track(VIDEO), alt_group=1), second)
+
+
+def rung(source: str, height: int) -> TrackInfo:
+    """A transcoder rung of ``source`` as the transcoder lists it (coder.RungEncoder.info)."""
+    return TrackInfo(name=f"{source}-{height}p", kind=VIDEO, codec="avc1.64000c", init_data=b"\x01r",
+                     width=height * 16 // 9, height=height, alt_group=1, source=source)
+
+
+async def test_the_rungs_of_a_track_the_returning_publisher_does_not_carry_leave_with_it():
+    """A multitrack publisher back with its main picture only: ``video-1`` leaves the catalog once
+    the new publish's first group is over, and so do its rungs (nothing feeds them any more), for
+    the relay's MoQ subscribers too (PUBLISH_DONE); the rungs of ``video`` stay."""
+    from rtmpq.moq.broadcast_source import BroadcastSource
+
+    registry = BroadcastRegistry()
+    b = registry.publish("live/mt")
+    ended = []
+    source = BroadcastSource(b, ended.extend, lambda source: None)
+    b.set_catalog(multitrack_catalog("live/mt"))
+    b.set_catalog(Catalog("live/mt", (rung(VIDEO, 180), rung("video-1", 180))))  # the local transcoder's
+    for f in av_frames(2):
+        b.push(f)
+    b.push_rendition(Frame("video-1-180p", 1, 0, 33 * 3, 33 * 3, True, b"r"))
+    gone_rung = source.fanouts["video-1-180p"]
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/mt")
+    b.set_catalog(Catalog("live/mt").with_track(replace(catalog("live/mt", 320).track(VIDEO), alt_group=1))
+                  .with_track(av_catalog("live/mt").track(AUDIO)))
+    for f in av_frames(2):
+        b.push(f)
+    assert [t.name for t in b.catalog.tracks] == [VIDEO, "video-180p", AUDIO]
+    assert gone_rung in ended and gone_rung.ended and "video-1-180p" not in source.fanouts
+    assert not source.fanouts["video-180p"].ended
+    source.close()
+
+
+async def test_a_rung_made_by_another_node_is_listed_only_while_its_source_is():
+    """``rtmpq transcode`` adds its rungs to the relay's catalog (with_added_tracks): a rung whose
+    source track left the broadcast's catalog is not listed; it is again when the source is back."""
+    from rtmpq.moq.broadcast_source import with_added_tracks
+
+    added = (rung(VIDEO, 180), rung("video-1", 180))
+    both = with_added_tracks(multitrack_catalog("live/x"), added)
+    assert {"video-180p", "video-1-180p"} <= {t.name for t in both.tracks}
+    main_only = with_added_tracks(multitrack_catalog("live/x").without_tracks({"video-1"}), added)
+    assert [t.name for t in main_only.tracks] == [VIDEO, "video-180p", AUDIO]
+
+
+def test_a_rung_names_its_source_track_in_the_msf_catalog():
+    c = Catalog("live/s", (rung("video-1", 180),))
+    assert Catalog.from_json(c.to_json()).track("video-1-180p").source == "video-1"
+    assert Catalog.from_json(av_catalog("live/s").to_json()).track(VIDEO).source is None
+
+
+async def test_a_first_publish_that_sent_only_headers_is_followed_by_the_next_one_with_frames():
+    """A publisher connects, sends its sequence headers (video, audio) and drops before any frame;
+    it comes back with video only and publishes: once that publish's first group is over, audio
+    leaves the catalog (nothing will ever feed it)."""
+    registry = BroadcastRegistry()
+    b = registry.publish("live/h")
+    b.set_catalog(av_catalog("live/h"))
+    b.publisher_left(30.0, now=100.0)
+    assert registry.publish("live/h") is b
+    b.set_catalog(Catalog("live/h").with_track(catalog("live/h", 320).track(VIDEO)))
+    second = frames(2)
+    for f in second[:3]:
+        b.push(f)
+    assert b.catalog.track(AUDIO) is not None  # its first group: audio may still come
+    b.push(second[3])
+    assert [t.name for t in b.catalog.tracks] == [VIDEO]
+
+
+async def test_a_returning_publish_of_headers_only_wipes_nothing_and_the_next_publish_decides():
+    """P1 publishes video and audio; P2 sends only a video header and drops; the catalog keeps
+    audio (P2 published no frame: it decides nothing). P3 comes with video and audio: nothing
+    leaves. P4 sends headers only for video and drops; P5 publishes video only: audio leaves after
+    P5's first group, at the P5 group numbers (no half state left over from P2 or P4)."""
+    registry, b, reader = av_published("live/hh")
+    video_only = Catalog("live/hh").with_track(catalog("live/hh", 320).track(VIDEO))
+    b.publisher_left(30.0, now=100.0)
+    registry.publish("live/hh")  # P2: a header, no frame
+    b.set_catalog(video_only)
+    b.publisher_left(30.0, now=101.0)
+    assert {t.name for t in b.catalog.tracks} == {VIDEO, AUDIO}
+    registry.publish("live/hh")  # P3: video and audio
+    b.set_catalog(av_catalog("live/hh"))
+    for f in av_frames(3):
+        b.push(f)
+    assert {t.name for t in b.catalog.tracks} == {VIDEO, AUDIO}
+    updates = [i for i in drain(reader) if isinstance(i, CatalogUpdate)]
+    assert len(updates) == 1  # the first publish's only
+    b.publisher_left(30.0, now=200.0)
+    registry.publish("live/hh")  # P4: a header, no frame
+    b.set_catalog(video_only)
+    b.publisher_left(30.0, now=201.0)
+    assert {t.name for t in b.catalog.tracks} == {VIDEO, AUDIO}
+    registry.publish("live/hh")  # P5: video only
+    b.set_catalog(video_only)
+    p5 = frames(2)
+    for f in p5[:3]:
+        b.push(f)
+    assert b.catalog.track(AUDIO) is not None
+    b.push(p5[3])
+    assert [t.name for t in b.catalog.tracks] == [VIDEO]
+    got = [i for i in drain(reader) if isinstance(i, Frame)]
+    assert [f.group for f in got if f.track == VIDEO][-4:] == [5, 5, 5, 6]

@@ -283,3 +283,33 @@ async def test_only_rungs_are_logged_as_watched_and_stopped(caplog):
     logged = [r.getMessage() for r in caplog.records]
     assert len(logged) == 1 and logged[0].endswith(" video-360p: watched; encoding"), logged
     bt.close()
+
+
+async def test_the_rungs_of_a_source_track_that_left_are_withdrawn_and_come_back_with_it(source):
+    """A multitrack publisher back without ``video-1``: its Transcoder stops and its rungs are
+    withdrawn (``rtmpq transcode`` sends PUBLISH_DONE); when ``video-1`` comes back, its rungs are
+    made and listed again. The rungs of ``video`` are untouched. Each rung names its source."""
+    from dataclasses import replace
+
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, _ = source
+    second = replace(info, name="video-1")
+    listed, withdrawn = [], []
+    bt = BroadcastTranscoder("live/mt", parse_ladder("360p"), TranscodeConfig(idle_stop=0.0),
+                             lambda tracks: listed.append([(t.name, t.source) for t in tracks]), lambda frame: None,
+                             withdraw=withdrawn.append)
+    try:
+        both = Catalog("live/mt", (info, second))
+        bt.on_catalog(both)
+        assert sorted(listed) == [[("video-1-360p", "video-1")], [("video-360p", "video")]]
+        bt.set_wanted("video-1-360p", True)
+        bt.on_catalog(Catalog("live/mt", (info,)))
+        assert withdrawn == [["video-1-360p"]] and set(bt.transcoders) == {"video"}
+        assert bt.wanted == set() and set(bt.rung_source) == {"video-360p"}
+        bt.on_catalog(both)  # video-1 is back
+        assert listed[-1] == [("video-1-360p", "video-1")] and set(bt.transcoders) == {"video", "video-1"}
+    finally:
+        bt.close()

@@ -483,3 +483,136 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
         await stop_nodes(procs, publisher)
+
+
+async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
+    """`rtmpq up --ladder 180p` and an E-RTMP multitrack publisher (``video`` 640x360, ``video-1``
+    320x240, audio) that comes back within the grace period with ``video`` and audio only: once
+    the new publish's first group is over, ``video-1`` and its rung ``video-1-180p`` leave the
+    catalog and the multivariant playlist, and the rung's media playlist ends; ``video-180p``
+    stays. Before, the rung stayed listed with nothing feeding it. A third publish with both
+    tracks lists the rung again."""
+    from .publishers import push_flv, pyav_publish_args
+    from .test_nodes_cli import get_when_ready
+
+    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
+    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
+                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
+        rc, out = await run_process(args, timeout=120)
+        assert rc == 0, out
+    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p")))
+    await node.start()
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
+
+    async def multivariant() -> str:
+        return (await get_when_ready(f"{base}/index.m3u8")).decode()
+
+    try:
+        names = lambda: [t.name for t in node.registry.get("live/mt").catalog.tracks]  # noqa: E731
+        first = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))
+        async with asyncio.timeout(20):
+            while "video-1-180p.m3u8" not in await multivariant():
+                await asyncio.sleep(0.2)
+        broadcast = node.registry.get("live/mt")
+        assert {"video-180p", "video-1-180p"} <= set(names()), names()
+        await get_when_ready(f"{base}/video-1-180p.m3u8")  # a player on the rung: it is made
+        await first
+        await push_flv(node.rtmp.address[1], "mt", main)  # back without video-1
+        assert broadcast.publishes == 2 and names() == ["video", "video-180p", "audio"]
+        async with asyncio.timeout(20):
+            while re.search(r"video-1\.m3u8|video-1-180p", text := await multivariant()):
+                await asyncio.sleep(0.2)
+        assert "video-180p.m3u8" in text, text
+        for gone in ("video-1", "video-1-180p"):  # players on them stop waiting
+            status, playlist = await http_text(f"{base}/{gone}.m3u8")
+            assert status == 200 and "#EXT-X-ENDLIST" in playlist, (gone, playlist)
+        third = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))  # video-1 is back: its rung too
+        async with asyncio.timeout(20):
+            while "video-1-180p.m3u8" not in await multivariant():
+                await asyncio.sleep(0.2)
+        assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
+        await third
+    finally:
+        await node.close()
+
+
+async def rung_subscription(pmoq: int, name: str, track: str) -> tuple[asyncio.Queue, object]:
+    """A MoQ SUBSCRIBE to one rung on its own session: (the session's events, its request id)."""
+    from contextlib import AsyncExitStack
+
+    stack = AsyncExitStack()
+    conn = await stack.enter_async_context(connect_moq("127.0.0.1", pmoq, insecure=True))
+    events: asyncio.Queue = asyncio.Queue()
+    conn.handler = lambda _c, event: events.put_nowait(event)
+    request = conn.session.subscribe(tuple(name.split("/")), track)
+    conn.flush()
+    events.close = stack.aclose
+    return events, request
+
+
+async def next_event(events: asyncio.Queue, kind, what: str, request=None):
+    async with asyncio.timeout(30):
+        while True:
+            event = await events.get()
+            if isinstance(event, kind) and (request is None or event.request_id == request):
+                return event
+            assert type(event).__name__ not in ("SessionClosed", "RequestFailed"), (what, event)
+
+
+async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_it(tmp_path):
+    """`rtmpq up` + `rtmpq transcode --upstream --ladder 180p`, an E-RTMP multitrack publisher back
+    within the grace period without ``video-1``: the transcoder withdraws ``video-1-180p`` (its
+    MoQ subscriber gets PUBLISH_DONE, TRACK_ENDED) and the rung leaves the multivariant;
+    ``video-180p`` stays. When ``video-1`` comes back, its rung is listed and made again."""
+    need("ffmpeg")
+    from rtmpq.moq import events as ev
+    from rtmpq.moq.wire import PublishDoneStatus
+
+    from .publishers import push_flv, pyav_publish_args
+    from .test_nodes_cli import get_when_ready, start
+
+    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
+    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
+                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
+        rc, out = await run_process(args, timeout=120)
+        assert rc == 0, out
+    prtmp, pmoq, phttp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "30"}
+    procs, subs = [], []
+
+    async def multivariant() -> str:
+        return (await get_when_ready(f"http://127.0.0.1:{phttp}/live/mt/index.m3u8")).decode()
+
+    async def listed(rung: bool) -> str:
+        async with asyncio.timeout(30):
+            while ("video-1-180p.m3u8" in (text := await multivariant())) != rung:
+                await asyncio.sleep(0.2)
+        return text
+
+    try:
+        procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                 "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "180p", env=env))
+        await wait_tcp(prtmp)
+        first = asyncio.create_task(push_flv(prtmp, "mt", both))
+        await listed(True)
+        events, request = await rung_subscription(pmoq, "live/mt", "video-1-180p")
+        subs.append(events)
+        await next_event(events, ev.ObjectReceived, "the rung's first object")
+        await first
+        await push_flv(prtmp, "mt", main)  # back without video-1
+        done = await next_event(events, ev.PublishDoneReceived, "PUBLISH_DONE of the rung", request)
+        assert done.status == PublishDoneStatus.TRACK_ENDED
+        text = await listed(False)
+        assert "video-180p.m3u8" in text and "video-1.m3u8" not in text, text
+        third = asyncio.create_task(push_flv(prtmp, "mt", both))  # video-1 is back, and so is its rung
+        await listed(True)
+        events, _ = await rung_subscription(pmoq, "live/mt", "video-1-180p")
+        subs.append(events)
+        await next_event(events, ev.ObjectReceived, "the rung's first object after video-1 came back")
+        await third
+    finally:
+        for events in subs:
+            await events.close()
+        await stop_nodes(procs)

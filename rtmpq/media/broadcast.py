@@ -134,9 +134,11 @@ class Broadcast:
     first group is over (its first frame of a later group: the second keyframe, or the second
     ``AUDIO_ONLY_GROUP_MS`` group of an audio-only publish), since encoders send every sequence
     header before their first frames and AC-3 tracks show in their first frame. Then the tracks of
-    the earlier publish it has not declared leave the catalog (a catalog update without them),
-    except tracks made here on demand (transcoder rungs) and the data track (data messages come
-    when they come, not in every group). A return with the same tracks changes nothing.
+    the earlier publishes it has not declared leave the catalog (a catalog update without them),
+    except tracks made here on demand (transcoder rungs, which leave only with the track they are
+    made from) and the data track (data messages come when they come, not in every group). A
+    return with the same tracks changes nothing; a publish that leaves before its first frame
+    settles nothing (the next one with frames does).
     """
 
     def __init__(self, name: str, registry: "BroadcastRegistry | None" = None) -> None:
@@ -234,8 +236,8 @@ class Broadcast:
     def push(self, frame: Frame) -> None:
         if self._shift:
             frame = self._continue(frame)
-            if self._carried is not None:
-                self._track_set_known(frame)
+        if self._carried is not None:
+            self._track_set_known(frame)
         self.frames_in += 1
         size = len(frame.payload)
         try:
@@ -293,8 +295,10 @@ class Broadcast:
         if frame.group <= self._first_group:
             return
         carried, self._carried = self._carried, None
-        gone = [t.name for t in self.catalog.tracks
-                if t.name not in carried and t.kind != DATA and not self.catalog.is_rung(t.name)]
+        left = {t.name for t in self.catalog.tracks
+                if t.name not in carried and t.kind != DATA and not self.catalog.is_rung(t.name)}
+        # and the rungs made from them: nothing feeds them any more
+        gone = [t.name for t in self.catalog.tracks if t.name in left or t.source in left]
         if not gone:
             return
         log.info("broadcast %s: the publisher came back without %s; removed from the catalog",
@@ -325,7 +329,8 @@ class Broadcast:
             self._shift = True
             self._group_base = self._last_group + 1
             self._ts_offset = None
-            self._carried, self._first_group = set(), None
+        # even after a publish of headers alone (no frame): this one's frames settle the track set
+        self._carried, self._first_group = set(), None
         self.publishing = True
         self.publishes += 1
         self.started = time.monotonic()

@@ -12,9 +12,10 @@ write it), fields in the draft's order:
   ``av01.0.04M.08``, ``mp4a.40.2``, ``opus``), ``framerate``, ``timescale``, ``bitrate``, ``width``,
   ``height``, ``samplerate``, ``channelConfig`` (a string).
 
-Private fields only where MSF has no place: ``broadcast`` (the broadcast's name) and
-``rtmpq.catalogVersion`` (our counter of catalog changes). The AVC/HEVC NAL length size is not sent:
-it is read back from the configuration record.
+Private fields only where MSF has no place: ``broadcast`` (the broadcast's name),
+``rtmpq.catalogVersion`` (our counter of catalog changes) and, on a transcoder rung's track,
+``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that
+track). The AVC/HEVC NAL length size is not sent: it is read back from the configuration record.
 """
 
 import base64
@@ -30,6 +31,7 @@ MSF_VERSION = "draft-01"
 PACKAGING_LOC = "loc"
 INIT_INLINE = "inline"
 PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
+PRIVATE_SOURCE_TRACK = "rtmpq.source"
 # Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
 RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
@@ -59,6 +61,7 @@ class TrackInfo:
     channels: int | None = None
     render_group: int = 1  # tracks that play together (MSF renderGroup)
     alt_group: int | None = None  # renditions of the same content (MSF altGroup)
+    source: str | None = None  # a transcoder rung: the track it is made from (it leaves with it)
 
     def to_msf(self, *, live: bool = True, init_ref: str | None = None) -> dict:
         """The MSF track object, fields in the draft's order (Table 2)."""
@@ -80,6 +83,8 @@ class TrackInfo:
         ):
             if value is not None:
                 out[key] = value
+        if self.source is not None:
+            out[PRIVATE_SOURCE_TRACK] = self.source
         return out
 
     @classmethod
@@ -106,6 +111,7 @@ class TrackInfo:
             channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,
             render_group=int(obj.get("renderGroup", 1)),
             alt_group=obj.get("altGroup"),
+            source=source if isinstance(source := obj.get(PRIVATE_SOURCE_TRACK), str) else None,
         )
 
 

@@ -21,8 +21,12 @@ log = logging.getLogger("rtmpq.moq")
 
 
 def with_added_tracks(catalog: Catalog, added) -> Catalog:
-    """``catalog`` with the tracks another node added to its broadcast (transcoder rungs) listed."""
+    """``catalog`` with the tracks another node added to its broadcast (transcoder rungs) listed,
+    each while the track it is made from is (a rung of a track that left has nothing to make)."""
+    listed = {t.name for t in catalog.tracks}
     for info in added:
+        if info.source is not None and info.source not in listed:
+            continue
         if catalog.track(info.name) != info:
             catalog = catalog.with_track(info)
     return catalog

@@ -3,7 +3,8 @@
 - ``BroadcastTranscoder``: one broadcast's rungs (a ``Transcoder`` per source video track), fed
   Catalog and Frame items, told which rung tracks are watched; rung tracks and frames go to the
   ``publish_tracks``/``emit`` it was given. A rung stops ``idle_stop`` seconds after its last
-  viewer left.
+  viewer left. When a source track leaves the catalog (a publisher back without it) its
+  ``Transcoder`` stops and its rungs are withdrawn; they are made and listed again if it returns.
 - ``LocalTranscoder`` (``rtmpq up --ladder``): over the in-process registry; rungs become tracks
   of the same ``Broadcast`` (its catalog lists them), demand comes from ``Broadcast.want``
   (the relay for MoQ subscribers, the edge for players).
@@ -23,6 +24,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
+from ..moq.wire import PublishDoneStatus
 from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
@@ -39,7 +41,7 @@ def is_rung_track(name: str) -> bool:
 
 class BroadcastTranscoder:
     def __init__(self, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig, publish_tracks, emit,
-                 skip=None) -> None:
+                 skip=None, withdraw=None) -> None:
         self.name = name
         self.label = safe_name(name)
         self.ladder = ladder
@@ -48,6 +50,8 @@ class BroadcastTranscoder:
         self.emit = emit  # (Frame) -> None, on the loop
         # (track, group) -> None, on the loop: a rung dropped (the rest of) that group
         self.skip = skip or (lambda track, group: None)
+        # (list[str]) -> None, on the loop: the rungs of a source track that left the catalog
+        self.withdraw = withdraw or (lambda tracks: None)
         self.transcoders: dict[str, Transcoder] = {}  # source track -> its rungs
         self.rung_source: dict[str, str] = {}  # rung track -> source track
         self.wanted: set[str] = set()
@@ -55,6 +59,9 @@ class BroadcastTranscoder:
         self._loop = asyncio.get_running_loop()
 
     def on_catalog(self, catalog: Catalog) -> None:
+        listed = {info.name for info in catalog.tracks}
+        for source in [s for s in self.transcoders if s not in listed]:
+            self._source_left(source)
         for info in catalog.tracks:
             if info.kind != VIDEO or is_rung_track(info.name) or info.name in self.rung_source:
                 continue
@@ -91,6 +98,20 @@ class BroadcastTranscoder:
                      ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
+
+    def _source_left(self, source: str) -> None:
+        """``source`` left the catalog: nothing feeds its rungs any more."""
+        self.transcoders.pop(source).close()
+        gone = [track for track, s in self.rung_source.items() if s == source]
+        for track in gone:
+            del self.rung_source[track]
+            self.wanted.discard(track)
+            stop = self._stops.pop(track, None)
+            if stop is not None:
+                stop.cancel()
+        log.info("%s %s: the source track left; rungs %s withdrawn", self.label, source, ", ".join(gone) or "(none)")
+        if gone:
+            self.withdraw(gone)
 
     def _to_loop(self, callback, *args) -> None:
         try:
@@ -240,6 +261,12 @@ class _RungPublisher:
         self.forward = False
         self.stream: int | None = None
         self.group: int | None = None
+        self.streams = 0  # subgroup streams opened (PUBLISH_DONE's stream count)
+
+    def _open(self, group: int) -> None:
+        self.group = group
+        self.stream = self.conn.session.open_subgroup(self.alias, group, priority=2)
+        self.streams += 1
 
     def send(self, frame: Frame) -> None:
         from ..moq.loc import frame_extensions
@@ -253,8 +280,7 @@ class _RungPublisher:
                 self.stream = None
             if frame.index != 0:
                 return  # never start a group mid-way
-            self.group = frame.group
-            self.stream = session.open_subgroup(self.alias, frame.group, priority=2)
+            self._open(frame.group)
         if self.stream is not None:
             session.send_object(self.stream, frame.index, frame.payload, frame_extensions(frame, self.info.timescale))
             self.conn.flush()
@@ -271,8 +297,7 @@ class _RungPublisher:
                 return  # older than what went out: nothing to say
             if self.stream is not None:
                 session.end_subgroup(self.stream)
-            self.group = group
-            self.stream = session.open_subgroup(self.alias, group, priority=2)
+            self._open(group)
             self.conn.flush()  # the header goes out before the reset
         session.reset_subgroup(self.stream, RESET_DELIVERY_TIMEOUT)
         self.stream = None
@@ -282,6 +307,14 @@ class _RungPublisher:
         if self.stream is not None and not self.conn.session.closed:
             self.conn.session.end_subgroup(self.stream)
         self.stream = self.group = None
+
+    def done(self) -> None:
+        """The rung is withdrawn (its source track left): PUBLISH_DONE, so the relay ends it for
+        its subscribers."""
+        self.stop()
+        if not self.conn.session.closed:
+            self.conn.session.publish_done(self.request_id, PublishDoneStatus.TRACK_ENDED, self.streams,
+                                           "its source track left")
 
 
 async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig,
@@ -309,19 +342,30 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         conn.flush()
 
     def publish_tracks(infos) -> None:
-        nonlocal list_alias
         for info in infos:
             if info.name not in rungs:
                 alias = next_alias[0]
                 next_alias[0] += 1
                 p = rungs[info.name] = _RungPublisher(conn, namespace, info, alias, token)
                 by_request[p.request_id] = p
+        send_list()
+
+    def withdraw(tracks) -> None:
+        for track in tracks:
+            p = rungs.pop(track, None)
+            if p is not None:
+                by_request.pop(p.request_id, None)
+                p.done()
+        send_list()
+
+    def send_list() -> None:
+        nonlocal list_alias
         # the list of what this node adds: one group per version on RENDITIONS_TRACK
         if list_alias is None:
             list_alias = next_alias[0]
             next_alias[0] += 1
             session.publish(namespace, RENDITIONS_TRACK, list_alias, authorization=token)
-        group = publish_tracks.version = getattr(publish_tracks, "version", -1) + 1
+        group = send_list.version = getattr(send_list, "version", -1) + 1
         sid = session.open_subgroup(list_alias, group, priority=0)
         session.send_object(sid, 0, Catalog(name, tuple(p.info for p in rungs.values())).to_json())
         session.end_subgroup(sid)
@@ -337,7 +381,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         if p is not None:
             p.skip(group)
 
-    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip)
+    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
     registry[name] = bt
     source_tracks: set[str] = set()
     catalog_group = -1
@@ -363,6 +407,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     catalog_group = event.group
                     catalog = Catalog.from_json(event.payload)
                     bt.on_catalog(catalog)
+                    source_tracks &= bt.transcoders.keys()  # one that left is subscribed again if it returns
                     for source in bt.transcoders:
                         if source not in source_tracks:
                             source_tracks.add(source)

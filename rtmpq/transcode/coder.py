@@ -145,5 +145,5 @@ class RungEncoder:
             name=self.rung.track(source.name), kind=source.kind, codec=self.codec, init_data=self.avcc,
             timescale=source.timescale, width=self.width, height=self.height, framerate=source.framerate or self.framerate,
             bitrate=self.rung.bitrate, nal_length_size=NAL_LENGTH_SIZE, render_group=source.render_group,
-            alt_group=source.alt_group if source.alt_group is not None else 1,
+            alt_group=source.alt_group if source.alt_group is not None else 1, source=source.name,
         )
