@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
-from .edge.llhls import PART_TARGET
+from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
@@ -142,6 +142,9 @@ class HttpConfig:
     max_concurrent_streams: int = HTTP_MAX_CONCURRENT_STREAMS
     # LL-HLS parts of at most this many seconds (PART-TARGET; see PART_TARGET in edge/llhls.py)
     part_target: float = PART_TARGET
+    # EXT-X-TARGETDURATION in whole seconds, fixed for a playlist's life; 0: the first whole
+    # segment's duration (see TARGET_DURATION in edge/llhls.py)
+    target_duration: int = TARGET_DURATION
     # seconds without audio while the video goes on before the HLS audio gets silence (0: never;
     # see edge/silence.py)
     audio_gap_fill: float = AUDIO_GAP_FILL
@@ -410,6 +413,8 @@ def validate(config: Config) -> None:
         raise ConfigError("http.audio_gap_fill: must not be negative (0: no silence is filled)")
     if h.part_target < MIN_PART_TARGET:
         raise ConfigError(f"http.part_target: must be at least {MIN_PART_TARGET} s")
+    if h.target_duration < 0:
+        raise ConfigError("http.target_duration: must be 0 (from the first segment) or a whole number of seconds")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
     d = config.directory

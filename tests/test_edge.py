@@ -3,6 +3,7 @@
 import asyncio
 import functools
 import json
+import math
 import re
 import subprocess
 import threading
@@ -16,7 +17,7 @@ from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
 from .conftest import need, start_up_node, until
-from .publishers import AUDIO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
 
@@ -500,3 +501,47 @@ async def test_audio_that_stops_while_the_video_goes_on_is_filled_with_silence(t
         assert sum(1 for t, _ in frames if 2.5 < t < 5.5) > 100  # ~129 frames of 23 ms
     finally:
         await node.close()
+
+
+async def test_an_irregular_gop_publish_keeps_one_target_duration_that_bounds_every_segment(node, tmp_path):
+    """RFC 8216 4.4.3.1 / 6.2.1: every EXTINF rounded to the nearest integer is at most
+    EXT-X-TARGETDURATION, and the target never changes in the playlist's life. A publisher whose
+    keyframes come at irregular times (an encoder forcing them at 0, 1, 5, 6 and 7 s: groups of
+    1, 4, 1, 1 and 1 s) into the edge, its video playlist read as a live player reloads it."""
+    need("ffmpeg")
+    base = "http://{}:{}/live/irregular".format(*node.edge.address)
+    encode = [a for a in VIDEO_ENCODE]
+    encode[encode.index("-g") + 1] = encode[encode.index("-keyint_min") + 1] = "600"  # no cadence of its own
+    publisher = asyncio.create_task(run_process([
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+        "-t", "9", *encode, "-force_key_frames", "0,1,5,6,7", *AUDIO_ENCODE,
+        "-map", "0:v", "-map", "1:a", "-f", "flv", f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/irregular"]))
+    await node.registry.wait_for("live/irregular", 10)
+    targets, seen = set(), {}  # segment URI -> EXTINF
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 40
+    while True:
+        status, _, body = await http_get(f"{base}/video.m3u8")
+        playlist = body.decode()
+        if status == 200:
+            target = int(re.search(r"^#EXT-X-TARGETDURATION:(\d+)$", playlist, re.M)[1])
+            targets.add(target)
+            for d, uri in re.findall(r"^#EXTINF:([\d.]+),\n(.*)$", playlist, re.M):
+                seen[uri] = float(d)
+                assert math.floor(float(d) + 0.5) <= target, playlist
+        if "#EXT-X-ENDLIST" in playlist or loop.time() > end:
+            break
+        await asyncio.sleep(0.1)
+    assert "#EXT-X-ENDLIST" in playlist, playlist
+    rc, output = await publisher
+    assert rc == 0, output
+    assert len(targets) == 1, f"EXT-X-TARGETDURATION changed between reloads: {sorted(targets)}"
+    assert sum(seen.values()) == pytest.approx(9, abs=0.5), seen  # every second of the publish was listed
+    # the first group (1 s) fixed the target at 1 s; the 4 s group went on in more segments
+    assert targets == {1} and len(seen) > 6, seen
+    # a player reading the ended playlist from its first listed segment (one that goes on with a
+    # group, no keyframe: it waits for the next) decodes what it plays without an error
+    rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-f", "null", "-"],
+                                timeout=60)
+    assert rc == 0 and out.strip() == "", out

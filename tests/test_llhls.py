@@ -306,6 +306,24 @@ def test_the_edge_packages_with_the_configured_part_target():
     assert "PART-TARGET=0.200" in b.streams["v"].media_playlist()
 
 
+async def test_the_edge_packages_with_the_configured_target_duration():
+    from rtmpq.config import ConfigError, HttpConfig, load_config
+    from rtmpq.edge.server import EdgeServer
+
+    assert load_config(env={"RTMPQ_HTTP_TARGET_DURATION": "4"}).http.target_duration == 4
+    with pytest.raises(ConfigError, match="target_duration"):
+        load_config(env={"RTMPQ_HTTP_TARGET_DURATION": "-1"})
+
+    async def nothing():
+        return
+        yield
+
+    edge = EdgeServer(lambda name: nothing(), http=HttpConfig(target_duration=4))
+    b = edge._broadcast("live/x")
+    await b.task
+    assert {s.target_duration() for s in b.streams.values()} == {4}
+
+
 def test_the_cached_playlist_is_always_the_one_the_stream_would_make_now():
     """Viewers woken by a new part get one playlist made once (cached by the stream's version):
     after every frame, catalog change and the end, it is what rendering afresh gives."""
@@ -376,3 +394,93 @@ def test_a_segment_slightly_longer_than_the_rest_keeps_the_target_duration():
     push_group(stream, 1, frames=26)
     stream.end()
     assert "#EXT-X-TARGETDURATION:3\n" in stream.media_playlist()
+
+
+def push_groups(stream: LlHlsStream, track: str, seconds: list[float], first_group: int = 0,
+                playlists: list | None = None) -> None:
+    """30 fps groups of these lengths (ms timestamps), from group ``first_group`` (the earlier
+    ones' frames are skipped); each media playlist made along the way goes to ``playlists``."""
+    n = 0
+    for group, length in enumerate(seconds):
+        for i in range(round(length * 30)):
+            if group >= first_group:
+                ts = n * 100 // 3
+                stream.push(Frame(track, group, i, ts, ts, i == 0, b"\x00\x00\x00\x01" + (b"\x65" if i == 0 else b"\x41"), 1))
+                if playlists is not None and stream.playable:
+                    playlists.append(stream.media_playlist())
+            n += 1
+
+
+def rung_catalog() -> Catalog:
+    return video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360, nal_length_size=4))
+
+
+def test_a_group_longer_than_the_target_goes_on_in_more_segments_and_the_target_never_changes():
+    """RFC 8216 4.4.3.1 / 6.2.1: the first whole segment (1 s) fixes EXT-X-TARGETDURATION at 1;
+    a 4 s group after it goes on in segments cut at part boundaries, each rounding to at most 1 s,
+    the first of them independent (a keyframe) and the others not."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=20)
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    playlists: list[str] = []
+    push_groups(stream, VIDEO, [1, 4, 1, 1], playlists=playlists)
+    stream.end()
+    playlists.append(stream.media_playlist())
+    assert {re.search(r"#EXT-X-TARGETDURATION:(\d+)\n", p)[1] for p in playlists} == {"1"}
+    final = playlists[-1]
+    durations = [float(d) for d in re.findall(r"#EXTINF:([\d.]+),", final)]
+    assert all(round(d + 1e-9) <= 1 for d in durations) and sum(durations) == pytest.approx(7, abs=0.05), durations
+    assert len(durations) > 4  # the 4 s group is in several segments
+    pieces = [s for s in stream.segments if s.group == 1]
+    assert len(pieces) > 2 and [s.continues for s in pieces] == [False] + [True] * (len(pieces) - 1)
+    assert pieces[0].parts[0].independent and not any(s.parts[0].independent for s in pieces[1:])
+    assert [s.msn for s in stream.segments] == list(range(len(stream.segments)))
+
+
+def test_a_configured_target_duration_holds_from_the_start():
+    """`[http] target_duration = 4`: advertised from the first playlist, and a 4 s group stays one
+    segment (a GoP that fits the target is never cut)."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", target_duration=4)
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    push_groups(stream, VIDEO, [1, 4, 1])
+    stream.end()
+    playlist = stream.media_playlist()
+    assert "#EXT-X-TARGETDURATION:4\n" in playlist and "HOLD-BACK=12.0" in playlist
+    assert [round(float(d)) for d in re.findall(r"#EXTINF:([\d.]+),", playlist)] == [1, 4, 1]
+
+
+def test_a_window_that_begins_inside_a_group_reaches_back_to_its_keyframe():
+    """A player that starts at the first listed segment starts at a keyframe: a window that would
+    begin with a segment going on with a long group lists that group's first segment too."""
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-", window=3)
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    push_groups(stream, VIDEO, [1, 6, 1])
+    stream.end()
+    listed = re.findall(r"^v-seg(\d+)\.m4s$", stream.media_playlist(), re.M)
+    first = stream.segment(int(listed[0]))
+    assert not first.continues and first.parts[0].independent and len(listed) > 3, listed
+
+
+def test_a_rung_pulled_late_numbers_and_cuts_its_segments_as_its_source_does():
+    """A rung (made group by group from its source) takes its source's target duration, is cut
+    where the source is, and a rung that starts after the source cut a long group numbers its
+    first segment as the source numbered that group's: players align renditions by it."""
+    catalog = rung_catalog()
+    source = LlHlsStream(tracks={VIDEO})
+    rung = LlHlsStream(tracks={"video-360p"})
+    source.group_origin = rung.group_origin = 0
+    rung.follows = source
+    for s in (source, rung):
+        s.set_catalog(catalog)
+    groups = [1, 4, 2, 1]
+    push_groups(source, VIDEO, groups)
+    push_groups(rung, "video-360p", groups, first_group=2)  # pulled when group 2 began
+    source.end()
+    rung.end()
+    assert rung.target_duration() == source.target_duration() == 1
+    by_msn = {s.msn: s for s in source.segments}
+    assert len(rung.segments) == 3 and rung.segments[1].continues  # group 2 (2 s) is cut, as the source's
+    for s in rung.segments:
+        assert (by_msn[s.msn].group, by_msn[s.msn].continues) == (s.group, s.continues)
+        assert by_msn[s.msn].duration == pytest.approx(s.duration, abs=0.02)  # (the rung's first part: 1 ms)
+    assert rung.segments[0].msn == next(s.msn for s in source.segments if s.group == 2) > 2

@@ -446,6 +446,11 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
     async def encoded() -> float:  # frames the transcoder made of the rung so far
         return await transcoder_metric("rtmpq_transcode_frames_encoded_total") or 0
 
+    async def up_subscribers() -> float:  # what up's own /metrics counts for the broadcast
+        status, metrics = await http_text(f"http://127.0.0.1:{phttp}/metrics")
+        assert status == 200, metrics
+        return float(re.search(r'^rtmpq_broadcast_subscribers\{broadcast="live/gpu"\} (\S+)$', metrics, re.M)[1])
+
     try:
         procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
                                  "--http", f"127.0.0.1:{phttp}", "--state-dir", str(tmp_path / "s"), env=env))
@@ -461,6 +466,7 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
                 await asyncio.sleep(0.3)
         assert re.findall(r"RESOLUTION=(\d+x\d+)", listing) == ["1280x720", "640x360"], listing
         assert await encoded() == 0  # listed, not watched: not made
+        assert await up_subscribers() == 1  # the transcoder node's session, for the source
         # asking for the rung's playlist pulls it (up's relay asks the transcoder for it); like a
         # player, ask again while it answers 503 (no whole segment yet)
         playlist = (await get_when_ready(f"{base}/video-360p.m3u8", 30)).decode()
@@ -475,11 +481,14 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         video = [s for s in json.loads(out)["streams"] if s["codec_type"] == "video"]
         assert (video[0]["width"], video[0]["height"]) == (640, 360) and int(video[0]["nb_read_frames"]) > 10
         assert await encoded() > 0
+        # up's edge pulls the rung from up's relay in process: one more subscriber there
+        assert await up_subscribers() == 2
         # nobody asks for the rung any more: the edge lets it go (after RENDITION_IDLE_SECONDS),
         # and the transcoder stops encoding it (its lag is exposed only while it encodes)
         async with asyncio.timeout(RENDITION_IDLE_SECONDS + 20):
             while await transcoder_metric("rtmpq_transcode_lag_seconds") is not None:
                 await asyncio.sleep(0.5)
+        assert await up_subscribers() == 1  # the edge's pull left the count when it ended
         await rung_leaves_when_stopped(transcoder, multivariant, publisher)
     finally:
         await stop_nodes(procs, publisher)

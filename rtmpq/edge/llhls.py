@@ -1,7 +1,8 @@
 """LL-HLS for one broadcast, sans-I/O: frames in, init segment, parts, segments and playlists out.
 
 One segment per source group (GoP), cut into parts of at most ``part_target`` seconds at frame
-boundaries; each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
+boundaries (a group longer than the target duration goes on in more segments: see
+``target_duration``); each part is one CMAF fragment (moof+mdat) with the video and audio samples of its
 time span, and a segment is the concatenation of its parts. A part is published as soon as its
 last frame is in (the next frame, by the track's frame interval, would not fit), not when the
 next frame arrives: that wait was one frame interval of live-edge lag for nothing. A sliding
@@ -37,11 +38,25 @@ PART_TARGET = 0.2
 # track: timestamps in ms jitter by a tick (33, 33, 34 at 30 fps), and a mean over a second of
 # frames predicts the next one to the tick, so a part's last frame ends where the next begins.
 FRAME_INTERVAL_HISTORY = 30
+# EXT-X-TARGETDURATION (whole seconds, `[http] target_duration`) when not configured: 0 takes the
+# first whole segment's duration, rounded to the nearest second (so a publisher with a steady GoP
+# gets one segment per GoP and the target it had before any rule existed). Either way the target
+# is fixed for the playlist's life (RFC 8216 6.2.1), and a group that would outgrow it, an EXTINF
+# that rounds above it (4.4.3.1), goes on in another segment cut at a part boundary instead: that
+# segment starts without a keyframe (its first part lacks INDEPENDENT=YES).
+TARGET_DURATION = 0
+# How far under the rounding bound (target + 0.5 s) a segment stays, for timestamp rounding.
+TARGET_MARGIN = 0.01
 # Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
 # a part; the part's written duration never exceeds PART-TARGET all the same.
 FRAME_TIME_TOLERANCE_TICKS = 1
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
+# A window that would begin inside a group (a segment that goes on with a group longer than the
+# target duration, with no keyframe) reaches back to the group's first segment, so a player that
+# starts at the first listed segment starts at a keyframe; but never to more than this many times
+# the window (memory stays bounded if a publisher sends a keyframe once in a long while).
+WINDOW_REACH = 4
 # Parts are listed for segments this close to the live edge (the spec asks for at least 3 target durations).
 PART_LISTING_SEGMENTS = 3
 # A group whose first frame is more than this far (seconds) after the previous frame, or before it,
@@ -73,6 +88,8 @@ class Segment:
     init_version: int = 0  # the init segment its samples need
     discontinuity: bool = False  # a new init segment or a seam in the timeline before it (EXT-X-DISCONTINUITY)
     discontinuity_sequence: int = 0  # EXT-X-DISCONTINUITY tags up to and including this segment
+    group: int | None = None  # the source group its frames are of
+    continues: bool = False  # it goes on with its group, which outgrew the target duration in the one before
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
@@ -120,10 +137,11 @@ class LlHlsStream:
     segments and init versions are numbered from ``first`` (see ``sequence_base``)."""
 
     def __init__(self, *, tracks: set[str] | None = None, prefix: str = "", part_target: float = PART_TARGET,
-                 window: int = SEGMENT_WINDOW, first: int = 0) -> None:
+                 window: int = SEGMENT_WINDOW, first: int = 0, target_duration: int = TARGET_DURATION) -> None:
         self.only = tracks
         self.prefix = prefix
         self.part_target = part_target
+        self._target: int | None = target_duration or None  # fixed once known (see TARGET_DURATION)
         self.window = window
         self.first = first
         self.catalog: Catalog | None = None
@@ -149,7 +167,6 @@ class LlHlsStream:
         self._recent_dts: deque[int] = deque(maxlen=FRAME_INTERVAL_HISTORY + 1)  # the primary's, in one run
         self.media_time: float | None = None  # newest presentation time of the primary track (s)
         self._group: int | None = None
-        self.max_segment_duration = 0.0
         # the broadcast's clock for segment dates, shared by its playlists (set by the edge)
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
@@ -225,6 +242,8 @@ class LlHlsStream:
             self.media_time = pts if self.media_time is None else max(self.media_time, pts)
         elif self._group is None:
             return  # audio before the first video keyframe has no segment yet
+        if frame.track == primary and self.segments and self.segments[-1].complete:
+            self._open_segment(frame, continues=True)  # the group outgrew the target: on in the next segment
         self._pending[frame.track].append(frame)
         if frame.track == primary:
             last = self._part_full()
@@ -312,23 +331,42 @@ class LlHlsStream:
         gap = (dts - self._last_dts) / self._timescale[self._primary]
         return abs(gap) > DISCONTINUITY_GAP  # a few ms of overlap between sources is jitter, not a seam
 
-    def _open_segment(self, frame: Frame, seam: bool = False) -> None:
+    def _open_segment(self, frame: Frame, seam: bool = False, continues: bool = False) -> None:
         if not self.segments and self._msn == self.first and self.group_origin is not None:
-            self._msn = self.first + max(frame.group - self.group_origin, 0)
+            self._msn = self._first_msn(frame.group)
         discontinuity = (self._new_init or seam) and bool(self.segments)
         self._discontinuities += discontinuity
         self._new_init = False
         arrival = frame.received_ns or time.time_ns()
         started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
         self.segments.append(Segment(self._msn, started, init_version=self.init_version,
-                                     discontinuity=discontinuity, discontinuity_sequence=self._discontinuities))
+                                     discontinuity=discontinuity, discontinuity_sequence=self._discontinuities,
+                                     group=frame.group, continues=continues))
         self._msn += 1
         self.version += 1  # (the window moves)
-        while len(self.segments) > self.window + 1:
+        for _ in range(self._window_start(list(self.segments), self.window + 1)):
             self.segments.popleft()
         oldest = self.segments[0].init_version
         for version in [v for v in self._inits if v < oldest]:
             del self._inits[version]
+
+    def _window_start(self, segments: list[Segment], count: int) -> int:
+        """Where a window of the last ``count`` of ``segments`` begins: back to its first group's
+        first segment (WINDOW_REACH)."""
+        start = max(0, len(segments) - count)
+        while start > 0 and segments[start].continues and len(segments) - start < WINDOW_REACH * count:
+            start -= 1
+        return start
+
+    def _first_msn(self, group: int) -> int:
+        """The media sequence number of a late-starting stream's first segment (of ``group``):
+        the one the stream it follows gave that group (their groups are cut alike, also where
+        one outgrew the target), else the group's distance from the broadcast's first group."""
+        if self.follows is not None:
+            for s in self.follows.segments:
+                if s.group == group and not s.continues:
+                    return s.msn
+        return self.first + max(group - self.group_origin, 0)
 
     def init_version_data(self, version: int) -> bytes | None:
         """The init segment of ``version``, while a segment in the window needs it."""
@@ -377,14 +415,24 @@ class LlHlsStream:
             segment.parts.append(Part(data, duration, independent))
             segment.duration += duration
             self.version += 1
+            target = self._known_target()
+            if not final and target is not None and segment.duration + self.part_target >= target + 0.5 - TARGET_MARGIN:
+                final = True  # one more part could round its EXTINF above the target: end it here
         if final:
             self._finish_segment()
 
     def _finish_segment(self) -> None:
         segment = self.segments[-1]
         segment.complete = True
-        self.max_segment_duration = max(self.max_segment_duration, segment.duration)
+        if self._known_target() is None and segment.duration > 0:
+            self._target = max(1, math.floor(segment.duration + 0.5))  # the first whole segment fixes it
         self.version += 1
+
+    def _known_target(self) -> int | None:
+        """The target duration, once fixed; a rung takes its source's, to be cut where it is."""
+        if self._target is None and self.follows is not None:
+            self._target = self.follows._target
+        return self._target
 
     @property
     def bandwidth(self) -> int:
@@ -416,9 +464,9 @@ class LlHlsStream:
 
     # -- playlists ------------------------------------------------------------------------------
     def target_duration(self) -> int:
-        # RFC 8216 bounds each EXTINF rounded to the nearest integer (.5 up): a segment a little
-        # longer than its GoP (jitter) does not raise the target, which must not change
-        return max(1, math.floor((self.max_segment_duration or 2.0) + 0.5))
+        """EXT-X-TARGETDURATION: fixed once known (TARGET_DURATION); 2 s until then (no playlist
+        is served before its first whole segment; this only times blocking requests)."""
+        return self._target or 2
 
     def media_playlist(self, query: str = "") -> str:
         """The media playlist; ``query`` (``?token=...``) is appended to every URI in it."""
@@ -433,7 +481,7 @@ class LlHlsStream:
         target = self.target_duration()
         segments = [s for s in self.segments if s.parts]
         complete = [s for s in segments if s.complete]
-        shown = complete[-self.window:] + [s for s in segments if not s.complete]
+        shown = complete[self._window_start(complete, self.window):] + [s for s in segments if not s.complete]
         lines = [
             "#EXTM3U",
             "#EXT-X-VERSION:9",
@@ -494,7 +542,9 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
     FRAME-RATE), all sharing the audio rendition; an audio-only variant when there is no video.
     ``query`` (``?token=...``) is appended to every URI."""
     catalog = next((s.catalog for s, _ in videos if s.catalog), None) or audio.catalog
-    lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    # no EXT-X-INDEPENDENT-SEGMENTS: a group longer than the target duration goes on in a segment
+    # that starts without a keyframe (TARGET_DURATION)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:9"]
     ainfo = catalog.track(AUDIO) if catalog and audio.has_media else None
     variants = []
     for stream, uri in videos:

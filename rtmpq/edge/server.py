@@ -31,7 +31,7 @@ from ..media.catalog import RUNG_NAME, Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
-from .llhls import PART_TARGET, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
+from .llhls import PART_TARGET, TARGET_DURATION, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
 from .silence import AUDIO_GAP_FILL, AudioGapFill
 
 log = logging.getLogger("rtmpq.edge")
@@ -131,13 +131,14 @@ else if (Hls.isSupported()) {
 
 
 class _Broadcast:
-    def __init__(self, name: str, part_target: float = PART_TARGET, audio_gap_fill: float = AUDIO_GAP_FILL) -> None:
+    def __init__(self, name: str, part_target: float = PART_TARGET, target_duration: int = TARGET_DURATION,
+                 audio_gap_fill: float = AUDIO_GAP_FILL) -> None:
         self.name = name
         self.gap_fill = AudioGapFill(audio_gap_fill)  # silence while the audio stops and the video goes on
         self.part_target = part_target
+        self.target_duration = target_duration
         self.first = sequence_base(time.time())  # every rendition's segments numbered alike
-        self.streams = {"v": LlHlsStream(tracks={VIDEO}, prefix="v-", part_target=part_target, first=self.first),
-                        "a": LlHlsStream(tracks={AUDIO}, prefix="a-", part_target=part_target, first=self.first)}
+        self.streams = {"v": self.new_stream({VIDEO}, "v-"), "a": self.new_stream({AUDIO}, "a-")}
         self.clock = MediaClock()  # segment dates of every rendition from one anchor
         for stream in self.streams.values():
             stream.clock = self.clock
@@ -154,6 +155,11 @@ class _Broadcast:
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
         self.pulled_at: dict[str, float] = {}  # rungs pulled for players -> when (time.monotonic())
+
+    def new_stream(self, tracks: set[str], prefix: str) -> LlHlsStream:
+        """A media playlist of this broadcast, with its settings (numbered from ``first``)."""
+        return LlHlsStream(tracks=tracks, prefix=prefix, part_target=self.part_target, first=self.first,
+                           target_duration=self.target_duration)
 
     def _rung(self, stream: LlHlsStream) -> str | None:
         track = stream.only and next(iter(stream.only))
@@ -266,7 +272,8 @@ class EdgeServer:
         source = self.open_broadcast(name)
         if source is None:
             return None
-        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target, self.http_config.audio_gap_fill)
+        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target, self.http_config.target_duration,
+                                                self.http_config.audio_gap_fill)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -289,8 +296,7 @@ class EdgeServer:
                             key = "a"  # the audio is back: a new playlist (numbered on, from the same groups)
                         if key is not None and (key not in b.streams or b.streams[key].ended):
                             old = b.streams.get(key)
-                            b.streams[key] = LlHlsStream(tracks={info.name}, prefix=f"{key}-", part_target=b.part_target,
-                                                         first=b.first)
+                            b.streams[key] = b.new_stream({info.name}, f"{key}-")
                             if old is not None:  # an init URI names the same bytes for good
                                 b.streams[key].init_version = old.init_version + 1
                             b.streams[key].group_origin = b.group_origin

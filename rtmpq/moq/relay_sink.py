@@ -90,6 +90,9 @@ class InProcessSink:
     def __init__(self, track: str, deliver) -> None:
         self.track = track
         self.deliver = deliver
+        # who reads, for counting subscribers: the object a bound ``deliver`` belongs to (one
+        # reader pulling several tracks is one subscriber, as one MoQ session is)
+        self.reader = getattr(deliver, "__self__", deliver)
 
     def open_group(self, group_id: int) -> int:
         return group_id

@@ -85,7 +85,7 @@ class NodeCollector:
         groups = CounterMetricFamily("rtmpq_broadcast_groups", "groups (GoPs) received", labels=b_)
         keyint = GaugeMetricFamily("rtmpq_broadcast_keyframe_interval_seconds",
                                    "time between the starts of the last two groups", labels=b_)
-        subs = GaugeMetricFamily("rtmpq_broadcast_subscribers", "MoQ sessions subscribed", labels=b_)
+        subs = GaugeMetricFamily("rtmpq_broadcast_subscribers", "MoQ sessions and in-process readers subscribed", labels=b_)
         viewers = GaugeMetricFamily("rtmpq_broadcast_viewers", "HLS players seen recently", labels=b_)
         skipped = CounterMetricFamily("rtmpq_broadcast_skipped_groups",
                                       "whole groups dropped for readers or subscribers that fell behind", labels=b_)

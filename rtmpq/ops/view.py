@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from ..edge.server import VIEWER_WINDOW
 from ..media.catalog import Catalog
+from ..moq.relay_sink import InProcessSink
 
 # Bitrates are measured over at least this many seconds between two readings.
 RATE_WINDOW = 2.0
@@ -31,7 +32,7 @@ class BroadcastStats:
     bytes_in: dict[str, int] = field(default_factory=dict)  # by track
     groups: int = 0
     keyframe_interval: float | None = None  # seconds
-    subscribers: int = 0  # MoQ sessions subscribed to any of its tracks
+    subscribers: int = 0  # MoQ sessions and in-process readers subscribed to any of its tracks
     viewers: int = 0  # HLS players seen in the last VIEWER_WINDOW
     sent_bytes: dict[str, int] = field(default_factory=dict)  # by protocol: moq, hls
     skipped_groups: int = 0
@@ -155,15 +156,20 @@ class NodeView:
             name = fanouts.get(id(sub.fanout))
             if name is not None:
                 subscribed.setdefault(name, set()).add(id(sub.conn))
-        for name, conns in subscribed.items():
-            get(name).subscribers = len(conns)
         sent: dict[str, int] = {}
         dropped: dict[str, int] = {}
         for _, fanout in relay._all_fanouts():
             name = fanouts.get(id(fanout))
             if name is not None:
+                # a reader in this process (the edge of `rtmpq up` pulling a transcoder node's rung)
+                # counts as the MoQ session of a separate edge would: once, while in the fan-out
+                for sub in list(fanout.subscribers):
+                    if isinstance(sub.sink, InProcessSink):
+                        subscribed.setdefault(name, set()).add(sub.sink.reader)
                 sent[name] = sent.get(name, 0) + fanout.bytes_sent
                 dropped[name] = dropped.get(name, 0) + fanout.groups_dropped
+        for name, subscribers in subscribed.items():
+            get(name).subscribers = len(subscribers)
         for name, n in sent.items():
             s = get(name)
             s.sent_bytes["moq"] = n
