@@ -131,6 +131,44 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
         await second.close()
 
 
+async def test_a_moq_port_taken_after_the_check_is_an_error_at_start(tmp_path, monkeypatch):
+    """picoquic binds on its own thread and, when the port is taken, runs with no socket and says
+    nothing. A port taken between the node's check and picoquic's bind (another program starting
+    at the same moment: the check is made to pass here) left a node that logged it listened and
+    held no socket; it now fails to start."""
+    import errno
+    import sys
+
+    from rtmpq.moq import transport
+
+    monkeypatch.setattr(transport, "_check_udp_port_free", lambda host, port: None)
+    holder = await asyncio.create_subprocess_exec(  # another program, holding the port on IPv4 and IPv6
+        sys.executable, "-c", "import socket, sys\n"
+        "v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); v4.bind(('0.0.0.0', 0))\n"
+        "port = v4.getsockname()[1]\n"
+        "try:\n"
+        "    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n"
+        "    v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); v6.bind(('::', port))\n"
+        "except OSError:\n"
+        "    pass\n"
+        "print(port, flush=True); sys.stdin.read()",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    try:
+        port = int(await asyncio.wait_for(holder.stdout.readline(), 10))
+        config = local_config(tmp_path, "aiopquic")
+        config.moq.port = port
+        node = UpNode(config)
+        try:
+            with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
+                await node.start()
+            assert info.value.errno == errno.EADDRINUSE
+        finally:
+            await node.close()
+    finally:
+        holder.stdin.close()
+        await holder.wait()
+
+
 async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
     """aiopquic binds its port on IPv4 and IPv6 of every interface. A port another program holds
     on IPv6 alone passed the IPv4 check: the node started (aiopquic 0.6.1 listening on IPv4 alone,

@@ -19,6 +19,7 @@ Both: a handshake (setup) timeout, an idle timeout, and a keep-alive (PING) on b
 import asyncio
 import errno
 import logging
+import os
 import socket
 import ssl
 import time
@@ -57,6 +58,8 @@ PATH_POLL_INTERVAL = 0.01
 # larger than the ring is cut into ring-sized pieces (cut once per object, shared by every
 # subscriber); a full ring refuses the rest, which waits here and is retried.
 PQUIC_STREAM_RING_BYTES = 64 * 1024
+# Seconds a starting node waits for picoquic's thread to hold its UDP port before it fails.
+PQUIC_BIND_TIMEOUT = 2.0
 # aiopquic: seconds between retries of writes a full ring refused; doubled while a retry takes
 # nothing (a subscriber on a slow path), up to the second figure.
 PQUIC_RETRY_MIN = 0.002
@@ -725,6 +728,9 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         if backend == "aiopquic":
             _check_udp_port_free(host, port)
         server = await serve_fn(host, port, configuration=config, create_protocol=factory)
+        if backend == "aiopquic" and not await _udp_port_bound_here(port):
+            server.close()
+            raise OSError(errno.EADDRINUSE, "picoquic did not bind the port (taken since it was checked?)")
     except OSError as exc:
         raise listener_error(exc, "MoQ (udp)", host, port) from None
     if backend != "aiopquic":
@@ -764,6 +770,52 @@ def _check_udp_port_free(host: str, port: int) -> None:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 raise
             # EADDRNOTAVAIL and the like: IPv6 is disabled here, picoquic uses IPv4 alone
+
+
+async def _udp_port_bound_here(port: int, timeout: float = PQUIC_BIND_TIMEOUT) -> bool:
+    """Whether a UDP socket of this process holds ``port`` (within ``timeout``): picoquic binds
+    on its own thread and says nothing when it cannot, so a port taken between the check above
+    and its bind (another program starting at the same moment) left a node that logged it
+    listened with no socket at all. True where /proc cannot tell (not Linux)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            held = _udp_socket_inodes(port)
+            if held & _own_socket_inodes():
+                return True
+        except OSError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+
+
+def _udp_socket_inodes(port: int) -> set[str]:
+    """Inodes of the UDP sockets bound to ``port`` (IPv4 and IPv6), from /proc/net."""
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue  # no IPv6
+        for line in lines:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _own_socket_inodes() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            out.add(link[8:-1])
+    return out
 
 
 def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, int, str]:
