@@ -728,7 +728,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         if backend == "aiopquic":
             _check_udp_port_free(host, port)
         server = await serve_fn(host, port, configuration=config, create_protocol=factory)
-        if backend == "aiopquic" and not await _udp_port_bound_here(port):
+        if backend == "aiopquic" and port and not await _udp_port_bound_here(port):
             server.close()
             raise OSError(errno.EADDRINUSE, "picoquic did not bind the port (taken since it was checked?)")
     except OSError as exc:
