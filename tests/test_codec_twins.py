@@ -262,6 +262,18 @@ media_messages = st.lists(st.tuples(
 ), max_size=10)
 
 
+def media_stream(msgs, chunk_size: int, garbage: bytes) -> bytes:
+    """A publisher's chunk stream of ``media_messages`` (each body cut short by its third
+    number), after a Set Chunk Size, with ``garbage`` at the end."""
+    w = ChunkWriter(128)
+    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
+    w.chunk_size = chunk_size
+    for csid, ts, type_id, sid, (start, rest, cut) in msgs:
+        body = (start + rest)[: len(start) + len(rest) - cut] if cut < len(start) + len(rest) else start[:1]
+        data += w.write(csid, ts, type_id, sid, body)
+    return data + garbage
+
+
 def run_batches(cls, data: bytes, cuts: list[int]):
     """read_messages after each piece: the tuples (bodies as bytes, and whether each is a view)."""
     r = cls()
@@ -284,13 +296,7 @@ def test_read_messages_twins_agree_on_media_streams(msgs, chunk_size, cuts, garb
     """Both twins of read_messages give the same batches, whatever the reads; every FLV header
     they read is the one parse_*_tag reads; split points change only how the messages are batched.
     Trailing garbage: the messages before it are returned, the error comes with the next call."""
-    w = ChunkWriter(128)
-    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
-    w.chunk_size = chunk_size
-    for csid, ts, type_id, sid, (start, rest, cut) in msgs:
-        body = (start + rest)[: len(start) + len(rest) - cut] if cut < len(start) + len(rest) else start[:1]
-        data += w.write(csid, ts, type_id, sid, body)
-    data += garbage
+    data = media_stream(msgs, chunk_size, garbage)
     cuts = [c % (len(data) + 1) for c in cuts]
     ref = run_batches(REFERENCE["ChunkReader"], data, cuts)
     assert ref == run_batches(compiled.ChunkReader, data, cuts)
@@ -374,13 +380,7 @@ def test_recv_from_and_dispatch_twins_agree(msgs, chunk_size, cuts, garbage, sin
     """Both twins of the fast path agree, whatever the reads; and every message reaches its sink
     or the caller exactly once, in the order read_messages gives them (a command between two
     frames is handed back before the frame after it goes to its sink)."""
-    w = ChunkWriter(128)
-    data = w.write(2, 0, 1, 0, chunk_size.to_bytes(4, "big"))
-    w.chunk_size = chunk_size
-    for csid, ts, type_id, sid, (start, rest, cut) in msgs:
-        body = (start + rest)[: len(start) + len(rest) - cut] if cut < len(start) + len(rest) else start[:1]
-        data += w.write(csid, ts, type_id, sid, body)
-    data += garbage
+    data = media_stream(msgs, chunk_size, garbage)
     cuts = [c % (len(data) + 1) for c in cuts]
     ref = run_dispatch(REFERENCE["ChunkReader"], data, cuts, sink_ids, max_reads)
     assert ref == run_dispatch(compiled.ChunkReader, data, cuts, sink_ids, max_reads)

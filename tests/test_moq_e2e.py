@@ -131,12 +131,26 @@ async def test_a_moq_port_in_use_is_an_error_at_start(node, tmp_path):
         await second.close()
 
 
+async def fails_to_start_on_a_taken_port(tmp_path, port: int) -> None:
+    """An aiopquic node on MoQ ``port`` does not start, and says which listener and why."""
+    import errno
+
+    config = local_config(tmp_path, "aiopquic")
+    config.moq.port = port
+    node = UpNode(config)
+    try:
+        with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
+            await node.start()
+        assert info.value.errno == errno.EADDRINUSE
+    finally:
+        await node.close()
+
+
 async def test_a_moq_port_taken_after_the_check_is_an_error_at_start(tmp_path, monkeypatch):
     """picoquic binds on its own thread and, when the port is taken, runs with no socket and says
     nothing. A port taken between the node's check and picoquic's bind (another program starting
     at the same moment: the check is made to pass here) left a node that logged it listened and
     held no socket; it now fails to start."""
-    import errno
     import sys
 
     from rtmpq.moq import transport
@@ -155,15 +169,7 @@ async def test_a_moq_port_taken_after_the_check_is_an_error_at_start(tmp_path, m
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     try:
         port = int(await asyncio.wait_for(holder.stdout.readline(), 10))
-        config = local_config(tmp_path, "aiopquic")
-        config.moq.port = port
-        node = UpNode(config)
-        try:
-            with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
-                await node.start()
-            assert info.value.errno == errno.EADDRINUSE
-        finally:
-            await node.close()
+        await fails_to_start_on_a_taken_port(tmp_path, port)
     finally:
         holder.stdin.close()
         await holder.wait()
@@ -173,7 +179,6 @@ async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
     """aiopquic binds its port on IPv4 and IPv6 of every interface. A port another program holds
     on IPv6 alone passed the IPv4 check: the node started (aiopquic 0.6.1 listening on IPv4 alone,
     picoquic on no socket at all), and IPv6 clients of the port reached the other program."""
-    import errno
     import socket
 
     try:
@@ -186,15 +191,7 @@ async def test_a_moq_port_in_use_on_ipv6_alone_is_an_error_at_start(tmp_path):
         port = holder.getsockname()[1]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
             v4.bind(("0.0.0.0", port))  # free on IPv4: only the IPv6 check can see it taken
-        config = local_config(tmp_path, "aiopquic")
-        config.moq.port = port
-        node = UpNode(config)
-        try:
-            with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
-                await node.start()
-            assert info.value.errno == errno.EADDRINUSE
-        finally:
-            await node.close()
+        await fails_to_start_on_a_taken_port(tmp_path, port)
 
 
 @pytest.mark.parametrize("listener", ["RTMP", "HTTP"])
