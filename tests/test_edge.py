@@ -457,15 +457,17 @@ async def publish_in_real_time(node, key: str, path, keep_audio) -> None:
 
 async def audio_samples(url: str) -> list[tuple[float, float]]:
     """(presentation time, peak amplitude) of every audio frame the playlist at ``url`` decodes to."""
+    from array import array
+
     import av
 
     def decode():
         out = []
         with av.open(url) as container:
             for frame in container.decode(audio=0):
-                peak = max((abs(v) for plane in frame.to_ndarray() for v in plane), default=0.0) \
-                    if hasattr(frame, "to_ndarray") else 0.0
-                out.append((float(frame.time), float(peak)))
+                assert frame.format.name == "fltp"  # what FFmpeg's AAC decoder gives: a float plane per channel
+                samples = [array("f", bytes(plane))[:frame.samples] for plane in frame.planes]
+                out.append((float(frame.time), max(abs(v) for plane in samples for v in plane)))
         return out
     return await asyncio.to_thread(decode)
 
