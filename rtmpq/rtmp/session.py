@@ -175,7 +175,7 @@ class RtmpServerSession:
     def buffer_updated(self, nbytes: int) -> None:
         if self._handshake.done:
             self._reader.buffer_updated(nbytes)
-            self._pump()
+            self.handle_read(None)
         else:
             self.receive_data(bytes(self._handshake_buffer[:nbytes]))
 
@@ -197,9 +197,6 @@ class RtmpServerSession:
         except RemoteProtocolError as exc:
             self._fail(str(exc))
             return
-        self._pump()
-
-    def _pump(self) -> None:
         self.handle_read(None)
 
     def handle_read(self, message) -> None:
@@ -303,7 +300,7 @@ class RtmpServerSession:
 
     def _maybe_acknowledge(self) -> None:
         received = self._reader.bytes_received
-        if self._peer_window and received - self._last_ack >= self._peer_window:
+        if received >= self.ack_at:  # (the shared reader's fast path checks the same)
             self._last_ack = received
             self.ack_at = received + self._peer_window
             self._send(CSID_PROTOCOL, 0, MessageType.ACKNOWLEDGEMENT, 0, u32(received))
