@@ -164,17 +164,38 @@ async def test_hls_player_rides_through_a_publisher_reconnect(node, tmp_path):
     assert pts == sorted(pts)
 
 
+def first_msn(playlist: bytes) -> int:
+    return int(re.search(rb"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)[1])
+
+
+def discontinuities(playlist: bytes) -> dict[int, int]:
+    """The media sequence number of each segment a playlist marks EXT-X-DISCONTINUITY -> its
+    discontinuity sequence number."""
+    msn, seq, out = first_msn(playlist), 0, {}
+    found = re.search(rb"#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)", playlist)
+    seq = int(found[1]) if found else 0
+    for line in playlist.splitlines():
+        if line == b"#EXT-X-DISCONTINUITY":
+            seq += 1
+            out[msn] = seq
+        elif line.startswith(b"#EXTINF"):
+            msn += 1
+    return out
+
+
 def media_sequence(playlist: bytes) -> int:
     """The media sequence number of a media playlist's last segment (or part in progress)."""
     first = int(re.search(rb"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)[1])
     return first + len(re.findall(rb"^#EXTINF", playlist, re.M))
 
 
-async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_video_plays_on(node, tmp_path):
+async def test_a_publisher_back_without_audio_leaves_new_players_video_only_and_its_players_silence(node, tmp_path):
     """ffmpeg publishes audio and video, stops, and comes back within the grace period with `-an`:
     once the new publish's first group is over the audio rendition leaves the multivariant
-    playlist and its media playlist ends, while the video playlist goes on past the seam; an
-    HLS player that reads the stream throughout (ffmpeg) keeps getting video frames."""
+    playlist (players that come now get video only), while its media playlist goes on as silence
+    for the players already on it (an HLS player stops at the end of any rendition it plays),
+    with its discontinuity where the video has one; an HLS player that reads the stream
+    throughout (ffmpeg) keeps getting video frames and audio frames past the seam."""
     need("ffmpeg")
     url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/an"
     base = f"http://127.0.0.1:{node.edge.address[1]}/live/an"
@@ -183,7 +204,7 @@ async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_vide
     status, multivariant = await http_get(f"{base}/index.m3u8")
     assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
     player = asyncio.create_task(run_process(
-        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v",
+        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v", "-map", "0:a",
          "-f", "framemd5", "-flush_packets", "1", str(tmp_path / "played.md5")], timeout=90))
     rc, out = await first
     assert rc == 0, out
@@ -199,8 +220,6 @@ async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_vide
             status, multivariant = await http_get(f"{base}/index.m3u8")
             assert status == 200, multivariant
         assert b"mp4a" not in multivariant and b"video.m3u8" in multivariant, multivariant.decode()
-        status, audio = await http_get(f"{base}/audio.m3u8")
-        assert status == 200 and b"#EXT-X-ENDLIST" in audio, audio.decode()  # players stop waiting for it
         _, video = await http_get(f"{base}/video.m3u8")
         assert b"#EXT-X-DISCONTINUITY" in video and b"#EXT-X-ENDLIST" not in video, video.decode()
         seen = media_sequence(video)
@@ -208,20 +227,25 @@ async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_vide
             assert loop.time() < end + 10, video.decode()
             await asyncio.sleep(0.2)
             _, video = await http_get(f"{base}/video.m3u8")
-        assert b"#EXT-X-ENDLIST" not in video
-        broadcast_catalog = broadcast.catalog
-        assert [t.name for t in broadcast_catalog.tracks] == ["video"]
-        # the player (ffmpeg reading index.m3u8 since the first publish) gets video past the seam
-        played = lambda: [int(line.split(",")[2]) for line in (tmp_path / "played.md5").read_text().splitlines()  # noqa: E731
-                          if not line.startswith("#")] if (tmp_path / "played.md5").exists() else []
+        _, audio = await http_get(f"{base}/audio.m3u8")
+        assert b"#EXT-X-ENDLIST" not in audio and media_sequence(audio) >= seen + 1, audio.decode()
+        # the audio's discontinuity is the video's: the same segment, the same sequence number
+        assert discontinuities(audio) == {msn: d for msn, d in discontinuities(video).items() if msn >= first_msn(audio)}, \
+            (audio.decode(), video.decode())
+        assert [t.name for t in broadcast.catalog.tracks] == ["video"]
+        # the player (ffmpeg reading index.m3u8 since the first publish) gets video and audio past the seam
+        played = lambda stream: [int(line.split(",")[2]) for line in (tmp_path / "played.md5").read_text().splitlines()  # noqa: E731
+                                 if not line.startswith("#") and int(line.split(",")[0]) == stream] \
+            if (tmp_path / "played.md5").exists() else []
 
-        def after_seam() -> int:
-            pts = played()
+        def after_seam(stream: int) -> int:
+            pts = played(stream)
             steps = [b - a for a, b in zip(pts, pts[1:])]
             seam = max(range(len(steps)), key=steps.__getitem__, default=None)
             return 0 if seam is None or steps[seam] < 10 * min(steps) else len(pts) - seam - 1
 
-        await until(lambda: after_seam() >= 3 * 30, deadline=30, what="the player to play 3 s of video after the seam")
+        await until(lambda: after_seam(0) >= 3 * 30 and after_seam(1) >= 2 * 43, deadline=30,
+                    what="the player to play 3 s of video and 2 s of audio after the seam")
     finally:
         if second.returncode is None:
             second.kill()
@@ -229,7 +253,7 @@ async def test_a_publisher_back_without_audio_drops_the_audio_rendition_and_vide
     broadcast.end()
     rc, out = await player
     assert rc == 0, out
-    assert played() == sorted(played())
+    assert played(0) == sorted(played(0)) and played(1) == sorted(played(1))
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

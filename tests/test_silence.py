@@ -15,10 +15,11 @@ def filler(asc: bytes = AAC_LC_44K_STEREO, codec: str = "mp4a.40.2", lag: float 
     return fill
 
 
-def run(fill: AudioGapFill, seconds: float, audio_until=lambda t, ms: True, video_at=lambda ms: ms):
+def run(fill: AudioGapFill, seconds: float, audio_until=lambda t, ms: True, video_at=lambda ms: ms, at=lambda t: None):
     """30 fps video and 43 fps audio for ``seconds``, arriving as their media time passes (the
-    clock ``t``); audio frames at ``ms`` are sent while ``audio_until(t, ms)``. Every audio frame
-    the edge would package, real or silent: (dts, silent)."""
+    clock ``t``); audio frames at ``ms`` are sent while ``audio_until(t, ms)``; ``at(t)`` is
+    called before each video frame. Every audio frame the edge would package, real or silent:
+    (dts, silent)."""
     audio, out, a = fill, [], 0
     silence = fill._silence
     for i in range(int(seconds * 30)):
@@ -29,6 +30,7 @@ def run(fill: AudioGapFill, seconds: float, audio_until=lambda t, ms: True, vide
             if audio_until(t, ams):
                 out += [(f.dts, f.payload == silence) for f in audio.audio(Frame("audio", 0, a, ams, ams, True, b"a"), t)]
             a += 1
+        at(t)
         out += [(f.dts, True) for f in fill.video(Frame("video", ms // 2000, i % 60, video_at(ms), video_at(ms), i % 60 == 0, b"v"), t)]
     return out
 
@@ -70,6 +72,31 @@ def test_no_silence_across_a_seam_of_the_video():
     # the publisher leaves at 3 s and is back (the broadcast's timeline jumps 5 s) without audio
     frames = run(fill, 6, audio_until=lambda t, ms: ms < 3000, video_at=lambda ms: ms if ms < 3000 else ms + 5000)
     assert fill.filled == 0 and not any(silent for _, silent in frames)
+
+
+def test_silence_in_progress_at_a_seam_runs_to_the_end_of_the_video_before_it():
+    fill = filler()
+    # the audio stops at 1 s; the publisher leaves at 4 s and is back 3 s later (still no audio)
+    frames = run(fill, 6, audio_until=lambda t, ms: ms < 1000, video_at=lambda ms: ms if ms < 4000 else ms + 3000)
+    silent = [d for d, s in frames if s]
+    assert 1000 <= silent[0] < 1024 and max(b - a for a, b in zip(silent, silent[1:])) <= 24
+    # every group of the old timeline gets its audio (the last video frame: 3967 ms, 33 ms long)
+    assert 4000 - 24 < silent[-1] + 23 <= 4000 + 12
+    assert not [d for d in silent if d >= 4000]  # nothing across the seam: the audio is not gone
+
+
+def test_audio_that_left_the_catalog_is_silence_from_the_seam_on():
+    fill = filler()
+    audio = TrackInfo("audio", "audio", "mp4a.40.2", AAC_LC_44K_STEREO)
+    # the publisher leaves at 3 s and is back (the timeline jumps 5 s) without audio; the catalog
+    # says the audio left once the new publish's first group is over (at 6 s)
+    frames = run(fill, 9, audio_until=lambda t, ms: ms < 3000, video_at=lambda ms: ms if ms < 3000 else ms + 5000,
+                 at=lambda t: t >= 6 and not fill.gone and fill.set_tracks(audio, VIDEO, gone=True))
+    silent = [d for d, s in frames if s]
+    assert not [d for d in silent if d < 8000]  # nothing across the gap itself
+    assert 8000 <= silent[0] < 8024  # from the seam: the new group starts with sound (silence)
+    assert max(b - a for a, b in zip(silent, silent[1:])) <= 24 and silent == sorted(set(silent))
+    assert silent[-1] > 13967 - 500 - 50  # up to the lag behind the last video frame (8967 ms + 5 s)
 
 
 def test_only_aac_lc_is_filled():

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from urllib.parse import parse_qs, quote
@@ -27,7 +28,7 @@ from ..auth.access import Access, AccessDenied
 from ..config import HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
 from ..http.server import HttpServer
-from ..media.catalog import RUNG_NAME, Catalog
+from ..media.catalog import Catalog, TrackInfo
 from ..media.frames import Frame
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
@@ -155,6 +156,22 @@ class _Broadcast:
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
         self.pulled_at: dict[str, float] = {}  # rungs pulled for players -> when (time.monotonic())
+        self.kept_audio: TrackInfo | None = None  # the audio that left, kept as silence (keep_audio)
+
+    def keep_audio(self, catalog: Catalog) -> TrackInfo | None:
+        """The audio track to keep playing as silence while ``catalog`` has none and still has
+        video (a publisher back without audio), else None. Players already on the audio playlist
+        would stop at its end (hls.js plays only what every buffer holds, and does not re-read the
+        multivariant), so it goes on, silent, with a discontinuity where the video has one;
+        players that come now get the multivariant without audio."""
+        if catalog.track(AUDIO) is not None or catalog.track(VIDEO) is None:
+            self.kept_audio = None
+        elif self.kept_audio is None and self.catalog is not None and not self.streams["a"].ended \
+                and self.streams["a"].has_media and self.gap_fill.can_fill(self.catalog.track(AUDIO)):
+            self.kept_audio = self.catalog.track(AUDIO)
+            log.info("edge: %s: the audio left while the video goes on; its HLS audio goes on as silence "
+                     "for the players on it", safe_name(self.name))
+        return self.kept_audio
 
     def new_stream(self, tracks: set[str], prefix: str) -> LlHlsStream:
         """A media playlist of this broadcast, with its settings (numbered from ``first``)."""
@@ -172,7 +189,7 @@ class _Broadcast:
         track = self._rung(stream)
         if track is None or track in self.rungs_live:
             return True
-        source = self.streams.get(stream_key(RUNG_NAME.sub("", track)))
+        source = self.streams.get(stream_key(self.catalog.rung_source(track)))
         if source is None or source.media_time is None or source.ended:
             return True
         behind = stream.media_time is None or source.media_time - stream.media_time > RUNG_LIVE_LAG
@@ -285,8 +302,12 @@ class EdgeServer:
             async for item in source:
                 if isinstance(item, Catalog):
                     listed = {t.name for t in item.tracks}
+                    was_kept, kept = b.kept_audio, b.keep_audio(item)
                     if b.catalog is not None:  # a track that left (a publisher back without it): its playlist ends
-                        for stream in [s for s in streams if not s.only <= listed and s.only <= b.listed_tracks]:
+                        had = b.listed_tracks | ({AUDIO} if was_kept is not None else set())
+                        for stream in [s for s in streams if not s.only <= listed and s.only <= had]:
+                            if stream is b.streams["a"] and kept is not None:
+                                continue  # silence for the players on it instead (keep_audio)
                             stream.end()
                             streams.remove(stream)
                     b.catalog = item
@@ -302,11 +323,12 @@ class EdgeServer:
                             b.streams[key].group_origin = b.group_origin
                             b.streams[key].clock = b.clock
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
-                                b.streams[key].follows = b.streams.get(stream_key(RUNG_NAME.sub("", info.name)))
+                                b.streams[key].follows = b.streams.get(stream_key(item.rung_source(info.name)))
                             streams.append(b.streams[key])
                     for stream in streams:
-                        stream.set_catalog(item)
-                    b.gap_fill.set_tracks(item.track(AUDIO), item.track(VIDEO))
+                        stream.set_catalog(item if kept is None or stream is not b.streams["a"]
+                                           else replace(item, tracks=item.tracks + (kept,)))
+                    b.gap_fill.set_tracks(item.track(AUDIO) or kept, item.track(VIDEO), gone=kept is not None)
                 elif isinstance(item, Frame):
                     if b.group_origin is None:  # segment numbers of every rendition count from here
                         b.group_origin = item.group

@@ -8,8 +8,9 @@ frames keep coming, and the audio is that far behind the video in media time too
 its audio playlist with silent AAC frames up to ``lag`` behind the video; real audio that comes
 back later than the silence goes on after it, what would overlap the silence is dropped. A seam
 of the video (a publisher back after a gap) stops the fill: the silence never spans a
-discontinuity the video has. Only the edge's HLS audio is filled; MoQ subscribers get what the
-publisher sent.
+discontinuity the video has. Audio that left the catalog while the video stays (a publisher back
+without audio: ``gone``) is silence from the seam on, for the players already on its playlist.
+Only the edge's HLS audio is filled; MoQ subscribers get what the publisher sent.
 """
 
 from collections import deque
@@ -19,6 +20,7 @@ from ..media.aac import AudioSpecificConfig
 from ..media.catalog import TrackInfo
 from ..media.frames import AUDIO, Frame
 from ..errors import RemoteProtocolError
+from .llhls import DISCONTINUITY_GAP
 
 # Seconds without audio (arrival and media time) while video comes before silence fills the gap
 # ([http] audio_gap_fill; 0: never). Encoders interleave audio within tens of ms of video; an edge
@@ -27,6 +29,11 @@ from ..errors import RemoteProtocolError
 AUDIO_GAP_FILL = 0.5
 # AAC channel configurations the encoder of silence has a layout for.
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
+# Seconds past ``lag`` after the silence's end that real audio coming back is still bridged to
+# it; later, it is on a new timeline (a seam: a broadcast puts at least 1 s, SEAM_MIN_GAP_MS,
+# between a publish's last frame and the next one's first, and its audio may come before the
+# video shows the seam), and the audio playlist marks the discontinuity as the video's does.
+_BRIDGE_SLACK = 0.5
 # Video group starts remembered, so that a silent frame joins the group of its time.
 _GROUPS_KEPT = 8
 
@@ -70,22 +77,36 @@ class AudioGapFill:
         self._audio_at = 0.0  # when the last real audio frame came
         self._filling = False  # silence was made since the last real audio frame
         self._last_video: int | None = None
+        self._video_step = 0  # ticks between the last two video frames
+        self._seam_at: float | None = None  # audio ticks: where the video's timeline began after its last seam
+        self.gone = False  # the audio left the catalog: nothing will come back to end the silence
         self._groups: deque[tuple[int, float]] = deque(maxlen=_GROUPS_KEPT)  # (group, start in audio ticks)
 
-    def set_tracks(self, audio: TrackInfo | None, video: TrackInfo | None) -> None:
-        """The catalog's audio and video tracks: silence is made for AAC LC audio only."""
+    def set_tracks(self, audio: TrackInfo | None, video: TrackInfo | None, *, gone: bool = False) -> None:
+        """The catalog's audio and video tracks: silence is made for AAC LC audio only. ``gone``:
+        ``audio`` is the track that left the catalog (silence from the video's last seam on)."""
         self._silence = None
-        if audio is None or video is None or not self.lag or not audio.codec.startswith("mp4a"):
+        if gone and not self.gone:
+            self._audio_at = float("-inf")  # no audio is coming: no wait for it
+            if self._audio_end is None:
+                self._audio_end = self._seam_at  # the catalog says so a group after the seam: fill from it
+        self.gone = gone
+        if video is None or not self.can_fill(audio):
             return
-        try:
-            asc = AudioSpecificConfig.parse(audio.init_data)
-        except RemoteProtocolError:
-            return
-        if asc.object_type != 2 or asc.frame_length != 1024:
-            return
+        asc = AudioSpecificConfig.parse(audio.init_data)
         self._silence = silent_aac_frame(asc.sample_rate, asc.channels)
         self._duration = 1024 * audio.timescale / asc.sample_rate
         self._audio_scale, self._video_scale = audio.timescale, video.timescale
+
+    def can_fill(self, audio: TrackInfo | None) -> bool:
+        """Whether silence can be made for ``audio`` (AAC LC in a layout the encoder has)."""
+        if audio is None or not self.lag or not audio.codec.startswith("mp4a"):
+            return False
+        try:
+            asc = AudioSpecificConfig.parse(audio.init_data)
+        except RemoteProtocolError:
+            return False
+        return asc.object_type == 2 and asc.frame_length == 1024 and silent_aac_frame(asc.sample_rate, asc.channels) is not None
 
     def audio(self, frame: Frame, now: float) -> list[Frame]:
         """A real audio frame: the frames to pass on for it: none if it falls inside the silence
@@ -93,7 +114,8 @@ class AudioGapFill:
         end = self._audio_end
         if end is not None and frame.dts + self._duration / 2 < end:
             return []
-        out = self._silence_until(end, frame.dts, frame.received_ns) if self._filling else []
+        bridge = self._filling and frame.dts - end <= (self.lag + _BRIDGE_SLACK) * self._audio_scale
+        out = self._silence_until(end, frame.dts, frame.received_ns) if bridge else []
         out.append(frame)
         self._filling = False
         self._audio_end = frame.dts + self._duration
@@ -103,21 +125,32 @@ class AudioGapFill:
     def video(self, frame: Frame, now: float) -> list[Frame]:
         """A frame of the video: the silent audio frames due before it (most often none)."""
         to_audio = self._audio_scale / self._video_scale
-        if self._last_video is not None and not 0 <= frame.dts - self._last_video <= self._video_scale:
-            self._audio_end = None  # a seam (or a jump): no silence across it; real audio restarts it
+        out = []
+        last = self._last_video
+        if last is not None and not 0 <= frame.dts - last <= DISCONTINUITY_GAP * self._video_scale:
+            # a seam (or a jump): no silence across it. Silence in progress goes on to the end of
+            # the video before it (no late audio of that timeline will come: every group gets its
+            # audio, so the playlists' segments stay one per group alike); then real audio
+            # restarts it, or with the audio gone the silence does, from the seam
+            if self._filling and self._silence is not None and self._groups:
+                out = self._silence_until(self._audio_end, (last + self._video_step) * to_audio, frame.received_ns)
+            self._seam_at = frame.dts * to_audio
+            self._audio_end = self._seam_at if self.gone and now - self._audio_at >= self.lag else None
             self._filling = False
             self._groups.clear()
+        elif last is not None and frame.dts > last:
+            self._video_step = frame.dts - last
         self._last_video = frame.dts
         if frame.index == 0:
             self._groups.append((frame.group, frame.dts * to_audio))
         end = self._audio_end
         if self._silence is None or end is None or now - self._audio_at < self.lag or not self._groups:
-            return []
-        out = self._silence_until(end, frame.dts * to_audio - self.lag * self._audio_scale, frame.received_ns)
-        if out and not self._filling:
+            return out
+        made = self._silence_until(end, frame.dts * to_audio - self.lag * self._audio_scale, frame.received_ns)
+        if made and not self._filling:
             self._filling = True
             self.gaps += 1
-        return out
+        return out + made
 
     def _silence_until(self, end: float, until: float, received_ns: int) -> list[Frame]:
         """Silent frames from ``end`` while a whole one fits before ``until`` (audio ticks)."""

@@ -149,6 +149,12 @@ class Catalog:
         costs CPU only while someone takes it."""
         return RUNG_NAME.search(name) is not None and self.is_alternate(name)
 
+    def rung_source(self, name: str) -> str:
+        """The track the rung ``name`` is made from: as its catalog entry says (``rtmpq.source``),
+        else as its name says (a transcoder that does not write the field)."""
+        t = self.track(name)
+        return t.source if t is not None and t.source else RUNG_NAME.sub("", name)
+
     def is_alternate(self, name: str) -> bool:
         """A track of an altGroup that is not its first (a rung, another E-RTMP rendition): taken
         only when asked for."""
