@@ -117,3 +117,15 @@ def test_reads_back_what_it_writes():
 def test_malformed_catalogs_raise_remote_protocol_errors(bad):
     with pytest.raises(RemoteProtocolError):
         Catalog.from_json(bad)
+
+
+def test_a_rungs_source_is_the_one_its_catalog_entry_names():
+    """The edge puts a rung on its source's timeline: the track ``rtmpq.source`` names (a
+    transcoder that names its rungs its own way), else the one its name says."""
+    source = TrackInfo("video", "video", "avc1.64001f", alt_group=1)
+    camera = TrackInfo("video-1", "video", "avc1.64001f", alt_group=2)
+    named = TrackInfo("video-1-480p", "video", "avc1.64001e", alt_group=2)
+    told = TrackInfo("cam-b-360p", "video", "avc1.64001e", alt_group=1, source="video")
+    catalog = Catalog("live/x", (source, camera, named, told))
+    assert catalog.rung_source("video-1-480p") == "video-1"
+    assert catalog.rung_source("cam-b-360p") == "video"
