@@ -489,7 +489,17 @@ async def test_audio_that_stops_while_the_video_goes_on_is_filled_with_silence(t
     try:
         host, http_port = node.edge.address
         base = f"http://{host}:{http_port}/live/gap"
-        await publish_in_real_time(node, "gap", source_flv, keep_audio=lambda ts: not 2500 <= ts < 5500)
+        publish = asyncio.create_task(publish_in_real_time(node, "gap", source_flv, keep_audio=lambda ts: not 2500 <= ts < 5500))
+        # operators see it: the silence made, about the 3 s gap (read while the broadcast is on)
+        from .test_ops import samples
+
+        silence, key = 0.0, ("rtmpq_broadcast_silent_audio_seconds_total", (("broadcast", "live/gap"),))
+        while not publish.done():
+            _, _, page = await http_get(f"http://{host}:{http_port}/metrics")
+            silence = samples(page.decode()).get(key, silence)
+            await asyncio.sleep(0.2)  # a poll step: the publish goes on in real time meanwhile
+        await publish
+        assert 2.7 < silence < 3.3, silence
         async with asyncio.timeout(15):
             for rendition in ("video", "audio"):
                 while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):

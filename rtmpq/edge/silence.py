@@ -69,6 +69,7 @@ class AudioGapFill:
     def __init__(self, lag: float = AUDIO_GAP_FILL) -> None:
         self.lag = lag
         self.filled = 0  # silent frames made (read by tests)
+        self.silence_seconds = 0.0  # of silence made (rtmpq_broadcast_silent_audio_seconds)
         self.gaps = 0  # gaps filled (one per stop of the audio)
         self._silence: bytes | None = None  # one silent frame of the current track, None: no fill
         self._duration = 0.0  # of a frame, in the audio track's ticks
@@ -162,4 +163,5 @@ class AudioGapFill:
             end += self._duration
         self._audio_end = end
         self.filled += len(out)
+        self.silence_seconds += len(out) * self._duration / self._audio_scale
         return out

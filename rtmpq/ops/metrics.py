@@ -91,6 +91,8 @@ class NodeCollector:
                                       "whole groups dropped for readers or subscribers that fell behind", labels=b_)
         reconnects = CounterMetricFamily("rtmpq_broadcast_publisher_reconnects",
                                          "publishes that continued this broadcast after the first", labels=b_)
+        silence = CounterMetricFamily("rtmpq_broadcast_silent_audio_seconds",
+                                      "silence the edge put into the HLS audio where the publisher sent none", labels=b_)
         for s in self.view.broadcasts():
             name = [s.name]
             frames.add_metric(name, s.frames_in)
@@ -109,7 +111,9 @@ class NodeCollector:
             viewers.add_metric(name, s.viewers)
             skipped.add_metric(name, s.skipped_groups)
             reconnects.add_metric(name, max(0, s.publishes - 1))
-        yield from (frames, bytes_in, bytes_out, rate_in, rate_out, groups, keyint, subs, viewers, skipped, reconnects)
+            silence.add_metric(name, s.silent_audio_seconds)
+        yield from (frames, bytes_in, bytes_out, rate_in, rate_out, groups, keyint, subs, viewers, skipped, reconnects,
+                    silence)
 
     @staticmethod
     def _rungs(rungs):

@@ -37,6 +37,7 @@ class BroadcastStats:
     sent_bytes: dict[str, int] = field(default_factory=dict)  # by protocol: moq, hls
     skipped_groups: int = 0
     publishes: int = 0
+    silent_audio_seconds: float = 0.0  # silence the edge put into the HLS audio (edge/silence.py)
     bitrate_in: float | None = None  # bits/s
     bitrate_out: float | None = None
     track_bitrates: dict[str, float] = field(default_factory=dict)  # measured, bits/s
@@ -128,6 +129,7 @@ class NodeView:
                     s.started = b.opened
                 s.viewers = sum(1 for seen in b.viewers.values() if now - seen < VIEWER_WINDOW)
                 s.sent_bytes["hls"] = s.sent_bytes.get("hls", 0) + b.bytes_out
+                s.silent_audio_seconds += b.gap_fill.silence_seconds
         for s in out.values():
             total_in = sum(s.bytes_in.values())
             s.bitrate_in = self._rate((s.name, "in"), total_in, now, s.started and now - (now_wall - s.started))
