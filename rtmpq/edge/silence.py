@@ -92,22 +92,29 @@ class AudioGapFill:
             if self._audio_end is None:
                 self._audio_end = self._seam_at  # the catalog says so a group after the seam: fill from it
         self.gone = gone
-        if video is None or not self.can_fill(audio):
+        made = self._silence_of(audio) if video is not None else None
+        if made is None:
             return
-        asc = AudioSpecificConfig.parse(audio.init_data)
-        self._silence = silent_aac_frame(asc.sample_rate, asc.channels)
-        self._duration = 1024 * audio.timescale / asc.sample_rate
+        sample_rate, self._silence = made
+        self._duration = 1024 * audio.timescale / sample_rate
         self._audio_scale, self._video_scale = audio.timescale, video.timescale
 
     def can_fill(self, audio: TrackInfo | None) -> bool:
         """Whether silence can be made for ``audio`` (AAC LC in a layout the encoder has)."""
+        return self._silence_of(audio) is not None
+
+    def _silence_of(self, audio: TrackInfo | None) -> tuple[int, bytes] | None:
+        """(sample rate, one silent frame) of ``audio``, where silence can be made for it."""
         if audio is None or not self.lag or not audio.codec.startswith("mp4a"):
-            return False
+            return None
         try:
             asc = AudioSpecificConfig.parse(audio.init_data)
         except RemoteProtocolError:
-            return False
-        return asc.object_type == 2 and asc.frame_length == 1024 and silent_aac_frame(asc.sample_rate, asc.channels) is not None
+            return None
+        if asc.object_type != 2 or asc.frame_length != 1024:
+            return None
+        silence = silent_aac_frame(asc.sample_rate, asc.channels)
+        return (asc.sample_rate, silence) if silence is not None else None
 
     def audio(self, frame: Frame, now: float) -> list[Frame]:
         """A real audio frame: the frames to pass on for it: none if it falls inside the silence
