@@ -234,17 +234,8 @@ async def test_a_publisher_back_without_audio_leaves_new_players_video_only_and_
             (audio.decode(), video.decode())
         assert [t.name for t in broadcast.catalog.tracks] == ["video"]
         # the player (ffmpeg reading index.m3u8 since the first publish) gets video and audio past the seam
-        played = lambda stream: [int(line.split(",")[2]) for line in (tmp_path / "played.md5").read_text().splitlines()  # noqa: E731
-                                 if not line.startswith("#") and int(line.split(",")[0]) == stream] \
-            if (tmp_path / "played.md5").exists() else []
-
-        def after_seam(stream: int) -> int:
-            pts = played(stream)
-            steps = [b - a for a, b in zip(pts, pts[1:])]
-            seam = max(range(len(steps)), key=steps.__getitem__, default=None)
-            return 0 if seam is None or steps[seam] < 10 * min(steps) else len(pts) - seam - 1
-
-        await until(lambda: after_seam(0) >= 3 * 30 and after_seam(1) >= 2 * 43, deadline=30,
+        md5 = tmp_path / "played.md5"
+        await until(lambda: after_seam(played(md5, 0)) >= 3 * 30 and after_seam(played(md5, 1)) >= 2 * 43, deadline=30,
                     what="the player to play 3 s of video and 2 s of audio after the seam")
     finally:
         if second.returncode is None:
@@ -253,7 +244,83 @@ async def test_a_publisher_back_without_audio_leaves_new_players_video_only_and_
     broadcast.end()
     rc, out = await player
     assert rc == 0, out
-    assert played(0) == sorted(played(0)) and played(1) == sorted(played(1))
+    assert played(md5, 0) == sorted(played(md5, 0)) and played(md5, 1) == sorted(played(md5, 1))
+
+
+def played(md5, stream: int) -> list[int]:
+    """The pts of each frame of ``stream`` that a player writing framemd5 has decoded so far."""
+    if not md5.exists():
+        return []
+    return [int(line.split(",")[2]) for line in md5.read_text().splitlines()
+            if not line.startswith("#") and int(line.split(",")[0]) == stream]
+
+
+def after_seam(pts: list[int]) -> int:
+    """How many frames come after the largest step in ``pts`` (0 when no step stands out)."""
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    seam = max(range(len(steps)), key=steps.__getitem__, default=None)
+    return 0 if seam is None or steps[seam] < 10 * min(steps) else len(pts) - seam - 1
+
+
+def init_segments(playlist: bytes) -> list[tuple[int, str]]:
+    """Each EXT-X-MAP of a media playlist: (the media sequence number of its first segment, URI)."""
+    msn, out = first_msn(playlist), []
+    for line in playlist.splitlines():
+        if line.startswith(b"#EXT-X-MAP:"):
+            out.append((msn, re.search(rb'URI="([^"]+)"', line)[1].decode()))
+        elif line.startswith(b"#EXTINF"):
+            msn += 1
+    return out
+
+
+async def test_a_publisher_back_with_another_audio_format_plays_on_with_a_new_audio_init_segment(node, tmp_path):
+    """The encoder restarts with its audio at 48 kHz mono instead of 44.1 kHz stereo (OBS's default
+    and ffmpeg's differ, so this happens when a streamer switches encoders): the audio playlist goes
+    on past the seam with a new init segment of the new format, its discontinuity on the video's
+    segment, and an HLS player that reads the stream throughout plays audio past the seam."""
+    need("ffmpeg")
+    need("ffprobe")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/fmt"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/fmt"
+    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=6)))
+    await until(lambda: node.registry.get("live/fmt") is not None, what="the broadcast")
+    status, multivariant = await http_get(f"{base}/index.m3u8")
+    assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
+    md5 = tmp_path / "played.md5"
+    player = asyncio.create_task(run_process(
+        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v", "-map", "0:a",
+         "-f", "framemd5", "-flush_packets", "1", str(md5)], timeout=90))
+    rc, out = await first
+    assert rc == 0, out
+    broadcast = node.registry.get("live/fmt")
+    await until(lambda: not broadcast.publishing, what="the publisher to leave")
+    mono_48k = ["-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "1"]
+    rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "b.flv"), seconds=6, audio=mono_48k))
+    assert rc == 0, out
+    await until(lambda: after_seam(played(md5, 0)) >= 3 * 30 and after_seam(played(md5, 1)) >= 2 * 46, deadline=30,
+                what="the player to play 3 s of video and 2 s of audio after the seam")
+    _, video = await http_get(f"{base}/video.m3u8")
+    _, audio = await http_get(f"{base}/audio.m3u8")
+    assert b"#EXT-X-ENDLIST" not in audio, audio.decode()
+    seams = discontinuities(audio)
+    assert len(seams) == 1 and seams == {msn: d for msn, d in discontinuities(video).items() if msn >= first_msn(audio)}, \
+        (audio.decode(), video.decode())
+    maps = init_segments(audio)
+    assert maps[-1][0] == next(iter(seams)) and len({uri for _, uri in maps}) == len(maps) >= 2, audio.decode()
+    formats = []
+    for _, uri in maps[-2:]:
+        status, init = await http_get(f"{base}/{uri}")
+        assert status == 200
+        (tmp_path / uri).write_bytes(init)
+        rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,sample_rate,channels",
+                                     "-of", "csv=p=0", str(tmp_path / uri)])
+        assert rc == 0, out
+        formats.append(out.strip())
+    assert formats == ["aac,44100,2", "aac,48000,1"], formats
+    broadcast.end()
+    rc, out = await player
+    assert rc == 0, out
+    assert played(md5, 0) == sorted(played(md5, 0)) and played(md5, 1) == sorted(played(md5, 1))
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
