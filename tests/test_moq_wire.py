@@ -112,6 +112,18 @@ def test_subgroup_parser_byte_splits_do_not_matter(objs, cuts, explicit_subgroup
     assert parser.buffered == 0
 
 
+@pytest.mark.parametrize(("first", "subgroup"), [(0, 0), (5, 5)])
+def test_a_subgroup_id_taken_from_the_first_object_stays_that_objects_id(first, subgroup):
+    # SUBGROUP_ID_MODE 0b01 (type 0x12): the subgroup ID is the first object's ID (draft 16, "Subgroup Header")
+    data = wire.encode_varint(0x12) + wire.encode_varint(3) + wire.encode_varint(7) + b"\x09"
+    for delta in (first, 0, 0):  # objects first, first + 1, first + 2
+        data += wire.encode_object(delta, b"x", {}, with_extensions=False) + b"x"
+    parser = wire.SubgroupStreamParser()
+    objects = [item for item in parser.feed(data) if isinstance(item, wire.SubgroupObject)]
+    assert [o.object_id for o in objects] == [first, first + 1, first + 2]
+    assert parser.header.subgroup_id == subgroup
+
+
 @pytest.mark.parametrize("kind", [0x16, 0x17, 0x1E, 0x3F, 0x40, 0x05, 0x00])
 def test_invalid_subgroup_header_types(kind):
     with pytest.raises(MoqProtocolError):

@@ -996,10 +996,11 @@ class SubgroupStreamParser(_StreamParser):
         self._pos = p + size
         object_id = delta if self._last_object is None else self._last_object + delta + 1
         self._last_object = object_id
-        if self._first_object_subgroup and self.header.subgroup_id == 0 and object_id:
-            self.header = SubgroupHeader(self.header.track_alias, self.header.group_id, object_id,
-                                         self.header.priority, self.header.extensions, self.header.end_of_group)
+        if self._first_object_subgroup:  # SUBGROUP_ID_MODE 0b01: the first object's ID, whatever the next ones are
             self._first_object_subgroup = False
+            if object_id:
+                self.header = SubgroupHeader(self.header.track_alias, self.header.group_id, object_id,
+                                             self.header.priority, self.header.extensions, self.header.end_of_group)
         return SubgroupObject(object_id, payload, extensions, status)
 
 
