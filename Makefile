@@ -54,11 +54,15 @@ test: install-test
 
 # tests/test_container.py builds the node image (minutes): it runs under `make image-test`.
 NOT_IN_SUITE := --ignore=tests/test_container.py
+# Each pass runs its tests in this many processes (pytest-xdist). Most tests wait on real time
+# (live publishes, players), not on the CPU: 3 workers on 2 cores take a pass from ~15 to ~5.5
+# minutes (docs/benchmarks.md, "The whole suite"). TEST_WORKERS=0 runs a pass in one process.
+TEST_WORKERS ?= 3
 test-compiled:
-	RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests $(NOT_IN_SUITE)
+	RTMPQ_REQUIRE_COMPILED=1 ./scripts/pytest-strict $(PY) tests $(NOT_IN_SUITE) -n $(TEST_WORKERS)
 
 test-pure:
-	RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests $(NOT_IN_SUITE)
+	RTMPQ_PUREPYTHON=1 ./scripts/pytest-strict $(PY) tests $(NOT_IN_SUITE) -n $(TEST_WORKERS)
 
 # The node image built with buildah and run: `rtmpq up`, then the compose services.
 image-test: install-test
