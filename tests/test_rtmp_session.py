@@ -82,6 +82,26 @@ def test_ffmpeg_publish_sequence_and_replies():
     assert client.events() == [PublishEnded(stream_id, "FCUnpublish")]
 
 
+def connect_result(client, command_object: dict) -> dict:
+    client.handshake()
+    client.command(0, "connect", 1.0, command_object)
+    return next(r[2] for r in client.read_replies() if r[0] == 20 and r[2][:2] == ["_result", 1.0])[2]
+
+
+def test_an_e_rtmp_client_learns_what_the_server_takes_and_a_legacy_one_gets_the_legacy_reply():
+    # E-RTMP v2, "Enhancing NetConnection connect Command": the server echoes its enhancements
+    enhanced = connect_result(InMemoryPublisher(RtmpServerSession()), {
+        "app": "live", "fourCcList": ["hvc1", "av01", "avc1", "Opus", "mp4a"], "capsEx": 1.0})
+    assert enhanced["videoFourCcInfoMap"] == {"avc1": 4.0, "hvc1": 4.0, "av01": 4.0, "vp09": 4.0}  # CanForward
+    assert enhanced["audioFourCcInfoMap"] == {"mp4a": 4.0, "Opus": 4.0, "ac-3": 4.0, "ec-3": 4.0}
+    assert enhanced["capsEx"] == 6.0  # Multitrack | ModEx; no Reconnect: rtmpq never asks a client to reconnect
+    assert enhanced["fmsVer"] and enhanced["capabilities"] == 31.0
+    mapped = connect_result(InMemoryPublisher(RtmpServerSession()), {"app": "live", "videoFourCcInfoMap": {"hvc1": 4.0}})
+    assert "videoFourCcInfoMap" in mapped
+    legacy = connect_result(InMemoryPublisher(RtmpServerSession()), {"app": "live", "flashVer": "FMLE/3.0"})
+    assert set(legacy) == {"fmsVer", "capabilities"}
+
+
 def test_rejected_publish_gets_badname_status():
     client = InMemoryPublisher(RtmpServerSession())
     stream_id = client.connect_and_publish("cam1")

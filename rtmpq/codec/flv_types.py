@@ -15,6 +15,11 @@ FRAME_DISPOSABLE_INTER = 3
 FRAME_GENERATED_KEY = 4
 FRAME_COMMAND = 5
 
+# The codecs rtmpq carries from an FLV publish to its tracks (FourCCs; legacy CodecIDs map onto
+# them); the ingest announces them to E-RTMP clients.
+VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
+AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
+
 
 @dataclass(frozen=True, slots=True)
 class VideoTag:

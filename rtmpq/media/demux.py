@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
-from ..codec.flv_types import PACKET_CODED_FRAMES, PACKET_SEQUENCE_START
+from ..codec.flv_types import AUDIO_CODECS, PACKET_CODED_FRAMES, PACKET_SEQUENCE_START, VIDEO_CODECS
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
@@ -47,8 +47,6 @@ AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
 MAX_TRACKS_PER_KIND = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
-VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
-AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tag, parse_video_tag
 from ..codec.amf_types import UNDEFINED
+from ..codec.flv_types import AUDIO_CODECS, VIDEO_CODECS
 from ..codec.chunk import MAX_CHUNK_STREAMS, MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, MIN_CHUNK_SIZE
 from ..errors import RemoteProtocolError
 from ..rtmp.chunk_writer import ChunkWriter
@@ -62,6 +63,17 @@ MAX_PUBLISH_QUERY_LENGTH = 4096
 APP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}(/[A-Za-z0-9_.~-]{1,64})?")
 # Message streams a client may create on one connection.
 MAX_MESSAGE_STREAMS = 8
+# E-RTMP v2 ("Enhancing NetConnection connect Command"): a client that declares its enhancements in
+# connect gets the server's in the _result's properties. rtmpq forwards the codecs it carries
+# (FourCcInfoMask.CanForward) and takes multitrack publishes and ModEx packets (CapsExMask).
+E_RTMP_CONNECT_KEYS = frozenset(("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx"))
+_CAN_FORWARD = 0x04
+_CAPS_EX_MULTITRACK, _CAPS_EX_MODEX = 0x02, 0x04
+E_RTMP_SERVER_CAPS = {
+    "videoFourCcInfoMap": {fourcc: float(_CAN_FORWARD) for fourcc in VIDEO_CODECS},
+    "audioFourCcInfoMap": {fourcc: float(_CAN_FORWARD) for fourcc in AUDIO_CODECS},
+    "capsEx": float(_CAPS_EX_MULTITRACK | _CAPS_EX_MODEX),
+}
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -413,9 +425,11 @@ class RtmpServerSession:
         self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, 0))
         self._send(CSID_PROTOCOL, 0, MessageType.SET_CHUNK_SIZE, 0, set_chunk_size_body(SERVER_CHUNK_SIZE))
         self._writer.chunk_size = SERVER_CHUNK_SIZE
+        properties = {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0}
+        if not E_RTMP_CONNECT_KEYS.isdisjoint(obj):
+            properties.update(E_RTMP_SERVER_CAPS)  # an E-RTMP client: say what this server takes
         self._send_command(
-            0, "_result", tx,
-            {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0},
+            0, "_result", tx, properties,
             {**_status("status", "NetConnection.Connect.Success", "Connection succeeded."), "objectEncoding": 0.0},
         )
         self._send_command(0, "onBWDone", 0.0, None, 8192.0)
