@@ -205,3 +205,23 @@ def test_complete_objects_do_not_count_against_the_stream_buffer(tmp_path, monke
     assert sum(isinstance(e, ev.ObjectReceived) for e in client_events) == 70
     assert sum(isinstance(e, ev.SubgroupEnded) for e in client_events) == 5
     assert pair.client._stream_buffer_bytes == 0
+
+
+@pytest.mark.parametrize(("status", "extensions", "reason"), [
+    (0x2, None, "object status"), (wire.ObjectStatus.END_OF_GROUP, {0x3C: 1}, "extension headers")])
+def test_a_bad_object_status_closes_the_session_with_protocol_violation(tmp_path, status, extensions, reason):
+    """Draft 16: an unknown Object Status SHOULD, extension headers on an object whose status is not
+    Normal MUST close the session with PROTOCOL_VIOLATION."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 1)
+    sid = pair.server.open_subgroup(1, 0)
+    pair.server.send_object(sid, 0, b"frame")
+    client_events, _ = pair.pump()
+    assert [bytes(e.payload) for e in client_events if isinstance(e, ev.ObjectReceived)] == [b"frame"]
+    pair.server_quic.send_stream_data(sid, wire.encode_object(0, b"", extensions, with_extensions=True, status=status))
+    client_events, _ = pair.pump()
+    closed = closed_with(client_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION and reason in closed.reason

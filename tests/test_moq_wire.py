@@ -124,6 +124,41 @@ def test_a_subgroup_id_taken_from_the_first_object_stays_that_objects_id(first, 
     assert parser.header.subgroup_id == subgroup
 
 
+def _status_stream(status: int, extensions: dict | None = None) -> bytes:
+    """A subgroup stream (extension blocks on) with object 0 and then a status object (object 1)."""
+    header = wire.SubgroupHeader(track_alias=3, group_id=7, extensions=True)
+    return (header.encode() + wire.encode_object(0, b"x", None, with_extensions=True) + b"x"
+            + wire.encode_object(0, b"", extensions, with_extensions=True, status=status))
+
+
+@pytest.mark.parametrize("status", list(wire.ObjectStatus))
+def test_object_status_is_parsed_with_an_empty_payload(status):
+    # draft 16, "Object Status": 0x0 Normal (an empty object), 0x3 End of Group, 0x4 End of Track
+    items = wire.SubgroupStreamParser().feed(_status_stream(status))
+    objects = [i for i in items if isinstance(i, wire.SubgroupObject)]
+    assert [(o.object_id, bytes(o.payload), o.status) for o in objects] == [(0, b"x", 0), (1, b"", status)]
+
+
+@pytest.mark.parametrize("status", [0x1, 0x2, 0x5, 0x40])
+def test_an_unknown_object_status_closes_the_session(status):
+    # "Any other value SHOULD be treated as a protocol error" (PROTOCOL_VIOLATION)
+    with pytest.raises(MoqProtocolError, match="object status") as info:
+        wire.SubgroupStreamParser().feed(_status_stream(status))
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+@pytest.mark.parametrize("status", [wire.ObjectStatus.END_OF_GROUP, wire.ObjectStatus.END_OF_TRACK])
+def test_extension_headers_on_a_status_object_close_the_session(status):
+    # "Object Extension Headers": extensions on an object whose status is not Normal MUST close
+    # the session with PROTOCOL_VIOLATION; on an empty Normal object they are fine
+    with pytest.raises(MoqProtocolError, match="extension headers") as info:
+        wire.SubgroupStreamParser().feed(_status_stream(status, {0x3C: 7}))
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+    objects = [i for i in wire.SubgroupStreamParser().feed(_status_stream(wire.ObjectStatus.NORMAL, {0x3C: 7}))
+               if isinstance(i, wire.SubgroupObject)]
+    assert objects[-1].extensions == {0x3C: 7} and objects[-1].status == wire.ObjectStatus.NORMAL
+
+
 @pytest.mark.parametrize("kind", [0x16, 0x17, 0x1E, 0x3F, 0x40, 0x05, 0x00])
 def test_invalid_subgroup_header_types(kind):
     with pytest.raises(MoqProtocolError):

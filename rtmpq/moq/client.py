@@ -23,7 +23,7 @@ from . import events as ev
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
-from .wire import FILTER_LARGEST_OBJECT, RequestError
+from .wire import FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -339,7 +339,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 subscribe(CATALOG_TRACK)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
-                if track == CATALOG_TRACK:
+                if event.status != ObjectStatus.NORMAL:
+                    # End of Group / End of Track: no frame, no catalog. End of Group needs nothing
+                    # more (the stream's FIN follows); after End of Track no object of the track
+                    # exists: it no longer holds the subscription open (as after its PUBLISH_DONE)
+                    if event.status == ObjectStatus.END_OF_TRACK and track is not None:
+                        open_tracks.discard(track)
+                elif track == CATALOG_TRACK:
                     # each catalog version is a group on its own stream: an older one can arrive
                     # after a newer one (newest first), and must not undo it
                     if catalog_group is not None and event.group < catalog_group:

@@ -46,6 +46,7 @@ from .wire import (
     NAMESPACE_OPTION_BOTH,
     NAMESPACE_OPTION_NAMESPACE,
     NAMESPACE_OPTION_PUBLISH,
+    ObjectStatus,
     PublishDoneStatus,
     RequestError,
     SessionError,
@@ -747,6 +748,13 @@ class MoqRelay:
 
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
+        if event.status != ObjectStatus.NORMAL:
+            # End of Group / End of Track (the parser lets no other status through): no object to
+            # pass on (never an empty Normal one), the group ends here for every subscriber, as its
+            # FIN would end it. The track itself ends with the publisher's PUBLISH_DONE.
+            if upstream is not None:
+                upstream.fanout.end_group(upstream.group(event.group))
+            return
         if upstream is not None and upstream.track == RENDITIONS_TRACK:
             newest = upstream.last_group
             if upstream.group(event.group) > newest:  # not an older version overtaken by a newer one

@@ -78,6 +78,18 @@ class StreamResetCode(IntEnum):
     UNKNOWN_OBJECT_STATUS = 0x4
 
 
+class ObjectStatus(IntEnum):
+    """Object Status of a zero-length object on a subgroup stream (draft 16, "Object Status"): any
+    other value closes the session with PROTOCOL_VIOLATION."""
+
+    NORMAL = 0x0  # an empty object; implicit for any object with a payload
+    END_OF_GROUP = 0x3  # no object at or after this one's ID exists in its group
+    END_OF_TRACK = 0x4  # no object at or after this one's location exists in the track
+
+
+OBJECT_STATUSES = frozenset(ObjectStatus)
+
+
 class MessageType(IntEnum):
     CLIENT_SETUP = 0x20
     SERVER_SETUP = 0x21
@@ -866,9 +878,9 @@ def encode_object(object_id_delta: int, payload, extensions: dict | None, *, wit
 @dataclass(frozen=True, slots=True)
 class SubgroupObject:
     object_id: int
-    payload: bytes | memoryview
+    payload: bytes | memoryview  # empty when ``status`` is not NORMAL (a status exists only without payload)
     extensions: dict
-    status: int = 0
+    status: int = ObjectStatus.NORMAL
 
 
 class _StreamParser:
@@ -988,6 +1000,10 @@ class SubgroupStreamParser(_StreamParser):
             if r is NEED_DATA:
                 return NEED_DATA
             status, p = r
+            if status not in OBJECT_STATUSES:
+                raise MoqProtocolError(f"unknown object status {status:#x}")
+            if status and extensions:  # draft 16, "Object Extension Headers": a MUST
+                raise MoqProtocolError(f"extension headers on an object of status {ObjectStatus(status).name}")
         else:
             self._check_size(size)
         if len(buf) - p < size:

@@ -24,7 +24,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
-from ..moq.wire import PublishDoneStatus
+from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
@@ -401,6 +401,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     log.warning("%s %s: the relay refused the rung: %s", bt.label, p.info.name, event.reason)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
+                if event.status != ObjectStatus.NORMAL:
+                    continue  # End of Group / End of Track: neither a catalog nor a frame
                 if track == CATALOG_TRACK:
                     if event.group < catalog_group:
                         continue  # an older catalog version overtaken by a newer one

@@ -1,0 +1,179 @@
+"""Object Status (draft 16): a publisher may end a group with an End of Group (0x3) object, a track
+with an End of Track (0x4) object, both empty and never Normal. Found by a review against draft 16:
+rtmpq parsed the status and then ignored it, so its subscriber took such an object on the catalog
+track for an empty catalog (and failed on it) and for an empty frame on a media track, and its
+relay passed it on as an empty Normal object."""
+
+import asyncio
+import socket
+
+import pytest
+
+from rtmpq.media.broadcast import BroadcastRegistry
+from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.moq import events as ev
+from rtmpq.moq import wire
+from rtmpq.moq.client import subscribe_broadcast
+from rtmpq.moq.loc import CATALOG_TRACK
+from rtmpq.moq.relay import MoqRelay
+from rtmpq.moq.tls import ensure_self_signed
+from rtmpq.moq.transport import connect_moq, serve_moq
+from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
+
+from .conftest import free_port
+
+BACKENDS = ["aioquic", "aiopquic"]
+VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
+AUDIO = TrackInfo(name="audio", kind="audio", codec="mp4a.40.2", init_data=b"\x12\x10")
+CATALOG = Catalog("live/x", (VIDEO, AUDIO))
+FRAMES_PER_GROUP = 3
+
+
+def send_group(session, alias: int, group: int, payloads: list[bytes], status: int, *, fin: bool = True) -> None:
+    """One group on its own stream: its objects, then an empty object of ``status`` (written raw,
+    as rtmpq never sends one), then FIN unless ``fin`` is False."""
+    sid = session.open_subgroup(alias, group)
+    for object_id, payload in enumerate(payloads):
+        session.send_object(sid, object_id, payload)
+    # the status object's ID follows the last one's: delta = object_id - last_object_id - 1 = 0
+    session.quic.send_stream_data(sid, wire.encode_object(0, b"", None, with_extensions=True, status=status))
+    if fin:
+        session.end_subgroup(sid)
+
+
+def media(track: str, group: int) -> list[bytes]:
+    return [f"{track} {group}.{i}".encode() for i in range(FRAMES_PER_GROUP)]
+
+
+def publisher(conn, ending: str, *, fin: bool = True) -> None:
+    """Answers each SUBSCRIBE with its groups, each ended by an End of Group object: the catalog
+    (one group), video (two groups), audio (one group), then PUBLISH_DONE. With ``ending`` =
+    "end_of_track": one group per track, ended by an End of Track object instead, and no
+    PUBLISH_DONE (nothing but that object says the track is over)."""
+    session = conn.session
+    aliases = iter(range(100))
+
+    def on_event(_conn, event) -> None:
+        if not isinstance(event, ev.SubscribeRequested):
+            return
+        alias = next(aliases)
+        session.subscribe_ok(event.request_id, alias)
+        name = event.track_name
+        if name == CATALOG_TRACK:
+            groups = [[CATALOG.to_json()]]
+        else:
+            groups = [media(name, g) for g in range(2 if name == "video" and ending == "publish_done" else 1)]
+        for group, payloads in enumerate(groups):
+            last = group == len(groups) - 1
+            status = ObjectStatus.END_OF_TRACK if last and ending == "end_of_track" else ObjectStatus.END_OF_GROUP
+            send_group(session, alias, group, payloads, status, fin=fin)
+        if ending == "publish_done":
+            session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, len(groups))
+        conn.flush()
+
+    conn.handler = on_event
+
+
+@pytest.mark.parametrize("ending", ["publish_done", "end_of_track"])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_status_objects_are_neither_catalogs_nor_frames(tmp_path, backend, ending):
+    """subscribe_broadcast yields the catalog and exactly the real frames; a track ended by an End
+    of Track object no longer holds the subscription open."""
+    cert, key = ensure_self_signed(tmp_path)
+    port = free_port(socket.SOCK_DGRAM)
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, backend=backend,
+                             on_connection=lambda conn: publisher(conn, ending))
+    try:
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+            got = []
+            async with asyncio.timeout(20):
+                async for item in subscribe_broadcast(conn, "live/x"):
+                    got.append(item)
+    finally:
+        server.close()
+    catalogs = [i for i in got if isinstance(i, Catalog)]
+    assert [[t.name for t in c.tracks] for c in catalogs] == [["video", "audio"]]
+    frames = sorted(bytes(f.payload) for f in got if not isinstance(f, Catalog))
+    video_groups = 2 if ending == "publish_done" else 1
+    assert frames == sorted([p for g in range(video_groups) for p in media("video", g)] + media("audio", 0))
+
+
+async def _events_until(queue: asyncio.Queue, done) -> list:
+    got = []
+    async with asyncio.timeout(15):
+        while not done(got):
+            event = await queue.get()
+            if isinstance(event, ev.SessionClosed):
+                raise AssertionError(f"session closed: {event}")
+            got.append(event)
+    return got
+
+
+@pytest.mark.parametrize("status", [ObjectStatus.END_OF_GROUP, ObjectStatus.END_OF_TRACK])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path, backend, status):
+    """A remote publisher (PUBLISH_NAMESPACE; the relay subscribes upstream) ends each group with a
+    status object and keeps the group's stream open: the relay's subscriber gets the real objects,
+    no empty one, and each group's end (its stream's FIN), which only the status object said."""
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    port = free_port(socket.SOCK_DGRAM)
+    relay = MoqRelay(BroadcastRegistry())
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+                             backend=backend)
+    relay.start()
+    try:
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
+            pq: asyncio.Queue = asyncio.Queue()
+            pub.handler = lambda _c, e: pq.put_nowait(e)
+            announced = pub.session.publish_namespace(("live", "x"))
+            pub.flush()
+            answer = await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
+            assert answer[-1].request_id == announced
+            aliases = iter(range(100))
+            subscribed = []
+
+            def on_publisher_event(_conn, event) -> None:
+                if not isinstance(event, ev.SubscribeRequested):
+                    return
+                alias = next(aliases)
+                subscribed.append(event.track_name)
+                pub.session.subscribe_ok(event.request_id, alias)
+                if event.track_name == CATALOG_TRACK:
+                    send_group(pub.session, alias, 0, [CATALOG.to_json()], ObjectStatus.END_OF_GROUP, fin=False)
+                else:
+                    send_group(pub.session, alias, 0, media("video", 0), ObjectStatus.END_OF_GROUP, fin=False)
+                    send_group(pub.session, alias, 1, media("video", 1), status, fin=False)
+                pub.flush()
+
+            pub.handler = on_publisher_event
+            vq: asyncio.Queue = asyncio.Queue()
+            viewer.handler = lambda _c, e: vq.put_nowait(e)
+            catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+            video_rid = viewer.session.subscribe(("live", "x"), "video")
+            viewer.flush()
+
+            def all_ended(got) -> bool:
+                return len([e for e in got if isinstance(e, ev.SubgroupEnded)]) >= 3
+
+            got = await _events_until(vq, all_ended)
+            await asyncio.sleep(0.2)  # anything the relay would send after the ends
+            while not vq.empty():
+                got.append(vq.get_nowait())
+    finally:
+        relay.stop()
+        server.close()
+    assert sorted(subscribed) == [CATALOG_TRACK, "video"]
+    accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
+    track = {accepted[catalog_rid]: CATALOG_TRACK, accepted[video_rid]: "video"}
+    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    assert all(e.status == ObjectStatus.NORMAL and len(e.payload) for e in objects), \
+        [(track[e.track_alias], e.group, e.object_id, e.status) for e in objects if not len(e.payload) or e.status]
+    assert [bytes(e.payload) for e in objects if track[e.track_alias] == CATALOG_TRACK] == [CATALOG.to_json()]
+    assert sorted(bytes(e.payload) for e in objects if track[e.track_alias] == "video") == sorted(
+        media("video", 0) + media("video", 1))
+    ended = sorted((track[e.track_alias], e.group) for e in got if isinstance(e, ev.SubgroupEnded))
+    catalog_groups = sorted({e.group for e in objects if track[e.track_alias] == CATALOG_TRACK})
+    video_groups = sorted({e.group for e in objects if track[e.track_alias] == "video"})
+    assert ended == sorted([(CATALOG_TRACK, g) for g in catalog_groups] + [("video", g) for g in video_groups])
+    assert len(video_groups) == 2
