@@ -182,3 +182,16 @@ def test_hls_bandwidth_before_any_measure_does_not_take_the_level_bound():
             bitrate_is_bound=bound, nal_length_size=4)))
         audio = LlHlsStream(tracks={AUDIO}, prefix="a-")
         assert expected in multivariant_playlist([(stream, "v.m3u8")], audio, "a.m3u8")
+
+
+def test_the_status_api_shows_the_measured_rate_not_the_level_bound(monkeypatch):
+    from rtmpq.ops.view import BroadcastStats, NodeView
+
+    view = NodeView("up")
+    stats = BroadcastStats("live/x")
+    for bound, expected in ((True, 400_000), (False, 21_000_000)):
+        stats.catalog = Catalog("live/x").with_track(TrackInfo(
+            VIDEO, VIDEO, "avc1.64001f", width=1280, height=720, bitrate=21_000_000, bitrate_is_bound=bound))
+        stats.track_bitrates = {VIDEO: 400_000.0}
+        monkeypatch.setattr(view, "broadcasts", lambda: [stats])
+        assert view.api_broadcasts()["items"][0]["tracks"][0]["bitrate"] == expected
