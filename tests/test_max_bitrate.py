@@ -17,10 +17,10 @@ from rtmpq.media.avc import AvcConfig
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.demux import BroadcastDemuxer
 from rtmpq.media.flv import read_flv_tags
+from rtmpq.media.frames import AUDIO, VIDEO
 from rtmpq.media.hevc import HevcConfig
 from rtmpq.media.opus import OpusHead
 from rtmpq.media.vp9 import Vp9Config
-from rtmpq.media.frames import AUDIO, VIDEO
 
 from .conftest import need
 from .publishers import AUDIO_ENCODE, PYAV_PUBLISHER, VIDEO_ENCODE

@@ -61,13 +61,13 @@ class TrackInfo:
     height: int | None = None
     framerate: float | None = None
     bitrate: int | None = None  # bits per second (MSF: the maximum): the encoder's, or a codec level's bound
-    bitrate_is_bound: bool = False  # bitrate is the codec level's bound, not the encoder's setting
     nal_length_size: int | None = None  # AVC/HEVC only: 1, 2 or 4
     sample_rate: int | None = None
     channels: int | None = None
     render_group: int = 1  # tracks that play together (MSF renderGroup)
     alt_group: int | None = None  # renditions of the same content (MSF altGroup)
     source: str | None = None  # a transcoder rung: the track it is made from (it leaves with it)
+    bitrate_is_bound: bool = False  # bitrate is the codec level's bound, not the encoder's setting
 
     def to_msf(self, *, live: bool = True, init_ref: str | None = None) -> dict:
         """The MSF track object, fields in the draft's order (Table 2)."""
