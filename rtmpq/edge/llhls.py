@@ -560,7 +560,7 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
     audio_bandwidth = audio.bandwidth if ainfo is not None else 0
     for stream, uri, vinfo in variants:
         codecs = ",".join(hls_codec(t.codec) for t in (vinfo, ainfo) if t is not None)
-        bandwidth = (stream.bandwidth or vinfo.bitrate or 0) + audio_bandwidth
+        bandwidth = (stream.bandwidth or vinfo.stated_bitrate or 0) + audio_bandwidth
         attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
         if vinfo.width and vinfo.height:
             attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")

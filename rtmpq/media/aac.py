@@ -8,6 +8,11 @@ from ..errors import RemoteProtocolError
 SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 # Object types whose GASpecificConfig starts with frameLengthFlag (960-sample frames when set).
 _GA_OBJECT_TYPES = (1, 2, 3, 4, 6, 7, 17, 19, 20, 21, 22, 23)
+# ISO/IEC 14496-3 4.5.3.1: a decoder's input buffer is 6144 bits per channel, so no frame of one
+# channel is larger (SBR and PS data ride inside the core frame, at the core sample rate).
+MAX_BITS_PER_CHANNEL_FRAME = 6144
+# Channels by channel configuration; 0 (a program config element, not read here) takes 7.1's.
+_CHANNEL_COUNTS = (8, 1, 2, 3, 4, 5, 6, 8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +25,11 @@ class AudioSpecificConfig:
     @property
     def codec_string(self) -> str:
         return f"mp4a.40.{self.object_type}"
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this configuration exceeds."""
+        bits = MAX_BITS_PER_CHANNEL_FRAME * _CHANNEL_COUNTS[self.channels]
+        return bits * self.sample_rate // self.frame_length
 
     @classmethod
     def parse(cls, data: bytes) -> "AudioSpecificConfig":

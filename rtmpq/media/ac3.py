@@ -15,6 +15,8 @@ SAMPLE_RATES = (48000, 44100, 32000)
 _CHANNELS = (2, 1, 2, 3, 3, 4, 4, 5)  # by acmod (1+1, 1/0, 2/0, 3/0, 2/1, 3/1, 2/2, 3/2)
 MAX_FRMSIZECOD = 37
 MAX_AC3_BSID = 8  # 9 and 10 are lower-rate variants; 16 is E-AC-3, which this does not carry
+# ATSC A/52 Table 5.18: nominal bit rate (kbit/s) by frmsizecod >> 1, the frame's exact rate.
+AC3_KBPS = (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 576, 640)
 
 
 class _Layout:
@@ -44,6 +46,10 @@ class Ac3Header(_Layout):
     lfeon: int
 
     codec_string = "ac-3"
+
+    def max_bitrate(self) -> int:
+        """The stream's bits per second (AC-3 frames of one frmsizecod are all the same size)."""
+        return AC3_KBPS[self.frmsizecod >> 1] * 1000
 
     def dac3(self) -> bytes:
         """The body of the AC3SpecificBox: fscod, bsid, bsmod, acmod, lfeon, bit_rate_code, reserved."""
@@ -102,6 +108,11 @@ class Eac3Header(_Layout):
     @property
     def kbps(self) -> int:
         return self.frame_bytes * 8 * self.sample_rate // (self.blocks * 256 * 1000)
+
+    def max_bitrate(self, access_unit_bytes: int | None = None) -> int:
+        """Bits per second of access units of ``access_unit_bytes`` (substream 0 and the dependent
+        substreams 7.1 adds, one frame's time); of substream 0 alone by default."""
+        return (access_unit_bytes or self.frame_bytes) * 8 * self.sample_rate // (self.blocks * 256)
 
     def dec3(self) -> bytes:
         """EC3SpecificBox body: data_rate, one independent substream, no dependent ones."""

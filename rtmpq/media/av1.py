@@ -18,6 +18,13 @@ OBU_FRAME = 6
 
 AV1C_HEADER_SIZE = 4
 
+# AV1 spec Annex A.3 level table: MaxBitrate (MainMbps, HighMbps) by seq_level_idx, in Mbit/s;
+# tiers start at level 4.0. Level 31 ("maximum parameters") has no limit: it takes the top.
+MAX_BITRATE_MBPS = {0: (1.5, 1.5), 1: (3, 3), 4: (6, 6), 5: (10, 10), 8: (12, 30), 9: (20, 50), 12: (30, 100),
+                    13: (40, 160), 14: (60, 240), 15: (60, 240), 16: (60, 240), 17: (100, 480),
+                    18: (160, 800), 19: (160, 800)}
+BITRATE_PROFILE_FACTOR = (1, 2, 3)  # Annex A.3, by seq_profile
+
 
 @dataclass(frozen=True, slots=True)
 class Av1SequenceHeader:
@@ -93,6 +100,12 @@ class Av1Config:
     @property
     def codec_string(self) -> str:
         return f"av01.{self.profile}.{self.level:02d}{'MH'[self.tier]}.{self.bit_depth:02d}"
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this profile, level and tier (the av1C's, operating point
+        0's) exceeds."""
+        main, high = MAX_BITRATE_MBPS.get(self.level, max(MAX_BITRATE_MBPS.values()))
+        return int((high if self.tier else main) * 1_000_000) * BITRATE_PROFILE_FACTOR[self.profile]
 
     @classmethod
     def parse(cls, data) -> "Av1Config":

@@ -22,6 +22,16 @@ MAX_DIMENSION = 16384
 
 _HIGH_PROFILES = (100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135)
 
+# H.264 Table A-1: MaxBR by level_idc, in units of the profile's factor below (level 1b, 128, is
+# level_idc 9, or 11 with constraint_set3_flag in Baseline/Main/Extended).
+MAX_BR = {9: 128, 10: 64, 11: 192, 12: 384, 13: 768, 20: 2000, 21: 4000, 22: 4000, 30: 10000, 31: 14000,
+          32: 20000, 40: 20000, 41: 50000, 42: 50000, 50: 135000, 51: 240000, 52: 240000, 60: 240000,
+          61: 480000, 62: 800000}
+# H.264 Table A-2: cpbBrNalFactor (the NAL HRD's, which bounds every byte of the stream, not only
+# the VCL ones) by profile_idc; profiles not listed take the largest, 4800.
+CPB_BR_NAL_FACTOR = {66: 1200, 77: 1200, 88: 1200, 100: 1500, 110: 3600, 122: 4800, 244: 4800, 44: 4800}
+_LEVEL_1B_PROFILES = (66, 77, 88)
+
 
 def nal_unit_type(nal) -> int:
     return nal[0] & 0x1F
@@ -43,6 +53,15 @@ class AvcConfig:
     @property
     def codec_string(self) -> str:
         return f"avc1.{self.profile:02x}{self.compatibility:02x}{self.level:02x}"
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this profile and level exceeds (the avcC's profile, level
+        and constraint flags are the SPS's own bytes); a level outside Table A-1 takes its top."""
+        level = self.level
+        if level == 11 and self.profile in _LEVEL_1B_PROFILES and self.compatibility & 0x10:
+            level = 9  # constraint_set3_flag: level 1b
+        factor = CPB_BR_NAL_FACTOR.get(self.profile, max(CPB_BR_NAL_FACTOR.values()))
+        return MAX_BR.get(level, max(MAX_BR.values())) * factor
 
     @classmethod
     def parse(cls, data: bytes) -> "AvcConfig":

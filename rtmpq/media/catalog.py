@@ -12,9 +12,13 @@ write it), fields in the draft's order:
   ``av01.0.04M.08``, ``mp4a.40.2``, ``opus``), ``framerate``, ``timescale``, ``bitrate``, ``width``,
   ``height``, ``samplerate``, ``channelConfig`` (a string).
 
+Every audio and video track rtmpq writes has ``bitrate`` (MSF: MUST): the publisher's onMetaData
+rate, a transcoder rung's maxrate, else the upper bound the codec configuration's level implies.
+
 Private fields only where MSF has no place: ``broadcast`` (the broadcast's name),
-``rtmpq.catalogVersion`` (our counter of catalog changes) and, on a transcoder rung's track,
-``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that
+``rtmpq.catalogVersion`` (our counter of catalog changes), ``rtmpq.bitrateBound`` (true when
+``bitrate`` is only that level bound, far above what the encoder sends) and, on a transcoder rung's
+track, ``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that
 track). The AVC/HEVC NAL length size is not sent: it is read back from the configuration record.
 """
 
@@ -32,6 +36,7 @@ PACKAGING_LOC = "loc"
 INIT_INLINE = "inline"
 PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
 PRIVATE_SOURCE_TRACK = "rtmpq.source"
+PRIVATE_BITRATE_BOUND = "rtmpq.bitrateBound"
 # Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
 RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
@@ -55,13 +60,14 @@ class TrackInfo:
     width: int | None = None
     height: int | None = None
     framerate: float | None = None
-    bitrate: int | None = None  # bits per second (MSF: the maximum), from the publisher's metadata
+    bitrate: int | None = None  # bits per second (MSF: the maximum): the encoder's, or a codec level's bound
     nal_length_size: int | None = None  # AVC/HEVC only: 1, 2 or 4
     sample_rate: int | None = None
     channels: int | None = None
     render_group: int = 1  # tracks that play together (MSF renderGroup)
     alt_group: int | None = None  # renditions of the same content (MSF altGroup)
     source: str | None = None  # a transcoder rung: the track it is made from (it leaves with it)
+    bitrate_is_bound: bool = False  # bitrate is the codec level's bound, not the encoder's setting
 
     def to_msf(self, *, live: bool = True, init_ref: str | None = None) -> dict:
         """The MSF track object, fields in the draft's order (Table 2)."""
@@ -83,9 +89,17 @@ class TrackInfo:
         ):
             if value is not None:
                 out[key] = value
+        if self.bitrate_is_bound:
+            out[PRIVATE_BITRATE_BOUND] = True
         if self.source is not None:
             out[PRIVATE_SOURCE_TRACK] = self.source
         return out
+
+    @property
+    def stated_bitrate(self) -> int | None:
+        """The encoder's own bitrate (metadata or a rung's), None when only a level bound is known:
+        what a rate estimate (HLS BANDWIDTH, the status page) may start from."""
+        return None if self.bitrate_is_bound else self.bitrate
 
     @classmethod
     def from_msf(cls, obj: dict, init_data: bytes = b"") -> "TrackInfo":
@@ -106,6 +120,7 @@ class TrackInfo:
             height=obj.get("height"),
             framerate=obj.get("framerate"),
             bitrate=obj.get("bitrate"),
+            bitrate_is_bound=obj.get(PRIVATE_BITRATE_BOUND) is True,
             nal_length_size=nal_length_size_of(codec, init_data),
             sample_rate=obj.get("samplerate"),
             channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,

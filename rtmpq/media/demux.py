@@ -329,8 +329,8 @@ class BroadcastDemuxer:
         info = TrackInfo(
             name=name, kind=VIDEO, codec=config.codec_string, init_data=bytes(payload),
             timescale=SOURCE_TIMESCALE, nal_length_size=nal_length_size, width=size[0], height=size[1],
-            framerate=framerate or _number(meta.get("framerate")), bitrate=_kbps(meta.get("videodatarate")),
-            alt_group=VIDEO_ALT_GROUP,
+            framerate=framerate or _number(meta.get("framerate")), alt_group=VIDEO_ALT_GROUP,
+            **_bitrate(meta, VIDEO, config.max_bitrate()),
         )
         return self._set_track(info)
 
@@ -376,10 +376,11 @@ class BroadcastDemuxer:
         self._audio0 = self._audio.get(0)
         track.codec, track.config = tag.codec, key
         meta = self._track_meta(AUDIO, tag.track_id)
-        init = header.dac3() if tag.codec == "ac-3" else header.dec3()
+        init, bound = (header.dac3(), header.max_bitrate()) if tag.codec == "ac-3" else (
+            header.dec3(), header.max_bitrate(len(payload)))  # with its dependent substreams
         return self._set_track(TrackInfo(
             name=name, kind=AUDIO, codec=header.codec_string, init_data=init, timescale=SOURCE_TIMESCALE,
-            sample_rate=header.sample_rate, channels=header.channels, bitrate=_kbps(meta.get("audiodatarate"))))
+            sample_rate=header.sample_rate, channels=header.channels, **_bitrate(meta, AUDIO, bound)))
 
     def _audio_sequence_start(self, tag, payload) -> list:
         name = track_name(AUDIO, tag.track_id)
@@ -404,7 +405,7 @@ class BroadcastDemuxer:
         info = TrackInfo(
             name=name, kind=AUDIO, codec=config.codec_string, init_data=init,
             timescale=SOURCE_TIMESCALE, sample_rate=rate, channels=channels,
-            bitrate=_kbps(meta.get("audiodatarate")),
+            **_bitrate(meta, AUDIO, config.max_bitrate()),
         )
         return self._set_track(info)
 
@@ -475,10 +476,12 @@ class BroadcastDemuxer:
                 if info is None:
                     continue
                 meta = self._track_meta(kind, track_id)
-                bitrate = _kbps(meta.get("videodatarate" if kind == VIDEO else "audiodatarate")) or info.bitrate
+                stated = _stated_bitrate(meta, kind)
+                bitrate = {"bitrate": stated, "bitrate_is_bound": False} if stated else {}
                 framerate = info.framerate or (_number(meta.get("framerate")) if kind == VIDEO else None)
-                if (bitrate, framerate) != (info.bitrate, info.framerate):
-                    out = self._set_track(replace(info, bitrate=bitrate, framerate=framerate))
+                updated = replace(info, framerate=framerate, **bitrate)
+                if updated != info:
+                    out = self._set_track(updated)
         return out
 
     def _set_track(self, info: TrackInfo) -> list:
@@ -498,7 +501,14 @@ def _int(value) -> int | None:
     return int(number) if number else None
 
 
-def _kbps(value) -> int | None:
+def _bitrate(meta: dict, kind: str, bound: int) -> dict:
+    """TrackInfo's bitrate fields: the onMetaData rate (the encoder's own setting) wins over
+    ``bound``, the codec configuration's upper bound, which MSF's MUST falls back to."""
+    stated = _stated_bitrate(meta, kind)
+    return {"bitrate": stated, "bitrate_is_bound": False} if stated else {"bitrate": bound, "bitrate_is_bound": True}
+
+
+def _stated_bitrate(meta: dict, kind: str) -> int | None:
     """onMetaData rates are in kilobits per second; MSF's bitrate is in bits per second."""
-    rate = _number(value)
+    rate = _number(meta.get("videodatarate" if kind == VIDEO else "audiodatarate"))
     return int(rate * 1000) if rate else None

@@ -20,6 +20,18 @@ NAL_AUD = 35
 
 HVCC_HEADER_SIZE = 23
 
+# H.265 Table A.8 (A.9 in later editions): MaxBR by general_level_idc, (Main tier, High tier), in
+# units of CpbNalFactor bits/s; levels below 4 have no High tier.
+MAX_BR = {30: (128, 128), 60: (1500, 1500), 63: (3000, 3000), 90: (6000, 6000), 93: (10000, 10000),
+          120: (12000, 30000), 123: (20000, 50000), 150: (25000, 100000), 153: (40000, 160000),
+          156: (60000, 240000), 180: (60000, 240000), 183: (120000, 480000), 186: (240000, 800000)}
+# CpbNalFactor (the NAL HRD's: every byte, not only VCL) of Main, Main 10 and Main Still Picture.
+CPB_NAL_FACTOR_MAIN = 1100
+_MAIN_PROFILES = (1, 2, 3)
+# Range extension and later profiles scale it by up to 2 for 16-bit samples, 2 for 4:4:4 and 2 for
+# intra-only: their bound takes all three, as their constraint flags are not read here.
+RANGE_EXTENSION_SCALE = 8
+
 
 def nal_unit_type(nal) -> int:
     return (nal[0] >> 1) & 0x3F
@@ -53,6 +65,15 @@ class HevcConfig:
         constraints = self.constraints.rstrip(b"\x00")
         tail = "".join(f".{b:02X}" for b in constraints)
         return f"hvc1.{space}{self.profile_idc}.{compat:X}.{'HL'[self.tier == 0]}{self.level_idc}{tail}"
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this profile, tier and level exceeds; a level outside
+        Table A.8 takes its top."""
+        main, high = MAX_BR.get(self.level_idc, max(MAX_BR.values()))
+        factor = CPB_NAL_FACTOR_MAIN
+        if self.profile_idc not in _MAIN_PROFILES:
+            factor *= RANGE_EXTENSION_SCALE
+        return (high if self.tier else main) * factor
 
     @classmethod
     def parse(cls, data) -> "HevcConfig":

@@ -10,6 +10,7 @@ from ..errors import RemoteProtocolError
 
 OPUS_SAMPLE_RATE = 48000
 OPUS_HEAD_SIZE = 19
+MAX_STREAM_BITRATE = 510_000  # RFC 6716 2.1.1: 6 to 510 kbit/s per Opus stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,15 @@ class OpusHead:
     mapping: bytes  # stream count, coupled count, channel mapping (families other than 0)
 
     codec_string = "opus"  # WebCodecs; the ISOBMFF sample entry (and HLS CODECS) is "Opus"
+
+    @property
+    def streams(self) -> int:
+        """Opus streams per packet: mapping family 0 has one (mono or coupled stereo)."""
+        return self.mapping[0] if self.mapping else 1
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this header exceeds (RFC 7845: packets of ``streams`` streams)."""
+        return MAX_STREAM_BITRATE * self.streams
 
     @classmethod
     def parse(cls, data) -> "OpusHead":

@@ -13,6 +13,10 @@ from ..errors import RemoteProtocolError
 VPCC_SIZE = 4 + 8  # version + flags, then the record up to codecIntializationDataSize
 _SYNC_CODE = 0x498342
 _CS_RGB = 7
+# VP9 levels (the binding's level table, webmproject.org/vp9/levels): max bitrate in kbit/s by the
+# vpcC level; 0 (not given) and unknown levels take the top.
+MAX_BITRATE_KBPS = {10: 200, 11: 800, 20: 1800, 21: 3600, 30: 7200, 31: 12000, 40: 18000, 41: 30000,
+                    50: 60000, 51: 120000, 52: 180000, 60: 180000, 61: 240000, 62: 480000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +28,10 @@ class Vp9Config:
     @property
     def codec_string(self) -> str:
         return f"vp09.{self.profile:02d}.{self.level:02d}.{self.bit_depth:02d}"
+
+    def max_bitrate(self) -> int:
+        """Bits per second no stream of this level exceeds."""
+        return MAX_BITRATE_KBPS.get(self.level, max(MAX_BITRATE_KBPS.values())) * 1000
 
     @classmethod
     def parse(cls, data) -> "Vp9Config":

@@ -190,7 +190,7 @@ class NodeView:
             for t in (s.catalog.tracks if s.catalog is not None else ()):
                 measured = s.track_bitrates.get(t.name)
                 tracks.append({"name": t.name, "codec": t.codec, "width": t.width, "height": t.height,
-                               "bitrate": t.bitrate if t.bitrate else (round(measured) if measured else None)})
+                               "bitrate": t.stated_bitrate or (round(measured) if measured else None)})
             items.append({"name": s.name, "tracks": tracks,
                           "started": _iso(s.started) if s.started else None,
                           "subscribers": s.subscribers, "viewers": s.viewers})
