@@ -207,6 +207,33 @@ async def publish_flv_and_end(node, key: str, path) -> None:
                 await asyncio.sleep(0.1)
 
 
+async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_frame(node, source_flv):
+    """An encoder that does not wait for NetStream.Publish.Start sends its metadata, its sequence
+    headers (once) and its first group in the same write as ``publish``: the broadcast gets its
+    video and audio from them, and a player of the HLS playlist decodes every frame sent."""
+    need("ffprobe")
+    set_data_frame = b"\x02\x00\x0d@setDataFrame"  # what an RTMP encoder puts before onMetaData
+    tags = [(t, ts, set_data_frame + body if t == 18 else body)
+            for t, ts, body in read_flv_tags(str(source_flv)) if t in (8, 9, 18) and ts < 4000]
+    second_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "pipelined", pipelined=tags[:second_group])
+    broadcast = await node.registry.wait_for("live/pipelined", 10)
+    await until(lambda: broadcast.catalog.track("video") and broadcast.catalog.track("audio"), 10,
+                "the catalog with the pipelined sequence headers' video and audio")
+    base = "http://{}:{}/live/pipelined".format(*node.edge.address)
+    assert (await http_get(f"{base}/"))[0] == 200
+    for tag_type, ts, body in tags[second_group:]:
+        publisher.media(tag_type, ts, body)
+    publisher.close()
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+    sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
+            "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
+    assert await count_frames(f"{base}/index.m3u8") == sent
+
+
 async def test_ffmpeg_reads_the_multivariant_playlist_as_it_reads_its_own_hls_output(node, tmp_path, source_flv):
     """ffmpeg decoding rtmpq's multivariant playlist (video + the audio rendition) to null prints
     exactly what it prints for the same stream packaged by its own HLS muxer (fMP4, separate audio
