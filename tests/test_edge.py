@@ -190,6 +190,14 @@ async def read_with_ffmpeg(url: str, *extra: str) -> str:
     return out
 
 
+async def until_ended(base: str) -> None:
+    """Wait until the video and audio playlists under ``base`` end (EXT-X-ENDLIST)."""
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+
+
 async def publish_flv_and_end(node, key: str, path) -> None:
     """Publish every tag of an FLV at once, with the edge already packaging the broadcast; return
     once both renditions have ended."""
@@ -201,10 +209,7 @@ async def publish_flv_and_end(node, key: str, path) -> None:
         if tag_type in (8, 9):
             publisher.media(tag_type, ts, body)
     publisher.close()
-    async with asyncio.timeout(15):
-        for rendition in ("video", "audio"):
-            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                await asyncio.sleep(0.1)
+    await until_ended(base)
 
 
 async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_frame(node, source_flv):
@@ -225,10 +230,7 @@ async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_f
     for tag_type, ts, body in tags[second_group:]:
         publisher.media(tag_type, ts, body)
     publisher.close()
-    async with asyncio.timeout(15):
-        for rendition in ("video", "audio"):
-            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                await asyncio.sleep(0.1)
+    await until_ended(base)
     sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
             "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
     assert await count_frames(f"{base}/index.m3u8") == sent
@@ -329,10 +331,7 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
             publisher.media(tag_type, offset + ts, body)
         offset += 2000
     publisher.close()
-    async with asyncio.timeout(15):
-        for rendition in ("video", "audio"):
-            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                await asyncio.sleep(0.1)
+    await until_ended(base)
     playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
     tags = [line for line in playlist.splitlines()
             if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY" or line.endswith("m4s") and "PART" not in line]
@@ -527,10 +526,7 @@ async def test_audio_that_stops_while_the_video_goes_on_is_filled_with_silence(t
             await asyncio.sleep(0.2)  # a poll step: the publish goes on in real time meanwhile
         await publish
         assert 2.7 < silence < 3.3, silence
-        async with asyncio.timeout(15):
-            for rendition in ("video", "audio"):
-                while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                    await asyncio.sleep(0.1)
+        await until_ended(base)
         _, _, audio = await http_get(f"{base}/audio.m3u8")
         _, _, video = await http_get(f"{base}/video.m3u8")
         durations = {name: sum(float(d) for d in re.findall(rb"#EXTINF:([0-9.]+)", playlist))
