@@ -23,7 +23,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
@@ -32,7 +32,7 @@ from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.reader import INGEST_READ_COALESCE
-from .rtmp.session import SessionLimits
+from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS, LadderError, parse_ladder
 
 DEFAULT_RTMP_PORT = 1935
@@ -103,7 +103,14 @@ class IngestConfig:
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
     # many publishers (rtmpq/rtmp/reader.py); 0: asyncio reads each as soon as it is readable
     read_coalesce: float = INGEST_READ_COALESCE
+    # bytes of media a connection may send after publish before its answer (held, then handed on)
+    max_pending_media_bytes: int = MAX_PENDING_MEDIA_BYTES
     limits: SessionLimits = field(default_factory=SessionLimits)
+
+    @property
+    def session_limits(self) -> SessionLimits:
+        """``limits`` with the settings of this section that the session applies."""
+        return replace(self.limits, max_pending_media_bytes=self.max_pending_media_bytes)
 
 
 @dataclass
@@ -386,7 +393,8 @@ def validate(config: Config) -> None:
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
                          ("node.stop_timeout", config.node.stop_timeout),
-                         ("rtmp.read_coalesce", config.rtmp.read_coalesce)):
+                         ("rtmp.read_coalesce", config.rtmp.read_coalesce),
+                         ("rtmp.max_pending_media_bytes", config.rtmp.max_pending_media_bytes)):
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
     try:

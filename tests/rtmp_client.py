@@ -50,7 +50,9 @@ class InMemoryPublisher:
             out.append(ev)
         return out
 
-    def connect_and_publish(self, key: str = "cam1", app: str = "live") -> int:
+    def connect_and_publish(self, key: str = "cam1", app: str = "live", pipelined: list[tuple[int, int, bytes]] = ()) -> int:
+        """Connect and publish; ``pipelined`` media messages (type id, timestamp, body) are fed
+        with ``publish`` in one piece, before its answer."""
         self.handshake()
         self.command(0, "connect", 1.0, {"app": app, "type": "nonprivate", "flashVer": "FMLE/3.0 (compatible; Lavf61)",
                                          "tcUrl": f"rtmp://127.0.0.1/{app}"})
@@ -59,7 +61,9 @@ class InMemoryPublisher:
         self.command(0, "createStream", 4.0, None)
         replies = self.read_replies()
         [stream_id] = [int(r[2][3]) for r in replies if r[0] == 20 and r[2][0] == "_result" and r[2][1] == 4.0]
-        self.command(stream_id, "publish", 5.0, None, key, "live", csid=8)
+        out = [self.writer.write(8, 0, 20, stream_id, amf0_encode("publish", 5.0, None, key, "live"))]
+        out += [self.writer.write(4 if t == 8 else 6, ts, t, stream_id, body) for t, ts, body in pipelined]
+        self.session.receive_data(b"".join(out))
         return stream_id
 
 
@@ -78,8 +82,11 @@ class TcpPublisher:
         self.stream_id = 0
 
     @classmethod
-    async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0) -> "TcpPublisher":
-        """Connect, publish ``app/key`` and wait for NetStream.Publish.Start."""
+    async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0,
+                      pipelined: list[tuple[int, int, bytes]] = ()) -> "TcpPublisher":
+        """Connect, publish ``app/key`` and wait for NetStream.Publish.Start. ``pipelined`` media
+        messages (type id, timestamp, body) go in the same write as ``publish``, before its answer
+        (as an encoder that saves the round trip does)."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         self = cls(reader, writer)
         async with asyncio.timeout(timeout):
@@ -90,7 +97,9 @@ class TcpPublisher:
             self.command(0, "createStream", 2.0, None)
             reply = await self.wait_command(lambda v: v[0] == "_result" and v[1] == 2.0)
             self.stream_id = int(reply[3])
-            self.command(self.stream_id, "publish", 3.0, None, key, "live", csid=8)
+            out = [self.chunks.write(8, 0, 20, self.stream_id, amf0_encode("publish", 3.0, None, key, "live"))]
+            out += [self.chunks.write(4 if t == 8 else 6, ts, t, self.stream_id, body) for t, ts, body in pipelined]
+            writer.write(b"".join(out))
             await self.wait_command(lambda v: v[0] == "onStatus" and v[3]["code"] == "NetStream.Publish.Start")
         return self
 

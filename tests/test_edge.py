@@ -190,6 +190,14 @@ async def read_with_ffmpeg(url: str, *extra: str) -> str:
     return out
 
 
+async def until_ended(base: str) -> None:
+    """Wait until the video and audio playlists under ``base`` end (EXT-X-ENDLIST)."""
+    async with asyncio.timeout(15):
+        for rendition in ("video", "audio"):
+            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+                await asyncio.sleep(0.1)
+
+
 async def publish_flv_and_end(node, key: str, path) -> None:
     """Publish every tag of an FLV at once, with the edge already packaging the broadcast; return
     once both renditions have ended."""
@@ -201,10 +209,31 @@ async def publish_flv_and_end(node, key: str, path) -> None:
         if tag_type in (8, 9):
             publisher.media(tag_type, ts, body)
     publisher.close()
-    async with asyncio.timeout(15):
-        for rendition in ("video", "audio"):
-            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                await asyncio.sleep(0.1)
+    await until_ended(base)
+
+
+async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_frame(node, source_flv):
+    """An encoder that does not wait for NetStream.Publish.Start sends its metadata, its sequence
+    headers (once) and its first group in the same write as ``publish``: the broadcast gets its
+    video and audio from them, and a player of the HLS playlist decodes every frame sent."""
+    need("ffprobe")
+    set_data_frame = b"\x02\x00\x0d@setDataFrame"  # what an RTMP encoder puts before onMetaData
+    tags = [(t, ts, set_data_frame + body if t == 18 else body)
+            for t, ts, body in read_flv_tags(str(source_flv)) if t in (8, 9, 18) and ts < 4000]
+    second_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "pipelined", pipelined=tags[:second_group])
+    broadcast = await node.registry.wait_for("live/pipelined", 10)
+    await until(lambda: broadcast.catalog.track("video") and broadcast.catalog.track("audio"), 10,
+                "the catalog with the pipelined sequence headers' video and audio")
+    base = "http://{}:{}/live/pipelined".format(*node.edge.address)
+    assert (await http_get(f"{base}/"))[0] == 200
+    for tag_type, ts, body in tags[second_group:]:
+        publisher.media(tag_type, ts, body)
+    publisher.close()
+    await until_ended(base)
+    sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
+            "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
+    assert await count_frames(f"{base}/index.m3u8") == sent
 
 
 async def test_ffmpeg_reads_the_multivariant_playlist_as_it_reads_its_own_hls_output(node, tmp_path, source_flv):
@@ -302,10 +331,7 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
             publisher.media(tag_type, offset + ts, body)
         offset += 2000
     publisher.close()
-    async with asyncio.timeout(15):
-        for rendition in ("video", "audio"):
-            while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                await asyncio.sleep(0.1)
+    await until_ended(base)
     playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
     tags = [line for line in playlist.splitlines()
             if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY" or line.endswith("m4s") and "PART" not in line]
@@ -500,10 +526,7 @@ async def test_audio_that_stops_while_the_video_goes_on_is_filled_with_silence(t
             await asyncio.sleep(0.2)  # a poll step: the publish goes on in real time meanwhile
         await publish
         assert 2.7 < silence < 3.3, silence
-        async with asyncio.timeout(15):
-            for rendition in ("video", "audio"):
-                while not (await http_get(f"{base}/{rendition}.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
-                    await asyncio.sleep(0.1)
+        await until_ended(base)
         _, _, audio = await http_get(f"{base}/audio.m3u8")
         _, _, video = await http_get(f"{base}/video.m3u8")
         durations = {name: sum(float(d) for d in re.findall(rb"#EXTINF:([0-9.]+)", playlist))

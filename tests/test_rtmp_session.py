@@ -13,6 +13,7 @@ from rtmpq.rtmp.session import (
     PublishEnded,
     PublishRequested,
     RtmpServerSession,
+    SessionLimits,
 )
 
 from .rtmp_client import InMemoryPublisher
@@ -283,3 +284,57 @@ def test_delete_stream_with_an_impossible_stream_id_fails_the_connection(stream_
     client.command(0, "deleteStream", 6.0, None, stream_id)
     [event] = client.events()
     assert isinstance(event, ConnectionFailed) and event.reason.startswith("deleteStream: stream id")
+
+
+# What an encoder sends right after publish when it does not wait for NetStream.Publish.Start:
+# metadata, the AVC and AAC sequence headers (sent once), the first frames; 60 KB in all, so
+# a key frame spans many 128-byte chunks.
+PIPELINED = [
+    (18, 0, amf0_encode("@setDataFrame", "onMetaData", EcmaArray(width=320.0, height=240.0))),
+    (9, 0, b"\x17\x00\x00\x00\x00\x01\x64\x00\x0d\xff\xe1\x00\x04sps!\x01\x00\x03pps"),
+    (8, 0, b"\xaf\x00\x12\x10"),
+    (9, 0, b"\x17\x01\x00\x00\x00" + bytes(range(256)) * 200),
+    (8, 23, b"\xaf\x01" + bytes(300)),
+    (9, 33, b"\x27\x01\x00\x00\x00" + bytes(5000)),
+]
+
+
+def whole(type_id, timestamp, body, codec, frame_type, cts, header) -> tuple[int, int, bytes]:
+    """A media sink's arguments as the message sent (the fast path splits the FLV header off)."""
+    return type_id, timestamp, bytes(header) + bytes(body) if codec is not None else bytes(body)
+
+
+@pytest.mark.parametrize("with_sink", [True, False])
+def test_media_sent_with_publish_reach_the_publish_in_order_once_it_is_accepted(with_sink):
+    client = InMemoryPublisher(RtmpServerSession())
+    sid = client.connect_and_publish(pipelined=PIPELINED)
+    [req] = [e for e in client.events() if isinstance(e, PublishRequested)]
+    got = []
+    client.session.accept_publish(req.stream_id, (lambda *args: got.append(whole(*args))) if with_sink else None)
+    later = (9, 66, b"\x27\x01\x00\x00\x00" + bytes(3000))
+    client.send(6, later[1], later[0], sid, later[2])
+    if not with_sink:
+        got = [(e.type_id, e.timestamp, bytes(e.body)) for e in client.events()]
+    assert got == PIPELINED + [later]
+    assert statuses(client.read_replies()) == ["NetStream.Publish.Start"]
+    assert client.session.messages_ignored == 0
+
+
+def test_media_sent_with_a_refused_publish_are_dropped_counted_and_logged_once(caplog):
+    client = InMemoryPublisher(RtmpServerSession(peer="203.0.113.7:50000"))
+    sid = client.connect_and_publish("sk-secret", pipelined=PIPELINED)
+    client.events()
+    with caplog.at_level("INFO", logger="rtmpq.rtmp"):
+        client.session.reject_publish(sid, "NetStream.Publish.BadName", "publish refused")
+    assert client.session.messages_ignored == len(PIPELINED)
+    assert not [e for e in client.events() if isinstance(e, MediaMessage)]
+    [line] = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert "203.0.113.7:50000" in line and f"message stream {sid}" in line and "sk-secret" not in line
+
+
+def test_media_sent_before_the_publish_is_answered_are_held_up_to_a_limit():
+    client = InMemoryPublisher(RtmpServerSession(limits=SessionLimits(max_pending_media_bytes=50_000)))
+    client.connect_and_publish(pipelined=PIPELINED)  # 57 KB of media
+    events = client.events()
+    assert isinstance(events[-1], ConnectionFailed) and "max_pending_media_bytes" in events[-1].reason
+    assert not [e for e in events if isinstance(e, MediaMessage)]

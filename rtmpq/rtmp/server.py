@@ -57,7 +57,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         loop = asyncio.get_running_loop()
-        self.session = RtmpServerSession(now=loop.time(), limits=self.server.config.limits, peer=self.peer)
+        self.session = RtmpServerSession(now=loop.time(), limits=self.server.session_limits, peer=self.peer)
         if len(self.server.connections) >= self.server.config.max_connections:
             log.warning("%s: refused, %d connections open (max_connections)", self.peer, len(self.server.connections))
             self.server.errors["max_connections"] += 1
@@ -197,6 +197,7 @@ class RtmpServer:
     def __init__(self, handler: PublishHandler, config: IngestConfig | None = None) -> None:
         self.handler = handler
         self.config = config or IngestConfig()
+        self.session_limits = self.config.session_limits
         self.connections: set[RtmpConnection] = set()
         self._bytes_in = 0  # read by the connections themselves (handshakes, no shared reader)
         self.errors: Counter[str] = Counter()  # connections closed by us, by reason

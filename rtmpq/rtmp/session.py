@@ -5,6 +5,11 @@ take events with ``next_event``, send what ``data_to_send`` returns, call ``hand
 The application answers ``PublishRequested`` with ``accept_publish`` or ``reject_publish``.
 Everything else a publisher needs (connect replies, acknowledgements, ping replies) is automatic.
 
+Media a client sends after ``publish`` without waiting for its answer (pipelining: the metadata
+and sequence headers an encoder sends once) are held, at most ``max_pending_media_bytes`` per
+connection, and handed on in order when the publish is accepted, before anything after them;
+dropped (and counted in ``messages_ignored``) when it is refused.
+
 Media of an accepted publish come as ``MediaMessage`` events, or, when ``accept_publish`` was given
 a ``media_sink``, straight to it (no event object per message: the ingest's fast path), in order,
 as ``media_sink(type_id, timestamp, body, codec, frame_type, cts, header)``: the FLV header
@@ -63,6 +68,9 @@ MAX_PUBLISH_QUERY_LENGTH = 4096
 APP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}(/[A-Za-z0-9_.~-]{1,64})?")
 # Message streams a client may create on one connection.
 MAX_MESSAGE_STREAMS = 8
+# Bytes of media one connection may send on publishes not yet answered (sent without waiting for
+# NetStream.Publish.Start, held until the publish is accepted); more closes the connection.
+MAX_PENDING_MEDIA_BYTES = 2 * 1024 * 1024
 # E-RTMP v2 ("Enhancing NetConnection connect Command"): a client that declares its enhancements in
 # connect gets the server's in the _result's properties. rtmpq forwards the codecs it carries
 # (FourCcInfoMask.CanForward) and takes multitrack publishes and ModEx packets (CapsExMask).
@@ -136,6 +144,7 @@ class SessionLimits:
     min_chunk_size: int = MIN_CHUNK_SIZE
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     max_message_streams: int = MAX_MESSAGE_STREAMS
+    max_pending_media_bytes: int = MAX_PENDING_MEDIA_BYTES
 
 
 def _status(level: str, code: str, description: str) -> dict:
@@ -173,6 +182,9 @@ class RtmpServerSession:
         self.publishing: dict[int, str] = {}  # stream id -> broadcast name, once accepted
         self._media_sinks: dict[int, object] = {}  # stream id -> media_sink of accept_publish
         self._pending: dict[int, PublishRequested] = {}
+        # stream id -> media (type id, timestamp, body) sent before its publish was answered
+        self._held: dict[int, list[tuple]] = {}
+        self._held_bytes = 0
         self._peer_window = 0  # bytes between our ACKs, as set by the peer (0: none asked)
         self._last_ack = 0
         self.ack_at = _NO_ACK  # bytes received at which the next ACK is due (read by the shared reader)
@@ -243,6 +255,8 @@ class RtmpServerSession:
     def _fail(self, reason: str) -> None:
         if not self._failed:
             self._failed = True
+            self._held.clear()
+            self._held_bytes = 0
             self._events.append(ConnectionFailed(reason))
 
     # -- output ---------------------------------------------------------------------------------
@@ -283,6 +297,13 @@ class RtmpServerSession:
         req = self._pending.pop(stream_id)
         self.publishing[stream_id] = req.broadcast
         self._deadline = None
+        # what came before the answer goes first: the sink is installed after it, as the shared
+        # reader's fast path hands later media straight to installed sinks
+        for type_id, timestamp, body in self._take_held(stream_id):
+            if media_sink is not None:
+                media_sink(type_id, timestamp, body, None, 0, 0, None)
+            else:
+                self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
         if media_sink is not None:
             self._media_sinks[stream_id] = media_sink
         self._send(CSID_PROTOCOL, 0, MessageType.USER_CONTROL, 0, user_control_body(UserControlEvent.STREAM_BEGIN, stream_id))
@@ -290,6 +311,10 @@ class RtmpServerSession:
 
     def reject_publish(self, stream_id: int, code: str, description: str) -> None:
         self._pending.pop(stream_id, None)
+        if dropped := self._take_held(stream_id):
+            self.messages_ignored += len(dropped)
+            log.info("%s: publish on message stream %d refused: dropped the %d media messages sent before the answer",
+                     self.peer, stream_id, len(dropped))
         self._send_on_status(stream_id, _status("error", code, description))
 
     def stop_publish(self, stream_id: int, code: str, description: str) -> None:
@@ -298,6 +323,21 @@ class RtmpServerSession:
         self._media_sinks.pop(stream_id, None)
         if self.publishing.pop(stream_id, None) is not None:
             self._send_on_status(stream_id, _status("error", code, description))
+
+    def _take_held(self, stream_id: int) -> list[tuple]:
+        held = self._held.pop(stream_id, [])
+        self._held_bytes -= sum(len(body) for _, _, body in held)
+        return held
+
+    def _hold(self, stream_id: int, type_id: int, timestamp: int, body) -> None:
+        """Keep a media message of a publish not answered yet, for ``accept_publish``."""
+        self._held_bytes += len(body)
+        if self._held_bytes > self.limits.max_pending_media_bytes:
+            raise RemoteProtocolError(
+                f"more than {self.limits.max_pending_media_bytes} bytes of media sent before the publish on message "
+                f"stream {stream_id} was answered (max_pending_media_bytes)")
+        # a copy: a view would pin its receive block, up to MAX_PIN_FACTOR times the bytes counted
+        self._held.setdefault(stream_id, []).append((type_id, timestamp, bytes(body)))
 
     # -- message handling -----------------------------------------------------------------------
     def _send(self, csid: int, timestamp: int, type_id: int, stream_id: int, body: bytes) -> None:
@@ -330,12 +370,14 @@ class RtmpServerSession:
         sink = self._media_sinks.get(stream_id)
         if sink is not None:
             sink(type_id, timestamp, body, None, 0, 0, None)
-        else:
+        elif stream_id in self.publishing:
             self._events.append(MediaMessage(stream_id, type_id, timestamp, body))
+        else:
+            self._hold(stream_id, type_id, timestamp, body)
 
     def _handle_message(self, csid: int, stream_id: int, type_id: int, timestamp: int, body) -> None:
         if type_id == 8 or type_id == 9 or type_id == 18 or type_id == 15:  # audio, video, data (AMF0, AMF3)
-            if stream_id in self.publishing:
+            if stream_id in self.publishing or stream_id in self._pending:
                 if type_id == MessageType.DATA_AMF3:
                     body = body[1:] if len(body) and body[0] == 0 else body
                     type_id = MessageType.DATA_AMF0
@@ -343,7 +385,7 @@ class RtmpServerSession:
             else:
                 self.messages_ignored += 1  # media before publish: ignored and counted
         elif type_id == MessageType.AGGREGATE:
-            if stream_id not in self.publishing:
+            if stream_id not in self.publishing and stream_id not in self._pending:
                 self.messages_ignored += 1
                 return
             tags = split_aggregate(body)
