@@ -313,7 +313,7 @@ async def test_a_relay_passes_on_at_most_a_few_fetches_of_one_subscriber(tmp_pat
     answered (here: one that never does), a subscriber's next fetches beyond the cap are refused."""
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq import events as ev
-    from rtmpq.moq.relay import MAX_FETCHES_PASSED_ON, MoqRelay
+    from rtmpq.moq.relay import MAX_FETCHES_PASSED_ON, RETRY_AFTER_BUSY, MoqRelay
     from rtmpq.moq.tls import ensure_self_signed
     from rtmpq.moq.transport import serve_moq
     from rtmpq.nodes.remote import UpstreamLink
@@ -344,6 +344,7 @@ async def test_a_relay_passes_on_at_most_a_few_fetches_of_one_subscriber(tmp_pat
             refused = await asyncio.wait_for(queue.get(), 10)
             assert isinstance(refused, ev.RequestFailed) and refused.request_id == rid
             assert "too many fetches" in refused.reason
+            assert refused.retry_after == RETRY_AFTER_BUSY  # "retry later", and the Retry Interval says when
     finally:
         await link.close()
         relay.stop()

@@ -225,3 +225,18 @@ def test_a_bad_object_status_closes_the_session_with_protocol_violation(tmp_path
     client_events, _ = pair.pump()
     closed = closed_with(client_events)
     assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION and reason in closed.reason
+
+
+def test_a_refusal_says_when_the_request_may_be_sent_again(tmp_path):
+    # REQUEST_ERROR's Retry Interval: milliseconds + 1, and 0 means "SHOULD NOT be retried" (draft 16)
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    busy, gone = pair.client.fetch(NS, "video", (0, 0), (1, 0)), pair.client.subscribe(NS, "nothing")
+    _, server_events = pair.pump()
+    assert requested(server_events) == [busy, gone]
+    pair.server.request_error(busy, RequestError.INTERNAL_ERROR, "busy, retry later", retry_after=0.25)
+    pair.server.request_error(gone, RequestError.DOES_NOT_EXIST, "no such track")
+    client_events, _ = pair.pump()
+    failed = {e.request_id: e.retry_after for e in client_events if isinstance(e, ev.RequestFailed)}
+    assert failed == {busy: 0.25, gone: None}
+    assert wire.retry_interval(0.25) == 251 and wire.retry_interval(None) == 0 and wire.retry_interval(0) == 1

@@ -41,6 +41,7 @@ class RequestFailed:
     request_id: int
     error_code: int
     reason: str
+    retry_after: float | None = None  # seconds the peer asks us to wait before asking again; None: do not
 
 
 @dataclass(frozen=True, slots=True)

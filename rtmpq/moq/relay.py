@@ -74,6 +74,9 @@ NEW_TRACK_WAIT = 3.0
 MAX_WAITING_SUBSCRIBES = 256
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
+# A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
+# again after this many seconds (REQUEST_ERROR's Retry Interval; 0 there would mean "never").
+RETRY_AFTER_BUSY = 0.25
 # A relayed track whose publisher or upstream session is lost keeps its subscribers this long
 # (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
 # node's [publish] grace_period sets it.
@@ -426,7 +429,8 @@ class MoqRelay:
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
         if conn.total_queued_bytes() > self.send_budget:
-            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later")
+            conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "send budget exhausted, retry later",
+                                       retry_after=RETRY_AFTER_BUSY)
             return
         if event.fetch_type == FETCH_STANDALONE:
             if self._denied(conn, event, self.access.may_subscribe, "/".join(event.namespace)):
@@ -506,7 +510,7 @@ class MoqRelay:
             return
         if sum(p.conn is conn for p in self._fetch_proxies.values()) >= MAX_FETCHES_PASSED_ON:
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR,
-                                       "too many fetches in progress upstream, retry later")
+                                       "too many fetches in progress upstream, retry later", retry_after=RETRY_AFTER_BUSY)
             return
         rid = publisher.session.fetch(event.namespace, event.track_name, event.start, event.end,
                                       descending=event.descending)

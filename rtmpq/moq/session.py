@@ -338,8 +338,10 @@ class MoqSession:
         if self._open_requests.get(request_id) == wire.MessageType.TRACK_STATUS:
             self._request_closed(request_id)  # answered; a PUBLISH_NAMESPACE stays open until its DONE
 
-    def request_error(self, request_id: int, code: int, reason: str = "") -> None:
-        self._send_control(wire.RequestErrorMessage(request_id, int(code), 0, reason))
+    def request_error(self, request_id: int, code: int, reason: str = "", *, retry_after: float | None = None) -> None:
+        """Refuse a request; ``retry_after``: the seconds after which it may be sent again (None:
+        it should not be)."""
+        self._send_control(wire.RequestErrorMessage(request_id, int(code), wire.retry_interval(retry_after), reason))
         self._request_closed(request_id)
 
     # answers on a SUBSCRIBE_NAMESPACE stream
@@ -574,7 +576,7 @@ class MoqSession:
                 if isinstance(msg, wire.RequestOk):
                     out.append(ev.RequestAccepted(sub.request_id, msg.params))
                 else:
-                    out.append(ev.RequestFailed(sub.request_id, msg.error_code, msg.reason))
+                    out.append(ev.RequestFailed(sub.request_id, msg.error_code, msg.reason, msg.retry_after))
             elif not sub.answered:
                 raise MoqProtocolError(f"{type(msg).__name__} before the answer to SUBSCRIBE_NAMESPACE")
             elif isinstance(msg, wire.Namespace):
@@ -773,7 +775,7 @@ class MoqSession:
                 largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
             return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest), *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestErrorMessage):
-            return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason)]
+            return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason, msg.retry_after)]
         if isinstance(msg, wire.RequestOk):
             return [ev.RequestAccepted(msg.request_id, msg.params)]
         if isinstance(msg, wire.PublishNamespace):

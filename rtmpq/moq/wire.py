@@ -488,6 +488,16 @@ class RequestErrorMessage:
         return (encode_varint(self.request_id) + encode_varint(self.error_code)
                 + encode_varint(self.retry_interval) + encode_bytes(self.reason.encode()[:MAX_REASON_PHRASE]))
 
+    @property
+    def retry_after(self) -> float | None:
+        """Retry Interval in seconds; None for 0 ("SHOULD NOT be retried")."""
+        return (self.retry_interval - 1) / 1000 if self.retry_interval else None
+
+
+def retry_interval(retry_after: float | None) -> int:
+    """REQUEST_ERROR's Retry Interval: the minimum milliseconds before a retry, plus one; 0: never."""
+    return 0 if retry_after is None else round(retry_after * 1000) + 1
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
