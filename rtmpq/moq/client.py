@@ -209,8 +209,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
+        # the catalog too: MSF has its current version come by a joining FETCH, which needs this filter
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                filter_type=FILTER_LARGEST_OBJECT if join else None,
+                                filter_type=FILTER_LARGEST_OBJECT if join or track == CATALOG_TRACK else None,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
@@ -250,7 +251,20 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         return info.timescale if info is not None else 1
 
     catalog: Catalog | None = None
-    catalog_group: int | None = None
+    catalog_at: tuple[int, int] | None = None  # the location of the catalog version applied
+    catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
+
+    def newer_catalog(group: int, object_id: int, payload) -> Catalog | None:
+        """The catalog in this object, unless one as new was applied: a SUBSCRIBE's version and its
+        joining FETCH's can both come (a relay may replay on SUBSCRIBE), and each version is a group
+        on its own stream, so an older one can arrive after a newer one and must not undo it."""
+        nonlocal catalog, catalog_at
+        if catalog_at is not None and (group, object_id) <= catalog_at:
+            return None
+        catalog_at = (group, object_id)
+        catalog = Catalog.from_json(payload)
+        update_tracks()  # tracks appear as their sequence headers arrive
+        return catalog
 
     def update_tracks() -> None:
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
@@ -280,10 +294,22 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
+                if track == CATALOG_TRACK and event.largest is not None:
+                    # MSF: the SUBSCRIBE brings only later versions; the current one by a joining FETCH
+                    catalog_fetches.add(session.joining_fetch(event.request_id, 0, priority=0,
+                                                              authorization=authorization))
+                    conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
+            elif getattr(event, "request_id", None) in catalog_fetches:
+                if isinstance(event, ev.FetchObjectReceived):
+                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                        yield newer
+                elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
+                    # refused or cut short: the subscription still brings the next version
+                    catalog_fetches.discard(event.request_id)
             elif fill is not None and fill.is_fetch(getattr(event, "request_id", None)):
                 rid = event.request_id
                 if isinstance(event, ev.FetchAccepted):
@@ -340,14 +366,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if track == CATALOG_TRACK:
-                    # each catalog version is a group on its own stream: an older one can arrive
-                    # after a newer one (newest first), and must not undo it
-                    if catalog_group is not None and event.group < catalog_group:
-                        continue
-                    catalog_group = event.group
-                    catalog = Catalog.from_json(event.payload)
-                    update_tracks()  # tracks appear as their sequence headers arrive
-                    yield catalog
+                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                        yield newer
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
                     for frame in ([frame] if fill is None else fill.live(frame)):
