@@ -9,7 +9,7 @@ from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
 from rtmpq.moq.client import subscribe_broadcast
-from rtmpq.moq.loc import CATALOG_TRACK
+from rtmpq.moq.loc import CATALOG_TRACK, EXT_TIMESCALE, EXT_TIMESTAMP
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, PublishDoneStatus
@@ -36,7 +36,9 @@ def publisher(conn, subscribes: list, fetches: list) -> None:
             else:
                 session.subscribe_ok(event.request_id, alias)
                 sid = session.open_subgroup(alias, 0)
-                session.send_object(sid, 0, b"frame of " + event.track_name.encode())
+                # LOC timing in the publisher's own timescale: 1.5 s at 90 kHz
+                session.send_object(sid, 0, b"frame of " + event.track_name.encode(),
+                                    {EXT_TIMESCALE: 90000, EXT_TIMESTAMP: 135000})
                 session.end_subgroup(sid)
                 session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
                 for rid in catalog_requests:
@@ -70,7 +72,9 @@ async def test_the_current_catalog_comes_by_joining_fetch(tmp_path):
         server.close()
     catalogs = [i for i in got if isinstance(i, Catalog)]
     assert [[t.name for t in c.tracks] for c in catalogs] == [["video"]]
-    assert [bytes(f.payload) for f in got if isinstance(f, Frame)] == [b"frame of video"]
+    frames = [f for f in got if isinstance(f, Frame)]
+    assert [bytes(f.payload) for f in frames] == [b"frame of video"]
+    assert frames[0].pts == 1500  # in the catalog's timescale for the track (1000: not listed)
     assert [e.joining_start for e in fetches] == [0]
     catalog_subscribe = next(e for e in subscribes if e.track_name == CATALOG_TRACK)
     assert catalog_subscribe.filter_type == FILTER_LARGEST_OBJECT  # a joining FETCH needs it (draft 16)

@@ -246,9 +246,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 drop_subscription(rid)
         subscribe(track)
 
-    def timescale(track: str) -> int:
+    def timescale(track: str) -> int | None:
+        """The catalog's timescale of ``track``: frames carry their timestamps in it."""
         info = catalog.track(track) if catalog is not None else None
-        return info.timescale if info is not None else 1
+        return info.timescale if info is not None else None
 
     catalog: Catalog | None = None
     catalog_at: tuple[int, int] | None = None  # the location of the catalog version applied
@@ -315,8 +316,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if isinstance(event, ev.FetchAccepted):
                     fill.fetch_ok(rid, event.end)
                 elif isinstance(event, ev.FetchObjectReceived):
-                    fill.fetched(rid, object_to_frame(fill.track_of(rid), event.group, event.object_id,
-                                                      event.payload, event.extensions))
+                    track = fill.track_of(rid)
+                    fill.fetched(rid, object_to_frame(track, event.group, event.object_id, event.payload,
+                                                      event.extensions, timescale(track)))
                 elif isinstance(event, ev.FetchRangeUnavailable):
                     if event.unknown:
                         fill.unknown(rid, (event.group, event.object_id))
@@ -369,7 +371,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
                         yield newer
                 elif track is not None:
-                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
+                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions,
+                                            timescale(track))
                     for frame in ([frame] if fill is None else fill.live(frame)):
                         if (frame := order.admit(frame)) is not None:
                             yield frame
