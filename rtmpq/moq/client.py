@@ -30,11 +30,15 @@ log = logging.getLogger("rtmpq.moq")
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
+_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH took CATALOG_FETCH_WAIT
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
+# Seconds the catalog's joining FETCH may take to bring a version before the client also asks for it
+# the way relays without FETCH answer (an unfiltered SUBSCRIBE, which rtmpq's relay replays on).
+CATALOG_FETCH_WAIT = 1.0
 # Seconds to wait for streams still in flight after the publisher said it is done.
 LATE_STREAM_GRACE = 2.0
 # While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
@@ -210,8 +214,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
         # the catalog too: MSF has its current version come by a joining FETCH, which needs this filter
+        joined_catalog = track == CATALOG_TRACK and not catalog_unfiltered
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                filter_type=FILTER_LARGEST_OBJECT if join or track == CATALOG_TRACK else None,
+                                filter_type=FILTER_LARGEST_OBJECT if join or joined_catalog else None,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
@@ -254,6 +259,20 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     catalog: Catalog | None = None
     catalog_at: tuple[int, int] | None = None  # the location of the catalog version applied
     catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
+    catalog_unfiltered = False  # the joining FETCH gave nothing: the catalog is subscribed unfiltered
+
+    def catalog_not_fetched() -> None:
+        """The joining FETCH brought no catalog (refused, reset, empty or slow): SUBSCRIBE to it
+        unfiltered as well, which a publisher that replays its current version answers."""
+        nonlocal catalog_unfiltered
+        if catalog_at is not None or catalog_unfiltered:
+            return
+        log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(broadcast))
+        catalog_unfiltered = True
+        for rid, name in list(requests.items()):
+            if name == CATALOG_TRACK:
+                drop_subscription(rid)
+        subscribe(CATALOG_TRACK)
 
     def newer_catalog(group: int, object_id: int, payload) -> Catalog | None:
         """The catalog in this object, unless one as new was applied: a SUBSCRIBE's version and its
@@ -295,10 +314,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
-                if track == CATALOG_TRACK and event.largest is not None:
+                if track == CATALOG_TRACK and not catalog_unfiltered and event.largest is not None:
                     # MSF: the SUBSCRIBE brings only later versions; the current one by a joining FETCH
                     catalog_fetches.add(session.joining_fetch(event.request_id, 0, priority=0,
                                                               authorization=authorization))
+                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)
                     conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
@@ -309,8 +329,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
                         yield newer
                 elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
-                    # refused or cut short: the subscription still brings the next version
                     catalog_fetches.discard(event.request_id)
+                    catalog_not_fetched()
+            elif event is _CATALOG_FETCH_LATE:
+                catalog_not_fetched()  # a late answer to the FETCH still counts if it is newer
             elif fill is not None and fill.is_fetch(getattr(event, "request_id", None)):
                 rid = event.request_id
                 if isinstance(event, ev.FetchAccepted):
