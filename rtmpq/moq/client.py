@@ -30,11 +30,15 @@ log = logging.getLogger("rtmpq.moq")
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
+_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH took CATALOG_FETCH_WAIT
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
+# Seconds the catalog's joining FETCH may take to bring a version before the client also asks for it
+# the way relays without FETCH answer (an unfiltered SUBSCRIBE, which rtmpq's relay replays on).
+CATALOG_FETCH_WAIT = 1.0
 # Seconds to wait for streams still in flight after the publisher said it is done.
 LATE_STREAM_GRACE = 2.0
 # While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
@@ -209,8 +213,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
+        # the catalog too: MSF has its current version come by a joining FETCH, which needs this filter
+        joined_catalog = track == CATALOG_TRACK and not catalog_unfiltered
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                filter_type=FILTER_LARGEST_OBJECT if join else None,
+                                filter_type=FILTER_LARGEST_OBJECT if join or joined_catalog else None,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
@@ -245,12 +251,40 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 drop_subscription(rid)
         subscribe(track)
 
-    def timescale(track: str) -> int:
+    def timescale(track: str) -> int | None:
+        """The catalog's timescale of ``track``: frames carry their timestamps in it."""
         info = catalog.track(track) if catalog is not None else None
-        return info.timescale if info is not None else 1
+        return info.timescale if info is not None else None
 
     catalog: Catalog | None = None
-    catalog_group: int | None = None
+    catalog_at: tuple[int, int] | None = None  # the location of the catalog version applied
+    catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
+    catalog_unfiltered = False  # the joining FETCH gave nothing: the catalog is subscribed unfiltered
+
+    def catalog_not_fetched() -> None:
+        """The joining FETCH brought no catalog (refused, reset, empty or slow): SUBSCRIBE to it
+        unfiltered as well, which a publisher that replays its current version answers."""
+        nonlocal catalog_unfiltered
+        if catalog_at is not None or catalog_unfiltered:
+            return
+        log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(broadcast))
+        catalog_unfiltered = True
+        for rid, name in list(requests.items()):
+            if name == CATALOG_TRACK:
+                drop_subscription(rid)
+        subscribe(CATALOG_TRACK)
+
+    def newer_catalog(group: int, object_id: int, payload) -> Catalog | None:
+        """The catalog in this object, unless one as new was applied: a SUBSCRIBE's version and its
+        joining FETCH's can both come (a relay may replay on SUBSCRIBE), and each version is a group
+        on its own stream, so an older one can arrive after a newer one and must not undo it."""
+        nonlocal catalog, catalog_at
+        if catalog_at is not None and (group, object_id) <= catalog_at:
+            return None
+        catalog_at = (group, object_id)
+        catalog = Catalog.from_json(payload)
+        update_tracks()  # tracks appear as their sequence headers arrive
+        return catalog
 
     def update_tracks() -> None:
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
@@ -280,17 +314,33 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
+                if track == CATALOG_TRACK and not catalog_unfiltered and event.largest is not None:
+                    # MSF: the SUBSCRIBE brings only later versions; the current one by a joining FETCH
+                    catalog_fetches.add(session.joining_fetch(event.request_id, 0, priority=0,
+                                                              authorization=authorization))
+                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)
+                    conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
+            elif getattr(event, "request_id", None) in catalog_fetches:
+                if isinstance(event, ev.FetchObjectReceived):
+                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                        yield newer
+                elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
+                    catalog_fetches.discard(event.request_id)
+                    catalog_not_fetched()
+            elif event is _CATALOG_FETCH_LATE:
+                catalog_not_fetched()  # a late answer to the FETCH still counts if it is newer
             elif fill is not None and fill.is_fetch(getattr(event, "request_id", None)):
                 rid = event.request_id
                 if isinstance(event, ev.FetchAccepted):
                     fill.fetch_ok(rid, event.end)
                 elif isinstance(event, ev.FetchObjectReceived):
-                    fill.fetched(rid, object_to_frame(fill.track_of(rid), event.group, event.object_id,
-                                                      event.payload, event.extensions))
+                    track = fill.track_of(rid)
+                    fill.fetched(rid, object_to_frame(track, event.group, event.object_id, event.payload,
+                                                      event.extensions, timescale(track)))
                 elif isinstance(event, ev.FetchRangeUnavailable):
                     if event.unknown:
                         fill.unknown(rid, (event.group, event.object_id))
@@ -346,16 +396,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     if event.status == ObjectStatus.END_OF_TRACK and track is not None:
                         open_tracks.discard(track)
                 elif track == CATALOG_TRACK:
-                    # each catalog version is a group on its own stream: an older one can arrive
-                    # after a newer one (newest first), and must not undo it
-                    if catalog_group is not None and event.group < catalog_group:
-                        continue
-                    catalog_group = event.group
-                    catalog = Catalog.from_json(event.payload)
-                    update_tracks()  # tracks appear as their sequence headers arrive
-                    yield catalog
+                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                        yield newer
                 elif track is not None:
-                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions)
+                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions,
+                                            timescale(track))
                     for frame in ([frame] if fill is None else fill.live(frame)):
                         if (frame := order.admit(frame)) is not None:
                             yield frame

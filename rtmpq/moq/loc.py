@@ -7,7 +7,8 @@ The decoder configuration is in the catalog (``initDataList``), never repeated i
 travels in object extension headers:
 
 - LOC Timestamp (0x10): the presentation time, in units of LOC Timescale (0x08) per second. We send
-  the track's own timescale (1000 for RTMP sources), so no rounding ever happens.
+  the track's own timescale (1000 for RTMP sources), so no rounding ever happens. An object with no
+  Timescale has its Timestamp in microseconds (LOC: wall-clock time since the Unix epoch).
 - rtmpq private extensions (unknown extension types are ignored by other peers):
   ``EXT_DTS_OFFSET`` (pts - dts, >= 0; B-frames), ``EXT_FLAGS`` (bit 0: keyframe),
   ``EXT_RECEIVED_US`` (when ingest received the frame, microseconds since the epoch, for latency).
@@ -21,6 +22,7 @@ EXT_DTS_OFFSET = 0x7A0
 EXT_FLAGS = 0x7A2
 EXT_RECEIVED_US = 0x7A4
 FLAG_KEYFRAME = 0x1
+NO_TIMESCALE_UNITS = 1_000_000  # LOC: Timestamp units per second of an object without Timescale
 
 CATALOG_TRACK = "catalog"
 # A node's (a transcoder's) list of the tracks it adds to a broadcast: an MSF catalog of those tracks
@@ -42,9 +44,16 @@ def frame_extensions(frame: Frame, timescale: int) -> dict[int, int]:
     return ext
 
 
-def object_to_frame(track: str, group: int, object_id: int, payload, extensions: dict) -> Frame:
+def object_to_frame(track: str, group: int, object_id: int, payload, extensions: dict,
+                    timescale: int | None = None) -> Frame:
+    """The frame in an object, its dts/pts in ``timescale`` (the catalog's, for the track) units per
+    second; with None, in the object's own units."""
     pts = int(extensions.get(EXT_TIMESTAMP, 0))
-    dts = pts - int(extensions.get(EXT_DTS_OFFSET, 0))
+    dts = pts - int(extensions.get(EXT_DTS_OFFSET, 0))  # rtmpq's offset: in the Timestamp's units
+    if timescale is not None:
+        units = int(extensions.get(EXT_TIMESCALE, NO_TIMESCALE_UNITS))
+        if units > 0 and units != timescale:  # 0 is meaningless: taken as already in track units
+            pts, dts = pts * timescale // units, dts * timescale // units
     keyframe = bool(int(extensions.get(EXT_FLAGS, 1 if object_id == 0 else 0)) & FLAG_KEYFRAME)
     received_ns = int(extensions.get(EXT_RECEIVED_US, 0)) * 1000
     return Frame(track, group, object_id, dts, pts, keyframe, payload, received_ns)

@@ -1,0 +1,80 @@
+"""MSF: a subscriber gets the current catalog by a SUBSCRIBE with a Joining FETCH (offset 0); the
+SUBSCRIBE alone brings only versions published from now on (draft 16). Against a publisher that
+replays nothing on SUBSCRIBE, a subscriber without the FETCH waited for the catalog to change,
+i.e. forever for a steady broadcast."""
+
+import asyncio
+
+from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.media.frames import Frame
+from rtmpq.moq import events as ev
+from rtmpq.moq.client import subscribe_broadcast
+from rtmpq.moq.loc import CATALOG_TRACK, EXT_TIMESCALE, EXT_TIMESTAMP
+from rtmpq.moq.tls import ensure_self_signed
+from rtmpq.moq.transport import connect_moq, serve_moq
+from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, PublishDoneStatus
+
+VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
+CATALOG_GROUP = 7  # the catalog version published before anyone subscribed
+
+
+def publisher(conn, subscribes: list, fetches: list) -> None:
+    """A steady broadcast as the draft allows it: SUBSCRIBE to the catalog sends nothing (no
+    replay of the current version); the Joining FETCH gets the current version. One frame of
+    video, then the broadcast ends."""
+    session = conn.session
+    aliases = iter(range(100))
+    catalog_requests: set[int] = set()
+
+    def on_event(_conn, event) -> None:
+        if isinstance(event, ev.SubscribeRequested):
+            subscribes.append(event)
+            alias = next(aliases)
+            if event.track_name == CATALOG_TRACK:
+                catalog_requests.add(event.request_id)
+                session.subscribe_ok(event.request_id, alias, (CATALOG_GROUP, 0))
+            else:
+                session.subscribe_ok(event.request_id, alias)
+                sid = session.open_subgroup(alias, 0)
+                # LOC timing in the publisher's own timescale: 1.5 s at 90 kHz
+                session.send_object(sid, 0, b"frame of " + event.track_name.encode(),
+                                    {EXT_TIMESCALE: 90000, EXT_TIMESTAMP: 135000})
+                session.end_subgroup(sid)
+                session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+                for rid in catalog_requests:
+                    session.publish_done(rid, PublishDoneStatus.TRACK_ENDED, 0)
+        elif isinstance(event, ev.FetchRequested):
+            fetches.append(event)
+            assert event.joining_request_id in catalog_requests and event.fetch_type == FETCH_RELATIVE_JOINING
+            session.fetch_ok(event.request_id, (CATALOG_GROUP, 1))
+            sid = session.open_fetch_stream(event.request_id)
+            session.send_fetch_object(sid, CATALOG_GROUP, 0, Catalog("live/x", (VIDEO,)).to_json())
+            session.end_fetch_stream(sid)
+        conn.flush()
+
+    conn.handler = on_event
+
+
+async def test_the_current_catalog_comes_by_joining_fetch(tmp_path):
+    cert, key = ensure_self_signed(tmp_path)
+    fetches: list = []
+    subscribes: list = []
+    server = await serve_moq("127.0.0.1", 0, certfile=cert, keyfile=key, backend="aioquic",
+                             on_connection=lambda conn: publisher(conn, subscribes, fetches))
+    port = server._transport.get_extra_info("sockname")[1]
+    got = []
+    try:
+        async with connect_moq("127.0.0.1", port, insecure=True, backend="aioquic", timeout=10) as conn:
+            async with asyncio.timeout(10):  # before the fix: no catalog ever, so no frames
+                async for item in subscribe_broadcast(conn, "live/x"):
+                    got.append(item)
+    finally:
+        server.close()
+    catalogs = [i for i in got if isinstance(i, Catalog)]
+    assert [[t.name for t in c.tracks] for c in catalogs] == [["video"]]
+    frames = [f for f in got if isinstance(f, Frame)]
+    assert [bytes(f.payload) for f in frames] == [b"frame of video"]
+    assert frames[0].pts == 1500  # in the catalog's timescale for the track (1000: not listed)
+    assert [e.joining_start for e in fetches] == [0]
+    catalog_subscribe = next(e for e in subscribes if e.track_name == CATALOG_TRACK)
+    assert catalog_subscribe.filter_type == FILTER_LARGEST_OBJECT  # a joining FETCH needs it (draft 16)
