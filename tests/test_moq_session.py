@@ -240,3 +240,33 @@ def test_a_refusal_says_when_the_request_may_be_sent_again(tmp_path):
     failed = {e.request_id: e.retry_after for e in client_events if isinstance(e, ev.RequestFailed)}
     assert failed == {busy: 0.25, gone: None}
     assert wire.retry_interval(0.25) == 251 and wire.retry_interval(None) == 0 and wire.retry_interval(0) == 1
+
+
+@pytest.mark.parametrize("case", ["max request id not raised", "second goaway", "goaway with a uri to a server"])
+def test_what_draft_16_forbids_of_max_request_id_and_goaway_closes_the_session(tmp_path, case):
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    if case == "max request id not raised":
+        sender, receiver = pair.server, 0
+        sender._send_control(wire.MaxRequestId(pair.client._peer_max_request_id))  # equal: MUST only increase
+    elif case == "second goaway":
+        sender, receiver = pair.server, 0
+        sender._send_control(wire.Goaway("moqt://other:4443/"))
+        sender._send_control(wire.Goaway(""))
+    else:
+        sender, receiver = pair.client, 1
+        sender._send_control(wire.Goaway("moqt://other:4443/"))  # only a server may name a new session
+    events = pair.pump()[receiver]
+    closed = closed_with(events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, events
+
+
+def test_a_raised_max_request_id_and_one_goaway_are_taken(tmp_path):
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    before = pair.client._peer_max_request_id
+    pair.server._send_control(wire.MaxRequestId(before + 10))
+    pair.server._send_control(wire.Goaway("moqt://other:4443/"))
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None and pair.client._peer_max_request_id == before + 10
+    assert ev.GoawayReceived("moqt://other:4443/") in client_events

@@ -128,6 +128,7 @@ class MoqSession:
         self._stream_buffer_bytes = 0  # unparsed bytes of all the peer's streams (MAX_STREAM_BUFFER)
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
+        self._goaway_received = False
         # requests (and what follows one of them) held until the peer's MAX_REQUEST_ID covers
         # them: (request id, send); and the bound we last said REQUESTS_BLOCKED for
         self._blocked: deque = deque()
@@ -813,9 +814,17 @@ class MoqSession:
             self._request_closed(msg.request_id)  # a track the peer PUBLISHed has ended
             return [ev.PublishDoneReceived(msg.request_id, msg.status, msg.stream_count, msg.reason)]
         if isinstance(msg, wire.Goaway):
+            # draft 16: one GOAWAY per session, and a URI only from the server
+            if self._goaway_received:
+                raise MoqProtocolError("a second GOAWAY")
+            if msg.new_session_uri and not self.is_client:
+                raise MoqProtocolError("GOAWAY from a client with a New Session URI")
+            self._goaway_received = True
             return [ev.GoawayReceived(msg.new_session_uri)]
         if isinstance(msg, wire.MaxRequestId):
-            self._peer_max_request_id = max(self._peer_max_request_id, msg.request_id)
+            if msg.request_id <= self._peer_max_request_id:  # draft 16: it MUST only increase
+                raise MoqProtocolError(f"MAX_REQUEST_ID {msg.request_id} does not raise {self._peer_max_request_id}")
+            self._peer_max_request_id = msg.request_id
             self._release_requests()
             return []
         if isinstance(msg, wire.RequestsBlocked):
