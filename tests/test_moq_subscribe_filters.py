@@ -7,17 +7,12 @@ Each test runs a relay with a raw publisher (PUBLISH_NAMESPACE; the relay subscr
 raw subscriber sessions on loopback QUIC: one unfiltered viewer fills the relay's cache, then the
 subscriber under test asks with its filter."""
 
-import asyncio
-import socket
 from contextlib import asynccontextmanager
 
 import pytest
 
-from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.moq import events as ev
-from rtmpq.moq.relay import MoqRelay
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
+from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import (
     FILTER_ABSOLUTE_RANGE,
     FILTER_ABSOLUTE_START,
@@ -26,7 +21,7 @@ from rtmpq.moq.wire import (
     RequestError,
 )
 
-from .conftest import free_port, until
+from .conftest import serving_relay, until
 
 BACKENDS = ["aioquic", "aiopquic"]
 NAMESPACE = ("live", "f")
@@ -93,13 +88,7 @@ def whole(*groups: int) -> list[tuple[int, int]]:
 async def relay_with_publisher(tmp_path, backend, cached_groups: int):
     """(relay, publisher, warm viewer and its alias, connect): the publisher has sent groups
     0..cached_groups-1, which the relay holds in its cache."""
-    cert, key = ensure_self_signed(tmp_path / "tls")
-    port = free_port(socket.SOCK_DGRAM)
-    relay = MoqRelay(BroadcastRegistry())
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                             backend=backend)
-    relay.start()
-    try:
+    async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as warm_conn):
             publisher = Publisher(pub_conn)
@@ -121,9 +110,6 @@ async def relay_with_publisher(tmp_path, backend, cached_groups: int):
                     yield Viewer(conn)
 
             yield relay, publisher, (warm, warm_alias), connect
-    finally:
-        relay.stop()
-        server.close()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
