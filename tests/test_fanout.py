@@ -667,3 +667,16 @@ def test_an_absolute_range_whose_end_group_never_comes_ends_at_a_later_group():
     assert not sub.range_ended
     publish_gop(fanout, 5, 3, 1.0)
     assert sub.range_ended and sink.groups() == [2] and sink.groups("fin") == [2]
+
+
+def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_future_one_waits():
+    fanout = TrackFanout()
+    fanout.cache.max_groups = 2
+    for g in range(4):
+        publish_gop(fanout, g, 2, g * 1.0)
+    old, future = FakeSink(), FakeSink()
+    fanout.subscribe_from(TrackSubscription(old, start_group=0), 3.5)
+    fanout.subscribe_from(TrackSubscription(future, start_group=5), 3.5)
+    for g in (4, 5):
+        publish_gop(fanout, g, 2, g * 1.0)
+    assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
