@@ -1,5 +1,6 @@
 import asyncio
 import shutil
+from contextlib import asynccontextmanager
 import urllib.error
 import urllib.request
 import socket
@@ -62,6 +63,27 @@ async def until(condition, deadline: float = 20.0, what: str = "condition") -> N
         if loop.time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
+    """A bare MoqRelay served on a loopback UDP port: yields (relay, port)."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    port = free_port(socket.SOCK_DGRAM)
+    relay = MoqRelay(BroadcastRegistry())
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+                             backend=backend)
+    relay.start()
+    try:
+        yield relay, port
+    finally:
+        relay.stop()
+        server.close()
 
 
 async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:

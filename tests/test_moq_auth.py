@@ -20,7 +20,7 @@ from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import AuthAliasType, AuthToken, SessionError
 
-from .conftest import free_port
+from .conftest import free_port, serving_relay
 
 CLIENT_ADDR, SERVER_ADDR = ("127.0.0.1", 40000), ("127.0.0.1", 4443)
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJsaXZlIiwiYWN0Ijoic3Vic2NyaWJlIn0.c2lnbmF0dXJl"
@@ -438,17 +438,8 @@ async def test_a_token_too_big_closes_a_real_session(recorder):
 async def test_the_relay_announces_namespaces_to_our_subscription(tmp_path):
     """The relay's NAMESPACE messages (a namespace under the prefix, and the prefix itself) reach
     a namespace subscription of ours; a withdrawn one comes as NAMESPACE_DONE."""
-    from rtmpq.media.broadcast import BroadcastRegistry
-    from rtmpq.moq.relay import MoqRelay
-
     for backend in ("aioquic", "aiopquic"):
-        cert, key = ensure_self_signed(tmp_path / "tls")
-        port = free_port(socket.SOCK_DGRAM)
-        relay = MoqRelay(BroadcastRegistry())
-        server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                                 backend=backend)
-        relay.start()
-        try:
+        async with serving_relay(tmp_path, backend) as (relay, port):
             async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as publisher,
                         connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
                 pq: asyncio.Queue = asyncio.Queue()
@@ -468,6 +459,3 @@ async def test_the_relay_announces_namespaces_to_our_subscription(tmp_path):
                 publisher.flush()
                 done = await events_until(vq, ev.NamespaceDoneReceived, 2)
                 assert {e.namespace for e in done} == {("live", "cam1")}
-        finally:
-            relay.stop()
-            server.close()

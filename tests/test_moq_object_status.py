@@ -9,18 +9,16 @@ import socket
 
 import pytest
 
-from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.moq import events as ev
 from rtmpq.moq import wire
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK
-from rtmpq.moq.relay import MoqRelay
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
 
-from .conftest import free_port
+from .conftest import free_port, serving_relay
 
 BACKENDS = ["aioquic", "aiopquic"]
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
@@ -115,13 +113,7 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
     """A remote publisher (PUBLISH_NAMESPACE; the relay subscribes upstream) ends each group with a
     status object and keeps the group's stream open: the relay's subscriber gets the real objects,
     no empty one, and each group's end (its stream's FIN), which only the status object said."""
-    cert, key = ensure_self_signed(tmp_path / "tls")
-    port = free_port(socket.SOCK_DGRAM)
-    relay = MoqRelay(BroadcastRegistry())
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                             backend=backend)
-    relay.start()
-    try:
+    async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
             pq: asyncio.Queue = asyncio.Queue()
@@ -160,9 +152,6 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
             await asyncio.sleep(0.2)  # anything the relay would send after the ends
             while not vq.empty():
                 got.append(vq.get_nowait())
-    finally:
-        relay.stop()
-        server.close()
     assert sorted(subscribed) == [CATALOG_TRACK, "video"]
     accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
     track = {accepted[catalog_rid]: CATALOG_TRACK, accepted[video_rid]: "video"}

@@ -27,6 +27,8 @@ class SubscribeRequested:
     delivery_timeout_ms: int | None
     subscriber_priority: int
     authorization: str | None = _token()
+    end_group: int | None = None  # an AbsoluteRange filter's End Group (the last group it passes)
+    forward: bool = True  # FORWARD=0: no objects until REQUEST_UPDATE sets FORWARD=1
 
 
 @dataclass(frozen=True, slots=True)

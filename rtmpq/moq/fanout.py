@@ -109,6 +109,13 @@ class TrackSubscription:
         self.send_budget = send_budget
         self.start_group = start_group
         self.start_object = 0  # objects of ``start_group`` before this one are not delivered
+        # an AbsoluteRange filter's End Group: no later group is delivered; ``range_ended`` says
+        # the range is over (that group ended, was dropped or was passed by a newer one)
+        self.last_group: int | None = None
+        self.range_ended = False
+        # groups come in order (a local source): one past the end group means that one is over
+        # even if it never began; a relayed track's groups can overtake each other, so it waits
+        self.groups_in_order = True
         self.in_flight: dict[int, _GroupInFlight] = {}
         self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
         self.skipped_groups: list[int] = []
@@ -125,6 +132,10 @@ class TrackSubscription:
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
+            return
+        if self.last_group is not None and group_id > self.last_group:
+            if self.groups_in_order and self.last_group not in self.in_flight:
+                self.range_ended = True  # the end group is done or never came: nothing more passes
             return
         g = self.in_flight.get(group_id)
         if g is not None and g.complete:
@@ -156,6 +167,8 @@ class TrackSubscription:
         g = self.in_flight.get(group_id)
         if g is not None and not g.complete:
             g.complete = True
+            if group_id == self.last_group:
+                self.range_ended = True
             if self.hold_fin and self.sink.ack_doubt():
                 g.fin_held = True  # resettable until the doubt is gone (check) or its budget ends
             else:
@@ -243,6 +256,8 @@ class TrackSubscription:
 
     def _drop(self, group_id: int, code: int) -> None:
         g = self.in_flight.pop(group_id)
+        if group_id == self.last_group:
+            self.range_ended = True
         unannounced = g.written > 0 and not self.sink.announced(g.handle)
         self.sink.reset_group(g.handle, code)
         if unannounced:
@@ -305,6 +320,29 @@ class TrackFanout:
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
 
+    def subscribe_from(self, sub: TrackSubscription, now: float) -> None:
+        """Add a subscriber whose filter starts at an explicit Location (``sub.start_group``,
+        ``sub.start_object``: AbsoluteStart/AbsoluteRange): the cached objects from there (up to
+        ``sub.last_group``) at once, then live ones. A start older than the cache starts at what is
+        cached (draft 16 answers a SUBSCRIBE with objects from now on; older ones are FETCHed).
+        At most the newest MAX_GROUPS_IN_FLIGHT cached groups: more would reset each other."""
+        self.subscribers.add(sub)
+        sub.hold_fin = not self.state
+        sub.groups_in_order = self.ends_groups_on_newer
+        last = sub.last_group
+        groups = [g for g in self.cache.groups_from(sub.start_group) if last is None or g.group_id <= last]
+        try:
+            for group in groups[-MAX_GROUPS_IN_FLIGHT:]:
+                # asked for by name: its budget runs from now (one older than the budget would be
+                # reset at once otherwise)
+                self._replay(sub, group, sub.start_object if group.group_id == sub.start_group else 0, received=now)
+            largest = self.cache.largest
+            if last is not None and largest is not None and largest[0] > last and last not in sub.in_flight:
+                sub.range_ended = True  # its end group is over already (delivered from the cache or gone)
+            sub.check(now)
+        except Exception as exc:  # noqa: BLE001 - see _let_go
+            self._let_go([(sub, exc)])
+
     def _let_go(self, failed: list) -> None:
         """Subscribers whose connection failed under a call (closed under us, a transport error)
         leave this fan-out at once, so one dead connection never stops the others' delivery;
@@ -336,6 +374,8 @@ class TrackFanout:
         if sub.start_group is None or group_id >= sub.start_group or group_id in sub.dropped:
             return
         sub.start_group, sub.start_object = group_id, from_object
+        if sub not in self.subscribers:
+            return  # not delivered to yet (FORWARD=0): it starts there once it is
         group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
         try:
             if group is not None:

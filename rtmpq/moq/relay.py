@@ -11,9 +11,11 @@ Where a track comes from:
 - a route from the directory (``route()``, many hosts): a session to the broadcast's origin.
 
 Subscribers get one QUIC stream per group, newest and audio first, within their delivery timeout
-and send budget (fanout.py). Filters: unfiltered and AbsoluteStart start at the newest cached
-group (from its first object: an IDR for video); LargestObject and NextGroupStart start at the
-next group, since a group is only ever delivered whole from its first object.
+and send budget (fanout.py). Filters: unfiltered starts at the newest cached group (from its first
+object: an IDR for video); LargestObject and NextGroupStart start at the next group, since a group
+is only ever delivered whole from its first object; AbsoluteStart and AbsoluteRange start at their
+Start Location, from the cache if it holds it, and AbsoluteRange ends after its End Group with
+PUBLISH_DONE (SUBSCRIPTION_ENDED). FORWARD=0 holds every object back until REQUEST_UPDATE sets 1.
 
 This module is the router: MoQ session events, timers and which fan-out serves whom. What it ties
 together lives apart: broadcast_source.py (local broadcasts into fan-outs), upstream.py (tracks and
@@ -41,6 +43,8 @@ from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
     FETCH_RELATIVE_JOINING,
     FETCH_STANDALONE,
+    FILTER_ABSOLUTE_RANGE,
+    FILTER_ABSOLUTE_START,
     FILTER_LARGEST_OBJECT,
     FILTER_NEXT_GROUP_START,
     NAMESPACE_OPTION_BOTH,
@@ -81,6 +85,19 @@ RETRY_AFTER_BUSY = 0.25
 # (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
 # node's [publish] grace_period sets it.
 DEFAULT_UPSTREAM_GRACE = 30.0
+
+
+def _range_refusal(request: ev.SubscribeRequested, largest: tuple[int, int] | None) -> str | None:
+    """Why an AbsoluteRange SUBSCRIBE gets INVALID_RANGE (draft 16: an End Group before the
+    Start Location, or one entirely published already: those objects are FETCHed), or None."""
+    end = request.end_group
+    if end is None:
+        return None
+    if end < request.start[0]:
+        return "End Group before the Start Location"
+    if largest is not None and end < largest[0]:
+        return "the range is already over: FETCH it"
+    return None
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -222,10 +239,20 @@ class MoqRelay:
                 if s.conn.session.closed or not s.sub.in_flight:
                     self._draining.discard(s)
             try:
+                self.end_ranges()
                 self.drop_stuck(now)
                 self.drop_failed()
             except Exception:
                 log.exception("dropping stuck or failed subscribers failed")
+
+    def end_ranges(self) -> None:
+        """PUBLISH_DONE (SUBSCRIPTION_ENDED) to each AbsoluteRange subscription whose End Group is
+        over, once every group it has open is complete (draft 16: streams close before PUBLISH_DONE)."""
+        for key, s in list(self._subs.items()):
+            if s.sub.range_ended and all(g.complete for g in s.sub.in_flight.values()):
+                del self._subs[key]
+                s.fanout.subscribers.discard(s.sub)
+                self._publish_done(s, PublishDoneStatus.SUBSCRIPTION_ENDED, "end of the requested range")
 
     def drop_stuck(self, now: float) -> None:
         """Close the session of a subscriber that acknowledged nothing it is owed for stuck_timeout
@@ -376,7 +403,6 @@ class MoqRelay:
 
     def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout,
                 upstream: UpstreamTrack | None = None) -> None:
-        alias = self._new_alias(conn)
         largest = fanout.cache.largest
         # a track just subscribed upstream: nothing is here yet, but the publisher above said what
         # it has (a joining FETCH of this subscription is then passed up there)
@@ -386,31 +412,54 @@ class MoqRelay:
         start_group = None
         if event.filter_type in (FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START):
             start_group = largest[0] + 1 if largest else 0
+        elif event.filter_type in (FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE):
+            start_group = event.start[0]
+            refusal = _range_refusal(event, largest)
+            if refusal:
+                self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
+                return
+        alias = self._new_alias(conn)
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
         conn.session.subscribe_ok(event.request_id, alias, largest)
-        self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout, start_group)
-        s = self._subs[(id(conn), event.request_id)]
-        s.filter_type, s.largest = event.filter_type, largest
+        s = self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout,
+                         start_group, event)
+        s.largest = largest
         s.upstream = upstream if from_upstream else None
         for fetch in self._held_fetches.pop((id(conn), event.request_id), ()):
             self._on_FetchRequested(conn, fetch)
 
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
-                fanout: TrackFanout, timeout: float, start_group: int | None = None) -> None:
-        """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted or a PUBLISH we sent)."""
+                fanout: TrackFanout, timeout: float, start_group: int | None = None,
+                request: ev.SubscribeRequested | None = None) -> Subscription:
+        """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted, whose
+        filter and FORWARD ``request`` carries, or a PUBLISH we sent)."""
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
-        self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
+        s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
+        if request is not None:
+            s.filter_type, s.forward = request.filter_type, request.forward
+            if request.start is not None:
+                sub.start_object, sub.last_group = request.start[1], request.end_group
         self._wake_tick()  # from now on budgets are checked every CHECK_INTERVAL
         if fanout.ended:
             conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
-            return
-        if start_group is None:
-            fanout.subscribe(sub, time.monotonic())
+            return s
+        if s.forward:
+            self._start_delivery(s)
+        log.info("%s: subscribed to %s%s", conn.peer, label, "" if s.forward else " (FORWARD=0: nothing sent yet)")
+        return s
+
+    def _start_delivery(self, s: Subscription) -> None:
+        """Begin sending ``s`` its objects, from where its filter starts."""
+        now = time.monotonic()
+        # an explicit Start Location, or one a joining FETCH moved back while FORWARD was 0
+        if s.filter_type in (FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE) or s.sub.start_object:
+            s.fanout.subscribe_from(s.sub, now)
+        elif s.sub.start_group is None:
+            s.fanout.subscribe(s.sub, now)
         else:
-            fanout.subscribers.add(sub)
-        log.info("%s: subscribed to %s", conn.peer, label)
+            s.fanout.subscribers.add(s.sub)
 
     def _push_tracks(self, conn: MoqConnection, prefix: tuple[str, ...]) -> None:
         """PUBLISH every relayed track under ``prefix`` to a namespace subscriber that asked for them."""
@@ -681,7 +730,23 @@ class MoqRelay:
                 other.flush()
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
-        conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "not supported by this relay")
+        """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
+        FORWARD state. FORWARD=1 starts delivery as the filter says; FORWARD=0 stops it, resetting
+        the groups in progress (the draft sends no objects in that state)."""
+        s = self._subs.get((id(conn), event.existing_request_id))
+        if s is None:
+            conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
+            return
+        if event.forward is not None and event.forward != s.forward:
+            s.forward = event.forward
+            if s.forward:
+                self._start_delivery(s)
+                self._wake_tick()  # an on-demand publisher is asked for objects at once
+            else:
+                s.fanout.unsubscribe(s.sub)
+                s.sub.stalled_since = None  # nothing is owed to it now
+            log.info("%s: %s FORWARD=%d", conn.peer, s.label, s.forward)
+        conn.session.request_ok(event.request_id, s.fanout.cache.largest)
 
     def _on_RequestAccepted(self, conn: MoqConnection, event: ev.RequestAccepted) -> None:
         pass  # the answer to a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
@@ -1007,17 +1072,21 @@ class MoqRelay:
         for key, s in list(self._subs.items()):
             if id(s.fanout) in fanouts:
                 del self._subs[key]
-                for group in list(s.sub.in_flight):
-                    s.sub.end_group(group)
-                if s.sub.in_flight:
-                    self._draining.add(s)
-                if not s.conn.session.closed:
-                    s.conn.session.publish_done(s.request_id, PublishDoneStatus.TRACK_ENDED, s.sink.streams_opened,
-                                                "the publisher stopped")
-                    s.conn.flush()
+                self._publish_done(s, PublishDoneStatus.TRACK_ENDED, "the publisher stopped")
         for name, source in list(self._sources.items()):
             if source.ended:
                 del self._sources[name]
                 self._announce(tuple(name.split("/")), done=True)
+
+    def _publish_done(self, s: Subscription, status: int, reason: str) -> None:
+        """End subscription ``s`` (already let go here): its open groups end, PUBLISH_DONE says why;
+        its budgets hold until what is still on its way is delivered or reset."""
+        for group in list(s.sub.in_flight):
+            s.sub.end_group(group)
+        if s.sub.in_flight:
+            self._draining.add(s)
+        if not s.conn.session.closed:
+            s.conn.session.publish_done(s.request_id, status, s.sink.streams_opened, reason)
+            s.conn.flush()
 
 

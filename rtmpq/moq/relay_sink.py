@@ -140,6 +140,7 @@ class Subscription:
         # for a SUBSCRIBE (not a PUBLISH of ours): its filter, and the Largest Location told in
         # SUBSCRIBE_OK, where a joining FETCH ends
         self.filter_type: int | None = None
+        self.forward = True  # FORWARD: objects are sent (0 until a REQUEST_UPDATE sets it: none)
         self.largest: tuple[int, int] | None = None
         self.upstream = None  # the UpstreamTrack whose publisher told that Largest Location (nothing was here yet)
 

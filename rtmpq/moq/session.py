@@ -222,12 +222,17 @@ class MoqSession:
 
     # ``authorization`` (every request): a token sent as the request's AUTHORIZATION TOKEN
     def subscribe(self, namespace, track_name: str, *, filter_type: int | None = None,
-                  start: tuple[int, int] | None = None, delivery_timeout_ms: int | None = None,
-                  priority: int = 128, authorization: str | None = None) -> int:
+                  start: tuple[int, int] | None = None, end_group: int | None = None,
+                  delivery_timeout_ms: int | None = None, priority: int = 128, authorization: str | None = None,
+                  forward: bool = True) -> int:
+        """SUBSCRIBE; ``end_group`` goes with an AbsoluteRange filter. With ``forward=False``
+        (FORWARD=0) no objects come until ``request_update(..., forward=True)``."""
         params: dict = _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority}, authorization)
         rid = self._new_request_id()
         if filter_type is not None:
-            params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start)
+            params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start, end_group)
+        if not forward:
+            params[wire.PARAM_FORWARD] = 0
         if delivery_timeout_ms:
             params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
         msg = wire.Subscribe(rid, _raw(namespace), track_name.encode(), params)
@@ -761,15 +766,18 @@ class MoqSession:
             raise MoqProtocolError("setup sent twice")
         if isinstance(msg, wire.Subscribe):
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
-            ftype = start = None
+            ftype = start = end_group = None
             if wire.PARAM_SUBSCRIPTION_FILTER in msg.params:
-                ftype, start, _ = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
+                ftype, start, end_group = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
             timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
             if timeout == 0:
                 raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
+            forward = msg.params.get(wire.PARAM_FORWARD, 1)
+            if forward not in (0, 1):
+                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
-                                          self._authorization(msg.params))]
+                                          self._authorization(msg.params), end_group=end_group, forward=bool(forward))]
         if isinstance(msg, wire.SubscribeOk):
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:

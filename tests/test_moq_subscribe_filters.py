@@ -1,0 +1,192 @@
+"""A SUBSCRIBE's filter and FORWARD parameter (draft 16, "Subscription Filters"): a publisher
+"MUST NOT send objects from outside the requested range", and sends none while the Forward State
+is 0. Found by a review: the relay dropped AbsoluteRange's End Group, started AbsoluteStart at the
+newest cached group whatever its Start Location, never read FORWARD and refused REQUEST_UPDATE.
+
+Each test runs a relay with a raw publisher (PUBLISH_NAMESPACE; the relay subscribes upstream) and
+raw subscriber sessions on loopback QUIC: one unfiltered viewer fills the relay's cache, then the
+subscriber under test asks with its filter."""
+
+from contextlib import asynccontextmanager
+
+import pytest
+
+from rtmpq.moq import events as ev
+from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.wire import (
+    FILTER_ABSOLUTE_RANGE,
+    FILTER_ABSOLUTE_START,
+    FILTER_LARGEST_OBJECT,
+    PublishDoneStatus,
+    RequestError,
+)
+
+from .conftest import serving_relay, until
+
+BACKENDS = ["aioquic", "aiopquic"]
+NAMESPACE = ("live", "f")
+OBJECTS = 3  # per group
+
+
+class Publisher:
+    """A raw publisher of one track: answers the relay's SUBSCRIBE, sends groups when told."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.alias: int | None = None
+        self.events: list = []
+        conn.handler = self._on_event
+
+    def _on_event(self, _conn, event) -> None:
+        self.events.append(event)
+        if isinstance(event, ev.SubscribeRequested):
+            self.alias = 7
+            self.conn.session.subscribe_ok(event.request_id, self.alias)
+            self.conn.flush()
+
+    def send(self, *groups: int) -> None:
+        for group in groups:
+            sid = self.conn.session.open_subgroup(self.alias, group)
+            for object_id in range(OBJECTS):
+                self.conn.session.send_object(sid, object_id, f"{group}.{object_id}".encode())
+            self.conn.session.end_subgroup(sid)
+        self.conn.flush()
+
+
+class Viewer:
+    """A raw subscriber session: every event it gets, in order."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.events: list = []
+        conn.handler = lambda _c, e: self.events.append(e)
+
+    def subscribe(self, **kwargs) -> int:
+        rid = self.conn.session.subscribe(NAMESPACE, "video", **kwargs)
+        self.conn.flush()
+        return rid
+
+    def of(self, kind) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    def objects(self, alias: int) -> list[tuple[int, int]]:
+        return [(e.group, e.object_id) for e in self.of(ev.ObjectReceived) if e.track_alias == alias]
+
+    def ended(self, alias: int) -> set[int]:
+        return {e.group for e in self.of(ev.SubgroupEnded) if e.track_alias == alias}
+
+    def answer(self, rid: int):
+        return next((e for e in self.events if isinstance(e, (ev.SubscribeAccepted, ev.RequestFailed, ev.RequestAccepted))
+                     and e.request_id == rid), None)
+
+
+def whole(*groups: int) -> list[tuple[int, int]]:
+    return [(g, o) for g in groups for o in range(OBJECTS)]
+
+
+@asynccontextmanager
+async def relay_with_publisher(tmp_path, backend, cached_groups: int):
+    """(relay, publisher, warm viewer and its alias, connect): the publisher has sent groups
+    0..cached_groups-1, which the relay holds in its cache."""
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as warm_conn):
+            publisher = Publisher(pub_conn)
+            announced = pub_conn.session.publish_namespace(NAMESPACE)
+            pub_conn.flush()
+            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
+                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
+            warm = Viewer(warm_conn)
+            rid = warm.subscribe()
+            await until(lambda: warm.answer(rid) is not None and publisher.alias is not None, what="warm subscription")
+            warm_alias = warm.answer(rid).track_alias
+            publisher.send(*range(cached_groups))
+            cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
+            await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
+
+            @asynccontextmanager
+            async def connect():
+                async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+                    yield Viewer(conn)
+
+            yield relay, publisher, (warm, warm_alias), connect
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_absolute_start_at_a_cached_group_gets_it_first(tmp_path, backend):
+    """AbsoluteStart {1, 1} with groups 0..3 cached: objects 1.1 and 1.2, groups 2 and 3 from the
+    cache, then live group 4; nothing before the Start Location."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_START, start=(1, 1))
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            ok = viewer.answer(rid)
+            assert isinstance(ok, ev.SubscribeAccepted), ok
+            assert ok.largest == (3, OBJECTS - 1)
+            publisher.send(4)
+            await until(lambda: {1, 2, 3, 4} <= viewer.ended(ok.track_alias), what="groups 1..4 delivered")
+            got = viewer.objects(ok.track_alias)
+    assert sorted(got) == [(1, 1), (1, 2)] + whole(2, 3, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_absolute_range_gets_exactly_its_groups_then_ends(tmp_path, backend):
+    """AbsoluteRange {2, 0}..5 with groups 0..3 cached: groups 2..5 whole, then PUBLISH_DONE
+    (SUBSCRIPTION_ENDED) counting their 4 streams; never group 6 or 7."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(2, 0), end_group=5)
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            ok = viewer.answer(rid)
+            assert isinstance(ok, ev.SubscribeAccepted), ok
+            publisher.send(4, 5, 6, 7)
+            await until(lambda: viewer.of(ev.PublishDoneReceived), what="PUBLISH_DONE")
+            # the warm viewer got group 7: the relay has handled groups 6 and 7 by now
+            await until(lambda: 7 in warm.ended(warm_alias), what="the warm viewer got group 7")
+            await until(lambda: {2, 3, 4, 5} <= viewer.ended(ok.track_alias), what="groups 2..5 delivered")
+            got = viewer.objects(ok.track_alias)
+            done = viewer.of(ev.PublishDoneReceived)
+    assert sorted(got) == whole(2, 3, 4, 5)
+    assert [(d.request_id, d.status, d.stream_count) for d in done] == [(rid, PublishDoneStatus.SUBSCRIPTION_ENDED, 4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:1])
+async def test_absolute_range_already_over_is_refused(tmp_path, backend):
+    """A range whose End Group is already over (a newer group was published) is refused with
+    INVALID_RANGE, as draft 16 asks (its objects are FETCHed); so is one that ends before it starts."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, _publisher, _warm, connect):
+        async with connect() as viewer:
+            past = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(0, 0), end_group=1)
+            backwards = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(9, 0), end_group=8)
+            await until(lambda: viewer.answer(past) and viewer.answer(backwards), what="SUBSCRIBEs answered")
+            answers = [viewer.answer(past), viewer.answer(backwards)]
+            got = viewer.of(ev.ObjectReceived)
+    assert [(type(a), getattr(a, "error_code", None)) for a in answers] == [(ev.RequestFailed, RequestError.INVALID_RANGE)] * 2
+    assert got == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_forward_0_gets_nothing_until_request_update(tmp_path, backend):
+    """SUBSCRIBE (Largest Object) with FORWARD=0 is accepted and gets no object while groups 1 and 2
+    reach the relay; after REQUEST_UPDATE FORWARD=1 (answered REQUEST_OK) it gets the next group."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=1) as (relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_LARGEST_OBJECT, forward=False)
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            ok = viewer.answer(rid)
+            assert isinstance(ok, ev.SubscribeAccepted), ok
+            publisher.send(1, 2)
+            cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
+            await until(lambda: cache.largest == (2, OBJECTS - 1) and 2 in warm.ended(warm_alias),
+                        what="groups 1 and 2 at the relay and its other viewer")
+            assert viewer.of(ev.ObjectReceived) == []
+            update = viewer.conn.session.request_update(rid, forward=True)
+            viewer.conn.flush()
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            assert isinstance(viewer.answer(update), ev.RequestAccepted), viewer.answer(update)
+            publisher.send(3)
+            await until(lambda: 3 in viewer.ended(ok.track_alias), what="group 3 delivered")
+            got = viewer.objects(ok.track_alias)
+    assert sorted(got) == whole(3)
