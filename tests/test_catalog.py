@@ -129,3 +129,11 @@ def test_a_rungs_source_is_the_one_its_catalog_entry_names():
     catalog = Catalog("live/x", (source, camera, named, told))
     assert catalog.rung_source("video-1-480p") == "video-1"
     assert catalog.rung_source("cam-b-360p") == "video"
+
+
+@pytest.mark.parametrize("version", ["draft-99", "draft-00", "2"])
+def test_a_catalog_version_rtmpq_does_not_read_is_refused(version):
+    """MSF: a subscriber MUST NOT parse a catalog version it does not understand."""
+    doc = json.loads(sample_catalog().to_json())
+    with pytest.raises(RemoteProtocolError, match="version"):
+        Catalog.from_json(json.dumps({**doc, "version": version}))

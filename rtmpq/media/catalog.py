@@ -32,6 +32,8 @@ from ..errors import RemoteProtocolError
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO
 
 MSF_VERSION = "draft-01"
+# The versions rtmpq reads: its own, which the draft's examples write, and the "1" one of them writes.
+MSF_VERSIONS_READ = (MSF_VERSION, "1")
 PACKAGING_LOC = "loc"
 INIT_INLINE = "inline"
 PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
@@ -212,17 +214,22 @@ class Catalog:
     @classmethod
     def from_json(cls, data: bytes | str) -> "Catalog":
         """An independent MSF catalog (ours or anyone's). Raises RemoteProtocolError for what is not
-        one: bad JSON, no string version, a delta update, or an initRef naming no inline entry."""
-        try:
-            doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RemoteProtocolError(f"MSF catalog is not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise RemoteProtocolError("MSF catalog is not a JSON object")
+        one: bad JSON, a version we do not read, a delta update (CatalogTrack applies those to the
+        catalog they change), or an initRef naming no inline entry."""
+        doc = load_catalog_json(data)
         if "deltaUpdate" in doc:
-            raise RemoteProtocolError("MSF catalog delta updates are not supported")
-        if not isinstance(doc.get("version"), str) or not isinstance(doc.get("tracks"), list):
+            raise RemoteProtocolError("MSF catalog delta update without the catalog it applies to")
+        return cls.from_doc(doc)
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> "Catalog":
+        """The catalog an independent MSF catalog document (parsed JSON) describes."""
+        version = doc.get("version")
+        if not isinstance(version, str) or not isinstance(doc.get("tracks"), list):
             raise RemoteProtocolError("MSF catalog needs a string version and a tracks array")
+        if version not in MSF_VERSIONS_READ:  # MSF: MUST NOT parse a version it does not understand
+            raise RemoteProtocolError(f"MSF catalog version {version[:32]!r} is not one rtmpq reads "
+                                      f"({', '.join(MSF_VERSIONS_READ)})")
         inits: dict[str, bytes | None] = {}
         for entry in doc.get("initDataList") or ():
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
@@ -250,6 +257,17 @@ class Catalog:
             live=live,
             complete=doc.get("isComplete") is True,
         )
+
+
+def load_catalog_json(data: bytes | str) -> dict:
+    """The JSON object of a catalog object (independent or delta), or RemoteProtocolError."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"MSF catalog is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError("MSF catalog is not a JSON object")
+    return doc
 
 
 def _number(value: float | None) -> float | int | None:

@@ -20,6 +20,7 @@ from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
+from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
@@ -257,7 +258,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         return info.timescale if info is not None else None
 
     catalog: Catalog | None = None
-    catalog_at: tuple[int, int] | None = None  # the location of the catalog version applied
+    catalog_track = CatalogTrack(safe_name(broadcast))
     catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
     catalog_unfiltered = False  # the joining FETCH gave nothing: the catalog is subscribed unfiltered
 
@@ -265,7 +266,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         """The joining FETCH brought no catalog (refused, reset, empty or slow): SUBSCRIBE to it
         unfiltered as well, which a publisher that replays its current version answers."""
         nonlocal catalog_unfiltered
-        if catalog_at is not None or catalog_unfiltered:
+        if catalog_track.catalog is not None or catalog_unfiltered:
             return
         log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(broadcast))
         catalog_unfiltered = True
@@ -274,17 +275,17 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 drop_subscription(rid)
         subscribe(CATALOG_TRACK)
 
-    def newer_catalog(group: int, object_id: int, payload) -> Catalog | None:
-        """The catalog in this object, unless one as new was applied: a SUBSCRIBE's version and its
-        joining FETCH's can both come (a relay may replay on SUBSCRIBE), and each version is a group
-        on its own stream, so an older one can arrive after a newer one and must not undo it."""
-        nonlocal catalog, catalog_at
-        if catalog_at is not None and (group, object_id) <= catalog_at:
-            return None
-        catalog_at = (group, object_id)
-        catalog = Catalog.from_json(payload)
-        update_tracks()  # tracks appear as their sequence headers arrive
-        return catalog
+    def newer_catalogs(group: int, object_id: int, payload) -> list[Catalog]:
+        """The catalogs this object makes (catalog_track.py: a group's independent catalog, then its
+        deltas in order); none when it is older than those applied: a SUBSCRIBE's objects and its
+        joining FETCH's can both come (a relay may replay on SUBSCRIBE), each group on its own
+        stream, so an older version can arrive after a newer one and must not undo it."""
+        nonlocal catalog
+        made = catalog_track.read(group, object_id, payload)
+        if made:
+            catalog = made[-1]
+            update_tracks()  # tracks appear as their sequence headers arrive
+        return made
 
     def update_tracks() -> None:
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
@@ -326,7 +327,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     conn.flush()
             elif getattr(event, "request_id", None) in catalog_fetches:
                 if isinstance(event, ev.FetchObjectReceived):
-                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                    for newer in newer_catalogs(event.group, event.object_id, event.payload):
                         yield newer
                 elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
                     catalog_fetches.discard(event.request_id)
@@ -396,7 +397,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     if event.status == ObjectStatus.END_OF_TRACK and track is not None:
                         open_tracks.discard(track)
                 elif track == CATALOG_TRACK:
-                    if (newer := newer_catalog(event.group, event.object_id, event.payload)) is not None:
+                    for newer in newer_catalogs(event.group, event.object_id, event.payload):
                         yield newer
                 elif track is not None:
                     frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions,

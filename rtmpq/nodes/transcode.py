@@ -323,6 +323,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     (FORWARD=0) and the list of them, encode a rung while the relay forwards it. Returns when the
     broadcast ends; raises ConnectionError when the session is lost."""
     from ..moq import events as ev
+    from ..moq.catalog_track import CatalogTrack
     from ..moq.loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 
     namespace = tuple(name.split("/"))
@@ -384,7 +385,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
     registry[name] = bt
     source_tracks: set[str] = set()
-    catalog_group = -1
+    catalog_track = CatalogTrack(bt.label)  # older versions than the one applied are ignored
     sub(CATALOG_TRACK)
     try:
         while True:
@@ -404,11 +405,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                 if event.status != ObjectStatus.NORMAL:
                     continue  # End of Group / End of Track: neither a catalog nor a frame
                 if track == CATALOG_TRACK:
-                    if event.group < catalog_group:
-                        continue  # an older catalog version overtaken by a newer one
-                    catalog_group = event.group
-                    catalog = Catalog.from_json(event.payload)
-                    bt.on_catalog(catalog)
+                    for catalog in catalog_track.read(event.group, event.object_id, event.payload):
+                        bt.on_catalog(catalog)
                     source_tracks &= bt.transcoders.keys()  # one that left is subscribed again if it returns
                     for source in bt.transcoders:
                         if source not in source_tracks:
