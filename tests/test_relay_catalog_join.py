@@ -1,0 +1,124 @@
+"""The relay gets a relayed broadcast's current catalog by a Joining FETCH of its own (MSF, draft 16).
+
+A conforming publisher sends only new catalog versions on SUBSCRIBE; the current one comes by a
+Joining FETCH. The relay only SUBSCRIBEd upstream, so its cache never held the catalog of a steady
+broadcast: a subscriber that does not FETCH (a relay below, the edge's unfiltered SUBSCRIBE) waited
+for the catalog's next change, i.e. forever."""
+
+import asyncio
+
+import pytest
+
+from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.moq import events as ev
+from rtmpq.moq.loc import CATALOG_TRACK
+from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT
+
+from .conftest import serving_relay, until
+
+BACKENDS = ["aioquic", "aiopquic"]
+VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
+CURRENT = Catalog("live/x", (VIDEO,)).to_json()
+CATALOG_GROUP = 7  # the version published before anyone subscribed
+NEWER = Catalog("live/x", (VIDEO, TrackInfo(name="audio", kind="audio", codec="mp4a.40.2"))).to_json()
+
+
+def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bool = False):
+    """SUBSCRIBE to the catalog: SUBSCRIBE_OK with its Largest Location and nothing else (with
+    ``newer_live``: a newer version, group 8, at once); the Joining FETCH: the current version;
+    SUBSCRIBE to video: one frame, the group left open (the broadcast goes on)."""
+    session = pub.session
+    aliases = iter(range(100))
+
+    def on_event(_conn, event) -> None:
+        if isinstance(event, ev.SubscribeRequested):
+            subscribes.append(event)
+            alias = next(aliases)
+            if event.track_name == CATALOG_TRACK:
+                session.subscribe_ok(event.request_id, alias, (CATALOG_GROUP, 0))
+                if newer_live:
+                    sid = session.open_subgroup(alias, CATALOG_GROUP + 1)
+                    session.send_object(sid, 0, NEWER)
+                    session.end_subgroup(sid)
+            else:
+                session.subscribe_ok(event.request_id, alias)
+                sid = session.open_subgroup(alias, 0)
+                session.send_object(sid, 0, b"frame of " + event.track_name.encode())
+        elif isinstance(event, ev.FetchRequested):
+            fetches.append(event)
+            session.fetch_ok(event.request_id, (CATALOG_GROUP, 1))
+            sid = session.open_fetch_stream(event.request_id)
+            session.send_fetch_object(sid, CATALOG_GROUP, 0, CURRENT)
+            session.end_fetch_stream(sid)
+        pub.flush()
+
+    pub.handler = on_event
+
+
+async def _publish(pub) -> None:
+    answered = asyncio.get_running_loop().create_future()
+    pub.handler = lambda _c, e: isinstance(e, ev.RequestAccepted) and not answered.done() and answered.set_result(e)
+    pub.session.publish_namespace(("live", "x"))
+    pub.flush()
+    async with asyncio.timeout(10):
+        await answered
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscriber_that_does_not_fetch_gets_the_current_catalog_from_the_relay(tmp_path, backend):
+    """A raw subscriber of the relay, unfiltered SUBSCRIBE and no FETCH: the relay's own cache must
+    hold the catalog; then video frames flow. Before: no catalog object ever came."""
+    subscribes: list = []
+    fetches: list = []
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
+            await _publish(pub)
+            conforming_publisher(pub, subscribes, fetches)
+            got: list = []
+            viewer.handler = lambda _c, e: got.append(e)
+            catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+            viewer.flush()
+            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+            viewer.session.subscribe(("live", "x"), "video")
+            viewer.flush()
+            await until(lambda: len([e for e in got if isinstance(e, ev.ObjectReceived)]) >= 2, 10, "a frame")
+            late: list = []  # a later subscriber is served from the relay's cache
+            viewer.handler = lambda _c, e: late.append(e)
+            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+            viewer.flush()
+            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in late), 10, "the cached catalog")
+    alias = next(e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted) and e.request_id == catalog_rid)
+    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    assert [bytes(e.payload) for e in objects if e.track_alias == alias] == [CURRENT]
+    assert [bytes(e.payload) for e in objects if e.track_alias != alias] == [b"frame of video"]
+    assert [bytes(e.payload) for e in late if isinstance(e, ev.ObjectReceived)] == [CURRENT]
+    upstream = next(e for e in subscribes if e.track_name == CATALOG_TRACK)
+    assert upstream.filter_type == FILTER_LARGEST_OBJECT  # a joining FETCH needs it (draft 16)
+    assert [(e.fetch_type, e.joining_request_id, e.joining_start) for e in fetches] == [
+        (FETCH_RELATIVE_JOINING, upstream.request_id, 0)]
+    assert len([e for e in subscribes if e.track_name == CATALOG_TRACK]) == 1  # one upstream subscription
+
+
+async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path):
+    """The publisher's next version comes live before the fetched one: subscribers get the newer
+    version alone, and the relay keeps it as the current one."""
+    subscribes: list = []
+    fetches: list = []
+    async with serving_relay(tmp_path) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True) as viewer):
+            await _publish(pub)
+            conforming_publisher(pub, subscribes, fetches, newer_live=True)
+            got: list = []
+            viewer.handler = lambda _c, e: got.append(e)
+            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+            viewer.flush()
+            upstream = lambda: relay._tracks.get((("live", "x"), CATALOG_TRACK))  # noqa: E731
+            await until(lambda: fetches and upstream() is not None and upstream().catalog_fetch is None, 10,
+                        "the relay's catalog FETCH answered")
+            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+            latest = upstream().fanout.cache.latest()
+    assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [NEWER]
+    assert [bytes(o.payload) for o in latest.objects] == [NEWER]
