@@ -13,7 +13,7 @@ from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.moq import events as ev
 from rtmpq.moq.loc import CATALOG_TRACK
 from rtmpq.moq.transport import connect_moq
-from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT
+from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, RequestError
 
 from .conftest import serving_relay, until
 
@@ -24,10 +24,13 @@ CATALOG_GROUP = 7  # the version published before anyone subscribed
 NEWER = Catalog("live/x", (VIDEO, TrackInfo(name="audio", kind="audio", codec="mp4a.40.2"))).to_json()
 
 
-def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bool = False):
+def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bool = False,
+                         without_fetch: bool = False):
     """SUBSCRIBE to the catalog: SUBSCRIBE_OK with its Largest Location and nothing else (with
     ``newer_live``: a newer version, group 8, at once); the Joining FETCH: the current version;
-    SUBSCRIBE to video: one frame, the group left open (the broadcast goes on)."""
+    SUBSCRIBE to video: one frame, the group left open (the broadcast goes on). With
+    ``without_fetch``: a publisher that refuses FETCH and replays its current catalog on an
+    unfiltered SUBSCRIBE."""
     session = pub.session
     aliases = iter(range(100))
 
@@ -37,6 +40,10 @@ def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bo
             alias = next(aliases)
             if event.track_name == CATALOG_TRACK:
                 session.subscribe_ok(event.request_id, alias, (CATALOG_GROUP, 0))
+                if without_fetch and event.filter_type is None:
+                    sid = session.open_subgroup(alias, CATALOG_GROUP)
+                    session.send_object(sid, 0, CURRENT)
+                    session.end_subgroup(sid)
                 if newer_live:
                     sid = session.open_subgroup(alias, CATALOG_GROUP + 1)
                     session.send_object(sid, 0, NEWER)
@@ -47,6 +54,10 @@ def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bo
                 session.send_object(sid, 0, b"frame of " + event.track_name.encode())
         elif isinstance(event, ev.FetchRequested):
             fetches.append(event)
+            if without_fetch:
+                session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no FETCH here")
+                pub.flush()
+                return
             session.fetch_ok(event.request_id, (CATALOG_GROUP, 1))
             sid = session.open_fetch_stream(event.request_id)
             session.send_fetch_object(sid, CATALOG_GROUP, 0, CURRENT)
@@ -122,3 +133,23 @@ async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path)
             latest = upstream().fanout.cache.latest()
     assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [NEWER]
     assert [bytes(o.payload) for o in latest.objects] == [NEWER]
+
+
+async def test_a_publisher_without_fetch_still_gives_its_catalog_through_the_relay(tmp_path):
+    """The relay's joining FETCH is refused: it subscribes to the catalog unfiltered, which this
+    publisher answers with its current version, and the relay's subscriber gets that."""
+    subscribes: list = []
+    fetches: list = []
+    async with serving_relay(tmp_path) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True) as viewer):
+            await _publish(pub)
+            conforming_publisher(pub, subscribes, fetches, without_fetch=True)
+            got: list = []
+            viewer.handler = lambda _c, e: got.append(e)
+            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+            viewer.flush()
+            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+    assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [CURRENT]
+    assert [e.filter_type for e in subscribes if e.track_name == CATALOG_TRACK] == [FILTER_LARGEST_OBJECT, None]
+    assert len(fetches) == 1
