@@ -6,6 +6,8 @@ broadcast: a subscriber that does not FETCH (a relay below, the edge's unfiltere
 for the catalog's next change, i.e. forever."""
 
 import asyncio
+from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,30 +78,37 @@ async def _publish(pub) -> None:
         await answered
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_subscriber_that_does_not_fetch_gets_the_current_catalog_from_the_relay(tmp_path, backend):
-    """A raw subscriber of the relay, unfiltered SUBSCRIBE and no FETCH: the relay's own cache must
-    hold the catalog; then video frames flow. Before: no catalog object ever came."""
-    subscribes: list = []
-    fetches: list = []
+@asynccontextmanager
+async def relayed(tmp_path, backend: str = "aioquic", **kinds):
+    """A bare relay, ``conforming_publisher`` (``kinds``: its variant) publishing live/x into it, and
+    a raw viewer of the relay whose events go to ``got``."""
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
             await _publish(pub)
-            conforming_publisher(pub, subscribes, fetches)
-            got: list = []
-            viewer.handler = lambda _c, e: got.append(e)
-            catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
-            viewer.flush()
-            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
-            viewer.session.subscribe(("live", "x"), "video")
-            viewer.flush()
-            await until(lambda: len([e for e in got if isinstance(e, ev.ObjectReceived)]) >= 2, 10, "a frame")
-            late: list = []  # a later subscriber is served from the relay's cache
-            viewer.handler = lambda _c, e: late.append(e)
-            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
-            viewer.flush()
-            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in late), 10, "the cached catalog")
+            t = SimpleNamespace(relay=relay, viewer=viewer, got=[], subscribes=[], fetches=[])
+            conforming_publisher(pub, t.subscribes, t.fetches, **kinds)
+            viewer.handler = lambda _c, e: t.got.append(e)
+            yield t
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscriber_that_does_not_fetch_gets_the_current_catalog_from_the_relay(tmp_path, backend):
+    """A raw subscriber of the relay, unfiltered SUBSCRIBE and no FETCH: the relay's own cache must
+    hold the catalog; then video frames flow. Before: no catalog object ever came."""
+    async with relayed(tmp_path, backend) as t:
+        viewer, got, subscribes, fetches = t.viewer, t.got, t.subscribes, t.fetches
+        catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+        viewer.flush()
+        await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+        viewer.session.subscribe(("live", "x"), "video")
+        viewer.flush()
+        await until(lambda: len([e for e in got if isinstance(e, ev.ObjectReceived)]) >= 2, 10, "a frame")
+        late: list = []  # a later subscriber is served from the relay's cache
+        viewer.handler = lambda _c, e: late.append(e)
+        viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+        viewer.flush()
+        await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in late), 10, "the cached catalog")
     alias = next(e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted) and e.request_id == catalog_rid)
     objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
     assert [bytes(e.payload) for e in objects if e.track_alias == alias] == [CURRENT]
@@ -115,22 +124,15 @@ async def test_a_subscriber_that_does_not_fetch_gets_the_current_catalog_from_th
 async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path):
     """The publisher's next version comes live before the fetched one: subscribers get the newer
     version alone, and the relay keeps it as the current one."""
-    subscribes: list = []
-    fetches: list = []
-    async with serving_relay(tmp_path) as (relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True) as pub,
-                    connect_moq("127.0.0.1", port, insecure=True) as viewer):
-            await _publish(pub)
-            conforming_publisher(pub, subscribes, fetches, newer_live=True)
-            got: list = []
-            viewer.handler = lambda _c, e: got.append(e)
-            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
-            viewer.flush()
-            upstream = lambda: relay._tracks.get((("live", "x"), CATALOG_TRACK))  # noqa: E731
-            await until(lambda: fetches and upstream() is not None and upstream().catalog_fetch is None, 10,
-                        "the relay's catalog FETCH answered")
-            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
-            latest = upstream().fanout.cache.latest()
+    async with relayed(tmp_path, newer_live=True) as t:
+        relay, viewer, got, fetches = t.relay, t.viewer, t.got, t.fetches
+        viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+        viewer.flush()
+        upstream = lambda: relay._tracks.get((("live", "x"), CATALOG_TRACK))  # noqa: E731
+        await until(lambda: fetches and upstream() is not None and upstream().catalog_fetch is None, 10,
+                    "the relay's catalog FETCH answered")
+        await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+        latest = upstream().fanout.cache.latest()
     assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [NEWER]
     assert [bytes(o.payload) for o in latest.objects] == [NEWER]
 
@@ -138,18 +140,11 @@ async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path)
 async def test_a_publisher_without_fetch_still_gives_its_catalog_through_the_relay(tmp_path):
     """The relay's joining FETCH is refused: it subscribes to the catalog unfiltered, which this
     publisher answers with its current version, and the relay's subscriber gets that."""
-    subscribes: list = []
-    fetches: list = []
-    async with serving_relay(tmp_path) as (relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True) as pub,
-                    connect_moq("127.0.0.1", port, insecure=True) as viewer):
-            await _publish(pub)
-            conforming_publisher(pub, subscribes, fetches, without_fetch=True)
-            got: list = []
-            viewer.handler = lambda _c, e: got.append(e)
-            viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
-            viewer.flush()
-            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
+    async with relayed(tmp_path, without_fetch=True) as t:
+        viewer, got, subscribes, fetches = t.viewer, t.got, t.subscribes, t.fetches
+        viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+        viewer.flush()
+        await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
     assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [CURRENT]
     assert [e.filter_type for e in subscribes if e.track_name == CATALOG_TRACK] == [FILTER_LARGEST_OBJECT, None]
     assert len(fetches) == 1
