@@ -140,6 +140,8 @@ class MoqRelay:
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
         self._held_fetches: dict[tuple[int, int], list[ev.FetchRequested]] = {}
         self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
+        # the relay's own Joining FETCHes of relayed catalogs: (id(upstream), its request id)
+        self._catalog_fetches: dict[tuple[int, int], UpstreamTrack] = {}
         self._tasks: list[asyncio.Task] = []
         self._added: dict[tuple[str, ...], tuple] = {}  # namespace -> TrackInfo nodes added (rungs)
         # local broadcast name -> in-process readers told when the tracks added to it change (watch_added)
@@ -567,6 +569,33 @@ class MoqRelay:
         self._fetch_proxies[(id(publisher), rid)] = FetchProxy(conn, event.request_id, publisher, rid)
         log.info("%s: fetch of %s passed to %s", conn.peer, _label(event.namespace, event.track_name), publisher.peer)
 
+    def _catalog_fetch(self, conn: MoqConnection, request_id: int, *, done: bool = False) -> UpstreamTrack | None:
+        """The relayed catalog whose current Joining FETCH this is (``done``: it is over), or None."""
+        key = (id(conn), request_id)
+        upstream = self._catalog_fetches.pop(key, None) if done else self._catalog_fetches.get(key)
+        if upstream is None or upstream.conn is not conn or upstream.catalog_fetch != request_id:
+            return None  # not ours, or one of a subscription since replaced
+        if done:
+            upstream.catalog_fetch = None
+        return upstream
+
+    def _catalog_fetched(self, upstream: UpstreamTrack, code: int | None) -> None:
+        """The catalog's Joining FETCH is over: its group ends; if it brought nothing (refused,
+        reset, empty) and no version came live either, the catalog is subscribed unfiltered."""
+        group = upstream.fetched_group
+        if group is not None:
+            if code is None:
+                upstream.fanout.end_group(group)
+            else:
+                upstream.fanout.reset_group(group, code)
+        if upstream.fanout.cache.latest() is not None or upstream.conn is None or upstream.conn.session.closed:
+            return
+        log.info("%s: its joining FETCH brought no catalog: subscribing to it unfiltered",
+                 _label(upstream.namespace, upstream.track))
+        upstream.conn.session.unsubscribe(upstream.request_id)
+        upstream.unfiltered = True
+        self._resume(upstream, upstream.conn)
+
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
@@ -574,6 +603,13 @@ class MoqRelay:
             p.conn.flush()
 
     def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:
+        upstream = self._catalog_fetch(conn, event.request_id)
+        if upstream is not None:
+            group = upstream.group(event.group)
+            if self._relay_catalog_object(upstream, group, event.object_id, event.payload, event.extensions,
+                                          event.priority):
+                upstream.fetched_group = group
+            return
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
             p.conn.session.send_fetch_object(p.stream(), event.group, event.object_id, event.payload,
@@ -587,6 +623,10 @@ class MoqRelay:
             p.conn.flush()
 
     def _on_FetchEnded(self, conn: MoqConnection, event: ev.FetchEnded) -> None:
+        upstream = self._catalog_fetch(conn, event.request_id, done=True)
+        if upstream is not None:
+            self._catalog_fetched(upstream, event.code)
+            return
         p = self._fetch_proxies.pop((id(conn), event.request_id), None)
         if p is None or p.conn.session.closed:
             return
@@ -675,6 +715,9 @@ class MoqRelay:
         self._by_alias[(id(conn), event.track_alias)] = upstream
         if event.largest is not None and upstream.group_offset == 0:
             upstream.largest = event.largest
+        if upstream.track == CATALOG_TRACK and not upstream.unfiltered and event.largest is not None:
+            # MSF: the SUBSCRIBE brings only later versions; the current one comes by a joining FETCH
+            self._catalog_fetches[(id(conn), upstream.fetch_catalog())] = upstream
         waiting, upstream.waiting = upstream.waiting, []
         for sub_conn, request in waiting:
             if not sub_conn.session.closed:
@@ -682,6 +725,10 @@ class MoqRelay:
                 sub_conn.flush()
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        catalog = self._catalog_fetch(conn, event.request_id, done=True)
+        if catalog is not None:  # the publisher refused our catalog's joining FETCH
+            self._catalog_fetched(catalog, None)
+            return
         proxy = self._fetch_proxies.pop((id(conn), event.request_id), None)
         if proxy is not None:  # a FETCH we passed upstream was refused there
             proxy.fail(event.error_code, event.reason)
@@ -829,16 +876,29 @@ class MoqRelay:
             if upstream.group(event.group) > newest:  # not an older version overtaken by a newer one
                 self._added_tracks(upstream, event.payload)
             return
-        if upstream is not None and upstream.track == CATALOG_TRACK and self._added.get(upstream.namespace):
-            try:  # a relayed broadcast: its catalog lists the tracks nodes added here
-                merged = with_added_tracks(Catalog.from_json(bytes(event.payload)), self._added[upstream.namespace])
-                event = replace(event, payload=merged.to_json())
-            except Exception:  # noqa: BLE001 - an unreadable catalog is passed on as it came
-                pass
+        if upstream is not None and upstream.track == CATALOG_TRACK:
+            self._relay_catalog_object(upstream, upstream.group(event.group), event.object_id, event.payload,
+                                       event.extensions, event.priority)
+            return
         if upstream is not None:
             upstream.fanout.publisher_priority = event.priority
             upstream.fanout.publish_object(upstream.group(event.group), event.object_id, event.payload,
                                            event.extensions or None, time.monotonic())
+
+    def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
+                              priority: int) -> bool:
+        """A relayed catalog's object (live, or from its joining FETCH; ``group`` in relay ids) into
+        its fan-out, unless it is older than what is held; False if it was not taken."""
+        if not upstream.takes(group, object_id):
+            return False
+        if self._added.get(upstream.namespace):
+            try:  # a relayed broadcast: its catalog lists the tracks nodes added here
+                payload = with_added_tracks(Catalog.from_json(bytes(payload)), self._added[upstream.namespace]).to_json()
+            except Exception:  # noqa: BLE001 - an unreadable catalog is passed on as it came
+                pass
+        upstream.fanout.publisher_priority = priority
+        upstream.fanout.publish_object(group, object_id, payload, extensions or None, time.monotonic())
+        return True
 
     def _on_SubgroupEnded(self, conn: MoqConnection, event: ev.SubgroupEnded) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
@@ -897,6 +957,8 @@ class MoqRelay:
             del self._fetch_streams[key]
         for key in [k for k in self._held_fetches if k[0] == id(conn)]:
             del self._held_fetches[key]
+        for key in [k for k in self._catalog_fetches if k[0] == id(conn)]:
+            del self._catalog_fetches[key]
         for key, p in list(self._fetch_proxies.items()):
             if p.upstream is conn:  # the upstream went away mid-fetch
                 del self._fetch_proxies[key]

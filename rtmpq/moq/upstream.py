@@ -2,6 +2,11 @@
 subscription there (or a track the peer PUBLISHed here) feeding a fan-out, with its group ids kept
 rising across a new source session; ``FetchProxy``, a FETCH passed on there and answered back to
 the requester. relay.py decides when they start, move and end.
+
+The catalog is subscribed at the Largest Object and its current version taken by a Joining FETCH
+(MSF: a publisher sends only new versions on SUBSCRIBE), so the relay's own cache holds it for
+subscribers that do not FETCH (relays below, the edge). If that FETCH brings nothing the catalog is
+subscribed again unfiltered, which a publisher that replays its current version answers.
 """
 
 from . import events as ev
@@ -9,7 +14,7 @@ from .fanout import TrackFanout
 from .loc import CATALOG_TRACK
 from .relay_sink import DEFAULT_URGENCY, URGENCY
 from .transport import MoqConnection
-from .wire import StreamResetCode
+from .wire import FILTER_LARGEST_OBJECT, StreamResetCode
 
 
 class UpstreamTrack:
@@ -35,6 +40,11 @@ class UpstreamTrack:
         # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
         self.on_demand = False
         self.forward = True
+        # the catalog's Joining FETCH in progress (its request id), the relay group it fed, and
+        # whether the catalog is subscribed unfiltered after that FETCH brought nothing
+        self.catalog_fetch: int | None = None
+        self.fetched_group: int | None = None
+        self.unfiltered = track != CATALOG_TRACK
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
@@ -43,8 +53,23 @@ class UpstreamTrack:
     def subscribe(self, conn: MoqConnection) -> None:
         self.conn = conn
         self.alias = None
-        self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY))
+        self.catalog_fetch = None
+        self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY),
+                                                 filter_type=None if self.unfiltered else FILTER_LARGEST_OBJECT)
         conn.flush()
+
+    def fetch_catalog(self) -> int:
+        """Joining FETCH of the current catalog version (the subscription's Largest Location's group)."""
+        self.fetched_group = None
+        self.catalog_fetch = self.conn.session.joining_fetch(self.request_id, 0, priority=0)
+        self.conn.flush()
+        return self.catalog_fetch
+
+    def takes(self, group: int, object_id: int) -> bool:
+        """Whether a catalog object (relay group ids) is new here: never a version older than the
+        newest held (it would undo it for every subscriber), nor an object already held."""
+        largest = self.fanout.cache.largest
+        return largest is None or (group, object_id) > largest
 
     def group(self, source_group: int) -> int:
         """The relay's group id for a group id of the current source session."""

@@ -24,7 +24,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
-from ..moq.wire import ObjectStatus, PublishDoneStatus
+from ..moq.wire import FILTER_LARGEST_OBJECT, ObjectStatus, PublishDoneStatus
 from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
@@ -336,11 +336,37 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     by_request: dict[int, _RungPublisher] = {}
     next_alias = [0]
     list_alias = None
+    # MSF: the catalog's current version comes by a joining FETCH of its SUBSCRIBE (at the Largest
+    # Object, as the FETCH needs); if that FETCH brings nothing, the catalog is subscribed unfiltered,
+    # which a relay that replays its current version answers (as subscribe_broadcast does)
+    catalog_fetch: int | None = None
+    catalog_alias: int | None = None
+    catalog_joined = True
 
     def sub(track: str) -> None:
+        joined = track == CATALOG_TRACK and catalog_joined
         requests[session.subscribe(namespace, track, priority=0 if track == CATALOG_TRACK else 128,
+                                   filter_type=FILTER_LARGEST_OBJECT if joined else None,
                                    authorization=token)] = track
         conn.flush()
+
+    def from_catalog_fetch(event):
+        """The event of the catalog's joining FETCH as the loop handles it: a fetched object as an
+        object of the catalog subscription; its end (None) after the fallback if nothing came."""
+        nonlocal catalog_fetch, catalog_joined
+        if isinstance(event, ev.FetchObjectReceived):
+            return ev.ObjectReceived(catalog_alias, event.group, event.subgroup, event.object_id, event.payload,
+                                     event.extensions)
+        if isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
+            catalog_fetch = None
+            if catalog_group < 0:  # no version came, fetched or live
+                log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(name))
+                catalog_joined = False
+                for rid in [r for r, t in requests.items() if t == CATALOG_TRACK]:
+                    del requests[rid]
+                    session.unsubscribe(rid)
+                sub(CATALOG_TRACK)
+        return None
 
     def publish_tracks(infos) -> None:
         for info in infos:
@@ -390,9 +416,15 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     try:
         while True:
             event = await events.get()
+            if catalog_fetch is not None and getattr(event, "request_id", None) == catalog_fetch:
+                event = from_catalog_fetch(event)
             if isinstance(event, ev.SubscribeAccepted):
                 if event.request_id in requests:
                     aliases[event.track_alias] = requests[event.request_id]
+                if requests.get(event.request_id) == CATALOG_TRACK and catalog_joined and event.largest is not None:
+                    catalog_alias = event.track_alias
+                    catalog_fetch = session.joining_fetch(event.request_id, 0, priority=0, authorization=token)
+                    conn.flush()
             elif isinstance(event, ev.RequestFailed):
                 track = requests.pop(event.request_id, None)
                 if track == CATALOG_TRACK:
