@@ -359,7 +359,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                                      event.extensions)
         if isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
             catalog_fetch = None
-            if catalog_group < 0:  # no version came, fetched or live
+            if catalog_track.catalog is None:  # no version came, fetched or live
                 log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(name))
                 catalog_joined = False
                 for rid in [r for r, t in requests.items() if t == CATALOG_TRACK]:
