@@ -86,6 +86,31 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
         server.close()
 
 
+async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = "aioquic", name: str = "live/x",
+                                     deadline: float = 20.0, each=None) -> list:
+    """Everything ``subscribe_broadcast`` yields for ``name`` until the broadcast ends, from a MoQ
+    server whose sessions ``on_connection`` sets up (a publisher written with MoqSession);
+    ``each(item)`` is called on each item as it comes."""
+    from rtmpq.moq.client import subscribe_broadcast
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import connect_moq, serve_moq
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    port = free_port(socket.SOCK_DGRAM)
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, backend=backend, on_connection=on_connection)
+    got: list = []
+    try:
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+            async with asyncio.timeout(deadline):
+                async for item in subscribe_broadcast(conn, name):
+                    got.append(item)
+                    if each is not None:
+                        each(item)
+    finally:
+        server.close()
+    return got
+
+
 async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:
     """GET ``url`` as a player would: (status, body); status 0 when nothing listens. With
     ``until_live``, asks again while the broadcast is not there yet (404/503), up to ``deadline``."""

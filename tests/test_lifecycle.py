@@ -189,6 +189,23 @@ def media_sequence(playlist: bytes) -> int:
     return first + len(re.findall(rb"^#EXTINF", playlist, re.M))
 
 
+async def publish_with_a_player(node, tmp_path, key: str) -> tuple:
+    """A 6 s ffmpeg publish of audio and video to live/<key>, and once the edge lists its audio an
+    HLS player (ffmpeg reading index.m3u8, both streams, into tmp_path/played.md5): (RTMP url,
+    HLS base url, the multivariant playlist, the publish task, the player task)."""
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/{key}"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/{key}"
+    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=6)))
+    await until(lambda: node.registry.get(f"live/{key}") is not None, what="the broadcast")
+    status, multivariant = await http_get(f"{base}/index.m3u8")
+    assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
+    player = asyncio.create_task(run_process(
+        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v", "-map", "0:a",
+         "-f", "framemd5", "-flush_packets", "1", str(tmp_path / "played.md5")], timeout=90))
+    return url, base, multivariant, first, player
+
+
 async def test_a_publisher_back_without_audio_leaves_new_players_video_only_and_its_players_silence(node, tmp_path):
     """ffmpeg publishes audio and video, stops, and comes back within the grace period with `-an`:
     once the new publish's first group is over the audio rendition leaves the multivariant
@@ -196,16 +213,7 @@ async def test_a_publisher_back_without_audio_leaves_new_players_video_only_and_
     for the players already on it (an HLS player stops at the end of any rendition it plays),
     with its discontinuity where the video has one; an HLS player that reads the stream
     throughout (ffmpeg) keeps getting video frames and audio frames past the seam."""
-    need("ffmpeg")
-    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/an"
-    base = f"http://127.0.0.1:{node.edge.address[1]}/live/an"
-    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=6)))
-    await until(lambda: node.registry.get("live/an") is not None, what="the broadcast")
-    status, multivariant = await http_get(f"{base}/index.m3u8")
-    assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
-    player = asyncio.create_task(run_process(
-        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v", "-map", "0:a",
-         "-f", "framemd5", "-flush_packets", "1", str(tmp_path / "played.md5")], timeout=90))
+    url, base, multivariant, first, player = await publish_with_a_player(node, tmp_path, "an")
     rc, out = await first
     assert rc == 0, out
     broadcast = node.registry.get("live/an")
@@ -278,18 +286,9 @@ async def test_a_publisher_back_with_another_audio_format_plays_on_with_a_new_au
     and ffmpeg's differ, so this happens when a streamer switches encoders): the audio playlist goes
     on past the seam with a new init segment of the new format, its discontinuity on the video's
     segment, and an HLS player that reads the stream throughout plays audio past the seam."""
-    need("ffmpeg")
     need("ffprobe")
-    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/fmt"
-    base = f"http://127.0.0.1:{node.edge.address[1]}/live/fmt"
-    first = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "a.flv"), seconds=6)))
-    await until(lambda: node.registry.get("live/fmt") is not None, what="the broadcast")
-    status, multivariant = await http_get(f"{base}/index.m3u8")
-    assert status == 200 and b"TYPE=AUDIO" in multivariant, multivariant.decode()
+    url, base, _, first, player = await publish_with_a_player(node, tmp_path, "fmt")
     md5 = tmp_path / "played.md5"
-    player = asyncio.create_task(run_process(
-        ["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8", "-map", "0:v", "-map", "0:a",
-         "-f", "framemd5", "-flush_packets", "1", str(md5)], timeout=90))
     rc, out = await first
     assert rc == 0, out
     broadcast = node.registry.get("live/fmt")

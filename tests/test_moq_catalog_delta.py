@@ -2,17 +2,15 @@
 track with a delta gets it subscribed (its frames reach the subscriber), and one that removes it
 with a later delta gets it let go. Before deltas were read, the subscription died on the first."""
 
-import asyncio
 import json
 
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
-from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK, EXT_TIMESCALE, EXT_TIMESTAMP
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus
+
+from .conftest import subscribe_to_raw_publisher
 
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", bitrate=2_000_000)
 AUDIO = {"name": "audio", "packaging": "loc", "isLive": True, "role": "audio", "codec": "opus", "timescale": 48000,
@@ -71,22 +69,14 @@ def publisher(conn, unsubscribed: list, later: dict) -> None:
 
 
 async def test_delta_updates_add_and_remove_tracks(tmp_path):
-    cert, key = ensure_self_signed(tmp_path)
     unsubscribed: list = []
     later: dict = {}
-    server = await serve_moq("127.0.0.1", 0, certfile=cert, keyfile=key, backend="aioquic",
-                             on_connection=lambda conn: publisher(conn, unsubscribed, later))
-    port = server._transport.get_extra_info("sockname")[1]
-    got = []
-    try:
-        async with connect_moq("127.0.0.1", port, insecure=True, backend="aioquic", timeout=10) as conn:
-            async with asyncio.timeout(10):
-                async for item in subscribe_broadcast(conn, "live/x"):
-                    got.append(item)
-                    if isinstance(item, Frame) and item.track == "audio":
-                        later["drop_audio"]()  # the priority catalog stream would overtake the frame
-    finally:
-        server.close()
+    def each(item) -> None:
+        if isinstance(item, Frame) and item.track == "audio":
+            later["drop_audio"]()  # the priority catalog stream would overtake the frame
+
+    got = await subscribe_to_raw_publisher(tmp_path, lambda conn: publisher(conn, unsubscribed, later), deadline=10,
+                                           each=each)
     catalogs = [i for i in got if isinstance(i, Catalog)]
     assert [[t.name for t in c.tracks] for c in catalogs] == [["video"], ["video", "audio"], ["video"]]
     assert catalogs[1].track("audio").sample_rate == 48000

@@ -3,16 +3,14 @@ SUBSCRIBE alone brings only versions published from now on (draft 16). Against a
 replays nothing on SUBSCRIBE, a subscriber without the FETCH waited for the catalog to change,
 i.e. forever for a steady broadcast."""
 
-import asyncio
 
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
-from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK, EXT_TIMESCALE, EXT_TIMESTAMP
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, PublishDoneStatus
+
+from .conftest import subscribe_to_raw_publisher
 
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
 CATALOG_GROUP = 7  # the catalog version published before anyone subscribed
@@ -56,20 +54,10 @@ def publisher(conn, subscribes: list, fetches: list) -> None:
 
 
 async def test_the_current_catalog_comes_by_joining_fetch(tmp_path):
-    cert, key = ensure_self_signed(tmp_path)
     fetches: list = []
     subscribes: list = []
-    server = await serve_moq("127.0.0.1", 0, certfile=cert, keyfile=key, backend="aioquic",
-                             on_connection=lambda conn: publisher(conn, subscribes, fetches))
-    port = server._transport.get_extra_info("sockname")[1]
-    got = []
-    try:
-        async with connect_moq("127.0.0.1", port, insecure=True, backend="aioquic", timeout=10) as conn:
-            async with asyncio.timeout(10):  # before the fix: no catalog ever, so no frames
-                async for item in subscribe_broadcast(conn, "live/x"):
-                    got.append(item)
-    finally:
-        server.close()
+    # before the fix: no catalog ever, so no frames, until the deadline
+    got = await subscribe_to_raw_publisher(tmp_path, lambda conn: publisher(conn, subscribes, fetches), deadline=10)
     catalogs = [i for i in got if isinstance(i, Catalog)]
     assert [[t.name for t in c.tracks] for c in catalogs] == [["video"]]
     frames = [f for f in got if isinstance(f, Frame)]

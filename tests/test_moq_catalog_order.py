@@ -2,15 +2,13 @@
 older version can arrive after a newer one. Found in CI: a subscriber that applied the older,
 video-only catalog last let go of the audio track (UNSUBSCRIBE) and received no audio at all."""
 
-import asyncio
 
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.moq import events as ev
-from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus
+
+from .conftest import subscribe_to_raw_publisher
 
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
 AUDIO = TrackInfo(name="audio", kind="audio", codec="mp4a.40.2", init_data=b"\x12\x10")
@@ -46,19 +44,8 @@ def publisher(conn, unsubscribed: list) -> None:
 
 
 async def test_an_older_catalog_arriving_late_does_not_undo_the_newer(tmp_path):
-    cert, key = ensure_self_signed(tmp_path)
     unsubscribed: list = []
-    server = await serve_moq("127.0.0.1", 0, certfile=cert, keyfile=key, backend="aioquic",
-                             on_connection=lambda conn: publisher(conn, unsubscribed))
-    port = server._transport.get_extra_info("sockname")[1]
-    try:
-        async with connect_moq("127.0.0.1", port, insecure=True, backend="aioquic", timeout=10) as conn:
-            got = []
-            async with asyncio.timeout(20):
-                async for item in subscribe_broadcast(conn, "live/x"):
-                    got.append(item)
-    finally:
-        server.close()
+    got = await subscribe_to_raw_publisher(tmp_path, lambda conn: publisher(conn, unsubscribed))
     catalogs = [i for i in got if isinstance(i, Catalog)]
     assert [[t.name for t in c.tracks] for c in catalogs] == [["video", "audio"]]
     assert sorted(bytes(f.payload) for f in got if not isinstance(f, Catalog)) == [b"frame of audio", b"frame of video"]

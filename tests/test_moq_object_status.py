@@ -5,20 +5,17 @@ track for an empty catalog (and failed on it) and for an empty frame on a media 
 relay passed it on as an empty Normal object."""
 
 import asyncio
-import socket
 
 import pytest
 
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.moq import events as ev
 from rtmpq.moq import wire
-from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
+from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
 
-from .conftest import free_port, serving_relay
+from .conftest import serving_relay, subscribe_to_raw_publisher
 
 BACKENDS = ["aioquic", "aiopquic"]
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
@@ -77,18 +74,7 @@ def publisher(conn, ending: str, *, fin: bool = True) -> None:
 async def test_status_objects_are_neither_catalogs_nor_frames(tmp_path, backend, ending):
     """subscribe_broadcast yields the catalog and exactly the real frames; a track ended by an End
     of Track object no longer holds the subscription open."""
-    cert, key = ensure_self_signed(tmp_path)
-    port = free_port(socket.SOCK_DGRAM)
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, backend=backend,
-                             on_connection=lambda conn: publisher(conn, ending))
-    try:
-        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
-            got = []
-            async with asyncio.timeout(20):
-                async for item in subscribe_broadcast(conn, "live/x"):
-                    got.append(item)
-    finally:
-        server.close()
+    got = await subscribe_to_raw_publisher(tmp_path, lambda conn: publisher(conn, ending), backend=backend)
     catalogs = [i for i in got if isinstance(i, Catalog)]
     assert [[t.name for t in c.tracks] for c in catalogs] == [["video", "audio"]]
     frames = sorted(bytes(f.payload) for f in got if not isinstance(f, Catalog))
