@@ -23,7 +23,7 @@ import re
 from collections import deque
 from dataclasses import dataclass
 
-from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tag, parse_video_tag
+from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tracks, parse_video_tracks
 from ..codec.amf_types import UNDEFINED
 from ..codec.flv_types import AUDIO_CODECS, VIDEO_CODECS
 from ..codec.chunk import MAX_CHUNK_STREAMS, MAX_MESSAGE_SIZE, MAX_PARTIAL_BYTES, MIN_CHUNK_SIZE
@@ -362,11 +362,13 @@ class RtmpServerSession:
             self.messages_ignored += 1  # an empty media message (Wowza sends them) carries nothing
             return
         # A malformed FLV tag header fails the connection here, where it can be closed cleanly;
-        # the demuxer downstream then parses only headers known to be whole.
+        # the demuxer downstream then parses only headers known to be whole. Every track of an
+        # E-RTMP multitrack message: one bad track refuses the whole message, before the
+        # recorder or the demuxer has taken any of it.
         if type_id == 9:
-            parse_video_tag(body)
+            parse_video_tracks(body)
         elif type_id == 8:
-            parse_audio_tag(body)
+            parse_audio_tracks(body)
         sink = self._media_sinks.get(stream_id)
         if sink is not None:
             sink(type_id, timestamp, body, None, 0, 0, None)
