@@ -191,17 +191,22 @@ async def redis_server(tmp_path):
     await server.stop()
 
 
-@pytest.fixture(scope="module")
-def source_flv(tmp_path_factory):
-    """8 s of the test encode (B-frames, a GoP every 2 s), as ffmpeg writes FLV."""
+def encode_test_flv(path, size: str = "320x240", audio: bool = True):
+    """8 s of the test encode (B-frames, a GoP every 2 s), as ffmpeg writes FLV: the same frame
+    types and timestamps at any ``size``."""
     import subprocess
 
     from .publishers import AUDIO_ENCODE, VIDEO_ENCODE
 
     need("ffmpeg")
-    path = tmp_path_factory.mktemp("src") / "src.flv"
+    sound = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"] if audio else []
     subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "8", *VIDEO_ENCODE, *AUDIO_ENCODE,
-         "-f", "flv", str(path)], check=True)
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+         *sound, "-t", "8", *VIDEO_ENCODE, *(AUDIO_ENCODE if audio else []), "-f", "flv", str(path)], check=True)
     return path
+
+
+@pytest.fixture(scope="module")
+def source_flv(tmp_path_factory):
+    """8 s of the test encode with its audio (encode_test_flv)."""
+    return encode_test_flv(tmp_path_factory.mktemp("src") / "src.flv")

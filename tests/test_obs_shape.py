@@ -3,7 +3,6 @@ and E-RTMP multitrack messages that carry several tracks each (OBS Enhanced Broa
 
 import asyncio
 import logging
-import subprocess
 from dataclasses import replace
 
 import pytest
@@ -15,8 +14,8 @@ from rtmpq.media.flv import read_flv_tags
 from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
 from rtmpq.rtmp.session import ConnectionFailed, RtmpServerSession
 
-from .conftest import need, start_up_node
-from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, Packet, as_packets, collect_broadcast, probe_packets
+from .conftest import encode_test_flv, start_up_node
+from .publishers import Packet, as_packets, collect_broadcast, probe_packets
 from .rtmp_client import InMemoryPublisher, TcpPublisher
 
 OBS_CSID = 4  # librtmp's RTMP_Write (OBS) sends every FLV tag on chunk stream 4
@@ -177,13 +176,8 @@ async def test_an_obs_shaped_publish_over_tcp_arrives_whole(node, source_flv):
 
 @pytest.fixture(scope="module")
 def small_flv(tmp_path_factory):
-    """The source_flv encode at 160x120: the same frame types and timestamps, other bytes."""
-    need("ffmpeg")
-    path = tmp_path_factory.mktemp("small") / "small.flv"
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30",
-         "-t", "8", *VIDEO_ENCODE, "-f", "flv", str(path)], check=True)
-    return path
+    """The source_flv encode at 160x120, video only: the same frame types and timestamps, other bytes."""
+    return encode_test_flv(tmp_path_factory.mktemp("small") / "small.flv", "160x120", audio=False)
 
 
 def many_tracks(first: bytes, second: bytes) -> bytes:
