@@ -133,11 +133,11 @@ PYAV_PUBLISHER = str(Path(__file__).parent / "pyav_publisher.py")
 
 
 def pyav_publish_args(url: str, reference: str, video: str, audio: str, seconds: float = 3.0,
-                      size: str = "320x240", multitrack: str = "") -> list[str]:
+                      size: str = "320x240", multitrack: str = "", gop: int = 0) -> list[str]:
     """tests/pyav_publisher.py as a subprocess: E-RTMP to ``url`` and the same tags to ``reference``."""
     args = [sys.executable, PYAV_PUBLISHER, url, reference, "--video", video, "--audio", audio,
             "--seconds", str(seconds), "--size", size]
-    return args + (["--multitrack", multitrack] if multitrack else [])
+    return args + (["--multitrack", multitrack] if multitrack else []) + (["--gop", str(gop)] if gop else [])
 
 
 def pyav_packets(path: str) -> dict[int, list[Packet]]:

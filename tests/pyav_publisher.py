@@ -21,17 +21,20 @@ from fractions import Fraction
 
 import av
 
-GOP = 30  # frames: one group per second at 30 fps
-VIDEO_OPTIONS = {
-    "libx265": {"x265-params": f"keyint={GOP}:min-keyint={GOP}:scenecut=0:bframes=0:log-level=error"},
-    "libsvtav1": {"preset": "12"},
-    "libx264": {"preset": "veryfast", "tune": "zerolatency"},
-    "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"},
-}
+GOP = 30  # frames: one group per second at 30 fps (--gop)
+
+
+def video_options(video: str, gop: int) -> dict:
+    return {
+        "libx265": {"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:log-level=error"},
+        "libsvtav1": {"preset": "12"},
+        "libx264": {"preset": "veryfast", "tune": "zerolatency"},
+        "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"},
+    }.get(video, {})
 AUDIO_RATE = {"libopus": 48000, "aac": 44100}
 
 
-def encode(targets: list, video: str, audio: str, size: str, seconds: float, realtime: bool) -> None:
+def encode(targets: list, video: str, audio: str, size: str, seconds: float, realtime: bool, gop: int = GOP) -> None:
     """Encode once; mux every packet, unchanged, into each target (a URL, path or file object)."""
     outputs = [av.open(target, "w", format="flv") for target in targets]
     rate = AUDIO_RATE.get(audio, 48000)
@@ -39,8 +42,8 @@ def encode(targets: list, video: str, audio: str, size: str, seconds: float, rea
     for out in outputs:
         v = out.add_stream(video, rate=30)
         v.width, v.height = map(int, size.split("x"))
-        v.pix_fmt, v.gop_size = "yuv420p", GOP
-        v.options = dict(VIDEO_OPTIONS.get(video, {}))
+        v.pix_fmt, v.gop_size = "yuv420p", gop
+        v.options = video_options(video, gop)
         a = out.add_stream(audio, rate=rate) if audio else None
         if a is not None:
             a.layout = "stereo"
@@ -131,12 +134,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--multitrack", default="")
+    parser.add_argument("--gop", type=int, default=GOP)
     args = parser.parse_args()
     if args.multitrack:
         write_multitrack(args)
     else:
         targets = [args.reference] if args.url == "-" else [args.url, args.reference]
-        encode(targets, args.video, args.audio, args.size, args.seconds, realtime=args.url != "-")
+        encode(targets, args.video, args.audio, args.size, args.seconds, realtime=args.url != "-", gop=args.gop)
 
 
 if __name__ == "__main__":

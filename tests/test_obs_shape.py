@@ -284,3 +284,70 @@ def test_the_session_refuses_a_many_tracks_message_whose_second_track_is_malform
     assert handed_on == tags[:5]
     [failed] = [e for e in client.events() if isinstance(e, ConnectionFailed)]
     assert "multitrack track of" in failed.reason and "past the end" in failed.reason, failed.reason
+
+
+def latest_catalog(out) -> Catalog:
+    return [c for c in out if isinstance(c, Catalog)][-1]
+
+
+def frames_of(out) -> list:
+    return [f for f in out if not isinstance(f, Catalog)]
+
+
+# -- E-RTMP multitrack audio: two AAC tracks (two languages) in each audio message ----------------
+
+@pytest.fixture(scope="module")
+def mono48_flv(tmp_path_factory):
+    """A second AAC encode (48 kHz mono, another tone), audio only."""
+    import subprocess
+
+    from .conftest import need
+
+    need("ffmpeg")
+    path = tmp_path_factory.mktemp("mono48") / "mono48.flv"
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=660:sample_rate=48000", "-t", "9", "-c:a", "aac", "-b:a", "48k", "-ar", "48000",
+                    "-ac", "1", "-f", "flv", str(path)], check=True)
+    return path
+
+
+def many_tracks_audio(first: bytes, second: bytes) -> bytes:
+    """One E-RTMP audio message carrying two legacy AAC tags as tracks 0 and 1 (ManyTracks, mp4a)."""
+    packet_type = first[1]
+    assert first[0] >> 4 == second[0] >> 4 == 10 and second[1] == packet_type
+    out = bytearray([9 << 4 | 5, 1 << 4 | packet_type]) + b"mp4a"  # ExHeader, Multitrack; ManyTracks
+    for track_id, tag in enumerate((first, second)):
+        out += bytes([track_id]) + len(tag[2:]).to_bytes(3, "big") + tag[2:]  # AudioSpecificConfig or a raw frame
+    return bytes(out)
+
+
+def two_language_tags(source, second) -> list:
+    """``source``'s tags, each audio message carrying its AAC frame (track 0) and ``second``'s
+    frame of the same index (track 1): the message's timestamp is both frames' timestamp."""
+    tags = media_tags(source)
+    other = [body for t, _, body in read_flv_tags(str(second)) if t == 8]
+    audio = [i for i, (t, _, _) in enumerate(tags) if t == 8]
+    assert len(other) >= len(audio)
+    for i, body in zip(audio, other):
+        t, ts, first = tags[i]
+        tags[i] = (t, ts, many_tracks_audio(first, body))
+    return tags
+
+
+def test_many_tracks_audio_messages_are_two_audio_tracks(source_flv, mono48_flv):
+    """Every audio message holds track 0 (44.1 kHz stereo) and track 1 (48 kHz mono): the catalog
+    lists ``audio`` and ``audio-1`` with their own sample rate and channels, and each gets exactly
+    its encode's frames, at the message's time."""
+    writer = ObsChunkWriter()
+    tags = two_language_tags(source_flv, mono48_flv)
+    events, out = publish_in_memory(b"".join(writer.write(ts, t, 1, body) for t, ts, body in obs_order(tags)))
+    assert not [e for e in events if isinstance(e, ConnectionFailed)], events
+    catalog = latest_catalog(out)
+    a0, a1 = catalog.track("audio"), catalog.track("audio-1")
+    assert (a0.codec, a0.sample_rate, a0.channels) == ("mp4a.40.2", 44100, 2)
+    assert (a1.codec, a1.sample_rate, a1.channels) == ("mp4a.40.2", 48000, 1)
+    assert [t.name for t in catalog.tracks] == ["video", "audio", "audio-1"]
+    want = expected(source_flv)
+    second = expected(mono48_flv)["audio"]
+    want["audio-1"] = [Packet("audio-1", p.dts, p.pts, q.keyframe, q.size) for p, q in zip(want["audio"], second)]
+    assert by_track(frames_of(out)) == want
