@@ -351,3 +351,67 @@ def test_many_tracks_audio_messages_are_two_audio_tracks(source_flv, mono48_flv)
     second = expected(mono48_flv)["audio"]
     want["audio-1"] = [Packet("audio-1", p.dts, p.pts, q.keyframe, q.size) for p, q in zip(want["audio"], second)]
     assert by_track(frames_of(out)) == want
+
+
+# -- E-RTMP ManyTracksManyCodecs: an AVC track 0 and an HEVC track 1 in each video message ---------
+
+@pytest.fixture(scope="module")
+def hevc_flv(tmp_path_factory):
+    """8 s of HEVC at 160x120 from PyAV's FFmpeg (enhanced FLV), key frames every 60 frames as
+    source_flv's."""
+    import subprocess
+
+    from .publishers import pyav_publish_args
+
+    path = tmp_path_factory.mktemp("hevc") / "hevc.flv"
+    subprocess.run(pyav_publish_args("-", str(path), "libx265", "", seconds=8, size="160x120", gop=60), check=True)
+    return path
+
+
+def many_codecs(avc: bytes, hevc: bytes) -> bytes:
+    """One E-RTMP video message carrying a legacy AVC tag as track 0 (avc1) and an enhanced HEVC
+    tag as track 1 (hvc1), ManyTracksManyCodecs: each track names its FourCC."""
+    frame_type, packet_type = avc[0] >> 4, avc[1]
+    hevc_type = hevc[0] & 0x0F
+    assert (hevc[0] >> 4) & 7 == frame_type and bytes(hevc[1:5]) == b"hvc1"
+    assert hevc_type == packet_type or (hevc_type, packet_type) == (3, 1)
+    avc_data = avc[5:] if packet_type == 0 else avc[2:]  # CodedFrames: SI24 composition time, NAL units
+    hevc_data = b"\0\0\0" + hevc[5:] if hevc_type == 3 else hevc[5:]  # CodedFramesX: composition time 0
+    out = bytearray([0x80 | frame_type << 4 | 6, 2 << 4 | packet_type])
+    for track_id, (fourcc, data) in enumerate(((b"avc1", avc_data), (b"hvc1", hevc_data))):
+        out += fourcc + bytes([track_id]) + len(data).to_bytes(3, "big") + data
+    return bytes(out)
+
+
+def avc_hevc_tags(source, hevc) -> list:
+    """``source``'s tags, each AVC sequence start or frame message also carrying ``hevc``'s of the
+    same index (its metadata packet left out): the message's timestamp is both frames'."""
+    tags = media_tags(source)
+    hevc_tags = [body for t, _, body in read_flv_tags(str(hevc)) if t == 9 and body[0] & 0x0F in (0, 1, 3)]
+    video = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[1] in (0, 1)]
+    assert len(video) == len(hevc_tags)
+    for i, body in zip(video, hevc_tags):
+        t, ts, avc = tags[i]
+        tags[i] = (t, ts, many_codecs(avc, body))
+    return tags
+
+
+def test_many_tracks_many_codecs_messages_are_an_avc_and_an_hevc_track(source_flv, hevc_flv):
+    """Every video message holds an AVC track 0 (320x240) and an HEVC track 1 (160x120): each is
+    in the catalog with its own codec and size, and gets exactly its encode's frames at the
+    message's time (each with its own composition time)."""
+    from .publishers import pyav_packets
+
+    writer = ObsChunkWriter()
+    tags = avc_hevc_tags(source_flv, hevc_flv)
+    events, out = publish_in_memory(b"".join(writer.write(ts, t, 1, body) for t, ts, body in obs_order(tags)))
+    assert not [e for e in events if isinstance(e, ConnectionFailed)], events
+    catalog = latest_catalog(out)
+    v0, v1 = catalog.track("video"), catalog.track("video-1")
+    assert v0.codec.startswith("avc1.") and v1.codec.startswith("hvc1."), (v0.codec, v1.codec)
+    assert (v0.width, v0.height, v1.width, v1.height) == (320, 240, 160, 120)
+    want = expected(source_flv)
+    [hevc] = pyav_packets(str(hevc_flv)).values()
+    want["video-1"] = [Packet("video-1", p.dts, p.dts + q.pts - q.dts, q.keyframe, q.size)
+                       for p, q in zip(want["video"], hevc, strict=True)]
+    assert by_track(frames_of(out)) == want
