@@ -36,13 +36,16 @@ class ObsChunkWriter:
     continuations. A delta is the 32-bit difference from the previous message of the chunk
     stream, whatever its track: when audio and video interleave out of order it is "negative",
     a large unsigned number in the extended field, repeated in the continuation chunks.
+    With ``reuse_headers``, a message whose delta, length and type all repeat the previous one's
+    starts with a fmt 3 chunk (the whole header reused, delta included).
     Independent of rtmpq's ChunkWriter, which falls back to fmt 0 when time goes backwards."""
 
-    def __init__(self, csid: int = OBS_CSID, chunk_size: int = OBS_CHUNK_SIZE) -> None:
+    def __init__(self, csid: int = OBS_CSID, chunk_size: int = OBS_CHUNK_SIZE, reuse_headers: bool = False) -> None:
         self.csid = csid
         self.chunk_size = chunk_size
-        self.last = None  # (timestamp, length, type id) of the previous message
-        self.fmts = {0: 0, 1: 0, 2: 0}
+        self.reuse_headers = reuse_headers
+        self.last = None  # (timestamp, length, type id, delta) of the previous message
+        self.fmts = {0: 0, 1: 0, 2: 0, 3: 0}  # the first chunk's fmt, per message
         self.backward_deltas = 0  # deltas >= 2**31: time went back
         self.extended_continuations = 0  # continuation chunks that repeated an extended field
 
@@ -52,13 +55,16 @@ class ObsChunkWriter:
             fmt, field = 0, timestamp
         else:
             field = (timestamp - self.last[0]) & 0xFFFFFFFF
-            fmt = 2 if self.last[1:] == (len(body), type_id) else 1
+            fmt = 2 if self.last[1:3] == (len(body), type_id) else 1
+            if fmt == 2 and self.reuse_headers and self.last[3] == field:
+                fmt = 3
             self.backward_deltas += field >= 0x80000000
         self.fmts[fmt] += 1
-        self.last = (timestamp, len(body), type_id)
+        self.last = (timestamp, len(body), type_id, field)
         ext = field.to_bytes(4, "big") if field >= 0xFFFFFF else b""
         out = bytearray([fmt << 6 | self.csid])
-        out += (0xFFFFFF if ext else field).to_bytes(3, "big")
+        if fmt < 3:
+            out += (0xFFFFFF if ext else field).to_bytes(3, "big")
         if fmt <= 1:
             out += len(body).to_bytes(3, "big") + bytes([type_id])
         if fmt == 0:
@@ -414,4 +420,39 @@ def test_many_tracks_many_codecs_messages_are_an_avc_and_an_hevc_track(source_fl
     [hevc] = pyav_packets(str(hevc_flv)).values()
     want["video-1"] = [Packet("video-1", p.dts, p.dts + q.pts - q.dts, q.keyframe, q.size)
                        for p, q in zip(want["video"], hevc, strict=True)]
+    assert by_track(frames_of(out)) == want
+
+
+# -- fmt 3 starting a new message: the previous message's whole header, delta included -------------
+
+@pytest.fixture(scope="module")
+def ac3_flv(tmp_path_factory):
+    """4 s of H.264 and AC-3 (48 kHz: every frame 1536 samples, 32 ms, and of one size) from
+    PyAV's FFmpeg (enhanced FLV)."""
+    import subprocess
+
+    from .publishers import pyav_publish_args
+
+    path = tmp_path_factory.mktemp("ac3") / "ac3.flv"
+    subprocess.run(pyav_publish_args("-", str(path), "libx264", "ac3", seconds=4), check=True)
+    return path
+
+
+@pytest.mark.parametrize("offset", [0, 0xFFFFFF - 1500, 2**32 - 1500])
+def test_fmt3_headers_that_start_messages_repeat_the_previous_delta(ac3_flv, offset):
+    """A publisher with audio on its own chunk stream: AC-3 frames of one size 32 ms apart, so
+    after the first fmt 2 every audio message starts with a bare fmt 3 chunk (legal RTMP: the
+    previous header again, its delta added once more). Every frame arrives at its time, also when
+    the first (fmt 0) timestamp was extended and when time wraps at 2**32."""
+    from .publishers import pyav_packets
+
+    audio, video = ObsChunkWriter(csid=OBS_CSID, reuse_headers=True), ObsChunkWriter(csid=6, reuse_headers=True)
+    stream = b"".join((audio if t == 8 else video).write(ts + offset, t, 1, body)
+                      for t, ts, body in obs_order(media_tags(ac3_flv)))
+    assert audio.fmts[3] > 100 and audio.fmts[0] == 1, audio.fmts  # the shape the test is about
+    events, out = publish_in_memory(stream)
+    assert not [e for e in events if isinstance(e, ConnectionFailed)], events
+    assert latest_catalog(out).track("audio").codec == "ac-3"
+    want = {p[0].track: [replace(q, dts=q.dts + offset, pts=q.pts + offset) for q in p]
+            for p in pyav_packets(str(ac3_flv)).values()}
     assert by_track(frames_of(out)) == want
