@@ -3,6 +3,7 @@ and E-RTMP multitrack messages that carry several tracks each (OBS Enhanced Broa
 
 import asyncio
 import logging
+import subprocess
 from dataclasses import replace
 
 import pytest
@@ -14,8 +15,8 @@ from rtmpq.media.flv import read_flv_tags
 from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
 from rtmpq.rtmp.session import ConnectionFailed, RtmpServerSession
 
-from .conftest import encode_test_flv, start_up_node
-from .publishers import Packet, as_packets, collect_broadcast, probe_packets
+from .conftest import encode_test_flv, need, start_up_node
+from .publishers import Packet, as_packets, collect_broadcast, probe_packets, pyav_packets, pyav_publish_args
 from .rtmp_client import InMemoryPublisher, TcpPublisher
 
 OBS_CSID = 4  # librtmp's RTMP_Write (OBS) sends every FLV tag on chunk stream 4
@@ -305,10 +306,6 @@ def frames_of(out) -> list:
 @pytest.fixture(scope="module")
 def mono48_flv(tmp_path_factory):
     """A second AAC encode (48 kHz mono, another tone), audio only."""
-    import subprocess
-
-    from .conftest import need
-
     need("ffmpeg")
     path = tmp_path_factory.mktemp("mono48") / "mono48.flv"
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
@@ -327,10 +324,10 @@ def many_tracks_audio(first: bytes, second: bytes) -> bytes:
     return bytes(out)
 
 
-def two_language_tags(source, second) -> list:
-    """``source``'s tags, each audio message carrying its AAC frame (track 0) and ``second``'s
-    frame of the same index (track 1): the message's timestamp is both frames' timestamp."""
-    tags = media_tags(source)
+def two_language_tags(tags: list, second) -> list:
+    """The tags, each audio message carrying its AAC frame (track 0) and ``second``'s frame of the
+    same index (track 1): the message's timestamp is both frames' timestamp."""
+    tags = list(tags)
     other = [body for t, _, body in read_flv_tags(str(second)) if t == 8]
     audio = [i for i, (t, _, _) in enumerate(tags) if t == 8]
     assert len(other) >= len(audio)
@@ -345,18 +342,26 @@ def test_many_tracks_audio_messages_are_two_audio_tracks(source_flv, mono48_flv)
     lists ``audio`` and ``audio-1`` with their own sample rate and channels, and each gets exactly
     its encode's frames, at the message's time."""
     writer = ObsChunkWriter()
-    tags = two_language_tags(source_flv, mono48_flv)
+    tags = two_language_tags(media_tags(source_flv), mono48_flv)
     events, out = publish_in_memory(b"".join(writer.write(ts, t, 1, body) for t, ts, body in obs_order(tags)))
     assert not [e for e in events if isinstance(e, ConnectionFailed)], events
     catalog = latest_catalog(out)
+    assert_two_languages(catalog)
+    assert [t.name for t in catalog.tracks] == ["video", "audio", "audio-1"]
+    assert by_track(frames_of(out)) == with_second_language(expected(source_flv), mono48_flv)
+
+
+def assert_two_languages(catalog: Catalog) -> None:
     a0, a1 = catalog.track("audio"), catalog.track("audio-1")
     assert (a0.codec, a0.sample_rate, a0.channels) == ("mp4a.40.2", 44100, 2)
     assert (a1.codec, a1.sample_rate, a1.channels) == ("mp4a.40.2", 48000, 1)
-    assert [t.name for t in catalog.tracks] == ["video", "audio", "audio-1"]
-    want = expected(source_flv)
-    second = expected(mono48_flv)["audio"]
-    want["audio-1"] = [Packet("audio-1", p.dts, p.pts, q.keyframe, q.size) for p, q in zip(want["audio"], second)]
-    assert by_track(frames_of(out)) == want
+
+
+def with_second_language(want: dict, second) -> dict:
+    """``want`` and audio-1: ``second``'s frames at the times of track 0's of the same index."""
+    other = expected(second)["audio"]
+    return want | {"audio-1": [Packet("audio-1", p.dts, p.pts, q.keyframe, q.size)
+                               for p, q in zip(want["audio"], other)]}
 
 
 # -- E-RTMP ManyTracksManyCodecs: an AVC track 0 and an HEVC track 1 in each video message ---------
@@ -365,10 +370,6 @@ def test_many_tracks_audio_messages_are_two_audio_tracks(source_flv, mono48_flv)
 def hevc_flv(tmp_path_factory):
     """8 s of HEVC at 160x120 from PyAV's FFmpeg (enhanced FLV), key frames every 60 frames as
     source_flv's."""
-    import subprocess
-
-    from .publishers import pyav_publish_args
-
     path = tmp_path_factory.mktemp("hevc") / "hevc.flv"
     subprocess.run(pyav_publish_args("-", str(path), "libx265", "", seconds=8, size="160x120", gop=60), check=True)
     return path
@@ -389,10 +390,10 @@ def many_codecs(avc: bytes, hevc: bytes) -> bytes:
     return bytes(out)
 
 
-def avc_hevc_tags(source, hevc) -> list:
-    """``source``'s tags, each AVC sequence start or frame message also carrying ``hevc``'s of the
-    same index (its metadata packet left out): the message's timestamp is both frames'."""
-    tags = media_tags(source)
+def avc_hevc_tags(tags: list, hevc) -> list:
+    """The tags, each AVC sequence start or frame message also carrying ``hevc``'s of the same
+    index (its metadata packet left out): the message's timestamp is both frames'."""
+    tags = list(tags)
     hevc_tags = [body for t, _, body in read_flv_tags(str(hevc)) if t == 9 and body[0] & 0x0F in (0, 1, 3)]
     video = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[1] in (0, 1)]
     assert len(video) == len(hevc_tags)
@@ -406,21 +407,46 @@ def test_many_tracks_many_codecs_messages_are_an_avc_and_an_hevc_track(source_fl
     """Every video message holds an AVC track 0 (320x240) and an HEVC track 1 (160x120): each is
     in the catalog with its own codec and size, and gets exactly its encode's frames at the
     message's time (each with its own composition time)."""
-    from .publishers import pyav_packets
-
     writer = ObsChunkWriter()
-    tags = avc_hevc_tags(source_flv, hevc_flv)
+    tags = avc_hevc_tags(media_tags(source_flv), hevc_flv)
     events, out = publish_in_memory(b"".join(writer.write(ts, t, 1, body) for t, ts, body in obs_order(tags)))
     assert not [e for e in events if isinstance(e, ConnectionFailed)], events
-    catalog = latest_catalog(out)
+    assert_avc_and_hevc(latest_catalog(out))
+    assert by_track(frames_of(out)) == with_hevc_track(expected(source_flv), hevc_flv)
+
+
+def assert_avc_and_hevc(catalog: Catalog) -> None:
     v0, v1 = catalog.track("video"), catalog.track("video-1")
     assert v0.codec.startswith("avc1.") and v1.codec.startswith("hvc1."), (v0.codec, v1.codec)
     assert (v0.width, v0.height, v1.width, v1.height) == (320, 240, 160, 120)
-    want = expected(source_flv)
+
+
+def with_hevc_track(want: dict, hevc_flv) -> dict:
+    """``want`` and video-1: the HEVC frames at the times of track 0's of the same index, each
+    with its own composition time."""
     [hevc] = pyav_packets(str(hevc_flv)).values()
-    want["video-1"] = [Packet("video-1", p.dts, p.dts + q.pts - q.dts, q.keyframe, q.size)
-                       for p, q in zip(want["video"], hevc, strict=True)]
-    assert by_track(frames_of(out)) == want
+    return want | {"video-1": [Packet("video-1", p.dts, p.dts + q.pts - q.dts, q.keyframe, q.size)
+                               for p, q in zip(want["video"], hevc, strict=True)]}
+
+
+async def test_many_tracks_audio_and_many_codecs_video_over_tcp(node, source_flv, mono48_flv, hevc_flv):
+    """Both at once over TCP into `rtmpq up` (shared reader, fast path): two AAC tracks in every
+    audio message, an AVC and an HEVC track in every video message; four tracks in the catalog,
+    each with exactly its frames."""
+    collector = asyncio.create_task(collect_broadcast(node.registry, "live/mt"))
+    client = await obs_publish(node.rtmp.address[1], "mt")
+    writer = ObsChunkWriter()
+    tags = avc_hevc_tags(two_language_tags(media_tags(source_flv), mono48_flv), hevc_flv)
+    for t, ts, body in obs_order(tags):
+        client.writer.write(writer.write(ts, t, client.stream_id, body))
+        await client.writer.drain()
+    client.command(0, "deleteStream", 6.0, None, float(client.stream_id))
+    catalogs, frames = await collector
+    client.close()
+    assert_two_languages(catalogs[-1])
+    assert_avc_and_hevc(catalogs[-1])
+    want = with_hevc_track(with_second_language(expected(source_flv), mono48_flv), hevc_flv)
+    assert by_track(frames) == want
 
 
 # -- fmt 3 starting a new message: the previous message's whole header, delta included -------------
@@ -429,10 +455,6 @@ def test_many_tracks_many_codecs_messages_are_an_avc_and_an_hevc_track(source_fl
 def ac3_flv(tmp_path_factory):
     """4 s of H.264 and AC-3 (48 kHz: every frame 1536 samples, 32 ms, and of one size) from
     PyAV's FFmpeg (enhanced FLV)."""
-    import subprocess
-
-    from .publishers import pyav_publish_args
-
     path = tmp_path_factory.mktemp("ac3") / "ac3.flv"
     subprocess.run(pyav_publish_args("-", str(path), "libx264", "ac3", seconds=4), check=True)
     return path
@@ -444,8 +466,6 @@ def test_fmt3_headers_that_start_messages_repeat_the_previous_delta(ac3_flv, off
     after the first fmt 2 every audio message starts with a bare fmt 3 chunk (legal RTMP: the
     previous header again, its delta added once more). Every frame arrives at its time, also when
     the first (fmt 0) timestamp was extended and when time wraps at 2**32."""
-    from .publishers import pyav_packets
-
     audio, video = ObsChunkWriter(csid=OBS_CSID, reuse_headers=True), ObsChunkWriter(csid=6, reuse_headers=True)
     stream = b"".join((audio if t == 8 else video).write(ts + offset, t, 1, body)
                       for t, ts, body in obs_order(media_tags(ac3_flv)))
