@@ -25,12 +25,15 @@ GOP = 30  # frames: one group per second at 30 fps (--gop)
 
 
 def video_options(video: str, gop: int) -> dict:
+    """The encoder's options; key frames every ``gop`` frames."""
     return {
         "libx265": {"x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:log-level=error"},
         "libsvtav1": {"preset": "12"},
         "libx264": {"preset": "veryfast", "tune": "zerolatency"},
         "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"},
     }.get(video, {})
+
+
 AUDIO_RATE = {"libopus": 48000, "aac": 44100}
 
 

@@ -1,5 +1,6 @@
-"""Publishers shaped like OBS: audio and video interleaved on one chunk stream with delta headers,
-and E-RTMP multitrack messages that carry several tracks each (OBS Enhanced Broadcasting)."""
+"""Publishers shaped like OBS: audio and video interleaved on one chunk stream with delta headers
+(and fmt 3 headers that start messages), and E-RTMP multitrack messages that carry several tracks
+each (OBS Enhanced Broadcasting): AVC renditions, an AVC and an HEVC track, two AAC tracks."""
 
 import asyncio
 import logging
@@ -136,9 +137,8 @@ def test_obs_interleaved_delta_headers_give_every_frame_at_its_time(source_flv, 
     assert writer.backward_deltas > 100 and writer.extended_continuations > 0  # the key frames
     events, out = publish_in_memory(stream)
     assert not [e for e in events if isinstance(e, ConnectionFailed)], events
-    frames = [f for f in out if not isinstance(f, Catalog)]
-    assert by_track(frames) == expected(source_flv, offset)
-    assert [t.name for t in [c for c in out if isinstance(c, Catalog)][-1].tracks] == ["video", "audio"]
+    assert by_track(frames_of(out)) == expected(source_flv, offset)
+    assert [t.name for t in latest_catalog(out).tracks] == ["video", "audio"]
 
 
 async def obs_publish(port: int, key: str) -> TcpPublisher:
