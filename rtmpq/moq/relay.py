@@ -781,7 +781,7 @@ class MoqRelay:
         FORWARD state. FORWARD=1 starts delivery as the filter says; FORWARD=0 stops it, resetting
         the groups in progress (the draft sends no objects in that state)."""
         s = self._subs.get((id(conn), event.existing_request_id))
-        if s is None:
+        if s is None:  # it ended (an id never used closed the session in MoqSession)
             conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
             return
         if event.forward is not None and event.forward != s.forward:
