@@ -93,6 +93,38 @@ async def _events_until(queue: asyncio.Queue, done) -> list:
     return got
 
 
+def answer_with_status_objects(pub, catalog_status: int, video_status: int, subscribed: list) -> None:
+    """``pub`` answers each SUBSCRIBE (track names go to ``subscribed``): the catalog, one group
+    ended by ``catalog_status``; video, two groups, the second ended by ``video_status``; every
+    stream left open."""
+    aliases = iter(range(100))
+
+    def on_publisher_event(_conn, event) -> None:
+        if not isinstance(event, ev.SubscribeRequested):
+            return
+        alias = next(aliases)
+        subscribed.append(event.track_name)
+        pub.session.subscribe_ok(event.request_id, alias)
+        if event.track_name == CATALOG_TRACK:
+            send_group(pub.session, alias, 0, [CATALOG.to_json()], catalog_status, fin=False)
+        else:
+            send_group(pub.session, alias, 0, media("video", 0), ObjectStatus.END_OF_GROUP, fin=False)
+            send_group(pub.session, alias, 1, media("video", 1), video_status, fin=False)
+        pub.flush()
+
+    pub.handler = on_publisher_event
+
+
+def subscribe_catalog_and_video(viewer) -> tuple[asyncio.Queue, int, int]:
+    """The viewer's events go to the queue returned, with its catalog and video request ids."""
+    vq: asyncio.Queue = asyncio.Queue()
+    viewer.handler = lambda _c, e: vq.put_nowait(e)
+    catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
+    video_rid = viewer.session.subscribe(("live", "x"), "video")
+    viewer.flush()
+    return vq, catalog_rid, video_rid
+
+
 @pytest.mark.parametrize("status", [ObjectStatus.END_OF_GROUP, ObjectStatus.END_OF_TRACK])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path, backend, status):
@@ -108,28 +140,9 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
             pub.flush()
             answer = await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
             assert answer[-1].request_id == announced
-            aliases = iter(range(100))
-            subscribed = []
-
-            def on_publisher_event(_conn, event) -> None:
-                if not isinstance(event, ev.SubscribeRequested):
-                    return
-                alias = next(aliases)
-                subscribed.append(event.track_name)
-                pub.session.subscribe_ok(event.request_id, alias)
-                if event.track_name == CATALOG_TRACK:
-                    send_group(pub.session, alias, 0, [CATALOG.to_json()], ObjectStatus.END_OF_GROUP, fin=False)
-                else:
-                    send_group(pub.session, alias, 0, media("video", 0), ObjectStatus.END_OF_GROUP, fin=False)
-                    send_group(pub.session, alias, 1, media("video", 1), status, fin=False)
-                pub.flush()
-
-            pub.handler = on_publisher_event
-            vq: asyncio.Queue = asyncio.Queue()
-            viewer.handler = lambda _c, e: vq.put_nowait(e)
-            catalog_rid = viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
-            video_rid = viewer.session.subscribe(("live", "x"), "video")
-            viewer.flush()
+            subscribed: list = []
+            answer_with_status_objects(pub, ObjectStatus.END_OF_GROUP, status, subscribed)
+            vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
 
             def all_ended(got) -> bool:
                 return len([e for e in got if isinstance(e, ev.SubgroupEnded)]) >= 3
@@ -152,3 +165,38 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
     video_groups = sorted({e.group for e in objects if track[e.track_alias] == "video"})
     assert ended == sorted([(CATALOG_TRACK, g) for g in catalog_groups] + [("video", g) for g in video_groups])
     assert len(video_groups) == 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_end_of_track_ends_the_relayed_track_without_publish_done(tmp_path, backend, monkeypatch):
+    """A remote publisher ends each track with an End of Track object, sends no PUBLISH_DONE and
+    keeps its session and streams open: the relay's subscriber gets every object and then
+    PUBLISH_DONE (TRACK_ENDED) for each track, once its groups have ended (not after a grace
+    period: it is made too long to be what ends them here)."""
+    from rtmpq.moq import relay as relay_module
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 60.0)
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
+            pq: asyncio.Queue = asyncio.Queue()
+            pub.handler = lambda _c, e: pq.put_nowait(e)
+            pub.session.publish_namespace(("live", "x"))
+            pub.flush()
+            await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
+            answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
+            vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
+
+            def both_done(got) -> bool:
+                # PUBLISH_DONE can overtake the streams it counts: those end too (FIN or reset)
+                done = {e.request_id: e.stream_count for e in got if isinstance(e, ev.PublishDoneReceived)}
+                streams = len([e for e in got if isinstance(e, (ev.SubgroupEnded, ev.SubgroupReset))])
+                return done.keys() == {catalog_rid, video_rid} and streams >= sum(done.values())
+
+            got = await _events_until(vq, both_done)
+    done = {e.request_id: e.status for e in got if isinstance(e, ev.PublishDoneReceived)}
+    assert done == {catalog_rid: PublishDoneStatus.TRACK_ENDED, video_rid: PublishDoneStatus.TRACK_ENDED}
+    accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
+    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    assert [bytes(e.payload) for e in objects if e.track_alias == accepted[catalog_rid]] == [CATALOG.to_json()]
+    assert sorted(bytes(e.payload) for e in objects if e.track_alias == accepted[video_rid]) == sorted(
+        media("video", 0) + media("video", 1))

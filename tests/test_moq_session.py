@@ -270,3 +270,37 @@ def test_a_raised_max_request_id_and_one_goaway_are_taken(tmp_path):
     client_events, _ = pair.pump()
     assert closed_with(client_events) is None and pair.client._peer_max_request_id == before + 10
     assert ev.GoawayReceived("moqt://other:4443/") in client_events
+
+
+@pytest.mark.parametrize("existing", ["never made by the client", "never made by the server"])
+def test_a_request_update_of_a_request_never_made_closes_the_session(tmp_path, existing):
+    """Draft 16 REQUEST_UPDATE: an invalid Existing Request ID MUST close the session with
+    PROTOCOL_VIOLATION (not a REQUEST_ERROR, as for a request that existed and has ended)."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    pair.client.subscribe(NS, "video")  # the client's id 0 exists: ids from 2 on were never used
+    pair.pump()
+    unused = 2 if existing == "never made by the client" else 1  # the server made no request
+    pair.client._send_control(wire.RequestUpdate(pair.client._new_request_id(), unused, {wire.PARAM_FORWARD: 0}))
+    _, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, server_events
+
+
+@pytest.mark.parametrize("existing", ["ended subscribe", "the peer's publish"])
+def test_a_request_update_of_a_request_once_made_is_passed_on(tmp_path, existing):
+    """A request that has ended (its refusal crossed the update) or a PUBLISH of the peer's is no
+    protocol violation: the session stays, and the update is for the application to answer."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    if existing == "ended subscribe":
+        rid = pair.client.subscribe(NS, "video")
+        pair.pump()
+        pair.server.request_error(rid, RequestError.DOES_NOT_EXIST, "no such track")
+    else:
+        rid = pair.server.publish(NS, "video", 1)
+    pair.pump()
+    update = pair.client.request_update(rid, forward=False)
+    _, server_events = pair.pump()
+    assert closed_with(server_events) is None
+    assert ev.RequestUpdated(update, rid, False) in server_events

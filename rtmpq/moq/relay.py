@@ -781,7 +781,7 @@ class MoqRelay:
         FORWARD state. FORWARD=1 starts delivery as the filter says; FORWARD=0 stops it, resetting
         the groups in progress (the draft sends no objects in that state)."""
         s = self._subs.get((id(conn), event.existing_request_id))
-        if s is None:
+        if s is None:  # it ended (an id never used closed the session in MoqSession)
             conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
             return
         if event.forward is not None and event.forward != s.forward:
@@ -867,9 +867,17 @@ class MoqRelay:
         if event.status != ObjectStatus.NORMAL:
             # End of Group / End of Track (the parser lets no other status through): no object to
             # pass on (never an empty Normal one), the group ends here for every subscriber, as its
-            # FIN would end it. The track itself ends with the publisher's PUBLISH_DONE.
-            if upstream is not None:
-                upstream.fanout.end_group(upstream.group(event.group))
+            # FIN would end it
+            if upstream is None:
+                return
+            group = upstream.group(event.group)
+            upstream.fanout.end_group(group)
+            if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
+                # the track is over even if no PUBLISH_DONE follows: like one whose stream count is
+                # unknown, it ends downstream once its groups have, or after the late-stream grace
+                upstream.end_of_track = group
+                self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
+            self._stream_finished(upstream, finished=0)
             return
         if upstream is not None and upstream.track == RENDITIONS_TRACK:
             newest = upstream.last_group
@@ -912,9 +920,11 @@ class MoqRelay:
             upstream.fanout.reset_group(upstream.group(event.group), event.code)
             self._stream_finished(upstream)
 
-    def _stream_finished(self, upstream: UpstreamTrack) -> None:
-        upstream.streams_done += 1
+    def _stream_finished(self, upstream: UpstreamTrack, finished: int = 1) -> None:
+        upstream.streams_done += finished
         if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
+            self._end_upstream(upstream)
+        elif upstream.end_of_track is not None and upstream.groups_ended():
             self._end_upstream(upstream)
 
     def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:
@@ -985,7 +995,7 @@ class MoqRelay:
         the source (a restarted ingest or relay above) comes back; the group in progress ends."""
         if upstream.alias is not None:
             self._by_alias.pop((id(upstream.conn), upstream.alias), None)
-        if self.upstream_grace <= 0 or upstream.streams_expected is not None:
+        if self.upstream_grace <= 0 or upstream.ended():
             self._end_upstream(upstream)  # no grace, or the publisher had already said it was done
             return
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now

@@ -686,6 +686,13 @@ class MoqSession:
             self._open_requests[rid] = kind
         self._grant_more()
 
+    def _ever_requested(self, rid: int) -> bool:
+        """Whether ``rid`` is the id of a request either side has made in this session (a
+        subscriber may update a subscription the publisher made with PUBLISH: one of our ids)."""
+        if (rid - self._expected_peer_request) & 1:  # of our parity
+            return rid < self._next_request_id
+        return rid < self._expected_peer_request or rid in self._early_peer_requests
+
     def _request_closed(self, rid: int) -> None:
         if self._open_requests.pop(rid, None) is not None:
             self._grant_more()
@@ -808,6 +815,10 @@ class MoqSession:
                                       msg.track_alias, self._authorization(msg.params), bool(forward)),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
+            if not self._ever_requested(msg.existing_request_id):
+                # draft 16: an invalid Existing Request ID closes the session (one that existed but
+                # has ended is a race the peer cannot avoid: that gets REQUEST_ERROR)
+                raise MoqProtocolError(f"REQUEST_UPDATE of request {msg.existing_request_id}, never made")
             self._check_request_id(msg.request_id, None)  # answered at once
             forward = msg.params.get(wire.PARAM_FORWARD)
             if forward not in (None, 0, 1):

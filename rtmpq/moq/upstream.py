@@ -31,6 +31,7 @@ class UpstreamTrack:
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
+        self.end_of_track: int | None = None  # the relay group of an End of Track object
         # continuity across a new source session: its group ids are shifted above the last one seen
         self.last_group = -1
         self.group_offset = 0
@@ -70,6 +71,15 @@ class UpstreamTrack:
         newest held (it would undo it for every subscriber), nor an object already held."""
         largest = self.fanout.cache.largest
         return largest is None or (group, object_id) > largest
+
+    def ended(self) -> bool:
+        """Whether the publisher said the track is over (PUBLISH_DONE or End of Track)."""
+        return self.streams_expected is not None or self.end_of_track is not None
+
+    def groups_ended(self) -> bool:
+        """After an End of Track: whether every group held up to its group has ended (groups with
+        no stream seen yet cannot be known: the late-stream grace covers those)."""
+        return all(g.complete for g in self.fanout.cache.groups() if g.group_id <= self.end_of_track)
 
     def group(self, source_group: int) -> int:
         """The relay's group id for a group id of the current source session."""
