@@ -88,6 +88,16 @@ def _raw(parts) -> tuple[bytes, ...]:
     return tuple(p.encode() if isinstance(p, str) else bytes(p) for p in parts)
 
 
+def _forward(params: dict, default: bool | None = True) -> bool | None:
+    """A request's FORWARD parameter (0 or 1; anything else closes the session), ``default`` when absent."""
+    forward = params.get(wire.PARAM_FORWARD)
+    if forward is None:
+        return default
+    if forward not in (0, 1):
+        raise MoqProtocolError(f"FORWARD parameter {forward!r}")
+    return bool(forward)
+
+
 def _with_token(params: dict, authorization: str | None) -> dict:
     """Request parameters with the token as an AUTHORIZATION TOKEN (USE_VALUE, type 0)."""
     if authorization is not None:
@@ -779,12 +789,10 @@ class MoqSession:
             timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
             if timeout == 0:
                 raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
-            forward = msg.params.get(wire.PARAM_FORWARD, 1)
-            if forward not in (0, 1):
-                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
+            forward = _forward(msg.params)
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
-                                          self._authorization(msg.params), end_group=end_group, forward=bool(forward))]
+                                          self._authorization(msg.params), end_group=end_group, forward=forward)]
         if isinstance(msg, wire.SubscribeOk):
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:
@@ -808,11 +816,8 @@ class MoqSession:
                                             self._authorization(msg.params))]
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
-            forward = msg.params.get(wire.PARAM_FORWARD, 1)
-            if forward not in (0, 1):
-                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias, self._authorization(msg.params), bool(forward)),
+                                      msg.track_alias, self._authorization(msg.params), _forward(msg.params)),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
             if not self._ever_requested(msg.existing_request_id):
@@ -820,10 +825,7 @@ class MoqSession:
                 # has ended is a race the peer cannot avoid: that gets REQUEST_ERROR)
                 raise MoqProtocolError(f"REQUEST_UPDATE of request {msg.existing_request_id}, never made")
             self._check_request_id(msg.request_id, None)  # answered at once
-            forward = msg.params.get(wire.PARAM_FORWARD)
-            if forward not in (None, 0, 1):
-                raise MoqProtocolError(f"FORWARD parameter {forward!r}")
-            return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, None if forward is None else bool(forward))]
+            return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None))]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):
