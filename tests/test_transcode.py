@@ -175,6 +175,49 @@ def test_an_inactive_rung_encodes_nothing_and_starts_at_the_current_group(source
     assert len(decode_all(t.tracks[1], late)) == len(late)
 
 
+def test_a_rung_started_mid_group_live_delivers_that_group_whole(source):
+    """Not lossless, the default rung queue (15 frames): the first viewer of a rung arrives 40
+    frames into a group. Its catch-up burst fills the rung's queue; the live frames right behind
+    it must wait for that burst to drain, not find the queue full and cut the group the viewer
+    waits for (they did: the first segment of every rung started mid-group was lost)."""
+    info, frames = source
+    first_g1 = next(i for i, f in enumerate(frames) if f.group == 1)
+    mid = first_g1 + 40
+    out: dict[str, list[Frame]] = {}
+    skipped = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.setdefault(track, []).append(frame)
+
+    t = Transcoder("live/test", info, parse_ladder("360p"), emit, skip=lambda tr, g: skipped.append(g))
+    for f in frames[:mid]:
+        t.push(f)
+    t.set_active("video-360p", True)
+    for f in frames[mid:mid + 10]:  # live frames already on their way behind the catch-up burst
+        t.push(f)
+    for i in range(mid + 10, len(frames)):
+        # a live source the encoder keeps up with: the next frame once this one's turn has come
+        deadline = time.monotonic() + 30
+        while t.frames_encoded("video-360p") < i - first_g1 - 10 and not skipped and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t.push(frames[i])
+    t.finish()
+    g1 = [f for f in frames if f.group == 1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not skipped:
+        with lock:
+            if sum(f.group == 1 for f in out.get("video-360p", [])) >= len(g1):
+                break
+        time.sleep(0.02)
+    t.close()
+    t.join()
+    assert skipped == []
+    got = [f for f in out["video-360p"] if f.group == 1]
+    assert len(got) == len(g1) and got[0].index == 0 and got[0].keyframe
+
+
 def test_a_corrupt_group_recovers_at_the_next_one(source, caplog):
     info, frames = source
     bad = []

@@ -88,6 +88,10 @@ class _RungWorker:
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
+        self.sent = 0  # frames queued so far (their sequence numbers)
+        self.catch_up_end = 0  # the sequence number of the last frame of the last catch-up burst
+        # rung-thread side: the sequence number of the last frame taken from the queue
+        self.taken = 0
         # the newest group dropped: its frames still queued, and those of older groups (stale),
         # are dropped too, unencoded (set by the decoder thread, read by the rung thread)
         self.cut_group: int | None = None
@@ -105,8 +109,15 @@ class _RungWorker:
         elif self.skipping:
             self.stats.frames_dropped += 1
             return
-        if self.room.acquire(blocking=self.owner.lossless or catch_up):  # a catch-up burst waits for the encoder
-            self.queue.put((group, frame, first, received_ns, pushed_ns))
+        # a catch-up burst waits for the encoder, and so do the live frames behind it until the
+        # burst has left the queue: else the first of them finds the queue full of the burst and
+        # cuts the very group the rung was started for
+        waits = self.owner.lossless or catch_up or self.taken < self.catch_up_end
+        if self.room.acquire(blocking=waits):
+            self.sent += 1
+            if catch_up:
+                self.catch_up_end = self.sent
+            self.queue.put((group, frame, first, received_ns, pushed_ns, self.sent))
             self.last_pts = frame.pts
             return
         self.skipping = True
@@ -135,7 +146,7 @@ class _RungWorker:
                     drop_group = True
                 continue
             self.room.release()
-            group_id, frame, first, received_ns, pushed_ns = item
+            group_id, frame, first, received_ns, pushed_ns, self.taken = item
             cut = self.cut_group
             if cut is not None and group_id <= cut:  # stale: the rung goes on at the next group
                 self.stats.frames_dropped += 1
