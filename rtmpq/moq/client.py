@@ -373,6 +373,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if not_live and loop.time() < wait_until:
                     open_tracks.discard(CATALOG_TRACK)
                     if watch is None:
+                        log.info("%s is not live yet: waiting up to %.0f s for it", safe_name(broadcast),
+                                 wait_until - loop.time())
                         watch = session.subscribe_namespace(namespace, authorization=authorization)
                         conn.flush()
                     loop.call_later(WAIT_RETRY_INTERVAL, queue.put_nowait, _RETRY)
