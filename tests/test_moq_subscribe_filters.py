@@ -2,6 +2,7 @@
 "MUST NOT send objects from outside the requested range", and sends none while the Forward State
 is 0. Found by a review: the relay dropped AbsoluteRange's End Group, started AbsoluteStart at the
 newest cached group whatever its Start Location, never read FORWARD and refused REQUEST_UPDATE.
+Then REQUEST_UPDATE's SUBSCRIPTION_FILTER ("Updating Subscriptions"), which the relay ignored.
 
 Each test runs a relay with a raw publisher (PUBLISH_NAMESPACE; the relay subscribes upstream) and
 raw subscriber sessions on loopback QUIC: one unfiltered viewer fills the relay's cache, then the
@@ -17,8 +18,10 @@ from rtmpq.moq.wire import (
     FILTER_ABSOLUTE_RANGE,
     FILTER_ABSOLUTE_START,
     FILTER_LARGEST_OBJECT,
+    PARAM_LARGEST_OBJECT,
     PublishDoneStatus,
     RequestError,
+    decode_location_param,
 )
 
 from .conftest import serving_relay, until
@@ -65,6 +68,12 @@ class Viewer:
         rid = self.conn.session.subscribe(NAMESPACE, "video", **kwargs)
         self.conn.flush()
         return rid
+
+    def update(self, rid: int, **kwargs) -> int:
+        """REQUEST_UPDATE of subscription ``rid`` (its new filter, FORWARD)."""
+        update = self.conn.session.request_update(rid, **kwargs)
+        self.conn.flush()
+        return update
 
     def of(self, kind) -> list:
         return [e for e in self.events if isinstance(e, kind)]
@@ -113,30 +122,36 @@ async def relay_with_publisher(tmp_path, backend, cached_groups: int):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_absolute_start_at_a_cached_group_gets_it_first(tmp_path, backend):
-    """AbsoluteStart {1, 1} with groups 0..3 cached: objects 1.1 and 1.2, groups 2 and 3 from the
-    cache, then live group 4; nothing before the Start Location."""
+async def test_absolute_start_below_the_newest_group_starts_where_unfiltered_does(tmp_path, backend):
+    """Draft 16: AbsoluteStart {0, 0} "is equivalent to an unfiltered subscription", and a Start
+    Location below the Largest Location is like a new subscription (what came before is FETCHed).
+    With groups 0..3 cached, {0, 0} and {1, 1} get what an unfiltered viewer gets: group 3 whole
+    (the newest, from its first object), then live group 4; a start inside group 3 ({3, 1}) is kept."""
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, _warm, connect):
-        async with connect() as viewer:
-            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_START, start=(1, 1))
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            ok = viewer.answer(rid)
-            assert isinstance(ok, ev.SubscribeAccepted), ok
-            assert ok.largest == (3, OBJECTS - 1)
+        async with connect() as zero, connect() as one_one, connect() as plain, connect() as inside:
+            viewers = {zero: dict(filter_type=FILTER_ABSOLUTE_START, start=(0, 0)),
+                       one_one: dict(filter_type=FILTER_ABSOLUTE_START, start=(1, 1)),
+                       plain: {}, inside: dict(filter_type=FILTER_ABSOLUTE_START, start=(3, 1))}
+            rids = {viewer: viewer.subscribe(**kwargs) for viewer, kwargs in viewers.items()}
+            await until(lambda: all(v.answer(r) is not None for v, r in rids.items()), what="SUBSCRIBEs answered")
+            oks = {v: v.answer(r) for v, r in rids.items()}
+            assert all(isinstance(ok, ev.SubscribeAccepted) and ok.largest == (3, OBJECTS - 1) for ok in oks.values()), oks
             publisher.send(4)
-            await until(lambda: {1, 2, 3, 4} <= viewer.ended(ok.track_alias), what="groups 1..4 delivered")
-            got = viewer.objects(ok.track_alias)
-    assert sorted(got) == [(1, 1), (1, 2)] + whole(2, 3, 4)
+            await until(lambda: all(4 in v.ended(ok.track_alias) for v, ok in oks.items()), what="group 4 delivered")
+            got = {v: sorted(v.objects(ok.track_alias)) for v, ok in oks.items()}
+    assert got[plain] == whole(3, 4)
+    assert got[zero] == got[plain] and got[one_one] == got[plain]
+    assert got[inside] == [(3, 1), (3, 2)] + whole(4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_absolute_range_gets_exactly_its_groups_then_ends(tmp_path, backend):
-    """AbsoluteRange {2, 0}..5 with groups 0..3 cached: groups 2..5 whole, then PUBLISH_DONE
-    (SUBSCRIPTION_ENDED) counting their 4 streams; never group 6 or 7."""
+    """AbsoluteRange {3, 1}..5 with groups 0..3 cached: objects 3.1 and 3.2, groups 4 and 5 whole,
+    then PUBLISH_DONE (SUBSCRIPTION_ENDED) counting their 3 streams; never group 6 or 7."""
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
         warm, warm_alias = warm
         async with connect() as viewer:
-            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(2, 0), end_group=5)
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 1), end_group=5)
             await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
             ok = viewer.answer(rid)
             assert isinstance(ok, ev.SubscribeAccepted), ok
@@ -144,11 +159,11 @@ async def test_absolute_range_gets_exactly_its_groups_then_ends(tmp_path, backen
             await until(lambda: viewer.of(ev.PublishDoneReceived), what="PUBLISH_DONE")
             # the warm viewer got group 7: the relay has handled groups 6 and 7 by now
             await until(lambda: 7 in warm.ended(warm_alias), what="the warm viewer got group 7")
-            await until(lambda: {2, 3, 4, 5} <= viewer.ended(ok.track_alias), what="groups 2..5 delivered")
+            await until(lambda: {3, 4, 5} <= viewer.ended(ok.track_alias), what="groups 3..5 delivered")
             got = viewer.objects(ok.track_alias)
             done = viewer.of(ev.PublishDoneReceived)
-    assert sorted(got) == whole(2, 3, 4, 5)
-    assert [(d.request_id, d.status, d.stream_count) for d in done] == [(rid, PublishDoneStatus.SUBSCRIPTION_ENDED, 4)]
+    assert sorted(got) == [(3, 1), (3, 2)] + whole(4, 5)
+    assert [(d.request_id, d.status, d.stream_count) for d in done] == [(rid, PublishDoneStatus.SUBSCRIPTION_ENDED, 3)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS[:1])
@@ -190,3 +205,123 @@ async def test_forward_0_gets_nothing_until_request_update(tmp_path, backend):
             await until(lambda: 3 in viewer.ended(ok.track_alias), what="group 3 delivered")
             got = viewer.objects(ok.track_alias)
     assert sorted(got) == whole(3)
+
+
+def done_of(viewer) -> list[tuple[int, int, int]]:
+    return [(d.request_id, d.status, d.stream_count) for d in viewer.of(ev.PublishDoneReceived)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_request_update_raising_the_end_group_extends_the_range(tmp_path, backend):
+    """REQUEST_UPDATE of an AbsoluteRange {3, 0}..5 subscription to {3, 0}..7 after group 4: REQUEST_OK
+    with LARGEST_OBJECT (4, 2), then groups up to 7 and PUBLISH_DONE (SUBSCRIPTION_ENDED, 5 streams)
+    after group 7, not after 5; never group 8."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=5)
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            alias = viewer.answer(rid).track_alias
+            publisher.send(4)
+            await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
+            update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=7)
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            answer = viewer.answer(update)
+            assert isinstance(answer, ev.RequestAccepted), answer
+            assert decode_location_param(bytes(answer.params[PARAM_LARGEST_OBJECT])) == (4, OBJECTS - 1)
+            publisher.send(5, 6, 7, 8)
+            await until(lambda: viewer.of(ev.PublishDoneReceived), what="PUBLISH_DONE")
+            await until(lambda: 8 in warm.ended(warm_alias), what="the warm viewer got group 8")
+            got = viewer.objects(alias)
+    assert sorted(got) == whole(3, 4, 5, 6, 7)
+    assert done_of(viewer) == [(rid, PublishDoneStatus.SUBSCRIPTION_ENDED, 5)]
+
+
+@pytest.mark.parametrize("new_end", [4, 5], ids=["passed", "the newest group"])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_request_update_lowering_the_end_group_to_one_sent_ends_at_once(tmp_path, backend, new_end):
+    """An AbsoluteRange {3, 0}..9 subscription that got groups 3..5, updated to end at group 4 (passed)
+    or 5 (the newest, complete): REQUEST_OK, then PUBLISH_DONE (SUBSCRIPTION_ENDED, 3 streams) with no
+    further group published; group 6 is not delivered."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=9)
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            alias = viewer.answer(rid).track_alias
+            publisher.send(4, 5)
+            await until(lambda: {3, 4, 5} <= viewer.ended(alias), what="groups 3..5 delivered")
+            update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=new_end)
+            await until(lambda: viewer.of(ev.PublishDoneReceived), what="PUBLISH_DONE")
+            answered = [e for e in viewer.events if isinstance(e, (ev.RequestAccepted, ev.PublishDoneReceived))]
+            publisher.send(6)
+            await until(lambda: 6 in warm.ended(warm_alias), what="the warm viewer got group 6")
+            got = viewer.objects(alias)
+    assert [type(e) for e in answered] == [ev.RequestAccepted, ev.PublishDoneReceived]  # REQUEST_OK first
+    assert answered[0].request_id == update
+    assert sorted(got) == whole(3, 4, 5)
+    assert done_of(viewer) == [(rid, PublishDoneStatus.SUBSCRIPTION_ENDED, 3)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:1])
+async def test_request_update_to_a_range_ending_before_its_start_fails_the_subscription(tmp_path, backend):
+    """Draft 16: a subscription update that fails is answered REQUEST_ERROR, and the publisher MUST
+    end the subscription with PUBLISH_DONE (UPDATE_FAILED). AbsoluteRange {6, 0}..5 cannot be
+    served (INVALID_RANGE); the subscription gets nothing after it."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe()
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            alias = viewer.answer(rid).track_alias
+            await until(lambda: 3 in viewer.ended(alias), what="group 3 delivered")
+            update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(6, 0), end_group=5)
+            await until(lambda: viewer.answer(update) is not None and viewer.of(ev.PublishDoneReceived),
+                        what="REQUEST_UPDATE answered and PUBLISH_DONE")
+            answer = viewer.answer(update)
+            publisher.send(4)
+            await until(lambda: 4 in warm.ended(warm_alias), what="the warm viewer got group 4")
+            got = viewer.objects(alias)
+    assert isinstance(answer, ev.RequestFailed) and answer.error_code == RequestError.INVALID_RANGE, answer
+    assert [d[:2] for d in done_of(viewer)] == [(rid, PublishDoneStatus.UPDATE_FAILED)]
+    assert sorted(got) == whole(3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_request_update_moving_the_start_forward_skips_the_groups_before_it(tmp_path, backend):
+    """An unfiltered subscription updated to AbsoluteStart {6, 0} after group 4: group 5 is outside
+    the new range and not delivered; groups 6 and 7 are."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
+        warm, warm_alias = warm
+        async with connect() as viewer:
+            rid = viewer.subscribe()
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            alias = viewer.answer(rid).track_alias
+            publisher.send(4)
+            await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
+            update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_START, start=(6, 0))
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            assert isinstance(viewer.answer(update), ev.RequestAccepted), viewer.answer(update)
+            publisher.send(5, 6, 7)
+            await until(lambda: 7 in viewer.ended(alias) and 7 in warm.ended(warm_alias), what="group 7 delivered")
+            got = viewer.objects(alias)
+    assert sorted(got) == whole(3, 4, 6, 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_request_update_moving_the_start_back_starts_like_a_new_subscription(tmp_path, backend):
+    """AbsoluteStart {9, 0} with groups 0..3 cached gets nothing; updated to {0, 0} it is like a new
+    subscription (draft 16, "Updating Subscriptions": older objects are FETCHed): the newest cached
+    group 3 at once, then live group 4."""
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
+            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_START, start=(9, 0))
+            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
+            alias = viewer.answer(rid).track_alias
+            update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_START, start=(0, 0))
+            await until(lambda: 3 in viewer.ended(alias), what="group 3 delivered")
+            assert isinstance(viewer.answer(update), ev.RequestAccepted), viewer.answer(update)
+            publisher.send(4)
+            await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
+            got = viewer.objects(alias)
+    assert sorted(got) == whole(3, 4)

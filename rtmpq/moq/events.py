@@ -259,9 +259,14 @@ class FetchEnded:
 @dataclass(frozen=True, slots=True)
 class RequestUpdated:
     """REQUEST_UPDATE of our request ``existing_request_id`` (a track we PUBLISHed or a SUBSCRIBE we
-    serve); ``forward`` is its FORWARD parameter (None when absent). Answer request_ok/request_error
+    serve); ``forward`` is its FORWARD parameter (None when absent). A SUBSCRIPTION_FILTER, when
+    present, replaces the subscription's filter: ``filter_type`` (None: absent, the filter is
+    unchanged), ``start`` and ``end_group`` as in SubscribeRequested. Answer request_ok/request_error
     with ``request_id``."""
 
     request_id: int
     existing_request_id: int
     forward: bool | None
+    filter_type: int | None = None
+    start: tuple[int, int] | None = None
+    end_group: int | None = None

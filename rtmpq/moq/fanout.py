@@ -336,12 +336,55 @@ class TrackFanout:
                 # asked for by name: its budget runs from now (one older than the budget would be
                 # reset at once otherwise)
                 self._replay(sub, group, sub.start_object if group.group_id == sub.start_group else 0, received=now)
-            largest = self.cache.largest
-            if last is not None and largest is not None and largest[0] > last and last not in sub.in_flight:
-                sub.range_ended = True  # its end group is over already (delivered from the cache or gone)
+            sub.range_ended = self._range_over(sub)  # its end group may be over already (from the cache or gone)
             sub.check(now)
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
+
+    def live_start(self, start: tuple[int, int]) -> tuple[int, int]:
+        """Where a subscription asking to start at ``start`` starts here: there, or at the newest
+        group cached whole if that is later. Draft 16 ("Updating Subscriptions"): a Start Location
+        below the Largest Location is like a new subscription, what came before is FETCHed; so it
+        starts where an unfiltered one does (``subscribe``), and AbsoluteStart {0, 0} is the same
+        as no filter, as the draft says."""
+        latest = self.cache.latest()
+        return start if latest is None else max(start, (latest.group_id, 0))
+
+    def set_range(self, sub: TrackSubscription, start: tuple[int, int], last_group: int | None, now: float) -> None:
+        """A subscription's new filter (REQUEST_UPDATE): objects from ``start`` to the end of group
+        ``last_group`` (None: open ended). Groups it has open outside that are reset (draft 16: a
+        narrowed subscription may still get what was sent before; a stream closed early is reset);
+        a start moved back replays the cached group it now starts at (``live_start``); an End Group
+        already passed ends the range now."""
+        for group_id, g in list(sub.in_flight.items()):
+            if not g.complete and (group_id < start[0] or (last_group is not None and group_id > last_group)):
+                sub._drop(group_id, RESET_CANCELLED)
+        sub.last_group = last_group
+        if sub not in self.subscribers:  # not delivered to yet (FORWARD=0): like a new subscription
+            sub.start_group, sub.start_object = self.live_start(start)
+        elif sub.start_group is None or start >= (sub.start_group, sub.start_object):
+            sub.start_group, sub.start_object = start
+        else:
+            back = self.live_start(start)
+            if back[0] < sub.start_group:
+                self.extend_back(sub, back[0], back[1], now)
+        sub.range_ended = self._range_over(sub)
+
+    def _range_over(self, sub: TrackSubscription) -> bool:
+        """Whether ``sub``'s End Group is over: it ended for the subscriber, or it is not begun and
+        a later group exists or it is complete here (delivered before, or never passed on)."""
+        last = sub.last_group
+        if last is None:
+            return False
+        if last in sub.dropped:
+            return True
+        if last in sub.in_flight:
+            return sub.in_flight[last].complete
+        largest = self.cache.largest
+        if largest is not None and largest[0] > last:
+            return True
+        group = next((g for g in self.cache.groups_from(last) if g.group_id == last), None)
+        return group is not None and group.complete
 
     def _let_go(self, failed: list) -> None:
         """Subscribers whose connection failed under a call (closed under us, a transport error)

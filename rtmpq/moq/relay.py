@@ -87,9 +87,10 @@ RETRY_AFTER_BUSY = 0.25
 DEFAULT_UPSTREAM_GRACE = 30.0
 
 
-def _range_refusal(request: ev.SubscribeRequested, largest: tuple[int, int] | None) -> str | None:
+def _range_refusal(request: ev.SubscribeRequested | ev.RequestUpdated, largest: tuple[int, int] | None) -> str | None:
     """Why an AbsoluteRange SUBSCRIBE gets INVALID_RANGE (draft 16: an End Group before the
-    Start Location, or one entirely published already: those objects are FETCHed), or None."""
+    Start Location, or one entirely published already: those objects are FETCHed), or None.
+    (A REQUEST_UPDATE is only refused the first: its End Group may end the range at once.)"""
     end = request.end_group
     if end is None:
         return None
@@ -415,11 +416,12 @@ class MoqRelay:
         if event.filter_type in (FILTER_LARGEST_OBJECT, FILTER_NEXT_GROUP_START):
             start_group = largest[0] + 1 if largest else 0
         elif event.filter_type in (FILTER_ABSOLUTE_START, FILTER_ABSOLUTE_RANGE):
-            start_group = event.start[0]
             refusal = _range_refusal(event, largest)
             if refusal:
                 self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
                 return
+            event = replace(event, start=fanout.live_start(event.start))  # older objects are FETCHed
+            start_group = event.start[0]
         alias = self._new_alias(conn)
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
         conn.session.subscribe_ok(event.request_id, alias, largest)
@@ -778,11 +780,15 @@ class MoqRelay:
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
-        FORWARD state. FORWARD=1 starts delivery as the filter says; FORWARD=0 stops it, resetting
-        the groups in progress (the draft sends no objects in that state)."""
+        filter (``_update_filter``) and FORWARD state. FORWARD=1 starts delivery as the filter
+        says; FORWARD=0 stops it, resetting the groups in progress (the draft sends no objects in
+        that state). REQUEST_OK carries the Largest Location: a subscriber whose range grew past a
+        gap FETCHes what it missed."""
         s = self._subs.get((id(conn), event.existing_request_id))
         if s is None:  # it ended (an id never used closed the session in MoqSession)
             conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
+            return
+        if event.filter_type is not None and not self._update_filter(s, event):
             return
         if event.forward is not None and event.forward != s.forward:
             s.forward = event.forward
@@ -793,7 +799,33 @@ class MoqRelay:
                 s.fanout.unsubscribe(s.sub)
                 s.sub.stalled_since = None  # nothing is owed to it now
             log.info("%s: %s FORWARD=%d", conn.peer, s.label, s.forward)
-        conn.session.request_ok(event.request_id, s.fanout.cache.largest)
+        conn.session.request_ok(event.request_id, s.fanout.cache.largest or s.largest)
+        if s.sub.range_ended:
+            self.end_ranges()  # an End Group moved below what was sent: PUBLISH_DONE now, after REQUEST_OK
+
+    def _update_filter(self, s: Subscription, event: ev.RequestUpdated) -> bool:
+        """A REQUEST_UPDATE's SUBSCRIPTION_FILTER replaces ``s``'s filter (fanout ``set_range``). An
+        AbsoluteRange ending before its start cannot be served: draft 16 answers REQUEST_ERROR and
+        ends the subscription with PUBLISH_DONE (UPDATE_FAILED); returns False then."""
+        refusal = _range_refusal(event, None)
+        if refusal:
+            s.conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, refusal)
+            del self._subs[(id(s.conn), s.request_id)]
+            s.fanout.unsubscribe(s.sub)  # its streams are reset before PUBLISH_DONE
+            self._publish_done(s, PublishDoneStatus.UPDATE_FAILED, f"REQUEST_UPDATE failed: {refusal}")
+            return False
+        largest = s.fanout.cache.largest or s.largest
+        if event.filter_type == FILTER_LARGEST_OBJECT:
+            start = (largest[0], largest[1] + 1) if largest else (0, 0)
+        elif event.filter_type == FILTER_NEXT_GROUP_START:
+            start = (largest[0] + 1, 0) if largest else (0, 0)
+        else:
+            start = event.start
+        s.filter_type = event.filter_type
+        s.fanout.set_range(s.sub, start, event.end_group, time.monotonic())
+        log.info("%s: %s filter %d from %s to %s", s.conn.peer, s.label, event.filter_type, start,
+                 "the end" if event.end_group is None else f"group {event.end_group}")
+        return True
 
     def _on_RequestAccepted(self, conn: MoqConnection, event: ev.RequestAccepted) -> None:
         pass  # the answer to a REQUEST_UPDATE of ours (FORWARD of an on-demand track)

@@ -98,6 +98,21 @@ def _forward(params: dict, default: bool | None = True) -> bool | None:
     return bool(forward)
 
 
+def _filter(params: dict) -> tuple[int | None, tuple[int, int] | None, int | None]:
+    """A request's SUBSCRIPTION_FILTER parameter as (filter type, start, end group); all None when
+    absent. An unknown type or a length that does not match the filter closes the session."""
+    value = params.get(wire.PARAM_SUBSCRIPTION_FILTER)
+    return (None, None, None) if value is None else wire.decode_filter(bytes(value))
+
+
+def _with_filter(params: dict, filter_type: int | None, start: tuple[int, int] | None,
+                 end_group: int | None) -> dict:
+    """Request parameters with a SUBSCRIPTION_FILTER, when ``filter_type`` is not None."""
+    if filter_type is not None:
+        params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start, end_group)
+    return params
+
+
 def _with_token(params: dict, authorization: str | None) -> dict:
     """Request parameters with the token as an AUTHORIZATION TOKEN (USE_VALUE, type 0)."""
     if authorization is not None:
@@ -239,8 +254,7 @@ class MoqSession:
         (FORWARD=0) no objects come until ``request_update(..., forward=True)``."""
         params: dict = _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority}, authorization)
         rid = self._new_request_id()
-        if filter_type is not None:
-            params[wire.PARAM_SUBSCRIPTION_FILTER] = wire.encode_filter(filter_type, start, end_group)
+        _with_filter(params, filter_type, start, end_group)
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         if delivery_timeout_ms:
@@ -284,10 +298,17 @@ class MoqSession:
     def fetch_cancel(self, request_id: int) -> None:
         self._after_request(request_id, lambda: self._send_control(wire.FetchCancel(request_id)))
 
-    def request_update(self, existing_request_id: int, *, forward: bool) -> int:
-        """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state."""
+    def request_update(self, existing_request_id: int, *, forward: bool | None = None,
+                       filter_type: int | None = None, start: tuple[int, int] | None = None,
+                       end_group: int | None = None) -> int:
+        """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state
+        and/or a new filter (``filter_type``, ``start``, ``end_group`` as in ``subscribe``). What is
+        left None is not sent, so the peer keeps its value (draft 16)."""
+        params = _with_filter({}, filter_type, start, end_group)
+        if forward is not None:
+            params[wire.PARAM_FORWARD] = int(forward)
         rid = self._new_request_id()
-        msg = wire.RequestUpdate(rid, existing_request_id, {wire.PARAM_FORWARD: int(forward)})
+        msg = wire.RequestUpdate(rid, existing_request_id, params)
         return self._request(rid, lambda: self._send_control(msg))
 
     def unsubscribe(self, request_id: int) -> None:
@@ -783,9 +804,7 @@ class MoqSession:
             raise MoqProtocolError("setup sent twice")
         if isinstance(msg, wire.Subscribe):
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
-            ftype = start = end_group = None
-            if wire.PARAM_SUBSCRIPTION_FILTER in msg.params:
-                ftype, start, end_group = wire.decode_filter(bytes(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]))
+            ftype, start, end_group = _filter(msg.params)
             timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
             if timeout == 0:
                 raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
@@ -825,7 +844,15 @@ class MoqSession:
                 # has ended is a race the peer cannot avoid: that gets REQUEST_ERROR)
                 raise MoqProtocolError(f"REQUEST_UPDATE of request {msg.existing_request_id}, never made")
             self._check_request_id(msg.request_id, None)  # answered at once
-            return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None))]
+            ftype, start, end_group = _filter(msg.params)
+            kind = self._open_requests.get(msg.existing_request_id)
+            if ftype is not None and kind is not None and kind != wire.MessageType.SUBSCRIBE:
+                # draft 16: parameters invalid for the type of request updated close the session;
+                # a filter belongs to a subscription its sender subscribed with (SUBSCRIBE; a PUBLISH
+                # of ours is one of our ids, not in this table)
+                raise MoqProtocolError(f"SUBSCRIPTION_FILTER in a REQUEST_UPDATE of a {kind.name}")
+            return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None),
+                                      ftype, start, end_group)]
         if isinstance(msg, wire.PublishOk):
             return [ev.PublishAccepted(msg.request_id)]
         if isinstance(msg, wire.Unsubscribe):

@@ -68,6 +68,7 @@ class PublishDoneStatus(IntEnum):
     GOING_AWAY = 0x4
     EXPIRED = 0x5
     TOO_FAR_BEHIND = 0x6
+    UPDATE_FAILED = 0x8  # a REQUEST_UPDATE of the subscription failed (it was answered REQUEST_ERROR)
 
 
 class StreamResetCode(IntEnum):
