@@ -304,3 +304,47 @@ def test_a_request_update_of_a_request_once_made_is_passed_on(tmp_path, existing
     _, server_events = pair.pump()
     assert closed_with(server_events) is None
     assert ev.RequestUpdated(update, rid, False) in server_events
+
+
+def test_a_request_update_carries_a_new_subscription_filter(tmp_path):
+    """Draft 16: SUBSCRIPTION_FILTER may appear in a REQUEST_UPDATE of a subscription; what the
+    update leaves out keeps its value (no FORWARD here: ``forward`` is None)."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video", filter_type=wire.FILTER_ABSOLUTE_RANGE, start=(2, 0), end_group=5)
+    pair.pump()
+    update = pair.client.request_update(rid, filter_type=wire.FILTER_ABSOLUTE_RANGE, start=(2, 1), end_group=9)
+    _, server_events = pair.pump()
+    assert closed_with(server_events) is None
+    assert ev.RequestUpdated(update, rid, None, wire.FILTER_ABSOLUTE_RANGE, (2, 1), 9) in server_events
+
+
+@pytest.mark.parametrize("existing", ["fetch", "namespace"])
+def test_a_filter_in_a_request_update_of_no_subscription_closes_the_session(tmp_path, existing):
+    """Draft 16: parameters in a REQUEST_UPDATE invalid for the type of request being modified close
+    the session with PROTOCOL_VIOLATION; a filter is for a subscription, not a FETCH or a
+    PUBLISH_NAMESPACE."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.fetch(NS, "video", (0, 0), (1, 0)) if existing == "fetch" else pair.client.publish_namespace(NS)
+    pair.pump()
+    pair.client.request_update(rid, filter_type=wire.FILTER_LARGEST_OBJECT)
+    _, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, server_events
+
+
+@pytest.mark.parametrize("value", [wire.encode_filter(wire.FILTER_ABSOLUTE_START, (1, 0)) + b"\x00", b"\x09"],
+                         ids=["length does not match", "unknown filter type"])
+def test_a_malformed_filter_in_a_request_update_closes_the_session(tmp_path, value):
+    """Draft 16: a Subscription Filter whose length does not match the parameter's, or of an
+    unknown type, closes the session with PROTOCOL_VIOLATION, in a REQUEST_UPDATE as in a SUBSCRIBE."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.client._send_control(wire.RequestUpdate(pair.client._new_request_id(), rid,
+                                                 {wire.PARAM_SUBSCRIPTION_FILTER: value}))
+    _, server_events = pair.pump()
+    closed = closed_with(server_events)
+    assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, server_events

@@ -37,6 +37,21 @@ def test_parameters_are_delta_encoded_and_odd_types_carry_bytes():
     assert wire.decode_control_message(data)[0] == msg
 
 
+def test_request_update_with_a_filter_and_publish_done_update_failed_written_by_hand():
+    # REQUEST_UPDATE: type 0x2, length (16), request id 4, existing request id 2, 1 parameter:
+    # SUBSCRIPTION_FILTER (0x21, odd: length-prefixed) = AbsoluteRange (4), Start {3, 1}, End Group 7
+    payload = b"\x04\x02" + b"\x01\x21\x04" + b"\x04\x03\x01\x07"
+    data = b"\x02" + len(payload).to_bytes(2, "big") + payload
+    msg, _ = wire.decode_control_message(data)
+    assert msg == wire.RequestUpdate(4, 2, {wire.PARAM_SUBSCRIPTION_FILTER: b"\x04\x03\x01\x07"})
+    assert wire.decode_filter(msg.params[wire.PARAM_SUBSCRIPTION_FILTER]) == (wire.FILTER_ABSOLUTE_RANGE, (3, 1), 7)
+    assert wire.encode_filter(wire.FILTER_ABSOLUTE_RANGE, (3, 1), 7) == b"\x04\x03\x01\x07"
+    # PUBLISH_DONE: type 0xB, request id 2, Status Code UPDATE_FAILED (0x8), Stream Count 3, reason "x"
+    payload = b"\x02\x08\x03\x01x"
+    done = b"\x0b" + len(payload).to_bytes(2, "big") + payload
+    assert wire.encode_control_message(wire.PublishDone(2, wire.PublishDoneStatus.UPDATE_FAILED, 3, "x")) == done
+
+
 @pytest.mark.parametrize("msg", [
     wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 100, wire.SETUP_PATH: b"/live"}),
     wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: 7}),
