@@ -14,8 +14,11 @@ Subscribers get one QUIC stream per group, newest and audio first, within their 
 and send budget (fanout.py). Filters: unfiltered starts at the newest cached group (from its first
 object: an IDR for video); LargestObject and NextGroupStart start at the next group, since a group
 is only ever delivered whole from its first object; AbsoluteStart and AbsoluteRange start at their
-Start Location, from the cache if it holds it, and AbsoluteRange ends after its End Group with
-PUBLISH_DONE (SUBSCRIPTION_ENDED). FORWARD=0 holds every object back until REQUEST_UPDATE sets 1.
+Start Location, from the cache if it holds it, but never before the newest cached group (where an
+unfiltered one starts: draft 16 makes AbsoluteStart {0, 0} the same, and what came before is
+FETCHed), and AbsoluteRange ends after its End Group with PUBLISH_DONE (SUBSCRIPTION_ENDED).
+FORWARD=0 holds every object back until REQUEST_UPDATE sets 1; a REQUEST_UPDATE's filter replaces
+the subscription's range (``_update_filter``).
 
 This module is the router: MoQ session events, timers and which fan-out serves whom. What it ties
 together lives apart: broadcast_source.py (local broadcasts into fan-outs), upstream.py (tracks and
