@@ -1,7 +1,7 @@
 """Fan-out rules with a recording sink: join at the newest group, budgets drop whole groups."""
 
 from rtmpq.media.frames import Frame
-from rtmpq.moq.fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
+from rtmpq.moq.fanout import RESET_CANCELLED, RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
 from rtmpq.moq.loc import frame_extensions
 
 
@@ -680,3 +680,42 @@ def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_fu
     for g in (4, 5):
         publish_gop(fanout, g, 2, g * 1.0)
     assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
+
+
+def test_a_range_lowered_on_a_relayed_track_ends_at_its_complete_end_group_and_cuts_later_ones():
+    """REQUEST_UPDATE (``set_range``) of a range 0..9 on a relayed track (groups end by their own
+    streams) to end at group 1, complete, while group 2 is in progress: group 2 is reset (CANCELLED,
+    never cut silently) and the range is over at once, with no later group needed to say so."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    sub = TrackSubscription(sink, start_group=0)
+    sub.last_group = 9
+    fanout.subscribe_from(sub, 0.0)
+    for g in (0, 1):
+        publish_gop(fanout, g, 3, g * 1.0)
+        fanout.end_group(g)
+    publish_gop(fanout, 2, 2, 2.0)
+    sink.drain()
+    sub.check(2.1)  # groups 0 and 1 delivered: no longer in flight
+    fanout.set_range(sub, (0, 0), 1, 2.2)
+    assert sub.range_ended
+    assert [s["state"] for s in sink.streams.values()] == ["fin", "fin", ("reset", RESET_CANCELLED)]
+    publish_gop(fanout, 3, 2, 3.0)
+    assert sink.groups() == [0, 1, 2]
+
+
+def test_an_unfiltered_subscriber_updated_to_absolute_start_0_0_loses_nothing():
+    """AbsoluteStart {0, 0} is the same as no filter (draft 16): an update to it resets none of the
+    groups a relayed track has open in parallel, and their later objects still come."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    publish_gop(fanout, 0, 2, 0.0)
+    sink = FakeSink()
+    sub = TrackSubscription(sink)
+    fanout.subscribe(sub, 0.1)
+    publish_gop(fanout, 1, 2, 0.2)  # group 1 begins while group 0 is still open
+    fanout.set_range(sub, (0, 0), None, 0.3)
+    fanout.publish_object(0, 2, b"x", None, 0.4)
+    fanout.publish_object(1, 2, b"x", None, 0.4)
+    assert [(s["group"], s["objects"], s["state"]) for s in sink.streams.values()] == [
+        (0, [0, 1, 2], "open"), (1, [0, 1, 2], "open")]
+    assert not sub.range_ended
