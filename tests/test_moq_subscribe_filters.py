@@ -69,6 +69,13 @@ class Viewer:
         self.conn.flush()
         return rid
 
+    async def subscribed(self, **kwargs) -> tuple[int, int]:
+        """SUBSCRIBE, accepted: (its request id, its track alias)."""
+        rid = self.subscribe(**kwargs)
+        await until(lambda: self.answer(rid) is not None, what="SUBSCRIBE answered")
+        assert isinstance(self.answer(rid), ev.SubscribeAccepted), self.answer(rid)
+        return rid, self.answer(rid).track_alias
+
     def update(self, rid: int, **kwargs) -> int:
         """REQUEST_UPDATE of subscription ``rid`` (its new filter, FORWARD)."""
         update = self.conn.session.request_update(rid, **kwargs)
@@ -219,9 +226,7 @@ async def test_request_update_raising_the_end_group_extends_the_range(tmp_path, 
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
         warm, warm_alias = warm
         async with connect() as viewer:
-            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=5)
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            alias = viewer.answer(rid).track_alias
+            rid, alias = await viewer.subscribed(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=5)
             publisher.send(4)
             await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
             update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=7)
@@ -246,9 +251,7 @@ async def test_request_update_lowering_the_end_group_to_one_sent_ends_at_once(tm
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
         warm, warm_alias = warm
         async with connect() as viewer:
-            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=9)
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            alias = viewer.answer(rid).track_alias
+            rid, alias = await viewer.subscribed(filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=9)
             publisher.send(4, 5)
             await until(lambda: {3, 4, 5} <= viewer.ended(alias), what="groups 3..5 delivered")
             update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(3, 0), end_group=new_end)
@@ -271,9 +274,7 @@ async def test_request_update_to_a_range_ending_before_its_start_fails_the_subsc
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
         warm, warm_alias = warm
         async with connect() as viewer:
-            rid = viewer.subscribe()
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            alias = viewer.answer(rid).track_alias
+            rid, alias = await viewer.subscribed()
             await until(lambda: 3 in viewer.ended(alias), what="group 3 delivered")
             update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_RANGE, start=(6, 0), end_group=5)
             await until(lambda: viewer.answer(update) is not None and viewer.of(ev.PublishDoneReceived),
@@ -294,9 +295,7 @@ async def test_request_update_moving_the_start_forward_skips_the_groups_before_i
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, warm, connect):
         warm, warm_alias = warm
         async with connect() as viewer:
-            rid = viewer.subscribe()
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            alias = viewer.answer(rid).track_alias
+            rid, alias = await viewer.subscribed()
             publisher.send(4)
             await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
             update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_START, start=(6, 0))
@@ -315,9 +314,7 @@ async def test_request_update_moving_the_start_back_starts_like_a_new_subscripti
     group 3 at once, then live group 4."""
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (_relay, publisher, _warm, connect):
         async with connect() as viewer:
-            rid = viewer.subscribe(filter_type=FILTER_ABSOLUTE_START, start=(9, 0))
-            await until(lambda: viewer.answer(rid) is not None, what="SUBSCRIBE answered")
-            alias = viewer.answer(rid).track_alias
+            rid, alias = await viewer.subscribed(filter_type=FILTER_ABSOLUTE_START, start=(9, 0))
             update = viewer.update(rid, filter_type=FILTER_ABSOLUTE_START, start=(0, 0))
             await until(lambda: 3 in viewer.ended(alias), what="group 3 delivered")
             assert isinstance(viewer.answer(update), ev.RequestAccepted), viewer.answer(update)

@@ -371,8 +371,8 @@ class TrackFanout:
         sub.range_ended = self._range_over(sub)
 
     def _range_over(self, sub: TrackSubscription) -> bool:
-        """Whether ``sub``'s End Group is over: it ended for the subscriber, or it is not begun and
-        a later group exists or it is complete here (delivered before, or never passed on)."""
+        """Whether ``sub``'s End Group is over: it ended or was dropped for the subscriber, or it is
+        not in flight and a later group exists or it is complete here (delivered already)."""
         last = sub.last_group
         if last is None:
             return False

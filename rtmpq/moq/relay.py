@@ -93,7 +93,7 @@ DEFAULT_UPSTREAM_GRACE = 30.0
 def _range_refusal(request: ev.SubscribeRequested | ev.RequestUpdated, largest: tuple[int, int] | None) -> str | None:
     """Why an AbsoluteRange SUBSCRIBE gets INVALID_RANGE (draft 16: an End Group before the
     Start Location, or one entirely published already: those objects are FETCHed), or None.
-    (A REQUEST_UPDATE is only refused the first: its End Group may end the range at once.)"""
+    (``_update_filter`` passes no ``largest``: an update's End Group already over ends the range.)"""
     end = request.end_group
     if end is None:
         return None
