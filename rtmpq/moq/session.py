@@ -850,7 +850,7 @@ class MoqSession:
                 # draft 16: parameters invalid for the type of request updated close the session;
                 # a filter belongs to a subscription its sender subscribed with (SUBSCRIBE; a PUBLISH
                 # of ours is one of our ids, not in this table)
-                raise MoqProtocolError(f"SUBSCRIPTION_FILTER in a REQUEST_UPDATE of a {kind.name}")
+                raise MoqProtocolError(f"SUBSCRIPTION_FILTER in a REQUEST_UPDATE of a {wire.MessageType(kind).name}")
             return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None),
                                       ftype, start, end_group)]
         if isinstance(msg, wire.PublishOk):
