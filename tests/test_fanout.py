@@ -669,19 +669,6 @@ def test_an_absolute_range_whose_end_group_never_comes_ends_at_a_later_group():
     assert sub.range_ended and sink.groups() == [2] and sink.groups("fin") == [2]
 
 
-def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_future_one_waits():
-    fanout = TrackFanout()
-    fanout.cache.max_groups = 2
-    for g in range(4):
-        publish_gop(fanout, g, 2, g * 1.0)
-    old, future = FakeSink(), FakeSink()
-    fanout.subscribe_from(TrackSubscription(old, start_group=0), 3.5)
-    fanout.subscribe_from(TrackSubscription(future, start_group=5), 3.5)
-    for g in (4, 5):
-        publish_gop(fanout, g, 2, g * 1.0)
-    assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
-
-
 def test_a_range_lowered_on_a_relayed_track_ends_at_its_complete_end_group_and_cuts_later_ones():
     """REQUEST_UPDATE (``set_range``) of a range 0..9 on a relayed track (groups end by their own
     streams) to end at group 1, complete, while group 2 is in progress: group 2 is reset (CANCELLED,
@@ -719,3 +706,17 @@ def test_an_unfiltered_subscriber_updated_to_absolute_start_0_0_loses_nothing():
     assert [(s["group"], s["objects"], s["state"]) for s in sink.streams.values()] == [
         (0, [0, 1, 2], "open"), (1, [0, 1, 2], "open")]
     assert not sub.range_ended
+
+
+def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_future_one_waits():
+    fanout = TrackFanout()
+    fanout.cache.max_groups = 2
+    for g in range(4):
+        publish_gop(fanout, g, 2, g * 1.0)
+    old, future = FakeSink(), FakeSink()
+    fanout.subscribe_from(TrackSubscription(old, start_group=0), 3.5)
+    fanout.subscribe_from(TrackSubscription(future, start_group=5), 3.5)
+    for g in (4, 5):
+        publish_gop(fanout, g, 2, g * 1.0)
+    assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
+

@@ -341,6 +341,50 @@ class TrackFanout:
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
 
+    def _let_go(self, failed: list) -> None:
+        """Subscribers whose connection failed under a call (closed under us, a transport error)
+        leave this fan-out at once, so one dead connection never stops the others' delivery;
+        ``sub.failed`` tells the relay to close its session."""
+        for sub, exc in failed:
+            if sub not in self.subscribers:
+                continue
+            self.subscribers.discard(sub)
+            sub.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("subscriber dropped from a fan-out: %s", sub.failed)
+            try:
+                sub.close()
+            except Exception:  # noqa: BLE001 - its connection is already broken
+                sub.in_flight.clear()
+
+    @staticmethod
+    def _replay(sub: TrackSubscription, group, from_object: int = 0, received: float | None = None) -> None:
+        """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), and its end."""
+        for obj in group.objects:
+            if obj.object_id >= from_object:
+                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions,
+                            group.started if received is None else received)
+        if group.complete:
+            sub.end_group(group.group_id)
+
+    def extend_back(self, sub: TrackSubscription, group_id: int, from_object: int, now: float) -> None:
+        """Also deliver ``group_id`` from object ``from_object`` on (cached objects at once): a
+        subscription that starts mid-group, for a subscriber whose joining FETCH carries the rest."""
+        if sub.start_group is None or group_id >= sub.start_group or group_id in sub.dropped:
+            return
+        sub.start_group, sub.start_object = group_id, from_object
+        if sub not in self.subscribers:
+            return  # not delivered to yet (FORWARD=0): it starts there once it is
+        group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
+        try:
+            if group is not None:
+                # those objects came after the subscription began (within a round trip): their
+                # budget runs from now, not from the group's start, or a joined group older than
+                # the budget would be dropped at once and leave a hole between FETCH and subscription
+                self._replay(sub, group, from_object, received=now)
+            sub.check(now)
+        except Exception as exc:  # noqa: BLE001 - see _let_go
+            self._let_go([(sub, exc)])
+
     def live_start(self, start: tuple[int, int]) -> tuple[int, int]:
         """Where a subscription asking to start at ``start`` starts here: there, or at the newest
         group cached whole if that is later. Draft 16 ("Updating Subscriptions"): a Start Location
@@ -385,50 +429,6 @@ class TrackFanout:
             return True
         group = next((g for g in self.cache.groups_from(last) if g.group_id == last), None)
         return group is not None and group.complete
-
-    def _let_go(self, failed: list) -> None:
-        """Subscribers whose connection failed under a call (closed under us, a transport error)
-        leave this fan-out at once, so one dead connection never stops the others' delivery;
-        ``sub.failed`` tells the relay to close its session."""
-        for sub, exc in failed:
-            if sub not in self.subscribers:
-                continue
-            self.subscribers.discard(sub)
-            sub.failed = f"{type(exc).__name__}: {exc}"
-            log.warning("subscriber dropped from a fan-out: %s", sub.failed)
-            try:
-                sub.close()
-            except Exception:  # noqa: BLE001 - its connection is already broken
-                sub.in_flight.clear()
-
-    @staticmethod
-    def _replay(sub: TrackSubscription, group, from_object: int = 0, received: float | None = None) -> None:
-        """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), and its end."""
-        for obj in group.objects:
-            if obj.object_id >= from_object:
-                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions,
-                            group.started if received is None else received)
-        if group.complete:
-            sub.end_group(group.group_id)
-
-    def extend_back(self, sub: TrackSubscription, group_id: int, from_object: int, now: float) -> None:
-        """Also deliver ``group_id`` from object ``from_object`` on (cached objects at once): a
-        subscription that starts mid-group, for a subscriber whose joining FETCH carries the rest."""
-        if sub.start_group is None or group_id >= sub.start_group or group_id in sub.dropped:
-            return
-        sub.start_group, sub.start_object = group_id, from_object
-        if sub not in self.subscribers:
-            return  # not delivered to yet (FORWARD=0): it starts there once it is
-        group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
-        try:
-            if group is not None:
-                # those objects came after the subscription began (within a round trip): their
-                # budget runs from now, not from the group's start, or a joined group older than
-                # the budget would be dropped at once and leave a hole between FETCH and subscription
-                self._replay(sub, group, from_object, received=now)
-            sub.check(now)
-        except Exception as exc:  # noqa: BLE001 - see _let_go
-            self._let_go([(sub, exc)])
 
     def unsubscribe(self, sub: TrackSubscription) -> None:
         self.subscribers.discard(sub)
