@@ -638,37 +638,6 @@ def test_frames_cached_before_anyone_subscribed_reach_a_late_subscriber_as_a_liv
     assert late.bytes_received == live.bytes_received == 50
 
 
-def test_an_absolute_range_from_a_cached_group_ends_after_its_end_group():
-    """AbsoluteRange {1, 2}..3 on an in-order source with groups 0..1 cached: group 1 from object
-    2 at once, then live 2 and 3; group 4 is never opened, and its start ends the range."""
-    fanout = TrackFanout()
-    publish_gop(fanout, 0, 5, 0.0)
-    publish_gop(fanout, 1, 5, 1.0)
-    sink = FakeSink()
-    sub = TrackSubscription(sink, start_group=1)
-    sub.start_object, sub.last_group = 2, 3
-    fanout.subscribe_from(sub, 1.5)
-    for g in (2, 3, 4):
-        publish_gop(fanout, g, 5, g * 1.0)
-        assert sub.range_ended == (g == 4)
-    assert [(s["group"], s["objects"]) for s in sink.streams.values()] == [(1, [2, 3, 4]), (2, list(range(5))),
-                                                                          (3, list(range(5)))]
-    assert sink.groups("fin") == [1, 2, 3]
-
-
-def test_an_absolute_range_whose_end_group_never_comes_ends_at_a_later_group():
-    """The source skips from group 2 to group 5: a range ending at 3 is over then."""
-    fanout = TrackFanout()
-    sink = FakeSink()
-    sub = TrackSubscription(sink, start_group=2)
-    sub.last_group = 3
-    fanout.subscribe_from(sub, 0.0)
-    publish_gop(fanout, 2, 3, 0.0)
-    assert not sub.range_ended
-    publish_gop(fanout, 5, 3, 1.0)
-    assert sub.range_ended and sink.groups() == [2] and sink.groups("fin") == [2]
-
-
 def test_a_range_lowered_on_a_relayed_track_ends_at_its_complete_end_group_and_cuts_later_ones():
     """REQUEST_UPDATE (``set_range``) of a range 0..9 on a relayed track (groups end by their own
     streams) to end at group 1, complete, while group 2 is in progress: group 2 is reset (CANCELLED,
@@ -708,6 +677,37 @@ def test_an_unfiltered_subscriber_updated_to_absolute_start_0_0_loses_nothing():
     assert not sub.range_ended
 
 
+def test_an_absolute_range_from_a_cached_group_ends_after_its_end_group():
+    """AbsoluteRange {1, 2}..3 on an in-order source with groups 0..1 cached: group 1 from object
+    2 at once, then live 2 and 3; group 4 is never opened, and its start ends the range."""
+    fanout = TrackFanout()
+    publish_gop(fanout, 0, 5, 0.0)
+    publish_gop(fanout, 1, 5, 1.0)
+    sink = FakeSink()
+    sub = TrackSubscription(sink, start_group=1)
+    sub.start_object, sub.last_group = 2, 3
+    fanout.subscribe_from(sub, 1.5)
+    for g in (2, 3, 4):
+        publish_gop(fanout, g, 5, g * 1.0)
+        assert sub.range_ended == (g == 4)
+    assert [(s["group"], s["objects"]) for s in sink.streams.values()] == [(1, [2, 3, 4]), (2, list(range(5))),
+                                                                          (3, list(range(5)))]
+    assert sink.groups("fin") == [1, 2, 3]
+
+
+def test_an_absolute_range_whose_end_group_never_comes_ends_at_a_later_group():
+    """The source skips from group 2 to group 5: a range ending at 3 is over then."""
+    fanout = TrackFanout()
+    sink = FakeSink()
+    sub = TrackSubscription(sink, start_group=2)
+    sub.last_group = 3
+    fanout.subscribe_from(sub, 0.0)
+    publish_gop(fanout, 2, 3, 0.0)
+    assert not sub.range_ended
+    publish_gop(fanout, 5, 3, 1.0)
+    assert sub.range_ended and sink.groups() == [2] and sink.groups("fin") == [2]
+
+
 def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_future_one_waits():
     fanout = TrackFanout()
     fanout.cache.max_groups = 2
@@ -719,4 +719,3 @@ def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_fu
     for g in (4, 5):
         publish_gop(fanout, g, 2, g * 1.0)
     assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
-
