@@ -20,6 +20,7 @@ from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
+from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
@@ -31,15 +32,12 @@ log = logging.getLogger("rtmpq.moq")
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
-_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH took CATALOG_FETCH_WAIT
+_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH's wait is over (catalog_join.py)
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
-# Seconds the catalog's joining FETCH may take to bring a version before the client also asks for it
-# the way relays without FETCH answer (an unfiltered SUBSCRIBE, which rtmpq's relay replays on).
-CATALOG_FETCH_WAIT = 1.0
 # Seconds to wait for streams still in flight after the publisher said it is done.
 LATE_STREAM_GRACE = 2.0
 # While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
@@ -214,10 +212,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
-        # the catalog too: MSF has its current version come by a joining FETCH, which needs this filter
-        joined_catalog = track == CATALOG_TRACK and not catalog_unfiltered
-        rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                filter_type=FILTER_LARGEST_OBJECT if join or joined_catalog else None,
+        filter_type = catalog_join.filter_type if track == CATALOG_TRACK else FILTER_LARGEST_OBJECT if join else None
+        rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms, filter_type=filter_type,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
@@ -259,17 +255,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     catalog: Catalog | None = None
     catalog_track = CatalogTrack(safe_name(broadcast))
-    catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
-    catalog_unfiltered = False  # the joining FETCH gave nothing: the catalog is subscribed unfiltered
+    catalog_join = CatalogJoin(safe_name(broadcast))
 
     def catalog_not_fetched() -> None:
-        """The joining FETCH brought no catalog (refused, reset, empty or slow): SUBSCRIBE to it
-        unfiltered as well, which a publisher that replays its current version answers."""
-        nonlocal catalog_unfiltered
-        if catalog_track.catalog is not None or catalog_unfiltered:
+        """If the joining FETCH brought no catalog in time, SUBSCRIBE to it unfiltered instead (catalog_join.py)."""
+        if not catalog_join.falls_back(loop.time(), catalog_track.catalog is not None):
             return
-        log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(broadcast))
-        catalog_unfiltered = True
         for rid, name in list(requests.items()):
             if name == CATALOG_TRACK:
                 drop_subscription(rid)
@@ -315,22 +306,22 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
-                if track == CATALOG_TRACK and not catalog_unfiltered and event.largest is not None:
+                if track == CATALOG_TRACK and catalog_join.wants_fetch(event.largest):
                     # MSF: the SUBSCRIBE brings only later versions; the current one by a joining FETCH
-                    catalog_fetches.add(session.joining_fetch(event.request_id, 0, priority=0,
-                                                              authorization=authorization))
-                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)
+                    catalog_join.fetching(session.joining_fetch(event.request_id, 0, priority=0,
+                                                                authorization=authorization), loop.time())
+                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)  # at its deadline
                     conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
-            elif getattr(event, "request_id", None) in catalog_fetches:
+            elif catalog_join.is_fetch(getattr(event, "request_id", None)):
                 if isinstance(event, ev.FetchObjectReceived):
                     for newer in newer_catalogs(event.group, event.object_id, event.payload):
                         yield newer
                 elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
-                    catalog_fetches.discard(event.request_id)
+                    catalog_join.fetch_over()
                     catalog_not_fetched()
             elif event is _CATALOG_FETCH_LATE:
                 catalog_not_fetched()  # a late answer to the FETCH still counts if it is newer
