@@ -33,12 +33,15 @@ _RETRY = object()  # queue marker: time to ask for a broadcast that was not live
 _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
 _CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH's wait is over (catalog_join.py)
+_END_OF_TRACK_LATE = object()  # queue marker: an End of Track's LATE_STREAM_GRACE is over
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
-# Seconds to wait for streams still in flight after the publisher said it is done.
+# Seconds to wait for streams still in flight after the publisher said a track is done: its
+# PUBLISH_DONE (no event for this long), or its End of Track (the older groups seen begun and not
+# ended yet are waited for this long at most; see EndOfTrack).
 LATE_STREAM_GRACE = 2.0
 # While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
 # name (the relay says NAMESPACE when it goes live) and also retries the catalog SUBSCRIBE this
@@ -123,6 +126,51 @@ class GroupOrder:
         return [SkippedGroup(t, g, LATE_GROUP) for t, g in late if self.skips.first(t, g)]
 
 
+class EndOfTrack:
+    """When an End of Track object (draft 16: no object at or after its location exists) ends its
+    track for the client: once every stream of the track seen begun with objects before that
+    location has ended (FIN or reset), or ``LATE_STREAM_GRACE`` after it came. Each group has its
+    own stream, so the tail of an older group can still be on its way; ending the track at once
+    dropped it when that track was the last one open. Time is an argument."""
+
+    def __init__(self) -> None:
+        self._open: set[tuple[str, int, int]] = set()  # (track, group, subgroup): objects seen, not ended
+        self._ending: dict[str, tuple[int, int, float]] = {}  # track -> its End of Track's stream, the grace's end
+
+    def begun(self, track: str, group: int, subgroup: int) -> None:
+        """An object of ``track`` came on this stream."""
+        self._open.add((track, group, subgroup))
+
+    def stream_ended(self, track: str, group: int, subgroup: int) -> bool:
+        """A stream of ``track`` ended (FIN or reset): whether the track is over now."""
+        self._open.discard((track, group, subgroup))
+        return track in self._ending and self._over(track)
+
+    def end_of_track(self, track: str, group: int, subgroup: int, now: float) -> bool:
+        """An End of Track object on this stream: whether the track is over at once (nothing older
+        is open); if not, ask ``overdue`` again ``LATE_STREAM_GRACE`` from now."""
+        self._ending.setdefault(track, (group, subgroup, now + LATE_STREAM_GRACE))
+        return self._over(track)
+
+    def overdue(self, now: float) -> list[str]:
+        """The tracks whose grace has passed: over now, whatever is still open."""
+        late = [track for track, (_, _, end) in self._ending.items() if now >= end]
+        for track in late:
+            self.forget(track)
+        return late
+
+    def forget(self, track: str) -> None:
+        self._ending.pop(track, None)
+        self._open = {key for key in self._open if key[0] != track}
+
+    def _over(self, track: str) -> bool:
+        group, subgroup, _ = self._ending[track]
+        if any(t == track and (g < group or (g == group and s != subgroup)) for t, g, s in self._open):
+            return False
+        self.forget(track)
+        return True
+
+
 class SubscribeError(ConnectionError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -195,6 +243,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     open_tracks: set[str] = set()
     streams_done: dict[str, int] = {}  # track -> subgroup streams finished (FIN or reset)
     expected: dict[str, int] = {}  # track -> streams the publisher said it opened (PUBLISH_DONE)
+    ends = EndOfTrack()
 
     def finish_complete_tracks() -> None:
         for track, count in expected.items():
@@ -229,6 +278,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         open_tracks.discard(name)
         streams_done.pop(name, None)  # a later subscription of the track counts its own streams
         expected.pop(name, None)
+        ends.forget(name)
         for alias, n in list(aliases.items()):
             if n == name:
                 del aliases[alias]
@@ -385,19 +435,25 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 track = aliases.get(event.track_alias)
                 if event.status != ObjectStatus.NORMAL:
                     # End of Group / End of Track: no frame, no catalog. End of Group needs nothing
-                    # more (the stream's FIN follows); after End of Track no object of the track
-                    # exists: it no longer holds the subscription open (as after its PUBLISH_DONE)
+                    # more (the stream's FIN follows); after End of Track no newer object of the
+                    # track exists: once older groups on their way have come, it no longer holds
+                    # the subscription open (as after its PUBLISH_DONE)
                     if event.status == ObjectStatus.END_OF_TRACK and track is not None:
-                        open_tracks.discard(track)
-                elif track == CATALOG_TRACK:
-                    for newer in newer_catalogs(event.group, event.object_id, event.payload):
-                        yield newer
+                        if ends.end_of_track(track, event.group, event.subgroup, loop.time()):
+                            open_tracks.discard(track)
+                        else:
+                            loop.call_later(LATE_STREAM_GRACE, queue.put_nowait, _END_OF_TRACK_LATE)
                 elif track is not None:
-                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions,
-                                            timescale(track))
-                    for frame in ([frame] if fill is None else fill.live(frame)):
-                        if (frame := order.admit(frame)) is not None:
-                            yield frame
+                    ends.begun(track, event.group, event.subgroup)
+                    if track == CATALOG_TRACK:
+                        for newer in newer_catalogs(event.group, event.object_id, event.payload):
+                            yield newer
+                    else:
+                        frame = object_to_frame(track, event.group, event.object_id, event.payload,
+                                                event.extensions, timescale(track))
+                        for frame in ([frame] if fill is None else fill.live(frame)):
+                            if (frame := order.admit(frame)) is not None:
+                                yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -405,7 +461,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     code = event.code if isinstance(event, ev.SubgroupReset) else None
                     if (skipped := order.stream_ended(track, event.group, code)) is not None:
                         yield skipped
+                    if ends.stream_ended(track, event.group, event.subgroup):
+                        open_tracks.discard(track)
                     finish_complete_tracks()
+            elif event is _END_OF_TRACK_LATE:
+                for track in ends.overdue(loop.time()):
+                    open_tracks.discard(track)
             elif isinstance(event, ev.PublishDoneReceived):
                 track = requests.get(event.request_id)
                 if track is not None:
