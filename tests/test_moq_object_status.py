@@ -43,19 +43,29 @@ def media(track: str, group: int) -> list[bytes]:
     return [f"{track} {group}.{i}".encode() for i in range(FRAMES_PER_GROUP)]
 
 
-def publisher(conn, ending: str, *, fin: bool = True) -> None:
-    """Answers each SUBSCRIBE with its groups, each ended by an End of Group object: the catalog
-    (one group), video (two groups), audio (one group), then PUBLISH_DONE. With ``ending`` =
-    "end_of_track": one group per track, ended by an End of Track object instead, and no
-    PUBLISH_DONE (nothing but that object says the track is over)."""
-    session = conn.session
+def answer_subscribes(conn, answer) -> None:
+    """``conn`` accepts each SUBSCRIBE, then ``answer(event, alias)`` sends what it sends."""
     aliases = iter(range(100))
 
     def on_event(_conn, event) -> None:
         if not isinstance(event, ev.SubscribeRequested):
             return
         alias = next(aliases)
-        session.subscribe_ok(event.request_id, alias)
+        conn.session.subscribe_ok(event.request_id, alias)
+        answer(event, alias)
+        conn.flush()
+
+    conn.handler = on_event
+
+
+def publisher(conn, ending: str, *, fin: bool = True) -> None:
+    """Answers each SUBSCRIBE with its groups, each ended by an End of Group object: the catalog
+    (one group), video (two groups), audio (one group), then PUBLISH_DONE. With ``ending`` =
+    "end_of_track": one group per track, ended by an End of Track object instead, and no
+    PUBLISH_DONE (nothing but that object says the track is over)."""
+    session = conn.session
+
+    def answer(event, alias: int) -> None:
         name = event.track_name
         if name == CATALOG_TRACK:
             groups = [[CATALOG.to_json()]]
@@ -67,9 +77,8 @@ def publisher(conn, ending: str, *, fin: bool = True) -> None:
             send_group(session, alias, group, payloads, status, fin=fin)
         if ending == "publish_done":
             session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, len(groups))
-        conn.flush()
 
-    conn.handler = on_event
+    answer_subscribes(conn, answer)
 
 
 @pytest.mark.parametrize("ending", ["publish_done", "end_of_track"])
@@ -100,22 +109,15 @@ def answer_with_status_objects(pub, catalog_status: int, video_status: int, subs
     """``pub`` answers each SUBSCRIBE (track names go to ``subscribed``): the catalog, one group
     ended by ``catalog_status``; video, two groups, the second ended by ``video_status``; every
     stream left open."""
-    aliases = iter(range(100))
-
-    def on_publisher_event(_conn, event) -> None:
-        if not isinstance(event, ev.SubscribeRequested):
-            return
-        alias = next(aliases)
+    def answer(event, alias: int) -> None:
         subscribed.append(event.track_name)
-        pub.session.subscribe_ok(event.request_id, alias)
         if event.track_name == CATALOG_TRACK:
             send_group(pub.session, alias, 0, [CATALOG.to_json()], catalog_status, fin=False)
         else:
             send_group(pub.session, alias, 0, media("video", 0), ObjectStatus.END_OF_GROUP, fin=False)
             send_group(pub.session, alias, 1, media("video", 1), video_status, fin=False)
-        pub.flush()
 
-    pub.handler = on_publisher_event
+    answer_subscribes(pub, answer)
 
 
 def subscribe_catalog_and_video(viewer) -> tuple[asyncio.Queue, int, int]:
@@ -220,13 +222,8 @@ class TailAfterEndOfTrack:
 
     def on_connection(self, conn) -> None:
         session = conn.session
-        aliases = iter(range(100))
 
-        def on_event(_conn, event) -> None:
-            if not isinstance(event, ev.SubscribeRequested):
-                return
-            alias = next(aliases)
-            session.subscribe_ok(event.request_id, alias)
+        def answer(event, alias: int) -> None:
             if event.track_name == CATALOG_TRACK:
                 send_group(session, alias, 0, [Catalog("live/x", (VIDEO,)).to_json()], ObjectStatus.END_OF_TRACK)
             else:
@@ -234,9 +231,8 @@ class TailAfterEndOfTrack:
                 for object_id, payload in enumerate(media("video", GROUP)[:2]):
                     session.send_object(sid, object_id, payload)
                 self.video = (conn, alias, sid)
-            conn.flush()
 
-        conn.handler = on_event
+        answer_subscribes(conn, answer)
 
     def end_of_track(self, *, fin: bool = True) -> None:
         conn, alias, _ = self.video
