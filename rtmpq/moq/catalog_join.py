@@ -9,7 +9,7 @@ unfiltered, which a publisher or relay without FETCH answers by replaying its cu
 (rtmpq's relay does). A late answer of the FETCH still counts: the caller's reader keeps the
 newest version, whichever way it came.
 
-One ``CatalogJoin`` per catalog subscription: the client's (``subscribe_broadcast``: the edge,
+One ``CatalogJoin`` per catalog a subscriber joins: the client's (``subscribe_broadcast``: the edge,
 ``rtmpq sub``), the relay's upstream one (upstream.py) and the transcoder's (nodes/transcode.py).
 Sans-I/O: the caller sends the SUBSCRIBE and the FETCH, and asks ``falls_back`` when the FETCH is
 over and again at ``deadline``.

@@ -597,7 +597,8 @@ class MoqRelay:
         if (self._tracks.get((upstream.namespace, upstream.track)) is not upstream or upstream.conn is None
                 or upstream.conn.session.closed):
             return  # the track ended, or its source is lost (a new one is subscribed as it was)
-        if upstream.catalog_join.falls_back(asyncio.get_running_loop().time(), upstream.fanout.cache.latest() is not None):
+        held = upstream.fanout.cache.latest() is not None  # a version came, fetched or live
+        if upstream.catalog_join.falls_back(asyncio.get_running_loop().time(), held):
             upstream.conn.session.unsubscribe(upstream.request_id)
             self._resume(upstream, upstream.conn)
 
