@@ -27,6 +27,8 @@ CATALOG_FETCH_WAIT = 1.0
 
 
 class CatalogJoin:
+    """One subscriber's join of one broadcast's catalog, across its re-subscriptions."""
+
     def __init__(self, label: str) -> None:
         self.label = label  # for the log: the broadcast, already made safe to print
         self.unfiltered = False  # the FETCH brought nothing: the catalog is subscribed unfiltered

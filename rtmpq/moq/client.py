@@ -261,7 +261,10 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
-        filter_type = catalog_join.filter_type if track == CATALOG_TRACK else FILTER_LARGEST_OBJECT if join else None
+        if track == CATALOG_TRACK:
+            filter_type = catalog_join.filter_type  # the Largest Object, which its joining FETCH needs
+        else:
+            filter_type = FILTER_LARGEST_OBJECT if join else None
         rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms, filter_type=filter_type,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
