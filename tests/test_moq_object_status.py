@@ -2,13 +2,16 @@
 with an End of Track (0x4) object, both empty and never Normal. Found by a review against draft 16:
 rtmpq parsed the status and then ignored it, so its subscriber took such an object on the catalog
 track for an empty catalog (and failed on it) and for an empty frame on a media track, and its
-relay passed it on as an empty Normal object."""
+relay passed it on as an empty Normal object. The client ended a track at its End of Track object
+even while an older group of it was still on its way."""
 
 import asyncio
 
 import pytest
 
 from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.media.frames import Frame
+from rtmpq.moq import client as client_module
 from rtmpq.moq import events as ev
 from rtmpq.moq import wire
 from rtmpq.moq.loc import CATALOG_TRACK
@@ -40,19 +43,29 @@ def media(track: str, group: int) -> list[bytes]:
     return [f"{track} {group}.{i}".encode() for i in range(FRAMES_PER_GROUP)]
 
 
-def publisher(conn, ending: str, *, fin: bool = True) -> None:
-    """Answers each SUBSCRIBE with its groups, each ended by an End of Group object: the catalog
-    (one group), video (two groups), audio (one group), then PUBLISH_DONE. With ``ending`` =
-    "end_of_track": one group per track, ended by an End of Track object instead, and no
-    PUBLISH_DONE (nothing but that object says the track is over)."""
-    session = conn.session
+def answer_subscribes(conn, answer) -> None:
+    """``conn`` accepts each SUBSCRIBE, then ``answer(event, alias)`` sends what it sends."""
     aliases = iter(range(100))
 
     def on_event(_conn, event) -> None:
         if not isinstance(event, ev.SubscribeRequested):
             return
         alias = next(aliases)
-        session.subscribe_ok(event.request_id, alias)
+        conn.session.subscribe_ok(event.request_id, alias)
+        answer(event, alias)
+        conn.flush()
+
+    conn.handler = on_event
+
+
+def publisher(conn, ending: str, *, fin: bool = True) -> None:
+    """Answers each SUBSCRIBE with its groups, each ended by an End of Group object: the catalog
+    (one group), video (two groups), audio (one group), then PUBLISH_DONE. With ``ending`` =
+    "end_of_track": one group per track, ended by an End of Track object instead, and no
+    PUBLISH_DONE (nothing but that object says the track is over)."""
+    session = conn.session
+
+    def answer(event, alias: int) -> None:
         name = event.track_name
         if name == CATALOG_TRACK:
             groups = [[CATALOG.to_json()]]
@@ -64,9 +77,8 @@ def publisher(conn, ending: str, *, fin: bool = True) -> None:
             send_group(session, alias, group, payloads, status, fin=fin)
         if ending == "publish_done":
             session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, len(groups))
-        conn.flush()
 
-    conn.handler = on_event
+    answer_subscribes(conn, answer)
 
 
 @pytest.mark.parametrize("ending", ["publish_done", "end_of_track"])
@@ -97,22 +109,15 @@ def answer_with_status_objects(pub, catalog_status: int, video_status: int, subs
     """``pub`` answers each SUBSCRIBE (track names go to ``subscribed``): the catalog, one group
     ended by ``catalog_status``; video, two groups, the second ended by ``video_status``; every
     stream left open."""
-    aliases = iter(range(100))
-
-    def on_publisher_event(_conn, event) -> None:
-        if not isinstance(event, ev.SubscribeRequested):
-            return
-        alias = next(aliases)
+    def answer(event, alias: int) -> None:
         subscribed.append(event.track_name)
-        pub.session.subscribe_ok(event.request_id, alias)
         if event.track_name == CATALOG_TRACK:
             send_group(pub.session, alias, 0, [CATALOG.to_json()], catalog_status, fin=False)
         else:
             send_group(pub.session, alias, 0, media("video", 0), ObjectStatus.END_OF_GROUP, fin=False)
             send_group(pub.session, alias, 1, media("video", 1), video_status, fin=False)
-        pub.flush()
 
-    pub.handler = on_publisher_event
+    answer_subscribes(pub, answer)
 
 
 def subscribe_catalog_and_video(viewer) -> tuple[asyncio.Queue, int, int]:
@@ -201,3 +206,118 @@ async def test_end_of_track_ends_the_relayed_track_without_publish_done(tmp_path
     assert [bytes(e.payload) for e in objects if e.track_alias == accepted[catalog_rid]] == [CATALOG.to_json()]
     assert sorted(bytes(e.payload) for e in objects if e.track_alias == accepted[video_rid]) == sorted(
         media("video", 0) + media("video", 1))
+
+
+GROUP = 5  # video's last group; its End of Track comes on group GROUP + 1's stream
+
+
+class TailAfterEndOfTrack:
+    """A publisher of live/x: the catalog (video alone) ended by End of Track on its own stream;
+    video: the first two frames of group GROUP on a stream left open. ``end_of_track()`` then
+    sends End of Track alone on group GROUP + 1's stream (FIN, or left open); ``finish()`` the
+    rest of group GROUP and its FIN. Never a PUBLISH_DONE; the session stays open."""
+
+    def __init__(self) -> None:
+        self.video = None  # (connection, alias, group GROUP's stream) once video is subscribed
+
+    def on_connection(self, conn) -> None:
+        session = conn.session
+
+        def answer(event, alias: int) -> None:
+            if event.track_name == CATALOG_TRACK:
+                send_group(session, alias, 0, [Catalog("live/x", (VIDEO,)).to_json()], ObjectStatus.END_OF_TRACK)
+            else:
+                sid = session.open_subgroup(alias, GROUP)
+                for object_id, payload in enumerate(media("video", GROUP)[:2]):
+                    session.send_object(sid, object_id, payload)
+                self.video = (conn, alias, sid)
+
+        answer_subscribes(conn, answer)
+
+    def end_of_track(self, *, fin: bool = True) -> None:
+        conn, alias, _ = self.video
+        send_group(conn.session, alias, GROUP + 1, [], ObjectStatus.END_OF_TRACK, fin=fin)
+        conn.flush()
+
+    def finish(self) -> None:
+        conn, _, sid = self.video
+        for object_id, payload in enumerate(media("video", GROUP)[2:], start=2):
+            conn.session.send_object(sid, object_id, payload)
+        conn.session.end_subgroup(sid)
+        conn.flush()
+
+
+def frames(got: list) -> list[bytes]:
+    return [bytes(f.payload) for f in got if isinstance(f, Frame)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_end_of_track_waits_for_an_older_group_still_on_its_way(tmp_path, backend, monkeypatch):
+    """Video's group 5 is on its way (its stream open) when End of Track comes on group 6's stream,
+    and the rest of group 5 only after that: the client gets all of group 5, and the track ends with
+    group 5's FIN (the grace is made too long to be what ends it here). Before, the client stopped
+    at End of Track, video being its last open track, and dropped the rest of group 5."""
+    monkeypatch.setattr(client_module, "LATE_STREAM_GRACE", 60.0)
+    pub = TailAfterEndOfTrack()
+    loop = asyncio.get_running_loop()
+
+    def each(item) -> None:  # the client has read group 5's first frames: End of Track now
+        if isinstance(item, Frame) and item.index == 1:
+            pub.end_of_track()
+
+    def seen(event) -> None:  # End of Track is handed to the client: the rest of group 5 comes behind it
+        if isinstance(event, ev.ObjectReceived) and event.status == ObjectStatus.END_OF_TRACK and event.group == GROUP + 1:
+            loop.call_soon(pub.finish)
+
+    got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10, each=each,
+                                           seen=seen)
+    assert frames(got) == media("video", GROUP)
+
+
+async def test_end_of_track_with_nothing_older_open_ends_the_track_at_once(tmp_path, monkeypatch):
+    """Group 5 whole, then End of Track on group 6's stream, left open: the subscription ends at
+    once (the grace is made longer than the test's deadline)."""
+    monkeypatch.setattr(client_module, "LATE_STREAM_GRACE", 60.0)
+    pub = TailAfterEndOfTrack()
+
+    def each(item) -> None:
+        if isinstance(item, Frame) and item.index == 1:
+            pub.finish()
+            pub.end_of_track(fin=False)
+
+    got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, deadline=10, each=each)
+    assert frames(got) == media("video", GROUP)
+
+
+async def test_end_of_track_waits_for_an_older_group_no_longer_than_the_grace(tmp_path, monkeypatch):
+    """Group 5's stream never ends: the track ends LATE_STREAM_GRACE after its End of Track, with
+    what came of group 5, instead of holding the subscription open."""
+    monkeypatch.setattr(client_module, "LATE_STREAM_GRACE", 0.5)
+    pub = TailAfterEndOfTrack()
+
+    def each(item) -> None:
+        if isinstance(item, Frame) and item.index == 1:
+            pub.end_of_track()
+
+    got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, deadline=10, each=each)
+    assert frames(got) == media("video", GROUP)[:2]
+
+
+def test_end_of_track_waits_for_the_streams_before_its_location_alone():
+    """EndOfTrack alone (time as an argument): streams of older groups, and other subgroups of its
+    own group, are waited for; its own stream, newer groups and other tracks are not."""
+    ends = client_module.EndOfTrack()
+    ends.begun("video", 4, 0)
+    ends.begun("video", 6, 1)  # another subgroup of the End of Track's group
+    ends.begun("video", 6, 0)  # its own stream
+    ends.begun("audio", 3, 0)
+    assert not ends.end_of_track("video", 6, 0, now=10.0)
+    assert not ends.stream_ended("video", 4, 0)
+    assert ends.overdue(10.0) == []
+    assert ends.stream_ended("video", 6, 1)  # over: only its own stream and other tracks are open
+    assert not ends.stream_ended("video", 6, 0)  # said once
+    ends.begun("video", 2, 0)
+    assert not ends.end_of_track("video", 3, 0, now=20.0)
+    assert ends.overdue(20.0 + client_module.LATE_STREAM_GRACE) == ["video"]
+    assert not ends.end_of_track("audio", 4, 1, now=30.0)  # audio's group 3 is still open
+    assert ends.stream_ended("audio", 3, 0)

@@ -27,12 +27,12 @@ NEWER = Catalog("live/x", (VIDEO, TrackInfo(name="audio", kind="audio", codec="m
 
 
 def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bool = False,
-                         without_fetch: bool = False):
+                         without_fetch: bool = False, silent: bool = False):
     """SUBSCRIBE to the catalog: SUBSCRIBE_OK with its Largest Location and nothing else (with
     ``newer_live``: a newer version, group 8, at once); the Joining FETCH: the current version;
     SUBSCRIBE to video: one frame, the group left open (the broadcast goes on). With
-    ``without_fetch``: a publisher that refuses FETCH and replays its current catalog on an
-    unfiltered SUBSCRIBE."""
+    ``without_fetch``: a publisher that refuses FETCH (with ``silent``: never answers it) and replays
+    its current catalog on an unfiltered SUBSCRIBE."""
     session = pub.session
     aliases = iter(range(100))
 
@@ -57,8 +57,9 @@ def conforming_publisher(pub, subscribes: list, fetches: list, *, newer_live: bo
         elif isinstance(event, ev.FetchRequested):
             fetches.append(event)
             if without_fetch:
-                session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no FETCH here")
-                pub.flush()
+                if not silent:
+                    session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no FETCH here")
+                    pub.flush()
                 return
             session.fetch_ok(event.request_id, (CATALOG_GROUP, 1))
             sid = session.open_fetch_stream(event.request_id)
@@ -129,7 +130,7 @@ async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path)
         viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
         viewer.flush()
         upstream = lambda: relay._tracks.get((("live", "x"), CATALOG_TRACK))  # noqa: E731
-        await until(lambda: fetches and upstream() is not None and upstream().catalog_fetch is None, 10,
+        await until(lambda: fetches and upstream() is not None and upstream().catalog_join.fetch is None, 10,
                     "the relay's catalog FETCH answered")
         await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
         latest = upstream().fanout.cache.latest()
@@ -137,10 +138,12 @@ async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path)
     assert [bytes(o.payload) for o in latest.objects] == [NEWER]
 
 
-async def test_a_publisher_without_fetch_still_gives_its_catalog_through_the_relay(tmp_path):
-    """The relay's joining FETCH is refused: it subscribes to the catalog unfiltered, which this
-    publisher answers with its current version, and the relay's subscriber gets that."""
-    async with relayed(tmp_path, without_fetch=True) as t:
+@pytest.mark.parametrize("silent", [False, True], ids=["refused", "never-answered"])
+async def test_a_publisher_without_fetch_still_gives_its_catalog_through_the_relay(tmp_path, silent):
+    """The relay's joining FETCH is refused, or not answered within CATALOG_FETCH_WAIT: it
+    subscribes to the catalog unfiltered, which this publisher answers with its current version,
+    and the relay's subscriber gets that. Before, a FETCH never answered meant no catalog ever."""
+    async with relayed(tmp_path, without_fetch=True, silent=silent) as t:
         viewer, got, subscribes, fetches = t.viewer, t.got, t.subscribes, t.fetches
         viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
         viewer.flush()

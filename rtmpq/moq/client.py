@@ -20,6 +20,7 @@ from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
+from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
 from .transport import MoqConnection
@@ -31,16 +32,16 @@ log = logging.getLogger("rtmpq.moq")
 _RETRY = object()  # queue marker: time to ask for a broadcast that was not live again
 _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
-_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH took CATALOG_FETCH_WAIT
+_CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH's wait is over (catalog_join.py)
+_END_OF_TRACK_LATE = object()  # queue marker: an End of Track's LATE_STREAM_GRACE is over
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
 
 
-# Seconds the catalog's joining FETCH may take to bring a version before the client also asks for it
-# the way relays without FETCH answer (an unfiltered SUBSCRIBE, which rtmpq's relay replays on).
-CATALOG_FETCH_WAIT = 1.0
-# Seconds to wait for streams still in flight after the publisher said it is done.
+# Seconds to wait for streams still in flight after the publisher said a track is done: its
+# PUBLISH_DONE (no event for this long), or its End of Track (the older groups seen begun and not
+# ended yet are waited for this long at most; see EndOfTrack).
 LATE_STREAM_GRACE = 2.0
 # While waiting for a broadcast that is not live yet, the client holds a SUBSCRIBE_NAMESPACE on its
 # name (the relay says NAMESPACE when it goes live) and also retries the catalog SUBSCRIBE this
@@ -125,6 +126,51 @@ class GroupOrder:
         return [SkippedGroup(t, g, LATE_GROUP) for t, g in late if self.skips.first(t, g)]
 
 
+class EndOfTrack:
+    """When an End of Track object (draft 16: no object at or after its location exists) ends its
+    track for the client: once every stream of the track seen begun with objects before that
+    location has ended (FIN or reset), or ``LATE_STREAM_GRACE`` after it came. Each group has its
+    own stream, so the tail of an older group can still be on its way; ending the track at once
+    dropped it when that track was the last one open. Time is an argument."""
+
+    def __init__(self) -> None:
+        self._open: set[tuple[str, int, int]] = set()  # (track, group, subgroup): objects seen, not ended
+        self._ending: dict[str, tuple[int, int, float]] = {}  # track -> its End of Track's stream, the grace's end
+
+    def begun(self, track: str, group: int, subgroup: int) -> None:
+        """An object of ``track`` came on this stream."""
+        self._open.add((track, group, subgroup))
+
+    def stream_ended(self, track: str, group: int, subgroup: int) -> bool:
+        """A stream of ``track`` ended (FIN or reset): whether the track is over now."""
+        self._open.discard((track, group, subgroup))
+        return track in self._ending and self._over(track)
+
+    def end_of_track(self, track: str, group: int, subgroup: int, now: float) -> bool:
+        """An End of Track object on this stream: whether the track is over at once (nothing older
+        is open); if not, ask ``overdue`` again ``LATE_STREAM_GRACE`` from now."""
+        self._ending.setdefault(track, (group, subgroup, now + LATE_STREAM_GRACE))
+        return self._over(track)
+
+    def overdue(self, now: float) -> list[str]:
+        """The tracks whose grace has passed: over now, whatever is still open."""
+        late = [track for track, (_, _, end) in self._ending.items() if now >= end]
+        for track in late:
+            self.forget(track)
+        return late
+
+    def forget(self, track: str) -> None:
+        self._ending.pop(track, None)
+        self._open = {key for key in self._open if key[0] != track}
+
+    def _over(self, track: str) -> bool:
+        group, subgroup, _ = self._ending[track]
+        if any(t == track and (g < group or (g == group and s != subgroup)) for t, g, s in self._open):
+            return False
+        self.forget(track)
+        return True
+
+
 class SubscribeError(ConnectionError):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
@@ -197,6 +243,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     open_tracks: set[str] = set()
     streams_done: dict[str, int] = {}  # track -> subgroup streams finished (FIN or reset)
     expected: dict[str, int] = {}  # track -> streams the publisher said it opened (PUBLISH_DONE)
+    ends = EndOfTrack()
 
     def finish_complete_tracks() -> None:
         for track, count in expected.items():
@@ -214,10 +261,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
         if join and not fill.started:
             loop.call_later(FILL_TIMEOUT, queue.put_nowait, _FILL_EXPIRED)
-        # the catalog too: MSF has its current version come by a joining FETCH, which needs this filter
-        joined_catalog = track == CATALOG_TRACK and not catalog_unfiltered
-        rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms,
-                                filter_type=FILTER_LARGEST_OBJECT if join or joined_catalog else None,
+        if track == CATALOG_TRACK:
+            filter_type = catalog_join.filter_type  # the Largest Object, which its joining FETCH needs
+        else:
+            filter_type = FILTER_LARGEST_OBJECT if join else None
+        rid = session.subscribe(namespace, track, delivery_timeout_ms=delivery_timeout_ms, filter_type=filter_type,
                                 priority=0 if track == CATALOG_TRACK else 128, authorization=authorization)
         requests[rid] = track
         open_tracks.add(track)
@@ -233,6 +281,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         open_tracks.discard(name)
         streams_done.pop(name, None)  # a later subscription of the track counts its own streams
         expected.pop(name, None)
+        ends.forget(name)
         for alias, n in list(aliases.items()):
             if n == name:
                 del aliases[alias]
@@ -259,17 +308,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     catalog: Catalog | None = None
     catalog_track = CatalogTrack(safe_name(broadcast))
-    catalog_fetches: set[int] = set()  # joining FETCHes of the current catalog version
-    catalog_unfiltered = False  # the joining FETCH gave nothing: the catalog is subscribed unfiltered
+    catalog_join = CatalogJoin(safe_name(broadcast))
 
     def catalog_not_fetched() -> None:
-        """The joining FETCH brought no catalog (refused, reset, empty or slow): SUBSCRIBE to it
-        unfiltered as well, which a publisher that replays its current version answers."""
-        nonlocal catalog_unfiltered
-        if catalog_track.catalog is not None or catalog_unfiltered:
+        """If the joining FETCH brought no catalog in time, SUBSCRIBE to it unfiltered instead (catalog_join.py)."""
+        if not catalog_join.falls_back(loop.time(), catalog_track.catalog is not None):
             return
-        log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(broadcast))
-        catalog_unfiltered = True
         for rid, name in list(requests.items()):
             if name == CATALOG_TRACK:
                 drop_subscription(rid)
@@ -315,22 +359,22 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 if watch is not None:  # live: no more need to watch for it
                     session.unsubscribe_namespace(watch)
                     watch = None
-                if track == CATALOG_TRACK and not catalog_unfiltered and event.largest is not None:
+                if track == CATALOG_TRACK and catalog_join.wants_fetch(event.largest):
                     # MSF: the SUBSCRIBE brings only later versions; the current one by a joining FETCH
-                    catalog_fetches.add(session.joining_fetch(event.request_id, 0, priority=0,
-                                                              authorization=authorization))
-                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)
+                    catalog_join.fetching(session.joining_fetch(event.request_id, 0, priority=0,
+                                                                authorization=authorization), loop.time())
+                    loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)  # at its deadline
                     conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
-            elif getattr(event, "request_id", None) in catalog_fetches:
+            elif catalog_join.is_fetch(getattr(event, "request_id", None)):
                 if isinstance(event, ev.FetchObjectReceived):
                     for newer in newer_catalogs(event.group, event.object_id, event.payload):
                         yield newer
                 elif isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
-                    catalog_fetches.discard(event.request_id)
+                    catalog_join.fetch_over()
                     catalog_not_fetched()
             elif event is _CATALOG_FETCH_LATE:
                 catalog_not_fetched()  # a late answer to the FETCH still counts if it is newer
@@ -394,19 +438,25 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 track = aliases.get(event.track_alias)
                 if event.status != ObjectStatus.NORMAL:
                     # End of Group / End of Track: no frame, no catalog. End of Group needs nothing
-                    # more (the stream's FIN follows); after End of Track no object of the track
-                    # exists: it no longer holds the subscription open (as after its PUBLISH_DONE)
+                    # more (the stream's FIN follows); after End of Track no newer object of the
+                    # track exists: once older groups on their way have come, it no longer holds
+                    # the subscription open (as after its PUBLISH_DONE)
                     if event.status == ObjectStatus.END_OF_TRACK and track is not None:
-                        open_tracks.discard(track)
-                elif track == CATALOG_TRACK:
-                    for newer in newer_catalogs(event.group, event.object_id, event.payload):
-                        yield newer
+                        if ends.end_of_track(track, event.group, event.subgroup, loop.time()):
+                            open_tracks.discard(track)
+                        else:
+                            loop.call_later(LATE_STREAM_GRACE, queue.put_nowait, _END_OF_TRACK_LATE)
                 elif track is not None:
-                    frame = object_to_frame(track, event.group, event.object_id, event.payload, event.extensions,
-                                            timescale(track))
-                    for frame in ([frame] if fill is None else fill.live(frame)):
-                        if (frame := order.admit(frame)) is not None:
-                            yield frame
+                    ends.begun(track, event.group, event.subgroup)
+                    if track == CATALOG_TRACK:
+                        for newer in newer_catalogs(event.group, event.object_id, event.payload):
+                            yield newer
+                    else:
+                        frame = object_to_frame(track, event.group, event.object_id, event.payload,
+                                                event.extensions, timescale(track))
+                        for frame in ([frame] if fill is None else fill.live(frame)):
+                            if (frame := order.admit(frame)) is not None:
+                                yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -414,7 +464,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     code = event.code if isinstance(event, ev.SubgroupReset) else None
                     if (skipped := order.stream_ended(track, event.group, code)) is not None:
                         yield skipped
+                    if ends.stream_ended(track, event.group, event.subgroup):
+                        open_tracks.discard(track)
                     finish_complete_tracks()
+            elif event is _END_OF_TRACK_LATE:
+                for track in ends.overdue(loop.time()):
+                    open_tracks.discard(track)
             elif isinstance(event, ev.PublishDoneReceived):
                 track = requests.get(event.request_id)
                 if track is not None:

@@ -37,6 +37,7 @@ from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
 from .broadcast_source import BroadcastSource, with_added_tracks
+from .catalog_join import CATALOG_FETCH_WAIT
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
@@ -365,7 +366,8 @@ class MoqRelay:
             if publisher is None:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 return
-            upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name)
+            upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name,
+                                                         label=_label(event.namespace))
             self._by_request[(id(publisher), upstream.request_id)] = upstream
             log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
         if upstream.alias is None:
@@ -578,28 +580,32 @@ class MoqRelay:
         """The relayed catalog whose current Joining FETCH this is (``done``: it is over), or None."""
         key = (id(conn), request_id)
         upstream = self._catalog_fetches.pop(key, None) if done else self._catalog_fetches.get(key)
-        if upstream is None or upstream.conn is not conn or upstream.catalog_fetch != request_id:
+        if upstream is None or upstream.conn is not conn or not upstream.catalog_join.is_fetch(request_id):
             return None  # not ours, or one of a subscription since replaced
         if done:
-            upstream.catalog_fetch = None
+            upstream.catalog_join.fetch_over()
         return upstream
 
     def _catalog_fetched(self, upstream: UpstreamTrack, code: int | None) -> None:
-        """The catalog's Joining FETCH is over: its group ends; if it brought nothing (refused,
-        reset, empty) and no version came live either, the catalog is subscribed unfiltered."""
+        """The catalog's Joining FETCH is over (ended, reset or refused): the group it fed ends."""
         group = upstream.fetched_group
         if group is not None:
             if code is None:
                 upstream.fanout.end_group(group)
             else:
                 upstream.fanout.reset_group(group, code)
-        if upstream.fanout.cache.latest() is not None or upstream.conn is None or upstream.conn.session.closed:
-            return
-        log.info("%s: its joining FETCH brought no catalog: subscribing to it unfiltered",
-                 _label(upstream.namespace, upstream.track))
-        upstream.conn.session.unsubscribe(upstream.request_id)
-        upstream.unfiltered = True
-        self._resume(upstream, upstream.conn)
+        self._catalog_not_fetched(upstream)
+
+    def _catalog_not_fetched(self, upstream: UpstreamTrack) -> None:
+        """If the catalog's Joining FETCH brought no version in time, subscribe to it unfiltered
+        instead (catalog_join.py)."""
+        if (self._tracks.get((upstream.namespace, upstream.track)) is not upstream or upstream.conn is None
+                or upstream.conn.session.closed):
+            return  # the track ended, or its source is lost (a new one is subscribed as it was)
+        held = upstream.fanout.cache.latest() is not None  # a version came, fetched or live
+        if upstream.catalog_join.falls_back(asyncio.get_running_loop().time(), held):
+            upstream.conn.session.unsubscribe(upstream.request_id)
+            self._resume(upstream, upstream.conn)
 
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
@@ -720,9 +726,10 @@ class MoqRelay:
         self._by_alias[(id(conn), event.track_alias)] = upstream
         if event.largest is not None and upstream.group_offset == 0:
             upstream.largest = event.largest
-        if upstream.track == CATALOG_TRACK and not upstream.unfiltered and event.largest is not None:
+        if upstream.catalog_join is not None and upstream.catalog_join.wants_fetch(event.largest):
             # MSF: the SUBSCRIBE brings only later versions; the current one comes by a joining FETCH
-            self._catalog_fetches[(id(conn), upstream.fetch_catalog())] = upstream
+            self._catalog_fetches[(id(conn), upstream.fetch_catalog(asyncio.get_running_loop().time()))] = upstream
+            self._call_later(CATALOG_FETCH_WAIT, self._catalog_not_fetched, upstream)  # at its deadline
         waiting, upstream.waiting = upstream.waiting, []
         for sub_conn, request in waiting:
             if not sub_conn.session.closed:

@@ -3,26 +3,27 @@ subscription there (or a track the peer PUBLISHed here) feeding a fan-out, with 
 rising across a new source session; ``FetchProxy``, a FETCH passed on there and answered back to
 the requester. relay.py decides when they start, move and end.
 
-The catalog is subscribed at the Largest Object and its current version taken by a Joining FETCH
-(MSF: a publisher sends only new versions on SUBSCRIBE), so the relay's own cache holds it for
-subscribers that do not FETCH (relays below, the edge). If that FETCH brings nothing the catalog is
-subscribed again unfiltered, which a publisher that replays its current version answers.
+The catalog is joined as every subscriber of rtmpq joins it (catalog_join.py: SUBSCRIBE at the
+Largest Object, its current version by a Joining FETCH, unfiltered if that brings nothing), so the
+relay's own cache holds it for subscribers that do not FETCH (relays below, the edge).
 """
 
 from . import events as ev
+from .catalog_join import CatalogJoin
 from .fanout import TrackFanout
 from .loc import CATALOG_TRACK
 from .relay_sink import DEFAULT_URGENCY, URGENCY
 from .transport import MoqConnection
-from .wire import FILTER_LARGEST_OBJECT, StreamResetCode
+from .wire import StreamResetCode
 
 
 class UpstreamTrack:
     """One subscription to a publisher or an upstream relay, feeding a fan-out."""
 
     def __init__(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, *,
-                  pushed: tuple[int, int] | None = None) -> None:
-        """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer PUBLISHed."""
+                  pushed: tuple[int, int] | None = None, label: str = "") -> None:
+        """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer
+        PUBLISHed. ``label``: the broadcast's loggable name."""
         self.conn = conn
         self.namespace = namespace
         self.track = track
@@ -41,30 +42,31 @@ class UpstreamTrack:
         # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
         self.on_demand = False
         self.forward = True
-        # the catalog's Joining FETCH in progress (its request id), the relay group it fed, and
-        # whether the catalog is subscribed unfiltered after that FETCH brought nothing
-        self.catalog_fetch: int | None = None
+        # the catalog's: its join (the Joining FETCH, the fallback), and the relay group that FETCH fed
+        self.catalog_join = CatalogJoin(label) if track == CATALOG_TRACK else None
         self.fetched_group: int | None = None
-        self.unfiltered = track != CATALOG_TRACK
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
             self.subscribe(conn)
 
     def subscribe(self, conn: MoqConnection) -> None:
+        join = self.catalog_join
+        if join is not None and conn is not self.conn:
+            join.new_session()
         self.conn = conn
         self.alias = None
-        self.catalog_fetch = None
         self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY),
-                                                 filter_type=None if self.unfiltered else FILTER_LARGEST_OBJECT)
+                                                 filter_type=None if join is None else join.filter_type)
         conn.flush()
 
-    def fetch_catalog(self) -> int:
+    def fetch_catalog(self, now: float) -> int:
         """Joining FETCH of the current catalog version (the subscription's Largest Location's group)."""
         self.fetched_group = None
-        self.catalog_fetch = self.conn.session.joining_fetch(self.request_id, 0, priority=0)
+        rid = self.conn.session.joining_fetch(self.request_id, 0, priority=0)
+        self.catalog_join.fetching(rid, now)
         self.conn.flush()
-        return self.catalog_fetch
+        return rid
 
     def takes(self, group: int, object_id: int) -> bool:
         """Whether a catalog object (relay group ids) is new here: never a version older than the

@@ -24,7 +24,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
-from ..moq.wire import FILTER_LARGEST_OBJECT, ObjectStatus, PublishDoneStatus
+from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
@@ -32,6 +32,7 @@ from ..transcode.pipeline import Transcoder
 from . import runtime
 
 log = logging.getLogger("rtmpq.transcode")
+_CATALOG_FETCH_LATE = object()  # event marker: the catalog's joining FETCH's wait is over (catalog_join.py)
 
 def is_rung_track(name: str) -> bool:
     """A track named like a rung ("video-480p") is never transcoded again (a relay may still list
@@ -323,6 +324,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     (FORWARD=0) and the list of them, encode a rung while the relay forwards it. Returns when the
     broadcast ends; raises ConnectionError when the session is lost."""
     from ..moq import events as ev
+    from ..moq.catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
     from ..moq.catalog_track import CatalogTrack
     from ..moq.loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 
@@ -336,36 +338,34 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     by_request: dict[int, _RungPublisher] = {}
     next_alias = [0]
     list_alias = None
-    # MSF: the catalog's current version comes by a joining FETCH of its SUBSCRIBE (at the Largest
-    # Object, as the FETCH needs); if that FETCH brings nothing, the catalog is subscribed unfiltered,
-    # which a relay that replays its current version answers (as subscribe_broadcast does)
-    catalog_fetch: int | None = None
-    catalog_alias: int | None = None
-    catalog_joined = True
+    # the catalog is joined as subscribe_broadcast and the relay join it (catalog_join.py)
+    catalog_join = CatalogJoin(safe_name(name))
+    catalog_alias: int | None = None  # the catalog subscription's: its joining FETCH's objects go as its
+    loop = asyncio.get_running_loop()
 
     def sub(track: str) -> None:
-        joined = track == CATALOG_TRACK and catalog_joined
         requests[session.subscribe(namespace, track, priority=0 if track == CATALOG_TRACK else 128,
-                                   filter_type=FILTER_LARGEST_OBJECT if joined else None,
+                                   filter_type=catalog_join.filter_type if track == CATALOG_TRACK else None,
                                    authorization=token)] = track
         conn.flush()
 
+    def catalog_not_fetched() -> None:
+        """If the joining FETCH brought no catalog in time, subscribe to it unfiltered instead."""
+        if catalog_join.falls_back(loop.time(), catalog_track.catalog is not None):
+            for rid in [r for r, t in requests.items() if t == CATALOG_TRACK]:
+                del requests[rid]
+                session.unsubscribe(rid)
+            sub(CATALOG_TRACK)
+
     def from_catalog_fetch(event):
         """The event of the catalog's joining FETCH as the loop handles it: a fetched object as an
-        object of the catalog subscription; its end (None) after the fallback if nothing came."""
-        nonlocal catalog_fetch, catalog_joined
+        object of the catalog subscription; nothing else (None)."""
         if isinstance(event, ev.FetchObjectReceived):
             return ev.ObjectReceived(catalog_alias, event.group, event.subgroup, event.object_id, event.payload,
                                      event.extensions)
         if isinstance(event, (ev.FetchEnded, ev.RequestFailed)):
-            catalog_fetch = None
-            if catalog_track.catalog is None:  # no version came, fetched or live
-                log.info("%s: the catalog's joining FETCH brought nothing: subscribing to it unfiltered", safe_name(name))
-                catalog_joined = False
-                for rid in [r for r, t in requests.items() if t == CATALOG_TRACK]:
-                    del requests[rid]
-                    session.unsubscribe(rid)
-                sub(CATALOG_TRACK)
+            catalog_join.fetch_over()
+            catalog_not_fetched()
         return None
 
     def publish_tracks(infos) -> None:
@@ -416,14 +416,18 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     try:
         while True:
             event = await events.get()
-            if catalog_fetch is not None and getattr(event, "request_id", None) == catalog_fetch:
+            if catalog_join.is_fetch(getattr(event, "request_id", None)):
                 event = from_catalog_fetch(event)
-            if isinstance(event, ev.SubscribeAccepted):
+            if event is _CATALOG_FETCH_LATE:
+                catalog_not_fetched()
+            elif isinstance(event, ev.SubscribeAccepted):
                 if event.request_id in requests:
                     aliases[event.track_alias] = requests[event.request_id]
-                if requests.get(event.request_id) == CATALOG_TRACK and catalog_joined and event.largest is not None:
+                if requests.get(event.request_id) == CATALOG_TRACK and catalog_join.wants_fetch(event.largest):
                     catalog_alias = event.track_alias
-                    catalog_fetch = session.joining_fetch(event.request_id, 0, priority=0, authorization=token)
+                    catalog_join.fetching(session.joining_fetch(event.request_id, 0, priority=0, authorization=token),
+                                          loop.time())
+                    loop.call_later(CATALOG_FETCH_WAIT, events.put_nowait, _CATALOG_FETCH_LATE)  # at its deadline
                     conn.flush()
             elif isinstance(event, ev.RequestFailed):
                 track = requests.pop(event.request_id, None)
