@@ -10,11 +10,13 @@ class FakeSink:
 
     def __init__(self):
         self.streams = {}  # handle -> dict(group, objects, state, queued)
+        self.headers = {}  # handle -> (subgroup, publisher priority, END_OF_GROUP) of its header
         self.next = 0
 
-    def open_group(self, group_id):
+    def open_group(self, group_id, subgroup=0, priority=None, end_of_group=True):
         self.next += 1
         self.streams[self.next] = {"group": group_id, "objects": [], "state": "open", "queued": 0}
+        self.headers[self.next] = (subgroup, priority, end_of_group)
         return self.next
 
     def send_object(self, handle, object_id, payload, extensions):
@@ -292,10 +294,10 @@ class BrokenSink(FakeSink):
         super().__init__()
         self.fail_from_group = fail_from_group
 
-    def open_group(self, group_id):
+    def open_group(self, group_id, *args):
         if group_id >= self.fail_from_group:
             raise ConnectionError("set_stream_priority: cnx not open")
-        return super().open_group(group_id)
+        return super().open_group(group_id, *args)
 
     def reset_group(self, handle, code):
         raise ConnectionError("cnx not open")

@@ -162,6 +162,7 @@ class ObjectReceived:
     extensions: dict
     status: int = 0
     priority: int | None = None  # the publisher priority of its subgroup header (None: inherited)
+    end_of_group: bool = True  # its subgroup header says the subgroup holds the group's last object
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,17 +1,20 @@
 """One track's fan-out: the group cache plus every subscriber's delivery state and budgets.
 
 Transport-neutral: a subscriber is a ``GroupSink`` (the MoQ session glue implements it with one
-unidirectional QUIC stream per group). Rules, from DESIGN.md and MoQT draft 16 section "Delivery
+unidirectional QUIC stream per subgroup). Rules, from DESIGN.md and MoQT draft 16 section "Delivery
 Timeout":
 
 - A new subscriber starts with the newest group in the cache, from its first object.
 - Each group goes on its own stream; a newer group never waits for an older one (the sink gives
-  newer groups and audio higher priority).
+  newer groups and audio higher priority). A group in several subgroups (a relayed publisher's
+  temporal layers) goes on one stream per subgroup, each with its Subgroup ID, publisher priority
+  and END_OF_GROUP flag (MoQT d16, "Subgroups": never two subgroups on one stream, nor one on two).
+  An in-process broadcast's groups are all subgroup 0: one stream each.
 - Latency budget (the subscription's DELIVERY_TIMEOUT): an object not delivered that long after
-  the relay received it gets its whole group stream reset with DELIVERY_TIMEOUT (0x2). No new
-  stream is opened for the rest of that group (only one of the header alone, reset, when the
-  reset took the header with it: ``_drop``); the subscriber sees the reset and knows it skipped
-  it. Delivered means acknowledged, and an acknowledgement takes a round trip to come back: an
+  the relay received it gets its subgroup stream reset with DELIVERY_TIMEOUT (0x2); the group's
+  other subgroups go on (a group of that one stream is dropped whole). No new stream is opened
+  for the rest of what was dropped (only one of the header alone, reset, when the reset took the
+  header with it: ``_reset``); the subscriber sees the reset and knows it skipped it. Delivered means acknowledged, and an acknowledgement takes a round trip to come back: an
   object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
   more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
   750 ms RTT, judging by acknowledgement alone left 1.25 s of a 2 s budget to send in.)
@@ -22,7 +25,8 @@ Timeout":
   picoquic refuses to reset a stream whose FIN it has sent before every byte is acknowledged,
   and then delivers the rest however late (8 s at 30 % loss); without the FIN the reset holds.
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
-  reset first. At most ``MAX_GROUPS_IN_FLIGHT`` group streams are open per subscriber and track.
+  reset first (all their subgroups). At most ``MAX_GROUPS_IN_FLIGHT`` groups are open per
+  subscriber and track, each on at most ``MAX_SUBGROUPS_IN_FLIGHT`` streams.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
 - Stuck subscriber: one that acknowledges nothing for a while (it stopped reading: its QUIC
   flow-control window stays full) only has its groups reset, over and over. ``stalled_since``
@@ -46,8 +50,12 @@ log = logging.getLogger("rtmpq.moq")
 DEFAULT_DELIVERY_TIMEOUT = 2.0
 # Bytes queued for one subscriber (all its tracks) before its oldest groups are dropped.
 DEFAULT_SEND_BUDGET = 4 * 1024 * 1024
-# Group streams open at once per subscriber and track (stream count costs memory: bad-inputs.md).
+# Groups open at once per subscriber and track (stream count costs memory: bad-inputs.md).
 MAX_GROUPS_IN_FLIGHT = 4
+# Subgroup streams one group may have per subscriber (a publisher's temporal layers are a few):
+# a further subgroup is skipped (a stream of its header alone, reset), so no publisher can make
+# the relay open streams without bound.
+MAX_SUBGROUPS_IN_FLIGHT = 8
 # Seconds a subscriber may acknowledge nothing of what it is owed before its session is closed.
 DEFAULT_STUCK_TIMEOUT = 30.0
 # Longest a subscriber that keeps up goes between two counts of what its transport acknowledged
@@ -61,7 +69,9 @@ RESET_DELIVERY_TIMEOUT = 0x2
 
 
 class GroupSink(Protocol):
-    def open_group(self, group_id: int) -> object: ...
+    def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
+                   end_of_group: bool = True) -> object:
+        """A stream for one subgroup of ``group_id`` (``priority`` None: the track's)."""
     def send_object(self, handle: object, object_id: int, payload, extensions: dict | None) -> None: ...
     def end_group(self, handle: object) -> None: ...
     def reset_group(self, handle: object, code: int) -> None: ...
@@ -85,18 +95,28 @@ class GroupSink(Protocol):
 
 
 @dataclass(slots=True)
-class _GroupInFlight:
-    group_id: int
+class _StreamInFlight:
+    """One subgroup stream of a group in flight."""
+
+    subgroup: int
     handle: object
     written: int = 0
     complete: bool = False
     # (bytes written up to and including this object, time the relay received the object)
     pending: deque = field(default_factory=deque)
-    last_received: float = 0.0  # when the relay received the group's newest object
+    last_received: float = 0.0  # when the relay received the stream's newest object
     # when the relay received the oldest object an estimate in doubt called delivered (None: none):
-    # the group must be confirmed within that object's budget
+    # the stream must be confirmed within that object's budget
     doubted: float | None = None
     fin_held: bool = False  # ended, its FIN not written yet (in doubt: see the module docstring)
+
+
+@dataclass(slots=True)
+class _GroupInFlight:
+    group_id: int
+    streams: dict[int, _StreamInFlight] = field(default_factory=dict)  # by Subgroup ID
+    closed: set[int] = field(default_factory=set)  # subgroups done with here (delivered, dropped): never reopened
+    complete: bool = False  # the group ended: no stream of it is open
 
 
 class TrackSubscription:
@@ -116,6 +136,10 @@ class TrackSubscription:
         # groups come in order (a local source): one past the end group means that one is over
         # even if it never began; a relayed track's groups can overtake each other, so it waits
         self.groups_in_order = True
+        # groups from this one on began after delivery to the subscriber began: any object of one
+        # may open its stream (a relayed group's subgroup may come before its object 0). None:
+        # only an object 0 opens a group (set by TrackFanout when delivery begins)
+        self.live_from: int | None = None
         self.in_flight: dict[int, _GroupInFlight] = {}
         self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
         self.skipped_groups: list[int] = []
@@ -130,7 +154,8 @@ class TrackSubscription:
         self.hold_fin = True
         self._written_since = 0  # bytes written since the last count
 
-    def deliver(self, group_id: int, object_id: int, payload, extensions, received: float) -> None:
+    def deliver(self, group_id: int, object_id: int, payload, extensions, received: float,
+                subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
             return
         if self.last_group is not None and group_id > self.last_group:
@@ -138,49 +163,84 @@ class TrackSubscription:
                 self.range_ended = True  # the end group is done or never came: nothing more passes
             return
         g = self.in_flight.get(group_id)
-        if g is not None and g.complete:
+        s = g.streams.get(subgroup) if g is not None else None
+        if s is None:
+            s = self._open(g, group_id, object_id, subgroup, priority, end_of_group)
+            if s is None:
+                return
+        elif s.complete:
             log.debug("object %d of group %d after its end: not delivered", object_id, group_id)
-            return  # its stream is finished; a source that ends groups by their own streams never does this
-        if g is None:
-            if group_id == self.start_group and self.start_object:
-                if object_id < self.start_object:
-                    return  # before the subscription's start (a joining FETCH carries those)
-            elif object_id != 0:
-                return  # joined in the middle of a group we never started: wait for the next
-            g = _GroupInFlight(group_id, self.sink.open_group(group_id))
-            self.in_flight[group_id] = g
-            while len(self.in_flight) > MAX_GROUPS_IN_FLIGHT:
-                self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
-        elif g.complete:
-            return  # its stream is already finished (a late object of an ended group): cannot be added
-        self.sink.send_object(g.handle, object_id, payload, extensions)
-        g.written += len(payload)
-        g.pending.append((g.written, received))
-        g.last_received = received
+            return  # its stream is finished; a source that ends subgroups by their own streams never does this
+        self.sink.send_object(s.handle, object_id, payload, extensions)
+        s.written += len(payload)
+        s.pending.append((s.written, received))
+        s.last_received = received
         self.objects_sent += 1
         self._written_since += len(payload)
         if self._written_since > self.send_budget // 8 or \
                 received + self.delivery_timeout - QUIET_COUNT_INTERVAL < self._quiet_until:
             self._quiet_until = 0.0
 
+    def _open(self, g: _GroupInFlight | None, group_id: int, object_id: int, subgroup: int,
+              priority: int | None, end_of_group: bool) -> _StreamInFlight | None:
+        """The stream for a subgroup not open here yet, or None if its objects are not delivered."""
+        if g is None:
+            if group_id == self.start_group and self.start_object:
+                if object_id < self.start_object:
+                    return None  # before the subscription's start (a joining FETCH carries those)
+            elif object_id != 0 and (self.live_from is None or group_id < self.live_from):
+                return None  # joined in the middle of a group we never started: wait for the next
+            g = self.in_flight[group_id] = _GroupInFlight(group_id)
+            while len(self.in_flight) > MAX_GROUPS_IN_FLIGHT:
+                self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
+            if group_id not in self.in_flight:
+                return None  # older than every group in flight: it was the one dropped
+        elif subgroup in g.closed:
+            return None  # delivered or dropped already: a subgroup is never reopened
+        if len(g.streams) + len(g.closed) >= MAX_SUBGROUPS_IN_FLIGHT:
+            g.closed.add(subgroup)
+            self.sink.reset_group(self.sink.open_group(group_id, subgroup, priority, end_of_group),
+                                  RESET_DELIVERY_TIMEOUT)
+            return None
+        s = g.streams[subgroup] = _StreamInFlight(subgroup, self.sink.open_group(group_id, subgroup, priority,
+                                                                                   end_of_group))
+        g.complete = False  # (a relayed group's subgroup may begin after the others ended)
+        return s
+
     def end_group(self, group_id: int) -> None:
+        """The group is over: every stream of it ends."""
         g = self.in_flight.get(group_id)
         if g is not None and not g.complete:
             g.complete = True
             if group_id == self.last_group:
                 self.range_ended = True
-            if self.hold_fin and self.sink.ack_doubt():
-                g.fin_held = True  # resettable until the doubt is gone (check) or its budget ends
-            else:
-                self.sink.end_group(g.handle)
+            for s in g.streams.values():
+                self._end_stream(s)
             self._quiet_until = 0.0  # the next check sees whether it was all delivered
 
+    def end_subgroup(self, group_id: int, subgroup: int) -> None:
+        """One subgroup of the group ended (its stream upstream did); the group goes on."""
+        g = self.in_flight.get(group_id)
+        s = g.streams.get(subgroup) if g is not None else None
+        if s is not None:
+            self._end_stream(s)
+            self._quiet_until = 0.0
+
+    def _end_stream(self, s: _StreamInFlight) -> None:
+        if not s.complete:
+            s.complete = True
+            if self.hold_fin and self.sink.ack_doubt():
+                s.fin_held = True  # resettable until the doubt is gone (check) or its budget ends
+            else:
+                self.sink.end_group(s.handle)
+
     def release_fins(self) -> None:
-        """Write the FIN of every ended group that holds it back."""
+        """Write the FIN of every ended stream that holds it back."""
         for g in self.in_flight.values():
-            if g.fin_held:
-                g.fin_held = False
-                self.sink.end_group(g.handle)
+            for s in g.streams.values():
+                if s.fin_held:
+                    s.fin_held = False
+                    self.sink.end_group(s.handle)
 
     def check(self, now: float) -> None:
         """Enforce the budgets; call on a timer and after each batch of objects."""
@@ -189,38 +249,42 @@ class TrackSubscription:
         progress = waiting = False
         allowance = self.sink.ack_allowance()
         deadline = now - self.delivery_timeout  # objects received before this are past budget
-        if any(g.fin_held for g in self.in_flight.values()) and not self.sink.ack_doubt():
+        if not self.sink.ack_doubt() and any(s.fin_held for g in self.in_flight.values() for s in g.streams.values()):
             self.release_fins()
         for g in list(self.in_flight.values()):
-            if g.pending:  # (a group with nothing owed needs no count from the transport)
-                acked = g.written - self.sink.buffered_bytes(g.handle)
-                if g.pending[0][0] <= acked:
-                    progress = True
-                    if g.doubted is None and self.sink.ack_doubt():
-                        g.doubted = g.pending[0][1]  # delivered by the estimate's word only
-                    while g.pending and g.pending[0][0] <= acked:
-                        g.pending.popleft()
-            waiting = waiting or bool(g.pending)
-            if g.doubted is not None and g.doubted < deadline - allowance:
-                if self.sink.confirmed(g.handle):
-                    g.doubted = None  # every byte so far was acknowledged after all
-                else:
-                    self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
+            for s in list(g.streams.values()):
+                if s.pending:  # (a stream with nothing owed needs no count from the transport)
+                    acked = s.written - self.sink.buffered_bytes(s.handle)
+                    if s.pending[0][0] <= acked:
+                        progress = True
+                        if s.doubted is None and self.sink.ack_doubt():
+                            s.doubted = s.pending[0][1]  # delivered by the estimate's word only
+                        while s.pending and s.pending[0][0] <= acked:
+                            s.pending.popleft()
+                waiting = waiting or bool(s.pending)
+                if s.doubted is not None and s.doubted < deadline - allowance:
+                    if self.sink.confirmed(s.handle):
+                        s.doubted = None  # every byte so far was acknowledged after all
+                    else:
+                        self._drop_stream(g, s, RESET_DELIVERY_TIMEOUT)
+                        continue
+                if not s.pending:
+                    if s.complete:
+                        # everything sent, FIN too. Where acknowledgements are estimated, a hole in
+                        # the stream (a copy lost again) can hold the stream's tail back at the
+                        # subscriber long after the estimate said delivered: the stream stays until
+                        # the transport confirms it, within the budget of its newest object
+                        if self.sink.confirmed(s.handle):
+                            del g.streams[s.subgroup]
+                            g.closed.add(s.subgroup)
+                        elif now - s.last_received > self.delivery_timeout + allowance:
+                            self._drop_stream(g, s, RESET_DELIVERY_TIMEOUT)
                     continue
-            if not g.pending:
-                if g.complete:
-                    # everything sent, FIN too. Where acknowledgements are estimated, a hole in
-                    # the stream (a copy lost again) can hold the group's tail back at the
-                    # subscriber long after the estimate said delivered: the group stays until
-                    # the transport confirms it, within the budget of its newest object
-                    if self.sink.confirmed(g.handle):
-                        del self.in_flight[g.group_id]
-                    elif now - g.last_received > self.delivery_timeout + allowance:
-                        self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
-                continue
-            if g.pending[0][1] < deadline - allowance or (
-                    g.pending[0][1] < deadline and self._late_object_unsent(g, deadline)):
-                self._drop(g.group_id, RESET_DELIVERY_TIMEOUT)
+                if s.pending[0][1] < deadline - allowance or (
+                        s.pending[0][1] < deadline and self._late_object_unsent(s, deadline)):
+                    self._drop_stream(g, s, RESET_DELIVERY_TIMEOUT)
+            if g.complete and not g.streams and self.in_flight.get(g.group_id) is g:
+                del self.in_flight[g.group_id]  # every stream of it delivered (or dropped)
         total = self.sink.total_buffered_bytes() if self.in_flight else 0
         while self.in_flight and total > self.send_budget:
             self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
@@ -232,39 +296,70 @@ class TrackSubscription:
             self.stalled_since = now
         self._written_since = 0
         if total <= self.send_budget // 2:
-            due = [g.pending[0][1] if g.pending else g.last_received
-                   for g in self.in_flight.values() if g.pending or g.complete]
-            due += [g.doubted for g in self.in_flight.values() if g.doubted is not None]
+            streams = [s for g in self.in_flight.values() for s in g.streams.values()]
+            due = [s.pending[0][1] if s.pending else s.last_received for s in streams if s.pending or s.complete]
+            due += [s.doubted for s in streams if s.doubted is not None]
             self._quiet_until = min(now + QUIET_COUNT_INTERVAL,
                                     min(due, default=now + 1e9) + self.delivery_timeout - QUIET_COUNT_INTERVAL)
 
-    def _late_object_unsent(self, g: _GroupInFlight, deadline: float) -> bool:
-        """Whether the newest of ``g``'s objects received before ``deadline`` has bytes not yet
+    def _late_object_unsent(self, s: _StreamInFlight, deadline: float) -> bool:
+        """Whether the newest of ``s``'s objects received before ``deadline`` has bytes not yet
         sent even once (it cannot be delivered within its budget)."""
         end = 0
-        for written, received in g.pending:
+        for written, received in s.pending:
             if received >= deadline:
                 break
             end = written
-        return end > g.written - self.sink.unsent_bytes(g.handle)
+        return end > s.written - self.sink.unsent_bytes(s.handle)
 
-    def signal_skipped(self, group_id: int, code: int) -> None:
-        """Tell the subscriber that ``group_id``, which it never began, is skipped: its stream,
-        opened with the header alone, is reset at once."""
-        self.in_flight[group_id] = _GroupInFlight(group_id, self.sink.open_group(group_id))
+    def signal_skipped(self, group_id: int, code: int, subgroup: int = 0) -> None:
+        """Tell the subscriber that ``group_id``, which it never began, is skipped: a stream of
+        ``subgroup``, opened with the header alone, is reset at once."""
+        g = self.in_flight[group_id] = _GroupInFlight(group_id)
+        g.streams[subgroup] = _StreamInFlight(subgroup, self.sink.open_group(group_id, subgroup))
         self._drop(group_id, code)
 
-    def _drop(self, group_id: int, code: int) -> None:
-        g = self.in_flight.pop(group_id)
-        if group_id == self.last_group:
-            self.range_ended = True
-        unannounced = g.written > 0 and not self.sink.announced(g.handle)
-        self.sink.reset_group(g.handle, code)
+    def reset_subgroup(self, group_id: int, subgroup: int, code: int) -> None:
+        """A subgroup of a group in flight was cut upstream: its stream is reset (one never opened
+        here is signalled on a stream of its header alone), the group's others go on."""
+        g = self.in_flight.get(group_id)
+        if g is None:
+            return
+        s = g.streams.get(subgroup)
+        if s is not None:
+            self._drop_stream(g, s, code)
+        elif subgroup not in g.closed:
+            g.closed.add(subgroup)
+            self.sink.reset_group(self.sink.open_group(group_id, subgroup), code)
+
+    def _drop_stream(self, g: _GroupInFlight, s: _StreamInFlight, code: int) -> None:
+        """Reset one subgroup stream and never reopen it; a group of that stream alone is dropped
+        whole (``_drop``), as a group of one subgroup always was."""
+        if len(g.streams) == 1 and not g.closed:
+            self._drop(g.group_id, code)
+            return
+        del g.streams[s.subgroup]
+        g.closed.add(s.subgroup)
+        self._reset(g.group_id, s, code)
+        if g.complete and not g.streams:
+            del self.in_flight[g.group_id]
+
+    def _reset(self, group_id: int, s: _StreamInFlight, code: int) -> None:
+        unannounced = s.written > 0 and not self.sink.announced(s.handle)
+        self.sink.reset_group(s.handle, code)
         if unannounced:
             # the reset drops the stream's unsent bytes, its header among them, and then says
             # nothing about which group it was: say it with a stream of the header alone, reset
             # once that has arrived (MoQT d16 allows a new stream after a premature reset)
-            self.sink.reset_group(self.sink.open_group(group_id), code)
+            self.sink.reset_group(self.sink.open_group(group_id, s.subgroup), code)
+
+    def _drop(self, group_id: int, code: int) -> None:
+        """Stop delivering the group: every stream of it still here is reset, none is opened again."""
+        g = self.in_flight.pop(group_id)
+        if group_id == self.last_group:
+            self.range_ended = True
+        for s in g.streams.values():
+            self._reset(group_id, s, code)
         self.dropped.add(group_id)
         self.skipped_groups.append(group_id)
         if len(self.dropped) > 64:  # only recent ids matter: groups only move forward
@@ -272,9 +367,9 @@ class TrackSubscription:
 
     def close(self, code: int = RESET_CANCELLED) -> None:
         for group_id in list(self.in_flight):
-            g = self.in_flight.pop(group_id)
-            if not g.complete or g.fin_held:
-                self.sink.reset_group(g.handle, code)
+            for s in self.in_flight.pop(group_id).streams.values():
+                if not s.complete or s.fin_held:
+                    self.sink.reset_group(s.handle, code)
 
 
 class TrackFanout:
@@ -305,6 +400,7 @@ class TrackFanout:
         """Add a subscriber and send it the newest cached group at once."""
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
+        self._set_live_from(sub)
         latest = self.cache.latest()
         if latest is None:
             return
@@ -329,6 +425,7 @@ class TrackFanout:
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         sub.groups_in_order = self.ends_groups_on_newer
+        self._set_live_from(sub)
         last = sub.last_group
         groups = [g for g in self.cache.groups_from(sub.start_group) if last is None or g.group_id <= last]
         try:
@@ -340,6 +437,20 @@ class TrackFanout:
             sub.check(now)
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
+
+    def subscribe_next(self, sub: TrackSubscription) -> None:
+        """Add a subscriber whose filter starts at a group not begun yet (``sub.start_group``:
+        LargestObject, NextGroupStart): it gets objects from there on, live."""
+        self.subscribers.add(sub)
+        self._set_live_from(sub)
+
+    def _set_live_from(self, sub: TrackSubscription) -> None:
+        """Groups newer than any held now begin after ``sub`` joined: all their objects reach it.
+        Nothing held yet: the first group may be joined mid-way (a publisher's LargestObject), so
+        only its object 0 opens one, as ever."""
+        largest = self.cache.largest
+        if largest is not None:
+            sub.live_from = max(largest[0] + 1, sub.start_group or 0)
 
     def _let_go(self, failed: list) -> None:
         """Subscribers whose connection failed under a call (closed under us, a transport error)
@@ -358,13 +469,18 @@ class TrackFanout:
 
     @staticmethod
     def _replay(sub: TrackSubscription, group, from_object: int = 0, received: float | None = None) -> None:
-        """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), and its end."""
+        """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), each in its
+        subgroup, and the end of the group or of those of its subgroups that ended."""
+        when = group.started if received is None else received
         for obj in group.objects:
             if obj.object_id >= from_object:
-                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions,
-                            group.started if received is None else received)
+                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
+                            obj.subgroup, obj.priority, obj.end_of_group)
         if group.complete:
             sub.end_group(group.group_id)
+        elif group.ended:
+            for subgroup in group.ended:
+                sub.end_subgroup(group.group_id, subgroup)
 
     def extend_back(self, sub: TrackSubscription, group_id: int, from_object: int, now: float) -> None:
         """Also deliver ``group_id`` from object ``from_object`` on (cached objects at once): a
@@ -444,21 +560,24 @@ class TrackFanout:
         self.bytes_received += len(frame.payload)
         self.cache.add_frame(frame, timescale, now)
 
-    def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
+    def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
+                       subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
+        """An object of ``subgroup`` (publisher ``priority``, None: the track's; ``end_of_group``:
+        the subgroup holds the group's last object) to the cache and every subscriber."""
         self.objects_received += 1
         self.bytes_received += len(payload)
         if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
-            self.cache.add(group_id, object_id, payload, extensions, now)
+            self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
             return
         previous = self.cache.largest
-        self.cache.add(group_id, object_id, payload, extensions, now)
+        self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
         failed = None
         ended = previous[0] if self.ends_groups_on_newer and previous is not None and group_id > previous[0] else None
         for sub in self.subscribers:
             try:
                 if ended is not None:
                     sub.end_group(ended)  # a newer group began: the older one is complete
-                sub.deliver(group_id, object_id, payload, extensions, now)
+                sub.deliver(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
             except Exception as exc:  # noqa: BLE001 - see _let_go
                 failed = failed or []
                 failed.append((sub, exc))
@@ -481,6 +600,12 @@ class TrackFanout:
         self.cache.end_group(group_id)
         self._each(lambda sub: sub.end_group(group_id))
 
+    def end_subgroup(self, group_id: int, subgroup: int) -> None:
+        """One subgroup of the group ended upstream (FIN, End of Group): its streams end; the group
+        ends when every subgroup has (``end_group``: the relay knows which are still open)."""
+        self.cache.end_subgroup(group_id, subgroup)
+        self._each(lambda sub: sub.end_subgroup(group_id, subgroup))
+
     def end_open_groups(self) -> None:
         """The source is gone: every group still open for a subscriber ends here."""
         def end_all(sub):
@@ -488,17 +613,18 @@ class TrackFanout:
                 sub.end_group(group_id)
         self._each(end_all)
 
-    def reset_group(self, group_id: int, code: int, now: float | None = None) -> None:
-        """The group was cut upstream: cut it for every subscriber too (never pass on part silently).
-        A group of which nothing arrived (its publisher skipped it whole: a stream of the header
-        alone, reset) is passed on as such (see ``skip_group``)."""
+    def reset_group(self, group_id: int, code: int, now: float | None = None, subgroup: int = 0) -> None:
+        """A subgroup of the group was cut upstream: cut it for every subscriber too (never pass on
+        part silently; the group's other subgroups go on), and the cache can no longer serve the
+        group whole. A group of which nothing arrived (its publisher skipped it whole: a stream of
+        the header alone, reset) is passed on as such (see ``skip_group``)."""
         if not self.cache.has_objects(group_id):
-            self.skip_group(group_id, code, now)
+            self.skip_group(group_id, code, now, subgroup)
             return
         self.cache.drop(group_id)
-        self._each(lambda sub: group_id in sub.in_flight and sub._drop(group_id, code))
+        self._each(lambda sub: sub.reset_subgroup(group_id, subgroup, code))
 
-    def skip_group(self, group_id: int, code: int, now: float | None = None) -> None:
+    def skip_group(self, group_id: int, code: int, now: float | None = None, subgroup: int = 0) -> None:
         """The source dropped (the rest of) ``group_id`` (a transcoder rung that fell behind): a
         subscriber with the group open gets its stream reset with ``code``; one that has not begun
         it (and would have: it is not older than the subscription's start) gets a stream of the
@@ -509,9 +635,9 @@ class TrackFanout:
         def skip(sub: TrackSubscription) -> None:
             if group_id in sub.in_flight:
                 if not sub.in_flight[group_id].complete:
-                    sub._drop(group_id, code)
+                    sub.reset_subgroup(group_id, subgroup, code)
             elif group_id not in sub.dropped and (sub.start_group is None or group_id >= sub.start_group):
-                sub.signal_skipped(group_id, code)
+                sub.signal_skipped(group_id, code, subgroup)
             if now is not None:
                 sub.check(now)
         self._each(skip)

@@ -6,6 +6,12 @@ complete groups are kept while the bounds allow, for subscribers that ask from a
 (FETCH, or a relay below that catches up). The bounds are hard: when a group in progress alone
 outgrows ``max_bytes`` it stops being cached (subscribers still get its objects live) rather than
 let one publisher's huge GoP take the relay's memory.
+
+A relayed group may come in several subgroups (MoQT d16, "Subgroups": one stream each upstream and
+downstream): each object keeps its Subgroup ID, its subgroup's publisher priority and END_OF_GROUP
+flag (a cache MUST store all properties of an object), and the group which of its subgroups ended,
+so a late subscriber or a FETCH gets them as they came. An in-process broadcast's groups are one
+subgroup, 0: its frames carry nothing more per frame for that (issue 12).
 """
 
 from collections import OrderedDict
@@ -27,6 +33,9 @@ class CachedObject:
     object_id: int
     payload: bytes | memoryview
     extensions: dict | None = None
+    subgroup: int = 0
+    priority: int | None = None  # its subgroup's publisher priority (None: the track's)
+    end_of_group: bool = True  # its subgroup holds the group's last object (the header's END_OF_GROUP)
 
 
 class CachedFrame:
@@ -35,6 +44,10 @@ class CachedFrame:
     watches are never read), and the frame costs less memory than a dict of them (issue 12)."""
 
     __slots__ = ("frame", "timescale")
+    # an in-process broadcast sends each group as one subgroup (class attributes: nothing per frame)
+    subgroup = 0
+    priority = None
+    end_of_group = True
 
     def __init__(self, frame: Frame, timescale: int) -> None:
         self.frame = frame
@@ -59,8 +72,9 @@ class CachedGroup:
     started: float  # time of its first object
     objects: list[CachedObject | CachedFrame] = field(default_factory=list)
     size: int = 0
-    complete: bool = False
+    complete: bool = False  # every subgroup of it ended (or, from a local source, a newer group began)
     truncated: bool = False  # objects were not all cached (too big): cannot serve from object 0
+    ended: set[int] | None = None  # subgroups whose stream ended while the group goes on (End of Group, FIN)
 
 
 class GroupCache:
@@ -79,8 +93,10 @@ class GroupCache:
     def __len__(self) -> int:
         return len(self._groups)
 
-    def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float) -> None:
-        self._add(group_id, CachedObject(object_id, payload, extensions), len(payload), now)
+    def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
+            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
+        self._add(group_id, CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group),
+                  len(payload), now)
 
     def add_frame(self, frame: Frame, timescale: int, now: float) -> None:
         """``add`` for a frame of an in-process broadcast (see CachedFrame)."""
@@ -119,6 +135,14 @@ class GroupCache:
         group = self._groups.get(group_id)
         if group is not None:
             group.complete = True
+
+    def end_subgroup(self, group_id: int, subgroup: int) -> None:
+        """One subgroup of ``group_id`` ended (its stream's FIN, or an End of Group object on it)."""
+        group = self._groups.get(group_id)
+        if group is not None and not group.complete:
+            if group.ended is None:
+                group.ended = set()
+            group.ended.add(subgroup)
 
     def _evict(self, now: float) -> None:
         while len(self._groups) > 1:

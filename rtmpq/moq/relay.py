@@ -468,7 +468,7 @@ class MoqRelay:
         elif s.sub.start_group is None:
             s.fanout.subscribe(s.sub, now)
         else:
-            s.fanout.subscribers.add(s.sub)
+            s.fanout.subscribe_next(s.sub)
 
     def _push_tracks(self, conn: MoqConnection, prefix: tuple[str, ...]) -> None:
         """PUBLISH every relayed track under ``prefix`` to a namespace subscriber that asked for them."""
@@ -537,8 +537,10 @@ class MoqRelay:
             if isinstance(item, UnknownUntil):
                 conn.session.send_fetch_range_end(sid, *item.location, unknown=True)
             else:
-                group_id, obj = item
-                conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions, priority=priority)
+                group_id, obj = item  # each object with its Subgroup ID and its subgroup's priority
+                conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions,
+                                               subgroup=obj.subgroup,
+                                               priority=priority if obj.priority is None else obj.priority)
                 objects += 1
         conn.session.end_fetch_stream(sid)
         self._fetch_streams[(id(conn), event.request_id)] = (conn, sid)
@@ -913,7 +915,7 @@ class MoqRelay:
             if upstream is None:
                 return
             group = upstream.group(event.group)
-            upstream.fanout.end_group(group)
+            self._subgroup_over(upstream, group, event.subgroup)
             if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
                 # the track is over even if no PUBLISH_DONE follows: like one whose stream count is
                 # unknown, it ends downstream once its groups have, or after the late-stream grace
@@ -932,8 +934,10 @@ class MoqRelay:
             return
         if upstream is not None:
             upstream.fanout.publisher_priority = event.priority
-            upstream.fanout.publish_object(upstream.group(event.group), event.object_id, event.payload,
-                                           event.extensions or None, time.monotonic())
+            group = upstream.group(event.group)
+            upstream.subgroup_seen(group, event.subgroup)
+            upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
+                                           time.monotonic(), event.subgroup, event.priority, event.end_of_group)
 
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:
@@ -953,14 +957,27 @@ class MoqRelay:
     def _on_SubgroupEnded(self, conn: MoqConnection, event: ev.SubgroupEnded) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
-            upstream.fanout.end_group(upstream.group(event.group))
+            self._subgroup_over(upstream, upstream.group(event.group), event.subgroup)
             self._stream_finished(upstream)
 
     def _on_SubgroupReset(self, conn: MoqConnection, event: ev.SubgroupReset) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if upstream is not None:
-            upstream.fanout.reset_group(upstream.group(event.group), event.code)
+            group = upstream.group(event.group)
+            upstream.fanout.reset_group(group, event.code, subgroup=event.subgroup)
+            if upstream.subgroup_ended(group, event.subgroup):
+                upstream.fanout.end_group(group)  # its other subgroups had ended: the group is over
             self._stream_finished(upstream)
+
+    @staticmethod
+    def _subgroup_over(upstream: UpstreamTrack, group: int, subgroup: int) -> None:
+        """A subgroup ended upstream (its FIN, or an End of Group / End of Track object on its
+        stream, after which nothing more may come on it): its streams end downstream, and the
+        group when no other subgroup of it is open upstream."""
+        if upstream.subgroup_ended(group, subgroup):
+            upstream.fanout.end_group(group)
+        else:
+            upstream.fanout.end_subgroup(group, subgroup)
 
     def _stream_finished(self, upstream: UpstreamTrack, finished: int = 1) -> None:
         upstream.streams_done += finished
@@ -1041,6 +1058,7 @@ class MoqRelay:
             self._end_upstream(upstream)  # no grace, or the publisher had already said it was done
             return
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now
+        upstream.open_subgroups.clear()  # every group in progress ends here (below)
         if upstream.fanout.cache.largest is not None:
             upstream.fanout.end_group(upstream.fanout.cache.largest[0])
         upstream.fanout.end_open_groups()

@@ -1,6 +1,6 @@
 """Delivery of one track to one subscriber: ``ConnectionSink`` is the GroupSink a ``TrackFanout``
-(fanout.py) writes through onto a subscriber's MoQ connection (one stream per group, newer groups
-first), ``InProcessSink`` the one for a reader in the same process, ``Subscription`` what the relay
+(fanout.py) writes through onto a subscriber's MoQ connection (one stream per subgroup, newer
+groups first), ``InProcessSink`` the one for a reader in the same process, ``Subscription`` what the relay
 remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
 from fanout.py, which knows no connection.
 """
@@ -17,7 +17,7 @@ DEFAULT_URGENCY = 3
 
 
 class ConnectionSink:
-    """GroupSink over one MoQ connection for one subscription (one stream per group)."""
+    """GroupSink over one MoQ connection for one subscription (one stream per subgroup)."""
 
     def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout) -> None:
         self.conn = conn
@@ -25,19 +25,26 @@ class ConnectionSink:
         self.urgency = urgency
         self.fanout = fanout
         self.streams_opened = 0
-        self.newest: tuple[int, int] | None = None  # (group, stream) of the newest group opened
+        # the newest group opened and its streams (one per subgroup)
+        self.newest: tuple[int, list[int]] | None = None
 
-    def open_group(self, group_id: int) -> int:
-        # a relayed track keeps its publisher's priority; our own tracks carry their urgency
-        priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
-        sid = self.conn.session.open_subgroup(self.alias, group_id, priority=priority)
-        self.conn.set_priority(sid, self.urgency, group_id)
-        # newer groups before older: the group that was newest steps back (a group opened late,
-        # the tail of a joined one, starts behind)
+    def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
+                   end_of_group: bool = True) -> int:
+        # a relayed track keeps its publisher's priority (its subgroup's); our own tracks carry their urgency
+        if priority is None:
+            priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
+        sid = self.conn.session.open_subgroup(self.alias, group_id, subgroup=subgroup, priority=priority,
+                                              end_of_group=end_of_group)
+        self.conn.set_priority(sid, self.urgency, group_id, subgroup)
+        # newer groups before older: the group that was newest steps back, all its streams (a group
+        # opened late, the tail of a joined one, starts behind)
         if self.newest is None or group_id > self.newest[0]:
             if self.newest is not None:
-                self.conn.step_back(self.newest[1], self.urgency)
-            self.newest = (group_id, sid)
+                for older in self.newest[1]:
+                    self.conn.step_back(older, self.urgency)
+            self.newest = (group_id, [sid])
+        elif group_id == self.newest[0]:
+            self.newest[1].append(sid)  # another subgroup of the newest group
         else:
             self.conn.step_back(sid, self.urgency)
         self.streams_opened += 1
@@ -94,8 +101,9 @@ class InProcessSink:
         # reader pulling several tracks is one subscriber, as one MoQ session is)
         self.reader = getattr(deliver, "__self__", deliver)
 
-    def open_group(self, group_id: int) -> int:
-        return group_id
+    def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
+                   end_of_group: bool = True) -> int:
+        return group_id  # (a frame says its group; its subgroup means nothing to the reader)
 
     def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
         self.deliver(object_to_frame(self.track, handle, object_id, payload, extensions or {}))

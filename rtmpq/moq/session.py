@@ -402,9 +402,11 @@ class MoqSession:
         self._request_closed(request_id)
 
     # -- objects --------------------------------------------------------------------------------
-    def open_subgroup(self, track_alias: int, group: int, *, priority: int | None = 128) -> int:
+    def open_subgroup(self, track_alias: int, group: int, *, subgroup: int = 0, priority: int | None = 128,
+                      end_of_group: bool = True) -> int:
+        """A stream for one subgroup of ``group``; ``end_of_group``: it holds the group's last object."""
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
-        header = wire.SubgroupHeader(track_alias, group, 0, priority, extensions=True, end_of_group=True)
+        header = wire.SubgroupHeader(track_alias, group, subgroup, priority, extensions=True, end_of_group=end_of_group)
         self.quic.send_stream_data(sid, header.encode())
         self._outgoing[sid] = [track_alias, group, None]
         return sid
@@ -512,7 +514,8 @@ class MoqSession:
             if isinstance(item, wire.SubgroupObject):
                 h = parser.header
                 out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
-                                             item.payload, item.extensions, item.status, h.priority))
+                                             item.payload, item.extensions, item.status, h.priority,
+                                             h.end_of_group))
         if end_stream:
             del self._data_streams[stream_id]
             self._stream_buffer_bytes -= parser.buffered

@@ -119,7 +119,7 @@ class _MoqConnectionMixin:
         self.ready = asyncio.get_running_loop().create_future()
         # nobody awaits a server session's setup: mark its failure seen (no "never retrieved" noise)
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._priorities: dict[int, tuple[int, int]] = {}
+        self._priorities: dict[int, tuple[int, int, int]] = {}
         self._flush_scheduled = False
         self._close_told = False  # the handler heard SessionClosed (it hears it exactly once)
 
@@ -141,8 +141,9 @@ class _MoqConnectionMixin:
                 self.handler(self, ev_closed(code, reason))
 
     # -- sending --------------------------------------------------------------------------------
-    def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
-        self._priorities[stream_id] = (urgency, -group)
+    def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0) -> None:
+        # within a group, the lowest Subgroup ID first (MoQT d16, "Scheduling Algorithm")
+        self._priorities[stream_id] = (urgency, -group, subgroup)
 
     def step_back(self, stream_id: int, urgency: int) -> None:
         """A newer group of the same track began (aioquic: the queue order already says so)."""
@@ -161,7 +162,7 @@ class _MoqConnectionMixin:
         queue = self._quic._streams_queue  # aioquic serves this list round-robin: order it first
         if self._priorities and len(queue) > 1:
             control = self.session.control_stream_id
-            queue.sort(key=lambda s: (-1, 0) if s.stream_id == control else self._priorities.get(s.stream_id, (255, 0)))
+            queue.sort(key=lambda s: (-1, 0, 0) if s.stream_id == control else self._priorities.get(s.stream_id, (255, 0, 0)))
         self.transmit()
 
     def queued_bytes(self, stream_id: int) -> int:
@@ -603,7 +604,8 @@ def _pquic_protocol_class():
             self._retry_after = PQUIC_RETRY_MIN
             self._retry_seen = 0
 
-        def set_priority(self, stream_id: int, urgency: int, group: int) -> None:
+        def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0) -> None:
+            # (picoquic's bands per urgency leave a group's subgroups equal: round robin)
             if self._writer.open:  # a closed connection refuses it ("cnx not open")
                 self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
 

@@ -31,6 +31,9 @@ class UpstreamTrack:
         self.fanout = TrackFanout(state=track == CATALOG_TRACK, ends_groups_on_newer=False)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
+        # the subgroups of each group whose streams are open upstream: a group ends when the last
+        # of its subgroups seen does (one that begins after that still passes: see TrackSubscription)
+        self.open_subgroups: dict[int, set[int]] = {}
         self.streams_expected: int | None = None  # from the publisher's PUBLISH_DONE
         self.end_of_track: int | None = None  # the relay group of an End of Track object
         # continuity across a new source session: its group ids are shifted above the last one seen
@@ -82,6 +85,25 @@ class UpstreamTrack:
         """After an End of Track: whether every group held up to its group has ended (groups with
         no stream seen yet cannot be known: the late-stream grace covers those)."""
         return all(g.complete for g in self.fanout.cache.groups() if g.group_id <= self.end_of_track)
+
+    def subgroup_seen(self, group: int, subgroup: int) -> None:
+        """An object of ``subgroup`` of ``group`` (relay ids) came: its stream is open upstream."""
+        subgroups = self.open_subgroups.get(group)
+        if subgroups is None:
+            self.open_subgroups[group] = {subgroup}
+        else:
+            subgroups.add(subgroup)
+
+    def subgroup_ended(self, group: int, subgroup: int) -> bool:
+        """A subgroup of ``group`` ended upstream (FIN, reset, End of Group object): whether none of
+        the group's subgroups seen is open any more (the group is over)."""
+        subgroups = self.open_subgroups.get(group)
+        if subgroups is not None:
+            subgroups.discard(subgroup)
+            if subgroups:
+                return False
+            del self.open_subgroups[group]
+        return True
 
     def group(self, source_group: int) -> int:
         """The relay's group id for a group id of the current source session."""
