@@ -117,6 +117,10 @@ class _GroupInFlight:
     streams: dict[int, _StreamInFlight] = field(default_factory=dict)  # by Subgroup ID
     closed: set[int] = field(default_factory=set)  # subgroups done with here (delivered, dropped): never reopened
     complete: bool = False  # the group ended: no stream of it is open
+    # the subscriber has had every object of the group the relay got since it joined: any subgroup
+    # of it may open. False: a group begun before the subscriber came, joined at its object 0:
+    # only that object's subgroup is whole here (objects of others may have gone by)
+    whole: bool = True
 
 
 class TrackSubscription:
@@ -140,6 +144,7 @@ class TrackSubscription:
         # may open its stream (a relayed group's subgroup may come before its object 0). None:
         # only an object 0 opens a group (set by TrackFanout when delivery begins)
         self.live_from: int | None = None
+        self.replaying: int | None = None  # a group handed over from the cache: it holds all of it
         self.in_flight: dict[int, _GroupInFlight] = {}
         self.dropped: set[int] = set()  # groups we stopped delivering (reset): never reopened
         self.skipped_groups: list[int] = []
@@ -184,19 +189,23 @@ class TrackSubscription:
     def _open(self, g: _GroupInFlight | None, group_id: int, object_id: int, subgroup: int,
               priority: int | None, end_of_group: bool) -> _StreamInFlight | None:
         """The stream for a subgroup not open here yet, or None if its objects are not delivered."""
+        whole = True
         if g is None:
             if group_id == self.start_group and self.start_object:
                 if object_id < self.start_object:
                     return None  # before the subscription's start (a joining FETCH carries those)
-            elif object_id != 0 and (self.live_from is None or group_id < self.live_from):
-                return None  # joined in the middle of a group we never started: wait for the next
-            g = self.in_flight[group_id] = _GroupInFlight(group_id)
+            elif self.live_from is None or group_id < self.live_from:
+                if object_id != 0:
+                    return None  # joined in the middle of a group we never started: wait for the next
+                # (its object 0 begins its subgroup, whatever came before it, unless the cache hands it over)
+                whole = group_id == self.replaying
+            g = self.in_flight[group_id] = _GroupInFlight(group_id, whole=whole)
             while len(self.in_flight) > MAX_GROUPS_IN_FLIGHT:
                 self._drop(min(self.in_flight), RESET_DELIVERY_TIMEOUT)
             if group_id not in self.in_flight:
                 return None  # older than every group in flight: it was the one dropped
-        elif subgroup in g.closed:
-            return None  # delivered or dropped already: a subgroup is never reopened
+        elif subgroup in g.closed or not g.whole:
+            return None  # delivered or dropped already (a subgroup is never reopened), or joined late
         if len(g.streams) + len(g.closed) >= MAX_SUBGROUPS_IN_FLIGHT:
             g.closed.add(subgroup)
             self.sink.reset_group(self.sink.open_group(group_id, subgroup, priority, end_of_group),
@@ -452,6 +461,13 @@ class TrackFanout:
         if largest is not None:
             sub.live_from = max(largest[0] + 1, sub.start_group or 0)
 
+    def _first_object(self, group_id: int, object_id: int) -> None:
+        """The track's first object here: subscribers that came before it get every group from
+        this one on (from the next if this one was joined mid-way upstream)."""
+        for sub in self.subscribers:
+            if sub.live_from is None:
+                sub.live_from = max(group_id if object_id == 0 else group_id + 1, sub.start_group or 0)
+
     def _let_go(self, failed: list) -> None:
         """Subscribers whose connection failed under a call (closed under us, a transport error)
         leave this fan-out at once, so one dead connection never stops the others' delivery;
@@ -472,10 +488,14 @@ class TrackFanout:
         """Hand a subscriber the cached objects of ``group`` (from ``from_object`` on), each in its
         subgroup, and the end of the group or of those of its subgroups that ended."""
         when = group.started if received is None else received
-        for obj in group.objects:
-            if obj.object_id >= from_object:
-                sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
-                            obj.subgroup, obj.priority, obj.end_of_group)
+        sub.replaying = group.group_id
+        try:
+            for obj in group.objects:
+                if obj.object_id >= from_object:
+                    sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
+                                obj.subgroup, obj.priority, obj.end_of_group)
+        finally:
+            sub.replaying = None
         if group.complete:
             sub.end_group(group.group_id)
         elif group.ended:
@@ -571,6 +591,8 @@ class TrackFanout:
             return
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+        if previous is None:
+            self._first_object(group_id, object_id)
         failed = None
         ended = previous[0] if self.ends_groups_on_newer and previous is not None and group_id > previous[0] else None
         for sub in self.subscribers:

@@ -9,6 +9,9 @@ them), and so are groups it could not cache whole (truncated): those ranges are 
 End of Unknown Range marker rather than left as gaps, because a gap in a fetch means "does not
 exist". Missing group ids between two cached groups never existed (the cache keeps a contiguous
 window of the newest groups, truncated ones included).
+Each object goes with its Subgroup ID and its subgroup's publisher priority (relay.py); Object
+Status objects do not exist in a FETCH response (draft 16, "Object Status"): the end of a group
+or of the track is not sent there as an object.
 """
 
 from dataclasses import dataclass
@@ -68,6 +71,7 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
         if group.truncated:
             blocks.append([UnknownUntil(min(last, (group.group_id, LARGEST_VARINT)))])
             continue
+        # (in Object ID order, as the cache keeps a group whatever order its subgroups came in)
         objects = [(group.group_id, o) for o in group.objects if start <= (group.group_id, o.object_id) <= last]
         if objects:
             blocks.append(objects)

@@ -14,6 +14,7 @@ so a late subscriber or a FETCH gets them as they came. An in-process broadcast'
 subgroup, 0: its frames carry nothing more per frame for that (issue 12).
 """
 
+import bisect
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -77,6 +78,10 @@ class CachedGroup:
     ended: set[int] | None = None  # subgroups whose stream ended while the group goes on (End of Group, FIN)
 
 
+def _object_id(obj) -> int:
+    return obj.object_id
+
+
 class GroupCache:
     def __init__(self, *, max_bytes: int = GROUP_CACHE_MAX_BYTES, max_age: float = GROUP_CACHE_MAX_AGE,
                  max_groups: int = GROUP_CACHE_MAX_GROUPS) -> None:
@@ -95,28 +100,34 @@ class GroupCache:
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
             subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
-        self._add(group_id, CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group),
-                  len(payload), now)
+        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group)
+        group = self._add(group_id, obj, len(payload), now)
+        if group is not None and len(group.objects) > 1 and object_id < group.objects[-2].object_id:
+            # another subgroup's stream came ahead of this one: a group is kept in Object ID
+            # order (its largest object, a FETCH's order), each subgroup's objects still in theirs
+            group.objects.pop()
+            bisect.insort(group.objects, obj, key=_object_id)
 
     def add_frame(self, frame: Frame, timescale: int, now: float) -> None:
         """``add`` for a frame of an in-process broadcast (see CachedFrame)."""
         self._add(frame.group, CachedFrame(frame, timescale), len(frame.payload), now)
 
-    def _add(self, group_id: int, obj, n: int, now: float) -> None:
+    def _add(self, group_id: int, obj, n: int, now: float) -> CachedGroup | None:
+        """Cache ``obj`` (``n`` payload bytes); the group it went to, if it was kept."""
         group = self._newest
         if group is None or group.group_id != group_id:
             group = self._groups.get(group_id)
         new = group is None
         if new:
             if self._groups and group_id < next(reversed(self._groups)):
-                return  # a late object of an old group: not worth caching
+                return None  # a late object of an old group: not worth caching
             group = self._newest = CachedGroup(group_id, now)
             self._groups[group_id] = group
             for older in self._groups.values():
                 if older is not group:
                     older.complete = True  # a newer group began: the older one is over
         if group.truncated:
-            return
+            return None
         group.objects.append(obj)
         group.size += n
         self.size += n
@@ -130,6 +141,7 @@ class GroupCache:
             self.size -= group.size
             group.objects.clear()
             group.size = 0
+        return group
 
     def end_group(self, group_id: int) -> None:
         group = self._groups.get(group_id)
