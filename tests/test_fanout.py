@@ -721,3 +721,115 @@ def test_an_absolute_start_older_than_the_cache_starts_at_what_it_holds_and_a_fu
     for g in (4, 5):
         publish_gop(fanout, g, 2, g * 1.0)
     assert old.groups() == [2, 3, 4, 5] and future.groups() == [5]
+
+
+# -- subgroups (a relayed publisher's temporal layers): one stream each ---------------------------
+def publish_layers(fanout, group, object_ids, now, layers=3, size=1000):
+    """Objects of ``group`` in ``layers`` subgroups (object i in subgroup i % layers, priority
+    10 per layer), as a relayed track's come."""
+    for i in object_ids:
+        fanout.publish_object(group, i, bytes(size), None, now, i % layers, 10 * (i % layers + 1), i % layers == 2)
+
+
+def by_subgroup(sink, group):
+    return {sink.headers[h][0]: s for h, s in sink.streams.items() if s["group"] == group}
+
+
+def test_each_subgroup_goes_on_a_stream_of_its_own_with_its_header():
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    publish_layers(fanout, 0, range(9), 0.0)
+    fanout.end_subgroup(0, 0)
+    streams = by_subgroup(sink, 0)
+    assert {sg: s["objects"] for sg, s in streams.items()} == {0: [0, 3, 6], 1: [1, 4, 7], 2: [2, 5, 8]}
+    assert {sg: sink.headers[h][1:] for h, s in sink.streams.items() for sg in [sink.headers[h][0]]} == {
+        0: (10, False), 1: (20, False), 2: (30, True)}
+    assert {sg: s["state"] for sg, s in streams.items()} == {0: "fin", 1: "open", 2: "open"}
+    fanout.end_group(0)  # the relay saw every subgroup of it end
+    assert sink.groups("fin") == [0, 0, 0]
+
+
+def test_a_stalled_subgroup_stream_is_reset_and_the_others_go_on():
+    """Past its delivery timeout, only the stream that stalled is reset (DELIVERY_TIMEOUT); the
+    group's other subgroups are delivered and end, the stalled one is never reopened."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    sub = TrackSubscription(sink, delivery_timeout=1.0)
+    fanout.subscribe(sub, 0.0)
+    publish_layers(fanout, 0, range(6), 0.0)
+    stalled = next(h for h in sink.streams if sink.headers[h][0] == 2)
+
+    def drain_but_stalled():
+        for h, s in sink.streams.items():
+            if h != stalled:
+                s["queued"] = 0
+
+    drain_but_stalled()
+    fanout.check(0.5)
+    assert sink.groups("open") == [0, 0, 0]  # within the budget
+    fanout.check(1.1)
+    publish_layers(fanout, 0, range(6, 9), 1.2)
+    drain_but_stalled()
+    fanout.check(1.5)
+    streams = by_subgroup(sink, 0)
+    assert streams[2]["state"] == ("reset", RESET_DELIVERY_TIMEOUT) and streams[2]["objects"] == [2, 5]
+    assert streams[0]["objects"] == [0, 3, 6] and streams[1]["objects"] == [1, 4, 7]
+    for subgroup in range(3):
+        fanout.end_subgroup(0, subgroup)
+    fanout.end_group(0)
+    drain_but_stalled()
+    fanout.check(1.6)
+    assert [s["state"] for s in sink.streams.values()] == ["fin", "fin", ("reset", RESET_DELIVERY_TIMEOUT)]
+    assert not sub.skipped_groups and not sub.in_flight  # nothing else was skipped; all done with
+
+
+def test_a_subgroup_that_comes_before_its_groups_object_0_is_delivered():
+    """A relayed group's subgroups come on parallel streams: one may come before object 0."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    publish_layers(fanout, 0, range(3), 0.0)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    publish_layers(fanout, 1, [1, 0, 2], 0.1)
+    assert {sg: s["objects"] for sg, s in by_subgroup(sink, 1).items()} == {0: [0], 1: [1], 2: [2]}
+
+
+def test_a_group_joined_at_its_object_0_after_other_subgroups_began_gets_that_subgroup_alone():
+    """Objects of group 1's subgroup 1 came before the subscriber did (the cache does not start
+    the group at object 0 yet): the subscriber takes group 1 from object 0, in its subgroup only,
+    never a subgroup stream missing its first objects."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    publish_layers(fanout, 0, range(3), 0.0)
+    fanout.end_group(0)
+    publish_layers(fanout, 1, [1], 0.1)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink, delivery_timeout=0.05), 0.2)  # group 0 is past its budget
+    publish_layers(fanout, 1, [0, 2, 3, 4], 0.2)
+    assert {sg: s["objects"] for sg, s in by_subgroup(sink, 1).items()} == {0: [0, 3]}
+
+
+def test_an_upstream_reset_of_one_subgroup_resets_that_stream_alone():
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    sub = TrackSubscription(sink)
+    fanout.subscribe(sub, 0.0)
+    publish_layers(fanout, 0, range(6), 0.0)
+    fanout.reset_group(0, 0x5, subgroup=1)
+    publish_layers(fanout, 0, range(6, 9), 0.1)
+    streams = by_subgroup(sink, 0)
+    assert streams[1]["state"] == ("reset", 0x5) and streams[1]["objects"] == [1, 4]
+    assert streams[0]["objects"] == [0, 3, 6] and streams[2]["objects"] == [2, 5, 8]
+    assert not fanout.cache.groups_from(0)  # the cache cannot serve the group whole any more
+
+
+def test_subgroups_of_one_group_open_at_most_max_subgroups_in_flight_streams():
+    from rtmpq.moq.fanout import MAX_SUBGROUPS_IN_FLIGHT
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink), 0.0)
+    n = MAX_SUBGROUPS_IN_FLIGHT + 2
+    publish_layers(fanout, 0, range(2 * n), 0.0, layers=n)
+    states = [s["state"] for s in sink.streams.values()]
+    assert states.count("open") == MAX_SUBGROUPS_IN_FLIGHT
+    assert states.count(("reset", RESET_DELIVERY_TIMEOUT)) == 2  # the others: skipped, said at once
+    assert all(not s["objects"] for s in sink.streams.values() if s["state"] != "open")

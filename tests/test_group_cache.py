@@ -70,3 +70,25 @@ def test_an_object_of_the_newest_group_evicts_what_got_too_old_or_too_big():
     fill(cache, 1, 5)
     cache.add(1, 5, bytes(100), None, 0.0)
     assert [g.group_id for g in cache.groups_from(0)] == [1] and cache.size == 600
+
+
+def test_a_group_in_subgroups_keeps_each_objects_subgroup_and_object_id_order():
+    """Subgroup streams interleave as they come: the cache keeps each object's Subgroup ID and
+    priority, the group in Object ID order (its largest object is the largest ID), and which
+    subgroups ended while the group went on."""
+    cache = GroupCache()
+    for object_id, subgroup in [(0, 0), (2, 0), (4, 0), (1, 1), (3, 1)]:
+        cache.add(0, object_id, b"x", None, 0.0, subgroup, 10 * (subgroup + 1), subgroup == 1)
+    cache.end_subgroup(0, 0)
+    [group] = cache.groups()
+    assert [(o.object_id, o.subgroup, o.priority, o.end_of_group) for o in group.objects] == [
+        (0, 0, 10, False), (1, 1, 20, True), (2, 0, 10, False), (3, 1, 20, True), (4, 0, 10, False)]
+    assert cache.largest == (0, 4) and group.ended == {0} and not group.complete
+
+
+def test_an_in_process_frame_is_subgroup_0():
+    from rtmpq.media.frames import Frame
+    cache = GroupCache()
+    cache.add_frame(Frame("video", 3, 0, 0, 0, True, b"x"), 90000, 0.0)
+    [obj] = cache.latest().objects
+    assert (obj.subgroup, obj.priority, obj.end_of_group) == (0, None, True)
