@@ -822,14 +822,14 @@ def test_an_upstream_reset_of_one_subgroup_resets_that_stream_alone():
     assert not fanout.cache.groups_from(0)  # the cache cannot serve the group whole any more
 
 
-def test_subgroups_of_one_group_open_at_most_max_subgroups_in_flight_streams():
-    from rtmpq.moq.fanout import MAX_SUBGROUPS_IN_FLIGHT
+def test_a_group_opens_at_most_max_subgroups_per_group_streams():
+    from rtmpq.moq.fanout import MAX_SUBGROUPS_PER_GROUP
     fanout = TrackFanout(ends_groups_on_newer=False)
     sink = FakeSink()
     fanout.subscribe(TrackSubscription(sink), 0.0)
-    n = MAX_SUBGROUPS_IN_FLIGHT + 2
+    n = MAX_SUBGROUPS_PER_GROUP + 2
     publish_layers(fanout, 0, range(2 * n), 0.0, layers=n)
     states = [s["state"] for s in sink.streams.values()]
-    assert states.count("open") == MAX_SUBGROUPS_IN_FLIGHT
+    assert states.count("open") == MAX_SUBGROUPS_PER_GROUP
     assert states.count(("reset", RESET_DELIVERY_TIMEOUT)) == 2  # the others: skipped, said at once
     assert all(not s["objects"] for s in sink.streams.values() if s["state"] != "open")

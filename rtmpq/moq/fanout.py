@@ -14,9 +14,10 @@ Timeout":
   the relay received it gets its subgroup stream reset with DELIVERY_TIMEOUT (0x2); the group's
   other subgroups go on (a group of that one stream is dropped whole). No new stream is opened
   for the rest of what was dropped (only one of the header alone, reset, when the reset took the
-  header with it: ``_reset``); the subscriber sees the reset and knows it skipped it. Delivered means acknowledged, and an acknowledgement takes a round trip to come back: an
-  object sent within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT)
-  more for its acknowledgement; one not even sent when the budget ends is dropped then. (At
+  header with it: ``_reset``); the subscriber sees the reset and knows it skipped it. Delivered
+  means acknowledged, and an acknowledgement takes a round trip to come back: an object sent
+  within the budget is given the sink's ``ack_allowance`` (aioquic: its smoothed RTT) more for
+  its acknowledgement; one not even sent when the budget ends is dropped then. (At
   750 ms RTT, judging by acknowledgement alone left 1.25 s of a 2 s budget to send in.)
   Where acknowledgements are estimated and the path is lossy (``ack_doubt``), an object the
   estimate calls delivered is still in doubt: its group must be confirmed by the transport
@@ -26,7 +27,7 @@ Timeout":
   and then delivers the rest however late (8 s at 30 % loss); without the FIN the reset holds.
 - Send budget: bytes queued for one subscriber are capped; over it, the oldest groups in flight are
   reset first (all their subgroups). At most ``MAX_GROUPS_IN_FLIGHT`` groups are open per
-  subscriber and track, each on at most ``MAX_SUBGROUPS_IN_FLIGHT`` streams.
+  subscriber and track, each on at most ``MAX_SUBGROUPS_PER_GROUP`` streams.
 So the memory a subscriber can hold in the relay is bounded whatever it does.
 - Stuck subscriber: one that acknowledges nothing for a while (it stopped reading: its QUIC
   flow-control window stays full) only has its groups reset, over and over. ``stalled_since``
@@ -55,7 +56,7 @@ MAX_GROUPS_IN_FLIGHT = 4
 # Subgroup streams one group may have per subscriber (a publisher's temporal layers are a few):
 # a further subgroup is skipped (a stream of its header alone, reset), so no publisher can make
 # the relay open streams without bound.
-MAX_SUBGROUPS_IN_FLIGHT = 8
+MAX_SUBGROUPS_PER_GROUP = 8
 # Seconds a subscriber may acknowledge nothing of what it is owed before its session is closed.
 DEFAULT_STUCK_TIMEOUT = 30.0
 # Longest a subscriber that keeps up goes between two counts of what its transport acknowledged
@@ -206,7 +207,7 @@ class TrackSubscription:
                 return None  # older than every group in flight: it was the one dropped
         elif subgroup in g.closed or not g.whole:
             return None  # delivered or dropped already (a subgroup is never reopened), or joined late
-        if len(g.streams) + len(g.closed) >= MAX_SUBGROUPS_IN_FLIGHT:
+        if len(g.streams) + len(g.closed) >= MAX_SUBGROUPS_PER_GROUP:
             g.closed.add(subgroup)
             self.sink.reset_group(self.sink.open_group(group_id, subgroup, priority, end_of_group),
                                   RESET_DELIVERY_TIMEOUT)
