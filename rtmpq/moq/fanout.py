@@ -572,14 +572,17 @@ class TrackFanout:
         sub.close()
 
     def publish_frame(self, frame: Frame, timescale: int, now: float) -> None:
-        """``publish_object`` for a frame of an in-process broadcast: its LOC extensions are made
-        only once a subscriber is there to send them to (the cache makes them when read)."""
-        if self.subscribers:
-            self.publish_object(frame.group, frame.index, frame.payload, frame_extensions(frame, timescale), now)
-            return
+        """``publish_object`` for a frame of an in-process broadcast (subgroup 0): cached as it
+        came (CachedFrame), its LOC extensions made only once a subscriber is there to send them
+        to (the cache makes them when read)."""
         self.objects_received += 1
         self.bytes_received += len(frame.payload)
+        if not self.subscribers:
+            self.cache.add_frame(frame, timescale, now)
+            return
+        previous = self.cache.largest
         self.cache.add_frame(frame, timescale, now)
+        self._deliver(previous, frame.group, frame.index, frame.payload, frame_extensions(frame, timescale), now)
 
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
                        subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
@@ -592,6 +595,12 @@ class TrackFanout:
             return
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+        self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+
+    def _deliver(self, previous: tuple[int, int] | None, group_id: int, object_id: int, payload,
+                 extensions: dict | None, now: float, subgroup: int = 0, priority: int | None = None,
+                 end_of_group: bool = True) -> None:
+        """An object just cached (``previous``: the largest object before it) to every subscriber."""
         if previous is None:
             self._first_object(group_id, object_id)
         failed = None

@@ -76,6 +76,7 @@ class CachedGroup:
     complete: bool = False  # every subgroup of it ended (or, from a local source, a newer group began)
     truncated: bool = False  # objects were not all cached (too big): cannot serve from object 0
     ended: set[int] | None = None  # subgroups whose stream ended while the group goes on (End of Group, FIN)
+    subgroups: bool = False  # objects of a subgroup other than 0 came (see ``GroupCache.add``)
 
 
 def _object_id(obj) -> int:
@@ -102,11 +103,15 @@ class GroupCache:
             subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
         obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group)
         group = self._add(group_id, obj, len(payload), now)
-        if group is not None and len(group.objects) > 1 and object_id < group.objects[-2].object_id:
-            # another subgroup's stream came ahead of this one: a group is kept in Object ID
-            # order (its largest object, a FETCH's order), each subgroup's objects still in theirs
-            group.objects.pop()
-            bisect.insort(group.objects, obj, key=_object_id)
+        # only a group in several subgroups (several streams) can come out of Object ID order
+        if group is not None and (subgroup or group.subgroups):
+            group.subgroups = True
+            objects = group.objects
+            if len(objects) > 1 and object_id < objects[-2].object_id:
+                # another subgroup's stream came ahead of this one: a group is kept in Object ID
+                # order (its largest object, a FETCH's order), each subgroup's objects still in theirs
+                objects.pop()
+                bisect.insort(objects, obj, key=_object_id)
 
     def add_frame(self, frame: Frame, timescale: int, now: float) -> None:
         """``add`` for a frame of an in-process broadcast (see CachedFrame)."""
