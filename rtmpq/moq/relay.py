@@ -11,9 +11,10 @@ Where a track comes from:
 - a route from the directory (``route()``, many hosts): a session to the broadcast's origin.
 
 Subscribers get one QUIC stream per group (per subgroup of it, for a publisher that sends groups
-in several), newest and audio first, within their delivery timeout and send budget (fanout.py). Filters: unfiltered starts at the newest cached group (from its first
-object: an IDR for video); LargestObject and NextGroupStart start at the next group, since a group
-is only ever delivered whole from its first object; AbsoluteStart and AbsoluteRange start at their
+in several), newest and audio first, within their delivery timeout and send budget (fanout.py).
+Filters: unfiltered starts at the newest cached group (from its first object: an IDR for video);
+LargestObject and NextGroupStart start at the next group, since a group is only ever delivered
+whole from its first object; AbsoluteStart and AbsoluteRange start at their
 Start Location, from the cache if it holds it, but never before the newest cached group (where an
 unfiltered one starts: draft 16 makes AbsoluteStart {0, 0} the same, and what came before is
 FETCHed), and AbsoluteRange ends after its End Group with PUBLISH_DONE (SUBSCRIPTION_ENDED).
