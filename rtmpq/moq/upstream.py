@@ -59,6 +59,7 @@ class UpstreamTrack:
             join.new_session()
         self.conn = conn
         self.alias = None
+        self.open_subgroups.clear()  # the old subscription's streams end no group here any more
         self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY),
                                                  filter_type=None if join is None else join.filter_type)
         conn.flush()
