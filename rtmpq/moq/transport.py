@@ -162,7 +162,8 @@ class _MoqConnectionMixin:
         queue = self._quic._streams_queue  # aioquic serves this list round-robin: order it first
         if self._priorities and len(queue) > 1:
             control = self.session.control_stream_id
-            queue.sort(key=lambda s: (-1, 0, 0) if s.stream_id == control else self._priorities.get(s.stream_id, (255, 0, 0)))
+            queue.sort(key=lambda s: (-1, 0, 0) if s.stream_id == control
+                       else self._priorities.get(s.stream_id, (255, 0, 0)))
         self.transmit()
 
     def queued_bytes(self, stream_id: int) -> int:
