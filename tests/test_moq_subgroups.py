@@ -75,9 +75,9 @@ class LayeredPublisher:
             self.conn.session.quic.send_stream_data(self.streams[(group, subgroup)], b"", end_stream=True)
         self.conn.flush()
 
-    def end_of_group(self, group: int, subgroup: int, object_id: int) -> None:
-        """An End of Group object (``object_id``) on a subgroup's stream; the stream stays open."""
-        self._object(self.streams[(group, subgroup)], object_id, b"", ObjectStatus.END_OF_GROUP)
+    def status(self, group: int, subgroup: int, object_id: int, status: int) -> None:
+        """A status object (``object_id``) on a subgroup's stream; the stream stays open."""
+        self._object(self.streams[(group, subgroup)], object_id, b"", status)
         self.conn.flush()
 
 
@@ -170,7 +170,7 @@ async def test_a_late_joiner_and_a_fetch_get_the_cached_objects_in_their_subgrou
         publisher.send(0, range(OBJECTS))
         publisher.end(0)
         publisher.send(1, range(6))  # objects 0-5: two in each subgroup
-        publisher.end_of_group(1, SUBGROUPS - 1, object_id=8)  # objects 6 and 7 are to come
+        publisher.status(1, SUBGROUPS - 1, 8, ObjectStatus.END_OF_GROUP)  # objects 6 and 7 are to come
 
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
@@ -203,3 +203,34 @@ async def test_a_late_joiner_and_a_fetch_get_the_cached_objects_in_their_subgrou
     fetched = [e for e in fetcher.objects() if e.request_id == rid]
     assert_in_their_subgroups(fetched, {0: list(range(OBJECTS)), 1: list(range(8))})
     assert [(e.group, e.object_id) for e in fetched] == sorted((e.group, e.object_id) for e in fetched)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_end_of_track_on_one_subgroup_waits_for_the_others(tmp_path, backend, monkeypatch):
+    """An End of Track object on one subgroup's stream says nothing of the objects before it: the
+    relay ends the track (PUBLISH_DONE) only once the group's other subgroups have ended, and its
+    subscriber gets their objects that came after the End of Track (not a grace period: it is made
+    too long to be what ends the track here)."""
+    from rtmpq.moq import relay as relay_module
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 60.0)
+
+    def on_subscribe(publisher: LayeredPublisher) -> None:
+        publisher.send(0, range(6))
+        publisher.status(0, SUBGROUPS - 1, 8, ObjectStatus.END_OF_TRACK)  # objects 6 and 7 are to come
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
+            await announce(pub)
+            publisher = LayeredPublisher(pub, on_subscribe)
+            viewer = Viewer(conn)
+            subscribe(viewer)
+            await viewer.until(lambda: len(viewer.objects()) == 6 and (0, SUBGROUPS - 1) in viewer.ended(),
+                               "the End of Track's subgroup to end")
+            assert not [e for e in viewer.events if isinstance(e, ev.PublishDoneReceived)]
+            publisher.send(0, [6, 7])
+            publisher.end(0, range(SUBGROUPS - 1))
+            await viewer.until(lambda: any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events),
+                               "PUBLISH_DONE")
+    assert_in_their_subgroups(viewer.objects(), {0: list(range(8))})
+    assert viewer.ended() == {(0, s) for s in range(SUBGROUPS)}
