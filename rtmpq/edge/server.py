@@ -400,13 +400,13 @@ class EdgeServer:
         file = m["file"]
         page = file in ("", "index.html")
         token = parse_qs(query_text).get("token", [None])[0]
-        try:
-            self.access.may_subscribe(name, token, time.time())
+        try:  # checked on every request, so the URIs of the playlists carry a session token
+            uri_token = self.access.may_play_hls(name, token, time.time())
         except AccessDenied as exc:
             if page:  # the page holds no media; the requests it makes carry the token
                 return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
             return text(403, str(exc))
-        query = f"?token={quote(token, safe='')}" if token else ""
+        query = f"?token={quote(uri_token, safe='')}" if uri_token else ""
         b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
         if page:  # served whether or not the broadcast is live yet: the player retries
             return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
