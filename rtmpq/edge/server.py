@@ -99,6 +99,7 @@ else if (Hls.isSupported()) {
   const asked = parseFloat(new URLSearchParams(location.search).get("latency"));
   const latency = asked >= @MIN@ && asked <= @MAX@ ? asked : @LATENCY@;
   let hls = null;
+  let source = "index.m3u8" + location.search;  // carries ?token= when there is one
   window.rtmpqErrors = [];
   window.rtmpqRestarts = 0;
   const start = () => {
@@ -106,13 +107,18 @@ else if (Hls.isSupported()) {
                    liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
     window.rtmpqHls = hls;
     hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
+    // a restart (below) reopens with the edge's session token: the page's own may have expired
+    hls.on(Hls.Events.MANIFEST_LOADED, (event, data) => {
+      const token = data.levels.length && new URL(data.levels[0].url, location.href).searchParams.get("token");
+      if (token) source = "index.m3u8?token=" + encodeURIComponent(token);
+    });
     // the audio playlist ended while the video goes on (a publisher back without audio): a media
     // element plays only what all its buffers hold, so start over from the multivariant playlist
     // (at the broadcast's end the multivariant still lists the audio: nothing to do)
     hls.on(Hls.Events.AUDIO_TRACK_LOADED, (event, data) => {
       if (data.details.live) return;
       const ended = hls;
-      fetch("index.m3u8" + location.search).then((r) => r.text()).then((listing) => {
+      fetch(source).then((r) => r.text()).then((listing) => {
         if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes("TYPE=AUDIO")) {
           window.rtmpqRestarts += 1;
           hls.destroy();
@@ -120,7 +126,7 @@ else if (Hls.isSupported()) {
         }
       }).catch(() => {});
     });
-    hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
+    hls.loadSource(source);
     hls.attachMedia(video);
   };
   start();
