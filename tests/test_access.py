@@ -78,6 +78,8 @@ def test_hls_sessions_outlive_the_viewers_token_for_its_one_broadcast_and_no_lon
     # itself (a reload never extends it), and nothing else
     later = now + 3000
     assert access.may_play_hls("live/show", session, later) == session
+    another_edge = Access(PublishConfig(), AuthConfig(secret=SECRET, require_playback_token=True))
+    assert another_edge.may_play_hls("live/show", session, later) == session  # stateless: any edge with the secret
     with pytest.raises(AccessDenied, match="expired"):
         access.may_play_hls("live/show", viewer, later)  # playback cannot start with it
     with pytest.raises(AccessDenied, match="wrong path"):
