@@ -131,7 +131,7 @@ else if (Hls.isSupported()) {
   };
   start();
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
-} else { video.src = "index.m3u8"; }
+} else { video.src = "index.m3u8" + location.search; }  // native HLS (Safari): with ?token= too
 </script></body></html>
 """.replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
     .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY))
