@@ -46,6 +46,11 @@ PUBLISH_IDLE_TIMEOUT = 10.0
 # A broadcast whose publisher left is kept this long for a publisher to come back under the same
 # name: viewers keep their playlists and subscriptions, group ids go on (seconds).
 PUBLISH_GRACE_PERIOD = 30.0
+# A playback token is checked when playback starts: the edge then hands the viewer's HLS player a
+# session token of its own in the playlists' URIs, good for that one broadcast this long
+# (seconds). 6 h outlasts any one sitting of a live event (the page's token, 1 h by default, does
+# not) and bounds what a leaked playlist URI is good for; past it the player must start again.
+PLAYBACK_SESSION = 6 * 3600.0
 # How long a subscriber (rtmpq sub, an edge) waits for a broadcast that is not live yet (seconds).
 SUBSCRIBE_WAIT = 30.0
 # Whole groups before the live edge that an edge fetches from the relay above (joining FETCH)
@@ -182,7 +187,8 @@ class AuthConfig:
     """[auth]: JWTs (HS256) for publishers, viewers and nodes."""
 
     secret: str = ""  # shared secret that signs and checks every token; empty: no tokens accepted
-    require_playback_token: bool = False  # viewers (HLS, MoQ) need a token with act=subscribe
+    require_playback_token: bool = False  # viewers (HLS, MoQ) need a token with act=subscribe to start
+    playback_session: float = PLAYBACK_SESSION  # an HLS viewer who started keeps watching this long
     node_token: str = ""  # presented to the upstream node (act=relay); minted from secret if empty
 
     @property
@@ -434,6 +440,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"directory.advertise: expected moqt://HOST:PORT (got {d.advertise!r})")
     if config.auth.require_playback_token and not config.auth.secret:
         raise ConfigError("auth.require_playback_token needs auth.secret")
+    if config.auth.playback_session <= 0:
+        raise ConfigError("auth.playback_session: must be positive")
 
 
 def show(config: Config) -> str:

@@ -3,12 +3,14 @@
 import asyncio
 import json
 import logging
+import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from rtmpq.auth.access import Access, AccessDenied
-from rtmpq.auth.tokens import mint_token
+from rtmpq.auth.tokens import CLOCK_SKEW_LEEWAY, mint_session_token, mint_token, verify_token
 from rtmpq.config import AuthConfig, PublishConfig
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import subscribe_broadcast
@@ -61,6 +63,37 @@ def test_an_app_wide_publish_token_as_the_key_names_no_broadcast():
     everything = mint_token(SECRET, "", "publish", 60, now=now)
     with pytest.raises(AccessDenied, match="names no broadcast"):
         access.publish_name("live", everything, "", now)
+
+
+def test_hls_sessions_outlive_the_viewers_token_for_its_one_broadcast_and_no_longer():
+    now = time.time()
+    auth = AuthConfig(secret=SECRET, require_playback_token=True, playback_session=3600)
+    access = Access(PublishConfig(), auth)
+    viewer = mint_token(SECRET, "live", "subscribe", 60, now=now)  # a whole app, for a minute
+    session = access.may_play_hls("live/show", viewer, now)
+    assert session and session != viewer
+    claims = verify_token(session, SECRET, act="subscribe", path="live/show", now=now, session_ok=True)
+    assert claims.session and claims.sub == "live/show" and claims.exp == int(now + 3600)  # never wider
+    # an hour on, the viewer's token is long gone; the session still plays its broadcast, yielding
+    # itself (a reload never extends it), and nothing else
+    later = now + 3000
+    assert access.may_play_hls("live/show", session, later) == session
+    another_edge = Access(PublishConfig(), AuthConfig(secret=SECRET, require_playback_token=True))
+    assert another_edge.may_play_hls("live/show", session, later) == session  # stateless: any edge with the secret
+    with pytest.raises(AccessDenied, match="expired"):
+        access.may_play_hls("live/show", viewer, later)  # playback cannot start with it
+    with pytest.raises(AccessDenied, match="wrong path"):
+        access.may_play_hls("live/other", session, later)
+    for refuse in (lambda: access.may_subscribe("live/show", session, later),  # MoQ SUBSCRIBE / FETCH
+                   lambda: access.may_list("live/show", session, later),
+                   lambda: access.may_publish_over_moq("live/show", session, later),
+                   lambda: access.publish_name("live", session, "", later),  # as the stream key
+                   lambda: access.publish_name("live", "show", f"token={session}", later)):
+        with pytest.raises(AccessDenied):
+            refuse()
+    with pytest.raises(AccessDenied, match="expired"):
+        access.may_play_hls("live/show", session, now + 3600 + CLOCK_SKEW_LEEWAY)
+    assert Access(PublishConfig(), AuthConfig(secret=SECRET)).may_play_hls("live/show", viewer, now) is None
 
 
 def test_an_open_node_publishes_the_key_as_the_name():
@@ -135,13 +168,75 @@ async def test_playback_tokens_on_hls(tmp_path):
         status, media = await http_get(f"{base}/video.m3u8?token={good}")
         assert status == 200
         uris = [line for line in media.decode().splitlines() if ".m4s" in line or "init.mp4" in line]
-        assert uris and all(f"token={good}" in line for line in uris)
+        assert uris and all("token=" in line for line in uris)  # a session token (test_hls_sessions_...)
+        assert good not in multivariant.decode() + media.decode()  # the viewer's own is never copied
         status, _ = await http_get(f"{base}/v-init.mp4")  # media needs the token as well as playlists
         assert status == 403
         rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json",
                                      f"{base}/index.m3u8?token={good}"], timeout=40)
         assert rc == 0, out
         assert {s["codec_type"] for s in json.loads(out)["streams"]} == {"video", "audio"}
+        rc, out = await publish
+        assert rc == 0, out
+    finally:
+        await node.close()
+
+
+def _uri_after(playlist: bytes, tag: str) -> str:
+    """The URI of the last ``tag`` line of a playlist (a URI="..." attribute, or the next line)."""
+    lines = playlist.decode().splitlines()
+    i = max(i for i, line in enumerate(lines) if line.startswith(tag))
+    found = re.search(r'URI="([^"]+)"', lines[i])
+    return found[1] if found else lines[i + 1]
+
+
+async def test_an_hls_viewer_keeps_watching_past_its_tokens_expiry(tmp_path):
+    """Checked when playback starts: a player that started keeps reloading its playlists and
+    fetching parts well past its token's expiry (it used to get 403 and stop, an hour in with
+    `rtmpq token`'s default ttl); starting with the expired token is refused."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True),
+                               publish=PublishConfig(keys={KEY: "studio"}, grace_period=0))
+    try:
+        publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/{KEY}", seconds=20), timeout=60))
+        base = f"http://127.0.0.1:{node.edge.address[1]}/live"
+        viewer = mint_token(SECRET, "live/studio", "subscribe", 3, now=time.time())
+        status, multivariant = await http_get(f"{base}/studio/index.m3u8?token={viewer}", until_live=True)
+        assert status == 200, multivariant
+        media_uri = _uri_after(multivariant, "#EXT-X-STREAM-INF")  # what a player reloads
+        session = parse_qs(urlsplit(media_uri).query)["token"][0]
+        assert viewer not in multivariant.decode()
+
+        async def reload_and_fetch() -> str:
+            status, media = await http_get(f"{base}/studio/{media_uri}")
+            assert status == 200, (status, media)
+            assert viewer not in media.decode()
+            part = _uri_after(media, "#EXT-X-PART:")
+            status, data = await http_get(f"{base}/studio/{part}")
+            assert status == 200 and data, status
+            return part.partition("?")[0]
+
+        expired = verify_token(viewer, SECRET, act="subscribe", path="live/studio", now=time.time()).exp \
+            + CLOCK_SKEW_LEEWAY
+        parts, past = set(), set()  # fetched before, and well past, the expiry
+        deadline = expired + 20
+        while len(past) < 3:  # a player reloading as it plays
+            assert time.time() < deadline, (parts, past)
+            (past if time.time() > expired + 2 else parts).add(await reload_and_fetch())
+            await asyncio.sleep(0.2)
+        assert parts and not past & parts  # new media, still live
+        # starting afresh with the expired token is refused ...
+        status, _ = await http_get(f"{base}/studio/index.m3u8?token={viewer}")
+        assert status == 403
+        # ... the session token, presented to the multivariant, gives itself (no later expiry) ...
+        status, again = await http_get(f"{base}/studio/index.m3u8?token={session}")
+        assert status == 200 and parse_qs(urlsplit(_uri_after(again, "#EXT-X-STREAM-INF")).query)["token"] == [session]
+        # ... and it plays no other broadcast; an expired one plays nothing
+        for url in (f"{base}/other/index.m3u8?token={session}", f"{base}/other/v-init.mp4?token={session}",
+                    f"{base}/studio/video.m3u8?token={mint_session_token(SECRET, 'live/studio', 1, now=time.time() - 60)}"):
+            status, _ = await http_get(url)
+            assert status == 403, url
         rc, out = await publish
         assert rc == 0, out
     finally:

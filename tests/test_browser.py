@@ -321,3 +321,49 @@ async def test_hls_js_plays_through_audio_that_stops_while_the_video_goes_on(nod
     finally:
         browser.terminate()
         await browser.wait()
+
+
+async def test_the_player_page_plays_on_past_its_tokens_expiry(tmp_path):
+    """A page whose token expires a few seconds in (a page minting one-hour tokens, an hour in)
+    plays on: hls.js reloads by the URIs the edge gave it, which carry its session token."""
+    import time
+
+    from rtmpq.auth.tokens import CLOCK_SKEW_LEEWAY, mint_token
+    from rtmpq.config import AuthConfig, PublishConfig
+
+    need("ffmpeg")
+    secret = "0123456789abcdef0123456789abcdef"
+    n = UpNode(local_config(tmp_path, auth=AuthConfig(secret=secret, require_playback_token=True),
+                            publish=PublishConfig(keys={"sk-secret1": "studio"}, grace_period=0)))
+    await n.start()
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/sk-secret1", str(tmp_path / "ref.flv"), seconds=25), timeout=60))
+    browser = None
+    try:
+        await n.registry.wait_for("live/studio", 10)
+        token = mint_token(secret, "live/studio", "subscribe", 3, now=time.time())
+        expired = int(time.time() + 3) + CLOCK_SKEW_LEEWAY
+        host, http_port = n.edge.address
+        browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/studio/?token={token}")
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            assert await devtools.playback_started(), await devtools.evaluate("JSON.stringify(window.rtmpqErrors)")
+            while time.time() < expired + 2:  # past the expiry, with a margin
+                await asyncio.sleep(0.2)
+            past = await devtools.evaluate("document.getElementById('video').currentTime")
+            later = past
+            for _ in range(100):  # the video plays on, on reloads made after the expiry
+                later = await devtools.evaluate("document.getElementById('video').currentTime")
+                if later > past + 2.0:
+                    break
+                await asyncio.sleep(0.1)
+            errors = await devtools.evaluate("JSON.stringify(window.rtmpqErrors)")
+        assert later > past + 2.0, errors
+        assert "fatal" not in errors, errors
+    finally:
+        if browser is not None:
+            browser.terminate()
+            await browser.wait()
+        rc, output = await publisher
+        await n.close()
+    assert rc == 0, output

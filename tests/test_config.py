@@ -24,6 +24,13 @@ def test_defaults():
     assert config.rtmp.port == 1935 and config.moq.port == 4443 and config.http.port == 8080
     assert config.publish.idle_timeout == 10.0 and config.publish.grace_period == 30.0
     assert not config.publish.keys and not config.auth.secret
+    assert config.auth.playback_session == 6 * 3600  # an HLS viewer who started watches on this long
+
+
+def test_the_playback_session_from_file_and_environment(tmp_path):
+    path = write(tmp_path, '[auth]\nplayback_session = 7200\n')
+    assert load_config(path, env={}).auth.playback_session == 7200.0
+    assert load_config(path, env={"RTMPQ_AUTH_PLAYBACK_SESSION": "600"}).auth.playback_session == 600.0
 
 
 def test_flag_beats_environment_beats_file(tmp_path):
@@ -47,6 +54,7 @@ def test_flag_beats_environment_beats_file(tmp_path):
     ("[rtmp]\nport = 70000\n", "rtmp.port: 70000 is not a port number"),
     ("[publish]\nidle_timeout = -1\n", "publish.idle_timeout: must not be negative"),
     ("[auth]\nrequire_playback_token = true\n", "auth.require_playback_token needs auth.secret"),
+    ("[auth]\nplayback_session = 0\n", "auth.playback_session: must be positive"),
     ('[publish.keys]\n"sk" = "a/b/c"\n', "publish.keys: 'a/b/c' is not a public name"),
     ("[rtmp\n", "config file"),
 ])

@@ -459,3 +459,47 @@ async def test_the_relay_announces_namespaces_to_our_subscription(tmp_path):
                 publisher.flush()
                 done = await events_until(vq, ev.NamespaceDoneReceived, 2)
                 assert {e.namespace for e in done} == {("live", "cam1")}
+
+
+async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_token_is_no_moq_token(tmp_path):
+    """Checked when playback starts, as on HLS: the SUBSCRIBE's token is checked once, and the
+    subscriber keeps receiving well past its expiry. An HLS session token subscribes to nothing."""
+    import time
+
+    from rtmpq.auth.tokens import CLOCK_SKEW_LEEWAY, mint_session_token, mint_token
+    from rtmpq.config import AuthConfig, PublishConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.moq.wire import RequestError
+
+    from .conftest import need, start_up_node
+    from .publishers import ffmpeg_publish_only_args, run_process
+
+    need("ffmpeg")
+    secret = "0123456789abcdef0123456789abcdef"
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=secret, require_playback_token=True),
+                               publish=PublishConfig(keys={"sk-secret1": "studio"}, grace_period=0))
+    try:
+        publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/sk-secret1", seconds=20), timeout=60))
+        host, port = node.moq_address
+        now = time.time()
+        expired = int(now + 3) + CLOCK_SKEW_LEEWAY
+        async with connect_moq(host, port, insecure=True) as conn:
+            with pytest.raises(SubscribeError) as info:
+                session = mint_session_token(secret, "live/studio", 600, now=now)
+                async for _ in subscribe_broadcast(conn, "live/studio", wait=20, authorization=session):
+                    pass
+            assert info.value.code == RequestError.UNAUTHORIZED
+        frames_past = 0
+        async with connect_moq(host, port, insecure=True) as conn, asyncio.timeout(expired + 20 - now):
+            token = mint_token(secret, "live/studio", "subscribe", 3, now=now)
+            async for item in subscribe_broadcast(conn, "live/studio", wait=20, authorization=token):
+                if not isinstance(item, Catalog) and time.time() > expired + 2:
+                    frames_past += 1
+                    if frames_past >= 60:  # two seconds of video, well past the expiry
+                        break
+        assert frames_past >= 60
+        rc, out = await publish
+        assert rc == 0, out
+    finally:
+        await node.close()

@@ -170,3 +170,29 @@ def test_minting_refuses_nonsense():
         warnings.simplefilter("error")
         token = mint_token("short", "live", ACT_PUBLISH, 60, now=NOW)
         verify_token(token, "short", act=ACT_PUBLISH, path="live", now=NOW)
+
+
+def test_a_session_token_covers_its_one_broadcast_over_hls_and_nothing_else():
+    token = tokens.mint_session_token(SECRET, "live/cam1", 600, now=NOW)
+    claims = verify_token(token, SECRET, act=ACT_SUBSCRIBE, path="live/cam1", now=NOW + 300, session_ok=True)
+    assert claims == Claims("live/cam1", ACT_SUBSCRIBE, int(NOW + 600), session=True)
+    # not as a viewer's token (MoQ), not to publish, not for another broadcast or one under it
+    assert refused(token).reason == tokens.REASON_WRONG_ACTION
+    assert refused(token, act=ACT_PUBLISH).reason == tokens.REASON_WRONG_ACTION
+    for path in ("live/cam2", "live/cam1/video", "live"):
+        with pytest.raises(TokenError) as info:
+            verify_token(token, SECRET, act=ACT_SUBSCRIBE, path=path, now=NOW, session_ok=True)
+        assert info.value.reason == tokens.REASON_WRONG_PATH
+    with pytest.raises(TokenError) as info:
+        verify_token(token, SECRET, act=ACT_SUBSCRIBE, path="live/cam1", now=NOW + 600 + CLOCK_SKEW_LEEWAY,
+                     session_ok=True)
+    assert info.value.reason == tokens.REASON_EXPIRED
+    # any JWT verifier that is not an HLS edge (PyJWT's default here) refuses it: its aud
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, SECRET, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
+    # an aud of another service's is refused everywhere, as before
+    foreign = jwt.encode({"sub": "live", "act": "subscribe", "exp": int(NOW) + 10, "aud": "elsewhere"}, SECRET,
+                         algorithm="HS256")
+    with pytest.raises(TokenError) as info:
+        verify_token(foreign, SECRET, act=ACT_SUBSCRIBE, path="live/cam1", now=NOW, session_ok=True)
+    assert info.value.reason == tokens.REASON_MALFORMED

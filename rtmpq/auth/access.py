@@ -1,6 +1,12 @@
 """Access decisions from the [publish] and [auth] settings: which public name a stream key
 publishes, and whether a token allows an action on a path. Sans-I/O: the time is passed in.
 
+A playback token is checked when playback starts, on HLS as on MoQ: a MoQ subscription goes on
+past its token's expiry, and an HLS viewer whose token an edge accepts gets playlists whose URIs
+carry a session token of the edge's (``may_play_hls``) in place of the viewer's own, good for
+that one broadcast for [auth] playback_session seconds, so the player's reloads outlive the
+viewer's token.
+
 The node is *open* when neither ``[publish.keys]`` nor ``[auth] secret`` is set: any key
 publishes, the key is the public name, and nobody needs a token (as before this module).
 """
@@ -11,7 +17,8 @@ import jwt
 
 from ..config import AuthConfig, PublishConfig
 from ..errors import RtmpqError
-from .tokens import ACT_PUBLISH, ACT_RELAY, ACT_SUBSCRIBE, TokenError, looks_like_jwt, verify_token
+from .tokens import (ACT_PUBLISH, ACT_RELAY, ACT_SUBSCRIBE, Claims, TokenError, looks_like_jwt, mint_session_token,
+                     verify_token)
 
 __all__ = ["AccessDenied", "Access", "ACT_PUBLISH", "ACT_RELAY", "ACT_SUBSCRIBE"]
 
@@ -53,14 +60,15 @@ class Access:
         raise AccessDenied("unknown stream key")
 
     # -- tokens ---------------------------------------------------------------------------------
-    def check(self, act: str, path: str, token: str | None, now: float) -> None:
-        """Raises AccessDenied unless ``token`` allows ``act`` on ``path``."""
+    def check(self, act: str, path: str, token: str | None, now: float, *, session_ok: bool = False) -> Claims:
+        """The claims of ``token`` if it allows ``act`` on ``path`` (a playback session token only
+        if ``session_ok``); AccessDenied otherwise."""
         if not self.auth.enabled:
             raise AccessDenied("tokens are not accepted here (no [auth] secret)")
         if not token:
             raise AccessDenied(f"a token is required to {act} {path}")
         try:
-            verify_token(token, self.auth.secret, act=act, path=path, now=now)
+            return verify_token(token, self.auth.secret, act=act, path=path, now=now, session_ok=session_ok)
         except TokenError as exc:
             raise AccessDenied(f"token refused: {exc.reason}") from None
 
@@ -68,6 +76,19 @@ class Access:
         """Viewers (HLS, MoQ SUBSCRIBE/FETCH) need a token only when [auth] says so."""
         if self.auth.require_playback_token:
             self.check(ACT_SUBSCRIBE, path, token, now)
+
+    def may_play_hls(self, path: str, token: str | None, now: float) -> str | None:
+        """An HLS request for broadcast ``path`` (a playlist, init segment, part or segment):
+        AccessDenied unless it may be served; else the token the URIs of a playlist served for it
+        carry (None: no token needed). A viewer's token yields a new session token, so the
+        viewer's own, perhaps wider and shorter-lived, token is never copied into a playlist; a
+        session token yields itself, so reloading never extends a session."""
+        if not self.auth.require_playback_token:
+            return None
+        claims = self.check(ACT_SUBSCRIBE, path, token, now, session_ok=True)
+        if claims.session:
+            return token
+        return mint_session_token(self.auth.secret, path, self.auth.playback_session, now=now)
 
     def may_list(self, prefix: str, token: str | None, now: float) -> None:
         """SUBSCRIBE_NAMESPACE: a viewer's token covers waiting for its one broadcast; listing a

@@ -4,6 +4,13 @@ Claims: ``sub`` is a path prefix (``live/cam1``, ``live`` for a whole app, ``""`
 everything), ``act`` is what the holder may do there (``publish``, ``subscribe``, or ``relay``:
 a node token, which covers both), ``exp`` and ``iat`` are seconds since the epoch.
 
+A *playback session token* (``mint_session_token``) is what an HLS edge puts in the URIs of the
+playlists it serves a viewer whose token it accepted: ``act`` subscribe, ``sub`` exactly one
+broadcast, its own expiry, and ``aud`` SESSION_AUDIENCE. RFC 7519 (4.1.3) has a verifier that is
+not named in a token's ``aud`` refuse the token, so only the HLS edge takes one
+(``verify_token(..., session_ok=True)``): not MoQ, not a publisher, not another JWT tool, not an
+rtmpq from before session tokens.
+
 No clock of its own: the time is passed in. A token is a secret, so no error message, log line
 or repr here ever contains one.
 """
@@ -29,6 +36,8 @@ MAX_TOKEN_BYTES = 4096
 # RFC 7518 3.2: an HS256 secret should be at least as long as the hash (32 bytes). Shorter ones
 # still work; ``weak_secret`` lets the configuration warn about them.
 MIN_SECRET_BYTES = 32
+# The ``aud`` that marks a playback session token (see the module docstring).
+SESSION_AUDIENCE = "rtmpq-hls-session"
 
 # TokenError.reason values: what is wrong with a token (MoQ maps EXPIRED and MALFORMED to the
 # draft's EXPIRED_AUTH_TOKEN / MALFORMED_AUTH_TOKEN, the others to UNAUTHORIZED).
@@ -54,6 +63,7 @@ class Claims:
     sub: str  # the path prefix the token covers
     act: str
     exp: int | None
+    session: bool = False  # a playback session token (HLS of one broadcast only)
 
 
 def _secret_bytes(secret: str) -> bytes:
@@ -91,7 +101,19 @@ def mint_token(secret: str, sub: str, act: str, ttl: float, *, now: float) -> st
         raise ValueError(f"unknown action {act!r} (expected one of {', '.join(sorted(ACTIONS))})")
     if ttl <= 0:
         raise ValueError(f"token lifetime {ttl} must be positive")
-    claims = {"sub": _normalize(sub), "act": act, "iat": int(now), "exp": int(now + ttl)}
+    return _encode(secret, {"sub": _normalize(sub), "act": act, "iat": int(now), "exp": int(now + ttl)})
+
+
+def mint_session_token(secret: str, path: str, ttl: float, *, now: float) -> str:
+    """A playback session token: lets its holder fetch the HLS playlists and media of exactly the
+    broadcast ``path`` (nothing under or beside it) for ``ttl`` seconds, and nothing else."""
+    if ttl <= 0:
+        raise ValueError(f"session lifetime {ttl} must be positive")
+    return _encode(secret, {"sub": _normalize(path), "act": ACT_SUBSCRIBE, "aud": SESSION_AUDIENCE,
+                            "iat": int(now), "exp": int(now + ttl)})
+
+
+def _encode(secret: str, claims: dict) -> str:
     with warnings.catch_warnings():  # PyJWT warns on every call about a short secret
         warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
         return jwt.encode(claims, _secret_bytes(secret), algorithm=ALGORITHM)
@@ -100,14 +122,16 @@ def mint_token(secret: str, sub: str, act: str, ttl: float, *, now: float) -> st
 _DECODE_OPTIONS = {
     # the time checks are ours, against the ``now`` we are given
     "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+    "verify_aud": False,  # checked below: only SESSION_AUDIENCE, and only where session_ok
     "require": ["sub", "act", "exp"],
 }
 
 
-def verify_token(token: str, secret: str, *, act: str, path: str, now: float) -> Claims:
+def verify_token(token: str, secret: str, *, act: str, path: str, now: float, session_ok: bool = False) -> Claims:
     """The claims of ``token`` if it is signed with ``secret``, unexpired at ``now``, grants
     ``act`` (a ``relay`` token grants publish and subscribe too) and covers ``path``;
-    TokenError otherwise."""
+    TokenError otherwise. A playback session token is refused unless ``session_ok`` (an HLS
+    request), and then covers its one broadcast ``path`` only."""
     key = _secret_bytes(secret)
     if not isinstance(token, str) or not looks_like_jwt(token):
         raise TokenError(REASON_MALFORMED, "token is not a JWT")
@@ -143,8 +167,18 @@ def verify_token(token: str, secret: str, *, act: str, path: str, now: float) ->
         raise TokenError(REASON_EXPIRED, "token is not valid yet")
     if granted not in ACTIONS:
         raise TokenError(REASON_MALFORMED, "token act is not publish, subscribe or relay")
+    aud = payload.get("aud")
+    session = aud == SESSION_AUDIENCE
+    if aud is not None and not session:
+        raise TokenError(REASON_MALFORMED, "token is meant for another service (aud)")
+    if session and not session_ok:
+        raise TokenError(REASON_WRONG_ACTION, "a playback session token is good for HLS only")
+    if session and granted != ACT_SUBSCRIBE:
+        raise TokenError(REASON_MALFORMED, "a playback session token grants subscribe only")
+    if session and _normalize(sub) != _normalize(path):
+        raise TokenError(REASON_WRONG_PATH, "a playback session token covers its own broadcast only")
     if granted != act and granted != ACT_RELAY:
         raise TokenError(REASON_WRONG_ACTION, f"token grants {granted}, not {act}")
     if not path_covered(sub, path):
         raise TokenError(REASON_WRONG_PATH, f"token for {_normalize(sub) or '/'!r} does not cover {_normalize(path)!r}")
-    return Claims(_normalize(sub), granted, int(exp))
+    return Claims(_normalize(sub), granted, int(exp), session)

@@ -99,6 +99,7 @@ else if (Hls.isSupported()) {
   const asked = parseFloat(new URLSearchParams(location.search).get("latency"));
   const latency = asked >= @MIN@ && asked <= @MAX@ ? asked : @LATENCY@;
   let hls = null;
+  let source = "index.m3u8" + location.search;  // carries ?token= when there is one
   window.rtmpqErrors = [];
   window.rtmpqRestarts = 0;
   const start = () => {
@@ -106,13 +107,18 @@ else if (Hls.isSupported()) {
                    liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
     window.rtmpqHls = hls;
     hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
+    // a restart (below) reopens with the edge's session token: the page's own may have expired
+    hls.on(Hls.Events.MANIFEST_LOADED, (event, data) => {
+      const token = data.levels.length && new URL(data.levels[0].url, location.href).searchParams.get("token");
+      if (token) source = "index.m3u8?token=" + encodeURIComponent(token);
+    });
     // the audio playlist ended while the video goes on (a publisher back without audio): a media
     // element plays only what all its buffers hold, so start over from the multivariant playlist
     // (at the broadcast's end the multivariant still lists the audio: nothing to do)
     hls.on(Hls.Events.AUDIO_TRACK_LOADED, (event, data) => {
       if (data.details.live) return;
       const ended = hls;
-      fetch("index.m3u8" + location.search).then((r) => r.text()).then((listing) => {
+      fetch(source).then((r) => r.text()).then((listing) => {
         if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes("TYPE=AUDIO")) {
           window.rtmpqRestarts += 1;
           hls.destroy();
@@ -120,12 +126,12 @@ else if (Hls.isSupported()) {
         }
       }).catch(() => {});
     });
-    hls.loadSource("index.m3u8" + location.search);  // carries ?token= when there is one
+    hls.loadSource(source);
     hls.attachMedia(video);
   };
   start();
   setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
-} else { video.src = "index.m3u8"; }
+} else { video.src = "index.m3u8" + location.search; }  // native HLS (Safari): with ?token= too
 </script></body></html>
 """.replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
     .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY))
@@ -400,13 +406,13 @@ class EdgeServer:
         file = m["file"]
         page = file in ("", "index.html")
         token = parse_qs(query_text).get("token", [None])[0]
-        try:
-            self.access.may_subscribe(name, token, time.time())
+        try:  # checked on every request, so the URIs of the playlists carry a session token
+            uri_token = self.access.may_play_hls(name, token, time.time())
         except AccessDenied as exc:
             if page:  # the page holds no media; the requests it makes carry the token
                 return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
             return text(403, str(exc))
-        query = f"?token={quote(token, safe='')}" if token else ""
+        query = f"?token={quote(uri_token, safe='')}" if uri_token else ""
         b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
         if page:  # served whether or not the broadcast is live yet: the player retries
             return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
