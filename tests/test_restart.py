@@ -121,6 +121,11 @@ async def test_an_edge_keeps_serving_across_its_origins_restart(tmp_path):
         assert rc == 0, out
         played = [line for line in (tmp_path / "played.md5").read_text().splitlines() if not line.startswith("#")]
         assert len(played) > 6 * 30  # frames of both publishes
+        edge.terminate()
+        _, err = await edge.communicate()
+        assert b"Traceback" not in err, err.decode()
+        # the operator who read "upstream ... lost" also reads that it came back, and when
+        assert b"upstream 127.0.0.1:%d back; media again" % pmoq in err, err.decode()
     finally:
         await stop_all(procs)
 

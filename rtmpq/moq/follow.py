@@ -39,6 +39,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
     connected_once = False
     deadline = loop.time() + wait
     skips = SkipMemory()  # a group skipped before a reconnection and again after it is reported once
+    lost_at: float | None = None  # when the upstream was lost, until media comes again
     while True:
         try:
             async with connect_moq(host, port, **tls, token=token) as conn:
@@ -48,6 +49,10 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                                                       choice=choice, fill_groups=fill_groups, skips=skips):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
+                        if lost_at is not None:  # the warning that it was lost gets its answer
+                            log.info("%s: upstream %s:%d back; media again %.1f s after it was lost",
+                                     safe_name(broadcast), host, port, loop.time() - lost_at)
+                            lost_at = None
                     delay = RECONNECT_MIN
                     if not isinstance(item, SkippedGroup):
                         deadline = loop.time() + wait  # alive: a later loss gets the whole wait again
@@ -64,5 +69,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                                     f"{wait:g} s: {exc}") from None
             log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
                         exc, delay)
+            if lost_at is None:
+                lost_at = loop.time()
         await asyncio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX)
