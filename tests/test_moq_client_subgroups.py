@@ -1,0 +1,173 @@
+"""subscribe_broadcast and a group sent in several subgroups (MoQT d16, "Subgroups"): each
+subgroup on its own stream, their objects interleaved (object i in subgroup i % 3, as temporal
+layers are). The client handed frames on as their streams delivered them, so a group whose
+subgroup 0 came first went out as 0, 3, 6, 1, 4, ... (the edge's packager takes a track's frames
+in decode order), and a reset of one subgroup was reported as the whole group skipped while the
+other subgroups' frames were handed on."""
+
+import asyncio
+
+import pytest
+
+from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.media.frames import Frame
+from rtmpq.moq import events as ev
+from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+from rtmpq.moq.loc import CATALOG_TRACK
+from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.wire import PublishDoneStatus, StreamResetCode
+
+from .conftest import serving_relay, subscribe_to_raw_publisher
+from .test_moq_object_status import answer_subscribes
+
+BACKENDS = ["aioquic", "aiopquic"]
+VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01")
+SUBGROUPS = 3
+OBJECTS = 9  # per group: object i is in subgroup i % SUBGROUPS
+
+
+def ids(subgroup: int) -> list[int]:
+    return list(range(subgroup, OBJECTS, SUBGROUPS))
+
+
+class LayeredPublisher:
+    """Serves live/x: a catalog of one video track, and video groups in SUBGROUPS interleaved
+    subgroups, each subgroup's stream written whole (objects, then FIN) before the next one's."""
+
+    def __init__(self) -> None:
+        self.video = None  # (connection, alias, request id) once video is subscribed
+        self.on_video = lambda: None
+
+    def on_connection(self, conn) -> None:
+        def answer(event, alias: int) -> None:
+            if event.track_name == CATALOG_TRACK:
+                sid = conn.session.open_subgroup(alias, 0)
+                conn.session.send_object(sid, 0, Catalog("live/x", (VIDEO,)).to_json())
+                conn.session.end_subgroup(sid)
+                conn.session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+            else:
+                self.video = (conn, alias, event.request_id)
+                self.on_video()
+
+        answer_subscribes(conn, answer)
+
+    def subgroup(self, group: int, subgroup: int, *, reset: bool = False) -> None:
+        conn, alias, _ = self.video
+        sid = conn.session.open_subgroup(alias, group, subgroup=subgroup, end_of_group=subgroup == SUBGROUPS - 1)
+        if reset:  # a header alone, reset (the transport holds the reset until the header is acknowledged)
+            conn.session.reset_subgroup(sid, StreamResetCode.DELIVERY_TIMEOUT)
+        else:
+            for object_id in ids(subgroup):
+                conn.session.send_object(sid, object_id, f"video {group}.{object_id}".encode())
+            conn.session.end_subgroup(sid)
+        conn.flush()
+
+    def done(self, streams: int) -> None:
+        conn, _, rid = self.video
+        conn.session.publish_done(rid, PublishDoneStatus.TRACK_ENDED, streams)
+        conn.flush()
+
+
+def frames(got: list) -> list[tuple[int, int]]:
+    return [(f.group, f.index) for f in got if isinstance(f, Frame)]
+
+
+def rest_after_first_subgroup(pub: LayeredPublisher):
+    """A ``seen`` hook: once the client is handed group 0's subgroup 0 whole, its other subgroups
+    come; once it has group 0's last object, group 1 (subgroup by subgroup), then PUBLISH_DONE
+    counting the six streams."""
+    loop = asyncio.get_running_loop()
+
+    def group_1() -> None:
+        for subgroup in range(SUBGROUPS):
+            pub.subgroup(1, subgroup)
+        pub.done(2 * SUBGROUPS)
+
+    def seen(event) -> None:
+        if isinstance(event, ev.ObjectReceived) and (event.group, event.object_id) == (0, ids(0)[-1]):
+            loop.call_soon(lambda: [pub.subgroup(0, s) for s in range(1, SUBGROUPS)])
+        elif isinstance(event, ev.ObjectReceived) and (event.group, event.object_id) == (0, OBJECTS - 1):
+            loop.call_soon(group_1)  # (a newer group lets group 0's frames held go)
+
+    pub.on_video = lambda: pub.subgroup(0, 0)
+    return seen
+
+
+WHOLE = [(g, o) for g in range(2) for o in range(OBJECTS)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_group_in_interleaved_subgroups_is_handed_on_whole_in_object_order(tmp_path, backend):
+    """Subgroup 0 (objects 0, 3, 6) arrives whole before subgroups 1 and 2 begin: every object of
+    every subgroup is handed on, each group in Object ID order, and the track ends when the six
+    streams PUBLISH_DONE counts have ended."""
+    pub = LayeredPublisher()
+    got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10,
+                                           seen=rest_after_first_subgroup(pub))
+    assert frames(got) == WHOLE
+    assert not [s for s in got if isinstance(s, SkippedGroup)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_through_the_relay_a_group_in_interleaved_subgroups_is_handed_on_in_object_order(tmp_path, backend):
+    """The same publisher announced to an rtmpq relay, subscribe_broadcast on the relay: every
+    object, each group in Object ID order, and the end at the relay's PUBLISH_DONE."""
+    pub = LayeredPublisher()
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
+            answers: list = []
+            pub_conn.handler = lambda _c, e: answers.append(e)
+            pub_conn.session.publish_namespace(("live", "x"))
+            pub_conn.flush()
+            async with asyncio.timeout(10):
+                while not any(isinstance(e, ev.RequestAccepted) for e in answers):
+                    await asyncio.sleep(0.02)
+            pub.on_connection(pub_conn)
+            seen = rest_after_first_subgroup(pub)
+            handle_event = conn.session.handle_event
+            conn.session.handle_event = lambda event: [seen(e) or e for e in handle_event(event)]
+            got = []
+            async with asyncio.timeout(15):
+                async for item in subscribe_broadcast(conn, "live/x"):
+                    got.append(item)
+    assert frames(got) == WHOLE
+    assert not [s for s in got if isinstance(s, SkippedGroup)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backend):
+    """Subgroups 0 and 2 of group 0 whole, subgroup 1 reset: their frames are handed on in Object
+    ID order, and the skip reported names subgroup 1 (the group's other frames came), once."""
+    pub = LayeredPublisher()
+
+    def send() -> None:
+        pub.subgroup(0, 0)
+        pub.subgroup(0, 2)
+        pub.subgroup(0, 1, reset=True)
+        pub.done(SUBGROUPS)
+
+    pub.on_video = send
+    got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10)
+    assert frames(got) == [(0, o) for o in sorted(ids(0) + ids(2))]
+    assert [s for s in got if isinstance(s, SkippedGroup)] == [
+        SkippedGroup("video", 0, StreamResetCode.DELIVERY_TIMEOUT, subgroup=1)]
+
+
+def video(group: int, index: int) -> Frame:
+    return Frame("video", group, index, index, index, index == 0, b"", 0)
+
+
+def test_a_gap_no_subgroup_fills_is_let_go_after_the_reorder_wait():
+    """SubgroupOrder alone (time as an argument): a frame after a gap in Object IDs waits for the
+    gap to fill, at most REORDER_WAIT; a group on one subgroup with no gap goes on at once."""
+    from rtmpq.moq.subgroup_order import REORDER_WAIT, SubgroupOrder
+
+    order = SubgroupOrder()
+    assert order.frame(video(0, 0), 0, now=1.0) == [video(0, 0)]
+    assert order.frame(video(0, 1), 0, now=1.0) == [video(0, 1)]
+    assert order.frame(video(0, 3), 0, now=1.0) == []  # object 2 may be on another subgroup
+    assert order.frame(video(0, 5), 0, now=1.1) == []
+    assert order.due(1.0 + REORDER_WAIT - 0.01) == []
+    assert order.due(1.0 + REORDER_WAIT) == [video(0, 3), video(0, 5)]
+    assert order.frame(video(0, 2), 1, now=2.0) == [video(0, 2)]  # too late for order: handed on still
