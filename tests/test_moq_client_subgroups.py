@@ -96,14 +96,16 @@ def rest_after_first_subgroup(pub: LayeredPublisher):
 WHOLE = [(g, o) for g in range(2) for o in range(OBJECTS)]
 
 
+@pytest.mark.parametrize("in_order", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_group_in_interleaved_subgroups_is_handed_on_whole_in_object_order(tmp_path, backend):
+async def test_a_group_in_interleaved_subgroups_is_handed_on_whole_in_object_order(tmp_path, backend, in_order):
     """Subgroup 0 (objects 0, 3, 6) arrives whole before subgroups 1 and 2 begin: every object of
     every subgroup is handed on, each group in Object ID order, and the track ends when the six
-    streams PUBLISH_DONE counts have ended."""
+    streams PUBLISH_DONE counts have ended; with ``in_order`` too (no subgroup's frames taken for
+    late, no group reported skipped)."""
     pub = LayeredPublisher()
     got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10,
-                                           seen=rest_after_first_subgroup(pub))
+                                           seen=rest_after_first_subgroup(pub), in_order=in_order)
     assert frames(got) == WHOLE
     assert not [s for s in got if isinstance(s, SkippedGroup)]
 
@@ -149,9 +151,9 @@ async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backe
 
     pub.on_video = send
     got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10)
-    assert frames(got) == [(0, o) for o in sorted(ids(0) + ids(2))]
     assert [s for s in got if isinstance(s, SkippedGroup)] == [
         SkippedGroup("video", 0, StreamResetCode.DELIVERY_TIMEOUT, subgroup=1)]
+    assert frames(got) == [(0, o) for o in sorted(ids(0) + ids(2))]
 
 
 def video(group: int, index: int) -> Frame:
@@ -171,3 +173,54 @@ def test_a_gap_no_subgroup_fills_is_let_go_after_the_reorder_wait():
     assert order.due(1.0 + REORDER_WAIT - 0.01) == []
     assert order.due(1.0 + REORDER_WAIT) == [video(0, 3), video(0, 5)]
     assert order.frame(video(0, 2), 1, now=2.0) == [video(0, 2)]  # too late for order: handed on still
+
+
+def test_a_fill_joined_group_starts_where_its_subscription_does():
+    """A subscription joined by a FETCH starts mid-group (the FETCH carried the objects before):
+    its first frame, on whatever subgroup, is not held for the Object IDs the FETCH carried."""
+    from rtmpq.moq.subgroup_order import SubgroupOrder
+
+    order = SubgroupOrder()
+    order.starts("video", 4, 7)
+    assert order.frame(video(4, 7), 1, now=1.0) == [video(4, 7)]
+    assert order.frame(video(4, 8), 2, now=1.0) == [video(4, 8)]
+    assert order.next_due is None
+
+
+def test_a_group_is_over_once_every_subgroup_seen_has_ended():
+    """GroupOrder alone (in_order): a group's late frames are reported once its last subgroup
+    stream ends, not at the first one's FIN; a reset of one of several subgroups is reported as
+    that subgroup's; a reset of a group's only stream as the whole group, as before; a frame below
+    one handed on in its own group is late too."""
+    from rtmpq.moq.client import LATE_GROUP, GroupOrder, SkipMemory
+
+    order = GroupOrder(SkipMemory())
+    assert order.admit(video(5, 0)) == video(5, 0)
+    assert order.admit(video(6, 0)) == video(6, 0)
+    assert order.admit(video(5, 1)) is None  # after group 6 began
+    assert order.stream_ended("video", 5, 0, None, others_open=True) == []  # subgroup 1 is on its way
+    assert order.stream_ended("video", 5, 1, None) == [SkippedGroup("video", 5, LATE_GROUP)]
+
+    code = StreamResetCode.DELIVERY_TIMEOUT
+    assert order.stream_ended("video", 7, 1, code, others_open=True) == []
+    assert order.stream_ended("video", 7, 0, None) == [SkippedGroup("video", 7, code, subgroup=1)]
+
+    assert order.stream_ended("video", 8, 0, code) == [SkippedGroup("video", 8, code)]
+    assert order.stream_ended("video", 8, 0, code) == []  # reported once
+
+    assert order.admit(video(9, 3)) == video(9, 3)
+    assert order.admit(video(9, 2)) is None
+
+
+def test_end_of_track_tells_whether_another_subgroup_of_a_group_is_open():
+    """EndOfTrack.group_open: what GroupOrder is told of a group's other subgroups."""
+    from rtmpq.moq.client import EndOfTrack
+
+    ends = EndOfTrack()
+    ends.begun("video", 5, 0)
+    ends.begun("video", 5, 1)
+    ends.begun("audio", 5, 0)
+    ends.stream_ended("video", 5, 0)
+    assert ends.group_open("video", 5)
+    ends.stream_ended("video", 5, 1)
+    assert not ends.group_open("video", 5)

@@ -23,7 +23,7 @@ from . import events as ev
 from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
-from .subgroup_order import SubgroupOrder
+from .subgroup_order import REORDER_WAIT, SubgroupOrder
 from .transport import MoqConnection
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
 from .wire import FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
@@ -112,8 +112,7 @@ class GroupOrder:
         self.drop_late = drop_late  # False: every frame is handed on; only the relay's resets are skips
         self._newest: dict[str, tuple[int, int]] = {}  # track -> newest (group, Object ID) handed on
         self._late: dict[tuple[str, int], None] = {}  # groups with frames dropped, not reported yet
-        self._open: dict[tuple[str, int], set[int]] = {}  # (track, group) -> subgroups with objects, not ended
-        self._ended: dict[tuple[str, int], dict[int, int | None]] = {}  # -> subgroup ended: its reset code
+        self._ended: dict[tuple[str, int], dict[int, int | None]] = {}  # (track, group) -> subgroup ended: its reset code
 
     def admit(self, frame: Frame) -> Frame | None:
         """``frame`` to hand it on, or None: it came after a newer frame of its track."""
@@ -127,23 +126,12 @@ class GroupOrder:
         self._newest[frame.track] = here
         return frame
 
-    def begun(self, track: str, group: int, subgroup: int) -> None:
-        """An object of ``group`` came on ``subgroup``'s stream."""
-        open_ = self._open.get((track, group))
-        if open_ is None:
-            self._open[(track, group)] = {subgroup}
-        else:
-            open_.add(subgroup)
-
-    def stream_ended(self, track: str, group: int, subgroup: int, reset_code: int | None) -> list[SkippedGroup]:
-        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skips to report."""
+    def stream_ended(self, track: str, group: int, subgroup: int, reset_code: int | None,
+                     others_open: bool = False) -> list[SkippedGroup]:
+        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skips to report.
+        ``others_open``: a stream of another subgroup of the group is still on its way (the
+        caller knows its open streams: EndOfTrack)."""
         key = (track, group)
-        open_ = self._open.get(key)
-        if open_ is not None:
-            open_.discard(subgroup)
-            if open_:
-                return []  # other subgroups of the group are still on their way
-            del self._open[key]
         ended = self._ended.get(key)
         if ended is None:
             ended = self._ended[key] = {}
@@ -151,6 +139,8 @@ class GroupOrder:
                 del self._ended[next(iter(self._ended))]  # the oldest
         if ended.get(subgroup) is None:
             ended[subgroup] = reset_code
+        if others_open:
+            return []  # the group is not over yet
         late = key in self._late
         self._late.pop(key, None)
         if len(ended) == 1:  # the group's one stream (subgroup): the whole group, as ever
@@ -188,6 +178,10 @@ class EndOfTrack:
         """A stream of ``track`` ended (FIN or reset): whether the track is over now."""
         self._open.discard((track, group, subgroup))
         return track in self._ending and self._over(track)
+
+    def group_open(self, track: str, group: int) -> bool:
+        """Whether a stream of this group seen begun has not ended (another of its subgroups)."""
+        return any(t == track and g == group for t, g, _ in self._open)
 
     def end_of_track(self, track: str, group: int, subgroup: int, now: float) -> bool:
         """An End of Track object on this stream: whether the track is over at once (nothing older
@@ -306,12 +300,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     fill_subscriptions: set[int] = set()  # subscriptions at the largest object, joined by a FETCH
 
     def handed_on(frames: list[Frame]) -> list[Frame]:
-        """Live frames in their group's order: what goes on now (the window fill may hold them)."""
+        """Live frames SubgroupOrder let go (a gap's wait is over): what goes on now, as a frame
+        just received would (the window fill may hold them)."""
         nonlocal reorder_timer
         out = [f for frame in frames for f in ([frame] if fill is None else fill.live(frame))]
         if reorder_timer is None and (due := merge.next_due) is not None:
             reorder_timer = loop.call_later(max(due - loop.time(), 0.0), queue.put_nowait, _REORDER_DUE)
-        return out if not order.drop_late else [f for f in out if order.admit(f) is not None]
+        return [f for f in out if order.admit(f) is not None]
 
     def subscribe(track: str) -> None:
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
@@ -423,6 +418,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)  # at its deadline
                     conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
+                    merge.starts(track, event.largest[0], event.largest[1] + 1)  # the FETCH has what is before
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
@@ -509,11 +505,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                         for newer in newer_catalogs(event.group, event.object_id, event.payload):
                             yield newer
                     else:
-                        order.begun(track, event.group, event.subgroup)
                         frame = object_to_frame(track, event.group, event.object_id, event.payload,
                                                 event.extensions, timescale(track))
-                        for frame in handed_on(merge.frame(frame, event.subgroup, loop.time())):
-                            yield frame
+                        for frame in merge.frame(frame, event.subgroup, loop.time()):
+                            for frame in ([frame] if fill is None else fill.live(frame)):
+                                if (frame := order.admit(frame)) is not None:
+                                    yield frame
+                        if merge.holding and reorder_timer is None:
+                            reorder_timer = loop.call_later(REORDER_WAIT, queue.put_nowait, _REORDER_DUE)
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -522,9 +521,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     if code is not None:
                         for frame in handed_on(merge.reset(track, event.group)):
                             yield frame
-                    for skipped in order.stream_ended(track, event.group, event.subgroup, code):
+                    track_over = ends.stream_ended(track, event.group, event.subgroup)
+                    for skipped in order.stream_ended(track, event.group, event.subgroup, code,
+                                                      ends.group_open(track, event.group)):
                         yield skipped
-                    if ends.stream_ended(track, event.group, event.subgroup):
+                    if track_over:
                         open_tracks.discard(track)
                     finish_complete_tracks()
             elif event is _REORDER_DUE:

@@ -90,9 +90,18 @@ class SubgroupOrder:
             del groups[oldest]
         return out + self.frame(frame, subgroup, now)
 
+    def starts(self, track: str, group: int, object_id: int) -> None:
+        """A subscription of ``track`` starts at this object (a FETCH carries the ones before)."""
+        self._tracks.setdefault(track, {}).setdefault(group, _Group(object_id))
+
     def reset(self, track: str, group: int) -> list[Frame]:
         """A subgroup of ``group`` was reset: its held frames go on (the gap is likely its objects)."""
         return self._let_go((track, group)) if (track, group) in self._holding else []
+
+    @property
+    def holding(self) -> bool:
+        """Whether frames wait for a gap (then ``due`` is to be called at ``next_due``)."""
+        return bool(self._holding)
 
     @property
     def next_due(self) -> float | None:
