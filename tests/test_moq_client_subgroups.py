@@ -72,25 +72,53 @@ def frames(got: list) -> list[tuple[int, int]]:
     return [(f.group, f.index) for f in got if isinstance(f, Frame)]
 
 
-def rest_after_first_subgroup(pub: LayeredPublisher):
-    """A ``seen`` hook: once the client is handed group 0's subgroup 0 whole, its other subgroups
-    come; once it has group 0's last object, group 1 (subgroup by subgroup), then PUBLISH_DONE
-    counting the six streams."""
+def in_turn(pub: LayeredPublisher, groups: range, streams: int):
+    """A ``seen`` hook that sends ``groups`` subgroup by subgroup, each after the client is handed
+    the one before: once it has a group's subgroup 0 whole, that group's other subgroups; once it
+    has the group's last object, the next group's subgroup 0; after the last, PUBLISH_DONE
+    counting ``streams`` (every stream the publisher opened for the subscription)."""
     loop = asyncio.get_running_loop()
 
-    def group_1() -> None:
-        for subgroup in range(SUBGROUPS):
-            pub.subgroup(1, subgroup)
-        pub.done(2 * SUBGROUPS)
-
     def seen(event) -> None:
-        if isinstance(event, ev.ObjectReceived) and (event.group, event.object_id) == (0, ids(0)[-1]):
-            loop.call_soon(lambda: [pub.subgroup(0, s) for s in range(1, SUBGROUPS)])
-        elif isinstance(event, ev.ObjectReceived) and (event.group, event.object_id) == (0, OBJECTS - 1):
-            loop.call_soon(group_1)  # (a newer group lets group 0's frames held go)
+        if not isinstance(event, ev.ObjectReceived) or event.group not in groups:
+            return
+        if event.object_id == ids(0)[-1]:
+            loop.call_soon(lambda: [pub.subgroup(event.group, s) for s in range(1, SUBGROUPS)])
+        elif event.object_id == OBJECTS - 1 and event.group + 1 in groups:
+            loop.call_soon(pub.subgroup, event.group + 1, 0)  # (a newer group lets an older one's frames held go)
+        elif event.object_id == OBJECTS - 1:
+            loop.call_soon(pub.done, streams)
 
-    pub.on_video = lambda: pub.subgroup(0, 0)
     return seen
+
+
+def rest_after_first_subgroup(pub: LayeredPublisher):
+    """Groups 0 and 1 in turn (``in_turn``), group 0's subgroup 0 when video is subscribed."""
+    pub.on_video = lambda: pub.subgroup(0, 0)
+    return in_turn(pub, range(2), 2 * SUBGROUPS)
+
+
+async def announced(pub_conn) -> None:
+    """``pub_conn`` has announced live/x to the relay (PUBLISH_NAMESPACE accepted)."""
+    answers: list = []
+    pub_conn.handler = lambda _c, e: answers.append(e)
+    pub_conn.session.publish_namespace(("live", "x"))
+    pub_conn.flush()
+    async with asyncio.timeout(10):
+        while not any(isinstance(e, ev.RequestAccepted) for e in answers):
+            await asyncio.sleep(0.02)
+
+
+async def subscribed(conn, seen, **options) -> list:
+    """What subscribe_broadcast yields for live/x on ``conn`` until it ends; ``seen(event)`` on each
+    of the session's events as subscribe_broadcast is handed it."""
+    handle_event = conn.session.handle_event
+    conn.session.handle_event = lambda event: [seen(e) or e for e in handle_event(event)]
+    got = []
+    async with asyncio.timeout(15):
+        async for item in subscribe_broadcast(conn, "live/x", **options):
+            got.append(item)
+    return got
 
 
 WHOLE = [(g, o) for g in range(2) for o in range(OBJECTS)]
@@ -118,22 +146,49 @@ async def test_through_the_relay_a_group_in_interleaved_subgroups_is_handed_on_i
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
-            answers: list = []
-            pub_conn.handler = lambda _c, e: answers.append(e)
-            pub_conn.session.publish_namespace(("live", "x"))
-            pub_conn.flush()
-            async with asyncio.timeout(10):
-                while not any(isinstance(e, ev.RequestAccepted) for e in answers):
-                    await asyncio.sleep(0.02)
+            await announced(pub_conn)
             pub.on_connection(pub_conn)
-            seen = rest_after_first_subgroup(pub)
-            handle_event = conn.session.handle_event
-            conn.session.handle_event = lambda event: [seen(e) or e for e in handle_event(event)]
-            got = []
-            async with asyncio.timeout(15):
-                async for item in subscribe_broadcast(conn, "live/x"):
-                    got.append(item)
+            got = await subscribed(conn, rest_after_first_subgroup(pub))
     assert frames(got) == WHOLE
+    assert not [s for s in got if isinstance(s, SkippedGroup)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_window_fill_then_live_groups_in_interleaved_subgroups_in_object_order(tmp_path, backend):
+    """Groups 0 and 1 cached at the relay (a first viewer made it subscribe upstream), then a
+    subscribe_broadcast with fill_groups=2: the joining FETCH's groups, then live group 2 sent
+    subgroup by subgroup, every frame once and in (group, Object ID) order."""
+    pub = LayeredPublisher()
+
+    def cached() -> None:
+        for group in range(2):
+            for subgroup in range(SUBGROUPS):
+                pub.subgroup(group, subgroup)
+
+    pub.on_video = cached
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as first,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
+            await announced(pub_conn)
+            pub.on_connection(pub_conn)
+            first_events: list = []
+            first.handler = lambda _c, e: first_events.append(e)
+            first.session.subscribe(("live", "x"), "video")
+            first.flush()
+            async with asyncio.timeout(10):
+                while len([e for e in first_events if isinstance(e, ev.SubgroupEnded)]) < 2 * SUBGROUPS:
+                    await asyncio.sleep(0.02)
+            seen = in_turn(pub, range(2, 3), 3 * SUBGROUPS)
+
+            def watch(event) -> None:
+                if isinstance(event, ev.FetchObjectReceived) and (event.group, event.object_id) == (1, OBJECTS - 1):
+                    # the fill has come: group 2 goes live
+                    asyncio.get_running_loop().call_soon(pub.subgroup, 2, 0)
+                seen(event)
+
+            got = await subscribed(conn, watch, fill_groups=2)
+    assert frames(got) == [(g, o) for g in range(3) for o in range(OBJECTS)]
     assert not [s for s in got if isinstance(s, SkippedGroup)]
 
 
@@ -151,8 +206,8 @@ async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backe
 
     pub.on_video = send
     got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10)
-    assert [s for s in got if isinstance(s, SkippedGroup)] == [
-        SkippedGroup("video", 0, StreamResetCode.DELIVERY_TIMEOUT, subgroup=1)]
+    skips = [(s.track, s.group, s.code, getattr(s, "subgroup", None)) for s in got if isinstance(s, SkippedGroup)]
+    assert skips == [("video", 0, StreamResetCode.DELIVERY_TIMEOUT, 1)]  # main: (..., None), the whole group
     assert frames(got) == [(0, o) for o in sorted(ids(0) + ids(2))]
 
 
@@ -173,6 +228,11 @@ def test_a_gap_no_subgroup_fills_is_let_go_after_the_reorder_wait():
     assert order.due(1.0 + REORDER_WAIT - 0.01) == []
     assert order.due(1.0 + REORDER_WAIT) == [video(0, 3), video(0, 5)]
     assert order.frame(video(0, 2), 1, now=2.0) == [video(0, 2)]  # too late for order: handed on still
+    assert order.frame(video(0, 7), 0, now=2.0) == []
+    assert order.frame(video(1, 0), 0, now=2.1) == [video(0, 7), video(1, 0)]  # a newer group: no more waiting
+    assert order.next_due is None
+    assert order.frame(video(1, 2), 2, now=2.2) == []
+    assert order.reset("video", 1) == [video(1, 2)]  # a subgroup reset: its objects are what the gap waits for
 
 
 def test_a_fill_joined_group_starts_where_its_subscription_does():
