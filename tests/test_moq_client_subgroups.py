@@ -6,6 +6,9 @@ in decode order), and a reset of one subgroup was reported as the whole group sk
 other subgroups' frames were handed on."""
 
 import asyncio
+import json
+import socket
+import sys
 
 import pytest
 
@@ -14,10 +17,11 @@ from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.loc import CATALOG_TRACK
-from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.tls import ensure_self_signed
+from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus, StreamResetCode
 
-from .conftest import serving_relay, subscribe_to_raw_publisher
+from .conftest import free_port, serving_relay, subscribe_to_raw_publisher
 from .test_moq_object_status import answer_subscribes
 
 BACKENDS = ["aioquic", "aiopquic"]
@@ -284,3 +288,35 @@ def test_end_of_track_tells_whether_another_subgroup_of_a_group_is_open():
     assert ends.group_open("video", 5)
     ends.stream_ended("video", 5, 1)
     assert not ends.group_open("video", 5)
+
+
+async def test_rtmpq_sub_tells_a_skipped_subgroup_from_a_skipped_group(tmp_path):
+    """``rtmpq sub --json`` on the publisher that resets subgroup 1 of group 0: the skip line names
+    the subgroup, and the summary counts it as a skipped subgroup, not a skipped group."""
+    pub = LayeredPublisher()
+
+    def send() -> None:
+        pub.subgroup(0, 0)
+        pub.subgroup(0, 2)
+        pub.subgroup(0, 1, reset=True)
+        pub.done(SUBGROUPS)
+
+    pub.on_video = send
+    cert, key = ensure_self_signed(tmp_path)
+    port = free_port(socket.SOCK_DGRAM)
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=pub.on_connection)
+    try:
+        sub = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/x", "--insecure", "--json",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(sub.communicate(), 30)
+    finally:
+        server.close()
+    assert sub.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    assert [line["skipped"] for line in lines if "skipped" in line] == [
+        {"track": "video", "group": 0, "code": 2, "subgroup": 1}]
+    assert [(line["group"], line["object"]) for line in lines if "object" in line] == [
+        (0, o) for o in sorted(ids(0) + ids(2))]
+    summary = json.loads(err.splitlines()[-1])["summary"]
+    assert summary["skipped_groups"] == 0 and summary["skipped_subgroups"] == 1, summary

@@ -8,7 +8,8 @@ Frames come as they arrive, so the tail of a group can follow frames of the next
 has its own stream); ``in_order=True`` hands frames of a track on in group order instead: the rest
 of a group that arrives after a frame of a newer group of its track is dropped, and the group
 reported as a SkippedGroup (``LATE_GROUP``, or the relay's reset code when it cut the group short
-too).
+too). Within a group, frames come in Object ID order even when the group comes in several
+subgroups, each on its own stream (subgroup_order.py).
 """
 
 import asyncio
@@ -260,6 +261,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     Frames come as they arrive. Each group on its own QUIC stream, the relay sending the newest
     first, the tail of a group can arrive after frames of the next one (under load, or after a
     relay's restart); every frame is handed on, and a consumer may order them by (group, index).
+    A group sent in several subgroups (several streams) is put back in Object ID order first
+    (SubgroupOrder); a reset of one of them is a SkippedGroup naming that subgroup.
     ``in_order=True`` is for a consumer that decodes as it reads: frames of each track then come
     in group order, a late tail is dropped (a decoder would go back in time) and its group is
     reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``, or the relay's reset
