@@ -237,6 +237,9 @@ def test_a_gap_no_subgroup_fills_is_let_go_after_the_reorder_wait():
     assert order.next_due is None
     assert order.frame(video(1, 2), 2, now=2.2) == []
     assert order.reset("video", 1) == [video(1, 2)]  # a subgroup reset: its objects are what the gap waits for
+    # the publisher says objects 4 and 5 do not exist (Prior Object ID Gap): no waiting for them
+    assert order.frame(video(1, 3), 0, now=3.0) == [video(1, 3)]
+    assert order.frame(video(1, 6), 0, now=3.0, prior_gap=2) == [video(1, 6)]
 
 
 def test_a_fill_joined_group_starts_where_its_subscription_does():

@@ -27,7 +27,7 @@ from .loc import CATALOG_TRACK, object_to_frame
 from .subgroup_order import REORDER_WAIT, SubgroupOrder
 from .transport import MoqConnection
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
-from .wire import FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
+from .wire import EXT_PRIOR_OBJECT_ID_GAP, FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -54,6 +54,10 @@ WAIT_RETRY_INTERVAL = 1.0
 # header alone, reset, when the first reset may have lost the header (fanout.py, ``_drop``), so the
 # same group can be reset twice. The newest this many groups reported are remembered per track.
 SKIPS_REMEMBERED = 64
+# The subgroup streams ended of this many newest groups (all tracks) are remembered, to tell a group
+# of one subgroup from one of several when its last stream ends (GroupOrder): the groups of a few
+# seconds of every track, longer than a group's streams take to end one after another.
+GROUP_ENDS_REMEMBERED = 256
 
 
 # SkippedGroup.code when the client dropped (the rest of) a group itself: it came after a frame of
@@ -136,7 +140,7 @@ class GroupOrder:
         ended = self._ended.get(key)
         if ended is None:
             ended = self._ended[key] = {}
-            if len(self._ended) > SKIPS_REMEMBERED:
+            if len(self._ended) > GROUP_ENDS_REMEMBERED:
                 del self._ended[next(iter(self._ended))]  # the oldest
         if ended.get(subgroup) is None:
             ended[subgroup] = reset_code
@@ -510,7 +514,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     else:
                         frame = object_to_frame(track, event.group, event.object_id, event.payload,
                                                 event.extensions, timescale(track))
-                        for frame in merge.frame(frame, event.subgroup, loop.time()):
+                        gap = event.extensions.get(EXT_PRIOR_OBJECT_ID_GAP, 0) if event.extensions else 0
+                        for frame in merge.frame(frame, event.subgroup, loop.time(), gap):
                             for frame in ([frame] if fill is None else fill.live(frame)):
                                 if (frame := order.admit(frame)) is not None:
                                     yield frame

@@ -10,10 +10,13 @@ once the Object IDs before it have been: a frame after a gap waits for it to fil
 objects are likely what the gap waits for) or the subscription ends. rtmpq's own groups are one
 subgroup with no gap: each frame goes on at once, as before.
 
-Object IDs may legitimately have gaps and a subgroup may not have been seen yet, so nothing here
-can tell a gap that will fill from one that will not: the wait is the bound. A frame that comes
-after its place was passed (the gap let go) is handed on still, late: nothing is lost, and a
-consumer that needs order drops it (the edge, ``in_order``).
+MSF numbers a group's objects 0, 1, 2, ... ("Object Numbering"), so a gap is an object still on
+its way on another subgroup, or one lost with a reset; a publisher that leaves gaps says so with
+the Prior Object ID Gap extension (MoQT d16), and the gap it covers is not waited for. A
+subgroup may not have been seen yet, so nothing here can tell a gap that will fill from one that
+will not: the wait is the bound. A frame that comes after its place was passed (the gap let go)
+is handed on still, late: nothing is lost, and a consumer that needs order drops it (the edge,
+``in_order``).
 
 Sans-I/O: the caller passes the time and calls ``due`` at ``next_due``.
 """
@@ -45,13 +48,16 @@ class SubgroupOrder:
         self._tracks: dict[str, dict[int, _Group]] = {}
         self._holding: dict[tuple[str, int], _Group] = {}  # the groups with frames held
 
-    def frame(self, frame: Frame, subgroup: int, now: float) -> list[Frame]:
-        """A frame that came on ``subgroup``'s stream: the frames to hand on now, in order."""
+    def frame(self, frame: Frame, subgroup: int, now: float, prior_gap: int = 0) -> list[Frame]:
+        """A frame that came on ``subgroup``'s stream: the frames to hand on now, in order.
+        ``prior_gap``: its Prior Object ID Gap, the Object IDs just before it that do not exist."""
         groups = self._tracks.get(frame.track)
         g = None if groups is None else groups.get(frame.group)
         if g is None:
-            return self._first(frame, subgroup, now)
+            return self._first(frame, subgroup, now, prior_gap)
         index = frame.index
+        if prior_gap and index - prior_gap <= g.next < index:
+            g.next = index
         if index == g.next:
             g.next = index + 1
             if not g.held:
@@ -73,7 +79,7 @@ class SubgroupOrder:
         g.held[index] = frame
         return []
 
-    def _first(self, frame: Frame, subgroup: int, now: float) -> list[Frame]:
+    def _first(self, frame: Frame, subgroup: int, now: float, prior_gap: int) -> list[Frame]:
         """The first frame of its group: a newer group lets the older ones' held frames go (the
         consumer moves on to it). Subgroup 0 starts the group where it is (a subscription may
         join mid-group); another subgroup's frame waits for the Object IDs below it."""
@@ -88,7 +94,7 @@ class SubgroupOrder:
             if (track, oldest) in self._holding:
                 out += self._let_go((track, oldest))
             del groups[oldest]
-        return out + self.frame(frame, subgroup, now)
+        return out + self.frame(frame, subgroup, now, prior_gap)
 
     def starts(self, track: str, group: int, object_id: int) -> None:
         """A subscription of ``track`` starts at this object (a FETCH carries the ones before)."""
