@@ -240,6 +240,8 @@ def test_a_gap_no_subgroup_fills_is_let_go_after_the_reorder_wait():
     # the publisher says objects 4 and 5 do not exist (Prior Object ID Gap): no waiting for them
     assert order.frame(video(1, 3), 0, now=3.0) == [video(1, 3)]
     assert order.frame(video(1, 6), 0, now=3.0, prior_gap=2) == [video(1, 6)]
+    assert order.frame(video(1, 10), 0, now=3.0, prior_gap=2) == []  # 8 and 9 do not exist; 7 does
+    assert order.frame(video(1, 7), 1, now=3.0) == [video(1, 7), video(1, 10)]
 
 
 def test_a_fill_joined_group_starts_where_its_subscription_does():

@@ -33,12 +33,13 @@ GROUPS_REMEMBERED = 8
 
 
 class _Group:
-    __slots__ = ("next", "held", "since")
+    __slots__ = ("next", "held", "since", "absent")
 
     def __init__(self, next_id: int) -> None:
         self.next = next_id  # the Object ID to hand on next
         self.held: dict[int, Frame] = {}  # Object ID -> frame after a gap
         self.since = 0.0  # when the frames held began to wait
+        self.absent: dict[int, int] = {}  # a held frame's Prior Object ID Gap: its first ID -> the frame's
 
 
 class SubgroupOrder:
@@ -63,7 +64,11 @@ class SubgroupOrder:
             if not g.held:
                 return [frame]
             out = [frame]
-            while g.next in g.held:
+            while True:
+                if g.next in g.absent:
+                    g.next = g.absent.pop(g.next)
+                if g.next not in g.held:
+                    break
                 out.append(g.held.pop(g.next))
                 g.next += 1
             if g.held:
@@ -77,6 +82,8 @@ class SubgroupOrder:
             g.since = now
             self._holding[(frame.track, frame.group)] = g
         g.held[index] = frame
+        if prior_gap:
+            g.absent[index - prior_gap] = index
         return []
 
     def _first(self, frame: Frame, subgroup: int, now: float, prior_gap: int) -> list[Frame]:
@@ -141,5 +148,5 @@ class SubgroupOrder:
         ids = sorted(g.held)
         g.next = ids[-1] + 1
         out = [g.held[i] for i in ids]
-        g.held = {}
+        g.held, g.absent = {}, {}
         return out
