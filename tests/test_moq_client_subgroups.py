@@ -196,10 +196,8 @@ async def test_the_window_fill_then_live_groups_in_interleaved_subgroups_in_obje
     assert not [s for s in got if isinstance(s, SkippedGroup)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backend):
-    """Subgroups 0 and 2 of group 0 whole, subgroup 1 reset: their frames are handed on in Object
-    ID order, and the skip reported names subgroup 1 (the group's other frames came), once."""
+def subgroup_1_reset() -> LayeredPublisher:
+    """A publisher of group 0 alone: subgroups 0 and 2 whole, subgroup 1 reset, then PUBLISH_DONE."""
     pub = LayeredPublisher()
 
     def send() -> None:
@@ -209,6 +207,14 @@ async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backe
         pub.done(SUBGROUPS)
 
     pub.on_video = send
+    return pub
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_reset_of_one_subgroup_skips_that_subgroup_alone(tmp_path, backend):
+    """Subgroups 0 and 2 of group 0 whole, subgroup 1 reset: their frames are handed on in Object
+    ID order, and the skip reported names subgroup 1 (the group's other frames came), once."""
+    pub = subgroup_1_reset()
     got = await subscribe_to_raw_publisher(tmp_path, pub.on_connection, backend=backend, deadline=10)
     skips = [(s.track, s.group, s.code, getattr(s, "subgroup", None)) for s in got if isinstance(s, SkippedGroup)]
     assert skips == [("video", 0, StreamResetCode.DELIVERY_TIMEOUT, 1)]  # main: (..., None), the whole group
@@ -298,15 +304,7 @@ def test_end_of_track_tells_whether_another_subgroup_of_a_group_is_open():
 async def test_rtmpq_sub_tells_a_skipped_subgroup_from_a_skipped_group(tmp_path):
     """``rtmpq sub --json`` on the publisher that resets subgroup 1 of group 0: the skip line names
     the subgroup, and the summary counts it as a skipped subgroup, not a skipped group."""
-    pub = LayeredPublisher()
-
-    def send() -> None:
-        pub.subgroup(0, 0)
-        pub.subgroup(0, 2)
-        pub.subgroup(0, 1, reset=True)
-        pub.done(SUBGROUPS)
-
-    pub.on_video = send
+    pub = subgroup_1_reset()
     cert, key = ensure_self_signed(tmp_path)
     port = free_port(socket.SOCK_DGRAM)
     server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=pub.on_connection)
