@@ -87,11 +87,12 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
 
 
 async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = "aioquic", name: str = "live/x",
-                                     deadline: float = 20.0, each=None, seen=None) -> list:
+                                     deadline: float = 20.0, each=None, seen=None, in_order: bool = False) -> list:
     """Everything ``subscribe_broadcast`` yields for ``name`` until the broadcast ends, from a MoQ
     server whose sessions ``on_connection`` sets up (a publisher written with MoqSession);
     ``each(item)`` is called on each item as it comes, ``seen(event)`` on each event of the
-    subscriber's session as it is handed to ``subscribe_broadcast`` (before it reads it)."""
+    subscriber's session as it is handed to ``subscribe_broadcast`` (before it reads it);
+    ``in_order`` is subscribe_broadcast's."""
     from rtmpq.moq.client import subscribe_broadcast
     from rtmpq.moq.tls import ensure_self_signed
     from rtmpq.moq.transport import connect_moq, serve_moq
@@ -106,7 +107,7 @@ async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = 
                 handle_event = conn.session.handle_event
                 conn.session.handle_event = lambda event: [seen(e) or e for e in handle_event(event)]
             async with asyncio.timeout(deadline):
-                async for item in subscribe_broadcast(conn, name):
+                async for item in subscribe_broadcast(conn, name, in_order=in_order):
                     got.append(item)
                     if each is not None:
                         each(item)

@@ -8,7 +8,8 @@ Frames come as they arrive, so the tail of a group can follow frames of the next
 has its own stream); ``in_order=True`` hands frames of a track on in group order instead: the rest
 of a group that arrives after a frame of a newer group of its track is dropped, and the group
 reported as a SkippedGroup (``LATE_GROUP``, or the relay's reset code when it cut the group short
-too).
+too). Within a group, frames come in Object ID order even when the group comes in several
+subgroups, each on its own stream (subgroup_order.py).
 """
 
 import asyncio
@@ -23,9 +24,10 @@ from . import events as ev
 from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
+from .subgroup_order import REORDER_WAIT, SubgroupOrder
 from .transport import MoqConnection
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
-from .wire import FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
+from .wire import EXT_PRIOR_OBJECT_ID_GAP, FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -34,6 +36,7 @@ _CHOICE = object()  # queue marker: the TrackChoice changed
 _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
 _CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH's wait is over (catalog_join.py)
 _END_OF_TRACK_LATE = object()  # queue marker: an End of Track's LATE_STREAM_GRACE is over
+_REORDER_DUE = object()  # queue marker: frames held for a gap in their group's Object IDs may be due
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
@@ -51,6 +54,10 @@ WAIT_RETRY_INTERVAL = 1.0
 # header alone, reset, when the first reset may have lost the header (fanout.py, ``_drop``), so the
 # same group can be reset twice. The newest this many groups reported are remembered per track.
 SKIPS_REMEMBERED = 64
+# The subgroup streams ended of this many newest groups (all tracks) are remembered, to tell a group
+# of one subgroup from one of several when its last stream ends (GroupOrder): the groups of a few
+# seconds of every track, longer than a group's streams take to end one after another.
+GROUP_ENDS_REMEMBERED = 256
 
 
 # SkippedGroup.code when the client dropped (the rest of) a group itself: it came after a frame of
@@ -62,11 +69,14 @@ LATE_GROUP = -1
 @dataclass(frozen=True, slots=True)
 class SkippedGroup:
     """(The rest of) this group is not handed on: the relay dropped it for us, outside our budget
-    (``code``: its stream reset code), or it came late, after a newer group (``LATE_GROUP``)."""
+    (``code``: its stream reset code), or it came late, after a newer group (``LATE_GROUP``).
+    ``subgroup``: of a group seen in several subgroups, the one reset; the rest of that subgroup
+    alone is missing, the other subgroups' frames were handed on (None: the group's one stream)."""
 
     track: str
     group: int
     code: int
+    subgroup: int | None = None
 
 
 class SkipMemory:
@@ -75,8 +85,9 @@ class SkipMemory:
     def __init__(self) -> None:
         self._groups: dict[str, dict[int, None]] = {}
 
-    def first(self, track: str, group: int) -> bool:
-        """True the first time ``group`` of ``track`` is reported; it is remembered from then on."""
+    def first(self, track: str, group: int | tuple[int, int]) -> bool:
+        """True the first time ``group`` (or (group, subgroup)) of ``track`` is reported; it is
+        remembered from then on."""
         groups = self._groups.setdefault(track, {})
         if group in groups:
             return False
@@ -88,37 +99,64 @@ class SkipMemory:
 
 class GroupOrder:
     """Hands frames on in group order per track: once a frame of group G of a track has been handed
-    on, a frame of an older group of that track is dropped. A decoder fed the tail of a group after
-    the next group's keyframe gets timestamps going backwards and references to frames it dropped.
+    on, a frame of an older group of that track is dropped, and so is one of G below an Object ID
+    handed on (a subgroup's frame whose place SubgroupOrder let go). A decoder fed the tail of a
+    group after the next group's keyframe gets timestamps going backwards and references to frames
+    it dropped.
 
-    A group with frames dropped is reported skipped once (through ``skips``) when its stream ends:
-    with the relay's reset code if the relay cut it short too (a group late because it was too
-    slow often is), else with ``LATE_GROUP``."""
+    A group is over once every stream of it seen (one per subgroup) has ended (FIN or reset); then
+    a group with frames dropped is reported skipped once (through ``skips``), with the relay's
+    reset code if the relay cut it short too, else ``LATE_GROUP``. Of a group seen in several
+    subgroups, a reset subgroup is reported alone (``SkippedGroup.subgroup``): the others' frames
+    were handed on, and a frame of one layer does not make the rest of the group unusable (temporal
+    layers reference the base layer only); a subgroup reset before any other of its group was seen
+    counts as the whole group."""
 
     def __init__(self, skips: SkipMemory, drop_late: bool = True) -> None:
         self.skips = skips
         self.drop_late = drop_late  # False: every frame is handed on; only the relay's resets are skips
-        self._newest: dict[str, int] = {}  # track -> newest group handed on
+        self._newest: dict[str, tuple[int, int]] = {}  # track -> newest (group, Object ID) handed on
         self._late: dict[tuple[str, int], None] = {}  # groups with frames dropped, not reported yet
+        self._ended: dict[tuple[str, int], dict[int, int | None]] = {}  # (track, group) -> subgroup ended: its reset code
 
     def admit(self, frame: Frame) -> Frame | None:
-        """``frame`` to hand it on, or None: it came after a newer group of its track."""
+        """``frame`` to hand it on, or None: it came after a newer frame of its track."""
         if not self.drop_late:
             return frame
         newest = self._newest.get(frame.track)
-        if newest is not None and frame.group < newest:
+        here = (frame.group, frame.index)
+        if newest is not None and here < newest:
             self._late[(frame.track, frame.group)] = None
             return None
-        self._newest[frame.track] = frame.group
+        self._newest[frame.track] = here
         return frame
 
-    def stream_ended(self, track: str, group: int, reset_code: int | None) -> SkippedGroup | None:
-        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skip to report, if any."""
-        late = (track, group) in self._late
-        self._late.pop((track, group), None)
-        if (late or reset_code is not None) and self.skips.first(track, group):
-            return SkippedGroup(track, group, LATE_GROUP if reset_code is None else reset_code)
-        return None
+    def stream_ended(self, track: str, group: int, subgroup: int, reset_code: int | None,
+                     others_open: bool = False) -> list[SkippedGroup]:
+        """A stream of ``group`` ended (FIN, or a reset with ``reset_code``): the skips to report.
+        ``others_open``: a stream of another subgroup of the group is still on its way (the
+        caller knows its open streams: EndOfTrack)."""
+        key = (track, group)
+        ended = self._ended.get(key)
+        if ended is None:
+            ended = self._ended[key] = {}
+            if len(self._ended) > GROUP_ENDS_REMEMBERED:
+                del self._ended[next(iter(self._ended))]  # the oldest
+        if ended.get(subgroup) is None:
+            ended[subgroup] = reset_code
+        if others_open:
+            return []  # the group is not over yet
+        late = key in self._late
+        self._late.pop(key, None)
+        if len(ended) == 1:  # the group's one stream (subgroup): the whole group, as ever
+            code = ended[subgroup]
+            if (late or code is not None) and self.skips.first(track, group):
+                return [SkippedGroup(track, group, LATE_GROUP if code is None else code)]
+            return []
+        resets = {s: code for s, code in ended.items() if code is not None}
+        out = [SkippedGroup(track, group, LATE_GROUP)] if late and self.skips.first(track, group) else []
+        return out + [SkippedGroup(track, group, code, s) for s, code in sorted(resets.items())
+                      if self.skips.first(track, (group, s))]
 
     def unreported(self) -> list[SkippedGroup]:
         """The groups with frames dropped whose stream never ended (the subscription did first)."""
@@ -145,6 +183,10 @@ class EndOfTrack:
         """A stream of ``track`` ended (FIN or reset): whether the track is over now."""
         self._open.discard((track, group, subgroup))
         return track in self._ending and self._over(track)
+
+    def group_open(self, track: str, group: int) -> bool:
+        """Whether a stream of this group seen begun has not ended (another of its subgroups)."""
+        return any(t == track and g == group for t, g, _ in self._open)
 
     def end_of_track(self, track: str, group: int, subgroup: int, now: float) -> bool:
         """An End of Track object on this stream: whether the track is over at once (nothing older
@@ -223,6 +265,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     Frames come as they arrive. Each group on its own QUIC stream, the relay sending the newest
     first, the tail of a group can arrive after frames of the next one (under load, or after a
     relay's restart); every frame is handed on, and a consumer may order them by (group, index).
+    A group sent in several subgroups (several streams) is put back in Object ID order first
+    (SubgroupOrder); a reset of one of them is a SkippedGroup naming that subgroup.
     ``in_order=True`` is for a consumer that decodes as it reads: frames of each track then come
     in group order, a late tail is dropped (a decoder would go back in time) and its group is
     reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``, or the relay's reset
@@ -234,6 +278,11 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
     order = GroupOrder(skips, drop_late=in_order)
+    # a group in several subgroups comes on several streams: its frames are put back in Object ID
+    # order (the edge's packager and a decoder take a track's frames in decode order); a group of
+    # one subgroup, as rtmpq sends, goes straight through (subgroup_order.py)
+    merge = SubgroupOrder()
+    reorder_timer: asyncio.TimerHandle | None = None
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -256,6 +305,15 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
 
     fill = WindowFill(fill_groups) if fill_groups > 0 else None
     fill_subscriptions: set[int] = set()  # subscriptions at the largest object, joined by a FETCH
+
+    def handed_on(frames: list[Frame]) -> list[Frame]:
+        """Live frames SubgroupOrder let go (a gap's wait is over): what goes on now, as a frame
+        just received would (the window fill may hold them)."""
+        nonlocal reorder_timer
+        out = [f for frame in frames for f in ([frame] if fill is None else fill.live(frame))]
+        if reorder_timer is None and (due := merge.next_due) is not None:
+            reorder_timer = loop.call_later(max(due - loop.time(), 0.0), queue.put_nowait, _REORDER_DUE)
+        return [f for f in out if order.admit(f) is not None]
 
     def subscribe(track: str) -> None:
         join = fill is not None and track != CATALOG_TRACK and fill.wants(track)
@@ -282,6 +340,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         streams_done.pop(name, None)  # a later subscription of the track counts its own streams
         expected.pop(name, None)
         ends.forget(name)
+        merge.forget(name)
         for alias, n in list(aliases.items()):
             if n == name:
                 del aliases[alias]
@@ -366,6 +425,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     loop.call_later(CATALOG_FETCH_WAIT, queue.put_nowait, _CATALOG_FETCH_LATE)  # at its deadline
                     conn.flush()
                 if event.request_id in fill_subscriptions and fill.accepted(track, event.largest):
+                    merge.starts(track, event.largest[0], event.largest[1] + 1)  # the FETCH has what is before
                     fill.fetching(session.joining_fetch(event.request_id, fill.groups, authorization=authorization),
                                   track)
                     conn.flush()
@@ -454,19 +514,32 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     else:
                         frame = object_to_frame(track, event.group, event.object_id, event.payload,
                                                 event.extensions, timescale(track))
-                        for frame in ([frame] if fill is None else fill.live(frame)):
-                            if (frame := order.admit(frame)) is not None:
-                                yield frame
+                        gap = event.extensions.get(EXT_PRIOR_OBJECT_ID_GAP, 0) if event.extensions else 0
+                        for frame in merge.frame(frame, event.subgroup, loop.time(), gap):
+                            for frame in ([frame] if fill is None else fill.live(frame)):
+                                if (frame := order.admit(frame)) is not None:
+                                    yield frame
+                        if merge.holding and reorder_timer is None:
+                            reorder_timer = loop.call_later(REORDER_WAIT, queue.put_nowait, _REORDER_DUE)
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
                     streams_done[track] = streams_done.get(track, 0) + 1
                     code = event.code if isinstance(event, ev.SubgroupReset) else None
-                    if (skipped := order.stream_ended(track, event.group, code)) is not None:
+                    if code is not None:
+                        for frame in handed_on(merge.reset(track, event.group)):
+                            yield frame
+                    track_over = ends.stream_ended(track, event.group, event.subgroup)
+                    for skipped in order.stream_ended(track, event.group, event.subgroup, code,
+                                                      ends.group_open(track, event.group)):
                         yield skipped
-                    if ends.stream_ended(track, event.group, event.subgroup):
+                    if track_over:
                         open_tracks.discard(track)
                     finish_complete_tracks()
+            elif event is _REORDER_DUE:
+                reorder_timer = None
+                for frame in handed_on(merge.due(loop.time())):
+                    yield frame
             elif event is _END_OF_TRACK_LATE:
                 for track in ends.overdue(loop.time()):
                     open_tracks.discard(track)
@@ -486,6 +559,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 for frame in fill.release(timescale):
                     if (frame := order.admit(frame)) is not None:
                         yield frame
+        for frame in handed_on(merge.flush()):  # frames still waiting for a gap: it will not fill now
+            yield frame
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
                 if (frame := order.admit(frame)) is not None:
@@ -495,6 +570,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     finally:
         conn.handler = None
         choice._wake = None
+        if reorder_timer is not None:
+            reorder_timer.cancel()
 
 
 class FetchError(ConnectionError):

@@ -19,7 +19,7 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
         raise ValueError(f"{args.url!r}: expected moqt://HOST:PORT/<app>/<key>")
     counts: dict[str, int] = {}
     sizes = 0
-    skipped = []
+    skipped, skipped_subgroups = [], []  # (track, group) each
     latencies = []
     started = time.monotonic()
     deadline = started + args.seconds if args.seconds else None
@@ -36,9 +36,13 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
                     out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
                 continue
             if isinstance(item, SkippedGroup):
-                skipped.append((item.track, item.group))
+                # the rest of one subgroup of a group (its other subgroups came) is no skipped group
+                (skipped if item.subgroup is None else skipped_subgroups).append((item.track, item.group))
                 if args.json:
-                    out.write(json.dumps({"skipped": {"track": item.track, "group": item.group, "code": item.code}}) + "\n")
+                    what = {"track": item.track, "group": item.group, "code": item.code}
+                    if item.subgroup is not None:
+                        what["subgroup"] = item.subgroup
+                    out.write(json.dumps({"skipped": what}) + "\n")
                 continue
             counts[item.track] = counts.get(item.track, 0) + 1
             sizes += item.size
@@ -66,6 +70,8 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
     latencies.sort()
     summary = {"objects": counts, "bytes": sizes, "skipped_groups": len(skipped),
                "seconds": round(time.monotonic() - started, 3)}
+    if skipped_subgroups:
+        summary["skipped_subgroups"] = len(skipped_subgroups)
     if latencies:
         summary["latency_ms_p50"] = round(latencies[len(latencies) // 2], 3)
         summary["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99)], 3)
