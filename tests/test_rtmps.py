@@ -64,7 +64,8 @@ async def test_ffmpeg_publishes_over_rtmps_and_the_hls_edge_serves_every_frame(t
         await node.close()
 
 
-async def test_publish_keys_apply_over_rtmps(ingest):
+async def test_publish_keys_apply_over_rtmps(ingest, caplog):
+    caplog.set_level("DEBUG")
     tls_port = ingest.tls_address[1]
     with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
         await TcpPublisher.publish(tls_port, "not-a-key", ssl=verifying_context(ingest))
@@ -73,6 +74,8 @@ async def test_publish_keys_apply_over_rtmps(ingest):
     publisher = await TcpPublisher.publish(tls_port, "sk-1", ssl=verifying_context(ingest))
     await until(lambda: ingest.registry.get("live/show") is not None, what="live/show")
     publisher.close()
+    assert ": publishing live/" in caplog.text  # logged with the peer, as on plain RTMP
+    assert "sk-1" not in caplog.text and "not-a-key" not in caplog.text  # the keys are not
 
 
 async def test_plain_rtmp_and_silence_on_the_tls_port_are_dropped_without_touching_a_publisher(ingest, tmp_path):

@@ -72,7 +72,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
             # nothing reads before that layer is in place
             transport.pause_reading()
             self._tls_handshake = loop.create_task(self._start_tls(transport))
-        elif self.server.reader is not None:
+            return  # the session's deadline (from now) is armed once TLS is up: one failure, one log
+        if self.server.reader is not None:
             self.server.reader.add(self, transport)
         self._arm_timer()
 
@@ -83,7 +84,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
             tls_transport = await asyncio.get_running_loop().start_tls(
                 transport, self, self.tls, server_side=True,
                 ssl_handshake_timeout=self.server.config.tls_handshake_timeout)
-            if tls_transport is None:  # closed by us meanwhile (the session's own deadline)
+            if tls_transport is None:  # closed meanwhile (the server stopping)
                 raise ConnectionAbortedError("closed during the TLS handshake")
         except Exception as exc:  # noqa: BLE001 - whatever it was, only this connection ends
             log.warning("%s: RTMPS: TLS handshake failed: %s", self.peer, str(exc) or type(exc).__name__)
@@ -94,6 +95,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
             return
         self._tls_handshake = None
         self.transport = tls_transport
+        self._arm_timer()
         if self.session.has_work:  # C0/C1 that came with the end of the handshake
             self._process()
 
