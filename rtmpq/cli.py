@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, Config, ConfigError,
-                     bundled_static_dir, load_config, show)
+from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, DEFAULT_RTMPS_PORT, Config,
+                     ConfigError, bundled_static_dir, load_config, show)
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -153,6 +153,12 @@ def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtmp", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_RTMP_PORT),
                    help=f"where publishers connect (default 0.0.0.0:{DEFAULT_RTMP_PORT}); "
                         "OBS/ffmpeg publish to rtmp://HOST:PORT/live/<stream key>")
+    p.add_argument("--rtmps", metavar="HOST:PORT", type=lambda t: host_port(t, DEFAULT_RTMPS_PORT),
+                   help="also listen for RTMP over TLS here (default: off); OBS/ffmpeg publish to "
+                        "rtmps://HOST:PORT/live/<stream key>, the key encrypted on the way")
+    p.add_argument("--rtmps-cert", type=Path, help="TLS certificate (PEM) for --rtmps; default: the node's "
+                                                   "self-signed one (encoders do not verify it)")
+    p.add_argument("--rtmps-key", type=Path, help="TLS private key (PEM) for --rtmps-cert")
     p.add_argument("--record", metavar="DIR", type=Path,
                    help="record every publish session as DIR/live/<name>-<UTC start>.flv "
                         "(an exact remux of the received tags)")
@@ -227,6 +233,10 @@ def _overrides(args) -> dict[tuple[str, str], object]:
             out[(section, "host")], out[(section, "port")] = get(flag)
     if get("http") is not None:
         out[("http", "enabled")] = True
+    if get("rtmps") is not None:
+        out[("rtmp", "tls_host")], out[("rtmp", "tls_port")] = get("rtmps")
+    out[("rtmp", "tls_cert")] = get("rtmps_cert")
+    out[("rtmp", "tls_key")] = get("rtmps_key")
     out[("rtmp", "record_dir")] = get("record")
     out[("moq", "certfile")] = get("cert")
     out[("moq", "keyfile")] = get("key")

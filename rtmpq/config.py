@@ -36,10 +36,13 @@ from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS, LadderError, parse_ladder
 
 DEFAULT_RTMP_PORT = 1935
+DEFAULT_RTMPS_PORT = 443  # what OBS and the big services use for rtmps://
 DEFAULT_MOQ_PORT = 4443
 DEFAULT_HTTP_PORT = 8080
 # Connections the RTMP listener accepts at once; more are refused at accept time.
 MAX_RTMP_CONNECTIONS = 512
+# An RTMPS connection must finish its TLS handshake within this, else it is dropped (seconds).
+RTMPS_HANDSHAKE_TIMEOUT = 10.0
 # A publisher that sends no media for this long (a frozen encoder, a dead link that TCP has not
 # noticed) is closed and its name freed (seconds).
 PUBLISH_IDLE_TIMEOUT = 10.0
@@ -99,10 +102,16 @@ def bundled_static_dir() -> Path:
 
 @dataclass
 class IngestConfig:
-    """[rtmp]: the RTMP listener."""
+    """[rtmp]: the RTMP listener, and the optional RTMPS (RTMP over TLS) one beside it."""
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_RTMP_PORT
+    # RTMPS: listens only when tls_port is set; OBS/ffmpeg publish to rtmps://HOST:PORT/live/<key>
+    tls_host: str = "0.0.0.0"
+    tls_port: int | None = None
+    tls_cert: Path | None = None  # both None: the node's self-signed pair ([moq] state_dir/tls)
+    tls_key: Path | None = None
+    tls_handshake_timeout: float = RTMPS_HANDSHAKE_TIMEOUT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
@@ -380,9 +389,10 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
 
 
 def validate(config: Config) -> None:
-    for section, port in (("rtmp", config.rtmp.port), ("moq", config.moq.port), ("http", config.http.port)):
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"{section}.port: {port} is not a port number")
+    for where, port in (("rtmp.port", config.rtmp.port), ("moq.port", config.moq.port),
+                        ("http.port", config.http.port), ("rtmp.tls_port", config.rtmp.tls_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{where}: {port} is not a port number")
     for name in ("backend",):
         for section in (config.moq, config.upstream):
             if getattr(section, name) not in ("aioquic", "aiopquic"):
@@ -429,6 +439,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"http.part_target: must be at least {MIN_PART_TARGET} s")
     if h.target_duration < 0:
         raise ConfigError("http.target_duration: must be 0 (from the first segment) or a whole number of seconds")
+    if (config.rtmp.tls_cert is None) != (config.rtmp.tls_key is None):
+        raise ConfigError("rtmp.tls_cert and rtmp.tls_key go together (--rtmps-cert and --rtmps-key)")
+    if config.rtmp.tls_handshake_timeout <= 0:
+        raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
     d = config.directory

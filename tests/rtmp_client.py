@@ -83,11 +83,11 @@ class TcpPublisher:
 
     @classmethod
     async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0,
-                      pipelined: list[tuple[int, int, bytes]] = ()) -> "TcpPublisher":
+                      pipelined: list[tuple[int, int, bytes]] = (), ssl=None) -> "TcpPublisher":
         """Connect, publish ``app/key`` and wait for NetStream.Publish.Start. ``pipelined`` media
         messages (type id, timestamp, body) go in the same write as ``publish``, before its answer
-        (as an encoder that saves the round trip does)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        (as an encoder that saves the round trip does). ``ssl``: a client context (RTMPS)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
         self = cls(reader, writer)
         async with asyncio.timeout(timeout):
             writer.write(b"\x03" + make_client_c1(digest=False))

@@ -47,7 +47,31 @@ def test_flag_beats_environment_beats_file(tmp_path):
     assert config.rtmp.host == "0.0.0.0"  # the flag gave both
 
 
+def test_rtmps_from_flags_and_file(tmp_path):
+    assert load_config(env={}).rtmp.tls_port is None  # off unless asked for
+    path = write(tmp_path, '[rtmp]\ntls_port = 8443\ntls_cert = "/etc/rtmpq/c.pem"\ntls_key = "/etc/rtmpq/k.pem"\n')
+    config = load_config(path, env={})
+    assert (config.rtmp.tls_host, config.rtmp.tls_port) == ("0.0.0.0", 8443)
+    assert (config.rtmp.tls_cert, config.rtmp.tls_key) == (Path("/etc/rtmpq/c.pem"), Path("/etc/rtmpq/k.pem"))
+    for command in ("up", "ingest"):
+        args = build_parser().parse_args([command, "--rtmps", "127.0.0.1:1936", "--rtmps-cert", "c.pem",
+                                          "--rtmps-key", "k.pem"])
+        config = load_config(env={}, overrides=_overrides(args))
+        assert (config.rtmp.tls_host, config.rtmp.tls_port) == ("127.0.0.1", 1936)
+        assert (config.rtmp.tls_cert, config.rtmp.tls_key) == (Path("c.pem"), Path("k.pem"))
+    args = build_parser().parse_args(["up", "--rtmps", "example.net"])
+    assert _overrides(args)[("rtmp", "tls_port")] == 443  # what OBS and the services use
+
+
+def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
+    bad = run_cli("up", "--rtmps", "127.0.0.1:0", "--rtmps-cert", str(tmp_path / "c.pem"))
+    assert bad.returncode == 2 and "rtmp.tls_cert and rtmp.tls_key go together" in bad.stderr
+
+
 @pytest.mark.parametrize("text, message", [
+    ('[rtmp]\ntls_key = "k.pem"\n', "rtmp.tls_cert and rtmp.tls_key go together"),
+    ("[rtmp]\ntls_port = 70000\n", "rtmp.tls_port: 70000 is not a port number"),
+    ("[rtmp]\ntls_handshake_timeout = 0\n", "rtmp.tls_handshake_timeout: must be positive"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
     ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
     ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),

@@ -9,9 +9,10 @@ broadcast waits for its publisher to return (``[publish] grace_period``).
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from ..auth.access import Access, AccessDenied
-from ..config import IngestConfig, PublishConfig
+from ..config import IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..media.broadcast import Broadcast, BroadcastRegistry
 from ..media.catalog import Catalog
@@ -21,6 +22,7 @@ from ..media.recording import FlvRecorder
 from ..redact import safe_name
 from ..rtmp.server import RtmpConnection, RtmpServer
 from ..rtmp.session import MediaMessage, PublishRequested
+from ..rtmp.tls import rtmps_context
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -88,9 +90,11 @@ class IngestNode:
     """The RTMP listener and the publishes it holds; a ``PublishHandler`` for ``RtmpServer``."""
 
     def __init__(self, registry: BroadcastRegistry, config: IngestConfig | None = None,
-                 publish: PublishConfig | None = None, access: Access | None = None) -> None:
+                 publish: PublishConfig | None = None, access: Access | None = None,
+                 state_dir: Path | None = None) -> None:
         self.registry = registry
         self.config = config or IngestConfig()
+        self.state_dir = state_dir or default_state_dir()  # where a self-signed RTMPS certificate is kept
         self.publish_config = publish or PublishConfig()
         self.access = access or Access(self.publish_config)
         self.server = RtmpServer(self, self.config)
@@ -102,8 +106,13 @@ class IngestNode:
     def address(self) -> tuple[str, int]:
         return self.server.address
 
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        return self.server.tls_address
+
     async def start(self) -> None:
-        await self.server.start()
+        tls = rtmps_context(self.config, self.state_dir) if self.config.tls_port is not None else None
+        await self.server.start(tls)
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
 
     async def close(self, reason: str = "the server is stopping") -> None:
@@ -172,6 +181,11 @@ class IngestNode:
                 self.registry.expire(time.monotonic())
             except Exception:  # never let one bad publish stop the checks for every other
                 log.exception("idle check failed")
+
+
+def rtmp_hosts(config: IngestConfig) -> list[str]:
+    """The addresses the ingest listens on (RTMP, and RTMPS when on)."""
+    return [config.host] + ([config.tls_host] if config.tls_port is not None else [])
 
 
 async def run_ingest(config: IngestConfig, registry: BroadcastRegistry | None = None,

@@ -19,7 +19,7 @@ from ..ops.view import NodeView
 from ..redact import names_are_public
 from . import runtime
 from .directory import advertised_url, open_directory
-from .ingest import IngestNode
+from .ingest import IngestNode, rtmp_hosts
 from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
 from .up import stop_within, warn_if_open
 
@@ -139,9 +139,9 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
 async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     """An ingest; with [upstream] url, it publishes its broadcasts into that relay over MoQ."""
     access = node_access(config)
-    warn_if_open(access, [config.rtmp.host])
+    warn_if_open(access, rtmp_hosts(config.rtmp))
     registry = BroadcastRegistry()
-    ingest = IngestNode(registry, config.rtmp, config.publish, access)
+    ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir)
     await ingest.start()
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)

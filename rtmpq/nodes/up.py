@@ -19,7 +19,7 @@ from ..ops.routes import OpsRoutes
 from ..ops.view import NodeView
 from ..redact import names_are_public
 from . import runtime
-from .ingest import IngestNode
+from .ingest import IngestNode, rtmp_hosts
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -147,7 +147,7 @@ class UpNode:
         self.access = Access(config.publish, config.auth)
         names_are_public(not self.access.open)  # keys never reach a name: log names as they are
         self.registry = BroadcastRegistry()
-        self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access)
+        self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
                             cache_local=True, stuck_timeout=config.moq.stuck_timeout)
@@ -236,7 +236,8 @@ async def run_up(config: Config, stop: asyncio.Event) -> None:
     from .directory import advertised_url, open_directory, publishing
 
     node = UpNode(config)
-    warn_if_open(node.access, [config.rtmp.host, bound_host(config.moq.host, config.moq.backend), config.http.host])
+    warn_if_open(node.access, [*rtmp_hosts(config.rtmp), bound_host(config.moq.host, config.moq.backend),
+                               config.http.host])
     directory = await open_directory(config)
     await node.start()
     if directory is not None:  # the origin of what is published here: relays and edges find it

@@ -8,6 +8,7 @@ media messages to the sink the handler returned.
 import asyncio
 from collections import Counter
 import logging
+import ssl
 from typing import Protocol
 
 from ..codec import NEED_DATA
@@ -41,8 +42,10 @@ class PublishHandler(Protocol):
 
 
 class RtmpConnection(asyncio.BufferedProtocol):
-    def __init__(self, server: "RtmpServer") -> None:
+    def __init__(self, server: "RtmpServer", tls: ssl.SSLContext | None = None) -> None:
         self.server = server
+        self.tls = tls  # RTMPS: asyncio's SSL transport reads and decrypts (never the shared reader)
+        self._tls_handshake: asyncio.Task | None = None
         self.transport: asyncio.Transport | None = None
         self.session: RtmpServerSession | None = None
         self.publishes: dict[int, PublishSink] = {}
@@ -63,10 +66,38 @@ class RtmpConnection(asyncio.BufferedProtocol):
             self.server.errors["max_connections"] += 1
             transport.abort()
             return
-        self.server.connections.add(self)
+        self.server.connections.add(self)  # a TLS handshake counts against max_connections too
+        if self.tls is not None:
+            # the shared reader would read ciphertext off the socket: asyncio's SSL layer reads it;
+            # nothing reads before that layer is in place
+            transport.pause_reading()
+            self._tls_handshake = loop.create_task(self._start_tls(transport))
+            return  # the session's deadline (from now) is armed once TLS is up: one failure, one log
         if self.server.reader is not None:
             self.server.reader.add(self, transport)
         self._arm_timer()
+
+    async def _start_tls(self, transport) -> None:
+        """Put TLS under this connection; a handshake that fails or stalls (tls_handshake_timeout)
+        costs this connection only, and is logged once."""
+        try:
+            tls_transport = await asyncio.get_running_loop().start_tls(
+                transport, self, self.tls, server_side=True,
+                ssl_handshake_timeout=self.server.config.tls_handshake_timeout)
+            if tls_transport is None:  # closed meanwhile (the server stopping)
+                raise ConnectionAbortedError("closed during the TLS handshake")
+        except Exception as exc:  # noqa: BLE001 - whatever it was, only this connection ends
+            log.warning("%s: RTMPS: TLS handshake failed: %s", self.peer, str(exc) or type(exc).__name__)
+            self.server.errors["tls_handshake"] += 1
+            self._tls_handshake = None
+            transport.abort()
+            self.connection_lost(exc)  # asyncio does not call it for a connection that never was TLS
+            return
+        self._tls_handshake = None
+        self.transport = tls_transport
+        self._arm_timer()
+        if self.session.has_work:  # C0/C1 that came with the end of the handshake
+            self._process()
 
     def get_buffer(self, sizehint: int):
         return self.session.get_buffer(sizehint)
@@ -75,7 +106,9 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.server._bytes_in += nbytes
         session = self.session
         session.buffer_updated(nbytes)
-        if session.has_work:  # most reads carry media only, which the session handed on already
+        # most reads carry media only, which the session handed on already; what comes with the
+        # end of a TLS handshake waits for the TLS transport (answers must not go out in clear)
+        if session.has_work and self._tls_handshake is None:
             self._process()
         if self._reader_fd is not None:  # the handshake done: the shared reader's fast path from now
             self.server.reader.fast_path(self, session)
@@ -101,6 +134,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.transport.abort()
 
     def connection_lost(self, exc) -> None:
+        if self._tls_handshake is not None and not self._tls_handshake.done():
+            self._tls_handshake.cancel()
         if self._reader_fd is not None:
             self.server.reader.remove(self)
         self.server.connections.discard(self)
@@ -202,9 +237,11 @@ class RtmpServer:
         self._bytes_in = 0  # read by the connections themselves (handshakes, no shared reader)
         self.errors: Counter[str] = Counter()  # connections closed by us, by reason
         self._server: asyncio.AbstractServer | None = None
+        self._tls_server: asyncio.AbstractServer | None = None  # RTMPS, when started with a context
         self.reader: SharedReader | None = None  # reads every connection's socket (None: asyncio does)
 
-    async def start(self) -> None:
+    async def start(self, tls: ssl.SSLContext | None = None) -> None:
+        """Listen for RTMP; with ``tls`` and [rtmp] tls_port, for RTMPS too."""
         loop = asyncio.get_running_loop()
         self.reader = SharedReader.create(loop, self.config.read_coalesce)
         try:
@@ -214,6 +251,18 @@ class RtmpServer:
         except OSError as exc:
             raise listener_error(exc, "RTMP", self.config.host, self.config.port) from None
         log.info("RTMP listening on %s:%d", *self.address)
+        if tls is None or self.config.tls_port is None:
+            return
+        # plain TCP: each connection starts TLS itself (RtmpConnection._start_tls), so that a
+        # failed handshake is seen and logged, and counts against max_connections while it lasts
+        try:
+            self._tls_server = await loop.create_server(
+                lambda: RtmpConnection(self, tls), self.config.tls_host, self.config.tls_port
+            )
+        except OSError as exc:
+            self._server.close()
+            raise listener_error(exc, "RTMPS", self.config.tls_host, self.config.tls_port) from None
+        log.info("RTMPS listening on %s:%d", *self.tls_address)
 
     @property
     def bytes_in(self) -> int:
@@ -225,11 +274,20 @@ class RtmpServer:
         sock = self._server.sockets[0]
         return sock.getsockname()[:2]
 
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """Where the RTMPS listener is bound (None: no RTMPS)."""
+        if self._tls_server is None:
+            return None
+        return self._tls_server.sockets[0].getsockname()[:2]
+
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for conn in tuple(self.connections):
-                conn.transport.close()
-            await self._server.wait_closed()
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        for server in servers:
+            server.close()
+        for conn in tuple(self.connections):
+            conn.transport.close()
+        for server in servers:
+            await server.wait_closed()
         if self.reader is not None:
             self.reader.close()

@@ -1,0 +1,130 @@
+"""RTMPS: publishers over TLS into the same ingest, beside the plain RTMP listener."""
+
+import asyncio
+import ssl
+
+import pytest
+
+from rtmpq.config import ConfigError, IngestConfig, PublishConfig
+from rtmpq.media.broadcast import BroadcastRegistry
+from rtmpq.nodes.ingest import IngestNode
+
+from .conftest import need, start_up_node, until
+from .publishers import as_packets, collect_broadcast, ffmpeg_publish_args, probe_packets, run_process
+from .rtmp_client import TcpPublisher
+from .test_edge import count_frames, http_get
+
+# short, so that a test sees a stalled handshake dropped
+HANDSHAKE_TIMEOUT = 0.5
+
+
+def rtmps_config(**kw) -> IngestConfig:
+    return IngestConfig(host="127.0.0.1", port=0, tls_host="127.0.0.1", tls_port=0,
+                        tls_handshake_timeout=HANDSHAKE_TIMEOUT, **kw)
+
+
+@pytest.fixture
+async def ingest(tmp_path):
+    node = IngestNode(BroadcastRegistry(), rtmps_config(), PublishConfig(grace_period=0, keys={"sk-1": "show"}),
+                      state_dir=tmp_path / "state")
+    await node.start()
+    yield node
+    await node.close()
+
+
+def verifying_context(node: IngestNode) -> ssl.SSLContext:
+    """What a streamer who checks the node's self-signed certificate uses."""
+    return ssl.create_default_context(cafile=node.state_dir / "tls" / "cert.pem")
+
+
+async def test_ffmpeg_publishes_over_rtmps_and_the_hls_edge_serves_every_frame(tmp_path):
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, rtmp=rtmps_config())
+    try:
+        ref = str(tmp_path / "ref.flv")
+        tls_port = node.rtmp.tls_address[1]
+        host, http_port = node.edge.address
+        base = f"http://{host}:{http_port}/live/secure"
+        publisher = asyncio.create_task(run_process(
+            ffmpeg_publish_args(f"rtmps://127.0.0.1:{tls_port}/live/secure", ref)))
+        await node.registry.wait_for("live/secure", 10)
+        assert (await http_get(f"{base}/index.m3u8"))[0] == 200  # a viewer while it is live
+        rc, out = await publisher
+        assert rc == 0, out
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while not (await http_get(f"{base}/video.m3u8"))[2].rstrip().endswith(b"#EXT-X-ENDLIST"):
+            assert loop.time() < end, "the broadcast did not end"
+            await asyncio.sleep(0.1)
+        reference = probe_packets(ref)
+        counts = await count_frames(f"{base}/index.m3u8")
+        assert counts["video"] == len([p for p in reference if p.track == "video"]) > 60
+        assert counts["audio"] == len([p for p in reference if p.track == "audio"])
+    finally:
+        await node.close()
+
+
+async def test_publish_keys_apply_over_rtmps(ingest, caplog):
+    caplog.set_level("DEBUG")
+    tls_port = ingest.tls_address[1]
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await TcpPublisher.publish(tls_port, "not-a-key", ssl=verifying_context(ingest))
+    assert ingest.registry.get("live/not-a-key") is None
+    # the node's self-signed certificate verifies for a streamer who has it (127.0.0.1 in its names)
+    publisher = await TcpPublisher.publish(tls_port, "sk-1", ssl=verifying_context(ingest))
+    await until(lambda: ingest.registry.get("live/show") is not None, what="live/show")
+    publisher.close()
+    assert ": publishing live/" in caplog.text  # logged with the peer, as on plain RTMP
+    assert "sk-1" not in caplog.text and "not-a-key" not in caplog.text  # the keys are not
+
+
+async def test_plain_rtmp_and_silence_on_the_tls_port_are_dropped_without_touching_a_publisher(ingest, tmp_path):
+    need("ffmpeg")
+    ref = str(tmp_path / "ref.flv")
+    collector = asyncio.create_task(collect_broadcast(ingest.registry, "live/show"))
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{ingest.address[1]}/live/sk-1", ref)))
+    await ingest.registry.wait_for("live/show", 10)
+    tls_port = ingest.tls_address[1]
+    # an encoder given rtmp:// for the RTMPS port: its handshake is no TLS, it is closed at once
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await TcpPublisher.publish(tls_port, "sk-1", timeout=5)
+    # a client that opens TCP and says nothing is dropped after the handshake timeout
+    reader, writer = await asyncio.open_connection("127.0.0.1", tls_port)
+    started = asyncio.get_running_loop().time()
+    async with asyncio.timeout(HANDSHAKE_TIMEOUT + 5):
+        assert await reader.read(1) == b""
+    assert asyncio.get_running_loop().time() - started >= HANDSHAKE_TIMEOUT * 0.9
+    writer.close()
+    assert ingest.server.errors["tls_handshake"] == 2
+    rc, out = await publisher
+    assert rc == 0, out
+    _, frames = await collector
+    assert as_packets(frames) == probe_packets(ref)  # every frame of the plain publisher arrived
+    await until(lambda: not ingest.server.connections, what="every connection gone")
+
+
+async def test_max_connections_counts_both_listeners(tmp_path):
+    node = IngestNode(BroadcastRegistry(), rtmps_config(max_connections=1), PublishConfig(grace_period=0),
+                      state_dir=tmp_path / "state")
+    await node.start()
+    try:
+        publisher = await TcpPublisher.publish(node.address[1], "cam")
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError, ssl.SSLError)):
+            await TcpPublisher.publish(node.tls_address[1], "cam2", ssl=verifying_context(node), timeout=5)
+        assert node.server.errors["max_connections"] == 1
+        publisher.close()
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize("files", ["missing", "not-pem"])
+async def test_an_unreadable_certificate_is_a_config_error_at_start(tmp_path, files):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    if files == "not-pem":
+        cert.write_text("not a certificate")
+        key.write_text("not a key")
+    node = IngestNode(BroadcastRegistry(), rtmps_config(tls_cert=cert, tls_key=key), state_dir=tmp_path / "state")
+    with pytest.raises(ConfigError, match="rtmp.tls_cert"):
+        await node.start()
+    await node.close()
