@@ -116,6 +116,15 @@ async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = 
     return got
 
 
+class EventRecorder:
+    """A raw MoQ session's events, every one in order, for a test to wait on and read."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.events: list = []
+        conn.handler = lambda _c, e: self.events.append(e)
+
+
 async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:
     """GET ``url`` as a player would: (status, body); status 0 when nothing listens. With
     ``until_live``, asks again while the broadcast is not there yet (404/503), up to ``deadline``."""

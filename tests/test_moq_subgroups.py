@@ -13,7 +13,7 @@ from rtmpq.moq import wire
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import ObjectStatus
 
-from .conftest import serving_relay
+from .conftest import EventRecorder, serving_relay
 
 BACKENDS = ["aioquic", "aiopquic"]
 SUBGROUPS = 3
@@ -81,13 +81,8 @@ class LayeredPublisher:
         self.conn.flush()
 
 
-class Viewer:
+class Viewer(EventRecorder):
     """A raw MoQ session's events, for waiting on them."""
-
-    def __init__(self, conn) -> None:
-        self.conn = conn
-        self.events: list = []
-        conn.handler = lambda _c, e: self.events.append(e)
 
     def objects(self) -> list:
         return [e for e in self.events if isinstance(e, (ev.ObjectReceived, ev.FetchObjectReceived))]

@@ -24,7 +24,7 @@ from rtmpq.moq.wire import (
     decode_location_param,
 )
 
-from .conftest import serving_relay, until
+from .conftest import EventRecorder, serving_relay, until
 
 BACKENDS = ["aioquic", "aiopquic"]
 NAMESPACE = ("live", "f")
@@ -56,13 +56,8 @@ class Publisher:
         self.conn.flush()
 
 
-class Viewer:
+class Viewer(EventRecorder):
     """A raw subscriber session: every event it gets, in order."""
-
-    def __init__(self, conn) -> None:
-        self.conn = conn
-        self.events: list = []
-        conn.handler = lambda _c, e: self.events.append(e)
 
     def subscribe(self, **kwargs) -> int:
         rid = self.conn.session.subscribe(NAMESPACE, "video", **kwargs)
