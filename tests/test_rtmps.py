@@ -75,6 +75,7 @@ async def test_publish_keys_apply_over_rtmps(ingest, caplog):
     await until(lambda: ingest.registry.get("live/show") is not None, what="live/show")
     publisher.close()
     assert ": publishing live/" in caplog.text  # logged with the peer, as on plain RTMP
+    assert "over RTMPS" in caplog.text  # and an operator reads which listener it came by
     assert "sk-1" not in caplog.text and "not-a-key" not in caplog.text  # the keys are not
 
 

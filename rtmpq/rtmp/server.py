@@ -173,7 +173,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
                     pub.close(event.reason)
                 self._publish_idle()
             elif isinstance(event, Connected):
-                log.info("%s: connected to app %r (%s)", self.peer, event.app, event.flash_ver[:64])
+                log.info("%s: connected to app %r%s (%s)", self.peer, event.app, " over RTMPS" if self.tls else "",
+                         event.flash_ver[:64])
             elif isinstance(event, HandshakeCompleted):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
