@@ -171,7 +171,8 @@ async def first_video_line(sub: asyncio.subprocess.Process, deadline: float = 30
     """Read ``rtmpq sub --json`` output until its first video object (the track is relayed, live)."""
     async with asyncio.timeout(deadline):
         while b'"track": "video"' not in await sub.stdout.readline():
-            assert not sub.stdout.at_eof(), "the subscriber ended"
+            if sub.stdout.at_eof():  # say why it ended (it logs a few lines at most)
+                raise AssertionError(f"the subscriber ended: {(await sub.stderr.read()).decode(errors='replace')}")
 
 
 async def relayed_live_track(tmp_path, *, below: bool):
@@ -191,7 +192,7 @@ async def relayed_live_track(tmp_path, *, below: bool):
     for port in [pmoq, pmoq2] if below else [pmoq]:
         sub = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure", "--json",
-            "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         others.append(sub)
         await first_video_line(sub)
     return procs, others
