@@ -187,14 +187,19 @@ async def relayed_live_track(tmp_path, *, below: bool):
                                       "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure"))
     procs.append(await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
                                   "--insecure"))
-    await wait_tcp(prtmp)
-    others = [await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam"))]
-    for port in [pmoq, pmoq2] if below else [pmoq]:
-        sub = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure", "--json",
-            "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        others.append(sub)
-        await first_video_line(sub)
+    others = []
+    try:
+        await wait_tcp(prtmp)
+        others.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam")))
+        for port in [pmoq, pmoq2] if below else [pmoq]:
+            sub = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure", "--json",
+                "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            others.append(sub)
+            await first_video_line(sub)
+    except BaseException:  # the caller never gets them to stop: stop them here (a failed run left them running)
+        await stop_others(others + procs)
+        raise
     return procs, others
 
 
