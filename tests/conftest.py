@@ -116,6 +116,20 @@ async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = 
     return got
 
 
+async def announced(conn, namespace: tuple[str, ...] = ("live", "x")) -> None:
+    """``conn`` has announced ``namespace`` to the relay (PUBLISH_NAMESPACE accepted); its handler
+    is taken over for that."""
+    from rtmpq.moq import events as ev
+
+    answers: list = []
+    conn.handler = lambda _c, e: answers.append(e)
+    conn.session.publish_namespace(namespace)
+    conn.flush()
+    async with asyncio.timeout(10):
+        while not any(isinstance(e, ev.RequestAccepted) for e in answers):
+            await asyncio.sleep(0.02)
+
+
 class EventRecorder:
     """A raw MoQ session's events, every one in order, for a test to wait on and read."""
 

@@ -21,7 +21,7 @@ from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus, StreamResetCode
 
-from .conftest import free_port, serving_relay, subscribe_to_raw_publisher
+from .conftest import announced, free_port, serving_relay, subscribe_to_raw_publisher
 from .test_moq_object_status import answer_subscribes
 
 BACKENDS = ["aioquic", "aiopquic"]
@@ -100,17 +100,6 @@ def rest_after_first_subgroup(pub: LayeredPublisher):
     """Groups 0 and 1 in turn (``in_turn``), group 0's subgroup 0 when video is subscribed."""
     pub.on_video = lambda: pub.subgroup(0, 0)
     return in_turn(pub, range(2), 2 * SUBGROUPS)
-
-
-async def announced(pub_conn) -> None:
-    """``pub_conn`` has announced live/x to the relay (PUBLISH_NAMESPACE accepted)."""
-    answers: list = []
-    pub_conn.handler = lambda _c, e: answers.append(e)
-    pub_conn.session.publish_namespace(("live", "x"))
-    pub_conn.flush()
-    async with asyncio.timeout(10):
-        while not any(isinstance(e, ev.RequestAccepted) for e in answers):
-            await asyncio.sleep(0.02)
 
 
 async def subscribed(conn, seen, **options) -> list:

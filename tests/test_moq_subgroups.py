@@ -13,7 +13,7 @@ from rtmpq.moq import wire
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import ObjectStatus
 
-from .conftest import EventRecorder, serving_relay
+from .conftest import EventRecorder, announced, serving_relay
 
 BACKENDS = ["aioquic", "aiopquic"]
 SUBGROUPS = 3
@@ -100,16 +100,6 @@ class Viewer(EventRecorder):
             await asyncio.sleep(0.02)
 
 
-async def announce(pub) -> None:
-    answers: list = []
-    pub.handler = lambda _c, e: answers.append(e)
-    pub.session.publish_namespace(NAMESPACE)
-    pub.flush()
-    async with asyncio.timeout(10):
-        while not any(isinstance(e, ev.RequestAccepted) for e in answers):
-            await asyncio.sleep(0.02)
-
-
 def subscribe(viewer: Viewer) -> None:
     viewer.conn.session.subscribe(NAMESPACE, "video")
     viewer.conn.flush()
@@ -142,7 +132,7 @@ async def test_a_subscriber_gets_every_subgroup_on_its_own_stream(tmp_path, back
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
-            await announce(pub)
+            await announced(pub, NAMESPACE)
             LayeredPublisher(pub, on_subscribe)
             viewer = Viewer(conn)
             subscribe(viewer)
@@ -171,7 +161,7 @@ async def test_a_late_joiner_and_a_fetch_get_the_cached_objects_in_their_subgrou
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as first_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as late_conn):
-            await announce(pub)
+            await announced(pub, NAMESPACE)
             publisher = LayeredPublisher(pub, on_subscribe)
             first = Viewer(first_conn)
             subscribe(first)
@@ -216,7 +206,7 @@ async def test_end_of_track_on_one_subgroup_waits_for_the_others(tmp_path, backe
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn):
-            await announce(pub)
+            await announced(pub, NAMESPACE)
             publisher = LayeredPublisher(pub, on_subscribe)
             viewer = Viewer(conn)
             subscribe(viewer)
