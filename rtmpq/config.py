@@ -445,6 +445,8 @@ def validate(config: Config) -> None:
         raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
+    if (config.moq.certfile is None) != (config.moq.keyfile is None):  # one alone was silently self-signed
+        raise ConfigError("moq.certfile and moq.keyfile go together (--cert and --key)")
     d = config.directory
     if d.url and not d.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"directory.url: expected redis://HOST:PORT (got {d.url!r})")

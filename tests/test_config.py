@@ -70,6 +70,8 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('[rtmp]\ntls_key = "k.pem"\n', "rtmp.tls_cert and rtmp.tls_key go together"),
+    ('[moq]\ncertfile = "c.pem"\n', "moq.certfile and moq.keyfile go together"),  # was: self-signed, silently
+    ('[moq]\nkeyfile = "k.pem"\n', "moq.certfile and moq.keyfile go together"),
     ("[rtmp]\ntls_port = 70000\n", "rtmp.tls_port: 70000 is not a port number"),
     ("[rtmp]\ntls_handshake_timeout = 0\n", "rtmp.tls_handshake_timeout: must be positive"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
@@ -139,3 +141,55 @@ def test_sub_says_at_once_when_no_server_answers():
     assert f"127.0.0.1:{port}" in out.stderr and "no MoQ answer" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "never retrieved" not in out.stderr, out.stderr
     assert time.monotonic() - started < 15
+
+
+def test_a_moq_certificate_without_its_key_is_refused(tmp_path):
+    """--cert alone used to start the node on its self-signed certificate, saying nothing."""
+    bad = run_cli("up", "--rtmp", "127.0.0.1:0", "--moq", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                  "--state-dir", str(tmp_path / "state"), "--cert", str(tmp_path / "c.pem"))
+    assert bad.returncode == 2 and "moq.certfile and moq.keyfile go together (--cert and --key)" in bad.stderr
+
+
+async def test_a_certificate_that_cannot_be_loaded_names_its_settings(tmp_path):
+    """The MoQ and HTTPS listeners' files, like RTMPS's: the error names the setting and the files
+    (it was picoquic's or Python's bare "No such file or directory" / "Invalid PEM encoding")."""
+    from rtmpq.config import HttpConfig
+    from rtmpq.http.server import HttpServer
+    from rtmpq.moq.tls import ensure_self_signed, server_pair
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    _, other_key = ensure_self_signed(tmp_path / "other")
+    for c, k in ((tmp_path / "missing.pem", key), (garbage, garbage), (cert, other_key)):
+        with pytest.raises(ConfigError, match=re.escape(f"moq.certfile/moq.keyfile (--cert/--key): cannot load {c} with {k}")):
+            server_pair(c, k, tmp_path / "state")
+        server = HttpServer(None, HttpConfig(host="127.0.0.1", port=0, certfile=c, keyfile=k))
+        with pytest.raises(ConfigError, match=re.escape(f"http.certfile/http.keyfile (--http-cert/--http-key): "
+                                                        f"cannot load {c} with {k}")):
+            await server.start()
+    assert server_pair(cert, key, tmp_path / "state")[:2] == (cert, key)
+    assert server_pair(None, None, tmp_path / "state")[:2] == ensure_self_signed(tmp_path / "state" / "tls")
+
+
+def test_the_fingerprint_of_a_certificate_chain_is_its_first_certificates(tmp_path):
+    """A CA's certificate file holds the chain after the node's own (Let's Encrypt's
+    fullchain.pem): the fingerprint the node logs (and registers in the directory) is of the node's
+    own, as openssl and the clients see it. It was the hash of the whole file's base64 decoded as one,
+    wrong for most chains."""
+    import hashlib
+    import ssl
+
+    from rtmpq.moq.tls import ensure_self_signed, fingerprint, server_pair
+
+    ca, _ = ensure_self_signed(tmp_path / "ca")
+    for i in range(8):  # whether the old decoding went wrong depended on the certificate's length
+        cert, key = ensure_self_signed(tmp_path / f"node{i}")
+        own = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+        chain = tmp_path / f"fullchain{i}.pem"
+        chain.write_text(cert.read_text() + ca.read_text())
+        assert fingerprint(chain) == own
+        assert server_pair(chain, key, tmp_path / "state")[2] == own
+        bagged = tmp_path / f"bagged{i}.pem"  # openssl pkcs12 -nokeys writes attributes before it
+        bagged.write_text("Bag Attributes\n    localKeyID: 01\nsubject=CN = localhost\n" + cert.read_text())
+        assert fingerprint(bagged) == own

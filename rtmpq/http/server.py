@@ -77,7 +77,14 @@ class HttpServer:
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            try:
+                ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
+                from ..config import ConfigError  # (config imports the edge, which imports this)
+
+                raise ConfigError(f"http.certfile/http.keyfile (--http-cert/--http-key): cannot load "
+                                  f"{self.config.certfile} with {self.config.keyfile}: "
+                                  f"{exc.strerror or exc.reason or exc}") from None
             ctx.set_alpn_protocols(["h2", "http/1.1"])
         loop = asyncio.get_running_loop()
         try:

@@ -4,6 +4,7 @@ import datetime
 import hashlib
 import ipaddress
 import logging
+import re
 import ssl
 from pathlib import Path
 
@@ -47,10 +48,39 @@ def ensure_self_signed(directory: str | Path, hostname: str = "localhost") -> tu
     return cert_path, key_path
 
 
+# One PEM certificate block: a certificate file may hold the chain after it (Let's Encrypt's
+# fullchain.pem) and text before it (openssl's "Bag Attributes").
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
 def fingerprint(cert_path: str | Path) -> str:
-    """SHA-256 of the DER certificate, as hex (what ``--fingerprint`` takes)."""
-    der = ssl.PEM_cert_to_DER_cert(Path(cert_path).read_text())
+    """SHA-256 of the DER certificate (the first of the file: the node's own, before its chain),
+    as hex (what ``--fingerprint`` takes)."""
+    text = Path(cert_path).read_text()
+    block = _PEM_CERT.search(text)
+    if block is None:
+        raise ValueError(f"{cert_path}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it")
+    der = ssl.PEM_cert_to_DER_cert(block.group(0))
     return hashlib.sha256(der).hexdigest()
+
+
+def server_pair(certfile: Path | None, keyfile: Path | None, state_dir: Path) -> tuple[Path, Path, str]:
+    """(cert, key, SHA-256) of the MoQ listener: [moq] certfile/keyfile (--cert/--key), or the
+    self-signed pair in ``state_dir``/tls when neither is set. A file that cannot be read, is not
+    PEM or does not hold a matching pair is a ConfigError that names the settings, before a QUIC
+    library says so in its own words (or, for the fingerprint, without the file's name)."""
+    from ..config import ConfigError
+
+    if certfile is None or keyfile is None:  # validate() refuses one without the other
+        cert, key = ensure_self_signed(state_dir / "tls")
+        return cert, key, fingerprint(cert)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+        return certfile, keyfile, fingerprint(certfile)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(f"moq.certfile/moq.keyfile (--cert/--key): cannot load {certfile} with {keyfile}: "
+                          f"{reason}") from None
 
 
 def der_fingerprint(der: bytes) -> str:

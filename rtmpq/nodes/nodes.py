@@ -11,7 +11,7 @@ from ..edge.server import EdgeServer
 from ..http.server import HttpServer
 from ..media.broadcast import BroadcastRegistry
 from ..moq.relay import MoqRelay
-from ..moq.tls import ensure_self_signed, fingerprint
+from ..moq.tls import server_pair
 from ..moq.transport import bound_host, serve_moq
 from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
@@ -54,13 +54,10 @@ def node_access(config: Config) -> Access:
 
 
 async def serve_relay(relay: MoqRelay, moq: MoqConfig):
-    cert, key = moq.certfile, moq.keyfile
-    if cert is None or key is None:
-        cert, key = ensure_self_signed(moq.state_dir / "tls")
+    cert, key, relay.fingerprint = server_pair(moq.certfile, moq.keyfile, moq.state_dir)
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend)
     relay.start()
-    relay.fingerprint = fingerprint(cert)
     log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, relay.fingerprint)
     return server
 

@@ -13,7 +13,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, 
 from ..moq.broadcast_source import with_added_tracks
 from ..moq.relay import MoqRelay
 from ..moq.relay_sink import InProcessSink
-from ..moq.tls import ensure_self_signed, fingerprint
+from ..moq.tls import server_pair
 from ..moq.transport import bound_host, serve_moq
 from ..ops.routes import OpsRoutes
 from ..ops.view import NodeView
@@ -172,10 +172,8 @@ class UpNode:
     async def start(self) -> None:
         await self.rtmp.start()
         await self.edge.start()
-        cert, key = self.moq_config.certfile, self.moq_config.keyfile
-        if cert is None or key is None:
-            cert, key = ensure_self_signed(self.moq_config.state_dir / "tls")
-        self.fingerprint = fingerprint(cert)
+        cert, key, self.fingerprint = server_pair(self.moq_config.certfile, self.moq_config.keyfile,
+                                                  self.moq_config.state_dir)
         self._quic_port = self.moq_config.port
         if self.moq_config.backend == "aiopquic" and not self._quic_port:
             self._quic_port = free_udp_port(self.moq_config.host)  # picoquic does not report a port 0 bind
