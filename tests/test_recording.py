@@ -154,3 +154,47 @@ def _no_leftover_threads():
     while any(t.name.startswith("rtmpq-recorder") for t in threading.enumerate()):
         assert time.monotonic() < deadline, "a recorder thread outlived close()"
         time.sleep(0.01)
+
+
+async def test_a_record_dir_that_cannot_be_written_stops_the_node_at_start(tmp_path):
+    """It used to start, then log "recording of live/x stopped: NotADirectoryError" at each publish
+    (naming neither the setting nor the directory) while the streams went on unrecorded."""
+    from rtmpq.config import ConfigError, IngestConfig
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.nodes.ingest import IngestNode
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    node = IngestNode(BroadcastRegistry(), IngestConfig(host="127.0.0.1", port=0, record_dir=blocker / "rec"),
+                      state_dir=tmp_path / "state")
+    with pytest.raises(ConfigError, match=f"rtmp.record_dir \\(--record\\): cannot record in {blocker / 'rec'}: "
+                                          "Not a directory"):
+        await node.start()
+    good = IngestNode(BroadcastRegistry(), IngestConfig(host="127.0.0.1", port=0, record_dir=tmp_path / "new" / "rec"),
+                      state_dir=tmp_path / "state")
+    await good.start()  # made at start, nothing left in it
+    try:
+        assert (tmp_path / "new" / "rec").is_dir() and not list((tmp_path / "new" / "rec").iterdir())
+    finally:
+        await good.close()
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_the_start_log_names_the_file_where_names_are_public(tmp_path, caplog, public):
+    """With [publish.keys] or [auth] the file name holds the public name: the log gives the file
+    the operator looks for. On an open node it holds the key: the log leaves it out."""
+    from rtmpq import redact
+
+    caplog.set_level(logging.INFO)
+    redact.names_are_public(public)
+    try:
+        rec = FlvRecorder(tmp_path, "live/cam", started=0)
+        rec.write(*TAGS[1])
+        rec.close()
+    finally:
+        redact.names_are_public(False)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recording ")]
+    if public:
+        assert line == f"recording live/cam to {tmp_path / 'live' / 'cam-19700101T000000Z.flv'}"
+    else:
+        assert "cam" not in line.replace(str(tmp_path), "") and line.endswith("….flv")

@@ -36,6 +36,7 @@ import h2.exceptions
 import h2.settings
 import h11
 
+from ..config import ConfigError
 from ..errors import listener_error
 from .message import Request, Response, text
 
@@ -80,8 +81,6 @@ class HttpServer:
             try:
                 ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
-                from ..config import ConfigError  # (config imports the edge, which imports this)
-
                 raise ConfigError(f"http.certfile/http.keyfile (--http-cert/--http-key): cannot load "
                                   f"{self.config.certfile} with {self.config.keyfile}: "
                                   f"{exc.strerror or exc.reason or exc}") from None

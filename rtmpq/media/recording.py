@@ -14,11 +14,13 @@ reader's receive blocks, which are never reused (or copies it made), so they sta
 import asyncio
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
 
+from ..config import ConfigError
 from ..redact import safe_name
 from .flv import FlvWriter, tag_pieces
 
@@ -41,6 +43,20 @@ RECORDER_WAKE_INTERVAL = 0.2
 _TAG_OVERHEAD = 15
 # pieces one writev takes (Linux: 1024; sysconf says -1 where it is not known)
 _IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16
+
+
+def check_record_dir(directory: str | Path) -> None:
+    """At start: make ``directory`` ([rtmp] record_dir) and a file in it, so that a node that
+    cannot record says so and does not start (it used to start and log an error at each publish,
+    which went on unrecorded). A ConfigError that names the setting."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"rtmp.record_dir (--record): cannot record in {directory}: "
+                          f"{exc.strerror or exc}") from None
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
@@ -124,7 +140,7 @@ class FlvRecorder:
             self._queue.clear()
             self._queued_bytes = 0
             self._wake.notify()
-            log.error("recording of %s stopped: %s", self._name, why)
+            log.error("recording of %s in %s stopped: %s", self._name, self._directory, why)
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -138,7 +154,10 @@ class FlvRecorder:
             # bytes are not copied once more on their way to the kernel
             file = open(self.path, "wb", buffering=0)
             FlvWriter(file, has_audio=True, has_video=True)  # writes the FLV header; tags go out below
-            log.info("recording %s to %s", self._name, self.path.parent / f"…{self.path.suffix}")
+            # the file is named after the broadcast: logged whole where names are public (mapped
+            # keys, tokens), without its name where the key is the name (an open node)
+            shown = self.path if self._name == self._broadcast else self.path.parent / f"…{self.path.suffix}"
+            log.info("recording %s to %s", self._name, shown)
             while True:
                 with self._wake:
                     while not self._queue and not self._closing and not self.stopped:

@@ -18,7 +18,7 @@ from ..media.broadcast import Broadcast, BroadcastRegistry
 from ..media.catalog import Catalog
 from ..media.demux import BroadcastDemuxer
 from ..media.frames import Frame
-from ..media.recording import FlvRecorder
+from ..media.recording import FlvRecorder, check_record_dir
 from ..redact import safe_name
 from ..rtmp.server import RtmpConnection, RtmpServer
 from ..rtmp.session import MediaMessage, PublishRequested
@@ -111,6 +111,8 @@ class IngestNode:
         return self.server.tls_address
 
     async def start(self) -> None:
+        if self.config.record_dir:
+            check_record_dir(self.config.record_dir)
         tls = rtmps_context(self.config, self.state_dir) if self.config.tls_port is not None else None
         await self.server.start(tls)
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
