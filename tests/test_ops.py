@@ -171,3 +171,17 @@ async def test_operator_routes_refuse_other_methods(tmp_path, path):
             assert r.status_code == 405
     finally:
         await node.close()
+
+
+def test_a_rate_read_again_within_its_window_keeps_its_first_figure():
+    """The status page (every 2 s) and a scrape read the same rates: the API's video bitrate and
+    the bitrate gauges went missing (null) on the second reading after a broadcast appeared."""
+    from rtmpq.ops.view import RATE_WINDOW, _Rate
+
+    rate = _Rate()
+    assert rate("in", 1_000_000, now=100.0, since=96.0) == 2_000_000  # the average since it started
+    assert rate("in", 1_100_000, now=100.5, since=96.0) == 2_000_000  # within the window: the same
+    assert rate("in", 1_000_000 + 250_000 * RATE_WINDOW, now=100.0 + RATE_WINDOW, since=96.0) == 2_000_000
+    assert rate("out", 5_000, now=100.0, since=None) is None  # no start to average from: nothing yet
+    assert rate("out", 6_000, now=100.5, since=None) is None
+    assert rate("out", 5_000 + 1_000 * RATE_WINDOW, now=100.0 + RATE_WINDOW, since=None) == 8_000

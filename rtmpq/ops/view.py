@@ -52,10 +52,13 @@ class _Rate:
     def __call__(self, key, total: int, now: float, since: float | None) -> float | None:
         last = self._last.get(key)
         if last is None:
-            self._last[key] = (now, total, None)
+            rate = None
             if since is not None and now - since > 0.5:  # the average since it started, for a start
-                return total * 8 / (now - since)
-            return None
+                rate = total * 8 / (now - since)
+            # kept as the reading until the window's end: a second reading within it (the status
+            # page's next refresh, a scrape) said nothing after the first had said a rate
+            self._last[key] = (now, total, rate)
+            return rate
         t, b, rate = last
         if now - t >= RATE_WINDOW:
             rate = (total - b) * 8 / (now - t)
