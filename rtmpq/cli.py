@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", parents=[common], help="print the effective configuration",
                             description="Print the configuration that --config, the environment and the "
                                         "defaults make, as TOML, with secrets masked.")
-    config.add_argument("action", choices=["show"])
+    config.add_argument("action", nargs="?", choices=["show"], default="show",
+                        help="show (the default): print it")
     return parser
 
 

@@ -112,6 +112,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_cli_config_show_and_errors(tmp_path):
     ok = run_cli("config", "show", "--config", str(write(tmp_path, "[http]\nport = 9090\n")))
     assert ok.returncode == 0 and "port = 9090" in ok.stdout
+    bare = run_cli("config", "--config", str(write(tmp_path, "[http]\nport = 9090\n")))  # show is the default
+    assert bare.returncode == 0 and bare.stdout == ok.stdout, bare.stderr  # was: "arguments are required: action"
     bad = run_cli("up", "--config", str(write(tmp_path, "[http]\nprot = 9090\n")))
     assert bad.returncode == 2 and "unknown key in [http] 'prot'" in bad.stderr
 

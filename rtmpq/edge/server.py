@@ -260,7 +260,7 @@ class EdgeServer:
                         "(or give --static DIR holding hls.min.js); playlists work without it", self.static_dir)
         await self.http.start()
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        log.info("LL-HLS on %s://%s:%d/live/<key>/index.m3u8", self.http.scheme, *self.address)
+        log.info("LL-HLS on %s://%s:%d/live/<name>/index.m3u8", self.http.scheme, *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
