@@ -321,6 +321,8 @@ def _coerce(where: str, kind, value, *, from_text: bool):
         if typing.get_origin(kind) is dict:
             if from_text:  # RTMPQ_PUBLISH_KEYS="key1=name1,key2=name2"
                 value = dict(item.split("=", 1) for item in str(value).split(",") if item)
+            if where == "transcode.bitrates" and isinstance(value, dict):  # "480p" = 1000: kbit/s as a number
+                value = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
                 raise ValueError("expected a table of strings")
             return dict(value)
@@ -484,8 +486,11 @@ def show(config: Config) -> str:
             lines.append(f"{key} = {_toml_value(value)}")
         for key, table in tables:
             lines.append(f"[{section}.{key}]")
-            for i, name in enumerate(table.values()):  # the keys are secrets
-                lines.append(f'"********{i}" = {_toml_value(name)}')
+            if (section, key) == ("publish", "keys"):  # the stream keys are secrets, their names are not
+                for i, name in enumerate(table.values()):
+                    lines.append(f'"********{i}" = {_toml_value(name)}')
+            else:  # [transcode.bitrates], [transcode.presets]: by rung
+                lines.extend(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in table.items())
         lines.append("")
     return "\n".join(lines)
 

@@ -104,6 +104,17 @@ def test_show_masks_secrets(tmp_path):
     assert '"studio"' in text and "grace_period = 30.0" in text
 
 
+
+def test_show_names_the_rungs_of_the_transcode_tables(tmp_path):
+    """Only [publish.keys] holds secrets: the rungs of [transcode.bitrates] and [transcode.presets]
+    were masked like stream keys ("********0" = "1000"), so show could not say which rung was which."""
+    path = write(tmp_path, '[transcode]\nladder = "480p,360p"\n[transcode.bitrates]\n"480p" = "1000"\n'
+                           '[transcode.presets]\n"360p" = "medium"\n')
+    text = show(load_config(path, env={}))
+    assert '[transcode.bitrates]\n"480p" = "1000"\n' in text and '[transcode.presets]\n"360p" = "medium"\n' in text
+    assert load_config(write(tmp_path, text), env={}).transcode.bitrates == {"480p": "1000"}  # show's output loads
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rtmpq", *args], capture_output=True, text=True, timeout=30,
                           env=env)
@@ -195,3 +206,12 @@ def test_the_fingerprint_of_a_certificate_chain_is_its_first_certificates(tmp_pa
         bagged = tmp_path / f"bagged{i}.pem"  # openssl pkcs12 -nokeys writes attributes before it
         bagged.write_text("Bag Attributes\n    localKeyID: 01\nsubject=CN = localhost\n" + cert.read_text())
         assert fingerprint(bagged) == own
+
+
+def test_a_rung_bitrate_may_be_a_number(tmp_path):
+    """kbit/s per rung as an operator writes it ("480p" = 1000) or as the docs did ("1000")."""
+    for value in ("1000", '"1000"'):
+        path = write(tmp_path, f'[transcode]\nladder = "480p"\n[transcode.bitrates]\n"480p" = {value}\n')
+        assert load_config(path, env={}).transcode.bitrates == {"480p": "1000"}
+    with pytest.raises(ConfigError, match="transcode.bitrates"):
+        load_config(write(tmp_path, '[transcode]\nladder = "480p"\n[transcode.bitrates]\n"480p" = true\n'), env={})
