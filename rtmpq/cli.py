@@ -17,6 +17,7 @@ from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, DEF
                      ConfigError, bundled_static_dir, load_config, show)
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+log = logging.getLogger("rtmpq.nodes")
 
 
 def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
@@ -267,8 +268,15 @@ def _default_static_dir(config: Config) -> None:
 async def _run(args, config: Config) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    node = args.command != "sub"  # a node's log says why it stopped (else a stop and a crash look alike)
+
+    def on_signal(sig: signal.Signals) -> None:
+        if node and not stop.is_set():
+            log.info("%s: stopping (within [node] stop_timeout, %g s)", sig.name, config.node.stop_timeout)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     if args.command == "up":
         from .nodes.up import run_up
 
@@ -298,6 +306,7 @@ async def _run(args, config: Config) -> int:
         from .nodes.sub import run_sub
 
         return await run_sub(args, config, stop)
+    log.info("stopped")
     return 0
 
 

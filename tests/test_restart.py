@@ -60,6 +60,9 @@ async def test_sigterm_stops_publishers_finalizes_recordings_and_exits_in_time(t
         assert time.monotonic() - started < 4 + 2, "the node did not stop within its stop timeout"
         assert node.returncode == 0, err.decode()
         assert b"Traceback" not in err, err.decode()
+        # the log says the node was stopped, and that it got through (else a stop looks like a crash)
+        assert b"SIGTERM: stopping (within [node] stop_timeout, 4 s)" in err and err.rstrip().endswith(b"stopped"), \
+            err.decode()
         # the publisher was told and closed: ffmpeg ends on its own, long before its 60 s
         await asyncio.wait_for(publisher.wait(), 10)
         # the player saw the end of the playlist (or the server closing) and stopped by itself
