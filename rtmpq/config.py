@@ -358,6 +358,10 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
         for section, table in doc.items():
+            if section not in sections and not isinstance(table, dict):  # a key above every [section]
+                homes = [f"[{s}]" for s, kind in sections.items() if section in _keys(kind)]
+                raise ConfigError(f"{section!r} is outside any section: settings go under their [section]"
+                                  + (f" ({section} is in {', '.join(homes)})" if homes else ""))
             if section not in sections:
                 raise _unknown("config section", f"[{section}]", [f"[{s}]" for s in sections])
             if not isinstance(table, dict):

@@ -83,6 +83,9 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[auth]\nplayback_session = 0\n", "auth.playback_session: must be positive"),
     ('[publish.keys]\n"sk" = "a/b/c"\n', "publish.keys: 'a/b/c' is not a public name"),
     ("[rtmp\n", "config file"),
+    # a key above every section (was: "unknown config section '[secret]'")
+    ('secret = "x"\n[auth]\n', "'secret' is outside any section: settings go under their [section] (secret is in [auth])"),
+    ("prot = 1\n", "'prot' is outside any section: settings go under their [section]"),
 ])
 def test_a_bad_file_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
