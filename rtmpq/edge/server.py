@@ -401,7 +401,7 @@ class EdgeServer:
             return self._hls_js()
         m = _PATH.match(path)
         if m is None:
-            return text(404, "not found: expected /<app>/<key>/index.m3u8")
+            return text(404, "not found: expected /<app>/<name>/index.m3u8")
         name = f"{m['app']}/{m['key']}"
         file = m["file"]
         page = file in ("", "index.html")
