@@ -185,3 +185,30 @@ def test_a_rate_read_again_within_its_window_keeps_its_first_figure():
     assert rate("out", 5_000, now=100.0, since=None) is None  # no start to average from: nothing yet
     assert rate("out", 6_000, now=100.5, since=None) is None
     assert rate("out", 5_000 + 1_000 * RATE_WINDOW, now=100.0 + RATE_WINDOW, since=None) == 8_000
+
+
+def test_a_broadcast_whose_publisher_left_says_so():
+    """While a broadcast waits out [publish] grace_period for its encoder, the API and the status
+    page showed it as they did while the encoder sent (its stated bitrates too): an operator could
+    not tell a dropped encoder from a live one."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.ops.metrics import NodeMetrics
+    from rtmpq.ops.view import NodeView
+
+    registry = BroadcastRegistry()
+    broadcast = registry.publish("live/studio")
+    view = NodeView("up", registry=registry)
+    metrics = NodeMetrics(view)
+
+    def reading():
+        [item] = view.api_broadcasts()["items"]
+        return item["publishing"], samples(metrics.exposition().decode())[
+            ("rtmpq_broadcast_publishing", (("broadcast", "live/studio"),))]
+
+    assert reading() == (True, 1)
+    broadcast.publisher_left(30.0, 0.0)
+    assert reading() == (False, 0)
+    registry.publish("live/studio")  # back within the grace period
+    assert reading() == (True, 1)
+    assert NodeView("relay").api_broadcasts() == {"items": []}
+

@@ -31,7 +31,7 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
     need("ffmpeg")
     if not (STATIC / "hls.min.js").exists():
         pytest.fail("hls.js is not installed: run `make hlsjs`")
-    config = local_config(tmp_path)
+    config = local_config(tmp_path, grace_period=30.0)  # the broadcast waits for its publisher after it
     node = UpNode(config)
     await node.start()
     host, http_port = node.edge.address
@@ -56,8 +56,13 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
                                            "&& document.getElementById('video').currentTime > 1")
             assert playing, (await devtools.evaluate("location.href"),
                              await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
-        rc, out = await publisher
-        assert rc == 0, out
+            rc, out = await publisher
+            assert rc == 0, out
+            # the publisher left: the broadcast waits for it, and the page says so (it looked live)
+            await devtools.evaluate("location.href = '/'")
+            gone = await poll(devtools, """(() => { const r = document.querySelector('tr[data-name="live/web"]');
+                return r && r.textContent.includes('publisher gone') ? r.textContent : null; })()""")
+            assert gone, await devtools.evaluate("document.body.innerText")
     finally:
         browser.terminate()
         await browser.wait()

@@ -91,6 +91,9 @@ class NodeCollector:
                                       "whole groups dropped for readers or subscribers that fell behind", labels=b_)
         reconnects = CounterMetricFamily("rtmpq_broadcast_publisher_reconnects",
                                          "publishes that continued this broadcast after the first", labels=b_)
+        publishing = GaugeMetricFamily("rtmpq_broadcast_publishing",
+                                       "1 while a publisher is attached, 0 while the broadcast waits for it to return",
+                                       labels=b_)
         silence = CounterMetricFamily("rtmpq_broadcast_silent_audio_seconds",
                                       "silence the edge put into the HLS audio where the publisher sent none", labels=b_)
         for s in self.view.broadcasts():
@@ -112,8 +115,10 @@ class NodeCollector:
             skipped.add_metric(name, s.skipped_groups)
             reconnects.add_metric(name, max(0, s.publishes - 1))
             silence.add_metric(name, s.silent_audio_seconds)
+            if s.publishing is not None:
+                publishing.add_metric(name, 1 if s.publishing else 0)
         yield from (frames, bytes_in, bytes_out, rate_in, rate_out, groups, keyint, subs, viewers, skipped, reconnects,
-                    silence)
+                    publishing, silence)
 
     @staticmethod
     def _rungs(rungs):

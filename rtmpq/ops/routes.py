@@ -5,7 +5,7 @@
     GET /healthz             200 while the process runs its event loop
     GET /readyz              200 when listening (and, for a relay or an edge, its upstream answers), else 503
     GET /api/v1/broadcasts   {"items": [{"name", "tracks": [{"name", "codec", "width", "height",
-                             "bitrate"}], "started", "subscribers", "viewers"}]}
+                             "bitrate"}], "started", "subscribers", "viewers", "publishing"}]}
 """
 
 import json

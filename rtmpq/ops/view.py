@@ -37,6 +37,9 @@ class BroadcastStats:
     sent_bytes: dict[str, int] = field(default_factory=dict)  # by protocol: moq, hls
     skipped_groups: int = 0
     publishes: int = 0
+    # a publisher is attached now (False: it left, and the broadcast waits out [publish]
+    # grace_period for it); None: not published at this node (relayed here)
+    publishing: bool | None = None
     silent_audio_seconds: float = 0.0  # silence the edge put into the HLS audio (edge/silence.py)
     bitrate_in: float | None = None  # bits/s
     bitrate_out: float | None = None
@@ -119,6 +122,7 @@ class NodeView:
                 s.keyframe_interval = b.keyframe_interval_ms / 1000 if b.keyframe_interval_ms else None
                 s.skipped_groups += b.skipped_groups
                 s.publishes = b.publishes
+                s.publishing = b.publishing
         if self.relay is not None:
             self._read_relay(get)
         if self.edge is not None:
@@ -196,7 +200,7 @@ class NodeView:
                                "bitrate": t.stated_bitrate or (round(measured) if measured else None)})
             items.append({"name": s.name, "tracks": tracks,
                           "started": _iso(s.started) if s.started else None,
-                          "subscribers": s.subscribers, "viewers": s.viewers})
+                          "subscribers": s.subscribers, "viewers": s.viewers, "publishing": s.publishing})
         return {"items": items}
 
 
