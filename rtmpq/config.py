@@ -409,7 +409,8 @@ def validate(config: Config) -> None:
 
         raise ConfigError(f"upstream.fingerprint: {FINGERPRINT_NEEDS_AIOQUIC}")
     for key, name in config.publish.keys.items():
-        if not key or not _PUBLIC_NAME.fullmatch(name):
+        # "." and ".." as a part: players resolve them away (/live/../index.m3u8 is /index.m3u8)
+        if not key or not _PUBLIC_NAME.fullmatch(name) or {".", ".."} & set(name.split("/")):
             raise ConfigError(f"publish.keys: {name!r} is not a public name ('name' or 'app/name', "
                               "letters, digits and _.~-)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),

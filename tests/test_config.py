@@ -82,6 +82,8 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[auth]\nrequire_playback_token = true\n", "auth.require_playback_token needs auth.secret"),
     ("[auth]\nplayback_session = 0\n", "auth.playback_session: must be positive"),
     ('[publish.keys]\n"sk" = "a/b/c"\n', "publish.keys: 'a/b/c' is not a public name"),
+    ('[publish.keys]\n"sk" = "../studio"\n', "publish.keys: '../studio' is not a public name"),  # unplayable
+    ('[publish.keys]\n"sk" = ".."\n', "publish.keys: '..' is not a public name"),
     ("[rtmp\n", "config file"),
     # a key above every section (was: "unknown config section '[secret]'")
     ('secret = "x"\n[auth]\n', "'secret' is outside any section: settings go under their [section] (secret is in [auth])"),
