@@ -114,6 +114,44 @@ async def test_aclose_finalizes_without_blocking_the_loop(tmp_path, monkeypatch)
     assert list(read_flv_tags(_recording(tmp_path))) == TAGS[:10]
 
 
+_STUCK_AT_EXIT = """
+import asyncio, sys
+from rtmpq.media import recording
+from tests.test_recording import TAGS, _StuckDisk
+
+recording.open = _StuckDisk().open  # never released
+
+async def main():
+    rec = recording.FlvRecorder(sys.argv[1], "live/cam")
+    for tag in TAGS[:10]:
+        rec.write(*tag)
+    try:
+        await asyncio.wait_for(rec.aclose(), 0.5)  # what a graceful stop does, within stop_timeout
+    except TimeoutError:
+        print("gave up on the recording", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_stuck_disk_does_not_hold_up_the_end_of_the_process(tmp_path):
+    """A graceful stop gives up on a recording stuck on its disk after [node] stop_timeout; the
+    process must then exit. aclose() waited in a thread of the default executor, and asyncio.run()
+    waits for those before it returns: the process hung until the disk came back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    began = time.monotonic()
+    try:
+        out = subprocess.run([sys.executable, "-c", _STUCK_AT_EXIT, str(tmp_path)], capture_output=True, text=True,
+                             timeout=15, cwd=Path(__file__).parents[1])
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit while its recording's disk was stuck")
+    assert out.returncode == 0 and "gave up on the recording" in out.stdout, out.stderr
+    assert time.monotonic() - began < 10
+
+
 def test_a_disk_error_stops_the_recording_with_an_error_log(tmp_path, monkeypatch, caplog):
     def failing_open(path, mode="rb", buffering=-1):
         raise OSError(28, "No space left on device", str(path))

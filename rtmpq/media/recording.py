@@ -34,6 +34,8 @@ RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 # Seconds close() waits for the writer thread to flush and close the file; a disk stuck longer is
 # left to the thread, which closes the file when the disk returns. Default 10 s.
 RECORDER_CLOSE_TIMEOUT = 10.0
+# How often aclose() looks whether the writer thread is done (s).
+RECORDER_CLOSE_POLL = 0.01
 # The writer thread is woken once this many bytes wait, or once this many seconds passed since it
 # was last woken, not for every tag (a thread wakeup per tag cost more CPU than the write; issue
 # 12). close() writes what waits at once.
@@ -124,9 +126,12 @@ class FlvRecorder:
                       self._name, timeout)
 
     async def aclose(self) -> None:
-        """close() without blocking the event loop."""
+        """close() without blocking the event loop. Waits by polling, not in an executor thread:
+        one blocked in join() on a stuck disk held the process's exit (asyncio.run waits for the
+        default executor) past [node] stop_timeout, until the disk returned."""
         self._begin_close()
-        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        while self._thread.is_alive():
+            await asyncio.sleep(RECORDER_CLOSE_POLL)
 
     def _begin_close(self) -> None:
         with self._wake:
