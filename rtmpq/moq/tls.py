@@ -8,6 +8,8 @@ import re
 import ssl
 from pathlib import Path
 
+from ..config import ConfigError
+
 log = logging.getLogger("rtmpq.moq")
 
 # Validity of the certificate generated on first start.
@@ -69,8 +71,6 @@ def server_pair(certfile: Path | None, keyfile: Path | None, state_dir: Path) ->
     self-signed pair in ``state_dir``/tls when neither is set. A file that cannot be read, is not
     PEM or does not hold a matching pair is a ConfigError that names the settings, before a QUIC
     library says so in its own words (or, for the fingerprint, without the file's name)."""
-    from ..config import ConfigError
-
     if certfile is None or keyfile is None:  # validate() refuses one without the other
         cert, key = ensure_self_signed(state_dir / "tls")
         return cert, key, fingerprint(cert)
