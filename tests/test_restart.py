@@ -181,29 +181,78 @@ async def first_video_line(sub: asyncio.subprocess.Process, deadline: float = 30
 async def relayed_live_track(tmp_path, *, below: bool):
     """An ingest publishing into a relay, ffmpeg publishing live/cam into it, a subscriber on the
     relay (and with ``below``, a second relay below it with a subscriber of its own): the
-    processes, once video reaches every subscriber."""
+    processes, once video reaches every subscriber.
+
+    The nodes start together, each a process; on a loaded machine a relay can still be starting
+    when the ingest already takes RTMP. ``rtmpq sub`` reports a first connection that finds
+    nothing listening after 5 s (a wrong address is not waited for), so the publisher and the
+    subscribers start once every node says it is ready (/readyz: listening, its upstream link up)."""
     need("ffmpeg")
-    prtmp, pmoq, pmoq2 = free_port(), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
-    procs = [await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"))]
-    if below:
-        procs.append(await start_node("relay", "--moq", f"127.0.0.1:{pmoq2}", "--state-dir", str(tmp_path / "relay2"),
-                                      "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure"))
-    procs.append(await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
-                                  "--insecure"))
-    others = []
-    try:
-        await wait_tcp(prtmp)
-        others.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam")))
-        for port in [pmoq, pmoq2] if below else [pmoq]:
-            sub = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure", "--json",
-                "--wait", "20", "--seconds", "60", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            others.append(sub)
-            await first_video_line(sub)
-    except BaseException:  # the caller never gets them to stop: stop them here (a failed run left them running)
-        await stop_others(others + procs)
-        raise
-    return procs, others
+    for _ in range(3):
+        prtmp, pmoq, pmoq2 = free_port(), free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+        http = [free_port() for _ in range(3 if below else 2)]  # each node's /readyz
+        procs = [await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"),
+                                  "--http", f"127.0.0.1:{http[0]}")]
+        if below:
+            procs.append(await start_node("relay", "--moq", f"127.0.0.1:{pmoq2}", "--state-dir",
+                                          str(tmp_path / "relay2"), "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                          "--insecure", "--http", f"127.0.0.1:{http[1]}"))
+        procs.append(await start_node("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream",
+                                      f"moqt://127.0.0.1:{pmoq}", "--insecure", "--http", f"127.0.0.1:{http[-1]}"))
+        others = []
+        try:
+            for port, node in zip(http, procs):
+                await node_ready(port, node)
+            others.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam")))
+            for port in [pmoq, pmoq2] if below else [pmoq]:
+                sub = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{port}/live/cam", "--insecure",
+                    "--json", "--wait", "20", "--seconds", "60",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                others.append(sub)
+                await first_video_line(sub)
+            return procs, others
+        # the caller never gets them to stop: stop them here (a failed run left them running)
+        except PortTaken:  # another process bound a port free_port() gave before the node did: new ones
+            await stop_others(procs)
+        except Exception as exc:
+            await stop_others(others + procs)
+            raise AssertionError(f"{exc}\n{await node_logs(procs)}") from exc  # and what the nodes logged
+        except BaseException:
+            await stop_others(others + procs)
+            raise
+    raise AssertionError("three tries, each with a port taken before a node bound it")
+
+
+class PortTaken(Exception):
+    """A node could not bind the port it was given."""
+
+
+async def node_ready(port: int, node: asyncio.subprocess.Process, deadline: float = 30.0) -> None:
+    """Wait for a node's /readyz (its HTTP listener on ``port``) to answer 200: listening, and
+    its upstream link (if it has one) connected. Raises PortTaken if the node exited because one
+    of its ports was in use."""
+    end = time.monotonic() + deadline
+    while True:
+        status, body = await http_get(f"http://127.0.0.1:{port}/readyz")
+        if status == 200:
+            return
+        if node.returncode is not None:
+            err = await node.stderr.read()
+            if b"Address already in use" in err:
+                raise PortTaken(err.decode(errors="replace"))
+            raise AssertionError(f"a node exited at start: {err.decode(errors='replace')}")
+        assert time.monotonic() < end, (status, body.decode(errors="replace"))
+        await asyncio.sleep(0.1)
+
+
+async def node_logs(procs) -> str:
+    """The end of each stopped node's log."""
+    logs = []
+    for p in procs:
+        err = await p.stderr.read()
+        logs.append(f"--- node {p.pid} (exit {p.returncode}):\n{err[-3000:].decode(errors='replace')}")
+    return "\n".join(logs)
 
 
 async def stop_others(procs) -> None:
