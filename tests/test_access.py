@@ -344,3 +344,49 @@ async def test_an_open_node_says_it_listens_beyond_loopback_when_its_moq_port_do
         stop.set()
         await asyncio.wait_for(task, 30)
     assert ("this node listens beyond loopback" in caplog.text) == exposed, caplog.text
+
+
+@pytest.mark.parametrize("token", ["none", "wrong", "good"])
+async def test_an_ingest_says_when_its_upstream_refuses_its_broadcast(tmp_path, caplog, token):
+    """`rtmpq ingest --upstream` into a relay with an [auth] secret: without a node token, or with
+    one signed with another secret, the relay refuses its PUBLISH_NAMESPACE. The ingest logged
+    "announced live/x upstream" all the same, and the broadcast was simply not there below (found
+    deploying the nodes apart); now it says the upstream refused it, why, and what to set."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.nodes.remote import UpstreamLink
+
+    caplog.set_level(logging.INFO, logger="rtmpq.nodes")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET))
+    registry = BroadcastRegistry()
+    ingest = MoqRelay(registry)
+    ingest.start()
+    now = time.time()
+    presented = {"none": None, "good": mint_token(SECRET, "", "relay", 60, now=now),
+                 "wrong": mint_token("another-secret-that-is-long-enough-for-hs256", "", "relay", 60, now=now)}[token]
+    host, port = node.moq_address
+    link = UpstreamLink(ingest, f"moqt://{host}:{port}", insecure=True, backend=node.moq_config.backend,
+                        announce=True, use_for_unknown_tracks=False, token=lambda: presented)
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        registry.publish("live/x")
+        said = "announced live/x upstream" if token == "good" else "refused to take live/x"
+        async with asyncio.timeout(10):
+            while not any(said in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)
+        published = node.moq.published_names()
+    finally:
+        await link.close()
+        ingest.stop()
+        await node.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "rtmpq.nodes"]
+    if token == "good":
+        assert not [m for m in messages if "refused" in m]
+        assert "live/x" in published
+    else:
+        [refusal] = [m for m in messages if "refused to take live/x" in m]
+        assert "announced live/x" not in " ".join(messages)
+        assert ("a token is required" if token == "none" else "bad signature") in refusal, refusal
+        assert "[auth] node_token" in refusal and "rtmpq token --act relay" in refusal
+        assert ("no token to present" in refusal) == (token == "none"), refusal
