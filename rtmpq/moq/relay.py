@@ -894,7 +894,7 @@ class MoqRelay:
         shifted above this one."""
         catalog = self._tracks.get((namespace, CATALOG_TRACK))
         latest = catalog.fanout.cache.latest() if catalog is not None else None
-        if latest is None or not latest.objects:
+        if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
         try:
@@ -910,19 +910,24 @@ class MoqRelay:
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if event.status != ObjectStatus.NORMAL:
-            # End of Group / End of Track (the parser lets no other status through): no object to
-            # pass on (never an empty Normal one), the group ends here for every subscriber, as its
-            # FIN would end it
+            # End of Group / End of Track (the parser lets no other status through): an Object like
+            # any other (draft 16: a relay forwards every object, its status unchanged, and caches
+            # it), passed on as a status object on its subgroup's stream (never as an empty Normal
+            # one); then the subgroup ends here for every subscriber, as its FIN would end it
             if upstream is None:
                 return
             group = upstream.group(event.group)
+            upstream.fanout.publish_object(group, event.object_id, b"", None, time.monotonic(), event.subgroup,
+                                           event.priority, event.end_of_group, event.status)
             self._subgroup_over(upstream, group, event.subgroup)
             if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
-                # the track is over even if no PUBLISH_DONE follows: like one whose stream count is
-                # unknown, it ends downstream once its groups have, or after the late-stream grace
+                # the track is over even if no PUBLISH_DONE follows. End of Track says nothing of
+                # the groups before it, whose streams may still be on their way (a relay above
+                # sends the newest group first): the subscribers below have the End of Track
+                # object, and the subscriptions end on the publisher's PUBLISH_DONE (its stream
+                # count), or after the late-stream grace
                 upstream.end_of_track = group
                 self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
-            self._stream_finished(upstream, finished=0)
             return
         if upstream is not None and upstream.track == RENDITIONS_TRACK:
             newest = upstream.last_group
@@ -980,11 +985,9 @@ class MoqRelay:
         else:
             upstream.fanout.end_subgroup(group, subgroup)
 
-    def _stream_finished(self, upstream: UpstreamTrack, finished: int = 1) -> None:
-        upstream.streams_done += finished
+    def _stream_finished(self, upstream: UpstreamTrack) -> None:
+        upstream.streams_done += 1
         if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
-            self._end_upstream(upstream)
-        elif upstream.end_of_track is not None and upstream.groups_ended():
             self._end_upstream(upstream)
 
     def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:

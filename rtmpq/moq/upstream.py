@@ -82,11 +82,6 @@ class UpstreamTrack:
         """Whether the publisher said the track is over (PUBLISH_DONE or End of Track)."""
         return self.streams_expected is not None or self.end_of_track is not None
 
-    def groups_ended(self) -> bool:
-        """After an End of Track: whether every group held up to its group has ended (groups with
-        no stream seen yet cannot be known: the late-stream grace covers those)."""
-        return all(g.complete for g in self.fanout.cache.groups() if g.group_id <= self.end_of_track)
-
     def subgroup_seen(self, group: int, subgroup: int) -> None:
         """An object of ``subgroup`` of ``group`` (relay ids) came: its stream is open upstream."""
         subgroups = self.open_subgroups.get(group)
