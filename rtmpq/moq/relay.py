@@ -766,12 +766,21 @@ class MoqRelay:
             return
         key = (event.namespace, event.track_name)
         existing = self._tracks.get(key)
+        if existing is not None and existing.pushed and existing.orphaned_at is None and existing.conn is not conn:
+            # PUBLISHed by another session, which may be dead without our knowing it yet (a
+            # restarted transcoder PUBLISHes its rungs again at once, within the old session's
+            # idle timeout): the newcomer is authorized for it (checked above) and takes it over,
+            # as a namespace is taken over (_on_NamespacePublished)
+            self._take_over(existing, conn)
         if existing is not None and existing.orphaned_at is not None:  # its publisher is back
             existing.conn, existing.orphaned_at, existing.check_offset = conn, None, True
             existing.request_id, existing.alias = event.request_id, event.track_alias
+            # what the new publisher was told (FORWARD=0: nothing until we ask, _update_forward)
+            existing.on_demand, existing.forward = not event.forward, event.forward
             self._by_request[(id(conn), event.request_id)] = existing
             self._by_alias[(id(conn), event.track_alias)] = existing
             conn.session.publish_ok(event.request_id)
+            self._update_forward()  # its subscribers are waiting: ask for objects now
             return
         local = self._local_source("/".join(event.namespace))
         if existing is not None or (local is not None and event.track_name in local.fanouts):
@@ -1053,6 +1062,24 @@ class MoqRelay:
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
+    def _take_over(self, upstream: UpstreamTrack, conn: MoqConnection) -> None:
+        """Another session PUBLISHes ``upstream``'s track: its old publisher is told UNSUBSCRIBE
+        and forgotten, its groups in progress end, and the track waits for the new one (orphaned:
+        ``_on_TrackPublished`` attaches it at once, its groups numbered above the last)."""
+        old = upstream.conn
+        log.warning("%s: track %s taken over by %s", old.peer, _label(upstream.namespace, upstream.track), conn.peer)
+        self._by_request.pop((id(old), upstream.request_id), None)
+        if upstream.alias is not None:
+            self._by_alias.pop((id(old), upstream.alias), None)
+        if not old.session.closed:
+            old.session.unsubscribe(upstream.request_id)
+            old.flush()
+        upstream.conn, upstream.alias, upstream.orphaned_at = None, None, time.monotonic()
+        upstream.open_subgroups.clear()
+        if upstream.fanout.cache.largest is not None:
+            upstream.fanout.end_group(upstream.fanout.cache.largest[0])
+        upstream.fanout.end_open_groups()
+
     def _orphan(self, upstream: UpstreamTrack, now: float) -> None:
         """The track's source session is gone: keep its subscribers for ``upstream_grace`` in case
         the source (a restarted ingest or relay above) comes back; the group in progress ends."""

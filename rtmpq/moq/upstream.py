@@ -48,6 +48,7 @@ class UpstreamTrack:
         # the catalog's: its join (the Joining FETCH, the fallback), and the relay group that FETCH fed
         self.catalog_join = CatalogJoin(label) if track == CATALOG_TRACK else None
         self.fetched_group: int | None = None
+        self.pushed = pushed is not None  # PUBLISHed to us (its publisher may restart and PUBLISH it again)
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
