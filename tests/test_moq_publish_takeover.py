@@ -1,4 +1,6 @@
-"""A track PUBLISHed to the relay whose publisher restarts: the new session takes it over.
+"""Relayed tracks whose source restarts while the relay still serves them.
+
+A track PUBLISHed to the relay whose publisher restarts: the new session takes it over.
 
 Found deploying the transcoder as its own node: `rtmpq transcode` killed (SIGKILL, a container
 restart) and started again at once PUBLISHes its rungs anew, while the relay still holds its old
@@ -8,7 +10,8 @@ the rendition stayed dead for good: the old session's track then waited its grac
 publisher that had already come back and been turned away. An authorized newcomer now takes the
 track over, as a PUBLISH_NAMESPACE takes over a namespace: the old session is told UNSUBSCRIBE,
 its groups in progress end, and the subscribers go on with the new publisher's groups, numbered
-above the last one served."""
+above the last one served. And a relay below a relay that restarted before its publisher came
+back to it keeps asking for the track until the publisher is there (the second test)."""
 
 import asyncio
 
@@ -80,3 +83,73 @@ async def test_a_restarted_publisher_takes_its_track_over_from_its_old_session(t
     assert bytes(first.payload) == b"old 0"
     assert got.group > first.group  # numbered above what was served
     assert not [e for e in viewer.events if isinstance(e, ev.PublishDoneReceived)]  # the subscription went on
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_is_back(tmp_path, backend):
+    """Relay B (--upstream A) serves video of live/x to a viewer; A is restarted, and B reconnects
+    to it before the publisher (an `ingest --upstream`) has: A refuses B's resubscription (no such
+    broadcast yet). Found with the nodes as processes, A killed: B's upstream link and the ingest
+    both reconnected within the same 50 ms, B first. B dropped the track at that refusal without a
+    word to its subscriber, whose subscription then delivered nothing for good (the edge's
+    playlist stopped while the broadcast went on). B now keeps the track for the rest of its grace
+    period and asks again until the publisher is back."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+
+    from .conftest import free_port
+    from .test_moq_object_status import relay_below
+
+    cert, key = ensure_self_signed(tmp_path / "a-tls")
+    port_a = free_port(__import__("socket").SOCK_DGRAM)
+
+    async def start_a():
+        relay = MoqRelay(BroadcastRegistry())
+        server = await serve_moq("127.0.0.1", port_a, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+                                 backend=backend)
+        relay.start()
+        return relay, server
+
+    def publish(conn, payload: bytes) -> None:
+        """``conn`` answers a SUBSCRIBE to video with one group (left open) of ``payload``."""
+        def on_event(_conn, event) -> None:
+            if isinstance(event, ev.SubscribeRequested):
+                conn.session.subscribe_ok(event.request_id, 0)
+                sid = conn.session.open_subgroup(0, 0)
+                conn.session.send_object(sid, 0, payload)
+                conn.flush()
+        conn.handler = on_event
+
+    async def announce(conn) -> None:
+        answers = EventRecorder(conn)
+        conn.session.publish_namespace(NAMESPACE)
+        conn.flush()
+        await wait_for(answers, lambda e: isinstance(e, ev.RequestAccepted), "PUBLISH_NAMESPACE accepted")
+
+    relay_a, server_a = await start_a()
+    async with relay_below(tmp_path, backend, port_a) as port_b:
+        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as viewer_conn:
+            viewer = EventRecorder(viewer_conn)
+            async with connect_moq("127.0.0.1", port_a, insecure=True, backend=backend) as pub:
+                await announce(pub)
+                publish(pub, b"before")
+                viewer_conn.session.subscribe(NAMESPACE, "video")
+                viewer_conn.flush()
+                await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived), "the first publisher's object")
+                relay_a.stop()  # A goes (its sessions close)
+                server_a.close()
+            await asyncio.sleep(0.5)
+            relay_a, server_a = await start_a()  # A is back, without the broadcast
+            try:
+                await asyncio.sleep(2.0)  # B has reconnected and asked A for video: refused
+                async with connect_moq("127.0.0.1", port_a, insecure=True, backend=backend) as pub:
+                    await announce(pub)  # the publisher is back at A
+                    publish(pub, b"after")
+                    await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"after",
+                                   "the object of the publisher back at A", deadline=15)
+            finally:
+                relay_a.stop()
+                server_a.close()
+    assert not [e for e in viewer.events if isinstance(e, ev.PublishDoneReceived)]

@@ -81,6 +81,10 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 NEW_TRACK_WAIT = 3.0
 # At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
 MAX_WAITING_SUBSCRIBES = 256
+# A track resubscribed after its source was lost, refused there (a restarted relay above whose
+# publisher is not back yet), is asked for again after this long, doubling up to the maximum.
+RESUME_RETRY_MIN = 0.5
+RESUME_RETRY_MAX = 4.0
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
 # A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
@@ -755,6 +759,17 @@ class MoqRelay:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
             return
+        if upstream.resumed_from is not None and event.error_code == RequestError.DOES_NOT_EXIST \
+                and not self.stopping and self._tracks.get((upstream.namespace, upstream.track)) is upstream:
+            # a resubscription after the source was lost, refused: a relay above that restarted
+            # answers before its publisher is back (both reconnect at once). The subscribers stay
+            # for the rest of the grace period (expire_orphans) and the relay asks again
+            upstream.conn, upstream.alias, upstream.orphaned_at = None, None, upstream.resumed_from
+            upstream.resume_delay = min(max(upstream.resume_delay * 2, RESUME_RETRY_MIN), RESUME_RETRY_MAX)
+            self._call_later(upstream.resume_delay, self._resume_again, upstream)
+            log.info("%s: not back at %s yet (%s); asking again in %g s", _label(upstream.namespace, upstream.track),
+                     conn.peer, event.reason, upstream.resume_delay)
+            return
         self._tracks.pop((upstream.namespace, upstream.track), None)
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
@@ -1108,11 +1123,19 @@ class MoqRelay:
             self._by_request.pop((id(upstream.conn), upstream.request_id), None)
             if upstream.alias is not None:
                 self._by_alias.pop((id(upstream.conn), upstream.alias), None)
-        upstream.orphaned_at = None
+        upstream.resumed_from, upstream.orphaned_at = upstream.orphaned_at, None
         upstream.check_offset = True
         upstream.subscribe(conn)
         self._by_request[(id(conn), upstream.request_id)] = upstream
         log.info("%s: resubscribing at %s", _label(upstream.namespace, upstream.track), conn.peer)
+
+    def _resume_again(self, upstream: UpstreamTrack) -> None:
+        """Ask again for a track whose resubscription was refused, if it is still waiting."""
+        if upstream.orphaned_at is None or self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
+            return  # back meanwhile (its publisher came here), or over
+        conn = self._publisher_for(upstream.namespace)
+        if conn is not None:
+            self._resume(upstream, conn)
 
     def published_names(self) -> set[str]:
         """Broadcasts publishers announced here (what this relay is the origin of for others)."""

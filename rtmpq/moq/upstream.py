@@ -41,6 +41,9 @@ class UpstreamTrack:
         self.group_offset = 0
         self.check_offset = False
         self.orphaned_at: float | None = None  # the source session was lost at this time
+        # a resubscription after a loss (``orphaned_at`` then): refused, the track waits on from there
+        self.resumed_from: float | None = None
+        self.resume_delay = 0.0  # before asking again after such a refusal (doubling)
         self.largest: tuple[int, int] | None = None  # the publisher's Largest Location in its SUBSCRIBE_OK
         # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
         self.on_demand = False
