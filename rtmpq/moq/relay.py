@@ -140,6 +140,9 @@ class MoqRelay:
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
         self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
+        # what the relay above lists (our SUBSCRIBE_NAMESPACE there: request id), listed here too
+        self._upstream_listing: int | None = None
+        self._upstream_namespaces: set[tuple[str, ...]] = set()
         self._tracks: dict[tuple[tuple[str, ...], str], UpstreamTrack] = {}
         self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
@@ -317,8 +320,40 @@ class MoqRelay:
                 conn.flush()
 
     def _known_namespaces(self) -> list[tuple[str, ...]]:
-        return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
+        known = [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
             ns for ns in self._routes if ns not in self._published]
+        return known + [ns for ns in sorted(self._upstream_namespaces) if ns not in known]
+
+    # -- what the relay above lists -----------------------------------------------------------------
+    def _list_upstream(self, conn: MoqConnection) -> None:
+        """SUBSCRIBE_NAMESPACE (every namespace) at the relay above: what it lists is listed here too,
+        so a subscriber that plays only what it has seen announced (moq-rs) finds the broadcasts
+        this relay serves from upstream. (Authorized by the node token of the session's setup.)"""
+        self._forget_upstream_namespaces()
+        self._upstream_listing = conn.session.subscribe_namespace(())
+        conn.flush()
+
+    def _forget_upstream_namespaces(self) -> None:
+        gone, self._upstream_namespaces = self._upstream_namespaces, set()
+        self._upstream_listing = None
+        for ns in gone:
+            if ns not in self._known_namespaces():
+                self._announce(ns, done=True)
+
+    def _on_NamespaceReceived(self, conn: MoqConnection, event: ev.NamespaceReceived) -> None:
+        if conn is self.upstream and event.request_id == self._upstream_listing \
+                and event.namespace not in self._upstream_namespaces:
+            known = event.namespace in self._known_namespaces()
+            self._upstream_namespaces.add(event.namespace)
+            if not known:
+                self._announce(event.namespace)
+
+    def _on_NamespaceDoneReceived(self, conn: MoqConnection, event: ev.NamespaceDoneReceived) -> None:
+        if conn is self.upstream and event.request_id == self._upstream_listing \
+                and event.namespace in self._upstream_namespaces:
+            self._upstream_namespaces.discard(event.namespace)
+            if event.namespace not in self._known_namespaces():
+                self._announce(event.namespace, done=True)
 
     # -- access -----------------------------------------------------------------------------------
     def _denied(self, conn: MoqConnection, event, check, path: str) -> bool:
@@ -1074,6 +1109,7 @@ class MoqRelay:
             self._orphan(upstream, time.monotonic())
         if self.upstream is conn:
             self.upstream = None
+            self._forget_upstream_namespaces()
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
@@ -1180,7 +1216,10 @@ class MoqRelay:
         """The relay above (re)connected: tracks it fed that are waiting for it resubscribe there."""
         self.upstream = conn
         if conn is None:
+            self._forget_upstream_namespaces()
             return
+        if not conn.session.closed:
+            self._list_upstream(conn)
         for upstream in list(self._tracks.values()):
             if upstream.orphaned_at is not None and self._publisher_for(upstream.namespace) is conn:
                 self._resume(upstream, conn)
