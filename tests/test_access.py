@@ -390,3 +390,55 @@ async def test_an_ingest_says_when_its_upstream_refuses_its_broadcast(tmp_path, 
         assert ("a token is required" if token == "none" else "bad signature") in refusal, refusal
         assert "[auth] node_token" in refusal and "rtmpq token --act relay" in refusal
         assert ("no token to present" in refusal) == (token == "none"), refusal
+
+
+async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_path, caplog):
+    """Relay B (--upstream A) has no node token; A requires playback tokens. A viewer with a valid
+    token subscribes at B: A refuses B. B used to pass on A's words ("a token is required to
+    subscribe live/x") to the viewer, who had given one, and log nothing (A logged B's address
+    alone); now the viewer reads that the relay above refused this relay, and B's log says what
+    to set (found deploying the nodes apart)."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.client import SubscribeError
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.moq.wire import RequestError
+    from rtmpq.nodes.remote import UpstreamLink
+    from rtmpq.nodes.up import free_udp_port
+
+    need("ffmpeg")
+    caplog.set_level(logging.WARNING, logger="rtmpq.moq")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True))
+    now = time.time()
+    publish = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/x?token={mint_token(SECRET, 'live/x', 'publish', 60, now=now)}",
+        str(tmp_path / "ref.flv"), seconds=4)))
+    backend = node.moq_config.backend
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_udp_port("127.0.0.1")
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    host, port = node.moq_address
+    link = UpstreamLink(relay_b, f"moqt://{host}:{port}", insecure=True, backend=backend)
+    link.start()
+    try:
+        await node.registry.wait_for("live/x", 10)
+        await asyncio.wait_for(link.connected.wait(), 10)
+        viewer = mint_token(SECRET, "live/x", "subscribe", 60, now=now)
+        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
+            with pytest.raises(SubscribeError) as info:
+                async for _ in subscribe_broadcast(conn, "live/x", wait=10, authorization=viewer):
+                    pass
+        assert info.value.code == RequestError.UNAUTHORIZED
+        assert "the relay above refused this relay" in str(info.value), info.value
+        said = [r.getMessage() for r in caplog.records if "refused this relay" in r.getMessage()]
+        assert said and "[auth] node_token" in said[0] and "rtmpq token --act relay" in said[0], said
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+        await publish
+        await node.close()

@@ -806,9 +806,20 @@ class MoqRelay:
                      conn.peer, event.reason, upstream.resume_delay)
             return
         self._tracks.pop((upstream.namespace, upstream.track), None)
+        reason = event.reason
+        if event.error_code in (RequestError.UNAUTHORIZED, RequestError.MALFORMED_AUTH_TOKEN,
+                                RequestError.EXPIRED_AUTH_TOKEN):
+            # refused to this relay, whatever its subscribers presented here: the operator of this
+            # relay reads why (the one above logs only this relay's address), and its subscribers
+            # read that it is this relay's token, not theirs
+            log.warning("%s: %s refused this relay: %s; this relay presents [auth] node_token "
+                        "(RTMPQ_AUTH_NODE_TOKEN), or one minted from its [auth] secret: it needs a node token "
+                        "(rtmpq token --act relay) of the secret there", _label(upstream.namespace, upstream.track),
+                        conn.peer, event.reason)
+            reason = f"the relay above refused this relay ({event.reason}): its node token is missing or not valid there"
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
-                self._refuse_waiting(sub_conn, request, event.error_code, event.reason)
+                self._refuse_waiting(sub_conn, request, event.error_code, reason)
                 sub_conn.flush()
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
