@@ -815,7 +815,7 @@ class MoqRelay:
             log.warning("%s: %s refused this relay: %s; this relay presents [auth] node_token "
                         "(RTMPQ_AUTH_NODE_TOKEN), or one minted from its [auth] secret: it needs a node token "
                         "(rtmpq token --act relay) of the secret there", _label(upstream.namespace, upstream.track),
-                        conn.peer, event.reason)
+                        conn.peer, event.reason.replace("/".join(upstream.namespace), _label(upstream.namespace)))
             reason = f"the relay above refused this relay ({event.reason}): its node token is missing or not valid there"
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:

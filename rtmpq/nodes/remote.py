@@ -128,8 +128,9 @@ class UpstreamLink:
                     if self.token() else
                     "; this node has no token to present: set [auth] node_token (RTMPQ_AUTH_NODE_TOKEN) to one from "
                     "`rtmpq token --act relay` signed with the upstream's secret, or the same [auth] secret")
+        # (the upstream's words name the broadcast: on an open node its name is the stream key)
         log.warning("upstream %s:%d refused to take %s: %s (code %d)%s", self.host, self.port, safe_name(name),
-                    event.reason, event.error_code, hint)
+                    event.reason.replace(name, safe_name(name)), event.error_code, hint)
 
     async def _withdraw_when_done(self, conn, broadcast, announced) -> None:
         await broadcast.wait_ended()
