@@ -344,3 +344,101 @@ async def test_an_open_node_says_it_listens_beyond_loopback_when_its_moq_port_do
         stop.set()
         await asyncio.wait_for(task, 30)
     assert ("this node listens beyond loopback" in caplog.text) == exposed, caplog.text
+
+
+@pytest.mark.parametrize("token", ["none", "wrong", "good"])
+async def test_an_ingest_says_when_its_upstream_refuses_its_broadcast(tmp_path, caplog, token):
+    """`rtmpq ingest --upstream` into a relay with an [auth] secret: without a node token, or with
+    one signed with another secret, the relay refuses its PUBLISH_NAMESPACE. The ingest logged
+    "announced live/x upstream" all the same, and the broadcast was simply not there below (found
+    deploying the nodes apart); now it says the upstream refused it, why, and what to set."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.nodes.remote import UpstreamLink
+
+    caplog.set_level(logging.INFO, logger="rtmpq.nodes")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET))
+    registry = BroadcastRegistry()
+    ingest = MoqRelay(registry)
+    ingest.start()
+    now = time.time()
+    presented = {"none": None, "good": mint_token(SECRET, "", "relay", 60, now=now),
+                 "wrong": mint_token("another-secret-that-is-long-enough-for-hs256", "", "relay", 60, now=now)}[token]
+    host, port = node.moq_address
+    link = UpstreamLink(ingest, f"moqt://{host}:{port}", insecure=True, backend=node.moq_config.backend,
+                        announce=True, use_for_unknown_tracks=False, token=lambda: presented)
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        registry.publish("live/x")
+        said = "announced live/x upstream" if token == "good" else "refused to take live/x"
+        async with asyncio.timeout(10):
+            while not any(said in r.getMessage() for r in caplog.records):
+                await asyncio.sleep(0.05)
+        published = node.moq.published_names()
+    finally:
+        await link.close()
+        ingest.stop()
+        await node.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "rtmpq.nodes"]
+    if token == "good":
+        assert not [m for m in messages if "refused" in m]
+        assert "live/x" in published
+    else:
+        [refusal] = [m for m in messages if "refused to take live/x" in m]
+        assert "announced live/x" not in " ".join(messages)
+        assert ("a token is required" if token == "none" else "bad signature") in refusal, refusal
+        assert "[auth] node_token" in refusal and "rtmpq token --act relay" in refusal
+        assert ("no token to present" in refusal) == (token == "none"), refusal
+
+
+async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_path, caplog):
+    """Relay B (--upstream A) has no node token; A requires playback tokens. A viewer with a valid
+    token subscribes at B: A refuses B. B used to pass on A's words ("a token is required to
+    subscribe live/x") to the viewer, who had given one, and log nothing (A logged B's address
+    alone); now the viewer reads that the relay above refused this relay, and B's log says what
+    to set (found deploying the nodes apart)."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.client import SubscribeError
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.moq.wire import RequestError
+    from rtmpq.nodes.remote import UpstreamLink
+    from rtmpq.nodes.up import free_udp_port
+
+    need("ffmpeg")
+    caplog.set_level(logging.WARNING, logger="rtmpq.moq")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True))
+    now = time.time()
+    publish = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/x?token={mint_token(SECRET, 'live/x', 'publish', 60, now=now)}",
+        str(tmp_path / "ref.flv"), seconds=4)))
+    backend = node.moq_config.backend
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_udp_port("127.0.0.1")
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    host, port = node.moq_address
+    link = UpstreamLink(relay_b, f"moqt://{host}:{port}", insecure=True, backend=backend)
+    link.start()
+    try:
+        await node.registry.wait_for("live/x", 10)
+        await asyncio.wait_for(link.connected.wait(), 10)
+        viewer = mint_token(SECRET, "live/x", "subscribe", 60, now=now)
+        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
+            with pytest.raises(SubscribeError) as info:
+                async for _ in subscribe_broadcast(conn, "live/x", wait=10, authorization=viewer):
+                    pass
+        assert info.value.code == RequestError.UNAUTHORIZED
+        assert "the relay above refused this relay" in str(info.value), info.value
+        said = [r.getMessage() for r in caplog.records if "refused this relay" in r.getMessage()]
+        assert said and "[auth] node_token" in said[0] and "rtmpq token --act relay" in said[0], said
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+        await publish
+        await node.close()

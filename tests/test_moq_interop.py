@@ -14,7 +14,7 @@ import pytest
 
 from rtmpq.config import IngestConfig, PublishConfig
 
-from .conftest import start_up_node
+from .conftest import announced, start_up_node
 
 # Every case of the client's standard run (aiomoqt 0.13.3), with the result rtmpq must get; kept
 # in step with docs/interop.md. A case that disappears, fails, or becomes a skip fails the test.
@@ -129,3 +129,53 @@ async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_pat
     for track in ("video", "audio"):
         mine = sorted((f for f in frames if f.track == track), key=lambda f: (f.group, f.index))
         assert as_packets(mine) == [p for p in reference if p.track == track], track
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_aiomoqt_subscriber_two_relays_below_gets_the_status_objects(tmp_path, backend, monkeypatch):
+    """A publisher ends video's groups with End of Group and the track with End of Track (no
+    PUBLISH_DONE) at relay A; aiomoqt subscribes at relay B (--upstream A). It gets every object,
+    the two status objects where the publisher put them, and PUBLISH_DONE (TRACK_ENDED). Before,
+    the relays swallowed the status objects and A ended the track as soon as the groups it had seen
+    ended: B, given the newest group first, ended it before the older group came, so aiomoqt got
+    no End of Track, sometimes not the first group, and never its on_done."""
+    from aiomoqt.client import MOQTClient
+    from aiomoqt.track import SubscribedTrack
+    from aiomoqt.types import GroupOrder
+
+    from rtmpq.moq import events as ev
+    from rtmpq.moq import relay as relay_module
+    from rtmpq.moq.transport import connect_moq
+    from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
+
+    from .conftest import serving_relay
+    from .test_moq_object_status import FRAMES_PER_GROUP, answer_with_status_objects, media, relay_below
+
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 0.5)
+    got, done = [], asyncio.Event()
+
+    def on_object(msg, _size, _ts, group_id, _subgroup_id) -> None:
+        group = getattr(msg, "group_id", None)
+        got.append((group_id if group is None else group, msg.object_id, int(getattr(msg, "status", 0) or 0),
+                    bytes(msg.payload or b"")))
+
+    def on_done(msg) -> None:
+        got.append(("PUBLISH_DONE", msg.status_code))
+        done.set()
+
+    async with serving_relay(tmp_path, backend) as (_relay, port_a), relay_below(tmp_path, backend, port_a) as port_b:
+        async with connect_moq("127.0.0.1", port_a, insecure=True, backend=backend) as pub:
+            await announced(pub)
+            answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
+            client = MOQTClient("127.0.0.1", port_b, path="", use_quic=True, verify_tls=False)
+            async with client.connect() as session:
+                await session.client_session_init()
+                track = SubscribedTrack(session, "live/x", "video", on_object=on_object, on_done=on_done)
+                await track.subscribe(forward=None, group_order=GroupOrder.ASCENDING, filter_type=None)
+                await asyncio.wait_for(done.wait(), 15)
+                session.close()
+    objects = [g for g in got if g[0] != "PUBLISH_DONE"]
+    assert sorted(o[3] for o in objects if not o[2]) == sorted(media("video", 0) + media("video", 1))
+    assert sorted((g, o, s) for g, o, s, p in objects if s) == [
+        (0, FRAMES_PER_GROUP, ObjectStatus.END_OF_GROUP), (1, FRAMES_PER_GROUP, ObjectStatus.END_OF_TRACK)]
+    assert ("PUBLISH_DONE", PublishDoneStatus.TRACK_ENDED) in got

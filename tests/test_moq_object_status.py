@@ -3,9 +3,13 @@ with an End of Track (0x4) object, both empty and never Normal. Found by a revie
 rtmpq parsed the status and then ignored it, so its subscriber took such an object on the catalog
 track for an empty catalog (and failed on it) and for an empty frame on a media track, and its
 relay passed it on as an empty Normal object. The client ended a track at its End of Track object
-even while an older group of it was still on its way."""
+even while an older group of it was still on its way. Then the relay swallowed status objects (it
+ended the stream and the track, but passed no End of Group / End of Track object on), which draft
+16 does not allow a relay: found deploying a relay chain with a third-party subscriber below."""
 
 import asyncio
+import contextlib
+import socket
 
 import pytest
 
@@ -18,7 +22,7 @@ from rtmpq.moq.loc import CATALOG_TRACK
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
 
-from .conftest import serving_relay, subscribe_to_raw_publisher
+from .conftest import free_port, serving_relay, subscribe_to_raw_publisher
 
 BACKENDS = ["aioquic", "aiopquic"]
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
@@ -132,10 +136,11 @@ def subscribe_catalog_and_video(viewer) -> tuple[asyncio.Queue, int, int]:
 
 @pytest.mark.parametrize("status", [ObjectStatus.END_OF_GROUP, ObjectStatus.END_OF_TRACK])
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path, backend, status):
+async def test_the_relay_ends_the_group_and_passes_on_the_status_object(tmp_path, backend, status):
     """A remote publisher (PUBLISH_NAMESPACE; the relay subscribes upstream) ends each group with a
     status object and keeps the group's stream open: the relay's subscriber gets the real objects,
-    no empty one, and each group's end (its stream's FIN), which only the status object said."""
+    each status object as it came (empty, never an empty Normal one: draft 16 forwards every object
+    with its status), and each group's end (its stream's FIN), which only the status object said."""
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
@@ -153,16 +158,19 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
                 return len([e for e in got if isinstance(e, ev.SubgroupEnded)]) >= 3
 
             # every object the relay writes on a group's stream comes before that stream's FIN, so
-            # once all three ended, any empty object passed on is among the events already here
+            # once all three ended, every object passed on is among the events already here
             got = await _events_until(vq, all_ended)
             while not vq.empty():
                 got.append(vq.get_nowait())
     assert sorted(subscribed) == [CATALOG_TRACK, "video"]
     accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
     track = {accepted[catalog_rid]: CATALOG_TRACK, accepted[video_rid]: "video"}
-    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
-    assert all(e.status == ObjectStatus.NORMAL and len(e.payload) for e in objects), \
-        [(track[e.track_alias], e.group, e.object_id, e.status) for e in objects if not len(e.payload) or e.status]
+    received = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    assert sorted((track[e.track_alias], e.group, e.object_id, e.status) for e in received if e.status) == [
+        (CATALOG_TRACK, 0, 1, ObjectStatus.END_OF_GROUP), ("video", 0, FRAMES_PER_GROUP, ObjectStatus.END_OF_GROUP),
+        ("video", 1, FRAMES_PER_GROUP, status)]
+    objects = [e for e in received if not e.status]
+    assert all(len(e.payload) for e in objects)  # no empty Normal object
     assert [bytes(e.payload) for e in objects if track[e.track_alias] == CATALOG_TRACK] == [CATALOG.to_json()]
     assert sorted(bytes(e.payload) for e in objects if track[e.track_alias] == "video") == sorted(
         media("video", 0) + media("video", 1))
@@ -176,11 +184,12 @@ async def test_the_relay_ends_the_group_and_passes_on_no_status_object(tmp_path,
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_end_of_track_ends_the_relayed_track_without_publish_done(tmp_path, backend, monkeypatch):
     """A remote publisher ends each track with an End of Track object, sends no PUBLISH_DONE and
-    keeps its session and streams open: the relay's subscriber gets every object and then
-    PUBLISH_DONE (TRACK_ENDED) for each track, once its groups have ended (not after a grace
-    period: it is made too long to be what ends them here)."""
+    keeps its session and streams open: the relay's subscriber gets every object, the End of Track
+    objects, and then PUBLISH_DONE (TRACK_ENDED) for each track, the late-stream grace after the
+    End of Track (which says nothing of older groups still on their way: the relay used to end the
+    track once the groups it had seen ended, and lost an older group that came after the newer)."""
     from rtmpq.moq import relay as relay_module
-    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 60.0)
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 0.5)
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
@@ -202,7 +211,10 @@ async def test_end_of_track_ends_the_relayed_track_without_publish_done(tmp_path
     done = {e.request_id: e.status for e in got if isinstance(e, ev.PublishDoneReceived)}
     assert done == {catalog_rid: PublishDoneStatus.TRACK_ENDED, video_rid: PublishDoneStatus.TRACK_ENDED}
     accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
-    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    ends = [(e.track_alias, e.group) for e in got if isinstance(e, ev.ObjectReceived)
+            and e.status == ObjectStatus.END_OF_TRACK]
+    assert sorted(ends) == sorted([(accepted[catalog_rid], 0), (accepted[video_rid], 1)])
+    objects = [e for e in got if isinstance(e, ev.ObjectReceived) and e.status == ObjectStatus.NORMAL]
     assert [bytes(e.payload) for e in objects if e.track_alias == accepted[catalog_rid]] == [CATALOG.to_json()]
     assert sorted(bytes(e.payload) for e in objects if e.track_alias == accepted[video_rid]) == sorted(
         media("video", 0) + media("video", 1))
@@ -321,3 +333,84 @@ def test_end_of_track_waits_for_the_streams_before_its_location_alone():
     assert ends.overdue(20.0 + client_module.LATE_STREAM_GRACE) == ["video"]
     assert not ends.end_of_track("audio", 4, 1, now=30.0)  # audio's group 3 is still open
     assert ends.stream_ended("audio", 3, 0)
+
+
+@contextlib.asynccontextmanager
+async def relay_below(tmp_path, backend: str, port_a: int):
+    """A second bare relay whose upstream is the relay at ``port_a``: yields its port once its
+    upstream session is up (a relay chain, as `rtmpq relay --upstream` makes)."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.nodes.remote import UpstreamLink
+
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_port(socket.SOCK_DGRAM)
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    link = UpstreamLink(relay_b, f"moqt://127.0.0.1:{port_a}", insecure=True, backend=backend)
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        yield port_b
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+
+
+@pytest.mark.parametrize("relays", [1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_status_objects_are_forwarded_through_a_relay_chain(tmp_path, backend, relays, monkeypatch):
+    """Draft 16 ("Object Status", "Relay Object Handling"): End of Group and End of Track are
+    Objects; a relay forwards every Object of a track to its subscribers (never dropping one off a
+    stream) with its properties unchanged, Object Status among them. A remote publisher ends each
+    group with End of Group and each track with End of Track (no PUBLISH_DONE, streams left
+    open): a subscriber one or two relays below gets each status object where the publisher put
+    it, as a status object (never an empty Normal one), every object before them, and PUBLISH_DONE
+    (TRACK_ENDED). Before, the relay swallowed them: a subscriber below learned of the end only
+    from PUBLISH_DONE, never the End of Track location, and of no End of Group at all."""
+    from rtmpq.moq import relay as relay_module
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 0.5)  # no PUBLISH_DONE comes from the publisher
+    async with serving_relay(tmp_path, backend) as (_relay, port_a):
+        async with contextlib.AsyncExitStack() as stack:
+            port = port_a if relays == 1 else await stack.enter_async_context(relay_below(tmp_path, backend, port_a))
+            pub = await stack.enter_async_context(connect_moq("127.0.0.1", port_a, insecure=True, backend=backend))
+            viewer = await stack.enter_async_context(connect_moq("127.0.0.1", port, insecure=True, backend=backend))
+            pq: asyncio.Queue = asyncio.Queue()
+            pub.handler = lambda _c, e: pq.put_nowait(e)
+            pub.session.publish_namespace(("live", "x"))
+            pub.flush()
+            await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
+            answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
+            vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
+
+            def both_done(got) -> bool:
+                done = {e.request_id: e.stream_count for e in got if isinstance(e, ev.PublishDoneReceived)}
+                streams = len([e for e in got if isinstance(e, (ev.SubgroupEnded, ev.SubgroupReset))])
+                return done.keys() == {catalog_rid, video_rid} and streams >= sum(done.values())
+
+            got = await _events_until(vq, both_done)
+    done = {e.request_id: e.status for e in got if isinstance(e, ev.PublishDoneReceived)}
+    assert done == {catalog_rid: PublishDoneStatus.TRACK_ENDED, video_rid: PublishDoneStatus.TRACK_ENDED}
+    accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
+    track = {accepted[catalog_rid]: CATALOG_TRACK, accepted[video_rid]: "video"}
+    objects = [e for e in got if isinstance(e, ev.ObjectReceived)]
+    status = sorted((track[e.track_alias], e.group, e.object_id, e.status) for e in objects if e.status)
+    assert status == [(CATALOG_TRACK, 0, 1, ObjectStatus.END_OF_TRACK),
+                      ("video", 0, FRAMES_PER_GROUP, ObjectStatus.END_OF_GROUP),
+                      ("video", 1, FRAMES_PER_GROUP, ObjectStatus.END_OF_TRACK)]
+    assert all(not len(e.payload) and not e.extensions for e in objects if e.status)
+    normal = [e for e in objects if e.status == ObjectStatus.NORMAL]
+    assert all(len(e.payload) for e in normal)  # no status object became an empty Normal one
+    assert sorted(bytes(e.payload) for e in normal if track[e.track_alias] == "video") == sorted(
+        media("video", 0) + media("video", 1))
+    # each status object is the last thing on its stream, before its FIN
+    for e in objects:
+        if e.status:
+            later = [o for o in objects[objects.index(e) + 1:]
+                     if o.track_alias == e.track_alias and o.group == e.group and o.subgroup == e.subgroup]
+            assert later == [], (track[e.track_alias], e.group)

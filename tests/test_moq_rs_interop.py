@@ -105,3 +105,34 @@ async def test_moq_rs_publisher_through_the_rtmpq_relay_to_a_moq_rs_subscriber(n
             await asyncio.wait_for(read(), 15)
             await producer
     assert received == sent  # each group under its own sequence number, frames byte for byte
+
+
+async def test_moq_rs_subscribes_through_a_relay_below(node, tmp_path):
+    """ffmpeg -> `rtmpq up` (A) <- relay B (--upstream A) <- moq-rs. moq-rs subscribes only to a
+    broadcast it has seen announced (SUBSCRIBE_NAMESPACE), and B listed only what was published
+    into B itself: through a relay chain moq-rs found nothing to play (found deploying the nodes
+    apart). B now lists what its upstream lists, and moq-rs plays through it."""
+    from .test_moq_fetch import relay_below
+
+    need("ffmpeg")
+    ref = str(tmp_path / "ref.flv")
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/below", ref, seconds=5)))
+    await node.registry.wait_for("live/below", 10)
+    groups: dict[int, int] = {}
+    async with relay_below(node, tmp_path) as port_b:
+        c = moq.Client(f"moqt://127.0.0.1:{port_b}", tls_verify=False, websocket_enabled=False, reconnect=False)
+        async with c:
+            broadcast = await discover(c, "live/below")
+            track = await broadcast.subscribe_track("video")
+
+            async def read():
+                async for group in track:
+                    groups[group.sequence] = len([f async for f in group])
+                    if len(groups) >= 1:
+                        return
+
+            await asyncio.wait_for(read(), 20)
+    rc, output = await publisher
+    assert rc == 0, output
+    assert groups and all(n > 0 for n in groups.values())

@@ -85,7 +85,14 @@ class Viewer(EventRecorder):
     """A raw MoQ session's events, for waiting on them."""
 
     def objects(self) -> list:
-        return [e for e in self.events if isinstance(e, (ev.ObjectReceived, ev.FetchObjectReceived))]
+        """Objects that came (status objects aside: ``statuses``)."""
+        return [e for e in self.events if isinstance(e, ev.FetchObjectReceived)
+                or (isinstance(e, ev.ObjectReceived) and e.status == ObjectStatus.NORMAL)]
+
+    def statuses(self) -> list:
+        """(group, subgroup, object, status) of each status object that came."""
+        return [(e.group, e.subgroup, e.object_id, e.status) for e in self.events
+                if isinstance(e, ev.ObjectReceived) and e.status != ObjectStatus.NORMAL]
 
     def ended(self) -> set:
         return {(e.group, e.subgroup) for e in self.events if isinstance(e, ev.SubgroupEnded)}
@@ -172,6 +179,8 @@ async def test_a_late_joiner_and_a_fetch_get_the_cached_objects_in_their_subgrou
             await late.until(lambda: len(late.objects()) == 6 and (1, SUBGROUPS - 1) in late.ended(),
                              "group 1 from the cache")
             assert late.ended() == {(1, SUBGROUPS - 1)}  # the others are still open
+            # the End of Group came to both on its subgroup's stream (cached for the late one)
+            assert first.statuses() == late.statuses() == [(1, SUBGROUPS - 1, 8, ObjectStatus.END_OF_GROUP)]
             publisher.send(1, [6, 7])
             publisher.end(1, range(SUBGROUPS - 1))
             done = {(1, s) for s in range(SUBGROUPS)}
@@ -193,11 +202,11 @@ async def test_a_late_joiner_and_a_fetch_get_the_cached_objects_in_their_subgrou
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_end_of_track_on_one_subgroup_waits_for_the_others(tmp_path, backend, monkeypatch):
     """An End of Track object on one subgroup's stream says nothing of the objects before it: the
-    relay ends the track (PUBLISH_DONE) only once the group's other subgroups have ended, and its
-    subscriber gets their objects that came after the End of Track (not a grace period: it is made
-    too long to be what ends the track here)."""
+    relay passes it on at once on that subgroup's stream, and its subscriber still gets the other
+    subgroups' objects that came after it; the track ends (PUBLISH_DONE) the late-stream grace
+    after the End of Track, as no PUBLISH_DONE of the publisher's says how many streams to wait for."""
     from rtmpq.moq import relay as relay_module
-    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 60.0)
+    monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 3.0)  # (the rest comes well within it)
 
     def on_subscribe(publisher: LayeredPublisher) -> None:
         publisher.send(0, range(6))
@@ -218,4 +227,5 @@ async def test_end_of_track_on_one_subgroup_waits_for_the_others(tmp_path, backe
             await viewer.until(lambda: any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events),
                                "PUBLISH_DONE")
     assert_in_their_subgroups(viewer.objects(), {0: list(range(8))})
+    assert viewer.statuses() == [(0, SUBGROUPS - 1, 8, ObjectStatus.END_OF_TRACK)]
     assert viewer.ended() == {(0, s) for s in range(SUBGROUPS)}

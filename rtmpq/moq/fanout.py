@@ -73,7 +73,9 @@ class GroupSink(Protocol):
     def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
                    end_of_group: bool = True) -> object:
         """A stream for one subgroup of ``group_id`` (``priority`` None: the track's)."""
-    def send_object(self, handle: object, object_id: int, payload, extensions: dict | None) -> None: ...
+    def send_object(self, handle: object, object_id: int, payload, extensions: dict | None) -> None:
+        """An object on the stream; a status object (End of Group / End of Track) comes with
+        ``status=`` and an empty payload."""
     def end_group(self, handle: object) -> None: ...
     def reset_group(self, handle: object, code: int) -> None: ...
     def buffered_bytes(self, handle: object) -> int: ...
@@ -161,7 +163,7 @@ class TrackSubscription:
         self._written_since = 0  # bytes written since the last count
 
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float,
-                subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
+                subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):
             return
         if self.last_group is not None and group_id > self.last_group:
@@ -177,7 +179,10 @@ class TrackSubscription:
         elif s.complete:
             log.debug("object %d of group %d after its end: not delivered", object_id, group_id)
             return  # its stream is finished; a source that ends subgroups by their own streams never does this
-        self.sink.send_object(s.handle, object_id, payload, extensions)
+        if status:
+            self.sink.send_object(s.handle, object_id, payload, extensions, status=status)
+        else:
+            self.sink.send_object(s.handle, object_id, payload, extensions)
         s.written += len(payload)
         s.pending.append((s.written, received))
         s.last_received = received
@@ -494,7 +499,7 @@ class TrackFanout:
             for obj in group.objects:
                 if obj.object_id >= from_object:
                     sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
-                                obj.subgroup, obj.priority, obj.end_of_group)
+                                obj.subgroup, obj.priority, obj.end_of_group, obj.status)
         finally:
             sub.replaying = None
         if group.complete:
@@ -585,21 +590,24 @@ class TrackFanout:
         self._deliver(previous, frame.group, frame.index, frame.payload, frame_extensions(frame, timescale), now)
 
     def publish_object(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
-                       subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
+                       subgroup: int = 0, priority: int | None = None, end_of_group: bool = True,
+                       status: int = 0) -> None:
         """An object of ``subgroup`` (publisher ``priority``, None: the track's; ``end_of_group``:
-        the subgroup holds the group's last object) to the cache and every subscriber."""
+        the subgroup holds the group's last object; ``status``: its Object Status, an End of Group
+        or End of Track passed on as it came) to the cache and every subscriber."""
         self.objects_received += 1
         self.bytes_received += len(payload)
         if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
-            self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+            self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
             return
         previous = self.cache.largest
-        self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
-        self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+        self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
+        self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
+                      status)
 
     def _deliver(self, previous: tuple[int, int] | None, group_id: int, object_id: int, payload,
                  extensions: dict | None, now: float, subgroup: int = 0, priority: int | None = None,
-                 end_of_group: bool = True) -> None:
+                 end_of_group: bool = True, status: int = 0) -> None:
         """An object just cached (``previous``: the largest object before it) to every subscriber."""
         if previous is None:
             self._first_object(group_id, object_id)
@@ -609,7 +617,7 @@ class TrackFanout:
             try:
                 if ended is not None:
                     sub.end_group(ended)  # a newer group began: the older one is complete
-                sub.deliver(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group)
+                sub.deliver(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
             except Exception as exc:  # noqa: BLE001 - see _let_go
                 failed = failed or []
                 failed.append((sub, exc))

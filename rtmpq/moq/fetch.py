@@ -72,7 +72,9 @@ def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending:
             blocks.append([UnknownUntil(min(last, (group.group_id, LARGEST_VARINT)))])
             continue
         # (in Object ID order, as the cache keeps a group whatever order its subgroups came in)
-        objects = [(group.group_id, o) for o in group.objects if start <= (group.group_id, o.object_id) <= last]
+        # (a status object is not one: draft 16 has no Object Status in FETCH)
+        objects = [(group.group_id, o) for o in group.objects
+                   if not o.status and start <= (group.group_id, o.object_id) <= last]
         if objects:
             blocks.append(objects)
     if descending:

@@ -64,12 +64,16 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
         except (ConnectionError, OSError) as exc:
             if not connected_once:
                 raise
+            if lost_at is None:
+                lost_at = loop.time()
+                # the wait for a lost upstream runs from when its loss is known: one that died
+                # without a word (SIGKILL, a host gone) is known lost only at QUIC's idle timeout,
+                # as long as the wait by default, by when a wait counted from the last media is over
+                deadline = max(deadline, lost_at + wait)
             if loop.time() >= deadline:
                 raise BroadcastGone(f"{safe_name(broadcast)}: upstream {host}:{port} lost and not back within "
                                     f"{wait:g} s: {exc}") from None
             log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
                         exc, delay)
-            if lost_at is None:
-                lost_at = loop.time()
         await asyncio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX)

@@ -37,6 +37,9 @@ class CachedObject:
     subgroup: int = 0
     priority: int | None = None  # its subgroup's publisher priority (None: the track's)
     end_of_group: bool = True  # its subgroup holds the group's last object (the header's END_OF_GROUP)
+    # its Object Status (draft 16): End of Group / End of Track objects are cached and forwarded as
+    # they came (empty, never as Normal ones); a FETCH answer leaves them out (FETCH has no status)
+    status: int = 0
 
 
 class CachedFrame:
@@ -49,6 +52,7 @@ class CachedFrame:
     subgroup = 0
     priority = None
     end_of_group = True
+    status = 0
 
     def __init__(self, frame: Frame, timescale: int) -> None:
         self.frame = frame
@@ -100,8 +104,8 @@ class GroupCache:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
-            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True) -> None:
-        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group)
+            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0) -> None:
+        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status)
         group = self._add(group_id, obj, len(payload), now)
         # only a group in several subgroups (several streams) can come out of Object ID order
         if group is not None and (subgroup or group.subgroups):
@@ -206,8 +210,15 @@ class GroupCache:
 
     @property
     def largest(self) -> tuple[int, int] | None:
-        """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location."""
+        """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location: a
+        Normal one (a status object says where objects stop, not that one is there to FETCH)."""
         for group in reversed(self._groups.values()):
-            if group.objects:
-                return group.group_id, group.objects[-1].object_id
+            objects = group.objects
+            if objects:
+                last = objects[-1]
+                if not last.status:
+                    return group.group_id, last.object_id
+                for obj in reversed(objects):
+                    if not obj.status:
+                        return group.group_id, obj.object_id
         return None

@@ -81,6 +81,10 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 NEW_TRACK_WAIT = 3.0
 # At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
 MAX_WAITING_SUBSCRIBES = 256
+# A track resubscribed after its source was lost, refused there (a restarted relay above whose
+# publisher is not back yet), is asked for again after this long, doubling up to the maximum.
+RESUME_RETRY_MIN = 0.5
+RESUME_RETRY_MAX = 4.0
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
 # A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
@@ -136,6 +140,9 @@ class MoqRelay:
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
         self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
+        # what the relay above lists (our SUBSCRIBE_NAMESPACE there: request id), listed here too
+        self._upstream_listing: int | None = None
+        self._upstream_namespaces: set[tuple[str, ...]] = set()
         self._tracks: dict[tuple[tuple[str, ...], str], UpstreamTrack] = {}
         self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
@@ -313,8 +320,40 @@ class MoqRelay:
                 conn.flush()
 
     def _known_namespaces(self) -> list[tuple[str, ...]]:
-        return [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
+        known = [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
             ns for ns in self._routes if ns not in self._published]
+        return known + [ns for ns in sorted(self._upstream_namespaces) if ns not in known]
+
+    # -- what the relay above lists -----------------------------------------------------------------
+    def _list_upstream(self, conn: MoqConnection) -> None:
+        """SUBSCRIBE_NAMESPACE (every namespace) at the relay above: what it lists is listed here too,
+        so a subscriber that plays only what it has seen announced (moq-rs) finds the broadcasts
+        this relay serves from upstream. (Authorized by the node token of the session's setup.)"""
+        self._forget_upstream_namespaces()
+        self._upstream_listing = conn.session.subscribe_namespace(())
+        conn.flush()
+
+    def _forget_upstream_namespaces(self) -> None:
+        gone, self._upstream_namespaces = self._upstream_namespaces, set()
+        self._upstream_listing = None
+        for ns in gone:
+            if ns not in self._known_namespaces():
+                self._announce(ns, done=True)
+
+    def _on_NamespaceReceived(self, conn: MoqConnection, event: ev.NamespaceReceived) -> None:
+        if conn is self.upstream and event.request_id == self._upstream_listing \
+                and event.namespace not in self._upstream_namespaces:
+            known = event.namespace in self._known_namespaces()
+            self._upstream_namespaces.add(event.namespace)
+            if not known:
+                self._announce(event.namespace)
+
+    def _on_NamespaceDoneReceived(self, conn: MoqConnection, event: ev.NamespaceDoneReceived) -> None:
+        if conn is self.upstream and event.request_id == self._upstream_listing \
+                and event.namespace in self._upstream_namespaces:
+            self._upstream_namespaces.discard(event.namespace)
+            if event.namespace not in self._known_namespaces():
+                self._announce(event.namespace, done=True)
 
     # -- access -----------------------------------------------------------------------------------
     def _denied(self, conn: MoqConnection, event, check, path: str) -> bool:
@@ -755,10 +794,32 @@ class MoqRelay:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
             return
+        if upstream.resumed_from is not None and event.error_code == RequestError.DOES_NOT_EXIST \
+                and not self.stopping and self._tracks.get((upstream.namespace, upstream.track)) is upstream:
+            # a resubscription after the source was lost, refused: a relay above that restarted
+            # answers before its publisher is back (both reconnect at once). The subscribers stay
+            # for the rest of the grace period (expire_orphans) and the relay asks again
+            upstream.conn, upstream.alias, upstream.orphaned_at = None, None, upstream.resumed_from
+            upstream.resume_delay = min(max(upstream.resume_delay * 2, RESUME_RETRY_MIN), RESUME_RETRY_MAX)
+            self._call_later(upstream.resume_delay, self._resume_again, upstream)
+            log.info("%s: not back at %s yet (%s); asking again in %g s", _label(upstream.namespace, upstream.track),
+                     conn.peer, event.reason, upstream.resume_delay)
+            return
         self._tracks.pop((upstream.namespace, upstream.track), None)
+        reason = event.reason
+        if event.error_code in (RequestError.UNAUTHORIZED, RequestError.MALFORMED_AUTH_TOKEN,
+                                RequestError.EXPIRED_AUTH_TOKEN):
+            # refused to this relay, whatever its subscribers presented here: the operator of this
+            # relay reads why (the one above logs only this relay's address), and its subscribers
+            # read that it is this relay's token, not theirs
+            log.warning("%s: %s refused this relay: %s; this relay presents [auth] node_token "
+                        "(RTMPQ_AUTH_NODE_TOKEN), or one minted from its [auth] secret: it needs a node token "
+                        "(rtmpq token --act relay) of the secret there", _label(upstream.namespace, upstream.track),
+                        conn.peer, event.reason.replace("/".join(upstream.namespace), _label(upstream.namespace)))
+            reason = f"the relay above refused this relay ({event.reason}): its node token is missing or not valid there"
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
-                self._refuse_waiting(sub_conn, request, event.error_code, event.reason)
+                self._refuse_waiting(sub_conn, request, event.error_code, reason)
                 sub_conn.flush()
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
@@ -766,12 +827,21 @@ class MoqRelay:
             return
         key = (event.namespace, event.track_name)
         existing = self._tracks.get(key)
+        if existing is not None and existing.pushed and existing.orphaned_at is None and existing.conn is not conn:
+            # PUBLISHed by another session, which may be dead without our knowing it yet (a
+            # restarted transcoder PUBLISHes its rungs again at once, within the old session's
+            # idle timeout): the newcomer is authorized for it (checked above) and takes it over,
+            # as a namespace is taken over (_on_NamespacePublished)
+            self._take_over(existing, conn)
         if existing is not None and existing.orphaned_at is not None:  # its publisher is back
             existing.conn, existing.orphaned_at, existing.check_offset = conn, None, True
             existing.request_id, existing.alias = event.request_id, event.track_alias
+            # what the new publisher was told (FORWARD=0: nothing until we ask, _update_forward)
+            existing.on_demand, existing.forward = not event.forward, event.forward
             self._by_request[(id(conn), event.request_id)] = existing
             self._by_alias[(id(conn), event.track_alias)] = existing
             conn.session.publish_ok(event.request_id)
+            self._update_forward()  # its subscribers are waiting: ask for objects now
             return
         local = self._local_source("/".join(event.namespace))
         if existing is not None or (local is not None and event.track_name in local.fanouts):
@@ -894,7 +964,7 @@ class MoqRelay:
         shifted above this one."""
         catalog = self._tracks.get((namespace, CATALOG_TRACK))
         latest = catalog.fanout.cache.latest() if catalog is not None else None
-        if latest is None or not latest.objects:
+        if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
         try:
@@ -910,19 +980,24 @@ class MoqRelay:
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
         if event.status != ObjectStatus.NORMAL:
-            # End of Group / End of Track (the parser lets no other status through): no object to
-            # pass on (never an empty Normal one), the group ends here for every subscriber, as its
-            # FIN would end it
+            # End of Group / End of Track (the parser lets no other status through): an Object like
+            # any other (draft 16: a relay forwards every object, its status unchanged, and caches
+            # it), passed on as a status object on its subgroup's stream (never as an empty Normal
+            # one); then the subgroup ends here for every subscriber, as its FIN would end it
             if upstream is None:
                 return
             group = upstream.group(event.group)
+            upstream.fanout.publish_object(group, event.object_id, b"", None, time.monotonic(), event.subgroup,
+                                           event.priority, event.end_of_group, event.status)
             self._subgroup_over(upstream, group, event.subgroup)
             if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
-                # the track is over even if no PUBLISH_DONE follows: like one whose stream count is
-                # unknown, it ends downstream once its groups have, or after the late-stream grace
+                # the track is over even if no PUBLISH_DONE follows. End of Track says nothing of
+                # the groups before it, whose streams may still be on their way (a relay above
+                # sends the newest group first): the subscribers below have the End of Track
+                # object, and the subscriptions end on the publisher's PUBLISH_DONE (its stream
+                # count), or after the late-stream grace
                 upstream.end_of_track = group
                 self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
-            self._stream_finished(upstream, finished=0)
             return
         if upstream is not None and upstream.track == RENDITIONS_TRACK:
             newest = upstream.last_group
@@ -980,11 +1055,9 @@ class MoqRelay:
         else:
             upstream.fanout.end_subgroup(group, subgroup)
 
-    def _stream_finished(self, upstream: UpstreamTrack, finished: int = 1) -> None:
-        upstream.streams_done += finished
+    def _stream_finished(self, upstream: UpstreamTrack) -> None:
+        upstream.streams_done += 1
         if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
-            self._end_upstream(upstream)
-        elif upstream.end_of_track is not None and upstream.groups_ended():
             self._end_upstream(upstream)
 
     def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:
@@ -1047,9 +1120,28 @@ class MoqRelay:
             self._orphan(upstream, time.monotonic())
         if self.upstream is conn:
             self.upstream = None
+            self._forget_upstream_namespaces()
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
+    def _take_over(self, upstream: UpstreamTrack, conn: MoqConnection) -> None:
+        """Another session PUBLISHes ``upstream``'s track: its old publisher is told UNSUBSCRIBE
+        and forgotten, its groups in progress end, and the track waits for the new one (orphaned:
+        ``_on_TrackPublished`` attaches it at once, its groups numbered above the last)."""
+        old = upstream.conn
+        log.warning("%s: track %s taken over by %s", old.peer, _label(upstream.namespace, upstream.track), conn.peer)
+        self._by_request.pop((id(old), upstream.request_id), None)
+        if upstream.alias is not None:
+            self._by_alias.pop((id(old), upstream.alias), None)
+        if not old.session.closed:
+            old.session.unsubscribe(upstream.request_id)
+            old.flush()
+        upstream.conn, upstream.alias, upstream.orphaned_at = None, None, time.monotonic()
+        upstream.open_subgroups.clear()
+        if upstream.fanout.cache.largest is not None:
+            upstream.fanout.end_group(upstream.fanout.cache.largest[0])
+        upstream.fanout.end_open_groups()
+
     def _orphan(self, upstream: UpstreamTrack, now: float) -> None:
         """The track's source session is gone: keep its subscribers for ``upstream_grace`` in case
         the source (a restarted ingest or relay above) comes back; the group in progress ends."""
@@ -1078,11 +1170,19 @@ class MoqRelay:
             self._by_request.pop((id(upstream.conn), upstream.request_id), None)
             if upstream.alias is not None:
                 self._by_alias.pop((id(upstream.conn), upstream.alias), None)
-        upstream.orphaned_at = None
+        upstream.resumed_from, upstream.orphaned_at = upstream.orphaned_at, None
         upstream.check_offset = True
         upstream.subscribe(conn)
         self._by_request[(id(conn), upstream.request_id)] = upstream
         log.info("%s: resubscribing at %s", _label(upstream.namespace, upstream.track), conn.peer)
+
+    def _resume_again(self, upstream: UpstreamTrack) -> None:
+        """Ask again for a track whose resubscription was refused, if it is still waiting."""
+        if upstream.orphaned_at is None or self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
+            return  # back meanwhile (its publisher came here), or over
+        conn = self._publisher_for(upstream.namespace)
+        if conn is not None:
+            self._resume(upstream, conn)
 
     def published_names(self) -> set[str]:
         """Broadcasts publishers announced here (what this relay is the origin of for others)."""
@@ -1127,7 +1227,10 @@ class MoqRelay:
         """The relay above (re)connected: tracks it fed that are waiting for it resubscribe there."""
         self.upstream = conn
         if conn is None:
+            self._forget_upstream_namespaces()
             return
+        if not conn.session.closed:
+            self._list_upstream(conn)
         for upstream in list(self._tracks.values()):
             if upstream.orphaned_at is not None and self._publisher_for(upstream.namespace) is conn:
                 self._resume(upstream, conn)

@@ -51,9 +51,9 @@ class ConnectionSink:
         self.conn.flush()
         return sid
 
-    def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+    def send_object(self, handle: int, object_id: int, payload, extensions, status: int = 0) -> None:
         self.fanout.bytes_sent += len(payload)
-        self.conn.session.send_object(handle, object_id, payload, extensions)
+        self.conn.session.send_object(handle, object_id, payload, extensions, status=status)
         self.conn.flush()
 
     def end_group(self, handle: int) -> None:
@@ -105,7 +105,9 @@ class InProcessSink:
                    end_of_group: bool = True) -> int:
         return group_id  # (a frame says its group; its subgroup means nothing to the reader)
 
-    def send_object(self, handle: int, object_id: int, payload, extensions) -> None:
+    def send_object(self, handle: int, object_id: int, payload, extensions, status: int = 0) -> None:
+        if status:
+            return  # End of Group / End of Track: no frame (the group's and track's ends say it)
         self.deliver(object_to_frame(self.track, handle, object_id, payload, extensions or {}))
 
     def end_group(self, handle: int) -> None:

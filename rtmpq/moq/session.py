@@ -411,13 +411,20 @@ class MoqSession:
         self._outgoing[sid] = [track_alias, group, None]
         return sid
 
-    def send_object(self, stream_id: int, object_id: int, payload, extensions: dict | None = None) -> None:
+    def send_object(self, stream_id: int, object_id: int, payload, extensions: dict | None = None, *,
+                    status: int = 0) -> None:
+        """An object on a subgroup stream; ``status`` (End of Group, End of Track: draft 16 "Object
+        Status") makes it a status object, empty and without extension headers."""
         state = self._outgoing[stream_id]
         last = state[2]
         delta = object_id if last is None else object_id - last - 1
         if delta < 0:
             raise ValueError("object ids must increase within a subgroup")
         state[2] = object_id
+        if status:
+            self.quic.send_stream_data(stream_id, wire.encode_object(delta, b"", None, with_extensions=True,
+                                                                     status=status))
+            return
         data = _encoded_object(delta, payload, extensions, self._max_write)
         if type(data) is tuple:
             for piece in data:

@@ -869,6 +869,7 @@ class connect_moq:
                                wait_connected=True)
         self._timeout = timeout
         self._address = f"{host}:{port}"
+        self._checks = "none" if insecure or fingerprint else (cafile or "")  # for _handshake_failed
 
     async def __aenter__(self) -> MoqConnection:
         try:
@@ -879,7 +880,10 @@ class connect_moq:
                                   "(is a node listening there, on UDP?)") from None
 
     async def _enter(self) -> MoqConnection:
-        conn = await self._cm.__aenter__()
+        try:
+            conn = await self._cm.__aenter__()
+        except ConnectionError as exc:
+            raise ConnectionError(self._handshake_failed(exc)) from None
         if isinstance(conn, MoqConnection):
             widen_udp_buffers(conn._transport)
         if self._fingerprint is not None:
@@ -892,6 +896,22 @@ class connect_moq:
 
     async def __aexit__(self, *exc) -> None:
         await self._cm.__aexit__(*exc)
+
+    def _handshake_failed(self, exc: ConnectionError) -> str:
+        """What a connection closed during its handshake says, with what to check: most often the
+        peer's certificate, which neither backend names (aiopquic: "connection terminated during
+        handshake (error_code=0)", aioquic: an empty ConnectionError)."""
+        detail = str(exc) or "closed during the handshake"
+        if self._checks == "none":
+            hint = "is a MoQ (draft 16) node listening there?"
+        elif self._checks:
+            hint = (f"if its certificate was refused: it must be signed by, or be, {self._checks} (a node's "
+                    "self-signed certificate is its state directory's tls/cert.pem; its SHA-256 is in its start log)")
+        else:
+            hint = ("if its certificate was refused: the system's CAs do not know it (a node's own certificate is "
+                    "self-signed): pin it with --cafile <that node's state directory>/tls/cert.pem ([upstream] "
+                    "cafile), or give up the check with --insecure")
+        return f"MoQ handshake with {self._address} failed ({detail}); {hint}"
 
 
 def _der_encoding():

@@ -41,6 +41,9 @@ class UpstreamTrack:
         self.group_offset = 0
         self.check_offset = False
         self.orphaned_at: float | None = None  # the source session was lost at this time
+        # a resubscription after a loss (``orphaned_at`` then): refused, the track waits on from there
+        self.resumed_from: float | None = None
+        self.resume_delay = 0.0  # before asking again after such a refusal (doubling)
         self.largest: tuple[int, int] | None = None  # the publisher's Largest Location in its SUBSCRIBE_OK
         # a PUBLISH with FORWARD=0 (a transcoder rung): objects flow only while someone subscribes
         self.on_demand = False
@@ -48,6 +51,7 @@ class UpstreamTrack:
         # the catalog's: its join (the Joining FETCH, the fallback), and the relay group that FETCH fed
         self.catalog_join = CatalogJoin(label) if track == CATALOG_TRACK else None
         self.fetched_group: int | None = None
+        self.pushed = pushed is not None  # PUBLISHed to us (its publisher may restart and PUBLISH it again)
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
@@ -81,11 +85,6 @@ class UpstreamTrack:
     def ended(self) -> bool:
         """Whether the publisher said the track is over (PUBLISH_DONE or End of Track)."""
         return self.streams_expected is not None or self.end_of_track is not None
-
-    def groups_ended(self) -> bool:
-        """After an End of Track: whether every group held up to its group has ended (groups with
-        no stream seen yet cannot be known: the late-stream grace covers those)."""
-        return all(g.complete for g in self.fanout.cache.groups() if g.group_id <= self.end_of_track)
 
     def subgroup_seen(self, group: int, subgroup: int) -> None:
         """An object of ``subgroup`` of ``group`` (relay ids) came: its stream is open upstream."""

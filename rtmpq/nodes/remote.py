@@ -16,10 +16,12 @@ from collections.abc import Callable
 from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..directory.core import Change, Entry
+from ..moq import events as ev
 from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
+from ..moq.wire import RequestError
 from ..redact import safe_name
 
 log = logging.getLogger("rtmpq.nodes")
@@ -44,6 +46,7 @@ class UpstreamLink:
         self.conn = None  # the session while connected
         self.connected = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._announcing: dict[int, str] = {}  # PUBLISH_NAMESPACE request id -> broadcast, until answered
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -73,8 +76,12 @@ class UpstreamLink:
                     closed = asyncio.get_running_loop().create_future()
                     original = conn.handler
 
+                    self._announcing = {}  # (request ids are the session's)
+
                     def handler(c, event, _orig=original, _closed=closed):
                         _orig(c, event)
+                        if self._announcing and isinstance(event, (ev.RequestAccepted, ev.RequestFailed)):
+                            self._answered(event)
                         if type(event).__name__ == "SessionClosed" and not _closed.done():
                             _closed.set_result(None)
 
@@ -99,10 +106,31 @@ class UpstreamLink:
         announced: dict[str, int] = {}
         async for broadcast in self.relay.registry.announcements():
             namespace = tuple(broadcast.name.split("/"))
-            announced[broadcast.name] = conn.session.publish_namespace(namespace, authorization=self.token())
+            rid = announced[broadcast.name] = conn.session.publish_namespace(namespace, authorization=self.token())
+            self._announcing[rid] = broadcast.name
             conn.flush()
-            log.info("announced %s upstream", safe_name(broadcast.name))
             asyncio.ensure_future(self._withdraw_when_done(conn, broadcast, announced))
+
+    def _answered(self, event) -> None:
+        """The upstream's answer to a PUBLISH_NAMESPACE: a refusal is said, with what to check (the
+        broadcast is not reachable through that relay; before, the log said "announced" either way)."""
+        name = self._announcing.pop(event.request_id, None)
+        if name is None:
+            return
+        if isinstance(event, ev.RequestAccepted):
+            log.info("announced %s upstream", safe_name(name))
+            return
+        hint = ""
+        if event.error_code in (RequestError.UNAUTHORIZED, RequestError.MALFORMED_AUTH_TOKEN,
+                                RequestError.EXPIRED_AUTH_TOKEN):
+            hint = ("; this node presents [auth] node_token (RTMPQ_AUTH_NODE_TOKEN), or one minted from its "
+                    "[auth] secret: give it a token from `rtmpq token --act relay` signed with the upstream's secret"
+                    if self.token() else
+                    "; this node has no token to present: set [auth] node_token (RTMPQ_AUTH_NODE_TOKEN) to one from "
+                    "`rtmpq token --act relay` signed with the upstream's secret, or the same [auth] secret")
+        # (the upstream's words name the broadcast: on an open node its name is the stream key)
+        log.warning("upstream %s:%d refused to take %s: %s (code %d)%s", self.host, self.port, safe_name(name),
+                    event.reason.replace(name, safe_name(name)), event.error_code, hint)
 
     async def _withdraw_when_done(self, conn, broadcast, announced) -> None:
         await broadcast.wait_ended()
