@@ -275,6 +275,35 @@ async def test_a_relay_below_says_when_its_upstream_goes_away(node, tmp_path, ca
                     deadline=10, what="B's log line")
 
 
+async def test_a_subscriber_waiting_at_a_relay_below_hears_at_once_that_the_broadcast_went_live_above(node, tmp_path):
+    """A subscriber that comes first waits at relay B (--upstream A) with a SUBSCRIBE_NAMESPACE on
+    the broadcast's name, but only A learns when it goes live. B used to say nothing: the
+    subscriber found out at its next SUBSCRIBE retry, up to a second later, and with a 1 s GoP
+    the first group was over before it joined. Now B watches the name at A too and passes A's
+    NAMESPACE down."""
+    from rtmpq.moq import events as ev
+
+    need("ffmpeg")
+    async with relay_below(node, tmp_path) as port_b, \
+            connect_moq("127.0.0.1", port_b, insecure=True, backend=node.moq_config.backend) as conn:
+        events = []
+        conn.handler = lambda _c, e: events.append(e)
+        watch = conn.session.subscribe_namespace(("live", "early"))
+        conn.flush()
+        await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == watch for e in events),
+                    deadline=10, what="B's answer to the SUBSCRIBE_NAMESPACE")
+        assert not any(isinstance(e, ev.NamespaceReceived) for e in events)  # not live anywhere yet
+        url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/early"
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "ref.flv"), seconds=2)))
+        try:
+            await until(lambda: any(isinstance(e, ev.NamespaceReceived) and e.request_id == watch
+                                    and e.namespace == ("live", "early") for e in events),
+                        deadline=10, what="NAMESPACE live/early from B")
+        finally:
+            rc, output = await publisher
+        assert rc == 0, output
+
+
 async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node, tmp_path):
     """aiomoqt's join sends SUBSCRIBE (largest object) and its joining FETCH together. At a relay
     below (B, --upstream A) that was not carrying the track, the FETCH used to arrive while the
