@@ -21,7 +21,7 @@ from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
-from ..moq.wire import RequestError
+from ..moq.wire import RequestError, SessionError
 from ..redact import safe_name
 
 log = logging.getLogger("rtmpq.nodes")
@@ -87,6 +87,8 @@ class UpstreamLink:
 
                     conn.handler = handler
                     announcer = asyncio.ensure_future(self._announce(conn)) if self.announce else None
+                    if announcer is not None:
+                        announcer.add_done_callback(lambda task, _conn=conn: self._announcer_done(task, _conn))
                     try:
                         await closed
                     finally:
@@ -94,12 +96,24 @@ class UpstreamLink:
                             announcer.cancel()
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
+            except Exception:  # a bug here must not end the link for good (nothing would say so)
+                log.exception("upstream %s:%d: the link failed; reconnecting in %.1f s", self.host, self.port, delay)
             self.conn = None
             self.connected.clear()
             if self.relay.upstream is not None and self.relay.upstream.session.closed:
                 self.relay.set_upstream(None)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
+
+    def _announcer_done(self, task: asyncio.Task, conn) -> None:
+        """The announcer ends only when cancelled; one that failed would leave every broadcast
+        started after it unannounced on a session that looks fine: logged, and the session closed,
+        so the link reconnects and announces again."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("upstream %s:%d: announcing broadcasts failed; reconnecting", self.host, self.port,
+                  exc_info=task.exception())
+        conn.close_session(SessionError.INTERNAL_ERROR, "announcing failed")
 
     async def _announce(self, conn) -> None:
         """PUBLISH_NAMESPACE every local broadcast, now and as they start; withdraw them as they end."""
