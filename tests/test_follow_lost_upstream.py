@@ -3,7 +3,7 @@
 Found deploying nodes apart: the relay an edge subscribes through was killed and restarted 4 s
 later, and the edge's playlists stopped for good. A killed node sends no CONNECTION_CLOSE, and
 its successor cannot reset the old connection (a new stateless-reset secret), so the edge learns
-of the loss only at QUIC's idle timeout (30 s), which is also `[upstream] wait` (30 s) by default.
+of the loss only at QUIC's idle timeout (then 30 s, now 10 s), which was also `[upstream] wait` (30 s) by default.
 ``follow_broadcast`` counted the wait from the last media, so at the moment it learned of the
 loss the wait was over: it gave up without one reconnection attempt ("lost and not back within
 30 s"), however soon the upstream had come back. The wait for a lost upstream now runs from when
@@ -21,7 +21,7 @@ from rtmpq.netem import ImpairmentProxy
 from .conftest import need, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
 
-IDLE = 1.5  # QUIC idle timeout here (30 s in a node); the wait is the same, as by default
+IDLE = 1.5  # QUIC idle timeout here (10 s in a node); the wait is the same, as by default
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

@@ -331,7 +331,7 @@ async def test_a_subscription_outlives_a_publisher_gap_longer_than_the_quic_idle
     need("ffmpeg")
     from rtmpq.moq import transport
 
-    idle = 1.5  # the test's idle timeout (30 s in a node)
+    idle = 1.5  # the test's idle timeout (10 s in a node)
     monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)
     monkeypatch.setattr(transport, "KEEPALIVE_INTERVAL", idle / 3)
     node = await start_up_node(tmp_path, backend, publish=PublishConfig(grace_period=30.0))

@@ -4,7 +4,7 @@ A track PUBLISHed to the relay whose publisher restarts: the new session takes i
 
 Found deploying the transcoder as its own node: `rtmpq transcode` killed (SIGKILL, a container
 restart) and started again at once PUBLISHes its rungs anew, while the relay still holds its old
-session (nothing told the relay it died: that takes the QUIC idle timeout, 30 s). The relay
+session (nothing told the relay it died: that takes the QUIC idle timeout, 10 s). The relay
 refused the new PUBLISH ("track already published") and the transcoder gave up on the rung, so
 the rendition stayed dead for good: the old session's track then waited its grace period for a
 publisher that had already come back and been turned away. An authorized newcomer now takes the

@@ -40,6 +40,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
     deadline = loop.time() + wait
     skips = SkipMemory()  # a group skipped before a reconnection and again after it is reported once
     lost_at: float | None = None  # when the upstream was lost, until media comes again
+    last_media: float | None = None  # when the last frame came (a silent death is known lost only later)
     while True:
         try:
             async with connect_moq(host, port, **tls, token=token) as conn:
@@ -49,10 +50,14 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                                                       choice=choice, fill_groups=fill_groups, skips=skips):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
+                        now = loop.time()
                         if lost_at is not None:  # the warning that it was lost gets its answer
-                            log.info("%s: upstream %s:%d back; media again %.1f s after it was lost",
-                                     safe_name(broadcast), host, port, loop.time() - lost_at)
+                            gap = now - (last_media if last_media is not None else lost_at)
+                            log.info("%s: upstream %s:%d back; media again %.1f s after the last "
+                                     "(%.1f s after its loss was known)", safe_name(broadcast), host, port, gap,
+                                     now - lost_at)
                             lost_at = None
+                        last_media = now
                     delay = RECONNECT_MIN
                     if not isinstance(item, SkippedGroup):
                         deadline = loop.time() + wait  # alive: a later loss gets the whole wait again

@@ -42,8 +42,10 @@ log = logging.getLogger("rtmpq.moq")
 HANDSHAKE_TIMEOUT = 10.0
 # Seconds a client waits for a server to answer before saying it is not there.
 CONNECT_TIMEOUT = 5.0
-# Seconds of silence before QUIC closes a connection.
-IDLE_TIMEOUT = 30.0
+# Seconds of silence before QUIC closes a connection: also how long a node below takes to notice
+# an upstream that died without a word (SIGKILL, a host gone), while its players wait. Both ends
+# PING (below), so only a dead peer or path is silent this long. Was 30 s.
+IDLE_TIMEOUT = 10.0
 # Seconds between QUIC PINGs either end of a session sends: a MoQ session is quiet while its broadcast waits
 # for a publisher (the grace period, which may be longer than IDLE_TIMEOUT) or before it is
 # live, and must not be closed for that.
