@@ -139,7 +139,9 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
 
     prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
     relay = await start_node("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "relay"))
-    ingest_args = ["ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure"]
+    phttp = free_port()
+    ingest_args = ["ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                   "--http", f"127.0.0.1:{phttp}"]
     ingest = await start_node(*ingest_args)
     procs = [relay, ingest]
     try:
@@ -154,8 +156,19 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
         ingest = await start_node(*ingest_args)
         procs.append(ingest)
         await wait_tcp(prtmp)
-        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam", str(tmp_path / "b.flv"),
-                                                        seconds=4))
+        second = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam",
+                                                                      str(tmp_path / "b.flv"), seconds=4)))
+        await poll(f"http://127.0.0.1:{phttp}/api/v1/broadcasts", lambda body: b'"name":"video"' in body)
+        # the new ingest stalls across its first GoP boundary, as a starved process on a loaded machine
+        # does: what it read meanwhile goes out at once, the newest group first (the CI failure's shape)
+        for _ in range(4):  # each well below the 2 s delivery timeout (longer drops groups), together over the boundary
+            ingest.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(0.8)  # the stall (not an ordering wait)
+            finally:
+                ingest.send_signal(signal.SIGCONT)  # a stopped process would not take stop_all's SIGTERM
+            await asyncio.sleep(0.3)
+        rc, out = await second
         assert rc == 0, out
         relay.send_signal(signal.SIGTERM)  # ends the subscription (GOAWAY, and the relay is gone)
         rc, out = await sub
