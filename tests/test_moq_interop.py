@@ -143,7 +143,6 @@ async def test_aiomoqt_subscriber_two_relays_below_gets_the_status_objects(tmp_p
     from aiomoqt.track import SubscribedTrack
     from aiomoqt.types import GroupOrder
 
-    from rtmpq.moq import events as ev
     from rtmpq.moq import relay as relay_module
     from rtmpq.moq.transport import connect_moq
     from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus

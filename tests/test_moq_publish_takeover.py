@@ -14,6 +14,7 @@ above the last one served. And a relay below a relay that restarted before its p
 back to it keeps asking for the track until the publisher is there (the second test)."""
 
 import asyncio
+import logging
 
 import pytest
 
@@ -86,7 +87,7 @@ async def test_a_restarted_publisher_takes_its_track_over_from_its_old_session(t
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_is_back(tmp_path, backend):
+async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_is_back(tmp_path, backend, caplog):
     """Relay B (--upstream A) serves video of live/x to a viewer; A is restarted, and B reconnects
     to it before the publisher (an `ingest --upstream`) has: A refuses B's resubscription (no such
     broadcast yet). Found with the nodes as processes, A killed: B's upstream link and the ingest
@@ -141,9 +142,12 @@ async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_
                 relay_a.stop()  # A goes (its sessions close)
                 server_a.close()
             await asyncio.sleep(0.5)
+            caplog.set_level(logging.INFO, logger="rtmpq.moq")
             relay_a, server_a = await start_a()  # A is back, without the broadcast
             try:
-                await asyncio.sleep(2.0)  # B has reconnected and asked A for video: refused
+                async with asyncio.timeout(15):  # B has reconnected and asked A for video: refused
+                    while not any("not back at" in r.getMessage() for r in caplog.records):
+                        await asyncio.sleep(0.05)
                 async with connect_moq("127.0.0.1", port_a, insecure=True, backend=backend) as pub:
                     await announce(pub)  # the publisher is back at A
                     publish(pub, b"after")
