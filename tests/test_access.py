@@ -182,6 +182,32 @@ async def test_playback_tokens_on_hls(tmp_path):
         await node.close()
 
 
+async def test_a_refused_hls_viewer_is_logged_once_with_the_reason_and_never_its_token(tmp_path, caplog):
+    """A viewer refused (403) read why in the answer; the operator could not (nothing was logged,
+    so "my viewers cannot play" left no trace). Logged with the viewer's address and the reason,
+    once per REFUSAL_LOG_INTERVAL per viewer and broadcast however often the player retries, and
+    without the token."""
+    caplog.set_level(logging.INFO, logger="rtmpq.edge")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True))
+    try:
+        base = f"http://127.0.0.1:{node.edge.address[1]}/live/show"
+        expired = mint_token(SECRET, "live/show", "subscribe", 1, now=time.time() - 120)
+        for _ in range(3):  # a player retrying
+            for query in ("", f"?token={expired}"):
+                status, _ = await http_get(f"{base}/video.m3u8{query}")
+                assert status == 403
+        status, _ = await http_get(f"http://127.0.0.1:{node.edge.address[1]}/live/other/video.m3u8")
+        assert status == 403
+    finally:
+        await node.close()
+    said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    # main: nothing. One line per viewer and broadcast (the first refusal's reason), live/other apart
+    assert len(said) == 2, said
+    assert "viewer 127.0.0.1 refused for live/show: a token is required" in said[0], said
+    assert "live/other" in said[1]
+    assert expired not in caplog.text
+
+
 def _uri_after(playlist: bytes, tag: str) -> str:
     """The URI of the last ``tag`` line of a playlist (a URI="..." attribute, or the next line)."""
     lines = playlist.decode().splitlines()

@@ -67,6 +67,11 @@ RUNG_LIVE_LAG = 0.3
 # starved host) is served as live as it gets rather than refused.
 RUNG_CATCH_UP_WAIT = 5.0
 PLAYLIST = "application/vnd.apple.mpegurl"
+# A refused viewer (403: no token, an expired or wrong one) is logged once per client address and
+# broadcast per this many seconds (a refused player retries every few seconds; the operator needs
+# the reason once), remembering at most this many pairs (the oldest forgotten first).
+REFUSAL_LOG_INTERVAL = 60.0
+MAX_REFUSALS_REMEMBERED = 1024
 
 
 def stream_key(track: str) -> str:
@@ -253,6 +258,7 @@ class EdgeServer:
         self._broadcasts: dict[str, _Broadcast] = {}
         self._hls_js_bytes: bytes | None = None
         self._reaper: asyncio.Task | None = None
+        self._refusals: dict[tuple[str, str], float] = {}  # (client address, broadcast) -> last logged
 
     async def start(self) -> None:
         if not (self.static_dir / "hls.min.js").is_file():
@@ -387,6 +393,20 @@ class EdgeServer:
             return text(405, "only GET and HEAD")
         return await self._route(request)
 
+    def _log_refusal(self, client: str, name: str, reason: str, now: float) -> None:
+        """The viewer saw the reason in its 403; the operator reads it here (a viewer's "it does not
+        play" was otherwise invisible in the log), once per REFUSAL_LOG_INTERVAL per viewer."""
+        key = (client, name)
+        last = self._refusals.pop(key, None)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            self._refusals[key] = last
+            return
+        while len(self._refusals) >= MAX_REFUSALS_REMEMBERED:
+            del self._refusals[next(iter(self._refusals))]
+        self._refusals[key] = now
+        log.info("edge: viewer %s refused for %s: %s (said again for this viewer after %g s)", client,
+                 safe_name(name), reason.replace(name, safe_name(name)), REFUSAL_LOG_INTERVAL)
+
     def _hls_js(self) -> Response:
         if self._hls_js_bytes is None:
             path = self.static_dir / "hls.min.js"
@@ -411,6 +431,7 @@ class EdgeServer:
         except AccessDenied as exc:
             if page:  # the page holds no media; the requests it makes carry the token
                 return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
+            self._log_refusal(request.client, name, str(exc), time.monotonic())
             return text(403, str(exc))
         query = f"?token={quote(uri_token, safe='')}" if uri_token else ""
         b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
