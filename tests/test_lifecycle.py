@@ -103,15 +103,20 @@ async def test_subscriber_keeps_receiving_across_a_publisher_reconnect(node, tmp
     await asyncio.wait_for(sub, 10)
     assert broadcast.publishes == 2 and first >= 60
     for track in ("video", "audio"):
-        mine = [f for f in frames if f.track == track]
-        groups = [f.group for f in mine]
-        assert groups == sorted(groups), f"{track} group ids went backwards"
+        # placed by group and object id: each group is its own stream and the relay sends the
+        # newest first, so under load a group's last frames may arrive after the next group's
+        # first (tests/test_restart.py); what is promised is one timeline, groups begun in order
+        arrived = [f for f in frames if f.track == track]
+        begun = list(dict.fromkeys(f.group for f in arrived))  # in the order groups began
+        assert begun == sorted(begun), f"{track} group ids went backwards"
+        mine = sorted(arrived, key=lambda f: (f.group, f.index))
+        assert len({(f.group, f.index) for f in mine}) == len(mine), f"{track} objects twice"
         dts = [f.dts for f in mine]
         assert all(b > a for a, b in zip(dts, dts[1:])), f"{track} timestamps went backwards"
         # the seam is a gap of at least a second on the timeline, nothing more
         jumps = [b - a for a, b in zip(dts, dts[1:]) if b - a > 500]
         assert len(jumps) == 1 and jumps[0] >= 1000, jumps
-    video = [f for f in frames if f.track == "video"]
+    video = sorted((f for f in frames if f.track == "video"), key=lambda f: (f.group, f.index))
     seam = next(i for i, (a, b) in enumerate(zip(video, video[1:])) if b.dts - a.dts > 500) + 1
     assert video[seam].keyframe and video[seam].index == 0 and video[seam].group > video[seam - 1].group
     # a catalog for the second publish only when something changed: same encoder settings, same catalog
