@@ -462,6 +462,9 @@ async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_pat
         assert "the relay above refused this relay" in str(info.value), info.value
         said = [r.getMessage() for r in caplog.records if "refused this relay" in r.getMessage()]
         assert said and "[auth] node_token" in said[0] and "rtmpq token --act relay" in said[0], said
+        # and its listing of the broadcasts above (SUBSCRIBE_NAMESPACE) was refused too: said once
+        listing = [r.getMessage() for r in caplog.records if "refused to list its broadcasts" in r.getMessage()]
+        assert len(listing) == 1 and "[auth] node_token" in listing[0], listing
     finally:
         await link.close()
         relay_b.stop()

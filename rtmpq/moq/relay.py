@@ -779,6 +779,13 @@ class MoqRelay:
                 sub_conn.flush()
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        if conn is self.upstream and event.request_id == self._upstream_listing:
+            # subscribers here still find its broadcasts (they ask upstream for what is not here),
+            # but later, at their retry, and one that plays only what is announced finds none
+            self._upstream_listing = None
+            log.warning("%s refused to list its broadcasts to this relay: %s (code %d); this relay presents "
+                        "[auth] node_token (RTMPQ_AUTH_NODE_TOKEN)", conn.peer, event.reason, event.error_code)
+            return
         catalog = self._catalog_fetch(conn, event.request_id, done=True)
         if catalog is not None:  # the publisher refused our catalog's joining FETCH
             self._catalog_fetched(catalog, None)
