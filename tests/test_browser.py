@@ -367,3 +367,32 @@ async def test_the_player_page_plays_on_past_its_tokens_expiry(tmp_path):
         rc, output = await publisher
         await n.close()
     assert rc == 0, output
+
+
+async def test_a_player_page_opened_before_the_broadcast_starts_plays_once_it_does(node, tmp_path):
+    need("ffmpeg")
+    host, http_port = node.edge.address
+    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/soon/")
+    publisher = None
+    try:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            shown = set()  # what the page said while there was nothing to play
+            for _ in range(200):  # the page asked and was told there is no such broadcast (404)
+                shown.add(await devtools.evaluate("document.getElementById('status')?.textContent") or "")
+                if "(fatal)" in (await devtools.evaluate("JSON.stringify(window.rtmpqErrors || [])") or "") \
+                        and any("not live" in s for s in shown):
+                    break
+                await asyncio.sleep(0.1)
+            publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+                f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/soon", str(tmp_path / "ref.flv"), seconds=10), timeout=60))
+            # the viewer does nothing: the page plays once the broadcast is live
+            assert await devtools.playback_started(tries=200), \
+                await devtools.evaluate("JSON.stringify(window.rtmpqErrors)")
+            assert any("not live" in s for s in shown), shown  # the viewer was told, not left at "loading…"
+    finally:
+        browser.terminate()
+        await browser.wait()
+        if publisher is not None:
+            rc, output = await publisher
+            assert rc == 0, output

@@ -87,6 +87,9 @@ def stream_key(track: str) -> str:
 PLAYER_LATENCY = 0.5
 PLAYER_LATENCY_BOUNDS = (0.3, 30.0)
 PLAYER_LATENCY_SLACK = 0.4
+# A player page whose broadcast is not live (not yet, or no longer: the playlist answers 404/503)
+# asks again every this many seconds, so it plays by itself once the publisher starts.
+PLAYER_RETRY = 2.0
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -111,7 +114,16 @@ else if (Hls.isSupported()) {
     hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
                    liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
     window.rtmpqHls = hls;
-    hls.on(Hls.Events.ERROR, (event, data) => window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : "")));
+    hls.on(Hls.Events.ERROR, (event, data) => {
+      window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : ""));
+      // not live yet (404/503: hls.js gives up on a 404 at once), or the edge went away: ask
+      // again every @RETRY@ s, so a page opened before the broadcast starts plays when it does
+      if (data.fatal) {
+        const failed = hls;
+        waiting = "not live (yet): trying again every @RETRY@ s…";
+        setTimeout(() => { if (failed === hls) { window.rtmpqRestarts += 1; hls.destroy(); start(); } }, @RETRY@ * 1000);
+      }
+    });
     // a restart (below) reopens with the edge's session token: the page's own may have expired
     hls.on(Hls.Events.MANIFEST_LOADED, (event, data) => {
       const token = data.levels.length && new URL(data.levels[0].url, location.href).searchParams.get("token");
@@ -131,15 +143,20 @@ else if (Hls.isSupported()) {
         }
       }).catch(() => {});
     });
+    hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; });
     hls.loadSource(source);
     hls.attachMedia(video);
   };
+  let waiting = null;  // why nothing plays, shown instead of the latency
+  video.addEventListener("ended", () => { waiting = "the broadcast has ended"; });
   start();
-  setInterval(() => { window.rtmpqLatency = hls.latency; status.textContent = "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
+  setInterval(() => { window.rtmpqLatency = hls.latency;
+    status.textContent = waiting || "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
 } else { video.src = "index.m3u8" + location.search; }  // native HLS (Safari): with ?token= too
 </script></body></html>
 """.replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
-    .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY))
+    .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY)) \
+    .replace("@RETRY@", str(PLAYER_RETRY))
 
 
 class _Broadcast:
