@@ -1,11 +1,14 @@
 """Headless Chromium plays the edge's player page (hls.js, LL-HLS) while ffmpeg publishes."""
 
 import asyncio
+import functools
 import itertools
 import json
 import shutil
 import socket
+import threading
 import urllib.request
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import websockets
@@ -396,3 +399,36 @@ async def test_a_player_page_opened_before_the_broadcast_starts_plays_once_it_do
         if publisher is not None:
             rc, output = await publisher
             assert rc == 0, output
+
+
+async def test_a_page_on_another_origin_sees_the_edges_answers_to_requests_with_headers_of_its_own(node, tmp_path):
+    """A web developer's page (another origin) whose hls.js adds a header (an Authorization in
+    xhrSetup) makes the browser ask first (a CORS preflight, OPTIONS): the edge allows it, so the
+    page gets the edge's answers, an error's status too, not an opaque network error."""
+    host, http_port = node.edge.address
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text(f"""<!doctype html><script>
+    window.answers = [];
+    for (const path of ["/live/nobody/index.m3u8", "/hls.min.js"])
+      fetch("http://{host}:{http_port}" + path, {{headers: {{Authorization: "Bearer example"}}}})
+        .then((r) => window.answers.push(path + " " + r.status), (e) => window.answers.push(path + " " + e));
+    </script>""")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    browser, ws_url = await chromium_page(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/index.html")
+    try:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            answers = []
+            for _ in range(100):
+                answers = await devtools.evaluate("window.answers") or []
+                if len(answers) == 2:
+                    break
+                await asyncio.sleep(0.1)
+        assert sorted(answers) == ["/hls.min.js 200", "/live/nobody/index.m3u8 404"], answers
+    finally:
+        browser.terminate()
+        await browser.wait()
+        server.shutdown()
+        server.server_close()

@@ -72,6 +72,8 @@ PLAYLIST = "application/vnd.apple.mpegurl"
 # the reason once), remembering at most this many pairs (the oldest forgotten first).
 REFUSAL_LOG_INTERVAL = 60.0
 MAX_REFUSALS_REMEMBERED = 1024
+# Browsers keep an answer to a CORS preflight (OPTIONS) this many seconds (Chromium: 2 h at most).
+PREFLIGHT_MAX_AGE = 600
 
 
 def stream_key(track: str) -> str:
@@ -402,6 +404,8 @@ class EdgeServer:
 
     # -- HTTP -----------------------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
+        if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+            return self._preflight(request)
         for app in self.apps:  # the node's own routes (metrics, health, API, status page) first
             response = await app(request)
             if response is not None:
@@ -423,6 +427,16 @@ class EdgeServer:
         self._refusals[key] = now
         log.info("edge: viewer %s refused for %s: %s (said again for this viewer after %g s)", client,
                  safe_name(name), reason.replace(name, safe_name(name)), REFUSAL_LOG_INTERVAL)
+
+    @staticmethod
+    def _preflight(request: Request) -> Response:
+        """A browser's CORS preflight (a page on another origin whose requests carry a header of
+        its own, e.g. Authorization set in hls.js's xhrSetup): GET and HEAD with any headers."""
+        headers = [("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS"),
+                   ("Access-Control-Max-Age", str(PREFLIGHT_MAX_AGE))]
+        if asked := request.headers.get("access-control-request-headers"):
+            headers.append(("Access-Control-Allow-Headers", asked))  # "*" does not cover Authorization
+        return Response(204, b"", cache="no-store", headers=headers)
 
     def _hls_js(self) -> Response:
         if self._hls_js_bytes is None:
