@@ -100,6 +100,11 @@ async def test_blocking_reload_returns_when_the_next_part_exists(node, tmp_path)
     hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)\.m4s"', media)
     msn, part = int(hint[1]), int(hint[2])
     assert f'URI="v-seg{msn}.{part}.m4s"' not in media.split("PRELOAD-HINT")[0]  # not there yet
+    started = time.monotonic()
+    status, _, body = await http_get(f"{base}/video.m3u8?_HLS_msn={msn}&_HLS_part={part + 30}")
+    assert (status, time.monotonic() - started < 0.15) == (400, True), body
+    status, _, body = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 1}&_HLS_part=30")
+    assert status == 400, body
     status, _, body = await http_get(f"{base}/video.m3u8?_HLS_msn={msn}&_HLS_part={part}")
     assert status == 200
     assert f'URI="v-seg{msn}.{part}.m4s"' in body.decode().split("PRELOAD-HINT")[0]
@@ -107,7 +112,8 @@ async def test_blocking_reload_returns_when_the_next_part_exists(node, tmp_path)
     hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(v-seg\d+\.\d+\.m4s)"', body.decode())[1]
     status, headers, data = await http_get(f"{base}/{hint}")
     assert status == 200 and headers["Content-Type"] == "video/mp4" and data[4:8] == b"moof"
-    # far-future requests are refused, not held
+    # far-future requests are refused, not held (RFC 8216bis 6.2.5.2: more than two segments,
+    # or more than the Part Limit of three parts, past the last in the playlist)
     status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 10}")
     assert status == 400
     rc, output = await publisher
@@ -120,6 +126,9 @@ async def test_unknown_broadcast_and_bad_paths(node):
     assert status == 404 and b"no such broadcast" in body
     status, _, _ = await http_get(f"http://{host}:{port}/../../etc/passwd")
     assert status == 404
+    # the player page's address typed without its trailing slash: sent to the page, query and all
+    status, headers, _ = await http_get(f"http://{host}:{port}/live/nobody?latency=2")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
 
 
 # -- ffmpeg's warnings on the multivariant playlist, against ffmpeg's own HLS muxer -----------------

@@ -39,6 +39,9 @@ log = logging.getLogger("rtmpq.edge")
 
 # Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
 BLOCKING_TARGET_DURATIONS = 3
+# A blocking reload for a part more than this many parts past the last one listed is refused (400)
+# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held.
+PART_LIMIT = 3
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
@@ -51,6 +54,7 @@ VIEWER_WINDOW = 10.0
 MAX_VIEWERS_TRACKED = 16384
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
+_PAGE_NO_SLASH = re.compile(r"^/[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}$")
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
 _SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
@@ -451,6 +455,8 @@ class EdgeServer:
         if path in ("/hls.min.js", "/hls.js"):
             return self._hls_js()
         m = _PATH.match(path)
+        if m is None and _PAGE_NO_SLASH.match(path):  # the player page's address typed without its "/"
+            return Response(308, b"", headers=[("Location", path + "/" + (f"?{query_text}" if query_text else ""))])
         if m is None:
             return text(404, "not found: expected /<app>/<name>/index.m3u8")
         name = f"{m['app']}/{m['key']}"
@@ -542,6 +548,11 @@ class EdgeServer:
             newest = stream.segments[-1].msn if stream.segments else stream.first
             if msn > newest + 2:
                 return text(400, "_HLS_msn is too far in the future")
+            next_msn, next_part = stream.next_part
+            if part is not None and msn >= next_msn and not stream.ended:
+                ahead = part - next_part + 1 if msn == next_msn else part + 1  # parts past the last listed (at least)
+                if ahead > PART_LIMIT:
+                    return text(400, "_HLS_part is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return text(503, "the requested part did not appear in time")
         return Response(200, stream.media_playlist(uri_query).encode(), PLAYLIST, "no-cache")
