@@ -432,3 +432,30 @@ async def test_a_page_on_another_origin_sees_the_edges_answers_to_requests_with_
         await browser.wait()
         server.shutdown()
         server.server_close()
+
+
+async def test_a_player_page_without_a_token_says_it_may_not_play(tmp_path):
+    """A node that wants a playback token: its page opened without one says so (403), not
+    "loading…" nor "not live", and does not ask again and again."""
+    from rtmpq.config import AuthConfig
+
+    n = UpNode(local_config(tmp_path, auth=AuthConfig(secret="0123456789abcdef0123456789abcdef",
+                                                      require_playback_token=True)))
+    await n.start()
+    host, http_port = n.edge.address
+    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/studio/")
+    try:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            shown = ""
+            for _ in range(100):
+                shown = await devtools.evaluate("document.getElementById('status')?.textContent") or ""
+                if "403" in shown:
+                    break
+                await asyncio.sleep(0.1)
+            assert "not allowed" in shown, shown
+            assert await devtools.evaluate("window.rtmpqRestarts") == 0
+    finally:
+        browser.terminate()
+        await browser.wait()
+        await n.close()

@@ -124,7 +124,9 @@ else if (Hls.isSupported()) {
       window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : ""));
       // not live yet (404/503: hls.js gives up on a 404 at once), or the edge went away: ask
       // again every @RETRY@ s, so a page opened before the broadcast starts plays when it does
-      if (data.fatal) {
+      if (data.fatal && data.response && data.response.code === 403) {
+        waiting = "not allowed to watch this broadcast (403: no token, or it expired)";
+      } else if (data.fatal) {
         const failed = hls;
         waiting = "not live (yet): trying again every @RETRY@ s…";
         setTimeout(() => { if (failed === hls) { window.rtmpqRestarts += 1; hls.destroy(); start(); } }, @RETRY@ * 1000);
