@@ -86,6 +86,33 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
         server.close()
 
 
+@asynccontextmanager
+async def relay_below(tmp_path, backend: str, port_a: int):
+    """A second bare relay (B) whose upstream is the relay or node at loopback ``port_a`` (A): yields
+    B's port once its upstream session is up (a relay chain, as `rtmpq relay --upstream` makes)."""
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.moq.transport import serve_moq
+    from rtmpq.nodes.remote import UpstreamLink
+
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    relay_b = MoqRelay(BroadcastRegistry())
+    port_b = free_port(socket.SOCK_DGRAM)
+    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
+                               backend=backend)
+    relay_b.start()
+    link = UpstreamLink(relay_b, f"moqt://127.0.0.1:{port_a}", insecure=True, backend=backend)
+    link.start()
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        yield port_b
+    finally:
+        await link.close()
+        relay_b.stop()
+        server_b.close()
+
+
 async def subscribe_to_raw_publisher(tmp_path, on_connection, *, backend: str = "aioquic", name: str = "live/x",
                                      deadline: float = 20.0, each=None, seen=None, in_order: bool = False) -> list:
     """Everything ``subscribe_broadcast`` yields for ``name`` until the broadcast ends, from a MoQ

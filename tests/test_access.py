@@ -16,7 +16,7 @@ from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import http_get, need, start_up_node
+from .conftest import http_get, need, start_up_node, until
 from .publishers import ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
 
 KEY = "sk-1f9c2a77e0"
@@ -398,9 +398,7 @@ async def test_an_ingest_says_when_its_upstream_refuses_its_broadcast(tmp_path, 
         await asyncio.wait_for(link.connected.wait(), 10)
         registry.publish("live/x")
         said = "announced live/x upstream" if token == "good" else "refused to take live/x"
-        async with asyncio.timeout(10):
-            while not any(said in r.getMessage() for r in caplog.records):
-                await asyncio.sleep(0.05)
+        await until(lambda: any(said in r.getMessage() for r in caplog.records), 10, repr(said))
         published = node.moq.published_names()
     finally:
         await link.close()
@@ -424,14 +422,10 @@ async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_pat
     subscribe live/x") to the viewer, who had given one, and log nothing (A logged B's address
     alone); now the viewer reads that the relay above refused this relay, and B's log says what
     to set (found deploying the nodes apart)."""
-    from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq.client import SubscribeError
-    from rtmpq.moq.relay import MoqRelay
-    from rtmpq.moq.tls import ensure_self_signed
-    from rtmpq.moq.transport import serve_moq
     from rtmpq.moq.wire import RequestError
-    from rtmpq.nodes.remote import UpstreamLink
-    from rtmpq.nodes.up import free_udp_port
+
+    from .test_moq_fetch import relay_below_node
 
     need("ffmpeg")
     caplog.set_level(logging.WARNING, logger="rtmpq.moq")
@@ -441,20 +435,11 @@ async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_pat
         f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/x?token={mint_token(SECRET, 'live/x', 'publish', 60, now=now)}",
         str(tmp_path / "ref.flv"), seconds=4)))
     backend = node.moq_config.backend
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    relay_b = MoqRelay(BroadcastRegistry())
-    port_b = free_udp_port("127.0.0.1")
-    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
-                               backend=backend)
-    relay_b.start()
-    host, port = node.moq_address
-    link = UpstreamLink(relay_b, f"moqt://{host}:{port}", insecure=True, backend=backend)
-    link.start()
     try:
         await node.registry.wait_for("live/x", 10)
-        await asyncio.wait_for(link.connected.wait(), 10)
         viewer = mint_token(SECRET, "live/x", "subscribe", 60, now=now)
-        async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
+        async with relay_below_node(node, tmp_path) as port_b, \
+                connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as conn:
             with pytest.raises(SubscribeError) as info:
                 async for _ in subscribe_broadcast(conn, "live/x", wait=10, authorization=viewer):
                     pass
@@ -466,8 +451,5 @@ async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_pat
         listing = [r.getMessage() for r in caplog.records if "refused to list its broadcasts" in r.getMessage()]
         assert len(listing) == 1 and "[auth] node_token" in listing[0], listing
     finally:
-        await link.close()
-        relay_b.stop()
-        server_b.close()
         await publish
         await node.close()

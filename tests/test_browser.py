@@ -52,6 +52,17 @@ class DevTools:
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
         return result.get("result", {}).get("value")
 
+    async def poll(self, expression: str, deadline: float = 30.0):
+        """The value of ``expression`` once it is truthy, asked every 0.2 s (None after ``deadline``)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while loop.time() < end:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.2)
+        return None
+
     async def playback_started(self, tries: int = 100) -> float:
         """The page's video position once it moves, polled every 0.1 s (0 if it never does)."""
         for _ in range(tries):
@@ -420,12 +431,8 @@ async def test_a_page_on_another_origin_sees_the_edges_answers_to_requests_with_
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
-            answers = []
-            for _ in range(100):
-                answers = await devtools.evaluate("window.answers") or []
-                if len(answers) == 2:
-                    break
-                await asyncio.sleep(0.1)
+            await devtools.poll("window.answers.length === 2", deadline=10)
+            answers = await devtools.evaluate("window.answers") or []
         assert sorted(answers) == ["/hls.min.js 200", "/live/nobody/index.m3u8 404"], answers
     finally:
         browser.terminate()
@@ -447,12 +454,9 @@ async def test_a_player_page_without_a_token_says_it_may_not_play(tmp_path):
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
-            shown = ""
-            for _ in range(100):
-                shown = await devtools.evaluate("document.getElementById('status')?.textContent") or ""
-                if "403" in shown:
-                    break
-                await asyncio.sleep(0.1)
+            status = "document.getElementById('status')?.textContent || ''"
+            await devtools.poll(f"({status}).includes('403')", deadline=10)
+            shown = await devtools.evaluate(status)
             assert "not allowed" in shown, shown
             assert await devtools.evaluate("window.rtmpqRestarts") == 0
     finally:

@@ -5,7 +5,6 @@ against `rtmpq up` with an ffmpeg publish, with rtmpq's own client and with aiom
 """
 
 import asyncio
-import contextlib
 import socket
 
 import pytest
@@ -17,7 +16,7 @@ from rtmpq.moq.group_cache import GroupCache
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import LARGEST_VARINT, RequestError
 
-from .conftest import need, until
+from .conftest import need, relay_below, until
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 
 
@@ -218,41 +217,16 @@ async def test_joining_fetch_errors(node, tmp_path):
     assert rc == 0, output
 
 
-@contextlib.asynccontextmanager
-async def relay_below(node, tmp_path):
-    """Relay B (`--upstream` the node, A), on A's QUIC backend: yields B's MoQ port once its
-    upstream session is up."""
-    from rtmpq.media.broadcast import BroadcastRegistry
-    from rtmpq.moq.relay import MoqRelay
-    from rtmpq.moq.tls import ensure_self_signed
-    from rtmpq.moq.transport import serve_moq
-    from rtmpq.nodes.remote import UpstreamLink
-    from rtmpq.nodes.up import free_udp_port
-
-    backend = node.moq_config.backend
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    relay_b = MoqRelay(BroadcastRegistry())
-    port_b = free_udp_port("127.0.0.1")
-    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
-                               backend=backend)
-    relay_b.start()
-    host_a, port_a = node.moq_address
-    link = UpstreamLink(relay_b, f"moqt://{host_a}:{port_a}", insecure=True, backend=backend)
-    link.start()
-    try:
-        await asyncio.wait_for(link.connected.wait(), 10)
-        yield port_b
-    finally:
-        await link.close()
-        relay_b.stop()
-        server_b.close()
+def relay_below_node(node, tmp_path):
+    """Relay B (`--upstream` the node, A), on A's QUIC backend (conftest.relay_below)."""
+    return relay_below(tmp_path, node.moq_config.backend, node.moq_address[1])
 
 
 async def test_a_relay_below_passes_a_fetch_for_a_track_it_does_not_hold_upstream(node, tmp_path):
     """ffmpeg -> `rtmpq up` (A) <- relay B (--upstream A) <- FETCH: B holds nothing of the track,
     so it asks A and passes the answer and the objects back."""
     publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/chain", 1), 30)
-    async with relay_below(node, tmp_path) as port_b, \
+    async with relay_below_node(node, tmp_path) as port_b, \
             connect_moq("127.0.0.1", port_b, insecure=True, backend=node.moq_config.backend) as conn:
         result = await asyncio.wait_for(fetch_track(conn, "live/chain", "video", (0, 0), (0, 0)), 10)
         with pytest.raises(FetchError, match="no such track"):  # A's refusal, passed on
@@ -269,7 +243,7 @@ async def test_a_relay_below_says_when_its_upstream_goes_away(node, tmp_path, ca
     import logging
 
     caplog.set_level(logging.INFO, "rtmpq.moq")
-    async with relay_below(node, tmp_path):
+    async with relay_below_node(node, tmp_path):
         node.moq.stop()  # A's graceful stop: GOAWAY to every session
         await until(lambda: "MoQ upstream" in caplog.text and "is going away (GOAWAY)" in caplog.text,
                     deadline=10, what="B's log line")
@@ -284,7 +258,7 @@ async def test_a_subscriber_waiting_at_a_relay_below_hears_at_once_that_the_broa
     from rtmpq.moq import events as ev
 
     need("ffmpeg")
-    async with relay_below(node, tmp_path) as port_b, \
+    async with relay_below_node(node, tmp_path) as port_b, \
             connect_moq("127.0.0.1", port_b, insecure=True, backend=node.moq_config.backend) as conn:
         events = []
         conn.handler = lambda _c, e: events.append(e)
@@ -316,7 +290,7 @@ async def test_aiomoqt_join_at_a_relay_that_holds_nothing_of_the_track_yet(node,
 
     publisher, ref = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/joinb", 1), 30)
     fetched, live = [], []
-    async with relay_below(node, tmp_path) as port_b:
+    async with relay_below_node(node, tmp_path) as port_b:
         client = MOQTClient("127.0.0.1", port_b, use_quic=True, verify_tls=False)
         async with client.connect() as session:
             await session.client_session_init()

@@ -147,8 +147,8 @@ async def test_aiomoqt_subscriber_two_relays_below_gets_the_status_objects(tmp_p
     from rtmpq.moq.transport import connect_moq
     from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
 
-    from .conftest import serving_relay
-    from .test_moq_object_status import FRAMES_PER_GROUP, answer_with_status_objects, media, relay_below
+    from .conftest import relay_below, serving_relay
+    from .test_moq_object_status import FRAMES_PER_GROUP, answer_with_status_objects, media
 
     monkeypatch.setattr(relay_module, "LATE_STREAM_GRACE", 0.5)
     got, done = [], asyncio.Event()

@@ -9,7 +9,6 @@ ended the stream and the track, but passed no End of Group / End of Track object
 
 import asyncio
 import contextlib
-import socket
 
 import pytest
 
@@ -22,7 +21,7 @@ from rtmpq.moq.loc import CATALOG_TRACK
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import ObjectStatus, PublishDoneStatus
 
-from .conftest import free_port, serving_relay, subscribe_to_raw_publisher
+from .conftest import relay_below, serving_relay, subscribe_to_raw_publisher
 
 BACKENDS = ["aioquic", "aiopquic"]
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01", alt_group=1)
@@ -134,6 +133,28 @@ def subscribe_catalog_and_video(viewer) -> tuple[asyncio.Queue, int, int]:
     return vq, catalog_rid, video_rid
 
 
+async def ended_by_end_of_track(pub, viewer) -> tuple[list, int, int]:
+    """``pub`` announces live/x and answers each SUBSCRIBE with its groups, each track ended by an
+    End of Track object (no PUBLISH_DONE, streams left open); ``viewer`` subscribes to the catalog
+    and video: its events until PUBLISH_DONE for both and every stream they count has ended, with
+    its catalog and video request ids."""
+    pq: asyncio.Queue = asyncio.Queue()
+    pub.handler = lambda _c, e: pq.put_nowait(e)
+    pub.session.publish_namespace(("live", "x"))
+    pub.flush()
+    await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
+    answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
+    vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
+
+    def both_done(got) -> bool:
+        # PUBLISH_DONE can overtake the streams it counts: those end too (FIN or reset)
+        done = {e.request_id: e.stream_count for e in got if isinstance(e, ev.PublishDoneReceived)}
+        streams = len([e for e in got if isinstance(e, (ev.SubgroupEnded, ev.SubgroupReset))])
+        return done.keys() == {catalog_rid, video_rid} and streams >= sum(done.values())
+
+    return await _events_until(vq, both_done), catalog_rid, video_rid
+
+
 @pytest.mark.parametrize("status", [ObjectStatus.END_OF_GROUP, ObjectStatus.END_OF_TRACK])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_the_relay_ends_the_group_and_passes_on_the_status_object(tmp_path, backend, status):
@@ -193,21 +214,7 @@ async def test_end_of_track_ends_the_relayed_track_without_publish_done(tmp_path
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
-            pq: asyncio.Queue = asyncio.Queue()
-            pub.handler = lambda _c, e: pq.put_nowait(e)
-            pub.session.publish_namespace(("live", "x"))
-            pub.flush()
-            await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
-            answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
-            vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
-
-            def both_done(got) -> bool:
-                # PUBLISH_DONE can overtake the streams it counts: those end too (FIN or reset)
-                done = {e.request_id: e.stream_count for e in got if isinstance(e, ev.PublishDoneReceived)}
-                streams = len([e for e in got if isinstance(e, (ev.SubgroupEnded, ev.SubgroupReset))])
-                return done.keys() == {catalog_rid, video_rid} and streams >= sum(done.values())
-
-            got = await _events_until(vq, both_done)
+            got, catalog_rid, video_rid = await ended_by_end_of_track(pub, viewer)
     done = {e.request_id: e.status for e in got if isinstance(e, ev.PublishDoneReceived)}
     assert done == {catalog_rid: PublishDoneStatus.TRACK_ENDED, video_rid: PublishDoneStatus.TRACK_ENDED}
     accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}
@@ -335,33 +342,6 @@ def test_end_of_track_waits_for_the_streams_before_its_location_alone():
     assert ends.stream_ended("audio", 3, 0)
 
 
-@contextlib.asynccontextmanager
-async def relay_below(tmp_path, backend: str, port_a: int):
-    """A second bare relay whose upstream is the relay at ``port_a``: yields its port once its
-    upstream session is up (a relay chain, as `rtmpq relay --upstream` makes)."""
-    from rtmpq.media.broadcast import BroadcastRegistry
-    from rtmpq.moq.relay import MoqRelay
-    from rtmpq.moq.tls import ensure_self_signed
-    from rtmpq.moq.transport import serve_moq
-    from rtmpq.nodes.remote import UpstreamLink
-
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    relay_b = MoqRelay(BroadcastRegistry())
-    port_b = free_port(socket.SOCK_DGRAM)
-    server_b = await serve_moq("127.0.0.1", port_b, certfile=cert, keyfile=key, on_connection=relay_b.on_connection,
-                               backend=backend)
-    relay_b.start()
-    link = UpstreamLink(relay_b, f"moqt://127.0.0.1:{port_a}", insecure=True, backend=backend)
-    link.start()
-    try:
-        await asyncio.wait_for(link.connected.wait(), 10)
-        yield port_b
-    finally:
-        await link.close()
-        relay_b.stop()
-        server_b.close()
-
-
 @pytest.mark.parametrize("relays", [1, 2])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_status_objects_are_forwarded_through_a_relay_chain(tmp_path, backend, relays, monkeypatch):
@@ -380,20 +360,7 @@ async def test_status_objects_are_forwarded_through_a_relay_chain(tmp_path, back
             port = port_a if relays == 1 else await stack.enter_async_context(relay_below(tmp_path, backend, port_a))
             pub = await stack.enter_async_context(connect_moq("127.0.0.1", port_a, insecure=True, backend=backend))
             viewer = await stack.enter_async_context(connect_moq("127.0.0.1", port, insecure=True, backend=backend))
-            pq: asyncio.Queue = asyncio.Queue()
-            pub.handler = lambda _c, e: pq.put_nowait(e)
-            pub.session.publish_namespace(("live", "x"))
-            pub.flush()
-            await _events_until(pq, lambda got: any(isinstance(e, ev.RequestAccepted) for e in got))
-            answer_with_status_objects(pub, ObjectStatus.END_OF_TRACK, ObjectStatus.END_OF_TRACK, [])
-            vq, catalog_rid, video_rid = subscribe_catalog_and_video(viewer)
-
-            def both_done(got) -> bool:
-                done = {e.request_id: e.stream_count for e in got if isinstance(e, ev.PublishDoneReceived)}
-                streams = len([e for e in got if isinstance(e, (ev.SubgroupEnded, ev.SubgroupReset))])
-                return done.keys() == {catalog_rid, video_rid} and streams >= sum(done.values())
-
-            got = await _events_until(vq, both_done)
+            got, catalog_rid, video_rid = await ended_by_end_of_track(pub, viewer)
     done = {e.request_id: e.status for e in got if isinstance(e, ev.PublishDoneReceived)}
     assert done == {catalog_rid: PublishDoneStatus.TRACK_ENDED, video_rid: PublishDoneStatus.TRACK_ENDED}
     accepted = {e.request_id: e.track_alias for e in got if isinstance(e, ev.SubscribeAccepted)}

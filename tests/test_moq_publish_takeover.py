@@ -21,7 +21,7 @@ import pytest
 from rtmpq.moq import events as ev
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import EventRecorder, serving_relay
+from .conftest import EventRecorder, serving_relay, until
 
 BACKENDS = ["aioquic", "aiopquic"]
 NAMESPACE = ("live", "x")
@@ -100,8 +100,7 @@ async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_
     from rtmpq.moq.tls import ensure_self_signed
     from rtmpq.moq.transport import serve_moq
 
-    from .conftest import free_port
-    from .test_moq_object_status import relay_below
+    from .conftest import free_port, relay_below
 
     cert, key = ensure_self_signed(tmp_path / "a-tls")
     port_a = free_port(__import__("socket").SOCK_DGRAM)
@@ -129,6 +128,7 @@ async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_
         conn.flush()
         await wait_for(answers, lambda e: isinstance(e, ev.RequestAccepted), "PUBLISH_NAMESPACE accepted")
 
+    caplog.set_level(logging.INFO, logger="rtmpq.moq")
     relay_a, server_a = await start_a()
     async with relay_below(tmp_path, backend, port_a) as port_b:
         async with connect_moq("127.0.0.1", port_b, insecure=True, backend=backend) as viewer_conn:
@@ -141,13 +141,13 @@ async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_
                 await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived), "the first publisher's object")
                 relay_a.stop()  # A goes (its sessions close)
                 server_a.close()
-            await asyncio.sleep(0.5)
-            caplog.set_level(logging.INFO, logger="rtmpq.moq")
+            await until(lambda: any("source lost" in r.getMessage() for r in caplog.records), 15,
+                        "relay B to see A gone")
             relay_a, server_a = await start_a()  # A is back, without the broadcast
             try:
-                async with asyncio.timeout(15):  # B has reconnected and asked A for video: refused
-                    while not any("not back at" in r.getMessage() for r in caplog.records):
-                        await asyncio.sleep(0.05)
+                # B has reconnected and asked A for video: refused
+                await until(lambda: any("not back at" in r.getMessage() for r in caplog.records), 15,
+                            "relay B's resubscription refused")
                 async with connect_moq("127.0.0.1", port_a, insecure=True, backend=backend) as pub:
                     await announce(pub)  # the publisher is back at A
                     publish(pub, b"after")

@@ -112,7 +112,7 @@ async def test_moq_rs_subscribes_through_a_relay_below(node, tmp_path):
     broadcast it has seen announced (SUBSCRIBE_NAMESPACE), and B listed only what was published
     into B itself: through a relay chain moq-rs found nothing to play (found deploying the nodes
     apart). B now lists what its upstream lists, and moq-rs plays through it."""
-    from .test_moq_fetch import relay_below
+    from .test_moq_fetch import relay_below_node
 
     need("ffmpeg")
     ref = str(tmp_path / "ref.flv")
@@ -120,7 +120,7 @@ async def test_moq_rs_subscribes_through_a_relay_below(node, tmp_path):
         ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/below", ref, seconds=5)))
     await node.registry.wait_for("live/below", 10)
     groups: dict[int, int] = {}
-    async with relay_below(node, tmp_path) as port_b:
+    async with relay_below_node(node, tmp_path) as port_b:
         c = moq.Client(f"moqt://127.0.0.1:{port_b}", tls_verify=False, websocket_enabled=False, reconnect=False)
         async with c:
             broadcast = await discover(c, "live/below")

@@ -16,17 +16,6 @@ from .test_browser import DevTools, chromium_page
 STATIC = bundled_static_dir()  # the node serves it from there by default
 
 
-async def poll(devtools: DevTools, expression: str, deadline: float = 30.0):
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while loop.time() < end:
-        value = await devtools.evaluate(expression)
-        if value:
-            return value
-        await asyncio.sleep(0.2)
-    return None
-
-
 async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(tmp_path):
     need("ffmpeg")
     if not (STATIC / "hls.min.js").exists():
@@ -41,18 +30,18 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
             # the page is open before anything is live: it says so
-            assert await poll(devtools, "document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
+            assert await devtools.poll("document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
             publisher = asyncio.create_task(run_process(
                 ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/web", str(tmp_path / "ref.flv"),
                                     seconds=10), timeout=60))
             # ...and lists the broadcast once it is live, without a reload, with its tracks
-            row = await poll(devtools, """(() => { const r = document.querySelector('tr[data-name="live/web"]');
+            row = await devtools.poll("""(() => { const r = document.querySelector('tr[data-name="live/web"]');
                 return r && r.textContent.includes('avc1.') && r.textContent.includes('mp4a.40.2') ? r.textContent : null; })()""")
             assert row and "320x240" in row, await devtools.evaluate("document.body.innerText")
             href = await devtools.evaluate("document.querySelector('tr[data-name=\"live/web\"] a.player').href")
             assert href == f"http://{host}:{http_port}/live/web/"
             await devtools.evaluate("document.querySelector('tr[data-name=\"live/web\"] a.player').click()")
-            playing = await poll(devtools, "location.pathname === '/live/web/' && document.getElementById('video') "
+            playing = await devtools.poll("location.pathname === '/live/web/' && document.getElementById('video') "
                                            "&& document.getElementById('video').currentTime > 1")
             assert playing, (await devtools.evaluate("location.href"),
                              await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
@@ -60,7 +49,7 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
             assert rc == 0, out
             # the publisher left: the broadcast waits for it, and the page says so (it looked live)
             await devtools.evaluate("location.href = '/'")
-            gone = await poll(devtools, """(() => { const r = document.querySelector('tr[data-name="live/web"]');
+            gone = await devtools.poll("""(() => { const r = document.querySelector('tr[data-name="live/web"]');
                 return r && r.textContent.includes('publisher gone') ? r.textContent : null; })()""")
             assert gone, await devtools.evaluate("document.body.innerText")
     finally:

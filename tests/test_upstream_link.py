@@ -4,7 +4,6 @@ connection error ended the link's task (nothing logged it, nothing reconnected),
 its announcer left every broadcast started after it unannounced on a session that looked fine: in
 both cases the node below went on running while nothing it published reached the relay above."""
 
-import asyncio
 import logging
 
 from rtmpq.media.broadcast import BroadcastRegistry
@@ -12,7 +11,7 @@ from rtmpq.moq.relay import MoqRelay
 from rtmpq.moq.session import MoqSession
 from rtmpq.nodes.remote import UpstreamLink
 
-from .conftest import start_up_node
+from .conftest import start_up_node, until
 
 
 async def linked(tmp_path, monkeypatch, caplog, fault: str) -> tuple[list[str], set[str]]:
@@ -52,9 +51,7 @@ async def linked(tmp_path, monkeypatch, caplog, fault: str) -> tuple[list[str], 
     link.start()
     try:
         registry.publish("live/x")
-        async with asyncio.timeout(15):
-            while "live/x" not in node.moq.published_names():
-                await asyncio.sleep(0.05)
+        await until(lambda: "live/x" in node.moq.published_names(), 15, "live/x announced to the node above")
         published = node.moq.published_names()
     finally:
         await link.close()
