@@ -36,8 +36,8 @@ import h2.exceptions
 import h2.settings
 import h11
 
-from ..config import ConfigError
 from ..errors import listener_error
+from ..moq.tls import load_cert_chain
 from .message import Request, Response, text
 
 log = logging.getLogger("rtmpq.http")
@@ -78,12 +78,8 @@ class HttpServer:
         if self.tls:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            try:
-                ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
-            except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
-                raise ConfigError(f"http.certfile/http.keyfile (--http-cert/--http-key): cannot load "
-                                  f"{self.config.certfile} with {self.config.keyfile}: "
-                                  f"{exc.strerror or exc.reason or exc}") from None
+            load_cert_chain(ctx, self.config.certfile, self.config.keyfile,
+                            "http.certfile/http.keyfile (--http-cert/--http-key)")
             ctx.set_alpn_protocols(["h2", "http/1.1"])
         loop = asyncio.get_running_loop()
         try:

@@ -66,6 +66,17 @@ def fingerprint(cert_path: str | Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def load_cert_chain(ctx: ssl.SSLContext, cert, key, settings: str) -> None:
+    """``ctx.load_cert_chain(cert, key)``; a file that cannot be read, is not PEM or does not hold
+    a matching pair is a ConfigError that names ``settings`` and the files (each listener's TLS:
+    MoQ, HTTPS, RTMPS)."""
+    try:
+        ctx.load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
+        reason = exc.strerror or getattr(exc, "reason", None) or exc
+        raise ConfigError(f"{settings}: cannot load {cert} with {key}: {reason}") from None
+
+
 def server_pair(certfile: Path | None, keyfile: Path | None, state_dir: Path) -> tuple[Path, Path, str]:
     """(cert, key, SHA-256) of the MoQ listener: [moq] certfile/keyfile (--cert/--key), or the
     self-signed pair in ``state_dir``/tls when neither is set. A file that cannot be read, is not
@@ -74,13 +85,12 @@ def server_pair(certfile: Path | None, keyfile: Path | None, state_dir: Path) ->
     if certfile is None or keyfile is None:  # validate() refuses one without the other
         cert, key = ensure_self_signed(state_dir / "tls")
         return cert, key, fingerprint(cert)
+    settings = "moq.certfile/moq.keyfile (--cert/--key)"
+    load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), certfile, keyfile, settings)
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
         return certfile, keyfile, fingerprint(certfile)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
-        raise ConfigError(f"moq.certfile/moq.keyfile (--cert/--key): cannot load {certfile} with {keyfile}: "
-                          f"{reason}") from None
+    except ValueError as exc:  # (no BEGIN CERTIFICATE block, though the pair loaded)
+        raise ConfigError(f"{settings}: cannot load {certfile} with {keyfile}: {exc}") from None
 
 
 def der_fingerprint(der: bytes) -> str:

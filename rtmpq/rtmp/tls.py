@@ -4,8 +4,8 @@ import logging
 import ssl
 from pathlib import Path
 
-from ..config import ConfigError, IngestConfig
-from ..moq.tls import ensure_self_signed, fingerprint
+from ..config import IngestConfig
+from ..moq.tls import ensure_self_signed, fingerprint, load_cert_chain
 
 log = logging.getLogger("rtmpq.rtmp")
 
@@ -20,11 +20,7 @@ def rtmps_context(config: IngestConfig, state_dir: Path) -> ssl.SSLContext:
         cert, key = ensure_self_signed(state_dir / "tls")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cert, key)
-    except OSError as exc:  # ssl.SSLError too: not PEM, or a key of another certificate
-        raise ConfigError(f"rtmp.tls_cert/rtmp.tls_key: cannot load {cert} with {key}: "
-                          f"{exc.strerror or exc}") from None
+    load_cert_chain(ctx, cert, key, "rtmp.tls_cert/rtmp.tls_key")
     if self_signed:
         log.warning("RTMPS uses the node's self-signed certificate %s (sha256 %s): encoders do not check "
                     "it, so the stream key is hidden from onlookers but not from a man in the middle; give "
