@@ -19,7 +19,7 @@ class FakeSink:
         self.headers[self.next] = (subgroup, priority, end_of_group)
         return self.next
 
-    def send_object(self, handle, object_id, payload, extensions):
+    def send_object(self, handle, object_id, payload, extensions, status=0):
         s = self.streams[handle]
         s["objects"].append(object_id)
         s["queued"] += len(payload)
@@ -332,7 +332,7 @@ class EstimatingSink(FakeSink):
         super().__init__()
         self.unconfirmed = set()
 
-    def send_object(self, handle, object_id, payload, extensions):
+    def send_object(self, handle, object_id, payload, extensions, status=0):
         super().send_object(handle, object_id, payload, extensions)
         self.unconfirmed.add(handle)
 
@@ -370,7 +370,7 @@ class InFlightSink(FakeSink):
         self.rtt = rtt
         self.unsent = {}
 
-    def send_object(self, handle, object_id, payload, extensions):
+    def send_object(self, handle, object_id, payload, extensions, status=0):
         super().send_object(handle, object_id, payload, extensions)
         self.unsent[handle] = self.unsent.get(handle, 0) + len(payload)
 
@@ -613,7 +613,7 @@ class ExtSink(FakeSink):
         super().__init__()
         self.sent = []
 
-    def send_object(self, handle, object_id, payload, extensions):
+    def send_object(self, handle, object_id, payload, extensions, status=0):
         super().send_object(handle, object_id, payload, extensions)
         self.sent.append((object_id, bytes(payload), extensions))
 

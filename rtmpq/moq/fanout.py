@@ -73,9 +73,10 @@ class GroupSink(Protocol):
     def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
                    end_of_group: bool = True) -> object:
         """A stream for one subgroup of ``group_id`` (``priority`` None: the track's)."""
-    def send_object(self, handle: object, object_id: int, payload, extensions: dict | None) -> None:
-        """An object on the stream; a status object (End of Group / End of Track) comes with
-        ``status=`` and an empty payload."""
+    def send_object(self, handle: object, object_id: int, payload, extensions: dict | None,
+                    status: int = 0) -> None:
+        """An object on the stream; a status object (End of Group / End of Track) comes with its
+        ``status`` and an empty payload."""
     def end_group(self, handle: object) -> None: ...
     def reset_group(self, handle: object, code: int) -> None: ...
     def buffered_bytes(self, handle: object) -> int: ...
@@ -179,10 +180,7 @@ class TrackSubscription:
         elif s.complete:
             log.debug("object %d of group %d after its end: not delivered", object_id, group_id)
             return  # its stream is finished; a source that ends subgroups by their own streams never does this
-        if status:
-            self.sink.send_object(s.handle, object_id, payload, extensions, status=status)
-        else:
-            self.sink.send_object(s.handle, object_id, payload, extensions)
+        self.sink.send_object(s.handle, object_id, payload, extensions, status)
         s.written += len(payload)
         s.pending.append((s.written, received))
         s.last_received = received

@@ -213,12 +213,7 @@ class GroupCache:
         """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location: a
         Normal one (a status object says where objects stop, not that one is there to FETCH)."""
         for group in reversed(self._groups.values()):
-            objects = group.objects
-            if objects:
-                last = objects[-1]
-                if not last.status:
-                    return group.group_id, last.object_id
-                for obj in reversed(objects):
-                    if not obj.status:
-                        return group.group_id, obj.object_id
+            for obj in reversed(group.objects):
+                if not obj.status:
+                    return group.group_id, obj.object_id
         return None

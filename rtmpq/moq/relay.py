@@ -336,9 +336,9 @@ class MoqRelay:
     def _forget_upstream_namespaces(self) -> None:
         gone, self._upstream_namespaces = self._upstream_namespaces, set()
         self._upstream_listing = None
-        for ns in gone:
-            if ns not in self._known_namespaces():
-                self._announce(ns, done=True)
+        known = set(self._known_namespaces())  # (what _announce says changes none of it)
+        for ns in gone - known:
+            self._announce(ns, done=True)
 
     def _on_NamespaceReceived(self, conn: MoqConnection, event: ev.NamespaceReceived) -> None:
         if conn is self.upstream and event.request_id == self._upstream_listing \
