@@ -10,9 +10,12 @@ DATA = "data"
 SOURCE_TIMESCALE = 1000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing may change a frame once made (every reader of a broadcast gets the
+# same object): a frozen dataclass sets each field through object.__setattr__, which made building
+# a frame a quarter of the ingest's per-frame work after the chunk reader (bench/frame_path.py).
+@dataclass(slots=True)
 class Frame:
-    """One access unit of one track.
+    """One access unit of one track: never assigned to once made (readers share it).
 
     - ``group``: group sequence number (a GoP; video groups start at an IDR, audio groups follow
       video group boundaries). ``index``: object id inside the group, from 0.
