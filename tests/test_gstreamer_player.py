@@ -1,0 +1,69 @@
+"""A third HLS player besides ffmpeg and hls.js: GStreamer's playbin3, whose LL-HLS demuxer
+(hlsdemux2, adaptivedemux2) is an implementation of its own, plays rtmpq's edge live."""
+
+import asyncio
+import re
+import subprocess
+
+import pytest
+
+from .conftest import http_get, need, start_up_node
+from .publishers import ffmpeg_publish_args
+
+# what fpsdisplaysink says (with gst-launch -v) as frames reach its sink
+RENDERED = re.compile(r"last-message = rendered: (\d+), dropped: (\d+)")
+
+
+@pytest.fixture
+async def node(tmp_path):
+    n = await start_up_node(tmp_path)  # the edge works the same on either QUIC backend
+    yield n
+    await n.close()
+
+
+async def test_gstreamer_playbin3_plays_the_live_broadcast_with_sound(node, tmp_path):
+    need("gst-launch-1.0")
+    rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gst"
+    publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(rtmp, str(tmp_path / "ref.flv"), seconds=30),
+                                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{node.edge.address[1]}/live/gst/index.m3u8"
+    player = None
+    try:
+        status, _ = await http_get(url, until_live=True, deadline=30)
+        assert status == 200
+        player = await asyncio.create_subprocess_exec(
+            "gst-launch-1.0", "-v", "playbin3", f"uri={url}",
+            "video-sink=fpsdisplaysink video-sink=fakesink text-overlay=false",
+            "audio-sink=fakesink silent=false name=speaker",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        rendered = dropped = sound = 0
+        demuxers, errors = set(), []
+
+        async def watch():
+            nonlocal rendered, dropped, sound
+            async for raw in player.stdout:
+                line = raw.decode(errors="replace")
+                if (m := RENDERED.search(line)) is not None:
+                    rendered, dropped = int(m[1]), int(m[2])
+                if "(speaker:sink)" in line and "chain" in line:
+                    sound += 1  # a decoded audio buffer reached the audio sink
+                demuxers.update(re.findall(r"hlsdemux2?-?\d+", line))
+                if line.startswith("ERROR"):
+                    errors.append(line)
+                if rendered >= 120 and sound >= 100 or errors:  # 4 s of video, ~2 s of sound
+                    return
+
+        try:
+            await asyncio.wait_for(watch(), 45)
+        except asyncio.TimeoutError:
+            pass
+        assert not errors, errors
+        assert any(d.startswith("hlsdemux2") for d in demuxers), demuxers  # the LL-HLS-aware demuxer
+        assert rendered >= 120, f"only {rendered} video frames rendered (sound buffers: {sound})"
+        assert sound >= 100, f"only {sound} audio buffers played"
+        assert dropped <= rendered // 10, f"{dropped} of {rendered + dropped} frames dropped as late"
+    finally:
+        for proc in (player, publisher):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
