@@ -24,8 +24,9 @@ from . import events as ev
 from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
 from .loc import CATALOG_TRACK, object_to_frame
-from .subgroup_order import REORDER_WAIT, SubgroupOrder
+from .subgroup_order import SubgroupOrder
 from .transport import MoqConnection
+from .group_tails import GroupTails
 from .window_fill import FILL_TIMEOUT, MAX_CONTINUATIONS, WindowFill
 from .wire import EXT_PRIOR_OBJECT_ID_GAP, FILTER_LARGEST_OBJECT, ObjectStatus, RequestError
 
@@ -37,6 +38,7 @@ _FILL_EXPIRED = object()  # queue marker: the window fill took FILL_TIMEOUT
 _CATALOG_FETCH_LATE = object()  # queue marker: the catalog's joining FETCH's wait is over (catalog_join.py)
 _END_OF_TRACK_LATE = object()  # queue marker: an End of Track's LATE_STREAM_GRACE is over
 _REORDER_DUE = object()  # queue marker: frames held for a gap in their group's Object IDs may be due
+_TAILS_DUE = object()  # queue marker: frames held for an older group's tail may be due (group_tails.py)
 # Upstreams already said (once each) not to serve the window fill; at most this many remembered.
 _FILL_REFUSED_BY: set[str] = set()
 MAX_FILL_REFUSALS_REMEMBERED = 256
@@ -184,6 +186,10 @@ class EndOfTrack:
         self._open.discard((track, group, subgroup))
         return track in self._ending and self._over(track)
 
+    def older_open(self, track: str, group: int) -> bool:
+        """Whether a stream of an older group than ``group`` seen begun has not ended."""
+        return any(t == track and g < group for t, g, _ in self._open)
+
     def group_open(self, track: str, group: int) -> bool:
         """Whether a stream of this group seen begun has not ended (another of its subgroups)."""
         return any(t == track and g == group for t, g, _ in self._open)
@@ -251,7 +257,8 @@ class TrackChoice:
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
-                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = False
+                              fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = False,
+                              tail_wait: float = 0.0
                               ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
@@ -272,6 +279,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     reported as a SkippedGroup when its stream ends (code ``LATE_GROUP``, or the relay's reset
     code when the relay also cut it short). On a loaded machine that drops data even on
     loopback (the relay favours the newest group), hence not the default.
+    ``tail_wait``: a track's frames of a newer group wait up to this many seconds while a stream of
+    an older group of it is still open, so that the older group's tail goes first (group_tails.py;
+    the edge's packager, which cannot take a frame of a group whose segment it closed).
 
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
@@ -283,6 +293,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     # one subgroup, as rtmpq sends, goes straight through (subgroup_order.py)
     merge = SubgroupOrder()
     reorder_timer: asyncio.TimerHandle | None = None
+    tails = GroupTails(tail_wait)
+    tails_timer: asyncio.TimerHandle | None = None
     namespace = tuple(broadcast.split("/"))
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
@@ -307,12 +319,20 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     fill_subscriptions: set[int] = set()  # subscriptions at the largest object, joined by a FETCH
 
     def handed_on(frames: list[Frame]) -> list[Frame]:
-        """Live frames SubgroupOrder let go (a gap's wait is over): what goes on now, as a frame
-        just received would (the window fill may hold them)."""
-        nonlocal reorder_timer
-        out = [f for frame in frames for f in ([frame] if fill is None else fill.live(frame))]
+        """Live frames SubgroupOrder let go (received in order, or a gap's wait is over): what goes
+        on now (an older group's tail may hold them, then the window fill)."""
+        nonlocal reorder_timer, tails_timer
+        now = loop.time()
+        out = [f for frame in frames for f in tails.frame(frame, ends.older_open(frame.track, frame.group), now)]
         if reorder_timer is None and (due := merge.next_due) is not None:
-            reorder_timer = loop.call_later(max(due - loop.time(), 0.0), queue.put_nowait, _REORDER_DUE)
+            reorder_timer = loop.call_later(max(due - now, 0.0), queue.put_nowait, _REORDER_DUE)
+        if tails_timer is None and (due := tails.next_due) is not None:
+            tails_timer = loop.call_later(max(due - now, 0.0), queue.put_nowait, _TAILS_DUE)
+        return onward(out)
+
+    def onward(frames: list[Frame]) -> list[Frame]:
+        """Live frames in the order they go on: the window fill may hold them; GroupOrder may drop them."""
+        out = [f for frame in frames for f in ([frame] if fill is None else fill.live(frame))]
         return [f for f in out if order.admit(f) is not None]
 
     def subscribe(track: str) -> None:
@@ -341,6 +361,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         expected.pop(name, None)
         ends.forget(name)
         merge.forget(name)
+        tails.forget(name)
         for alias, n in list(aliases.items()):
             if n == name:
                 del aliases[alias]
@@ -515,12 +536,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                         frame = object_to_frame(track, event.group, event.object_id, event.payload,
                                                 event.extensions, timescale(track))
                         gap = event.extensions.get(EXT_PRIOR_OBJECT_ID_GAP, 0) if event.extensions else 0
-                        for frame in merge.frame(frame, event.subgroup, loop.time(), gap):
-                            for frame in ([frame] if fill is None else fill.live(frame)):
-                                if (frame := order.admit(frame)) is not None:
-                                    yield frame
-                        if merge.holding and reorder_timer is None:
-                            reorder_timer = loop.call_later(REORDER_WAIT, queue.put_nowait, _REORDER_DUE)
+                        for frame in handed_on(merge.frame(frame, event.subgroup, loop.time(), gap)):
+                            yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)
                 if track is not None:
@@ -533,6 +550,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     for skipped in order.stream_ended(track, event.group, event.subgroup, code,
                                                       ends.group_open(track, event.group)):
                         yield skipped
+                    if (waiting := tails.waiting(track)) is not None:  # the older group's tail may be in
+                        for frame in onward(tails.stream_ended(track, ends.older_open(track, waiting))):
+                            yield frame
                     if track_over:
                         open_tracks.discard(track)
                     finish_complete_tracks()
@@ -540,6 +560,12 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                 reorder_timer = None
                 for frame in handed_on(merge.due(loop.time())):
                     yield frame
+            elif event is _TAILS_DUE:
+                tails_timer = None
+                for frame in onward(tails.due(loop.time())):
+                    yield frame
+                if (due := tails.next_due) is not None:
+                    tails_timer = loop.call_later(max(due - loop.time(), 0.0), queue.put_nowait, _TAILS_DUE)
             elif event is _END_OF_TRACK_LATE:
                 for track in ends.overdue(loop.time()):
                     open_tracks.discard(track)
@@ -561,6 +587,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                         yield frame
         for frame in handed_on(merge.flush()):  # frames still waiting for a gap: it will not fill now
             yield frame
+        for frame in onward(tails.flush()):  # and for an older group's tail
+            yield frame
         if fill is not None and not fill.released:  # the broadcast ended while filling: what there is
             for frame in fill.release(timescale):
                 if (frame := order.admit(frame)) is not None:
@@ -570,8 +598,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     finally:
         conn.handler = None
         choice._wake = None
-        if reorder_timer is not None:
-            reorder_timer.cancel()
+        for timer in (reorder_timer, tails_timer):
+            if timer is not None:
+                timer.cancel()
 
 
 class FetchError(ConnectionError):

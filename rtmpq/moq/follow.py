@@ -29,11 +29,12 @@ class BroadcastGone(ConnectionError):
 
 async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
-                           fill_groups: int = 0, **tls) -> AsyncIterator:
+                           fill_groups: int = 0, tail_wait: float = 0.0, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
     connect_moq's insecure / cafile / fingerprint / backend. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
-    (subscribe_broadcast); one after a reconnection goes on from the live edge."""
+    (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
+    subscribe_broadcast's (an older group's tail before a newer group's frames)."""
     loop = asyncio.get_running_loop()
     delay = RECONNECT_MIN
     connected_once = False
@@ -47,7 +48,8 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                 connected_once = True
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token,
-                                                      choice=choice, fill_groups=fill_groups, skips=skips):
+                                                      choice=choice, fill_groups=fill_groups, skips=skips,
+                                                      tail_wait=tail_wait):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
                         now = loop.time()

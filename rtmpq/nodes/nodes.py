@@ -10,6 +10,7 @@ from ..edge.llhls import SEGMENT_WINDOW
 from ..edge.server import EdgeServer
 from ..http.server import HttpServer
 from ..media.broadcast import BroadcastRegistry
+from ..moq.group_tails import GROUP_TAIL_WAIT
 from ..moq.relay import MoqRelay
 from ..moq.tls import server_pair
 from ..moq.transport import bound_host, serve_moq
@@ -183,7 +184,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
         directory.follow()
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
                                   directory=directory, fill_groups=min(config.upstream.fill_groups, SEGMENT_WINDOW),
-                                  **upstream_tls(config))
+                                  tail_wait=GROUP_TAIL_WAIT, **upstream_tls(config))
     view = NodeView("edge")
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])

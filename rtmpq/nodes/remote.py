@@ -226,11 +226,12 @@ def _origin_tls(tls: dict, entry: Entry) -> dict:
 
 
 async def follow_via_directory(directory, name: str, *, wait: float, token: str | None = None, choice=None,
-                               fill_groups: int = 0, **tls):
+                               fill_groups: int = 0, tail_wait: float = 0.0, **tls):
     """Catalog / Frame items of ``name`` from the origin the directory names, moving with it: when
     its entry moves (the publisher went to another ingest) or lapses (the origin died), the
     subscription there ends and one starts at the new origin, as long as one appears within ``wait``.
-    ``fill_groups``: the first origin's subscription starts with its cached groups (follow_broadcast)."""
+    ``fill_groups``: the first origin's subscription starts with its cached groups; ``tail_wait``:
+    follow_broadcast's."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -246,7 +247,7 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
         host, port, _ = parse_moq_url(entry.url)
         log.info("%s: following its origin %s", safe_name(name), entry.url)
         items = follow_broadcast(host, port, name, wait=wait, token=token, choice=choice, fill_groups=fill_groups,
-                                 **_origin_tls(tls, entry)).__aiter__()
+                                 tail_wait=tail_wait, **_origin_tls(tls, entry)).__aiter__()
         moved = False
         watch = asyncio.ensure_future(_moved(directory, name, entry))
         try:
@@ -294,12 +295,13 @@ async def _moved(directory, name: str, entry: Entry) -> None:
 
 
 def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, directory=None, fill_groups: int = 0,
-                         **tls):
+                         tail_wait: float = 0.0, **tls):
     """open_broadcast for an edge fed over MoQ: subscribes when a player first asks for a broadcast,
     waits up to ``wait`` for one that is not live yet, and follows it through upstream restarts.
     With no ``url`` and a ``directory``, it subscribes at the broadcast's origin and follows moves.
     ``fill_groups``: a broadcast starts with up to this many whole groups before the live edge,
     fetched from the relay's cache (the first playlist lists them as segments at once).
+    ``tail_wait``: a newer group's frames wait that long for an older group's tail (group_tails.py).
 
     ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
     """
@@ -308,7 +310,7 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
 
     def open_broadcast(name: str):
         return MoqFeed(host if url else None, port if url else None, name, directory=directory, wait=wait,
-                       token=token, fill_groups=fill_groups, **tls)
+                       token=token, fill_groups=fill_groups, tail_wait=tail_wait, **tls)
 
     return open_broadcast
 
