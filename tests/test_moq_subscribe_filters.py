@@ -8,6 +8,7 @@ Each test runs a relay with a raw publisher (PUBLISH_NAMESPACE; the relay subscr
 raw subscriber sessions on loopback QUIC: one unfiltered viewer fills the relay's cache, then the
 subscriber under test asks with its filter."""
 
+import time
 from contextlib import asynccontextmanager
 
 import pytest
@@ -317,3 +318,24 @@ async def test_request_update_moving_the_start_back_starts_like_a_new_subscripti
             await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
             got = viewer.objects(alias)
     assert sorted(got) == whole(3, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_absolute_start_0_0_skips_a_newest_group_past_the_budget_as_unfiltered_does(tmp_path, backend):
+    """Draft 16: AbsoluteStart {0, 0} "is equivalent to an unfiltered subscription". An unfiltered
+    subscriber never starts a media group already older than its delivery timeout (it would be reset
+    at once); {0, 0} replayed that stale newest group as if just published (found by the draft 16
+    audit). Both get live group 4 alone."""
+    timeout_ms = 200
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (relay, publisher, _warm, connect):
+        newest = relay._tracks[(NAMESPACE, "video")].fanout.cache.latest()
+        await until(lambda: time.monotonic() - newest.started > 2 * timeout_ms / 1000, what="group 3 past the budget")
+        async with connect() as zero, connect() as plain:
+            viewers = {zero: dict(filter_type=FILTER_ABSOLUTE_START, start=(0, 0)), plain: {}}
+            oks = {v: await v.subscribed(delivery_timeout_ms=timeout_ms, **kwargs)
+                   for v, kwargs in viewers.items()}
+            publisher.send(4)
+            await until(lambda: all(4 in v.ended(alias) for v, (_rid, alias) in oks.items()), what="group 4 delivered")
+            got = {v: sorted(v.objects(alias)) for v, (_rid, alias) in oks.items()}
+    assert got[plain] == whole(4)
+    assert got[zero] == got[plain]

@@ -465,8 +465,14 @@ class MoqRelay:
             if refusal:
                 self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
                 return
-            event = replace(event, start=fanout.live_start(event.start))  # older objects are FETCHed
-            start_group = event.start[0]
+            start = fanout.live_start(event.start)  # older objects are FETCHed
+            if start != event.start and event.end_group is None:
+                # a start before the newest group: "equivalent to an unfiltered subscription"
+                # (AbsoluteStart {0, 0}), so started as one, which skips a stale newest group
+                event = replace(event, filter_type=None, start=None)
+            else:
+                event = replace(event, start=start)
+                start_group = start[0]
         alias = self._new_alias(conn)
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
         conn.session.subscribe_ok(event.request_id, alias, largest)
