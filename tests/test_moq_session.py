@@ -348,3 +348,16 @@ def test_a_malformed_filter_in_a_request_update_closes_the_session(tmp_path, val
     _, server_events = pair.pump()
     closed = closed_with(server_events)
     assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, server_events
+
+
+def test_publish_namespace_cancel_reaches_the_publisher(tmp_path):
+    """Draft 16 PUBLISH_NAMESPACE_CANCEL: the receiver of a PUBLISH_NAMESPACE says it will send no
+    more SUBSCRIBEs for it. The session dropped it as an unknown message (draft 16 audit)."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.publish_namespace(NS)
+    pair.pump()
+    pair.server._send_control(wire.PublishNamespaceCancel(rid, RequestError.UNINTERESTED, "not here"))
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None
+    assert ev.NamespaceCancelled(rid, RequestError.UNINTERESTED, "not here") in client_events

@@ -182,7 +182,7 @@ def test_invalid_subgroup_header_types(kind):
 
 @pytest.mark.parametrize(("body", "problem"), [
     (b"\x00\x04", "fetch type"),
-    (b"\x00\x01\x01\x01a\x01t\x00\x00\x01\x00\x01\x22\x03", "group order"),  # GROUP_ORDER 3
+    (b"\x00\x01\x01\x01a\x01t\x00\x00\x01\x00\x01\x22\x03", "GROUP_ORDER"),  # GROUP_ORDER 3
 ])
 def test_malformed_fetch_closes_the_session(body, problem):
     with pytest.raises(MoqProtocolError, match=problem):
@@ -313,3 +313,75 @@ def test_a_token_over_the_byte_limit_is_refused_both_ways():
     assert info.value.code == wire.SessionError.MALFORMED_AUTH_TOKEN
     assert isinstance(info.value, LimitExceeded) and info.value.limit == "MAX_AUTH_TOKEN_BYTES"
     assert "MAX_AUTH_TOKEN_BYTES" in str(info.value) and "xxxx" not in str(info.value)
+
+
+# -- draft 16 audit: what a third-party peer writes or expects ------------------------------------
+def test_error_codes_are_the_drafts_iana_tables():
+    """Every code of draft 16's IANA tables (Session Termination, REQUEST_ERROR, PUBLISH_DONE, Data
+    Stream Reset) by name and value; INVALID_AUTHORITY, MALFORMED_AUTHORITY, MALFORMED_TRACK,
+    DUPLICATE_SUBSCRIPTION, UNINTERESTED and PREFIX_OVERLAP were missing."""
+    session = {"NO_ERROR": 0x0, "INTERNAL_ERROR": 0x1, "UNAUTHORIZED": 0x2, "PROTOCOL_VIOLATION": 0x3,
+               "INVALID_REQUEST_ID": 0x4, "DUPLICATE_TRACK_ALIAS": 0x5, "KEY_VALUE_FORMATTING_ERROR": 0x6,
+               "TOO_MANY_REQUESTS": 0x7, "INVALID_PATH": 0x8, "MALFORMED_PATH": 0x9, "GOAWAY_TIMEOUT": 0x10,
+               "CONTROL_MESSAGE_TIMEOUT": 0x11, "DATA_STREAM_TIMEOUT": 0x12, "AUTH_TOKEN_CACHE_OVERFLOW": 0x13,
+               "DUPLICATE_AUTH_TOKEN_ALIAS": 0x14, "VERSION_NEGOTIATION_FAILED": 0x15, "MALFORMED_AUTH_TOKEN": 0x16,
+               "UNKNOWN_AUTH_TOKEN_ALIAS": 0x17, "EXPIRED_AUTH_TOKEN": 0x18, "INVALID_AUTHORITY": 0x19,
+               "MALFORMED_AUTHORITY": 0x1A}
+    request = {"INTERNAL_ERROR": 0x0, "UNAUTHORIZED": 0x1, "TIMEOUT": 0x2, "NOT_SUPPORTED": 0x3,
+               "MALFORMED_AUTH_TOKEN": 0x4, "EXPIRED_AUTH_TOKEN": 0x5, "DOES_NOT_EXIST": 0x10, "INVALID_RANGE": 0x11,
+               "MALFORMED_TRACK": 0x12, "DUPLICATE_SUBSCRIPTION": 0x19, "UNINTERESTED": 0x20, "PREFIX_OVERLAP": 0x30,
+               "INVALID_JOINING_REQUEST_ID": 0x32}
+    done = {"INTERNAL_ERROR": 0x0, "UNAUTHORIZED": 0x1, "TRACK_ENDED": 0x2, "SUBSCRIPTION_ENDED": 0x3,
+            "GOING_AWAY": 0x4, "EXPIRED": 0x5, "TOO_FAR_BEHIND": 0x6, "UPDATE_FAILED": 0x8, "MALFORMED_TRACK": 0x12}
+    reset = {"INTERNAL_ERROR": 0x0, "CANCELLED": 0x1, "DELIVERY_TIMEOUT": 0x2, "SESSION_CLOSED": 0x3,
+             "UNKNOWN_OBJECT_STATUS": 0x4, "MALFORMED_TRACK": 0x12}
+    for enum, table in ((wire.SessionError, session), (wire.RequestError, request), (wire.PublishDoneStatus, done),
+                        (wire.StreamResetCode, reset)):
+        assert {m.name: m.value for m in enum} == table, enum.__name__
+
+
+@pytest.mark.parametrize(("params", "problem"), [
+    (b"\x01\x20\x41\x00", "SUBSCRIBER_PRIORITY"),  # 256: "restricted to 0-255"
+    (b"\x01\x22\x03", "GROUP_ORDER"),  # only Ascending (1) and Descending (2)
+    (b"\x01\x10\x02", "FORWARD"),  # only 0 and 1
+    (b"\x01\x02\x00", "DELIVERY_TIMEOUT"),  # "MUST contain a value greater than 0"
+    (b"\x02\x20\x05\x00\x06", "twice"),  # SUBSCRIBER_PRIORITY repeated (delta 0): not a repeatable parameter
+])
+def test_out_of_range_or_repeated_message_parameters_close_the_session(params, problem):
+    """Draft 16 "Message Parameters": these values MUST close the session with PROTOCOL_VIOLATION,
+    and a receiver SHOULD close it on an unexpected duplicate; they were taken as they came."""
+    payload = b"\x00" + b"\x01\x01a" + b"\x01t" + params  # SUBSCRIBE, request id 0, ("a",), "t"
+    data = b"\x03" + len(payload).to_bytes(2, "big") + payload
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_control_message(data)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_unknown_setup_parameters_may_repeat():
+    # CLIENT_SETUP: 3 parameters: MAX_REQUEST_ID (2) = 8, then type 0x3C (even, unknown) twice
+    payload = b"\x03" + b"\x02\x08" + b"\x3a\x01" + b"\x00\x02"
+    msg, _ = wire.decode_control_message(b"\x20" + len(payload).to_bytes(2, "big") + payload)
+    assert msg.params[wire.SETUP_MAX_REQUEST_ID] == 8
+
+
+def test_publish_namespace_cancel_written_by_hand_from_the_draft():
+    """PUBLISH_NAMESPACE_CANCEL (0xC): Request ID, Error Code, Error Reason. It was read as an
+    unknown message and dropped, so a publisher never learnt its namespace was cancelled."""
+    payload = b"\x04" + b"\x20" + b"\x05bored"  # request id 4, UNINTERESTED, "bored"
+    data = b"\x0c" + len(payload).to_bytes(2, "big") + payload
+    msg, end = wire.decode_control_message(data)
+    assert end == len(data)
+    assert msg == wire.PublishNamespaceCancel(4, wire.RequestError.UNINTERESTED, "bored")
+    assert wire.encode_control_message(msg) == data
+
+
+def test_a_fetch_object_after_a_range_marker_states_its_group_and_object_id():
+    """Draft 16 "Fetch Header": a flag left unset takes the field from "the prior Object", and an
+    End of Range marker is not an Object. The object after one used to leave out its group and
+    object ID when they followed the marker's Location, which a peer reading "prior Object" as the
+    last object serialized reads as another location."""
+    encoder = wire.FetchObjectEncoder()
+    encoder.object_header(4, 0, 0, 128, 1, None)
+    assert encoder.end_of_range(4, 5, unknown=True) == b"\x41\x0c\x04\x05"  # End of Unknown Range to {4, 5}
+    after = encoder.object_header(4, 0, 6, 128, 1, None)
+    assert after == bytes((0x08 | 0x04 | 0x10,)) + b"\x04\x06\x80\x01"  # group 4, object 6, priority 128, 1 byte

@@ -67,6 +67,16 @@ class NamespaceDone:
 
 
 @dataclass(frozen=True, slots=True)
+class NamespaceCancelled:
+    """PUBLISH_NAMESPACE_CANCEL: the peer will send no more SUBSCRIBEs for the namespace we
+    published with request ``request_id`` (``error_code``: a REQUEST_ERROR code)."""
+
+    request_id: int
+    error_code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceSubscribeRequested:
     """SUBSCRIBE_NAMESPACE, on its own bidirectional stream ``stream_id`` (answer there)."""
 

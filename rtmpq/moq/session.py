@@ -89,13 +89,9 @@ def _raw(parts) -> tuple[bytes, ...]:
 
 
 def _forward(params: dict, default: bool | None = True) -> bool | None:
-    """A request's FORWARD parameter (0 or 1; anything else closes the session), ``default`` when absent."""
+    """A request's FORWARD parameter (the codec let only 0 or 1 through), ``default`` when absent."""
     forward = params.get(wire.PARAM_FORWARD)
-    if forward is None:
-        return default
-    if forward not in (0, 1):
-        raise MoqProtocolError(f"FORWARD parameter {forward!r}")
-    return bool(forward)
+    return default if forward is None else bool(forward)
 
 
 def _filter(params: dict) -> tuple[int | None, tuple[int, int] | None, int | None]:
@@ -815,9 +811,7 @@ class MoqSession:
         if isinstance(msg, wire.Subscribe):
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
             ftype, start, end_group = _filter(msg.params)
-            timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
-            if timeout == 0:
-                raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
+            timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)  # never 0 (the codec refused it)
             forward = _forward(msg.params)
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
@@ -837,6 +831,8 @@ class MoqSession:
         if isinstance(msg, wire.PublishNamespaceDone):
             self._request_closed(msg.request_id)
             return [ev.NamespaceDone(msg.request_id)]
+        if isinstance(msg, wire.PublishNamespaceCancel):
+            return [ev.NamespaceCancelled(msg.request_id, msg.error_code, msg.reason)]
         if isinstance(msg, wire.SubscribeNamespace):
             raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):

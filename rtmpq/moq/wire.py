@@ -46,6 +46,8 @@ class SessionError(IntEnum):
     MALFORMED_AUTH_TOKEN = 0x16
     UNKNOWN_AUTH_TOKEN_ALIAS = 0x17
     EXPIRED_AUTH_TOKEN = 0x18
+    INVALID_AUTHORITY = 0x19
+    MALFORMED_AUTHORITY = 0x1A
 
 
 class RequestError(IntEnum):
@@ -57,6 +59,10 @@ class RequestError(IntEnum):
     EXPIRED_AUTH_TOKEN = 0x5
     DOES_NOT_EXIST = 0x10  # "Track Does Not Exist" / namespace unknown
     INVALID_RANGE = 0x11
+    MALFORMED_TRACK = 0x12
+    DUPLICATE_SUBSCRIPTION = 0x19  # a second subscription to a track with the same role
+    UNINTERESTED = 0x20  # a subscriber refusing a PUBLISH or PUBLISH_NAMESPACE
+    PREFIX_OVERLAP = 0x30  # a SUBSCRIBE_NAMESPACE overlapping one of the session's
     INVALID_JOINING_REQUEST_ID = 0x32
 
 
@@ -69,6 +75,7 @@ class PublishDoneStatus(IntEnum):
     EXPIRED = 0x5
     TOO_FAR_BEHIND = 0x6
     UPDATE_FAILED = 0x8  # a REQUEST_UPDATE of the subscription failed (it was answered REQUEST_ERROR)
+    MALFORMED_TRACK = 0x12
 
 
 class StreamResetCode(IntEnum):
@@ -77,6 +84,7 @@ class StreamResetCode(IntEnum):
     DELIVERY_TIMEOUT = 0x2
     SESSION_CLOSED = 0x3
     UNKNOWN_OBJECT_STATUS = 0x4
+    MALFORMED_TRACK = 0x12
 
 
 class ObjectStatus(IntEnum):
@@ -270,8 +278,9 @@ class _Reader:
     def location(self) -> tuple[int, int]:
         return self.varint(), self.varint()
 
-    def params(self, count: int | None = None) -> dict[int, int | bytes]:
-        """Key-value pairs with delta-encoded types: even types carry a varint, odd a length+bytes."""
+    def params(self, count: int | None = None, *, setup: bool = False) -> dict[int, int | bytes]:
+        """Key-value pairs with delta-encoded types: even types carry a varint, odd a length+bytes.
+        A type repeated is refused unless it may be (``REPEATABLE_PARAMS``) or ``setup``."""
         n = self.varint() if count is None else count
         if n > MAX_PARAMETERS:
             raise MoqProtocolError(f"{n} parameters (max {MAX_PARAMETERS})")
@@ -283,6 +292,8 @@ class _Reader:
             if kind in out and kind in REPEATABLE_PARAMS:
                 previous = out[kind]
                 value = (*previous, value) if isinstance(previous, tuple) else (previous, value)
+            elif kind in out and not setup:  # draft 16: unknown setup parameters may repeat
+                raise MoqProtocolError(f"parameter {kind:#x} twice in one message")
             out[kind] = value
         return out
 
@@ -623,6 +634,20 @@ class PublishNamespaceDone:
         return encode_varint(self.request_id)
 
 
+@dataclass(frozen=True, slots=True)
+class PublishNamespaceCancel:
+    """The subscriber side will send no more SUBSCRIBEs for a namespace it was given."""
+
+    request_id: int  # of the PUBLISH_NAMESPACE being cancelled
+    error_code: int  # a REQUEST_ERROR code
+    reason: str = ""
+    TYPE = MessageType.PUBLISH_NAMESPACE_CANCEL
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_varint(self.error_code)
+                + encode_bytes(self.reason.encode()[:MAX_REASON_PHRASE]))
+
+
 # SUBSCRIBE_NAMESPACE options: which announcements the subscriber wants.
 NAMESPACE_OPTION_PUBLISH = 0x0
 NAMESPACE_OPTION_NAMESPACE = 0x1
@@ -721,7 +746,7 @@ class UnknownMessage:
 ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBlocked | RequestOk
                   | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Publish | PublishOk
                   | RequestUpdate | Unsubscribe | PublishDone
-                  | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | Namespace
+                  | PublishNamespace | PublishNamespaceDone | PublishNamespaceCancel | SubscribeNamespace | Namespace
                   | NamespaceDoneMessage | Fetch | FetchOk | FetchCancel | UnknownMessage)
 
 
@@ -732,10 +757,24 @@ def encode_control_message(msg) -> bytes:
     return encode_varint(int(msg.TYPE)) + len(payload).to_bytes(2, "big") + payload
 
 
+# Values a message parameter may take (draft 16 "Message Parameters": any other closes the
+# session with PROTOCOL_VIOLATION), whatever message carries it.
+_PARAM_VALUES = {
+    PARAM_SUBSCRIBER_PRIORITY: ("SUBSCRIBER_PRIORITY", range(256)),
+    PARAM_GROUP_ORDER: ("GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
+    PARAM_FORWARD: ("FORWARD", (0, 1)),
+}
+
+
 def _check_message_params(params: dict) -> dict:
     unknown = [k for k in params if k not in KNOWN_MESSAGE_PARAMS]
     if unknown:
         raise MoqProtocolError(f"unknown message parameter {unknown[0]:#x}")
+    for kind, (name, allowed) in _PARAM_VALUES.items():
+        if kind in params and params[kind] not in allowed:
+            raise MoqProtocolError(f"{name} parameter {params[kind]!r}")
+    if params.get(PARAM_DELIVERY_TIMEOUT) == 0:
+        raise MoqProtocolError("DELIVERY_TIMEOUT parameter of 0")
     return params
 
 
@@ -754,9 +793,9 @@ def decode_control_message(buf, pos: int = 0):
     end = p + length
     rd = _Reader(buf, p, end)
     if mtype == MessageType.CLIENT_SETUP:
-        msg = ClientSetup(rd.params())
+        msg = ClientSetup(rd.params(setup=True))
     elif mtype == MessageType.SERVER_SETUP:
-        msg = ServerSetup(rd.params())
+        msg = ServerSetup(rd.params(setup=True))
     elif mtype == MessageType.GOAWAY:
         msg = Goaway(rd.bytes_field(8192).decode("utf-8", "replace"))
     elif mtype == MessageType.MAX_REQUEST_ID:
@@ -799,6 +838,8 @@ def decode_control_message(buf, pos: int = 0):
         msg = PublishNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
     elif mtype == MessageType.PUBLISH_NAMESPACE_DONE:
         msg = PublishNamespaceDone(rd.varint())
+    elif mtype == MessageType.PUBLISH_NAMESPACE_CANCEL:
+        msg = PublishNamespaceCancel(rd.varint(), rd.varint(), rd.reason())
     elif mtype == MessageType.SUBSCRIBE_NAMESPACE:
         msg = SubscribeNamespace(rd.varint(), rd.namespace(), rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.NAMESPACE:
@@ -835,20 +876,12 @@ def _decode_fetch(rd: _Reader) -> Fetch:
         if sum(map(len, ns)) + len(name) > MAX_FULL_TRACK_NAME:
             raise MoqProtocolError("full track name longer than 4096 bytes")
         start, end = rd.location(), rd.location()
-        return Fetch(request_id, kind, ns, name, start, end, params=_check_fetch_params(rd.params()))
+        return Fetch(request_id, kind, ns, name, start, end, params=_check_message_params(rd.params()))
     if kind in (FETCH_RELATIVE_JOINING, FETCH_ABSOLUTE_JOINING):
         joining, joining_start = rd.varint(), rd.varint()
         return Fetch(request_id, kind, joining_request_id=joining, joining_start=joining_start,
-                     params=_check_fetch_params(rd.params()))
+                     params=_check_message_params(rd.params()))
     raise MoqProtocolError(f"unknown fetch type {kind:#x}")
-
-
-def _check_fetch_params(params: dict) -> dict:
-    _check_message_params(params)
-    order = params.get(PARAM_GROUP_ORDER, GROUP_ORDER_ASCENDING)
-    if order not in (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING):
-        raise MoqProtocolError(f"group order {order!r}")
-    return params
 
 
 # -- data streams ---------------------------------------------------------------------------------
@@ -1079,8 +1112,9 @@ class FetchObjectEncoder:
     def end_of_range(self, group: int, object_id: int, *, unknown: bool) -> bytes:
         """Every object after the prior one up to (group, object_id) inclusive is unknown or absent."""
         marker = FETCH_END_OF_UNKNOWN_RANGE if unknown else FETCH_END_OF_NON_EXISTENT_RANGE
-        self._group, self._object = group, object_id
-        self._subgroup = self._priority = None  # the next real object states them again
+        # a marker is no Object, and the flags refer to "the prior Object": the next object states
+        # every field, so no reading of the draft takes it for another location
+        self._group = self._subgroup = self._object = self._priority = None
         return encode_varint(marker) + encode_varint(group) + encode_varint(object_id)
 
 
