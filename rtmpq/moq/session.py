@@ -130,11 +130,12 @@ class _NamespaceSubscription:
 
 class MoqSession:
     def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS,
-                 token: str | None = None) -> None:
+                 token: str | None = None, authority: str = "") -> None:
         self.quic = quic
         self._max_write = getattr(quic, "max_write", None)  # largest write the backend takes at once
         self.is_client = is_client
         self.path = path
+        self.authority = authority  # client: the moqt:// URI's host:port, sent as AUTHORITY
         # client: sent in CLIENT_SETUP (checked now, not when the handshake is done)
         self._setup_token = wire.auth_token_param(token) if token is not None else None
         self.setup_authorization: str | None = None  # the token the peer sent in its setup message
@@ -181,6 +182,8 @@ class MoqSession:
                   wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: MAX_AUTH_TOKEN_CACHE}
         if self.path:
             params[wire.SETUP_PATH] = self.path.encode()
+        if self.authority:  # draft 16: a client of a moqt:// URI MUST send its authority
+            params[wire.SETUP_AUTHORITY] = self.authority.encode()
         if self._setup_token is not None:
             params[wire.SETUP_AUTHORIZATION_TOKEN] = self._setup_token
         self._send_control(wire.ClientSetup(params))
@@ -790,6 +793,11 @@ class MoqSession:
     def _on_message(self, msg) -> list:
         if not self.setup_done:
             if self.is_client and isinstance(msg, wire.ServerSetup):
+                # draft 16: PATH and AUTHORITY are the client's; from a server they close the session
+                if wire.SETUP_PATH in msg.params:
+                    raise MoqProtocolError("PATH from the server", SessionError.INVALID_PATH)
+                if wire.SETUP_AUTHORITY in msg.params:
+                    raise MoqProtocolError("AUTHORITY from the server", SessionError.INVALID_AUTHORITY)
                 self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
