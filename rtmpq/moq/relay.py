@@ -544,6 +544,7 @@ class MoqRelay:
                 self._fetch_upstream(conn, event)
                 return
             start, end, label = event.start, event.end, _label(event.namespace, event.track_name)
+            urgency = URGENCY.get(event.track_name, DEFAULT_URGENCY)
         else:
             s = self._subs.get((id(conn), event.joining_request_id))
             if s is None and self._subscribe_waiting(conn, event.joining_request_id):
@@ -561,7 +562,7 @@ class MoqRelay:
             if s.largest is None:
                 conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, "nothing was published before the subscription")
                 return
-            fanout, label = s.fanout, s.label
+            fanout, label, urgency = s.fanout, s.label, s.sink.urgency
             first = max(s.largest[0] - event.joining_start, 0) if event.fetch_type == FETCH_RELATIVE_JOINING else event.joining_start
             start, end = (first, 0), (s.largest[0], s.largest[1] + 1)
             if s.upstream is not None:  # what it joins is above: ask there for that range
@@ -577,7 +578,8 @@ class MoqRelay:
             return
         conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended)
         sid = conn.session.open_fetch_stream(event.request_id)
-        priority = fanout.publisher_priority if fanout.publisher_priority is not None else 128
+        # the priority its subscriptions carry (ConnectionSink): Publisher Priority is the object's
+        priority = fanout.publisher_priority if fanout.publisher_priority is not None else urgency
         objects = 0
         for item in plan.items:
             if isinstance(item, UnknownUntil):
