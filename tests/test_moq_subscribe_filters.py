@@ -39,13 +39,14 @@ class Publisher:
         self.conn = conn
         self.alias: int | None = None
         self.events: list = []
+        self.track_extensions: dict = {}  # sent in SUBSCRIBE_OK
         conn.handler = self._on_event
 
     def _on_event(self, _conn, event) -> None:
         self.events.append(event)
         if isinstance(event, ev.SubscribeRequested):
             self.alias = 7
-            self.conn.session.subscribe_ok(event.request_id, self.alias)
+            self.conn.session.subscribe_ok(event.request_id, self.alias, extensions=self.track_extensions)
             self.conn.flush()
 
     def send(self, *groups: int) -> None:
@@ -339,3 +340,23 @@ async def test_absolute_start_0_0_skips_a_newest_group_past_the_budget_as_unfilt
             got = {v: sorted(v.objects(alias)) for v, (_rid, alias) in oks.items()}
     assert got[plain] == whole(4)
     assert got[zero] == got[plain]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_the_relay(tmp_path, backend):
+    """Draft 16 "Extension Headers": a relay MUST forward (and cache) the Track Extensions it does
+    not support. The relay dropped those of its publisher's SUBSCRIBE_OK (draft 16 audit): here
+    MAX_CACHE_DURATION (0x04) = 5000 ms, DYNAMIC_GROUPS (0x30) = 0 and an odd (byte) type 0x4001."""
+    extensions = {0x04: 5000, 0x30: 0, 0x4001: b"opaque"}
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as sub_conn):
+            publisher = Publisher(pub_conn)
+            publisher.track_extensions = extensions
+            announced = pub_conn.session.publish_namespace(NAMESPACE)
+            pub_conn.flush()
+            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
+                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
+            viewer = Viewer(sub_conn)
+            rid, _alias = await viewer.subscribed()
+    assert viewer.answer(rid).extensions == extensions

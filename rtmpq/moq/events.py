@@ -36,6 +36,7 @@ class SubscribeAccepted:
     request_id: int
     track_alias: int
     largest: tuple[int, int] | None
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class TrackPublished:
     track_alias: int
     authorization: str | None = _token()
     forward: bool = True  # FORWARD=0: no objects until we send REQUEST_UPDATE with FORWARD=1
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)

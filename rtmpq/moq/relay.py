@@ -475,7 +475,7 @@ class MoqRelay:
                 start_group = start[0]
         alias = self._new_alias(conn)
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
-        conn.session.subscribe_ok(event.request_id, alias, largest)
+        conn.session.subscribe_ok(event.request_id, alias, largest, extensions=fanout.track_extensions)
         s = self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout,
                          start_group, event)
         s.largest = largest
@@ -521,7 +521,7 @@ class MoqRelay:
         for (namespace, track), upstream in list(self._tracks.items()):
             if namespace[: len(prefix)] == prefix and upstream.alias is not None:
                 alias = self._new_alias(conn)
-                rid = conn.session.publish(namespace, track, alias)
+                rid = conn.session.publish(namespace, track, alias, extensions=upstream.fanout.track_extensions)
                 self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout)
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
@@ -773,6 +773,7 @@ class MoqRelay:
         if upstream is None:
             return
         upstream.alias = event.track_alias
+        upstream.fanout.track_extensions = event.extensions  # draft 16: the latest set replaces the cached one
         self._by_alias[(id(conn), event.track_alias)] = upstream
         if event.largest is not None and upstream.group_offset == 0:
             upstream.largest = event.largest
@@ -853,6 +854,7 @@ class MoqRelay:
             existing.request_id, existing.alias = event.request_id, event.track_alias
             # what the new publisher was told (FORWARD=0: nothing until we ask, _update_forward)
             existing.on_demand, existing.forward = not event.forward, event.forward
+            existing.fanout.track_extensions = event.extensions
             self._by_request[(id(conn), event.request_id)] = existing
             self._by_alias[(id(conn), event.track_alias)] = existing
             conn.session.publish_ok(event.request_id)
@@ -864,6 +866,7 @@ class MoqRelay:
             return
         upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
         upstream.on_demand, upstream.forward = not event.forward, event.forward
+        upstream.fanout.track_extensions = event.extensions
         self._tracks[key] = upstream
         self._by_request[(id(conn), event.request_id)] = upstream
         self._by_alias[(id(conn), event.track_alias)] = upstream

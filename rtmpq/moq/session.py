@@ -262,14 +262,14 @@ class MoqSession:
         return self._request(rid, lambda: self._send_control(msg))
 
     def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
-                forward: bool = True) -> int:
+                forward: bool = True, extensions: dict | None = None) -> int:
         """Push a track (PUBLISH); objects may follow at once under ``track_alias``. With
         ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1."""
         params = _with_token({}, authorization)
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
-        msg = wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params)
+        msg = wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params, dict(extensions or {}))
         return self._request(rid, lambda: self._send_control(msg))
 
     def fetch(self, namespace, track_name: str, start: tuple[int, int], end: tuple[int, int], *,
@@ -358,9 +358,11 @@ class MoqSession:
         self._send_control(wire.Goaway(uri))
 
     # -- answers --------------------------------------------------------------------------------
-    def subscribe_ok(self, request_id: int, track_alias: int, largest: tuple[int, int] | None = None) -> None:
+    def subscribe_ok(self, request_id: int, track_alias: int, largest: tuple[int, int] | None = None, *,
+                     extensions: dict | None = None) -> None:
+        """``extensions``: the track's Track Extensions (a relay's: its publisher's, unchanged)."""
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
-        self._send_control(wire.SubscribeOk(request_id, track_alias, params))
+        self._send_control(wire.SubscribeOk(request_id, track_alias, params, dict(extensions or {})))
 
     def publish_ok(self, request_id: int) -> None:
         self._send_control(wire.PublishOk(request_id))
@@ -828,7 +830,8 @@ class MoqSession:
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:
                 largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
-            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest), *self._release(msg.track_alias)]
+            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest, msg.extensions),
+                    *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestErrorMessage):
             return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason, msg.retry_after)]
         if isinstance(msg, wire.RequestOk):
@@ -850,7 +853,8 @@ class MoqSession:
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias, self._authorization(msg.params), _forward(msg.params)),
+                                      msg.track_alias, self._authorization(msg.params), _forward(msg.params),
+                                      msg.extensions),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
             if not self._ever_requested(msg.existing_request_id):
