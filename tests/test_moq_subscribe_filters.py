@@ -346,7 +346,8 @@ async def test_absolute_start_0_0_skips_a_newest_group_past_the_budget_as_unfilt
 async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_the_relay(tmp_path, backend):
     """Draft 16 "Extension Headers": a relay MUST forward (and cache) the Track Extensions it does
     not support. The relay dropped those of its publisher's SUBSCRIBE_OK (draft 16 audit): here
-    MAX_CACHE_DURATION (0x04) = 5000 ms, DYNAMIC_GROUPS (0x30) = 0 and an odd (byte) type 0x4001."""
+    MAX_CACHE_DURATION (0x04) = 5000 ms, DYNAMIC_GROUPS (0x30) = 0 and an odd (byte) type 0x4001;
+    in SUBSCRIBE_OK and in FETCH_OK."""
     extensions = {0x04: 5000, 0x30: 0, 0x4001: b"opaque"}
     async with serving_relay(tmp_path, backend) as (_relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
@@ -358,5 +359,12 @@ async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_th
             await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
                                     for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
             viewer = Viewer(sub_conn)
-            rid, _alias = await viewer.subscribed()
+            rid, alias = await viewer.subscribed()
+            publisher.send(0)
+            await until(lambda: viewer.ended(alias), what="group 0 delivered")
+            fetch = sub_conn.session.fetch(NAMESPACE, "video", (0, 0), (1, 0))  # from the relay's cache
+            sub_conn.flush()
+            await until(lambda: viewer.of(ev.FetchAccepted), what="FETCH answered")
     assert viewer.answer(rid).extensions == extensions
+    fetched, = viewer.of(ev.FetchAccepted)
+    assert fetched.request_id == fetch and fetched.extensions == extensions  # FETCH_OK's Track Extensions

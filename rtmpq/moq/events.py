@@ -232,6 +232,7 @@ class FetchAccepted:
     request_id: int
     end_of_track: bool
     end: tuple[int, int]
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)

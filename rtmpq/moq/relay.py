@@ -576,7 +576,7 @@ class MoqRelay:
         except FetchRangeError as exc:
             conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
             return
-        conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended)
+        conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended, extensions=fanout.track_extensions)
         sid = conn.session.open_fetch_stream(event.request_id)
         # the priority its subscriptions carry (ConnectionSink): Publisher Priority is the object's
         priority = fanout.publisher_priority if fanout.publisher_priority is not None else urgency
@@ -660,7 +660,7 @@ class MoqRelay:
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
-            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track)
+            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track, extensions=event.extensions)
             p.conn.flush()
 
     def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:

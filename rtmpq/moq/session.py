@@ -367,8 +367,9 @@ class MoqSession:
     def publish_ok(self, request_id: int) -> None:
         self._send_control(wire.PublishOk(request_id))
 
-    def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False) -> None:
-        self._send_control(wire.FetchOk(request_id, end_of_track, end))
+    def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False,
+                 extensions: dict | None = None) -> None:
+        self._send_control(wire.FetchOk(request_id, end_of_track, end, {}, dict(extensions or {})))
 
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
@@ -904,7 +905,7 @@ class MoqSession:
                                       msg.joining_request_id, msg.joining_start, descending,
                                       self._authorization(msg.params))]
         if isinstance(msg, wire.FetchOk):
-            return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
+            return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end, msg.extensions)]
         if isinstance(msg, wire.FetchCancel):
             self._request_closed(msg.request_id)
             return [ev.FetchCancelled(msg.request_id)]
