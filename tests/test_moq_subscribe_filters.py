@@ -368,3 +368,31 @@ async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_th
     assert viewer.answer(rid).extensions == extensions
     fetched, = viewer.of(ev.FetchAccepted)
     assert fetched.request_id == fetch and fetched.extensions == extensions  # FETCH_OK's Track Extensions
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_subscribe_namespace_with_forward_0_gets_its_publishes_with_forward_0(tmp_path, backend):
+    """Draft 16 SUBSCRIBE_NAMESPACE: with FORWARD=0, "PUBLISH messages resulting from this
+    SUBSCRIBE_NAMESPACE will set the FORWARD parameter to 0", so no objects come until the
+    subscriber's REQUEST_UPDATE sets it to 1. The relay PUBLISHed with FORWARD=1 and sent objects
+    at once (draft 16 audit)."""
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    async with relay_with_publisher(tmp_path, backend, cached_groups=1) as (_relay, publisher, (warm, warm_alias), connect):
+        async with connect() as viewer:
+            viewer.conn.session.subscribe_namespace(NAMESPACE[:1], options=NAMESPACE_OPTION_PUBLISH, forward=False)
+            viewer.conn.flush()
+            await until(lambda: viewer.of(ev.TrackPublished), what="the track PUBLISHed")
+            pushed, = viewer.of(ev.TrackPublished)
+            assert pushed.forward is False
+            viewer.conn.session.publish_ok(pushed.request_id)
+            viewer.conn.flush()
+            publisher.send(1)
+            await until(lambda: 1 in warm.ended(warm_alias), what="group 1 at the relay's other subscriber")
+            assert viewer.objects(pushed.track_alias) == []  # FORWARD=0: nothing, not even the cached group 0
+            update = viewer.update(pushed.request_id, forward=True)
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            publisher.send(2)
+            await until(lambda: 2 in viewer.ended(pushed.track_alias), what="group 2 delivered")
+            got = sorted(viewer.objects(pushed.track_alias))
+    assert got[-OBJECTS:] == whole(2)

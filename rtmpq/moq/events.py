@@ -86,6 +86,7 @@ class NamespaceSubscribeRequested:
     stream_id: int
     options: int
     authorization: str | None = _token()
+    forward: bool = True  # FORWARD=0: the PUBLISHes it brings carry FORWARD=0
 
 
 @dataclass(frozen=True, slots=True)

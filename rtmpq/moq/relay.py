@@ -147,7 +147,8 @@ class MoqRelay:
         self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
-        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
+        # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
+        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         # joining FETCHes of a SUBSCRIBE still waiting (for the track upstream, or a new local
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
@@ -310,7 +311,7 @@ class MoqRelay:
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
         """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
-        for (_, stream_id), (conn, prefix, wants_namespaces, _) in list(self._ns_subscribers.items()):
+        for (_, stream_id), (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
             if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
                 suffix = namespace[len(prefix):]
                 if done:
@@ -485,13 +486,14 @@ class MoqRelay:
 
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
                 fanout: TrackFanout, timeout: float, start_group: int | None = None,
-                request: ev.SubscribeRequested | None = None) -> Subscription:
+                request: ev.SubscribeRequested | None = None, *, forward: bool = True) -> Subscription:
         """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted, whose
-        filter and FORWARD ``request`` carries, or a PUBLISH we sent)."""
+        filter and FORWARD ``request`` carries, or a PUBLISH we sent with FORWARD ``forward``)."""
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
+        s.forward = forward
         if request is not None:
             s.filter_type, s.forward = request.filter_type, request.forward
             if request.start is not None:
@@ -516,13 +518,13 @@ class MoqRelay:
         else:
             s.fanout.subscribe_next(s.sub)
 
-    def _push_tracks(self, conn: MoqConnection, prefix: tuple[str, ...]) -> None:
-        """PUBLISH every relayed track under ``prefix`` to a namespace subscriber that asked for them."""
-        for (namespace, track), upstream in list(self._tracks.items()):
-            if namespace[: len(prefix)] == prefix and upstream.alias is not None:
-                alias = self._new_alias(conn)
-                rid = conn.session.publish(namespace, track, alias, extensions=upstream.fanout.track_extensions)
-                self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout)
+    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, upstream: UpstreamTrack,
+                    forward: bool) -> None:
+        """PUBLISH a relayed track to a namespace subscriber that asked for tracks; ``forward``: the
+        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE)."""
+        alias = self._new_alias(conn)
+        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=upstream.fanout.track_extensions)
+        self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout, forward=forward)
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
@@ -756,13 +758,16 @@ class MoqRelay:
         conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
         wants_namespaces = event.options in (NAMESPACE_OPTION_NAMESPACE, NAMESPACE_OPTION_BOTH)
         wants_tracks = event.options in (NAMESPACE_OPTION_PUBLISH, NAMESPACE_OPTION_BOTH)
-        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks)
+        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks,
+                                                             event.forward)
         if wants_namespaces:
             for ns in self._known_namespaces():
                 if ns[: len(event.prefix)] == event.prefix:
                     conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
         if wants_tracks:
-            self._push_tracks(conn, event.prefix)
+            for (namespace, track), upstream in list(self._tracks.items()):
+                if namespace[: len(event.prefix)] == event.prefix and upstream.alias is not None:
+                    self._publish_to(conn, namespace, track, upstream, event.forward)
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
@@ -872,11 +877,9 @@ class MoqRelay:
         self._by_alias[(id(conn), event.track_alias)] = upstream
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
-        for other, prefix, _, wants_tracks in list(self._ns_subscribers.values()):
+        for other, prefix, _, wants_tracks, forward in list(self._ns_subscribers.values()):
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
-                alias = self._new_alias(other)
-                rid = other.session.publish(event.namespace, event.track_name, alias)
-                self._attach(other, rid, alias, event.namespace, event.track_name, upstream.fanout, self.delivery_timeout)
+                self._publish_to(other, event.namespace, event.track_name, upstream, forward)
                 other.flush()
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:

@@ -330,11 +330,14 @@ class MoqSession:
         return self._request(rid, lambda: self._send_control(msg))
 
     def subscribe_namespace(self, prefix, *, authorization: str | None = None,
-                            options: int = wire.NAMESPACE_OPTION_NAMESPACE) -> int:
+                            options: int = wire.NAMESPACE_OPTION_NAMESPACE, forward: bool = True) -> int:
         """SUBSCRIBE_NAMESPACE on a stream of its own: the answer comes as RequestAccepted or
         RequestFailed, then NamespaceReceived / NamespaceDoneReceived for namespaces under
-        ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream)."""
+        ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream; with
+        ``forward=False`` those PUBLISHes carry FORWARD=0)."""
         params = _with_token({}, authorization)
+        if not forward:
+            params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
 
         def send() -> None:
@@ -683,7 +686,7 @@ class MoqSession:
             authorization = self._authorization(msg.params)
             self._namespace_streams[stream_id] = msg.request_id
             out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options,
-                                                      authorization))
+                                                      authorization, _forward(msg.params)))
         if end_stream:
             request_id = self._namespace_streams.pop(stream_id, None)
             if request_id is not None:
