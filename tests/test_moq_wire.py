@@ -385,3 +385,28 @@ def test_a_fetch_object_after_a_range_marker_states_its_group_and_object_id():
     assert encoder.end_of_range(4, 5, unknown=True) == b"\x41\x0c\x04\x05"  # End of Unknown Range to {4, 5}
     after = encoder.object_header(4, 0, 6, 128, 1, None)
     assert after == bytes((0x08 | 0x04 | 0x10,)) + b"\x04\x06\x80\x01"  # group 4, object 6, priority 128, 1 byte
+
+
+@pytest.mark.parametrize(("namespace", "problem"), [
+    (b"\x00", "0 fields"),  # a Track Namespace has 1 to 32 fields
+    (b"\x02\x04live\x00", "empty"),  # "Each Track Namespace Field Value MUST contain at least one byte"
+    (b"\x02" + (b"\x48\x01" + b"a" * 2049) * 2, "4096"),  # 2 x 2049 bytes: a Track Namespace over 4,096
+])
+def test_malformed_track_namespaces_close_the_session(namespace, problem):
+    """Draft 16 "Track Naming": 0 fields, an empty field, or a Full Track Name over 4,096 bytes MUST
+    close the session with PROTOCOL_VIOLATION; rtmpq took the first two (draft 16 audit)."""
+    for payload in (b"\x00" + namespace + b"\x01t" + b"\x00",  # SUBSCRIBE, request id 0, name "t", no parameters
+                    b"\x00" + namespace + b"\x00"):  # PUBLISH_NAMESPACE, request id 0, no parameters
+        kind = b"\x03" if payload.endswith(b"\x01t\x00") else b"\x06"
+        with pytest.raises(MoqProtocolError, match=problem) as info:
+            wire.decode_control_message(kind + len(payload).to_bytes(2, "big") + payload)
+        assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_a_namespace_prefix_or_suffix_may_be_empty():
+    """SUBSCRIBE_NAMESPACE's prefix has "between 0 and 32" fields; a NAMESPACE suffix is what is
+    left after the prefix, nothing when the namespace is the prefix (rtmpq sends that)."""
+    payload = b"\x00" + b"\x00" + b"\x01" + b"\x00"  # request id 0, prefix (), options NAMESPACE, no parameters
+    msg, _ = wire.decode_control_message(b"\x11" + len(payload).to_bytes(2, "big") + payload)
+    assert msg == wire.SubscribeNamespace(0, (), wire.NAMESPACE_OPTION_NAMESPACE)
+    assert wire.decode_control_message(b"\x08\x00\x01\x00")[0] == wire.Namespace(())

@@ -269,11 +269,18 @@ class _Reader:
     def reason(self) -> str:
         return self.bytes_field(MAX_REASON_PHRASE).decode("utf-8", "replace")
 
-    def namespace(self) -> tuple[bytes, ...]:
+    def namespace(self, min_fields: int = 1) -> tuple[bytes, ...]:
+        """A Track Namespace: 1 to 32 non-empty fields of 4,096 bytes at most in all (a prefix or
+        a suffix, ``min_fields=0``, may have none)."""
         n = self.varint()
-        if n > MAX_NAMESPACE_FIELDS:
-            raise MoqProtocolError(f"track namespace of {n} fields (max {MAX_NAMESPACE_FIELDS})")
-        return tuple(self.bytes_field(MAX_FULL_TRACK_NAME) for _ in range(n))
+        if not min_fields <= n <= MAX_NAMESPACE_FIELDS:
+            raise MoqProtocolError(f"track namespace of {n} fields ({min_fields} to {MAX_NAMESPACE_FIELDS})")
+        ns = tuple(self.bytes_field(MAX_FULL_TRACK_NAME) for _ in range(n))
+        if not all(ns):
+            raise MoqProtocolError("an empty track namespace field")
+        if sum(map(len, ns)) > MAX_FULL_TRACK_NAME:
+            raise MoqProtocolError(f"track namespace longer than {MAX_FULL_TRACK_NAME} bytes")
+        return ns
 
     def location(self) -> tuple[int, int]:
         return self.varint(), self.varint()
@@ -841,11 +848,11 @@ def decode_control_message(buf, pos: int = 0):
     elif mtype == MessageType.PUBLISH_NAMESPACE_CANCEL:
         msg = PublishNamespaceCancel(rd.varint(), rd.varint(), rd.reason())
     elif mtype == MessageType.SUBSCRIBE_NAMESPACE:
-        msg = SubscribeNamespace(rd.varint(), rd.namespace(), rd.varint(), _check_message_params(rd.params()))
+        msg = SubscribeNamespace(rd.varint(), rd.namespace(0), rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.NAMESPACE:
-        msg = Namespace(rd.namespace())
+        msg = Namespace(rd.namespace(0))
     elif mtype == MessageType.NAMESPACE_DONE:
-        msg = NamespaceDoneMessage(rd.namespace())
+        msg = NamespaceDoneMessage(rd.namespace(0))
     elif mtype == MessageType.FETCH:
         msg = _decode_fetch(rd)
     elif mtype == MessageType.FETCH_OK:
