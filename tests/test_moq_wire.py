@@ -410,3 +410,12 @@ def test_a_namespace_prefix_or_suffix_may_be_empty():
     msg, _ = wire.decode_control_message(b"\x11" + len(payload).to_bytes(2, "big") + payload)
     assert msg == wire.SubscribeNamespace(0, (), wire.NAMESPACE_OPTION_NAMESPACE)
     assert wire.decode_control_message(b"\x08\x00\x01\x00")[0] == wire.Namespace(())
+
+
+@pytest.mark.parametrize("name", ["live/", "live//show", ""])
+def test_a_broadcast_name_with_an_empty_part_is_refused_before_it_is_sent(name):
+    from rtmpq.moq.client import broadcast_namespace
+
+    with pytest.raises(ValueError, match="empty part"):
+        broadcast_namespace(name)
+    assert broadcast_namespace("live/show") == ("live", "show")
