@@ -410,3 +410,24 @@ def test_path_or_authority_from_a_server_closes_the_session(param, code):
     events = client.handle_event(StreamDataReceived(0, setup))
     assert quic.closed_with is not None and quic.closed_with[0] == code, events
     assert not any(isinstance(e, ev.SetupComplete) for e in events)
+
+
+class DatagramFrameReceived:  # matched by name, as StreamDataReceived above
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def test_object_datagrams_are_checked_then_dropped_with_a_warning(caplog):
+    """Draft 16: an unknown datagram type MUST close the session. rtmpq carries no datagram objects
+    (it cannot forward them as datagrams): a well-formed one is counted and said once, not lost
+    silently as before (draft 16 audit)."""
+    quic = RecordingQuic()
+    client = session_module.MoqSession(quic, is_client=True)
+    client.connect()
+    with caplog.at_level("WARNING", logger="rtmpq.moq"):
+        for _ in range(3):
+            assert client.handle_event(DatagramFrameReceived(b"\x0c\x02\x05abcd")) == []
+    assert quic.closed_with is None and client.datagrams_dropped == 3
+    assert sum("datagrams" in r.getMessage() for r in caplog.records) == 1
+    events = client.handle_event(DatagramFrameReceived(b"\x23\x02\x05\x03"))  # STATUS with END_OF_GROUP
+    assert quic.closed_with is not None and quic.closed_with[0] == SessionError.PROTOCOL_VIOLATION, events

@@ -419,3 +419,30 @@ def test_a_broadcast_name_with_an_empty_part_is_refused_before_it_is_sent(name):
     with pytest.raises(ValueError, match="empty part"):
         broadcast_namespace(name)
     assert broadcast_namespace("live/show") == ("live", "show")
+
+
+def test_object_datagrams_written_by_hand_from_the_draft():
+    """OBJECT_DATAGRAM (draft 16): type 0b00X0XXXX; EXTENSIONS 0x01, END_OF_GROUP 0x02,
+    ZERO_OBJECT_ID 0x04, DEFAULT_PRIORITY 0x08, STATUS 0x20. rtmpq ignored datagrams whatever their
+    bytes (draft 16 audit): now it reads them (and closes the session on the invalid ones)."""
+    # type 0x01: alias 2, group 5, object 3, priority 7, extensions {0x10: 40}, payload to the end
+    d = wire.decode_object_datagram(b"\x01\x02\x05\x03\x07" + b"\x02\x10\x28" + b"abcd")
+    assert d == wire.ObjectDatagram(2, 5, 3, 7, {0x10: 40}, b"abcd", wire.ObjectStatus.NORMAL, False)
+    # type 0x2C: STATUS | DEFAULT_PRIORITY | ZERO_OBJECT_ID: alias 2, group 5, status End of Track
+    d = wire.decode_object_datagram(b"\x2c\x02\x05\x04")
+    assert d == wire.ObjectDatagram(2, 5, 0, None, {}, b"", wire.ObjectStatus.END_OF_TRACK, False)
+    # type 0x0E: END_OF_GROUP | ZERO_OBJECT_ID | DEFAULT_PRIORITY
+    assert wire.decode_object_datagram(b"\x0e\x02\x05xy").end_of_group
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"\x22\x02\x05\x03\x07\x03", "datagram type"),  # STATUS with END_OF_GROUP
+    (b"\x10\x02\x05\x03\x07x", "datagram type"),  # not 0b00X0XXXX (a subgroup stream's type)
+    (b"\x01\x02\x05\x03\x07\x00x", "Extension Headers Length of 0"),
+    (b"\x20\x02\x05\x03\x07\x02", "object status"),  # status 2 is none of draft 16's
+    (b"\x00\x02\x05", "ends"),  # cut inside its header
+])
+def test_malformed_object_datagrams_close_the_session(data, problem):
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_object_datagram(data)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION

@@ -173,6 +173,7 @@ class MoqSession:
         self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
         self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
+        self.datagrams_dropped = 0  # OBJECT_DATAGRAMs received (rtmpq does not carry them)
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -203,6 +204,9 @@ class MoqSession:
                 return self._on_stream_data(event.stream_id, bytes(event.data), event.end_stream)
             if kind == "StreamReset":
                 return self._on_stream_reset(event.stream_id, event.error_code)
+            if kind == "DatagramFrameReceived":
+                self._on_datagram(event.data)
+                return []
             if kind == "ConnectionTerminated":
                 self.closed = True
                 return [ev.SessionClosed(event.error_code, event.reason_phrase)]
@@ -489,6 +493,16 @@ class MoqSession:
             self._request_closed(request_id)
 
     # -- input ----------------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes) -> None:
+        """An OBJECT_DATAGRAM: checked (a malformed one closes the session, as draft 16 asks), then
+        dropped: rtmpq carries objects on subgroup streams only, and a relay may not turn a
+        datagram object into a stream one. Said once per session, so it is not a silent loss."""
+        datagram = wire.decode_object_datagram(data)
+        self.datagrams_dropped += 1
+        if self.datagrams_dropped == 1:
+            log.warning("the peer sends objects in datagrams (track alias %d, group %d), which rtmpq does not "
+                        "carry: dropped (send them on subgroup streams)", datagram.track_alias, datagram.group_id)
+
     def _send_control(self, msg) -> None:
         if self.control_stream_id is None:
             raise RuntimeError("no control stream yet")

@@ -1073,6 +1073,53 @@ class SubgroupStreamParser(_StreamParser):
         return SubgroupObject(object_id, payload, extensions, status)
 
 
+# -- datagrams -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ObjectDatagram:
+    """One object in a QUIC datagram (Object Forwarding Preference Datagram)."""
+
+    track_alias: int
+    group_id: int
+    object_id: int
+    priority: int | None  # None: the subscription's publisher priority
+    extensions: dict
+    payload: bytes
+    status: int = ObjectStatus.NORMAL
+    end_of_group: bool = False  # no object of a larger ID exists in the group
+
+
+def decode_object_datagram(data) -> ObjectDatagram:
+    """An OBJECT_DATAGRAM (type 0b00X0XXXX: EXTENSIONS 0x01, END_OF_GROUP 0x02, ZERO_OBJECT_ID
+    0x04, DEFAULT_PRIORITY 0x08, STATUS 0x20; STATUS with END_OF_GROUP is invalid). A datagram
+    is whole: anything that does not parse closes the session with PROTOCOL_VIOLATION."""
+    r = _Reader(data)
+    kind = r.varint()
+    if kind & ~0x2F or (kind & 0x22) == 0x22:
+        raise MoqProtocolError(f"unknown datagram type {kind:#x}")
+    alias, group = r.varint(), r.varint()
+    object_id = 0 if kind & 0x04 else r.varint()
+    priority = None if kind & 0x08 else r.u8()
+    extensions: dict = {}
+    if kind & 0x01:
+        size = r.varint()
+        if size == 0:
+            raise MoqProtocolError("datagram with the EXTENSIONS bit and an Extension Headers Length of 0")
+        if size > r.end - r.pos:
+            raise MoqProtocolError("datagram extension headers run past its end")
+        extensions = r.kvp_until(r.pos + size)
+    status, payload = ObjectStatus.NORMAL, b""
+    if kind & 0x20:
+        status = r.varint()
+        if status not in OBJECT_STATUSES:
+            raise MoqProtocolError(f"unknown object status {status:#x}")
+        if status and extensions:  # draft 16, "Object Extension Headers": a MUST
+            raise MoqProtocolError("extension headers on a status object")
+        r.done()
+    else:
+        payload = r.raw(r.end - r.pos)
+    return ObjectDatagram(alias, group, object_id, priority, extensions, payload, status, bool(kind & 0x02))
+
+
 # -- fetch streams --------------------------------------------------------------------------------
 def encode_fetch_header(request_id: int) -> bytes:
     return encode_varint(FETCH_HEADER) + encode_varint(request_id)
