@@ -446,3 +446,21 @@ def test_malformed_object_datagrams_close_the_session(data, problem):
     with pytest.raises(MoqProtocolError, match=problem) as info:
         wire.decode_object_datagram(data)
     assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_the_drafts_subgroup_examples_parse():
+    """Draft 16 "Examples": type 0x14 (Subgroup ID and Priority present), then type 0x35
+    (EXTENSIONS, Subgroup ID present, DEFAULT_PRIORITY). The draft's second example miscounts its
+    extension block (33); here it is the block its fields make: Type 4 = 2186796243 (an 8-byte
+    varint), Type 77 (delta 73) = "traceID:123456"."""
+    first = b"\x14\x02\x00\x00\x00" + b"\x00\x04abcd" + b"\x00\x04efgh"
+    parser = wire.SubgroupStreamParser()
+    header, *objects = parser.feed(first)
+    assert header == wire.SubgroupHeader(2, 0, 0, 0, extensions=False, end_of_group=False)
+    assert [(o.object_id, o.payload) for o in objects] == [(0, b"abcd"), (1, b"efgh")]
+    ext = b"\x04" + wire.encode_varint(2186796243) + b"\x40\x49\x0etraceID:123456"
+    second = b"\x35\x02\x00\x00" + b"\x00" + bytes((len(ext),)) + ext + b"\x04abcd" + b"\x00\x00\x04efgh"
+    header, *objects = wire.SubgroupStreamParser().feed(second)
+    assert header == wire.SubgroupHeader(2, 0, 0, None, extensions=True, end_of_group=False)
+    assert [(o.object_id, o.extensions, o.payload) for o in objects] == [
+        (0, {4: 2186796243, 77: b"traceID:123456"}, b"abcd"), (1, {}, b"efgh")]
