@@ -49,9 +49,10 @@ class Publisher:
             self.conn.session.subscribe_ok(event.request_id, self.alias, extensions=self.track_extensions)
             self.conn.flush()
 
-    def send(self, *groups: int) -> None:
+    def send(self, *groups: int, priority: int | None = 128) -> None:
+        """Groups of OBJECTS objects; ``priority`` None: subgroup headers without one (DEFAULT_PRIORITY)."""
         for group in groups:
-            sid = self.conn.session.open_subgroup(self.alias, group)
+            sid = self.conn.session.open_subgroup(self.alias, group, priority=priority)
             for object_id in range(OBJECTS):
                 self.conn.session.send_object(sid, object_id, f"{group}.{object_id}".encode())
             self.conn.session.end_subgroup(sid)
@@ -396,3 +397,27 @@ async def test_subscribe_namespace_with_forward_0_gets_its_publishes_with_forwar
             await until(lambda: 2 in viewer.ended(pushed.track_alias), what="group 2 delivered")
             got = sorted(viewer.objects(pushed.track_alias))
     assert got[-OBJECTS:] == whole(2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("track_extensions", "inherited"), [({}, 128), ({0x0E: 9}, 9)])
+async def test_a_subgroup_without_a_priority_keeps_the_tracks_default_through_the_relay(tmp_path, backend,
+                                                                                        track_extensions, inherited):
+    """Draft 16: a subgroup header with DEFAULT_PRIORITY inherits the subscription's Publisher
+    Priority: DEFAULT_PUBLISHER_PRIORITY (0x0E) when the track has it, else 128. The relay sent such
+    objects on with its own urgency for the track name (video: 2), another priority than the
+    publisher's (draft 16 audit)."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as sub_conn):
+            publisher = Publisher(pub_conn)
+            publisher.track_extensions = track_extensions
+            announced = pub_conn.session.publish_namespace(NAMESPACE)
+            pub_conn.flush()
+            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
+                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
+            viewer = Viewer(sub_conn)
+            _rid, alias = await viewer.subscribed()
+            publisher.send(0, priority=None)
+            await until(lambda: viewer.ended(alias), what="group 0 delivered")
+    assert {e.priority for e in viewer.of(ev.ObjectReceived)} == {inherited}

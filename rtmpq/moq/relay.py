@@ -46,6 +46,8 @@ from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
+    DEFAULT_PUBLISHER_PRIORITY,
+    EXT_DEFAULT_PUBLISHER_PRIORITY,
     FETCH_RELATIVE_JOINING,
     FETCH_STANDALONE,
     FILTER_ABSOLUTE_RANGE,
@@ -108,6 +110,14 @@ def _range_refusal(request: ev.SubscribeRequested | ev.RequestUpdated, largest: 
     if largest is not None and end < largest[0]:
         return "the range is already over: FETCH it"
     return None
+
+
+def _publisher_priority(upstream: UpstreamTrack, event: ev.ObjectReceived) -> int:
+    """An object's Publisher Priority: its subgroup header's, or (a header without one) the
+    subscription's: the track's DEFAULT_PUBLISHER_PRIORITY extension, else 128 (draft 16)."""
+    if event.priority is not None:
+        return event.priority
+    return upstream.fanout.track_extensions.get(EXT_DEFAULT_PUBLISHER_PRIORITY, DEFAULT_PUBLISHER_PRIORITY)
 
 
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
@@ -1009,7 +1019,7 @@ class MoqRelay:
                 return
             group = upstream.group(event.group)
             upstream.fanout.publish_object(group, event.object_id, b"", None, time.monotonic(), event.subgroup,
-                                           event.priority, event.end_of_group, event.status)
+                                           _publisher_priority(upstream, event), event.end_of_group, event.status)
             self._subgroup_over(upstream, group, event.subgroup)
             if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
                 # the track is over even if no PUBLISH_DONE follows. End of Track says nothing of
@@ -1025,16 +1035,18 @@ class MoqRelay:
             if upstream.group(event.group) > newest:  # not an older version overtaken by a newer one
                 self._added_tracks(upstream, event.payload)
             return
-        if upstream is not None and upstream.track == CATALOG_TRACK:
-            self._relay_catalog_object(upstream, upstream.group(event.group), event.object_id, event.payload,
-                                       event.extensions, event.priority)
+        if upstream is None:
             return
-        if upstream is not None:
-            upstream.fanout.publisher_priority = event.priority
-            group = upstream.group(event.group)
-            upstream.subgroup_seen(group, event.subgroup)
-            upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
-                                           time.monotonic(), event.subgroup, event.priority, event.end_of_group)
+        priority = _publisher_priority(upstream, event)
+        if upstream.track == CATALOG_TRACK:
+            self._relay_catalog_object(upstream, upstream.group(event.group), event.object_id, event.payload,
+                                       event.extensions, priority)
+            return
+        upstream.fanout.publisher_priority = priority
+        group = upstream.group(event.group)
+        upstream.subgroup_seen(group, event.subgroup)
+        upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
+                                       time.monotonic(), event.subgroup, priority, event.end_of_group)
 
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:
