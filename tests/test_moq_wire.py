@@ -464,3 +464,21 @@ def test_the_drafts_subgroup_examples_parse():
     assert header == wire.SubgroupHeader(2, 0, 0, None, extensions=True, end_of_group=False)
     assert [(o.object_id, o.extensions, o.payload) for o in objects] == [
         (0, {4: 2186796243, 77: b"traceID:123456"}, b"abcd"), (1, {}, b"efgh")]
+
+
+@pytest.mark.parametrize(("extensions", "problem"), [
+    (b"\x02\x00", "DELIVERY_TIMEOUT"),  # 0x02 = 0: "MUST contain a value greater than 0"
+    (b"\x0e\x41\x00", "DEFAULT_PUBLISHER_PRIORITY"),  # 0x0E = 256
+    (b"\x22\x03", "DEFAULT_PUBLISHER_GROUP_ORDER"),  # 0x22 = 3
+    (b"\x30\x02", "DYNAMIC_GROUPS"),  # 0x30 = 2
+])
+def test_out_of_range_track_extensions_close_the_session(extensions, problem):
+    """Draft 16 "Extension Headers": these Track Extension values MUST close the session with
+    PROTOCOL_VIOLATION; they were taken (draft 16 audit). SUBSCRIBE_OK: request id 0, alias 1, no
+    parameters, then the Track Extensions to the end of the message."""
+    payload = b"\x00\x01\x00" + extensions
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_control_message(b"\x04" + len(payload).to_bytes(2, "big") + payload)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+    ok = b"\x00\x01\x00" + b"\x04\x28" + b"\x0a\x07"  # MAX_CACHE_DURATION 40, then 0x0E = 7
+    assert wire.decode_control_message(b"\x04" + len(ok).to_bytes(2, "big") + ok)[0].extensions == {0x04: 40, 0x0E: 7}

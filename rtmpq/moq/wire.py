@@ -774,6 +774,7 @@ _PARAM_VALUES = {
     PARAM_SUBSCRIBER_PRIORITY: ("SUBSCRIBER_PRIORITY", range(256)),
     PARAM_GROUP_ORDER: ("GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
     PARAM_FORWARD: ("FORWARD", (0, 1)),
+    PARAM_DELIVERY_TIMEOUT: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),  # "greater than 0"
 }
 
 
@@ -781,12 +782,30 @@ def _check_message_params(params: dict) -> dict:
     unknown = [k for k in params if k not in KNOWN_MESSAGE_PARAMS]
     if unknown:
         raise MoqProtocolError(f"unknown message parameter {unknown[0]:#x}")
-    for kind, (name, allowed) in _PARAM_VALUES.items():
-        if kind in params and params[kind] not in allowed:
-            raise MoqProtocolError(f"{name} parameter {params[kind]!r}")
-    if params.get(PARAM_DELIVERY_TIMEOUT) == 0:
-        raise MoqProtocolError("DELIVERY_TIMEOUT parameter of 0")
-    return params
+    return _check_values(params, _PARAM_VALUES, "parameter")
+
+
+def _check_values(pairs: dict, table: dict, what: str) -> dict:
+    """``pairs`` (parameters or extensions), whose values of the types in ``table`` are allowed ones."""
+    for kind, (name, allowed) in table.items():
+        if kind in pairs and pairs[kind] not in allowed:
+            raise MoqProtocolError(f"{name} {what} {pairs[kind]!r}")
+    return pairs
+
+
+# Values a Track Extension may take (draft 16 "Extension Headers": any other closes the session
+# with PROTOCOL_VIOLATION); the others are carried as they come.
+_TRACK_EXTENSION_VALUES = {
+    0x02: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),
+    EXT_DEFAULT_PUBLISHER_PRIORITY: ("DEFAULT_PUBLISHER_PRIORITY", range(256)),
+    0x22: ("DEFAULT_PUBLISHER_GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
+    0x30: ("DYNAMIC_GROUPS", (0, 1)),
+}
+
+
+def _track_extensions(rd: _Reader, end: int) -> dict:
+    """The Track Extensions that end a SUBSCRIBE_OK, PUBLISH or FETCH_OK."""
+    return _check_values(rd.kvp_until(end), _TRACK_EXTENSION_VALUES, "track extension")
 
 
 def decode_control_message(buf, pos: int = 0):
@@ -829,14 +848,14 @@ def decode_control_message(buf, pos: int = 0):
         request_id = rd.varint()
         alias = rd.varint()
         params = _check_message_params(rd.params())
-        msg = SubscribeOk(request_id, alias, params, rd.kvp_until(end))
+        msg = SubscribeOk(request_id, alias, params, _track_extensions(rd, end))
     elif mtype == MessageType.PUBLISH:
         request_id = rd.varint()
         ns = rd.namespace()
         name = rd.bytes_field(MAX_FULL_TRACK_NAME)
         alias = rd.varint()
         params = _check_message_params(rd.params())
-        msg = Publish(request_id, ns, name, alias, params, rd.kvp_until(end))
+        msg = Publish(request_id, ns, name, alias, params, _track_extensions(rd, end))
     elif mtype == MessageType.PUBLISH_OK:
         msg = PublishOk(rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.UNSUBSCRIBE:
@@ -866,7 +885,7 @@ def decode_control_message(buf, pos: int = 0):
             raise MoqProtocolError(f"FETCH_OK End Of Track {end_of_track}")
         loc = rd.location()
         params = _check_message_params(rd.params())
-        msg = FetchOk(request_id, bool(end_of_track), loc, params, rd.kvp_until(end))
+        msg = FetchOk(request_id, bool(end_of_track), loc, params, _track_extensions(rd, end))
     elif mtype == MessageType.FETCH_CANCEL:
         msg = FetchCancel(rd.varint())
     elif mtype in MessageType._value2member_map_:
