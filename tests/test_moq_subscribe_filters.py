@@ -421,3 +421,32 @@ async def test_a_subgroup_without_a_priority_keeps_the_tracks_default_through_th
             publisher.send(0, priority=None)
             await until(lambda: viewer.ended(alias), what="group 0 delivered")
     assert {e.priority for e in viewer.of(ev.ObjectReceived)} == {inherited}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_publish_ok_with_forward_0_stops_the_objects_of_a_published_track(tmp_path, backend):
+    """Draft 16 "Subscriptions": the subscriber "can send PUBLISH_OK or REQUEST_UPDATE to update the
+    Forward State", and none are sent at 0. The relay read no parameter of PUBLISH_OK and went on
+    sending (draft 16 audit). A TRACK_STATUS round trip after PUBLISH_OK shows it was processed."""
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    async with relay_with_publisher(tmp_path, backend, cached_groups=1) as (_relay, publisher, (warm, warm_alias), connect):
+        async with connect() as viewer:
+            viewer.conn.session.subscribe_namespace(NAMESPACE[:1], options=NAMESPACE_OPTION_PUBLISH)
+            viewer.conn.flush()
+            await until(lambda: viewer.of(ev.TrackPublished), what="the track PUBLISHed")
+            pushed, = viewer.of(ev.TrackPublished)
+            viewer.conn.session.publish_ok(pushed.request_id, forward=False)
+            status = viewer.conn.session.track_status(NAMESPACE, "video")
+            viewer.conn.flush()
+            await until(lambda: viewer.answer(status) is not None, what="TRACK_STATUS answered")
+            publisher.send(1)
+            await until(lambda: 1 in warm.ended(warm_alias), what="group 1 at the relay's other subscriber")
+            again = viewer.conn.session.track_status(NAMESPACE, "video")
+            viewer.conn.flush()
+            await until(lambda: viewer.answer(again) is not None, what="TRACK_STATUS answered")
+            assert not [o for o in viewer.objects(pushed.track_alias) if o[0] == 1]
+            update = viewer.update(pushed.request_id, forward=True)
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            publisher.send(2)
+            await until(lambda: 2 in viewer.ended(pushed.track_alias), what="group 2 delivered after FORWARD=1")

@@ -163,6 +163,7 @@ class PublishAccepted:
     """PUBLISH_OK: the peer took a track we pushed with PUBLISH."""
 
     request_id: int
+    forward: bool | None = None  # its FORWARD parameter (None: absent, the state stays)
 
 
 @dataclass(frozen=True, slots=True)

@@ -904,18 +904,31 @@ class MoqRelay:
             return
         if event.filter_type is not None and not self._update_filter(s, event):
             return
-        if event.forward is not None and event.forward != s.forward:
-            s.forward = event.forward
-            if s.forward:
-                self._start_delivery(s)
-                self._wake_tick()  # an on-demand publisher is asked for objects at once
-            else:
-                s.fanout.unsubscribe(s.sub)
-                s.sub.stalled_since = None  # nothing is owed to it now
-            log.info("%s: %s FORWARD=%d", conn.peer, s.label, s.forward)
+        if event.forward is not None:
+            self._set_forward(s, event.forward)
         conn.session.request_ok(event.request_id, s.fanout.cache.largest or s.largest)
         if s.sub.range_ended:
             self.end_ranges()  # an End Group moved below what was sent: PUBLISH_DONE now, after REQUEST_OK
+
+    def _set_forward(self, s: Subscription, forward: bool) -> None:
+        """A subscriber's new Forward State (REQUEST_UPDATE, PUBLISH_OK): 1 starts delivery as the
+        filter says; 0 stops it, resetting the groups in progress (no objects in that state)."""
+        if forward == s.forward:
+            return
+        s.forward = forward
+        if forward:
+            self._start_delivery(s)
+            self._wake_tick()  # an on-demand publisher is asked for objects at once
+        else:
+            s.fanout.unsubscribe(s.sub)
+            s.sub.stalled_since = None  # nothing is owed to it now
+        log.info("%s: %s FORWARD=%d", s.conn.peer, s.label, forward)
+
+    def _on_PublishAccepted(self, conn: MoqConnection, event: ev.PublishAccepted) -> None:
+        """PUBLISH_OK of a track we PUBLISHed: its FORWARD parameter sets the Forward State (draft 16)."""
+        s = self._subs.get((id(conn), event.request_id))
+        if s is not None and event.forward is not None:
+            self._set_forward(s, event.forward)
 
     def _update_filter(self, s: Subscription, event: ev.RequestUpdated) -> bool:
         """A REQUEST_UPDATE's SUBSCRIPTION_FILTER replaces ``s``'s filter (fanout ``set_range``). An

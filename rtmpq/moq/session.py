@@ -371,8 +371,11 @@ class MoqSession:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.SubscribeOk(request_id, track_alias, params, dict(extensions or {})))
 
-    def publish_ok(self, request_id: int) -> None:
-        self._send_control(wire.PublishOk(request_id))
+    def publish_ok(self, request_id: int, *, forward: bool | None = None) -> None:
+        """Take a track the peer PUBLISHed; ``forward=False``: FORWARD=0, no objects until our
+        REQUEST_UPDATE sets it (None: the parameter is left out, the default 1)."""
+        params = {} if forward is None else {wire.PARAM_FORWARD: int(forward)}
+        self._send_control(wire.PublishOk(request_id, params))
 
     def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False,
                  extensions: dict | None = None) -> None:
@@ -890,7 +893,7 @@ class MoqSession:
             return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None),
                                       ftype, start, end_group)]
         if isinstance(msg, wire.PublishOk):
-            return [ev.PublishAccepted(msg.request_id)]
+            return [ev.PublishAccepted(msg.request_id, _forward(msg.params, None))]
         if isinstance(msg, wire.Unsubscribe):
             self._request_closed(msg.request_id)
             return [ev.Unsubscribed(msg.request_id)]
