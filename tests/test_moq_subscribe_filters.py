@@ -99,13 +99,14 @@ def whole(*groups: int) -> list[tuple[int, int]]:
 
 
 @asynccontextmanager
-async def relay_with_publisher(tmp_path, backend, cached_groups: int):
-    """(relay, publisher, warm viewer and its alias, connect): the publisher has sent groups
-    0..cached_groups-1, which the relay holds in its cache."""
+async def relay_with_publisher(tmp_path, backend, cached_groups: int, track_extensions: dict | None = None):
+    """(relay, publisher, warm viewer and its alias, connect): the publisher (whose SUBSCRIBE_OK
+    carries ``track_extensions``) has sent groups 0..cached_groups-1, which the relay holds."""
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as warm_conn):
             publisher = Publisher(pub_conn)
+            publisher.track_extensions = track_extensions or {}
             announced = pub_conn.session.publish_namespace(NAMESPACE)
             pub_conn.flush()
             await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
@@ -114,9 +115,10 @@ async def relay_with_publisher(tmp_path, backend, cached_groups: int):
             rid = warm.subscribe()
             await until(lambda: warm.answer(rid) is not None and publisher.alias is not None, what="warm subscription")
             warm_alias = warm.answer(rid).track_alias
-            publisher.send(*range(cached_groups))
-            cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
-            await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
+            if cached_groups:
+                publisher.send(*range(cached_groups))
+                cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
+                await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
 
             @asynccontextmanager
             async def connect():
@@ -350,21 +352,13 @@ async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_th
     MAX_CACHE_DURATION (0x04) = 5000 ms, DYNAMIC_GROUPS (0x30) = 0 and an odd (byte) type 0x4001;
     in SUBSCRIBE_OK and in FETCH_OK."""
     extensions = {0x04: 5000, 0x30: 0, 0x4001: b"opaque"}
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as sub_conn):
-            publisher = Publisher(pub_conn)
-            publisher.track_extensions = extensions
-            announced = pub_conn.session.publish_namespace(NAMESPACE)
-            pub_conn.flush()
-            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
-                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
-            viewer = Viewer(sub_conn)
+    async with relay_with_publisher(tmp_path, backend, 0, extensions) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
             rid, alias = await viewer.subscribed()
             publisher.send(0)
             await until(lambda: viewer.ended(alias), what="group 0 delivered")
-            fetch = sub_conn.session.fetch(NAMESPACE, "video", (0, 0), (1, 0))  # from the relay's cache
-            sub_conn.flush()
+            fetch = viewer.conn.session.fetch(NAMESPACE, "video", (0, 0), (1, 0))  # from the relay's cache
+            viewer.conn.flush()
             await until(lambda: viewer.of(ev.FetchAccepted), what="FETCH answered")
     assert viewer.answer(rid).extensions == extensions
     fetched, = viewer.of(ev.FetchAccepted)
@@ -407,16 +401,8 @@ async def test_a_subgroup_without_a_priority_keeps_the_tracks_default_through_th
     Priority: DEFAULT_PUBLISHER_PRIORITY (0x0E) when the track has it, else 128. The relay sent such
     objects on with its own urgency for the track name (video: 2), another priority than the
     publisher's (draft 16 audit)."""
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as sub_conn):
-            publisher = Publisher(pub_conn)
-            publisher.track_extensions = track_extensions
-            announced = pub_conn.session.publish_namespace(NAMESPACE)
-            pub_conn.flush()
-            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
-                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
-            viewer = Viewer(sub_conn)
+    async with relay_with_publisher(tmp_path, backend, 0, track_extensions) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
             _rid, alias = await viewer.subscribed()
             publisher.send(0, priority=None)
             await until(lambda: viewer.ended(alias), what="group 0 delivered")
