@@ -353,3 +353,34 @@ async def test_a_relay_passes_on_at_most_a_few_fetches_of_one_subscriber(tmp_pat
         relay.stop()
         server.close()
         silent.close()
+
+
+async def test_a_fetched_object_has_the_publisher_priority_it_has_on_the_subscription(node, tmp_path):
+    """Draft 16 "Canonical Object Properties": Publisher Priority is a property of the object. The
+    relay wrote a local track's objects with its urgency on subscriptions (video 2, audio 1) but
+    with 128 on FETCH streams, so one object had two priorities (found by the draft 16 audit)."""
+    from rtmpq.moq import events as ev
+
+    publisher, _ = await asyncio.wait_for(publish_until_group(node, tmp_path, "live/prio", 1), 30)
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        events: list = []
+        conn.handler = lambda _c, e: events.append(e)
+        subscribed, fetched = {}, {}  # request id -> track
+        for track in ("video", "audio"):
+            subscribed[conn.session.subscribe(("live", "prio"), track)] = track
+            fetched[conn.session.fetch(("live", "prio"), track, (0, 0), (1, 0))] = track
+        conn.flush()
+
+        def priorities(kind) -> dict:
+            """track -> the Publisher Priority of its objects (subscription or fetch)."""
+            if kind is ev.FetchObjectReceived:
+                return {fetched[e.request_id]: e.priority for e in events if isinstance(e, kind)}
+            by_alias = {e.track_alias: subscribed[e.request_id] for e in events if isinstance(e, ev.SubscribeAccepted)}
+            return {by_alias[e.track_alias]: e.priority for e in events if isinstance(e, kind)}
+
+        await until(lambda: len(priorities(ev.ObjectReceived)) == 2 and len(priorities(ev.FetchObjectReceived)) == 2,
+                    what="objects from both subscriptions and both fetches")
+        assert priorities(ev.FetchObjectReceived) == priorities(ev.ObjectReceived)
+    rc, output = await publisher
+    assert rc == 0, output

@@ -178,3 +178,33 @@ async def test_aiomoqt_subscriber_two_relays_below_gets_the_status_objects(tmp_p
     assert sorted((g, o, s) for g, o, s, p in objects if s) == [
         (0, FRAMES_PER_GROUP, ObjectStatus.END_OF_GROUP), (1, FRAMES_PER_GROUP, ObjectStatus.END_OF_TRACK)]
     assert ("PUBLISH_DONE", PublishDoneStatus.TRACK_ENDED) in got
+
+
+def test_aiomoqt_and_rtmpq_read_each_others_bytes_for_what_the_draft_16_audit_changed():
+    """Byte-level interop with aiomoqt's own d16 codec for what the conformance audit touched:
+    OBJECT_DATAGRAMs (rtmpq reads them now), PUBLISH_NAMESPACE_CANCEL (decoded now), and the
+    FETCH stream rtmpq writes after an End of Range marker (every field stated)."""
+    from aiomoqt.context import profile_for
+    from aiomoqt.messages.data import FetchObject, ObjectDatagram
+    from aiomoqt.messages.namespace import PublishNamespaceCancel
+    from aiomoqt.utils.buffer import Buffer
+
+    from rtmpq.moq import wire
+
+    prof = profile_for(16)
+    theirs = ObjectDatagram(track_alias=2, group_id=5, object_id=3, publisher_priority=7, extensions={0x10: 40},
+                            payload=b"abcd", end_of_group=True).serialize(prof=prof).data
+    assert wire.decode_object_datagram(theirs) == wire.ObjectDatagram(2, 5, 3, 7, {0x10: 40}, b"abcd",
+                                                                      wire.ObjectStatus.NORMAL, True)
+    cancel = PublishNamespaceCancel(request_id=4, error_code=0x20, reason="bored").serialize(prof=prof).data
+    assert wire.decode_control_message(cancel)[0] == wire.PublishNamespaceCancel(4, wire.RequestError.UNINTERESTED,
+                                                                                 "bored")
+    encoder = wire.FetchObjectEncoder()
+    ours = (encoder.object_header(4, 0, 0, 2, 1, None) + b"a" + encoder.end_of_range(4, 5, unknown=True)
+            + encoder.object_header(4, 0, 6, 2, 1, None) + b"b")
+    buf, prior, got = Buffer(data=ours), None, []
+    while buf.tell() < len(ours):
+        obj = FetchObject.deserialize(buf, prior=prior, prof=prof)
+        got.append((obj.group_id, obj.object_id, obj.publisher_priority, obj.payload, bool(obj.end_of_range)))
+        prior = obj
+    assert got == [(4, 0, 2, b"a", False), (4, 5, got[1][2], b"", True), (4, 6, 2, b"b", False)]

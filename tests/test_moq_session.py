@@ -348,3 +348,86 @@ def test_a_malformed_filter_in_a_request_update_closes_the_session(tmp_path, val
     _, server_events = pair.pump()
     closed = closed_with(server_events)
     assert closed is not None and closed.code == SessionError.PROTOCOL_VIOLATION, server_events
+
+
+def test_publish_namespace_cancel_reaches_the_publisher(tmp_path):
+    """Draft 16 PUBLISH_NAMESPACE_CANCEL: the receiver of a PUBLISH_NAMESPACE says it will send no
+    more SUBSCRIBEs for it. The session dropped it as an unknown message (draft 16 audit)."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.publish_namespace(NS)
+    pair.pump()
+    pair.server._send_control(wire.PublishNamespaceCancel(rid, RequestError.UNINTERESTED, "not here"))
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None
+    assert ev.NamespaceCancelled(rid, RequestError.UNINTERESTED, "not here") in client_events
+
+
+class RecordingQuic:
+    """Just enough of a QUIC connection for a session driven by hand: what it writes and how it closes."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, bytes]] = []
+        self.closed_with: tuple[int, str] | None = None
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
+        return 2 if is_unidirectional else 0
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.sent.append((stream_id, bytes(data)))
+
+    def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
+        self.closed_with = (error_code, reason_phrase)
+
+
+class StreamDataReceived:  # matched by name, as the session matches aioquic's and aiopquic's events
+    def __init__(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        self.stream_id, self.data, self.end_stream = stream_id, data, end_stream
+
+
+def test_a_client_names_the_authority_it_connects_to():
+    """Draft 16 AUTHORITY (setup parameter 0x05): a client connecting to a moqt:// URI MUST set it
+    to the URI's authority; rtmpq's client never sent it (draft 16 audit)."""
+    quic = RecordingQuic()
+    MoqSession = session_module.MoqSession
+    MoqSession(quic, is_client=True, authority="relay.example:4443").connect()
+    (sid, data), = quic.sent
+    setup, _ = wire.decode_control_message(data)
+    assert sid == 0 and isinstance(setup, wire.ClientSetup)
+    assert setup.params[wire.SETUP_AUTHORITY] == b"relay.example:4443"
+    assert wire.SETUP_PATH not in setup.params  # no path: nothing to say
+
+
+@pytest.mark.parametrize(("param", "code"), [(wire.SETUP_PATH, SessionError.INVALID_PATH),
+                                             (wire.SETUP_AUTHORITY, SessionError.INVALID_AUTHORITY)])
+def test_path_or_authority_from_a_server_closes_the_session(param, code):
+    """Draft 16: PATH and AUTHORITY "MUST NOT be used by the server"; a client that receives one
+    MUST close the session with INVALID_PATH / INVALID_AUTHORITY. rtmpq's client took them."""
+    quic = RecordingQuic()
+    client = session_module.MoqSession(quic, is_client=True)
+    client.connect()
+    setup = wire.encode_control_message(wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: 10, param: b"/x"}))
+    events = client.handle_event(StreamDataReceived(0, setup))
+    assert quic.closed_with is not None and quic.closed_with[0] == code, events
+    assert not any(isinstance(e, ev.SetupComplete) for e in events)
+
+
+class DatagramFrameReceived:  # matched by name, as StreamDataReceived above
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def test_object_datagrams_are_checked_then_dropped_with_a_warning(caplog):
+    """Draft 16: an unknown datagram type MUST close the session. rtmpq carries no datagram objects
+    (it cannot forward them as datagrams): a well-formed one is counted and said once, not lost
+    silently as before (draft 16 audit)."""
+    quic = RecordingQuic()
+    client = session_module.MoqSession(quic, is_client=True)
+    client.connect()
+    with caplog.at_level("WARNING", logger="rtmpq.moq"):
+        for _ in range(3):
+            assert client.handle_event(DatagramFrameReceived(b"\x0c\x02\x05abcd")) == []
+    assert quic.closed_with is None and client.datagrams_dropped == 3
+    assert sum("datagrams" in r.getMessage() for r in caplog.records) == 1
+    events = client.handle_event(DatagramFrameReceived(b"\x23\x02\x05\x03"))  # STATUS with END_OF_GROUP
+    assert quic.closed_with is not None and quic.closed_with[0] == SessionError.PROTOCOL_VIOLATION, events

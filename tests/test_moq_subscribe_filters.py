@@ -8,6 +8,7 @@ Each test runs a relay with a raw publisher (PUBLISH_NAMESPACE; the relay subscr
 raw subscriber sessions on loopback QUIC: one unfiltered viewer fills the relay's cache, then the
 subscriber under test asks with its filter."""
 
+import time
 from contextlib import asynccontextmanager
 
 import pytest
@@ -38,18 +39,20 @@ class Publisher:
         self.conn = conn
         self.alias: int | None = None
         self.events: list = []
+        self.track_extensions: dict = {}  # sent in SUBSCRIBE_OK
         conn.handler = self._on_event
 
     def _on_event(self, _conn, event) -> None:
         self.events.append(event)
         if isinstance(event, ev.SubscribeRequested):
             self.alias = 7
-            self.conn.session.subscribe_ok(event.request_id, self.alias)
+            self.conn.session.subscribe_ok(event.request_id, self.alias, extensions=self.track_extensions)
             self.conn.flush()
 
-    def send(self, *groups: int) -> None:
+    def send(self, *groups: int, priority: int | None = 128) -> None:
+        """Groups of OBJECTS objects; ``priority`` None: subgroup headers without one (DEFAULT_PRIORITY)."""
         for group in groups:
-            sid = self.conn.session.open_subgroup(self.alias, group)
+            sid = self.conn.session.open_subgroup(self.alias, group, priority=priority)
             for object_id in range(OBJECTS):
                 self.conn.session.send_object(sid, object_id, f"{group}.{object_id}".encode())
             self.conn.session.end_subgroup(sid)
@@ -96,13 +99,14 @@ def whole(*groups: int) -> list[tuple[int, int]]:
 
 
 @asynccontextmanager
-async def relay_with_publisher(tmp_path, backend, cached_groups: int):
-    """(relay, publisher, warm viewer and its alias, connect): the publisher has sent groups
-    0..cached_groups-1, which the relay holds in its cache."""
+async def relay_with_publisher(tmp_path, backend, cached_groups: int, track_extensions: dict | None = None):
+    """(relay, publisher, warm viewer and its alias, connect): the publisher (whose SUBSCRIBE_OK
+    carries ``track_extensions``) has sent groups 0..cached_groups-1, which the relay holds."""
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as warm_conn):
             publisher = Publisher(pub_conn)
+            publisher.track_extensions = track_extensions or {}
             announced = pub_conn.session.publish_namespace(NAMESPACE)
             pub_conn.flush()
             await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
@@ -111,9 +115,10 @@ async def relay_with_publisher(tmp_path, backend, cached_groups: int):
             rid = warm.subscribe()
             await until(lambda: warm.answer(rid) is not None and publisher.alias is not None, what="warm subscription")
             warm_alias = warm.answer(rid).track_alias
-            publisher.send(*range(cached_groups))
-            cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
-            await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
+            if cached_groups:
+                publisher.send(*range(cached_groups))
+                cache = relay._tracks[(NAMESPACE, "video")].fanout.cache
+                await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
 
             @asynccontextmanager
             async def connect():
@@ -317,3 +322,117 @@ async def test_request_update_moving_the_start_back_starts_like_a_new_subscripti
             await until(lambda: 4 in viewer.ended(alias), what="group 4 delivered")
             got = viewer.objects(alias)
     assert sorted(got) == whole(3, 4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_absolute_start_0_0_skips_a_newest_group_past_the_budget_as_unfiltered_does(tmp_path, backend):
+    """Draft 16: AbsoluteStart {0, 0} "is equivalent to an unfiltered subscription". An unfiltered
+    subscriber never starts a media group already older than its delivery timeout (it would be reset
+    at once); {0, 0} replayed that stale newest group as if just published (found by the draft 16
+    audit). Both get live group 4 alone."""
+    timeout_ms = 200
+    async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (relay, publisher, _warm, connect):
+        newest = relay._tracks[(NAMESPACE, "video")].fanout.cache.latest()
+        await until(lambda: time.monotonic() - newest.started > 2 * timeout_ms / 1000, what="group 3 past the budget")
+        async with connect() as zero, connect() as plain:
+            viewers = {zero: dict(filter_type=FILTER_ABSOLUTE_START, start=(0, 0)), plain: {}}
+            oks = {v: await v.subscribed(delivery_timeout_ms=timeout_ms, **kwargs)
+                   for v, kwargs in viewers.items()}
+            publisher.send(4)
+            await until(lambda: all(4 in v.ended(alias) for v, (_rid, alias) in oks.items()), what="group 4 delivered")
+            got = {v: sorted(v.objects(alias)) for v, (_rid, alias) in oks.items()}
+    assert got[plain] == whole(4)
+    assert got[zero] == got[plain]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_track_extensions_of_the_publisher_reach_the_subscriber_through_the_relay(tmp_path, backend):
+    """Draft 16 "Extension Headers": a relay MUST forward (and cache) the Track Extensions it does
+    not support. The relay dropped those of its publisher's SUBSCRIBE_OK (draft 16 audit): here
+    MAX_CACHE_DURATION (0x04) = 5000 ms, DYNAMIC_GROUPS (0x30) = 0 and an odd (byte) type 0x4001;
+    in SUBSCRIBE_OK and in FETCH_OK."""
+    extensions = {0x04: 5000, 0x30: 0, 0x4001: b"opaque"}
+    async with relay_with_publisher(tmp_path, backend, 0, extensions) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
+            rid, alias = await viewer.subscribed()
+            publisher.send(0)
+            await until(lambda: viewer.ended(alias), what="group 0 delivered")
+            fetch = viewer.conn.session.fetch(NAMESPACE, "video", (0, 0), (1, 0))  # from the relay's cache
+            viewer.conn.flush()
+            await until(lambda: viewer.of(ev.FetchAccepted), what="FETCH answered")
+    assert viewer.answer(rid).extensions == extensions
+    fetched, = viewer.of(ev.FetchAccepted)
+    assert fetched.request_id == fetch and fetched.extensions == extensions  # FETCH_OK's Track Extensions
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_subscribe_namespace_with_forward_0_gets_its_publishes_with_forward_0(tmp_path, backend):
+    """Draft 16 SUBSCRIBE_NAMESPACE: with FORWARD=0, "PUBLISH messages resulting from this
+    SUBSCRIBE_NAMESPACE will set the FORWARD parameter to 0", so no objects come until the
+    subscriber's REQUEST_UPDATE sets it to 1. The relay PUBLISHed with FORWARD=1 and sent objects
+    at once (draft 16 audit)."""
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    async with relay_with_publisher(tmp_path, backend, cached_groups=1) as (_relay, publisher, (warm, warm_alias), connect):
+        async with connect() as viewer:
+            viewer.conn.session.subscribe_namespace(NAMESPACE[:1], options=NAMESPACE_OPTION_PUBLISH, forward=False)
+            viewer.conn.flush()
+            await until(lambda: viewer.of(ev.TrackPublished), what="the track PUBLISHed")
+            pushed, = viewer.of(ev.TrackPublished)
+            assert pushed.forward is False
+            viewer.conn.session.publish_ok(pushed.request_id)
+            viewer.conn.flush()
+            publisher.send(1)
+            await until(lambda: 1 in warm.ended(warm_alias), what="group 1 at the relay's other subscriber")
+            assert viewer.objects(pushed.track_alias) == []  # FORWARD=0: nothing, not even the cached group 0
+            update = viewer.update(pushed.request_id, forward=True)
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            publisher.send(2)
+            await until(lambda: 2 in viewer.ended(pushed.track_alias), what="group 2 delivered")
+            got = sorted(viewer.objects(pushed.track_alias))
+    assert got[-OBJECTS:] == whole(2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("track_extensions", "inherited"), [({}, 128), ({0x0E: 9}, 9)])
+async def test_a_subgroup_without_a_priority_keeps_the_tracks_default_through_the_relay(tmp_path, backend,
+                                                                                        track_extensions, inherited):
+    """Draft 16: a subgroup header with DEFAULT_PRIORITY inherits the subscription's Publisher
+    Priority: DEFAULT_PUBLISHER_PRIORITY (0x0E) when the track has it, else 128. The relay sent such
+    objects on with its own urgency for the track name (video: 2), another priority than the
+    publisher's (draft 16 audit)."""
+    async with relay_with_publisher(tmp_path, backend, 0, track_extensions) as (_relay, publisher, _warm, connect):
+        async with connect() as viewer:
+            _rid, alias = await viewer.subscribed()
+            publisher.send(0, priority=None)
+            await until(lambda: viewer.ended(alias), what="group 0 delivered")
+    assert {e.priority for e in viewer.of(ev.ObjectReceived)} == {inherited}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_publish_ok_with_forward_0_stops_the_objects_of_a_published_track(tmp_path, backend):
+    """Draft 16 "Subscriptions": the subscriber "can send PUBLISH_OK or REQUEST_UPDATE to update the
+    Forward State", and none are sent at 0. The relay read no parameter of PUBLISH_OK and went on
+    sending (draft 16 audit). A TRACK_STATUS round trip after PUBLISH_OK shows it was processed."""
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    async with relay_with_publisher(tmp_path, backend, cached_groups=1) as (_relay, publisher, (warm, warm_alias), connect):
+        async with connect() as viewer:
+            viewer.conn.session.subscribe_namespace(NAMESPACE[:1], options=NAMESPACE_OPTION_PUBLISH)
+            viewer.conn.flush()
+            await until(lambda: viewer.of(ev.TrackPublished), what="the track PUBLISHed")
+            pushed, = viewer.of(ev.TrackPublished)
+            viewer.conn.session.publish_ok(pushed.request_id, forward=False)
+            status = viewer.conn.session.track_status(NAMESPACE, "video")
+            viewer.conn.flush()
+            await until(lambda: viewer.answer(status) is not None, what="TRACK_STATUS answered")
+            publisher.send(1)
+            await until(lambda: 1 in warm.ended(warm_alias), what="group 1 at the relay's other subscriber")
+            again = viewer.conn.session.track_status(NAMESPACE, "video")
+            viewer.conn.flush()
+            await until(lambda: viewer.answer(again) is not None, what="TRACK_STATUS answered")
+            assert not [o for o in viewer.objects(pushed.track_alias) if o[0] == 1]
+            update = viewer.update(pushed.request_id, forward=True)
+            await until(lambda: viewer.answer(update) is not None, what="REQUEST_UPDATE answered")
+            publisher.send(2)
+            await until(lambda: 2 in viewer.ended(pushed.track_alias), what="group 2 delivered after FORWARD=1")

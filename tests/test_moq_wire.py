@@ -182,7 +182,7 @@ def test_invalid_subgroup_header_types(kind):
 
 @pytest.mark.parametrize(("body", "problem"), [
     (b"\x00\x04", "fetch type"),
-    (b"\x00\x01\x01\x01a\x01t\x00\x00\x01\x00\x01\x22\x03", "group order"),  # GROUP_ORDER 3
+    (b"\x00\x01\x01\x01a\x01t\x00\x00\x01\x00\x01\x22\x03", "GROUP_ORDER"),  # GROUP_ORDER 3
 ])
 def test_malformed_fetch_closes_the_session(body, problem):
     with pytest.raises(MoqProtocolError, match=problem):
@@ -313,3 +313,172 @@ def test_a_token_over_the_byte_limit_is_refused_both_ways():
     assert info.value.code == wire.SessionError.MALFORMED_AUTH_TOKEN
     assert isinstance(info.value, LimitExceeded) and info.value.limit == "MAX_AUTH_TOKEN_BYTES"
     assert "MAX_AUTH_TOKEN_BYTES" in str(info.value) and "xxxx" not in str(info.value)
+
+
+# -- draft 16 audit: what a third-party peer writes or expects ------------------------------------
+def test_error_codes_are_the_drafts_iana_tables():
+    """Every code of draft 16's IANA tables (Session Termination, REQUEST_ERROR, PUBLISH_DONE, Data
+    Stream Reset) by name and value; INVALID_AUTHORITY, MALFORMED_AUTHORITY, MALFORMED_TRACK,
+    DUPLICATE_SUBSCRIPTION, UNINTERESTED and PREFIX_OVERLAP were missing."""
+    session = {"NO_ERROR": 0x0, "INTERNAL_ERROR": 0x1, "UNAUTHORIZED": 0x2, "PROTOCOL_VIOLATION": 0x3,
+               "INVALID_REQUEST_ID": 0x4, "DUPLICATE_TRACK_ALIAS": 0x5, "KEY_VALUE_FORMATTING_ERROR": 0x6,
+               "TOO_MANY_REQUESTS": 0x7, "INVALID_PATH": 0x8, "MALFORMED_PATH": 0x9, "GOAWAY_TIMEOUT": 0x10,
+               "CONTROL_MESSAGE_TIMEOUT": 0x11, "DATA_STREAM_TIMEOUT": 0x12, "AUTH_TOKEN_CACHE_OVERFLOW": 0x13,
+               "DUPLICATE_AUTH_TOKEN_ALIAS": 0x14, "VERSION_NEGOTIATION_FAILED": 0x15, "MALFORMED_AUTH_TOKEN": 0x16,
+               "UNKNOWN_AUTH_TOKEN_ALIAS": 0x17, "EXPIRED_AUTH_TOKEN": 0x18, "INVALID_AUTHORITY": 0x19,
+               "MALFORMED_AUTHORITY": 0x1A}
+    request = {"INTERNAL_ERROR": 0x0, "UNAUTHORIZED": 0x1, "TIMEOUT": 0x2, "NOT_SUPPORTED": 0x3,
+               "MALFORMED_AUTH_TOKEN": 0x4, "EXPIRED_AUTH_TOKEN": 0x5, "DOES_NOT_EXIST": 0x10, "INVALID_RANGE": 0x11,
+               "MALFORMED_TRACK": 0x12, "DUPLICATE_SUBSCRIPTION": 0x19, "UNINTERESTED": 0x20, "PREFIX_OVERLAP": 0x30,
+               "INVALID_JOINING_REQUEST_ID": 0x32}
+    done = {"INTERNAL_ERROR": 0x0, "UNAUTHORIZED": 0x1, "TRACK_ENDED": 0x2, "SUBSCRIPTION_ENDED": 0x3,
+            "GOING_AWAY": 0x4, "EXPIRED": 0x5, "TOO_FAR_BEHIND": 0x6, "UPDATE_FAILED": 0x8, "MALFORMED_TRACK": 0x12}
+    reset = {"INTERNAL_ERROR": 0x0, "CANCELLED": 0x1, "DELIVERY_TIMEOUT": 0x2, "SESSION_CLOSED": 0x3,
+             "UNKNOWN_OBJECT_STATUS": 0x4, "MALFORMED_TRACK": 0x12}
+    for enum, table in ((wire.SessionError, session), (wire.RequestError, request), (wire.PublishDoneStatus, done),
+                        (wire.StreamResetCode, reset)):
+        assert {m.name: m.value for m in enum} == table, enum.__name__
+
+
+@pytest.mark.parametrize(("params", "problem"), [
+    (b"\x01\x20\x41\x00", "SUBSCRIBER_PRIORITY"),  # 256: "restricted to 0-255"
+    (b"\x01\x22\x03", "GROUP_ORDER"),  # only Ascending (1) and Descending (2)
+    (b"\x01\x10\x02", "FORWARD"),  # only 0 and 1
+    (b"\x01\x02\x00", "DELIVERY_TIMEOUT"),  # "MUST contain a value greater than 0"
+    (b"\x02\x20\x05\x00\x06", "twice"),  # SUBSCRIBER_PRIORITY repeated (delta 0): not a repeatable parameter
+])
+def test_out_of_range_or_repeated_message_parameters_close_the_session(params, problem):
+    """Draft 16 "Message Parameters": these values MUST close the session with PROTOCOL_VIOLATION,
+    and a receiver SHOULD close it on an unexpected duplicate; they were taken as they came."""
+    payload = b"\x00" + b"\x01\x01a" + b"\x01t" + params  # SUBSCRIBE, request id 0, ("a",), "t"
+    data = b"\x03" + len(payload).to_bytes(2, "big") + payload
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_control_message(data)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_unknown_setup_parameters_may_repeat():
+    # CLIENT_SETUP: 3 parameters: MAX_REQUEST_ID (2) = 8, then type 0x3C (even, unknown) twice
+    payload = b"\x03" + b"\x02\x08" + b"\x3a\x01" + b"\x00\x02"
+    msg, _ = wire.decode_control_message(b"\x20" + len(payload).to_bytes(2, "big") + payload)
+    assert msg.params[wire.SETUP_MAX_REQUEST_ID] == 8
+
+
+def test_publish_namespace_cancel_written_by_hand_from_the_draft():
+    """PUBLISH_NAMESPACE_CANCEL (0xC): Request ID, Error Code, Error Reason. It was read as an
+    unknown message and dropped, so a publisher never learnt its namespace was cancelled."""
+    payload = b"\x04" + b"\x20" + b"\x05bored"  # request id 4, UNINTERESTED, "bored"
+    data = b"\x0c" + len(payload).to_bytes(2, "big") + payload
+    msg, end = wire.decode_control_message(data)
+    assert end == len(data)
+    assert msg == wire.PublishNamespaceCancel(4, wire.RequestError.UNINTERESTED, "bored")
+    assert wire.encode_control_message(msg) == data
+
+
+def test_a_fetch_object_after_a_range_marker_states_its_group_and_object_id():
+    """Draft 16 "Fetch Header": a flag left unset takes the field from "the prior Object", and an
+    End of Range marker is not an Object. The object after one used to leave out its group and
+    object ID when they followed the marker's Location, which a peer reading "prior Object" as the
+    last object serialized reads as another location."""
+    encoder = wire.FetchObjectEncoder()
+    encoder.object_header(4, 0, 0, 128, 1, None)
+    assert encoder.end_of_range(4, 5, unknown=True) == b"\x41\x0c\x04\x05"  # End of Unknown Range to {4, 5}
+    after = encoder.object_header(4, 0, 6, 128, 1, None)
+    assert after == bytes((0x08 | 0x04 | 0x10,)) + b"\x04\x06\x80\x01"  # group 4, object 6, priority 128, 1 byte
+
+
+@pytest.mark.parametrize(("namespace", "problem"), [
+    (b"\x00", "0 fields"),  # a Track Namespace has 1 to 32 fields
+    (b"\x02\x04live\x00", "empty"),  # "Each Track Namespace Field Value MUST contain at least one byte"
+    (b"\x02" + (b"\x48\x01" + b"a" * 2049) * 2, "4096"),  # 2 x 2049 bytes: a Track Namespace over 4,096
+])
+def test_malformed_track_namespaces_close_the_session(namespace, problem):
+    """Draft 16 "Track Naming": 0 fields, an empty field, or a Full Track Name over 4,096 bytes MUST
+    close the session with PROTOCOL_VIOLATION; rtmpq took the first two (draft 16 audit)."""
+    for payload in (b"\x00" + namespace + b"\x01t" + b"\x00",  # SUBSCRIBE, request id 0, name "t", no parameters
+                    b"\x00" + namespace + b"\x00"):  # PUBLISH_NAMESPACE, request id 0, no parameters
+        kind = b"\x03" if payload.endswith(b"\x01t\x00") else b"\x06"
+        with pytest.raises(MoqProtocolError, match=problem) as info:
+            wire.decode_control_message(kind + len(payload).to_bytes(2, "big") + payload)
+        assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_a_namespace_prefix_or_suffix_may_be_empty():
+    """SUBSCRIBE_NAMESPACE's prefix has "between 0 and 32" fields; a NAMESPACE suffix is what is
+    left after the prefix, nothing when the namespace is the prefix (rtmpq sends that)."""
+    payload = b"\x00" + b"\x00" + b"\x01" + b"\x00"  # request id 0, prefix (), options NAMESPACE, no parameters
+    msg, _ = wire.decode_control_message(b"\x11" + len(payload).to_bytes(2, "big") + payload)
+    assert msg == wire.SubscribeNamespace(0, (), wire.NAMESPACE_OPTION_NAMESPACE)
+    assert wire.decode_control_message(b"\x08\x00\x01\x00")[0] == wire.Namespace(())
+
+
+@pytest.mark.parametrize("name", ["live/", "live//show", ""])
+def test_a_broadcast_name_with_an_empty_part_is_refused_before_it_is_sent(name):
+    from rtmpq.moq.client import broadcast_namespace
+
+    with pytest.raises(ValueError, match="empty part"):
+        broadcast_namespace(name)
+    assert broadcast_namespace("live/show") == ("live", "show")
+
+
+def test_object_datagrams_written_by_hand_from_the_draft():
+    """OBJECT_DATAGRAM (draft 16): type 0b00X0XXXX; EXTENSIONS 0x01, END_OF_GROUP 0x02,
+    ZERO_OBJECT_ID 0x04, DEFAULT_PRIORITY 0x08, STATUS 0x20. rtmpq ignored datagrams whatever their
+    bytes (draft 16 audit): now it reads them (and closes the session on the invalid ones)."""
+    # type 0x01: alias 2, group 5, object 3, priority 7, extensions {0x10: 40}, payload to the end
+    d = wire.decode_object_datagram(b"\x01\x02\x05\x03\x07" + b"\x02\x10\x28" + b"abcd")
+    assert d == wire.ObjectDatagram(2, 5, 3, 7, {0x10: 40}, b"abcd", wire.ObjectStatus.NORMAL, False)
+    # type 0x2C: STATUS | DEFAULT_PRIORITY | ZERO_OBJECT_ID: alias 2, group 5, status End of Track
+    d = wire.decode_object_datagram(b"\x2c\x02\x05\x04")
+    assert d == wire.ObjectDatagram(2, 5, 0, None, {}, b"", wire.ObjectStatus.END_OF_TRACK, False)
+    # type 0x0E: END_OF_GROUP | ZERO_OBJECT_ID | DEFAULT_PRIORITY
+    assert wire.decode_object_datagram(b"\x0e\x02\x05xy").end_of_group
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"\x22\x02\x05\x03\x07\x03", "datagram type"),  # STATUS with END_OF_GROUP
+    (b"\x10\x02\x05\x03\x07x", "datagram type"),  # not 0b00X0XXXX (a subgroup stream's type)
+    (b"\x01\x02\x05\x03\x07\x00x", "Extension Headers Length of 0"),
+    (b"\x20\x02\x05\x03\x07\x02", "object status"),  # status 2 is none of draft 16's
+    (b"\x00\x02\x05", "ends"),  # cut inside its header
+])
+def test_malformed_object_datagrams_close_the_session(data, problem):
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_object_datagram(data)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+
+
+def test_the_drafts_subgroup_examples_parse():
+    """Draft 16 "Examples": type 0x14 (Subgroup ID and Priority present), then type 0x35
+    (EXTENSIONS, Subgroup ID present, DEFAULT_PRIORITY). The draft's second example miscounts its
+    extension block (33); here it is the block its fields make: Type 4 = 2186796243 (an 8-byte
+    varint), Type 77 (delta 73) = "traceID:123456"."""
+    first = b"\x14\x02\x00\x00\x00" + b"\x00\x04abcd" + b"\x00\x04efgh"
+    parser = wire.SubgroupStreamParser()
+    header, *objects = parser.feed(first)
+    assert header == wire.SubgroupHeader(2, 0, 0, 0, extensions=False, end_of_group=False)
+    assert [(o.object_id, o.payload) for o in objects] == [(0, b"abcd"), (1, b"efgh")]
+    ext = b"\x04" + wire.encode_varint(2186796243) + b"\x40\x49\x0etraceID:123456"
+    second = b"\x35\x02\x00\x00" + b"\x00" + bytes((len(ext),)) + ext + b"\x04abcd" + b"\x00\x00\x04efgh"
+    header, *objects = wire.SubgroupStreamParser().feed(second)
+    assert header == wire.SubgroupHeader(2, 0, 0, None, extensions=True, end_of_group=False)
+    assert [(o.object_id, o.extensions, o.payload) for o in objects] == [
+        (0, {4: 2186796243, 77: b"traceID:123456"}, b"abcd"), (1, {}, b"efgh")]
+
+
+@pytest.mark.parametrize(("extensions", "problem"), [
+    (b"\x02\x00", "DELIVERY_TIMEOUT"),  # 0x02 = 0: "MUST contain a value greater than 0"
+    (b"\x0e\x41\x00", "DEFAULT_PUBLISHER_PRIORITY"),  # 0x0E = 256
+    (b"\x22\x03", "DEFAULT_PUBLISHER_GROUP_ORDER"),  # 0x22 = 3
+    (b"\x30\x02", "DYNAMIC_GROUPS"),  # 0x30 = 2
+])
+def test_out_of_range_track_extensions_close_the_session(extensions, problem):
+    """Draft 16 "Extension Headers": these Track Extension values MUST close the session with
+    PROTOCOL_VIOLATION; they were taken (draft 16 audit). SUBSCRIBE_OK: request id 0, alias 1, no
+    parameters, then the Track Extensions to the end of the message."""
+    payload = b"\x00\x01\x00" + extensions
+    with pytest.raises(MoqProtocolError, match=problem) as info:
+        wire.decode_control_message(b"\x04" + len(payload).to_bytes(2, "big") + payload)
+    assert info.value.code == wire.SessionError.PROTOCOL_VIOLATION
+    ok = b"\x00\x01\x00" + b"\x04\x28" + b"\x0a\x07"  # MAX_CACHE_DURATION 40, then 0x0E = 7
+    assert wire.decode_control_message(b"\x04" + len(ok).to_bytes(2, "big") + ok)[0].extensions == {0x04: 40, 0x0E: 7}

@@ -254,6 +254,15 @@ class TrackChoice:
             self._wake()
 
 
+def broadcast_namespace(broadcast: str) -> tuple[str, ...]:
+    """The Track Namespace of ``broadcast`` ("live/show" -> ("live", "show")). An empty part
+    ("live/", "a//b") is refused here: draft 16 closes the session of one who sends it."""
+    namespace = tuple(broadcast.split("/"))
+    if not all(namespace):
+        raise ValueError(f"{broadcast!r} is no broadcast name: it has an empty part")
+    return namespace
+
+
 async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: list[str] | None = None,
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
@@ -295,7 +304,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     reorder_timer: asyncio.TimerHandle | None = None
     tails = GroupTails(tail_wait)
     tails_timer: asyncio.TimerHandle | None = None
-    namespace = tuple(broadcast.split("/"))
+    namespace = broadcast_namespace(broadcast)
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
     session = conn.session
@@ -623,9 +632,10 @@ async def fetch_track(conn: MoqConnection, broadcast: str, track: str, start: tu
     object of 0 means the whole end group). Returns once the publisher closed the fetch stream.
     Takes the connection's events while it runs: not alongside a subscribe_broadcast on ``conn``.
     ``authorization``: a token sent with the FETCH (AUTHORIZATION TOKEN parameter)."""
+    namespace = broadcast_namespace(broadcast)
     queue: asyncio.Queue = asyncio.Queue()
     conn.handler = lambda _conn, event: queue.put_nowait(event)
-    rid = conn.session.fetch(tuple(broadcast.split("/")), track, start, end, descending=descending,
+    rid = conn.session.fetch(namespace, track, start, end, descending=descending,
                              authorization=authorization)
     conn.flush()
     result = FetchResult([], start, False, [])

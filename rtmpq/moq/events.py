@@ -36,6 +36,7 @@ class SubscribeAccepted:
     request_id: int
     track_alias: int
     largest: tuple[int, int] | None
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,16 @@ class NamespaceDone:
 
 
 @dataclass(frozen=True, slots=True)
+class NamespaceCancelled:
+    """PUBLISH_NAMESPACE_CANCEL: the peer will send no more SUBSCRIBEs for the namespace we
+    published with request ``request_id`` (``error_code``: a REQUEST_ERROR code)."""
+
+    request_id: int
+    error_code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceSubscribeRequested:
     """SUBSCRIBE_NAMESPACE, on its own bidirectional stream ``stream_id`` (answer there)."""
 
@@ -75,6 +86,7 @@ class NamespaceSubscribeRequested:
     stream_id: int
     options: int
     authorization: str | None = _token()
+    forward: bool = True  # FORWARD=0: the PUBLISHes it brings carry FORWARD=0
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +155,7 @@ class TrackPublished:
     track_alias: int
     authorization: str | None = _token()
     forward: bool = True  # FORWARD=0: no objects until we send REQUEST_UPDATE with FORWARD=1
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,7 @@ class PublishAccepted:
     """PUBLISH_OK: the peer took a track we pushed with PUBLISH."""
 
     request_id: int
+    forward: bool | None = None  # its FORWARD parameter (None: absent, the state stays)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +234,7 @@ class FetchAccepted:
     request_id: int
     end_of_track: bool
     end: tuple[int, int]
+    extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -402,6 +402,8 @@ class TrackFanout:
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
+        # a relayed track's Track Extensions (its publisher's latest set), passed on unchanged
+        self.track_extensions: dict = {}
         # read by metrics: objects and bytes in, bytes handed to subscribers' sessions, groups
         # dropped for subscribers past their budget
         self.objects_received = 0

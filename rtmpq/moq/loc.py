@@ -9,8 +9,9 @@ travels in object extension headers:
 - LOC Timestamp (0x10): the presentation time, in units of LOC Timescale (0x08) per second. We send
   the track's own timescale (1000 for RTMP sources), so no rounding ever happens. An object with no
   Timescale has its Timestamp in microseconds (LOC: wall-clock time since the Unix epoch).
-- rtmpq private extensions (unknown extension types are ignored by other peers):
-  ``EXT_DTS_OFFSET`` (pts - dts, >= 0; B-frames), ``EXT_FLAGS`` (bit 0: keyframe),
+- rtmpq private extensions (unknown extension types are ignored by other peers), numbered from
+  16384 up, the range MoQT draft 16 (IANA, "MOQ Extension Headers") leaves to first-come use
+  (below it is for standards, LOC's among them): ``EXT_DTS_OFFSET`` (pts - dts, >= 0; B-frames), ``EXT_FLAGS`` (bit 0: keyframe),
   ``EXT_RECEIVED_US`` (when ingest received the frame, microseconds since the epoch, for latency).
 """
 
@@ -18,9 +19,9 @@ from ..media.frames import Frame
 
 EXT_TIMESCALE = 0x08
 EXT_TIMESTAMP = 0x10
-EXT_DTS_OFFSET = 0x7A0
-EXT_FLAGS = 0x7A2
-EXT_RECEIVED_US = 0x7A4
+EXT_DTS_OFFSET = 0x47A0  # even types: varint values
+EXT_FLAGS = 0x47A2
+EXT_RECEIVED_US = 0x47A4
 FLAG_KEYFRAME = 0x1
 NO_TIMESCALE_UNITS = 1_000_000  # LOC: Timestamp units per second of an object without Timescale
 

@@ -46,6 +46,8 @@ from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
+    DEFAULT_PUBLISHER_PRIORITY,
+    EXT_DEFAULT_PUBLISHER_PRIORITY,
     FETCH_RELATIVE_JOINING,
     FETCH_STANDALONE,
     FILTER_ABSOLUTE_RANGE,
@@ -110,6 +112,14 @@ def _range_refusal(request: ev.SubscribeRequested | ev.RequestUpdated, largest: 
     return None
 
 
+def _publisher_priority(upstream: UpstreamTrack, event: ev.ObjectReceived) -> int:
+    """An object's Publisher Priority: its subgroup header's, or (a header without one) the
+    subscription's: the track's DEFAULT_PUBLISHER_PRIORITY extension, else 128 (draft 16)."""
+    if event.priority is not None:
+        return event.priority
+    return upstream.fanout.track_extensions.get(EXT_DEFAULT_PUBLISHER_PRIORITY, DEFAULT_PUBLISHER_PRIORITY)
+
+
 def _label(namespace: tuple[str, ...], track: str = "") -> str:
     """A loggable name: the last namespace field is a stream key for RTMP broadcasts."""
     name = safe_name("/".join(namespace)) if namespace else "-"
@@ -147,7 +157,8 @@ class MoqRelay:
         self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
         self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
-        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool]] = {}
+        # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
+        self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         # joining FETCHes of a SUBSCRIBE still waiting (for the track upstream, or a new local
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
@@ -310,7 +321,7 @@ class MoqRelay:
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
         """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
-        for (_, stream_id), (conn, prefix, wants_namespaces, _) in list(self._ns_subscribers.items()):
+        for (_, stream_id), (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
             if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
                 suffix = namespace[len(prefix):]
                 if done:
@@ -465,11 +476,17 @@ class MoqRelay:
             if refusal:
                 self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
                 return
-            event = replace(event, start=fanout.live_start(event.start))  # older objects are FETCHed
-            start_group = event.start[0]
+            start = fanout.live_start(event.start)  # older objects are FETCHed
+            if start != event.start and event.end_group is None:
+                # a start before the newest group: "equivalent to an unfiltered subscription"
+                # (AbsoluteStart {0, 0}), so started as one, which skips a stale newest group
+                event = replace(event, filter_type=None, start=None)
+            else:
+                event = replace(event, start=start)
+                start_group = start[0]
         alias = self._new_alias(conn)
         timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
-        conn.session.subscribe_ok(event.request_id, alias, largest)
+        conn.session.subscribe_ok(event.request_id, alias, largest, extensions=fanout.track_extensions)
         s = self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout,
                          start_group, event)
         s.largest = largest
@@ -479,13 +496,14 @@ class MoqRelay:
 
     def _attach(self, conn: MoqConnection, request_id: int, alias: int, namespace: tuple[str, ...], track: str,
                 fanout: TrackFanout, timeout: float, start_group: int | None = None,
-                request: ev.SubscribeRequested | None = None) -> Subscription:
+                request: ev.SubscribeRequested | None = None, *, forward: bool = True) -> Subscription:
         """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted, whose
-        filter and FORWARD ``request`` carries, or a PUBLISH we sent)."""
+        filter and FORWARD ``request`` carries, or a PUBLISH we sent with FORWARD ``forward``)."""
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
+        s.forward = forward
         if request is not None:
             s.filter_type, s.forward = request.filter_type, request.forward
             if request.start is not None:
@@ -510,13 +528,13 @@ class MoqRelay:
         else:
             s.fanout.subscribe_next(s.sub)
 
-    def _push_tracks(self, conn: MoqConnection, prefix: tuple[str, ...]) -> None:
-        """PUBLISH every relayed track under ``prefix`` to a namespace subscriber that asked for them."""
-        for (namespace, track), upstream in list(self._tracks.items()):
-            if namespace[: len(prefix)] == prefix and upstream.alias is not None:
-                alias = self._new_alias(conn)
-                rid = conn.session.publish(namespace, track, alias)
-                self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout)
+    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, upstream: UpstreamTrack,
+                    forward: bool) -> None:
+        """PUBLISH a relayed track to a namespace subscriber that asked for tracks; ``forward``: the
+        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE)."""
+        alias = self._new_alias(conn)
+        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=upstream.fanout.track_extensions)
+        self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout, forward=forward)
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
@@ -538,6 +556,7 @@ class MoqRelay:
                 self._fetch_upstream(conn, event)
                 return
             start, end, label = event.start, event.end, _label(event.namespace, event.track_name)
+            urgency = URGENCY.get(event.track_name, DEFAULT_URGENCY)
         else:
             s = self._subs.get((id(conn), event.joining_request_id))
             if s is None and self._subscribe_waiting(conn, event.joining_request_id):
@@ -555,7 +574,7 @@ class MoqRelay:
             if s.largest is None:
                 conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, "nothing was published before the subscription")
                 return
-            fanout, label = s.fanout, s.label
+            fanout, label, urgency = s.fanout, s.label, s.sink.urgency
             first = max(s.largest[0] - event.joining_start, 0) if event.fetch_type == FETCH_RELATIVE_JOINING else event.joining_start
             start, end = (first, 0), (s.largest[0], s.largest[1] + 1)
             if s.upstream is not None:  # what it joins is above: ask there for that range
@@ -569,9 +588,10 @@ class MoqRelay:
         except FetchRangeError as exc:
             conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
             return
-        conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended)
+        conn.session.fetch_ok(event.request_id, plan.end, end_of_track=fanout.ended, extensions=fanout.track_extensions)
         sid = conn.session.open_fetch_stream(event.request_id)
-        priority = fanout.publisher_priority if fanout.publisher_priority is not None else 128
+        # the priority its subscriptions carry (ConnectionSink): Publisher Priority is the object's
+        priority = fanout.publisher_priority if fanout.publisher_priority is not None else urgency
         objects = 0
         for item in plan.items:
             if isinstance(item, UnknownUntil):
@@ -652,7 +672,7 @@ class MoqRelay:
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
-            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track)
+            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track, extensions=event.extensions)
             p.conn.flush()
 
     def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:
@@ -748,13 +768,16 @@ class MoqRelay:
         conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
         wants_namespaces = event.options in (NAMESPACE_OPTION_NAMESPACE, NAMESPACE_OPTION_BOTH)
         wants_tracks = event.options in (NAMESPACE_OPTION_PUBLISH, NAMESPACE_OPTION_BOTH)
-        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks)
+        self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks,
+                                                             event.forward)
         if wants_namespaces:
             for ns in self._known_namespaces():
                 if ns[: len(event.prefix)] == event.prefix:
                     conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
         if wants_tracks:
-            self._push_tracks(conn, event.prefix)
+            for (namespace, track), upstream in list(self._tracks.items()):
+                if namespace[: len(event.prefix)] == event.prefix and upstream.alias is not None:
+                    self._publish_to(conn, namespace, track, upstream, event.forward)
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
@@ -765,6 +788,7 @@ class MoqRelay:
         if upstream is None:
             return
         upstream.alias = event.track_alias
+        upstream.fanout.track_extensions = event.extensions  # draft 16: the latest set replaces the cached one
         self._by_alias[(id(conn), event.track_alias)] = upstream
         if event.largest is not None and upstream.group_offset == 0:
             upstream.largest = event.largest
@@ -845,6 +869,7 @@ class MoqRelay:
             existing.request_id, existing.alias = event.request_id, event.track_alias
             # what the new publisher was told (FORWARD=0: nothing until we ask, _update_forward)
             existing.on_demand, existing.forward = not event.forward, event.forward
+            existing.fanout.track_extensions = event.extensions
             self._by_request[(id(conn), event.request_id)] = existing
             self._by_alias[(id(conn), event.track_alias)] = existing
             conn.session.publish_ok(event.request_id)
@@ -856,16 +881,15 @@ class MoqRelay:
             return
         upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
         upstream.on_demand, upstream.forward = not event.forward, event.forward
+        upstream.fanout.track_extensions = event.extensions
         self._tracks[key] = upstream
         self._by_request[(id(conn), event.request_id)] = upstream
         self._by_alias[(id(conn), event.track_alias)] = upstream
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
-        for other, prefix, _, wants_tracks in list(self._ns_subscribers.values()):
+        for other, prefix, _, wants_tracks, forward in list(self._ns_subscribers.values()):
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
-                alias = self._new_alias(other)
-                rid = other.session.publish(event.namespace, event.track_name, alias)
-                self._attach(other, rid, alias, event.namespace, event.track_name, upstream.fanout, self.delivery_timeout)
+                self._publish_to(other, event.namespace, event.track_name, upstream, forward)
                 other.flush()
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
@@ -880,18 +904,31 @@ class MoqRelay:
             return
         if event.filter_type is not None and not self._update_filter(s, event):
             return
-        if event.forward is not None and event.forward != s.forward:
-            s.forward = event.forward
-            if s.forward:
-                self._start_delivery(s)
-                self._wake_tick()  # an on-demand publisher is asked for objects at once
-            else:
-                s.fanout.unsubscribe(s.sub)
-                s.sub.stalled_since = None  # nothing is owed to it now
-            log.info("%s: %s FORWARD=%d", conn.peer, s.label, s.forward)
+        if event.forward is not None:
+            self._set_forward(s, event.forward)
         conn.session.request_ok(event.request_id, s.fanout.cache.largest or s.largest)
         if s.sub.range_ended:
             self.end_ranges()  # an End Group moved below what was sent: PUBLISH_DONE now, after REQUEST_OK
+
+    def _set_forward(self, s: Subscription, forward: bool) -> None:
+        """A subscriber's new Forward State (REQUEST_UPDATE, PUBLISH_OK): 1 starts delivery as the
+        filter says; 0 stops it, resetting the groups in progress (no objects in that state)."""
+        if forward == s.forward:
+            return
+        s.forward = forward
+        if forward:
+            self._start_delivery(s)
+            self._wake_tick()  # an on-demand publisher is asked for objects at once
+        else:
+            s.fanout.unsubscribe(s.sub)
+            s.sub.stalled_since = None  # nothing is owed to it now
+        log.info("%s: %s FORWARD=%d", s.conn.peer, s.label, forward)
+
+    def _on_PublishAccepted(self, conn: MoqConnection, event: ev.PublishAccepted) -> None:
+        """PUBLISH_OK of a track we PUBLISHed: its FORWARD parameter sets the Forward State (draft 16)."""
+        s = self._subs.get((id(conn), event.request_id))
+        if s is not None and event.forward is not None:
+            self._set_forward(s, event.forward)
 
     def _update_filter(self, s: Subscription, event: ev.RequestUpdated) -> bool:
         """A REQUEST_UPDATE's SUBSCRIPTION_FILTER replaces ``s``'s filter (fanout ``set_range``). An
@@ -995,7 +1032,7 @@ class MoqRelay:
                 return
             group = upstream.group(event.group)
             upstream.fanout.publish_object(group, event.object_id, b"", None, time.monotonic(), event.subgroup,
-                                           event.priority, event.end_of_group, event.status)
+                                           _publisher_priority(upstream, event), event.end_of_group, event.status)
             self._subgroup_over(upstream, group, event.subgroup)
             if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
                 # the track is over even if no PUBLISH_DONE follows. End of Track says nothing of
@@ -1011,16 +1048,18 @@ class MoqRelay:
             if upstream.group(event.group) > newest:  # not an older version overtaken by a newer one
                 self._added_tracks(upstream, event.payload)
             return
-        if upstream is not None and upstream.track == CATALOG_TRACK:
-            self._relay_catalog_object(upstream, upstream.group(event.group), event.object_id, event.payload,
-                                       event.extensions, event.priority)
+        if upstream is None:
             return
-        if upstream is not None:
-            upstream.fanout.publisher_priority = event.priority
-            group = upstream.group(event.group)
-            upstream.subgroup_seen(group, event.subgroup)
-            upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
-                                           time.monotonic(), event.subgroup, event.priority, event.end_of_group)
+        priority = _publisher_priority(upstream, event)
+        if upstream.track == CATALOG_TRACK:
+            self._relay_catalog_object(upstream, upstream.group(event.group), event.object_id, event.payload,
+                                       event.extensions, priority)
+            return
+        upstream.fanout.publisher_priority = priority
+        group = upstream.group(event.group)
+        upstream.subgroup_seen(group, event.subgroup)
+        upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
+                                       time.monotonic(), event.subgroup, priority, event.end_of_group)
 
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:

@@ -89,13 +89,9 @@ def _raw(parts) -> tuple[bytes, ...]:
 
 
 def _forward(params: dict, default: bool | None = True) -> bool | None:
-    """A request's FORWARD parameter (0 or 1; anything else closes the session), ``default`` when absent."""
+    """A request's FORWARD parameter (the codec let only 0 or 1 through), ``default`` when absent."""
     forward = params.get(wire.PARAM_FORWARD)
-    if forward is None:
-        return default
-    if forward not in (0, 1):
-        raise MoqProtocolError(f"FORWARD parameter {forward!r}")
-    return bool(forward)
+    return default if forward is None else bool(forward)
 
 
 def _filter(params: dict) -> tuple[int | None, tuple[int, int] | None, int | None]:
@@ -134,11 +130,12 @@ class _NamespaceSubscription:
 
 class MoqSession:
     def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS,
-                 token: str | None = None) -> None:
+                 token: str | None = None, authority: str = "") -> None:
         self.quic = quic
         self._max_write = getattr(quic, "max_write", None)  # largest write the backend takes at once
         self.is_client = is_client
         self.path = path
+        self.authority = authority  # client: the moqt:// URI's host:port, sent as AUTHORITY
         # client: sent in CLIENT_SETUP (checked now, not when the handshake is done)
         self._setup_token = wire.auth_token_param(token) if token is not None else None
         self.setup_authorization: str | None = None  # the token the peer sent in its setup message
@@ -176,6 +173,7 @@ class MoqSession:
         self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
         self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
+        self.datagrams_dropped = 0  # OBJECT_DATAGRAMs received (rtmpq does not carry them)
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -185,6 +183,8 @@ class MoqSession:
                   wire.SETUP_MAX_AUTH_TOKEN_CACHE_SIZE: MAX_AUTH_TOKEN_CACHE}
         if self.path:
             params[wire.SETUP_PATH] = self.path.encode()
+        if self.authority:  # draft 16: a client of a moqt:// URI MUST send its authority
+            params[wire.SETUP_AUTHORITY] = self.authority.encode()
         if self._setup_token is not None:
             params[wire.SETUP_AUTHORIZATION_TOKEN] = self._setup_token
         self._send_control(wire.ClientSetup(params))
@@ -204,6 +204,9 @@ class MoqSession:
                 return self._on_stream_data(event.stream_id, bytes(event.data), event.end_stream)
             if kind == "StreamReset":
                 return self._on_stream_reset(event.stream_id, event.error_code)
+            if kind == "DatagramFrameReceived":
+                self._on_datagram(event.data)
+                return []
             if kind == "ConnectionTerminated":
                 self.closed = True
                 return [ev.SessionClosed(event.error_code, event.reason_phrase)]
@@ -263,14 +266,14 @@ class MoqSession:
         return self._request(rid, lambda: self._send_control(msg))
 
     def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
-                forward: bool = True) -> int:
+                forward: bool = True, extensions: dict | None = None) -> int:
         """Push a track (PUBLISH); objects may follow at once under ``track_alias``. With
         ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1."""
         params = _with_token({}, authorization)
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
-        msg = wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params)
+        msg = wire.Publish(rid, _raw(namespace), track_name.encode(), track_alias, params, dict(extensions or {}))
         return self._request(rid, lambda: self._send_control(msg))
 
     def fetch(self, namespace, track_name: str, start: tuple[int, int], end: tuple[int, int], *,
@@ -331,11 +334,14 @@ class MoqSession:
         return self._request(rid, lambda: self._send_control(msg))
 
     def subscribe_namespace(self, prefix, *, authorization: str | None = None,
-                            options: int = wire.NAMESPACE_OPTION_NAMESPACE) -> int:
+                            options: int = wire.NAMESPACE_OPTION_NAMESPACE, forward: bool = True) -> int:
         """SUBSCRIBE_NAMESPACE on a stream of its own: the answer comes as RequestAccepted or
         RequestFailed, then NamespaceReceived / NamespaceDoneReceived for namespaces under
-        ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream)."""
+        ``prefix`` (and, with the PUBLISH option, TrackPublished on the control stream; with
+        ``forward=False`` those PUBLISHes carry FORWARD=0)."""
         params = _with_token({}, authorization)
+        if not forward:
+            params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
 
         def send() -> None:
@@ -359,15 +365,21 @@ class MoqSession:
         self._send_control(wire.Goaway(uri))
 
     # -- answers --------------------------------------------------------------------------------
-    def subscribe_ok(self, request_id: int, track_alias: int, largest: tuple[int, int] | None = None) -> None:
+    def subscribe_ok(self, request_id: int, track_alias: int, largest: tuple[int, int] | None = None, *,
+                     extensions: dict | None = None) -> None:
+        """``extensions``: the track's Track Extensions (a relay's: its publisher's, unchanged)."""
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
-        self._send_control(wire.SubscribeOk(request_id, track_alias, params))
+        self._send_control(wire.SubscribeOk(request_id, track_alias, params, dict(extensions or {})))
 
-    def publish_ok(self, request_id: int) -> None:
-        self._send_control(wire.PublishOk(request_id))
+    def publish_ok(self, request_id: int, *, forward: bool | None = None) -> None:
+        """Take a track the peer PUBLISHed; ``forward=False``: FORWARD=0, no objects until our
+        REQUEST_UPDATE sets it (None: the parameter is left out, the default 1)."""
+        params = {} if forward is None else {wire.PARAM_FORWARD: int(forward)}
+        self._send_control(wire.PublishOk(request_id, params))
 
-    def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False) -> None:
-        self._send_control(wire.FetchOk(request_id, end_of_track, end))
+    def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False,
+                 extensions: dict | None = None) -> None:
+        self._send_control(wire.FetchOk(request_id, end_of_track, end, {}, dict(extensions or {})))
 
     def request_ok(self, request_id: int, largest: tuple[int, int] | None = None) -> None:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
@@ -484,6 +496,16 @@ class MoqSession:
             self._request_closed(request_id)
 
     # -- input ----------------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes) -> None:
+        """An OBJECT_DATAGRAM: checked (a malformed one closes the session, as draft 16 asks), then
+        dropped: rtmpq carries objects on subgroup streams only, and a relay may not turn a
+        datagram object into a stream one. Said once per session, so it is not a silent loss."""
+        datagram = wire.decode_object_datagram(data)
+        self.datagrams_dropped += 1
+        if self.datagrams_dropped == 1:
+            log.warning("the peer sends objects in datagrams (track alias %d, group %d), which rtmpq does not "
+                        "carry: dropped (send them on subgroup streams)", datagram.track_alias, datagram.group_id)
+
     def _send_control(self, msg) -> None:
         if self.control_stream_id is None:
             raise RuntimeError("no control stream yet")
@@ -681,7 +703,7 @@ class MoqSession:
             authorization = self._authorization(msg.params)
             self._namespace_streams[stream_id] = msg.request_id
             out.append(ev.NamespaceSubscribeRequested(msg.request_id, _text(msg.namespace_prefix), stream_id, msg.options,
-                                                      authorization))
+                                                      authorization, _forward(msg.params)))
         if end_stream:
             request_id = self._namespace_streams.pop(stream_id, None)
             if request_id is not None:
@@ -794,6 +816,11 @@ class MoqSession:
     def _on_message(self, msg) -> list:
         if not self.setup_done:
             if self.is_client and isinstance(msg, wire.ServerSetup):
+                # draft 16: PATH and AUTHORITY are the client's; from a server they close the session
+                if wire.SETUP_PATH in msg.params:
+                    raise MoqProtocolError("PATH from the server", SessionError.INVALID_PATH)
+                if wire.SETUP_AUTHORITY in msg.params:
+                    raise MoqProtocolError("AUTHORITY from the server", SessionError.INVALID_AUTHORITY)
                 self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
@@ -815,9 +842,7 @@ class MoqSession:
         if isinstance(msg, wire.Subscribe):
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE)
             ftype, start, end_group = _filter(msg.params)
-            timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)
-            if timeout == 0:
-                raise MoqProtocolError("DELIVERY_TIMEOUT of 0")
+            timeout = msg.params.get(wire.PARAM_DELIVERY_TIMEOUT)  # never 0 (the codec refused it)
             forward = _forward(msg.params)
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
@@ -826,7 +851,8 @@ class MoqSession:
             largest = None
             if wire.PARAM_LARGEST_OBJECT in msg.params:
                 largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
-            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest), *self._release(msg.track_alias)]
+            return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest, msg.extensions),
+                    *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestErrorMessage):
             return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason, msg.retry_after)]
         if isinstance(msg, wire.RequestOk):
@@ -837,6 +863,8 @@ class MoqSession:
         if isinstance(msg, wire.PublishNamespaceDone):
             self._request_closed(msg.request_id)
             return [ev.NamespaceDone(msg.request_id)]
+        if isinstance(msg, wire.PublishNamespaceCancel):
+            return [ev.NamespaceCancelled(msg.request_id, msg.error_code, msg.reason)]
         if isinstance(msg, wire.SubscribeNamespace):
             raise MoqProtocolError("SUBSCRIBE_NAMESPACE belongs on a stream of its own")
         if isinstance(msg, wire.TrackStatus):
@@ -846,7 +874,8 @@ class MoqSession:
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
-                                      msg.track_alias, self._authorization(msg.params), _forward(msg.params)),
+                                      msg.track_alias, self._authorization(msg.params), _forward(msg.params),
+                                      msg.extensions),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
             if not self._ever_requested(msg.existing_request_id):
@@ -864,7 +893,7 @@ class MoqSession:
             return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None),
                                       ftype, start, end_group)]
         if isinstance(msg, wire.PublishOk):
-            return [ev.PublishAccepted(msg.request_id)]
+            return [ev.PublishAccepted(msg.request_id, _forward(msg.params, None))]
         if isinstance(msg, wire.Unsubscribe):
             self._request_closed(msg.request_id)
             return [ev.Unsubscribed(msg.request_id)]
@@ -896,7 +925,7 @@ class MoqSession:
                                       msg.joining_request_id, msg.joining_start, descending,
                                       self._authorization(msg.params))]
         if isinstance(msg, wire.FetchOk):
-            return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end)]
+            return [ev.FetchAccepted(msg.request_id, msg.end_of_track, msg.end, msg.extensions)]
         if isinstance(msg, wire.FetchCancel):
             self._request_closed(msg.request_id)
             return [ev.FetchCancelled(msg.request_id)]

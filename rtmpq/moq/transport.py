@@ -115,8 +115,8 @@ class _MoqConnectionMixin:
 
     backend = "?"
 
-    def _init_moq(self, quic, is_client: bool, path: str, token: str | None = None) -> None:
-        self.session = MoqSession(quic, is_client=is_client, path=path, token=token)
+    def _init_moq(self, quic, is_client: bool, path: str, token: str | None = None, authority: str = "") -> None:
+        self.session = MoqSession(quic, is_client=is_client, path=path, token=token, authority=authority)
         self.handler: Callable[["MoqConnection", object], None] | None = None
         self.ready = asyncio.get_running_loop().create_future()
         # nobody awaits a server session's setup: mark its failure seen (no "never retrieved" noise)
@@ -274,10 +274,11 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
 
     backend = "aioquic"
 
-    def __init__(self, *args, is_client: bool = False, path: str = "", token: str | None = None, **kwargs) -> None:
+    def __init__(self, *args, is_client: bool = False, path: str = "", token: str | None = None,
+                 authority: str = "", **kwargs) -> None:
         QuicConnectionProtocol.__init__(self, *args, **kwargs)
         self._writer = _AioquicWriter(self._quic)
-        self._init_moq(self._writer, is_client, path, token)
+        self._init_moq(self._writer, is_client, path, token, authority)
         _cap_pto_backoff(self._quic._loss)
         # aioquic sends no keep-alive of its own (aiopquic: keep_alive_interval)
         self._keepalive = self._loop.call_later(KEEPALIVE_INTERVAL, self._keep_alive)
@@ -599,10 +600,10 @@ def _pquic_protocol_class():
         backend = "aiopquic"
 
         def __init__(self, quic, stream_handler=None, *, is_client: bool = False, path: str = "",
-                     token: str | None = None) -> None:
+                     token: str | None = None, authority: str = "") -> None:
             PquicProtocol.__init__(self, quic, stream_handler=stream_handler)
             self._writer = _PquicWriter(quic)
-            self._init_moq(self._writer, is_client, path, token)
+            self._init_moq(self._writer, is_client, path, token, authority)
             self._retry_handle = None
             self._retry_after = PQUIC_RETRY_MIN
             self._retry_seen = 0
@@ -843,6 +844,7 @@ class connect_moq:
         if token is not None:
             wire.auth_token_param(token)  # too long a token fails here, not inside the connection
         self._fingerprint = fingerprint.replace(":", "").lower() if fingerprint else None
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # the moqt:// URI's (RFC 3986)
         if backend == "aiopquic":
             from aiopquic.asyncio import connect as pquic_connect
             from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
@@ -858,7 +860,8 @@ class connect_moq:
                 config.load_verify_locations(cafile)
             cls = _pquic_protocol_class()
             self._cm = pquic_connect(host, port, configuration=config,
-                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, token=token, **k))
+                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, token=token,
+                                                                         authority=authority, **k))
         else:
             config = aioquic_configuration(is_client=True, server_name=host)
             if insecure or fingerprint:
@@ -867,7 +870,7 @@ class connect_moq:
                 config.load_verify_locations(cafile)
             self._cm = connect(host, port, configuration=config,
                                create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, token=token,
-                                                                             **k),
+                                                                             authority=authority, **k),
                                wait_connected=True)
         self._timeout = timeout
         self._address = f"{host}:{port}"

@@ -46,6 +46,8 @@ class SessionError(IntEnum):
     MALFORMED_AUTH_TOKEN = 0x16
     UNKNOWN_AUTH_TOKEN_ALIAS = 0x17
     EXPIRED_AUTH_TOKEN = 0x18
+    INVALID_AUTHORITY = 0x19
+    MALFORMED_AUTHORITY = 0x1A
 
 
 class RequestError(IntEnum):
@@ -57,6 +59,10 @@ class RequestError(IntEnum):
     EXPIRED_AUTH_TOKEN = 0x5
     DOES_NOT_EXIST = 0x10  # "Track Does Not Exist" / namespace unknown
     INVALID_RANGE = 0x11
+    MALFORMED_TRACK = 0x12
+    DUPLICATE_SUBSCRIPTION = 0x19  # a second subscription to a track with the same role
+    UNINTERESTED = 0x20  # a subscriber refusing a PUBLISH or PUBLISH_NAMESPACE
+    PREFIX_OVERLAP = 0x30  # a SUBSCRIBE_NAMESPACE overlapping one of the session's
     INVALID_JOINING_REQUEST_ID = 0x32
 
 
@@ -69,6 +75,7 @@ class PublishDoneStatus(IntEnum):
     EXPIRED = 0x5
     TOO_FAR_BEHIND = 0x6
     UPDATE_FAILED = 0x8  # a REQUEST_UPDATE of the subscription failed (it was answered REQUEST_ERROR)
+    MALFORMED_TRACK = 0x12
 
 
 class StreamResetCode(IntEnum):
@@ -77,6 +84,7 @@ class StreamResetCode(IntEnum):
     DELIVERY_TIMEOUT = 0x2
     SESSION_CLOSED = 0x3
     UNKNOWN_OBJECT_STATUS = 0x4
+    MALFORMED_TRACK = 0x12
 
 
 class ObjectStatus(IntEnum):
@@ -137,6 +145,10 @@ PARAM_GROUP_ORDER = 0x22
 PARAM_NEW_GROUP_REQUEST = 0x32
 # Object extension header (d16 "Prior Object ID Gap"): this many Object IDs just before the object's do not exist
 EXT_PRIOR_OBJECT_ID_GAP = 0x3E
+# Track extension (d16 "DEFAULT PUBLISHER PRIORITY"): what a subgroup header without a priority
+# inherits; DEFAULT_PUBLISHER_PRIORITY when the track has none
+EXT_DEFAULT_PUBLISHER_PRIORITY = 0x0E
+DEFAULT_PUBLISHER_PRIORITY = 128
 KNOWN_MESSAGE_PARAMS = frozenset({
     PARAM_DELIVERY_TIMEOUT, PARAM_AUTHORIZATION_TOKEN, PARAM_EXPIRES, PARAM_LARGEST_OBJECT, PARAM_FORWARD,
     PARAM_SUBSCRIBER_PRIORITY, PARAM_SUBSCRIPTION_FILTER, PARAM_GROUP_ORDER, PARAM_NEW_GROUP_REQUEST,
@@ -261,17 +273,25 @@ class _Reader:
     def reason(self) -> str:
         return self.bytes_field(MAX_REASON_PHRASE).decode("utf-8", "replace")
 
-    def namespace(self) -> tuple[bytes, ...]:
+    def namespace(self, min_fields: int = 1) -> tuple[bytes, ...]:
+        """A Track Namespace: 1 to 32 non-empty fields of 4,096 bytes at most in all (a prefix or
+        a suffix, ``min_fields=0``, may have none)."""
         n = self.varint()
-        if n > MAX_NAMESPACE_FIELDS:
-            raise MoqProtocolError(f"track namespace of {n} fields (max {MAX_NAMESPACE_FIELDS})")
-        return tuple(self.bytes_field(MAX_FULL_TRACK_NAME) for _ in range(n))
+        if not min_fields <= n <= MAX_NAMESPACE_FIELDS:
+            raise MoqProtocolError(f"track namespace of {n} fields ({min_fields} to {MAX_NAMESPACE_FIELDS})")
+        ns = tuple(self.bytes_field(MAX_FULL_TRACK_NAME) for _ in range(n))
+        if not all(ns):
+            raise MoqProtocolError("an empty track namespace field")
+        if sum(map(len, ns)) > MAX_FULL_TRACK_NAME:
+            raise MoqProtocolError(f"track namespace longer than {MAX_FULL_TRACK_NAME} bytes")
+        return ns
 
     def location(self) -> tuple[int, int]:
         return self.varint(), self.varint()
 
-    def params(self, count: int | None = None) -> dict[int, int | bytes]:
-        """Key-value pairs with delta-encoded types: even types carry a varint, odd a length+bytes."""
+    def params(self, count: int | None = None, *, setup: bool = False) -> dict[int, int | bytes]:
+        """Key-value pairs with delta-encoded types: even types carry a varint, odd a length+bytes.
+        A type repeated is refused unless it may be (``REPEATABLE_PARAMS``) or ``setup``."""
         n = self.varint() if count is None else count
         if n > MAX_PARAMETERS:
             raise MoqProtocolError(f"{n} parameters (max {MAX_PARAMETERS})")
@@ -283,6 +303,8 @@ class _Reader:
             if kind in out and kind in REPEATABLE_PARAMS:
                 previous = out[kind]
                 value = (*previous, value) if isinstance(previous, tuple) else (previous, value)
+            elif kind in out and not setup:  # draft 16: unknown setup parameters may repeat
+                raise MoqProtocolError(f"parameter {kind:#x} twice in one message")
             out[kind] = value
         return out
 
@@ -623,6 +645,20 @@ class PublishNamespaceDone:
         return encode_varint(self.request_id)
 
 
+@dataclass(frozen=True, slots=True)
+class PublishNamespaceCancel:
+    """The subscriber side will send no more SUBSCRIBEs for a namespace it was given."""
+
+    request_id: int  # of the PUBLISH_NAMESPACE being cancelled
+    error_code: int  # a REQUEST_ERROR code
+    reason: str = ""
+    TYPE = MessageType.PUBLISH_NAMESPACE_CANCEL
+
+    def payload(self) -> bytes:
+        return (encode_varint(self.request_id) + encode_varint(self.error_code)
+                + encode_bytes(self.reason.encode()[:MAX_REASON_PHRASE]))
+
+
 # SUBSCRIBE_NAMESPACE options: which announcements the subscriber wants.
 NAMESPACE_OPTION_PUBLISH = 0x0
 NAMESPACE_OPTION_NAMESPACE = 0x1
@@ -721,7 +757,7 @@ class UnknownMessage:
 ControlMessage = (ClientSetup | ServerSetup | Goaway | MaxRequestId | RequestsBlocked | RequestOk
                   | RequestErrorMessage | Subscribe | TrackStatus | SubscribeOk | Publish | PublishOk
                   | RequestUpdate | Unsubscribe | PublishDone
-                  | PublishNamespace | PublishNamespaceDone | SubscribeNamespace | Namespace
+                  | PublishNamespace | PublishNamespaceDone | PublishNamespaceCancel | SubscribeNamespace | Namespace
                   | NamespaceDoneMessage | Fetch | FetchOk | FetchCancel | UnknownMessage)
 
 
@@ -732,11 +768,44 @@ def encode_control_message(msg) -> bytes:
     return encode_varint(int(msg.TYPE)) + len(payload).to_bytes(2, "big") + payload
 
 
+# Values a message parameter may take (draft 16 "Message Parameters": any other closes the
+# session with PROTOCOL_VIOLATION), whatever message carries it.
+_PARAM_VALUES = {
+    PARAM_SUBSCRIBER_PRIORITY: ("SUBSCRIBER_PRIORITY", range(256)),
+    PARAM_GROUP_ORDER: ("GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
+    PARAM_FORWARD: ("FORWARD", (0, 1)),
+    PARAM_DELIVERY_TIMEOUT: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),  # "greater than 0"
+}
+
+
 def _check_message_params(params: dict) -> dict:
     unknown = [k for k in params if k not in KNOWN_MESSAGE_PARAMS]
     if unknown:
         raise MoqProtocolError(f"unknown message parameter {unknown[0]:#x}")
-    return params
+    return _check_values(params, _PARAM_VALUES, "parameter")
+
+
+def _check_values(pairs: dict, table: dict, what: str) -> dict:
+    """``pairs`` (parameters or extensions), whose values of the types in ``table`` are allowed ones."""
+    for kind, (name, allowed) in table.items():
+        if kind in pairs and pairs[kind] not in allowed:
+            raise MoqProtocolError(f"{name} {what} {pairs[kind]!r}")
+    return pairs
+
+
+# Values a Track Extension may take (draft 16 "Extension Headers": any other closes the session
+# with PROTOCOL_VIOLATION); the others are carried as they come.
+_TRACK_EXTENSION_VALUES = {
+    0x02: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),
+    EXT_DEFAULT_PUBLISHER_PRIORITY: ("DEFAULT_PUBLISHER_PRIORITY", range(256)),
+    0x22: ("DEFAULT_PUBLISHER_GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
+    0x30: ("DYNAMIC_GROUPS", (0, 1)),
+}
+
+
+def _track_extensions(rd: _Reader, end: int) -> dict:
+    """The Track Extensions that end a SUBSCRIBE_OK, PUBLISH or FETCH_OK."""
+    return _check_values(rd.kvp_until(end), _TRACK_EXTENSION_VALUES, "track extension")
 
 
 def decode_control_message(buf, pos: int = 0):
@@ -754,9 +823,9 @@ def decode_control_message(buf, pos: int = 0):
     end = p + length
     rd = _Reader(buf, p, end)
     if mtype == MessageType.CLIENT_SETUP:
-        msg = ClientSetup(rd.params())
+        msg = ClientSetup(rd.params(setup=True))
     elif mtype == MessageType.SERVER_SETUP:
-        msg = ServerSetup(rd.params())
+        msg = ServerSetup(rd.params(setup=True))
     elif mtype == MessageType.GOAWAY:
         msg = Goaway(rd.bytes_field(8192).decode("utf-8", "replace"))
     elif mtype == MessageType.MAX_REQUEST_ID:
@@ -779,14 +848,14 @@ def decode_control_message(buf, pos: int = 0):
         request_id = rd.varint()
         alias = rd.varint()
         params = _check_message_params(rd.params())
-        msg = SubscribeOk(request_id, alias, params, rd.kvp_until(end))
+        msg = SubscribeOk(request_id, alias, params, _track_extensions(rd, end))
     elif mtype == MessageType.PUBLISH:
         request_id = rd.varint()
         ns = rd.namespace()
         name = rd.bytes_field(MAX_FULL_TRACK_NAME)
         alias = rd.varint()
         params = _check_message_params(rd.params())
-        msg = Publish(request_id, ns, name, alias, params, rd.kvp_until(end))
+        msg = Publish(request_id, ns, name, alias, params, _track_extensions(rd, end))
     elif mtype == MessageType.PUBLISH_OK:
         msg = PublishOk(rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.UNSUBSCRIBE:
@@ -799,12 +868,14 @@ def decode_control_message(buf, pos: int = 0):
         msg = PublishNamespace(rd.varint(), rd.namespace(), _check_message_params(rd.params()))
     elif mtype == MessageType.PUBLISH_NAMESPACE_DONE:
         msg = PublishNamespaceDone(rd.varint())
+    elif mtype == MessageType.PUBLISH_NAMESPACE_CANCEL:
+        msg = PublishNamespaceCancel(rd.varint(), rd.varint(), rd.reason())
     elif mtype == MessageType.SUBSCRIBE_NAMESPACE:
-        msg = SubscribeNamespace(rd.varint(), rd.namespace(), rd.varint(), _check_message_params(rd.params()))
+        msg = SubscribeNamespace(rd.varint(), rd.namespace(0), rd.varint(), _check_message_params(rd.params()))
     elif mtype == MessageType.NAMESPACE:
-        msg = Namespace(rd.namespace())
+        msg = Namespace(rd.namespace(0))
     elif mtype == MessageType.NAMESPACE_DONE:
-        msg = NamespaceDoneMessage(rd.namespace())
+        msg = NamespaceDoneMessage(rd.namespace(0))
     elif mtype == MessageType.FETCH:
         msg = _decode_fetch(rd)
     elif mtype == MessageType.FETCH_OK:
@@ -814,7 +885,7 @@ def decode_control_message(buf, pos: int = 0):
             raise MoqProtocolError(f"FETCH_OK End Of Track {end_of_track}")
         loc = rd.location()
         params = _check_message_params(rd.params())
-        msg = FetchOk(request_id, bool(end_of_track), loc, params, rd.kvp_until(end))
+        msg = FetchOk(request_id, bool(end_of_track), loc, params, _track_extensions(rd, end))
     elif mtype == MessageType.FETCH_CANCEL:
         msg = FetchCancel(rd.varint())
     elif mtype in MessageType._value2member_map_:
@@ -835,20 +906,12 @@ def _decode_fetch(rd: _Reader) -> Fetch:
         if sum(map(len, ns)) + len(name) > MAX_FULL_TRACK_NAME:
             raise MoqProtocolError("full track name longer than 4096 bytes")
         start, end = rd.location(), rd.location()
-        return Fetch(request_id, kind, ns, name, start, end, params=_check_fetch_params(rd.params()))
+        return Fetch(request_id, kind, ns, name, start, end, params=_check_message_params(rd.params()))
     if kind in (FETCH_RELATIVE_JOINING, FETCH_ABSOLUTE_JOINING):
         joining, joining_start = rd.varint(), rd.varint()
         return Fetch(request_id, kind, joining_request_id=joining, joining_start=joining_start,
-                     params=_check_fetch_params(rd.params()))
+                     params=_check_message_params(rd.params()))
     raise MoqProtocolError(f"unknown fetch type {kind:#x}")
-
-
-def _check_fetch_params(params: dict) -> dict:
-    _check_message_params(params)
-    order = params.get(PARAM_GROUP_ORDER, GROUP_ORDER_ASCENDING)
-    if order not in (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING):
-        raise MoqProtocolError(f"group order {order!r}")
-    return params
 
 
 # -- data streams ---------------------------------------------------------------------------------
@@ -1033,6 +1096,53 @@ class SubgroupStreamParser(_StreamParser):
         return SubgroupObject(object_id, payload, extensions, status)
 
 
+# -- datagrams -------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ObjectDatagram:
+    """One object in a QUIC datagram (Object Forwarding Preference Datagram)."""
+
+    track_alias: int
+    group_id: int
+    object_id: int
+    priority: int | None  # None: the subscription's publisher priority
+    extensions: dict
+    payload: bytes
+    status: int = ObjectStatus.NORMAL
+    end_of_group: bool = False  # no object of a larger ID exists in the group
+
+
+def decode_object_datagram(data) -> ObjectDatagram:
+    """An OBJECT_DATAGRAM (type 0b00X0XXXX: EXTENSIONS 0x01, END_OF_GROUP 0x02, ZERO_OBJECT_ID
+    0x04, DEFAULT_PRIORITY 0x08, STATUS 0x20; STATUS with END_OF_GROUP is invalid). A datagram
+    is whole: anything that does not parse closes the session with PROTOCOL_VIOLATION."""
+    r = _Reader(data)
+    kind = r.varint()
+    if kind & ~0x2F or (kind & 0x22) == 0x22:
+        raise MoqProtocolError(f"unknown datagram type {kind:#x}")
+    alias, group = r.varint(), r.varint()
+    object_id = 0 if kind & 0x04 else r.varint()
+    priority = None if kind & 0x08 else r.u8()
+    extensions: dict = {}
+    if kind & 0x01:
+        size = r.varint()
+        if size == 0:
+            raise MoqProtocolError("datagram with the EXTENSIONS bit and an Extension Headers Length of 0")
+        if size > r.end - r.pos:
+            raise MoqProtocolError("datagram extension headers run past its end")
+        extensions = r.kvp_until(r.pos + size)
+    status, payload = ObjectStatus.NORMAL, b""
+    if kind & 0x20:
+        status = r.varint()
+        if status not in OBJECT_STATUSES:
+            raise MoqProtocolError(f"unknown object status {status:#x}")
+        if status and extensions:  # draft 16, "Object Extension Headers": a MUST
+            raise MoqProtocolError("extension headers on a status object")
+        r.done()
+    else:
+        payload = r.raw(r.end - r.pos)
+    return ObjectDatagram(alias, group, object_id, priority, extensions, payload, status, bool(kind & 0x02))
+
+
 # -- fetch streams --------------------------------------------------------------------------------
 def encode_fetch_header(request_id: int) -> bytes:
     return encode_varint(FETCH_HEADER) + encode_varint(request_id)
@@ -1079,8 +1189,9 @@ class FetchObjectEncoder:
     def end_of_range(self, group: int, object_id: int, *, unknown: bool) -> bytes:
         """Every object after the prior one up to (group, object_id) inclusive is unknown or absent."""
         marker = FETCH_END_OF_UNKNOWN_RANGE if unknown else FETCH_END_OF_NON_EXISTENT_RANGE
-        self._group, self._object = group, object_id
-        self._subgroup = self._priority = None  # the next real object states them again
+        # a marker is no Object, and the flags refer to "the prior Object": the next object states
+        # every field, so no reading of the draft takes it for another location
+        self._group = self._subgroup = self._object = self._priority = None
         return encode_varint(marker) + encode_varint(group) + encode_varint(object_id)
 
 

@@ -82,6 +82,10 @@ class UpstreamLink:
                         _orig(c, event)
                         if self._announcing and isinstance(event, (ev.RequestAccepted, ev.RequestFailed)):
                             self._answered(event)
+                        if isinstance(event, ev.NamespaceCancelled):
+                            # (not its reason: the upstream's words may name a stream key)
+                            log.warning("upstream %s:%d no longer takes a broadcast announced to it "
+                                        "(PUBLISH_NAMESPACE_CANCEL, code %d)", self.host, self.port, event.error_code)
                         if type(event).__name__ == "SessionClosed" and not _closed.done():
                             _closed.set_result(None)
 
