@@ -42,6 +42,18 @@ def deep_amf(depth: int) -> bytes:
     return amf0_encode("connect", 1.0) + b"\x03\x00\x01a" * depth  # objects nested in objects
 
 
+def partial_messages(csids: int, mib_each: int) -> bytes:
+    """Chunk size 1 MiB, then ``csids`` video messages of just under max_message_size, each left
+    incomplete after ``mib_each`` chunks: what a connection holds in partial messages grows past
+    max_partial_bytes (16 MiB) though no message breaks a limit of its own."""
+    mib = 1 << 20
+    out = [(2, 0, 1, 0, mib.to_bytes(4, "big"))]
+    for csid in range(4, 4 + csids):
+        out.append(bytes([csid]) + bytes(3) + (8 * mib - 1).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00" + bytes(mib))
+        out += [bytes([0xC0 | csid]) + bytes(mib)] * (mib_each - 1)
+    return after_connect(*out)
+
+
 HOSTILE = {
     # name: (bytes sent, the reason the server must log when it closes the connection)
     "bad version": (b"\x06" + bytes(HANDSHAKE_SIZE), "RTMP handshake: unsupported version byte 6"),
@@ -59,6 +71,25 @@ HOSTILE = {
     "fmt 3 on a csid never seen": (after_connect(bytes([0xC0 | 40]) + bytes(200)), "chunk of fmt 3 opens chunk stream 40"),
     "boolean stream name": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, True, "live"))), "publish: stream name is not a string"),
     "path traversal key": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "../../etc/passwd", "live"))), "publish: invalid stream name"),
+    "chunk size below the floor": (after_connect((2, 0, 1, 0, (1).to_bytes(4, "big"))), "chunk size 1 is below min_chunk_size 128"),
+    # the length a message declared changes on the chunk that continues it (CVE-2016-10191)
+    "message length changed mid-message": (after_connect(
+        b"\x05" + bytes(3) + (1000).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00" + bytes(128)
+        + b"\x45" + bytes(3) + (2000).to_bytes(3, "big") + b"\x09" + bytes(128)), "fmt 1 header on chunk stream 5 while a message is incomplete"),
+    "fmt 0 while a message is incomplete": (after_connect(
+        b"\x05" + bytes(3) + (1000).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00" + bytes(128)
+        + b"\x05" + bytes(3) + (1000).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00" + bytes(128)), "fmt 0 header on chunk stream 5 while a message is incomplete"),
+    "bytes held in partial messages": (partial_messages(3, 7), "max_partial_bytes exceeded"),
+    "many csids in the 3-byte form": (after_connect(
+        *[b"\x01" + (csid - 64).to_bytes(2, "little") + bytes(3) + (256).to_bytes(3, "big") + b"\x09" + b"\x01\x00\x00\x00" + bytes(128)
+          for csid in range(300, 340)]), "max_chunk_streams exceeded"),
+    "amf string longer than the message": (b"\x03" + make_client_c1(digest=False) + bytes(HANDSHAKE_SIZE)
+        + ChunkWriter(128).write(3, 0, 20, 0, b"\x02\x00\x07connect\x00" + bytes(8) + b"\x02\xff\xffabc"), "AMF0 truncated"),
+    "amf array larger than the message": (b"\x03" + make_client_c1(digest=False) + bytes(HANDSHAKE_SIZE)
+        + ChunkWriter(128).write(3, 0, 20, 0, amf0_encode("connect", 1.0) + b"\x0a\xff\xff\xff\xff\x05"), "AMF0 strict array of 4294967295 elements"),
+    "amf with more values than the node cap": (b"\x03" + make_client_c1(digest=False) + bytes(HANDSHAKE_SIZE)
+        + ChunkWriter(128).write(3, 0, 20, 0, amf0_encode("connect", 1.0) + b"\x0a" + (70_000).to_bytes(4, "big") + b"\x05" * 70_000), "AMF0 message holds more than"),
+    "stream name far too long": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "k" * 5000, "live"))), "publish: invalid stream name"),
     # says nothing at all: closed at the handshake deadline
     "silent client": (b"", "no successful connect within 1.5 s"),
     # connects (no key needed) and never publishes: it would hold one of MAX_RTMP_CONNECTIONS for good
@@ -182,3 +213,78 @@ async def test_bad_bytes_after_publish_close_only_that_publisher_with_a_logged_r
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
     good.close()
     bad.close()
+
+
+def _damage_avc(flv_in: str, flv_out: str, how: str) -> None:
+    """Copy a legacy-AVC FLV with its avcC, or some of its access units, damaged (bad-inputs.md's
+    avcC, NAL length and SPS rows)."""
+    from rtmpq.media.flv import FlvWriter, read_flv_tags
+
+    with open(flv_out, "wb") as f:
+        w = FlvWriter(f)
+        for tag_type, ts, body in read_flv_tags(flv_in):
+            body = bytes(body)
+            if tag_type == 9 and body[:2] == b"\x17\x00":  # AVC sequence header: avcC from byte 5
+                sps_len = int.from_bytes(body[11:13], "big")
+                if how == "avcC shorter than 7 bytes":
+                    body = body[:11]
+                elif how == "SPS length past the end":
+                    body = body[:11] + b"\xff\xff" + body[13:]
+                elif how == "lengthSizeMinusOne 2":
+                    body = body[:9] + b"\xfe" + body[10:]
+                elif how == "SPS exp-Golomb overrun":  # every bit after the level is 0: ue(v) never ends
+                    body = body[:17] + bytes(sps_len - 4) + body[13 + sps_len:]
+            elif tag_type == 9 and body[:2] == b"\x27\x01" and 1000 < ts < 1500:  # an inter frame
+                if how == "NAL length past the end":
+                    body = body[:5] + b"\xff\xff\xff\xff" + body[9:]
+                elif how == "NAL length 0":
+                    body = body[:5] + bytes(4) + body[9:]
+            w.write_tag(tag_type, ts, body)
+
+
+BAD_AVC_CONFIG = ("avcC shorter than 7 bytes", "SPS length past the end", "lengthSizeMinusOne 2", "SPS exp-Golomb overrun")
+BAD_AVC_FRAMES = ("NAL length past the end", "NAL length 0")
+
+
+async def test_bad_avc_configs_and_access_units_cost_only_that_track_while_a_real_publish_goes_on(ingest, tmp_path, caplog):
+    """A refused avcC leaves the video track unconfigured (not carried; audio is); an access unit
+    whose NAL units do not frame is dropped with the rest of its group, from the next IDR on the
+    stream goes on. Each comes over its own connection, none is closed for it, and a real ffmpeg
+    publish on the same ingest at the same time arrives frame-exact."""
+    from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, push_flv
+
+    need("ffmpeg")
+    clip = str(tmp_path / "clip.flv")
+    rc, out = await run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                                 "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine", "-t", "3",
+                                 *VIDEO_ENCODE, "-g", "30", "-keyint_min", "30", *AUDIO_ENCODE, "-f", "flv", clip])
+    assert rc == 0, out
+    hows = (*BAD_AVC_CONFIG, *BAD_AVC_FRAMES)
+    for how in hows:
+        _damage_avc(clip, str(tmp_path / f"{how}.flv"), how)
+    port = ingest.address[1]
+    ref = str(tmp_path / "good.flv")
+    names = {how: how.replace(" ", "-").replace("'", "") for how in hows}
+    tasks = {how: asyncio.create_task(collect_broadcast(ingest.registry, f"live/{name}")) for how, name in names.items()}
+    good_frames = asyncio.create_task(collect_broadcast(ingest.registry, "live/good"))
+    good = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{port}/live/good", ref, seconds=3)))
+    await asyncio.gather(*(push_flv(port, name, str(tmp_path / f"{how}.flv")) for how, name in names.items()))
+    rc, output = await good
+    assert rc == 0, output
+    _, frames = await good_frames
+    assert as_packets(frames) == probe_packets(ref)
+    sent = probe_packets(clip)
+    sent_video = [p for p in sent if p.track == "video"]
+    sent_audio = [p for p in sent if p.track == "audio"]
+    for how in hows:
+        catalogs, frames = await tasks[how]
+        video = as_packets([f for f in frames if f.track == "video"])
+        assert as_packets([f for f in frames if f.track == "audio"]) == sent_audio, how
+        if how in BAD_AVC_CONFIG:
+            assert not video and all(c.track("video") is None for c in catalogs), how
+        else:
+            broken = min(p.dts for p in sent_video if 1000 < p.dts < 1500 and not p.keyframe)
+            next_key = min(p.dts for p in sent_video if p.keyframe and p.dts > broken)
+            assert video == [p for p in sent_video if not broken <= p.dts < next_key], how
+    assert caplog.text.count("avc1 sequence header of video rejected") == len(BAD_AVC_CONFIG), caplog.text
+    assert "closing connection" not in caplog.text and not [r for r in caplog.records if r.name == "asyncio"]
