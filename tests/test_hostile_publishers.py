@@ -288,3 +288,75 @@ async def test_bad_avc_configs_and_access_units_cost_only_that_track_while_a_rea
             assert video == [p for p in sent_video if not broken <= p.dts < next_key], how
     assert caplog.text.count("avc1 sequence header of video rejected") == len(BAD_AVC_CONFIG), caplog.text
     assert "closing connection" not in caplog.text and not [r for r in caplog.records if r.name == "asyncio"]
+
+
+@pytest.mark.parametrize("window", [0, 1])
+async def test_unknown_messages_media_before_publish_and_a_tiny_ack_window_are_survived_without_an_ack_flood(ingest, window):
+    """Ignored and counted, not fatal: an unknown message type and media before publish. A window
+    acknowledgement size of 0 or 1 is clamped to MIN_PEER_WINDOW_ACK_SIZE (the shared reader's
+    fast path included), so 512 KiB of media draw one ACK per 64 KiB, not one per read. The
+    publish that follows arrives whole; another publisher beside it is untouched."""
+    from rtmpq.codec import NEED_DATA, ChunkReader
+    from rtmpq.rtmp.reader import INGEST_READ_COALESCE
+    from rtmpq.rtmp.session import MIN_PEER_WINDOW_ACK_SIZE
+
+    port = ingest.address[1]
+    good = await TcpPublisher.publish(port, "good")
+    good_reader = (await ingest.registry.wait_for("live/good", 5)).reader()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    w = ChunkWriter(128)
+    writer.write(b"\x03" + make_client_c1(digest=False))
+    s0s1s2 = await reader.readexactly(1 + 2 * HANDSHAKE_SIZE)
+    writer.write(s0s1s2[1:1 + HANDSHAKE_SIZE]
+                 + w.write(2, 0, 5, 0, window.to_bytes(4, "big"))  # Window Acknowledgement Size
+                 + w.write(3, 0, 0x55, 0, b"what is this")  # a message type nobody defined
+                 + w.write(4, 0, 8, 1, AAC_CONFIG)  # media before any publish
+                 + w.write(3, 0, 20, 0, amf0_encode("connect", 1.0, {"app": "live"}))
+                 + w.write(3, 0, 20, 0, amf0_encode("createStream", 2.0, None))
+                 + w.write(8, 0, 20, 1, amf0_encode("publish", 3.0, None, "tiny", "live")))
+    replies, acks, started = ChunkReader(), 0, False
+
+    async def read_replies() -> None:
+        nonlocal acks, started
+        while data := await reader.read(65536):
+            replies.receive_data(data)
+            while (msg := replies.next_message()) is not NEED_DATA:
+                acks += msg.type_id == 3
+                started = started or (msg.type_id == 20 and b"NetStream.Publish.Start" in bytes(msg.body))
+
+    replying = asyncio.create_task(read_replies())
+    async with asyncio.timeout(5):
+        while not started:
+            await asyncio.sleep(0.01)
+    [conn] = [c for c in ingest.server.connections if c.session.publishing and 1 in c.session.publishing
+              and c.peer == "%s:%d" % writer.get_extra_info("sockname")[:2]]
+    assert conn.session.messages_ignored == 2  # the unknown type and the early media
+    tiny_reader = (await ingest.registry.wait_for("live/tiny", 5)).reader()
+    writer.write(w.write(4, 0, 8, 1, AAC_CONFIG))
+    frame = b"\xaf\x01" + bytes(4094)
+    count = 128  # 512 KiB of audio, a message a write, paced (as a live encoder sends): a read each
+    for ts in range(count):
+        writer.write(w.write(4, ts, 8, 1, frame))
+        if ts % 2 == 0:
+            good.media(8, ts, AAC_CONFIG if ts == 0 else b"\xaf\x01" + bytes([ts]) * 10)
+        await writer.drain()
+        await asyncio.sleep(2 * INGEST_READ_COALESCE)
+    got = {"tiny": [], "good": []}
+    async with asyncio.timeout(10):
+        for name, r, n in (("tiny", tiny_reader, count), ("good", good_reader, count // 2 - 1)):
+            async for event in r:
+                if not isinstance(event, CatalogUpdate):
+                    got[name].append(event.dts)
+                    if len(got[name]) == n:
+                        break
+    assert got == {"tiny": list(range(count)), "good": list(range(2, count, 2))}
+    received = count * (len(frame) + 12 + len(frame) // 128)  # a 12-byte header, then a byte per chunk
+    async with asyncio.timeout(5):  # ACKs do come (each one when a read has passed the window)
+        while acks < 4:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # and no more than the window allows, however long we wait
+    assert acks <= received // MIN_PEER_WINDOW_ACK_SIZE + 2, acks
+    assert not replying.done()  # still connected
+    writer.close()
+    replying.cancel()
+    good.close()
