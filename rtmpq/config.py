@@ -62,6 +62,13 @@ SUBSCRIBE_WAIT = 30.0
 EDGE_FILL_GROUPS = 6
 # After SIGTERM, the node exits within this many seconds whatever its peers do.
 STOP_TIMEOUT = 5.0
+# The MoQ listener (serve_moq in rtmpq/moq/transport.py): seconds a peer has from its first
+# packet to complete the QUIC handshake and MoQ setup; sessions open at once, in all and from one
+# IP address. QUIC has no cap of its own (specs/bad-inputs.md, "Slowloris"): a session past either
+# is closed at once (INTERNAL_ERROR, "too many connections") and logged.
+MOQ_HANDSHAKE_TIMEOUT = 10.0
+MOQ_MAX_CONNECTIONS = 1024
+MOQ_MAX_CONNECTIONS_PER_IP = 256
 # The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
 HTTP_MAX_CONNECTIONS = 1024
 HTTP_MAX_CONNECTIONS_PER_IP = 256
@@ -139,6 +146,11 @@ class MoqConfig:
     backend: str = "aiopquic"  # QUIC library: "aiopquic" (picoquic) or "aioquic" (pure Python)
     # seconds a subscriber may acknowledge nothing it is owed before its session is closed
     stuck_timeout: float = DEFAULT_STUCK_TIMEOUT
+    # seconds a peer has from its first packet to a MoQ setup (QUIC handshake included)
+    handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT
+    # sessions open at once, in all and from one IP address; more are closed at once
+    max_connections: int = MOQ_MAX_CONNECTIONS
+    max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP
 
 
 @dataclass
@@ -435,6 +447,9 @@ def validate(config: Config) -> None:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if config.transcode.rung_queue_frames < 1:
         raise ConfigError("transcode.rung_queue_frames: must be at least 1")
+    for key in ("handshake_timeout", "max_connections", "max_connections_per_ip"):
+        if getattr(config.moq, key) <= 0:
+            raise ConfigError(f"moq.{key}: must be positive")
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):

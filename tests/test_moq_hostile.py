@@ -1,0 +1,134 @@
+"""The QUIC rows of specs/bad-inputs.md at the application level, over real QUIC on loopback.
+
+A real ffmpeg publish runs and a real MoQ subscriber reads it while hostile QUIC peers connect:
+peers that finish the QUIC handshake and never send a MoQ setup (slowloris) are closed at
+[moq] handshake_timeout; peers past [moq] max_connections_per_ip are closed at once. The subscriber
+gets every object, in order, and a peer that comes once the slots are free is served.
+"""
+
+import asyncio
+import logging
+import time
+
+import pytest
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.configuration import QuicConfiguration
+
+from rtmpq.media.catalog import Catalog
+from rtmpq.moq import wire
+from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.up import UpNode
+
+from .conftest import local_config, need
+from .publishers import ffmpeg_publish_args, run_process
+
+SETUP_TIMEOUT = 2.0
+PER_IP = 4
+
+
+@pytest.fixture(params=["aioquic", "aiopquic"])
+async def node(tmp_path, request):
+    config = local_config(tmp_path, request.param)
+    config.moq.handshake_timeout = SETUP_TIMEOUT
+    config.moq.max_connections_per_ip = PER_IP
+    n = UpNode(config)
+    await n.start()
+    yield n
+    await n.close()
+
+
+class SilentPeer(QuicConnectionProtocol):
+    """Completes the QUIC handshake (ALPN moqt-16) and never says a MoQ word; notes how it ended."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def quic_event_received(self, event) -> None:
+        if type(event).__name__ == "ConnectionTerminated" and not self.ended.done():
+            self.ended.set_result((time.monotonic(), event.error_code))
+
+
+def quic_client_config() -> QuicConfiguration:
+    config = QuicConfiguration(is_client=True, alpn_protocols=[wire.ALPN], server_name="127.0.0.1")
+    config.verify_mode = False
+    return config
+
+
+async def silent_peer(port: int, opened: asyncio.Queue) -> None:
+    """One silent peer, held open until the server ends it (or the test is cancelled)."""
+    async with connect("127.0.0.1", port, configuration=quic_client_config(), create_protocol=SilentPeer,
+                       wait_connected=True) as peer:
+        await opened.put(peer)
+        await peer.ended
+
+
+async def subscriber(port: int, backend: str, out: list) -> list:
+    skipped = []
+    async with connect_moq("127.0.0.1", port, insecure=True, timeout=20, backend=backend) as conn:
+        async for item in subscribe_broadcast(conn, "live/cam"):
+            if isinstance(item, SkippedGroup):
+                skipped.append(item)
+            elif not isinstance(item, Catalog):
+                out.append(item)
+    return skipped
+
+
+async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_per_ip_cap_at_once(node, tmp_path, caplog):
+    need("ffmpeg")
+    caplog.set_level(logging.WARNING, "rtmpq.moq")
+    port = node.moq_address[1]
+    backend = node.moq_config.backend
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=10)))
+    await node.registry.wait_for("live/cam", 10)
+    frames: list = []
+    healthy = asyncio.create_task(subscriber(port, backend, frames))
+    async with asyncio.timeout(20):
+        while len(frames) < 10:
+            await asyncio.sleep(0.05)
+
+    # PER_IP - 1 silent peers fill this address's slots beside the subscriber
+    opened: asyncio.Queue = asyncio.Queue()
+    started = time.monotonic()
+    silent = [asyncio.create_task(silent_peer(port, opened)) for _ in range(PER_IP - 1)]
+    peers = [await asyncio.wait_for(opened.get(), 10) for _ in silent]
+    # one more is closed at once: during its handshake (ConnectionError) or just after it
+    refused_at = time.monotonic()
+    extra = asyncio.create_task(silent_peer(port, opened))
+    try:
+        async with asyncio.timeout(SETUP_TIMEOUT / 2):
+            extra_peer = await opened.get()
+            await extra_peer.ended
+    except ConnectionError:
+        pass
+    assert time.monotonic() - refused_at < SETUP_TIMEOUT / 2
+    await asyncio.gather(extra, return_exceptions=True)
+    assert any("too many connections" in r.getMessage() or "(max_connections_per_ip)" in r.getMessage()
+               for r in caplog.records), caplog.text
+
+    # the silent ones are closed at the setup deadline, with CONTROL_MESSAGE_TIMEOUT
+    ends = await asyncio.wait_for(asyncio.gather(*(p.ended for p in peers)), SETUP_TIMEOUT + 10)
+    for when, code in ends:
+        assert SETUP_TIMEOUT * 0.9 <= when - started <= SETUP_TIMEOUT + 3, when - started
+        assert code == wire.SessionError.CONTROL_MESSAGE_TIMEOUT
+    assert sum("no MoQ setup within" in r.getMessage() for r in caplog.records) == PER_IP - 1
+    await asyncio.gather(*silent)
+
+    # their slots are free again: a second subscriber is served
+    late: list = []
+    second = asyncio.create_task(subscriber(port, backend, late))
+    rc, output = await publisher
+    assert rc == 0, output
+    assert not await asyncio.wait_for(healthy, 30)
+    assert not await asyncio.wait_for(second, 30)
+    assert late, "the subscriber after the silent ones was not served"
+    # the first subscriber: every object of every group it joined, in order
+    for frames_of in (frames, late):
+        for track in ("video", "audio"):
+            mine = [f for f in frames_of if f.track == track]
+            groups = sorted({f.group for f in mine})
+            assert groups == list(range(groups[0], groups[-1] + 1))
+            for group in groups:
+                assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
