@@ -132,3 +132,61 @@ async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_
             assert groups == list(range(groups[0], groups[-1] + 1))
             for group in groups:
                 assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+
+
+def jump_and_send(quic, stream_id: int, offset: int) -> None:
+    """Send one byte at ``offset`` of a stream of ours, as if all before it had been sent: the
+    receiver must keep the gap (aioquic zero-fills it) until the bytes before come."""
+    sender = quic._get_or_create_stream_for_send(stream_id).sender
+    sender._buffer_start = sender._buffer_stop = sender.highest_offset = offset
+    sender.write(b"x")
+
+
+@pytest.mark.parametrize("node", ["aioquic"], indirect=True)
+async def test_stream_frames_at_the_edge_of_the_window_do_not_grow_the_relays_buffers(node, tmp_path):
+    """bad-inputs.md, QUIC: aioquic doubles a receive limit whenever half of it is *received*
+    (out-of-order bytes included) and zero-fills gaps, so a peer sending one byte at the end of
+    each window on new streams makes the relay allocate ever more. The windows slide with the bytes
+    delivered instead: what the peer makes the relay hold stays within AIOQUIC_MAX_DATA, while a
+    real publish and subscriber go on."""
+    from rtmpq.moq.transport import AIOQUIC_MAX_DATA, AIOQUIC_MAX_STREAM_DATA, MoqConnection
+
+    need("ffmpeg")
+    port = node.moq_address[1]
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=6)))
+    await node.registry.wait_for("live/cam", 10)
+    frames: list = []
+    healthy = asyncio.create_task(subscriber(port, "aioquic", frames))
+    async with asyncio.timeout(20):
+        while len(frames) < 10:
+            await asyncio.sleep(0.05)
+    async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
+                       create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:
+        await peer.ready  # a set-up session: not closed for silence
+        [relay_side] = [c for c in node.moq.connections
+                        if c.peer.endswith(f":{peer._transport.get_extra_info('sockname')[1]}")]
+        quic, held, sent = peer._quic, [], 0
+        for _ in range(40):  # more than enough to reach 100 MiB if the windows double
+            deadline = time.monotonic() + 1.0  # the relay's credit, if it grants more
+            while quic._remote_max_data - sent < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            room = quic._remote_max_data - sent
+            if room < 2:
+                break  # no more credit: the relay holds what it allowed and nothing more
+            stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
+            offset = min(AIOQUIC_MAX_STREAM_DATA, room) - 1
+            jump_and_send(quic, stream_id, offset)
+            sent += offset + 1
+            peer.transmit()
+            await asyncio.sleep(0.02)
+            held.append(sum(len(s.receiver._buffer) for s in relay_side._quic._streams.values()))
+        assert max(held) <= AIOQUIC_MAX_DATA + AIOQUIC_MAX_STREAM_DATA, (max(held), sent)
+        assert relay_side._quic._local_max_data.value <= 2 * AIOQUIC_MAX_DATA
+    rc, output = await publisher
+    assert rc == 0, output
+    assert not await asyncio.wait_for(healthy, 30)
+    for track in ("video", "audio"):
+        mine = [f for f in frames if f.track == track]
+        for group in sorted({f.group for f in mine}):
+            assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))

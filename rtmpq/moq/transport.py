@@ -279,6 +279,7 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
         self._writer = _AioquicWriter(self._quic)
         self._init_moq(self._writer, is_client, path, token)
         _cap_pto_backoff(self._quic._loss)
+        _slide_receive_windows(self._quic)
         # aioquic sends no keep-alive of its own (aiopquic: keep_alive_interval)
         self._keepalive = self._loop.call_later(KEEPALIVE_INTERVAL, self._keep_alive)
 
@@ -308,6 +309,41 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
             self._connected_waiter = self._loop.create_future()
             self._connected_waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
             await asyncio.shield(self._connected_waiter)
+
+
+def _slide_receive_windows(quic) -> None:
+    """aioquic doubles a receive limit (MAX_DATA, MAX_STREAM_DATA) whenever half of it has been
+    *received*, gaps included, and zero-fills gaps: a peer sending one byte at the end of each
+    window makes us allocate without end (specs/bad-inputs.md, QUIC; aioquic#589). Here the limits
+    slide with the bytes delivered to the session instead, so bytes held for a stream stay within
+    its window (AIOQUIC_MAX_STREAM_DATA) and for the connection within AIOQUIC_MAX_DATA."""
+    write_connection_limits, write_stream_limits = quic._write_connection_limits, quic._write_stream_limits
+    window, stream_window = quic._configuration.max_data, quic._configuration.max_stream_data
+
+    def connection_limits(builder, space) -> None:
+        limit = quic._local_max_data
+        used = limit.used
+        if used + window // 2 > limit.value:  # (delivered <= used: nothing to raise otherwise)
+            undelivered = sum(s.receiver.highest_offset - s.receiver._buffer_start for s in quic._streams.values())
+            limit.value = max(limit.value, used - undelivered + window)
+        limit.used = 0  # aioquic's own doubling (used * 2 > value) off for this call
+        try:
+            write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def stream_limits(builder, space, stream) -> None:
+        receiver = stream.receiver
+        if stream.max_stream_data_local and receiver._buffer_start + stream_window // 2 > stream.max_stream_data_local:
+            stream.max_stream_data_local = receiver._buffer_start + stream_window
+        highest = receiver.highest_offset
+        receiver.highest_offset = 0  # aioquic's own doubling (highest * 2 > limit) off for this call
+        try:
+            write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+    quic._write_connection_limits, quic._write_stream_limits = connection_limits, stream_limits
 
 
 def _cap_pto_backoff(loss) -> None:
