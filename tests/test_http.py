@@ -291,3 +291,55 @@ async def test_a_viewer_who_resets_mid_response_costs_no_warnings_and_no_writes(
         assert s.stats.bytes_out < 1024 * 1024, s.stats.bytes_out  # the rest of the 4 MB was not written
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("how", ["pings", "an unfinished request dripping its body"])
+async def test_an_http2_client_that_only_keeps_the_connection_busy_is_closed_at_request_timeout(tmp_path, how):
+    """HTTP/2 slowloris: PINGs (or a request whose body drips a byte at a time and never ends)
+    are bytes, not requests: the connection is closed request_timeout after its last request,
+    as an idle HTTP/1.1 keep-alive is. Another client meanwhile is served."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    timeout = 1.0
+    server = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, request_timeout=timeout))
+    await server.start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        if how != "pings":
+            conn.send_headers(1, [(":method", "POST"), (":path", "/api"), (":scheme", "https"), (":authority", "x")])
+        writer.write(conn.data_to_send())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closed_at = None
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            while loop.time() - started < timeout + 5:
+                if how == "pings":
+                    conn.ping(b"12345678")
+                else:
+                    conn.send_data(1, b"x")
+                writer.write(conn.data_to_send())
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.25)
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    data = b""
+                if not data or any(type(e).__name__ == "ConnectionTerminated" for e in conn.receive_data(data)):
+                    closed_at = loop.time() - started  # EOF, or the GOAWAY before it
+                    break
+                r = await other.get(f"https://127.0.0.1:{server.address[1]}/x")
+                assert r.status_code == 200 and r.http_version == "HTTP/2"
+        assert closed_at is not None and timeout <= closed_at <= timeout + 2.5, closed_at
+        assert server.stats.errors["request_timeout"] == (how != "pings")
+        writer.close()
+    finally:
+        await server.close()
