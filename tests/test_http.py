@@ -343,3 +343,87 @@ async def test_an_http2_client_that_only_keeps_the_connection_busy_is_closed_at_
         writer.close()
     finally:
         await server.close()
+
+
+async def test_endless_or_dripped_http1_heads_are_cut_off_while_another_client_is_served(server):
+    """HTTP/1.1: a head that does not end (small header lines, no blank line) is answered 431
+    once it passes max_header_bytes; one dripped a byte at a time is closed request_timeout after it began,
+    however steadily the bytes come. Another client is served meanwhile."""
+    port = server.address[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # header lines that never end, past max_header_bytes (1024) then no more: unread bytes at
+    # the server's close would reset the connection before its answer is read
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)))
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    started, closed_at = loop.time(), None
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 500
+    for byte in head:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                closed_at = loop.time() - started
+                break
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            closed_at = loop.time() - started
+            break
+        if byte % 4 == 0:
+            assert (await exchange(port, b"GET /other HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    assert closed_at is not None and 1.0 <= closed_at <= 2.0, closed_at
+    assert server.stats.errors["header_too_large"] == 1 and server.stats.errors["request_timeout"] == 1
+
+
+async def test_an_endless_http2_header_block_is_refused_while_another_client_is_served(tmp_path):
+    """HTTP/2 CONTINUATION flood (HEADERS without END_HEADERS, then CONTINUATION frames without
+    end): h2 keeps at most 64 of them (h2.frame_buffer.CONTINUATION_BACKLOG); the connection is
+    closed as a protocol error, the memory it held bounded by that."""
+    import ssl
+
+    import h2.config
+    import h2.connection
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    server = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key))
+    await server.start()
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        headers = HeadersFrame(1)
+        headers.data = b"\x82"  # :method GET, and the block goes on
+        writer.write(conn.data_to_send() + headers.serialize())
+        closed = False
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            for _ in range(1000):  # up to 16 MB of header block
+                frame = ContinuationFrame(1)
+                frame.data = b"\x40\x01a\x01b" * 3000
+                try:
+                    writer.write(frame.serialize())
+                    await writer.drain()
+                    data = await asyncio.wait_for(reader.read(65536), 0.01)
+                    closed = not data or b"\x07" in data[3:4]  # EOF or a GOAWAY frame
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    closed = True
+                if closed:
+                    break
+            r = await other.get(f"https://127.0.0.1:{server.address[1]}/x")
+            assert r.status_code == 200
+        assert closed
+        assert server.stats.errors["h2_protocol"] == 1
+        writer.close()
+    finally:
+        await server.close()
