@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 import socket
 import sys
 
@@ -427,3 +428,86 @@ async def test_an_endless_http2_header_block_is_refused_while_another_client_is_
         writer.close()
     finally:
         await server.close()
+
+
+async def _http1_get(reader, writer, path: str) -> tuple[int, bytes]:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return int(head.split()[1]), await reader.readexactly(length)
+
+
+async def test_many_held_blocking_reloads_from_one_address_stop_at_its_cap_and_a_player_elsewhere_plays(tmp_path):
+    """A node's edge with HELD connections from 127.0.0.2, each holding blocking playlist reloads
+    for the next part in a loop (each answered when its part exists, within the blocking limit),
+    and a reload too far ahead refused at once (PART_LIMIT). The address's next connection is
+    refused (503, max_connections_per_ip); ffmpeg playing from 127.0.0.1 decodes without an error."""
+    need("ffmpeg")
+    from rtmpq.edge.server import BLOCKING_TARGET_DURATIONS, PART_LIMIT
+    from rtmpq.nodes.up import UpNode
+
+    held_count = 100
+    config = local_config(tmp_path)
+    config.http.max_connections_per_ip = held_count
+    node = UpNode(config)
+    await node.start()
+    conns = []
+    try:
+        port = node.edge.address[1]
+        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/held", 12),
+                                                    timeout=60))
+        await node.registry.wait_for("live/held", 10)
+        playlist = "/live/held/video.m3u8"
+        conns = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)) for _ in range(held_count)]
+        async with asyncio.timeout(20):
+            while True:  # until the playlist lists parts
+                status, body = await _http1_get(*conns[0], playlist)
+                if status == 200 and b"#EXT-X-PRELOAD-HINT" in body:
+                    break
+                await asyncio.sleep(0.1)
+        # the next connection from that address is refused; one from elsewhere is not
+        refused = await exchange_from("127.0.0.2", port, f"GET {playlist} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 503 "), refused[:80]
+        hint = re.findall(rb'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)', body)[-1]
+        too_far = await _http1_get(*conns[0], f"{playlist}?_HLS_msn={int(hint[0])}&_HLS_part={int(hint[1]) + PART_LIMIT + 1}")
+        assert too_far[0] == 400, too_far
+        waits: list[float] = []
+
+        async def hold(reader, writer) -> None:
+            loop = asyncio.get_running_loop()
+            status, body = await _http1_get(reader, writer, playlist)
+            while True:
+                msn, part = map(int, re.findall(rb'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)', body)[-1])
+                asked = loop.time()
+                status, body = await _http1_get(reader, writer, f"{playlist}?_HLS_msn={msn}&_HLS_part={part}")
+                assert status == 200, (status, body)
+                waits.append(loop.time() - asked)
+
+        holders = [asyncio.create_task(hold(*c)) for c in conns]
+        base = f"http://127.0.0.1:{port}/live/held"
+        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-t", "4",
+                                     "-f", "null", "-"], timeout=60)
+        assert rc == 0 and out.strip() == "", out
+        failed = [t for t in holders if t.done()]
+        assert not failed, failed[0].exception()
+        for t in holders:
+            t.cancel()
+        # held, and answered once their part came: each within the blocking limit, most within a part or two
+        target = 1  # s: the publisher's 1 s GoPs
+        assert len(waits) > held_count * 10 and max(waits) < BLOCKING_TARGET_DURATIONS * target + 1, (len(waits), max(waits))
+        assert node.edge.http.stats.errors["max_connections_per_ip"] >= 1
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await node.close()
+
+
+async def exchange_from(source: str, port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
