@@ -202,3 +202,57 @@ async def test_stream_frames_at_the_edge_of_the_window_do_not_grow_the_relays_bu
         mine = [f for f in frames if f.track == track]
         for group in sorted({f.group for f in mine}):
             assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+
+
+async def test_a_subscriber_that_opens_data_streams_of_its_own_is_held_to_the_session_caps(node, tmp_path):
+    """Streams a subscriber opens towards the relay (300 subgroup streams of a track alias the relay
+    never gave, each a 60 KB object, left open): the session takes at most MAX_INCOMING_DATA_STREAMS
+    of them (the rest are stopped; aioquic's own limit of 128 comes first) and holds at most MAX_HELD_BYTES of their objects, while a real
+    publish and subscriber go on."""
+    from rtmpq.moq import session as moq_session
+    from rtmpq.moq.transport import MoqConnection
+
+    need("ffmpeg")
+    port = node.moq_address[1]
+    backend = node.moq_config.backend
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=6)))
+    await node.registry.wait_for("live/cam", 10)
+    frames: list = []
+    healthy = asyncio.create_task(subscriber(port, backend, frames))
+    async with asyncio.timeout(20):
+        while len(frames) < 10:
+            await asyncio.sleep(0.05)
+    streams, payload = 300, bytes(60_000)
+    async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
+                       create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:
+        await peer.ready
+        [relay_side] = [c for c in node.moq.connections
+                        if c.peer.endswith(f":{peer._transport.get_extra_info('sockname')[1]}")]
+        session = relay_side.session
+        most_streams = most_held = 0
+        for group in range(streams):
+            sid = peer.session.open_subgroup(999, group)
+            peer.session.send_object(sid, 0, payload)
+            peer.transmit()
+            await asyncio.sleep(0.005)
+            most_streams = max(most_streams, len(session._data_streams))
+            most_held = max(most_held, session._held_bytes)
+        seen = []
+        async with asyncio.timeout(10):  # until the relay has taken in what it will
+            while len(seen) < 3 or len(set(seen[-3:])) > 1:
+                seen.append(len(session._data_streams))
+                most_held = max(most_held, session._held_bytes)
+                await asyncio.sleep(0.2)
+        most_streams = max(most_streams, *seen)
+        # aioquic grants 128 streams at once (not configurable), picoquic more: the session's cap bites
+        assert most_streams == (128 if backend == "aioquic" else moq_session.MAX_INCOMING_DATA_STREAMS), most_streams
+        assert 0 < most_held <= moq_session.MAX_HELD_BYTES, most_held
+        assert not session.closed
+    rc, output = await publisher
+    assert rc == 0, output
+    assert not await asyncio.wait_for(healthy, 30)
+    for track in ("video", "audio"):
+        mine = [f for f in frames if f.track == track]
+        for group in sorted({f.group for f in mine}):
+            assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
