@@ -39,8 +39,10 @@ DEFAULT_RTMP_PORT = 1935
 DEFAULT_RTMPS_PORT = 443  # what OBS and the big services use for rtmps://
 DEFAULT_MOQ_PORT = 4443
 DEFAULT_HTTP_PORT = 8080
-# Connections the RTMP listener accepts at once; more are refused at accept time.
+# Connections the RTMP listener accepts at once, in all and from one IP address (one address could
+# otherwise hold every slot, reconnecting each handshake deadline); more are refused at accept time.
 MAX_RTMP_CONNECTIONS = 512
+MAX_RTMP_CONNECTIONS_PER_IP = 128
 # An RTMPS connection must finish its TLS handshake within this, else it is dropped (seconds).
 RTMPS_HANDSHAKE_TIMEOUT = 10.0
 # A publisher that sends no media for this long (a frozen encoder, a dead link that TCP has not
@@ -121,6 +123,7 @@ class IngestConfig:
     tls_handshake_timeout: float = RTMPS_HANDSHAKE_TIMEOUT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
+    max_connections_per_ip: int = MAX_RTMP_CONNECTIONS_PER_IP
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
     # many publishers (rtmpq/rtmp/reader.py); 0: asyncio reads each as soon as it is readable
     read_coalesce: float = INGEST_READ_COALESCE
@@ -450,6 +453,9 @@ def validate(config: Config) -> None:
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    for key in ("max_connections", "max_connections_per_ip"):
+        if getattr(config.rtmp, key) <= 0:
+            raise ConfigError(f"rtmp.{key}: must be positive")
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):

@@ -76,6 +76,7 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[rtmp]\ntls_handshake_timeout = 0\n", "rtmp.tls_handshake_timeout: must be positive"),
     ("[moq]\nhandshake_timeout = 0\n", "moq.handshake_timeout: must be positive"),
     ("[moq]\nmax_connections_per_ip = 0\n", "moq.max_connections_per_ip: must be positive"),
+    ("[rtmp]\nmax_connections_per_ip = 0\n", "rtmp.max_connections_per_ip: must be positive"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
     ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
     ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),

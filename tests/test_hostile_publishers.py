@@ -97,9 +97,10 @@ HOSTILE = {
 }
 
 
-async def send_and_wait_close(port: int, payload: bytes, timeout: float = 10.0) -> tuple[bool, str]:
-    """Send bytes; (whether the server closed the connection within the timeout, our address)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def send_and_wait_close(port: int, payload: bytes, timeout: float = 10.0, source: str | None = None) -> tuple[bool, str]:
+    """Send bytes (from address ``source``); (whether the server closed the connection within the
+    timeout, our address)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0) if source else None)
     host, local_port = writer.get_extra_info("sockname")[:2]
     try:
         writer.write(payload)
@@ -360,3 +361,43 @@ async def test_unknown_messages_media_before_publish_and_a_tiny_ack_window_are_s
     writer.close()
     replying.cancel()
     good.close()
+
+
+async def test_one_address_cannot_hold_every_connection_slot(caplog):
+    """[rtmp] max_connections_per_ip: silent clients from 127.0.0.2 get that many slots, the next one
+    is refused at accept (logged, counted); publishers from 127.0.0.1 still connect and publish."""
+    registry = BroadcastRegistry()
+    config = IngestConfig(host="127.0.0.1", port=0, max_connections_per_ip=3)
+    ingest = IngestNode(registry, config, PublishConfig(grace_period=0))
+    await ingest.start()
+    held = []
+    try:
+        port = ingest.address[1]
+        good = await TcpPublisher.publish(port, "good")
+        reader = (await registry.wait_for("live/good", 5)).reader()
+        good.media(8, 0, AAC_CONFIG)
+        held = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)) for _ in range(3)]
+        async with asyncio.timeout(5):
+            while len(ingest.server.connections) < 4:
+                await asyncio.sleep(0.01)
+        closed, peer = await send_and_wait_close(port, b"\x03", timeout=2, source="127.0.0.2")
+        assert closed and f"{peer}: refused, 4 connections open (max_connections_per_ip)" in caplog.text
+        assert ingest.server.errors["max_connections_per_ip"] == 1
+        second = await TcpPublisher.publish(port, "second")  # another address's slots are its own
+        for ts in range(0, 100, 10):
+            good.media(8, ts, b"\xaf\x01" + bytes([ts]) * 10)
+        got = []
+        async with asyncio.timeout(5):
+            async for event in reader:
+                if not isinstance(event, CatalogUpdate):
+                    got.append(event.dts)
+                    if len(got) == 10:
+                        break
+        assert got == list(range(0, 100, 10))
+        good.close()
+        second.close()
+    finally:
+        for _, writer in held:
+            writer.close()
+        await ingest.close()
+
