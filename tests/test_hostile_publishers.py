@@ -401,3 +401,40 @@ async def test_one_address_cannot_hold_every_connection_slot(caplog):
             writer.close()
         await ingest.close()
 
+
+
+@pytest.mark.parametrize("repeat_extended", [True, False])
+async def test_extended_wrapping_and_backward_timestamps_over_a_socket_arrive_in_serial_order(ingest, caplog, repeat_extended):
+    """bad-inputs.md's timestamp row over a real socket: timestamps past the 24-bit field (extended,
+    with or without the 4 bytes repeated on type-3 chunks, as encoders differ), through 2**32, and a
+    step back, on messages of several chunks. Nothing is closed; each frame arrives with its time
+    unwrapped by serial arithmetic; a publisher beside it is untouched."""
+    port = ingest.address[1]
+    good = await TcpPublisher.publish(port, "good")
+    odd = await TcpPublisher.publish(port, "odd")
+    odd.chunks.repeat_extended_timestamp = repeat_extended
+    readers = {name: (await ingest.registry.wait_for(f"live/{name}", 5)).reader() for name in ("good", "odd")}
+    start = 0xFFFFFF - 100
+    # two forward steps just under 2**31 (serial arithmetic: a longer one is a step back) cross 2**32
+    steps = [23] * 10 + [-100] + [23] * 10 + [0x7FFF0000] * 2 + [23] * 10
+    sent, ts = [], start
+    for step in [0, *steps]:
+        ts += step
+        sent.append(ts)
+    good.media(8, 0, AAC_CONFIG)
+    odd.media(8, start, AAC_CONFIG)
+    for i, t in enumerate(sent):
+        odd.media(8, t & 0xFFFFFFFF, b"\xaf\x01" + bytes([i]) * 300)  # three chunks a message
+        good.media(8, i * 10, b"\xaf\x01" + bytes([i]) * 10)
+    got = {"good": [], "odd": []}
+    async with asyncio.timeout(10):
+        for name, reader in readers.items():
+            async for event in reader:
+                if not isinstance(event, CatalogUpdate):
+                    got[name].append(event.dts)
+                    if len(got[name]) == len(sent):
+                        break
+    assert sent[-1] > 2**32 and got == {"good": [i * 10 for i in range(len(sent))], "odd": sent}
+    assert "closing connection" not in caplog.text and not [r for r in caplog.records if r.name == "asyncio"]
+    good.close()
+    odd.close()
