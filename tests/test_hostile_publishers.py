@@ -126,6 +126,18 @@ def close_reason(caplog, peer: str) -> str | None:
     return None
 
 
+async def dts_of(reader, count: int, timeout: float = 5.0) -> list[int]:
+    """The dts of the next ``count`` frames a broadcast reader gives (catalog updates skipped)."""
+    got = []
+    async with asyncio.timeout(timeout):
+        async for event in reader:
+            if not isinstance(event, CatalogUpdate):
+                got.append(event.dts)
+                if len(got) == count:
+                    break
+    return got
+
+
 @pytest.fixture
 async def ingest(tmp_path):
     registry = BroadcastRegistry()
@@ -199,14 +211,7 @@ async def test_bad_bytes_after_publish_close_only_that_publisher_with_a_logged_r
     # the good publisher goes on: its frames after the bad one closed still arrive
     for ts in range(0, 230, 23):
         good.media(8, ts, b"\xaf\x01" + bytes([ts]) * 10)
-    got = []
-    async with asyncio.timeout(5):
-        async for event in reader:
-            if not isinstance(event, CatalogUpdate):
-                got.append(event.dts)
-                if len(got) == 10:
-                    break
-    assert got == list(range(0, 230, 23))
+    assert await dts_of(reader, 10) == list(range(0, 230, 23))
     bad_peer = bad.local_address
     closes = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{bad_peer}: closing connection")]
     assert closes and reason in closes[0], caplog.text
@@ -342,15 +347,8 @@ async def test_unknown_messages_media_before_publish_and_a_tiny_ack_window_are_s
             good.media(8, ts, AAC_CONFIG if ts == 0 else b"\xaf\x01" + bytes([ts]) * 10)
         await writer.drain()
         await asyncio.sleep(2 * INGEST_READ_COALESCE)
-    got = {"tiny": [], "good": []}
-    async with asyncio.timeout(10):
-        for name, r, n in (("tiny", tiny_reader, count), ("good", good_reader, count // 2 - 1)):
-            async for event in r:
-                if not isinstance(event, CatalogUpdate):
-                    got[name].append(event.dts)
-                    if len(got[name]) == n:
-                        break
-    assert got == {"tiny": list(range(count)), "good": list(range(2, count, 2))}
+    assert await dts_of(tiny_reader, count) == list(range(count))
+    assert await dts_of(good_reader, count // 2 - 1) == list(range(2, count, 2))
     received = count * (len(frame) + 12 + len(frame) // 128)  # a 12-byte header, then a byte per chunk
     async with asyncio.timeout(5):  # ACKs do come (each one when a read has passed the window)
         while acks < 4:
@@ -386,14 +384,7 @@ async def test_one_address_cannot_hold_every_connection_slot(caplog):
         second = await TcpPublisher.publish(port, "second")  # another address's slots are its own
         for ts in range(0, 100, 10):
             good.media(8, ts, b"\xaf\x01" + bytes([ts]) * 10)
-        got = []
-        async with asyncio.timeout(5):
-            async for event in reader:
-                if not isinstance(event, CatalogUpdate):
-                    got.append(event.dts)
-                    if len(got) == 10:
-                        break
-        assert got == list(range(0, 100, 10))
+        assert await dts_of(reader, 10) == list(range(0, 100, 10))
         good.close()
         second.close()
     finally:
@@ -426,15 +417,8 @@ async def test_extended_wrapping_and_backward_timestamps_over_a_socket_arrive_in
     for i, t in enumerate(sent):
         odd.media(8, t & 0xFFFFFFFF, b"\xaf\x01" + bytes([i]) * 300)  # three chunks a message
         good.media(8, i * 10, b"\xaf\x01" + bytes([i]) * 10)
-    got = {"good": [], "odd": []}
-    async with asyncio.timeout(10):
-        for name, reader in readers.items():
-            async for event in reader:
-                if not isinstance(event, CatalogUpdate):
-                    got[name].append(event.dts)
-                    if len(got[name]) == len(sent):
-                        break
-    assert sent[-1] > 2**32 and got == {"good": [i * 10 for i in range(len(sent))], "odd": sent}
+    assert sent[-1] > 2**32 and await dts_of(readers["odd"], len(sent)) == sent
+    assert await dts_of(readers["good"], len(sent)) == [i * 10 for i in range(len(sent))]
     assert "closing connection" not in caplog.text and not [r for r in caplog.records if r.name == "asyncio"]
     good.close()
     odd.close()

@@ -1,6 +1,7 @@
 """The HTTP listener (h11 / h2 under rtmpq.http.server): limits, stuck clients, HTTP/2 over TLS."""
 
 import asyncio
+from contextlib import asynccontextmanager
 import os
 import re
 import socket
@@ -215,12 +216,37 @@ async def test_http2_over_tls_with_alpn_serves_blocking_ll_hls(tmp_path):
         await node.close()
 
 
-async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
-    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
+@asynccontextmanager
+async def tls_server(tmp_path, handler, **settings):
+    """An HttpServer with a self-signed certificate (HTTP/2 offered by ALPN)."""
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    server = HttpServer(handler, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, **settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def h2_connect(port: int):
+    """A raw HTTP/2 client (h2) over TLS: (reader, writer, its H2Connection, preface not sent yet)."""
     import ssl
 
     import h2.config
     import h2.connection
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    return reader, writer, conn
+
+
+async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
+    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
     import h2.events
 
     body = os.urandom(1_000_000)
@@ -228,17 +254,8 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
     async def big(request):
         return Response(200, body, "video/mp4")
 
-    cert, key = ensure_self_signed(tmp_path / "tls")
-    server = HttpServer(big, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, write_timeout=1.0))
-    await server.start()
-    try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
-        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
         conn.send_headers(1, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"), (":authority", "x")],
                           end_stream=True)
         writer.write(conn.data_to_send())
@@ -256,8 +273,6 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
         assert 0 < got < len(body)
         assert server.stats.errors["write_timeout"] == 1 and server.stats.open == 0
         writer.close()
-    finally:
-        await server.close()
 
 
 async def test_a_viewer_who_resets_mid_response_costs_no_warnings_and_no_writes(caplog):
@@ -299,22 +314,9 @@ async def test_an_http2_client_that_only_keeps_the_connection_busy_is_closed_at_
     """HTTP/2 slowloris: PINGs (or a request whose body drips a byte at a time and never ends)
     are bytes, not requests: the connection is closed request_timeout after its last request,
     as an idle HTTP/1.1 keep-alive is. Another client meanwhile is served."""
-    import ssl
-
-    import h2.config
-    import h2.connection
-
-    cert, key = ensure_self_signed(tmp_path / "tls")
     timeout = 1.0
-    server = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, request_timeout=timeout))
-    await server.start()
-    try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
+    async with tls_server(tmp_path, hello, request_timeout=timeout) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
         if how != "pings":
             conn.send_headers(1, [(":method", "POST"), (":path", "/api"), (":scheme", "https"), (":authority", "x")])
         writer.write(conn.data_to_send())
@@ -342,8 +344,6 @@ async def test_an_http2_client_that_only_keeps_the_connection_busy_is_closed_at_
         assert closed_at is not None and timeout <= closed_at <= timeout + 2.5, closed_at
         assert server.stats.errors["request_timeout"] == (how != "pings")
         writer.close()
-    finally:
-        await server.close()
 
 
 async def test_endless_or_dripped_http1_heads_are_cut_off_while_another_client_is_served(server):
@@ -386,22 +386,10 @@ async def test_an_endless_http2_header_block_is_refused_while_another_client_is_
     """HTTP/2 CONTINUATION flood (HEADERS without END_HEADERS, then CONTINUATION frames without
     end): h2 keeps at most 64 of them (h2.frame_buffer.CONTINUATION_BACKLOG); the connection is
     closed as a protocol error, the memory it held bounded by that."""
-    import ssl
-
-    import h2.config
-    import h2.connection
     from hyperframe.frame import ContinuationFrame, HeadersFrame
 
-    cert, key = ensure_self_signed(tmp_path / "tls")
-    server = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key))
-    await server.start()
-    try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
+    async with tls_server(tmp_path, hello) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
         headers = HeadersFrame(1)
         headers.data = b"\x82"  # :method GET, and the block goes on
         writer.write(conn.data_to_send() + headers.serialize())
@@ -426,8 +414,6 @@ async def test_an_endless_http2_header_block_is_refused_while_another_client_is_
         assert closed
         assert server.stats.errors["h2_protocol"] == 1
         writer.close()
-    finally:
-        await server.close()
 
 
 async def _http1_get(reader, writer, path: str) -> tuple[int, bytes]:

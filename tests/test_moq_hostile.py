@@ -14,13 +14,10 @@ import pytest
 from aioquic.asyncio import QuicConnectionProtocol, connect
 from aioquic.quic.configuration import QuicConfiguration
 
-from rtmpq.media.catalog import Catalog
 from rtmpq.moq import wire
-from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
-from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes.up import UpNode
 
-from .conftest import local_config, need
+from .conftest import local_config, need, read_broadcast, until
 from .publishers import ffmpeg_publish_args, run_process
 
 SETUP_TIMEOUT = 2.0
@@ -64,15 +61,36 @@ async def silent_peer(port: int, opened: asyncio.Queue) -> None:
         await peer.ended
 
 
-async def subscriber(port: int, backend: str, out: list) -> list:
-    skipped = []
-    async with connect_moq("127.0.0.1", port, insecure=True, timeout=20, backend=backend) as conn:
-        async for item in subscribe_broadcast(conn, "live/cam"):
-            if isinstance(item, SkippedGroup):
-                skipped.append(item)
-            elif not isinstance(item, Catalog):
-                out.append(item)
-    return skipped
+async def publish_and_watch(node, tmp_path, seconds: float) -> tuple[asyncio.Task, asyncio.Task, list, list]:
+    """A real ffmpeg publish of live/cam and a real MoQ subscriber reading it: (publisher task,
+    subscriber task, its frames, its skipped groups), once the subscriber has its first frames."""
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=seconds)))
+    await node.registry.wait_for("live/cam", 10)
+    frames, skipped = [], []
+    healthy = asyncio.create_task(read_broadcast(node.moq_address[1], node.moq_config.backend, "live/cam", frames, skipped))
+    await until(lambda: len(frames) >= 10, what="the subscriber's first frames")
+    return publisher, healthy, frames, skipped
+
+
+async def went_on(publisher: asyncio.Task, healthy: asyncio.Task, frames: list, skipped: list) -> None:
+    """The publish ended well and the subscriber got every object of each group it saw, in order."""
+    rc, output = await publisher
+    assert rc == 0, output
+    await asyncio.wait_for(healthy, 30)
+    assert not skipped
+    for track in ("video", "audio"):
+        mine = [f for f in frames if f.track == track]
+        groups = sorted({f.group for f in mine})
+        assert groups == list(range(groups[0], groups[-1] + 1))
+        for group in groups:
+            assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+
+
+def relay_side_of(node, peer):
+    """The relay's connection of a raw aioquic client ``peer``."""
+    [conn] = [c for c in node.moq.connections if c.peer.endswith(f":{peer._transport.get_extra_info('sockname')[1]}")]
+    return conn
 
 
 async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_per_ip_cap_at_once(node, tmp_path, caplog):
@@ -80,14 +98,7 @@ async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_
     caplog.set_level(logging.WARNING, "rtmpq.moq")
     port = node.moq_address[1]
     backend = node.moq_config.backend
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=10)))
-    await node.registry.wait_for("live/cam", 10)
-    frames: list = []
-    healthy = asyncio.create_task(subscriber(port, backend, frames))
-    async with asyncio.timeout(20):
-        while len(frames) < 10:
-            await asyncio.sleep(0.05)
+    watched = await publish_and_watch(node, tmp_path, seconds=10)
 
     # PER_IP - 1 silent peers fill this address's slots beside the subscriber
     opened: asyncio.Queue = asyncio.Queue()
@@ -117,21 +128,11 @@ async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_
     await asyncio.gather(*silent)
 
     # their slots are free again: a second subscriber is served
-    late: list = []
-    second = asyncio.create_task(subscriber(port, backend, late))
-    rc, output = await publisher
-    assert rc == 0, output
-    assert not await asyncio.wait_for(healthy, 30)
-    assert not await asyncio.wait_for(second, 30)
-    assert late, "the subscriber after the silent ones was not served"
-    # the first subscriber: every object of every group it joined, in order
-    for frames_of in (frames, late):
-        for track in ("video", "audio"):
-            mine = [f for f in frames_of if f.track == track]
-            groups = sorted({f.group for f in mine})
-            assert groups == list(range(groups[0], groups[-1] + 1))
-            for group in groups:
-                assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+    late, late_skipped = [], []
+    second = asyncio.create_task(read_broadcast(port, backend, "live/cam", late, late_skipped))
+    await went_on(*watched)
+    await asyncio.wait_for(second, 30)
+    assert late and not late_skipped, "the subscriber after the silent ones was not served"
 
 
 def jump_and_send(quic, stream_id: int, offset: int) -> None:
@@ -158,21 +159,13 @@ async def test_stream_frames_at_the_edge_of_the_window_do_not_grow_the_relays_bu
 
     need("ffmpeg")
     port = node.moq_address[1]
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=6)))
-    await node.registry.wait_for("live/cam", 10)
-    frames: list = []
     backend = node.moq_config.backend
-    healthy = asyncio.create_task(subscriber(port, backend, frames))
-    async with asyncio.timeout(20):
-        while len(frames) < 10:
-            await asyncio.sleep(0.05)
+    watched = await publish_and_watch(node, tmp_path, seconds=6)
     rss_before = rss_bytes()
     async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
                        create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:
         await peer.ready  # a set-up session: not closed for silence
-        [relay_side] = [c for c in node.moq.connections
-                        if c.peer.endswith(f":{peer._transport.get_extra_info('sockname')[1]}")]
+        relay_side = relay_side_of(node, peer)
         quic, held, sent = peer._quic, [], 0
         for _ in range(40):  # more than enough to reach 100 MiB if the windows double
             deadline = time.monotonic() + 1.0  # the relay's credit, if it grants more
@@ -195,13 +188,7 @@ async def test_stream_frames_at_the_edge_of_the_window_do_not_grow_the_relays_bu
         else:
             grew = rss_bytes() - rss_before
             assert grew < 4 * AIOQUIC_MAX_DATA, (grew, sent)
-    rc, output = await publisher
-    assert rc == 0, output
-    assert not await asyncio.wait_for(healthy, 30)
-    for track in ("video", "audio"):
-        mine = [f for f in frames if f.track == track]
-        for group in sorted({f.group for f in mine}):
-            assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+    await went_on(*watched)
 
 
 async def test_a_subscriber_that_opens_data_streams_of_its_own_is_held_to_the_session_caps(node, tmp_path):
@@ -215,21 +202,12 @@ async def test_a_subscriber_that_opens_data_streams_of_its_own_is_held_to_the_se
     need("ffmpeg")
     port = node.moq_address[1]
     backend = node.moq_config.backend
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=6)))
-    await node.registry.wait_for("live/cam", 10)
-    frames: list = []
-    healthy = asyncio.create_task(subscriber(port, backend, frames))
-    async with asyncio.timeout(20):
-        while len(frames) < 10:
-            await asyncio.sleep(0.05)
+    watched = await publish_and_watch(node, tmp_path, seconds=6)
     streams, payload = 300, bytes(60_000)
     async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
                        create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:
         await peer.ready
-        [relay_side] = [c for c in node.moq.connections
-                        if c.peer.endswith(f":{peer._transport.get_extra_info('sockname')[1]}")]
-        session = relay_side.session
+        session = relay_side_of(node, peer).session
         most_streams = most_held = 0
         for group in range(streams):
             sid = peer.session.open_subgroup(999, group)
@@ -249,10 +227,4 @@ async def test_a_subscriber_that_opens_data_streams_of_its_own_is_held_to_the_se
         assert most_streams == (128 if backend == "aioquic" else moq_session.MAX_INCOMING_DATA_STREAMS), most_streams
         assert 0 < most_held <= moq_session.MAX_HELD_BYTES, most_held
         assert not session.closed
-    rc, output = await publisher
-    assert rc == 0, output
-    assert not await asyncio.wait_for(healthy, 30)
-    for track in ("video", "audio"):
-        mine = [f for f in frames if f.track == track]
-        for group in sorted({f.group for f in mine}):
-            assert [f.index for f in mine if f.group == group] == list(range(len([f for f in mine if f.group == group])))
+    await went_on(*watched)
