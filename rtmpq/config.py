@@ -39,8 +39,10 @@ DEFAULT_RTMP_PORT = 1935
 DEFAULT_RTMPS_PORT = 443  # what OBS and the big services use for rtmps://
 DEFAULT_MOQ_PORT = 4443
 DEFAULT_HTTP_PORT = 8080
-# Connections the RTMP listener accepts at once; more are refused at accept time.
+# Connections the RTMP listener accepts at once, in all and from one IP address (one address could
+# otherwise hold every slot, reconnecting each handshake deadline); more are refused at accept time.
 MAX_RTMP_CONNECTIONS = 512
+MAX_RTMP_CONNECTIONS_PER_IP = 128
 # An RTMPS connection must finish its TLS handshake within this, else it is dropped (seconds).
 RTMPS_HANDSHAKE_TIMEOUT = 10.0
 # A publisher that sends no media for this long (a frozen encoder, a dead link that TCP has not
@@ -62,6 +64,13 @@ SUBSCRIBE_WAIT = 30.0
 EDGE_FILL_GROUPS = 6
 # After SIGTERM, the node exits within this many seconds whatever its peers do.
 STOP_TIMEOUT = 5.0
+# The MoQ listener (serve_moq in rtmpq/moq/transport.py): seconds a peer has from its first
+# packet to complete the QUIC handshake and MoQ setup; sessions open at once, in all and from one
+# IP address. QUIC has no cap of its own (specs/bad-inputs.md, "Slowloris"): a session past either
+# is closed at once (INTERNAL_ERROR, "too many connections") and logged.
+MOQ_HANDSHAKE_TIMEOUT = 10.0
+MOQ_MAX_CONNECTIONS = 1024
+MOQ_MAX_CONNECTIONS_PER_IP = 256
 # The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
 HTTP_MAX_CONNECTIONS = 1024
 HTTP_MAX_CONNECTIONS_PER_IP = 256
@@ -114,6 +123,7 @@ class IngestConfig:
     tls_handshake_timeout: float = RTMPS_HANDSHAKE_TIMEOUT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
     max_connections: int = MAX_RTMP_CONNECTIONS
+    max_connections_per_ip: int = MAX_RTMP_CONNECTIONS_PER_IP
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
     # many publishers (rtmpq/rtmp/reader.py); 0: asyncio reads each as soon as it is readable
     read_coalesce: float = INGEST_READ_COALESCE
@@ -139,6 +149,11 @@ class MoqConfig:
     backend: str = "aiopquic"  # QUIC library: "aiopquic" (picoquic) or "aioquic" (pure Python)
     # seconds a subscriber may acknowledge nothing it is owed before its session is closed
     stuck_timeout: float = DEFAULT_STUCK_TIMEOUT
+    # seconds a peer has from its first packet to a MoQ setup (QUIC handshake included)
+    handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT
+    # sessions open at once, in all and from one IP address; more are closed at once
+    max_connections: int = MOQ_MAX_CONNECTIONS
+    max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP
 
 
 @dataclass
@@ -435,6 +450,12 @@ def validate(config: Config) -> None:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if config.transcode.rung_queue_frames < 1:
         raise ConfigError("transcode.rung_queue_frames: must be at least 1")
+    for key in ("handshake_timeout", "max_connections", "max_connections_per_ip"):
+        if getattr(config.moq, key) <= 0:
+            raise ConfigError(f"moq.{key}: must be positive")
+    for key in ("max_connections", "max_connections_per_ip"):
+        if getattr(config.rtmp, key) <= 0:
+            raise ConfigError(f"rtmp.{key}: must be positive")
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):

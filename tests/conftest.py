@@ -65,6 +65,21 @@ async def until(condition, deadline: float = 20.0, what: str = "condition") -> N
         await asyncio.sleep(0.05)
 
 
+async def read_broadcast(port: int, backend: str, name: str, frames: list, skipped: list) -> None:
+    """Subscribe to ``name`` over MoQ and read it to its end: frames into ``frames``, skipped
+    groups into ``skipped``."""
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+    from rtmpq.moq.transport import connect_moq
+
+    async with connect_moq("127.0.0.1", port, insecure=True, timeout=20, backend=backend) as conn:
+        async for item in subscribe_broadcast(conn, name):
+            if isinstance(item, SkippedGroup):
+                skipped.append(item)
+            elif not isinstance(item, Catalog):
+                frames.append(item)
+
+
 @asynccontextmanager
 async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
     """A bare MoqRelay served on a loopback UDP port: yields (relay, port)."""

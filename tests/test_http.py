@@ -1,7 +1,9 @@
 """The HTTP listener (h11 / h2 under rtmpq.http.server): limits, stuck clients, HTTP/2 over TLS."""
 
 import asyncio
+from contextlib import asynccontextmanager
 import os
+import re
 import socket
 import sys
 
@@ -214,12 +216,37 @@ async def test_http2_over_tls_with_alpn_serves_blocking_ll_hls(tmp_path):
         await node.close()
 
 
-async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
-    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
+@asynccontextmanager
+async def tls_server(tmp_path, handler, **settings):
+    """An HttpServer with a self-signed certificate (HTTP/2 offered by ALPN)."""
+    cert, key = ensure_self_signed(tmp_path / "tls")
+    server = HttpServer(handler, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, **settings))
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def h2_connect(port: int):
+    """A raw HTTP/2 client (h2) over TLS: (reader, writer, its H2Connection, preface not sent yet)."""
     import ssl
 
     import h2.config
     import h2.connection
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    return reader, writer, conn
+
+
+async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write_timeout(tmp_path):
+    """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
     import h2.events
 
     body = os.urandom(1_000_000)
@@ -227,17 +254,8 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
     async def big(request):
         return Response(200, body, "video/mp4")
 
-    cert, key = ensure_self_signed(tmp_path / "tls")
-    server = HttpServer(big, HttpConfig(host="127.0.0.1", port=0, certfile=cert, keyfile=key, write_timeout=1.0))
-    await server.start()
-    try:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-        ctx.set_alpn_protocols(["h2"])
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1], ssl=ctx)
-        assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "h2"
-        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
-        conn.initiate_connection()
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
         conn.send_headers(1, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"), (":authority", "x")],
                           end_stream=True)
         writer.write(conn.data_to_send())
@@ -255,8 +273,6 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
         assert 0 < got < len(body)
         assert server.stats.errors["write_timeout"] == 1 and server.stats.open == 0
         writer.close()
-    finally:
-        await server.close()
 
 
 async def test_a_viewer_who_resets_mid_response_costs_no_warnings_and_no_writes(caplog):
@@ -291,3 +307,193 @@ async def test_a_viewer_who_resets_mid_response_costs_no_warnings_and_no_writes(
         assert s.stats.bytes_out < 1024 * 1024, s.stats.bytes_out  # the rest of the 4 MB was not written
     finally:
         await s.close()
+
+
+@pytest.mark.parametrize("how", ["pings", "an unfinished request dripping its body"])
+async def test_an_http2_client_that_only_keeps_the_connection_busy_is_closed_at_request_timeout(tmp_path, how):
+    """HTTP/2 slowloris: PINGs (or a request whose body drips a byte at a time and never ends)
+    are bytes, not requests: the connection is closed request_timeout after its last request,
+    as an idle HTTP/1.1 keep-alive is. Another client meanwhile is served."""
+    timeout = 1.0
+    async with tls_server(tmp_path, hello, request_timeout=timeout) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        if how != "pings":
+            conn.send_headers(1, [(":method", "POST"), (":path", "/api"), (":scheme", "https"), (":authority", "x")])
+        writer.write(conn.data_to_send())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        closed_at = None
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            while loop.time() - started < timeout + 5:
+                if how == "pings":
+                    conn.ping(b"12345678")
+                else:
+                    conn.send_data(1, b"x")
+                writer.write(conn.data_to_send())
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.25)
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    data = b""
+                if not data or any(type(e).__name__ == "ConnectionTerminated" for e in conn.receive_data(data)):
+                    closed_at = loop.time() - started  # EOF, or the GOAWAY before it
+                    break
+                r = await other.get(f"https://127.0.0.1:{server.address[1]}/x")
+                assert r.status_code == 200 and r.http_version == "HTTP/2"
+        assert closed_at is not None and timeout <= closed_at <= timeout + 2.5, closed_at
+        assert server.stats.errors["request_timeout"] == (how != "pings")
+        writer.close()
+
+
+async def test_endless_or_dripped_http1_heads_are_cut_off_while_another_client_is_served(server):
+    """HTTP/1.1: a head that does not end (small header lines, no blank line) is answered 431
+    once it passes max_header_bytes; one dripped a byte at a time is closed request_timeout after it began,
+    however steadily the bytes come. Another client is served meanwhile."""
+    port = server.address[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # header lines that never end, past max_header_bytes (1024) then no more: unread bytes at
+    # the server's close would reset the connection before its answer is read
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)))
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    started, closed_at = loop.time(), None
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 500
+    for byte in head:
+        try:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                closed_at = loop.time() - started
+                break
+        except TimeoutError:
+            pass
+        except ConnectionError:
+            closed_at = loop.time() - started
+            break
+        if byte % 4 == 0:
+            assert (await exchange(port, b"GET /other HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+    writer.close()
+    assert closed_at is not None and 1.0 <= closed_at <= 2.0, closed_at
+    assert server.stats.errors["header_too_large"] == 1 and server.stats.errors["request_timeout"] == 1
+
+
+async def test_an_endless_http2_header_block_is_refused_while_another_client_is_served(tmp_path):
+    """HTTP/2 CONTINUATION flood (HEADERS without END_HEADERS, then CONTINUATION frames without
+    end): h2 keeps at most 64 of them (h2.frame_buffer.CONTINUATION_BACKLOG); the connection is
+    closed as a protocol error, the memory it held bounded by that."""
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    async with tls_server(tmp_path, hello) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        headers = HeadersFrame(1)
+        headers.data = b"\x82"  # :method GET, and the block goes on
+        writer.write(conn.data_to_send() + headers.serialize())
+        closed = False
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            for _ in range(1000):  # up to 16 MB of header block
+                frame = ContinuationFrame(1)
+                frame.data = b"\x40\x01a\x01b" * 3000
+                try:
+                    writer.write(frame.serialize())
+                    await writer.drain()
+                    data = await asyncio.wait_for(reader.read(65536), 0.01)
+                    closed = not data or b"\x07" in data[3:4]  # EOF or a GOAWAY frame
+                except TimeoutError:
+                    continue
+                except ConnectionError:
+                    closed = True
+                if closed:
+                    break
+            r = await other.get(f"https://127.0.0.1:{server.address[1]}/x")
+            assert r.status_code == 200
+        assert closed
+        assert server.stats.errors["h2_protocol"] == 1
+        writer.close()
+
+
+async def _http1_get(reader, writer, path: str) -> tuple[int, bytes]:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return int(head.split()[1]), await reader.readexactly(length)
+
+
+async def test_many_held_blocking_reloads_from_one_address_stop_at_its_cap_and_a_player_elsewhere_plays(tmp_path):
+    """A node's edge with HELD connections from 127.0.0.2, each holding blocking playlist reloads
+    for the next part in a loop (each answered when its part exists, within the blocking limit),
+    and a reload too far ahead refused at once (PART_LIMIT). The address's next connection is
+    refused (503, max_connections_per_ip); ffmpeg playing from 127.0.0.1 decodes without an error."""
+    need("ffmpeg")
+    from rtmpq.edge.server import BLOCKING_TARGET_DURATIONS, PART_LIMIT
+    from rtmpq.nodes.up import UpNode
+
+    held_count = 100
+    config = local_config(tmp_path)
+    config.http.max_connections_per_ip = held_count
+    node = UpNode(config)
+    await node.start()
+    conns = []
+    try:
+        port = node.edge.address[1]
+        publisher = asyncio.create_task(run_process(publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/held", 12),
+                                                    timeout=60))
+        await node.registry.wait_for("live/held", 10)
+        playlist = "/live/held/video.m3u8"
+        conns = [await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.2", 0)) for _ in range(held_count)]
+        async with asyncio.timeout(20):
+            while True:  # until the playlist lists parts
+                status, body = await _http1_get(*conns[0], playlist)
+                if status == 200 and b"#EXT-X-PRELOAD-HINT" in body:
+                    break
+                await asyncio.sleep(0.1)
+        # the next connection from that address is refused; one from elsewhere is not
+        refused = await exchange_from("127.0.0.2", port, f"GET {playlist} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert refused.startswith(b"HTTP/1.1 503 "), refused[:80]
+        hint = re.findall(rb'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)', body)[-1]
+        too_far = await _http1_get(*conns[0], f"{playlist}?_HLS_msn={int(hint[0])}&_HLS_part={int(hint[1]) + PART_LIMIT + 1}")
+        assert too_far[0] == 400, too_far
+        waits: list[float] = []
+
+        async def hold(reader, writer) -> None:
+            loop = asyncio.get_running_loop()
+            status, body = await _http1_get(reader, writer, playlist)
+            while True:
+                msn, part = map(int, re.findall(rb'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)', body)[-1])
+                asked = loop.time()
+                status, body = await _http1_get(reader, writer, f"{playlist}?_HLS_msn={msn}&_HLS_part={part}")
+                assert status == 200, (status, body)
+                waits.append(loop.time() - asked)
+
+        holders = [asyncio.create_task(hold(*c)) for c in conns]
+        base = f"http://127.0.0.1:{port}/live/held"
+        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-t", "4",
+                                     "-f", "null", "-"], timeout=60)
+        assert rc == 0 and out.strip() == "", out
+        failed = [t for t in holders if t.done()]
+        assert not failed, failed[0].exception()
+        for t in holders:
+            t.cancel()
+        # held, and answered once their part came: each within the blocking limit, most within a part or two
+        target = 1  # s: the publisher's 1 s GoPs
+        assert len(waits) > held_count * 10 and max(waits) < BLOCKING_TARGET_DURATIONS * target + 1, (len(waits), max(waits))
+        assert node.edge.http.stats.errors["max_connections_per_ip"] >= 1
+        rc, out = await publisher
+        assert rc == 0, out
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await node.close()
+
+
+async def exchange_from(source: str, port: int, data: bytes, timeout: float = 10.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(data)
+    try:
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()

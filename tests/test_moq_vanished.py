@@ -15,15 +15,13 @@ import logging
 
 import pytest
 
-from rtmpq.media.catalog import Catalog
 from rtmpq.moq import events as ev
 from rtmpq.moq import transport
-from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.netem import ImpairmentProxy
 from rtmpq.nodes.up import UpNode
 
-from .conftest import local_config, need
+from .conftest import local_config, need, read_broadcast
 from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 
 IDLE = 3.0  # the relay's QUIC idle timeout here: a vanished subscriber is noticed within the publish
@@ -39,12 +37,7 @@ async def node(tmp_path, request, monkeypatch):
 
 
 async def read_all(port: int, backend: str, frames: list, skipped: list) -> None:
-    async with connect_moq("127.0.0.1", port, insecure=True, timeout=20, backend=backend) as conn:
-        async for item in subscribe_broadcast(conn, "live/gone"):
-            if isinstance(item, SkippedGroup):
-                skipped.append(item)
-            elif not isinstance(item, Catalog):
-                frames.append(item)
+    await read_broadcast(port, backend, "live/gone", frames, skipped)
 
 
 async def until(condition, seconds: float) -> None:

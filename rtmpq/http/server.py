@@ -9,7 +9,8 @@ needs, each a named setting in ``[http]`` (rtmpq/config.py):
 - ``max_request_bytes``: a body, or pipelined requests not read yet, beyond this: 413, or the
   socket stops being read until the requests before are answered;
 - ``request_timeout``: a request head must arrive within this after the connection opens or the
-  previous response was written (an idle keep-alive connection is closed after it);
+  previous response was written (an idle keep-alive connection is closed after it; on HTTP/2,
+  one with no request begun or answered for this long, whatever else it sends);
 - ``write_timeout``: a response must be taken by the socket within this, or the connection is
   dropped. Bodies are written in pieces of ``WRITE_PIECE`` bytes, each after the socket has taken
   the one before (``write_buffer_bytes`` at most queued in user space), so a client that stops
@@ -414,8 +415,11 @@ class _H2:
         timeout = self.c.config.request_timeout
         while not self.c.closed:
             await asyncio.sleep(min(1.0, timeout))
-            # a stream still sending its request (or never ending it) does not keep the connection
+            # a stream still sending its request (or never ending it) does not keep the connection,
+            # nor do bytes that are no request (PINGs, settings, window updates: HTTP/2 slowloris)
             if not self._streams and time.monotonic() - self._last_active > timeout:
+                if self._pending:
+                    self.c.stats.errors["request_timeout"] += 1
                 self.h2.close_connection()
                 self._flush()
                 self.c.close()
@@ -424,7 +428,6 @@ class _H2:
         if not data:
             self.c.close()
             return
-        self._last_active = time.monotonic()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -473,6 +476,7 @@ class _H2:
         self._flush()
 
     def _begin(self, stream_id: int, request: Request) -> None:
+        self._last_active = time.monotonic()
         if stream_id not in self._streams:
             self._streams[stream_id] = asyncio.get_running_loop().create_task(self._serve(stream_id, request))
 

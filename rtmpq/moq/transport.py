@@ -13,7 +13,8 @@
   Unacknowledged bytes per stream are estimated from picoquic's packetized offsets and the
   connection's bytes in flight (``_PquicWriter``).
 
-Both: a handshake (setup) timeout, an idle timeout, and a keep-alive (PING) on both sides.
+Both: a handshake (setup) timeout, an idle timeout, and a keep-alive (PING) on both sides; a
+listener caps the sessions it holds, in all and per IP address (QUIC itself has no such cap).
 """
 
 import asyncio
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
+from ..config import MOQ_HANDSHAKE_TIMEOUT, MOQ_MAX_CONNECTIONS, MOQ_MAX_CONNECTIONS_PER_IP
 from ..errors import listener_error
 from . import congestion, wire
 from .native_memory import pin_mmap_threshold
@@ -38,8 +40,6 @@ from .tls import der_fingerprint
 
 log = logging.getLogger("rtmpq.moq")
 
-# Seconds a peer has to complete the QUIC handshake and MoQ setup.
-HANDSHAKE_TIMEOUT = 10.0
 # Seconds a client waits for a server to answer before saying it is not there.
 CONNECT_TIMEOUT = 5.0
 # Seconds of silence before QUIC closes a connection: also how long a node below takes to notice
@@ -280,6 +280,7 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
         self._writer = _AioquicWriter(self._quic)
         self._init_moq(self._writer, is_client, path, token, authority)
         _cap_pto_backoff(self._quic._loss)
+        _slide_receive_windows(self._quic)
         # aioquic sends no keep-alive of its own (aiopquic: keep_alive_interval)
         self._keepalive = self._loop.call_later(KEEPALIVE_INTERVAL, self._keep_alive)
 
@@ -309,6 +310,41 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
             self._connected_waiter = self._loop.create_future()
             self._connected_waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
             await asyncio.shield(self._connected_waiter)
+
+
+def _slide_receive_windows(quic) -> None:
+    """aioquic doubles a receive limit (MAX_DATA, MAX_STREAM_DATA) whenever half of it has been
+    *received*, gaps included, and zero-fills gaps: a peer sending one byte at the end of each
+    window makes us allocate without end (specs/bad-inputs.md, QUIC; aioquic#589). Here the limits
+    slide with the bytes delivered to the session instead, so bytes held for a stream stay within
+    its window (AIOQUIC_MAX_STREAM_DATA) and for the connection within AIOQUIC_MAX_DATA."""
+    write_connection_limits, write_stream_limits = quic._write_connection_limits, quic._write_stream_limits
+    window, stream_window = quic._configuration.max_data, quic._configuration.max_stream_data
+
+    def connection_limits(builder, space) -> None:
+        limit = quic._local_max_data
+        used = limit.used
+        if used + window // 2 > limit.value:  # (delivered <= used: nothing to raise otherwise)
+            undelivered = sum(s.receiver.highest_offset - s.receiver._buffer_start for s in quic._streams.values())
+            limit.value = max(limit.value, used - undelivered + window)
+        limit.used = 0  # aioquic's own doubling (used * 2 > value) off for this call
+        try:
+            write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def stream_limits(builder, space, stream) -> None:
+        receiver = stream.receiver
+        if stream.max_stream_data_local and receiver._buffer_start + stream_window // 2 > stream.max_stream_data_local:
+            stream.max_stream_data_local = receiver._buffer_start + stream_window
+        highest = receiver.highest_offset
+        receiver.highest_offset = 0  # aioquic's own doubling (highest * 2 > limit) off for this call
+        try:
+            write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+    quic._write_connection_limits, quic._write_stream_limits = connection_limits, stream_limits
 
 
 def _cap_pto_backoff(loss) -> None:
@@ -702,8 +738,11 @@ def server_configuration(certfile, keyfile) -> QuicConfiguration:
 
 
 async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: Callable[[MoqConnection], None],
-                    backend: str = DEFAULT_BACKEND):
-    """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler)."""
+                    backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
+                    max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP):
+    """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
+    A session not set up within ``handshake_timeout`` is closed, and so is one that would make
+    more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address."""
     if backend == "aiopquic":
         from aiopquic.asyncio import serve as pquic_serve
         from aiopquic.quic.configuration import QuicConfiguration as PquicConfiguration
@@ -718,16 +757,32 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         cls = MoqConnection
         serve_fn = serve
 
+    live: set = set()  # sessions of this listener not closed yet (pruned as new ones come)
+
+    def check_caps(conn) -> None:
+        """Once the first datagram told the peer's address (after the factory returned)."""
+        live.difference_update([c for c in live if c.session.closed])
+        ip = conn.peer.rpartition(":")[0]
+        from_ip = sum(1 for c in live if c.peer.rpartition(":")[0] == ip)
+        limit = ("max_connections" if len(live) >= max_connections
+                 else "max_connections_per_ip" if from_ip >= max_connections_per_ip else None)
+        if limit is None:
+            live.add(conn)
+            return
+        log.warning("%s: refused, %d MoQ sessions open (%d from %s) (%s)", conn.peer, len(live), from_ip, ip, limit)
+        conn.close_session(wire.SessionError.INTERNAL_ERROR, f"too many connections ({limit})")
+
     def factory(*args, **kwargs):
         conn = cls(*args, is_client=False, **kwargs)
         on_connection(conn)
         loop = asyncio.get_running_loop()
+        loop.call_soon(check_caps, conn)
 
         def check_setup():
-            if not conn.ready.done():
-                log.warning("%s: no MoQ setup within %g s, closing", conn.peer, HANDSHAKE_TIMEOUT)
+            if not conn.ready.done() and not conn.session.closed:
+                log.warning("%s: no MoQ setup within %g s, closing", conn.peer, handshake_timeout)
                 conn.close_session(wire.SessionError.CONTROL_MESSAGE_TIMEOUT, "setup timeout")
-        loop.call_later(HANDSHAKE_TIMEOUT, check_setup)
+        loop.call_later(handshake_timeout, check_setup)
         return conn
 
     try:

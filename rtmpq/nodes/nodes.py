@@ -57,7 +57,8 @@ def node_access(config: Config) -> Access:
 async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     cert, key, relay.fingerprint = server_pair(moq.certfile, moq.keyfile, moq.state_dir)
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                             backend=moq.backend)
+                             backend=moq.backend, handshake_timeout=moq.handshake_timeout,
+                             max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip)
     relay.start()
     log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, relay.fingerprint)
     return server

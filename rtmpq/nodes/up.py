@@ -178,7 +178,10 @@ class UpNode:
         if self.moq_config.backend == "aiopquic" and not self._quic_port:
             self._quic_port = free_udp_port(self.moq_config.host)  # picoquic does not report a port 0 bind
         self._quic = await serve_moq(self.moq_config.host, self._quic_port, certfile=cert, keyfile=key,
-                                     on_connection=self.moq.on_connection, backend=self.moq_config.backend)
+                                     on_connection=self.moq.on_connection, backend=self.moq_config.backend,
+                                     handshake_timeout=self.moq_config.handshake_timeout,
+                                     max_connections=self.moq_config.max_connections,
+                                     max_connections_per_ip=self.moq_config.max_connections_per_ip)
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()

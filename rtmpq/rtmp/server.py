@@ -61,9 +61,10 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         loop = asyncio.get_running_loop()
         self.session = RtmpServerSession(now=loop.time(), limits=self.server.session_limits, peer=self.peer)
-        if len(self.server.connections) >= self.server.config.max_connections:
-            log.warning("%s: refused, %d connections open (max_connections)", self.peer, len(self.server.connections))
-            self.server.errors["max_connections"] += 1
+        limit = self._over_limit()
+        if limit is not None:
+            log.warning("%s: refused, %d connections open (%s)", self.peer, len(self.server.connections), limit)
+            self.server.errors[limit] += 1
             transport.abort()
             return
         self.server.connections.add(self)  # a TLS handshake counts against max_connections too
@@ -76,6 +77,16 @@ class RtmpConnection(asyncio.BufferedProtocol):
         if self.server.reader is not None:
             self.server.reader.add(self, transport)
         self._arm_timer()
+
+    def _over_limit(self) -> str | None:
+        """The connection limit this one would pass, if any."""
+        config = self.server.config
+        if len(self.server.connections) >= config.max_connections:
+            return "max_connections"
+        ip = self.peer.rpartition(":")[0]
+        if sum(1 for c in self.server.connections if c.peer.rpartition(":")[0] == ip) >= config.max_connections_per_ip:
+            return "max_connections_per_ip"
+        return None
 
     async def _start_tls(self, transport) -> None:
         """Put TLS under this connection; a handshake that fails or stalls (tls_handshake_timeout)
