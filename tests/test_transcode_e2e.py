@@ -625,3 +625,40 @@ async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_i
         for events in subs:
             await events.close()
         await stop_nodes(procs)
+
+
+@pytest.mark.parametrize("video", ["libx265", "libsvtav1"])
+async def test_hevc_and_av1_sources_are_transcoded(tmp_path, video):
+    """An Enhanced RTMP publisher of HEVC or AV1 (PyAV's FFmpeg, as ffmpeg 7+ and OBS 30+ send
+    them): every frame of the source comes out of the 180p rung, H.264, each group from an IDR.
+    Before, an AV1 source was opened with FFmpeg's native ``av1`` decoder, which decodes only
+    through a hardware accelerator: every group was logged as corrupt input and the rung listed
+    in the multivariant never played."""
+    from .publishers import pyav_packets, pyav_publish_args
+
+    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="180p", idle_stop=1.0,
+                                                                                   rung_queue_frames=120)))
+    await n.start()
+    try:
+        got: dict = {}
+        sub = asyncio.create_task(subscribe(n, "live/modern", "video-180p", got))
+        ref = str(tmp_path / "ref.flv")
+        rc, out = await run_process(pyav_publish_args(f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/modern", ref,
+                                                      video, "aac", seconds=3, size="640x360"), timeout=120)
+        assert rc == 0, out
+        await asyncio.wait_for(sub, 60)
+    finally:
+        await n.close()
+    sent = [p for ps in pyav_packets(ref).values() for p in ps if p.track == "video"]
+    frames = got.get("video-180p", [])
+    assert not got.get("skipped") and len(frames) == len(sent), (len(frames), len(sent))
+    info = got["catalog"][-1].track("video-180p")
+    assert info.codec.startswith("avc1.") and (info.width, info.height) == (320, 180)
+    for fs in by_group(frames).values():
+        assert fs[0].index == 0 and fs[0].keyframe and 5 in first_nal_types(fs[0].payload)
+    decoder = SourceDecoder(info)
+    pictures = []
+    for f in sorted(frames, key=lambda f: (f.group, f.index)):
+        pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)
+    pictures += decoder.flush()
+    assert len(pictures) == len(sent) and {(p.width, p.height) for p in pictures} == {(320, 180)}
