@@ -662,3 +662,58 @@ async def test_hevc_and_av1_sources_are_transcoded(tmp_path, video):
         pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)
     pictures += decoder.flush()
     assert len(pictures) == len(sent) and {(p.width, p.height) for p in pictures} == {(320, 180)}
+
+
+async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path):
+    """The publisher comes back (within the grace period) at 320x240 where it was 640x360: the
+    180p rung is made anew at 240x180 (4:3, a new avcC in the catalog) from the first group of the
+    new publish, every frame of it, and the 240p rung, no longer smaller than the source, leaves
+    the catalog and the multivariant. Before, the rungs kept their first sizes: the 240p rung
+    upscaled the 320x240 picture to 426x240, the 180p one stretched it to 16:9, and the
+    multivariant offered a "rendition" larger than the source."""
+    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="240p,180p", idle_stop=1.0,
+                                                                                   rung_queue_frames=120)))
+    await n.start()
+    try:
+        got: dict = {}
+        sub = asyncio.create_task(subscribe(n, "live/resized", "video-180p", got))
+        url = f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/resized"
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        assert n.registry.get("live/resized").catalog.track("video-240p") is not None
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "2.flv"), seconds=3, size="320x240"), 60)
+        assert rc == 0, out
+        host, http_port = n.edge.address
+        status, multivariant = await http_text(f"http://{host}:{http_port}/live/resized/index.m3u8")
+        assert status == 200 and re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["320x240", "240x180"], \
+            multivariant
+        await asyncio.wait_for(sub, 60)
+    finally:
+        await n.close()
+    catalog = got["catalog"][-1]
+    info = catalog.track("video-180p")
+    assert (info.width, info.height) == (240, 180) and catalog.track("video-240p") is None
+    old_info = next(c.track("video-180p") for c in got["catalog"] if c.track("video-180p"))
+    assert (old_info.width, old_info.height) == (320, 180)
+    groups = by_group(got["video-180p"])
+    first = min(groups)
+    # the first publish's one group is whole: the pictures its decoder held back went out with
+    # the old size before the new catalog entry
+    assert [f.index for f in groups[first]] == list(range(60)) and not got.get("skipped")
+    assert sizes(old_info, groups[first]) == {(320, 180)}
+    after = [f for f in got["video-180p"] if f.group > first]
+    second = by_group(after)
+    assert len(second) == 2 and all(fs[0].index == 0 and fs[0].keyframe for fs in second.values())
+    assert len(second[min(second)]) == 60 and len(after) >= 85  # (the end of a broadcast may cut its last group)
+    assert sizes(info, after) == {(240, 180)}
+
+
+def sizes(info, frames) -> set[tuple[int, int]]:
+    """The picture sizes ``frames`` of a rung decode to, each frame a picture."""
+    decoder = SourceDecoder(info)
+    pictures = []
+    for f in sorted(frames, key=lambda f: (f.group, f.index)):
+        pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)
+    pictures += decoder.flush()
+    assert len(pictures) == len(frames)
+    return {(p.width, p.height) for p in pictures}

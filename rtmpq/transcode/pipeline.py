@@ -168,7 +168,7 @@ class _RungWorker:
                     self.owner.skip(self.track, group_id)
                 drop_group, group = True, group_id
                 continue
-            self.stats.frames_encoded = self.encoder.frames_encoded
+            self.stats.frames_encoded += 1
             for pts, data, idr in packets:
                 if first:
                     group, index, drop_group = group_id, 0, False
@@ -200,11 +200,13 @@ class Transcoder:
     them thread-safe, e.g. with ``loop.call_soon_threadsafe``; in that order, they keep theirs).
     ``lossless``: for files and benchmarks, where input comes faster than real time: the decoder
     waits for slow rungs instead of dropping groups. ``presets``: an x264 preset per rung name
-    ("480p") over ``preset``."""
+    ("480p") over ``preset``. ``stats``: the counts of the Transcoder this one replaces (its source
+    changed size), which go on from there."""
 
     def __init__(self, label: str, source: TrackInfo, ladder: tuple[Rung, ...], emit, *, skip=None,
                  rung_queue_frames: int = RUNG_QUEUE_FRAMES, decode_queue_frames: int = DECODE_QUEUE_FRAMES,
-                 lossless: bool = False, preset: str = X264_PRESET, presets: dict[str, str] | None = None) -> None:
+                 lossless: bool = False, preset: str = X264_PRESET, presets: dict[str, str] | None = None,
+                 stats: TranscodeStats | None = None) -> None:
         self.lossless = lossless
         self.label = label  # the broadcast's loggable name
         self.source = source
@@ -212,7 +214,7 @@ class Transcoder:
         self.skip = skip or (lambda track, group: None)
         self.rung_queue_frames = rung_queue_frames
         self.decode_queue_frames = decode_queue_frames
-        self.stats = TranscodeStats()
+        self.stats = stats or TranscodeStats()
         self.workers: dict[str, _RungWorker] = {}
         if not source.width or not source.height:
             raise CoderError(f"{label} {source.name}: the catalog gives no picture size")
