@@ -89,9 +89,11 @@ def parse_ladder(text: str, bitrates: dict[str, str] | None = None) -> tuple[Run
         if kbps <= 0:
             raise LadderError(f"transcode.bitrates: {item} must be positive")
         rungs[height] = Rung(item, height, kbps * 1000)
+    ordered = tuple(sorted(rungs.values(), key=lambda r: -r.height))
     if overrides:
-        raise LadderError(f"transcode.bitrates: {', '.join(overrides)} is not in the ladder")
-    return tuple(sorted(rungs.values(), key=lambda r: -r.height))
+        raise LadderError(f"transcode.bitrates: {', '.join(overrides)} is not in the ladder "
+                          f"({','.join(r.name for r in ordered) or 'none'})")
+    return ordered
 
 
 def _interpolated_kbps(height: int) -> int:
