@@ -224,8 +224,8 @@ class TranscodeConfig:
     """[transcode]: the ABR ladder made from each broadcast's video (rtmpq/transcode/ladder.py
     names every default and its reason).
 
-    ``ladder``: rungs by height, ``"480p,360p"``; empty: ``rtmpq up`` makes none and ``rtmpq
-    transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
+    ``ladder``: rungs by height (a portrait source's: by width), ``"480p,360p"``; empty: ``rtmpq
+    up`` makes none and ``rtmpq transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
     the defaults (720p 2500, 480p 1200, 360p 700). ``preset``: libx264 preset of every rung;
     ``presets``: per rung over it, ``{"360p" = "medium"}``. A rung starts when it is first
     watched and stops ``idle_stop`` seconds after its last viewer left.

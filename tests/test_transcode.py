@@ -311,6 +311,22 @@ def test_a_codec_the_decoder_cannot_open_is_logged_with_the_broadcast(source, ca
         assert min((f for f in got if f.group == g), key=lambda f: f.index).keyframe
 
 
+def test_a_portrait_source_gets_rungs_by_its_short_side():
+    """A phone's 720x1280 picture: "480p" is 480x854 (the short side, as for a landscape source,
+    with the pixels its bitrate is meant for), and a rung is made only below the short side.
+    Before, rungs went by height: 270x480 at 480p's 1200 kbit/s, 136x240 for 240p, and a
+    1080p rung (608x1080) of a 720-wide picture."""
+    portrait = TrackInfo("video", "video", "avc1.64001f", b"", width=720, height=1280, framerate=FPS, alt_group=1)
+    t = Transcoder("live/phone", portrait, parse_ladder("1080p,720p,480p,240p"), lambda tr, f: None)
+    try:
+        assert [(r.name, r.width, r.height) for r in t.tracks] == [("video-480p", 480, 854),
+                                                                   ("video-240p", 240, 426)]
+    finally:
+        t.close()
+        t.join()
+    assert Rung("480p", 480, 1).size_for(1280, 720) == (854, 480)  # landscape: unchanged
+
+
 def test_encoder_settings_are_live():
     enc = RungEncoder(Rung("360p", 360, 700_000), 640, 360, 30, 1000)
     assert enc.ctx.max_b_frames == 0 and enc.ctx.gop_size >= 300

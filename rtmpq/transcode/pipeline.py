@@ -235,7 +235,7 @@ class Transcoder:
         self.workers: dict[str, _RungWorker] = {}
         if not source.width or not source.height:
             raise CoderError(f"{label} {source.name}: the catalog gives no picture size")
-        for rung in rungs_for_source(ladder, source.height):
+        for rung in rungs_for_source(ladder, min(source.width, source.height)):
             width, height = rung.size_for(source.width, source.height)
             encoder = RungEncoder(rung, width, height, source.framerate, source.timescale,
                                   (presets or {}).get(rung.name, preset))
