@@ -2,6 +2,7 @@
 MoQ subscribers and LL-HLS players get every rendition, made group by group from the source's."""
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -636,19 +637,10 @@ async def test_hevc_and_av1_sources_are_transcoded(tmp_path, video):
     in the multivariant never played."""
     from .publishers import pyav_packets, pyav_publish_args
 
-    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="180p", idle_stop=1.0,
-                                                                                   rung_queue_frames=120)))
-    await n.start()
-    try:
-        got: dict = {}
-        sub = asyncio.create_task(subscribe(n, "live/modern", "video-180p", got))
-        ref = str(tmp_path / "ref.flv")
-        rc, out = await run_process(pyav_publish_args(f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/modern", ref,
-                                                      video, "aac", seconds=3, size="640x360"), timeout=120)
+    ref = str(tmp_path / "ref.flv")
+    async with rung_watched(tmp_path, "180p", "modern", "video-180p") as (_, url, got):
+        rc, out = await run_process(pyav_publish_args(url, ref, video, "aac", seconds=3, size="640x360"), timeout=120)
         assert rc == 0, out
-        await asyncio.wait_for(sub, 60)
-    finally:
-        await n.close()
     sent = [p for ps in pyav_packets(ref).values() for p in ps if p.track == "video"]
     frames = got.get("video-180p", [])
     assert not got.get("skipped") and len(frames) == len(sent), (len(frames), len(sent))
@@ -656,12 +648,7 @@ async def test_hevc_and_av1_sources_are_transcoded(tmp_path, video):
     assert info.codec.startswith("avc1.") and (info.width, info.height) == (320, 180)
     for fs in by_group(frames).values():
         assert fs[0].index == 0 and fs[0].keyframe and 5 in first_nal_types(fs[0].payload)
-    decoder = SourceDecoder(info)
-    pictures = []
-    for f in sorted(frames, key=lambda f: (f.group, f.index)):
-        pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)
-    pictures += decoder.flush()
-    assert len(pictures) == len(sent) and {(p.width, p.height) for p in pictures} == {(320, 180)}
+    assert sizes(info, frames) == {(320, 180)}
 
 
 async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path):
@@ -671,13 +658,7 @@ async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path
     the catalog and the multivariant. Before, the rungs kept their first sizes: the 240p rung
     upscaled the 320x240 picture to 426x240, the 180p one stretched it to 16:9, and the
     multivariant offered a "rendition" larger than the source."""
-    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="240p,180p", idle_stop=1.0,
-                                                                                   rung_queue_frames=120)))
-    await n.start()
-    try:
-        got: dict = {}
-        sub = asyncio.create_task(subscribe(n, "live/resized", "video-180p", got))
-        url = f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/resized"
+    async with rung_watched(tmp_path, "240p,180p", "resized", "video-180p") as (n, url, got):
         rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=2, size="640x360"), 60)
         assert rc == 0, out
         assert n.registry.get("live/resized").catalog.track("video-240p") is not None
@@ -687,9 +668,6 @@ async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path
         status, multivariant = await http_text(f"http://{host}:{http_port}/live/resized/index.m3u8")
         assert status == 200 and re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["320x240", "240x180"], \
             multivariant
-        await asyncio.wait_for(sub, 60)
-    finally:
-        await n.close()
     catalog = got["catalog"][-1]
     info = catalog.track("video-180p")
     assert (info.width, info.height) == (240, 180) and catalog.track("video-240p") is None
@@ -706,6 +684,25 @@ async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path
     assert len(second) == 2 and all(fs[0].index == 0 and fs[0].keyframe for fs in second.values())
     assert len(second[min(second)]) == 60 and len(after) >= 85  # (the end of a broadcast may cut its last group)
     assert sizes(info, after) == {(240, 180)}
+
+
+@contextlib.asynccontextmanager
+async def rung_watched(tmp_path, ladder: str, name: str, track: str):
+    """`rtmpq up --ladder LADDER` in this process (a broadcast outlives its publisher by 3 s) and a
+    MoQ subscriber of the rung ``track`` of ``live/<name>`` from before the first publish:
+    (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
+    all of it once the block is over and the broadcast ended."""
+    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0,
+                                                                                   rung_queue_frames=120)))
+    await n.start()
+    got: dict = {}
+    sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got))
+    try:
+        yield n, f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/{name}", got
+        await asyncio.wait_for(sub, 60)
+    finally:
+        sub.cancel()
+        await n.close()
 
 
 def sizes(info, frames) -> set[tuple[int, int]]:
