@@ -687,16 +687,16 @@ async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path
 
 
 @contextlib.asynccontextmanager
-async def rung_watched(tmp_path, ladder: str, name: str, track: str):
+async def rung_watched(tmp_path, ladder: str, name: str, track: str | None):
     """`rtmpq up --ladder LADDER` in this process (a broadcast outlives its publisher by 3 s) and a
     MoQ subscriber of the rung ``track`` of ``live/<name>`` from before the first publish:
     (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
-    all of it once the block is over and the broadcast ended."""
+    all of it once the block is over and the broadcast ended. ``track`` None: no subscriber."""
     n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0,
                                                                                    rung_queue_frames=120)))
     await n.start()
     got: dict = {}
-    sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got))
+    sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got) if track else asyncio.sleep(0))
     try:
         yield n, f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/{name}", got
         await asyncio.wait_for(sub, 60)
@@ -714,3 +714,24 @@ def sizes(info, frames) -> set[tuple[int, int]]:
     pictures += decoder.flush()
     assert len(pictures) == len(frames)
     return {(p.width, p.height) for p in pictures}
+
+
+async def test_a_rung_playlist_asked_for_first_is_served(tmp_path):
+    """A player whose first request is a rung's media playlist (a direct link, or a player
+    reloading the level it was on after the edge restarted), before the edge has opened the
+    broadcast: the request waits for the catalog that names the rung and is served. Before, it
+    was answered 404 "no such rendition" (hls.js gives up on a 404), though the rung was listed
+    a moment later."""
+    from .test_nodes_cli import get_when_ready
+
+    async with rung_watched(tmp_path, "180p", "direct", None) as (n, url, _):
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "ref.flv"), seconds=6,
+                                                                        size="640x360"), 60))
+        await n.registry.wait_for("live/direct", 20)
+        host, http_port = n.edge.address
+        rung = f"http://{host}:{http_port}/live/direct/video-180p.m3u8"
+        status, body = await http_text(rung)
+        assert status in (200, 503), (status, body)  # 503: no whole segment yet, as for any rendition
+        assert b"#EXTINF" in await get_when_ready(rung, 30)
+        rc, out = await publisher
+        assert rc == 0, out

@@ -497,7 +497,10 @@ class EdgeServer:
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
-            stream = b.streams.get(stream_key(pm["track"]) if pm is not None else im["kind"])
+            key = stream_key(pm["track"]) if pm is not None else im["kind"]
+            if key not in b.streams and b.catalog is None:  # just opened: its catalog names the renditions
+                await self._wait_for(b, b.streams["v"], lambda: b.catalog is not None)
+            stream = b.streams.get(key)
             if stream is None:
                 return text(404, "no such rendition")
             b.asked_for(stream)
