@@ -717,9 +717,8 @@ def sizes(info, frames) -> set[tuple[int, int]]:
 
 
 async def test_a_rung_playlist_asked_for_first_is_served(tmp_path):
-    """A player whose first request is a rung's media playlist (a direct link, or a player
-    reloading the level it was on after the edge restarted), before the edge has opened the
-    broadcast: the request waits for the catalog that names the rung and is served. Before, it
+    """A player whose first request is a rung's media playlist (a direct link to it), before the
+    edge has opened the broadcast: the request waits for the catalog that names the rung and is served. Before, it
     was answered 404 "no such rendition" (hls.js gives up on a 404), though the rung was listed
     a moment later."""
     from .test_nodes_cli import get_when_ready
