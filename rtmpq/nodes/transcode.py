@@ -60,6 +60,7 @@ class BroadcastTranscoder:
         # rung track -> its catalog entry at the source's new size, listed with the new Transcoder's
         # first frame of it (a watched rung: the old one's last frames go out first)
         self._pending: dict[str, TrackInfo] = {}
+        self._listed: dict[str, Transcoder] = {}  # rung track -> the Transcoder whose entry the catalog has
         self._late_skips: dict[str, tuple] = {}  # rung track -> (id of a replaced Transcoder, group) said skipped
         self._loop = asyncio.get_running_loop()
 
@@ -108,7 +109,7 @@ class BroadcastTranscoder:
         if t.tracks:
             now = tuple(rung for rung in t.tracks if rung.name not in self._pending)
             if now:
-                self.publish_tracks(now)
+                self._list(now, t)
             log.info("%s %s: rungs %s (made when watched)", self.label, info.name,
                      ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
         for track in self.wanted & set(t.workers):
@@ -120,10 +121,9 @@ class BroadcastTranscoder:
         the catalog still lists the rung at the old size, which it does for a watched rung until
         the new Transcoder's first frame of it; a frame made after that (or after its source left)
         is dropped, and the group it cut short is said to be skipped, once."""
-        current = self.transcoders.get(t.source.name) is t
-        if current and track in self._pending:
-            self.publish_tracks((self._pending.pop(track),))
-        if current or track in self._pending:
+        if track in self._pending and self.transcoders.get(t.source.name) is t:
+            self._list((self._pending.pop(track),), t)
+        if self._listed.get(track) is t:
             if frame is None:
                 self.skip(track, group)
             else:
@@ -131,6 +131,12 @@ class BroadcastTranscoder:
         elif self._late_skips.get(track) != (id(t), group):
             self._late_skips[track] = (id(t), group)
             self.skip(track, group)
+
+    def _list(self, rungs: tuple[TrackInfo, ...], t: Transcoder) -> None:
+        """The catalog lists ``rungs`` as ``t`` makes them: their frames from ``t`` go out."""
+        for rung in rungs:
+            self._listed[rung.name] = t
+        self.publish_tracks(rungs)
 
     def _resize(self, old: Transcoder, info: TrackInfo) -> None:
         """The source's picture changed size: its rungs are made anew for the new size from the
@@ -163,6 +169,7 @@ class BroadcastTranscoder:
         for track in tracks:
             self.wanted.discard(track)
             self._pending.pop(track, None)
+            self._listed.pop(track, None)
             stop = self._stops.pop(track, None)
             if stop is not None:
                 stop.cancel()
@@ -206,7 +213,7 @@ class BroadcastTranscoder:
         self._stops.pop(track, None)
         self.wanted.discard(track)
         if track in self._pending:  # no new frame of it will list it
-            self.publish_tracks((self._pending.pop(track),))
+            self._list((self._pending.pop(track),), self.transcoders[self.rung_source[track]])
         log.info("%s %s: nobody watches; stopped", self.label, track)
         self._activate(track, False)
 
