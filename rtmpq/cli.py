@@ -168,8 +168,8 @@ def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_ladder_argument(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--ladder", metavar="RUNGS",
-                   help=f"rungs by height, e.g. 480p,360p (default {default}; [transcode] ladder); a rung "
-                        "not smaller than the source is left out")
+                   help=f"rungs by height (a portrait source's: by width), e.g. 480p,360p (default {default}; "
+                        "[transcode] ladder); a rung not smaller than the source is left out")
 
 
 def _add_moq_server_arguments(p: argparse.ArgumentParser) -> None:

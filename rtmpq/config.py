@@ -33,7 +33,8 @@ from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
-from .transcode.ladder import IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS, LadderError, parse_ladder
+from .transcode.ladder import (DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS,
+                               LadderError, parse_ladder)
 
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_RTMPS_PORT = 443  # what OBS and the big services use for rtmps://
@@ -238,8 +239,8 @@ class TranscodeConfig:
     """[transcode]: the ABR ladder made from each broadcast's video (rtmpq/transcode/ladder.py
     names every default and its reason).
 
-    ``ladder``: rungs by height, ``"480p,360p"``; empty: ``rtmpq up`` makes none and ``rtmpq
-    transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
+    ``ladder``: rungs by height (a portrait source's: by width), ``"480p,360p"``; empty: ``rtmpq
+    up`` makes none and ``rtmpq transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
     the defaults (720p 2500, 480p 1200, 360p 700). ``preset``: libx264 preset of every rung;
     ``presets``: per rung over it, ``{"360p" = "medium"}``. A rung starts when it is first
     watched and stops ``idle_stop`` seconds after its last viewer left.
@@ -436,10 +437,13 @@ def validate(config: Config) -> None:
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
     try:
-        parse_ladder(config.transcode.ladder, config.transcode.bitrates)
+        # without a ladder `rtmpq transcode` makes the default one (and `up` none): its rungs may be tuned
+        rungs = [r.name for r in parse_ladder(config.transcode.ladder or DEFAULT_LADDER, config.transcode.bitrates)]
     except LadderError as exc:
         raise ConfigError(str(exc)) from None
     for rung, preset in config.transcode.presets.items():
+        if rung not in rungs:
+            raise ConfigError(f"transcode.presets: {rung} is not in the ladder ({','.join(rungs)})")
         if preset not in X264_PRESETS:
             raise ConfigError(f"transcode.presets: {rung} = {preset!r} is not a libx264 preset "
                               f"({', '.join(X264_PRESETS)})")

@@ -223,3 +223,20 @@ def test_a_rung_bitrate_may_be_a_number(tmp_path):
         assert load_config(path, env={}).transcode.bitrates == {"480p": "1000"}
     with pytest.raises(ConfigError, match="transcode.bitrates"):
         load_config(write(tmp_path, '[transcode]\nladder = "480p"\n[transcode.bitrates]\n"480p" = true\n'), env={})
+
+
+def test_the_transcode_tables_name_rungs_of_the_ladder_the_node_makes(tmp_path):
+    """[transcode.bitrates] and [transcode.presets] are checked against the ladder the node makes:
+    without ``ladder``, `rtmpq transcode`'s 720p,480p,360p (before, a bitrate for its 480p was
+    refused as "not in the ladder", so only a file that also set the ladder could tune it); and a
+    preset for a rung not in it is refused as a bitrate is (before, it was ignored without a word)."""
+    from rtmpq.nodes.transcode import ladder_of
+    from rtmpq.transcode.ladder import DEFAULT_LADDER
+
+    config = load_config(write(tmp_path, '[transcode.bitrates]\n"480p" = 900\n[transcode.presets]\n"360p" = "fast"\n'),
+                         env={})
+    assert {r.name: r.bitrate for r in ladder_of(config.transcode, DEFAULT_LADDER)}["480p"] == 900_000
+    with pytest.raises(ConfigError, match=r"transcode\.bitrates: 1080p is not in the ladder \(720p,480p,360p"):
+        load_config(write(tmp_path, '[transcode.bitrates]\n"1080p" = 5000\n'), env={})
+    with pytest.raises(ConfigError, match=r"transcode\.presets: 360p is not in the ladder \(480p\)"):
+        load_config(write(tmp_path, '[transcode]\nladder = "480p"\n[transcode.presets]\n"360p" = "fast"\n'), env={})

@@ -218,6 +218,54 @@ def test_a_rung_started_mid_group_live_delivers_that_group_whole(source):
     assert len(got) == len(g1) and got[0].index == 0 and got[0].keyframe
 
 
+def test_source_groups_the_decoder_drops_are_skipped_by_the_rungs_and_said_so(source):
+    """Not lossless, a source faster than the decoder (every frame pushed at once into a decode
+    queue of 20): the groups dropped before the decoder are, for each watched rung, either whole
+    or signalled as skipped after what of them went out, and counted in the rung's skipped
+    groups (rtmpq_transcode_skipped_groups_total). Before, the rung just stopped mid-group and
+    went on at a later one: subscribers got a group cut short, or none, with no word."""
+    info, frames = source
+    events = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            events.append(("frame", frame.group, frame.index, frame.keyframe))
+
+    def skip(track, group):
+        with lock:
+            events.append(("skip", group))
+
+    t = Transcoder("live/test", info, parse_ladder("360p"), emit, skip=skip, decode_queue_frames=20,
+                   rung_queue_frames=len(frames))
+    t.set_active("video-360p", True)
+    for f in frames:
+        t.push(f)
+    t.finish()
+    sizes = {g: sum(f.group == g for f in frames) for g in {f.group for f in frames}}
+
+    def settled() -> bool:
+        with lock:
+            return all(("skip", g) in events or sum(e[:2] == ("frame", g) for e in events) == n
+                       for g, n in sizes.items())
+
+    deadline = time.monotonic() + 60
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t.close()
+    t.join()
+    assert t.stats.input_skipped_groups >= 1
+    skipped = [e[1] for e in events if e[0] == "skip"]
+    assert skipped and len(skipped) == len(set(skipped)) == t.stats.rungs["video-360p"].skipped_groups
+    for g, n in sizes.items():
+        got = [e for e in events if e[:2] == ("frame", g)]
+        if g in skipped:  # what went out of it came first, from its IDR
+            assert all(events.index(e) < events.index(("skip", g)) for e in got)
+            assert [e[2] for e in got] == list(range(len(got))) and (not got or got[0][3])
+        else:
+            assert len(got) == n and got[0][2] == 0 and got[0][3]
+
+
 def test_a_corrupt_group_recovers_at_the_next_one(source, caplog):
     info, frames = source
     bad = []
@@ -261,6 +309,22 @@ def test_a_codec_the_decoder_cannot_open_is_logged_with_the_broadcast(source, ca
     assert any(f.group >= 2 for f in got)
     for g in {f.group for f in got}:
         assert min((f for f in got if f.group == g), key=lambda f: f.index).keyframe
+
+
+def test_a_portrait_source_gets_rungs_by_its_short_side():
+    """A phone's 720x1280 picture: "480p" is 480x854 (the short side, as for a landscape source,
+    with the pixels its bitrate is meant for), and a rung is made only below the short side.
+    Before, rungs went by height: 270x480 at 480p's 1200 kbit/s, 136x240 for 240p, and a
+    1080p rung (608x1080) of a 720-wide picture."""
+    portrait = TrackInfo("video", "video", "avc1.64001f", b"", width=720, height=1280, framerate=FPS, alt_group=1)
+    t = Transcoder("live/phone", portrait, parse_ladder("1080p,720p,480p,240p"), lambda tr, f: None)
+    try:
+        assert [(r.name, r.width, r.height) for r in t.tracks] == [("video-480p", 480, 854),
+                                                                   ("video-240p", 240, 426)]
+    finally:
+        t.close()
+        t.join()
+    assert Rung("480p", 480, 1).size_for(1280, 720) == (854, 480)  # landscape: unchanged
 
 
 def test_encoder_settings_are_live():

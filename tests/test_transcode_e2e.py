@@ -2,6 +2,7 @@
 MoQ subscribers and LL-HLS players get every rendition, made group by group from the source's."""
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -625,3 +626,111 @@ async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_i
         for events in subs:
             await events.close()
         await stop_nodes(procs)
+
+
+@pytest.mark.parametrize("video", ["libx265", "libsvtav1"])
+async def test_hevc_and_av1_sources_are_transcoded(tmp_path, video):
+    """An Enhanced RTMP publisher of HEVC or AV1 (PyAV's FFmpeg, as ffmpeg 7+ and OBS 30+ send
+    them): every frame of the source comes out of the 180p rung, H.264, each group from an IDR.
+    Before, an AV1 source was opened with FFmpeg's native ``av1`` decoder, which decodes only
+    through a hardware accelerator: every group was logged as corrupt input and the rung listed
+    in the multivariant never played."""
+    from .publishers import pyav_packets, pyav_publish_args
+
+    ref = str(tmp_path / "ref.flv")
+    async with rung_watched(tmp_path, "180p", "modern", "video-180p") as (_, url, got):
+        rc, out = await run_process(pyav_publish_args(url, ref, video, "aac", seconds=3, size="640x360"), timeout=120)
+        assert rc == 0, out
+    sent = [p for ps in pyav_packets(ref).values() for p in ps if p.track == "video"]
+    frames = got.get("video-180p", [])
+    assert not got.get("skipped") and len(frames) == len(sent), (len(frames), len(sent))
+    info = got["catalog"][-1].track("video-180p")
+    assert info.codec.startswith("avc1.") and (info.width, info.height) == (320, 180)
+    for fs in by_group(frames).values():
+        assert fs[0].index == 0 and fs[0].keyframe and 5 in first_nal_types(fs[0].payload)
+    assert sizes(info, frames) == {(320, 180)}
+
+
+async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path):
+    """The publisher comes back (within the grace period) at 320x240 where it was 640x360: the
+    180p rung is made anew at 240x180 (4:3, a new avcC in the catalog) from the first group of the
+    new publish, every frame of it, and the 240p rung, no longer smaller than the source, leaves
+    the catalog and the multivariant. Before, the rungs kept their first sizes: the 240p rung
+    upscaled the 320x240 picture to 426x240, the 180p one stretched it to 16:9, and the
+    multivariant offered a "rendition" larger than the source."""
+    async with rung_watched(tmp_path, "240p,180p", "resized", "video-180p") as (n, url, got):
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        assert n.registry.get("live/resized").catalog.track("video-240p") is not None
+        rc, out = await run_process(ffmpeg_publish_args(url, str(tmp_path / "2.flv"), seconds=3, size="320x240"), 60)
+        assert rc == 0, out
+        host, http_port = n.edge.address
+        status, multivariant = await http_text(f"http://{host}:{http_port}/live/resized/index.m3u8")
+        assert status == 200 and re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["320x240", "240x180"], \
+            multivariant
+    catalog = got["catalog"][-1]
+    info = catalog.track("video-180p")
+    assert (info.width, info.height) == (240, 180) and catalog.track("video-240p") is None
+    old_info = next(c.track("video-180p") for c in got["catalog"] if c.track("video-180p"))
+    assert (old_info.width, old_info.height) == (320, 180)
+    groups = by_group(got["video-180p"])
+    first = min(groups)
+    # the first publish's one group is whole: the pictures its decoder held back went out with
+    # the old size before the new catalog entry
+    assert [f.index for f in groups[first]] == list(range(60)) and not got.get("skipped")
+    assert sizes(old_info, groups[first]) == {(320, 180)}
+    after = [f for f in got["video-180p"] if f.group > first]
+    second = by_group(after)
+    assert len(second) == 2 and all(fs[0].index == 0 and fs[0].keyframe for fs in second.values())
+    assert len(second[min(second)]) == 60 and len(after) >= 85  # (the end of a broadcast may cut its last group)
+    assert sizes(info, after) == {(240, 180)}
+
+
+@contextlib.asynccontextmanager
+async def rung_watched(tmp_path, ladder: str, name: str, track: str | None):
+    """`rtmpq up --ladder LADDER` in this process (a broadcast outlives its publisher by 3 s) and a
+    MoQ subscriber of the rung ``track`` of ``live/<name>`` from before the first publish:
+    (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
+    all of it once the block is over and the broadcast ended. ``track`` None: no subscriber."""
+    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0,
+                                                                                   rung_queue_frames=120)))
+    await n.start()
+    got: dict = {}
+    sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got) if track else asyncio.sleep(0))
+    try:
+        yield n, f"rtmp://127.0.0.1:{n.rtmp.address[1]}/live/{name}", got
+        await asyncio.wait_for(sub, 60)
+    finally:
+        sub.cancel()
+        await n.close()
+
+
+def sizes(info, frames) -> set[tuple[int, int]]:
+    """The picture sizes ``frames`` of a rung decode to, each frame a picture."""
+    decoder = SourceDecoder(info)
+    pictures = []
+    for f in sorted(frames, key=lambda f: (f.group, f.index)):
+        pictures += decoder.decode(f.payload, f.pts, f.dts, f.keyframe)
+    pictures += decoder.flush()
+    assert len(pictures) == len(frames)
+    return {(p.width, p.height) for p in pictures}
+
+
+async def test_a_rung_playlist_asked_for_first_is_served(tmp_path):
+    """A player whose first request is a rung's media playlist (a direct link to it), before the
+    edge has opened the broadcast: the request waits for the catalog that names the rung and is served. Before, it
+    was answered 404 "no such rendition" (hls.js gives up on a 404), though the rung was listed
+    a moment later."""
+    from .test_nodes_cli import get_when_ready
+
+    async with rung_watched(tmp_path, "180p", "direct", None) as (n, url, _):
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "ref.flv"), seconds=6,
+                                                                        size="640x360"), 60))
+        await n.registry.wait_for("live/direct", 20)
+        host, http_port = n.edge.address
+        rung = f"http://{host}:{http_port}/live/direct/video-180p.m3u8"
+        status, body = await http_text(rung)
+        assert status in (200, 503), (status, body)  # 503: no whole segment yet, as for any rendition
+        assert b"#EXTINF" in await get_when_ready(rung, 30)
+        rc, out = await publisher
+        assert rc == 0, out

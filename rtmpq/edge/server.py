@@ -70,6 +70,10 @@ RUNG_LIVE_LAG = 0.3
 # ... or once this many seconds have passed since it was pulled: a rung that cannot keep up (a
 # starved host) is served as live as it gets rather than refused.
 RUNG_CATCH_UP_WAIT = 5.0
+# A rendition's playlist or init segment asked for within this many seconds of the edge opening its
+# broadcast (a direct link to a rung) waits up to then for a catalog that lists it, instead of 404:
+# the source's catalog comes first, and a transcoder lists its rungs in one of its own right after.
+RENDITION_LISTING_WAIT = 3.0
 PLAYLIST = "application/vnd.apple.mpegurl"
 # A refused viewer (403: no token, an expired or wrong one) is logged once per client address and
 # broadcast per this many seconds (a refused player retries every few seconds; the operator needs
@@ -180,7 +184,7 @@ class _Broadcast:
         for stream in self.streams.values():
             stream.clock = self.clock
         self.changed = asyncio.Condition()
-        self.last_request = time.monotonic()
+        self.last_request = self.opened_at = time.monotonic()
         self.opened = time.time()
         self.viewers: dict[tuple[str, str], float] = {}  # (client address, user agent) -> last request
         self.bytes_out = 0
@@ -497,7 +501,15 @@ class EdgeServer:
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
-            stream = b.streams.get(stream_key(pm["track"]) if pm is not None else im["kind"])
+            key = stream_key(pm["track"]) if pm is not None else im["kind"]
+            wait = RENDITION_LISTING_WAIT - (time.monotonic() - b.opened_at)
+            if key not in b.streams and wait > 0:  # just opened: the catalogs naming its renditions are on their way
+                async with b.changed:
+                    try:
+                        await asyncio.wait_for(b.changed.wait_for(lambda: key in b.streams), wait)
+                    except TimeoutError:
+                        pass
+            stream = b.streams.get(key)
             if stream is None:
                 return text(404, "no such rendition")
             b.asked_for(stream)

@@ -211,6 +211,13 @@ class Broadcast:
             if self._listeners:
                 self._tell(event)
 
+    def remove_renditions(self, tracks) -> None:
+        """Tracks made here that are made no more (transcoder rungs of a source that left, or that
+        is now no larger than they are) leave the catalog."""
+        gone = {track for track in tracks if self.catalog.track(track) is not None}
+        if gone:
+            self._new_catalog(self.catalog.without_tracks(gone))
+
     # -- publisher side -------------------------------------------------------------------------
     def set_catalog(self, catalog: Catalog) -> None:
         """Merge a publisher's catalog: tracks it describes are added or replaced, others stay (a

@@ -57,6 +57,11 @@ class BroadcastTranscoder:
         self.rung_source: dict[str, str] = {}  # rung track -> source track
         self.wanted: set[str] = set()
         self._stops: dict[str, asyncio.TimerHandle] = {}
+        # rung track -> its catalog entry at the source's new size, listed with the new Transcoder's
+        # first frame of it (a watched rung: the old one's last frames go out first)
+        self._pending: dict[str, TrackInfo] = {}
+        self._listed: dict[str, Transcoder] = {}  # rung track -> the Transcoder whose entry the catalog has
+        self._late_skips: dict[str, tuple] = {}  # rung track -> (id of a replaced Transcoder, group) said skipped
         self._loop = asyncio.get_running_loop()
 
     def on_catalog(self, catalog: Catalog) -> None:
@@ -69,47 +74,111 @@ class BroadcastTranscoder:
             t = self.transcoders.get(info.name)
             if t is None:
                 self._start(info)
+            elif (t.source.width, t.source.height) != (info.width, info.height):
+                self._resize(t, info)
             elif (t.source.init_data, t.source.codec) != (info.init_data, info.codec):
                 log.info("%s %s: new decoder configuration; rungs go on at the next group", self.label, info.name)
                 t.source = info
                 t.reconfigure(info)
 
-    def _start(self, info: TrackInfo) -> None:
+    def _start(self, info: TrackInfo, stats=None, defer=frozenset()) -> None:
+        owner: list[Transcoder] = []
+
         def emit(track: str, frame: Frame) -> None:  # rung threads -> the loop (in order with skip)
-            self._to_loop(self.emit, frame)
+            self._to_loop(self._from_rung, owner[0], track, frame.group, frame)
 
         def skip(track: str, group: int) -> None:
-            self._to_loop(self.skip, track, group)
+            self._to_loop(self._from_rung, owner[0], track, group, None)
 
         try:
             t = Transcoder(self.label, info, self.ladder, emit, skip=skip,
                            rung_queue_frames=self.config.rung_queue_frames, preset=self.config.preset,
-                           presets=self.config.presets)
+                           presets=self.config.presets, stats=stats)
         except CoderError as exc:
             log.warning("%s %s: not transcoded: %s", self.label, info.name, exc)
             return
+        owner.append(t)
         if not t.workers:
             log.info("%s %s: no rung is smaller than the source (%sx%s)", self.label, info.name, info.width, info.height)
         self.transcoders[info.name] = t
         for track in t.workers:
             self.rung_source[track] = info.name
+        for rung in t.tracks:
+            if rung.name in defer:
+                self._pending[rung.name] = rung
         if t.tracks:
-            self.publish_tracks(t.tracks)
+            now = tuple(rung for rung in t.tracks if rung.name not in self._pending)
+            if now:
+                self._list(now, t)
             log.info("%s %s: rungs %s (made when watched)", self.label, info.name,
                      ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
 
-    def _source_left(self, source: str) -> None:
-        """``source`` left the catalog: nothing feeds its rungs any more."""
-        self.transcoders.pop(source).close()
-        gone = [track for track, s in self.rung_source.items() if s == source]
+    def _from_rung(self, t: Transcoder, track: str, group: int, frame: Frame | None) -> None:
+        """On the loop: a rung frame (or, ``frame`` None, a skip of ``group``) from ``t``. A
+        Transcoder replaced (its source changed size) finishes its queue: its frames go out while
+        the catalog still lists the rung at the old size, which it does for a watched rung until
+        the new Transcoder's first frame of it; a frame made after that (or after its source left)
+        is dropped, and the group it cut short is said to be skipped, once."""
+        if track in self._pending and self.transcoders.get(t.source.name) is t:
+            self._list((self._pending.pop(track),), t)
+        if self._listed.get(track) is t:
+            if frame is None:
+                self.skip(track, group)
+            else:
+                self.emit(frame)
+        elif self._late_skips.get(track) != (id(t), group):
+            self._late_skips[track] = (id(t), group)
+            self.skip(track, group)
+
+    def _list(self, rungs: tuple[TrackInfo, ...], t: Transcoder) -> None:
+        """The catalog lists ``rungs`` as ``t`` makes them: their frames from ``t`` go out."""
+        for rung in rungs:
+            self._listed[rung.name] = t
+        self.publish_tracks(rungs)
+
+    def _resize(self, old: Transcoder, info: TrackInfo) -> None:
+        """The source's picture changed size: its rungs are made anew for the new size from the
+        next group (a rung keeps its track, gets a new size and avcC in the catalog; one no longer
+        smaller than the source is withdrawn, one that now is comes), so no rung is upscaled or
+        stretched to the old aspect."""
+        log.info("%s %s: the source is now %sx%s (was %sx%s); rungs made anew from the next group", self.label,
+                 info.name, info.width, info.height, old.source.width, old.source.height)
+        before = [track for track, s in self.rung_source.items() if s == info.name]
+        old.finish()  # the pictures its decoder holds back end the old size's last group
+        self._stop_source(info.name)
+        self._start(info, old.stats, defer=self.wanted)
+        gone = [track for track in before if track not in self.rung_source]
+        self._forget(gone)
         for track in gone:
+            old.stats.rungs.pop(track, None)  # (the new Transcoder goes on counting in the others)
+        if gone:
+            log.info("%s %s: rungs %s withdrawn (not smaller than the source)", self.label, info.name,
+                     ", ".join(gone))
+            self.withdraw(gone)
+
+    def _stop_source(self, source: str) -> None:
+        """Its Transcoder stops (finishing its queues) and its rungs are no longer its."""
+        self.transcoders.pop(source).close()
+        for track in [track for track, s in self.rung_source.items() if s == source]:
             del self.rung_source[track]
+
+    def _forget(self, tracks) -> None:
+        """Rungs withdrawn: nobody wants them, no stop is pending."""
+        for track in tracks:
             self.wanted.discard(track)
+            self._pending.pop(track, None)
+            self._listed.pop(track, None)
             stop = self._stops.pop(track, None)
             if stop is not None:
                 stop.cancel()
+
+    def _source_left(self, source: str) -> None:
+        """``source`` left the catalog: nothing feeds its rungs any more."""
+        gone = [track for track, s in self.rung_source.items() if s == source]
+        self._stop_source(source)
+        self._forget(gone)
         log.info("%s %s: the source track left; rungs %s withdrawn", self.label, source, ", ".join(gone) or "(none)")
         if gone:
             self.withdraw(gone)
@@ -143,6 +212,8 @@ class BroadcastTranscoder:
     def _idle(self, track: str) -> None:
         self._stops.pop(track, None)
         self.wanted.discard(track)
+        if track in self._pending:  # no new frame of it will list it
+            self._list((self._pending.pop(track),), self.transcoders[self.rung_source[track]])
         log.info("%s %s: nobody watches; stopped", self.label, track)
         self._activate(track, False)
 
@@ -214,7 +285,8 @@ class LocalTranscoder:
 
         bt = self.broadcasts[broadcast.name] = BroadcastTranscoder(broadcast.name, self.ladder, self.config,
                                                                    publish_tracks, broadcast.push_rendition,
-                                                                   broadcast.skip_rendition_group)
+                                                                   broadcast.skip_rendition_group,
+                                                                   broadcast.remove_renditions)
         for track, count in broadcast.demand.items():
             if count:
                 bt.set_wanted(track, True)
@@ -370,7 +442,9 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
 
     def publish_tracks(infos) -> None:
         for info in infos:
-            if info.name not in rungs:
+            if info.name in rungs:
+                rungs[info.name].info = info  # made anew (the source changed size): listed with its new size
+            else:
                 alias = next_alias[0]
                 next_alias[0] += 1
                 p = rungs[info.name] = _RungPublisher(conn, namespace, info, alias, token)

@@ -9,6 +9,7 @@ import logging
 from fractions import Fraction
 
 import av
+from av.codec.codec import UnknownCodecError
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
@@ -20,8 +21,14 @@ from .ladder import DEFAULT_FRAMERATE, GOP_BACKSTOP_FRAMES, X264_PRESET, Rung, x
 
 log = logging.getLogger("rtmpq.transcode")
 
-# PyAV decoder names per catalog codec prefix (the configuration record goes in as extradata).
-DECODERS = {"avc1": "h264", "avc3": "h264", "hvc1": "hevc", "hev1": "hevc", "av01": "av1", "vp09": "vp9"}
+# PyAV decoders per catalog codec prefix, the first one this FFmpeg has is used (the configuration
+# record goes in as extradata). AV1: FFmpeg's native "av1" decodes only through a hardware
+# accelerator (without one every packet fails with ENOSYS), so dav1d or libaom come first.
+DECODERS = {"avc1": ("h264",), "avc3": ("h264",), "hvc1": ("hevc",), "hev1": ("hevc",),
+            "av01": ("libdav1d", "libaom-av1", "av1"), "vp09": ("vp9",)}
+# Decoder options per decoder: dav1d holds frames back for its frame threads by default (a delay
+# of several frames per rung frame); one frame in, one out, as the other decoders with SLICE threads.
+DECODER_OPTIONS = {"libdav1d": {"max_frame_delay": "1"}}
 # Output length size of rung NAL units (the avcC says 4).
 NAL_LENGTH_SIZE = 4
 # AV_CODEC_FLAG_GLOBAL_HEADER: SPS/PPS in extradata (-> the rung's avcC), not in every IDR.
@@ -36,14 +43,13 @@ class SourceDecoder:
     """One PyAV decoder for one source video track, opened from the catalog's init data."""
 
     def __init__(self, info: TrackInfo) -> None:
-        name = DECODERS.get(info.codec.split(".")[0])
-        if name is None:
-            raise CoderError(f"no decoder for codec {info.codec!r}")
+        name = _decoder_name(info.codec)
         try:
             ctx = av.CodecContext.create(name, "r")
             if info.init_data:
                 ctx.extradata = bytes(info.init_data)
             ctx.thread_type = "SLICE"  # frame threads would add a frame of delay per thread
+            ctx.options = DECODER_OPTIONS.get(name, {})
             ctx.open()
         except av.FFmpegError as exc:
             raise CoderError(f"cannot open the {name} decoder: {exc}") from None
@@ -64,6 +70,17 @@ class SourceDecoder:
             return self.ctx.decode(None)
         except av.FFmpegError:
             return []
+
+
+def _decoder_name(codec: str) -> str:
+    """The first decoder of ``DECODERS`` for ``codec`` that this FFmpeg (PyAV's) has."""
+    for name in DECODERS.get(codec.split(".")[0], ()):
+        try:
+            av.Codec(name, "r")
+        except UnknownCodecError:  # not in this FFmpeg build
+            continue
+        return name
+    raise CoderError(f"no decoder for codec {codec!r}")
 
 
 def annexb_to_length_prefixed(data: bytes) -> tuple[bytes, bool]:

@@ -60,9 +60,13 @@ class Rung:
         return f"{source_track}-{self.name}"
 
     def size_for(self, src_width: int, src_height: int) -> tuple[int, int]:
-        """(width, height) at this height with the source's aspect, both even (4:2:0)."""
-        width = round(src_width * self.height / src_height / 2) * 2
-        return max(width, 2), self.height - self.height % 2
+        """(width, height) with the source's aspect and this rung's "height" on the picture's short
+        side (a portrait picture's width: "480p" of a phone's 720x1280 is 480x854, the pixels its
+        bitrate is meant for), both even (4:2:0)."""
+        short = self.height - self.height % 2
+        if src_width < src_height:
+            return short, max(round(src_height * self.height / src_width / 2) * 2, 2)
+        return max(round(src_width * self.height / src_height / 2) * 2, 2), short
 
 
 def parse_ladder(text: str, bitrates: dict[str, str] | None = None) -> tuple[Rung, ...]:
@@ -89,9 +93,11 @@ def parse_ladder(text: str, bitrates: dict[str, str] | None = None) -> tuple[Run
         if kbps <= 0:
             raise LadderError(f"transcode.bitrates: {item} must be positive")
         rungs[height] = Rung(item, height, kbps * 1000)
+    ordered = tuple(sorted(rungs.values(), key=lambda r: -r.height))
     if overrides:
-        raise LadderError(f"transcode.bitrates: {', '.join(overrides)} is not in the ladder")
-    return tuple(sorted(rungs.values(), key=lambda r: -r.height))
+        raise LadderError(f"transcode.bitrates: {', '.join(overrides)} is not in the ladder "
+                          f"({','.join(r.name for r in ordered) or 'none'})")
+    return ordered
 
 
 def _interpolated_kbps(height: int) -> int:
@@ -100,10 +106,11 @@ def _interpolated_kbps(height: int) -> int:
     return max(100, int(RUNG_BITRATES_KBPS[near] * (height / near) ** 2))
 
 
-def rungs_for_source(rungs: tuple[Rung, ...], src_height: int) -> tuple[Rung, ...]:
-    """The rungs worth making for a source: those smaller than it (a rung as tall as the source
-    would spend CPU to make the same picture worse)."""
-    return tuple(r for r in rungs if r.height < src_height)
+def rungs_for_source(rungs: tuple[Rung, ...], src_short_side: int) -> tuple[Rung, ...]:
+    """The rungs worth making for a source: those smaller than it, by the picture's short side
+    (its height, or a portrait picture's width; a rung as large as the source would spend CPU to
+    make the same picture worse)."""
+    return tuple(r for r in rungs if r.height < src_short_side)
 
 
 def x264_options(rung: Rung, preset: str = X264_PRESET) -> dict[str, str]:

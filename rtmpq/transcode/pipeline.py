@@ -88,6 +88,7 @@ class _RungWorker:
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
+        self.said_dropped: int | None = None  # the last source group dropped before the decoder it signalled
         self.sent = 0  # frames queued so far (their sequence numbers)
         self.catch_up_end = 0  # the sequence number of the last frame of the last catch-up burst
         # rung-thread side: the sequence number of the last frame taken from the queue
@@ -104,6 +105,7 @@ class _RungWorker:
             return  # already made by a catch-up decode
         first = group != self.offered_group
         if first:
+            self.say_dropped(group)
             self.offered_group = group
             self.skipping = False
         elif self.skipping:
@@ -127,6 +129,21 @@ class _RungWorker:
         self.queue.put((_SKIP, group))
         log.warning("%s %s: the encoder fell behind; dropping to the next group (group %d %s)",
                     self.owner.label, self.track, group, "skipped" if first else "cut short")
+
+    def say_dropped(self, before: int | None) -> None:
+        """Source groups the decoder never got (all or the rest of them: it fell behind), from the
+        one in progress here up to ``before`` (None: all), each once: the rung skipped them, after
+        what of them it made (their frames the decoder still held went out first)."""
+        for group in self.owner.dropped_groups:
+            if (before is not None and group >= before) or (self.said_dropped is not None and group <= self.said_dropped):
+                continue
+            self.said_dropped = group
+            if self.offered_group is None or group < self.offered_group:
+                continue  # before this rung started
+            if group == self.offered_group and self.skipping:
+                continue  # it cut that group itself, and said so
+            self.stats.skipped_groups += 1
+            self.queue.put((_SKIP, group))
 
     # rung thread
     def _run(self) -> None:
@@ -168,7 +185,7 @@ class _RungWorker:
                     self.owner.skip(self.track, group_id)
                 drop_group, group = True, group_id
                 continue
-            self.stats.frames_encoded = self.encoder.frames_encoded
+            self.stats.frames_encoded += 1
             for pts, data, idr in packets:
                 if first:
                     group, index, drop_group = group_id, 0, False
@@ -200,11 +217,13 @@ class Transcoder:
     them thread-safe, e.g. with ``loop.call_soon_threadsafe``; in that order, they keep theirs).
     ``lossless``: for files and benchmarks, where input comes faster than real time: the decoder
     waits for slow rungs instead of dropping groups. ``presets``: an x264 preset per rung name
-    ("480p") over ``preset``."""
+    ("480p") over ``preset``. ``stats``: the counts of the Transcoder this one replaces (its source
+    changed size), which go on from there."""
 
     def __init__(self, label: str, source: TrackInfo, ladder: tuple[Rung, ...], emit, *, skip=None,
                  rung_queue_frames: int = RUNG_QUEUE_FRAMES, decode_queue_frames: int = DECODE_QUEUE_FRAMES,
-                 lossless: bool = False, preset: str = X264_PRESET, presets: dict[str, str] | None = None) -> None:
+                 lossless: bool = False, preset: str = X264_PRESET, presets: dict[str, str] | None = None,
+                 stats: TranscodeStats | None = None) -> None:
         self.lossless = lossless
         self.label = label  # the broadcast's loggable name
         self.source = source
@@ -212,11 +231,11 @@ class Transcoder:
         self.skip = skip or (lambda track, group: None)
         self.rung_queue_frames = rung_queue_frames
         self.decode_queue_frames = decode_queue_frames
-        self.stats = TranscodeStats()
+        self.stats = stats or TranscodeStats()
         self.workers: dict[str, _RungWorker] = {}
         if not source.width or not source.height:
             raise CoderError(f"{label} {source.name}: the catalog gives no picture size")
-        for rung in rungs_for_source(ladder, source.height):
+        for rung in rungs_for_source(ladder, min(source.width, source.height)):
             width, height = rung.size_for(source.width, source.height)
             encoder = RungEncoder(rung, width, height, source.framerate, source.timescale,
                                   (presets or {}).get(rung.name, preset))
@@ -225,6 +244,8 @@ class Transcoder:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # frames in the inbox (approximate across threads; only a bound)
         self._dropping = False  # the decoder fell behind: drop input until the next group
+        # source groups dropped before the decoder (decoder thread side; the rungs say so)
+        self.dropped_groups: deque[int] = deque(maxlen=GROUP_STARTS_KEPT)
         self._thread = threading.Thread(target=self._run, name=f"rtmpq-decode-{source.name}", daemon=True)
         self._thread.start()
 
@@ -240,6 +261,7 @@ class Transcoder:
             self.stats.input_skipped_groups += 1
             log.warning("%s %s: the decoder fell behind; dropping source group %d", self.label, self.source.name,
                         frame.group)
+            self._inbox.put(("drop", frame.group))
             return
         self._queued += 1
         self._inbox.put(("frame", (frame, time.monotonic_ns())))
@@ -314,6 +336,13 @@ class Transcoder:
                 if decoder is not None:
                     dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
                 decoder = None
+                for w in self.workers.values():
+                    if w.active:
+                        w.say_dropped(None)
+                continue
+            if kind == "drop":  # the rest of this group never comes: no rung can start from it
+                self.dropped_groups.append(value)
+                group_whole = False
                 continue
             if kind == "config":
                 if decoder is not None:  # the old stream's last pictures (held for reordering) go out
@@ -327,7 +356,7 @@ class Transcoder:
                     continue
                 w.active = on
                 if not on:
-                    w.offered_group, w.last_pts = None, None
+                    w.offered_group, w.last_pts, w.said_dropped = None, None, None
                     if not any(x.active for x in self.workers.values()):
                         decoder = None  # nobody watches: stop decoding
                     continue
