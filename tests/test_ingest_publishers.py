@@ -119,3 +119,34 @@ async def test_a_publish_without_media_leaves_no_recording_and_a_short_one_does(
     await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
     [recording] = recordings(tmp_path / "rec", "short")
     assert probe_packets(str(recording)) == probe_packets(ref)
+
+
+async def test_an_encoder_cut_off_early_leaves_a_recording_that_says_how_long_it_is(ingest, tmp_path):
+    """ffmpeg puts the length it means to send in onMetaData (`-t 30`, or the length of a file
+    it restreams); an encoder that died 2 s in left a recording whose duration said 30 s, so
+    players showed a 30 s file and seeked into nothing. Closing the recording writes the length
+    it holds, as ffmpeg's own FLV writer does at its end."""
+    import json
+    import os
+    import signal
+
+    from .conftest import until
+    from .test_lifecycle import long_publish_args, spawn
+
+    need("ffmpeg")
+    encoder = await spawn(long_publish_args(f"rtmp://127.0.0.1:{ingest.port}/live/cut", seconds=30))
+    try:
+        await until(lambda: "live/cut" in ingest.publishes
+                    and ingest.publishes["live/cut"].demuxer.stats.frames["video"] > 60, what="2 s of the publish")
+    finally:
+        os.kill(encoder.pid, signal.SIGKILL)  # the encoder dies: no FCUnpublish, no trailer
+        await encoder.wait()
+    await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
+    [recording] = recordings(tmp_path / "rec", "cut")
+    rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "format=duration,size",
+                                 "-of", "json", str(recording)])
+    assert rc == 0, out
+    duration = float(json.loads(out)["format"]["duration"])
+    packets = probe_packets(str(recording))
+    held = (max(p.pts for p in packets) - min(p.pts for p in packets)) / 1000
+    assert 1.9 < held and abs(duration - held) < 0.1, (duration, held)  # within a few frames
