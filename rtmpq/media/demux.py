@@ -27,7 +27,14 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
-from ..codec.flv_types import AUDIO_CODECS, PACKET_CODED_FRAMES, PACKET_SEQUENCE_START, VIDEO_CODECS
+from ..codec.flv_types import (
+    AUDIO_CODEC_NAMES,
+    AUDIO_CODECS,
+    PACKET_CODED_FRAMES,
+    PACKET_SEQUENCE_START,
+    VIDEO_CODEC_NAMES,
+    VIDEO_CODECS,
+)
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
@@ -214,7 +221,11 @@ class BroadcastDemuxer:
         self.stats.unsupported += 1
         if (kind, fourcc) not in self._not_carried:
             self._not_carried.add((kind, fourcc))
-            log.warning("%s: %s codec %r is not carried; its frames are dropped", self._log_name, kind, fourcc)
+            names = VIDEO_CODEC_NAMES if kind == VIDEO else AUDIO_CODEC_NAMES
+            carried = ", ".join(names[c] for c in (VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS))
+            log.warning("%s: %s codec %s (FLV %r) is not carried; its frames are dropped (carried: %s; ffmpeg: %s)",
+                        self._log_name, kind, names.get(fourcc, "unknown"), fourcc, carried,
+                        "-c:v libx264" if kind == VIDEO else "-c:a aac")
         return []
 
     # -- video ----------------------------------------------------------------------------------
