@@ -1,6 +1,7 @@
 """Real publishers (ffmpeg, GStreamer) into the RTMP ingest: frames, timestamps, recording."""
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -155,15 +156,18 @@ async def test_an_encoder_cut_off_early_leaves_a_recording_that_says_how_long_it
 async def test_a_codec_that_is_not_carried_is_named_for_the_streamer(ingest, tmp_path, caplog):
     """ffmpeg's FLV defaults are Sorenson H.263 and MP3 (a publish without -c:v/-c:a): the log
     said "video codec 'legacy-2'" and "audio codec '.mp3'", which tells a streamer nothing. It
-    names the codec, what is carried instead and the ffmpeg option that sends it."""
+    names the codec, what is carried instead and the ffmpeg option that sends it, and which
+    publisher sent it (the line named the broadcast alone)."""
     need("ffmpeg")
     rc, output = await run_process([
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i",
         "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine", "-t", "1", "-f", "flv",
         f"rtmp://127.0.0.1:{ingest.port}/live/defaults"])
     assert rc == 0, output
-    # an open node: the key is the name, so the log names the broadcast by a hash of it
-    lines = [r.getMessage().partition(": ")[2] for r in caplog.records if "not carried" in r.getMessage()]
+    # the publisher's address, and (an open node: the key is the name) a hash for the broadcast
+    lines = [r.getMessage() for r in caplog.records if "not carried" in r.getMessage()]
+    assert all(re.match(r"127\.0\.0\.1:\d+: live/#[0-9a-f]{8}: ", line) for line in lines), lines
+    lines = [line.split(": ", 2)[2] for line in lines]
     assert lines == [
         "audio codec MP3 (FLV '.mp3') is not carried; its frames are dropped "
         "(carried: AAC, Opus, AC-3, E-AC-3; ffmpeg: -c:a aac)",
