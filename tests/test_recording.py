@@ -255,3 +255,16 @@ def test_close_writes_the_length_and_size_held_into_every_onmetadata(tmp_path):
     assert [m[0] for m in metadata] == ["onMetaData", "onMetaData"]
     assert all(m[1]["duration"] == 3.0 and m[1]["filesize"] == path.stat().st_size for m in metadata), metadata
     assert [t[2] for t in read_flv_tags(str(path)) if t[0] != 18] == [t[2] for t in TAGS[:150]]  # media as it came
+
+
+def test_its_log_lines_name_the_publisher(tmp_path, caplog):
+    """The ingest's lines name the publisher's address; the recording's named the broadcast
+    alone, so "recording of live/cam stopped: disk full" did not say whose publish it was."""
+    caplog.set_level(logging.INFO)
+    rec = FlvRecorder(tmp_path / "a", "live/cam", started=0, peer="192.0.2.7:50000")
+    rec.write(*TAGS[1])
+    rec.close()
+    empty = FlvRecorder(tmp_path / "b", "live/cam", started=0, peer="192.0.2.7:50001")
+    empty.close()
+    lines = [r.getMessage() for r in caplog.records if "recording" in r.getMessage()]
+    assert len(lines) == 3 and all(line.startswith("192.0.2.7:5000") for line in lines), lines

@@ -136,7 +136,7 @@ class FlvRecorder:
     """``write`` queues a tag and returns at once; ``close`` (or ``await aclose()``) finalizes."""
 
     def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None,
-                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES) -> None:
+                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "") -> None:
         self.path: Path | None = None  # set by the writer thread once the file is open
         self.tags = 0
         self.stopped = False  # the disk failed or fell behind: nothing more is recorded
@@ -144,6 +144,7 @@ class FlvRecorder:
         self._directory = Path(directory)
         self._started = time.time() if started is None else started
         self._name = safe_name(broadcast)
+        self._who = f"{peer}: " if peer else ""  # the publisher, first in each log line as the ingest's
         self._broadcast = broadcast
         self._queue: deque = deque()
         self._queued_bytes = 0
@@ -179,8 +180,8 @@ class FlvRecorder:
         self._begin_close()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("recording of %s: the disk did not finish within %g s; the file is closed when it does",
-                      self._name, timeout)
+            log.error("%srecording of %s: the disk did not finish within %g s; the file is closed when it does",
+                      self._who, self._name, timeout)
 
     async def aclose(self) -> None:
         """close() without blocking the event loop. Waits by polling, not in an executor thread:
@@ -202,7 +203,7 @@ class FlvRecorder:
             self._queue.clear()
             self._queued_bytes = 0
             self._wake.notify()
-            log.error("recording of %s in %s stopped: %s", self._name, self._directory, why)
+            log.error("%srecording of %s in %s stopped: %s", self._who, self._name, self._directory, why)
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -220,7 +221,7 @@ class FlvRecorder:
             # the file is named after the broadcast: logged whole where names are public (mapped
             # keys, tokens), without its name where the key is the name (an open node)
             shown = self.path if self._name == self._broadcast else self.path.parent / f"…{self.path.suffix}"
-            log.info("recording %s to %s", self._name, shown)
+            log.info("%srecording %s to %s", self._who, self._name, shown)
             while True:
                 with self._wake:
                     while not self._queue and not self._closing and not self.stopped:
@@ -258,9 +259,9 @@ class FlvRecorder:
                     # recording keeps its file: what the disk took before the error log)
                     try:
                         self.path.unlink()
-                        log.info("recording of %s: no audio or video came, no file kept", self._name)
+                        log.info("%srecording of %s: no audio or video came, no file kept", self._who, self._name)
                     except OSError as exc:
-                        log.warning("recording of %s: could not remove the empty file: %s", self._name,
+                        log.warning("%srecording of %s: could not remove the empty file: %s", self._who, self._name,
                                     _describe(exc))
 
 

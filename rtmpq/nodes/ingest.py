@@ -43,7 +43,7 @@ class Publish:
         # its warnings (codecs not carried, bad headers) name the publisher as the node's lines do
         self.demuxer = BroadcastDemuxer(broadcast.name, log_name=f"{conn.peer}: {self.name}")
         # named after the public name (the key never reaches a file name)
-        self.recorder = FlvRecorder(record_dir, broadcast.name) if record_dir else None
+        self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer) if record_dir else None
         self.last_media_ns = time.time_ns()
         self.closed = False
 
