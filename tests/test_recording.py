@@ -241,8 +241,8 @@ def test_the_start_log_names_the_file_where_names_are_public(tmp_path, caplog, p
 
 
 def test_close_writes_the_length_and_size_held_into_every_onmetadata(tmp_path):
-    """OBS says duration 0, ffmpeg the length it means to send: the closed file says what it
-    holds (the last frame's interval included), in each onMetaData (GStreamer repeats it)."""
+    """An encoder's onMetaData says 0 or the length it means to send: the closed file says what
+    it holds (the last frame's interval included), in each onMetaData (GStreamer repeats it)."""
     meta = amf0_encode("@setDataFrame", "onMetaData", {"duration": 0.0, "width": 320.0, "filesize": 0.0})
     rec = FlvRecorder(tmp_path, "live/cam", started=0)
     rec.write(18, 0, meta)

@@ -2,8 +2,7 @@
 
 One thing is rewritten when the recording closes, as FFmpeg's own FLV writer does at its end: the
 ``duration`` (and ``filesize``) numbers of the publisher's onMetaData, which an encoder fills in
-before it knows (ffmpeg writes the length it means to send: ``-t``, or the file it restreams; OBS
-writes 0). They say what the file holds, so a publish cut off early is not a file that claims
+before it knows (ffmpeg writes the length it means to send: ``-t``, or the file it restreams). They say what the file holds, so a publish cut off early is not a file that claims
 its planned length.
 
 The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video leaves
