@@ -163,7 +163,7 @@ def _add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rtmps-key", type=Path, help="TLS private key (PEM) for --rtmps-cert")
     p.add_argument("--record", metavar="DIR", type=Path,
                    help="record every publish session as DIR/live/<name>-<UTC start>.flv "
-                        "(an exact remux of the received tags)")
+                        "(the received tags; its onMetaData duration made what the file holds)")
 
 
 def _add_ladder_argument(p: argparse.ArgumentParser, default: str) -> None:

@@ -180,8 +180,10 @@ def test_a_codec_not_carried_is_logged_once_with_its_fourcc(caplog):
             assert demuxer.message(9, i * 33, vvc(0 if i == 0 else 1)) == []
             assert demuxer.message(8, i * 20, b"\x91fLaC" + b"\x00" * 4) == []
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["live/#x: video codec 'vvc1' is not carried; its frames are dropped",
-                     "live/#x: audio codec 'fLaC' is not carried; its frames are dropped"]
+    assert lines == ["live/#x: video codec VVC (FLV 'vvc1') is not carried; its frames are dropped "
+                     "(carried: H.264, HEVC, AV1, VP9; ffmpeg: -c:v libx264)",
+                     "live/#x: audio codec FLAC (FLV 'fLaC') is not carried; its frames are dropped "
+                     "(carried: AAC, Opus, AC-3, E-AC-3; ffmpeg: -c:a aac)"]
     assert demuxer.stats.unsupported == 10
 
 

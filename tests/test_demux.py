@@ -203,3 +203,24 @@ def test_fast_path_frames_hold_the_readers_copy_and_no_view_over_it(sample_flv, 
     frames = [i for i in out if not isinstance(i, Catalog)]
     assert len(frames) > 100
     assert {type(f.payload) for f in frames} == {bytes}
+
+
+@pytest.mark.parametrize("publish", [publish_through_session, publish_through_media_sink])
+def test_a_clock_that_jumps_back_mid_group_goes_on_from_where_it_was(sample_flv, publish, caplog):
+    """An encoder's clock jumps back 3 s between two frames of a GoP (a reset, a source that
+    restarted its timeline): every frame still comes, each track's time going on from its last
+    frame, so audio and video stay together. Passed on as sent, time went back inside a group,
+    and the HLS player that read it played the audio 3 s off the video."""
+    tags = [(kind, ts - 3000 if ts >= 3500 else ts, body) for kind, ts, body in read_flv_tags(str(sample_flv))]
+    demuxer, out = publish(tags, 0, 4096)
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    reference = probe_packets(str(sample_flv))
+    for track in ("video", "audio"):
+        got = [(f.dts, f.pts - f.dts) for f in frames if f.track == track]
+        sent = [(p.dts, p.pts - p.dts) for p in reference if p.track == track]
+        assert len(got) == len(sent) and [c for _, c in got] == [c for _, c in sent], track
+        assert all(b > a for (a, _), (b, _) in zip(got, got[1:])), track
+        # on the encoder's own timeline again, within a frame's rounding
+        assert max(abs(g - s) for (g, _), (s, _) in zip(got, sent)) <= 2, track
+    assert demuxer.stats.clock_jumps == 2 and demuxer.stats.dropped == 0
+    assert caplog.text.count("stepped back") == 1

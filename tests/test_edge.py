@@ -595,3 +595,34 @@ async def test_an_irregular_gop_publish_keeps_one_target_duration_that_bounds_ev
     rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8", "-f", "null", "-"],
                                 timeout=60)
     assert rc == 0 and out.strip() == "", out
+
+
+async def test_a_clock_that_jumps_back_mid_gop_plays_with_audio_and_video_together(node, source_flv, tmp_path):
+    """An encoder's clock jumps back 3 s between two frames of a GoP: a player of the HLS
+    playlist gets every frame, audio and video ending together. Before, the group holding the
+    jump had time going back inside its segment, and ffmpeg played the audio 3 s off the video
+    and lost frames."""
+    need("ffmpeg")
+    jumped = tmp_path / "jumped.flv"
+    with open(jumped, "wb") as f:
+        writer = FlvWriter(f)
+        for tag_type, ts, body in read_flv_tags(str(source_flv)):
+            if tag_type in (8, 9):
+                writer.write_tag(tag_type, ts - 3000 if ts >= 3500 else ts, body)
+    await publish_flv_and_end(node, "jumped", jumped)
+    base = "http://{}:{}/live/jumped".format(*node.edge.address)
+    played = tmp_path / "played.md5"
+    rc, out = await run_process(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin", "-i", f"{base}/index.m3u8",
+                                 "-map", "0:v", "-map", "0:a", "-f", "framemd5", str(played)], timeout=60)
+    assert rc == 0, out
+    rows = [line.split(",") for line in played.read_text().splitlines() if not line.startswith("#")]
+    rates = {int(i): int(rate) for i, rate in re.findall(r"^#tb (\d+): 1/(\d+)$", played.read_text(), re.M)}
+    ends = {}
+    for stream in (0, 1):
+        pts = [int(r[2]) / rates[stream] for r in rows if int(r[0]) == stream]
+        assert all(b > a for a, b in zip(pts, pts[1:])), stream
+        ends[stream] = pts[-1]
+    sent = probe_packets(str(source_flv))
+    assert [len([r for r in rows if int(r[0]) == s]) for s in (0, 1)] == \
+        [len([p for p in sent if p.track == kind]) for kind in ("video", "audio")]
+    assert abs(ends[0] - ends[1]) < 0.1, ends  # together, as sent (3 s apart before)

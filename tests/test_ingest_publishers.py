@@ -1,6 +1,7 @@
 """Real publishers (ffmpeg, GStreamer) into the RTMP ingest: frames, timestamps, recording."""
 
 import asyncio
+import re
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,57 @@ async def test_a_publish_without_media_leaves_no_recording_and_a_short_one_does(
     await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
     [recording] = recordings(tmp_path / "rec", "short")
     assert probe_packets(str(recording)) == probe_packets(ref)
+
+
+async def test_an_encoder_cut_off_early_leaves_a_recording_that_says_how_long_it_is(ingest, tmp_path):
+    """ffmpeg puts the length it means to send in onMetaData (`-t 30`, or the length of a file
+    it restreams); an encoder that died 2 s in left a recording whose duration said 30 s, so
+    players showed a 30 s file and seeked into nothing. Closing the recording writes the length
+    it holds, as ffmpeg's own FLV writer does at its end."""
+    import json
+    import os
+    import signal
+
+    from .conftest import until
+    from .test_lifecycle import long_publish_args, spawn
+
+    need("ffmpeg")
+    encoder = await spawn(long_publish_args(f"rtmp://127.0.0.1:{ingest.port}/live/cut", seconds=30))
+    try:
+        await until(lambda: "live/cut" in ingest.publishes
+                    and ingest.publishes["live/cut"].demuxer.stats.frames["video"] > 60, what="2 s of the publish")
+    finally:
+        os.kill(encoder.pid, signal.SIGKILL)  # the encoder dies: no FCUnpublish, no trailer
+        await encoder.wait()
+    await until(lambda: not ingest.publishes and not ingest._finalizing, 10, "the recording closed")
+    [recording] = recordings(tmp_path / "rec", "cut")
+    rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "format=duration,size",
+                                 "-of", "json", str(recording)])
+    assert rc == 0, out
+    duration = float(json.loads(out)["format"]["duration"])
+    packets = probe_packets(str(recording))
+    held = (max(p.pts for p in packets) - min(p.pts for p in packets)) / 1000
+    assert 1.9 < held and abs(duration - held) < 0.1, (duration, held)  # within a few frames
+
+
+async def test_a_codec_that_is_not_carried_is_named_for_the_streamer(ingest, tmp_path, caplog):
+    """ffmpeg's FLV defaults are Sorenson H.263 and MP3 (a publish without -c:v/-c:a): the log
+    said "video codec 'legacy-2'" and "audio codec '.mp3'", which tells a streamer nothing. It
+    names the codec, what is carried instead and the ffmpeg option that sends it, and which
+    publisher sent it (the line named the broadcast alone)."""
+    need("ffmpeg")
+    rc, output = await run_process([
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-f", "lavfi", "-i",
+        "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine", "-t", "1", "-f", "flv",
+        f"rtmp://127.0.0.1:{ingest.port}/live/defaults"])
+    assert rc == 0, output
+    # the publisher's address, and (an open node: the key is the name) a hash for the broadcast
+    lines = [r.getMessage() for r in caplog.records if "not carried" in r.getMessage()]
+    assert all(re.match(r"127\.0\.0\.1:\d+: live/#[0-9a-f]{8}: ", line) for line in lines), lines
+    lines = [line.split(": ", 2)[2] for line in lines]
+    assert lines == [
+        "audio codec MP3 (FLV '.mp3') is not carried; its frames are dropped "
+        "(carried: AAC, Opus, AC-3, E-AC-3; ffmpeg: -c:a aac)",
+        "video codec Sorenson H.263 (FLV 'legacy-2') is not carried; its frames are dropped "
+        "(carried: H.264, HEVC, AV1, VP9; ffmpeg: -c:v libx264)",
+    ], lines

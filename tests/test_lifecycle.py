@@ -371,3 +371,21 @@ async def test_a_subscription_outlives_a_publisher_gap_longer_than_the_quic_idle
         await asyncio.wait_for(sub, 10)
     finally:
         await node.close()
+
+
+async def test_an_encoder_taken_over_is_told_why(node):
+    """Two encoders on one key: the second takes over and the first is closed. It was closed at
+    once, while it was still sending, so its onStatus went down with the connection (a reset):
+    ffmpeg said "Broken pipe". The connection now stays open a moment, reading and dropping
+    what comes, and the encoder reads the reason."""
+    need("ffmpeg")
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/twice"
+    first = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+                                             "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-t", "20",
+                                             *VIDEO_ENCODE, "-f", "flv", url], timeout=40))
+    await until(lambda: video_frames(node, "live/twice") > 10, what="the first publish")
+    second = asyncio.create_task(run_process(ffmpeg_publish_only_args(url, seconds=2)))
+    rc, output = await asyncio.wait_for(first, 20)
+    assert rc != 0 and "Server error: another publisher took over this stream" in output, output
+    rc, output = await second
+    assert rc == 0, output

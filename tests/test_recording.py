@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from rtmpq.codec import amf0_decode, amf0_encode
 from rtmpq.media import recording
 from rtmpq.media.flv import read_flv_tags
 from rtmpq.media.recording import FlvRecorder
@@ -116,6 +117,7 @@ async def test_aclose_finalizes_without_blocking_the_loop(tmp_path, monkeypatch)
 
 _STUCK_AT_EXIT = """
 import asyncio, sys
+from rtmpq.codec import amf0_decode, amf0_encode
 from rtmpq.media import recording
 from tests.test_recording import TAGS, _StuckDisk
 
@@ -236,3 +238,33 @@ def test_the_start_log_names_the_file_where_names_are_public(tmp_path, caplog, p
         assert line == f"recording live/cam to {tmp_path / 'live' / 'cam-19700101T000000Z.flv'}"
     else:
         assert "cam" not in line.replace(str(tmp_path), "") and line.endswith("….flv")
+
+
+def test_close_writes_the_length_and_size_held_into_every_onmetadata(tmp_path):
+    """An encoder's onMetaData says 0 or the length it means to send: the closed file says what
+    it holds (the last frame's interval included), in each onMetaData (GStreamer repeats it)."""
+    meta = amf0_encode("@setDataFrame", "onMetaData", {"duration": 0.0, "width": 320.0, "filesize": 0.0})
+    rec = FlvRecorder(tmp_path, "live/cam", started=0)
+    rec.write(18, 0, meta)
+    for type_id, ts, body in TAGS[:150]:  # 0 .. 2980 ms, 20 ms apart
+        rec.write(type_id, ts + 2**32 - 1000, body)  # across a 32-bit wrap
+    rec.write(18, 1000, meta)
+    rec.close()
+    path = _recording(tmp_path)
+    metadata = [amf0_decode(body) for kind, _, body in read_flv_tags(str(path)) if kind == 18]
+    assert [m[0] for m in metadata] == ["onMetaData", "onMetaData"]
+    assert all(m[1]["duration"] == 3.0 and m[1]["filesize"] == path.stat().st_size for m in metadata), metadata
+    assert [t[2] for t in read_flv_tags(str(path)) if t[0] != 18] == [t[2] for t in TAGS[:150]]  # media as it came
+
+
+def test_its_log_lines_name_the_publisher(tmp_path, caplog):
+    """The ingest's lines name the publisher's address; the recording's named the broadcast
+    alone, so "recording of live/cam stopped: disk full" did not say whose publish it was."""
+    caplog.set_level(logging.INFO)
+    rec = FlvRecorder(tmp_path / "a", "live/cam", started=0, peer="192.0.2.7:50000")
+    rec.write(*TAGS[1])
+    rec.close()
+    empty = FlvRecorder(tmp_path / "b", "live/cam", started=0, peer="192.0.2.7:50001")
+    empty.close()
+    lines = [r.getMessage() for r in caplog.records if "recording" in r.getMessage()]
+    assert len(lines) == 3 and all(line.startswith("192.0.2.7:5000") for line in lines), lines

@@ -20,6 +20,20 @@ FRAME_COMMAND = 5
 VIDEO_CODECS = ("avc1", "hvc1", "av01", "vp09")
 AUDIO_CODECS = ("mp4a", "Opus", "ac-3", "ec-3")
 
+# What a streamer knows the codecs by, for the log line of one that is not carried (FourCCs, and
+# the legacy FLV CodecIDs / SoundFormats that have none: "legacy-<n>").
+VIDEO_CODEC_NAMES = {
+    "avc1": "H.264", "hvc1": "HEVC", "av01": "AV1", "vp09": "VP9", "vp08": "VP8", "vvc1": "VVC",
+    "legacy-2": "Sorenson H.263", "legacy-3": "Screen Video", "legacy-4": "On2 VP6",
+    "legacy-5": "On2 VP6 with alpha", "legacy-6": "Screen Video 2",
+}
+AUDIO_CODEC_NAMES = {
+    "mp4a": "AAC", "Opus": "Opus", "ac-3": "AC-3", "ec-3": "E-AC-3", ".mp3": "MP3", "fLaC": "FLAC",
+    "legacy-0": "PCM", "legacy-1": "ADPCM", "legacy-3": "PCM", "legacy-4": "Nellymoser",
+    "legacy-5": "Nellymoser", "legacy-6": "Nellymoser", "legacy-7": "G.711 A-law",
+    "legacy-8": "G.711 mu-law", "legacy-11": "Speex",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class VideoTag:

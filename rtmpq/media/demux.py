@@ -27,7 +27,14 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
-from ..codec.flv_types import AUDIO_CODECS, PACKET_CODED_FRAMES, PACKET_SEQUENCE_START, VIDEO_CODECS
+from ..codec.flv_types import (
+    AUDIO_CODEC_NAMES,
+    AUDIO_CODECS,
+    PACKET_CODED_FRAMES,
+    PACKET_SEQUENCE_START,
+    VIDEO_CODEC_NAMES,
+    VIDEO_CODECS,
+)
 from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
@@ -55,6 +62,12 @@ _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence heade
 # by more than this (12.4 days between two messages) is such a wrap, time going on by
 # ``delta + 2**31``. Publishers that send all 32 bits never step back that far.
 WRAP_31_STEP_BACK = 0x40000000
+# A track whose timestamps step back further than this (ms) between two of its frames had its
+# encoder's clock jump back (reset, or a source that restarted its timeline): its time goes on from
+# its last frame instead (one frame interval later), so what follows is not replayed over what was
+# sent (an HLS segment with time going back inside it played its audio 3 s off its video). Smaller
+# steps back are jitter, left as they are; steps forward are real gaps (dropped frames), kept.
+CLOCK_JUMP_BACK_MS = 500
 
 
 class TimestampUnwrapper:
@@ -82,6 +95,7 @@ class DemuxStats:
     frames: dict = field(default_factory=lambda: {VIDEO: 0, AUDIO: 0, DATA: 0})
     dropped: int = 0
     bad_access_units: int = 0
+    clock_jumps: int = 0  # a track's timestamps stepped back further than CLOCK_JUMP_BACK_MS
     unsupported: int = 0  # frames and headers of codecs that are not carried
 
 
@@ -96,6 +110,9 @@ class _Track:
     index: int = 0
     resync: bool = False  # a bad access unit was seen: wait for the next keyframe
     group_start: int | None = None  # audio-only: dts of the group's first frame
+    shift: int = 0  # added to its timestamps since its clock jumped back (CLOCK_JUMP_BACK_MS)
+    last_dts: int | None = None  # of its last frame, and of the one before (for its interval)
+    prev_dts: int | None = None
 
 
 def track_name(kind: str, track_id: int) -> str:
@@ -171,6 +188,12 @@ class BroadcastDemuxer:
             if delta < -WRAP_31_STEP_BACK:
                 delta += 0x80000000
             ts = clock._last = last + delta
+        ts += track.shift  # _continued, inline: no call per frame for the common case
+        last = track.last_dts
+        if last is not None and ts < last - CLOCK_JUMP_BACK_MS:
+            ts = self._clock_jumped(track, ts)
+        track.prev_dts = last
+        track.last_dts = ts
         self._now_ms = received_ns // 1_000_000 if received_ns else None
         if type_id == 8:
             if not payload:
@@ -200,6 +223,27 @@ class BroadcastDemuxer:
         self.stats.frames[VIDEO] += 1
         return [frame]
 
+    def _continued(self, track: _Track, ts: int) -> int:
+        """``ts`` on the track's own timeline (see CLOCK_JUMP_BACK_MS); media() inlines this."""
+        ts += track.shift
+        last = track.last_dts
+        if last is not None and ts < last - CLOCK_JUMP_BACK_MS:
+            ts = self._clock_jumped(track, ts)
+        track.prev_dts = last
+        track.last_dts = ts
+        return ts
+
+    def _clock_jumped(self, track: _Track, ts: int) -> int:
+        """The track's clock stepped back: it goes on one frame interval after its last frame."""
+        last, prev = track.last_dts, track.prev_dts
+        interval = last - prev if prev is not None and last > prev else 1
+        track.shift += last + interval - ts
+        self.stats.clock_jumps += 1
+        if self.stats.clock_jumps == 1:  # once per publish: a publisher could step back at every frame
+            log.warning("%s: the timestamps of %s stepped back %d ms; its time goes on from its last frame",
+                        self._log_name, track.name, last - ts)
+        return last + interval
+
     def _room_for(self, kind: str, tracks: dict) -> bool:
         if len(tracks) < MAX_TRACKS_PER_KIND:
             return True
@@ -214,7 +258,11 @@ class BroadcastDemuxer:
         self.stats.unsupported += 1
         if (kind, fourcc) not in self._not_carried:
             self._not_carried.add((kind, fourcc))
-            log.warning("%s: %s codec %r is not carried; its frames are dropped", self._log_name, kind, fourcc)
+            names = VIDEO_CODEC_NAMES if kind == VIDEO else AUDIO_CODEC_NAMES
+            carried = ", ".join(names[c] for c in (VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS))
+            log.warning("%s: %s codec %s (FLV %r) is not carried; its frames are dropped (carried: %s; ffmpeg: %s)",
+                        self._log_name, kind, names.get(fourcc, "unknown"), fourcc, carried,
+                        "-c:v libx264" if kind == VIDEO else "-c:a aac")
         return []
 
     # -- video ----------------------------------------------------------------------------------
@@ -238,6 +286,7 @@ class BroadcastDemuxer:
             return []
         if keyframe is None:
             return []  # an empty access unit
+        ts = self._continued(track, ts)
         out = []
         if keyframe:
             self._open_video_group(track, tag.track_id, ts)
@@ -350,6 +399,7 @@ class BroadcastDemuxer:
         if track is None or track.codec != tag.codec or not len(payload):
             self.stats.dropped += 1
             return out
+        ts = self._continued(track, ts)
         group = self._next_audio_group(track, ts)
         frame = Frame(track.name, group, track.index, ts, ts, True, payload, received_ns)
         track.index += 1

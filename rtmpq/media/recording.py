@@ -1,5 +1,10 @@
 """Record a publish session as an FLV file: a remux of exactly the tags received.
 
+One thing is rewritten when the recording closes, as FFmpeg's own FLV writer does at its end: the
+``duration`` (and ``filesize``) numbers of the publisher's onMetaData, which an encoder fills in
+before it knows (ffmpeg writes the length it means to send: ``-t``, or the file it restreams). They say what the file holds, so a publish cut off early is not a file that claims
+its planned length.
+
 The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video leaves
 none (the file is removed when the recording closes). The key has passed the session's allowlist
 (letters, digits, ``_.~-``), so it cannot climb out of ``dir``; we check that once more anyway.
@@ -14,6 +19,7 @@ reader's receive blocks, which are never reused (or copies it made), so they sta
 import asyncio
 import logging
 import os
+import struct
 import tempfile
 import threading
 import time
@@ -22,7 +28,8 @@ from pathlib import Path
 
 from ..config import ConfigError
 from ..redact import safe_name
-from .flv import FlvWriter, tag_pieces
+from .demux import TimestampUnwrapper
+from .flv import FLV_HEADER_SIZE, TAG_HEADER_SIZE, FlvWriter, tag_pieces
 
 log = logging.getLogger("rtmpq.media")
 
@@ -43,6 +50,11 @@ RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
+# onMetaData (AMF0 string) and the keys of its numbers rewritten at close (length-prefixed, then the
+# AMF0 number marker: the 8-byte double follows)
+_ON_METADATA = b"\x02\x00\x0aonMetaData"
+_DURATION_KEY = b"\x00\x08duration\x00"
+_FILESIZE_KEY = b"\x00\x08filesize\x00"
 # pieces one writev takes (Linux: 1024; sysconf says -1 where it is not known)
 _IOV_MAX = max(os.sysconf("SC_IOV_MAX"), 16) if hasattr(os, "sysconf") else 16
 
@@ -75,11 +87,55 @@ def recording_path(directory: Path, broadcast: str, started: float) -> Path:
     return path
 
 
+class _Length:
+    """What the writer thread learns of the file as its tags go out: where the onMetaData numbers
+    rewritten at close are, and how long the media is (the first audio or video timestamp to the
+    last, plus that track's last frame interval, as FFmpeg counts a packet's duration)."""
+
+    def __init__(self) -> None:
+        self.offset = FLV_HEADER_SIZE + 4  # the file header and the first PreviousTagSize
+        self.durations: list[int] = []  # file offsets of the doubles to rewrite
+        self.filesizes: list[int] = []
+        self._clock = TimestampUnwrapper()
+        self._first: int | None = None
+        self._last: dict[int, tuple[int, int]] = {}  # tag type -> (timestamp, interval before it)
+
+    def tag(self, type_id: int, timestamp: int, header: bytes, body) -> None:
+        size = len(header) + len(body)
+        if type_id == 18 and bytes(body[: len(_ON_METADATA)]) == _ON_METADATA:
+            data = bytes(body)
+            for key, offsets in ((_DURATION_KEY, self.durations), (_FILESIZE_KEY, self.filesizes)):
+                found = data.find(key)
+                if found >= 0 and found + len(key) + 8 <= len(data):
+                    offsets.append(self.offset + TAG_HEADER_SIZE + len(header) + found + len(key))
+        elif type_id in (8, 9):
+            ts = self._clock.unwrap(timestamp)
+            if self._first is None:
+                self._first = ts
+            last = self._last.get(type_id)
+            if last is None:
+                self._last[type_id] = (ts, 0)
+            else:  # a step back keeps the interval it had
+                self._last[type_id] = (ts, ts - last[0] if ts > last[0] else last[1])
+        self.offset += TAG_HEADER_SIZE + size + 4
+
+    def seconds(self) -> float:
+        if self._first is None:
+            return 0.0
+        return (max(ts + interval for ts, interval in self._last.values()) - self._first) / 1000
+
+    def rewrite(self, fd: int) -> None:
+        """Write the media's length and the file's size into every onMetaData that has them."""
+        for offsets, value in ((self.durations, self.seconds()), (self.filesizes, float(self.offset))):
+            for at in offsets:
+                os.pwrite(fd, struct.pack(">d", value), at)
+
+
 class FlvRecorder:
     """``write`` queues a tag and returns at once; ``close`` (or ``await aclose()``) finalizes."""
 
     def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None,
-                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES) -> None:
+                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "") -> None:
         self.path: Path | None = None  # set by the writer thread once the file is open
         self.tags = 0
         self.stopped = False  # the disk failed or fell behind: nothing more is recorded
@@ -87,6 +143,7 @@ class FlvRecorder:
         self._directory = Path(directory)
         self._started = time.time() if started is None else started
         self._name = safe_name(broadcast)
+        self._who = f"{peer}: " if peer else ""  # the publisher, first in each log line as the ingest's
         self._broadcast = broadcast
         self._queue: deque = deque()
         self._queued_bytes = 0
@@ -122,8 +179,8 @@ class FlvRecorder:
         self._begin_close()
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("recording of %s: the disk did not finish within %g s; the file is closed when it does",
-                      self._name, timeout)
+            log.error("%srecording of %s: the disk did not finish within %g s; the file is closed when it does",
+                      self._who, self._name, timeout)
 
     async def aclose(self) -> None:
         """close() without blocking the event loop. Waits by polling, not in an executor thread:
@@ -145,12 +202,13 @@ class FlvRecorder:
             self._queue.clear()
             self._queued_bytes = 0
             self._wake.notify()
-            log.error("recording of %s in %s stopped: %s", self._name, self._directory, why)
+            log.error("%srecording of %s in %s stopped: %s", self._who, self._name, self._directory, why)
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
         file = None
         media = 0  # audio and video tags written
+        length = _Length()
         try:
             self.path = recording_path(self._directory, self._broadcast, self._started)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +220,7 @@ class FlvRecorder:
             # the file is named after the broadcast: logged whole where names are public (mapped
             # keys, tokens), without its name where the key is the name (an open node)
             shown = self.path if self._name == self._broadcast else self.path.parent / f"…{self.path.suffix}"
-            log.info("recording %s to %s", self._name, shown)
+            log.info("%srecording %s to %s", self._who, self._name, shown)
             while True:
                 with self._wake:
                     while not self._queue and not self._closing and not self.stopped:
@@ -175,6 +233,7 @@ class FlvRecorder:
                 done = 0
                 for type_id, timestamp, header, body in batch:
                     pieces += tag_pieces(type_id, timestamp, body, header)
+                    length.tag(type_id, timestamp, header, body)
                     done += len(header) + len(body) + _TAG_OVERHEAD
                     media += type_id in (8, 9)
                 write_all(file.fileno(), pieces)
@@ -187,6 +246,8 @@ class FlvRecorder:
         finally:
             if file is not None:
                 try:
+                    if media and not self.stopped:
+                        length.rewrite(file.fileno())
                     file.close()
                 except Exception as exc:
                     with self._wake:
@@ -197,9 +258,9 @@ class FlvRecorder:
                     # recording keeps its file: what the disk took before the error log)
                     try:
                         self.path.unlink()
-                        log.info("recording of %s: no audio or video came, no file kept", self._name)
+                        log.info("%srecording of %s: no audio or video came, no file kept", self._who, self._name)
                     except OSError as exc:
-                        log.warning("recording of %s: could not remove the empty file: %s", self._name,
+                        log.warning("%srecording of %s: could not remove the empty file: %s", self._who, self._name,
                                     _describe(exc))
 
 

@@ -27,6 +27,12 @@ from .session import (
 
 log = logging.getLogger("rtmpq.rtmp")
 
+# Seconds a connection whose publish we ended (taken over, idle) stays open, reading and dropping
+# what the encoder still sends, before it is closed: closed at once, with media in flight, the
+# socket is reset and the onStatus that says why is lost with it (ffmpeg said "Broken pipe"; now it
+# prints "Server error: <why>"). An encoder that closes first ends it sooner.
+STOP_LINGER = 2.0
+
 
 class PublishSink(Protocol):
     def on_message(self, msg: MediaMessage) -> None: ...
@@ -52,6 +58,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.peer = "?"
         self._timer: asyncio.TimerHandle | None = None
         self._closing = False
+        self._linger: asyncio.TimerHandle | None = None  # set while a stopped publish's connection lingers
         self._reader_fd: int | None = None  # set while the server's SharedReader reads this socket
 
     # -- asyncio callbacks ----------------------------------------------------------------------
@@ -152,6 +159,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self.server.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         for pub in self.publishes.values():
             pub.close("connection closed")
         self.publishes.clear()
@@ -177,7 +186,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 if pub is not None:
                     pub.on_message(event)
             elif isinstance(event, PublishRequested):
-                self.server.handler.publish_requested(self, event)
+                if self._linger is None:  # not from a connection that is on its way out
+                    self.server.handler.publish_requested(self, event)
             elif isinstance(event, PublishEnded):
                 pub = self.publishes.pop(event.stream_id, None)
                 if pub is not None:
@@ -220,13 +230,19 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self._flush()
 
     def stop(self, stream_id: int, code: str, description: str) -> None:
-        """End an accepted publish from our side (idle, taken over, stopping) and close the connection."""
+        """End an accepted publish from our side (idle, taken over, stopping) and close the
+        connection, STOP_LINGER seconds later: the encoder reads the onStatus first."""
         sink = self.publishes.pop(stream_id, None)
         self.session.stop_publish(stream_id, code, description)
-        self._close()
+        if self._linger is None and not self._closing:
+            self._linger = asyncio.get_running_loop().call_later(STOP_LINGER, self._linger_over)
         self._flush()
         if sink is not None:
             sink.close(description)
+
+    def _linger_over(self) -> None:
+        self._close()
+        self._flush()
 
     def _flush(self) -> None:
         data = self.session.data_to_send()
