@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, quote
 from ..auth.access import Access, AccessDenied
 from ..config import HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
+from ..http.message import path_segments
+from ..http.ranges import ACCEPT_RANGES, byte_range
 from ..http.server import HttpServer
 from ..media.catalog import Catalog, TrackInfo
 from ..media.frames import Frame
@@ -55,6 +57,9 @@ MAX_VIEWERS_TRACKED = 16384
 
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
 _PAGE_NO_SLASH = re.compile(r"^/[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}$")
+# What the paths above take as a name: the names a publisher can have (rtmpq/rtmp/session.py,
+# rtmpq/auth/access.py), percent-encoded or not (RFC 3986: %7E is ~).
+_LEGAL_NAME = "(a broadcast name is app/name, each of letters, digits and _.~-, neither '.' nor '..')"
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
 _SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
@@ -268,6 +273,13 @@ class _Broadcast:
             or track in self.wanted
 
 
+def _ranged(request: Request, response: Response) -> Response:
+    """A response that takes ranges (it says Accept-Ranges), cut to the GET's single Range."""
+    if request.method != "GET" or ACCEPT_RANGES not in response.headers:
+        return response
+    return byte_range(response, request.headers.get("range"), request.headers.get("if-range"))
+
+
 class EdgeServer:
     """LL-HLS on the node's HTTP listener. ``apps`` are the node's other routes (async
     ``(Request) -> Response | None``), tried first."""
@@ -444,23 +456,33 @@ class EdgeServer:
             headers.append(("Access-Control-Allow-Headers", asked))  # "*" does not cover Authorization
         return Response(204, b"", cache="no-store", headers=headers)
 
-    def _hls_js(self) -> Response:
+    def _hls_js(self, request: Request) -> Response:
         if self._hls_js_bytes is None:
             path = self.static_dir / "hls.min.js"
             if not path.is_file():
                 return text(404, "hls.js is not installed on this node (its log said so at start)")
             self._hls_js_bytes = path.read_bytes()
-        return Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400")
+        return _ranged(request, Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400",
+                                         [ACCEPT_RANGES]))
 
     async def _route(self, request: Request) -> Response:
-        path, query_text = request.path, request.query
+        raw, query_text = request.path, request.query
+        try:
+            segments = path_segments(raw)
+        except ValueError as exc:
+            return text(400, f"bad path: {exc}")
+        if any("/" in s for s in segments):  # an encoded slash is a character, and no name holds one
+            return text(404, f"not found: an encoded slash (%2F) is not a separator {_LEGAL_NAME}")
+        path = "/".join(segments)
         if path in ("/hls.min.js", "/hls.js"):
-            return self._hls_js()
+            return self._hls_js(request)
         m = _PATH.match(path)
+        if (m is not None or _PAGE_NO_SLASH.match(path)) and {".", ".."} & set(segments[1:3]):
+            return text(404, f"not found {_LEGAL_NAME}")  # players resolve them away: never a name
         if m is None and _PAGE_NO_SLASH.match(path):  # the player page's address typed without its "/"
-            return Response(308, b"", headers=[("Location", path + "/" + (f"?{query_text}" if query_text else ""))])
+            return Response(308, b"", headers=[("Location", raw + "/" + (f"?{query_text}" if query_text else ""))])
         if m is None:
-            return text(404, "not found: expected /<app>/<name>/index.m3u8")
+            return text(404, f"not found: expected /<app>/<name>/index.m3u8 {_LEGAL_NAME}")
         name = f"{m['app']}/{m['key']}"
         file = m["file"]
         page = file in ("", "index.html")
@@ -480,7 +502,7 @@ class EdgeServer:
             return text(404, "no such broadcast")
         if len(b.viewers) < MAX_VIEWERS_TRACKED:
             b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
-        response = await self._serve_file(b, file, query_text, query)
+        response = _ranged(request, await self._serve_file(b, file, query_text, query))
         b.bytes_out += response.length
         return response
 
@@ -507,11 +529,11 @@ class EdgeServer:
                 return await self._media_playlist(b, stream, query_text, query)
             ctype = "audio/mp4" if stream is audio else "video/mp4"
             if im["version"] is None:  # the newest: its content changes with the next avcC
-                return Response(200, stream.init, ctype, "no-cache")
+                return Response(200, stream.init, ctype, "no-cache", [ACCEPT_RANGES])
             data = stream.init_version_data(int(im["version"]))
             if data is None:
                 return text(404, "no such init segment")
-            return Response(200, data, ctype, "max-age=60")  # a version's bytes never change
+            return Response(200, data, ctype, "max-age=60", [ACCEPT_RANGES])  # a version's bytes never change
         sm = _SEGMENT.match(file)
         stream = b.streams.get(sm["kind"]) if sm is not None else None
         if stream is None:
@@ -532,10 +554,10 @@ class EdgeServer:
         if segment is None:
             return text(404, "segment no longer available")
         if part is None:  # its parts one after another: no joined copy per request
-            return Response(200, [p.data for p in segment.parts], ctype, "max-age=60")
+            return Response(200, [p.data for p in segment.parts], ctype, "max-age=60", [ACCEPT_RANGES])
         if part >= len(segment.parts):
             return text(404, "no such part")
-        return Response(200, segment.parts[part].data, ctype, "max-age=60")
+        return Response(200, segment.parts[part].data, ctype, "max-age=60", [ACCEPT_RANGES])
 
     async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str) -> Response:
         query = parse_qs(query_text)
