@@ -157,11 +157,41 @@ else if (Hls.isSupported()) {
       }).catch(() => {});
     });
     hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; });
+    // the broadcast ended (ENDLIST): played to its end (hls.js may stall a hair before it rather
+    // than end), then the same name published again is a new broadcast: play it
+    hls.on(Hls.Events.LEVEL_LOADED, (event, data) => { if (!data.details.live) awaitNext(hls); });
+    hls.on(Hls.Events.ERROR, (event, data) => {
+      if (ended === hls && data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) waiting = over;
+    });
     hls.loadSource(source);
     hls.attachMedia(video);
   };
   let waiting = null;  // why nothing plays, shown instead of the latency
-  video.addEventListener("ended", () => { waiting = "the broadcast has ended"; });
+  let ended = null;  // the hls.js instance whose broadcast ended
+  const over = "the broadcast has ended; it plays here again when it is back";
+  video.addEventListener("ended", () => { waiting = over; });
+  // every @RETRY@ s: is the name live again? (its multivariant's first media playlist without
+  // ENDLIST: the edge serves an ended broadcast's playlists a while, then opens the name afresh)
+  const awaitNext = (which) => {
+    if (ended === which) return;
+    ended = which;
+    const again = () => setTimeout(ask, @RETRY@ * 1000);
+    const ask = () => {
+      if (ended !== hls) return;
+      const base = new URL(source, location.href);
+      fetch(base).then((r) => r.ok ? r.text() : "").then((listing) => {
+        const uri = listing.split("\\n").find((line) => line && !line.startsWith("#"));
+        return uri ? fetch(new URL(uri, base)).then((r) => r.ok ? r.text() : "") : "";
+      }).then((media) => {
+        if (ended !== hls) return;
+        if (!media.startsWith("#EXTM3U") || media.includes("#EXT-X-ENDLIST")) return again();
+        window.rtmpqRestarts += 1;
+        hls.destroy();
+        start();
+      }).catch(again);
+    };
+    again();
+  };
   start();
   setInterval(() => { window.rtmpqLatency = hls.latency;
     status.textContent = waiting || "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
