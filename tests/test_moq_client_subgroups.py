@@ -1,9 +1,10 @@
-"""subscribe_broadcast (and an LL-HLS edge fed by it) and a group sent in several subgroups (MoQT d16, "Subgroups"): each
+"""subscribe_broadcast and a group sent in several subgroups (MoQT d16, "Subgroups"): each
 subgroup on its own stream, their objects interleaved (object i in subgroup i % 3, as temporal
 layers are). The client handed frames on as their streams delivered them, so a group whose
 subgroup 0 came first went out as 0, 3, 6, 1, 4, ... (the edge's packager takes a track's frames
 in decode order), and a reset of one subgroup was reported as the whole group skipped while the
-other subgroups' frames were handed on."""
+other subgroups' frames were handed on. Last, an LL-HLS edge fed by such a
+publisher over MoQ."""
 
 import asyncio
 import json
