@@ -56,6 +56,18 @@ async def test_requests_pipelined_keep_alive_and_bad_heads(server):
     assert server.stats.errors["request_timeout"] == 1
 
 
+async def test_an_absolute_form_request_target_is_served_as_its_path(server):
+    """RFC 9112 3.2.2: a server MUST accept the absolute-form (what a client set up for a proxy,
+    and some HTTP/1.0-era players, send); the application sees the path and query alone."""
+    port = server.address[1]
+    for target, path in ((b"http://127.0.0.1/live/a/index.m3u8?token=t", b"/live/a/index.m3u8"),
+                         (b"HTTP://example.com:8080/live/a/", b"/live/a/"), (b"https://example.com", b"/")):
+        answer = await exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello GET " + path + b" 1.1\n"), answer
+    answer = await exchange(port, b"GET http://x/live/a/ HTTP/1.0\r\n\r\n")
+    assert answer.endswith(b"hello GET /live/a/ 1.0\n"), answer
+
+
 async def test_per_ip_connection_limit(server):
     port = server.address[1]
     held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_ABSOLUTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +63,14 @@ def path_segments(path: str) -> list[str]:
         except UnicodeDecodeError:
             raise ValueError("the path's percent-encoded bytes are not UTF-8") from None
     return segments
+
+
+def origin_form(target: str) -> str:
+    """A request target as its path and query: the absolute-form (``http://host/path?q``, which
+    RFC 9112 3.2.2 says a server MUST accept: clients set up for a proxy, some HTTP/1.0-era
+    players) loses its scheme and authority; ``/`` when it has no path."""
+    m = _ABSOLUTE.match(target)
+    if m is None:
+        return target
+    rest = target[m.end():]
+    return rest if rest.startswith("/") else "/" + rest

@@ -38,7 +38,7 @@ import h11
 
 from ..errors import listener_error
 from ..moq.tls import load_cert_chain
-from .message import Request, Response, text
+from .message import Request, Response, origin_form, text
 
 log = logging.getLogger("rtmpq.http")
 
@@ -334,7 +334,7 @@ class _H1:
                     self.c.stats.errors["header_too_large"] += 1
                     await self._send_error(431, "request head too large")
                     return None
-                target = event.target.decode("latin-1")
+                target = origin_form(event.target.decode("latin-1"))
                 path, _, query = target.partition("?")
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 request = Request(event.method.decode("ascii", "replace"), path, query, headers, self.c.client,
