@@ -59,6 +59,8 @@ HOSTILE = {
     "fmt 3 on a csid never seen": (after_connect(bytes([0xC0 | 40]) + bytes(200)), "chunk of fmt 3 opens chunk stream 40"),
     "boolean stream name": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, True, "live"))), "publish: stream name is not a string"),
     "path traversal key": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "../../etc/passwd", "live"))), "publish: invalid stream name"),
+    # a name no player can ask for (it resolves /live/../ away, and the edge refuses it)
+    "dot-dot key": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "..", "live"))), "publish: invalid stream name"),
     # says nothing at all: closed at the handshake deadline
     "silent client": (b"", "no successful connect within 1.5 s"),
     # connects (no key needed) and never publishes: it would hold one of MAX_RTMP_CONNECTIONS for good
