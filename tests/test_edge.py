@@ -673,3 +673,23 @@ async def test_init_segments_and_parts_answer_a_single_byte_range(node, tmp_path
     assert status == 200 and "Accept-Ranges" not in headers
     rc, output = await publisher
     assert rc == 0, output
+
+
+async def test_a_broadcast_published_under_a_two_part_app_plays(node, tmp_path):
+    """rtmp://HOST/live/studio/cam (an app of two parts, as RTMP allows) publishes live/studio/cam:
+    its viewers play /live/studio/cam/index.m3u8 (it was a broadcast no HLS viewer could reach)."""
+    need("ffmpeg")
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/studio/cam", str(tmp_path / "r.flv"), seconds=4)))
+    await node.registry.wait_for("live/studio/cam", 10)
+    base = "http://{}:{}/live/studio/cam".format(*node.edge.address)
+    status, headers, _ = await http_get(f"{base}/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    rc, output = await publisher
+    assert rc == 0, output
+    await until_ended(base)
+    reference = probe_packets(str(tmp_path / "r.flv"))
+    counts = await count_frames(f"{base}/index.m3u8")
+    assert counts["video"] == len([p for p in reference if p.track == "video"])
+    status, _, body = await http_get("http://{}:{}/live/studio/../index.m3u8".format(*node.edge.address))
+    assert status == 404, body

@@ -55,11 +55,13 @@ ENDED_PLAYLIST_KEEP = 10.0
 VIEWER_WINDOW = 10.0
 MAX_VIEWERS_TRACKED = 16384
 
-_PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
+# an app of one or two parts (rtmpq/rtmp/session.py APP_NAME_PATTERN: rtmp://HOST/live/studio/cam)
+_PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64}(?:/[A-Za-z0-9_.~-]{1,64})?)/(?P<key>[A-Za-z0-9_.~-]{1,128})"
+                   r"/(?P<file>[A-Za-z0-9_.-]*)$")
 _PAGE_NO_SLASH = re.compile(r"^/[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}$")
 # What the paths above take as a name: the names a publisher can have (rtmpq/rtmp/session.py,
 # rtmpq/auth/access.py), percent-encoded or not (RFC 3986: %7E is ~).
-_LEGAL_NAME = "(a broadcast name is app/name, each of letters, digits and _.~-, neither '.' nor '..')"
+_LEGAL_NAME = "(a broadcast name is app/name or app/sub/name, each of letters, digits and _.~-, neither '.' nor '..')"
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
 _SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
@@ -507,7 +509,8 @@ class EdgeServer:
         if path in ("/hls.min.js", "/hls.js"):
             return self._hls_js(request)
         m = _PATH.match(path)
-        if (m is not None or _PAGE_NO_SLASH.match(path)) and {".", ".."} & set(segments[1:3]):
+        named = segments[1:-1] if m is not None else segments[1:]
+        if (m is not None or _PAGE_NO_SLASH.match(path)) and {".", ".."} & set(named):
             return text(404, f"not found {_LEGAL_NAME}")  # players resolve them away: never a name
         if m is None and _PAGE_NO_SLASH.match(path):  # the player page's address typed without its "/"
             return Response(308, b"", headers=[("Location", raw + "/" + (f"?{query_text}" if query_text else ""))])
