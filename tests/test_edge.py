@@ -598,14 +598,21 @@ async def test_an_irregular_gop_publish_keeps_one_target_duration_that_bounds_ev
 
 
 # -- paths as players write them: percent-encoding (RFC 3986) ---------------------------------------
+async def publishing(node, tmp_path, name: str, seconds: float) -> asyncio.Task:
+    """ffmpeg publishing ``name`` for ``seconds``, once the node has it live: the task's result is
+    ffmpeg's (exit status, output)."""
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}", str(tmp_path / "r.flv"), seconds=seconds)))
+    await node.registry.wait_for(name, 10)
+    return publisher
+
+
 async def test_a_percent_encoded_name_is_the_same_name_and_encoded_slashes_or_dots_are_no_name(node, tmp_path):
     """A name is app/name of letters, digits and _.~- (what a publisher can have); %7E is ~ (RFC
     3986 2.3), so a client that escapes it plays. What decodes to no name is not found, and an
     encoded slash never splits a path (RFC 3986 2.2): /live%2Fcam~1/ is not /live/cam~1/."""
     need("ffmpeg")
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam~1", str(tmp_path / "r.flv"), seconds=5)))
-    await node.registry.wait_for("live/cam~1", 10)
+    publisher = await publishing(node, tmp_path, "live/cam~1", 5)
     host, port = node.edge.address
     root = f"http://{host}:{port}"
     status, _, plain = await http_get(f"{root}/live/cam~1/index.m3u8")
@@ -635,9 +642,7 @@ async def http_get_with(url: str, method: str = "GET", **headers) -> tuple[int, 
 
 async def test_init_segments_and_parts_answer_a_single_byte_range(node, tmp_path):
     need("ffmpeg")
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/ranges", str(tmp_path / "r.flv"), seconds=5)))
-    await node.registry.wait_for("live/ranges", 10)
+    publisher = await publishing(node, tmp_path, "live/ranges", 5)
     host, port = node.edge.address
     base = f"http://{host}:{port}/live/ranges"
     playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
@@ -679,9 +684,7 @@ async def test_a_broadcast_published_under_a_two_part_app_plays(node, tmp_path):
     """rtmp://HOST/live/studio/cam (an app of two parts, as RTMP allows) publishes live/studio/cam:
     its viewers play /live/studio/cam/index.m3u8 (it was a broadcast no HLS viewer could reach)."""
     need("ffmpeg")
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/studio/cam", str(tmp_path / "r.flv"), seconds=4)))
-    await node.registry.wait_for("live/studio/cam", 10)
+    publisher = await publishing(node, tmp_path, "live/studio/cam", 4)
     base = "http://{}:{}/live/studio/cam".format(*node.edge.address)
     status, headers, _ = await http_get(f"{base}/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
