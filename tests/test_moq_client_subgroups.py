@@ -320,7 +320,7 @@ async def test_rtmpq_sub_tells_a_skipped_subgroup_from_a_skipped_group(tmp_path)
 
 
 # -- an LL-HLS edge fed by a layered publisher -------------------------------------------------------
-LAYER_LAG = 4  # frames: how late the upper layers' frames leave (so they arrive after later base-layer ones)
+LAYER_LAG = 2  # frames: how late the upper layers' frames leave (after later base-layer ones), well inside REORDER_WAIT
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
