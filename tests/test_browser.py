@@ -476,7 +476,8 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
     host, http_port = node.edge.address
     url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/again"
     rc, output = None, ""
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=4), timeout=60))
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=4),
+                                                timeout=60))
     await node.registry.wait_for("live/again", 10)
     browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/again/")
     try:
@@ -492,8 +493,8 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
                                                         timeout=60))
             await node.registry.wait_for("live/again", 10)
             # the viewer does nothing: the page plays the new publish
-            assert await devtools.poll(f"window.rtmpqRestarts > {restarts} && document.getElementById('video').currentTime"
-                                       " > 0.5", 30), \
+            playing_again = f"window.rtmpqRestarts > {restarts} && document.getElementById('video').currentTime > 0.5"
+            assert await devtools.poll(playing_again, 30), \
                 (await devtools.evaluate("document.getElementById('status').textContent"),
                  await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
             position = await devtools.evaluate("document.getElementById('video').currentTime")

@@ -70,9 +70,10 @@ async def test_an_absolute_form_request_target_is_served_as_its_path(server):
 
 
 async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(tmp_path):
-    """A viewer on a slow link (here: socket buffers of a few kB) takes longer than
-    write_timeout over a big body (hls.min.js is 600 kB, a segment of a high rung some MB): it gets all of it, since it keeps
-    taking bytes; only a reader that takes nothing for write_timeout is dropped."""
+    """A viewer on a slow link (here: socket buffers of a few kB) takes longer than write_timeout
+    over a big body (hls.min.js is 600 kB, a segment of a high rung some MB): it gets all of
+    it, since it keeps taking bytes; only a reader that takes nothing for write_timeout is
+    dropped."""
     body = os.urandom(200_000)  # about 4 s at the ~50 kB/s that buffers this small give on loopback
 
     async def big(request):
