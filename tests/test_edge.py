@@ -696,3 +696,28 @@ async def test_a_broadcast_published_under_a_two_part_app_plays(node, tmp_path):
     assert counts["video"] == len([p for p in reference if p.track == "video"])
     status, _, body = await http_get("http://{}:{}/live/studio/../index.m3u8".format(*node.edge.address))
     assert status == 404, body
+
+
+async def test_a_blocking_reload_a_segment_ahead_is_held_not_refused(node, tmp_path):
+    """hls.js with lowLatencyMode off (as players that want no part loading set it) asks for the
+    segment after the one in progress, at the part index last listed (_HLS_msn=N+1&_HLS_part=P):
+    a segment of parts ahead. It was refused with 400 on every reload of the audio playlist, whose
+    short parts make P 4 or 5; it is held until that part exists, as a nearer one is."""
+    publisher = await publishing(node, tmp_path, "live/ahead", 12)
+    base = "http://{}:{}/live/ahead".format(*node.edge.address)
+    for rendition in ("audio", "video"):
+        for _ in range(100):  # a segment in progress with five parts listed or more
+            media = (await http_get(f"{base}/{rendition}.m3u8"))[2].decode()
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="[av]-seg(\d+)\.(\d+)\.m4s"', media)
+            if hint and int(hint[2]) >= 5:
+                break
+            await asyncio.sleep(0.05)
+        msn, part = int(hint[1]), int(hint[2]) - 1
+        status, _, body = await http_get(f"{base}/{rendition}.m3u8?_HLS_msn={msn + 1}&_HLS_part={part}")
+        assert status == 200, (rendition, status, body)
+        assert re.search(rf'URI="[av]-seg{msn + 1}\.{part}\.m4s"', body.decode()), rendition
+    # far ahead is still refused at once
+    status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 1}&_HLS_part=40")
+    assert status == 400
+    rc, output = await publisher
+    assert rc == 0, output

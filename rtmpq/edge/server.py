@@ -17,6 +17,7 @@ and dropped ``IDLE_SECONDS`` after its last request once it has ended.
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import replace
@@ -42,8 +43,18 @@ log = logging.getLogger("rtmpq.edge")
 # Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
 BLOCKING_TARGET_DURATIONS = 3
 # A blocking reload for a part more than this many parts past the last one listed is refused (400)
-# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held.
+# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held: 3, or as many parts as make
+# PART_LIMIT_SECONDS when parts are shorter than a second. hls.js with lowLatencyMode off asks for
+# the segment after the one in progress at the part index last listed, a segment of parts ahead
+# (5 to 11 with the default 0.2 s parts): refusing that sent it a 400 on nearly every reload.
 PART_LIMIT = 3
+PART_LIMIT_SECONDS = 3.0
+
+
+def part_limit(part_target: float) -> int:
+    """The Part Limit of a playlist whose PART-TARGET is ``part_target`` seconds."""
+    return max(PART_LIMIT, math.ceil(PART_LIMIT_SECONDS / part_target))
+
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
@@ -608,7 +619,7 @@ class EdgeServer:
             next_msn, next_part = stream.next_part
             if part is not None and msn >= next_msn and not stream.ended:
                 ahead = part - next_part + 1 if msn == next_msn else part + 1  # parts past the last listed (at least)
-                if ahead > PART_LIMIT:
+                if ahead > part_limit(stream.part_target):
                     return text(400, "_HLS_part is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return text(503, "the requested part did not appear in time")
