@@ -44,16 +44,16 @@ log = logging.getLogger("rtmpq.edge")
 BLOCKING_TARGET_DURATIONS = 3
 # A blocking reload for a part more than this many parts past the last one listed is refused (400)
 # at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held: 3, or as many parts as make
-# PART_LIMIT_SECONDS when parts are shorter than a second. hls.js with lowLatencyMode off asks for
-# the segment after the one in progress at the part index last listed, a segment of parts ahead
-# (5 to 11 with the default 0.2 s parts): refusing that sent it a 400 on nearly every reload.
+# PART_LIMIT_SECONDS (or a target duration, if longer) when parts are shorter. hls.js with
+# lowLatencyMode off asks for the segment after the one in progress at the part index last listed,
+# up to a segment of parts ahead: refusing that sent it a 400 on nearly every reload.
 PART_LIMIT = 3
 PART_LIMIT_SECONDS = 3.0
 
 
-def part_limit(part_target: float) -> int:
-    """The Part Limit of a playlist whose PART-TARGET is ``part_target`` seconds."""
-    return max(PART_LIMIT, math.ceil(PART_LIMIT_SECONDS / part_target))
+def part_limit(part_target: float, target_duration: float) -> int:
+    """The Part Limit of a playlist with this PART-TARGET and EXT-X-TARGETDURATION (seconds)."""
+    return max(PART_LIMIT, math.ceil(max(PART_LIMIT_SECONDS, target_duration) / part_target))
 
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
@@ -619,7 +619,7 @@ class EdgeServer:
             next_msn, next_part = stream.next_part
             if part is not None and msn >= next_msn and not stream.ended:
                 ahead = part - next_part + 1 if msn == next_msn else part + 1  # parts past the last listed (at least)
-                if ahead > part_limit(stream.part_target):
+                if ahead > part_limit(stream.part_target, stream.target_duration()):
                     return text(400, "_HLS_part is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return text(503, "the requested part did not appear in time")
