@@ -615,11 +615,14 @@ async def test_a_percent_encoded_name_is_the_same_name_and_encoded_slashes_or_do
     publisher = await publishing(node, tmp_path, "live/cam~1", 5)
     host, port = node.edge.address
     root = f"http://{host}:{port}"
+    def uris(playlist: bytes) -> list[str]:  # (its BANDWIDTH is measured, and changes)
+        return re.findall(r'^[^#].*$|URI="[^"]*"', playlist.decode(), re.M)
+
     status, _, plain = await http_get(f"{root}/live/cam~1/index.m3u8")
     assert status == 200, plain
     for escaped in ("live/cam%7E1", "live/cam%7e1", "%6Cive/c%61m~1"):
         status, _, body = await http_get(f"{root}/{escaped}/index.m3u8")
-        assert (status, body) == (200, plain), escaped
+        assert (status, uris(body)) == (200, uris(plain)), escaped
     # a real player follows the escaped address all the way (its playlists' URIs are relative)
     counts = await count_frames(f"{root}/live/cam%7E1/index.m3u8")
     assert counts["video"] > 0 and counts["audio"] > 0
