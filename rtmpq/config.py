@@ -82,7 +82,8 @@ HTTP_MAX_REQUEST_BYTES = 64 * 1024
 # A request head must arrive within this after the connection opens or the last response; an
 # idle keep-alive connection is closed after it (seconds).
 HTTP_REQUEST_TIMEOUT = 10.0
-# A response must be taken by the socket within this, else the client is dropped (seconds).
+# Each piece (64 KiB) of a response must be taken by the socket within this, else the client is
+# dropped (seconds): it bounds a stall, so a slow reader (over ~6 kB/s) that keeps reading is served.
 HTTP_WRITE_TIMEOUT = 10.0
 # Response bytes queued in user space per connection before the writer waits for the socket.
 HTTP_WRITE_BUFFER_BYTES = 64 * 1024

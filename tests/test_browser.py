@@ -463,3 +463,46 @@ async def test_a_player_page_without_a_token_says_it_may_not_play(tmp_path):
         browser.terminate()
         await browser.wait()
         await n.close()
+
+
+async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_its_name(node, tmp_path, monkeypatch):
+    """The publisher stops (ENDLIST: the page plays to the end and says so), then publishes the
+    same name again: the page notices, by itself, and plays the new broadcast."""
+    from rtmpq.edge import server as edge_server
+
+    need("ffmpeg")
+    # the ended broadcast's playlists are served this long, then the name is opened afresh
+    monkeypatch.setattr(edge_server, "ENDED_PLAYLIST_KEEP", 2.0)
+    host, http_port = node.edge.address
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/again"
+    rc, output = None, ""
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "1.flv"), seconds=4),
+                                                timeout=60))
+    await node.registry.wait_for("live/again", 10)
+    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/again/")
+    try:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            devtools = DevTools(ws)
+            assert await devtools.playback_started(), await devtools.evaluate("JSON.stringify(window.rtmpqErrors)")
+            rc, output = await publisher
+            assert rc == 0, output
+            assert await devtools.poll("document.getElementById('status').textContent.includes('ended')", 30), \
+                await devtools.evaluate("document.getElementById('status').textContent")
+            restarts = await devtools.evaluate("window.rtmpqRestarts")
+            publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "2.flv"), seconds=12),
+                                                        timeout=60))
+            await node.registry.wait_for("live/again", 10)
+            # the viewer does nothing: the page plays the new publish
+            playing_again = f"window.rtmpqRestarts > {restarts} && document.getElementById('video').currentTime > 0.5"
+            assert await devtools.poll(playing_again, 30), \
+                (await devtools.evaluate("document.getElementById('status').textContent"),
+                 await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+            position = await devtools.evaluate("document.getElementById('video').currentTime")
+            assert await devtools.poll(f"document.getElementById('video').currentTime > {position} + 1", 15)
+            assert "latency" in await devtools.evaluate("document.getElementById('status').textContent")
+    finally:
+        browser.terminate()
+        await browser.wait()
+        if not publisher.done() or rc is None:
+            rc, output = await publisher
+    assert rc == 0, output

@@ -626,3 +626,132 @@ async def test_a_clock_that_jumps_back_mid_gop_plays_with_audio_and_video_togeth
     assert [len([r for r in rows if int(r[0]) == s]) for s in (0, 1)] == \
         [len([p for p in sent if p.track == kind]) for kind in ("video", "audio")]
     assert abs(ends[0] - ends[1]) < 0.1, ends  # together, as sent (3 s apart before)
+
+
+# -- paths as players write them: percent-encoding (RFC 3986) ---------------------------------------
+async def publishing(node, tmp_path, name: str, seconds: float) -> asyncio.Task:
+    """ffmpeg publishing ``name`` for ``seconds``, once the node has it live: the task's result is
+    ffmpeg's (exit status, output)."""
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}", str(tmp_path / "r.flv"), seconds=seconds)))
+    await node.registry.wait_for(name, 10)
+    return publisher
+
+
+async def test_a_percent_encoded_name_is_the_same_name_and_encoded_slashes_or_dots_are_no_name(node, tmp_path):
+    """A name is app/name of letters, digits and _.~- (what a publisher can have); %7E is ~ (RFC
+    3986 2.3), so a client that escapes it plays. What decodes to no name is not found, and an
+    encoded slash never splits a path (RFC 3986 2.2): /live%2Fcam~1/ is not /live/cam~1/."""
+    need("ffmpeg")
+    publisher = await publishing(node, tmp_path, "live/cam~1", 5)
+    host, port = node.edge.address
+    root = f"http://{host}:{port}"
+    def uris(playlist: bytes) -> list[str]:  # (its BANDWIDTH is measured, and changes)
+        return re.findall(r'^[^#].*$|URI="[^"]*"', playlist.decode(), re.M)
+
+    status, _, plain = await http_get(f"{root}/live/cam~1/index.m3u8")
+    assert status == 200, plain
+    for escaped in ("live/cam%7E1", "live/cam%7e1", "%6Cive/c%61m~1"):
+        status, _, body = await http_get(f"{root}/{escaped}/index.m3u8")
+        assert (status, uris(body)) == (200, uris(plain)), escaped
+    # a real player follows the escaped address all the way (its playlists' URIs are relative)
+    counts = await count_frames(f"{root}/live/cam%7E1/index.m3u8")
+    assert counts["video"] > 0 and counts["audio"] > 0
+    for refused in ("live%2Fcam~1", "live/cam~1%2Findex.m3u8%2F..", "live/my%20cam", "live/caf%C3%A9", "live/%2E%2E",
+                    "live/%2e"):
+        status, _, body = await http_get(f"{root}/{refused}/index.m3u8")
+        assert status == 404 and b"letters, digits and _.~-" in body, (refused, status, body)
+    for malformed in ("live/cam%7/index.m3u8", "live/cam%zz1/index.m3u8", "live/%FF/index.m3u8"):
+        status, _, body = await http_get(f"{root}/{malformed}")
+        assert status == 400 and body.startswith(b"bad path"), (malformed, status, body)
+    rc, output = await publisher
+    assert rc == 0, output
+
+
+# -- single byte ranges (RFC 9110 14) ---------------------------------------------------------------
+async def http_get_with(url: str, method: str = "GET", **headers) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(url, method=method, headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return await http_get(request)
+
+
+async def test_init_segments_and_parts_answer_a_single_byte_range(node, tmp_path):
+    need("ffmpeg")
+    publisher = await publishing(node, tmp_path, "live/ranges", 5)
+    host, port = node.edge.address
+    base = f"http://{host}:{port}/live/ranges"
+    playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
+    for _ in range(100):  # a whole segment listed
+        if "#EXTINF" in playlist:
+            break
+        await asyncio.sleep(0.1)
+        playlist = (await http_get(f"{base}/video.m3u8"))[2].decode()
+    segment = re.search(r"^(v-seg\d+\.m4s)$", playlist, re.M)[1]
+    part = re.search(r'#EXT-X-PART:.*URI="(v-seg\d+\.\d+\.m4s)"', playlist)[1]
+    for file in ("v-init.mp4", "a-init.mp4", segment, part):
+        status, headers, whole = await http_get(f"{base}/{file}")
+        n = len(whole)
+        assert status == 200 and headers["Accept-Ranges"] == "bytes", file
+        for spec, first, last in (("bytes=0-99", 0, 99), ("bytes=10-", 10, n - 1), ("bytes=-50", n - 50, n - 1),
+                                  (f"bytes=5-{n + 1000}", 5, n - 1), (f"bytes=0-{n - 1}", 0, n - 1)):
+            status, headers, body = await http_get_with(f"{base}/{file}", Range=spec)
+            assert status == 206, (file, spec, status)
+            assert headers["Content-Range"] == f"bytes {first}-{last}/{n}", (file, spec)
+            assert body == whole[first:last + 1] and int(headers["Content-Length"]) == len(body), (file, spec)
+        status, headers, _ = await http_get_with(f"{base}/{file}", Range=f"bytes={n}-")
+        assert (status, headers["Content-Range"]) == (416, f"bytes */{n}"), file
+        # several ranges, a range that does not parse, an If-Range (no validator of ours matches):
+        # the whole body, 200, as RFC 9110 allows
+        for extra in ({"Range": "bytes=0-1,5-9"}, {"Range": "bytes=9-5"}, {"Range": "items=0-1"},
+                      {"Range": "bytes=0-1", "If_Range": "Sun, 29 Nov 2026 00:00:00 GMT"}):
+            status, _, body = await http_get_with(f"{base}/{file}", **extra)
+            assert (status, body) == (200, whole), (file, extra)
+        status, headers, body = await http_get_with(f"{base}/{file}", "HEAD", Range="bytes=0-1")
+        assert (status, headers["Content-Length"], body) == (200, str(n), b""), file
+    # playlists are not ranged: a reload is a new document
+    status, headers, _ = await http_get_with(f"{base}/video.m3u8", Range="bytes=0-9")
+    assert status == 200 and "Accept-Ranges" not in headers
+    rc, output = await publisher
+    assert rc == 0, output
+
+
+async def test_a_broadcast_published_under_a_two_part_app_plays(node, tmp_path):
+    """rtmp://HOST/live/studio/cam (an app of two parts, as RTMP allows) publishes live/studio/cam:
+    its viewers play /live/studio/cam/index.m3u8 (it was a broadcast no HLS viewer could reach)."""
+    need("ffmpeg")
+    publisher = await publishing(node, tmp_path, "live/studio/cam", 4)
+    base = "http://{}:{}/live/studio/cam".format(*node.edge.address)
+    status, headers, _ = await http_get(f"{base}/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    rc, output = await publisher
+    assert rc == 0, output
+    await until_ended(base)
+    reference = probe_packets(str(tmp_path / "r.flv"))
+    counts = await count_frames(f"{base}/index.m3u8")
+    assert counts["video"] == len([p for p in reference if p.track == "video"])
+    status, _, body = await http_get("http://{}:{}/live/studio/../index.m3u8".format(*node.edge.address))
+    assert status == 404, body
+
+
+async def test_a_blocking_reload_a_segment_ahead_is_held_not_refused(node, tmp_path):
+    """hls.js with lowLatencyMode off (as players that want no part loading set it) asks for the
+    segment after the one in progress, at the part index last listed (_HLS_msn=N+1&_HLS_part=P):
+    a segment of parts ahead. It was refused with 400 on every reload of the audio playlist, whose
+    short parts make P 4 or 5; it is held until that part exists, as a nearer one is."""
+    publisher = await publishing(node, tmp_path, "live/ahead", 12)
+    base = "http://{}:{}/live/ahead".format(*node.edge.address)
+    for rendition in ("audio", "video"):
+        for _ in range(100):  # a segment in progress with five parts listed or more
+            media = (await http_get(f"{base}/{rendition}.m3u8"))[2].decode()
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="[av]-seg(\d+)\.(\d+)\.m4s"', media)
+            if hint and int(hint[2]) >= 5:
+                break
+            await asyncio.sleep(0.05)
+        msn, part = int(hint[1]), int(hint[2]) - 1
+        status, _, body = await http_get(f"{base}/{rendition}.m3u8?_HLS_msn={msn + 1}&_HLS_part={part}")
+        assert status == 200, (rendition, status, body)
+        assert re.search(rf'URI="[av]-seg{msn + 1}\.{part}\.m4s"', body.decode()), rendition
+    # far ahead is still refused at once
+    status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 1}&_HLS_part=40")
+    assert status == 400
+    rc, output = await publisher
+    assert rc == 0, output

@@ -90,6 +90,8 @@ HOSTILE = {
     "amf with more values than the node cap": (b"\x03" + make_client_c1(digest=False) + bytes(HANDSHAKE_SIZE)
         + ChunkWriter(128).write(3, 0, 20, 0, amf0_encode("connect", 1.0) + b"\x0a" + (70_000).to_bytes(4, "big") + b"\x05" * 70_000), "AMF0 message holds more than"),
     "stream name far too long": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "k" * 5000, "live"))), "publish: invalid stream name"),
+    # a name no player can ask for (it resolves /live/../ away, and the edge refuses it)
+    "dot-dot key": (after_connect((8, 0, 20, 1, amf0_encode("publish", 3.0, None, "..", "live"))), "publish: invalid stream name"),
     # says nothing at all: closed at the handshake deadline
     "silent client": (b"", "no successful connect within 1.5 s"),
     # connects (no key needed) and never publishes: it would hold one of MAX_RTMP_CONNECTIONS for good

@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import sys
+import time
 
 import httpx
 import pytest
@@ -56,6 +57,59 @@ async def test_requests_pipelined_keep_alive_and_bad_heads(server):
     assert await exchange(port, b"GET / HTTP/1.1\r\nHo") == b""
     assert server.stats.errors["header_too_large"] == 1 and server.stats.errors["bad_request"] == 2
     assert server.stats.errors["request_timeout"] == 1
+
+
+async def test_an_absolute_form_request_target_is_served_as_its_path(server):
+    """RFC 9112 3.2.2: a server MUST accept the absolute-form (what a client set up for a proxy,
+    and some HTTP/1.0-era players, send); the application sees the path and query alone."""
+    port = server.address[1]
+    for target, path in ((b"http://127.0.0.1/live/a/index.m3u8?token=t", b"/live/a/index.m3u8"),
+                         (b"HTTP://example.com:8080/live/a/", b"/live/a/"), (b"https://example.com", b"/")):
+        answer = await exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello GET " + path + b" 1.1\n"), answer
+    answer = await exchange(port, b"GET http://x/live/a/ HTTP/1.0\r\n\r\n")
+    assert answer.endswith(b"hello GET /live/a/ 1.0\n"), answer
+
+
+async def test_a_slow_reader_that_keeps_reading_gets_the_whole_body(tmp_path):
+    """A viewer on a slow link (here: socket buffers of a few kB) takes longer than write_timeout
+    over a big body (hls.min.js is 600 kB, a segment of a high rung some MB): it gets all of
+    it, since it keeps taking bytes; only a reader that takes nothing for write_timeout is
+    dropped."""
+    body = os.urandom(200_000)  # about 4 s at the ~50 kB/s that buffers this small give on loopback
+
+    async def big(request):
+        for c in list(slow._connections):  # a slow link's small send buffer, not loopback's megabytes
+            c.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return Response(200, body)
+
+    # a piece (64 kB) in 2 s: the reader must take ~32 kB/s
+    slow = HttpServer(big, HttpConfig(host="127.0.0.1", port=0, write_timeout=2.0))
+    await slow.start()
+    try:
+        def fetch(path: str, rate: float, stop_after: int | None = None) -> bytes:
+            with socket.create_connection(slow.address) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                got = b""
+                while data := sock.recv(4096):
+                    got += data
+                    if stop_after is not None and len(got) > stop_after:
+                        sock.settimeout(10)
+                        time.sleep(4)  # stops reading: dropped after write_timeout
+                        stop_after = None
+                    time.sleep(len(data) / rate)
+                return got
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        got = await asyncio.to_thread(fetch, "/big", 400_000)
+        assert got.endswith(body), (len(got), loop.time() - started)
+        assert loop.time() - started > 2.5  # past write_timeout
+        got = await asyncio.to_thread(fetch, "/big", 400_000, 50_000)
+        assert not got.endswith(body) and slow.stats.errors["write_timeout"] == 1
+    finally:
+        await slow.close()
 
 
 async def test_per_ip_connection_limit(server):
@@ -249,7 +303,7 @@ async def test_an_http2_client_that_keeps_its_window_shut_is_dropped_after_write
     """HTTP/2 flow control is the client's to open: one that never does is a reader that stopped."""
     import h2.events
 
-    body = os.urandom(1_000_000)
+    body = os.urandom(200_000)  # about 4 s at the ~50 kB/s that buffers this small give on loopback
 
     async def big(request):
         return Response(200, body, "video/mp4")

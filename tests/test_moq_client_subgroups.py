@@ -3,7 +3,8 @@ subgroup on its own stream, their objects interleaved (object i in subgroup i % 
 layers are). The client handed frames on as their streams delivered them, so a group whose
 subgroup 0 came first went out as 0, 3, 6, 1, 4, ... (the edge's packager takes a track's frames
 in decode order), and a reset of one subgroup was reported as the whole group skipped while the
-other subgroups' frames were handed on."""
+other subgroups' frames were handed on. Last, an LL-HLS edge fed by such a
+publisher over MoQ."""
 
 import asyncio
 import json
@@ -12,16 +13,20 @@ import sys
 
 import pytest
 
+from rtmpq.config import HttpConfig
+from rtmpq.edge.server import EdgeServer
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
-from rtmpq.moq.loc import CATALOG_TRACK
+from rtmpq.moq.loc import CATALOG_TRACK, frame_extensions
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus, StreamResetCode
+from rtmpq.nodes.remote import moq_broadcast_source
 
-from .conftest import announced, free_port, serving_relay, subscribe_to_raw_publisher
+from .conftest import announced, free_port, http_get, need, serving_relay, start_up_node, subscribe_to_raw_publisher
+from .publishers import VIDEO_ENCODE, collect_broadcast, run_process
 from .test_moq_object_status import answer_subscribes
 
 BACKENDS = ["aioquic", "aiopquic"]
@@ -312,3 +317,114 @@ async def test_rtmpq_sub_tells_a_skipped_subgroup_from_a_skipped_group(tmp_path)
         (0, o) for o in sorted(ids(0) + ids(2))]
     summary = json.loads(err.splitlines()[-1])["summary"]
     assert summary["skipped_groups"] == 0 and summary["skipped_subgroups"] == 1, summary
+
+
+# -- an LL-HLS edge fed by a layered publisher -------------------------------------------------------
+LAYER_LAG = 2  # frames: how late the upper layers' frames leave (after later base-layer ones), well inside REORDER_WAIT
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_edge_fed_by_a_layered_publisher_serves_every_frame_in_decode_order(tmp_path, backend):
+    """Real H.264 (B-frames, a GoP every 2 s) published over MoQ with each group in three
+    interleaved subgroups (frame i of a group in subgroup i % 3, as temporal layers are), the upper
+    layers arriving late, through a relay to an LL-HLS edge: ffmpeg decodes every frame from the edge's playlist without an
+    error, in the order they were published."""
+    need("ffmpeg")
+    clip = tmp_path / "clip.flv"  # 4 s: two groups
+    rc, out = await run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
+                                 "testsrc2=size=320x240:rate=30", "-t", "4", *VIDEO_ENCODE, "-f", "flv", str(clip)])
+    assert rc == 0, out
+    source = await start_up_node(tmp_path / "source")  # the clip's catalog and frames, as ingest makes them
+    try:
+        reading = asyncio.create_task(collect_broadcast(source.registry, "live/clip"))
+        rc, out = await run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-i", str(clip), "-c", "copy",
+                                     "-f", "flv", f"rtmp://127.0.0.1:{source.rtmp.address[1]}/live/clip"])
+        assert rc == 0, out
+        catalogs, sent = await reading
+    finally:
+        await source.close()
+    track = catalogs[-1].track("video")
+    sent = [f for f in sent if f.track == "video"]
+    groups: dict[int, list[Frame]] = {}
+    for f in sent:
+        groups.setdefault(f.group, []).append(f)
+    assert len(groups) >= 2
+
+    sending: list[asyncio.Task] = []
+
+    def layered(conn) -> None:
+        def answer(event, alias: int) -> None:
+            session = conn.session
+            if event.track_name == CATALOG_TRACK:
+                sid = session.open_subgroup(alias, 0)
+                session.send_object(sid, 0, Catalog("live/x", (track,)).to_json())
+                session.end_subgroup(sid)
+                session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+                return
+            sending.append(asyncio.get_running_loop().create_task(live(session, alias, event.request_id)))
+
+        async def live(session, alias: int, request_id: int) -> None:
+            """In real time, as a live encoder sends: a group's three subgroups open together, each
+            frame on its subgroup's stream at its time; the upper layers' frames go out LAYER_LAG
+            frames late (a path that favours the base layer), so frames arrive out of decode order;
+            the three streams end with the group."""
+            loop = asyncio.get_running_loop()
+            start = loop.time() - sent[0].dts / track.timescale
+            for group, members in groups.items():
+                sids = [session.open_subgroup(alias, group, subgroup=s, end_of_group=s == SUBGROUPS - 1)
+                        for s in range(SUBGROUPS)]
+                held: list[tuple[int, Frame]] = []
+
+                def send(object_id: int, f: Frame) -> None:
+                    session.send_object(sids[object_id % SUBGROUPS], object_id, bytes(f.payload),
+                                        frame_extensions(f, track.timescale))
+
+                for object_id, f in enumerate(members):
+                    await asyncio.sleep(max(0.0, start + f.dts / track.timescale - loop.time()))
+                    if object_id % SUBGROUPS:
+                        held.append((object_id, f))
+                    else:
+                        send(object_id, f)
+                    while held and held[0][0] <= object_id - LAYER_LAG:
+                        send(*held.pop(0))
+                    conn.flush()
+                for object_id, f in held:
+                    send(object_id, f)
+                for sid in sids:
+                    session.end_subgroup(sid)
+            session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, SUBGROUPS * len(groups))
+            conn.flush()
+
+        answer_subscribes(conn, answer)
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn:
+            await announced(pub_conn)
+            layered(pub_conn)
+            edge = EdgeServer(moq_broadcast_source(f"moqt://127.0.0.1:{port}", wait=10, insecure=True, backend=backend),
+                              http=HttpConfig(host="127.0.0.1", port=0))
+            await edge.start()
+            try:
+                base = "http://{}:{}/live/x".format(*edge.address)
+                async with asyncio.timeout(30):
+                    while True:  # the publisher sent it all at once: the playlist ends
+                        status, body = await http_get(f"{base}/video.m3u8")
+                        if status == 200 and b"#EXT-X-ENDLIST" in body:
+                            break
+                        await asyncio.sleep(0.1)
+                rc, out = await run_process(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                                             "packet=dts_time,size", "-of", "csv=p=0", f"{base}/index.m3u8"], timeout=60)
+                assert rc == 0, out
+                packets = [line.split(",") for line in out.split()]
+                got = [int(size) for _, size in packets]
+                first = next((i for i, (a, b) in enumerate(zip(got, sent)) if a != b.size), min(len(got), len(sent) - 1))
+                assert got == [f.size for f in sent], \
+                    f"{len(got)} of {len(sent)} frames; from frame {first} (group {sent[first].group}, object " \
+                    f"{sent[first].index}) sizes {got[first:first + 6]}, sent {[f.size for f in sent[first:first + 6]]}"
+                rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", f"{base}/index.m3u8",
+                                             "-f", "null", "-"], timeout=60)
+                assert rc == 0 and out.strip() == "", out
+            finally:
+                await edge.close()
+                for task in sending:
+                    task.cancel()

@@ -17,6 +17,7 @@ and dropped ``IDLE_SECONDS`` after its last request once it has ended.
 
 import asyncio
 import logging
+import math
 import re
 import time
 from dataclasses import replace
@@ -27,6 +28,8 @@ from urllib.parse import parse_qs, quote
 from ..auth.access import Access, AccessDenied
 from ..config import HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
+from ..http.message import path_segments
+from ..http.ranges import ACCEPT_RANGES, byte_range
 from ..http.server import HttpServer
 from ..media.catalog import Catalog, TrackInfo
 from ..media.frames import Frame
@@ -40,8 +43,18 @@ log = logging.getLogger("rtmpq.edge")
 # Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
 BLOCKING_TARGET_DURATIONS = 3
 # A blocking reload for a part more than this many parts past the last one listed is refused (400)
-# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held.
+# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held: 3, or as many parts as make
+# PART_LIMIT_SECONDS (or a target duration, if longer) when parts are shorter. hls.js with
+# lowLatencyMode off asks for the segment after the one in progress at the part index last listed,
+# up to a segment of parts ahead: refusing that sent it a 400 on nearly every reload.
 PART_LIMIT = 3
+PART_LIMIT_SECONDS = 3.0
+
+
+def part_limit(part_target: float, target_duration: float) -> int:
+    """The Part Limit of a playlist with this PART-TARGET and EXT-X-TARGETDURATION (seconds)."""
+    return max(PART_LIMIT, math.ceil(max(PART_LIMIT_SECONDS, target_duration) / part_target))
+
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
@@ -53,8 +66,13 @@ ENDED_PLAYLIST_KEEP = 10.0
 VIEWER_WINDOW = 10.0
 MAX_VIEWERS_TRACKED = 16384
 
-_PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64})/(?P<key>[A-Za-z0-9_.~-]{1,128})/(?P<file>[A-Za-z0-9_.-]*)$")
+# an app of one or two parts (rtmpq/rtmp/session.py APP_NAME_PATTERN: rtmp://HOST/live/studio/cam)
+_PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64}(?:/[A-Za-z0-9_.~-]{1,64})?)/(?P<key>[A-Za-z0-9_.~-]{1,128})"
+                   r"/(?P<file>[A-Za-z0-9_.-]*)$")
 _PAGE_NO_SLASH = re.compile(r"^/[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}$")
+# What the paths above take as a name: the names a publisher can have (rtmpq/rtmp/session.py,
+# rtmpq/auth/access.py), percent-encoded or not (RFC 3986: %7E is ~).
+_LEGAL_NAME = "(a broadcast name is app/name or app/sub/name, each of letters, digits and _.~-, neither '.' nor '..')"
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
 _SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
@@ -156,11 +174,41 @@ else if (Hls.isSupported()) {
       }).catch(() => {});
     });
     hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; });
+    // the broadcast ended (ENDLIST): played to its end (hls.js may stall a hair before it rather
+    // than end), then the same name published again is a new broadcast: play it
+    hls.on(Hls.Events.LEVEL_LOADED, (event, data) => { if (!data.details.live) awaitNext(hls); });
+    hls.on(Hls.Events.ERROR, (event, data) => {
+      if (ended === hls && data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) waiting = over;
+    });
     hls.loadSource(source);
     hls.attachMedia(video);
   };
   let waiting = null;  // why nothing plays, shown instead of the latency
-  video.addEventListener("ended", () => { waiting = "the broadcast has ended"; });
+  let ended = null;  // the hls.js instance whose broadcast ended
+  const over = "the broadcast has ended; it plays here again when it is back";
+  video.addEventListener("ended", () => { waiting = over; });
+  // every @RETRY@ s: is the name live again? (its multivariant's first media playlist without
+  // ENDLIST: the edge serves an ended broadcast's playlists a while, then opens the name afresh)
+  const awaitNext = (which) => {
+    if (ended === which) return;
+    ended = which;
+    const again = () => setTimeout(ask, @RETRY@ * 1000);
+    const ask = () => {
+      if (ended !== hls) return;
+      const base = new URL(source, location.href);
+      fetch(base).then((r) => r.ok ? r.text() : "").then((listing) => {
+        const uri = listing.split("\\n").find((line) => line && !line.startsWith("#"));
+        return uri ? fetch(new URL(uri, base)).then((r) => r.ok ? r.text() : "") : "";
+      }).then((media) => {
+        if (ended !== hls) return;
+        if (!media.startsWith("#EXTM3U") || media.includes("#EXT-X-ENDLIST")) return again();
+        window.rtmpqRestarts += 1;
+        hls.destroy();
+        start();
+      }).catch(again);
+    };
+    again();
+  };
   start();
   setInterval(() => { window.rtmpqLatency = hls.latency;
     status.textContent = waiting || "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
@@ -270,6 +318,13 @@ class _Broadcast:
             return False
         return key == "v" or key == "a" or self.catalog is None or not self.catalog.is_rung(track) \
             or track in self.wanted
+
+
+def _ranged(request: Request, response: Response) -> Response:
+    """A response that takes ranges (it says Accept-Ranges), cut to the GET's single Range."""
+    if request.method != "GET" or ACCEPT_RANGES not in response.headers:
+        return response
+    return byte_range(response, request.headers.get("range"), request.headers.get("if-range"))
 
 
 class EdgeServer:
@@ -448,23 +503,34 @@ class EdgeServer:
             headers.append(("Access-Control-Allow-Headers", asked))  # "*" does not cover Authorization
         return Response(204, b"", cache="no-store", headers=headers)
 
-    def _hls_js(self) -> Response:
+    def _hls_js(self, request: Request) -> Response:
         if self._hls_js_bytes is None:
             path = self.static_dir / "hls.min.js"
             if not path.is_file():
                 return text(404, "hls.js is not installed on this node (its log said so at start)")
             self._hls_js_bytes = path.read_bytes()
-        return Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400")
+        return _ranged(request, Response(200, self._hls_js_bytes, "application/javascript", "max-age=86400",
+                                         [ACCEPT_RANGES]))
 
     async def _route(self, request: Request) -> Response:
-        path, query_text = request.path, request.query
+        raw, query_text = request.path, request.query
+        try:
+            segments = path_segments(raw)
+        except ValueError as exc:
+            return text(400, f"bad path: {exc}")
+        if any("/" in s for s in segments):  # an encoded slash is a character, and no name holds one
+            return text(404, f"not found: an encoded slash (%2F) is not a separator {_LEGAL_NAME}")
+        path = "/".join(segments)
         if path in ("/hls.min.js", "/hls.js"):
-            return self._hls_js()
+            return self._hls_js(request)
         m = _PATH.match(path)
+        named = segments[1:-1] if m is not None else segments[1:]
+        if (m is not None or _PAGE_NO_SLASH.match(path)) and {".", ".."} & set(named):
+            return text(404, f"not found {_LEGAL_NAME}")  # players resolve them away: never a name
         if m is None and _PAGE_NO_SLASH.match(path):  # the player page's address typed without its "/"
-            return Response(308, b"", headers=[("Location", path + "/" + (f"?{query_text}" if query_text else ""))])
+            return Response(308, b"", headers=[("Location", raw + "/" + (f"?{query_text}" if query_text else ""))])
         if m is None:
-            return text(404, "not found: expected /<app>/<name>/index.m3u8")
+            return text(404, f"not found: expected /<app>/<name>/index.m3u8 {_LEGAL_NAME}")
         name = f"{m['app']}/{m['key']}"
         file = m["file"]
         page = file in ("", "index.html")
@@ -484,7 +550,7 @@ class EdgeServer:
             return text(404, "no such broadcast")
         if len(b.viewers) < MAX_VIEWERS_TRACKED:
             b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
-        response = await self._serve_file(b, file, query_text, query)
+        response = _ranged(request, await self._serve_file(b, file, query_text, query))
         b.bytes_out += response.length
         return response
 
@@ -519,11 +585,11 @@ class EdgeServer:
                 return await self._media_playlist(b, stream, query_text, query)
             ctype = "audio/mp4" if stream is audio else "video/mp4"
             if im["version"] is None:  # the newest: its content changes with the next avcC
-                return Response(200, stream.init, ctype, "no-cache")
+                return Response(200, stream.init, ctype, "no-cache", [ACCEPT_RANGES])
             data = stream.init_version_data(int(im["version"]))
             if data is None:
                 return text(404, "no such init segment")
-            return Response(200, data, ctype, "max-age=60")  # a version's bytes never change
+            return Response(200, data, ctype, "max-age=60", [ACCEPT_RANGES])  # a version's bytes never change
         sm = _SEGMENT.match(file)
         stream = b.streams.get(sm["kind"]) if sm is not None else None
         if stream is None:
@@ -544,10 +610,10 @@ class EdgeServer:
         if segment is None:
             return text(404, "segment no longer available")
         if part is None:  # its parts one after another: no joined copy per request
-            return Response(200, [p.data for p in segment.parts], ctype, "max-age=60")
+            return Response(200, [p.data for p in segment.parts], ctype, "max-age=60", [ACCEPT_RANGES])
         if part >= len(segment.parts):
             return text(404, "no such part")
-        return Response(200, segment.parts[part].data, ctype, "max-age=60")
+        return Response(200, segment.parts[part].data, ctype, "max-age=60", [ACCEPT_RANGES])
 
     async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str) -> Response:
         query = parse_qs(query_text)
@@ -565,7 +631,7 @@ class EdgeServer:
             next_msn, next_part = stream.next_part
             if part is not None and msn >= next_msn and not stream.ended:
                 ahead = part - next_part + 1 if msn == next_msn else part + 1  # parts past the last listed (at least)
-                if ahead > PART_LIMIT:
+                if ahead > part_limit(stream.part_target, stream.target_duration()):
                     return text(400, "_HLS_part is too far in the future")
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
                 return text(503, "the requested part did not appear in time")

@@ -11,11 +11,11 @@ needs, each a named setting in ``[http]`` (rtmpq/config.py):
 - ``request_timeout``: a request head must arrive within this after the connection opens or the
   previous response was written (an idle keep-alive connection is closed after it; on HTTP/2,
   one with no request begun or answered for this long, whatever else it sends);
-- ``write_timeout``: a response must be taken by the socket within this, or the connection is
-  dropped. Bodies are written in pieces of ``WRITE_PIECE`` bytes, each after the socket has taken
-  the one before (``write_buffer_bytes`` at most queued in user space), so a client that stops
-  reading holds one piece of our memory, not a segment per pipelined request, and is dropped
-  after ``write_timeout``.
+- ``write_timeout``: each piece of a response must be taken by the socket within this, or the
+  connection is dropped. Bodies are written in pieces of ``WRITE_PIECE`` bytes, each after the
+  socket has taken the one before (``write_buffer_bytes`` at most queued in user space), so a
+  client that stops reading holds one piece of our memory, not a segment per pipelined request,
+  and is dropped after ``write_timeout``; a slow one that keeps reading gets the whole body.
 
 HTTP/2 is offered (ALPN ``h2``) when the listener has a certificate (``--http-cert``/
 ``--http-key``); plain HTTP/1.1 is the default.
@@ -39,7 +39,7 @@ import h11
 
 from ..errors import listener_error
 from ..moq.tls import load_cert_chain
-from .message import Request, Response, text
+from .message import Request, Response, origin_form, text
 
 log = logging.getLogger("rtmpq.http")
 
@@ -205,14 +205,16 @@ class _Connection(asyncio.Protocol):
             self.stats.bytes_out += len(data)
             self.transport.write(data)
 
-    async def drain(self, deadline: float) -> None:
-        """Wait until the socket has taken what we queued (down to the low-water mark)."""
+    async def drain(self) -> None:
+        """Wait until the socket has taken what we queued (down to the low-water mark): at most
+        write_timeout, which bounds a reader's stall, not a response (a slow reader that keeps
+        taking bytes gets a body of any size)."""
         if self.closed or self.transport.is_closing():
             raise ConnectionError("closed")
         if self._writable.is_set():
             return
         try:
-            await asyncio.wait_for(self._writable.wait(), max(0.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self._writable.wait(), self.config.write_timeout)
         except TimeoutError:
             self.abort("write_timeout")
             raise ConnectionError("write timeout") from None
@@ -335,7 +337,7 @@ class _H1:
                     self.c.stats.errors["header_too_large"] += 1
                     await self._send_error(431, "request head too large")
                     return None
-                target = event.target.decode("latin-1")
+                target = origin_form(event.target.decode("latin-1"))
                 path, _, query = target.partition("?")
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 request = Request(event.method.decode("ascii", "replace"), path, query, headers, self.c.client,
@@ -363,7 +365,6 @@ class _H1:
 
     async def _send(self, response: Response, *, head_only: bool) -> None:
         c = self.c
-        deadline = time.monotonic() + c.config.write_timeout
         head = h11.Response(status_code=response.status, headers=c.head_fields(response),
                             reason=_reason(response.status))
         c.write(self.h11.send(head))
@@ -373,9 +374,9 @@ class _H1:
                 for off in range(0, len(view), WRITE_PIECE):
                     for piece in self.h11.send_with_data_passthrough(h11.Data(data=view[off:off + WRITE_PIECE])):
                         c.write(piece)
-                    await c.drain(deadline)
+                    await c.drain()
         c.write(self.h11.send(h11.EndOfMessage()))
-        await c.drain(deadline)
+        await c.drain()
 
 
 class _H2:
@@ -484,7 +485,6 @@ class _H2:
         c = self.c
         try:
             response = await c.respond(request)
-            deadline = time.monotonic() + c.config.write_timeout
             head_only = request.method == "HEAD" or response.length == 0
             fields = [(":status", str(response.status)),
                       *((k.lower(), v) for k, v in c.head_fields(response) if k.lower() != "connection")]
@@ -497,16 +497,16 @@ class _H2:
                     while off < len(view):
                         window = self.h2.local_flow_control_window(stream_id)
                         if window <= 0:
-                            await self._wait_window(deadline)
+                            await self._wait_window()
                             continue
                         n = min(window, self.h2.max_outbound_frame_size, WRITE_PIECE, len(view) - off)
                         self.h2.send_data(stream_id, bytes(view[off:off + n]))
                         off += n
                         self._flush()
-                        await c.drain(deadline)
+                        await c.drain()
                 self.h2.end_stream(stream_id)
                 self._flush()
-            await c.drain(deadline)
+            await c.drain()
         except (ConnectionError, asyncio.CancelledError, h2.exceptions.StreamClosedError):
             pass
         except h2.exceptions.ProtocolError as exc:
@@ -515,10 +515,10 @@ class _H2:
             self._streams.pop(stream_id, None)
             self._last_active = time.monotonic()
 
-    async def _wait_window(self, deadline: float) -> None:
+    async def _wait_window(self) -> None:
         self._window.clear()
         try:
-            await asyncio.wait_for(self._window.wait(), max(0.0, deadline - time.monotonic()))
+            await asyncio.wait_for(self._window.wait(), self.c.config.write_timeout)
         except TimeoutError:  # the peer keeps its window shut: a reader that stopped reading
             self.c.abort("write_timeout")
             raise ConnectionError("write timeout") from None

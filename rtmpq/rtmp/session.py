@@ -66,6 +66,8 @@ STREAM_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,%d}" % MAX_STREAM_KEY_LENGTH
 # What may follow the key after '?' (e.g. ?token=<JWT>): at most this many characters.
 MAX_PUBLISH_QUERY_LENGTH = 4096
 APP_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}(/[A-Za-z0-9_.~-]{1,64})?")
+# ... but neither is "." or "..": no player can ask for such a name (URLs resolve them away).
+DOT_SEGMENTS = frozenset((".", ".."))
 # Message streams a client may create on one connection.
 MAX_MESSAGE_STREAMS = 8
 # Bytes of media one connection may send on publishes not yet answered (sent without waiting for
@@ -460,7 +462,7 @@ class RtmpServerSession:
         if not isinstance(app, str):
             raise RemoteProtocolError("connect: app is not a string")
         app = app.split("?", 1)[0].strip("/")
-        if not APP_NAME_PATTERN.fullmatch(app):
+        if not APP_NAME_PATTERN.fullmatch(app) or DOT_SEGMENTS & set(app.split("/")):
             self._send_command(0, "_error", tx, None, _status("error", "NetConnection.Connect.Rejected", "invalid application name"))
             raise RemoteProtocolError("connect: invalid application name")
         self.app = app  # the deadline stands until a publish is accepted
@@ -489,7 +491,7 @@ class RtmpServerSession:
             raise RemoteProtocolError("publish: stream name is not a string")
         key, _, query = args[0].partition("?")
         publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
-        if not STREAM_KEY_PATTERN.fullmatch(key) or len(query) > MAX_PUBLISH_QUERY_LENGTH:
+        if not STREAM_KEY_PATTERN.fullmatch(key) or key in DOT_SEGMENTS or len(query) > MAX_PUBLISH_QUERY_LENGTH:
             self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "invalid stream name"))
             raise RemoteProtocolError("publish: invalid stream name")
         if stream_id in self.publishing or stream_id in self._pending:
