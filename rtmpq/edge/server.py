@@ -43,8 +43,8 @@ log = logging.getLogger("rtmpq.edge")
 # Blocking playlist/part requests wait at most this many target durations (the spec suggests 3).
 BLOCKING_TARGET_DURATIONS = 3
 # A blocking reload for a part more than this many parts past the last one listed is refused (400)
-# at once, as RFC 8216bis 6.2.5.2 asks (its Part Limit), not held: 3, or as many parts as make
-# PART_LIMIT_SECONDS (or a target duration, if longer) when parts are shorter. hls.js with
+# at once, not held (RFC 8216bis 6.2.5.2 lets a server refuse a request too far ahead): 3, or as
+# many parts as make PART_LIMIT_SECONDS (or a target duration, if longer) when parts are shorter. hls.js with
 # lowLatencyMode off asks for the segment after the one in progress at the part index last listed,
 # up to a segment of parts ahead: refusing that sent it a 400 on nearly every reload.
 PART_LIMIT = 3
