@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.media.catalog import TrackInfo
 from rtmpq.media.frames import Frame
 from rtmpq.moq import events as ev
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
@@ -20,6 +20,7 @@ from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import PublishDoneStatus
 
 from .conftest import free_port
+from .test_moq_client_subgroups import send_catalog
 from .test_moq_object_status import answer_subscribes
 
 VIDEO = TrackInfo(name="video", kind="video", codec="avc1.64001f", init_data=b"\x01")
@@ -68,10 +69,7 @@ class TailLastPublisher:
 
         def answer(event, alias: int) -> None:
             if event.track_name == CATALOG_TRACK:
-                sid = session.open_subgroup(alias, 0)
-                session.send_object(sid, 0, Catalog("live/x", (VIDEO,)).to_json())
-                session.end_subgroup(sid)
-                session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+                send_catalog(session, event, alias, VIDEO)
                 return
             older = session.open_subgroup(alias, 0)
             for i in range(OBJECTS - 1):

@@ -39,6 +39,14 @@ def ids(subgroup: int) -> list[int]:
     return list(range(subgroup, OBJECTS, SUBGROUPS))
 
 
+def send_catalog(session, event, alias: int, *tracks: TrackInfo) -> None:
+    """Answer a SUBSCRIBE to the catalog: live/x listing ``tracks``, one group, then PUBLISH_DONE."""
+    sid = session.open_subgroup(alias, 0)
+    session.send_object(sid, 0, Catalog("live/x", tracks).to_json())
+    session.end_subgroup(sid)
+    session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+
+
 class LayeredPublisher:
     """Serves live/x: a catalog of one video track, and video groups in SUBGROUPS interleaved
     subgroups, each subgroup's stream written whole (objects, then FIN) before the next one's."""
@@ -50,10 +58,7 @@ class LayeredPublisher:
     def on_connection(self, conn) -> None:
         def answer(event, alias: int) -> None:
             if event.track_name == CATALOG_TRACK:
-                sid = conn.session.open_subgroup(alias, 0)
-                conn.session.send_object(sid, 0, Catalog("live/x", (VIDEO,)).to_json())
-                conn.session.end_subgroup(sid)
-                conn.session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+                send_catalog(conn.session, event, alias, VIDEO)
             else:
                 self.video = (conn, alias, event.request_id)
                 self.on_video()
@@ -356,10 +361,7 @@ async def test_an_edge_fed_by_a_layered_publisher_serves_every_frame_in_decode_o
         def answer(event, alias: int) -> None:
             session = conn.session
             if event.track_name == CATALOG_TRACK:
-                sid = session.open_subgroup(alias, 0)
-                session.send_object(sid, 0, Catalog("live/x", (track,)).to_json())
-                session.end_subgroup(sid)
-                session.publish_done(event.request_id, PublishDoneStatus.TRACK_ENDED, 1)
+                send_catalog(session, event, alias, track)
                 return
             sending.append(asyncio.get_running_loop().create_task(live(session, alias, event.request_id)))
 
