@@ -20,14 +20,16 @@ AUDIO_ENCODE = ["-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "2"]
 
 
 def ffmpeg_publish_args(url: str, reference: str, seconds: float = 3.0, size: str = "320x240",
-                        audio: list[str] = AUDIO_ENCODE) -> list[str]:
-    """One live encode, written both to ``url`` (RTMP) and straight to the FLV file ``reference``."""
+                        audio: list[str] = AUDIO_ENCODE, ts_offset: float = 0.0) -> list[str]:
+    """One live encode, written both to ``url`` (RTMP) and straight to the FLV file ``reference``;
+    its timestamps start at ``ts_offset`` seconds (a publisher that has been live that long)."""
     return [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
         "-t", str(seconds), *VIDEO_ENCODE, *audio,
         "-map", "0:v", "-map", "1:a", "-flags", "+global_header",
+        *(["-output_ts_offset", str(ts_offset)] if ts_offset else []),
         "-f", "tee", f"[f=flv]{url}|[f=flv]{reference}",
     ]
 
