@@ -480,10 +480,10 @@ async def _http1_get(reader, writer, path: str) -> tuple[int, bytes]:
 async def test_many_held_blocking_reloads_from_one_address_stop_at_its_cap_and_a_player_elsewhere_plays(tmp_path):
     """A node's edge with HELD connections from 127.0.0.2, each holding blocking playlist reloads
     for the next part in a loop (each answered when its part exists, within the blocking limit),
-    and a reload too far ahead refused at once (PART_LIMIT). The address's next connection is
+    and a reload too far ahead refused at once (part_limit()). The address's next connection is
     refused (503, max_connections_per_ip); ffmpeg playing from 127.0.0.1 decodes without an error."""
     need("ffmpeg")
-    from rtmpq.edge.server import BLOCKING_TARGET_DURATIONS, PART_LIMIT
+    from rtmpq.edge.server import BLOCKING_TARGET_DURATIONS, part_limit
     from rtmpq.nodes.up import UpNode
 
     held_count = 100
@@ -509,7 +509,10 @@ async def test_many_held_blocking_reloads_from_one_address_stop_at_its_cap_and_a
         refused = await exchange_from("127.0.0.2", port, f"GET {playlist} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert refused.startswith(b"HTTP/1.1 503 "), refused[:80]
         hint = re.findall(rb'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)', body)[-1]
-        too_far = await _http1_get(*conns[0], f"{playlist}?_HLS_msn={int(hint[0])}&_HLS_part={int(hint[1]) + PART_LIMIT + 1}")
+        limit = part_limit(float(re.search(rb"PART-TARGET=([\d.]+)", body)[1]),
+                           float(re.search(rb"#EXT-X-TARGETDURATION:(\d+)", body)[1]))
+        ahead = int(hint[1]) + limit + 1
+        too_far = await _http1_get(*conns[0], f"{playlist}?_HLS_msn={int(hint[0])}&_HLS_part={ahead}")
         assert too_far[0] == 400, too_far
         waits: list[float] = []
 
