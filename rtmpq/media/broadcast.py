@@ -52,6 +52,16 @@ class GroupSkipped:
     group: int
 
 
+@dataclass(frozen=True, slots=True)
+class PublisherLost:
+    """The publisher went away without ending its publish (its connection dropped, or it was
+    closed: silent, taken over, the node stopping): the group in progress of each of its tracks
+    is cut short, no more of it follows. Told to listeners alone (the relay resets its streams of
+    those groups); a reader sees the seam as the next group beginning, as before."""
+
+    name: str
+
+
 BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | BroadcastEnded
 
 
@@ -316,11 +326,18 @@ class Broadcast:
         generated = frame.received_ns // 1_000_000 if frame.received_ns else None
         self._new_catalog(self.catalog.without_tracks(set(gone), generated_at=generated))
 
-    def publisher_left(self, grace_period: float, now: float) -> None:
+    def publisher_left(self, grace_period: float, now: float, lost: bool = False) -> None:
         """The publisher went away at ``now`` (monotonic): end now, or wait ``grace_period`` seconds
-        for it to return (the registry's ``expire(now)`` ends it after that)."""
+        for it to return (the registry's ``expire(now)`` ends it after that). ``lost``: without
+        ending its publish (see PublisherLost); its groups in progress are cut short first."""
         if not self.live or not self.publishing:
             return
+        if lost:
+            # a late reader or listener must not start on the cut group as if it went on
+            self._current_group.clear()
+            self._current_group_bytes = 0
+            if self._listeners:
+                self._tell(PublisherLost(self.name))
         if grace_period <= 0:
             self.end()
             return

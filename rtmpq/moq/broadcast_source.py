@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import replace
 
-from ..media.broadcast import Broadcast, BroadcastEnded, CatalogUpdate, GroupSkipped
+from ..media.broadcast import Broadcast, BroadcastEnded, CatalogUpdate, GroupSkipped, PublisherLost
 from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
@@ -16,6 +16,7 @@ from . import events as ev
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout
 from .loc import CATALOG_TRACK
 from .transport import MoqConnection
+from .wire import StreamResetCode
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -122,6 +123,8 @@ class BroadcastSource:
                 fanout = self.fanouts.get(item.track)
                 if fanout is not None:
                     fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
+            elif isinstance(item, PublisherLost):
+                self._cut_groups()
             elif isinstance(item, BroadcastEnded):
                 # the last catalog says so (MSF isLive false, isComplete): nothing more will come
                 self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
@@ -129,6 +132,16 @@ class BroadcastSource:
         except Exception:  # as a reading task that failed did: this source ends, the publish goes on
             log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
             self.close()
+
+    def _cut_groups(self) -> None:
+        """The publisher is lost mid-group: the group in progress of each track it feeds is cut
+        short (its streams reset with SESSION_CLOSED, never ended whole). The catalog's versions
+        are whole objects, and a rung made here ends its groups itself (it may still finish one
+        from a group the source completed)."""
+        catalog = self.broadcast.catalog
+        for name, fanout in self.fanouts.items():
+            if name != CATALOG_TRACK and not catalog.is_rung(name):
+                fanout.cut_open_groups(StreamResetCode.SESSION_CLOSED)
 
     def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
         fanout = self.fanouts.get(track)
