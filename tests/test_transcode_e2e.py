@@ -734,3 +734,59 @@ async def test_a_rung_playlist_asked_for_first_is_served(tmp_path):
         assert b"#EXTINF" in await get_when_ready(rung, 30)
         rc, out = await publisher
         assert rc == 0, out
+
+
+def video_sent(reference: str) -> int:
+    """Video frames in an FLV file the publisher wrote alongside its publish."""
+    from .publishers import pyav_packets
+
+    return sum(1 for ps in pyav_packets(reference).values() for p in ps if p.track == "video")
+
+
+async def test_a_rung_ends_with_the_source_s_last_frame_when_the_publisher_leaves(tmp_path):
+    """ffmpeg (2 B-frames: the decoder holds two pictures back for reordering) publishes 3 s into
+    `rtmpq up --ladder 180p`, then stops: the 180p rung has every source frame, its last group
+    whole, over MoQ and over LL-HLS (ffprobe reads the rung's playlist to its ENDLIST). Before, the
+    decoder gave its held-back pictures only at the broadcast's end, which takes no more frames:
+    the rung was 2 frames short (88 of 90, HLS and MoQ alike)."""
+    from .test_nodes_cli import get_when_ready
+
+    ref = str(tmp_path / "ref.flv")
+    async with rung_watched(tmp_path, "180p", "tail", "video-180p") as (n, url, got):
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=3, size="640x360"), 60))
+        await n.registry.wait_for("live/tail", 20)
+        host, http_port = n.edge.address
+        playlist = f"http://{host}:{http_port}/live/tail/video-180p.m3u8"
+        await get_when_ready(playlist, 30)
+        probe = asyncio.create_task(run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                                 "stream=nb_read_frames", "-of", "csv=p=0", playlist], 60))
+        rc, out = await publisher
+        assert rc == 0, out
+        rc, probed = await probe
+        assert rc == 0, probed
+    sent = video_sent(ref)
+    frames = got.get("video-180p", [])
+    assert not got.get("skipped") and min(f.group for f in frames) == 0
+    assert len(frames) == sent, (len(frames), sent)
+    assert int(probed.split()[0]) == sent, (probed, sent)
+
+
+async def test_the_last_rung_group_before_a_publisher_s_gap_is_whole_before_it_returns(tmp_path):
+    """A publisher leaves after one 2 s group and comes back within the grace period: the rung's
+    group before the gap is whole as soon as the publisher left (not when it returns, nor never),
+    and the returning publish's groups are whole too."""
+    first, second = str(tmp_path / "1.flv"), str(tmp_path / "2.flv")
+    async with rung_watched(tmp_path, "180p", "gap", "video-180p") as (n, url, got):
+        rc, out = await run_process(ffmpeg_publish_args(url, first, seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        sent = video_sent(first)
+        async with asyncio.timeout(2.0):  # well inside the grace period (3 s): no return yet
+            while len(got.get("video-180p", [])) < sent:
+                await asyncio.sleep(0.02)
+        assert n.registry.get("live/gap").publishing is False
+        rc, out = await run_process(ffmpeg_publish_args(url, second, seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        assert n.registry.get("live/gap").publishes == 2
+    groups = by_group(got["video-180p"])
+    assert not got.get("skipped")
+    assert [len(groups[g]) for g in sorted(groups)] == [sent, video_sent(second)]

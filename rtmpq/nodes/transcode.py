@@ -20,7 +20,7 @@ import asyncio
 import logging
 
 from ..config import Config, TranscodeConfig
-from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
@@ -233,6 +233,8 @@ class BroadcastTranscoder:
                 yield track, stats, track in self.wanted
 
     def finish(self) -> None:
+        """The source's groups in progress are complete (the publisher left, or the broadcast
+        ended): the pictures the decoders hold back go out, ending the rungs' groups."""
         for t in self.transcoders.values():
             t.finish()
 
@@ -291,11 +293,15 @@ class LocalTranscoder:
             if count:
                 bt.set_wanted(track, True)
         broadcast.watch_demand(bt.set_wanted)
-        reader = broadcast.reader()
+        # PublisherLeft: the rungs' groups in progress end while the broadcast still takes their
+        # frames (at BroadcastEnded it takes no more)
+        reader = broadcast.reader(publisher_events=True)
         try:
             async for item in reader:
                 if isinstance(item, CatalogUpdate):
                     bt.on_catalog(item.catalog)
+                elif isinstance(item, PublisherLeft):
+                    bt.finish()
                 elif isinstance(item, BroadcastEnded):
                     bt.finish()
                     break

@@ -275,7 +275,9 @@ class Transcoder:
         self._inbox.put(("config", source))
 
     def finish(self) -> None:
-        """The source ended: the frames the decoder still holds (reordering) go out."""
+        """The source group in progress is complete (the publisher left: no more of it comes): the
+        frames the decoder still holds (reordering) go out, so every rung's group ends whole; a
+        later group (a returning publisher) starts a fresh decoder."""
         self._inbox.put(("flush", None))
 
     def close(self) -> None:
