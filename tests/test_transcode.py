@@ -420,3 +420,44 @@ async def test_the_rungs_of_a_source_track_that_left_are_withdrawn_and_come_back
         assert listed[-1] == [("video-1-360p", "video-1")] and set(bt.transcoders) == {"video", "video-1"}
     finally:
         bt.close()
+
+
+def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice():
+    """Its last viewer leaves mid-group: the rung finishes that group (the decoder's held-back
+    pictures included), then stops. Watched again mid-way through a later group, it starts there
+    from the IDR; left and watched again within one group, it just goes on. Before, it stopped at
+    once (its last group cut short, with no skip said) and, watched again in the group it had
+    stopped in, made that group again from object 0: the relay took the repeated object ids for a
+    protocol error and closed the sessions of the rung's subscribers."""
+    info, frames = make_source(seconds=6, width=640, height=360)
+    groups = {g: [f for f in frames if f.group == g] for g in (0, 1, 2)}
+    out: list[Frame] = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.append(frame)
+
+    t = Transcoder("live/test", info, parse_ladder("180p"), emit, lossless=True)
+    steps = [True, groups[0][:30], False, groups[0][30:] + groups[1][:20], True,
+             groups[1][20:40], False, groups[1][40:50], True, groups[1][50:] + groups[2]]
+    for step in steps:
+        if isinstance(step, bool):
+            t.set_active("video-180p", step)
+        else:
+            for f in step:
+                t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with lock:
+            if len(out) >= len(frames):
+                break
+        time.sleep(0.05)
+    t.close()
+    t.join()
+    got = {g: [(f.index, f.pts) for f in out if f.group == g] for g in groups}
+    for g, source in groups.items():
+        assert [i for i, _ in got[g]] == list(range(len(source))), (g, [i for i, _ in got[g]])
+        assert sorted(p for _, p in got[g]) == sorted(f.pts for f in source)
+    assert len(out) == len(frames)
