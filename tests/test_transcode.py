@@ -461,3 +461,46 @@ def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice()
         assert [i for i, _ in got[g]] == list(range(len(source))), (g, [i for i, _ in got[g]])
         assert sorted(p for _, p in got[g]) == sorted(f.pts for f in source)
     assert len(out) == len(frames)
+
+
+def test_a_rung_asked_for_while_the_publisher_is_away_gets_the_last_group_whole():
+    """The publisher left (``finish``) mid-way through nobody watching the rung; a viewer asks for
+    it in the gap: it is made from the last group's IDR, every picture of it (the catch-up
+    decoder is flushed: the group is over), and the returning publish's group follows from a
+    fresh decoder. Before, the catch-up decoder kept the last 2 pictures until the publisher
+    came back."""
+    info, frames = make_source(seconds=4, width=640, height=360)
+    out: list[Frame] = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.append(frame)
+
+    t = Transcoder("live/test", info, parse_ladder("180p"), emit, lossless=True)
+    last = [f for f in frames if f.group == 0]
+    for f in last:
+        t.push(f)
+    t.finish()
+    t.set_active("video-180p", True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with lock:
+            if len(out) >= len(last):
+                break
+        time.sleep(0.02)
+    with lock:
+        assert [f.index for f in out] == list(range(len(last)))
+    for f in frames[len(last):]:  # back: the next group
+        t.push(f)
+    t.finish()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with lock:
+            if len(out) >= len(frames):
+                break
+        time.sleep(0.02)
+    t.close()
+    t.join()
+    assert [(f.group, f.index) for f in out] == [(f.group, i) for g in (0, 1)
+                                                  for i, f in enumerate(x for x in frames if x.group == g)]

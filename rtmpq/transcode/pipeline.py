@@ -301,6 +301,7 @@ class Transcoder:
         group_units: list[tuple[Frame, int]] = []  # the current group's access units (and arrival), from its IDR
         group_bytes = 0
         group_whole = False  # group_units starts at the group's first unit and holds all of it
+        group_over = False  # no more of the group in progress comes (flushed: its publisher left)
         starts: deque[tuple[int, int]] = deque(maxlen=GROUP_STARTS_KEPT)  # (first pts, group)
         received: dict[int, tuple[int, int]] = {}  # pts -> (ingest arrival, arrival here), for lag figures
 
@@ -351,7 +352,7 @@ class Transcoder:
             if kind == "flush":
                 if decoder is not None:
                     dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
-                decoder = None
+                decoder, group_over = None, True
                 for w in self.workers.values():
                     if w.active:
                         w.say_dropped(None)
@@ -394,7 +395,12 @@ class Transcoder:
                     for unit, pushed_ns in group_units:
                         frames += decode(dec, unit, pushed_ns)
                     # a catch-up decoder is not flushed: what it gives is the display-order prefix
-                    # the main decoder gave; the main decoder's next frames follow on from it
+                    # the main decoder gave; the main decoder's next frames follow on from it.
+                    # A group that is over (asked for while its publisher is away) is flushed
+                    # whole, and the next group starts a fresh decoder.
+                    if group_over:
+                        frames += dec.flush()
+                        others = True
                 except av.FFmpegError as exc:
                     self.stats.decode_errors += 1
                     log.warning("%s %s: undecodable group (%s); the rung starts at the next one", self.label,
@@ -406,6 +412,7 @@ class Transcoder:
                 continue
             unit, pushed_ns = value
             self._queued -= 1
+            group_over = False
             if unit.index == 0:
                 group_units, group_bytes, group_whole = [], 0, True
                 starts.append((unit.pts, unit.group))
