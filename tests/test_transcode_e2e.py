@@ -790,3 +790,63 @@ async def test_the_last_rung_group_before_a_publisher_s_gap_is_whole_before_it_r
     groups = by_group(got["video-180p"])
     assert not got.get("skipped")
     assert [len(groups[g]) for g in sorted(groups)] == [sent, video_sent(second)]
+
+
+def group_sizes(reference: str) -> list[int]:
+    """Frames per group (key frame to key frame) of the video in an FLV file."""
+    from .publishers import pyav_packets
+
+    sizes: list[int] = []
+    for p in (p for ps in pyav_packets(reference).values() for p in ps if p.track == "video"):
+        if p.keyframe or not sizes:
+            sizes.append(0)
+        sizes[-1] += 1
+    return sizes
+
+
+@pytest.mark.parametrize("topology", ["up", "ingest-relay"])
+async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp_path, topology):
+    """`rtmpq transcode --upstream` (its own process) reading over MoQ from `rtmpq up`, or from a
+    relay an `rtmpq ingest --upstream` publishes into: ffmpeg (2 B-frames) publishes 3 s and stops;
+    `rtmpq sub --rendition 180p` gets the rung's last group whole. The relay ends the source's
+    group in progress (its stream's FIN) when the publisher leaves, and the transcoder flushes its
+    decoder on that end. Before, the transcoder learnt only the broadcast's end: the rung's last
+    group was 2 frames short (28 of 30)."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
+    procs = []
+    ref = str(tmp_path / "ref.flv")
+    try:
+        if topology == "up":
+            procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                     "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"), env=env))
+        else:
+            procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"),
+                                     env=env))
+            procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream",
+                                     f"moqt://127.0.0.1:{pmoq}", "--insecure", env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "180p", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/tail", "--insecure", "--json",
+                                               "--rendition", "180p", "--seconds", "12", "--delivery-timeout", "15"],
+                                              timeout=60))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tail", ref, seconds=3,
+                                                        size="640x360"), timeout=60)
+        assert rc == 0, out
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    finally:
+        await stop_nodes(procs)
+    sizes = group_sizes(ref)
+    rung: dict[int, int] = {}
+    for o in lines:
+        if o.get("track") == "video-180p":
+            rung[o["group"]] = rung.get(o["group"], 0) + 1
+    assert not [line for line in lines if "skipped" in line], out[-2000:]
+    assert rung and max(rung) == len(sizes) - 1, (rung, sizes)
+    assert all(n == sizes[g] for g, n in rung.items()), (rung, sizes)

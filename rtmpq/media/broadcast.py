@@ -57,7 +57,8 @@ class PublisherLeft:
     """The publisher went away: the group in progress of every track is complete (no more of it
     comes; a returning publisher starts a new group). Only readers that ask get it
     (``reader(publisher_events=True)``: the transcoder, whose decoder holds a group's last pictures
-    back until it knows), before the broadcast waits for the return or ends."""
+    back until it knows) and listeners (the relay, which ends the groups for its subscribers), before
+    the broadcast waits for the return or ends."""
 
     name: str
 
@@ -336,6 +337,8 @@ class Broadcast:
         for reader in tuple(self._readers):
             if reader.publisher_events:
                 reader._put(left)
+        if self._listeners:  # the relay: it ends the groups in progress for MoQ subscribers
+            self._tell(left)
         if grace_period <= 0:
             self.end()
             return
@@ -384,7 +387,8 @@ class Broadcast:
     # -- reader side ----------------------------------------------------------------------------
     def listen(self, listener) -> None:
         """Call ``listener(event)`` with what a new reader would get first (the catalog, the group
-        in progress), then with every CatalogUpdate, Frame and the BroadcastEnded as they happen,
+        in progress), then with every CatalogUpdate, Frame, GroupSkipped, PublisherLeft and the
+        BroadcastEnded as they happen,
         from inside the publisher's calls: it must not block (nor raise: it would be detached)."""
         if self.catalog.tracks:
             listener(CatalogUpdate(self.catalog))
