@@ -422,6 +422,28 @@ async def test_the_rungs_of_a_source_track_that_left_are_withdrawn_and_come_back
         bt.close()
 
 
+class RungFrames:
+    """What one rung emits, collected from its thread; ``wait(n)`` polls until ``n`` frames came."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.lock = threading.Lock()
+
+    def emit(self, track, frame) -> None:
+        with self.lock:
+            self.frames.append(frame)
+
+    def wait(self, count: int, deadline: float = 60.0) -> list[Frame]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.frames) >= count:
+                    break
+            time.sleep(0.02)
+        with self.lock:
+            return list(self.frames)
+
+
 def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice():
     """Its last viewer leaves mid-group: the rung finishes that group (the decoder's held-back
     pictures included), then stops. Watched again mid-way through a later group, it starts there
@@ -431,14 +453,8 @@ def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice()
     protocol error and closed the sessions of the rung's subscribers."""
     info, frames = make_source(seconds=6, width=640, height=360)
     groups = {g: [f for f in frames if f.group == g] for g in (0, 1, 2)}
-    out: list[Frame] = []
-    lock = threading.Lock()
-
-    def emit(track, frame):
-        with lock:
-            out.append(frame)
-
-    t = Transcoder("live/test", info, parse_ladder("180p"), emit, lossless=True)
+    rung = RungFrames()
+    t = Transcoder("live/test", info, parse_ladder("180p"), rung.emit, lossless=True)
     steps = [True, groups[0][:30], False, groups[0][30:] + groups[1][:20], True,
              groups[1][20:40], False, groups[1][40:50], True, groups[1][50:] + groups[2]]
     for step in steps:
@@ -448,12 +464,7 @@ def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice()
             for f in step:
                 t.push(f)
     t.finish()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if len(out) >= len(frames):
-                break
-        time.sleep(0.05)
+    out = rung.wait(len(frames))
     t.close()
     t.join()
     got = {g: [(f.index, f.pts) for f in out if f.group == g] for g in groups}
@@ -470,36 +481,18 @@ def test_a_rung_asked_for_while_the_publisher_is_away_gets_the_last_group_whole(
     fresh decoder. Before, the catch-up decoder kept the last 2 pictures until the publisher
     came back."""
     info, frames = make_source(seconds=4, width=640, height=360)
-    out: list[Frame] = []
-    lock = threading.Lock()
-
-    def emit(track, frame):
-        with lock:
-            out.append(frame)
-
-    t = Transcoder("live/test", info, parse_ladder("180p"), emit, lossless=True)
+    rung = RungFrames()
+    t = Transcoder("live/test", info, parse_ladder("180p"), rung.emit, lossless=True)
     last = [f for f in frames if f.group == 0]
     for f in last:
         t.push(f)
     t.finish()
     t.set_active("video-180p", True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with lock:
-            if len(out) >= len(last):
-                break
-        time.sleep(0.02)
-    with lock:
-        assert [f.index for f in out] == list(range(len(last)))
+    assert [f.index for f in rung.wait(len(last), 30)] == list(range(len(last)))
     for f in frames[len(last):]:  # back: the next group
         t.push(f)
     t.finish()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with lock:
-            if len(out) >= len(frames):
-                break
-        time.sleep(0.02)
+    out = rung.wait(len(frames), 30)
     t.close()
     t.join()
     assert [(f.group, f.index) for f in out] == [(f.group, i) for g in (0, 1)
