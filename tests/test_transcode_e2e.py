@@ -839,8 +839,8 @@ async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp
                                  "--ladder", "180p", env=env))
         sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
                                                f"moqt://127.0.0.1:{pmoq}/live/tail", "--insecure", "--json",
-                                               "--rendition", "180p", "--seconds", "20", "--delivery-timeout", "15"],
-                                              timeout=60))
+                                               "--rendition", "180p", "--seconds", "40", "--delivery-timeout", "15"],
+                                              timeout=90))
         await wait_tcp(prtmp)
         rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tail", ref, seconds=3,
                                                         size="640x360"), timeout=60)
