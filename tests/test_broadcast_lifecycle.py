@@ -338,7 +338,7 @@ async def test_a_returning_publish_of_headers_only_wipes_nothing_and_the_next_pu
 
 
 async def test_a_publisher_lost_mid_group_tells_listeners_and_no_late_reader_starts_on_the_cut_group():
-    from rtmpq.media.broadcast import PublisherLost
+    from rtmpq.media.broadcast import PublisherLeft
 
     registry = BroadcastRegistry()
     b = registry.publish("live/cut")
@@ -348,7 +348,7 @@ async def test_a_publisher_lost_mid_group_tells_listeners_and_no_late_reader_sta
     heard = []
     b.listen(heard.append)
     b.publisher_left(30.0, now=100.0, lost=True)
-    assert isinstance(heard[-1], PublisherLost) and b.live  # kept for the grace period as ever
+    assert isinstance(heard[-1], PublisherLeft) and heard[-1].lost and b.live  # kept for the grace period as ever
     late = b.reader()
     assert not [i for i in drain(late) if isinstance(i, Frame)]  # the cut group is not handed on
     b2 = registry.publish("live/clean")

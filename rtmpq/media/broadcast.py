@@ -53,24 +53,29 @@ class GroupSkipped:
 
 
 @dataclass(frozen=True, slots=True)
-class PublisherLost:
-    """The publisher went away without ending its publish (its connection dropped, or it was
-    closed: silent, taken over, the node stopping): the group in progress of each of its tracks
-    is cut short, no more of it follows. Told to listeners alone (the relay resets its streams of
-    those groups); a reader sees the seam as the next group beginning, as before."""
+class PublisherLeft:
+    """The publisher went away: no more of the group in progress of any track comes (a returning
+    publisher starts a new group). ``lost``: without ending its publish (its connection dropped,
+    or it was closed: silent, taken over, the node stopping), so those groups are cut short;
+    else they are complete. Only readers that ask get it (``reader(publisher_events=True)``: the
+    transcoder, whose decoder holds a group's last pictures back until it knows) and listeners
+    (the relay: it ends those groups for its subscribers, or resets them when cut short), before
+    the broadcast waits for the return or ends."""
 
     name: str
+    lost: bool = False
 
 
-BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | BroadcastEnded
+BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | PublisherLeft | BroadcastEnded
 
 
 class BroadcastReader:
     """Async iterator over one broadcast: CatalogUpdate first, then frames, then the end."""
 
-    def __init__(self, broadcast: "Broadcast", max_buffered_bytes: int) -> None:
+    def __init__(self, broadcast: "Broadcast", max_buffered_bytes: int, publisher_events: bool = False) -> None:
         self.broadcast = broadcast
         self.max_buffered_bytes = max_buffered_bytes
+        self.publisher_events = publisher_events  # PublisherLeft too
         self.skipped_groups: set[tuple[str, int]] = set()
         self._queue: deque[BroadcastEvent] = deque()
         self._bytes = 0
@@ -329,15 +334,19 @@ class Broadcast:
     def publisher_left(self, grace_period: float, now: float, lost: bool = False) -> None:
         """The publisher went away at ``now`` (monotonic): end now, or wait ``grace_period`` seconds
         for it to return (the registry's ``expire(now)`` ends it after that). ``lost``: without
-        ending its publish (see PublisherLost); its groups in progress are cut short first."""
+        ending its publish (see PublisherLeft); its groups in progress are cut short first."""
         if not self.live or not self.publishing:
             return
         if lost:
             # a late reader or listener must not start on the cut group as if it went on
             self._current_group.clear()
             self._current_group_bytes = 0
-            if self._listeners:
-                self._tell(PublisherLost(self.name))
+        left = PublisherLeft(self.name, lost)
+        for reader in tuple(self._readers):
+            if reader.publisher_events:
+                reader._put(left)
+        if self._listeners:  # the relay: it ends (or, cut short, resets) the groups in progress
+            self._tell(left)
         if grace_period <= 0:
             self.end()
             return
@@ -386,7 +395,8 @@ class Broadcast:
     # -- reader side ----------------------------------------------------------------------------
     def listen(self, listener) -> None:
         """Call ``listener(event)`` with what a new reader would get first (the catalog, the group
-        in progress), then with every CatalogUpdate, Frame and the BroadcastEnded as they happen,
+        in progress), then with every CatalogUpdate, Frame, GroupSkipped, PublisherLeft and the
+        BroadcastEnded as they happen,
         from inside the publisher's calls: it must not block (nor raise: it would be detached)."""
         if self.catalog.tracks:
             listener(CatalogUpdate(self.catalog))
@@ -401,9 +411,11 @@ class Broadcast:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES) -> BroadcastReader:
-        """A new reader: the catalog, then the group in progress from its keyframe, then live."""
-        r = BroadcastReader(self, max_buffered_bytes)
+    def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES,
+               publisher_events: bool = False) -> BroadcastReader:
+        """A new reader: the catalog, then the group in progress from its keyframe, then live
+        (``publisher_events``: with PublisherLeft when the publisher goes)."""
+        r = BroadcastReader(self, max_buffered_bytes, publisher_events)
         if self.catalog.tracks:
             r._put(CatalogUpdate(self.catalog))
         for frame in self._current_group:
