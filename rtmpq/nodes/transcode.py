@@ -254,6 +254,12 @@ class BroadcastTranscoder:
         for t in self.transcoders.values():
             t.close()
 
+    def join(self, timeout: float) -> None:
+        """After ``close``: wait (blocking, off the loop) until every rung has emitted what it was
+        given, at most ``timeout`` seconds for each transcoder."""
+        for t in list(self.transcoders.values()):
+            t.join(timeout)
+
 
 def rung_readings(broadcasts: dict[str, BroadcastTranscoder]):
     """NodeView.transcode: (broadcast, rendition track, RungStats, encoding now) of every rung."""
@@ -334,6 +340,9 @@ class LocalTranscoder:
 
 # -- the transcoder as its own node, over MoQ ---------------------------------------------------------
 
+# Seconds a rung may take, once its broadcast ended, to emit what it was given before its stream
+# is ended (the session closes after that).
+RUNG_DRAIN_TIMEOUT = 5.0
 # Seconds between attempts to reach the upstream relay (doubling up to the maximum).
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
@@ -397,13 +406,12 @@ class _RungPublisher:
             self.conn.session.end_subgroup(self.stream)
         self.stream = self.group = None
 
-    def done(self) -> None:
-        """The rung is withdrawn (its source track left): PUBLISH_DONE, so the relay ends it for
-        its subscribers."""
+    def done(self, reason: str = "its source track left") -> None:
+        """The rung is withdrawn (its source track left, or the broadcast ended): PUBLISH_DONE, so
+        the relay ends it for its subscribers."""
         self.stop()
         if not self.conn.session.closed:
-            self.conn.session.publish_done(self.request_id, PublishDoneStatus.TRACK_ENDED, self.streams,
-                                           "its source track left")
+            self.conn.session.publish_done(self.request_id, PublishDoneStatus.TRACK_ENDED, self.streams, reason)
 
 
 async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: TranscodeConfig,
@@ -556,9 +564,22 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     bt.set_wanted(p.info.name, event.forward)
                 conn.flush()
             elif isinstance(event, ev.PublishDoneReceived):
-                if requests.get(event.request_id) == CATALOG_TRACK:
+                if requests.get(event.request_id) == CATALOG_TRACK:  # the broadcast ended
+                    # the rungs' last frames go out, then their streams end whole and their tracks
+                    # with PUBLISH_DONE, before the session closes: a group whose stream is open
+                    # when its publisher's session goes is a cut group to the relay (reset below)
                     bt.finish()
-                    return  # the broadcast ended
+                    bt.close()
+                    await asyncio.to_thread(bt.join, RUNG_DRAIN_TIMEOUT)
+                    ending = [p.stream for p in rungs.values() if p.stream is not None]
+                    for p in rungs.values():
+                        p.done("the broadcast ended")
+                    conn.flush()
+                    # and the relay has those ends (acknowledged) before the session goes
+                    until = asyncio.get_running_loop().time() + RUNG_DRAIN_TIMEOUT
+                    while not all(conn.delivered(s) for s in ending) and asyncio.get_running_loop().time() < until:
+                        await asyncio.sleep(0.02)
+                    return
             elif isinstance(event, ev.GoawayReceived):
                 raise ConnectionError("the relay is going away (GOAWAY)")
             elif isinstance(event, ev.SessionClosed):
