@@ -420,3 +420,80 @@ async def test_the_rungs_of_a_source_track_that_left_are_withdrawn_and_come_back
         assert listed[-1] == [("video-1-360p", "video-1")] and set(bt.transcoders) == {"video", "video-1"}
     finally:
         bt.close()
+
+
+class RungFrames:
+    """What one rung emits, collected from its thread; ``wait(n)`` polls until ``n`` frames came."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.lock = threading.Lock()
+
+    def emit(self, track, frame) -> None:
+        with self.lock:
+            self.frames.append(frame)
+
+    def wait(self, count: int, deadline: float = 60.0) -> list[Frame]:
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            with self.lock:
+                if len(self.frames) >= count:
+                    break
+            time.sleep(0.02)
+        with self.lock:
+            return list(self.frames)
+
+
+def test_a_rung_no_longer_watched_finishes_its_group_and_never_makes_one_twice():
+    """Its last viewer leaves mid-group: the rung finishes that group (the decoder's held-back
+    pictures included), then stops. Watched again mid-way through a later group, it starts there
+    from the IDR; left and watched again within one group, it just goes on. Before, it stopped at
+    once (its last group cut short, with no skip said) and, watched again in the group it had
+    stopped in, made that group again from object 0: the relay took the repeated object ids for a
+    protocol error and closed the sessions of the rung's subscribers."""
+    info, frames = make_source(seconds=6, width=640, height=360)
+    groups = {g: [f for f in frames if f.group == g] for g in (0, 1, 2)}
+    rung = RungFrames()
+    t = Transcoder("live/test", info, parse_ladder("180p"), rung.emit, lossless=True)
+    steps = [True, groups[0][:30], False, groups[0][30:] + groups[1][:20], True,
+             groups[1][20:40], False, groups[1][40:50], True, groups[1][50:] + groups[2]]
+    for step in steps:
+        if isinstance(step, bool):
+            t.set_active("video-180p", step)
+        else:
+            for f in step:
+                t.push(f)
+    t.finish()
+    out = rung.wait(len(frames))
+    t.close()
+    t.join()
+    got = {g: [(f.index, f.pts) for f in out if f.group == g] for g in groups}
+    for g, source in groups.items():
+        assert [i for i, _ in got[g]] == list(range(len(source))), (g, [i for i, _ in got[g]])
+        assert sorted(p for _, p in got[g]) == sorted(f.pts for f in source)
+    assert len(out) == len(frames)
+
+
+def test_a_rung_asked_for_while_the_publisher_is_away_gets_the_last_group_whole():
+    """The publisher left (``finish``) mid-way through nobody watching the rung; a viewer asks for
+    it in the gap: it is made from the last group's IDR, every picture of it (the catch-up
+    decoder is flushed: the group is over), and the returning publish's group follows from a
+    fresh decoder. Before, the catch-up decoder kept the last 2 pictures until the publisher
+    came back."""
+    info, frames = make_source(seconds=4, width=640, height=360)
+    rung = RungFrames()
+    t = Transcoder("live/test", info, parse_ladder("180p"), rung.emit, lossless=True)
+    last = [f for f in frames if f.group == 0]
+    for f in last:
+        t.push(f)
+    t.finish()
+    t.set_active("video-180p", True)
+    assert [f.index for f in rung.wait(len(last), 30)] == list(range(len(last)))
+    for f in frames[len(last):]:  # back: the next group
+        t.push(f)
+    t.finish()
+    out = rung.wait(len(frames), 30)
+    t.close()
+    t.join()
+    assert [(f.group, f.index) for f in out] == [(f.group, i) for g in (0, 1)
+                                                  for i, f in enumerate(x for x in frames if x.group == g)]

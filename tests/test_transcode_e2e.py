@@ -743,3 +743,126 @@ async def test_a_rung_playlist_asked_for_first_is_served(tmp_path):
         assert b"#EXTINF" in await get_when_ready(rung, 30)
         rc, out = await publisher
         assert rc == 0, out
+
+
+def video_sent(reference: str) -> int:
+    """Video frames in an FLV file the publisher wrote alongside its publish."""
+    from .publishers import pyav_packets
+
+    return sum(1 for ps in pyav_packets(reference).values() for p in ps if p.track == "video")
+
+
+async def test_a_rung_ends_with_the_source_s_last_frame_when_the_publisher_leaves(tmp_path):
+    """ffmpeg (2 B-frames: the decoder holds two pictures back for reordering) publishes 3 s into
+    `rtmpq up --ladder 180p`, then stops: the 180p rung has every source frame, its last group
+    whole, over MoQ and over LL-HLS (ffprobe reads the rung's playlist to its ENDLIST). Before, the
+    decoder gave its held-back pictures only at the broadcast's end, which takes no more frames:
+    the rung was 2 frames short (88 of 90, HLS and MoQ alike)."""
+    from .test_nodes_cli import get_when_ready
+
+    ref = str(tmp_path / "ref.flv")
+    async with rung_watched(tmp_path, "180p", "tail", "video-180p") as (n, url, got):
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, ref, seconds=3, size="640x360"), 60))
+        await n.registry.wait_for("live/tail", 20)
+        host, http_port = n.edge.address
+        playlist = f"http://{host}:{http_port}/live/tail/video-180p.m3u8"
+        await get_when_ready(playlist, 30)
+        # from the playlist's first segment, wherever its live edge is by then (a busy host)
+        probe = asyncio.create_task(run_process(["ffprobe", "-v", "error", "-live_start_index", "0", "-count_frames",
+                                                 "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0",
+                                                 playlist], 60))
+        rc, out = await publisher
+        assert rc == 0, out
+        rc, probed = await probe
+        assert rc == 0, probed
+    sent = video_sent(ref)
+    frames = got.get("video-180p", [])
+    assert not got.get("skipped") and min(f.group for f in frames) == 0
+    assert len(frames) == sent, (len(frames), sent)
+    # the edge pulls the rung from the group in progress at the playlist's first request (group 0,
+    # or on a busy host group 1): whole groups to the source's last frame
+    sizes = group_sizes(ref)
+    assert int(probed.split()[0]) in {sum(sizes[i:]) for i in range(len(sizes))}, (probed, sizes)
+
+
+async def test_the_last_rung_group_before_a_publisher_s_gap_is_whole_before_it_returns(tmp_path):
+    """A publisher leaves after one 2 s group and comes back within the grace period: the rung's
+    group before the gap is whole as soon as the publisher left (not when it returns, nor never),
+    and the returning publish's groups are whole too."""
+    first, second = str(tmp_path / "1.flv"), str(tmp_path / "2.flv")
+    async with rung_watched(tmp_path, "180p", "gap", "video-180p") as (n, url, got):
+        rc, out = await run_process(ffmpeg_publish_args(url, first, seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        sent = video_sent(first)
+        async with asyncio.timeout(2.0):  # well inside the grace period (3 s): no return yet
+            while len(got.get("video-180p", [])) < sent:
+                await asyncio.sleep(0.02)
+        assert n.registry.get("live/gap").publishing is False
+        rc, out = await run_process(ffmpeg_publish_args(url, second, seconds=2, size="640x360"), 60)
+        assert rc == 0, out
+        assert n.registry.get("live/gap").publishes == 2
+    groups = by_group(got["video-180p"])
+    assert not got.get("skipped")
+    assert [len(groups[g]) for g in sorted(groups)] == [sent, video_sent(second)]
+
+
+def group_sizes(reference: str) -> list[int]:
+    """Frames per group (key frame to key frame) of the video in an FLV file."""
+    from .publishers import pyav_packets
+
+    sizes: list[int] = []
+    for p in (p for ps in pyav_packets(reference).values() for p in ps if p.track == "video"):
+        if p.keyframe or not sizes:
+            sizes.append(0)
+        sizes[-1] += 1
+    return sizes
+
+
+@pytest.mark.parametrize("topology", ["up", "ingest-relay"])
+async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp_path, topology):
+    """`rtmpq transcode --upstream` (its own process) reading over MoQ from `rtmpq up`, or from a
+    relay an `rtmpq ingest --upstream` publishes into: ffmpeg (2 B-frames) publishes 3 s and stops;
+    `rtmpq sub --rendition 180p` gets the rung's last group whole. The relay ends the source's
+    group in progress (its stream's FIN) when the publisher leaves, and the transcoder flushes its
+    decoder on that end. Before, the transcoder learnt only the broadcast's end: the rung's last
+    group was 2 frames short (28 of 30)."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    # the broadcast outlives its publisher by 8 s: on a busy host the rung's last frames come well
+    # after the publisher left, and nothing reaches the subscriber after the broadcast's end
+    env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "8", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
+    procs = []
+    ref = str(tmp_path / "ref.flv")
+    try:
+        if topology == "up":
+            procs.append(await start("up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}",
+                                     "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"), env=env))
+        else:
+            procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"),
+                                     env=env))
+            procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream",
+                                     f"moqt://127.0.0.1:{pmoq}", "--insecure", env=env))
+        procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "180p", env=env))
+        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
+                                               f"moqt://127.0.0.1:{pmoq}/live/tail", "--insecure", "--json",
+                                               "--rendition", "180p", "--seconds", "40", "--delivery-timeout", "15"],
+                                              timeout=90))
+        await wait_tcp(prtmp)
+        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tail", ref, seconds=3,
+                                                        size="640x360"), timeout=60)
+        assert rc == 0, out
+        rc, out = await sub
+        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    finally:
+        await stop_nodes(procs)
+    sizes = group_sizes(ref)
+    rung: dict[int, int] = {}
+    for o in lines:
+        if o.get("track") == "video-180p":
+            rung[o["group"]] = rung.get(o["group"], 0) + 1
+    assert not [line for line in lines if "skipped" in line], out[-2000:]
+    assert rung and max(rung) == len(sizes) - 1, (rung, sizes)
+    assert all(n == sizes[g] for g, n in rung.items()), (rung, sizes, out[-3000:])

@@ -52,15 +52,27 @@ class GroupSkipped:
     group: int
 
 
-BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | BroadcastEnded
+@dataclass(frozen=True, slots=True)
+class PublisherLeft:
+    """The publisher went away: the group in progress of every track is complete (no more of it
+    comes; a returning publisher starts a new group). Only readers that ask get it
+    (``reader(publisher_events=True)``: the transcoder, whose decoder holds a group's last pictures
+    back until it knows) and listeners (the relay, which ends the groups for its subscribers), before
+    the broadcast waits for the return or ends."""
+
+    name: str
+
+
+BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | PublisherLeft | BroadcastEnded
 
 
 class BroadcastReader:
     """Async iterator over one broadcast: CatalogUpdate first, then frames, then the end."""
 
-    def __init__(self, broadcast: "Broadcast", max_buffered_bytes: int) -> None:
+    def __init__(self, broadcast: "Broadcast", max_buffered_bytes: int, publisher_events: bool = False) -> None:
         self.broadcast = broadcast
         self.max_buffered_bytes = max_buffered_bytes
+        self.publisher_events = publisher_events  # PublisherLeft too
         self.skipped_groups: set[tuple[str, int]] = set()
         self._queue: deque[BroadcastEvent] = deque()
         self._bytes = 0
@@ -321,6 +333,12 @@ class Broadcast:
         for it to return (the registry's ``expire(now)`` ends it after that)."""
         if not self.live or not self.publishing:
             return
+        left = PublisherLeft(self.name)
+        for reader in tuple(self._readers):
+            if reader.publisher_events:
+                reader._put(left)
+        if self._listeners:  # the relay: it ends the groups in progress for MoQ subscribers
+            self._tell(left)
         if grace_period <= 0:
             self.end()
             return
@@ -369,7 +387,8 @@ class Broadcast:
     # -- reader side ----------------------------------------------------------------------------
     def listen(self, listener) -> None:
         """Call ``listener(event)`` with what a new reader would get first (the catalog, the group
-        in progress), then with every CatalogUpdate, Frame and the BroadcastEnded as they happen,
+        in progress), then with every CatalogUpdate, Frame, GroupSkipped, PublisherLeft and the
+        BroadcastEnded as they happen,
         from inside the publisher's calls: it must not block (nor raise: it would be detached)."""
         if self.catalog.tracks:
             listener(CatalogUpdate(self.catalog))
@@ -384,9 +403,11 @@ class Broadcast:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES) -> BroadcastReader:
-        """A new reader: the catalog, then the group in progress from its keyframe, then live."""
-        r = BroadcastReader(self, max_buffered_bytes)
+    def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES,
+               publisher_events: bool = False) -> BroadcastReader:
+        """A new reader: the catalog, then the group in progress from its keyframe, then live
+        (``publisher_events``: with PublisherLeft when the publisher goes)."""
+        r = BroadcastReader(self, max_buffered_bytes, publisher_events)
         if self.catalog.tracks:
             r._put(CatalogUpdate(self.catalog))
         for frame in self._current_group:

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import replace
 
-from ..media.broadcast import Broadcast, BroadcastEnded, CatalogUpdate, GroupSkipped
+from ..media.broadcast import Broadcast, BroadcastEnded, CatalogUpdate, GroupSkipped, PublisherLeft
 from ..media.catalog import Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
@@ -122,6 +122,8 @@ class BroadcastSource:
                 fanout = self.fanouts.get(item.track)
                 if fanout is not None:
                     fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
+            elif isinstance(item, PublisherLeft):
+                self._end_publisher_groups()
             elif isinstance(item, BroadcastEnded):
                 # the last catalog says so (MSF isLive false, isComplete): nothing more will come
                 self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
@@ -129,6 +131,19 @@ class BroadcastSource:
         except Exception:  # as a reading task that failed did: this source ends, the publish goes on
             log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
             self.close()
+
+    def _end_publisher_groups(self) -> None:
+        """The publisher left: the newest group of each of its tracks is complete (a returning
+        publisher starts a new one), so its streams end now, not at the return, and a transcoder
+        reading over MoQ can flush its decoder on it. Tracks made here (rungs) still get the
+        frames made from that group; they end theirs when their next group begins."""
+        catalog = self.broadcast.catalog
+        for name, fanout in self.fanouts.items():
+            if name == CATALOG_TRACK or name not in self._own or catalog.is_rung(name):
+                continue
+            largest = fanout.cache.largest
+            if largest is not None:
+                fanout.end_group(largest[0])
 
     def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
         fanout = self.fanouts.get(track)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 
 from ..config import Config, TranscodeConfig
-from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate
+from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
@@ -62,6 +62,7 @@ class BroadcastTranscoder:
         self._pending: dict[str, TrackInfo] = {}
         self._listed: dict[str, Transcoder] = {}  # rung track -> the Transcoder whose entry the catalog has
         self._late_skips: dict[str, tuple] = {}  # rung track -> (id of a replaced Transcoder, group) said skipped
+        self._newest: dict[str, int] = {}  # source track -> the group of its newest frame pushed
         self._loop = asyncio.get_running_loop()
 
     def on_catalog(self, catalog: Catalog) -> None:
@@ -192,7 +193,16 @@ class BroadcastTranscoder:
     def on_frame(self, frame: Frame) -> None:
         t = self.transcoders.get(frame.track)
         if t is not None:
+            self._newest[frame.track] = frame.group
             t.push(frame)
+
+    def group_ended(self, track: str, group: int) -> None:
+        """Over MoQ: ``group`` of the source ``track`` is complete (its stream ended). When no later
+        group has begun (the publisher left, or the end came first), the pictures the decoder
+        holds back go out now: nothing else would make it give them."""
+        t = self.transcoders.get(track)
+        if t is not None and self._newest.get(track) == group:
+            t.finish()
 
     def set_wanted(self, track: str, wanted: bool) -> None:
         """A rung gained its first viewer (start it now) or lost its last (stop it a little later)."""
@@ -233,6 +243,8 @@ class BroadcastTranscoder:
                 yield track, stats, track in self.wanted
 
     def finish(self) -> None:
+        """The source's groups in progress are complete (the publisher left, or the broadcast
+        ended): the pictures the decoders hold back go out, ending the rungs' groups."""
         for t in self.transcoders.values():
             t.finish()
 
@@ -297,11 +309,15 @@ class LocalTranscoder:
             if count:
                 bt.set_wanted(track, True)
         broadcast.watch_demand(bt.set_wanted)
-        reader = broadcast.reader()
+        # PublisherLeft: the rungs' groups in progress end while the broadcast still takes their
+        # frames (at BroadcastEnded it takes no more)
+        reader = broadcast.reader(publisher_events=True)
         try:
             async for item in reader:
                 if isinstance(item, CatalogUpdate):
                     bt.on_catalog(item.catalog)
+                elif isinstance(item, PublisherLeft):
+                    bt.finish()
                 elif isinstance(item, BroadcastEnded):
                     bt.finish()
                     break
@@ -532,6 +548,10 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                             sub(source)
                 elif track is not None:
                     bt.on_frame(object_to_frame(track, event.group, event.object_id, event.payload, event.extensions))
+            elif isinstance(event, ev.SubgroupEnded):
+                track = aliases.get(event.track_alias)
+                if track is not None:
+                    bt.group_ended(track, event.group)
             elif isinstance(event, ev.RequestUpdated):
                 p = by_request.get(event.existing_request_id)
                 if p is None or event.forward is None:

@@ -12,7 +12,10 @@ Threads (PyAV releases the GIL in decode, scale and encode, so they use both cor
 - **Frames leave as they are encoded**: a rung adds the encoder's delay (none with zerolatency)
   and the queue's, not a GoP.
 - **On demand.** A rung that is not active gets no frames and costs nothing; with no active rung
-  nothing is decoded either. The decoder thread always keeps the current source group's access
+  nothing is decoded either. A rung set inactive first finishes the source group in progress (up
+  to the first decoded frame of a later group), so the last group it made is whole and a rung
+  started again later never makes a group it already began (the relay would see its object ids
+  start over, and close its subscribers' sessions). The decoder thread always keeps the current source group's access
   units (references, not copies), so a rung that becomes active starts at the current group:
   that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
   catch-up decoder for that rung alone) before it goes on live.
@@ -85,6 +88,7 @@ class _RungWorker:
         self.room = threading.Semaphore(owner.rung_queue_frames)  # frames the queue may still take
         # decoder-thread side
         self.active = False
+        self.stop_after: int | None = None  # set inactive: it stops after this source group
         self.offered_group: int | None = None
         self.skipping = False
         self.last_pts: int | None = None
@@ -275,7 +279,9 @@ class Transcoder:
         self._inbox.put(("config", source))
 
     def finish(self) -> None:
-        """The source ended: the frames the decoder still holds (reordering) go out."""
+        """The source group in progress is complete (the publisher left: no more of it comes): the
+        frames the decoder still holds (reordering) go out, so every rung's group ends whole; a
+        later group (a returning publisher) starts a fresh decoder."""
         self._inbox.put(("flush", None))
 
     def close(self) -> None:
@@ -295,6 +301,7 @@ class Transcoder:
         group_units: list[tuple[Frame, int]] = []  # the current group's access units (and arrival), from its IDR
         group_bytes = 0
         group_whole = False  # group_units starts at the group's first unit and holds all of it
+        group_over = False  # no more of the group in progress comes (flushed: its publisher left)
         starts: deque[tuple[int, int]] = deque(maxlen=GROUP_STARTS_KEPT)  # (first pts, group)
         received: dict[int, tuple[int, int]] = {}  # pts -> (ingest arrival, arrival here), for lag figures
 
@@ -311,7 +318,17 @@ class Transcoder:
                 if g is None:
                     continue
                 for w in workers:
-                    w.offer(g, f, ns, pushed, catch_up)
+                    if w.stop_after is not None and g > w.stop_after:
+                        stop(w)  # its last group is whole: the decoder gave a frame of a later one
+                    if w.active:
+                        w.offer(g, f, ns, pushed, catch_up)
+
+        def stop(w: _RungWorker) -> None:
+            nonlocal decoder
+            w.active, w.stop_after = False, None
+            w.offered_group, w.last_pts, w.said_dropped = None, None, None
+            if not any(x.active for x in self.workers.values()):
+                decoder = None  # nobody watches: stop decoding
 
         def open_decoder() -> SourceDecoder | None:
             nonlocal broken, failed
@@ -335,10 +352,12 @@ class Transcoder:
             if kind == "flush":
                 if decoder is not None:
                     dispatch(decoder.flush(), [w for w in self.workers.values() if w.active])
-                decoder = None
+                decoder, group_over = None, True
                 for w in self.workers.values():
                     if w.active:
                         w.say_dropped(None)
+                    if w.stop_after is not None:  # its group is over
+                        stop(w)
                 continue
             if kind == "drop":  # the rest of this group never comes: no rung can start from it
                 self.dropped_groups.append(value)
@@ -352,14 +371,18 @@ class Transcoder:
             if kind == "active":
                 track, on = value
                 w = self.workers[track]
+                if on and w.stop_after is not None:
+                    w.stop_after = None  # watched again before it stopped: it goes on
+                    continue
                 if on == w.active:
                     continue
-                w.active = on
                 if not on:
-                    w.offered_group, w.last_pts, w.said_dropped = None, None, None
-                    if not any(x.active for x in self.workers.values()):
-                        decoder = None  # nobody watches: stop decoding
+                    if decoder is not None and starts and w.offered_group is not None:
+                        w.stop_after = starts[-1][1]  # after the group in progress
+                    else:
+                        stop(w)
                     continue
+                w.active = True
                 # a rung starts at the current group, from its IDR
                 if broken or not group_whole:
                     continue  # it starts at the next group
@@ -372,7 +395,12 @@ class Transcoder:
                     for unit, pushed_ns in group_units:
                         frames += decode(dec, unit, pushed_ns)
                     # a catch-up decoder is not flushed: what it gives is the display-order prefix
-                    # the main decoder gave; the main decoder's next frames follow on from it
+                    # the main decoder gave; the main decoder's next frames follow on from it.
+                    # A group that is over (asked for while its publisher is away) is flushed
+                    # whole, and the next group starts a fresh decoder.
+                    if group_over:
+                        frames += dec.flush()
+                        others = True
                 except av.FFmpegError as exc:
                     self.stats.decode_errors += 1
                     log.warning("%s %s: undecodable group (%s); the rung starts at the next one", self.label,
@@ -384,6 +412,7 @@ class Transcoder:
                 continue
             unit, pushed_ns = value
             self._queued -= 1
+            group_over = False
             if unit.index == 0:
                 group_units, group_bytes, group_whole = [], 0, True
                 starts.append((unit.pts, unit.group))
