@@ -335,3 +335,24 @@ async def test_a_returning_publish_of_headers_only_wipes_nothing_and_the_next_pu
     assert [t.name for t in b.catalog.tracks] == [VIDEO]
     got = [i for i in drain(reader) if isinstance(i, Frame)]
     assert [f.group for f in got if f.track == VIDEO][-4:] == [5, 5, 5, 6]
+
+
+async def test_a_publisher_lost_mid_group_tells_listeners_and_no_late_reader_starts_on_the_cut_group():
+    from rtmpq.media.broadcast import PublisherLeft
+
+    registry = BroadcastRegistry()
+    b = registry.publish("live/cut")
+    b.set_catalog(catalog("live/cut", 320))
+    for f in frames(2):
+        b.push(f)
+    heard = []
+    b.listen(heard.append)
+    b.publisher_left(30.0, now=100.0, lost=True)
+    assert isinstance(heard[-1], PublisherLeft) and heard[-1].lost and b.live  # kept for the grace period as ever
+    late = b.reader()
+    assert not [i for i in drain(late) if isinstance(i, Frame)]  # the cut group is not handed on
+    b2 = registry.publish("live/clean")
+    for f in frames(2):
+        b2.push(f)
+    b2.publisher_left(30.0, now=100.0)  # a clean unpublish: its last group is whole
+    assert [f.group for f in drain(b2.reader()) if isinstance(f, Frame)] == [1, 1, 1]

@@ -833,3 +833,41 @@ def test_a_group_opens_at_most_max_subgroups_per_group_streams():
     assert states.count("open") == MAX_SUBGROUPS_PER_GROUP
     assert states.count(("reset", RESET_DELIVERY_TIMEOUT)) == 2  # the others: skipped, said at once
     assert all(not s["objects"] for s in sink.streams.values() if s["state"] != "open")
+
+
+def test_a_group_cut_short_by_its_lost_source_is_reset_and_no_longer_served_whole():
+    """The publisher is lost mid-group (RTMP connection dropped, relayed session gone): the group
+    in progress is reset with the code given, never ended with a FIN (which says it is whole);
+    the group before it keeps its FIN; a late joiner starts at that whole group, and a later
+    group (the publisher back) goes on as ever."""
+    fanout = TrackFanout()
+    publish_gop(fanout, 0, 60, 0.0)
+    publish_gop(fanout, 1, 20, 2.0)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink, delivery_timeout=30.0), 2.0)
+    fanout.cut_open_groups(0x3)
+    [cut] = sink.streams.values()
+    assert cut["group"] == 1 and cut["state"] == ("reset", 0x3)
+    assert [g.group_id for g in fanout.cache.groups_from(0)] == [0]  # the cut group is not served
+    late = FakeSink()
+    fanout.subscribe(TrackSubscription(late, delivery_timeout=30.0), 3.0)
+    [whole] = late.streams.values()
+    assert whole["group"] == 0 and whole["objects"] == list(range(60)) and whole["state"] == "fin"
+    fanout.publish_object(2, 0, b"x", None, 4.0)  # the publisher is back: a new group
+    assert sink.groups("open") == [2] and late.groups("open") == [2]
+
+
+def test_a_relayed_group_still_open_upstream_is_cut_and_one_that_ended_keeps_its_fin():
+    """A relayed track (groups end with their own streams): the source session is lost while the
+    tail of group 0 and group 1 are still open upstream, group 2 had ended: groups 0 and 1 are
+    reset, group 2's FIN stands."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink, delivery_timeout=30.0), 0.0)
+    for group in (0, 1, 2):
+        publish_gop(fanout, group, 3, 0.1 * group)
+    fanout.end_group(2)
+    fanout.cut_open_groups(0x3, [0, 1])
+    states = {s["group"]: s["state"] for s in sink.streams.values()}
+    assert states == {0: ("reset", 0x3), 1: ("reset", 0x3), 2: "fin"}
+    assert [g.group_id for g in fanout.cache.groups_from(0)] == [2]

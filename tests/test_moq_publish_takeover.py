@@ -20,6 +20,7 @@ import pytest
 
 from rtmpq.moq import events as ev
 from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.wire import StreamResetCode
 
 from .conftest import EventRecorder, serving_relay, until
 
@@ -157,3 +158,40 @@ async def test_a_relay_below_keeps_asking_a_restarted_relay_until_its_publisher_
                 relay_a.stop()
                 server_a.close()
     assert not [e for e in viewer.events if isinstance(e, ev.PublishDoneReceived)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_group_the_old_publisher_left_open_is_reset_below_not_ended(tmp_path, backend):
+    """The old session was in the middle of a group when the new one took the track over: that
+    group's stream to the subscriber is reset (SESSION_CLOSED), never ended with a FIN, which
+    would tell it (and a relay below, which caches it) that the group is whole."""
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as old_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as new_conn):
+            old, viewer, new = EventRecorder(old_conn), EventRecorder(viewer_conn), EventRecorder(new_conn)
+            old_conn.session.publish(NAMESPACE, TRACK, 0)
+            old_conn.flush()
+            await wait_for(old, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK")
+            viewer_conn.session.subscribe(NAMESPACE, TRACK)
+            viewer_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.SubscribeAccepted), "SUBSCRIBE_OK")
+            send_group(old_conn, 0, b"old 0")  # a whole group
+            sid = old_conn.session.open_subgroup(0, 1)  # and one it never finishes
+            old_conn.session.send_object(sid, 0, b"old 1 first half")
+            old_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and e.object_id == 0
+                           and bytes(e.payload) == b"old 1 first half", "the half group")
+            new_conn.session.publish(NAMESPACE, TRACK, 0)
+            new_conn.flush()
+            await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
+            half = next(e for e in viewer.events if isinstance(e, ev.ObjectReceived)
+                        and bytes(e.payload) == b"old 1 first half")
+            reset = await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupReset) and e.group == half.group,
+                                   "the half group's stream reset")
+            send_group(new_conn, 0, b"new 0")
+            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 0",
+                           "the new publisher's group")
+    assert reset.code == StreamResetCode.SESSION_CLOSED
+    ended = {e.group for e in viewer.events if isinstance(e, ev.SubgroupEnded)}
+    assert half.group not in ended and half.group - 1 in ended  # the whole group before it kept its FIN

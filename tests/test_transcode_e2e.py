@@ -421,8 +421,13 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
         rc, out = await sub
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         skipped = [line["skipped"] for line in lines if "skipped" in line]
-        assert skipped and all(s["track"] == "video-480p" and s["code"] == 0x2 for s in skipped), out[-3000:]
         rung = [o for o in lines if o.get("track") == "video-480p"]
+        assert any(s["code"] == 0x2 for s in skipped), out[-3000:]
+        # besides, the rung group in progress when the publish ended and the transcoder's session
+        # with it may be cut short there: reset (SESSION_CLOSED), never ended as if whole
+        last = max((o["group"] for o in rung), default=None)
+        assert all(s["track"] == "video-480p" and (s["code"] == 0x2 or (s["code"] == 0x3 and s["group"] == last))
+                   for s in skipped), out[-3000:]
         firsts = {o["group"]: o for o in rung if o["object"] == 0}
         assert firsts and all(o["keyframe"] for o in firsts.values())
         assert {o["group"] for o in rung} <= set(firsts)  # no group without its key frame

@@ -54,13 +54,16 @@ class GroupSkipped:
 
 @dataclass(frozen=True, slots=True)
 class PublisherLeft:
-    """The publisher went away: the group in progress of every track is complete (no more of it
-    comes; a returning publisher starts a new group). Only readers that ask get it
-    (``reader(publisher_events=True)``: the transcoder, whose decoder holds a group's last pictures
-    back until it knows) and listeners (the relay, which ends the groups for its subscribers), before
+    """The publisher went away: no more of the group in progress of any track comes (a returning
+    publisher starts a new group). ``lost``: without ending its publish (its connection dropped,
+    or it was closed: silent, taken over, the node stopping), so those groups are cut short;
+    else they are complete. Only readers that ask get it (``reader(publisher_events=True)``: the
+    transcoder, whose decoder holds a group's last pictures back until it knows) and listeners
+    (the relay: it ends those groups for its subscribers, or resets them when cut short), before
     the broadcast waits for the return or ends."""
 
     name: str
+    lost: bool = False
 
 
 BroadcastEvent = CatalogUpdate | Frame | GroupSkipped | PublisherLeft | BroadcastEnded
@@ -328,16 +331,21 @@ class Broadcast:
         generated = frame.received_ns // 1_000_000 if frame.received_ns else None
         self._new_catalog(self.catalog.without_tracks(set(gone), generated_at=generated))
 
-    def publisher_left(self, grace_period: float, now: float) -> None:
+    def publisher_left(self, grace_period: float, now: float, lost: bool = False) -> None:
         """The publisher went away at ``now`` (monotonic): end now, or wait ``grace_period`` seconds
-        for it to return (the registry's ``expire(now)`` ends it after that)."""
+        for it to return (the registry's ``expire(now)`` ends it after that). ``lost``: without
+        ending its publish (see PublisherLeft); its groups in progress are cut short first."""
         if not self.live or not self.publishing:
             return
-        left = PublisherLeft(self.name)
+        if lost:
+            # a late reader or listener must not start on the cut group as if it went on
+            self._current_group.clear()
+            self._current_group_bytes = 0
+        left = PublisherLeft(self.name, lost)
         for reader in tuple(self._readers):
             if reader.publisher_events:
                 reader._put(left)
-        if self._listeners:  # the relay: it ends the groups in progress for MoQ subscribers
+        if self._listeners:  # the relay: it ends (or, cut short, resets) the groups in progress
             self._tell(left)
         if grace_period <= 0:
             self.end()

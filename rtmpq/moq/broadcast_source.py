@@ -16,6 +16,7 @@ from . import events as ev
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout
 from .loc import CATALOG_TRACK
 from .transport import MoqConnection
+from .wire import StreamResetCode
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -123,7 +124,10 @@ class BroadcastSource:
                 if fanout is not None:
                     fanout.skip_group(item.group, RESET_DELIVERY_TIMEOUT, time.monotonic())
             elif isinstance(item, PublisherLeft):
-                self._end_publisher_groups()
+                if item.lost:
+                    self._cut_groups()
+                else:
+                    self._end_publisher_groups()
             elif isinstance(item, BroadcastEnded):
                 # the last catalog says so (MSF isLive false, isComplete): nothing more will come
                 self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
@@ -132,11 +136,21 @@ class BroadcastSource:
             log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))
             self.close()
 
+    def _cut_groups(self) -> None:
+        """The publisher is lost mid-group: the group in progress of each track it feeds is cut
+        short (its streams reset with SESSION_CLOSED, never ended whole). The catalog's versions
+        are whole objects, and a rung made here ends its groups itself (it may still finish one
+        from a group the source completed)."""
+        catalog = self.broadcast.catalog
+        for name, fanout in self.fanouts.items():
+            if name != CATALOG_TRACK and not catalog.is_rung(name):
+                fanout.cut_open_groups(StreamResetCode.SESSION_CLOSED)
+
     def _end_publisher_groups(self) -> None:
-        """The publisher left: the newest group of each of its tracks is complete (a returning
-        publisher starts a new one), so its streams end now, not at the return, and a transcoder
-        reading over MoQ can flush its decoder on it. Tracks made here (rungs) still get the
-        frames made from that group; they end theirs when their next group begins."""
+        """The publisher left cleanly: the newest group of each of its tracks is complete (a
+        returning publisher starts a new one), so its streams end now, not at the return, and a
+        transcoder reading over MoQ can flush its decoder on it. Tracks made here (rungs) still get
+        the frames made from that group; they end theirs when their next group begins."""
         catalog = self.broadcast.catalog
         for name, fanout in self.fanouts.items():
             if name == CATALOG_TRACK or name not in self._own or catalog.is_rung(name):

@@ -231,6 +231,18 @@ class TrackSubscription:
                 self._end_stream(s)
             self._quiet_until = 0.0  # the next check sees whether it was all delivered
 
+    def cut_group(self, group_id: int, code: int) -> None:
+        """The source of ``group_id`` is gone before the group's end: its streams still open here
+        are reset with ``code`` (a FIN would say they are whole), and nothing more of it comes;
+        streams of it that had ended keep their FIN."""
+        g = self.in_flight.get(group_id)
+        if g is None or g.complete:
+            return
+        for s in [s for s in g.streams.values() if not s.complete]:
+            self._drop_stream(g, s, code)
+        if self.in_flight.get(group_id) is g:
+            self.end_group(group_id)  # what is left of it had ended: the group is over
+
     def end_subgroup(self, group_id: int, subgroup: int) -> None:
         """One subgroup of the group ended (its stream upstream did); the group goes on."""
         g = self.in_flight.get(group_id)
@@ -645,6 +657,26 @@ class TrackFanout:
         ends when every subgroup has (``end_group``: the relay knows which are still open)."""
         self.cache.end_subgroup(group_id, subgroup)
         self._each(lambda sub: sub.end_subgroup(group_id, subgroup))
+
+    def cut_open_groups(self, code: int, groups: Iterable[int] = ()) -> None:
+        """The source is gone in the middle of its groups in progress: ``groups`` (a relayed
+        track's groups with a stream still open upstream) and every group not over here (a local
+        source's newest; any a subscriber has open). None of them ends with a FIN, which says a
+        subgroup is whole (MoQT d16, "Closing Subgroup Streams"): each subscriber's streams of
+        them still open are reset with ``code`` (it learns it skipped the rest), and the cache
+        can no longer serve them (a late joiner starts at a whole group; a FETCH is told their
+        range is unknown)."""
+        cut = set(groups)
+        cut.update(g.group_id for g in self.cache.groups() if not g.complete)
+        for group_id in cut:
+            self.cache.drop(group_id)
+            self.cache.end_group(group_id)
+
+        def cut_all(sub: TrackSubscription) -> None:
+            for group_id, g in list(sub.in_flight.items()):
+                if group_id in cut or not g.complete:
+                    sub.cut_group(group_id, code)
+        self._each(cut_all)
 
     def end_open_groups(self) -> None:
         """The source is gone: every group still open for a subscriber ends here."""

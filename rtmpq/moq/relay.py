@@ -1122,6 +1122,7 @@ class MoqRelay:
         if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
             return  # already ended
         self._tracks.pop((upstream.namespace, upstream.track), None)
+        self._cut_groups(upstream)  # streams still open upstream (its late-stream grace is over)
         if upstream.alias is not None and upstream.conn is not None:
             self._by_alias.pop((id(upstream.conn), upstream.alias), None)
         self._fanouts_ended([upstream.fanout])
@@ -1183,10 +1184,7 @@ class MoqRelay:
             old.session.unsubscribe(upstream.request_id)
             old.flush()
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, time.monotonic()
-        upstream.open_subgroups.clear()
-        if upstream.fanout.cache.largest is not None:
-            upstream.fanout.end_group(upstream.fanout.cache.largest[0])
-        upstream.fanout.end_open_groups()
+        self._cut_groups(upstream)
 
     def _orphan(self, upstream: UpstreamTrack, now: float) -> None:
         """The track's source session is gone: keep its subscribers for ``upstream_grace`` in case
@@ -1197,10 +1195,7 @@ class MoqRelay:
             self._end_upstream(upstream)  # no grace, or the publisher had already said it was done
             return
         upstream.conn, upstream.alias, upstream.orphaned_at = None, None, now
-        upstream.open_subgroups.clear()  # every group in progress ends here (below)
-        if upstream.fanout.cache.largest is not None:
-            upstream.fanout.end_group(upstream.fanout.cache.largest[0])
-        upstream.fanout.end_open_groups()
+        self._cut_groups(upstream)
         for sub_conn, request in upstream.waiting:
             if not sub_conn.session.closed:
                 self._refuse_waiting(sub_conn, request, RequestError.DOES_NOT_EXIST, "the publisher left")
@@ -1210,12 +1205,31 @@ class MoqRelay:
             log.info("%s: source lost, kept %g s for it to return", _label(upstream.namespace, upstream.track),
                      self.upstream_grace)
 
+    @staticmethod
+    def _cut_groups(upstream: UpstreamTrack) -> None:
+        """``upstream``'s source session is gone (lost, taken over, left for another): its groups
+        in progress (a stream of them open there) are cut short, their streams here reset with
+        SESSION_CLOSED (a FIN would say they are whole), and the cache no longer serves them
+        (fanout ``cut_open_groups``). A catalog's group in progress ends as ever: its versions
+        are whole objects, and a late joiner needs the current one."""
+        groups = list(upstream.open_subgroups)
+        upstream.open_subgroups.clear()
+        fanout = upstream.fanout
+        if not fanout.state:
+            fanout.cut_open_groups(StreamResetCode.SESSION_CLOSED, groups)
+            return
+        if fanout.cache.largest is not None:
+            fanout.end_group(fanout.cache.largest[0])
+        fanout.end_open_groups()
+
     def _resume(self, upstream: UpstreamTrack, conn: MoqConnection) -> None:
         """Subscribe to ``upstream``'s track on a new source session; groups go on above the last."""
         if upstream.conn is not None and not upstream.conn.session.closed:
             self._by_request.pop((id(upstream.conn), upstream.request_id), None)
             if upstream.alias is not None:
                 self._by_alias.pop((id(upstream.conn), upstream.alias), None)
+        if upstream.conn is not None and upstream.conn is not conn:
+            self._cut_groups(upstream)  # what the old session had in progress ends nowhere now
         upstream.resumed_from, upstream.orphaned_at = upstream.orphaned_at, None
         upstream.check_offset = True
         upstream.subscribe(conn)

@@ -72,7 +72,9 @@ class Publish:
             else:
                 broadcast.set_catalog(item)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, clean: bool = False) -> None:
+        """The publish is over: ``clean``, ended by the publisher (FCUnpublish, deleteStream); else
+        cut off (its connection dropped, or closed from here), its groups in progress cut short."""
         if self.closed:
             return
         self.closed = True
@@ -84,7 +86,7 @@ class Publish:
         log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
                  self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
                  s.bad_access_units)
-        self.node._publish_closed(self)
+        self.node._publish_closed(self, clean)
 
 
 class IngestNode:
@@ -160,10 +162,10 @@ class IngestNode:
                  f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
         conn.accept(req.stream_id, pub)
 
-    def _publish_closed(self, pub: Publish) -> None:
+    def _publish_closed(self, pub: Publish, clean: bool) -> None:
         if self.publishes.get(pub.broadcast.name) is pub:
             del self.publishes[pub.broadcast.name]
-        pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic())
+        pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic(), lost=not clean)
 
     # -- idle publishers ------------------------------------------------------------------------
     def check_idle(self, now_ns: int) -> None:

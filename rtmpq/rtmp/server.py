@@ -36,7 +36,9 @@ STOP_LINGER = 2.0
 
 class PublishSink(Protocol):
     def on_message(self, msg: MediaMessage) -> None: ...
-    def close(self, reason: str) -> None: ...
+    def close(self, reason: str, clean: bool = False) -> None:
+        """The publish is over; ``clean``: the publisher ended it (FCUnpublish, deleteStream,
+        closeStream), else its connection dropped or was closed from here."""
     # optional: the fast path (see RtmpServerSession); when a sink has it, on_message is not used
     # def on_media(self, type_id, timestamp, body, codec, frame_type, cts, header) -> None: ...
 
@@ -191,7 +193,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
             elif isinstance(event, PublishEnded):
                 pub = self.publishes.pop(event.stream_id, None)
                 if pub is not None:
-                    pub.close(event.reason)
+                    pub.close(event.reason, clean=True)
                 self._publish_idle()
             elif isinstance(event, Connected):
                 log.info("%s: connected to app %r%s (%s)", self.peer, event.app, " over RTMPS" if self.tls else "",
