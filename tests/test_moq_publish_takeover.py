@@ -195,3 +195,46 @@ async def test_the_group_the_old_publisher_left_open_is_reset_below_not_ended(tm
     assert reset.code == StreamResetCode.SESSION_CLOSED
     ended = {e.group for e in viewer.events if isinstance(e, ev.SubgroupEnded)}
     assert half.group not in ended and half.group - 1 in ended  # the whole group before it kept its FIN
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_new_publishers_stream_count_is_its_own(tmp_path, backend):
+    """PUBLISH_DONE's stream count is the streams of that publisher's own subscription. The relay
+    counted the old session's finished streams too, so the new publisher's PUBLISH_DONE, which
+    overtakes its last group's stream, looked complete at once and that group was cut (found with
+    a relay following the directory from one ingest to another: B's last 3 frames lost)."""
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as old_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as new_conn):
+            old, viewer, new = EventRecorder(old_conn), EventRecorder(viewer_conn), EventRecorder(new_conn)
+            old_conn.session.publish(NAMESPACE, TRACK, 0)
+            old_conn.flush()
+            await wait_for(old, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK")
+            viewer_conn.session.subscribe(NAMESPACE, TRACK)
+            viewer_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.SubscribeAccepted), "SUBSCRIBE_OK")
+            send_group(old_conn, 0, b"old 0")  # a stream the old session finished
+            await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupEnded), "the old publisher's group")
+            new_rid = new_conn.session.publish(NAMESPACE, TRACK, 0)
+            new_conn.flush()
+            await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
+            send_group(new_conn, 0, b"new 0")
+            sid = new_conn.session.open_subgroup(0, 1)  # its last group, still on its way
+            new_conn.session.send_object(sid, 0, b"new 1 first")
+            new_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 1 first",
+                           "the new publisher's last group")
+            new_conn.session.publish_done(new_rid, 2, 2, "done")  # TRACK_ENDED: its 2 streams
+            # an answer on the same control stream: the relay has taken the PUBLISH_DONE before it
+            probe = new_conn.session.subscribe(("elsewhere",), "nothing")
+            new_conn.flush()
+            await wait_for(new, lambda e: isinstance(e, (ev.SubscribeAccepted, ev.RequestFailed))
+                           and e.request_id == probe, "the probe's answer")
+            new_conn.session.send_object(sid, 1, b"new 1 last")
+            new_conn.session.end_subgroup(sid)
+            new_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.PublishDoneReceived), "PUBLISH_DONE")
+    last = [e for e in viewer.events if isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 1 last"]
+    assert last, "the last group's last object never came"
+    assert not [e for e in viewer.events if isinstance(e, ev.SubgroupReset)]

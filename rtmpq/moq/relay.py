@@ -867,6 +867,7 @@ class MoqRelay:
         if existing is not None and existing.orphaned_at is not None:  # its publisher is back
             existing.conn, existing.orphaned_at, existing.check_offset = conn, None, True
             existing.request_id, existing.alias = event.request_id, event.track_alias
+            existing.new_session()
             # what the new publisher was told (FORWARD=0: nothing until we ask, _update_forward)
             existing.on_demand, existing.forward = not event.forward, event.forward
             existing.fanout.track_extensions = event.extensions

@@ -63,10 +63,18 @@ class UpstreamTrack:
             join.new_session()
         self.conn = conn
         self.alias = None
-        self.open_subgroups.clear()  # the old subscription's streams end no group here any more
+        self.new_session()
         self.request_id = conn.session.subscribe(self.namespace, self.track, priority=URGENCY.get(self.track, DEFAULT_URGENCY),
                                                  filter_type=None if join is None else join.filter_type)
         conn.flush()
+
+    def new_session(self) -> None:
+        """The track comes from a new source session (resubscribed, or PUBLISHed again): the old
+        one's streams end no group here any more, and its PUBLISH_DONE counts only its own streams
+        (counting the old session's too, it looked complete while its last group was on its way)."""
+        self.open_subgroups.clear()
+        self.streams_done = 0
+        self.streams_expected = None
 
     def fetch_catalog(self, now: float) -> int:
         """Joining FETCH of the current catalog version (the subscription's Largest Location's group)."""
