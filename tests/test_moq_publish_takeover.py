@@ -14,13 +14,14 @@ above the last one served. And a relay below a relay that restarted before its p
 back to it keeps asking for the track until the publisher is there (the second test)."""
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
 
 from rtmpq.moq import events as ev
 from rtmpq.moq.transport import connect_moq
-from rtmpq.moq.wire import StreamResetCode
+from rtmpq.moq.wire import PublishDoneStatus, StreamResetCode
 
 from .conftest import EventRecorder, serving_relay, until
 
@@ -47,6 +48,24 @@ def send_group(conn, group: int, payload: bytes) -> None:
     conn.session.send_object(sid, 0, payload)
     conn.session.end_subgroup(sid)
     conn.flush()
+
+
+@contextlib.asynccontextmanager
+async def watched_track(tmp_path, backend):
+    """A relay; TRACK PUBLISHed there by one session and subscribed to by a viewer; a third session
+    to take it over. Yields (old, viewer, new connection, viewer's and new's recorders)."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as old_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as new_conn):
+            old, viewer, new = EventRecorder(old_conn), EventRecorder(viewer_conn), EventRecorder(new_conn)
+            old_conn.session.publish(NAMESPACE, TRACK, 0)
+            old_conn.flush()
+            await wait_for(old, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK")
+            viewer_conn.session.subscribe(NAMESPACE, TRACK)
+            viewer_conn.flush()
+            await wait_for(viewer, lambda e: isinstance(e, ev.SubscribeAccepted), "SUBSCRIBE_OK")
+            yield old_conn, viewer_conn, new_conn, viewer, new
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -165,33 +184,23 @@ async def test_the_group_the_old_publisher_left_open_is_reset_below_not_ended(tm
     """The old session was in the middle of a group when the new one took the track over: that
     group's stream to the subscriber is reset (SESSION_CLOSED), never ended with a FIN, which
     would tell it (and a relay below, which caches it) that the group is whole."""
-    async with serving_relay(tmp_path, backend) as (relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as old_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as new_conn):
-            old, viewer, new = EventRecorder(old_conn), EventRecorder(viewer_conn), EventRecorder(new_conn)
-            old_conn.session.publish(NAMESPACE, TRACK, 0)
-            old_conn.flush()
-            await wait_for(old, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK")
-            viewer_conn.session.subscribe(NAMESPACE, TRACK)
-            viewer_conn.flush()
-            await wait_for(viewer, lambda e: isinstance(e, ev.SubscribeAccepted), "SUBSCRIBE_OK")
-            send_group(old_conn, 0, b"old 0")  # a whole group
-            sid = old_conn.session.open_subgroup(0, 1)  # and one it never finishes
-            old_conn.session.send_object(sid, 0, b"old 1 first half")
-            old_conn.flush()
-            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and e.object_id == 0
-                           and bytes(e.payload) == b"old 1 first half", "the half group")
-            new_conn.session.publish(NAMESPACE, TRACK, 0)
-            new_conn.flush()
-            await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
-            half = next(e for e in viewer.events if isinstance(e, ev.ObjectReceived)
-                        and bytes(e.payload) == b"old 1 first half")
-            reset = await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupReset) and e.group == half.group,
-                                   "the half group's stream reset")
-            send_group(new_conn, 0, b"new 0")
-            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 0",
-                           "the new publisher's group")
+    async with watched_track(tmp_path, backend) as (old_conn, viewer_conn, new_conn, viewer, new):
+        send_group(old_conn, 0, b"old 0")  # a whole group
+        sid = old_conn.session.open_subgroup(0, 1)  # and one it never finishes
+        old_conn.session.send_object(sid, 0, b"old 1 first half")
+        old_conn.flush()
+        await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and e.object_id == 0
+                       and bytes(e.payload) == b"old 1 first half", "the half group")
+        new_conn.session.publish(NAMESPACE, TRACK, 0)
+        new_conn.flush()
+        await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
+        half = next(e for e in viewer.events if isinstance(e, ev.ObjectReceived)
+                    and bytes(e.payload) == b"old 1 first half")
+        reset = await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupReset) and e.group == half.group,
+                               "the half group's stream reset")
+        send_group(new_conn, 0, b"new 0")
+        await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 0",
+                       "the new publisher's group")
     assert reset.code == StreamResetCode.SESSION_CLOSED
     ended = {e.group for e in viewer.events if isinstance(e, ev.SubgroupEnded)}
     assert half.group not in ended and half.group - 1 in ended  # the whole group before it kept its FIN
@@ -203,38 +212,28 @@ async def test_the_new_publishers_stream_count_is_its_own(tmp_path, backend):
     counted the old session's finished streams too, so the new publisher's PUBLISH_DONE, which
     overtakes its last group's stream, looked complete at once and that group was cut (found with
     a relay following the directory from one ingest to another: B's last 3 frames lost)."""
-    async with serving_relay(tmp_path, backend) as (relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as old_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as new_conn):
-            old, viewer, new = EventRecorder(old_conn), EventRecorder(viewer_conn), EventRecorder(new_conn)
-            old_conn.session.publish(NAMESPACE, TRACK, 0)
-            old_conn.flush()
-            await wait_for(old, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK")
-            viewer_conn.session.subscribe(NAMESPACE, TRACK)
-            viewer_conn.flush()
-            await wait_for(viewer, lambda e: isinstance(e, ev.SubscribeAccepted), "SUBSCRIBE_OK")
-            send_group(old_conn, 0, b"old 0")  # a stream the old session finished
-            await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupEnded), "the old publisher's group")
-            new_rid = new_conn.session.publish(NAMESPACE, TRACK, 0)
-            new_conn.flush()
-            await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
-            send_group(new_conn, 0, b"new 0")
-            sid = new_conn.session.open_subgroup(0, 1)  # its last group, still on its way
-            new_conn.session.send_object(sid, 0, b"new 1 first")
-            new_conn.flush()
-            await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 1 first",
-                           "the new publisher's last group")
-            new_conn.session.publish_done(new_rid, 2, 2, "done")  # TRACK_ENDED: its 2 streams
-            # an answer on the same control stream: the relay has taken the PUBLISH_DONE before it
-            probe = new_conn.session.subscribe(("elsewhere",), "nothing")
-            new_conn.flush()
-            await wait_for(new, lambda e: isinstance(e, (ev.SubscribeAccepted, ev.RequestFailed))
-                           and e.request_id == probe, "the probe's answer")
-            new_conn.session.send_object(sid, 1, b"new 1 last")
-            new_conn.session.end_subgroup(sid)
-            new_conn.flush()
-            await wait_for(viewer, lambda e: isinstance(e, ev.PublishDoneReceived), "PUBLISH_DONE")
+    async with watched_track(tmp_path, backend) as (old_conn, viewer_conn, new_conn, viewer, new):
+        send_group(old_conn, 0, b"old 0")  # a stream the old session finished
+        await wait_for(viewer, lambda e: isinstance(e, ev.SubgroupEnded), "the old publisher's group")
+        new_rid = new_conn.session.publish(NAMESPACE, TRACK, 0)
+        new_conn.flush()
+        await wait_for(new, lambda e: isinstance(e, ev.PublishAccepted), "PUBLISH_OK to the new publisher")
+        send_group(new_conn, 0, b"new 0")
+        sid = new_conn.session.open_subgroup(0, 1)  # its last group, still on its way
+        new_conn.session.send_object(sid, 0, b"new 1 first")
+        new_conn.flush()
+        await wait_for(viewer, lambda e: isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 1 first",
+                       "the new publisher's last group")
+        new_conn.session.publish_done(new_rid, PublishDoneStatus.TRACK_ENDED, 2, "done")  # its 2 streams
+        # an answer on the same control stream: the relay has taken the PUBLISH_DONE before it
+        probe = new_conn.session.subscribe(("elsewhere",), "nothing")
+        new_conn.flush()
+        await wait_for(new, lambda e: isinstance(e, (ev.SubscribeAccepted, ev.RequestFailed))
+                       and e.request_id == probe, "the probe's answer")
+        new_conn.session.send_object(sid, 1, b"new 1 last")
+        new_conn.session.end_subgroup(sid)
+        new_conn.flush()
+        await wait_for(viewer, lambda e: isinstance(e, ev.PublishDoneReceived), "PUBLISH_DONE")
     last = [e for e in viewer.events if isinstance(e, ev.ObjectReceived) and bytes(e.payload) == b"new 1 last"]
     assert last, "the last group's last object never came"
     assert not [e for e in viewer.events if isinstance(e, ev.SubgroupReset)]
