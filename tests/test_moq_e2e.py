@@ -265,7 +265,11 @@ async def test_data_objects_of_every_group_reach_a_subscriber(node, video_flv):
         while not data:  # subscribed: it has the newest group of the data track
             await asyncio.sleep(0.01)
     send(tags[first_group:])
-    publisher.close()  # the broadcast ends: the subscription ends once every group is in
+    # the publish ends (as an encoder stops: FCUnpublish), then the connection: the broadcast ends
+    # and the subscription once every group is in (a connection dropped mid-group would instead
+    # cut the group in progress: tests/test_cut_groups.py)
+    publisher.command(0, "FCUnpublish", 6.0, None, "meta")
+    publisher.close()
     await asyncio.wait_for(task, 15)
     # from group 1 on, every data object, numbered from 0 in its group, with its bytes
     later = sorted((f.group, f.index, bytes(f.payload)) for f in data if f.group >= 1)  # one stream a group
