@@ -332,12 +332,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         on now (an older group's tail may hold them, then the window fill)."""
         nonlocal reorder_timer, tails_timer
         now = loop.time()
-        out = [f for frame in frames for f in tails.frame(frame, ends.older_open(frame.track, frame.group), now)]
+        if tails.wait > 0:  # (no scan of the open streams per frame when no tail wait was asked for)
+            frames = [f for frame in frames for f in tails.frame(frame, ends.older_open(frame.track, frame.group), now)]
         if reorder_timer is None and (due := merge.next_due) is not None:
             reorder_timer = loop.call_later(max(due - now, 0.0), queue.put_nowait, _REORDER_DUE)
         if tails_timer is None and (due := tails.next_due) is not None:
             tails_timer = loop.call_later(max(due - now, 0.0), queue.put_nowait, _TAILS_DUE)
-        return onward(out)
+        return onward(frames)
 
     def onward(frames: list[Frame]) -> list[Frame]:
         """Live frames in the order they go on: the window fill may hold them; GroupOrder may drop them."""

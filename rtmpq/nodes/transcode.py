@@ -576,8 +576,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                         p.done("the broadcast ended")
                     conn.flush()
                     # and the relay has those ends (acknowledged) before the session goes
-                    until = asyncio.get_running_loop().time() + RUNG_DRAIN_TIMEOUT
-                    while not all(conn.delivered(s) for s in ending) and asyncio.get_running_loop().time() < until:
+                    until = loop.time() + RUNG_DRAIN_TIMEOUT
+                    while not all(conn.delivered(s) for s in ending) and loop.time() < until:
                         await asyncio.sleep(0.02)
                     return
             elif isinstance(event, ev.GoawayReceived):
