@@ -74,6 +74,12 @@ async def raw_peer(node):
         yield peer
 
 
+def held(session) -> int:
+    """Bytes of its peer's a relay session holds: partial objects and requests, objects held for
+    an unknown alias (what [moq] max_partial_bytes counts)."""
+    return session._stream_buffer_bytes + session._held_bytes
+
+
 def object_head(delta: int, size: int) -> bytes:
     """An object's header on a subgroup stream with extensions: id delta, no extensions, size."""
     return wire.encode_varint(delta) + wire.encode_varint(0) + wire.encode_varint(size)
@@ -110,14 +116,14 @@ async def test_a_publisher_that_stalls_mid_object_loses_that_stream_and_keeps_it
             evil._quic.send_stream_data(sid, object_head(0, 200_000) + bytes(60_000))
             evil.transmit()
             relay_side = relay_side_of(node, evil)
-            await until(lambda: relay_side.session.buffered_bytes >= 60_000, 10, "the partial object at the relay")
+            await until(lambda: held(relay_side.session) >= 60_000, 10, "the partial object at the relay")
             stalled_at = time.monotonic()
             await until(lambda: sid in evil.stopped, PARTIAL_TIMEOUT + 10, "STOP_SENDING")
             took = time.monotonic() - stalled_at
             # the timeout, plus at most a check interval (a quarter of it) and the relay's tick
             assert PARTIAL_TIMEOUT * 0.9 <= took <= PARTIAL_TIMEOUT * 1.25 + 1.5, took
             assert evil.stopped[sid] == wire.StreamResetCode.DELIVERY_TIMEOUT
-            assert relay_side.session.buffered_bytes == 0
+            assert held(relay_side.session) == 0
             assert not relay_side.session.closed and evil.terminated is None
             [line] = [r.getMessage() for r in caplog.records if "partial_object_timeout" in r.getMessage()]
             assert relay_side.peer in line and f"{safe_name('live/evil')}/video group 0" in line, line
@@ -176,19 +182,21 @@ async def test_sessions_within_their_own_caps_together_hold_at_most_max_partial_
             async with raw_peer(node) as a, raw_peer(node) as b, raw_peer(node) as c, raw_peer(node) as d:
                 peers = [a, b, c, d]
                 sides = [relay_side_of(node, p) for p in peers]
-                pool = sides[0].session.pool
-                most = [pool.held]
+                def total() -> int:
+                    return sum(held(c.session) for c in node.moq.connections)
+
+                most = [total()]
 
                 async def sample() -> None:
                     while True:
-                        most[0] = max(most[0], pool.held)
+                        most[0] = max(most[0], total())
                         await asyncio.sleep(0.002)
 
                 sampler = asyncio.create_task(sample())
                 try:
                     for peer, side, size in zip(peers, sides, sizes):
                         send_partial(peer, 999, 0, 2_000_000, size)
-                        await until(lambda: side.session.buffered_bytes >= size or side.session.closed, 15,
+                        await until(lambda: held(side.session) >= size or side.session.closed, 15,
                                     "the partial object at the relay")
                     await until(lambda: b.terminated is not None, 10, "the session holding the most closed")
                 finally:
@@ -196,14 +204,62 @@ async def test_sessions_within_their_own_caps_together_hold_at_most_max_partial_
                 assert b.terminated[0] == wire.SessionError.INTERNAL_ERROR
                 if backend == "aioquic":  # picoquic sends no reason phrase
                     assert "max_partial_bytes" in b.terminated[1]
-                assert sides[1].session.closed and sides[1].session.buffered_bytes == 0
+                assert sides[1].session.closed and held(sides[1].session) == 0
                 for peer, side, size in ((a, sides[0], sizes[0]), (c, sides[2], sizes[2]), (d, sides[3], sizes[3])):
                     assert not side.session.closed and peer.terminated is None
-                    assert side.session.buffered_bytes >= size
-                assert sum(sizes) - sizes[1] <= pool.held <= BUDGET
+                    assert held(side.session) >= size
+                assert sum(sizes) - sizes[1] <= total() <= BUDGET
                 assert most[0] <= BUDGET + 64 * 1024, most[0]  # enforced as the bytes arrive, not later
                 [line] = [r.getMessage() for r in caplog.records if "max_partial_bytes" in r.getMessage()]
                 assert sides[1].peer in line, line
             await went_on(publisher, healthy, frames, skipped)
     finally:
         await node.close()
+
+
+async def test_moq_refusals_are_counted_by_reason_in_metrics_without_names_or_tokens(tmp_path, backend):
+    """One of each: a peer that never sends its setup, a SUBSCRIBE with a bad token, a stream
+    stalled mid-object, a session over the byte budget, a protocol violation, a connection past
+    the per-address cap. Each shows in /metrics as rtmpq_errors_total{protocol="moq", reason};
+    the refused request's name and token show nowhere."""
+    secret = "a-shared-secret-that-is-long-enough-for-hs256"
+    config = local_config(tmp_path, backend, auth=AuthConfig(secret=secret, require_playback_token=True))
+    config.moq.handshake_timeout = 1.5
+    config.moq.max_connections_per_ip = 3
+    config.moq.partial_object_timeout = 1.5
+    config.moq.max_partial_bytes = 1024 * 1024
+    node = UpNode(config)
+    await node.start()
+    token = "not-a-token-but-secret-looking-xyz"
+    try:
+        opened: asyncio.Queue = asyncio.Queue()
+        await asyncio.wait_for(silent_peer(node.moq_address[1], opened), 10)  # closed at the setup deadline
+        async with raw_peer(node) as a, raw_peer(node) as b:
+            said = EventRecorder(a)
+            a.session.subscribe(("live", "hidden-name"), "video", authorization=token)
+            a.flush()
+            await until(lambda: any(isinstance(e, ev.RequestFailed) for e in said.events), 10, "the refusal")
+            sid = send_partial(b, 5, 0, 100_000, 10_000)
+            await until(lambda: sid in b.stopped, 10, "STOP_SENDING")
+            async with raw_peer(node) as c:
+                send_partial(c, 5, 0, 2_000_000, 1_200_000)
+                await until(lambda: c.terminated is not None, 10, "the session over the budget closed")
+            async with raw_peer(node) as d:
+                d.session._send_control(wire.ClientSetup({}))  # setup twice: a protocol violation
+                d.flush()
+                await until(lambda: d.terminated is not None, 10, "the protocol violation closed")
+            async with raw_peer(node):
+                try:  # a fourth from this address: closed during its handshake or just after
+                    async with raw_peer(node) as f:
+                        await until(lambda: f.terminated is not None, 5, "the connection past the cap closed")
+                except ConnectionError:
+                    pass
+            async with httpx.AsyncClient(timeout=20) as client:
+                page = (await client.get(f"http://127.0.0.1:{node.edge.address[1]}/metrics")).text
+    finally:
+        await node.close()
+    counted = {dict(labels)["reason"]: value for (name, labels), value in samples(page).items()
+               if name == "rtmpq_errors_total" and dict(labels).get("protocol") == "moq"}
+    assert counted == {"handshake_timeout": 1, "auth_denied": 1, "partial_object_timeout": 1,
+                       "max_partial_bytes": 1, "protocol_error": 1, "max_connections_per_ip": 1}, counted
+    assert "hidden-name" not in page and token not in page
