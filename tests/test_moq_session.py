@@ -5,6 +5,7 @@ import pytest
 from rtmpq.moq import events as ev
 from rtmpq.moq import session as session_module
 from rtmpq.moq import wire
+from rtmpq.moq.session import ReceivePool
 from rtmpq.moq.wire import RequestError, SessionError
 
 from .moq_pair import MoqPair, closed_with
@@ -433,20 +434,24 @@ def test_object_datagrams_are_checked_then_dropped_with_a_warning(caplog):
     assert quic.closed_with is not None and quic.closed_with[0] == SessionError.PROTOCOL_VIOLATION, events
 
 
-def test_an_object_left_incomplete_is_stopped_after_the_timeout_and_the_session_goes_on(tmp_path):
-    """A publisher that sends part of an object and stalls: once the object has been incomplete
-    longer than the timeout its stream is stopped (DELIVERY_TIMEOUT), its bytes let go (in the
-    listener's pool too), the subscriber is told the subgroup ended short, bytes still on their
-    way on that stream are dropped, and the next group is read as usual. A stream whose objects
-    keep completing is never stopped, however long it stays open."""
-    from rtmpq.moq.session import ReceivePool
-
+def pooled_subscription(tmp_path) -> tuple[MoqPair, ReceivePool]:
+    """A pair whose client subscribed to NS/video (alias 1) and shares a listener's pool."""
     pair = MoqPair(tmp_path)
     pair.setup()
     pool = pair.client.pool = ReceivePool(1 << 30)
     rid = pair.client.subscribe(NS, "video")
     pair.pump()
     pair.server.subscribe_ok(rid, 1)
+    return pair, pool
+
+
+def test_an_object_left_incomplete_is_stopped_after_the_timeout_and_the_session_goes_on(tmp_path):
+    """A publisher that sends part of an object and stalls: once the object has been incomplete
+    longer than the timeout its stream is stopped (DELIVERY_TIMEOUT), its bytes let go (in the
+    listener's pool too), the subscriber is told the subgroup ended short, bytes still on their
+    way on that stream are dropped, and the next group is read as usual. A stream whose objects
+    keep completing is never stopped, however long it stays open."""
+    pair, pool = pooled_subscription(tmp_path)
     steady = pair.server.open_subgroup(1, 0, end_of_group=False)
     pair.server.send_object(steady, 0, b"complete")
     stalled = pair.server.open_subgroup(1, 1)
@@ -463,7 +468,7 @@ def test_an_object_left_incomplete_is_stopped_after_the_timeout_and_the_session_
     pair.pump()
     expired = pair.client.expire_partial_objects(105.5, 5.0)
     assert [type(e).__name__ for e in expired] == ["PartialObjectExpired", "SubgroupReset"]
-    assert expired[0].track_alias == 1 and expired[0].group == 1 and expired[0].held_bytes == 20_000  # the object header with it
+    assert (expired[0].track_alias, expired[0].group, expired[0].held_bytes) == (1, 1, 20_000)
     assert expired[1] == ev.SubgroupReset(1, 1, 0, wire.StreamResetCode.DELIVERY_TIMEOUT)
     assert pair.client.buffered_bytes == pool.held == 0
     # the rest of that object, already on its way, is dropped; the publisher's QUIC sees STOP_SENDING
@@ -480,14 +485,8 @@ def test_an_object_left_incomplete_is_stopped_after_the_timeout_and_the_session_
 
 
 def test_a_closed_session_lets_go_of_its_share_of_the_pool(tmp_path):
-    from rtmpq.moq.session import ReceivePool
-
-    pair = MoqPair(tmp_path)
-    pair.setup()
-    pool = pair.client.pool = ReceivePool(1 << 30)
-    rid = pair.client.subscribe(NS, "video")
-    pair.pump()
-    pair.server.subscribe_ok(rid, 1)
+    """Its partial objects and the objects it held for an unknown alias, at once."""
+    pair, pool = pooled_subscription(tmp_path)
     sid = pair.server.open_subgroup(1, 0)
     pair.server_quic.send_stream_data(sid, (wire.encode_object(0, b"z" * 50_000, None, with_extensions=True)
                                             + b"z" * 30_000))
