@@ -212,6 +212,10 @@ async def test_sessions_within_their_own_caps_together_hold_at_most_max_partial_
                 assert most[0] <= BUDGET + 64 * 1024, most[0]  # enforced as the bytes arrive, not later
                 [line] = [r.getMessage() for r in caplog.records if "max_partial_bytes" in r.getMessage()]
                 assert sides[1].peer in line, line
+            # the hostile peers gone, the listener's count is what the sessions left still hold
+            pool = sides[0].session.pool
+            await until(lambda: all(s.session.closed for s in sides), 10, "the hostile sessions closed")
+            assert pool.held == sum(held(c.session) for c in node.moq.connections if not c.session.closed) < 64 * 1024
             await went_on(publisher, healthy, frames, skipped)
     finally:
         await node.close()
