@@ -150,7 +150,8 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
-                            cache_local=True, stuck_timeout=config.moq.stuck_timeout)
+                            cache_local=True, stuck_timeout=config.moq.stuck_timeout,
+                            partial_object_timeout=config.moq.partial_object_timeout)
         self.transcoder = None
         if config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
@@ -181,7 +182,8 @@ class UpNode:
                                      on_connection=self.moq.on_connection, backend=self.moq_config.backend,
                                      handshake_timeout=self.moq_config.handshake_timeout,
                                      max_connections=self.moq_config.max_connections,
-                                     max_connections_per_ip=self.moq_config.max_connections_per_ip)
+                                     max_connections_per_ip=self.moq_config.max_connections_per_ip,
+                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors)
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
