@@ -16,7 +16,7 @@ import websockets
 from rtmpq.config import bundled_static_dir
 from rtmpq.nodes.up import UpNode
 
-from .conftest import local_config, need
+from .conftest import local_config, need, until
 from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process
 
 STATIC = bundled_static_dir()  # the node serves it from there by default
@@ -259,7 +259,6 @@ async def test_the_player_page_plays_on_when_the_publisher_comes_back_without_au
     fill, seeing the audio playlist end while the multivariant no longer lists audio)."""
     from rtmpq.config import PublishConfig
 
-    from .conftest import until
     from .test_lifecycle import long_publish_args, spawn
 
     need("ffmpeg")
@@ -467,14 +466,29 @@ async def test_a_player_page_without_a_token_says_it_may_not_play(tmp_path):
         await n.close()
 
 
-async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_its_name(node, tmp_path, monkeypatch):
-    """The publisher stops (ENDLIST: the page plays to the end and says so), then publishes the
-    same name again: the page notices, by itself, and plays the new broadcast."""
-    from rtmpq.edge import server as edge_server
+# The page that played the name's ended broadcast plays a new publish of the name within this
+# many seconds (hls.js starting on a loaded host: about 0.3 s here) of the edge serving it, which
+# it does once its first segment is whole (one group of ffmpeg_publish_args: 2 s) plus
+# EDGE_SERVES_SLACK. Before, the ended playlist (kept ENDED_PLAYLIST_KEEP, 10 s) hid the new publish
+# and the page asked every PLAYER_RETRY (2 s).
+PAGE_RESTART = 1.0
+EDGE_SERVES_SLACK = 1.0
 
+
+def fetch(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_its_name(node, tmp_path):
+    """The publisher stops (ENDLIST: the page plays to the end and says so), then publishes the
+    same name again at once: the page notices, by itself, and plays the new broadcast as soon as
+    the edge serves it, which it does from its first segment on, though the ended broadcast's
+    playlists are still served to their readers (ENDED_PLAYLIST_KEEP)."""
     need("ffmpeg")
-    # the ended broadcast's playlists are served this long, then the name is opened afresh
-    monkeypatch.setattr(edge_server, "ENDED_PLAYLIST_KEEP", 2.0)
     host, http_port = node.edge.address
     url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/again"
     rc, output = None, ""
@@ -482,6 +496,16 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
                                                 timeout=60))
     await node.registry.wait_for("live/again", 10)
     browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/live/again/")
+    loop = asyncio.get_running_loop()
+    serving = None
+
+    async def served():  # when a player opening the name would first get the new publish
+        while True:
+            status, body = await asyncio.to_thread(fetch, f"http://{host}:{http_port}/live/again/video.m3u8")
+            if status == 200 and b"#EXT-X-ENDLIST" not in body:
+                return loop.time()
+            await asyncio.sleep(0.05)
+
     try:
         async with websockets.connect(ws_url, max_size=None) as ws:
             devtools = DevTools(ws)
@@ -493,16 +517,28 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
             restarts = await devtools.evaluate("window.rtmpqRestarts")
             publisher = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "2.flv"), seconds=12),
                                                         timeout=60))
-            await node.registry.wait_for("live/again", 10)
+            broadcast = await node.registry.wait_for("live/again", 10)
+            await until(lambda: broadcast.frames_in > 0, what="the new publish's first frame")
+            first_frame = loop.time()
+            serving = asyncio.create_task(served())
             # the viewer does nothing: the page plays the new publish
-            playing_again = f"window.rtmpqRestarts > {restarts} && document.getElementById('video').currentTime > 0.5"
+            playing_again = f"window.rtmpqRestarts > {restarts} && document.getElementById('video').currentTime > 0"
             assert await devtools.poll(playing_again, 30), \
                 (await devtools.evaluate("document.getElementById('status').textContent"),
                  await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+            playing = loop.time()
+            at = await asyncio.wait_for(serving, 10)
+            print(f"the edge serves the new publish {at - first_frame:.2f} s after its first frame; the page plays "
+                  f"it {playing - at:.2f} s later")
+            assert at - first_frame < 2.0 + EDGE_SERVES_SLACK, at - first_frame
+            assert playing - at < PAGE_RESTART, (playing - at, at - first_frame)
+            assert await devtools.poll("document.getElementById('video').currentTime > 0.5", 15)
             position = await devtools.evaluate("document.getElementById('video').currentTime")
             assert await devtools.poll(f"document.getElementById('video').currentTime > {position} + 1", 15)
             assert "latency" in await devtools.evaluate("document.getElementById('status').textContent")
     finally:
+        if serving is not None:
+            serving.cancel()
         browser.terminate()
         await browser.wait()
         if not publisher.done() or rc is None:

@@ -633,7 +633,10 @@ class EdgeServer:
         """Wait (up to NEXT_PUBLISH_HOLD_TARGET_DURATIONS) until ``name`` has a broadcast that has
         not ended with a whole segment: a new publish."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + NEXT_PUBLISH_HOLD_TARGET_DURATIONS * self.http_config.target_duration
+        b = self._broadcasts.get(name)
+        if b is None:  # the page asks after a broadcast it played: this edge knows the name
+            return
+        end = loop.time() + NEXT_PUBLISH_HOLD_TARGET_DURATIONS * b.streams["v"].target_duration()
         waited = False
         while (left := end - loop.time()) > 0:
             b = self._broadcast(name)
