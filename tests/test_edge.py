@@ -406,8 +406,33 @@ async def test_a_new_publish_replaces_the_ended_playlist_at_once_and_its_readers
     (10 s). A player still reading the ended one finishes it: its blocking reload and a plain
     reload from a player that had not yet seen the end get the ended playlist (ENDLIST), and
     every segment that playlist lists still plays, decoding every frame that was sent."""
+    await new_publish_replaces_the_ended_one(node, "http://{}:{}/live/back".format(*node.edge.address), tmp_path,
+                                             source_flv)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_an_edge_fed_over_moq_serves_a_new_publish_at_once_too(tmp_path, source_flv, backend):
+    """The same with the edge on its own node, subscribed to the broadcast over MoQ as `rtmpq edge`
+    is (starting with the relay's cached groups: the publisher sends its groups at once)."""
+    from rtmpq.config import EDGE_FILL_GROUPS, HttpConfig
+    from rtmpq.edge.server import EdgeServer
+    from rtmpq.nodes.remote import moq_broadcast_source
+
+    node = await start_up_node(tmp_path, backend)
+    source = moq_broadcast_source(f"moqt://127.0.0.1:{node.moq_address[1]}", wait=10, insecure=True, backend=backend,
+                                  fill_groups=EDGE_FILL_GROUPS)
+    edge = EdgeServer(source, http=HttpConfig(host="127.0.0.1", port=0))
+    await edge.start()
+    try:
+        await new_publish_replaces_the_ended_one(node, "http://{}:{}/live/back".format(*edge.address), tmp_path,
+                                                 source_flv)
+    finally:
+        await edge.close()
+        await node.close()
+
+
+async def new_publish_replaces_the_ended_one(node, base: str, tmp_path, source_flv) -> None:
     need("ffmpeg")
-    base = "http://{}:{}/live/back".format(*node.edge.address)
     live_reader = "a live reader"  # told apart from the other requests' by its user agent
     publisher = await TcpPublisher.publish(node.rtmp.address[1], "back")
     assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
