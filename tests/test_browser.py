@@ -4,7 +4,6 @@ import asyncio
 import functools
 import json
 import threading
-import urllib.request
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -349,19 +348,13 @@ PAGE_RESTART = 1.0
 EDGE_SERVES_SLACK = 1.0
 
 
-def fetch(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_its_name(node, tmp_path):
     """The publisher stops (ENDLIST: the page plays to the end and says so), then publishes the
     same name again at once: the page notices, by itself, and plays the new broadcast as soon as
     the edge serves it, which it does from its first segment on, though the ended broadcast's
     playlists are still served to their readers (ENDED_PLAYLIST_KEEP)."""
+    from .test_edge import http_get
+
     need("ffmpeg")
     host, http_port = node.edge.address
     url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/again"
@@ -374,7 +367,7 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
 
     async def served():  # when a player opening the name would first get the new publish
         while True:
-            status, body = await asyncio.to_thread(fetch, f"http://{host}:{http_port}/live/again/video.m3u8")
+            status, _, body = await http_get(f"http://{host}:{http_port}/live/again/video.m3u8")
             if status == 200 and b"#EXT-X-ENDLIST" not in body:
                 return loop.time()
             await asyncio.sleep(0.05)
