@@ -463,7 +463,7 @@ async def new_publish_replaces_the_ended_one(node, base: str, tmp_path, source_f
         await asyncio.sleep(0.05)
     print(f"the new publish is served {loop.time() - first_frame:.2f} s after its first frame")
     assert media_sequence(now) > media_sequence(ended), now
-    status, _, multivariant = await http_get(f"{base}/index.m3u8")
+    status, _, _ = await http_get(f"{base}/index.m3u8")  # the multivariant answers at once
     assert status == 200 and "#EXT-X-ENDLIST" not in (await http_get(f"{base}/video.m3u8"))[2].decode()
     # the ended playlist's readers: a blocking reload for the segment after its last, and a plain
     # reload from the reader that had a live one before the end, get it as it ended
