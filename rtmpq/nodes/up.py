@@ -136,6 +136,7 @@ def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None =
         broadcast = registry.get(name)
         return None if broadcast is None else LocalFeed(broadcast, relay)
 
+    open_broadcast.wait_live = registry.wait_for  # the edge holds a page's "live again?" on it
     return open_broadcast
 
 
