@@ -928,10 +928,12 @@ class MoqRelay:
             conn.session.publish_ok(event.request_id)
             self._update_forward()  # its subscribers are waiting: ask for objects now
             return
-        if existing is not None and existing.conn is conn and (existing.pushed or existing.alias is not None):
+        if existing is not None and existing.conn is conn and not existing.pushed and existing.alias is None:
+            self._take_crossing_publish(existing, conn, event)
+            return
+        if existing is not None and existing.conn is conn:
             # this session already publishes it to us, or we subscribed to it there: a second
-            # subscription with the same role (draft 16 "Subscriptions"). (Our SUBSCRIBE still
-            # pending there is another case: the draft ends ours and takes the PUBLISH; refused below.)
+            # subscription with the same role (draft 16 "Subscriptions")
             conn.session.request_error(event.request_id, RequestError.DUPLICATE_SUBSCRIPTION,
                                        "this session already has a subscription to the track")
             return
@@ -951,6 +953,29 @@ class MoqRelay:
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
                 self._publish_to(other, event.namespace, event.track_name, upstream, forward)
                 other.flush()
+
+    def _take_crossing_publish(self, upstream: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
+        """``conn`` PUBLISHes the track our SUBSCRIBE there still waits an answer for. Draft 16
+        ("Subscriptions"): a subscriber that gets a PUBLISH for a track with a subscription in the
+        Pending (Subscriber) state "MUST ensure the subscription it initiated transitions to the
+        Terminated state before sending PUBLISH_OK": UNSUBSCRIBE ours, then take the PUBLISH (an
+        answer to ours that crosses the UNSUBSCRIBE is then nobody's and ignored)."""
+        self._by_request.pop((id(conn), upstream.request_id), None)
+        conn.session.unsubscribe(upstream.request_id)
+        upstream.pushed = True
+        upstream.request_id, upstream.alias = event.request_id, event.track_alias
+        upstream.on_demand, upstream.forward = not event.forward, event.forward
+        upstream.fanout.track_extensions = event.extensions
+        self._by_request[(id(conn), event.request_id)] = upstream
+        self._by_alias[(id(conn), event.track_alias)] = upstream
+        conn.session.publish_ok(event.request_id)
+        log.info("%s: publishes track %s (our SUBSCRIBE there, unanswered, withdrawn)", conn.peer,
+                 _label(event.namespace, event.track_name))
+        waiting, upstream.waiting = upstream.waiting, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._accept(sub_conn, request, upstream.fanout, upstream)
+                sub_conn.flush()
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its

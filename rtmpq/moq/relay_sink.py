@@ -156,7 +156,6 @@ class Subscription:
         self.upstream = None  # the UpstreamTrack whose publisher told that Largest Location (nothing was here yet)
 
 
-
 class Subscriptions(dict):
     """The relay's subscriptions by (id(conn), request id), SUBSCRIBEs it accepted and PUBLISHes it
     sent alike, and which tracks each session has one of: draft 16 ("Subscriptions") allows one
