@@ -12,6 +12,8 @@
 The relay took all of these (docs/interop.md listed it as a deviation). Raw sessions of rtmpq's
 MoQ stack on loopback QUIC, both backends, against a bare relay with a raw publisher."""
 
+from contextlib import asynccontextmanager
+
 import pytest
 
 from rtmpq.moq import events as ev
@@ -128,14 +130,10 @@ async def test_an_overlapping_subscribe_namespace_on_one_session_is_refused(tmp_
             assert isinstance(viewer.answer(beside), ev.RequestAccepted), viewer.answer(beside)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_publish_crossing_the_relays_pending_subscribe_replaces_it(tmp_path, backend):
-    """Draft 16: "If a subscriber receives a PUBLISH for a Track with a subscription in the
-    Pending (Subscriber) state, it MUST ensure the subscription it initiated transitions to the
-    Terminated state before sending PUBLISH_OK." A publisher that answers the relay's SUBSCRIBE
-    with a PUBLISH of the track gets UNSUBSCRIBE, then PUBLISH_OK, and the viewer waiting for the
-    track gets its objects. The relay refused such a PUBLISH, and its viewer's SUBSCRIBE waited
-    for an answer that never came."""
+@asynccontextmanager
+async def silent_publisher(tmp_path, backend):
+    """(publisher, viewer) at a relay: the publisher announced NAMESPACE and answers nothing by
+    itself (a test answers the relay's SUBSCRIBE, or not)."""
     async with serving_relay(tmp_path, backend) as (_relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
@@ -144,25 +142,55 @@ async def test_a_publish_crossing_the_relays_pending_subscribe_replaces_it(tmp_p
             pub_conn.flush()
             await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
                                     for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
-            rid = viewer.subscribe()
-            await until(lambda: any(isinstance(e, ev.SubscribeRequested) for e in publisher.events),
-                        what="the relay's SUBSCRIBE at the publisher")
-            pushed = pub_conn.session.publish(NAMESPACE, "video", 5)  # instead of SUBSCRIBE_OK
-            pub_conn.flush()
-            await until(lambda: any(isinstance(e, (ev.PublishAccepted, ev.RequestFailed)) for e in publisher.events),
-                        what="PUBLISH answered")
-            answers = [e for e in publisher.events if isinstance(e, (ev.Unsubscribed, ev.PublishAccepted,
-                                                                      ev.RequestFailed))]
-            ours = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested)).request_id
-            assert [(type(e), e.request_id) for e in answers] == [(ev.Unsubscribed, ours), (ev.PublishAccepted, pushed)], \
-                answers
-            await until(lambda: viewer.answer(rid) is not None, what="the viewer's SUBSCRIBE answered")
-            assert isinstance(viewer.answer(rid), ev.SubscribeAccepted), viewer.answer(rid)
-            sid = pub_conn.session.open_subgroup(5, 0)
-            for object_id in range(OBJECTS):
-                pub_conn.session.send_object(sid, object_id, b"x")
-            pub_conn.session.end_subgroup(sid)
-            pub_conn.flush()
-            alias = viewer.answer(rid).track_alias
-            await until(lambda: 0 in viewer.ended(alias), what="group 0 delivered")
-            assert sorted(viewer.objects(alias)) == whole(0)
+            yield publisher, viewer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscribe_withdrawn_while_waiting_for_its_track_is_gone(tmp_path, backend):
+    """A SUBSCRIBE the relay holds while it subscribes upstream, then UNSUBSCRIBEd: a new SUBSCRIBE
+    of the track is no duplicate, and once the publisher answers only the new one is accepted."""
+    async with silent_publisher(tmp_path, backend) as (publisher, viewer):
+        first = viewer.subscribe()
+        await until(lambda: any(isinstance(e, ev.SubscribeRequested) for e in publisher.events),
+                    what="the relay's SUBSCRIBE at the publisher")
+        viewer.conn.session.unsubscribe(first)
+        second = viewer.subscribe()
+        ours = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested)).request_id
+        publisher.conn.session.subscribe_ok(ours, 5)
+        publisher.conn.flush()
+        await until(lambda: viewer.answer(second) is not None, what="the new SUBSCRIBE answered")
+        assert isinstance(viewer.answer(second), ev.SubscribeAccepted), viewer.answer(second)
+        assert viewer.answer(first) is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_publish_crossing_the_relays_pending_subscribe_replaces_it(tmp_path, backend):
+    """Draft 16: "If a subscriber receives a PUBLISH for a Track with a subscription in the
+    Pending (Subscriber) state, it MUST ensure the subscription it initiated transitions to the
+    Terminated state before sending PUBLISH_OK." A publisher that answers the relay's SUBSCRIBE
+    with a PUBLISH of the track gets UNSUBSCRIBE, then PUBLISH_OK, and the viewer waiting for the
+    track gets its objects. The relay refused such a PUBLISH, and its viewer's SUBSCRIBE waited
+    for an answer that never came."""
+    async with silent_publisher(tmp_path, backend) as (publisher, viewer):
+        pub_conn = publisher.conn
+        rid = viewer.subscribe()
+        await until(lambda: any(isinstance(e, ev.SubscribeRequested) for e in publisher.events),
+                    what="the relay's SUBSCRIBE at the publisher")
+        pushed = pub_conn.session.publish(NAMESPACE, "video", 5)  # instead of SUBSCRIBE_OK
+        pub_conn.flush()
+        await until(lambda: any(isinstance(e, (ev.PublishAccepted, ev.RequestFailed)) for e in publisher.events),
+                    what="PUBLISH answered")
+        answers = [e for e in publisher.events if isinstance(e, (ev.Unsubscribed, ev.PublishAccepted,
+                                                                  ev.RequestFailed))]
+        ours = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested)).request_id
+        assert [(type(e), e.request_id) for e in answers] == [(ev.Unsubscribed, ours), (ev.PublishAccepted, pushed)]
+        await until(lambda: viewer.answer(rid) is not None, what="the viewer's SUBSCRIBE answered")
+        assert isinstance(viewer.answer(rid), ev.SubscribeAccepted), viewer.answer(rid)
+        sid = pub_conn.session.open_subgroup(5, 0)
+        for object_id in range(OBJECTS):
+            pub_conn.session.send_object(sid, object_id, b"x")
+        pub_conn.session.end_subgroup(sid)
+        pub_conn.flush()
+        alias = viewer.answer(rid).track_alias
+        await until(lambda: 0 in viewer.ended(alias), what="group 0 delivered")
+        assert sorted(viewer.objects(alias)) == whole(0)

@@ -569,6 +569,12 @@ class MoqRelay:
         if s is not None:
             s.fanout.unsubscribe(s.sub)
             conn.session.publish_done(event.request_id, PublishDoneStatus.SUBSCRIPTION_ENDED, s.sink.streams_opened)
+            return
+        # a SUBSCRIBE still waiting (for its track upstream, or a new local one) is withdrawn: it is
+        # not accepted later, and a new SUBSCRIBE of the track is no duplicate
+        self._held_fetches.pop((id(conn), event.request_id), None)
+        for holder in (*self._tracks.values(), *self._sources.values()):
+            holder.waiting = [(c, r) for c, r in holder.waiting if c is not conn or r.request_id != event.request_id]
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
