@@ -175,10 +175,9 @@ class Subscriptions(dict):
         super().__delitem__(key)
 
     def pop(self, key: tuple[int, int], *default):
-        s = super().pop(key, *default)
-        if isinstance(s, Subscription):
-            self._forget(key, s)
-        return s
+        if key in self:
+            self._forget(key, self[key])
+        return super().pop(key, *default)
 
     def _forget(self, key: tuple[int, int], s: Subscription) -> None:
         name = (key[0], *s.name)
