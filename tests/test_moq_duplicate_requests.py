@@ -4,7 +4,8 @@
   publisher and at most one acting as a subscriber. If an endpoint receives a message attempting
   to establish a second subscription to a Track with the same role, it MUST fail that request with
   a DUPLICATE_SUBSCRIPTION error" (0x19); so a relay that PUBLISHes a track to a session does not
-  also take its SUBSCRIBE, nor PUBLISH a track to a session that SUBSCRIBEd to it.
+  also take its SUBSCRIBE, nor PUBLISH a track to a session that SUBSCRIBEd to it. A PUBLISH that
+  crosses the relay's own pending SUBSCRIBE is no duplicate: the relay ends its SUBSCRIBE first.
 - SUBSCRIBE_NAMESPACE: "if a publisher receives a SUBSCRIBE_NAMESPACE with a Track Namespace Prefix
   that shares a common prefix with an established namespace subscription, it MUST respond with
   REQUEST_ERROR with error code PREFIX_OVERLAP" (0x30).
