@@ -328,9 +328,12 @@ async def test_moq_requests_need_tokens_where_auth_says_so(tmp_path):
             conn.flush()
             assert isinstance(await events.answer(refused), ev.RequestFailed)
             one = conn.session.subscribe_namespace(("live", "show"), authorization=viewer)
-            listing = conn.session.subscribe_namespace(("live",), authorization=node_token)
             conn.flush()
             assert isinstance(await events.answer(one), ev.RequestAccepted)
+        async with connect_moq(host, port, insecure=True) as conn:  # (("live",) overlaps: one per session)
+            events = Events(conn)
+            listing = conn.session.subscribe_namespace(("live",), authorization=node_token)
+            conn.flush()
             assert isinstance(await events.answer(listing), ev.RequestAccepted)
         # publishing over MoQ: a namespace held by a session is not taken by one without a token
         async with connect_moq(host, port, insecure=True, token=node_token) as owner, \

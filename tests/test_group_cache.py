@@ -92,3 +92,22 @@ def test_an_in_process_frame_is_subgroup_0():
     cache.add_frame(Frame("video", 3, 0, 0, 0, True, b"x"), 90000, 0.0)
     [obj] = cache.latest().objects
     assert (obj.subgroup, obj.priority, obj.end_of_group) == (0, None, True)
+
+
+def test_groups_past_the_tracks_max_cache_duration_are_no_longer_served():
+    """Draft 16 MAX_CACHE_DURATION: no object is served once that long has passed since it came.
+    A group whose first object came longer ago goes whole (served only from object 0), its state
+    unknown (``expired_in``); a younger group stays; later objects of an expired group are not cached."""
+    cache = GroupCache()
+    cache.max_object_age = 0.3
+    fill(cache, 0, 3, now=0.0)
+    fill(cache, 1, 3, now=0.2)
+    cache.expire(0.3)  # not past yet: exactly the limit
+    assert cache.latest().group_id == 1 and len(cache.groups_from(0)) == 2
+    cache.expire(0.4)
+    assert [g.group_id for g in cache.groups_from(0)] == [1]
+    assert cache.expired_in((0, 0), (1, 0)) and not cache.expired_in((1, 0), (2, 0))
+    cache.expire(0.6)
+    assert cache.latest() is None and cache.largest is None
+    cache.add(1, 3, bytes(10), None, 0.6)  # the rest of an expired group
+    assert cache.latest() is None and cache.size == 0

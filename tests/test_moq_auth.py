@@ -384,12 +384,14 @@ async def recorder(tmp_path, request):
 
 
 async def events_until(queue: asyncio.Queue, kind, count: int = 1) -> list:
+    """The first ``count`` events of ``kind`` in ``queue`` (an item may be (tag, event): kept whole)."""
     got = []
     async with asyncio.timeout(10):
         while len(got) < count:
-            event = await queue.get()
+            item = await queue.get()
+            event = item[1] if isinstance(item, tuple) else item
             if isinstance(event, kind):
-                got.append(event)
+                got.append(item)
             elif isinstance(event, ev.SessionClosed):
                 raise AssertionError(f"session closed: {event}")
     return got
@@ -437,28 +439,31 @@ async def test_a_token_too_big_closes_a_real_session(recorder):
 
 async def test_the_relay_announces_namespaces_to_our_subscription(tmp_path):
     """The relay's NAMESPACE messages (a namespace under the prefix, and the prefix itself) reach
-    a namespace subscription of ours; a withdrawn one comes as NAMESPACE_DONE."""
+    a namespace subscription of ours; a withdrawn one comes as NAMESPACE_DONE. (One prefix per
+    session: two that overlap on one session get PREFIX_OVERLAP, draft 16.)"""
     for backend in ("aioquic", "aiopquic"):
         async with serving_relay(tmp_path, backend) as (relay, port):
             async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as publisher,
-                        connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer):
+                        connect_moq("127.0.0.1", port, insecure=True, backend=backend) as viewer,
+                        connect_moq("127.0.0.1", port, insecure=True, backend=backend) as exact_viewer):
                 pq: asyncio.Queue = asyncio.Queue()
                 publisher.handler = lambda _c, e: pq.put_nowait(e)
                 announced = publisher.session.publish_namespace(("live", "cam1"), authorization=JWT)
                 publisher.flush()
                 assert (await events_until(pq, ev.RequestAccepted))[0].request_id == announced
                 vq: asyncio.Queue = asyncio.Queue()
-                viewer.handler = lambda _c, e: vq.put_nowait(e)
+                viewer.handler = exact_viewer.handler = lambda c, e: vq.put_nowait((c is viewer, e))
                 wide = viewer.session.subscribe_namespace(("live",))
-                exact = viewer.session.subscribe_namespace(("live", "cam1"))
+                exact = exact_viewer.session.subscribe_namespace(("live", "cam1"))
                 viewer.flush()
+                exact_viewer.flush()
                 got = await events_until(vq, ev.NamespaceReceived, 2)
-                assert sorted((e.request_id, e.suffix, e.namespace) for e in got) == sorted(
-                    [(wide, ("cam1",), ("live", "cam1")), (exact, (), ("live", "cam1"))])
+                assert sorted((wide_one, e.request_id, e.suffix, e.namespace) for wide_one, e in got) == sorted(
+                    [(True, wide, ("cam1",), ("live", "cam1")), (False, exact, (), ("live", "cam1"))])
                 publisher.session.publish_namespace_done(announced)
                 publisher.flush()
                 done = await events_until(vq, ev.NamespaceDoneReceived, 2)
-                assert {e.namespace for e in done} == {("live", "cam1")}
+                assert {e.namespace for _, e in done} == {("live", "cam1")}
 
 
 async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_token_is_no_moq_token(tmp_path):

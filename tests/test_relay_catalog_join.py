@@ -107,6 +107,7 @@ async def test_a_subscriber_that_does_not_fetch_gets_the_current_catalog_from_th
         await until(lambda: len([e for e in got if isinstance(e, ev.ObjectReceived)]) >= 2, 10, "a frame")
         late: list = []  # a later subscriber is served from the relay's cache
         viewer.handler = lambda _c, e: late.append(e)
+        viewer.session.unsubscribe(catalog_rid)  # (one subscription per track and session: draft 16)
         viewer.session.subscribe(("live", "x"), CATALOG_TRACK)
         viewer.flush()
         await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in late), 10, "the cached catalog")

@@ -47,8 +47,10 @@ def test_a_subscriber_its_fanout_let_go_has_its_session_closed_and_is_forgotten(
                            close_session=lambda code, reason: closed.append((code, reason)))
     healthy = SimpleNamespace(failed=None, stalled_since=None)
     failed = SimpleNamespace(failed="ConnectionError: set_stream_priority: cnx not open", stalled_since=None)
-    relay._subs[(id(conn), 3)] = SimpleNamespace(conn=conn, request_id=3, sub=failed, label="live/x/video")
-    relay._subs[(id(conn), 5)] = SimpleNamespace(conn=conn, request_id=5, sub=healthy, label="live/x/audio")
+    relay._subs[(id(conn), 3)] = SimpleNamespace(conn=conn, request_id=3, sub=failed, label="live/x/video",
+                                                 name=(("live", "x"), "video"))
+    relay._subs[(id(conn), 5)] = SimpleNamespace(conn=conn, request_id=5, sub=healthy, label="live/x/audio",
+                                                 name=(("live", "x"), "audio"))
     relay.drop_failed()
     assert closed == [(SessionError.INTERNAL_ERROR, "delivery failed")]
     assert list(relay._subs) == [(id(conn), 5)]  # the rest goes when its SessionClosed arrives

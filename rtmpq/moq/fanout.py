@@ -44,6 +44,7 @@ from typing import Protocol
 from ..media.frames import Frame
 from .group_cache import GroupCache
 from .loc import frame_extensions
+from .wire import EXT_DELIVERY_TIMEOUT, EXT_MAX_CACHE_DURATION
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -415,7 +416,7 @@ class TrackFanout:
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
         # a relayed track's Track Extensions (its publisher's latest set), passed on unchanged
-        self.track_extensions: dict = {}
+        self._track_extensions: dict = {}
         # read by metrics: objects and bytes in, bytes handed to subscribers' sessions, groups
         # dropped for subscribers past their budget
         self.objects_received = 0
@@ -423,8 +424,27 @@ class TrackFanout:
         self.bytes_sent = 0
         self.groups_dropped = 0
 
+    @property
+    def track_extensions(self) -> dict:
+        return self._track_extensions
+
+    @track_extensions.setter
+    def track_extensions(self, extensions: dict) -> None:
+        """A relayed track's Track Extensions: its MAX_CACHE_DURATION (ms) bounds what the cache
+        serves (a MUST NOT in draft 16), the rest is passed on."""
+        self._track_extensions = extensions
+        ms = extensions.get(EXT_MAX_CACHE_DURATION)
+        self.cache.max_object_age = ms / 1000 if isinstance(ms, int) else None
+
+    def delivery_timeout(self, asked: float) -> float:
+        """A subscription's delivery timeout: ``asked`` (the subscriber's, else the relay's), or the
+        track's DELIVERY_TIMEOUT extension if smaller (draft 16: "the endpoints use the min")."""
+        ms = self._track_extensions.get(EXT_DELIVERY_TIMEOUT)
+        return min(asked, ms / 1000) if isinstance(ms, int) and ms > 0 else asked
+
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
+        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         self._set_live_from(sub)
@@ -449,6 +469,7 @@ class TrackFanout:
         ``sub.last_group``) at once, then live ones. A start older than the cache starts at what is
         cached (draft 16 answers a SUBSCRIBE with objects from now on; older ones are FETCHed).
         At most the newest MAX_GROUPS_IN_FLIGHT cached groups: more would reset each other."""
+        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         sub.groups_in_order = self.ends_groups_on_newer
@@ -528,6 +549,7 @@ class TrackFanout:
         sub.start_group, sub.start_object = group_id, from_object
         if sub not in self.subscribers:
             return  # not delivered to yet (FORWARD=0): it starts there once it is
+        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
         try:
             if group is not None:

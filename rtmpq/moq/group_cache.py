@@ -12,6 +12,12 @@ downstream): each object keeps its Subgroup ID, its subgroup's publisher priorit
 flag (a cache MUST store all properties of an object), and the group which of its subgroups ended,
 so a late subscriber or a FETCH gets them as they came. An in-process broadcast's groups are one
 subgroup, 0: its frames carry nothing more per frame for that (issue 12).
+
+A relayed track's MAX_CACHE_DURATION (draft 16, a Track Extension: "the relay MUST NOT start
+forwarding any individual Object ... after the specified number of milliseconds has elapsed since
+the beginning of the Object was received") is ``max_object_age``: a group whose first object
+came longer ago than that is no longer served (``expire``), as one too big to cache; its state is
+unknown, and a FETCH of it goes to the track's source (relay.py).
 """
 
 import bisect
@@ -81,6 +87,7 @@ class CachedGroup:
     truncated: bool = False  # objects were not all cached (too big): cannot serve from object 0
     ended: set[int] | None = None  # subgroups whose stream ended while the group goes on (End of Group, FIN)
     subgroups: bool = False  # objects of a subgroup other than 0 came (see ``GroupCache.add``)
+    expired: bool = False  # dropped for the track's MAX_CACHE_DURATION (truncated too)
 
 
 def _object_id(obj) -> int:
@@ -93,6 +100,8 @@ class GroupCache:
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.max_groups = max_groups
+        # seconds an object may be served for after it came (the track's MAX_CACHE_DURATION), or None
+        self.max_object_age: float | None = None
         self._groups: OrderedDict[int, CachedGroup] = OrderedDict()
         self.size = 0
         # start time of the oldest group while another is held (else None): what ``add`` checks
@@ -191,8 +200,25 @@ class GroupCache:
             group.size = 0
 
     def expire(self, now: float) -> None:
-        """Evict by age (call from a timer: a stalled track must not hold memory forever)."""
+        """Evict by age (call from a timer: a stalled track must not hold memory forever), and
+        stop serving the groups past ``max_object_age`` (call before serving from the cache, too:
+        the draft's MUST NOT holds between two timer calls)."""
         self._evict(now)
+        limit = self.max_object_age
+        if limit is not None:
+            for group in self._groups.values():
+                if now - group.started <= limit:
+                    break  # newer groups began later still
+                if not group.expired:
+                    # its first object is past the limit; the group is only served from object 0
+                    # (a FETCH would have a hole): all of it goes, later objects are not cached
+                    self.drop(group.group_id)
+                    group.expired = True
+
+    def expired_in(self, start: tuple[int, int], end: tuple[int, int]) -> bool:
+        """Whether a group from ``start`` to ``end`` (exclusive; object 0: all of the end group)
+        was dropped for ``max_object_age`` and is still remembered here."""
+        return any(g.expired for g in self._groups.values() if start[0] <= g.group_id <= end[0])
 
     def latest(self) -> CachedGroup | None:
         """The newest group that can be served from its first object, or None."""

@@ -43,7 +43,7 @@ from .catalog_join import CATALOG_FETCH_WAIT
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
-from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription
+from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, Subscriptions
 from .session import PARTIAL_OBJECT_TIMEOUT
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
@@ -157,7 +157,7 @@ class MoqRelay:
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
         self._sources: dict[str, BroadcastSource] = {}
-        self._subs: dict[tuple[int, int], Subscription] = {}  # (id(conn), request id)
+        self._subs = Subscriptions()  # (id(conn), request id) -> Subscription
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
         self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
@@ -170,6 +170,8 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
+        # id(conn) -> {stream id: prefix} of those: a new one is checked against its session's alone
+        self._ns_prefixes: dict[int, dict[int, tuple[str, ...]]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
         # joining FETCHes of a SUBSCRIBE still waiting (for the track upstream, or a new local
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
@@ -414,6 +416,14 @@ class MoqRelay:
         name = "/".join(event.namespace)
         if self._denied(conn, event, self.access.may_subscribe, name):
             return
+        if self._subscribed(conn, event.namespace, event.track_name):
+            # draft 16 "Subscriptions": one subscription per track and role on a session; a second
+            # (its SUBSCRIBE still pending or accepted, or our PUBLISH of it) MUST be failed so
+            conn.session.request_error(event.request_id, RequestError.DUPLICATE_SUBSCRIPTION,
+                                       "this session already subscribes to the track")
+            log.info("%s: second subscription to %s refused (DUPLICATE_SUBSCRIPTION)", conn.peer,
+                     _label(event.namespace, event.track_name))
+            return
         source = self._local_source(name)
         added = self._tracks.get((event.namespace, event.track_name))
         if source is not None and added is not None and added.alias is not None:
@@ -463,6 +473,16 @@ class MoqRelay:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such track")
                 conn.flush()
 
+    def _subscribed(self, conn: MoqConnection, namespace: tuple[str, ...], track: str) -> bool:
+        """Whether ``conn`` has a subscription to that track here: accepted, waiting for the track
+        (upstream or a new local one), or a PUBLISH of ours to it."""
+        if self._subs.of_track(conn, namespace, track) is not None:
+            return True
+        upstream = self._tracks.get((namespace, track))
+        source = self._sources.get("/".join(namespace))
+        waiting = (*(upstream.waiting if upstream is not None else ()), *(source.waiting if source is not None else ()))
+        return any(c is conn and r.track_name == track and r.namespace == namespace for c, r in waiting)
+
     def _publisher_for(self, namespace: tuple[str, ...]) -> MoqConnection | None:
         for length in range(len(namespace), 0, -1):  # the longest published prefix wins
             entry = self._published.get(namespace[:length])
@@ -482,6 +502,7 @@ class MoqRelay:
 
     def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout,
                 upstream: UpstreamTrack | None = None) -> None:
+        fanout.cache.expire(time.monotonic())  # nothing past the track's MAX_CACHE_DURATION starts it
         largest = fanout.cache.largest
         # a track just subscribed upstream: nothing is here yet, but the publisher above said what
         # it has (a joining FETCH of this subscription is then passed up there)
@@ -505,7 +526,8 @@ class MoqRelay:
                 event = replace(event, start=start)
                 start_group = start[0]
         alias = self._new_alias(conn)
-        timeout = event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms else self.delivery_timeout
+        timeout = fanout.delivery_timeout(event.delivery_timeout_ms / 1000 if event.delivery_timeout_ms
+                                          else self.delivery_timeout)
         conn.session.subscribe_ok(event.request_id, alias, largest, extensions=fanout.track_extensions)
         s = self._attach(conn, event.request_id, alias, event.namespace, event.track_name, fanout, timeout,
                          start_group, event)
@@ -522,7 +544,8 @@ class MoqRelay:
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
-        s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink)
+        s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink,
+                                                              (namespace, track))
         s.forward = forward
         if request is not None:
             s.filter_type, s.forward = request.filter_type, request.forward
@@ -530,6 +553,7 @@ class MoqRelay:
                 sub.start_object, sub.last_group = request.start[1], request.end_group
         self._wake_tick()  # from now on budgets are checked every CHECK_INTERVAL
         if fanout.ended:
+            del self._subs[(id(conn), request_id)]  # over at once (a new SUBSCRIBE to the track is no duplicate)
             conn.session.publish_done(request_id, PublishDoneStatus.TRACK_ENDED, 0, "the track has ended")
             return s
         if s.forward:
@@ -551,16 +575,26 @@ class MoqRelay:
     def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, upstream: UpstreamTrack,
                     forward: bool) -> None:
         """PUBLISH a relayed track to a namespace subscriber that asked for tracks; ``forward``: the
-        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE)."""
+        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE). Not to a session
+        that subscribes to the track already: it would be a second subscription (draft 16)."""
+        if self._subscribed(conn, namespace, track):
+            return
         alias = self._new_alias(conn)
         rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=upstream.fanout.track_extensions)
-        self._attach(conn, rid, alias, namespace, track, upstream.fanout, self.delivery_timeout, forward=forward)
+        self._attach(conn, rid, alias, namespace, track, upstream.fanout, upstream.fanout.delivery_timeout(self.delivery_timeout),
+                     forward=forward)
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
         if s is not None:
             s.fanout.unsubscribe(s.sub)
             conn.session.publish_done(event.request_id, PublishDoneStatus.SUBSCRIPTION_ENDED, s.sink.streams_opened)
+            return
+        # a SUBSCRIBE still waiting (for its track upstream, or a new local one) is withdrawn: it is
+        # not accepted later, and a new SUBSCRIBE of the track is no duplicate
+        self._held_fetches.pop((id(conn), event.request_id), None)
+        for holder in (*self._tracks.values(), *self._sources.values()):
+            holder.waiting = [(c, r) for c, r in holder.waiting if c is not conn or r.request_id != event.request_id]
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
@@ -604,6 +638,17 @@ class MoqRelay:
                 if s.sub.start_group == s.largest[0] + 1:
                     fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
                 return
+        fanout.cache.expire(time.monotonic())
+        source = self._tracks.get((event.namespace, event.track_name) if event.fetch_type == FETCH_STANDALONE else s.name)
+        if fanout.cache.expired_in(start, end) and source is not None and source.fanout is fanout \
+                and source.conn is not None and not source.conn.session.closed:
+            # objects past the track's MAX_CACHE_DURATION, not served from here: "a relay that
+            # handles a downstream request that includes those Objects re-requests them" (draft 16)
+            self._fetch_upstream(conn, replace(event, fetch_type=FETCH_STANDALONE, namespace=source.namespace,
+                                               track_name=source.track, start=start, end=end), source.conn)
+            if event.fetch_type != FETCH_STANDALONE and s.sub.start_group == s.largest[0] + 1:
+                fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
+            return
         try:
             plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
         except FetchRangeError as exc:
@@ -786,9 +831,21 @@ class MoqRelay:
     def _on_NamespaceSubscribeRequested(self, conn: MoqConnection, event: ev.NamespaceSubscribeRequested) -> None:
         if self._denied(conn, event, self.access.may_list, "/".join(event.prefix)):
             return
+        prefixes = self._ns_prefixes.setdefault(id(conn), {})
+        for prefix in prefixes.values():
+            n = min(len(prefix), len(event.prefix))
+            if prefix[:n] == event.prefix[:n]:
+                # draft 16 SUBSCRIBE_NAMESPACE: a prefix that one of the session's begins with, or
+                # that begins with one of them, MUST get PREFIX_OVERLAP (what they match overlaps)
+                conn.session.namespace_subscription_error(event.stream_id, event.request_id, RequestError.PREFIX_OVERLAP,
+                                                          f"overlaps the namespace subscription {_label(prefix)}")
+                log.info("%s: SUBSCRIBE_NAMESPACE %s refused (PREFIX_OVERLAP with %s)", conn.peer,
+                         _label(event.prefix), _label(prefix))
+                return
         conn.session.namespace_subscription_ok(event.stream_id, event.request_id)
         wants_namespaces = event.options in (NAMESPACE_OPTION_NAMESPACE, NAMESPACE_OPTION_BOTH)
         wants_tracks = event.options in (NAMESPACE_OPTION_PUBLISH, NAMESPACE_OPTION_BOTH)
+        prefixes[event.stream_id] = event.prefix
         self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks,
                                                              event.forward)
         if wants_namespaces:
@@ -802,6 +859,7 @@ class MoqRelay:
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
+        self._ns_prefixes.get(id(conn), {}).pop(event.stream_id, None)
 
     # -- upstream answers -----------------------------------------------------------------------
     def _on_SubscribeAccepted(self, conn: MoqConnection, event: ev.SubscribeAccepted) -> None:
@@ -897,6 +955,15 @@ class MoqRelay:
             conn.session.publish_ok(event.request_id)
             self._update_forward()  # its subscribers are waiting: ask for objects now
             return
+        if existing is not None and existing.conn is conn and not existing.pushed and existing.alias is None:
+            self._take_crossing_publish(existing, conn, event)
+            return
+        if existing is not None and existing.conn is conn:
+            # this session already publishes it to us, or we subscribed to it there: a second
+            # subscription with the same role (draft 16 "Subscriptions")
+            conn.session.request_error(event.request_id, RequestError.DUPLICATE_SUBSCRIPTION,
+                                       "this session already has a subscription to the track")
+            return
         local = self._local_source("/".join(event.namespace))
         if existing is not None or (local is not None and event.track_name in local.fanouts):
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
@@ -913,6 +980,29 @@ class MoqRelay:
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
                 self._publish_to(other, event.namespace, event.track_name, upstream, forward)
                 other.flush()
+
+    def _take_crossing_publish(self, upstream: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
+        """``conn`` PUBLISHes the track our SUBSCRIBE there still waits an answer for. Draft 16
+        ("Subscriptions"): a subscriber that gets a PUBLISH for a track with a subscription in the
+        Pending (Subscriber) state "MUST ensure the subscription it initiated transitions to the
+        Terminated state before sending PUBLISH_OK": UNSUBSCRIBE ours, then take the PUBLISH (an
+        answer to ours that crosses the UNSUBSCRIBE is then nobody's and ignored)."""
+        self._by_request.pop((id(conn), upstream.request_id), None)
+        conn.session.unsubscribe(upstream.request_id)
+        upstream.pushed = True
+        upstream.request_id, upstream.alias = event.request_id, event.track_alias
+        upstream.on_demand, upstream.forward = not event.forward, event.forward
+        upstream.fanout.track_extensions = event.extensions
+        self._by_request[(id(conn), event.request_id)] = upstream
+        self._by_alias[(id(conn), event.track_alias)] = upstream
+        conn.session.publish_ok(event.request_id)
+        log.info("%s: publishes track %s (our SUBSCRIBE there, unanswered, withdrawn)", conn.peer,
+                 _label(event.namespace, event.track_name))
+        waiting, upstream.waiting = upstream.waiting, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._accept(sub_conn, request, upstream.fanout, upstream)
+                sub_conn.flush()
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
@@ -1178,8 +1268,8 @@ class MoqRelay:
         for key in [k for k in self._subs if k[0] == id(conn)]:
             s = self._subs.pop(key)
             s.fanout.subscribers.discard(s.sub)
-        for key in [k for k in self._ns_subscribers if k[0] == id(conn)]:
-            del self._ns_subscribers[key]
+        for stream_id in self._ns_prefixes.pop(id(conn), ()):
+            self._ns_subscribers.pop((id(conn), stream_id), None)
         for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
             del self._fetch_streams[key]
         for key in [k for k in self._held_fetches if k[0] == id(conn)]:

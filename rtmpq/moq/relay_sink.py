@@ -140,9 +140,10 @@ class InProcessSink:
 
 class Subscription:
     def __init__(self, conn: MoqConnection, request_id: int, fanout: TrackFanout, label: str,
-                 sub: TrackSubscription, sink: ConnectionSink) -> None:
+                 sub: TrackSubscription, sink: ConnectionSink, name: tuple = ((), "")) -> None:
         self.conn = conn
         self.request_id = request_id
+        self.name = name  # (namespace, track)
         self.fanout = fanout
         self.label = label
         self.sub = sub
@@ -154,3 +155,35 @@ class Subscription:
         self.largest: tuple[int, int] | None = None
         self.upstream = None  # the UpstreamTrack whose publisher told that Largest Location (nothing was here yet)
 
+
+class Subscriptions(dict):
+    """The relay's subscriptions by (id(conn), request id), SUBSCRIBEs it accepted and PUBLISHes it
+    sent alike, and which tracks each session has one of: draft 16 ("Subscriptions") allows one
+    subscription per track and role on a session, a second is refused with DUPLICATE_SUBSCRIPTION.
+    Kept by ``[]=``, ``del`` and ``pop``, the only ways the relay changes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tracks: dict[tuple, int] = {}  # (id(conn), namespace, track) -> request id
+
+    def __setitem__(self, key: tuple[int, int], s: Subscription) -> None:
+        super().__setitem__(key, s)
+        self._tracks[(key[0], *s.name)] = key[1]
+
+    def __delitem__(self, key: tuple[int, int]) -> None:
+        self._forget(key, self[key])
+        super().__delitem__(key)
+
+    def pop(self, key: tuple[int, int], *default):
+        if key in self:
+            self._forget(key, self[key])
+        return super().pop(key, *default)
+
+    def _forget(self, key: tuple[int, int], s: Subscription) -> None:
+        name = (key[0], *s.name)
+        if self._tracks.get(name) == key[1]:
+            del self._tracks[name]
+
+    def of_track(self, conn: MoqConnection, namespace: tuple[str, ...], track: str) -> int | None:
+        """The request id of ``conn``'s subscription to that track here, or None."""
+        return self._tracks.get((id(conn), namespace, track))

@@ -149,6 +149,11 @@ EXT_PRIOR_OBJECT_ID_GAP = 0x3E
 # inherits; DEFAULT_PUBLISHER_PRIORITY when the track has none
 EXT_DEFAULT_PUBLISHER_PRIORITY = 0x0E
 DEFAULT_PUBLISHER_PRIORITY = 128
+# Track extensions (d16 "DELIVERY TIMEOUT", "MAX CACHE DURATION"), milliseconds: the publisher's
+# delivery timeout (a subscription uses the smaller of it and its own) and how long after it came
+# a relay may start forwarding an object
+EXT_DELIVERY_TIMEOUT = 0x02
+EXT_MAX_CACHE_DURATION = 0x04
 KNOWN_MESSAGE_PARAMS = frozenset({
     PARAM_DELIVERY_TIMEOUT, PARAM_AUTHORIZATION_TOKEN, PARAM_EXPIRES, PARAM_LARGEST_OBJECT, PARAM_FORWARD,
     PARAM_SUBSCRIBER_PRIORITY, PARAM_SUBSCRIPTION_FILTER, PARAM_GROUP_ORDER, PARAM_NEW_GROUP_REQUEST,
@@ -796,7 +801,7 @@ def _check_values(pairs: dict, table: dict, what: str) -> dict:
 # Values a Track Extension may take (draft 16 "Extension Headers": any other closes the session
 # with PROTOCOL_VIOLATION); the others are carried as they come.
 _TRACK_EXTENSION_VALUES = {
-    0x02: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),
+    EXT_DELIVERY_TIMEOUT: ("DELIVERY_TIMEOUT", range(1, LARGEST_VARINT + 1)),
     EXT_DEFAULT_PUBLISHER_PRIORITY: ("DEFAULT_PUBLISHER_PRIORITY", range(256)),
     0x22: ("DEFAULT_PUBLISHER_GROUP_ORDER", (GROUP_ORDER_ASCENDING, GROUP_ORDER_DESCENDING)),
     0x30: ("DYNAMIC_GROUPS", (0, 1)),
