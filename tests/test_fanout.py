@@ -907,3 +907,19 @@ def test_a_cut_group_is_reset_only_after_what_was_written_arrived_or_its_budget_
     fanout.check(2.01)  # the objects' budget is over: a stalled subscriber does not hold it
     assert [s["state"] for s in stalled.streams.values()] == [("reset", 0x3)]
     assert not any(sub.in_flight for sub in fanout.subscribers)
+
+
+def test_a_second_reset_from_upstream_of_a_cut_group_still_waits_for_what_was_written():
+    """Through a relay: the group's stream is reset upstream twice (a header-alone stream after a
+    premature reset, say): the second reset does not cut short the wait for the first."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink, delivery_timeout=30.0), 0.0)
+    publish_gop(fanout, 0, 5, 0.0)
+    fanout.reset_group(0, 0x3)
+    fanout.reset_group(0, 0x3)
+    fanout.check(0.1)
+    assert [(s["objects"], s["state"]) for s in sink.streams.values()] == [(list(range(5)), "open")]
+    sink.drain()
+    fanout.check(0.2)
+    assert [s["state"] for s in sink.streams.values()] == [("reset", 0x3)]

@@ -793,8 +793,8 @@ async def test_a_rung_ends_with_the_source_s_last_frame_when_the_publisher_leave
 async def test_with_no_grace_period_a_rung_still_ends_with_the_source_s_last_frame(tmp_path):
     """`[publish] grace_period = 0`: the broadcast ends with its publisher. Found by a colleague:
     it ended before the transcoder had encoded the pictures its decoder held back (2 with
-    ffmpeg's -bf 2), and the broadcast took no more rung frames: the 180p rung had 88 of the
-    source's 90. Now the broadcast's end waits for the transcoder's flush (at most
+    ffmpeg's -bf 2) and its rung had encoded what it was given, and the broadcast took no more
+    rung frames: the 180p rung had 86 of the source's 90. Now the broadcast's end waits for the transcoder's flush (at most
     ``RENDITION_FLUSH_TIMEOUT``)."""
     ref = str(tmp_path / "ref.flv")
     async with rung_watched(tmp_path, "180p", "nograce", "video-180p", grace_period=0.0) as (n, url, got):

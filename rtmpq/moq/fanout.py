@@ -255,6 +255,8 @@ class TrackSubscription:
         while signaling that other Objects might exist"; neither QUIC library offers RESET_STREAM_AT
         on raw QUIC, so the relay waits for the acknowledgements instead). A stream whose FIN
         went out already is reset at once, as before (the FIN said it was whole)."""
+        if s.cut is not None:
+            return  # cut already (a second reset of the group from upstream): it waits as it was
         if s.complete and not s.fin_held:
             self._drop_stream(g, s, code)
             return
