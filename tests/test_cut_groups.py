@@ -24,7 +24,7 @@ from rtmpq.moq import transport
 from rtmpq.moq.client import SkippedGroup, fetch_track, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import LARGEST_VARINT, StreamResetCode
-from rtmpq.netem import ImpairmentProxy
+from rtmpq.netem import Impairment, ImpairmentProxy
 
 from .conftest import need, relay_below, start_up_node, until
 from .publishers import AUDIO_ENCODE, VIDEO_ENCODE
@@ -174,4 +174,70 @@ async def test_a_relay_above_lost_without_a_word_mid_gop_is_a_skipped_group_belo
             await stop(viewer)
         publisher.kill()
         await publisher.wait()
+        await node.close()
+
+
+# A link slower than the publish (400k video + 64k audio): a subscriber behind it is seconds
+# behind the relay, and the relay holds what it wrote for it but could not send yet. The small
+# bottleneck queue keeps that backlog in the relay rather than in flight.
+SLOW_LINK = Impairment(delay_ms=20, rate_bps=300_000, queue_bytes=16 * 1024)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscriber_behind_gets_all_the_relay_took_of_a_cut_group_and_then_the_reset(tmp_path, backend):
+    """Found by a colleague: the cut group's streams were reset at once, and a reset makes QUIC
+    discard what the relay had written but the subscriber had not yet received, so a subscriber
+    behind (a slow link) lost most of what the relay had taken of the group (1 to 3 of 11-12
+    video frames arrived). Now the
+    reset waits until what was written is acknowledged (MoQT d16, "Closing Subgroup Streams":
+    what RESET_STREAM_AT with the reliable size at the last object would do), directly and
+    through a relay below."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, backend, grace_period=30.0)
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{NAME}"
+    accepted: list[Frame] = []  # what the relay took from the publisher, as its MoQ side reads it
+
+    def take(event) -> None:
+        if type(event) is Frame:
+            accepted.append(event)
+
+    publisher = broadcast = None
+    viewers: list[Viewer] = []
+    try:
+        async with ImpairmentProxy(target=node.moq_address, down=SLOW_LINK) as proxy, \
+                relay_below(tmp_path, backend, node.moq_address[1]) as port_b, \
+                ImpairmentProxy(target=("127.0.0.1", port_b), down=SLOW_LINK) as proxy_b:
+            # a budget that lets them be behind without losing a group for it
+            viewers += [Viewer(port, backend, delivery_timeout_ms=30_000) for port in (proxy.port, proxy_b.port)]
+            publisher = await spawn(publish_args(url))
+            broadcast = await node.registry.wait_for(NAME, 10)
+            broadcast.listen(take)
+
+            def taken(track: str, group: int) -> list[int]:
+                return [f.index for f in accepted if f.track == track and f.group == group]
+
+            await until(lambda: any(f.track == VIDEO and f.group >= 1 and 10 <= f.index < 20 for f in accepted)
+                        or viewers[0].check(), what="the relay some way into a group")
+            os.kill(publisher.pid, signal.SIGKILL)  # the encoder dies mid-GoP
+            await publisher.wait()
+            cut = max(f.group for f in accepted if f.track == VIDEO)
+            behind = [len(taken(VIDEO, cut)) - len(v.video(cut)) for v in viewers]
+            assert all(n > 0 for n in behind), behind  # (the premise: they had not got it all yet)
+
+            for v in viewers:
+                await until(lambda: (v.skip(VIDEO) and v.skip(AUDIO)) or v.check(), deadline=30,
+                            what="the cut group reported skipped")
+                assert {(s.track, s.group, s.code) for s in v.skipped} == {
+                    (VIDEO, cut, StreamResetCode.SESSION_CLOSED), (AUDIO, cut, StreamResetCode.SESSION_CLOSED)}
+                for track in (VIDEO, AUDIO):  # every object the relay took of it, then the reset
+                    got = [f.index for f in v.frames if f.track == track and f.group == cut]
+                    assert got == taken(track, cut), (track, len(got), len(taken(track, cut)), behind)
+                assert len(taken(VIDEO, cut)) < GOP
+    finally:
+        if broadcast is not None:
+            broadcast.unlisten(take)
+        await stop(*viewers)
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
         await node.close()

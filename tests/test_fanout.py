@@ -241,6 +241,8 @@ def test_a_group_the_source_skips_is_signalled_to_every_subscriber_cut_short_or_
     publish_gop(fanout, 0, 30, 0.0)
     publish_gop(fanout, 1, 5, 1.0)
     fanout.skip_group(1, RESET_DELIVERY_TIMEOUT, 1.1)  # cut short after 5 objects
+    early.drain()  # (its reset waits for what was written to arrive)
+    fanout.check(1.2)
     fanout.skip_group(2, RESET_DELIVERY_TIMEOUT, 2.0)  # never begun
     publish_gop(fanout, 3, 30, 3.0)
     states = {s["group"]: (s["objects"], s["state"]) for s in early.streams.values()}
@@ -263,6 +265,8 @@ def test_an_upstream_group_reset_with_nothing_sent_is_passed_on_as_skipped():
     fanout.reset_group(1, RESET_DELIVERY_TIMEOUT)  # nothing of group 1 came
     publish_gop(fanout, 2, 3, 2.0)
     fanout.reset_group(2, RESET_DELIVERY_TIMEOUT)
+    sink.drain()  # (the reset of what was written waits for it to arrive)
+    fanout.check(2.1)
     assert [(s["group"], s["objects"], s["state"]) for s in sink.streams.values()] == [
         (0, list(range(10)), "fin"), (1, [], ("reset", RESET_DELIVERY_TIMEOUT)),
         (2, [0, 1, 2], ("reset", RESET_DELIVERY_TIMEOUT))]
@@ -816,6 +820,8 @@ def test_an_upstream_reset_of_one_subgroup_resets_that_stream_alone():
     publish_layers(fanout, 0, range(6), 0.0)
     fanout.reset_group(0, 0x5, subgroup=1)
     publish_layers(fanout, 0, range(6, 9), 0.1)
+    sink.drain()  # (the reset of what was written waits for it to arrive)
+    fanout.check(0.2)
     streams = by_subgroup(sink, 0)
     assert streams[1]["state"] == ("reset", 0x5) and streams[1]["objects"] == [1, 4]
     assert streams[0]["objects"] == [0, 3, 6] and streams[2]["objects"] == [2, 5, 8]
@@ -846,6 +852,8 @@ def test_a_group_cut_short_by_its_lost_source_is_reset_and_no_longer_served_whol
     sink = FakeSink()
     fanout.subscribe(TrackSubscription(sink, delivery_timeout=30.0), 2.0)
     fanout.cut_open_groups(0x3)
+    sink.drain()  # (the reset waits for what was written to arrive: next test)
+    fanout.check(2.1)
     [cut] = sink.streams.values()
     assert cut["group"] == 1 and cut["state"] == ("reset", 0x3)
     assert [g.group_id for g in fanout.cache.groups_from(0)] == [0]  # the cut group is not served
@@ -868,6 +876,50 @@ def test_a_relayed_group_still_open_upstream_is_cut_and_one_that_ended_keeps_its
         publish_gop(fanout, group, 3, 0.1 * group)
     fanout.end_group(2)
     fanout.cut_open_groups(0x3, [0, 1])
+    sink.drain()
+    fanout.check(0.3)
     states = {s["group"]: s["state"] for s in sink.streams.values()}
     assert states == {0: ("reset", 0x3), 1: ("reset", 0x3), 2: "fin"}
     assert [g.group_id for g in fanout.cache.groups_from(0)] == [2]
+
+
+def test_a_cut_group_is_reset_only_after_what_was_written_arrived_or_its_budget_ended():
+    """A subscriber that is behind when the source is lost mid-group: a reset at once would make
+    QUIC discard the objects written but not yet delivered to it. The reset waits until they are
+    acknowledged (nothing more of the group is sent meanwhile, and no FIN); a subscriber that
+    takes nothing more has it reset when the budget of its objects ends."""
+    fanout = TrackFanout()
+    behind, stalled, caught_up = FakeSink(), FakeSink(), FakeSink()
+    for sink in (behind, stalled, caught_up):
+        fanout.subscribe(TrackSubscription(sink, delivery_timeout=2.0), 0.0)
+    publish_gop(fanout, 0, 20, 0.0)
+    caught_up.drain()
+    fanout.cut_open_groups(0x3)
+    assert [s["state"] for s in caught_up.streams.values()] == [("reset", 0x3)]  # nothing owed: at once
+    fanout.publish_object(0, 20, b"x", None, 0.1)  # (nothing more of a cut group goes out)
+    for t in (0.1, 0.5, 1.0):
+        fanout.check(t)
+        assert [(s["objects"], s["state"]) for s in behind.streams.values()] == [(list(range(20)), "open")]
+    behind.drain()  # its last objects are acknowledged
+    fanout.check(1.05)
+    assert [s["state"] for s in behind.streams.values()] == [("reset", 0x3)]
+    assert [s["state"] for s in stalled.streams.values()] == ["open"]
+    fanout.check(2.01)  # the objects' budget is over: a stalled subscriber does not hold it
+    assert [s["state"] for s in stalled.streams.values()] == [("reset", 0x3)]
+    assert not any(sub.in_flight for sub in fanout.subscribers)
+
+
+def test_a_second_reset_from_upstream_of_a_cut_group_still_waits_for_what_was_written():
+    """Through a relay: the group's stream is reset upstream twice (a header-alone stream after a
+    premature reset, say): the second reset does not cut short the wait for the first."""
+    fanout = TrackFanout(ends_groups_on_newer=False)
+    sink = FakeSink()
+    fanout.subscribe(TrackSubscription(sink, delivery_timeout=30.0), 0.0)
+    publish_gop(fanout, 0, 5, 0.0)
+    fanout.reset_group(0, 0x3)
+    fanout.reset_group(0, 0x3)
+    fanout.check(0.1)
+    assert [(s["objects"], s["state"]) for s in sink.streams.values()] == [(list(range(5)), "open")]
+    sink.drain()
+    fanout.check(0.2)
+    assert [s["state"] for s in sink.streams.values()] == [("reset", 0x3)]

@@ -701,13 +701,13 @@ async def test_a_publisher_back_at_another_size_gets_rungs_of_that_size(tmp_path
 
 
 @contextlib.asynccontextmanager
-async def rung_watched(tmp_path, ladder: str, name: str, track: str | None):
-    """`rtmpq up --ladder LADDER` in this process (a broadcast outlives its publisher by 3 s) and a
-    MoQ subscriber of the rung ``track`` of ``live/<name>`` from before the first publish:
+async def rung_watched(tmp_path, ladder: str, name: str, track: str | None, grace_period: float = 3.0):
+    """`rtmpq up --ladder LADDER` in this process (a broadcast outlives its publisher by
+    ``grace_period``, 3 s) and a MoQ subscriber of the rung ``track`` of ``live/<name>`` from before the first publish:
     (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
     all of it once the block is over and the broadcast ended. ``track`` None: no subscriber."""
-    n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0,
-                                                                                   rung_queue_frames=120)))
+    n = UpNode(local_config(tmp_path, grace_period=grace_period,
+                            transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0, rung_queue_frames=120)))
     await n.start()
     got: dict = {}
     sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got) if track else asyncio.sleep(0))
@@ -788,6 +788,22 @@ async def test_a_rung_ends_with_the_source_s_last_frame_when_the_publisher_leave
     # or on a busy host group 1): whole groups to the source's last frame
     sizes = group_sizes(ref)
     assert int(probed.split()[0]) in {sum(sizes[i:]) for i in range(len(sizes))}, (probed, sizes)
+
+
+async def test_with_no_grace_period_a_rung_still_ends_with_the_source_s_last_frame(tmp_path):
+    """`[publish] grace_period = 0`: the broadcast ends with its publisher. Found by a colleague:
+    it ended before the transcoder had encoded the pictures its decoder held back (2 with
+    ffmpeg's -bf 2) and its rung had encoded what it was given, and the broadcast took no more
+    rung frames: the 180p rung had 86 of the source's 90. Now the broadcast's end waits for the transcoder's flush (at most
+    ``RENDITION_FLUSH_TIMEOUT``)."""
+    ref = str(tmp_path / "ref.flv")
+    async with rung_watched(tmp_path, "180p", "nograce", "video-180p", grace_period=0.0) as (n, url, got):
+        rc, out = await run_process(ffmpeg_publish_args(url, ref, seconds=3, size="640x360"), 60)
+        assert rc == 0, out
+    frames = got.get("video-180p", [])
+    assert not got.get("skipped") and min(f.group for f in frames) == 0
+    assert len(frames) == video_sent(ref), (len(frames), video_sent(ref))
+    assert [len(g) for _, g in sorted(by_group(frames).items())] == group_sizes(ref)
 
 
 async def test_the_last_rung_group_before_a_publisher_s_gap_is_whole_before_it_returns(tmp_path):

@@ -31,6 +31,10 @@ BROADCAST_MAX_GROUP_BYTES = 24 * 1024 * 1024
 # is a visible gap (players mark a discontinuity) and no frame of the new publish sorts before an
 # old one whatever its tracks' first timestamps.
 SEAM_MIN_GAP_MS = 1000
+# Seconds a broadcast whose publisher left with no grace period still takes the last frames of the
+# tracks a transcoder makes from it (the pictures its decoders held back), at most: it ends as
+# soon as the transcoder says they are out (``renditions_flushed``).
+RENDITION_FLUSH_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,7 @@ class Broadcast:
         self._carried: set[str] | None = None
         self._first_group: int | None = None
         self.expires_at: float | None = None  # ends then unless a publisher returns (registry.expire)
+        self._end_when_flushed = False  # no grace period: it ends once the transcoder's last frames are in
         # tracks made on demand (transcoder rungs): who watches each, and who to tell
         self.demand: dict[str, int] = {}
         self._demand_watchers: list = []
@@ -348,12 +353,24 @@ class Broadcast:
         if self._listeners:  # the relay: it ends (or, cut short, resets) the groups in progress
             self._tell(left)
         if grace_period <= 0:
-            self.end()
-            return
+            if not any(reader.publisher_events for reader in self._readers):
+                self.end()
+                return
+            # a transcoder reads it: its rungs' last frames (the pictures its decoders held back)
+            # come after this, and the broadcast must still take them (renditions_flushed)
+            self._end_when_flushed = True
+            grace_period = RENDITION_FLUSH_TIMEOUT
         self.publishing = False
         self._left_at = now
         self.expires_at = now + grace_period
-        log.info("broadcast %s: publisher left, kept for %g s", safe_name(self.name), grace_period)
+        if not self._end_when_flushed:
+            log.info("broadcast %s: publisher left, kept for %g s", safe_name(self.name), grace_period)
+
+    def renditions_flushed(self) -> None:
+        """The transcoder has passed on the last frames its rungs made after the publisher left:
+        a broadcast with no grace period ends now."""
+        if self._end_when_flushed and not self.publishing:
+            self.end()
 
     def _resume(self) -> None:
         """A new publish continues this broadcast (see the class docstring)."""
@@ -440,6 +457,9 @@ class BroadcastRegistry:
         period ago. Raises StreamNameInUse while a publisher is attached (a takeover ends that
         publish first)."""
         b = self._live.get(name)
+        if b is not None and b._end_when_flushed and not b.publishing:
+            b.end()  # no grace period: a new publish is a new broadcast, even while the old one's rungs end
+            b = None
         if b is not None:
             if b.publishing:
                 raise StreamNameInUse(f"broadcast {safe_name(name)} is already live")

@@ -114,6 +114,9 @@ class _StreamInFlight:
     # the stream must be confirmed within that object's budget
     doubted: float | None = None
     fin_held: bool = False  # ended, its FIN not written yet (in doubt: see the module docstring)
+    # cut short (its source gone mid-subgroup): reset with this code once what was written to it
+    # is delivered, or its objects' budget ends (None: not cut)
+    cut: int | None = None
 
 
 @dataclass(slots=True)
@@ -240,9 +243,28 @@ class TrackSubscription:
         if g is None or g.complete:
             return
         for s in [s for s in g.streams.values() if not s.complete]:
-            self._drop_stream(g, s, code)
+            self._cut_stream(g, s, code)
         if self.in_flight.get(group_id) is g:
             self.end_group(group_id)  # what is left of it had ended: the group is over
+
+    def _cut_stream(self, g: _GroupInFlight, s: _StreamInFlight, code: int) -> None:
+        """End ``s`` short with a reset, after what was written to it: the reset goes once every
+        byte written is acknowledged (``check``), or when its objects' budget ends. A reset at once
+        would make QUIC discard what the subscriber has not received yet, objects the relay had
+        accepted (MoQT d16, "Closing Subgroup Streams": a relay "might send RESET_STREAM_AT with
+        reliable_size set to the last Object it has, so as to reliably deliver the Objects it has
+        while signaling that other Objects might exist"; neither QUIC library offers RESET_STREAM_AT
+        on raw QUIC, so the relay waits for the acknowledgements instead). A stream whose FIN
+        went out already is reset at once, as before (the FIN said it was whole)."""
+        if s.cut is not None:
+            return  # cut already (a second reset of the group from upstream): it waits as it was
+        if s.complete and not s.fin_held:
+            self._drop_stream(g, s, code)
+            return
+        s.complete, s.fin_held, s.cut = True, False, code  # nothing more of it is sent, nor its FIN
+        self._quiet_until = 0.0
+        if not self.sink.ack_doubt() and not self.sink.buffered_bytes(s.handle):
+            self._drop_stream(g, s, code)  # all of it delivered already (an in-process reader)
 
     def end_subgroup(self, group_id: int, subgroup: int) -> None:
         """One subgroup of the group ended (its stream upstream did); the group goes on."""
@@ -295,6 +317,12 @@ class TrackSubscription:
                         self._drop_stream(g, s, RESET_DELIVERY_TIMEOUT)
                         continue
                 if not s.pending:
+                    if s.cut is not None:
+                        # what was written is delivered: the cut can be said now (in doubt, an
+                        # unconfirmed estimate waits for its budget, above: no FIN confirms it)
+                        if s.doubted is None:
+                            self._drop_stream(g, s, s.cut)
+                        continue
                     if s.complete:
                         # everything sent, FIN too. Where acknowledgements are estimated, a hole in
                         # the stream (a copy lost again) can hold the stream's tail back at the
@@ -327,6 +355,8 @@ class TrackSubscription:
             due += [s.doubted for s in streams if s.doubted is not None]
             self._quiet_until = min(now + QUIET_COUNT_INTERVAL,
                                     min(due, default=now + 1e9) + self.delivery_timeout - QUIET_COUNT_INTERVAL)
+            if any(s.cut is not None for s in streams):
+                self._quiet_until = 0.0  # a cut waiting for its acknowledgement is told at the next check
 
     def _late_object_unsent(self, s: _StreamInFlight, deadline: float) -> bool:
         """Whether the newest of ``s``'s objects received before ``deadline`` has bytes not yet
@@ -353,7 +383,7 @@ class TrackSubscription:
             return
         s = g.streams.get(subgroup)
         if s is not None:
-            self._drop_stream(g, s, code)
+            self._cut_stream(g, s, code)
         elif subgroup not in g.closed:
             g.closed.add(subgroup)
             self.sink.reset_group(self.sink.open_group(group_id, subgroup), code)
@@ -371,6 +401,8 @@ class TrackSubscription:
             del self.in_flight[g.group_id]
 
     def _reset(self, group_id: int, s: _StreamInFlight, code: int) -> None:
+        if s.cut is not None:
+            code = s.cut  # dropped (late, over budget) while its cut waited: it was cut all the same
         unannounced = s.written > 0 and not self.sink.announced(s.handle)
         self.sink.reset_group(s.handle, code)
         if unannounced:
@@ -394,7 +426,7 @@ class TrackSubscription:
     def close(self, code: int = RESET_CANCELLED) -> None:
         for group_id in list(self.in_flight):
             for s in self.in_flight.pop(group_id).streams.values():
-                if not s.complete or s.fin_held:
+                if not s.complete or s.fin_held or s.cut is not None:
                     self.sink.reset_group(s.handle, code)
 
 

@@ -242,11 +242,20 @@ class BroadcastTranscoder:
             for track, stats in list(t.stats.rungs.items()):
                 yield track, stats, track in self.wanted
 
-    def finish(self) -> None:
+    def finish(self, done=None) -> None:
         """The source's groups in progress are complete (the publisher left, or the broadcast
-        ended): the pictures the decoders hold back go out, ending the rungs' groups."""
+        ended): the pictures the decoders hold back go out, ending the rungs' groups. ``done()`` is
+        called on the loop once every rung has emitted them (after their ``emit`` calls)."""
+        left = [len(self.transcoders)]
+
+        def one_done() -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                done()
+        if done is not None and not self.transcoders:
+            self._loop.call_soon(done)
         for t in self.transcoders.values():
-            t.finish()
+            t.finish(None if done is None else lambda: self._to_loop(one_done))
 
     def close(self) -> None:
         for handle in self._stops.values():
@@ -310,14 +319,14 @@ class LocalTranscoder:
                 bt.set_wanted(track, True)
         broadcast.watch_demand(bt.set_wanted)
         # PublisherLeft: the rungs' groups in progress end while the broadcast still takes their
-        # frames (at BroadcastEnded it takes no more)
+        # frames (at BroadcastEnded it takes no more; with no grace period it waits for them)
         reader = broadcast.reader(publisher_events=True)
         try:
             async for item in reader:
                 if isinstance(item, CatalogUpdate):
                     bt.on_catalog(item.catalog)
                 elif isinstance(item, PublisherLeft):
-                    bt.finish()
+                    bt.finish(broadcast.renditions_flushed)
                 elif isinstance(item, BroadcastEnded):
                     bt.finish()
                     break

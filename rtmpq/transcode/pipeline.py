@@ -53,6 +53,7 @@ GROUP_STARTS_KEPT = 8
 
 _STOP = object()
 _SKIP = object()  # queue marker: (_SKIP, group) after the last queued frame of a skipped group
+_FLUSHED = object()  # queue marker: (_FLUSHED, callback) after the frames of a flush (finish)
 
 
 @dataclass
@@ -159,6 +160,9 @@ class _RungWorker:
             item = self.queue.get()
             if item is _STOP:
                 return
+            if item[0] is _FLUSHED:
+                item[1]()  # every frame queued before it was emitted
+                continue
             if item[0] is _SKIP:
                 if item[1] != signalled:
                     signalled = item[1]
@@ -278,11 +282,12 @@ class Transcoder:
         """A new configuration record for the source track: a fresh decoder at the next group."""
         self._inbox.put(("config", source))
 
-    def finish(self) -> None:
+    def finish(self, done=None) -> None:
         """The source group in progress is complete (the publisher left: no more of it comes): the
         frames the decoder still holds (reordering) go out, so every rung's group ends whole; a
-        later group (a returning publisher) starts a fresh decoder."""
-        self._inbox.put(("flush", None))
+        later group (a returning publisher) starts a fresh decoder. ``done()`` is called (from a
+        rung thread) once every rung has emitted what it was given up to then."""
+        self._inbox.put(("flush", done))
 
     def close(self) -> None:
         self._inbox.put(("stop", None))
@@ -358,6 +363,8 @@ class Transcoder:
                         w.say_dropped(None)
                     if w.stop_after is not None:  # its group is over
                         stop(w)
+                if value is not None:
+                    self._after_rungs(value)
                 continue
             if kind == "drop":  # the rest of this group never comes: no rung can start from it
                 self.dropped_groups.append(value)
@@ -441,6 +448,22 @@ class Transcoder:
                             source.name, unit.group, exc)
         for w in self.workers.values():
             w.stop()
+
+    def _after_rungs(self, done) -> None:
+        """``done()`` once every rung's thread has taken what is queued for it now (decoder thread)."""
+        left = [len(self.workers)]
+        lock = threading.Lock()
+
+        def passed() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                done()
+        if not self.workers:
+            done()
+        for w in self.workers.values():
+            w.queue.put((_FLUSHED, passed))
 
     def frames_encoded(self, track: str) -> int:
         return self.stats.rungs[track].frames_encoded
