@@ -17,6 +17,7 @@ error that names it; so is a value of the wrong type.
 """
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -72,6 +73,14 @@ STOP_TIMEOUT = 5.0
 MOQ_HANDSHAKE_TIMEOUT = 10.0
 MOQ_MAX_CONNECTIONS = 1024
 MOQ_MAX_CONNECTIONS_PER_IP = 256
+# Seconds of silence before QUIC closes a MoQ connection (each end PINGs at a third of it): also
+# how long a node below takes to notice an upstream that died without a word where no ICMP says
+# so (a host gone, a firewall that drops; a killed process on a reachable host is known sooner,
+# see PEER_UNREACHABLE_GRACE in rtmpq/moq/reachability.py). Shorter: a loss is noticed sooner;
+# a lossy or stalling link then loses sessions that were alive. Was 30 s before 10 s.
+MOQ_IDLE_TIMEOUT = 10.0
+# The shortest idle timeout taken: a third of it between PINGs must stay above a long round trip.
+MOQ_MIN_IDLE_TIMEOUT = 1.0
 # The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
 HTTP_MAX_CONNECTIONS = 1024
 HTTP_MAX_CONNECTIONS_PER_IP = 256
@@ -156,6 +165,8 @@ class MoqConfig:
     # sessions open at once, in all and from one IP address; more are closed at once
     max_connections: int = MOQ_MAX_CONNECTIONS
     max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP
+    # seconds of silence before a MoQ connection (either way: listener and upstream) is closed
+    idle_timeout: float = MOQ_IDLE_TIMEOUT
 
 
 @dataclass
@@ -458,6 +469,9 @@ def validate(config: Config) -> None:
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    if not MOQ_MIN_IDLE_TIMEOUT <= config.moq.idle_timeout < math.inf:  # (NaN fails too)
+        raise ConfigError(f"moq.idle_timeout: must be a number of seconds, at least {MOQ_MIN_IDLE_TIMEOUT:g} "
+                          f"(got {config.moq.idle_timeout!r})")
     for key in ("max_connections", "max_connections_per_ip"):
         if getattr(config.rtmp, key) <= 0:
             raise ConfigError(f"rtmp.{key}: must be positive")

@@ -1,0 +1,142 @@
+"""An upstream node killed outright (SIGKILL: a crash, an OOM kill, a container restart).
+
+A killed process sends no CONNECTION_CLOSE: the nodes below it learned of the loss only at QUIC's
+idle timeout (10 s), and their viewers stalled that long before anything was tried. On a host or
+a LAN the dead process's UDP port answers with ICMP port unreachable, which says so within a
+packet's round trip. Here an origin (`rtmpq up`) is SIGKILLed under a relay chained to it
+(`rtmpq relay --upstream`) and a subscriber (`rtmpq sub`) reading it directly: both must notice
+well before the idle timeout, and when the origin comes back the relay's subscriber gets media
+again."""
+
+import asyncio
+import json
+import signal
+import socket
+import sys
+import time
+
+import pytest
+
+from .conftest import free_port, http_get, need, wait_tcp
+from .test_lifecycle import long_publish_args, spawn
+from .test_restart import start_node
+
+# Seconds within which a killed upstream must be noticed (the idle timeout is 10 s); a loaded CI
+# machine gets room, the figure measured is printed.
+NOTICE_BOUND = 5.0
+
+
+class LogWatch:
+    """Reads a node's stderr as it comes, each line with the time it arrived."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.task = asyncio.ensure_future(self._read(proc.stderr))
+
+    async def _read(self, stream) -> None:
+        while line := await stream.readline():
+            self.lines.append((time.monotonic(), line.decode(errors="replace")))
+
+    def first(self, text: str, since: float) -> float | None:
+        return next((t for t, line in self.lines if t >= since and text in line), None)
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+
+class VideoWatch:
+    """Counts the video objects ``rtmpq sub --json`` prints, with when the last came."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.times: list[float] = []
+        self.task = asyncio.ensure_future(self._read(proc.stdout))
+
+    async def _read(self, stream) -> None:
+        while line := await stream.readline():
+            if line.startswith(b"{") and json.loads(line).get("track") == "video":
+                self.times.append(time.monotonic())
+
+    def since(self, t: float) -> int:
+        return sum(1 for x in self.times if x >= t)
+
+
+async def until(condition, deadline: float, what: str) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"not within {deadline:g} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+async def readyz(port: int) -> int:
+    status, _ = await http_get(f"http://127.0.0.1:{port}/readyz")
+    return status
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_back(tmp_path, backend):
+    need("ffmpeg")
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    prelay, phttp = free_port(socket.SOCK_DGRAM), free_port()
+    origin_args = ["up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}", "--quic-backend", backend,
+                   "--state-dir", str(tmp_path / "origin")]
+    origin = await start_node(*origin_args)
+    relay = await start_node("relay", "--moq", f"127.0.0.1:{prelay}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                             "--insecure", "--quic-backend", backend, "--state-dir", str(tmp_path / "relay"),
+                             "--http", f"127.0.0.1:{phttp}")
+    sub_args = ["sub", "--insecure", "--json", "--quic-backend", backend, "--wait", "30", "--seconds", "60"]
+    below = await start_node(*sub_args, f"moqt://127.0.0.1:{prelay}/live/k")  # through the relay
+    direct = await start_node(*sub_args, f"moqt://127.0.0.1:{pmoq}/live/k")  # straight from the origin
+    procs = [origin, relay, below, direct]
+    publishers = []
+    watches = [LogWatch(origin), relay_log := LogWatch(relay), direct_log := LogWatch(direct), LogWatch(below)]
+    video_below, video_direct = VideoWatch(below), VideoWatch(direct)
+    try:
+        await wait_tcp(prtmp)
+        await wait_tcp(phttp)
+        publishers.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/k")))
+        await until(lambda: video_below.since(0) > 30 and video_direct.since(0) > 30, 30, "media at both subscribers")
+        assert await readyz(phttp) == 200
+
+        origin.kill()  # SIGKILL: no CONNECTION_CLOSE, no GOAWAY
+        killed = time.monotonic()
+        await origin.wait()
+        publishers[0].kill()  # (its RTMP connection died with the origin)
+        not_ready = []
+
+        async def relay_noticed() -> None:
+            while await readyz(phttp) == 200:
+                await asyncio.sleep(0.02)
+            not_ready.append(time.monotonic())
+
+        await asyncio.wait_for(relay_noticed(), 20)
+        await until(lambda: direct_log.first("lost", killed), 20, "the direct subscriber logs the loss")
+        relay_took = not_ready[0] - killed
+        direct_took = direct_log.first("lost", killed) - killed
+        print(f"\n{backend}: killed upstream noticed by the relay in {relay_took:.2f} s, "
+              f"by rtmpq sub in {direct_took:.2f} s")
+        assert relay_took < NOTICE_BOUND, relay_log.text()
+        assert direct_took < NOTICE_BOUND, direct_log.text()
+
+        # the origin comes back (restarted on the same port) and is published to again
+        origin = await start_node(*origin_args)
+        procs.append(origin)
+        watches.append(LogWatch(origin))
+        back = time.monotonic()
+        await wait_tcp(prtmp)
+        publishers.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/k")))
+        await until(lambda: video_below.since(back) > 30, 40, "media again through the relay")
+        await until(lambda: video_direct.since(back) > 30, 40, "media again at the direct subscriber")
+        assert await readyz(phttp) == 200
+    finally:
+        for p in publishers:
+            if p.returncode is None:
+                p.kill()
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            await p.wait()
+        for w in (*watches, video_below, video_direct):
+            w.task.cancel()
+    for w in watches:
+        assert "Traceback" not in w.text(), w.text()
