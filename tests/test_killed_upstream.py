@@ -9,6 +9,7 @@ well before the idle timeout, and when the origin comes back the relay's subscri
 again."""
 
 import asyncio
+import errno
 import json
 import signal
 import socket
@@ -17,7 +18,11 @@ import time
 
 import pytest
 
-from .conftest import free_port, http_get, need, wait_tcp
+from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL
+from rtmpq.moq.transport import connect_moq
+from rtmpq.netem import ImpairmentProxy
+
+from .conftest import free_port, http_get, need, serving_relay, start_up_node, wait_tcp
 from .test_lifecycle import long_publish_args, spawn
 from .test_restart import start_node
 
@@ -116,6 +121,9 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
               f"by rtmpq sub in {direct_took:.2f} s")
         assert relay_took < NOTICE_BOUND, relay_log.text()
         assert direct_took < NOTICE_BOUND, direct_log.text()
+        # the operator reads why: the upstream's port refused, and the relay reconnects
+        assert relay_log.first("peer unreachable", killed) and relay_log.first("session ended; reconnecting", killed), \
+            relay_log.text()
 
         # the origin comes back (restarted on the same port) and is published to again
         origin = await start_node(*origin_args)
@@ -140,3 +148,36 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
             w.task.cancel()
     for w in watches:
         assert "Traceback" not in w.text(), w.text()
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_stray_icmp_refusal_leaves_a_healthy_session_open(tmp_path, backend):
+    """One ECONNREFUSED for a live peer (stray, forged, or from a middlebox for another flow): the
+    peer answers the probe that follows, and the session goes on."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            refused_at = time.monotonic()
+            conn.peer_refused(ConnectionRefusedError(errno.ECONNREFUSED, "stray"))
+            received = conn._received_count()
+            # past the grace and two checks, with something received from the peer since
+            await until(lambda: time.monotonic() > refused_at + PEER_UNREACHABLE_GRACE + 3 * SILENCE_PROBE_INTERVAL
+                        and conn._received_count() > received, 15, "the peer's next packet")
+            assert not conn.session.closed
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_the_idle_timeout_setting_closes_a_silent_peer_in_time(tmp_path, backend):
+    """[moq] idle_timeout: a node's sessions with a peer gone silent (no ICMP: a path gone dark)
+    end that long after the last packet, however long the peer itself would wait."""
+    node = await start_up_node(tmp_path, backend, idle_timeout=2.0)
+    try:
+        async with ImpairmentProxy(target=node.moq_address) as proxy:
+            async with connect_moq("127.0.0.1", proxy.port, insecure=True, backend=backend, idle_timeout=60.0):
+                await until(lambda: len(node.moq.connections) == 1, 5, "the session at the node")
+                proxy.blackhole(600)
+                dark = time.monotonic()
+                await until(lambda: not node.moq.connections, 10, "the node to close the silent session")
+                took = time.monotonic() - dark
+                assert 1.0 < took < 2.0 + 2.5, took
+    finally:
+        await node.close()
