@@ -11,9 +11,7 @@ again."""
 import asyncio
 import errno
 import json
-import signal
 import socket
-import sys
 import time
 
 import pytest

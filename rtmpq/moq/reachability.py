@@ -5,8 +5,10 @@ a host or a LAN the dead process's UDP port answers every packet sent to it with
 unreachable, which a connected UDP socket reports as ECONNREFUSED. One such report is not proof:
 an ICMP can be stray or forged, or come from a middlebox for another flow. The peer is taken as
 gone when refusals keep coming for ``PEER_UNREACHABLE_GRACE`` with not one packet received from it
-meanwhile (a live peer answers the probes sent while it is silent: aioquic sends a PING, whose
-acknowledgement comes back within a round trip).
+meanwhile, and never for one refusal alone. A live peer is not silent that long: on aioquic the
+probe sent on a refusal is a PING, acknowledged within a round trip; on aiopquic (no PING on
+demand) the probe is a datagram from a side socket, and a live peer's own traffic and picoquic's
+keep-alives are what come back.
 """
 
 # Seconds the refusals must go on with nothing received before the peer is taken as gone: above
@@ -20,7 +22,7 @@ SILENCE_PROBE_INTERVAL = 0.5
 
 
 class PeerReachability:
-    """Counts the refusals (ECONNREFUSED and the like) since the last packet received.
+    """Counts the refusals (ECONNREFUSED) since the last packet received.
 
     ``received`` is a count of what came from the peer (datagrams or bytes: anything that grows
     with each packet); a refusal noted at a different count than the first starts a new run."""
