@@ -20,7 +20,7 @@ from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVA
 from rtmpq.moq.transport import connect_moq
 from rtmpq.netem import ImpairmentProxy
 
-from .conftest import free_port, http_get, need, serving_relay, start_up_node, wait_tcp
+from .conftest import free_port, http_get, need, serving_relay, start_up_node, until, wait_tcp
 from .test_lifecycle import long_publish_args, spawn
 from .test_restart import start_node
 
@@ -61,13 +61,6 @@ class VideoWatch:
 
     def since(self, t: float) -> int:
         return sum(1 for x in self.times if x >= t)
-
-
-async def until(condition, deadline: float, what: str) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        assert time.monotonic() < end, f"not within {deadline:g} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 async def readyz(port: int) -> int:

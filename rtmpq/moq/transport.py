@@ -17,7 +17,7 @@ Both: a handshake (setup) timeout, an idle timeout (``[moq] idle_timeout``), and
 (PING) on both sides; a listener caps the sessions it holds, in all and per IP address (QUIC itself
 has no such cap). A client connection also takes ICMP unreachable for its peer, kept up with
 nothing received, as the connection lost (``reachability.py``): a killed upstream was known in
-1.6-1.9 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout.
+1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout.
 """
 
 import asyncio
