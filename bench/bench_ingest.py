@@ -27,9 +27,10 @@ baseline" (that code, compiled) to the same run, for a before/after measured bac
 INGEST_COALESCE=0,0.02 adds "rtmpq compiled" runs with those [rtmp] read_coalesce windows (seconds;
 the plain "rtmpq compiled" run has the default), for the CPU a window saves, in the same run.
 
-INGEST_FLOOR=1 adds two live-only runs of rtmpq compiled cut short (bench/ingest_floor.py): "rtmpq
-read only" drops every message once read, "rtmpq read+demux" demuxes it and drops the frame: what
-the read path, and the read path with the demuxer, cost with nothing downstream.
+INGEST_FLOOR=1 adds three live-only runs of rtmpq compiled cut short (bench/ingest_floor.py): "rtmpq
+read only" drops every message once read, "rtmpq read+demux" demuxes it and drops the frame,
+"rtmpq read+demux+hold" keeps the frames in a plain list per group: what the read path, the
+demuxer, and the least holding of frames cost with nothing else downstream.
 """
 
 import json
@@ -48,7 +49,7 @@ import pytest
 
 from bench_relay import PeakRss, cpu_seconds, free_port, rss_mb
 
-SECONDS = 6
+SECONDS = int(os.environ.get("INGEST_SECONDS", "6"))  # the publish's length; longer ones show the steady state
 RESULTS: dict[tuple[str, bool, int], dict] = {}
 BENCH = Path(__file__).parent
 
@@ -93,7 +94,7 @@ def start_server(kind: str, port: int, tmp: Path, record: bool, http: int = 0) -
     if kind == "rtmpq baseline":  # run from elsewhere, so that checkout's rtmpq is the one imported
         env["PYTHONPATH"] = BASELINE
         env["RTMPQ_REQUIRE_COMPILED"] = "1"
-    floor = {"rtmpq read only": "read", "rtmpq read+demux": "demux"}.get(kind)
+    floor = {"rtmpq read only": "read", "rtmpq read+demux": "demux", "rtmpq read+demux+hold": "hold"}.get(kind)
     rtmpq = [str(BENCH / "ingest_floor.py"), floor] if floor else ["-m", "rtmpq"]
     return subprocess.Popen([sys.executable, *rtmpq, "--log-level", "WARNING", "up", "--rtmp", f"127.0.0.1:{port}",
                              "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--http", f"127.0.0.1:{http or free_port(socket.SOCK_STREAM)}",
@@ -193,7 +194,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
 
 BASELINE = os.environ.get("INGEST_BASELINE", "")
 COALESCE = [w for w in os.environ.get("INGEST_COALESCE", "").split(",") if w]
-FLOOR = ["rtmpq read only", "rtmpq read+demux"] if os.environ.get("INGEST_FLOOR") else []
+FLOOR = ["rtmpq read only", "rtmpq read+demux", "rtmpq read+demux+hold"] if os.environ.get("INGEST_FLOOR") else []
 KINDS = [*(["rtmpq baseline"] if BASELINE else []), "rtmpq compiled", *(f"rtmpq coalesce {w}" for w in COALESCE),
          *FLOOR, "rtmpq pure", "nginx-rtmp", "pyrtmp"]
 RUNS = [pytest.param(kind, record, n, id=f"{kind}-{'record' if record else 'live'}-{n}")

@@ -1,6 +1,6 @@
 """The ingest's per-frame work after the chunk reader, in one process: µs per media message.
 
-    .venv/bin/python bench/frame_path.py [--repeat 7] [--record]
+    .venv/bin/python bench/frame_path.py [--repeat 7] [--record] [--publishers 50]
     RTMPQ_PUREPYTHON=1 .venv/bin/python bench/frame_path.py          # the pure-Python codecs
     PYTHONPATH=/tmp/base .venv/bin/python bench/frame_path.py        # another checkout's code, same run
 
@@ -11,6 +11,8 @@ of 720p30 H.264 at 2.6 Mbit/s + AAC), split as ``ChunkReader.dispatch`` splits t
 event loop, no subscriber: the part of the ingest's CPU that docs/benchmarks.md found above the
 read path ("The read path alone"), timed alone, so that a change to it can be compared on a busy
 machine (best of --repeat passes of the whole publish, each with a fresh broadcast).
+--publishers N feeds N publishes at once, their messages interleaved as N publishers' would come,
+each payload a fresh copy (as the chunk reader makes one per message).
 """
 
 import argparse
@@ -53,16 +55,14 @@ def sink_calls(messages) -> list[tuple]:
     return calls
 
 
-def one_pass(calls, record_dir: Path | None) -> float:
-    """Seconds of CPU for every call through a fresh publish, broadcast and relay source."""
+def one_pass(calls, record_dir: Path | None, publishers: int = 1) -> float:
+    """Seconds of CPU for every call through fresh publishes, broadcasts and relay sources."""
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq.relay import MoqRelay
     from rtmpq.nodes.ingest import Publish
 
     registry = BroadcastRegistry()
     relay = MoqRelay(registry, cache_local=True)
-    broadcast = registry.publish("live/bench")
-    relay._local_source("live/bench")  # what the relay does when the broadcast appears
 
     class Node:
         _finalizing: set = set()
@@ -70,14 +70,22 @@ def one_pass(calls, record_dir: Path | None) -> float:
     class Conn:
         peer = "bench"
 
-    pub = Publish(Node(), Conn(), 1, broadcast, record_dir)
-    on_media = pub.on_media
+    sinks = []
+    for i in range(publishers):
+        name = f"live/bench{i}"
+        broadcast = registry.publish(name)
+        relay._local_source(name)  # what the relay does when the broadcast appears
+        sinks.append(Publish(Node(), Conn(), 1, broadcast, record_dir).on_media)
+    # data messages take the session's path, not the sink's
+    media = [c for c in calls if c[3] is not None or c[0] in (8, 9)]
+    if publishers == 1:
+        work = [(sinks[0], c) for c in media]
+    else:
+        work = [(sink, (t, ts, bytes(body), *rest)) for (t, ts, body, *rest) in media for sink in sinks]
     gc.collect()
     start = time.process_time()
-    for type_id, ts, body, codec, frame_type, cts, header in calls:
-        if codec is None and type_id not in (8, 9):
-            continue  # data messages take the session's path, not the sink's
-        on_media(type_id, ts, body, codec, frame_type, cts, header)
+    for on_media, args in work:
+        on_media(*args)
     return time.process_time() - start
 
 
@@ -85,14 +93,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--record", action="store_true", help="with a recorder (its writes are queued, not made)")
+    ap.add_argument("--publishers", type=int, default=1, help="publishes fed at once, interleaved")
     args = ap.parse_args()
     import rtmpq
 
     tmp = Path(tempfile.mkdtemp(prefix="frame-path-"))
     calls = sink_calls(flv_messages(make_source(tmp / "source.flv")))
-    media = sum(1 for c in calls if c[0] in (8, 9))
+    media = sum(1 for c in calls if c[0] in (8, 9)) * args.publishers
     gc.freeze()
-    times = [one_pass(calls, tmp if args.record else None) for _ in range(args.repeat)]
+    times = [one_pass(calls, tmp if args.record else None, args.publishers) for _ in range(args.repeat)]
     best = min(times)
     from rtmpq import codec
 

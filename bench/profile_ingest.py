@@ -3,6 +3,8 @@
     .venv/bin/python bench/profile_ingest.py [publishers] [--record] [--pure] [--sort tottime]
     .venv/bin/python bench/profile_ingest.py 50 --perf        # native profile: interpreter, compiled core, kernel
     .venv/bin/python bench/profile_ingest.py 50 --no-profile --uvloop   # CPU with uvloop's event loop
+    .venv/bin/python bench/profile_ingest.py 50 --perf --callgraph   # + Python functions by inclusive share
+    .venv/bin/python bench/profile_ingest.py 50 --time-sink   # µs per message in the publishes' sinks
 
 The same publishes as bench/bench_ingest.py (a 6 s 720p30 2.6 Mbit/s H.264 + AAC file pushed by
 `ffmpeg -re -c copy`); the server's main thread is profiled (cProfile, switched on by SIGUSR1 once the server is up and
@@ -16,6 +18,10 @@ calls down, so read the shares, not the absolute times.
 publisher to one second after the last, and prints the share of each library (the interpreter in
 libpython, the compiled core in _speedups, the kernel) and of the busiest symbols. --uvloop runs
 the server on uvloop's event loop (`pip install -e '.[bench]'`), to compare its CPU with asyncio's.
+--callgraph adds DWARF call chains to --perf (299 Hz) and prints the Python functions' inclusive
+shares (the unwinding through the interpreter is partial: read them as lower bounds).
+--time-sink runs the server under bench/sink_timed.py and prints the thread CPU time per media
+message of the publishes' sinks, measured inside the server (compare with bench/frame_path.py).
 """
 
 import argparse
@@ -44,6 +50,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("--no-profile", action="store_true", help="only the CPU seconds")
     ap.add_argument("--perf", action="store_true", help="sample with Linux perf (cpu-clock) instead of cProfile")
+    ap.add_argument("--callgraph", action="store_true",
+                    help="with --perf: record call chains and print the Python functions by inclusive share")
+    ap.add_argument("--time-sink", action="store_true",
+                    help="time each publish's media sink inside the server (bench/sink_timed.py), no profile")
     ap.add_argument("--uvloop", action="store_true", help="run the server on uvloop's event loop")
     args = ap.parse_args()
     if args.perf and not shutil.which("perf"):
@@ -56,9 +66,11 @@ def main() -> None:
     if args.pure:
         env["RTMPQ_PUREPYTHON"] = "1"
     prof = tmp / "up.prof"
-    cprofile = not (args.no_profile or args.perf)
+    cprofile = not (args.no_profile or args.perf or args.time_sink)
     here = Path(__file__).parent
-    if args.uvloop:
+    if args.time_sink:
+        profile = [str(here / "sink_timed.py"), str(tmp / "sink.txt")]
+    elif args.uvloop:
         profile = [str(here / "uvloop_rtmpq.py"), *([str(prof)] if cprofile else [])]
     else:
         profile = [str(here / "profiled.py"), str(prof)] if cprofile else ["-m", "rtmpq"]
@@ -72,7 +84,8 @@ def main() -> None:
         cpu0 = cpu_seconds(server.pid)
         if cprofile:
             server.send_signal(signal.SIGUSR1)
-        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(server.pid),
+        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", *(["--call-graph", "dwarf,16384", "-F", "299"] if args.callgraph else []),
+                                 "-p", str(server.pid),
                                  "-o", str(tmp / "perf.data")], stderr=subprocess.DEVNULL) if args.perf else None
         procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
                                    f"rtmp://127.0.0.1:{port}/live/p{i}"], stdin=subprocess.DEVNULL)
@@ -88,6 +101,12 @@ def main() -> None:
             time.sleep(0.5)
         print(f"{args.publishers} publishers ({failed} failed): {cpu:.3f} s CPU"
               + (f", {cpu / args.publishers / SECONDS:.4f} cores per publisher" if procs else " in 10 s idle"))
+        if args.time_sink:
+            server.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + 10
+            while not (tmp / "sink.txt").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            print((tmp / "sink.txt").read_text().strip())
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -96,6 +115,10 @@ def main() -> None:
             report = subprocess.run(["perf", "report", "-i", str(tmp / "perf.data"), "--no-children", "--sort", sort,
                                      "--stdio", "-g", "none"], capture_output=True, text=True).stdout
             print("\n".join([line for line in report.splitlines() if line.strip() and not line.startswith("#")][:args.top]))
+        if args.callgraph:  # inclusive shares of the Python functions (python -X perf names them py::)
+            report = subprocess.run(["perf", "report", "-i", str(tmp / "perf.data"), "--children", "--sort", "sym",
+                                     "--stdio", "-g", "none"], capture_output=True, text=True).stdout
+            print("\n".join([line for line in report.splitlines() if "py::" in line][:args.top]))
     elif cprofile:
         pstats.Stats(str(prof)).sort_stats(args.sort).print_stats(args.top)
 

@@ -32,6 +32,7 @@ from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
+from .moq.session import PARTIAL_OBJECT_TIMEOUT
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import (DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS,
@@ -81,6 +82,14 @@ MOQ_MAX_CONNECTIONS_PER_IP = 256
 MOQ_IDLE_TIMEOUT = 10.0
 # The shortest idle timeout taken: a third of it between PINGs must stay above a long round trip.
 MOQ_MIN_IDLE_TIMEOUT = 1.0
+# Bytes all MoQ sessions of the listener together hold from their peers and have not handed on
+# (partial objects and requests on incoming streams, objects held for a track alias not named
+# yet). Each session has its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in
+# rtmpq/moq/session.py), but max_connections of them within those would hold tens of GiB; past
+# this the session holding the most is closed (INTERNAL_ERROR, "too many bytes held") and logged.
+# Live publishers hold about one object in flight per track each: 256 MiB leaves room for
+# thousands of them, or for 6 sessions at their own cap.
+MOQ_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
 # The HTTP listener (rtmpq/http/server.py): connections at once, in all and from one IP address.
 HTTP_MAX_CONNECTIONS = 1024
 HTTP_MAX_CONNECTIONS_PER_IP = 256
@@ -167,6 +176,11 @@ class MoqConfig:
     max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP
     # seconds of silence before a MoQ connection (either way: listener and upstream) is closed
     idle_timeout: float = MOQ_IDLE_TIMEOUT
+    # seconds an object may stay incomplete on an incoming stream before that stream is stopped
+    partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT
+    # bytes of partial objects (and requests) all sessions together may hold; past it the session
+    # holding the most is closed
+    max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES
 
 
 @dataclass
@@ -466,7 +480,8 @@ def validate(config: Config) -> None:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if config.transcode.rung_queue_frames < 1:
         raise ConfigError("transcode.rung_queue_frames: must be at least 1")
-    for key in ("handshake_timeout", "max_connections", "max_connections_per_ip"):
+    for key in ("handshake_timeout", "max_connections", "max_connections_per_ip", "partial_object_timeout",
+                "max_partial_bytes"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
     if not MOQ_MIN_IDLE_TIMEOUT <= config.moq.idle_timeout < math.inf:  # (NaN fails too)

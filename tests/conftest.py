@@ -1,4 +1,6 @@
 import asyncio
+import itertools
+import json
 import shutil
 from contextlib import asynccontextmanager
 import urllib.error
@@ -283,3 +285,99 @@ def encode_test_flv(path, size: str = "320x240", audio: bool = True):
 def source_flv(tmp_path_factory):
     """8 s of the test encode with its audio (encode_test_flv)."""
     return encode_test_flv(tmp_path_factory.mktemp("src") / "src.flv")
+
+
+# -- headless Chromium (the player and status pages) ---------------------------------------------
+# What the tests read of the player page (rtmpq/edge/server.py PLAYER_PAGE).
+VIDEO_TIME = "document.getElementById('video').currentTime"
+PAGE_ERRORS = "JSON.stringify(window.rtmpqErrors)"
+PAGE_STATUS = "document.getElementById('status').textContent"
+
+
+class DevTools:
+    """Just enough of the Chrome DevTools protocol to evaluate JavaScript in a page."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.ids = itertools.count(1)
+
+    async def call(self, method: str, **params):
+        msg_id = next(self.ids)
+        await self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(await self.ws.recv())
+            if reply.get("id") == msg_id:
+                return reply.get("result", {})
+
+    async def evaluate(self, expression: str):
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    async def poll(self, expression: str, deadline: float = 30.0):
+        """The value of ``expression`` once it is truthy, asked every 0.2 s (None after ``deadline``)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        while loop.time() < end:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.2)
+        return None
+
+    async def playback_started(self, tries: int = 100) -> float:
+        """The page's video position once it moves, polled every 0.1 s (0 if it never does)."""
+        for _ in range(tries):
+            if position := await self.evaluate(VIDEO_TIME):
+                return position
+            await asyncio.sleep(0.1)
+        return 0
+
+    async def errors(self) -> str:
+        """The player page's hls.js errors so far (JSON), for a failure message."""
+        return await self.evaluate(PAGE_ERRORS)
+
+
+async def chromium_page(tmp_path, url: str):
+    """(browser process, DevTools websocket URL) of a headless Chromium showing ``url``."""
+    chromium = shutil.which("chromium") or need("chromium")
+    debug_port = free_port()
+    browser = await asyncio.create_subprocess_exec(
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={tmp_path / 'chromium'}",
+        f"--remote-debugging-port={debug_port}", url,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            targets = json.loads(await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/json", timeout=2).read()))
+            pages = [t for t in targets if t["type"] == "page"]
+            if pages:
+                return browser, pages[0]["webSocketDebuggerUrl"]
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    browser.terminate()
+    raise AssertionError("chromium did not start")
+
+
+@asynccontextmanager
+async def chromium_devtools(tmp_path, url: str):
+    """A DevTools session on a headless Chromium showing ``url``; the browser ends with the block."""
+    import websockets
+
+    browser, ws_url = await chromium_page(tmp_path, url)
+    try:
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            yield DevTools(ws)
+    finally:
+        browser.terminate()
+        await browser.wait()
+
+
+def need_hls_js() -> None:
+    """The player page's hls.js, which `make hlsjs` installs where the node serves it from."""
+    from rtmpq.config import bundled_static_dir
+
+    if not (bundled_static_dir() / "hls.min.js").exists():
+        pytest.fail("hls.js is not installed: run `make hlsjs`")

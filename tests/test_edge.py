@@ -394,6 +394,95 @@ async def test_a_new_broadcast_of_the_same_name_never_reuses_an_earlier_ones_uri
     assert all(served) and not served[0] & served[1], served
 
 
+# How soon (seconds) after a new publish's first frame the edge serves it in place of the ended one
+# under the same name (its first segment must be complete: PART_TARGET, loopback, a loaded host).
+NEW_PUBLISH_SHOWN = 1.5
+
+
+async def test_a_new_publish_replaces_the_ended_playlist_at_once_and_its_readers_finish_it(node, tmp_path, source_flv):
+    """The publisher ends and publishes the same name again (grace 0: the broadcast ended) well
+    within ENDED_PLAYLIST_KEEP: a player opening the name, or the page asking whether it is live
+    again, gets the new publish as soon as it is playable, not once the ended playlist is let go
+    (10 s). A player still reading the ended one finishes it: its blocking reload and a plain
+    reload from a player that had not yet seen the end get the ended playlist (ENDLIST), and
+    every segment that playlist lists still plays, decoding every frame that was sent."""
+    await new_publish_replaces_the_ended_one(node, "http://{}:{}/live/back".format(*node.edge.address), tmp_path,
+                                             source_flv)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_an_edge_fed_over_moq_serves_a_new_publish_at_once_too(tmp_path, source_flv, backend):
+    """The same with the edge on its own node, subscribed to the broadcast over MoQ as `rtmpq edge`
+    is (starting with the relay's cached groups: the publisher sends its groups at once)."""
+    from rtmpq.config import EDGE_FILL_GROUPS, HttpConfig
+    from rtmpq.edge.server import EdgeServer
+    from rtmpq.nodes.remote import moq_broadcast_source
+
+    node = await start_up_node(tmp_path, backend)
+    source = moq_broadcast_source(f"moqt://127.0.0.1:{node.moq_address[1]}", wait=10, insecure=True, backend=backend,
+                                  fill_groups=EDGE_FILL_GROUPS)
+    edge = EdgeServer(source, http=HttpConfig(host="127.0.0.1", port=0))
+    await edge.start()
+    try:
+        await new_publish_replaces_the_ended_one(node, "http://{}:{}/live/back".format(*edge.address), tmp_path,
+                                                 source_flv)
+    finally:
+        await edge.close()
+        await node.close()
+
+
+async def new_publish_replaces_the_ended_one(node, base: str, tmp_path, source_flv) -> None:
+    need("ffmpeg")
+    live_reader = "a live reader"  # told apart from the other requests' by its user agent
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "back")
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
+    sent = 0
+    for tag_type, ts, body in read_flv_tags(str(source_flv)):
+        if tag_type == 9 and ts < 4000:
+            publisher.media(tag_type, ts, body)
+            sent += body[1] == 1  # a picture (not the sequence header)
+    async with asyncio.timeout(15):  # a reader of the live playlist, before the end
+        while (live := await http_get_with(f"{base}/video.m3u8", User_Agent=live_reader))[0] != 200:
+            await asyncio.sleep(0.1)
+    assert b"#EXT-X-ENDLIST" not in live[2]
+    publisher.close()
+    async with asyncio.timeout(15):
+        while not (ended := (await http_get(f"{base}/video.m3u8"))[2].decode()).rstrip().endswith("#EXT-X-ENDLIST"):
+            await asyncio.sleep(0.1)
+    last = max(int(n) for n in re.findall(r"v-seg(\d+)\.m4s", ended))
+    second = await TcpPublisher.publish(node.rtmp.address[1], "back")
+    loop = asyncio.get_running_loop()
+    first_frame = loop.time()
+    for tag_type, ts, body in read_flv_tags(str(source_flv)):  # its first two groups (2 s GoPs) at once
+        if tag_type == 9 and ts < 2100:
+            second.media(tag_type, ts, body)
+    deadline = first_frame + NEW_PUBLISH_SHOWN
+    while "#EXT-X-ENDLIST" in (now := (await http_get(f"{base}/video.m3u8"))[2].decode()):
+        assert loop.time() < deadline, f"the ended playlist was served {loop.time() - first_frame:.1f} s after the " \
+                                       f"new publish's first frame:\n{now}"
+        await asyncio.sleep(0.05)
+    print(f"the new publish is served {loop.time() - first_frame:.2f} s after its first frame")
+    assert media_sequence(now) > media_sequence(ended), now
+    status, _, _ = await http_get(f"{base}/index.m3u8")  # the multivariant answers at once
+    assert status == 200 and "#EXT-X-ENDLIST" not in (await http_get(f"{base}/video.m3u8"))[2].decode()
+    # the ended playlist's readers: a blocking reload for the segment after its last, and a plain
+    # reload from the reader that had a live one before the end, get it as it ended
+    status, _, reload = await http_get(f"{base}/video.m3u8?_HLS_msn={last + 1}&_HLS_part=0")
+    assert status == 200 and reload.decode() == ended, reload.decode()
+    status, _, reload = await http_get_with(f"{base}/video.m3u8", User_Agent=live_reader)
+    assert status == 200 and reload.decode() == ended, reload.decode()
+    # ... and every segment it lists, with its init segment, plays every frame sent
+    [init] = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', ended)
+    parts = [(await http_get(f"{base}/{uri}")) for uri in [init] + re.findall(r"^(v-seg\d+\.m4s)$", ended, re.M)]
+    assert all(status == 200 for status, _, _ in parts), [status for status, _, _ in parts]
+    path = tmp_path / "ended.mp4"
+    path.write_bytes(b"".join(body for _, _, body in parts))
+    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
+                                 "-show_entries", "stream=nb_read_frames", "-of", "json", str(path)])
+    assert rc == 0 and int(json.loads(out)["streams"][0]["nb_read_frames"]) == sent, out
+    second.close()
+
+
 async def test_a_viewer_arriving_5s_in_gets_whole_segments_at_once_and_every_frame(node, tmp_path):
     """Instant start: the edge fills a first viewer's playlist window from the relay's group cache,
     so its first playlist lists the segments already published and a player that reads from

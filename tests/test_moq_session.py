@@ -5,6 +5,7 @@ import pytest
 from rtmpq.moq import events as ev
 from rtmpq.moq import session as session_module
 from rtmpq.moq import wire
+from rtmpq.moq.session import ReceivePool
 from rtmpq.moq.wire import RequestError, SessionError
 
 from .moq_pair import MoqPair, closed_with
@@ -431,3 +432,67 @@ def test_object_datagrams_are_checked_then_dropped_with_a_warning(caplog):
     assert sum("datagrams" in r.getMessage() for r in caplog.records) == 1
     events = client.handle_event(DatagramFrameReceived(b"\x23\x02\x05\x03"))  # STATUS with END_OF_GROUP
     assert quic.closed_with is not None and quic.closed_with[0] == SessionError.PROTOCOL_VIOLATION, events
+
+
+def pooled_subscription(tmp_path) -> tuple[MoqPair, ReceivePool]:
+    """A pair whose client subscribed to NS/video (alias 1) and shares a listener's pool."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    pool = pair.client.pool = ReceivePool(1 << 30)
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 1)
+    return pair, pool
+
+
+def test_an_object_left_incomplete_is_stopped_after_the_timeout_and_the_session_goes_on(tmp_path):
+    """A publisher that sends part of an object and stalls: once the object has been incomplete
+    longer than the timeout its stream is stopped (DELIVERY_TIMEOUT), its bytes let go (in the
+    listener's pool too), the subscriber is told the subgroup ended short, bytes still on their
+    way on that stream are dropped, and the next group is read as usual. A stream whose objects
+    keep completing is never stopped, however long it stays open."""
+    pair, pool = pooled_subscription(tmp_path)
+    steady = pair.server.open_subgroup(1, 0, end_of_group=False)
+    pair.server.send_object(steady, 0, b"complete")
+    stalled = pair.server.open_subgroup(1, 1)
+    pair.server.send_object(stalled, 0, b"complete too")
+    whole = wire.encode_object(0, b"z" * 50_000, None, with_extensions=True) + b"z" * 50_000
+    pair.server_quic.send_stream_data(stalled, whole[:20_000])
+    client_events, _ = pair.pump()
+    assert sum(isinstance(e, ev.ObjectReceived) for e in client_events) == 2
+    assert pair.client.buffered_bytes == pool.held == 20_000  # the object header with it
+
+    assert pair.client.expire_partial_objects(100.0, 5.0) == []  # first seen incomplete now
+    assert pair.client.expire_partial_objects(105.0, 5.0) == []  # not longer than the timeout yet
+    pair.server.send_object(steady, 1, b"the steady stream goes on")
+    pair.pump()
+    expired = pair.client.expire_partial_objects(105.5, 5.0)
+    assert [type(e).__name__ for e in expired] == ["PartialObjectExpired", "SubgroupReset"]
+    assert (expired[0].track_alias, expired[0].group, expired[0].held_bytes) == (1, 1, 20_000)
+    assert expired[1] == ev.SubgroupReset(1, 1, 0, wire.StreamResetCode.DELIVERY_TIMEOUT)
+    assert pair.client.buffered_bytes == pool.held == 0
+    # the rest of that object, already on its way, is dropped; the publisher's QUIC sees STOP_SENDING
+    pair.server_quic.send_stream_data(stalled, whole[20_000:], end_stream=True)
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None and not pair.client.closed
+    assert not any(isinstance(e, ev.ObjectReceived) for e in client_events)
+    nxt = pair.server.open_subgroup(1, 2)
+    pair.server.send_object(nxt, 0, b"next group")
+    pair.server.end_subgroup(nxt)
+    client_events, _ = pair.pump()
+    assert [e.payload for e in client_events if isinstance(e, ev.ObjectReceived)] == [b"next group"]
+    assert pair.client.expire_partial_objects(200.0, 5.0) == []  # the steady stream holds nothing partial
+
+
+def test_a_closed_session_lets_go_of_its_share_of_the_pool(tmp_path):
+    """Its partial objects and the objects it held for an unknown alias, at once."""
+    pair, pool = pooled_subscription(tmp_path)
+    sid = pair.server.open_subgroup(1, 0)
+    pair.server_quic.send_stream_data(sid, (wire.encode_object(0, b"z" * 50_000, None, with_extensions=True)
+                                            + b"z" * 30_000))
+    held_unknown = pair.server.open_subgroup(7, 0)  # an alias never named: the object is held
+    pair.server.send_object(held_unknown, 0, b"h" * 1000)
+    pair.pump()
+    assert pool.held == pair.client.buffered_bytes > 30_000
+    pair.client.close()
+    assert pool.held == pair.client.buffered_bytes == 0

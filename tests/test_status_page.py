@@ -3,32 +3,18 @@ and its link opens a player that plays."""
 
 import asyncio
 
-import pytest
-import websockets
-
-from rtmpq.config import bundled_static_dir
-from rtmpq.nodes.up import UpNode
-
-from .conftest import local_config, need
+from .conftest import chromium_devtools, need, need_hls_js, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
-from .test_browser import DevTools, chromium_page
-
-STATIC = bundled_static_dir()  # the node serves it from there by default
 
 
 async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(tmp_path):
     need("ffmpeg")
-    if not (STATIC / "hls.min.js").exists():
-        pytest.fail("hls.js is not installed: run `make hlsjs`")
-    config = local_config(tmp_path, grace_period=30.0)  # the broadcast waits for its publisher after it
-    node = UpNode(config)
-    await node.start()
+    need_hls_js()
+    node = await start_up_node(tmp_path, grace_period=30.0)  # the broadcast waits for its publisher after it
     host, http_port = node.edge.address
-    browser, ws_url = await chromium_page(tmp_path, f"http://{host}:{http_port}/")
     publisher = None
     try:
-        async with websockets.connect(ws_url, max_size=None) as ws:
-            devtools = DevTools(ws)
+        async with chromium_devtools(tmp_path, f"http://{host}:{http_port}/") as devtools:
             # the page is open before anything is live: it says so
             assert await devtools.poll("document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
             publisher = asyncio.create_task(run_process(
@@ -44,7 +30,7 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
             playing = await devtools.poll("location.pathname === '/live/web/' && document.getElementById('video') "
                                            "&& document.getElementById('video').currentTime > 1")
             assert playing, (await devtools.evaluate("location.href"),
-                             await devtools.evaluate("JSON.stringify(window.rtmpqErrors)"))
+                             await devtools.errors())
             rc, out = await publisher
             assert rc == 0, out
             # the publisher left: the broadcast waits for it, and the page says so (it looked live)
@@ -53,8 +39,6 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
                 return r && r.textContent.includes('publisher gone') ? r.textContent : null; })()""")
             assert gone, await devtools.evaluate("document.body.innerText")
     finally:
-        browser.terminate()
-        await browser.wait()
         if publisher is not None and not publisher.done():
             publisher.cancel()
         await node.close()

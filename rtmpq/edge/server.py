@@ -58,8 +58,15 @@ def part_limit(part_target: float, target_duration: float) -> int:
 # An ended or unwatched broadcast is forgotten after this many seconds without requests.
 IDLE_SECONDS = 60.0
 # An ended broadcast's playlists (with ENDLIST) are served this long after the end, so players
-# fetch its last segments; a request after that opens the name afresh (a new publish).
+# fetch its last segments; a request after that opens the name afresh. A new publish of the name
+# replaces it at once (as soon as it has a segment): from then on the ended one is served only to
+# its readers (segments and blocking reloads by their numbers; a plain reload from a player that
+# read it live and had not seen its end yet), for the rest of this time.
 ENDED_PLAYLIST_KEEP = 10.0
+# The player page, its broadcast ended, asks whether the name is live again with
+# index.m3u8?next=1: the edge holds that request up to this many target durations until a new
+# publish of the name has a segment, so the page starts on it at once, with one request per hold.
+NEXT_PUBLISH_HOLD_TARGET_DURATIONS = 3
 # Players are told apart by address and user agent, and counted as viewers of a broadcast for
 # this long after their last request (seconds); at most this many are tracked per broadcast
 # (about 200 bytes each: the user agent is cut to 64 characters).
@@ -187,16 +194,21 @@ else if (Hls.isSupported()) {
   let ended = null;  // the hls.js instance whose broadcast ended
   const over = "the broadcast has ended; it plays here again when it is back";
   video.addEventListener("ended", () => { waiting = over; });
-  // every @RETRY@ s: is the name live again? (its multivariant's first media playlist without
-  // ENDLIST: the edge serves an ended broadcast's playlists a while, then opens the name afresh)
+  // is the name live again? (its multivariant's first media playlist without ENDLIST) The edge
+  // holds index.m3u8?next=1 until a new publish of the name has a segment (a few seconds at
+  // most), so the page asks again at once after a held answer, and every @RETRY@ s otherwise
   const awaitNext = (which) => {
     if (ended === which) return;
     ended = which;
-    const again = () => setTimeout(ask, @RETRY@ * 1000);
+    let asked = 0;
+    const again = () => setTimeout(ask, Math.max(0, asked + @RETRY@ * 1000 - performance.now()));
     const ask = () => {
       if (ended !== hls) return;
+      asked = performance.now();
       const base = new URL(source, location.href);
-      fetch(base).then((r) => r.ok ? r.text() : "").then((listing) => {
+      const held = new URL(base);
+      held.searchParams.set("next", "1");
+      fetch(held).then((r) => r.ok ? r.text() : "").then((listing) => {
         const uri = listing.split("\\n").find((line) => line && !line.startsWith("#"));
         return uri ? fetch(new URL(uri, base)).then((r) => r.ok ? r.text() : "") : "";
       }).then((media) => {
@@ -221,12 +233,14 @@ else if (Hls.isSupported()) {
 
 class _Broadcast:
     def __init__(self, name: str, part_target: float = PART_TARGET, target_duration: int = TARGET_DURATION,
-                 audio_gap_fill: float = AUDIO_GAP_FILL) -> None:
+                 audio_gap_fill: float = AUDIO_GAP_FILL, after: int = 0) -> None:
+        """``after``: the first number past an ended broadcast of the name still served to its
+        readers (numbers_end): this one's numbers start there at the earliest."""
         self.name = name
         self.gap_fill = AudioGapFill(audio_gap_fill)  # silence while the audio stops and the video goes on
         self.part_target = part_target
         self.target_duration = target_duration
-        self.first = sequence_base(time.time())  # every rendition's segments numbered alike
+        self.first = max(sequence_base(time.time()), after)  # every rendition's segments numbered alike
         self.streams = {"v": self.new_stream({VIDEO}, "v-"), "a": self.new_stream({AUDIO}, "a-")}
         self.clock = MediaClock()  # segment dates of every rendition from one anchor
         for stream in self.streams.values():
@@ -245,6 +259,27 @@ class _Broadcast:
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
         self.pulled_at: dict[str, float] = {}  # rungs pulled for players -> when (time.monotonic())
         self.kept_audio: TrackInfo | None = None  # the audio that left, kept as silence (keep_audio)
+        # (viewer, stream prefix) given a live playlist of this broadcast and not yet its end:
+        # their plain reloads get its ENDLIST even once a new publish replaced it
+        self.reading_live: set[tuple[tuple[str, str], str]] = set()
+
+    @property
+    def playable(self) -> bool:
+        """A rendition has a whole segment: players may be pointed at this broadcast."""
+        return any(s.playable for s in self.streams.values())
+
+    @property
+    def numbers_end(self) -> int:
+        """Past every segment, part and init number this broadcast used, or that a blocking reload
+        of it may ask for (the segment after its last)."""
+        return max(max(s.next_part[0] + 1, s.init_version + 1) for s in self.streams.values())
+
+    def read_by(self, viewer: tuple[str, str], stream: LlHlsStream) -> None:
+        """``viewer`` was given ``stream``'s playlist as it is now."""
+        if stream.ended:
+            self.reading_live.discard((viewer, stream.prefix))
+        elif len(self.reading_live) < MAX_VIEWERS_TRACKED:
+            self.reading_live.add((viewer, stream.prefix))
 
     def keep_audio(self, catalog: Catalog) -> TrackInfo | None:
         """The audio track to keep playing as silence while ``catalog`` has none and still has
@@ -329,7 +364,9 @@ def _ranged(request: Request, response: Response) -> Response:
 
 class EdgeServer:
     """LL-HLS on the node's HTTP listener. ``apps`` are the node's other routes (async
-    ``(Request) -> Response | None``), tried first."""
+    ``(Request) -> Response | None``), tried first. ``open_broadcast`` may have an async
+    ``wait_live(name, timeout)`` that returns once ``name`` is published (TimeoutError after
+    ``timeout``): the page's index.m3u8?next=1 is held on it (see _next_publish)."""
 
     def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, http: HttpConfig | None = None,
                  access: Access | None = None, apps: list[Callable[[Request], Awaitable[Response | None]]] = ()) -> None:
@@ -339,7 +376,8 @@ class EdgeServer:
         self.static_dir: Path = self.http_config.static_dir or bundled_static_dir()
         self.apps = list(apps)
         self.http = HttpServer(self.handle, self.http_config)
-        self._broadcasts: dict[str, _Broadcast] = {}
+        self._broadcasts: dict[str, _Broadcast] = {}  # the newest of each name
+        self._ended: dict[str, _Broadcast] = {}  # an ended one a new publish replaced, for its readers
         self._hls_js_bytes: bytes | None = None
         self._reaper: asyncio.Task | None = None
         self._refusals: dict[tuple[str, str], float] = {}  # (client address, broadcast) -> last logged
@@ -359,7 +397,7 @@ class EdgeServer:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        for b in self._broadcasts.values():
+        for b in [*self._broadcasts.values(), *self._ended.values()]:
             if b.task is not None:
                 b.task.cancel()
         await self.http.close()
@@ -368,25 +406,38 @@ class EdgeServer:
         while True:
             await asyncio.sleep(5)
             now = time.monotonic()
+            self._ended = {name: b for name, b in self._ended.items() if now - b.ended_at <= ENDED_PLAYLIST_KEEP}
             for name, b in list(self._broadcasts.items()):
                 if b.streams["v"].ended and now - b.last_request > IDLE_SECONDS:
                     del self._broadcasts[name]
                 else:
                     b.idle_renditions(now)
                     b.viewers = {k: t for k, t in b.viewers.items() if now - t < VIEWER_WINDOW}
+                    b.reading_live = {r for r in b.reading_live if r[0] in b.viewers}
 
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
+        """The newest broadcast of ``name``, opened if it is not open or has ended (an ended one
+        is kept if nothing of that name can be opened, for ENDED_PLAYLIST_KEEP)."""
         b = self._broadcasts.get(name)
         now = time.monotonic()
-        if b is not None and not (b.ended_at is not None and now - b.ended_at > ENDED_PLAYLIST_KEEP):
+        if b is not None and b.ended_at is None:
             b.last_request = now
             return b
+        kept = b is not None and now - b.ended_at <= ENDED_PLAYLIST_KEEP
         source = self.open_broadcast(name)
         if source is None:
+            if kept:
+                b.last_request = now
+                return b
             return None
+        after = 0
+        if kept and b.playable:  # its readers finish it while the new one takes the name
+            self._ended[name] = b
+        if (ended := self._ended.get(name)) is not None:  # requests tell the two apart by number
+            after = ended.numbers_end
         b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target, self.http_config.target_duration,
-                                                self.http_config.audio_gap_fill)
+                                                self.http_config.audio_gap_fill, after)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -543,18 +594,73 @@ class EdgeServer:
             self._log_refusal(request.client, name, str(exc), time.monotonic())
             return text(403, str(exc))
         query = f"?token={quote(uri_token, safe='')}" if uri_token else ""
+        if file == "index.m3u8" and "next" in parse_qs(query_text):
+            await self._next_publish(name)
         b = self._broadcast(name)  # the page opens the broadcast too: its playlist is ready sooner
         if page:  # served whether or not the broadcast is live yet: the player retries
             return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
         if b is None:
             return text(404, "no such broadcast")
+        viewer = (request.client, request.headers.get("user-agent", "")[:64])
+        b = self._reading(name, b, file, query_text, viewer)
         if len(b.viewers) < MAX_VIEWERS_TRACKED:
-            b.viewers[(request.client, request.headers.get("user-agent", "")[:64])] = time.monotonic()
-        response = _ranged(request, await self._serve_file(b, file, query_text, query))
+            b.viewers[viewer] = time.monotonic()
+        response = _ranged(request, await self._serve_file(b, file, query_text, query, viewer))
         b.bytes_out += response.length
         return response
 
-    async def _serve_file(self, b: _Broadcast, file: str, query_text: str, query: str) -> Response:
+    def _reading(self, name: str, newest: _Broadcast, file: str, query_text: str, viewer: tuple[str, str]) -> _Broadcast:
+        """The broadcast a request is for: ``newest``, or the ended one it replaced when the
+        request belongs to a reader of that one (see ENDED_PLAYLIST_KEEP)."""
+        ended = self._ended.get(name)
+        if ended is None or ended is newest:
+            return newest
+        if time.monotonic() - ended.ended_at > ENDED_PLAYLIST_KEEP:
+            del self._ended[name]
+            return newest
+        numbered = _SEGMENT.match(file) or _INIT.match(file)
+        number = numbered and (numbered["msn"] if "msn" in numbered.groupdict() else numbered["version"])
+        pm = _PLAYLIST.match(file)
+        if pm is not None:
+            number = parse_qs(query_text).get("_HLS_msn", [None])[0]
+            if number is None and (viewer, f"{stream_key(pm['track'])}-") in ended.reading_live:
+                return ended  # read live up to now: its next reload must see the end
+        if number is not None and number.isdigit():  # numbered from each broadcast's opening on
+            return ended if int(number) < newest.first else newest
+        return newest if newest.playable else ended  # the new one from its first segment on
+
+    async def _next_publish(self, name: str) -> None:
+        """Wait (up to NEXT_PUBLISH_HOLD_TARGET_DURATIONS) until ``name`` has a broadcast that has
+        not ended with a whole segment: a new publish."""
+        loop = asyncio.get_running_loop()
+        b = self._broadcasts.get(name)
+        if b is None:  # the page asks after a broadcast it played: this edge knows the name
+            return
+        end = loop.time() + NEXT_PUBLISH_HOLD_TARGET_DURATIONS * b.streams["v"].target_duration()
+        waited = False
+        while (left := end - loop.time()) > 0:
+            b = self._broadcast(name)
+            if b is not None and b.ended_at is None:
+                async with b.changed:
+                    try:
+                        await asyncio.wait_for(b.changed.wait_for(lambda: b.playable or b.ended_at is not None), left)
+                    except TimeoutError:
+                        return
+                if b.playable:
+                    return
+                continue
+            # ended (or nothing): a source that can tell when the name is published again
+            wait_live = getattr(self.open_broadcast, "wait_live", None)
+            if wait_live is None or waited:
+                return
+            try:
+                await wait_live(name, left)
+            except TimeoutError:
+                return
+            waited = True
+
+    async def _serve_file(self, b: _Broadcast, file: str, query_text: str, query: str,
+                          viewer: tuple[str, str]) -> Response:
         video, audio = b.streams["v"], b.streams["a"]
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
@@ -582,7 +688,10 @@ class EdgeServer:
             if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream, time.monotonic())):
                 return text(503, "this rendition has no media yet")
             if im is None:
-                return await self._media_playlist(b, stream, query_text, query)
+                response = await self._media_playlist(b, stream, query_text, query)
+                if response.status == 200:
+                    b.read_by(viewer, stream)
+                return response
             ctype = "audio/mp4" if stream is audio else "video/mp4"
             if im["version"] is None:  # the newest: its content changes with the next avcC
                 return Response(200, stream.init, ctype, "no-cache", [ACCEPT_RANGES])
@@ -633,6 +742,7 @@ class EdgeServer:
                 ahead = part - next_part + 1 if msn == next_msn else part + 1  # parts past the last listed (at least)
                 if ahead > part_limit(stream.part_target, stream.target_duration()):
                     return text(400, "_HLS_part is too far in the future")
-            if not await self._wait_for(b, stream, lambda: stream.has(msn, part)):
+            # an ended playlist is the answer to a reload for what will never come (ENDLIST)
+            if not await self._wait_for(b, stream, lambda: stream.has(msn, part)) and not stream.ended:
                 return text(503, "the requested part did not appear in time")
         return Response(200, stream.media_playlist(uri_query).encode(), PLAYLIST, "no-cache")

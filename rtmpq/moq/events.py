@@ -199,6 +199,22 @@ class SubgroupReset:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialObjectExpired:
+    """An incoming data stream held an incomplete object longer than the timeout: stopped
+    (STOP_SENDING) and its bytes let go. ``track_alias``/``group``/``subgroup``: a subgroup stream's
+    header (None before it was read); ``request_id``: a fetch stream's. A SubgroupReset or
+    FetchEnded follows for what the stream carried."""
+
+    stream_id: int
+    track_alias: int | None
+    group: int | None
+    subgroup: int | None
+    request_id: int | None
+    held_bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class GoawayReceived:
     new_session_uri: str
 
@@ -207,6 +223,7 @@ class GoawayReceived:
 class SessionClosed:
     code: int
     reason: str
+    by_us: bool = False  # this side closed it for what the peer sent (a protocol error or a limit)
 
 
 @dataclass(frozen=True, slots=True)

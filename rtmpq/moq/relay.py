@@ -29,6 +29,7 @@ FETCHes taken from a publisher or upstream relay), relay_sink.py (a fan-out onto
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
@@ -43,6 +44,7 @@ from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription
+from .session import PARTIAL_OBJECT_TIMEOUT
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
@@ -96,6 +98,9 @@ RETRY_AFTER_BUSY = 0.25
 # (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
 # node's [publish] grace_period sets it.
 DEFAULT_UPSTREAM_GRACE = 30.0
+# Longest between two looks for incoming objects left incomplete (seconds; a quarter of the
+# timeout when that is shorter): a stalled stream goes between the timeout and this later.
+PARTIAL_CHECK_INTERVAL = 1.0
 
 
 def _range_refusal(request: ev.SubscribeRequested | ev.RequestUpdated, largest: tuple[int, int] | None) -> str | None:
@@ -132,12 +137,18 @@ class MoqRelay:
     def __init__(self, registry: BroadcastRegistry | None = None, *, delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
                  upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
-                 stuck_timeout: float = DEFAULT_STUCK_TIMEOUT) -> None:
+                 stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
+                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
         self.cache_local = cache_local
         self.stuck_timeout = stuck_timeout
+        self.partial_object_timeout = partial_object_timeout
+        self._next_partial_check = 0.0
+        # sessions and requests refused or closed by this relay and its listener, by reason
+        # (rtmpq_errors_total{protocol="moq"}); never a name or a token
+        self.errors: Counter[str] = Counter()
         self.access = access or Access()
         self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
@@ -270,6 +281,13 @@ class MoqRelay:
                 self.drop_failed()
             except Exception:
                 log.exception("dropping stuck or failed subscribers failed")
+            if now >= self._next_partial_check:
+                self._next_partial_check = now + min(PARTIAL_CHECK_INTERVAL, self.partial_object_timeout / 4)
+                for conn in list(self.connections):
+                    try:
+                        conn.expire_partial_objects(now, self.partial_object_timeout)
+                    except Exception:
+                        log.exception("%s: expiring incomplete objects failed", conn.peer)
 
     def end_ranges(self) -> None:
         """PUBLISH_DONE (SUBSCRIPTION_ENDED) to each AbsoluteRange subscription whose End Group is
@@ -289,6 +307,7 @@ class MoqRelay:
                 continue
             reason = f"subscriber stuck: nothing acknowledged for {now - since:.0f} s"
             log.warning("MoQ subscriber %s on %s: %s; closing its session", s.conn.peer, s.label, reason)
+            self.errors["stuck_timeout"] += 1
             s.conn.close_session(SessionError.DATA_STREAM_TIMEOUT, reason)  # forgets it here too
 
     def drop_failed(self) -> None:
@@ -375,6 +394,7 @@ class MoqRelay:
             check(path, token, time.time())
         except AccessDenied as exc:
             log.warning("%s: %s refused: %s", conn.peer, type(event).__name__, exc)
+            self.errors["auth_denied"] += 1
             if isinstance(event, ev.NamespaceSubscribeRequested):
                 conn.session.namespace_subscription_error(event.stream_id, event.request_id,
                                                           RequestError.UNAUTHORIZED, str(exc))
@@ -569,6 +589,7 @@ class MoqRelay:
                                            "no such subscription")
                 return
             if s.filter_type != FILTER_LARGEST_OBJECT:
+                self.errors["protocol_error"] += 1
                 conn.close_session(SessionError.PROTOCOL_VIOLATION, "joining FETCH of a subscription not at the largest object")
                 return
             if s.largest is None:
@@ -1091,6 +1112,21 @@ class MoqRelay:
             if upstream.subgroup_ended(group, event.subgroup):
                 upstream.fanout.end_group(group)  # its other subgroups had ended: the group is over
             self._stream_finished(upstream)
+
+    def _on_PartialObjectExpired(self, conn: MoqConnection, event: ev.PartialObjectExpired) -> None:
+        upstream = self._by_alias.get((id(conn), event.track_alias)) if event.track_alias is not None else None
+        if upstream is not None:
+            what = f"{_label(upstream.namespace, upstream.track)} group {event.group}"
+        elif event.track_alias is not None:
+            what = f"track alias {event.track_alias} (not a track it publishes here) group {event.group}"
+        elif event.request_id is not None:
+            what = f"fetch {event.request_id}"
+        else:
+            what = "a stream whose header never completed"
+        self.errors["partial_object_timeout"] += 1
+        log.warning("%s: stopping its stream %d of %s: an object incomplete for %.0f s (%d bytes held), longer "
+                    "than [moq] partial_object_timeout (%g s); the session goes on", conn.peer, event.stream_id,
+                    what, event.seconds, event.held_bytes, self.partial_object_timeout)
 
     @staticmethod
     def _subgroup_over(upstream: UpstreamTrack, group: int, subgroup: int) -> None:

@@ -50,6 +50,29 @@ MAX_NAMESPACE_SUFFIX_BYTES = 256 * 1024
 _SUFFIX_OVERHEAD = 16
 # The same, in bytes of object payload held (the oldest go first). Default 8 MiB.
 MAX_HELD_BYTES = 8 * 1024 * 1024
+# Seconds an object may stay incomplete on an incoming data stream (its first bytes came, the rest
+# does not): past it the stream is stopped (STOP_SENDING, DELIVERY_TIMEOUT) and its bytes freed;
+# the session goes on. Above the QUIC idle timeout (10 s): a path that dies for that long ends the
+# connection first, so this meets only a peer that keeps its connection alive and holds an object
+# back. The relay's [moq] partial_object_timeout.
+PARTIAL_OBJECT_TIMEOUT = 15.0
+# Streams remembered as stopped by us, so bytes still on their way on them are dropped (not read
+# as a new stream); the oldest are forgotten first.
+MAX_STOPPED_STREAMS = 4 * MAX_INCOMING_DATA_STREAMS
+
+
+class ReceivePool:
+    """The bytes every session of one listener holds from its peers and has not handed on: partial
+    objects and requests on their streams, objects held for a track alias not named yet. Sessions
+    add and take; whoever owns the pool (the MoQ listener, [moq] max_partial_bytes) calls ``over``
+    while ``held`` is above ``limit``, to close the session that holds the most."""
+
+    __slots__ = ("held", "limit", "over")
+
+    def __init__(self, limit: int, over=None) -> None:
+        self.held = 0
+        self.limit = limit
+        self.over = over
 
 
 _last_encoded: list = [None, None, -1, b"", None]  # payload, extensions, delta, bytes, max_write
@@ -148,6 +171,11 @@ class MoqSession:
         self._control_buf = bytearray()
         self._data_streams: dict[int, wire.SubgroupStreamParser | wire.FetchStreamParser] = {}
         self._stream_buffer_bytes = 0  # unparsed bytes of all the peer's streams (MAX_STREAM_BUFFER)
+        self.pool: ReceivePool | None = None  # shared by the sessions of a listener: what they all hold
+        # data streams holding an incomplete object: stream id -> since when (None: since before the
+        # next expire_partial_objects, which notes its ``now``); the session keeps no clock
+        self._partial: dict[int, float | None] = {}
+        self._stopped: dict[int, None] = {}  # data streams we stopped: what still comes on them is dropped
         self._next_request_id = 0 if is_client else 1
         self._peer_max_request_id = 0  # we may send requests with ids below this
         self._goaway_received = False
@@ -193,6 +221,23 @@ class MoqSession:
         if not self.closed:
             self.closed = True
             self.quic.close(error_code=int(code), reason_phrase=reason[:200])
+        self.release_buffers()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of the peer's this session holds and has not handed on (see ReceivePool)."""
+        return self._stream_buffer_bytes + self._held_bytes
+
+    def release_buffers(self) -> None:
+        """A closed session lets go of what its peer's streams left buffered (and of its share of
+        the pool) at once, not when the connection object goes."""
+        if self.pool is not None:
+            self.pool.held -= self.buffered_bytes
+        self._stream_buffer_bytes = self._held_bytes = 0
+        self._data_streams.clear()
+        self._request_streams.clear()
+        self._held.clear()
+        self._partial.clear()
 
     def handle_event(self, event) -> list:
         if self.closed:
@@ -209,13 +254,14 @@ class MoqSession:
                 return []
             if kind == "ConnectionTerminated":
                 self.closed = True
+                self.release_buffers()
                 return [ev.SessionClosed(event.error_code, event.reason_phrase)]
             if kind == "HandshakeCompleted" and self.is_client and self.control_stream_id is None:
                 self.connect()
         except MoqProtocolError as exc:
             log.warning("closing MoQ session: %s", exc)
             self.close(exc.code, str(exc))
-            return [ev.SessionClosed(exc.code, str(exc))]
+            return [ev.SessionClosed(exc.code, str(exc), by_us=True)]
         return []
 
     # -- requests we send -----------------------------------------------------------------------
@@ -528,10 +574,14 @@ class MoqSession:
             return self._on_control(data)
         parser = self._data_streams.get(stream_id)
         if parser is None:
+            if stream_id in self._stopped:  # bytes that were on their way when we stopped it
+                if end_stream:
+                    del self._stopped[stream_id]
+                return []
             if not data:
                 return []
             if len(self._data_streams) >= MAX_INCOMING_DATA_STREAMS:
-                self.quic.stop_stream(stream_id, wire.StreamResetCode.CANCELLED)
+                self._stop(stream_id, wire.StreamResetCode.CANCELLED)
                 return []
             fetch = data[0] == wire.FETCH_HEADER  # both stream types are one-byte varints
             parser = wire.FetchStreamParser() if fetch else wire.SubgroupStreamParser()
@@ -539,15 +589,14 @@ class MoqSession:
         if isinstance(parser, wire.FetchStreamParser):
             return self._on_fetch_stream(stream_id, parser, data, end_stream)
         out = []
-        for item in self._feed(parser, data):
+        for item in self._feed(stream_id, parser, data):
             if isinstance(item, wire.SubgroupObject):
                 h = parser.header
                 out.append(ev.ObjectReceived(h.track_alias, h.group_id, h.subgroup_id, item.object_id,
                                              item.payload, item.extensions, item.status, h.priority,
                                              h.end_of_group))
         if end_stream:
-            del self._data_streams[stream_id]
-            self._stream_buffer_bytes -= parser.buffered
+            self._forget_data_stream(stream_id)
             if parser.header is not None:
                 if parser.buffered:
                     raise MoqProtocolError("subgroup stream ended inside an object")
@@ -557,29 +606,79 @@ class MoqSession:
 
     def _on_fetch_stream(self, stream_id: int, parser: wire.FetchStreamParser, data: bytes, end_stream: bool) -> list:
         out = []
-        for item in self._feed(parser, data):
+        for item in self._feed(stream_id, parser, data):
             if isinstance(item, wire.FetchObject):
                 out.append(ev.FetchObjectReceived(parser.request_id, item.group_id, item.subgroup_id, item.object_id,
                                                   item.payload, item.extensions, item.priority))
             else:
                 out.append(ev.FetchRangeUnavailable(parser.request_id, item.group_id, item.object_id, item.unknown))
         if end_stream:
-            del self._data_streams[stream_id]
-            self._stream_buffer_bytes -= parser.buffered
+            self._forget_data_stream(stream_id)
             if parser.request_id is None or parser.buffered:
                 raise MoqProtocolError("fetch stream ended inside its header or an object")
             out.append(ev.FetchEnded(parser.request_id))
         return out
 
-    def _feed(self, parser, data: bytes) -> list:
+    def _feed(self, stream_id: int, parser, data: bytes) -> list:
         before = parser.buffered
         items = parser.feed(data)
         self._add_stream_buffer(parser.buffered - before)
+        if not parser.buffered:
+            self._partial.pop(stream_id, None)
+        elif items or stream_id not in self._partial:  # a new incomplete object: its clock starts
+            self._partial[stream_id] = None
         return items
+
+    def _forget_data_stream(self, stream_id: int) -> None:
+        parser = self._data_streams.pop(stream_id, None)
+        self._partial.pop(stream_id, None)
+        if parser is not None:
+            self._add_stream_buffer(-parser.buffered)
+
+    def _stop(self, stream_id: int, code: int) -> None:
+        """STOP_SENDING on a peer's data stream; what is still on its way on it is dropped."""
+        self.quic.stop_stream(stream_id, int(code))
+        self._stopped[stream_id] = None
+        if len(self._stopped) > MAX_STOPPED_STREAMS:
+            del self._stopped[next(iter(self._stopped))]  # the oldest: its peer long answered with a reset
+
+    def expire_partial_objects(self, now: float, timeout: float) -> list:
+        """Stop the data streams whose object has been incomplete for more than ``timeout``
+        seconds (a stalled peer); ``now`` is the caller's clock. For each: a PartialObjectExpired
+        event, then what the stream's end means (SubgroupReset, FetchEnded) with DELIVERY_TIMEOUT."""
+        out: list = []
+        if self.closed:
+            return out
+        for stream_id, since in list(self._partial.items()):
+            if since is None:
+                self._partial[stream_id] = now
+                continue
+            if now - since <= timeout:
+                continue
+            parser = self._data_streams.get(stream_id)
+            held = parser.buffered if parser is not None else 0
+            self._forget_data_stream(stream_id)
+            self._stop(stream_id, wire.StreamResetCode.DELIVERY_TIMEOUT)
+            if isinstance(parser, wire.FetchStreamParser):
+                out.append(ev.PartialObjectExpired(stream_id, None, None, None, parser.request_id, held, now - since))
+                if parser.request_id is not None:
+                    out.append(ev.FetchEnded(parser.request_id, wire.StreamResetCode.DELIVERY_TIMEOUT))
+            elif parser is not None:
+                h = parser.header
+                if h is None:
+                    out.append(ev.PartialObjectExpired(stream_id, None, None, None, None, held, now - since))
+                    continue
+                out.append(ev.PartialObjectExpired(stream_id, h.track_alias, h.group_id, h.subgroup_id, None, held,
+                                                   now - since))
+                out += self._hold_unknown([ev.SubgroupReset(h.track_alias, h.group_id, h.subgroup_id,
+                                                            wire.StreamResetCode.DELIVERY_TIMEOUT)])
+        return out
 
     def _add_stream_buffer(self, n: int) -> None:
         self._stream_buffer_bytes += n
-        if self._stream_buffer_bytes > MAX_STREAM_BUFFER:
+        if self.pool is not None:
+            self.pool.held += n
+        if n > 0 and self._stream_buffer_bytes > MAX_STREAM_BUFFER:
             raise MoqProtocolError(f"MAX_STREAM_BUFFER exceeded: {self._stream_buffer_bytes} > {MAX_STREAM_BUFFER} "
                                    "bytes of unfinished objects and requests buffered from the peer's streams")
 
@@ -588,15 +687,15 @@ class MoqSession:
         if sub is not None:
             return [ev.NamespaceSubscriptionEnded(sub.request_id, code)]
         if not stream_id & 0x2:  # a request stream: the peer gave up its SUBSCRIBE_NAMESPACE
-            self._stream_buffer_bytes -= len(self._request_streams.pop(stream_id, b""))
+            self._add_stream_buffer(-len(self._request_streams.pop(stream_id, b"")))
             request_id = self._namespace_streams.pop(stream_id, None)
             if request_id is None:
                 return []
             self._request_closed(request_id)
             return [ev.NamespaceUnsubscribed(stream_id)]
-        parser = self._data_streams.pop(stream_id, None)
-        if parser is not None:
-            self._stream_buffer_bytes -= parser.buffered
+        parser = self._data_streams.get(stream_id)
+        self._forget_data_stream(stream_id)
+        self._stopped.pop(stream_id, None)  # the peer's answer to our STOP_SENDING
         if isinstance(parser, wire.FetchStreamParser):
             return [] if parser.request_id is None else [ev.FetchEnded(parser.request_id, code)]
         if parser is None or parser.header is None:
@@ -613,17 +712,22 @@ class MoqSession:
                 out.append(e)
             else:
                 held.append(e)
-                self._held_bytes += _held_size(e)
+                self._add_held(_held_size(e))
         while held and (len(held) > MAX_HELD_EVENTS or self._held_bytes > MAX_HELD_BYTES):
-            self._held_bytes -= _held_size(held.popleft())
+            self._add_held(-_held_size(held.popleft()))
         return out
+
+    def _add_held(self, n: int) -> None:
+        self._held_bytes += n
+        if self.pool is not None:
+            self.pool.held += n
 
     def _release(self, alias: int) -> list:
         self._known_aliases.add(alias)
         released = [e for e in self._held if e.track_alias == alias]
         if released:
             self._held = deque(e for e in self._held if e.track_alias != alias)
-            self._held_bytes = sum(_held_size(e) for e in self._held)
+            self._add_held(-sum(map(_held_size, released)))
         return released
 
     def _on_namespace_stream(self, stream_id: int, sub: _NamespaceSubscription, data: bytes,
@@ -696,7 +800,7 @@ class MoqSession:
                 return out
             msg, _ = r
             del self._request_streams[stream_id]
-            self._stream_buffer_bytes -= len(buf)
+            self._add_stream_buffer(-len(buf))
             if not isinstance(msg, wire.SubscribeNamespace):
                 raise MoqProtocolError(f"{type(msg).__name__} on a request stream")
             self._check_request_id(msg.request_id, wire.MessageType.SUBSCRIBE_NAMESPACE)

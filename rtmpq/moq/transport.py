@@ -27,19 +27,20 @@ import os
 import socket
 import ssl
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 
-from ..config import MOQ_HANDSHAKE_TIMEOUT, MOQ_IDLE_TIMEOUT, MOQ_MAX_CONNECTIONS, MOQ_MAX_CONNECTIONS_PER_IP
+from ..config import (MOQ_HANDSHAKE_TIMEOUT, MOQ_IDLE_TIMEOUT, MOQ_MAX_CONNECTIONS, MOQ_MAX_CONNECTIONS_PER_IP,
+                      MOQ_MAX_PARTIAL_BYTES)
 from ..errors import listener_error
 from . import congestion, wire
 from .native_memory import pin_mmap_threshold
 from .reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL, PeerReachability
-from .session import MoqSession
+from .session import MoqSession, ReceivePool
 from .tls import der_fingerprint
 
 log = logging.getLogger("rtmpq.moq")
@@ -129,6 +130,8 @@ class _MoqConnectionMixin:
         self._priorities: dict[int, tuple[int, int, int]] = {}
         self._flush_scheduled = False
         self._close_told = False  # the handler heard SessionClosed (it hears it exactly once)
+        # a listener's count of what it refused or closed, by reason (metrics); None: not counted
+        self.errors: Counter | None = None
 
     def close_session(self, code: int, reason: str = "") -> None:
         """Close the MoQ session from this side. The handler hears SessionClosed at once, as for a
@@ -207,7 +210,15 @@ class _MoqConnectionMixin:
 
     # -- receiving ------------------------------------------------------------------------------
     def quic_event_received(self, event) -> None:
-        for moq_event in self.session.handle_event(event):
+        self._dispatch(self.session.handle_event(event))
+
+    def expire_partial_objects(self, now: float, timeout: float) -> None:
+        """Stop the incoming data streams whose object stayed incomplete over ``timeout`` seconds."""
+        self._dispatch(self.session.expire_partial_objects(now, timeout))
+
+    def _dispatch(self, moq_events: list) -> None:
+        """The session's events to the handler, then the listener's byte budget, then send."""
+        for moq_event in moq_events:
             if isinstance(moq_event, ev_setup) and not self.ready.done():
                 self.ready.set_result(moq_event)
             if isinstance(moq_event, ev_closed):
@@ -216,11 +227,16 @@ class _MoqConnectionMixin:
                 if self._close_told:
                     continue
                 self._close_told = True
+                if moq_event.by_us and self.errors is not None:
+                    self.errors["protocol_error"] += 1
             if self.handler is not None:
                 self.handler(self, moq_event)
         if self.session.closed and not self._close_told:
             # a handler closed the session itself (session.close): everyone else forgets it too
             self._tell_closed(0, "closed by this side")
+        pool = self.session.pool
+        if pool is not None and pool.held > pool.limit and pool.over is not None:
+            pool.over()
         self.flush()
 
     def connection_lost(self, exc) -> None:
@@ -228,6 +244,7 @@ class _MoqConnectionMixin:
         if not self.ready.done():
             self.ready.set_exception(ConnectionError("QUIC connection lost"))
         self.session.closed = True
+        self.session.release_buffers()
         self._tell_closed(0, "connection lost")
 
     # -- a client's peer gone without a word (reachability.py) ----------------------------------
@@ -863,11 +880,16 @@ def server_configuration(certfile, keyfile, idle_timeout: float | None = None) -
 async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: Callable[[MoqConnection], None],
                     backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
                     max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP,
+                    max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None,
                     idle_timeout: float | None = None):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
     A session not set up within ``handshake_timeout`` is closed, and so is one that would make
     more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address.
+    While all sessions together hold more than ``max_partial_bytes`` of their peers' bytes not
+    handed on (partial objects and requests, objects held for an unknown alias), the one holding
+    the most is closed. ``errors`` counts what was refused or closed so, by reason (metrics).
     ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT)."""
+    errors = Counter() if errors is None else errors
     idle_timeout = idle_timeout or IDLE_TIMEOUT
     if backend == "aiopquic":
         from aiopquic.asyncio import serve as pquic_serve
@@ -882,6 +904,23 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         serve_fn = serve
 
     live: set = set()  # sessions of this listener not closed yet (pruned as new ones come)
+    pooled: set = set()  # sessions sharing the pool, the ones past the caps too until they close
+
+    def over_budget() -> None:
+        """Close the session holding the most until the pool is within its limit again."""
+        while pool.held > pool.limit:
+            pooled.difference_update([c for c in pooled if c.session.closed])
+            worst = max(pooled, key=lambda c: c.session.buffered_bytes, default=None)
+            if worst is None or not worst.session.buffered_bytes:
+                return
+            held = worst.session.buffered_bytes
+            log.warning("%s: closing MoQ session: it holds %d bytes of partial objects and requests not handed on, "
+                        "the most of any session, and all %d sessions together hold %d, more than [moq] "
+                        "max_partial_bytes (%d)", worst.peer, held, len(pooled), pool.held, pool.limit)
+            errors["max_partial_bytes"] += 1
+            worst.close_session(wire.SessionError.INTERNAL_ERROR, "too many bytes held (max_partial_bytes)")
+
+    pool = ReceivePool(max_partial_bytes, over_budget)
 
     def check_caps(conn) -> None:
         """Once the first datagram told the peer's address (after the factory returned)."""
@@ -894,10 +933,15 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
             live.add(conn)
             return
         log.warning("%s: refused, %d MoQ sessions open (%d from %s) (%s)", conn.peer, len(live), from_ip, ip, limit)
+        errors[limit] += 1
         conn.close_session(wire.SessionError.INTERNAL_ERROR, f"too many connections ({limit})")
 
     def factory(*args, **kwargs):
         conn = cls(*args, is_client=False, **kwargs)
+        conn.errors = errors
+        conn.session.pool = pool
+        pooled.difference_update([c for c in pooled if c.session.closed])
+        pooled.add(conn)
         on_connection(conn)
         loop = asyncio.get_running_loop()
         loop.call_soon(check_caps, conn)
@@ -905,6 +949,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         def check_setup():
             if not conn.ready.done() and not conn.session.closed:
                 log.warning("%s: no MoQ setup within %g s, closing", conn.peer, handshake_timeout)
+                errors["handshake_timeout"] += 1
                 conn.close_session(wire.SessionError.CONTROL_MESSAGE_TIMEOUT, "setup timeout")
         loop.call_later(handshake_timeout, check_setup)
         return conn

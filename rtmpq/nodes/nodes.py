@@ -58,7 +58,8 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     cert, key, relay.fingerprint = server_pair(moq.certfile, moq.keyfile, moq.state_dir)
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend, handshake_timeout=moq.handshake_timeout, idle_timeout=moq.idle_timeout,
-                             max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip)
+                             max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip,
+                             max_partial_bytes=moq.max_partial_bytes, errors=relay.errors)
     relay.start()
     log.info("MoQ relay (%s) on udp %s:%d, certificate sha256 %s", moq.backend, moq.host, moq.port, relay.fingerprint)
     return server
@@ -102,7 +103,8 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     warn_if_open(access, [bound_host(config.moq.host, config.moq.backend)])
     directory = await open_directory(config)
     relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
-                     stuck_timeout=config.moq.stuck_timeout)
+                     stuck_timeout=config.moq.stuck_timeout,
+                     partial_object_timeout=config.moq.partial_object_timeout)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
@@ -148,7 +150,8 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
         relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
-                     stuck_timeout=config.moq.stuck_timeout)
+                         stuck_timeout=config.moq.stuck_timeout,
+                         partial_object_timeout=config.moq.partial_object_timeout)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))

@@ -136,6 +136,7 @@ def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None =
         broadcast = registry.get(name)
         return None if broadcast is None else LocalFeed(broadcast, relay)
 
+    open_broadcast.wait_live = registry.wait_for  # the edge holds a page's "live again?" on it
     return open_broadcast
 
 
@@ -150,7 +151,8 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
-                            cache_local=True, stuck_timeout=config.moq.stuck_timeout)
+                            cache_local=True, stuck_timeout=config.moq.stuck_timeout,
+                            partial_object_timeout=config.moq.partial_object_timeout)
         self.transcoder = None
         if config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
@@ -182,7 +184,8 @@ class UpNode:
                                      handshake_timeout=self.moq_config.handshake_timeout,
                                      idle_timeout=self.moq_config.idle_timeout,
                                      max_connections=self.moq_config.max_connections,
-                                     max_connections_per_ip=self.moq_config.max_connections_per_ip)
+                                     max_connections_per_ip=self.moq_config.max_connections_per_ip,
+                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors)
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()

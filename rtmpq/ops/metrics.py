@@ -167,6 +167,8 @@ class NodeCollector:
                                     "response bytes queued in user space for all HTTP connections",
                                     value=view.http.buffered_bytes())
         if view.relay is not None:
+            for reason, n in sorted(view.relay.errors.items()):
+                errors.add_metric(["moq", reason], n)
             sessions = [c for c in list(view.relay.connections) if not c.session.closed]
             conns.add_metric(["moq"], len(sessions))
             rtts, lost, packets = [], 0, 0
