@@ -17,6 +17,7 @@ error that names it; so is a value of the wrong type.
 """
 
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -73,6 +74,14 @@ STOP_TIMEOUT = 5.0
 MOQ_HANDSHAKE_TIMEOUT = 10.0
 MOQ_MAX_CONNECTIONS = 1024
 MOQ_MAX_CONNECTIONS_PER_IP = 256
+# Seconds of silence before QUIC closes a MoQ connection (each end PINGs at a third of it): also
+# how long a node below takes to notice an upstream that died without a word where no ICMP says
+# so (a host gone, a firewall that drops; a killed process on a reachable host is known sooner,
+# see PEER_UNREACHABLE_GRACE in rtmpq/moq/reachability.py). Shorter: a loss is noticed sooner;
+# a lossy or stalling link then loses sessions that were alive. Was 30 s before 10 s.
+MOQ_IDLE_TIMEOUT = 10.0
+# The shortest idle timeout taken: a third of it between PINGs must stay above a long round trip.
+MOQ_MIN_IDLE_TIMEOUT = 1.0
 # Bytes all MoQ sessions of the listener together hold from their peers and have not handed on
 # (partial objects and requests on incoming streams, objects held for a track alias not named
 # yet). Each session has its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in
@@ -165,6 +174,8 @@ class MoqConfig:
     # sessions open at once, in all and from one IP address; more are closed at once
     max_connections: int = MOQ_MAX_CONNECTIONS
     max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP
+    # seconds of silence before a MoQ connection (either way: listener and upstream) is closed
+    idle_timeout: float = MOQ_IDLE_TIMEOUT
     # seconds an object may stay incomplete on an incoming stream before that stream is stopped
     partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT
     # bytes of partial objects (and requests) all sessions together may hold; past it the session
@@ -473,6 +484,9 @@ def validate(config: Config) -> None:
                 "max_partial_bytes"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    if not MOQ_MIN_IDLE_TIMEOUT <= config.moq.idle_timeout < math.inf:  # (NaN fails too)
+        raise ConfigError(f"moq.idle_timeout: must be a number of seconds, at least {MOQ_MIN_IDLE_TIMEOUT:g} "
+                          f"(got {config.moq.idle_timeout!r})")
     for key in ("max_connections", "max_connections_per_ip"):
         if getattr(config.rtmp, key) <= 0:
             raise ConfigError(f"rtmp.{key}: must be positive")

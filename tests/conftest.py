@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from rtmpq import codec
-from rtmpq.config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig
+from rtmpq.config import MOQ_IDLE_TIMEOUT, Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig
 from rtmpq.nodes.up import UpNode
 from rtmpq.moq.transport import DEFAULT_BACKEND
 
@@ -204,11 +204,14 @@ async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0
         await asyncio.sleep(0.2)
 
 
-def local_config(tmp_path, backend: str = DEFAULT_BACKEND, *, grace_period: float = 0.0, **sections) -> Config:
+def local_config(tmp_path, backend: str = DEFAULT_BACKEND, *, grace_period: float = 0.0,
+                 idle_timeout: float = MOQ_IDLE_TIMEOUT, **sections) -> Config:
     """`rtmpq up`'s settings with every listener on a free loopback port. Broadcasts end when
-    their publisher leaves (grace 0) unless a test is about publishers that come back."""
+    their publisher leaves (grace 0) unless a test is about publishers that come back.
+    ``idle_timeout``: [moq] idle_timeout (tests of peers gone without a word shorten it)."""
     config = Config(rtmp=IngestConfig(host="127.0.0.1", port=0),
-                    moq=MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=backend),
+                    moq=MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state", backend=backend,
+                                  idle_timeout=idle_timeout),
                     http=HttpConfig(host="127.0.0.1", port=0),
                     publish=PublishConfig(grace_period=grace_period))
     for name, value in sections.items():

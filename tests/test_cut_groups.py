@@ -148,9 +148,8 @@ async def test_a_relay_above_lost_without_a_word_mid_gop_is_a_skipped_group_belo
     is reset for its subscriber, not ended; once A answers again, B goes on with a new group."""
     need("ffmpeg")
     idle = 1.5
-    monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)
-    monkeypatch.setattr(transport, "KEEPALIVE_INTERVAL", idle / 3)
-    node = await start_up_node(tmp_path, backend)
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)  # (relay B's side)
+    node = await start_up_node(tmp_path, backend, idle_timeout=idle)
     publisher = await spawn(publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{NAME}"))
     viewer = None
     try:

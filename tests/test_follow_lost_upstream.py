@@ -27,9 +27,8 @@ IDLE = 1.5  # QUIC idle timeout here (10 s in a node); the wait is the same, as 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 async def test_follow_reconnects_to_an_upstream_lost_without_a_word(tmp_path, monkeypatch, backend):
     need("ffmpeg")
-    monkeypatch.setattr(transport, "IDLE_TIMEOUT", IDLE)
-    monkeypatch.setattr(transport, "KEEPALIVE_INTERVAL", IDLE / 3)
-    node = await start_up_node(tmp_path, backend)
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", IDLE)  # (the follower's side)
+    node = await start_up_node(tmp_path, backend, idle_timeout=IDLE)
     try:
         host, port = node.moq_address
         publisher = asyncio.create_task(run_process(ffmpeg_publish_args(

@@ -337,9 +337,8 @@ async def test_a_subscription_outlives_a_publisher_gap_longer_than_the_quic_idle
     from rtmpq.moq import transport
 
     idle = 1.5  # the test's idle timeout (10 s in a node)
-    monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)
-    monkeypatch.setattr(transport, "KEEPALIVE_INTERVAL", idle / 3)
-    node = await start_up_node(tmp_path, backend, publish=PublishConfig(grace_period=30.0))
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", idle)  # (the subscribers' side)
+    node = await start_up_node(tmp_path, backend, publish=PublishConfig(grace_period=30.0), idle_timeout=idle)
     try:
         url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gap"
         host, port = node.moq_address

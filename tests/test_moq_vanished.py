@@ -29,8 +29,8 @@ IDLE = 3.0  # the relay's QUIC idle timeout here: a vanished subscriber is notic
 
 @pytest.fixture(params=["aioquic", "aiopquic"])
 async def node(tmp_path, request, monkeypatch):
-    monkeypatch.setattr(transport, "IDLE_TIMEOUT", IDLE)
-    n = UpNode(local_config(tmp_path, request.param))
+    monkeypatch.setattr(transport, "IDLE_TIMEOUT", IDLE)  # (the subscribers' side)
+    n = UpNode(local_config(tmp_path, request.param, idle_timeout=IDLE))
     await n.start()
     yield n
     await n.close()

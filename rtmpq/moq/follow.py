@@ -31,7 +31,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
                            fill_groups: int = 0, tail_wait: float = 0.0, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
-    connect_moq's insecure / cafile / fingerprint / backend. ``fill_groups``: the first
+    connect_moq's insecure / cafile / fingerprint / backend / idle_timeout. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
     (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
     subscribe_broadcast's (an older group's tail before a newer group's frames)."""

@@ -45,7 +45,7 @@ def node_token(config: Config) -> str | None:
 def upstream_tls(config: Config) -> dict:
     u = config.upstream
     return {"insecure": u.insecure, "cafile": str(u.cafile) if u.cafile else None,
-            "fingerprint": u.fingerprint or None, "backend": u.backend}
+            "fingerprint": u.fingerprint or None, "backend": u.backend, "idle_timeout": config.moq.idle_timeout}
 
 
 def node_access(config: Config) -> Access:
@@ -57,7 +57,7 @@ def node_access(config: Config) -> Access:
 async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     cert, key, relay.fingerprint = server_pair(moq.certfile, moq.keyfile, moq.state_dir)
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                             backend=moq.backend, handshake_timeout=moq.handshake_timeout,
+                             backend=moq.backend, handshake_timeout=moq.handshake_timeout, idle_timeout=moq.idle_timeout,
                              max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip,
                              max_partial_bytes=moq.max_partial_bytes, errors=relay.errors)
     relay.start()

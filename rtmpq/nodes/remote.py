@@ -35,10 +35,11 @@ class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, backend: str = DEFAULT_BACKEND, announce: bool = False,
                  use_for_unknown_tracks: bool = True, token=lambda: None,
-                 on_connect: Callable | None = None) -> None:
+                 on_connect: Callable | None = None, idle_timeout: float | None = None) -> None:
         self.relay = relay
         self.host, self.port, self.path = parse_moq_url(url)
-        self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend)
+        self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend,
+                        idle_timeout=idle_timeout)
         self.announce = announce
         self.use_for_unknown_tracks = use_for_unknown_tracks
         self.token = token  # () -> the node token to present, or None
@@ -98,6 +99,8 @@ class UpstreamLink:
                     finally:
                         if announcer is not None:
                             announcer.cancel()
+                    # (not the close's reason: the upstream's words may name a stream key)
+                    log.warning("upstream %s:%d: session ended; reconnecting in %.1f s", self.host, self.port, delay)
             except (ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
             except Exception:  # a bug here must not end the link for good (nothing would say so)
@@ -307,7 +310,7 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
     fetched from the relay's cache (the first playlist lists them as segments at once).
     ``tail_wait``: a newer group's frames wait that long for an older group's tail (group_tails.py).
 
-    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend.
+    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend / idle_timeout.
     """
     if url:
         host, port, _ = parse_moq_url(url)

@@ -182,6 +182,7 @@ class UpNode:
         self._quic = await serve_moq(self.moq_config.host, self._quic_port, certfile=cert, keyfile=key,
                                      on_connection=self.moq.on_connection, backend=self.moq_config.backend,
                                      handshake_timeout=self.moq_config.handshake_timeout,
+                                     idle_timeout=self.moq_config.idle_timeout,
                                      max_connections=self.moq_config.max_connections,
                                      max_connections_per_ip=self.moq_config.max_connections_per_ip,
                                      max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors)

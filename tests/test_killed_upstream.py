@@ -1,0 +1,174 @@
+"""An upstream node killed outright (SIGKILL: a crash, an OOM kill, a container restart).
+
+A killed process sends no CONNECTION_CLOSE: the nodes below it learned of the loss only at QUIC's
+idle timeout (10 s), and their viewers stalled that long before anything was tried. On a host or
+a LAN the dead process's UDP port answers with ICMP port unreachable, which says so within a
+packet's round trip. Here an origin (`rtmpq up`) is SIGKILLed under a relay chained to it
+(`rtmpq relay --upstream`) and a subscriber (`rtmpq sub`) reading it directly: both must notice
+well before the idle timeout, and when the origin comes back the relay's subscriber gets media
+again."""
+
+import asyncio
+import errno
+import json
+import socket
+import time
+
+import pytest
+
+from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL
+from rtmpq.moq.transport import connect_moq
+from rtmpq.netem import ImpairmentProxy
+
+from .conftest import free_port, http_get, need, serving_relay, start_up_node, until, wait_tcp
+from .test_lifecycle import long_publish_args, spawn
+from .test_restart import start_node
+
+# Seconds within which a killed upstream must be noticed (the idle timeout is 10 s); a loaded CI
+# machine gets room, the figure measured is printed.
+NOTICE_BOUND = 5.0
+
+
+class LogWatch:
+    """Reads a node's stderr as it comes, each line with the time it arrived."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.lines: list[tuple[float, str]] = []
+        self.task = asyncio.ensure_future(self._read(proc.stderr))
+
+    async def _read(self, stream) -> None:
+        while line := await stream.readline():
+            self.lines.append((time.monotonic(), line.decode(errors="replace")))
+
+    def first(self, text: str, since: float) -> float | None:
+        return next((t for t, line in self.lines if t >= since and text in line), None)
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.lines)
+
+
+class VideoWatch:
+    """Counts the video objects ``rtmpq sub --json`` prints, with when the last came."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.times: list[float] = []
+        self.task = asyncio.ensure_future(self._read(proc.stdout))
+
+    async def _read(self, stream) -> None:
+        while line := await stream.readline():
+            if line.startswith(b"{") and json.loads(line).get("track") == "video":
+                self.times.append(time.monotonic())
+
+    def since(self, t: float) -> int:
+        return sum(1 for x in self.times if x >= t)
+
+
+async def readyz(port: int) -> int:
+    status, _ = await http_get(f"http://127.0.0.1:{port}/readyz")
+    return status
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_back(tmp_path, backend):
+    need("ffmpeg")
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    prelay, phttp = free_port(socket.SOCK_DGRAM), free_port()
+    origin_args = ["up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}", "--quic-backend", backend,
+                   "--state-dir", str(tmp_path / "origin")]
+    origin = await start_node(*origin_args)
+    relay = await start_node("relay", "--moq", f"127.0.0.1:{prelay}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                             "--insecure", "--quic-backend", backend, "--state-dir", str(tmp_path / "relay"),
+                             "--http", f"127.0.0.1:{phttp}")
+    sub_args = ["sub", "--insecure", "--json", "--quic-backend", backend, "--wait", "30", "--seconds", "60"]
+    below = await start_node(*sub_args, f"moqt://127.0.0.1:{prelay}/live/k")  # through the relay
+    direct = await start_node(*sub_args, f"moqt://127.0.0.1:{pmoq}/live/k")  # straight from the origin
+    procs = [origin, relay, below, direct]
+    publishers = []
+    watches = [LogWatch(origin), relay_log := LogWatch(relay), direct_log := LogWatch(direct), LogWatch(below)]
+    video_below, video_direct = VideoWatch(below), VideoWatch(direct)
+    try:
+        await wait_tcp(prtmp)
+        await wait_tcp(phttp)
+        publishers.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/k")))
+        await until(lambda: video_below.since(0) > 30 and video_direct.since(0) > 30, 30, "media at both subscribers")
+        assert await readyz(phttp) == 200
+
+        origin.kill()  # SIGKILL: no CONNECTION_CLOSE, no GOAWAY
+        killed = time.monotonic()
+        await origin.wait()
+        publishers[0].kill()  # (its RTMP connection died with the origin)
+        not_ready = []
+
+        async def relay_noticed() -> None:
+            while await readyz(phttp) == 200:
+                await asyncio.sleep(0.02)
+            not_ready.append(time.monotonic())
+
+        await asyncio.wait_for(relay_noticed(), 20)
+        await until(lambda: direct_log.first("lost", killed), 20, "the direct subscriber logs the loss")
+        relay_took = not_ready[0] - killed
+        direct_took = direct_log.first("lost", killed) - killed
+        print(f"\n{backend}: killed upstream noticed by the relay in {relay_took:.2f} s, "
+              f"by rtmpq sub in {direct_took:.2f} s")
+        assert relay_took < NOTICE_BOUND, relay_log.text()
+        assert direct_took < NOTICE_BOUND, direct_log.text()
+        # the operator reads why: the upstream's port refused, and the relay reconnects
+        assert relay_log.first("peer unreachable", killed) and relay_log.first("session ended; reconnecting", killed), \
+            relay_log.text()
+
+        # the origin comes back (restarted on the same port) and is published to again
+        origin = await start_node(*origin_args)
+        procs.append(origin)
+        watches.append(LogWatch(origin))
+        back = time.monotonic()
+        await wait_tcp(prtmp)
+        publishers.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/k")))
+        await until(lambda: video_below.since(back) > 30, 40, "media again through the relay")
+        await until(lambda: video_direct.since(back) > 30, 40, "media again at the direct subscriber")
+        assert await readyz(phttp) == 200
+    finally:
+        for p in publishers:
+            if p.returncode is None:
+                p.kill()
+        for p in procs:
+            if p.returncode is None:
+                p.terminate()
+        for p in procs:
+            await p.wait()
+        for w in (*watches, video_below, video_direct):
+            w.task.cancel()
+    for w in watches:
+        assert "Traceback" not in w.text(), w.text()
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_stray_icmp_refusal_leaves_a_healthy_session_open(tmp_path, backend):
+    """One ECONNREFUSED for a live peer (stray, forged, or from a middlebox for another flow): the
+    peer answers the probe that follows, and the session goes on."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            refused_at = time.monotonic()
+            conn.peer_refused(ConnectionRefusedError(errno.ECONNREFUSED, "stray"))
+            received = conn._received_count()
+            # past the grace and two checks, with something received from the peer since
+            await until(lambda: time.monotonic() > refused_at + PEER_UNREACHABLE_GRACE + 3 * SILENCE_PROBE_INTERVAL
+                        and conn._received_count() > received, 15, "the peer's next packet")
+            assert not conn.session.closed
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_the_idle_timeout_setting_closes_a_silent_peer_in_time(tmp_path, backend):
+    """[moq] idle_timeout: a node's sessions with a peer gone silent (no ICMP: a path gone dark)
+    end that long after the last packet, however long the peer itself would wait."""
+    node = await start_up_node(tmp_path, backend, idle_timeout=2.0)
+    try:
+        async with ImpairmentProxy(target=node.moq_address) as proxy:
+            async with connect_moq("127.0.0.1", proxy.port, insecure=True, backend=backend, idle_timeout=60.0):
+                await until(lambda: len(node.moq.connections) == 1, 5, "the session at the node")
+                proxy.blackhole(600)
+                dark = time.monotonic()
+                await until(lambda: not node.moq.connections, 10, "the node to close the silent session")
+                took = time.monotonic() - dark
+                assert 1.0 < took < 2.0 + 2.5, took
+    finally:
+        await node.close()
