@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 # After this many publishes refused (unknown key, token refused) from one address within
 # REFUSED_PUBLISH_WINDOW seconds, that address's publishes are refused for
-# REFUSED_PUBLISH_COOLDOWN seconds: at most ~10 guesses every 3 minutes per address, while an
+# REFUSED_PUBLISH_COOLDOWN seconds: 10 guesses, then 2 minutes of waiting, per address, while an
 # encoder with a mistyped key learns why within a minute of retries.
 MAX_REFUSED_PUBLISHES = 10
 REFUSED_PUBLISH_WINDOW = 60.0
