@@ -8,6 +8,7 @@ broadcast waits for its publisher to return (``[publish] grace_period``).
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -140,7 +141,7 @@ class IngestNode:
         address, now = conn.peer.rpartition(":")[0], time.monotonic()
         if wait := self.refusals.cooldown_left(address, now):  # logged once, when it began
             self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
-                         f"publish refused: too many refused publishes from your address; try again in {wait:.0f} s")
+                         f"publish refused: too many refused publishes from your address; try again in {math.ceil(wait)} s")
             return
         try:
             name = self.access.publish_name(req.app, req.key, req.query, time.time())
