@@ -17,8 +17,8 @@ from dataclasses import dataclass
 MAX_REFUSED_PUBLISHES = 10
 REFUSED_PUBLISH_WINDOW = 60.0
 REFUSED_PUBLISH_COOLDOWN = 120.0
-# Addresses tracked at once (an entry is ~200 bytes: under 1 MB in all). An address spread wider
-# than this (many IPv6 addresses) pushes the oldest out early.
+# Addresses tracked at once (tracemalloc: ~250 bytes an IPv6 entry, 1.0 MB when full). A guesser
+# spread over more addresses than this (IPv6) pushes the oldest out early.
 MAX_TRACKED_ADDRESSES = 4096
 
 
