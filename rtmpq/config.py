@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .auth.refusals import MAX_REFUSED_PUBLISHES, REFUSED_PUBLISH_COOLDOWN, REFUSED_PUBLISH_WINDOW
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
@@ -149,6 +150,12 @@ class IngestConfig:
     read_coalesce: float = INGEST_READ_COALESCE
     # bytes of media a connection may send after publish before its answer (held, then handed on)
     max_pending_media_bytes: int = MAX_PENDING_MEDIA_BYTES
+    # stream key guessing: after max_refused_publishes publishes refused (unknown key, token
+    # refused) from one address within refused_publish_window seconds, every publish from it is
+    # refused for refused_publish_cooldown seconds (0 max_refused_publishes: never)
+    max_refused_publishes: int = MAX_REFUSED_PUBLISHES
+    refused_publish_window: float = REFUSED_PUBLISH_WINDOW
+    refused_publish_cooldown: float = REFUSED_PUBLISH_COOLDOWN
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     @property
@@ -459,7 +466,8 @@ def validate(config: Config) -> None:
                          ("publish.grace_period", config.publish.grace_period),
                          ("node.stop_timeout", config.node.stop_timeout),
                          ("rtmp.read_coalesce", config.rtmp.read_coalesce),
-                         ("rtmp.max_pending_media_bytes", config.rtmp.max_pending_media_bytes)):
+                         ("rtmp.max_pending_media_bytes", config.rtmp.max_pending_media_bytes),
+                         ("rtmp.max_refused_publishes", config.rtmp.max_refused_publishes)):
         if value < 0:
             raise ConfigError(f"{where}: must not be negative")
     try:
@@ -505,6 +513,9 @@ def validate(config: Config) -> None:
         raise ConfigError("rtmp.tls_cert and rtmp.tls_key go together (--rtmps-cert and --rtmps-key)")
     if config.rtmp.tls_handshake_timeout <= 0:
         raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
+    for key in ("refused_publish_window", "refused_publish_cooldown"):
+        if not 0 < getattr(config.rtmp, key) < math.inf:  # (NaN fails too)
+            raise ConfigError(f"rtmp.{key}: must be a positive number of seconds")
     if (h.certfile is None) != (h.keyfile is None):
         raise ConfigError("http.certfile and http.keyfile go together (--http-cert and --http-key)")
     if (config.moq.certfile is None) != (config.moq.keyfile is None):  # one alone was silently self-signed

@@ -83,11 +83,14 @@ class TcpPublisher:
 
     @classmethod
     async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0,
-                      pipelined: list[tuple[int, int, bytes]] = (), ssl=None) -> "TcpPublisher":
+                      pipelined: list[tuple[int, int, bytes]] = (), ssl=None, source: str | None = None) -> "TcpPublisher":
         """Connect, publish ``app/key`` and wait for NetStream.Publish.Start. ``pipelined`` media
         messages (type id, timestamp, body) go in the same write as ``publish``, before its answer
-        (as an encoder that saves the round trip does). ``ssl``: a client context (RTMPS)."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
+        (as an encoder that saves the round trip does). ``ssl``: a client context (RTMPS);
+        ``source``: the local address to connect from. A refused publish raises
+        ConnectionRefusedError with the onStatus description."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl,
+                                                       local_addr=(source, 0) if source else None)
         self = cls(reader, writer)
         async with asyncio.timeout(timeout):
             writer.write(b"\x03" + make_client_c1(digest=False))
@@ -100,7 +103,10 @@ class TcpPublisher:
             out = [self.chunks.write(8, 0, 20, self.stream_id, amf0_encode("publish", 3.0, None, key, "live"))]
             out += [self.chunks.write(4 if t == 8 else 6, ts, t, self.stream_id, body) for t, ts, body in pipelined]
             writer.write(b"".join(out))
-            await self.wait_command(lambda v: v[0] == "onStatus" and v[3]["code"] == "NetStream.Publish.Start")
+            status = (await self.wait_command(lambda v: v[0] == "onStatus" and v[3]["code"].startswith("NetStream.Publish")))[3]
+            if status["code"] != "NetStream.Publish.Start":
+                writer.close()
+                raise ConnectionRefusedError(status.get("description", status["code"]))
         return self
 
     def send(self, csid: int, timestamp: int, type_id: int, stream_id: int, body: bytes) -> None:

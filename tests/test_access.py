@@ -7,17 +7,21 @@ import re
 import time
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from rtmpq.auth.access import Access, AccessDenied
+from rtmpq.auth.refusals import RefusedPublishes
 from rtmpq.auth.tokens import CLOCK_SKEW_LEEWAY, mint_session_token, mint_token, verify_token
-from rtmpq.config import AuthConfig, PublishConfig
+from rtmpq.config import AuthConfig, IngestConfig, PublishConfig
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
 from .conftest import http_get, need, start_up_node, until
 from .publishers import ffmpeg_publish_args, ffmpeg_publish_only_args, run_process
+from .rtmp_client import TcpPublisher
+from .test_ops import samples
 
 KEY = "sk-1f9c2a77e0"
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
@@ -456,3 +460,108 @@ async def test_a_relay_without_a_node_token_says_so_below_and_in_its_log(tmp_pat
     finally:
         await publish
         await node.close()
+
+
+# -- refused publishes: counted, and guessing slowed down ---------------------------------------
+def test_an_address_that_keeps_being_refused_cools_down_and_others_do_not():
+    refusals = RefusedPublishes(limit=3, window=10, cooldown=30, max_addresses=100)
+    assert refusals.refused("10.0.0.1", 0) == 0 and refusals.refused("10.0.0.1", 4) == 0
+    assert refusals.refused("10.0.0.1", 20) == 0  # the first two fell out of the window
+    assert refusals.refused("10.0.0.1", 21) == 0
+    assert refusals.refused("10.0.0.2", 21) == 0  # another address counts apart
+    assert refusals.cooldown_left("10.0.0.1", 22) == 0
+    assert refusals.refused("10.0.0.1", 22) == 3  # the third within 10 s: the cool-down begins, said once
+    assert refusals.cooldown_left("10.0.0.1", 22) == 30
+    assert refusals.cooldown_left("10.0.0.1", 51) == 1
+    assert refusals.cooldown_left("10.0.0.2", 23) == 0
+    assert refusals.cooldown_left("10.0.0.1", 52) == 0  # over: counting starts again from nothing
+    assert refusals.refused("10.0.0.1", 53) == 0 and refusals.refused("10.0.0.1", 54) == 0
+    assert refusals.refused("10.0.0.1", 55) == 3
+    off = RefusedPublishes(limit=0)
+    assert not any(off.refused("10.0.0.1", t) for t in range(100)) and len(off) == 0
+
+
+def test_the_addresses_tracked_are_bounded_in_count():
+    refusals = RefusedPublishes(limit=2, window=60, cooldown=60, max_addresses=50)
+    refusals.refused("10.0.0.1", 0)
+    assert refusals.refused("10.0.0.1", 1) == 2  # cooling down
+    for i in range(1000):  # a spread of addresses, each refused once
+        refusals.refused(f"10.1.{i // 256}.{i % 256}", 2 + i / 1000)
+    assert len(refusals) == 50
+    # forgotten first: the address refused longest ago; and once their window is over, the rest
+    refusals.refused("10.9.9.9", 200)
+    assert len(refusals) == 1
+
+
+async def _publish_refusals(node) -> tuple[str, dict[str, float]]:
+    """/metrics as scraped, and its RTMP errors by reason."""
+    async with httpx.AsyncClient(timeout=20) as client:
+        page = (await client.get(f"http://127.0.0.1:{node.edge.address[1]}/metrics")).text
+    return page, {dict(labels)["reason"]: value for (name, labels), value in samples(page).items()
+                  if name == "rtmpq_errors_total" and dict(labels).get("protocol") == "rtmp"}
+
+
+async def test_refused_publishes_are_counted_by_reason_in_metrics_without_keys_or_tokens(tmp_path):
+    """ffmpeg publishing with an unknown key, with a token for another name, and to a name that is
+    live from elsewhere: each is refused with a status that says why, and counted in /metrics as
+    rtmpq_errors_total{protocol="rtmp", reason}; the keys and the token are nowhere on the page."""
+    need("ffmpeg")
+    now = time.time()
+    node = await start_up_node(tmp_path, publish=PublishConfig(keys={KEY: "taken"}, grace_period=0),
+                               auth=AuthConfig(secret=SECRET))
+    token = mint_token(SECRET, "live/cam1", "publish", 60, now=now)
+    try:
+        rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-guessed-0042", seconds=1))
+        assert rc != 0 and "unknown stream key" in out, out
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/cam2?token={token}", seconds=1))
+        assert rc != 0 and "token refused: wrong path" in out, out
+        node.registry.publish("live/taken")  # as a broadcast relayed here from another node is
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{KEY}", seconds=1))
+        assert rc != 0 and "Stream already publishing" in out, out
+        page, counted = await _publish_refusals(node)
+    finally:
+        await node.close()
+    assert counted == {"unknown_key": 1, "token_refused": 1, "name_in_use": 1}, counted
+    assert not any(secret in page for secret in ("sk-guessed-0042", KEY, token))
+
+
+async def test_an_address_guessing_stream_keys_is_made_to_wait_and_others_publish(tmp_path, caplog):
+    """[rtmp] max_refused_publishes wrong keys from one address start its cool-down: its next
+    publish, even with the right key, is refused with a status telling ffmpeg to wait, while a
+    publisher from another address goes live. One log line per address per cool-down, with the
+    address and the count, never a key; the refusals in the cool-down are counted in /metrics."""
+    need("ffmpeg")
+    caplog.set_level(logging.INFO)
+    node = await start_up_node(tmp_path, publish=PublishConfig(keys={KEY: "studio"}, grace_period=0),
+                               rtmp=IngestConfig(host="127.0.0.1", port=0, max_refused_publishes=3))
+    try:
+        port = node.rtmp.address[1]
+        rtmp = f"rtmp://127.0.0.1:{port}/live"
+        for i in range(3):  # a guesser at 127.0.0.2
+            with pytest.raises(ConnectionRefusedError, match="unknown stream key"):
+                await TcpPublisher.publish(port, f"sk-guess-{i}", source="127.0.0.2")
+        with pytest.raises(ConnectionRefusedError, match=r"too many refused publishes from your address; try again in \d+ s"):
+            await TcpPublisher.publish(port, KEY, source="127.0.0.2")
+        # ffmpeg at 127.0.0.1 publishes with the right key meanwhile
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{KEY}", seconds=1))
+        assert rc == 0, out
+        # ffmpeg guessing: three wrong keys, then even the right one is refused, and it says why
+        for i in range(3):
+            rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-ffmpeg-guess-{i}", seconds=1))
+            assert rc != 0 and "unknown stream key" in out, out
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{KEY}", seconds=1))
+        assert rc != 0 and re.search(r"Server error: publish refused: too many refused publishes from your address; try again in \d+ s", out), out
+        with pytest.raises(ConnectionRefusedError, match="try again in"):  # still cooling down
+            await TcpPublisher.publish(port, KEY, source="127.0.0.2")
+        page, counted = await _publish_refusals(node)
+    finally:
+        await node.close()
+    assert counted == {"unknown_key": 6, "max_refused_publishes": 3}, counted
+    lines = [r.getMessage() for r in caplog.records if "refusing every publish" in r.getMessage()]
+    assert len(lines) == 2, lines
+    for address in ("127.0.0.2", "127.0.0.1"):
+        line = rf"{address}:\d+: 3 publishes refused within 60 s: refusing every publish from {address} for 120 s"
+        assert any(re.fullmatch(line.replace(".", r"\."), seen) for seen in lines), lines
+    assert "sk-guess" not in caplog.text and "sk-ffmpeg-guess" not in caplog.text and KEY not in caplog.text
+    assert "sk-guess" not in page and KEY not in page

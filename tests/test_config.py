@@ -33,6 +33,14 @@ def test_the_playback_session_from_file_and_environment(tmp_path):
     assert load_config(path, env={"RTMPQ_AUTH_PLAYBACK_SESSION": "600"}).auth.playback_session == 600.0
 
 
+def test_stream_key_guessing_limits_from_file_and_environment(tmp_path):
+    defaults = load_config(env={}).rtmp
+    assert (defaults.max_refused_publishes, defaults.refused_publish_window, defaults.refused_publish_cooldown) == (10, 60, 120)
+    path = write(tmp_path, '[rtmp]\nmax_refused_publishes = 5\nrefused_publish_cooldown = 600\n')
+    config = load_config(path, env={"RTMPQ_RTMP_REFUSED_PUBLISH_WINDOW": "30"}).rtmp
+    assert (config.max_refused_publishes, config.refused_publish_window, config.refused_publish_cooldown) == (5, 30, 600)
+
+
 def test_flag_beats_environment_beats_file(tmp_path):
     path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
                            '[publish.keys]\n"sk-1" = "studio"\n')
@@ -80,6 +88,9 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
     ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
     ("[rtmp]\nmax_connections_per_ip = 0\n", "rtmp.max_connections_per_ip: must be positive"),
+    ("[rtmp]\nmax_refused_publishes = -1\n", "rtmp.max_refused_publishes: must not be negative"),
+    ("[rtmp]\nrefused_publish_window = 0\n", "rtmp.refused_publish_window: must be a positive number of seconds"),
+    ("[rtmp]\nrefused_publish_cooldown = inf\n", "rtmp.refused_publish_cooldown: must be a positive number of seconds"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
     ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
     ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),

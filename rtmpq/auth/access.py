@@ -28,7 +28,12 @@ BROADCAST_NAME_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,12
 
 
 class AccessDenied(RtmpqError):
-    """Refused; the message is safe to show the peer and to log (it never holds a key or token)."""
+    """Refused; the message is safe to show the peer and to log (it never holds a key or token).
+    ``reason``: what was refused, as metrics count it (``unknown_key``, ``token_refused``)."""
+
+    def __init__(self, message: str, reason: str = "token_refused") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Access:
@@ -57,7 +62,7 @@ class Access:
                 token, path = key, _subject_path(key, app)
             self.check(ACT_PUBLISH, path, token, now)
             return path
-        raise AccessDenied("unknown stream key")
+        raise AccessDenied("unknown stream key", "unknown_key")
 
     # -- tokens ---------------------------------------------------------------------------------
     def check(self, act: str, path: str, token: str | None, now: float, *, session_ok: bool = False) -> Claims:

@@ -8,10 +8,12 @@ broadcast waits for its publisher to return (``[publish] grace_period``).
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 
 from ..auth.access import Access, AccessDenied
+from ..auth.refusals import RefusedPublishes
 from ..config import IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..media.broadcast import Broadcast, BroadcastRegistry
@@ -101,6 +103,8 @@ class IngestNode:
         self.publish_config = publish or PublishConfig()
         self.access = access or Access(self.publish_config)
         self.server = RtmpServer(self, self.config)
+        c = self.config
+        self.refusals = RefusedPublishes(c.max_refused_publishes, c.refused_publish_window, c.refused_publish_cooldown)
         self.publishes: dict[str, Publish] = {}  # by broadcast name
         self._finalizing: set[asyncio.Future] = set()  # recordings being closed
         self._idle_task: asyncio.Task | None = None
@@ -134,11 +138,19 @@ class IngestNode:
 
     # -- PublishHandler -------------------------------------------------------------------------
     def publish_requested(self, conn: RtmpConnection, req: PublishRequested) -> None:
+        address, now = conn.peer.rpartition(":")[0], time.monotonic()
+        if wait := self.refusals.cooldown_left(address, now):  # logged once, when it began
+            self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
+                         f"publish refused: too many refused publishes from your address; try again in {math.ceil(wait)} s")
+            return
         try:
             name = self.access.publish_name(req.app, req.key, req.query, time.time())
         except AccessDenied as exc:
             log.warning("%s: publish to app %r refused: %s", conn.peer, req.app, exc)
-            conn.refuse(req.stream_id, "NetStream.Publish.BadName", f"publish refused: {exc}")
+            self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
+            if count := self.refusals.refused(address, now):
+                log.warning("%s: %d publishes refused within %g s: refusing every publish from %s for %g s",
+                            conn.peer, count, self.refusals.window, address, self.refusals.cooldown)
             return
         old = self.publishes.get(name)
         if old is not None:  # a reconnecting encoder, or a second one: the newest wins
@@ -148,19 +160,24 @@ class IngestNode:
             broadcast = self.registry.publish(name)
         except StreamNameInUse:  # a broadcast of this name that is not ours (e.g. relayed here)
             log.warning("%s: publish to %s refused: already live", conn.peer, safe_name(name))
-            conn.refuse(req.stream_id, "NetStream.Publish.BadName", "Stream already publishing")
+            self._refuse(conn, req.stream_id, "name_in_use", "NetStream.Publish.BadName", "Stream already publishing")
             return
         try:
             pub = Publish(self, conn, req.stream_id, broadcast, self.config.record_dir)
         except OSError as exc:
             log.error("%s: cannot record %s: %s", conn.peer, safe_name(name), exc)
             broadcast.publisher_left(0, time.monotonic())
-            conn.refuse(req.stream_id, "NetStream.Publish.Failed", "Recording failed")
+            self._refuse(conn, req.stream_id, "record_failed", "NetStream.Publish.Failed", "Recording failed")
             return
         self.publishes[name] = pub
         log.info("%s: publishing %s%s", conn.peer, safe_name(name),
                  f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
         conn.accept(req.stream_id, pub)
+
+    def _refuse(self, conn: RtmpConnection, stream_id: int, reason: str, code: str, description: str) -> None:
+        """Refuse a publish, counted in metrics by ``reason`` (never a key or name)."""
+        self.server.errors[reason] += 1
+        conn.refuse(stream_id, code, description)
 
     def _publish_closed(self, pub: Publish, clean: bool) -> None:
         if self.publishes.get(pub.broadcast.name) is pub:
