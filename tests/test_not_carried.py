@@ -146,3 +146,27 @@ async def test_the_player_and_status_pages_say_the_codec_is_not_carried(tmp_path
         rc, output = await publisher
         await node.close()
     assert rc == 0, output
+
+
+async def test_a_publisher_back_with_a_carried_codec_is_no_longer_listed_as_dropped(tmp_path):
+    """Within the grace period the same broadcast goes on: the dropped MP3 of the first publish is
+    not reported against the second, which sends AAC."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, grace_period=30.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}"
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/fixed"
+    try:
+        rc, output = await run_process(mp3_publish_args(url, seconds=2), timeout=30)
+        assert rc == 0, output
+        item = await broadcast_item(base, "live/fixed", lambda i: i["not_carried"] and i["publishing"] is False)
+        assert [d["codec"] for d in item["not_carried"]] == ["MP3"], item
+        aac = [a if a != "libmp3lame" else "aac" for a in mp3_publish_args(url, seconds=4)]
+        publisher = asyncio.create_task(run_process(aac, timeout=30))
+        item = await broadcast_item(base, "live/fixed", lambda i: i["tracks"] and i["publishing"])
+        assert item["not_carried"] == [] and [t["codec"] for t in item["tracks"]] == ["mp4a.40.2"], item
+        rc, output = await publisher
+        assert rc == 0, output
+    finally:
+        await node.close()
+
