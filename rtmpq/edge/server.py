@@ -100,6 +100,9 @@ RUNG_CATCH_UP_WAIT = 5.0
 # the source's catalog comes first, and a transcoder lists its rungs in one of its own right after.
 RENDITION_LISTING_WAIT = 3.0
 PLAYLIST = "application/vnd.apple.mpegurl"
+# A playlist answer that says the broadcast is live but its publisher's codecs are not carried
+# (``audio=MP3``): the player page shows that answer's text instead of "not live (yet)".
+NOT_CARRIED_HEADER = "Rtmpq-Not-Carried"
 # A refused viewer (403: no token, an expired or wrong one) is logged once per client address and
 # broadcast per this many seconds (a refused player retries every few seconds; the operator needs
 # the reason once), remembering at most this many pairs (the oldest forgotten first).
@@ -157,7 +160,11 @@ else if (Hls.isSupported()) {
         waiting = "not allowed to watch this broadcast (403: no token, or it expired)";
       } else if (data.fatal) {
         const failed = hls;
-        waiting = "not live (yet): trying again every @RETRY@ s…";
+        // live, but in codecs that are not carried: the edge's answer says which (NOT_CARRIED_HEADER)
+        fetch(source).then((r) => r.headers.has("@NOT_CARRIED@") ? r.text() : null, () => null).then((why) => {
+          if (failed === hls) waiting = why ? why.trim() + " (trying again every @RETRY@ s…)"
+                                            : "not live (yet): trying again every @RETRY@ s…";
+        });
         setTimeout(() => { if (failed === hls) { window.rtmpqRestarts += 1; hls.destroy(); start(); } }, @RETRY@ * 1000);
       }
     });
@@ -228,7 +235,7 @@ else if (Hls.isSupported()) {
 </script></body></html>
 """.replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
     .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY)) \
-    .replace("@RETRY@", str(PLAYER_RETRY))
+    .replace("@RETRY@", str(PLAYER_RETRY)).replace("@NOT_CARRIED@", NOT_CARRIED_HEADER)
 
 
 class _Broadcast:
@@ -366,7 +373,10 @@ class EdgeServer:
     """LL-HLS on the node's HTTP listener. ``apps`` are the node's other routes (async
     ``(Request) -> Response | None``), tried first. ``open_broadcast`` may have an async
     ``wait_live(name, timeout)`` that returns once ``name`` is published (TimeoutError after
-    ``timeout``): the page's index.m3u8?next=1 is held on it (see _next_publish)."""
+    ``timeout``): the page's index.m3u8?next=1 is held on it (see _next_publish); and an optional
+    ``not_carried(name)``: the tracks (demux.NotCarried) the publisher of ``name`` sends in a codec
+    that is not carried and the catalog of what is, so the playlists name what is dropped instead
+    of waiting for media that never comes."""
 
     def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, http: HttpConfig | None = None,
                  access: Access | None = None, apps: list[Callable[[Request], Awaitable[Response | None]]] = ()) -> None:
@@ -666,8 +676,10 @@ class EdgeServer:
             # every rendition the catalog has must be playable before players are pointed at them
             streams = [s for k, s in b.streams.items() if b.listed(k, s)]
             ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
+            if not any(s.has_media for s in streams) and (answer := self._not_carried(b)) is not None:
+                return answer
             if not await self._wait_for(b, video, ready):
-                return text(503, "the broadcast has no media yet")
+                return self._not_carried(b) or text(503, "the broadcast has no media yet")
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
                       if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
@@ -685,8 +697,11 @@ class EdgeServer:
             if stream is None:
                 return text(404, "no such rendition")
             b.asked_for(stream)
+            kind = AUDIO if stream is audio else VIDEO
+            if not stream.has_media and (answer := self._not_carried(b, kind)) is not None:
+                return answer
             if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream, time.monotonic())):
-                return text(503, "this rendition has no media yet")
+                return self._not_carried(b, kind) or text(503, "this rendition has no media yet")
             if im is None:
                 response = await self._media_playlist(b, stream, query_text, query)
                 if response.status == 200:
@@ -723,6 +738,25 @@ class EdgeServer:
         if part >= len(segment.parts):
             return text(404, "no such part")
         return Response(200, segment.parts[part].data, ctype, "max-age=60", [ACCEPT_RANGES])
+
+    def _not_carried(self, b: _Broadcast, kind: str | None = None) -> Response | None:
+        """The answer (503, the codecs named in NOT_CARRIED_HEADER too) when ``b`` has nothing to
+        play because its publisher sends only codecs that are not carried (or, for the playlist
+        of ``kind``, a codec of that kind that is not, and no track of it that is), else None."""
+        why = getattr(self.open_broadcast, "not_carried", None)
+        if why is None or b.ended_at is not None:
+            return None
+        dropped, catalog = why(b.name)  # the source's catalog: the edge's own may not have come yet
+        listed = {t.kind for t in catalog.tracks if t.kind in (VIDEO, AUDIO)} if catalog is not None else set()
+        if listed:  # something plays: only a playlist of the kind that is dropped has nothing
+            dropped = [d for d in dropped if d.kind == kind and kind not in listed] if kind else ()
+        if not dropped:
+            return None
+        what = "; ".join(d.reason() for d in dropped)
+        told = f"its {what}; its {' and '.join(sorted(listed))} plays" if listed else \
+            f"nothing of it can be played here: its {what}"
+        return Response(503, f"{b.name} is live, but {told}\n".encode(),
+                        headers=[(NOT_CARRIED_HEADER, ", ".join(f"{d.kind}={d.codec}" for d in dropped))])
 
     async def _media_playlist(self, b: _Broadcast, stream: LlHlsStream, query_text: str, uri_query: str) -> Response:
         query = parse_qs(query_text)

@@ -174,6 +174,9 @@ class Broadcast:
         self.groups = 0
         self.keyframe_interval_ms = 0  # between the starts of the last two groups
         self.skipped_groups = 0  # whole groups readers dropped for falling behind
+        # tracks of the current publish whose codec is not carried (demux.NotCarried, in the order
+        # the publisher sent them): the status page and the player page say why nothing plays
+        self.not_carried: list = []
         self._group_dts: int | None = None
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
@@ -381,6 +384,7 @@ class Broadcast:
             self._ts_offset = None
         # even after a publish of headers alone (no frame): this one's frames settle the track set
         self._carried, self._first_group = set(), None
+        self.not_carried = []  # this publish says again what it sends
         self.publishing = True
         self.publishes += 1
         self.started = time.monotonic()

@@ -99,6 +99,21 @@ class DemuxStats:
     unsupported: int = 0  # frames and headers of codecs that are not carried
 
 
+@dataclass(frozen=True, slots=True)
+class NotCarried:
+    """A track of a publish whose codec rtmpq does not carry (its frames are dropped), as the log
+    line names it: what a status page and a player are told instead of waiting for it."""
+
+    kind: str  # video, audio
+    codec: str  # what a streamer knows it by: "MP3", "Sorenson H.263" ("unknown" if we do not)
+    flv: str  # its FLV FourCC, or "legacy-<n>" for a legacy CodecID / SoundFormat
+    carried: str  # the codecs of that kind that are carried: "AAC, Opus, AC-3, E-AC-3"
+    ffmpeg: str  # the ffmpeg option that sends a carried one: "-c:a aac"
+
+    def reason(self) -> str:
+        return f"{self.kind} codec {self.codec} is not carried (carried: {self.carried}; ffmpeg: {self.ffmpeg})"
+
+
 @dataclass(slots=True)
 class _Track:
     """Per-track state of one E-RTMP track id of one kind."""
@@ -122,7 +137,9 @@ def track_name(kind: str, track_id: int) -> str:
 class BroadcastDemuxer:
     """Feed ``message(type_id, timestamp32, body, received_ns)``; read ``catalog`` and the output list."""
 
-    def __init__(self, broadcast: str, *, log_name: str = "?") -> None:
+    def __init__(self, broadcast: str, *, log_name: str = "?", not_carried=None) -> None:
+        """``not_carried``: called with a NotCarried the first time a publish sends a codec that is
+        not carried (once per kind and codec)."""
         self.catalog = Catalog(broadcast=broadcast)
         self.stats = DemuxStats()
         self._log_name = log_name
@@ -137,6 +154,7 @@ class BroadcastDemuxer:
         self._data_index = 0
         self._meta: dict = {}  # the publisher's onMetaData
         self._not_carried: set[tuple[str, str]] = set()  # (kind, FourCC) already logged
+        self._on_not_carried = not_carried
         self._now_ms: int | None = None
 
     @property
@@ -260,9 +278,12 @@ class BroadcastDemuxer:
             self._not_carried.add((kind, fourcc))
             names = VIDEO_CODEC_NAMES if kind == VIDEO else AUDIO_CODEC_NAMES
             carried = ", ".join(names[c] for c in (VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS))
+            dropped = NotCarried(kind, names.get(fourcc, "unknown"), fourcc, carried,
+                                 "-c:v libx264" if kind == VIDEO else "-c:a aac")
             log.warning("%s: %s codec %s (FLV %r) is not carried; its frames are dropped (carried: %s; ffmpeg: %s)",
-                        self._log_name, kind, names.get(fourcc, "unknown"), fourcc, carried,
-                        "-c:v libx264" if kind == VIDEO else "-c:a aac")
+                        self._log_name, kind, dropped.codec, fourcc, carried, dropped.ffmpeg)
+            if self._on_not_carried is not None:
+                self._on_not_carried(dropped)
         return []
 
     # -- video ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
 from ..config import Config
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
+from ..media.catalog import Catalog
 from ..moq.broadcast_source import with_added_tracks
 from ..moq.relay import MoqRelay
 from ..moq.relay_sink import InProcessSink
@@ -136,7 +137,12 @@ def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None =
         broadcast = registry.get(name)
         return None if broadcast is None else LocalFeed(broadcast, relay)
 
+    def not_carried(name: str) -> tuple[list, Catalog | None]:
+        broadcast = registry.get(name)
+        return ([], None) if broadcast is None else (broadcast.not_carried, broadcast.catalog)
+
     open_broadcast.wait_live = registry.wait_for  # the edge holds a page's "live again?" on it
+    open_broadcast.not_carried = not_carried  # why a live broadcast has nothing to play (the edge says it)
     return open_broadcast
 
 

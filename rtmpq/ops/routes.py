@@ -5,7 +5,10 @@
     GET /healthz             200 while the process runs its event loop
     GET /readyz              200 when listening (and, for a relay or an edge, its upstream answers), else 503
     GET /api/v1/broadcasts   {"items": [{"name", "tracks": [{"name", "codec", "width", "height",
-                             "bitrate"}], "started", "subscribers", "viewers", "publishing"}]}
+                             "bitrate"}], "started", "subscribers", "viewers", "publishing",
+                             "not_carried": [{"kind", "codec", "flv", "carried", "reason"}]}]}
+                             (not_carried: tracks the publisher sends in a codec that is not
+                             carried, dropped at this node's ingest)
 """
 
 import json

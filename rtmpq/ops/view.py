@@ -44,6 +44,7 @@ class BroadcastStats:
     bitrate_in: float | None = None  # bits/s
     bitrate_out: float | None = None
     track_bitrates: dict[str, float] = field(default_factory=dict)  # measured, bits/s
+    not_carried: list = field(default_factory=list)  # demux.NotCarried: tracks whose codec is dropped
 
 
 class _Rate:
@@ -123,6 +124,7 @@ class NodeView:
                 s.skipped_groups += b.skipped_groups
                 s.publishes = b.publishes
                 s.publishing = b.publishing
+                s.not_carried = list(b.not_carried)
         if self.relay is not None:
             self._read_relay(get)
         if self.edge is not None:
@@ -198,9 +200,13 @@ class NodeView:
                 measured = s.track_bitrates.get(t.name)
                 tracks.append({"name": t.name, "codec": t.codec, "width": t.width, "height": t.height,
                                "bitrate": t.stated_bitrate or (round(measured) if measured else None)})
+            # what the publisher sends that is not carried (dropped at the ingest), and why
+            dropped = [{"kind": d.kind, "codec": d.codec, "flv": d.flv, "carried": d.carried, "reason": d.reason()}
+                       for d in s.not_carried]
             items.append({"name": s.name, "tracks": tracks,
                           "started": _iso(s.started) if s.started else None,
-                          "subscribers": s.subscribers, "viewers": s.viewers, "publishing": s.publishing})
+                          "subscribers": s.subscribers, "viewers": s.viewers, "publishing": s.publishing,
+                          "not_carried": dropped})
         return {"items": items}
 
 
