@@ -225,10 +225,11 @@ async def test_hls_js_plays_through_audio_that_stops_while_the_video_goes_on(nod
             assert loop.time() < end, (now, await devtools.errors())
             await asyncio.sleep(0.2)
         await publishing
-        # every frame from there was shown (30 fps, a few dropped on a loaded machine): none
-        # skipped by a jump over a hole in the audio
+        # the frames from there were shown (30 fps), none skipped by a jump over the 3 s hole in
+        # the audio: such a jump leaves under half of them (2.6 s of 5.5 s of frames); a loaded
+        # machine's headless Chromium decodes as few as 0.8 of them (CI with other work beside it)
         shown = await devtools.evaluate(frames) - shown
-        assert shown > 0.8 * 30 * (now - since), (shown, start, since, now)
+        assert shown > 0.6 * 30 * (now - since), (shown, start, since, now)
         assert await devtools.evaluate("window.rtmpqRestarts") == 0
 
 
