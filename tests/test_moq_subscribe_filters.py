@@ -24,6 +24,7 @@ from rtmpq.moq.wire import (
     RequestError,
     decode_location_param,
 )
+from rtmpq.netem import Impairment, ImpairmentProxy
 
 from .conftest import EventRecorder, serving_relay, until
 
@@ -75,7 +76,7 @@ class Viewer(EventRecorder):
         return rid, self.answer(rid).track_alias
 
     def update(self, rid: int, **kwargs) -> int:
-        """REQUEST_UPDATE of subscription ``rid`` (its new filter, FORWARD)."""
+        """REQUEST_UPDATE of subscription ``rid`` (its new filter, FORWARD, DELIVERY_TIMEOUT)."""
         update = self.conn.session.request_update(rid, **kwargs)
         self.conn.flush()
         return update
@@ -121,8 +122,14 @@ async def relay_with_publisher(tmp_path, backend, cached_groups: int, track_exte
                 await until(lambda: cache.largest == (cached_groups - 1, OBJECTS - 1), what="groups cached at the relay")
 
             @asynccontextmanager
-            async def connect():
-                async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            async def connect(down: Impairment | None = None):
+                """A raw viewer; ``down``: behind the impairment proxy, this link from the relay."""
+                if down is None:
+                    async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+                        yield Viewer(conn)
+                    return
+                async with (ImpairmentProxy(target=("127.0.0.1", port), down=down, seed=1) as proxy,
+                            connect_moq("127.0.0.1", proxy.port, insecure=True, backend=backend, timeout=20) as conn):
                     yield Viewer(conn)
 
             yield relay, publisher, (warm, warm_alias), connect

@@ -164,6 +164,7 @@ class PublishAccepted:
 
     request_id: int
     forward: bool | None = None  # its FORWARD parameter (None: absent, the state stays)
+    delivery_timeout_ms: int | None = None  # its DELIVERY_TIMEOUT parameter (None: absent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +295,8 @@ class RequestUpdated:
     """REQUEST_UPDATE of our request ``existing_request_id`` (a track we PUBLISHed or a SUBSCRIBE we
     serve); ``forward`` is its FORWARD parameter (None when absent). A SUBSCRIPTION_FILTER, when
     present, replaces the subscription's filter: ``filter_type`` (None: absent, the filter is
-    unchanged), ``start`` and ``end_group`` as in SubscribeRequested. Answer request_ok/request_error
-    with ``request_id``."""
+    unchanged), ``start`` and ``end_group`` as in SubscribeRequested; ``delivery_timeout_ms`` its
+    DELIVERY_TIMEOUT (None: absent, unchanged). Answer request_ok/request_error with ``request_id``."""
 
     request_id: int
     existing_request_id: int
@@ -303,3 +304,4 @@ class RequestUpdated:
     filter_type: int | None = None
     start: tuple[int, int] | None = None
     end_group: int | None = None
+    delivery_timeout_ms: int | None = None

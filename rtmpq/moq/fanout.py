@@ -167,6 +167,12 @@ class TrackSubscription:
         self.hold_fin = True
         self._written_since = 0  # bytes written since the last count
 
+    def set_delivery_timeout(self, seconds: float) -> None:
+        """A new budget (the subscriber's REQUEST_UPDATE or PUBLISH_OK): judged at the next check,
+        for every object owed, those already written too."""
+        self.delivery_timeout = seconds
+        self._quiet_until = 0.0  # computed with the old budget
+
     def deliver(self, group_id: int, object_id: int, payload, extensions, received: float,
                 subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0) -> None:
         if group_id in self.dropped or (self.start_group is not None and group_id < self.start_group):

@@ -1006,16 +1006,18 @@ class MoqRelay:
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
-        filter (``_update_filter``) and FORWARD state. FORWARD=1 starts delivery as the filter
-        says; FORWARD=0 stops it, resetting the groups in progress (the draft sends no objects in
-        that state). REQUEST_OK carries the Largest Location: a subscriber whose range grew past a
-        gap FETCHes what it missed."""
+        filter (``_update_filter``), DELIVERY_TIMEOUT and FORWARD state. FORWARD=1 starts delivery
+        as the filter says; FORWARD=0 stops it, resetting the groups in progress (the draft sends no
+        objects in that state). REQUEST_OK carries the Largest Location: a subscriber whose range
+        grew past a gap FETCHes what it missed."""
         s = self._subs.get((id(conn), event.existing_request_id))
         if s is None:  # it ended (an id never used closed the session in MoqSession)
             conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
             return
         if event.filter_type is not None and not self._update_filter(s, event):
             return
+        if event.delivery_timeout_ms is not None:
+            self._set_delivery_timeout(s, event.delivery_timeout_ms)
         if event.forward is not None:
             self._set_forward(s, event.forward)
         conn.session.request_ok(event.request_id, s.fanout.cache.largest or s.largest)
@@ -1036,10 +1038,22 @@ class MoqRelay:
             s.sub.stalled_since = None  # nothing is owed to it now
         log.info("%s: %s FORWARD=%d", s.conn.peer, s.label, forward)
 
+    def _set_delivery_timeout(self, s: Subscription, ms: int) -> None:
+        """A subscriber's DELIVERY_TIMEOUT (REQUEST_UPDATE, PUBLISH_OK): the budget of what it is
+        owed from now on, objects already in flight too; the track's, if smaller (draft 16)."""
+        s.sub.set_delivery_timeout(s.fanout.delivery_timeout(ms / 1000))
+        log.info("%s: %s delivery timeout %d ms (asked %d ms)", s.conn.peer, s.label,
+                 round(s.sub.delivery_timeout * 1000), ms)
+
     def _on_PublishAccepted(self, conn: MoqConnection, event: ev.PublishAccepted) -> None:
-        """PUBLISH_OK of a track we PUBLISHed: its FORWARD parameter sets the Forward State (draft 16)."""
+        """PUBLISH_OK of a track we PUBLISHed: its DELIVERY_TIMEOUT is the subscription's, its
+        FORWARD parameter sets the Forward State (draft 16)."""
         s = self._subs.get((id(conn), event.request_id))
-        if s is not None and event.forward is not None:
+        if s is None:
+            return
+        if event.delivery_timeout_ms is not None:
+            self._set_delivery_timeout(s, event.delivery_timeout_ms)
+        if event.forward is not None:
             self._set_forward(s, event.forward)
 
     def _update_filter(self, s: Subscription, event: ev.RequestUpdated) -> bool:

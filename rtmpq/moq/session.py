@@ -349,13 +349,15 @@ class MoqSession:
 
     def request_update(self, existing_request_id: int, *, forward: bool | None = None,
                        filter_type: int | None = None, start: tuple[int, int] | None = None,
-                       end_group: int | None = None) -> int:
-        """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state
-        and/or a new filter (``filter_type``, ``start``, ``end_group`` as in ``subscribe``). What is
-        left None is not sent, so the peer keeps its value (draft 16)."""
+                       end_group: int | None = None, delivery_timeout_ms: int | None = None) -> int:
+        """REQUEST_UPDATE of a subscription (ours, or one a peer's PUBLISH made): its FORWARD state,
+        a new filter (``filter_type``, ``start``, ``end_group`` as in ``subscribe``) and/or a new
+        DELIVERY_TIMEOUT. What is left None is not sent, so the peer keeps its value (draft 16)."""
         params = _with_filter({}, filter_type, start, end_group)
         if forward is not None:
             params[wire.PARAM_FORWARD] = int(forward)
+        if delivery_timeout_ms:
+            params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
         rid = self._new_request_id()
         msg = wire.RequestUpdate(rid, existing_request_id, params)
         return self._request(rid, lambda: self._send_control(msg))
@@ -417,10 +419,14 @@ class MoqSession:
         params = {wire.PARAM_LARGEST_OBJECT: wire.encode_location(*largest)} if largest else {}
         self._send_control(wire.SubscribeOk(request_id, track_alias, params, dict(extensions or {})))
 
-    def publish_ok(self, request_id: int, *, forward: bool | None = None) -> None:
+    def publish_ok(self, request_id: int, *, forward: bool | None = None,
+                   delivery_timeout_ms: int | None = None) -> None:
         """Take a track the peer PUBLISHed; ``forward=False``: FORWARD=0, no objects until our
-        REQUEST_UPDATE sets it (None: the parameter is left out, the default 1)."""
+        REQUEST_UPDATE sets it (None: the parameter is left out, the default 1);
+        ``delivery_timeout_ms``: our DELIVERY_TIMEOUT for the subscription."""
         params = {} if forward is None else {wire.PARAM_FORWARD: int(forward)}
+        if delivery_timeout_ms:
+            params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
         self._send_control(wire.PublishOk(request_id, params))
 
     def fetch_ok(self, request_id: int, end: tuple[int, int], *, end_of_track: bool = False,
@@ -995,9 +1001,10 @@ class MoqSession:
                 # of ours is one of our ids, not in this table)
                 raise MoqProtocolError(f"SUBSCRIPTION_FILTER in a REQUEST_UPDATE of a {wire.MessageType(kind).name}")
             return [ev.RequestUpdated(msg.request_id, msg.existing_request_id, _forward(msg.params, None),
-                                      ftype, start, end_group)]
+                                      ftype, start, end_group, msg.params.get(wire.PARAM_DELIVERY_TIMEOUT))]
         if isinstance(msg, wire.PublishOk):
-            return [ev.PublishAccepted(msg.request_id, _forward(msg.params, None))]
+            return [ev.PublishAccepted(msg.request_id, _forward(msg.params, None),
+                                       msg.params.get(wire.PARAM_DELIVERY_TIMEOUT))]
         if isinstance(msg, wire.Unsubscribe):
             self._request_closed(msg.request_id)
             return [ev.Unsubscribed(msg.request_id)]
