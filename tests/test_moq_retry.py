@@ -196,3 +196,13 @@ async def test_a_source_that_never_answers_the_retry_gets_one_packet_and_no_sess
                 assert len(node.moq.connections) == 1
             assert observer.sent[spoofed.getsockname()] == ["retry"]
             assert answer_size[0] < len(initial)
+
+
+def test_retry_is_off_by_default_and_set_from_the_file_or_the_environment(tmp_path):
+    from rtmpq.config import load_config
+
+    assert load_config(env={}).moq.retry is False
+    path = tmp_path / "rtmpq.toml"
+    path.write_text("[moq]\nretry = true\n")
+    assert load_config(path, env={}).moq.retry is True
+    assert load_config(path, env={"RTMPQ_MOQ_RETRY": "false"}).moq.retry is False
