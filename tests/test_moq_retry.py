@@ -22,7 +22,7 @@ from rtmpq.moq.transport import connect_moq
 from rtmpq.netem.proxy import ImpairmentProxy
 from rtmpq.nodes.up import UpNode
 
-from .conftest import local_config, read_broadcast, relay_below, until
+from .conftest import free_port, local_config, read_broadcast, until
 from .publishers import ffmpeg_publish_only_args, run_process
 
 QUIC_V2 = 0x6B3343CF  # RFC 9369: long header types are numbered differently
@@ -114,18 +114,38 @@ async def test_rtmpq_sub_gets_media_and_the_server_sends_a_retry_only_when_set(t
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 async def test_a_relay_below_connects_through_a_retry_and_passes_media_on(tmp_path, backend):
-    """relay B `--upstream` the node (A), with A's [moq] retry on: B's session to A passes the
-    Retry and a subscriber of B gets A's broadcast."""
-    async with node_behind_observer(tmp_path, backend, True) as (node, observer):
+    """`rtmpq relay --upstream` the node, both listeners with [moq] retry on: the relay's session
+    to the node passes the node's Retry, and a subscriber passes the relay's and gets the node's
+    broadcast."""
+    from rtmpq.config import MoqConfig
+    from rtmpq.media.broadcast import BroadcastRegistry
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.nodes.nodes import serve_relay
+    from rtmpq.nodes.remote import UpstreamLink
+
+    async with node_behind_observer(tmp_path, backend, True) as (node, observer_a):
         publisher = await publishing(node, "live/b")
+        relay = MoqRelay(BroadcastRegistry())
+        moq_b = MoqConfig(host="127.0.0.1", port=free_port(socket.SOCK_DGRAM), state_dir=tmp_path / "b",
+                          backend=backend, retry=True)
+        server_b = await serve_relay(relay, moq_b)
+        link = UpstreamLink(relay, f"moqt://127.0.0.1:{observer_a.port}", insecure=True, backend=backend)
+        link.start()
         frames: list = []
-        async with relay_below(tmp_path, backend, observer.port) as port_b:
-            reader = asyncio.create_task(read_broadcast(port_b, backend, "live/b", frames, []))
-            try:
-                await until(lambda: len(frames) >= 20, 20, "frames through the relay below")
-            finally:
-                reader.cancel()
-        observer.assert_retry_first()
+        try:
+            await asyncio.wait_for(link.connected.wait(), 10)  # (as conftest.relay_below does)
+            async with PacketObserver(("127.0.0.1", moq_b.port)) as observer_b:
+                reader = asyncio.create_task(read_broadcast(observer_b.port, backend, "live/b", frames, []))
+                try:
+                    await until(lambda: len(frames) >= 20, 20, "frames through the relay below")
+                finally:
+                    reader.cancel()
+        finally:
+            await link.close()
+            relay.stop()
+            server_b.close()
+        observer_a.assert_retry_first()
+        observer_b.assert_retry_first()
         await finished(publisher)
 
 
