@@ -54,7 +54,7 @@ class PacketObserver(ImpairmentProxy):
 
     def assert_retry_first(self) -> None:
         """Each client was sent a Retry before anything else, and none once its handshake began (a
-        client whose ClientHello spans two Initials, as quinn's does, gets a Retry for each)."""
+        client whose ClientHello spans two Initials, as moq-rs's does, gets a Retry for each)."""
         assert self.sent, "the server sent nothing"
         for addr, types in self.sent.items():
             retries = types.index("initial") if "initial" in types else len(types)
@@ -151,7 +151,7 @@ async def test_a_relay_below_connects_through_a_retry_and_passes_media_on(tmp_pa
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 async def test_aiomoqt_passes_a_retry_and_exchanges_objects(tmp_path, backend):
-    """aiomoqt's interop client (its own QUIC stack, aioquic) against a node with retry on: its
+    """aiomoqt's interop client (on aiopquic, the client side) against a node with retry on: its
     publish-and-subscribe case delivers objects, every one of its connections past a Retry."""
     client = shutil.which("moq-interop-client") or str(Path(sys.executable).parent / "moq-interop-client")
     async with node_behind_observer(tmp_path, backend, True) as (node, observer):
@@ -163,7 +163,7 @@ async def test_aiomoqt_passes_a_retry_and_exchanges_objects(tmp_path, backend):
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 async def test_moq_rs_passes_a_retry_and_gets_media(tmp_path, backend):
-    """moq-rs (quinn) subscribes to an ffmpeg publish on a node with retry on."""
+    """moq-rs (its Rust QUIC stack) subscribes to an ffmpeg publish on a node with retry on."""
     from .test_moq_rs_interop import discover
 
     async with node_behind_observer(tmp_path, backend, True) as (node, observer):
