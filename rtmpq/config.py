@@ -188,6 +188,10 @@ class MoqConfig:
     # bytes of partial objects (and requests) all sessions together may hold; past it the session
     # holding the most is closed
     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES
+    # answer each new client's first packet with a QUIC Retry and serve only clients that echo its
+    # token (RFC 9000 8.1): a spoofed source gets one small packet back and no connection state.
+    # Costs every session one more round trip before its handshake.
+    retry: bool = False
 
 
 @dataclass

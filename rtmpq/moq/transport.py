@@ -881,14 +881,17 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
                     backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
                     max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP,
                     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None,
-                    idle_timeout: float | None = None):
+                    idle_timeout: float | None = None, retry: bool = False):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
     A session not set up within ``handshake_timeout`` is closed, and so is one that would make
     more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address.
     While all sessions together hold more than ``max_partial_bytes`` of their peers' bytes not
     handed on (partial objects and requests, objects held for an unknown alias), the one holding
     the most is closed. ``errors`` counts what was refused or closed so, by reason (metrics).
-    ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT)."""
+    ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT).
+    ``retry``: answer each new client's first Initial with a QUIC Retry and go on only with a
+    client that echoes its token from the same address (RFC 9000 8.1), so a spoofed source gets one
+    small packet and leaves no connection state (no session, no handshake deadline, no cap slot)."""
     errors = Counter() if errors is None else errors
     idle_timeout = idle_timeout or IDLE_TIMEOUT
     if backend == "aiopquic":
@@ -957,7 +960,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
     try:
         if backend == "aiopquic":
             _check_udp_port_free(host, port)
-        server = await serve_fn(host, port, configuration=config, create_protocol=factory)
+        server = await serve_fn(host, port, configuration=config, create_protocol=factory, retry=retry)
         if backend == "aiopquic" and port and not await _udp_port_bound_here(port):
             server.close()
             raise OSError(errno.EADDRINUSE, "picoquic did not bind the port (taken since it was checked?)")

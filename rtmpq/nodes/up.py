@@ -191,14 +191,16 @@ class UpNode:
                                      idle_timeout=self.moq_config.idle_timeout,
                                      max_connections=self.moq_config.max_connections,
                                      max_connections_per_ip=self.moq_config.max_connections_per_ip,
-                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors)
+                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors,
+                                     retry=self.moq_config.retry)
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
         self.ops.start()
         self.view.listening = True
         host, port = self.moq_address
-        log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d, certificate sha256 %s", host, port, self.fingerprint)
+        log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d%s, certificate sha256 %s", host, port,
+                 ", QUIC Retry on" if self.moq_config.retry else "", self.fingerprint)
 
     @property
     def moq_address(self) -> tuple[str, int]:
