@@ -63,3 +63,38 @@ async def test_a_subscriber_that_comes_before_the_upstream_link_gets_the_track_o
         server.close()
         await node.close()
         await publisher  # (ffmpeg ends with its publish, or as the node closes)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_subscriber_waiting_for_an_upstream_that_never_comes_is_refused_after_the_wait(
+        tmp_path, backend, monkeypatch):
+    """Held, not forever: with no session upstream within UPSTREAM_WAIT the SUBSCRIBE is refused
+    as before ("no such broadcast"), so a viewer is not left with a subscription that never serves."""
+    from rtmpq.moq import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "UPSTREAM_WAIT", 1.0)
+    relay = MoqRelay(BroadcastRegistry())
+    cert, key = ensure_self_signed(tmp_path / "b-tls")
+    port = free_port(socket.SOCK_DGRAM)
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+                             backend=backend)
+    relay.start()
+    # nothing listens there: the link keeps trying
+    link = UpstreamLink(relay, f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}", insecure=True, backend=backend)
+    link.start()
+    loop = asyncio.get_running_loop()
+    try:
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+            recorder = EventRecorder(conn)
+            asked = loop.time()
+            conn.session.subscribe(("live", "nowhere"), "video")
+            conn.flush()
+            await until(lambda: recorder.events, 10, "an answer to the SUBSCRIBE")
+            waited = loop.time() - asked
+            assert [type(e) for e in recorder.events] == [ev.RequestFailed], recorder.events
+            assert recorder.events[0].reason == "no such broadcast"
+            assert waited >= 0.9, waited
+    finally:
+        await link.close()
+        relay.stop()
+        server.close()
