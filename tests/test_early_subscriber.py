@@ -7,14 +7,11 @@ import socket
 
 import pytest
 
-from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.moq import events as ev
-from rtmpq.moq.relay import MoqRelay
-from rtmpq.moq.tls import ensure_self_signed
-from rtmpq.moq.transport import connect_moq, serve_moq
+from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes.remote import UpstreamLink
 
-from .conftest import EventRecorder, free_port, start_up_node, until
+from .conftest import EventRecorder, free_port, serving_relay, start_up_node, until
 from .publishers import ffmpeg_publish_only_args, run_process
 
 
@@ -23,44 +20,33 @@ async def test_a_subscriber_that_comes_before_the_upstream_link_gets_the_track_o
     node = await start_up_node(tmp_path / "a", backend)
     publisher = asyncio.create_task(run_process(
         ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/early", 8), 40))
-    relay = MoqRelay(BroadcastRegistry())
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    port = free_port(socket.SOCK_DGRAM)
-    link = UpstreamLink(relay, f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True, backend=backend)
     early: list[bool] = []  # for each SUBSCRIBE the relay got: whether its link upstream was not up yet
 
-    def on_connection(conn):
-        relay.on_connection(conn)
-        handler = conn.handler
+    def seen(event):
+        if isinstance(event, ev.SubscribeRequested):
+            early.append(not link.connected.is_set())
 
-        def tap(c, e):
-            if isinstance(e, ev.SubscribeRequested):
-                early.append(not link.connected.is_set())
-            handler(c, e)
-
-        conn.handler = tap
-
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=on_connection, backend=backend)
-    relay.start()
     try:
         await node.registry.wait_for("live/early", 15)
-        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
-            recorder = EventRecorder(conn)
-            conn.session.subscribe(("live", "early"), "video")
-            conn.flush()
-            # the link starts as the SUBSCRIBE is on its way: its handshake and setup upstream take
-            # round trips, so the SUBSCRIBE comes first (as when a restarted relay's viewers are back
-            # before its own session to the upstream is up)
-            link.start()
-            await until(lambda: early, 10, "the SUBSCRIBE at the relay")
-            assert early == [True], "the link was up before the SUBSCRIBE came"
-            await until(lambda: any(isinstance(e, (ev.ObjectReceived, ev.RequestFailed)) for e in recorder.events), 5,
-                        "video objects through the relay")
-            assert any(isinstance(e, ev.ObjectReceived) for e in recorder.events), recorder.events[:3]
+        async with serving_relay(tmp_path, backend, seen=seen) as (relay, port):
+            link = UpstreamLink(relay, f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True, backend=backend)
+            try:
+                async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+                    recorder = EventRecorder(conn)
+                    conn.session.subscribe(("live", "early"), "video")
+                    conn.flush()
+                    # the link starts as the SUBSCRIBE is on its way: its handshake and setup upstream
+                    # take round trips, so the SUBSCRIBE comes first (as when a restarted relay's
+                    # viewers are back before its own session to the upstream is up)
+                    link.start()
+                    await until(lambda: early, 10, "the SUBSCRIBE at the relay")
+                    assert early == [True], "the link was up before the SUBSCRIBE came"
+                    await until(lambda: any(isinstance(e, (ev.ObjectReceived, ev.RequestFailed)) for e in recorder.events),
+                                5, "video objects through the relay")
+                    assert any(isinstance(e, ev.ObjectReceived) for e in recorder.events), recorder.events[:3]
+            finally:
+                await link.close()
     finally:
-        await link.close()
-        relay.stop()
-        server.close()
         await node.close()
         await publisher  # (ffmpeg ends with its publish, or as the node closes)
 
@@ -73,28 +59,21 @@ async def test_a_subscriber_waiting_for_an_upstream_that_never_comes_is_refused_
     from rtmpq.moq import relay as relay_module
 
     monkeypatch.setattr(relay_module, "UPSTREAM_WAIT", 1.0)
-    relay = MoqRelay(BroadcastRegistry())
-    cert, key = ensure_self_signed(tmp_path / "b-tls")
-    port = free_port(socket.SOCK_DGRAM)
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
-                             backend=backend)
-    relay.start()
-    # nothing listens there: the link keeps trying
-    link = UpstreamLink(relay, f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}", insecure=True, backend=backend)
-    link.start()
     loop = asyncio.get_running_loop()
-    try:
-        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
-            recorder = EventRecorder(conn)
-            asked = loop.time()
-            conn.session.subscribe(("live", "nowhere"), "video")
-            conn.flush()
-            await until(lambda: recorder.events, 10, "an answer to the SUBSCRIBE")
-            waited = loop.time() - asked
-            assert [type(e) for e in recorder.events] == [ev.RequestFailed], recorder.events
-            assert recorder.events[0].reason == "no such broadcast"
-            assert waited >= 0.9, waited
-    finally:
-        await link.close()
-        relay.stop()
-        server.close()
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        # nothing listens there: the link keeps trying
+        link = UpstreamLink(relay, f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}", insecure=True, backend=backend)
+        link.start()
+        try:
+            async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+                recorder = EventRecorder(conn)
+                asked = loop.time()
+                conn.session.subscribe(("live", "nowhere"), "video")
+                conn.flush()
+                await until(lambda: recorder.events, 10, "an answer to the SUBSCRIBE")
+                waited = loop.time() - asked
+                assert [type(e) for e in recorder.events] == [ev.RequestFailed], recorder.events
+                assert recorder.events[0].reason == "no such broadcast"
+                assert waited >= 0.9, waited
+        finally:
+            await link.close()
