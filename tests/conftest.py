@@ -83,8 +83,9 @@ async def read_broadcast(port: int, backend: str, name: str, frames: list, skipp
 
 
 @asynccontextmanager
-async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
-    """A bare MoqRelay served on a loopback UDP port: yields (relay, port)."""
+async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
+    """A bare MoqRelay served on a loopback UDP port: yields (relay, port). ``seen(event)`` is
+    called on each event of its sessions as it comes, before the relay handles it."""
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq.relay import MoqRelay
     from rtmpq.moq.tls import ensure_self_signed
@@ -93,7 +94,14 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND):
     cert, key = ensure_self_signed(tmp_path / "tls")
     port = free_port(socket.SOCK_DGRAM)
     relay = MoqRelay(BroadcastRegistry())
-    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
+
+    def on_connection(conn):
+        relay.on_connection(conn)
+        if seen is not None:
+            handle = conn.handler
+            conn.handler = lambda c, event: (seen(event), handle(c, event))
+
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, on_connection=on_connection,
                              backend=backend)
     relay.start()
     try:

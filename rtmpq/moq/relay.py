@@ -85,6 +85,11 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 NEW_TRACK_WAIT = 3.0
 # At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
 MAX_WAITING_SUBSCRIBES = 256
+# A relay with an upstream (`rtmpq relay --upstream`) whose session there is not up (it just
+# started, or the link is reconnecting, RECONNECT_MAX apart at most) holds a SUBSCRIBE to a
+# broadcast it does not know this long (seconds), and passes it up once the session is, instead of
+# refusing it: a restarted relay's viewers come back at once, often before its own session does.
+UPSTREAM_WAIT = 12.0
 # A track resubscribed after its source was lost, refused there (a restarted relay above whose
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
@@ -154,6 +159,10 @@ class MoqRelay:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
+        # a link to an upstream relay will set ``upstream`` (UpstreamLink): SUBSCRIBEs to unknown
+        # broadcasts wait for it meanwhile, in ``_awaiting_upstream`` (at most MAX_WAITING_SUBSCRIBES)
+        self.upstream_expected = False
+        self._awaiting_upstream: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
         self._sources: dict[str, BroadcastSource] = {}
@@ -444,6 +453,11 @@ class MoqRelay:
         upstream = self._tracks.get(key)
         if upstream is None:
             publisher = self._publisher_for(event.namespace)
+            if publisher is None and self.upstream_expected and len(self._awaiting_upstream) < MAX_WAITING_SUBSCRIBES:
+                self._awaiting_upstream.append((conn, event))
+                self._call_later(UPSTREAM_WAIT, self._expire_awaiting_upstream, conn, event)
+                log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
+                return
             if publisher is None:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 return
@@ -473,6 +487,15 @@ class MoqRelay:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such track")
                 conn.flush()
 
+    def _expire_awaiting_upstream(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
+        if (conn, event) in self._awaiting_upstream:
+            self._awaiting_upstream.remove((conn, event))
+            if not conn.session.closed:
+                log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
+                         UPSTREAM_WAIT, conn.peer)
+                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                conn.flush()
+
     def _subscribed(self, conn: MoqConnection, namespace: tuple[str, ...], track: str) -> bool:
         """Whether ``conn`` has a subscription to that track here: accepted, waiting for the track
         (upstream or a new local one), or a PUBLISH of ours to it."""
@@ -480,7 +503,8 @@ class MoqRelay:
             return True
         upstream = self._tracks.get((namespace, track))
         source = self._sources.get("/".join(namespace))
-        waiting = (*(upstream.waiting if upstream is not None else ()), *(source.waiting if source is not None else ()))
+        waiting = (*(upstream.waiting if upstream is not None else ()), *(source.waiting if source is not None else ()),
+                   *self._awaiting_upstream)
         return any(c is conn and r.track_name == track and r.namespace == namespace for c, r in waiting)
 
     def _publisher_for(self, namespace: tuple[str, ...]) -> MoqConnection | None:
@@ -595,6 +619,8 @@ class MoqRelay:
         self._held_fetches.pop((id(conn), event.request_id), None)
         for holder in (*self._tracks.values(), *self._sources.values()):
             holder.waiting = [(c, r) for c, r in holder.waiting if c is not conn or r.request_id != event.request_id]
+        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream
+                                   if c is not conn or r.request_id != event.request_id]
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
@@ -678,7 +704,8 @@ class MoqRelay:
 
     def _subscribe_waiting(self, conn: MoqConnection, request_id: int) -> bool:
         holders = [*self._tracks.values(), *self._sources.values()]
-        return any(c is conn and r.request_id == request_id for h in holders for c, r in h.waiting)
+        return any(c is conn and r.request_id == request_id
+                   for c, r in (*self._awaiting_upstream, *(w for h in holders for w in h.waiting)))
 
     def _refuse_waiting(self, conn: MoqConnection, request: ev.SubscribeRequested, code: int, reason: str) -> None:
         """Refuse a SUBSCRIBE that was waiting, and the joining FETCHes held for it."""
@@ -1309,6 +1336,7 @@ class MoqRelay:
         if self.upstream is conn:
             self.upstream = None
             self._forget_upstream_namespaces()
+        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream if c is not conn]
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
@@ -1435,6 +1463,12 @@ class MoqRelay:
         for upstream in list(self._tracks.values()):
             if upstream.orphaned_at is not None and self._publisher_for(upstream.namespace) is conn:
                 self._resume(upstream, conn)
+        # the SUBSCRIBEs that came before this session: asked for there now, as if they came now
+        waiting, self._awaiting_upstream = self._awaiting_upstream, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._on_SubscribeRequested(sub_conn, request)
+                sub_conn.flush()
 
     def expire_orphans(self, now: float) -> None:
         """End the relayed tracks whose source has not come back within the grace period."""

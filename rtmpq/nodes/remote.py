@@ -50,6 +50,8 @@ class UpstreamLink:
         self._announcing: dict[int, str] = {}  # PUBLISH_NAMESPACE request id -> broadcast, until answered
 
     def start(self) -> None:
+        if self.use_for_unknown_tracks:  # the relay holds SUBSCRIBEs it cannot place until the session is up
+            self.relay.upstream_expected = True
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:

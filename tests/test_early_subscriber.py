@@ -1,0 +1,79 @@
+"""A relay started with an upstream (`rtmpq relay --upstream`) serves a subscriber that reaches it
+before its session to the upstream is up: a relay that restarts has its viewers (edges, `rtmpq
+sub`, players behind an edge) reconnect at once, and their SUBSCRIBEs often come first."""
+
+import asyncio
+import socket
+
+import pytest
+
+from rtmpq.moq import events as ev
+from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.remote import UpstreamLink
+
+from .conftest import EventRecorder, free_port, serving_relay, start_up_node, until
+from .publishers import ffmpeg_publish_only_args, run_process
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_subscriber_that_comes_before_the_upstream_link_gets_the_track_once_it_is_up(tmp_path, backend):
+    node = await start_up_node(tmp_path / "a", backend)
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/early", 8), 40))
+    early: list[bool] = []  # for each SUBSCRIBE the relay got: whether its link upstream was not up yet
+
+    def seen(event):
+        if isinstance(event, ev.SubscribeRequested):
+            early.append(not link.connected.is_set())
+
+    try:
+        await node.registry.wait_for("live/early", 15)
+        async with serving_relay(tmp_path, backend, seen=seen) as (relay, port):
+            link = UpstreamLink(relay, f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True, backend=backend)
+            try:
+                async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+                    recorder = EventRecorder(conn)
+                    conn.session.subscribe(("live", "early"), "video")
+                    conn.flush()
+                    # the link starts as the SUBSCRIBE is on its way: its handshake and setup upstream
+                    # take round trips, so the SUBSCRIBE comes first (as when a restarted relay's
+                    # viewers are back before its own session to the upstream is up)
+                    link.start()
+                    await until(lambda: early, 10, "the SUBSCRIBE at the relay")
+                    assert early == [True], "the link was up before the SUBSCRIBE came"
+                    await until(lambda: any(isinstance(e, (ev.ObjectReceived, ev.RequestFailed)) for e in recorder.events),
+                                5, "video objects through the relay")
+                    assert any(isinstance(e, ev.ObjectReceived) for e in recorder.events), recorder.events[:3]
+            finally:
+                await link.close()
+    finally:
+        await node.close()
+        await publisher  # (ffmpeg ends with its publish, or as the node closes)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_subscriber_waiting_for_an_upstream_that_never_comes_is_refused_after_the_wait(
+        tmp_path, backend, monkeypatch):
+    """Held, not forever: with no session upstream within UPSTREAM_WAIT the SUBSCRIBE is refused
+    as before ("no such broadcast"), so a viewer is not left with a subscription that never serves."""
+    from rtmpq.moq import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "UPSTREAM_WAIT", 1.0)
+    loop = asyncio.get_running_loop()
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        # nothing listens there: the link keeps trying
+        link = UpstreamLink(relay, f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}", insecure=True, backend=backend)
+        link.start()
+        try:
+            async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+                recorder = EventRecorder(conn)
+                asked = loop.time()
+                conn.session.subscribe(("live", "nowhere"), "video")
+                conn.flush()
+                await until(lambda: recorder.events, 10, "an answer to the SUBSCRIBE")
+                waited = loop.time() - asked
+                assert [type(e) for e in recorder.events] == [ev.RequestFailed], recorder.events
+                assert recorder.events[0].reason == "no such broadcast"
+                assert waited >= 0.9, waited
+        finally:
+            await link.close()
