@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from ..media.frames import Frame
 from ..redact import safe_name
 from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
-from .reachability import REFUSED_RECONNECT_MAX
+from .reachability import reconnect_delay
 from .transport import connect_moq
 from .wire import RequestError
 
@@ -82,8 +82,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
             if loop.time() >= deadline:
                 raise BroadcastGone(f"{safe_name(broadcast)}: upstream {host}:{port} lost and not back within "
                                     f"{wait:g} s: {exc}") from None
-            if isinstance(exc, ConnectionRefusedError):  # (its port closed: back soon, a cheap try)
-                delay = min(delay, REFUSED_RECONNECT_MAX)
+            delay = reconnect_delay(delay, exc)
             log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
                         exc, delay)
         await asyncio.sleep(delay)

@@ -30,6 +30,12 @@ HANDSHAKE_UNREACHABLE_GRACE = 0.5
 REFUSED_RECONNECT_MAX = 2.0
 
 
+def reconnect_delay(delay: float, exc: BaseException) -> float:
+    """A reconnect loop's pause before its next attempt, after the failure ``exc``: at most
+    REFUSED_RECONNECT_MAX after a refused attempt (connect_moq's ConnectionRefusedError)."""
+    return min(delay, REFUSED_RECONNECT_MAX) if isinstance(exc, ConnectionRefusedError) else delay
+
+
 class PeerReachability:
     """Counts the refusals (ECONNREFUSED) since the last packet received.
 
