@@ -736,9 +736,10 @@ class _HandshakeRefusals(asyncio.DatagramProtocol):
     picoquic's never): a one-byte datagram (no QUIC packet: a live server drops it) to the server's
     address every SILENCE_PROBE_INTERVAL from a socket of our own connected to it, whose refusals
     are that port's. Refusals kept up for HANDSHAKE_UNREACHABLE_GRACE with nothing received from
-    the server (``received``) call ``refused``: the attempt ends then, not at CONNECT_TIMEOUT."""
+    the server (``received``) call ``refused`` with how long they went on: the attempt ends then,
+    not at CONNECT_TIMEOUT."""
 
-    def __init__(self, received: Callable[[], int], refused: Callable[[], None]) -> None:
+    def __init__(self, received: Callable[[], int], refused: Callable[[float], None]) -> None:
         self._reachability = PeerReachability(HANDSHAKE_UNREACHABLE_GRACE)
         self._received = received
         self._refused = refused
@@ -756,12 +757,12 @@ class _HandshakeRefusals(asyncio.DatagramProtocol):
         if self._reachability.refused(now, received):
             self._probe()  # the first of a run: ask again at once
         elif self._reachability.gone(now, received):
-            self._gone()
+            self._gone(now)
 
     def _check(self) -> None:
-        received = self._received()
-        if self._reachability.gone(time.monotonic(), received):
-            self._gone()
+        now, received = time.monotonic(), self._received()
+        if self._reachability.gone(now, received):
+            self._gone(now)
             return
         if self._reachability.silent(received):
             self._probe()
@@ -771,9 +772,9 @@ class _HandshakeRefusals(asyncio.DatagramProtocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(b"\0")
 
-    def _gone(self) -> None:
+    def _gone(self, now: float) -> None:
         self.close()
-        self._refused()
+        self._refused(self._reachability.refused_for(now))
 
     def close(self) -> None:
         if self._check_handle is not None:
@@ -1175,8 +1176,8 @@ class connect_moq:
         watch = None
         try:
             async with asyncio.timeout(self._timeout) as timeout:
-                def give_up() -> None:  # (the timeout's own way out: the handshake is cancelled)
-                    refused.append(True)
+                def give_up(refused_for: float) -> None:  # (the timeout's way out: the handshake is cancelled)
+                    refused.append(refused_for)
                     timeout.reschedule(asyncio.get_running_loop().time())
 
                 watch = await self._watch_handshake(give_up)
@@ -1184,15 +1185,14 @@ class connect_moq:
         except TimeoutError:
             if refused:
                 raise ConnectionRefusedError(f"MoQ connection to {self._address} refused (ICMP port unreachable "
-                                             f"for {HANDSHAKE_UNREACHABLE_GRACE:g} s: nothing listens there on "
-                                             "UDP)") from None
+                                             f"for {refused[0]:.1f} s: nothing listens there on UDP)") from None
             raise ConnectionError(f"no MoQ answer from {self._address} within {self._timeout:g} s "
                                   "(is a node listening there, on UDP?)") from None
         finally:
             if watch is not None:
                 watch.close()
 
-    async def _watch_handshake(self, give_up: Callable[[], None]) -> "_HandshakeRefusals | None":
+    async def _watch_handshake(self, give_up: Callable[[float], None]) -> "_HandshakeRefusals | None":
         """Give the attempt up as soon as the server's port is known closed (_HandshakeRefusals)."""
         def received() -> int:
             try:
