@@ -17,7 +17,9 @@ Both: a handshake (setup) timeout, an idle timeout (``[moq] idle_timeout``), and
 (PING) on both sides; a listener caps the sessions it holds, in all and per IP address (QUIC itself
 has no such cap). A client connection also takes ICMP unreachable for its peer, kept up with
 nothing received, as the connection lost (``reachability.py``): a killed upstream was known in
-1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout.
+1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout. An
+attempt to connect whose server's port refuses the same way ends then (1.0-1.6 s on loopback), not
+at CONNECT_TIMEOUT (``_HandshakeRefusals``), so a reconnect loop's backoff says when to try again.
 """
 
 import asyncio
