@@ -5,8 +5,9 @@ idle timeout (10 s), and their viewers stalled that long before anything was tri
 a LAN the dead process's UDP port answers with ICMP port unreachable, which says so within a
 packet's round trip. Here an origin (`rtmpq up`) is SIGKILLed under a relay chained to it
 (`rtmpq relay --upstream`) and a subscriber (`rtmpq sub`) reading it directly: both must notice
-well before the idle timeout, and when the origin comes back the relay's subscriber gets media
-again."""
+well before the idle timeout, and when the origin comes back (after some seconds down) both get
+media again within seconds: the attempts at the dead origin end at its port's refusal, and the next
+comes soon."""
 
 import asyncio
 import errno
@@ -17,7 +18,7 @@ import time
 import pytest
 
 from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL
-from rtmpq.moq.transport import connect_moq
+from rtmpq.moq.transport import CONNECT_TIMEOUT, connect_moq
 from rtmpq.netem import ImpairmentProxy
 
 from .conftest import free_port, http_get, need, serving_relay, start_up_node, until, wait_tcp
@@ -27,6 +28,16 @@ from .test_restart import start_node
 # Seconds within which a killed upstream must be noticed (the idle timeout is 10 s); a loaded CI
 # machine gets room, the figure measured is printed.
 NOTICE_BOUND = 5.0
+# Seconds the killed origin stays down before it is restarted (a container's restart, say). When
+# each attempt at the dead origin waited CONNECT_TIMEOUT (5 s) and the backoff grew between them,
+# a 21 s outage ended while the relay was 4 s into a pause between two attempts.
+OUTAGE = 21.0
+# Seconds from the restarted origin taking the publish to media again below it (measured: 1.2 to
+# 1.7 s; 3.6 to 4.6 s before): a pause of at most REFUSED_RECONNECT_MAX (2 s) plus an attempt
+# that the port refused as it opened; a loaded CI machine gets room, the figures are printed.
+BACK_BOUND = 4.0
+# Seconds within which an attempt to connect to a closed port gives up (CONNECT_TIMEOUT is 5 s).
+REFUSED_BOUND = 3.0
 
 
 class LogWatch:
@@ -61,6 +72,9 @@ class VideoWatch:
 
     def since(self, t: float) -> int:
         return sum(1 for x in self.times if x >= t)
+
+    def first(self, since: float) -> float | None:
+        return next((x for x in self.times if x >= since), None)
 
 
 async def readyz(port: int) -> int:
@@ -116,15 +130,28 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
         assert relay_log.first("peer unreachable", killed) and relay_log.first("session ended; reconnecting", killed), \
             relay_log.text()
 
+        # the origin stays down a while (a restart that takes some seconds: a container's, a service
+        # manager's), the nodes below trying it again and again meanwhile; this is the scenario, not
+        # a wait for something to happen
+        await asyncio.sleep(max(killed + OUTAGE - time.monotonic(), 0))
         # the origin comes back (restarted on the same port) and is published to again
         origin = await start_node(*origin_args)
         procs.append(origin)
-        watches.append(LogWatch(origin))
+        watches.append(origin_log := LogWatch(origin))
         back = time.monotonic()
         await wait_tcp(prtmp)
         publishers.append(await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/k")))
         await until(lambda: video_below.since(back) > 30, 40, "media again through the relay")
         await until(lambda: video_direct.since(back) > 30, 40, "media again at the direct subscriber")
+        published = origin_log.first("publishing", back)
+        below_took, direct_took = video_below.first(back) - published, video_direct.first(back) - published
+        print(f"{backend}: upstream restarted, publish taken {published - back:.2f} s later; media again "
+              f"{below_took:.2f} s after that through the relay, {direct_took:.2f} s at rtmpq sub")
+        # the attempts at the dead origin ended at its port's refusal (not at the connect timeout),
+        # and were tried again soon
+        assert relay_log.first("refused", killed) and direct_log.first("refused", killed), relay_log.text()
+        assert below_took < BACK_BOUND, relay_log.text()
+        assert direct_took < BACK_BOUND, direct_log.text()
         assert await readyz(phttp) == 200
     finally:
         for p in publishers:
@@ -139,6 +166,20 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
             w.task.cancel()
     for w in watches:
         assert "Traceback" not in w.text(), w.text()
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_an_attempt_at_a_closed_port_gives_up_at_its_refusal(backend):
+    """An upstream restarting (its port closed a while): each attempt to connect ends when the port
+    refuses, not at the connect timeout, so the reconnect loop's backoff decides the next."""
+    port = free_port(socket.SOCK_DGRAM)  # (nothing listens there)
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError, match="refused"):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend):
+            pass
+    took = time.monotonic() - started
+    print(f"\n{backend}: an attempt at a closed port gave up in {took:.2f} s")
+    assert took < REFUSED_BOUND < CONNECT_TIMEOUT
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

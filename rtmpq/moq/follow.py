@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from ..media.frames import Frame
 from ..redact import safe_name
 from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
+from .reachability import reconnect_delay
 from .transport import connect_moq
 from .wire import RequestError
 
 log = logging.getLogger("rtmpq.moq")
 
-# Seconds between reconnection attempts (doubling up to the maximum).
+# Seconds between reconnection attempts (doubling up to the maximum; up to REFUSED_RECONNECT_MAX
+# after an attempt the upstream's closed port refused).
 RECONNECT_MIN = 0.25
 RECONNECT_MAX = 5.0
 
@@ -80,6 +82,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
             if loop.time() >= deadline:
                 raise BroadcastGone(f"{safe_name(broadcast)}: upstream {host}:{port} lost and not back within "
                                     f"{wait:g} s: {exc}") from None
+            delay = reconnect_delay(delay, exc)
             log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
                         exc, delay)
         await asyncio.sleep(delay)

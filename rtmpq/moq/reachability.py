@@ -19,6 +19,21 @@ PEER_UNREACHABLE_GRACE = 1.0
 # sends a probe (aioquic: a PING; aiopquic: a datagram from a side socket), so a dead peer's ICMP
 # comes within about this long instead of at the next keep-alive (a third of the idle timeout).
 SILENCE_PROBE_INTERVAL = 0.5
+# Seconds the refusals must go on, with nothing received, before a connection attempt (its
+# handshake) is given up as refused: shorter than PEER_UNREACHABLE_GRACE, since a wrong verdict
+# costs one attempt (tried again after the reconnect backoff), not a session; and a live server's
+# port never refuses, so only forged or stray ICMP kept up this long could mislead it.
+HANDSHAKE_UNREACHABLE_GRACE = 0.5
+# Seconds at most between attempts to connect to a peer whose port refused: a process restarting
+# on a host that is up, where an attempt costs a packet or two and their ICMP, so the reconnect
+# loops try again this often (their longer maximum is for the rest: timeouts, refused sessions).
+REFUSED_RECONNECT_MAX = 2.0
+
+
+def reconnect_delay(delay: float, exc: BaseException) -> float:
+    """A reconnect loop's pause before its next attempt, after the failure ``exc``: at most
+    REFUSED_RECONNECT_MAX after a refused attempt (connect_moq's ConnectionRefusedError)."""
+    return min(delay, REFUSED_RECONNECT_MAX) if isinstance(exc, ConnectionRefusedError) else delay
 
 
 class PeerReachability:

@@ -17,7 +17,9 @@ Both: a handshake (setup) timeout, an idle timeout (``[moq] idle_timeout``), and
 (PING) on both sides; a listener caps the sessions it holds, in all and per IP address (QUIC itself
 has no such cap). A client connection also takes ICMP unreachable for its peer, kept up with
 nothing received, as the connection lost (``reachability.py``): a killed upstream was known in
-1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout.
+1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout. An
+attempt to connect whose server's port refuses the same way ends then (1.0-1.6 s on loopback), not
+at CONNECT_TIMEOUT (``_HandshakeRefusals``), so a reconnect loop's backoff says when to try again.
 """
 
 import asyncio
@@ -39,7 +41,8 @@ from ..config import (MOQ_HANDSHAKE_TIMEOUT, MOQ_IDLE_TIMEOUT, MOQ_MAX_CONNECTIO
 from ..errors import listener_error
 from . import congestion, wire
 from .native_memory import pin_mmap_threshold
-from .reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL, PeerReachability
+from .reachability import (HANDSHAKE_UNREACHABLE_GRACE, PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL,
+                           PeerReachability)
 from .session import MoqSession, ReceivePool
 from .tls import der_fingerprint
 
@@ -730,6 +733,59 @@ class _RefusalListener(asyncio.DatagramProtocol):
             self.conn.peer_refused(exc)
 
 
+class _HandshakeRefusals(asyncio.DatagramProtocol):
+    """While a client's handshake runs (either backend; its own socket is not connected yet, and
+    picoquic's never): a one-byte datagram (no QUIC packet: a live server drops it) to the server's
+    address every SILENCE_PROBE_INTERVAL from a socket of our own connected to it, whose refusals
+    are that port's. Refusals kept up for HANDSHAKE_UNREACHABLE_GRACE with nothing received from
+    the server (``received``) call ``refused`` with how long they went on: the attempt ends then,
+    not at CONNECT_TIMEOUT."""
+
+    def __init__(self, received: Callable[[], int], refused: Callable[[float], None]) -> None:
+        self._reachability = PeerReachability(HANDSHAKE_UNREACHABLE_GRACE)
+        self._received = received
+        self._refused = refused
+        self._transport = None
+        self._check_handle = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self._check()
+
+    def error_received(self, exc: OSError) -> None:
+        if not isinstance(exc, ConnectionRefusedError) or self._transport is None:
+            return
+        now, received = time.monotonic(), self._received()
+        if self._reachability.refused(now, received):
+            self._probe()  # the first of a run: ask again at once
+        elif self._reachability.gone(now, received):
+            self._gone(now)
+
+    def _check(self) -> None:
+        now, received = time.monotonic(), self._received()
+        if self._reachability.gone(now, received):
+            self._gone(now)
+            return
+        if self._reachability.silent(received):
+            self._probe()
+        self._check_handle = asyncio.get_running_loop().call_later(SILENCE_PROBE_INTERVAL, self._check)
+
+    def _probe(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.sendto(b"\0")
+
+    def _gone(self, now: float) -> None:
+        self.close()
+        self._refused(self._reachability.refused_for(now))
+
+    def close(self) -> None:
+        if self._check_handle is not None:
+            self._check_handle.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
 def pquic_priority(urgency: int, *, newest: bool) -> int:
     """picoquic stream priority (lower first; even = round robin among equals): by urgency, and
     within one urgency the newest group of a track before its older groups."""
@@ -1095,8 +1151,9 @@ class connect_moq:
                 config.load_verify_locations(cafile)
             cls = _pquic_protocol_class()
             self._cm = pquic_connect(host, port, configuration=config,
-                                     create_protocol=lambda *a, **k: cls(*a, is_client=True, path=path, token=token,
-                                                                         authority=authority, **k))
+                                     create_protocol=lambda *a, **k: self._made(cls(*a, is_client=True, path=path,
+                                                                                    token=token, authority=authority,
+                                                                                    **k)))
         else:
             config = aioquic_configuration(is_client=True, idle_timeout=idle_timeout, server_name=host)
             if insecure or fingerprint:
@@ -1104,21 +1161,58 @@ class connect_moq:
             elif cafile:
                 config.load_verify_locations(cafile)
             self._cm = connect(host, port, configuration=config,
-                               create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, path=path, token=token,
-                                                                             authority=authority, **k),
+                               create_protocol=lambda *a, **k: self._made(MoqConnection(*a, is_client=True, path=path,
+                                                                                        token=token, authority=authority,
+                                                                                        **k)),
                                wait_connected=True)
         self._timeout = timeout
         self._conn = None
+        self._protocol = None  # the connection, once made (before its handshake is done)
+        self._host, self._port = host, port
         self._address = f"{host}:{port}"
         self._checks = "none" if insecure or fingerprint else (cafile or "")  # for _handshake_failed
 
+    def _made(self, protocol):
+        self._protocol = protocol
+        return protocol
+
     async def __aenter__(self) -> MoqConnection:
+        refused = []
+        watch = None
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout) as timeout:
+                def give_up(refused_for: float) -> None:  # (the timeout's way out: the handshake is cancelled)
+                    refused.append(refused_for)
+                    timeout.reschedule(asyncio.get_running_loop().time())
+
+                watch = await self._watch_handshake(give_up)
                 return await self._enter()
         except TimeoutError:
+            if refused:
+                raise ConnectionRefusedError(f"MoQ connection to {self._address} refused (ICMP port unreachable "
+                                             f"for {refused[0]:.1f} s: nothing listens there on UDP)") from None
             raise ConnectionError(f"no MoQ answer from {self._address} within {self._timeout:g} s "
                                   "(is a node listening there, on UDP?)") from None
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _watch_handshake(self, give_up: Callable[[float], None]) -> "_HandshakeRefusals | None":
+        """Give the attempt up as soon as the server's port is known closed (_HandshakeRefusals)."""
+        def received() -> int:
+            try:
+                return self._protocol._received_count() if self._protocol is not None else 0
+            except Exception:  # (aiopquic: no path to read before the connection is made)
+                return 0
+
+        try:
+            _, watch = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _HandshakeRefusals(received, give_up), remote_addr=(self._host, self._port))
+        except OSError as exc:  # (the attempt then waits for its timeout, as before)
+            log.warning("%s: cannot watch for ICMP unreachable (%s); a closed port is noticed at the connect "
+                        "timeout", self._address, exc)
+            return None
+        return watch
 
     async def _enter(self) -> MoqConnection:
         try:

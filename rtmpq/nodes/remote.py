@@ -19,6 +19,7 @@ from ..directory.core import Change, Entry
 from ..moq import events as ev
 from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
+from ..moq.reachability import reconnect_delay
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..moq.wire import RequestError, SessionError
@@ -26,7 +27,8 @@ from ..redact import safe_name
 
 log = logging.getLogger("rtmpq.nodes")
 
-# Seconds between reconnection attempts to an upstream node (doubling up to the maximum).
+# Seconds between reconnection attempts to an upstream node (doubling up to the maximum; up to
+# REFUSED_RECONNECT_MAX after an attempt its closed port refused).
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
 
@@ -104,6 +106,7 @@ class UpstreamLink:
                     # (not the close's reason: the upstream's words may name a stream key)
                     log.warning("upstream %s:%d: session ended; reconnecting in %.1f s", self.host, self.port, delay)
             except (ConnectionError, OSError, TimeoutError) as exc:
+                delay = reconnect_delay(delay, exc)
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
             except Exception:  # a bug here must not end the link for good (nothing would say so)
                 log.exception("upstream %s:%d: the link failed; reconnecting in %.1f s", self.host, self.port, delay)

@@ -24,6 +24,7 @@ from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, 
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
+from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import safe_name
 from ..transcode.coder import CoderError
@@ -352,7 +353,8 @@ class LocalTranscoder:
 # Seconds a rung may take, once its broadcast ended, to emit what it was given before its stream
 # is ended (the session closes after that).
 RUNG_DRAIN_TIMEOUT = 5.0
-# Seconds between attempts to reach the upstream relay (doubling up to the maximum).
+# Seconds between attempts to reach the upstream relay (doubling up to the maximum; up to
+# REFUSED_RECONNECT_MAX after an attempt its closed port refused).
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
 
@@ -627,6 +629,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
                     await transcode_over_moq(conn, name, ladder, config.transcode, token, broadcasts)
                     return
             except (ConnectionError, OSError, TimeoutError) as exc:
+                delay = reconnect_delay(delay, exc)
                 log.warning("%s: upstream %s:%d: %s; again in %.1f s", safe_name(name), host, port, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -655,6 +658,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
                         elif isinstance(event, (ev.SessionClosed, ev.GoawayReceived)):
                             raise ConnectionError("session closed")
             except (ConnectionError, OSError, TimeoutError) as exc:
+                delay = reconnect_delay(delay, exc)
                 log.warning("transcoder: upstream %s:%d: %s; again in %.1f s", host, port, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
