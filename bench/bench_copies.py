@@ -19,7 +19,6 @@ stream buffer (a Python bytearray) is the aioquic backend's.
 
 import subprocess
 import tracemalloc
-from collections import defaultdict
 
 import pytest
 

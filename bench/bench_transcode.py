@@ -27,7 +27,6 @@ import asyncio
 import cProfile
 import io
 import multiprocessing
-import os
 import pstats
 import resource
 import subprocess

@@ -14,9 +14,7 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
