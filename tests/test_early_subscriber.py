@@ -77,3 +77,62 @@ async def test_a_subscriber_waiting_for_an_upstream_that_never_comes_is_refused_
                 assert waited >= 0.9, waited
         finally:
             await link.close()
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_subscriber_that_comes_before_the_session_to_the_origin_the_directory_lists_gets_the_track(
+        tmp_path, backend, redis_server):
+    """The same for a relay that finds origins through the directory (many hosts): the directory
+    lists the broadcast, the relay's session to its origin is not up yet (the relay just
+    restarted). A broadcast the directory does not list is still refused at once."""
+    from rtmpq.directory.redis_directory import RedisDirectory
+    from rtmpq.moq import relay as relay_module
+    from rtmpq.nodes.directory import publishing
+    from rtmpq.nodes.remote import OriginLinks
+
+    node = await start_up_node(tmp_path / "a", backend)
+    registration = RedisDirectory(redis_server.url, node="origin", ttl=5)  # as `rtmpq up --directory` does
+    await registration.start()
+    registration.register(publishing(node.registry), f"moqt://127.0.0.1:{node.moq_address[1]}", node.fingerprint)
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/early", 8), 40))
+    directory = RedisDirectory(redis_server.url, node="relay", ttl=5)
+    early: list[bool] = []  # for each SUBSCRIBE to live/early: whether the session to the origin was not up yet
+    loop = asyncio.get_running_loop()
+
+    def seen(event):
+        if isinstance(event, ev.SubscribeRequested) and event.namespace == ("live", "early"):
+            early.append(not any(link.connected.is_set() for link in origins.links.values()))
+
+    try:
+        await node.registry.wait_for("live/early", 15)
+        await directory.start()
+        directory.follow()
+        await until(lambda: directory.lookup("live/early"), 10, "live/early in the directory")
+        async with serving_relay(tmp_path, backend, seen=seen) as (relay, port):
+            origins = OriginLinks(relay, directory, insecure=True, backend=backend)
+            try:
+                async with connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10) as conn:
+                    recorder = EventRecorder(conn)
+                    conn.session.subscribe(("live", "early"), "video")
+                    conn.flush()
+                    origins.start()  # its session to the origin takes round trips: the SUBSCRIBE comes first
+                    await until(lambda: early, 10, "the SUBSCRIBE at the relay")
+                    assert early == [True], "the session to the origin was up before the SUBSCRIBE came"
+                    await until(lambda: any(isinstance(e, (ev.ObjectReceived, ev.RequestFailed)) for e in recorder.events),
+                                5, "video objects through the relay")
+                    assert any(isinstance(e, ev.ObjectReceived) for e in recorder.events), recorder.events[:3]
+
+                    asked = loop.time()
+                    unlisted = conn.session.subscribe(("live", "unlisted"), "video")
+                    conn.flush()
+                    await until(lambda: any(isinstance(e, ev.RequestFailed) and e.request_id == unlisted
+                                            for e in recorder.events), 10, "an answer for live/unlisted")
+                    assert loop.time() - asked < relay_module.UPSTREAM_WAIT / 4, "a broadcast not listed waited"
+            finally:
+                await origins.close()
+    finally:
+        await directory.close()
+        await registration.close()
+        await node.close()
+        await publisher

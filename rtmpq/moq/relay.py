@@ -170,6 +170,8 @@ class MoqRelay:
         self._aliases: dict[int, int] = {}  # id(conn) -> next track alias
         self._published: dict[tuple[str, ...], tuple[MoqConnection, int]] = {}  # remote PUBLISH_NAMESPACE
         self._routes: dict[tuple[str, ...], MoqConnection] = {}  # from the directory: the origin's session
+        # listed in the directory at an origin whose session is not up yet: their SUBSCRIBEs wait too
+        self._listed_unrouted: set[tuple[str, ...]] = set()
         # what the relay above lists (our SUBSCRIBE_NAMESPACE there: request id), listed here too
         self._upstream_listing: int | None = None
         self._upstream_namespaces: set[tuple[str, ...]] = set()
@@ -453,7 +455,8 @@ class MoqRelay:
         upstream = self._tracks.get(key)
         if upstream is None:
             publisher = self._publisher_for(event.namespace)
-            if publisher is None and self.upstream_expected and len(self._awaiting_upstream) < MAX_WAITING_SUBSCRIBES:
+            if publisher is None and self._session_expected(event.namespace) \
+                    and len(self._awaiting_upstream) < MAX_WAITING_SUBSCRIBES:
                 self._awaiting_upstream.append((conn, event))
                 self._call_later(UPSTREAM_WAIT, self._expire_awaiting_upstream, conn, event)
                 log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
@@ -487,12 +490,37 @@ class MoqRelay:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such track")
                 conn.flush()
 
+    def _session_expected(self, namespace: tuple[str, ...]) -> bool:
+        """Whether a session that serves ``namespace`` is on its way: the link upstream, or the one
+        to the origin the directory lists it at (not up yet, or reconnecting)."""
+        return self.upstream_expected or namespace in self._listed_unrouted or namespace in self._routes
+
+    def _retry_awaiting_upstream(self, namespace: tuple[str, ...] | None = None) -> None:
+        """The SUBSCRIBEs that came before the session (all, or ``namespace``'s): handled now, as if they came now."""
+        waiting = [(c, r) for c, r in self._awaiting_upstream if namespace is None or r.namespace == namespace]
+        self._awaiting_upstream = [w for w in self._awaiting_upstream if w not in waiting]
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._on_SubscribeRequested(sub_conn, request)
+                sub_conn.flush()
+
     def _expire_awaiting_upstream(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
         if (conn, event) in self._awaiting_upstream:
             self._awaiting_upstream.remove((conn, event))
             if not conn.session.closed:
                 log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
                          UPSTREAM_WAIT, conn.peer)
+                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                conn.flush()
+
+    def _refuse_awaiting_upstream(self, namespace: tuple[str, ...]) -> None:
+        """No longer listed anywhere: its SUBSCRIBEs that wait for a session are refused now (unless
+        the link upstream may still serve them)."""
+        if self.upstream_expected:
+            return
+        for conn, event in [(c, r) for c, r in self._awaiting_upstream if r.namespace == namespace]:
+            self._awaiting_upstream.remove((conn, event))
+            if not conn.session.closed:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 conn.flush()
 
@@ -1417,18 +1445,27 @@ class MoqRelay:
         """Broadcasts publishers announced here (what this relay is the origin of for others)."""
         return {"/".join(ns) for ns, (conn, _) in self._published.items() if not conn.session.closed}
 
-    def route(self, namespace: tuple[str, ...], conn: MoqConnection | None) -> None:
+    def route(self, namespace: tuple[str, ...], conn: MoqConnection | None, listed: bool = False) -> None:
         """The directory says ``namespace`` lives at the origin reached by ``conn`` (or nowhere now).
         Its tracks held here move there, their group ids going on above the last one served; with
-        no origin (after ``ORIGIN_DRAIN``) they wait ``upstream_grace`` for one, as for a lost publisher."""
+        no origin (after ``ORIGIN_DRAIN``) they wait ``upstream_grace`` for one, as for a lost publisher.
+        ``listed``: with no ``conn``, the directory lists it at an origin whose session is not up yet;
+        SUBSCRIBEs to it wait for that session (UPSTREAM_WAIT) instead of being refused."""
         old = self._routes.get(namespace)
         if conn is None:
+            if listed:
+                self._listed_unrouted.add(namespace)
+            else:
+                self._listed_unrouted.discard(namespace)
+                self._refuse_awaiting_upstream(namespace)
             if old is None:
                 return
             del self._routes[namespace]
             self._call_later(ORIGIN_DRAIN, self._unroute, namespace, old)
             return
+        self._listed_unrouted.discard(namespace)
         self._routes[namespace] = conn
+        self._retry_awaiting_upstream(namespace)
         for upstream in list(self._tracks.values()):
             if upstream.namespace == namespace and upstream.conn is not conn:
                 if upstream.conn is not None and not upstream.conn.session.closed:
@@ -1463,12 +1500,7 @@ class MoqRelay:
         for upstream in list(self._tracks.values()):
             if upstream.orphaned_at is not None and self._publisher_for(upstream.namespace) is conn:
                 self._resume(upstream, conn)
-        # the SUBSCRIBEs that came before this session: asked for there now, as if they came now
-        waiting, self._awaiting_upstream = self._awaiting_upstream, []
-        for sub_conn, request in waiting:
-            if not sub_conn.session.closed:
-                self._on_SubscribeRequested(sub_conn, request)
-                sub_conn.flush()
+        self._retry_awaiting_upstream()  # asked for there now
 
     def expire_orphans(self, now: float) -> None:
         """End the relayed tracks whose source has not come back within the grace period."""

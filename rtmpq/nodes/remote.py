@@ -201,8 +201,9 @@ class OriginLinks:
                 continue
             self._names[change.name] = new
             link = self._link(new)
-            # until the new origin's session is up, the broadcast has none (its tracks wait)
-            self.relay.route(namespace, link.conn if link.conn is not None and not link.conn.session.closed else None)
+            # until the new origin's session is up, the broadcast has none (its tracks and SUBSCRIBEs wait)
+            up = link.conn is not None and not link.conn.session.closed
+            self.relay.route(namespace, link.conn if up else None, listed=True)
         for url in [u for u in self.links if not any(e.url == u for e in self._names.values())]:
             link = self._draining[url] = self.links.pop(url)  # no broadcast there any more
             asyncio.get_running_loop().call_later(ORIGIN_DRAIN, self._close_drained, url, link)
