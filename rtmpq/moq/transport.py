@@ -19,7 +19,7 @@ has no such cap). A client connection also takes ICMP unreachable for its peer, 
 nothing received, as the connection lost (``reachability.py``): a killed upstream was known in
 1.6-2.1 s (aioquic) and 2.7-2.9 s (aiopquic) on loopback instead of at the idle timeout. An
 attempt to connect whose server's port refuses the same way ends then (1.0-1.6 s on loopback), not
-at CONNECT_TIMEOUT (``_HandshakeRefusals``), so a reconnect loop's backoff says when to try again.
+at CONNECT_TIMEOUT (``_ProbeSocket``, ``_PeerWatch``), so a reconnect loop's backoff says when to try again.
 """
 
 import asyncio
@@ -254,43 +254,24 @@ class _MoqConnectionMixin:
     def watch_peer(self, grace: float = PEER_UNREACHABLE_GRACE) -> None:
         """Check every SILENCE_PROBE_INTERVAL whether the peer is unreachable (client
         connections, once set up: the backend reports refusals to ``peer_refused``)."""
-        self._reachability = PeerReachability(grace)
-        self._watching = True
-        self._peer_check = asyncio.get_running_loop().call_later(SILENCE_PROBE_INTERVAL, self._check_peer)
+        self._peer_watch = _PeerWatch(grace, self._received_count, self._probe_peer, self._peer_gone,
+                                      closed=lambda: self.session.closed)
+        self._peer_watch.check_later()
 
     def stop_watching_peer(self) -> None:
-        self._watching = False
-        check = getattr(self, "_peer_check", None)
-        if check is not None:
-            check.cancel()
-            self._peer_check = None
+        watch = getattr(self, "_peer_watch", None)
+        if watch is not None:
+            watch.close()
 
-    def _check_peer(self) -> None:
-        if self.session.closed:
-            self.stop_watching_peer()
-            return
-        now, received = time.monotonic(), self._received_count()
-        if self._reachability.gone(now, received):
-            self._peer_gone(now)
-            return
-        if self._reachability.silent(received):
-            self._probe_peer()  # (its refusal may come at once, and end the watch)
-        if self._watching:
-            self._peer_check = asyncio.get_running_loop().call_later(SILENCE_PROBE_INTERVAL, self._check_peer)
-
-    def peer_refused(self, exc: OSError) -> None:
+    def peer_refused(self, exc: OSError | None = None) -> None:
         """A packet to the peer drew an ICMP error (ECONNREFUSED: nothing listens on its port)."""
-        if self.session.closed or not getattr(self, "_watching", False):
-            return
-        now, received = time.monotonic(), self._received_count()
-        if self._reachability.refused(now, received):
-            self._probe_peer()  # the first of a run: ask again at once (a live peer answers)
-        elif self._reachability.gone(now, received):
-            self._peer_gone(now)
+        watch = getattr(self, "_peer_watch", None)
+        if watch is not None:
+            watch.refused()
 
-    def _peer_gone(self, now: float) -> None:
+    def _peer_gone(self, refused_for: float) -> None:
         log.warning("%s: peer unreachable (ICMP: nothing listens on its port) for %.1f s with nothing received "
-                    "from it: connection lost", self.peer, self._reachability.refused_for(now))
+                    "from it: connection lost", self.peer, refused_for)
         self.stop_watching_peer()
         self.close_session(wire.SessionError.INTERNAL_ERROR, "peer unreachable")
 
@@ -722,65 +703,80 @@ class _PquicWriter:
         return waiting + max(written - acked, 0)
 
 
-class _RefusalListener(asyncio.DatagramProtocol):
-    """The probe socket of an aiopquic client connection: hands the ICMP errors on."""
+class _PeerWatch:
+    """Drives a PeerReachability (reachability.py) on the event loop: a check every
+    SILENCE_PROBE_INTERVAL probes a peer that sent nothing since the last one, a refusal probes
+    again at once when it starts a run, and refusals kept up for ``grace`` with nothing received
+    (``received``) call ``gone`` with how long they went on; the watch then ends. ``closed``: the
+    watch ends quietly once it is true (its session closed)."""
 
-    def __init__(self, conn) -> None:
-        self.conn = conn
+    def __init__(self, grace: float, received: Callable[[], int], probe: Callable[[], None],
+                 gone: Callable[[float], None], closed: Callable[[], bool] = lambda: False) -> None:
+        self._reachability = PeerReachability(grace)
+        self._received, self._probe, self._gone, self._closed = received, probe, gone, closed
+        self._handle: asyncio.TimerHandle | None = None
+        self._active = True
 
-    def error_received(self, exc: OSError) -> None:
-        if isinstance(exc, ConnectionRefusedError):
-            self.conn.peer_refused(exc)
+    def check_later(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(SILENCE_PROBE_INTERVAL, self.check)
 
+    def check(self) -> None:
+        self._handle = None
+        if self._closed():
+            self.close()
+            return
+        now, received = time.monotonic(), self._received()
+        if self._reachability.gone(now, received):
+            self._end(now)
+            return
+        if self._reachability.silent(received):
+            self._probe()  # (its refusal may come at once, and end the watch)
+        if self._active:
+            self.check_later()
 
-class _HandshakeRefusals(asyncio.DatagramProtocol):
-    """While a client's handshake runs (either backend; its own socket is not connected yet, and
-    picoquic's never): a one-byte datagram (no QUIC packet: a live server drops it) to the server's
-    address every SILENCE_PROBE_INTERVAL from a socket of our own connected to it, whose refusals
-    are that port's. Refusals kept up for HANDSHAKE_UNREACHABLE_GRACE with nothing received from
-    the server (``received``) call ``refused`` with how long they went on: the attempt ends then,
-    not at CONNECT_TIMEOUT."""
-
-    def __init__(self, received: Callable[[], int], refused: Callable[[float], None]) -> None:
-        self._reachability = PeerReachability(HANDSHAKE_UNREACHABLE_GRACE)
-        self._received = received
-        self._refused = refused
-        self._transport = None
-        self._check_handle = None
-
-    def connection_made(self, transport) -> None:
-        self._transport = transport
-        self._check()
-
-    def error_received(self, exc: OSError) -> None:
-        if not isinstance(exc, ConnectionRefusedError) or self._transport is None:
+    def refused(self) -> None:
+        if not self._active or self._closed():
             return
         now, received = time.monotonic(), self._received()
         if self._reachability.refused(now, received):
-            self._probe()  # the first of a run: ask again at once
+            self._probe()  # the first of a run: ask again at once (a live peer answers)
         elif self._reachability.gone(now, received):
-            self._gone(now)
+            self._end(now)
 
-    def _check(self) -> None:
-        now, received = time.monotonic(), self._received()
-        if self._reachability.gone(now, received):
-            self._gone(now)
-            return
-        if self._reachability.silent(received):
-            self._probe()
-        self._check_handle = asyncio.get_running_loop().call_later(SILENCE_PROBE_INTERVAL, self._check)
+    def _end(self, now: float) -> None:
+        refused_for = self._reachability.refused_for(now)
+        self.close()
+        self._gone(refused_for)
 
-    def _probe(self) -> None:
+    def close(self) -> None:
+        self._active = False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+class _ProbeSocket(asyncio.DatagramProtocol):
+    """A UDP socket of our own connected to a peer's address, where the connection's own socket
+    hears no ICMP (picoquic's, always; a client's, before its handshake is done): ``probe`` sends a
+    one-byte datagram (no QUIC packet: a live peer drops it), and the refusals it draws are the
+    peer's port's (``refused``)."""
+
+    def __init__(self, refused: Callable[[], None]) -> None:
+        self._refused = refused
+        self._transport = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def error_received(self, exc: OSError) -> None:
+        if isinstance(exc, ConnectionRefusedError) and self._transport is not None:
+            self._refused()
+
+    def probe(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.sendto(b"\0")
 
-    def _gone(self, now: float) -> None:
-        self.close()
-        self._refused(self._reachability.refused_for(now))
-
     def close(self) -> None:
-        if self._check_handle is not None:
-            self._check_handle.cancel()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -876,17 +872,15 @@ def _pquic_protocol_class():
             addr = self._quic.peer_address()
             if addr is None:
                 return
-            loop = asyncio.get_running_loop()
-            self._probe, _ = await loop.create_datagram_endpoint(lambda: _RefusalListener(self), remote_addr=addr)
+            self._probe = _ProbeSocket(self.peer_refused)
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: self._probe, remote_addr=addr)
             self.watch_peer(PEER_UNREACHABLE_GRACE + SILENCE_PROBE_INTERVAL)
 
         def _received_count(self) -> int:
             return self._quic.path_quality().get("bytes_received", 0)
 
         def _probe_peer(self) -> None:
-            probe = getattr(self, "_probe", None)
-            if probe is not None and not probe.is_closing():
-                probe.sendto(b"\0")
+            self._probe.probe()
 
         def stop_watching_peer(self) -> None:
             super().stop_watching_peer()
@@ -1178,14 +1172,14 @@ class connect_moq:
 
     async def __aenter__(self) -> MoqConnection:
         refused = []
-        watch = None
+        stop_watch = None
         try:
             async with asyncio.timeout(self._timeout) as timeout:
                 def give_up(refused_for: float) -> None:  # (the timeout's way out: the handshake is cancelled)
                     refused.append(refused_for)
                     timeout.reschedule(asyncio.get_running_loop().time())
 
-                watch = await self._watch_handshake(give_up)
+                stop_watch = await self._watch_handshake(give_up)
                 return await self._enter()
         except TimeoutError:
             if refused:
@@ -1194,25 +1188,33 @@ class connect_moq:
             raise ConnectionError(f"no MoQ answer from {self._address} within {self._timeout:g} s "
                                   "(is a node listening there, on UDP?)") from None
         finally:
-            if watch is not None:
-                watch.close()
+            if stop_watch is not None:
+                stop_watch()
 
-    async def _watch_handshake(self, give_up: Callable[[float], None]) -> "_HandshakeRefusals | None":
-        """Give the attempt up as soon as the server's port is known closed (_HandshakeRefusals)."""
+    async def _watch_handshake(self, give_up: Callable[[float], None]) -> Callable[[], None] | None:
+        """Give the attempt up as soon as the server's port is known closed: a probe socket of our
+        own (the connection's is not connected yet, and picoquic's never is) and refusals kept up
+        for HANDSHAKE_UNREACHABLE_GRACE with nothing received; what ends the watch."""
         def received() -> int:
             try:
                 return self._protocol._received_count() if self._protocol is not None else 0
             except Exception:  # (aiopquic: no path to read before the connection is made)
                 return 0
 
+        probe = _ProbeSocket(lambda: watch.refused())
+        watch = _PeerWatch(HANDSHAKE_UNREACHABLE_GRACE, received, probe.probe, lambda s: (probe.close(), give_up(s)))
         try:
-            _, watch = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: _HandshakeRefusals(received, give_up), remote_addr=(self._host, self._port))
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: probe, remote_addr=(self._host, self._port))
         except OSError as exc:  # (the attempt then waits for its timeout, as before)
             log.warning("%s: cannot watch for ICMP unreachable (%s); a closed port is noticed at the connect "
                         "timeout", self._address, exc)
             return None
-        return watch
+        watch.check()  # the first probe at once
+
+        def close() -> None:
+            watch.close()
+            probe.close()
+        return close
 
     async def _enter(self) -> MoqConnection:
         try:
