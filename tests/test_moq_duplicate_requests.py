@@ -156,6 +156,11 @@ async def test_a_subscribe_withdrawn_while_waiting_for_its_track_is_gone(tmp_pat
                     what="the relay's SUBSCRIBE at the publisher")
         viewer.conn.session.unsubscribe(first)
         second = viewer.subscribe()
+        # the publisher answers only once the relay has read both (the sessions race otherwise):
+        # a TRACK_STATUS the relay answers itself comes back after them on the control stream
+        status = viewer.conn.session.track_status(("elsewhere",), "video")
+        viewer.conn.flush()
+        await until(lambda: viewer.answer(status) is not None, what="TRACK_STATUS answered")
         ours = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested)).request_id
         publisher.conn.session.subscribe_ok(ours, 5)
         publisher.conn.flush()
