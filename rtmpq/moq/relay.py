@@ -47,6 +47,7 @@ from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, 
 from .session import PARTIAL_OBJECT_TIMEOUT
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
+from .waiting import MAX_WAITING_SUBSCRIBES, NEW_TRACK_WAIT, UPSTREAM_WAIT
 from .wire import (
     DEFAULT_PUBLISHER_PRIORITY,
     EXT_DEFAULT_PUBLISHER_PRIORITY,
@@ -80,16 +81,6 @@ LATE_STREAM_GRACE = 2.0
 # objects and PUBLISH_DONE have come over QUIC: the relay keeps its subscriptions there this long
 # (seconds) before it counts the source as lost, so a broadcast that ended there ends here whole.
 ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
-# A new broadcast's tracks appear as their sequence headers arrive: for this long after a publish
-# starts, a SUBSCRIBE to a track it does not have yet waits for it instead of being refused.
-NEW_TRACK_WAIT = 3.0
-# At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
-MAX_WAITING_SUBSCRIBES = 256
-# A relay with an upstream (`rtmpq relay --upstream`) whose session there is not up (it just
-# started, or the link is reconnecting, RECONNECT_MAX apart at most) holds a SUBSCRIBE to a
-# broadcast it does not know this long (seconds), and passes it up once the session is, instead of
-# refusing it: a restarted relay's viewers come back at once, often before its own session does.
-UPSTREAM_WAIT = 12.0
 # A track resubscribed after its source was lost, refused there (a restarted relay above whose
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
@@ -143,7 +134,8 @@ class MoqRelay:
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
                  upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
-                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT) -> None:
+                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT, upstream_wait: float = UPSTREAM_WAIT,
+                 max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
@@ -160,7 +152,10 @@ class MoqRelay:
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
         # a link to an upstream relay will set ``upstream`` (UpstreamLink): SUBSCRIBEs to unknown
-        # broadcasts wait for it meanwhile, in ``_awaiting_upstream`` (at most MAX_WAITING_SUBSCRIBES)
+        # broadcasts wait for it meanwhile (``upstream_wait`` seconds), in ``_awaiting_upstream`` (at
+        # most ``max_waiting_subscribes``, the bound also of each local broadcast's ``waiting``)
+        self.upstream_wait = upstream_wait
+        self.max_waiting_subscribes = max_waiting_subscribes
         self.upstream_expected = False
         self._awaiting_upstream: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
@@ -445,7 +440,7 @@ class MoqRelay:
             wait = source.broadcast.started + NEW_TRACK_WAIT - time.monotonic()
             if fanout is not None:
                 self._accept(conn, event, fanout)
-            elif wait > 0 and len(source.waiting) < MAX_WAITING_SUBSCRIBES:
+            elif wait > 0 and len(source.waiting) < self.max_waiting_subscribes:
                 source.waiting.append((conn, event))
                 self._call_later(wait, self._expire_waiting, source, conn, event)
             else:
@@ -456,9 +451,9 @@ class MoqRelay:
         if upstream is None:
             publisher = self._publisher_for(event.namespace)
             if publisher is None and self._session_expected(event.namespace) \
-                    and len(self._awaiting_upstream) < MAX_WAITING_SUBSCRIBES:
+                    and len(self._awaiting_upstream) < self.max_waiting_subscribes and self.upstream_wait > 0:
                 self._awaiting_upstream.append((conn, event))
-                self._call_later(UPSTREAM_WAIT, self._expire_awaiting_upstream, conn, event)
+                self._call_later(self.upstream_wait, self._expire_awaiting_upstream, conn, event)
                 log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
                 return
             if publisher is None:
@@ -509,7 +504,7 @@ class MoqRelay:
             self._awaiting_upstream.remove((conn, event))
             if not conn.session.closed:
                 log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
-                         UPSTREAM_WAIT, conn.peer)
+                         self.upstream_wait, conn.peer)
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 conn.flush()
 
@@ -1450,7 +1445,7 @@ class MoqRelay:
         Its tracks held here move there, their group ids going on above the last one served; with
         no origin (after ``ORIGIN_DRAIN``) they wait ``upstream_grace`` for one, as for a lost publisher.
         ``listed``: with no ``conn``, the directory lists it at an origin whose session is not up yet;
-        SUBSCRIBEs to it wait for that session (UPSTREAM_WAIT) instead of being refused."""
+        SUBSCRIBEs to it wait for that session (``upstream_wait``) instead of being refused."""
         old = self._routes.get(namespace)
         if conn is None:
             if listed:
