@@ -47,7 +47,7 @@ from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, 
 from .session import PARTIAL_OBJECT_TIMEOUT
 from .transport import MoqConnection
 from .upstream import FetchProxy, UpstreamTrack
-from .waiting import MAX_WAITING_SUBSCRIBES, NEW_TRACK_WAIT, UPSTREAM_WAIT
+from .waiting import MAX_WAITING_SUBSCRIBES, NEW_TRACK_WAIT, UPSTREAM_WAIT, WaitingSubscribes
 from .wire import (
     DEFAULT_PUBLISHER_PRIORITY,
     EXT_DEFAULT_PUBLISHER_PRIORITY,
@@ -157,7 +157,7 @@ class MoqRelay:
         self.upstream_wait = upstream_wait
         self.max_waiting_subscribes = max_waiting_subscribes
         self.upstream_expected = False
-        self._awaiting_upstream: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
+        self._awaiting_upstream = WaitingSubscribes(max_waiting_subscribes)
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
         self._sources: dict[str, BroadcastSource] = {}
@@ -450,9 +450,8 @@ class MoqRelay:
         upstream = self._tracks.get(key)
         if upstream is None:
             publisher = self._publisher_for(event.namespace)
-            if publisher is None and self._session_expected(event.namespace) \
-                    and len(self._awaiting_upstream) < self.max_waiting_subscribes and self.upstream_wait > 0:
-                self._awaiting_upstream.append((conn, event))
+            if publisher is None and self._session_expected(event.namespace) and self.upstream_wait > 0 \
+                    and self._awaiting_upstream.add(conn, event):
                 self._call_later(self.upstream_wait, self._expire_awaiting_upstream, conn, event)
                 log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
                 return
@@ -492,16 +491,13 @@ class MoqRelay:
 
     def _retry_awaiting_upstream(self, namespace: tuple[str, ...] | None = None) -> None:
         """The SUBSCRIBEs that came before the session (all, or ``namespace``'s): handled now, as if they came now."""
-        waiting = [(c, r) for c, r in self._awaiting_upstream if namespace is None or r.namespace == namespace]
-        self._awaiting_upstream = [w for w in self._awaiting_upstream if w not in waiting]
-        for sub_conn, request in waiting:
+        for sub_conn, request in self._awaiting_upstream.take(namespace):
             if not sub_conn.session.closed:
                 self._on_SubscribeRequested(sub_conn, request)
                 sub_conn.flush()
 
     def _expire_awaiting_upstream(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
-        if (conn, event) in self._awaiting_upstream:
-            self._awaiting_upstream.remove((conn, event))
+        if self._awaiting_upstream.expire(conn, event):
             if not conn.session.closed:
                 log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
                          self.upstream_wait, conn.peer)
@@ -513,8 +509,7 @@ class MoqRelay:
         the link upstream may still serve them)."""
         if self.upstream_expected:
             return
-        for conn, event in [(c, r) for c, r in self._awaiting_upstream if r.namespace == namespace]:
-            self._awaiting_upstream.remove((conn, event))
+        for conn, event in self._awaiting_upstream.take(namespace):
             if not conn.session.closed:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 conn.flush()
@@ -642,8 +637,7 @@ class MoqRelay:
         self._held_fetches.pop((id(conn), event.request_id), None)
         for holder in (*self._tracks.values(), *self._sources.values()):
             holder.waiting = [(c, r) for c, r in holder.waiting if c is not conn or r.request_id != event.request_id]
-        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream
-                                   if c is not conn or r.request_id != event.request_id]
+        self._awaiting_upstream.withdraw(conn, event.request_id)
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
@@ -1359,7 +1353,7 @@ class MoqRelay:
         if self.upstream is conn:
             self.upstream = None
             self._forget_upstream_namespaces()
-        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream if c is not conn]
+        self._awaiting_upstream.withdraw(conn)
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
