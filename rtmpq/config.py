@@ -34,8 +34,8 @@ from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
 from .moq.reachability import REFUSED_RECONNECT_MAX
-from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
 from .moq.session import PARTIAL_OBJECT_TIMEOUT
+from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import (DECODE_QUEUE_FRAMES, DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET,

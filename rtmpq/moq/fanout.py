@@ -482,15 +482,14 @@ class TrackFanout:
 
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         self._set_live_from(sub)
-        latest = self.cache.latest()
+        latest = self.cache.latest(now)  # (nothing past the track's MAX_CACHE_DURATION)
         if latest is None:
             return
         try:
-            for group in self.cache.groups_from(latest.group_id):
+            for group in self.cache.groups_from(latest.group_id, now):
                 if self.state:
                     self._replay(sub, group, received=now)  # its budget runs from now
                 elif now - group.started > sub.delivery_timeout:
@@ -507,19 +506,18 @@ class TrackFanout:
         ``sub.last_group``) at once, then live ones. A start older than the cache starts at what is
         cached (draft 16 answers a SUBSCRIBE with objects from now on; older ones are FETCHed).
         At most the newest MAX_GROUPS_IN_FLIGHT cached groups: more would reset each other."""
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         sub.groups_in_order = self.ends_groups_on_newer
         self._set_live_from(sub)
         last = sub.last_group
-        groups = [g for g in self.cache.groups_from(sub.start_group) if last is None or g.group_id <= last]
+        groups = [g for g in self.cache.groups_from(sub.start_group, now) if last is None or g.group_id <= last]
         try:
             for group in groups[-MAX_GROUPS_IN_FLIGHT:]:
                 # asked for by name: its budget runs from now (one older than the budget would be
                 # reset at once otherwise)
                 self._replay(sub, group, sub.start_object if group.group_id == sub.start_group else 0, received=now)
-            sub.range_ended = self._range_over(sub)  # its end group may be over already (from the cache or gone)
+            sub.range_ended = self._range_over(sub, now)  # its end group may be over already (from the cache or gone)
             sub.check(now)
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
@@ -587,8 +585,7 @@ class TrackFanout:
         sub.start_group, sub.start_object = group_id, from_object
         if sub not in self.subscribers:
             return  # not delivered to yet (FORWARD=0): it starts there once it is
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
-        group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
+        group = next((g for g in self.cache.groups_from(group_id, now) if g.group_id == group_id), None)
         try:
             if group is not None:
                 # those objects came after the subscription began (within a round trip): their
@@ -599,13 +596,13 @@ class TrackFanout:
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
 
-    def live_start(self, start: tuple[int, int]) -> tuple[int, int]:
+    def live_start(self, start: tuple[int, int], now: float) -> tuple[int, int]:
         """Where a subscription asking to start at ``start`` starts here: there, or at the newest
         group cached whole if that is later. Draft 16 ("Updating Subscriptions"): a Start Location
         below the Largest Location is like a new subscription, what came before is FETCHed; so it
         starts where an unfiltered one does (``subscribe``), and AbsoluteStart {0, 0} is the same
         as no filter, as the draft says."""
-        latest = self.cache.latest()
+        latest = self.cache.latest(now)
         return start if latest is None else max(start, (latest.group_id, 0))
 
     def set_range(self, sub: TrackSubscription, start: tuple[int, int], last_group: int | None, now: float) -> None:
@@ -619,16 +616,16 @@ class TrackFanout:
                 sub._drop(group_id, RESET_CANCELLED)
         sub.last_group = last_group
         if sub not in self.subscribers:  # not delivered to yet (FORWARD=0): like a new subscription
-            sub.start_group, sub.start_object = self.live_start(start)
+            sub.start_group, sub.start_object = self.live_start(start, now)
         elif sub.start_group is None or start >= (sub.start_group, sub.start_object):
             sub.start_group, sub.start_object = start
         else:
-            back = self.live_start(start)
+            back = self.live_start(start, now)
             if back[0] < sub.start_group:
                 self.extend_back(sub, back[0], back[1], now)
-        sub.range_ended = self._range_over(sub)
+        sub.range_ended = self._range_over(sub, now)
 
-    def _range_over(self, sub: TrackSubscription) -> bool:
+    def _range_over(self, sub: TrackSubscription, now: float) -> bool:
         """Whether ``sub``'s End Group is over: it ended or was dropped for the subscriber, or it is
         not in flight and a later group exists or it is complete here (delivered already)."""
         last = sub.last_group
@@ -641,7 +638,7 @@ class TrackFanout:
         largest = self.cache.largest
         if largest is not None and largest[0] > last:
             return True
-        group = next((g for g in self.cache.groups_from(last) if g.group_id == last), None)
+        group = next((g for g in self.cache.groups_from(last, now) if g.group_id == last), None)
         return group is not None and group.complete
 
     def unsubscribe(self, sub: TrackSubscription) -> None:

@@ -16,8 +16,10 @@ subgroup, 0: its frames carry nothing more per frame for that (issue 12).
 A relayed track's MAX_CACHE_DURATION (draft 16, a Track Extension: "the relay MUST NOT start
 forwarding any individual Object ... after the specified number of milliseconds has elapsed since
 the beginning of the Object was received") is ``max_object_age``: a group whose first object
-came longer ago than that is no longer served (``expire``), as one too big to cache; its state is
-unknown, and a FETCH of it goes to the track's source (relay.py).
+came longer ago than that is no longer served, as one too big to cache; its state is unknown, and
+a FETCH of it goes to the track's source (relay.py). The serving reads (``latest``, ``groups_from``,
+``largest_at``, ``expired_in``) take the time and apply it themselves (``expire``), so no caller
+serves an object past it by forgetting to expire first; ``expire`` alone is for a timer.
 """
 
 import bisect
@@ -201,8 +203,8 @@ class GroupCache:
 
     def expire(self, now: float) -> None:
         """Evict by age (call from a timer: a stalled track must not hold memory forever), and
-        stop serving the groups past ``max_object_age`` (call before serving from the cache, too:
-        the draft's MUST NOT holds between two timer calls)."""
+        stop serving the groups past ``max_object_age`` (the serving reads call it too: the
+        draft's MUST NOT holds between two timer calls)."""
         self._evict(now)
         limit = self.max_object_age
         if limit is not None:
@@ -215,29 +217,39 @@ class GroupCache:
                     self.drop(group.group_id)
                     group.expired = True
 
-    def expired_in(self, start: tuple[int, int], end: tuple[int, int]) -> bool:
+    def expired_in(self, start: tuple[int, int], end: tuple[int, int], now: float) -> bool:
         """Whether a group from ``start`` to ``end`` (exclusive; object 0: all of the end group)
-        was dropped for ``max_object_age`` and is still remembered here."""
+        was dropped for ``max_object_age`` (by ``now``) and is still remembered here."""
+        self.expire(now)
         return any(g.expired for g in self._groups.values() if start[0] <= g.group_id <= end[0])
 
-    def latest(self) -> CachedGroup | None:
-        """The newest group that can be served from its first object, or None."""
+    def latest(self, now: float) -> CachedGroup | None:
+        """The newest group that can be served from its first object at ``now``, or None."""
+        self.expire(now)
         for group in reversed(self._groups.values()):
             if not group.truncated and group.objects and group.objects[0].object_id == 0:
                 return group
         return None
 
     def groups(self) -> list[CachedGroup]:
-        """Every group held, oldest first (truncated ones included: their objects are gone)."""
+        """Every group held, oldest first (truncated ones included: their objects are gone); to
+        serve from them, ``largest_at(now)`` first."""
         return list(self._groups.values())
 
-    def groups_from(self, group_id: int) -> list[CachedGroup]:
+    def groups_from(self, group_id: int, now: float) -> list[CachedGroup]:
+        """The groups from ``group_id`` on that can be served at ``now``, oldest first."""
+        self.expire(now)
         return [g for g in self._groups.values() if g.group_id >= group_id and not g.truncated]
+
+    def largest_at(self, now: float) -> tuple[int, int] | None:
+        """``largest`` of what may be served at ``now`` (SUBSCRIBE_OK's Largest Location, a FETCH)."""
+        self.expire(now)
+        return self.largest
 
     @property
     def largest(self) -> tuple[int, int] | None:
-        """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location: a
-        Normal one (a status object says where objects stop, not that one is there to FETCH)."""
+        """(group, object) of the newest object cached: a Normal one (a status object says where
+        objects stop, not that one is there to FETCH)."""
         for group in reversed(self._groups.values()):
             for obj in reversed(group.objects):
                 if not obj.status:

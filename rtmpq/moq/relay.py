@@ -544,8 +544,8 @@ class MoqRelay:
 
     def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout,
                 upstream: UpstreamTrack | None = None) -> None:
-        fanout.cache.expire(time.monotonic())  # nothing past the track's MAX_CACHE_DURATION starts it
-        largest = fanout.cache.largest
+        now = time.monotonic()
+        largest = fanout.cache.largest_at(now)  # nothing past the track's MAX_CACHE_DURATION starts it
         # a track just subscribed upstream: nothing is here yet, but the publisher above said what
         # it has (a joining FETCH of this subscription is then passed up there)
         from_upstream = largest is None and upstream is not None and upstream.largest is not None
@@ -559,7 +559,7 @@ class MoqRelay:
             if refusal:
                 self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
                 return
-            start = fanout.live_start(event.start)  # older objects are FETCHed
+            start = fanout.live_start(event.start, now)  # older objects are FETCHed
             if start != event.start and event.end_group is None:
                 # a start before the newest group: "equivalent to an unfiltered subscription"
                 # (AbsoluteStart {0, 0}), so started as one, which skips a stale newest group
@@ -681,9 +681,9 @@ class MoqRelay:
                 if s.sub.start_group == s.largest[0] + 1:
                     fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
                 return
-        fanout.cache.expire(time.monotonic())
+        now = time.monotonic()
         source = self._tracks.get((event.namespace, event.track_name) if event.fetch_type == FETCH_STANDALONE else s.name)
-        if fanout.cache.expired_in(start, end) and source is not None and source.fanout is fanout \
+        if fanout.cache.expired_in(start, end, now) and source is not None and source.fanout is fanout \
                 and source.conn is not None and not source.conn.session.closed:
             # objects past the track's MAX_CACHE_DURATION, not served from here: "a relay that
             # handles a downstream request that includes those Objects re-requests them" (draft 16)
@@ -693,7 +693,7 @@ class MoqRelay:
                 fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
             return
         try:
-            plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
+            plan = plan_fetch(fanout.cache, start, end, now, descending=event.descending)
         except FetchRangeError as exc:
             conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
             return
@@ -774,7 +774,7 @@ class MoqRelay:
         if (self._tracks.get((upstream.namespace, upstream.track)) is not upstream or upstream.conn is None
                 or upstream.conn.session.closed):
             return  # the track ended, or its source is lost (a new one is subscribed as it was)
-        held = upstream.fanout.cache.latest() is not None  # a version came, fetched or live
+        held = upstream.fanout.cache.latest(time.monotonic()) is not None  # a version came, fetched or live
         if upstream.catalog_join.falls_back(asyncio.get_running_loop().time(), held):
             upstream.conn.session.unsubscribe(upstream.request_id)
             self._resume(upstream, upstream.conn)
@@ -1177,7 +1177,7 @@ class MoqRelay:
         (its publisher sends a catalog only when its own tracks change). Its later groups are
         shifted above this one."""
         catalog = self._tracks.get((namespace, CATALOG_TRACK))
-        latest = catalog.fanout.cache.latest() if catalog is not None else None
+        latest = catalog.fanout.cache.latest(time.monotonic()) if catalog is not None else None
         if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
@@ -1548,10 +1548,11 @@ class MoqRelay:
         if source is None or source.ended:
             return []
         frames = []
+        now = time.monotonic()
         for track, fanout in list(source.fanouts.items()):
             if track == CATALOG_TRACK:
                 continue
-            for group in fanout.cache.groups_from(0):
+            for group in fanout.cache.groups_from(0, now):
                 if group.objects and group.objects[0].object_id == 0:
                     frames.extend(object_to_frame(track, group.group_id, o.object_id, o.payload, o.extensions or {})
                                   for o in group.objects)
