@@ -40,7 +40,7 @@ from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
 from .av1 import Av1Config, is_key_temporal_unit
 from .avc import AvcConfig, parse_sps
-from .catalog import Catalog, TrackInfo
+from .catalog import Catalog, NotCarried, TrackInfo
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO, Frame
 from .hevc import HevcConfig, is_irap, parse_hevc_sps
 from .opus import OPUS_SAMPLE_RATE, OpusHead
@@ -97,21 +97,6 @@ class DemuxStats:
     bad_access_units: int = 0
     clock_jumps: int = 0  # a track's timestamps stepped back further than CLOCK_JUMP_BACK_MS
     unsupported: int = 0  # frames and headers of codecs that are not carried
-
-
-@dataclass(frozen=True, slots=True)
-class NotCarried:
-    """A track of a publish whose codec rtmpq does not carry (its frames are dropped), as the log
-    line names it: what a status page and a player are told instead of waiting for it."""
-
-    kind: str  # video, audio
-    codec: str  # what a streamer knows it by: "MP3", "Sorenson H.263" ("unknown" if we do not)
-    flv: str  # its FLV FourCC, or "legacy-<n>" for a legacy CodecID / SoundFormat
-    carried: str  # the codecs of that kind that are carried: "AAC, Opus, AC-3, E-AC-3"
-    ffmpeg: str  # the ffmpeg option that sends a carried one: "-c:a aac"
-
-    def reason(self) -> str:
-        return f"{self.kind} codec {self.codec} is not carried (carried: {self.carried}; ffmpeg: {self.ffmpeg})"
 
 
 @dataclass(slots=True)

@@ -84,7 +84,7 @@ class LocalFeed:
     def _on_added(self) -> None:
         """The tracks another node adds to the broadcast changed: the catalog again (merged with
         them on the way out), and subscriptions to them follow."""
-        if self.broadcast.catalog.tracks:
+        if not self.broadcast.catalog.empty:
             self._reader.add(CatalogUpdate(self.broadcast.catalog))
         self._subscribe()
 
@@ -137,12 +137,12 @@ def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None =
         broadcast = registry.get(name)
         return None if broadcast is None else LocalFeed(broadcast, relay)
 
-    def not_carried(name: str) -> tuple[list, Catalog | None]:
+    def catalog(name: str) -> Catalog | None:
         broadcast = registry.get(name)
-        return ([], None) if broadcast is None else (broadcast.not_carried, broadcast.catalog)
+        return None if broadcast is None else broadcast.catalog
 
     open_broadcast.wait_live = registry.wait_for  # the edge holds a page's "live again?" on it
-    open_broadcast.not_carried = not_carried  # why a live broadcast has nothing to play (the edge says it)
+    open_broadcast.catalog = catalog  # at once, before the feed's: what is not carried (the edge says it)
     return open_broadcast
 
 
