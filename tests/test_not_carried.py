@@ -280,3 +280,17 @@ async def test_h264_with_mp3_plays_its_video_at_a_separate_edge_which_says_the_a
                 assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
         finally:
             await stopped(publisher)
+
+
+async def test_the_player_page_of_a_separate_edge_says_the_codec_is_not_carried(tmp_path):
+    need("ffmpeg")
+    need_hls_js()
+    async with ingest_relay_edge(tmp_path, "aiopquic") as (rtmp, _relay, edge):
+        publisher = asyncio.create_task(run_process(mp3_publish_args(rtmp + KEY, seconds=30), timeout=60))
+        try:
+            async with chromium_devtools(tmp_path, f"{edge}/live/cam/") as devtools:
+                shown = await devtools.poll(f"(({PAGE_STATUS}) || '').includes('MP3 is not carried') && ({PAGE_STATUS})",
+                                            deadline=20)
+                assert shown and CARRIED_AUDIO in shown, await devtools.evaluate(PAGE_STATUS)
+        finally:
+            await stopped(publisher)
