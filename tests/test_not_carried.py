@@ -61,6 +61,26 @@ def get_with_headers(url: str) -> tuple[int, dict, bytes]:
         return exc.code, dict(exc.headers), exc.read()
 
 
+async def video_plays(base: str, name: str, seconds: int) -> None:
+    """The multivariant of ``name`` at ``base`` lists H.264 video and no audio, and a player
+    (ffprobe) decodes ``seconds`` of the video from it."""
+    status, body = await http_get(f"{base}/{name}/index.m3u8", until_live=True)
+    assert status == 200 and b"avc1." in body and b"TYPE=AUDIO" not in body, (status, body)
+    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-read_intervals", f"%+{seconds}",
+                                 "-select_streams", "v", "-show_entries", "stream=codec_name,nb_read_frames",
+                                 "-of", "json", f"{base}/{name}/index.m3u8"], timeout=40)
+    assert rc == 0, out
+    [stream] = json.loads(out)["streams"]
+    assert stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) >= 10 * seconds, stream
+
+
+async def audio_listed_as_dropped(base: str, name: str, deadline: float = 20.0) -> None:
+    """The status API at ``base`` lists the video of ``name`` as carried and its MP3 audio as dropped."""
+    item = await broadcast_item(base, name, lambda i: i["tracks"] and i["not_carried"], deadline)
+    assert [t["name"] for t in item["tracks"]] == ["video"], item
+    assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
+
+
 async def test_a_publish_in_mp3_alone_says_why_nothing_plays(tmp_path):
     need("ffmpeg")
     node = await start_up_node(tmp_path, publish=PublishConfig(keys={KEY: "cam"}, grace_period=0))
@@ -106,19 +126,8 @@ async def test_h264_with_mp3_plays_its_video_and_the_status_says_the_audio_is_dr
     publisher = asyncio.create_task(run_process(
         mp3_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/mixed", seconds=12, video=True), timeout=60))
     try:
-        status, body = await http_get(f"{base}/live/mixed/index.m3u8", until_live=True)
-        assert status == 200 and b"avc1." in body and b"TYPE=AUDIO" not in body, (status, body)
-        # a player plays the video
-        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-read_intervals", "%+3",
-                                     "-select_streams", "v", "-show_entries", "stream=codec_name,nb_read_frames",
-                                     "-of", "json", f"{base}/live/mixed/index.m3u8"], timeout=40)
-        assert rc == 0, out
-        [stream] = json.loads(out)["streams"]
-        assert stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) >= 30, stream
-        # the status lists the video as carried and the audio as dropped
-        item = await broadcast_item(base, "live/mixed", lambda i: i["tracks"] and i["not_carried"])
-        assert [t["name"] for t in item["tracks"]] == ["video"], item
-        assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
+        await video_plays(base, "live/mixed", seconds=3)
+        await audio_listed_as_dropped(base, "live/mixed")
         # the audio playlist a player might ask for says why it has nothing
         status, headers, text = await asyncio.to_thread(get_with_headers, f"{base}/live/mixed/audio.m3u8")
         assert status == 503 and headers.get(NOT_CARRIED_HEADER) == "audio=MP3", (status, text)
@@ -262,22 +271,12 @@ async def test_h264_with_mp3_plays_its_video_at_a_separate_edge_which_says_the_a
     async with ingest_relay_edge(tmp_path, backend) as (rtmp, relay, edge):
         publisher = asyncio.create_task(run_process(mp3_publish_args(rtmp + KEY, seconds=30, video=True), timeout=60))
         try:
-            status, body = await http_get(f"{edge}/live/cam/index.m3u8", until_live=True)
-            assert status == 200 and b"avc1." in body and b"TYPE=AUDIO" not in body, (status, body)
-            # a player plays the video
-            rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-read_intervals", "%+1",
-                                         "-select_streams", "v", "-show_entries", "stream=codec_name,nb_read_frames",
-                                         "-of", "json", f"{edge}/live/cam/index.m3u8"], timeout=30)
-            assert rc == 0, out
-            [stream] = json.loads(out)["streams"]
-            assert stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) >= 15, stream
+            await video_plays(edge, "live/cam", seconds=1)
             # the audio playlist says why it has nothing; the status lists the video, and the audio as dropped
             headers, body = await told_not_carried(f"{edge}/live/cam/audio.m3u8", deadline=2)
             assert headers[NOT_CARRIED_HEADER] == "audio=MP3" and b"its video plays" in body, (headers, body)
             for base in (edge, relay):
-                item = await broadcast_item(base, "live/cam", lambda i: i["tracks"] and i["not_carried"], deadline=5)
-                assert [t["name"] for t in item["tracks"]] == ["video"], item
-                assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
+                await audio_listed_as_dropped(base, "live/cam", deadline=5)
         finally:
             await stopped(publisher)
 
