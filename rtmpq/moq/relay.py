@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
+from ..config import MOQ_MAX_PARTIAL_BYTES
 from ..media.broadcast import BroadcastRegistry
 from ..media.catalog import Catalog
 from ..media.frames import Frame
@@ -45,7 +46,7 @@ from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, Subscriptions
 from .session import PARTIAL_OBJECT_TIMEOUT
-from .transport import MoqConnection
+from .transport import MoqConnection, ReceiveBudget
 from .upstream import FetchProxy, UpstreamTrack
 from .wire import (
     DEFAULT_PUBLISHER_PRIORITY,
@@ -143,7 +144,8 @@ class MoqRelay:
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
                  upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
-                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT) -> None:
+                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT,
+                 max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
@@ -159,6 +161,9 @@ class MoqRelay:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
+        # [moq] max_partial_bytes over its sessions: its links to other nodes (on_connection) and
+        # those of the listener that serve_moq is given it for
+        self.receive_budget = ReceiveBudget(max_partial_bytes, self.errors)
         # a link to an upstream relay will set ``upstream`` (UpstreamLink): SUBSCRIBEs to unknown
         # broadcasts wait for it meanwhile, in ``_awaiting_upstream`` (at most MAX_WAITING_SUBSCRIBES)
         self.upstream_expected = False
@@ -240,6 +245,7 @@ class MoqRelay:
     def on_connection(self, conn: MoqConnection) -> None:
         conn.handler = self._on_event
         self.connections.add(conn)
+        self.receive_budget.join(conn)  # (a listener's session is in its listener's budget already)
 
     def _busy(self) -> bool:
         """Whether something here needs its budgets checked every CHECK_INTERVAL."""
