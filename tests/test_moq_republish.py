@@ -48,8 +48,12 @@ async def _answer_subscribe(publisher: EventRecorder, index: int, alias: int) ->
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("how", ["publish", "subscribe", "namespace"])
-async def test_a_track_published_again_after_publish_done_goes_on_for_its_subscribers(tmp_path, backend, how):
+@pytest.mark.parametrize(("how", "last_group"), [("publish", "begun"), ("publish", "unopened"), ("subscribe", "begun"),
+                                           ("namespace", "begun")])
+async def test_a_track_published_again_after_publish_done_goes_on_for_its_subscribers(tmp_path, backend, how, last_group):
+    """``last_group``: the old subscription's last group had begun at the relay before PUBLISH_DONE, or
+    its stream opens only after it (a late-opening stream: the new publish's groups leave its id
+    free)."""
     async with serving_relay(tmp_path, backend) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn,
@@ -74,11 +78,12 @@ async def test_a_track_published_again_after_publish_done_goes_on_for_its_subscr
             _send_group(pub_conn, OLD_ALIAS, 0)
             await until(lambda: 0 in viewer.ended(alias), what="group 0 at the viewer")
 
-            # group 1 begun; the rest of its stream comes after PUBLISH_DONE (as the network may order them)
-            late_stream = session.open_subgroup(OLD_ALIAS, 1)
-            session.send_object(late_stream, 0, b"late 0")
-            pub_conn.flush()
-            await until(lambda: (1, 0) in viewer.objects(alias), what="group 1's first object at the viewer")
+            # group 1's stream (or the rest of it) comes after PUBLISH_DONE, as the network may order them
+            if last_group == "begun":
+                late_stream = session.open_subgroup(OLD_ALIAS, 1)
+                session.send_object(late_stream, 0, b"late 0")
+                pub_conn.flush()
+                await until(lambda: (1, 0) in viewer.objects(alias), what="group 1's first object at the viewer")
             session.publish_done(first, PublishDoneStatus.TRACK_ENDED, 2)  # group 0's and group 1's streams
             if how == "namespace":
                 session.publish_namespace_done(announced)
@@ -97,6 +102,9 @@ async def test_a_track_published_again_after_publish_done_goes_on_for_its_subscr
                 assert isinstance(answer, ev.PublishAccepted), answer
 
             # the old subscription's late stream ends whole
+            if last_group == "unopened":
+                late_stream = session.open_subgroup(OLD_ALIAS, 1)
+                session.send_object(late_stream, 0, b"late 0")
             for object_id in range(1, OBJECTS):
                 session.send_object(late_stream, object_id, f"late {object_id}".encode())
             session.end_subgroup(late_stream)

@@ -943,11 +943,7 @@ class MoqRelay:
             # MSF: the SUBSCRIBE brings only later versions; the current one comes by a joining FETCH
             self._catalog_fetches[(id(conn), upstream.fetch_catalog(asyncio.get_running_loop().time()))] = upstream
             self._call_later(CATALOG_FETCH_WAIT, self._catalog_not_fetched, upstream)  # at its deadline
-        waiting, upstream.waiting = upstream.waiting, []
-        for sub_conn, request in waiting:
-            if not sub_conn.session.closed:
-                self._accept(sub_conn, request, upstream.fanout, upstream)
-                sub_conn.flush()
+        self._accept_waiting(upstream, upstream)
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
         if conn is self.upstream and event.request_id == self._upstream_listing:
@@ -1073,7 +1069,16 @@ class MoqRelay:
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s again after its PUBLISH_DONE; its subscribers go on", conn.peer,
                  _label(event.namespace, event.track_name))
+        self._accept_waiting(old, new)  # (SUBSCRIBEs still waiting for the old one's SUBSCRIBE_OK)
         self._update_forward()
+
+    def _accept_waiting(self, held_by: UpstreamTrack, upstream: UpstreamTrack) -> None:
+        """Accept the SUBSCRIBEs ``held_by`` holds (waiting for its track) onto ``upstream``, now up."""
+        waiting, held_by.waiting = held_by.waiting, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._accept(sub_conn, request, upstream.fanout, upstream)
+                sub_conn.flush()
 
     def _finish_tail(self, old: UpstreamTrack) -> None:
         """The late streams of a subscription whose track was published again are over (all ended,
@@ -1106,11 +1111,7 @@ class MoqRelay:
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s (our SUBSCRIBE there, unanswered, withdrawn)", conn.peer,
                  _label(event.namespace, event.track_name))
-        waiting, upstream.waiting = upstream.waiting, []
-        for sub_conn, request in waiting:
-            if not sub_conn.session.closed:
-                self._accept(sub_conn, request, upstream.fanout, upstream)
-                sub_conn.flush()
+        self._accept_waiting(upstream, upstream)
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
@@ -1401,6 +1402,8 @@ class MoqRelay:
             return  # already ended
         if self._renew(upstream):
             return
+        for tail in [t for t in self._tails if t.fanout is upstream.fanout]:
+            self._finish_tail(tail)  # the track ends: late streams of a subscription before too
         self._tracks.pop((upstream.namespace, upstream.track), None)
         self._cut_groups(upstream)  # streams still open upstream (its late-stream grace is over)
         if upstream.alias is not None and upstream.conn is not None:
