@@ -128,3 +128,36 @@ async def test_a_track_published_again_after_publish_done_goes_on_for_its_subscr
             await until(lambda: 3 in late.ended(late_alias), what="the newest group at the late joiner")
             assert sorted(late.objects(late_alias)) == whole(3)
             assert (late_rid, rid) and not viewer.of(ev.RequestFailed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_late_group_past_the_ids_left_for_it_is_dropped_not_mixed_into_the_new_publish(tmp_path, backend,
+                                                                                                  caplog):
+    """A publisher that skips group ids: the late stream PUBLISH_DONE counted brings group 5, but
+    the relay left one id (group 1) for it and the new publish's groups took those above. Its
+    objects are dropped and logged, never mixed into a group of the new publish, and the old
+    subscription is over once that stream ended."""
+    caplog.set_level("WARNING", "rtmpq.moq")
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = EventRecorder(pub_conn), Viewer(view_conn)
+            first = pub_conn.session.publish(NAMESPACE, "video", OLD_ALIAS)
+            pub_conn.flush()
+            await until(lambda: publisher.events, what="PUBLISH answered")
+            _, alias = await viewer.subscribed()
+            _send_group(pub_conn, OLD_ALIAS, 0)
+            await until(lambda: 0 in viewer.ended(alias), what="group 0 at the viewer")
+            pub_conn.session.publish_done(first, PublishDoneStatus.TRACK_ENDED, 2)
+            pub_conn.session.publish(NAMESPACE, "video", NEW_ALIAS)
+            pub_conn.flush()
+            _send_group(pub_conn, NEW_ALIAS, 0)
+            await until(lambda: 2 in viewer.ended(alias), what="the new publish's first group at the viewer")
+            _send_group(pub_conn, OLD_ALIAS, 5)  # the late stream, past the id left for it
+            _send_group(pub_conn, NEW_ALIAS, 1)
+            await until(lambda: 3 in viewer.ended(alias), what="the new publish's next group at the viewer")
+            await until(lambda: not relay._tails, what="the old subscription over")
+            assert sorted(viewer.objects(alias)) == whole(0, 2, 3)
+            assert [bytes(e.payload) for e in viewer.of(ev.ObjectReceived) if e.group == 3] == \
+                [f"{NEW_ALIAS}:1.{o}".encode() for o in range(OBJECTS)]
+            assert any("late group 5" in r.getMessage() for r in caplog.records)
