@@ -85,9 +85,10 @@ MOQ_IDLE_TIMEOUT = 10.0
 MOQ_MIN_IDLE_TIMEOUT = 1.0
 # Bytes all MoQ sessions of a node together (its listener's and its own links to other nodes:
 # upstream, directory origins) hold from their peers and have not handed on (partial objects and
-# requests on incoming streams, objects held for a track alias not named yet). Each session has its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in
-# rtmpq/moq/session.py), but max_connections of them within those would hold tens of GiB; past
-# this the session holding the most is closed (INTERNAL_ERROR, "too many bytes held") and logged.
+# requests on incoming streams, objects held for a track alias not named yet). Each session has
+# its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in rtmpq/moq/session.py), but
+# max_connections of them within those would hold tens of GiB; past this the session holding the
+# most is closed (INTERNAL_ERROR, "too many bytes held") and logged (a link reconnects).
 # Live publishers hold about one object in flight per track each: 256 MiB leaves room for
 # thousands of them, or for 6 sessions at their own cap.
 MOQ_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
