@@ -901,6 +901,48 @@ FINGERPRINT_NEEDS_AIOQUIC = (
 DEFAULT_BACKEND = "aiopquic"
 
 
+class ReceiveBudget:
+    """[moq] max_partial_bytes over every MoQ session of a node: those its listener accepts and
+    the node's own links to other nodes (a relay's upstream, the directory's origins), all in one
+    ReceivePool. While together they hold more than the limit of their peers' bytes not handed on
+    (partial objects and requests, objects held for an unknown alias), the session holding the most
+    is closed (a link reconnects). ``errors`` counts each close (metrics, max_partial_bytes)."""
+
+    def __init__(self, limit: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None) -> None:
+        self.errors = Counter() if errors is None else errors
+        self.pool = ReceivePool(limit, self._over)
+        self._sessions: set = set()  # sharing the pool, the ones past a listener's caps too until they close
+
+    def join(self, conn) -> None:
+        """``conn``'s session counts in the budget from now on, with what it holds already (unless
+        it counts in one already: a listener's session, in its listener's)."""
+        session = conn.session
+        if session.pool is not None or session.closed:
+            return
+        session.pool = self.pool
+        self.pool.held += session.buffered_bytes
+        self._sessions.difference_update([c for c in self._sessions if c.session.closed])
+        self._sessions.add(conn)
+        if self.pool.held > self.pool.limit:
+            self._over()
+
+    def _over(self) -> None:
+        """Close the session holding the most until the pool is within its limit again."""
+        pool = self.pool
+        while pool.held > pool.limit:
+            self._sessions.difference_update([c for c in self._sessions if c.session.closed])
+            worst = max(self._sessions, key=lambda c: c.session.buffered_bytes, default=None)
+            if worst is None or not worst.session.buffered_bytes:
+                return
+            held = worst.session.buffered_bytes
+            log.warning("%s: closing MoQ session%s: it holds %d bytes of partial objects and requests not handed on, "
+                        "the most of any session, and all %d sessions together hold %d, more than [moq] "
+                        "max_partial_bytes (%d)", worst.peer, " (this node's link to it: it reconnects)"
+                        if worst.session.is_client else "", held, len(self._sessions), pool.held, pool.limit)
+            self.errors["max_partial_bytes"] += 1
+            worst.close_session(wire.SessionError.INTERNAL_ERROR, "too many bytes held (max_partial_bytes)")
+
+
 def widen_udp_buffers(transport) -> None:
     """Ask for UDP_BUFFER_BYTES of receive and send buffer on an asyncio datagram transport."""
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -931,13 +973,15 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
                     backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
                     max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP,
                     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None,
-                    idle_timeout: float | None = None, retry: bool = False):
+                    idle_timeout: float | None = None, retry: bool = False, budget: ReceiveBudget | None = None):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
     A session not set up within ``handshake_timeout`` is closed, and so is one that would make
     more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address.
     While all sessions together hold more than ``max_partial_bytes`` of their peers' bytes not
     handed on (partial objects and requests, objects held for an unknown alias), the one holding
     the most is closed. ``errors`` counts what was refused or closed so, by reason (metrics).
+    ``budget``: the node's ReceiveBudget, shared with its links to other nodes (replaces
+    ``max_partial_bytes``; it counts in its own ``errors``).
     ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT).
     ``retry``: answer each new client's first Initial with a QUIC Retry and go on only with a
     client that echoes its token from the same address (RFC 9000 8.1), so a spoofed source gets one
@@ -957,23 +1001,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         serve_fn = serve
 
     live: set = set()  # sessions of this listener not closed yet (pruned as new ones come)
-    pooled: set = set()  # sessions sharing the pool, the ones past the caps too until they close
-
-    def over_budget() -> None:
-        """Close the session holding the most until the pool is within its limit again."""
-        while pool.held > pool.limit:
-            pooled.difference_update([c for c in pooled if c.session.closed])
-            worst = max(pooled, key=lambda c: c.session.buffered_bytes, default=None)
-            if worst is None or not worst.session.buffered_bytes:
-                return
-            held = worst.session.buffered_bytes
-            log.warning("%s: closing MoQ session: it holds %d bytes of partial objects and requests not handed on, "
-                        "the most of any session, and all %d sessions together hold %d, more than [moq] "
-                        "max_partial_bytes (%d)", worst.peer, held, len(pooled), pool.held, pool.limit)
-            errors["max_partial_bytes"] += 1
-            worst.close_session(wire.SessionError.INTERNAL_ERROR, "too many bytes held (max_partial_bytes)")
-
-    pool = ReceivePool(max_partial_bytes, over_budget)
+    if budget is None:
+        budget = ReceiveBudget(max_partial_bytes, errors)
 
     def check_caps(conn) -> None:
         """Once the first datagram told the peer's address (after the factory returned)."""
@@ -992,9 +1021,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
     def factory(*args, **kwargs):
         conn = cls(*args, is_client=False, **kwargs)
         conn.errors = errors
-        conn.session.pool = pool
-        pooled.difference_update([c for c in pooled if c.session.closed])
-        pooled.add(conn)
+        budget.join(conn)
         on_connection(conn)
         loop = asyncio.get_running_loop()
         loop.call_soon(check_caps, conn)

@@ -59,7 +59,7 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend, handshake_timeout=moq.handshake_timeout, idle_timeout=moq.idle_timeout,
                              max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip,
-                             max_partial_bytes=moq.max_partial_bytes, errors=relay.errors, retry=moq.retry)
+                             budget=relay.receive_budget, errors=relay.errors, retry=moq.retry)
     relay.start()
     log.info("MoQ relay (%s) on udp %s:%d%s, certificate sha256 %s", moq.backend, moq.host, moq.port,
              ", QUIC Retry on" if moq.retry else "", relay.fingerprint)
@@ -105,7 +105,8 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     directory = await open_directory(config)
     relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
                      stuck_timeout=config.moq.stuck_timeout,
-                     partial_object_timeout=config.moq.partial_object_timeout)
+                     partial_object_timeout=config.moq.partial_object_timeout,
+                     max_partial_bytes=config.moq.max_partial_bytes)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
@@ -152,7 +153,8 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     if config.upstream.url:
         relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
                          stuck_timeout=config.moq.stuck_timeout,
-                         partial_object_timeout=config.moq.partial_object_timeout)
+                         partial_object_timeout=config.moq.partial_object_timeout,
+                         max_partial_bytes=config.moq.max_partial_bytes)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
                             token=lambda: node_token(config), **upstream_tls(config))

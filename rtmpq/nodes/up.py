@@ -158,7 +158,8 @@ class UpNode:
         self.moq_config = config.moq
         self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
                             cache_local=True, stuck_timeout=config.moq.stuck_timeout,
-                            partial_object_timeout=config.moq.partial_object_timeout)
+                            partial_object_timeout=config.moq.partial_object_timeout,
+                            max_partial_bytes=config.moq.max_partial_bytes)
         self.transcoder = None
         if config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
@@ -191,7 +192,7 @@ class UpNode:
                                      idle_timeout=self.moq_config.idle_timeout,
                                      max_connections=self.moq_config.max_connections,
                                      max_connections_per_ip=self.moq_config.max_connections_per_ip,
-                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors,
+                                     budget=self.moq.receive_budget, errors=self.moq.errors,
                                      retry=self.moq_config.retry)
         self.moq.start()
         if self.transcoder is not None:
