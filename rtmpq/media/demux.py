@@ -52,6 +52,9 @@ AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
 # E-RTMP tracks of one kind a publish may open (each is a catalog entry, a MoQ track and an LL-HLS
 # rendition downstream); sequence headers for more are refused with one log line.
 MAX_TRACKS_PER_KIND = 8
+# Codecs not carried that a publish gets a log line (and a catalog entry) for: a publisher could
+# name a new FourCC in every message, each a line and an entry kept for the publish's life.
+MAX_NOT_CARRIED_LOGGED = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
@@ -259,8 +262,12 @@ class BroadcastDemuxer:
 
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
         self.stats.unsupported += 1
-        if (kind, fourcc) not in self._not_carried:
+        if (kind, fourcc) not in self._not_carried and len(self._not_carried) <= MAX_NOT_CARRIED_LOGGED:
             self._not_carried.add((kind, fourcc))
+            if len(self._not_carried) > MAX_NOT_CARRIED_LOGGED:
+                log.warning("%s: more than %d codecs not carried (MAX_NOT_CARRIED_LOGGED); the others are "
+                            "dropped without a word", self._log_name, MAX_NOT_CARRIED_LOGGED)
+                return []
             names = VIDEO_CODEC_NAMES if kind == VIDEO else AUDIO_CODEC_NAMES
             carried = ", ".join(names[c] for c in (VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS))
             dropped = NotCarried(kind, names.get(fourcc, "unknown"), fourcc, carried,
