@@ -17,11 +17,12 @@ from contextlib import asynccontextmanager
 import pytest
 
 from rtmpq.moq import events as ev
-from rtmpq.moq import transport
+from rtmpq.moq import transport, wire
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import FILTER_ABSOLUTE_RANGE, FILTER_LARGEST_OBJECT, ObjectStatus, PublishDoneStatus
 
-from .conftest import EventRecorder, announced, relay_below, serving_relay, until
+from .conftest import announced, relay_below, serving_relay, until
+from .test_moq_subscribe_filters import Viewer as FilterViewer
 
 BACKENDS = ["aioquic", "aiopquic"]
 NAMESPACE = ("live", "dg")
@@ -65,21 +66,13 @@ class DatagramPublisher:
         self.conn.flush()
 
 
-class Viewer(EventRecorder):
+class Viewer(FilterViewer):
+    """A raw subscriber session (``subscribed`` as in test_moq_subscribe_filters), of this track."""
+
     def subscribe(self, **kwargs) -> int:
         rid = self.conn.session.subscribe(NAMESPACE, TRACK, **kwargs)
         self.conn.flush()
         return rid
-
-    async def subscribed(self, **kwargs) -> tuple[int, int]:
-        rid = self.subscribe(**kwargs)
-        await until(lambda: self.answer(rid) is not None, what="SUBSCRIBE answered")
-        assert isinstance(self.answer(rid), ev.SubscribeAccepted), self.answer(rid)
-        return rid, self.answer(rid).track_alias
-
-    def answer(self, rid: int):
-        return next((e for e in self.events if isinstance(e, (ev.SubscribeAccepted, ev.RequestFailed))
-                     and e.request_id == rid), None)
 
     def datagrams(self, alias: int) -> list[tuple]:
         return [(e.group, e.object_id, e.payload, e.extensions, e.status, e.priority, e.end_of_group)
@@ -155,6 +148,28 @@ async def test_datagram_objects_reach_subscribers_as_datagrams_under_forward_and
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+async def test_datagram_objects_of_a_published_track_are_cached_and_reach_a_later_subscriber(tmp_path, backend):
+    """A track PUBLISHed to the relay whose datagrams follow at once (they may come before the
+    PUBLISH that names their alias: then held until it is read): cached, so a subscriber that comes
+    later gets the newest group from the cache, as datagrams, then the next live."""
+    async with (serving_relay(tmp_path, backend) as (relay, port), viewer_at(port, backend) as viewer):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            publisher = DatagramPublisher(conn)
+            publisher.alias = 9
+            conn.session.publish(NAMESPACE, TRACK, publisher.alias)
+            publisher.send(0)
+            await until(lambda: (NAMESPACE, TRACK) in relay._tracks
+                        and relay._tracks[(NAMESPACE, TRACK)].fanout.cache.largest == (0, OBJECTS - 1),
+                        what="group 0 cached at the relay")
+            _, alias = await viewer.subscribed()
+            publisher.send(1)
+            every = group_objects(0) + group_objects(1)
+            await until(lambda: len(viewer.datagrams(alias)) == len(every), what="the cached group, then the live one")
+            assert viewer.datagrams(alias) == every
+            assert viewer.streams() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_datagram_objects_cross_a_relay_chain_as_datagrams(tmp_path, backend):
     """publisher -> relay A -> relay B -> subscriber: every object arrives, as a datagram."""
     async with (serving_relay(tmp_path, backend) as (_relay, port_a), relay_below(tmp_path, backend, port_a) as port_b,
@@ -218,6 +233,16 @@ async def test_datagrams_a_subscriber_cannot_take_are_counted_and_said_once(tmp_
                     assert without.datagrams(without_alias) == []
                     assert relay.errors["datagram_unsupported"] == len(every)
                     assert relay.errors["datagram_too_big"] == len(every) - len(fits)
+                    # the largest datagram a session says it can send goes through (1158 bytes on
+                    # aioquic, 1200 on aiopquic); one byte more is refused before QUIC sees it
+                    session = publisher.conn.session
+                    room = session.datagram_room()
+                    largest = b"z" * (room - len(wire.encode_object_datagram(publisher.alias, 3, 0, b"")))
+                    assert session.send_datagram(publisher.alias, 3, 0, largest) == "sent"
+                    assert session.send_datagram(publisher.alias, 3, 1, largest + b"z") == "too_big"
+                    publisher.conn.flush()
+                    await until(lambda: (3, 0, largest) in [d[:3] for d in full.datagrams(alias)],
+                                what="the largest datagram")
                     said = [r.getMessage() for r in caplog.records if "sent as datagrams" in r.getMessage()]
                     assert len(said) == 2, said  # once per session and reason
                     assert any("did not negotiate" in m for m in said) and any("larger than" in m for m in said)
@@ -249,3 +274,19 @@ async def test_aiomoqt_subscriber_reads_the_datagrams_the_relay_forwards(tmp_pat
             await until(lambda: len(got) == len(every), what="every datagram at aiomoqt")
             session.close()
     assert got == [(g, o, s, p, x, None) for g, o, p, x, s, _, _ in every]
+
+
+def test_datagrams_queued_on_an_aioquic_connection_are_bounded():
+    """aioquic queues datagrams without bound while its congestion window is shut; the relay's
+    writer takes DATAGRAM_QUEUE_BYTES at most and refuses the rest (each refusal is counted as
+    datagram_queue_full by the relay), so a subscriber that cannot keep up holds bounded memory.
+    (aiopquic's queue is its datagram ring, of the same size.)"""
+    from aioquic.quic.connection import QuicConnection
+
+    writer = transport._AioquicWriter(QuicConnection(configuration=transport.aioquic_configuration(is_client=True)))
+    assert writer.datagram_room() == 0  # no handshake: the peer took none yet
+    taken = 0
+    while writer.send_datagram_frame(b"d" * 1000):
+        taken += 1
+    assert taken == transport.DATAGRAM_QUEUE_BYTES // 1000
+    assert sum(map(len, writer.quic._datagrams_pending)) <= transport.DATAGRAM_QUEUE_BYTES
