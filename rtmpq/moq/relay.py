@@ -594,9 +594,9 @@ class MoqRelay:
         """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted, whose
         filter and FORWARD ``request`` carries, or a PUBLISH we sent with FORWARD ``forward``)."""
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
-        sink.errors = self.errors  # datagram objects it could not send
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
+        sink.label, sink.errors = label, self.errors  # for datagram objects it cannot send
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink,
                                                               (namespace, track))
         s.forward = forward

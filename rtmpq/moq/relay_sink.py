@@ -36,6 +36,7 @@ class ConnectionSink:
         # the relay's error counts (rtmpq_errors_total{protocol="moq"}): datagram objects that
         # could not be sent, by why (datagram_unsupported, datagram_too_big, datagram_queue_full)
         self.errors: Counter | None = None
+        self.label = "-"  # the track's loggable name
 
     def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
                    end_of_group: bool = True) -> int:
@@ -85,9 +86,9 @@ class ConnectionSink:
                    if result == DATAGRAM_UNSUPPORTED else
                    f"larger than one QUIC datagram to it ({session.datagram_room()} bytes)"
                    if result == DATAGRAM_TOO_BIG else "its datagram queue is full")
-            log.warning("MoQ subscriber %s: objects of a track sent as datagrams (alias %d, group %d) are dropped: "
-                        "%s; said once per session (rtmpq_errors_total{reason=\"datagram_%s\"} counts them)",
-                        self.conn.peer, self.alias, group_id, why, result)
+            log.warning("MoQ subscriber %s on %s: objects sent as datagrams (from group %d) are dropped: %s; said "
+                        "once per session (rtmpq_errors_total{reason=\"datagram_%s\"} counts them)",
+                        self.conn.peer, self.label, group_id, why, result)
 
     def end_group(self, handle: int) -> None:
         self.conn.session.end_subgroup(handle)
