@@ -605,6 +605,7 @@ class MoqRelay:
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
+        sink.label, sink.errors = label, self.errors  # for datagram objects it cannot send
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink,
                                                               (namespace, track))
         s.forward = forward
@@ -727,9 +728,12 @@ class MoqRelay:
                 conn.session.send_fetch_range_end(sid, *item.location, unknown=True)
             else:
                 group_id, obj = item  # each object with its Subgroup ID and its subgroup's priority
+                own = obj.priority
+                if own is None and obj.datagram:  # one without: the track's (draft 16, DEFAULT_PRIORITY)
+                    own = fanout.track_extensions.get(EXT_DEFAULT_PUBLISHER_PRIORITY, DEFAULT_PUBLISHER_PRIORITY)
                 conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions,
-                                               subgroup=obj.subgroup,
-                                               priority=priority if obj.priority is None else obj.priority)
+                                               subgroup=obj.subgroup, priority=priority if own is None else own,
+                                               datagram=obj.datagram)
                 objects += 1
         conn.session.end_fetch_stream(sid)
         self._fetch_streams[(id(conn), event.request_id)] = (conn, sid)
@@ -816,7 +820,8 @@ class MoqRelay:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
             p.conn.session.send_fetch_object(p.stream(), event.group, event.object_id, event.payload,
-                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority)
+                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority,
+                                             datagram=event.datagram)
             p.conn.flush()
 
     def _on_FetchRangeUnavailable(self, conn: MoqConnection, event: ev.FetchRangeUnavailable) -> None:
@@ -1297,6 +1302,20 @@ class MoqRelay:
         upstream.subgroup_seen(group, event.subgroup)
         upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
                                        time.monotonic(), event.subgroup, priority, event.end_of_group)
+
+    def _on_DatagramObjectReceived(self, conn: MoqConnection, event: ev.DatagramObjectReceived) -> None:
+        """An object the publisher (or relay above) sent as an OBJECT_DATAGRAM: cached, and passed
+        on to every subscriber as a datagram, its ids, extensions, status and END_OF_GROUP as they
+        came (draft 16: a relay MUST NOT change an object's Forwarding Preference)."""
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is None or upstream.track == RENDITIONS_TRACK:
+            return  # (the renditions track is rtmpq's own, on streams)
+        group = upstream.group(event.group)
+        upstream.fanout.publish_datagram(group, event.object_id, event.payload, event.extensions or None,
+                                         time.monotonic(), event.priority, event.status, event.end_of_group)
+        if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
+            upstream.end_of_track = group  # as on a stream (_on_ObjectReceived)
+            self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:
