@@ -85,11 +85,12 @@ MOQ_MAX_CONNECTIONS_PER_IP = 256
 MOQ_IDLE_TIMEOUT = 10.0
 # The shortest idle timeout taken: a third of it between PINGs must stay above a long round trip.
 MOQ_MIN_IDLE_TIMEOUT = 1.0
-# Bytes all MoQ sessions of the listener together hold from their peers and have not handed on
-# (partial objects and requests on incoming streams, objects held for a track alias not named
-# yet). Each session has its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in
-# rtmpq/moq/session.py), but max_connections of them within those would hold tens of GiB; past
-# this the session holding the most is closed (INTERNAL_ERROR, "too many bytes held") and logged.
+# Bytes all MoQ sessions of a node together (its listener's and its own links to other nodes:
+# upstream, directory origins) hold from their peers and have not handed on (partial objects and
+# requests on incoming streams, objects held for a track alias not named yet). Each session has
+# its own caps (MAX_STREAM_BUFFER 32 MiB + MAX_HELD_BYTES 8 MiB in rtmpq/moq/session.py), but
+# max_connections of them within those would hold tens of GiB; past this the session holding the
+# most is closed (INTERNAL_ERROR, "too many bytes held") and logged (a link reconnects).
 # Live publishers hold about one object in flight per track each: 256 MiB leaves room for
 # thousands of them, or for 6 sessions at their own cap.
 MOQ_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
@@ -187,8 +188,8 @@ class MoqConfig:
     idle_timeout: float = MOQ_IDLE_TIMEOUT
     # seconds an object may stay incomplete on an incoming stream before that stream is stopped
     partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT
-    # bytes of partial objects (and requests) all sessions together may hold; past it the session
-    # holding the most is closed
+    # bytes of partial objects (and requests) all sessions together may hold (the listener's and
+    # the node's links upstream); past it the session holding the most is closed (a link reconnects)
     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES
     # answer each new client's first packet with a QUIC Retry and serve only clients that echo its
     # token (RFC 9000 8.1): a spoofed source gets one small packet back and no connection state.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rtmpq.errors import RemoteProtocolError
-from rtmpq.media.catalog import Catalog, TrackInfo
+from rtmpq.media.catalog import MAX_NOT_CARRIED, PRIVATE_NOT_CARRIED, Catalog, NotCarried, TrackInfo
 
 EXAMPLES = json.loads((Path(__file__).parent / "data" / "msf-draft-examples.json").read_text())["examples"]
 INDEPENDENT = [e for e in EXAMPLES if "deltaUpdate" not in json.loads(e["json"])]
@@ -137,3 +137,50 @@ def test_a_catalog_version_rtmpq_does_not_read_is_refused(version):
     doc = json.loads(sample_catalog().to_json())
     with pytest.raises(RemoteProtocolError, match="version"):
         Catalog.from_json(json.dumps({**doc, "version": version}))
+
+
+MP3 = NotCarried("audio", "MP3", ".mp3", "AAC, Opus, AC-3, E-AC-3", "-c:a aac")
+
+
+def test_what_is_not_carried_travels_in_the_catalog_as_a_field_of_rtmpqs_own():
+    """A publish of MP3 alone: a catalog with no track and the dropped one under rtmpq.notCarried
+    (MSF: custom fields must not collide with the draft's; parsers ignore what they do not
+    understand), read back by rtmpq, and read by another implementation (aiomoqt's MSF catalog
+    model) as a clean catalog that keeps the field as it is."""
+    from aiomoqt.media.catalog import Catalog as TheirCatalog
+
+    catalog = Catalog("live/cam", generated_at=1746104606044).with_not_carried(MP3)
+    doc = json.loads(catalog.to_json())
+    assert doc["tracks"] == [] and PRIVATE_NOT_CARRIED not in ROOT_ORDER + TRACK_ORDER
+    assert doc[PRIVATE_NOT_CARRIED] == [{"kind": "audio", "codec": "MP3", "flv": ".mp3",
+                                         "carried": "AAC, Opus, AC-3, E-AC-3", "ffmpeg": "-c:a aac"}]
+    again = Catalog.from_json(catalog.to_json())
+    assert again == catalog and again.not_carried == (MP3,) and not again.empty
+    theirs = TheirCatalog.from_json(catalog.to_json().decode())
+    assert theirs.validate() == [] and theirs.tracks == []
+    assert theirs.extra[PRIVATE_NOT_CARRIED] == doc[PRIVATE_NOT_CARRIED]
+    # with a carried track beside it, the track is an MSF track as any other
+    mixed = Catalog.from_json(sample_catalog().with_not_carried(MP3).to_json())
+    assert mixed.not_carried == (MP3,) and len(mixed.tracks) == 4
+    assert TheirCatalog.from_json(sample_catalog().with_not_carried(MP3).to_json().decode()).validate() == []
+    assert PRIVATE_NOT_CARRIED not in json.loads(sample_catalog().to_json())  # only when something is dropped
+
+
+def test_not_carried_entries_rtmpq_cannot_read_are_ignored_and_their_number_is_bounded():
+    """A peer's field of the wrong shape is ignored, not the catalog; a codec name reaches a
+    response header, so it is printable ASCII; a publisher naming FourCC after FourCC makes at
+    most MAX_NOT_CARRIED entries (each is a new catalog version)."""
+    good = MP3.to_msf()
+    doc = {"version": "draft-01", "tracks": [], PRIVATE_NOT_CARRIED: [
+        good, "MP3", {**good, "kind": "data"}, {**good, "codec": "MP3\r\nSet-Cookie: x"}, {**good, "carried": 5},
+        {**good, "codec": "x" * 100}, {**good, "flv": "\x01\x02\x03\x04"}]}
+    read = Catalog.from_json(json.dumps(doc))
+    assert read.not_carried == (MP3, NotCarried("audio", "MP3", "\x01\x02\x03\x04", MP3.carried, MP3.ffmpeg))
+    assert Catalog.from_json(json.dumps({**doc, PRIVATE_NOT_CARRIED: {"kind": "audio"}})).not_carried == ()
+    catalog = Catalog("live/x")
+    for n in range(MAX_NOT_CARRIED + 3):
+        catalog = catalog.with_not_carried(NotCarried("video", "unknown", f"x{n:03}", "H.264", "-c:v libx264"))
+    assert len(catalog.not_carried) == MAX_NOT_CARRIED and catalog.version == 1 + MAX_NOT_CARRIED
+    assert catalog.with_not_carried(catalog.not_carried[0]) is catalog
+    many = {"version": "draft-01", "tracks": [], PRIVATE_NOT_CARRIED: [good] * 1000}
+    assert len(Catalog.from_json(json.dumps(many)).not_carried) == MAX_NOT_CARRIED

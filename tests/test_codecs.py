@@ -15,7 +15,7 @@ from rtmpq.errors import RemoteProtocolError
 from rtmpq.media.ac3 import Ac3Header, Eac3Header
 from rtmpq.media.av1 import Av1Config, is_key_temporal_unit, parse_sequence_header
 from rtmpq.media.catalog import Catalog
-from rtmpq.media.demux import BroadcastDemuxer
+from rtmpq.media.demux import MAX_NOT_CARRIED_LOGGED, BroadcastDemuxer
 from rtmpq.media.flv import read_flv_tags
 from rtmpq.media.hevc import HevcConfig, parse_hevc_sps
 from rtmpq.media.opus import OpusHead
@@ -185,6 +185,21 @@ def test_a_codec_not_carried_is_logged_once_with_its_fourcc(caplog):
                      "live/#x: audio codec FLAC (FLV 'fLaC') is not carried; its frames are dropped "
                      "(carried: AAC, Opus, AC-3, E-AC-3; ffmpeg: -c:a aac)"]
     assert demuxer.stats.unsupported == 10
+
+
+def test_a_publisher_naming_a_new_codec_in_every_message_gets_a_bounded_number_of_log_lines(caplog):
+    """Each FourCC not carried is remembered (so it is logged once) and listed in the catalog: a
+    publisher that names a new one in every message must not make that grow with the publish."""
+    noted = []
+    demuxer = BroadcastDemuxer("live/x", log_name="live/#x", not_carried=noted.append)
+    with caplog.at_level(logging.WARNING, "rtmpq.media"):
+        for i in range(2000):
+            fourcc = i.to_bytes(4, "big").replace(b"\x00", b"z")
+            assert demuxer.message(9, i, bytes((0x91,)) + fourcc + b"\x00" * 8) == []
+    assert len(caplog.records) == MAX_NOT_CARRIED_LOGGED + 1, [r.getMessage() for r in caplog.records][-3:]
+    assert "others are dropped" in caplog.records[-1].getMessage()
+    assert len(noted) == MAX_NOT_CARRIED_LOGGED and len(demuxer._not_carried) == MAX_NOT_CARRIED_LOGGED + 1
+    assert demuxer.stats.unsupported == 2000
 
 
 # -- hostile bytes ---------------------------------------------------------------------------

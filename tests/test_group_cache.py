@@ -86,6 +86,18 @@ def test_a_group_in_subgroups_keeps_each_objects_subgroup_and_object_id_order():
     assert cache.largest == (0, 4) and group.ended == {0} and not group.complete
 
 
+def test_datagram_objects_out_of_order_are_kept_in_object_id_order_and_flagged():
+    """Objects that came as datagrams (each in a QUIC datagram of its own, which may overtake
+    another) are cached flagged so, the group in Object ID order: a late joiner and a FETCH get
+    them in order, as datagram objects."""
+    cache = GroupCache()
+    for object_id in (0, 2, 1, 3):
+        cache.add(0, object_id, b"x", None, 0.0, datagram=True)
+    [group] = cache.groups()
+    assert [(o.object_id, o.datagram) for o in group.objects] == [(0, True), (1, True), (2, True), (3, True)]
+    assert cache.latest(0.0) is group
+
+
 def test_an_in_process_frame_is_subgroup_0():
     from rtmpq.media.frames import Frame
     cache = GroupCache()

@@ -6,11 +6,15 @@ QUIC on loopback (both relay backends), and the refusals counted in /metrics.
 - Sessions each within their own caps holding partial objects: all together never hold more than
   [moq] max_partial_bytes; the one holding the most is closed, the others and a real publisher's
   broadcast go on.
+- The relay's own link to its upstream (`rtmpq relay --upstream`) counts in the same budget: an
+  upstream that leaves big partial objects is closed when it holds the most, and the link
+  reconnects; before, only partial_object_timeout bounded it.
 - rtmpq_errors_total{protocol="moq"} counts each refusal by reason, without names or tokens.
 """
 
 import asyncio
 import logging
+import socket
 import time
 from contextlib import asynccontextmanager
 
@@ -21,12 +25,13 @@ from aioquic.asyncio import connect
 from rtmpq.config import AuthConfig
 from rtmpq.moq import events as ev
 from rtmpq.moq import wire
-from rtmpq.moq.transport import MoqConnection
+from rtmpq.moq.tls import ensure_self_signed
+from rtmpq.moq.transport import MoqConnection, serve_moq
 from rtmpq.nodes.remote import UpstreamLink
 from rtmpq.nodes.up import UpNode
 from rtmpq.redact import safe_name
 
-from .conftest import EventRecorder, local_config, need, read_broadcast, start_up_node, until
+from .conftest import EventRecorder, free_port, local_config, need, read_broadcast, start_up_node, until
 from .publishers import ffmpeg_publish_args, run_process
 from .test_moq_hostile import publish_and_watch, quic_client_config, relay_side_of, silent_peer, went_on
 from .test_ops import samples
@@ -268,3 +273,89 @@ async def test_moq_refusals_are_counted_by_reason_in_metrics_without_names_or_to
     assert counted == {"handshake_timeout": 1, "auth_denied": 1, "partial_object_timeout": 1,
                        "max_partial_bytes": 1, "protocol_error": 1, "max_connections_per_ip": 1}, counted
     assert "hidden-name" not in page and token not in page
+
+
+@asynccontextmanager
+async def raw_upstream(tmp_path):
+    """A raw MoQ node (aioquic) for a relay to take as its upstream: (its port, an EventRecorder of
+    each session it accepted, in order). It answers nothing by itself."""
+    cert, key = ensure_self_signed(tmp_path / "upstream-tls")
+    port = free_port(socket.SOCK_DGRAM)
+    sessions: list[EventRecorder] = []
+    server = await serve_moq("127.0.0.1", port, certfile=cert, keyfile=key, backend="aioquic",
+                             on_connection=lambda conn: sessions.append(EventRecorder(conn)))
+    try:
+        yield port, sessions
+    finally:
+        server.close()
+
+
+async def answer_subscribe(upstream: EventRecorder, alias: int) -> None:
+    """SUBSCRIBE_OK (``alias``) to the relay's SUBSCRIBE at ``upstream``, once it comes."""
+    def request():
+        return next((e for e in upstream.events if isinstance(e, ev.SubscribeRequested)), None)
+
+    await until(lambda: request() is not None, 10, "the relay's SUBSCRIBE upstream")
+    upstream.conn.session.subscribe_ok(request().request_id, alias)
+    upstream.conn.flush()
+
+
+async def test_the_relays_link_upstream_counts_in_max_partial_bytes(tmp_path, backend, caplog):
+    """A relay with an upstream (a raw MoQ node here) that sends big partial objects on the track
+    a viewer asked for: with a listener session's partial object, past [moq] max_partial_bytes;
+    the link holds the most and is closed, the listener session and a real publish go on, and
+    the link reconnects: the viewer's subscription gets the upstream's next group whole."""
+    need("ffmpeg")
+    caplog.set_level(logging.WARNING, "rtmpq.moq")
+    node = await started(tmp_path, backend, max_partial_bytes=BUDGET, partial_object_timeout=60.0)
+    node.moq.upstream_grace = 10.0  # the viewer's relayed track waits for the link to come back
+    try:
+        async with raw_upstream(tmp_path) as (up_port, upstream_sessions):
+            link = UpstreamLink(node.moq, f"moqt://127.0.0.1:{up_port}", insecure=True, backend=backend)
+            link.start()
+            try:
+                await asyncio.wait_for(link.connected.wait(), 10)
+                watched = await publish_and_watch(node, tmp_path, seconds=4)
+                async with raw_peer(node) as peer, raw_peer(node) as viewer:
+                    side = relay_side_of(node, peer)
+                    send_partial(peer, 999, 0, 2_000_000, 1_000_000)
+                    await until(lambda: held(side.session) >= 1_000_000, 15, "the listener session's partial object")
+
+                    seen = EventRecorder(viewer)
+                    viewer.session.subscribe(("live", "far"), "video")  # not here: asked for upstream
+                    viewer.flush()
+                    hostile = upstream_sessions[0]
+                    await answer_subscribe(hostile, 3)
+                    await until(lambda: any(isinstance(e, ev.SubscribeAccepted) for e in seen.events), 10,
+                                "SUBSCRIBE_OK at the viewer")
+                    link_side = link.conn
+                    # two streams of 1.2 MB (each within QUIC's stream window): with the listener
+                    # session's 1 MB, past the 3 MiB budget; the link holds the most
+                    for group in (0, 1):
+                        send_partial(hostile.conn, 3, group, 2_000_000, 1_200_000)
+                    await until(lambda: link_side.session.closed, 15, "the link's session closed")
+                    assert node.moq.errors["max_partial_bytes"] == 1
+                    [line] = [r.getMessage() for r in caplog.records if "max_partial_bytes" in r.getMessage()]
+                    assert f"127.0.0.1:{up_port}" in line and "reconnects" in line, line
+                    assert not side.session.closed and held(side.session) >= 1_000_000
+                    assert held(link_side.session) == 0
+
+                    # the link reconnects; the relay subscribes there again for its viewer
+                    await until(lambda: len(upstream_sessions) == 2, 15, "the link's new session")
+                    again = upstream_sessions[1]
+                    await answer_subscribe(again, 4)
+                    sid = again.conn.session.open_subgroup(4, 0)
+                    for object_id in range(3):
+                        again.conn.session.send_object(sid, object_id, b"whole %d" % object_id)
+                    again.conn.session.end_subgroup(sid)
+                    again.conn.flush()
+                    await until(lambda: any(isinstance(e, ev.SubgroupEnded) for e in seen.events), 15,
+                                "a group from the upstream again at the viewer")
+                    got = [bytes(e.payload) for e in seen.events if isinstance(e, ev.ObjectReceived)]
+                    assert got[-3:] == [b"whole 0", b"whole 1", b"whole 2"]
+                    assert not side.session.closed
+                await went_on(*watched)
+            finally:
+                await link.close()
+    finally:
+        await node.close()

@@ -180,6 +180,38 @@ async def test_aiomoqt_subscriber_two_relays_below_gets_the_status_objects(tmp_p
     assert ("PUBLISH_DONE", PublishDoneStatus.TRACK_ENDED) in got
 
 
+async def test_aiomoqt_media_subscriber_reads_the_catalog_of_an_mp3_publish(tmp_path):
+    """aiomoqt's MSF subscriber (SUBSCRIBE + joining FETCH on "catalog") reads the catalog of a
+    publish rtmpq carries nothing of: no track, and what is not carried under rtmpq.notCarried,
+    a field of its own it keeps as it came; the stream key is nowhere in it."""
+    from aiomoqt.client import MOQTClient
+    from aiomoqt.media.broadcast import MediaSubscriber
+
+    from .conftest import need, until
+    from .publishers import run_process
+    from .test_not_carried import KEY, mp3_publish_args
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, publish=PublishConfig(keys={KEY: "cam"}, grace_period=0))
+    publisher = asyncio.create_task(run_process(
+        mp3_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/{KEY}", seconds=30), timeout=60))
+    try:
+        await until(lambda: (b := node.registry.get("live/cam")) is not None and b.not_carried, 15, "the MP3 dropped")
+        client = MOQTClient(*node.moq_address, path="", use_quic=True, verify_tls=False)
+        async with client.connect() as session:
+            await session.client_session_init()
+            catalog = await MediaSubscriber(session, "live/cam").start(timeout=10)
+            session.close()
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+        await node.close()
+    assert catalog.tracks == [] and catalog.validate() == []
+    assert catalog.extra["rtmpq.notCarried"] == [{"kind": "audio", "codec": "MP3", "flv": ".mp3",
+                                                  "carried": "AAC, Opus, AC-3, E-AC-3", "ffmpeg": "-c:a aac"}]
+    assert KEY not in catalog.to_json()
+
+
 def test_aiomoqt_and_rtmpq_read_each_others_bytes_for_what_the_draft_16_audit_changed():
     """Byte-level interop with aiomoqt's own d16 codec for what the conformance audit touched:
     OBJECT_DATAGRAMs (rtmpq reads them now), PUBLISH_NAMESPACE_CANCEL (decoded now), and the

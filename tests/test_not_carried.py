@@ -1,16 +1,22 @@
 """A publisher whose encoder sends codecs rtmpq does not carry (MP3, or H.264 with MP3): the
 operator's status API and page say which tracks are dropped and why, the playlists answer with the
-reason instead of waiting, and the player page shows it; what is carried plays."""
+reason instead of waiting, and the player page shows it; what is carried plays. On `rtmpq up`, and
+at an `rtmpq edge` fed over MoQ through an `rtmpq relay` from an `rtmpq ingest` (the broadcast's
+catalog says what is not carried)."""
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.request
+from contextlib import asynccontextmanager
 
-from rtmpq.config import PublishConfig
+import pytest
+
+from rtmpq.config import Config, HttpConfig, IngestConfig, MoqConfig, PublishConfig, UpstreamConfig
 from rtmpq.edge.server import NOT_CARRIED_HEADER
 
-from .conftest import PAGE_STATUS, chromium_devtools, http_get, need, need_hls_js, start_up_node, until
+from .conftest import PAGE_STATUS, chromium_devtools, free_port, http_get, need, need_hls_js, start_up_node, until, wait_tcp
 from .publishers import run_process
 
 KEY = "sk-5e1d9c"  # the secret stream key of the public name "cam"
@@ -53,6 +59,26 @@ def get_with_headers(url: str) -> tuple[int, dict, bytes]:
             return r.status, dict(r.headers), r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
+
+
+async def video_plays(base: str, name: str, seconds: int) -> None:
+    """The multivariant of ``name`` at ``base`` lists H.264 video and no audio, and a player
+    (ffprobe) decodes ``seconds`` of the video from it."""
+    status, body = await http_get(f"{base}/{name}/index.m3u8", until_live=True)
+    assert status == 200 and b"avc1." in body and b"TYPE=AUDIO" not in body, (status, body)
+    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-read_intervals", f"%+{seconds}",
+                                 "-select_streams", "v", "-show_entries", "stream=codec_name,nb_read_frames",
+                                 "-of", "json", f"{base}/{name}/index.m3u8"], timeout=40)
+    assert rc == 0, out
+    [stream] = json.loads(out)["streams"]
+    assert stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) >= 10 * seconds, stream
+
+
+async def audio_listed_as_dropped(base: str, name: str, deadline: float = 20.0) -> None:
+    """The status API at ``base`` lists the video of ``name`` as carried and its MP3 audio as dropped."""
+    item = await broadcast_item(base, name, lambda i: i["tracks"] and i["not_carried"], deadline)
+    assert [t["name"] for t in item["tracks"]] == ["video"], item
+    assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
 
 
 async def test_a_publish_in_mp3_alone_says_why_nothing_plays(tmp_path):
@@ -100,19 +126,8 @@ async def test_h264_with_mp3_plays_its_video_and_the_status_says_the_audio_is_dr
     publisher = asyncio.create_task(run_process(
         mp3_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/mixed", seconds=12, video=True), timeout=60))
     try:
-        status, body = await http_get(f"{base}/live/mixed/index.m3u8", until_live=True)
-        assert status == 200 and b"avc1." in body and b"TYPE=AUDIO" not in body, (status, body)
-        # a player plays the video
-        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-read_intervals", "%+3",
-                                     "-select_streams", "v", "-show_entries", "stream=codec_name,nb_read_frames",
-                                     "-of", "json", f"{base}/live/mixed/index.m3u8"], timeout=40)
-        assert rc == 0, out
-        [stream] = json.loads(out)["streams"]
-        assert stream["codec_name"] == "h264" and int(stream["nb_read_frames"]) >= 30, stream
-        # the status lists the video as carried and the audio as dropped
-        item = await broadcast_item(base, "live/mixed", lambda i: i["tracks"] and i["not_carried"])
-        assert [t["name"] for t in item["tracks"]] == ["video"], item
-        assert [(d["kind"], d["codec"]) for d in item["not_carried"]] == [("audio", "MP3")], item
+        await video_plays(base, "live/mixed", seconds=3)
+        await audio_listed_as_dropped(base, "live/mixed")
         # the audio playlist a player might ask for says why it has nothing
         status, headers, text = await asyncio.to_thread(get_with_headers, f"{base}/live/mixed/audio.m3u8")
         assert status == 503 and headers.get(NOT_CARRIED_HEADER) == "audio=MP3", (status, text)
@@ -170,3 +185,111 @@ async def test_a_publisher_back_with_a_carried_codec_is_no_longer_listed_as_drop
     finally:
         await node.close()
 
+
+
+# -- ingest -> relay -> edge, each a node of its own ------------------------------------------------
+
+
+@asynccontextmanager
+async def ingest_relay_edge(tmp_path, backend: str):
+    """`rtmpq ingest --upstream` -> `rtmpq relay --http` -> `rtmpq edge --upstream`, each run as its
+    command runs it (in this process), on ``backend``: yields (the RTMP URL for ``live/<key>``,
+    the relay's HTTP base, the edge's HTTP base). Keys: KEY publishes "cam"."""
+    from rtmpq.nodes.nodes import run_edge, run_ingest_node, run_relay
+
+    relay_moq = free_port(socket.SOCK_DGRAM)
+    upstream = UpstreamConfig(url=f"moqt://127.0.0.1:{relay_moq}", insecure=True, backend=backend)
+    relay = Config(moq=MoqConfig(host="127.0.0.1", port=relay_moq, state_dir=tmp_path / "relay", backend=backend),
+                   http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True))
+    ingest = Config(rtmp=IngestConfig(host="127.0.0.1", port=free_port()), moq=MoqConfig(state_dir=tmp_path / "ingest"),
+                    publish=PublishConfig(keys={KEY: "cam"}, grace_period=0), upstream=upstream)
+    edge = Config(http=HttpConfig(host="127.0.0.1", port=free_port()), upstream=upstream)
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run(config, stop)) for run, config in
+             ((run_relay, relay), (run_ingest_node, ingest), (run_edge, edge))]
+    try:
+        for port in (relay.http.port, ingest.rtmp.port, edge.http.port):
+            await wait_tcp(port)
+        yield (f"rtmp://127.0.0.1:{ingest.rtmp.port}/live/", f"http://127.0.0.1:{relay.http.port}",
+               f"http://127.0.0.1:{edge.http.port}")
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+async def told_not_carried(url: str, deadline: float = 15.0) -> tuple[dict, bytes]:
+    """The headers and body of ``url``'s 503 that names what is not carried, asked again (as a
+    player does) while the broadcast has not reached the edge yet."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while True:
+        status, headers, body = await asyncio.to_thread(get_with_headers, url)
+        if status == 503 and NOT_CARRIED_HEADER in headers:
+            return headers, body
+        assert loop.time() < end and status in (404, 503), (status, body)
+        await asyncio.sleep(0.2)
+
+
+async def stopped(publisher: asyncio.Task) -> None:
+    """The publish is cut short once the test has what it needs (ffmpeg is killed)."""
+    publisher.cancel()
+    try:
+        await publisher
+    except asyncio.CancelledError:
+        pass
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_separate_edge_says_why_an_mp3_publish_has_nothing_to_play(tmp_path, backend):
+    need("ffmpeg")
+    async with ingest_relay_edge(tmp_path, backend) as (rtmp, relay, edge):
+        publisher = asyncio.create_task(run_process(mp3_publish_args(rtmp + KEY, seconds=30), timeout=60))
+        try:
+            # the player at the edge is told why, as on `rtmpq up`, not made to wait for tracks that never come
+            headers, body = await told_not_carried(f"{edge}/live/cam/index.m3u8")
+            text = body.decode()
+            assert headers[NOT_CARRIED_HEADER] == "audio=MP3", headers
+            assert "live/cam is live" in text and "MP3 is not carried" in text and CARRIED_AUDIO in text, text
+            headers, _ = await told_not_carried(f"{edge}/live/cam/audio.m3u8", deadline=2)
+            assert headers[NOT_CARRIED_HEADER] == "audio=MP3", headers
+            # the edge's and the relay's status list the dropped track, by the public name only
+            for base in (edge, relay):
+                item = await broadcast_item(base, "live/cam", lambda i: i["not_carried"], deadline=5)
+                assert item["tracks"] == [], item
+                assert [(d["kind"], d["codec"], d["flv"]) for d in item["not_carried"]] == [("audio", "MP3", ".mp3")]
+                assert "-c:a aac" in item["not_carried"][0]["reason"], item
+                _, listing = await http_get(f"{base}/api/v1/broadcasts")
+                assert KEY not in listing.decode()
+            assert KEY not in text
+        finally:
+            await stopped(publisher)
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_h264_with_mp3_plays_its_video_at_a_separate_edge_which_says_the_audio_is_dropped(tmp_path, backend):
+    need("ffmpeg")
+    async with ingest_relay_edge(tmp_path, backend) as (rtmp, relay, edge):
+        publisher = asyncio.create_task(run_process(mp3_publish_args(rtmp + KEY, seconds=30, video=True), timeout=60))
+        try:
+            await video_plays(edge, "live/cam", seconds=1)
+            # the audio playlist says why it has nothing; the status lists the video, and the audio as dropped
+            headers, body = await told_not_carried(f"{edge}/live/cam/audio.m3u8", deadline=2)
+            assert headers[NOT_CARRIED_HEADER] == "audio=MP3" and b"its video plays" in body, (headers, body)
+            for base in (edge, relay):
+                await audio_listed_as_dropped(base, "live/cam", deadline=5)
+        finally:
+            await stopped(publisher)
+
+
+async def test_the_player_page_of_a_separate_edge_says_the_codec_is_not_carried(tmp_path):
+    need("ffmpeg")
+    need_hls_js()
+    async with ingest_relay_edge(tmp_path, "aiopquic") as (rtmp, _relay, edge):
+        publisher = asyncio.create_task(run_process(mp3_publish_args(rtmp + KEY, seconds=30), timeout=60))
+        try:
+            async with chromium_devtools(tmp_path, f"{edge}/live/cam/") as devtools:
+                shown = await devtools.poll(f"(({PAGE_STATUS}) || '').includes('MP3 is not carried') && ({PAGE_STATUS})",
+                                            deadline=20)
+                assert shown and CARRIED_AUDIO in shown, await devtools.evaluate(PAGE_STATUS)
+        finally:
+            await stopped(publisher)

@@ -374,8 +374,9 @@ class EdgeServer:
     ``(Request) -> Response | None``), tried first. ``open_broadcast`` may have an async
     ``wait_live(name, timeout)`` that returns once ``name`` is published (TimeoutError after
     ``timeout``): the page's index.m3u8?next=1 is held on it (see _next_publish); and an optional
-    ``not_carried(name)``: the tracks (demux.NotCarried) the publisher of ``name`` sends in a codec
-    that is not carried and the catalog of what is, so the playlists name what is dropped instead
+    ``catalog(name)``: the source's catalog of ``name`` now (in-process, before the feed hands it
+    over). What the publisher sends in a codec that is not carried is in the catalog (the
+    broadcast's, else the edge's own from its feed), so the playlists name what is dropped instead
     of waiting for media that never comes."""
 
     def __init__(self, open_broadcast: Callable[[str], AsyncIterator | None], *, http: HttpConfig | None = None,
@@ -678,7 +679,8 @@ class EdgeServer:
             ready = lambda: all(s.playable for s in streams if s.has_media) and any(s.has_media for s in streams)  # noqa: E731
             if not any(s.has_media for s in streams) and (answer := self._not_carried(b)) is not None:
                 return answer
-            if not await self._wait_for(b, video, ready):
+            # a catalog that says nothing plays (codecs not carried) ends the wait too
+            if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
                 return self._not_carried(b) or text(503, "the broadcast has no media yet")
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
                       if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
@@ -700,7 +702,9 @@ class EdgeServer:
             kind = AUDIO if stream is audio else VIDEO
             if not stream.has_media and (answer := self._not_carried(b, kind)) is not None:
                 return answer
-            if not await self._wait_for(b, stream, lambda: stream.playable and b.caught_up(stream, time.monotonic())):
+            playable = lambda: stream.playable and b.caught_up(stream, time.monotonic())  # noqa: E731
+            told = await self._wait_for(b, stream, lambda: playable() or bool(self._dropped(b, kind)[0]))
+            if not told or not playable():
                 return self._not_carried(b, kind) or text(503, "this rendition has no media yet")
             if im is None:
                 response = await self._media_playlist(b, stream, query_text, query)
@@ -739,17 +743,25 @@ class EdgeServer:
             return text(404, "no such part")
         return Response(200, segment.parts[part].data, ctype, "max-age=60", [ACCEPT_RANGES])
 
+    def _dropped(self, b: _Broadcast, kind: str | None = None) -> tuple[list, set[str]]:
+        """(what ``b``'s publisher sends that is not carried and leaves nothing to play, or, for the
+        playlist of ``kind``, nothing of that kind; the kinds that play)."""
+        source = getattr(self.open_broadcast, "catalog", None)
+        # in-process, the source's catalog: the edge's own may not have come yet
+        catalog = source(b.name) if source is not None else b.catalog
+        if catalog is None or b.ended_at is not None:
+            return [], set()
+        listed = {t.kind for t in catalog.tracks if t.kind in (VIDEO, AUDIO)}
+        dropped = list(catalog.not_carried)
+        if listed:  # something plays: only a playlist of the kind that is dropped has nothing
+            dropped = [d for d in dropped if d.kind == kind and kind not in listed] if kind else []
+        return dropped, listed
+
     def _not_carried(self, b: _Broadcast, kind: str | None = None) -> Response | None:
         """The answer (503, the codecs named in NOT_CARRIED_HEADER too) when ``b`` has nothing to
         play because its publisher sends only codecs that are not carried (or, for the playlist
         of ``kind``, a codec of that kind that is not, and no track of it that is), else None."""
-        why = getattr(self.open_broadcast, "not_carried", None)
-        if why is None or b.ended_at is not None:
-            return None
-        dropped, catalog = why(b.name)  # the source's catalog: the edge's own may not have come yet
-        listed = {t.kind for t in catalog.tracks if t.kind in (VIDEO, AUDIO)} if catalog is not None else set()
-        if listed:  # something plays: only a playlist of the kind that is dropped has nothing
-            dropped = [d for d in dropped if d.kind == kind and kind not in listed] if kind else ()
+        dropped, listed = self._dropped(b, kind)
         if not dropped:
             return None
         what = "; ".join(d.reason() for d in dropped)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import StreamNameInUse
 from ..redact import safe_name
@@ -174,9 +174,6 @@ class Broadcast:
         self.groups = 0
         self.keyframe_interval_ms = 0  # between the starts of the last two groups
         self.skipped_groups = 0  # whole groups readers dropped for falling behind
-        # tracks of the current publish whose codec is not carried (demux.NotCarried, in the order
-        # the publisher sent them): the status page and the player page say why nothing plays
-        self.not_carried: list = []
         self._group_dts: int | None = None
         self._registry = registry
         self._readers: set[BroadcastReader] = set()
@@ -254,6 +251,19 @@ class Broadcast:
                 merged = merged.with_track(info, generated_at=catalog.generated_at)
         if merged is not self.catalog:
             self._new_catalog(merged)
+
+    @property
+    def not_carried(self) -> tuple:
+        """Tracks of the current publish whose codec is not carried (catalog.NotCarried, in the
+        order the publisher sent them): the status page and the player page say why nothing
+        plays. In the catalog, so nodes that get the broadcast over MoQ say it too."""
+        return self.catalog.not_carried
+
+    def add_not_carried(self, dropped) -> None:
+        """The publisher sends a track in a codec that is not carried (the demuxer's callback)."""
+        catalog = self.catalog.with_not_carried(dropped, generated_at=time.time_ns() // 1_000_000)
+        if catalog is not self.catalog:
+            self._new_catalog(catalog)
 
     def _new_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog
@@ -384,7 +394,8 @@ class Broadcast:
             self._ts_offset = None
         # even after a publish of headers alone (no frame): this one's frames settle the track set
         self._carried, self._first_group = set(), None
-        self.not_carried = []  # this publish says again what it sends
+        if self.catalog.not_carried:  # this publish says again what it sends
+            self._new_catalog(replace(self.catalog, not_carried=(), version=self.catalog.version + 1))
         self.publishing = True
         self.publishes += 1
         self.started = time.monotonic()
@@ -419,7 +430,7 @@ class Broadcast:
         in progress), then with every CatalogUpdate, Frame, GroupSkipped, PublisherLeft and the
         BroadcastEnded as they happen,
         from inside the publisher's calls: it must not block (nor raise: it would be detached)."""
-        if self.catalog.tracks:
+        if not self.catalog.empty:
             listener(CatalogUpdate(self.catalog))
         for frame in tuple(self._current_group):
             listener(frame)
@@ -437,7 +448,7 @@ class Broadcast:
         """A new reader: the catalog, then the group in progress from its keyframe, then live
         (``publisher_events``: with PublisherLeft when the publisher goes)."""
         r = BroadcastReader(self, max_buffered_bytes, publisher_events)
-        if self.catalog.tracks:
+        if not self.catalog.empty:
             r._put(CatalogUpdate(self.catalog))
         for frame in self._current_group:
             r._put(frame)

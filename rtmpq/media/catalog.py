@@ -20,6 +20,14 @@ Private fields only where MSF has no place: ``broadcast`` (the broadcast's name)
 ``bitrate`` is only that level bound, far above what the encoder sends) and, on a transcoder rung's
 track, ``rtmpq.source`` (the track it is made from: MSF ``depends`` would mean a decoder needs that
 track). The AVC/HEVC NAL length size is not sent: it is read back from the configuration record.
+
+``rtmpq.notCarried`` (root) lists what the publisher sends in a codec rtmpq does not carry, so
+nodes that get the broadcast over MoQ say why it has nothing (or no audio) to play:
+``[{"kind": "audio", "codec": "MP3", "flv": ".mp3", "carried": "AAC, Opus, AC-3, E-AC-3",
+"ffmpeg": "-c:a aac"}]``. Such a track has no entry in ``tracks`` (nothing can be subscribed), so a
+publish of MP3 alone has a catalog with an empty ``tracks`` array and this field. MSF lets a
+producer add fields whose names do not collide with its own, and its parsers ignore what they do
+not understand; an entry rtmpq cannot read is ignored the same way (docs/interop.md).
 """
 
 import base64
@@ -39,6 +47,11 @@ INIT_INLINE = "inline"
 PRIVATE_CATALOG_VERSION = "rtmpq.catalogVersion"
 PRIVATE_SOURCE_TRACK = "rtmpq.source"
 PRIVATE_BITRATE_BOUND = "rtmpq.bitrateBound"
+PRIVATE_NOT_CARRIED = "rtmpq.notCarried"
+# Entries of rtmpq.notCarried a catalog holds (a publisher can name any number of unknown FourCCs:
+# each would be a new catalog version), and the longest text of one of their fields.
+MAX_NOT_CARRIED = 8
+MAX_NOT_CARRIED_TEXT = 64
 # Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
 RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
@@ -50,6 +63,39 @@ def nal_length_size_of(codec: str, init_data: bytes) -> int | None:
     if codec.startswith(("hvc1", "hev1")) and len(init_data) >= 22:
         return (init_data[21] & 0x03) + 1
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class NotCarried:
+    """A track of a publish whose codec rtmpq does not carry (its frames are dropped at the ingest),
+    as the log line names it: what a status page and a player are told instead of waiting for it."""
+
+    kind: str  # video, audio
+    codec: str  # what a streamer knows it by: "MP3", "Sorenson H.263" ("unknown" if we do not)
+    flv: str  # its FLV FourCC, or "legacy-<n>" for a legacy CodecID / SoundFormat
+    carried: str  # the codecs of that kind that are carried: "AAC, Opus, AC-3, E-AC-3"
+    ffmpeg: str  # the ffmpeg option that sends a carried one: "-c:a aac"
+
+    def reason(self) -> str:
+        return f"{self.kind} codec {self.codec} is not carried (carried: {self.carried}; ffmpeg: {self.ffmpeg})"
+
+    def to_msf(self) -> dict:
+        return {"kind": self.kind, "codec": self.codec, "flv": self.flv, "carried": self.carried,
+                "ffmpeg": self.ffmpeg}
+
+    @classmethod
+    def from_msf(cls, obj) -> "NotCarried | None":
+        """An entry of rtmpq.notCarried, or None for one rtmpq cannot read (ignored, as MSF asks
+        of fields a parser does not understand). Its words reach a response header: a codec name
+        is printable ASCII."""
+        if not isinstance(obj, dict) or obj.get("kind") not in (VIDEO, AUDIO):
+            return None
+        codec, flv, carried, ffmpeg = values = [obj.get(key) for key in ("codec", "flv", "carried", "ffmpeg")]
+        if not all(isinstance(v, str) and len(v) <= MAX_NOT_CARRIED_TEXT for v in values):
+            return None
+        if not all(v.isascii() and v.isprintable() for v in (codec, carried, ffmpeg)):
+            return None  # (the FourCC is the publisher's bytes as they came: any text)
+        return cls(obj["kind"], codec, flv, carried, ffmpeg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +187,13 @@ class Catalog:
     generated_at: int | None = field(default=None, compare=False)  # ms since the epoch (MSF generatedAt)
     live: bool = True  # MSF isLive of every track
     complete: bool = False  # MSF isComplete: no track will be added or grow any more
+    not_carried: tuple[NotCarried, ...] = ()  # what the publisher sends that is dropped (rtmpq.notCarried)
+
+    @property
+    def empty(self) -> bool:
+        """It says nothing yet: no track, and nothing the publisher sends is dropped (a publish of
+        MP3 alone has no track, and its catalog goes out to say why)."""
+        return not self.tracks and not self.not_carried
 
     def track(self, name: str) -> TrackInfo | None:
         for t in self.tracks:
@@ -190,6 +243,14 @@ class Catalog:
         return replace(self, tracks=tuple(t for t in self.tracks if t.name not in names), version=self.version + 1,
                        generated_at=self.generated_at if generated_at is None else generated_at)
 
+    def with_not_carried(self, dropped: NotCarried, *, generated_at: int | None = None) -> "Catalog":
+        """A new catalog that also lists ``dropped`` as not carried (this one when it is already
+        listed, or MAX_NOT_CARRIED are)."""
+        if dropped in self.not_carried or len(self.not_carried) >= MAX_NOT_CARRIED:
+            return self
+        return replace(self, not_carried=self.not_carried + (dropped,), version=self.version + 1,
+                       generated_at=self.generated_at if generated_at is None else generated_at)
+
     def to_json(self) -> bytes:
         doc: dict = {"version": MSF_VERSION}
         if self.live and self.generated_at is not None:
@@ -209,6 +270,8 @@ class Catalog:
             doc["initDataList"] = init_list
         doc["broadcast"] = self.broadcast
         doc[PRIVATE_CATALOG_VERSION] = self.version
+        if self.not_carried:
+            doc[PRIVATE_NOT_CARRIED] = [d.to_msf() for d in self.not_carried]
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -249,6 +312,8 @@ class Catalog:
             tracks.append(TrackInfo.from_msf(obj, (inits.get(ref) if ref is not None else None) or b""))
         live = all(t.get("isLive", True) is not False for t in doc["tracks"] if isinstance(t, dict))
         generated = doc.get("generatedAt")
+        listed = doc.get(PRIVATE_NOT_CARRIED)
+        dropped = [NotCarried.from_msf(obj) for obj in listed[:MAX_NOT_CARRIED]] if isinstance(listed, list) else ()
         return cls(
             broadcast=str(doc.get("broadcast", "")),
             tracks=tuple(tracks),
@@ -256,6 +321,7 @@ class Catalog:
             generated_at=int(generated) if isinstance(generated, (int, float)) else None,
             live=live,
             complete=doc.get("isComplete") is True,
+            not_carried=tuple(d for d in dropped if d is not None),
         )
 
 

@@ -40,7 +40,7 @@ from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
 from .av1 import Av1Config, is_key_temporal_unit
 from .avc import AvcConfig, parse_sps
-from .catalog import Catalog, TrackInfo
+from .catalog import Catalog, NotCarried, TrackInfo
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO, Frame
 from .hevc import HevcConfig, is_irap, parse_hevc_sps
 from .opus import OPUS_SAMPLE_RATE, OpusHead
@@ -52,6 +52,9 @@ AUDIO_ONLY_GROUP_MS = 2000  # group length for broadcasts without video
 # E-RTMP tracks of one kind a publish may open (each is a catalog entry, a MoQ track and an LL-HLS
 # rendition downstream); sequence headers for more are refused with one log line.
 MAX_TRACKS_PER_KIND = 8
+# Codecs not carried that a publish gets a log line (and a catalog entry) for: a publisher could
+# name a new FourCC in every message, each a line and an entry kept for the publish's life.
+MAX_NOT_CARRIED_LOGGED = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
@@ -97,21 +100,6 @@ class DemuxStats:
     bad_access_units: int = 0
     clock_jumps: int = 0  # a track's timestamps stepped back further than CLOCK_JUMP_BACK_MS
     unsupported: int = 0  # frames and headers of codecs that are not carried
-
-
-@dataclass(frozen=True, slots=True)
-class NotCarried:
-    """A track of a publish whose codec rtmpq does not carry (its frames are dropped), as the log
-    line names it: what a status page and a player are told instead of waiting for it."""
-
-    kind: str  # video, audio
-    codec: str  # what a streamer knows it by: "MP3", "Sorenson H.263" ("unknown" if we do not)
-    flv: str  # its FLV FourCC, or "legacy-<n>" for a legacy CodecID / SoundFormat
-    carried: str  # the codecs of that kind that are carried: "AAC, Opus, AC-3, E-AC-3"
-    ffmpeg: str  # the ffmpeg option that sends a carried one: "-c:a aac"
-
-    def reason(self) -> str:
-        return f"{self.kind} codec {self.codec} is not carried (carried: {self.carried}; ffmpeg: {self.ffmpeg})"
 
 
 @dataclass(slots=True)
@@ -274,8 +262,12 @@ class BroadcastDemuxer:
 
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
         self.stats.unsupported += 1
-        if (kind, fourcc) not in self._not_carried:
+        if (kind, fourcc) not in self._not_carried and len(self._not_carried) <= MAX_NOT_CARRIED_LOGGED:
             self._not_carried.add((kind, fourcc))
+            if len(self._not_carried) > MAX_NOT_CARRIED_LOGGED:
+                log.warning("%s: more than %d codecs not carried (MAX_NOT_CARRIED_LOGGED); the others are "
+                            "dropped without a word", self._log_name, MAX_NOT_CARRIED_LOGGED)
+                return []
             names = VIDEO_CODEC_NAMES if kind == VIDEO else AUDIO_CODEC_NAMES
             carried = ", ".join(names[c] for c in (VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS))
             dropped = NotCarried(kind, names.get(fourcc, "unknown"), fourcc, carried,

@@ -52,7 +52,7 @@ class BroadcastSource:
         self.wanted: set[str] = set()  # tracks this relay told the broadcast it needs (Broadcast.want)
         self.added: tuple = ()  # TrackInfo of tracks a trusted node PUBLISHed into this broadcast (rungs)
         self._own: set[str] = set()  # the broadcast's own tracks in the last catalog
-        if broadcast.catalog.tracks:  # a subscriber right after start gets a catalog at once
+        if not broadcast.catalog.empty:  # a subscriber right after start gets a catalog at once
             self._on_catalog(broadcast.catalog)
         broadcast.listen(self._on_event)
 
@@ -130,7 +130,7 @@ class BroadcastSource:
                     self._end_publisher_groups()
             elif isinstance(item, BroadcastEnded):
                 # the last catalog says so (MSF isLive false, isComplete): nothing more will come
-                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True))
+                self._on_catalog(replace(self.broadcast.catalog, live=False, complete=True, not_carried=()))
                 self.close()
         except Exception:  # as a reading task that failed did: this source ends, the publish goes on
             log.exception("%s: reading the broadcast failed", safe_name(self.broadcast.name))

@@ -78,6 +78,9 @@ class GroupSink(Protocol):
                     status: int = 0) -> None:
         """An object on the stream; a status object (End of Group / End of Track) comes with its
         ``status`` and an empty payload."""
+    def send_datagram(self, group_id: int, object_id: int, payload, extensions: dict | None,
+                      priority: int | None = None, status: int = 0, end_of_group: bool = False) -> None:
+        """An object of Forwarding Preference Datagram, as an OBJECT_DATAGRAM (no stream)."""
     def end_group(self, handle: object) -> None: ...
     def reset_group(self, handle: object, code: int) -> None: ...
     def buffered_bytes(self, handle: object) -> int: ...
@@ -199,6 +202,26 @@ class TrackSubscription:
         if self._written_since > self.send_budget // 8 or \
                 received + self.delivery_timeout - QUIET_COUNT_INTERVAL < self._quiet_until:
             self._quiet_until = 0.0
+
+    def deliver_datagram(self, group_id: int, object_id: int, payload, extensions, priority: int | None = None,
+                         status: int = 0, end_of_group: bool = False) -> None:
+        """An object of Forwarding Preference Datagram: sent as one (draft 16: a relay MUST NOT
+        change it), within the subscription's range. It has no stream to open, hold or reset, and
+        the relay keeps nothing of it per subscriber: sent once, or dropped where QUIC cannot take
+        it (the sink counts those), as a datagram may be."""
+        if group_id in self.dropped or (self.start_group is not None and (
+                group_id < self.start_group or (group_id == self.start_group and object_id < self.start_object))):
+            return
+        last = self.last_group
+        if last is not None and group_id >= last:
+            if group_id > last or end_of_group or status:
+                # past the End Group, or its end: over, unless a stream of it is still open here
+                if last not in self.in_flight:
+                    self.range_ended = True
+                if group_id > last:
+                    return
+        self.sink.send_datagram(group_id, object_id, payload, extensions, priority, status, end_of_group)
+        self.objects_sent += 1
 
     def _open(self, g: _GroupInFlight | None, group_id: int, object_id: int, subgroup: int,
               priority: int | None, end_of_group: bool) -> _StreamInFlight | None:
@@ -566,7 +589,12 @@ class TrackFanout:
         sub.replaying = group.group_id
         try:
             for obj in group.objects:
-                if obj.object_id >= from_object:
+                if obj.object_id < from_object:
+                    continue
+                if obj.datagram:  # as it came: a datagram
+                    sub.deliver_datagram(group.group_id, obj.object_id, obj.payload, obj.extensions, obj.priority,
+                                         obj.status, obj.end_of_group)
+                else:
                     sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
                                 obj.subgroup, obj.priority, obj.end_of_group, obj.status)
         finally:
@@ -673,6 +701,22 @@ class TrackFanout:
         self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
         self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
                       status)
+
+    def publish_datagram(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
+                         priority: int | None = None, status: int = 0, end_of_group: bool = False) -> None:
+        """An object that came as an OBJECT_DATAGRAM (publisher ``priority``, None: the track's;
+        ``end_of_group``: its END_OF_GROUP bit) to the cache, flagged so, and to every subscriber
+        as a datagram (``TrackSubscription.deliver_datagram``)."""
+        self.objects_received += 1
+        self.bytes_received += len(payload)
+        previous = self.cache.largest
+        self.cache.add(group_id, object_id, payload, extensions, now, 0, priority, end_of_group, status, datagram=True)
+        if not self.subscribers:
+            return
+        if previous is None:
+            self._first_object(group_id, object_id)
+        self._each(lambda sub: sub.deliver_datagram(group_id, object_id, payload, extensions, priority, status,
+                                                    end_of_group))
 
     def _deliver(self, previous: tuple[int, int] | None, group_id: int, object_id: int, payload,
                  extensions: dict | None, now: float, subgroup: int = 0, priority: int | None = None,

@@ -48,6 +48,10 @@ class CachedObject:
     # its Object Status (draft 16): End of Group / End of Track objects are cached and forwarded as
     # they came (empty, never as Normal ones); a FETCH answer leaves them out (FETCH has no status)
     status: int = 0
+    # Forwarding Preference Datagram: it came (and goes to subscribers) as an OBJECT_DATAGRAM, in
+    # no subgroup; a FETCH carries it on its stream, flagged so (draft 16). ``end_of_group`` is
+    # then its own END_OF_GROUP bit
+    datagram: bool = False
 
 
 class CachedFrame:
@@ -61,6 +65,7 @@ class CachedFrame:
     priority = None
     end_of_group = True
     status = 0
+    datagram = False
 
     def __init__(self, frame: Frame, timescale: int) -> None:
         self.frame = frame
@@ -115,11 +120,13 @@ class GroupCache:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
-            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0) -> None:
-        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status)
+            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0,
+            datagram: bool = False) -> None:
+        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status, datagram)
         group = self._add(group_id, obj, len(payload), now)
-        # only a group in several subgroups (several streams) can come out of Object ID order
-        if group is not None and (subgroup or group.subgroups):
+        # only a group in several subgroups (several streams), or of datagrams (each on its own),
+        # can come out of Object ID order
+        if group is not None and (subgroup or datagram or group.subgroups):
             group.subgroups = True
             objects = group.objects
             if len(objects) > 1 and object_id < objects[-2].object_id:

@@ -33,6 +33,7 @@ from collections import Counter
 from dataclasses import replace
 
 from ..auth.access import Access, AccessDenied
+from ..config import MOQ_MAX_PARTIAL_BYTES
 from ..media.broadcast import BroadcastRegistry
 from ..media.catalog import Catalog
 from ..media.frames import Frame
@@ -45,7 +46,7 @@ from .fetch import FetchRangeError, UnknownUntil, plan_fetch
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, Subscriptions
 from .session import PARTIAL_OBJECT_TIMEOUT
-from .transport import MoqConnection
+from .transport import MoqConnection, ReceiveBudget
 from .upstream import FetchProxy, UpstreamTrack
 from .waiting import MAX_WAITING_SUBSCRIBES, NEW_TRACK_WAIT, UPSTREAM_WAIT, WaitingSubscribes
 from .wire import (
@@ -134,7 +135,8 @@ class MoqRelay:
                  send_budget: int = DEFAULT_SEND_BUDGET, access: Access | None = None,
                  upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
-                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT, upstream_wait: float = UPSTREAM_WAIT,
+                 partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT,
+                 max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, upstream_wait: float = UPSTREAM_WAIT,
                  max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
@@ -151,6 +153,9 @@ class MoqRelay:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
+        # [moq] max_partial_bytes over its sessions: its links to other nodes (on_connection) and
+        # those of the listener that serve_moq is given it for
+        self.receive_budget = ReceiveBudget(max_partial_bytes, self.errors)
         # a link to an upstream relay will set ``upstream`` (UpstreamLink): SUBSCRIBEs to unknown
         # broadcasts wait for it meanwhile (``upstream_wait`` seconds), in ``_awaiting_upstream`` (at
         # most ``max_waiting_subscribes``, the bound also of each local broadcast's ``waiting``)
@@ -192,6 +197,9 @@ class MoqRelay:
         # subscriptions of ended tracks whose last groups are still on their way: their budgets
         # hold until those are delivered or reset (an ended track must not drain seconds late)
         self._draining: set[Subscription] = set()
+        # relayed subscriptions ended by PUBLISH_DONE whose track was published again before their
+        # late streams came: they feed the track's fan-out until those end (``_publish_again``)
+        self._tails: set[UpstreamTrack] = set()
         self._tick_waiter: asyncio.Future | None = None
         # pending call_later handles (ORIGIN_DRAIN, LATE_STREAM_GRACE, NEW_TRACK_WAIT): stop()
         # cancels them, so nothing of a stopped relay runs later (e.g. orphaning its tracks)
@@ -232,6 +240,7 @@ class MoqRelay:
     def on_connection(self, conn: MoqConnection) -> None:
         conn.handler = self._on_event
         self.connections.add(conn)
+        self.receive_budget.join(conn)  # (a listener's session is in its listener's budget already)
 
     def _busy(self) -> bool:
         """Whether something here needs its budgets checked every CHECK_INTERVAL."""
@@ -586,6 +595,7 @@ class MoqRelay:
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
+        sink.label, sink.errors = label, self.errors  # for datagram objects it cannot send
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink,
                                                               (namespace, track))
         s.forward = forward
@@ -707,9 +717,12 @@ class MoqRelay:
                 conn.session.send_fetch_range_end(sid, *item.location, unknown=True)
             else:
                 group_id, obj = item  # each object with its Subgroup ID and its subgroup's priority
+                own = obj.priority
+                if own is None and obj.datagram:  # one without: the track's (draft 16, DEFAULT_PRIORITY)
+                    own = fanout.track_extensions.get(EXT_DEFAULT_PUBLISHER_PRIORITY, DEFAULT_PUBLISHER_PRIORITY)
                 conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions,
-                                               subgroup=obj.subgroup,
-                                               priority=priority if obj.priority is None else obj.priority)
+                                               subgroup=obj.subgroup, priority=priority if own is None else own,
+                                               datagram=obj.datagram)
                 objects += 1
         conn.session.end_fetch_stream(sid)
         self._fetch_streams[(id(conn), event.request_id)] = (conn, sid)
@@ -796,7 +809,8 @@ class MoqRelay:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
             p.conn.session.send_fetch_object(p.stream(), event.group, event.object_id, event.payload,
-                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority)
+                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority,
+                                             datagram=event.datagram)
             p.conn.flush()
 
     def _on_FetchRangeUnavailable(self, conn: MoqConnection, event: ev.FetchRangeUnavailable) -> None:
@@ -858,7 +872,11 @@ class MoqRelay:
         self._published[event.namespace] = (conn, event.request_id)
         previous = owner[0] if owner is not None else None
         for upstream in list(self._tracks.values()):  # tracks waiting for this publisher, or taken over
-            if upstream.namespace[: len(event.namespace)] != event.namespace or upstream.conn is conn:
+            if upstream.namespace[: len(event.namespace)] != event.namespace:
+                continue
+            if upstream.conn is conn:
+                if upstream.streams_expected is not None and upstream.orphaned_at is None:
+                    upstream.renewed_by = conn  # after its PUBLISH_DONE: subscribed again once it ends (_renew)
                 continue
             if upstream.orphaned_at is not None or (previous is not None and upstream.conn is previous):
                 self._resume(upstream, conn)
@@ -919,11 +937,7 @@ class MoqRelay:
             # MSF: the SUBSCRIBE brings only later versions; the current one comes by a joining FETCH
             self._catalog_fetches[(id(conn), upstream.fetch_catalog(asyncio.get_running_loop().time()))] = upstream
             self._call_later(CATALOG_FETCH_WAIT, self._catalog_not_fetched, upstream)  # at its deadline
-        waiting, upstream.waiting = upstream.waiting, []
-        for sub_conn, request in waiting:
-            if not sub_conn.session.closed:
-                self._accept(sub_conn, request, upstream.fanout, upstream)
-                sub_conn.flush()
+        self._accept_waiting(upstream, upstream)
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
         if conn is self.upstream and event.request_id == self._upstream_listing:
@@ -975,12 +989,16 @@ class MoqRelay:
             if not sub_conn.session.closed:
                 self._refuse_waiting(sub_conn, request, event.error_code, reason)
                 sub_conn.flush()
+        self._fanouts_ended([upstream.fanout])  # subscribers it had (a renewed one's, _renew): the track ended
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
         if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
             return
         key = (event.namespace, event.track_name)
         existing = self._tracks.get(key)
+        if existing is not None and existing.orphaned_at is None and existing.streams_expected is not None:
+            self._publish_again(existing, conn, event)
+            return
         if existing is not None and existing.pushed and existing.orphaned_at is None and existing.conn is not conn:
             # PUBLISHed by another session, which may be dead without our knowing it yet (a
             # restarted transcoder PUBLISHes its rungs again at once, within the old session's
@@ -1025,6 +1043,51 @@ class MoqRelay:
                 self._publish_to(other, event.namespace, event.track_name, upstream, forward)
                 other.flush()
 
+    def _publish_again(self, old: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
+        """A PUBLISH of a track whose subscription (ours, or one PUBLISHed to us) got PUBLISH_DONE and
+        waits for its late streams: draft 16 "Subscriptions", the publisher terminated that one with
+        PUBLISH_DONE, so this is a new subscription, not a duplicate. It feeds the same fan-out: the
+        subscribers go on, its groups numbered above the old one's (leaving ids for the late streams
+        not begun yet), and the old subscription's late streams end here as before."""
+        key = (event.namespace, event.track_name)
+        new = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
+        new.fanout = old.fanout
+        new.group_offset, new.check_offset = old.group_offset, True
+        new.last_group = old.ceiling = old.last_group + old.unseen_streams()
+        new.on_demand, new.forward = not event.forward, event.forward
+        new.fanout.track_extensions = event.extensions
+        self._tails.add(old)
+        self._tracks[key] = new
+        self._by_request[(id(conn), event.request_id)] = new
+        self._by_alias[(id(conn), event.track_alias)] = new
+        conn.session.publish_ok(event.request_id)
+        log.info("%s: publishes track %s again after its PUBLISH_DONE; its subscribers go on", conn.peer,
+                 _label(event.namespace, event.track_name))
+        self._accept_waiting(old, new)  # (SUBSCRIBEs still waiting for the old one's SUBSCRIBE_OK)
+        self._update_forward()
+
+    def _accept_waiting(self, held_by: UpstreamTrack, upstream: UpstreamTrack) -> None:
+        """Accept the SUBSCRIBEs ``held_by`` holds (waiting for its track) onto ``upstream``, now up."""
+        waiting, held_by.waiting = held_by.waiting, []
+        for sub_conn, request in waiting:
+            if not sub_conn.session.closed:
+                self._accept(sub_conn, request, upstream.fanout, upstream)
+                sub_conn.flush()
+
+    def _finish_tail(self, old: UpstreamTrack) -> None:
+        """The late streams of a subscription whose track was published again are over (all ended,
+        its grace is over, or its session closed): what of them is still open is cut short."""
+        self._tails.discard(old)
+        if old.alias is not None:
+            self._by_alias.pop((id(old.conn), old.alias), None)
+        groups = list(old.open_subgroups)
+        old.open_subgroups.clear()
+        if old.fanout.state:
+            for group in groups:
+                old.fanout.end_group(group)
+        else:
+            old.fanout.cut_open_groups(StreamResetCode.SESSION_CLOSED, groups)
+
     def _take_crossing_publish(self, upstream: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
         """``conn`` PUBLISHes the track our SUBSCRIBE there still waits an answer for. Draft 16
         ("Subscriptions"): a subscriber that gets a PUBLISH for a track with a subscription in the
@@ -1042,11 +1105,7 @@ class MoqRelay:
         conn.session.publish_ok(event.request_id)
         log.info("%s: publishes track %s (our SUBSCRIBE there, unanswered, withdrawn)", conn.peer,
                  _label(event.namespace, event.track_name))
-        waiting, upstream.waiting = upstream.waiting, []
-        for sub_conn, request in waiting:
-            if not sub_conn.session.closed:
-                self._accept(sub_conn, request, upstream.fanout, upstream)
-                sub_conn.flush()
+        self._accept_waiting(upstream, upstream)
 
     def _on_RequestUpdated(self, conn: MoqConnection, event: ev.RequestUpdated) -> None:
         """REQUEST_UPDATE of a subscription served here (a SUBSCRIBE, or a PUBLISH of ours): its
@@ -1193,6 +1252,8 @@ class MoqRelay:
 
     def _on_ObjectReceived(self, conn: MoqConnection, event: ev.ObjectReceived) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is not None and upstream.beyond_ceiling(event.group):
+            return  # a late group of a subscription since replaced, with no id left for it (_publish_again)
         if event.status != ObjectStatus.NORMAL:
             # End of Group / End of Track (the parser lets no other status through): an Object like
             # any other (draft 16: a relay forwards every object, its status unchanged, and caches
@@ -1231,6 +1292,20 @@ class MoqRelay:
         upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
                                        time.monotonic(), event.subgroup, priority, event.end_of_group)
 
+    def _on_DatagramObjectReceived(self, conn: MoqConnection, event: ev.DatagramObjectReceived) -> None:
+        """An object the publisher (or relay above) sent as an OBJECT_DATAGRAM: cached, and passed
+        on to every subscriber as a datagram, its ids, extensions, status and END_OF_GROUP as they
+        came (draft 16: a relay MUST NOT change an object's Forwarding Preference)."""
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is None or upstream.track == RENDITIONS_TRACK:
+            return  # (the renditions track is rtmpq's own, on streams)
+        group = upstream.group(event.group)
+        upstream.fanout.publish_datagram(group, event.object_id, event.payload, event.extensions or None,
+                                         time.monotonic(), event.priority, event.status, event.end_of_group)
+        if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
+            upstream.end_of_track = group  # as on a stream (_on_ObjectReceived)
+            self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
+
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:
         """A relayed catalog's object (live, or from its joining FETCH; ``group`` in relay ids) into
@@ -1248,18 +1323,29 @@ class MoqRelay:
 
     def _on_SubgroupEnded(self, conn: MoqConnection, event: ev.SubgroupEnded) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
-        if upstream is not None:
+        if upstream is not None and upstream.beyond_ceiling(event.group):
+            self._dropped_late_group(upstream, event.group)
+        elif upstream is not None:
             self._subgroup_over(upstream, upstream.group(event.group), event.subgroup)
             self._stream_finished(upstream)
 
     def _on_SubgroupReset(self, conn: MoqConnection, event: ev.SubgroupReset) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias))
-        if upstream is not None:
+        if upstream is not None and upstream.beyond_ceiling(event.group):
+            self._dropped_late_group(upstream, event.group)
+        elif upstream is not None:
             group = upstream.group(event.group)
             upstream.fanout.reset_group(group, event.code, subgroup=event.subgroup)
             if upstream.subgroup_ended(group, event.subgroup):
                 upstream.fanout.end_group(group)  # its other subgroups had ended: the group is over
             self._stream_finished(upstream)
+
+    def _dropped_late_group(self, upstream: UpstreamTrack, source_group: int) -> None:
+        """A late stream of a subscription replaced by a new publish (``_publish_again``) ended, its
+        group not taken: its id would be one of the new publish's (a publisher that skips group ids)."""
+        log.warning("%s: late group %d of the publish before PUBLISH_DONE dropped: the track was published again "
+                    "and its groups take those ids", _label(upstream.namespace, upstream.track), source_group)
+        self._stream_finished(upstream)
 
     def _on_PartialObjectExpired(self, conn: MoqConnection, event: ev.PartialObjectExpired) -> None:
         upstream = self._by_alias.get((id(conn), event.track_alias)) if event.track_alias is not None else None
@@ -1291,6 +1377,19 @@ class MoqRelay:
         if upstream.streams_expected is not None and upstream.streams_done >= upstream.streams_expected:
             self._end_upstream(upstream)
 
+    def _renew(self, upstream: UpstreamTrack) -> bool:
+        """A track ended by PUBLISH_DONE whose session announced its namespace again since: its
+        subscribers go on with a new SUBSCRIBE there, its groups above the last (True), instead of
+        PUBLISH_DONE."""
+        conn, upstream.renewed_by = upstream.renewed_by, None
+        if conn is None or conn.session.closed or self.stopping or self._publisher_for(upstream.namespace) is not conn \
+                or not any(s.fanout is upstream.fanout for s in self._subs.values()):
+            return False
+        self._cut_groups(upstream)  # late streams that never came
+        upstream.end_of_track = None
+        self._resume(upstream, conn)
+        return True
+
     def _on_PublishDoneReceived(self, conn: MoqConnection, event: ev.PublishDoneReceived) -> None:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
@@ -1304,8 +1403,15 @@ class MoqRelay:
             self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
     def _end_upstream(self, upstream: UpstreamTrack) -> None:
+        if upstream in self._tails:
+            self._finish_tail(upstream)
+            return
         if self._tracks.get((upstream.namespace, upstream.track)) is not upstream:
             return  # already ended
+        if self._renew(upstream):
+            return
+        for tail in [t for t in self._tails if t.fanout is upstream.fanout]:
+            self._finish_tail(tail)  # the track ends: late streams of a subscription before too
         self._tracks.pop((upstream.namespace, upstream.track), None)
         self._cut_groups(upstream)  # streams still open upstream (its late-stream grace is over)
         if upstream.alias is not None and upstream.conn is not None:
@@ -1345,6 +1451,8 @@ class MoqRelay:
             if owner is conn:
                 del self._published[ns]
                 self._announce(ns, done=True)
+        for tail in [t for t in self._tails if t.conn is conn]:
+            self._finish_tail(tail)
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
             self._by_request.pop((id(conn), upstream.request_id), None)
             if upstream.track == RENDITIONS_TRACK:  # the node that added tracks is gone: unlist them

@@ -114,6 +114,20 @@ RESET_PRIORITY = 0
 # acknowledgement estimate is then in doubt (``ack_doubt``). At 30 % loss the estimate called
 # audio groups delivered 1-3 s before their objects reached the subscriber (a copy lost again and
 # again, while newer groups' bytes were acknowledged); the 2-5 % profiles pass with it.
+# Largest DATAGRAM frame (bytes) a session takes from its peer (the QUIC transport parameter
+# max_datagram_frame_size, RFC 9221): OBJECT_DATAGRAMs (MoQT objects of Forwarding Preference
+# Datagram) come in them. Both backends advertise it, as clients and as servers.
+MAX_DATAGRAM_FRAME_SIZE = 65536
+# Bytes of OBJECT_DATAGRAMs one connection queues for sending, at most (aiopquic: its datagram
+# ring; aioquic: its pending datagrams). A datagram that finds the queue full is dropped (and
+# counted): queued longer it would be late anyway, and draft 16 lets a datagram object be lost.
+DATAGRAM_QUEUE_BYTES = 64 * 1024
+# aioquic: bytes of a 1-RTT packet that are not a DATAGRAM frame's payload, at most: the short
+# header (1 + a connection ID of up to 20 bytes + the 2-byte packet number aioquic writes), the
+# AEAD tag (16) and the frame's type and length (1 + 2). aioquic sends packets of
+# max_datagram_size (1200) and keeps a datagram too big for one queued for ever, in front of
+# every later one, so a larger one is refused before it is queued.
+AIOQUIC_DATAGRAM_OVERHEAD = 1 + 20 + 2 + 16 + 3
 LOSSY_PATH_LOSS_RATE = 0.10
 LOSS_RATE_WINDOW = 1.0
 LOSS_RATE_MIN_PACKETS = 20
@@ -307,6 +321,21 @@ class _AioquicWriter:
         self.stop_stream = quic.stop_stream
         self.close = quic.close
         self.held_resets: dict[int, tuple[int, float]] = {}  # stream id -> (code, give up at)
+
+    def datagram_room(self) -> int:
+        """The largest datagram payload this connection sends (0: the peer takes none)."""
+        remote = self.quic._remote_max_datagram_frame_size
+        if not remote:
+            return 0
+        return max(min(remote - 3, self.quic._max_datagram_size - AIOQUIC_DATAGRAM_OVERHEAD), 0)
+
+    def send_datagram_frame(self, data: bytes) -> bool:
+        """Queue a datagram; False (dropped) when DATAGRAM_QUEUE_BYTES are queued already."""
+        pending = self.quic._datagrams_pending
+        if sum(map(len, pending)) + len(data) > DATAGRAM_QUEUE_BYTES:
+            return False
+        self.quic.send_datagram_frame(bytes(data))
+        return True
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         stream = self.quic._streams.get(stream_id)
@@ -608,6 +637,26 @@ class _PquicWriter:
         if not self.closed:
             self.quic.stop_stream(stream_id, error_code)
 
+    def datagram_room(self) -> int:
+        """The largest datagram payload this connection sends (0: the peer takes none, or the
+        handshake is not done): picoquic's own ceiling (at most 1200 bytes, what it sends
+        without looking at the path's MTU), less the frame's type and length where the peer's
+        max_datagram_frame_size is what bounds it (RFC 9221 counts the whole frame)."""
+        if not self.open:
+            return 0
+        ceiling = self.quic.max_datagram_payload()
+        remote = (self.quic.peer_transport_parameters or {}).get("max_datagram_frame_size", 0)
+        return max(min(ceiling, remote - 3), 0) if ceiling else 0
+
+    def send_datagram_frame(self, data: bytes) -> bool:
+        """Into picoquic's datagram ring; False (dropped) when the ring is full."""
+        if self.quic._closed:
+            return True  # nobody will read it (as send_stream_data)
+        try:
+            return bool(self.quic.send_datagram_frame(data))
+        except (ConnectionError, ValueError):
+            return False
+
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
 
@@ -901,6 +950,48 @@ FINGERPRINT_NEEDS_AIOQUIC = (
 DEFAULT_BACKEND = "aiopquic"
 
 
+class ReceiveBudget:
+    """[moq] max_partial_bytes over every MoQ session of a node: those its listener accepts and
+    the node's own links to other nodes (a relay's upstream, the directory's origins), all in one
+    ReceivePool. While together they hold more than the limit of their peers' bytes not handed on
+    (partial objects and requests, objects held for an unknown alias), the session holding the most
+    is closed (a link reconnects). ``errors`` counts each close (metrics, max_partial_bytes)."""
+
+    def __init__(self, limit: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None) -> None:
+        self.errors = Counter() if errors is None else errors
+        self.pool = ReceivePool(limit, self._over)
+        self._sessions: set = set()  # sharing the pool, the ones past a listener's caps too until they close
+
+    def join(self, conn) -> None:
+        """``conn``'s session counts in the budget from now on, with what it holds already (unless
+        it counts in one already: a listener's session, in its listener's)."""
+        session = conn.session
+        if session.pool is not None or session.closed:
+            return
+        session.pool = self.pool
+        self.pool.held += session.buffered_bytes
+        self._sessions.difference_update([c for c in self._sessions if c.session.closed])
+        self._sessions.add(conn)
+        if self.pool.held > self.pool.limit:
+            self._over()
+
+    def _over(self) -> None:
+        """Close the session holding the most until the pool is within its limit again."""
+        pool = self.pool
+        while pool.held > pool.limit:
+            self._sessions.difference_update([c for c in self._sessions if c.session.closed])
+            worst = max(self._sessions, key=lambda c: c.session.buffered_bytes, default=None)
+            if worst is None or not worst.session.buffered_bytes:
+                return
+            held = worst.session.buffered_bytes
+            log.warning("%s: closing MoQ session%s: it holds %d bytes of partial objects and requests not handed on, "
+                        "the most of any session, and all %d sessions together hold %d, more than [moq] "
+                        "max_partial_bytes (%d)", worst.peer, " (this node's link to it: it reconnects)"
+                        if worst.session.is_client else "", held, len(self._sessions), pool.held, pool.limit)
+            self.errors["max_partial_bytes"] += 1
+            worst.close_session(wire.SessionError.INTERNAL_ERROR, "too many bytes held (max_partial_bytes)")
+
+
 def widen_udp_buffers(transport) -> None:
     """Ask for UDP_BUFFER_BYTES of receive and send buffer on an asyncio datagram transport."""
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -918,11 +1009,13 @@ def widen_udp_buffers(transport) -> None:
 def aioquic_configuration(*, is_client: bool, idle_timeout: float | None = None, **kwargs) -> QuicConfiguration:
     return QuicConfiguration(is_client=is_client, alpn_protocols=[wire.ALPN], idle_timeout=idle_timeout or IDLE_TIMEOUT,
                              congestion_control_algorithm=AIOQUIC_CONGESTION_CONTROL, max_data=AIOQUIC_MAX_DATA,
-                             max_stream_data=AIOQUIC_MAX_STREAM_DATA, **kwargs)
+                             max_stream_data=AIOQUIC_MAX_STREAM_DATA,
+                             max_datagram_frame_size=kwargs.pop("max_datagram_frame_size", MAX_DATAGRAM_FRAME_SIZE),
+                             **kwargs)
 
 
 def server_configuration(certfile, keyfile, idle_timeout: float | None = None) -> QuicConfiguration:
-    config = aioquic_configuration(is_client=False, idle_timeout=idle_timeout, max_datagram_frame_size=65536)
+    config = aioquic_configuration(is_client=False, idle_timeout=idle_timeout)
     config.load_cert_chain(str(certfile), str(keyfile))
     return config
 
@@ -931,13 +1024,15 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
                     backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
                     max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP,
                     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None,
-                    idle_timeout: float | None = None, retry: bool = False):
+                    idle_timeout: float | None = None, retry: bool = False, budget: ReceiveBudget | None = None):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
     A session not set up within ``handshake_timeout`` is closed, and so is one that would make
     more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address.
     While all sessions together hold more than ``max_partial_bytes`` of their peers' bytes not
     handed on (partial objects and requests, objects held for an unknown alias), the one holding
     the most is closed. ``errors`` counts what was refused or closed so, by reason (metrics).
+    ``budget``: the node's ReceiveBudget, shared with its links to other nodes (replaces
+    ``max_partial_bytes``; it counts in its own ``errors``).
     ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT).
     ``retry``: answer each new client's first Initial with a QUIC Retry and go on only with a
     client that echoes its token from the same address (RFC 9000 8.1), so a spoofed source gets one
@@ -957,23 +1052,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         serve_fn = serve
 
     live: set = set()  # sessions of this listener not closed yet (pruned as new ones come)
-    pooled: set = set()  # sessions sharing the pool, the ones past the caps too until they close
-
-    def over_budget() -> None:
-        """Close the session holding the most until the pool is within its limit again."""
-        while pool.held > pool.limit:
-            pooled.difference_update([c for c in pooled if c.session.closed])
-            worst = max(pooled, key=lambda c: c.session.buffered_bytes, default=None)
-            if worst is None or not worst.session.buffered_bytes:
-                return
-            held = worst.session.buffered_bytes
-            log.warning("%s: closing MoQ session: it holds %d bytes of partial objects and requests not handed on, "
-                        "the most of any session, and all %d sessions together hold %d, more than [moq] "
-                        "max_partial_bytes (%d)", worst.peer, held, len(pooled), pool.held, pool.limit)
-            errors["max_partial_bytes"] += 1
-            worst.close_session(wire.SessionError.INTERNAL_ERROR, "too many bytes held (max_partial_bytes)")
-
-    pool = ReceivePool(max_partial_bytes, over_budget)
+    if budget is None:
+        budget = ReceiveBudget(max_partial_bytes, errors)
 
     def check_caps(conn) -> None:
         """Once the first datagram told the peer's address (after the factory returned)."""
@@ -992,9 +1072,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
     def factory(*args, **kwargs):
         conn = cls(*args, is_client=False, **kwargs)
         conn.errors = errors
-        conn.session.pool = pool
-        pooled.difference_update([c for c in pooled if c.session.closed])
-        pooled.add(conn)
+        budget.join(conn)
         on_connection(conn)
         loop = asyncio.get_running_loop()
         loop.call_soon(check_caps, conn)
@@ -1026,7 +1104,9 @@ def _pquic_configuration(*, is_client: bool, idle_timeout: float, **kwargs):
 
     return PquicConfiguration(is_client=is_client, alpn_protocols=[wire.ALPN], idle_timeout=idle_timeout,
                               keep_alive_interval=idle_timeout / KEEPALIVES_PER_IDLE_TIMEOUT,
-                              stream_ring_cap=PQUIC_STREAM_RING_BYTES, **kwargs)
+                              stream_ring_cap=PQUIC_STREAM_RING_BYTES,
+                              max_datagram_frame_size=kwargs.pop("max_datagram_frame_size", MAX_DATAGRAM_FRAME_SIZE),
+                              datagram_ring_bytes=DATAGRAM_QUEUE_BYTES, **kwargs)
 
 
 def bound_host(host: str, backend: str) -> str:

@@ -52,6 +52,11 @@ class UpstreamTrack:
         self.catalog_join = CatalogJoin(label) if track == CATALOG_TRACK else None
         self.fetched_group: int | None = None
         self.pushed = pushed is not None  # PUBLISHed to us (its publisher may restart and PUBLISH it again)
+        # after its PUBLISH_DONE, while its late streams come: the track published again (PUBLISH)
+        # takes the relay group ids above ``ceiling``, and this one's late groups up to it; the
+        # session that announced the namespace again (PUBLISH_NAMESPACE), subscribed at the end
+        self.ceiling: int | None = None
+        self.renewed_by: MoqConnection | None = None
         if pushed is not None:
             self.request_id, self.alias = pushed
         else:
@@ -112,6 +117,17 @@ class UpstreamTrack:
                 return False
             del self.open_subgroups[group]
         return True
+
+    def unseen_streams(self) -> int:
+        """Streams its PUBLISH_DONE counts that have not begun here yet (late-opening streams)."""
+        if self.streams_expected is None:
+            return 0
+        still_open = sum(len(subgroups) for subgroups in self.open_subgroups.values())
+        return max(self.streams_expected - self.streams_done - still_open, 0)
+
+    def beyond_ceiling(self, source_group: int) -> bool:
+        """Whether a group of this (superseded) subscription would take an id of its successor's."""
+        return self.ceiling is not None and source_group + self.group_offset > self.ceiling
 
     def group(self, source_group: int) -> int:
         """The relay's group id for a group id of the current source session."""

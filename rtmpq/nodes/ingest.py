@@ -44,7 +44,7 @@ class Publish:
         self.name = safe_name(broadcast.name)
         # its warnings (codecs not carried, bad headers) name the publisher as the node's lines do
         self.demuxer = BroadcastDemuxer(broadcast.name, log_name=f"{conn.peer}: {self.name}",
-                                        not_carried=broadcast.not_carried.append)
+                                        not_carried=broadcast.add_not_carried)
         # named after the public name (the key never reaches a file name)
         self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer) if record_dir else None
         self.last_media_ns = time.time_ns()

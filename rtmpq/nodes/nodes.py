@@ -65,7 +65,7 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend, handshake_timeout=moq.handshake_timeout, idle_timeout=moq.idle_timeout,
                              max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip,
-                             max_partial_bytes=moq.max_partial_bytes, errors=relay.errors, retry=moq.retry)
+                             budget=relay.receive_budget, errors=relay.errors, retry=moq.retry)
     relay.start()
     log.info("MoQ relay (%s) on udp %s:%d%s, certificate sha256 %s", moq.backend, moq.host, moq.port,
              ", QUIC Retry on" if moq.retry else "", relay.fingerprint)

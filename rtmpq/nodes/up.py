@@ -29,7 +29,8 @@ def node_relay(registry: BroadcastRegistry, config: Config, access: Access, **op
     """A node's MoQ relay with the settings of ``config`` that it applies."""
     return MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
                     stuck_timeout=config.moq.stuck_timeout, partial_object_timeout=config.moq.partial_object_timeout,
-                    upstream_wait=config.moq.upstream_wait, max_waiting_subscribes=config.moq.max_waiting_subscribes,
+                    max_partial_bytes=config.moq.max_partial_bytes, upstream_wait=config.moq.upstream_wait,
+                    max_waiting_subscribes=config.moq.max_waiting_subscribes,
                     **options)
 
 
@@ -92,7 +93,7 @@ class LocalFeed:
     def _on_added(self) -> None:
         """The tracks another node adds to the broadcast changed: the catalog again (merged with
         them on the way out), and subscriptions to them follow."""
-        if self.broadcast.catalog.tracks:
+        if not self.broadcast.catalog.empty:
             self._reader.add(CatalogUpdate(self.broadcast.catalog))
         self._subscribe()
 
@@ -145,12 +146,12 @@ def local_broadcast_source(registry: BroadcastRegistry, relay: MoqRelay | None =
         broadcast = registry.get(name)
         return None if broadcast is None else LocalFeed(broadcast, relay)
 
-    def not_carried(name: str) -> tuple[list, Catalog | None]:
+    def catalog(name: str) -> Catalog | None:
         broadcast = registry.get(name)
-        return ([], None) if broadcast is None else (broadcast.not_carried, broadcast.catalog)
+        return None if broadcast is None else broadcast.catalog
 
     open_broadcast.wait_live = registry.wait_for  # the edge holds a page's "live again?" on it
-    open_broadcast.not_carried = not_carried  # why a live broadcast has nothing to play (the edge says it)
+    open_broadcast.catalog = catalog  # at once, before the feed's: what is not carried (the edge says it)
     return open_broadcast
 
 
@@ -197,7 +198,7 @@ class UpNode:
                                      idle_timeout=self.moq_config.idle_timeout,
                                      max_connections=self.moq_config.max_connections,
                                      max_connections_per_ip=self.moq_config.max_connections_per_ip,
-                                     max_partial_bytes=self.moq_config.max_partial_bytes, errors=self.moq.errors,
+                                     budget=self.moq.receive_budget, errors=self.moq.errors,
                                      retry=self.moq_config.retry)
         self.moq.start()
         if self.transcoder is not None:

@@ -44,7 +44,6 @@ class BroadcastStats:
     bitrate_in: float | None = None  # bits/s
     bitrate_out: float | None = None
     track_bitrates: dict[str, float] = field(default_factory=dict)  # measured, bits/s
-    not_carried: list = field(default_factory=list)  # demux.NotCarried: tracks whose codec is dropped
 
 
 class _Rate:
@@ -115,7 +114,7 @@ class NodeView:
         if self.registry is not None:
             for b in filter(None, map(self.registry.get, self.registry.names())):
                 s = get(b.name)
-                s.catalog = b.catalog if b.catalog.tracks else s.catalog
+                s.catalog = s.catalog if b.catalog.empty else b.catalog
                 s.started = b.created
                 s.frames_in = b.frames_in
                 s.bytes_in = dict(b.bytes_in)
@@ -124,7 +123,6 @@ class NodeView:
                 s.skipped_groups += b.skipped_groups
                 s.publishes = b.publishes
                 s.publishing = b.publishing
-                s.not_carried = list(b.not_carried)
         if self.relay is not None:
             self._read_relay(get)
         if self.edge is not None:
@@ -200,9 +198,10 @@ class NodeView:
                 measured = s.track_bitrates.get(t.name)
                 tracks.append({"name": t.name, "codec": t.codec, "width": t.width, "height": t.height,
                                "bitrate": t.stated_bitrate or (round(measured) if measured else None)})
-            # what the publisher sends that is not carried (dropped at the ingest), and why
+            # what the publisher sends that is not carried (dropped at the ingest), and why: in the
+            # catalog, so a relay or an edge fed over MoQ says it as the ingest does
             dropped = [{"kind": d.kind, "codec": d.codec, "flv": d.flv, "carried": d.carried, "reason": d.reason()}
-                       for d in s.not_carried]
+                       for d in (s.catalog.not_carried if s.catalog is not None else ())]
             items.append({"name": s.name, "tracks": tracks,
                           "started": _iso(s.started) if s.started else None,
                           "subscribers": s.subscribers, "viewers": s.viewers, "publishing": s.publishing,
