@@ -32,7 +32,8 @@ from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
-from .moq.fanout import DEFAULT_STUCK_TIMEOUT
+from .moq.fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT
+from .moq.group_cache import GROUP_CACHE_MAX_AGE, GROUP_CACHE_MAX_BYTES, GROUP_CACHE_MAX_GROUPS, CacheBounds
 from .moq.reachability import REFUSED_RECONNECT_MAX
 from .moq.session import PARTIAL_OBJECT_TIMEOUT
 from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
@@ -201,6 +202,21 @@ class MoqConfig:
     # SUBSCRIBEs held at once: for a session upstream (all broadcasts together), and per local
     # broadcast for a track it does not have yet (NEW_TRACK_WAIT); more are refused at once
     max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES
+    # each media track's cache at a relay (late subscribers, FETCH, relays below catching up): at
+    # most this many bytes (the newest group counts first; a group alone past it is not cached),
+    # complete groups at most this old (seconds since their first object), at most this many groups
+    group_cache_max_bytes: int = GROUP_CACHE_MAX_BYTES
+    group_cache_max_age: float = GROUP_CACHE_MAX_AGE
+    group_cache_max_groups: int = GROUP_CACHE_MAX_GROUPS
+    # seconds an object may wait at the relay for a subscriber before its group is dropped for that
+    # subscriber (a subscriber's own DELIVERY_TIMEOUT replaces it; a track's smaller one lowers it)
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    # bytes queued for one subscriber (all its tracks) before its oldest groups are dropped
+    send_budget: int = DEFAULT_SEND_BUDGET
+
+    @property
+    def cache_bounds(self) -> CacheBounds:
+        return CacheBounds(self.group_cache_max_bytes, self.group_cache_max_age, self.group_cache_max_groups)
 
 
 @dataclass
@@ -506,9 +522,12 @@ def validate(config: Config) -> None:
         if getattr(config.transcode, key) < 1:
             raise ConfigError(f"transcode.{key}: must be at least 1")
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip", "partial_object_timeout",
-                "max_partial_bytes"):
+                "max_partial_bytes", "group_cache_max_bytes", "group_cache_max_groups", "send_budget"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    for key in ("group_cache_max_age", "delivery_timeout"):
+        if not 0 < getattr(config.moq, key) < math.inf:  # (NaN fails too)
+            raise ConfigError(f"moq.{key}: must be a positive number of seconds (got {getattr(config.moq, key)!r})")
     if not 0 <= config.moq.upstream_wait < math.inf:  # (NaN fails too)
         raise ConfigError(f"moq.upstream_wait: must be a number of seconds, 0 or more (got {config.moq.upstream_wait!r})")
     if config.moq.max_waiting_subscribes < 0:

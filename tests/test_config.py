@@ -57,6 +57,22 @@ def test_the_limits_that_were_constants_from_file_and_environment(tmp_path):
     assert config.upstream.refused_reconnect_max == 5.0 and config.transcode.decode_queue_frames == 480
 
 
+def test_the_relay_cache_and_delivery_limits_from_file_and_environment(tmp_path):
+    moq = load_config(env={}).moq
+    assert (moq.group_cache_max_bytes, moq.group_cache_max_age, moq.group_cache_max_groups) == (32 << 20, 30.0, 8)
+    assert (moq.delivery_timeout, moq.send_budget) == (2.0, 4 << 20)
+    path = write(tmp_path, '[moq]\ngroup_cache_max_bytes = 1000000\ngroup_cache_max_age = 10\ngroup_cache_max_groups = 2\n'
+                           'delivery_timeout = 0.5\nsend_budget = 65536\n')
+    moq = load_config(path, env={}).moq
+    assert (moq.cache_bounds.max_bytes, moq.cache_bounds.max_age, moq.cache_bounds.max_groups) == (1000000, 10.0, 2)
+    assert (moq.delivery_timeout, moq.send_budget) == (0.5, 65536)
+    moq = load_config(path, env={"RTMPQ_MOQ_GROUP_CACHE_MAX_BYTES": "2000000", "RTMPQ_MOQ_GROUP_CACHE_MAX_AGE": "60",
+                                 "RTMPQ_MOQ_GROUP_CACHE_MAX_GROUPS": "16", "RTMPQ_MOQ_DELIVERY_TIMEOUT": "5",
+                                 "RTMPQ_MOQ_SEND_BUDGET": "8388608"}).moq
+    assert (moq.group_cache_max_bytes, moq.group_cache_max_age, moq.group_cache_max_groups) == (2000000, 60.0, 16)
+    assert (moq.delivery_timeout, moq.send_budget) == (5.0, 8 << 20)
+
+
 def test_flag_beats_environment_beats_file(tmp_path):
     path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
                            '[publish.keys]\n"sk-1" = "studio"\n')
@@ -103,6 +119,11 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nidle_timeout = 0.5\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got 0.5)"),
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
     ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
+    ("[moq]\ngroup_cache_max_bytes = 0\n", "moq.group_cache_max_bytes: must be positive"),
+    ("[moq]\ngroup_cache_max_groups = 0\n", "moq.group_cache_max_groups: must be positive"),
+    ("[moq]\ngroup_cache_max_age = 0\n", "moq.group_cache_max_age: must be a positive number of seconds (got 0.0)"),
+    ("[moq]\ndelivery_timeout = inf\n", "moq.delivery_timeout: must be a positive number of seconds (got inf)"),
+    ("[moq]\nsend_budget = -1\n", "moq.send_budget: must be positive"),
     ("[moq]\nupstream_wait = -1\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got -1.0)"),
     ("[moq]\nupstream_wait = nan\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got nan)"),
     ("[moq]\nmax_waiting_subscribes = -1\n", "moq.max_waiting_subscribes: must not be negative"),

@@ -14,6 +14,7 @@ from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout
+from .group_cache import CacheBounds
 from .loc import CATALOG_TRACK
 from .transport import MoqConnection
 from .wire import StreamResetCode
@@ -37,8 +38,9 @@ class BroadcastSource:
     """Reads one in-process broadcast into per-track fan-outs: a listener of the broadcast, called
     from inside the publisher's calls (no task and no queue per frame; issue 12)."""
 
-    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks) -> None:
+    def __init__(self, broadcast: Broadcast, on_end, on_new_tracks, bounds: CacheBounds = CacheBounds()) -> None:
         self.broadcast = broadcast
+        self.bounds = bounds  # of each media track's cache
         self.fanouts: dict[str, TrackFanout] = {CATALOG_TRACK: TrackFanout(state=True)}
         self.ended = False
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []  # for tracks not there yet
@@ -68,7 +70,7 @@ class BroadcastSource:
         self._end_tracks(gone - added)
         new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
         for name in new:
-            self.fanouts[name] = TrackFanout()
+            self.fanouts[name] = TrackFanout(self.bounds.cache())
         if new and self.waiting:
             self._on_new_tracks(self)
         group = self._catalog_groups
@@ -162,7 +164,7 @@ class BroadcastSource:
     def _frame_target(self, track: str) -> tuple[TrackFanout, int]:
         fanout = self.fanouts.get(track)
         if fanout is None:
-            fanout = self.fanouts[track] = TrackFanout()
+            fanout = self.fanouts[track] = TrackFanout(self.bounds.cache())
         target = self._frame_targets[track] = (fanout, self._timescales.get(track, 1000))
         return target
 

@@ -48,9 +48,10 @@ from .wire import EXT_DELIVERY_TIMEOUT, EXT_MAX_CACHE_DURATION
 
 log = logging.getLogger("rtmpq.moq")
 
-# Seconds an object may wait in the relay before its group is dropped, unless a subscriber asks.
+# Seconds an object may wait in the relay before its group is dropped, unless a subscriber asks
+# ([moq] delivery_timeout).
 DEFAULT_DELIVERY_TIMEOUT = 2.0
-# Bytes queued for one subscriber (all its tracks) before its oldest groups are dropped.
+# Bytes queued for one subscriber (all its tracks) before its oldest groups are dropped ([moq] send_budget).
 DEFAULT_SEND_BUDGET = 4 * 1024 * 1024
 # Groups open at once per subscriber and track (stream count costs memory: bad-inputs.md).
 MAX_GROUPS_IN_FLIGHT = 4
@@ -468,7 +469,7 @@ class TrackFanout:
         produces groups in order). A relayed track passes False: its groups arrive on parallel
         streams, newest first, so an older group's tail may come after a newer group's start, and
         a group ends when its own stream does (``end_group``)."""
-        self.cache = cache or GroupCache()
+        self.cache = GroupCache() if cache is None else cache  # (an empty one is falsy: len 0)
         # a state track (the catalog): its newest group is the current state, not media that
         # ages, so a new subscriber always gets it however long ago it was published
         self.state = state

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ..media.frames import Frame
 from .loc import frame_extensions
 
+# The defaults of a relay's [moq] group_cache_max_bytes, _max_age, _max_groups (CacheBounds).
 # At most this many bytes of objects per track (the newest group always counts first).
 GROUP_CACHE_MAX_BYTES = 32 * 1024 * 1024
 # Complete groups older than this (seconds since their first object) are evicted.
@@ -99,6 +100,19 @@ class CachedGroup:
 
 def _object_id(obj) -> int:
     return obj.object_id
+
+
+@dataclass(frozen=True, slots=True)
+class CacheBounds:
+    """A relay's bounds of each media track's cache ([moq] group_cache_max_bytes, _max_age,
+    _max_groups); ``cache()`` makes one. A catalog (state) track keeps the defaults: one small group."""
+
+    max_bytes: int = GROUP_CACHE_MAX_BYTES
+    max_age: float = GROUP_CACHE_MAX_AGE
+    max_groups: int = GROUP_CACHE_MAX_GROUPS
+
+    def cache(self) -> "GroupCache":
+        return GroupCache(max_bytes=self.max_bytes, max_age=self.max_age, max_groups=self.max_groups)
 
 
 class GroupCache:

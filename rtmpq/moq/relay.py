@@ -43,6 +43,7 @@ from .broadcast_source import BroadcastSource, with_added_tracks
 from .catalog_join import CATALOG_FETCH_WAIT
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, TrackFanout, TrackSubscription
 from .fetch import FetchRangeError, UnknownUntil, plan_fetch
+from .group_cache import CacheBounds
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, Subscriptions
 from .session import PARTIAL_OBJECT_TIMEOUT
@@ -137,7 +138,8 @@ class MoqRelay:
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
                  partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT,
                  max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, upstream_wait: float = UPSTREAM_WAIT,
-                 max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES) -> None:
+                 max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES,
+                 cache_bounds: CacheBounds = CacheBounds()) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
@@ -152,6 +154,7 @@ class MoqRelay:
         self.upstream_grace = upstream_grace
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
+        self.cache_bounds = cache_bounds  # of each media track's group cache ([moq] group_cache_*)
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
         # [moq] max_partial_bytes over its sessions: its links to other nodes (on_connection) and
         # those of the listener that serve_moq is given it for
@@ -468,7 +471,7 @@ class MoqRelay:
                 conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 return
             upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name,
-                                                         label=_label(event.namespace))
+                                                         label=_label(event.namespace), bounds=self.cache_bounds)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
             log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
         if upstream.alias is None:
@@ -1030,7 +1033,8 @@ class MoqRelay:
         if existing is not None or (local is not None and event.track_name in local.fanouts):
             conn.session.request_error(event.request_id, RequestError.INTERNAL_ERROR, "track already published")
             return
-        upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
+        upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias),
+                                 bounds=self.cache_bounds)
         upstream.on_demand, upstream.forward = not event.forward, event.forward
         upstream.fanout.track_extensions = event.extensions
         self._tracks[key] = upstream
@@ -1615,7 +1619,8 @@ class MoqRelay:
         broadcast = self.registry.get(name)
         if broadcast is None:
             return None
-        source = self._sources[name] = BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks)
+        source = self._sources[name] = BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks,
+                                                            self.cache_bounds)
         return source
 
     # -- in-process readers of what nodes added to a local broadcast (the edge of `rtmpq up`) --------

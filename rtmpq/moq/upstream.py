@@ -11,6 +11,7 @@ relay's own cache holds it for subscribers that do not FETCH (relays below, the 
 from . import events as ev
 from .catalog_join import CatalogJoin
 from .fanout import TrackFanout
+from .group_cache import CacheBounds
 from .loc import CATALOG_TRACK
 from .relay_sink import DEFAULT_URGENCY, URGENCY
 from .transport import MoqConnection
@@ -21,14 +22,16 @@ class UpstreamTrack:
     """One subscription to a publisher or an upstream relay, feeding a fan-out."""
 
     def __init__(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, *,
-                  pushed: tuple[int, int] | None = None, label: str = "") -> None:
+                  pushed: tuple[int, int] | None = None, label: str = "",
+                  bounds: CacheBounds = CacheBounds()) -> None:
         """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer
-        PUBLISHed. ``label``: the broadcast's loggable name."""
+        PUBLISHed. ``label``: the broadcast's loggable name; ``bounds``: a media track's cache's."""
         self.conn = conn
         self.namespace = namespace
         self.track = track
         # groups end with their own streams
-        self.fanout = TrackFanout(state=track == CATALOG_TRACK, ends_groups_on_newer=False)
+        state = track == CATALOG_TRACK
+        self.fanout = TrackFanout(None if state else bounds.cache(), state=state, ends_groups_on_newer=False)
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         # the subgroups of each group whose streams are open upstream: a group ends when the last

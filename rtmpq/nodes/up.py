@@ -31,7 +31,8 @@ def node_relay(registry: BroadcastRegistry, config: Config, access: Access, **op
                     stuck_timeout=config.moq.stuck_timeout, partial_object_timeout=config.moq.partial_object_timeout,
                     max_partial_bytes=config.moq.max_partial_bytes, upstream_wait=config.moq.upstream_wait,
                     max_waiting_subscribes=config.moq.max_waiting_subscribes,
-                    **options)
+                    cache_bounds=config.moq.cache_bounds, delivery_timeout=config.moq.delivery_timeout,
+                    send_budget=config.moq.send_budget, **options)
 
 
 def free_udp_port(host: str) -> int:
