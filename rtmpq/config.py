@@ -31,8 +31,11 @@ from .auth.refusals import MAX_REFUSED_PUBLISHES, REFUSED_PUBLISH_COOLDOWN, REFU
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
 from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
+from .media.broadcast import BROADCAST_MAX_GROUP_BYTES, READER_MAX_BUFFERED_BYTES
+from .media.recording import RECORDER_MAX_QUEUED_BYTES
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT
+from .moq.fetch import MAX_FETCH_BYTES
 from .moq.group_cache import GROUP_CACHE_MAX_AGE, GROUP_CACHE_MAX_BYTES, GROUP_CACHE_MAX_GROUPS, CacheBounds
 from .moq.reachability import REFUSED_RECONNECT_MAX
 from .moq.session import PARTIAL_OBJECT_TIMEOUT
@@ -147,6 +150,8 @@ class IngestConfig:
     tls_key: Path | None = None
     tls_handshake_timeout: float = RTMPS_HANDSHAKE_TIMEOUT
     record_dir: Path | None = None  # write every publish session as FLV under this directory
+    # bytes of a recording waiting for the disk; past it that recording stops (logged), the stream goes on
+    record_max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES
     max_connections: int = MAX_RTMP_CONNECTIONS
     max_connections_per_ip: int = MAX_RTMP_CONNECTIONS_PER_IP
     # seconds the RTMP sockets go unread after a read, so one wakeup reads several messages of
@@ -213,6 +218,8 @@ class MoqConfig:
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
     # bytes queued for one subscriber (all its tracks) before its oldest groups are dropped
     send_budget: int = DEFAULT_SEND_BUDGET
+    # bytes of payload in one FETCH answer from a cache; a longer range is cut (FETCH_OK says where)
+    max_fetch_bytes: int = MAX_FETCH_BYTES
 
     @property
     def cache_bounds(self) -> CacheBounds:
@@ -263,6 +270,11 @@ class PublishConfig:
     keys: dict[str, str] = field(default_factory=dict)
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
     grace_period: float = PUBLISH_GRACE_PERIOD
+    # bytes of a broadcast's group in progress kept for its new in-process readers (the edge of
+    # `rtmpq up`, a transcoder); a group past it is kept only up to it
+    max_group_bytes: int = BROADCAST_MAX_GROUP_BYTES
+    # bytes an in-process reader of a broadcast may fall behind before its old groups are skipped
+    reader_max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES
 
     @property
     def restricted(self) -> bool:
@@ -516,13 +528,17 @@ def validate(config: Config) -> None:
     if config.transcode.preset not in X264_PRESETS:
         raise ConfigError(f"transcode.preset: {config.transcode.preset!r} is not a libx264 preset "
                           f"({', '.join(X264_PRESETS)})")
+    for key in ("max_group_bytes", "reader_max_buffered_bytes"):
+        if getattr(config.publish, key) <= 0:
+            raise ConfigError(f"publish.{key}: must be positive")
     if config.transcode.idle_stop < 0:
         raise ConfigError("transcode.idle_stop: must not be negative")
     for key in ("rung_queue_frames", "decode_queue_frames"):
         if getattr(config.transcode, key) < 1:
             raise ConfigError(f"transcode.{key}: must be at least 1")
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip", "partial_object_timeout",
-                "max_partial_bytes", "group_cache_max_bytes", "group_cache_max_groups", "send_budget"):
+                "max_partial_bytes", "group_cache_max_bytes", "group_cache_max_groups", "send_budget",
+                "max_fetch_bytes"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
     for key in ("group_cache_max_age", "delivery_timeout"):
@@ -538,7 +554,7 @@ def validate(config: Config) -> None:
     if not MOQ_MIN_IDLE_TIMEOUT <= config.moq.idle_timeout < math.inf:  # (NaN fails too)
         raise ConfigError(f"moq.idle_timeout: must be a number of seconds, at least {MOQ_MIN_IDLE_TIMEOUT:g} "
                           f"(got {config.moq.idle_timeout!r})")
-    for key in ("max_connections", "max_connections_per_ip"):
+    for key in ("max_connections", "max_connections_per_ip", "record_max_queued_bytes"):
         if getattr(config.rtmp, key) <= 0:
             raise ConfigError(f"rtmp.{key}: must be positive")
     h = config.http

@@ -73,6 +73,21 @@ def test_the_relay_cache_and_delivery_limits_from_file_and_environment(tmp_path)
     assert (moq.delivery_timeout, moq.send_budget) == (5.0, 8 << 20)
 
 
+def test_the_in_process_broadcast_fetch_and_recording_limits_from_file_and_environment(tmp_path):
+    defaults = load_config(env={})
+    assert (defaults.publish.max_group_bytes, defaults.publish.reader_max_buffered_bytes) == (24 << 20, 32 << 20)
+    assert (defaults.moq.max_fetch_bytes, defaults.rtmp.record_max_queued_bytes) == (8 << 20, 32 << 20)
+    path = write(tmp_path, '[publish]\nmax_group_bytes = 1000\nreader_max_buffered_bytes = 2000\n'
+                           '[moq]\nmax_fetch_bytes = 3000\n[rtmp]\nrecord_max_queued_bytes = 4000\n')
+    config = load_config(path, env={})
+    assert (config.publish.max_group_bytes, config.publish.reader_max_buffered_bytes) == (1000, 2000)
+    assert (config.moq.max_fetch_bytes, config.rtmp.record_max_queued_bytes) == (3000, 4000)
+    config = load_config(path, env={"RTMPQ_PUBLISH_MAX_GROUP_BYTES": "10", "RTMPQ_PUBLISH_READER_MAX_BUFFERED_BYTES": "20",
+                                    "RTMPQ_MOQ_MAX_FETCH_BYTES": "30", "RTMPQ_RTMP_RECORD_MAX_QUEUED_BYTES": "40"})
+    assert (config.publish.max_group_bytes, config.publish.reader_max_buffered_bytes) == (10, 20)
+    assert (config.moq.max_fetch_bytes, config.rtmp.record_max_queued_bytes) == (30, 40)
+
+
 def test_flag_beats_environment_beats_file(tmp_path):
     path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
                            '[publish.keys]\n"sk-1" = "studio"\n')
@@ -119,6 +134,10 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nidle_timeout = 0.5\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got 0.5)"),
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
     ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
+    ("[publish]\nmax_group_bytes = 0\n", "publish.max_group_bytes: must be positive"),
+    ("[publish]\nreader_max_buffered_bytes = -1\n", "publish.reader_max_buffered_bytes: must be positive"),
+    ("[moq]\nmax_fetch_bytes = 0\n", "moq.max_fetch_bytes: must be positive"),
+    ("[rtmp]\nrecord_max_queued_bytes = 0\n", "rtmp.record_max_queued_bytes: must be positive"),
     ("[moq]\ngroup_cache_max_bytes = 0\n", "moq.group_cache_max_bytes: must be positive"),
     ("[moq]\ngroup_cache_max_groups = 0\n", "moq.group_cache_max_groups: must be positive"),
     ("[moq]\ngroup_cache_max_age = 0\n", "moq.group_cache_max_age: must be a positive number of seconds (got 0.0)"),

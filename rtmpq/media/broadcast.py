@@ -22,10 +22,11 @@ from .frames import DATA, SOURCE_TIMESCALE, VIDEO, Frame
 
 log = logging.getLogger("rtmpq.media")
 
-# Default bound on the bytes a reader may have queued before it starts skipping old groups.
+# Default bound on the bytes a reader may have queued before it starts skipping old groups
+# ([publish] reader_max_buffered_bytes).
 READER_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 # Bound on the bytes of the group in progress kept for late joiners (one GoP of a 20 Mbit/s stream
-# with 4 s GoPs is 10 MB).
+# with 4 s GoPs is 10 MB; [publish] max_group_bytes).
 BROADCAST_MAX_GROUP_BYTES = 24 * 1024 * 1024
 # At a publisher's return, timestamps go on at least this far (ms) after the last one, so the seam
 # is a visible gap (players mark a discontinuity) and no frame of the new publish sorts before an
@@ -176,6 +177,10 @@ class Broadcast:
         self.skipped_groups = 0  # whole groups readers dropped for falling behind
         self._group_dts: int | None = None
         self._registry = registry
+        # the registry's bounds: of the group in progress kept for new readers, of a reader's queue
+        self.max_group_bytes = BROADCAST_MAX_GROUP_BYTES if registry is None else registry.max_group_bytes
+        self.reader_max_buffered_bytes = READER_MAX_BUFFERED_BYTES if registry is None \
+            else registry.reader_max_buffered_bytes
         self._readers: set[BroadcastReader] = set()
         self._listeners: list = []  # callables given every event at once (listen)
         self._current_group: list[Frame] = []  # frames since the newest video keyframe
@@ -295,7 +300,7 @@ class Broadcast:
         if frame.track == VIDEO and frame.index == 0:
             self._current_group.clear()
             self._current_group_bytes = 0
-        if self._current_group_bytes + size <= BROADCAST_MAX_GROUP_BYTES:
+        if self._current_group_bytes + size <= self.max_group_bytes:
             self._current_group.append(frame)
             self._current_group_bytes += size
         if self._readers:
@@ -443,11 +448,13 @@ class Broadcast:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def reader(self, max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES,
+    def reader(self, max_buffered_bytes: int | None = None,
                publisher_events: bool = False) -> BroadcastReader:
         """A new reader: the catalog, then the group in progress from its keyframe, then live
-        (``publisher_events``: with PublisherLeft when the publisher goes)."""
-        r = BroadcastReader(self, max_buffered_bytes, publisher_events)
+        (``publisher_events``: with PublisherLeft when the publisher goes; ``max_buffered_bytes``
+        None: the broadcast's ``reader_max_buffered_bytes``)."""
+        r = BroadcastReader(self, self.reader_max_buffered_bytes if max_buffered_bytes is None else max_buffered_bytes,
+                            publisher_events)
         if not self.catalog.empty:
             r._put(CatalogUpdate(self.catalog))
         for frame in self._current_group:
@@ -462,7 +469,10 @@ class Broadcast:
 class BroadcastRegistry:
     """The live broadcasts of one process, by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_group_bytes: int = BROADCAST_MAX_GROUP_BYTES,
+                 reader_max_buffered_bytes: int = READER_MAX_BUFFERED_BYTES) -> None:
+        self.max_group_bytes = max_group_bytes  # each broadcast's (see Broadcast)
+        self.reader_max_buffered_bytes = reader_max_buffered_bytes
         self._live: dict[str, Broadcast] = {}
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: set[asyncio.Queue] = set()

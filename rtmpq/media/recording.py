@@ -26,7 +26,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-from ..config import ConfigError
 from ..redact import safe_name
 from .demux import TimestampUnwrapper
 from .flv import FLV_HEADER_SIZE, TAG_HEADER_SIZE, FlvWriter, tag_pieces
@@ -36,7 +35,8 @@ log = logging.getLogger("rtmpq.media")
 # "@setDataFrame" as an AMF0 string: publishers wrap onMetaData in it; FLV files store it without.
 _SET_DATA_FRAME = b"\x02\x00\x0d@setDataFrame"
 # Bytes of tags a recording may have waiting for the disk; past it the recording is stopped
-# (error log), never the stream. Default 32 MiB (about 20 s of a 12 Mbit/s stream).
+# (error log), never the stream. Default 32 MiB (about 20 s of a 12 Mbit/s stream); [rtmp]
+# record_max_queued_bytes.
 RECORDER_MAX_QUEUED_BYTES = 32 * 1024 * 1024
 # Seconds close() waits for the writer thread to flush and close the file; a disk stuck longer is
 # left to the thread, which closes the file when the disk returns. Default 10 s.
@@ -63,6 +63,8 @@ def check_record_dir(directory: str | Path) -> None:
     """At start: make ``directory`` ([rtmp] record_dir) and a file in it, so that a node that
     cannot record says so and does not start (it used to start and log an error at each publish,
     which went on unrecorded). A ConfigError that names the setting."""
+    from ..config import ConfigError  # (here: the config module imports this one's bound)
+
     directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,7 @@ class FlvRecorder:
         with self._wake:
             if self._queued_bytes + size > self.max_queued_bytes:
                 self._stop_locked(f"the disk is {self._queued_bytes} bytes behind "
-                                  f"(RECORDER_MAX_QUEUED_BYTES {self.max_queued_bytes})")
+                                  f"([rtmp] record_max_queued_bytes {self.max_queued_bytes})")
                 return
             self._queue.append((type_id, timestamp, header, body))
             self._queued_bytes += size

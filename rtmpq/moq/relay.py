@@ -42,7 +42,7 @@ from . import events as ev
 from .broadcast_source import BroadcastSource, with_added_tracks
 from .catalog_join import CATALOG_FETCH_WAIT
 from .fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT, TrackFanout, TrackSubscription
-from .fetch import FetchRangeError, UnknownUntil, plan_fetch
+from .fetch import MAX_FETCH_BYTES, FetchRangeError, UnknownUntil, plan_fetch
 from .group_cache import CacheBounds
 from .loc import CATALOG_TRACK, RENDITIONS_TRACK, object_to_frame
 from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, Subscriptions
@@ -139,7 +139,7 @@ class MoqRelay:
                  partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT,
                  max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, upstream_wait: float = UPSTREAM_WAIT,
                  max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES,
-                 cache_bounds: CacheBounds = CacheBounds()) -> None:
+                 cache_bounds: CacheBounds = CacheBounds(), max_fetch_bytes: int = MAX_FETCH_BYTES) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
@@ -155,6 +155,7 @@ class MoqRelay:
         self.delivery_timeout = delivery_timeout
         self.send_budget = send_budget
         self.cache_bounds = cache_bounds  # of each media track's group cache ([moq] group_cache_*)
+        self.max_fetch_bytes = max_fetch_bytes  # of payload per FETCH answered from a cache
         self.upstream: MoqConnection | None = None  # relay chaining: ask here for unknown tracks
         # [moq] max_partial_bytes over its sessions: its links to other nodes (on_connection) and
         # those of the listener that serve_moq is given it for
@@ -706,7 +707,7 @@ class MoqRelay:
                 fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
             return
         try:
-            plan = plan_fetch(fanout.cache, start, end, now, descending=event.descending)
+            plan = plan_fetch(fanout.cache, start, end, now, descending=event.descending, max_bytes=self.max_fetch_bytes)
         except FetchRangeError as exc:
             conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
             return

@@ -46,7 +46,8 @@ class Publish:
         self.demuxer = BroadcastDemuxer(broadcast.name, log_name=f"{conn.peer}: {self.name}",
                                         not_carried=broadcast.add_not_carried)
         # named after the public name (the key never reaches a file name)
-        self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer) if record_dir else None
+        self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer,
+                                    max_queued_bytes=node.config.record_max_queued_bytes) if record_dir else None
         self.last_media_ns = time.time_ns()
         self.closed = False
 

@@ -9,7 +9,6 @@ from ..config import Config, MoqConfig
 from ..edge.llhls import SEGMENT_WINDOW
 from ..edge.server import EdgeServer
 from ..http.server import HttpServer
-from ..media.broadcast import BroadcastRegistry
 from ..moq.group_tails import GROUP_TAIL_WAIT
 from ..moq.relay import MoqRelay
 from ..moq.tls import server_pair
@@ -22,7 +21,7 @@ from . import runtime
 from .directory import advertised_url, open_directory
 from .ingest import IngestNode, rtmp_hosts
 from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
-from .up import node_relay, stop_within, warn_if_open
+from .up import node_registry, node_relay, stop_within, warn_if_open
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -109,7 +108,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     access = node_access(config)
     warn_if_open(access, [bound_host(config.moq.host, config.moq.backend)])
     directory = await open_directory(config)
-    relay = node_relay(BroadcastRegistry(), config, access)
+    relay = node_relay(node_registry(config), config, access)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
@@ -146,7 +145,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     """An ingest; with [upstream] url, it publishes its broadcasts into that relay over MoQ."""
     access = node_access(config)
     warn_if_open(access, rtmp_hosts(config.rtmp))
-    registry = BroadcastRegistry()
+    registry = node_registry(config)
     ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir)
     await ingest.start()
     host, port = ingest.address

@@ -32,7 +32,13 @@ def node_relay(registry: BroadcastRegistry, config: Config, access: Access, **op
                     max_partial_bytes=config.moq.max_partial_bytes, upstream_wait=config.moq.upstream_wait,
                     max_waiting_subscribes=config.moq.max_waiting_subscribes,
                     cache_bounds=config.moq.cache_bounds, delivery_timeout=config.moq.delivery_timeout,
-                    send_budget=config.moq.send_budget, **options)
+                    send_budget=config.moq.send_budget, max_fetch_bytes=config.moq.max_fetch_bytes, **options)
+
+
+def node_registry(config: Config) -> BroadcastRegistry:
+    """A node's in-process broadcasts, bounded by ``config``'s [publish] settings."""
+    return BroadcastRegistry(max_group_bytes=config.publish.max_group_bytes,
+                             reader_max_buffered_bytes=config.publish.reader_max_buffered_bytes)
 
 
 def free_udp_port(host: str) -> int:
@@ -163,7 +169,7 @@ class UpNode:
         self.config = config
         self.access = Access(config.publish, config.auth)
         names_are_public(not self.access.open)  # keys never reach a name: log names as they are
-        self.registry = BroadcastRegistry()
+        self.registry = node_registry(config)
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = node_relay(self.registry, config, self.access, cache_local=True)

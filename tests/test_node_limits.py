@@ -1,18 +1,24 @@
-"""The relay's limits an operator sizes to the machine, set in the environment of a relay node
-(RTMPQ_MOQ_* as a user sets them), take effect for its subscribers: a relay node below an `rtmpq
-up` whose broadcast the test publishes in-process, group by group."""
+"""The limits an operator sizes to the machine, set as a user sets them, take effect: a relay
+node's (RTMPQ_MOQ_* in its environment) for its subscribers, below an `rtmpq up` whose broadcast
+the test publishes in-process group by group; a node's in-process broadcasts ([publish]) and
+recordings ([rtmp])."""
 
 import asyncio
+import logging
 from contextlib import asynccontextmanager
 
 import pytest
 
+from rtmpq.config import IngestConfig, PublishConfig
+from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import VIDEO, Frame
 from rtmpq.moq.client import SkippedGroup, fetch_track, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.ingest import IngestNode
 
-from .conftest import relay_node, start_up_node, until
+from .conftest import need, relay_node, start_up_node, until
+from .publishers import ffmpeg_publish_only_args, run_process
 
 FRAMES_PER_GROUP, FRAME_BYTES = 5, 10_000  # groups of 50 kB
 
@@ -65,12 +71,15 @@ async def origin_and_relay(tmp_path, backend: str, env: dict[str, str]):
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
-@pytest.mark.parametrize("setting", [("RTMPQ_MOQ_GROUP_CACHE_MAX_GROUPS", "2"),
-                                     # 2 groups of 50 kB fit, a third does not
-                                     ("RTMPQ_MOQ_GROUP_CACHE_MAX_BYTES", "120000")])
-async def test_a_relay_node_caches_as_many_groups_of_a_track_as_its_settings_let(tmp_path, backend, setting):
+@pytest.mark.parametrize("setting, groups, end", [
+    (("RTMPQ_MOQ_GROUP_CACHE_MAX_GROUPS", "2"), [5, 6], (7, 0)),
+    (("RTMPQ_MOQ_GROUP_CACHE_MAX_BYTES", "120000"), [5, 6], (7, 0)),  # 2 groups of 50 kB fit, a third does not
+    (("RTMPQ_MOQ_MAX_FETCH_BYTES", "60000"), [0, 1], (1, 1)),  # 6 objects of 10 kB; FETCH_OK says where it ends
+])
+async def test_a_relay_node_caches_and_fetches_as_much_of_a_track_as_its_settings_let(tmp_path, backend, setting,
+                                                                                    groups, end):
     """A late FETCH at the relay node gets only the groups its cache settings keep (by default all
-    7 it relayed: 8 groups, 32 MB)."""
+    7 it relayed: 8 groups, 32 MiB), at most [moq] max_fetch_bytes of them (8 MiB)."""
     async with origin_and_relay(tmp_path, backend, dict([setting])) as (push, connect):
         async with connect() as viewer, connect() as late:
             watcher = Watcher(viewer)
@@ -84,7 +93,11 @@ async def test_a_relay_node_caches_as_many_groups_of_a_track_as_its_settings_let
             finally:
                 watcher.task.cancel()
     assert sorted(set(watcher.groups)) == list(range(7))  # the relay had them all
-    assert [f.group for f in fetched.frames] == [5] * FRAMES_PER_GROUP + [6] * FRAMES_PER_GROUP
+    got = [f.group for f in fetched.frames]
+    if end == (7, 0):  # the whole range the cache holds
+        assert got == [groups[0]] * FRAMES_PER_GROUP + [groups[1]] * FRAMES_PER_GROUP
+    else:
+        assert got == [0] * FRAMES_PER_GROUP + [1] and fetched.end == end, (got, fetched.end)
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
@@ -126,3 +139,43 @@ async def test_a_relay_node_delivers_a_cached_group_within_its_delivery_timeout_
         assert 0 not in late.groups and late.whole(1), (late.groups, late.skipped)
     else:
         assert not late.whole(0) and 0 in late.skipped, (late.groups, late.skipped)
+
+
+async def test_an_up_node_bounds_its_broadcasts_group_kept_and_readers_queue_by_its_publish_settings(tmp_path):
+    """[publish] max_group_bytes: a new in-process reader (the edge of `rtmpq up`, a transcoder)
+    starts with at most that much of the group in progress; reader_max_buffered_bytes: a reader
+    that far behind skips its old groups (defaults 24 MiB, 32 MiB)."""
+    node = await start_up_node(tmp_path, publish=PublishConfig(grace_period=0, max_group_bytes=25_000,
+                                                               reader_max_buffered_bytes=30_000))
+    try:
+        broadcast = node.registry.publish("live/b")
+        behind = broadcast.reader()  # (read from only at the end)
+        for index in range(FRAMES_PER_GROUP):
+            broadcast.push(Frame(VIDEO, 0, index, index * 40, index * 40, index == 0, bytes(FRAME_BYTES)))
+        late = broadcast.reader()
+        broadcast.push(Frame(VIDEO, 1, 0, 200, 200, True, bytes(FRAME_BYTES)))
+        broadcast.end()
+        kept = [(f.group, f.index) async for f in late if isinstance(f, Frame)]
+        read = [(f.group, f.index) async for f in behind if isinstance(f, Frame)]
+    finally:
+        await node.close()
+    assert kept == [(0, 0), (0, 1), (1, 0)]  # 2 frames of 10 kB fit in 25 kB
+    assert read == [(1, 0)] and behind.skipped_groups == {(VIDEO, 0)}
+
+
+async def test_an_ingest_stops_a_recording_past_its_record_max_queued_bytes_and_the_stream_goes_on(tmp_path, caplog):
+    """[rtmp] record_max_queued_bytes (32 MiB): set below one keyframe, the recording stops at the
+    first one (an error that names the setting) and the publish goes on."""
+    need("ffmpeg")
+    caplog.set_level(logging.ERROR, "rtmpq")
+    registry = BroadcastRegistry()
+    ingest = IngestNode(registry, IngestConfig(host="127.0.0.1", port=0, record_dir=tmp_path / "rec",
+                                               record_max_queued_bytes=2000), PublishConfig(grace_period=0))
+    await ingest.start()
+    try:
+        rc, output = await run_process(ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{ingest.address[1]}/live/rec", 1))
+    finally:
+        await ingest.close()
+    assert rc == 0, output
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "stopped" in errors[0] and "[rtmp] record_max_queued_bytes 2000" in errors[0], errors
