@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .auth.refusals import MAX_REFUSED_PUBLISHES, REFUSED_PUBLISH_COOLDOWN, REFUSED_PUBLISH_WINDOW
-from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, safe_url
+from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, MAX_ENTRIES as DIRECTORY_MAX_ENTRIES, safe_url
 from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .media.broadcast import BROADCAST_MAX_GROUP_BYTES, READER_MAX_BUFFERED_BYTES
@@ -115,6 +115,14 @@ HTTP_WRITE_TIMEOUT = 10.0
 HTTP_WRITE_BUFFER_BYTES = 64 * 1024
 # HTTP/2 streams a client may have open at once.
 HTTP_MAX_CONCURRENT_STREAMS = 100
+# The edge ([http] rendition_idle): an alternate rendition (a transcoder rung) is pulled from the
+# source only while players ask for it; this many seconds after its last request, the edge lets it
+# go (and the rung may stop after [transcode] idle_stop).
+RENDITION_IDLE_SECONDS = 15.0
+# The edge ([http] max_viewers_tracked): players (address and user agent) tracked per broadcast for
+# the viewer count and the live readers; about 200 bytes each (the user agent is cut to 64
+# characters); more are served, not counted.
+MAX_VIEWERS_TRACKED = 16384
 # The shortest LL-HLS part target accepted (seconds): a part holds at least one frame, and a
 # part target below the frame interval would have to shorten frames (50 ms: 20 fps).
 MIN_PART_TARGET = 0.05
@@ -254,6 +262,10 @@ class HttpConfig:
     # seconds without audio while the video goes on before the HLS audio gets silence (0: never;
     # see edge/silence.py)
     audio_gap_fill: float = AUDIO_GAP_FILL
+    # edge: seconds after a player's last request for a transcoder rung before the edge lets it go
+    rendition_idle: float = RENDITION_IDLE_SECONDS
+    # edge: players counted per broadcast (viewers); more are served, not counted
+    max_viewers_tracked: int = MAX_VIEWERS_TRACKED
 
 
 @dataclass
@@ -346,6 +358,7 @@ class DirectoryConfig:
     ttl: float = DEFAULT_DIRECTORY_TTL  # lease of an entry: a dead origin is forgotten this long after
     node_id: str = ""  # this node's name in entries; empty: HOSTNAME-PID
     advertise: str = ""  # moqt://HOST:PORT others reach this node at; empty: from [moq] host/port
+    max_entries: int = DIRECTORY_MAX_ENTRIES  # broadcasts a node knows of; more are ignored
 
 
 @dataclass
@@ -559,7 +572,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"rtmp.{key}: must be positive")
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
-                "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout"):
+                "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout",
+                "rendition_idle", "max_viewers_tracked"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")
     if h.audio_gap_fill < 0:
@@ -584,6 +598,8 @@ def validate(config: Config) -> None:
         raise ConfigError(f"directory.url: expected redis://HOST:PORT (got {d.url!r})")
     if d.ttl <= 0:
         raise ConfigError("directory.ttl: must be positive")
+    if d.max_entries <= 0:
+        raise ConfigError("directory.max_entries: must be positive")
     if d.advertise and not d.advertise.startswith("moqt://"):
         raise ConfigError(f"directory.advertise: expected moqt://HOST:PORT (got {d.advertise!r})")
     if config.auth.require_playback_token and not config.auth.secret:

@@ -88,6 +88,19 @@ def test_the_in_process_broadcast_fetch_and_recording_limits_from_file_and_envir
     assert (config.moq.max_fetch_bytes, config.rtmp.record_max_queued_bytes) == (30, 40)
 
 
+def test_the_edge_and_directory_limits_from_file_and_environment(tmp_path):
+    defaults = load_config(env={})
+    assert (defaults.http.rendition_idle, defaults.http.max_viewers_tracked, defaults.directory.max_entries) == (
+        15.0, 16384, 100_000)
+    path = write(tmp_path, '[http]\nrendition_idle = 2\nmax_viewers_tracked = 10\n[directory]\nmax_entries = 50\n')
+    config = load_config(path, env={})
+    assert (config.http.rendition_idle, config.http.max_viewers_tracked, config.directory.max_entries) == (2.0, 10, 50)
+    config = load_config(path, env={"RTMPQ_HTTP_RENDITION_IDLE": "60", "RTMPQ_HTTP_MAX_VIEWERS_TRACKED": "100000",
+                                    "RTMPQ_DIRECTORY_MAX_ENTRIES": "1000000"})
+    assert (config.http.rendition_idle, config.http.max_viewers_tracked, config.directory.max_entries) == (
+        60.0, 100_000, 1_000_000)
+
+
 def test_flag_beats_environment_beats_file(tmp_path):
     path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
                            '[publish.keys]\n"sk-1" = "studio"\n')
@@ -134,6 +147,9 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nidle_timeout = 0.5\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got 0.5)"),
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
     ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
+    ("[http]\nrendition_idle = 0\n", "http.rendition_idle: must be positive"),
+    ("[http]\nmax_viewers_tracked = 0\n", "http.max_viewers_tracked: must be positive"),
+    ("[directory]\nmax_entries = 0\n", "directory.max_entries: must be positive"),
     ("[publish]\nmax_group_bytes = 0\n", "publish.max_group_bytes: must be positive"),
     ("[publish]\nreader_max_buffered_bytes = -1\n", "publish.reader_max_buffered_bytes: must be positive"),
     ("[moq]\nmax_fetch_bytes = 0\n", "moq.max_fetch_bytes: must be positive"),

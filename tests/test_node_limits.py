@@ -4,12 +4,14 @@ the test publishes in-process group by group; a node's in-process broadcasts ([p
 recordings ([rtmp])."""
 
 import asyncio
+import json
 import logging
+import urllib.request
 from contextlib import asynccontextmanager
 
 import pytest
 
-from rtmpq.config import IngestConfig, PublishConfig
+from rtmpq.config import HttpConfig, IngestConfig, PublishConfig
 from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.media.catalog import Catalog, TrackInfo
 from rtmpq.media.frames import VIDEO, Frame
@@ -179,3 +181,52 @@ async def test_an_ingest_stops_a_recording_past_its_record_max_queued_bytes_and_
     assert rc == 0, output
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "stopped" in errors[0] and "[rtmp] record_max_queued_bytes 2000" in errors[0], errors
+
+
+async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_server):
+    """[directory] max_entries (100 000): a node following the directory keeps that many entries,
+    the rest are ignored."""
+    from rtmpq.config import load_config
+    from rtmpq.directory.redis_directory import RedisDirectory
+    from rtmpq.nodes.directory import open_directory
+
+    origin = RedisDirectory(redis_server.url, node="origin", ttl=5)
+    await origin.start()
+    follower = None
+    try:
+        origin.register(lambda: {"live/a", "live/b", "live/c"}, "moqt://127.0.0.1:4443")
+        follower = await open_directory(load_config(env={"RTMPQ_DIRECTORY_URL": redis_server.url,
+                                                         "RTMPQ_DIRECTORY_MAX_ENTRIES": "2"}))
+        follower.follow()
+        await until(lambda: follower.mirror.dropped, 10, "an entry past the bound")
+        assert len(follower.mirror.entries) == 2
+    finally:
+        for directory in (follower, origin):
+            if directory is not None:
+                await directory.close()
+
+
+async def test_an_up_node_counts_at_most_its_http_max_viewers_tracked_players(tmp_path):
+    """[http] max_viewers_tracked (16384): the edge counts that many players of a broadcast (by
+    address and user agent); more are served, not counted."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, http=HttpConfig(host="127.0.0.1", port=0, max_viewers_tracked=1))
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/v", 3)))
+
+    def get(path: str, agent: str = "test") -> tuple[int, bytes]:
+        request = urllib.request.Request(f"http://{host}:{port}{path}", headers={"User-Agent": agent})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+
+    try:
+        await node.registry.wait_for("live/v", 10)
+        host, port = node.edge.address
+        for agent in ("player 1", "player 2"):
+            assert (await asyncio.to_thread(get, "/live/v/index.m3u8", agent))[0] == 200
+        _, listing = await asyncio.to_thread(get, "/api/v1/broadcasts")
+    finally:
+        await node.close()
+        await publisher
+    [item] = [i for i in json.loads(listing)["items"] if i["name"] == "live/v"]
+    assert item["viewers"] == 1

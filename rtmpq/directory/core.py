@@ -26,7 +26,8 @@ VERSION_KEY = "rtmpq:directory:version"
 DEFAULT_TTL = 5.0
 # Leases are renewed this many times per TTL, so one lost renewal does not drop an entry.
 RENEWALS_PER_TTL = 3
-# Entries a mirror keeps; more are ignored (with a warning) so memory stays bounded.
+# Entries a mirror keeps; more are ignored (not logged: Mirror.dropped counts them) so memory stays
+# bounded ([directory] max_entries).
 MAX_ENTRIES = 100_000
 # An entry's encoded size is bounded: a larger value in Redis is not ours and is ignored.
 MAX_ENTRY_BYTES = 4096

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from ..errors import RemoteProtocolError
 from ..redact import safe_name
-from .core import (CHANNEL, DEFAULT_TTL, KEY_PREFIX, RENEWALS_PER_TTL, VERSION_KEY, Change, Claim, Entry, Mirror,
-                   Registrar, Renew, Withdraw, announcement, key_of, name_of, safe_url)
+from .core import (CHANNEL, DEFAULT_TTL, KEY_PREFIX, MAX_ENTRIES, RENEWALS_PER_TTL, VERSION_KEY, Change, Claim, Entry,
+                   Mirror, Registrar, Renew, Withdraw, announcement, key_of, name_of, safe_url)
 
 log = logging.getLogger("rtmpq.directory")
 
@@ -59,7 +59,7 @@ class DirectoryUnavailable(ConnectionError):
 
 class RedisDirectory:
     def __init__(self, url: str, *, node: str | None = None, ttl: float = DEFAULT_TTL,
-                 poll: float | None = None) -> None:
+                 poll: float | None = None, max_entries: int = MAX_ENTRIES) -> None:
         import redis.asyncio  # only nodes given a directory need the client
 
         self.url = url
@@ -67,7 +67,7 @@ class RedisDirectory:
         self.ttl = ttl
         self.poll = poll if poll is not None else ttl / RENEWALS_PER_TTL
         self.redis = redis.asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=max(2.0, ttl))
-        self.mirror = Mirror()
+        self.mirror = Mirror(max_entries=max_entries)
         self.registrar: Registrar | None = None
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._changed = asyncio.Event()  # set (and replaced) at every change of the mirror

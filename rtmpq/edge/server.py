@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 from ..auth.access import Access, AccessDenied
-from ..config import HttpConfig, bundled_static_dir
+from ..config import MAX_VIEWERS_TRACKED, RENDITION_IDLE_SECONDS, HttpConfig, bundled_static_dir
 from ..http import Request, Response, text
 from ..http.message import path_segments
 from ..http.ranges import ACCEPT_RANGES, byte_range
@@ -68,10 +68,9 @@ ENDED_PLAYLIST_KEEP = 10.0
 # publish of the name has a segment, so the page starts on it at once, with one request per hold.
 NEXT_PUBLISH_HOLD_TARGET_DURATIONS = 3
 # Players are told apart by address and user agent, and counted as viewers of a broadcast for
-# this long after their last request (seconds); at most this many are tracked per broadcast
-# (about 200 bytes each: the user agent is cut to 64 characters).
+# this long after their last request (seconds); at most MAX_VIEWERS_TRACKED ([http]
+# max_viewers_tracked, rtmpq/config.py) are tracked per broadcast.
 VIEWER_WINDOW = 10.0
-MAX_VIEWERS_TRACKED = 16384
 
 # an app of one or two parts (rtmpq/rtmp/session.py APP_NAME_PATTERN: rtmp://HOST/live/studio/cam)
 _PATH = re.compile(r"^/(?P<app>[A-Za-z0-9_.~-]{1,64}(?:/[A-Za-z0-9_.~-]{1,64})?)/(?P<key>[A-Za-z0-9_.~-]{1,128})"
@@ -85,8 +84,8 @@ _SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{
 _PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
 _INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<version>\d{1,12}))?\.mp4$")
 # An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
-# it: this many seconds after its last request, the edge lets it go (and the rung may stop).
-RENDITION_IDLE_SECONDS = 15.0
+# it: RENDITION_IDLE_SECONDS ([http] rendition_idle, rtmpq/config.py) after its last request, the
+# edge lets it go (and the rung may stop).
 # A rung's playlist is first served once the rung is this close (seconds of media) to its source:
 # a rung asked for mid-group starts at that group's IDR and decodes its way up to the live edge,
 # and hls.js places a level it switches to at the old level's playhead, so a player given the
@@ -240,10 +239,14 @@ else if (Hls.isSupported()) {
 
 class _Broadcast:
     def __init__(self, name: str, part_target: float = PART_TARGET, target_duration: int = TARGET_DURATION,
-                 audio_gap_fill: float = AUDIO_GAP_FILL, after: int = 0) -> None:
+                 audio_gap_fill: float = AUDIO_GAP_FILL, after: int = 0, *,
+                 rendition_idle: float = RENDITION_IDLE_SECONDS, max_viewers: int = MAX_VIEWERS_TRACKED) -> None:
         """``after``: the first number past an ended broadcast of the name still served to its
-        readers (numbers_end): this one's numbers start there at the earliest."""
+        readers (numbers_end): this one's numbers start there at the earliest. ``rendition_idle``,
+        ``max_viewers``: [http] rendition_idle, max_viewers_tracked."""
         self.name = name
+        self.rendition_idle = rendition_idle
+        self.max_viewers = max_viewers
         self.gap_fill = AudioGapFill(audio_gap_fill)  # silence while the audio stops and the video goes on
         self.part_target = part_target
         self.target_duration = target_duration
@@ -285,7 +288,7 @@ class _Broadcast:
         """``viewer`` was given ``stream``'s playlist as it is now."""
         if stream.ended:
             self.reading_live.discard((viewer, stream.prefix))
-        elif len(self.reading_live) < MAX_VIEWERS_TRACKED:
+        elif len(self.reading_live) < self.max_viewers:
             self.reading_live.add((viewer, stream.prefix))
 
     def keep_audio(self, catalog: Catalog) -> TrackInfo | None:
@@ -341,7 +344,7 @@ class _Broadcast:
 
     def idle_renditions(self, now: float) -> None:
         for track, last in list(self.wanted.items()):
-            if now - last > RENDITION_IDLE_SECONDS:
+            if now - last > self.rendition_idle:
                 del self.wanted[track]
                 self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
                 self.pulled_at.pop(track, None)
@@ -447,8 +450,9 @@ class EdgeServer:
             self._ended[name] = b
         if (ended := self._ended.get(name)) is not None:  # requests tell the two apart by number
             after = ended.numbers_end
-        b = self._broadcasts[name] = _Broadcast(name, self.http_config.part_target, self.http_config.target_duration,
-                                                self.http_config.audio_gap_fill, after)
+        h = self.http_config
+        b = self._broadcasts[name] = _Broadcast(name, h.part_target, h.target_duration, h.audio_gap_fill, after,
+                                                rendition_idle=h.rendition_idle, max_viewers=h.max_viewers_tracked)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -614,7 +618,7 @@ class EdgeServer:
             return text(404, "no such broadcast")
         viewer = (request.client, request.headers.get("user-agent", "")[:64])
         b = self._reading(name, b, file, query_text, viewer)
-        if len(b.viewers) < MAX_VIEWERS_TRACKED:
+        if len(b.viewers) < b.max_viewers:
             b.viewers[viewer] = time.monotonic()
         response = _ranged(request, await self._serve_file(b, file, query_text, query, viewer))
         b.bytes_out += response.length

@@ -13,7 +13,7 @@ async def open_directory(config: Config):
     from ..directory.redis_directory import RedisDirectory
 
     directory = RedisDirectory(config.directory.url, node=config.directory.node_id or None,
-                               ttl=config.directory.ttl)
+                               ttl=config.directory.ttl, max_entries=config.directory.max_entries)
     await directory.start()
     return directory
 
