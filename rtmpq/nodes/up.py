@@ -160,8 +160,14 @@ class UpNode:
                             cache_local=True, stuck_timeout=config.moq.stuck_timeout,
                             partial_object_timeout=config.moq.partial_object_timeout,
                             max_partial_bytes=config.moq.max_partial_bytes)
-        self.transcoder = None
-        if config.transcode.ladder:
+        self.transcoder = self.transcoder_child = None
+        if config.transcode.ladder and config.transcode.isolate:
+            from .transcode_child import TranscoderChild
+
+            # the child adds the rungs through the relay, as a separate transcoder node would
+            self.transcoder_child = TranscoderChild(
+                config, lambda: [n for n in self.registry.names() if self.moq.added_tracks(n)])
+        elif config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
 
             self.transcoder = LocalTranscoder(self.registry, config.transcode)
@@ -197,6 +203,8 @@ class UpNode:
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
+        if self.transcoder_child is not None:
+            self.transcoder_child.start(*self.moq_address)
         self.ops.start()
         self.view.listening = True
         host, port = self.moq_address
@@ -218,9 +226,14 @@ class UpNode:
         self.moq.stop()
         if self.transcoder is not None:
             self.transcoder.close()
+        stopping_child = None
+        if self.transcoder_child is not None:  # it stops beside the rest (its own graceful stop)
+            stopping_child = asyncio.ensure_future(self.transcoder_child.close())
         await self.rtmp.close()
         await asyncio.sleep(0)  # let the edge read the ends
         await self.edge.close()
+        if stopping_child is not None:
+            await stopping_child
         if self._quic is not None:
             self._quic.close()
 
