@@ -83,7 +83,8 @@ async def test_hls_js_switches_between_transcoded_renditions(tmp_path):
 
     need("ffmpeg")
     need_hls_js()
-    node = await start_up_node(tmp_path, transcode=TranscodeConfig(ladder="480p,360p", rung_queue_frames=120))
+    node = await start_up_node(tmp_path, transcode=TranscodeConfig(ladder="480p,360p", rung_queue_frames=120,
+                                                                   isolate=False))
     rtmp_port = node.rtmp.address[1]
     host, http_port = node.edge.address
     # the publisher replays a clip encoded beforehand: a live 720p encode competes for the CPU with

@@ -32,7 +32,9 @@ async def node(tmp_path):
     # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
     # the broadcast outlives its publisher by 3 s: the rungs' last frames (queued on a busy host)
     # still reach the subscribers
+    # the ladder on threads of this process (node.transcoder): [transcode] isolate = false
     n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="480p,360p", idle_stop=1.0,
+                                                                isolate=False,
                                                                 rung_queue_frames=120)))
     await n.start()
     yield n
@@ -333,7 +335,7 @@ async def test_a_rung_that_cannot_keep_up_skips_to_the_next_group_and_says_so(tm
     need("ffmpeg")
     caplog.set_level("WARNING", "rtmpq.transcode")
     node = UpNode(local_config(tmp_path, backend, grace_period=3.0, transcode=TranscodeConfig(
-        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=60, idle_stop=1.0)))
+        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=60, idle_stop=1.0, isolate=False)))
     await node.start()
     try:
         received: dict[str, dict] = {t: {} for t in ("video", *RUNGS)}
@@ -524,7 +526,7 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
                  pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
         rc, out = await run_process(args, timeout=120)
         assert rc == 0, out
-    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p")))
+    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False)))
     await node.start()
     base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
 
@@ -707,7 +709,8 @@ async def rung_watched(tmp_path, ladder: str, name: str, track: str | None, grac
     (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
     all of it once the block is over and the broadcast ended. ``track`` None: no subscriber."""
     n = UpNode(local_config(tmp_path, grace_period=grace_period,
-                            transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0, rung_queue_frames=120)))
+                            transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0, rung_queue_frames=120,
+                                                      isolate=False)))
     await n.start()
     got: dict = {}
     sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got) if track else asyncio.sleep(0))

@@ -7,10 +7,12 @@ import os
 import re
 import signal
 import sys
+import time
 
 import pytest
 
-from rtmpq.config import TranscodeConfig
+from rtmpq.auth.tokens import mint_token
+from rtmpq.config import AuthConfig, TranscodeConfig
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
@@ -18,6 +20,7 @@ from .conftest import local_config, need, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
+SECRET = "a-test-secret-of-at-least-32-bytes!!"
 PLAYED = 6  # seconds of the rung a player decodes, through the child's restart
 CHILD_STARTED = re.compile(r"transcoder: child process pid (\d+), ladder")
 
@@ -59,8 +62,14 @@ async def poll_playlist(url: str, seen: list[str], until) -> str:
         await asyncio.sleep(0.2)
 
 
-@pytest.mark.parametrize("backend, sig", [("aioquic", signal.SIGSEGV), ("aiopquic", signal.SIGKILL)])
-async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_back(tmp_path, caplog, backend, sig):
+# grace 0: the relay ends the rung tracks with the child's session, and the new child's are new
+# tracks; grace 10: the relay keeps them, and the new child's groups go on in them. With [auth]
+# secret the child presents a node token it mints from the secret up hands it.
+@pytest.mark.parametrize("backend, sig, grace, secret", [
+    pytest.param("aioquic", signal.SIGSEGV, 0.0, SECRET, id="aioquic-SIGSEGV-auth"),
+    pytest.param("aiopquic", signal.SIGKILL, 10.0, "", id="aiopquic-SIGKILL-grace")])
+async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_back(tmp_path, caplog, backend, sig,
+                                                                                     grace, secret):
     """`up --ladder 180p`, isolated: the child is killed (SIGSEGV as a decoder crash would, or
     SIGKILL as the OOM killer does) during a publish. The source's MoQ subscriber and its HLS
     playlist go on without a gap, the publish goes on, `up` logs the death and starts a new
@@ -69,8 +78,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
     pids = ChildPids()
     caplog.set_level(logging.INFO, "rtmpq.transcode")
     logging.getLogger("rtmpq.transcode").addHandler(pids)
-    node = await start_up_node(tmp_path, backend, grace_period=10.0, transcode=TranscodeConfig(
-        ladder="180p", isolate=True, restart_min=0.2, rung_queue_frames=120))
+    node = await start_up_node(tmp_path, backend, grace_period=grace, auth=AuthConfig(secret=secret),
+                               transcode=TranscodeConfig(ladder="180p", isolate=True, restart_min=0.2,
+                                                         rung_queue_frames=120))
     name = "live/iso"
     base = f"http://127.0.0.1:{node.edge.address[1]}/{name}"
     frames, skipped = [], []
@@ -85,7 +95,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
                     frames.append(item)
 
     publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}", str(tmp_path / "ref.flv"), seconds=30), timeout=60))
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}" + (
+            f"?token={mint_token(secret, name, 'publish', 60, now=time.time())}" if secret else ""),
+        str(tmp_path / "ref.flv"), seconds=30), timeout=60))
     subscriber = asyncio.create_task(subscribe())
     player = None
     try:
@@ -118,7 +130,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         for a, b in zip(frames, frames[1:]):
             assert (b.group, b.index) in ((a.group, a.index + 1), (a.group + 1, 0)), (a, b)
         assert publisher.done() is False, "the publish ended"
-        assert node.view.listening
+        status, metrics = await http_text(f"http://127.0.0.1:{node.edge.address[1]}/metrics")
+        assert f"rtmpq_transcoder_child_pid {float(second)}" in metrics, metrics  # the node serves on
+        assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
     finally:
         logging.getLogger("rtmpq.transcode").removeHandler(pids)
         tasks = [t for t in (subscriber, publisher, player) if t is not None]

@@ -128,6 +128,15 @@ class TranscoderChild:
             await asyncio.sleep(delay)
             delay = min(delay * 2, t.restart_max)
 
+    def metrics(self):
+        """For NodeView.collectors: the child's PID (0 between lives) and how often it died."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
+                                "isolate); 0 while it is restarted", value=self.pid or 0)
+        yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
+                                  "(crash, kill) and was restarted", value=self.restarts)
+
     async def close(self) -> None:
         """Stop watching, then the child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
         if self._task is not None:
