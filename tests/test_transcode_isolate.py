@@ -16,7 +16,7 @@ from rtmpq.config import AuthConfig, TranscodeConfig
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import local_config, need, start_up_node
+from .conftest import free_port, need, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
@@ -117,8 +117,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         assert second != first
         rung_before_restart = list(rung_seen)
         async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
-            rung = await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
-                                       lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
+            await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
+                                lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
         rc, out = await player
         assert rc == 0, out[-2000:]
         played = [line for line in out.splitlines() if line.startswith("0,")]
@@ -148,8 +148,6 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
 async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
     """`rtmpq up --ladder 180p` (isolated by default) started as a process and SIGTERMed: its
     transcoder child is gone too, no orphan."""
-    from .conftest import free_port
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{free_port()}",
         "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
