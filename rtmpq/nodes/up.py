@@ -224,13 +224,14 @@ class UpNode:
         go on when this node is back), publishers get onStatus and a close, recordings are
         finalized, the node's own playlists get ENDLIST."""
         self.view.listening = False
+        stopping_child = None
+        if self.transcoder_child is not None:  # told first (before the GOAWAY it would reconnect after),
+            stopping_child = asyncio.ensure_future(self.transcoder_child.close())
+            await asyncio.sleep(0)  # (its SIGTERM goes now) and it stops beside the rest
         self.ops.stop()
         self.moq.stop()
         if self.transcoder is not None:
             self.transcoder.close()
-        stopping_child = None
-        if self.transcoder_child is not None:  # it stops beside the rest (its own graceful stop)
-            stopping_child = asyncio.ensure_future(self.transcoder_child.close())
         await self.rtmp.close()
         await asyncio.sleep(0)  # let the edge read the ends
         await self.edge.close()
