@@ -33,11 +33,13 @@ from .edge.llhls import PART_TARGET, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_STUCK_TIMEOUT
+from .moq.reachability import REFUSED_RECONNECT_MAX
 from .moq.session import PARTIAL_OBJECT_TIMEOUT
+from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
-from .transcode.ladder import (DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET, X264_PRESETS,
-                               LadderError, parse_ladder)
+from .transcode.ladder import (DECODE_QUEUE_FRAMES, DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET,
+                               X264_PRESETS, LadderError, parse_ladder)
 
 DEFAULT_RTMP_PORT = 1935
 DEFAULT_RTMPS_PORT = 443  # what OBS and the big services use for rtmps://
@@ -202,6 +204,12 @@ class MoqConfig:
     # token (RFC 9000 8.1): a spoofed source gets one small packet back and no connection state.
     # Costs every session one more round trip before its handshake.
     retry: bool = False
+    # seconds a relay holds a SUBSCRIBE for a broadcast it does not know while its session upstream
+    # (--upstream, or the origin [directory] lists) is not up, before refusing it (0: refused at once)
+    upstream_wait: float = UPSTREAM_WAIT
+    # SUBSCRIBEs held at once: for a session upstream (all broadcasts together), and per local
+    # broadcast for a track it does not have yet (NEW_TRACK_WAIT); more are refused at once
+    max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES
 
 
 @dataclass
@@ -279,6 +287,8 @@ class UpstreamConfig:
     backend: str = "aiopquic"
     wait: float = SUBSCRIBE_WAIT  # for a broadcast that is not live yet
     fill_groups: int = EDGE_FILL_GROUPS  # an edge starts a broadcast with this many cached groups (FETCH)
+    # seconds at most between attempts to reconnect to an upstream whose port refused (ICMP)
+    refused_reconnect_max: float = REFUSED_RECONNECT_MAX
 
 
 @dataclass
@@ -302,6 +312,7 @@ class TranscodeConfig:
     presets: dict[str, str] = field(default_factory=dict)
     idle_stop: float = IDLE_STOP_SECONDS
     rung_queue_frames: int = RUNG_QUEUE_FRAMES
+    decode_queue_frames: int = DECODE_QUEUE_FRAMES
     isolate: bool = TRANSCODE_ISOLATE
     restart_min: float = TRANSCODER_RESTART_MIN
     restart_max: float = TRANSCODER_RESTART_MAX
@@ -508,12 +519,20 @@ def validate(config: Config) -> None:
         raise ConfigError("transcode.idle_stop: must not be negative")
     if not 0 < config.transcode.restart_min <= config.transcode.restart_max < math.inf:
         raise ConfigError("transcode.restart_min, transcode.restart_max: must be positive seconds, min <= max")
-    if config.transcode.rung_queue_frames < 1:
-        raise ConfigError("transcode.rung_queue_frames: must be at least 1")
+    for key in ("rung_queue_frames", "decode_queue_frames"):
+        if getattr(config.transcode, key) < 1:
+            raise ConfigError(f"transcode.{key}: must be at least 1")
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip", "partial_object_timeout",
                 "max_partial_bytes"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    if not 0 <= config.moq.upstream_wait < math.inf:  # (NaN fails too)
+        raise ConfigError(f"moq.upstream_wait: must be a number of seconds, 0 or more (got {config.moq.upstream_wait!r})")
+    if config.moq.max_waiting_subscribes < 0:
+        raise ConfigError("moq.max_waiting_subscribes: must not be negative")
+    if not 0 < config.upstream.refused_reconnect_max < math.inf:
+        raise ConfigError(f"upstream.refused_reconnect_max: must be a positive number of seconds "
+                          f"(got {config.upstream.refused_reconnect_max!r})")
     if not MOQ_MIN_IDLE_TIMEOUT <= config.moq.idle_timeout < math.inf:  # (NaN fails too)
         raise ConfigError(f"moq.idle_timeout: must be a number of seconds, at least {MOQ_MIN_IDLE_TIMEOUT:g} "
                           f"(got {config.moq.idle_timeout!r})")

@@ -112,6 +112,37 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
 
 
 @asynccontextmanager
+async def relay_node(tmp_path, backend: str, env: dict[str, str]):
+    """`rtmpq relay` in this process (run_relay), its settings read from ``env`` (RTMPQ_* variables,
+    as a user sets them) over a MoQ listener on a free loopback port: yields that port once bound."""
+    from rtmpq.config import load_config
+    from rtmpq.nodes.nodes import run_relay
+
+    port = free_port(socket.SOCK_DGRAM)
+    config = load_config(env={"RTMPQ_MOQ_HOST": "127.0.0.1", "RTMPQ_MOQ_PORT": str(port),
+                              "RTMPQ_MOQ_STATE_DIR": str(tmp_path / "state"), "RTMPQ_MOQ_BACKEND": backend,
+                              "RTMPQ_UPSTREAM_BACKEND": backend, **env})
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_relay(config, stop))
+
+    def bound() -> bool:  # (read from the kernel's table: a bind of our own to try it could take it first)
+        if task.done():
+            task.result()  # (its error)
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as f:
+                if any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:]):
+                    return True
+        return False
+
+    try:
+        await until(bound, 20, "the relay's MoQ listener")
+        yield port
+    finally:
+        stop.set()
+        await task
+
+
+@asynccontextmanager
 async def relay_below(tmp_path, backend: str, port_a: int):
     """A second bare relay (B) whose upstream is the relay or node at loopback ``port_a`` (A): yields
     B's port once its upstream session is up (a relay chain, as `rtmpq relay --upstream` makes)."""

@@ -1,5 +1,6 @@
 """The broadcast that outlives its publisher, in memory: the time is passed in, nothing sleeps."""
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -212,7 +213,7 @@ async def test_the_relay_ends_a_track_the_returning_publisher_does_not_carry_and
     for f in av_frames(2, audio=False):
         b.push(f)
     assert ended == [audio] and audio.ended and AUDIO not in source.fanouts
-    latest = Catalog.from_json(bytes(source.fanouts[CATALOG_TRACK].cache.latest().objects[0].payload))
+    latest = Catalog.from_json(bytes(source.fanouts[CATALOG_TRACK].cache.latest(time.monotonic()).objects[0].payload))
     assert [t.name for t in latest.tracks] == [VIDEO]
     assert not source.fanouts[VIDEO].ended
     b.publisher_left(30.0, now=200.0)

@@ -41,6 +41,22 @@ def test_stream_key_guessing_limits_from_file_and_environment(tmp_path):
     assert (config.max_refused_publishes, config.refused_publish_window, config.refused_publish_cooldown) == (5, 30, 600)
 
 
+def test_the_limits_that_were_constants_from_file_and_environment(tmp_path):
+    defaults = load_config(env={})
+    assert (defaults.moq.upstream_wait, defaults.moq.max_waiting_subscribes) == (12.0, 256)
+    assert defaults.upstream.refused_reconnect_max == 2.0 and defaults.transcode.decode_queue_frames == 240
+    path = write(tmp_path, '[moq]\nupstream_wait = 0\nmax_waiting_subscribes = 16\n'
+                           '[upstream]\nrefused_reconnect_max = 0.5\n[transcode]\ndecode_queue_frames = 120\n')
+    config = load_config(path, env={})
+    assert (config.moq.upstream_wait, config.moq.max_waiting_subscribes) == (0.0, 16)
+    assert config.upstream.refused_reconnect_max == 0.5 and config.transcode.decode_queue_frames == 120
+    config = load_config(path, env={"RTMPQ_MOQ_UPSTREAM_WAIT": "30", "RTMPQ_MOQ_MAX_WAITING_SUBSCRIBES": "1024",
+                                    "RTMPQ_UPSTREAM_REFUSED_RECONNECT_MAX": "5",
+                                    "RTMPQ_TRANSCODE_DECODE_QUEUE_FRAMES": "480"})
+    assert (config.moq.upstream_wait, config.moq.max_waiting_subscribes) == (30.0, 1024)
+    assert config.upstream.refused_reconnect_max == 5.0 and config.transcode.decode_queue_frames == 480
+
+
 def test_flag_beats_environment_beats_file(tmp_path):
     path = write(tmp_path, '[rtmp]\nport = 1000\nhost = "127.0.0.1"\n[publish]\ngrace_period = 5\n'
                            '[publish.keys]\n"sk-1" = "studio"\n')
@@ -87,6 +103,11 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nidle_timeout = 0.5\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got 0.5)"),
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
     ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
+    ("[moq]\nupstream_wait = -1\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got -1.0)"),
+    ("[moq]\nupstream_wait = nan\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got nan)"),
+    ("[moq]\nmax_waiting_subscribes = -1\n", "moq.max_waiting_subscribes: must not be negative"),
+    ("[upstream]\nrefused_reconnect_max = 0\n", "upstream.refused_reconnect_max: must be a positive number of seconds"),
+    ("[transcode]\ndecode_queue_frames = 0\n", "transcode.decode_queue_frames: must be at least 1"),
     ("[rtmp]\nmax_connections_per_ip = 0\n", "rtmp.max_connections_per_ip: must be positive"),
     ("[rtmp]\nmax_refused_publishes = -1\n", "rtmp.max_refused_publishes: must not be negative"),
     ("[rtmp]\nrefused_publish_window = 0\n", "rtmp.refused_publish_window: must be a positive number of seconds"),

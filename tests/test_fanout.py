@@ -825,7 +825,7 @@ def test_an_upstream_reset_of_one_subgroup_resets_that_stream_alone():
     streams = by_subgroup(sink, 0)
     assert streams[1]["state"] == ("reset", 0x5) and streams[1]["objects"] == [1, 4]
     assert streams[0]["objects"] == [0, 3, 6] and streams[2]["objects"] == [2, 5, 8]
-    assert not fanout.cache.groups_from(0)  # the cache cannot serve the group whole any more
+    assert not fanout.cache.groups_from(0, 0.2)  # the cache cannot serve the group whole any more
 
 
 def test_a_group_opens_at_most_max_subgroups_per_group_streams():
@@ -856,7 +856,7 @@ def test_a_group_cut_short_by_its_lost_source_is_reset_and_no_longer_served_whol
     fanout.check(2.1)
     [cut] = sink.streams.values()
     assert cut["group"] == 1 and cut["state"] == ("reset", 0x3)
-    assert [g.group_id for g in fanout.cache.groups_from(0)] == [0]  # the cut group is not served
+    assert [g.group_id for g in fanout.cache.groups_from(0, 2.1)] == [0]  # the cut group is not served
     late = FakeSink()
     fanout.subscribe(TrackSubscription(late, delivery_timeout=30.0), 3.0)
     [whole] = late.streams.values()
@@ -880,7 +880,7 @@ def test_a_relayed_group_still_open_upstream_is_cut_and_one_that_ended_keeps_its
     fanout.check(0.3)
     states = {s["group"]: s["state"] for s in sink.streams.values()}
     assert states == {0: ("reset", 0x3), 1: ("reset", 0x3), 2: "fin"}
-    assert [g.group_id for g in fanout.cache.groups_from(0)] == [2]
+    assert [g.group_id for g in fanout.cache.groups_from(0, 0.3)] == [2]
 
 
 def test_a_cut_group_is_reset_only_after_what_was_written_arrived_or_its_budget_ended():

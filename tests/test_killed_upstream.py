@@ -12,6 +12,8 @@ comes soon."""
 import asyncio
 import errno
 import json
+import logging
+import re
 import socket
 import time
 
@@ -21,7 +23,7 @@ from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVA
 from rtmpq.moq.transport import CONNECT_TIMEOUT, connect_moq
 from rtmpq.netem import ImpairmentProxy
 
-from .conftest import free_port, http_get, need, serving_relay, start_up_node, until, wait_tcp
+from .conftest import free_port, http_get, need, relay_node, serving_relay, start_up_node, until, wait_tcp
 from .test_lifecycle import long_publish_args, spawn
 from .test_restart import start_node
 
@@ -33,7 +35,7 @@ NOTICE_BOUND = 5.0
 # a 21 s outage ended while the relay was 4 s into a pause between two attempts.
 OUTAGE = 21.0
 # Seconds from the restarted origin taking the publish to media again below it (measured: 1.2 to
-# 1.7 s; 3.6 to 4.6 s before): a pause of at most REFUSED_RECONNECT_MAX (2 s) plus an attempt
+# 1.7 s; 3.6 to 4.6 s before): a pause of at most [upstream] refused_reconnect_max (2 s) plus an attempt
 # that the port refused as it opened; a loaded CI machine gets room, the figures are printed.
 BACK_BOUND = 4.0
 # Seconds within which an attempt to connect to a closed port gives up (CONNECT_TIMEOUT is 5 s).
@@ -180,6 +182,25 @@ async def test_an_attempt_at_a_closed_port_gives_up_at_its_refusal(backend):
     took = time.monotonic() - started
     print(f"\n{backend}: an attempt at a closed port gave up in {took:.2f} s")
     assert took < REFUSED_BOUND < CONNECT_TIMEOUT
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_the_pause_after_a_refused_attempt_is_the_setting(tmp_path, backend, caplog):
+    """[upstream] refused_reconnect_max (0.2 s here; 2 s by default): a relay node whose upstream's
+    port refuses tries again after at most that long, where its backoff would pause 0.5 s, then
+    1 s (the log says so for each attempt)."""
+    caplog.set_level(logging.WARNING, logger="rtmpq.nodes")
+    upstream = free_port(socket.SOCK_DGRAM)  # (nothing listens there)
+    retries = re.compile(rf"upstream 127\.0\.0\.1:{upstream}: .*refused.*; retrying in ([0-9.]+) s")
+
+    def pauses() -> list[float]:
+        return [float(m.group(1)) for r in caplog.records if (m := retries.search(r.getMessage()))]
+
+    async with relay_node(tmp_path, backend, {"RTMPQ_UPSTREAM_URL": f"moqt://127.0.0.1:{upstream}",
+                                              "RTMPQ_UPSTREAM_INSECURE": "true",
+                                              "RTMPQ_UPSTREAM_REFUSED_RECONNECT_MAX": "0.2"}):
+        await until(lambda: len(pauses()) >= 2, 10, "two refused attempts")
+    assert pauses()[:2] == [0.2, 0.2], caplog.text
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

@@ -34,32 +34,32 @@ def locations(plan) -> list:
 
 
 def test_whole_groups_in_ascending_order():
-    plan = plan_fetch(cache_with({3: 3, 4: 2, 5: 2}), (3, 0), (4, 0))
+    plan = plan_fetch(cache_with({3: 3, 4: 2, 5: 2}), (3, 0), (4, 0), 0.0)
     assert locations(plan) == [(3, 0), (3, 1), (3, 2), (4, 0), (4, 1)]
     assert plan.end == (4, 0)  # the whole end group, which is complete
 
 
 def test_a_range_past_the_largest_object_ends_at_it():
     cache = cache_with({3: 3, 4: 2})  # group 4 still in progress
-    plan = plan_fetch(cache, (3, 1), (9, 0))
+    plan = plan_fetch(cache, (3, 1), (9, 0), 0.0)
     assert locations(plan) == [(3, 1), (3, 2), (4, 0), (4, 1)]
     assert plan.end == (4, 2)
 
 
 def test_an_end_object_cuts_inside_a_group():
-    plan = plan_fetch(cache_with({3: 5, 4: 1}), (3, 1), (3, 3))
+    plan = plan_fetch(cache_with({3: 5, 4: 1}), (3, 1), (3, 3), 0.0)
     assert locations(plan) == [(3, 1), (3, 2)]
     assert plan.end == (3, 3)
 
 
 def test_descending_order_sends_newest_groups_first():
-    plan = plan_fetch(cache_with({3: 2, 4: 2, 5: 1}), (3, 0), (5, 0), descending=True)
+    plan = plan_fetch(cache_with({3: 2, 4: 2, 5: 1}), (3, 0), (5, 0), 0.0, descending=True)
     assert locations(plan) == [(5, 0), (4, 0), (4, 1), (3, 0), (3, 1)]
 
 
 def test_groups_older_than_the_cache_are_announced_unknown_not_missing():
     cache = cache_with({1: 1, 2: 1, 3: 1, 4: 1}, max_groups=2)  # 1 and 2 evicted
-    plan = plan_fetch(cache, (0, 0), (4, 0))
+    plan = plan_fetch(cache, (0, 0), (4, 0), 0.0)
     assert locations(plan) == [(2, LARGEST_VARINT), (3, 0), (4, 0)]
 
 
@@ -69,16 +69,16 @@ def test_a_group_too_big_to_cache_is_unknown():
     cache.add(1, 0, b"b" * 60, None, now=0.0)
     cache.add(1, 1, b"b" * 60, None, now=0.0)  # group 1 outgrows the cache: group 0 evicted, 1 truncated
     cache.add(2, 0, b"c" * 10, None, now=0.0)
-    plan = plan_fetch(cache, (0, 0), (2, 0))
+    plan = plan_fetch(cache, (0, 0), (2, 0), 0.0)
     assert locations(plan) == [(1, LARGEST_VARINT), (2, 0)]  # one marker for both unknown groups
 
 
 @pytest.mark.parametrize(("start", "end"), [((7, 0), (8, 0)), ((4, 1), (3, 0))])
 def test_ranges_that_cannot_be_served_are_invalid(start, end):
     with pytest.raises(FetchRangeError):
-        plan_fetch(cache_with({3: 2, 4: 2}), start, end)
+        plan_fetch(cache_with({3: 2, 4: 2}), start, end, 0.0)
     with pytest.raises(FetchRangeError):
-        plan_fetch(GroupCache(), (0, 0), (1, 0))  # nothing published yet
+        plan_fetch(GroupCache(), (0, 0), (1, 0), 0.0)  # nothing published yet
 
 
 # -- over QUIC against `rtmpq up` ---------------------------------------------------------------
@@ -172,10 +172,10 @@ async def test_aiomoqt_join_gets_the_current_group_whole_from_fetch_plus_subscri
 
 def test_a_response_is_cut_at_the_byte_limit_and_says_where():
     cache = cache_with({3: 4, 4: 4, 5: 1})  # objects of 2 bytes
-    plan = plan_fetch(cache, (3, 0), (4, 0), max_bytes=10)
+    plan = plan_fetch(cache, (3, 0), (4, 0), 0.0, max_bytes=10)
     assert locations(plan) == [(3, 0), (3, 1), (3, 2), (3, 3), (4, 0)]
     assert plan.end == (4, 1)  # the subscriber asks again from here
-    newest_first = plan_fetch(cache, (3, 0), (4, 0), descending=True, max_bytes=10)
+    newest_first = plan_fetch(cache, (3, 0), (4, 0), 0.0, descending=True, max_bytes=10)
     assert locations(newest_first) == [(4, 0), (4, 1), (4, 2), (4, 3), (3, 0)]
 
 

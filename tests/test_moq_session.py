@@ -418,20 +418,60 @@ class DatagramFrameReceived:  # matched by name, as StreamDataReceived above
         self.data = data
 
 
-def test_object_datagrams_are_checked_then_dropped_with_a_warning(caplog):
-    """Draft 16: an unknown datagram type MUST close the session. rtmpq carries no datagram objects
-    (it cannot forward them as datagrams): a well-formed one is counted and said once, not lost
-    silently as before (draft 16 audit)."""
+def test_object_datagrams_are_objects_of_their_track_held_until_its_alias_is_known():
+    """Draft 16: an unknown datagram type MUST close the session; a datagram whose Track Alias is
+    not known yet MAY be held "for a brief period to handle reordering with the control message
+    that establishes the Track Alias". rtmpq dropped every datagram object with a warning; now
+    each is a DatagramObjectReceived, held like a stream's object until SUBSCRIBE_OK names it."""
     quic = RecordingQuic()
     client = session_module.MoqSession(quic, is_client=True)
     client.connect()
-    with caplog.at_level("WARNING", logger="rtmpq.moq"):
-        for _ in range(3):
-            assert client.handle_event(DatagramFrameReceived(b"\x0c\x02\x05abcd")) == []
-    assert quic.closed_with is None and client.datagrams_dropped == 3
-    assert sum("datagrams" in r.getMessage() for r in caplog.records) == 1
+    client.handle_event(StreamDataReceived(0, wire.encode_control_message(
+        wire.ServerSetup({wire.SETUP_MAX_REQUEST_ID: 10}))))
+    assert client.handle_event(DatagramFrameReceived(b"\x0c\x02\x05abcd")) == []  # alias 2: not known yet
+    ok = wire.encode_control_message(wire.SubscribeOk(0, 2, {}, {}))
+    events = client.handle_event(StreamDataReceived(0, ok))
+    assert events[1:] == [ev.DatagramObjectReceived(2, 5, 0, b"abcd", {}, wire.ObjectStatus.NORMAL, None, False)]
+    assert client.handle_event(DatagramFrameReceived(b"\x03\x02\x05\x03\x07\x02\x10\x28ab")) == [
+        ev.DatagramObjectReceived(2, 5, 3, b"ab", {0x10: 40}, wire.ObjectStatus.NORMAL, 7, True)]
+    assert quic.closed_with is None and client.datagrams_received == 2
     events = client.handle_event(DatagramFrameReceived(b"\x23\x02\x05\x03"))  # STATUS with END_OF_GROUP
     assert quic.closed_with is not None and quic.closed_with[0] == SessionError.PROTOCOL_VIOLATION, events
+
+
+class DatagramQuic(RecordingQuic):
+    """A QUIC connection that takes datagrams of up to ``room`` bytes, ``queue`` of them."""
+
+    def __init__(self, room: int, queue: int) -> None:
+        super().__init__()
+        self.room, self.queue, self.datagrams = room, queue, []
+
+    def datagram_room(self) -> int:
+        return self.room
+
+    def send_datagram_frame(self, data: bytes) -> bool:
+        if len(self.datagrams) >= self.queue:
+            return False
+        self.datagrams.append(bytes(data))
+        return True
+
+
+def test_send_datagram_says_what_became_of_each_object():
+    """An object sent as a datagram goes as an OBJECT_DATAGRAM (which reads back as it was sent),
+    or the caller learns why not: the peer takes no datagrams, it is larger than one, the queue
+    is full (draft 16: a datagram too big for the session "will be dropped without any explicit
+    notification"; the relay counts each)."""
+    unsupported = session_module.MoqSession(RecordingQuic(), is_client=True)
+    assert unsupported.send_datagram(1, 0, 0, b"x") == session_module.DATAGRAM_UNSUPPORTED
+    quic = DatagramQuic(room=20, queue=2)
+    session = session_module.MoqSession(quic, is_client=True)
+    assert session.send_datagram(1, 4, 2, b"abc", {0x10: 40}, priority=9, end_of_group=True) == "sent"
+    assert session.send_datagram(1, 4, 3, b"", status=wire.ObjectStatus.END_OF_GROUP) == "sent"
+    assert session.send_datagram(1, 4, 4, b"x" * 20) == session_module.DATAGRAM_TOO_BIG
+    assert session.send_datagram(1, 5, 0, b"y") == session_module.DATAGRAM_QUEUE_FULL
+    assert [wire.decode_object_datagram(d) for d in quic.datagrams] == [
+        wire.ObjectDatagram(1, 4, 2, 9, {0x10: 40}, b"abc", wire.ObjectStatus.NORMAL, True),
+        wire.ObjectDatagram(1, 4, 3, None, {}, b"", wire.ObjectStatus.END_OF_GROUP, False)]
 
 
 def pooled_subscription(tmp_path) -> tuple[MoqPair, ReceivePool]:

@@ -339,7 +339,7 @@ async def test_absolute_start_0_0_skips_a_newest_group_past_the_budget_as_unfilt
     audit). Both get live group 4 alone."""
     timeout_ms = 200
     async with relay_with_publisher(tmp_path, backend, cached_groups=4) as (relay, publisher, _warm, connect):
-        newest = relay._tracks[(NAMESPACE, "video")].fanout.cache.latest()
+        newest = relay._tracks[(NAMESPACE, "video")].fanout.cache.latest(time.monotonic())
         await until(lambda: time.monotonic() - newest.started > 2 * timeout_ms / 1000, what="group 3 past the budget")
         async with connect() as zero, connect() as plain:
             viewers = {zero: dict(filter_type=FILTER_ABSOLUTE_START, start=(0, 0)), plain: {}}

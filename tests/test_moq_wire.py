@@ -435,6 +435,37 @@ def test_object_datagrams_written_by_hand_from_the_draft():
     assert wire.decode_object_datagram(b"\x0e\x02\x05xy").end_of_group
 
 
+def test_object_datagrams_written_read_back_as_they_were_written():
+    """rtmpq writes OBJECT_DATAGRAMs now (a relay forwards datagram objects as datagrams): the
+    shortest type for what each carries, byte for byte as the draft lays it out, read back whole."""
+    assert wire.encode_object_datagram(2, 5, 3, b"abcd", {0x10: 40}, priority=7) == (
+        b"\x01\x02\x05\x03\x07" + b"\x02\x10\x28" + b"abcd")
+    assert wire.encode_object_datagram(2, 5, 0, b"", status=wire.ObjectStatus.END_OF_TRACK) == b"\x2c\x02\x05\x04"
+    assert wire.encode_object_datagram(2, 5, 0, b"xy", end_of_group=True) == b"\x0e\x02\x05xy"
+    for obj in [wire.ObjectDatagram(9, 300, 70000, 0, {0x11: b"v", 0x20: 5}, b"p" * 1000, 0, True),
+                wire.ObjectDatagram(9, 1, 4, 200, {}, b"", wire.ObjectStatus.END_OF_GROUP, False),
+                wire.ObjectDatagram(9, 1, 0, None, {}, b"", wire.ObjectStatus.NORMAL, False)]:
+        data = wire.encode_object_datagram(obj.track_alias, obj.group_id, obj.object_id, obj.payload, obj.extensions,
+                                           priority=obj.priority, status=obj.status, end_of_group=obj.end_of_group)
+        assert wire.decode_object_datagram(data) == obj
+
+
+def test_a_fetched_datagram_object_is_flagged_and_has_no_subgroup():
+    """Draft 16: a FETCH object of Forwarding Preference Datagram has serialization flag 0x40 (its
+    two low bits then zero: no Subgroup ID); rtmpq never wrote it. The next object states its own
+    Subgroup ID (a datagram object has none to refer to)."""
+    encoder = wire.FetchObjectEncoder()
+    data = (wire.encode_fetch_header(1) + encoder.object_header(4, 0, 0, 9, 1, None, datagram=True) + b"a"
+            + encoder.object_header(4, 1, 1, 9, 1, None) + b"b")
+    flags, pos = wire.decode_varint(data, 2)
+    assert flags == 0x40 | 0x08 | 0x04 | 0x10  # datagram, group, object id, priority; no subgroup bits
+    second, _ = wire.decode_varint(data, pos + 5)  # (group 4, object 0, priority 9, length 1, "a")
+    assert second & 0x43 == 0x03  # not a datagram; its Subgroup ID is stated
+    parser = wire.FetchStreamParser()
+    assert parser.feed(data) == [wire.FetchObject(4, 0, 0, 9, b"a", {}, datagram=True),
+                                 wire.FetchObject(4, 1, 1, 9, b"b", {})]
+
+
 @pytest.mark.parametrize(("data", "problem"), [
     (b"\x22\x02\x05\x03\x07\x03", "datagram type"),  # STATUS with END_OF_GROUP
     (b"\x10\x02\x05\x03\x07x", "datagram type"),  # not 0b00X0XXXX (a subgroup stream's type)

@@ -6,6 +6,7 @@ broadcast: a subscriber that does not FETCH (a relay below, the edge's unfiltere
 for the catalog's next change, i.e. forever."""
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
@@ -134,7 +135,7 @@ async def test_an_older_fetched_catalog_never_follows_a_newer_live_one(tmp_path)
         await until(lambda: fetches and upstream() is not None and upstream().catalog_join.fetch is None, 10,
                     "the relay's catalog FETCH answered")
         await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in got), 10, "the catalog at the viewer")
-        latest = upstream().fanout.cache.latest()
+        latest = upstream().fanout.cache.latest(time.monotonic())
     assert [bytes(e.payload) for e in got if isinstance(e, ev.ObjectReceived)] == [NEWER]
     assert [bytes(o.payload) for o in latest.objects] == [NEWER]
 

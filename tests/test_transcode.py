@@ -422,6 +422,29 @@ async def test_the_rungs_of_a_source_track_that_left_are_withdrawn_and_come_back
         bt.close()
 
 
+async def test_the_decode_queue_setting_reaches_a_broadcast_s_decoder(source):
+    """[transcode] decode_queue_frames (20 here; 240 by default) bounds the source frames queued
+    before a broadcast's decoder: fed faster than it decodes (a 6 s source, 180 frames, at once),
+    it drops source groups, counted (rtmpq_transcode_skipped_groups_total), where the default
+    queue would take them all. Set in the environment, as a user sets it."""
+    from rtmpq.config import load_config
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, frames = source
+    config = load_config(env={"RTMPQ_TRANSCODE_DECODE_QUEUE_FRAMES": "20"}).transcode
+    bt = BroadcastTranscoder("live/q", parse_ladder("360p"), config, lambda tracks: None, lambda frame: None)
+    try:
+        bt.on_catalog(Catalog("live/q", (info,)))
+        bt.set_wanted("video-360p", True)
+        for f in frames:
+            bt.on_frame(f)
+        assert len(frames) < load_config(env={}).transcode.decode_queue_frames
+        assert bt.transcoders["video"].stats.input_skipped_groups >= 1
+    finally:
+        bt.close()
+
+
 class RungFrames:
     """What one rung emits, collected from its thread; ``wait(n)`` polls until ``n`` frames came."""
 

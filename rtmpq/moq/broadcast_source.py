@@ -59,7 +59,7 @@ class BroadcastSource:
     def _on_catalog(self, catalog) -> None:
         catalog = with_added_tracks(catalog, self.added)
         data = catalog.to_json()
-        last = self.fanouts[CATALOG_TRACK].cache.latest()
+        last = self.fanouts[CATALOG_TRACK].cache.latest(time.monotonic())
         if last is not None and last.objects and bytes(last.objects[0].payload) == data:
             return
         added = {info.name for info in self.added}

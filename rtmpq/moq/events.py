@@ -181,6 +181,21 @@ class ObjectReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class DatagramObjectReceived:
+    """An object in an OBJECT_DATAGRAM (Forwarding Preference Datagram: no subgroup, no stream;
+    a relay forwards it as a datagram). ``end_of_group``: no object of a larger ID is in its group."""
+
+    track_alias: int
+    group: int
+    object_id: int
+    payload: bytes
+    extensions: dict
+    status: int = 0
+    priority: int | None = None  # its publisher priority (None: the subscription's)
+    end_of_group: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SubgroupEnded:
     """The publisher closed the subgroup stream with FIN: every object of it arrived."""
 
@@ -269,6 +284,7 @@ class FetchObjectReceived:
     payload: bytes
     extensions: dict
     priority: int
+    datagram: bool = False  # an object of Forwarding Preference Datagram (``subgroup`` means nothing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,9 @@ class GroupSink(Protocol):
                     status: int = 0) -> None:
         """An object on the stream; a status object (End of Group / End of Track) comes with its
         ``status`` and an empty payload."""
+    def send_datagram(self, group_id: int, object_id: int, payload, extensions: dict | None,
+                      priority: int | None = None, status: int = 0, end_of_group: bool = False) -> None:
+        """An object of Forwarding Preference Datagram, as an OBJECT_DATAGRAM (no stream)."""
     def end_group(self, handle: object) -> None: ...
     def reset_group(self, handle: object, code: int) -> None: ...
     def buffered_bytes(self, handle: object) -> int: ...
@@ -199,6 +202,26 @@ class TrackSubscription:
         if self._written_since > self.send_budget // 8 or \
                 received + self.delivery_timeout - QUIET_COUNT_INTERVAL < self._quiet_until:
             self._quiet_until = 0.0
+
+    def deliver_datagram(self, group_id: int, object_id: int, payload, extensions, priority: int | None = None,
+                         status: int = 0, end_of_group: bool = False) -> None:
+        """An object of Forwarding Preference Datagram: sent as one (draft 16: a relay MUST NOT
+        change it), within the subscription's range. It has no stream to open, hold or reset, and
+        the relay keeps nothing of it per subscriber: sent once, or dropped where QUIC cannot take
+        it (the sink counts those), as a datagram may be."""
+        if group_id in self.dropped or (self.start_group is not None and (
+                group_id < self.start_group or (group_id == self.start_group and object_id < self.start_object))):
+            return
+        last = self.last_group
+        if last is not None and group_id >= last:
+            if group_id > last or end_of_group or status:
+                # past the End Group, or its end: over, unless a stream of it is still open here
+                if last not in self.in_flight:
+                    self.range_ended = True
+                if group_id > last:
+                    return
+        self.sink.send_datagram(group_id, object_id, payload, extensions, priority, status, end_of_group)
+        self.objects_sent += 1
 
     def _open(self, g: _GroupInFlight | None, group_id: int, object_id: int, subgroup: int,
               priority: int | None, end_of_group: bool) -> _StreamInFlight | None:
@@ -482,15 +505,14 @@ class TrackFanout:
 
     def subscribe(self, sub: TrackSubscription, now: float) -> None:
         """Add a subscriber and send it the newest cached group at once."""
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         self._set_live_from(sub)
-        latest = self.cache.latest()
+        latest = self.cache.latest(now)  # (nothing past the track's MAX_CACHE_DURATION)
         if latest is None:
             return
         try:
-            for group in self.cache.groups_from(latest.group_id):
+            for group in self.cache.groups_from(latest.group_id, now):
                 if self.state:
                     self._replay(sub, group, received=now)  # its budget runs from now
                 elif now - group.started > sub.delivery_timeout:
@@ -507,19 +529,18 @@ class TrackFanout:
         ``sub.last_group``) at once, then live ones. A start older than the cache starts at what is
         cached (draft 16 answers a SUBSCRIBE with objects from now on; older ones are FETCHed).
         At most the newest MAX_GROUPS_IN_FLIGHT cached groups: more would reset each other."""
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
         self.subscribers.add(sub)
         sub.hold_fin = not self.state
         sub.groups_in_order = self.ends_groups_on_newer
         self._set_live_from(sub)
         last = sub.last_group
-        groups = [g for g in self.cache.groups_from(sub.start_group) if last is None or g.group_id <= last]
+        groups = [g for g in self.cache.groups_from(sub.start_group, now) if last is None or g.group_id <= last]
         try:
             for group in groups[-MAX_GROUPS_IN_FLIGHT:]:
                 # asked for by name: its budget runs from now (one older than the budget would be
                 # reset at once otherwise)
                 self._replay(sub, group, sub.start_object if group.group_id == sub.start_group else 0, received=now)
-            sub.range_ended = self._range_over(sub)  # its end group may be over already (from the cache or gone)
+            sub.range_ended = self._range_over(sub, now)  # its end group may be over already (from the cache or gone)
             sub.check(now)
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
@@ -568,7 +589,12 @@ class TrackFanout:
         sub.replaying = group.group_id
         try:
             for obj in group.objects:
-                if obj.object_id >= from_object:
+                if obj.object_id < from_object:
+                    continue
+                if obj.datagram:  # as it came: a datagram
+                    sub.deliver_datagram(group.group_id, obj.object_id, obj.payload, obj.extensions, obj.priority,
+                                         obj.status, obj.end_of_group)
+                else:
                     sub.deliver(group.group_id, obj.object_id, obj.payload, obj.extensions, when,
                                 obj.subgroup, obj.priority, obj.end_of_group, obj.status)
         finally:
@@ -587,8 +613,7 @@ class TrackFanout:
         sub.start_group, sub.start_object = group_id, from_object
         if sub not in self.subscribers:
             return  # not delivered to yet (FORWARD=0): it starts there once it is
-        self.cache.expire(now)  # nothing past the track's MAX_CACHE_DURATION
-        group = next((g for g in self.cache.groups_from(group_id) if g.group_id == group_id), None)
+        group = next((g for g in self.cache.groups_from(group_id, now) if g.group_id == group_id), None)
         try:
             if group is not None:
                 # those objects came after the subscription began (within a round trip): their
@@ -599,13 +624,13 @@ class TrackFanout:
         except Exception as exc:  # noqa: BLE001 - see _let_go
             self._let_go([(sub, exc)])
 
-    def live_start(self, start: tuple[int, int]) -> tuple[int, int]:
+    def live_start(self, start: tuple[int, int], now: float) -> tuple[int, int]:
         """Where a subscription asking to start at ``start`` starts here: there, or at the newest
         group cached whole if that is later. Draft 16 ("Updating Subscriptions"): a Start Location
         below the Largest Location is like a new subscription, what came before is FETCHed; so it
         starts where an unfiltered one does (``subscribe``), and AbsoluteStart {0, 0} is the same
         as no filter, as the draft says."""
-        latest = self.cache.latest()
+        latest = self.cache.latest(now)
         return start if latest is None else max(start, (latest.group_id, 0))
 
     def set_range(self, sub: TrackSubscription, start: tuple[int, int], last_group: int | None, now: float) -> None:
@@ -619,16 +644,16 @@ class TrackFanout:
                 sub._drop(group_id, RESET_CANCELLED)
         sub.last_group = last_group
         if sub not in self.subscribers:  # not delivered to yet (FORWARD=0): like a new subscription
-            sub.start_group, sub.start_object = self.live_start(start)
+            sub.start_group, sub.start_object = self.live_start(start, now)
         elif sub.start_group is None or start >= (sub.start_group, sub.start_object):
             sub.start_group, sub.start_object = start
         else:
-            back = self.live_start(start)
+            back = self.live_start(start, now)
             if back[0] < sub.start_group:
                 self.extend_back(sub, back[0], back[1], now)
-        sub.range_ended = self._range_over(sub)
+        sub.range_ended = self._range_over(sub, now)
 
-    def _range_over(self, sub: TrackSubscription) -> bool:
+    def _range_over(self, sub: TrackSubscription, now: float) -> bool:
         """Whether ``sub``'s End Group is over: it ended or was dropped for the subscriber, or it is
         not in flight and a later group exists or it is complete here (delivered already)."""
         last = sub.last_group
@@ -641,7 +666,7 @@ class TrackFanout:
         largest = self.cache.largest
         if largest is not None and largest[0] > last:
             return True
-        group = next((g for g in self.cache.groups_from(last) if g.group_id == last), None)
+        group = next((g for g in self.cache.groups_from(last, now) if g.group_id == last), None)
         return group is not None and group.complete
 
     def unsubscribe(self, sub: TrackSubscription) -> None:
@@ -676,6 +701,22 @@ class TrackFanout:
         self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
         self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
                       status)
+
+    def publish_datagram(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
+                         priority: int | None = None, status: int = 0, end_of_group: bool = False) -> None:
+        """An object that came as an OBJECT_DATAGRAM (publisher ``priority``, None: the track's;
+        ``end_of_group``: its END_OF_GROUP bit) to the cache, flagged so, and to every subscriber
+        as a datagram (``TrackSubscription.deliver_datagram``)."""
+        self.objects_received += 1
+        self.bytes_received += len(payload)
+        previous = self.cache.largest
+        self.cache.add(group_id, object_id, payload, extensions, now, 0, priority, end_of_group, status, datagram=True)
+        if not self.subscribers:
+            return
+        if previous is None:
+            self._first_object(group_id, object_id)
+        self._each(lambda sub: sub.deliver_datagram(group_id, object_id, payload, extensions, priority, status,
+                                                    end_of_group))
 
     def _deliver(self, previous: tuple[int, int] | None, group_id: int, object_id: int, payload,
                  extensions: dict | None, now: float, subgroup: int = 0, priority: int | None = None,

@@ -44,11 +44,11 @@ class FetchPlan:
     items: list  # (group id, CachedObject) and UnknownUntil, in sending order
 
 
-def plan_fetch(cache: GroupCache, start: Location, end: Location, *, descending: bool = False,
+def plan_fetch(cache: GroupCache, start: Location, end: Location, now: float, *, descending: bool = False,
                max_bytes: int = MAX_FETCH_BYTES) -> FetchPlan:
-    """Objects of ``cache`` from ``start`` to ``end`` (exclusive; object 0 = all of the end group),
-    at most ``max_bytes`` of payload (at least one object)."""
-    largest = cache.largest
+    """Objects of ``cache`` from ``start`` to ``end`` (exclusive; object 0 = all of the end group)
+    that may be served at ``now``, at most ``max_bytes`` of payload (at least one object)."""
+    largest = cache.largest_at(now)  # (and the groups past the track's MAX_CACHE_DURATION dropped)
     if largest is None:
         raise FetchRangeError("no objects have been published on this track")
     if start > largest:

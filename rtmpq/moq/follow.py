@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from ..media.frames import Frame
 from ..redact import safe_name
 from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
-from .reachability import reconnect_delay
+from .reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from .transport import connect_moq
 from .wire import RequestError
 
 log = logging.getLogger("rtmpq.moq")
 
-# Seconds between reconnection attempts (doubling up to the maximum; up to REFUSED_RECONNECT_MAX
+# Seconds between reconnection attempts (doubling up to the maximum; up to refused_reconnect_max
 # after an attempt the upstream's closed port refused).
 RECONNECT_MIN = 0.25
 RECONNECT_MAX = 5.0
@@ -31,12 +31,14 @@ class BroadcastGone(ConnectionError):
 
 async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
-                           fill_groups: int = 0, tail_wait: float = 0.0, **tls) -> AsyncIterator:
+                           fill_groups: int = 0, tail_wait: float = 0.0,
+                           refused_reconnect_max: float = REFUSED_RECONNECT_MAX, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
     connect_moq's insecure / cafile / fingerprint / backend / idle_timeout. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
     (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
-    subscribe_broadcast's (an older group's tail before a newer group's frames)."""
+    subscribe_broadcast's (an older group's tail before a newer group's frames).
+    ``refused_reconnect_max``: the longest pause after an attempt the upstream's closed port refused."""
     loop = asyncio.get_running_loop()
     delay = RECONNECT_MIN
     connected_once = False
@@ -82,7 +84,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
             if loop.time() >= deadline:
                 raise BroadcastGone(f"{safe_name(broadcast)}: upstream {host}:{port} lost and not back within "
                                     f"{wait:g} s: {exc}") from None
-            delay = reconnect_delay(delay, exc)
+            delay = reconnect_delay(delay, exc, refused_reconnect_max)
             log.warning("%s: upstream %s:%d lost (%s); reconnecting in %.2f s", safe_name(broadcast), host, port,
                         exc, delay)
         await asyncio.sleep(delay)

@@ -16,8 +16,10 @@ subgroup, 0: its frames carry nothing more per frame for that (issue 12).
 A relayed track's MAX_CACHE_DURATION (draft 16, a Track Extension: "the relay MUST NOT start
 forwarding any individual Object ... after the specified number of milliseconds has elapsed since
 the beginning of the Object was received") is ``max_object_age``: a group whose first object
-came longer ago than that is no longer served (``expire``), as one too big to cache; its state is
-unknown, and a FETCH of it goes to the track's source (relay.py).
+came longer ago than that is no longer served, as one too big to cache; its state is unknown, and
+a FETCH of it goes to the track's source (relay.py). The serving reads (``latest``, ``groups_from``,
+``largest_at``, ``expired_in``) take the time and apply it themselves (``expire``), so no caller
+serves an object past it by forgetting to expire first; ``expire`` alone is for a timer.
 """
 
 import bisect
@@ -46,6 +48,10 @@ class CachedObject:
     # its Object Status (draft 16): End of Group / End of Track objects are cached and forwarded as
     # they came (empty, never as Normal ones); a FETCH answer leaves them out (FETCH has no status)
     status: int = 0
+    # Forwarding Preference Datagram: it came (and goes to subscribers) as an OBJECT_DATAGRAM, in
+    # no subgroup; a FETCH carries it on its stream, flagged so (draft 16). ``end_of_group`` is
+    # then its own END_OF_GROUP bit
+    datagram: bool = False
 
 
 class CachedFrame:
@@ -59,6 +65,7 @@ class CachedFrame:
     priority = None
     end_of_group = True
     status = 0
+    datagram = False
 
     def __init__(self, frame: Frame, timescale: int) -> None:
         self.frame = frame
@@ -113,11 +120,13 @@ class GroupCache:
         return len(self._groups)
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
-            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0) -> None:
-        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status)
+            subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0,
+            datagram: bool = False) -> None:
+        obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status, datagram)
         group = self._add(group_id, obj, len(payload), now)
-        # only a group in several subgroups (several streams) can come out of Object ID order
-        if group is not None and (subgroup or group.subgroups):
+        # only a group in several subgroups (several streams), or of datagrams (each on its own),
+        # can come out of Object ID order
+        if group is not None and (subgroup or datagram or group.subgroups):
             group.subgroups = True
             objects = group.objects
             if len(objects) > 1 and object_id < objects[-2].object_id:
@@ -201,8 +210,8 @@ class GroupCache:
 
     def expire(self, now: float) -> None:
         """Evict by age (call from a timer: a stalled track must not hold memory forever), and
-        stop serving the groups past ``max_object_age`` (call before serving from the cache, too:
-        the draft's MUST NOT holds between two timer calls)."""
+        stop serving the groups past ``max_object_age`` (the serving reads call it too: the
+        draft's MUST NOT holds between two timer calls)."""
         self._evict(now)
         limit = self.max_object_age
         if limit is not None:
@@ -215,29 +224,39 @@ class GroupCache:
                     self.drop(group.group_id)
                     group.expired = True
 
-    def expired_in(self, start: tuple[int, int], end: tuple[int, int]) -> bool:
+    def expired_in(self, start: tuple[int, int], end: tuple[int, int], now: float) -> bool:
         """Whether a group from ``start`` to ``end`` (exclusive; object 0: all of the end group)
-        was dropped for ``max_object_age`` and is still remembered here."""
+        was dropped for ``max_object_age`` (by ``now``) and is still remembered here."""
+        self.expire(now)
         return any(g.expired for g in self._groups.values() if start[0] <= g.group_id <= end[0])
 
-    def latest(self) -> CachedGroup | None:
-        """The newest group that can be served from its first object, or None."""
+    def latest(self, now: float) -> CachedGroup | None:
+        """The newest group that can be served from its first object at ``now``, or None."""
+        self.expire(now)
         for group in reversed(self._groups.values()):
             if not group.truncated and group.objects and group.objects[0].object_id == 0:
                 return group
         return None
 
     def groups(self) -> list[CachedGroup]:
-        """Every group held, oldest first (truncated ones included: their objects are gone)."""
+        """Every group held, oldest first (truncated ones included: their objects are gone); to
+        serve from them, ``largest_at(now)`` first."""
         return list(self._groups.values())
 
-    def groups_from(self, group_id: int) -> list[CachedGroup]:
+    def groups_from(self, group_id: int, now: float) -> list[CachedGroup]:
+        """The groups from ``group_id`` on that can be served at ``now``, oldest first."""
+        self.expire(now)
         return [g for g in self._groups.values() if g.group_id >= group_id and not g.truncated]
+
+    def largest_at(self, now: float) -> tuple[int, int] | None:
+        """``largest`` of what may be served at ``now`` (SUBSCRIBE_OK's Largest Location, a FETCH)."""
+        self.expire(now)
+        return self.largest
 
     @property
     def largest(self) -> tuple[int, int] | None:
-        """(group, object) of the newest object cached, for SUBSCRIBE_OK's Largest Location: a
-        Normal one (a status object says where objects stop, not that one is there to FETCH)."""
+        """(group, object) of the newest object cached: a Normal one (a status object says where
+        objects stop, not that one is there to FETCH)."""
         for group in reversed(self._groups.values()):
             for obj in reversed(group.objects):
                 if not obj.status:

@@ -27,13 +27,15 @@ HANDSHAKE_UNREACHABLE_GRACE = 0.5
 # Seconds at most between attempts to connect to a peer whose port refused: a process restarting
 # on a host that is up, where an attempt costs a packet or two and their ICMP, so the reconnect
 # loops try again this often (their longer maximum is for the rest: timeouts, refused sessions).
+# [upstream] refused_reconnect_max.
 REFUSED_RECONNECT_MAX = 2.0
 
 
-def reconnect_delay(delay: float, exc: BaseException) -> float:
+def reconnect_delay(delay: float, exc: BaseException, refused_max: float = REFUSED_RECONNECT_MAX) -> float:
     """A reconnect loop's pause before its next attempt, after the failure ``exc``: at most
-    REFUSED_RECONNECT_MAX after a refused attempt (connect_moq's ConnectionRefusedError)."""
-    return min(delay, REFUSED_RECONNECT_MAX) if isinstance(exc, ConnectionRefusedError) else delay
+    ``refused_max`` ([upstream] refused_reconnect_max) after a refused attempt (connect_moq's
+    ConnectionRefusedError)."""
+    return min(delay, refused_max) if isinstance(exc, ConnectionRefusedError) else delay
 
 
 class PeerReachability:

@@ -48,6 +48,7 @@ from .relay_sink import DEFAULT_URGENCY, URGENCY, ConnectionSink, Subscription, 
 from .session import PARTIAL_OBJECT_TIMEOUT
 from .transport import MoqConnection, ReceiveBudget
 from .upstream import FetchProxy, UpstreamTrack
+from .waiting import MAX_WAITING_SUBSCRIBES, NEW_TRACK_WAIT, UPSTREAM_WAIT, WaitingSubscribes
 from .wire import (
     DEFAULT_PUBLISHER_PRIORITY,
     EXT_DEFAULT_PUBLISHER_PRIORITY,
@@ -81,16 +82,6 @@ LATE_STREAM_GRACE = 2.0
 # objects and PUBLISH_DONE have come over QUIC: the relay keeps its subscriptions there this long
 # (seconds) before it counts the source as lost, so a broadcast that ended there ends here whole.
 ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
-# A new broadcast's tracks appear as their sequence headers arrive: for this long after a publish
-# starts, a SUBSCRIBE to a track it does not have yet waits for it instead of being refused.
-NEW_TRACK_WAIT = 3.0
-# At most this many such SUBSCRIBEs wait per broadcast (more are refused at once).
-MAX_WAITING_SUBSCRIBES = 256
-# A relay with an upstream (`rtmpq relay --upstream`) whose session there is not up (it just
-# started, or the link is reconnecting, RECONNECT_MAX apart at most) holds a SUBSCRIBE to a
-# broadcast it does not know this long (seconds), and passes it up once the session is, instead of
-# refusing it: a restarted relay's viewers come back at once, often before its own session does.
-UPSTREAM_WAIT = 12.0
 # A track resubscribed after its source was lost, refused there (a restarted relay above whose
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
@@ -145,7 +136,8 @@ class MoqRelay:
                  upstream_grace: float = DEFAULT_UPSTREAM_GRACE, cache_local: bool = False,
                  stuck_timeout: float = DEFAULT_STUCK_TIMEOUT,
                  partial_object_timeout: float = PARTIAL_OBJECT_TIMEOUT,
-                 max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES) -> None:
+                 max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, upstream_wait: float = UPSTREAM_WAIT,
+                 max_waiting_subscribes: int = MAX_WAITING_SUBSCRIBES) -> None:
         self.registry = registry or BroadcastRegistry()
         # read every local broadcast into its group caches from its start, watched or not (the
         # edge of `rtmpq up` fills a first viewer's playlist window from them)
@@ -165,9 +157,12 @@ class MoqRelay:
         # those of the listener that serve_moq is given it for
         self.receive_budget = ReceiveBudget(max_partial_bytes, self.errors)
         # a link to an upstream relay will set ``upstream`` (UpstreamLink): SUBSCRIBEs to unknown
-        # broadcasts wait for it meanwhile, in ``_awaiting_upstream`` (at most MAX_WAITING_SUBSCRIBES)
+        # broadcasts wait for it meanwhile (``upstream_wait`` seconds), in ``_awaiting_upstream`` (at
+        # most ``max_waiting_subscribes``, the bound also of each local broadcast's ``waiting``)
+        self.upstream_wait = upstream_wait
+        self.max_waiting_subscribes = max_waiting_subscribes
         self.upstream_expected = False
-        self._awaiting_upstream: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
+        self._awaiting_upstream = WaitingSubscribes(max_waiting_subscribes)
         self.fingerprint = ""  # of this relay's certificate, once it serves (registered in the directory)
         self.connections: set[MoqConnection] = set()
         self._sources: dict[str, BroadcastSource] = {}
@@ -454,7 +449,7 @@ class MoqRelay:
             wait = source.broadcast.started + NEW_TRACK_WAIT - time.monotonic()
             if fanout is not None:
                 self._accept(conn, event, fanout)
-            elif wait > 0 and len(source.waiting) < MAX_WAITING_SUBSCRIBES:
+            elif wait > 0 and len(source.waiting) < self.max_waiting_subscribes:
                 source.waiting.append((conn, event))
                 self._call_later(wait, self._expire_waiting, source, conn, event)
             else:
@@ -464,10 +459,9 @@ class MoqRelay:
         upstream = self._tracks.get(key)
         if upstream is None:
             publisher = self._publisher_for(event.namespace)
-            if publisher is None and self._session_expected(event.namespace) \
-                    and len(self._awaiting_upstream) < MAX_WAITING_SUBSCRIBES:
-                self._awaiting_upstream.append((conn, event))
-                self._call_later(UPSTREAM_WAIT, self._expire_awaiting_upstream, conn, event)
+            if publisher is None and self._session_expected(event.namespace) and self.upstream_wait > 0 \
+                    and self._awaiting_upstream.add(conn, event):
+                self._call_later(self.upstream_wait, self._expire_awaiting_upstream, conn, event)
                 log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
                 return
             if publisher is None:
@@ -506,19 +500,16 @@ class MoqRelay:
 
     def _retry_awaiting_upstream(self, namespace: tuple[str, ...] | None = None) -> None:
         """The SUBSCRIBEs that came before the session (all, or ``namespace``'s): handled now, as if they came now."""
-        waiting = [(c, r) for c, r in self._awaiting_upstream if namespace is None or r.namespace == namespace]
-        self._awaiting_upstream = [w for w in self._awaiting_upstream if w not in waiting]
-        for sub_conn, request in waiting:
+        for sub_conn, request in self._awaiting_upstream.take(namespace):
             if not sub_conn.session.closed:
                 self._on_SubscribeRequested(sub_conn, request)
                 sub_conn.flush()
 
     def _expire_awaiting_upstream(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
-        if (conn, event) in self._awaiting_upstream:
-            self._awaiting_upstream.remove((conn, event))
+        if self._awaiting_upstream.expire(conn, event):
             if not conn.session.closed:
                 log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
-                         UPSTREAM_WAIT, conn.peer)
+                         self.upstream_wait, conn.peer)
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 conn.flush()
 
@@ -527,8 +518,7 @@ class MoqRelay:
         the link upstream may still serve them)."""
         if self.upstream_expected:
             return
-        for conn, event in [(c, r) for c, r in self._awaiting_upstream if r.namespace == namespace]:
-            self._awaiting_upstream.remove((conn, event))
+        for conn, event in self._awaiting_upstream.take(namespace):
             if not conn.session.closed:
                 self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
                 conn.flush()
@@ -563,8 +553,8 @@ class MoqRelay:
 
     def _accept(self, conn: MoqConnection, event: ev.SubscribeRequested, fanout: TrackFanout,
                 upstream: UpstreamTrack | None = None) -> None:
-        fanout.cache.expire(time.monotonic())  # nothing past the track's MAX_CACHE_DURATION starts it
-        largest = fanout.cache.largest
+        now = time.monotonic()
+        largest = fanout.cache.largest_at(now)  # nothing past the track's MAX_CACHE_DURATION starts it
         # a track just subscribed upstream: nothing is here yet, but the publisher above said what
         # it has (a joining FETCH of this subscription is then passed up there)
         from_upstream = largest is None and upstream is not None and upstream.largest is not None
@@ -578,7 +568,7 @@ class MoqRelay:
             if refusal:
                 self._refuse_waiting(conn, event, RequestError.INVALID_RANGE, refusal)
                 return
-            start = fanout.live_start(event.start)  # older objects are FETCHed
+            start = fanout.live_start(event.start, now)  # older objects are FETCHed
             if start != event.start and event.end_group is None:
                 # a start before the newest group: "equivalent to an unfiltered subscription"
                 # (AbsoluteStart {0, 0}), so started as one, which skips a stale newest group
@@ -605,6 +595,7 @@ class MoqRelay:
         sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
+        sink.label, sink.errors = label, self.errors  # for datagram objects it cannot send
         s = self._subs[(id(conn), request_id)] = Subscription(conn, request_id, fanout, label, sub, sink,
                                                               (namespace, track))
         s.forward = forward
@@ -656,8 +647,7 @@ class MoqRelay:
         self._held_fetches.pop((id(conn), event.request_id), None)
         for holder in (*self._tracks.values(), *self._sources.values()):
             holder.waiting = [(c, r) for c, r in holder.waiting if c is not conn or r.request_id != event.request_id]
-        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream
-                                   if c is not conn or r.request_id != event.request_id]
+        self._awaiting_upstream.withdraw(conn, event.request_id)
 
     def _on_FetchRequested(self, conn: MoqConnection, event: ev.FetchRequested) -> None:
         """Serve a FETCH from the group cache (fetch.py says what is sent for what is not cached)."""
@@ -701,9 +691,9 @@ class MoqRelay:
                 if s.sub.start_group == s.largest[0] + 1:
                     fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
                 return
-        fanout.cache.expire(time.monotonic())
+        now = time.monotonic()
         source = self._tracks.get((event.namespace, event.track_name) if event.fetch_type == FETCH_STANDALONE else s.name)
-        if fanout.cache.expired_in(start, end) and source is not None and source.fanout is fanout \
+        if fanout.cache.expired_in(start, end, now) and source is not None and source.fanout is fanout \
                 and source.conn is not None and not source.conn.session.closed:
             # objects past the track's MAX_CACHE_DURATION, not served from here: "a relay that
             # handles a downstream request that includes those Objects re-requests them" (draft 16)
@@ -713,7 +703,7 @@ class MoqRelay:
                 fanout.extend_back(s.sub, s.largest[0], s.largest[1] + 1, time.monotonic())
             return
         try:
-            plan = plan_fetch(fanout.cache, start, end, descending=event.descending)
+            plan = plan_fetch(fanout.cache, start, end, now, descending=event.descending)
         except FetchRangeError as exc:
             conn.session.request_error(event.request_id, RequestError.INVALID_RANGE, str(exc))
             return
@@ -727,9 +717,12 @@ class MoqRelay:
                 conn.session.send_fetch_range_end(sid, *item.location, unknown=True)
             else:
                 group_id, obj = item  # each object with its Subgroup ID and its subgroup's priority
+                own = obj.priority
+                if own is None and obj.datagram:  # one without: the track's (draft 16, DEFAULT_PRIORITY)
+                    own = fanout.track_extensions.get(EXT_DEFAULT_PUBLISHER_PRIORITY, DEFAULT_PUBLISHER_PRIORITY)
                 conn.session.send_fetch_object(sid, group_id, obj.object_id, obj.payload, obj.extensions,
-                                               subgroup=obj.subgroup,
-                                               priority=priority if obj.priority is None else obj.priority)
+                                               subgroup=obj.subgroup, priority=priority if own is None else own,
+                                               datagram=obj.datagram)
                 objects += 1
         conn.session.end_fetch_stream(sid)
         self._fetch_streams[(id(conn), event.request_id)] = (conn, sid)
@@ -794,7 +787,7 @@ class MoqRelay:
         if (self._tracks.get((upstream.namespace, upstream.track)) is not upstream or upstream.conn is None
                 or upstream.conn.session.closed):
             return  # the track ended, or its source is lost (a new one is subscribed as it was)
-        held = upstream.fanout.cache.latest() is not None  # a version came, fetched or live
+        held = upstream.fanout.cache.latest(time.monotonic()) is not None  # a version came, fetched or live
         if upstream.catalog_join.falls_back(asyncio.get_running_loop().time(), held):
             upstream.conn.session.unsubscribe(upstream.request_id)
             self._resume(upstream, upstream.conn)
@@ -816,7 +809,8 @@ class MoqRelay:
         p = self._fetch_proxies.get((id(conn), event.request_id))
         if p is not None and not p.conn.session.closed:
             p.conn.session.send_fetch_object(p.stream(), event.group, event.object_id, event.payload,
-                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority)
+                                             event.extensions or None, subgroup=event.subgroup, priority=event.priority,
+                                             datagram=event.datagram)
             p.conn.flush()
 
     def _on_FetchRangeUnavailable(self, conn: MoqConnection, event: ev.FetchRangeUnavailable) -> None:
@@ -1242,7 +1236,7 @@ class MoqRelay:
         (its publisher sends a catalog only when its own tracks change). Its later groups are
         shifted above this one."""
         catalog = self._tracks.get((namespace, CATALOG_TRACK))
-        latest = catalog.fanout.cache.latest() if catalog is not None else None
+        latest = catalog.fanout.cache.latest(time.monotonic()) if catalog is not None else None
         if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
@@ -1297,6 +1291,20 @@ class MoqRelay:
         upstream.subgroup_seen(group, event.subgroup)
         upstream.fanout.publish_object(group, event.object_id, event.payload, event.extensions or None,
                                        time.monotonic(), event.subgroup, priority, event.end_of_group)
+
+    def _on_DatagramObjectReceived(self, conn: MoqConnection, event: ev.DatagramObjectReceived) -> None:
+        """An object the publisher (or relay above) sent as an OBJECT_DATAGRAM: cached, and passed
+        on to every subscriber as a datagram, its ids, extensions, status and END_OF_GROUP as they
+        came (draft 16: a relay MUST NOT change an object's Forwarding Preference)."""
+        upstream = self._by_alias.get((id(conn), event.track_alias))
+        if upstream is None or upstream.track == RENDITIONS_TRACK:
+            return  # (the renditions track is rtmpq's own, on streams)
+        group = upstream.group(event.group)
+        upstream.fanout.publish_datagram(group, event.object_id, event.payload, event.extensions or None,
+                                         time.monotonic(), event.priority, event.status, event.end_of_group)
+        if event.status == ObjectStatus.END_OF_TRACK and upstream.end_of_track is None:
+            upstream.end_of_track = group  # as on a stream (_on_ObjectReceived)
+            self._call_later(LATE_STREAM_GRACE, self._end_upstream, upstream)
 
     def _relay_catalog_object(self, upstream: UpstreamTrack, group: int, object_id: int, payload, extensions,
                               priority: int) -> bool:
@@ -1453,7 +1461,7 @@ class MoqRelay:
         if self.upstream is conn:
             self.upstream = None
             self._forget_upstream_namespaces()
-        self._awaiting_upstream = [(c, r) for c, r in self._awaiting_upstream if c is not conn]
+        self._awaiting_upstream.withdraw(conn)
         self._aliases.pop(id(conn), None)
 
     # -- sources that come back ---------------------------------------------------------------------
@@ -1539,7 +1547,7 @@ class MoqRelay:
         Its tracks held here move there, their group ids going on above the last one served; with
         no origin (after ``ORIGIN_DRAIN``) they wait ``upstream_grace`` for one, as for a lost publisher.
         ``listed``: with no ``conn``, the directory lists it at an origin whose session is not up yet;
-        SUBSCRIBEs to it wait for that session (UPSTREAM_WAIT) instead of being refused."""
+        SUBSCRIBEs to it wait for that session (``upstream_wait``) instead of being refused."""
         old = self._routes.get(namespace)
         if conn is None:
             if listed:
@@ -1648,10 +1656,11 @@ class MoqRelay:
         if source is None or source.ended:
             return []
         frames = []
+        now = time.monotonic()
         for track, fanout in list(source.fanouts.items()):
             if track == CATALOG_TRACK:
                 continue
-            for group in fanout.cache.groups_from(0):
+            for group in fanout.cache.groups_from(0, now):
                 if group.objects and group.objects[0].object_id == 0:
                     frames.extend(object_to_frame(track, group.group_id, o.object_id, o.payload, o.extensions or {})
                                   for o in group.objects)

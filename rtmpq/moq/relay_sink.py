@@ -5,11 +5,17 @@ the relay remembers of a subscription. Kept apart from relay.py, which decides w
 from fanout.py, which knows no connection.
 """
 
+import logging
+from collections import Counter
+
 from ..media.broadcast import GroupSkipped
 from ..media.frames import AUDIO, VIDEO
 from .fanout import RESET_DELIVERY_TIMEOUT, TrackFanout, TrackSubscription
 from .loc import CATALOG_TRACK, object_to_frame
+from .session import DATAGRAM_SENT, DATAGRAM_TOO_BIG, DATAGRAM_UNSUPPORTED
 from .transport import MoqConnection
+
+log = logging.getLogger("rtmpq.moq")
 
 # Send scheduler urgency per track kind: lower is sent first.
 URGENCY = {CATALOG_TRACK: 0, AUDIO: 1, VIDEO: 2}
@@ -27,6 +33,10 @@ class ConnectionSink:
         self.streams_opened = 0
         # the newest group opened and its streams (one per subgroup)
         self.newest: tuple[int, list[int]] | None = None
+        # the relay's error counts (rtmpq_errors_total{protocol="moq"}): datagram objects that
+        # could not be sent, by why (datagram_unsupported, datagram_too_big, datagram_queue_full)
+        self.errors: Counter | None = None
+        self.label = "-"  # the track's loggable name
 
     def open_group(self, group_id: int, subgroup: int = 0, priority: int | None = None,
                    end_of_group: bool = True) -> int:
@@ -55,6 +65,30 @@ class ConnectionSink:
         self.fanout.bytes_sent += len(payload)
         self.conn.session.send_object(handle, object_id, payload, extensions, status=status)
         self.conn.flush()
+
+    def send_datagram(self, group_id: int, object_id: int, payload, extensions, priority: int | None = None,
+                      status: int = 0, end_of_group: bool = False) -> None:
+        """As an OBJECT_DATAGRAM, as it came (draft 16: its Forwarding Preference is not the
+        relay's to change): one QUIC cannot take (a subscriber without datagrams, one larger than
+        its path, a full queue) is dropped, counted, and said once per session and reason."""
+        session = self.conn.session
+        result = session.send_datagram(self.alias, group_id, object_id, payload, extensions, priority=priority,
+                                       status=status, end_of_group=end_of_group)
+        if result == DATAGRAM_SENT:
+            self.fanout.bytes_sent += len(payload)
+            self.conn.flush()
+            return
+        if self.errors is not None:
+            self.errors[f"datagram_{result}"] += 1
+        session.datagrams_not_sent[result] += 1
+        if session.datagrams_not_sent[result] == 1:
+            why = ("its session did not negotiate QUIC datagrams (max_datagram_frame_size)"
+                   if result == DATAGRAM_UNSUPPORTED else
+                   f"larger than one QUIC datagram to it ({session.datagram_room()} bytes)"
+                   if result == DATAGRAM_TOO_BIG else "its datagram queue is full")
+            log.warning("MoQ subscriber %s on %s: objects sent as datagrams (from group %d) are dropped: %s; said "
+                        "once per session (rtmpq_errors_total{reason=\"datagram_%s\"} counts them)",
+                        self.conn.peer, self.label, group_id, why, result)
 
     def end_group(self, handle: int) -> None:
         self.conn.session.end_subgroup(handle)
@@ -109,6 +143,10 @@ class InProcessSink:
         if status:
             return  # End of Group / End of Track: no frame (the group's and track's ends say it)
         self.deliver(object_to_frame(self.track, handle, object_id, payload, extensions or {}))
+
+    def send_datagram(self, group_id: int, object_id: int, payload, extensions, priority: int | None = None,
+                      status: int = 0, end_of_group: bool = False) -> None:
+        self.send_object(group_id, object_id, payload, extensions, status)  # a frame is a frame here
 
     def end_group(self, handle: int) -> None:
         pass

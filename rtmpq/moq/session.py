@@ -9,7 +9,7 @@ raised to the caller.
 
 import logging
 from dataclasses import dataclass, field
-from collections import deque
+from collections import Counter, deque
 
 from ..codec.sentinel import NEED_DATA
 from . import events as ev
@@ -59,6 +59,13 @@ PARTIAL_OBJECT_TIMEOUT = 15.0
 # Streams remembered as stopped by us, so bytes still on their way on them are dropped (not read
 # as a new stream); the oldest are forgotten first.
 MAX_STOPPED_STREAMS = 4 * MAX_INCOMING_DATA_STREAMS
+
+
+# What ``MoqSession.send_datagram`` did with an object.
+DATAGRAM_SENT = "sent"
+DATAGRAM_UNSUPPORTED = "unsupported"  # the peer did not negotiate QUIC datagrams
+DATAGRAM_TOO_BIG = "too_big"  # larger than one QUIC datagram on the path
+DATAGRAM_QUEUE_FULL = "queue_full"  # the connection's bounded datagram queue is full
 
 
 class ReceivePool:
@@ -201,7 +208,9 @@ class MoqSession:
         self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
         self._namespace_streams: dict[int, int] = {}  # peer SUBSCRIBE_NAMESPACE streams: id -> request id
-        self.datagrams_dropped = 0  # OBJECT_DATAGRAMs received (rtmpq does not carry them)
+        self.datagrams_received = 0  # OBJECT_DATAGRAMs received
+        self._datagram_room: int | None = None  # largest OBJECT_DATAGRAM the peer takes (once known)
+        self.datagrams_not_sent: Counter = Counter()  # objects send_datagram could not send, by why
 
     # -- connection lifecycle -------------------------------------------------------------------
     def connect(self) -> None:
@@ -250,8 +259,7 @@ class MoqSession:
             if kind == "StreamReset":
                 return self._on_stream_reset(event.stream_id, event.error_code)
             if kind == "DatagramFrameReceived":
-                self._on_datagram(event.data)
-                return []
+                return self._on_datagram(event.data)
             if kind == "ConnectionTerminated":
                 self.closed = True
                 self.release_buffers()
@@ -513,6 +521,35 @@ class MoqSession:
             except ValueError:
                 pass  # aioquic: every byte and the FIN were acknowledged, the stream is gone
 
+    # -- datagrams ------------------------------------------------------------------------------
+    def datagram_room(self) -> int:
+        """The largest OBJECT_DATAGRAM (bytes) the connection can send the peer in one QUIC
+        datagram: 0 when the peer did not negotiate datagrams (max_datagram_frame_size)."""
+        if self._datagram_room is None:
+            room = getattr(self.quic, "datagram_room", None)
+            if room is None:
+                return 0  # a QUIC object without datagrams
+            value = room()
+            if not self.setup_done:
+                return value  # (before setup the peer's transport parameters may not be read yet)
+            self._datagram_room = value  # the transport parameters do not change after the handshake
+        return self._datagram_room
+
+    def send_datagram(self, track_alias: int, group: int, object_id: int, payload, extensions: dict | None = None,
+                      *, priority: int | None = None, status: int = 0, end_of_group: bool = False) -> str:
+        """An object as an OBJECT_DATAGRAM. What became of it: DATAGRAM_SENT (handed to QUIC, which
+        may still lose it), DATAGRAM_UNSUPPORTED (the peer takes no datagrams), DATAGRAM_TOO_BIG
+        (larger than one QUIC datagram on this path: "dropped without any explicit notification",
+        draft 16) or DATAGRAM_QUEUE_FULL (the connection's datagram queue is full)."""
+        room = self.datagram_room()
+        if not room:
+            return DATAGRAM_UNSUPPORTED
+        data = wire.encode_object_datagram(track_alias, group, object_id, payload, extensions, priority=priority,
+                                           status=status, end_of_group=end_of_group)
+        if len(data) > room:
+            return DATAGRAM_TOO_BIG
+        return DATAGRAM_SENT if self.quic.send_datagram_frame(data) else DATAGRAM_QUEUE_FULL
+
     # -- fetch responses ------------------------------------------------------------------------
     def open_fetch_stream(self, request_id: int) -> int:
         sid = self.quic.get_next_available_stream_id(is_unidirectional=True)
@@ -522,9 +559,11 @@ class MoqSession:
         return sid
 
     def send_fetch_object(self, stream_id: int, group: int, object_id: int, payload, extensions: dict | None = None,
-                          *, subgroup: int = 0, priority: int = 128) -> None:
+                          *, subgroup: int = 0, priority: int = 128, datagram: bool = False) -> None:
+        """An object on a fetch stream; ``datagram``: one of Forwarding Preference Datagram (a FETCH
+        carries every object on its stream, flagged so)."""
         header = self._fetch_streams[stream_id].object_header(group, subgroup, object_id, priority, len(payload),
-                                                              extensions)
+                                                              extensions, datagram=datagram)
         self.quic.send_stream_data(stream_id, header + bytes(payload))
 
     def send_fetch_range_end(self, stream_id: int, group: int, object_id: int, *, unknown: bool) -> None:
@@ -548,15 +587,13 @@ class MoqSession:
             self._request_closed(request_id)
 
     # -- input ----------------------------------------------------------------------------------
-    def _on_datagram(self, data: bytes) -> None:
-        """An OBJECT_DATAGRAM: checked (a malformed one closes the session, as draft 16 asks), then
-        dropped: rtmpq carries objects on subgroup streams only, and a relay may not turn a
-        datagram object into a stream one. Said once per session, so it is not a silent loss."""
-        datagram = wire.decode_object_datagram(data)
-        self.datagrams_dropped += 1
-        if self.datagrams_dropped == 1:
-            log.warning("the peer sends objects in datagrams (track alias %d, group %d), which rtmpq does not "
-                        "carry: dropped (send them on subgroup streams)", datagram.track_alias, datagram.group_id)
+    def _on_datagram(self, data: bytes) -> list:
+        """An OBJECT_DATAGRAM (a malformed one closes the session, as draft 16 asks): its object,
+        held like a stream's while its track alias is not known yet."""
+        d = wire.decode_object_datagram(data)
+        self.datagrams_received += 1
+        return self._hold_unknown([ev.DatagramObjectReceived(d.track_alias, d.group_id, d.object_id, d.payload,
+                                                             d.extensions, d.status, d.priority, d.end_of_group)])
 
     def _send_control(self, msg) -> None:
         if self.control_stream_id is None:
@@ -615,7 +652,7 @@ class MoqSession:
         for item in self._feed(stream_id, parser, data):
             if isinstance(item, wire.FetchObject):
                 out.append(ev.FetchObjectReceived(parser.request_id, item.group_id, item.subgroup_id, item.object_id,
-                                                  item.payload, item.extensions, item.priority))
+                                                  item.payload, item.extensions, item.priority, item.datagram))
             else:
                 out.append(ev.FetchRangeUnavailable(parser.request_id, item.group_id, item.object_id, item.unknown))
         if end_stream:

@@ -114,6 +114,20 @@ RESET_PRIORITY = 0
 # acknowledgement estimate is then in doubt (``ack_doubt``). At 30 % loss the estimate called
 # audio groups delivered 1-3 s before their objects reached the subscriber (a copy lost again and
 # again, while newer groups' bytes were acknowledged); the 2-5 % profiles pass with it.
+# Largest DATAGRAM frame (bytes) a session takes from its peer (the QUIC transport parameter
+# max_datagram_frame_size, RFC 9221): OBJECT_DATAGRAMs (MoQT objects of Forwarding Preference
+# Datagram) come in them. Both backends advertise it, as clients and as servers.
+MAX_DATAGRAM_FRAME_SIZE = 65536
+# Bytes of OBJECT_DATAGRAMs one connection queues for sending, at most (aiopquic: its datagram
+# ring; aioquic: its pending datagrams). A datagram that finds the queue full is dropped (and
+# counted): queued longer it would be late anyway, and draft 16 lets a datagram object be lost.
+DATAGRAM_QUEUE_BYTES = 64 * 1024
+# aioquic: bytes of a 1-RTT packet that are not a DATAGRAM frame's payload, at most: the short
+# header (1 + a connection ID of up to 20 bytes + the 2-byte packet number aioquic writes), the
+# AEAD tag (16) and the frame's type and length (1 + 2). aioquic sends packets of
+# max_datagram_size (1200) and keeps a datagram too big for one queued for ever, in front of
+# every later one, so a larger one is refused before it is queued.
+AIOQUIC_DATAGRAM_OVERHEAD = 1 + 20 + 2 + 16 + 3
 LOSSY_PATH_LOSS_RATE = 0.10
 LOSS_RATE_WINDOW = 1.0
 LOSS_RATE_MIN_PACKETS = 20
@@ -307,6 +321,21 @@ class _AioquicWriter:
         self.stop_stream = quic.stop_stream
         self.close = quic.close
         self.held_resets: dict[int, tuple[int, float]] = {}  # stream id -> (code, give up at)
+
+    def datagram_room(self) -> int:
+        """The largest datagram payload this connection sends (0: the peer takes none)."""
+        remote = self.quic._remote_max_datagram_frame_size
+        if not remote:
+            return 0
+        return max(min(remote - 3, self.quic._max_datagram_size - AIOQUIC_DATAGRAM_OVERHEAD), 0)
+
+    def send_datagram_frame(self, data: bytes) -> bool:
+        """Queue a datagram; False (dropped) when DATAGRAM_QUEUE_BYTES are queued already."""
+        pending = self.quic._datagrams_pending
+        if sum(map(len, pending)) + len(data) > DATAGRAM_QUEUE_BYTES:
+            return False
+        self.quic.send_datagram_frame(bytes(data))
+        return True
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         stream = self.quic._streams.get(stream_id)
@@ -607,6 +636,26 @@ class _PquicWriter:
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         if not self.closed:
             self.quic.stop_stream(stream_id, error_code)
+
+    def datagram_room(self) -> int:
+        """The largest datagram payload this connection sends (0: the peer takes none, or the
+        handshake is not done): picoquic's own ceiling (at most 1200 bytes, what it sends
+        without looking at the path's MTU), less the frame's type and length where the peer's
+        max_datagram_frame_size is what bounds it (RFC 9221 counts the whole frame)."""
+        if not self.open:
+            return 0
+        ceiling = self.quic.max_datagram_payload()
+        remote = (self.quic.peer_transport_parameters or {}).get("max_datagram_frame_size", 0)
+        return max(min(ceiling, remote - 3), 0) if ceiling else 0
+
+    def send_datagram_frame(self, data: bytes) -> bool:
+        """Into picoquic's datagram ring; False (dropped) when the ring is full."""
+        if self.quic._closed:
+            return True  # nobody will read it (as send_stream_data)
+        try:
+            return bool(self.quic.send_datagram_frame(data))
+        except (ConnectionError, ValueError):
+            return False
 
     def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
         self.quic.close(error_code=error_code, reason_phrase=reason_phrase)
@@ -960,11 +1009,13 @@ def widen_udp_buffers(transport) -> None:
 def aioquic_configuration(*, is_client: bool, idle_timeout: float | None = None, **kwargs) -> QuicConfiguration:
     return QuicConfiguration(is_client=is_client, alpn_protocols=[wire.ALPN], idle_timeout=idle_timeout or IDLE_TIMEOUT,
                              congestion_control_algorithm=AIOQUIC_CONGESTION_CONTROL, max_data=AIOQUIC_MAX_DATA,
-                             max_stream_data=AIOQUIC_MAX_STREAM_DATA, **kwargs)
+                             max_stream_data=AIOQUIC_MAX_STREAM_DATA,
+                             max_datagram_frame_size=kwargs.pop("max_datagram_frame_size", MAX_DATAGRAM_FRAME_SIZE),
+                             **kwargs)
 
 
 def server_configuration(certfile, keyfile, idle_timeout: float | None = None) -> QuicConfiguration:
-    config = aioquic_configuration(is_client=False, idle_timeout=idle_timeout, max_datagram_frame_size=65536)
+    config = aioquic_configuration(is_client=False, idle_timeout=idle_timeout)
     config.load_cert_chain(str(certfile), str(keyfile))
     return config
 
@@ -1053,7 +1104,9 @@ def _pquic_configuration(*, is_client: bool, idle_timeout: float, **kwargs):
 
     return PquicConfiguration(is_client=is_client, alpn_protocols=[wire.ALPN], idle_timeout=idle_timeout,
                               keep_alive_interval=idle_timeout / KEEPALIVES_PER_IDLE_TIMEOUT,
-                              stream_ring_cap=PQUIC_STREAM_RING_BYTES, **kwargs)
+                              stream_ring_cap=PQUIC_STREAM_RING_BYTES,
+                              max_datagram_frame_size=kwargs.pop("max_datagram_frame_size", MAX_DATAGRAM_FRAME_SIZE),
+                              datagram_ring_bytes=DATAGRAM_QUEUE_BYTES, **kwargs)
 
 
 def bound_host(host: str, backend: str) -> str:

@@ -1148,6 +1148,36 @@ def decode_object_datagram(data) -> ObjectDatagram:
     return ObjectDatagram(alias, group, object_id, priority, extensions, payload, status, bool(kind & 0x02))
 
 
+def encode_object_datagram(track_alias: int, group_id: int, object_id: int, payload, extensions: dict | None = None,
+                           *, priority: int | None = None, status: int = ObjectStatus.NORMAL,
+                           end_of_group: bool = False) -> bytes:
+    """An OBJECT_DATAGRAM (the inverse of ``decode_object_datagram``): the shortest type for what
+    it carries (ZERO_OBJECT_ID for object 0, DEFAULT_PRIORITY when ``priority`` is None, STATUS
+    for a status object, which has no payload, no extensions and no END_OF_GROUP)."""
+    kind = 0x04 if object_id == 0 else 0
+    if priority is None:
+        kind |= 0x08
+    if status:
+        kind |= 0x20
+    else:
+        if extensions:
+            kind |= 0x01
+        if end_of_group:
+            kind |= 0x02
+    out = bytearray(encode_varint(kind) + encode_varint(track_alias) + encode_varint(group_id))
+    if object_id:
+        out += encode_varint(object_id)
+    if priority is not None:
+        out.append(priority)
+    if kind & 0x01:
+        ext = encode_kvps(extensions, with_count=False)
+        out += encode_varint(len(ext)) + ext
+    if status:
+        out += encode_varint(status)
+        return bytes(out)
+    return b"".join((out, payload))
+
+
 # -- fetch streams --------------------------------------------------------------------------------
 def encode_fetch_header(request_id: int) -> bytes:
     return encode_varint(FETCH_HEADER) + encode_varint(request_id)
@@ -1162,14 +1192,18 @@ class FetchObjectEncoder:
         self._group = self._subgroup = self._object = self._priority = None
 
     def object_header(self, group: int, subgroup: int, object_id: int, priority: int, payload_len: int,
-                      extensions: dict | None) -> bytes:
-        """Serialization flags and fields up to the payload length (the payload follows as is)."""
+                      extensions: dict | None, *, datagram: bool = False) -> bytes:
+        """Serialization flags and fields up to the payload length (the payload follows as is).
+        ``datagram``: an object of Forwarding Preference Datagram (flag 0x40, no Subgroup ID)."""
         flags = 0
         fields = bytearray()
         if group != self._group:
             flags |= 0x08
             fields += encode_varint(group)
-        if subgroup == 0:
+        if datagram:
+            flags |= 0x40
+            subgroup = None  # it has none: the next object states its own
+        elif subgroup == 0:
             pass
         elif subgroup == self._subgroup and self._group is not None:
             flags |= 0x01
@@ -1208,6 +1242,7 @@ class FetchObject:
     priority: int
     payload: bytes
     extensions: dict
+    datagram: bool = False  # Forwarding Preference Datagram (flag 0x40): it has no Subgroup ID
 
 
 @dataclass(frozen=True, slots=True)
@@ -1319,4 +1354,4 @@ class FetchStreamParser(_StreamParser):
         payload = bytes(buf[p : p + size])
         self._pos = p + size
         self._prior = [group, subgroup, object_id, priority]
-        return FetchObject(group, subgroup, object_id, priority, payload, extensions)
+        return FetchObject(group, subgroup, object_id, priority, payload, extensions, bool(flags & 0x40))

@@ -22,7 +22,7 @@ from . import runtime
 from .directory import advertised_url, open_directory
 from .ingest import IngestNode, rtmp_hosts
 from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
-from .up import stop_within, warn_if_open
+from .up import node_relay, stop_within, warn_if_open
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -46,6 +46,12 @@ def upstream_tls(config: Config) -> dict:
     u = config.upstream
     return {"insecure": u.insecure, "cafile": str(u.cafile) if u.cafile else None,
             "fingerprint": u.fingerprint or None, "backend": u.backend, "idle_timeout": config.moq.idle_timeout}
+
+
+def upstream_options(config: Config) -> dict:
+    """upstream_tls and the settings of a loop that reconnects to the upstream (UpstreamLink,
+    OriginLinks, follow_broadcast)."""
+    return {**upstream_tls(config), "refused_reconnect_max": config.upstream.refused_reconnect_max}
 
 
 def node_access(config: Config) -> Access:
@@ -103,24 +109,21 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
     access = node_access(config)
     warn_if_open(access, [bound_host(config.moq.host, config.moq.backend)])
     directory = await open_directory(config)
-    relay = MoqRelay(BroadcastRegistry(), access=access, upstream_grace=config.publish.grace_period,
-                     stuck_timeout=config.moq.stuck_timeout,
-                     partial_object_timeout=config.moq.partial_object_timeout,
-                     max_partial_bytes=config.moq.max_partial_bytes)
+    relay = node_relay(BroadcastRegistry(), config, access)
     view = NodeView("relay", relay=relay)
     view.relay_backend = config.moq.backend
     ops = OpsListener(config, view)
     server = await serve_relay(relay, config.moq)
     link = origins = None
     if config.upstream.url:
-        link = UpstreamLink(relay, config.upstream.url, token=lambda: node_token(config), **upstream_tls(config))
+        link = UpstreamLink(relay, config.upstream.url, token=lambda: node_token(config), **upstream_options(config))
         link.start()
         view.upstream_ready = lambda: link_ready(link)
     if directory is not None:
         directory.register(relay.published_names, advertised_url(config, config.moq.host, config.moq.port),
                            relay.fingerprint)
         directory.follow()
-        origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_tls(config))
+        origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_options(config))
         origins.start()
     await ops.start()
     runtime.settle()
@@ -151,13 +154,10 @@ async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
     relay = link = None
     view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
-        relay = MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
-                         stuck_timeout=config.moq.stuck_timeout,
-                         partial_object_timeout=config.moq.partial_object_timeout,
-                         max_partial_bytes=config.moq.max_partial_bytes)
+        relay = node_relay(registry, config, access)
         relay.start()
         link = UpstreamLink(relay, config.upstream.url, announce=True, use_for_unknown_tracks=False,
-                            token=lambda: node_token(config), **upstream_tls(config))
+                            token=lambda: node_token(config), **upstream_options(config))
         link.start()
         view.relay, view.relay_backend = relay, config.upstream.backend
         view.upstream_ready = lambda: link_ready(link)
@@ -191,7 +191,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
         directory.follow()
     source = moq_broadcast_source(config.upstream.url, wait=config.upstream.wait, token=node_token(config),
                                   directory=directory, fill_groups=min(config.upstream.fill_groups, SEGMENT_WINDOW),
-                                  tail_wait=GROUP_TAIL_WAIT, **upstream_tls(config))
+                                  tail_wait=GROUP_TAIL_WAIT, **upstream_options(config))
     view = NodeView("edge")
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])

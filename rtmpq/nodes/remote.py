@@ -19,7 +19,7 @@ from ..directory.core import Change, Entry
 from ..moq import events as ev
 from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
-from ..moq.reachability import reconnect_delay
+from ..moq.reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..moq.wire import RequestError, SessionError
@@ -28,7 +28,7 @@ from ..redact import safe_name
 log = logging.getLogger("rtmpq.nodes")
 
 # Seconds between reconnection attempts to an upstream node (doubling up to the maximum; up to
-# REFUSED_RECONNECT_MAX after an attempt its closed port refused).
+# [upstream] refused_reconnect_max after an attempt its closed port refused).
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
 
@@ -37,8 +37,10 @@ class UpstreamLink:
     def __init__(self, relay: MoqRelay, url: str, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, backend: str = DEFAULT_BACKEND, announce: bool = False,
                  use_for_unknown_tracks: bool = True, token=lambda: None,
-                 on_connect: Callable | None = None, idle_timeout: float | None = None) -> None:
+                 on_connect: Callable | None = None, idle_timeout: float | None = None,
+                 refused_reconnect_max: float = REFUSED_RECONNECT_MAX) -> None:
         self.relay = relay
+        self.refused_reconnect_max = refused_reconnect_max
         self.host, self.port, self.path = parse_moq_url(url)
         self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend,
                         idle_timeout=idle_timeout)
@@ -106,7 +108,7 @@ class UpstreamLink:
                     # (not the close's reason: the upstream's words may name a stream key)
                     log.warning("upstream %s:%d: session ended; reconnecting in %.1f s", self.host, self.port, delay)
             except (ConnectionError, OSError, TimeoutError) as exc:
-                delay = reconnect_delay(delay, exc)
+                delay = reconnect_delay(delay, exc, self.refused_reconnect_max)
                 log.warning("upstream %s:%d: %s; retrying in %.1f s", self.host, self.port, exc, delay)
             except Exception:  # a bug here must not end the link for good (nothing would say so)
                 log.exception("upstream %s:%d: the link failed; reconnecting in %.1f s", self.host, self.port, delay)
@@ -168,7 +170,8 @@ class UpstreamLink:
 
 class OriginLinks:
     """A relay that finds broadcasts through the directory: a session to every origin listed
-    (excluding this node), and ``relay.route`` kept pointing each broadcast at its origin's session."""
+    (excluding this node), and ``relay.route`` kept pointing each broadcast at its origin's session.
+    ``tls``: each UpstreamLink's (connect_moq's settings and refused_reconnect_max)."""
 
     def __init__(self, relay: MoqRelay, directory, *, token=lambda: None, **tls) -> None:
         self.relay = relay
@@ -316,7 +319,8 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
     fetched from the relay's cache (the first playlist lists them as segments at once).
     ``tail_wait``: a newer group's frames wait that long for an older group's tail (group_tails.py).
 
-    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend / idle_timeout.
+    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend / idle_timeout, and
+    follow_broadcast's refused_reconnect_max.
     """
     if url:
         host, port, _ = parse_moq_url(url)

@@ -9,7 +9,7 @@ from ..media.catalog import Catalog
 from ..moq.client import SkippedGroup, TrackChoice
 from ..moq.follow import follow_broadcast
 from ..moq.transport import parse_moq_url
-from .nodes import upstream_tls
+from .nodes import upstream_options
 
 
 async def run_sub(args, config, stop: asyncio.Event) -> int:
@@ -30,7 +30,7 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
         nonlocal sizes
         choice = TrackChoice(args.track, getattr(args, "rendition", None))
         async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=args.token,
-                                           delivery_timeout_ms=timeout_ms, choice=choice, **upstream_tls(config)):
+                                           delivery_timeout_ms=timeout_ms, choice=choice, **upstream_options(config)):
             if isinstance(item, Catalog):
                 if args.json:
                     out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")

@@ -94,7 +94,8 @@ class BroadcastTranscoder:
 
         try:
             t = Transcoder(self.label, info, self.ladder, emit, skip=skip,
-                           rung_queue_frames=self.config.rung_queue_frames, preset=self.config.preset,
+                           rung_queue_frames=self.config.rung_queue_frames,
+                           decode_queue_frames=self.config.decode_queue_frames, preset=self.config.preset,
                            presets=self.config.presets, stats=stats)
         except CoderError as exc:
             log.warning("%s %s: not transcoded: %s", self.label, info.name, exc)
@@ -354,7 +355,7 @@ class LocalTranscoder:
 # is ended (the session closes after that).
 RUNG_DRAIN_TIMEOUT = 5.0
 # Seconds between attempts to reach the upstream relay (doubling up to the maximum; up to
-# REFUSED_RECONNECT_MAX after an attempt its closed port refused).
+# [upstream] refused_reconnect_max after an attempt its closed port refused).
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 10.0
 
@@ -629,7 +630,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
                     await transcode_over_moq(conn, name, ladder, config.transcode, token, broadcasts)
                     return
             except (ConnectionError, OSError, TimeoutError) as exc:
-                delay = reconnect_delay(delay, exc)
+                delay = reconnect_delay(delay, exc, config.upstream.refused_reconnect_max)
                 log.warning("%s: upstream %s:%d: %s; again in %.1f s", safe_name(name), host, port, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
@@ -658,7 +659,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
                         elif isinstance(event, (ev.SessionClosed, ev.GoawayReceived)):
                             raise ConnectionError("session closed")
             except (ConnectionError, OSError, TimeoutError) as exc:
-                delay = reconnect_delay(delay, exc)
+                delay = reconnect_delay(delay, exc, config.upstream.refused_reconnect_max)
                 log.warning("transcoder: upstream %s:%d: %s; again in %.1f s", host, port, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)

@@ -25,6 +25,15 @@ from .ingest import IngestNode, rtmp_hosts
 log = logging.getLogger("rtmpq.nodes")
 
 
+def node_relay(registry: BroadcastRegistry, config: Config, access: Access, **options) -> MoqRelay:
+    """A node's MoQ relay with the settings of ``config`` that it applies."""
+    return MoqRelay(registry, access=access, upstream_grace=config.publish.grace_period,
+                    stuck_timeout=config.moq.stuck_timeout, partial_object_timeout=config.moq.partial_object_timeout,
+                    max_partial_bytes=config.moq.max_partial_bytes, upstream_wait=config.moq.upstream_wait,
+                    max_waiting_subscribes=config.moq.max_waiting_subscribes,
+                    **options)
+
+
 def free_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
@@ -156,10 +165,7 @@ class UpNode:
         self.registry = BroadcastRegistry()
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
-        self.moq = MoqRelay(self.registry, access=self.access, upstream_grace=config.publish.grace_period,
-                            cache_local=True, stuck_timeout=config.moq.stuck_timeout,
-                            partial_object_timeout=config.moq.partial_object_timeout,
-                            max_partial_bytes=config.moq.max_partial_bytes)
+        self.moq = node_relay(self.registry, config, self.access, cache_local=True)
         self.transcoder = self.transcoder_child = None
         if config.transcode.ladder and config.transcode.isolate:
             from .transcode_child import TranscoderChild

@@ -213,7 +213,7 @@ def _relayed_catalog(relay, name: str) -> Catalog | None:
     upstream = relay._tracks.get((tuple(name.split("/")), "catalog"))
     if upstream is None:
         return None
-    group = upstream.fanout.cache.latest()
+    group = upstream.fanout.cache.latest(time.monotonic())
     if group is None or not group.objects:
         return None
     try:
