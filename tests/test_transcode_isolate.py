@@ -12,9 +12,10 @@ import time
 import pytest
 
 from rtmpq.auth.tokens import mint_token
-from rtmpq.config import AuthConfig, TranscodeConfig
+from rtmpq.config import AuthConfig, Config, TranscodeConfig, load_config
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.transcode_child import TranscoderChild
 
 from .conftest import free_port, need, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
@@ -171,3 +172,20 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeypatch):
+    """The child's environment holds up's [transcode] and [auth] settings as load_config reads
+    them back, and none of the operator's other RTMPQ_<SECTION>_ variables (an HTTP listener of
+    its own would take up's port)."""
+    monkeypatch.setenv("RTMPQ_HTTP_PORT", "8080")
+    monkeypatch.setenv("RTMPQ_PUREPYTHON", "1")  # not a setting: passed on
+    config = Config(transcode=TranscodeConfig(ladder="480p,360p", bitrates={"480p": "900", "360p": "500"},
+                                              presets={"360p": "fast"}, idle_stop=2.0),
+                    auth=AuthConfig(secret=SECRET, node_token="nt"))
+    env = TranscoderChild(config, list).environment()
+    assert "RTMPQ_HTTP_PORT" not in env and env["RTMPQ_PUREPYTHON"] == "1" and env["RTMPQ_HTTP_ENABLED"] == "false"
+    child = load_config(env=env)
+    assert (child.transcode.ladder, child.transcode.bitrates, child.transcode.presets, child.transcode.idle_stop) == (
+        "480p,360p", {"480p": "900", "360p": "500"}, {"360p": "fast"}, 2.0)
+    assert (child.auth.secret, child.auth.node_token) == (SECRET, "nt")

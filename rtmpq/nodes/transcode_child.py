@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import fields
 
 from ..config import Config, section_environment
 from ..redact import safe_name
@@ -88,9 +89,8 @@ class TranscoderChild:
         the ladder's, the auth secret or node token (a token per connection, minted there), the
         QUIC idle timeout. No HTTP listener: the node's own serves the operator."""
         config = self.config
-        env = {k: v for k, v in os.environ.items()
-               if not (k.startswith("RTMPQ_") and k[6:].split("_", 1)[0].lower() in
-                       ("rtmp", "moq", "http", "publish", "auth", "upstream", "transcode", "node", "directory"))}
+        sections = {f"RTMPQ_{f.name.upper()}_" for f in fields(Config)}
+        env = {k: v for k, v in os.environ.items() if not any(k.startswith(s) for s in sections)}
         env.update(section_environment(config, "transcode", skip=("isolate", "restart_min", "restart_max")))
         env.update(section_environment(config, "auth", skip=("require_playback_token", "playback_session")))
         env["RTMPQ_MOQ_IDLE_TIMEOUT"] = str(config.moq.idle_timeout)
