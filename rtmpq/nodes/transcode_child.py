@@ -69,7 +69,7 @@ class TranscoderChild:
         self.config = config
         self.transcoding = transcoding  # () -> names of the broadcasts the child adds rungs to now
         self.process: asyncio.subprocess.Process | None = None
-        self.restarts = 0
+        self.deaths = 0  # the child died (crash, kill) this many times
         self._task: asyncio.Task | None = None
 
     @property
@@ -121,7 +121,7 @@ class TranscoderChild:
                 pid, self.process = self.process.pid, None
                 if loop.time() - began >= TRANSCODER_STABLE:
                     delay = t.restart_min
-                self.restarts += 1
+                self.deaths += 1
                 log.warning("transcoder: child process pid %d %s while transcoding %s; its rungs stop, "
                             "the other tracks go on; restarting it in %.1f s", pid, exit_reason(returncode),
                             names, delay)
@@ -135,7 +135,7 @@ class TranscoderChild:
         yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
                                 "isolate); 0 while it is restarted", value=self.pid or 0)
         yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
-                                  "(crash, kill) and was restarted", value=self.restarts)
+                                  "(crash, kill) and was restarted", value=self.deaths)
 
     async def close(self) -> None:
         """Stop watching, then the child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
