@@ -130,6 +130,18 @@ async def run_process(args: list[str], timeout: float = 30.0) -> tuple[int, str]
     return proc.returncode, out.decode(errors="replace")
 
 
+async def end_live_publish(publish: asyncio.Task) -> None:
+    """A run_process publish (longer than the test needs) that the test has seen enough of: it must
+    still be publishing (the server neither refused nor dropped it, which its exit status would
+    have said at its end); it is ended now instead of waited for."""
+    assert not publish.done(), publish.result()
+    publish.cancel()  # (run_process kills the process)
+    try:
+        await publish
+    except asyncio.CancelledError:
+        pass
+
+
 # -- Enhanced RTMP (HEVC, AV1, Opus, multitrack) from PyAV's bundled FFmpeg ------------------------
 
 PYAV_PUBLISHER = str(Path(__file__).parent / "pyav_publisher.py")
