@@ -135,11 +135,14 @@ async def end_live_publish(publish: asyncio.Task) -> None:
     still be publishing (the server neither refused nor dropped it, which its exit status would
     have said at its end); it is ended now instead of waited for."""
     assert not publish.done(), publish.result()
-    publish.cancel()  # (run_process kills the process)
-    try:
-        await publish
-    except asyncio.CancelledError:
-        pass
+    await drop_publish(publish)
+
+
+async def drop_publish(publish: asyncio.Task) -> None:
+    """Ends a run_process publish if it still runs (run_process kills the process), e.g. that of
+    a test that failed; waits for that, nothing else."""
+    publish.cancel()
+    await asyncio.gather(publish, return_exceptions=True)
 
 
 # -- Enhanced RTMP (HEVC, AV1, Opus, multitrack) from PyAV's bundled FFmpeg ------------------------
