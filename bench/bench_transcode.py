@@ -196,7 +196,7 @@ def test_added_latency_per_rung(benchmark, tmp_path, bframes):
         config = Config(rtmp=IngestConfig(host="127.0.0.1", port=0),
                         moq=MoqConfig(host="127.0.0.1", port=0, state_dir=tmp_path / "state"),
                         http=HttpConfig(host="127.0.0.1", port=0), publish=PublishConfig(grace_period=2.0),
-                        transcode=TranscodeConfig(ladder=LADDER))
+                        transcode=TranscodeConfig(ladder=LADDER, isolate=False))
         node = UpNode(config)
         await node.start()
 

@@ -123,6 +123,15 @@ RENDITION_IDLE_SECONDS = 15.0
 # the viewer count and the live readers; about 200 bytes each (the user agent is cut to 64
 # characters); more are served, not counted.
 MAX_VIEWERS_TRACKED = 16384
+# `rtmpq up --ladder`: the ladder runs in a child process (`rtmpq transcode` over the node's own
+# MoQ listener) so that a crash of a decoder (libavcodec on a hostile bitstream) or an OOM kill
+# ends only the rungs, not every publish and viewer of the node (docs/operations.md, "Where the
+# ladder runs", has what it costs). A child that dies is started again after restart_min seconds,
+# doubling per death up to restart_max; one that lived TRANSCODER_STABLE seconds starts from
+# restart_min again (TRANSCODER_STABLE in rtmpq/nodes/transcode_child.py).
+TRANSCODE_ISOLATE = True
+TRANSCODER_RESTART_MIN = 0.5
+TRANSCODER_RESTART_MAX = 30.0
 # The shortest LL-HLS part target accepted (seconds): a part holds at least one frame, and a
 # part target below the frame interval would have to shorten frames (50 ms: 20 fps).
 MIN_PART_TARGET = 0.05
@@ -331,7 +340,10 @@ class TranscodeConfig:
     up`` makes none and ``rtmpq transcode`` makes 720p,480p,360p. ``bitrates``: kbit/s per rung, ``{"480p" = "1000"}``, over
     the defaults (720p 2500, 480p 1200, 360p 700). ``preset``: libx264 preset of every rung;
     ``presets``: per rung over it, ``{"360p" = "medium"}``. A rung starts when it is first
-    watched and stops ``idle_stop`` seconds after its last viewer left.
+    watched and stops ``idle_stop`` seconds after its last viewer left. ``isolate`` (``rtmpq up``):
+    the ladder runs in a child process (``rtmpq transcode`` over the node's own MoQ listener), so a
+    decoder crash ends only the rungs, and the child is started again (restart_min doubling up to
+    restart_max seconds); false: on threads of the node's own process.
     """
 
     ladder: str = ""
@@ -341,6 +353,9 @@ class TranscodeConfig:
     idle_stop: float = IDLE_STOP_SECONDS
     rung_queue_frames: int = RUNG_QUEUE_FRAMES
     decode_queue_frames: int = DECODE_QUEUE_FRAMES
+    isolate: bool = TRANSCODE_ISOLATE
+    restart_min: float = TRANSCODER_RESTART_MIN
+    restart_max: float = TRANSCODER_RESTART_MAX
 
 
 @dataclass
@@ -546,6 +561,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"publish.{key}: must be positive")
     if config.transcode.idle_stop < 0:
         raise ConfigError("transcode.idle_stop: must not be negative")
+    if not 0 < config.transcode.restart_min <= config.transcode.restart_max < math.inf:
+        raise ConfigError("transcode.restart_min, transcode.restart_max: must be positive seconds, min <= max")
     for key in ("rung_queue_frames", "decode_queue_frames"):
         if getattr(config.transcode, key) < 1:
             raise ConfigError(f"transcode.{key}: must be at least 1")
@@ -606,6 +623,23 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.require_playback_token needs auth.secret")
     if config.auth.playback_session <= 0:
         raise ConfigError("auth.playback_session: must be positive")
+
+
+def section_environment(config: Config, section: str, skip=()) -> dict[str, str]:
+    """The settings of one section as the environment variables ``load_config`` reads back (a child
+    process started with them has the same settings; None is left out, the default)."""
+    out = {}
+    obj = getattr(config, section)
+    for key in _keys(type(obj)):
+        value = getattr(obj, key)
+        if key in skip or (section, key) in _INTERNAL or value is None:
+            continue
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        out[f"RTMPQ_{section.upper()}_{key.upper()}"] = str(value)
+    return out
 
 
 def show(config: Config) -> str:

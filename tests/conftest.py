@@ -3,6 +3,7 @@ import itertools
 import json
 import shutil
 from contextlib import asynccontextmanager
+from pathlib import Path
 import urllib.error
 import urllib.request
 import socket
@@ -317,6 +318,27 @@ def encode_test_flv(path, size: str = "320x240", audio: bool = True):
     subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
          *sound, "-t", "8", *VIDEO_ENCODE, *(AUDIO_ENCODE if audio else []), "-f", "flv", str(path)], check=True)
+    return path
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """The file ``name`` made by ``make(path)`` once per test run, shared by the pytest-xdist
+    workers (a costly encode that tests on several workers read; the first to ask makes it)."""
+    import fcntl
+    import os
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # (each worker's base is a folder of the run's)
+    folder = root / "made-once"
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    with open(folder / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            part = folder / f"part-{name}"
+            make(part)
+            part.rename(path)
     return path
 
 

@@ -130,6 +130,23 @@ async def run_process(args: list[str], timeout: float = 30.0) -> tuple[int, str]
     return proc.returncode, out.decode(errors="replace")
 
 
+async def end_live_publish(publish: asyncio.Task) -> None:
+    """A run_process publish (longer than the test needs) that the test has seen enough of: if it
+    has ended, it ended well (exit status 0); if not, it is still publishing (the server neither
+    refused nor dropped it) and is ended now instead of waited for."""
+    if publish.done():
+        rc, output = publish.result()
+        assert rc == 0, output
+    await drop_publish(publish)
+
+
+async def drop_publish(publish: asyncio.Task) -> None:
+    """Ends a run_process publish if it still runs (run_process kills the process), e.g. that of
+    a test that failed; waits for that, nothing else."""
+    publish.cancel()
+    await asyncio.gather(publish, return_exceptions=True)
+
+
 # -- Enhanced RTMP (HEVC, AV1, Opus, multitrack) from PyAV's bundled FFmpeg ------------------------
 
 PYAV_PUBLISHER = str(Path(__file__).parent / "pyav_publisher.py")

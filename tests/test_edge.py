@@ -17,7 +17,7 @@ from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
 from .conftest import need, start_up_node, until
-from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, ffmpeg_publish_args, probe_packets, run_process
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, end_live_publish, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
 
@@ -309,8 +309,7 @@ async def test_ffmpeg_rereads_the_init_segment_of_any_live_fmp4_playlist(node, t
                 await asyncio.sleep(0.1)
         ours, reference = await asyncio.gather(read_with_ffmpeg(ours_url, "-t", "4"),
                                                read_with_ffmpeg(ref_url, "-t", "4"))
-        rc, output = await publish
-        assert rc == 0, output
+        await end_live_publish(publish)
     finally:
         reference_server.shutdown()
     assert f"[mov,mp4,m4a,3gp,3g2,mj2] {MOOV_WARNING}" in ffmpeg_warnings(reference), reference
@@ -843,5 +842,4 @@ async def test_a_blocking_reload_a_segment_ahead_is_held_not_refused(node, tmp_p
     # far ahead is still refused at once
     status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 1}&_HLS_part=40")
     assert status == 400
-    rc, output = await publisher
-    assert rc == 0, output
+    await end_live_publish(publisher)

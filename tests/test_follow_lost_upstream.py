@@ -19,7 +19,7 @@ from rtmpq.moq.follow import follow_broadcast
 from rtmpq.netem import ImpairmentProxy
 
 from .conftest import need, start_up_node
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import end_live_publish, ffmpeg_publish_args, run_process
 
 IDLE = 1.5  # QUIC idle timeout here (10 s in a node); the wait is the same, as by default
 
@@ -57,7 +57,6 @@ async def test_follow_reconnects_to_an_upstream_lost_without_a_word(tmp_path, mo
             assert not follower.done(), follower.exception()
             assert frames[-1].group > frames[59].group  # media of later groups after the loss
         follower.cancel()
-        rc, out = await publisher
-        assert rc == 0, out
+        await end_live_publish(publisher)
     finally:
         await node.close()

@@ -477,7 +477,7 @@ async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_t
     from rtmpq.moq.wire import RequestError
 
     from .conftest import need, start_up_node
-    from .publishers import ffmpeg_publish_only_args, run_process
+    from .publishers import end_live_publish, ffmpeg_publish_only_args, run_process
 
     need("ffmpeg")
     secret = "0123456789abcdef0123456789abcdef"
@@ -504,7 +504,6 @@ async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_t
                     if frames_past >= 60:  # two seconds of video, well past the expiry
                         break
         assert frames_past >= 60
-        rc, out = await publish
-        assert rc == 0, out
+        await end_live_publish(publish)
     finally:
         await node.close()

@@ -143,10 +143,12 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
     ingest_args = ["ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
                    "--http", f"127.0.0.1:{phttp}"]
     ingest = await start_node(*ingest_args)
-    procs = [relay, ingest]
+    procs, sub = [relay, ingest], None
     try:
-        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pmoq}/live/cam",
-                                               "--insecure", "--json", "--seconds", "25", "--wait", "20"], timeout=45))
+        sub = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{pmoq}/live/cam", "--insecure", "--json",
+            "--seconds", "45", "--wait", "20", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        printed = asyncio.create_task(sub.stdout.read())
         await wait_tcp(prtmp)
         rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/cam", str(tmp_path / "a.flv"),
                                                         seconds=4))
@@ -171,7 +173,15 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
         rc, out = await second
         assert rc == 0, out
         relay.send_signal(signal.SIGTERM)  # ends the subscription (GOAWAY, and the relay is gone)
-        rc, out = await sub
+        _, err = await asyncio.wait_for(relay.communicate(), 15)
+        assert b"Traceback" not in err, err.decode()
+        # the subscriber has read all the relay sent once it says the session is lost; it would go
+        # on trying the relay until its --seconds
+        async with asyncio.timeout(20):
+            while b"upstream 127.0.0.1:%d lost" % pmoq not in (line := await sub.stderr.readline()):
+                assert line, "rtmpq sub ended before it said the relay was lost"
+        sub.terminate()
+        out = (await printed).decode()
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         video = [line for line in lines if line.get("track") == "video"]
         # What a subscriber is promised across the restart: the new session's groups go on above the
@@ -189,6 +199,9 @@ async def test_a_relay_keeps_its_subscribers_across_an_ingest_restart(tmp_path):
         assert len(video) > 4 * 30 + 60, len(video)
         assert len(firsts) >= 4
     finally:
+        if sub is not None and sub.returncode is None:
+            sub.kill()
+            await sub.wait()
         await stop_all(procs)
 
 

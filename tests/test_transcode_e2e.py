@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -20,7 +21,7 @@ from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
 from rtmpq.edge.server import RENDITION_IDLE_SECONDS
 
-from .conftest import free_port, local_config, need, wait_tcp
+from .conftest import free_port, local_config, made_once, need, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
@@ -32,7 +33,9 @@ async def node(tmp_path):
     # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
     # the broadcast outlives its publisher by 3 s: the rungs' last frames (queued on a busy host)
     # still reach the subscribers
+    # the ladder on threads of this process (node.transcoder): [transcode] isolate = false
     n = UpNode(local_config(tmp_path, grace_period=3.0, transcode=TranscodeConfig(ladder="480p,360p", idle_stop=1.0,
+                                                                isolate=False,
                                                                 rung_queue_frames=120)))
     await n.start()
     yield n
@@ -333,7 +336,7 @@ async def test_a_rung_that_cannot_keep_up_skips_to_the_next_group_and_says_so(tm
     need("ffmpeg")
     caplog.set_level("WARNING", "rtmpq.transcode")
     node = UpNode(local_config(tmp_path, backend, grace_period=3.0, transcode=TranscodeConfig(
-        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=60, idle_stop=1.0)))
+        ladder="480p,360p", presets={"480p": "placebo"}, rung_queue_frames=60, idle_stop=1.0, isolate=False)))
     await node.start()
     try:
         received: dict[str, dict] = {t: {} for t in ("video", *RUNGS)}
@@ -509,22 +512,40 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         await stop_nodes(procs, publisher)
 
 
-async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
+@pytest.fixture(scope="session")
+def multitrack_clips(tmp_path_factory):
+    """E-RTMP HEVC+AAC files for push_flv, made once: 6 s with ``video`` 640x360 and ``video-1``
+    320x240 (multitrack), and 4 s with ``video`` alone."""
+    from .publishers import pyav_publish_args
+
+    def encode(**settings):
+        return lambda path: subprocess.run(pyav_publish_args("-", str(path), "libx265", "aac", size="640x360",
+                                                             **settings), check=True, timeout=120)
+
+    return (str(made_once(tmp_path_factory, "multitrack.flv", encode(seconds=6, multitrack="320x240"))),
+            str(made_once(tmp_path_factory, "main.flv", encode(seconds=4))))
+
+
+async def end_push(push: asyncio.Task) -> None:
+    """A push_flv whose rest the test does not need: it ended well or is still pushing; it ends now."""
+    if push.done():
+        push.result()  # (raises what it failed of)
+    push.cancel()
+    await asyncio.gather(push, return_exceptions=True)
+
+
+async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, multitrack_clips):
     """`rtmpq up --ladder 180p` and an E-RTMP multitrack publisher (``video`` 640x360, ``video-1``
     320x240, audio) that comes back within the grace period with ``video`` and audio only: once
     the new publish's first group is over, ``video-1`` and its rung ``video-1-180p`` leave the
     catalog and the multivariant playlist, and the rung's media playlist ends; ``video-180p``
     stays. Before, the rung stayed listed with nothing feeding it. A third publish with both
     tracks lists the rung again."""
-    from .publishers import push_flv, pyav_publish_args
+    from .publishers import push_flv
     from .test_nodes_cli import get_when_ready
 
-    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
-    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
-                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
-        rc, out = await run_process(args, timeout=120)
-        assert rc == 0, out
-    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p")))
+    both, main = multitrack_clips
+    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False)))
     await node.start()
     base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
 
@@ -555,7 +576,7 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path):
             while "video-1-180p.m3u8" not in await multivariant():
                 await asyncio.sleep(0.2)
         assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
-        await third
+        await end_push(third)
     finally:
         await node.close()
 
@@ -583,7 +604,7 @@ async def next_event(events: asyncio.Queue, kind, what: str, request=None):
             assert type(event).__name__ not in ("SessionClosed", "RequestFailed"), (what, event)
 
 
-async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_it(tmp_path):
+async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_it(tmp_path, multitrack_clips):
     """`rtmpq up` + `rtmpq transcode --upstream --ladder 180p`, an E-RTMP multitrack publisher back
     within the grace period without ``video-1``: the transcoder withdraws ``video-1-180p`` (its
     MoQ subscriber gets PUBLISH_DONE, TRACK_ENDED) and the rung leaves the multivariant;
@@ -592,14 +613,10 @@ async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_i
     from rtmpq.moq import events as ev
     from rtmpq.moq.wire import PublishDoneStatus
 
-    from .publishers import push_flv, pyav_publish_args
+    from .publishers import push_flv
     from .test_nodes_cli import get_when_ready, start
 
-    both, main = str(tmp_path / "multitrack.flv"), str(tmp_path / "main.flv")
-    for args in (pyav_publish_args("-", both, "libx265", "aac", seconds=6, size="640x360", multitrack="320x240"),
-                 pyav_publish_args("-", main, "libx265", "aac", seconds=4, size="640x360")):
-        rc, out = await run_process(args, timeout=120)
-        assert rc == 0, out
+    both, main = multitrack_clips
     prtmp, pmoq, phttp = free_port(), free_port(socket.SOCK_DGRAM), free_port()
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "30"}
     procs, subs = [], []
@@ -635,7 +652,7 @@ async def test_the_rungs_a_transcoder_node_makes_of_a_track_that_left_end_with_i
         events, _ = await rung_subscription(pmoq, "live/mt", "video-1-180p")
         subs.append(events)
         await next_event(events, ev.ObjectReceived, "the rung's first object after video-1 came back")
-        await third
+        await end_push(third)
     finally:
         for events in subs:
             await events.close()
@@ -707,7 +724,8 @@ async def rung_watched(tmp_path, ladder: str, name: str, track: str | None, grac
     (node, the RTMP URL to publish to, what the subscriber got: by track, "catalog", "skipped"),
     all of it once the block is over and the broadcast ended. ``track`` None: no subscriber."""
     n = UpNode(local_config(tmp_path, grace_period=grace_period,
-                            transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0, rung_queue_frames=120)))
+                            transcode=TranscodeConfig(ladder=ladder, idle_stop=1.0, rung_queue_frames=120,
+                                                      isolate=False)))
     await n.start()
     got: dict = {}
     sub = asyncio.create_task(subscribe(n, f"live/{name}", track, got) if track else asyncio.sleep(0))

@@ -173,8 +173,14 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = node_relay(self.registry, config, self.access, cache_local=True)
-        self.transcoder = None
-        if config.transcode.ladder:
+        self.transcoder = self.transcoder_child = None
+        if config.transcode.ladder and config.transcode.isolate:
+            from .transcode_child import TranscoderChild
+
+            # the child adds the rungs through the relay, as a separate transcoder node would
+            self.transcoder_child = TranscoderChild(
+                config, lambda: [n for n in self.registry.names() if self.moq.added_tracks(n)])
+        elif config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
 
             self.transcoder = LocalTranscoder(self.registry, config.transcode)
@@ -183,6 +189,8 @@ class UpNode:
             from .transcode import rung_readings
 
             self.view.transcode = rung_readings(self.transcoder.broadcasts)
+        if self.transcoder_child is not None:
+            self.view.collectors.append(self.transcoder_child.metrics)
         self.view.relay_backend = config.moq.backend
         self.ops = OpsRoutes(self.view)
         self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), http=config.http, access=self.access,
@@ -210,6 +218,8 @@ class UpNode:
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
+        if self.transcoder_child is not None:
+            self.transcoder_child.start(*self.moq_address)
         self.ops.start()
         self.view.listening = True
         host, port = self.moq_address
@@ -227,6 +237,10 @@ class UpNode:
         go on when this node is back), publishers get onStatus and a close, recordings are
         finalized, the node's own playlists get ENDLIST."""
         self.view.listening = False
+        stopping_child = None
+        if self.transcoder_child is not None:  # told first (before the GOAWAY it would reconnect after),
+            stopping_child = asyncio.ensure_future(self.transcoder_child.close())
+            await asyncio.sleep(0)  # (its SIGTERM goes now) and it stops beside the rest
         self.ops.stop()
         self.moq.stop()
         if self.transcoder is not None:
@@ -234,6 +248,8 @@ class UpNode:
         await self.rtmp.close()
         await asyncio.sleep(0)  # let the edge read the ends
         await self.edge.close()
+        if stopping_child is not None:
+            await stopping_child
         if self._quic is not None:
             self._quic.close()
 

@@ -1,0 +1,154 @@
+"""`rtmpq up --ladder` with [transcode] isolate: the ladder in a child process.
+
+The child is ``rtmpq transcode --upstream`` to the node's own MoQ listener on loopback: it
+subscribes to each broadcast's source video there and PUBLISHes the rungs back, as a separate
+transcoder node does (nodes/transcode.py ``run_transcode``). The edge of ``up`` reads them from the
+relay (up.py ``LocalFeed``). A decoder that crashes the child (SIGSEGV in libavcodec, an abort, an
+OOM kill) ends only the rungs: the relay keeps their tracks for [publish] grace_period, the child
+is started again and PUBLISHes them anew, and their viewers go on from its first groups.
+"""
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import sys
+from dataclasses import fields
+
+from ..config import Config, section_environment
+from ..redact import safe_name
+
+log = logging.getLogger("rtmpq.transcode")
+
+# A child that ran this long (seconds) before it died is restarted after [transcode] restart_min
+# again, not after the doubled delay of a child that keeps dying at once.
+TRANSCODER_STABLE = 60.0
+# Seconds the child has to stop after SIGTERM (its own graceful stop) before it is killed.
+CHILD_STOP_TIMEOUT = 3.0
+# Linux prctl(PR_SET_PDEATHSIG): the kernel sends the child SIGTERM if `up` dies without stopping it
+# (SIGKILL, a crash), so no transcoder is left reconnecting to a node that is gone.
+PR_SET_PDEATHSIG = 1
+
+
+def loopback_of(host: str) -> str:
+    """The address a process on this host reaches a listener bound to ``host`` at."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _death_signal():
+    """A preexec_fn that asks the kernel for SIGTERM when the parent dies (Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # resolved before fork: only a C call after it
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with status {returncode}"
+
+
+class TranscoderChild:
+    """Runs, watches and restarts the child. ``start(host, port)`` once the MoQ listener is up;
+    ``close()`` stops it. ``pid`` is the running child's (None between lives)."""
+
+    def __init__(self, config: Config, transcoding) -> None:
+        self.config = config
+        self.transcoding = transcoding  # () -> names of the broadcasts the child adds rungs to now
+        self.process: asyncio.subprocess.Process | None = None
+        self.deaths = 0  # the child died (crash, kill) this many times
+        self._task: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def command(self, host: str, port: int) -> list[str]:
+        url = f"moqt://[{host}]:{port}" if ":" in host else f"moqt://{host}:{port}"
+        level = logging.getLevelName(logging.getLogger("rtmpq").getEffectiveLevel())
+        # --insecure: the child dials this node's own listener on this host (the certificate may
+        # name a public host, not the loopback address)
+        return [sys.executable, "-m", "rtmpq", "--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR")
+                else "INFO", "transcode", "--upstream", url, "--insecure", "--quic-backend", self.config.moq.backend]
+
+    def environment(self) -> dict[str, str]:
+        """This process's environment without its rtmpq settings, plus the ones the child needs:
+        the ladder's, the auth secret or node token (a token per connection, minted there), the
+        QUIC idle timeout. No HTTP listener: the node's own serves the operator."""
+        config = self.config
+        sections = {f"RTMPQ_{f.name.upper()}_" for f in fields(Config)}
+        env = {k: v for k, v in os.environ.items() if not any(k.startswith(s) for s in sections)}
+        env.update(section_environment(config, "transcode", skip=("isolate", "restart_min", "restart_max")))
+        env.update(section_environment(config, "auth", skip=("require_playback_token", "playback_session")))
+        env["RTMPQ_MOQ_IDLE_TIMEOUT"] = str(config.moq.idle_timeout)
+        env["RTMPQ_NODE_STOP_TIMEOUT"] = str(min(config.node.stop_timeout, CHILD_STOP_TIMEOUT))
+        env["RTMPQ_HTTP_ENABLED"] = "false"
+        return env
+
+    def start(self, host: str, port: int) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(loopback_of(host), port))
+
+    async def _run(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        t = self.config.transcode
+        delay = t.restart_min
+        while True:
+            began = loop.time()
+            try:
+                self.process = await asyncio.create_subprocess_exec(*self.command(host, port), env=self.environment(),
+                                                                    stdin=asyncio.subprocess.DEVNULL,
+                                                                    preexec_fn=_death_signal())
+            except OSError as exc:
+                log.error("transcoder: cannot start the child process: %s; again in %.1f s", exc, delay)
+            else:
+                log.info("transcoder: child process pid %d, ladder %s, over MoQ at %s:%d", self.process.pid,
+                         t.ladder, host, port)
+                returncode = await self.process.wait()
+                names = ", ".join(safe_name(n) for n in sorted(self.transcoding())) or "no broadcast"
+                pid, self.process = self.process.pid, None
+                if loop.time() - began >= TRANSCODER_STABLE:
+                    delay = t.restart_min
+                self.deaths += 1
+                log.warning("transcoder: child process pid %d %s while transcoding %s; its rungs stop, "
+                            "the other tracks go on; restarting it in %.1f s", pid, exit_reason(returncode),
+                            names, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, t.restart_max)
+
+    def metrics(self):
+        """For NodeView.collectors: the child's PID (0 between lives) and how often it died."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
+                                "isolate); 0 while it is restarted", value=self.pid or 0)
+        yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
+                                  "(crash, kill) and was restarted", value=self.deaths)
+
+    async def close(self) -> None:
+        """Stop watching, then the child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
+        if self._task is not None:
+            self._task.cancel()
+        process, self.process = self.process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), CHILD_STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("transcoder: child process pid %d did not stop within %g s; killed", process.pid,
+                        CHILD_STOP_TIMEOUT)
+            process.kill()
+            await process.wait()

@@ -1,0 +1,191 @@
+"""`rtmpq up --ladder` with [transcode] isolate: the ladder runs in a child process, so a crash
+there (a decoder's SIGSEGV, an OOM kill) costs only the rungs, and they come back."""
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+
+from rtmpq.auth.tokens import mint_token
+from rtmpq.config import AuthConfig, Config, TranscodeConfig, load_config
+from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.transcode_child import TranscoderChild
+
+from .conftest import free_port, need, start_up_node
+from .publishers import ffmpeg_publish_args, run_process
+from .test_codecs_e2e import http_text
+
+SECRET = "a-test-secret-of-at-least-32-bytes!!"
+PLAYED = 6  # seconds of the rung a player decodes, through the child's restart
+CHILD_STARTED = re.compile(r"transcoder: child process pid (\d+), ladder")
+
+
+class ChildPids(logging.Handler):
+    """The PIDs `up` logs for each transcoder child it starts, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pids: list[int] = []
+
+    def emit(self, record) -> None:
+        m = CHILD_STARTED.match(record.getMessage())
+        if m:
+            self.pids.append(int(m.group(1)))
+
+    async def wait(self, count: int, deadline: float) -> int:
+        async with asyncio.timeout(deadline):
+            while len(self.pids) < count:
+                await asyncio.sleep(0.05)
+        return self.pids[count - 1]
+
+
+def segments(playlist: str) -> list[str]:
+    return re.findall(r"^(?!#)(\S+)$", playlist, re.M)
+
+
+async def poll_playlist(url: str, seen: list[str], until) -> str:
+    """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked again."""
+    while True:
+        try:
+            status, body = await http_text(url)
+        except OSError:
+            status, body = 0, ""
+        if status == 200:
+            seen.extend(s for s in segments(body) if s not in seen)
+            if until(body):
+                return body
+        await asyncio.sleep(0.2)
+
+
+# grace 0: the relay ends the rung tracks with the child's session, and the new child's are new
+# tracks; grace 10: the relay keeps them, and the new child's groups go on in them. With [auth]
+# secret the child presents a node token it mints from the secret up hands it.
+@pytest.mark.parametrize("backend, sig, grace, secret", [
+    pytest.param("aioquic", signal.SIGSEGV, 0.0, SECRET, id="aioquic-SIGSEGV-auth"),
+    pytest.param("aiopquic", signal.SIGKILL, 10.0, "", id="aiopquic-SIGKILL-grace")])
+async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_back(tmp_path, caplog, backend, sig,
+                                                                                     grace, secret):
+    """`up --ladder 180p`, isolated: the child is killed (SIGSEGV as a decoder crash would, or
+    SIGKILL as the OOM killer does) during a publish. The source's MoQ subscriber and its HLS
+    playlist go on without a gap, the publish goes on, `up` logs the death and starts a new
+    child, and the rung's playlist (asked for by a player all along) gets new segments again."""
+    need("ffmpeg")
+    pids = ChildPids()
+    caplog.set_level(logging.INFO, "rtmpq.transcode")
+    logging.getLogger("rtmpq.transcode").addHandler(pids)
+    node = await start_up_node(tmp_path, backend, grace_period=grace, auth=AuthConfig(secret=secret),
+                               transcode=TranscodeConfig(ladder="180p", isolate=True, restart_min=0.2,
+                                                         rung_queue_frames=120))
+    name = "live/iso"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/{name}"
+    frames, skipped = [], []
+
+    async def subscribe() -> None:
+        host, port = node.moq_address
+        async with connect_moq(host, port, insecure=True, backend=backend) as conn:
+            async for item in subscribe_broadcast(conn, name, tracks=["video"], wait=20, delivery_timeout_ms=15000):
+                if isinstance(item, SkippedGroup):
+                    skipped.append(item)
+                elif getattr(item, "track", None) == "video":
+                    frames.append(item)
+
+    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{name}" + (
+            f"?token={mint_token(secret, name, 'publish', 60, now=time.time())}" if secret else ""),
+        str(tmp_path / "ref.flv"), seconds=30), timeout=60))
+    subscriber = asyncio.create_task(subscribe())
+    player = None
+    try:
+        first = await pids.wait(1, 20)
+        source_seen, rung_seen = [], []
+        # a player of the rung: its playlist is asked for (so the rung is made) until it has segments
+        async with asyncio.timeout(30):
+            await poll_playlist(f"{base}/video-180p.m3u8", rung_seen, lambda p: len(segments(p)) >= 1)
+            await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: len(segments(p)) >= 1)
+        # a player of the rung from here: it decodes on through the restart (PLAYED s of media)
+        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin",
+                                                  "-i", f"{base}/video-180p.m3u8", "-t", str(PLAYED),
+                                                  "-f", "framecrc", "-"], timeout=60))
+        frames_before = len(frames)
+        os.kill(first, sig)
+        second = await pids.wait(2, 20)
+        assert second != first
+        rung_before_restart = list(rung_seen)
+        async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
+            await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
+                                lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
+        rc, out = await player
+        assert rc == 0, out[-2000:]
+        played = [line for line in out.splitlines() if line.startswith("0,")]
+        assert len(played) >= (PLAYED - 1) * 30, out[-2000:]  # 30 fps, a frame or a cut group may be missed
+        # the source went on meanwhile: new HLS segments, no gap marked, and every MoQ object in order
+        source = await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: True)
+        assert "#EXT-X-GAP" not in source and "#EXT-X-DISCONTINUITY" not in source, source
+        assert len(frames) > frames_before and not skipped
+        for a, b in zip(frames, frames[1:]):
+            assert (b.group, b.index) in ((a.group, a.index + 1), (a.group + 1, 0)), (a, b)
+        assert publisher.done() is False, "the publish ended"
+        status, metrics = await http_text(f"http://127.0.0.1:{node.edge.address[1]}/metrics")
+        assert f"rtmpq_transcoder_child_pid {float(second)}" in metrics, metrics  # the node serves on
+        assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
+    finally:
+        logging.getLogger("rtmpq.transcode").removeHandler(pids)
+        tasks = [t for t in (subscriber, publisher, player) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        child = node.transcoder_child.process
+        await node.close()
+    if child is not None:  # the node's stop stopped its child
+        assert child.returncode is not None
+
+
+async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
+    """`rtmpq up --ladder 180p` (isolated by default) started as a process and SIGTERMed: its
+    transcoder child is gone too, no orphan."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{free_port()}",
+        "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
+        "--quic-backend", "aioquic", stderr=asyncio.subprocess.PIPE)
+    child = None
+    try:
+        async with asyncio.timeout(20):
+            while child is None:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "up exited"
+                m = CHILD_STARTED.search(line)
+                child = int(m.group(1)) if m else None
+        assert os.path.exists(f"/proc/{child}")
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
+        async with asyncio.timeout(5):  # reaped by up, so gone from /proc
+            while os.path.exists(f"/proc/{child}"):
+                await asyncio.sleep(0.05)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeypatch):
+    """The child's environment holds up's [transcode] and [auth] settings as load_config reads
+    them back, and none of the operator's other RTMPQ_<SECTION>_ variables (an HTTP listener of
+    its own would take up's port)."""
+    monkeypatch.setenv("RTMPQ_HTTP_PORT", "8080")
+    monkeypatch.setenv("RTMPQ_PUREPYTHON", "1")  # not a setting: passed on
+    config = Config(transcode=TranscodeConfig(ladder="480p,360p", bitrates={"480p": "900", "360p": "500"},
+                                              presets={"360p": "fast"}, idle_stop=2.0),
+                    auth=AuthConfig(secret=SECRET, node_token="nt"))
+    env = TranscoderChild(config, list).environment()
+    assert "RTMPQ_HTTP_PORT" not in env and env["RTMPQ_PUREPYTHON"] == "1" and env["RTMPQ_HTTP_ENABLED"] == "false"
+    child = load_config(env=env)
+    assert (child.transcode.ladder, child.transcode.bitrates, child.transcode.presets, child.transcode.idle_stop) == (
+        "480p,360p", {"480p": "900", "360p": "500"}, {"360p": "fast"}, 2.0)
+    assert (child.auth.secret, child.auth.node_token) == (SECRET, "nt")
