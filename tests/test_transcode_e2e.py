@@ -19,7 +19,6 @@ from rtmpq.nodes.up import UpNode
 from rtmpq.transcode.coder import SourceDecoder
 from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
-from rtmpq.edge.server import RENDITION_IDLE_SECONDS
 
 from .conftest import free_port, local_config, made_once, need, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
@@ -439,6 +438,9 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
         await stop_nodes(procs)
 
 
+RENDITION_IDLE = 2.0  # [http] rendition_idle for the test below (15 s by default)
+
+
 async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_it(tmp_path):
     """`rtmpq up` + `rtmpq transcode --upstream` to it (a GPU box for the ladder): the HLS URL
     `rtmpq up` prints offers the rung as a variant, its playlist and segments play at the rung's
@@ -449,7 +451,7 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
 
     prtmp, pmoq, phttp, pops = free_port(), free_port(socket.SOCK_DGRAM), free_port(), free_port()
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120",
-           "RTMPQ_TRANSCODE_IDLE_STOP": "1"}
+           "RTMPQ_TRANSCODE_IDLE_STOP": "1", "RTMPQ_HTTP_RENDITION_IDLE": str(RENDITION_IDLE)}
     base = f"http://127.0.0.1:{phttp}/live/gpu"
     procs, publisher = [], None
 
@@ -501,9 +503,9 @@ async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_i
         assert await encoded() > 0
         # up's edge pulls the rung from up's relay in process: one more subscriber there
         assert await up_subscribers() == 2
-        # nobody asks for the rung any more: the edge lets it go (after RENDITION_IDLE_SECONDS),
+        # nobody asks for the rung any more: the edge lets it go (after [http] rendition_idle),
         # and the transcoder stops encoding it (its lag is exposed only while it encodes)
-        async with asyncio.timeout(RENDITION_IDLE_SECONDS + 20):
+        async with asyncio.timeout(RENDITION_IDLE + 10):  # well under the 15 s default
             while await transcoder_metric("rtmpq_transcode_lag_seconds") is not None:
                 await asyncio.sleep(0.5)
         assert await up_subscribers() == 1  # the edge's pull left the count when it ended
