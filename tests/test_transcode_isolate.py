@@ -45,6 +45,25 @@ class ChildPids(logging.Handler):
         return self.pids[count - 1]
 
 
+async def rung_frames_encoded(base: str, name: str, rung: str) -> float | None:
+    """`up`'s /metrics reading of rtmpq_transcode_frames_encoded_total for one rung, or None."""
+    _, metrics = await http_text(f"{base}/metrics")
+    m = re.search(rf'^rtmpq_transcode_frames_encoded_total{{broadcast="{name}",rendition="{rung}"}} (\S+)$',
+                  metrics, re.M)
+    return None if m is None else float(m.group(1))
+
+
+async def frames_encoded_grow(base: str, name: str, rung: str) -> None:
+    """Until `up`'s /metrics shows the rung's frames encoded (the child's series) growing."""
+    first = None
+    while True:
+        n = await rung_frames_encoded(base, name, rung)
+        if n is not None and first is not None and n > first:
+            return
+        first = first if first is not None else n
+        await asyncio.sleep(0.2)
+
+
 def segments(playlist: str) -> list[str]:
     return re.findall(r"^(?!#)(\S+)$", playlist, re.M)
 
@@ -74,7 +93,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
     """`up --ladder 180p`, isolated: the child is killed (SIGSEGV as a decoder crash would, or
     SIGKILL as the OOM killer does) during a publish. The source's MoQ subscriber and its HLS
     playlist go on without a gap, the publish goes on, `up` logs the death and starts a new
-    child, and the rung's playlist (asked for by a player all along) gets new segments again."""
+    child, and the rung's playlist (asked for by a player all along) gets new segments again.
+    `up`'s /metrics has the child's rtmpq_transcode_* series of the watched rung, before and
+    after the restart."""
     need("ffmpeg")
     pids = ChildPids()
     caplog.set_level(logging.INFO, "rtmpq.transcode")
@@ -83,7 +104,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
                                transcode=TranscodeConfig(ladder="180p", isolate=True, restart_min=0.2,
                                                          rung_queue_frames=120))
     name = "live/iso"
-    base = f"http://127.0.0.1:{node.edge.address[1]}/{name}"
+    ops = f"http://127.0.0.1:{node.edge.address[1]}"
+    base = f"{ops}/{name}"
     frames, skipped = [], []
 
     async def subscribe() -> None:
@@ -108,6 +130,7 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         async with asyncio.timeout(30):
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen, lambda p: len(segments(p)) >= 1)
             await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: len(segments(p)) >= 1)
+            await frames_encoded_grow(ops, name, "video-180p")
         # a player of the rung from here: it decodes on through the restart (PLAYED s of media)
         player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin",
                                                   "-i", f"{base}/video-180p.m3u8", "-t", str(PLAYED),
@@ -120,6 +143,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
                                 lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
+        async with asyncio.timeout(10):  # the new child's series, in up's /metrics again
+            await frames_encoded_grow(ops, name, "video-180p")
         rc, out = await player
         assert rc == 0, out[-2000:]
         played = [line for line in out.splitlines() if line.startswith("0,")]
@@ -131,7 +156,7 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         for a, b in zip(frames, frames[1:]):
             assert (b.group, b.index) in ((a.group, a.index + 1), (a.group + 1, 0)), (a, b)
         assert publisher.done() is False, "the publish ended"
-        status, metrics = await http_text(f"http://127.0.0.1:{node.edge.address[1]}/metrics")
+        status, metrics = await http_text(f"{ops}/metrics")
         assert f"rtmpq_transcoder_child_pid {float(second)}" in metrics, metrics  # the node serves on
         assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
     finally:
