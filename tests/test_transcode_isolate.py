@@ -69,13 +69,15 @@ def segments(playlist: str) -> list[str]:
 
 
 async def poll_playlist(url: str, seen: list[str], until) -> str:
-    """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked again."""
+    """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked
+    again. No playlist lists a segment or a part of no duration (players stall or skip on one)."""
     while True:
         try:
             status, body = await http_text(url)
         except OSError:
             status, body = 0, ""
         if status == 200:
+            assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", body, re.M), body  # no empty segment or part
             seen.extend(s for s in segments(body) if s not in seen)
             if until(body):
                 return body
