@@ -175,7 +175,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
 
 async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
     """`rtmpq up --ladder 180p` (isolated by default) started as a process and SIGTERMed: its
-    transcoder child is gone too, no orphan."""
+    transcoder child is gone too, no orphan. The child's log lines, on up's stderr, say they are
+    the transcoder child's."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{free_port()}",
         "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
@@ -189,9 +190,17 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
                 m = CHILD_STARTED.search(line)
                 child = int(m.group(1)) if m else None
         assert os.path.exists(f"/proc/{child}")
+        async with asyncio.timeout(20):  # the child's first line of its own, on up's stderr
+            while "following the broadcasts" not in (line := (await proc.stderr.readline()).decode()):
+                assert line, "up exited"
+        assert f"INFO [transcoder child {child}] rtmpq.transcode: transcoder: ladder 180p" in line, line
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
+        # the child's lines (on up's stderr) say they are the child's; up's own do not
+        lines = err.decode().splitlines()
+        assert any(f"INFO [transcoder child {child}] rtmpq.nodes: SIGTERM: stopping" in line for line in lines), lines
+        assert any(re.search(r"INFO rtmpq\.nodes: SIGTERM: stopping", line) for line in lines), lines
         async with asyncio.timeout(5):  # reaped by up, so gone from /proc
             while os.path.exists(f"/proc/{child}"):
                 await asyncio.sleep(0.05)

@@ -35,6 +35,8 @@ PR_SET_PDEATHSIG = 1
 # inherited file descriptor (no port to agree on, nothing to race for between two lives); the
 # child serves its ops routes there, and `up`'s /metrics reads its rtmpq_transcode_* series.
 OPS_FD_ENV = "RTMPQ_TRANSCODER_OPS_FD"
+# Its log lines (on up's stderr) read "[transcoder child PID] rtmpq.…: …", not as up's own.
+CHILD_LOG_LABEL = "transcoder child"
 CHILD_SERIES = "rtmpq_transcode_"  # the child's series `up` serves (not its process or QUIC ones)
 # Seconds a scrape of `up` waits for its child's metrics; past it they are left out of that scrape.
 CHILD_METRICS_TIMEOUT = 1.0
@@ -92,7 +94,7 @@ class TranscoderChild:
         # --insecure: the child dials this node's own listener on this host (the certificate may
         # name a public host, not the loopback address)
         return [sys.executable, "-m", "rtmpq", "--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR")
-                else "INFO", "transcode", "--upstream", url, "--insecure", "--quic-backend", self.config.moq.backend]
+                else "INFO", "--log-label", CHILD_LOG_LABEL, "transcode", "--upstream", url, "--insecure", "--quic-backend", self.config.moq.backend]
 
     def environment(self) -> dict[str, str]:
         """This process's environment without its rtmpq settings, plus the ones the child needs:
