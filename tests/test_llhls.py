@@ -166,18 +166,24 @@ def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
     assert not b.caught_up(rung, 1000.0)
 
 
+def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, LlHlsStream]:
+    """A source's stream and a rung's that follows its timeline, as the edge makes them."""
+    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={track})
+    rung.follows = source
+    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo(track, VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, width, height, nal_length_size=4))
+    for s in (source, rung):
+        s.group_origin = 0
+        s.set_catalog(catalog)
+    return source, rung
+
+
 def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     """A rung that fell behind drops the rest of a group (or whole groups): that gap is not a seam
     of its own (an EXT-X-DISCONTINUITY only the rung had made hls.js misplace it by seconds at a
     switch); its last picture is shown through the gap. A seam of the source is one of the rung
     too, and a rung stopped and pulled again much later starts its playlist afresh."""
-    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={"video-360p"})
-    rung.follows = source
-    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
-        TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360, nal_length_size=4))
-    for s in (source, rung):
-        s.group_origin = 0
-        s.set_catalog(catalog)
+    source, rung = source_and_rung("video-360p", 640, 360)
 
     def group(stream, track, g, start_ms, frames=60):
         for i in range(frames):
@@ -491,13 +497,7 @@ def test_a_group_cut_short_and_begun_again_lists_no_part_or_segment_of_no_durati
     new child's first group re-encodes the source group in progress from its start, so its
     first frame is no later than the cut group's last. The cut group's last frame still lasts a
     frame interval: no EXT-X-PART or EXTINF of 0.000 s (players stall or skip on one)."""
-    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={"video-180p"})
-    rung.follows = source
-    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
-        TrackInfo("video-180p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 320, 180, nal_length_size=4))
-    for s in (source, rung):
-        s.group_origin = 0
-        s.set_catalog(catalog)
+    _, rung = source_and_rung("video-180p", 320, 180)
 
     def group(g, start_ms, frames=60):
         for i in range(frames):
