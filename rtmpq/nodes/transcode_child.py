@@ -94,7 +94,8 @@ class TranscoderChild:
         # --insecure: the child dials this node's own listener on this host (the certificate may
         # name a public host, not the loopback address)
         return [sys.executable, "-m", "rtmpq", "--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR")
-                else "INFO", "--log-label", CHILD_LOG_LABEL, "transcode", "--upstream", url, "--insecure", "--quic-backend", self.config.moq.backend]
+                else "INFO", "--log-label", CHILD_LOG_LABEL, "transcode", "--upstream", url, "--insecure",
+                "--quic-backend", self.config.moq.backend]
 
     def environment(self) -> dict[str, str]:
         """This process's environment without its rtmpq settings, plus the ones the child needs:
@@ -164,7 +165,6 @@ class TranscoderChild:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         yield from self._series
-
         yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
                                 "isolate); 0 while it is restarted", value=self.pid or 0)
         yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
