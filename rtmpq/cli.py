@@ -46,6 +46,9 @@ def _common() -> argparse.ArgumentParser:
                    help="TOML settings file (see docs/configuration.md); flags and RTMPQ_<SECTION>_<KEY> "
                         "environment variables override it")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log verbosity (default INFO)")
+    # set by a parent node for its child process (up's transcoder child), whose lines go to the
+    # parent's stderr: "[LABEL PID]" before each logger name says whose they are
+    p.add_argument("--log-label", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -323,8 +326,10 @@ def _token(args, config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    label = getattr(args, "log_label", "")
+    label = f"[{label.replace('%', '%%')} %(process)d] " if label else ""
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
     try:
         config = load_config(getattr(args, "config", None), overrides=_overrides(args))
     except ConfigError as exc:

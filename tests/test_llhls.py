@@ -166,18 +166,24 @@ def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
     assert not b.caught_up(rung, 1000.0)
 
 
+def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, LlHlsStream]:
+    """A source's stream and a rung's that follows its timeline, as the edge makes them."""
+    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={track})
+    rung.follows = source
+    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
+        TrackInfo(track, VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, width, height, nal_length_size=4))
+    for s in (source, rung):
+        s.group_origin = 0
+        s.set_catalog(catalog)
+    return source, rung
+
+
 def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     """A rung that fell behind drops the rest of a group (or whole groups): that gap is not a seam
     of its own (an EXT-X-DISCONTINUITY only the rung had made hls.js misplace it by seconds at a
     switch); its last picture is shown through the gap. A seam of the source is one of the rung
     too, and a rung stopped and pulled again much later starts its playlist afresh."""
-    source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={"video-360p"})
-    rung.follows = source
-    catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(
-        TrackInfo("video-360p", VIDEO, "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360, nal_length_size=4))
-    for s in (source, rung):
-        s.group_origin = 0
-        s.set_catalog(catalog)
+    source, rung = source_and_rung("video-360p", 640, 360)
 
     def group(stream, track, g, start_ms, frames=60):
         for i in range(frames):
@@ -484,3 +490,26 @@ def test_a_rung_pulled_late_numbers_and_cuts_its_segments_as_its_source_does():
         assert (by_msn[s.msn].group, by_msn[s.msn].continues) == (s.group, s.continues)
         assert by_msn[s.msn].duration == pytest.approx(s.duration, abs=0.02)  # (the rung's first part: 1 ms)
     assert rung.segments[0].msn == next(s.msn for s in source.segments if s.group == 2) > 2
+
+
+def test_a_group_cut_short_and_begun_again_lists_no_part_or_segment_of_no_duration():
+    """A transcoder child that crashed cut its group short (a part, then one more frame); the
+    new child's first group re-encodes the source group in progress from its start, so its
+    first frame is no later than the cut group's last. The cut group's last frame still lasts a
+    frame interval: no EXT-X-PART or EXTINF of 0.000 s (players stall or skip on one)."""
+    _, rung = source_and_rung("video-180p", 320, 180)
+
+    def group(g, start_ms, frames=60):
+        for i in range(frames):
+            ts = start_ms + i * 33
+            rung.push(Frame("video-180p", g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
+
+    group(0, 0)
+    group(1, 1980, frames=7)  # the child dies: a whole part (6 frames) and one frame more
+    group(2, 1980)  # the new child's first group, from the source group's start
+    group(3, 2 * 1980)
+    playlist = rung.media_playlist()
+    assert [s.msn for s in rung.segments] == [0, 1, 2, 3]
+    assert all(p.duration > 0 for s in rung.segments for p in s.parts), playlist
+    assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
+    assert abs(rung.segments[1].duration - 7 * 0.033) < 0.002  # the cut group's 7 frames, a frame interval each

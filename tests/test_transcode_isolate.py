@@ -45,18 +45,39 @@ class ChildPids(logging.Handler):
         return self.pids[count - 1]
 
 
+async def rung_frames_encoded(base: str, name: str, rung: str) -> float | None:
+    """`up`'s /metrics reading of rtmpq_transcode_frames_encoded_total for one rung, or None."""
+    _, metrics = await http_text(f"{base}/metrics")
+    m = re.search(rf'^rtmpq_transcode_frames_encoded_total{{broadcast="{name}",rendition="{rung}"}} (\S+)$',
+                  metrics, re.M)
+    return None if m is None else float(m.group(1))
+
+
+async def frames_encoded_grow(base: str, name: str, rung: str) -> None:
+    """Until `up`'s /metrics shows the rung's frames encoded (the child's series) growing."""
+    first = None
+    while True:
+        n = await rung_frames_encoded(base, name, rung)
+        if n is not None and first is not None and n > first:
+            return
+        first = first if first is not None else n
+        await asyncio.sleep(0.2)
+
+
 def segments(playlist: str) -> list[str]:
     return re.findall(r"^(?!#)(\S+)$", playlist, re.M)
 
 
 async def poll_playlist(url: str, seen: list[str], until) -> str:
-    """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked again."""
+    """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked
+    again. No playlist lists a segment or a part of no duration (players stall or skip on one)."""
     while True:
         try:
             status, body = await http_text(url)
         except OSError:
             status, body = 0, ""
         if status == 200:
+            assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", body, re.M), body  # no empty segment or part
             seen.extend(s for s in segments(body) if s not in seen)
             if until(body):
                 return body
@@ -74,7 +95,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
     """`up --ladder 180p`, isolated: the child is killed (SIGSEGV as a decoder crash would, or
     SIGKILL as the OOM killer does) during a publish. The source's MoQ subscriber and its HLS
     playlist go on without a gap, the publish goes on, `up` logs the death and starts a new
-    child, and the rung's playlist (asked for by a player all along) gets new segments again."""
+    child, and the rung's playlist (asked for by a player all along) gets new segments again.
+    `up`'s /metrics has the child's rtmpq_transcode_* series of the watched rung, before and
+    after the restart."""
     need("ffmpeg")
     pids = ChildPids()
     caplog.set_level(logging.INFO, "rtmpq.transcode")
@@ -83,7 +106,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
                                transcode=TranscodeConfig(ladder="180p", isolate=True, restart_min=0.2,
                                                          rung_queue_frames=120))
     name = "live/iso"
-    base = f"http://127.0.0.1:{node.edge.address[1]}/{name}"
+    ops = f"http://127.0.0.1:{node.edge.address[1]}"
+    base = f"{ops}/{name}"
     frames, skipped = [], []
 
     async def subscribe() -> None:
@@ -108,6 +132,7 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         async with asyncio.timeout(30):
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen, lambda p: len(segments(p)) >= 1)
             await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: len(segments(p)) >= 1)
+            await frames_encoded_grow(ops, name, "video-180p")
         # a player of the rung from here: it decodes on through the restart (PLAYED s of media)
         player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-v", "error", "-nostdin",
                                                   "-i", f"{base}/video-180p.m3u8", "-t", str(PLAYED),
@@ -120,6 +145,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
                                 lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
+        async with asyncio.timeout(10):  # the new child's series, in up's /metrics again
+            await frames_encoded_grow(ops, name, "video-180p")
         rc, out = await player
         assert rc == 0, out[-2000:]
         played = [line for line in out.splitlines() if line.startswith("0,")]
@@ -131,7 +158,7 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         for a, b in zip(frames, frames[1:]):
             assert (b.group, b.index) in ((a.group, a.index + 1), (a.group + 1, 0)), (a, b)
         assert publisher.done() is False, "the publish ended"
-        status, metrics = await http_text(f"http://127.0.0.1:{node.edge.address[1]}/metrics")
+        status, metrics = await http_text(f"{ops}/metrics")
         assert f"rtmpq_transcoder_child_pid {float(second)}" in metrics, metrics  # the node serves on
         assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
     finally:
@@ -148,7 +175,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
 
 async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
     """`rtmpq up --ladder 180p` (isolated by default) started as a process and SIGTERMed: its
-    transcoder child is gone too, no orphan."""
+    transcoder child is gone too, no orphan. The child's log lines, on up's stderr, say they are
+    the transcoder child's."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{free_port()}",
         "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
@@ -162,9 +190,17 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
                 m = CHILD_STARTED.search(line)
                 child = int(m.group(1)) if m else None
         assert os.path.exists(f"/proc/{child}")
+        async with asyncio.timeout(20):  # the child's first line of its own, on up's stderr
+            while "following the broadcasts" not in (line := (await proc.stderr.readline()).decode()):
+                assert line, "up exited"
+        assert f"INFO [transcoder child {child}] rtmpq.transcode: transcoder: ladder 180p" in line, line
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
+        # the child's lines (on up's stderr) say they are the child's; up's own do not
+        lines = err.decode().splitlines()
+        assert any(f"INFO [transcoder child {child}] rtmpq.nodes: SIGTERM: stopping" in line for line in lines), lines
+        assert any(re.search(r"INFO rtmpq\.nodes: SIGTERM: stopping", line) for line in lines), lines
         async with asyncio.timeout(5):  # reaped by up, so gone from /proc
             while os.path.exists(f"/proc/{child}"):
                 await asyncio.sleep(0.05)

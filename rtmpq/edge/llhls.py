@@ -394,7 +394,10 @@ class LlHlsStream:
             for i, f in enumerate(frames):
                 if i + 1 < len(frames):
                     d = frames[i + 1].dts - f.dts
-                elif name == self._primary and next_dts is not None:
+                elif name == self._primary and next_dts is not None and next_dts > f.dts:
+                    # (a next group that begins no later, as a restarted transcoder's re-encoding
+                    # of the source group the crash cut short, leaves it a frame interval below:
+                    # a frame of no duration would be a part or segment of 0.000 s)
                     d = next_dts - f.dts
                 elif name == self._primary and last_duration is not None:
                     d = last_duration

@@ -62,9 +62,11 @@ class HttpStats:
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, config, *, server_header: str = "rtmpq") -> None:
-        """``config`` is an [http] section (rtmpq.config.HttpConfig)."""
+    def __init__(self, handler: Handler, config, *, server_header: str = "rtmpq", sock=None) -> None:
+        """``config`` is an [http] section (rtmpq.config.HttpConfig); ``sock``: a listening socket
+        to serve on instead of binding [http] host:port."""
         self.handler = handler
+        self.sock = sock
         self.config = config
         self.server_header = server_header
         self.stats = HttpStats()
@@ -84,7 +86,8 @@ class HttpServer:
             ctx.set_alpn_protocols(["h2", "http/1.1"])
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(lambda: _Connection(self), self.config.host, self.config.port, ssl=ctx,
+            where = {"sock": self.sock} if self.sock is not None else {"host": self.config.host, "port": self.config.port}
+            self._server = await loop.create_server(lambda: _Connection(self), **where, ssl=ctx,
                                                     ssl_handshake_timeout=self.config.request_timeout if ctx else None)
         except OSError as exc:
             raise listener_error(exc, "HTTP", self.config.host, self.config.port) from None

@@ -73,12 +73,14 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
 
 class OpsListener:
     """The HTTP listener of a node that serves no video over HTTP (relay, ingest): metrics,
-    health, API. Started only when [http] enabled (``--http``)."""
+    health, API. Started only when [http] enabled (``--http``), or on ``sock`` (a listening
+    socket handed over by a parent process)."""
 
-    def __init__(self, config: Config, view: NodeView) -> None:
+    def __init__(self, config: Config, view: NodeView, sock=None) -> None:
         self.view = view
         self.routes = OpsRoutes(view)
-        self.http = HttpServer(ops_only(self.routes), config.http) if config.http.enabled else None
+        self.http = HttpServer(ops_only(self.routes), config.http, sock=sock) \
+            if config.http.enabled or sock is not None else None
         view.http = self.http
 
     async def start(self) -> None:

@@ -18,6 +18,8 @@
 
 import asyncio
 import logging
+import os
+import socket
 
 from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
@@ -603,6 +605,14 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
             del registry[name]
 
 
+def inherited_ops_socket():
+    """The loopback listener `up` hands its transcoder child for its metrics, or None."""
+    from .transcode_child import OPS_FD_ENV
+
+    fd = os.environ.pop(OPS_FD_ENV, None)
+    return None if fd is None else socket.socket(fileno=int(fd))
+
+
 async def run_transcode(config: Config, stop: asyncio.Event) -> None:
     """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists; with ``--http``,
     its metrics and health there."""
@@ -618,7 +628,7 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
     tasks: dict[str, asyncio.Task] = {}
     view = NodeView("transcoder")
     view.transcode = rung_readings(broadcasts)
-    ops = OpsListener(config, view)
+    ops = OpsListener(config, view, inherited_ops_socket())
     await ops.start()
 
     async def follow(name: str) -> None:

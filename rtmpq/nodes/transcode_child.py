@@ -14,6 +14,7 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import fields
 
@@ -30,6 +31,15 @@ CHILD_STOP_TIMEOUT = 3.0
 # Linux prctl(PR_SET_PDEATHSIG): the kernel sends the child SIGTERM if `up` dies without stopping it
 # (SIGKILL, a crash), so no transcoder is left reconnecting to a node that is gone.
 PR_SET_PDEATHSIG = 1
+# The child's metrics: `up` binds a loopback listener once and hands it to every child as this
+# inherited file descriptor (no port to agree on, nothing to race for between two lives); the
+# child serves its ops routes there, and `up`'s /metrics reads its rtmpq_transcode_* series.
+OPS_FD_ENV = "RTMPQ_TRANSCODER_OPS_FD"
+# Its log lines (on up's stderr) read "[transcoder child PID] rtmpq.…: …", not as up's own.
+CHILD_LOG_LABEL = "transcoder child"
+CHILD_SERIES = "rtmpq_transcode_"  # the child's series `up` serves (not its process or QUIC ones)
+# Seconds a scrape of `up` waits for its child's metrics; past it they are left out of that scrape.
+CHILD_METRICS_TIMEOUT = 1.0
 
 
 def loopback_of(host: str) -> str:
@@ -71,6 +81,8 @@ class TranscoderChild:
         self.process: asyncio.subprocess.Process | None = None
         self.deaths = 0  # the child died (crash, kill) this many times
         self._task: asyncio.Task | None = None
+        self._ops: socket.socket | None = None  # the child's metrics listener (127.0.0.1, our fd)
+        self._series: list = []  # the child's rtmpq_transcode_* families, as of the last scrape
 
     @property
     def pid(self) -> int | None:
@@ -82,12 +94,14 @@ class TranscoderChild:
         # --insecure: the child dials this node's own listener on this host (the certificate may
         # name a public host, not the loopback address)
         return [sys.executable, "-m", "rtmpq", "--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR")
-                else "INFO", "transcode", "--upstream", url, "--insecure", "--quic-backend", self.config.moq.backend]
+                else "INFO", "--log-label", CHILD_LOG_LABEL, "transcode", "--upstream", url, "--insecure",
+                "--quic-backend", self.config.moq.backend]
 
     def environment(self) -> dict[str, str]:
         """This process's environment without its rtmpq settings, plus the ones the child needs:
         the ladder's, the auth secret or node token (a token per connection, minted there), the
-        QUIC idle timeout. No HTTP listener: the node's own serves the operator."""
+        QUIC idle timeout. No HTTP listener of its own: the node's serves the operator, and the
+        child its metrics on the loopback socket it inherits (OPS_FD_ENV)."""
         config = self.config
         sections = {f"RTMPQ_{f.name.upper()}_" for f in fields(Config)}
         env = {k: v for k, v in os.environ.items() if not any(k.startswith(s) for s in sections)}
@@ -96,9 +110,13 @@ class TranscoderChild:
         env["RTMPQ_MOQ_IDLE_TIMEOUT"] = str(config.moq.idle_timeout)
         env["RTMPQ_NODE_STOP_TIMEOUT"] = str(min(config.node.stop_timeout, CHILD_STOP_TIMEOUT))
         env["RTMPQ_HTTP_ENABLED"] = "false"
+        if self._ops is not None:
+            env[OPS_FD_ENV] = str(self._ops.fileno())
         return env
 
     def start(self, host: str, port: int) -> None:
+        self._ops = socket.create_server(("127.0.0.1", 0))
+        self._ops.set_inheritable(True)
         self._task = asyncio.get_running_loop().create_task(self._run(loopback_of(host), port))
 
     async def _run(self, host: str, port: int) -> None:
@@ -110,6 +128,7 @@ class TranscoderChild:
             try:
                 self.process = await asyncio.create_subprocess_exec(*self.command(host, port), env=self.environment(),
                                                                     stdin=asyncio.subprocess.DEVNULL,
+                                                                    pass_fds=(self._ops.fileno(),),
                                                                     preexec_fn=_death_signal())
             except OSError as exc:
                 log.error("transcoder: cannot start the child process: %s; again in %.1f s", exc, delay)
@@ -128,10 +147,24 @@ class TranscoderChild:
             await asyncio.sleep(delay)
             delay = min(delay * 2, t.restart_max)
 
+    async def refresh(self) -> None:
+        """For NodeView.refreshers: read the child's rtmpq_transcode_* series from its metrics
+        listener, within CHILD_METRICS_TIMEOUT; none while it is restarted or does not answer."""
+        series = []
+        if self.process is not None and self._ops is not None:
+            try:
+                text = await asyncio.wait_for(_get_metrics(self._ops.getsockname()[1]), CHILD_METRICS_TIMEOUT)
+                series = [m for m in _families(text) if m.name.startswith(CHILD_SERIES)]
+            except (OSError, TimeoutError, ValueError) as exc:
+                log.debug("transcoder: the child's metrics: %r", exc)
+        self._series = series
+
     def metrics(self):
-        """For NodeView.collectors: the child's PID (0 between lives) and how often it died."""
+        """For NodeView.collectors: the child's PID (0 between lives), how often it died, and its
+        rtmpq_transcode_* series as ``refresh`` read them."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        yield from self._series
         yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
                                 "isolate); 0 while it is restarted", value=self.pid or 0)
         yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
@@ -141,6 +174,8 @@ class TranscoderChild:
         """Stop watching, then the child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
         if self._task is not None:
             self._task.cancel()
+        if self._ops is not None:
+            self._ops.close()
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
             return
@@ -152,3 +187,27 @@ class TranscoderChild:
                         CHILD_STOP_TIMEOUT)
             process.kill()
             await process.wait()
+
+
+async def _get_metrics(port: int) -> str:
+    """The body of GET /metrics from the child's listener on 127.0.0.1:``port``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        status = head.split(" ", 2)[1]
+        length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")
+                       if line.lower().startswith("content-length:")), None)
+        if status != "200" or length is None:
+            raise ValueError(f"status {status}")
+        return (await reader.readexactly(length)).decode()
+    except asyncio.IncompleteReadError as exc:
+        raise ConnectionError("the child closed the connection") from exc
+    finally:
+        writer.close()
+
+
+def _families(text: str):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return list(text_string_to_metric_families(text))

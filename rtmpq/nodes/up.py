@@ -191,6 +191,7 @@ class UpNode:
             self.view.transcode = rung_readings(self.transcoder.broadcasts)
         if self.transcoder_child is not None:
             self.view.collectors.append(self.transcoder_child.metrics)
+            self.view.refreshers.append(self.transcoder_child.refresh)
         self.view.relay_backend = config.moq.backend
         self.ops = OpsRoutes(self.view)
         self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), http=config.http, access=self.access,

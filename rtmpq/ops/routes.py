@@ -53,6 +53,8 @@ class OpsRoutes:
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"only GET and HEAD\n")
         if path == "/metrics":
+            for refresh in list(self.view.refreshers):  # readings fetched from elsewhere (a child process)
+                await refresh()
             return Response(200, self.metrics.exposition(), CONTENT_TYPE)
         if path == "/healthz":
             return _json(200, {"status": "ok"})

@@ -9,7 +9,7 @@ playback name (the node warns at start that it is open).
 """
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -91,6 +91,9 @@ class NodeView:
         self.transcode: Callable[[], Iterable] | None = None
         # more readings a component may add: () -> iterable of prometheus metric families
         self.collectors: list[Callable[[], Iterable]] = []
+        # awaited before each scrape, for collectors whose readings come from elsewhere (each
+        # bounds its own wait)
+        self.refreshers: list[Callable[[], Awaitable[None]]] = []
         self._rate = _Rate()
 
     # -- readiness ------------------------------------------------------------------------------
