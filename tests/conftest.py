@@ -112,6 +112,31 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
         server.close()
 
 
+def udp_bound(port: int) -> bool:
+    """Whether a socket is bound to a loopback UDP port (read from the kernel's tables: a bind of
+    our own to try it could take it first)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as f:
+            if any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:]):
+                return True
+    return False
+
+
+async def wait_udp(port: int, deadline: float = 20.0) -> None:
+    """Wait until a node started as a process listens on a UDP port (its MoQ listener): a client
+    started before that is refused at once (ICMP port unreachable), not held."""
+    await until(lambda: udp_bound(port), deadline, f"a listener on UDP port {port}")
+
+
+async def node_listening(proc, args) -> None:
+    """Once a node started as a process with ``args`` that has ``--moq HOST:PORT`` has bound that
+    MoQ listener (or has exited): a `rtmpq sub` started before it would be refused at once."""
+    if "--moq" in args:
+        port = int(args[args.index("--moq") + 1].rsplit(":", 1)[1])
+        await until(lambda: proc.returncode is not None or udp_bound(port), 30,
+                    f"the MoQ listener of rtmpq {args[0]}")
+
+
 @asynccontextmanager
 async def relay_node(tmp_path, backend: str, env: dict[str, str]):
     """`rtmpq relay` in this process (run_relay), its settings read from ``env`` (RTMPQ_* variables,
@@ -126,14 +151,10 @@ async def relay_node(tmp_path, backend: str, env: dict[str, str]):
     stop = asyncio.Event()
     task = asyncio.create_task(run_relay(config, stop))
 
-    def bound() -> bool:  # (read from the kernel's table: a bind of our own to try it could take it first)
+    def bound() -> bool:
         if task.done():
             task.result()  # (its error)
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            with open(table) as f:
-                if any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:]):
-                    return True
-        return False
+        return udp_bound(port)
 
     try:
         await until(bound, 20, "the relay's MoQ listener")

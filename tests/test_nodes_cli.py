@@ -13,7 +13,7 @@ import os
 import urllib.error
 import urllib.request
 
-from .conftest import free_port, need, wait_tcp
+from .conftest import free_port, need, node_listening, wait_tcp
 from .publishers import ffmpeg_publish_args, probe_packets, run_process
 
 
@@ -22,9 +22,13 @@ NO_GRACE = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "0"}
 
 
 async def start(*args: str, env=None):
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", "--log-level", "WARNING", *args,
+    """A node as a process; one given ``--moq HOST:PORT`` is returned once that MoQ listener is
+    bound (or the node has exited): a `rtmpq sub` started before it would be refused at once."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", "--log-level", "WARNING", *args,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                                                 env=env or NO_GRACE)
+    await node_listening(proc, args)
+    return proc
 
 
 async def get_when_ready(url: str, deadline: float = 30.0) -> bytes:

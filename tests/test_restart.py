@@ -7,15 +7,17 @@ import socket
 import sys
 import time
 
-from .conftest import http_get, free_port, need, wait_tcp
+from .conftest import http_get, free_port, need, node_listening, wait_tcp
 from .publishers import count_decoded_frames, ffmpeg_publish_args, run_process
 from .test_lifecycle import long_publish_args, spawn
 
 
 async def start_node(*args: str, env: dict | None = None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", *args, "--log-level", "INFO",
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "rtmpq", *args, "--log-level", "INFO",
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                                                 env={**os.environ, **(env or {})})
+    await node_listening(proc, args)
+    return proc
 
 
 async def stop_all(procs) -> None:
