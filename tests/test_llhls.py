@@ -508,12 +508,13 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     group begun again is left out, the cut group's last picture is shown until the next group,
     so the rung's segments keep the source's numbers and durations, with no discontinuity of its
     own (its count would differ from the source's and the audio's). No EXT-X-PART or EXTINF is
-    of 0.000 s (players stall or skip on one)."""
+    of 0.000 s (players stall or skip on one). A jump back further than FOLLOWER_RESTART_GAP
+    starts the rung's playlist afresh, as a gap that long does."""
     source, rung = source_and_rung("video-180p", 320, 180)
 
     def group(stream, track, g, start_ms, frames=60):
         for i in range(frames):
-            ts = start_ms + i * 33
+            ts = 20000 + start_ms + i * 33  # (a publisher live for 20 s)
             stream.push(Frame(track, g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
 
     for g in range(3):
@@ -530,3 +531,5 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     assert abs(rung.segments[1].duration - source.segments[1].duration) < 0.002, playlist
     assert all(p.duration > 0 for s in rung.segments for p in s.parts), playlist
     assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
+    group(rung, "video-180p", new_id + 2, -20000)  # 24 s back, with no seam of the source
+    assert len(rung.segments) == 1 and "#EXT-X-DISCONTINUITY" not in rung.media_playlist()
