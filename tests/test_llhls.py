@@ -492,24 +492,44 @@ def test_a_rung_pulled_late_numbers_and_cuts_its_segments_as_its_source_does():
     assert rung.segments[0].msn == next(s.msn for s in source.segments if s.group == 2) > 2
 
 
-def test_a_group_cut_short_and_begun_again_lists_no_part_or_segment_of_no_duration():
+def first_tfdt(data: bytes) -> int:
+    """baseMediaDecodeTime of a part's or segment's first track fragment (ticks)."""
+    at = data.index(b"tfdt")
+    return int.from_bytes(data[at + 8:at + 16] if data[at + 4] == 1 else data[at + 8:at + 12], "big")
+
+
+@pytest.mark.parametrize("new_id", [1, 2], ids=["same-group-id", "next-group-id"])
+def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_id):
     """A transcoder child that crashed cut its group short (a part, then one more frame); the
     new child's first group re-encodes the source group in progress from its start, so its
-    first frame is no later than the cut group's last. The cut group's last frame still lasts a
-    frame interval: no EXT-X-PART or EXTINF of 0.000 s (players stall or skip on one)."""
-    _, rung = source_and_rung("video-180p", 320, 180)
+    first frame is before the cut group's last (its group id is the cut group's when its track
+    is a new one, the next one when the relay kept the track). The rung's timeline does not go
+    back over what it delivered (players saw the same time twice, with no discontinuity): the
+    group begun again is left out, the cut group's last picture is shown until the next group,
+    so the rung's segments keep the source's numbers and durations, with no discontinuity of its
+    own (its count would differ from the source's and the audio's). No EXT-X-PART or EXTINF is
+    of 0.000 s (players stall or skip on one). A jump back further than FOLLOWER_RESTART_GAP
+    starts the rung's playlist afresh, as a gap that long does."""
+    source, rung = source_and_rung("video-180p", 320, 180)
 
-    def group(g, start_ms, frames=60):
+    def group(stream, track, g, start_ms, frames=60):
         for i in range(frames):
-            ts = start_ms + i * 33
-            rung.push(Frame("video-180p", g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
+            ts = 20000 + start_ms + i * 33  # (a publisher live for 20 s)
+            stream.push(Frame(track, g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
 
-    group(0, 0)
-    group(1, 1980, frames=7)  # the child dies: a whole part (6 frames) and one frame more
-    group(2, 1980)  # the new child's first group, from the source group's start
-    group(3, 2 * 1980)
+    for g in range(3):
+        group(source, VIDEO, g, g * 1980)
+    group(rung, "video-180p", 0, 0)
+    group(rung, "video-180p", 1, 1980, frames=7)  # the child dies: a whole part (6 frames) and one frame more
+    group(rung, "video-180p", new_id, 1980)  # the new child's first group, from the source group's start
+    group(rung, "video-180p", new_id + 1, 2 * 1980)
     playlist = rung.media_playlist()
-    assert [s.msn for s in rung.segments] == [0, 1, 2, 3]
+    assert [s.msn for s in rung.segments] == [s.msn for s in source.segments] == [0, 1, 2]
+    assert "#EXT-X-DISCONTINUITY" not in playlist
+    starts = [first_tfdt(p.data) for s in rung.segments for p in s.parts]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts), starts  # never back, never again
+    assert abs(rung.segments[1].duration - source.segments[1].duration) < 0.002, playlist
     assert all(p.duration > 0 for s in rung.segments for p in s.parts), playlist
     assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
-    assert abs(rung.segments[1].duration - 7 * 0.033) < 0.002  # the cut group's 7 frames, a frame interval each
+    group(rung, "video-180p", new_id + 2, -20000)  # 24 s back, with no seam of the source
+    assert len(rung.segments) == 1 and "#EXT-X-DISCONTINUITY" not in rung.media_playlist()

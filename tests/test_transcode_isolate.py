@@ -17,9 +17,10 @@ from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes.transcode_child import TranscoderChild
 
-from .conftest import free_port, need, start_up_node
+from .conftest import free_port, http_get, need, start_up_node
 from .publishers import ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
+from .test_llhls import first_tfdt
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 PLAYED = 6  # seconds of the rung a player decodes, through the child's restart
@@ -68,9 +69,10 @@ def segments(playlist: str) -> list[str]:
     return re.findall(r"^(?!#)(\S+)$", playlist, re.M)
 
 
-async def poll_playlist(url: str, seen: list[str], until) -> str:
+async def poll_playlist(url: str, seen: list[str], until, timeline: list | None = None) -> str:
     """GET ``url`` until ``until(playlist)``, adding each new segment to ``seen``; 404/503 is asked
-    again. No playlist lists a segment or a part of no duration (players stall or skip on one)."""
+    again. No playlist lists a segment or a part of no duration (players stall or skip on one).
+    With ``timeline``, each new segment's (first decode time, after a discontinuity) is added."""
     while True:
         try:
             status, body = await http_text(url)
@@ -78,10 +80,30 @@ async def poll_playlist(url: str, seen: list[str], until) -> str:
             status, body = 0, ""
         if status == 200:
             assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", body, re.M), body  # no empty segment or part
+            if timeline is not None:
+                await add_to_timeline(url.rsplit("/", 1)[0], body, seen, timeline)
             seen.extend(s for s in segments(body) if s not in seen)
             if until(body):
                 return body
         await asyncio.sleep(0.2)
+
+
+async def add_to_timeline(base: str, playlist: str, seen: list[str], timeline: list) -> None:
+    discontinuity = False
+    for line in playlist.splitlines():
+        if line == "#EXT-X-DISCONTINUITY":
+            discontinuity = True
+        elif not line.startswith("#"):
+            if line not in seen:
+                status, data = await http_get(f"{base}/{line}")
+                assert status == 200, (line, status)
+                timeline.append((first_tfdt(data), discontinuity))
+            discontinuity = False
+
+
+def going_back(timeline: list) -> list:
+    """Segments whose first decode time is not after the one before, with no discontinuity between."""
+    return [(a, b) for a, b in zip(timeline, timeline[1:]) if b[0] <= a[0] and not b[1]]
 
 
 # grace 0: the relay ends the rung tracks with the child's session, and the new child's are new
@@ -127,10 +149,10 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
     player = None
     try:
         first = await pids.wait(1, 20)
-        source_seen, rung_seen = [], []
+        source_seen, rung_seen, rung_timeline = [], [], []
         # a player of the rung: its playlist is asked for (so the rung is made) until it has segments
         async with asyncio.timeout(30):
-            await poll_playlist(f"{base}/video-180p.m3u8", rung_seen, lambda p: len(segments(p)) >= 1)
+            await poll_playlist(f"{base}/video-180p.m3u8", rung_seen, lambda p: len(segments(p)) >= 1, rung_timeline)
             await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: len(segments(p)) >= 1)
             await frames_encoded_grow(ops, name, "video-180p")
         # a player of the rung from here: it decodes on through the restart (PLAYED s of media)
@@ -144,13 +166,17 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         rung_before_restart = list(rung_seen)
         async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
-                                lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2)
+                                lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2, rung_timeline)
+        # the group the new child began again is not listed over the rung's delivered time
+        assert not going_back(rung_timeline), rung_timeline
         async with asyncio.timeout(10):  # the new child's series, in up's /metrics again
             await frames_encoded_grow(ops, name, "video-180p")
         rc, out = await player
         assert rc == 0, out[-2000:]
-        played = [line for line in out.splitlines() if line.startswith("0,")]
-        assert len(played) >= (PLAYED - 1) * 30, out[-2000:]  # 30 fps, a frame or a cut group may be missed
+        played = [int(line.split(",")[1]) for line in out.splitlines() if line.startswith("0,")]  # dts, 1/30 s
+        # 30 fps through PLAYED s of media; the group the new child began again is left out (the
+        # cut group's last picture is shown until the next: up to a 2 s GoP of pictures fewer)
+        assert played[-1] - played[0] >= (PLAYED - 1) * 30 and len(played) >= (PLAYED - 3) * 30, out[-2000:]
         # the source went on meanwhile: new HLS segments, no gap marked, and every MoQ object in order
         source = await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: True)
         assert "#EXT-X-GAP" not in source and "#EXT-X-DISCONTINUITY" not in source, source

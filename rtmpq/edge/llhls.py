@@ -67,7 +67,12 @@ DISCONTINUITY_GAP = 0.5
 # pictures (the rest of a group it skipped, falling behind) is no seam of its own, or its
 # discontinuity count would differ from the source's and players that align renditions by it
 # (hls.js) would misplace it by seconds; the picture before the gap is shown through it. A gap
-# longer than this (seconds: the rung was stopped and pulled again) starts its playlist afresh.
+# longer than this (seconds: the rung was stopped and pulled again), or a jump back as long, starts
+# its playlist afresh.
+# A group that begins again at or before the rung's last frame, within this, is a transcoder's
+# re-encoding of a source group it already delivered in part (a restarted child starts over at
+# the group in progress): it is dropped up to the next group, which the cut group's last picture
+# is shown until (the rung's timeline never goes back, and no discontinuity of its own).
 FOLLOWER_RESTART_GAP = 10.0
 
 
@@ -171,6 +176,7 @@ class LlHlsStream:
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
         self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
+        self._dropping: int | None = None  # a group begun again over what the rung has delivered
         # the last media playlist made: (version, query, text); the viewers a new part wakes
         # (blocking reloads) all ask for the same one, once per part
         self._rendered: tuple[int, str, str] | None = None
@@ -211,6 +217,13 @@ class LlHlsStream:
             return
         primary = self._primary
         if frame.track == primary:
+            if self._dropping is not None:
+                if frame.group == self._dropping:
+                    return
+                self._dropping = None
+            if self._begun_again(frame):
+                self._dropping = frame.group
+                return
             if frame.group != self._group:
                 if self._group is not None and frame.group < self._group and frame.index != 0:
                     # the tail of a group whose segment is closed, overtaken by the next group
@@ -218,7 +231,7 @@ class LlHlsStream:
                     return
                 seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
                 if self.follows is not None and not seam and self._last_dts is not None \
-                        and (frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:
+                        and abs(frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:
                     self._restart()
                 if seam:
                     self.seam_groups.append(frame.group)
@@ -324,6 +337,15 @@ class LlHlsStream:
         count = len(recent)
         predicted = round(sum(d + (count - i) * step for i, d in enumerate(recent)) / count) - frames[-1].dts
         return max(1, min(predicted, math.floor(target + 1e-6) - span))
+
+    def _begun_again(self, frame: Frame) -> bool:
+        """A rung's group that starts at or before its last frame (see FOLLOWER_RESTART_GAP), not
+        at a seam of its source: a restarted transcoder re-encoding the group in progress. Its
+        group id may be the cut group's own (the new child's track is a new one)."""
+        if self.follows is None or self._last_dts is None or frame.index != 0 or frame.group in self.follows.seam_groups:
+            return False
+        back = (self._last_dts - frame.dts) / self._timescale[self._primary]
+        return 0 <= back <= FOLLOWER_RESTART_GAP
 
     def _is_seam(self, dts: int) -> bool:
         if self._last_dts is None or not self.segments:
