@@ -203,9 +203,9 @@ async def test_an_ingest_stops_a_recording_past_its_record_max_queued_bytes_and_
     assert len(errors) == 1 and "stopped" in errors[0] and "[rtmp] record_max_queued_bytes 2000" in errors[0], errors
 
 
-async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_server):
+async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_server, caplog):
     """[directory] max_entries (100 000): a node following the directory keeps that many entries,
-    the rest are ignored."""
+    the rest are ignored, said once in its log (not at each snapshot that ignores them again)."""
     from rtmpq.config import load_config
     from rtmpq.directory.redis_directory import RedisDirectory
     from rtmpq.nodes.directory import open_directory
@@ -215,11 +215,15 @@ async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_s
     follower = None
     try:
         origin.register(lambda: {"live/a", "live/b", "live/c"}, "moqt://127.0.0.1:4443")
+        # a 1 s lease: it reads the whole directory again every 0.33 s
         follower = await open_directory(load_config(env={"RTMPQ_DIRECTORY_URL": redis_server.url,
-                                                         "RTMPQ_DIRECTORY_MAX_ENTRIES": "2"}))
+                                                         "RTMPQ_DIRECTORY_MAX_ENTRIES": "2",
+                                                         "RTMPQ_DIRECTORY_TTL": "1"}))
         follower.follow()
-        await until(lambda: follower.mirror.dropped, 10, "an entry past the bound")
+        await until(lambda: follower.mirror.dropped >= 3, 10, "an entry past the bound, ignored at 3 snapshots")
         assert len(follower.mirror.entries) == 2
+        told = [r.getMessage() for r in caplog.records if "max_entries" in r.getMessage()]
+        assert len(told) == 1 and "max_entries (2) broadcasts; more are ignored" in told[0], told
     finally:
         for directory in (follower, origin):
             if directory is not None:
