@@ -20,15 +20,17 @@ log = logging.getLogger("rtmpq.moq")
 
 # Requests a peer may have open at once: the MAX_REQUEST_ID we grant never lets the requests still
 # open plus the ids not used yet exceed this; more are granted only as requests close (an answer
-# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000.
+# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000;
+# [moq] session_max_requests.
 MAX_REQUESTS = 1000
 # Bytes buffered on the control stream before a message completes (the draft caps messages at 64 KiB).
 MAX_CONTROL_BUFFER = 2 * 0x10000
-# Data streams a peer may have open towards us at once before we refuse new ones.
+# Data streams a peer may have open towards us at once before we refuse new ones (and request
+# streams, counted apart); [moq] session_max_streams.
 MAX_INCOMING_DATA_STREAMS = 256
 # Bytes a session buffers from the peer's streams before they parse (partial objects on data
 # streams, partial requests on request streams), all streams together; past it the session is
-# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB.
+# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB; [moq] session_max_stream_buffer.
 MAX_STREAM_BUFFER = 32 * 1024 * 1024
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
@@ -48,7 +50,7 @@ MAX_AUTH_TOKEN_ALIASES = MAX_AUTH_TOKEN_CACHE // 16
 MAX_NAMESPACE_SUFFIX_BYTES = 256 * 1024
 # What one remembered suffix costs beyond its bytes (for MAX_NAMESPACE_SUFFIX_BYTES).
 _SUFFIX_OVERHEAD = 16
-# The same, in bytes of object payload held (the oldest go first). Default 8 MiB.
+# The same, in bytes of object payload held (the oldest go first). Default 8 MiB; [moq] session_max_held_bytes.
 MAX_HELD_BYTES = 8 * 1024 * 1024
 # Seconds an object may stay incomplete on an incoming data stream (its first bytes came, the rest
 # does not): past it the stream is stopped (STOP_SENDING, DELIVERY_TIMEOUT) and its bytes freed;
@@ -59,7 +61,6 @@ PARTIAL_OBJECT_TIMEOUT = 15.0
 # Streams remembered as stopped by us, so bytes still on their way on them are dropped (not read
 # as a new stream), per incoming stream allowed; the oldest are forgotten first.
 STOPPED_STREAMS_PER_INCOMING = 4
-
 
 
 @dataclass(frozen=True)
