@@ -38,7 +38,9 @@ from .moq.fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_S
 from .moq.fetch import MAX_FETCH_BYTES
 from .moq.group_cache import GROUP_CACHE_MAX_AGE, GROUP_CACHE_MAX_BYTES, GROUP_CACHE_MAX_GROUPS, CacheBounds
 from .moq.reachability import REFUSED_RECONNECT_MAX
-from .moq.session import PARTIAL_OBJECT_TIMEOUT
+from .moq.session import (MAX_HELD_BYTES, MAX_INCOMING_DATA_STREAMS, MAX_REQUESTS, MAX_STREAM_BUFFER,
+                          PARTIAL_OBJECT_TIMEOUT, SessionCaps)
+from .moq.wire import MAX_OBJECT_SIZE
 from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
@@ -237,10 +239,24 @@ class MoqConfig:
     send_budget: int = DEFAULT_SEND_BUDGET
     # bytes of payload in one FETCH answer from a cache; a longer range is cut (FETCH_OK says where)
     max_fetch_bytes: int = MAX_FETCH_BYTES
+    # each MoQ session's own caps (the listener's and the node's links to other nodes): requests a
+    # peer may have open (more: TOO_MANY_REQUESTS, the session closed), incoming streams open at
+    # once (more are stopped), bytes of unfinished objects and requests buffered from the peer's
+    # streams (more: the session closed; at least one largest object, 16 MiB), bytes of objects
+    # held for a track alias not named yet (the oldest are dropped)
+    session_max_requests: int = MAX_REQUESTS
+    session_max_streams: int = MAX_INCOMING_DATA_STREAMS
+    session_max_stream_buffer: int = MAX_STREAM_BUFFER
+    session_max_held_bytes: int = MAX_HELD_BYTES
 
     @property
     def cache_bounds(self) -> CacheBounds:
         return CacheBounds(self.group_cache_max_bytes, self.group_cache_max_age, self.group_cache_max_groups)
+
+    @property
+    def session_caps(self) -> SessionCaps:
+        return SessionCaps(self.session_max_requests, self.session_max_streams, self.session_max_stream_buffer,
+                           self.session_max_held_bytes)
 
 
 @dataclass
@@ -568,9 +584,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"transcode.{key}: must be at least 1")
     for key in ("handshake_timeout", "max_connections", "max_connections_per_ip", "partial_object_timeout",
                 "max_partial_bytes", "group_cache_max_bytes", "group_cache_max_groups", "send_budget",
-                "max_fetch_bytes"):
+                "max_fetch_bytes", "session_max_requests", "session_max_streams", "session_max_held_bytes"):
         if getattr(config.moq, key) <= 0:
             raise ConfigError(f"moq.{key}: must be positive")
+    if config.moq.session_max_stream_buffer < MAX_OBJECT_SIZE:  # the largest object must fit
+        raise ConfigError(f"moq.session_max_stream_buffer: must be at least {MAX_OBJECT_SIZE} "
+                          f"(the largest object taken, 16 MiB)")
     for key in ("group_cache_max_age", "delivery_timeout"):
         if not 0 < getattr(config.moq, key) < math.inf:  # (NaN fails too)
             raise ConfigError(f"moq.{key}: must be a positive number of seconds (got {getattr(config.moq, key)!r})")

@@ -19,7 +19,7 @@ SERVER_ADDR = ("5.6.7.8", 4443)
 
 
 class MoqPair:
-    def __init__(self, tmp_path, **server_kwargs) -> None:
+    def __init__(self, tmp_path, client_kwargs: dict | None = None, **server_kwargs) -> None:
         cert, key = ensure_self_signed(tmp_path / "tls")
         server_config = QuicConfiguration(is_client=False, alpn_protocols=[wire.ALPN])
         server_config.load_cert_chain(str(cert), str(key))
@@ -29,7 +29,7 @@ class MoqPair:
         self.client_quic = QuicConnection(configuration=client_config)
         self.server_quic = QuicConnection(configuration=server_config,
                                           original_destination_connection_id=self.client_quic.original_destination_connection_id)
-        self.client = MoqSession(self.client_quic, is_client=True)
+        self.client = MoqSession(self.client_quic, is_client=True, **(client_kwargs or {}))
         self.server = MoqSession(self.server_quic, is_client=False, **server_kwargs)
         self.client_quic.connect(SERVER_ADDR, now=self.now)
 

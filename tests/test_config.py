@@ -11,6 +11,7 @@ import pytest
 from rtmpq.auth.tokens import verify_token
 from rtmpq.cli import _overrides, build_parser
 from rtmpq.config import ConfigError, load_config, show
+from rtmpq.moq.session import SessionCaps
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -88,6 +89,18 @@ def test_the_in_process_broadcast_fetch_and_recording_limits_from_file_and_envir
     assert (config.moq.max_fetch_bytes, config.rtmp.record_max_queued_bytes) == (30, 40)
 
 
+def test_the_moq_per_session_caps_from_file_and_environment(tmp_path):
+    moq = load_config(env={}).moq
+    assert moq.session_caps == SessionCaps(1000, 256, 32 << 20, 8 << 20)
+    path = write(tmp_path, '[moq]\nsession_max_requests = 50\nsession_max_streams = 20\n'
+                           'session_max_stream_buffer = 20000000\nsession_max_held_bytes = 65536\n')
+    assert load_config(path, env={}).moq.session_caps == SessionCaps(50, 20, 20_000_000, 65536)
+    moq = load_config(path, env={"RTMPQ_MOQ_SESSION_MAX_REQUESTS": "5", "RTMPQ_MOQ_SESSION_MAX_STREAMS": "2",
+                                 "RTMPQ_MOQ_SESSION_MAX_STREAM_BUFFER": "17000000",
+                                 "RTMPQ_MOQ_SESSION_MAX_HELD_BYTES": "1000"}).moq
+    assert moq.session_caps == SessionCaps(5, 2, 17_000_000, 1000)
+
+
 def test_the_edge_and_directory_limits_from_file_and_environment(tmp_path):
     defaults = load_config(env={})
     assert (defaults.http.rendition_idle, defaults.http.max_viewers_tracked, defaults.directory.max_entries) == (
@@ -159,6 +172,10 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\ngroup_cache_max_age = 0\n", "moq.group_cache_max_age: must be a positive number of seconds (got 0.0)"),
     ("[moq]\ndelivery_timeout = inf\n", "moq.delivery_timeout: must be a positive number of seconds (got inf)"),
     ("[moq]\nsend_budget = -1\n", "moq.send_budget: must be positive"),
+    ("[moq]\nsession_max_requests = 0\n", "moq.session_max_requests: must be positive"),
+    ("[moq]\nsession_max_streams = 0\n", "moq.session_max_streams: must be positive"),
+    ("[moq]\nsession_max_held_bytes = 0\n", "moq.session_max_held_bytes: must be positive"),
+    ("[moq]\nsession_max_stream_buffer = 1000000\n", "moq.session_max_stream_buffer: must be at least 16777216"),
     ("[moq]\nupstream_wait = -1\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got -1.0)"),
     ("[moq]\nupstream_wait = nan\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got nan)"),
     ("[moq]\nmax_waiting_subscribes = -1\n", "moq.max_waiting_subscribes: must not be negative"),

@@ -73,7 +73,13 @@ def test_bad_directory_data_is_refused_and_the_mirror_is_bounded():
     m = Mirror(max_entries=2)
     for i in range(3):
         m.claimed(Entry(f"n{i}", "moqt://a:1", "a", i))
-    assert len(m.entries) == 2 and m.dropped == 1
+    assert len(m.entries) == 2 and m.dropped == 1 and m.fill_ups == 1
+    m.claimed(Entry("n3", "moqt://a:1", "a", 3))
+    assert m.dropped == 2 and m.fill_ups == 1  # still the same fill-up: logged once
+    m.withdrawn("n0", "a", 0)
+    m.claimed(Entry("n4", "moqt://a:1", "a", 4))
+    m.claimed(Entry("n5", "moqt://a:1", "a", 5))
+    assert set(m.entries) == {"n1", "n4"} and m.dropped == 3 and m.fill_ups == 2  # room, then full again
     e = Entry("live/y", "moqt://h:2", "h", 3, "ab" * 32)
     assert Entry.decode("live/y", e.encode()) == e
 

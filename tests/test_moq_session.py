@@ -5,7 +5,7 @@ import pytest
 from rtmpq.moq import events as ev
 from rtmpq.moq import session as session_module
 from rtmpq.moq import wire
-from rtmpq.moq.session import ReceivePool
+from rtmpq.moq.session import ReceivePool, SessionCaps
 from rtmpq.moq.wire import RequestError, SessionError
 
 from .moq_pair import MoqPair, closed_with
@@ -144,11 +144,10 @@ def test_which_requests_stay_open(tmp_path, case):
         assert any(isinstance(e, ev.SubscribeRequested) for e in server_events)
 
 
-def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path, monkeypatch):
+def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path):
     """Objects may overtake the SUBSCRIBE_OK naming their alias; those held meanwhile are bounded
     in bytes (the oldest go first), not only in number."""
-    monkeypatch.setattr(session_module, "MAX_HELD_BYTES", 64 * 1024)
-    pair = MoqPair(tmp_path)
+    pair = MoqPair(tmp_path, client_kwargs={"caps": SessionCaps(max_held_bytes=64 * 1024)})
     pair.setup()
     rid = pair.client.subscribe(NS, "video")
     pair.pump()
@@ -173,10 +172,9 @@ def _partial_object_stream(alias: int, group: int, size: int, sent: int) -> byte
     return header + wire.encode_varint(0) + wire.encode_varint(size) + b"x" * sent
 
 
-def test_stream_data_buffered_by_a_session_is_capped_in_bytes(tmp_path, monkeypatch):
+def test_stream_data_buffered_by_a_session_is_capped_in_bytes(tmp_path):
     """Partial objects on many streams at once: past MAX_STREAM_BUFFER the session is closed."""
-    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
-    pair = MoqPair(tmp_path)
+    pair = MoqPair(tmp_path, caps=SessionCaps(max_stream_buffer=256 * 1024))
     pair.setup()
     for group in range(10):  # 10 objects of 100 KB, each half sent and never finished: 500 KB
         sid = pair.client_quic.get_next_available_stream_id(is_unidirectional=True)
@@ -187,9 +185,8 @@ def test_stream_data_buffered_by_a_session_is_capped_in_bytes(tmp_path, monkeypa
     assert "MAX_STREAM_BUFFER" in closed.reason
 
 
-def test_complete_objects_do_not_count_against_the_stream_buffer(tmp_path, monkeypatch):
-    monkeypatch.setattr(session_module, "MAX_STREAM_BUFFER", 256 * 1024)
-    pair = MoqPair(tmp_path)
+def test_complete_objects_do_not_count_against_the_stream_buffer(tmp_path):
+    pair = MoqPair(tmp_path, client_kwargs={"caps": SessionCaps(max_stream_buffer=256 * 1024)})
     pair.setup()
     rid = pair.client.subscribe(NS, "video")
     pair.pump()

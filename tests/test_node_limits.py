@@ -19,7 +19,7 @@ from rtmpq.moq.client import SkippedGroup, fetch_track, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes.ingest import IngestNode
 
-from .conftest import need, relay_node, start_up_node, until
+from .conftest import local_config, need, relay_node, start_up_node, until
 from .publishers import ffmpeg_publish_only_args, run_process
 
 FRAMES_PER_GROUP, FRAME_BYTES = 5, 10_000  # groups of 50 kB
@@ -46,9 +46,9 @@ class Watcher:
 
 @asynccontextmanager
 async def origin_and_relay(tmp_path, backend: str, env: dict[str, str]):
-    """Yields (push, connect): ``push(frames)`` publishes the next frames at the origin (a group
-    every FRAMES_PER_GROUP) and returns the last one's group; ``connect()`` opens a MoQ session to
-    the relay node, started with ``env``."""
+    """Yields (push, connect, origin): ``push(frames)`` publishes the next frames at the origin (a
+    group every FRAMES_PER_GROUP) and returns the last one's group; ``connect()`` opens a MoQ
+    session to the relay node, started with ``env``; ``origin``: the `rtmpq up` node above it."""
     origin = await start_up_node(tmp_path / "origin", backend)
     broadcast = origin.registry.publish("live/c")
     broadcast.set_catalog(Catalog(broadcast="live/c").with_track(TrackInfo(
@@ -67,7 +67,7 @@ async def origin_and_relay(tmp_path, backend: str, env: dict[str, str]):
         async with relay_node(tmp_path / "relay", backend, {
                 "RTMPQ_UPSTREAM_URL": f"moqt://127.0.0.1:{origin.moq_address[1]}", "RTMPQ_UPSTREAM_INSECURE": "true",
                 **env}) as port:
-            yield push, lambda: connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10)
+            yield push, lambda: connect_moq("127.0.0.1", port, insecure=True, backend=backend, timeout=10), origin
     finally:
         await origin.close()
 
@@ -82,7 +82,7 @@ async def test_a_relay_node_caches_and_fetches_as_much_of_a_track_as_its_setting
                                                                                     groups, end):
     """A late FETCH at the relay node gets only the groups its cache settings keep (by default all
     7 it relayed: 8 groups, 32 MiB), at most [moq] max_fetch_bytes of them (8 MiB)."""
-    async with origin_and_relay(tmp_path, backend, dict([setting])) as (push, connect):
+    async with origin_and_relay(tmp_path, backend, dict([setting])) as (push, connect, _):
         async with connect() as viewer, connect() as late:
             watcher = Watcher(viewer)
             try:
@@ -103,13 +103,33 @@ async def test_a_relay_node_caches_and_fetches_as_much_of_a_track_as_its_setting
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_relay_node_grants_its_moq_session_max_requests_on_its_listener_and_its_link(tmp_path, backend):
+    """[moq] session_max_requests = 3 at a relay: its listener grants a subscriber, and its link
+    upstream grants the origin, request ids for 3 open requests at once (MAX_REQUEST_ID 6: a
+    peer's ids go by 2), not the default's 1000; 2 at an `rtmpq up`: 2."""
+    async with origin_and_relay(tmp_path, backend, {"RTMPQ_MOQ_SESSION_MAX_REQUESTS": "3"}) as (_, connect, origin):
+        async with connect() as conn:
+            assert conn.session._peer_max_request_id == 6
+        await until(lambda: any(c.session.setup_done for c in origin.moq.connections), 10, "the relay's link up")
+        assert [c.session._peer_max_request_id for c in origin.moq.connections] == [6]
+    up = local_config(tmp_path / "up", backend)
+    up.moq.session_max_requests = 2
+    node = await start_up_node(tmp_path / "up", backend, moq=up.moq)  # `rtmpq up`'s listener
+    try:
+        async with connect_moq("127.0.0.1", node.moq_address[1], insecure=True, backend=backend, timeout=10) as conn:
+            assert conn.session._peer_max_request_id == 4
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 @pytest.mark.parametrize("setting", [None, ("RTMPQ_MOQ_DELIVERY_TIMEOUT", "0.2"), ("RTMPQ_MOQ_SEND_BUDGET", "30000")])
 async def test_a_relay_node_delivers_a_cached_group_within_its_delivery_timeout_and_send_budget(
         tmp_path, backend, setting):
     """A subscriber that comes 0.3 s after group 0 (50 kB) began gets it from the relay's cache
     with the defaults (2 s, 4 MiB); with a 0.2 s delivery timeout it starts at the next group, and
     past a 30 kB send budget the group is dropped for it (skipped, said so)."""
-    async with origin_and_relay(tmp_path, backend, dict([setting] if setting else [])) as (push, connect):
+    async with origin_and_relay(tmp_path, backend, dict([setting] if setting else [])) as (push, connect, _):
         async with connect() as first, connect() as second:
             early = Watcher(first)
             late = None
@@ -183,9 +203,9 @@ async def test_an_ingest_stops_a_recording_past_its_record_max_queued_bytes_and_
     assert len(errors) == 1 and "stopped" in errors[0] and "[rtmp] record_max_queued_bytes 2000" in errors[0], errors
 
 
-async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_server):
+async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_server, caplog):
     """[directory] max_entries (100 000): a node following the directory keeps that many entries,
-    the rest are ignored."""
+    the rest are ignored, said once in its log (not at each snapshot that ignores them again)."""
     from rtmpq.config import load_config
     from rtmpq.directory.redis_directory import RedisDirectory
     from rtmpq.nodes.directory import open_directory
@@ -195,11 +215,15 @@ async def test_a_node_knows_at_most_its_directory_max_entries_broadcasts(redis_s
     follower = None
     try:
         origin.register(lambda: {"live/a", "live/b", "live/c"}, "moqt://127.0.0.1:4443")
+        # a 1 s lease: it reads the whole directory again every 0.33 s
         follower = await open_directory(load_config(env={"RTMPQ_DIRECTORY_URL": redis_server.url,
-                                                         "RTMPQ_DIRECTORY_MAX_ENTRIES": "2"}))
+                                                         "RTMPQ_DIRECTORY_MAX_ENTRIES": "2",
+                                                         "RTMPQ_DIRECTORY_TTL": "1"}))
         follower.follow()
-        await until(lambda: follower.mirror.dropped, 10, "an entry past the bound")
+        await until(lambda: follower.mirror.dropped >= 3, 10, "an entry past the bound, ignored at 3 snapshots")
         assert len(follower.mirror.entries) == 2
+        told = [r.getMessage() for r in caplog.records if "max_entries" in r.getMessage()]
+        assert len(told) == 1 and "max_entries (2) broadcasts; more are ignored" in told[0], told
     finally:
         for directory in (follower, origin):
             if directory is not None:

@@ -26,8 +26,8 @@ VERSION_KEY = "rtmpq:directory:version"
 DEFAULT_TTL = 5.0
 # Leases are renewed this many times per TTL, so one lost renewal does not drop an entry.
 RENEWALS_PER_TTL = 3
-# Entries a mirror keeps; more are ignored (not logged: Mirror.dropped counts them) so memory stays
-# bounded ([directory] max_entries).
+# Entries a mirror keeps; more are ignored (Mirror.dropped counts them; logged once each time the
+# mirror fills up) so memory stays bounded ([directory] max_entries).
 MAX_ENTRIES = 100_000
 # An entry's encoded size is bounded: a larger value in Redis is not ours and is ignored.
 MAX_ENTRY_BYTES = 4096
@@ -188,6 +188,8 @@ class Mirror:
     entries: dict[str, Entry] = field(default_factory=dict)
     max_entries: int = MAX_ENTRIES
     dropped: int = 0  # entries ignored because the mirror was full
+    fill_ups: int = 0  # times an entry was ignored with the mirror full since it last had room
+    _full: bool = False
     high_water: int = 0  # the highest claim version seen
 
     def _set(self, name: str, new: Entry | None, changes: list[Change]) -> None:
@@ -196,8 +198,12 @@ class Mirror:
             return
         if new is None:
             del self.entries[name]
+            self._full = False
         elif old is None and len(self.entries) >= self.max_entries:
             self.dropped += 1
+            if not self._full:
+                self._full = True
+                self.fill_ups += 1
             return
         else:
             self.entries[name] = new

@@ -68,6 +68,7 @@ class RedisDirectory:
         self.poll = poll if poll is not None else ttl / RENEWALS_PER_TTL
         self.redis = redis.asyncio.from_url(url, socket_connect_timeout=2, socket_timeout=max(2.0, ttl))
         self.mirror = Mirror(max_entries=max_entries)
+        self._fill_ups_told = 0  # the mirror's fill-ups logged
         self.registrar: Registrar | None = None
         self._listeners: list[Callable[[list[Change]], None]] = []
         self._changed = asyncio.Event()  # set (and replaced) at every change of the mirror
@@ -160,6 +161,11 @@ class RedisDirectory:
         await self._changed.wait()
 
     def _changes(self, changes: list[Change]) -> None:
+        if self.mirror.fill_ups > self._fill_ups_told:
+            self._fill_ups_told = self.mirror.fill_ups
+            log.warning("directory %s: this node knows [directory] max_entries (%d) broadcasts; more are "
+                        "ignored until some lapse (%d ignored so far)", safe_url(self.url), self.mirror.max_entries,
+                        self.mirror.dropped)
         if not changes:
             return
         for change in changes:

@@ -34,7 +34,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                            fill_groups: int = 0, tail_wait: float = 0.0,
                            refused_reconnect_max: float = REFUSED_RECONNECT_MAX, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
-    connect_moq's insecure / cafile / fingerprint / backend / idle_timeout. ``fill_groups``: the first
+    connect_moq's insecure / cafile / fingerprint / backend / idle_timeout / session_caps. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
     (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
     subscribe_broadcast's (an older group's tail before a newer group's frames).

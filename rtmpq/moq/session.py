@@ -8,7 +8,7 @@ raised to the caller.
 """
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections import Counter, deque
 
 from ..codec.sentinel import NEED_DATA
@@ -20,15 +20,17 @@ log = logging.getLogger("rtmpq.moq")
 
 # Requests a peer may have open at once: the MAX_REQUEST_ID we grant never lets the requests still
 # open plus the ids not used yet exceed this; more are granted only as requests close (an answer
-# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000.
+# that ends them, UNSUBSCRIBE, PUBLISH_DONE, FETCH_CANCEL or its stream's end). Default 1000;
+# [moq] session_max_requests.
 MAX_REQUESTS = 1000
 # Bytes buffered on the control stream before a message completes (the draft caps messages at 64 KiB).
 MAX_CONTROL_BUFFER = 2 * 0x10000
-# Data streams a peer may have open towards us at once before we refuse new ones.
+# Data streams a peer may have open towards us at once before we refuse new ones (and request
+# streams, counted apart); [moq] session_max_streams.
 MAX_INCOMING_DATA_STREAMS = 256
 # Bytes a session buffers from the peer's streams before they parse (partial objects on data
 # streams, partial requests on request streams), all streams together; past it the session is
-# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB.
+# closed. At least one MAX_OBJECT_SIZE object must fit. Default 32 MiB; [moq] session_max_stream_buffer.
 MAX_STREAM_BUFFER = 32 * 1024 * 1024
 # Objects held while their track alias is not known yet (a data stream can overtake the
 # SUBSCRIBE_OK that names its alias); beyond this the oldest held ones are dropped.
@@ -48,7 +50,7 @@ MAX_AUTH_TOKEN_ALIASES = MAX_AUTH_TOKEN_CACHE // 16
 MAX_NAMESPACE_SUFFIX_BYTES = 256 * 1024
 # What one remembered suffix costs beyond its bytes (for MAX_NAMESPACE_SUFFIX_BYTES).
 _SUFFIX_OVERHEAD = 16
-# The same, in bytes of object payload held (the oldest go first). Default 8 MiB.
+# The same, in bytes of object payload held (the oldest go first). Default 8 MiB; [moq] session_max_held_bytes.
 MAX_HELD_BYTES = 8 * 1024 * 1024
 # Seconds an object may stay incomplete on an incoming data stream (its first bytes came, the rest
 # does not): past it the stream is stopped (STOP_SENDING, DELIVERY_TIMEOUT) and its bytes freed;
@@ -57,8 +59,19 @@ MAX_HELD_BYTES = 8 * 1024 * 1024
 # back. The relay's [moq] partial_object_timeout.
 PARTIAL_OBJECT_TIMEOUT = 15.0
 # Streams remembered as stopped by us, so bytes still on their way on them are dropped (not read
-# as a new stream); the oldest are forgotten first.
-MAX_STOPPED_STREAMS = 4 * MAX_INCOMING_DATA_STREAMS
+# as a new stream), per incoming stream allowed; the oldest are forgotten first.
+STOPPED_STREAMS_PER_INCOMING = 4
+
+
+@dataclass(frozen=True)
+class SessionCaps:
+    """The per-session caps an operator may tune ([moq] session_max_*; defaults above). A
+    node's listener and its links to other nodes take the same."""
+
+    max_requests: int = MAX_REQUESTS
+    max_incoming_streams: int = MAX_INCOMING_DATA_STREAMS
+    max_stream_buffer: int = MAX_STREAM_BUFFER
+    max_held_bytes: int = MAX_HELD_BYTES
 
 
 # What ``MoqSession.send_datagram`` did with an object.
@@ -159,8 +172,12 @@ class _NamespaceSubscription:
 
 
 class MoqSession:
-    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int = MAX_REQUESTS,
-                 token: str | None = None, authority: str = "") -> None:
+    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int | None = None,
+                 token: str | None = None, authority: str = "", caps: SessionCaps | None = None) -> None:
+        caps = caps or SessionCaps()
+        if max_requests is not None:
+            caps = replace(caps, max_requests=max_requests)
+        self.caps = caps
         self.quic = quic
         self._max_write = getattr(quic, "max_write", None)  # largest write the backend takes at once
         self.is_client = is_client
@@ -190,8 +207,8 @@ class MoqSession:
         # them: (request id, send); and the bound we last said REQUESTS_BLOCKED for
         self._blocked: deque = deque()
         self._blocked_at: int | None = None
-        self._max_requests = max_requests
-        self._granted = max_requests * 2  # request ids below this are allowed for the peer
+        self._max_requests = caps.max_requests
+        self._granted = caps.max_requests * 2  # request ids below this are allowed for the peer
         self._expected_peer_request = 1 if is_client else 0  # the lowest request id the peer has not used
         # ids above it already used: a SUBSCRIBE_NAMESPACE on its own stream can overtake (or be
         # overtaken by) requests on the control stream; at most max_requests of them
@@ -623,7 +640,7 @@ class MoqSession:
                 return []
             if not data:
                 return []
-            if len(self._data_streams) >= MAX_INCOMING_DATA_STREAMS:
+            if len(self._data_streams) >= self.caps.max_incoming_streams:
                 self._stop(stream_id, wire.StreamResetCode.CANCELLED)
                 return []
             fetch = data[0] == wire.FETCH_HEADER  # both stream types are one-byte varints
@@ -682,7 +699,7 @@ class MoqSession:
         """STOP_SENDING on a peer's data stream; what is still on its way on it is dropped."""
         self.quic.stop_stream(stream_id, int(code))
         self._stopped[stream_id] = None
-        if len(self._stopped) > MAX_STOPPED_STREAMS:
+        if len(self._stopped) > STOPPED_STREAMS_PER_INCOMING * self.caps.max_incoming_streams:
             del self._stopped[next(iter(self._stopped))]  # the oldest: its peer long answered with a reset
 
     def expire_partial_objects(self, now: float, timeout: float) -> list:
@@ -721,8 +738,9 @@ class MoqSession:
         self._stream_buffer_bytes += n
         if self.pool is not None:
             self.pool.held += n
-        if n > 0 and self._stream_buffer_bytes > MAX_STREAM_BUFFER:
-            raise MoqProtocolError(f"MAX_STREAM_BUFFER exceeded: {self._stream_buffer_bytes} > {MAX_STREAM_BUFFER} "
+        if n > 0 and self._stream_buffer_bytes > self.caps.max_stream_buffer:
+            raise MoqProtocolError(f"MAX_STREAM_BUFFER ([moq] session_max_stream_buffer) exceeded: "
+                                   f"{self._stream_buffer_bytes} > {self.caps.max_stream_buffer} "
                                    "bytes of unfinished objects and requests buffered from the peer's streams")
 
     def _on_stream_reset(self, stream_id: int, code: int) -> list:
@@ -756,7 +774,7 @@ class MoqSession:
             else:
                 held.append(e)
                 self._add_held(_held_size(e))
-        while held and (len(held) > MAX_HELD_EVENTS or self._held_bytes > MAX_HELD_BYTES):
+        while held and (len(held) > MAX_HELD_EVENTS or self._held_bytes > self.caps.max_held_bytes):
             self._add_held(-_held_size(held.popleft()))
         return out
 
@@ -831,7 +849,7 @@ class MoqSession:
         if stream_id not in self._namespace_streams:
             buf = self._request_streams.get(stream_id)
             if buf is None:
-                if len(self._request_streams) + len(self._namespace_streams) >= MAX_INCOMING_DATA_STREAMS:
+                if len(self._request_streams) + len(self._namespace_streams) >= self.caps.max_incoming_streams:
                     raise MoqProtocolError("too many request streams", SessionError.TOO_MANY_REQUESTS)
                 buf = self._request_streams[stream_id] = bytearray()
             buf += data

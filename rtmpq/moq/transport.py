@@ -43,7 +43,7 @@ from . import congestion, wire
 from .native_memory import pin_mmap_threshold
 from .reachability import (HANDSHAKE_UNREACHABLE_GRACE, PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL,
                            PeerReachability)
-from .session import MoqSession, ReceivePool
+from .session import MoqSession, ReceivePool, SessionCaps
 from .tls import der_fingerprint
 
 log = logging.getLogger("rtmpq.moq")
@@ -138,8 +138,9 @@ class _MoqConnectionMixin:
 
     backend = "?"
 
-    def _init_moq(self, quic, is_client: bool, path: str, token: str | None = None, authority: str = "") -> None:
-        self.session = MoqSession(quic, is_client=is_client, path=path, token=token, authority=authority)
+    def _init_moq(self, quic, is_client: bool, path: str, token: str | None = None, authority: str = "",
+                  caps: SessionCaps | None = None) -> None:
+        self.session = MoqSession(quic, is_client=is_client, path=path, token=token, authority=authority, caps=caps)
         self.handler: Callable[["MoqConnection", object], None] | None = None
         self.ready = asyncio.get_running_loop().create_future()
         # nobody awaits a server session's setup: mark its failure seen (no "never retrieved" noise)
@@ -362,10 +363,10 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
     backend = "aioquic"
 
     def __init__(self, *args, is_client: bool = False, path: str = "", token: str | None = None,
-                 authority: str = "", **kwargs) -> None:
+                 authority: str = "", caps: SessionCaps | None = None, **kwargs) -> None:
         QuicConnectionProtocol.__init__(self, *args, **kwargs)
         self._writer = _AioquicWriter(self._quic)
-        self._init_moq(self._writer, is_client, path, token, authority)
+        self._init_moq(self._writer, is_client, path, token, authority, caps)
         _cap_pto_backoff(self._quic._loss)
         _slide_receive_windows(self._quic)
         # aioquic sends no keep-alive of its own (aiopquic: keep_alive_interval)
@@ -848,10 +849,10 @@ def _pquic_protocol_class():
         backend = "aiopquic"
 
         def __init__(self, quic, stream_handler=None, *, is_client: bool = False, path: str = "",
-                     token: str | None = None, authority: str = "") -> None:
+                     token: str | None = None, authority: str = "", caps: SessionCaps | None = None) -> None:
             PquicProtocol.__init__(self, quic, stream_handler=stream_handler)
             self._writer = _PquicWriter(quic)
-            self._init_moq(self._writer, is_client, path, token, authority)
+            self._init_moq(self._writer, is_client, path, token, authority, caps)
             self._retry_handle = None
             self._retry_after = PQUIC_RETRY_MIN
             self._retry_seen = 0
@@ -1024,7 +1025,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
                     backend: str = DEFAULT_BACKEND, handshake_timeout: float = MOQ_HANDSHAKE_TIMEOUT,
                     max_connections: int = MOQ_MAX_CONNECTIONS, max_connections_per_ip: int = MOQ_MAX_CONNECTIONS_PER_IP,
                     max_partial_bytes: int = MOQ_MAX_PARTIAL_BYTES, errors: Counter | None = None,
-                    idle_timeout: float | None = None, retry: bool = False, budget: ReceiveBudget | None = None):
+                    idle_timeout: float | None = None, retry: bool = False, budget: ReceiveBudget | None = None,
+                    session_caps: SessionCaps | None = None):
     """Listen for MoQ sessions; ``on_connection`` gets each new connection (set its handler).
     A session not set up within ``handshake_timeout`` is closed, and so is one that would make
     more than ``max_connections`` open sessions, or ``max_connections_per_ip`` from its address.
@@ -1036,7 +1038,8 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
     ``idle_timeout``: seconds of silence before QUIC closes a session (None: IDLE_TIMEOUT).
     ``retry``: answer each new client's first Initial with a QUIC Retry and go on only with a
     client that echoes its token from the same address (RFC 9000 8.1), so a spoofed source gets one
-    small packet and leaves no connection state (no session, no handshake deadline, no cap slot)."""
+    small packet and leaves no connection state (no session, no handshake deadline, no cap slot).
+    ``session_caps``: each session's own caps ([moq] session_max_*; None: the defaults)."""
     errors = Counter() if errors is None else errors
     idle_timeout = idle_timeout or IDLE_TIMEOUT
     if backend == "aiopquic":
@@ -1070,7 +1073,7 @@ async def serve_moq(host: str, port: int, *, certfile, keyfile, on_connection: C
         conn.close_session(wire.SessionError.INTERNAL_ERROR, f"too many connections ({limit})")
 
     def factory(*args, **kwargs):
-        conn = cls(*args, is_client=False, **kwargs)
+        conn = cls(*args, is_client=False, caps=session_caps, **kwargs)
         conn.errors = errors
         budget.join(conn)
         on_connection(conn)
@@ -1203,11 +1206,13 @@ class connect_moq:
     """``async with connect_moq(host, port, ...) as conn``: a client connection with setup done.
     ``token``: sent as the AUTHORIZATION TOKEN of CLIENT_SETUP (covers the whole session).
     ``idle_timeout``: seconds of silence before QUIC closes the connection (None: IDLE_TIMEOUT);
-    a peer that is gone is known sooner where ICMP says so (``reachability.py``)."""
+    a peer that is gone is known sooner where ICMP says so (``reachability.py``).
+    ``session_caps``: the session's own caps ([moq] session_max_*; None: the defaults)."""
 
     def __init__(self, host: str, port: int, *, insecure: bool = False, cafile: str | None = None,
                  fingerprint: str | None = None, path: str = "", timeout: float = CONNECT_TIMEOUT,
-                 backend: str = DEFAULT_BACKEND, token: str | None = None, idle_timeout: float | None = None) -> None:
+                 backend: str = DEFAULT_BACKEND, token: str | None = None, idle_timeout: float | None = None,
+                 session_caps: SessionCaps | None = None) -> None:
         idle_timeout = idle_timeout or IDLE_TIMEOUT
         if token is not None:
             wire.auth_token_param(token)  # too long a token fails here, not inside the connection
@@ -1227,7 +1232,7 @@ class connect_moq:
             self._cm = pquic_connect(host, port, configuration=config,
                                      create_protocol=lambda *a, **k: self._made(cls(*a, is_client=True, path=path,
                                                                                     token=token, authority=authority,
-                                                                                    **k)))
+                                                                                    caps=session_caps, **k)))
         else:
             config = aioquic_configuration(is_client=True, idle_timeout=idle_timeout, server_name=host)
             if insecure or fingerprint:
@@ -1237,7 +1242,7 @@ class connect_moq:
             self._cm = connect(host, port, configuration=config,
                                create_protocol=lambda *a, **k: self._made(MoqConnection(*a, is_client=True, path=path,
                                                                                         token=token, authority=authority,
-                                                                                        **k)),
+                                                                                        caps=session_caps, **k)),
                                wait_connected=True)
         self._timeout = timeout
         self._conn = None

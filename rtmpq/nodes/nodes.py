@@ -44,7 +44,8 @@ def node_token(config: Config) -> str | None:
 def upstream_tls(config: Config) -> dict:
     u = config.upstream
     return {"insecure": u.insecure, "cafile": str(u.cafile) if u.cafile else None,
-            "fingerprint": u.fingerprint or None, "backend": u.backend, "idle_timeout": config.moq.idle_timeout}
+            "fingerprint": u.fingerprint or None, "backend": u.backend, "idle_timeout": config.moq.idle_timeout,
+            "session_caps": config.moq.session_caps}
 
 
 def upstream_options(config: Config) -> dict:
@@ -64,7 +65,8 @@ async def serve_relay(relay: MoqRelay, moq: MoqConfig):
     server = await serve_moq(moq.host, moq.port, certfile=cert, keyfile=key, on_connection=relay.on_connection,
                              backend=moq.backend, handshake_timeout=moq.handshake_timeout, idle_timeout=moq.idle_timeout,
                              max_connections=moq.max_connections, max_connections_per_ip=moq.max_connections_per_ip,
-                             budget=relay.receive_budget, errors=relay.errors, retry=moq.retry)
+                             budget=relay.receive_budget, errors=relay.errors, retry=moq.retry,
+                             session_caps=moq.session_caps)
     relay.start()
     log.info("MoQ relay (%s) on udp %s:%d%s, certificate sha256 %s", moq.backend, moq.host, moq.port,
              ", QUIC Retry on" if moq.retry else "", relay.fingerprint)

@@ -21,6 +21,7 @@ from ..moq.client import TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
+from ..moq.session import SessionCaps
 from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
 from ..moq.wire import RequestError, SessionError
 from ..redact import safe_name
@@ -38,12 +39,12 @@ class UpstreamLink:
                  fingerprint: str | None = None, backend: str = DEFAULT_BACKEND, announce: bool = False,
                  use_for_unknown_tracks: bool = True, token=lambda: None,
                  on_connect: Callable | None = None, idle_timeout: float | None = None,
-                 refused_reconnect_max: float = REFUSED_RECONNECT_MAX) -> None:
+                 refused_reconnect_max: float = REFUSED_RECONNECT_MAX, session_caps: SessionCaps | None = None) -> None:
         self.relay = relay
         self.refused_reconnect_max = refused_reconnect_max
         self.host, self.port, self.path = parse_moq_url(url)
         self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend,
-                        idle_timeout=idle_timeout)
+                        idle_timeout=idle_timeout, session_caps=session_caps)
         self.announce = announce
         self.use_for_unknown_tracks = use_for_unknown_tracks
         self.token = token  # () -> the node token to present, or None
@@ -319,7 +320,7 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
     fetched from the relay's cache (the first playlist lists them as segments at once).
     ``tail_wait``: a newer group's frames wait that long for an older group's tail (group_tails.py).
 
-    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend / idle_timeout, and
+    ``tls`` takes connect_moq's insecure / cafile / fingerprint / backend / idle_timeout / session_caps, and
     follow_broadcast's refused_reconnect_max.
     """
     if url:

@@ -215,7 +215,7 @@ class UpNode:
                                      max_connections=self.moq_config.max_connections,
                                      max_connections_per_ip=self.moq_config.max_connections_per_ip,
                                      budget=self.moq.receive_budget, errors=self.moq.errors,
-                                     retry=self.moq_config.retry)
+                                     retry=self.moq_config.retry, session_caps=self.moq_config.session_caps)
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
