@@ -113,13 +113,11 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
 
 
 def udp_bound(port: int) -> bool:
-    """Whether a socket is bound to a loopback UDP port (read from the kernel's tables: a bind of
-    our own to try it could take it first)."""
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with open(table) as f:
-            if any(line.split()[1].endswith(f":{port:04X}") for line in list(f)[1:]):
-                return True
-    return False
+    """Whether a socket is bound to a UDP port (read from the kernel's tables, as the transport
+    checks its own listener: a bind of our own to try it could take it first)."""
+    from rtmpq.moq.transport import _udp_socket_inodes
+
+    return bool(_udp_socket_inodes(port))
 
 
 async def wait_udp(port: int, deadline: float = 20.0) -> None:
