@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "source's groups, listed in the broadcast's catalog, encoded only "
                                            "while someone watches them.")
     transcode.add_argument("--upstream", metavar="URL", help="moqt://HOST:PORT of the origin relay")
+    transcode.add_argument("--broadcast", metavar="NAME", help="transcode this broadcast alone (live/<name>), "
+                           "without listing the relay's: followed whenever it is live")
     _add_ladder_argument(transcode, "720p,480p,360p")
     _add_client_tls_arguments(transcode)
     _add_ops_http_arguments(transcode)
@@ -304,7 +306,7 @@ async def _run(args, config: Config) -> int:
 
         if not config.upstream.url:
             raise ConfigError("rtmpq transcode needs --upstream moqt://HOST:PORT (or [upstream] url)")
-        await run_transcode(config, stop)
+        await run_transcode(config, stop, broadcast=args.broadcast)
     elif args.command == "sub":
         from .nodes.sub import run_sub
 

@@ -415,6 +415,11 @@ def _sections() -> dict[str, type]:
     return {f.name: f.type for f in fields(Config)}
 
 
+def setting_prefixes() -> tuple[str, ...]:
+    """The prefixes (``RTMPQ_<SECTION>_``) of the environment variables ``load_config`` reads."""
+    return tuple(f"RTMPQ_{section.upper()}_" for section in _sections())
+
+
 def _keys(section_type: type) -> dict[str, typing.Any]:
     hints = typing.get_type_hints(section_type)
     return {f.name: hints[f.name] for f in fields(section_type)}

@@ -1,5 +1,6 @@
-"""`rtmpq up --ladder` with [transcode] isolate: the ladder runs in a child process, so a crash
-there (a decoder's SIGSEGV, an OOM kill) costs only the rungs, and they come back."""
+"""`rtmpq up --ladder` with [transcode] isolate: the ladder runs in a child process per broadcast,
+so a crash there (a decoder's SIGSEGV, an OOM kill) costs only that broadcast's rungs, and they
+come back."""
 
 import asyncio
 import logging
@@ -18,13 +19,14 @@ from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes.transcode_child import TranscoderChild
 
 from .conftest import free_port, http_get, need, start_up_node
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process
 from .test_codecs_e2e import http_text
 from .test_llhls import first_tfdt
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 PLAYED = 6  # seconds of the rung a player decodes, through the child's restart
 CHILD_STARTED = re.compile(r"transcoder: child process pid (\d+), ladder")
+CHILD_PID = re.compile(r'^rtmpq_transcoder_child_pid\{broadcast="([^"]+)"\} (\S+)$', re.M)
 
 
 class ChildPids(logging.Handler):
@@ -63,6 +65,12 @@ async def frames_encoded_grow(base: str, name: str, rung: str) -> None:
             return
         first = first if first is not None else n
         await asyncio.sleep(0.2)
+
+
+async def child_pids(ops: str) -> dict[str, int]:
+    """`up`'s /metrics reading of its running transcoder children: broadcast name -> PID."""
+    _, metrics = await http_text(f"{ops}/metrics")
+    return {name: int(float(pid)) for name, pid in CHILD_PID.findall(metrics)}
 
 
 def segments(playlist: str) -> list[str]:
@@ -185,7 +193,7 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
             assert (b.group, b.index) in ((a.group, a.index + 1), (a.group + 1, 0)), (a, b)
         assert publisher.done() is False, "the publish ended"
         status, metrics = await http_text(f"{ops}/metrics")
-        assert f"rtmpq_transcoder_child_pid {float(second)}" in metrics, metrics  # the node serves on
+        assert f'rtmpq_transcoder_child_pid{{broadcast="{name}"}} {float(second)}' in metrics, metrics  # serves on
         assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
     finally:
         logging.getLogger("rtmpq.transcode").removeHandler(pids)
@@ -193,22 +201,107 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        child = node.transcoder_child.process
+        child = node.transcoder_children.children[name].process
         await node.close()
     if child is not None:  # the node's stop stopped its child
         assert child.returncode is not None
 
 
+def in_sequence(frames) -> list:
+    """Where consecutive objects of one track are not the next object or the next group's first."""
+    return [(a, b) for a, b in zip(frames, frames[1:])
+            if (b.group, b.index) not in ((a.group, a.index + 1), (a.group + 1, 0))]
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alone(tmp_path, backend):
+    """`up --ladder 180p` with two publishes, a MoQ subscriber of each one's rung: the transcoder
+    child of live/a dies of SIGSEGV (a decoder crash). live/b's rung goes on without a gap (every
+    object in order, no skipped group) from its own child, which is not restarted; live/a's child
+    is started again and its rung gets new groups. /metrics gives each broadcast's child PID."""
+    need("ffmpeg")
+    clip = str(tmp_path / "clip.flv")
+    rc, out = await run_process(ffmpeg_clip_args(clip, seconds=2), timeout=60)
+    assert rc == 0, out
+    node = await start_up_node(tmp_path, backend, grace_period=10.0,
+                               transcode=TranscodeConfig(ladder="180p", isolate=True, restart_min=0.2,
+                                                         rung_queue_frames=120))
+    ops = f"http://127.0.0.1:{node.edge.address[1]}"
+    names = ("live/a", "live/b")
+    rung, skipped = {n: [] for n in names}, {n: [] for n in names}
+
+    async def subscribe(name: str) -> None:
+        host, port = node.moq_address
+        async with connect_moq(host, port, insecure=True, backend=backend) as conn:
+            async for item in subscribe_broadcast(conn, name, tracks=["video-180p"], wait=20,
+                                                  delivery_timeout_ms=15000):
+                if isinstance(item, SkippedGroup):
+                    skipped[name].append(item)
+                elif getattr(item, "track", None) == "video-180p":
+                    rung[name].append(item)
+
+    async def until(condition, seconds: float = 30) -> None:
+        async with asyncio.timeout(seconds):
+            while not await condition():
+                await asyncio.sleep(0.05)
+
+    async def both_children_and_rungs():
+        return rung["live/a"] and rung["live/b"] and len(await child_pids(ops)) == 2
+
+    tasks = [asyncio.create_task(subscribe(n)) for n in names] + [asyncio.create_task(run_process(
+        ffmpeg_replay_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{n}", clip, seconds=30), timeout=60))
+        for n in names]
+    try:
+        await until(both_children_and_rungs)
+        before = await child_pids(ops)
+        a_group = rung["live/a"][-1].group
+        os.kill(before["live/a"], signal.SIGSEGV)
+
+        async def a_restarted():
+            return (await child_pids(ops)).get("live/a") not in (None, before["live/a"])
+
+        await until(a_restarted)
+        a_seen, b_seen = len(rung["live/a"]), len(rung["live/b"])
+
+        async def a_back_and_b_on():  # new groups of a's rung, and a new group of b's since a's restart
+            return any(f.group > a_group for f in rung["live/a"][a_seen:]) and \
+                any(f.group > rung["live/b"][b_seen - 1].group for f in rung["live/b"][b_seen:])
+
+        await until(a_back_and_b_on)
+        after = await child_pids(ops)
+        assert after["live/b"] == before["live/b"], (before, after)  # b's child was left alone
+        assert not skipped["live/b"] and not in_sequence(rung["live/b"]), (skipped["live/b"],
+                                                                           in_sequence(rung["live/b"]))
+        _, metrics = await http_text(f"{ops}/metrics")
+        assert "rtmpq_transcoder_child_deaths_total 1.0" in metrics
+        for name in names:  # each child's series, one family for both
+            assert re.search(rf'^rtmpq_transcode_frames_encoded_total{{broadcast="{name}",rendition="video-180p"}} ',
+                             metrics, re.M), metrics
+        assert metrics.count("# TYPE rtmpq_transcode_frames_encoded_total counter") == 1, metrics
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await node.close()
+
+
 async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
-    """`rtmpq up --ladder 180p` (isolated by default) started as a process and SIGTERMed: its
-    transcoder child is gone too, no orphan. The child's log lines, on up's stderr, say they are
-    the transcoder child's."""
+    """`rtmpq up --ladder 180p` (isolated by default) started as a process, a publish started (its
+    transcoder child starts), and up SIGTERMed: the child is gone too, no orphan. The child's log
+    lines, on up's stderr, say they are the transcoder child's."""
+    need("ffmpeg")
+    rtmp = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{free_port()}",
+        sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{rtmp}",
         "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
         "--quic-backend", "aioquic", stderr=asyncio.subprocess.PIPE)
-    child = None
+    child = publisher = None
     try:
+        async with asyncio.timeout(20):
+            while "certificate sha256" not in (line := (await proc.stderr.readline()).decode()):
+                assert line, "up exited"
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{rtmp}/live/stop", str(tmp_path / "ref.flv"), seconds=20), timeout=60))
         async with asyncio.timeout(20):
             while child is None:
                 line = (await proc.stderr.readline()).decode()
@@ -217,7 +310,7 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
                 child = int(m.group(1)) if m else None
         assert os.path.exists(f"/proc/{child}")
         async with asyncio.timeout(20):  # the child's first line of its own, on up's stderr
-            while "following the broadcasts" not in (line := (await proc.stderr.readline()).decode()):
+            while "following live/" not in (line := (await proc.stderr.readline()).decode()):
                 assert line, "up exited"
         assert f"INFO [transcoder child {child}] rtmpq.transcode: transcoder: ladder 180p" in line, line
         proc.send_signal(signal.SIGTERM)
@@ -231,6 +324,9 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
             while os.path.exists(f"/proc/{child}"):
                 await asyncio.sleep(0.05)
     finally:
+        if publisher is not None:
+            publisher.cancel()
+            await asyncio.gather(publisher, return_exceptions=True)
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
@@ -245,7 +341,9 @@ def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeyp
     config = Config(transcode=TranscodeConfig(ladder="480p,360p", bitrates={"480p": "900", "360p": "500"},
                                               presets={"360p": "fast"}, idle_stop=2.0),
                     auth=AuthConfig(secret=SECRET, node_token="nt"))
-    env = TranscoderChild(config, list).environment()
+    child = TranscoderChild(config, "live/x")
+    env = child.environment()
+    assert child.command("127.0.0.1", 4443)[-2:] == ["--broadcast", "live/x"]
     assert "RTMPQ_HTTP_PORT" not in env and env["RTMPQ_PUREPYTHON"] == "1" and env["RTMPQ_HTTP_ENABLED"] == "false"
     child = load_config(env=env)
     assert (child.transcode.ladder, child.transcode.bitrates, child.transcode.presets, child.transcode.idle_stop) == (

@@ -185,6 +185,7 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
+        self._listing_watchers: list = []  # () -> None, whenever what ``listed`` says may have changed
         # id(conn) -> {stream id: prefix} of those: a new one is checked against its session's alone
         self._ns_prefixes: dict[int, dict[int, tuple[str, ...]]] = {}
         self._fetch_streams: dict[tuple[int, int], tuple[MoqConnection, int]] = {}  # (id(conn), request id)
@@ -361,6 +362,8 @@ class MoqRelay:
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
         """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
+        for callback in list(self._listing_watchers):
+            callback()
         for (_, stream_id), (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
             if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
                 suffix = namespace[len(prefix):]
@@ -1623,6 +1626,19 @@ class MoqRelay:
         source = self._sources[name] = BroadcastSource(broadcast, self._fanouts_ended, self._on_new_tracks,
                                                             self.cache_bounds)
         return source
+
+    # -- in-process readers of what the relay lists (the transcoder children of `rtmpq up`) ----------
+    def listed(self) -> list[str]:
+        """The broadcasts a SUBSCRIBE_NAMESPACE of every namespace is told of now (``live/x``)."""
+        return ["/".join(ns) for ns in self._known_namespaces() if ns]
+
+    def watch_listing(self, callback, watching: bool = True) -> None:
+        """``callback()`` whenever what ``listed`` says may have changed (called from the relay's
+        handlers: it must not block); ``watching=False``: no more."""
+        if watching:
+            self._listing_watchers.append(callback)
+        elif callback in self._listing_watchers:
+            self._listing_watchers.remove(callback)
 
     # -- in-process readers of what nodes added to a local broadcast (the edge of `rtmpq up`) --------
     def added_tracks(self, name: str) -> tuple:

@@ -613,9 +613,10 @@ def inherited_ops_socket():
     return None if fd is None else socket.socket(fileno=int(fd))
 
 
-async def run_transcode(config: Config, stop: asyncio.Event) -> None:
-    """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists; with ``--http``,
-    its metrics and health there."""
+async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | None = None) -> None:
+    """``rtmpq transcode --upstream``: rungs for every broadcast the relay lists, or with
+    ``broadcast`` (``--broadcast``) for that one alone (no listing: followed again whenever it
+    ended or was not there yet); with ``--http``, its metrics and health there."""
     from ..moq import events as ev
     from ..moq.transport import connect_moq, parse_moq_url
     from ..ops.view import NodeView
@@ -674,7 +675,20 @@ async def run_transcode(config: Config, stop: asyncio.Event) -> None:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX)
 
-    lister = asyncio.ensure_future(listing())
+    async def only(name: str) -> None:
+        log.info("transcoder: ladder %s, following %s at %s:%d", ",".join(r.name for r in ladder), safe_name(name),
+                 host, port)
+        delay = RECONNECT_MIN
+        while True:
+            began = asyncio.get_running_loop().time()
+            await follow(name)  # returns when the broadcast ended (or the relay has none of that name)
+            if asyncio.get_running_loop().time() - began >= RECONNECT_MAX:
+                delay = RECONNECT_MIN  # it was live a while: it may well be back soon
+            log.info("%s: not live at %s:%d; asking again in %.1f s", safe_name(name), host, port, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    lister = asyncio.ensure_future(listing() if broadcast is None else only(broadcast))
     runtime.settle()
     try:
         await stop.wait()

@@ -1,11 +1,14 @@
-"""`rtmpq up --ladder` with [transcode] isolate: the ladder in a child process.
+"""`rtmpq up --ladder` with [transcode] isolate: the ladder in child processes, one per broadcast.
 
-The child is ``rtmpq transcode --upstream`` to the node's own MoQ listener on loopback: it
-subscribes to each broadcast's source video there and PUBLISHes the rungs back, as a separate
-transcoder node does (nodes/transcode.py ``run_transcode``). The edge of ``up`` reads them from the
-relay (up.py ``LocalFeed``). A decoder that crashes the child (SIGSEGV in libavcodec, an abort, an
-OOM kill) ends only the rungs: the relay keeps their tracks for [publish] grace_period, the child
-is started again and PUBLISHes them anew, and their viewers go on from its first groups.
+A child is ``rtmpq transcode --upstream --broadcast NAME`` to the node's own MoQ listener on
+loopback: it subscribes to that broadcast's source video there and PUBLISHes the rungs back, as a
+separate transcoder node does (nodes/transcode.py ``run_transcode``). The edge of ``up`` reads them
+from the relay (up.py ``LocalFeed``). ``TranscoderChildren`` starts one for each broadcast the
+relay lists (what a transcoder node would be told of) and stops it when the broadcast is gone. A
+decoder that crashes a child (SIGSEGV in libavcodec, an abort, an OOM kill) ends only that
+broadcast's rungs: the other broadcasts' children go on, the relay keeps its rung tracks for
+[publish] grace_period, the child is started again and PUBLISHes them anew, and their viewers go
+on from its first groups.
 """
 
 import asyncio
@@ -16,9 +19,8 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import fields
 
-from ..config import Config, section_environment
+from ..config import Config, section_environment, setting_prefixes
 from ..redact import safe_name
 
 log = logging.getLogger("rtmpq.transcode")
@@ -31,14 +33,15 @@ CHILD_STOP_TIMEOUT = 3.0
 # Linux prctl(PR_SET_PDEATHSIG): the kernel sends the child SIGTERM if `up` dies without stopping it
 # (SIGKILL, a crash), so no transcoder is left reconnecting to a node that is gone.
 PR_SET_PDEATHSIG = 1
-# The child's metrics: `up` binds a loopback listener once and hands it to every child as this
-# inherited file descriptor (no port to agree on, nothing to race for between two lives); the
-# child serves its ops routes there, and `up`'s /metrics reads its rtmpq_transcode_* series.
+# A child's metrics: `up` binds a loopback listener per broadcast once and hands it to each of
+# that broadcast's children as this inherited file descriptor (no port to agree on, nothing to
+# race for between two lives); the child serves its ops routes there, and `up`'s /metrics reads
+# its rtmpq_transcode_* series.
 OPS_FD_ENV = "RTMPQ_TRANSCODER_OPS_FD"
 # Its log lines (on up's stderr) read "[transcoder child PID] rtmpq.…: …", not as up's own.
 CHILD_LOG_LABEL = "transcoder child"
 CHILD_SERIES = "rtmpq_transcode_"  # the child's series `up` serves (not its process or QUIC ones)
-# Seconds a scrape of `up` waits for its child's metrics; past it they are left out of that scrape.
+# Seconds a scrape of `up` waits for its children's metrics; past it a child's are left out of that scrape.
 CHILD_METRICS_TIMEOUT = 1.0
 
 
@@ -72,17 +75,18 @@ def exit_reason(returncode: int) -> str:
 
 
 class TranscoderChild:
-    """Runs, watches and restarts the child. ``start(host, port)`` once the MoQ listener is up;
-    ``close()`` stops it. ``pid`` is the running child's (None between lives)."""
+    """Runs, watches and restarts the child of one broadcast. ``start(host, port)`` once the MoQ
+    listener is up; ``close()`` stops it. ``pid`` is the running child's (None between lives)."""
 
-    def __init__(self, config: Config, transcoding) -> None:
+    def __init__(self, config: Config, broadcast: str) -> None:
         self.config = config
-        self.transcoding = transcoding  # () -> names of the broadcasts the child adds rungs to now
+        self.broadcast = broadcast
+        self.label = safe_name(broadcast)
         self.process: asyncio.subprocess.Process | None = None
         self.deaths = 0  # the child died (crash, kill) this many times
         self._task: asyncio.Task | None = None
         self._ops: socket.socket | None = None  # the child's metrics listener (127.0.0.1, our fd)
-        self._series: list = []  # the child's rtmpq_transcode_* families, as of the last scrape
+        self.series: list = []  # the child's rtmpq_transcode_* families, as of the last scrape
 
     @property
     def pid(self) -> int | None:
@@ -95,7 +99,7 @@ class TranscoderChild:
         # name a public host, not the loopback address)
         return [sys.executable, "-m", "rtmpq", "--log-level", level if level in ("DEBUG", "INFO", "WARNING", "ERROR")
                 else "INFO", "--log-label", CHILD_LOG_LABEL, "transcode", "--upstream", url, "--insecure",
-                "--quic-backend", self.config.moq.backend]
+                "--quic-backend", self.config.moq.backend, "--broadcast", self.broadcast]
 
     def environment(self) -> dict[str, str]:
         """This process's environment without its rtmpq settings, plus the ones the child needs:
@@ -103,8 +107,8 @@ class TranscoderChild:
         QUIC idle timeout. No HTTP listener of its own: the node's serves the operator, and the
         child its metrics on the loopback socket it inherits (OPS_FD_ENV)."""
         config = self.config
-        sections = {f"RTMPQ_{f.name.upper()}_" for f in fields(Config)}
-        env = {k: v for k, v in os.environ.items() if not any(k.startswith(s) for s in sections)}
+        settings = setting_prefixes()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(settings)}
         env.update(section_environment(config, "transcode", skip=("isolate", "restart_min", "restart_max")))
         env.update(section_environment(config, "auth", skip=("require_playback_token", "playback_session")))
         env["RTMPQ_MOQ_IDLE_TIMEOUT"] = str(config.moq.idle_timeout)
@@ -131,19 +135,19 @@ class TranscoderChild:
                                                                     pass_fds=(self._ops.fileno(),),
                                                                     preexec_fn=_death_signal())
             except OSError as exc:
-                log.error("transcoder: cannot start the child process: %s; again in %.1f s", exc, delay)
+                log.error("transcoder: cannot start the child process of %s: %s; again in %.1f s", self.label,
+                          exc, delay)
             else:
-                log.info("transcoder: child process pid %d, ladder %s, over MoQ at %s:%d", self.process.pid,
-                         t.ladder, host, port)
+                log.info("transcoder: child process pid %d, ladder %s, for %s over MoQ at %s:%d", self.process.pid,
+                         t.ladder, self.label, host, port)
                 returncode = await self.process.wait()
-                names = ", ".join(safe_name(n) for n in sorted(self.transcoding())) or "no broadcast"
                 pid, self.process = self.process.pid, None
                 if loop.time() - began >= TRANSCODER_STABLE:
                     delay = t.restart_min
                 self.deaths += 1
-                log.warning("transcoder: child process pid %d %s while transcoding %s; its rungs stop, "
-                            "the other tracks go on; restarting it in %.1f s", pid, exit_reason(returncode),
-                            names, delay)
+                log.warning("transcoder: child process pid %d of %s %s; its rungs stop, the other tracks and "
+                            "broadcasts go on; restarting it in %.1f s", pid, self.label, exit_reason(returncode),
+                            delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, t.restart_max)
 
@@ -156,37 +160,117 @@ class TranscoderChild:
                 text = await asyncio.wait_for(_get_metrics(self._ops.getsockname()[1]), CHILD_METRICS_TIMEOUT)
                 series = [m for m in _families(text) if m.name.startswith(CHILD_SERIES)]
             except (OSError, TimeoutError, ValueError) as exc:
-                log.debug("transcoder: the child's metrics: %r", exc)
-        self._series = series
+                log.debug("transcoder: the metrics of %s's child: %r", self.label, exc)
+        self.series = series
 
-    def metrics(self):
-        """For NodeView.collectors: the child's PID (0 between lives), how often it died, and its
-        rtmpq_transcode_* series as ``refresh`` read them."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        yield from self._series
-        yield GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of the ladder's child process ([transcode] "
-                                "isolate); 0 while it is restarted", value=self.pid or 0)
-        yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times the ladder's child process died "
-                                  "(crash, kill) and was restarted", value=self.deaths)
-
-    async def close(self) -> None:
-        """Stop watching, then the child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
+    def terminate(self) -> asyncio.subprocess.Process | None:
+        """Stop watching, and SIGTERM the child now: the process to wait for (``stopped``), or None."""
         if self._task is not None:
             self._task.cancel()
         if self._ops is not None:
             self._ops.close()
         process, self.process = self.process, None
         if process is None or process.returncode is not None:
-            return
+            return None
         process.terminate()
+        return process
+
+    async def stopped(self, process: asyncio.subprocess.Process) -> None:
+        """After ``terminate``: its process is gone, SIGKILLed after CHILD_STOP_TIMEOUT."""
         try:
             await asyncio.wait_for(process.wait(), CHILD_STOP_TIMEOUT)
         except TimeoutError:
-            log.warning("transcoder: child process pid %d did not stop within %g s; killed", process.pid,
-                        CHILD_STOP_TIMEOUT)
+            log.warning("transcoder: child process pid %d of %s did not stop within %g s; killed", process.pid,
+                        self.label, CHILD_STOP_TIMEOUT)
             process.kill()
             await process.wait()
+
+
+class TranscoderChildren:
+    """`up`'s ladder: a TranscoderChild for each broadcast ``relay`` lists (a transcoder node
+    would be told of it), started when it is listed and stopped (SIGTERM) when it no longer is.
+    ``start(host, port)`` once the MoQ listener is up; ``close()`` stops them all."""
+
+    def __init__(self, config: Config, relay) -> None:
+        self.config = config
+        self.relay = relay
+        self.children: dict[str, TranscoderChild] = {}  # broadcast name -> its child
+        self._address: tuple[str, int] | None = None
+        self._deaths_before = 0  # of the children of broadcasts that are gone
+        self._stopping: set[asyncio.Task] = set()
+
+    @property
+    def deaths(self) -> int:
+        return self._deaths_before + sum(c.deaths for c in self.children.values())
+
+    def pids(self) -> dict[str, int]:
+        """Broadcast name -> PID of its child, for the children running now."""
+        return {name: c.pid for name, c in self.children.items() if c.pid is not None}
+
+    def start(self, host: str, port: int) -> None:
+        self._address = (host, port)
+        self.relay.watch_listing(self._follow_listing)
+        self._follow_listing()
+
+    def _follow_listing(self) -> None:
+        if self._address is None:
+            return
+        listed = set(self.relay.listed())
+        for name in sorted(listed - self.children.keys()):
+            child = self.children[name] = TranscoderChild(self.config, name)
+            child.start(*self._address)
+        for name in sorted(self.children.keys() - listed):
+            child = self.children.pop(name)
+            self._deaths_before += child.deaths
+            log.info("transcoder: %s is gone; stopping its child process%s", child.label,
+                     "" if child.pid is None else f" pid {child.pid}")
+            self._stop(child)
+
+    def _stop(self, child: TranscoderChild) -> None:
+        process = child.terminate()  # (the SIGTERM goes now: up's close sends its GOAWAY after)
+        if process is not None:
+            task = asyncio.ensure_future(child.stopped(process))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def refresh(self) -> None:
+        """For NodeView.refreshers: every child's series, read at once (``TranscoderChild.refresh``)."""
+        await asyncio.gather(*(c.refresh() for c in list(self.children.values())))
+
+    def metrics(self):
+        """For NodeView.collectors: the children's rtmpq_transcode_* series (a family several
+        children serve is one family with all their samples), each running child's PID by its
+        broadcast, and how often a child died."""
+        from copy import copy
+
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        merged: dict[str, object] = {}
+        for child in list(self.children.values()):
+            for family in child.series:
+                if family.name in merged:
+                    merged[family.name].samples.extend(family.samples)
+                else:
+                    merged[family.name] = copy(family)
+                    merged[family.name].samples = list(family.samples)
+        yield from merged.values()
+        pid = GaugeMetricFamily("rtmpq_transcoder_child_pid", "PID of a broadcast's ladder child process "
+                                "([transcode] isolate); none while it is restarted", labels=["broadcast"])
+        for name, value in sorted(self.pids().items()):
+            pid.add_metric([name], value)
+        yield pid
+        yield CounterMetricFamily("rtmpq_transcoder_child_deaths", "times a ladder child process died "
+                                  "(crash, kill) and was restarted", value=self.deaths)
+
+    async def close(self) -> None:
+        """Stop following the listing, then every child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
+        self._address = None
+        self.relay.watch_listing(self._follow_listing, False)
+        children, self.children = list(self.children.values()), {}
+        for child in children:
+            self._deaths_before += child.deaths
+            self._stop(child)
+        await asyncio.gather(*list(self._stopping))
 
 
 async def _get_metrics(port: int) -> str:

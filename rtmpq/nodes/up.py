@@ -173,13 +173,12 @@ class UpNode:
         self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
         self.moq_config = config.moq
         self.moq = node_relay(self.registry, config, self.access, cache_local=True)
-        self.transcoder = self.transcoder_child = None
+        self.transcoder = self.transcoder_children = None
         if config.transcode.ladder and config.transcode.isolate:
-            from .transcode_child import TranscoderChild
+            from .transcode_child import TranscoderChildren
 
-            # the child adds the rungs through the relay, as a separate transcoder node would
-            self.transcoder_child = TranscoderChild(
-                config, lambda: [n for n in self.registry.names() if self.moq.added_tracks(n)])
+            # a child per broadcast adds its rungs through the relay, as a separate transcoder node would
+            self.transcoder_children = TranscoderChildren(config, self.moq)
         elif config.transcode.ladder:
             from .transcode import LocalTranscoder  # PyAV is loaded only by nodes that transcode
 
@@ -189,9 +188,9 @@ class UpNode:
             from .transcode import rung_readings
 
             self.view.transcode = rung_readings(self.transcoder.broadcasts)
-        if self.transcoder_child is not None:
-            self.view.collectors.append(self.transcoder_child.metrics)
-            self.view.refreshers.append(self.transcoder_child.refresh)
+        if self.transcoder_children is not None:
+            self.view.collectors.append(self.transcoder_children.metrics)
+            self.view.refreshers.append(self.transcoder_children.refresh)
         self.view.relay_backend = config.moq.backend
         self.ops = OpsRoutes(self.view)
         self.edge = EdgeServer(local_broadcast_source(self.registry, self.moq), http=config.http, access=self.access,
@@ -219,8 +218,8 @@ class UpNode:
         self.moq.start()
         if self.transcoder is not None:
             self.transcoder.start()
-        if self.transcoder_child is not None:
-            self.transcoder_child.start(*self.moq_address)
+        if self.transcoder_children is not None:
+            self.transcoder_children.start(*self.moq_address)
         self.ops.start()
         self.view.listening = True
         host, port = self.moq_address
@@ -239,9 +238,9 @@ class UpNode:
         finalized, the node's own playlists get ENDLIST."""
         self.view.listening = False
         stopping_child = None
-        if self.transcoder_child is not None:  # told first (before the GOAWAY it would reconnect after),
-            stopping_child = asyncio.ensure_future(self.transcoder_child.close())
-            await asyncio.sleep(0)  # (its SIGTERM goes now) and it stops beside the rest
+        if self.transcoder_children is not None:  # told first (before the GOAWAY they would reconnect after),
+            stopping_child = asyncio.ensure_future(self.transcoder_children.close())
+            await asyncio.sleep(0)  # (their SIGTERMs go now) and they stop beside the rest
         self.ops.stop()
         self.moq.stop()
         if self.transcoder is not None:
