@@ -42,15 +42,19 @@ def run_mode(isolate: bool, source: Path, state: Path) -> dict:
                            "--rtmp", f"127.0.0.1:{PORTS['rtmp']}", "--moq", f"127.0.0.1:{PORTS['moq']}",
                            "--http", f"127.0.0.1:{PORTS['http']}", "--state-dir", str(state)],
                           env=env, stderr=subprocess.PIPE, text=True)
-    child, listening = None, False
     for line in up.stderr:
-        m = re.search(r"transcoder: child process pid (\d+)", line)
-        child = int(m.group(1)) if m else child
-        listening = listening or "certificate sha256" in line
-        if listening and (child or not isolate):
+        if "certificate sha256" in line:
             break
-    drain = threading.Thread(target=up.stderr.read)  # a full pipe would stop the node's logging
-    drain.start()
+    children: list[int] = []  # the broadcast's transcoder child, started with its publish
+
+    def drain() -> None:  # (a full pipe would stop the node's logging)
+        for line in up.stderr:
+            m = re.search(r"transcoder: child process pid (\d+)", line)
+            if m:
+                children.append(int(m.group(1)))
+
+    drainer = threading.Thread(target=drain)
+    drainer.start()
     subs = [subprocess.Popen([sys.executable, "-m", "rtmpq", "sub", f"moqt://127.0.0.1:{PORTS['moq']}/live/bench",
                               "--insecure", "--json", "--rendition", rung, "--seconds", str(SECONDS + 15)],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for rung in ("480p", "360p")]
@@ -59,14 +63,14 @@ def run_mode(isolate: bool, source: Path, state: Path) -> dict:
                                   "-c", "copy", "-f", "flv", f"rtmp://127.0.0.1:{PORTS['rtmp']}/live/bench"])
     rss = 0
     while publisher.poll() is None:
-        rss = max(rss, vm_hwm_kib(up.pid) + (vm_hwm_kib(child) if child else 0))
+        rss = max(rss, vm_hwm_kib(up.pid) + sum(vm_hwm_kib(child) for child in children))
         time.sleep(0.5)
     rung_frames = {}
     for rung, sub in zip(("480p", "360p"), subs):
         out, _ = sub.communicate()
         rung_frames[rung] = len(re.findall(rf'"track": ?"video-{rung}"', out))
     up.send_signal(signal.SIGTERM)
-    drain.join()
+    drainer.join()
     _, status, usage = os.wait4(up.pid, 0)
     up.returncode = os.waitstatus_to_exitcode(status)
     return {"cpu": usage.ru_utime + usage.ru_stime, "rss_mib": rss / 1024, "frames": rung_frames}

@@ -125,10 +125,11 @@ RENDITION_IDLE_SECONDS = 15.0
 # the viewer count and the live readers; about 200 bytes each (the user agent is cut to 64
 # characters); more are served, not counted.
 MAX_VIEWERS_TRACKED = 16384
-# `rtmpq up --ladder`: the ladder runs in a child process (`rtmpq transcode` over the node's own
-# MoQ listener) so that a crash of a decoder (libavcodec on a hostile bitstream) or an OOM kill
-# ends only the rungs, not every publish and viewer of the node (docs/operations.md, "Where the
-# ladder runs", has what it costs). A child that dies is started again after restart_min seconds,
+# `rtmpq up --ladder`: the ladder runs in a child process per broadcast (`rtmpq transcode
+# --broadcast` over the node's own MoQ listener) so that a crash of a decoder (libavcodec on a
+# hostile bitstream) or an OOM kill ends only that broadcast's rungs, not every publish and viewer
+# of the node nor the other broadcasts' rungs (docs/operations.md, "Where the ladder runs", has
+# what it costs). A child that dies is started again after restart_min seconds,
 # doubling per death up to restart_max; one that lived TRANSCODER_STABLE seconds starts from
 # restart_min again (TRANSCODER_STABLE in rtmpq/nodes/transcode_child.py).
 TRANSCODE_ISOLATE = True
@@ -357,9 +358,10 @@ class TranscodeConfig:
     the defaults (720p 2500, 480p 1200, 360p 700). ``preset``: libx264 preset of every rung;
     ``presets``: per rung over it, ``{"360p" = "medium"}``. A rung starts when it is first
     watched and stops ``idle_stop`` seconds after its last viewer left. ``isolate`` (``rtmpq up``):
-    the ladder runs in a child process (``rtmpq transcode`` over the node's own MoQ listener), so a
-    decoder crash ends only the rungs, and the child is started again (restart_min doubling up to
-    restart_max seconds); false: on threads of the node's own process.
+    the ladder runs in a child process per broadcast (``rtmpq transcode --broadcast`` over the
+    node's own MoQ listener), so a decoder crash ends only that broadcast's rungs, and its child is
+    started again (restart_min doubling up to restart_max seconds); false: on threads of the node's
+    own process.
     """
 
     ladder: str = ""

@@ -16,6 +16,7 @@ from rtmpq.auth.tokens import mint_token
 from rtmpq.config import AuthConfig, Config, TranscodeConfig, load_config
 from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes import transcode_child
 from rtmpq.nodes.transcode_child import TranscoderChild
 
 from .conftest import free_port, http_get, need, start_up_node
@@ -282,6 +283,37 @@ async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alon
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await node.close()
+
+
+async def test_a_broadcasts_transcoder_child_stops_when_the_broadcast_is_gone(tmp_path, monkeypatch):
+    """A publish with no grace period: its transcoder child starts with it and, once it ended,
+    stops (SIGTERM, after CHILD_LINGER, shortened here) and leaves /metrics; no death counted."""
+    need("ffmpeg")
+    monkeypatch.setattr(transcode_child, "CHILD_LINGER", 0.3)
+    clip = str(tmp_path / "clip.flv")
+    rc, out = await run_process(ffmpeg_clip_args(clip, seconds=2), timeout=60)
+    assert rc == 0, out
+    node = await start_up_node(tmp_path, "aioquic", grace_period=0.0,
+                               transcode=TranscodeConfig(ladder="180p", isolate=True))
+    ops = f"http://127.0.0.1:{node.edge.address[1]}"
+    publisher = asyncio.create_task(run_process(
+        ffmpeg_replay_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gone", clip, seconds=2), timeout=60))
+    try:
+        async with asyncio.timeout(20):
+            while not (pids := await child_pids(ops)):
+                await asyncio.sleep(0.05)
+        assert list(pids) == ["live/gone"]
+        rc, out = await publisher
+        assert rc == 0, out
+        async with asyncio.timeout(20):
+            while await child_pids(ops) or os.path.exists(f"/proc/{pids['live/gone']}"):
+                await asyncio.sleep(0.05)
+        _, metrics = await http_text(f"{ops}/metrics")
+        assert "rtmpq_transcoder_child_deaths_total 0.0" in metrics
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
         await node.close()
 
 

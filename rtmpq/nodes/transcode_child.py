@@ -30,6 +30,10 @@ log = logging.getLogger("rtmpq.transcode")
 TRANSCODER_STABLE = 60.0
 # Seconds the child has to stop after SIGTERM (its own graceful stop) before it is killed.
 CHILD_STOP_TIMEOUT = 3.0
+# Seconds a broadcast's child is left running once the broadcast is gone, before its SIGTERM: the
+# rungs' last frames go out and end whole (the child takes up to RUNG_DRAIN_TIMEOUT, 5 s, for
+# them), and a publish of that name back within it finds its child running.
+CHILD_LINGER = 5.0
 # Linux prctl(PR_SET_PDEATHSIG): the kernel sends the child SIGTERM if `up` dies without stopping it
 # (SIGKILL, a crash), so no transcoder is left reconnecting to a node that is gone.
 PR_SET_PDEATHSIG = 1
@@ -188,7 +192,8 @@ class TranscoderChild:
 
 class TranscoderChildren:
     """`up`'s ladder: a TranscoderChild for each broadcast ``relay`` lists (a transcoder node
-    would be told of it), started when it is listed and stopped (SIGTERM) when it no longer is.
+    would be told of it), started when it is listed and stopped (SIGTERM) CHILD_LINGER seconds
+    after it no longer is.
     ``start(host, port)`` once the MoQ listener is up; ``close()`` stops them all."""
 
     def __init__(self, config: Config, relay) -> None:
@@ -198,6 +203,7 @@ class TranscoderChildren:
         self._address: tuple[str, int] | None = None
         self._deaths_before = 0  # of the children of broadcasts that are gone
         self._stopping: set[asyncio.Task] = set()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # gone broadcast -> its child's SIGTERM
 
     @property
     def deaths(self) -> int:
@@ -209,8 +215,12 @@ class TranscoderChildren:
 
     def start(self, host: str, port: int) -> None:
         self._address = (host, port)
-        self.relay.watch_listing(self._follow_listing)
+        self.relay.watch_listing(self._listing_changed)
         self._follow_listing()
+
+    def _listing_changed(self) -> None:
+        # once the relay's handler is over: a broadcast that ends is told of before it leaves the registry
+        asyncio.get_running_loop().call_soon(self._follow_listing)
 
     def _follow_listing(self) -> None:
         if self._address is None:
@@ -219,12 +229,18 @@ class TranscoderChildren:
         for name in sorted(listed - self.children.keys()):
             child = self.children[name] = TranscoderChild(self.config, name)
             child.start(*self._address)
-        for name in sorted(self.children.keys() - listed):
-            child = self.children.pop(name)
-            self._deaths_before += child.deaths
-            log.info("transcoder: %s is gone; stopping its child process%s", child.label,
-                     "" if child.pid is None else f" pid {child.pid}")
-            self._stop(child)
+        for name in listed & self._lingering.keys():  # back in time: its child goes on
+            self._lingering.pop(name).cancel()
+        for name in sorted(self.children.keys() - listed - self._lingering.keys()):
+            self._lingering[name] = asyncio.get_running_loop().call_later(CHILD_LINGER, self._gone, name)
+
+    def _gone(self, name: str) -> None:
+        del self._lingering[name]
+        child = self.children.pop(name)
+        self._deaths_before += child.deaths
+        log.info("transcoder: %s is gone; stopping its child process%s", child.label,
+                 "" if child.pid is None else f" pid {child.pid}")
+        self._stop(child)
 
     def _stop(self, child: TranscoderChild) -> None:
         process = child.terminate()  # (the SIGTERM goes now: up's close sends its GOAWAY after)
@@ -265,7 +281,10 @@ class TranscoderChildren:
     async def close(self) -> None:
         """Stop following the listing, then every child: SIGTERM, SIGKILL after CHILD_STOP_TIMEOUT."""
         self._address = None
-        self.relay.watch_listing(self._follow_listing, False)
+        self.relay.watch_listing(self._listing_changed, False)
+        for handle in self._lingering.values():
+            handle.cancel()
+        self._lingering.clear()
         children, self.children = list(self.children.values()), {}
         for child in children:
             self._deaths_before += child.deaths
