@@ -80,7 +80,8 @@ def exit_reason(returncode: int) -> str:
 
 class TranscoderChild:
     """Runs, watches and restarts the child of one broadcast. ``start(host, port)`` once the MoQ
-    listener is up; ``close()`` stops it. ``pid`` is the running child's (None between lives)."""
+    listener is up; ``terminate()``, then ``stopped()``, stop it. ``pid`` is the running child's
+    (None between lives)."""
 
     def __init__(self, config: Config, broadcast: str) -> None:
         self.config = config
