@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "it, following it when it moves")
 
     transcode = sub.add_parser("transcode", parents=[common], help="an ABR ladder for every broadcast of a relay",
-                               description="Subscribe to each broadcast the relay (--upstream) announces and add "
+                               description="Subscribe to each broadcast the relay (--upstream) announces (or to the "
+                                           "one --broadcast names) and add "
                                            "rungs (video-480p, ...) to it: H.264 made group by group from the "
                                            "source's groups, listed in the broadcast's catalog, encoded only "
                                            "while someone watches them.")
