@@ -18,6 +18,7 @@ from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 from rtmpq.nodes import transcode_child
 from rtmpq.nodes.transcode_child import TranscoderChild
+from rtmpq.redact import safe_name
 
 from .conftest import free_port, http_get, need, start_up_node
 from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process
@@ -215,12 +216,14 @@ def in_sequence(frames) -> list:
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
-async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alone(tmp_path, backend):
+async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alone(tmp_path, caplog, backend):
     """`up --ladder 180p` with two publishes, a MoQ subscriber of each one's rung: the transcoder
     child of live/a dies of SIGSEGV (a decoder crash). live/b's rung goes on without a gap (every
     object in order, no skipped group) from its own child, which is not restarted; live/a's child
-    is started again and its rung gets new groups. /metrics gives each broadcast's child PID."""
+    is started again and its rung gets new groups. /metrics gives each broadcast's child PID; the
+    log line of the death names the broadcast (as logs name it: hashed on this open node)."""
     need("ffmpeg")
+    caplog.set_level(logging.INFO, "rtmpq.transcode")
     clip = str(tmp_path / "clip.flv")
     rc, out = await run_process(ffmpeg_clip_args(clip, seconds=2), timeout=60)
     assert rc == 0, out
@@ -271,6 +274,8 @@ async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alon
         await until(a_back_and_b_on)
         after = await child_pids(ops)
         assert after["live/b"] == before["live/b"], (before, after)  # b's child was left alone
+        death = f"child process pid {before['live/a']} of {safe_name('live/a')} was killed by SIGSEGV"
+        assert any(death in r.getMessage() for r in caplog.records), caplog.text
         assert not skipped["live/b"] and not in_sequence(rung["live/b"]), (skipped["live/b"],
                                                                            in_sequence(rung["live/b"]))
         _, metrics = await http_text(f"{ops}/metrics")
