@@ -644,6 +644,38 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.playback_session: must be positive")
 
 
+# Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the
+# stream keys and the token settings, which an operator changes while streams are live (a new
+# streamer, a revoked key, a rotated secret). Every other setting is read once, at start.
+RELOADABLE = {("publish", "keys"), ("auth", "secret"), ("auth", "require_playback_token"),
+              ("auth", "playback_session"), ("auth", "node_token")}
+
+
+def changed_settings(old: Config, new: Config) -> list[tuple[str, str]]:
+    """The (section, key) pairs whose values differ between ``old`` and ``new``."""
+    out = []
+    for section in _sections():
+        a, b = getattr(old, section), getattr(new, section)
+        out += [(section, key) for key in _keys(type(a))
+                if (section, key) not in _INTERNAL and getattr(a, key) != getattr(b, key)]
+    return out
+
+
+def reload_settings(config: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Take the RELOADABLE settings of ``new`` into ``config`` in place (every holder of its
+    sections sees them at once); returns the names of those changed and of the changed settings
+    that wait for a restart. ConfigError, and nothing taken, if the change would open a closed
+    node or close an open one: whether a stream key is its public name is fixed at start."""
+    changed = changed_settings(config, new)
+    if (config.publish.restricted or config.auth.enabled) != (new.publish.restricted or new.auth.enabled):
+        raise ConfigError("[publish.keys] and [auth] secret cannot go from none to some, or from some to none, "
+                          "without a restart (on an open node a stream key is its public name)")
+    taken = [c for c in changed if c in RELOADABLE]
+    for section, key in taken:
+        setattr(getattr(config, section), key, getattr(getattr(new, section), key))
+    return [".".join(c) for c in taken], [".".join(c) for c in changed if c not in RELOADABLE]
+
+
 def section_environment(config: Config, section: str, skip=()) -> dict[str, str]:
     """The settings of one section as the environment variables ``load_config`` reads back (a child
     process started with them has the same settings; None is left out, the default)."""

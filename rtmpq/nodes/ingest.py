@@ -50,6 +50,9 @@ class Publish:
                                     max_queued_bytes=node.config.record_max_queued_bytes) if record_dir else None
         self.last_media_ns = time.time_ns()
         self.closed = False
+        # what admitted it (app, key, query, wall time): checked again when the settings are
+        # reloaded (the key stays in memory, never logged)
+        self.admitted: tuple[str, str, str, float] = ("", "", "", 0.0)
 
     def on_message(self, msg: MediaMessage) -> None:
         now_ns = time.time_ns()
@@ -145,8 +148,9 @@ class IngestNode:
             self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
                          f"publish refused: too many refused publishes from your address; try again in {math.ceil(wait)} s")
             return
+        admitted = (req.app, req.key, req.query, time.time())
         try:
-            name = self.access.publish_name(req.app, req.key, req.query, time.time())
+            name = self.access.publish_name(*admitted)
         except AccessDenied as exc:
             log.warning("%s: publish to app %r refused: %s", conn.peer, req.app, exc)
             self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
@@ -171,6 +175,7 @@ class IngestNode:
             broadcast.publisher_left(0, time.monotonic())
             self._refuse(conn, req.stream_id, "record_failed", "NetStream.Publish.Failed", "Recording failed")
             return
+        pub.admitted = admitted
         self.publishes[name] = pub
         log.info("%s: publishing %s%s", conn.peer, safe_name(name),
                  f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
@@ -185,6 +190,21 @@ class IngestNode:
         if self.publishes.get(pub.broadcast.name) is pub:
             del self.publishes[pub.broadcast.name]
         pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic(), lost=not clean)
+
+    def recheck_publishes(self) -> None:
+        """After a settings reload: end each live publish the new stream keys or [auth] secret
+        would not have admitted at its start (a key removed or given to another name, a token the
+        new secret does not sign). Its broadcast waits [publish] grace_period as for a drop."""
+        for name, pub in list(self.publishes.items()):
+            try:
+                still = self.access.publish_name(*pub.admitted) == name
+            except AccessDenied:
+                still = False
+            if not still:
+                log.warning("%s: %s: its stream key or token is no longer accepted (settings reloaded); "
+                            "publish ended", pub.conn.peer, pub.name)
+                self.server.errors["key_revoked"] += 1
+                pub.conn.stop(pub.stream_id, "NetStream.Publish.BadName", "stream key no longer accepted")
 
     # -- idle publishers ------------------------------------------------------------------------
     def check_idle(self, now_ns: int) -> None:
