@@ -49,10 +49,13 @@ class DatagramOrder:
             at.ended = end_of_group
             return True
         self.dropped += 1
-        log.debug("%s %s: datagram object %d/%d dropped: %s", self.label, track, group, object_id,
-                  "its group is older than the one delivered (%d)" % at.group if group < at.group
-                  else "its group has ended" if at.ended and object_id >= at.next
-                  else "a duplicate or overtaken by a later object of its group")
+        if group < at.group:
+            why = f"its group is older than the one delivered ({at.group})"
+        elif object_id >= at.next:
+            why = "after its group's END_OF_GROUP"
+        else:
+            why = "a duplicate, or overtaken by a later object of its group"
+        log.debug("%s %s: datagram object %d/%d dropped: %s", self.label, track, group, object_id, why)
         return False
 
     def end_group(self, track: str, group: int, object_id: int) -> None:
