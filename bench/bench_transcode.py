@@ -48,7 +48,7 @@ RESULTS: dict[str, float] = {}
 
 def make_source(path: Path, bframes: int = 2) -> Path:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    f"testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+                    "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
                     "-t", str(SECONDS), "-c:v", "libx264", "-preset", "veryfast", "-bf", str(bframes), "-g", "60",
                     "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v", "3000k",
                     "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(path)], check=True)

@@ -1055,8 +1055,8 @@ class MoqRelay:
         subscribers go on, its groups numbered above the old one's (leaving ids for the late streams
         not begun yet), and the old subscription's late streams end here as before."""
         key = (event.namespace, event.track_name)
-        new = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
-        new.fanout = old.fanout
+        new = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias),
+                            fanout=old.fanout)
         new.group_offset, new.check_offset = old.group_offset, True
         new.last_group = old.ceiling = old.last_group + old.unseen_streams()
         new.on_demand, new.forward = not event.forward, event.forward

@@ -127,6 +127,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
         directory.register(relay.published_names, advertised_url(config, config.moq.host, config.moq.port),
                            relay.fingerprint)
         directory.follow()
+        view.collectors.append(directory.metrics)
         origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_options(config))
         origins.start()
     await ops.start()
@@ -199,6 +200,8 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
                                   directory=directory, fill_groups=min(config.upstream.fill_groups, SEGMENT_WINDOW),
                                   tail_wait=GROUP_TAIL_WAIT, **upstream_options(config))
     view = NodeView("edge")
+    if directory is not None:
+        view.collectors.append(directory.metrics)
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])
     view.edge, view.http = edge, edge.http
