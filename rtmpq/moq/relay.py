@@ -473,6 +473,7 @@ class MoqRelay:
                 return
             upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name,
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
+            upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
             log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
         if upstream.alias is None:
@@ -1036,6 +1037,7 @@ class MoqRelay:
             return
         upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias),
                                  bounds=self.cache_bounds)
+        upstream.fanout.label = _label(event.namespace, event.track_name)
         upstream.on_demand, upstream.forward = not event.forward, event.forward
         upstream.fanout.track_extensions = event.extensions
         self._tracks[key] = upstream
