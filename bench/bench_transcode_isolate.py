@@ -2,7 +2,10 @@
 node's process, and in a child process (`rtmpq transcode` over the node's own MoQ listener), in
 one run.
 
-    .venv/bin/python -m pytest bench/bench_transcode_isolate.py -s
+    .venv/bin/python -m pytest bench/bench_transcode_isolate.py -s -k cost
+    .venv/bin/python -m pytest bench/bench_transcode_isolate.py -s -k latency   # BENCH_ISOLATE_RUNS=3
+
+test_isolate_cost, CPU and memory:
 
 Per mode: a fresh `rtmpq up` process; a 720p30 H.264 file (bench_transcode.make_source, 20 s)
 replayed in real time over RTMP (`ffmpeg -re -c copy`); one `rtmpq sub --rendition` per rung over
@@ -10,6 +13,13 @@ MoQ, so both rungs are made for the whole publish. CPU is the user + system time
 every process it started and reaped (its transcoder child), from wait4 on `up`: start-up,
 the publish, the stop; the subscribers and the publisher are not counted. Peak RSS is the largest
 of `up` and its child (ru_maxrss of each, read from /proc while the publish goes on).
+
+test_isolate_latency, what the child's hop adds to the rungs: per mode a fresh `up` (the default
+settings but a 2 s publish grace period), the same file without and with B-frames replayed the
+same way; one MoQ session in this process subscribed to the source video and to both rungs. For
+each rung frame: its arrival minus the arrival of the source frame with the same pts (the LOC
+timestamp); the rung's first group left out, as in bench_transcode.py. The modes alternate (and
+which goes first), BENCH_ISOLATE_RUNS runs of each; the load average (1 min) before and after each.
 """
 
 import asyncio
@@ -108,15 +118,18 @@ def test_isolate_cost(tmp_path):
 
 async def watch_rungs(stamps: dict) -> None:
     """One MoQ session subscribed to the source video and to every rung; each frame's arrival
-    (monotonic ns) by track and pts, until the broadcast ends."""
+    (monotonic ns) by track and pts, and the groups skipped (a rung that fell behind drops to its
+    next group and says so), until the broadcast ends."""
     from rtmpq.media.frames import Frame
-    from rtmpq.moq.client import subscribe_broadcast
+    from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
     from rtmpq.moq.transport import connect_moq
 
     async with connect_moq("127.0.0.1", LATENCY_PORTS["moq"], insecure=True) as conn:
         async for item in subscribe_broadcast(conn, "live/bench", tracks=["video", *RUNGS], wait=20):
             if isinstance(item, Frame):
                 stamps.setdefault(item.track, []).append((time.monotonic_ns(), item.group, item.pts))
+            elif isinstance(item, SkippedGroup):
+                stamps.setdefault(item.track + " skipped", []).append(item.group)
 
 
 def rung_latency(isolate: bool, source: Path, state: Path) -> dict:
@@ -149,6 +162,7 @@ def rung_latency(isolate: bool, source: Path, state: Path) -> dict:
         first = frames[0][1] if frames else None
         out[rung] = [(t - source_at[pts]) / 1e6 for t, group, pts in frames if group != first and pts in source_at]
         out[rung + " unmatched"] = sum(1 for _, group, pts in frames if group != first and pts not in source_at)
+        out[rung + " skipped"] = len(stamps.get(rung + " skipped", []))
     return out
 
 
@@ -167,9 +181,9 @@ def test_isolate_latency(tmp_path, bframes):
                          f"{load_before}-{open('/proc/loadavg').read().split()[0]}"))
     print(f"\nrung frame arrival - source frame arrival (same pts) at one MoQ subscriber, ms; `rtmpq up --ladder "
           f"{LADDER}`, {SECONDS} s of 720p30 replayed in real time, source with {bframes} B-frames")
-    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
+    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'skipped':>8}{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
     for run, mode, result, load in rows:
         for rung in RUNGS:
             ms = result[rung]
             figures = f"{pct(ms, .5):>9.1f}{pct(ms, .99):>9.1f}{max(ms):>9.1f}" if ms else f"{'-':>9}" * 3
-            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}{figures}  {load}")
+            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}{result[rung + ' skipped']:>8}{figures}  {load}")
