@@ -163,6 +163,7 @@ def rung_latency(isolate: bool, source: Path, state: Path) -> dict:
         out[rung] = [(t - source_at[pts]) / 1e6 for t, group, pts in frames if group != first and pts in source_at]
         out[rung + " unmatched"] = sum(1 for _, group, pts in frames if group != first and pts not in source_at)
         out[rung + " skipped"] = len(stamps.get(rung + " skipped", []))
+        out[rung + " first"] = "-" if first is None else first  # 1: the rung started a group late
     return out
 
 
@@ -181,9 +182,9 @@ def test_isolate_latency(tmp_path, bframes):
                          f"{load_before}-{open('/proc/loadavg').read().split()[0]}"))
     print(f"\nrung frame arrival - source frame arrival (same pts) at one MoQ subscriber, ms; `rtmpq up --ladder "
           f"{LADDER}`, {SECONDS} s of 720p30 replayed in real time, source with {bframes} B-frames")
-    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'skipped':>8}{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
+    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'skipped':>8}{'first':>6}{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
     for run, mode, result, load in rows:
         for rung in RUNGS:
             ms = result[rung]
             figures = f"{pct(ms, .5):>9.1f}{pct(ms, .99):>9.1f}{max(ms):>9.1f}" if ms else f"{'-':>9}" * 3
-            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}{result[rung + ' skipped']:>8}{figures}  {load}")
+            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}{result[rung + ' skipped']:>8}{result[rung + ' first']:>6}{figures}  {load}")
