@@ -42,6 +42,7 @@ RUNGS = ("video-480p", "video-360p")
 LATENCY_RUNS = int(os.environ.get("BENCH_ISOLATE_RUNS", "3"))  # per mode and source
 GRACE_PERIOD = "2"  # s: the broadcast (and the subscription) ends soon after the publisher
 SUBSCRIBER_END_WAIT = 30.0  # s after the publisher: the subscription ends by then (grace periods)
+BROADCAST_WAIT = 20.0  # s the subscriber waits for the broadcast to go live
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -125,7 +126,7 @@ async def watch_rungs(stamps: dict) -> None:
     from rtmpq.moq.transport import connect_moq
 
     async with connect_moq("127.0.0.1", LATENCY_PORTS["moq"], insecure=True) as conn:
-        async for item in subscribe_broadcast(conn, "live/bench", tracks=["video", *RUNGS], wait=20):
+        async for item in subscribe_broadcast(conn, "live/bench", tracks=["video", *RUNGS], wait=BROADCAST_WAIT):
             if isinstance(item, Frame):
                 stamps.setdefault(item.track, []).append((time.monotonic_ns(), item.group, item.pts))
             elif isinstance(item, SkippedGroup):
@@ -163,7 +164,7 @@ def rung_latency(isolate: bool, source: Path, state: Path) -> dict:
         out[rung] = [(t - source_at[pts]) / 1e6 for t, group, pts in frames if group != first and pts in source_at]
         out[rung + " unmatched"] = sum(1 for _, group, pts in frames if group != first and pts not in source_at)
         out[rung + " skipped"] = len(stamps.get(rung + " skipped", []))
-        out[rung + " first"] = "-" if first is None else first  # 1: the rung started a group late
+        out[rung + " first"] = "-" if first is None else first  # above 0: the rung started late
     return out
 
 
@@ -176,15 +177,17 @@ def test_isolate_latency(tmp_path, bframes):
     rows = []
     for run in range(LATENCY_RUNS):
         for isolate in ((False, True) if run % 2 == 0 else (True, False)):  # alternately, the order too
-            load_before = open("/proc/loadavg").read().split()[0]
+            load_before = os.getloadavg()[0]
             result = rung_latency(isolate, source, tmp_path / "state")
             rows.append((run + 1, "child process" if isolate else "in process", result,
-                         f"{load_before}-{open('/proc/loadavg').read().split()[0]}"))
+                         f"{load_before:.2f}-{os.getloadavg()[0]:.2f}"))
     print(f"\nrung frame arrival - source frame arrival (same pts) at one MoQ subscriber, ms; `rtmpq up --ladder "
           f"{LADDER}`, {SECONDS} s of 720p30 replayed in real time, source with {bframes} B-frames")
-    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'skipped':>8}{'first':>6}{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
+    print(f"{'run':<5}{'mode':<15}{'rung':<12}{'frames':>7}{'unmatched':>10}{'skipped':>8}{'first':>6}"
+          f"{'p50':>9}{'p99':>9}{'max':>9}  load (1 min)")
     for run, mode, result, load in rows:
         for rung in RUNGS:
             ms = result[rung]
             figures = f"{pct(ms, .5):>9.1f}{pct(ms, .99):>9.1f}{max(ms):>9.1f}" if ms else f"{'-':>9}" * 3
-            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}{result[rung + ' skipped']:>8}{result[rung + ' first']:>6}{figures}  {load}")
+            print(f"{run:<5}{mode:<15}{rung:<12}{len(ms):>7}{result[rung + ' unmatched']:>10}"
+                  f"{result[rung + ' skipped']:>8}{result[rung + ' first']:>6}{figures}  {load}")
