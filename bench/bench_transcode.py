@@ -60,6 +60,11 @@ def source(tmp_path_factory) -> Path:
     return make_source(tmp_path_factory.mktemp("transcode") / "source.mp4")
 
 
+def pct(values, q):
+    values = sorted(values)
+    return values[min(int(len(values) * q), len(values) - 1)]
+
+
 def read_units(path: Path) -> tuple[TrackInfo, list[Frame]]:
     """The file's video access units as source Frames (MP4 carries avcC and length-prefixed NALs)."""
     with av.open(str(path)) as c:
@@ -219,10 +224,6 @@ def test_added_latency_per_rung(benchmark, tmp_path, bframes):
         benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
     finally:
         Broadcast.push_rendition = original
-
-    def pct(values, q):
-        values = sorted(values)
-        return values[min(int(len(values) * q), len(values) - 1)]
 
     print(f"\nadded latency, source frame arrival at ingest -> rung frame at the relay (ms), real-time input, "
           f"source with {bframes} B-frames")
