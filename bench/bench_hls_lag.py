@@ -23,7 +23,6 @@ Also printed: rtmpq's largest video.m3u8 (bytes) and parts per second of media (
 makes about two requests per part and playlist: a blocking reload and the part).
 """
 
-import asyncio
 import json
 import os
 import re
@@ -187,7 +186,7 @@ def test_hls_live_edge_lag_same_publish(benchmark, gop_file, tmp_path):
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "hls_lag.json").write_text(json.dumps(RESULTS, indent=1))
-    print(f"\n\nserver  polls  listed  p50 lag ms  p99 lag ms  mean lag ms\n"
+    print("\n\nserver  polls  listed  p50 lag ms  p99 lag ms  mean lag ms\n"
           + "\n".join(f"{s:6}  {d['polls']:5}  {d['items']:6}  {d['p50_ms']:10}  {d['p99_ms']:10}  {d['mean_ms']:11}"
                       for s, d in stats.items())
           + f"\nnginx p50 / rtmpq p50 = {stats['nginx']['p50_ms'] / max(stats['rtmpq']['p50_ms'], 1):.1f}x, "

@@ -48,7 +48,7 @@ RESULTS: dict[str, float] = {}
 
 def make_source(path: Path, bframes: int = 2) -> Path:
     subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i",
-                    f"testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+                    "testsrc2=size=1280x720:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
                     "-t", str(SECONDS), "-c:v", "libx264", "-preset", "veryfast", "-bf", str(bframes), "-g", "60",
                     "-keyint_min", "60", "-sc_threshold", "0", "-pix_fmt", "yuv420p", "-b:v", "3000k",
                     "-c:a", "aac", "-b:a", "96k", "-movflags", "+faststart", str(path)], check=True)
@@ -58,6 +58,11 @@ def make_source(path: Path, bframes: int = 2) -> Path:
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     return make_source(tmp_path_factory.mktemp("transcode") / "source.mp4")
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(int(len(values) * q), len(values) - 1)]
 
 
 def read_units(path: Path) -> tuple[TrackInfo, list[Frame]]:
@@ -219,10 +224,6 @@ def test_added_latency_per_rung(benchmark, tmp_path, bframes):
         benchmark.pedantic(lambda: asyncio.run(run()), rounds=1, iterations=1)
     finally:
         Broadcast.push_rendition = original
-
-    def pct(values, q):
-        values = sorted(values)
-        return values[min(int(len(values) * q), len(values) - 1)]
 
     print(f"\nadded latency, source frame arrival at ingest -> rung frame at the relay (ms), real-time input, "
           f"source with {bframes} B-frames")

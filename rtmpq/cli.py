@@ -44,7 +44,8 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--config", metavar="FILE", type=Path, default=argparse.SUPPRESS,
                    help="TOML settings file (see docs/configuration.md); flags and RTMPQ_<SECTION>_<KEY> "
-                        "environment variables override it")
+                        "environment variables override it. SIGHUP (kill -HUP) makes a running up, ingest, "
+                        "relay or edge read its [publish.keys] and [auth] again, streams going on")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS, help="log verbosity (default INFO)")
     # set by a parent node for its child process (up's transcoder child), whose lines go to the
     # parent's stderr: "[LABEL PID]" before each logger name says whose they are
@@ -266,9 +267,12 @@ def _overrides(args) -> dict[tuple[str, str], object]:
     return out
 
 
-def _default_static_dir(config: Config) -> None:
+def _load(args) -> Config:
+    """The configuration from the file, the environment and the flags (at start and on SIGHUP)."""
+    config = load_config(getattr(args, "config", None), overrides=_overrides(args))
     if config.http.static_dir is None:
         config.http.static_dir = bundled_static_dir()
+    return config
 
 
 async def _run(args, config: Config) -> int:
@@ -283,14 +287,20 @@ async def _run(args, config: Config) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    reloader = None
+    if args.command in ("up", "ingest", "relay", "edge"):  # the nodes that decide who publishes and watches
+        from .nodes.reload import Reloader
+
+        reloader = Reloader(config, lambda: _load(args))
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
     if args.command == "up":
         from .nodes.up import run_up
 
-        await run_up(config, stop)
+        await run_up(config, stop, reloader)
     elif args.command == "ingest":
         from .nodes.nodes import run_ingest_node
 
-        await run_ingest_node(config, stop)
+        await run_ingest_node(config, stop, reloader)
     elif args.command == "relay":
         from .nodes.nodes import run_relay
 
@@ -334,11 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
     try:
-        config = load_config(getattr(args, "config", None), overrides=_overrides(args))
+        config = _load(args)
     except ConfigError as exc:
         print(f"rtmpq: {exc}", file=sys.stderr)
         return 2
-    _default_static_dir(config)
     if args.command == "config":
         print(show(config), end="")
         return 0

@@ -26,6 +26,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .auth.refusals import MAX_REFUSED_PUBLISHES, REFUSED_PUBLISH_COOLDOWN, REFUSED_PUBLISH_WINDOW
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, MAX_ENTRIES as DIRECTORY_MAX_ENTRIES, safe_url
@@ -63,6 +64,10 @@ PUBLISH_IDLE_TIMEOUT = 10.0
 # A broadcast whose publisher left is kept this long for a publisher to come back under the same
 # name: viewers keep their playlists and subscriptions, group ids go on (seconds).
 PUBLISH_GRACE_PERIOD = 30.0
+# Seconds the ingest waits for [publish] hook_url to answer whether a publish may go on; past it the
+# publish is refused (the hook decides who publishes: no answer is no). Encoders wait for the
+# answer to their publish, OBS about 10 s; the RTMP layer holds what they send meanwhile.
+PUBLISH_HOOK_TIMEOUT = 3.0
 # A playback token is checked when playback starts: the edge then hands the viewer's HLS player a
 # session token of its own in the playlists' URIs, good for that one broadcast this long
 # (seconds). 6 h outlasts any one sitting of a live event (the page's token, 1 h by default, does
@@ -306,6 +311,10 @@ class PublishConfig:
     """
 
     keys: dict[str, str] = field(default_factory=dict)
+    # http(s) URL of the operator's service that decides publishes the keys and tokens do not
+    # admit (POST JSON: app, key, query, address; a 2xx answer names the broadcast)
+    hook_url: str = ""
+    hook_timeout: float = PUBLISH_HOOK_TIMEOUT
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
     grace_period: float = PUBLISH_GRACE_PERIOD
     # bytes of a broadcast's group in progress kept for its new in-process readers (the edge of
@@ -316,7 +325,7 @@ class PublishConfig:
 
     @property
     def restricted(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys or self.hook_url)
 
 
 @dataclass
@@ -408,7 +417,7 @@ class Config:
 
 
 # Keys whose values are secrets: masked by ``show``.
-SECRET_KEYS = {("auth", "secret"), ("auth", "node_token")}
+SECRET_KEYS = {("auth", "secret"), ("auth", "node_token"), ("publish", "hook_url")}  # the URL may carry credentials
 # Settings that are not read from a file or the environment (built in code).
 _INTERNAL = {("rtmp", "limits")}
 
@@ -557,6 +566,12 @@ def validate(config: Config) -> None:
         if not key or not _PUBLIC_NAME.fullmatch(name) or {".", ".."} & set(name.split("/")):
             raise ConfigError(f"publish.keys: {name!r} is not a public name ('name' or 'app/name', "
                               "letters, digits and _.~-)")
+    if config.publish.hook_url and urlsplit(config.publish.hook_url).scheme not in ("http", "https"):
+        raise ConfigError("publish.hook_url: expected an http:// or https:// URL")
+    if not 0 < config.publish.hook_timeout < config.rtmp.limits.handshake_timeout:
+        # the RTMP layer closes a connection whose publish is not answered within its handshake timeout
+        raise ConfigError(f"publish.hook_timeout: must be positive and below the RTMP handshake timeout "
+                          f"({config.rtmp.limits.handshake_timeout:g} s)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
                          ("node.stop_timeout", config.node.stop_timeout),
@@ -649,6 +664,38 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.require_playback_token needs auth.secret")
     if config.auth.playback_session <= 0:
         raise ConfigError("auth.playback_session: must be positive")
+
+
+# Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the
+# stream keys and the token settings, which an operator changes while streams are live (a new
+# streamer, a revoked key, a rotated secret). Every other setting is read once, at start.
+RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("auth", "secret"), ("auth", "require_playback_token"),
+              ("auth", "playback_session"), ("auth", "node_token")}
+
+
+def changed_settings(old: Config, new: Config) -> list[tuple[str, str]]:
+    """The (section, key) pairs whose values differ between ``old`` and ``new``."""
+    out = []
+    for section in _sections():
+        a, b = getattr(old, section), getattr(new, section)
+        out += [(section, key) for key in _keys(type(a))
+                if (section, key) not in _INTERNAL and getattr(a, key) != getattr(b, key)]
+    return out
+
+
+def reload_settings(config: Config, new: Config) -> tuple[list[str], list[str]]:
+    """Take the RELOADABLE settings of ``new`` into ``config`` in place (every holder of its
+    sections sees them at once); returns the names of those changed and of the changed settings
+    that wait for a restart. ConfigError, and nothing taken, if the change would open a closed
+    node or close an open one: whether a stream key is its public name is fixed at start."""
+    changed = changed_settings(config, new)
+    if (config.publish.restricted or config.auth.enabled) != (new.publish.restricted or new.auth.enabled):
+        raise ConfigError("[publish.keys], hook_url and [auth] secret cannot go from none to some, or from some "
+                          "to none, without a restart (on an open node a stream key is its public name)")
+    taken = [c for c in changed if c in RELOADABLE]
+    for section, key in taken:
+        setattr(getattr(config, section), key, getattr(getattr(new, section), key))
+    return [".".join(c) for c in taken], [".".join(c) for c in changed if c not in RELOADABLE]
 
 
 def section_environment(config: Config, section: str, skip=()) -> dict[str, str]:

@@ -276,3 +276,34 @@ async def test_a_relay_that_an_ingest_publishes_into_is_the_origin_other_relays_
             publisher.kill()
         await stop_all(procs)
         await r.aclose()
+
+
+def _ignored(metrics: bytes) -> float:
+    """rtmpq_directory_ignored_entries_total in a /metrics body (-1 while it is not there)."""
+    for line in metrics.decode().splitlines():
+        if line.startswith("rtmpq_directory_ignored_entries_total "):
+            return float(line.split()[1])
+    return -1
+
+
+@pytest.mark.parametrize("kind", ["relay", "edge"])
+async def test_a_node_past_its_directory_max_entries_counts_what_it_ignores_in_metrics(tmp_path, redis_server, kind):
+    """[directory] max_entries 1 and two broadcasts in the directory: a node following it ignores
+    one, and an operator sees that in /metrics (the log says it only once per fill-up)."""
+    from rtmpq.directory.redis_directory import RedisDirectory
+
+    origin = RedisDirectory(redis_server.url, node="origin", ttl=5)
+    await origin.start()
+    phttp = free_port()
+    moq = ["--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--state-dir", str(tmp_path / "s")] \
+        if kind == "relay" else []
+    node = await start_node(kind, *moq, "--http", f"127.0.0.1:{phttp}", "--directory", redis_server.url, "--insecure",
+                            env={"RTMPQ_DIRECTORY_TTL": TTL, "RTMPQ_DIRECTORY_MAX_ENTRIES": "1"})
+    try:
+        # (nothing listens at the origin's URL: a relay's link there retries, not tested here)
+        origin.register(lambda: {"live/a", "live/b"}, f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}")
+        await wait_tcp(phttp)
+        await poll(f"http://127.0.0.1:{phttp}/metrics", lambda body: _ignored(body) >= 1, deadline=15)
+    finally:
+        await stop_all([node])
+        await origin.close()

@@ -156,6 +156,14 @@ class RedisDirectory:
     def lookup(self, name: str) -> Entry | None:
         return self.mirror.entries.get(name)
 
+    def metrics(self):
+        """For NodeView.collectors (a node that follows): the entries its mirror ignored, full."""
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("rtmpq_directory_ignored_entries", "directory entries this node ignored because "
+                                  "it knew [directory] max_entries broadcasts (one still ignored counts again at "
+                                  "each snapshot)", value=self.mirror.dropped)
+
     async def changed(self) -> None:
         """Returns at the next change of the mirror."""
         await self._changed.wait()

@@ -193,10 +193,7 @@ class LlHlsStream:
         init = init_segment(tracks) if tracks else None
         if init is not None and self.init is not None and init != self.init:
             # samples from here on need the new init: end the segment, restart at a keyframe
-            if self._pending_frames():
-                self._close_part(final=True)
-            elif self.segments and not self.segments[-1].complete:
-                self._finish_segment()
+            self._end_segment()
             self._group = None
             self.init_version += 1
             self._new_init = True
@@ -265,10 +262,7 @@ class LlHlsStream:
 
     def end(self) -> None:
         if not self.ended:
-            if self._pending_frames():
-                self._close_part(final=True)
-            elif self.segments and not self.segments[-1].complete:
-                self._finish_segment()
+            self._end_segment()
             self.ended = True
             self.version += 1
 
@@ -300,6 +294,14 @@ class LlHlsStream:
 
     def _pending_frames(self) -> bool:
         return any(self._pending.values())
+
+    def _end_segment(self) -> None:
+        """End the segment in progress: its pending frames as its last part, or, with none
+        pending, as it stands (a segment whose parts are all out)."""
+        if self._pending_frames():
+            self._close_part(final=True)
+        elif self.segments and not self.segments[-1].complete:
+            self._finish_segment()
 
     def _frame_interval(self) -> float | None:
         """The primary track's mean frame interval over its recent frames (ticks), if known."""

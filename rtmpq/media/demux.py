@@ -433,12 +433,9 @@ class BroadcastDemuxer:
             if track is None or track.codec != tag.codec:
                 log.warning("%s: %s frame header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
-        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+        meta = self._audio_track(tag, name, key)
+        if meta is None:
             return []
-        track = self._audio.setdefault(tag.track_id, _Track(name))
-        self._audio0 = self._audio.get(0)
-        track.codec, track.config = tag.codec, key
-        meta = self._track_meta(AUDIO, tag.track_id)
         init, bound = (header.dac3(), header.max_bitrate()) if tag.codec == "ac-3" else (
             header.dec3(), header.max_bitrate(len(payload)))  # with its dependent substreams
         return self._set_track(TrackInfo(
@@ -459,18 +456,25 @@ class BroadcastDemuxer:
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
-        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+        meta = self._audio_track(tag, name, config)
+        if meta is None:
             return []
-        track = self._audio.setdefault(tag.track_id, _Track(name))
-        self._audio0 = self._audio.get(0)
-        track.codec, track.config = tag.codec, config
-        meta = self._track_meta(AUDIO, tag.track_id)
         info = TrackInfo(
             name=name, kind=AUDIO, codec=config.codec_string, init_data=init,
             timescale=SOURCE_TIMESCALE, sample_rate=rate, channels=channels,
             **_bitrate(meta, AUDIO, config.max_bitrate()),
         )
         return self._set_track(info)
+
+    def _audio_track(self, tag, name: str, config) -> dict | None:
+        """The audio track ``tag`` describes, taken with its codec and ``config``: its metadata
+        (onMetaData); None when it is a new track with no room left for it."""
+        if tag.track_id not in self._audio and not self._room_for(AUDIO, self._audio):
+            return None
+        track = self._audio.setdefault(tag.track_id, _Track(name))
+        self._audio0 = self._audio.get(0)
+        track.codec, track.config = tag.codec, config
+        return self._track_meta(AUDIO, tag.track_id)
 
     def _next_audio_group(self, track: _Track, ts: int) -> int:
         video = self._default_video

@@ -9,7 +9,8 @@ has its own stream); ``in_order=True`` hands frames of a track on in group order
 of a group that arrives after a frame of a newer group of its track is dropped, and the group
 reported as a SkippedGroup (``LATE_GROUP``, or the relay's reset code when it cut the group short
 too). Within a group, frames come in Object ID order even when the group comes in several
-subgroups, each on its own stream (subgroup_order.py).
+subgroups, each on its own stream (subgroup_order.py). Objects that come as OBJECT_DATAGRAMs are
+frames of their group too, handed on as they come, never waited for (datagram_order.py).
 """
 
 import asyncio
@@ -23,6 +24,7 @@ from ..redact import safe_name
 from . import events as ev
 from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
 from .catalog_track import CatalogTrack
+from .datagram_order import DatagramOrder
 from .loc import CATALOG_TRACK, object_to_frame
 from .subgroup_order import SubgroupOrder
 from .transport import MoqConnection
@@ -60,6 +62,11 @@ SKIPS_REMEMBERED = 64
 # of one subgroup from one of several when its last stream ends (GroupOrder): the groups of a few
 # seconds of every track, longer than a group's streams take to end one after another.
 GROUP_ENDS_REMEMBERED = 256
+
+
+# EndOfTrack's subgroup for an End of Track that came in a datagram (no stream; Subgroup IDs are
+# never negative).
+DATAGRAM_SUBGROUP = -1
 
 
 # SkippedGroup.code when the client dropped (the rest of) a group itself: it came after a frame of
@@ -267,7 +274,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
                               fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = False,
-                              tail_wait: float = 0.0
+                              tail_wait: float = 0.0, datagrams: DatagramOrder | None = None
                               ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
@@ -292,10 +299,18 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     an older group of it is still open, so that the older group's tail goes first (group_tails.py;
     the edge's packager, which cannot take a frame of a group whose segment it closed).
 
+    Objects a publisher sent as OBJECT_DATAGRAMs are frames of their group as stream objects are,
+    handed on as they come: a lost one is not waited for, and one of an older group than the one
+    being delivered, a duplicate, or one overtaken by a later object of its group is dropped
+    (datagram_order.py; counted in ``datagrams.dropped``: pass one to read it).
+
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
     an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
+    if datagrams is None:
+        datagrams = DatagramOrder(safe_name(broadcast))
+    datagrams.restart()  # a new subscription's groups may start anywhere (a publisher back from 0)
     order = GroupOrder(skips, drop_late=in_order)
     # a group in several subgroups comes on several streams: its frames are put back in Object ID
     # order (the edge's packager and a decoder take a track's frames in decode order); a group of
@@ -372,6 +387,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         ends.forget(name)
         merge.forget(name)
         tails.forget(name)
+        datagrams.forget(name)
         for alias, n in list(aliases.items()):
             if n == name:
                 del aliases[alias]
@@ -390,6 +406,14 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
             if name == track:
                 drop_subscription(rid)
         subscribe(track)
+
+    def end_of_track(track: str, group: int, subgroup: int) -> None:
+        """An End of Track object: no newer object of the track exists; once older groups on their
+        way have come, it no longer holds the subscription open (as after its PUBLISH_DONE)."""
+        if ends.end_of_track(track, group, subgroup, loop.time()):
+            open_tracks.discard(track)
+        else:
+            loop.call_later(LATE_STREAM_GRACE, queue.put_nowait, _END_OF_TRACK_LATE)
 
     def timescale(track: str) -> int | None:
         """The catalog's timescale of ``track``: frames carry their timestamps in it."""
@@ -525,28 +549,35 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                     continue  # a retry already went out
                 open_tracks.discard(_RETRY)
                 subscribe(CATALOG_TRACK)
-            elif isinstance(event, ev.ObjectReceived):
+            elif isinstance(event, (ev.ObjectReceived, ev.DatagramObjectReceived)):
                 track = aliases.get(event.track_alias)
-                if event.status != ObjectStatus.NORMAL:
-                    # End of Group / End of Track: no frame, no catalog. End of Group needs nothing
-                    # more (the stream's FIN follows); after End of Track no newer object of the
-                    # track exists: once older groups on their way have come, it no longer holds
-                    # the subscription open (as after its PUBLISH_DONE)
-                    if event.status == ObjectStatus.END_OF_TRACK and track is not None:
-                        if ends.end_of_track(track, event.group, event.subgroup, loop.time()):
-                            open_tracks.discard(track)
-                        else:
-                            loop.call_later(LATE_STREAM_GRACE, queue.put_nowait, _END_OF_TRACK_LATE)
-                elif track is not None:
-                    ends.begun(track, event.group, event.subgroup)
+                datagram = type(event) is ev.DatagramObjectReceived
+                if track is None:
+                    pass
+                elif event.status != ObjectStatus.NORMAL:
+                    # End of Group / End of Track: no frame, no catalog. End of Group on a stream
+                    # needs nothing more (the stream's FIN follows); in a datagram it ends its group
+                    if event.status == ObjectStatus.END_OF_TRACK:
+                        end_of_track(track, event.group, DATAGRAM_SUBGROUP if datagram else event.subgroup)
+                    elif datagram:
+                        datagrams.end_group(track, event.group, event.object_id)
+                elif datagram and not datagrams.admit(track, event.group, event.object_id, event.end_of_group):
+                    pass  # lost its place (datagram_order.py): dropped, counted
+                else:
+                    if not datagram:
+                        ends.begun(track, event.group, event.subgroup)
                     if track == CATALOG_TRACK:
                         for newer in newer_catalogs(event.group, event.object_id, event.payload):
                             yield newer
                     else:
                         frame = object_to_frame(track, event.group, event.object_id, event.payload,
                                                 event.extensions, timescale(track))
-                        gap = event.extensions.get(EXT_PRIOR_OBJECT_ID_GAP, 0) if event.extensions else 0
-                        for frame in handed_on(merge.frame(frame, event.subgroup, loop.time(), gap)):
+                        if datagram:  # no subgroup, never waited for: on as it comes
+                            frames = [frame]
+                        else:
+                            gap = event.extensions.get(EXT_PRIOR_OBJECT_ID_GAP, 0) if event.extensions else 0
+                            frames = merge.frame(frame, event.subgroup, loop.time(), gap)
+                        for frame in handed_on(frames):
                             yield frame
             elif isinstance(event, (ev.SubgroupEnded, ev.SubgroupReset)):
                 track = aliases.get(event.track_alias)

@@ -485,6 +485,8 @@ class TrackFanout:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.groups_dropped = 0
+        self.duplicates = 0  # objects a publisher sent again (not passed on)
+        self.label = ""  # the track, for its log lines (a relayed one's)
 
     @property
     def track_extensions(self) -> dict:
@@ -695,13 +697,22 @@ class TrackFanout:
         or End of Track passed on as it came) to the cache and every subscriber."""
         self.objects_received += 1
         self.bytes_received += len(payload)
-        if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
-            self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
-            return
         previous = self.cache.largest
-        self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status)
+        if not self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status):
+            self._sent_again(group_id, subgroup, object_id)
+            return
+        if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
+            return
         self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
                       status)
+
+    def _sent_again(self, group_id: int, subgroup: int, object_id: int) -> None:
+        """The publisher sent an object it had sent (``GroupCache.add`` said so): dropped, said once."""
+        self.duplicates += 1
+        if self.duplicates == 1:
+            log.warning("%s: the publisher sent object %d of group %d subgroup %d again (a subgroup on a second "
+                        "stream?): objects sent again are dropped, not passed on", self.label or "track",
+                        object_id, group_id, subgroup)
 
     def publish_datagram(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
                          priority: int | None = None, status: int = 0, end_of_group: bool = False) -> None:

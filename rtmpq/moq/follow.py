@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from ..media.frames import Frame
 from ..redact import safe_name
 from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
+from .datagram_order import DatagramOrder
 from .reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from .transport import connect_moq
 from .wire import RequestError
@@ -32,13 +33,15 @@ class BroadcastGone(ConnectionError):
 async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float, token: str | None = None,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
                            fill_groups: int = 0, tail_wait: float = 0.0,
-                           refused_reconnect_max: float = REFUSED_RECONNECT_MAX, **tls) -> AsyncIterator:
+                           refused_reconnect_max: float = REFUSED_RECONNECT_MAX, datagrams: DatagramOrder | None = None,
+                           **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
     connect_moq's insecure / cafile / fingerprint / backend / idle_timeout / session_caps. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
     (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
     subscribe_broadcast's (an older group's tail before a newer group's frames).
-    ``refused_reconnect_max``: the longest pause after an attempt the upstream's closed port refused."""
+    ``refused_reconnect_max``: the longest pause after an attempt the upstream's closed port refused.
+    ``datagrams``: counts the datagram objects dropped, across reconnections (subscribe_broadcast)."""
     loop = asyncio.get_running_loop()
     delay = RECONNECT_MIN
     connected_once = False
@@ -53,7 +56,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token,
                                                       choice=choice, fill_groups=fill_groups, skips=skips,
-                                                      tail_wait=tail_wait):
+                                                      tail_wait=tail_wait, datagrams=datagrams):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
                         now = loop.time()

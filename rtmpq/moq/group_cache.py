@@ -96,6 +96,7 @@ class CachedGroup:
     ended: set[int] | None = None  # subgroups whose stream ended while the group goes on (End of Group, FIN)
     subgroups: bool = False  # objects of a subgroup other than 0 came (see ``GroupCache.add``)
     expired: bool = False  # dropped for the track's MAX_CACHE_DURATION (truncated too)
+    last_ids: dict[int, int] = field(default_factory=dict)  # subgroup -> its largest Object ID on a stream
 
 
 def _object_id(obj) -> int:
@@ -135,19 +136,34 @@ class GroupCache:
 
     def add(self, group_id: int, object_id: int, payload, extensions: dict | None, now: float,
             subgroup: int = 0, priority: int | None = None, end_of_group: bool = True, status: int = 0,
-            datagram: bool = False) -> None:
+            datagram: bool = False) -> bool:
+        """Cache an object; False for one that came on a stream with an Object ID not above the
+        last of its subgroup in its group: an object sent again (a subgroup on a second stream).
+        It is neither cached nor to be passed on: draft 16 ("Multiple Publishers") has relays
+        deduplicate, and a subscriber's subgroup stream cannot go back in Object IDs."""
+        group = self._newest
+        if group is None or group.group_id != group_id:
+            group = self._groups.get(group_id)
+        if group is not None and not datagram:
+            last = group.last_ids.get(subgroup)
+            if last is not None and object_id <= last:
+                return False
         obj = CachedObject(object_id, payload, extensions, subgroup, priority, end_of_group, status, datagram)
-        group = self._add(group_id, obj, len(payload), now)
+        kept = self._add(group_id, obj, len(payload), now)
         # only a group in several subgroups (several streams), or of datagrams (each on its own),
         # can come out of Object ID order
-        if group is not None and (subgroup or datagram or group.subgroups):
-            group.subgroups = True
-            objects = group.objects
+        if kept is not None and (subgroup or datagram or kept.subgroups):
+            kept.subgroups = True
+            objects = kept.objects
             if len(objects) > 1 and object_id < objects[-2].object_id:
                 # another subgroup's stream came ahead of this one: a group is kept in Object ID
                 # order (its largest object, a FETCH's order), each subgroup's objects still in theirs
                 objects.pop()
                 bisect.insort(objects, obj, key=_object_id)
+        held = kept or self._groups.get(group_id)  # (a truncated group still knows its IDs)
+        if held is not None and not datagram:
+            held.last_ids[subgroup] = object_id
+        return True
 
     def add_frame(self, frame: Frame, timescale: int, now: float) -> None:
         """``add`` for a frame of an in-process broadcast (see CachedFrame)."""

@@ -476,6 +476,7 @@ class MoqRelay:
                 return
             upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name,
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
+            upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
             log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
         if upstream.alias is None:
@@ -1039,6 +1040,7 @@ class MoqRelay:
             return
         upstream = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias),
                                  bounds=self.cache_bounds)
+        upstream.fanout.label = _label(event.namespace, event.track_name)
         upstream.on_demand, upstream.forward = not event.forward, event.forward
         upstream.fanout.track_extensions = event.extensions
         self._tracks[key] = upstream
@@ -1058,8 +1060,8 @@ class MoqRelay:
         subscribers go on, its groups numbered above the old one's (leaving ids for the late streams
         not begun yet), and the old subscription's late streams end here as before."""
         key = (event.namespace, event.track_name)
-        new = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias))
-        new.fanout = old.fanout
+        new = UpstreamTrack(conn, event.namespace, event.track_name, pushed=(event.request_id, event.track_alias),
+                            fanout=old.fanout)
         new.group_offset, new.check_offset = old.group_offset, True
         new.last_group = old.ceiling = old.last_group + old.unseen_streams()
         new.on_demand, new.forward = not event.forward, event.forward

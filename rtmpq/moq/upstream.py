@@ -23,15 +23,18 @@ class UpstreamTrack:
 
     def __init__(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, *,
                   pushed: tuple[int, int] | None = None, label: str = "",
-                  bounds: CacheBounds = CacheBounds()) -> None:
+                  bounds: CacheBounds = CacheBounds(), fanout: TrackFanout | None = None) -> None:
         """Subscribes upstream, or with ``pushed`` = (request id, alias) takes a track the peer
-        PUBLISHed. ``label``: the broadcast's loggable name; ``bounds``: a media track's cache's."""
+        PUBLISHed. ``label``: the broadcast's loggable name; ``bounds``: a media track's cache's;
+        ``fanout``: an existing one to feed (the track published again), else a new one."""
         self.conn = conn
         self.namespace = namespace
         self.track = track
-        # groups end with their own streams
-        state = track == CATALOG_TRACK
-        self.fanout = TrackFanout(None if state else bounds.cache(), state=state, ends_groups_on_newer=False)
+        if fanout is None:
+            state = track == CATALOG_TRACK
+            # groups end with their own streams
+            fanout = TrackFanout(None if state else bounds.cache(), state=state, ends_groups_on_newer=False)
+        self.fanout = fanout
         self.waiting: list[tuple[MoqConnection, ev.SubscribeRequested]] = []
         self.streams_done = 0  # subgroup streams of this track that ended (FIN or reset)
         # the subgroups of each group whose streams are open upstream: a group ends when the last

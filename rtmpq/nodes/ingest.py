@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 from ..auth.access import Access, AccessDenied
+from ..auth.hook import hook_name, hook_payload
 from ..auth.refusals import RefusedPublishes
 from ..config import IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
+from ..http.client import HttpCallError, post_json, url_label
 from ..media.broadcast import Broadcast, BroadcastRegistry
 from ..media.catalog import Catalog
 from ..media.demux import BroadcastDemuxer
@@ -28,6 +30,9 @@ from ..rtmp.tls import rtmps_context
 
 log = logging.getLogger("rtmpq.nodes")
 
+# Refusals that count against the address as stream key guessing ([rtmp] max_refused_publishes):
+# the publisher's key or token was wrong, not the node's hook that failed to answer.
+GUESSES = ("unknown_key", "token_refused", "hook_refused")
 # How often publishers are checked for silence, and broadcasts for an expired grace period (seconds).
 CHECK_INTERVAL = 0.5
 
@@ -50,6 +55,9 @@ class Publish:
                                     max_queued_bytes=node.config.record_max_queued_bytes) if record_dir else None
         self.last_media_ns = time.time_ns()
         self.closed = False
+        # what admitted it (app, key, query, wall time): checked again when the settings are
+        # reloaded (the key stays in memory, never logged); None: the publish hook admitted it
+        self.admitted: tuple[str, str, str, float] | None = None
 
     def on_message(self, msg: MediaMessage) -> None:
         now_ns = time.time_ns()
@@ -109,6 +117,7 @@ class IngestNode:
         self.refusals = RefusedPublishes(c.max_refused_publishes, c.refused_publish_window, c.refused_publish_cooldown)
         self.publishes: dict[str, Publish] = {}  # by broadcast name
         self._finalizing: set[asyncio.Future] = set()  # recordings being closed
+        self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
         self._idle_task: asyncio.Task | None = None
 
     @property
@@ -131,6 +140,8 @@ class IngestNode:
         broadcasts end (players get ENDLIST)."""
         if self._idle_task is not None:
             self._idle_task.cancel()
+        for task in self._hook_calls:
+            task.cancel()
         for pub in list(self.publishes.values()):
             pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
         self.registry.end_all()
@@ -145,15 +156,51 @@ class IngestNode:
             self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
                          f"publish refused: too many refused publishes from your address; try again in {math.ceil(wait)} s")
             return
+        admitted = (req.app, req.key, req.query, time.time())
         try:
-            name = self.access.publish_name(req.app, req.key, req.query, time.time())
+            name = self.access.publish_name(*admitted)
         except AccessDenied as exc:
-            log.warning("%s: publish to app %r refused: %s", conn.peer, req.app, exc)
-            self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
-            if count := self.refusals.refused(address, now):
-                log.warning("%s: %d publishes refused within %g s: refusing every publish from %s for %g s",
-                            conn.peer, count, self.refusals.window, address, self.refusals.cooldown)
+            if exc.reason == "unknown_key" and self.publish_config.hook_url:  # the operator's service decides
+                task = asyncio.get_running_loop().create_task(self._ask_hook(conn, req, address))
+                self._hook_calls.add(task)
+                task.add_done_callback(self._hook_calls.discard)
+                return
+            self._denied(conn, req, exc, address)
             return
+        self._admit(conn, req, name, admitted)
+
+    async def _ask_hook(self, conn: RtmpConnection, req: PublishRequested, address: str) -> None:
+        """[publish] hook_url decides a publish; it is answered when the hook answers (the RTMP
+        layer holds what the encoder sends meanwhile). No answer in time is a refusal."""
+        url, timeout = self.publish_config.hook_url, self.publish_config.hook_timeout
+        try:
+            status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout)
+            name = hook_name(status, body, req.app)
+        except AccessDenied as exc:
+            if exc.reason != "hook_refused":  # the operator's service answered what is not an answer
+                log.error("%s: publish hook %s: %s", conn.peer, url_label(url), exc)
+            name, denied = None, exc
+        except (TimeoutError, HttpCallError) as exc:
+            log.error("%s: publish hook %s: %s", conn.peer, url_label(url),
+                      f"no answer within {timeout:g} s ([publish] hook_timeout)" if isinstance(exc, TimeoutError) else exc)
+            name, denied = None, AccessDenied("the publish hook did not answer", "hook_unavailable")
+        if not conn.awaits_answer(req.stream_id):  # the encoder left (or asked again) meanwhile
+            return
+        if name is None:
+            self._denied(conn, req, denied, address)
+        else:
+            self._admit(conn, req, name, None)
+
+    def _denied(self, conn: RtmpConnection, req: PublishRequested, exc: AccessDenied, address: str) -> None:
+        log.warning("%s: publish to app %r refused: %s", conn.peer, req.app, exc)
+        self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
+        if exc.reason in GUESSES and (count := self.refusals.refused(address, time.monotonic())):
+            log.warning("%s: %d publishes refused within %g s: refusing every publish from %s for %g s",
+                        conn.peer, count, self.refusals.window, address, self.refusals.cooldown)
+
+    def _admit(self, conn: RtmpConnection, req: PublishRequested, name: str, admitted) -> None:
+        """Publish ``name``; ``admitted``: what a settings reload checks it by again (None: the
+        hook admitted it, and is not asked again)."""
         old = self.publishes.get(name)
         if old is not None:  # a reconnecting encoder, or a second one: the newest wins
             log.warning("%s: %s: taken over by %s", old.conn.peer, safe_name(name), conn.peer)
@@ -171,6 +218,7 @@ class IngestNode:
             broadcast.publisher_left(0, time.monotonic())
             self._refuse(conn, req.stream_id, "record_failed", "NetStream.Publish.Failed", "Recording failed")
             return
+        pub.admitted = admitted
         self.publishes[name] = pub
         log.info("%s: publishing %s%s", conn.peer, safe_name(name),
                  f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
@@ -185,6 +233,23 @@ class IngestNode:
         if self.publishes.get(pub.broadcast.name) is pub:
             del self.publishes[pub.broadcast.name]
         pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic(), lost=not clean)
+
+    def recheck_publishes(self) -> None:
+        """After a settings reload: end each live publish the new stream keys or [auth] secret
+        would not have admitted at its start (a key removed or given to another name, a token the
+        new secret does not sign). Its broadcast waits [publish] grace_period as for a drop."""
+        for name, pub in list(self.publishes.items()):
+            if pub.admitted is None:  # the hook's decision stands
+                continue
+            try:
+                still = self.access.publish_name(*pub.admitted) == name
+            except AccessDenied:
+                still = False
+            if not still:
+                log.warning("%s: %s: its stream key or token is no longer accepted (settings reloaded); "
+                            "publish ended", pub.conn.peer, pub.name)
+                self.server.errors["key_revoked"] += 1
+                pub.conn.stop(pub.stream_id, "NetStream.Publish.BadName", "stream key no longer accepted")
 
     # -- idle publishers ------------------------------------------------------------------------
     def check_idle(self, now_ns: int) -> None:

@@ -21,6 +21,7 @@ from . import runtime
 from .directory import advertised_url, open_directory
 from .ingest import IngestNode, rtmp_hosts
 from .remote import OriginLinks, UpstreamLink, moq_broadcast_source
+from .reload import Reloader
 from .up import node_registry, node_relay, stop_within, warn_if_open
 
 log = logging.getLogger("rtmpq.nodes")
@@ -126,6 +127,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
         directory.register(relay.published_names, advertised_url(config, config.moq.host, config.moq.port),
                            relay.fingerprint)
         directory.follow()
+        view.collectors.append(directory.metrics)
         origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_options(config))
         origins.start()
     await ops.start()
@@ -145,12 +147,14 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
         server.close()
 
 
-async def run_ingest_node(config: Config, stop: asyncio.Event) -> None:
+async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloader | None = None) -> None:
     """An ingest; with [upstream] url, it publishes its broadcasts into that relay over MoQ."""
     access = node_access(config)
     warn_if_open(access, rtmp_hosts(config.rtmp))
     registry = node_registry(config)
     ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir)
+    if reloader is not None:
+        reloader.hooks.append(ingest.recheck_publishes)
     await ingest.start()
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
@@ -196,6 +200,8 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
                                   directory=directory, fill_groups=min(config.upstream.fill_groups, SEGMENT_WINDOW),
                                   tail_wait=GROUP_TAIL_WAIT, **upstream_options(config))
     view = NodeView("edge")
+    if directory is not None:
+        view.collectors.append(directory.metrics)
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])
     view.edge, view.http = edge, edge.http

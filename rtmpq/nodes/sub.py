@@ -7,8 +7,10 @@ import time
 
 from ..media.catalog import Catalog
 from ..moq.client import SkippedGroup, TrackChoice
+from ..moq.datagram_order import DatagramOrder
 from ..moq.follow import follow_broadcast
 from ..moq.transport import parse_moq_url
+from ..redact import safe_name
 from .nodes import upstream_options
 
 
@@ -25,12 +27,14 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
     deadline = started + args.seconds if args.seconds else None
     timeout_ms = int(args.delivery_timeout * 1000) if args.delivery_timeout else None
     out = sys.stdout
+    datagrams = DatagramOrder(safe_name(broadcast))  # counts the datagram objects dropped (lost their place)
 
     async def consume() -> None:
         nonlocal sizes
         choice = TrackChoice(args.track, getattr(args, "rendition", None))
         async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=args.token,
-                                           delivery_timeout_ms=timeout_ms, choice=choice, **upstream_options(config)):
+                                           delivery_timeout_ms=timeout_ms, choice=choice, datagrams=datagrams,
+                                           **upstream_options(config)):
             if isinstance(item, Catalog):
                 if args.json:
                     out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
@@ -72,6 +76,8 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
                "seconds": round(time.monotonic() - started, 3)}
     if skipped_subgroups:
         summary["skipped_subgroups"] = len(skipped_subgroups)
+    if datagrams.dropped:
+        summary["datagrams_dropped"] = datagrams.dropped
     if latencies:
         summary["latency_ms_p50"] = round(latencies[len(latencies) // 2], 3)
         summary["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99)], 3)

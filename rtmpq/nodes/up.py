@@ -6,7 +6,6 @@ import logging
 import socket
 
 from ..auth.access import Access
-from ..auth.tokens import MIN_SECRET_BYTES, weak_secret
 from ..config import Config
 from ..edge.server import EdgeServer
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, GroupSkipped
@@ -21,6 +20,7 @@ from ..ops.view import NodeView
 from ..redact import names_are_public
 from . import runtime
 from .ingest import IngestNode, rtmp_hosts
+from .reload import Reloader, warn_if_weak
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -256,9 +256,7 @@ class UpNode:
 
 def warn_if_open(access: Access, hosts: list[str]) -> None:
     """An open node says so at start; one listening beyond loopback also says how to close it."""
-    if access.auth.secret and weak_secret(access.auth.secret):
-        log.warning("[auth] secret is short: use at least %d random bytes (e.g. openssl rand -hex 32)",
-                    MIN_SECRET_BYTES)
+    warn_if_weak(access.auth.secret)
     if not access.open:
         return
     log.warning("open node: anyone may publish any stream name, and a stream key is its public playback "
@@ -275,10 +273,12 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-async def run_up(config: Config, stop: asyncio.Event) -> None:
+async def run_up(config: Config, stop: asyncio.Event, reloader: Reloader | None = None) -> None:
     from .directory import advertised_url, open_directory, publishing
 
     node = UpNode(config)
+    if reloader is not None:
+        reloader.hooks.append(node.rtmp.recheck_publishes)
     warn_if_open(node.access, [*rtmp_hosts(config.rtmp), bound_host(config.moq.host, config.moq.backend),
                                config.http.host])
     directory = await open_directory(config)

@@ -220,6 +220,12 @@ class RtmpConnection(asyncio.BufferedProtocol):
             self._timer = None
 
     # -- answers of the publish handler ------------------------------------------------------------
+    def awaits_answer(self, stream_id: int) -> bool:
+        """For a handler that answers later (the publish hook): the connection is open and its
+        publish on ``stream_id`` still waits for ``accept`` or ``refuse``."""
+        return (not self._closing and self.transport is not None and not self.transport.is_closing()
+                and self.session.awaits_answer(stream_id))
+
     def accept(self, stream_id: int, sink: PublishSink) -> None:
         self.publishes[stream_id] = sink
         self.session.accept_publish(stream_id, getattr(sink, "on_media", None))

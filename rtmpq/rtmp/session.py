@@ -295,6 +295,10 @@ class RtmpServerSession:
         return self._deadline
 
     # -- application answers --------------------------------------------------------------------
+    def awaits_answer(self, stream_id: int) -> bool:
+        """The publish asked on ``stream_id`` waits for accept_publish or reject_publish."""
+        return stream_id in self._pending
+
     def accept_publish(self, stream_id: int, media_sink=None) -> None:
         req = self._pending.pop(stream_id)
         self.publishing[stream_id] = req.broadcast

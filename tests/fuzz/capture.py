@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from rtmpq.codec import NEED_DATA, REFERENCE, amf0_decode, amf0_encode
+from rtmpq.codec import NEED_DATA, REFERENCE, amf0_encode
 from rtmpq.config import IngestConfig, PublishConfig
 from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.nodes.ingest import IngestNode

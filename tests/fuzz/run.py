@@ -12,12 +12,16 @@ beside it and every input is checked against it.
 """
 
 import argparse
-import os
+import importlib
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # a stray "tests" package in site-packages must not shadow ours
+# every module a target reaches, imported under atheris's instrumentation before the targets
+INSTRUMENTED = ("rtmpq.codec", "rtmpq.edge.server", "rtmpq.media.aac", "rtmpq.media.ac3", "rtmpq.media.av1",
+                "rtmpq.media.avc", "rtmpq.media.hevc", "rtmpq.media.opus", "rtmpq.media.vp9", "rtmpq.moq.wire",
+                "rtmpq.rtmp.handshake", "rtmpq.rtmp.session")
 
 
 def main() -> int:
@@ -32,12 +36,8 @@ def main() -> int:
     import atheris
 
     with atheris.instrument_imports(include=["rtmpq"]):
-        import rtmpq.codec  # noqa: F401  (every module a target reaches, imported instrumented)
-        import rtmpq.edge.server  # noqa: F401
-        import rtmpq.media.aac, rtmpq.media.ac3, rtmpq.media.av1, rtmpq.media.avc  # noqa: F401,E401
-        import rtmpq.media.hevc, rtmpq.media.opus, rtmpq.media.vp9  # noqa: F401,E401
-        import rtmpq.moq.wire  # noqa: F401
-        import rtmpq.rtmp.handshake, rtmpq.rtmp.session  # noqa: F401,E401
+        for module in INSTRUMENTED:
+            importlib.import_module(module)
     from tests.fuzz.targets import TARGETS
 
     if args.list or not args.target:

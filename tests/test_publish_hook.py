@@ -1,0 +1,121 @@
+"""[publish] hook_url: the operator's own service decides who publishes, and under which name."""
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from rtmpq.auth.access import AccessDenied
+from rtmpq.auth.hook import hook_name
+from rtmpq.config import Config, ConfigError, PublishConfig, load_config, reload_settings
+
+from .conftest import http_get, need, start_up_node, until
+from .publishers import drop_publish, ffmpeg_publish_only_args, run_process
+from .test_ops import samples
+
+GOOD, BAD, SLOW, ODD = "sk-good-4f1a", "sk-bad-99c0", "sk-slow-7e21", "sk-odd-02bb"
+
+
+def test_what_an_answer_means():
+    assert hook_name(200, b'{"name": "studio"}', "live") == "live/studio"
+    assert hook_name(201, b'{"name": "news/desk"}', "live") == "news/desk"
+    for status, body, said in ((403, b'{"reason": "subscription expired"}', "refused by the publish hook: subscription expired"),
+                               (404, b"<html>not found</html>", "refused by the publish hook (HTTP 404)"),
+                               (500, b'{"reason": "\\u0007bell"}', "refused by the publish hook (HTTP 500)"),
+                               (200, b"", 'without a "name"'), (200, b"[1]", 'without a "name"'),
+                               (200, b'{"name": "../x"}', "not a broadcast name"),
+                               (200, b'{"name": "a/b/c"}', "not a broadcast name")):
+        with pytest.raises(AccessDenied, match=said.replace("(", r"\(").replace(")", r"\)")):
+            hook_name(status, body, "live")
+
+
+def test_the_setting_is_checked_and_masked():
+    with pytest.raises(ConfigError, match="publish.hook_url: expected an http"):
+        load_config(None, env={"RTMPQ_PUBLISH_HOOK_URL": "ftp://x"})
+    with pytest.raises(ConfigError, match="publish.hook_timeout: must be positive and below the RTMP handshake"):
+        load_config(None, env={"RTMPQ_PUBLISH_HOOK_URL": "http://x", "RTMPQ_PUBLISH_HOOK_TIMEOUT": "0"})
+    from rtmpq.config import show
+
+    config = load_config(None, env={"RTMPQ_PUBLISH_HOOK_URL": "https://u:pw@auth.example/hook?t=1"})
+    assert "pw" not in show(config) and "t=1" not in show(config)
+    assert not Config().publish.restricted and config.publish.restricted  # a hook closes the node
+
+
+class Backend:
+    """The operator's service: answers by key, records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict] = []
+        self.headers: list[bytes] = []
+        self.server = None
+
+    async def handle(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        ask = json.loads(await reader.readexactly(length))
+        self.asked.append(ask)
+        self.headers.append(head)
+        status, body = {GOOD: (200, {"name": "studio"}), BAD: (403, {"reason": "subscription expired"}),
+                        ODD: (200, {"nom": "x"})}.get(ask["key"], (200, {"name": "other"}))
+        if ask["key"] == SLOW:
+            await asyncio.sleep(5)
+        data = json.dumps(body).encode()
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (status, len(data), data))
+        await writer.drain()
+        writer.close()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+
+async def test_the_hook_admits_names_and_refuses_with_its_reason_and_no_answer_is_no(tmp_path, caplog):
+    need("ffmpeg")
+    caplog.set_level(logging.INFO, logger="rtmpq")
+    backend = Backend()
+    port = await backend.start()
+    publish = PublishConfig(keys={"sk-static-1": "fixed"}, hook_url=f"http://op:pa55@127.0.0.1:{port}/on_publish?x=1",
+                            hook_timeout=1.0, grace_period=0.0)
+    node = await start_up_node(tmp_path, publish=publish)
+    rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+    good = None
+    try:
+        good = asyncio.ensure_future(run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 60), timeout=90))
+        await until(lambda: "live/studio" in node.rtmp.publishes, 30, "the hook's name live/studio published")
+        assert backend.asked[0] == {"app": "live", "key": GOOD, "query": "", "address": "127.0.0.1"}
+        assert b"authorization: basic " in backend.headers[0].lower()  # op:pa55 from the URL
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{BAD}", 2))
+        assert rc != 0 and "refused by the publish hook: subscription expired" in out, out
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{SLOW}", 2))
+        assert rc != 0 and "the publish hook did not answer" in out, out
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{ODD}", 2))
+        assert rc != 0 and "the publish hook did not answer" not in out, out
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-static-1", 1))  # keys: no question asked
+        assert rc == 0, out
+        assert [a["key"] for a in backend.asked] == [GOOD, BAD, SLOW, ODD]
+        # a reload does not undo the hook's decision (it is not asked again)
+        reload_settings(node.config, Config(publish=PublishConfig(keys={"sk-static-1": "fixed"},
+                                                                  hook_url=publish.hook_url, hook_timeout=2.0)))
+        node.rtmp.recheck_publishes()
+        assert "live/studio" in node.rtmp.publishes and not good.done()
+        backend.server.close()
+        await backend.server.wait_closed()
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}-again", 2))  # the service is down
+        assert rc != 0 and "the publish hook did not answer" in out, out
+        _, page = await http_get(f"http://127.0.0.1:{node.edge.http.address[1]}/metrics")
+        counted = {dict(labels)["reason"]: value for (name, labels), value in samples(page.decode()).items()
+                   if name == "rtmpq_errors_total" and dict(labels).get("protocol") == "rtmp"}
+        assert counted == {"hook_refused": 1, "hook_failed": 1, "hook_unavailable": 2}, counted
+    finally:
+        if good is not None:
+            await drop_publish(good)
+        await node.close()
+        backend.server.close()
+    text = caplog.text
+    assert "no answer within 1 s ([publish] hook_timeout)" in text and "cannot connect" in text
+    assert 'answered without a "name"' in text
+    assert "pa55" not in text and "x=1" not in text  # the URL's credentials and query are not logged
+    assert not any(key in text for key in (GOOD, BAD, SLOW, ODD))  # nor the keys
+
