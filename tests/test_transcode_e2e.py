@@ -68,6 +68,44 @@ async def stop_nodes(procs, publisher=None) -> None:
         assert b"Traceback" not in err, err.decode()[-3000:]
 
 
+class JsonSubscriber:
+    """`rtmpq sub --json` as a process, its objects read as it prints them (``lines``), for a test
+    that ends it once it has what it checks instead of waiting for the broadcast's end."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self.reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, url: str, *args: str) -> "JsonSubscriber":
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", url, "--insecure", "--json", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
+
+    async def _read(self) -> None:
+        while line := (await self.proc.stdout.readline()).decode(errors="replace"):
+            self.raw.append(line)
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    async def until(self, condition, deadline: float) -> None:
+        """Until ``condition()`` holds or the subscriber has ended (read to its end), at most ``deadline`` s."""
+        async with asyncio.timeout(deadline):
+            while not condition() and not self.reader.done():
+                await asyncio.sleep(0.05)
+
+    def text(self) -> str:
+        return "".join(self.raw)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        await self.proc.wait()
+        await self.reader
+
+
 async def rung_leaves_when_stopped(transcoder, multivariant, publisher) -> None:
     """Stop the transcoder node: its rung leaves the multivariant while the source plays on."""
     transcoder.terminate()
@@ -863,44 +901,6 @@ async def test_the_last_rung_group_before_a_publisher_s_gap_is_whole_before_it_r
     groups = by_group(got["video-180p"])
     assert not got.get("skipped")
     assert [len(groups[g]) for g in sorted(groups)] == [sent, video_sent(second)]
-
-
-class JsonSubscriber:
-    """`rtmpq sub --json` as a process, its objects read as it prints them (``lines``), for a test
-    that ends it once it has what it checks instead of waiting for the broadcast's end."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[dict] = []
-        self.raw: list[str] = []
-        self.reader = asyncio.ensure_future(self._read())
-
-    @classmethod
-    async def start(cls, url: str, *args: str) -> "JsonSubscriber":
-        return cls(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rtmpq", "sub", url, "--insecure", "--json", *args,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
-
-    async def _read(self) -> None:
-        while line := (await self.proc.stdout.readline()).decode(errors="replace"):
-            self.raw.append(line)
-            if line.startswith("{"):
-                self.lines.append(json.loads(line))
-
-    async def until(self, condition, deadline: float) -> None:
-        """Until ``condition()`` holds or the subscriber has ended (read to its end), at most ``deadline`` s."""
-        async with asyncio.timeout(deadline):
-            while not condition() and not self.reader.done():
-                await asyncio.sleep(0.05)
-
-    def text(self) -> str:
-        return "".join(self.raw)
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        await self.proc.wait()
-        await self.reader
 
 
 def group_sizes(reference: str) -> list[int]:
