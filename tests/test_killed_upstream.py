@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, SILENCE_PROBE_INTERVAL
+from rtmpq.moq.reachability import PEER_UNREACHABLE_GRACE, REFUSED_RECONNECT_MAX, SILENCE_PROBE_INTERVAL
 from rtmpq.moq.transport import CONNECT_TIMEOUT, connect_moq
 from rtmpq.netem import ImpairmentProxy
 
@@ -30,10 +30,12 @@ from .test_restart import start_node
 # Seconds within which a killed upstream must be noticed (the idle timeout is 10 s); a loaded CI
 # machine gets room, the figure measured is printed.
 NOTICE_BOUND = 5.0
-# Seconds the killed origin stays down before it is restarted (a container's restart, say). When
-# each attempt at the dead origin waited CONNECT_TIMEOUT (5 s) and the backoff grew between them,
-# a 21 s outage ended while the relay was 4 s into a pause between two attempts.
-OUTAGE = 21.0
+# Seconds the killed origin stays down after the relay noticed, before it is restarted (a
+# container's restart, say). When each attempt at the dead origin waited CONNECT_TIMEOUT (5 s) and
+# the backoff grew between them, a 21 s outage ended while the relay was 4 s into a pause between
+# two attempts. Now each refused attempt takes 1 to 1.6 s: in 10 s the relay's backoff (0.5, 1, 2,
+# then 4 s) reaches [upstream] refused_reconnect_max (2 s), and the log shows the pause it capped.
+OUTAGE = 10.0
 # Seconds from the restarted origin taking the publish to media again below it (measured: 1.2 to
 # 1.7 s; 3.6 to 4.6 s before): a pause of at most [upstream] refused_reconnect_max (2 s) plus an attempt
 # that the port refused as it opened; a loaded CI machine gets room, the figures are printed.
@@ -89,8 +91,9 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
     need("ffmpeg")
     prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
     prelay, phttp = free_port(socket.SOCK_DGRAM), free_port()
+    # (its HTTP listener on a port of its own: the default, 8080, is the other backend's run's too)
     origin_args = ["up", "--rtmp", f"127.0.0.1:{prtmp}", "--moq", f"127.0.0.1:{pmoq}", "--quic-backend", backend,
-                   "--state-dir", str(tmp_path / "origin")]
+                   "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "origin")]
     origin = await start_node(*origin_args)
     relay = await start_node("relay", "--moq", f"127.0.0.1:{prelay}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
                              "--insecure", "--quic-backend", backend, "--state-dir", str(tmp_path / "relay"),
@@ -135,7 +138,7 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
         # the origin stays down a while (a restart that takes some seconds: a container's, a service
         # manager's), the nodes below trying it again and again meanwhile; this is the scenario, not
         # a wait for something to happen
-        await asyncio.sleep(max(killed + OUTAGE - time.monotonic(), 0))
+        await asyncio.sleep(max(not_ready[0] + OUTAGE - time.monotonic(), 0))
         # the origin comes back (restarted on the same port) and is published to again
         origin = await start_node(*origin_args)
         procs.append(origin)
@@ -152,6 +155,9 @@ async def test_a_killed_upstream_is_noticed_at_once_and_its_return_brings_media_
         # the attempts at the dead origin ended at its port's refusal (not at the connect timeout),
         # and were tried again soon
         assert relay_log.first("refused", killed) and direct_log.first("refused", killed), relay_log.text()
+        # ... and the relay's pauses after them stayed within [upstream] refused_reconnect_max
+        pauses = [float(m[1]) for m in re.finditer(r"refused.*; retrying in ([0-9.]+) s", relay_log.text())]
+        assert len(pauses) >= 3 and max(pauses) <= REFUSED_RECONNECT_MAX, relay_log.text()
         assert below_took < BACK_BOUND, relay_log.text()
         assert direct_took < BACK_BOUND, direct_log.text()
         assert await readyz(phttp) == 200

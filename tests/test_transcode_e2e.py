@@ -21,7 +21,7 @@ from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
 
 from .conftest import free_port, local_config, made_once, need, wait_tcp
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import drop_publish, end_live_publish, ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
 RUNGS = {"video-480p": (854, 480), "video-360p": (640, 360)}
@@ -66,6 +66,44 @@ async def stop_nodes(procs, publisher=None) -> None:
     for p in procs:
         _, err = await p.communicate()
         assert b"Traceback" not in err, err.decode()[-3000:]
+
+
+class JsonSubscriber:
+    """`rtmpq sub --json` as a process, its objects read as it prints them (``lines``), for a test
+    that ends it once it has what it checks instead of waiting for the broadcast's end."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.raw: list[str] = []
+        self.reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def start(cls, url: str, *args: str) -> "JsonSubscriber":
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "rtmpq", "sub", url, "--insecure", "--json", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT))
+
+    async def _read(self) -> None:
+        while line := (await self.proc.stdout.readline()).decode(errors="replace"):
+            self.raw.append(line)
+            if line.startswith("{"):
+                self.lines.append(json.loads(line))
+
+    async def until(self, condition, deadline: float) -> None:
+        """Until ``condition()`` holds or the subscriber has ended (read to its end), at most ``deadline`` s."""
+        async with asyncio.timeout(deadline):
+            while not condition() and not self.reader.done():
+                await asyncio.sleep(0.05)
+
+    def text(self) -> str:
+        return "".join(self.raw)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        await self.proc.wait()
+        await self.reader
 
 
 async def rung_leaves_when_stopped(transcoder, multivariant, publisher) -> None:
@@ -288,29 +326,33 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
     prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
     # a deep rung queue: CI hosts are shared, and a rung that falls behind skips groups (by design)
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "3", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
-    procs = []
+    procs, sub, publisher = [], None, None
     try:
         procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s"), env=env))
         procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
                                  "--insecure", env=env))
         procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
                                  "--ladder", "360p", env=env))
-        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
-                                               f"moqt://127.0.0.1:{pmoq}/live/relayed", "--insecure", "--json",
-                                               "--rendition", "360p", "--seconds", "30", "--delivery-timeout", "15"], timeout=60))
+        sub = await JsonSubscriber.start(f"moqt://127.0.0.1:{pmoq}/live/relayed", "--rendition", "360p",
+                                         "--seconds", "30", "--delivery-timeout", "15")
         await wait_tcp(prtmp)
-        rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/relayed",
-                                                        str(tmp_path / "ref.flv"), seconds=12, size="1280x720"),
-                                    timeout=90)
-        assert rc == 0, out
-        rc, out = await sub
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{prtmp}/live/relayed", str(tmp_path / "ref.flv"), seconds=12, size="1280x720"),
+            timeout=90))
+        rung = lambda: [o for o in sub.lines if o.get("track") == "video-360p"]  # noqa: E731
+        # two rung groups, or the broadcast's end (the subscriber's): the rest of the publish is not needed
+        await sub.until(lambda: len({o["group"] for o in rung()}) >= 2, 60)
+        await end_live_publish(publisher)
+        lines, out = sub.lines, sub.text()
         catalog = [line["catalog"] for line in lines if "catalog" in line][-1]
         assert [(t["name"], t.get("height")) for t in catalog["tracks"]] == [
             ("video", 720), ("video-360p", 360), ("audio", None)], out[-2000:]
-        rung = [o for o in lines if o.get("track") == "video-360p"]
-        assert len({o["group"] for o in rung}) >= 2 and all(o["keyframe"] for o in rung if o["object"] == 0)
+        assert len({o["group"] for o in rung()}) >= 2 and all(o["keyframe"] for o in rung() if o["object"] == 0)
     finally:
+        if sub is not None:
+            await sub.stop()
+        if publisher is not None:
+            await drop_publish(publisher)
         await stop_nodes(procs)
 
 
@@ -438,7 +480,7 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
         await stop_nodes(procs)
 
 
-RENDITION_IDLE = 2.0  # [http] rendition_idle for the test below (15 s by default)
+RENDITION_IDLE = 2.0  # [http] rendition_idle for tests below (15 s by default)
 
 
 async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_it(tmp_path):
@@ -547,13 +589,23 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
     from .test_nodes_cli import get_when_ready
 
     both, main = multitrack_clips
-    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False)))
+    config = local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False))
+    # the edge lets a rung go this long after its last request (15 s by default), and the rung of
+    # video-1 is listed again only once its old pull is gone; the player below asks every 0.5 s
+    config.http.rendition_idle = RENDITION_IDLE
+    node = UpNode(config)
     await node.start()
     base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
 
     async def multivariant() -> str:
         return (await get_when_ready(f"{base}/index.m3u8")).decode()
 
+    async def play_to_the_end(playlist: str) -> str:  # a player on it: reloads it until it ends
+        while "#EXT-X-ENDLIST" not in (text := (await get_when_ready(playlist)).decode()):
+            await asyncio.sleep(0.5)
+        return text
+
+    player = None
     try:
         names = lambda: [t.name for t in node.registry.get("live/mt").catalog.tracks]  # noqa: E731
         first = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))
@@ -562,7 +614,8 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
                 await asyncio.sleep(0.2)
         broadcast = node.registry.get("live/mt")
         assert {"video-180p", "video-1-180p"} <= set(names()), names()
-        await get_when_ready(f"{base}/video-1-180p.m3u8")  # a player on the rung: it is made
+        # a player on the rung: it is made
+        player = asyncio.create_task(play_to_the_end(f"{base}/video-1-180p.m3u8"))
         await first
         await push_flv(node.rtmp.address[1], "mt", main)  # back without video-1
         assert broadcast.publishes == 2 and names() == ["video", "video-180p", "audio"]
@@ -570,6 +623,7 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
             while re.search(r"video-1\.m3u8|video-1-180p", text := await multivariant()):
                 await asyncio.sleep(0.2)
         assert "video-180p.m3u8" in text, text
+        await asyncio.wait_for(player, 20)  # the rung's player got to its end
         for gone in ("video-1", "video-1-180p"):  # players on them stop waiting
             status, playlist = await http_text(f"{base}/{gone}.m3u8")
             assert status == 200 and "#EXT-X-ENDLIST" in playlist, (gone, playlist)
@@ -580,6 +634,8 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
         assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
         await end_push(third)
     finally:
+        if player is not None:
+            player.cancel()
         await node.close()
 
 
@@ -874,7 +930,7 @@ async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp
     # the broadcast outlives its publisher by 8 s: on a busy host the rung's last frames come well
     # after the publisher left, and nothing reaches the subscriber after the broadcast's end
     env = {**os.environ, "RTMPQ_PUBLISH_GRACE_PERIOD": "8", "RTMPQ_TRANSCODE_RUNG_QUEUE_FRAMES": "120"}
-    procs = []
+    procs, sub = [], None
     ref = str(tmp_path / "ref.flv")
     try:
         if topology == "up":
@@ -887,23 +943,29 @@ async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp
                                      f"moqt://127.0.0.1:{pmoq}", "--insecure", env=env))
         procs.append(await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
                                  "--ladder", "180p", env=env))
-        sub = asyncio.create_task(run_process([sys.executable, "-m", "rtmpq", "sub",
-                                               f"moqt://127.0.0.1:{pmoq}/live/tail", "--insecure", "--json",
-                                               "--rendition", "180p", "--seconds", "40", "--delivery-timeout", "15"],
-                                              timeout=90))
+        sub = await JsonSubscriber.start(f"moqt://127.0.0.1:{pmoq}/live/tail", "--rendition", "180p", "--seconds",
+                                         "40", "--delivery-timeout", "15")
         await wait_tcp(prtmp)
         rc, out = await run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/tail", ref, seconds=3,
                                                         size="640x360"), timeout=60)
         assert rc == 0, out
-        rc, out = await sub
-        lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        sizes = group_sizes(ref)
+
+        def rung_frames() -> dict[int, int]:
+            rung: dict[int, int] = {}
+            for o in sub.lines:
+                if o.get("track") == "video-180p":
+                    rung[o["group"]] = rung.get(o["group"], 0) + 1
+            return rung
+
+        # the rung's last group whole, or the broadcast's end (the subscriber's): what follows is not needed
+        await sub.until(lambda: rung_frames().get(len(sizes) - 1) == sizes[-1], 60)
+        lines, out = sub.lines, sub.text()
     finally:
+        if sub is not None:
+            await sub.stop()
         await stop_nodes(procs)
-    sizes = group_sizes(ref)
-    rung: dict[int, int] = {}
-    for o in lines:
-        if o.get("track") == "video-180p":
-            rung[o["group"]] = rung.get(o["group"], 0) + 1
+    rung = rung_frames()
     assert not [line for line in lines if "skipped" in line], out[-2000:]
     assert rung and max(rung) == len(sizes) - 1, (rung, sizes)
     assert all(n == sizes[g] for g, n in rung.items()), (rung, sizes, out[-3000:])
