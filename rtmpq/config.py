@@ -314,7 +314,9 @@ class PublishConfig:
     # http(s) URL of the operator's service that decides publishes the keys and tokens do not
     # admit (POST JSON: app, key, query, address; a 2xx answer names the broadcast)
     hook_url: str = ""
-    hook_timeout: float = PUBLISH_HOOK_TIMEOUT
+    hook_timeout: float = PUBLISH_HOOK_TIMEOUT  # (and for each call to events_url)
+    # http(s) URL told when a publish starts and ends and its recording is done (POST JSON, in order)
+    events_url: str = ""
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
     grace_period: float = PUBLISH_GRACE_PERIOD
     # bytes of a broadcast's group in progress kept for its new in-process readers (the edge of
@@ -417,7 +419,7 @@ class Config:
 
 
 # Keys whose values are secrets: masked by ``show``.
-SECRET_KEYS = {("auth", "secret"), ("auth", "node_token"), ("publish", "hook_url")}  # the URL may carry credentials
+SECRET_KEYS = {("auth", "secret"), ("auth", "node_token"), ("publish", "hook_url"), ("publish", "events_url")}  # the URL may carry credentials
 # Settings that are not read from a file or the environment (built in code).
 _INTERNAL = {("rtmp", "limits")}
 
@@ -566,8 +568,10 @@ def validate(config: Config) -> None:
         if not key or not _PUBLIC_NAME.fullmatch(name) or {".", ".."} & set(name.split("/")):
             raise ConfigError(f"publish.keys: {name!r} is not a public name ('name' or 'app/name', "
                               "letters, digits and _.~-)")
-    if config.publish.hook_url and urlsplit(config.publish.hook_url).scheme not in ("http", "https"):
-        raise ConfigError("publish.hook_url: expected an http:// or https:// URL")
+    for key in ("hook_url", "events_url"):
+        url = getattr(config.publish, key)
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise ConfigError(f"publish.{key}: expected an http:// or https:// URL")
     if not 0 < config.publish.hook_timeout < config.rtmp.limits.handshake_timeout:
         # the RTMP layer closes a connection whose publish is not answered within its handshake timeout
         raise ConfigError(f"publish.hook_timeout: must be positive and below the RTMP handshake timeout "

@@ -27,6 +27,7 @@ from ..redact import safe_name
 from ..rtmp.server import RtmpConnection, RtmpServer
 from ..rtmp.session import MediaMessage, PublishRequested
 from ..rtmp.tls import rtmps_context
+from .notify import PublishEvents
 
 log = logging.getLogger("rtmpq.nodes")
 
@@ -54,10 +55,17 @@ class Publish:
         self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer,
                                     max_queued_bytes=node.config.record_max_queued_bytes) if record_dir else None
         self.last_media_ns = time.time_ns()
+        self.started = time.monotonic()
         self.closed = False
         # what admitted it (app, key, query, wall time): checked again when the settings are
         # reloaded (the key stays in memory, never logged); None: the publish hook admitted it
         self.admitted: tuple[str, str, str, float] | None = None
+
+    def _recorded(self, events) -> None:
+        """Its recording is finalized: the events service hears where it is (none if it was empty)."""
+        path = self.recorder.path
+        if path is not None and path.exists():
+            events.post("record_done", name=self.broadcast.name, path=str(path))
 
     def on_message(self, msg: MediaMessage) -> None:
         now_ns = time.time_ns()
@@ -98,6 +106,13 @@ class Publish:
         log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
                  self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
                  s.bad_access_units)
+        events = self.node.events
+        if events is not None:
+            events.post("publish_end", name=self.broadcast.name, address=self.conn.peer.rpartition(":")[0],
+                        reason=reason, clean=clean, seconds=round(time.monotonic() - self.started, 3),
+                        video_frames=s.frames["video"], audio_frames=s.frames["audio"])
+            if self.recorder is not None:
+                closing.add_done_callback(lambda _: self._recorded(events))
         self.node._publish_closed(self, clean)
 
 
@@ -118,6 +133,8 @@ class IngestNode:
         self.publishes: dict[str, Publish] = {}  # by broadcast name
         self._finalizing: set[asyncio.Future] = set()  # recordings being closed
         self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
+        p = self.publish_config
+        self.events = PublishEvents(p.events_url, p.hook_timeout) if p.events_url else None
         self._idle_task: asyncio.Task | None = None
 
     @property
@@ -133,6 +150,8 @@ class IngestNode:
             check_record_dir(self.config.record_dir)
         tls = rtmps_context(self.config, self.state_dir) if self.config.tls_port is not None else None
         await self.server.start(tls)
+        if self.events is not None:
+            self.events.start()
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
 
     async def close(self, reason: str = "the server is stopping") -> None:
@@ -148,6 +167,8 @@ class IngestNode:
         await self.server.close()
         if self._finalizing:
             await asyncio.gather(*self._finalizing, return_exceptions=True)
+        if self.events is not None:  # the ends and recordings just told, within the hook's timeout
+            await self.events.close(self.publish_config.hook_timeout)
 
     # -- PublishHandler -------------------------------------------------------------------------
     def publish_requested(self, conn: RtmpConnection, req: PublishRequested) -> None:
@@ -220,6 +241,9 @@ class IngestNode:
             return
         pub.admitted = admitted
         self.publishes[name] = pub
+        if self.events is not None:
+            self.events.post("publish_start", name=name, app=req.app, address=conn.peer.rpartition(":")[0],
+                             publish=broadcast.publishes)
         log.info("%s: publishing %s%s", conn.peer, safe_name(name),
                  f" (publish {broadcast.publishes})" if broadcast.publishes > 1 else "")
         conn.accept(req.stream_id, pub)

@@ -1,0 +1,78 @@
+"""[publish] events_url: the ingest tells the operator's service when a publish starts and ends,
+and when its recording is finished (as nginx-rtmp's on_publish / on_publish_done /
+on_record_done, or SRS's http hooks, do), so a platform knows what is live without polling.
+
+Each event is a POST of JSON, sent one after another in the order they happened, by one task: a
+service never hears of an end before its start. They are notifications: the publish does not wait
+for them, a failed one is logged and not sent again, and at most MAX_QUEUED_EVENTS wait (more are
+dropped, said once per fill-up), so a slow or dead service costs a bounded amount of memory.
+"""
+
+import asyncio
+import logging
+import time
+
+from ..http.client import HttpCallError, post_json, url_label
+from ..redact import safe_name
+
+log = logging.getLogger("rtmpq.nodes")
+
+# Events waiting to be sent, at most: past it new ones are dropped (a dead service at 3 s per try
+# against a burst of publishes).
+MAX_QUEUED_EVENTS = 256
+
+
+class PublishEvents:
+    """``post(event, **fields)`` queues an event; ``start()`` then ``close()`` run the sender."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self._queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_EVENTS)
+        self._task: asyncio.Task | None = None
+        self._full = False  # said once per fill-up
+        self.sent = self.failed = self.dropped = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._send())
+
+    def post(self, event: str, **fields) -> None:
+        payload = {"event": event, "time": round(time.time(), 3), **fields}
+        try:
+            self._queue.put_nowait(payload)
+            self._full = False
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if not self._full:
+                self._full = True
+                log.warning("publish events %s: %d events wait to be sent; new ones are dropped until it "
+                            "catches up", url_label(self.url), MAX_QUEUED_EVENTS)
+
+    async def _send(self) -> None:
+        while True:
+            payload = await self._queue.get()
+            try:
+                status, _ = await post_json(self.url, payload, self.timeout)
+                ok, why = 200 <= status <= 299, f"HTTP {status}"
+            except TimeoutError:
+                ok, why = False, f"no answer within {self.timeout:g} s"
+            except HttpCallError as exc:
+                ok, why = False, str(exc)
+            finally:
+                self._queue.task_done()
+            if ok:
+                self.sent += 1
+            else:
+                self.failed += 1
+                log.warning("publish events %s: %s of %s not taken: %s", url_label(self.url), payload["event"],
+                            safe_name(payload.get("name", "?")), why)
+
+    async def close(self, timeout: float) -> None:
+        """Send what waits (within ``timeout`` seconds: part of the node's stop), then stop."""
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), timeout)
+        except TimeoutError:
+            log.warning("publish events %s: %d events not sent at stop", url_label(self.url), self._queue.qsize())
+        self._task.cancel()

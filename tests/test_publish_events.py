@@ -1,0 +1,74 @@
+"""[publish] events_url: the operator's service hears when publishes start and end, and where
+their recordings are, in order, without the publish waiting for it."""
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from rtmpq.config import IngestConfig, PublishConfig
+
+from .conftest import need, start_up_node, until
+from .publishers import ffmpeg_publish_only_args, run_process
+
+
+class Service:
+    """Takes events (and answers ``status``), recording them in the order they came."""
+
+    def __init__(self, status: int = 204) -> None:
+        self.events: list[dict] = []
+        self.status = status
+
+    async def handle(self, reader, writer) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        self.events.append(json.loads(await reader.readexactly(length)))
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % self.status)
+        await writer.drain()
+        writer.close()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/events"
+
+
+async def test_the_service_hears_of_each_publish_its_end_and_its_recording_in_order(tmp_path, caplog):
+    need("ffmpeg")
+    caplog.set_level(logging.INFO, logger="rtmpq")
+    service, refusing = Service(), Service(status=500)
+    url, refusing_url = await service.start(), await refusing.start()
+    node = await start_up_node(tmp_path, publish=PublishConfig(keys={"sk-7a1c": "studio"}, events_url=url),
+                               rtmp=IngestConfig(host="127.0.0.1", port=0, record_dir=str(tmp_path / "rec")))
+    try:
+        rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-7a1c", 2))
+        assert rc == 0, out
+        await until(lambda: len(service.events) >= 3, 20, "three events")
+        start, end, recorded = service.events
+        assert (start["event"], start["name"], start["app"], start["address"], start["publish"]) == (
+            "publish_start", "live/studio", "live", "127.0.0.1", 1)
+        assert end["event"] == "publish_end" and end["name"] == "live/studio" and end["clean"] is True
+        assert 1.5 < end["seconds"] < 30 and end["video_frames"] >= 55 and end["audio_frames"] == 0
+        assert recorded["event"] == "record_done" and Path(recorded["path"]).stat().st_size > 10_000
+        assert start["time"] <= end["time"] <= recorded["time"]
+        # a service that says no (500) is logged, and the publishes go on as before
+        node.rtmp.events.url = refusing_url
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-7a1c", 1))
+        assert rc == 0, out
+        await until(lambda: len(refusing.events) >= 3, 20, "three events told to the refusing service")
+        await until(lambda: "publish_end of live/studio not taken: HTTP 500" in caplog.text, 10, "the warning")
+    finally:
+        await node.close()
+        service.server.close()
+        refusing.server.close()
+    assert "sk-7a1c" not in json.dumps(service.events + refusing.events) and "sk-7a1c" not in caplog.text
+
+
+async def test_events_waiting_for_a_slow_service_are_bounded(caplog):
+    from rtmpq.nodes.notify import MAX_QUEUED_EVENTS, PublishEvents
+
+    events = PublishEvents("http://127.0.0.1:9/events", 1.0)  # not started: nothing is taken
+    for i in range(MAX_QUEUED_EVENTS + 5):
+        events.post("publish_start", name=f"live/{i}")
+    assert events.dropped == 5
+    assert caplog.text.count("new ones are dropped") == 1  # said once per fill-up
