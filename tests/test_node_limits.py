@@ -147,7 +147,11 @@ async def test_a_relay_node_delivers_a_cached_group_within_its_delivery_timeout_
                 began = loop.time()
                 await until(lambda: loop.time() - began > 0.3, 1, "group 0 at the relay 0.3 s old")
                 late = Watcher(second)
-                await until(lambda: late.groups or late.skipped or loop.time() - began > 0.8, 5,
+                # group 0 whole or skipped, said to the late subscriber before group 1 begins (else,
+                # its SUBSCRIBE slow to reach the relay on a loaded machine, it starts at group 1);
+                # past the delivery timeout nothing of group 0 comes: 0.8 s is waited for then
+                expired = setting is not None and setting[0] == "RTMPQ_MOQ_DELIVERY_TIMEOUT"
+                await until(lambda: late.groups or late.skipped or (expired and loop.time() - began > 0.8), 10,
                             "group 0, or the delivery timeout past")
                 push()
                 await until(lambda: late.whole(1) or 1 in late.skipped, 10, "group 1 to the late subscriber")
