@@ -586,7 +586,8 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
     the new publish's first group is over, ``video-1`` and its rung ``video-1-180p`` leave the
     catalog and the multivariant playlist, and the rung's media playlist ends; ``video-180p``
     stays. Before, the rung stayed listed with nothing feeding it. A third publish with both
-    tracks lists the rung again."""
+    tracks lists the rung again, at once ([http] rendition_idle at its 15 s default: the edge's
+    pull of the rung ended with it)."""
     from .publishers import push_flv
     from .test_nodes_cli import get_when_ready
 
@@ -972,7 +973,8 @@ async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp
 
 def ffmpeg_live_args(url: str, seconds: float, video: bool = True) -> list[str]:
     """A live ffmpeg publish of 320x240 video in 1 s GoPs (``video``) and AAC audio."""
-    encode = [*VIDEO_ENCODE[:VIDEO_ENCODE.index("-g")], "-g", "30", "-keyint_min", "30", "-pix_fmt", "yuv420p"]
+    encode = list(VIDEO_ENCODE)
+    encode[encode.index("-g") + 1] = encode[encode.index("-keyint_min") + 1] = "30"
     return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
             *(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"] if video else []),
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
