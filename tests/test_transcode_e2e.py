@@ -628,7 +628,7 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
             status, playlist = await http_text(f"{base}/{gone}.m3u8")
             assert status == 200 and "#EXT-X-ENDLIST" in playlist, (gone, playlist)
         third = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))  # video-1 is back: its rung too
-        async with asyncio.timeout(RUNG_BACK_WITHIN + 2):  # (the push starting, then video-1.s first segment)
+        async with asyncio.timeout(RUNG_BACK_WITHIN + 2):  # (the push starting, then video-1's first segment)
             while "video-1-180p.m3u8" not in await multivariant():
                 await asyncio.sleep(0.2)
         assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
