@@ -21,7 +21,7 @@ from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
 
 from .conftest import free_port, local_config, made_once, need, wait_tcp
-from .publishers import drop_publish, end_live_publish, ffmpeg_publish_args, run_process
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, drop_publish, end_live_publish, ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
 RUNGS = {"video-480p": (854, 480), "video-360p": (640, 360)}
@@ -481,6 +481,8 @@ async def test_a_transcoder_node_signals_a_skipped_rung_group_through_the_relay(
 
 
 RENDITION_IDLE = 2.0  # [http] rendition_idle for tests below (15 s by default)
+# s from a returning track's rung in the catalog to the rung in the multivariant (rendition_idle: 15 s)
+RUNG_BACK_WITHIN = 4.0
 
 
 async def test_up_serves_as_hls_the_rungs_a_separate_transcoder_publishes_into_it(tmp_path):
@@ -584,16 +586,14 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
     the new publish's first group is over, ``video-1`` and its rung ``video-1-180p`` leave the
     catalog and the multivariant playlist, and the rung's media playlist ends; ``video-180p``
     stays. Before, the rung stayed listed with nothing feeding it. A third publish with both
-    tracks lists the rung again."""
+    tracks lists the rung again, at once ([http] rendition_idle at its 15 s default: the edge's
+    pull of the rung ended with it)."""
     from .publishers import push_flv
     from .test_nodes_cli import get_when_ready
 
     both, main = multitrack_clips
-    config = local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False))
-    # the edge lets a rung go this long after its last request (15 s by default), and the rung of
-    # video-1 is listed again only once its old pull is gone; the player below asks every 0.5 s
-    config.http.rendition_idle = RENDITION_IDLE
-    node = UpNode(config)
+    # [http] rendition_idle at its 15 s default: the rung's pull ends with video-1, not then
+    node = UpNode(local_config(tmp_path, grace_period=30.0, transcode=TranscodeConfig(ladder="180p", isolate=False)))
     await node.start()
     base = f"http://127.0.0.1:{node.edge.address[1]}/live/mt"
 
@@ -628,7 +628,7 @@ async def test_the_rungs_of_a_multitrack_video_track_leave_with_it(tmp_path, mul
             status, playlist = await http_text(f"{base}/{gone}.m3u8")
             assert status == 200 and "#EXT-X-ENDLIST" in playlist, (gone, playlist)
         third = asyncio.create_task(push_flv(node.rtmp.address[1], "mt", both))  # video-1 is back: its rung too
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(RUNG_BACK_WITHIN + 2):  # (the push starting, then video-1's first segment)
             while "video-1-180p.m3u8" not in await multivariant():
                 await asyncio.sleep(0.2)
         assert names() == ["video", "video-1", "video-180p", "video-1-180p", "audio"]
@@ -969,3 +969,65 @@ async def test_a_transcoder_node_ends_its_rungs_with_the_source_s_last_frame(tmp
     assert not [line for line in lines if "skipped" in line], out[-2000:]
     assert rung and max(rung) == len(sizes) - 1, (rung, sizes)
     assert all(n == sizes[g] for g, n in rung.items()), (rung, sizes, out[-3000:])
+
+
+def ffmpeg_live_args(url: str, seconds: float, video: bool = True) -> list[str]:
+    """A live ffmpeg publish of 320x240 video in 1 s GoPs (``video``) and AAC audio."""
+    encode = list(VIDEO_ENCODE)
+    encode[encode.index("-g") + 1] = encode[encode.index("-keyint_min") + 1] = "30"
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+            *(["-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30"] if video else []),
+            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
+            *(encode if video else ["-vn"]), *AUDIO_ENCODE, "-flags", "+global_header", "-f", "flv", url]
+
+
+@pytest.mark.parametrize("isolate,backend", [(False, "aioquic"), (True, "aioquic"), (True, "aiopquic")],
+                         ids=["threads", "child-aioquic", "child-aiopquic"])
+async def test_a_rung_is_listed_again_as_soon_as_its_track_is_back(tmp_path, isolate, backend):
+    """`rtmpq up --ladder 180p`, a player on the rung ``video-180p``; the ffmpeg publisher comes
+    back (within the grace period) with audio only, so the video and its rung leave, then with
+    video again: the rung is in the multivariant playlist again within a few seconds of the
+    catalog listing it, and plays. Before, it was listed only once the edge let its old pull go,
+    [http] rendition_idle (15 s by default, as here) after the player's last request."""
+    need("ffmpeg")
+    from .test_nodes_cli import get_when_ready
+
+    config = local_config(tmp_path, backend, grace_period=30.0,
+                          transcode=TranscodeConfig(ladder="180p", isolate=isolate, idle_stop=1.0))
+    node = UpNode(config)
+    await node.start()
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/back"
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/back"
+
+    def names() -> list[str]:  # the broadcast's tracks, with the rungs a child added through the relay
+        return [t.name for t in (*node.registry.get("live/back").catalog.tracks, *node.moq.added_tracks("live/back"))]
+
+    async def listed(rung: bool, deadline: float = 30) -> str:
+        async with asyncio.timeout(deadline):
+            while ("video-180p.m3u8" in (text := (await get_when_ready(f"{base}/index.m3u8")).decode())) != rung:
+                await asyncio.sleep(0.1)
+        return text
+
+    publisher = None
+    try:
+        publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20), timeout=60))
+        await listed(True)
+        await get_when_ready(f"{base}/video-180p.m3u8")  # a player on the rung: the edge pulls it
+        await end_live_publish(publisher)
+        publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20, video=False), timeout=60))
+        await listed(False)  # the video left, and its rung with it
+        assert names() == ["audio"], names()
+        await end_live_publish(publisher)
+        publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20), timeout=60))
+        async with asyncio.timeout(30):
+            while "video-180p" not in names():
+                await asyncio.sleep(0.05)
+        # listed again well before rendition_idle (as a rung nobody pulled yet is), and pulled anew it plays
+        await listed(True, deadline=RUNG_BACK_WITHIN)
+        playlist = (await get_when_ready(f"{base}/video-180p.m3u8")).decode()
+        assert "#EXTINF" in playlist, playlist
+    finally:
+        if publisher is not None:
+            await drop_publish(publisher)
+        await node.close()
+

@@ -345,10 +345,18 @@ class _Broadcast:
     def idle_renditions(self, now: float) -> None:
         for track, last in list(self.wanted.items()):
             if now - last > self.rendition_idle:
-                del self.wanted[track]
-                self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
-                self.pulled_at.pop(track, None)
-                self.source.want(track, False)
+                self.let_go(track)
+
+    def let_go(self, track: str) -> None:
+        """The alternate rendition ``track`` is pulled no more (nobody asked for it lately, or it
+        left the catalog: its players got the end of its playlist). Listed again, it is listed
+        from the catalog alone and pulled anew by the first request, as a rung never pulled; an
+        old pull kept would have held it out of the multivariant until it idled out."""
+        if self.wanted.pop(track, None) is None:
+            return
+        self.rungs_live.discard(track)  # it stops: pulled again, it starts behind again
+        self.pulled_at.pop(track, None)
+        self.source.want(track, False)
 
     @property
     def listed_tracks(self) -> set[str]:
@@ -472,6 +480,7 @@ class EdgeServer:
                                 continue  # silence for the players on it instead (keep_audio)
                             stream.end()
                             streams.remove(stream)
+                            b.let_go(next(iter(stream.only)))  # (a rung that left with its source)
                     b.catalog = item
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
