@@ -21,7 +21,7 @@ from rtmpq.nodes.transcode_child import TranscoderChild
 from rtmpq.redact import safe_name
 
 from .conftest import free_port, http_get, need, start_up_node
-from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process
+from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process, run_process_apart
 from .test_codecs_e2e import http_text
 from .test_llhls import first_tfdt
 
@@ -91,17 +91,9 @@ async def play(url: str, seconds: float) -> tuple[int, str, str]:
     """ffmpeg decoding ``seconds`` of the live playlist ``url`` from its newest whole segment (a
     player at the live edge): its exit status, its framecrc lines, and its log (verbose: the
     segments it opened, OPENED)."""
-    proc = await asyncio.create_subprocess_exec(
-        "ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "verbose", "-live_start_index", "-1", "-i", url,
-        "-t", str(seconds), "-f", "framecrc", "-", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), PLAYER_TIMEOUT)
-    except (TimeoutError, asyncio.CancelledError):  # a test that gave up on it: it ends with the test
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    return proc.returncode, out.decode(), err.decode(errors="replace")
+    return await run_process_apart(["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "verbose",
+                                    "-live_start_index", "-1", "-i", url, "-t", str(seconds), "-f", "framecrc", "-"],
+                                   timeout=PLAYER_TIMEOUT)
 
 
 async def poll_playlist(url: str, seen: list[str], until, timeline: list | None = None) -> str:
