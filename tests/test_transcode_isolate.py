@@ -246,8 +246,8 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
 async def test_a_crash_in_one_broadcasts_transcoder_leaves_the_others_rungs_alone(tmp_path, caplog, backend):
     """`up --ladder 180p` with two publishes, a MoQ subscriber of each one's rung: the transcoder
-    child of live/a dies of SIGSEGV (a decoder crash). live/b's rung goes on without a gap (every
-    object in order, no skipped group) from its own child, which is not restarted; live/a's child
+    child of live/a dies of SIGSEGV (a decoder crash). live/b's rung goes on without a gap (no
+    object missing, no skipped group) from its own child, which is not restarted; live/a's child
     is started again and its rung gets new groups. /metrics gives each broadcast's child PID; the
     log line of the death names the broadcast (as logs name it: hashed on this open node)."""
     need("ffmpeg")
