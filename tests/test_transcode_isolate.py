@@ -26,7 +26,11 @@ from .test_codecs_e2e import http_text
 from .test_llhls import first_tfdt
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
-PLAYED = 6  # seconds of the rung a player decodes, through the child's restart
+# Pictures of the rung a player decodes from the old child's newest whole segment on, through
+# the child's restart: more than the two 2 s GoPs (30 fps) of the old child it may start with (the
+# one before the cut and the cut one), so at least 30 of them are the new child's, however long
+# the restart took (the held last picture of the cut group is no picture decoded).
+PLAYED_PICTURES = 150
 CHILD_STARTED = re.compile(r"transcoder: child process pid (\d+), ladder")
 CHILD_PID = re.compile(r'^rtmpq_transcoder_child_pid\{broadcast="([^"]+)"\} (\S+)$', re.M)
 SEGMENT_MSN = re.compile(r"seg(\d+)\.m4s$")
@@ -87,13 +91,13 @@ def msn(uri: str) -> int:
     return int(SEGMENT_MSN.search(uri).group(1))
 
 
-async def play(url: str, seconds: float) -> tuple[int, str, str]:
-    """ffmpeg decoding ``seconds`` of the live playlist ``url`` from its newest whole segment (a
-    player at the live edge): its exit status, its framecrc lines, and its log (verbose: the
-    segments it opened, OPENED)."""
+async def play(url: str, pictures: int) -> tuple[int, str, str]:
+    """ffmpeg decoding ``pictures`` pictures of the live playlist ``url`` from its newest whole
+    segment (a player at the live edge): its exit status, its framecrc lines, and its log
+    (verbose: the segments it opened, OPENED)."""
     return await run_process_apart(["ffmpeg", "-hide_banner", "-nostdin", "-nostats", "-v", "verbose",
-                                    "-live_start_index", "-1", "-i", url, "-t", str(seconds), "-f", "framecrc", "-"],
-                                   timeout=PLAYER_TIMEOUT)
+                                    "-live_start_index", "-1", "-i", url, "-frames:v", str(pictures),
+                                    "-f", "framecrc", "-"], timeout=PLAYER_TIMEOUT)
 
 
 async def poll_playlist(url: str, seen: list[str], until, timeline: list | None = None) -> str:
@@ -201,10 +205,11 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         assert second != first
         # a player of the rung from here, at its live edge: its newest whole segment is the old
         # child's (the group cut by the death stays open until the new child's first group), so
-        # its PLAYED s run from the old child's pictures on through the restart. (Started before
-        # the kill, from the first of the listed segments as ffmpeg does by default, its PLAYED s
-        # could end before the new child's first picture on a loaded machine.)
-        player = asyncio.create_task(play(f"{base}/video-180p.m3u8", PLAYED))
+        # it decodes the old child's pictures, then on through the restart the new child's. (A
+        # player started before the kill, from the first of the listed segments as ffmpeg does by
+        # default, for a fixed span of media, could reach its end before the new child's first
+        # picture on a loaded machine.)
+        player = asyncio.create_task(play(f"{base}/video-180p.m3u8", PLAYED_PICTURES))
         async with asyncio.timeout(30):  # the rung's playlist, asked for all along, gets new segments
             await poll_playlist(f"{base}/video-180p.m3u8", rung_seen,
                                 lambda p: len(set(segments(p)) - set(rung_before_restart)) >= 2, rung_timeline)
@@ -219,9 +224,9 @@ async def test_a_transcoder_child_that_dies_costs_only_the_rungs_and_they_come_b
         last_before = max(msn(s) for s in rung_before_restart)
         assert opened and opened[0] <= last_before + 1 and opened[-1] >= last_before + 2, (last_before, opened)
         played = [int(line.split(",")[1]) for line in out.splitlines() if line.startswith("0,")]  # dts, 1/30 s
-        # 30 fps through PLAYED s of media; the group the new child began again is left out (the
-        # cut group's last picture is shown until the next: up to a 2 s GoP of pictures fewer)
-        assert played[-1] - played[0] >= (PLAYED - 1) * 30 and len(played) >= (PLAYED - 3) * 30, out[-2000:]
+        # every picture (the playlist did not end, nor fail it), on through the cut group, whose
+        # last picture is shown until the new child's first
+        assert len(played) == PLAYED_PICTURES, out[-2000:]
         # the source went on meanwhile: new HLS segments, no gap marked, and every MoQ object (none
         # missing, none twice)
         source = await poll_playlist(f"{base}/video.m3u8", source_seen, lambda p: True)
