@@ -119,15 +119,26 @@ async def collect_broadcast(registry: BroadcastRegistry, name: str, timeout: flo
 
 
 async def run_process(args: list[str], timeout: float = 30.0) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    """Its exit status and its output (stdout and stderr as one)."""
+    rc, out, _ = await _run(args, timeout, asyncio.subprocess.STDOUT)
+    return rc, out
+
+
+async def run_process_apart(args: list[str], timeout: float = 30.0) -> tuple[int, str, str]:
+    """Its exit status, its stdout and its stderr."""
+    return await _run(args, timeout, asyncio.subprocess.PIPE)
+
+
+async def _run(args: list[str], timeout: float, stderr) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=stderr)
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):  # a test that gave up on it: it ends with the test
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         raise
-    return proc.returncode, out.decode(errors="replace")
+    return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
 
 
 async def end_live_publish(publish: asyncio.Task) -> None:
