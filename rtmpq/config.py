@@ -317,6 +317,7 @@ class PublishConfig:
     hook_timeout: float = PUBLISH_HOOK_TIMEOUT  # (and for each call to events_url)
     # http(s) URL told when a publish starts and ends and its recording is done (POST JSON, in order)
     events_url: str = ""
+    hook_cafile: Path | None = None  # CA file (PEM) an https hook_url / events_url is checked against; None: the system's
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
     grace_period: float = PUBLISH_GRACE_PERIOD
     # bytes of a broadcast's group in progress kept for its new in-process readers (the edge of

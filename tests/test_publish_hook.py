@@ -119,3 +119,32 @@ async def test_the_hook_admits_names_and_refuses_with_its_reason_and_no_answer_i
     assert "pa55" not in text and "x=1" not in text  # the URL's credentials and query are not logged
     assert not any(key in text for key in (GOOD, BAD, SLOW, ODD))  # nor the keys
 
+
+
+async def test_an_https_hook_is_checked_against_hook_cafile(tmp_path, caplog):
+    import ssl
+
+    from rtmpq.moq.tls import ensure_self_signed
+    from rtmpq.nodes.ingest import IngestNode
+
+    need("ffmpeg")
+    cert, key = ensure_self_signed(tmp_path / "tls")  # the service's own certificate, its own CA
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    backend = Backend()
+    backend.server = await asyncio.start_server(backend.handle, "127.0.0.1", 0, ssl=tls)
+    url = f"https://127.0.0.1:{backend.server.sockets[0].getsockname()[1]}/on_publish"
+    with pytest.raises(ConfigError, match="publish.hook_cafile: cannot load"):
+        IngestNode(None, publish=PublishConfig(hook_url=url, hook_cafile=tmp_path / "missing.pem"))
+    node = await start_up_node(tmp_path, publish=PublishConfig(hook_url=url, hook_cafile=cert, grace_period=0.0))
+    rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+    try:
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 1))
+        assert rc == 0, out  # verified against hook_cafile
+        node.rtmp.hook_tls = None  # the system's CAs, which do not know the service's certificate
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 1))
+        assert rc != 0 and "the publish hook did not answer" in out, out
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text or "certificate verify failed" in caplog.text
+    finally:
+        await node.close()
+        backend.server.close()

@@ -9,13 +9,14 @@ broadcast waits for its publisher to return (``[publish] grace_period``).
 import asyncio
 import logging
 import math
+import ssl
 import time
 from pathlib import Path
 
 from ..auth.access import Access, AccessDenied
 from ..auth.hook import hook_name, hook_payload
 from ..auth.refusals import RefusedPublishes
-from ..config import IngestConfig, PublishConfig, default_state_dir
+from ..config import ConfigError, IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..http.client import HttpCallError, post_json, url_label
 from ..media.broadcast import Broadcast, BroadcastRegistry
@@ -134,7 +135,8 @@ class IngestNode:
         self._finalizing: set[asyncio.Future] = set()  # recordings being closed
         self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
         p = self.publish_config
-        self.events = PublishEvents(p.events_url, p.hook_timeout) if p.events_url else None
+        self.hook_tls = hook_tls_context(p.hook_cafile)
+        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls) if p.events_url else None
         self._idle_task: asyncio.Task | None = None
 
     @property
@@ -195,7 +197,8 @@ class IngestNode:
         layer holds what the encoder sends meanwhile). No answer in time is a refusal."""
         url, timeout = self.publish_config.hook_url, self.publish_config.hook_timeout
         try:
-            status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout)
+            status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout,
+                                           ssl_context=self.hook_tls)
             name = hook_name(status, body, req.app)
         except AccessDenied as exc:
             if exc.reason != "hook_refused":  # the operator's service answered what is not an answer
@@ -294,6 +297,17 @@ class IngestNode:
                 self.registry.expire(time.monotonic())
             except Exception:  # never let one bad publish stop the checks for every other
                 log.exception("idle check failed")
+
+
+def hook_tls_context(cafile: Path | None) -> ssl.SSLContext | None:
+    """What an https hook_url / events_url is verified by: [publish] hook_cafile, or (None) the
+    system's CAs. A file that cannot be loaded stops the node at start."""
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(cafile))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"publish.hook_cafile: cannot load {cafile}: {exc}") from None
 
 
 def rtmp_hosts(config: IngestConfig) -> list[str]:

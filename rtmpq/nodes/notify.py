@@ -25,9 +25,10 @@ MAX_QUEUED_EVENTS = 256
 class PublishEvents:
     """``post(event, **fields)`` queues an event; ``start()`` then ``close()`` run the sender."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, ssl_context=None) -> None:
         self.url = url
         self.timeout = timeout
+        self.ssl_context = ssl_context  # an https URL's CA ([publish] hook_cafile); None: the system's
         self._queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_EVENTS)
         self._task: asyncio.Task | None = None
         self._full = False  # said once per fill-up
@@ -52,7 +53,7 @@ class PublishEvents:
         while True:
             payload = await self._queue.get()
             try:
-                status, _ = await post_json(self.url, payload, self.timeout)
+                status, _ = await post_json(self.url, payload, self.timeout, ssl_context=self.ssl_context)
                 ok, why = 200 <= status <= 299, f"HTTP {status}"
             except TimeoutError:
                 ok, why = False, f"no answer within {self.timeout:g} s"
