@@ -520,3 +520,46 @@ def test_a_rung_asked_for_while_the_publisher_is_away_gets_the_last_group_whole(
     t.join()
     assert [(f.group, f.index) for f in out] == [(f.group, i) for g in (0, 1)
                                                   for i, f in enumerate(x for x in frames if x.group == g)]
+
+
+def test_a_watched_rung_whose_source_joins_with_a_groups_backlog_delivers_that_group_whole(source):
+    """Not lossless, the default rung queue (15 frames), the rung watched before any source frame
+    came (a transcoder node or `up`'s isolated child starting, or restarted, under viewers that
+    were there already): its source subscription starts at the relay's newest cached group, from
+    its IDR, so the first 40 frames of that group come at once, then the rest live. That backlog
+    waits for the rung's encoder like a catch-up burst; before, it found the queue full while the
+    encoder was still opening and the group was cut short (a 1-picture segment in the rung's
+    playlist at every child start on a loaded host)."""
+    info, frames = source
+    first_g1 = next(i for i, f in enumerate(frames) if f.group == 1)
+    backlog = first_g1 + 40
+    out: list[Frame] = []
+    skipped = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.append(frame)
+
+    t = Transcoder("live/test", info, parse_ladder("360p"), emit, skip=lambda tr, g: skipped.append(g))
+    t.set_active("video-360p", True)
+    for f in frames[first_g1:backlog]:  # the joined group's cached frames, as fast as they arrive
+        t.push(f)
+    for i in range(backlog, len(frames)):
+        deadline = time.monotonic() + 30  # live: the next frame once the encoder is this far
+        while t.frames_encoded("video-360p") < i - first_g1 - 10 and not skipped and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t.push(frames[i])
+    t.finish()
+    g1 = [f for f in frames if f.group == 1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not skipped:
+        with lock:
+            if sum(f.group == 1 for f in out) >= len(g1):
+                break
+        time.sleep(0.02)
+    t.close()
+    t.join()
+    assert skipped == []
+    got = [f for f in out if f.group == 1]
+    assert len(got) == len(g1) and got[0].index == 0 and got[0].keyframe
