@@ -18,7 +18,9 @@ Threads (PyAV releases the GIL in decode, scale and encode, so they use both cor
   start over, and close its subscribers' sessions). The decoder thread always keeps the current source group's access
   units (references, not copies), so a rung that becomes active starts at the current group:
   that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
-  catch-up decoder for that rung alone) before it goes on live.
+  catch-up decoder for that rung alone) before it goes on live. The group a rung starts at waits
+  for its encoder, not only a catch-up burst: a rung watched before the source came gets the
+  relay's newest cached group at once (a transcoder started under its viewers).
 - **Falling behind.** A rung whose queue is full drops the rest of that group and the frames
   until the next group boundary, and what its queue still holds of that group and older ones
   (stale; a skipped group: counted, logged, and signalled with ``skip(track, group)`` after any
