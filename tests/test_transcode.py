@@ -175,6 +175,27 @@ def test_an_inactive_rung_encodes_nothing_and_starts_at_the_current_group(source
     assert len(decode_all(t.tracks[1], late)) == len(late)
 
 
+def push_live_then_wait_for_group_1(t, frames, start, first_g1, skipped, lock, emitted) -> None:
+    """Push ``frames[start:]`` as a live source the 360p rung's encoder keeps up with (the next
+    frame once this one's turn has come), finish, and wait until ``emitted()`` holds group 1 whole
+    or a group was skipped; then stop ``t``."""
+    for i in range(start, len(frames)):
+        deadline = time.monotonic() + 30
+        while t.frames_encoded("video-360p") < i - first_g1 - 10 and not skipped and time.monotonic() < deadline:
+            time.sleep(0.005)
+        t.push(frames[i])
+    t.finish()
+    g1 = [f for f in frames if f.group == 1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not skipped:
+        with lock:
+            if sum(f.group == 1 for f in emitted()) >= len(g1):
+                break
+        time.sleep(0.02)
+    t.close()
+    t.join()
+
+
 def test_a_rung_started_mid_group_live_delivers_that_group_whole(source):
     """Not lossless, the default rung queue (15 frames): the first viewer of a rung arrives 40
     frames into a group. Its catch-up burst fills the rung's queue; the live frames right behind
@@ -197,25 +218,10 @@ def test_a_rung_started_mid_group_live_delivers_that_group_whole(source):
     t.set_active("video-360p", True)
     for f in frames[mid:mid + 10]:  # live frames already on their way behind the catch-up burst
         t.push(f)
-    for i in range(mid + 10, len(frames)):
-        # a live source the encoder keeps up with: the next frame once this one's turn has come
-        deadline = time.monotonic() + 30
-        while t.frames_encoded("video-360p") < i - first_g1 - 10 and not skipped and time.monotonic() < deadline:
-            time.sleep(0.005)
-        t.push(frames[i])
-    t.finish()
-    g1 = [f for f in frames if f.group == 1]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not skipped:
-        with lock:
-            if sum(f.group == 1 for f in out.get("video-360p", [])) >= len(g1):
-                break
-        time.sleep(0.02)
-    t.close()
-    t.join()
+    push_live_then_wait_for_group_1(t, frames, mid + 10, first_g1, skipped, lock, lambda: out.get("video-360p", []))
     assert skipped == []
     got = [f for f in out["video-360p"] if f.group == 1]
-    assert len(got) == len(g1) and got[0].index == 0 and got[0].keyframe
+    assert len(got) == sum(f.group == 1 for f in frames) and got[0].index == 0 and got[0].keyframe
 
 
 def test_source_groups_the_decoder_drops_are_skipped_by_the_rungs_and_said_so(source):
@@ -520,3 +526,32 @@ def test_a_rung_asked_for_while_the_publisher_is_away_gets_the_last_group_whole(
     t.join()
     assert [(f.group, f.index) for f in out] == [(f.group, i) for g in (0, 1)
                                                   for i, f in enumerate(x for x in frames if x.group == g)]
+
+
+def test_a_watched_rung_whose_source_joins_with_a_groups_backlog_delivers_that_group_whole(source):
+    """Not lossless, the default rung queue (15 frames), the rung watched before any source frame
+    came (a transcoder node or `up`'s isolated child starting, or restarted, under viewers that
+    were there already): its source subscription starts at the relay's newest cached group, from
+    its IDR, so the first 40 frames of that group come at once, then the rest live. That backlog
+    waits for the rung's encoder like a catch-up burst; before, it found the queue full while the
+    encoder was still opening and the group was cut short (a segment of a few pictures in the rung's
+    playlist at every child start on a loaded host)."""
+    info, frames = source
+    first_g1 = next(i for i, f in enumerate(frames) if f.group == 1)
+    backlog = first_g1 + 40
+    out: list[Frame] = []
+    skipped = []
+    lock = threading.Lock()
+
+    def emit(track, frame):
+        with lock:
+            out.append(frame)
+
+    t = Transcoder("live/test", info, parse_ladder("360p"), emit, skip=lambda tr, g: skipped.append(g))
+    t.set_active("video-360p", True)
+    for f in frames[first_g1:backlog]:  # the joined group's cached frames, as fast as they arrive
+        t.push(f)
+    push_live_then_wait_for_group_1(t, frames, backlog, first_g1, skipped, lock, lambda: out)
+    assert skipped == []
+    got = [f for f in out if f.group == 1]
+    assert len(got) == sum(f.group == 1 for f in frames) and got[0].index == 0 and got[0].keyframe

@@ -18,7 +18,9 @@ Threads (PyAV releases the GIL in decode, scale and encode, so they use both cor
   start over, and close its subscribers' sessions). The decoder thread always keeps the current source group's access
   units (references, not copies), so a rung that becomes active starts at the current group:
   that group is decoded from its IDR (by the main decoder when it was idle, otherwise by a
-  catch-up decoder for that rung alone) before it goes on live.
+  catch-up decoder for that rung alone) before it goes on live. The group a rung starts at waits
+  for its encoder, not only a catch-up burst: a rung watched before the source came gets the
+  relay's newest cached group at once (a transcoder started under its viewers).
 - **Falling behind.** A rung whose queue is full drops the rest of that group and the frames
   until the next group boundary, and what its queue still holds of that group and older ones
   (stale; a skipped group: counted, logged, and signalled with ``skip(track, group)`` after any
@@ -96,6 +98,7 @@ class _RungWorker:
         self.said_dropped: int | None = None  # the last source group dropped before the decoder it signalled
         self.sent = 0  # frames queued so far (their sequence numbers)
         self.catch_up_end = 0  # the sequence number of the last frame of the last catch-up burst
+        self.start_group: int | None = None  # the source group it started at (made whole, waited for)
         # rung-thread side: the sequence number of the last frame taken from the queue
         self.taken = 0
         # the newest group dropped: its frames still queued, and those of older groups (stale),
@@ -110,6 +113,8 @@ class _RungWorker:
             return  # already made by a catch-up decode
         first = group != self.offered_group
         if first:
+            if self.offered_group is None:
+                self.start_group = group
             self.say_dropped(group)
             self.offered_group = group
             self.skipping = False
@@ -118,8 +123,11 @@ class _RungWorker:
             return
         # a catch-up burst waits for the encoder, and so do the live frames behind it until the
         # burst has left the queue: else the first of them finds the queue full of the burst and
-        # cuts the very group the rung was started for
-        waits = self.owner.lossless or catch_up or self.taken < self.catch_up_end
+        # cuts the very group the rung was started for. So does the group it starts at whatever
+        # brought it: a source subscription begins with the relay's newest cached group, from its
+        # IDR, at once (a transcoder node, or `up`'s isolated child, started under its viewers),
+        # and the opening encoder took no frame yet
+        waits = self.owner.lossless or catch_up or self.taken < self.catch_up_end or group == self.start_group
         if self.room.acquire(blocking=waits):
             self.sent += 1
             if catch_up:
@@ -331,7 +339,7 @@ class Transcoder:
         def stop(w: _RungWorker) -> None:
             nonlocal decoder
             w.active, w.stop_after = False, None
-            w.offered_group, w.last_pts, w.said_dropped = None, None, None
+            w.offered_group, w.last_pts, w.said_dropped, w.start_group = None, None, None, None
             if not any(x.active for x in self.workers.values()):
                 decoder = None  # nobody watches: stop decoding
 
