@@ -697,14 +697,12 @@ class TrackFanout:
         or End of Track passed on as it came) to the cache and every subscriber."""
         self.objects_received += 1
         self.bytes_received += len(payload)
-        previous = self.cache.largest
+        previous = self.cache.largest if self.subscribers else None  # (read only for someone to tell)
         if not self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status):
             self._sent_again(group_id, subgroup, object_id)
-            return
-        if not self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
-            return
-        self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
-                      status)
+        elif self.subscribers:  # nobody to tell: only the cache (the common case of an ingest nobody watches)
+            self._deliver(previous, group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group,
+                          status)
 
     def _sent_again(self, group_id: int, subgroup: int, object_id: int) -> None:
         """The publisher sent an object it had sent (``GroupCache.add`` said so): dropped, said once."""

@@ -160,7 +160,7 @@ class GroupCache:
                 # order (its largest object, a FETCH's order), each subgroup's objects still in theirs
                 objects.pop()
                 bisect.insort(objects, obj, key=_object_id)
-        held = kept or self._groups.get(group_id)  # (a truncated group still knows its IDs)
+        held = kept or group or self._groups.get(group_id)  # (a truncated group still knows its IDs)
         if held is not None and not datagram:
             held.last_ids[subgroup] = object_id
         return True
