@@ -15,7 +15,7 @@ from aioquic.quic.connection import QuicConnection
 from rtmpq.moq import events as ev
 from rtmpq.moq import wire
 from rtmpq.moq.client import FetchError, SubscribeError, fetch_track, subscribe_broadcast
-from rtmpq.moq.session import MAX_AUTH_TOKEN_CACHE, MoqSession
+from rtmpq.moq.session import MAX_AUTH_TOKEN_CACHE, MoqSession, SessionCaps
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
 from rtmpq.moq.wire import AuthAliasType, AuthToken, SessionError
@@ -143,7 +143,7 @@ def test_the_server_side_can_send_tokens_too(pair):
 def test_requests_on_their_own_streams_may_overtake_the_control_stream(tmp_path):
     """SUBSCRIBE_NAMESPACE has a stream of its own, so its request id can arrive after later ones
     sent on the control stream: that is reordering, not a bad id. A reused or never-filled id is."""
-    p = InMemory(tmp_path / "tls", max_requests=4)
+    p = InMemory(tmp_path / "tls", caps=SessionCaps(max_requests=4))
     p.take("server")
     c = p.client
     first = c._new_request_id()  # sent last, on its own stream

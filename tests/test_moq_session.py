@@ -20,7 +20,7 @@ def requested(events) -> list[int]:
 
 
 def test_requests_beyond_max_requests_close_the_session_with_too_many_requests(tmp_path):
-    pair = MoqPair(tmp_path, max_requests=4)
+    pair = MoqPair(tmp_path, caps=SessionCaps(max_requests=4))
     pair.setup()
     rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
     _, server_events = pair.pump()
@@ -39,7 +39,7 @@ def test_a_request_beyond_the_peers_grant_waits_for_more_and_says_requests_block
     """MoQT d16 MAX_REQUEST_ID / REQUESTS_BLOCKED: a client never sends a request id the peer has
     not granted (the peer would close the session); it says it is blocked, and sends the request
     as soon as the peer raises the bound."""
-    pair = MoqPair(tmp_path, max_requests=4)
+    pair = MoqPair(tmp_path, caps=SessionCaps(max_requests=4))
     pair.setup()
     rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
     pair.pump()
@@ -63,7 +63,7 @@ def test_a_request_beyond_the_peers_grant_waits_for_more_and_says_requests_block
 
 def test_closed_requests_make_room_for_new_ones(tmp_path):
     """200 requests, never more than 4 open: ended by REQUEST_ERROR, UNSUBSCRIBE or PUBLISH_DONE."""
-    pair = MoqPair(tmp_path, max_requests=4)
+    pair = MoqPair(tmp_path, caps=SessionCaps(max_requests=4))
     pair.setup()
     for round_ in range(50):
         rids = [pair.client.subscribe(NS, f"t{i}") for i in range(4)]
@@ -127,7 +127,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_which_requests_stay_open(tmp_path, case):
     open_request, end, still_open = CASES[case]
-    pair = MoqPair(tmp_path, max_requests=1)
+    pair = MoqPair(tmp_path, caps=SessionCaps(max_requests=1))
     pair.setup()
     handle = open_request(pair)
     pair.pump()

@@ -8,7 +8,7 @@ raised to the caller.
 """
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from collections import Counter, deque
 
 from ..codec.sentinel import NEED_DATA
@@ -172,12 +172,9 @@ class _NamespaceSubscription:
 
 
 class MoqSession:
-    def __init__(self, quic, *, is_client: bool, path: str = "", max_requests: int | None = None,
-                 token: str | None = None, authority: str = "", caps: SessionCaps | None = None) -> None:
-        caps = caps or SessionCaps()
-        if max_requests is not None:
-            caps = replace(caps, max_requests=max_requests)
-        self.caps = caps
+    def __init__(self, quic, *, is_client: bool, path: str = "", token: str | None = None, authority: str = "",
+                 caps: SessionCaps | None = None) -> None:
+        self.caps = caps = caps or SessionCaps()
         self.quic = quic
         self._max_write = getattr(quic, "max_write", None)  # largest write the backend takes at once
         self.is_client = is_client
