@@ -238,12 +238,13 @@ class TranscoderChildren:
     def _gone(self, name: str) -> None:
         del self._lingering[name]
         child = self.children.pop(name)
-        self._deaths_before += child.deaths
         log.info("transcoder: %s is gone; stopping its child process%s", child.label,
                  "" if child.pid is None else f" pid {child.pid}")
         self._stop(child)
 
     def _stop(self, child: TranscoderChild) -> None:
+        """SIGTERM a child no longer in ``children`` (its deaths still count), and wait for it."""
+        self._deaths_before += child.deaths
         process = child.terminate()  # (the SIGTERM goes now: up's close sends its GOAWAY after)
         if process is not None:
             task = asyncio.ensure_future(child.stopped(process))
@@ -288,7 +289,6 @@ class TranscoderChildren:
         self._lingering.clear()
         children, self.children = list(self.children.values()), {}
         for child in children:
-            self._deaths_before += child.deaths
             self._stop(child)
         await asyncio.gather(*list(self._stopping))
 
