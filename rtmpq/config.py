@@ -317,7 +317,8 @@ class PublishConfig:
     hook_timeout: float = PUBLISH_HOOK_TIMEOUT  # (and for each call to events_url)
     # http(s) URL told when a publish starts and ends and its recording is done (POST JSON, in order)
     events_url: str = ""
-    hook_cafile: Path | None = None  # CA file (PEM) an https hook_url / events_url is checked against; None: the system's
+    # CA file (PEM) an https hook_url / events_url is checked against; None: the system's CAs
+    hook_cafile: Path | None = None
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
     grace_period: float = PUBLISH_GRACE_PERIOD
     # bytes of a broadcast's group in progress kept for its new in-process readers (the edge of
@@ -419,8 +420,8 @@ class Config:
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
 
 
-# Keys whose values are secrets: masked by ``show``.
-SECRET_KEYS = {("auth", "secret"), ("auth", "node_token"), ("publish", "hook_url"), ("publish", "events_url")}  # the URL may carry credentials
+# Keys whose values are secrets: masked by ``show`` (a hook's URL may carry credentials).
+SECRET_KEYS = {("auth", "secret"), ("auth", "node_token"), ("publish", "hook_url"), ("publish", "events_url")}
 # Settings that are not read from a file or the environment (built in code).
 _INTERNAL = {("rtmp", "limits")}
 
@@ -674,8 +675,8 @@ def validate(config: Config) -> None:
 # Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the
 # stream keys and the token settings, which an operator changes while streams are live (a new
 # streamer, a revoked key, a rotated secret). Every other setting is read once, at start.
-RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("auth", "secret"), ("auth", "require_playback_token"),
-              ("auth", "playback_session"), ("auth", "node_token")}
+RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("auth", "secret"),
+              ("auth", "require_playback_token"), ("auth", "playback_session"), ("auth", "node_token")}
 
 
 def changed_settings(old: Config, new: Config) -> list[tuple[str, str]]:
