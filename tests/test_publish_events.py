@@ -10,6 +10,7 @@ from rtmpq.config import IngestConfig, PublishConfig
 
 from .conftest import need, start_up_node, until
 from .publishers import ffmpeg_publish_only_args, run_process
+from .test_publish_hook import read_post
 
 
 class Service:
@@ -20,9 +21,7 @@ class Service:
         self.status = status
 
     async def handle(self, reader, writer) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        self.events.append(json.loads(await reader.readexactly(length)))
+        self.events.append((await read_post(reader))[1])
         writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % self.status)
         await writer.drain()
         writer.close()

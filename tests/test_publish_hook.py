@@ -42,6 +42,13 @@ def test_the_setting_is_checked_and_masked():
     assert not Config().publish.restricted and config.publish.restricted  # a hook closes the node
 
 
+async def read_post(reader) -> tuple[bytes, dict]:
+    """An HTTP request's head and its JSON body, as the operator's service reads them."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    return head, json.loads(await reader.readexactly(length))
+
+
 class Backend:
     """The operator's service: answers by key, records what it was asked."""
 
@@ -51,9 +58,7 @@ class Backend:
         self.server = None
 
     async def handle(self, reader, writer) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        ask = json.loads(await reader.readexactly(length))
+        head, ask = await read_post(reader)
         self.asked.append(ask)
         self.headers.append(head)
         status, body = {GOOD: (200, {"name": "studio"}), BAD: (403, {"reason": "subscription expired"}),
