@@ -120,12 +120,6 @@ def udp_bound(port: int) -> bool:
     return bool(_udp_socket_inodes(port))
 
 
-async def wait_udp(port: int, deadline: float = 20.0) -> None:
-    """Wait until a node started as a process listens on a UDP port (its MoQ listener): a client
-    started before that is refused at once (ICMP port unreachable), not held."""
-    await until(lambda: udp_bound(port), deadline, f"a listener on UDP port {port}")
-
-
 async def node_listening(proc, args) -> None:
     """Once a node started as a process with ``args`` that has ``--moq HOST:PORT`` has bound that
     MoQ listener (or has exited): a `rtmpq sub` started before it would be refused at once."""
