@@ -164,7 +164,9 @@ async def test_a_relay_node_delivers_a_cached_group_within_its_delivery_timeout_
     elif setting[0] == "RTMPQ_MOQ_DELIVERY_TIMEOUT":
         assert 0 not in late.groups and late.whole(1), (late.groups, late.skipped)
     else:
-        assert not late.whole(0) and 0 in late.skipped, (late.groups, late.skipped)
+        # dropped and said so; its objects may all have reached the subscriber before the reset (the
+        # budget counts bytes not yet acknowledged), but the group's end never does
+        assert 0 in late.skipped, (late.groups, late.skipped)
 
 
 async def test_an_up_node_bounds_its_broadcasts_group_kept_and_readers_queue_by_its_publish_settings(tmp_path):
