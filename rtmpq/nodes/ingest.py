@@ -187,15 +187,15 @@ class IngestNode:
             pub.broadcast.end()
         self._moving.update(moving)
         self._moved = asyncio.get_running_loop().create_future()
-        url = self.config.reconnect_url
-        where = url_label(url) if url else "the tcUrl it connected with"
         asked = set()
         for pub in moving:
+            tc_url = reconnect_tc_url(self.config.reconnect_url, pub.conn.session.app)
             log.info("%s: %s: asked to reconnect (%s) to %s; its media is taken until it leaves, at most %g s",
-                     pub.conn.peer, pub.name, reason, where, self.reconnect_wait)
+                     pub.conn.peer, pub.name, reason, url_label(tc_url) if tc_url else "the tcUrl it connected with",
+                     self.reconnect_wait)
             if pub.conn not in asked:  # one request per connection, whatever it publishes
                 asked.add(pub.conn)
-                pub.conn.request_reconnect(f"{reason}: please reconnect", reconnect_tc_url(url, pub.conn.session.app))
+                pub.conn.request_reconnect(f"{reason}: please reconnect", tc_url)
         await asyncio.wait([self._moved], timeout=self.reconnect_wait)
         if not self._moved.done():
             for pub in list(self._moving):
