@@ -82,11 +82,11 @@ async def test_an_ffmpeg_publisher_is_stopped_at_once_while_one_that_can_reconne
         closing = asyncio.ensure_future(a.close())
         rc, output = await asyncio.wait_for(ffmpeg, 10)
         ffmpeg_ended = loop.time()
-        # ffmpeg (no capsEx) is told to stop (its Server error), its broadcast ends, at once ...
+        # the one that said it can reconnect was asked and still publishes, while ffmpeg (no
+        # capsEx) was told to stop (its Server error names why) and its broadcast ended, at once
+        assert client.request is not None and "live/cam" in a.rtmp.publishes and not closing.done()
         assert rc != 0 and "the server is stopping" in output, output
         assert not plain.live and ffmpeg_ended - stopping < 1.5
-        # ... while the one that said it can reconnect was asked and still publishes
-        assert client.request is not None and "live/cam" in a.rtmp.publishes and not closing.done()
         await asyncio.wait_for(closing, 10)
         assert loop.time() - stopping >= 2.0  # it had reconnect_wait to leave
     finally:
