@@ -68,6 +68,9 @@ PUBLISH_GRACE_PERIOD = 30.0
 # publish is refused (the hook decides who publishes: no answer is no). Encoders wait for the
 # answer to their publish, OBS about 10 s; the RTMP layer holds what they send meanwhile.
 PUBLISH_HOOK_TIMEOUT = 3.0
+# Times a publish event [publish] events_url did not take (no answer, 5xx, 408, 429) is sent again,
+# 1 s after the first try, then 2 s, 4 s, ...: a service restarting hears every event, in order.
+PUBLISH_EVENTS_RETRIES = 3
 # A playback token is checked when playback starts: the edge then hands the viewer's HLS player a
 # session token of its own in the playlists' URIs, good for that one broadcast this long
 # (seconds). 6 h outlasts any one sitting of a live event (the page's token, 1 h by default, does
@@ -330,6 +333,7 @@ class PublishConfig:
     hook_timeout: float = PUBLISH_HOOK_TIMEOUT  # (and for each call to events_url)
     # http(s) URL told when a publish starts and ends and its recording is done (POST JSON, in order)
     events_url: str = ""
+    events_retries: int = PUBLISH_EVENTS_RETRIES  # times an event not taken is sent again
     # CA file (PEM) an https hook_url / events_url is checked against; None: the system's CAs
     hook_cafile: Path | None = None
     idle_timeout: float = PUBLISH_IDLE_TIMEOUT
@@ -593,6 +597,7 @@ def validate(config: Config) -> None:
                           f"({config.rtmp.limits.handshake_timeout:g} s)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
+                         ("publish.events_retries", config.publish.events_retries),
                          ("node.stop_timeout", config.node.stop_timeout),
                          ("rtmp.read_coalesce", config.rtmp.read_coalesce),
                          ("rtmp.max_pending_media_bytes", config.rtmp.max_pending_media_bytes),

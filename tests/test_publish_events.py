@@ -14,15 +14,18 @@ from .test_publish_hook import read_post
 
 
 class Service:
-    """Takes events (and answers ``status``), recording them in the order they came."""
+    """Takes events (and answers ``status``, or the ``first`` statuses first), recording them in the
+    order they came."""
 
-    def __init__(self, status: int = 204) -> None:
+    def __init__(self, status: int = 204, first: tuple[int, ...] = ()) -> None:
         self.events: list[dict] = []
         self.status = status
+        self.first = list(first)
 
     async def handle(self, reader, writer) -> None:
         self.events.append((await read_post(reader))[1])
-        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % self.status)
+        status = self.first.pop(0) if self.first else self.status
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n\r\n" % status)
         await writer.drain()
         writer.close()
 
@@ -50,12 +53,16 @@ async def test_the_service_hears_of_each_publish_its_end_and_its_recording_in_or
         assert 1.5 < end["seconds"] < 30 and end["video_frames"] >= 55 and end["audio_frames"] == 0
         assert recorded["event"] == "record_done" and Path(recorded["path"]).stat().st_size > 10_000
         assert start["time"] <= end["time"] <= recorded["time"]
-        # a service that says no (500) is logged, and the publishes go on as before
-        node.rtmp.events.url = refusing_url
+        # a service that keeps failing (500) gets each event again (once here), then it is logged;
+        # the publishes go on as before
+        node.rtmp.events.url, node.rtmp.events.retries = refusing_url, 1
         rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-7a1c", 1))
         assert rc == 0, out
-        await until(lambda: len(refusing.events) >= 3, 20, "three events told to the refusing service")
-        await until(lambda: "publish_end of live/studio not taken: HTTP 500" in caplog.text, 10, "the warning")
+        await until(lambda: len(refusing.events) >= 6, 20, "three events told twice to the refusing service")
+        assert [e["event"] for e in refusing.events] == [
+            "publish_start", "publish_start", "publish_end", "publish_end", "record_done", "record_done"]
+        await until(lambda: "publish_end of live/studio not taken after 2 tries: HTTP 500" in caplog.text, 10,
+                    "the warning")
     finally:
         await node.close()
         service.server.close()
@@ -71,3 +78,28 @@ async def test_events_waiting_for_a_slow_service_are_bounded(caplog):
         events.post("publish_start", name=f"live/{i}")
     assert events.dropped == 5
     assert caplog.text.count("new ones are dropped") == 1  # said once per fill-up
+
+
+async def test_an_event_the_service_could_not_take_is_sent_again_and_the_order_holds(caplog):
+    """A service restarting (503, then no listener) hears every event once it is back, in order; one
+    that refuses an event (400) is not asked again."""
+    from rtmpq.nodes.notify import PublishEvents
+
+    service = Service(first=(503, 503))
+    events = PublishEvents(await service.start(), 1.0, retries=3)
+    events.start()
+    try:
+        events.post("publish_start", name="live/a")
+        events.post("publish_end", name="live/a")
+        await until(lambda: len(service.events) >= 4, 10, "the first event three times, then the second")
+        assert [e["event"] for e in service.events] == ["publish_start"] * 3 + ["publish_end"]
+        assert (events.sent, events.failed) == (2, 0) and "not taken after" not in caplog.text
+        service.first = [400]
+        events.post("publish_start", name="live/b")
+        events.post("publish_end", name="live/b")
+        await until(lambda: events.sent + events.failed == 4, 10, "both events of live/b")
+        assert [e["name"] for e in service.events[4:]] == ["live/b", "live/b"]  # the refused one once
+        assert events.failed == 1 and "not taken: HTTP 400" in caplog.text and "live/b" not in caplog.text
+    finally:
+        await events.close(1.0)
+        service.server.close()

@@ -146,7 +146,8 @@ class IngestNode:
         self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
         p = self.publish_config
         self.hook_tls = hook_tls_context(p.hook_cafile)
-        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls) if p.events_url else None
+        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls, p.events_retries) \
+            if p.events_url else None
         self._idle_task: asyncio.Task | None = None
 
     @property

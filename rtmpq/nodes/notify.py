@@ -4,8 +4,11 @@ on_record_done, or SRS's http hooks, do), so a platform knows what is live witho
 
 Each event is a POST of JSON, sent one after another in the order they happened, by one task: a
 service never hears of an end before its start. They are notifications: the publish does not wait
-for them, a failed one is logged and not sent again, and at most MAX_QUEUED_EVENTS wait (more are
-dropped, said once per fill-up), so a slow or dead service costs a bounded amount of memory.
+for them. One the service did not take for a reason that may pass (no answer, a 5xx, 408 or 429: a
+service restarting) is sent again, up to [publish] events_retries times, 1 s later, then 2 s, 4 s,
+...; the ones after it wait, so the order holds. Any other answer (a 4xx: the service will not take
+it) is logged and not sent again. At most MAX_QUEUED_EVENTS wait (more are dropped, said once per
+fill-up), so a slow or dead service costs a bounded amount of memory.
 """
 
 import asyncio
@@ -20,14 +23,20 @@ log = logging.getLogger("rtmpq.nodes")
 # Events waiting to be sent, at most: past it new ones are dropped (a dead service at 3 s per try
 # against a burst of publishes).
 MAX_QUEUED_EVENTS = 256
+# Seconds before an event not taken is sent again the first time; doubled for each try after.
+FIRST_RETRY_DELAY = 1.0
+# Answers that may change if the event is sent again (the service busy or restarting).
+RETRY_STATUSES = frozenset((408, 429))
 
 
 class PublishEvents:
     """``post(event, **fields)`` queues an event; ``start()`` then ``close()`` run the sender."""
 
-    def __init__(self, url: str, timeout: float, ssl_context=None) -> None:
+    def __init__(self, url: str, timeout: float, ssl_context=None, retries: int = 0) -> None:
         self.url = url
         self.timeout = timeout
+        self.retries = retries
+        self._closing = asyncio.Event()  # a stopping node sends what waits once more, then no retries
         self.ssl_context = ssl_context  # an https URL's CA ([publish] hook_cafile); None: the system's
         self._queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_EVENTS)
         self._task: asyncio.Task | None = None
@@ -53,25 +62,46 @@ class PublishEvents:
         while True:
             payload = await self._queue.get()
             try:
-                status, _ = await post_json(self.url, payload, self.timeout, ssl_context=self.ssl_context)
-                ok, why = 200 <= status <= 299, f"HTTP {status}"
-            except TimeoutError:
-                ok, why = False, f"no answer within {self.timeout:g} s"
-            except HttpCallError as exc:
-                ok, why = False, str(exc)
+                tries, why = await self._deliver(payload)
             finally:
                 self._queue.task_done()
-            if ok:
+            if why is None:
                 self.sent += 1
             else:
                 self.failed += 1
-                log.warning("publish events %s: %s of %s not taken: %s", url_label(self.url), payload["event"],
-                            safe_name(payload.get("name", "?")), why)
+                log.warning("publish events %s: %s of %s not taken%s: %s", url_label(self.url), payload["event"],
+                            safe_name(payload.get("name", "?")), f" after {tries} tries" if tries > 1 else "", why)
+
+    async def _deliver(self, payload: dict) -> tuple[int, str | None]:
+        """Send one event until it is taken or may not be sent again: (tries, None) or (tries, why not)."""
+        delay, tries = FIRST_RETRY_DELAY, 0
+        while True:
+            tries += 1
+            may_pass = True
+            try:
+                status, _ = await post_json(self.url, payload, self.timeout, ssl_context=self.ssl_context)
+                if 200 <= status <= 299:
+                    return tries, None
+                why, may_pass = f"HTTP {status}", status >= 500 or status in RETRY_STATUSES
+            except TimeoutError:
+                why = f"no answer within {self.timeout:g} s"
+            except HttpCallError as exc:
+                why = str(exc)
+            if not may_pass or tries > self.retries or self._closing.is_set():
+                return tries, why
+            if tries == 1:
+                log.info("publish events %s: %s of %s not taken (%s); sending it again", url_label(self.url),
+                         payload["event"], safe_name(payload.get("name", "?")), why)
+            try:  # a stop cuts the wait short: one last try
+                await asyncio.wait_for(self._closing.wait(), delay)
+            except TimeoutError:
+                delay *= 2
 
     async def close(self, timeout: float) -> None:
         """Send what waits (within ``timeout`` seconds: part of the node's stop), then stop."""
         if self._task is None:
             return
+        self._closing.set()
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
