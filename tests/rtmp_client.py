@@ -181,7 +181,7 @@ class ReconnectingPublisher:
 
     def __init__(self, flv_path, key: str, *, follow: bool = True, after_move_ms: int = 500) -> None:
         self.tags = list(read_flv_tags(flv_path))
-        self.headers = [t for t in self.tags if t[0] == 18 or not coded_frame(t[0], t[2])][:3]
+        self.headers = [t for t in self.tags if not coded_frame(t[0], t[2])][:3]  # metadata, sequence headers
         self.key = key
         self.follow = follow
         self.after_move_ms = after_move_ms
