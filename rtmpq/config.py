@@ -84,6 +84,12 @@ SUBSCRIBE_WAIT = 30.0
 EDGE_FILL_GROUPS = 6
 # After SIGTERM, the node exits within this many seconds whatever its peers do.
 STOP_TIMEOUT = 5.0
+# Graceful stop ([rtmp] reconnect_wait): seconds a publisher that can reconnect (E-RTMP capsEx
+# Reconnect) has, once asked, to move (its media taken meanwhile). A client goes on to its next
+# key frame, then connects and publishes elsewhere: a 2 s GoP (what OBS and the big services ask
+# for) and a connect fit, and with the default stop_timeout the rest of the stop keeps its second
+# (RECONNECT_STOP_RESERVE in rtmpq/nodes/ingest.py).
+RECONNECT_WAIT = 4.0
 # The MoQ listener (serve_moq in rtmpq/moq/transport.py): seconds a peer has from its first
 # packet to complete the QUIC handshake and MoQ setup; sessions open at once, in all and from one
 # IP address. QUIC has no cap of its own (specs/bad-inputs.md, "Slowloris"): a session past either
@@ -193,6 +199,13 @@ class IngestConfig:
     max_refused_publishes: int = MAX_REFUSED_PUBLISHES
     refused_publish_window: float = REFUSED_PUBLISH_WINDOW
     refused_publish_cooldown: float = REFUSED_PUBLISH_COOLDOWN
+    # graceful stop: each publisher that said it can reconnect (E-RTMP capsEx Reconnect) is asked to
+    # (NetConnection.Connect.ReconnectRequest) and its media taken until it leaves, at most this many
+    # seconds (and at most [node] stop_timeout less 1 s); 0: none is asked, every publish ends at once
+    reconnect_wait: float = RECONNECT_WAIT
+    # where it is asked to go (the request's tcUrl): rtmp(s)://HOST[:PORT][/APP], without an app
+    # each publisher's own; empty: the tcUrl it connected with (the node's own address)
+    reconnect_url: str = ""
     limits: SessionLimits = field(default_factory=SessionLimits)
 
     @property
@@ -653,6 +666,17 @@ def validate(config: Config) -> None:
         raise ConfigError("http.target_duration: must be 0 (from the first segment) or a whole number of seconds")
     if (config.rtmp.tls_cert is None) != (config.rtmp.tls_key is None):
         raise ConfigError("rtmp.tls_cert and rtmp.tls_key go together (--rtmps-cert and --rtmps-key)")
+    if not 0 <= config.rtmp.reconnect_wait < math.inf:  # (NaN fails too)
+        raise ConfigError(f"rtmp.reconnect_wait: must be a number of seconds, 0 or more (got {config.rtmp.reconnect_wait!r})")
+    if config.rtmp.reconnect_url:
+        try:
+            url = urlsplit(config.rtmp.reconnect_url)
+            ok = url.scheme in ("rtmp", "rtmps") and bool(url.hostname) and (url.port or 1) > 0
+        except ValueError:  # a port that is not a number
+            ok = False
+        if not ok:
+            raise ConfigError(f"rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP] or rtmps://... "
+                              f"(got {config.rtmp.reconnect_url!r})")
     if config.rtmp.tls_handshake_timeout <= 0:
         raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
     for key in ("refused_publish_window", "refused_publish_cooldown"):

@@ -2,7 +2,11 @@
 
 import asyncio
 
-from rtmpq.codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode
+from urllib.parse import urlsplit
+
+from rtmpq.codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tag, parse_video_tag
+from rtmpq.codec.flv_types import PACKET_CODED_FRAMES
+from rtmpq.media.flv import read_flv_tags
 from rtmpq.rtmp.chunk_writer import ChunkWriter
 from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
 from rtmpq.rtmp.session import RtmpServerSession
@@ -83,12 +87,14 @@ class TcpPublisher:
 
     @classmethod
     async def publish(cls, port: int, key: str, app: str = "live", timeout: float = 10.0,
-                      pipelined: list[tuple[int, int, bytes]] = (), ssl=None, source: str | None = None) -> "TcpPublisher":
+                      pipelined: list[tuple[int, int, bytes]] = (), ssl=None, source: str | None = None,
+                      connect: dict | None = None) -> "TcpPublisher":
         """Connect, publish ``app/key`` and wait for NetStream.Publish.Start. ``pipelined`` media
         messages (type id, timestamp, body) go in the same write as ``publish``, before its answer
         (as an encoder that saves the round trip does). ``ssl``: a client context (RTMPS);
-        ``source``: the local address to connect from. A refused publish raises
-        ConnectionRefusedError with the onStatus description."""
+        ``source``: the local address to connect from; ``connect``: more properties of the connect
+        command object (E-RTMP's capsEx). A refused publish raises ConnectionRefusedError with the
+        onStatus description."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl,
                                                        local_addr=(source, 0) if source else None)
         self = cls(reader, writer)
@@ -96,7 +102,7 @@ class TcpPublisher:
             writer.write(b"\x03" + make_client_c1(digest=False))
             s0s1s2 = await reader.readexactly(1 + 2 * HANDSHAKE_SIZE)
             writer.write(s0s1s2[1 : 1 + HANDSHAKE_SIZE])  # C2 echoes S1
-            self.command(0, "connect", 1.0, {"app": app, "tcUrl": f"rtmp://127.0.0.1/{app}"})
+            self.command(0, "connect", 1.0, {"app": app, "tcUrl": f"rtmp://127.0.0.1/{app}", **(connect or {})})
             self.command(0, "createStream", 2.0, None)
             reply = await self.wait_command(lambda v: v[0] == "_result" and v[1] == 2.0)
             self.stream_id = int(reply[3])
@@ -148,3 +154,95 @@ class TcpPublisher:
 
     def close(self) -> None:
         self.writer.close()
+
+
+RECONNECT_REQUEST = "NetConnection.Connect.ReconnectRequest"
+
+
+def coded_frame(tag_type: int, body: bytes) -> bool:
+    """An audio or video tag that carries a frame (not a sequence header, not metadata)."""
+    if tag_type == 9:
+        return parse_video_tag(body).packet_type == PACKET_CODED_FRAMES
+    return tag_type == 8 and parse_audio_tag(body).packet_type == PACKET_CODED_FRAMES
+
+
+class ReconnectingPublisher:
+    """An E-RTMP publisher that says it can reconnect (capsEx Reconnect in connect) and does what
+    E-RTMP v2's client does when asked (NetConnection.Connect.ReconnectRequest): it goes on to its
+    next key frame, connects to the request's tcUrl, publishes there from that key frame (its
+    sequence headers first) and leaves the old server (deleteStream, then closes and reads to the
+    end). ``follow=False``: it says it can reconnect and never does (publishes on until the server
+    closes). The tags of an FLV file are sent paced by their timestamps; after a move, those of
+    ``after_move_ms`` more, then it leaves that server too.
+
+    ``sent``: coded frames sent to each server in turn; ``statuses``: the onStatus commands each
+    got (the whole command: name, transaction id, command object, info object); ``left``: when
+    it left each server (loop time: it sent deleteStream, or the server closed the connection)."""
+
+    def __init__(self, flv_path, key: str, *, follow: bool = True, after_move_ms: int = 500) -> None:
+        self.tags = list(read_flv_tags(flv_path))
+        self.headers = [t for t in self.tags if not coded_frame(t[0], t[2])][:3]  # metadata, sequence headers
+        self.key = key
+        self.follow = follow
+        self.after_move_ms = after_move_ms
+        self.sent: list[int] = []
+        self.statuses: list[list] = []
+        self.left: list[float] = []
+        self._leaving: set[TcpPublisher] = set()
+
+    @property
+    def request(self) -> dict | None:
+        """The info object of the first ReconnectRequest (None: none came)."""
+        return next((v[3] for v in self.statuses if v[0] == "onStatus" and v[3].get("code") == RECONNECT_REQUEST), None)
+
+    async def _publish(self, port: int, app: str, pipelined=()) -> tuple[TcpPublisher, asyncio.Task]:
+        pub = await TcpPublisher.publish(port, self.key, app, pipelined=pipelined,
+                                         connect={"capsEx": 1.0, "tcUrl": f"rtmp://127.0.0.1:{port}/{app}"})
+        self.sent.append(0)
+        statuses = self.statuses
+
+        async def listen():  # every onStatus, until the server closes
+            try:
+                await pub.wait_command(lambda v: v[0] == "onStatus" and statuses.append(v))
+            except (ConnectionError, OSError):
+                pass
+            if pub not in self._leaving:
+                self.left.append(asyncio.get_running_loop().time())
+
+        return pub, asyncio.ensure_future(listen())
+
+    async def _leave(self, pub: TcpPublisher, listening: asyncio.Task) -> None:
+        self._leaving.add(pub)
+        self.left.append(asyncio.get_running_loop().time())
+        pub.command(pub.stream_id, "deleteStream", 9.0, None, float(pub.stream_id))
+        await pub.writer.drain()
+        pub.writer.write_eof()
+        await asyncio.wait_for(listening, 10)
+        pub.close()
+
+    async def run(self, port: int, app: str = "live") -> None:
+        pub, listening = await self._publish(port, app)
+        loop = asyncio.get_running_loop()
+        start, moved_at = loop.time(), None
+        try:
+            for tag_type, ts, body in self.tags:
+                if listening.done():  # the server closed the connection
+                    return
+                if (delay := start + ts / 1000 - loop.time()) > 0:
+                    await pub.writer.drain()
+                    await asyncio.sleep(delay)
+                frame = coded_frame(tag_type, body)
+                if (moved_at is None and self.follow and self.request is not None and tag_type == 9 and frame
+                        and parse_video_tag(body).frame_type == 1):
+                    to = urlsplit(self.request.get("tcUrl") or f"rtmp://127.0.0.1:{port}/{app}")
+                    new = await self._publish(to.port or 1935, to.path.strip("/"), pipelined=self.headers)
+                    await self._leave(pub, listening)
+                    (pub, listening), moved_at = new, ts
+                elif moved_at is not None and ts > moved_at + self.after_move_ms:
+                    break
+                pub.media(tag_type, ts, body)
+                self.sent[-1] += frame
+            await self._leave(pub, listening)
+        finally:
+            listening.cancel()
+            pub.close()

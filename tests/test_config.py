@@ -186,6 +186,11 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[rtmp]\nrefused_publish_window = 0\n", "rtmp.refused_publish_window: must be a positive number of seconds"),
     ("[rtmp]\nrefused_publish_cooldown = inf\n", "rtmp.refused_publish_cooldown: must be a positive number of seconds"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
+    ("[rtmp]\nreconnect_wait = -1\n", "rtmp.reconnect_wait: must be a number of seconds, 0 or more"),
+    ("[rtmp]\nreconnect_wait = nan\n", "rtmp.reconnect_wait: must be a number of seconds, 0 or more"),
+    ('[rtmp]\nreconnect_url = "http://b:1935/live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
+    ('[rtmp]\nreconnect_url = "rtmp:///live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
+    ('[rtmp]\nreconnect_url = "rtmp://b:x/live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
     ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
     ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),
     ("[rtmp]\nport = 70000\n", "rtmp.port: 70000 is not a port number"),
@@ -203,6 +208,13 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
 def test_a_bad_file_names_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(write(tmp_path, text), env={})
+
+
+def test_where_publishers_are_asked_to_reconnect_comes_from_the_file_or_the_environment(tmp_path):
+    config = load_config(write(tmp_path, '[rtmp]\nreconnect_url = "rtmps://ingest-b.example:443"\n'),
+                         env={"RTMPQ_RTMP_RECONNECT_WAIT": "0"})
+    assert (config.rtmp.reconnect_url, config.rtmp.reconnect_wait) == ("rtmps://ingest-b.example:443", 0.0)
+    assert load_config(env={}).rtmp.reconnect_wait == 4.0
 
 
 def test_a_bad_environment_variable_names_itself():

@@ -95,12 +95,30 @@ def test_an_e_rtmp_client_learns_what_the_server_takes_and_a_legacy_one_gets_the
         "app": "live", "fourCcList": ["hvc1", "av01", "avc1", "Opus", "mp4a"], "capsEx": 1.0})
     assert enhanced["videoFourCcInfoMap"] == {"avc1": 4.0, "hvc1": 4.0, "av01": 4.0, "vp09": 4.0}  # CanForward
     assert enhanced["audioFourCcInfoMap"] == {"mp4a": 4.0, "Opus": 4.0, "ac-3": 4.0, "ec-3": 4.0}
-    assert enhanced["capsEx"] == 6.0  # Multitrack | ModEx; no Reconnect: rtmpq never asks a client to reconnect
+    assert enhanced["capsEx"] == 6.0  # Multitrack | ModEx; no Reconnect: this server never asks a client to reconnect
     assert enhanced["fmsVer"] and enhanced["capabilities"] == 31.0
     mapped = connect_result(InMemoryPublisher(RtmpServerSession()), {"app": "live", "videoFourCcInfoMap": {"hvc1": 4.0}})
     assert "videoFourCcInfoMap" in mapped
     legacy = connect_result(InMemoryPublisher(RtmpServerSession()), {"app": "live", "flashVer": "FMLE/3.0"})
     assert set(legacy) == {"fmsVer", "capabilities"}
+
+
+@pytest.mark.parametrize("caps_ex, can", [(1.0, True), (7.0, True), (6.0, False), (1.5, False), (float("nan"), False),
+                                         (-1.0, False), ("1", False), (None, False)])
+def test_a_server_that_asks_publishers_to_reconnect_says_so_and_reads_whether_the_client_can(caps_ex, can):
+    # E-RTMP v2: capsEx Reconnect (0x01) both ways; NetConnection onStatus ReconnectRequest to ask
+    session = RtmpServerSession(reconnect=True)
+    client = InMemoryPublisher(session)
+    properties = connect_result(client, {"app": "live", "fourCcList": ["avc1"], "capsEx": caps_ex})
+    assert properties["capsEx"] == 7.0  # Reconnect | Multitrack | ModEx
+    assert session.can_reconnect is can
+    session.request_reconnect("stopping", "rtmp://b.example:1935/live")
+    [(type_id, stream_id, command)] = client.read_replies()
+    assert (type_id, stream_id, command) == (20, 0, ["onStatus", 0.0, None, {
+        "level": "status", "code": "NetConnection.Connect.ReconnectRequest", "description": "stopping",
+        "tcUrl": "rtmp://b.example:1935/live"}])
+    session.request_reconnect("stopping")  # no tcUrl: the client goes back where it connected
+    assert "tcUrl" not in client.read_replies()[0][2][3]
 
 
 def test_rejected_publish_gets_badname_status():

@@ -12,11 +12,12 @@ import math
 import ssl
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..auth.access import Access, AccessDenied
 from ..auth.hook import hook_name, hook_payload
 from ..auth.refusals import RefusedPublishes
-from ..config import ConfigError, IngestConfig, PublishConfig, default_state_dir
+from ..config import STOP_TIMEOUT, ConfigError, IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..http.client import HttpCallError, post_json, url_label
 from ..media.broadcast import Broadcast, BroadcastRegistry
@@ -37,6 +38,10 @@ log = logging.getLogger("rtmpq.nodes")
 GUESSES = ("unknown_key", "token_refused", "hook_refused")
 # How often publishers are checked for silence, and broadcasts for an expired grace period (seconds).
 CHECK_INTERVAL = 0.5
+# Graceful stop: what is left of [node] stop_timeout after the publishers asked to reconnect had
+# theirs ([rtmp] reconnect_wait), for the rest of the stop (publishes ended, recordings finalized,
+# the events service told, MoQ GOAWAY, playlists ENDLIST) (seconds).
+RECONNECT_STOP_RESERVE = 1.0
 
 
 class Publish:
@@ -122,9 +127,14 @@ class IngestNode:
 
     def __init__(self, registry: BroadcastRegistry, config: IngestConfig | None = None,
                  publish: PublishConfig | None = None, access: Access | None = None,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, stop_timeout: float = STOP_TIMEOUT) -> None:
         self.registry = registry
         self.config = config or IngestConfig()
+        # how long a graceful stop waits for publishers asked to reconnect ([node] stop_timeout bounds it)
+        self.reconnect_wait = max(0.0, min(self.config.reconnect_wait, stop_timeout - RECONNECT_STOP_RESERVE))
+        self._moving: set[Publish] = set()  # asked to reconnect, not gone yet
+        self._moved: asyncio.Future | None = None  # done when the last of them is gone
+        self._drained = False
         self.state_dir = state_dir or default_state_dir()  # where a self-signed RTMPS certificate is kept
         self.publish_config = publish or PublishConfig()
         self.access = access or Access(self.publish_config)
@@ -157,9 +167,48 @@ class IngestNode:
             self.events.start()
         self._idle_task = asyncio.get_running_loop().create_task(self._watch_idle())
 
+    async def drain(self, reason: str = "the server is stopping") -> None:
+        """Graceful stop, first step (``close`` takes it if the node did not): the listener takes no
+        more connections; each publisher that said it can reconnect (E-RTMP capsEx Reconnect) is
+        asked to ([rtmp] reconnect_url) and its media taken as before until it leaves, at most
+        ``reconnect_wait`` seconds; every other publisher is stopped at once, its broadcast ended.
+        A broadcast whose publisher moved keeps every frame it sent here."""
+        if self._drained:
+            return
+        self._drained = True
+        pubs = list(self.publishes.values())
+        moving = [pub for pub in pubs if pub.conn.can_reconnect] if self.reconnect_wait > 0 else []
+        if not moving:
+            return
+        self.server.stop_listening()  # a publisher sent back to the tcUrl it came by must not land here again
+        for pub in pubs:
+            if pub.conn.can_reconnect:
+                continue
+            pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
+            pub.broadcast.end()
+        self._moving.update(moving)
+        self._moved = asyncio.get_running_loop().create_future()
+        asked = set()
+        for pub in moving:
+            tc_url = reconnect_tc_url(self.config.reconnect_url, pub.conn.session.app)
+            log.info("%s: %s: asked to reconnect (%s) to %s; its media is taken until it leaves, at most %g s",
+                     pub.conn.peer, pub.name, reason, url_label(tc_url) if tc_url else "the tcUrl it connected with",
+                     self.reconnect_wait)
+            if pub.conn not in asked:  # one request per connection, whatever it publishes
+                asked.add(pub.conn)
+                pub.conn.request_reconnect(f"{reason}: please reconnect", tc_url)
+        await asyncio.wait([self._moved], timeout=self.reconnect_wait)
+        if not self._moved.done():
+            for pub in list(self._moving):
+                log.warning("%s: %s: did not reconnect within %g s ([rtmp] reconnect_wait); ending its publish",
+                            pub.conn.peer, pub.name, self.reconnect_wait)
+        self._moving.clear()
+
     async def close(self, reason: str = "the server is stopping") -> None:
-        """Graceful stop: every publisher gets an onStatus and a close, recordings are finalized,
-        broadcasts end (players get ENDLIST)."""
+        """Graceful stop: publishers that can reconnect are asked to (``drain``); then every
+        publisher gets an onStatus and a close, recordings are finalized, broadcasts end (players
+        get ENDLIST)."""
+        await self.drain(reason)
         if self._idle_task is not None:
             self._idle_task.cancel()
         for task in self._hook_calls:
@@ -261,6 +310,10 @@ class IngestNode:
         if self.publishes.get(pub.broadcast.name) is pub:
             del self.publishes[pub.broadcast.name]
         pub.broadcast.publisher_left(self.publish_config.grace_period, time.monotonic(), lost=not clean)
+        if pub in self._moving:
+            self._moving.discard(pub)
+            if not self._moving and not self._moved.done():
+                self._moved.set_result(None)
 
     def recheck_publishes(self) -> None:
         """After a settings reload: end each live publish the new stream keys or [auth] secret
@@ -309,6 +362,14 @@ def hook_tls_context(cafile: Path | None) -> ssl.SSLContext | None:
         return ssl.create_default_context(cafile=str(cafile))
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"publish.hook_cafile: cannot load {cafile}: {exc}") from None
+
+
+def reconnect_tc_url(url: str, app: str | None) -> str:
+    """The tcUrl a publisher of ``app`` is asked to reconnect to: [rtmp] reconnect_url, with the
+    publisher's own app appended when it names none; empty stays empty (where it connected)."""
+    if not url or urlsplit(url).path.strip("/") or not app:
+        return url
+    return f"{url.rstrip('/')}/{app}"
 
 
 def rtmp_hosts(config: IngestConfig) -> list[str]:

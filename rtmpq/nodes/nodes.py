@@ -152,7 +152,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
     access = node_access(config)
     warn_if_open(access, rtmp_hosts(config.rtmp))
     registry = node_registry(config)
-    ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir)
+    ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir, config.node.stop_timeout)
     if reloader is not None:
         reloader.hooks.append(ingest.recheck_publishes)
     await ingest.start()
@@ -176,6 +176,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
     finally:
         async def closing():
             await ops.close()
+            await ingest.drain()  # publishers that can reconnect move first; the relay above takes all they send
             # the session upstream closes first, without PUBLISH_DONE: the relay above keeps the
             # broadcasts for its grace period, so a restarted ingest continues them
             if relay is not None:

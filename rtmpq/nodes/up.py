@@ -170,7 +170,8 @@ class UpNode:
         self.access = Access(config.publish, config.auth)
         names_are_public(not self.access.open)  # keys never reach a name: log names as they are
         self.registry = node_registry(config)
-        self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir)
+        self.rtmp = IngestNode(self.registry, config.rtmp, config.publish, self.access, config.moq.state_dir,
+                               config.node.stop_timeout)
         self.moq_config = config.moq
         self.moq = node_relay(self.registry, config, self.access, cache_local=True)
         self.transcoder = self.transcoder_children = None
@@ -233,10 +234,13 @@ class UpNode:
         return self._quic._transport.get_extra_info("sockname")[:2]
 
     async def close(self) -> None:
-        """Graceful stop: GOAWAY to every MoQ session (nodes below reconnect, their broadcasts
-        go on when this node is back), publishers get onStatus and a close, recordings are
-        finalized, the node's own playlists get ENDLIST."""
+        """Graceful stop: publishers that can reconnect are asked to, and waited for (their
+        broadcasts take every frame they send until they leave, here and below); then GOAWAY to
+        every MoQ session (nodes below reconnect, their broadcasts go on when this node is back),
+        the other publishers get onStatus and a close, recordings are finalized, the node's own
+        playlists get ENDLIST."""
         self.view.listening = False
+        await self.rtmp.drain()
         stopping_child = None
         if self.transcoder_children is not None:  # told first (before the GOAWAY they would reconnect after),
             stopping_child = asyncio.ensure_future(self.transcoder_children.close())

@@ -69,7 +69,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         loop = asyncio.get_running_loop()
-        self.session = RtmpServerSession(now=loop.time(), limits=self.server.session_limits, peer=self.peer)
+        self.session = RtmpServerSession(now=loop.time(), limits=self.server.session_limits, peer=self.peer,
+                                         reconnect=self.server.config.reconnect_wait > 0)
         limit = self._over_limit()
         if limit is not None:
             log.warning("%s: refused, %d connections open (%s)", self.peer, len(self.server.connections), limit)
@@ -196,8 +197,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
                     pub.close(event.reason, clean=True)
                 self._publish_idle()
             elif isinstance(event, Connected):
-                log.info("%s: connected to app %r%s (%s)", self.peer, event.app, " over RTMPS" if self.tls else "",
-                         event.flash_ver[:64])
+                log.info("%s: connected to app %r%s (%s)%s", self.peer, event.app, " over RTMPS" if self.tls else "",
+                         event.flash_ver[:64], ", can reconnect when asked" if session.can_reconnect else "")
             elif isinstance(event, HandshakeCompleted):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
@@ -247,6 +248,17 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self._flush()
         if sink is not None:
             sink.close(description)
+
+    @property
+    def can_reconnect(self) -> bool:
+        """The client said in its connect that it reconnects when asked (E-RTMP capsEx Reconnect)."""
+        return self.session is not None and self.session.can_reconnect
+
+    def request_reconnect(self, description: str, tc_url: str = "") -> None:
+        """Ask the client to reconnect (to ``tc_url``; empty: where it connected); its publishes
+        go on as before until it ends them or leaves."""
+        self.session.request_reconnect(description, tc_url)
+        self._flush()
 
     def _linger_over(self) -> None:
         self._close()
@@ -317,10 +329,15 @@ class RtmpServer:
             return None
         return self._tls_server.sockets[0].getsockname()[:2]
 
+    def stop_listening(self) -> None:
+        """Accept no more connections (a graceful stop: those open go on until ``close``)."""
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
+
     async def close(self) -> None:
         servers = [s for s in (self._server, self._tls_server) if s is not None]
-        for server in servers:
-            server.close()
+        self.stop_listening()
         for conn in tuple(self.connections):
             conn.transport.close()
         for server in servers:

@@ -75,15 +75,18 @@ MAX_MESSAGE_STREAMS = 8
 MAX_PENDING_MEDIA_BYTES = 2 * 1024 * 1024
 # E-RTMP v2 ("Enhancing NetConnection connect Command"): a client that declares its enhancements in
 # connect gets the server's in the _result's properties. rtmpq forwards the codecs it carries
-# (FourCcInfoMask.CanForward) and takes multitrack publishes and ModEx packets (CapsExMask).
+# (FourCcInfoMask.CanForward) and takes multitrack publishes and ModEx packets (CapsExMask); a
+# server that asks publishers to reconnect before it stops ([rtmp] reconnect_wait) says Reconnect
+# too, and asks only clients that said it in their own capsEx ("Reconnect Request").
 E_RTMP_CONNECT_KEYS = frozenset(("fourCcList", "videoFourCcInfoMap", "audioFourCcInfoMap", "capsEx"))
 _CAN_FORWARD = 0x04
-_CAPS_EX_MULTITRACK, _CAPS_EX_MODEX = 0x02, 0x04
+_CAPS_EX_RECONNECT, _CAPS_EX_MULTITRACK, _CAPS_EX_MODEX = 0x01, 0x02, 0x04
 E_RTMP_SERVER_CAPS = {
     "videoFourCcInfoMap": {fourcc: float(_CAN_FORWARD) for fourcc in VIDEO_CODECS},
     "audioFourCcInfoMap": {fourcc: float(_CAN_FORWARD) for fourcc in AUDIO_CODECS},
     "capsEx": float(_CAPS_EX_MULTITRACK | _CAPS_EX_MODEX),
 }
+RECONNECT_REQUEST = "NetConnection.Connect.ReconnectRequest"
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -160,10 +163,22 @@ def _stream_id_arg(command: str, value: float) -> int:
     return int(value)
 
 
+def _says_reconnect(caps_ex) -> bool:
+    """Whether a connect's ``capsEx`` (an AMF0 number: any double a client sends) has CapsExMask.Reconnect."""
+    return isinstance(caps_ex, float) and caps_ex.is_integer() and 0 <= caps_ex <= 0xFFFFFFFF \
+        and bool(int(caps_ex) & _CAPS_EX_RECONNECT)
+
+
 class RtmpServerSession:
-    def __init__(self, *, now: float = 0.0, limits: SessionLimits = SessionLimits(), peer: str = "?") -> None:
+    """``reconnect``: this server may ask its publishers to reconnect (``request_reconnect``), and
+    says so (capsEx Reconnect) to an E-RTMP client's connect."""
+
+    def __init__(self, *, now: float = 0.0, limits: SessionLimits = SessionLimits(), peer: str = "?",
+                 reconnect: bool = False) -> None:
         self.limits = limits
         self.peer = peer
+        self.reconnect = reconnect
+        self.can_reconnect = False  # the client said capsEx Reconnect in its connect
         self._handshake = ServerHandshake(now_ms=int(now * 1000))
         self._handshake_buffer = bytearray(4096)
         self._reader = ChunkReader(
@@ -330,6 +345,16 @@ class RtmpServerSession:
         if self.publishing.pop(stream_id, None) is not None:
             self._send_on_status(stream_id, _status("error", code, description))
 
+    def request_reconnect(self, description: str, tc_url: str = "") -> None:
+        """Ask the client to reconnect (E-RTMP v2 "Reconnect Request"; only one that said it can,
+        ``can_reconnect``): a NetConnection onStatus ``NetConnection.Connect.ReconnectRequest``,
+        with ``tc_url`` where it should go (empty: to the tcUrl it connected with). Its messages
+        are handled as before until it leaves: the spec's old server goes on taking them."""
+        info = _status("status", RECONNECT_REQUEST, description)
+        if tc_url:
+            info["tcUrl"] = tc_url
+        self._send_on_status(0, info)
+
     def _take_held(self, stream_id: int) -> list[tuple]:
         held = self._held.pop(stream_id, [])
         self._held_bytes -= sum(len(body) for _, _, body in held)
@@ -478,6 +503,9 @@ class RtmpServerSession:
         properties = {"fmsVer": "FMS/3,0,1,123", "capabilities": 31.0}
         if not E_RTMP_CONNECT_KEYS.isdisjoint(obj):
             properties.update(E_RTMP_SERVER_CAPS)  # an E-RTMP client: say what this server takes
+            if self.reconnect:
+                properties["capsEx"] = float(int(properties["capsEx"]) | _CAPS_EX_RECONNECT)
+        self.can_reconnect = _says_reconnect(obj.get("capsEx"))
         self._send_command(
             0, "_result", tx, properties,
             {**_status("status", "NetConnection.Connect.Success", "Connection succeeded."), "objectEncoding": 0.0},
