@@ -704,7 +704,8 @@ def validate(config: Config) -> None:
 # Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the
 # stream keys and the token settings, which an operator changes while streams are live (a new
 # streamer, a revoked key, a rotated secret). Every other setting is read once, at start.
-RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("auth", "secret"),
+RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("publish", "events_url"),
+              ("publish", "events_retries"), ("auth", "secret"),
               ("auth", "require_playback_token"), ("auth", "playback_session"), ("auth", "node_token")}
 
 

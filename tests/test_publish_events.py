@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from rtmpq.config import IngestConfig, PublishConfig
+from rtmpq.config import Config, IngestConfig, PublishConfig, reload_settings
 
 from .conftest import need, start_up_node, until
 from .publishers import ffmpeg_publish_only_args, run_process
@@ -35,6 +35,7 @@ class Service:
 
 
 async def test_the_service_hears_of_each_publish_its_end_and_its_recording_in_order(tmp_path, caplog):
+    """... and, after a reload that names another events_url, the new one hears the next publish's."""
     need("ffmpeg")
     caplog.set_level(logging.INFO, logger="rtmpq")
     service, refusing = Service(), Service(status=500)
@@ -53,9 +54,12 @@ async def test_the_service_hears_of_each_publish_its_end_and_its_recording_in_or
         assert 1.5 < end["seconds"] < 30 and end["video_frames"] >= 55 and end["audio_frames"] == 0
         assert recorded["event"] == "record_done" and Path(recorded["path"]).stat().st_size > 10_000
         assert start["time"] <= end["time"] <= recorded["time"]
-        # a service that keeps failing (500) gets each event again (once here), then it is logged;
-        # the publishes go on as before
-        node.rtmp.events.url, node.rtmp.events.retries = refusing_url, 1
+        # SIGHUP's settings: another service, that keeps failing (500): it gets each event again
+        # (once here), then it is logged; the publishes go on as before
+        new = Config()
+        new.publish.keys, new.publish.events_url, new.publish.events_retries = {"sk-7a1c": "studio"}, refusing_url, 1
+        assert reload_settings(node.config, new)[0] == ["publish.events_url", "publish.events_retries"]
+        node.rtmp.settings_reloaded()
         rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/sk-7a1c", 1))
         assert rc == 0, out
         await until(lambda: len(refusing.events) >= 6, 20, "three events told twice to the refusing service")

@@ -67,10 +67,10 @@ class Publish:
         # reloaded (the key stays in memory, never logged); None: the publish hook admitted it
         self.admitted: tuple[str, str, str, float] | None = None
 
-    def _recorded(self, events) -> None:
+    def _recorded(self) -> None:
         """Its recording is finalized: the events service hears where it is (none if it was empty)."""
-        path = self.recorder.path
-        if path is not None and path.exists():
+        path, events = self.recorder.path, self.node.events  # (the one in use now: SIGHUP may change it)
+        if events is not None and path is not None and path.exists():
             events.post("record_done", name=self.broadcast.name, path=str(path))
 
     def on_message(self, msg: MediaMessage) -> None:
@@ -108,6 +108,7 @@ class Publish:
             closing = asyncio.ensure_future(self.recorder.aclose())
             self.node._finalizing.add(closing)
             closing.add_done_callback(self.node._finalizing.discard)
+            closing.add_done_callback(lambda _: self._recorded())  # (after publish_end: it runs later)
         s = self.demuxer.stats
         log.info("%s: %s: publish ended (%s): %d video, %d audio frames, %d dropped, %d bad access units",
                  self.conn.peer, self.name, reason, s.frames["video"], s.frames["audio"], s.dropped,
@@ -117,8 +118,6 @@ class Publish:
             events.post("publish_end", name=self.broadcast.name, address=self.conn.peer.rpartition(":")[0],
                         reason=reason, clean=clean, seconds=round(time.monotonic() - self.started, 3),
                         video_frames=s.frames["video"], audio_frames=s.frames["audio"])
-            if self.recorder is not None:
-                closing.add_done_callback(lambda _: self._recorded(events))
         self.node._publish_closed(self, clean)
 
 
@@ -142,7 +141,7 @@ class IngestNode:
         c = self.config
         self.refusals = RefusedPublishes(c.max_refused_publishes, c.refused_publish_window, c.refused_publish_cooldown)
         self.publishes: dict[str, Publish] = {}  # by broadcast name
-        self._finalizing: set[asyncio.Future] = set()  # recordings being closed
+        self._finalizing: set[asyncio.Future] = set()  # recordings being closed, old event senders emptied
         self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
         p = self.publish_config
         self.hook_tls = hook_tls_context(p.hook_cafile)
@@ -314,6 +313,27 @@ class IngestNode:
             self._moving.discard(pub)
             if not self._moving and not self._moved.done():
                 self._moved.set_result(None)
+
+    def settings_reloaded(self) -> None:
+        """SIGHUP took new settings: the events service is the new one, live publishes are checked."""
+        self.renew_events()
+        self.recheck_publishes()
+
+    def renew_events(self) -> None:
+        """[publish] events_url or events_retries changed: events from now on go to the new URL
+        (none: not told); what the old sender holds is still sent to the old one, within hook_timeout."""
+        p, old = self.publish_config, self.events
+        if old is not None and old.url == p.events_url:
+            old.retries = p.events_retries
+            return
+        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls, p.events_retries) \
+            if p.events_url else None
+        if self.events is not None:
+            self.events.start()
+        if old is not None:
+            closing = asyncio.ensure_future(old.close(p.hook_timeout))
+            self._finalizing.add(closing)
+            closing.add_done_callback(self._finalizing.discard)
 
     def recheck_publishes(self) -> None:
         """After a settings reload: end each live publish the new stream keys or [auth] secret

@@ -154,7 +154,7 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
     registry = node_registry(config)
     ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir, config.node.stop_timeout)
     if reloader is not None:
-        reloader.hooks.append(ingest.recheck_publishes)
+        reloader.hooks.append(ingest.settings_reloaded)
     await ingest.start()
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)

@@ -1,9 +1,11 @@
-"""SIGHUP: a running node reads its stream keys and [auth] settings again (config.RELOADABLE).
+"""SIGHUP: a running node reads its stream keys, publish hook and events service and [auth]
+settings again (config.RELOADABLE).
 
 The new values replace the old ones in the node's one Config, whose sections every part holds
 (the ingest's and the relay's Access, the edge's, the node token of each new link), so they take
 effect at the next decision; live publishes are then checked again by the hooks (the ingest ends
-one whose stream key was removed or whose token the new secret does not sign).
+one whose stream key was removed or whose token the new secret does not sign, and sends events
+to the new events_url).
 """
 
 import logging

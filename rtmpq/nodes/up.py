@@ -282,7 +282,7 @@ async def run_up(config: Config, stop: asyncio.Event, reloader: Reloader | None 
 
     node = UpNode(config)
     if reloader is not None:
-        reloader.hooks.append(node.rtmp.recheck_publishes)
+        reloader.hooks.append(node.rtmp.settings_reloaded)
     warn_if_open(node.access, [*rtmp_hosts(config.rtmp), bound_host(config.moq.host, config.moq.backend),
                                config.http.host])
     directory = await open_directory(config)
