@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rtmpq.config import Config, IngestConfig, PublishConfig, reload_settings
 
-from .conftest import need, start_up_node, until
+from .conftest import http_get, need, start_up_node, until
 from .publishers import ffmpeg_publish_only_args, run_process
 from .test_publish_hook import read_post
 
@@ -67,6 +67,10 @@ async def test_the_service_hears_of_each_publish_its_end_and_its_recording_in_or
             "publish_start", "publish_start", "publish_end", "publish_end", "record_done", "record_done"]
         await until(lambda: "publish_end of live/studio not taken after 2 tries: HTTP 500" in caplog.text, 10,
                     "the warning")
+        await until(lambda: node.rtmp.events.failed == 3, 10, "the third event not taken")
+        _, page = await http_get(f"http://127.0.0.1:{node.edge.http.address[1]}/metrics")
+        assert b'rtmpq_publish_events_total{result="sent"} 3.0' in page  # counted on across the reload
+        assert b'rtmpq_publish_events_total{result="failed"} 3.0' in page
     finally:
         await node.close()
         service.server.close()

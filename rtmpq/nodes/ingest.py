@@ -330,6 +330,8 @@ class IngestNode:
             if p.events_url else None
         if self.events is not None:
             self.events.start()
+            if old is not None:  # /metrics counts on
+                self.events.sent, self.events.failed, self.events.dropped = old.sent, old.failed, old.dropped
         if old is not None:
             closing = asyncio.ensure_future(old.close(p.hook_timeout))
             self._finalizing.add(closing)

@@ -154,6 +154,13 @@ class NodeCollector:
             received.add_metric(["rtmp"], rtmp.bytes_in)
             for reason, n in sorted(rtmp.errors.items()):
                 errors.add_metric(["rtmp", reason], n)
+            if (events := view.ingest.events) is not None:
+                told = CounterMetricFamily("rtmpq_publish_events", "events told to [publish] events_url, by result "
+                                           "(sent: taken; failed: not taken, retries included; dropped: too many waiting)",
+                                           labels=["result"])
+                for result in ("sent", "failed", "dropped"):
+                    told.add_metric([result], getattr(events, result))
+                yield told
         if view.http is not None:
             st = view.http.stats
             conns.add_metric(["http"], st.open)
