@@ -158,13 +158,14 @@ class LivePublish:
     async def finish(self, timeout: float = 10.0) -> None:
         """SIGINT: ffmpeg stops reading its input and closes its outputs. It must have been
         publishing until then (exit status 255, ffmpeg's for a signal; 0 if its -t came first),
-        not ended by an error (the server refused or dropped it)."""
+        not ended by an error, and said nothing (``-loglevel error``): the tee goes on with its
+        reference file when the server drops or refuses the RTMP output, and says so."""
         proc = await self._proc
         signalled = proc.returncode is None
         if signalled:
             proc.send_signal(signal.SIGINT)
         rc, output, _ = await asyncio.wait_for(self.task, timeout)
-        assert rc == 0 or (signalled and rc == 255), (rc, output)
+        assert (rc == 0 or (signalled and rc == 255)) and not output.strip(), (rc, output)
 
 
 async def end_live_publish(publish: asyncio.Task) -> None:
