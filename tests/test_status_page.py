@@ -1,8 +1,6 @@
 """The status page at / in headless Chromium: it lists a broadcast that goes live while it is open,
 and its link opens a player that plays."""
 
-import asyncio
-
 from .conftest import chromium_devtools, need, need_hls_js, start_up_node
 from .publishers import LivePublish, ffmpeg_publish_args
 
