@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -129,8 +130,10 @@ async def run_process_apart(args: list[str], timeout: float = 30.0) -> tuple[int
     return await _run(args, timeout, asyncio.subprocess.PIPE)
 
 
-async def _run(args: list[str], timeout: float, stderr) -> tuple[int, str, str]:
+async def _run(args: list[str], timeout: float, stderr, started=None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE, stderr=stderr)
+    if started is not None:
+        started.set_result(proc)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):  # a test that gave up on it: it ends with the test
@@ -139,6 +142,30 @@ async def _run(args: list[str], timeout: float, stderr) -> tuple[int, str, str]:
             await proc.wait()
         raise
     return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
+class LivePublish:
+    """A run_process publish (``ffmpeg_publish_args``, longer than the test needs) that the test
+    ends once it has what it checks, as ffmpeg ends at its ``-t``: every packet it read goes to
+    each output, the RTMP stream is deleted and a reference file gets its trailer, so what a
+    subscriber got is still compared with the whole reference. A test that fails leaves it to
+    run_process, which kills it when the test's event loop ends."""
+
+    def __init__(self, args: list[str], timeout: float = 60.0) -> None:
+        self._proc = asyncio.get_running_loop().create_future()
+        self.task = asyncio.ensure_future(_run(args, timeout, asyncio.subprocess.STDOUT, self._proc))
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        """SIGINT: ffmpeg stops reading its input and closes its outputs. It must have been
+        publishing until then (exit status 255, ffmpeg's for a signal; 0 if its -t came first),
+        not ended by an error, and said nothing (``-loglevel error``): the tee goes on with its
+        reference file when the server drops or refuses the RTMP output, and says so."""
+        proc = await self._proc
+        signalled = proc.returncode is None
+        if signalled:
+            proc.send_signal(signal.SIGINT)
+        rc, output, _ = await asyncio.wait_for(self.task, timeout)
+        assert (rc == 0 or (signalled and rc == 255)) and not output.strip(), (rc, output)
 
 
 async def end_live_publish(publish: asyncio.Task) -> None:

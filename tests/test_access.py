@@ -231,7 +231,10 @@ async def test_an_hls_viewer_keeps_watching_past_its_tokens_expiry(tmp_path):
         publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
             f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/{KEY}", seconds=20), timeout=60))
         base = f"http://127.0.0.1:{node.edge.address[1]}/live"
-        viewer = mint_token(SECRET, "live/studio", "subscribe", 3, now=time.time())
+        await node.registry.wait_for("live/studio", 10)
+        # a token at its expiry, accepted for the clock-skew leeway more: playback starts within
+        # that and must go on past it
+        viewer = mint_token(SECRET, "live/studio", "subscribe", CLOCK_SKEW_LEEWAY, now=time.time() - CLOCK_SKEW_LEEWAY)
         status, multivariant = await http_get(f"{base}/studio/index.m3u8?token={viewer}", until_live=True)
         assert status == 200, multivariant
         media_uri = _uri_after(multivariant, "#EXT-X-STREAM-INF")  # what a player reloads

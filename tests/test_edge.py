@@ -17,7 +17,7 @@ from rtmpq.edge.llhls import sequence_base
 from rtmpq.media.flv import FlvWriter, read_flv_tags
 
 from .conftest import need, start_up_node, until
-from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, end_live_publish, ffmpeg_publish_args, probe_packets, run_process
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, LivePublish, end_live_publish, ffmpeg_publish_args, probe_packets, run_process
 from .rtmp_client import TcpPublisher
 
 
@@ -55,9 +55,10 @@ async def test_ffmpeg_plays_the_ll_hls_playlist_live_and_after_the_end(node, tmp
     rtmp_port = node.rtmp.address[1]
     host, http_port = node.edge.address
     base = f"http://{host}:{http_port}/live/show"
-    # 7 s: still live once ffmpeg has played 2 s of it, which takes from ~2.2 s after the first
-    # segment to ~3 s when its playlist reload (every half target duration) just misses segment 1
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/show", ref, seconds=7)))
+    # live until the live checks are done (ffmpeg has played 2 s of it, which takes from ~2.2 s after
+    # the first segment to ~3 s when its playlist reload, every half target duration, just misses
+    # segment 1), then ended (30 s at most)
+    publisher = LivePublish(ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp_port}/live/show", ref, seconds=30))
     await node.registry.wait_for("live/show", 10)
     # while live: the player decodes what is there without a single error
     status, headers, body = await http_get(f"{base}/index.m3u8")
@@ -76,8 +77,7 @@ async def test_ffmpeg_plays_the_ll_hls_playlist_live_and_after_the_end(node, tmp
     media = (await http_get(f"{base}/video.m3u8"))[2].decode()
     assert "#EXT-X-PART:" in media and "INDEPENDENT=YES" in media and "#EXT-X-PRELOAD-HINT:TYPE=PART" in media
     assert "CAN-BLOCK-RELOAD=YES" in media and "#EXT-X-PROGRAM-DATE-TIME:" in media
-    rc, output = await publisher
-    assert rc == 0, output
+    await publisher.finish()
     await asyncio.sleep(0.5)
     for rendition in ("video", "audio"):
         media = (await http_get(f"{base}/{rendition}.m3u8"))[2].decode()

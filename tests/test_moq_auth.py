@@ -487,8 +487,11 @@ async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_t
         publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
             f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/sk-secret1", seconds=20), timeout=60))
         host, port = node.moq_address
+        await node.registry.wait_for("live/studio", 10)
+        # a token at its expiry, accepted for the clock-skew leeway more: the subscription starts
+        # within that and must go on past it
         now = time.time()
-        expired = int(now + 3) + CLOCK_SKEW_LEEWAY
+        expired = int(now) + CLOCK_SKEW_LEEWAY
         async with connect_moq(host, port, insecure=True) as conn:
             with pytest.raises(SubscribeError) as info:
                 session = mint_session_token(secret, "live/studio", 600, now=now)
@@ -497,7 +500,7 @@ async def test_a_moq_subscription_goes_on_past_its_tokens_expiry_and_a_session_t
             assert info.value.code == RequestError.UNAUTHORIZED
         frames_past = 0
         async with connect_moq(host, port, insecure=True) as conn, asyncio.timeout(expired + 20 - now):
-            token = mint_token(secret, "live/studio", "subscribe", 3, now=now)
+            token = mint_token(secret, "live/studio", "subscribe", CLOCK_SKEW_LEEWAY, now=now - CLOCK_SKEW_LEEWAY)
             async for item in subscribe_broadcast(conn, "live/studio", wait=20, authorization=token):
                 if not isinstance(item, Catalog) and time.time() > expired + 2:
                     frames_past += 1

@@ -32,7 +32,7 @@ from rtmpq.nodes.up import UpNode
 from rtmpq.redact import safe_name
 
 from .conftest import EventRecorder, free_port, local_config, need, read_broadcast, start_up_node, until
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import LivePublish, ffmpeg_publish_args
 from .test_moq_hostile import publish_and_watch, quic_client_config, relay_side_of, silent_peer, went_on
 from .test_ops import samples
 
@@ -103,7 +103,7 @@ async def test_a_publisher_that_stalls_mid_object_loses_that_stream_and_keeps_it
     caplog.set_level(logging.WARNING, "rtmpq.moq")
     node = await started(tmp_path, backend, partial_object_timeout=PARTIAL_TIMEOUT)
     try:
-        watched = await publish_and_watch(node, tmp_path, seconds=8)
+        watched = await publish_and_watch(node, tmp_path)
         async with raw_peer(node) as evil, raw_peer(node) as viewer:
             said = EventRecorder(evil)
             evil.session.publish(("live", "evil"), "video", 1)
@@ -174,8 +174,8 @@ async def test_sessions_within_their_own_caps_together_hold_at_most_max_partial_
     node = await started(tmp_path, backend, max_partial_bytes=BUDGET, partial_object_timeout=60.0)
     try:
         async with moq_publisher_into(node, tmp_path) as rtmp_port:
-            publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-                f"rtmp://127.0.0.1:{rtmp_port}/live/cam", str(tmp_path / "ref.flv"), seconds=10)))
+            publisher = LivePublish(ffmpeg_publish_args(  # (30 s at most: went_on ends it)
+                f"rtmp://127.0.0.1:{rtmp_port}/live/cam", str(tmp_path / "ref.flv"), seconds=30))
             frames, skipped = [], []
             await until(lambda: "live/cam" in node.moq.published_names(), 15, "the MoQ publish at the relay")
             healthy = asyncio.create_task(read_broadcast(node.moq_address[1], backend, "live/cam", frames, skipped))
@@ -315,7 +315,7 @@ async def test_the_relays_link_upstream_counts_in_max_partial_bytes(tmp_path, ba
             link.start()
             try:
                 await asyncio.wait_for(link.connected.wait(), 10)
-                watched = await publish_and_watch(node, tmp_path, seconds=4)
+                watched = await publish_and_watch(node, tmp_path)
                 async with raw_peer(node) as peer, raw_peer(node) as viewer:
                     side = relay_side_of(node, peer)
                     send_partial(peer, 999, 0, 2_000_000, 1_000_000)

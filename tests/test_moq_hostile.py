@@ -18,7 +18,7 @@ from rtmpq.moq import wire
 from rtmpq.nodes.up import UpNode
 
 from .conftest import local_config, need, read_broadcast, until
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import LivePublish, ffmpeg_publish_args
 
 SETUP_TIMEOUT = 2.0
 PER_IP = 4
@@ -61,11 +61,12 @@ async def silent_peer(port: int, opened: asyncio.Queue) -> None:
         await peer.ended
 
 
-async def publish_and_watch(node, tmp_path, seconds: float) -> tuple[asyncio.Task, asyncio.Task, list, list]:
-    """A real ffmpeg publish of live/cam and a real MoQ subscriber reading it: (publisher task,
-    subscriber task, its frames, its skipped groups), once the subscriber has its first frames."""
-    publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=seconds)))
+async def publish_and_watch(node, tmp_path) -> tuple[LivePublish, asyncio.Task, list, list]:
+    """A real ffmpeg publish of live/cam (30 s at most: went_on ends it) and a real MoQ subscriber
+    reading it: (publisher, subscriber task, its frames, its skipped groups), once the subscriber
+    has its first frames."""
+    publisher = LivePublish(ffmpeg_publish_args(
+        f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", str(tmp_path / "ref.flv"), seconds=30))
     await node.registry.wait_for("live/cam", 10)
     frames, skipped = [], []
     healthy = asyncio.create_task(read_broadcast(node.moq_address[1], node.moq_config.backend, "live/cam", frames, skipped))
@@ -73,10 +74,15 @@ async def publish_and_watch(node, tmp_path, seconds: float) -> tuple[asyncio.Tas
     return publisher, healthy, frames, skipped
 
 
-async def went_on(publisher: asyncio.Task, healthy: asyncio.Task, frames: list, skipped: list) -> None:
-    """The publish ended well and the subscriber got every object of each group it saw, in order."""
-    rc, output = await publisher
-    assert rc == 0, output
+async def went_on(publisher: LivePublish, healthy: asyncio.Task, frames: list, skipped: list) -> None:
+    """The subscriber gets a group begun after what the test did (the publish goes on); the publish,
+    ended then, ended well; and the subscriber got every object of each group it saw, in order."""
+    def newest() -> int:
+        return max(f.group for f in frames if f.track == "video")
+
+    before = newest()
+    await until(lambda: newest() > before, 10, "a group begun after the test's doings at the subscriber")
+    await publisher.finish()
     await asyncio.wait_for(healthy, 30)
     assert not skipped
     for track in ("video", "audio"):
@@ -98,7 +104,7 @@ async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_
     caplog.set_level(logging.WARNING, "rtmpq.moq")
     port = node.moq_address[1]
     backend = node.moq_config.backend
-    watched = await publish_and_watch(node, tmp_path, seconds=10)
+    watched = await publish_and_watch(node, tmp_path)
 
     # PER_IP - 1 silent peers fill this address's slots beside the subscriber
     opened: asyncio.Queue = asyncio.Queue()
@@ -130,6 +136,7 @@ async def test_silent_peers_are_closed_at_the_setup_deadline_and_peers_past_the_
     # their slots are free again: a second subscriber is served
     late, late_skipped = [], []
     second = asyncio.create_task(read_broadcast(port, backend, "live/cam", late, late_skipped))
+    await until(lambda: late, 10, "the second subscriber's first frames")
     await went_on(*watched)
     await asyncio.wait_for(second, 30)
     assert late and not late_skipped, "the subscriber after the silent ones was not served"
@@ -160,7 +167,7 @@ async def test_stream_frames_at_the_edge_of_the_window_do_not_grow_the_relays_bu
     need("ffmpeg")
     port = node.moq_address[1]
     backend = node.moq_config.backend
-    watched = await publish_and_watch(node, tmp_path, seconds=6)
+    watched = await publish_and_watch(node, tmp_path)
     rss_before = rss_bytes()
     async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
                        create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:
@@ -202,7 +209,7 @@ async def test_a_subscriber_that_opens_data_streams_of_its_own_is_held_to_the_se
     need("ffmpeg")
     port = node.moq_address[1]
     backend = node.moq_config.backend
-    watched = await publish_and_watch(node, tmp_path, seconds=6)
+    watched = await publish_and_watch(node, tmp_path)
     streams, payload = 300, bytes(60_000)
     async with connect("127.0.0.1", port, configuration=quic_client_config(), wait_connected=True,
                        create_protocol=lambda *a, **k: MoqConnection(*a, is_client=True, **k)) as peer:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rtmpq.config import Config, HttpConfig, MoqConfig, PublishConfig, UpstreamConfig
 
 from .conftest import free_port, need, start_up_node, wait_tcp
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import LivePublish, ffmpeg_publish_args, run_process
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -41,9 +41,8 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
     try:
         rtmp = node.rtmp.address[1]
         base = f"http://127.0.0.1:{node.edge.address[1]}"
-        publisher = asyncio.create_task(run_process(
-            ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/sk-9f8e7d", str(tmp_path / "ref.flv"), seconds=8),
-            timeout=60))
+        publisher = LivePublish(  # (ended once the subscriber is done)
+            ffmpeg_publish_args(f"rtmp://127.0.0.1:{rtmp}/live/sk-9f8e7d", str(tmp_path / "ref.flv"), seconds=8))
         await node.registry.wait_for("live/ops", 10)
         async with httpx.AsyncClient(timeout=20) as client:
             assert (await client.get(f"{base}/healthz")).json() == {"status": "ok"}
@@ -109,8 +108,7 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
             assert item["started"].endswith("Z") and item["viewers"] == 1 and item["subscribers"] == 1
         rc, out = await sub
         assert rc == 0, out
-        rc, out = await publisher
-        assert rc == 0, out
+        await publisher.finish()
     finally:
         await node.close()
 

@@ -1,10 +1,8 @@
 """The status page at / in headless Chromium: it lists a broadcast that goes live while it is open,
 and its link opens a player that plays."""
 
-import asyncio
-
 from .conftest import chromium_devtools, need, need_hls_js, start_up_node
-from .publishers import ffmpeg_publish_args, run_process
+from .publishers import LivePublish, ffmpeg_publish_args
 
 
 async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(tmp_path):
@@ -17,9 +15,10 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
         async with chromium_devtools(tmp_path, f"http://{host}:{http_port}/") as devtools:
             # the page is open before anything is live: it says so
             assert await devtools.poll("document.getElementById('broadcasts').textContent.includes('no live broadcasts')")
-            publisher = asyncio.create_task(run_process(
+            # (30 s at most: it leaves once the player plays)
+            publisher = LivePublish(
                 ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/web", str(tmp_path / "ref.flv"),
-                                    seconds=10), timeout=60))
+                                    seconds=30))
             # ...and lists the broadcast once it is live, without a reload, with its tracks
             row = await devtools.poll("""(() => { const r = document.querySelector('tr[data-name="live/web"]');
                 return r && r.textContent.includes('avc1.') && r.textContent.includes('mp4a.40.2') ? r.textContent : null; })()""")
@@ -31,14 +30,13 @@ async def test_status_page_lists_a_live_broadcast_and_links_to_a_playing_player(
                                            "&& document.getElementById('video').currentTime > 1")
             assert playing, (await devtools.evaluate("location.href"),
                              await devtools.errors())
-            rc, out = await publisher
-            assert rc == 0, out
+            await publisher.finish()
             # the publisher left: the broadcast waits for it, and the page says so (it looked live)
             await devtools.evaluate("location.href = '/'")
             gone = await devtools.poll("""(() => { const r = document.querySelector('tr[data-name="live/web"]');
                 return r && r.textContent.includes('publisher gone') ? r.textContent : null; })()""")
             assert gone, await devtools.evaluate("document.body.innerText")
     finally:
-        if publisher is not None and not publisher.done():
-            publisher.cancel()
+        if publisher is not None and not publisher.task.done():
+            publisher.task.cancel()
         await node.close()
