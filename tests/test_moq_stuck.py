@@ -118,7 +118,8 @@ async def test_a_subscriber_that_stops_reading_is_dropped_and_costs_the_others_n
     before = [lat for t, lat, _ in frames if t < stuck_joined]
     during = [lat for t, lat, _ in frames if stuck_joined <= t <= when]
     assert len(before) > 30 and len(during) > 30
-    assert p99(during) <= max(2 * p99(before), p99(before) + 0.25), (p99(before), p99(during))
+    # (a stall behind the stuck one would last its stuck timeout, 3 s; a loaded CI host adds ~0.3 s)
+    assert p99(during) <= max(2 * p99(before), p99(before) + 0.5), (p99(before), p99(during))
     for track in ("video", "audio"):
         mine = [f for _, _, f in frames if f.track == track]
         for group in {f.group for f in mine}:
