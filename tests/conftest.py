@@ -84,9 +84,10 @@ async def read_broadcast(port: int, backend: str, name: str, frames: list, skipp
 
 
 @asynccontextmanager
-async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
-    """A bare MoqRelay served on a loopback UDP port: yields (relay, port). ``seen(event)`` is
-    called on each event of its sessions as it comes, before the relay handles it."""
+async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None, **options):
+    """A bare MoqRelay (``options``: its keyword arguments) served on a loopback UDP port: yields
+    (relay, port). ``seen(event)`` is called on each event of its sessions as it comes, before the
+    relay handles it."""
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.moq.relay import MoqRelay
     from rtmpq.moq.tls import ensure_self_signed
@@ -94,7 +95,7 @@ async def serving_relay(tmp_path, backend: str = DEFAULT_BACKEND, seen=None):
 
     cert, key = ensure_self_signed(tmp_path / "tls")
     port = free_port(socket.SOCK_DGRAM)
-    relay = MoqRelay(BroadcastRegistry())
+    relay = MoqRelay(BroadcastRegistry(), **options)
 
     def on_connection(conn):
         relay.on_connection(conn)

@@ -9,6 +9,7 @@ backends; the slow subscriber behind the impairment proxy."""
 import pytest
 
 from rtmpq.moq import events as ev
+from rtmpq.moq.fanout import DEFAULT_DELIVERY_TIMEOUT
 from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH, StreamResetCode
 from rtmpq.netem import Impairment
 
@@ -42,7 +43,8 @@ async def test_a_request_update_lowering_the_delivery_timeout_skips_old_groups_f
     0 and 1 whole (3 s of link), none reset. It then sends REQUEST_UPDATE DELIVERY_TIMEOUT=300 ms:
     of groups 2..4 (4.5 s of link) the old ones are reset with DELIVERY_TIMEOUT instead of arriving
     seconds late. (Before, the update was answered REQUEST_OK and ignored: all three came whole.)"""
-    async with relay_with_publisher(tmp_path, backend, 0) as (_relay, publisher, _warm, connect):
+    async with relay_with_publisher(tmp_path, backend, 0, delivery_timeout=DEFAULT_DELIVERY_TIMEOUT) as (
+            _relay, publisher, _warm, connect):
         async with connect(down=SLOW_LINK) as viewer:
             rid, alias = await viewer.subscribed(delivery_timeout_ms=PATIENT)
             send_large(publisher, 0, 1)
@@ -72,7 +74,8 @@ async def test_publish_ok_delivery_timeout_is_the_subscriptions(tmp_path, backen
     which group 0 is past its budget and never started, the other with none (the relay's 2 s), which
     gets group 0 from the cache. Both get the live group 1. (Before, PUBLISH_OK's DELIVERY_TIMEOUT
     was ignored and both got group 0.)"""
-    async with relay_with_publisher(tmp_path, backend, 0) as (relay, publisher, (warm, warm_alias), connect):
+    async with relay_with_publisher(tmp_path, backend, 0, delivery_timeout=DEFAULT_DELIVERY_TIMEOUT) as (
+            relay, publisher, (warm, warm_alias), connect):
         async with connect() as hurried, connect() as plain:
             for viewer in (hurried, plain):
                 viewer.conn.session.subscribe_namespace(NAMESPACE[:1], options=NAMESPACE_OPTION_PUBLISH,

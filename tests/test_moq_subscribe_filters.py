@@ -31,6 +31,7 @@ from .conftest import EventRecorder, serving_relay, until
 BACKENDS = ["aioquic", "aiopquic"]
 NAMESPACE = ("live", "f")
 OBJECTS = 3  # per group
+PATIENT_RELAY = 30.0  # the relay's delivery timeout in these tests (s)
 
 
 class Publisher:
@@ -100,10 +101,13 @@ def whole(*groups: int) -> list[tuple[int, int]]:
 
 
 @asynccontextmanager
-async def relay_with_publisher(tmp_path, backend, cached_groups: int, track_extensions: dict | None = None):
+async def relay_with_publisher(tmp_path, backend, cached_groups: int, track_extensions: dict | None = None,
+                               delivery_timeout: float = PATIENT_RELAY):
     """(relay, publisher, warm viewer and its alias, connect): the publisher (whose SUBSCRIBE_OK
-    carries ``track_extensions``) has sent groups 0..cached_groups-1, which the relay holds."""
-    async with serving_relay(tmp_path, backend) as (relay, port):
+    carries ``track_extensions``) has sent groups 0..cached_groups-1, which the relay holds. The
+    relay's ``delivery_timeout`` is long: the newest cached group stays young enough to start at
+    however loaded the host (tests of the budget ask for theirs, or give the relay's default)."""
+    async with serving_relay(tmp_path, backend, delivery_timeout=delivery_timeout) as (relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as warm_conn):
             publisher = Publisher(pub_conn)
