@@ -584,6 +584,7 @@ def validate(config: Config) -> None:
                           f"({config.rtmp.limits.handshake_timeout:g} s)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
+                         ("upstream.wait", config.upstream.wait),
                          ("publish.events_retries", config.publish.events_retries),
                          ("node.stop_timeout", config.node.stop_timeout),
                          ("rtmp.read_coalesce", config.rtmp.read_coalesce),

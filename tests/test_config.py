@@ -256,6 +256,28 @@ def test_cli_mints_tokens_the_nodes_accept(tmp_path):
     assert missing.returncode == 2 and "no secret" in missing.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["sub", "moqt://h:1/live/x", "--frames", "0"],  # was: no limit (a falsy count)
+    ["sub", "moqt://h:1/live/x", "--frames", "-3"],  # was: stopped after one object
+    ["sub", "moqt://h:1/live/x", "--seconds", "0"],  # was: no limit
+    ["sub", "moqt://h:1/live/x", "--seconds", "nan"],
+    ["sub", "moqt://h:1/live/x", "--delivery-timeout", "-1"],  # was: "bytes must be in range(0, 256)"
+    ["token", "--act", "publish", "--ttl", "0"],
+])
+def test_counts_and_durations_on_the_command_line_must_be_positive(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(args)
+    assert exc.value.code == 2 and "must be more than 0" in capsys.readouterr().err
+
+
+def test_a_token_that_would_be_born_expired_is_refused_without_a_traceback():
+    out = run_cli("token", "--act", "publish", "--sub", "live/x", "--ttl", "-5",
+                  env={"RTMPQ_AUTH_SECRET": "a-shared-secret-of-32-bytes-or-more!!", "PATH": ""})
+    assert out.returncode == 2 and "--ttl" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    with pytest.raises(ConfigError, match="upstream.wait: must not be negative"):  # rtmpq sub --wait -1
+        load_config(env={"RTMPQ_UPSTREAM_WAIT": "-1"})
+
+
 def test_sub_says_at_once_when_no_server_answers():
     """A subscriber pointed at an address where nothing listens says so (address, reason) within
     a few seconds and exits non-zero, without tracebacks."""
