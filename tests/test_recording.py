@@ -268,3 +268,19 @@ def test_its_log_lines_name_the_publisher(tmp_path, caplog):
     empty.close()
     lines = [r.getMessage() for r in caplog.records if "recording" in r.getMessage()]
     assert len(lines) == 3 and all(line.startswith("192.0.2.7:5000") for line in lines), lines
+
+
+def test_a_stream_name_too_long_for_a_file_name_is_recorded_under_a_shortened_one(tmp_path):
+    """A stream key may be 2048 characters, a file name 255 bytes: a 300-character name stopped
+    its recording at once ("OSError: File name too long"). Now its file name is cut, with a
+    hash of the whole name so two long names that begin alike stay apart."""
+    paths = []
+    for name in ("k" * 300, "k" * 299 + "j"):
+        rec = FlvRecorder(tmp_path, f"live/{name}", started=0)
+        rec.write(*TAGS[1])
+        rec.close()
+        assert not rec.stopped
+        paths.append(rec.path)
+    assert len(set(paths)) == 2 and all(p.exists() and len(p.name) < 255 and p.parent == tmp_path / "live"
+                                        for p in paths), paths
+    assert list(read_flv_tags(paths[0])) == [TAGS[1]]

@@ -17,6 +17,7 @@ reader's receive blocks, which are never reused (or copies it made), so they sta
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import struct
@@ -48,6 +49,10 @@ RECORDER_CLOSE_POLL = 0.01
 # 12). close() writes what waits at once.
 RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
+# A stream name may be 2048 characters (rtmp/session.py MAX_STREAM_KEY_LENGTH), a file name 255
+# bytes (NAME_MAX): a longer name is cut to its first characters and 8 hex digits of its SHA-256
+# in the file name, which stays under 255 bytes with its "-<UTC start>[-N].flv".
+RECORDING_NAME_MAX_CHARS = 200
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
 # onMetaData (AMF0 string) and the keys of its numbers rewritten at close (length-prefixed, then the
@@ -77,6 +82,8 @@ def check_record_dir(directory: str | Path) -> None:
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
     app, _, key = broadcast.rpartition("/")
+    if len(key) > RECORDING_NAME_MAX_CHARS:  # (names are ASCII: a character is a byte)
+        key = f"{key[:RECORDING_NAME_MAX_CHARS - 9]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     folder = (directory / app).resolve()
     if not folder.is_relative_to(directory.resolve()):
