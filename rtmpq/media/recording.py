@@ -27,6 +27,9 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..codec import parse_audio_tracks, parse_video_tracks
+from ..codec.flv_types import PACKET_SEQUENCE_END, PACKET_SEQUENCE_START
+from ..errors import RemoteProtocolError
 from ..redact import safe_name
 from .demux import TimestampUnwrapper
 from .flv import FLV_HEADER_SIZE, TAG_HEADER_SIZE, FlvWriter, tag_pieces
@@ -96,6 +99,17 @@ def recording_path(directory: Path, broadcast: str, started: float) -> Path:
     return path
 
 
+def _configuration_only(type_id: int, message) -> bool:
+    """Whether a media message holds only sequence headers or ends: those before the first frame
+    are sent at time 0 whatever the frames' time (ffmpeg -output_ts_offset): the length starts at
+    the first frame."""
+    try:
+        tracks = parse_video_tracks(message) if type_id == 9 else parse_audio_tracks(message)
+    except RemoteProtocolError:
+        return False
+    return all(t.packet_type in (PACKET_SEQUENCE_START, PACKET_SEQUENCE_END) for t in tracks)
+
+
 class _Length:
     """What the writer thread learns of the file as its tags go out: where the onMetaData numbers
     rewritten at close are, and how long the media is (the first audio or video timestamp to the
@@ -117,7 +131,7 @@ class _Length:
                 found = data.find(key)
                 if found >= 0 and found + len(key) + 8 <= len(data):
                     offsets.append(self.offset + TAG_HEADER_SIZE + len(header) + found + len(key))
-        elif type_id in (8, 9):
+        elif type_id in (8, 9) and (self._first is not None or header or not _configuration_only(type_id, body)):
             ts = self._clock.unwrap(timestamp)
             if self._first is None:
                 self._first = ts
