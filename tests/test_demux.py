@@ -1,5 +1,6 @@
 """Recorded FLV tags through the session and the demuxer: groups, catalog, timestamp wrap."""
 
+import logging
 import subprocess
 
 import pytest
@@ -99,6 +100,20 @@ def test_after_a_31_bit_wrap_a_small_step_back_is_a_step_back():
                       else demuxer.message(8, t, b"\xaf\x01" + b"\x00" * 8))
             got += [f.dts for f in frames if not isinstance(f, Catalog)]
         assert got == [top - 40, top - 17, top + 6, top + 29, top + 12, top + 52], inline
+
+
+def test_an_empty_sequence_header_before_the_real_one_is_no_warning(caplog):
+    """ffmpeg -c copy from MPEG-TS (ADTS audio) sends an empty AAC sequence header, then the real
+    one: each such publish logged "mp4a sequence header of audio rejected: AudioSpecificConfig of
+    0 bytes is too short"."""
+    demuxer = BroadcastDemuxer("live/x", log_name="live/x")
+    with caplog.at_level(logging.WARNING):
+        assert demuxer.message(8, 0, b"\xaf\x00") == [] and demuxer.message(9, 0, b"\x17\x00\x00\x00\x00") == []
+        out = demuxer.message(8, 0, b"\xaf\x00\x12\x08")  # AAC-LC, 44.1 kHz, mono
+    assert [t.name for t in out[-1].tracks] == ["audio"] and not caplog.records, caplog.text
+    with caplog.at_level(logging.WARNING):  # a header that is there and wrong is still said
+        demuxer.message(8, 0, b"\xaf\x00\x12")
+    assert "sequence header of audio rejected" in caplog.text
 
 
 def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):

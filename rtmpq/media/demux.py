@@ -76,6 +76,14 @@ WRAP_31_STEP_BACK = 0x40000000
 CLOCK_JUMP_BACK_MS = 500
 
 
+def _empty_header(log_name: str, tag) -> list:
+    """An empty sequence header: ffmpeg sends one when it copies a stream whose configuration it
+    learns from the stream itself (-c copy from MPEG-TS: ADTS audio), then the real one with the
+    first frame. It was a warning, "sequence header ... rejected", for every such publish."""
+    log.debug("%s: empty %s sequence header (the configuration follows)", log_name, tag.codec)
+    return []
+
+
 class TimestampUnwrapper:
     """32-bit millisecond timestamps to a monotonic-ish 64-bit timeline (serial arithmetic), and
     31-bit ones (see WRAP_31_STEP_BACK)."""
@@ -295,7 +303,7 @@ class BroadcastDemuxer:
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         track = self._video.get(tag.track_id)
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._video_sequence_start(tag, payload)
+            return self._video_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
         if track is None or track.codec != tag.codec:
             self.stats.dropped += 1
             return []
@@ -412,7 +420,7 @@ class BroadcastDemuxer:
             return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._audio_sequence_start(tag, payload)
+            return self._audio_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
         out = []
         if tag.codec in _SYNCFRAME_CODECS and len(payload):
             out = self._syncframe_track(tag, payload)
