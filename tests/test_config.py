@@ -289,6 +289,22 @@ def test_a_token_that_would_be_born_expired_is_refused_without_a_traceback():
         load_config(env={"RTMPQ_UPSTREAM_WAIT": "-1"})
 
 
+def test_a_state_dir_or_record_dir_that_is_a_file_is_named_as_such(tmp_path):
+    """--state-dir naming a file stopped the node with "[Errno 20] Not a directory: '.../tls'"
+    (no setting named, after the RTMP listener was up); --record naming one said "File exists"."""
+    from rtmpq.media.recording import check_record_dir
+    from rtmpq.moq.tls import server_pair
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match=re.escape(f"moq.state_dir (--state-dir): cannot keep the node's "
+                                                    f"self-signed certificate in {afile / 'tls'}: Not a directory")):
+        server_pair(None, None, afile)
+    with pytest.raises(ConfigError, match=re.escape(f"rtmp.record_dir (--record): cannot record in {afile}: "
+                                                    "it is not a directory")):
+        check_record_dir(afile)
+
+
 def test_sub_says_at_once_when_no_server_answers():
     """A subscriber pointed at an address where nothing listens says so (address, reason) within
     a few seconds and exits non-zero, without tracebacks."""

@@ -79,8 +79,9 @@ def check_record_dir(directory: str | Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise ConfigError(f"rtmp.record_dir (--record): cannot record in {directory}: "
-                          f"{exc.strerror or exc}") from None
+        # a file there: mkdir says "File exists"
+        reason = "it is not a directory" if directory.exists() and not directory.is_dir() else exc.strerror or exc
+        raise ConfigError(f"rtmp.record_dir (--record): cannot record in {directory}: {reason}") from None
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
