@@ -46,8 +46,8 @@ def positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r}: expected {'an integer' if kind is int else 'a number'}") from None
-        if not value > 0 or value == float("inf"):  # NaN fails the first test
-            raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0")
+        if not 0 < value < float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number more than 0")
         return value
     return parse
 

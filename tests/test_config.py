@@ -272,13 +272,14 @@ def test_cli_mints_tokens_the_nodes_accept(tmp_path):
     ["sub", "moqt://h:1/live/x", "--frames", "-3"],  # was: stopped after one object
     ["sub", "moqt://h:1/live/x", "--seconds", "0"],  # was: no limit
     ["sub", "moqt://h:1/live/x", "--seconds", "nan"],
+    ["sub", "moqt://h:1/live/x", "--seconds", "inf"],
     ["sub", "moqt://h:1/live/x", "--delivery-timeout", "-1"],  # was: "bytes must be in range(0, 256)"
     ["token", "--act", "publish", "--ttl", "0"],
 ])
 def test_counts_and_durations_on_the_command_line_must_be_positive(args, capsys):
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(args)
-    assert exc.value.code == 2 and "must be more than 0" in capsys.readouterr().err
+    assert exc.value.code == 2 and "must be a finite number more than 0" in capsys.readouterr().err
 
 
 def test_a_token_that_would_be_born_expired_is_refused_without_a_traceback():
