@@ -39,6 +39,19 @@ def host_port(text: str, default_port: int | None = None) -> tuple[str, int]:
     return host, value
 
 
+def positive(kind):
+    """An argparse type: a number of ``kind`` above 0 (0 or less would mean "no limit" or fail later)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+        if not 0 < value < float("inf"):  # NaN fails too
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number more than 0")
+        return value
+    return parse
+
+
 def _common() -> argparse.ArgumentParser:
     """Flags every command takes, before or after its name."""
     p = argparse.ArgumentParser(add_help=False)
@@ -80,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "live yet (--wait); follows its publisher's reconnects. Exit status 1 "
                                          "when nothing came or the server cannot be reached.")
     sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<name>")
-    sub_cmd.add_argument("--frames", type=int, help="stop after this many media objects")
-    sub_cmd.add_argument("--seconds", type=float, help="stop after this many seconds")
+    sub_cmd.add_argument("--frames", type=positive(int), help="stop after this many media objects")
+    sub_cmd.add_argument("--seconds", type=positive(float), help="stop after this many seconds")
     sub_cmd.add_argument("--json", action="store_true", help="one JSON line per object")
-    sub_cmd.add_argument("--delivery-timeout", type=float, metavar="S",
+    sub_cmd.add_argument("--delivery-timeout", type=positive(float), metavar="S",
                          help="latency budget: the relay drops groups older than this (seconds)")
     sub_cmd.add_argument("--wait", type=float, metavar="S",
                          help="how long to wait for a broadcast that is not live yet (default 30)")
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what it allows: publish a name, watch it, or act as a node (relay: everything)")
     token.add_argument("--sub", default="", metavar="PATH",
                        help="the path it covers: live/studio (one broadcast), live (an app); empty: all")
-    token.add_argument("--ttl", type=float, default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
+    token.add_argument("--ttl", type=positive(float), default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
     token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
 
     config = sub.add_parser("config", parents=[common], help="print the effective configuration",

@@ -475,13 +475,19 @@ def _coerce(where: str, kind, value, *, from_text: bool):
             raise ValueError("expected true or false")
         if kind in (int, float):
             expected = "an integer" if kind is int else "a number"
+            # a TOML string ("1935") is text, not a number: only the environment's numbers come as text
+            if isinstance(value, str) and not from_text:
+                raise ValueError(f"expected {expected}, without quotes")
             if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
                     kind is int and isinstance(value, float)):
                 raise ValueError(f"expected {expected}")
             try:
-                return kind(value)
+                number = kind(value)
             except ValueError:
                 raise ValueError(f"expected {expected}") from None
+            if math.isnan(number):  # passes every "below"/"above" check after it
+                raise ValueError(f"expected {expected}")
+            return number
         if kind is str:
             if not isinstance(value, str):
                 raise ValueError("expected a string")
@@ -494,7 +500,10 @@ def _coerce(where: str, kind, value, *, from_text: bool):
             return Path(value).expanduser()
         if typing.get_origin(kind) is dict:
             if from_text:  # RTMPQ_PUBLISH_KEYS="key1=name1,key2=name2"
-                value = dict(item.split("=", 1) for item in str(value).split(",") if item)
+                items = [item.split("=", 1) for item in str(value).split(",") if item]
+                if not all(len(item) == 2 for item in items):
+                    raise ValueError("expected key=value pairs separated by commas")
+                value = dict(items)
             if where == "transcode.bitrates" and isinstance(value, dict):  # "480p" = 1000: kbit/s as a number
                 value = {k: str(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
             if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
@@ -597,6 +606,7 @@ def validate(config: Config) -> None:
                           f"({config.rtmp.limits.handshake_timeout:g} s)")
     for where, value in (("publish.idle_timeout", config.publish.idle_timeout),
                          ("publish.grace_period", config.publish.grace_period),
+                         ("upstream.wait", config.upstream.wait),
                          ("publish.events_retries", config.publish.events_retries),
                          ("node.stop_timeout", config.node.stop_timeout),
                          ("rtmp.read_coalesce", config.rtmp.read_coalesce),

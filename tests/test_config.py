@@ -159,7 +159,7 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nmax_connections_per_ip = 0\n", "moq.max_connections_per_ip: must be positive"),
     ("[moq]\nidle_timeout = 0.5\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got 0.5)"),
     ("[moq]\nidle_timeout = inf\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got inf)"),
-    ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: must be a number of seconds, at least 1 (got nan)"),
+    ("[moq]\nidle_timeout = nan\n", "moq.idle_timeout: expected a number (got nan)"),
     ("[http]\nrendition_idle = 0\n", "http.rendition_idle: must be positive"),
     ("[http]\nmax_viewers_tracked = 0\n", "http.max_viewers_tracked: must be positive"),
     ("[directory]\nmax_entries = 0\n", "directory.max_entries: must be positive"),
@@ -177,7 +177,7 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[moq]\nsession_max_held_bytes = 0\n", "moq.session_max_held_bytes: must be positive"),
     ("[moq]\nsession_max_stream_buffer = 1000000\n", "moq.session_max_stream_buffer: must be at least 16777216"),
     ("[moq]\nupstream_wait = -1\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got -1.0)"),
-    ("[moq]\nupstream_wait = nan\n", "moq.upstream_wait: must be a number of seconds, 0 or more (got nan)"),
+    ("[moq]\nupstream_wait = nan\n", "moq.upstream_wait: expected a number (got nan)"),
     ("[moq]\nmax_waiting_subscribes = -1\n", "moq.max_waiting_subscribes: must not be negative"),
     ("[upstream]\nrefused_reconnect_max = 0\n", "upstream.refused_reconnect_max: must be a positive number of seconds"),
     ("[transcode]\ndecode_queue_frames = 0\n", "transcode.decode_queue_frames: must be at least 1"),
@@ -194,6 +194,11 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[rmtp]\nport = 1\n", "unknown config section '[rmtp]'"),
     ('[rtmp]\nport = "x"\n', "rtmp.port: expected an integer"),
     ("[rtmp]\nport = 70000\n", "rtmp.port: 70000 is not a port number"),
+    # a number in quotes is a TOML string (was: taken as the number, against this file's promise)
+    ('[rtmp]\nport = "1935"\n', "rtmp.port: expected an integer, without quotes (got '1935')"),
+    # NaN passed every bound after it (was: a part target of nan s, a grace period of nan s)
+    ("[http]\npart_target = nan\n", "http.part_target: expected a number (got nan)"),
+    ("[publish]\ngrace_period = nan\n", "publish.grace_period: expected a number (got nan)"),
     ("[publish]\nidle_timeout = -1\n", "publish.idle_timeout: must not be negative"),
     ("[auth]\nrequire_playback_token = true\n", "auth.require_playback_token needs auth.secret"),
     ("[auth]\nplayback_session = 0\n", "auth.playback_session: must be positive"),
@@ -222,6 +227,12 @@ def test_a_bad_environment_variable_names_itself():
         load_config(env={"RTMPQ_AUTH_SECRETS": "x"})
     with pytest.raises(ConfigError, match="publish.grace_period: expected a number"):
         load_config(env={"RTMPQ_PUBLISH_GRACE_PERIOD": "soon"})
+    with pytest.raises(ConfigError, match="publish.grace_period: expected a number"):
+        load_config(env={"RTMPQ_PUBLISH_GRACE_PERIOD": "nan"})
+    # was: "dictionary update sequence element #0 has length 1; 2 is required"
+    with pytest.raises(ConfigError, match="publish.keys: expected key=value pairs separated by commas$"):
+        load_config(env={"RTMPQ_PUBLISH_KEYS": "sk-secret"})
+    assert load_config(env={"RTMPQ_RTMP_PORT": "1999"}).rtmp.port == 1999  # the environment's numbers are text
     load_config(env={"RTMPQ_PUREPYTHON": "1"})  # other parts' variables are not settings
 
 
@@ -266,6 +277,45 @@ def test_cli_mints_tokens_the_nodes_accept(tmp_path):
     assert claims.sub == "live/studio"
     missing = run_cli("token", "--act", "relay")
     assert missing.returncode == 2 and "no secret" in missing.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["sub", "moqt://h:1/live/x", "--frames", "0"],  # was: no limit (a falsy count)
+    ["sub", "moqt://h:1/live/x", "--frames", "-3"],  # was: stopped after one object
+    ["sub", "moqt://h:1/live/x", "--seconds", "0"],  # was: no limit
+    ["sub", "moqt://h:1/live/x", "--seconds", "nan"],
+    ["sub", "moqt://h:1/live/x", "--seconds", "inf"],
+    ["sub", "moqt://h:1/live/x", "--delivery-timeout", "-1"],  # was: "bytes must be in range(0, 256)"
+    ["token", "--act", "publish", "--ttl", "0"],
+])
+def test_counts_and_durations_on_the_command_line_must_be_positive(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(args)
+    assert exc.value.code == 2 and "must be a finite number more than 0" in capsys.readouterr().err
+
+
+def test_a_token_that_would_be_born_expired_is_refused_without_a_traceback():
+    out = run_cli("token", "--act", "publish", "--sub", "live/x", "--ttl", "-5",
+                  env={"RTMPQ_AUTH_SECRET": "a-shared-secret-of-32-bytes-or-more!!", "PATH": ""})
+    assert out.returncode == 2 and "--ttl" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    with pytest.raises(ConfigError, match="upstream.wait: must not be negative"):  # rtmpq sub --wait -1
+        load_config(env={"RTMPQ_UPSTREAM_WAIT": "-1"})
+
+
+def test_a_state_dir_or_record_dir_that_is_a_file_is_named_as_such(tmp_path):
+    """--state-dir naming a file stopped the node with "[Errno 20] Not a directory: '.../tls'"
+    (no setting named, after the RTMP listener was up); --record naming one said "File exists"."""
+    from rtmpq.media.recording import check_record_dir
+    from rtmpq.moq.tls import server_pair
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ConfigError, match=re.escape(f"moq.state_dir (--state-dir): cannot keep the node's "
+                                                    f"self-signed certificate in {afile / 'tls'}: Not a directory")):
+        server_pair(None, None, afile)
+    with pytest.raises(ConfigError, match=re.escape(f"rtmp.record_dir (--record): cannot record in {afile}: "
+                                                    "it is not a directory")):
+        check_record_dir(afile)
 
 
 def test_sub_says_at_once_when_no_server_answers():

@@ -1,5 +1,6 @@
 """Recorded FLV tags through the session and the demuxer: groups, catalog, timestamp wrap."""
 
+import logging
 import subprocess
 
 import pytest
@@ -77,6 +78,42 @@ def test_unwrapper_is_serial():
     assert [u.unwrap(t) for t in stamps] == [
         2**32 - 20, 2**32 - 1, 2**32 + 5, 2**32 + 40, 2**32 + 30,  # small step back: not a wrap
         2**32 + g, 2**32 + 2 * g, 2**32 + 3 * g, 2**33, 2**33 + 100]
+
+
+def test_after_a_31_bit_wrap_a_small_step_back_is_a_step_back():
+    """FFmpeg's FLV writer sends 31 bits: its time wraps at 2**31 ms. After that wrap a step back
+    of 18 ms (its end-of-sequence tag behind the last audio, or audio behind video) was read as
+    2**31 - 18 ms forward, in the live demuxer and the recording's length: a 40 s publish that
+    started near 2**31 (-output_ts_offset 2147470) was recorded as 74 days long."""
+    top = 2**31
+    stamps = (top - 40, top - 10, 5, 30, 12, 50, top - 20, 60, 0)
+    u = TimestampUnwrapper()
+    assert [u.unwrap(t) for t in stamps] == [top - 40, top - 10, top + 5, top + 30, top + 12, top + 50,
+                                            top - 20, top + 60, top]  # back across the wrap too
+    # the live demuxer, both its ways in (media(): the chunk reader's, with the common case inline)
+    for inline in (False, True):
+        demuxer = BroadcastDemuxer("live/x")
+        demuxer.message(8, top - 40, b"\xaf\x00\x12\x08")  # AAC-LC, 44.1 kHz, mono
+        got = []
+        for t in (top - 40, top - 17, 6, 29, 12, 52):
+            frames = (demuxer.media(8, t, b"\x00" * 8, "mp4a", 0, 0, b"\xaf\x01") if inline
+                      else demuxer.message(8, t, b"\xaf\x01" + b"\x00" * 8))
+            got += [f.dts for f in frames if not isinstance(f, Catalog)]
+        assert got == [top - 40, top - 17, top + 6, top + 29, top + 12, top + 52], inline
+
+
+def test_an_empty_sequence_header_before_the_real_one_is_no_warning(caplog):
+    """ffmpeg -c copy from MPEG-TS (ADTS audio) sends an empty AAC sequence header, then the real
+    one: each such publish logged "mp4a sequence header of audio rejected: AudioSpecificConfig of
+    0 bytes is too short"."""
+    demuxer = BroadcastDemuxer("live/x", log_name="live/x")
+    with caplog.at_level(logging.WARNING):
+        assert demuxer.message(8, 0, b"\xaf\x00") == [] and demuxer.message(9, 0, b"\x17\x00\x00\x00\x00") == []
+        out = demuxer.message(8, 0, b"\xaf\x00\x12\x08")  # AAC-LC, 44.1 kHz, mono
+    assert [t.name for t in out[-1].tracks] == ["audio"] and not caplog.records, caplog.text
+    with caplog.at_level(logging.WARNING):  # a header that is there and wrong is still said
+        demuxer.message(8, 0, b"\xaf\x00\x12")
+    assert "sequence header of audio rejected" in caplog.text
 
 
 def test_bad_access_unit_is_dropped_until_the_next_keyframe(sample_flv):

@@ -174,3 +174,11 @@ async def test_a_codec_that_is_not_carried_is_named_for_the_streamer(ingest, tmp
         "video codec Sorenson H.263 (FLV 'legacy-2') is not carried; its frames are dropped "
         "(carried: H.264, HEVC, AV1, VP9; ffmpeg: -c:v libx264)",
     ], lines
+
+
+async def test_a_player_asking_for_rtmp_playback_is_told_where_to_watch(ingest):
+    """ffplay/ffprobe rtmp://HOST/live/NAME read "Server error: unknown command 'play'"."""
+    need("ffprobe")
+    rc, output = await run_process(["ffprobe", "-hide_banner", "-v", "error", "-rw_timeout", "5000000",
+                                    f"rtmp://127.0.0.1:{ingest.port}/live/cam"], timeout=15)
+    assert rc != 0 and "RTMP playback is not offered" in output and "LL-HLS" in output, output

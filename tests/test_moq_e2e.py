@@ -276,3 +276,20 @@ async def test_data_objects_of_every_group_reach_a_subscriber(node, video_flv):
     video = [(ts, body) for t, ts, body in tags[first_group:] if t == 9 and body[1] == 1]
     assert later == [(1 + n // 10, n % 10, amf0_encode("onTextData", {"text": f"at {ts}"}))
                      for n, (ts, _) in enumerate(video)]
+
+
+async def test_a_track_asked_for_by_name_that_the_broadcast_lacks_is_said(node, video_flv, caplog):
+    """rtmpq sub --track vidoe (a typo) waited for that track with no word, for ever."""
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "typo")
+    for tag_type, ts, body in list(read_flv_tags(str(video_flv)))[:3]:
+        publisher.media(tag_type, ts, body)
+    host, port = node.moq_address
+    async with connect_moq(host, port, insecure=True, backend=node.moq_config.backend) as conn:
+        items = subscribe_broadcast(conn, "live/typo", tracks=["vidoe"], wait=5)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2):
+                async for _ in items:
+                    pass
+        await items.aclose()
+    assert "has no track vidoe (its catalog lists video): waiting for it" in caplog.text, caplog.text
+    publisher.close()

@@ -268,3 +268,37 @@ def test_its_log_lines_name_the_publisher(tmp_path, caplog):
     empty.close()
     lines = [r.getMessage() for r in caplog.records if "recording" in r.getMessage()]
     assert len(lines) == 3 and all(line.startswith("192.0.2.7:5000") for line in lines), lines
+
+
+def test_a_stream_name_too_long_for_a_file_name_is_recorded_under_a_shortened_one(tmp_path):
+    """A stream key may be 2048 characters, a file name 255 bytes: a 300-character name stopped
+    its recording at once ("OSError: File name too long"). Now its file name is cut, with a
+    hash of the whole name so two long names that begin alike stay apart."""
+    paths = []
+    for name in ("k" * 300, "k" * 299 + "j"):
+        rec = FlvRecorder(tmp_path, f"live/{name}", started=0)
+        rec.write(*TAGS[1])
+        rec.close()
+        assert not rec.stopped
+        paths.append(rec.path)
+    assert len(set(paths)) == 2 and all(p.exists() and len(p.name) < 255 and p.parent == tmp_path / "live"
+                                        for p in paths), paths
+    assert list(read_flv_tags(paths[0])) == [TAGS[1]]
+
+
+def test_the_length_of_a_publish_whose_time_starts_late_counts_its_frames_not_its_headers(tmp_path):
+    """ffmpeg -output_ts_offset sends its sequence headers at time 0 and its frames from the
+    offset: the length ran from 0, so a 3 s publish starting at 2147470 s was said to be 24.8
+    days long (74 days with the wrap at 2**31 that followed)."""
+    meta = amf0_encode("@setDataFrame", "onMetaData", {"duration": 0.0})
+    start = 2**31 - 1000  # the frames cross ffmpeg's 31-bit wrap 1 s in
+    rec = FlvRecorder(tmp_path, "live/cam", started=0)
+    rec.write(18, 0, meta)
+    rec.write(9, 0, b"\x17\x00\x00\x00\x00" + b"\x01" * 20)  # AVC sequence header
+    rec.write(8, 0, b"\xaf\x00\x12\x08")  # AAC sequence header
+    for i in range(90):  # 3 s at 30 fps
+        rec.write(9, (start + i * 33) % 2**31, b"\x00" * 8, b"\x27\x01\x00\x00\x00")
+    rec.write(9, (start + 89 * 33) % 2**31, b"\x17\x02\x00\x00\x00")  # AVC end of sequence
+    rec.close()
+    [meta_out] = [amf0_decode(body) for kind, _, body in read_flv_tags(str(_recording(tmp_path))) if kind == 18]
+    assert meta_out[1]["duration"] == 2.97, meta_out  # 89 intervals and the last frame's

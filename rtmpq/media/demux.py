@@ -63,7 +63,10 @@ _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence heade
 # FFmpeg's and OBS's FLV writers keep 31 bits of a timestamp (``(ts >> 24) & 0x7F``), so their
 # timestamps wrap at 2**31 ms, 24.8 days into a publish (or at once after -copyts): a step back
 # by more than this (12.4 days between two messages) is such a wrap, time going on by
-# ``delta + 2**31``. Publishers that send all 32 bits never step back that far.
+# ``delta + 2**31``. Publishers that send all 32 bits never step back that far. From such a wrap
+# on, the publisher is known to send 31 bits: its steps are read modulo 2**31 (a small step back,
+# audio behind video, is one; it was read as 2**31 - 18 ms forward, moving the rest of the publish
+# 24.8 days on).
 WRAP_31_STEP_BACK = 0x40000000
 # A track whose timestamps step back further than this (ms) between two of its frames had its
 # encoder's clock jump back (reset, or a source that restarted its timeline): its time goes on from
@@ -73,22 +76,37 @@ WRAP_31_STEP_BACK = 0x40000000
 CLOCK_JUMP_BACK_MS = 500
 
 
+def _empty_header(log_name: str, tag) -> list:
+    """An empty sequence header: ffmpeg sends one when it copies a stream whose configuration it
+    learns from the stream itself (-c copy from MPEG-TS: ADTS audio), then the real one with the
+    first frame. It was a warning, "sequence header ... rejected", for every such publish."""
+    log.debug("%s: empty %s sequence header (the configuration follows)", log_name, tag.codec)
+    return []
+
+
 class TimestampUnwrapper:
     """32-bit millisecond timestamps to a monotonic-ish 64-bit timeline (serial arithmetic), and
     31-bit ones (see WRAP_31_STEP_BACK)."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_last", "_raw", "_bits31")
 
     def __init__(self) -> None:
-        self._last: int | None = None
+        self._last: int | None = None  # the last timestamp, unwrapped
+        self._raw: int | None = None  # the last timestamp as sent
+        self._bits31 = False  # a 31-bit wrap was seen: steps are read modulo 2**31
 
     def unwrap(self, ts32: int) -> int:
         if self._last is None:
-            self._last = ts32
+            self._last = self._raw = ts32
             return ts32
-        delta = ((ts32 - self._last) + 0x80000000) % 0x100000000 - 0x80000000
-        if delta < -WRAP_31_STEP_BACK:
-            delta += 0x80000000
+        if self._bits31:
+            delta = ((ts32 - self._raw + 0x40000000) & 0x7FFFFFFF) - 0x40000000
+        else:
+            delta = ((ts32 - self._raw + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            if delta < -WRAP_31_STEP_BACK:
+                delta += 0x80000000
+                self._bits31 = True
+        self._raw = ts32
         self._last += delta
         return self._last
 
@@ -185,15 +203,13 @@ class BroadcastDemuxer:
         track = self._video0 if type_id == 9 else self._audio0
         if track is None or track.codec != codec:  # dropped there, or counted: the whole message again
             return self.message(type_id, timestamp, header + payload, received_ns)
-        clock = self._clock  # TimestampUnwrapper.unwrap, inline
-        last = clock._last
-        if last is None:
-            ts = clock._last = timestamp
+        clock = self._clock  # TimestampUnwrapper.unwrap, inline for a small step forward
+        raw = clock._raw
+        if raw is not None and 0 <= timestamp - raw < WRAP_31_STEP_BACK:
+            ts = clock._last = clock._last + timestamp - raw
+            clock._raw = timestamp
         else:
-            delta = ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            if delta < -WRAP_31_STEP_BACK:
-                delta += 0x80000000
-            ts = clock._last = last + delta
+            ts = clock.unwrap(timestamp)
         ts += track.shift  # _continued, inline: no call per frame for the common case
         last = track.last_dts
         if last is not None and ts < last - CLOCK_JUMP_BACK_MS:
@@ -287,7 +303,7 @@ class BroadcastDemuxer:
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         track = self._video.get(tag.track_id)
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._video_sequence_start(tag, payload)
+            return self._video_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
         if track is None or track.codec != tag.codec:
             self.stats.dropped += 1
             return []
@@ -404,7 +420,7 @@ class BroadcastDemuxer:
             return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._audio_sequence_start(tag, payload)
+            return self._audio_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
         out = []
         if tag.codec in _SYNCFRAME_CODECS and len(payload):
             out = self._syncframe_track(tag, payload)

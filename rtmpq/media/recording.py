@@ -17,6 +17,7 @@ reader's receive blocks, which are never reused (or copies it made), so they sta
 """
 
 import asyncio
+import hashlib
 import logging
 import os
 import struct
@@ -26,6 +27,9 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..codec import parse_audio_tracks, parse_video_tracks
+from ..codec.flv_types import PACKET_SEQUENCE_END, PACKET_SEQUENCE_START
+from ..errors import RemoteProtocolError
 from ..redact import safe_name
 from .demux import TimestampUnwrapper
 from .flv import FLV_HEADER_SIZE, TAG_HEADER_SIZE, FlvWriter, tag_pieces
@@ -48,6 +52,10 @@ RECORDER_CLOSE_POLL = 0.01
 # 12). close() writes what waits at once.
 RECORDER_WAKE_BYTES = 256 * 1024
 RECORDER_WAKE_INTERVAL = 0.2
+# A stream name may be 2048 characters (rtmp/session.py MAX_STREAM_KEY_LENGTH), a file name 255
+# bytes (NAME_MAX): a longer name is cut to its first characters and 8 hex digits of its SHA-256
+# in the file name, which stays under 255 bytes with its "-<UTC start>[-N].flv".
+RECORDING_NAME_MAX_CHARS = 200
 # Per-tag overhead in the file and in the queue's byte count (tag header + PreviousTagSize).
 _TAG_OVERHEAD = 15
 # onMetaData (AMF0 string) and the keys of its numbers rewritten at close (length-prefixed, then the
@@ -71,12 +79,15 @@ def check_record_dir(directory: str | Path) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as exc:
-        raise ConfigError(f"rtmp.record_dir (--record): cannot record in {directory}: "
-                          f"{exc.strerror or exc}") from None
+        # a file there: mkdir says "File exists"
+        reason = "it is not a directory" if directory.exists() and not directory.is_dir() else exc.strerror or exc
+        raise ConfigError(f"rtmp.record_dir (--record): cannot record in {directory}: {reason}") from None
 
 
 def recording_path(directory: Path, broadcast: str, started: float) -> Path:
     app, _, key = broadcast.rpartition("/")
+    if len(key) > RECORDING_NAME_MAX_CHARS:  # (names are ASCII: a character is a byte)
+        key = f"{key[:RECORDING_NAME_MAX_CHARS - 9]}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
     folder = (directory / app).resolve()
     if not folder.is_relative_to(directory.resolve()):
@@ -87,6 +98,17 @@ def recording_path(directory: Path, broadcast: str, started: float) -> Path:
         n += 1
         path = folder / f"{key}-{stamp}-{n}.flv"
     return path
+
+
+def _configuration_only(type_id: int, message) -> bool:
+    """Whether a media message holds only sequence headers or ends: those before the first frame
+    are sent at time 0 whatever the frames' time (ffmpeg -output_ts_offset): the length starts at
+    the first frame."""
+    try:
+        tracks = parse_video_tracks(message) if type_id == 9 else parse_audio_tracks(message)
+    except RemoteProtocolError:
+        return False
+    return all(t.packet_type in (PACKET_SEQUENCE_START, PACKET_SEQUENCE_END) for t in tracks)
 
 
 class _Length:
@@ -110,7 +132,7 @@ class _Length:
                 found = data.find(key)
                 if found >= 0 and found + len(key) + 8 <= len(data):
                     offsets.append(self.offset + TAG_HEADER_SIZE + len(header) + found + len(key))
-        elif type_id in (8, 9):
+        elif type_id in (8, 9) and (self._first is not None or header or not _configuration_only(type_id, body)):
             ts = self._clock.unwrap(timestamp)
             if self._first is None:
                 self._first = ts

@@ -421,6 +421,7 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         return info.timescale if info is not None else None
 
     catalog: Catalog | None = None
+    said_absent: set[str] = set()  # tracks asked for by name that the catalog lacked, logged once
     catalog_track = CatalogTrack(safe_name(broadcast))
     catalog_join = CatalogJoin(safe_name(broadcast))
 
@@ -449,7 +450,13 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
         """SUBSCRIBE to the chosen tracks not subscribed yet; UNSUBSCRIBE from those let go."""
         if catalog is None or not catalog.live:  # an ended broadcast's last catalog: nothing to add
             return
-        chosen = choice.names(catalog) & {t.name for t in catalog.tracks}
+        listed = {t.name for t in catalog.tracks}
+        absent = sorted((choice.tracks or set()) - listed - said_absent)
+        if absent:  # a track named that the catalog lacks is waited for: say so (was: silence, forever)
+            said_absent.update(absent)
+            log.warning("%s has no track %s (its catalog lists %s): waiting for it", safe_name(broadcast),
+                        ", ".join(absent), ", ".join(sorted(listed)) or "none")
+        chosen = choice.names(catalog) & listed
         subscribed = {name: rid for rid, name in requests.items()}
         for name in sorted(chosen - set(subscribed)):
             subscribe(name)

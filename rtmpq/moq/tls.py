@@ -17,16 +17,26 @@ SELF_SIGNED_DAYS = 365
 
 
 def ensure_self_signed(directory: str | Path, hostname: str = "localhost") -> tuple[Path, Path]:
-    """(cert, key) in ``directory``: made once (ECDSA P-256), reused afterwards."""
+    """(cert, key) in ``directory``: made once (ECDSA P-256), reused afterwards. A directory that
+    cannot be made or written is a ConfigError that names [moq] state_dir."""
+    directory = Path(directory)
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    try:
+        return _make_self_signed(directory, hostname)
+    except OSError as exc:  # was "[Errno 20] Not a directory: '.../tls'", after the RTMP listener was up
+        raise ConfigError(f"moq.state_dir (--state-dir): cannot keep the node's self-signed certificate in "
+                          f"{directory}: {exc.strerror or exc}") from None
+
+
+def _make_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    directory = Path(directory)
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
     directory.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])

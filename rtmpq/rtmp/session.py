@@ -62,6 +62,9 @@ _NO_ACK = 1 << 62  # ack_at while the peer asked for no acknowledgements
 # Stream keys and app names: a conservative allowlist; never used as a file path as received.
 # A key may be a signed publish token (a JWT, about 200-400 characters), hence the length.
 MAX_STREAM_KEY_LENGTH = 2048
+# What a player that asks to play over RTMP is told: this server only takes publishers.
+PLAY_REFUSED = ("RTMP playback is not offered: this server takes publishers; watch over LL-HLS "
+                "(http://HOST:HTTP_PORT/<app>/<name>/ or its index.m3u8) or MoQ (rtmpq sub)")
 STREAM_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.~-]{1,%d}" % MAX_STREAM_KEY_LENGTH)
 # What may follow the key after '?' (e.g. ?token=<JWT>): at most this many characters.
 MAX_PUBLISH_QUERY_LENGTH = 4096
@@ -475,6 +478,8 @@ class RtmpServerSession:
             sid = _stream_id_arg(name, args[0]) if name == "deleteStream" and args and isinstance(args[0], float) else stream_id
             self._end_publishing(sid, name)
             self._streams.discard(sid)
+        elif name == "play":  # a viewer trying RTMP (ffplay rtmp://...): was "unknown command 'play'"
+            self._send_on_status(stream_id, _status("error", "NetStream.Play.Failed", PLAY_REFUSED))
         elif name in ("_checkbw", "getStreamLength", "ping"):
             self._send_command(0, "_result", tx, None, UNDEFINED)
         elif name in ("_result", "_error", "onBWDone", "onStatus"):
