@@ -243,6 +243,8 @@ class ReconnectingPublisher:
                 pub.media(tag_type, ts, body)
                 self.sent[-1] += frame
             await self._leave(pub, listening)
+        except ConnectionError:  # the server closed the connection before its reader saw it
+            await asyncio.wait_for(listening, 10)
         finally:
             listening.cancel()
             pub.close()

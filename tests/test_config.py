@@ -187,7 +187,7 @@ def test_an_rtmps_certificate_without_its_key_is_refused(tmp_path):
     ("[rtmp]\nrefused_publish_cooldown = inf\n", "rtmp.refused_publish_cooldown: must be a positive number of seconds"),
     ("[rtmp]\nprot = 1\n", "unknown key in [rtmp] 'prot' (did you mean 'port'?)"),
     ("[rtmp]\nreconnect_wait = -1\n", "rtmp.reconnect_wait: must be a number of seconds, 0 or more"),
-    ("[rtmp]\nreconnect_wait = nan\n", "rtmp.reconnect_wait: must be a number of seconds, 0 or more"),
+    ("[rtmp]\nreconnect_wait = nan\n", "rtmp.reconnect_wait: expected a number"),
     ('[rtmp]\nreconnect_url = "http://b:1935/live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
     ('[rtmp]\nreconnect_url = "rtmp:///live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
     ('[rtmp]\nreconnect_url = "rtmp://b:x/live"\n', "rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP]"),
