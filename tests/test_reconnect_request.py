@@ -1,6 +1,6 @@
 """Graceful stop with E-RTMP v2's Reconnect Request: a publisher that said in connect that it can
 reconnect (capsEx Reconnect) is asked to ([rtmp] reconnect_url), its media taken until it leaves;
-the others are stopped at once, as before. No client on this machine implements the request
+the others are stopped at once, as before, and read why. No client on this machine implements the request
 (ffmpeg 5.1, GStreamer), so tests/rtmp_client.py's ReconnectingPublisher plays that client."""
 
 import asyncio
@@ -116,3 +116,19 @@ async def test_a_publisher_that_never_leaves_is_stopped_when_reconnect_wait_pass
     finally:
         publishing.cancel()
         await asyncio.gather(closing if closing is not None else a.close(), return_exceptions=True)
+
+
+async def test_an_ffmpeg_publisher_reads_why_when_the_node_stops(tmp_path, source_flv):
+    """With no publisher to wait for, the stop still lets ffmpeg read its onStatus before the
+    connection closes (closed under it, its socket was reset: "Broken pipe", no reason)."""
+    need("ffmpeg")
+    a = await start_up_node(tmp_path, rtmp=ingest())
+    ffmpeg = asyncio.ensure_future(run_process(ffmpeg_replay_args(
+        f"rtmp://127.0.0.1:{a.rtmp.address[1]}/live/plain", str(source_flv), 20)))
+    try:
+        await until(lambda: (plain := a.registry.get("live/plain")) and plain.catalog.tracks, what="the publish")
+        await a.close()
+        rc, output = await asyncio.wait_for(ffmpeg, 10)
+        assert rc != 0 and "the server is stopping" in output, output
+    finally:
+        await drop_publish(ffmpeg)

@@ -26,7 +26,7 @@ from ..media.demux import BroadcastDemuxer
 from ..media.frames import Frame
 from ..media.recording import FlvRecorder, check_record_dir
 from ..redact import safe_name
-from ..rtmp.server import RtmpConnection, RtmpServer
+from ..rtmp.server import STOP_CLOSE_LINGER, RtmpConnection, RtmpServer
 from ..rtmp.session import MediaMessage, PublishRequested
 from ..rtmp.tls import rtmps_context
 from .notify import PublishEvents
@@ -215,7 +215,7 @@ class IngestNode:
         for pub in list(self.publishes.values()):
             pub.conn.stop(pub.stream_id, "NetStream.Publish.Idle", reason)
         self.registry.end_all()
-        await self.server.close()
+        await self.server.close(linger=STOP_CLOSE_LINGER)  # the encoders read why first
         if self._finalizing:
             await asyncio.gather(*self._finalizing, return_exceptions=True)
         if self.events is not None:  # the ends and recordings just told, within the hook's timeout

@@ -32,6 +32,10 @@ log = logging.getLogger("rtmpq.rtmp")
 # socket is reset and the onStatus that says why is lost with it (ffmpeg said "Broken pipe"; now it
 # prints "Server error: <why>"). An encoder that closes first ends it sooner.
 STOP_LINGER = 2.0
+# A graceful stop: seconds the server waits, at most, for the encoders whose publishes it just
+# ended to read why and leave, before it closes their connections under them (the same reset).
+# Part of [node] stop_timeout; encoders leave within milliseconds.
+STOP_CLOSE_LINGER = 0.5
 
 
 class PublishSink(Protocol):
@@ -62,6 +66,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         self._closing = False
         self._linger: asyncio.TimerHandle | None = None  # set while a stopped publish's connection lingers
         self._reader_fd: int | None = None  # set while the server's SharedReader reads this socket
+        self.lost = asyncio.get_running_loop().create_future()  # done when the connection is gone
 
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -160,6 +165,8 @@ class RtmpConnection(asyncio.BufferedProtocol):
         if self._reader_fd is not None:
             self.server.reader.remove(self)
         self.server.connections.discard(self)
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._timer is not None:
             self._timer.cancel()
         if self._linger is not None:
@@ -335,9 +342,14 @@ class RtmpServer:
             if server is not None:
                 server.close()
 
-    async def close(self) -> None:
+    async def close(self, linger: float = 0.0) -> None:
+        """Close the listeners and every connection; those whose publishes were just ended (still
+        lingering) get up to ``linger`` seconds to read why and leave first."""
         servers = [s for s in (self._server, self._tls_server) if s is not None]
         self.stop_listening()
+        lingering = [conn.lost for conn in self.connections if conn._linger is not None]
+        if lingering and linger > 0:
+            await asyncio.wait(lingering, timeout=linger)
         for conn in tuple(self.connections):
             conn.transport.close()
         for server in servers:
