@@ -45,7 +45,8 @@ def positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {'an integer' if kind is int else 'a number'}") from None
+            expected = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
         if not 0 < value < float("inf"):  # NaN fails too
             raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number more than 0")
         return value
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what it allows: publish a name, watch it, or act as a node (relay: everything)")
     token.add_argument("--sub", default="", metavar="PATH",
                        help="the path it covers: live/studio (one broadcast), live (an app); empty: all")
-    token.add_argument("--ttl", type=positive(float), default=3600.0, metavar="S", help="seconds until it expires (default 3600)")
+    token.add_argument("--ttl", type=positive(float), default=3600.0, metavar="S",
+                       help="seconds until it expires (default 3600)")
     token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
 
     config = sub.add_parser("config", parents=[common], help="print the effective configuration",

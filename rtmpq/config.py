@@ -677,7 +677,8 @@ def validate(config: Config) -> None:
     if (config.rtmp.tls_cert is None) != (config.rtmp.tls_key is None):
         raise ConfigError("rtmp.tls_cert and rtmp.tls_key go together (--rtmps-cert and --rtmps-key)")
     if not 0 <= config.rtmp.reconnect_wait < math.inf:  # (NaN fails too)
-        raise ConfigError(f"rtmp.reconnect_wait: must be a number of seconds, 0 or more (got {config.rtmp.reconnect_wait!r})")
+        raise ConfigError(f"rtmp.reconnect_wait: must be a number of seconds, 0 or more "
+                          f"(got {config.rtmp.reconnect_wait!r})")
     if config.rtmp.reconnect_url:
         try:
             url = urlsplit(config.rtmp.reconnect_url)
