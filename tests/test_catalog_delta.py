@@ -175,3 +175,19 @@ def test_a_group_that_starts_with_a_delta_is_refused():
 def test_load_catalog_json_wants_an_object():
     with pytest.raises(RemoteProtocolError):
         load_catalog_json(b"[]")
+
+
+def test_a_catalog_nested_too_deep_for_the_json_reader_is_refused_like_any_bad_json():
+    """Found with the moq_catalog fuzz target: json.loads raises RecursionError, not ValueError, on
+    arrays nested a few thousand deep; it escaped CatalogTrack.read (out of the MoQ client's
+    subscribe loop: the edge, `rtmpq sub`, the transcoder) and Catalog.from_json."""
+    deep = b'{"version": "draft-01", "tracks": ' + b"[" * 5000
+    with pytest.raises(RemoteProtocolError, match="nested too deep"):
+        Catalog.from_json(deep)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, independent())
+    good = track.catalog
+    assert track.read(0, 1, b'{"generatedAt": 2, "deltaUpdate": ' + b"[" * 5000) == []
+    assert track.read(1, 0, deep) == []
+    assert track.catalog is good
+    assert names(track.read(2, 0, independent())) == [["video"]]

@@ -331,6 +331,8 @@ def load_catalog_json(data: bytes | str) -> dict:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"MSF catalog is not JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested a few thousand deep
+        raise RemoteProtocolError("MSF catalog is not JSON: nested too deep") from None
     if not isinstance(doc, dict):
         raise RemoteProtocolError("MSF catalog is not a JSON object")
     return doc
