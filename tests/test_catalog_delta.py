@@ -191,3 +191,22 @@ def test_a_catalog_nested_too_deep_for_the_json_reader_is_refused_like_any_bad_j
     assert track.read(1, 0, deep) == []
     assert track.catalog is good
     assert names(track.read(2, 0, independent())) == [["video"]]
+
+
+def test_a_catalog_nested_deeper_than_max_catalog_depth_is_refused():
+    """Found with the moq_catalog fuzz target: a track field 500 arrays deep parsed, then applying
+    a delta to that catalog (copy.deepcopy) raised RecursionError out of CatalogTrack.read."""
+    from rtmpq.media.catalog import MAX_CATALOG_DEPTH
+
+    doc = base_doc()
+    doc["tracks"][0]["x"] = json.loads("[" * 500 + "]" * 500)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, json.dumps(doc).encode())
+    assert track.read(0, 1, as_object(delta(("add", [AUDIO])))) == []  # was: RecursionError
+    assert track.catalog is None  # refused at object 0
+    doc["tracks"][0]["x"] = json.loads("[" * (MAX_CATALOG_DEPTH - 3) + "]" * (MAX_CATALOG_DEPTH - 3))  # root, tracks, track
+    assert names(track.read(1, 0, json.dumps(doc).encode())) == [["video"]]
+    assert names(track.read(1, 1, as_object(delta(("add", [AUDIO]))))) == [["video", "audio"]]
+    doc["tracks"][0]["x"] = [doc["tracks"][0]["x"]]
+    with pytest.raises(RemoteProtocolError, match=f"more than {MAX_CATALOG_DEPTH} deep"):
+        load_catalog_json(json.dumps(doc).encode())

@@ -52,6 +52,10 @@ PRIVATE_NOT_CARRIED = "rtmpq.notCarried"
 # each would be a new catalog version), and the longest text of one of their fields.
 MAX_NOT_CARRIED = 8
 MAX_NOT_CARRIED_TEXT = 64
+# Arrays and objects in one another in a catalog document, at most (the draft's examples go 5
+# deep: a delta, its deltaUpdate, an operation, its tracks, a track). Deeper ones are refused:
+# copying one (a delta applied to it) recursed past Python's limit from about 500 deep.
+MAX_CATALOG_DEPTH = 16
 # Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
 RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
@@ -335,7 +339,18 @@ def load_catalog_json(data: bytes | str) -> dict:
         raise RemoteProtocolError("MSF catalog is not JSON: nested too deep") from None
     if not isinstance(doc, dict):
         raise RemoteProtocolError("MSF catalog is not a JSON object")
+    if _depth(doc) > MAX_CATALOG_DEPTH:
+        raise RemoteProtocolError(f"MSF catalog nests arrays and objects more than {MAX_CATALOG_DEPTH} deep")
     return doc
+
+
+def _depth(doc) -> int:
+    """How deep arrays and objects go in a parsed JSON document (without recursing)."""
+    deepest, level = 0, [doc]
+    while level:
+        deepest += 1
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
+    return deepest
 
 
 def _number(value: float | None) -> float | int | None:
