@@ -139,19 +139,25 @@ def handshake(data: bytes) -> None:
 
 
 def session(data: bytes) -> None:
-    """A whole RTMP server session (handshake skipped: a valid C0C1C2 is prepended) fed garbage."""
+    """A whole RTMP server session (handshake skipped: a valid C0C1C2 is prepended) fed garbage;
+    on odd first bytes a server that asks publishers to reconnect (capsEx Reconnect both ways),
+    which asks a client whose connect said it can as soon as it has."""
     from rtmpq.rtmp.handshake import HANDSHAKE_SIZE
     from rtmpq.rtmp.session import RtmpServerSession
 
-    s = RtmpServerSession()
+    s = RtmpServerSession(reconnect=bool(data[:1]) and data[0] & 1 == 1)
     payload = b"\x03" + bytes(HANDSHAKE_SIZE) + bytes(HANDSHAKE_SIZE) + data[8:]
     pos = 0
+    asked = False
     try:
         for cut in _cuts(data, len(payload)) + [len(payload)]:
             s.receive_data(payload[pos:cut])
             pos = cut
             while s.next_event() is not NEED_DATA:
                 pass
+            if s.reconnect and s.can_reconnect and not asked:  # what follows is taken as before
+                s.request_reconnect("fuzz: please reconnect", "rtmp://127.0.0.1/live")
+                asked = True
     except RemoteProtocolError:
         return
     s.data_to_send()
