@@ -210,3 +210,23 @@ def test_a_catalog_nested_deeper_than_max_catalog_depth_is_refused():
     doc["tracks"][0]["x"] = [doc["tracks"][0]["x"]]
     with pytest.raises(RemoteProtocolError, match=f"more than {MAX_CATALOG_DEPTH} deep"):
         load_catalog_json(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("field, value", [("codec", 2000), ("width", "1920"), ("timescale", "1e999"),
+                                          ("renderGroup", [1]), ("bitrate", 0.5)])
+def test_a_track_field_of_the_wrong_kind_is_refused_and_the_catalog_stays(field, value):
+    """Found by `make fuzz` (moq_catalog, tests/data/corpus/crashes/moq_catalog-codec-not-a-string):
+    a codec that is a number raised AttributeError out of CatalogTrack.read; a number too big for a
+    double (1e999, which json reads as infinity) raised OverflowError from int()."""
+    doc = base_doc()
+    doc["tracks"][0][field] = value
+    data = json.dumps(doc).encode().replace(b'"1e999"', b"1e999")
+    with pytest.raises(RemoteProtocolError, match="MSF track"):
+        Catalog.from_json(data)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, independent())
+    good = track.catalog
+    assert track.read(1, 0, data) == [] and track.catalog is good
+    doc = base_doc()
+    doc["tracks"][0]["width"] = None  # null is absent
+    assert Catalog.from_json(json.dumps(doc).encode()).track("video").width is None

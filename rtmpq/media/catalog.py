@@ -33,6 +33,7 @@ not understand; an entry rtmpq cannot read is ignored the same way (docs/interop
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -162,24 +163,44 @@ class TrackInfo:
             role = VIDEO if "width" in obj else AUDIO if "samplerate" in obj else DATA
         channels = obj.get("channelConfig")
         codec = obj.get("codec", "")
+        if not isinstance(codec, str):
+            raise RemoteProtocolError("MSF track object with a codec that is not a string")
         return cls(
             name=obj["name"],
             kind=role,
             codec=codec,
             init_data=init_data,
-            timescale=int(obj.get("timescale", SOURCE_TIMESCALE)),
-            width=obj.get("width"),
-            height=obj.get("height"),
-            framerate=obj.get("framerate"),
-            bitrate=obj.get("bitrate"),
+            timescale=_integer(obj, "timescale", SOURCE_TIMESCALE),
+            width=_integer(obj, "width"),
+            height=_integer(obj, "height"),
+            framerate=_finite(obj.get("framerate")),
+            bitrate=_integer(obj, "bitrate"),
             bitrate_is_bound=obj.get(PRIVATE_BITRATE_BOUND) is True,
             nal_length_size=nal_length_size_of(codec, init_data),
-            sample_rate=obj.get("samplerate"),
+            sample_rate=_integer(obj, "samplerate"),
             channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,
-            render_group=int(obj.get("renderGroup", 1)),
-            alt_group=obj.get("altGroup"),
+            render_group=_integer(obj, "renderGroup", 1),
+            alt_group=_integer(obj, "altGroup"),
             source=source if isinstance(source := obj.get(PRIVATE_SOURCE_TRACK), str) else None,
         )
+
+
+def _finite(value) -> int | float | None:
+    """A JSON number of a track field, or None for anything else (a string, an array, 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _integer(obj: dict, key: str, default: int | None = None) -> int | None:
+    """A whole-number track field (1920 or 1920.0), ``default`` when it is absent or null; a value
+    of another kind is refused (before, it reached the code that reads the track as it came)."""
+    if obj.get(key) is None:
+        return default
+    value = _finite(obj[key])
+    if value is None or value != int(value):
+        raise RemoteProtocolError(f"MSF track field {key!r} is not a whole number")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
