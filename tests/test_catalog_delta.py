@@ -213,15 +213,20 @@ def test_a_catalog_nested_deeper_than_max_catalog_depth_is_refused():
 
 
 @pytest.mark.parametrize("field, value", [("codec", 2000), ("width", "1920"), ("timescale", "1e999"),
-                                          ("renderGroup", [1]), ("bitrate", 0.5)])
-def test_a_track_field_of_the_wrong_kind_is_refused_and_the_catalog_stays(field, value):
-    """Found by `make fuzz` (moq_catalog, tests/data/corpus/crashes/moq_catalog-codec-not-a-string):
-    a codec that is a number raised AttributeError out of CatalogTrack.read; a number too big for a
-    double (1e999, which json reads as infinity) raised OverflowError from int()."""
+                                          ("renderGroup", [1]), ("bitrate", 0.5), ("/rtmpq.catalogVersion", "1e999"),
+                                          ("/generatedAt", "1e999")])
+def test_a_field_of_the_wrong_kind_is_refused_and_the_catalog_stays(field, value):
+    """Found by `make fuzz` (moq_catalog, tests/data/corpus/crashes/moq_catalog-codec-not-a-string,
+    moq_catalog-generated-at-infinite): a codec that is a number raised AttributeError out of
+    CatalogTrack.read; a number too big for a double (1e999, which json reads as infinity)
+    OverflowError from int(). ("/x": a root field.) A generatedAt that is no number is ignored."""
     doc = base_doc()
-    doc["tracks"][0][field] = value
+    (doc if field.startswith("/") else doc["tracks"][0])[field.lstrip("/")] = value
     data = json.dumps(doc).encode().replace(b'"1e999"', b"1e999")
-    with pytest.raises(RemoteProtocolError, match="MSF track"):
+    if field == "/generatedAt":
+        assert Catalog.from_json(data).generated_at is None
+        return
+    with pytest.raises(RemoteProtocolError, match="MSF"):
         Catalog.from_json(data)
     track = CatalogTrack("live/x")
     track.read(0, 0, independent())

@@ -178,7 +178,7 @@ class TrackInfo:
             bitrate_is_bound=obj.get(PRIVATE_BITRATE_BOUND) is True,
             nal_length_size=nal_length_size_of(codec, init_data),
             sample_rate=_integer(obj, "samplerate"),
-            channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,
+            channels=int(channels) if isinstance(channels, str) and channels.isascii() and channels.isdigit() else None,
             render_group=_integer(obj, "renderGroup", 1),
             alt_group=_integer(obj, "altGroup"),
             source=source if isinstance(source := obj.get(PRIVATE_SOURCE_TRACK), str) else None,
@@ -186,20 +186,20 @@ class TrackInfo:
 
 
 def _finite(value) -> int | float | None:
-    """A JSON number of a track field, or None for anything else (a string, an array, 1e999)."""
+    """A JSON number of a catalog field, or None for anything else (a string, an array, 1e999)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return None
     return value
 
 
 def _integer(obj: dict, key: str, default: int | None = None) -> int | None:
-    """A whole-number track field (1920 or 1920.0), ``default`` when it is absent or null; a value
-    of another kind is refused (before, it reached the code that reads the track as it came)."""
+    """A whole-number catalog field (1920 or 1920.0), ``default`` when it is absent or null; a
+    value of another kind is refused (before, it reached the code that reads it as it came)."""
     if obj.get(key) is None:
         return default
     value = _finite(obj[key])
     if value is None or value != int(value):
-        raise RemoteProtocolError(f"MSF track field {key!r} is not a whole number")
+        raise RemoteProtocolError(f"MSF catalog field {key!r} is not a whole number")
     return int(value)
 
 
@@ -342,8 +342,8 @@ class Catalog:
         return cls(
             broadcast=str(doc.get("broadcast", "")),
             tracks=tuple(tracks),
-            version=int(doc.get(PRIVATE_CATALOG_VERSION, 1)),
-            generated_at=int(generated) if isinstance(generated, (int, float)) else None,
+            version=_integer(doc, PRIVATE_CATALOG_VERSION, 1),
+            generated_at=int(generated) if (generated := _finite(generated)) is not None else None,
             live=live,
             complete=doc.get("isComplete") is True,
             not_carried=tuple(d for d in dropped if d is not None),
