@@ -175,3 +175,63 @@ def test_a_group_that_starts_with_a_delta_is_refused():
 def test_load_catalog_json_wants_an_object():
     with pytest.raises(RemoteProtocolError):
         load_catalog_json(b"[]")
+
+
+def test_a_catalog_nested_too_deep_for_the_json_reader_is_refused_like_any_bad_json():
+    """Found with the moq_catalog fuzz target: json.loads raises RecursionError, not ValueError, on
+    arrays nested a few thousand deep; it escaped CatalogTrack.read (out of the MoQ client's
+    subscribe loop: the edge, `rtmpq sub`, the transcoder) and Catalog.from_json."""
+    deep = b'{"version": "draft-01", "tracks": ' + b"[" * 5000
+    with pytest.raises(RemoteProtocolError, match="nested too deep"):
+        Catalog.from_json(deep)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, independent())
+    good = track.catalog
+    assert track.read(0, 1, b'{"generatedAt": 2, "deltaUpdate": ' + b"[" * 5000) == []
+    assert track.read(1, 0, deep) == []
+    assert track.catalog is good
+    assert names(track.read(2, 0, independent())) == [["video"]]
+
+
+def test_a_catalog_nested_deeper_than_max_catalog_depth_is_refused():
+    """Found with the moq_catalog fuzz target: a track field 500 arrays deep parsed, then applying
+    a delta to that catalog (copy.deepcopy) raised RecursionError out of CatalogTrack.read."""
+    from rtmpq.media.catalog import MAX_CATALOG_DEPTH
+
+    doc = base_doc()
+    doc["tracks"][0]["x"] = json.loads("[" * 500 + "]" * 500)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, json.dumps(doc).encode())
+    assert track.read(0, 1, as_object(delta(("add", [AUDIO])))) == []  # was: RecursionError
+    assert track.catalog is None  # refused at object 0
+    doc["tracks"][0]["x"] = json.loads("[" * (MAX_CATALOG_DEPTH - 3) + "]" * (MAX_CATALOG_DEPTH - 3))  # root, tracks, track
+    assert names(track.read(1, 0, json.dumps(doc).encode())) == [["video"]]
+    assert names(track.read(1, 1, as_object(delta(("add", [AUDIO]))))) == [["video", "audio"]]
+    doc["tracks"][0]["x"] = [doc["tracks"][0]["x"]]
+    with pytest.raises(RemoteProtocolError, match=f"more than {MAX_CATALOG_DEPTH} deep"):
+        load_catalog_json(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("field, value", [("codec", 2000), ("width", "1920"), ("timescale", "1e999"),
+                                          ("renderGroup", [1]), ("bitrate", 0.5), ("/rtmpq.catalogVersion", "1e999"),
+                                          ("/generatedAt", "1e999")])
+def test_a_field_of_the_wrong_kind_is_refused_and_the_catalog_stays(field, value):
+    """Found by `make fuzz` (moq_catalog, tests/data/corpus/crashes/moq_catalog-codec-not-a-string,
+    moq_catalog-generated-at-infinite): a codec that is a number raised AttributeError out of
+    CatalogTrack.read; a number too big for a double (1e999, which json reads as infinity)
+    OverflowError from int(). ("/x": a root field.) A generatedAt that is no number is ignored."""
+    doc = base_doc()
+    (doc if field.startswith("/") else doc["tracks"][0])[field.lstrip("/")] = value
+    data = json.dumps(doc).encode().replace(b'"1e999"', b"1e999")
+    if field == "/generatedAt":
+        assert Catalog.from_json(data).generated_at is None
+        return
+    with pytest.raises(RemoteProtocolError, match="MSF"):
+        Catalog.from_json(data)
+    track = CatalogTrack("live/x")
+    track.read(0, 0, independent())
+    good = track.catalog
+    assert track.read(1, 0, data) == [] and track.catalog is good
+    doc = base_doc()
+    doc["tracks"][0]["width"] = None  # null is absent
+    assert Catalog.from_json(json.dumps(doc).encode()).track("video").width is None

@@ -30,6 +30,39 @@ def test_what_an_answer_means():
             hook_name(status, body, "live")
 
 
+def test_an_answer_nested_too_deep_for_the_json_reader_is_not_an_answer():
+    """Found with the publish_hook fuzz target: json.loads raises RecursionError, not ValueError, on
+    arrays nested a few thousand deep; it escaped hook_name, the task asking the hook died and the
+    publish was never answered (the connection closed 10 s later: "no publish within 10 s")."""
+    for status, said in ((200, 'without a "name"'), (403, r"refused by the publish hook \(HTTP 403\)")):
+        for body in (b"[" * 5000, b'{"name": ' * 3000):
+            with pytest.raises(AccessDenied, match=said):
+                hook_name(status, body, "live")
+
+
+async def test_a_publish_whose_hook_answers_json_nested_too_deep_is_refused_at_once(tmp_path):
+    need("ffmpeg")
+
+    async def handle(reader, writer) -> None:
+        await read_post(reader)
+        data = b'{"name": ' + b"[" * 20_000  # within the 64 KiB an answer is read up to
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    publish = PublishConfig(hook_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/on_publish",
+                            hook_timeout=2.0, grace_period=0.0)
+    node = await start_up_node(tmp_path, publish=publish)
+    try:
+        rc, out = await run_process(ffmpeg_publish_only_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/sk-1", 2),
+                                    timeout=15)  # before the fix: never answered, ffmpeg waits for good
+        assert rc != 0 and 'the publish hook answered without a "name"' in out, out
+    finally:
+        await node.close()
+        server.close()
+
+
 def test_the_setting_is_checked_and_masked():
     with pytest.raises(ConfigError, match="publish.hook_url: expected an http"):
         load_config(None, env={"RTMPQ_PUBLISH_HOOK_URL": "ftp://x"})

@@ -26,7 +26,7 @@ def hook_name(status: int, body: bytes, app: str) -> str:
     hook said no; ``hook_failed``: the answer is not one)."""
     try:
         answer = json.loads(body) if body.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: arrays or objects nested too deep
         answer = None
     if not 200 <= status <= 299:
         reason = answer.get("reason") if isinstance(answer, dict) else None

@@ -33,6 +33,7 @@ not understand; an entry rtmpq cannot read is ignored the same way (docs/interop
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 
@@ -52,6 +53,10 @@ PRIVATE_NOT_CARRIED = "rtmpq.notCarried"
 # each would be a new catalog version), and the longest text of one of their fields.
 MAX_NOT_CARRIED = 8
 MAX_NOT_CARRIED_TEXT = 64
+# Arrays and objects in one another in a catalog document, at most (the draft's examples go 5
+# deep: a delta, its deltaUpdate, an operation, its tracks, a track). Deeper ones are refused:
+# copying one (a delta applied to it) recursed past Python's limit from about 500 deep.
+MAX_CATALOG_DEPTH = 16
 # Transcoder rungs are named after their source track and height: "video-480p", "video-1-360p".
 RUNG_NAME = re.compile(r"-\d{3,4}p$")
 
@@ -158,24 +163,44 @@ class TrackInfo:
             role = VIDEO if "width" in obj else AUDIO if "samplerate" in obj else DATA
         channels = obj.get("channelConfig")
         codec = obj.get("codec", "")
+        if not isinstance(codec, str):
+            raise RemoteProtocolError("MSF track object with a codec that is not a string")
         return cls(
             name=obj["name"],
             kind=role,
             codec=codec,
             init_data=init_data,
-            timescale=int(obj.get("timescale", SOURCE_TIMESCALE)),
-            width=obj.get("width"),
-            height=obj.get("height"),
-            framerate=obj.get("framerate"),
-            bitrate=obj.get("bitrate"),
+            timescale=_integer(obj, "timescale", SOURCE_TIMESCALE),
+            width=_integer(obj, "width"),
+            height=_integer(obj, "height"),
+            framerate=_finite(obj.get("framerate")),
+            bitrate=_integer(obj, "bitrate"),
             bitrate_is_bound=obj.get(PRIVATE_BITRATE_BOUND) is True,
             nal_length_size=nal_length_size_of(codec, init_data),
-            sample_rate=obj.get("samplerate"),
-            channels=int(channels) if isinstance(channels, str) and channels.isdigit() else None,
-            render_group=int(obj.get("renderGroup", 1)),
-            alt_group=obj.get("altGroup"),
+            sample_rate=_integer(obj, "samplerate"),
+            channels=int(channels) if isinstance(channels, str) and channels.isascii() and channels.isdigit() else None,
+            render_group=_integer(obj, "renderGroup", 1),
+            alt_group=_integer(obj, "altGroup"),
             source=source if isinstance(source := obj.get(PRIVATE_SOURCE_TRACK), str) else None,
         )
+
+
+def _finite(value) -> int | float | None:
+    """A JSON number of a catalog field, or None for anything else (a string, an array, 1e999)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _integer(obj: dict, key: str, default: int | None = None) -> int | None:
+    """A whole-number catalog field (1920 or 1920.0), ``default`` when it is absent or null; a
+    value of another kind is refused (before, it reached the code that reads it as it came)."""
+    if obj.get(key) is None:
+        return default
+    value = _finite(obj[key])
+    if value is None or value != int(value):
+        raise RemoteProtocolError(f"MSF catalog field {key!r} is not a whole number")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,8 +342,8 @@ class Catalog:
         return cls(
             broadcast=str(doc.get("broadcast", "")),
             tracks=tuple(tracks),
-            version=int(doc.get(PRIVATE_CATALOG_VERSION, 1)),
-            generated_at=int(generated) if isinstance(generated, (int, float)) else None,
+            version=_integer(doc, PRIVATE_CATALOG_VERSION, 1),
+            generated_at=int(generated) if (generated := _finite(generated)) is not None else None,
             live=live,
             complete=doc.get("isComplete") is True,
             not_carried=tuple(d for d in dropped if d is not None),
@@ -331,9 +356,22 @@ def load_catalog_json(data: bytes | str) -> dict:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RemoteProtocolError(f"MSF catalog is not JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested a few thousand deep
+        raise RemoteProtocolError("MSF catalog is not JSON: nested too deep") from None
     if not isinstance(doc, dict):
         raise RemoteProtocolError("MSF catalog is not a JSON object")
+    if _depth(doc) > MAX_CATALOG_DEPTH:
+        raise RemoteProtocolError(f"MSF catalog nests arrays and objects more than {MAX_CATALOG_DEPTH} deep")
     return doc
+
+
+def _depth(doc) -> int:
+    """How deep arrays and objects go in a parsed JSON document (without recursing)."""
+    deepest, level = 0, [doc]
+    while level:
+        deepest += 1
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
+    return deepest
 
 
 def _number(value: float | None) -> float | int | None:

@@ -15,6 +15,7 @@ Re-running it replaces the seed files; they are small on purpose (libFuzzer read
 import argparse
 import asyncio
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -179,6 +180,7 @@ def main() -> None:
                 _codec_seeds(seed, f"{name}-a{i}", body)
     _moq_seeds(seed)
     _http_seeds(seed)
+    _json_seeds(seed)
     for target, files in seeds.items():
         d = out / target
         d.mkdir(parents=True, exist_ok=True)
@@ -205,12 +207,14 @@ def _codec_seeds(seed, name: str, body: bytes) -> None:
 
 
 def _moq_seeds(seed) -> None:
-    from tests.fuzz.moq_samples import samples
+    from tests.fuzz.moq_samples import datagram_samples, samples
 
     for name, data in samples().items():
         target = "moq_fetch" if name.startswith("fetch") else "moq_subgroup" if name.startswith("subgroup") \
             else "moq_control"
         seed(target, name, (SEED_PREFIX if target != "moq_control" else b"") + data)
+    for name, data in datagram_samples().items():
+        seed("moq_datagram", name, data)
 
 
 def _http_seeds(seed) -> None:
@@ -220,6 +224,26 @@ def _http_seeds(seed) -> None:
         "post": b"POST /live HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
     }.items():
         seed("http_request", name, req)
+
+
+def _json_seeds(seed) -> None:
+    """MSF catalogs (the draft's examples: each independent one, then it with each delta after it)
+    and publish hook answers (a status byte, then the body)."""
+    examples = json.loads((ROOT / "tests/data/msf-draft-examples.json").read_text())["examples"]
+    docs = [e["json"].encode() for e in examples]
+    deltas = [d for d in docs if b"deltaUpdate" in d]
+    for i, doc in enumerate(d for d in docs if d not in deltas):
+        seed("moq_catalog", f"msf-example-{i}", doc)
+    for i, delta in enumerate(deltas):
+        seed("moq_catalog", f"msf-example-delta-{i}", docs[0] + b"\0" + delta)
+    for name, answer in {
+        "admit": b"\x00" + b'{"name": "studio"}',
+        "admit-path": b"\x01" + b'{"name": "news/desk", "extra": [1, 2.5, null, true, {"a": "b"}]}',
+        "refuse-reason": b"\x05" + b'{"reason": "key revoked"}',
+        "refuse-empty": b"\x06",
+        "admit-bad-name": b"\x00" + b'{"name": "../etc"}',
+    }.items():
+        seed("publish_hook", name, answer)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,20 @@ def samples() -> dict[str, bytes]:
     fetch += enc.object_header(5, 1, 0, 64, 3, None) + b"xyz"
     out["fetch-objects"] = bytes(fetch)
     return out
+
+
+def datagram_samples() -> dict[str, bytes]:
+    """OBJECT_DATAGRAMs of one track in a row, each after a byte giving its length (the moq_datagram
+    target's input): every type bit, a gap, a duplicate, an older group, END_OF_GROUP."""
+    dgrams = {
+        "datagrams-in-order": [w.encode_object_datagram(7, 1, 0, b"key", {0x06: 1}, priority=128),
+                               w.encode_object_datagram(7, 1, 1, b"p1"),
+                               w.encode_object_datagram(7, 1, 2, b"p2", end_of_group=True),
+                               w.encode_object_datagram(7, 2, 0, b"", status=w.ObjectStatus.END_OF_GROUP)],
+        "datagrams-reordered": [w.encode_object_datagram(7, 3, 2, b"late", priority=1),
+                                w.encode_object_datagram(7, 3, 1, b"early"),
+                                w.encode_object_datagram(7, 3, 2, b"again"),
+                                w.encode_object_datagram(7, 2, 5, b"old group"),
+                                w.encode_object_datagram(9, 4, 0, b"other track", {0x0B: b"loc"}, end_of_group=True)],
+    }
+    return {name: b"".join(bytes((len(d),)) + d for d in ds) for name, ds in dgrams.items()}

@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # a stray "tests" package in site-packages must not shadow ours
 # every module a target reaches, imported under atheris's instrumentation before the targets
-INSTRUMENTED = ("rtmpq.codec", "rtmpq.edge.server", "rtmpq.media.aac", "rtmpq.media.ac3", "rtmpq.media.av1",
-                "rtmpq.media.avc", "rtmpq.media.hevc", "rtmpq.media.opus", "rtmpq.media.vp9", "rtmpq.moq.wire",
-                "rtmpq.rtmp.handshake", "rtmpq.rtmp.session")
+INSTRUMENTED = ("rtmpq.auth.hook", "rtmpq.codec", "rtmpq.edge.server", "rtmpq.media.aac", "rtmpq.media.ac3",
+                "rtmpq.media.av1", "rtmpq.media.avc", "rtmpq.media.catalog", "rtmpq.media.catalog_delta",
+                "rtmpq.media.hevc", "rtmpq.media.opus", "rtmpq.media.vp9", "rtmpq.moq.catalog_track",
+                "rtmpq.moq.datagram_order", "rtmpq.moq.wire", "rtmpq.rtmp.handshake", "rtmpq.rtmp.session")
 
 
 def main() -> int:

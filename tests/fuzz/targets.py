@@ -139,19 +139,25 @@ def handshake(data: bytes) -> None:
 
 
 def session(data: bytes) -> None:
-    """A whole RTMP server session (handshake skipped: a valid C0C1C2 is prepended) fed garbage."""
+    """A whole RTMP server session (handshake skipped: a valid C0C1C2 is prepended) fed garbage;
+    on odd first bytes a server that asks publishers to reconnect (capsEx Reconnect both ways),
+    which asks a client whose connect said it can as soon as it has."""
     from rtmpq.rtmp.handshake import HANDSHAKE_SIZE
     from rtmpq.rtmp.session import RtmpServerSession
 
-    s = RtmpServerSession()
+    s = RtmpServerSession(reconnect=bool(data[:1]) and data[0] & 1 == 1)
     payload = b"\x03" + bytes(HANDSHAKE_SIZE) + bytes(HANDSHAKE_SIZE) + data[8:]
     pos = 0
+    asked = False
     try:
         for cut in _cuts(data, len(payload)) + [len(payload)]:
             s.receive_data(payload[pos:cut])
             pos = cut
             while s.next_event() is not NEED_DATA:
                 pass
+            if s.reconnect and s.can_reconnect and not asked:  # what follows is taken as before
+                s.request_reconnect("fuzz: please reconnect", "rtmp://127.0.0.1/live")
+                asked = True
     except RemoteProtocolError:
         return
     s.data_to_send()
@@ -313,6 +319,69 @@ def moq_fetch(data: bytes) -> None:
     _stream(FetchStreamParser, data)
 
 
+def moq_datagram(data: bytes) -> None:
+    """OBJECT_DATAGRAMs, one per piece (a byte giving the piece's length, then the piece): each
+    decodes or is refused; what decodes re-encodes and decodes to the same object; the objects
+    go in order through DatagramOrder, which hands on an (alias, group, object) at most once."""
+    from rtmpq.moq.datagram_order import DatagramOrder
+    from rtmpq.moq.wire import decode_object_datagram, encode_object_datagram
+
+    order = DatagramOrder("fuzz")
+    handed = set()
+    pos = 0
+    while pos < len(data):
+        piece = data[pos + 1:pos + 1 + data[pos]]
+        pos += 1 + data[pos]
+        try:
+            d = decode_object_datagram(piece)
+        except RemoteProtocolError:
+            continue
+        again = decode_object_datagram(encode_object_datagram(
+            d.track_alias, d.group_id, d.object_id, d.payload, d.extensions, priority=d.priority,
+            status=d.status, end_of_group=d.end_of_group))
+        assert again == d, f"datagram round trip: {d!r} -> {again!r}"
+        track = str(d.track_alias)
+        if d.status:
+            order.end_group(track, d.group_id, d.object_id)
+        elif order.admit(track, d.group_id, d.object_id, d.end_of_group):
+            key = (d.track_alias, d.group_id, d.object_id)
+            assert key not in handed, f"datagram object {key} handed on twice"
+            handed.add(key)
+
+
+def moq_catalog(data: bytes) -> None:
+    """The MSF catalog track as a subscriber reads it (JSON from the publisher): the pieces
+    between NUL bytes are objects 0, 1, 2... of one group (an independent catalog, then deltas);
+    a bad one is refused (CatalogTrack logs it), nothing escapes. Catalog.from_json (the relay's
+    reading) refuses with RemoteProtocolError or a field's ValueError/TypeError."""
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.moq.catalog_track import CatalogTrack
+
+    track = CatalogTrack("fuzz")
+    for object_id, payload in enumerate(data.split(b"\0")[:16]):
+        track.read(0, object_id, payload)
+    try:
+        Catalog.from_json(data.split(b"\0")[0])
+    except (ValueError, TypeError):  # RemoteProtocolError is a ValueError
+        pass
+
+
+# --- publish hook -------------------------------------------------------------------------------
+
+def publish_hook(data: bytes) -> None:
+    """[publish] hook_url's answer (the operator's service, over HTTP): the first byte picks the
+    status, the rest is the body. It admits a broadcast name or refuses with AccessDenied."""
+    from rtmpq.auth.access import BROADCAST_NAME_PATTERN, AccessDenied
+    from rtmpq.auth.hook import hook_name
+
+    status = (200, 201, 204, 299, 300, 403, 404, 500)[data[0] % 8] if data else 200
+    try:
+        name = hook_name(status, data[1:], "live")
+    except AccessDenied:
+        return
+    assert 200 <= status <= 299 and BROADCAST_NAME_PATTERN.fullmatch(name), name
+
+
 # --- HTTP ---------------------------------------------------------------------------------------
 
 _loop = None
@@ -398,4 +467,5 @@ def http_request(data: bytes) -> None:
 
 
 TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, avc, hevc, av1, audio_config,
-                                   moq_control, moq_subgroup, moq_fetch, http_request)}
+                                   moq_control, moq_subgroup, moq_fetch, moq_datagram, moq_catalog,
+                                   publish_hook, http_request)}
