@@ -20,7 +20,7 @@ from rtmpq.transcode.coder import SourceDecoder
 from rtmpq.transcode.ladder import parse_ladder
 from rtmpq.config import TranscodeConfig
 
-from .conftest import free_port, local_config, made_once, need, wait_tcp
+from .conftest import free_port, local_config, made_once, need, until, wait_tcp
 from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, drop_publish, end_live_publish, ffmpeg_publish_args, run_process
 from .test_codecs_e2e import http_text
 
@@ -1021,9 +1021,7 @@ async def test_a_rung_is_listed_again_as_soon_as_its_track_is_back(tmp_path, iso
         assert names() == ["audio"], names()
         await end_live_publish(publisher)
         publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20), timeout=60))
-        async with asyncio.timeout(30):
-            while "video-180p" not in names():
-                await asyncio.sleep(0.05)
+        await until(lambda: "video-180p" in names(), 30, "the rung in the catalog again")
         # listed again well before rendition_idle (as a rung nobody pulled yet is), and pulled anew it plays
         await listed(True, deadline=RUNG_BACK_WITHIN)
         playlist = (await get_when_ready(f"{base}/video-180p.m3u8")).decode()
