@@ -69,8 +69,7 @@ class PublishEvents:
                 self.sent += 1
             else:
                 self.failed += 1
-                log.warning("publish events %s: %s of %s not taken%s: %s", url_label(self.url), payload["event"],
-                            safe_name(payload.get("name", "?")), f" after {tries} tries" if tries > 1 else "", why)
+                log.warning("%s not taken%s: %s", self._which(payload), f" after {tries} tries" if tries > 1 else "", why)
 
     async def _deliver(self, payload: dict) -> tuple[int, str | None]:
         """Send one event until it is taken or may not be sent again: (tries, None) or (tries, why not)."""
@@ -90,12 +89,15 @@ class PublishEvents:
             if not may_pass or tries > self.retries or self._closing.is_set():
                 return tries, why
             if tries == 1:
-                log.info("publish events %s: %s of %s not taken (%s); sending it again", url_label(self.url),
-                         payload["event"], safe_name(payload.get("name", "?")), why)
+                log.info("%s not taken (%s); sending it again", self._which(payload), why)
             try:  # a stop cuts the wait short: one last try
                 await asyncio.wait_for(self._closing.wait(), delay)
             except TimeoutError:
                 delay *= 2
+
+    def _which(self, payload: dict) -> str:
+        """For the log: the service (no credentials) and the event ("publish_end of live/studio")."""
+        return f"publish events {url_label(self.url)}: {payload['event']} of {safe_name(payload.get('name', '?'))}"
 
     async def close(self, timeout: float) -> None:
         """Send what waits (within ``timeout`` seconds: part of the node's stop), then stop."""
