@@ -716,7 +716,7 @@ def validate(config: Config) -> None:
 # stream keys and the token settings, which an operator changes while streams are live (a new
 # streamer, a revoked key, a rotated secret). Every other setting is read once, at start.
 RELOADABLE = {("publish", "keys"), ("publish", "hook_url"), ("publish", "hook_timeout"), ("publish", "events_url"),
-              ("publish", "events_retries"), ("auth", "secret"),
+              ("publish", "events_retries"), ("publish", "hook_cafile"), ("auth", "secret"),
               ("auth", "require_playback_token"), ("auth", "playback_session"), ("auth", "node_token")}
 
 

@@ -186,3 +186,39 @@ async def test_an_https_hook_is_checked_against_hook_cafile(tmp_path, caplog):
     finally:
         await node.close()
         backend.server.close()
+
+
+async def test_a_hook_ca_renewed_in_place_is_read_again_on_sighup(tmp_path, caplog):
+    """The service's CA file replaced at the same path: SIGHUP makes the node verify against it
+    (before, the file was read at start only); a file that cannot be loaded keeps the CA in use."""
+    import ssl
+
+    from rtmpq.moq.tls import ensure_self_signed
+
+    need("ffmpeg")
+    cert, key = ensure_self_signed(tmp_path / "tls")  # the service's certificate
+    other, _ = ensure_self_signed(tmp_path / "other")  # a CA that does not know it
+    cafile = tmp_path / "hook-ca.pem"
+    cafile.write_bytes(other.read_bytes())
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert, key)
+    backend = Backend()
+    backend.server = await asyncio.start_server(backend.handle, "127.0.0.1", 0, ssl=tls)
+    url = f"https://127.0.0.1:{backend.server.sockets[0].getsockname()[1]}/on_publish"
+    node = await start_up_node(tmp_path, publish=PublishConfig(hook_url=url, hook_cafile=cafile, grace_period=0.0))
+    rtmp = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live"
+    try:
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 1))
+        assert rc != 0 and "the publish hook did not answer" in out, out  # the wrong CA
+        cafile.write_bytes(cert.read_bytes())  # the operator renews the CA in place, then SIGHUP
+        node.rtmp.settings_reloaded()
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 1))
+        assert rc == 0, out
+        cafile.write_text("not a certificate")
+        node.rtmp.settings_reloaded()
+        assert "publish.hook_cafile: cannot load" in caplog.text and "the hook's CA in use stays" in caplog.text
+        rc, out = await run_process(ffmpeg_publish_only_args(f"{rtmp}/{GOOD}", 1))
+        assert rc == 0, out  # the CA that loaded last still verifies the service
+    finally:
+        await node.close()
+        backend.server.close()

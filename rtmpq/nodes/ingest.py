@@ -315,9 +315,22 @@ class IngestNode:
                 self._moved.set_result(None)
 
     def settings_reloaded(self) -> None:
-        """SIGHUP took new settings: the events service is the new one, live publishes are checked."""
+        """SIGHUP took new settings: the hook's CA is read again, the events service is the new
+        one, live publishes are checked."""
+        self.reload_hook_ca()
         self.renew_events()
         self.recheck_publishes()
+
+    def reload_hook_ca(self) -> None:
+        """[publish] hook_cafile read again (a CA renewed in place keeps its path); a file that
+        cannot be loaded now leaves the CA in use as it was."""
+        try:
+            self.hook_tls = hook_tls_context(self.publish_config.hook_cafile)
+        except ConfigError as exc:
+            log.error("SIGHUP: %s; the hook's CA in use stays", exc)
+            return
+        if self.events is not None:
+            self.events.ssl_context = self.hook_tls
 
     def renew_events(self) -> None:
         """[publish] events_url or events_retries changed: events from now on go to the new URL
