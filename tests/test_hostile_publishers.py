@@ -163,6 +163,9 @@ async def test_hostile_clients_are_closed_with_a_logged_reason_while_a_real_publ
     assert {name: (closed, reason and reason.startswith(HOSTILE[name][1])) for name, (closed, reason) in got.items()} \
         == {name: (True, True) for name in HOSTILE}, got
     assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
+    bad_names = sum(reason.startswith(("publish: invalid stream name", "publish: stream name is not a string"))
+                    for _, reason in HOSTILE.values())
+    assert ingest.server.errors["bad_name"] == bad_names  # counted apart from protocol errors
     rc, output = await good
     assert rc == 0, output
     _, frames = await collector
