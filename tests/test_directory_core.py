@@ -70,6 +70,12 @@ def test_bad_directory_data_is_refused_and_the_mirror_is_bounded():
         Entry.decode("x", b"{" + b" " * 5000 + b"}")
     with pytest.raises(RemoteProtocolError):
         Mirror().apply_message(b'{"nme": 1}')
+    with pytest.raises(RemoteProtocolError):  # nested deeper than the JSON reader goes: refused, not raised past
+        Entry.decode("x", b"[" * 3000)
+    with pytest.raises(RemoteProtocolError):
+        Mirror().apply_message(b"[" * 3000)
+    with pytest.raises(RemoteProtocolError):
+        Mirror().apply_message(b'{"name": "x", "gone": "' + b"n" * 10000 + b'"}')
     m = Mirror(max_entries=2)
     for i in range(3):
         m.claimed(Entry(f"n{i}", "moqt://a:1", "a", i))

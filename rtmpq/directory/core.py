@@ -29,8 +29,10 @@ RENEWALS_PER_TTL = 3
 # Entries a mirror keeps; more are ignored (Mirror.dropped counts them; logged once each time the
 # mirror fills up) so memory stays bounded ([directory] max_entries).
 MAX_ENTRIES = 100_000
-# An entry's encoded size is bounded: a larger value in Redis is not ours and is ignored.
+# An entry's encoded size is bounded: a larger value in Redis is not ours and is ignored. So is a
+# pub/sub announcement's (an entry and its name).
 MAX_ENTRY_BYTES = 4096
+MAX_ANNOUNCEMENT_BYTES = 2 * MAX_ENTRY_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +58,7 @@ class Entry:
             doc = json.loads(data)
             entry = cls(name, str(doc["url"]), str(doc["node"]), int(doc.get("version", 0)),
                         str(doc.get("fingerprint", "")))
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
             raise RemoteProtocolError(f"directory entry for {name!r} is not valid: {exc}") from None
         if not entry.url.startswith(("moqt://", "moq://")):
             raise RemoteProtocolError(f"directory entry for {name!r} has no moqt:// URL")
@@ -250,10 +252,12 @@ class Mirror:
 
     def apply_message(self, data: str | bytes) -> list[Change]:
         """A pub/sub announcement (``announcement()``); RemoteProtocolError if it is not one."""
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise RemoteProtocolError(f"directory announcement is {len(data)} bytes")
         try:
             doc = json.loads(data)
             name = str(doc["name"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise RemoteProtocolError(f"directory announcement is not valid: {exc}") from None
         if "entry" in doc:
             return self.claimed(Entry.decode(name, json.dumps(doc["entry"])))
