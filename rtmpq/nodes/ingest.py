@@ -11,6 +11,7 @@ import logging
 import math
 import ssl
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,8 +146,8 @@ class IngestNode:
         self._hook_calls: set[asyncio.Task] = set()  # publishes waiting for [publish] hook_url
         p = self.publish_config
         self.hook_tls = hook_tls_context(p.hook_cafile)
-        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls, p.events_retries) \
-            if p.events_url else None
+        self.event_counts = Counter()  # /metrics counts on across a change of events_url
+        self.events = self._events_sender()
         self._idle_task: asyncio.Task | None = None
 
     @property
@@ -339,16 +340,18 @@ class IngestNode:
         if old is not None and old.url == p.events_url:
             old.retries = p.events_retries
             return
-        self.events = PublishEvents(p.events_url, p.hook_timeout, self.hook_tls, p.events_retries) \
-            if p.events_url else None
+        self.events = self._events_sender()
         if self.events is not None:
             self.events.start()
-            if old is not None:  # /metrics counts on
-                self.events.sent, self.events.failed, self.events.dropped = old.sent, old.failed, old.dropped
         if old is not None:
             closing = asyncio.ensure_future(old.close(p.hook_timeout))
             self._finalizing.add(closing)
             closing.add_done_callback(self._finalizing.discard)
+
+    def _events_sender(self) -> PublishEvents | None:
+        p = self.publish_config
+        return PublishEvents(p.events_url, p.hook_timeout, self.hook_tls, p.events_retries, self.event_counts) \
+            if p.events_url else None
 
     def recheck_publishes(self) -> None:
         """After a settings reload: end each live publish the new stream keys or [auth] secret

@@ -14,6 +14,7 @@ fill-up), so a slow or dead service costs a bounded amount of memory.
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from ..http.client import HttpCallError, post_json, url_label
 from ..redact import safe_name
@@ -32,7 +33,8 @@ RETRY_STATUSES = frozenset((408, 429))
 class PublishEvents:
     """``post(event, **fields)`` queues an event; ``start()`` then ``close()`` run the sender."""
 
-    def __init__(self, url: str, timeout: float, ssl_context=None, retries: int = 0) -> None:
+    def __init__(self, url: str, timeout: float, ssl_context=None, retries: int = 0,
+                 counts: Counter | None = None) -> None:
         self.url = url
         self.timeout = timeout
         self.retries = retries
@@ -41,7 +43,21 @@ class PublishEvents:
         self._queue: asyncio.Queue = asyncio.Queue(MAX_QUEUED_EVENTS)
         self._task: asyncio.Task | None = None
         self._full = False  # said once per fill-up
-        self.sent = self.failed = self.dropped = 0
+        # events by result: "sent", "failed", "dropped" (a node passes its own, which outlives a
+        # sender replaced on SIGHUP while the old one still empties its queue)
+        self.counts = Counter() if counts is None else counts
+
+    @property
+    def sent(self) -> int:
+        return self.counts["sent"]
+
+    @property
+    def failed(self) -> int:
+        return self.counts["failed"]
+
+    @property
+    def dropped(self) -> int:
+        return self.counts["dropped"]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._send())
@@ -52,7 +68,7 @@ class PublishEvents:
             self._queue.put_nowait(payload)
             self._full = False
         except asyncio.QueueFull:
-            self.dropped += 1
+            self.counts["dropped"] += 1
             if not self._full:
                 self._full = True
                 log.warning("publish events %s: %d events wait to be sent; new ones are dropped until it "
@@ -66,9 +82,9 @@ class PublishEvents:
             finally:
                 self._queue.task_done()
             if why is None:
-                self.sent += 1
+                self.counts["sent"] += 1
             else:
-                self.failed += 1
+                self.counts["failed"] += 1
                 log.warning("%s not taken%s: %s", self._which(payload), f" after {tries} tries" if tries > 1 else "", why)
 
     async def _deliver(self, payload: dict) -> tuple[int, str | None]:
