@@ -23,7 +23,7 @@ from rtmpq.moq.transport import connect_moq
 
 from .conftest import need, start_up_node
 from .publishers import AUDIO_ENCODE, PYAV_PUBLISHER, run_process
-from .test_edge import http_get, media_sequence, until_ended
+from .test_edge import decoded_video, http_get, media_sequence, until_ended
 
 CHANGED = "parameter sets changed in-band"
 SIZES = ("320x240", "640x360")
@@ -85,17 +85,6 @@ def playlist_shape(playlist: str) -> list[str]:
             or line.endswith("m4s") and "PART" not in line]
 
 
-async def probe(tmp_path, name: str, media: bytes) -> dict:
-    path = tmp_path / name
-    path.write_bytes(media)
-    rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"])
-    assert rc == 0 and out == "", out
-    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
-                                 "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(path)])
-    [stream] = json.loads(out)["streams"]
-    return stream
-
-
 async def moq_catalog_with(node, broadcast: str, width: int) -> Catalog:
     """The first catalog a MoQ subscriber of ``broadcast`` gets whose video track is ``width`` wide."""
     host, port = node.moq_address
@@ -145,7 +134,7 @@ async def test_a_size_change_carried_only_in_band_gets_a_new_init_catalog_and_pl
     for version, size in enumerate(SIZES):
         segments = [(await http_get(f"{base}/v-seg{n + 2 * version + i}.m4s"))[2] for i in (0, 1)]
         init = (await http_get(f"{base}/v-init-{n + version}.mp4"))[2]
-        stream = await probe(tmp_path, f"v{version}.mp4", init + b"".join(segments))
+        stream = await decoded_video(tmp_path / f"v{version}.mp4", init + b"".join(segments))
         assert f"{stream['width']}x{stream['height']}" == size and int(stream["nb_read_frames"]) == 60
     [line] = [r.getMessage() for r in caplog.records if CHANGED in r.getMessage()]
     assert "320x240 -> 640x360" in line and "live/#" in line and "inband" not in line, line

@@ -18,7 +18,10 @@ renditions switch on the same boundaries. Audio frames belong to the group in pr
 default video track (audio-only streams cut a group every ``AUDIO_ONLY_GROUP_MS``). Frames that
 cannot be decoded from where they are (before their track's sequence header or first key frame,
 or after a malformed access unit until the next key frame) are dropped and counted, never passed
-on half-valid; a malformed sequence header is logged and ignored, as for AVC. An audio or video
+on half-valid; a malformed sequence header is logged and ignored, as for AVC. An AVC or HEVC key
+frame whose own (in-band) parameter sets differ from its track's configuration reconfigures the
+track as a sequence header with them would, before that key frame (an MPEG-TS source restreamed
+with -c copy sends no new sequence header when its size changes). An audio or video
 message whose FLV tag header is truncated or contradictory raises RemoteProtocolError
 (RtmpServerSession refuses those before they get here); empty messages are dropped.
 """
