@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from rtmpq.codec import parse_video_tag, split_length_prefixed
-from rtmpq.media.broadcast import Broadcast
 from rtmpq.media.avc import AvcConfig, avcc_from_parameter_sets
+from rtmpq.media.broadcast import Broadcast
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.demux import BroadcastDemuxer
 from rtmpq.media.flv import read_flv_tags
