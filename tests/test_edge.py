@@ -200,6 +200,18 @@ async def read_with_ffmpeg(url: str, *extra: str) -> str:
     return out
 
 
+async def decoded_video(path, media: bytes) -> dict:
+    """ffprobe's width, height and nb_read_frames of the video of ``media`` (an init segment and
+    its segments), written to ``path``, once ffmpeg decoded all of it without an error."""
+    path.write_bytes(media)
+    rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"])
+    assert rc == 0 and out == "", out
+    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
+                                 "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(path)])
+    [stream] = json.loads(out)["streams"]
+    return stream
+
+
 async def until_ended(base: str) -> None:
     """Wait until the video and audio playlists under ``base`` end (EXT-X-ENDLIST)."""
     async with asyncio.timeout(15):
@@ -354,13 +366,7 @@ async def test_a_new_avcc_mid_broadcast_gets_a_new_init_segment_uri_and_a_discon
         status, headers, init = await http_get(f"{base}/v-init-{n + version}.mp4")
         assert status == 200 and headers["Cache-Control"] == "max-age=60"
         media = init + b"".join([(await http_get(f"{base}/{name}"))[2] for name in segments])
-        path = tmp_path / f"version{version}.mp4"
-        path.write_bytes(media)
-        rc, out = await run_process(["ffmpeg", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"])
-        assert rc == 0 and out == "", out
-        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v",
-                                     "-show_entries", "stream=width,height,nb_read_frames", "-of", "json", str(path)])
-        [stream] = json.loads(out)["streams"]
+        stream = await decoded_video(tmp_path / f"version{version}.mp4", media)
         sent = len([t for t in encodes[version] if t[0] == 9 and t[2][1] == 1])
         assert (stream["width"], stream["height"], int(stream["nb_read_frames"])) == (*size, sent)
 

@@ -9,7 +9,8 @@ next frame arrives: that wait was one frame interval of live-edge lag for nothin
 window keeps the newest ``window`` segments (memory is bounded); EXT-X-ENDLIST is added when the
 broadcast ends.
 
-A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted) gets
+A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder restarted, or a
+key frame came with other in-band parameter sets: media/demux.py) gets
 a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
 first segment after the change starts at the next keyframe with EXT-X-DISCONTINUITY and a new
 EXT-X-MAP, and the old version is kept while a segment in the window still needs it.

@@ -96,10 +96,22 @@ class AvcConfig:
         return cls(data[1], data[2], data[3], length_size, sets[0], sets[1])
 
 
-def avcc_from_parameter_sets(sps: bytes, pps: bytes, nal_length_size: int = 4) -> bytes:
-    """An avcC for one SPS and one PPS (e.g. from an Annex-B stream)."""
-    return (bytes((1, sps[1], sps[2], sps[3], 0xFC | (nal_length_size - 1), 0xE1))
-            + len(sps).to_bytes(2, "big") + sps + b"\x01" + len(pps).to_bytes(2, "big") + pps)
+def avcc_from_parameter_sets(sps, pps, nal_length_size: int = 4) -> bytes:
+    """An avcC for these SPS and PPS NAL units (e.g. from an Annex-B stream, or the ones a key
+    frame carries in-band): profile, constraint flags and level are the first SPS's bytes, and
+    for the High profiles (14496-15 5.3.3.1.2) the chroma format and bit depths its fields. Raises
+    RemoteProtocolError when the first SPS does not parse."""
+    info = parse_sps(sps[0])
+    record = bytearray((1, sps[0][1], sps[0][2], sps[0][3], 0xFC | (nal_length_size - 1), 0xE0 | len(sps)))
+    for unit in sps:
+        record += len(unit).to_bytes(2, "big") + unit
+    record.append(len(pps))
+    for unit in pps:
+        record += len(unit).to_bytes(2, "big") + unit
+    if info.profile_idc in _HIGH_PROFILES:
+        record += bytes((0xFC | info.chroma_format_idc, 0xF8 | (info.bit_depth - 8),
+                         0xF8 | (info.bit_depth_chroma - 8), 0))  # no SPS extensions
+    return bytes(record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +124,7 @@ class SpsInfo:
     chroma_format_idc: int
     bit_depth: int
     frame_mbs_only: bool
+    bit_depth_chroma: int = 8
 
 
 def _ue(r: BitReader, maximum: int, name: str) -> int:
@@ -148,14 +161,14 @@ def parse_sps(nal: bytes) -> SpsInfo:
     level_idc = r.read_bits(8)
     _ue(r, 31, "seq_parameter_set_id")
     chroma_format_idc = 1
-    bit_depth = 8
+    bit_depth = bit_depth_chroma = 8
     separate_colour_plane = 0
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = _ue(r, 3, "chroma_format_idc")
         if chroma_format_idc == 3:
             separate_colour_plane = r.read_bit()
         bit_depth = 8 + _ue(r, 6, "bit_depth_luma_minus8")
-        _ue(r, 6, "bit_depth_chroma_minus8")
+        bit_depth_chroma = 8 + _ue(r, 6, "bit_depth_chroma_minus8")
         r.read_bit()  # qpprime_y_zero_transform_bypass_flag
         if r.read_bit():  # seq_scaling_matrix_present_flag
             for i in range(8 if chroma_format_idc != 3 else 12):
@@ -195,7 +208,8 @@ def parse_sps(nal: bytes) -> SpsInfo:
     framerate = None
     if r.read_bit():  # vui_parameters_present_flag
         framerate = _vui_framerate(r)
-    return SpsInfo(profile_idc, level_idc, width, height, framerate, chroma_format_idc, bit_depth, bool(frame_mbs_only))
+    return SpsInfo(profile_idc, level_idc, width, height, framerate, chroma_format_idc, bit_depth, bool(frame_mbs_only),
+                   bit_depth_chroma)
 
 
 def _vui_framerate(r: BitReader) -> float | None:

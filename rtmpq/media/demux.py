@@ -18,7 +18,10 @@ renditions switch on the same boundaries. Audio frames belong to the group in pr
 default video track (audio-only streams cut a group every ``AUDIO_ONLY_GROUP_MS``). Frames that
 cannot be decoded from where they are (before their track's sequence header or first key frame,
 or after a malformed access unit until the next key frame) are dropped and counted, never passed
-on half-valid; a malformed sequence header is logged and ignored, as for AVC. An audio or video
+on half-valid; a malformed sequence header is logged and ignored, as for AVC. An AVC or HEVC key
+frame whose own (in-band) parameter sets differ from its track's configuration reconfigures the
+track as a sequence header with them would, before that key frame (an MPEG-TS source restreamed
+with -c copy sends no new sequence header when its size changes). An audio or video
 message whose FLV tag header is truncated or contradictory raises RemoteProtocolError
 (RtmpServerSession refuses those before they get here); empty messages are dropped.
 """
@@ -39,10 +42,13 @@ from ..errors import RemoteProtocolError
 from .aac import AudioSpecificConfig
 from .ac3 import Ac3Header, Eac3Header
 from .av1 import Av1Config, is_key_temporal_unit
-from .avc import AvcConfig, parse_sps
+from .avc import NAL_PPS, NAL_SPS, AvcConfig, avcc_from_parameter_sets, parse_sps
 from .catalog import Catalog, NotCarried, TrackInfo
 from .frames import AUDIO, DATA, SOURCE_TIMESCALE, VIDEO, Frame
-from .hevc import HevcConfig, is_irap, parse_hevc_sps
+from .hevc import NAL_PPS as HEVC_PPS
+from .hevc import NAL_SPS as HEVC_SPS
+from .hevc import NAL_VPS as HEVC_VPS
+from .hevc import HevcConfig, hvcc_from_parameter_sets, is_irap, parse_hevc_sps
 from .opus import OPUS_SAMPLE_RATE, OpusHead
 from .vp9 import Vp9Config, is_key_frame, key_frame_size
 
@@ -134,6 +140,7 @@ class _Track:
     shift: int = 0  # added to its timestamps since its clock jumped back (CLOCK_JUMP_BACK_MS)
     last_dts: int | None = None  # of its last frame, and of the one before (for its interval)
     prev_dts: int | None = None
+    rejected: tuple | None = None  # in-band (VPS, SPS, PPS) that did not parse, not tried again
 
 
 def track_name(kind: str, track_id: int) -> str:
@@ -236,6 +243,7 @@ class BroadcastDemuxer:
             return []  # an empty access unit
         keyframe = frame_type == 1 or kind == 2
         if keyframe:
+            out = self._in_band_parameter_sets(track, 0, payload)
             self._open_video_group(track, 0, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
@@ -243,7 +251,7 @@ class BroadcastDemuxer:
         frame = Frame(track.name, track.group, track.index, ts, ts + cts, keyframe, payload, received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
-        return [frame]
+        return [*out, frame] if keyframe and out else [frame]
 
     def _continued(self, track: _Track, ts: int) -> int:
         """``ts`` on the track's own timeline (see CLOCK_JUMP_BACK_MS); media() inlines this."""
@@ -303,7 +311,7 @@ class BroadcastDemuxer:
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         track = self._video.get(tag.track_id)
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._video_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
+            return self._video_config(tag.codec, tag.track_id, payload) if len(payload) else _empty_header(self._log_name, tag)
         if track is None or track.codec != tag.codec:
             self.stats.dropped += 1
             return []
@@ -318,9 +326,11 @@ class BroadcastDemuxer:
         ts = self._continued(track, ts)
         out = []
         if keyframe:
-            self._open_video_group(track, tag.track_id, ts)
             if tag.codec == "vp09":
                 out = self._vp9_size(track, payload)
+            elif tag.codec != "av01":
+                out = self._in_band_parameter_sets(track, tag.track_id, payload)
+            self._open_video_group(track, tag.track_id, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
@@ -357,6 +367,49 @@ class BroadcastDemuxer:
             return tag.frame_type == 1 or is_irap(units)
         return tag.frame_type == 1 or any(len(u) and (u[0] & 0x1F) == _NAL_IDR for u in units)
 
+    def _in_band_parameter_sets(self, track: _Track, track_id: int, payload) -> list:
+        """An AVC or HEVC key frame's own parameter sets (SPS, PPS; HEVC also VPS: an MPEG-TS or
+        HLS source restreamed with -c copy carries its configuration in-band and sends no new
+        sequence header when it changes): when they differ from the track's configuration, the
+        catalog a sequence header with them would make (and one log line); nothing when they are
+        the same (such a source repeats them at every key frame) or the frame has none. Only key
+        frames come here: it splits the access unit a second time and reads each unit's header."""
+        config = track.config
+        units = split_length_prefixed(payload, config.nal_length_size)
+        if track.codec == "hvc1":
+            types = [(unit[0] >> 1) & 0x3F for unit in units]
+            vps, sps, pps = ([u for u, t in zip(units, types) if t == kind] for kind in (HEVC_VPS, HEVC_SPS, HEVC_PPS))
+            current = (config.vps, config.sps, config.pps)
+        else:
+            sps = [u for u in units if u[0] & 0x1F == NAL_SPS]
+            pps = [u for u in units if u[0] & 0x1F == NAL_PPS]
+            vps, current = [], ((), config.sps, config.pps)
+        found = (vps, sps, pps)
+        if all(not got or tuple(got) == have for got, have in zip(found, current)):
+            return []  # none in-band, or the ones the track has
+        found = tuple(tuple(bytes(u) for u in got) if got else have for got, have in zip(found, current))
+        info = self.catalog.track(track.name)
+        if found == track.rejected or info is None:
+            return []  # the same bad units as at an earlier key frame: logged then
+        try:
+            if track.codec == "hvc1":
+                record = hvcc_from_parameter_sets(info.init_data, *found)
+            else:
+                record = avcc_from_parameter_sets(found[1], found[2], config.nal_length_size)
+            out = self._video_config(track.codec, track_id, record)
+        except RemoteProtocolError as exc:
+            track.rejected = found
+            log.warning("%s: in-band parameter sets of %s rejected (its configuration is kept): %s",
+                        self._log_name, track.name, exc)
+            return []
+        if track.config is config:  # the record did not parse (logged as a sequence header's)
+            track.rejected = found
+        elif out:
+            new = self.catalog.track(track.name)
+            log.info("%s: %s parameter sets changed in-band at a key frame: %sx%s -> %sx%s (%s)", self._log_name,
+                     track.name, info.width, info.height, new.width, new.height, new.codec)
+        return out
+
     def _open_video_group(self, track: _Track, track_id: int, ts: int) -> None:
         group = track.group + 1
         if track_id == 0:
@@ -370,40 +423,42 @@ class BroadcastDemuxer:
         track.index = 0
         track.resync = False
 
-    def _video_sequence_start(self, tag, payload) -> list:
-        name = track_name(VIDEO, tag.track_id)
+    def _video_config(self, codec: str, track_id: int, payload) -> list:
+        """The track ``track_id`` configured by the record ``payload`` (a sequence header's, or one
+        made of a key frame's in-band parameter sets): a catalog when that changed it."""
+        name = track_name(VIDEO, track_id)
         try:
-            if tag.codec == "avc1":
+            if codec == "avc1":
                 config = AvcConfig.parse(payload)
                 sps = parse_sps(config.sps[0]) if config.sps else None
                 size = (sps.width, sps.height) if sps else (None, None)
                 framerate = sps.framerate if sps else None
                 nal_length_size = config.nal_length_size
-            elif tag.codec == "hvc1":
+            elif codec == "hvc1":
                 config = HevcConfig.parse(payload)
                 sps = parse_hevc_sps(config.sps[0])
                 size, framerate, nal_length_size = (sps.width, sps.height), None, config.nal_length_size
-            elif tag.codec == "av01":
+            elif codec == "av01":
                 config = Av1Config.parse(payload)
                 header = config.sequence_header
                 size, framerate, nal_length_size = (header.width, header.height), header.framerate, None
             else:
                 config = Vp9Config.parse(payload)  # the size comes with the first key frame
-                meta = self._track_meta(VIDEO, tag.track_id)
+                meta = self._track_meta(VIDEO, track_id)
                 size = (_int(meta.get("width")), _int(meta.get("height")))
                 framerate, nal_length_size = None, None
         except RemoteProtocolError as exc:
-            log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
+            log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, codec, name, exc)
             return []
-        if tag.track_id not in self._video and not self._room_for(VIDEO, self._video):
+        if track_id not in self._video and not self._room_for(VIDEO, self._video):
             return []
-        track = self._video.setdefault(tag.track_id, _Track(name))
+        track = self._video.setdefault(track_id, _Track(name))
         default = self._video0 = self._video.get(0)
         self._default_video = default if default is not None else self._video[min(self._video)]
-        if track.codec and track.codec != tag.codec:
+        if track.codec and track.codec != codec:
             track.resync = True  # a new codec: its frames start at its next keyframe
-        track.codec, track.config = tag.codec, config
-        meta = self._track_meta(VIDEO, tag.track_id)
+        track.codec, track.config = codec, config
+        meta = self._track_meta(VIDEO, track_id)
         info = TrackInfo(
             name=name, kind=VIDEO, codec=config.codec_string, init_data=bytes(payload),
             timescale=SOURCE_TIMESCALE, nal_length_size=nal_length_size, width=size[0], height=size[1],

@@ -121,6 +121,7 @@ class HevcSpsInfo:
     height: int
     chroma_format_idc: int
     bit_depth: int
+    bit_depth_chroma: int = 8
 
 
 def _ue(r: BitReader, maximum: int, name: str) -> int:
@@ -170,5 +171,30 @@ def parse_hevc_sps(nal) -> HevcSpsInfo:
         if width <= 0 or height <= 0:
             raise RemoteProtocolError("HEVC SPS conformance window leaves no picture")
     bit_depth = 8 + _ue(r, 8, "bit_depth_luma_minus8")
-    _ue(r, 8, "bit_depth_chroma_minus8")
-    return HevcSpsInfo(profile_idc, level_idc, width, height, chroma_format_idc, bit_depth)
+    bit_depth_chroma = 8 + _ue(r, 8, "bit_depth_chroma_minus8")
+    return HevcSpsInfo(profile_idc, level_idc, width, height, chroma_format_idc, bit_depth, bit_depth_chroma)
+
+
+def hvcc_from_parameter_sets(record, vps, sps, pps) -> bytes:
+    """The hvcC ``record`` with these VPS, SPS and PPS NAL units instead of its own (the ones a
+    key frame carries in-band): profile, tier, level, constraint flags, chroma format, bit depths
+    and temporal layers from the first SPS; what the units do not say (min_spatial_segmentation,
+    parallelismType, avgFrameRate, constantFrameRate, lengthSizeMinusOne) as ``record`` says it;
+    its other arrays (SEI) are left out. Raises RemoteProtocolError when the SPS does not parse."""
+    record = bytes(record)
+    info = parse_hevc_sps(sps[0])
+    rbsp = unescape_rbsp(sps[0][2:])[:13]  # sub-layer fields, general profile_tier_level
+    out = bytearray(record[:HVCC_HEADER_SIZE])
+    out[1:13] = rbsp[1:13]  # general_profile_space .. general_level_idc, byte for byte
+    out[16] = 0xFC | info.chroma_format_idc
+    out[17] = 0xF8 | (info.bit_depth - 8)
+    out[18] = 0xF8 | (info.bit_depth_chroma - 8)
+    layers, nested = ((rbsp[0] >> 1) & 0x07) + 1, rbsp[0] & 0x01
+    out[21] = (record[21] & 0xC3) | (layers << 3) | (nested << 2)
+    arrays = [(kind, units) for kind, units in ((NAL_VPS, vps), (NAL_SPS, sps), (NAL_PPS, pps)) if units]
+    out[22] = len(arrays)
+    for kind, units in arrays:
+        out += bytes((0x80 | kind,)) + len(units).to_bytes(2, "big")  # array_completeness: all of them
+        for unit in units:
+            out += len(unit).to_bytes(2, "big") + unit
+    return bytes(out)
