@@ -45,7 +45,7 @@ def make_source(seconds: float = 6.0, gop: int = 60, width: int = 1280, height: 
     units = [ex[s:e] for s, e in find_annexb_units(ex)]
     sps = next(u for u in units if u[0] & 0x1F == 7)
     pps = next(u for u in units if u[0] & 0x1F == 8)
-    info = TrackInfo("video", "video", f"avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}", avcc_from_parameter_sets(sps, pps),
+    info = TrackInfo("video", "video", f"avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}", avcc_from_parameter_sets([sps], [pps]),
                      width=width, height=height, framerate=FPS, nal_length_size=4, alt_group=1)
     frames = []
     group, index = -1, 0

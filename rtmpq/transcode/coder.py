@@ -135,7 +135,7 @@ class RungEncoder:
                 pps = unit
         if sps is None or pps is None:
             raise CoderError(f"libx264 gave no SPS/PPS for {rung.name}")
-        self.avcc = avcc_from_parameter_sets(sps, pps, NAL_LENGTH_SIZE)
+        self.avcc = avcc_from_parameter_sets([sps], [pps], NAL_LENGTH_SIZE)
         self.codec = f"avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}"
 
     def encode(self, frame, idr: bool) -> list[tuple[int, bytes, bool]]:
