@@ -129,6 +129,12 @@ def _label(namespace: tuple[str, ...], track: str = "") -> str:
     return f"{name}/{track}" if track else name
 
 
+# What a refused request asked for, as the log line names it ("SUBSCRIBE to live/show refused").
+_REQUEST_WORDS = {ev.SubscribeRequested: "SUBSCRIBE to", ev.FetchRequested: "FETCH of",
+                  ev.NamespacePublished: "PUBLISH_NAMESPACE of", ev.TrackPublished: "PUBLISH of",
+                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of"}
+
+
 class MoqRelay:
     """Answers MoQ requests on any number of sessions (subscribers, publishers, upstream)."""
 
@@ -417,7 +423,9 @@ class MoqRelay:
         try:
             check(path, token, time.time())
         except AccessDenied as exc:
-            log.warning("%s: %s refused: %s", conn.peer, type(event).__name__, exc)
+            # the operator reads which request of which broadcast, never the token
+            log.warning("%s: %s %s refused: %s", conn.peer, _REQUEST_WORDS.get(type(event), "request for"),
+                        safe_name(path) if path else "every broadcast", exc)
             self.errors["auth_denied"] += 1
             if isinstance(event, ev.NamespaceSubscribeRequested):
                 conn.session.namespace_subscription_error(event.stream_id, event.request_id,
