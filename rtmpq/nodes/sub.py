@@ -10,11 +10,14 @@ from ..moq.client import SkippedGroup, TrackChoice
 from ..moq.datagram_order import DatagramOrder
 from ..moq.follow import follow_broadcast
 from ..moq.transport import parse_moq_url
-from ..redact import safe_name
+from ..redact import names_are_public, safe_name
 from .nodes import upstream_options
 
 
 async def run_sub(args, config, stop: asyncio.Event) -> int:
+    # the name is the one this subscriber typed: its log says it as typed, not hashed as a
+    # node's log hides an open node's stream keys (redact.py)
+    names_are_public(True)
     host, port, path = parse_moq_url(args.url)
     broadcast = path.strip("/")
     if "/" not in broadcast:

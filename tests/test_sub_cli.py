@@ -1,0 +1,27 @@
+"""`rtmpq sub` as a viewer runs it: what it says while it waits, and when it stops waiting.
+
+A real `rtmpq up` in this process (an ffmpeg publish where a live broadcast is needed) and
+`rtmpq sub` as a process, as a user starts it."""
+
+import sys
+
+from .conftest import need, start_up_node
+from .publishers import drop_publish, ffmpeg_publish_only_args, run_process, run_process_apart
+
+
+def sub_args(node, name: str, *more: str) -> list[str]:
+    host, port = node.moq_address
+    return [sys.executable, "-m", "rtmpq", "sub", f"moqt://{host}:{port}/{name}", "--insecure",
+            "--quic-backend", node.moq_config.backend, *more]
+
+
+async def test_sub_names_the_broadcast_as_it_was_typed(tmp_path):
+    """On an open node a node's log hides a stream name (the key) behind a hash; the subscriber's
+    own log did too: "live/#1a2b3c4d is not live yet" for the live/soon its user had typed."""
+    node = await start_up_node(tmp_path)
+    try:
+        rc, out, err = await run_process_apart(sub_args(node, "live/soon", "--wait", "0.5"), timeout=30)
+    finally:
+        await node.close()
+    assert rc == 1, (out, err)
+    assert "live/soon is not live yet" in err and "#" not in err, err
