@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_cmd.add_argument("--delivery-timeout", type=positive(float), metavar="S",
                          help="latency budget: the relay drops groups older than this (seconds)")
     sub_cmd.add_argument("--wait", type=float, metavar="S",
-                         help="how long to wait for a broadcast that is not live yet (default 30)")
+                         help="how long to wait for a broadcast that is not live yet, or for a --track "
+                              "its catalog does not list (default 30)")
     sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one")
     sub_cmd.add_argument("--track", action="append", metavar="NAME",
                          help="subscribe to this track (repeat for more); default: the catalog's tracks, one "

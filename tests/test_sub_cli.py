@@ -3,6 +3,7 @@
 A real `rtmpq up` in this process (an ffmpeg publish where a live broadcast is needed) and
 `rtmpq sub` as a process, as a user starts it."""
 
+import asyncio
 import sys
 
 from .conftest import need, start_up_node
@@ -25,3 +26,24 @@ async def test_sub_names_the_broadcast_as_it_was_typed(tmp_path):
         await node.close()
     assert rc == 1, (out, err)
     assert "live/soon is not live yet" in err and "#" not in err, err
+
+
+async def test_sub_with_a_track_the_broadcast_lacks_gives_up_after_its_wait(tmp_path):
+    """`--track vdeo` (a typo) on a live broadcast: the subscriber warned once, then waited with
+    no end, --wait 2 or not. Now it waits --wait for a catalog that lists the track, then says
+    which tracks there are and exits 1."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    publish = None
+    try:
+        publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", seconds=30), timeout=60))
+        await node.registry.wait_for("live/cam", 10)
+        rc, out, err = await run_process_apart(sub_args(node, "live/cam", "--track", "vdeo", "--wait", "2"),
+                                               timeout=20)
+        assert rc == 1, (out, err)
+        assert "live/cam has no track vdeo (its catalog lists video; waited 2 s, --wait)" in err, err
+    finally:
+        if publish is not None:
+            await drop_publish(publish)
+        await node.close()

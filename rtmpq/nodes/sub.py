@@ -31,6 +31,27 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
     timeout_ms = int(args.delivery_timeout * 1000) if args.delivery_timeout else None
     out = sys.stdout
     datagrams = DatagramOrder(safe_name(broadcast))  # counts the datagram objects dropped (lost their place)
+    loop = asyncio.get_running_loop()
+    # --track names none of the catalog's tracks (a typo): waited for as long as --wait waits for a
+    # broadcast, then said and ended (was: a warning, then waiting without end)
+    named, none_listed = set(args.track or ()), loop.create_future()
+    absent_timer: asyncio.TimerHandle | None = None
+    listed: list[str] = []  # the newest catalog's tracks
+
+    def absent() -> None:
+        if not none_listed.done():
+            none_listed.set_result(f"{broadcast} has no track {', '.join(sorted(named))} (its catalog lists "
+                                   f"{', '.join(listed) or 'none'}; waited {config.upstream.wait:g} s, --wait)")
+
+    def check_named(catalog: Catalog) -> None:
+        nonlocal absent_timer
+        listed[:] = sorted(t.name for t in catalog.tracks)
+        if not named or named & set(listed):
+            if absent_timer is not None:
+                absent_timer.cancel()
+                absent_timer = None
+        elif absent_timer is None:
+            absent_timer = loop.call_later(config.upstream.wait, absent)
 
     async def consume() -> None:
         nonlocal sizes
@@ -39,6 +60,7 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
                                            delivery_timeout_ms=timeout_ms, choice=choice, datagrams=datagrams,
                                            **upstream_options(config)):
             if isinstance(item, Catalog):
+                check_named(item)
                 if args.json:
                     out.write(json.dumps({"catalog": json.loads(item.to_json())}) + "\n")
                 continue
@@ -66,14 +88,19 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
     task = asyncio.ensure_future(consume())
     stopper = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait({task, stopper}, timeout=None if deadline is None else deadline - time.monotonic(),
+        await asyncio.wait({task, stopper, none_listed},
+                           timeout=None if deadline is None else deadline - time.monotonic(),
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
+        if absent_timer is not None:
+            absent_timer.cancel()
         if not task.done():
             task.cancel()
     if task.done() and not task.cancelled() and task.exception() is not None:
         print(f"rtmpq sub: {task.exception()}", file=sys.stderr)
+    if none_listed.done():
+        print(f"rtmpq sub: {none_listed.result()}", file=sys.stderr)
     latencies.sort()
     summary = {"objects": counts, "bytes": sizes, "skipped_groups": len(skipped),
                "seconds": round(time.monotonic() - started, 3)}
