@@ -148,8 +148,13 @@ else if (Hls.isSupported()) {
   window.rtmpqErrors = [];
   window.rtmpqRestarts = 0;
   const start = () => {
+    // an error answer to the multivariant playlist is fatal at once (hls.js asks again 1 s later
+    // by default): this page asks again itself every @RETRY@ s, and says why meanwhile
     hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
-                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
+                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5,
+                   manifestLoadPolicy: {default: {maxTimeToFirstByteMs: Infinity, maxLoadTimeMs: 20000,
+                     timeoutRetry: {maxNumRetry: 2, retryDelayMs: 0, maxRetryDelayMs: 0},
+                     errorRetry: {maxNumRetry: 0, retryDelayMs: 0, maxRetryDelayMs: 0}}}});
     window.rtmpqHls = hls;
     hls.on(Hls.Events.ERROR, (event, data) => {
       window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : ""));
@@ -158,11 +163,13 @@ else if (Hls.isSupported()) {
       if (data.fatal && data.response && data.response.code === 403) {
         waiting = "not allowed to watch this broadcast (403: no token, or it expired)";
       } else if (data.fatal) {
-        const failed = hls;
+        const failed = hls, told = parsed;
+        // said at once: a separate edge holds a playlist request up to 3 target durations before
+        // its 503, so the answer below can come after the restart (was: never said, "latency 0.00 s")
+        if (waiting === null || waiting === over || waiting === loading) waiting = notLive;
         // live, but in codecs that are not carried: the edge's answer says which (NOT_CARRIED_HEADER)
         fetch(source).then((r) => r.headers.has("@NOT_CARRIED@") ? r.text() : null, () => null).then((why) => {
-          if (failed === hls) waiting = why ? why.trim() + " (trying again every @RETRY@ s…)"
-                                            : "not live (yet): trying again every @RETRY@ s…";
+          if (told === parsed) waiting = why ? why.trim() + " (trying again every @RETRY@ s…)" : notLive;
         });
         setTimeout(() => { if (failed === hls) { window.rtmpqRestarts += 1; hls.destroy(); start(); } }, @RETRY@ * 1000);
       }
@@ -186,7 +193,7 @@ else if (Hls.isSupported()) {
         }
       }).catch(() => {});
     });
-    hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; });
+    hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; parsed += 1; });
     // the broadcast ended (ENDLIST): played to its end (hls.js may stall a hair before it rather
     // than end), then the same name published again is a new broadcast: play it
     hls.on(Hls.Events.LEVEL_LOADED, (event, data) => { if (!data.details.live) awaitNext(hls); });
@@ -196,7 +203,9 @@ else if (Hls.isSupported()) {
     hls.loadSource(source);
     hls.attachMedia(video);
   };
-  let waiting = null;  // why nothing plays, shown instead of the latency
+  const loading = "loading…", notLive = "not live (yet): trying again every @RETRY@ s…";
+  let waiting = loading;  // why nothing plays, shown instead of the latency (none before a playlist)
+  let parsed = 0;  // multivariant playlists read: a late answer about an older failure is not shown
   let ended = null;  // the hls.js instance whose broadcast ended
   const over = "the broadcast has ended; it plays here again when it is back";
   video.addEventListener("ended", () => { waiting = over; });
