@@ -307,7 +307,7 @@ async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(n
     from rtmpq.config import Config, HttpConfig, UpstreamConfig
     from rtmpq.nodes.nodes import run_edge
 
-    from .conftest import free_port, wait_tcp
+    from .conftest import free_port, http_get, wait_tcp
 
     host, port = node.moq_address
     edge = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
@@ -316,6 +316,8 @@ async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(n
     task = asyncio.create_task(run_edge(edge, stop))
     try:
         await wait_tcp(edge.http.port)
+        # and a player's request is told the same (was: "the broadcast has no media yet")
+        asked = asyncio.create_task(http_get(f"http://127.0.0.1:{edge.http.port}/live/none/index.m3u8"))
         async with chromium_devtools(tmp_path, f"http://127.0.0.1:{edge.http.port}/live/nobody/") as devtools:
             shown = set()
             loop = asyncio.get_running_loop()
@@ -325,6 +327,7 @@ async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(n
                 await asyncio.sleep(0.2)
             assert any("not live (yet)" in s for s in shown), (shown, await devtools.errors())
             assert not any("latency" in s for s in shown), shown  # nothing played: no latency to show
+        assert await asked == (503, b"live/none is not live (yet): nothing of it came from upstream; ask again\n")
     finally:
         stop.set()
         await task

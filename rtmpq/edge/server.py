@@ -542,6 +542,14 @@ class EdgeServer:
             async with b.changed:
                 b.changed.notify_all()
 
+    @staticmethod
+    def _no_media(b: _Broadcast, what: str) -> str:
+        """A 503's words: no catalog came either (upstream has no such broadcast, or it ended):
+        not live; else live, its first whole segment not made yet."""
+        if b.catalog is None:
+            return f"{b.name} is not live (yet): nothing of it came from upstream; ask again"
+        return f"{what} has no media yet"
+
     async def _wait_for(self, b: _Broadcast, stream: LlHlsStream, ready: Callable[[], bool]) -> bool:
         timeout = BLOCKING_TARGET_DURATIONS * stream.target_duration()
         async with b.changed:
@@ -703,7 +711,7 @@ class EdgeServer:
                 return answer
             # a catalog that says nothing plays (codecs not carried) ends the wait too
             if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
-                return self._not_carried(b) or text(503, "the broadcast has no media yet")
+                return self._not_carried(b) or text(503, self._no_media(b, "the broadcast"))
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
                       if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
@@ -727,7 +735,7 @@ class EdgeServer:
             playable = lambda: stream.playable and b.caught_up(stream, time.monotonic())  # noqa: E731
             told = await self._wait_for(b, stream, lambda: playable() or bool(self._dropped(b, kind)[0]))
             if not told or not playable():
-                return self._not_carried(b, kind) or text(503, "this rendition has no media yet")
+                return self._not_carried(b, kind) or text(503, self._no_media(b, "this rendition"))
             if im is None:
                 response = await self._media_playlist(b, stream, query_text, query)
                 if response.status == 200:
