@@ -269,6 +269,8 @@ class _Broadcast:
         self.opened = time.time()
         self.viewers: dict[tuple[str, str], float] = {}  # (client address, user agent) -> last request
         self.bytes_out = 0
+        # what came from upstream, for an edge node's metrics (rtmpq up reads its registry's)
+        self.frames_in, self.bytes_in, self.groups_in, self.newest_group_in = 0, {}, 0, -1
         self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
         self.source = None
@@ -510,6 +512,11 @@ class EdgeServer:
                                            else replace(item, tracks=item.tracks + (kept,)))
                     b.gap_fill.set_tracks(item.track(AUDIO) or kept, item.track(VIDEO), gone=kept is not None)
                 elif isinstance(item, Frame):
+                    b.frames_in += 1  # what came from upstream (an edge node's metrics)
+                    b.bytes_in[item.track] = b.bytes_in.get(item.track, 0) + len(item.payload)
+                    if item.group > b.newest_group_in:
+                        b.newest_group_in = item.group
+                        b.groups_in += 1
                     if b.group_origin is None:  # segment numbers of every rendition count from here
                         b.group_origin = item.group
                         for stream in streams:
