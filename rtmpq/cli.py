@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="subscribe to this track (repeat for more); default: the catalog's tracks, one "
                               "rendition per altGroup (the source's)")
     sub_cmd.add_argument("--rendition", metavar="RUNG",
-                         help="take this rendition of each altGroup instead of the source's, e.g. 480p")
+                         help="take this rendition of each altGroup instead of the source's, e.g. 480p (the "
+                              "source's until a catalog lists it; said when none does within 3 s)")
     _add_client_tls_arguments(sub_cmd)
 
     ingest = sub.add_parser("ingest", parents=[common], help="accept RTMP publishers",

@@ -47,3 +47,23 @@ async def test_sub_with_a_track_the_broadcast_lacks_gives_up_after_its_wait(tmp_
         if publish is not None:
             await drop_publish(publish)
         await node.close()
+
+
+async def test_sub_says_when_the_rendition_it_was_asked_for_is_not_there(tmp_path):
+    """`--rendition 360p` of a broadcast with no such rung took the source's rendition without a
+    word: the viewer believed it was watching 360p. It still plays the source, and says so."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    publish = None
+    try:
+        publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", seconds=30), timeout=60))
+        await node.registry.wait_for("live/cam", 10)
+        rc, out, err = await run_process_apart(sub_args(node, "live/cam", "--rendition", "360p", "--seconds", "4"),
+                                               timeout=20)
+        assert rc == 0, (out, err)
+        assert "live/cam has no rendition 360p (its tracks: video): taking the source's rendition" in err, err
+    finally:
+        if publish is not None:
+            await drop_publish(publish)
+        await node.close()

@@ -14,6 +14,12 @@ from ..redact import names_are_public, safe_name
 from .nodes import upstream_options
 
 
+# --rendition RUNG that no catalog of the broadcast lists this many seconds after the first: said
+# (the source's rendition is taken meanwhile, as before). A transcoder lists its rungs in a
+# catalog of its own right after the source's (the edge waits as long: RENDITION_LISTING_WAIT).
+RENDITION_WAIT = 3.0
+
+
 async def run_sub(args, config, stop: asyncio.Event) -> int:
     # the name is the one this subscriber typed: its log says it as typed, not hashed as a
     # node's log hides an open node's stream keys (redact.py)
@@ -43,9 +49,18 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
             none_listed.set_result(f"{broadcast} has no track {', '.join(sorted(named))} (its catalog lists "
                                    f"{', '.join(listed) or 'none'}; waited {config.upstream.wait:g} s, --wait)")
 
+    rung, rung_timer = getattr(args, "rendition", None), None
+
+    def no_rung() -> None:
+        if not any(name.endswith("-" + rung) for name in listed):
+            print(f"rtmpq sub: {broadcast} has no rendition {rung} (its tracks: {', '.join(listed) or 'none'}): "
+                  "taking the source's rendition; taken when it comes", file=sys.stderr)
+
     def check_named(catalog: Catalog) -> None:
-        nonlocal absent_timer
+        nonlocal absent_timer, rung_timer
         listed[:] = sorted(t.name for t in catalog.tracks)
+        if rung and rung_timer is None:  # (said at most once)
+            rung_timer = loop.call_later(RENDITION_WAIT, no_rung)
         if not named or named & set(listed):
             if absent_timer is not None:
                 absent_timer.cancel()
@@ -93,8 +108,9 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
-        if absent_timer is not None:
-            absent_timer.cancel()
+        for timer in (absent_timer, rung_timer):
+            if timer is not None:
+                timer.cancel()
         if not task.done():
             task.cancel()
     if task.done() and not task.cancelled() and task.exception() is not None:
