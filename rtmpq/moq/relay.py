@@ -1282,8 +1282,10 @@ class MoqRelay:
         if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
-        try:
-            merged = with_added_tracks(Catalog.from_json(bytes(first.payload)), self._added.get(namespace, ()))
+        try:  # from the publisher's own catalog: the cached one lists the tracks added before (was: a
+            # rung whose node left stayed listed, and an edge below waited for it before serving anything)
+            own = catalog.own_catalog if catalog.own_catalog is not None else bytes(first.payload)
+            merged = with_added_tracks(Catalog.from_json(own), self._added.get(namespace, ()))
         except Exception:  # noqa: BLE001 - an unreadable catalog stays as it came
             return
         group = catalog.last_group + 1
@@ -1354,6 +1356,8 @@ class MoqRelay:
         its fan-out, unless it is older than what is held; False if it was not taken."""
         if not upstream.takes(group, object_id):
             return False
+        if object_id == 0:  # (a later object of the group is a delta: the re-issue starts from the whole one)
+            upstream.own_catalog = bytes(payload)
         if self._added.get(upstream.namespace):
             try:  # a relayed broadcast: its catalog lists the tracks nodes added here
                 payload = with_added_tracks(Catalog.from_json(bytes(payload)), self._added[upstream.namespace]).to_json()
