@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Subscribe to moqt://HOST:PORT/live/<name>: prints one JSON line per "
                                          "object with --json, and a summary. Waits for a broadcast that is not "
                                          "live yet (--wait); follows its publisher's reconnects. Exit status 1 "
-                                         "when nothing came or the server cannot be reached.")
+                                         "when nothing came, the server cannot be reached, or the subscription "
+                                         "ended on an error (its server lost and not back within --wait).")
     sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<name>")
     sub_cmd.add_argument("--frames", type=positive(int), help="stop after this many media objects")
     sub_cmd.add_argument("--seconds", type=positive(float), help="stop after this many seconds")

@@ -67,3 +67,32 @@ async def test_sub_says_when_the_rendition_it_was_asked_for_is_not_there(tmp_pat
         if publish is not None:
             await drop_publish(publish)
         await node.close()
+
+
+async def test_sub_whose_server_goes_away_for_good_exits_non_zero(tmp_path):
+    """The node a subscriber reads from stops and does not come back within --wait: `rtmpq sub`
+    said so and exited 0, as at a broadcast's end, since objects had come; a script could not tell."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    publish = proc = None
+    try:
+        publish = asyncio.create_task(run_process(ffmpeg_publish_only_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam", seconds=30), timeout=60))
+        await node.registry.wait_for("live/cam", 10)
+        proc = await asyncio.create_subprocess_exec(*sub_args(node, "live/cam", "--json", "--wait", "1"),
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        while b'"track"' not in await asyncio.wait_for(proc.stdout.readline(), 20):  # objects come
+            pass
+        await node.close()
+        node = None
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 1, err.decode()
+        assert "lost and not back within 1 s" in err.decode(), err.decode()
+    finally:
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if publish is not None:
+            await drop_publish(publish)
+        if node is not None:
+            await node.close()

@@ -113,7 +113,8 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
                 timer.cancel()
         if not task.done():
             task.cancel()
-    if task.done() and not task.cancelled() and task.exception() is not None:
+    failed = task.done() and not task.cancelled() and task.exception() is not None
+    if failed:
         print(f"rtmpq sub: {task.exception()}", file=sys.stderr)
     if none_listed.done():
         print(f"rtmpq sub: {none_listed.result()}", file=sys.stderr)
@@ -128,4 +129,6 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
         summary["latency_ms_p50"] = round(latencies[len(latencies) // 2], 3)
         summary["latency_ms_p99"] = round(latencies[int(len(latencies) * 0.99)], 3)
     print(json.dumps({"summary": summary}), file=sys.stderr if args.json else sys.stdout)
-    return 0 if counts else 1
+    # 1 also when it ended on an error after objects came (its server lost and not back within
+    # --wait): a script tells that from the broadcast's end (was: 0 for both)
+    return 0 if counts and not failed and not none_listed.done() else 1
