@@ -688,6 +688,14 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(f"rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP] or rtmps://... "
                               f"(got {config.rtmp.reconnect_url!r})")
+    if config.upstream.url:  # (was: the node started its listeners, then stopped on the URL)
+        try:
+            url = urlsplit(config.upstream.url)
+            ok = url.scheme in ("moqt", "moq") and bool(url.hostname) and (url.port or 1) > 0
+        except ValueError:  # a port that is not a number
+            ok = False
+        if not ok:
+            raise ConfigError(f"upstream.url (--upstream): expected moqt://HOST:PORT (got {config.upstream.url!r})")
     if config.rtmp.tls_handshake_timeout <= 0:
         raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
     for key in ("refused_publish_window", "refused_publish_cooldown"):
