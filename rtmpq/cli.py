@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Subscribe to moqt://HOST:PORT/live/<name>: prints one JSON line per "
                                          "object with --json, and a summary. Waits for a broadcast that is not "
                                          "live yet (--wait); follows its publisher's reconnects. Exit status 1 "
-                                         "when nothing came or the server cannot be reached.")
+                                         "when nothing came, the server cannot be reached, or the subscription "
+                                         "ended on an error (its server lost and not back within --wait).")
     sub_cmd.add_argument("url", help="moqt://HOST:PORT/<app>/<name>")
     sub_cmd.add_argument("--frames", type=positive(int), help="stop after this many media objects")
     sub_cmd.add_argument("--seconds", type=positive(float), help="stop after this many seconds")
@@ -100,13 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub_cmd.add_argument("--delivery-timeout", type=positive(float), metavar="S",
                          help="latency budget: the relay drops groups older than this (seconds)")
     sub_cmd.add_argument("--wait", type=float, metavar="S",
-                         help="how long to wait for a broadcast that is not live yet (default 30)")
+                         help="how long to wait for a broadcast that is not live yet, or for a --track "
+                              "its catalog does not list (default 30)")
     sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one")
     sub_cmd.add_argument("--track", action="append", metavar="NAME",
                          help="subscribe to this track (repeat for more); default: the catalog's tracks, one "
                               "rendition per altGroup (the source's)")
     sub_cmd.add_argument("--rendition", metavar="RUNG",
-                         help="take this rendition of each altGroup instead of the source's, e.g. 480p")
+                         help="take this rendition of each altGroup instead of the source's, e.g. 480p (the "
+                              "source's until a catalog lists it; said when none does within 3 s)")
     _add_client_tls_arguments(sub_cmd)
 
     ingest = sub.add_parser("ingest", parents=[common], help="accept RTMP publishers",

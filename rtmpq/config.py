@@ -577,6 +577,15 @@ def load_config(path: Path | str | None = None, *, env: Mapping[str, str] | None
     return config
 
 
+def _url_of(text: str, schemes: tuple[str, ...]) -> bool:
+    """Whether ``text`` is a URL of one of ``schemes`` with a host (and a port, if any, that is one)."""
+    try:
+        url = urlsplit(text)
+        return url.scheme in schemes and bool(url.hostname) and (url.port or 1) > 0
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def validate(config: Config) -> None:
     for where, port in (("rtmp.port", config.rtmp.port), ("moq.port", config.moq.port),
                         ("http.port", config.http.port), ("rtmp.tls_port", config.rtmp.tls_port)):
@@ -680,14 +689,12 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rtmp.reconnect_wait: must be a number of seconds, 0 or more "
                           f"(got {config.rtmp.reconnect_wait!r})")
     if config.rtmp.reconnect_url:
-        try:
-            url = urlsplit(config.rtmp.reconnect_url)
-            ok = url.scheme in ("rtmp", "rtmps") and bool(url.hostname) and (url.port or 1) > 0
-        except ValueError:  # a port that is not a number
-            ok = False
-        if not ok:
+        if not _url_of(config.rtmp.reconnect_url, ("rtmp", "rtmps")):
             raise ConfigError(f"rtmp.reconnect_url: expected rtmp://HOST[:PORT][/APP] or rtmps://... "
                               f"(got {config.rtmp.reconnect_url!r})")
+    if config.upstream.url and not _url_of(config.upstream.url, ("moqt", "moq")):  # (was: the node
+        # started its listeners, then stopped on the URL)
+        raise ConfigError(f"upstream.url (--upstream): expected moqt://HOST:PORT (got {config.upstream.url!r})")
     if config.rtmp.tls_handshake_timeout <= 0:
         raise ConfigError("rtmp.tls_handshake_timeout: must be positive")
     for key in ("refused_publish_window", "refused_publish_cooldown"):

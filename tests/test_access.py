@@ -362,6 +362,27 @@ async def test_moq_requests_need_tokens_where_auth_says_so(tmp_path):
         await node.close()
 
 
+async def test_a_refused_moq_request_is_logged_with_what_it_asked_for_and_never_its_token(tmp_path, caplog):
+    """A MoQ viewer refused for a token of another broadcast: the log used to say
+    "SubscribeRequested refused: token refused: wrong path" (a class name, no broadcast); the
+    operator now reads which request of which broadcast, as for a refused HLS viewer."""
+    from rtmpq.moq.client import SubscribeError
+
+    caplog.set_level(logging.WARNING, logger="rtmpq.moq")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True))
+    try:
+        other = mint_token(SECRET, "live/other", "subscribe", 60, now=time.time())
+        async with connect_moq(*node.moq_address, insecure=True, backend=node.moq_config.backend) as conn:
+            with pytest.raises(SubscribeError):
+                async for _ in subscribe_broadcast(conn, "live/show", wait=5, authorization=other):
+                    pass
+        said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert said and "SUBSCRIBE to live/show refused: token refused: wrong path" in said[0], said
+        assert other not in caplog.text
+    finally:
+        await node.close()
+
+
 @pytest.mark.parametrize("backend, exposed", [("aioquic", False), ("aiopquic", True)])
 async def test_an_open_node_says_it_listens_beyond_loopback_when_its_moq_port_does(tmp_path, caplog, backend, exposed):
     """Every listener asked for 127.0.0.1; picoquic binds the MoQ port on every interface anyway,

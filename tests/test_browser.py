@@ -298,6 +298,41 @@ async def test_a_player_page_opened_before_the_broadcast_starts_plays_once_it_do
             await drop_publish(publisher)  # (a test that failed: its publish ends with it)
 
 
+async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(node, tmp_path):
+    """An `rtmpq edge` holds a playlist request for a broadcast its upstream does not have up to 3
+    target durations (6 s) before its 503, longer than the page waits before it tries again: the
+    page's "is it not carried?" answer came after that restart and was dropped, so the viewer
+    read "latency 0.00 s" for good (and hls.js asked twice first: 13 s). Now it reads "loading…",
+    then "not live (yet)" with the first 503."""
+    from rtmpq.config import Config, HttpConfig, UpstreamConfig
+    from rtmpq.nodes.nodes import run_edge
+
+    from .conftest import free_port, http_get, wait_tcp
+
+    host, port = node.moq_address
+    edge = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
+                  upstream=UpstreamConfig(url=f"moqt://{host}:{port}", insecure=True, backend=node.moq_config.backend))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_edge(edge, stop))
+    try:
+        await wait_tcp(edge.http.port)
+        # and a player's request is told the same (was: "the broadcast has no media yet")
+        asked = asyncio.create_task(http_get(f"http://127.0.0.1:{edge.http.port}/live/none/index.m3u8"))
+        async with chromium_devtools(tmp_path, f"http://127.0.0.1:{edge.http.port}/live/nobody/") as devtools:
+            shown = set()
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 12
+            while not any("not live" in s for s in shown) and loop.time() < end:
+                shown.add(await devtools.evaluate(PAGE_STATUS) or "")
+                await asyncio.sleep(0.2)
+            assert any("not live (yet)" in s for s in shown), (shown, await devtools.errors())
+            assert not any("latency" in s for s in shown), shown  # nothing played: no latency to show
+        assert await asked == (503, b"live/none is not live (yet): nothing of it came from upstream; ask again\n")
+    finally:
+        stop.set()
+        await task
+
+
 async def test_a_page_on_another_origin_sees_the_edges_answers_to_requests_with_headers_of_its_own(node, tmp_path):
     """A web developer's page (another origin) whose hls.js adds a header (an Authorization in
     xhrSetup) makes the browser ask first (a CORS preflight, OPTIONS): the edge allows it, so the

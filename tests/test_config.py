@@ -318,6 +318,18 @@ def test_a_state_dir_or_record_dir_that_is_a_file_is_named_as_such(tmp_path):
         check_record_dir(afile)
 
 
+@pytest.mark.parametrize("command", ["relay", "edge", "transcode", "ingest"])
+def test_an_upstream_that_is_no_moqt_url_stops_the_node_before_it_listens(tmp_path, command):
+    """`rtmpq relay --upstream http://...` used to start its MoQ listener (its log said so) and only
+    then stop, exit status 1, on "expected a moqt:// URL": now the setting is named at start."""
+    listen = {"relay": ["--moq", "127.0.0.1:0", "--state-dir", str(tmp_path)], "edge": ["--http", "127.0.0.1:0"],
+              "transcode": [], "ingest": ["--rtmp", "127.0.0.1:0"]}[command]
+    out = run_cli(command, *listen, "--upstream", "http://127.0.0.1:4443")
+    assert out.returncode == 2, out.stderr
+    assert "upstream.url (--upstream): expected moqt://HOST:PORT (got 'http://127.0.0.1:4443')" in out.stderr, out.stderr
+    assert "listening" not in out.stderr and " on udp " not in out.stderr and " on http" not in out.stderr, out.stderr
+
+
 def test_sub_says_at_once_when_no_server_answers():
     """A subscriber pointed at an address where nothing listens says so (address, reason) within
     a few seconds and exits non-zero, without tracebacks."""

@@ -240,3 +240,31 @@ async def test_a_subscriber_behind_gets_all_the_relay_took_of_a_cut_group_and_th
             publisher.kill()
             await publisher.wait()
         await node.close()
+
+
+async def test_a_cut_group_is_no_library_warning_without_peer_or_track(tmp_path, caplog):
+    """Every group a relay reset for a subscriber (cut short, past its budget) also came as a
+    WARNING from aiopquic, "stream 27 reset by peer: error=3", naming neither the peer nor the
+    track: an edge's log filled with them across an upstream's restart. The subscriber reports
+    the group skipped; the library's line is DEBUG now."""
+    import logging
+
+    need("ffmpeg")
+    caplog.set_level(logging.INFO)
+    node = await start_up_node(tmp_path, "aiopquic", grace_period=30.0)
+    publisher = None
+    viewer = Viewer(node.moq_address[1], "aiopquic")
+    try:
+        publisher = await spawn(publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/{NAME}"))
+        await until(lambda: viewer.mid_group() or viewer.check(), what="frames some way into a group")
+        os.kill(publisher.pid, signal.SIGKILL)
+        await publisher.wait()
+        await until(lambda: viewer.skip(VIDEO) or viewer.check(), deadline=10, what="the cut group reported skipped")
+        said = [r.getMessage() for r in caplog.records if r.name.startswith("aiopquic") and r.levelno >= logging.INFO]
+        assert not [m for m in said if "reset by peer" in m], said
+    finally:
+        await stop(viewer)
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+            await publisher.wait()
+        await node.close()

@@ -133,3 +133,28 @@ async def test_a_subscriber_that_comes_before_the_session_to_the_origin_the_dire
         await registration.close()
         await node.close()
         await publisher
+
+
+async def test_a_name_unknown_upstream_is_said_once_however_often_a_subscriber_below_asks(tmp_path, caplog):
+    """A viewer waiting at relay B for a name not live at A asks again every second; B logged
+    "live/none/catalog: subscribing upstream" at INFO each time (31 lines per relay of a chain for
+    one HLS player's 30 s wait). Now once; the other tries are at DEBUG."""
+    import logging
+
+    from rtmpq.moq.client import SubscribeError, subscribe_broadcast
+    from rtmpq.redact import safe_name
+
+    from .conftest import relay_below
+
+    caplog.set_level(logging.DEBUG, logger="rtmpq.moq")
+    async with serving_relay(tmp_path) as (_relay_a, port_a), relay_below(tmp_path, "aioquic", port_a) as port_b:
+        async with connect_moq("127.0.0.1", port_b, insecure=True, backend="aioquic") as conn:
+            try:
+                async for _ in subscribe_broadcast(conn, "live/none", wait=2.5):
+                    pass
+            except SubscribeError:
+                pass
+    said = f"{safe_name('live/none')}/catalog: subscribing upstream"  # (hashed: an open relay)
+    tries = [r for r in caplog.records if said in r.getMessage()]
+    assert len(tries) >= 2, [r.getMessage() for r in tries]  # it asked again
+    assert [r.levelno for r in tries].count(logging.INFO) == 1, [(r.levelname, r.getMessage()) for r in tries]

@@ -210,3 +210,48 @@ def test_a_broadcast_whose_publisher_left_says_so():
     assert reading() == (True, 1)
     assert NodeView("relay").api_broadcasts() == {"items": []}
 
+
+
+async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receive(tmp_path):
+    """`rtmpq up` -> `rtmpq relay --upstream --http` -> `rtmpq edge --upstream`: the relay's and
+    the edge's /metrics said rtmpq_broadcast_groups_total 0, and the edge's frames received and
+    bitrate in 0 too, for a broadcast both were passing on (an operator reads "nothing comes")."""
+    from rtmpq.nodes.nodes import run_edge, run_relay
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    backend = node.moq_config.backend
+    relay_moq = free_port(2)
+    relay = Config(moq=MoqConfig(host="127.0.0.1", port=relay_moq, state_dir=tmp_path / "relay", backend=backend),
+                   http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True),
+                   upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True,
+                                           backend=backend))
+    edge = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
+                  upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{relay_moq}", insecure=True, backend=backend))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(run_relay(relay, stop)), asyncio.create_task(run_edge(edge, stop))]
+    publisher = LivePublish(ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/tree",
+                                                str(tmp_path / "ref.flv"), seconds=30))
+    try:
+        await wait_tcp(relay.http.port)
+        await wait_tcp(edge.http.port)
+        b = (("broadcast", "live/tree"),)
+        async with httpx.AsyncClient(timeout=20) as client:
+            async def two_groups_at_both():
+                assert (await client.get(f"http://127.0.0.1:{edge.http.port}/live/tree/video.m3u8")).status_code \
+                    in (200, 404, 503)  # (a player: the edge pulls the broadcast)
+                readings = [samples((await client.get(f"http://127.0.0.1:{c.http.port}/metrics")).text)
+                            for c in (relay, edge)]
+                return readings if all(r.get(("rtmpq_broadcast_groups_total", b), 0) >= 2 for r in readings) else None
+
+            readings = await wait_until(two_groups_at_both)
+            assert readings, "groups were not counted below the origin"
+            for reading in readings:
+                assert reading[("rtmpq_broadcast_frames_received_total", b)] > 60
+                assert reading[("rtmpq_broadcast_received_bytes_total", b + (("track", "video"),))] > 0
+            assert readings[1][("rtmpq_broadcast_bitrate_in_bits_per_second", b)] > 100_000  # the edge's
+    finally:
+        await publisher.finish()
+        stop.set()
+        await asyncio.gather(*tasks)
+        await node.close()

@@ -356,6 +356,49 @@ async def test_transcoder_adds_rungs_to_a_broadcast_an_ingest_publishes_into_a_r
         await stop_nodes(procs)
 
 
+async def test_the_rungs_of_a_transcoder_that_stops_leave_a_relayed_broadcasts_catalog(tmp_path):
+    """`rtmpq ingest --upstream` -> `rtmpq relay` <- `rtmpq transcode --upstream`, the transcoder
+    stopped: the relay re-issued the catalog from its newest cached one, which listed the rung
+    already, so the rung stayed listed for good (and an `rtmpq edge` below answered 503 "no media
+    yet" for the whole broadcast: it serves a multivariant once every listed rendition plays). Now
+    the re-issue starts from the publisher's own catalog."""
+    need("ffmpeg")
+    from .test_nodes_cli import start
+
+    prtmp, pmoq = free_port(), free_port(socket.SOCK_DGRAM)
+    url = f"moqt://127.0.0.1:{pmoq}/live/relayed"
+    procs, publisher = [], None
+
+    async def catalog_tracks() -> list[str]:
+        rc, out = await run_process([sys.executable, "-m", "rtmpq", "sub", url, "--insecure", "--json", "--frames", "1",
+                                     "--wait", "10"], timeout=20)
+        catalogs = [json.loads(line)["catalog"] for line in out.splitlines() if line.startswith('{"catalog"')]
+        return [t["name"] for t in catalogs[-1]["tracks"]] if catalogs else []
+
+    try:
+        procs.append(await start("relay", "--moq", f"127.0.0.1:{pmoq}", "--state-dir", str(tmp_path / "s")))
+        procs.append(await start("ingest", "--rtmp", f"127.0.0.1:{prtmp}", "--upstream", f"moqt://127.0.0.1:{pmoq}",
+                                 "--insecure"))
+        transcoder = await start("transcode", "--upstream", f"moqt://127.0.0.1:{pmoq}", "--insecure",
+                                 "--ladder", "120p")
+        procs.append(transcoder)
+        await wait_tcp(prtmp)
+        publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{prtmp}/live/relayed", str(tmp_path / "ref.flv"), seconds=60),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(20):  # listed (made only when watched: nothing is encoded here)
+            while "video-120p" not in await catalog_tracks():
+                await asyncio.sleep(0.3)
+        transcoder.terminate()
+        await transcoder.wait()
+        async with asyncio.timeout(10):
+            while "video-120p" in (tracks := await catalog_tracks()):
+                await asyncio.sleep(0.3)
+        assert sorted(tracks) == ["audio", "video"], tracks
+    finally:
+        await stop_nodes(procs, publisher)
+
+
 def metric_values(text: str, name: str, broadcast: str = "live/behind") -> dict[str, float]:
     """{rendition: value} of one metric in a Prometheus text exposition."""
     out = {}

@@ -148,8 +148,13 @@ else if (Hls.isSupported()) {
   window.rtmpqErrors = [];
   window.rtmpqRestarts = 0;
   const start = () => {
+    // an error answer to the multivariant playlist is fatal at once (hls.js asks again 1 s later
+    // by default): this page asks again itself every @RETRY@ s, and says why meanwhile
     hls = new Hls({lowLatencyMode: true, liveSyncDuration: latency, liveMaxLatencyDuration: latency + @SLACK@,
-                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5});
+                   liveSyncOnStallIncrease: 0.1, maxLiveSyncPlaybackRate: 1.5,
+                   manifestLoadPolicy: {default: {maxTimeToFirstByteMs: Infinity, maxLoadTimeMs: 20000,
+                     timeoutRetry: {maxNumRetry: 2, retryDelayMs: 0, maxRetryDelayMs: 0},
+                     errorRetry: {maxNumRetry: 0, retryDelayMs: 0, maxRetryDelayMs: 0}}}});
     window.rtmpqHls = hls;
     hls.on(Hls.Events.ERROR, (event, data) => {
       window.rtmpqErrors.push(data.details + (data.fatal ? " (fatal)" : ""));
@@ -158,11 +163,13 @@ else if (Hls.isSupported()) {
       if (data.fatal && data.response && data.response.code === 403) {
         waiting = "not allowed to watch this broadcast (403: no token, or it expired)";
       } else if (data.fatal) {
-        const failed = hls;
+        const failed = hls, told = parsed;
+        // said at once: a separate edge holds a playlist request up to 3 target durations before
+        // its 503, so the answer below can come after the restart (was: never said, "latency 0.00 s")
+        if (waiting === null || waiting === over || waiting === loading) waiting = notLive;
         // live, but in codecs that are not carried: the edge's answer says which (NOT_CARRIED_HEADER)
         fetch(source).then((r) => r.headers.has("@NOT_CARRIED@") ? r.text() : null, () => null).then((why) => {
-          if (failed === hls) waiting = why ? why.trim() + " (trying again every @RETRY@ s…)"
-                                            : "not live (yet): trying again every @RETRY@ s…";
+          if (told === parsed) waiting = why ? why.trim() + " (trying again every @RETRY@ s…)" : notLive;
         });
         setTimeout(() => { if (failed === hls) { window.rtmpqRestarts += 1; hls.destroy(); start(); } }, @RETRY@ * 1000);
       }
@@ -186,7 +193,7 @@ else if (Hls.isSupported()) {
         }
       }).catch(() => {});
     });
-    hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; });
+    hls.on(Hls.Events.MANIFEST_PARSED, () => { waiting = null; parsed += 1; });
     // the broadcast ended (ENDLIST): played to its end (hls.js may stall a hair before it rather
     // than end), then the same name published again is a new broadcast: play it
     hls.on(Hls.Events.LEVEL_LOADED, (event, data) => { if (!data.details.live) awaitNext(hls); });
@@ -196,7 +203,9 @@ else if (Hls.isSupported()) {
     hls.loadSource(source);
     hls.attachMedia(video);
   };
-  let waiting = null;  // why nothing plays, shown instead of the latency
+  const loading = "loading…", notLive = "not live (yet): trying again every @RETRY@ s…";
+  let waiting = loading;  // why nothing plays, shown instead of the latency (none before a playlist)
+  let parsed = 0;  // multivariant playlists read: a late answer about an older failure is not shown
   let ended = null;  // the hls.js instance whose broadcast ended
   const over = "the broadcast has ended; it plays here again when it is back";
   video.addEventListener("ended", () => { waiting = over; });
@@ -260,6 +269,8 @@ class _Broadcast:
         self.opened = time.time()
         self.viewers: dict[tuple[str, str], float] = {}  # (client address, user agent) -> last request
         self.bytes_out = 0
+        # what came from upstream, for an edge node's metrics (rtmpq up reads its registry's)
+        self.frames_in, self.bytes_in, self.groups_in, self.newest_group_in = 0, {}, 0, -1
         self.ended_at: float | None = None
         self.task: asyncio.Task | None = None
         self.source = None
@@ -501,6 +512,11 @@ class EdgeServer:
                                            else replace(item, tracks=item.tracks + (kept,)))
                     b.gap_fill.set_tracks(item.track(AUDIO) or kept, item.track(VIDEO), gone=kept is not None)
                 elif isinstance(item, Frame):
+                    b.frames_in += 1  # what came from upstream (an edge node's metrics)
+                    b.bytes_in[item.track] = b.bytes_in.get(item.track, 0) + len(item.payload)
+                    if item.group > b.newest_group_in:
+                        b.newest_group_in = item.group
+                        b.groups_in += 1
                     if b.group_origin is None:  # segment numbers of every rendition count from here
                         b.group_origin = item.group
                         for stream in streams:
@@ -532,6 +548,14 @@ class EdgeServer:
             b.ended_at = time.monotonic()
             async with b.changed:
                 b.changed.notify_all()
+
+    @staticmethod
+    def _no_media(b: _Broadcast, what: str) -> str:
+        """A 503's words: no catalog came either (upstream has no such broadcast, or it ended):
+        not live; else live, its first whole segment not made yet."""
+        if b.catalog is None:
+            return f"{b.name} is not live (yet): nothing of it came from upstream; ask again"
+        return f"{what} has no media yet"
 
     async def _wait_for(self, b: _Broadcast, stream: LlHlsStream, ready: Callable[[], bool]) -> bool:
         timeout = BLOCKING_TARGET_DURATIONS * stream.target_duration()
@@ -694,7 +718,7 @@ class EdgeServer:
                 return answer
             # a catalog that says nothing plays (codecs not carried) ends the wait too
             if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
-                return self._not_carried(b) or text(503, "the broadcast has no media yet")
+                return self._not_carried(b) or text(503, self._no_media(b, "the broadcast"))
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
                       if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
@@ -718,7 +742,7 @@ class EdgeServer:
             playable = lambda: stream.playable and b.caught_up(stream, time.monotonic())  # noqa: E731
             told = await self._wait_for(b, stream, lambda: playable() or bool(self._dropped(b, kind)[0]))
             if not told or not playable():
-                return self._not_carried(b, kind) or text(503, "this rendition has no media yet")
+                return self._not_carried(b, kind) or text(503, self._no_media(b, "this rendition"))
             if im is None:
                 response = await self._media_playlist(b, stream, query_text, query)
                 if response.status == 200:

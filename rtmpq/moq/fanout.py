@@ -483,6 +483,8 @@ class TrackFanout:
         # dropped for subscribers past their budget
         self.objects_received = 0
         self.bytes_received = 0
+        self.groups_received = 0  # relayed groups seen begin (a newer group than any before)
+        self._newest_received = -1
         self.bytes_sent = 0
         self.groups_dropped = 0
         self.duplicates = 0  # objects a publisher sent again (not passed on)
@@ -697,6 +699,9 @@ class TrackFanout:
         or End of Track passed on as it came) to the cache and every subscriber."""
         self.objects_received += 1
         self.bytes_received += len(payload)
+        if group_id > self._newest_received:
+            self._newest_received = group_id
+            self.groups_received += 1
         previous = self.cache.largest if self.subscribers else None  # (read only for someone to tell)
         if not self.cache.add(group_id, object_id, payload, extensions, now, subgroup, priority, end_of_group, status):
             self._sent_again(group_id, subgroup, object_id)
@@ -719,6 +724,9 @@ class TrackFanout:
         as a datagram (``TrackSubscription.deliver_datagram``)."""
         self.objects_received += 1
         self.bytes_received += len(payload)
+        if group_id > self._newest_received:
+            self._newest_received = group_id
+            self.groups_received += 1
         previous = self.cache.largest
         self.cache.add(group_id, object_id, payload, extensions, now, 0, priority, end_of_group, status, datagram=True)
         if not self.subscribers:

@@ -96,6 +96,11 @@ RETRY_AFTER_BUSY = 0.25
 # (seconds) for that source to come back (a restarted ingest, a relay above that restarted); the
 # node's [publish] grace_period sets it.
 DEFAULT_UPSTREAM_GRACE = 30.0
+# A track the relay above said it does not have (a name not live there: a subscriber waiting for
+# it asks again every second) is logged "subscribing upstream" once per this many seconds, the
+# other tries at DEBUG; at most this many such tracks are remembered (the oldest forgotten).
+UNKNOWN_UPSTREAM_LOG_INTERVAL = 60.0
+MAX_UNKNOWN_UPSTREAM_REMEMBERED = 1024
 # Longest between two looks for incoming objects left incomplete (seconds; a quarter of the
 # timeout when that is shorter): a stalled stream goes between the timeout and this later.
 PARTIAL_CHECK_INTERVAL = 1.0
@@ -127,6 +132,12 @@ def _label(namespace: tuple[str, ...], track: str = "") -> str:
     """A loggable name: the last namespace field is a stream key for RTMP broadcasts."""
     name = safe_name("/".join(namespace)) if namespace else "-"
     return f"{name}/{track}" if track else name
+
+
+# What a refused request asked for, as the log line names it ("SUBSCRIBE to live/show refused").
+_REQUEST_WORDS = {ev.SubscribeRequested: "SUBSCRIBE to", ev.FetchRequested: "FETCH of",
+                  ev.NamespacePublished: "PUBLISH_NAMESPACE of", ev.TrackPublished: "PUBLISH of",
+                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of"}
 
 
 class MoqRelay:
@@ -181,6 +192,9 @@ class MoqRelay:
         self._upstream_namespaces: set[tuple[str, ...]] = set()
         self._tracks: dict[tuple[tuple[str, ...], str], UpstreamTrack] = {}
         self._by_request: dict[tuple[int, int], UpstreamTrack] = {}
+        # (namespace, track) -> when its "subscribing upstream" was last logged at INFO, for tracks
+        # the relay above said it does not have (UNKNOWN_UPSTREAM_LOG_INTERVAL)
+        self._unknown_upstream: dict[tuple, float] = {}
         self._by_alias: dict[tuple[int, int], UpstreamTrack] = {}
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
@@ -417,7 +431,9 @@ class MoqRelay:
         try:
             check(path, token, time.time())
         except AccessDenied as exc:
-            log.warning("%s: %s refused: %s", conn.peer, type(event).__name__, exc)
+            # the operator reads which request of which broadcast, never the token
+            log.warning("%s: %s %s refused: %s", conn.peer, _REQUEST_WORDS.get(type(event), "request for"),
+                        safe_name(path) if path else "every broadcast", exc)
             self.errors["auth_denied"] += 1
             if isinstance(event, ev.NamespaceSubscribeRequested):
                 conn.session.namespace_subscription_error(event.stream_id, event.request_id,
@@ -478,7 +494,15 @@ class MoqRelay:
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
             upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
-            log.info("%s: subscribing upstream (%s)", _label(event.namespace, event.track_name), publisher.peer)
+            now = time.monotonic()
+            said = self._unknown_upstream.get(key)
+            quiet = said is not None and now - said < UNKNOWN_UPSTREAM_LOG_INTERVAL
+            if said is not None and not quiet:
+                self._unknown_upstream[key] = now
+            log.log(logging.DEBUG if quiet else logging.INFO, "%s: subscribing upstream (%s)%s",
+                    _label(event.namespace, event.track_name), publisher.peer,
+                    "" if said is None or quiet else f" (unknown there at the last try; such tries are logged "
+                    f"once per {UNKNOWN_UPSTREAM_LOG_INTERVAL:g} s)")
         if upstream.alias is None:
             upstream.waiting.append((conn, event))
         else:
@@ -937,6 +961,7 @@ class MoqRelay:
         if upstream is None:
             return
         upstream.alias = event.track_alias
+        self._unknown_upstream.pop((upstream.namespace, upstream.track), None)  # known there now
         upstream.fanout.track_extensions = event.extensions  # draft 16: the latest set replaces the cached one
         self._by_alias[(id(conn), event.track_alias)] = upstream
         if event.largest is not None and upstream.group_offset == 0:
@@ -982,6 +1007,13 @@ class MoqRelay:
                      conn.peer, event.reason, upstream.resume_delay)
             return
         self._tracks.pop((upstream.namespace, upstream.track), None)
+        key = (upstream.namespace, upstream.track)
+        if event.error_code == RequestError.DOES_NOT_EXIST and key not in self._unknown_upstream:
+            if len(self._unknown_upstream) >= MAX_UNKNOWN_UPSTREAM_REMEMBERED:
+                del self._unknown_upstream[next(iter(self._unknown_upstream))]
+            self._unknown_upstream[key] = time.monotonic()  # (its first try was said at INFO)
+        elif event.error_code != RequestError.DOES_NOT_EXIST:
+            self._unknown_upstream.pop(key, None)
         reason = event.reason
         if event.error_code in (RequestError.UNAUTHORIZED, RequestError.MALFORMED_AUTH_TOKEN,
                                 RequestError.EXPIRED_AUTH_TOKEN):
@@ -1250,8 +1282,10 @@ class MoqRelay:
         if latest is None or not latest.objects or latest.objects[0].status:
             return
         first = latest.objects[0]
-        try:
-            merged = with_added_tracks(Catalog.from_json(bytes(first.payload)), self._added.get(namespace, ()))
+        try:  # from the publisher's own catalog: the cached one lists the tracks added before (was: a
+            # rung whose node left stayed listed, and an edge below waited for it before serving anything)
+            own = catalog.own_catalog if catalog.own_catalog is not None else bytes(first.payload)
+            merged = with_added_tracks(Catalog.from_json(own), self._added.get(namespace, ()))
         except Exception:  # noqa: BLE001 - an unreadable catalog stays as it came
             return
         group = catalog.last_group + 1
@@ -1322,6 +1356,8 @@ class MoqRelay:
         its fan-out, unless it is older than what is held; False if it was not taken."""
         if not upstream.takes(group, object_id):
             return False
+        if object_id == 0:  # (a later object of the group is a delta: the re-issue starts from the whole one)
+            upstream.own_catalog = bytes(payload)
         if self._added.get(upstream.namespace):
             try:  # a relayed broadcast: its catalog lists the tracks nodes added here
                 payload = with_added_tracks(Catalog.from_json(bytes(payload)), self._added[upstream.namespace]).to_json()

@@ -48,6 +48,19 @@ from .tls import der_fingerprint
 
 log = logging.getLogger("rtmpq.moq")
 
+
+def _stream_reset_at_debug(record: logging.LogRecord) -> bool:
+    """aiopquic logs every RESET_STREAM it receives as a WARNING naming neither the peer nor the
+    track ("stream 27 reset by peer: error=3"): one per group a relay drops or cuts short, which
+    rtmpq reports itself (a skipped group to its reader, counted in metrics). Kept at DEBUG."""
+    if not str(record.msg).startswith("stream %d reset by peer"):
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger("rtmpq").isEnabledFor(logging.DEBUG)
+
+
+logging.getLogger("aiopquic.quic.connection").addFilter(_stream_reset_at_debug)
+
 # Seconds a client waits for a server to answer before saying it is not there.
 CONNECT_TIMEOUT = 5.0
 # Seconds of silence before QUIC closes a connection, where the caller gives none (a node gives

@@ -56,6 +56,9 @@ class UpstreamTrack:
         self.forward = True
         # the catalog's: its join (the Joining FETCH, the fallback), and the relay group that FETCH fed
         self.catalog_join = CatalogJoin(label) if track == CATALOG_TRACK else None
+        # a catalog track's newest object as its publisher sent it, before the tracks nodes added
+        # here were listed in it (relay.py: re-issued from this when they change, or leave)
+        self.own_catalog: bytes | None = None
         self.fetched_group: int | None = None
         self.pushed = pushed is not None  # PUBLISHed to us (its publisher may restart and PUBLISH it again)
         # after its PUBLISH_DONE, while its late streams come: the track published again (PUBLISH)

@@ -139,6 +139,8 @@ class NodeView:
                     s.started = b.opened
                 s.viewers = sum(1 for seen in b.viewers.values() if now - seen < VIEWER_WINDOW)
                 s.sent_bytes["hls"] = s.sent_bytes.get("hls", 0) + b.bytes_out
+                if self.registry is None and self.relay is None:  # an edge node: what came over MoQ
+                    s.frames_in, s.bytes_in, s.groups = b.frames_in, dict(b.bytes_in), b.groups_in
                 s.silent_audio_seconds += b.gap_fill.silence_seconds
         for s in out.values():
             total_in = sum(s.bytes_in.values())
@@ -191,6 +193,7 @@ class NodeView:
             if track != "catalog" and not s.publishes:  # what came from the publisher or relay above
                 s.bytes_in[track] = upstream.fanout.bytes_received
                 s.frames_in += upstream.fanout.objects_received
+                s.groups = max(s.groups, upstream.fanout.groups_received)  # (a group spans the tracks)
 
     # -- API ------------------------------------------------------------------------------------
     def api_broadcasts(self) -> dict:
