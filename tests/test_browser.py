@@ -3,7 +3,6 @@
 import asyncio
 import functools
 import json
-import subprocess
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -412,29 +411,6 @@ async def test_a_player_page_that_played_to_the_end_plays_the_next_publish_of_it
 
 
 # -- a size change mid-stream, carried only in-band (an MPEG-TS source restreamed with -c copy) ----
-
-@pytest.fixture(scope="module")
-def switch_clips(tmp_path_factory):
-    """4 s MPEG-TS clips (x264, a key frame every second with SPS/PPS before it, AAC), made once
-    per (size, x264 profile) asked for."""
-    from .publishers import AUDIO_ENCODE
-
-    need("ffmpeg")
-    folder = tmp_path_factory.mktemp("switch")
-    made = {}
-
-    def clip(size: str, profile: str) -> str:
-        if (size, profile) not in made:
-            path = folder / f"{size}-{profile}.ts"
-            subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
-                            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "4", "-c:v", "libx264",
-                            "-preset", "veryfast", "-profile:v", profile, "-g", "30", "-pix_fmt", "yuv420p",
-                            *AUDIO_ENCODE, "-f", "mpegts", str(path)], check=True)
-            made[size, profile] = str(path)
-        return made[size, profile]
-
-    return clip
-
 
 VIDEO_SIZE = "[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]"
 # The longest time (ms) the page's playhead stood still, watched every 50 ms from now on.
