@@ -200,6 +200,32 @@ def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, L
     return source, rung
 
 
+def test_every_playlist_counts_the_discontinuity_of_a_new_source_init():
+    """The source's video takes a new init at group 2 (its picture size changed); a rung made from
+    it keeps its own init, and so does the audio: both mark EXT-X-DISCONTINUITY at group 2 as the
+    source does, so a player on any rung with the audio maps one discontinuity sequence (hls.js
+    waits for video of the audio's sequence before it loads audio)."""
+    source, rung = source_and_rung("video-360p", 640, 360)
+    audio = LlHlsStream(tracks={AUDIO})
+    audio.group_origin = 0
+    aac = TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2)
+    catalog = source.catalog.with_track(aac)
+    audio.set_catalog(catalog)
+    for g in range(4):
+        if g == 2:
+            changed = catalog.with_track(video_catalog(b"\x01\x64\x00\x1fCCCC", 640).tracks[0])
+            for stream in (source, rung, audio):
+                stream.set_catalog(changed)
+        for stream, track in ((source, VIDEO), (audio, AUDIO), (rung, "video-360p")):  # the rung a group late
+            for i in range(30):
+                ts = g * 1000 + i * 33
+                stream.push(Frame(track, g, i, ts, ts, i == 0 or track == AUDIO, b"\x00\x00\x00\x01\x65", 1))
+    assert [s.init_version for s in source.segments] == [0, 0, 1, 1]
+    assert [s.init_version for s in rung.segments] == [s.init_version for s in audio.segments] == [0, 0, 0, 0]
+    for stream in (source, rung, audio):
+        assert [(s.msn, s.discontinuity_sequence) for s in stream.segments] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+
+
 def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     """A rung that fell behind drops the rest of a group (or whole groups): that gap is not a seam
     of its own (an EXT-X-DISCONTINUITY only the rung had made hls.js misplace it by seconds at a

@@ -179,6 +179,10 @@ class LlHlsStream:
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
         self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
+        # groups whose first segment has EXT-X-DISCONTINUITY (a seam or a new init): a rung that
+        # follows this stream marks them too, its own init unchanged (the audio playlist marks
+        # a new video init as well: see set_catalog), so every playlist counts them alike
+        self.discontinuity_groups: deque[int] = deque(maxlen=64)
         self._dropping: int | None = None  # a group begun again over what the rung has delivered
         # the last media playlist made: (version, query, text); the viewers a new part wakes
         # (blocking reloads) all ask for the same one, once per part
@@ -208,7 +212,7 @@ class LlHlsStream:
             # gave it (as ExoPlayer does; RFC 8216 6.2.4 asks matching content to have matching
             # Discontinuity Sequence Numbers): a player that joined after such a change, whose
             # video was all past it, waited for that mapping forever and never played. (A rung
-            # follows its source's seams instead: see LlHlsStream.follows.)
+            # marks its source's discontinuities instead: discontinuity_groups.)
             self._discontinuity_next = True
         self.init = init
         if init is not None:
@@ -260,6 +264,8 @@ class LlHlsStream:
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
+                if self.follows is not None and frame.group in self.follows.discontinuity_groups:
+                    self._discontinuity_next = True
                 self._open_segment(carried[0] if carried else frame, seam=seam)
                 self._pending[primary] = carried
             elif self._part_would_exceed(frame.dts):
@@ -381,6 +387,8 @@ class LlHlsStream:
         discontinuity = (self._discontinuity_next or seam) and bool(self.segments)
         self._discontinuities += discontinuity
         self._discontinuity_next = False
+        if discontinuity:
+            self.discontinuity_groups.append(frame.group)
         arrival = frame.received_ns or time.time_ns()
         started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
         self.segments.append(Segment(self._msn, started, init_version=self.init_version,
