@@ -14,8 +14,8 @@ key frame came with other in-band parameter sets: media/demux.py) gets
 a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
 first segment after the change starts at the next keyframe with EXT-X-DISCONTINUITY and a new
 EXT-X-MAP, and the old version is kept while a segment in the window still needs it. When the
-video's init changes, the audio playlist marks a discontinuity at the same group (keeping its
-init), so the two count the same discontinuity sequence.
+video's init changes, the audio playlist and the rungs made from it mark a discontinuity at the
+same group (keeping their inits), so every playlist counts the same discontinuity sequence.
 """
 
 import math
