@@ -123,10 +123,10 @@ async def test_gstreamer_playbin3_plays_through_a_size_change_carried_only_in_ba
     url = f"http://127.0.0.1:{node.edge.address[1]}/live/gsw/index.m3u8"
     player = None
     try:
-        # playbin3 started as soon as the broadcast was live (its first part), or with one segment
-        # listed, showed nothing in 20 s (six runs, one of them without a change ahead): it starts
-        # once two segments are listed (not looked into; the live test above starts at once on an
-        # ffmpeg encode)
+        # playbin3 started as soon as the broadcast was live (its first part) rendered nothing in
+        # 12 s (one run, its whole output read), and started with one segment listed decoded no
+        # picture in 20 s (five runs, one without a change ahead): it starts once two segments are
+        # listed (not looked into; the live test above starts at once on an ffmpeg encode)
         async with asyncio.timeout(10):
             while (await http_get(url.replace("index", "video")))[1].count(b"#EXTINF") < 2:
                 await asyncio.sleep(0.1)
