@@ -2,6 +2,7 @@ import asyncio
 import itertools
 import json
 import shutil
+import subprocess
 from contextlib import asynccontextmanager
 from pathlib import Path
 import urllib.error
@@ -360,6 +361,30 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
 def source_flv(tmp_path_factory):
     """8 s of the test encode with its audio (encode_test_flv)."""
     return encode_test_flv(tmp_path_factory.mktemp("src") / "src.flv")
+
+
+@pytest.fixture(scope="module")
+def switch_clips(tmp_path_factory):
+    """For a change of size mid-stream carried only in-band (tests/test_inband_parameter_sets.py
+    restream, -c copy): 4 s MPEG-TS clips (x264, a key frame every second with SPS/PPS before it,
+    AAC), made once per (size, x264 profile) asked for."""
+    from .publishers import AUDIO_ENCODE
+
+    need("ffmpeg")
+    folder = tmp_path_factory.mktemp("switch")
+    made = {}
+
+    def clip(size: str, profile: str) -> str:
+        if (size, profile) not in made:
+            path = folder / f"{size}-{profile}.ts"
+            subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+                            "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", "4", "-c:v", "libx264",
+                            "-preset", "veryfast", "-profile:v", profile, "-g", "30", "-pix_fmt", "yuv420p",
+                            *AUDIO_ENCODE, "-f", "mpegts", str(path)], check=True)
+            made[size, profile] = str(path)
+        return made[size, profile]
+
+    return clip
 
 
 # -- headless Chromium (the player and status pages) ---------------------------------------------

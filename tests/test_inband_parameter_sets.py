@@ -23,7 +23,7 @@ from rtmpq.moq.transport import connect_moq
 
 from .conftest import need, start_up_node
 from .publishers import AUDIO_ENCODE, PYAV_PUBLISHER, run_process
-from .test_edge import decoded_video, http_get, media_sequence, until_ended
+from .test_edge import decoded_video, http_get, media_sequence, playlist_shape, until_ended
 
 CHANGED = "parameter sets changed in-band"
 SIZES = ("320x240", "640x360")
@@ -79,12 +79,6 @@ def video_tags(path) -> list[tuple[int, list[int]]]:
     return tags
 
 
-def playlist_shape(playlist: str) -> list[str]:
-    """EXT-X-MAP, EXT-X-DISCONTINUITY and segment lines (not parts)."""
-    return [line for line in playlist.splitlines() if line.startswith("#EXT-X-MAP") or line == "#EXT-X-DISCONTINUITY"
-            or line.endswith("m4s") and "PART" not in line]
-
-
 async def moq_catalog_with(node, broadcast: str, width: int) -> Catalog:
     """The first catalog a MoQ subscriber of ``broadcast`` gets whose video track is ``width`` wide."""
     host, port = node.moq_address
@@ -131,6 +125,10 @@ async def test_a_size_change_carried_only_in_band_gets_a_new_init_catalog_and_pl
     assert playlist_shape(playlist) == [
         f'#EXT-X-MAP:URI="v-init-{n}.mp4"', f"v-seg{n}.m4s", f"v-seg{n + 1}.m4s", "#EXT-X-DISCONTINUITY",
         f'#EXT-X-MAP:URI="v-init-{n + 1}.mp4"', f"v-seg{n + 2}.m4s", f"v-seg{n + 3}.m4s"], playlist
+    audio = (await http_get(f"{base}/audio.m3u8"))[2].decode()  # the video's discontinuity, its own init
+    assert playlist_shape(audio) == [
+        f'#EXT-X-MAP:URI="a-init-{n}.mp4"', f"a-seg{n}.m4s", f"a-seg{n + 1}.m4s", "#EXT-X-DISCONTINUITY",
+        f'#EXT-X-MAP:URI="a-init-{n}.mp4"', f"a-seg{n + 2}.m4s", f"a-seg{n + 3}.m4s"], audio
     for version, size in enumerate(SIZES):
         segments = [(await http_get(f"{base}/v-seg{n + 2 * version + i}.m4s"))[2] for i in (0, 1)]
         init = (await http_get(f"{base}/v-init-{n + version}.mp4"))[2]

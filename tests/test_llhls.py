@@ -1,6 +1,7 @@
 """The LL-HLS packager in memory: init segment versions and discontinuities."""
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -63,14 +64,35 @@ def test_discontinuity_sequence_counts_the_discontinuities_that_left_the_window(
     assert stream.init_version_data(0) is None  # no segment in the window needs it any more
 
 
-def test_an_unchanged_rendition_has_no_discontinuity_when_another_track_changes():
+def test_the_audio_playlist_marks_the_videos_discontinuity_with_its_own_init():
+    """The video's configuration changes (a new sequence header, or new SPS/PPS in-band): the audio
+    playlist has a discontinuity at the same segment as the video's, so both count the same
+    discontinuity sequence (hls.js and ExoPlayer map audio timestamps by it), and keeps its one
+    init segment. A catalog with the same video configuration, or another rendition's change,
+    changes nothing."""
     stream = LlHlsStream(tracks={AUDIO}, prefix="a-")
     audio = TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2)
     catalog = video_catalog(b"\x01\x64\x00\x1eAAAA", 320).with_track(audio)
+    rung = TrackInfo("video-240p", VIDEO, "avc1.64000d", b"\x01\x64\x00\x0dCCCC", 1000, 160, 120, nal_length_size=4)
+
+    def push_audio(group: int) -> None:
+        for i in range(40):
+            ts = group * 1000 + i * 25
+            stream.push(Frame(AUDIO, group, i, ts, ts, True, b"\x21", 1))
+
     stream.set_catalog(catalog)
-    stream.set_catalog(catalog.with_track(video_catalog(b"\x01\x64\x00\x1eBBBB", 640).tracks[0]))
-    playlist = stream.media_playlist()
-    assert re.findall(r"#EXT-X-(MAP|DISCONTINUITY)\S*", playlist) == ["MAP"] and 'a-init-0.mp4' in playlist
+    push_audio(0)
+    stream.set_catalog(catalog.with_track(rung))  # a rung added, then its configuration changes
+    stream.set_catalog(catalog.with_track(replace(rung, init_data=b"\x01\x64\x00\x0dDDDD")))
+    push_audio(1)
+    stream.set_catalog(catalog.with_track(video_catalog(b"\x01\x64\x00\x1fBBBB", 640).tracks[0]))
+    push_audio(2)
+    push_audio(3)
+    stream.end()
+    assert maps_and_discontinuities(stream.media_playlist()) == [
+        '#EXT-X-MAP:URI="a-init-0.mp4"', "a-seg0.m4s", "a-seg1.m4s",
+        "#EXT-X-DISCONTINUITY", '#EXT-X-MAP:URI="a-init-0.mp4"', "a-seg2.m4s", "a-seg3.m4s"]
+    assert [s.discontinuity_sequence for s in stream.segments] == [0, 0, 1, 1]
 
 
 def test_segment_dates_follow_media_time_on_one_clock_for_every_rendition():
@@ -176,6 +198,32 @@ def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, L
         s.group_origin = 0
         s.set_catalog(catalog)
     return source, rung
+
+
+def test_every_playlist_counts_the_discontinuity_of_a_new_source_init():
+    """The source's video takes a new init at group 2 (its picture size changed); a rung made from
+    it keeps its own init, and so does the audio: both mark EXT-X-DISCONTINUITY at group 2 as the
+    source does, so a player on any rung with the audio maps one discontinuity sequence (hls.js
+    waits for video of the audio's sequence before it loads audio)."""
+    source, rung = source_and_rung("video-360p", 640, 360)
+    audio = LlHlsStream(tracks={AUDIO})
+    audio.group_origin = 0
+    aac = TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2)
+    catalog = source.catalog.with_track(aac)
+    audio.set_catalog(catalog)
+    for g in range(4):
+        if g == 2:
+            changed = catalog.with_track(video_catalog(b"\x01\x64\x00\x1fCCCC", 640).tracks[0])
+            for stream in (source, rung, audio):
+                stream.set_catalog(changed)
+        for stream, track in ((source, VIDEO), (audio, AUDIO), (rung, "video-360p")):  # the rung a group late
+            for i in range(30):
+                ts = g * 1000 + i * 33
+                stream.push(Frame(track, g, i, ts, ts, i == 0 or track == AUDIO, b"\x00\x00\x00\x01\x65", 1))
+    assert [s.init_version for s in source.segments] == [0, 0, 1, 1]
+    assert [s.init_version for s in rung.segments] == [s.init_version for s in audio.segments] == [0, 0, 0, 0]
+    for stream in (source, rung, audio):
+        assert [(s.msn, s.discontinuity_sequence) for s in stream.segments] == [(0, 0), (1, 0), (2, 1), (3, 1)]
 
 
 def test_a_rung_that_skips_frames_keeps_its_sources_timeline():

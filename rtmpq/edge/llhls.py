@@ -13,7 +13,9 @@ A new init segment (a new avcC or AudioSpecificConfig mid-broadcast: the encoder
 key frame came with other in-band parameter sets: media/demux.py) gets
 a version of its own, so its URI (``init-<n>.mp4``) never changes content and may be cached; the
 first segment after the change starts at the next keyframe with EXT-X-DISCONTINUITY and a new
-EXT-X-MAP, and the old version is kept while a segment in the window still needs it.
+EXT-X-MAP, and the old version is kept while a segment in the window still needs it. When the
+video's init changes, the audio playlist and the rungs made from it mark a discontinuity at the
+same group (keeping their inits), so every playlist counts the same discontinuity sequence.
 """
 
 import math
@@ -154,7 +156,7 @@ class LlHlsStream:
         self.init: bytes | None = None
         self.init_version = first
         self._inits: dict[int, bytes] = {}  # init segment by version, while segments need them
-        self._new_init = False  # the next segment opens with a discontinuity
+        self._discontinuity_next = False  # the next segment opens with a discontinuity
         self._discontinuities = 0
         self.segments: deque[Segment] = deque()
         self.ended = False
@@ -177,6 +179,10 @@ class LlHlsStream:
         self.clock: MediaClock | None = None
         self.follows: LlHlsStream | None = None  # the stream whose seams this one takes (a rung's source)
         self.seam_groups: deque[int] = deque(maxlen=64)  # groups that opened after a seam
+        # groups whose first segment has EXT-X-DISCONTINUITY (a seam or a new init): a rung that
+        # follows this stream marks them too, its own init unchanged (the audio playlist marks
+        # a new video init as well: see set_catalog), so every playlist counts them alike
+        self.discontinuity_groups: deque[int] = deque(maxlen=64)
         self._dropping: int | None = None  # a group begun again over what the rung has delivered
         # the last media playlist made: (version, query, text); the viewers a new part wakes
         # (blocking reloads) all ask for the same one, once per part
@@ -188,6 +194,7 @@ class LlHlsStream:
                   and (self.only is None or t.name in self.only)]
         if [t.name for t in tracks] != self._tracks and self._pending_frames():
             self._close_part(final=True)
+        video_changed = self._video_config_changed(catalog)
         self.catalog = catalog
         self._tracks = [t.name for t in tracks]
         self._timescale = {t.name: t.timescale for t in tracks}
@@ -197,12 +204,28 @@ class LlHlsStream:
             self._end_segment()
             self._group = None
             self.init_version += 1
-            self._new_init = True
+            self._discontinuity_next = True
+        elif video_changed and VIDEO not in self._tracks and self.follows is None:
+            # the broadcast's video takes a new init at its next group: this playlist (the audio)
+            # marks a discontinuity there too, keeping its init. hls.js maps an audio segment's
+            # timestamps with what the video segments of the same discontinuity sequence number
+            # gave it (as ExoPlayer does; RFC 8216 6.2.4 asks matching content to have matching
+            # Discontinuity Sequence Numbers): a player that joined after such a change, whose
+            # video was all past it, waited for that mapping forever and never played. (A rung
+            # marks its source's discontinuities instead: discontinuity_groups.)
+            self._discontinuity_next = True
         self.init = init
         if init is not None:
             self._inits[self.init_version] = init
         self._pending = {name: self._pending.get(name, []) for name in self._tracks}
         self.version += 1
+
+    def _video_config_changed(self, catalog: Catalog) -> bool:
+        """Whether ``catalog`` gives the broadcast's video track (VIDEO) another configuration
+        than the catalog before it did."""
+        old = self.catalog.track(VIDEO) if self.catalog is not None else None
+        new = catalog.track(VIDEO)
+        return old is not None and new is not None and old.init_data != new.init_data
 
     @property
     def _primary(self) -> str | None:
@@ -241,6 +264,8 @@ class LlHlsStream:
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
+                if self.follows is not None and frame.group in self.follows.discontinuity_groups:
+                    self._discontinuity_next = True
                 self._open_segment(carried[0] if carried else frame, seam=seam)
                 self._pending[primary] = carried
             elif self._part_would_exceed(frame.dts):
@@ -359,9 +384,11 @@ class LlHlsStream:
     def _open_segment(self, frame: Frame, seam: bool = False, continues: bool = False) -> None:
         if not self.segments and self._msn == self.first and self.group_origin is not None:
             self._msn = self._first_msn(frame.group)
-        discontinuity = (self._new_init or seam) and bool(self.segments)
+        discontinuity = (self._discontinuity_next or seam) and bool(self.segments)
         self._discontinuities += discontinuity
-        self._new_init = False
+        self._discontinuity_next = False
+        if discontinuity:
+            self.discontinuity_groups.append(frame.group)
         arrival = frame.received_ns or time.time_ns()
         started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
         self.segments.append(Segment(self._msn, started, init_version=self.init_version,
