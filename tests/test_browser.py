@@ -190,6 +190,10 @@ async def test_the_player_page_plays_on_when_the_publisher_comes_back_without_au
             assert rc == 0, out
             broadcast = node.registry.get("live/an")
             await until(lambda: not broadcast.publishing, what="the publisher to leave")
+            # the page says why nothing moves (it showed the last latency, frozen)
+            async with asyncio.timeout(15):
+                while "the publisher may be away" not in (status := await devtools.evaluate(PAGE_STATUS)):
+                    await asyncio.sleep(0.2)
             second = await spawn(long_publish_args(url, seconds=40))
             await until(lambda: broadcast.catalog.track("audio") is None, what="the audio to leave the catalog")
             before = await devtools.evaluate(frames)
@@ -199,6 +203,8 @@ async def test_the_player_page_plays_on_when_the_publisher_comes_back_without_au
                 assert loop.time() < end, (now, before, await devtools.errors())
                 await asyncio.sleep(0.2)
             assert await devtools.evaluate("window.rtmpqRestarts") == 0  # the same hls.js, untouched
+            status = await devtools.evaluate(PAGE_STATUS)
+            assert status.startswith("latency"), status  # playing again, and saying so
     finally:
         if second is not None and second.returncode is None:
             second.kill()

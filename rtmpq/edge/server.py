@@ -127,6 +127,10 @@ PLAYER_LATENCY_SLACK = 0.4
 # A player page whose broadcast is not live (not yet, or no longer: the playlist answers 404/503)
 # asks again every this many seconds, so it plays by itself once the publisher starts.
 PLAYER_RETRY = 2.0
+# A player page whose video played and has not moved for this many seconds (not paused: its
+# publisher away within its grace period, or a link too slow) says so instead of the latency,
+# which hls.js no longer updates then.
+PLAYER_STALL = 2.0
 
 PLAYER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>rtmpq live</title>
@@ -237,13 +241,18 @@ else if (Hls.isSupported()) {
     again();
   };
   start();
+  const stalled = "no new media for @STALL@ s or more: the publisher may be away; it plays on when media comes";
+  let shown = -1, still = 0;  // the video's time at the last look, and for how long it has not moved
   setInterval(() => { window.rtmpqLatency = hls.latency;
-    status.textContent = waiting || "latency " + (hls.latency || 0).toFixed(2) + " s"; }, 500);
+    still = video.currentTime > 0 && video.currentTime === shown && !video.paused ? still + 0.5 : 0;
+    shown = video.currentTime;
+    status.textContent = waiting || (still >= @STALL@ ? stalled : "latency " + (hls.latency || 0).toFixed(2) + " s"); }, 500);
 } else { video.src = "index.m3u8" + location.search; }  // native HLS (Safari): with ?token= too
 </script></body></html>
 """.replace("@MIN@", str(PLAYER_LATENCY_BOUNDS[0])).replace("@MAX@", str(PLAYER_LATENCY_BOUNDS[1])) \
     .replace("@SLACK@", str(PLAYER_LATENCY_SLACK)).replace("@LATENCY@", str(PLAYER_LATENCY)) \
-    .replace("@RETRY@", str(PLAYER_RETRY)).replace("@NOT_CARRIED@", NOT_CARRIED_HEADER)
+    .replace("@RETRY@", str(PLAYER_RETRY)).replace("@STALL@", f"{PLAYER_STALL:g}") \
+    .replace("@NOT_CARRIED@", NOT_CARRIED_HEADER)
 
 
 class _Broadcast:
