@@ -184,6 +184,7 @@ async def test_a_client_that_unpublishes_and_stays_connected_is_closed_at_the_de
     client.command(0, "deleteStream", 4.0, None, float(client.stream_id))
     assert await client.closed(timeout=10)
     assert close_reason(caplog, peer) == "no publish within 1.5 s"
+    assert ingest.server.errors["handshake_timeout"] == 1 and not ingest.server.errors["protocol_error"]
 
 
 AAC_CONFIG = b"\xaf\x00\x12\x10"  # AAC LC, 44.1 kHz, stereo

@@ -210,7 +210,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
                 log.warning("%s: closing connection: %s", self.peer, event.reason)
-                self.server.errors[failure_reason(event.reason)] += 1
+                self.server.errors[event.kind] += 1
                 self._close()
         self._flush()  # asyncio flushes what was written before it closes
 
@@ -355,12 +355,3 @@ class RtmpServer:
             await server.wait_closed()
         if self.reader is not None:
             self.reader.close()
-
-
-def failure_reason(reason: str) -> str:
-    """The metrics reason of a connection closed for ``reason`` (its log text)."""
-    if reason.startswith(("no successful connect", "no publish")):
-        return "handshake_timeout"
-    if reason.startswith(("publish: invalid stream name", "publish: stream name is not a string")):
-        return "bad_name"  # a stream key no name may be: a typo (a space), a path, too long
-    return "protocol_error"

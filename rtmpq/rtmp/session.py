@@ -139,6 +139,13 @@ class ConnectionFailed:
     """The peer broke the protocol; the shell should close the connection after flushing."""
 
     reason: str
+    # the metrics reason (never a key or name): protocol_error, handshake_timeout (no connect or
+    # publish in time), bad_name (a stream key no name may be)
+    kind: str = "protocol_error"
+
+
+class BadStreamName(RemoteProtocolError):
+    """A publish whose stream key no name may be (a space, a path, too long): counted apart."""
 
 
 Event = HandshakeCompleted | Connected | PublishRequested | MediaMessage | PublishEnded | ConnectionFailed
@@ -239,7 +246,7 @@ class RtmpServerSession:
                     return
             self._reader.receive_data(data)
         except RemoteProtocolError as exc:
-            self._fail(str(exc))
+            self._fail_on(exc)
             return
         self.handle_read(None)
 
@@ -262,7 +269,7 @@ class RtmpServerSession:
                 message = reader.dispatch(sinks)
             self._maybe_acknowledge()
         except RemoteProtocolError as exc:
-            self._fail(str(exc))
+            self._fail_on(exc)
 
     @property
     def fast_path(self) -> tuple | None:
@@ -272,12 +279,15 @@ class RtmpServerSession:
         if self._handshake.done and not self._failed and not self.closed:
             return self._reader, self._media_sinks
 
-    def _fail(self, reason: str) -> None:
+    def _fail_on(self, exc: RemoteProtocolError) -> None:
+        self._fail(str(exc), "bad_name" if isinstance(exc, BadStreamName) else "protocol_error")
+
+    def _fail(self, reason: str, kind: str = "protocol_error") -> None:
         if not self._failed:
             self._failed = True
             self._held.clear()
             self._held_bytes = 0
-            self._events.append(ConnectionFailed(reason))
+            self._events.append(ConnectionFailed(reason, kind))
 
     # -- output ---------------------------------------------------------------------------------
     @property
@@ -299,7 +309,7 @@ class RtmpServerSession:
         if self._deadline is not None and now >= self._deadline:
             self._deadline = None
             waited_for = "successful connect" if self.app is None else "publish"
-            self._fail(f"no {waited_for} within {self.limits.handshake_timeout:g} s")
+            self._fail(f"no {waited_for} within {self.limits.handshake_timeout:g} s", "handshake_timeout")
 
     def publish_idle(self, now: float) -> None:
         """Call when the client ended a publish: if nothing is published or asked to be on this
@@ -525,12 +535,12 @@ class RtmpServerSession:
             raise RemoteProtocolError(f"publish on message stream {stream_id} that was never created")
         if not args or not isinstance(args[0], str):
             self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "publish needs a stream name"))
-            raise RemoteProtocolError("publish: stream name is not a string")
+            raise BadStreamName("publish: stream name is not a string")
         key, _, query = args[0].partition("?")
         publish_type = args[1] if len(args) > 1 and isinstance(args[1], str) else "live"
         if not STREAM_KEY_PATTERN.fullmatch(key) or key in DOT_SEGMENTS or len(query) > MAX_PUBLISH_QUERY_LENGTH:
             self._send_on_status(stream_id, _status("error", "NetStream.Publish.BadName", "invalid stream name"))
-            raise RemoteProtocolError("publish: invalid stream name")
+            raise BadStreamName("publish: invalid stream name")
         if stream_id in self.publishing or stream_id in self._pending:
             raise RemoteProtocolError("publish twice on one message stream")
         req = PublishRequested(stream_id, self.app, key, publish_type, query)
