@@ -1,4 +1,5 @@
 import asyncio
+import inspect
 import itertools
 import json
 import shutil
@@ -59,14 +60,21 @@ async def wait_tcp(port: int, host: str = "127.0.0.1", deadline: float = 20.0) -
             await asyncio.sleep(0.1)
 
 
-async def until(condition, deadline: float = 20.0, what: str = "condition") -> None:
-    """Wait for ``condition()`` to be true, polling, for at most ``deadline`` seconds."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not condition():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+async def until(condition, deadline: float = 20.0, what: str = "condition", interval: float = 0.05) -> None:
+    """Wait for ``condition()`` to be true, polling every ``interval`` seconds, for at most
+    ``deadline`` seconds. ``condition`` may be a coroutine function (an HTTP request, a page's
+    state): a call still running at the deadline is cancelled."""
+
+    async def met():
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
+    try:
+        async with asyncio.timeout(deadline):
+            while not await met():
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def read_broadcast(port: int, backend: str, name: str, frames: list, skipped: list) -> None:

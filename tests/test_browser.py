@@ -191,9 +191,10 @@ async def test_the_player_page_plays_on_when_the_publisher_comes_back_without_au
             broadcast = node.registry.get("live/an")
             await until(lambda: not broadcast.publishing, what="the publisher to leave")
             # the page says why nothing moves (it showed the last latency, frozen)
-            async with asyncio.timeout(15):
-                while "the publisher may be away" not in (status := await devtools.evaluate(PAGE_STATUS)):
-                    await asyncio.sleep(0.2)
+            async def says_away() -> bool:
+                return "the publisher may be away" in await devtools.evaluate(PAGE_STATUS)
+
+            await until(says_away, 15, "the page to say the publisher may be away", interval=0.2)
             second = await spawn(long_publish_args(url, seconds=40))
             await until(lambda: broadcast.catalog.track("audio") is None, what="the audio to leave the catalog")
             before = await devtools.evaluate(frames)
@@ -540,9 +541,7 @@ async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, t
                 return "#EXT-X-DISCONTINUITY" in playlist and \
                     playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
 
-            async with asyncio.timeout(15):
-                while not await past_the_change():
-                    await asyncio.sleep(0.1)
+            await until(past_the_change, 15, "a whole segment past the change", interval=0.1)
             await devtools.call("Page.navigate", url=f"http://{host}:{http_port}/live/late/")
             start = await devtools.playback_started(tries=50)
             assert start, await devtools.errors()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .conftest import http_get, need, start_up_node
+from .conftest import http_get, need, start_up_node, until
 from .publishers import drop_publish, end_live_publish, ffmpeg_publish_args
 
 # what fpsdisplaysink says (with gst-launch -v) as frames reach its sink
@@ -127,9 +127,10 @@ async def test_gstreamer_playbin3_plays_through_a_size_change_carried_only_in_ba
         # 12 s (one run, its whole output read), and started with one segment listed decoded no
         # picture in 20 s (five runs, one without a change ahead): it starts once two segments are
         # listed (not looked into; the live test above starts at once on an ffmpeg encode)
-        async with asyncio.timeout(10):
-            while (await http_get(url.replace("index", "video")))[1].count(b"#EXTINF") < 2:
-                await asyncio.sleep(0.1)
+        async def two_segments() -> bool:
+            return (await http_get(url.replace("index", "video")))[1].count(b"#EXTINF") >= 2
+
+        await until(two_segments, 10, "two segments listed", interval=0.1)
         player = await Playbin3.start(url)
         at_change = None  # (frames rendered, audio buffers played) when the pictures became 1280x720
 

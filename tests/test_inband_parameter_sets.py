@@ -21,7 +21,7 @@ from rtmpq.media.hevc import HevcConfig, hvcc_from_parameter_sets, is_irap
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
-from .conftest import need, start_up_node
+from .conftest import need, start_up_node, until
 from .publishers import AUDIO_ENCODE, PYAV_PUBLISHER, run_process
 from .test_edge import decoded_video, http_get, media_sequence, playlist_shape, until_ended
 
@@ -109,9 +109,8 @@ async def test_a_size_change_carried_only_in_band_gets_a_new_init_catalog_and_pl
     with caplog.at_level(logging.INFO, "rtmpq.media"):
         publish, _ = await restream(node, "inband", ts_clips, ref)
         catalog = asyncio.create_task(moq_catalog_with(node, "live/inband", 640))
-        async with asyncio.timeout(10):  # while it is live: the API lists live broadcasts
-            while not (await listed_at(node, "live/inband", "640x360")):
-                await asyncio.sleep(0.1)
+        # while it is live: the API lists live broadcasts
+        await until(lambda: listed_at(node, "live/inband", "640x360"), 10, "the API at 640x360", interval=0.1)
         rc, out = await publish
         assert rc == 0, out
         await until_ended(base)

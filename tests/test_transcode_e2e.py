@@ -386,14 +386,16 @@ async def test_the_rungs_of_a_transcoder_that_stops_leave_a_relayed_broadcasts_c
         publisher = await asyncio.create_subprocess_exec(*ffmpeg_publish_args(
             f"rtmp://127.0.0.1:{prtmp}/live/relayed", str(tmp_path / "ref.flv"), seconds=60),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        async with asyncio.timeout(20):  # listed (made only when watched: nothing is encoded here)
-            while "video-120p" not in await catalog_tracks():
-                await asyncio.sleep(0.3)
+        async def listed(rung: bool) -> bool:
+            tracks[:] = await catalog_tracks()
+            return ("video-120p" in tracks) == rung
+
+        tracks: list[str] = []
+        # listed (made only when watched: nothing is encoded here)
+        await until(lambda: listed(True), 20, "the rung in the relayed catalog", interval=0.3)
         transcoder.terminate()
         await transcoder.wait()
-        async with asyncio.timeout(10):
-            while "video-120p" in (tracks := await catalog_tracks()):
-                await asyncio.sleep(0.3)
+        await until(lambda: listed(False), 10, "the rung out of the relayed catalog", interval=0.3)
         assert sorted(tracks) == ["audio", "video"], tracks
     finally:
         await stop_nodes(procs, publisher)
