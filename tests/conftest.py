@@ -2,6 +2,7 @@ import asyncio
 import inspect
 import itertools
 import json
+import os
 import shutil
 import subprocess
 from contextlib import asynccontextmanager
@@ -38,11 +39,44 @@ def need(binary: str) -> str:
     return path
 
 
+def _port_range() -> range:
+    """This test process's own slice of the ports below the kernel's ephemeral range. A port the
+    kernel handed out (bind to 0) was free only then: before the node under test bound it, an
+    outgoing connection (a player, ffmpeg, another worker's test) could take it as its source
+    port, and the node failed with "address already in use". The kernel never picks source ports
+    below ``ip_local_port_range``, and each xdist worker takes ports from its own slice."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = 10000 if low > 12000 else 1024
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % workers
+    span = (low - first) // workers
+    return range(first + worker * span, first + (worker + 1) * span)
+
+
+_ports = itertools.cycle(_port_range())
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(kind=socket.SOCK_STREAM) -> int:
-    """A free loopback port (TCP by default; socket.SOCK_DGRAM for UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free for both TCP and UDP, from this process's slice (``_port_range``);
+    ``kind`` stays for the callers that name one."""
+    for _ in range(len(_port_range())):
+        port = next(_ports)
+        if _bindable(port):
+            return port
+    raise RuntimeError("no free loopback port in this test process's range")
 
 
 async def wait_tcp(port: int, host: str = "127.0.0.1", deadline: float = 20.0) -> None:

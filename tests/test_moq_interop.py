@@ -75,7 +75,6 @@ async def test_aiomoqt_fetch_cases_pass(node, case):
 
 async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_path):
     """ffmpeg -> rtmpq ingest --upstream -> aiomoqt's moq-interop-relay -> rtmpq subscriber."""
-    import socket
 
     from rtmpq.media.broadcast import BroadcastRegistry
     from rtmpq.media.frames import Frame
@@ -86,14 +85,12 @@ async def test_rtmpq_publisher_through_aiomoqt_relay_to_rtmpq_subscriber(tmp_pat
     from rtmpq.nodes.remote import UpstreamLink
     from rtmpq.nodes.ingest import IngestNode
 
-    from .conftest import need
+    from .conftest import free_port, need
     from .publishers import as_packets, ffmpeg_publish_args, probe_packets, run_process
 
     need("ffmpeg")
     cert, key = ensure_self_signed(tmp_path / "tls")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     relay_bin = shutil.which("moq-interop-relay") or str(Path(sys.executable).parent / "moq-interop-relay")
     third_party = await asyncio.create_subprocess_exec(
         relay_bin, "--bind", "127.0.0.1", "--port", str(port), "--quic", "--draft", "16", "--cert", str(cert),
