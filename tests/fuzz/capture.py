@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from rtmpq.codec import NEED_DATA, REFERENCE, amf0_encode
@@ -26,6 +27,7 @@ from rtmpq.media.broadcast import BroadcastRegistry
 from rtmpq.nodes.ingest import IngestNode
 from rtmpq.rtmp.chunk_writer import ChunkWriter
 from rtmpq.rtmp.handshake import HANDSHAKE_SIZE, make_client_c1
+from tests.fuzz.targets import demux_input
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_PREFIX = bytes(8)  # the targets draw their split points from the first 8 bytes
@@ -117,14 +119,31 @@ def obs_shaped(tags: list) -> "callable":
     return run
 
 
-def flv_tags(stream: bytes) -> list:
+def flv_tags(stream: bytes, types=(8, 9)) -> list:
+    """(type_id, timestamp, body) of the messages of these types after the handshake."""
     r = REFERENCE["ChunkReader"]()
     r.receive_data(stream[1 + 2 * HANDSHAKE_SIZE:])
     out = []
     while (m := r.next_message()) is not NEED_DATA:
-        if m.type_id in (8, 9):
+        if m.type_id in types:
             out.append((m.type_id, m.timestamp, bytes(m.body)))
     return out
+
+
+def inband_restream(tmp: Path) -> list[str]:
+    """ffmpeg restreaming (-c copy) two MPEG-TS clips of different sizes one after the other: the
+    second size comes only in-band, in the SPS/PPS of its first key frame (no new sequence header)."""
+    import subprocess
+
+    clips = []
+    for size in ("64x48", "96x64"):
+        clip = tmp / f"{size}.ts"
+        subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
+                        f"testsrc2=size={size}:rate=30", "-t", "0.3", "-c:v", "libx264", "-preset", "veryfast",
+                        "-g", "5", "-pix_fmt", "yuv420p", "-f", "mpegts", str(clip)], check=True)
+        clips.append(str(clip))
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i", f"concat:{'|'.join(clips)}",
+            "-c", "copy", "-f", "flv", "{URL}"]
 
 
 def main() -> None:
@@ -153,6 +172,8 @@ def main() -> None:
                                             "aac", "--seconds", "1", "--size", "160x120"])),
     }
     captures["obs-shaped"] = asyncio.run(record(None, obs_shaped(flv_tags(captures["pyav-hevc-opus"])[:40])))
+    with tempfile.TemporaryDirectory() as tmp:  # small clips: the size change within STREAM_HEAD
+        captures["ffmpeg-inband-size-change"] = asyncio.run(record(inband_restream(Path(tmp))))
 
     seeds: dict[str, dict[str, bytes]] = {}
 
@@ -166,6 +187,7 @@ def main() -> None:
         seed("handshake", name, SEED_PREFIX + stream, 1 + 2 * HANDSHAKE_SIZE + 8 + 400)
         seed("chunk", name, SEED_PREFIX + stream[1 + 2 * HANDSHAKE_SIZE:], STREAM_HEAD)
         seed("session", name, SEED_PREFIX + stream[1 + 2 * HANDSHAKE_SIZE:], STREAM_HEAD)
+        seed("demux", name, demux_input(flv_tags(stream, (8, 9, 18))), STREAM_HEAD)
         videos = audios = 0
         for i, (type_id, body) in enumerate(messages(stream)):
             if type_id in (18, 20):

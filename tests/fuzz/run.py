@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))  # a stray "tests" package in site-packages must n
 # every module a target reaches, imported under atheris's instrumentation before the targets
 INSTRUMENTED = ("rtmpq.auth.hook", "rtmpq.codec", "rtmpq.edge.server", "rtmpq.media.aac", "rtmpq.media.ac3",
                 "rtmpq.media.av1", "rtmpq.media.avc", "rtmpq.media.catalog", "rtmpq.media.catalog_delta",
-                "rtmpq.media.hevc", "rtmpq.media.opus", "rtmpq.media.vp9", "rtmpq.moq.catalog_track",
-                "rtmpq.moq.datagram_order", "rtmpq.moq.wire", "rtmpq.rtmp.handshake", "rtmpq.rtmp.session")
+                "rtmpq.media.demux", "rtmpq.media.hevc", "rtmpq.media.opus", "rtmpq.media.vp9",
+                "rtmpq.moq.catalog_track", "rtmpq.moq.datagram_order", "rtmpq.moq.wire", "rtmpq.rtmp.handshake",
+                "rtmpq.rtmp.session")
 
 
 def main() -> int:

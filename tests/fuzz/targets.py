@@ -190,6 +190,50 @@ def _tag_tuple(result):
                 for k in t.__slots__) for t in items]
 
 
+def demux_input(messages) -> bytes:
+    """The ``demux`` target's input for media messages ``(type_id, timestamp, body)``: a type byte
+    (8 audio, 9 video, else data), the 32-bit timestamp and a 16-bit length, then the body."""
+    return b"".join(bytes([t]) + (ts & 0xFFFFFFFF).to_bytes(4, "big") + len(b[:0xFFFF]).to_bytes(2, "big")
+                    + b[:0xFFFF] for t, ts, b in messages)
+
+
+def _demuxed(items) -> list:
+    return [("frame", f.track, f.group, f.index, f.dts, f.pts, f.keyframe, bytes(f.payload))
+            if hasattr(f, "payload") else ("catalog", f) for f in items]
+
+
+def demux(data: bytes) -> None:
+    """A publish's media messages into the demuxer, both ways the ingest feeds it: whole FLV
+    bodies (``message``, the session's path) and, as the chunk reader's fast path hands them
+    over, with the FLV header read and split off (``_media_header``, then ``media``, which inlines
+    the common case). Both must give the same frames and catalogs after every message, or the
+    same refusal; only RemoteProtocolError may escape (the publisher is closed)."""
+    from rtmpq.codec.chunk import _media_header
+    from rtmpq.media.demux import BroadcastDemuxer
+
+    whole, split = BroadcastDemuxer("live/fuzz"), BroadcastDemuxer("live/fuzz")
+    pos = 0
+    while pos + 7 <= len(data):
+        type_id = {8: 8, 9: 9}.get(data[pos], 18)
+        ts = int.from_bytes(data[pos + 1:pos + 5], "big")
+        end = pos + 7 + int.from_bytes(data[pos + 5:pos + 7], "big")
+        body, pos = data[pos + 7:end], end
+        a = _outcome(whole.message, type_id, ts, body)
+        media = _media_header(type_id, body, len(body)) if type_id in (8, 9) else None
+        if media is None:
+            b = _outcome(split.message, type_id, ts, body)
+        else:
+            codec, frame_type, cts, offset = media
+            b = _outcome(split.media, type_id, ts, body[offset:], codec, frame_type, cts, body[:offset])
+        if a[0] == "ok":
+            a = ("ok", _demuxed(a[1]))
+        if b[0] == "ok":
+            b = ("ok", _demuxed(b[1]))
+        assert a == b, f"the demuxer's two paths differ at byte {pos}: {a!r} != {b!r}"
+        if a[0] != "ok":
+            return
+
+
 # --- codec configs and bitstreams ---------------------------------------------------------------
 
 def _units(result):
@@ -466,6 +510,6 @@ def http_request(data: bytes) -> None:
         assert reply[:3].isdigit(), reply[:40]
 
 
-TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, avc, hevc, av1, audio_config,
+TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, demux, avc, hevc, av1, audio_config,
                                    moq_control, moq_subgroup, moq_fetch, moq_datagram, moq_catalog,
                                    publish_hook, http_request)}
