@@ -261,3 +261,31 @@ def test_a_clock_that_jumps_back_mid_group_goes_on_from_where_it_was(sample_flv,
         assert max(abs(g - s) for (g, _), (s, _) in zip(got, sent)) <= 2, track
     assert demuxer.stats.clock_jumps == 2 and demuxer.stats.dropped == 0
     assert caplog.text.count("stepped back") == 1
+
+
+@pytest.mark.parametrize("publish", [publish_through_session, publish_through_media_sink])
+def test_no_frame_is_before_0_or_shown_before_it_is_decoded(sample_flv, publish, caplog):
+    """Coded frames sent 40 ms before the sequence headers' time 0 (2**32 - 40 by serial
+    arithmetic): the publish's time goes on from 0 there, every track alike, so each frame is
+    where the encoder put it relative to the others; a video frame with a negative composition
+    offset (FLV's CompositionTime is signed) is shown at its decode time. The packager (fMP4's
+    decode time) and MoQ (LOC's timestamp offset) can carry neither."""
+    tags = []
+    coded = 0
+    for kind, ts, body in read_flv_tags(str(sample_flv)):
+        if kind in (8, 9) and body[1] == 1:
+            ts -= 40
+            if kind == 9 and (coded := coded + 1) == 3:
+                body = body[:2] + (-33 & 0xFFFFFF).to_bytes(3, "big") + body[5:]
+        tags.append((kind, ts & 0xFFFFFFFF, body))
+    demuxer, out = publish(tags, 0, 4096)
+    frames = [f for f in out if not isinstance(f, Catalog)]
+    reference = probe_packets(str(sample_flv))
+    for track in ("video", "audio"):
+        assert [f.dts for f in frames if f.track == track] == [p.dts for p in reference if p.track == track], track
+    assert all(0 <= f.dts <= f.pts for f in frames)
+    assert [f.pts - f.dts for f in frames if f.track == "video"][2] == 0
+    assert demuxer.stats.shown_before_decoded == 1 and demuxer.stats.below_zero == 1
+    assert demuxer.stats.dropped == demuxer.stats.clock_jumps == 0
+    assert "stepped back 40 ms below the publish's time 0" in caplog.text
+    assert "shown 33 ms before it is decoded" in caplog.text

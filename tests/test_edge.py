@@ -264,6 +264,59 @@ async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_f
     assert await count_frames(f"{base}/index.m3u8") == sent
 
 
+async def test_timestamps_below_zero_and_a_frame_shown_before_it_is_decoded_play_and_reach_moq(node, source_flv):
+    """A publisher whose coded frames start 40 ms below its sequence headers' time 0 (sent as
+    2**32 - 40: serial arithmetic reads a step back) and one of whose video frames has a negative
+    composition offset (shown before it is decoded; FLV's CompositionTime is signed): a player of
+    the HLS playlist decodes every frame sent, and a MoQ subscriber gets every frame, never one
+    shown before its decode time or before 0. Before, the packager failed on a negative decode
+    time (its parts ended there) and the MoQ object of the negative offset could not be encoded."""
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
+    from rtmpq.moq.transport import connect_moq
+
+    need("ffprobe")
+    tags, coded = [], 0
+    for t, ts, body in read_flv_tags(str(source_flv)):
+        if t not in (8, 9) or ts >= 4000:
+            continue
+        if body[1] == 1:  # a coded frame, not a sequence header
+            ts = (ts - 40) & 0xFFFFFFFF
+            if t == 9 and (coded := coded + 1) == 3:
+                body = body[:2] + (-33 & 0xFFFFFF).to_bytes(3, "big") + body[5:]
+        tags.append((t, ts, body))
+    frames = []
+
+    async def subscriber():
+        async with connect_moq(*node.moq_address, insecure=True, backend=node.moq_config.backend) as conn:
+            async for item in subscribe_broadcast(conn, "live/early", wait=10):
+                if not isinstance(item, (Catalog, SkippedGroup)):
+                    frames.append(item)
+
+    task = asyncio.create_task(subscriber())
+    try:
+        base = "http://{}:{}/live/early".format(*node.edge.address)
+        publisher = await TcpPublisher.publish(node.rtmp.address[1], "early")
+        assert (await http_get(f"{base}/"))[0] == 200  # the edge packages from the first frame
+        second_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+        for tag_type, ts, body in tags[:second_group]:
+            publisher.media(tag_type, ts, body)
+        await until(lambda: frames, 10, "the MoQ subscriber's first frame (it starts with the group in progress)")
+        for tag_type, ts, body in tags[second_group:]:
+            publisher.media(tag_type, ts, body)
+        publisher.close()
+        await until_ended(base)
+        sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
+                "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
+        assert await count_frames(f"{base}/index.m3u8") == sent
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+    got = {kind: sum(f.track == kind for f in frames) for kind in ("video", "audio")}
+    assert got == sent
+    assert all(0 <= f.dts <= f.pts for f in frames), [(f.track, f.dts, f.pts) for f in frames if not 0 <= f.dts <= f.pts]
+
+
 async def test_ffmpeg_reads_the_multivariant_playlist_as_it_reads_its_own_hls_output(node, tmp_path, source_flv):
     """ffmpeg decoding rtmpq's multivariant playlist (video + the audio rendition) to null prints
     exactly what it prints for the same stream packaged by its own HLS muxer (fMP4, separate audio

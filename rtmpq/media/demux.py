@@ -94,12 +94,15 @@ class TimestampUnwrapper:
     """32-bit millisecond timestamps to a monotonic-ish 64-bit timeline (serial arithmetic), and
     31-bit ones (see WRAP_31_STEP_BACK)."""
 
-    __slots__ = ("_last", "_raw", "_bits31")
+    __slots__ = ("_last", "_raw", "_bits31", "_below_zero")
 
-    def __init__(self) -> None:
+    def __init__(self, below_zero=None) -> None:
+        """``below_zero(ms)``: called when a step back would take the timeline below 0, where it
+        goes on from 0 instead (no frame may be before 0)."""
         self._last: int | None = None  # the last timestamp, unwrapped
         self._raw: int | None = None  # the last timestamp as sent
         self._bits31 = False  # a 31-bit wrap was seen: steps are read modulo 2**31
+        self._below_zero = below_zero
 
     def unwrap(self, ts32: int) -> int:
         if self._last is None:
@@ -114,6 +117,10 @@ class TimestampUnwrapper:
                 self._bits31 = True
         self._raw = ts32
         self._last += delta
+        if self._last < 0:
+            if self._below_zero is not None:
+                self._below_zero(-self._last)
+            self._last = 0
         return self._last
 
 
@@ -123,6 +130,8 @@ class DemuxStats:
     dropped: int = 0
     bad_access_units: int = 0
     clock_jumps: int = 0  # a track's timestamps stepped back further than CLOCK_JUMP_BACK_MS
+    below_zero: int = 0  # timestamps that stepped back below the publish's time 0 (its timeline moved on)
+    shown_before_decoded: int = 0  # video frames with a negative composition offset, shown at their decode time
     unsupported: int = 0  # frames and headers of codecs that are not carried
 
 
@@ -156,7 +165,7 @@ class BroadcastDemuxer:
         self.catalog = Catalog(broadcast=broadcast)
         self.stats = DemuxStats()
         self._log_name = log_name
-        self._clock = TimestampUnwrapper()
+        self._clock = TimestampUnwrapper(self._below_zero)
         self._video: dict[int, _Track] = {}
         self._default_video: _Track | None = None  # track 0, else the lowest id: what audio and data follow
         self._video0: _Track | None = None  # track 0 of each kind: media()'s fast path, without a lookup
@@ -248,7 +257,8 @@ class BroadcastDemuxer:
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
-        frame = Frame(track.name, track.group, track.index, ts, ts + cts, keyframe, payload, received_ns)
+        frame = Frame(track.name, track.group, track.index, ts, ts + cts if cts >= 0 else self._shown_early(track, ts, cts),
+                      keyframe, payload, received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
         return [*out, frame] if keyframe and out else [frame]
@@ -273,6 +283,26 @@ class BroadcastDemuxer:
             log.warning("%s: the timestamps of %s stepped back %d ms; its time goes on from its last frame",
                         self._log_name, track.name, last - ts)
         return last + interval
+
+    def _below_zero(self, step_back: int) -> None:
+        """A timestamp stepped back below the publish's time 0 (a publisher whose first frames are
+        stamped before its sequence headers' 0, as 2**32 - n): the publish's timeline goes on from
+        0 there, for every track alike, since no frame may be before 0 (fMP4's decode time, LOC's
+        timestamp)."""
+        self.stats.below_zero += 1
+        if self.stats.below_zero == 1:
+            log.warning("%s: a timestamp stepped back %d ms below the publish's time 0; its time goes on from 0",
+                        self._log_name, step_back)
+
+    def _shown_early(self, track: _Track, dts: int, cts: int) -> int:
+        """A video frame's presentation time when its composition offset is negative (shown before
+        it is decoded, which no player can do; FLV's CompositionTime is signed): its decode time.
+        fMP4 could carry it, but MoQ's (LOC's) timestamp offset cannot."""
+        self.stats.shown_before_decoded += 1
+        if self.stats.shown_before_decoded == 1:
+            log.warning("%s: a frame of %s is stamped to be shown %d ms before it is decoded; such frames "
+                        "are shown at their decode time", self._log_name, track.name, -cts)
+        return dts
 
     def _room_for(self, kind: str, tracks: dict) -> bool:
         if len(tracks) < MAX_TRACKS_PER_KIND:
@@ -334,7 +364,9 @@ class BroadcastDemuxer:
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
-        frame = Frame(track.name, track.group, track.index, ts, ts + tag.cts, keyframe, payload, received_ns)
+        frame = Frame(track.name, track.group, track.index, ts,
+                      ts + tag.cts if tag.cts >= 0 else self._shown_early(track, ts, tag.cts), keyframe, payload,
+                      received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
         return [*out, frame]

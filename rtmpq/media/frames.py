@@ -19,7 +19,8 @@ class Frame:
 
     - ``group``: group sequence number (a GoP; video groups start at an IDR, audio groups follow
       video group boundaries). ``index``: object id inside the group, from 0.
-    - ``dts``/``pts``: unwrapped 64-bit integers in the track's timescale (see the catalog).
+    - ``dts``/``pts``: unwrapped 64-bit integers in the track's timescale (see the catalog),
+      ``0 <= dts <= pts`` (the demuxer and MoQ's reading make it so: fMP4 and LOC carry no less).
     - ``payload``: AVC/HEVC: NAL units each prefixed by a big-endian length of the catalog's
       ``nal_length_size`` bytes (as in the FLV tag; not Annex-B); AV1: the OBUs of one temporal
       unit; AAC/Opus: one raw packet; data: the AMF0 bytes of the data message. Usually a memoryview into the message body: hold

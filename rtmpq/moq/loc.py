@@ -51,6 +51,8 @@ def object_to_frame(track: str, group: int, object_id: int, payload, extensions:
     second; with None, in the object's own units."""
     pts = int(extensions.get(EXT_TIMESTAMP, 0))
     dts = pts - int(extensions.get(EXT_DTS_OFFSET, 0))  # rtmpq's offset: in the Timestamp's units
+    if dts < 0:  # an offset larger than the time it is taken from: no frame is before 0
+        dts = 0
     if timescale is not None:
         units = int(extensions.get(EXT_TIMESCALE, NO_TIMESCALE_UNITS))
         if units > 0 and units != timescale:  # 0 is meaningless: taken as already in track units

@@ -197,6 +197,15 @@ def demux_input(messages) -> bytes:
                     + b[:0xFFFF] for t, ts, b in messages)
 
 
+def _media_messages(data: bytes):
+    """(end offset, type_id, timestamp, body) of each message of a ``demux_input``."""
+    pos = 0
+    while pos + 7 <= len(data):
+        end = pos + 7 + int.from_bytes(data[pos + 5:pos + 7], "big")
+        yield end, {8: 8, 9: 9}.get(data[pos], 18), int.from_bytes(data[pos + 1:pos + 5], "big"), data[pos + 7:end]
+        pos = end
+
+
 def _demuxed(items) -> list:
     return [("frame", f.track, f.group, f.index, f.dts, f.pts, f.keyframe, bytes(f.payload))
             if hasattr(f, "payload") else ("catalog", f) for f in items]
@@ -212,12 +221,7 @@ def demux(data: bytes) -> None:
     from rtmpq.media.demux import BroadcastDemuxer
 
     whole, split = BroadcastDemuxer("live/fuzz"), BroadcastDemuxer("live/fuzz")
-    pos = 0
-    while pos + 7 <= len(data):
-        type_id = {8: 8, 9: 9}.get(data[pos], 18)
-        ts = int.from_bytes(data[pos + 1:pos + 5], "big")
-        end = pos + 7 + int.from_bytes(data[pos + 5:pos + 7], "big")
-        body, pos = data[pos + 7:end], end
+    for pos, type_id, ts, body in _media_messages(data):
         a = _outcome(whole.message, type_id, ts, body)
         media = _media_header(type_id, body, len(body)) if type_id in (8, 9) else None
         if media is None:
@@ -232,6 +236,50 @@ def demux(data: bytes) -> None:
         assert a == b, f"the demuxer's two paths differ at byte {pos}: {a!r} != {b!r}"
         if a[0] != "ok":
             return
+
+
+def package(data: bytes) -> None:
+    """What the demuxer makes of a publish (the ``demux`` target's input) into the LL-HLS packager
+    as the edge feeds it: a video and an audio playlist with a shared clock, every catalog and
+    frame as they come. Nothing may escape the packager (what it is given was accepted already);
+    every playlist it serves is well-formed, and every part, segment and init segment it lists
+    can be made."""
+    from rtmpq.edge.llhls import LlHlsStream, MediaClock
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.media.demux import BroadcastDemuxer
+
+    demuxer = BroadcastDemuxer("live/fuzz")
+    clock = MediaClock()
+    streams = [LlHlsStream(tracks={"video"}, prefix="v-"), LlHlsStream(tracks={"audio"}, prefix="a-")]
+    for stream in streams:
+        stream.clock = clock
+    received_ns = 1_700_000_000_000_000_000
+    for _, type_id, ts, body in _media_messages(data):
+        received_ns += 33_000_000
+        try:
+            items = demuxer.message(type_id, ts, body, received_ns)
+        except RemoteProtocolError:
+            break
+        for item in items:
+            for stream in streams:
+                stream.set_catalog(item) if isinstance(item, Catalog) else stream.push(item)
+        for stream in streams:
+            _well_formed(stream)
+    for stream in streams:
+        stream.end()
+        _well_formed(stream)
+
+
+def _well_formed(stream) -> None:
+    text = stream.media_playlist("?token=t")
+    assert text.startswith("#EXTM3U\n") and text.endswith("\n"), text[:80]
+    for line in text.splitlines():
+        assert line.startswith("#") or line.endswith(".m4s?token=t"), line
+    for segment in stream.segments:
+        assert all(len(part.data) > 0 for part in segment.parts), "an empty part"
+        if segment.complete:
+            segment.data()
+        assert stream.init_version_data(segment.init_version), "a segment whose init is gone"
 
 
 # --- codec configs and bitstreams ---------------------------------------------------------------
@@ -510,6 +558,6 @@ def http_request(data: bytes) -> None:
         assert reply[:3].isdigit(), reply[:40]
 
 
-TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, demux, avc, hevc, av1, audio_config,
+TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, demux, package, avc, hevc, av1, audio_config,
                                    moq_control, moq_subgroup, moq_fetch, moq_datagram, moq_catalog,
                                    publish_hook, http_request)}
