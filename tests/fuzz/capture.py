@@ -187,7 +187,8 @@ def main() -> None:
         seed("handshake", name, SEED_PREFIX + stream, 1 + 2 * HANDSHAKE_SIZE + 8 + 400)
         seed("chunk", name, SEED_PREFIX + stream[1 + 2 * HANDSHAKE_SIZE:], STREAM_HEAD)
         seed("session", name, SEED_PREFIX + stream[1 + 2 * HANDSHAKE_SIZE:], STREAM_HEAD)
-        seed("demux", name, demux_input(flv_tags(stream, (8, 9, 18))), STREAM_HEAD)
+        for target in ("demux", "package"):  # the same input: media messages
+            seed(target, name, demux_input(flv_tags(stream, (8, 9, 18))), STREAM_HEAD)
         videos = audios = 0
         for i, (type_id, body) in enumerate(messages(stream)):
             if type_id in (18, 20):
