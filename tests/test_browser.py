@@ -309,11 +309,12 @@ async def test_a_player_page_opened_before_the_broadcast_starts_plays_once_it_do
 
 
 async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(node, tmp_path):
-    """An `rtmpq edge` holds a playlist request for a broadcast its upstream does not have up to 3
+    """An `rtmpq edge` held a playlist request for a broadcast its upstream does not have up to 3
     target durations (6 s) before its 503, longer than the page waits before it tries again: the
     page's "is it not carried?" answer came after that restart and was dropped, so the viewer
     read "latency 0.00 s" for good (and hls.js asked twice first: 13 s). Now it reads "loading…",
-    then "not live (yet)" with the first 503."""
+    then "not live (yet)" with the first answer: a 404 as soon as the relay above has said it
+    does not have the name, as `rtmpq up` answers (a 503 when upstream has not answered yet)."""
     from rtmpq.config import Config, HttpConfig, UpstreamConfig
     from rtmpq.nodes.nodes import run_edge
 
@@ -337,7 +338,7 @@ async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(n
                 await asyncio.sleep(0.2)
             assert any("not live (yet)" in s for s in shown), (shown, await devtools.errors())
             assert not any("latency" in s for s in shown), shown  # nothing played: no latency to show
-        assert await asked == (503, b"live/none is not live (yet): nothing of it came from upstream; ask again\n")
+        assert await asked == (404, b"no such broadcast\n")
     finally:
         stop.set()
         await task
