@@ -9,8 +9,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from .conftest import PAGE_STATUS, VIDEO_TIME, chromium_devtools, need, need_hls_js, start_up_node, until
-from .publishers import (drop_publish, end_live_publish, ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args,
-                         run_process)
+from .publishers import (audio_switch_flv, drop_publish, end_live_publish, ffmpeg_clip_args, ffmpeg_publish_args,
+                         ffmpeg_replay_args, run_process)
 
 
 @pytest.fixture
@@ -554,3 +554,39 @@ async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, t
         finally:
             if publish is not None:
                 await drop_publish(publish)
+
+
+async def test_the_player_page_opened_after_an_audio_format_change_plays_video_and_audio(node, tmp_path):
+    """The audio changes format with no gap in the timeline (48 kHz mono after 44.1 kHz stereo, the
+    video the same): a viewer who opens the page after the change gets audio segments past the
+    audio playlist's discontinuity. Before, the video playlist had none there, and hls.js waited
+    for ever for video of the audio's discontinuity sequence to map the audio's timestamps by.
+    Now it plays: the picture moves, and audio parts go on being buffered."""
+    from .test_edge import http_get, publish_in_real_time
+
+    need("ffmpeg")
+    flv = await audio_switch_flv(tmp_path, after=6.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/mono"
+    async with chromium_devtools(tmp_path, "about:blank") as devtools:  # (started first: see above)
+        # the change (4 s) and a whole group past it at once, then live
+        publishing = asyncio.create_task(publish_in_real_time(node, "mono", flv, lambda ts: True, head_start=6.1))
+        try:
+            async def past_the_change() -> bool:
+                playlist = (await http_get(f"{base}/audio.m3u8"))[2].decode()
+                return "#EXT-X-DISCONTINUITY" in playlist and \
+                    playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
+
+            await until(past_the_change, 15, "a whole audio segment past the change", interval=0.1)
+            await devtools.call("Page.navigate", url=f"{base}/")
+            start = await devtools.playback_started(tries=50)
+            assert start > 4.0, (start, await devtools.errors())  # (joined after the change)
+            # audio parts buffered from now on (a media element plays only what every buffer holds)
+            await devtools.evaluate("window.audioParts = 0; window.rtmpqHls.on(Hls.Events.FRAG_BUFFERED, "
+                                    "(event, data) => { if (data.frag.type === 'audio') window.audioParts += 1; }); true")
+            assert await devtools.poll(f"{VIDEO_TIME} > {start} + 1", 10), await devtools.errors()
+            assert await devtools.poll("window.audioParts >= 3", 5), await devtools.errors()
+            assert "fatal" not in await devtools.errors()
+            await publishing
+        finally:
+            publishing.cancel()  # (a test that failed)

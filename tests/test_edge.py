@@ -627,15 +627,16 @@ async def test_an_audio_rendition_that_leaves_and_comes_back(tmp_path, source_fl
         await node.close()
 
 
-async def publish_in_real_time(node, key: str, path, keep_audio) -> None:
+async def publish_in_real_time(node, key: str, path, keep_audio, head_start: float = 0.0) -> None:
     """A publisher that sends each tag of an FLV when it is due (its own clock, as a live encoder
     whose audio and video are captured apart does), leaving out the audio tags for which
-    ``keep_audio(ts)`` is false; the edge packages the broadcast from before the first frame."""
+    ``keep_audio(ts)`` is false; the edge packages the broadcast from before the first frame.
+    ``head_start``: the tags of the first that many seconds go at once (a publisher live that long)."""
     host, http_port = node.edge.address
     publisher = await TcpPublisher.publish(node.rtmp.address[1], key)
     assert (await http_get(f"http://{host}:{http_port}/live/{key}/"))[0] == 200
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = loop.time() - head_start
     for tag_type, ts, body in read_flv_tags(str(path)):
         if tag_type == 9 or (tag_type == 8 and (body[1] == 0 or keep_audio(ts))):
             if (due := start + ts / 1000 - loop.time()) > 0:
