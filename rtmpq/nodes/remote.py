@@ -248,15 +248,12 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
     its entry moves (the publisher went to another ingest) or lapses (the origin died), the
     subscription there ends and one starts at the new origin, as long as one appears within ``wait``.
     ``fill_groups``: the first origin's subscription starts with its cached groups; ``tail_wait``:
-    follow_broadcast's. ``say_not_live``: a NotLive item first when the directory lists no origin
-    of ``name`` (or the origin has no such broadcast), as follow_broadcast's."""
+    follow_broadcast's. ``say_not_live``: follow_broadcast's, at the origin the directory names (a
+    name the directory does not list says nothing: a mirror just started, or Redis away, lists none)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         entry = directory.lookup(name)
-        if say_not_live and (entry is None or entry.node == directory.node):
-            say_not_live = False  # (once: after that, the origin's own answer)
-            yield NotLive(name)
         while entry is None or entry.node == directory.node:
             if loop.time() >= deadline:
                 raise BroadcastGone(f"{safe_name(name)}: not in the directory within {wait:g} s")
