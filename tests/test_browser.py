@@ -522,12 +522,19 @@ async def test_hls_js_plays_through_a_size_change_carried_only_in_band(node, tmp
                 await drop_publish(publish)
 
 
+async def past_a_discontinuity(url: str) -> bool:
+    """Whether the media playlist at ``url`` lists a whole segment after an EXT-X-DISCONTINUITY."""
+    from .test_edge import http_get
+
+    playlist = (await http_get(url))[2].decode()
+    return "#EXT-X-DISCONTINUITY" in playlist and playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
+
+
 async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, tmp_path, switch_clips):
     """A viewer who opens the page after the change: every video segment hls.js loads is past the
     video playlist's discontinuity. It plays, at the new size. Before, the audio playlist had no
     discontinuity there, and hls.js waited for ever for video of the audio's discontinuity
     sequence to map the audio's timestamps by: the page never played."""
-    from .test_edge import http_get
     from .test_inband_parameter_sets import restream
 
     host, http_port = node.edge.address
@@ -537,12 +544,9 @@ async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, t
             publish, _ = await restream(node, "late", [switch_clips("640x360", "high"), switch_clips("1280x720", "high")],
                                         tmp_path / "ref.flv")
 
-            async def past_the_change() -> bool:  # a whole segment after the discontinuity: the live edge is 1 s past it
-                playlist = (await http_get(f"http://{host}:{http_port}/live/late/video.m3u8"))[2].decode()
-                return "#EXT-X-DISCONTINUITY" in playlist and \
-                    playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
-
-            await until(past_the_change, 15, "a whole segment past the change", interval=0.1)
+            # a whole segment after the discontinuity: the live edge is 1 s past it
+            await until(lambda: past_a_discontinuity(f"http://{host}:{http_port}/live/late/video.m3u8"), 15,
+                        "a whole segment past the change", interval=0.1)
             await devtools.call("Page.navigate", url=f"http://{host}:{http_port}/live/late/")
             start = await devtools.playback_started(tries=50)
             assert start, await devtools.errors()
@@ -562,7 +566,7 @@ async def test_the_player_page_opened_after_an_audio_format_change_plays_video_a
     audio playlist's discontinuity. Before, the video playlist had none there, and hls.js waited
     for ever for video of the audio's discontinuity sequence to map the audio's timestamps by.
     Now it plays: the picture moves, and audio parts go on being buffered."""
-    from .test_edge import http_get, publish_in_real_time
+    from .test_edge import publish_in_real_time
 
     need("ffmpeg")
     flv = await audio_switch_flv(tmp_path, after=6.0)
@@ -572,12 +576,8 @@ async def test_the_player_page_opened_after_an_audio_format_change_plays_video_a
         # the change (4 s) and a whole group past it at once, then live
         publishing = asyncio.create_task(publish_in_real_time(node, "mono", flv, lambda ts: True, head_start=6.1))
         try:
-            async def past_the_change() -> bool:
-                playlist = (await http_get(f"{base}/audio.m3u8"))[2].decode()
-                return "#EXT-X-DISCONTINUITY" in playlist and \
-                    playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
-
-            await until(past_the_change, 15, "a whole audio segment past the change", interval=0.1)
+            await until(lambda: past_a_discontinuity(f"{base}/audio.m3u8"), 15, "a whole audio segment past the change",
+                        interval=0.1)
             await devtools.call("Page.navigate", url=f"{base}/")
             start = await devtools.playback_started(tries=50)
             assert start > 4.0, (start, await devtools.errors())  # (joined after the change)
