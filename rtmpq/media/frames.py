@@ -45,9 +45,9 @@ class Frame:
 @dataclass(frozen=True, slots=True)
 class NotLive:
     """The upstream said it has no broadcast of this name (a relay's DOES_NOT_EXIST to the
-    catalog's SUBSCRIBE): it is not live (yet). The
-    subscription goes on waiting for it. Handed on only to a consumer that asks for it
-    (moq/client.py subscribe_broadcast's ``say_not_live``): the edge, which answers a player at
-    once instead of holding its request for media that may never come."""
+    catalog's SUBSCRIBE): it is not live (yet). The subscription goes on waiting for it. Handed
+    on only to a consumer that asks for it (moq/client.py subscribe_broadcast's ``say_not_live``):
+    the edge, which answers a player at once instead of holding its request for media that may
+    never come."""
 
     broadcast: str

@@ -19,6 +19,9 @@ from ..moq.relay_sink import InProcessSink
 
 # Bitrates are measured over at least this many seconds between two readings.
 RATE_WINDOW = 2.0
+# A first reading says the average since the start (a broadcast's started) once the start is at
+# least this many seconds past; sooner, it says nothing and the next reading is a first one again.
+RATE_FIRST_AFTER = 0.5
 
 
 @dataclass
@@ -56,7 +59,7 @@ class _Rate:
         last = self._last.get(key)
         if last is None:
             rate = None
-            if since is not None and now - since <= 0.5:
+            if since is not None and now - since <= RATE_FIRST_AFTER:
                 return None  # too soon after its start to say: the next reading is a first one again
             if since is not None:  # the average since it started, for a start
                 rate = total * 8 / (now - since)
