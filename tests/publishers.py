@@ -18,6 +18,8 @@ VIDEO_ENCODE = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency"
                 "-x264-params", "b-adapt=0:scenecut=0:rc-lookahead=0:sync-lookahead=0", "-g", "60",
                 "-keyint_min", "60", "-pix_fmt", "yuv420p", "-b:v", "400k"]
 AUDIO_ENCODE = ["-c:a", "aac", "-b:a", "64k", "-ar", "44100", "-ac", "2"]
+# Another audio format (ffmpeg's and OBS's defaults differ: an encoder switch changes it).
+AUDIO_MONO_48K = ["-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "1"]
 
 
 def ffmpeg_publish_args(url: str, reference: str, seconds: float = 3.0, size: str = "320x240",
@@ -35,16 +37,35 @@ def ffmpeg_publish_args(url: str, reference: str, seconds: float = 3.0, size: st
     ]
 
 
-def ffmpeg_clip_args(path: str, seconds: float = 4.0, size: str = "320x240") -> list[str]:
+def ffmpeg_clip_args(path: str, seconds: float = 4.0, size: str = "320x240", audio: list[str] = AUDIO_ENCODE) -> list[str]:
     """The same encode as ffmpeg_publish_args, as fast as it goes, into the FLV file ``path`` (a
     whole number of 2 s GoPs), for ffmpeg_replay_args."""
     return [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
-        "-t", str(seconds), *VIDEO_ENCODE, *AUDIO_ENCODE,
+        "-t", str(seconds), *VIDEO_ENCODE, *audio,
         "-map", "0:v", "-map", "1:a", "-flags", "+global_header", "-f", "flv", "-y", path,
     ]
+
+
+async def audio_switch_flv(folder: Path, after: float = 4.0) -> Path:
+    """An FLV of one timeline (no gap) whose audio changes format 4 s in, its video the same
+    throughout: 4 s of the test encode with 44.1 kHz stereo AAC, then ``after`` seconds of it with
+    48 kHz mono (its own AAC and AVC sequence headers at 4 s, the AVC one the same bytes)."""
+    from rtmpq.media.flv import FlvWriter, read_flv_tags
+
+    clips = [(0, folder / "stereo.flv", 4.0, AUDIO_ENCODE), (4000, folder / "mono48k.flv", after, AUDIO_MONO_48K)]
+    path = folder / "audio-switch.flv"
+    with open(path, "wb") as f:
+        writer = FlvWriter(f)
+        for start, clip, seconds, audio in clips:
+            rc, out = await run_process(ffmpeg_clip_args(str(clip), seconds=seconds, audio=audio))
+            assert rc == 0, out
+            for tag_type, ts, body in read_flv_tags(clip):
+                if tag_type in (8, 9):
+                    writer.write_tag(tag_type, start + ts, body)
+    return path
 
 
 def ffmpeg_replay_args(url: str, clip: str, seconds: float) -> list[str]:

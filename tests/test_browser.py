@@ -9,8 +9,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from .conftest import PAGE_STATUS, VIDEO_TIME, chromium_devtools, need, need_hls_js, start_up_node, until
-from .publishers import (drop_publish, end_live_publish, ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args,
-                         run_process)
+from .publishers import (audio_switch_flv, drop_publish, end_live_publish, ffmpeg_clip_args, ffmpeg_publish_args,
+                         ffmpeg_replay_args, run_process)
 
 
 @pytest.fixture
@@ -309,11 +309,12 @@ async def test_a_player_page_opened_before_the_broadcast_starts_plays_once_it_do
 
 
 async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(node, tmp_path):
-    """An `rtmpq edge` holds a playlist request for a broadcast its upstream does not have up to 3
+    """An `rtmpq edge` held a playlist request for a broadcast its upstream does not have up to 3
     target durations (6 s) before its 503, longer than the page waits before it tries again: the
     page's "is it not carried?" answer came after that restart and was dropped, so the viewer
     read "latency 0.00 s" for good (and hls.js asked twice first: 13 s). Now it reads "loading…",
-    then "not live (yet)" with the first 503."""
+    then "not live (yet)" with the first answer: a 404 as soon as the relay above has said it
+    does not have the name, as `rtmpq up` answers (a 503 when upstream has not answered yet)."""
     from rtmpq.config import Config, HttpConfig, UpstreamConfig
     from rtmpq.nodes.nodes import run_edge
 
@@ -337,7 +338,7 @@ async def test_the_player_page_of_a_separate_edge_says_a_broadcast_is_not_live(n
                 await asyncio.sleep(0.2)
             assert any("not live (yet)" in s for s in shown), (shown, await devtools.errors())
             assert not any("latency" in s for s in shown), shown  # nothing played: no latency to show
-        assert await asked == (503, b"live/none is not live (yet): nothing of it came from upstream; ask again\n")
+        assert await asked == (404, b"no such broadcast\n")
     finally:
         stop.set()
         await task
@@ -521,12 +522,19 @@ async def test_hls_js_plays_through_a_size_change_carried_only_in_band(node, tmp
                 await drop_publish(publish)
 
 
+async def past_a_discontinuity(url: str) -> bool:
+    """Whether the media playlist at ``url`` lists a whole segment after an EXT-X-DISCONTINUITY."""
+    from .test_edge import http_get
+
+    playlist = (await http_get(url))[2].decode()
+    return "#EXT-X-DISCONTINUITY" in playlist and playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
+
+
 async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, tmp_path, switch_clips):
     """A viewer who opens the page after the change: every video segment hls.js loads is past the
     video playlist's discontinuity. It plays, at the new size. Before, the audio playlist had no
     discontinuity there, and hls.js waited for ever for video of the audio's discontinuity
     sequence to map the audio's timestamps by: the page never played."""
-    from .test_edge import http_get
     from .test_inband_parameter_sets import restream
 
     host, http_port = node.edge.address
@@ -536,12 +544,9 @@ async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, t
             publish, _ = await restream(node, "late", [switch_clips("640x360", "high"), switch_clips("1280x720", "high")],
                                         tmp_path / "ref.flv")
 
-            async def past_the_change() -> bool:  # a whole segment after the discontinuity: the live edge is 1 s past it
-                playlist = (await http_get(f"http://{host}:{http_port}/live/late/video.m3u8"))[2].decode()
-                return "#EXT-X-DISCONTINUITY" in playlist and \
-                    playlist.split("#EXT-X-DISCONTINUITY")[-1].count("#EXTINF") >= 1
-
-            await until(past_the_change, 15, "a whole segment past the change", interval=0.1)
+            # a whole segment after the discontinuity: the live edge is 1 s past it
+            await until(lambda: past_a_discontinuity(f"http://{host}:{http_port}/live/late/video.m3u8"), 15,
+                        "a whole segment past the change", interval=0.1)
             await devtools.call("Page.navigate", url=f"http://{host}:{http_port}/live/late/")
             start = await devtools.playback_started(tries=50)
             assert start, await devtools.errors()
@@ -553,3 +558,35 @@ async def test_the_player_page_opened_after_an_in_band_size_change_plays(node, t
         finally:
             if publish is not None:
                 await drop_publish(publish)
+
+
+async def test_the_player_page_opened_after_an_audio_format_change_plays_video_and_audio(node, tmp_path):
+    """The audio changes format with no gap in the timeline (48 kHz mono after 44.1 kHz stereo, the
+    video the same): a viewer who opens the page after the change gets audio segments past the
+    audio playlist's discontinuity. Before, the video playlist had none there, and hls.js waited
+    for ever for video of the audio's discontinuity sequence to map the audio's timestamps by.
+    Now it plays: the picture moves, and audio parts go on being buffered."""
+    from .test_edge import publish_in_real_time
+
+    need("ffmpeg")
+    flv = await audio_switch_flv(tmp_path, after=6.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/mono"
+    async with chromium_devtools(tmp_path, "about:blank") as devtools:  # (started first: see above)
+        # the change (4 s) and a whole group past it at once, then live
+        publishing = asyncio.create_task(publish_in_real_time(node, "mono", flv, lambda ts: True, head_start=6.1))
+        try:
+            await until(lambda: past_a_discontinuity(f"{base}/audio.m3u8"), 15, "a whole audio segment past the change",
+                        interval=0.1)
+            await devtools.call("Page.navigate", url=f"{base}/")
+            start = await devtools.playback_started(tries=50)
+            assert start > 4.0, (start, await devtools.errors())  # (joined after the change)
+            # audio parts buffered from now on (a media element plays only what every buffer holds)
+            await devtools.evaluate("window.audioParts = 0; window.rtmpqHls.on(Hls.Events.FRAG_BUFFERED, "
+                                    "(event, data) => { if (data.frag.type === 'audio') window.audioParts += 1; }); true")
+            assert await devtools.poll(f"{VIDEO_TIME} > {start} + 1", 10), await devtools.errors()
+            assert await devtools.poll("window.audioParts >= 3", 5), await devtools.errors()
+            assert "fatal" not in await devtools.errors()
+            await publishing
+        finally:
+            publishing.cancel()  # (a test that failed)

@@ -498,6 +498,51 @@ async def test_an_edge_fed_over_moq_serves_a_new_publish_at_once_too(tmp_path, s
         await node.close()
 
 
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_an_edge_fed_over_moq_says_at_once_that_nothing_publishes_a_name_and_plays_it_once_live(
+        tmp_path, source_flv, backend):
+    """A separate edge asked for a name its upstream does not have held the request 3 target
+    durations (6 s) before its 503 "not live (yet)", where `rtmpq up` answers 404 at once: a
+    player's retry loop waited 6 s per try. Now it answers as `up` does as soon as the relay above
+    has said it does not know the name (its DOES_NOT_EXIST to the catalog's SUBSCRIBE), and goes
+    on waiting for it upstream: a player asking again once the publisher has started plays it."""
+    from rtmpq.config import EDGE_FILL_GROUPS, HttpConfig
+    from rtmpq.edge.server import EdgeServer
+    from rtmpq.nodes.remote import moq_broadcast_source
+
+    node = await start_up_node(tmp_path, backend)
+    source = moq_broadcast_source(f"moqt://127.0.0.1:{node.moq_address[1]}", wait=10, insecure=True, backend=backend,
+                                  fill_groups=EDGE_FILL_GROUPS)  # as `rtmpq edge`: the groups sent at once
+    edge = EdgeServer(source, http=HttpConfig(host="127.0.0.1", port=0))
+    await edge.start()
+    publisher = None
+    try:
+        base = "http://{}:{}/live/later".format(*edge.address)
+        up = await http_get("http://{}:{}/live/later/index.m3u8".format(*node.edge.address))
+        assert (up[0], up[2]) == (404, b"no such broadcast\n")
+        loop = asyncio.get_running_loop()
+        for file in ("index.m3u8", "video.m3u8", "audio.m3u8", "v-init.mp4", "index.m3u8"):
+            asked = loop.time()
+            status, _, body = await http_get(f"{base}/{file}")
+            assert (status, body) == (up[0], up[2]), (file, status, body)
+            assert loop.time() - asked < 2.0, f"{file}: answered after {loop.time() - asked:.1f} s"
+        publisher = await TcpPublisher.publish(node.rtmp.address[1], "later")
+        for tag_type, ts, body in read_flv_tags(str(source_flv)):  # two groups (2 s GoPs) at once
+            if ts < 4100:
+                publisher.media(tag_type, ts, body)
+
+        async def playable() -> bool:
+            return (await http_get(f"{base}/index.m3u8"))[0] == 200
+        await until(playable, 15, "the multivariant playlist once the name is live")
+        status, _, playlist = await http_get(f"{base}/video.m3u8")
+        assert status == 200 and re.search(rb"v-seg\d+\.m4s", playlist), playlist
+    finally:
+        if publisher is not None:
+            publisher.close()
+        await edge.close()
+        await node.close()
+
+
 async def new_publish_replaces_the_ended_one(node, base: str, tmp_path, source_flv) -> None:
     need("ffmpeg")
     live_reader = "a live reader"  # told apart from the other requests' by its user agent
@@ -635,15 +680,16 @@ async def test_an_audio_rendition_that_leaves_and_comes_back(tmp_path, source_fl
         await node.close()
 
 
-async def publish_in_real_time(node, key: str, path, keep_audio) -> None:
+async def publish_in_real_time(node, key: str, path, keep_audio, head_start: float = 0.0) -> None:
     """A publisher that sends each tag of an FLV when it is due (its own clock, as a live encoder
     whose audio and video are captured apart does), leaving out the audio tags for which
-    ``keep_audio(ts)`` is false; the edge packages the broadcast from before the first frame."""
+    ``keep_audio(ts)`` is false; the edge packages the broadcast from before the first frame.
+    ``head_start``: the tags of the first that many seconds go at once (a publisher live that long)."""
     host, http_port = node.edge.address
     publisher = await TcpPublisher.publish(node.rtmp.address[1], key)
     assert (await http_get(f"http://{host}:{http_port}/live/{key}/"))[0] == 200
     loop = asyncio.get_running_loop()
-    start = loop.time()
+    start = loop.time() - head_start
     for tag_type, ts, body in read_flv_tags(str(path)):
         if tag_type == 9 or (tag_type == 8 and (body[1] == 0 or keep_audio(ts))):
             if (due := start + ts / 1000 - loop.time()) > 0:

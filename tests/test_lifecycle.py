@@ -13,9 +13,12 @@ from rtmpq.media.frames import Frame
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.transport import connect_moq
 
+from rtmpq.media.flv import read_flv_tags
+
 from .conftest import http_get, need, start_up_node, until
-from .publishers import (VIDEO_ENCODE, drop_publish, end_live_publish, ffmpeg_publish_args, ffmpeg_publish_only_args,
-                         run_process)
+from .publishers import (AUDIO_MONO_48K, VIDEO_ENCODE, audio_switch_flv, drop_publish, end_live_publish,
+                         ffmpeg_publish_args, ffmpeg_publish_only_args, run_process)
+from .rtmp_client import TcpPublisher
 
 
 def long_publish_args(url: str, seconds: float = 60.0) -> list[str]:
@@ -190,6 +193,28 @@ def discontinuities(playlist: bytes) -> dict[int, int]:
     return out
 
 
+def discontinuity_sequences(playlist: bytes) -> dict[int, int]:
+    """The media sequence number of every segment of a media playlist -> its discontinuity
+    sequence number (RFC 8216 6.2.4: matching content has matching numbers in every playlist)."""
+    msn, out = first_msn(playlist), {}
+    found = re.search(rb"#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)", playlist)
+    seq = int(found[1]) if found else 0
+    for line in playlist.splitlines():
+        if line == b"#EXT-X-DISCONTINUITY":
+            seq += 1
+        elif line.startswith(b"#EXTINF"):
+            out[msn] = seq
+            msn += 1
+    return out
+
+
+def counted_alike(*playlists: bytes) -> bool:
+    """Whether the playlists give each segment they share the same discontinuity sequence number."""
+    counts = [discontinuity_sequences(p) for p in playlists]
+    shared = set.intersection(*(set(c) for c in counts))
+    return bool(shared) and all(c[msn] == counts[0][msn] for c in counts for msn in shared)
+
+
 def media_sequence(playlist: bytes) -> int:
     """The media sequence number of a media playlist's last segment (or part in progress)."""
     first = int(re.search(rb"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)[1])
@@ -300,9 +325,8 @@ async def test_a_publisher_back_with_another_audio_format_plays_on_with_a_new_au
     assert rc == 0, out
     broadcast = node.registry.get("live/fmt")
     await until(lambda: not broadcast.publishing, what="the publisher to leave")
-    mono_48k = ["-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-ac", "1"]
     second = asyncio.create_task(run_process(ffmpeg_publish_args(url, str(tmp_path / "b.flv"), seconds=30,
-                                                                 audio=mono_48k), timeout=60))
+                                                                 audio=AUDIO_MONO_48K), timeout=60))
     try:
         await until(lambda: after_seam(played(md5, 0)) >= 3 * 30 and after_seam(played(md5, 1)) >= 2 * 46,
                     deadline=30, what="the player to play 3 s of video and 2 s of audio after the seam")
@@ -313,6 +337,7 @@ async def test_a_publisher_back_with_another_audio_format_plays_on_with_a_new_au
         assert len(seams) == 1 and \
             seams == {msn: d for msn, d in discontinuities(video).items() if msn >= first_msn(audio)}, \
             (audio.decode(), video.decode())
+        assert counted_alike(video, audio), (audio.decode(), video.decode())
         maps = init_segments(audio)
         assert maps[-1][0] == next(iter(seams)) and len({uri for _, uri in maps}) == len(maps) >= 2, audio.decode()
         formats = []
@@ -333,6 +358,37 @@ async def test_a_publisher_back_with_another_audio_format_plays_on_with_a_new_au
     rc, out = await player
     assert rc == 0, out
     assert played(md5, 0) == sorted(played(md5, 0)) and played(md5, 1) == sorted(played(md5, 1))
+
+
+async def test_an_audio_format_change_with_no_seam_is_a_discontinuity_of_every_playlist(node, tmp_path):
+    """The audio's configuration changes mid-publish, with no gap in the timeline (an AAC sequence
+    header of 48 kHz mono after 44.1 kHz stereo; the video's unchanged): the audio playlist marked
+    EXT-X-DISCONTINUITY with its new init, the video playlist nothing, so from there on they counted
+    different discontinuity sequences (hls.js maps audio by the video of the same sequence: a
+    player that joined after the change had none). Now the video marks it too, at the same
+    segment, with its one init."""
+    need("ffmpeg")
+    flv = await audio_switch_flv(tmp_path)
+    publisher = await TcpPublisher.publish(node.rtmp.address[1], "switch")
+    base = f"http://127.0.0.1:{node.edge.address[1]}/live/switch"
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from the first frame
+    for tag_type, ts, body in read_flv_tags(flv):  # two 2 s groups of each format, at once
+        publisher.media(tag_type, ts, body)
+    publisher.close()
+    broadcast = node.registry.get("live/switch")
+    await until(lambda: not broadcast.publishing, what="the publisher to leave")
+    broadcast.end()  # (its grace period is not waited out)
+
+    async def ended() -> bool:
+        return all([b"#EXT-X-ENDLIST" in (await http_get(f"{base}/{p}.m3u8"))[1] for p in ("video", "audio")])
+    await until(ended, what="both playlists to end")
+    _, video = await http_get(f"{base}/video.m3u8")
+    _, audio = await http_get(f"{base}/audio.m3u8")
+    assert len(init_segments(audio)) == 2 and len({uri for _, uri in init_segments(video)}) == 1, \
+        (audio.decode(), video.decode())
+    assert len(discontinuities(audio)) == 1 and discontinuities(video) == discontinuities(audio), \
+        (audio.decode(), video.decode())
+    assert counted_alike(video, audio), (audio.decode(), video.decode())
 
 
 @pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])

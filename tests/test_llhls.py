@@ -1,6 +1,7 @@
 """The LL-HLS packager in memory: init segment versions and discontinuities."""
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -188,6 +189,9 @@ def test_a_rung_playlist_waits_until_the_rung_has_caught_up_with_its_source():
     assert not b.caught_up(rung, 1000.0)
 
 
+AAC = TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2)
+
+
 def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, LlHlsStream]:
     """A source's stream and a rung's that follows its timeline, as the edge makes them."""
     source, rung = LlHlsStream(tracks={VIDEO}), LlHlsStream(tracks={track})
@@ -200,30 +204,51 @@ def source_and_rung(track: str, width: int, height: int) -> tuple[LlHlsStream, L
     return source, rung
 
 
+def playlists_through_a_change_at_group_2(changed: Callable[[Catalog], Catalog]) -> tuple[LlHlsStream, ...]:
+    """(source video, a rung following it, audio): four groups, the catalog ``changed`` at group 2
+    (the rung a group late)."""
+    source, rung = source_and_rung("video-360p", 640, 360)
+    audio = LlHlsStream(tracks={AUDIO})
+    audio.group_origin = 0
+    catalog = source.catalog.with_track(AAC)
+    for stream in (source, rung, audio):
+        stream.set_catalog(catalog)
+    for g in range(4):
+        if g == 2:
+            for stream in (source, rung, audio):
+                stream.set_catalog(changed(catalog))
+        for stream, track in ((source, VIDEO), (audio, AUDIO), (rung, "video-360p")):  # the rung a group late
+            for i in range(30):
+                ts = g * 1000 + i * 33
+                stream.push(Frame(track, g, i, ts, ts, i == 0 or track == AUDIO, b"\x00\x00\x00\x01\x65", 1))
+    for stream in (source, rung, audio):
+        assert [(s.msn, s.discontinuity_sequence) for s in stream.segments] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+        assert maps_and_discontinuities(stream.media_playlist()).count("#EXT-X-DISCONTINUITY") == 1
+    return source, rung, audio
+
+
 def test_every_playlist_counts_the_discontinuity_of_a_new_source_init():
     """The source's video takes a new init at group 2 (its picture size changed); a rung made from
     it keeps its own init, and so does the audio: both mark EXT-X-DISCONTINUITY at group 2 as the
     source does, so a player on any rung with the audio maps one discontinuity sequence (hls.js
     waits for video of the audio's sequence before it loads audio)."""
-    source, rung = source_and_rung("video-360p", 640, 360)
-    audio = LlHlsStream(tracks={AUDIO})
-    audio.group_origin = 0
-    aac = TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2)
-    catalog = source.catalog.with_track(aac)
-    audio.set_catalog(catalog)
-    for g in range(4):
-        if g == 2:
-            changed = catalog.with_track(video_catalog(b"\x01\x64\x00\x1fCCCC", 640).tracks[0])
-            for stream in (source, rung, audio):
-                stream.set_catalog(changed)
-        for stream, track in ((source, VIDEO), (audio, AUDIO), (rung, "video-360p")):  # the rung a group late
-            for i in range(30):
-                ts = g * 1000 + i * 33
-                stream.push(Frame(track, g, i, ts, ts, i == 0 or track == AUDIO, b"\x00\x00\x00\x01\x65", 1))
+    source, rung, audio = playlists_through_a_change_at_group_2(
+        lambda catalog: catalog.with_track(video_catalog(b"\x01\x64\x00\x1fCCCC", 640).tracks[0]))
     assert [s.init_version for s in source.segments] == [0, 0, 1, 1]
     assert [s.init_version for s in rung.segments] == [s.init_version for s in audio.segments] == [0, 0, 0, 0]
-    for stream in (source, rung, audio):
-        assert [(s.msn, s.discontinuity_sequence) for s in stream.segments] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+
+
+def test_every_playlist_counts_the_discontinuity_of_a_new_audio_init():
+    """The other way round: the audio takes a new init at group 2 (another AAC sample rate and
+    channel count, its video unchanged, no gap in the timeline). The audio playlist marked
+    EXT-X-DISCONTINUITY with its new init, the video playlists nothing: they counted one
+    discontinuity fewer from there on, and a player that joined after the change (hls.js maps
+    audio by the video of the same discontinuity sequence) had no video to map the audio with.
+    Now the video and the rungs made from it mark it too, keeping their inits."""
+    source, rung, audio = playlists_through_a_change_at_group_2(
+        lambda catalog: catalog.with_track(replace(AAC, init_data=b"\x11\x88", sample_rate=48000, channels=1)))
+    assert [s.init_version for s in audio.segments] == [0, 0, 1, 1]
+    assert [s.init_version for s in source.segments] == [s.init_version for s in rung.segments] == [0, 0, 0, 0]
 
 
 def test_a_rung_that_skips_frames_keeps_its_sources_timeline():

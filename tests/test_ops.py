@@ -183,6 +183,10 @@ def test_a_rate_read_again_within_its_window_keeps_its_first_figure():
     assert rate("out", 5_000, now=100.0, since=None) is None  # no start to average from: nothing yet
     assert rate("out", 6_000, now=100.5, since=None) is None
     assert rate("out", 5_000 + 1_000 * RATE_WINDOW, now=100.0 + RATE_WINDOW, since=None) == 8_000
+    # read just after it started: nothing yet, and the next reading is a first one (was: nothing
+    # until a whole window after that first reading)
+    assert rate("new", 10_000, now=100.2, since=100.0) is None
+    assert rate("new", 100_000, now=100.8, since=100.0) == pytest.approx(1_000_000)
 
 
 def test_a_broadcast_whose_publisher_left_says_so():
@@ -215,7 +219,9 @@ def test_a_broadcast_whose_publisher_left_says_so():
 async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receive(tmp_path):
     """`rtmpq up` -> `rtmpq relay --upstream --http` -> `rtmpq edge --upstream`: the relay's and
     the edge's /metrics said rtmpq_broadcast_groups_total 0, and the edge's frames received and
-    bitrate in 0 too, for a broadcast both were passing on (an operator reads "nothing comes")."""
+    bitrate in 0 too, for a broadcast both were passing on (an operator reads "nothing comes").
+    And the relay's API said "started": null and no bitrate on its first read of the broadcast,
+    where `rtmpq up`'s gives both: now when the relay first got it, and the bitrate in since."""
     from rtmpq.nodes.nodes import run_edge, run_relay
 
     need("ffmpeg")
@@ -244,6 +250,17 @@ async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receiv
                             for c in (relay, edge)]
                 return readings if all(r.get(("rtmpq_broadcast_groups_total", b), 0) >= 2 for r in readings) else None
 
+            async def two_groups_at_the_edge():  # (the relay's view not read before its API, below)
+                assert (await client.get(f"http://127.0.0.1:{edge.http.port}/live/tree/video.m3u8")).status_code \
+                    in (200, 404, 503)
+                reading = samples((await client.get(f"http://127.0.0.1:{edge.http.port}/metrics")).text)
+                return reading.get(("rtmpq_broadcast_groups_total", b), 0) >= 2
+
+            assert await wait_until(two_groups_at_the_edge), "groups did not reach the edge"
+            [listed] = (await client.get(f"http://127.0.0.1:{relay.http.port}/api/v1/broadcasts")).json()["items"]
+            assert listed["name"] == "live/tree" and listed["started"] is not None, listed
+            rates = {t["name"]: t["bitrate"] for t in listed["tracks"]}
+            assert rates["video"] > 100_000 and rates["audio"] > 10_000, listed
             readings = await wait_until(two_groups_at_both)
             assert readings, "groups were not counted below the origin"
             for reading in readings:

@@ -15,7 +15,8 @@ a version of its own, so its URI (``init-<n>.mp4``) never changes content and ma
 first segment after the change starts at the next keyframe with EXT-X-DISCONTINUITY and a new
 EXT-X-MAP, and the old version is kept while a segment in the window still needs it. When the
 video's init changes, the audio playlist and the rungs made from it mark a discontinuity at the
-same group (keeping their inits), so every playlist counts the same discontinuity sequence.
+same group (keeping their inits), and so do the video playlists when the audio's init changes,
+so every playlist counts the same discontinuity sequence.
 """
 
 import math
@@ -194,7 +195,7 @@ class LlHlsStream:
                   and (self.only is None or t.name in self.only)]
         if [t.name for t in tracks] != self._tracks and self._pending_frames():
             self._close_part(final=True)
-        video_changed = self._video_config_changed(catalog)
+        changed = self._config_changed(catalog)
         self.catalog = catalog
         self._tracks = [t.name for t in tracks]
         self._timescale = {t.name: t.timescale for t in tracks}
@@ -205,14 +206,15 @@ class LlHlsStream:
             self._group = None
             self.init_version += 1
             self._discontinuity_next = True
-        elif video_changed and VIDEO not in self._tracks and self.follows is None:
-            # the broadcast's video takes a new init at its next group: this playlist (the audio)
-            # marks a discontinuity there too, keeping its init. hls.js maps an audio segment's
-            # timestamps with what the video segments of the same discontinuity sequence number
-            # gave it (as ExoPlayer does; RFC 8216 6.2.4 asks matching content to have matching
-            # Discontinuity Sequence Numbers): a player that joined after such a change, whose
-            # video was all past it, waited for that mapping forever and never played. (A rung
-            # marks its source's discontinuities instead: discontinuity_groups.)
+        elif changed - set(self._tracks) and self.follows is None:
+            # the broadcast's video (or audio) takes a new init at its next group: this playlist
+            # (the audio, or a video one) marks a discontinuity there too, keeping its init.
+            # hls.js maps an audio segment's timestamps with what the video segments of the same
+            # discontinuity sequence number gave it (as ExoPlayer does; RFC 8216 6.2.4 asks
+            # matching content to have matching Discontinuity Sequence Numbers): a player that
+            # joined after such a change, whose video was all past it, waited for that mapping
+            # forever and never played. (A rung marks its source's discontinuities instead:
+            # discontinuity_groups.)
             self._discontinuity_next = True
         self.init = init
         if init is not None:
@@ -220,12 +222,16 @@ class LlHlsStream:
         self._pending = {name: self._pending.get(name, []) for name in self._tracks}
         self.version += 1
 
-    def _video_config_changed(self, catalog: Catalog) -> bool:
-        """Whether ``catalog`` gives the broadcast's video track (VIDEO) another configuration
+    def _config_changed(self, catalog: Catalog) -> set[str]:
+        """The broadcast's main tracks (VIDEO, AUDIO) that ``catalog`` gives another configuration
         than the catalog before it did."""
-        old = self.catalog.track(VIDEO) if self.catalog is not None else None
-        new = catalog.track(VIDEO)
-        return old is not None and new is not None and old.init_data != new.init_data
+        changed = set()
+        for track in (VIDEO, AUDIO):
+            old = self.catalog.track(track) if self.catalog is not None else None
+            new = catalog.track(track)
+            if old is not None and new is not None and old.init_data != new.init_data:
+                changed.add(track)
+        return changed
 
     @property
     def _primary(self) -> str | None:

@@ -11,8 +11,9 @@ and segments, a player page.
     /live/<key>/                  a player page (hls.js)
 
 A broadcast is opened on demand, on the first request that names it, from ``open_broadcast``
-(an async iterator of Catalog / Frame items, e.g. an in-process broadcast or a MoQ subscription),
-and dropped ``IDLE_SECONDS`` after its last request once it has ended.
+(an async iterator of Catalog / Frame items, e.g. an in-process broadcast or a MoQ subscription,
+and NotLive when its upstream has no such broadcast yet), and dropped ``IDLE_SECONDS`` after its
+last request once it has ended.
 """
 
 import asyncio
@@ -32,7 +33,7 @@ from ..http.message import path_segments
 from ..http.ranges import ACCEPT_RANGES, byte_range
 from ..http.server import HttpServer
 from ..media.catalog import Catalog, TrackInfo
-from ..media.frames import Frame
+from ..media.frames import Frame, NotLive
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
 from .llhls import PART_TARGET, TARGET_DURATION, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
@@ -99,6 +100,10 @@ RUNG_CATCH_UP_WAIT = 5.0
 # the source's catalog comes first, and a transcoder lists its rungs in one of its own right after.
 RENDITION_LISTING_WAIT = 3.0
 PLAYLIST = "application/vnd.apple.mpegurl"
+# The answer (404) for a name nothing publishes: `rtmpq up` at once (its registry does not have it);
+# a separate edge as soon as its upstream says it does not have it (a NotLive from its feed), the
+# feed waiting for it on (a player asking again plays once it is live).
+NO_SUCH_BROADCAST = "no such broadcast"
 # A playlist answer that says the broadcast is live but its publisher's codecs are not carried
 # (``audio=MP3``): the player page shows that answer's text instead of "not live (yet)".
 NOT_CARRIED_HEADER = "Rtmpq-Not-Carried"
@@ -168,8 +173,9 @@ else if (Hls.isSupported()) {
         waiting = "not allowed to watch this broadcast (403: no token, or it expired)";
       } else if (data.fatal) {
         const failed = hls, told = parsed;
-        // said at once: a separate edge holds a playlist request up to 3 target durations before
-        // its 503, so the answer below can come after the restart (was: never said, "latency 0.00 s")
+        // said at once: a separate edge whose upstream has not answered yet holds a playlist
+        // request up to 3 target durations before its 503, so the answer below can come after the
+        // restart (was: never said, "latency 0.00 s")
         if (waiting === null || waiting === over || waiting === loading) waiting = notLive;
         // live, but in codecs that are not carried: the edge's answer says which (NOT_CARRIED_HEADER)
         fetch(source).then((r) => r.headers.has("@NOT_CARRIED@") ? r.text() : null, () => null).then((why) => {
@@ -284,6 +290,7 @@ class _Broadcast:
         self.task: asyncio.Task | None = None
         self.source = None
         self.catalog: Catalog | None = None
+        self.not_live = False  # the source said upstream has no such broadcast, and no catalog came since
         self.wanted: dict[str, float] = {}  # alternate renditions pulled for players -> last request
         self.group_origin: int | None = None  # the first group id seen (see LlHlsStream.group_origin)
         self.rungs_live: set[str] = set()  # rungs that caught up with their source since pulled
@@ -490,7 +497,10 @@ class EdgeServer:
         streams = list(b.streams.values())
         try:
             async for item in source:
-                if isinstance(item, Catalog):
+                if isinstance(item, NotLive):
+                    b.not_live = b.catalog is None  # (one that was live and went: its playlists end)
+                elif isinstance(item, Catalog):
+                    b.not_live = False
                     listed = {t.name for t in item.tracks}
                     was_kept, kept = b.kept_audio, b.keep_audio(item)
                     if b.catalog is not None:  # a track that left (a publisher back without it): its playlist ends
@@ -559,18 +569,22 @@ class EdgeServer:
                 b.changed.notify_all()
 
     @staticmethod
-    def _no_media(b: _Broadcast, what: str) -> str:
-        """A 503's words: no catalog came either (upstream has no such broadcast, or it ended):
-        not live; else live, its first whole segment not made yet."""
+    def _no_media(b: _Broadcast, what: str) -> Response:
+        """The answer when ``what`` has nothing to play (yet): 404 when upstream said it has no such
+        broadcast (as `rtmpq up` answers a name nobody publishes); else 503: no catalog came
+        either (no answer from upstream yet, or it ended): not live; or live, its first whole
+        segment not made yet."""
+        if b.not_live:
+            return text(404, NO_SUCH_BROADCAST)
         if b.catalog is None:
-            return f"{b.name} is not live (yet): nothing of it came from upstream; ask again"
-        return f"{what} has no media yet"
+            return text(503, f"{b.name} is not live (yet): nothing of it came from upstream; ask again")
+        return text(503, f"{what} has no media yet")
 
     async def _wait_for(self, b: _Broadcast, stream: LlHlsStream, ready: Callable[[], bool]) -> bool:
         timeout = BLOCKING_TARGET_DURATIONS * stream.target_duration()
         async with b.changed:
             try:
-                await asyncio.wait_for(b.changed.wait_for(lambda: ready() or stream.ended), timeout)
+                await asyncio.wait_for(b.changed.wait_for(lambda: ready() or stream.ended or b.not_live), timeout)
             except TimeoutError:
                 return False
         return ready()
@@ -657,7 +671,7 @@ class EdgeServer:
         if page:  # served whether or not the broadcast is live yet: the player retries
             return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
         if b is None:
-            return text(404, "no such broadcast")
+            return text(404, NO_SUCH_BROADCAST)
         viewer = (request.client, request.headers.get("user-agent", "")[:64])
         b = self._reading(name, b, file, query_text, viewer)
         if len(b.viewers) < b.max_viewers:
@@ -719,6 +733,8 @@ class EdgeServer:
     async def _serve_file(self, b: _Broadcast, file: str, query_text: str, query: str,
                           viewer: tuple[str, str]) -> Response:
         video, audio = b.streams["v"], b.streams["a"]
+        if b.not_live:  # upstream said so: not held for media that may never come
+            return self._no_media(b, "the broadcast")
         if file == "index.m3u8":
             # every rendition the catalog has must be playable before players are pointed at them
             streams = [s for k, s in b.streams.items() if b.listed(k, s)]
@@ -727,7 +743,7 @@ class EdgeServer:
                 return answer
             # a catalog that says nothing plays (codecs not carried) ends the wait too
             if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
-                return self._not_carried(b) or text(503, self._no_media(b, "the broadcast"))
+                return self._not_carried(b) or self._no_media(b, "the broadcast")
             videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
                       if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
@@ -738,12 +754,12 @@ class EdgeServer:
             if key not in b.streams and wait > 0:  # just opened: the catalogs naming its renditions are on their way
                 async with b.changed:
                     try:
-                        await asyncio.wait_for(b.changed.wait_for(lambda: key in b.streams), wait)
+                        await asyncio.wait_for(b.changed.wait_for(lambda: key in b.streams or b.not_live), wait)
                     except TimeoutError:
                         pass
             stream = b.streams.get(key)
             if stream is None:
-                return text(404, "no such rendition")
+                return text(404, NO_SUCH_BROADCAST if b.not_live else "no such rendition")
             b.asked_for(stream)
             kind = AUDIO if stream is audio else VIDEO
             if not stream.has_media and (answer := self._not_carried(b, kind)) is not None:
@@ -751,7 +767,7 @@ class EdgeServer:
             playable = lambda: stream.playable and b.caught_up(stream, time.monotonic())  # noqa: E731
             told = await self._wait_for(b, stream, lambda: playable() or bool(self._dropped(b, kind)[0]))
             if not told or not playable():
-                return self._not_carried(b, kind) or text(503, self._no_media(b, "this rendition"))
+                return self._not_carried(b, kind) or self._no_media(b, "this rendition")
             if im is None:
                 response = await self._media_playlist(b, stream, query_text, query)
                 if response.status == 200:

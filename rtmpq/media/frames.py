@@ -1,4 +1,5 @@
-"""The unit everything downstream of ingest moves: one frame (MoQ object) of one track."""
+"""The unit everything downstream of ingest moves: one frame (MoQ object) of one track; and what a
+subscription says of a broadcast that is not there (NotLive)."""
 
 from dataclasses import dataclass
 
@@ -40,3 +41,14 @@ class Frame:
     @property
     def size(self) -> int:
         return len(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class NotLive:
+    """The upstream said it has no broadcast of this name (a relay's DOES_NOT_EXIST to the
+    catalog's SUBSCRIBE): it is not live (yet). The subscription goes on waiting for it. Handed
+    on only to a consumer that asks for it (moq/client.py subscribe_broadcast's ``say_not_live``):
+    the edge, which answers a player at once instead of holding its request for media that may
+    never come."""
+
+    broadcast: str

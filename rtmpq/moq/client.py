@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ..media.catalog import Catalog
-from ..media.frames import Frame
+from ..media.frames import Frame, NotLive
 from ..redact import safe_name
 from . import events as ev
 from .catalog_join import CATALOG_FETCH_WAIT, CatalogJoin
@@ -274,8 +274,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                               delivery_timeout_ms: int | None = None, wait: float = 0.0,
                               authorization: str | None = None, choice: TrackChoice | None = None,
                               fill_groups: int = 0, skips: SkipMemory | None = None, in_order: bool = False,
-                              tail_wait: float = 0.0, datagrams: DatagramOrder | None = None
-                              ) -> AsyncIterator[Catalog | Frame | SkippedGroup]:
+                              tail_wait: float = 0.0, datagrams: DatagramOrder | None = None,
+                              say_not_live: bool = False) -> AsyncIterator[Catalog | Frame | SkippedGroup | NotLive]:
     """The catalog, then frames of its tracks until the broadcast ends: by default one rendition
     per altGroup (see TrackChoice), or ``tracks``. A broadcast that is not live yet is waited for
     up to ``wait`` seconds. ``authorization``: a token sent with every SUBSCRIBE and FETCH.
@@ -305,7 +305,9 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
     (datagram_order.py; counted in ``datagrams.dropped``: pass one to read it).
 
     Each skipped group is yielded once (``skips``: the memory of those yielded, to share it with
-    an earlier subscription to the same broadcast, as follow_broadcast does across reconnections)."""
+    an earlier subscription to the same broadcast, as follow_broadcast does across reconnections).
+    ``say_not_live``: a NotLive item first when the upstream says it has no such broadcast and the
+    wait for it starts (the relay answers that at once; the wait can be long)."""
     choice = choice or TrackChoice(tracks)
     skips = skips if skips is not None else SkipMemory()
     if datagrams is None:
@@ -543,6 +545,8 @@ async def subscribe_broadcast(conn: MoqConnection, broadcast: str, *, tracks: li
                                  wait_until - loop.time())
                         watch = session.subscribe_namespace(namespace, authorization=authorization)
                         conn.flush()
+                        if say_not_live and catalog is None:
+                            yield NotLive(broadcast)
                     loop.call_later(WAIT_RETRY_INTERVAL, queue.put_nowait, _RETRY)
                     open_tracks.add(_RETRY)
                     continue

@@ -36,6 +36,7 @@ So the memory a subscriber can hold in the relay is bounded whatever it does.
 """
 
 import logging
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -485,6 +486,7 @@ class TrackFanout:
         self.bytes_received = 0
         self.groups_received = 0  # relayed groups seen begin (a newer group than any before)
         self._newest_received = -1
+        self.first_received: float | None = None  # wall clock of the first relayed object (the API's "started")
         self.bytes_sent = 0
         self.groups_dropped = 0
         self.duplicates = 0  # objects a publisher sent again (not passed on)
@@ -700,6 +702,8 @@ class TrackFanout:
         self.objects_received += 1
         self.bytes_received += len(payload)
         if group_id > self._newest_received:
+            if self._newest_received < 0:
+                self.first_received = time.time()
             self._newest_received = group_id
             self.groups_received += 1
         previous = self.cache.largest if self.subscribers else None  # (read only for someone to tell)
@@ -725,6 +729,8 @@ class TrackFanout:
         self.objects_received += 1
         self.bytes_received += len(payload)
         if group_id > self._newest_received:
+            if self._newest_received < 0:
+                self.first_received = time.time()
             self._newest_received = group_id
             self.groups_received += 1
         previous = self.cache.largest

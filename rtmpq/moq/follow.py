@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from ..media.frames import Frame
+from ..media.frames import Frame, NotLive
 from ..redact import safe_name
 from .client import SkipMemory, SkippedGroup, SubscribeError, TrackChoice, subscribe_broadcast
 from .datagram_order import DatagramOrder
@@ -34,14 +34,15 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                            delivery_timeout_ms: int | None = None, choice: TrackChoice | None = None,
                            fill_groups: int = 0, tail_wait: float = 0.0,
                            refused_reconnect_max: float = REFUSED_RECONNECT_MAX, datagrams: DatagramOrder | None = None,
-                           **tls) -> AsyncIterator:
+                           say_not_live: bool = False, **tls) -> AsyncIterator:
     """Catalog / Frame / SkippedGroup items; ends when the broadcast ends. ``tls`` takes
     connect_moq's insecure / cafile / fingerprint / backend / idle_timeout / session_caps. ``fill_groups``: the first
     subscription starts with up to this many cached groups before the live edge
     (subscribe_broadcast); one after a reconnection goes on from the live edge. ``tail_wait``:
     subscribe_broadcast's (an older group's tail before a newer group's frames).
     ``refused_reconnect_max``: the longest pause after an attempt the upstream's closed port refused.
-    ``datagrams``: counts the datagram objects dropped, across reconnections (subscribe_broadcast)."""
+    ``datagrams``: counts the datagram objects dropped, across reconnections (subscribe_broadcast).
+    ``say_not_live``: subscribe_broadcast's (a NotLive item when the upstream has no such broadcast)."""
     loop = asyncio.get_running_loop()
     delay = RECONNECT_MIN
     connected_once = False
@@ -56,7 +57,8 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                 async for item in subscribe_broadcast(conn, broadcast, wait=max(deadline - loop.time(), 0.0),
                                                       delivery_timeout_ms=delivery_timeout_ms, authorization=token,
                                                       choice=choice, fill_groups=fill_groups, skips=skips,
-                                                      tail_wait=tail_wait, datagrams=datagrams):
+                                                      tail_wait=tail_wait, datagrams=datagrams,
+                                                      say_not_live=say_not_live):
                     if isinstance(item, Frame):
                         fill_groups = 0  # what follows a reconnection continues what was handed on
                         now = loop.time()
@@ -68,7 +70,7 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                             lost_at = None
                         last_media = now
                     delay = RECONNECT_MIN
-                    if not isinstance(item, SkippedGroup):
+                    if not isinstance(item, (SkippedGroup, NotLive)):
                         deadline = loop.time() + wait  # alive: a later loss gets the whole wait again
                     yield item
                 return  # PUBLISH_DONE on every track: the broadcast ended

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from ..media.catalog import Catalog
-from ..media.frames import Frame
+from ..media.frames import Frame, NotLive
 from ..directory.core import Change, Entry
 from ..moq import events as ev
 from ..moq.client import TrackChoice
@@ -243,12 +243,13 @@ def _origin_tls(tls: dict, entry: Entry) -> dict:
 
 
 async def follow_via_directory(directory, name: str, *, wait: float, token: str | None = None, choice=None,
-                               fill_groups: int = 0, tail_wait: float = 0.0, **tls):
+                               fill_groups: int = 0, tail_wait: float = 0.0, say_not_live: bool = False, **tls):
     """Catalog / Frame items of ``name`` from the origin the directory names, moving with it: when
     its entry moves (the publisher went to another ingest) or lapses (the origin died), the
     subscription there ends and one starts at the new origin, as long as one appears within ``wait``.
     ``fill_groups``: the first origin's subscription starts with its cached groups; ``tail_wait``:
-    follow_broadcast's."""
+    follow_broadcast's. ``say_not_live``: follow_broadcast's, at the origin the directory names (a
+    name the directory does not list says nothing: a mirror just started, or Redis away, lists none)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -264,7 +265,8 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
         host, port, _ = parse_moq_url(entry.url)
         log.info("%s: following its origin %s", safe_name(name), entry.url)
         items = follow_broadcast(host, port, name, wait=wait, token=token, choice=choice, fill_groups=fill_groups,
-                                 tail_wait=tail_wait, **_origin_tls(tls, entry)).__aiter__()
+                                 tail_wait=tail_wait, say_not_live=say_not_live,
+                                 **_origin_tls(tls, entry)).__aiter__()
         moved = False
         watch = asyncio.ensure_future(_moved(directory, name, entry))
         try:
@@ -287,7 +289,9 @@ async def follow_via_directory(directory, name: str, *, wait: float, token: str 
                     # the origin is unreachable; its entry lapses within the TTL if it died
                     log.warning("%s: origin %s: %s; waiting for the directory", safe_name(name), entry.url, exc)
                     break
-                deadline = loop.time() + wait
+                if not isinstance(item, NotLive):  # (still not live: the wait goes on)
+                    deadline = loop.time() + wait
+                    say_not_live = False  # live once: a move is no news for a player
                 if isinstance(item, Frame):
                     fill_groups = 0  # a move continues what was handed on
                 yield item
@@ -335,7 +339,9 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
 
 class MoqFeed:
     """A broadcast followed over MoQ as Catalog and Frame items for the edge: every track but the
-    transcoder rungs, and the rungs that ``want`` asks for while players watch them."""
+    transcoder rungs, and the rungs that ``want`` asks for while players watch them; and a NotLive
+    item when upstream has no such broadcast (yet): the edge answers players at once (it goes on
+    waiting for the broadcast all the same)."""
 
     def __init__(self, host: str | None, port: int | None, name: str, *, directory=None, **options) -> None:
         """From ``host:port``, or with no host from the broadcast's origin in ``directory``."""
@@ -347,9 +353,11 @@ class MoqFeed:
 
     async def __aiter__(self):
         if self.host is not None:
-            source = follow_broadcast(self.host, self.port, self.name, choice=self.choice, **self.options)
+            source = follow_broadcast(self.host, self.port, self.name, choice=self.choice, say_not_live=True,
+                                      **self.options)
         else:
-            source = follow_via_directory(self.directory, self.name, choice=self.choice, **self.options)
+            source = follow_via_directory(self.directory, self.name, choice=self.choice, say_not_live=True,
+                                          **self.options)
         async for item in source:
-            if isinstance(item, (Catalog, Frame)):
+            if isinstance(item, (Catalog, Frame, NotLive)):
                 yield item

@@ -19,6 +19,9 @@ from ..moq.relay_sink import InProcessSink
 
 # Bitrates are measured over at least this many seconds between two readings.
 RATE_WINDOW = 2.0
+# A first reading says the average since the start (a broadcast's started) once the start is at
+# least this many seconds past; sooner, it says nothing and the next reading is a first one again.
+RATE_FIRST_AFTER = 0.5
 
 
 @dataclass
@@ -56,7 +59,9 @@ class _Rate:
         last = self._last.get(key)
         if last is None:
             rate = None
-            if since is not None and now - since > 0.5:  # the average since it started, for a start
+            if since is not None and now - since <= RATE_FIRST_AFTER:
+                return None  # too soon after its start to say: the next reading is a first one again
+            if since is not None:  # the average since it started, for a start
                 rate = total * 8 / (now - since)
             # kept as the reading until the window's end: a second reading within it (the status
             # page's next refresh, a scrape) said nothing after the first had said a rate
@@ -194,6 +199,9 @@ class NodeView:
                 s.bytes_in[track] = upstream.fanout.bytes_received
                 s.frames_in += upstream.fanout.objects_received
                 s.groups = max(s.groups, upstream.fanout.groups_received)  # (a group spans the tracks)
+                first = upstream.fanout.first_received  # relayed: started here when its first object came
+                if first is not None and (s.started is None or first < s.started):
+                    s.started = first
 
     # -- API ------------------------------------------------------------------------------------
     def api_broadcasts(self) -> dict:
