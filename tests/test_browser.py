@@ -389,11 +389,11 @@ async def test_a_player_page_without_a_token_says_it_may_not_play(tmp_path):
 
 
 # The page that played the name's ended broadcast plays a new publish of the name within this
-# many seconds (hls.js starting on a loaded host: about 0.3 s here) of the edge serving it, which
-# it does once its first segment is whole (one group of ffmpeg_publish_args: 2 s) plus
-# EDGE_SERVES_SLACK. Before, the ended playlist (kept ENDED_PLAYLIST_KEEP, 10 s) hid the new publish
-# and the page asked every PLAYER_RETRY (2 s).
-PAGE_RESTART = 1.0
+# many seconds (hls.js starting: about 0.3 s here, 1.2 s seen at load average 8) of the edge
+# serving it, which it does once its first segment is whole (one group of ffmpeg_publish_args:
+# 2 s) plus EDGE_SERVES_SLACK. Before, the ended playlist (kept ENDED_PLAYLIST_KEEP, 10 s) hid the
+# new publish and the page asked every PLAYER_RETRY (2 s).
+PAGE_RESTART = 2.0
 EDGE_SERVES_SLACK = 1.0
 
 
