@@ -24,7 +24,8 @@ A client given the wrong scheme is told apart by its first byte (rtmpq/first_byt
 once per ``WRONG_SCHEME_LOG_INTERVAL`` per address and counted (``rtmpq_errors_total``):
 http:// to the HTTPS listener is answered a plain-text 400 that says to use https:// (as nginx
 does; a TLS listener that handed the socket to TLS at once sent nothing and logged nothing), and
-https:// to the plain listener, which cannot be answered in HTTP, is closed at once.
+https:// to the plain listener, which cannot be answered in HTTP, is closed at once, and so is
+an encoder given this port (rtmp://) on either.
 """
 
 import asyncio
@@ -44,8 +45,8 @@ import h2.settings
 import h11
 
 from ..errors import listener_error
-from ..first_bytes import (PLAIN_ON_TLS_PORT, TLS_ON_PLAIN_PORT, WRONG_SCHEME_LOG_INTERVAL, peek, says_http,
-                           says_tls)
+from ..first_bytes import (PLAIN_ON_TLS_PORT, RTMP_ON_HTTP_PORT, TLS_ON_PLAIN_PORT, WRONG_SCHEME_LOG_INTERVAL, peek,
+                           says_http, says_rtmp, says_tls)
 from ..log_limit import LogLimiter
 from ..moq.tls import load_cert_chain
 from .message import Request, Response, origin_form, text
@@ -160,6 +161,7 @@ _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nco
             b"connection: close\r\n\r\ntoo many connections\n")
 
 
+RTMP_ON_HTTP = "an RTMP client (rtmp://) on the HTTP listener: publish to the RTMP port"
 _PLAIN_BODY = b"This port speaks HTTPS: use https:// (a plain HTTP request was sent to the HTTPS port)\n"
 _PLAIN_ON_TLS = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
                  b"connection: close\r\n\r\n%s" % (len(_PLAIN_BODY), _PLAIN_BODY))
@@ -198,6 +200,10 @@ class _TlsGate(asyncio.Protocol):
                     return
                 if says_http(first[0]):
                     await self._refuse_plain()
+                    return
+                if says_rtmp(first[0]):
+                    server.wrong_scheme(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
+                    transport.abort()
                     return
                 tls = await asyncio.get_running_loop().start_tls(transport, conn, server._ctx, server_side=True,
                                                                  ssl_handshake_timeout=timeout)
@@ -290,9 +296,11 @@ class _Connection(asyncio.Protocol):
             return
         if self._first and data:
             self._first = False
-            if says_tls(data[0]):
-                self.server.wrong_scheme(self.transport, TLS_ON_PLAIN_PORT, "a TLS client on the plain HTTP "
-                                         "listener: use http:// or configure --http-cert")
+            kind, what = ((TLS_ON_PLAIN_PORT, "a TLS client on the plain HTTP listener: use http:// or configure "
+                           "--http-cert") if says_tls(data[0]) else
+                          (RTMP_ON_HTTP_PORT, RTMP_ON_HTTP) if says_rtmp(data[0]) else (None, ""))
+            if kind is not None:  # neither can be answered in HTTP
+                self.server.wrong_scheme(self.transport, kind, what)
                 self.closed = True
                 self.transport.abort()
                 return

@@ -21,9 +21,8 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import RemoteProtocolError
-from ..first_bytes import HTTP_ON_RTMP_PORT, TLS_ON_PLAIN_PORT, says_http, says_tls
+from ..first_bytes import HTTP_ON_RTMP_PORT, RTMP_VERSION, TLS_ON_PLAIN_PORT, says_http, says_tls
 
-RTMP_VERSION = 3
 HANDSHAKE_SIZE = 1536
 _DIGEST_SIZE = 32
 

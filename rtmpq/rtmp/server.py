@@ -15,9 +15,8 @@ from typing import Protocol
 from ..codec import NEED_DATA
 from ..config import IngestConfig
 from ..errors import listener_error
-from ..first_bytes import PLAIN_ON_TLS_PORT, WRONG_SCHEME_KINDS, WRONG_SCHEME_LOG_INTERVAL, peek
+from ..first_bytes import PLAIN_ON_TLS_PORT, WRONG_SCHEME_KINDS, WRONG_SCHEME_LOG_INTERVAL, peek, says_rtmp
 from ..log_limit import LogLimiter
-from .handshake import RTMP_VERSION
 from .reader import SharedReader
 from .session import (
     ConnectionFailed,
@@ -115,7 +114,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
         try:
             async with asyncio.timeout(timeout):
                 first = await peek(transport, 1)
-                if first[:1] == bytes((RTMP_VERSION,)):
+                if first and says_rtmp(first[0]):
                     self.server.closed_for(self.peer, "plain RTMP on the RTMPS listener: use rtmps://",
                                            PLAIN_ON_TLS_PORT)
                     self._not_tls(transport, None)
