@@ -16,7 +16,7 @@ from rtmpq.http import Response
 from rtmpq.http.server import HttpServer
 from rtmpq.moq.tls import ensure_self_signed
 
-from .conftest import free_port, local_config, need, wait_tcp
+from .conftest import free_port, local_config, need, until, wait_tcp
 from .publishers import end_live_publish, run_process
 
 
@@ -597,3 +597,16 @@ async def test_http_to_the_https_listener_is_told_to_use_https_and_https_to_the_
     assert len([m for m in lines if "an RTMP client (rtmp://) on the HTTP listener" in m]) == 2, lines  # 2 servers
     assert all("127.0.0.1:" in m for m in lines) and "s3cret" not in caplog.text and "/live/" not in caplog.text
     assert "sk-1" not in caplog.text
+
+
+async def test_silent_and_unfinished_clients_on_the_https_listener_are_dropped_at_request_timeout(tmp_path):
+    """The HTTPS listener reads a connection's first byte before TLS: a client that sends nothing,
+    or half a plain request, still holds it no longer than request_timeout (as asyncio's TLS
+    handshake timeout did), and each is counted (a handshake that never was: tls_handshake)."""
+    async with tls_server(tmp_path, hello, request_timeout=0.5) as server:
+        port = server.address[1]
+        started = time.monotonic()
+        silent, unfinished = await asyncio.gather(exchange(port, b""), exchange(port, b"GET / HTTP/1.1\r\nHo"))
+        assert silent == b"" and unfinished == b"" and 0.4 < time.monotonic() - started < 5
+        assert server.stats.errors["tls_handshake"] == 1 and server.stats.errors["plain_on_tls_port"] == 1
+        await until(lambda: not server._gates, what="no connection left")

@@ -192,6 +192,7 @@ class _TlsGate(asyncio.Protocol):
         server, transport = self.server, self.transport
         timeout = server.config.request_timeout
         conn = _Connection(server)
+        first = b""
         try:
             async with asyncio.timeout(timeout):
                 first = await peek(transport, 1)
@@ -199,6 +200,7 @@ class _TlsGate(asyncio.Protocol):
                     transport.abort()
                     return
                 if says_http(first[0]):
+                    server.wrong_scheme(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
                     await self._refuse_plain()
                     return
                 if says_rtmp(first[0]):
@@ -210,8 +212,9 @@ class _TlsGate(asyncio.Protocol):
             if tls is None:
                 raise ConnectionAbortedError("closed during the TLS handshake")
         except Exception as exc:  # noqa: BLE001 - whatever it was, only this connection ends
-            log.debug("http: TLS handshake with %s failed: %r", transport.get_extra_info("peername"), exc)
-            server.stats.errors["tls_handshake"] += 1
+            if not (first and says_http(first[0])):  # a plain request that never ended is counted already
+                log.debug("http: TLS handshake with %s failed: %r", transport.get_extra_info("peername"), exc)
+                server.stats.errors["tls_handshake"] += 1
             transport.abort()
             return
         finally:
@@ -222,7 +225,6 @@ class _TlsGate(asyncio.Protocol):
         self._head_read = asyncio.get_running_loop().create_future()
         self.transport.resume_reading()
         await self._head_read  # read first: a socket closed with bytes unread is reset, the answer lost
-        self.server.wrong_scheme(self.transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
         self.transport.write(_PLAIN_ON_TLS)
         self.transport.close()
 
