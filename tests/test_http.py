@@ -16,7 +16,7 @@ from rtmpq.http import Response
 from rtmpq.http.server import HttpServer
 from rtmpq.moq.tls import ensure_self_signed
 
-from .conftest import free_port, local_config, need, wait_tcp
+from .conftest import free_port, local_config, need, until, wait_tcp
 from .publishers import end_live_publish, run_process
 
 
@@ -552,3 +552,61 @@ async def exchange_from(source: str, port: int, data: bytes, timeout: float = 10
         return await asyncio.wait_for(reader.read(), timeout)
     finally:
         writer.close()
+
+
+async def test_http_to_the_https_listener_is_told_to_use_https_and_https_to_the_plain_one_is_closed(tmp_path, caplog):
+    """What nginx does with http:// on its HTTPS port: a plain-text 400 that says so (rtmpq sent an
+    empty reply and logged nothing); https:// on the plain port cannot be answered in HTTP: closed at
+    once (it was answered a 400 in clear), and so is an encoder given an HTTP port (rtmp://; it
+    was answered or dropped without a word). Each is counted, and logged once per address a minute
+    (a client that retries is said once), never with its URL (it may carry a token or a key)."""
+    curl, ffmpeg = need("curl"), need("ffmpeg")
+    encode = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i",
+              "testsrc2=size=160x120:rate=10", "-t", "1", "-c:v", "libx264", "-f", "flv"]
+    caplog.set_level("WARNING", logger="rtmpq.http")
+    async with tls_server(tmp_path, hello, request_timeout=10) as https:
+        url = f"http://127.0.0.1:{https.address[1]}/live/a/index.m3u8?token=s3cret"
+        for _ in range(2):
+            rc, out = await run_process([curl, "-sS", "-i", "--max-time", "5", url], timeout=10)
+            assert rc == 0 and out.startswith("HTTP/1.1 400 ") and "use https://" in out, out
+        rc, out = await run_process([curl, "-sSk", "--http2", "--max-time", "5", url.replace("http:", "https:")])
+        assert rc == 0 and out == "hello GET /live/a/index.m3u8 2\n", out  # TLS clients as before
+        rc, out = await run_process([curl, "-sSk", "--http1.1", "--max-time", "5", url.replace("http:", "https:")])
+        assert rc == 0 and out == "hello GET /live/a/index.m3u8 1.1\n", out
+        rc, out = await run_process([*encode, f"rtmp://127.0.0.1:{https.address[1]}/live/sk-1"], timeout=20)
+        assert rc != 0, out
+        assert https.stats.errors["plain_on_tls_port"] == 2 and https.stats.errors["rtmp_on_http_port"] == 1
+    plain = HttpServer(hello, HttpConfig(host="127.0.0.1", port=0, request_timeout=10))
+    await plain.start()
+    try:
+        url = f"https://127.0.0.1:{plain.address[1]}/live/a/"
+        started = time.monotonic()
+        rc, out = await run_process([curl, "-sSk", "--max-time", "5", url], timeout=10)
+        assert rc != 0 and time.monotonic() - started < 3, out  # closed at once, not at request_timeout
+        rc, out = await run_process([curl, "-sS", "--max-time", "5", url.replace("https:", "http:")])
+        assert rc == 0 and out == "hello GET /live/a/ 1.1\n", out
+        rc, out = await run_process([*encode, f"rtmp://127.0.0.1:{plain.address[1]}/live/sk-1"], timeout=20)
+        assert rc != 0, out
+        assert plain.stats.errors["tls_on_plain_port"] == 1 and plain.stats.errors["rtmp_on_http_port"] == 1
+        assert not plain.stats.errors["bad_request"]
+    finally:
+        await plain.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "plain HTTP on the HTTPS listener: use https://" in m]) == 1, lines
+    assert len([m for m in lines if "a TLS client on the plain HTTP listener: use http://" in m]) == 1, lines
+    assert len([m for m in lines if "an RTMP client (rtmp://) on the HTTP listener" in m]) == 2, lines  # 2 servers
+    assert all("127.0.0.1:" in m for m in lines) and "s3cret" not in caplog.text and "/live/" not in caplog.text
+    assert "sk-1" not in caplog.text
+
+
+async def test_silent_and_unfinished_clients_on_the_https_listener_are_dropped_at_request_timeout(tmp_path):
+    """The HTTPS listener reads a connection's first byte before TLS: a client that sends nothing,
+    or half a plain request, still holds it no longer than request_timeout (as asyncio's TLS
+    handshake timeout did), and each is counted (a handshake that never was: tls_handshake)."""
+    async with tls_server(tmp_path, hello, request_timeout=0.5) as server:
+        port = server.address[1]
+        started = time.monotonic()
+        silent, unfinished = await asyncio.gather(exchange(port, b""), exchange(port, b"GET / HTTP/1.1\r\nHo"))
+        assert silent == b"" and unfinished == b"" and 0.4 < time.monotonic() - started < 5
+        assert server.stats.errors["tls_handshake"] == 1 and server.stats.errors["plain_on_tls_port"] == 1
+        await until(lambda: not server._gates, what="no connection left")

@@ -59,6 +59,18 @@ def test_wrong_version_byte_fails_the_connection():
     assert isinstance(event, ConnectionFailed) and "version" in event.reason
 
 
+@pytest.mark.parametrize("first, kind", [(b"\x16\x03\x01\x02\x00", "tls_on_plain_port"), (b"GET / HTTP/1.1\r\n", "http_on_rtmp_port"),
+                                         (b"\x06", "protocol_error")])
+def test_another_protocol_fails_at_its_first_byte_not_after_1537(first, kind):
+    """A TLS ClientHello (rtmps:// to the plain port) or a browser sends fewer bytes than C0+C1 and
+    waits: told apart by the first byte, it is closed at once, counted by its kind."""
+    session = RtmpServerSession()
+    session.receive_data(first[:1])
+    [event] = InMemoryPublisher(session).events()
+    assert isinstance(event, ConnectionFailed) and event.kind == kind, event
+    assert session.data_to_send() == b""  # nothing in answer: S0 would be noise to either
+
+
 def test_ffmpeg_publish_sequence_and_replies():
     client = InMemoryPublisher(RtmpServerSession())
     stream_id = client.connect_and_publish("cam1")

@@ -97,11 +97,38 @@ async def test_plain_rtmp_and_silence_on_the_tls_port_are_dropped_without_touchi
         assert await reader.read(1) == b""
     assert asyncio.get_running_loop().time() - started >= HANDSHAKE_TIMEOUT * 0.9
     writer.close()
-    assert ingest.server.errors["tls_handshake"] == 2
+    assert ingest.server.errors["plain_on_tls_port"] == 1 and ingest.server.errors["tls_handshake"] == 1
     rc, out = await publisher
     assert rc == 0, out
     _, frames = await collector
     assert as_packets(frames) == probe_packets(ref)  # every frame of the plain publisher arrived
+    await until(lambda: not ingest.server.connections, what="every connection gone")
+
+
+async def test_an_encoder_given_the_wrong_scheme_fails_at_once_and_the_log_says_what_it_did(ingest, caplog):
+    """rtmps:// to the plain port (a TLS ClientHello where C0 should be) was held to the handshake
+    deadline (10 s) and logged "no successful connect"; rtmp:// to the RTMPS listener was logged as
+    a bare WRONG_VERSION_NUMBER. Now either fails at once, the log says what the encoder did (once
+    per address a minute: encoders retry), each is counted by its kind, and no key is logged."""
+    ffmpeg, curl = need("ffmpeg"), need("curl")
+    caplog.set_level("WARNING", logger="rtmpq.rtmp")
+    encode = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-f", "lavfi", "-i",
+              "testsrc2=size=160x120:rate=10", "-t", "1", "-c:v", "libx264", "-f", "flv"]
+    for url in (f"rtmps://127.0.0.1:{ingest.address[1]}/live/sk-1", f"rtmp://127.0.0.1:{ingest.tls_address[1]}/live/sk-1"):
+        for _ in range(2):
+            started = asyncio.get_running_loop().time()
+            rc, out = await run_process([*encode, url], timeout=20)
+            assert rc != 0 and asyncio.get_running_loop().time() - started < 5, out  # not held to a deadline
+    rc, out = await run_process([curl, "-sS", "--max-time", "5", f"http://127.0.0.1:{ingest.address[1]}/live/sk-1"])
+    assert rc != 0 and "timed out" not in out, out  # a browser or curl on the RTMP port: closed at once too
+    errors = ingest.server.errors
+    assert errors["tls_on_plain_port"] == 2 and errors["plain_on_tls_port"] == 2 and errors["http_on_rtmp_port"] == 1
+    assert not errors["handshake_timeout"] and not errors["tls_handshake"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([m for m in lines if "a TLS client (rtmps://) on the plain RTMP port" in m]) == 1, lines
+    assert len([m for m in lines if "plain RTMP on the RTMPS listener: use rtmps://" in m]) == 1, lines
+    assert len([m for m in lines if "an HTTP client on the RTMP port" in m]) == 1, lines
+    assert all(m.startswith("127.0.0.1:") for m in lines) and "sk-1" not in caplog.text
     await until(lambda: not ingest.server.connections, what="every connection gone")
 
 

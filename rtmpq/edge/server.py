@@ -32,6 +32,7 @@ from ..http import Request, Response, text
 from ..http.message import path_segments
 from ..http.ranges import ACCEPT_RANGES, byte_range
 from ..http.server import HttpServer
+from ..log_limit import LogLimiter
 from ..media.catalog import Catalog, TrackInfo
 from ..media.frames import Frame, NotLive
 from ..redact import safe_name
@@ -429,7 +430,7 @@ class EdgeServer:
         self._ended: dict[str, _Broadcast] = {}  # an ended one a new publish replaced, for its readers
         self._hls_js_bytes: bytes | None = None
         self._reaper: asyncio.Task | None = None
-        self._refusals: dict[tuple[str, str], float] = {}  # (client address, broadcast) -> last logged
+        self._refusals = LogLimiter(REFUSAL_LOG_INTERVAL, MAX_REFUSALS_REMEMBERED)  # (client address, broadcast)
 
     async def start(self) -> None:
         if not (self.static_dir / "hls.min.js").is_file():
@@ -604,14 +605,8 @@ class EdgeServer:
     def _log_refusal(self, client: str, name: str, reason: str, now: float) -> None:
         """The viewer saw the reason in its 403; the operator reads it here (a viewer's "it does not
         play" was otherwise invisible in the log), once per REFUSAL_LOG_INTERVAL per viewer."""
-        key = (client, name)
-        last = self._refusals.pop(key, None)
-        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
-            self._refusals[key] = last
+        if not self._refusals.due((client, name), now):
             return
-        while len(self._refusals) >= MAX_REFUSALS_REMEMBERED:
-            del self._refusals[next(iter(self._refusals))]
-        self._refusals[key] = now
         log.info("edge: viewer %s refused for %s: %s (said again for this viewer after %g s)", client,
                  safe_name(name), reason.replace(name, safe_name(name)), REFUSAL_LOG_INTERVAL)
 

@@ -19,6 +19,13 @@ needs, each a named setting in ``[http]`` (rtmpq/config.py):
 
 HTTP/2 is offered (ALPN ``h2``) when the listener has a certificate (``--http-cert``/
 ``--http-key``); plain HTTP/1.1 is the default.
+
+A client given the wrong scheme is told apart by its first byte (rtmpq/first_bytes.py), logged
+once per ``WRONG_SCHEME_LOG_INTERVAL`` per address and counted (``rtmpq_errors_total``):
+http:// to the HTTPS listener is answered a plain-text 400 that says to use https:// (as nginx
+does; a TLS listener that handed the socket to TLS at once sent nothing and logged nothing), and
+https:// to the plain listener, which cannot be answered in HTTP, is closed at once, and so is
+an encoder given this port (rtmp://) on either.
 """
 
 import asyncio
@@ -38,6 +45,9 @@ import h2.settings
 import h11
 
 from ..errors import listener_error
+from ..first_bytes import (PLAIN_ON_TLS_PORT, RTMP_ON_HTTP_PORT, TLS_ON_PLAIN_PORT, WRONG_SCHEME_LOG_INTERVAL, peek,
+                           says_http, says_rtmp, says_tls)
+from ..log_limit import LogLimiter
 from ..moq.tls import load_cert_chain
 from .message import Request, Response, origin_form, text
 
@@ -74,6 +84,9 @@ class HttpServer:
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._per_ip: Counter[str] = Counter()
+        self._gates: set[_TlsGate] = set()  # TLS listener: connections not past their TLS handshake
+        self._ctx: ssl.SSLContext | None = None
+        self._wrong_scheme_log = LogLimiter(WRONG_SCHEME_LOG_INTERVAL)  # (address, kind)
         self.closing = False
 
     async def start(self) -> None:
@@ -84,11 +97,12 @@ class HttpServer:
             load_cert_chain(ctx, self.config.certfile, self.config.keyfile,
                             "http.certfile/http.keyfile (--http-cert/--http-key)")
             ctx.set_alpn_protocols(["h2", "http/1.1"])
+        self._ctx = ctx
         loop = asyncio.get_running_loop()
         try:
             where = {"sock": self.sock} if self.sock is not None else {"host": self.config.host, "port": self.config.port}
-            self._server = await loop.create_server(lambda: _Connection(self), **where, ssl=ctx,
-                                                    ssl_handshake_timeout=self.config.request_timeout if ctx else None)
+            # plain TCP on both: a TLS connection's first byte is read before TLS starts (_TlsGate)
+            self._server = await loop.create_server(lambda: _TlsGate(self) if ctx else _Connection(self), **where)
         except OSError as exc:
             raise listener_error(exc, "HTTP", self.config.host, self.config.port) from None
 
@@ -108,7 +122,7 @@ class HttpServer:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        for c in list(self._connections):
+        for c in [*self._connections, *self._gates]:
             c.transport.abort()
         if self._server is not None:
             await self._server.wait_closed()
@@ -125,6 +139,15 @@ class HttpServer:
         self.stats.open += 1
         return None
 
+    def wrong_scheme(self, transport: asyncio.Transport, kind: str, what: str) -> None:
+        """A client on ``transport`` spoke another protocol (``kind``): counted, and logged once
+        per WRONG_SCHEME_LOG_INTERVAL per address (a client that retries is said once)."""
+        self.stats.errors[kind] += 1
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        if self._wrong_scheme_log.due((peer[0], kind), time.monotonic()):
+            log.warning("http: %s:%d: %s (said again for this address after %g s)", peer[0], peer[1], what,
+                        WRONG_SCHEME_LOG_INTERVAL)
+
     def _forget(self, c: "_Connection") -> None:
         if c in self._connections:
             self._connections.discard(c)
@@ -136,6 +159,92 @@ class HttpServer:
 
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\n"
             b"connection: close\r\n\r\ntoo many connections\n")
+
+
+RTMP_ON_HTTP = "an RTMP client (rtmp://) on the HTTP listener: publish to the RTMP port"
+_PLAIN_BODY = b"This port speaks HTTPS: use https:// (a plain HTTP request was sent to the HTTPS port)\n"
+_PLAIN_ON_TLS = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+                 b"connection: close\r\n\r\n%s" % (len(_PLAIN_BODY), _PLAIN_BODY))
+
+
+class _TlsGate(asyncio.Protocol):
+    """A connection to the HTTPS listener until its TLS handshake is done, all within
+    request_timeout: its first byte says whether it is TLS. A plain HTTP request (http:// to this
+    port) is read to the end of its head, answered a 400 in plain text that says to use
+    https://, and closed; anything else goes on to the TLS handshake, after which a _Connection
+    (HTTP/2 or HTTP/1.1, as ALPN says) takes it. A failed handshake is counted (tls_handshake)."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self._head_bytes = 0  # of a plain request, read to find the end of its head
+        self._tail = b""  # its last bytes, which may begin that end
+        self._head_read: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        transport.pause_reading()
+        self.server._gates.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        server, transport = self.server, self.transport
+        timeout = server.config.request_timeout
+        conn = _Connection(server)
+        first = b""
+        try:
+            async with asyncio.timeout(timeout):
+                first = await peek(transport, 1)
+                if not first:  # closed before a byte (a TCP health check): nothing to say
+                    transport.abort()
+                    return
+                if says_http(first[0]):
+                    server.wrong_scheme(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
+                    await self._refuse_plain()
+                    return
+                if says_rtmp(first[0]):
+                    server.wrong_scheme(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
+                    transport.abort()
+                    return
+                tls = await asyncio.get_running_loop().start_tls(transport, conn, server._ctx, server_side=True,
+                                                                 ssl_handshake_timeout=timeout)
+            if tls is None:
+                raise ConnectionAbortedError("closed during the TLS handshake")
+        except Exception as exc:  # noqa: BLE001 - whatever it was, only this connection ends
+            if not (first and says_http(first[0])):  # a plain request that never ended is counted already
+                log.debug("http: TLS handshake with %s failed: %r", transport.get_extra_info("peername"), exc)
+                server.stats.errors["tls_handshake"] += 1
+            transport.abort()
+            return
+        finally:
+            server._gates.discard(self)
+        conn.connection_made(tls)
+
+    async def _refuse_plain(self) -> None:
+        self._head_read = asyncio.get_running_loop().create_future()
+        self.transport.resume_reading()
+        await self._head_read  # read first: a socket closed with bytes unread is reset, the answer lost
+        self.transport.write(_PLAIN_ON_TLS)
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.server.stats.bytes_in += len(data)
+        self._head_bytes += len(data)
+        seen, self._tail = self._tail + data[:4], data[-3:]
+        ended = b"\r\n\r\n" in seen or b"\r\n\r\n" in data
+        if (ended or self._head_bytes > self.server.config.max_header_bytes) and not self._head_read.done():
+            self._head_read.set_result(None)
+
+    def eof_received(self):
+        if self._head_read is not None and not self._head_read.done():
+            self._head_read.set_result(None)
+        return True  # keep our side open to answer
+
+    def connection_lost(self, exc) -> None:
+        self.server._gates.discard(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
 
 
 def _reason(status: int) -> bytes:
@@ -158,6 +267,8 @@ class _Connection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.closed = False
+        self._early = bytearray()  # TLS: what came with the end of the handshake, before connection_made
+        self._first = not server.tls  # a plain listener's first bytes may be a TLS ClientHello
 
     # -- asyncio ----------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -176,13 +287,31 @@ class _Connection(asyncio.Protocol):
         alpn = sslobj.selected_alpn_protocol() if sslobj is not None else None
         self.driver = _H2(self) if alpn == "h2" else _H1(self)
         self.driver.start()
+        if self._early:
+            self.driver.data_received(bytes(self._early))
+            self._early.clear()
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_in += len(data)
+        if self.transport is None:  # TLS: asyncio reads on before start_tls returns
+            self._early += data
+            return
+        if self._first and data:
+            self._first = False
+            kind, what = ((TLS_ON_PLAIN_PORT, "a TLS client on the plain HTTP listener: use http:// or configure "
+                           "--http-cert") if says_tls(data[0]) else
+                          (RTMP_ON_HTTP_PORT, RTMP_ON_HTTP) if says_rtmp(data[0]) else (None, ""))
+            if kind is not None:  # neither can be answered in HTTP
+                self.server.wrong_scheme(self.transport, kind, what)
+                self.closed = True
+                self.transport.abort()
+                return
         if self.driver is not None and not self.closed:
             self.driver.data_received(data)
 
     def eof_received(self):
+        if self.transport is None:  # TLS: closed as the handshake ended, before connection_made
+            return None
         if self.driver is not None:
             self.driver.data_received(b"")
         return self.transport.get_extra_info("sslcontext") is None  # keep a half-closed socket open to answer

@@ -9,7 +9,9 @@ Two flavours of C1 are accepted:
   signed with a key derived from the client digest.
 
 The C2 echo is never checked strictly: real clients get it wrong (see specs/rtmp-notes.md).
-Only the version byte must be 3.
+Only the version byte must be 3, and it is checked as soon as it comes: a client that speaks
+something else (rtmps:// to the plain port, a browser) sends fewer than 1537 bytes and waits for an
+answer, so it is told apart by that byte and closed at once (``WrongScheme``), not at the deadline.
 """
 
 import hashlib
@@ -19,8 +21,8 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import RemoteProtocolError
+from ..first_bytes import HTTP_ON_RTMP_PORT, RTMP_VERSION, TLS_ON_PLAIN_PORT, says_http, says_tls
 
-RTMP_VERSION = 3
 HANDSHAKE_SIZE = 1536
 _DIGEST_SIZE = 32
 
@@ -32,6 +34,27 @@ _PLAYER_KEY_TEXT = _FLASH_PLAYER_KEY[:30]
 _SERVER_KEY_TEXT = _FLASH_SERVER_KEY[:36]
 # The version we claim in a digest S1 (what FMS-compatible servers put there).
 _SERVER_VERSION = bytes((5, 0, 3, 1))
+
+
+class WrongScheme(RemoteProtocolError):
+    """The peer speaks another protocol on this port; ``kind`` counts it (rtmpq_errors_total)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_version(c0: int) -> None:
+    """Refuse a C0 other than RTMP_VERSION, saying what the peer seems to speak."""
+    if c0 == RTMP_VERSION:
+        return
+    if says_tls(c0):
+        raise WrongScheme("a TLS client (rtmps://) on the plain RTMP port: use rtmp:// here, or the "
+                          "RTMPS listener ([rtmp] tls_port, --rtmps)", TLS_ON_PLAIN_PORT)
+    if says_http(c0):
+        raise WrongScheme("an HTTP client on the RTMP port: players watch over LL-HLS on the HTTP "
+                          "listener", HTTP_ON_RTMP_PORT)
+    raise RemoteProtocolError(f"RTMP handshake: unsupported version byte {c0}")
 
 
 def _hmac(key: bytes, data: bytes) -> bytes:
@@ -100,10 +123,9 @@ class ServerHandshake:
         if self.done:
             return bytes(data)
         self._buffer += data
+        if self._state == "c0c1" and self._buffer:
+            check_version(self._buffer[0])
         if self._state == "c0c1" and len(self._buffer) >= 1 + HANDSHAKE_SIZE:
-            version = self._buffer[0]
-            if version != RTMP_VERSION:
-                raise RemoteProtocolError(f"RTMP handshake: unsupported version byte {version}")
             c1 = bytes(self._buffer[1 : 1 + HANDSHAKE_SIZE])
             del self._buffer[: 1 + HANDSHAKE_SIZE]
             self._out += bytes((RTMP_VERSION,)) + self._answer(c1)

@@ -9,11 +9,14 @@ import asyncio
 from collections import Counter
 import logging
 import ssl
+import time
 from typing import Protocol
 
 from ..codec import NEED_DATA
 from ..config import IngestConfig
 from ..errors import listener_error
+from ..first_bytes import PLAIN_ON_TLS_PORT, WRONG_SCHEME_KINDS, WRONG_SCHEME_LOG_INTERVAL, peek, says_rtmp
+from ..log_limit import LogLimiter
 from .reader import SharedReader
 from .session import (
     ConnectionFailed,
@@ -105,25 +108,37 @@ class RtmpConnection(asyncio.BufferedProtocol):
 
     async def _start_tls(self, transport) -> None:
         """Put TLS under this connection; a handshake that fails or stalls (tls_handshake_timeout)
-        costs this connection only, and is logged once."""
+        costs this connection only, and is logged once. An encoder given rtmp:// for this port
+        (its first byte the RTMP version, no TLS record) is told apart and told so in the log."""
+        timeout = self.server.config.tls_handshake_timeout
         try:
-            tls_transport = await asyncio.get_running_loop().start_tls(
-                transport, self, self.tls, server_side=True,
-                ssl_handshake_timeout=self.server.config.tls_handshake_timeout)
+            async with asyncio.timeout(timeout):
+                first = await peek(transport, 1)
+                if first and says_rtmp(first[0]):
+                    self.server.closed_for(self.peer, "plain RTMP on the RTMPS listener: use rtmps://",
+                                           PLAIN_ON_TLS_PORT)
+                    self._not_tls(transport, None)
+                    return
+                tls_transport = await asyncio.get_running_loop().start_tls(
+                    transport, self, self.tls, server_side=True, ssl_handshake_timeout=timeout)
             if tls_transport is None:  # closed meanwhile (the server stopping)
                 raise ConnectionAbortedError("closed during the TLS handshake")
         except Exception as exc:  # noqa: BLE001 - whatever it was, only this connection ends
-            log.warning("%s: RTMPS: TLS handshake failed: %s", self.peer, str(exc) or type(exc).__name__)
+            why = f"no TLS handshake within {timeout:g} s" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("%s: RTMPS: TLS handshake failed: %s", self.peer, why or type(exc).__name__)
             self.server.errors["tls_handshake"] += 1
-            self._tls_handshake = None
-            transport.abort()
-            self.connection_lost(exc)  # asyncio does not call it for a connection that never was TLS
+            self._not_tls(transport, exc)
             return
         self._tls_handshake = None
         self.transport = tls_transport
         self._arm_timer()
         if self.session.has_work:  # C0/C1 that came with the end of the handshake
             self._process()
+
+    def _not_tls(self, transport, exc) -> None:
+        self._tls_handshake = None
+        transport.abort()
+        self.connection_lost(exc)  # asyncio does not call it for a connection that never was TLS
 
     def get_buffer(self, sizehint: int):
         return self.session.get_buffer(sizehint)
@@ -209,8 +224,7 @@ class RtmpConnection(asyncio.BufferedProtocol):
             elif isinstance(event, HandshakeCompleted):
                 log.debug("%s: handshake done (digest=%s)", self.peer, event.digest)
             elif isinstance(event, ConnectionFailed):
-                log.warning("%s: closing connection: %s", self.peer, event.reason)
-                self.server.errors[event.kind] += 1
+                self.server.closed_for(self.peer, event.reason, event.kind)
                 self._close()
         self._flush()  # asyncio flushes what was written before it closes
 
@@ -293,6 +307,7 @@ class RtmpServer:
         self._server: asyncio.AbstractServer | None = None
         self._tls_server: asyncio.AbstractServer | None = None  # RTMPS, when started with a context
         self.reader: SharedReader | None = None  # reads every connection's socket (None: asyncio does)
+        self._wrong_scheme_log = LogLimiter(WRONG_SCHEME_LOG_INTERVAL)  # (address, kind)
 
     async def start(self, tls: ssl.SSLContext | None = None) -> None:
         """Listen for RTMP; with ``tls`` and [rtmp] tls_port, for RTMPS too."""
@@ -317,6 +332,16 @@ class RtmpServer:
             self._server.close()
             raise listener_error(exc, "RTMPS", self.config.tls_host, self.config.tls_port) from None
         log.info("RTMPS listening on %s:%d", *self.tls_address)
+
+    def closed_for(self, peer: str, reason: str, kind: str) -> None:
+        """A connection from ``peer`` is closed for ``reason``: counted as ``kind``, and logged;
+        a wrong scheme once per WRONG_SCHEME_LOG_INTERVAL per address (its encoder retries)."""
+        self.errors[kind] += 1
+        if kind not in WRONG_SCHEME_KINDS:
+            log.warning("%s: closing connection: %s", peer, reason)
+        elif self._wrong_scheme_log.due((peer.rpartition(":")[0], kind), time.monotonic()):
+            log.warning("%s: closing connection: %s (said again for this address after %g s)",
+                        peer, reason, WRONG_SCHEME_LOG_INTERVAL)
 
     @property
     def bytes_in(self) -> int:

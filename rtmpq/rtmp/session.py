@@ -140,12 +140,15 @@ class ConnectionFailed:
 
     reason: str
     # the metrics reason (never a key or name): protocol_error, handshake_timeout (no connect or
-    # publish in time), bad_name (a stream key no name may be)
+    # publish in time), bad_name (a stream key no name may be), or, from the first byte, the peer
+    # speaks another protocol (handshake.WrongScheme): tls_on_plain_port, http_on_rtmp_port
     kind: str = "protocol_error"
 
 
 class BadStreamName(RemoteProtocolError):
     """A publish whose stream key no name may be (a space, a path, too long): counted apart."""
+
+    kind = "bad_name"
 
 
 Event = HandshakeCompleted | Connected | PublishRequested | MediaMessage | PublishEnded | ConnectionFailed
@@ -280,7 +283,7 @@ class RtmpServerSession:
             return self._reader, self._media_sinks
 
     def _fail_on(self, exc: RemoteProtocolError) -> None:
-        self._fail(str(exc), "bad_name" if isinstance(exc, BadStreamName) else "protocol_error")
+        self._fail(str(exc), getattr(exc, "kind", "protocol_error"))
 
     def _fail(self, reason: str, kind: str = "protocol_error") -> None:
         if not self._failed:
