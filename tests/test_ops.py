@@ -255,3 +255,39 @@ async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receiv
         stop.set()
         await asyncio.gather(*tasks)
         await node.close()
+
+
+async def test_a_transcoder_node_lists_the_broadcasts_it_transcodes_and_their_rungs(tmp_path):
+    """`rtmpq transcode --http`: its /api/v1/broadcasts (and so its status page) said `{"items": []}`
+    while it made rungs that its own /metrics listed: an operator could not see what it does."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.nodes.transcode import run_transcode
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    transcoder = Config(http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True),
+                        upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True,
+                                                backend=node.moq_config.backend),
+                        transcode=TranscodeConfig(ladder="180p"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_transcode(transcoder, stop))
+    publisher = LivePublish(ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/ladder",
+                                                str(tmp_path / "ref.flv"), seconds=30))
+    api = f"http://127.0.0.1:{transcoder.http.port}/api/v1/broadcasts"
+    try:
+        await wait_tcp(transcoder.http.port)
+        async with httpx.AsyncClient(timeout=20) as client:
+            async def rungs_listed():
+                return [item for item in (await client.get(api)).json()["items"] if item["tracks"]]
+
+            listed = await wait_until(rungs_listed, 15)
+        assert listed, "the transcoder's API listed no broadcast"
+        [item] = listed
+        assert item["name"] == "live/ladder" and item["started"]
+        assert [(t["name"], t["width"], t["height"], t["bitrate"]) for t in item["tracks"]] == \
+            [("video-180p", 240, 180, 225_000)]
+    finally:
+        await publisher.finish()
+        stop.set()
+        await task
+        await node.close()

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
@@ -67,6 +68,7 @@ class BroadcastTranscoder:
         self._late_skips: dict[str, tuple] = {}  # rung track -> (id of a replaced Transcoder, group) said skipped
         self._newest: dict[str, int] = {}  # source track -> the group of its newest frame pushed
         self._loop = asyncio.get_running_loop()
+        self.started = time.time()  # wall clock: when this node began transcoding the broadcast
 
     def on_catalog(self, catalog: Catalog) -> None:
         listed = {info.name for info in catalog.tracks}
@@ -240,6 +242,10 @@ class BroadcastTranscoder:
         source = self.rung_source.get(track)
         return self.transcoders[source].frames_encoded(track) if source else 0
 
+    def rung_tracks(self) -> tuple[TrackInfo, ...]:
+        """The rungs the broadcast's catalog lists from us now, as listed."""
+        return tuple(rung for track, t in list(self._listed.items()) for rung in t.tracks if rung.name == track)
+
     def rung_stats(self):
         """(rung track, RungStats, encoding now) of every rung, for metrics."""
         for source, t in list(self.transcoders.items()):
@@ -283,6 +289,12 @@ def rung_readings(broadcasts: dict[str, BroadcastTranscoder]):
                 yield name, track, stats, encoding
 
     return readings
+
+
+def transcoded_broadcasts(broadcasts: dict[str, BroadcastTranscoder]):
+    """NodeView.transcoded: (broadcast, started, its rung tracks) of every broadcast a transcoder
+    node follows, for its API and status page."""
+    return lambda: [(name, bt.started, bt.rung_tracks()) for name, bt in list(broadcasts.items())]
 
 
 def ladder_of(config: TranscodeConfig, default: str = "") -> tuple[Rung, ...]:
@@ -629,6 +641,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     tasks: dict[str, asyncio.Task] = {}
     view = NodeView("transcoder")
     view.transcode = rung_readings(broadcasts)
+    view.transcoded = transcoded_broadcasts(broadcasts)
     ops = OpsListener(config, view, inherited_ops_socket())
     await ops.start()
 

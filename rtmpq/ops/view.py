@@ -89,6 +89,9 @@ class NodeView:
         self.upstream_ready: Callable[[], tuple[bool, str]] | None = None
         # a transcoder's rungs: () -> iterable of (broadcast, rendition track, RungStats, encoding now)
         self.transcode: Callable[[], Iterable] | None = None
+        # a transcoder node's broadcasts: () -> iterable of (name, started wall clock, the rung
+        # tracks it adds to that broadcast); listed with those rungs as their tracks
+        self.transcoded: Callable[[], Iterable[tuple[str, float, tuple]]] | None = None
         # more readings a component may add: () -> iterable of prometheus metric families
         self.collectors: list[Callable[[], Iterable]] = []
         # awaited before each scrape, for collectors whose readings come from elsewhere (each
@@ -128,6 +131,11 @@ class NodeView:
                 s.publishing = b.publishing
         if self.relay is not None:
             self._read_relay(get)
+        if self.transcoded is not None:
+            for name, started, rungs in self.transcoded():
+                s = get(name)
+                s.catalog = s.catalog or Catalog(name, tuple(rungs))
+                s.started = s.started or started
         if self.edge is not None:
             for b in list(self.edge._broadcasts.values()):
                 if b.ended_at is not None:
