@@ -259,7 +259,9 @@ async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receiv
 
 async def test_a_transcoder_node_lists_the_broadcasts_it_transcodes_and_their_rungs(tmp_path):
     """`rtmpq transcode --http`: its /api/v1/broadcasts (and so its status page) said `{"items": []}`
-    while it made rungs that its own /metrics listed: an operator could not see what it does."""
+    while it made rungs that its own /metrics listed: an operator could not see what it does. And
+    the `rtmpq up` it adds them to listed only the source's tracks, though its catalog and
+    multivariant playlist had the rungs (as for `up --ladder`, whose ladder child adds them so)."""
     from rtmpq.config import TranscodeConfig
     from rtmpq.nodes.transcode import run_transcode
 
@@ -281,11 +283,17 @@ async def test_a_transcoder_node_lists_the_broadcasts_it_transcodes_and_their_ru
                 return [item for item in (await client.get(api)).json()["items"] if item["tracks"]]
 
             listed = await wait_until(rungs_listed, 15)
-        assert listed, "the transcoder's API listed no broadcast"
-        [item] = listed
-        assert item["name"] == "live/ladder" and item["started"]
-        assert [(t["name"], t["width"], t["height"], t["bitrate"]) for t in item["tracks"]] == \
-            [("video-180p", 240, 180, 225_000)]
+            assert listed, "the transcoder's API listed no broadcast"
+            [item] = listed
+            assert item["name"] == "live/ladder" and item["started"]
+            assert [(t["name"], t["width"], t["height"], t["bitrate"]) for t in item["tracks"]] == \
+                [("video-180p", 240, 180, 225_000)]
+
+            async def up_lists_the_rung():  # (once the relay of `up` has the transcoder's list)
+                [up] = (await client.get(f"http://127.0.0.1:{node.edge.address[1]}/api/v1/broadcasts")).json()["items"]
+                return [t["name"] for t in up["tracks"]] == ["video", "video-180p", "audio"]
+
+            assert await wait_until(up_lists_the_rung, 10), "up's API does not list the rung"
     finally:
         await publisher.finish()
         stop.set()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from ..edge.server import VIEWER_WINDOW
 from ..media.catalog import Catalog
+from ..moq.broadcast_source import with_added_tracks
 from ..moq.relay_sink import InProcessSink
 
 # Bitrates are measured over at least this many seconds between two readings.
@@ -121,6 +122,9 @@ class NodeView:
             for b in filter(None, map(self.registry.get, self.registry.names())):
                 s = get(b.name)
                 s.catalog = s.catalog if b.catalog.empty else b.catalog
+                if self.relay is not None and s.catalog is not None:  # the rungs a transcoder node (or
+                    # `up`'s isolated ladder child) adds through the relay, as its catalog lists them
+                    s.catalog = with_added_tracks(s.catalog, self.relay.added_tracks(b.name))
                 s.started = b.created
                 s.frames_in = b.frames_in
                 s.bytes_in = dict(b.bytes_in)
