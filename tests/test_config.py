@@ -1,6 +1,7 @@
 """Settings: file < environment < flags, errors that name the key, secrets masked, tokens minted."""
 
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -422,3 +423,34 @@ def test_the_transcode_tables_name_rungs_of_the_ladder_the_node_makes(tmp_path):
         load_config(write(tmp_path, '[transcode.bitrates]\n"1080p" = 5000\n'), env={})
     with pytest.raises(ConfigError, match=r"transcode\.presets: 360p is not in the ladder \(480p\)"):
         load_config(write(tmp_path, '[transcode]\nladder = "480p"\n[transcode.presets]\n"360p" = "fast"\n'), env={})
+
+
+def _start_together(barrier, directory, out) -> None:
+    from rtmpq.moq.tls import server_pair
+
+    barrier.wait()
+    out.put(server_pair(None, None, directory)[2])
+
+
+def test_nodes_that_share_a_new_state_dir_and_start_together_serve_one_certificate(tmp_path):
+    """Two nodes started at once on a fresh shared state dir each made a self-signed pair: one
+    logged (and could serve) a certificate the file no longer held, so a client pinning the file
+    (`--cafile state/tls/cert.pem`) was refused by it; the key was readable by all until its chmod."""
+    import multiprocessing
+
+    from rtmpq.moq.tls import fingerprint
+
+    ctx = multiprocessing.get_context("fork")
+    nodes = 4
+    barrier, out = ctx.Barrier(nodes), ctx.Queue()
+    procs = [ctx.Process(target=_start_together, args=(barrier, tmp_path, out)) for _ in range(nodes)]
+    for p in procs:
+        p.start()
+    logged = [out.get(timeout=20) for _ in procs]
+    for p in procs:
+        p.join(10)
+    tls = tmp_path / "tls"
+    assert logged == [fingerprint(tls / "cert.pem")] * nodes
+    assert sorted(p.name for p in tls.iterdir() if p.name.endswith(".pem")) == ["cert.pem", "key.pem"]
+    assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls / "cert.pem", tls / "key.pem")  # one pair
