@@ -113,8 +113,10 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
         await node.close()
 
 
-async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
+async def test_readyz_follows_the_upstream_of_a_relay_an_edge_and_a_transcoder(tmp_path):
+    """(A transcoder node's /readyz said ready, "listening", with no relay above it.)"""
     from rtmpq.nodes.nodes import run_edge, run_relay
+    from rtmpq.nodes.transcode import run_transcode
 
     stop = asyncio.Event()
     relay_http, relay_moq = free_port(), free_port(2)
@@ -124,10 +126,13 @@ async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
                   upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{free_port(2)}", insecure=True))
     up = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
                 upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{relay_moq}", insecure=True))
+    transcoders = [Config(http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True), upstream=c.upstream)
+                   for c in (down, up)]
     tasks = [asyncio.create_task(run_relay(relay, stop)), asyncio.create_task(run_edge(down, stop)),
-             asyncio.create_task(run_edge(up, stop))]
+             asyncio.create_task(run_edge(up, stop))] + [asyncio.create_task(run_transcode(c, stop))
+                                                          for c in transcoders]
     try:
-        for c in (relay, down, up):
+        for c in (relay, down, up, *transcoders):
             await wait_tcp(c.http.port)
         async with httpx.AsyncClient(timeout=20) as client:
             async def readyz(config):
@@ -146,6 +151,10 @@ async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
             status, body = await wait_until(lambda: _reason(readyz(down), "unreachable"))
             assert status == 503 and body["ready"] is False and "unreachable" in body["reason"]
             assert (await client.get(f"http://127.0.0.1:{down.http.port}/healthz")).status_code == 200
+            # the same for a transcoder node
+            assert await wait_until(lambda: _is(readyz(transcoders[1]), 200))
+            status, body = await wait_until(lambda: _reason(readyz(transcoders[0]), "unreachable"))
+            assert status == 503 and body["ready"] is False, body
     finally:
         stop.set()
         await asyncio.gather(*tasks)

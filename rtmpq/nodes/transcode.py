@@ -631,6 +631,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     ended or was not there yet); with ``--http``, its metrics and health there."""
     from ..moq import events as ev
     from ..moq.transport import connect_moq, parse_moq_url
+    from ..ops.probe import UpstreamProbe
     from ..ops.view import NodeView
     from .nodes import OpsListener, node_token, upstream_tls
 
@@ -642,7 +643,13 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     view = NodeView("transcoder")
     view.transcode = rung_readings(broadcasts)
     view.transcoded = transcoded_broadcasts(broadcasts)
-    ops = OpsListener(config, view, inherited_ops_socket())
+    ops_socket = inherited_ops_socket()
+    ops = OpsListener(config, view, ops_socket)
+    probe = None
+    if ops_socket is None and config.http.enabled:  # /readyz: whether the relay above answers, as an edge's
+        # (it said ready with no relay there; `up`'s ladder child serves only its metrics to `up`)
+        probe = view.upstream_ready = UpstreamProbe(config.upstream.url, token=lambda: node_token(config), **tls)
+        probe.start()
     await ops.start()
 
     async def follow(name: str) -> None:
@@ -706,6 +713,8 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     try:
         await stop.wait()
     finally:
+        if probe is not None:
+            probe.stop()
         await ops.close()
         lister.cancel()
         for task in tasks.values():
