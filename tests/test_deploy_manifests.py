@@ -140,3 +140,13 @@ def test_compose_runs_the_four_roles_wired_by_service_name_with_the_config_mount
         if args[0] != "transcode":
             build_parser().parse_args(args)
     load_config(ROOT / "deploy" / "rtmpq.toml")
+
+
+def test_every_compose_service_answers_the_image_healthcheck():
+    """The image's HEALTHCHECK asks http://127.0.0.1:8080/healthz; compose ran ingest, relay and
+    the transcoder with no HTTP listener, so those containers were reported unhealthy for ever."""
+    healthcheck = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "urlopen" in line)
+    assert "'8080'" in healthcheck, healthcheck
+    for name, spec in yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].items():
+        args = spec["command"]
+        assert "--http" in args and args[args.index("--http") + 1].endswith(":8080"), name
