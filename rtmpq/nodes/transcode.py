@@ -29,7 +29,7 @@ from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
 from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
-from ..redact import safe_name
+from ..redact import names_are_public, safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
 from ..transcode.pipeline import Transcoder
@@ -633,8 +633,14 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     from ..moq.transport import connect_moq, parse_moq_url
     from ..ops.probe import UpstreamProbe
     from ..ops.view import NodeView
-    from .nodes import OpsListener, node_token, upstream_tls
+    from .nodes import OpsListener, node_access, node_token, upstream_tls
+    from .transcode_child import PUBLIC_NAMES_ENV
 
+    # broadcast names in its logs as the node above logs them: public where keys are mapped or
+    # tokens required (its own settings, or `up` says so to its ladder child), else hashed
+    node_access(config)
+    if os.environ.pop(PUBLIC_NAMES_ENV, None) == "1":
+        names_are_public(True)
     ladder = ladder_of(config.transcode, DEFAULT_LADDER)
     host, port, _ = parse_moq_url(config.upstream.url)
     tls = upstream_tls(config)
