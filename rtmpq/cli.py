@@ -311,6 +311,9 @@ async def _run(args, config: Config) -> int:
 
         reloader = Reloader(config, lambda: _load(args))
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    elif node:  # a service manager's reload (ExecReload=kill -HUP) killed a transcoder without a word
+        loop.add_signal_handler(signal.SIGHUP, log.warning,
+                                "SIGHUP: a %s node reads its settings at start only: nothing reloaded", args.command)
     if args.command == "up":
         from .nodes.up import run_up
 
