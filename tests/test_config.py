@@ -454,3 +454,16 @@ def test_nodes_that_share_a_new_state_dir_and_start_together_serve_one_certifica
     assert sorted(p.name for p in tls.iterdir() if p.name.endswith(".pem")) == ["cert.pem", "key.pem"]
     assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
     ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls / "cert.pem", tls / "key.pem")  # one pair
+
+
+def test_a_moq_certificate_that_does_not_load_stops_up_before_any_listener(tmp_path):
+    """`rtmpq up --cert missing.pem`: its log said "RTMP listening on ..." and "LL-HLS on ...", then
+    it exited on the certificate; now the setting is named before anything listens."""
+    from .conftest import free_port
+
+    out = run_cli("up", "--rtmp", f"127.0.0.1:{free_port()}", "--moq", "127.0.0.1:0", "--http",
+                  f"127.0.0.1:{free_port()}", "--quic-backend", "aioquic", "--state-dir", str(tmp_path),
+                  "--cert", str(tmp_path / "missing.pem"), "--key", str(tmp_path / "missing.key"))
+    assert out.returncode == 1, out.stderr
+    assert f"moq.certfile/moq.keyfile (--cert/--key): cannot load {tmp_path / 'missing.pem'}" in out.stderr, out.stderr
+    assert "listening" not in out.stderr and "LL-HLS on" not in out.stderr and "Traceback" not in out.stderr, out.stderr
