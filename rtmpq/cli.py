@@ -364,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     label = f"[{label.replace('%', '%%')} %(process)d] " if label else ""
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
+    if getattr(args, "log_level", "INFO") != "DEBUG":
+        # aioquic logs each connection's QUIC version, ALPN and close at INFO ("quic: [cid] ..."):
+        # three lines per MoQ session naming no peer; rtmpq.moq's lines say who did what
+        logging.getLogger("quic").setLevel(logging.WARNING)
     try:
         config = _load(args)
     except ConfigError as exc:

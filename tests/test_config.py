@@ -467,3 +467,25 @@ def test_a_moq_certificate_that_does_not_load_stops_up_before_any_listener(tmp_p
     assert out.returncode == 1, out.stderr
     assert f"moq.certfile/moq.keyfile (--cert/--key): cannot load {tmp_path / 'missing.pem'}" in out.stderr, out.stderr
     assert "listening" not in out.stderr and "LL-HLS on" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(tmp_path):
+    """aioquic's own INFO lines ("quic: [3f2a...] Negotiated protocol version", "ALPN negotiated",
+    "Connection close sent") came three per MoQ session, naming no peer: noise in an operator's
+    log at the default level. `--log-level DEBUG` still shows them."""
+    import asyncio
+
+    from .conftest import start_up_node
+
+    node = await start_up_node(tmp_path, "aioquic")
+    try:
+        url = f"moqt://127.0.0.1:{node.moq_address[1]}/live/nobody"
+        for level, shown in (("INFO", False), ("DEBUG", True)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rtmpq", "--log-level", level, "sub", url, "--insecure", "--quic-backend",
+                "aioquic", "--seconds", "0.5", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+            assert "is not live yet" in out, out  # (it did connect)
+            assert ("ALPN negotiated protocol moqt-16" in out) is shown, out
+    finally:
+        await node.close()
