@@ -489,3 +489,24 @@ async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(t
             assert ("ALPN negotiated protocol moqt-16" in out) is shown, out
     finally:
         await node.close()
+
+
+def test_config_check_names_each_setting_whose_file_a_node_could_not_use(tmp_path):
+    """`rtmpq config check`: there was only `config show`, which passes a file whose certificate is
+    missing or whose record_dir cannot be written; a node found them only when started."""
+    good = write(tmp_path, f'[moq]\nstate_dir = "{tmp_path / "state"}"\n[rtmp]\nrecord_dir = "{tmp_path / "rec"}"\n')
+    ok = run_cli("config", "check", "--config", str(good))
+    assert ok.returncode == 0 and f"configuration OK ({good})" in ok.stdout, ok.stdout + ok.stderr
+    assert not (tmp_path / "state").exists()  # (no certificate made: a node makes it at its first start)
+    afile = tmp_path / "afile"
+    afile.write_text("not PEM")
+    bad = write(tmp_path, f'[moq]\nstate_dir = "{afile / "state"}"\n[rtmp]\nrecord_dir = "{afile / "rec"}"\n'
+                          f'[http]\ncertfile = "{tmp_path / "missing.pem"}"\nkeyfile = "{afile}"\n'
+                          f'[publish]\nhook_cafile = "{afile}"\n')
+    out = run_cli("config", "check", "--config", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "http.certfile/http.keyfile (--http-cert/--http-key)", "moq.state_dir (--state-dir)",
+        "rtmp.record_dir (--record)", "publish.hook_cafile"], lines
+    assert f"cannot load {tmp_path / 'missing.pem'}" in lines[0] and "Not a directory" in lines[2], lines
