@@ -257,10 +257,11 @@ class FlvRecorder:
                 done = 0
                 for type_id, timestamp, header, body in batch:
                     pieces += tag_pieces(type_id, timestamp, body, header)
-                    length.tag(type_id, timestamp, header, body)
                     done += len(header) + len(body) + _TAG_OVERHEAD
-                    media += type_id in (8, 9)
                 write_all(file.fileno(), pieces)
+                for type_id, timestamp, header, body in batch:  # (counted once on disk: a batch the
+                    length.tag(type_id, timestamp, header, body)  # disk took in part is cut off below)
+                    media += type_id in (8, 9)
                 with self._wake:
                     if not self.stopped:
                         self._queued_bytes -= done
@@ -270,7 +271,10 @@ class FlvRecorder:
         finally:
             if file is not None:
                 try:
-                    if media and not self.stopped:
+                    if media:
+                        if self.stopped:  # (a full disk): the file ends with the last whole batch, a
+                            # playable FLV whose onMetaData says how long it is (it ended mid-tag, duration 0)
+                            os.ftruncate(file.fileno(), length.offset)
                         length.rewrite(file.fileno())
                     file.close()
                 except Exception as exc:
