@@ -1,6 +1,7 @@
 """Settings: file < environment < flags, errors that name the key, secrets masked, tokens minted."""
 
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -510,3 +511,25 @@ def test_config_check_names_each_setting_whose_file_a_node_could_not_use(tmp_pat
         "http.certfile/http.keyfile (--http-cert/--http-key)", "moq.state_dir (--state-dir)",
         "rtmp.record_dir (--record)", "publish.hook_cafile"], lines
     assert f"cannot load {tmp_path / 'missing.pem'}" in lines[0] and "Not a directory" in lines[2], lines
+
+
+def test_a_relay_whose_upstream_is_its_own_listener_does_not_start(tmp_path):
+    """One config file for every node (docs: "one file serves every node"), with the [upstream] url
+    the ingest and the edge use: the relay that file names as upstream subscribed to itself, in a
+    loop, its log saying only "NAMESPACE_DONE for a namespace never announced"."""
+    from .conftest import free_port
+
+    port = free_port(socket.SOCK_DGRAM)
+    shared = write(tmp_path, f'[moq]\nport = {port}\n[upstream]\nurl = "moqt://127.0.0.1:{port}"\ninsecure = true\n')
+    out = run_cli("relay", "--config", str(shared), "--moq", f"127.0.0.1:{port}", "--state-dir", str(tmp_path),
+                  "--quic-backend", "aioquic")
+    assert out.returncode == 1, out.stderr  # (as for a certificate that does not load: found at start)
+    assert f"upstream.url (--upstream) moqt://127.0.0.1:{port} is this relay's own MoQ listener" in out.stderr
+    assert " on udp " not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    from rtmpq.config import MoqConfig
+    from rtmpq.nodes.nodes import upstream_is_itself
+
+    moq = MoqConfig(host="0.0.0.0", port=4443)
+    assert [upstream_is_itself(url, moq) for url in ("moqt://localhost:4443", "moqt://[::1]:4443",
+                                                      "moqt://10.0.0.5:4443", "moqt://origin:4443",
+                                                      "moqt://127.0.0.1:4444")] == [True, True, False, False, False]
