@@ -159,10 +159,11 @@ class FlvRecorder:
     """``write`` queues a tag and returns at once; ``close`` (or ``await aclose()``) finalizes."""
 
     def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None,
-                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "") -> None:
+                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "", on_stop=None) -> None:
         self.path: Path | None = None  # set by the writer thread once the file is open
         self.tags = 0
         self.stopped = False  # the disk failed or fell behind: nothing more is recorded
+        self._on_stop = on_stop  # () -> None when it stops so, called on the thread that stopped it
         self.max_queued_bytes = max_queued_bytes
         self._directory = Path(directory)
         self._started = time.time() if started is None else started
@@ -227,6 +228,8 @@ class FlvRecorder:
             self._queued_bytes = 0
             self._wake.notify()
             log.error("%srecording of %s in %s stopped: %s", self._who, self._name, self._directory, why)
+            if self._on_stop is not None:
+                self._on_stop()
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
