@@ -7,6 +7,7 @@ Settings come from flags, the environment (``RTMPQ_<SECTION>_<KEY>``) and ``--co
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -168,11 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds until it expires (default 3600)")
     token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
 
-    config = sub.add_parser("config", parents=[common], help="print the effective configuration",
+    config = sub.add_parser("config", parents=[common], help="print or check the effective configuration",
                             description="Print the configuration that --config, the environment and the "
-                                        "defaults make, as TOML, with secrets masked.")
-    config.add_argument("action", nargs="?", choices=["show"], default="show",
-                        help="show (the default): print it")
+                                        "defaults make, as TOML, with secrets masked; or check it and the "
+                                        "files it names without starting anything.")
+    config.add_argument("action", nargs="?", choices=["show", "check"], default="show",
+                        help="show (the default): print it; check: exit 0 if a node would start with it, "
+                             "else 2 and one line per setting that stops it (certificates and CA files that "
+                             "do not load, a record_dir or state_dir that cannot be written)")
     return parser
 
 
@@ -311,6 +315,9 @@ async def _run(args, config: Config) -> int:
 
         reloader = Reloader(config, lambda: _load(args))
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    elif node:  # a service manager's reload (ExecReload=kill -HUP) killed a transcoder without a word
+        loop.add_signal_handler(signal.SIGHUP, log.warning,
+                                "SIGHUP: a %s node reads its settings at start only: nothing reloaded", args.command)
     if args.command == "up":
         from .nodes.up import run_up
 
@@ -355,17 +362,73 @@ def _token(args, config: Config) -> int:
     return 0
 
 
+def _check(args, config: Config) -> int:
+    """`rtmpq config check`: what the settings name is usable, checked as the nodes check it at
+    start (before, a missing certificate was found only by starting a node). Binds nothing; a
+    record_dir is made, as a node makes it."""
+    import ssl
+
+    from .media.recording import check_record_dir
+    from .moq.tls import load_cert_chain
+    from .nodes.ingest import hook_tls_context
+
+    problems: list[str] = []
+
+    def check(step, *args) -> None:
+        try:
+            step(*args)
+        except ConfigError as exc:
+            problems.append(str(exc))
+
+    for cert, key, names in ((config.moq.certfile, config.moq.keyfile, "moq.certfile/moq.keyfile (--cert/--key)"),
+                             (config.http.certfile, config.http.keyfile,
+                              "http.certfile/http.keyfile (--http-cert/--http-key)"),
+                             (config.rtmp.tls_cert, config.rtmp.tls_key,
+                              "rtmp.tls_cert/rtmp.tls_key (--rtmps-cert/--rtmps-key)")):
+        if cert is not None and key is not None:
+            check(load_cert_chain, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, key, names)
+    if config.moq.certfile is None:  # the self-signed pair: kept in state_dir/tls, made there on first start
+        tls = config.moq.state_dir / "tls"
+        if (tls / "cert.pem").exists() and (tls / "key.pem").exists():
+            check(load_cert_chain, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls / "cert.pem", tls / "key.pem",
+                  "moq.state_dir (--state-dir)")
+        else:
+            made = next(p for p in (tls, *tls.parents) if p.exists())  # what mkdir would make it in
+            if not made.is_dir() or not os.access(made, os.W_OK | os.X_OK):
+                problems.append(f"moq.state_dir (--state-dir): cannot keep the node's self-signed certificate in "
+                                f"{tls}: {made} is not a directory it can write to")
+    if config.rtmp.record_dir is not None:
+        check(check_record_dir, config.rtmp.record_dir)
+    check(hook_tls_context, config.publish.hook_cafile)
+    if config.upstream.cafile is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.upstream.cafile))
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"upstream.cafile (--cafile): cannot load {config.upstream.cafile}: {exc}")
+    for problem in problems:
+        print(f"rtmpq: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"rtmpq: configuration OK ({getattr(args, 'config', None) or 'no --config: defaults and environment'})")
+    return 2 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     label = getattr(args, "log_label", "")
     label = f"[{label.replace('%', '%%')} %(process)d] " if label else ""
     logging.basicConfig(level=getattr(args, "log_level", "INFO"),
                         format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
+    if getattr(args, "log_level", "INFO") != "DEBUG":
+        # aioquic logs each connection's QUIC version, ALPN and close at INFO ("quic: [cid] ..."):
+        # three lines per MoQ session naming no peer; rtmpq.moq's lines say who did what
+        logging.getLogger("quic").setLevel(logging.WARNING)
     try:
         config = _load(args)
     except ConfigError as exc:
         print(f"rtmpq: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config" and args.action == "check":
+        return _check(args, config)
     if args.command == "config":
         print(show(config), end="")
         return 0

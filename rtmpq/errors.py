@@ -39,6 +39,13 @@ class StreamNameInUse(RtmpqError):
     """A broadcast with this name is already being published."""
 
 
+# the settings of each listener, named in its bind error (what an operator changes)
+LISTENER_SETTINGS = {"RTMP": "[rtmp] host/port, --rtmp", "RTMPS": "[rtmp] tls_host/tls_port, --rtmps",
+                     "HTTP": "[http] host/port, --http", "MoQ (udp)": "[moq] host/port, --moq"}
+
+
 def listener_error(exc: OSError, what: str, host: str, port: int) -> OSError:
-    """``exc`` from binding a listener, saying which one (a bare errno names no address)."""
-    return OSError(exc.errno, f"{what} listener on {host}:{port}: {exc.strerror or exc}")
+    """``exc`` from binding a listener, saying which one (a bare errno names no address) and the
+    setting that moves it."""
+    return OSError(exc.errno, f"{what} listener on {host}:{port}: {exc.strerror or exc} "
+                              f"({LISTENER_SETTINGS.get(what, 'its setting')})")

@@ -13,6 +13,11 @@ def names_are_public(public: bool) -> None:
     _names_are_public = public
 
 
+def names_public() -> bool:
+    """What ``names_are_public`` last set (a node tells its transcoder child)."""
+    return _names_are_public
+
+
 def safe_name(broadcast: str) -> str:
     """``live/<key>`` -> ``live/#1a2b3c4d``: stable across logs, useless to an attacker."""
     if _names_are_public:

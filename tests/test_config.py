@@ -1,6 +1,8 @@
 """Settings: file < environment < flags, errors that name the key, secrets masked, tokens minted."""
 
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -422,3 +424,112 @@ def test_the_transcode_tables_name_rungs_of_the_ladder_the_node_makes(tmp_path):
         load_config(write(tmp_path, '[transcode.bitrates]\n"1080p" = 5000\n'), env={})
     with pytest.raises(ConfigError, match=r"transcode\.presets: 360p is not in the ladder \(480p\)"):
         load_config(write(tmp_path, '[transcode]\nladder = "480p"\n[transcode.presets]\n"360p" = "fast"\n'), env={})
+
+
+def _start_together(barrier, directory, out) -> None:
+    from rtmpq.moq.tls import server_pair
+
+    barrier.wait()
+    out.put(server_pair(None, None, directory)[2])
+
+
+def test_nodes_that_share_a_new_state_dir_and_start_together_serve_one_certificate(tmp_path):
+    """Two nodes started at once on a fresh shared state dir each made a self-signed pair: one
+    logged (and could serve) a certificate the file no longer held, so a client pinning the file
+    (`--cafile state/tls/cert.pem`) was refused by it; the key was readable by all until its chmod."""
+    import multiprocessing
+
+    from rtmpq.moq.tls import fingerprint
+
+    ctx = multiprocessing.get_context("fork")
+    nodes = 4
+    barrier, out = ctx.Barrier(nodes), ctx.Queue()
+    procs = [ctx.Process(target=_start_together, args=(barrier, tmp_path, out)) for _ in range(nodes)]
+    for p in procs:
+        p.start()
+    logged = [out.get(timeout=20) for _ in procs]
+    for p in procs:
+        p.join(10)
+    tls = tmp_path / "tls"
+    assert logged == [fingerprint(tls / "cert.pem")] * nodes
+    assert sorted(p.name for p in tls.iterdir() if p.name.endswith(".pem")) == ["cert.pem", "key.pem"]
+    assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls / "cert.pem", tls / "key.pem")  # one pair
+
+
+def test_a_moq_certificate_that_does_not_load_stops_up_before_any_listener(tmp_path):
+    """`rtmpq up --cert missing.pem`: its log said "RTMP listening on ..." and "LL-HLS on ...", then
+    it exited on the certificate; now the setting is named before anything listens."""
+    from .conftest import free_port
+
+    out = run_cli("up", "--rtmp", f"127.0.0.1:{free_port()}", "--moq", "127.0.0.1:0", "--http",
+                  f"127.0.0.1:{free_port()}", "--quic-backend", "aioquic", "--state-dir", str(tmp_path),
+                  "--cert", str(tmp_path / "missing.pem"), "--key", str(tmp_path / "missing.key"))
+    assert out.returncode == 1, out.stderr
+    assert f"moq.certfile/moq.keyfile (--cert/--key): cannot load {tmp_path / 'missing.pem'}" in out.stderr, out.stderr
+    assert "listening" not in out.stderr and "LL-HLS on" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(tmp_path):
+    """aioquic's own INFO lines ("quic: [3f2a...] Negotiated protocol version", "ALPN negotiated",
+    "Connection close sent") came three per MoQ session, naming no peer: noise in an operator's
+    log at the default level. `--log-level DEBUG` still shows them."""
+    import asyncio
+
+    from .conftest import start_up_node
+
+    node = await start_up_node(tmp_path, "aioquic")
+    try:
+        url = f"moqt://127.0.0.1:{node.moq_address[1]}/live/nobody"
+        for level, shown in (("INFO", False), ("DEBUG", True)):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rtmpq", "--log-level", level, "sub", url, "--insecure", "--quic-backend",
+                "aioquic", "--seconds", "0.5", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+            assert "is not live yet" in out, out  # (it did connect)
+            assert ("ALPN negotiated protocol moqt-16" in out) is shown, out
+    finally:
+        await node.close()
+
+
+def test_config_check_names_each_setting_whose_file_a_node_could_not_use(tmp_path):
+    """`rtmpq config check`: there was only `config show`, which passes a file whose certificate is
+    missing or whose record_dir cannot be written; a node found them only when started."""
+    good = write(tmp_path, f'[moq]\nstate_dir = "{tmp_path / "state"}"\n[rtmp]\nrecord_dir = "{tmp_path / "rec"}"\n')
+    ok = run_cli("config", "check", "--config", str(good))
+    assert ok.returncode == 0 and f"configuration OK ({good})" in ok.stdout, ok.stdout + ok.stderr
+    assert not (tmp_path / "state").exists()  # (no certificate made: a node makes it at its first start)
+    afile = tmp_path / "afile"
+    afile.write_text("not PEM")
+    bad = write(tmp_path, f'[moq]\nstate_dir = "{afile / "state"}"\n[rtmp]\nrecord_dir = "{afile / "rec"}"\n'
+                          f'[http]\ncertfile = "{tmp_path / "missing.pem"}"\nkeyfile = "{afile}"\n'
+                          f'[publish]\nhook_cafile = "{afile}"\n')
+    out = run_cli("config", "check", "--config", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "http.certfile/http.keyfile (--http-cert/--http-key)", "moq.state_dir (--state-dir)",
+        "rtmp.record_dir (--record)", "publish.hook_cafile"], lines
+    assert f"cannot load {tmp_path / 'missing.pem'}" in lines[0] and "Not a directory" in lines[2], lines
+
+
+def test_a_relay_whose_upstream_is_its_own_listener_does_not_start(tmp_path):
+    """One config file for every node (docs: "one file serves every node"), with the [upstream] url
+    the ingest and the edge use: the relay that file names as upstream subscribed to itself, in a
+    loop, its log saying only "NAMESPACE_DONE for a namespace never announced"."""
+    from .conftest import free_port
+
+    port = free_port(socket.SOCK_DGRAM)
+    shared = write(tmp_path, f'[moq]\nport = {port}\n[upstream]\nurl = "moqt://127.0.0.1:{port}"\ninsecure = true\n')
+    out = run_cli("relay", "--config", str(shared), "--moq", f"127.0.0.1:{port}", "--state-dir", str(tmp_path),
+                  "--quic-backend", "aioquic")
+    assert out.returncode == 1, out.stderr  # (as for a certificate that does not load: found at start)
+    assert f"upstream.url (--upstream) moqt://127.0.0.1:{port} is this relay's own MoQ listener" in out.stderr
+    assert " on udp " not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    from rtmpq.config import MoqConfig
+    from rtmpq.nodes.nodes import upstream_is_itself
+
+    moq = MoqConfig(host="0.0.0.0", port=4443)
+    assert [upstream_is_itself(url, moq) for url in ("moqt://localhost:4443", "moqt://[::1]:4443",
+                                                      "moqt://10.0.0.5:4443", "moqt://origin:4443",
+                                                      "moqt://127.0.0.1:4444")] == [True, True, False, False, False]

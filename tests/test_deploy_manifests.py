@@ -140,3 +140,32 @@ def test_compose_runs_the_four_roles_wired_by_service_name_with_the_config_mount
         if args[0] != "transcode":
             build_parser().parse_args(args)
     load_config(ROOT / "deploy" / "rtmpq.toml")
+
+
+def test_every_compose_service_answers_the_image_healthcheck():
+    """The image's HEALTHCHECK asks http://127.0.0.1:8080/healthz; compose ran ingest, relay and
+    the transcoder with no HTTP listener, so those containers were reported unhealthy for ever."""
+    healthcheck = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "urlopen" in line)
+    assert "'8080'" in healthcheck, healthcheck
+    for name, spec in yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].items():
+        args = spec["command"]
+        assert "--http" in args and args[args.index("--http") + 1].endswith(":8080"), name
+
+
+def test_every_rtmpq_deployment_has_a_liveness_probe_its_node_answers():
+    """The relay and the transcoder had no probe at all (the relay's MoQ port is UDP, which a
+    tcpSocket probe cannot check): a hung node was never restarted. Each now serves HTTP, and an
+    httpGet probe asks a route its node answers on the port its command listens on."""
+    for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc["kind"] != "Deployment":
+                continue
+            [container] = doc["spec"]["template"]["spec"]["containers"]
+            args, ports = container["args"], {p["name"]: p["containerPort"] for p in container.get("ports", ())}
+            probes = [container[k] for k in ("livenessProbe", "readinessProbe") if k in container]
+            assert "livenessProbe" in container or "readinessProbe" in container, path.name
+            for probe in probes:
+                if "httpGet" in probe:
+                    assert probe["httpGet"]["path"] in ("/healthz", "/readyz"), path.name
+                    port = ports.get(probe["httpGet"]["port"], probe["httpGet"]["port"])
+                    assert args[args.index("--http") + 1] == f"0.0.0.0:{port}", path.name

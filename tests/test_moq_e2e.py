@@ -145,6 +145,7 @@ async def fails_to_start_on_a_taken_port(tmp_path, port: int) -> None:
         with pytest.raises(OSError, match=f"MoQ \\(udp\\) listener on 127.0.0.1:{port}: ") as info:
             await node.start()
         assert info.value.errno == errno.EADDRINUSE
+        assert str(info.value).endswith("([moq] host/port, --moq)"), info.value
     finally:
         await node.close()
 
@@ -206,8 +207,10 @@ async def test_a_tcp_port_in_use_names_its_listener(node, tmp_path, listener):
     section.port = port
     second = UpNode(config)
     try:
-        with pytest.raises(OSError, match=f"{listener} listener on {host}:{port}: "):
+        with pytest.raises(OSError, match=f"{listener} listener on {host}:{port}: ") as info:
             await second.start()
+        setting = "[rtmp] host/port, --rtmp" if listener == "RTMP" else "[http] host/port, --http"
+        assert str(info.value).endswith(f"({setting})"), info.value  # what to change
     finally:
         await second.close()
 

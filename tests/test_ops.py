@@ -113,8 +113,10 @@ async def test_metrics_api_and_health_of_a_node_with_a_live_publish(tmp_path, ba
         await node.close()
 
 
-async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
+async def test_readyz_follows_the_upstream_of_a_relay_an_edge_and_a_transcoder(tmp_path):
+    """(A transcoder node's /readyz said ready, "listening", with no relay above it.)"""
     from rtmpq.nodes.nodes import run_edge, run_relay
+    from rtmpq.nodes.transcode import run_transcode
 
     stop = asyncio.Event()
     relay_http, relay_moq = free_port(), free_port(2)
@@ -124,10 +126,13 @@ async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
                   upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{free_port(2)}", insecure=True))
     up = Config(http=HttpConfig(host="127.0.0.1", port=free_port()),
                 upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{relay_moq}", insecure=True))
+    transcoders = [Config(http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True), upstream=c.upstream)
+                   for c in (down, up)]
     tasks = [asyncio.create_task(run_relay(relay, stop)), asyncio.create_task(run_edge(down, stop)),
-             asyncio.create_task(run_edge(up, stop))]
+             asyncio.create_task(run_edge(up, stop))] + [asyncio.create_task(run_transcode(c, stop))
+                                                          for c in transcoders]
     try:
-        for c in (relay, down, up):
+        for c in (relay, down, up, *transcoders):
             await wait_tcp(c.http.port)
         async with httpx.AsyncClient(timeout=20) as client:
             async def readyz(config):
@@ -146,6 +151,10 @@ async def test_readyz_follows_the_upstream_of_a_relay_and_an_edge(tmp_path):
             status, body = await wait_until(lambda: _reason(readyz(down), "unreachable"))
             assert status == 503 and body["ready"] is False and "unreachable" in body["reason"]
             assert (await client.get(f"http://127.0.0.1:{down.http.port}/healthz")).status_code == 200
+            # the same for a transcoder node
+            assert await wait_until(lambda: _is(readyz(transcoders[1]), 200))
+            status, body = await wait_until(lambda: _reason(readyz(transcoders[0]), "unreachable"))
+            assert status == 503 and body["ready"] is False, body
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -271,4 +280,48 @@ async def test_a_relay_and_an_edge_below_count_the_groups_and_frames_they_receiv
         await publisher.finish()
         stop.set()
         await asyncio.gather(*tasks)
+        await node.close()
+
+
+async def test_a_transcoder_node_lists_the_broadcasts_it_transcodes_and_their_rungs(tmp_path):
+    """`rtmpq transcode --http`: its /api/v1/broadcasts (and so its status page) said `{"items": []}`
+    while it made rungs that its own /metrics listed: an operator could not see what it does. And
+    the `rtmpq up` it adds them to listed only the source's tracks, though its catalog and
+    multivariant playlist had the rungs (as for `up --ladder`, whose ladder child adds them so)."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.nodes.transcode import run_transcode
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    transcoder = Config(http=HttpConfig(host="127.0.0.1", port=free_port(), enabled=True),
+                        upstream=UpstreamConfig(url=f"moqt://127.0.0.1:{node.moq_address[1]}", insecure=True,
+                                                backend=node.moq_config.backend),
+                        transcode=TranscodeConfig(ladder="180p"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_transcode(transcoder, stop))
+    publisher = LivePublish(ffmpeg_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/ladder",
+                                                str(tmp_path / "ref.flv"), seconds=30))
+    api = f"http://127.0.0.1:{transcoder.http.port}/api/v1/broadcasts"
+    try:
+        await wait_tcp(transcoder.http.port)
+        async with httpx.AsyncClient(timeout=20) as client:
+            async def rungs_listed():
+                return [item for item in (await client.get(api)).json()["items"] if item["tracks"]]
+
+            listed = await wait_until(rungs_listed, 15)
+            assert listed, "the transcoder's API listed no broadcast"
+            [item] = listed
+            assert item["name"] == "live/ladder" and item["started"]
+            assert [(t["name"], t["width"], t["height"], t["bitrate"]) for t in item["tracks"]] == \
+                [("video-180p", 240, 180, 225_000)]
+
+            async def up_lists_the_rung():  # (once the relay of `up` has the transcoder's list)
+                [up] = (await client.get(f"http://127.0.0.1:{node.edge.address[1]}/api/v1/broadcasts")).json()["items"]
+                return [t["name"] for t in up["tracks"]] == ["video", "video-180p", "audio"]
+
+            assert await wait_until(up_lists_the_rung, 10), "up's API does not list the rung"
+    finally:
+        await publisher.finish()
+        stop.set()
+        await task
         await node.close()

@@ -302,3 +302,45 @@ def test_the_length_of_a_publish_whose_time_starts_late_counts_its_frames_not_it
     rec.close()
     [meta_out] = [amf0_decode(body) for kind, _, body in read_flv_tags(str(_recording(tmp_path))) if kind == 18]
     assert meta_out[1]["duration"] == 2.97, meta_out  # 89 intervals and the last frame's
+
+
+_FILLS_THE_DISK = """
+import sys, time
+from rtmpq.codec import amf0_encode
+from rtmpq.media import recording
+from tests.test_recording import TAGS
+
+recording.RECORDER_WAKE_INTERVAL = 0  # the writer is woken per tag, and each group below is
+rec = recording.FlvRecorder(sys.argv[1], "live/cam", started=0)
+rec.write(18, 0, amf0_encode("@setDataFrame", "onMetaData", {"duration": 0.0, "filesize": 0.0}))
+for i in range(0, len(TAGS), 30):
+    for tag in TAGS[i : i + 30]:  # on the disk (or refused) before the next: not all in one batch
+        rec.write(*tag)
+    while rec._queued_bytes and not rec.stopped:
+        time.sleep(0.005)
+rec.close()
+print("stopped" if rec.stopped else "whole", flush=True)
+"""
+
+
+def test_a_recording_the_disk_cannot_take_ends_as_a_whole_file_that_says_its_length(tmp_path):
+    """A full disk (here a file size limit, `ulimit -f`: EFBIG as ENOSPC would be) stopped the
+    recording with the file ending inside a tag and its onMetaData saying duration 0 and filesize
+    0: now it ends with the last tags the disk took whole, and says how long they are."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    limit = 100_000
+    out = subprocess.run([sys.executable, "-c", _FILLS_THE_DISK, str(tmp_path)], capture_output=True, text=True,
+                         timeout=30, cwd=Path(__file__).parents[1],
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert out.returncode == 0 and out.stdout == "stopped\n", out.stdout + out.stderr
+    assert "recording of live/#" in out.stderr and "stopped" in out.stderr, out.stderr
+    path = _recording(tmp_path)
+    tags = list(read_flv_tags(path))  # (raised on a tag cut short)
+    media = [t for t in tags if t[0] != 18]
+    assert media and media == [(k, ts, body) for k, ts, body in TAGS[: len(media)]] and path.stat().st_size <= limit
+    meta = amf0_decode(tags[0][2])[1]
+    assert meta["filesize"] == path.stat().st_size and meta["duration"] == (media[-1][1] + 20) / 1000, meta

@@ -141,3 +141,26 @@ async def test_a_rotated_secret_ends_the_token_publishes_it_does_not_sign_and_on
             if task is not None:
                 await drop_publish(task)
         await node.close()
+
+
+async def test_sighup_to_a_transcoder_node_is_said_and_does_not_stop_it(tmp_path):
+    """`kill -HUP` (systemd's ExecReload) ended `rtmpq transcode` at once, exit 129 and no log
+    line; the nodes that reload their keys handle it, this one now says it has nothing to reload."""
+    ops = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtmpq", "transcode", "--upstream", f"moqt://127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+        "--insecure", "--http", f"127.0.0.1:{ops}", stderr=asyncio.subprocess.PIPE)
+    try:
+        await wait_tcp(ops)
+        proc.send_signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while "SIGHUP" not in (line := (await proc.stderr.readline()).decode()):
+                assert line, f"the transcoder exited ({await proc.wait()})"
+        assert "SIGHUP: a transcode node reads its settings at start only: nothing reloaded" in line, line
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 10)
+        assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -3,6 +3,7 @@ so a crash there (a decoder's SIGSEGV, an OOM kill) costs only that broadcast's 
 come back."""
 
 import asyncio
+import hashlib
 import logging
 import os
 import re
@@ -354,23 +355,27 @@ async def test_a_broadcasts_transcoder_child_stops_when_the_broadcast_is_gone(tm
         await node.close()
 
 
-async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "keys"])
+async def test_up_stops_its_transcoder_child_when_terminated(tmp_path, keys):
     """`rtmpq up --ladder 180p` (isolated by default) started as a process, a publish started (its
     transcoder child starts), and up SIGTERMed: the child is gone too, no orphan. The child's log
-    lines, on up's stderr, say they are the transcoder child's."""
+    lines, on up's stderr, say they are the transcoder child's, and name the broadcast as up's do:
+    hashed on an open node, by its public name where keys are mapped (they named it hashed)."""
     need("ffmpeg")
     rtmp = free_port()
+    env = {**os.environ, "RTMPQ_PUBLISH_KEYS": "sk-stop=stop"} if keys else None
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rtmpq", "up", "--ladder", "180p", "--rtmp", f"127.0.0.1:{rtmp}",
         "--moq", "127.0.0.1:0", "--http", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "s"),
-        "--quic-backend", "aioquic", stderr=asyncio.subprocess.PIPE)
+        "--quic-backend", "aioquic", stderr=asyncio.subprocess.PIPE, env=env)
     child = publisher = None
     try:
         async with asyncio.timeout(20):
             while "certificate sha256" not in (line := (await proc.stderr.readline()).decode()):
                 assert line, "up exited"
         publisher = asyncio.create_task(run_process(ffmpeg_publish_args(
-            f"rtmp://127.0.0.1:{rtmp}/live/stop", str(tmp_path / "ref.flv"), seconds=20), timeout=60))
+            f"rtmp://127.0.0.1:{rtmp}/live/{'sk-stop' if keys else 'stop'}", str(tmp_path / "ref.flv"), seconds=20),
+            timeout=60))
         async with asyncio.timeout(20):
             while child is None:
                 line = (await proc.stderr.readline()).decode()
@@ -382,6 +387,8 @@ async def test_up_stops_its_transcoder_child_when_terminated(tmp_path):
             while "following live/" not in (line := (await proc.stderr.readline()).decode()):
                 assert line, "up exited"
         assert f"INFO [transcoder child {child}] rtmpq.transcode: transcoder: ladder 180p" in line, line
+        hashed = "live/#" + hashlib.sha256(b"stop").hexdigest()[:8]  # (safe_name's, whatever this process set)
+        assert f"following {'live/stop' if keys else hashed} at" in line, line
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 20)
         assert proc.returncode == 0 and b"Traceback" not in err, err.decode()[-2000:]

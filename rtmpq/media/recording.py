@@ -159,10 +159,11 @@ class FlvRecorder:
     """``write`` queues a tag and returns at once; ``close`` (or ``await aclose()``) finalizes."""
 
     def __init__(self, directory: str | Path, broadcast: str, *, started: float | None = None,
-                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "") -> None:
+                 max_queued_bytes: int = RECORDER_MAX_QUEUED_BYTES, peer: str = "", on_stop=None) -> None:
         self.path: Path | None = None  # set by the writer thread once the file is open
         self.tags = 0
         self.stopped = False  # the disk failed or fell behind: nothing more is recorded
+        self._on_stop = on_stop  # () -> None when it stops so, called on the thread that stopped it
         self.max_queued_bytes = max_queued_bytes
         self._directory = Path(directory)
         self._started = time.time() if started is None else started
@@ -227,6 +228,8 @@ class FlvRecorder:
             self._queued_bytes = 0
             self._wake.notify()
             log.error("%srecording of %s in %s stopped: %s", self._who, self._name, self._directory, why)
+            if self._on_stop is not None:
+                self._on_stop()
 
     # -- the writer thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -257,10 +260,11 @@ class FlvRecorder:
                 done = 0
                 for type_id, timestamp, header, body in batch:
                     pieces += tag_pieces(type_id, timestamp, body, header)
-                    length.tag(type_id, timestamp, header, body)
                     done += len(header) + len(body) + _TAG_OVERHEAD
-                    media += type_id in (8, 9)
                 write_all(file.fileno(), pieces)
+                for type_id, timestamp, header, body in batch:  # (counted once on disk: a batch the
+                    length.tag(type_id, timestamp, header, body)  # disk took in part is cut off below)
+                    media += type_id in (8, 9)
                 with self._wake:
                     if not self.stopped:
                         self._queued_bytes -= done
@@ -270,7 +274,10 @@ class FlvRecorder:
         finally:
             if file is not None:
                 try:
-                    if media and not self.stopped:
+                    if media:
+                        if self.stopped:  # (a full disk): the file ends with the last whole batch, a
+                            # playable FLV whose onMetaData says how long it is (it ended mid-tag, duration 0)
+                            os.ftruncate(file.fileno(), length.offset)
                         length.rewrite(file.fileno())
                     file.close()
                 except Exception as exc:

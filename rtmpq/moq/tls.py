@@ -1,9 +1,11 @@
 """TLS material for QUIC: a self-signed certificate made on first start, and SHA-256 pinning."""
 
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import logging
+import os
 import re
 import ssl
 from pathlib import Path
@@ -24,7 +26,14 @@ def ensure_self_signed(directory: str | Path, hostname: str = "localhost") -> tu
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     try:
-        return _make_self_signed(directory, hostname)
+        directory.mkdir(parents=True, exist_ok=True)
+        # nodes that share a state dir and start together: one makes the pair, the others take it
+        # (each made its own, and a node could log and serve a certificate the file no longer held)
+        with open(directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if cert_path.exists() and key_path.exists():
+                return cert_path, key_path
+            return _make_self_signed(directory, hostname)
     except OSError as exc:  # was "[Errno 20] Not a directory: '.../tls'", after the RTMP listener was up
         raise ConfigError(f"moq.state_dir (--state-dir): cannot keep the node's self-signed certificate in "
                           f"{directory}: {exc.strerror or exc}") from None
@@ -52,12 +61,24 @@ def _make_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
         ]), critical=False)
         .sign(key, hashes.SHA256())
     )
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_new(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()), 0o600)
+    _write_new(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("generated a self-signed certificate in %s (sha256 %s)", directory, fingerprint(cert_path))
     return cert_path, key_path
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """``path`` replaced whole by ``data``, made with ``mode`` from the start (a private key was
+    written by the umask, often readable by all, before its chmod; a node killed mid-write left
+    half a file that the next start took for the pair)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+        os.fchmod(f.fileno(), mode)  # (a leftover of a dead node that had our pid keeps its mode otherwise)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # One PEM certificate block: a certificate file may hold the chain after it (Let's Encrypt's

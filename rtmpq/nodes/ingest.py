@@ -59,7 +59,7 @@ class Publish:
         self.demuxer = BroadcastDemuxer(broadcast.name, log_name=f"{conn.peer}: {self.name}",
                                         not_carried=broadcast.add_not_carried)
         # named after the public name (the key never reaches a file name)
-        self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer,
+        self.recorder = FlvRecorder(record_dir, broadcast.name, peer=conn.peer, on_stop=node.recording_stopped,
                                     max_queued_bytes=node.config.record_max_queued_bytes) if record_dir else None
         self.last_media_ns = time.time_ns()
         self.started = time.monotonic()
@@ -159,6 +159,7 @@ class IngestNode:
         return self.server.tls_address
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()  # (recording_stopped comes from recorder threads)
         if self.config.record_dir:
             check_record_dir(self.config.record_dir)
         tls = rtmps_context(self.config, self.state_dir) if self.config.tls_port is not None else None
@@ -305,6 +306,15 @@ class IngestNode:
         """Refuse a publish, counted in metrics by ``reason`` (never a key or name)."""
         self.server.errors[reason] += 1
         conn.refuse(stream_id, code, description)
+
+    def recording_stopped(self) -> None:
+        """A recording stopped (a full or failing disk, one too far behind): counted as
+        ``record_stopped``, so a full disk can be alerted on (it was only an error log line). Called
+        from a recorder's writer thread, or the loop's."""
+        try:
+            self._loop.call_soon_threadsafe(self.server.errors.update, ("record_stopped",))
+        except RuntimeError:
+            pass  # the loop is closed: the node has stopped
 
     def _publish_closed(self, pub: Publish, clean: bool) -> None:
         if self.publishes.get(pub.broadcast.name) is pub:

@@ -1,18 +1,19 @@
 """The node kinds besides ``up``, each runnable alone (one per container)."""
 
 import asyncio
+import ipaddress
 import logging
 import time
 
 from ..auth.access import ACT_RELAY, Access
-from ..config import Config, MoqConfig
+from ..config import Config, ConfigError, MoqConfig
 from ..edge.llhls import SEGMENT_WINDOW
 from ..edge.server import EdgeServer
 from ..http.server import HttpServer
 from ..moq.group_tails import GROUP_TAIL_WAIT
 from ..moq.relay import MoqRelay
 from ..moq.tls import server_pair
-from ..moq.transport import bound_host, serve_moq
+from ..moq.transport import bound_host, parse_moq_url, serve_moq
 from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
@@ -106,10 +107,31 @@ def link_ready(link: "UpstreamLink") -> tuple[bool, str]:
     return False, f"upstream {link.host}:{link.port} not connected"
 
 
+def upstream_is_itself(url: str, moq: MoqConfig) -> bool:
+    """``url`` names this node's own MoQ listener: its port, on a loopback address or the host it
+    binds (another host's relay on the same port is not told apart by address: not refused)."""
+    host, port, _ = parse_moq_url(url)
+    if port != moq.port:
+        return False
+    if host in ("localhost", moq.host):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
 async def run_relay(config: Config, stop: asyncio.Event) -> None:
     """A relay: serves what publishers announce to it, and asks its upstream for anything else.
     With a directory, it registers what publishers announce to it and subscribes to anything else
     at the origin the directory names (before trying its upstream)."""
+    if config.upstream.url and upstream_is_itself(config.upstream.url, config.moq):
+        # (a config file shared by every node, with the [upstream] url the ingest and edge use: the
+        # relay subscribed to itself, in a loop, and said only "NAMESPACE_DONE for a namespace never announced")
+        raise ConfigError(f"upstream.url (--upstream) {config.upstream.url} is this relay's own MoQ listener "
+                          f"([moq] port {config.moq.port}): a relay's upstream is a relay above it; set [upstream] "
+                          "url only on the nodes below it, or give it as --upstream")
     access = node_access(config)
     warn_if_open(access, [bound_host(config.moq.host, config.moq.backend)])
     directory = await open_directory(config)

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 
 from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
@@ -28,7 +29,7 @@ from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_DELIVERY_TIMEOUT
 from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
-from ..redact import safe_name
+from ..redact import names_are_public, safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
 from ..transcode.pipeline import Transcoder
@@ -67,6 +68,7 @@ class BroadcastTranscoder:
         self._late_skips: dict[str, tuple] = {}  # rung track -> (id of a replaced Transcoder, group) said skipped
         self._newest: dict[str, int] = {}  # source track -> the group of its newest frame pushed
         self._loop = asyncio.get_running_loop()
+        self.started = time.time()  # wall clock: when this node began transcoding the broadcast
 
     def on_catalog(self, catalog: Catalog) -> None:
         listed = {info.name for info in catalog.tracks}
@@ -240,6 +242,10 @@ class BroadcastTranscoder:
         source = self.rung_source.get(track)
         return self.transcoders[source].frames_encoded(track) if source else 0
 
+    def rung_tracks(self) -> tuple[TrackInfo, ...]:
+        """The rungs the broadcast's catalog lists from us now, as listed."""
+        return tuple(rung for track, t in list(self._listed.items()) for rung in t.tracks if rung.name == track)
+
     def rung_stats(self):
         """(rung track, RungStats, encoding now) of every rung, for metrics."""
         for source, t in list(self.transcoders.items()):
@@ -283,6 +289,12 @@ def rung_readings(broadcasts: dict[str, BroadcastTranscoder]):
                 yield name, track, stats, encoding
 
     return readings
+
+
+def transcoded_broadcasts(broadcasts: dict[str, BroadcastTranscoder]):
+    """NodeView.transcoded: (broadcast, started, its rung tracks) of every broadcast a transcoder
+    node follows, for its API and status page."""
+    return lambda: [(name, bt.started, bt.rung_tracks()) for name, bt in list(broadcasts.items())]
 
 
 def ladder_of(config: TranscodeConfig, default: str = "") -> tuple[Rung, ...]:
@@ -619,9 +631,16 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     ended or was not there yet); with ``--http``, its metrics and health there."""
     from ..moq import events as ev
     from ..moq.transport import connect_moq, parse_moq_url
+    from ..ops.probe import UpstreamProbe
     from ..ops.view import NodeView
-    from .nodes import OpsListener, node_token, upstream_tls
+    from .nodes import OpsListener, node_access, node_token, upstream_tls
+    from .transcode_child import PUBLIC_NAMES_ENV
 
+    # broadcast names in its logs as the node above logs them: public where keys are mapped or
+    # tokens required (its own settings, or `up` says so to its ladder child), else hashed
+    node_access(config)
+    if os.environ.pop(PUBLIC_NAMES_ENV, None) == "1":
+        names_are_public(True)
     ladder = ladder_of(config.transcode, DEFAULT_LADDER)
     host, port, _ = parse_moq_url(config.upstream.url)
     tls = upstream_tls(config)
@@ -629,7 +648,14 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     tasks: dict[str, asyncio.Task] = {}
     view = NodeView("transcoder")
     view.transcode = rung_readings(broadcasts)
-    ops = OpsListener(config, view, inherited_ops_socket())
+    view.transcoded = transcoded_broadcasts(broadcasts)
+    ops_socket = inherited_ops_socket()
+    ops = OpsListener(config, view, ops_socket)
+    probe = None
+    if ops_socket is None and config.http.enabled:  # /readyz: whether the relay above answers, as an edge's
+        # (it said ready with no relay there; `up`'s ladder child serves only its metrics to `up`)
+        probe = view.upstream_ready = UpstreamProbe(config.upstream.url, token=lambda: node_token(config), **tls)
+        probe.start()
     await ops.start()
 
     async def follow(name: str) -> None:
@@ -693,6 +719,8 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     try:
         await stop.wait()
     finally:
+        if probe is not None:
+            probe.stop()
         await ops.close()
         lister.cancel()
         for task in tasks.values():

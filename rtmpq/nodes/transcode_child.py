@@ -21,7 +21,7 @@ import socket
 import sys
 
 from ..config import Config, section_environment, setting_prefixes
-from ..redact import safe_name
+from ..redact import names_public, safe_name
 
 log = logging.getLogger("rtmpq.transcode")
 
@@ -42,6 +42,9 @@ PR_SET_PDEATHSIG = 1
 # race for between two lives); the child serves its ops routes there, and `up`'s /metrics reads
 # its rtmpq_transcode_* series.
 OPS_FD_ENV = "RTMPQ_TRANSCODER_OPS_FD"
+# set for a child of a node whose broadcast names are public ([publish.keys] or [auth]: no key is
+# a name), so the child logs them as `up` does, not hashed as on an open node
+PUBLIC_NAMES_ENV = "RTMPQ_TRANSCODER_PUBLIC_NAMES"
 # Its log lines (on up's stderr) read "[transcoder child PID] rtmpq.…: …", not as up's own.
 CHILD_LOG_LABEL = "transcoder child"
 CHILD_SERIES = "rtmpq_transcode_"  # the child's series `up` serves (not its process or QUIC ones)
@@ -119,6 +122,8 @@ class TranscoderChild:
         env["RTMPQ_MOQ_IDLE_TIMEOUT"] = str(config.moq.idle_timeout)
         env["RTMPQ_NODE_STOP_TIMEOUT"] = str(min(config.node.stop_timeout, CHILD_STOP_TIMEOUT))
         env["RTMPQ_HTTP_ENABLED"] = "false"
+        if names_public():
+            env[PUBLIC_NAMES_ENV] = "1"
         if self._ops is not None:
             env[OPS_FD_ENV] = str(self._ops.fileno())
         return env

@@ -201,10 +201,12 @@ class UpNode:
         self.fingerprint = ""
 
     async def start(self) -> None:
-        await self.rtmp.start()
-        await self.edge.start()
+        # first: a MoQ certificate that does not load, or a state dir that cannot keep one, stops
+        # the node before any listener is up (its log said "RTMP listening", then it exited)
         cert, key, self.fingerprint = server_pair(self.moq_config.certfile, self.moq_config.keyfile,
                                                   self.moq_config.state_dir)
+        await self.rtmp.start()
+        await self.edge.start()
         self._quic_port = self.moq_config.port
         if self.moq_config.backend == "aiopquic" and not self._quic_port:
             self._quic_port = free_udp_port(self.moq_config.host)  # picoquic does not report a port 0 bind

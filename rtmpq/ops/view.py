@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from ..edge.server import VIEWER_WINDOW
 from ..media.catalog import Catalog
+from ..moq.broadcast_source import with_added_tracks
 from ..moq.relay_sink import InProcessSink
 
 # Bitrates are measured over at least this many seconds between two readings.
@@ -94,6 +95,9 @@ class NodeView:
         self.upstream_ready: Callable[[], tuple[bool, str]] | None = None
         # a transcoder's rungs: () -> iterable of (broadcast, rendition track, RungStats, encoding now)
         self.transcode: Callable[[], Iterable] | None = None
+        # a transcoder node's broadcasts: () -> iterable of (name, started wall clock, the rung
+        # tracks it adds to that broadcast); listed with those rungs as their tracks
+        self.transcoded: Callable[[], Iterable[tuple[str, float, tuple]]] | None = None
         # more readings a component may add: () -> iterable of prometheus metric families
         self.collectors: list[Callable[[], Iterable]] = []
         # awaited before each scrape, for collectors whose readings come from elsewhere (each
@@ -123,6 +127,9 @@ class NodeView:
             for b in filter(None, map(self.registry.get, self.registry.names())):
                 s = get(b.name)
                 s.catalog = s.catalog if b.catalog.empty else b.catalog
+                if self.relay is not None and s.catalog is not None:  # the rungs a transcoder node (or
+                    # `up`'s isolated ladder child) adds through the relay, as its catalog lists them
+                    s.catalog = with_added_tracks(s.catalog, self.relay.added_tracks(b.name))
                 s.started = b.created
                 s.frames_in = b.frames_in
                 s.bytes_in = dict(b.bytes_in)
@@ -133,6 +140,11 @@ class NodeView:
                 s.publishing = b.publishing
         if self.relay is not None:
             self._read_relay(get)
+        if self.transcoded is not None:
+            for name, started, rungs in self.transcoded():
+                s = get(name)
+                s.catalog = s.catalog or Catalog(name, tuple(rungs))
+                s.started = s.started or started
         if self.edge is not None:
             for b in list(self.edge._broadcasts.values()):
                 if b.ended_at is not None:
