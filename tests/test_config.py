@@ -441,7 +441,7 @@ def test_nodes_that_share_a_new_state_dir_and_start_together_serve_one_certifica
 
     from rtmpq.moq.tls import fingerprint
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fork() in a threaded pytest worker may deadlock
     nodes = 4
     barrier, out = ctx.Barrier(nodes), ctx.Queue()
     procs = [ctx.Process(target=_start_together, args=(barrier, tmp_path, out)) for _ in range(nodes)]
