@@ -115,6 +115,29 @@ def test_every_setting_is_documented_with_its_default():
     assert not problems, _report("settings differ between rtmpq/config.py and docs/configuration.md", problems)
 
 
+ALL_DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+TABLES = {("publish", "keys"), ("transcode", "bitrates"), ("transcode", "presets")}  # [publish.keys], ...
+# `[section] key` in a doc, then maybe its value: " (4 s)", " (default 30 s, ...)", ", 6 h by default".
+_SETTING_REFERENCE = re.compile(r"`\[([a-z_]+)(?:\.([a-z_]+))?\](?: ([a-z_]+))?`"
+                                r"(?: \((?:default )?([\d][^,;)]*)| ?,? ([\d][^,;)]*?) by default)?")
+
+
+def test_every_setting_the_docs_refer_to_exists_with_the_value_they_give():
+    settings = _settings()
+    sections = {section for section, _ in settings}
+    problems = []
+    for doc in ALL_DOCS:
+        for m in _SETTING_REFERENCE.finditer(doc.read_text()):
+            section, table, key, value = m.group(1), m.group(2), m.group(3), m.group(4) or m.group(5)
+            if section not in sections or table and (section, table) not in TABLES:
+                problems.append(f"{doc.name}: {m.group(0)!r}: no such section in rtmpq/config.py")
+            elif key and not table and (section, key) not in settings:
+                problems.append(f"{doc.name}: {m.group(0)!r}: [{section}] has no {key}")
+            elif key and value and _stated(settings[section, key], value) is False:
+                problems.append(f"{doc.name}: {m.group(0)!r}: the default is {settings[section, key]!r}")
+    assert not problems, _report("references to settings in the docs are wrong", problems)
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. every limit of README.md's "Settings and limits" table is in its module, with its value
 
@@ -232,7 +255,7 @@ def test_every_command_and_option_the_docs_show_exists():
     commands = _commands()
     every_option = set().union(*commands.values())
     problems = set()
-    for doc in (README, OPERATIONS):
+    for doc in (README, OPERATIONS, CONFIGURATION, ROOT / "docs" / "deploy.md"):  # (the others: bench's too)
         for where, text in _shown_commands(doc):
             text = text.split("#", 1)[0] if not text.startswith("#") else ""  # a shell comment is prose
             found = list(_COMMAND.finditer(text))
@@ -263,7 +286,7 @@ def test_every_environment_variable_the_docs_name_is_read():
     settings = _settings()
     prefixes = {f"RTMPQ_{s.upper()}_": s for s in cfg._sections()}
     problems = []
-    for doc in (README, CONFIGURATION, OPERATIONS, ARCHITECTURE):
+    for doc in (README, CONFIGURATION, OPERATIONS, ARCHITECTURE):  # (benchmarks.md: bench/'s own)
         for name in sorted(set(re.findall(r"\bRTMPQ_[A-Z0-9_]*[A-Z0-9]\b(?!_?<)", doc.read_text()))):
             section = next((s for p, s in prefixes.items() if name.startswith(p)), None)
             if section is not None:  # RTMPQ_<SECTION>_<KEY>: read by config.load_config for each setting
