@@ -6,6 +6,7 @@ config dataclasses, the limit constants, the argparse parser, the metric familie
 Each test lists every mismatch at once, naming the doc and what to change.
 """
 
+import argparse
 import ast
 import dataclasses
 import functools
@@ -275,6 +276,22 @@ def test_every_command_and_option_the_docs_show_exists():
                 for option in set(_OPTION.findall(text)) - every_option - OTHER_TOOLS_OPTIONS:
                     problems.add(f"{where}: {option} is no option of any rtmpq command: fix `{text.strip()}`")
     assert not problems, _report("commands or options the docs show do not exist", sorted(problems))
+
+
+def test_every_command_and_option_is_documented():
+    """The other way: each command and each option `--help` shows is in README.md or docs/."""
+    parser = build_parser()
+    shown = {o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
+    sub = next(a for a in parser._actions if a.choices and a.dest == "command")
+    shown |= {o for p in sub.choices.values() for a in p._actions if a.help != argparse.SUPPRESS
+              for o in a.option_strings}
+    spans = " ".join(t for doc in ALL_DOCS for _, t in _shown_commands(doc))
+    problems = [f"`rtmpq {name}` is in no doc: add it to README.md's commands table"
+                for name in sub.choices if f"rtmpq {name}" not in spans]
+    problems += [f"{option} (rtmpq --help) is in no doc: say what it does in README.md (Commands)"
+                 for option in sorted(shown) if option.startswith("--") and not re.search(
+                     rf"{re.escape(option)}(?![\w-])", spans)]
+    assert not problems, _report("commands or options are not documented", problems)
 
 
 def _source_text() -> str:
