@@ -224,17 +224,22 @@ def test_every_named_limit_exists_with_the_value_readme_gives():
 # 3. every rtmpq command and long option the docs show exists; every RTMPQ_ variable is read
 
 # Long options of other tools that the docs show in backticks on their own (not after `rtmpq`).
-OTHER_TOOLS_OPTIONS = {"--user", "--format", "--storage-driver", "--isolation", "--build"}
+OTHER_TOOLS_OPTIONS = {"--format"}  # buildah's (`--format docker`)
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser `rtmpq --help` prints, and each subcommand's (`rtmpq X --help`), in process."""
+    parser = build_parser()
+    return parser, next(a for a in parser._actions if a.choices and a.dest == "command").choices
 
 
 def _commands() -> dict[str, set[str]]:
     """Each rtmpq subcommand -> its long options (and the choices of its first positional, such
-    as config's show/check, as "=show"), read from the parser `rtmpq X --help` prints."""
-    parser = build_parser()
+    as config's show/check, as "=show")."""
+    parser, subparsers = _parsers()
     top = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
-    sub = next(a for a in parser._actions if a.choices and a.dest == "command")
     out = {}
-    for name, p in sub.choices.items():
+    for name, p in subparsers.items():
         options = top | {o for a in p._actions for o in a.option_strings if o.startswith("--")}
         positional = next((a for a in p._actions if not a.option_strings and a.choices), None)
         out[name] = options | {f"={c}" for c in (positional.choices if positional else ())}
@@ -280,14 +285,12 @@ def test_every_command_and_option_the_docs_show_exists():
 
 def test_every_command_and_option_is_documented():
     """The other way: each command and each option `--help` shows is in README.md or docs/."""
-    parser = build_parser()
-    shown = {o for a in parser._actions if a.help != argparse.SUPPRESS for o in a.option_strings}
-    sub = next(a for a in parser._actions if a.choices and a.dest == "command")
-    shown |= {o for p in sub.choices.values() for a in p._actions if a.help != argparse.SUPPRESS
-              for o in a.option_strings}
+    parser, subparsers = _parsers()
+    shown = {o for p in (parser, *subparsers.values()) for a in p._actions if a.help != argparse.SUPPRESS
+             for o in a.option_strings}  # (--log-label is hidden: set by a node for its child)
     spans = " ".join(t for doc in ALL_DOCS for _, t in _shown_commands(doc))
     problems = [f"`rtmpq {name}` is in no doc: add it to README.md's commands table"
-                for name in sub.choices if f"rtmpq {name}" not in spans]
+                for name in subparsers if f"rtmpq {name}" not in spans]
     problems += [f"{option} (rtmpq --help) is in no doc: say what it does in README.md (Commands)"
                  for option in sorted(shown) if option.startswith("--") and not re.search(
                      rf"{re.escape(option)}(?![\w-])", spans)]
