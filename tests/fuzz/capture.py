@@ -238,6 +238,30 @@ def _moq_seeds(seed) -> None:
         seed(target, name, (SEED_PREFIX if target != "moq_control" else b"") + data)
     for name, data in datagram_samples().items():
         seed("moq_datagram", name, data)
+    for late in (False, True):
+        seed("moq_package", "tail-after-next-group" if late else "steady", _loc_publish(late), STREAM_HEAD)
+
+
+def _loc_publish(tail_late: bool) -> bytes:
+    """moq_package's input for 3 groups of 2 s: video at 30 fps with B-frame offsets, a rung
+    beside it, audio; with ``tail_late`` the last 10 video objects of group 1 come after group 2's first."""
+    def obj(track: int, group: int, ts: int, offset: int, key: bool, size: int) -> bytes:
+        return bytes([track, group]) + ts.to_bytes(3, "big") + bytes([offset, key, size]) + bytes(range(size))
+
+    out = []
+    for g in range(3):
+        for i in range(60):
+            t = g * 2000 + i * 33 + 66
+            out.append(obj(0, g, t, 66 if i % 3 else 0, i == 0, 12))
+            out.append(obj(1, g, t, 66 if i % 3 else 0, i == 0, 6))
+            if i % 3 != 2:
+                out.append(obj(2, g, g * 2000 + int(i * 23.2), 0, True, 4))
+    if tail_late:
+        late = [o for o in out if o[:2] == bytes([0, 1])][-10:]
+        out = [o for o in out if o not in late]
+        at = out.index(next(o for o in out if o[:2] == bytes([0, 2]))) + 1
+        out[at:at] = late
+    return b"".join(out)
 
 
 def _http_seeds(seed) -> None:

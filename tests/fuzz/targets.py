@@ -267,19 +267,73 @@ def package(data: bytes) -> None:
             _well_formed(stream)
     for stream in streams:
         stream.end()
-        _well_formed(stream)
+        _well_formed(stream, whole=True)
 
 
-def _well_formed(stream) -> None:
+def _well_formed(stream, whole: bool = False) -> None:
+    """The playlist, and the newest segment's parts and init (every segment's once ``whole``)."""
     text = stream.media_playlist("?token=t")
     assert text.startswith("#EXTM3U\n") and text.endswith("\n"), text[:80]
     for line in text.splitlines():
         assert line.startswith("#") or line.endswith(".m4s?token=t"), line
-    for segment in stream.segments:
+    for segment in stream.segments if whole else list(stream.segments)[-1:]:
         assert all(len(part.data) > 0 for part in segment.parts), "an empty part"
         if segment.complete:
             segment.data()
         assert stream.init_version_data(segment.init_version), "a segment whose init is gone"
+
+
+def moq_package(data: bytes) -> None:
+    """Frames a MoQ publisher sends (a transcoder, ``rtmpq pub``, any peer with a token: times,
+    groups, key flags as it pleases) as the edge reads them (``moq/loc.py`` ``object_to_frame``),
+    into the LL-HLS packager with a video (and a rung that follows it) and an audio playlist. The
+    client hands on what a subscriber can be sent: Object IDs rising in each group, groups in any
+    order (a group's tail after the next group). Nothing may escape the packager; every playlist
+    is well-formed and every part, segment and init segment it lists can be made. Each object is
+    9 bytes: track (video, video-360p, audio), group, LOC timestamp (3 bytes), dts offset, flags
+    (bit 0 key, bit 1 a timescale of 90000, bit 2 a received time), payload length."""
+    from rtmpq.edge.llhls import LlHlsStream, MediaClock
+    from rtmpq.media.catalog import Catalog, TrackInfo
+    from rtmpq.moq.loc import EXT_DTS_OFFSET, EXT_FLAGS, EXT_RECEIVED_US, EXT_TIMESCALE, EXT_TIMESTAMP, object_to_frame
+
+    catalog = Catalog("live/fuzz").with_track(
+        TrackInfo("video", "video", "avc1.64001e", b"\x01\x64\x00\x1eAAAA", 1000, 1280, 720, nal_length_size=4,
+                  alt_group=1)).with_track(
+        TrackInfo("video-360p", "video", "avc1.64001e", b"\x01\x64\x00\x1eBBBB", 1000, 640, 360,
+                  nal_length_size=4, alt_group=1)).with_track(
+        TrackInfo("audio", "audio", "mp4a.40.2", b"\x12\x10", 1000, sample_rate=44100, channels=2))
+    clock = MediaClock()
+    video = LlHlsStream(tracks={"video"}, prefix="v-")
+    rung = LlHlsStream(tracks={"video-360p"}, prefix="r-")
+    rung.follows = video
+    audio = LlHlsStream(tracks={"audio"}, prefix="a-")
+    streams = (video, rung, audio)
+    for stream in streams:
+        stream.clock = clock
+        stream.set_catalog(catalog)
+    names = ("video", "video-360p", "audio")
+    next_id: dict[tuple[str, int], int] = {}
+    pos = 0
+    while pos + 9 <= len(data):
+        track, group = names[data[pos] % 3], data[pos + 1]
+        flags, size = data[pos + 7], data[pos + 8]
+        ext = {EXT_TIMESTAMP: int.from_bytes(data[pos + 2:pos + 5], "big"), EXT_FLAGS: flags & 1}
+        if data[pos + 5]:
+            ext[EXT_DTS_OFFSET] = data[pos + 5]
+        if flags & 2:
+            ext[EXT_TIMESCALE] = 90000
+        if flags & 4:
+            ext[EXT_RECEIVED_US] = 1_700_000_000_000_000 + pos
+        object_id = next_id.get((track, group), 0)
+        next_id[(track, group)] = object_id + 1 + (flags >> 7)  # bit 7: an object skipped before it
+        frame = object_to_frame(track, group, object_id, data[pos + 9:pos + 9 + size], ext, 1000)
+        pos += 9 + size
+        for stream in streams:
+            stream.push(frame)
+            _well_formed(stream)
+    for stream in streams:
+        stream.end()
+        _well_formed(stream, whole=True)
 
 
 # --- codec configs and bitstreams ---------------------------------------------------------------
@@ -558,6 +612,6 @@ def http_request(data: bytes) -> None:
         assert reply[:3].isdigit(), reply[:40]
 
 
-TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, demux, package, avc, hevc, av1, audio_config,
+TARGETS = {f.__name__: f for f in (chunk, handshake, session, amf0, flvtag, demux, package, moq_package, avc, hevc, av1, audio_config,
                                    moq_control, moq_subgroup, moq_fetch, moq_datagram, moq_catalog,
                                    publish_hook, http_request)}
