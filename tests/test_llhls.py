@@ -606,3 +606,28 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
     group(rung, "video-180p", new_id + 2, -20000)  # 24 s back, with no seam of the source
     assert len(rung.segments) == 1 and "#EXT-X-DISCONTINUITY" not in rung.media_playlist()
+
+
+@pytest.mark.parametrize("codec", ['avc1.64001e",X="1\n#EXT-X-INJECTED', "avc1.64001e\r\n#EXT-X-INJECTED",
+                                   'avc1.64001e"', "avc1." + "0" * 200])
+def test_a_track_whose_codec_string_could_break_a_playlist_is_not_packaged(codec):
+    """A MoQ publisher (any peer with a publish token, a third-party transcoder) names its tracks'
+    codecs in its catalog: a string with a quote or a line break went into CODECS="..." of the
+    multivariant playlist every viewer reads (a line of the publisher's choosing). Such a track
+    is not packaged: its playlist has nothing to play, and no playlist carries the string."""
+    from rtmpq.edge.llhls import multivariant_playlist
+
+    for accepted in (True, False):
+        catalog = Catalog("live/x").with_track(TrackInfo(
+            VIDEO, VIDEO, "avc1.64001e" if accepted else codec, b"\x01\x64\x00\x1eAAAA", 1000, 320, 240,
+            nal_length_size=4)).with_track(TrackInfo(AUDIO, AUDIO, "mp4a.40.2", b"\x12\x10", 1000,
+                                                     sample_rate=44100, channels=2))
+        video, audio = LlHlsStream(tracks={VIDEO}, prefix="v-"), LlHlsStream(tracks={AUDIO}, prefix="a-")
+        for stream in (video, audio):
+            stream.set_catalog(catalog)
+        for group in range(3):
+            push_group(video, group)
+        assert video.playable is accepted
+        playlist = multivariant_playlist([(video, "video.m3u8")] if video.has_media else [], audio, "audio.m3u8")
+        assert ("avc1.64001e" in playlist) is accepted
+        assert "INJECTED" not in playlist and "\r" not in playlist and "0" * 100 not in playlist

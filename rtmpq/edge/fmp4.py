@@ -11,6 +11,7 @@ declare), AV1 samples its temporal unit of OBUs (av1C), AAC, Opus, AC-3 and E-AC
 (esds, dOps, dac3, dec3).
 """
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -80,8 +81,16 @@ def _sample_entry(info: TrackInfo) -> bytes:
     )
 
 
+# A codec string as RFC 6381 writes them (avc1.64001f, hvc1.1.6.L93.B0, mp4a.40.2, opus, ec-3). A
+# MoQ publisher names its tracks' codecs in its catalog, and the string goes into the playlists
+# (CODECS="..."): one with a quote or a line break would write lines of its choosing there.
+_CODEC_STRING = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
 def can_package(info: TrackInfo) -> bool:
-    """Whether this writer has a sample entry for the track's codec."""
+    """Whether this writer has a sample entry for the track's codec (named as RFC 6381 does)."""
+    if not _CODEC_STRING.fullmatch(info.codec):
+        return False
     if info.kind == VIDEO:
         return info.codec[:4] in VIDEO_ENTRIES
     return info.codec.startswith("mp4a") or info.codec in ("opus", "ac-3", "ec-3")
