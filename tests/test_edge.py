@@ -240,6 +240,27 @@ async def publish_flv_and_end(node, key: str, path) -> None:
     await until_ended(base)
 
 
+def second_key_frame(tags) -> int:
+    """Index of the second AVC key frame of FLV tags: where their second group begins."""
+    return [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+
+
+def coded_frames(tags) -> dict[str, int]:
+    """Video and audio frames of FLV tags (AVC/AAC; sequence headers not counted)."""
+    return {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
+            "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
+
+
+async def end_and_decode(publisher: TcpPublisher, rest, base: str, sent: dict[str, int]) -> None:
+    """Send the rest of the tags and end the publish; a player of the HLS playlist under ``base``
+    then decodes ``sent`` frames of each kind."""
+    for tag_type, ts, body in rest:
+        publisher.media(tag_type, ts, body)
+    publisher.close()
+    await until_ended(base)
+    assert await count_frames(f"{base}/index.m3u8") == sent
+
+
 async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_frame(node, source_flv):
     """An encoder that does not wait for NetStream.Publish.Start sends its metadata, its sequence
     headers (once) and its first group in the same write as ``publish``: the broadcast gets its
@@ -248,20 +269,14 @@ async def test_a_publisher_that_sends_its_first_media_with_publish_plays_every_f
     set_data_frame = b"\x02\x00\x0d@setDataFrame"  # what an RTMP encoder puts before onMetaData
     tags = [(t, ts, set_data_frame + body if t == 18 else body)
             for t, ts, body in read_flv_tags(str(source_flv)) if t in (8, 9, 18) and ts < 4000]
-    second_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+    second_group = second_key_frame(tags)
     publisher = await TcpPublisher.publish(node.rtmp.address[1], "pipelined", pipelined=tags[:second_group])
     broadcast = await node.registry.wait_for("live/pipelined", 10)
     await until(lambda: broadcast.catalog.track("video") and broadcast.catalog.track("audio"), 10,
                 "the catalog with the pipelined sequence headers' video and audio")
     base = "http://{}:{}/live/pipelined".format(*node.edge.address)
     assert (await http_get(f"{base}/"))[0] == 200
-    for tag_type, ts, body in tags[second_group:]:
-        publisher.media(tag_type, ts, body)
-    publisher.close()
-    await until_ended(base)
-    sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
-            "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
-    assert await count_frames(f"{base}/index.m3u8") == sent
+    await end_and_decode(publisher, tags[second_group:], base, coded_frames(tags))
 
 
 async def test_timestamps_below_zero_and_a_frame_shown_before_it_is_decoded_play_and_reach_moq(node, source_flv):
@@ -298,17 +313,12 @@ async def test_timestamps_below_zero_and_a_frame_shown_before_it_is_decoded_play
         base = "http://{}:{}/live/early".format(*node.edge.address)
         publisher = await TcpPublisher.publish(node.rtmp.address[1], "early")
         assert (await http_get(f"{base}/"))[0] == 200  # the edge packages from the first frame
-        second_group = [i for i, (t, _, body) in enumerate(tags) if t == 9 and body[:2] == b"\x17\x01"][1]
+        second_group = second_key_frame(tags)
         for tag_type, ts, body in tags[:second_group]:
             publisher.media(tag_type, ts, body)
         await until(lambda: frames, 10, "the MoQ subscriber's first frame (it starts with the group in progress)")
-        for tag_type, ts, body in tags[second_group:]:
-            publisher.media(tag_type, ts, body)
-        publisher.close()
-        await until_ended(base)
-        sent = {"video": sum(t == 9 and body[1] == 1 for t, _, body in tags),
-                "audio": sum(t == 8 and body[1] == 1 for t, _, body in tags)}
-        assert await count_frames(f"{base}/index.m3u8") == sent
+        sent = coded_frames(tags)
+        await end_and_decode(publisher, tags[second_group:], base, sent)
         await asyncio.wait_for(task, 10)
     finally:
         task.cancel()
