@@ -257,8 +257,8 @@ class BroadcastDemuxer:
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
-        frame = Frame(track.name, track.group, track.index, ts, ts + cts if cts >= 0 else self._shown_early(track, ts, cts),
-                      keyframe, payload, received_ns)
+        pts = ts + cts if cts >= 0 else self._shown_early(track, ts, cts)
+        frame = Frame(track.name, track.group, track.index, ts, pts, keyframe, payload, received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
         return [*out, frame] if keyframe and out else [frame]
@@ -364,9 +364,8 @@ class BroadcastDemuxer:
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
-        frame = Frame(track.name, track.group, track.index, ts,
-                      ts + tag.cts if tag.cts >= 0 else self._shown_early(track, ts, tag.cts), keyframe, payload,
-                      received_ns)
+        pts = ts + tag.cts if tag.cts >= 0 else self._shown_early(track, ts, tag.cts)
+        frame = Frame(track.name, track.group, track.index, ts, pts, keyframe, payload, received_ns)
         track.index += 1
         self.stats.frames[VIDEO] += 1
         return [*out, frame]
