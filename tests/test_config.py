@@ -369,10 +369,9 @@ async def test_a_certificate_that_cannot_be_loaded_names_its_settings(tmp_path):
     for c, k in ((tmp_path / "missing.pem", key), (garbage, garbage), (cert, other_key)):
         with pytest.raises(ConfigError, match=re.escape(f"moq.certfile/moq.keyfile (--cert/--key): cannot load {c} with {k}")):
             server_pair(c, k, tmp_path / "state")
-        server = HttpServer(None, HttpConfig(host="127.0.0.1", port=0, certfile=c, keyfile=k))
         with pytest.raises(ConfigError, match=re.escape(f"http.certfile/http.keyfile (--http-cert/--http-key): "
                                                         f"cannot load {c} with {k}")):
-            await server.start()
+            HttpServer(None, HttpConfig(host="127.0.0.1", port=0, certfile=c, keyfile=k))
     assert server_pair(cert, key, tmp_path / "state")[:2] == (cert, key)
     assert server_pair(None, None, tmp_path / "state")[:2] == ensure_self_signed(tmp_path / "state" / "tls")
 
@@ -468,6 +467,24 @@ def test_a_moq_certificate_that_does_not_load_stops_up_before_any_listener(tmp_p
     assert out.returncode == 1, out.stderr
     assert f"moq.certfile/moq.keyfile (--cert/--key): cannot load {tmp_path / 'missing.pem'}" in out.stderr, out.stderr
     assert "listening" not in out.stderr and "LL-HLS on" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("kind", ["up", "ingest", "relay"])
+def test_an_https_certificate_that_does_not_load_stops_a_node_before_any_listener(tmp_path, kind):
+    """`rtmpq up --http-cert missing.pem`: its log said "RTMP listening on ..." (and an ingest's
+    "ingest ready"), then it exited on the certificate; now the setting is named before anything listens."""
+    from .conftest import free_port
+
+    moq = ["--moq", "127.0.0.1:0", "--quic-backend", "aioquic", "--state-dir", str(tmp_path)]
+    where = {"up": ["--rtmp", f"127.0.0.1:{free_port()}", *moq], "ingest": ["--rtmp", f"127.0.0.1:{free_port()}"],
+             "relay": moq}[kind]
+    out = run_cli(kind, *where, "--http", f"127.0.0.1:{free_port()}",
+                  "--http-cert", str(tmp_path / "missing.pem"), "--http-key", str(tmp_path / "missing.key"))
+    assert out.returncode == 1, out.stderr
+    assert f"http.certfile/http.keyfile (--http-cert/--http-key): cannot load {tmp_path / 'missing.pem'}" \
+        in out.stderr, out.stderr
+    for said in ("listening", "LL-HLS on", "ingest ready", "MoQ relay", "Traceback"):
+        assert said not in out.stderr, out.stderr
 
 
 async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(tmp_path):

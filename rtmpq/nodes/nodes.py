@@ -177,11 +177,12 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
     ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir, config.node.stop_timeout)
     if reloader is not None:
         reloader.hooks.append(ingest.settings_reloaded)
+    view = NodeView("ingest", registry=registry, ingest=ingest)
+    ops = OpsListener(config, view)  # (an HTTPS certificate that does not load: before RTMP listens)
     await ingest.start()
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     relay = link = None
-    view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
         relay = node_relay(registry, config, access)
         relay.start()
@@ -190,7 +191,6 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
         link.start()
         view.relay, view.relay_backend = relay, config.upstream.backend
         view.upstream_ready = lambda: link_ready(link)
-    ops = OpsListener(config, view)
     await ops.start()
     runtime.settle()
     try:
