@@ -717,6 +717,14 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.require_playback_token needs auth.secret")
     if config.auth.playback_session <= 0:
         raise ConfigError("auth.playback_session: must be positive")
+    if config.auth.node_token:  # (was taken, and every publish upstream refused: "token refused: malformed")
+        from .auth.tokens import TokenError, check_token_shape
+
+        try:
+            check_token_shape(config.auth.node_token)
+        except TokenError as exc:  # (its message never holds the token)
+            raise ConfigError(f"auth.node_token (RTMPQ_AUTH_NODE_TOKEN): {exc}; mint one with "
+                              "`rtmpq token --act relay --secret <the upstream's [auth] secret>`") from None
 
 
 # Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the

@@ -239,9 +239,12 @@ def test_a_bad_environment_variable_names_itself():
 
 
 def test_show_masks_secrets(tmp_path):
-    path = write(tmp_path, '[auth]\nsecret = "s3cr3t-value"\nnode_token = "tok-value"\n[publish.keys]\n"sk-hidden" = "studio"\n')
+    from rtmpq.auth.tokens import mint_token
+
+    token = mint_token("s3cr3t-value", "", "relay", 60, now=time.time())
+    path = write(tmp_path, f'[auth]\nsecret = "s3cr3t-value"\nnode_token = "{token}"\n[publish.keys]\n"sk-hidden" = "studio"\n')
     text = show(load_config(path, env={}))
-    assert "s3cr3t-value" not in text and "tok-value" not in text and "sk-hidden" not in text
+    assert "s3cr3t-value" not in text and token not in text and "sk-hidden" not in text
     assert '"studio"' in text and "grace_period = 30.0" in text
 
 
@@ -507,6 +510,32 @@ async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(t
             assert ("ALPN negotiated protocol moqt-16" in out) is shown, out
     finally:
         await node.close()
+
+
+def test_a_malformed_node_token_is_refused_at_start_without_being_printed(tmp_path):
+    """[auth] node_token = a stream key, a truncated JWT, a token with no act: it was taken, and the
+    node's every link upstream (up's ladder child publishing its rungs) was refused "token refused:
+    malformed", which the operator saw only there. A well-formed token signed with another secret
+    (its upstream's) is still taken: only its shape can be checked here."""
+    import base64
+    import json
+
+    from rtmpq.auth.tokens import mint_token
+
+    good = mint_token("the upstream's secret, not ours", "", "relay", 60, now=time.time())
+    assert load_config(env={"RTMPQ_AUTH_NODE_TOKEN": good}).auth.node_token == good
+    head, claims, sig = good.split(".")
+    no_act = base64.urlsafe_b64encode(json.dumps({"sub": "", "exp": 1}).encode()).decode().rstrip("=")
+    for bad, why in (("sk-1f9c2a-secret", "is not a JWT"), (good[:-len(sig) - 1], "is not a JWT"),
+                     (f"{head}.{no_act}.{sig}", "has no 'act' claim"), (f"{head}.{claims[:-3]}.{sig}", "not valid")):
+        with pytest.raises(ConfigError, match="auth.node_token") as caught:
+            load_config(env={"RTMPQ_AUTH_NODE_TOKEN": bad})
+        assert why in str(caught.value) and bad not in str(caught.value), caught.value
+    path = write(tmp_path, '[auth]\nnode_token = "sk-1f9c2a-secret"\n')
+    out = run_cli("up", "--config", str(path), "--state-dir", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert "auth.node_token" in out.stderr and "sk-1f9c2a" not in out.stderr + out.stdout, out.stderr
+    assert "listening" not in out.stderr, out.stderr
 
 
 def test_config_check_names_each_setting_whose_file_a_node_could_not_use(tmp_path):
