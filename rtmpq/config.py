@@ -37,6 +37,7 @@ from .media.recording import RECORDER_MAX_QUEUED_BYTES
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT
 from .moq.fetch import MAX_FETCH_BYTES
+from .redact import REDACTED
 from .moq.group_cache import GROUP_CACHE_MAX_AGE, GROUP_CACHE_MAX_BYTES, GROUP_CACHE_MAX_GROUPS, CacheBounds
 from .moq.reachability import REFUSED_RECONNECT_MAX
 from .moq.session import (MAX_HELD_BYTES, MAX_INCOMING_DATA_STREAMS, MAX_REQUESTS, MAX_STREAM_BUFFER,
@@ -586,7 +587,30 @@ def _url_of(text: str, schemes: tuple[str, ...]) -> bool:
         return False
 
 
+def _redacted_secret(config: Config) -> str | None:
+    """The name of a secret-valued setting that holds show's placeholder instead of a secret."""
+    for section, key in sorted(SECRET_KEYS):
+        if getattr(getattr(config, section), key) == REDACTED:
+            return f"{section}.{key}"
+    if any(re.fullmatch(re.escape(REDACTED) + r"[0-9]*", k) for k in config.publish.keys):
+        return "publish.keys (a stream key)"
+    if config.directory.url and _password(config.directory.url) == REDACTED:
+        return "directory.url (its password)"
+    return None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def validate(config: Config) -> None:
+    redacted = _redacted_secret(config)
+    if redacted is not None:  # (the placeholder was taken as the secret: every key, token or login failed)
+        raise ConfigError(f"{redacted}: is {REDACTED!r}, the placeholder `rtmpq config show` prints in place of "
+                          "a secret, not the secret: put the real value in the file or environment")
     for where, port in (("rtmp.port", config.rtmp.port), ("moq.port", config.moq.port),
                         ("http.port", config.http.port), ("rtmp.tls_port", config.rtmp.tls_port)):
         if port is not None and not 0 <= port <= 65535:
@@ -795,7 +819,7 @@ def show(config: Config) -> str:
                 lines.append(f"# {key} is not set")
                 continue
             if (section, key) in SECRET_KEYS and value:
-                value = "********"
+                value = REDACTED
             elif (section, key) == ("directory", "url"):
                 value = safe_url(value)
             lines.append(f"{key} = {_toml_value(value)}")
@@ -803,7 +827,7 @@ def show(config: Config) -> str:
             lines.append(f"[{section}.{key}]")
             if (section, key) == ("publish", "keys"):  # the stream keys are secrets, their names are not
                 for i, name in enumerate(table.values()):
-                    lines.append(f'"********{i}" = {_toml_value(name)}')
+                    lines.append(f'"{REDACTED}{i}" = {_toml_value(name)}')
             else:  # [transcode.bitrates], [transcode.presets]: by rung
                 lines.extend(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in table.items())
         lines.append("")

@@ -249,6 +249,31 @@ def test_show_masks_secrets(tmp_path):
 
 
 
+def test_a_config_holding_shows_secret_placeholder_is_refused(tmp_path):
+    """`rtmpq config show > node.toml` gave a file whose secrets were the literal "********": it
+    loaded, and every token, stream key, hook call or Redis login then failed. Such a file (or
+    environment) is refused, the setting named; show's output of a config with no secrets still loads."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIiLCJhY3QiOiJyZWxheSIsImV4cCI6OTk5OTk5OTk5OX0.sig"
+    path = write(tmp_path, f'[auth]\nsecret = "s3cr3t"\nnode_token = "{token}"\n[publish]\nhook_url = '
+                           '"https://hooks.example/x"\n[directory]\nurl = "redis://u:pw@redis:6379"\n'
+                           '[publish.keys]\n"sk-1" = "studio"\n')
+    saved = write(tmp_path, show(load_config(path, env={})))
+    for where in ("auth.node_token", "auth.secret", "publish.hook_url", "publish.keys", "directory.url"):
+        with pytest.raises(ConfigError, match=re.escape(where) + r".*'\*{8}', the placeholder `rtmpq config show`"):
+            load_config(saved, env={})
+        text = saved.read_text()  # put the real value back, then the next one is named
+        text = {"auth.node_token": text.replace('node_token = "********"', f'node_token = "{token}"'),
+                "auth.secret": text.replace('secret = "********"', 'secret = "s3cr3t"'),
+                "publish.hook_url": text.replace('hook_url = "********"', 'hook_url = "https://hooks.example/x"'),
+                "publish.keys": text.replace('"********0" = "studio"', '"sk-1" = "studio"'),
+                "directory.url": text.replace("u:********@", "u:pw@")}[where]
+        saved.write_text(text)
+    assert load_config(saved, env={}) == load_config(path, env={})
+    with pytest.raises(ConfigError, match="auth.secret: is '\\*{8}'"):
+        load_config(env={"RTMPQ_AUTH_SECRET": "********"})
+    assert load_config(write(tmp_path, show(load_config(env={}))), env={}) == load_config(env={})
+
+
 def test_show_names_the_rungs_of_the_transcode_tables(tmp_path):
     """Only [publish.keys] holds secrets: the rungs of [transcode.bitrates] and [transcode.presets]
     were masked like stream keys ("********0" = "1000"), so show could not say which rung was which."""
