@@ -14,6 +14,7 @@ from ..moq.group_tails import GROUP_TAIL_WAIT
 from ..moq.relay import MoqRelay
 from ..moq.tls import server_pair
 from ..moq.transport import bound_host, parse_moq_url, serve_moq
+from ..ops.health import remove_http_url, write_http_url
 from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
@@ -86,18 +87,25 @@ class OpsListener:
         self.http = HttpServer(ops_only(self.routes), config.http, sock=sock) \
             if config.http.enabled or sock is not None else None
         view.http = self.http
+        # `rtmpq health` finds a listener of the node's own here (not one its parent handed it)
+        self.state_dir = config.moq.state_dir if sock is None else None
+        self.url = None
 
     async def start(self) -> None:
         self.routes.start()
         if self.http is not None:
             await self.http.start()
             log.info("metrics and health on %s://%s:%d/metrics", self.http.scheme, *self.http.address)
+            if self.state_dir is not None:
+                self.url = write_http_url(self.state_dir, self.http.scheme, *self.http.address)
         self.view.listening = True
 
     async def close(self) -> None:
         self.view.listening = False
         self.routes.stop()
         if self.http is not None:
+            if self.state_dir is not None:
+                remove_http_url(self.state_dir, self.url)
             await self.http.close()
 
 
@@ -237,11 +245,13 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     if probe is not None:
         probe.start()
     view.listening = True
+    url = write_http_url(config.moq.state_dir, edge.http.scheme, *edge.http.address)
     runtime.settle()
     try:
         await stop.wait()
     finally:
         view.listening = False
+        remove_http_url(config.moq.state_dir, url)
         if probe is not None:
             probe.stop()
         ops.stop()
