@@ -37,13 +37,13 @@ from .media.recording import RECORDER_MAX_QUEUED_BYTES
 from .errors import RtmpqError
 from .moq.fanout import DEFAULT_DELIVERY_TIMEOUT, DEFAULT_SEND_BUDGET, DEFAULT_STUCK_TIMEOUT
 from .moq.fetch import MAX_FETCH_BYTES
-from .redact import REDACTED
 from .moq.group_cache import GROUP_CACHE_MAX_AGE, GROUP_CACHE_MAX_BYTES, GROUP_CACHE_MAX_GROUPS, CacheBounds
 from .moq.reachability import REFUSED_RECONNECT_MAX
 from .moq.session import (MAX_HELD_BYTES, MAX_INCOMING_DATA_STREAMS, MAX_REQUESTS, MAX_STREAM_BUFFER,
                           PARTIAL_OBJECT_TIMEOUT, SessionCaps)
 from .moq.wire import MAX_OBJECT_SIZE
 from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
+from .redact import REDACTED
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import (DECODE_QUEUE_FRAMES, DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET,

@@ -6,8 +6,9 @@ before it knows (ffmpeg writes the length it means to send: ``-t``, or the file 
 its planned length.
 
 The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video, or
-whose disk took not a byte of it (full), leaves none (the file is removed when the recording closes). The key has passed the session's allowlist
-(letters, digits, ``_.~-``), so it cannot climb out of ``dir``; we check that once more anyway.
+whose disk took not a byte of it (full), leaves none (the file is removed when the recording
+closes). The key has passed the session's allowlist (letters, digits, ``_.~-``), so it cannot
+climb out of ``dir``; we check that once more anyway.
 
 The disk is only touched by a thread of the recorder's own (opening, writing, closing), so a slow
 or stuck disk never holds up the event loop. Tags wait for it in a queue bounded in bytes; a

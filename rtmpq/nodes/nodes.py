@@ -97,7 +97,7 @@ class OpsListener:
             await self.http.start()
             log.info("metrics and health on %s://%s:%d/metrics", self.http.scheme, *self.http.address)
             if self.state_dir is not None:
-                self.url = write_http_url(self.state_dir, self.http.scheme, *self.http.address)
+                self.url = write_http_url(self.state_dir, self.http)
         self.view.listening = True
 
     async def close(self) -> None:
@@ -245,7 +245,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     if probe is not None:
         probe.start()
     view.listening = True
-    url = write_http_url(config.moq.state_dir, edge.http.scheme, *edge.http.address)
+    url = write_http_url(config.moq.state_dir, edge.http)
     runtime.settle()
     try:
         await stop.wait()

@@ -227,7 +227,7 @@ class UpNode:
             self.transcoder_children.start(*self.moq_address)
         self.ops.start()
         self.view.listening = True
-        self._http_url = write_http_url(self.moq_config.state_dir, self.edge.http.scheme, *self.edge.http.address)
+        self._http_url = write_http_url(self.moq_config.state_dir, self.edge.http)
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d%s, certificate sha256 %s", host, port,
                  ", QUIC Retry on" if self.moq_config.retry else "", self.fingerprint)

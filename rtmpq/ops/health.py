@@ -28,10 +28,11 @@ def _local_url(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def write_http_url(state_dir: Path, scheme: str, host: str, port: int) -> str | None:
-    """Write the listener's URL to ``state_dir``/http.url (whole: a reader never sees half of it);
-    the URL, or None (a warning said why) if the state dir cannot be written."""
-    url = _local_url(scheme, host, port)
+def write_http_url(state_dir: Path, http) -> str | None:
+    """Write the URL of ``http`` (a started rtmpq.http.server.HttpServer) to ``state_dir``/http.url
+    (whole: a reader never sees half of it); the URL, or None (a warning said why) if the state dir
+    cannot be written."""
+    url = _local_url(http.scheme, *http.address)
     path = Path(state_dir) / HTTP_URL_FILE
     part = path.with_name(f".{HTTP_URL_FILE}.{os.getpid()}")
     try:
