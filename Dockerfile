@@ -47,8 +47,10 @@ ENV PATH=/opt/rtmpq/bin:$PATH \
 EXPOSE 1935/tcp 4443/udp 8080/tcp
 # The node's self-signed certificate lives here: keep it on a volume so its fingerprint stays.
 VOLUME /var/lib/rtmpq
-# Alive: the node's HTTP listener answers /healthz (its port from RTMPQ_HTTP_PORT when not 8080).
+# Alive: the node's HTTP listener answers /healthz. `rtmpq health` asks it where the node listens
+# (the node writes its listener's URL to $RTMPQ_MOQ_STATE_DIR/http.url: the port its --http, config
+# file or environment gave; it asked RTMPQ_HTTP_PORT's, 8080 unless set, whatever the command line said).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=15s --retries=3 \
-  CMD python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('RTMPQ_HTTP_PORT', '8080'), timeout=2)" || exit 1
+  CMD rtmpq health || exit 1
 ENTRYPOINT ["rtmpq"]
 CMD ["up"]

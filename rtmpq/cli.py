@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds until it expires (default 3600)")
     token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
 
+    health = sub.add_parser("health", parents=[common], help="exit 0 if the node on this host answers /healthz",
+                            description="GET /healthz of the HTTP listener of the node that runs with this state "
+                                        "dir (it writes its listener's URL to <state dir>/http.url: the port its "
+                                        "--http, config file or environment gave). Exit 0 if it answers 200, else "
+                                        "1 and why. The image's HEALTHCHECK.")
+    health.add_argument("--state-dir", type=Path, help="the node's state dir (default: [moq] state_dir, "
+                                                       "RTMPQ_MOQ_STATE_DIR, ~/.local/state/rtmpq)")
+
     config = sub.add_parser("config", parents=[common], help="print or check the effective configuration",
                             description="Print the configuration that --config, the environment and the "
                                         "defaults make, as TOML, with secrets masked; or check it and the "
@@ -434,6 +442,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "token":
         return _token(args, config)
+    if args.command == "health":
+        from .ops.health import check_health
+
+        healthy, said = check_health(config.moq.state_dir)
+        print(f"rtmpq health: {said}", file=sys.stdout if healthy else sys.stderr)
+        return 0 if healthy else 1
     from .nodes import runtime
 
     runtime.own_process()

@@ -43,6 +43,7 @@ from .moq.session import (MAX_HELD_BYTES, MAX_INCOMING_DATA_STREAMS, MAX_REQUEST
                           PARTIAL_OBJECT_TIMEOUT, SessionCaps)
 from .moq.wire import MAX_OBJECT_SIZE
 from .moq.waiting import MAX_WAITING_SUBSCRIBES, UPSTREAM_WAIT
+from .redact import REDACTED
 from .rtmp.reader import INGEST_READ_COALESCE
 from .rtmp.session import MAX_PENDING_MEDIA_BYTES, SessionLimits
 from .transcode.ladder import (DECODE_QUEUE_FRAMES, DEFAULT_LADDER, IDLE_STOP_SECONDS, RUNG_QUEUE_FRAMES, X264_PRESET,
@@ -586,7 +587,30 @@ def _url_of(text: str, schemes: tuple[str, ...]) -> bool:
         return False
 
 
+def _redacted_secret(config: Config) -> str | None:
+    """The name of a secret-valued setting that holds show's placeholder instead of a secret."""
+    for section, key in sorted(SECRET_KEYS):
+        if getattr(getattr(config, section), key) == REDACTED:
+            return f"{section}.{key}"
+    if any(re.fullmatch(re.escape(REDACTED) + r"[0-9]*", k) for k in config.publish.keys):
+        return "publish.keys (a stream key)"
+    if config.directory.url and _password(config.directory.url) == REDACTED:
+        return "directory.url (its password)"
+    return None
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
 def validate(config: Config) -> None:
+    redacted = _redacted_secret(config)
+    if redacted is not None:  # (the placeholder was taken as the secret: every key, token or login failed)
+        raise ConfigError(f"{redacted}: is {REDACTED!r}, the placeholder `rtmpq config show` prints in place of "
+                          "a secret, not the secret: put the real value in the file or environment")
     for where, port in (("rtmp.port", config.rtmp.port), ("moq.port", config.moq.port),
                         ("http.port", config.http.port), ("rtmp.tls_port", config.rtmp.tls_port)):
         if port is not None and not 0 <= port <= 65535:
@@ -717,6 +741,14 @@ def validate(config: Config) -> None:
         raise ConfigError("auth.require_playback_token needs auth.secret")
     if config.auth.playback_session <= 0:
         raise ConfigError("auth.playback_session: must be positive")
+    if config.auth.node_token:  # (was taken, and every publish upstream refused: "token refused: malformed")
+        from .auth.tokens import TokenError, check_token_shape
+
+        try:
+            check_token_shape(config.auth.node_token)
+        except TokenError as exc:  # (its message never holds the token)
+            raise ConfigError(f"auth.node_token (RTMPQ_AUTH_NODE_TOKEN): {exc}; mint one with "
+                              "`rtmpq token --act relay --secret <the upstream's [auth] secret>`") from None
 
 
 # Settings a running node takes from its config file again on SIGHUP (`reload_settings`): the
@@ -787,7 +819,7 @@ def show(config: Config) -> str:
                 lines.append(f"# {key} is not set")
                 continue
             if (section, key) in SECRET_KEYS and value:
-                value = "********"
+                value = REDACTED
             elif (section, key) == ("directory", "url"):
                 value = safe_url(value)
             lines.append(f"{key} = {_toml_value(value)}")
@@ -795,7 +827,7 @@ def show(config: Config) -> str:
             lines.append(f"[{section}.{key}]")
             if (section, key) == ("publish", "keys"):  # the stream keys are secrets, their names are not
                 for i, name in enumerate(table.values()):
-                    lines.append(f'"********{i}" = {_toml_value(name)}')
+                    lines.append(f'"{REDACTED}{i}" = {_toml_value(name)}')
             else:  # [transcode.bitrates], [transcode.presets]: by rung
                 lines.extend(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in table.items())
         lines.append("")

@@ -4,6 +4,10 @@ by a short hash of its key. Where keys are mapped to public names or tokens are 
 
 import hashlib
 
+# What `rtmpq config show` (and a log line with a Redis URL) prints in place of a secret. A config
+# that holds it as a secret's value is refused (config.validate): it is show's output saved as a file.
+REDACTED = "********"
+
 _names_are_public = False
 
 

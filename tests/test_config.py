@@ -239,11 +239,39 @@ def test_a_bad_environment_variable_names_itself():
 
 
 def test_show_masks_secrets(tmp_path):
-    path = write(tmp_path, '[auth]\nsecret = "s3cr3t-value"\nnode_token = "tok-value"\n[publish.keys]\n"sk-hidden" = "studio"\n')
+    from rtmpq.auth.tokens import mint_token
+
+    token = mint_token("s3cr3t-value", "", "relay", 60, now=time.time())
+    path = write(tmp_path, f'[auth]\nsecret = "s3cr3t-value"\nnode_token = "{token}"\n[publish.keys]\n"sk-hidden" = "studio"\n')
     text = show(load_config(path, env={}))
-    assert "s3cr3t-value" not in text and "tok-value" not in text and "sk-hidden" not in text
+    assert "s3cr3t-value" not in text and token not in text and "sk-hidden" not in text
     assert '"studio"' in text and "grace_period = 30.0" in text
 
+
+
+def test_a_config_holding_shows_secret_placeholder_is_refused(tmp_path):
+    """`rtmpq config show > node.toml` gave a file whose secrets were the literal "********": it
+    loaded, and every token, stream key, hook call or Redis login then failed. Such a file (or
+    environment) is refused, the setting named; show's output of a config with no secrets still loads."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIiLCJhY3QiOiJyZWxheSIsImV4cCI6OTk5OTk5OTk5OX0.sig"
+    path = write(tmp_path, f'[auth]\nsecret = "s3cr3t"\nnode_token = "{token}"\n[publish]\nhook_url = '
+                           '"https://hooks.example/x"\n[directory]\nurl = "redis://u:pw@redis:6379"\n'
+                           '[publish.keys]\n"sk-1" = "studio"\n')
+    saved = write(tmp_path, show(load_config(path, env={})))
+    for where in ("auth.node_token", "auth.secret", "publish.hook_url", "publish.keys", "directory.url"):
+        with pytest.raises(ConfigError, match=re.escape(where) + r".*'\*{8}', the placeholder `rtmpq config show`"):
+            load_config(saved, env={})
+        text = saved.read_text()  # put the real value back, then the next one is named
+        text = {"auth.node_token": text.replace('node_token = "********"', f'node_token = "{token}"'),
+                "auth.secret": text.replace('secret = "********"', 'secret = "s3cr3t"'),
+                "publish.hook_url": text.replace('hook_url = "********"', 'hook_url = "https://hooks.example/x"'),
+                "publish.keys": text.replace('"********0" = "studio"', '"sk-1" = "studio"'),
+                "directory.url": text.replace("u:********@", "u:pw@")}[where]
+        saved.write_text(text)
+    assert load_config(saved, env={}) == load_config(path, env={})
+    with pytest.raises(ConfigError, match="auth.secret: is '\\*{8}'"):
+        load_config(env={"RTMPQ_AUTH_SECRET": "********"})
+    assert load_config(write(tmp_path, show(load_config(env={}))), env={}) == load_config(env={})
 
 
 def test_show_names_the_rungs_of_the_transcode_tables(tmp_path):
@@ -369,10 +397,9 @@ async def test_a_certificate_that_cannot_be_loaded_names_its_settings(tmp_path):
     for c, k in ((tmp_path / "missing.pem", key), (garbage, garbage), (cert, other_key)):
         with pytest.raises(ConfigError, match=re.escape(f"moq.certfile/moq.keyfile (--cert/--key): cannot load {c} with {k}")):
             server_pair(c, k, tmp_path / "state")
-        server = HttpServer(None, HttpConfig(host="127.0.0.1", port=0, certfile=c, keyfile=k))
         with pytest.raises(ConfigError, match=re.escape(f"http.certfile/http.keyfile (--http-cert/--http-key): "
                                                         f"cannot load {c} with {k}")):
-            await server.start()
+            HttpServer(None, HttpConfig(host="127.0.0.1", port=0, certfile=c, keyfile=k))
     assert server_pair(cert, key, tmp_path / "state")[:2] == (cert, key)
     assert server_pair(None, None, tmp_path / "state")[:2] == ensure_self_signed(tmp_path / "state" / "tls")
 
@@ -470,6 +497,24 @@ def test_a_moq_certificate_that_does_not_load_stops_up_before_any_listener(tmp_p
     assert "listening" not in out.stderr and "LL-HLS on" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+@pytest.mark.parametrize("kind", ["up", "ingest", "relay"])
+def test_an_https_certificate_that_does_not_load_stops_a_node_before_any_listener(tmp_path, kind):
+    """`rtmpq up --http-cert missing.pem`: its log said "RTMP listening on ..." (and an ingest's
+    "ingest ready"), then it exited on the certificate; now the setting is named before anything listens."""
+    from .conftest import free_port
+
+    moq = ["--moq", "127.0.0.1:0", "--quic-backend", "aioquic", "--state-dir", str(tmp_path)]
+    where = {"up": ["--rtmp", f"127.0.0.1:{free_port()}", *moq], "ingest": ["--rtmp", f"127.0.0.1:{free_port()}"],
+             "relay": moq}[kind]
+    out = run_cli(kind, *where, "--http", f"127.0.0.1:{free_port()}",
+                  "--http-cert", str(tmp_path / "missing.pem"), "--http-key", str(tmp_path / "missing.key"))
+    assert out.returncode == 1, out.stderr
+    assert f"http.certfile/http.keyfile (--http-cert/--http-key): cannot load {tmp_path / 'missing.pem'}" \
+        in out.stderr, out.stderr
+    for said in ("listening", "LL-HLS on", "ingest ready", "MoQ relay", "Traceback"):
+        assert said not in out.stderr, out.stderr
+
+
 async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(tmp_path):
     """aioquic's own INFO lines ("quic: [3f2a...] Negotiated protocol version", "ALPN negotiated",
     "Connection close sent") came three per MoQ session, naming no peer: noise in an operator's
@@ -490,6 +535,32 @@ async def test_a_node_log_at_info_has_no_line_per_quic_connection_from_aioquic(t
             assert ("ALPN negotiated protocol moqt-16" in out) is shown, out
     finally:
         await node.close()
+
+
+def test_a_malformed_node_token_is_refused_at_start_without_being_printed(tmp_path):
+    """[auth] node_token = a stream key, a truncated JWT, a token with no act: it was taken, and the
+    node's every link upstream (up's ladder child publishing its rungs) was refused "token refused:
+    malformed", which the operator saw only there. A well-formed token signed with another secret
+    (its upstream's) is still taken: only its shape can be checked here."""
+    import base64
+    import json
+
+    from rtmpq.auth.tokens import mint_token
+
+    good = mint_token("the upstream's secret, not ours", "", "relay", 60, now=time.time())
+    assert load_config(env={"RTMPQ_AUTH_NODE_TOKEN": good}).auth.node_token == good
+    head, claims, sig = good.split(".")
+    no_act = base64.urlsafe_b64encode(json.dumps({"sub": "", "exp": 1}).encode()).decode().rstrip("=")
+    for bad, why in (("sk-1f9c2a-secret", "is not a JWT"), (good[:-len(sig) - 1], "is not a JWT"),
+                     (f"{head}.{no_act}.{sig}", "has no 'act' claim"), (f"{head}.{claims[:-3]}.{sig}", "not valid")):
+        with pytest.raises(ConfigError, match="auth.node_token") as caught:
+            load_config(env={"RTMPQ_AUTH_NODE_TOKEN": bad})
+        assert why in str(caught.value) and bad not in str(caught.value), caught.value
+    path = write(tmp_path, '[auth]\nnode_token = "sk-1f9c2a-secret"\n')
+    out = run_cli("up", "--config", str(path), "--state-dir", str(tmp_path))
+    assert out.returncode == 2, out.stderr
+    assert "auth.node_token" in out.stderr and "sk-1f9c2a" not in out.stderr + out.stdout, out.stderr
+    assert "listening" not in out.stderr, out.stderr
 
 
 def test_config_check_names_each_setting_whose_file_a_node_could_not_use(tmp_path):

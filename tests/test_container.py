@@ -145,7 +145,7 @@ async def check_health(name: str, config: dict, http: int) -> None:
     /healthz (the HTTP API's endpoint), only that endpoint's absence is tolerated: the check must
     then fail on a 404 from a listener that answers HTTP, never on a dead one."""
     test = config["Healthcheck"]["Test"]
-    assert test[0] == "CMD-SHELL" and "/healthz" in test[1], test
+    assert test[0] == "CMD-SHELL" and "rtmpq health" in test[1], test
     rc, out = await run_process([*BUILDAH, "run", "--isolation", "chroot", "--env", f"RTMPQ_HTTP_PORT={http}", name,
                                  "--", "sh", "-c", test[1]])
     if rc != 0:

@@ -142,14 +142,71 @@ def test_compose_runs_the_four_roles_wired_by_service_name_with_the_config_mount
     load_config(ROOT / "deploy" / "rtmpq.toml")
 
 
+def image_healthcheck() -> str:
+    """The shell command of the Dockerfile's HEALTHCHECK (CMD ... on the line after it)."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    return lines[at + 1].strip().removeprefix("CMD ")
+
+
 def test_every_compose_service_answers_the_image_healthcheck():
-    """The image's HEALTHCHECK asks http://127.0.0.1:8080/healthz; compose ran ingest, relay and
-    the transcoder with no HTTP listener, so those containers were reported unhealthy for ever."""
-    healthcheck = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if "urlopen" in line)
-    assert "'8080'" in healthcheck, healthcheck
+    """The image's HEALTHCHECK asks /healthz of the node's HTTP listener; compose ran ingest, relay
+    and the transcoder with no HTTP listener, so those containers were reported unhealthy for ever."""
+    assert image_healthcheck() == "rtmpq health || exit 1"
     for name, spec in yaml.safe_load((ROOT / "compose.yaml").read_text())["services"].items():
         args = spec["command"]
-        assert "--http" in args and args[args.index("--http") + 1].endswith(":8080"), name
+        assert "--http" in args, name
+
+
+async def test_the_image_healthcheck_asks_the_port_the_node_was_given(tmp_path):
+    """The HEALTHCHECK asked port $RTMPQ_HTTP_PORT (8080 unless set): a node started with `--http
+    HOST:PORT` (or [http] port in its config file) on another port was reported unhealthy for ever.
+    The node writes its listener's URL to its state dir, where `rtmpq health` reads it. The image's
+    own command is run here, against a relay started as in compose (--http) and an `up` whose port
+    came from its config, with the image's environment (RTMPQ_MOQ_STATE_DIR, no RTMPQ_HTTP_PORT)."""
+    import asyncio
+    import os
+
+    from .conftest import free_port, start_up_node
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTMPQ_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+
+    async def healthy(state_dir: Path) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", image_healthcheck(), env={**env, "RTMPQ_MOQ_STATE_DIR": str(state_dir)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out = (await asyncio.wait_for(proc.communicate(), 20))[0].decode()
+        return proc.returncode, out
+
+    port = free_port()
+    relay = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtmpq", "relay", "--moq", "127.0.0.1:0", "--quic-backend", "aioquic", "--http",
+        f"127.0.0.1:{port}", env={**env, "RTMPQ_MOQ_STATE_DIR": str(tmp_path / "relay")},
+        stderr=asyncio.subprocess.DEVNULL)
+    try:
+        said = {}
+
+        async def up() -> bool:
+            said["relay"] = await healthy(tmp_path / "relay")
+            return said["relay"][0] == 0
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await up():
+            assert asyncio.get_running_loop().time() < deadline and relay.returncode is None, said
+        assert f"http://127.0.0.1:{port}/healthz: 200" in said["relay"][1], said
+    finally:
+        relay.terminate()
+        await relay.wait()
+    node = await start_up_node(tmp_path)  # [http] port: a free one, as a config file would give it
+    try:
+        assert node.edge.http.address[1] != 8080
+        rc, out = await healthy(node.config.moq.state_dir)
+        assert rc == 0 and f":{node.edge.http.address[1]}/healthz: 200" in out, out
+    finally:
+        await node.close()
+    rc, out = await healthy(node.config.moq.state_dir)  # stopped: its file is gone, the check fails
+    assert rc == 1 and "no node with an HTTP listener runs with this state dir" in out, out
 
 
 def test_every_rtmpq_deployment_has_a_liveness_probe_its_node_answers():

@@ -452,3 +452,23 @@ async def test_an_encoder_taken_over_is_told_why(node):
     assert rc != 0 and "Server error: another publisher took over this stream" in output, output
     rc, output = await second
     assert rc == 0, output
+
+
+async def test_a_graceful_stop_says_the_broadcast_ends_with_the_node_not_that_it_is_kept(tmp_path, caplog):
+    """On SIGTERM the log said "publisher left, kept for 30 s" and then, at once, "ended": the
+    grace period is not waited for when the node stops. Now it says the broadcast ends because
+    the node is stopping, and nothing about keeping it."""
+    need("ffmpeg")
+    import logging
+
+    caplog.set_level(logging.INFO, "rtmpq")
+    node = await start_up_node(tmp_path, publish=PublishConfig(grace_period=30.0))
+    publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cam"))
+    try:
+        await until(lambda: video_frames(node, "live/cam") > 0, what="the publish")
+    finally:
+        await node.close()
+        publisher.kill()
+        await publisher.wait()
+    said = [r.getMessage().split(" ", 2)[2] for r in caplog.records if r.getMessage().startswith("broadcast live/")]
+    assert said == ["is live", "ended: the node is stopping"], said

@@ -198,6 +198,18 @@ def test_a_rate_read_again_within_its_window_keeps_its_first_figure():
     assert rate("new", 100_000, now=100.8, since=100.0) == pytest.approx(1_000_000)
 
 
+def test_the_help_of_the_error_counter_says_what_it_counts():
+    """rtmpq_errors_total's HELP said "connections or requests ended by an error", but it counts
+    refused publishes, stopped recordings and datagrams not sent as well (docs/operations.md)."""
+    from rtmpq.ops.metrics import NodeMetrics
+    from rtmpq.ops.view import NodeView
+
+    [help_line] = [line for line in NodeMetrics(NodeView("up")).exposition().decode().splitlines()
+                   if line.startswith("# HELP rtmpq_errors_total ")]
+    for counted in ("refused", "publishes refused", "recordings stopped", "datagrams not sent", "docs/operations.md"):
+        assert counted in help_line, help_line
+
+
 def test_a_broadcast_whose_publisher_left_says_so():
     """While a broadcast waits out [publish] grace_period for its encoder, the API and the status
     page showed it as they did while the encoder sent (its stated bitrates too): an operator could

@@ -344,3 +344,20 @@ def test_a_recording_the_disk_cannot_take_ends_as_a_whole_file_that_says_its_len
     assert media and media == [(k, ts, body) for k, ts, body in TAGS[: len(media)]] and path.stat().st_size <= limit
     meta = amf0_decode(tags[0][2])[1]
     assert meta["filesize"] == path.stat().st_size and meta["duration"] == (media[-1][1] + 20) / 1000, meta
+
+
+def test_a_recording_the_disk_takes_nothing_of_leaves_no_file(tmp_path):
+    """A full disk (a file size limit of 0 here) that refuses even the FLV header left a 0-byte
+    .flv behind at every publish; now the file is removed, the recording still said stopped (the
+    error line, and the on_stop the ingest counts as record_stopped)."""
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _FILLS_THE_DISK, str(tmp_path)], capture_output=True, text=True,
+                         timeout=30, cwd=Path(__file__).parents[1],
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0)))
+    assert out.returncode == 0 and out.stdout == "stopped\n", out.stdout + out.stderr
+    assert "stopped: OSError: File too large" in out.stderr, out.stderr
+    assert list(tmp_path.rglob("*.flv")) == [], list(tmp_path.rglob("*"))

@@ -416,7 +416,7 @@ def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeyp
     monkeypatch.setenv("RTMPQ_PUREPYTHON", "1")  # not a setting: passed on
     config = Config(transcode=TranscodeConfig(ladder="480p,360p", bitrates={"480p": "900", "360p": "500"},
                                               presets={"360p": "fast"}, idle_stop=2.0),
-                    auth=AuthConfig(secret=SECRET, node_token="nt"))
+                    auth=AuthConfig(secret=SECRET, node_token=(nt := mint_token(SECRET, "", "relay", 60, now=time.time()))))
     child = TranscoderChild(config, "live/x")
     env = child.environment()
     assert child.command("127.0.0.1", 4443)[-2:] == ["--broadcast", "live/x"]
@@ -424,4 +424,4 @@ def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeyp
     child = load_config(env=env)
     assert (child.transcode.ladder, child.transcode.bitrates, child.transcode.presets, child.transcode.idle_stop) == (
         "480p,360p", {"480p": "900", "360p": "500"}, {"360p": "fast"}, 2.0)
-    assert (child.auth.secret, child.auth.node_token) == (SECRET, "nt")
+    assert (child.auth.secret, child.auth.node_token) == (SECRET, nt)

@@ -127,6 +127,38 @@ _DECODE_OPTIONS = {
 }
 
 
+def _claim_types(payload: dict) -> tuple:
+    """(sub, act, exp, nbf) of decoded claims; TokenError (malformed) if one is of the wrong type."""
+    sub, granted, exp = payload["sub"], payload["act"], payload["exp"]
+    if not isinstance(sub, str) or not isinstance(granted, str):
+        raise TokenError(REASON_MALFORMED, "token sub and act must be strings")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        raise TokenError(REASON_MALFORMED, "token exp must be a number")
+    nbf = payload.get("nbf")
+    if nbf is not None and (isinstance(nbf, bool) or not isinstance(nbf, (int, float))):
+        raise TokenError(REASON_MALFORMED, "token nbf must be a number")
+    return sub, granted, exp, nbf
+
+
+def check_token_shape(token: str) -> None:
+    """TokenError (malformed) if ``token`` is not one that ``verify_token`` could accept with the
+    right secret: not a JWT, not HS256, claims missing or of the wrong type, an unknown act. The
+    signature and the times are not checked (a node's token is signed with its upstream's secret)."""
+    if not isinstance(token, str) or not looks_like_jwt(token):
+        raise TokenError(REASON_MALFORMED, "token is not a JWT (three base64url parts separated by dots)")
+    try:
+        alg = jwt.get_unverified_header(token).get("alg")
+        payload = jwt.decode(token, options={**_DECODE_OPTIONS, "verify_signature": False})
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError(REASON_MALFORMED, f"token has no {exc.claim!r} claim") from None
+    except jwt.InvalidTokenError:
+        raise TokenError(REASON_MALFORMED, "token header or claims are not valid JSON") from None
+    if alg != ALGORITHM:
+        raise TokenError(REASON_MALFORMED, f"token is not signed with {ALGORITHM}")
+    if _claim_types(payload)[1] not in ACTIONS:
+        raise TokenError(REASON_MALFORMED, "token act is not publish, subscribe or relay")
+
+
 def verify_token(token: str, secret: str, *, act: str, path: str, now: float, session_ok: bool = False) -> Claims:
     """The claims of ``token`` if it is signed with ``secret``, unexpired at ``now``, grants
     ``act`` (a ``relay`` token grants publish and subscribe too) and covers ``path``;
@@ -153,14 +185,7 @@ def verify_token(token: str, secret: str, *, act: str, path: str, now: float, se
     except jwt.InvalidTokenError:
         # PyJWT's own messages may quote decoded bytes of the token: say it in our words
         raise TokenError(REASON_MALFORMED, "token claims are not valid") from None
-    sub, granted, exp = payload["sub"], payload["act"], payload["exp"]
-    if not isinstance(sub, str) or not isinstance(granted, str):
-        raise TokenError(REASON_MALFORMED, "token sub and act must be strings")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        raise TokenError(REASON_MALFORMED, "token exp must be a number")
-    nbf = payload.get("nbf")
-    if nbf is not None and (isinstance(nbf, bool) or not isinstance(nbf, (int, float))):
-        raise TokenError(REASON_MALFORMED, "token nbf must be a number")
+    sub, granted, exp, nbf = _claim_types(payload)
     if exp + CLOCK_SKEW_LEEWAY <= now:
         raise TokenError(REASON_EXPIRED, f"token expired {now - exp:.0f} s ago")
     if nbf is not None and nbf - CLOCK_SKEW_LEEWAY > now:

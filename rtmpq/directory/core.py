@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import RemoteProtocolError
+from ..redact import REDACTED
 
 KEY_PREFIX = "rtmpq:broadcast:"
 CHANNEL = "rtmpq:directory"
@@ -284,5 +285,5 @@ def safe_url(url: str) -> str:
     host = parts.hostname or ""
     if parts.port:
         host += f":{parts.port}"
-    user = f"{parts.username or ''}:********@"
+    user = f"{parts.username or ''}:{REDACTED}@"
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))

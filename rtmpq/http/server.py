@@ -71,6 +71,16 @@ class HttpStats:
         self.errors: Counter[str] = Counter()  # by reason
 
 
+def https_context(config) -> ssl.SSLContext:
+    """The TLS context of an [http] section with certfile and keyfile (ConfigError naming them if
+    they do not load); HTTP/2 offered by ALPN."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_cert_chain(ctx, config.certfile, config.keyfile, "http.certfile/http.keyfile (--http-cert/--http-key)")
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    return ctx
+
+
 class HttpServer:
     def __init__(self, handler: Handler, config, *, server_header: str = "rtmpq", sock=None) -> None:
         """``config`` is an [http] section (rtmpq.config.HttpConfig); ``sock``: a listening socket
@@ -81,23 +91,18 @@ class HttpServer:
         self.server_header = server_header
         self.stats = HttpStats()
         self.tls = bool(config.certfile and config.keyfile)
+        # loaded here, not in start(): a certificate that does not load stops a node before any of
+        # its listeners is up (up's log said "RTMP listening on ...", then it exited on this)
+        self._ctx = https_context(config) if self.tls else None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
         self._per_ip: Counter[str] = Counter()
         self._gates: set[_TlsGate] = set()  # TLS listener: connections not past their TLS handshake
-        self._ctx: ssl.SSLContext | None = None
         self._wrong_scheme_log = LogLimiter(WRONG_SCHEME_LOG_INTERVAL)  # (address, kind)
         self.closing = False
 
     async def start(self) -> None:
-        ctx = None
-        if self.tls:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            load_cert_chain(ctx, self.config.certfile, self.config.keyfile,
-                            "http.certfile/http.keyfile (--http-cert/--http-key)")
-            ctx.set_alpn_protocols(["h2", "http/1.1"])
-        self._ctx = ctx
+        ctx = self._ctx
         loop = asyncio.get_running_loop()
         try:
             where = {"sock": self.sock} if self.sock is not None else {"host": self.config.host, "port": self.config.port}

@@ -381,7 +381,7 @@ class Broadcast:
         self.publishing = False
         self._left_at = now
         self.expires_at = now + grace_period
-        if not self._end_when_flushed:
+        if not self._end_when_flushed and not (self._registry is not None and self._registry.stopping):
             log.info("broadcast %s: publisher left, kept for %g s", safe_name(self.name), grace_period)
 
     def renditions_flushed(self) -> None:
@@ -476,6 +476,9 @@ class BroadcastRegistry:
         self._live: dict[str, Broadcast] = {}
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._watchers: set[asyncio.Queue] = set()
+        # the node is stopping (set by the ingest when its graceful stop begins): its broadcasts end
+        # with it, so a publisher leaving now is not said to be waited for (the grace period)
+        self.stopping = False
 
     def publish(self, name: str) -> Broadcast:
         """A new broadcast, or the same one again when its publisher left less than the grace
@@ -547,4 +550,4 @@ class BroadcastRegistry:
     def _remove(self, b: Broadcast) -> None:
         if self._live.get(b.name) is b:
             del self._live[b.name]
-            log.info("broadcast %s ended", safe_name(b.name))
+            log.info("broadcast %s ended%s", safe_name(b.name), ": the node is stopping" if self.stopping else "")

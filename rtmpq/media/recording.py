@@ -5,9 +5,10 @@ One thing is rewritten when the recording closes, as FFmpeg's own FLV writer doe
 before it knows (ffmpeg writes the length it means to send: ``-t``, or the file it restreams). They say what the file holds, so a publish cut off early is not a file that claims
 its planned length.
 
-The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video leaves
-none (the file is removed when the recording closes). The key has passed the session's allowlist
-(letters, digits, ``_.~-``), so it cannot climb out of ``dir``; we check that once more anyway.
+The file is ``<dir>/<app>/<key>-<UTC start>.flv``; a publish that sent no audio or video, or
+whose disk took not a byte of it (full), leaves none (the file is removed when the recording
+closes). The key has passed the session's allowlist (letters, digits, ``_.~-``), so it cannot
+climb out of ``dir``; we check that once more anyway.
 
 The disk is only touched by a thread of the recorder's own (opening, writing, closing), so a slow
 or stuck disk never holds up the event loop. Tags wait for it in a queue bounded in bytes; a
@@ -272,8 +273,10 @@ class FlvRecorder:
             with self._wake:
                 self._stop_locked(_describe(exc))
         finally:
+            empty = False  # the disk took not one byte (it was full when the recording began)
             if file is not None:
                 try:
+                    empty = os.fstat(file.fileno()).st_size == 0
                     if media:
                         if self.stopped:  # (a full disk): the file ends with the last whole batch, a
                             # playable FLV whose onMetaData says how long it is (it ended mid-tag, duration 0)
@@ -283,13 +286,15 @@ class FlvRecorder:
                 except Exception as exc:
                     with self._wake:
                         self._stop_locked(f"closing the file: {_describe(exc)}")
-                if not media and not self.stopped:
+                if not media and (empty or not self.stopped):
                     # a publish that sent no audio or video (connect, publish, gone) would leave a
-                    # file with nothing to play in it: the FLV header, perhaps metadata (a stopped
-                    # recording keeps its file: what the disk took before the error log)
+                    # file with nothing to play in it: the FLV header, perhaps metadata; a full disk
+                    # left a 0-byte .flv per publish. A stopped recording keeps any other file:
+                    # what the disk took before the error log
+                    why = "the disk took none of it" if self.stopped else "no audio or video came"
                     try:
                         self.path.unlink()
-                        log.info("%srecording of %s: no audio or video came, no file kept", self._who, self._name)
+                        log.info("%srecording of %s: %s, no file kept", self._who, self._name, why)
                     except OSError as exc:
                         log.warning("%srecording of %s: could not remove the empty file: %s", self._who, self._name,
                                     _describe(exc))

@@ -177,6 +177,7 @@ class IngestNode:
         if self._drained:
             return
         self._drained = True
+        self.registry.stopping = True  # (its log: the broadcasts end, no grace period said)
         pubs = list(self.publishes.values())
         moving = [pub for pub in pubs if pub.conn.can_reconnect] if self.reconnect_wait > 0 else []
         if not moving:

@@ -14,6 +14,7 @@ from ..moq.group_tails import GROUP_TAIL_WAIT
 from ..moq.relay import MoqRelay
 from ..moq.tls import server_pair
 from ..moq.transport import bound_host, parse_moq_url, serve_moq
+from ..ops.health import remove_http_url, write_http_url
 from ..ops.probe import UpstreamProbe
 from ..ops.routes import OpsRoutes, ops_only
 from ..ops.view import NodeView
@@ -86,18 +87,25 @@ class OpsListener:
         self.http = HttpServer(ops_only(self.routes), config.http, sock=sock) \
             if config.http.enabled or sock is not None else None
         view.http = self.http
+        # `rtmpq health` finds a listener of the node's own here (not one its parent handed it)
+        self.state_dir = config.moq.state_dir if sock is None else None
+        self.url = None
 
     async def start(self) -> None:
         self.routes.start()
         if self.http is not None:
             await self.http.start()
             log.info("metrics and health on %s://%s:%d/metrics", self.http.scheme, *self.http.address)
+            if self.state_dir is not None:
+                self.url = write_http_url(self.state_dir, self.http)
         self.view.listening = True
 
     async def close(self) -> None:
         self.view.listening = False
         self.routes.stop()
         if self.http is not None:
+            if self.state_dir is not None:
+                remove_http_url(self.state_dir, self.url)
             await self.http.close()
 
 
@@ -177,11 +185,12 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
     ingest = IngestNode(registry, config.rtmp, config.publish, access, config.moq.state_dir, config.node.stop_timeout)
     if reloader is not None:
         reloader.hooks.append(ingest.settings_reloaded)
+    view = NodeView("ingest", registry=registry, ingest=ingest)
+    ops = OpsListener(config, view)  # (an HTTPS certificate that does not load: before RTMP listens)
     await ingest.start()
     host, port = ingest.address
     log.info("ingest ready: publish to rtmp://%s:%d/live/<stream key>", host, port)
     relay = link = None
-    view = NodeView("ingest", registry=registry, ingest=ingest)
     if config.upstream.url:
         relay = node_relay(registry, config, access)
         relay.start()
@@ -190,7 +199,6 @@ async def run_ingest_node(config: Config, stop: asyncio.Event, reloader: Reloade
         link.start()
         view.relay, view.relay_backend = relay, config.upstream.backend
         view.upstream_ready = lambda: link_ready(link)
-    ops = OpsListener(config, view)
     await ops.start()
     runtime.settle()
     try:
@@ -237,11 +245,13 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     if probe is not None:
         probe.start()
     view.listening = True
+    url = write_http_url(config.moq.state_dir, edge.http)
     runtime.settle()
     try:
         await stop.wait()
     finally:
         view.listening = False
+        remove_http_url(config.moq.state_dir, url)
         if probe is not None:
             probe.stop()
         ops.stop()

@@ -15,6 +15,7 @@ from ..moq.relay import MoqRelay
 from ..moq.relay_sink import InProcessSink
 from ..moq.tls import server_pair
 from ..moq.transport import bound_host, serve_moq
+from ..ops.health import remove_http_url, write_http_url
 from ..ops.routes import OpsRoutes
 from ..ops.view import NodeView
 from ..redact import names_are_public
@@ -199,6 +200,7 @@ class UpNode:
         self.view.edge, self.view.http = self.edge, self.edge.http
         self._quic = None
         self.fingerprint = ""
+        self._http_url = None  # what `rtmpq health` reads in the state dir (rtmpq.ops.health)
 
     async def start(self) -> None:
         # first: a MoQ certificate that does not load, or a state dir that cannot keep one, stops
@@ -225,6 +227,7 @@ class UpNode:
             self.transcoder_children.start(*self.moq_address)
         self.ops.start()
         self.view.listening = True
+        self._http_url = write_http_url(self.moq_config.state_dir, self.edge.http)
         host, port = self.moq_address
         log.info("MoQ (draft 16, ALPN moqt-16) on udp %s:%d%s, certificate sha256 %s", host, port,
                  ", QUIC Retry on" if self.moq_config.retry else "", self.fingerprint)
@@ -242,6 +245,7 @@ class UpNode:
         the other publishers get onStatus and a close, recordings are finalized, the node's own
         playlists get ENDLIST."""
         self.view.listening = False
+        remove_http_url(self.moq_config.state_dir, self._http_url)
         await self.rtmp.drain()
         stopping_child = None
         if self.transcoder_children is not None:  # told first (before the GOAWAY they would reconnect after),

@@ -146,7 +146,9 @@ class NodeCollector:
         conns = GaugeMetricFamily("rtmpq_connections", "open connections", labels=["protocol"])
         received = CounterMetricFamily("rtmpq_received_bytes", "bytes read from sockets", labels=["protocol"])
         sent = CounterMetricFamily("rtmpq_sent_bytes", "bytes written to sockets", labels=["protocol"])
-        errors = CounterMetricFamily("rtmpq_errors", "connections or requests ended by an error, by reason",
+        errors = CounterMetricFamily("rtmpq_errors", "errors and refusals by protocol and reason: connections, "
+                                     "sessions or requests ended or refused, publishes refused, recordings stopped, "
+                                     "relayed datagrams not sent (each reason: docs/operations.md)",
                                      labels=["protocol", "reason"])
         if view.ingest is not None:
             rtmp = view.ingest.server
