@@ -105,6 +105,20 @@ async def test_plain_rtmp_and_silence_on_the_tls_port_are_dropped_without_touchi
     await until(lambda: not ingest.server.connections, what="every connection gone")
 
 
+async def test_a_tcp_check_that_connects_and_closes_is_no_failed_handshake(ingest, caplog):
+    """A load balancer's or orchestrator's TCP check opens the RTMPS port and closes it, every few
+    seconds: each was logged as a failed TLS handshake and counted `tls_handshake`, burying real
+    failures. A connection closed before its first byte is neither (the HTTPS listener already
+    did this)."""
+    caplog.set_level("WARNING", logger="rtmpq.rtmp")
+    for _ in range(3):
+        _, writer = await asyncio.open_connection(*ingest.tls_address)
+        writer.close()
+        await writer.wait_closed()
+    await until(lambda: not ingest.server.connections, what="the checks' connections gone")
+    assert ingest.server.errors["tls_handshake"] == 0 and "TLS handshake failed" not in caplog.text, caplog.text
+
+
 async def test_an_encoder_given_the_wrong_scheme_fails_at_once_and_the_log_says_what_it_did(ingest, caplog):
     """rtmps:// to the plain port (a TLS ClientHello where C0 should be) was held to the handshake
     deadline (10 s) and logged "no successful connect"; rtmp:// to the RTMPS listener was logged as

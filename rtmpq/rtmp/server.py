@@ -114,7 +114,10 @@ class RtmpConnection(asyncio.BufferedProtocol):
         try:
             async with asyncio.timeout(timeout):
                 first = await peek(transport, 1)
-                if first and says_rtmp(first[0]):
+                if not first:  # closed before a byte: a TCP check (a load balancer's), no failed handshake
+                    self._not_tls(transport, None)
+                    return
+                if says_rtmp(first[0]):
                     self.server.closed_for(self.peer, "plain RTMP on the RTMPS listener: use rtmps://",
                                            PLAIN_ON_TLS_PORT)
                     self._not_tls(transport, None)
