@@ -56,7 +56,8 @@ def _port_range() -> range:
     return range(first + worker * span, first + (worker + 1) * span)
 
 
-_ports = itertools.cycle(_port_range())
+_PORTS = _port_range()
+_ports = itertools.cycle(_PORTS)
 
 
 def _bindable(port: int) -> bool:
@@ -72,7 +73,7 @@ def _bindable(port: int) -> bool:
 def free_port(kind=socket.SOCK_STREAM) -> int:
     """A loopback port free for both TCP and UDP, from this process's slice (``_port_range``);
     ``kind`` stays for the callers that name one."""
-    for _ in range(len(_port_range())):
+    for _ in range(len(_PORTS)):
         port = next(_ports)
         if _bindable(port):
             return port
