@@ -263,6 +263,20 @@ def test_a_clock_that_jumps_back_mid_group_goes_on_from_where_it_was(sample_flv,
     assert caplog.text.count("stepped back") == 1
 
 
+def stamped_early(tags) -> list:
+    """FLV tags with their coded frames (not the sequence headers) stamped 40 ms before time 0
+    and on (sent as 2**32 - 40 ..., serial arithmetic), and the third coded video frame given a
+    composition offset of -33 ms (shown before it is decoded)."""
+    out, coded = [], 0
+    for kind, ts, body in tags:
+        if kind in (8, 9) and body[1] == 1:
+            ts -= 40
+            if kind == 9 and (coded := coded + 1) == 3:
+                body = body[:2] + (-33 & 0xFFFFFF).to_bytes(3, "big") + body[5:]
+        out.append((kind, ts & 0xFFFFFFFF, body))
+    return out
+
+
 @pytest.mark.parametrize("publish", [publish_through_session, publish_through_media_sink])
 def test_no_frame_is_before_0_or_shown_before_it_is_decoded(sample_flv, publish, caplog):
     """Coded frames sent 40 ms before the sequence headers' time 0 (2**32 - 40 by serial
@@ -270,15 +284,7 @@ def test_no_frame_is_before_0_or_shown_before_it_is_decoded(sample_flv, publish,
     where the encoder put it relative to the others; a video frame with a negative composition
     offset (FLV's CompositionTime is signed) is shown at its decode time. The packager (fMP4's
     decode time) and MoQ (LOC's timestamp offset) can carry neither."""
-    tags = []
-    coded = 0
-    for kind, ts, body in read_flv_tags(str(sample_flv)):
-        if kind in (8, 9) and body[1] == 1:
-            ts -= 40
-            if kind == 9 and (coded := coded + 1) == 3:
-                body = body[:2] + (-33 & 0xFFFFFF).to_bytes(3, "big") + body[5:]
-        tags.append((kind, ts & 0xFFFFFFFF, body))
-    demuxer, out = publish(tags, 0, 4096)
+    demuxer, out = publish(stamped_early(read_flv_tags(str(sample_flv))), 0, 4096)
     frames = [f for f in out if not isinstance(f, Catalog)]
     reference = probe_packets(str(sample_flv))
     for track in ("video", "audio"):

@@ -290,16 +290,10 @@ async def test_timestamps_below_zero_and_a_frame_shown_before_it_is_decoded_play
     from rtmpq.moq.client import SkippedGroup, subscribe_broadcast
     from rtmpq.moq.transport import connect_moq
 
+    from .test_demux import stamped_early
+
     need("ffprobe")
-    tags, coded = [], 0
-    for t, ts, body in read_flv_tags(str(source_flv)):
-        if t not in (8, 9) or ts >= 4000:
-            continue
-        if body[1] == 1:  # a coded frame, not a sequence header
-            ts = (ts - 40) & 0xFFFFFFFF
-            if t == 9 and (coded := coded + 1) == 3:
-                body = body[:2] + (-33 & 0xFFFFFF).to_bytes(3, "big") + body[5:]
-        tags.append((t, ts, body))
+    tags = stamped_early([tag for tag in read_flv_tags(str(source_flv)) if tag[0] in (8, 9) and tag[1] < 4000])
     frames = []
 
     async def subscriber():
