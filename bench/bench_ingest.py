@@ -109,6 +109,12 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / 100, int(fields[12]) / 100
 
 
+def minor_faults(pid: int) -> int:
+    """Pages the process has faulted in so far without disk I/O: each first touch of memory (and
+    each touch after the allocator gave it back) costs kernel time that is counted as system time."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+
 class CacheReading(threading.Thread):
     """rtmpq's group caches (`rtmpq_group_cache_bytes` from its /metrics) read every ``interval``
     seconds until ``stop()``, each time with the server's RSS just after: ``peak`` is the most
@@ -162,6 +168,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
         wait_listening(port)
         time.sleep(1.0)  # settled (rtmpq: imports done, listeners up)
         rss0, cpu0, split0 = rss_mb(server.pid), cpu_seconds(server.pid), cpu_split(server.pid)
+        faults0 = minor_faults(server.pid)
         sampler = PeakRss(server.pid)
         sampler.start()
         procs = [subprocess.Popen(["ffmpeg", "-v", "error", "-re", "-i", str(source), "-c", "copy", "-f", "flv",
@@ -178,6 +185,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
                 idle_since, last = time.monotonic(), now
         cpu = cpu_seconds(server.pid) - cpu0
         user, system = (b - a for a, b in zip(split0, cpu_split(server.pid)))
+        faults = minor_faults(server.pid) - faults0
         sampler.done.set()
         recorded = sum(f.stat().st_size for f in (tmp / "rec").rglob("*.flv"))
     finally:
@@ -187,6 +195,7 @@ def run(kind: str, record: bool, publishers: int, source: Path) -> dict:
     return {"publishers": publishers, "failed": failed, "cpu_per_publisher_s": round(cpu / publishers, 4),
             "cores_per_publisher": round(cpu / publishers / SECONDS, 4),
             "user_s_per_publisher": round(user / publishers, 4), "system_s_per_publisher": round(system / publishers, 4),
+            "faults_mb_per_publisher": round(faults * os.sysconf("SC_PAGESIZE") / 1e6 / publishers, 2),
             "cache_mb_per_publisher": None if cache_bytes is None else round(cache_bytes / 1e6 / publishers, 2),
             "rss_less_cache_mb_per_publisher": None if rest_mb is None else round((rest_mb - rss0) / publishers, 2),
             "rss_mb_per_publisher": round((sampler.peak - rss0) / publishers, 2), "recorded_mb": round(recorded / 1e6, 1)}
@@ -219,11 +228,11 @@ def teardown_module(module):
     out = Path("var/bench")
     out.mkdir(parents=True, exist_ok=True)  # for bench/plots.py
     (out / "ingest.json").write_text(json.dumps([{"server": k, "record": r, **s} for (k, r, _), s in RESULTS.items()], indent=1))
-    print("\n\nserver               record  publishers  failed  cores/publisher  user s/pub  system s/pub  "
+    print("\n\nserver               record  publishers  failed  cores/publisher  user s/pub  system s/pub  faulted MB/pub  "
           "RSS MB/publisher  of it cache MB  RSS less cache MB  recorded MB")
     for (kind, record, n), s in sorted(RESULTS.items(), key=lambda kv: (kv[0][1], kv[0][2], KINDS.index(kv[0][0]))):
         cache = "" if s["cache_mb_per_publisher"] is None else f"{s['cache_mb_per_publisher']:.2f}"
         rest = "" if s.get("rss_less_cache_mb_per_publisher") is None else f"{s['rss_less_cache_mb_per_publisher']:.2f}"
         print(f"{kind:20} {'yes' if record else 'no':6}  {n:10}  {s['failed']:6}  {s['cores_per_publisher']:15.4f}  "
-              f"{s['user_s_per_publisher']:10.4f}  {s['system_s_per_publisher']:12.4f}  "
+              f"{s['user_s_per_publisher']:10.4f}  {s['system_s_per_publisher']:12.4f}  {s['faults_mb_per_publisher']:14.2f}  "
               f"{s['rss_mb_per_publisher']:16.2f}  {cache:>14}  {rest:>17}  {s['recorded_mb']:11}")

@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--time-sink", action="store_true",
                     help="time each publish's media sink inside the server (bench/sink_timed.py), no profile")
     ap.add_argument("--uvloop", action="store_true", help="run the server on uvloop's event loop")
+    ap.add_argument("--floor", choices=("read", "demux", "hold"),
+                    help="run rtmpq with its ingest cut short there (bench/ingest_floor.py), no cProfile")
     args = ap.parse_args()
     if args.perf and not shutil.which("perf"):
         sys.exit("--perf needs Linux perf (Debian: linux-perf)")
@@ -66,10 +68,12 @@ def main() -> None:
     if args.pure:
         env["RTMPQ_PUREPYTHON"] = "1"
     prof = tmp / "up.prof"
-    cprofile = not (args.no_profile or args.perf or args.time_sink)
+    cprofile = not (args.no_profile or args.perf or args.time_sink or args.floor)
     here = Path(__file__).parent
     if args.time_sink:
         profile = [str(here / "sink_timed.py"), str(tmp / "sink.txt")]
+    elif args.floor:
+        profile = [str(here / "ingest_floor.py"), args.floor]
     elif args.uvloop:
         profile = [str(here / "uvloop_rtmpq.py"), *([str(prof)] if cprofile else [])]
     else:
