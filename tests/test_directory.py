@@ -14,7 +14,7 @@ import redis.asyncio
 
 from rtmpq.netem import Impairment, ImpairmentProxy
 
-from .conftest import free_port, need, wait_tcp
+from .conftest import RedisServer, free_port, http_get, need, wait_tcp
 from .publishers import ffmpeg_publish_args, run_process
 from .test_lifecycle import long_publish_args, spawn
 from .test_restart import poll, start_node
@@ -235,12 +235,48 @@ async def test_an_edge_with_only_a_directory_plays_across_a_move(tmp_path, redis
         await stop_all(procs)
 
 
-async def test_an_unreachable_directory_is_reported_at_start(tmp_path):
-    closed = free_port()
+async def test_a_directory_that_refuses_the_node_stops_it_at_start(tmp_path, redis_server):
+    # a database Redis does not have: retrying cannot mend it, so the node says so and exits
+    url = redis_server.url.replace("redis://", "redis://:sekrit@").rsplit("/", 1)[0] + "/99"
     rc, out = await run_process([sys.executable, "-m", "rtmpq", "relay", "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
-                                 "--state-dir", str(tmp_path / "s"), "--directory", f"redis://:sekrit@127.0.0.1:{closed}/0"])
+                                 "--state-dir", str(tmp_path / "s"), "--directory", url])
     assert rc == 1
-    assert f"directory redis://:********@127.0.0.1:{closed}/0" in out and "sekrit" not in out
+    assert f"directory redis://:********@127.0.0.1:{redis_server.port}/99" in out and "sekrit" not in out, out
+
+
+async def test_a_node_started_before_redis_is_not_ready_until_redis_answers_then_registers(tmp_path):
+    """A pod or compose service started before Redis: the node starts (it used to exit 1, and was
+    restarted with growing back-off), says once that Redis does not answer, and /readyz is 503 until
+    Redis answers; then what is published there is in the directory."""
+    need("ffmpeg")
+    redis_server = RedisServer(tmp_path)  # its port chosen, nothing listening there yet
+    prtmp, phttp = free_port(), free_port()
+    node = await start_node("up", "--rtmp", f"127.0.0.1:{prtmp}", "--http", f"127.0.0.1:{phttp}",
+                            "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--state-dir", str(tmp_path / "s"),
+                            "--directory", redis_server.url, env={"RTMPQ_DIRECTORY_TTL": TTL})
+    publisher = r = None
+    try:
+        await wait_tcp(phttp)
+        status, body = await http_get(f"http://127.0.0.1:{phttp}/readyz")
+        assert status == 503 and b"has not answered" in body, (status, body)
+        publisher = await spawn(long_publish_args(f"rtmp://127.0.0.1:{prtmp}/live/early", seconds=60))
+        await redis_server.start()
+        r = redis.asyncio.from_url(redis_server.url)
+        await until(lambda: entry(r, "live/early"), "the broadcast to be registered once Redis answers")
+        status, _ = await http_get(f"http://127.0.0.1:{phttp}/readyz")
+        assert status == 200
+    finally:
+        if publisher is not None and publisher.returncode is None:
+            publisher.kill()
+        if r is not None:
+            await r.aclose()
+        node.terminate()
+        _, err = await node.communicate()
+        await redis_server.stop()
+    log = err.decode(errors="replace")
+    assert node.returncode == 0 and "Traceback" not in log, log
+    assert log.count("does not answer") == 1, log  # said once, not at every retry
+    assert "answers again" in log, log
 
 
 async def test_a_relay_that_an_ingest_publishes_into_is_the_origin_other_relays_find(tmp_path, redis_server):

@@ -8,8 +8,9 @@
   snapshot every ``poll`` seconds (lapsed leases: a node that died silently). ``listen(callback)``
   gets each batch of changes.
 
-Redis being unreachable is not fatal: the node goes on with what it has and retries; its leases
-lapse if it cannot renew them, which is what followers should see.
+Redis being unreachable is not fatal, at start or later: the node goes on with what it has and
+retries; its leases lapse if it cannot renew them, which is what followers should see. A refusal
+that retrying cannot mend (a wrong password, no such database) stops the node at start.
 """
 
 import asyncio
@@ -18,6 +19,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
+
+import redis.asyncio  # imported only by nodes given a directory (nodes/directory.py)
+import redis.exceptions
 
 from ..errors import RemoteProtocolError
 from ..redact import safe_name
@@ -31,6 +35,8 @@ log = logging.getLogger("rtmpq.directory")
 REGISTRAR_POLL = 0.2
 # Seconds between attempts to reach Redis after an error.
 RETRY_INTERVAL = 1.0
+# While Redis stays unreachable, the warning is repeated this often (seconds), not at every retry.
+OUTAGE_LOG_INTERVAL = 60.0
 # Keys asked per SCAN step of a snapshot.
 SCAN_COUNT = 1000
 
@@ -54,13 +60,12 @@ def default_node_id() -> str:
 
 
 class DirectoryUnavailable(ConnectionError):
-    """Redis could not be reached at start."""
+    """Redis refused this node at start for a reason retrying cannot mend (its password, its database)."""
 
 
 class RedisDirectory:
     def __init__(self, url: str, *, node: str | None = None, ttl: float = DEFAULT_TTL,
                  poll: float | None = None, max_entries: int = MAX_ENTRIES) -> None:
-        import redis.asyncio  # only nodes given a directory need the client
 
         self.url = url
         self.node = node or default_node_id()
@@ -75,14 +80,67 @@ class RedisDirectory:
         self._tasks: list[asyncio.Task] = []
         self._renew = self.redis.register_script(_RENEW)
         self._withdraw = self.redis.register_script(_WITHDRAW)
+        self.answered = False  # Redis has answered since this node started (for /readyz)
+        self._outage_since: float | None = None  # when Redis stopped answering, if it has
+        self._outage_told = 0.0
 
     async def start(self) -> None:
-        """Checks that Redis answers: a wrong URL is reported at start, not as a silent retry."""
+        """Asks Redis once. A refusal that retrying cannot mend (a wrong password, no such
+        database) raises DirectoryUnavailable: the node does not start. Redis not answering (not
+        started yet, a pod not ready, a name not resolvable yet) is said and retried in the
+        background: the node starts, and ``ready()`` is False until Redis first answers (before,
+        the node exited, and a pod started before Redis was restarted with growing back-off)."""
         try:
             await self.redis.ping()
-        except Exception as exc:  # redis raises its own ConnectionError, TimeoutError, AuthenticationError
+        except asyncio.CancelledError:
+            raise
+        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as exc:
             raise DirectoryUnavailable(f"directory {safe_url(self.url)}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, TimeoutError, OSError: it may come
+            self._trouble(exc)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._wait_for_answer()))
+        else:
+            self._answering()
         log.info("directory %s, node %s, lease %g s", safe_url(self.url), self.node, self.ttl)
+
+    def ready(self) -> tuple[bool, str]:
+        """For /readyz: whether Redis has answered since the node started."""
+        if self.answered:
+            return True, "directory answers"
+        return False, f"directory {safe_url(self.url)} has not answered yet"
+
+    async def _wait_for_answer(self) -> None:
+        while not self.answered:
+            await asyncio.sleep(RETRY_INTERVAL)
+            try:
+                await self.redis.ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - still down: said once per OUTAGE_LOG_INTERVAL
+                self._trouble(exc)
+            else:
+                self._answering()
+
+    def _trouble(self, exc: BaseException) -> None:
+        """Redis did not answer: a warning when this starts, and once per OUTAGE_LOG_INTERVAL while
+        it lasts (every loop retries each RETRY_INTERVAL: a line each time buried the log)."""
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        elif now - self._outage_told < OUTAGE_LOG_INTERVAL:
+            return
+        self._outage_told = now
+        down = now - self._outage_since
+        log.warning("directory %s does not answer%s: %s; retrying every %g s%s", safe_url(self.url),
+                    f" (for {down:.0f} s)" if down >= 1 else "", exc, RETRY_INTERVAL,
+                    "" if self.answered else "; this node is not ready (/readyz) until it answers")
+
+    def _answering(self) -> None:
+        if self._outage_since is not None:
+            log.info("directory %s answers again (after %.0f s)", safe_url(self.url),
+                     time.monotonic() - self._outage_since)
+        self._outage_since = None
+        self.answered = True
 
     async def close(self) -> None:
         """Withdraws this node's entries (followers move at once, not after the TTL), then stops."""
@@ -110,12 +168,15 @@ class RedisDirectory:
     async def _register(self, holdings) -> None:
         while True:
             try:
-                for action in self.registrar.update(set(holdings()), time.monotonic()):
+                actions = self.registrar.update(set(holdings()), time.monotonic())
+                for action in actions:
                     await self._apply(action)
+                if actions:
+                    self._answering()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: retry, leases lapse meanwhile
-                log.warning("directory %s: %s; retrying", safe_url(self.url), exc)
+                self._trouble(exc)
                 await asyncio.sleep(RETRY_INTERVAL)
             await asyncio.sleep(REGISTRAR_POLL)
 
@@ -194,6 +255,7 @@ class RedisDirectory:
                     now = time.monotonic()
                     if now >= next_snapshot:  # subscribed first, so no claim falls between the two
                         self._changes(await self._snapshot())
+                        self._answering()
                         next_snapshot = now + self.poll
                     message = await pubsub.get_message(timeout=max(next_snapshot - time.monotonic(), 0.01))
                     if message is not None and message.get("type") == "message":
@@ -204,7 +266,7 @@ class RedisDirectory:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: keep the mirror, retry
-                log.warning("directory %s: %s; retrying", safe_url(self.url), exc)
+                self._trouble(exc)
                 await asyncio.sleep(RETRY_INTERVAL)
             finally:
                 try:

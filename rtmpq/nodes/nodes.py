@@ -158,6 +158,7 @@ async def run_relay(config: Config, stop: asyncio.Event) -> None:
                            relay.fingerprint)
         directory.follow()
         view.collectors.append(directory.metrics)
+        view.directory_ready = directory.ready
         origins = OriginLinks(relay, directory, token=lambda: node_token(config), **upstream_options(config))
         origins.start()
     await ops.start()
@@ -233,6 +234,7 @@ async def run_edge(config: Config, stop: asyncio.Event) -> None:
     view = NodeView("edge")
     if directory is not None:
         view.collectors.append(directory.metrics)
+        view.directory_ready = directory.ready
     ops = OpsRoutes(view)
     edge = EdgeServer(source, http=config.http, access=access, apps=[ops])
     view.edge, view.http = edge, edge.http

@@ -295,6 +295,7 @@ async def run_up(config: Config, stop: asyncio.Event, reloader: Reloader | None 
     await node.start()
     if directory is not None:  # the origin of what is published here: relays and edges find it
         directory.register(publishing(node.registry), advertised_url(config, *node.moq_address), node.fingerprint)
+        node.view.directory_ready = directory.ready
     runtime.settle()
     try:
         await stop.wait()

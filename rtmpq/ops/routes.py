@@ -3,7 +3,8 @@
     GET /                    status page: live broadcasts, their tracks, bitrate, viewers, a player link
     GET /metrics             Prometheus text exposition (rtmpq/ops/metrics.py)
     GET /healthz             200 while the process runs its event loop
-    GET /readyz              200 when listening (and, for a relay or an edge, its upstream answers), else 503
+    GET /readyz              200 when listening (and, for a relay or an edge, its upstream answers; with a
+                             directory, Redis has answered since start), else 503
     GET /api/v1/broadcasts   {"items": [{"name", "tracks": [{"name", "codec", "width", "height",
                              "bitrate"}], "started", "subscribers", "viewers", "publishing",
                              "not_carried": [{"kind", "codec", "flv", "carried", "reason"}]}]}

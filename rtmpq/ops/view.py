@@ -93,6 +93,8 @@ class NodeView:
         self.started = time.time()
         self.listening = False  # set by the node once every listener is up
         self.upstream_ready: Callable[[], tuple[bool, str]] | None = None
+        # the node's directory, while it has not answered since start: () -> (ready, why)
+        self.directory_ready: Callable[[], tuple[bool, str]] | None = None
         # a transcoder's rungs: () -> iterable of (broadcast, rendition track, RungStats, encoding now)
         self.transcode: Callable[[], Iterable] | None = None
         # a transcoder node's broadcasts: () -> iterable of (name, started wall clock, the rung
@@ -109,6 +111,8 @@ class NodeView:
     def ready(self) -> tuple[bool, str]:
         if not self.listening:
             return False, "not listening yet"
+        if self.directory_ready is not None and not (directory := self.directory_ready())[0]:
+            return directory
         if self.upstream_ready is not None:
             return self.upstream_ready()
         return True, "listening"
