@@ -309,6 +309,11 @@ async def _run(args, config: Config) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     node = args.command != "sub"  # a node's log says why it stopped (else a stop and a crash look alike)
+    if node:
+        from .nodes import runtime
+
+        runtime.raise_open_files(runtime.open_files_needed(config))
+        runtime.quiet_accept_failures(loop)
 
     def on_signal(sig: signal.Signals) -> None:
         if node and not stop.is_set():

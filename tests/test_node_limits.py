@@ -263,3 +263,81 @@ async def test_an_up_node_counts_at_most_its_http_max_viewers_tracked_players(tm
         await publisher
     [item] = [i for i in json.loads(listing)["items"] if i["name"] == "live/v"]
     assert item["viewers"] == 1
+
+
+async def _up_with_open_files(tmp_path, soft: int, hard: int):
+    """`rtmpq up` as a process started with the open-file limit (soft, hard); its stderr lines are
+    gathered in the returned list as they come."""
+    import resource
+    import socket
+    import sys
+
+    from .conftest import free_port, wait_tcp
+
+    phttp = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rtmpq", "up", "--rtmp", f"127.0.0.1:{free_port()}", "--http", f"127.0.0.1:{phttp}",
+        "--moq", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--state-dir", str(tmp_path / "s"),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+
+    async def gather() -> None:
+        async for line in proc.stderr:
+            lines.append(line.decode(errors="replace"))
+
+    reader = asyncio.create_task(gather())
+    await wait_tcp(phttp)
+    return proc, phttp, lines, reader
+
+
+async def _stopped(proc, reader) -> None:
+    proc.terminate()
+    await proc.wait()
+    await reader
+
+
+async def test_a_node_raises_its_open_file_limit_to_what_its_connection_limits_hold(tmp_path):
+    # Debian shells and systemd services start at 1024: the default limits (512 RTMP + 1024 HTTP
+    # connections) hit EMFILE before max_connections
+    from rtmpq.config import load_config
+    from rtmpq.nodes.runtime import open_files_needed
+
+    needed = open_files_needed(load_config(env={}))
+    proc, _, lines, reader = await _up_with_open_files(tmp_path, 80, needed + 100)
+    try:
+        limits = open(f"/proc/{proc.pid}/limits").read()
+        soft = next(line.split()[3] for line in limits.splitlines() if line.startswith("Max open files"))
+        assert int(soft) == needed, limits
+    finally:
+        await _stopped(proc, reader)
+    assert any(f"open-file limit raised from 80 to {needed}" in line for line in lines), lines
+
+
+async def test_at_the_open_file_limit_a_listener_says_so_once_and_serves_again_once_connections_close(tmp_path):
+    import socket
+
+    from .conftest import http_get
+
+    proc, phttp, lines, reader = await _up_with_open_files(tmp_path, 80, 80)  # the hard limit: not raised
+    held = []
+    try:
+        await until(lambda: any("the open-file limit is 80" in line for line in lines), 10, "the limit said at start")
+        for _ in range(120):  # more than 80 descriptors: accept fails with EMFILE
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", phttp))
+            held.append(s)
+        await until(lambda: any("cannot accept connections" in line for line in lines), 10, "the listener to say it")
+        for s in held:
+            s.close()
+        held.clear()
+        status, _ = await http_get(f"http://127.0.0.1:{phttp}/healthz", deadline=10)
+        assert status == 200  # served again once the connections closed
+    finally:
+        for s in held:
+            s.close()
+        await _stopped(proc, reader)
+    log = "".join(lines)
+    assert "Traceback" not in log, log  # asyncio logged a traceback per failed accept: thousands a second
+    assert log.count("cannot accept connections") == 1, log
