@@ -66,7 +66,6 @@ class DirectoryUnavailable(ConnectionError):
 class RedisDirectory:
     def __init__(self, url: str, *, node: str | None = None, ttl: float = DEFAULT_TTL,
                  poll: float | None = None, max_entries: int = MAX_ENTRIES) -> None:
-
         self.url = url
         self.node = node or default_node_id()
         self.ttl = ttl

@@ -292,10 +292,11 @@ async def run_up(config: Config, stop: asyncio.Event, reloader: Reloader | None 
     warn_if_open(node.access, [*rtmp_hosts(config.rtmp), bound_host(config.moq.host, config.moq.backend),
                                config.http.host])
     directory = await open_directory(config)
+    if directory is not None:
+        node.view.directory_ready = directory.ready
     await node.start()
     if directory is not None:  # the origin of what is published here: relays and edges find it
         directory.register(publishing(node.registry), advertised_url(config, *node.moq_address), node.fingerprint)
-        node.view.directory_ready = directory.ready
     runtime.settle()
     try:
         await stop.wait()
