@@ -516,6 +516,13 @@ class LlHlsStream:
         return s.complete if part is None else (len(s.parts) > part or s.complete)
 
     @property
+    def last_part(self) -> tuple[int, int] | None:
+        """(msn, part index) of the last part its playlist lists (EXT-X-RENDITION-REPORT's
+        LAST-MSN and LAST-PART), or None before the first."""
+        last = next((s for s in reversed(self.segments) if s.parts), None)
+        return None if last is None else (last.msn, len(last.parts) - 1)
+
+    @property
     def next_part(self) -> tuple[int, int]:
         """(msn, part index) of the part that will be published next (for the preload hint)."""
         if not self.segments:
