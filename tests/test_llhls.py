@@ -631,3 +631,22 @@ def test_a_track_whose_codec_string_could_break_a_playlist_is_not_packaged(codec
         playlist = multivariant_playlist([(video, "video.m3u8")] if video.has_media else [], audio, "audio.m3u8")
         assert ("avc1.64001e" in playlist) is accepted
         assert "INJECTED" not in playlist and "\r" not in playlist and "0" * 100 not in playlist
+
+
+def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress():
+    """BANDWIDTH is the peak segment bit rate (RFC 8216bis 4.4.6.2): a segment in progress that
+    holds only its key frame's part is far denser than any whole segment, and counting it made
+    the multivariant's BANDWIDTH jump up for part of each segment (players pick a lower variant)."""
+    from rtmpq.edge.llhls import multivariant_playlist
+
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-")
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    for group in range(3):
+        for i in range(10 if group < 2 else 2):  # two whole one-second groups, then two frames
+            ts = (group * 10 + i) * 100
+            stream.push(Frame(VIDEO, group, i, ts, ts, i == 0, bytes(5000 if i == 0 else 500), 1))
+    whole = [s for s in stream.segments if s.complete]
+    assert len(whole) == 2 and not stream.segments[-1].complete and stream.segments[-1].parts
+    peak = max(int(sum(len(p.data) for p in s.parts) * 8 / s.duration) for s in whole)
+    audio = LlHlsStream(tracks={AUDIO}, prefix="a-")
+    assert f"BANDWIDTH={peak}," in multivariant_playlist([(stream, "video.m3u8")], audio, "audio.m3u8")

@@ -495,11 +495,17 @@ class LlHlsStream:
             self._target = self.follows._target
         return self._target
 
+    def _measured(self) -> list[Segment]:
+        """The segments a rate is measured over: the whole ones in the window; the one in progress
+        only while there is none (its first parts, the key frame's, are denser than any whole
+        segment: counted, BANDWIDTH rose 40 % a part into each segment and fell back at its end)."""
+        whole = [s for s in self.segments if s.complete and s.duration > 0]
+        return whole or [s for s in self.segments if s.duration > 0]
+
     @property
     def bandwidth(self) -> int:
-        """Peak bits per second over the segments in the window (for BANDWIDTH)."""
-        rates = [sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self.segments if s.duration > 0]
-        return int(max(rates, default=0))
+        """Peak bits per second of a segment in the window (for BANDWIDTH)."""
+        return int(max((sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self._measured()), default=0))
 
     # -- lookups --------------------------------------------------------------------------------
     def segment(self, msn: int) -> Segment | None:
