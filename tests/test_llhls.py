@@ -633,10 +633,11 @@ def test_a_track_whose_codec_string_could_break_a_playlist_is_not_packaged(codec
         assert "INJECTED" not in playlist and "\r" not in playlist and "0" * 100 not in playlist
 
 
-def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress():
+def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress_and_the_average_is_given():
     """BANDWIDTH is the peak segment bit rate (RFC 8216bis 4.4.6.2): a segment in progress that
     holds only its key frame's part is far denser than any whole segment, and counting it made
-    the multivariant's BANDWIDTH jump up for part of each segment (players pick a lower variant)."""
+    the multivariant's BANDWIDTH jump up for part of each segment (players pick a lower variant).
+    AVERAGE-BANDWIDTH (which Apple's authoring spec requires) is their mean."""
     from rtmpq.edge.llhls import multivariant_playlist
 
     stream = LlHlsStream(tracks={VIDEO}, prefix="v-")
@@ -649,4 +650,6 @@ def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress():
     assert len(whole) == 2 and not stream.segments[-1].complete and stream.segments[-1].parts
     peak = max(int(sum(len(p.data) for p in s.parts) * 8 / s.duration) for s in whole)
     audio = LlHlsStream(tracks={AUDIO}, prefix="a-")
-    assert f"BANDWIDTH={peak}," in multivariant_playlist([(stream, "video.m3u8")], audio, "audio.m3u8")
+    average = int(sum(len(p.data) for s in whole for p in s.parts) * 8 / sum(s.duration for s in whole))
+    assert f"BANDWIDTH={peak},AVERAGE-BANDWIDTH={average}," in multivariant_playlist(
+        [(stream, "video.m3u8")], audio, "audio.m3u8")

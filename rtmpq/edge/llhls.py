@@ -507,6 +507,13 @@ class LlHlsStream:
         """Peak bits per second of a segment in the window (for BANDWIDTH)."""
         return int(max((sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self._measured()), default=0))
 
+    @property
+    def average_bandwidth(self) -> int:
+        """Bits per second over the segments in the window (for AVERAGE-BANDWIDTH)."""
+        measured = self._measured()
+        seconds = sum(s.duration for s in measured)
+        return int(sum(len(p.data) for s in measured for p in s.parts) * 8 / seconds) if seconds else 0
+
     # -- lookups --------------------------------------------------------------------------------
     def segment(self, msn: int) -> Segment | None:
         for s in self.segments:
@@ -632,10 +639,15 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
                      f'{channels},URI="{audio_uri}{query}"')
     audio_bandwidth = audio.bandwidth if ainfo is not None else 0
+    # AVERAGE-BANDWIDTH (RFC 8216bis 4.4.6.2; Apple's authoring spec requires it) once measured
+    audio_average = audio.average_bandwidth if ainfo is not None else 0
     for stream, uri, vinfo in variants:
         codecs = ",".join(hls_codec(t.codec) for t in (vinfo, ainfo) if t is not None)
         bandwidth = (stream.bandwidth or vinfo.stated_bitrate or 0) + audio_bandwidth
-        attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
+        attrs = [f"BANDWIDTH={max(bandwidth, 1)}"]
+        if stream.average_bandwidth:
+            attrs.append(f"AVERAGE-BANDWIDTH={stream.average_bandwidth + audio_average}")
+        attrs.append(f'CODECS="{codecs}"')
         if vinfo.width and vinfo.height:
             attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")
         if vinfo.framerate:
@@ -644,5 +656,7 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
             attrs.append('AUDIO="audio"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", uri + query]
     if not variants and ainfo is not None:
-        lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={max(audio_bandwidth, 1)},CODECS="{hls_codec(ainfo.codec)}"', audio_uri + query]
+        average = f",AVERAGE-BANDWIDTH={audio_average}" if audio_average else ""
+        lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={max(audio_bandwidth, 1)}{average},CODECS="{hls_codec(ainfo.codec)}"',
+                  audio_uri + query]
     return "\n".join(lines) + "\n"
