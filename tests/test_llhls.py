@@ -653,3 +653,29 @@ def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress_and_
     average = int(sum(len(p.data) for s in whole for p in s.parts) * 8 / sum(s.duration for s in whole))
     assert f"BANDWIDTH={peak},AVERAGE-BANDWIDTH={average}," in multivariant_playlist(
         [(stream, "video.m3u8")], audio, "audio.m3u8")
+
+
+def fragment_timeline(part: bytes) -> tuple[int, int]:
+    """(tfdt, sum of sample durations) of a one-track CMAF fragment (trun with durations)."""
+    tfdt_at, trun_at = part.index(b"tfdt"), part.index(b"trun")
+    tfdt = int.from_bytes(part[tfdt_at + 8:tfdt_at + 16])
+    count = int.from_bytes(part[trun_at + 8:trun_at + 12])
+    entries = part[trun_at + 16:]
+    return tfdt, sum(int.from_bytes(entries[i * 16:i * 16 + 4]) for i in range(count))
+
+
+@pytest.mark.parametrize("fps", [24, 30000 / 1001, 30])
+@pytest.mark.parametrize("track", [VIDEO, AUDIO])
+def test_every_part_begins_where_the_one_before_ended(fps, track):
+    """CMAF: a fragment's tfdt is the sum of the durations of the samples before it. A part's last
+    duration is predicted (it is published before the next frame comes), and millisecond
+    timestamps put the next frame a tick off: at 24 fps, and with 44.1 kHz AAC, a part began 1 ms
+    before or after the previous one ended, 3 times a segment."""
+    stream = LlHlsStream(tracks={track}, prefix="x-", part_target=0.2)
+    stream.set_catalog(av_catalog())
+    push_media(stream, fps, 6.0, 1.0)
+    stream.end()
+    timeline = [fragment_timeline(p.data) for s in stream.segments for p in s.parts]
+    gaps = [(i, start - (prev + length)) for i, ((prev, length), (start, _)) in enumerate(zip(timeline, timeline[1:]))
+            if start != prev + length]
+    assert gaps == []

@@ -54,6 +54,14 @@ TARGET_MARGIN = 0.01
 # Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
 # a part; the part's written duration never exceeds PART-TARGET all the same.
 FRAME_TIME_TOLERANCE_TICKS = 1
+# A track's part begins where its previous part's samples ended (the next tfdt is the sum of the
+# durations before it, as CMAF asks) when its first frame is this close (seconds), or within half
+# the last sample's duration, of that end: that part's last duration was predicted (the next frame
+# had not come), and millisecond timestamps put the next frame a tick off (24 fps and 44.1 kHz AAC
+# gave 3 tfdt gaps or overlaps of 1 ms per segment), or a frame missing from the recent ones put
+# the prediction off by more (gaps and overlaps of up to 11 ms); the frame is written that much
+# earlier or later (its composition offset kept), so the samples tile the timeline.
+TIMELINE_SNAP = 0.002
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
 # A window that would begin inside a group (a segment that goes on with a group longer than the
@@ -166,6 +174,7 @@ class LlHlsStream:
         self._timescale: dict[str, int] = {}
         self._pending: dict[str, list[Frame]] = {}
         self._last_duration: dict[str, int] = {}
+        self._written_end: dict[str, int] = {}  # per track, where its last written sample ends (TIMELINE_SNAP)
         self._fragment_seq = 0
         self._msn = first
         # the broadcast's first group id (set by the edge): a stream that starts later (a rung
@@ -321,6 +330,7 @@ class LlHlsStream:
         self.segments.clear()
         self._pending = {name: [] for name in self._tracks}
         self._group = self._last_dts = None
+        self._written_end.clear()
         self._msn = self.first
         self.version += 1
 
@@ -351,7 +361,7 @@ class LlHlsStream:
             return False
         step = self._frame_interval() or dts - frames[-1].dts
         limit = self.part_target * self._timescale[self._primary] + FRAME_TIME_TOLERANCE_TICKS
-        return dts + step - frames[0].dts > limit
+        return dts + step - self._run_start(self._primary, frames) > limit
 
     def _part_full(self) -> int | None:
         """When the pending part's next frame would not fit in the part target (by the frame
@@ -362,7 +372,7 @@ class LlHlsStream:
         if not frames or step is None:
             return None
         target = self.part_target * self._timescale[self._primary]
-        span = frames[-1].dts - frames[0].dts
+        span = frames[-1].dts - self._run_start(self._primary, frames)
         if span + 2 * step <= target + FRAME_TIME_TOLERANCE_TICKS:
             return None
         # the next frame's dts, from every recent one (each is rounded to the tick: their mean
@@ -371,6 +381,17 @@ class LlHlsStream:
         count = len(recent)
         predicted = round(sum(d + (count - i) * step for i, d in enumerate(recent)) / count) - frames[-1].dts
         return max(1, min(predicted, math.floor(target + 1e-6) - span))
+
+    def _run_start(self, name: str, frames: list[Frame]) -> int:
+        """The decode time ``name``'s pending ``frames`` are written from: where its last written
+        sample ended, when the first frame is within TIMELINE_SNAP of it; else its own."""
+        end = self._written_end.get(name)
+        first = frames[0].dts
+        near = max(TIMELINE_SNAP * self._timescale[name], self._last_duration.get(name, 0) // 2)
+        if end is None or abs(first - end) > near \
+                or (len(frames) > 1 and end >= frames[1].dts):
+            return first
+        return end
 
     def _begun_again(self, frame: Frame) -> bool:
         """A rung's group that starts at or before its last frame (see FOLLOWER_RESTART_GAP), not
@@ -449,21 +470,24 @@ class LlHlsStream:
             if not frames:
                 continue
             samples = []
+            shift = self._run_start(name, frames) - frames[0].dts
             for i, f in enumerate(frames):
+                dts, pts = (f.dts + shift, f.pts + shift) if i == 0 else (f.dts, f.pts)
                 if i + 1 < len(frames):
-                    d = frames[i + 1].dts - f.dts
-                elif name == self._primary and next_dts is not None and next_dts > f.dts:
+                    d = frames[i + 1].dts - dts
+                elif name == self._primary and next_dts is not None and next_dts > dts:
                     # (a next group that begins no later, as a restarted transcoder's re-encoding
                     # of the source group the crash cut short, leaves it a frame interval below:
                     # a frame of no duration would be a part or segment of 0.000 s)
-                    d = next_dts - f.dts
+                    d = next_dts - dts
                 elif name == self._primary and last_duration is not None:
                     d = last_duration
                 else:
                     d = self._last_duration.get(name, 0) or (frames[i].dts - frames[i - 1].dts if i else 0)
                 d = max(d, 0)
                 self._last_duration[name] = d or self._last_duration.get(name, 0)
-                samples.append(Sample(f.dts, f.pts, d, f.keyframe, f.payload))
+                samples.append(Sample(dts, pts, d, f.keyframe, f.payload))
+            self._written_end[name] = samples[-1].dts + samples[-1].duration
             if name == self._primary:
                 duration = sum(s.duration for s in samples) / self._timescale[name]
                 independent = samples[0].keyframe
