@@ -851,6 +851,8 @@ class EdgeServer:
             part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
         except ValueError:
             return text(400, "_HLS_msn and _HLS_part must be integers")
+        if (msn is not None and msn < 0) or (part is not None and part < 0):  # decimal-integers (RFC 8216bis 4.2)
+            return text(400, "_HLS_msn and _HLS_part must not be negative")
         if part is not None and msn is None:
             return text(400, "_HLS_part needs _HLS_msn")
         if msn is not None:
