@@ -384,7 +384,8 @@ class LlHlsStream:
 
     def _run_start(self, name: str, frames: list[Frame]) -> int:
         """The decode time ``name``'s pending ``frames`` are written from: where its last written
-        sample ended, when the first frame is within TIMELINE_SNAP of it; else its own."""
+        sample ended, when the first frame is that close to it (TIMELINE_SNAP, or half the last
+        sample's duration) and before the second; else its own."""
         end = self._written_end.get(name)
         first = frames[0].dts
         near = max(TIMELINE_SNAP * self._timescale[name], self._last_duration.get(name, 0) // 2)
