@@ -961,3 +961,33 @@ async def test_a_blocking_reload_a_segment_ahead_is_held_not_refused(node, tmp_p
     status, _, _ = await http_get(f"{base}/video.m3u8?_HLS_msn={msn + 1}&_HLS_part=40")
     assert status == 400
     await end_live_publish(publisher)
+
+
+# -- what RFC 8216bis asks of a low-latency server -------------------------------------------------
+def last_listed_part(playlist: str) -> tuple[int, int]:
+    return max((int(m), int(p)) for m, p in re.findall(r'#EXT-X-PART:.*URI="[av]\d*-seg(\d+)\.(\d+)\.m4s"', playlist))
+
+
+async def test_media_playlists_report_the_other_renditions_and_refuse_negative_delivery_directives(node, tmp_path):
+    """EXT-X-RENDITION-REPORT (RFC 8216bis 4.4.5.4) for every other rendition of the multivariant
+    playlist, with the last part that rendition's own playlist lists: AVPlayer, ExoPlayer and
+    Shaka switch renditions by it (a blocking reload of the new one's next part at once). A
+    negative Delivery Directive was answered as if it were none."""
+    need("ffmpeg")
+    publisher = await publishing(node, tmp_path, "live/reports", 3)
+    base = "http://{}:{}/live/reports".format(*node.edge.address)
+    for mine, other in (("video", "audio"), ("audio", "video")):
+        before = last_listed_part((await http_get(f"{base}/{other}.m3u8"))[2].decode())
+        playlist = (await http_get(f"{base}/{mine}.m3u8"))[2].decode()
+        reports = re.findall(r'^#EXT-X-RENDITION-REPORT:URI="([^"]+)",LAST-MSN=(\d+),LAST-PART=(\d+)$', playlist, re.M)
+        assert [uri for uri, _, _ in reports] == [f"{other}.m3u8"], playlist
+        reported = (int(reports[0][1]), int(reports[0][2]))
+        assert reported >= before  # as up to date as the playlist that carries it
+        status, _, body = await http_get(f"{base}/{other}.m3u8?_HLS_msn={reported[0]}&_HLS_part={reported[1]}")
+        assert status == 200 and last_listed_part(body.decode()) >= reported
+    # a Delivery Directive is a decimal-integer (RFC 8216bis 4.2, 6.2.5): a negative one is refused
+    for query in ("_HLS_msn=-1", f"_HLS_msn={reported[0]}&_HLS_part=-1"):
+        status, _, body = await http_get(f"{base}/video.m3u8?{query}")
+        assert status == 400, (query, status, body)
+    rc, output = await publisher
+    assert rc == 0, output

@@ -631,3 +631,51 @@ def test_a_track_whose_codec_string_could_break_a_playlist_is_not_packaged(codec
         playlist = multivariant_playlist([(video, "video.m3u8")] if video.has_media else [], audio, "audio.m3u8")
         assert ("avc1.64001e" in playlist) is accepted
         assert "INJECTED" not in playlist and "\r" not in playlist and "0" * 100 not in playlist
+
+
+def test_bandwidth_is_the_peak_of_whole_segments_not_of_the_one_in_progress_and_the_average_is_given():
+    """BANDWIDTH is the peak segment bit rate (RFC 8216bis 4.4.6.2): a segment in progress that
+    holds only its key frame's part is far denser than any whole segment, and counting it made
+    the multivariant's BANDWIDTH jump up for part of each segment (players pick a lower variant).
+    AVERAGE-BANDWIDTH (which Apple's authoring spec requires) is their mean."""
+    from rtmpq.edge.llhls import multivariant_playlist
+
+    stream = LlHlsStream(tracks={VIDEO}, prefix="v-")
+    stream.set_catalog(video_catalog(b"\x01\x64\x00\x1eAAAA", 320))
+    for group in range(3):
+        for i in range(10 if group < 2 else 2):  # two whole one-second groups, then two frames
+            ts = (group * 10 + i) * 100
+            stream.push(Frame(VIDEO, group, i, ts, ts, i == 0, bytes(5000 if i == 0 else 500), 1))
+    whole = [s for s in stream.segments if s.complete]
+    assert len(whole) == 2 and not stream.segments[-1].complete and stream.segments[-1].parts
+    peak = max(int(sum(len(p.data) for p in s.parts) * 8 / s.duration) for s in whole)
+    audio = LlHlsStream(tracks={AUDIO}, prefix="a-")
+    average = int(sum(len(p.data) for s in whole for p in s.parts) * 8 / sum(s.duration for s in whole))
+    assert f"BANDWIDTH={peak},AVERAGE-BANDWIDTH={average}," in multivariant_playlist(
+        [(stream, "video.m3u8")], audio, "audio.m3u8")
+
+
+def fragment_timeline(part: bytes) -> tuple[int, int]:
+    """(tfdt, sum of sample durations) of a one-track CMAF fragment (trun with durations)."""
+    tfdt_at, trun_at = part.index(b"tfdt"), part.index(b"trun")
+    tfdt = int.from_bytes(part[tfdt_at + 8:tfdt_at + 16])
+    count = int.from_bytes(part[trun_at + 8:trun_at + 12])
+    entries = part[trun_at + 16:]
+    return tfdt, sum(int.from_bytes(entries[i * 16:i * 16 + 4]) for i in range(count))
+
+
+@pytest.mark.parametrize("fps", [24, 30000 / 1001, 30])
+@pytest.mark.parametrize("track", [VIDEO, AUDIO])
+def test_every_part_begins_where_the_one_before_ended(fps, track):
+    """CMAF: a fragment's tfdt is the sum of the durations of the samples before it. A part's last
+    duration is predicted (it is published before the next frame comes), and millisecond
+    timestamps put the next frame a tick off: at 24 fps, and with 44.1 kHz AAC, a part began 1 ms
+    before or after the previous one ended, 3 times a segment."""
+    stream = LlHlsStream(tracks={track}, prefix="x-", part_target=0.2)
+    stream.set_catalog(av_catalog())
+    push_media(stream, fps, 6.0, 1.0)
+    stream.end()
+    timeline = [fragment_timeline(p.data) for s in stream.segments for p in s.parts]
+    gaps = [(i, start - (prev + length)) for i, ((prev, length), (start, _)) in enumerate(zip(timeline, timeline[1:]))
+            if start != prev + length]
+    assert gaps == []

@@ -54,6 +54,14 @@ TARGET_MARGIN = 0.01
 # Timestamp rounding (in timescale ticks) forgiven when predicting whether one more frame fits in
 # a part; the part's written duration never exceeds PART-TARGET all the same.
 FRAME_TIME_TOLERANCE_TICKS = 1
+# A track's part begins where its previous part's samples ended (the next tfdt is the sum of the
+# durations before it, as CMAF asks) when its first frame is this close (seconds), or within half
+# the last sample's duration, of that end: that part's last duration was predicted (the next frame
+# had not come), and millisecond timestamps put the next frame a tick off (24 fps and 44.1 kHz AAC
+# gave 3 tfdt gaps or overlaps of 1 ms per segment), or a frame missing from the recent ones put
+# the prediction off by more (gaps and overlaps of up to 11 ms); the frame is written that much
+# earlier or later (its composition offset kept), so the samples tile the timeline.
+TIMELINE_SNAP = 0.002
 # Complete segments kept in the playlist (and in memory).
 SEGMENT_WINDOW = 6
 # A window that would begin inside a group (a segment that goes on with a group longer than the
@@ -166,6 +174,7 @@ class LlHlsStream:
         self._timescale: dict[str, int] = {}
         self._pending: dict[str, list[Frame]] = {}
         self._last_duration: dict[str, int] = {}
+        self._written_end: dict[str, int] = {}  # per track, where its last written sample ends (TIMELINE_SNAP)
         self._fragment_seq = 0
         self._msn = first
         # the broadcast's first group id (set by the edge): a stream that starts later (a rung
@@ -321,6 +330,7 @@ class LlHlsStream:
         self.segments.clear()
         self._pending = {name: [] for name in self._tracks}
         self._group = self._last_dts = None
+        self._written_end.clear()
         self._msn = self.first
         self.version += 1
 
@@ -351,7 +361,7 @@ class LlHlsStream:
             return False
         step = self._frame_interval() or dts - frames[-1].dts
         limit = self.part_target * self._timescale[self._primary] + FRAME_TIME_TOLERANCE_TICKS
-        return dts + step - frames[0].dts > limit
+        return dts + step - self._run_start(self._primary, frames) > limit
 
     def _part_full(self) -> int | None:
         """When the pending part's next frame would not fit in the part target (by the frame
@@ -362,7 +372,7 @@ class LlHlsStream:
         if not frames or step is None:
             return None
         target = self.part_target * self._timescale[self._primary]
-        span = frames[-1].dts - frames[0].dts
+        span = frames[-1].dts - self._run_start(self._primary, frames)
         if span + 2 * step <= target + FRAME_TIME_TOLERANCE_TICKS:
             return None
         # the next frame's dts, from every recent one (each is rounded to the tick: their mean
@@ -371,6 +381,18 @@ class LlHlsStream:
         count = len(recent)
         predicted = round(sum(d + (count - i) * step for i, d in enumerate(recent)) / count) - frames[-1].dts
         return max(1, min(predicted, math.floor(target + 1e-6) - span))
+
+    def _run_start(self, name: str, frames: list[Frame]) -> int:
+        """The decode time ``name``'s pending ``frames`` are written from: where its last written
+        sample ended, when the first frame is that close to it (TIMELINE_SNAP, or half the last
+        sample's duration) and before the second; else its own."""
+        end = self._written_end.get(name)
+        first = frames[0].dts
+        near = max(TIMELINE_SNAP * self._timescale[name], self._last_duration.get(name, 0) // 2)
+        if end is None or abs(first - end) > near \
+                or (len(frames) > 1 and end >= frames[1].dts):
+            return first
+        return end
 
     def _begun_again(self, frame: Frame) -> bool:
         """A rung's group that starts at or before its last frame (see FOLLOWER_RESTART_GAP), not
@@ -449,21 +471,24 @@ class LlHlsStream:
             if not frames:
                 continue
             samples = []
+            shift = self._run_start(name, frames) - frames[0].dts
             for i, f in enumerate(frames):
+                dts, pts = (f.dts + shift, f.pts + shift) if i == 0 else (f.dts, f.pts)
                 if i + 1 < len(frames):
-                    d = frames[i + 1].dts - f.dts
-                elif name == self._primary and next_dts is not None and next_dts > f.dts:
+                    d = frames[i + 1].dts - dts
+                elif name == self._primary and next_dts is not None and next_dts > dts:
                     # (a next group that begins no later, as a restarted transcoder's re-encoding
                     # of the source group the crash cut short, leaves it a frame interval below:
                     # a frame of no duration would be a part or segment of 0.000 s)
-                    d = next_dts - f.dts
+                    d = next_dts - dts
                 elif name == self._primary and last_duration is not None:
                     d = last_duration
                 else:
                     d = self._last_duration.get(name, 0) or (frames[i].dts - frames[i - 1].dts if i else 0)
                 d = max(d, 0)
                 self._last_duration[name] = d or self._last_duration.get(name, 0)
-                samples.append(Sample(f.dts, f.pts, d, f.keyframe, f.payload))
+                samples.append(Sample(dts, pts, d, f.keyframe, f.payload))
+            self._written_end[name] = samples[-1].dts + samples[-1].duration
             if name == self._primary:
                 duration = sum(s.duration for s in samples) / self._timescale[name]
                 independent = samples[0].keyframe
@@ -495,11 +520,24 @@ class LlHlsStream:
             self._target = self.follows._target
         return self._target
 
+    def _measured(self) -> list[Segment]:
+        """The segments a rate is measured over: the whole ones in the window; the one in progress
+        only while there is none (its first parts, the key frame's, are denser than any whole
+        segment: counted, BANDWIDTH rose 40 % a part into each segment and fell back at its end)."""
+        whole = [s for s in self.segments if s.complete and s.duration > 0]
+        return whole or [s for s in self.segments if s.duration > 0]
+
     @property
     def bandwidth(self) -> int:
-        """Peak bits per second over the segments in the window (for BANDWIDTH)."""
-        rates = [sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self.segments if s.duration > 0]
-        return int(max(rates, default=0))
+        """Peak bits per second of a segment in the window (for BANDWIDTH)."""
+        return int(max((sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self._measured()), default=0))
+
+    @property
+    def average_bandwidth(self) -> int:
+        """Bits per second over the segments in the window (for AVERAGE-BANDWIDTH)."""
+        measured = self._measured()
+        seconds = sum(s.duration for s in measured)
+        return int(sum(len(p.data) for s in measured for p in s.parts) * 8 / seconds) if seconds else 0
 
     # -- lookups --------------------------------------------------------------------------------
     def segment(self, msn: int) -> Segment | None:
@@ -514,6 +552,13 @@ class LlHlsStream:
         if s is None:
             return bool(self.segments) and msn < self.segments[0].msn
         return s.complete if part is None else (len(s.parts) > part or s.complete)
+
+    @property
+    def last_part(self) -> tuple[int, int] | None:
+        """(msn, part index) of the last part its playlist lists (EXT-X-RENDITION-REPORT's
+        LAST-MSN and LAST-PART), or None before the first."""
+        last = next((s for s in reversed(self.segments) if s.parts), None)
+        return None if last is None else (last.msn, len(last.parts) - 1)
 
     @property
     def next_part(self) -> tuple[int, int]:
@@ -619,10 +664,15 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
                      f'{channels},URI="{audio_uri}{query}"')
     audio_bandwidth = audio.bandwidth if ainfo is not None else 0
+    # AVERAGE-BANDWIDTH (RFC 8216bis 4.4.6.2; Apple's authoring spec requires it) once measured
+    audio_average = audio.average_bandwidth if ainfo is not None else 0
     for stream, uri, vinfo in variants:
         codecs = ",".join(hls_codec(t.codec) for t in (vinfo, ainfo) if t is not None)
         bandwidth = (stream.bandwidth or vinfo.stated_bitrate or 0) + audio_bandwidth
-        attrs = [f"BANDWIDTH={max(bandwidth, 1)}", f'CODECS="{codecs}"']
+        attrs = [f"BANDWIDTH={max(bandwidth, 1)}"]
+        if stream.average_bandwidth:
+            attrs.append(f"AVERAGE-BANDWIDTH={stream.average_bandwidth + audio_average}")
+        attrs.append(f'CODECS="{codecs}"')
         if vinfo.width and vinfo.height:
             attrs.append(f"RESOLUTION={vinfo.width}x{vinfo.height}")
         if vinfo.framerate:
@@ -631,5 +681,7 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
             attrs.append('AUDIO="audio"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attrs)}", uri + query]
     if not variants and ainfo is not None:
-        lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={max(audio_bandwidth, 1)},CODECS="{hls_codec(ainfo.codec)}"', audio_uri + query]
+        average = f",AVERAGE-BANDWIDTH={audio_average}" if audio_average else ""
+        lines += [f'#EXT-X-STREAM-INF:BANDWIDTH={max(audio_bandwidth, 1)}{average},CODECS="{hls_codec(ainfo.codec)}"',
+                  audio_uri + query]
     return "\n".join(lines) + "\n"

@@ -386,6 +386,24 @@ class _Broadcast:
         self.pulled_at.pop(track, None)
         self.source.want(track, False)
 
+    def variants(self) -> list[tuple[LlHlsStream, str]]:
+        """The video streams the multivariant playlist lists, with their playlists' URIs."""
+        return [(s, f"{s.track_names[0]}.m3u8") for k, s in self.streams.items()
+                if k != "a" and s.has_media and (self.catalog is None or s.only <= self.listed_tracks)]
+
+    def rendition_reports(self, stream: LlHlsStream, query: str) -> str:
+        """EXT-X-RENDITION-REPORT lines for ``stream``'s playlist: where every other rendition the
+        multivariant lists is now (RFC 8216bis 4.4.5.4), so a player switching to it asks for its
+        next part at once (AVPlayer, ExoPlayer, Shaka) instead of a plain reload first. Renditions
+        with no part yet (a rung not pulled) are left out."""
+        others = self.variants() + [(self.streams["a"], "audio.m3u8")]
+        lines = []
+        for other, uri in others:
+            last = other.last_part if other is not stream and not other.ended else None
+            if last is not None:
+                lines.append(f'#EXT-X-RENDITION-REPORT:URI="{uri}{query}",LAST-MSN={last[0]},LAST-PART={last[1]}\n')
+        return "".join(lines)
+
     @property
     def listed_tracks(self) -> set[str]:
         """The track names of ``catalog`` (none before the first)."""
@@ -739,8 +757,7 @@ class EdgeServer:
             # a catalog that says nothing plays (codecs not carried) ends the wait too
             if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
                 return self._not_carried(b) or self._no_media(b, "the broadcast")
-            videos = [(s, f"{s.track_names[0]}.m3u8") for k, s in b.streams.items()
-                      if k != "a" and s.has_media and (b.catalog is None or s.only <= b.listed_tracks)]
+            videos = b.variants()
             return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
@@ -834,6 +851,8 @@ class EdgeServer:
             part = int(query["_HLS_part"][0]) if "_HLS_part" in query else None
         except ValueError:
             return text(400, "_HLS_msn and _HLS_part must be integers")
+        if (msn is not None and msn < 0) or (part is not None and part < 0):  # decimal-integers (RFC 8216bis 4.2)
+            return text(400, "_HLS_msn and _HLS_part must not be negative")
         if part is not None and msn is None:
             return text(400, "_HLS_part needs _HLS_msn")
         if msn is not None:
@@ -848,4 +867,7 @@ class EdgeServer:
             # an ended playlist is the answer to a reload for what will never come (ENDLIST)
             if not await self._wait_for(b, stream, lambda: stream.has(msn, part)) and not stream.ended:
                 return text(503, "the requested part did not appear in time")
-        return Response(200, stream.media_playlist(uri_query).encode(), PLAYLIST, "no-cache")
+        playlist = stream.media_playlist(uri_query)
+        if not stream.ended:
+            playlist += b.rendition_reports(stream, uri_query)
+        return Response(200, playlist.encode(), PLAYLIST, "no-cache")
