@@ -901,6 +901,10 @@ class MoqRelay:
             # the newcomer is authorized for the namespace (checked above): it takes over, as an
             # RTMP publisher does, so a restarted ingest gets its names back at once
             log.warning("%s: namespace %s taken over by %s", owner[0].peer, _label(event.namespace), conn.peer)
+            # draft 16: the one it was taken from is told no more SUBSCRIBEs for it come its way
+            owner[0].session.publish_namespace_cancel(owner[1], RequestError.UNINTERESTED,
+                                                      "the namespace is published by another session")
+            owner[0].flush()
         self._published[event.namespace] = (conn, event.request_id)
         previous = owner[0] if owner is not None else None
         for upstream in list(self._tracks.values()):  # tracks waiting for this publisher, or taken over

@@ -397,6 +397,12 @@ class MoqSession:
     def publish_namespace_done(self, request_id: int) -> None:
         self._after_request(request_id, lambda: self._send_control(wire.PublishNamespaceDone(request_id)))
 
+    def publish_namespace_cancel(self, request_id: int, code: int, reason: str = "") -> None:
+        """Tell the peer we send no more SUBSCRIBEs for the namespace its PUBLISH_NAMESPACE
+        ``request_id`` gave us (draft 16 PUBLISH_NAMESPACE_CANCEL; ``code``: a REQUEST_ERROR code)."""
+        self._send_control(wire.PublishNamespaceCancel(request_id, int(code), reason))
+        self._request_closed(request_id)
+
     def track_status(self, namespace, track_name: str, *, authorization: str | None = None) -> int:
         params = _with_token({}, authorization)
         rid = self._new_request_id()
