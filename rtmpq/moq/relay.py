@@ -1732,12 +1732,15 @@ class MoqRelay:
         return frames
 
     def _fanouts_ended(self, fanouts) -> None:
-        """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE)."""
+        """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE): GOING_AWAY
+        when it ends because this relay stops (after its GOAWAY: the track may go on elsewhere)."""
         fanouts = {id(f) for f in fanouts}
+        status, reason = ((PublishDoneStatus.GOING_AWAY, "the relay is stopping") if self.stopping
+                          else (PublishDoneStatus.TRACK_ENDED, "the publisher stopped"))
         for key, s in list(self._subs.items()):
             if id(s.fanout) in fanouts:
                 del self._subs[key]
-                self._publish_done(s, PublishDoneStatus.TRACK_ENDED, "the publisher stopped")
+                self._publish_done(s, status, reason)
         for name, source in list(self._sources.items()):
             if source.ended:
                 del self._sources[name]
