@@ -410,6 +410,41 @@ def test_path_or_authority_from_a_server_closes_the_session(param, code):
     assert not any(isinstance(e, ev.SetupComplete) for e in events)
 
 
+@pytest.mark.parametrize(("param", "value", "code"), [
+    (wire.SETUP_PATH, b"live/x", SessionError.MALFORMED_PATH),  # path-abempty: empty or from "/"
+    (wire.SETUP_PATH, b"/live x", SessionError.MALFORMED_PATH),  # a space is no pchar
+    (wire.SETUP_PATH, b"/a%zz", SessionError.MALFORMED_PATH),  # a broken percent-encoding
+    (wire.SETUP_PATH, b"/a\xc3\xa9", SessionError.MALFORMED_PATH),  # not ASCII
+    (wire.SETUP_AUTHORITY, b"relay example:4443", SessionError.MALFORMED_AUTHORITY),
+    (wire.SETUP_AUTHORITY, b"relay.example:44a3", SessionError.MALFORMED_AUTHORITY),  # port: digits
+    (wire.SETUP_AUTHORITY, b"relay.example/live", SessionError.MALFORMED_AUTHORITY),
+    (wire.SETUP_AUTHORITY, b"[::1", SessionError.MALFORMED_AUTHORITY),
+])
+def test_a_malformed_path_or_authority_from_a_client_closes_the_session(param, value, code):
+    """Draft 16 PATH / AUTHORITY follow RFC 3986: "If a PATH does not conform to these rules, the
+    session MUST be closed with MALFORMED_PATH" (and MALFORMED_AUTHORITY). rtmpq's server took any."""
+    quic = RecordingQuic()
+    server = session_module.MoqSession(quic, is_client=False)
+    setup = wire.encode_control_message(wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 10, param: value}))
+    events = server.handle_event(StreamDataReceived(0, setup))
+    assert quic.closed_with is not None and quic.closed_with[0] == code, events
+    assert not any(isinstance(e, ev.SetupComplete) for e in events)
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    (wire.SETUP_PATH, b""), (wire.SETUP_PATH, b"/"), (wire.SETUP_PATH, b"/live/x%20y;v=1:@!"),
+    (wire.SETUP_PATH, b"/live?token=a/b?c"), (wire.SETUP_PATH, b"?q"),
+    (wire.SETUP_AUTHORITY, b"relay.example:4443"), (wire.SETUP_AUTHORITY, b"127.0.0.1"),
+    (wire.SETUP_AUTHORITY, b"[::1]:4443"), (wire.SETUP_AUTHORITY, b"user:pw@host:"),
+])
+def test_a_well_formed_path_or_authority_is_taken(param, value):
+    quic = RecordingQuic()
+    server = session_module.MoqSession(quic, is_client=False)
+    setup = wire.encode_control_message(wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 10, param: value}))
+    events = server.handle_event(StreamDataReceived(0, setup))
+    assert quic.closed_with is None and any(isinstance(e, ev.SetupComplete) for e in events), events
+
+
 class DatagramFrameReceived:  # matched by name, as StreamDataReceived above
     def __init__(self, data: bytes) -> None:
         self.data = data

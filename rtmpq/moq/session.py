@@ -995,6 +995,7 @@ class MoqSession:
                 self._release_requests()
                 return [ev.SetupComplete()]
             if not self.is_client and isinstance(msg, wire.ClientSetup):
+                wire.check_setup_uri_parts(msg.params)
                 self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
