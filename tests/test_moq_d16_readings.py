@@ -63,3 +63,38 @@ async def test_subscriptions_a_stopping_relay_ends_say_going_away(tmp_path, back
             assert kinds.index(ev.GoawayReceived) < kinds.index(ev.PublishDoneReceived)
             done = next(e for e in viewer.events if isinstance(e, ev.PublishDoneReceived))
             assert done.request_id == rid and done.status == PublishDoneStatus.GOING_AWAY, done
+
+
+def published(rec: EventRecorder) -> set[tuple[tuple[str, ...], str]]:
+    return {(e.namespace, e.track_name) for e in rec.events if isinstance(e, ev.TrackPublished)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_subscribe_namespace_for_tracks_gets_publish_of_the_local_broadcasts(tmp_path, backend):
+    """SUBSCRIBE_NAMESPACE with Subscribe Options PUBLISH (0x00): "any matching PUBLISH messages
+    without an Established Subscription will be sent on the control stream", and PUBLISH "when
+    there are changes". The relay PUBLISHed only tracks relayed from other sessions: a broadcast
+    published to it over RTMP (and a broadcast that went live later, or its tracks that its
+    catalog listed later) brought none."""
+    from rtmpq.media.catalog import Catalog, TrackInfo
+    from rtmpq.media.frames import VIDEO
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    def with_video(name: str) -> Catalog:
+        return Catalog(broadcast=name).with_track(TrackInfo(name=VIDEO, kind=VIDEO, codec="avc1.64001f",
+                                                            init_data=b"\x01avcc", width=320, height=240))
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        relay.registry.publish("live/p").set_catalog(with_video("live/p"))
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            rid = conn.session.subscribe_namespace(("live",), options=NAMESPACE_OPTION_PUBLISH)
+            conn.flush()
+            await until(lambda: answered(viewer, rid) is not None, what="SUBSCRIBE_NAMESPACE answered")
+            await until(lambda: {(("live", "p"), "catalog"), (("live", "p"), VIDEO)} <= published(viewer),
+                        deadline=5, what="PUBLISH of live/p's tracks")
+            later = relay.registry.publish("live/q")  # live after the SUBSCRIBE_NAMESPACE, its catalog after that
+            await until(lambda: (("live", "q"), "catalog") in published(viewer), deadline=5, what="PUBLISH of live/q")
+            later.set_catalog(with_video("live/q"))
+            await until(lambda: (("live", "q"), VIDEO) in published(viewer), deadline=5, what="PUBLISH of live/q's video")
+            assert len([e for e in viewer.events if isinstance(e, ev.TrackPublished)]) == 4  # each once

@@ -71,7 +71,7 @@ class BroadcastSource:
         new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
         for name in new:
             self.fanouts[name] = TrackFanout(self.bounds.cache())
-        if new and self.waiting:
+        if new:  # SUBSCRIBEs waiting for them, SUBSCRIBE_NAMESPACEs asking for PUBLISHes
             self._on_new_tracks(self)
         group = self._catalog_groups
         self._catalog_groups += 1

@@ -369,8 +369,12 @@ class MoqRelay:
 
     async def _watch_registry(self) -> None:
         async for broadcast in self.registry.announcements():
-            if self.cache_local:
-                self._local_source(broadcast.name)
+            namespace = tuple(broadcast.name.split("/"))
+            if self.cache_local or any(wants_tracks and namespace[: len(prefix)] == prefix
+                                       for _, prefix, _, wants_tracks, _ in self._ns_subscribers.values()):
+                source = self._local_source(broadcast.name)
+                if source is not None:
+                    self._publish_local(source)
             self._announce(tuple(broadcast.name.split("/")))
 
     # -- namespaces -----------------------------------------------------------------------------
@@ -509,6 +513,7 @@ class MoqRelay:
             self._accept(conn, event, upstream.fanout)
 
     def _on_new_tracks(self, source: BroadcastSource) -> None:
+        self._publish_local(source)
         waiting, source.waiting = source.waiting, []
         for conn, event in waiting:
             fanout = source.fanouts.get(event.track_name)
@@ -656,17 +661,28 @@ class MoqRelay:
         else:
             s.fanout.subscribe_next(s.sub)
 
-    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, upstream: UpstreamTrack,
+    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, fanout: TrackFanout,
                     forward: bool) -> None:
-        """PUBLISH a relayed track to a namespace subscriber that asked for tracks; ``forward``: the
-        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE). Not to a session
-        that subscribes to the track already: it would be a second subscription (draft 16)."""
+        """PUBLISH a track (relayed or local) to a namespace subscriber that asked for tracks;
+        ``forward``: the FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE).
+        Not to a session that subscribes to the track already: it would be a second subscription (draft 16)."""
         if self._subscribed(conn, namespace, track):
             return
         alias = self._new_alias(conn)
-        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=upstream.fanout.track_extensions)
-        self._attach(conn, rid, alias, namespace, track, upstream.fanout, upstream.fanout.delivery_timeout(self.delivery_timeout),
+        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=fanout.track_extensions)
+        self._attach(conn, rid, alias, namespace, track, fanout, fanout.delivery_timeout(self.delivery_timeout),
                      forward=forward)
+
+    def _publish_local(self, source: BroadcastSource, subscribers=None) -> None:
+        """PUBLISH a local broadcast's tracks to the SUBSCRIBE_NAMESPACEs (all, or ``subscribers``)
+        that asked for tracks under its name: draft 16 sends matching PUBLISHes at once and as
+        tracks come (a track PUBLISHed to a session already is not PUBLISHed again)."""
+        namespace = tuple(source.broadcast.name.split("/"))
+        for conn, prefix, _, wants_tracks, forward in list(subscribers or self._ns_subscribers.values()):
+            if wants_tracks and namespace[: len(prefix)] == prefix and not conn.session.closed:
+                for track, fanout in list(source.fanouts.items()):
+                    self._publish_to(conn, namespace, track, fanout, forward)
+                conn.flush()
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
@@ -953,7 +969,11 @@ class MoqRelay:
         if wants_tracks:
             for (namespace, track), upstream in list(self._tracks.items()):
                 if namespace[: len(event.prefix)] == event.prefix and upstream.alias is not None:
-                    self._publish_to(conn, namespace, track, upstream, event.forward)
+                    self._publish_to(conn, namespace, track, upstream.fanout, event.forward)
+            for name in self.registry.names():
+                source = self._local_source(name) if tuple(name.split("/"))[: len(event.prefix)] == event.prefix else None
+                if source is not None:
+                    self._publish_local(source, [self._ns_subscribers[(id(conn), event.stream_id)]])
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
@@ -1086,7 +1106,7 @@ class MoqRelay:
         log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
         for other, prefix, _, wants_tracks, forward in list(self._ns_subscribers.values()):
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
-                self._publish_to(other, event.namespace, event.track_name, upstream, forward)
+                self._publish_to(other, event.namespace, event.track_name, upstream.fanout, forward)
                 other.flush()
 
     def _publish_again(self, old: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
