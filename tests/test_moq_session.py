@@ -166,6 +166,52 @@ def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path):
     assert [e.object_id for e in client_events if isinstance(e, ev.ObjectReceived)] == [100]
 
 
+@pytest.mark.parametrize("second", ["SUBSCRIBE_OK", "PUBLISH"])
+def test_a_track_alias_already_naming_another_established_track_closes_the_session(tmp_path, second):
+    """Draft 16 SUBSCRIBE_OK / PUBLISH Track Alias: "If a subscriber receives a SUBSCRIBE_OK [a
+    PUBLISH] that uses the same Track Alias as a different track with an Established subscription,
+    it MUST close the session with error DUPLICATE_TRACK_ALIAS". rtmpq took it and mixed the two
+    tracks' objects under one alias."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 5)
+    if second == "SUBSCRIBE_OK":
+        other = pair.client.subscribe(NS, "audio")
+        pair.pump()
+        pair.server.subscribe_ok(other, 5)
+    else:
+        pair.server.publish(NS, "audio", 5)
+    client_events, _ = pair.pump()
+    closed = closed_with(client_events)
+    assert closed is not None and closed.code == SessionError.DUPLICATE_TRACK_ALIAS, client_events
+
+
+def test_a_track_alias_is_free_again_once_its_subscription_ended(tmp_path):
+    """The same alias for another track after the first subscription ended (PUBLISH_DONE, or our
+    UNSUBSCRIBE) is no duplicate; nor is the same track's alias given again."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    video = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(video, 5)
+    pair.pump()
+    pair.server.publish_done(video, wire.PublishDoneStatus.TRACK_ENDED, 0)
+    audio = pair.client.subscribe(NS, "audio")
+    pair.pump()
+    pair.server.subscribe_ok(audio, 5)
+    pair.pump()
+    pair.client.unsubscribe(audio)
+    data = pair.client.subscribe(NS, "data")
+    again = pair.client.subscribe(NS, "data")  # (a duplicate subscription the peer may well refuse)
+    pair.pump()
+    pair.server.subscribe_ok(data, 5)
+    pair.server.subscribe_ok(again, 5)
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None, client_events
+
+
 def _partial_object_stream(alias: int, group: int, size: int, sent: int) -> bytes:
     """A subgroup stream's header and the start of one object: ``sent`` of its ``size`` bytes."""
     header = wire.SubgroupHeader(alias, group, 0, 128, extensions=False, end_of_group=True).encode()
