@@ -2,6 +2,8 @@
 interop peers (aiomoqt, moq-rs) do not take. Each test is written from the draft's text (section
 named) against a relay on loopback QUIC, with raw sessions built on rtmpq's codec."""
 
+import time
+
 import pytest
 
 from rtmpq.moq import events as ev
@@ -98,3 +100,31 @@ async def test_subscribe_namespace_for_tracks_gets_publish_of_the_local_broadcas
             later.set_catalog(with_video("live/q"))
             await until(lambda: (("live", "q"), VIDEO) in published(viewer), deadline=5, what="PUBLISH of live/q's video")
             assert len([e for e in viewer.events if isinstance(e, ev.TrackPublished)]) == 4  # each once
+
+
+async def test_track_status_is_authorized_as_a_subscribe_is(tmp_path):
+    """TRACK_STATUS: "The receiver of a TRACK_STATUS message treats it identically as if it had
+    received a SUBSCRIBE message, except it does not create downstream subscription state". A node
+    that requires a playback token refused a SUBSCRIBE without one (UNAUTHORIZED) and answered its
+    TRACK_STATUS with the track's Largest Location."""
+    from rtmpq.auth.tokens import mint_token
+    from rtmpq.config import AuthConfig
+
+    from .conftest import start_up_node
+
+    secret = "a-test-secret-that-is-long-enough-for-hs256"
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=secret, require_playback_token=True))
+    try:
+        node.registry.publish("live/s")
+        token = mint_token(secret, "live/s", "subscribe", 60, now=time.time())
+        async with connect_moq(*node.moq_address, insecure=True, backend=node.moq_config.backend) as conn:
+            viewer = EventRecorder(conn)
+            refused = conn.session.track_status(("live", "s"), "catalog")
+            allowed = conn.session.track_status(("live", "s"), "catalog", authorization=token)
+            conn.flush()
+            await until(lambda: answered(viewer, refused) and answered(viewer, allowed), what="TRACK_STATUS answered")
+            assert isinstance(answered(viewer, allowed), ev.RequestAccepted)
+            failed = answered(viewer, refused)
+            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.UNAUTHORIZED, failed
+    finally:
+        await node.close()

@@ -137,7 +137,7 @@ def _label(namespace: tuple[str, ...], track: str = "") -> str:
 # What a refused request asked for, as the log line names it ("SUBSCRIBE to live/show refused").
 _REQUEST_WORDS = {ev.SubscribeRequested: "SUBSCRIBE to", ev.FetchRequested: "FETCH of",
                   ev.NamespacePublished: "PUBLISH_NAMESPACE of", ev.TrackPublished: "PUBLISH of",
-                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of"}
+                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of", ev.TrackStatusRequested: "TRACK_STATUS of"}
 
 
 class MoqRelay:
@@ -902,6 +902,9 @@ class MoqRelay:
         return upstream.fanout if upstream is not None else None
 
     def _on_TrackStatusRequested(self, conn: MoqConnection, event: ev.TrackStatusRequested) -> None:
+        # draft 16: treated "identically as if it had received a SUBSCRIBE": authorized as one
+        if self._denied(conn, event, self.access.may_subscribe, "/".join(event.namespace)):
+            return
         fanout = self._fanout(event.namespace, event.track_name)
         if fanout is None:
             conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
