@@ -128,3 +128,43 @@ async def test_track_status_is_authorized_as_a_subscribe_is(tmp_path):
             assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.UNAUTHORIZED, failed
     finally:
         await node.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_track_status_of_a_track_routed_to_a_publisher_is_asked_of_it(tmp_path, backend, monkeypatch):
+    """TRACK_STATUS: "Relays without an Established subscription MAY forward TRACK_STATUS to one or
+    more publishers, or MAY initiate a subscription". The relay answered DOES_NOT_EXIST ("not
+    available at the publisher") for a track of a namespace a publisher had PUBLISH_NAMESPACEd,
+    where a SUBSCRIBE or FETCH of it is passed on. It now asks the publisher and passes its answer
+    on; a publisher that does not answer in time is answered TIMEOUT."""
+    from rtmpq.moq import relay as relay_module
+    from rtmpq.moq.wire import PARAM_LARGEST_OBJECT, decode_location_param
+
+    monkeypatch.setattr(relay_module, "TRACK_STATUS_WAIT", 1.0)
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
+
+            def on_event(_conn, event) -> None:
+                publisher.events.append(event)
+                if isinstance(event, ev.TrackStatusRequested):
+                    if event.track_name == "video":
+                        pub_conn.session.request_ok(event.request_id, (7, 3))
+                    elif event.track_name == "gone":
+                        pub_conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                    pub_conn.flush()  # ("silent": never answered)
+
+            pub_conn.handler = on_event
+            rid = pub_conn.session.publish_namespace(("live", "r"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            asked = {name: view_conn.session.track_status(("live", "r"), name) for name in ("video", "gone", "silent")}
+            view_conn.flush()
+            await until(lambda: all(answered(viewer, r) for r in asked.values()), deadline=5, what="TRACK_STATUS answered")
+            ok = answered(viewer, asked["video"])
+            assert isinstance(ok, ev.RequestAccepted), ok
+            assert decode_location_param(ok.params[PARAM_LARGEST_OBJECT]) == (7, 3)
+            gone, silent = answered(viewer, asked["gone"]), answered(viewer, asked["silent"])
+            assert isinstance(gone, ev.RequestFailed) and gone.error_code == RequestError.DOES_NOT_EXIST, gone
+            assert isinstance(silent, ev.RequestFailed) and silent.error_code == RequestError.TIMEOUT, silent

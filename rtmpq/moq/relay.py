@@ -62,11 +62,13 @@ from .wire import (
     NAMESPACE_OPTION_BOTH,
     NAMESPACE_OPTION_NAMESPACE,
     NAMESPACE_OPTION_PUBLISH,
+    PARAM_LARGEST_OBJECT,
     ObjectStatus,
     PublishDoneStatus,
     RequestError,
     SessionError,
     StreamResetCode,
+    decode_location_param,
 )
 
 log = logging.getLogger("rtmpq.moq")
@@ -87,6 +89,9 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
 RESUME_RETRY_MAX = 4.0
+# Seconds a TRACK_STATUS passed to a track's publisher may wait for its answer; then the
+# subscriber is answered TIMEOUT (a publisher that ignores TRACK_STATUS never leaves it waiting).
+TRACK_STATUS_WAIT = 5.0
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
 # A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
@@ -207,6 +212,8 @@ class MoqRelay:
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
         self._held_fetches: dict[tuple[int, int], list[ev.FetchRequested]] = {}
         self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
+        # TRACK_STATUS passed to a publisher: (id(publisher), its request id) -> (asker, its request id)
+        self._status_proxies: dict[tuple[int, int], tuple[MoqConnection, int]] = {}
         # the relay's own Joining FETCHes of relayed catalogs: (id(upstream), its request id)
         self._catalog_fetches: dict[tuple[int, int], UpstreamTrack] = {}
         self._tasks: list[asyncio.Task] = []
@@ -906,10 +913,37 @@ class MoqRelay:
         if self._denied(conn, event, self.access.may_subscribe, "/".join(event.namespace)):
             return
         fanout = self._fanout(event.namespace, event.track_name)
-        if fanout is None:
-            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
-        else:
+        if fanout is not None:
             conn.session.request_ok(event.request_id, fanout.cache.largest)
+            return
+        # not held here: asked of its publisher, as a SUBSCRIBE or FETCH of it would be (draft 16 MAY)
+        publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
+        if publisher is None:
+            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+            return
+        key = (id(publisher), publisher.session.track_status(event.namespace, event.track_name))
+        publisher.flush()
+        self._status_proxies[key] = (conn, event.request_id)
+        self._call_later(TRACK_STATUS_WAIT, self._status_answered, key, None)
+
+    def _status_answered(self, key: tuple[int, int], answer) -> bool:
+        """A TRACK_STATUS passed on is answered (RequestAccepted / RequestFailed of the publisher;
+        None: it did not answer in time): its asker gets the same answer. False if it was not one."""
+        asked = self._status_proxies.pop(key, None)
+        if asked is None:
+            return False
+        conn, request_id = asked
+        if conn.session.closed:
+            return True
+        if isinstance(answer, ev.RequestAccepted):
+            largest = answer.params.get(PARAM_LARGEST_OBJECT)
+            conn.session.request_ok(request_id, decode_location_param(bytes(largest)) if largest else None)
+        elif isinstance(answer, ev.RequestFailed):
+            conn.session.request_error(request_id, answer.error_code, answer.reason, retry_after=answer.retry_after)
+        else:
+            conn.session.request_error(request_id, RequestError.TIMEOUT, "the publisher did not answer")
+        conn.flush()
+        return True
 
     def _on_NamespacePublished(self, conn: MoqConnection, event: ev.NamespacePublished) -> None:
         path = "/".join(event.namespace)
@@ -1000,6 +1034,8 @@ class MoqRelay:
         self._accept_waiting(upstream, upstream)
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        if self._status_answered((id(conn), event.request_id), event):
+            return
         if conn is self.upstream and event.request_id == self._upstream_listing:
             # subscribers here still find its broadcasts (they ask upstream for what is not here),
             # but later, at their retry, and one that plays only what is announced finds none
@@ -1253,7 +1289,8 @@ class MoqRelay:
         return True
 
     def _on_RequestAccepted(self, conn: MoqConnection, event: ev.RequestAccepted) -> None:
-        pass  # the answer to a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
+        # a TRACK_STATUS passed on, or (nothing to do) a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
+        self._status_answered((id(conn), event.request_id), event)
 
     def _update_forward(self) -> None:
         """Ask an on-demand track's publisher for objects while it has subscribers (REQUEST_UPDATE
@@ -1524,6 +1561,11 @@ class MoqRelay:
             if owner is conn:
                 del self._published[ns]
                 self._announce(ns, done=True)
+        for key, (asker, _) in list(self._status_proxies.items()):
+            if key[0] == id(conn):  # its publisher went: no answer comes
+                self._status_answered(key, ev.RequestFailed(key[1], RequestError.INTERNAL_ERROR, "the publisher left"))
+            elif asker is conn:
+                del self._status_proxies[key]
         for tail in [t for t in self._tails if t.conn is conn]:
             self._finish_tail(tail)
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
