@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from rtmpq.media.frames import VIDEO
 from rtmpq.moq import events as ev
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import PublishDoneStatus, RequestError
@@ -67,6 +68,14 @@ async def test_subscriptions_a_stopping_relay_ends_say_going_away(tmp_path, back
             assert done.request_id == rid and done.status == PublishDoneStatus.GOING_AWAY, done
 
 
+def with_video(name: str):
+    """A catalog of one video track (a broadcast in memory: no publisher needed)."""
+    from rtmpq.media.catalog import Catalog, TrackInfo
+
+    return Catalog(broadcast=name).with_track(TrackInfo(name=VIDEO, kind=VIDEO, codec="avc1.64001f",
+                                                        init_data=b"\x01avcc", width=320, height=240))
+
+
 def published(rec: EventRecorder) -> set[tuple[tuple[str, ...], str]]:
     return {(e.namespace, e.track_name) for e in rec.events if isinstance(e, ev.TrackPublished)}
 
@@ -78,13 +87,7 @@ async def test_subscribe_namespace_for_tracks_gets_publish_of_the_local_broadcas
     there are changes". The relay PUBLISHed only tracks relayed from other sessions: a broadcast
     published to it over RTMP (and a broadcast that went live later, or its tracks that its
     catalog listed later) brought none."""
-    from rtmpq.media.catalog import Catalog, TrackInfo
-    from rtmpq.media.frames import VIDEO
     from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
-
-    def with_video(name: str) -> Catalog:
-        return Catalog(broadcast=name).with_track(TrackInfo(name=VIDEO, kind=VIDEO, codec="avc1.64001f",
-                                                            init_data=b"\x01avcc", width=320, height=240))
 
     async with serving_relay(tmp_path, backend) as (relay, port):
         relay.registry.publish("live/p").set_catalog(with_video("live/p"))
@@ -168,3 +171,22 @@ async def test_track_status_of_a_track_routed_to_a_publisher_is_asked_of_it(tmp_
             gone, silent = answered(viewer, asked["gone"]), answered(viewer, asked["silent"])
             assert isinstance(gone, ev.RequestFailed) and gone.error_code == RequestError.DOES_NOT_EXIST, gone
             assert isinstance(silent, ev.RequestFailed) and silent.error_code == RequestError.TIMEOUT, silent
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_publish_of_a_track_with_objects_states_its_largest_location(tmp_path, backend):
+    """LARGEST_OBJECT parameter: it "MAY appear in SUBSCRIBE_OK, PUBLISH [...] If Objects have been
+    published on this Track the Publisher MUST include this parameter." The relay's PUBLISH (to a
+    SUBSCRIBE_NAMESPACE asking for tracks) never carried it: a subscriber read "no objects yet"."""
+    from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        relay.registry.publish("live/l").set_catalog(with_video("live/l"))  # catalog group 0, object 0
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            conn.session.subscribe_namespace(("live",), options=NAMESPACE_OPTION_PUBLISH)
+            conn.flush()
+            await until(lambda: any(isinstance(e, ev.TrackPublished) for e in viewer.events), deadline=5,
+                        what="PUBLISH of live/l's catalog")
+            publish = next(e for e in viewer.events if isinstance(e, ev.TrackPublished))
+            assert publish.track_name == "catalog" and publish.largest == (0, 0), publish

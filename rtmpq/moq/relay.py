@@ -676,9 +676,12 @@ class MoqRelay:
         if self._subscribed(conn, namespace, track):
             return
         alias = self._new_alias(conn)
-        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=fanout.track_extensions)
-        self._attach(conn, rid, alias, namespace, track, fanout, fanout.delivery_timeout(self.delivery_timeout),
-                     forward=forward)
+        largest = fanout.cache.largest_at(time.monotonic())  # as a SUBSCRIBE_OK of it would say
+        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=fanout.track_extensions,
+                                   largest=largest)
+        s = self._attach(conn, rid, alias, namespace, track, fanout, fanout.delivery_timeout(self.delivery_timeout),
+                         forward=forward)
+        s.largest = largest  # draft 16: saved, as a SUBSCRIBE_OK's is
 
     def _publish_local(self, source: BroadcastSource, subscribers=None) -> None:
         """PUBLISH a local broadcast's tracks to the SUBSCRIBE_NAMESPACEs (all, or ``subscribers``)

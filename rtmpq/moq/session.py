@@ -137,6 +137,12 @@ def _forward(params: dict, default: bool | None = True) -> bool | None:
     return default if forward is None else bool(forward)
 
 
+def _largest(params: dict) -> tuple[int, int] | None:
+    """A message's LARGEST_OBJECT parameter, None when absent (no objects published yet)."""
+    value = params.get(wire.PARAM_LARGEST_OBJECT)
+    return None if value is None else wire.decode_location_param(bytes(value))
+
+
 def _filter(params: dict) -> tuple[int | None, tuple[int, int] | None, int | None]:
     """A request's SUBSCRIPTION_FILTER parameter as (filter type, start, end group); all None when
     absent. An unknown type or a length that does not match the filter closes the session."""
@@ -339,10 +345,13 @@ class MoqSession:
         return self._request(rid, lambda: self._send_control(msg))
 
     def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
-                forward: bool = True, extensions: dict | None = None) -> int:
+                forward: bool = True, extensions: dict | None = None, largest: tuple[int, int] | None = None) -> int:
         """Push a track (PUBLISH); objects may follow at once under ``track_alias``. With
-        ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1."""
+        ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1.
+        ``largest``: the track's Largest Location (draft 16: a MUST once it has objects)."""
         params = _with_token({}, authorization)
+        if largest is not None:
+            params[wire.PARAM_LARGEST_OBJECT] = wire.encode_location(*largest)
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
@@ -1039,9 +1048,7 @@ class MoqSession:
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
                                           self._authorization(msg.params), end_group=end_group, forward=forward)]
         if isinstance(msg, wire.SubscribeOk):
-            largest = None
-            if wire.PARAM_LARGEST_OBJECT in msg.params:
-                largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
+            largest = _largest(msg.params)
             self._claim_alias(msg.track_alias, msg.request_id, self._subscribing.pop(msg.request_id, None))
             return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest, msg.extensions),
                     *self._release(msg.track_alias)]
@@ -1069,7 +1076,7 @@ class MoqSession:
             self._claim_alias(msg.track_alias, msg.request_id, (msg.namespace, msg.track_name))
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                       msg.track_alias, self._authorization(msg.params), _forward(msg.params),
-                                      msg.extensions),
+                                      msg.extensions, _largest(msg.params)),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
             if not self._ever_requested(msg.existing_request_id):
