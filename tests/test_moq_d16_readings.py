@@ -190,3 +190,34 @@ async def test_a_publish_of_a_track_with_objects_states_its_largest_location(tmp
                         what="PUBLISH of live/l's catalog")
             publish = next(e for e in viewer.events if isinstance(e, ev.TrackPublished))
             assert publish.track_name == "catalog" and publish.largest == (0, 0), publish
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscribe_its_publisher_never_answers_is_refused_with_timeout(tmp_path, backend, monkeypatch):
+    """"A publisher MUST send exactly one SUBSCRIBE_OK or REQUEST_ERROR in response to a SUBSCRIBE",
+    and REQUEST_ERROR TIMEOUT: "a relay could not establish an upstream subscription within the
+    timeout". A SUBSCRIBE the relay passed to a publisher that never answered was never answered
+    either (the subscriber waited as long as its session lasted). It now gets TIMEOUT, and the
+    relay UNSUBSCRIBEs upstream (its subscription there is still Pending); a later SUBSCRIBE asks again."""
+    from rtmpq.moq import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "UPSTREAM_SUBSCRIBE_WAIT", 1.0)
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
+            rid = pub_conn.session.publish_namespace(("live", "m"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            asked = view_conn.session.subscribe(("live", "m"), "video")
+            view_conn.flush()
+            await until(lambda: answered(viewer, asked) is not None, deadline=5, what="SUBSCRIBE answered")
+            failed = answered(viewer, asked)
+            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
+            upstream = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested))
+            await until(lambda: ev.Unsubscribed(upstream.request_id) in publisher.events, deadline=5,
+                        what="UNSUBSCRIBE upstream")
+            view_conn.session.subscribe(("live", "m"), "video")
+            view_conn.flush()
+            await until(lambda: len([e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]) == 2,
+                        deadline=5, what="the next SUBSCRIBE asked upstream again")

@@ -89,6 +89,10 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
 RESUME_RETRY_MAX = 4.0
+# Seconds a SUBSCRIBE passed to a track's publisher (or the relay above) may wait for its answer;
+# then the relay's subscribers are refused TIMEOUT and the subscription upstream is withdrawn
+# (UNSUBSCRIBE). Above what a relay above holds a SUBSCRIBE itself ([moq] upstream_wait, 12 s).
+UPSTREAM_SUBSCRIBE_WAIT = 30.0
 # Seconds a TRACK_STATUS passed to a track's publisher may wait for its answer; then the
 # subscriber is answered TIMEOUT (a publisher that ignores TRACK_STATUS never leaves it waiting).
 TRACK_STATUS_WAIT = 5.0
@@ -505,6 +509,7 @@ class MoqRelay:
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
             upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
+            self._call_later(UPSTREAM_SUBSCRIBE_WAIT, self._upstream_unanswered, upstream, publisher, upstream.request_id)
             now = time.monotonic()
             said = self._unknown_upstream.get(key)
             quiet = said is not None and now - said < UNKNOWN_UPSTREAM_LOG_INTERVAL
@@ -1096,6 +1101,19 @@ class MoqRelay:
                 self._refuse_waiting(sub_conn, request, event.error_code, reason)
                 sub_conn.flush()
         self._fanouts_ended([upstream.fanout])  # subscribers it had (a renewed one's, _renew): the track ended
+
+    def _upstream_unanswered(self, upstream: UpstreamTrack, conn: MoqConnection, request_id: int) -> None:
+        """A SUBSCRIBE upstream still unanswered after UPSTREAM_SUBSCRIBE_WAIT: withdrawn there, and
+        its subscribers here refused TIMEOUT (draft 16: every SUBSCRIBE gets exactly one answer)."""
+        if self._by_request.get((id(conn), request_id)) is not upstream or upstream.alias is not None \
+                or conn.session.closed:
+            return  # answered, or its session is gone (handled as a lost source)
+        log.warning("%s: %s did not answer the subscription in %g s", _label(upstream.namespace, upstream.track),
+                    conn.peer, UPSTREAM_SUBSCRIBE_WAIT)
+        conn.session.unsubscribe(request_id)
+        conn.flush()
+        self._on_RequestFailed(conn, ev.RequestFailed(request_id, RequestError.TIMEOUT,
+                                                      "the publisher did not answer the subscription"))
 
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
         if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
