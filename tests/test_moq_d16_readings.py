@@ -2,6 +2,7 @@
 interop peers (aiomoqt, moq-rs) do not take. Each test is written from the draft's text (section
 named) against a relay on loopback QUIC, with raw sessions built on rtmpq's codec."""
 
+import asyncio
 import time
 
 import pytest
@@ -201,7 +202,7 @@ async def test_a_subscribe_its_publisher_never_answers_is_refused_with_timeout(t
     relay UNSUBSCRIBEs upstream (its subscription there is still Pending); a later SUBSCRIBE asks again."""
     from rtmpq.moq import relay as relay_module
 
-    monkeypatch.setattr(relay_module, "UPSTREAM_SUBSCRIBE_WAIT", 1.0)
+    monkeypatch.setattr(relay_module, "UPSTREAM_ANSWER_WAIT", 1.0)
     async with serving_relay(tmp_path, backend) as (_relay, port):
         async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
                     connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
@@ -221,3 +222,110 @@ async def test_a_subscribe_its_publisher_never_answers_is_refused_with_timeout(t
             view_conn.flush()
             await until(lambda: len([e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]) == 2,
                         deadline=5, what="the next SUBSCRIBE asked upstream again")
+
+
+class FetchingPublisher(EventRecorder):
+    """A raw publisher of namespace ("live", "f") answering each FETCH as ``answer`` says."""
+
+    def __init__(self, conn, answer) -> None:
+        super().__init__(conn)
+        self.answer = answer
+        conn.handler = self._on_event
+
+    def _on_event(self, _conn, event) -> None:
+        self.events.append(event)
+        if isinstance(event, ev.FetchRequested):
+            self.answer(self.conn.session, event)
+            self.conn.flush()
+
+
+def fetch_answers(rec: EventRecorder, rid: int) -> list:
+    return [e for e in rec.events if isinstance(e, (ev.FetchAccepted, ev.RequestFailed)) and e.request_id == rid]
+
+
+async def fetch_through_relay(tmp_path, backend, answer, then=None) -> EventRecorder:
+    """A FETCH of ("live", "f") "video" through a relay to a raw publisher that answers it with
+    ``answer(session, event)``; ``then(publisher connection)`` after the relay passed it on. The
+    viewer's events once its FETCH is over (its stream ended) or a second has passed."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = FetchingPublisher(pub_conn, answer), EventRecorder(view_conn)
+            rid = pub_conn.session.publish_namespace(("live", "f"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
+            view_conn.flush()
+            await until(lambda: any(isinstance(e, ev.FetchRequested) for e in publisher.events), what="FETCH passed on")
+            if then is not None:
+                await then(pub_conn)
+            await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
+            await until(lambda: any(isinstance(e, ev.FetchEnded) for e in viewer.events), deadline=5,
+                        what="the fetch stream over")
+            viewer.fetch = fetch
+            return viewer
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_fetch_passed_on_is_answered_once_when_its_publisher_leaves_after_fetch_ok(tmp_path, backend):
+    """"The publisher MUST send exactly one FETCH_OK or REQUEST_ERROR in response to a FETCH." The
+    relay passed FETCH_OK on, and when the publisher's session closed mid-stream it sent a
+    REQUEST_ERROR for the same FETCH as well. Now the stream is reset, nothing more is said."""
+    def answer(session, event) -> None:
+        session.fetch_ok(event.request_id, (0, 2))
+        sid = session.open_fetch_stream(event.request_id)
+        session.send_fetch_object(sid, 0, 0, b"first")
+
+    async def leave(pub_conn) -> None:
+        await asyncio.sleep(0.3)  # (the object on its way through)
+        pub_conn.close()
+
+    viewer = await fetch_through_relay(tmp_path, backend, answer, leave)
+    await asyncio.sleep(0.3)
+    assert [type(e) for e in fetch_answers(viewer, viewer.fetch)] == [ev.FetchAccepted], viewer.events
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_fetch_whose_stream_ends_before_its_fetch_ok_still_gets_the_fetch_ok(tmp_path, backend):
+    """FETCH: "The FETCH_OK or REQUEST_ERROR can come at any time relative to object delivery." A
+    publisher that sent its objects and FIN before FETCH_OK: the relay forgot the FETCH at the FIN
+    and dropped the FETCH_OK, so its subscriber never had an answer."""
+    asked = []
+
+    def answer(session, event) -> None:
+        sid = session.open_fetch_stream(event.request_id)
+        session.send_fetch_object(sid, 0, 0, b"first")
+        session.end_fetch_stream(sid)
+        asked.append(event.request_id)
+
+    async def then_ok(pub_conn) -> None:
+        await asyncio.sleep(0.3)  # the stream and its FIN through the relay first
+        pub_conn.session.fetch_ok(asked[0], (0, 1))
+        pub_conn.flush()
+
+    viewer = await fetch_through_relay(tmp_path, backend, answer, then_ok)
+    assert [type(e) for e in fetch_answers(viewer, viewer.fetch)] == [ev.FetchAccepted], viewer.events
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_fetch_its_publisher_never_answers_is_refused_with_timeout(tmp_path, backend, monkeypatch):
+    """As a SUBSCRIBE: a FETCH passed to a publisher that never answers gets TIMEOUT (and a
+    FETCH_CANCEL upstream), where it waited as long as the session lasted."""
+    from rtmpq.moq import relay as relay_module
+
+    monkeypatch.setattr(relay_module, "UPSTREAM_ANSWER_WAIT", 1.0)
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
+            rid = pub_conn.session.publish_namespace(("live", "f"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
+            view_conn.flush()
+            await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
+            failed = fetch_answers(viewer, fetch)[0]
+            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
+            upstream = next(e for e in publisher.events if isinstance(e, ev.FetchRequested))
+            await until(lambda: ev.FetchCancelled(upstream.request_id) in publisher.events, deadline=5,
+                        what="FETCH_CANCEL upstream")

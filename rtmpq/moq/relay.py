@@ -89,10 +89,10 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
 RESUME_RETRY_MAX = 4.0
-# Seconds a SUBSCRIBE passed to a track's publisher (or the relay above) may wait for its answer;
-# then the relay's subscribers are refused TIMEOUT and the subscription upstream is withdrawn
-# (UNSUBSCRIBE). Above what a relay above holds a SUBSCRIBE itself ([moq] upstream_wait, 12 s).
-UPSTREAM_SUBSCRIBE_WAIT = 30.0
+# Seconds a SUBSCRIBE or FETCH passed to a track's publisher (or the relay above) may wait for its
+# answer; then the relay's subscribers are refused TIMEOUT and the request upstream is withdrawn
+# (UNSUBSCRIBE, FETCH_CANCEL). Above what a relay above holds a SUBSCRIBE itself ([moq] upstream_wait, 12 s).
+UPSTREAM_ANSWER_WAIT = 30.0
 # Seconds a TRACK_STATUS passed to a track's publisher may wait for its answer; then the
 # subscriber is answered TIMEOUT (a publisher that ignores TRACK_STATUS never leaves it waiting).
 TRACK_STATUS_WAIT = 5.0
@@ -509,7 +509,7 @@ class MoqRelay:
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
             upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
-            self._call_later(UPSTREAM_SUBSCRIBE_WAIT, self._upstream_unanswered, upstream, publisher, upstream.request_id)
+            self._call_later(UPSTREAM_ANSWER_WAIT, self._upstream_unanswered, upstream, publisher, upstream.request_id)
             now = time.monotonic()
             said = self._unknown_upstream.get(key)
             quiet = said is not None and now - said < UNKNOWN_UPSTREAM_LOG_INTERVAL
@@ -822,6 +822,7 @@ class MoqRelay:
                                       descending=event.descending)
         publisher.flush()
         self._fetch_proxies[(id(publisher), rid)] = FetchProxy(conn, event.request_id, publisher, rid)
+        self._call_later(UPSTREAM_ANSWER_WAIT, self._fetch_unanswered, (id(publisher), rid))
         log.info("%s: fetch of %s passed to %s", conn.peer, _label(event.namespace, event.track_name), publisher.peer)
 
     def _catalog_fetch(self, conn: MoqConnection, request_id: int, *, done: bool = False) -> UpstreamTrack | None:
@@ -855,11 +856,24 @@ class MoqRelay:
             upstream.conn.session.unsubscribe(upstream.request_id)
             self._resume(upstream, upstream.conn)
 
+    def _fetch_unanswered(self, key: tuple[int, int]) -> None:
+        """A FETCH upstream still unanswered after UPSTREAM_ANSWER_WAIT: cancelled there, TIMEOUT here."""
+        p = self._fetch_proxies.get(key)
+        if p is not None and not p.answered:
+            del self._fetch_proxies[key]
+            p.cancel_upstream()
+            p.fail(RequestError.TIMEOUT, "the publisher did not answer the fetch")
+
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
-        if p is not None and not p.conn.session.closed:
-            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track, extensions=event.extensions)
-            p.conn.flush()
+        if p is not None and not p.answered:
+            p.answered = True
+            if p.ended:  # its stream came and went before this answer
+                del self._fetch_proxies[(id(conn), event.request_id)]
+            if not p.conn.session.closed:
+                p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track,
+                                        extensions=event.extensions)
+                p.conn.flush()
 
     def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:
         upstream = self._catalog_fetch(conn, event.request_id)
@@ -887,8 +901,15 @@ class MoqRelay:
         if upstream is not None:
             self._catalog_fetched(upstream, event.code)
             return
-        p = self._fetch_proxies.pop((id(conn), event.request_id), None)
-        if p is None or p.conn.session.closed:
+        key = (id(conn), event.request_id)
+        p = self._fetch_proxies.get(key)
+        if p is None or p.ended:
+            return
+        p.ended = True
+        if p.answered:
+            del self._fetch_proxies[key]
+        # (else kept: "The FETCH_OK or REQUEST_ERROR can come at any time relative to object delivery")
+        if p.conn.session.closed:
             return
         if event.code is None:
             p.conn.session.end_fetch_stream(p.stream())
@@ -1103,13 +1124,13 @@ class MoqRelay:
         self._fanouts_ended([upstream.fanout])  # subscribers it had (a renewed one's, _renew): the track ended
 
     def _upstream_unanswered(self, upstream: UpstreamTrack, conn: MoqConnection, request_id: int) -> None:
-        """A SUBSCRIBE upstream still unanswered after UPSTREAM_SUBSCRIBE_WAIT: withdrawn there, and
+        """A SUBSCRIBE upstream still unanswered after UPSTREAM_ANSWER_WAIT: withdrawn there, and
         its subscribers here refused TIMEOUT (draft 16: every SUBSCRIBE gets exactly one answer)."""
         if self._by_request.get((id(conn), request_id)) is not upstream or upstream.alias is not None \
                 or conn.session.closed:
             return  # answered, or its session is gone (handled as a lost source)
         log.warning("%s: %s did not answer the subscription in %g s", _label(upstream.namespace, upstream.track),
-                    conn.peer, UPSTREAM_SUBSCRIBE_WAIT)
+                    conn.peer, UPSTREAM_ANSWER_WAIT)
         conn.session.unsubscribe(request_id)
         conn.flush()
         self._on_RequestFailed(conn, ev.RequestFailed(request_id, RequestError.TIMEOUT,
