@@ -329,3 +329,42 @@ async def test_a_fetch_its_publisher_never_answers_is_refused_with_timeout(tmp_p
             upstream = next(e for e in publisher.events if isinstance(e, ev.FetchRequested))
             await until(lambda: ev.FetchCancelled(upstream.request_id) in publisher.events, deadline=5,
                         what="FETCH_CANCEL upstream")
+
+
+def namespace_events(rec: EventRecorder) -> list[tuple[str, tuple[str, ...]]]:
+    return [(type(e).__name__, e.suffix) for e in rec.events if isinstance(e, (ev.NamespaceReceived, ev.NamespaceDoneReceived))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_namespace_done_only_when_a_namespace_is_no_longer_served(tmp_path, backend):
+    """NAMESPACE_DONE: the publisher "indicate[s] its intent to stop serving new subscriptions for
+    tracks within the provided Track Namespace", and "MUST NOT send NAMESPACE_DONE for a namespace
+    suffix before the corresponding NAMESPACE". A broadcast live here that a session also
+    PUBLISH_NAMESPACEd was announced twice; that session's PUBLISH_NAMESPACE_DONE brought
+    NAMESPACE_DONE though the broadcast went on, and its end a second NAMESPACE_DONE (which a
+    strict reader, rtmpq's own session among them, closes the session for)."""
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        broadcast = relay.registry.publish("live/n")
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as watch_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn):
+            watcher, publisher = EventRecorder(watch_conn), EventRecorder(pub_conn)
+            listing = watch_conn.session.subscribe_namespace(("live",))
+            watch_conn.flush()
+            await until(lambda: namespace_events(watcher) == [("NamespaceReceived", ("n",))], what="NAMESPACE n")
+            rid = pub_conn.session.publish_namespace(("live", "n"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            pub_conn.session.publish_namespace_done(rid)
+            pub_conn.flush()
+            probe = watch_conn.session.track_status(("live", "n"), "catalog")  # (after both, on the same path)
+            watch_conn.flush()
+            await until(lambda: answered(watcher, probe) is not None, what="TRACK_STATUS answered")
+            assert namespace_events(watcher) == [("NamespaceReceived", ("n",))]  # still served: nothing new
+            broadcast.end()
+            await until(lambda: len(namespace_events(watcher)) > 1, deadline=5, what="NAMESPACE_DONE n")
+            probe = watch_conn.session.track_status(("live", "n"), "catalog")
+            watch_conn.flush()
+            await until(lambda: answered(watcher, probe) is not None, what="TRACK_STATUS answered")
+            assert namespace_events(watcher) == [("NamespaceReceived", ("n",)), ("NamespaceDoneReceived", ("n",))]
+            assert not any(isinstance(e, ev.SessionClosed) for e in watcher.events)
+            assert listing is not None

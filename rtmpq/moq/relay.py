@@ -208,6 +208,7 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
+        self._ns_told: dict[tuple[int, int], set] = {}  # the namespaces each of them was told (NAMESPACE, not done)
         self._listing_watchers: list = []  # () -> None, whenever what ``listed`` says may have changed
         # id(conn) -> {stream id: prefix} of those: a new one is checked against its session's alone
         self._ns_prefixes: dict[int, dict[int, tuple[str, ...]]] = {}
@@ -390,21 +391,30 @@ class MoqRelay:
 
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
-        """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
+        """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches: once
+        each (a namespace served two ways, a local broadcast a session also PUBLISH_NAMESPACEs, is
+        announced once), and done only when nothing serves it any more (draft 16: "stop serving")."""
         for callback in list(self._listing_watchers):
             callback()
-        for (_, stream_id), (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
+        if done and namespace in self._known_namespaces():
+            return
+        for key, (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
             if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
+                told = self._ns_told.setdefault(key, set())
+                if (namespace in told) != done:
+                    continue  # said already (or never said, for a done)
                 suffix = namespace[len(prefix):]
                 if done:
-                    conn.session.send_namespace_done(stream_id, suffix)
+                    told.discard(namespace)
+                    conn.session.send_namespace_done(key[1], suffix)
                 else:
-                    conn.session.send_namespace(stream_id, suffix)
+                    told.add(namespace)
+                    conn.session.send_namespace(key[1], suffix)
                 conn.flush()
 
     def _known_namespaces(self) -> list[tuple[str, ...]]:
-        known = [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
-            ns for ns in self._routes if ns not in self._published]
+        known = [tuple(n.split("/")) for n in self.registry.names() if self.registry.get(n).live] + list(
+            self._published) + [ns for ns in self._routes if ns not in self._published]
         return known + [ns for ns in sorted(self._upstream_namespaces) if ns not in known]
 
     # -- what the relay above lists -----------------------------------------------------------------
@@ -1029,8 +1039,10 @@ class MoqRelay:
         self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks,
                                                              event.forward)
         if wants_namespaces:
+            told = self._ns_told[(id(conn), event.stream_id)] = set()
             for ns in self._known_namespaces():
-                if ns[: len(event.prefix)] == event.prefix:
+                if ns[: len(event.prefix)] == event.prefix and ns not in told:
+                    told.add(ns)
                     conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
         if wants_tracks:
             for (namespace, track), upstream in list(self._tracks.items()):
@@ -1043,6 +1055,7 @@ class MoqRelay:
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
+        self._ns_told.pop((id(conn), event.stream_id), None)
         self._ns_prefixes.get(id(conn), {}).pop(event.stream_id, None)
 
     # -- upstream answers -----------------------------------------------------------------------
@@ -1586,6 +1599,7 @@ class MoqRelay:
             s.fanout.subscribers.discard(s.sub)
         for stream_id in self._ns_prefixes.pop(id(conn), ()):
             self._ns_subscribers.pop((id(conn), stream_id), None)
+            self._ns_told.pop((id(conn), stream_id), None)
         for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
             del self._fetch_streams[key]
         for key in [k for k in self._held_fetches if k[0] == id(conn)]:
