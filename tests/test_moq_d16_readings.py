@@ -368,3 +368,45 @@ async def test_namespace_done_only_when_a_namespace_is_no_longer_served(tmp_path
             assert namespace_events(watcher) == [("NamespaceReceived", ("n",)), ("NamespaceDoneReceived", ("n",))]
             assert not any(isinstance(e, ev.SessionClosed) for e in watcher.events)
             assert listing is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_relayed_subscription_that_expires_upstream_is_renewed_not_ended_below(tmp_path, backend):
+    """EXPIRES: "the time in milliseconds after which the sender of the parameter will terminate
+    the subscription [...] The receiver of the parameter can extend the subscription"; PUBLISH_DONE
+    EXPIRED: "The publisher reached the timeout specified in SUBSCRIBE_OK". The relay's own
+    subscription to a publisher that sets EXPIRES ended at that time, and with it every
+    subscription below, told TRACK_ENDED ("no longer being published") though it still is. It now
+    subscribes again, and the subscribers below go on."""
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
+            rid = pub_conn.session.publish_namespace(("live", "e"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+            view_conn.session.subscribe(("live", "e"), "video")
+            view_conn.flush()
+
+            def subscribes() -> list:
+                return [e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]
+
+            await until(lambda: subscribes(), what="SUBSCRIBE upstream")
+            first = subscribes()[0].request_id
+            pub_conn.session.subscribe_ok(first, 1, extensions={})
+            sid = pub_conn.session.open_subgroup(1, 0)
+            pub_conn.session.send_object(sid, 0, b"g0")
+            pub_conn.session.end_subgroup(sid)
+            pub_conn.flush()
+            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in viewer.events), what="group 0 below")
+            pub_conn.session.publish_done(first, PublishDoneStatus.EXPIRED, 1, "expired")
+            pub_conn.flush()
+            await until(lambda: len(subscribes()) == 2, deadline=5, what="the relay subscribes again")
+            pub_conn.session.subscribe_ok(subscribes()[1].request_id, 2, extensions={})
+            sid = pub_conn.session.open_subgroup(2, 1)
+            pub_conn.session.send_object(sid, 0, b"g1")
+            pub_conn.session.end_subgroup(sid)
+            pub_conn.flush()
+            await until(lambda: len([e for e in viewer.events if isinstance(e, ev.ObjectReceived)]) == 2, deadline=5,
+                        what="group 1 below")
+            assert not any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events)

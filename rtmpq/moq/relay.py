@@ -1559,6 +1559,10 @@ class MoqRelay:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
             return
+        if event.status == PublishDoneStatus.EXPIRED and not upstream.pushed:
+            # only our subscription there reached its EXPIRES (draft 16), the track goes on: the
+            # subscribers here continue with a new SUBSCRIBE (_renew), as after a namespace renewed
+            upstream.renewed_by = conn
         # PUBLISH_DONE travels on the control stream and overtakes the last groups: end the track
         # downstream once all its streams have finished, or after a grace period
         upstream.streams_expected = event.stream_count
