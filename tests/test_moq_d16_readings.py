@@ -12,7 +12,7 @@ from rtmpq.moq import events as ev
 from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import PublishDoneStatus, RequestError
 
-from .conftest import EventRecorder, serving_relay, until
+from .conftest import EventRecorder, relay_publisher_viewer, serving_relay, until
 
 BACKENDS = ["aioquic", "aiopquic"]
 
@@ -145,33 +145,28 @@ async def test_track_status_of_a_track_routed_to_a_publisher_is_asked_of_it(tmp_
     from rtmpq.moq.wire import PARAM_LARGEST_OBJECT, decode_location_param
 
     monkeypatch.setattr(relay_module, "TRACK_STATUS_WAIT", 1.0)
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
+    async with relay_publisher_viewer(tmp_path, backend, ("live", "r")) as (publisher, viewer):
+        pub_conn, view_conn = publisher.conn, viewer.conn
 
-            def on_event(_conn, event) -> None:
-                publisher.events.append(event)
-                if isinstance(event, ev.TrackStatusRequested):
-                    if event.track_name == "video":
-                        pub_conn.session.request_ok(event.request_id, (7, 3))
-                    elif event.track_name == "gone":
-                        pub_conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
-                    pub_conn.flush()  # ("silent": never answered)
+        def on_event(_conn, event) -> None:
+            publisher.events.append(event)
+            if isinstance(event, ev.TrackStatusRequested):
+                if event.track_name == "video":
+                    pub_conn.session.request_ok(event.request_id, (7, 3))
+                elif event.track_name == "gone":
+                    pub_conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+                pub_conn.flush()  # ("silent": never answered)
 
-            pub_conn.handler = on_event
-            rid = pub_conn.session.publish_namespace(("live", "r"))
-            pub_conn.flush()
-            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
-            asked = {name: view_conn.session.track_status(("live", "r"), name) for name in ("video", "gone", "silent")}
-            view_conn.flush()
-            await until(lambda: all(answered(viewer, r) for r in asked.values()), deadline=5, what="TRACK_STATUS answered")
-            ok = answered(viewer, asked["video"])
-            assert isinstance(ok, ev.RequestAccepted), ok
-            assert decode_location_param(ok.params[PARAM_LARGEST_OBJECT]) == (7, 3)
-            gone, silent = answered(viewer, asked["gone"]), answered(viewer, asked["silent"])
-            assert isinstance(gone, ev.RequestFailed) and gone.error_code == RequestError.DOES_NOT_EXIST, gone
-            assert isinstance(silent, ev.RequestFailed) and silent.error_code == RequestError.TIMEOUT, silent
+        pub_conn.handler = on_event
+        asked = {name: view_conn.session.track_status(("live", "r"), name) for name in ("video", "gone", "silent")}
+        view_conn.flush()
+        await until(lambda: all(answered(viewer, r) for r in asked.values()), deadline=5, what="TRACK_STATUS answered")
+        ok = answered(viewer, asked["video"])
+        assert isinstance(ok, ev.RequestAccepted), ok
+        assert decode_location_param(ok.params[PARAM_LARGEST_OBJECT]) == (7, 3)
+        gone, silent = answered(viewer, asked["gone"]), answered(viewer, asked["silent"])
+        assert isinstance(gone, ev.RequestFailed) and gone.error_code == RequestError.DOES_NOT_EXIST, gone
+        assert isinstance(silent, ev.RequestFailed) and silent.error_code == RequestError.TIMEOUT, silent
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -203,25 +198,20 @@ async def test_a_subscribe_its_publisher_never_answers_is_refused_with_timeout(t
     from rtmpq.moq import relay as relay_module
 
     monkeypatch.setattr(relay_module, "UPSTREAM_ANSWER_WAIT", 1.0)
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
-            rid = pub_conn.session.publish_namespace(("live", "m"))
-            pub_conn.flush()
-            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
-            asked = view_conn.session.subscribe(("live", "m"), "video")
-            view_conn.flush()
-            await until(lambda: answered(viewer, asked) is not None, deadline=5, what="SUBSCRIBE answered")
-            failed = answered(viewer, asked)
-            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
-            upstream = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested))
-            await until(lambda: ev.Unsubscribed(upstream.request_id) in publisher.events, deadline=5,
-                        what="UNSUBSCRIBE upstream")
-            view_conn.session.subscribe(("live", "m"), "video")
-            view_conn.flush()
-            await until(lambda: len([e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]) == 2,
-                        deadline=5, what="the next SUBSCRIBE asked upstream again")
+    async with relay_publisher_viewer(tmp_path, backend, ("live", "m")) as (publisher, viewer):
+        view_conn = viewer.conn
+        asked = view_conn.session.subscribe(("live", "m"), "video")
+        view_conn.flush()
+        await until(lambda: answered(viewer, asked) is not None, deadline=5, what="SUBSCRIBE answered")
+        failed = answered(viewer, asked)
+        assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
+        upstream = next(e for e in publisher.events if isinstance(e, ev.SubscribeRequested))
+        await until(lambda: ev.Unsubscribed(upstream.request_id) in publisher.events, deadline=5,
+                    what="UNSUBSCRIBE upstream")
+        view_conn.session.subscribe(("live", "m"), "video")
+        view_conn.flush()
+        await until(lambda: len([e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]) == 2,
+                    deadline=5, what="the next SUBSCRIBE asked upstream again")
 
 
 class FetchingPublisher(EventRecorder):
@@ -247,23 +237,19 @@ async def fetch_through_relay(tmp_path, backend, answer, then=None) -> EventReco
     """A FETCH of ("live", "f") "video" through a relay to a raw publisher that answers it with
     ``answer(session, event)``; ``then(publisher connection)`` after the relay passed it on. The
     viewer's events once its FETCH is over (its stream ended) or a second has passed."""
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = FetchingPublisher(pub_conn, answer), EventRecorder(view_conn)
-            rid = pub_conn.session.publish_namespace(("live", "f"))
-            pub_conn.flush()
-            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
-            fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
-            view_conn.flush()
-            await until(lambda: any(isinstance(e, ev.FetchRequested) for e in publisher.events), what="FETCH passed on")
-            if then is not None:
-                await then(pub_conn)
-            await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
-            await until(lambda: any(isinstance(e, ev.FetchEnded) for e in viewer.events), deadline=5,
-                        what="the fetch stream over")
-            viewer.fetch = fetch
-            return viewer
+    make = lambda conn: FetchingPublisher(conn, answer)  # noqa: E731
+    async with relay_publisher_viewer(tmp_path, backend, ("live", "f"), make_publisher=make) as (publisher, viewer):
+        pub_conn, view_conn = publisher.conn, viewer.conn
+        fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
+        view_conn.flush()
+        await until(lambda: any(isinstance(e, ev.FetchRequested) for e in publisher.events), what="FETCH passed on")
+        if then is not None:
+            await then(pub_conn)
+        await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
+        await until(lambda: any(isinstance(e, ev.FetchEnded) for e in viewer.events), deadline=5,
+                    what="the fetch stream over")
+        viewer.fetch = fetch
+        return viewer
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -314,21 +300,16 @@ async def test_a_fetch_its_publisher_never_answers_is_refused_with_timeout(tmp_p
     from rtmpq.moq import relay as relay_module
 
     monkeypatch.setattr(relay_module, "UPSTREAM_ANSWER_WAIT", 1.0)
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
-            rid = pub_conn.session.publish_namespace(("live", "f"))
-            pub_conn.flush()
-            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
-            fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
-            view_conn.flush()
-            await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
-            failed = fetch_answers(viewer, fetch)[0]
-            assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
-            upstream = next(e for e in publisher.events if isinstance(e, ev.FetchRequested))
-            await until(lambda: ev.FetchCancelled(upstream.request_id) in publisher.events, deadline=5,
-                        what="FETCH_CANCEL upstream")
+    async with relay_publisher_viewer(tmp_path, backend, ("live", "f")) as (publisher, viewer):
+        view_conn = viewer.conn
+        fetch = view_conn.session.fetch(("live", "f"), "video", (0, 0), (1, 0))
+        view_conn.flush()
+        await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
+        failed = fetch_answers(viewer, fetch)[0]
+        assert isinstance(failed, ev.RequestFailed) and failed.error_code == RequestError.TIMEOUT, failed
+        upstream = next(e for e in publisher.events if isinstance(e, ev.FetchRequested))
+        await until(lambda: ev.FetchCancelled(upstream.request_id) in publisher.events, deadline=5,
+                    what="FETCH_CANCEL upstream")
 
 
 def namespace_events(rec: EventRecorder) -> list[tuple[str, tuple[str, ...]]]:
@@ -378,35 +359,30 @@ async def test_a_relayed_subscription_that_expires_upstream_is_renewed_not_ended
     subscription to a publisher that sets EXPIRES ended at that time, and with it every
     subscription below, told TRACK_ENDED ("no longer being published") though it still is. It now
     subscribes again, and the subscribers below go on."""
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = EventRecorder(pub_conn), EventRecorder(view_conn)
-            rid = pub_conn.session.publish_namespace(("live", "e"))
-            pub_conn.flush()
-            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
-            view_conn.session.subscribe(("live", "e"), "video")
-            view_conn.flush()
+    async with relay_publisher_viewer(tmp_path, backend, ("live", "e")) as (publisher, viewer):
+        pub_conn, view_conn = publisher.conn, viewer.conn
+        view_conn.session.subscribe(("live", "e"), "video")
+        view_conn.flush()
 
-            def subscribes() -> list:
-                return [e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]
+        def subscribes() -> list:
+            return [e for e in publisher.events if isinstance(e, ev.SubscribeRequested)]
 
-            await until(lambda: subscribes(), what="SUBSCRIBE upstream")
-            first = subscribes()[0].request_id
-            pub_conn.session.subscribe_ok(first, 1, extensions={})
-            sid = pub_conn.session.open_subgroup(1, 0)
-            pub_conn.session.send_object(sid, 0, b"g0")
-            pub_conn.session.end_subgroup(sid)
-            pub_conn.flush()
-            await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in viewer.events), what="group 0 below")
-            pub_conn.session.publish_done(first, PublishDoneStatus.EXPIRED, 1, "expired")
-            pub_conn.flush()
-            await until(lambda: len(subscribes()) == 2, deadline=5, what="the relay subscribes again")
-            pub_conn.session.subscribe_ok(subscribes()[1].request_id, 2, extensions={})
-            sid = pub_conn.session.open_subgroup(2, 1)
-            pub_conn.session.send_object(sid, 0, b"g1")
-            pub_conn.session.end_subgroup(sid)
-            pub_conn.flush()
-            await until(lambda: len([e for e in viewer.events if isinstance(e, ev.ObjectReceived)]) == 2, deadline=5,
-                        what="group 1 below")
-            assert not any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events)
+        await until(lambda: subscribes(), what="SUBSCRIBE upstream")
+        first = subscribes()[0].request_id
+        pub_conn.session.subscribe_ok(first, 1, extensions={})
+        sid = pub_conn.session.open_subgroup(1, 0)
+        pub_conn.session.send_object(sid, 0, b"g0")
+        pub_conn.session.end_subgroup(sid)
+        pub_conn.flush()
+        await until(lambda: any(isinstance(e, ev.ObjectReceived) for e in viewer.events), what="group 0 below")
+        pub_conn.session.publish_done(first, PublishDoneStatus.EXPIRED, 1, "expired")
+        pub_conn.flush()
+        await until(lambda: len(subscribes()) == 2, deadline=5, what="the relay subscribes again")
+        pub_conn.session.subscribe_ok(subscribes()[1].request_id, 2, extensions={})
+        sid = pub_conn.session.open_subgroup(2, 1)
+        pub_conn.session.send_object(sid, 0, b"g1")
+        pub_conn.session.end_subgroup(sid)
+        pub_conn.flush()
+        await until(lambda: len([e for e in viewer.events if isinstance(e, ev.ObjectReceived)]) == 2, deadline=5,
+                    what="group 1 below")
+        assert not any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events)
