@@ -387,7 +387,7 @@ class MoqRelay:
                 source = self._local_source(broadcast.name)
                 if source is not None:
                     self._publish_local(source)
-            self._announce(tuple(broadcast.name.split("/")))
+            self._announce(namespace)
 
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
