@@ -386,3 +386,36 @@ async def test_a_relayed_subscription_that_expires_upstream_is_renewed_not_ended
         await until(lambda: len([e for e in viewer.events if isinstance(e, ev.ObjectReceived)]) == 2, deadline=5,
                     what="group 1 below")
         assert not any(isinstance(e, ev.PublishDoneReceived) for e in viewer.events)
+
+
+async def test_a_follower_asks_again_after_a_timeout_as_after_does_not_exist(tmp_path, monkeypatch):
+    """TIMEOUT ("could not be completed before an implementation specific timeout") is a refusal
+    of the moment, as DOES_NOT_EXIST of a broadcast not live yet is: rtmpq's follower (the edge,
+    `rtmpq sub`) asks again until its wait is over, where it gave up at the first TIMEOUT."""
+    from rtmpq.moq import relay as relay_module
+    from rtmpq.moq.client import SubscribeError
+    from rtmpq.moq.follow import follow_broadcast
+
+    monkeypatch.setattr(relay_module, "UPSTREAM_ANSWER_WAIT", 0.3)
+    async with serving_relay(tmp_path, "aioquic") as (_relay, port):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend="aioquic") as pub_conn:
+            publisher = EventRecorder(pub_conn)  # announces live/t, then answers nothing
+            rid = pub_conn.session.publish_namespace(("live", "t"))
+            pub_conn.flush()
+            await until(lambda: answered(publisher, rid) is not None, what="PUBLISH_NAMESPACE answered")
+
+            async def follow() -> None:
+                async for _ in follow_broadcast("127.0.0.1", port, "live/t", wait=10.0, insecure=True,
+                                                backend="aioquic"):
+                    pass
+
+            follower = asyncio.ensure_future(follow())
+            try:
+                await until(lambda: follower.done() or len([e for e in publisher.events
+                                                            if isinstance(e, ev.SubscribeRequested)]) >= 2,
+                            deadline=8, what="a second SUBSCRIBE after the TIMEOUT")
+                assert not follower.done(), follower.exception()
+            finally:
+                follower.cancel()
+                with pytest.raises((asyncio.CancelledError, SubscribeError)):
+                    await follower
