@@ -281,6 +281,26 @@ class EventRecorder:
         conn.handler = lambda _c, e: self.events.append(e)
 
 
+@asynccontextmanager
+async def relay_publisher_viewer(tmp_path, backend: str, namespace: tuple[str, ...], *,
+                                 make_publisher=EventRecorder, make_viewer=EventRecorder):
+    """A bare relay, a raw publisher session that has PUBLISH_NAMESPACEd ``namespace`` there and
+    answers nothing by itself, and a raw viewer session: yields (publisher, viewer), each made by
+    ``make_publisher`` / ``make_viewer`` from its connection (an EventRecorder)."""
+    from rtmpq.moq import events as ev
+    from rtmpq.moq.transport import connect_moq
+
+    async with serving_relay(tmp_path, backend) as (_relay, port):
+        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
+                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
+            publisher, viewer = make_publisher(pub_conn), make_viewer(view_conn)
+            rid = pub_conn.session.publish_namespace(namespace)
+            pub_conn.flush()
+            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == rid
+                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
+            yield publisher, viewer
+
+
 async def http_get(url: str, *, until_live: bool = False, deadline: float = 20.0) -> tuple[int, bytes]:
     """GET ``url`` as a player would: (status, body); status 0 when nothing listens. With
     ``until_live``, asks again while the broadcast is not there yet (404/503), up to ``deadline``."""

@@ -13,15 +13,12 @@
 The relay took all of these (docs/interop.md listed it as a deviation). Raw sessions of rtmpq's
 MoQ stack on loopback QUIC, both backends, against a bare relay with a raw publisher."""
 
-from contextlib import asynccontextmanager
-
 import pytest
 
 from rtmpq.moq import events as ev
-from rtmpq.moq.transport import connect_moq
 from rtmpq.moq.wire import NAMESPACE_OPTION_PUBLISH, RequestError
 
-from .conftest import EventRecorder, serving_relay, until
+from .conftest import relay_publisher_viewer, until
 from .test_moq_subscribe_filters import BACKENDS, NAMESPACE, OBJECTS, Viewer, relay_with_publisher, whole
 
 
@@ -131,19 +128,10 @@ async def test_an_overlapping_subscribe_namespace_on_one_session_is_refused(tmp_
             assert isinstance(viewer.answer(beside), ev.RequestAccepted), viewer.answer(beside)
 
 
-@asynccontextmanager
-async def silent_publisher(tmp_path, backend):
+def silent_publisher(tmp_path, backend):
     """(publisher, viewer) at a relay: the publisher announced NAMESPACE and answers nothing by
     itself (a test answers the relay's SUBSCRIBE, or not)."""
-    async with serving_relay(tmp_path, backend) as (_relay, port):
-        async with (connect_moq("127.0.0.1", port, insecure=True, backend=backend) as pub_conn,
-                    connect_moq("127.0.0.1", port, insecure=True, backend=backend) as view_conn):
-            publisher, viewer = EventRecorder(pub_conn), Viewer(view_conn)
-            announced = pub_conn.session.publish_namespace(NAMESPACE)
-            pub_conn.flush()
-            await until(lambda: any(isinstance(e, ev.RequestAccepted) and e.request_id == announced
-                                    for e in publisher.events), what="PUBLISH_NAMESPACE accepted")
-            yield publisher, viewer
+    return relay_publisher_viewer(tmp_path, backend, NAMESPACE, make_viewer=Viewer)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

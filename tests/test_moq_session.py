@@ -166,6 +166,52 @@ def test_objects_held_for_an_unknown_alias_are_capped_in_bytes(tmp_path):
     assert [e.object_id for e in client_events if isinstance(e, ev.ObjectReceived)] == [100]
 
 
+@pytest.mark.parametrize("second", ["SUBSCRIBE_OK", "PUBLISH"])
+def test_a_track_alias_already_naming_another_established_track_closes_the_session(tmp_path, second):
+    """Draft 16 SUBSCRIBE_OK / PUBLISH Track Alias: "If a subscriber receives a SUBSCRIBE_OK [a
+    PUBLISH] that uses the same Track Alias as a different track with an Established subscription,
+    it MUST close the session with error DUPLICATE_TRACK_ALIAS". rtmpq took it and mixed the two
+    tracks' objects under one alias."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    rid = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(rid, 5)
+    if second == "SUBSCRIBE_OK":
+        other = pair.client.subscribe(NS, "audio")
+        pair.pump()
+        pair.server.subscribe_ok(other, 5)
+    else:
+        pair.server.publish(NS, "audio", 5)
+    client_events, _ = pair.pump()
+    closed = closed_with(client_events)
+    assert closed is not None and closed.code == SessionError.DUPLICATE_TRACK_ALIAS, client_events
+
+
+def test_a_track_alias_is_free_again_once_its_subscription_ended(tmp_path):
+    """The same alias for another track after the first subscription ended (PUBLISH_DONE, or our
+    UNSUBSCRIBE) is no duplicate; nor is the same track's alias given again."""
+    pair = MoqPair(tmp_path)
+    pair.setup()
+    video = pair.client.subscribe(NS, "video")
+    pair.pump()
+    pair.server.subscribe_ok(video, 5)
+    pair.pump()
+    pair.server.publish_done(video, wire.PublishDoneStatus.TRACK_ENDED, 0)
+    audio = pair.client.subscribe(NS, "audio")
+    pair.pump()
+    pair.server.subscribe_ok(audio, 5)
+    pair.pump()
+    pair.client.unsubscribe(audio)
+    data = pair.client.subscribe(NS, "data")
+    again = pair.client.subscribe(NS, "data")  # (a duplicate subscription the peer may well refuse)
+    pair.pump()
+    pair.server.subscribe_ok(data, 5)
+    pair.server.subscribe_ok(again, 5)
+    client_events, _ = pair.pump()
+    assert closed_with(client_events) is None, client_events
+
+
 def _partial_object_stream(alias: int, group: int, size: int, sent: int) -> bytes:
     """A subgroup stream's header and the start of one object: ``sent`` of its ``size`` bytes."""
     header = wire.SubgroupHeader(alias, group, 0, 128, extensions=False, end_of_group=True).encode()
@@ -408,6 +454,41 @@ def test_path_or_authority_from_a_server_closes_the_session(param, code):
     events = client.handle_event(StreamDataReceived(0, setup))
     assert quic.closed_with is not None and quic.closed_with[0] == code, events
     assert not any(isinstance(e, ev.SetupComplete) for e in events)
+
+
+@pytest.mark.parametrize(("param", "value", "code"), [
+    (wire.SETUP_PATH, b"live/x", SessionError.MALFORMED_PATH),  # path-abempty: empty or from "/"
+    (wire.SETUP_PATH, b"/live x", SessionError.MALFORMED_PATH),  # a space is no pchar
+    (wire.SETUP_PATH, b"/a%zz", SessionError.MALFORMED_PATH),  # a broken percent-encoding
+    (wire.SETUP_PATH, b"/a\xc3\xa9", SessionError.MALFORMED_PATH),  # not ASCII
+    (wire.SETUP_AUTHORITY, b"relay example:4443", SessionError.MALFORMED_AUTHORITY),
+    (wire.SETUP_AUTHORITY, b"relay.example:44a3", SessionError.MALFORMED_AUTHORITY),  # port: digits
+    (wire.SETUP_AUTHORITY, b"relay.example/live", SessionError.MALFORMED_AUTHORITY),
+    (wire.SETUP_AUTHORITY, b"[::1", SessionError.MALFORMED_AUTHORITY),
+])
+def test_a_malformed_path_or_authority_from_a_client_closes_the_session(param, value, code):
+    """Draft 16 PATH / AUTHORITY follow RFC 3986: "If a PATH does not conform to these rules, the
+    session MUST be closed with MALFORMED_PATH" (and MALFORMED_AUTHORITY). rtmpq's server took any."""
+    quic = RecordingQuic()
+    server = session_module.MoqSession(quic, is_client=False)
+    setup = wire.encode_control_message(wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 10, param: value}))
+    events = server.handle_event(StreamDataReceived(0, setup))
+    assert quic.closed_with is not None and quic.closed_with[0] == code, events
+    assert not any(isinstance(e, ev.SetupComplete) for e in events)
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    (wire.SETUP_PATH, b""), (wire.SETUP_PATH, b"/"), (wire.SETUP_PATH, b"/live/x%20y;v=1:@!"),
+    (wire.SETUP_PATH, b"/live?token=a/b?c"), (wire.SETUP_PATH, b"?q"),
+    (wire.SETUP_AUTHORITY, b"relay.example:4443"), (wire.SETUP_AUTHORITY, b"127.0.0.1"),
+    (wire.SETUP_AUTHORITY, b"[::1]:4443"), (wire.SETUP_AUTHORITY, b"user:pw@host:"),
+])
+def test_a_well_formed_path_or_authority_is_taken(param, value):
+    quic = RecordingQuic()
+    server = session_module.MoqSession(quic, is_client=False)
+    setup = wire.encode_control_message(wire.ClientSetup({wire.SETUP_MAX_REQUEST_ID: 10, param: value}))
+    events = server.handle_event(StreamDataReceived(0, setup))
+    assert quic.closed_with is None and any(isinstance(e, ev.SetupComplete) for e in events), events
 
 
 class DatagramFrameReceived:  # matched by name, as StreamDataReceived above

@@ -71,12 +71,12 @@ class BroadcastSource:
         new = [info.name for info in catalog.tracks if info.name not in self.fanouts and info.name not in added]
         for name in new:
             self.fanouts[name] = TrackFanout(self.bounds.cache())
-        if new and self.waiting:
-            self._on_new_tracks(self)
         group = self._catalog_groups
         self._catalog_groups += 1
         self.fanouts[CATALOG_TRACK].publish_object(group, 0, data, None, time.monotonic())
         self.fanouts[CATALOG_TRACK].end_group(group)
+        if new:  # SUBSCRIBEs waiting for them, SUBSCRIBE_NAMESPACEs asking for PUBLISHes (the catalog listing them is out)
+            self._on_new_tracks(self)
 
     def _end_tracks(self, names) -> None:
         """Tracks the broadcast's catalog no longer lists (a publisher back without them): their

@@ -156,6 +156,7 @@ class TrackPublished:
     authorization: str | None = _token()
     forward: bool = True  # FORWARD=0: no objects until we send REQUEST_UPDATE with FORWARD=1
     extensions: dict = field(default_factory=dict)  # Track Extensions (a relay forwards them)
+    largest: tuple[int, int] | None = None  # its LARGEST_OBJECT parameter (None: no objects published yet)
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,7 +75,9 @@ async def follow_broadcast(host: str, port: int, broadcast: str, *, wait: float,
                     yield item
                 return  # PUBLISH_DONE on every track: the broadcast ended
         except SubscribeError as exc:
-            if exc.code != RequestError.DOES_NOT_EXIST or loop.time() >= deadline:
+            # not live (yet), or the relay's own upstream did not answer in time (TIMEOUT): both
+            # refusals of the moment, asked again while the wait lasts
+            if exc.code not in (RequestError.DOES_NOT_EXIST, RequestError.TIMEOUT) or loop.time() >= deadline:
                 raise
         except (ConnectionError, OSError) as exc:
             if not connected_once:

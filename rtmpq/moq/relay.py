@@ -62,11 +62,13 @@ from .wire import (
     NAMESPACE_OPTION_BOTH,
     NAMESPACE_OPTION_NAMESPACE,
     NAMESPACE_OPTION_PUBLISH,
+    PARAM_LARGEST_OBJECT,
     ObjectStatus,
     PublishDoneStatus,
     RequestError,
     SessionError,
     StreamResetCode,
+    decode_location_param,
 )
 
 log = logging.getLogger("rtmpq.moq")
@@ -87,6 +89,13 @@ ORIGIN_DRAIN = LATE_STREAM_GRACE + 1.0
 # publisher is not back yet), is asked for again after this long, doubling up to the maximum.
 RESUME_RETRY_MIN = 0.5
 RESUME_RETRY_MAX = 4.0
+# Seconds a SUBSCRIBE or FETCH passed to a track's publisher (or the relay above) may wait for its
+# answer; then the relay's subscribers are refused TIMEOUT and the request upstream is withdrawn
+# (UNSUBSCRIBE, FETCH_CANCEL). Above what a relay above holds a SUBSCRIBE itself ([moq] upstream_wait, 12 s).
+UPSTREAM_ANSWER_WAIT = 30.0
+# Seconds a TRACK_STATUS passed to a track's publisher may wait for its answer; then the
+# subscriber is answered TIMEOUT (a publisher that ignores TRACK_STATUS never leaves it waiting).
+TRACK_STATUS_WAIT = 5.0
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
 # A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
@@ -137,7 +146,7 @@ def _label(namespace: tuple[str, ...], track: str = "") -> str:
 # What a refused request asked for, as the log line names it ("SUBSCRIBE to live/show refused").
 _REQUEST_WORDS = {ev.SubscribeRequested: "SUBSCRIBE to", ev.FetchRequested: "FETCH of",
                   ev.NamespacePublished: "PUBLISH_NAMESPACE of", ev.TrackPublished: "PUBLISH of",
-                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of"}
+                  ev.NamespaceSubscribeRequested: "SUBSCRIBE_NAMESPACE of", ev.TrackStatusRequested: "TRACK_STATUS of"}
 
 
 class MoqRelay:
@@ -199,6 +208,7 @@ class MoqRelay:
         # (id(conn), stream id) -> (conn, prefix, wants NAMESPACE messages, wants PUBLISH of tracks)
         # (conn, prefix, wants NAMESPACE, wants PUBLISH, the FORWARD of those PUBLISHes)
         self._ns_subscribers: dict[tuple[int, int], tuple[MoqConnection, tuple[str, ...], bool, bool, bool]] = {}
+        self._ns_told: dict[tuple[int, int], set] = {}  # the namespaces each of them was told (NAMESPACE, not done)
         self._listing_watchers: list = []  # () -> None, whenever what ``listed`` says may have changed
         # id(conn) -> {stream id: prefix} of those: a new one is checked against its session's alone
         self._ns_prefixes: dict[int, dict[int, tuple[str, ...]]] = {}
@@ -207,6 +217,8 @@ class MoqRelay:
         # track), served once it is accepted: (id(conn), joining request id) -> FETCHes
         self._held_fetches: dict[tuple[int, int], list[ev.FetchRequested]] = {}
         self._fetch_proxies: dict[tuple[int, int], FetchProxy] = {}  # (id(upstream), its request id)
+        # TRACK_STATUS passed to a publisher: (id(publisher), its request id) -> (asker, its request id)
+        self._status_proxies: dict[tuple[int, int], tuple[MoqConnection, int]] = {}
         # the relay's own Joining FETCHes of relayed catalogs: (id(upstream), its request id)
         self._catalog_fetches: dict[tuple[int, int], UpstreamTrack] = {}
         self._tasks: list[asyncio.Task] = []
@@ -369,27 +381,40 @@ class MoqRelay:
 
     async def _watch_registry(self) -> None:
         async for broadcast in self.registry.announcements():
-            if self.cache_local:
-                self._local_source(broadcast.name)
-            self._announce(tuple(broadcast.name.split("/")))
+            namespace = tuple(broadcast.name.split("/"))
+            if self.cache_local or any(wants_tracks and namespace[: len(prefix)] == prefix
+                                       for _, prefix, _, wants_tracks, _ in self._ns_subscribers.values()):
+                source = self._local_source(broadcast.name)
+                if source is not None:
+                    self._publish_local(source)
+            self._announce(namespace)
 
     # -- namespaces -----------------------------------------------------------------------------
     def _announce(self, namespace: tuple[str, ...], done: bool = False) -> None:
-        """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches."""
+        """NAMESPACE (or NAMESPACE_DONE) to every SUBSCRIBE_NAMESPACE whose prefix matches: once
+        each (a namespace served two ways, a local broadcast a session also PUBLISH_NAMESPACEs, is
+        announced once), and done only when nothing serves it any more (draft 16: "stop serving")."""
         for callback in list(self._listing_watchers):
             callback()
-        for (_, stream_id), (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
+        if done and namespace in self._known_namespaces():
+            return
+        for key, (conn, prefix, wants_namespaces, _, _) in list(self._ns_subscribers.items()):
             if wants_namespaces and namespace[: len(prefix)] == prefix and not conn.session.closed:
+                told = self._ns_told.setdefault(key, set())
+                if (namespace in told) != done:
+                    continue  # said already (or never said, for a done)
                 suffix = namespace[len(prefix):]
                 if done:
-                    conn.session.send_namespace_done(stream_id, suffix)
+                    told.discard(namespace)
+                    conn.session.send_namespace_done(key[1], suffix)
                 else:
-                    conn.session.send_namespace(stream_id, suffix)
+                    told.add(namespace)
+                    conn.session.send_namespace(key[1], suffix)
                 conn.flush()
 
     def _known_namespaces(self) -> list[tuple[str, ...]]:
-        known = [tuple(n.split("/")) for n in self.registry.names()] + list(self._published) + [
-            ns for ns in self._routes if ns not in self._published]
+        known = [tuple(n.split("/")) for n in self.registry.names() if self.registry.get(n).live] + list(
+            self._published) + [ns for ns in self._routes if ns not in self._published]
         return known + [ns for ns in sorted(self._upstream_namespaces) if ns not in known]
 
     # -- what the relay above lists -----------------------------------------------------------------
@@ -494,6 +519,7 @@ class MoqRelay:
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
             upstream.fanout.label = _label(event.namespace, event.track_name)
             self._by_request[(id(publisher), upstream.request_id)] = upstream
+            self._call_later(UPSTREAM_ANSWER_WAIT, self._upstream_unanswered, upstream, publisher, upstream.request_id)
             now = time.monotonic()
             said = self._unknown_upstream.get(key)
             quiet = said is not None and now - said < UNKNOWN_UPSTREAM_LOG_INTERVAL
@@ -509,6 +535,7 @@ class MoqRelay:
             self._accept(conn, event, upstream.fanout)
 
     def _on_new_tracks(self, source: BroadcastSource) -> None:
+        self._publish_local(source)
         waiting, source.waiting = source.waiting, []
         for conn, event in waiting:
             fanout = source.fanouts.get(event.track_name)
@@ -656,17 +683,31 @@ class MoqRelay:
         else:
             s.fanout.subscribe_next(s.sub)
 
-    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, upstream: UpstreamTrack,
+    def _publish_to(self, conn: MoqConnection, namespace: tuple[str, ...], track: str, fanout: TrackFanout,
                     forward: bool) -> None:
-        """PUBLISH a relayed track to a namespace subscriber that asked for tracks; ``forward``: the
-        FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE). Not to a session
-        that subscribes to the track already: it would be a second subscription (draft 16)."""
+        """PUBLISH a track (relayed or local) to a namespace subscriber that asked for tracks;
+        ``forward``: the FORWARD its SUBSCRIBE_NAMESPACE set (0: no objects until its REQUEST_UPDATE).
+        Not to a session that subscribes to the track already: it would be a second subscription (draft 16)."""
         if self._subscribed(conn, namespace, track):
             return
         alias = self._new_alias(conn)
-        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=upstream.fanout.track_extensions)
-        self._attach(conn, rid, alias, namespace, track, upstream.fanout, upstream.fanout.delivery_timeout(self.delivery_timeout),
-                     forward=forward)
+        largest = fanout.cache.largest_at(time.monotonic())  # as a SUBSCRIBE_OK of it would say
+        rid = conn.session.publish(namespace, track, alias, forward=forward, extensions=fanout.track_extensions,
+                                   largest=largest)
+        s = self._attach(conn, rid, alias, namespace, track, fanout, fanout.delivery_timeout(self.delivery_timeout),
+                         forward=forward)
+        s.largest = largest  # draft 16: saved, as a SUBSCRIBE_OK's is
+
+    def _publish_local(self, source: BroadcastSource, subscribers=None) -> None:
+        """PUBLISH a local broadcast's tracks to the SUBSCRIBE_NAMESPACEs (all, or ``subscribers``)
+        that asked for tracks under its name: draft 16 sends matching PUBLISHes at once and as
+        tracks come (a track PUBLISHed to a session already is not PUBLISHed again)."""
+        namespace = tuple(source.broadcast.name.split("/"))
+        for conn, prefix, _, wants_tracks, forward in list(subscribers or self._ns_subscribers.values()):
+            if wants_tracks and namespace[: len(prefix)] == prefix and not conn.session.closed:
+                for track, fanout in list(source.fanouts.items()):
+                    self._publish_to(conn, namespace, track, fanout, forward)
+                conn.flush()
 
     def _on_Unsubscribed(self, conn: MoqConnection, event: ev.Unsubscribed) -> None:
         s = self._subs.pop((id(conn), event.request_id), None)
@@ -791,6 +832,7 @@ class MoqRelay:
                                       descending=event.descending)
         publisher.flush()
         self._fetch_proxies[(id(publisher), rid)] = FetchProxy(conn, event.request_id, publisher, rid)
+        self._call_later(UPSTREAM_ANSWER_WAIT, self._fetch_unanswered, (id(publisher), rid))
         log.info("%s: fetch of %s passed to %s", conn.peer, _label(event.namespace, event.track_name), publisher.peer)
 
     def _catalog_fetch(self, conn: MoqConnection, request_id: int, *, done: bool = False) -> UpstreamTrack | None:
@@ -824,11 +866,24 @@ class MoqRelay:
             upstream.conn.session.unsubscribe(upstream.request_id)
             self._resume(upstream, upstream.conn)
 
+    def _fetch_unanswered(self, key: tuple[int, int]) -> None:
+        """A FETCH upstream still unanswered after UPSTREAM_ANSWER_WAIT: cancelled there, TIMEOUT here."""
+        p = self._fetch_proxies.get(key)
+        if p is not None and not p.answered:
+            del self._fetch_proxies[key]
+            p.cancel_upstream()
+            p.fail(RequestError.TIMEOUT, "the publisher did not answer the fetch")
+
     def _on_FetchAccepted(self, conn: MoqConnection, event: ev.FetchAccepted) -> None:
         p = self._fetch_proxies.get((id(conn), event.request_id))
-        if p is not None and not p.conn.session.closed:
-            p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track, extensions=event.extensions)
-            p.conn.flush()
+        if p is not None and not p.answered:
+            p.answered = True
+            if p.ended:  # its stream came and went before this answer
+                del self._fetch_proxies[(id(conn), event.request_id)]
+            if not p.conn.session.closed:
+                p.conn.session.fetch_ok(p.request_id, event.end, end_of_track=event.end_of_track,
+                                        extensions=event.extensions)
+                p.conn.flush()
 
     def _on_FetchObjectReceived(self, conn: MoqConnection, event: ev.FetchObjectReceived) -> None:
         upstream = self._catalog_fetch(conn, event.request_id)
@@ -856,8 +911,15 @@ class MoqRelay:
         if upstream is not None:
             self._catalog_fetched(upstream, event.code)
             return
-        p = self._fetch_proxies.pop((id(conn), event.request_id), None)
-        if p is None or p.conn.session.closed:
+        key = (id(conn), event.request_id)
+        p = self._fetch_proxies.get(key)
+        if p is None or p.ended:
+            return
+        p.ended = True
+        if p.answered:
+            del self._fetch_proxies[key]
+        # (else kept: "The FETCH_OK or REQUEST_ERROR can come at any time relative to object delivery")
+        if p.conn.session.closed:
             return
         if event.code is None:
             p.conn.session.end_fetch_stream(p.stream())
@@ -886,11 +948,41 @@ class MoqRelay:
         return upstream.fanout if upstream is not None else None
 
     def _on_TrackStatusRequested(self, conn: MoqConnection, event: ev.TrackStatusRequested) -> None:
+        # draft 16: treated "identically as if it had received a SUBSCRIBE": authorized as one
+        if self._denied(conn, event, self.access.may_subscribe, "/".join(event.namespace)):
+            return
         fanout = self._fanout(event.namespace, event.track_name)
-        if fanout is None:
-            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
-        else:
+        if fanout is not None:
             conn.session.request_ok(event.request_id, fanout.cache.largest)
+            return
+        # not held here: asked of its publisher, as a SUBSCRIBE or FETCH of it would be (draft 16 MAY)
+        publisher = None if self._local_source("/".join(event.namespace)) else self._publisher_for(event.namespace)
+        if publisher is None:
+            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such track")
+            return
+        key = (id(publisher), publisher.session.track_status(event.namespace, event.track_name))
+        publisher.flush()
+        self._status_proxies[key] = (conn, event.request_id)
+        self._call_later(TRACK_STATUS_WAIT, self._status_answered, key, None)
+
+    def _status_answered(self, key: tuple[int, int], answer) -> bool:
+        """A TRACK_STATUS passed on is answered (RequestAccepted / RequestFailed of the publisher;
+        None: it did not answer in time): its asker gets the same answer. False if it was not one."""
+        asked = self._status_proxies.pop(key, None)
+        if asked is None:
+            return False
+        conn, request_id = asked
+        if conn.session.closed:
+            return True
+        if isinstance(answer, ev.RequestAccepted):
+            largest = answer.params.get(PARAM_LARGEST_OBJECT)
+            conn.session.request_ok(request_id, decode_location_param(bytes(largest)) if largest else None)
+        elif isinstance(answer, ev.RequestFailed):
+            conn.session.request_error(request_id, answer.error_code, answer.reason, retry_after=answer.retry_after)
+        else:
+            conn.session.request_error(request_id, RequestError.TIMEOUT, "the publisher did not answer")
+        conn.flush()
+        return True
 
     def _on_NamespacePublished(self, conn: MoqConnection, event: ev.NamespacePublished) -> None:
         path = "/".join(event.namespace)
@@ -901,6 +993,10 @@ class MoqRelay:
             # the newcomer is authorized for the namespace (checked above): it takes over, as an
             # RTMP publisher does, so a restarted ingest gets its names back at once
             log.warning("%s: namespace %s taken over by %s", owner[0].peer, _label(event.namespace), conn.peer)
+            # draft 16: the one it was taken from is told no more SUBSCRIBEs for it come its way
+            owner[0].session.publish_namespace_cancel(owner[1], RequestError.UNINTERESTED,
+                                                      "the namespace is published by another session")
+            owner[0].flush()
         self._published[event.namespace] = (conn, event.request_id)
         previous = owner[0] if owner is not None else None
         for upstream in list(self._tracks.values()):  # tracks waiting for this publisher, or taken over
@@ -943,16 +1039,23 @@ class MoqRelay:
         self._ns_subscribers[(id(conn), event.stream_id)] = (conn, event.prefix, wants_namespaces, wants_tracks,
                                                              event.forward)
         if wants_namespaces:
+            told = self._ns_told[(id(conn), event.stream_id)] = set()
             for ns in self._known_namespaces():
-                if ns[: len(event.prefix)] == event.prefix:
+                if ns[: len(event.prefix)] == event.prefix and ns not in told:
+                    told.add(ns)
                     conn.session.send_namespace(event.stream_id, ns[len(event.prefix):])
         if wants_tracks:
             for (namespace, track), upstream in list(self._tracks.items()):
                 if namespace[: len(event.prefix)] == event.prefix and upstream.alias is not None:
-                    self._publish_to(conn, namespace, track, upstream, event.forward)
+                    self._publish_to(conn, namespace, track, upstream.fanout, event.forward)
+            for name in self.registry.names():
+                source = self._local_source(name) if tuple(name.split("/"))[: len(event.prefix)] == event.prefix else None
+                if source is not None:
+                    self._publish_local(source, [self._ns_subscribers[(id(conn), event.stream_id)]])
 
     def _on_NamespaceUnsubscribed(self, conn: MoqConnection, event: ev.NamespaceUnsubscribed) -> None:
         self._ns_subscribers.pop((id(conn), event.stream_id), None)
+        self._ns_told.pop((id(conn), event.stream_id), None)
         self._ns_prefixes.get(id(conn), {}).pop(event.stream_id, None)
 
     # -- upstream answers -----------------------------------------------------------------------
@@ -973,6 +1076,8 @@ class MoqRelay:
         self._accept_waiting(upstream, upstream)
 
     def _on_RequestFailed(self, conn: MoqConnection, event: ev.RequestFailed) -> None:
+        if self._status_answered((id(conn), event.request_id), event):
+            return
         if conn is self.upstream and event.request_id == self._upstream_listing:
             # subscribers here still find its broadcasts (they ask upstream for what is not here),
             # but later, at their retry, and one that plays only what is announced finds none
@@ -1031,6 +1136,19 @@ class MoqRelay:
                 sub_conn.flush()
         self._fanouts_ended([upstream.fanout])  # subscribers it had (a renewed one's, _renew): the track ended
 
+    def _upstream_unanswered(self, upstream: UpstreamTrack, conn: MoqConnection, request_id: int) -> None:
+        """A SUBSCRIBE upstream still unanswered after UPSTREAM_ANSWER_WAIT: withdrawn there, and
+        its subscribers here refused TIMEOUT (draft 16: every SUBSCRIBE gets exactly one answer)."""
+        if self._by_request.get((id(conn), request_id)) is not upstream or upstream.alias is not None \
+                or conn.session.closed:
+            return  # answered, or its session is gone (handled as a lost source)
+        log.warning("%s: %s did not answer the subscription in %g s", _label(upstream.namespace, upstream.track),
+                    conn.peer, UPSTREAM_ANSWER_WAIT)
+        conn.session.unsubscribe(request_id)
+        conn.flush()
+        self._on_RequestFailed(conn, ev.RequestFailed(request_id, RequestError.TIMEOUT,
+                                                      "the publisher did not answer the subscription"))
+
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
         if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
             return
@@ -1082,7 +1200,7 @@ class MoqRelay:
         log.info("%s: publishes track %s", conn.peer, _label(event.namespace, event.track_name))
         for other, prefix, _, wants_tracks, forward in list(self._ns_subscribers.values()):
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
-                self._publish_to(other, event.namespace, event.track_name, upstream, forward)
+                self._publish_to(other, event.namespace, event.track_name, upstream.fanout, forward)
                 other.flush()
 
     def _publish_again(self, old: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
@@ -1226,7 +1344,8 @@ class MoqRelay:
         return True
 
     def _on_RequestAccepted(self, conn: MoqConnection, event: ev.RequestAccepted) -> None:
-        pass  # the answer to a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
+        # a TRACK_STATUS passed on, or (nothing to do) a REQUEST_UPDATE of ours (FORWARD of an on-demand track)
+        self._status_answered((id(conn), event.request_id), event)
 
     def _update_forward(self) -> None:
         """Ask an on-demand track's publisher for objects while it has subscribers (REQUEST_UPDATE
@@ -1440,6 +1559,10 @@ class MoqRelay:
         upstream = self._by_request.pop((id(conn), event.request_id), None)
         if upstream is None:
             return
+        if event.status == PublishDoneStatus.EXPIRED and not upstream.pushed:
+            # only our subscription there reached its EXPIRES (draft 16), the track goes on: the
+            # subscribers here continue with a new SUBSCRIBE (_renew), as after a namespace renewed
+            upstream.renewed_by = conn
         # PUBLISH_DONE travels on the control stream and overtakes the last groups: end the track
         # downstream once all its streams have finished, or after a grace period
         upstream.streams_expected = event.stream_count
@@ -1480,6 +1603,7 @@ class MoqRelay:
             s.fanout.subscribers.discard(s.sub)
         for stream_id in self._ns_prefixes.pop(id(conn), ()):
             self._ns_subscribers.pop((id(conn), stream_id), None)
+            self._ns_told.pop((id(conn), stream_id), None)
         for key in [k for k in self._fetch_streams if k[0] == id(conn)]:
             del self._fetch_streams[key]
         for key in [k for k in self._held_fetches if k[0] == id(conn)]:
@@ -1497,6 +1621,11 @@ class MoqRelay:
             if owner is conn:
                 del self._published[ns]
                 self._announce(ns, done=True)
+        for key, (asker, _) in list(self._status_proxies.items()):
+            if key[0] == id(conn):  # its publisher went: no answer comes
+                self._status_answered(key, ev.RequestFailed(key[1], RequestError.INTERNAL_ERROR, "the publisher left"))
+            elif asker is conn:
+                del self._status_proxies[key]
         for tail in [t for t in self._tails if t.conn is conn]:
             self._finish_tail(tail)
         for upstream in [t for t in self._tracks.values() if t.conn is conn]:
@@ -1728,12 +1857,15 @@ class MoqRelay:
         return frames
 
     def _fanouts_ended(self, fanouts) -> None:
-        """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE)."""
+        """Tell every subscriber of these fan-outs that the track ended (PUBLISH_DONE): GOING_AWAY
+        when it ends because this relay stops (after its GOAWAY: the track may go on elsewhere)."""
         fanouts = {id(f) for f in fanouts}
+        status, reason = ((PublishDoneStatus.GOING_AWAY, "the relay is stopping") if self.stopping
+                          else (PublishDoneStatus.TRACK_ENDED, "the publisher stopped"))
         for key, s in list(self._subs.items()):
             if id(s.fanout) in fanouts:
                 del self._subs[key]
-                self._publish_done(s, PublishDoneStatus.TRACK_ENDED, "the publisher stopped")
+                self._publish_done(s, status, reason)
         for name, source in list(self._sources.items()):
             if source.ended:
                 del self._sources[name]

@@ -137,6 +137,12 @@ def _forward(params: dict, default: bool | None = True) -> bool | None:
     return default if forward is None else bool(forward)
 
 
+def _largest(params: dict) -> tuple[int, int] | None:
+    """A message's LARGEST_OBJECT parameter, None when absent (no objects published yet)."""
+    value = params.get(wire.PARAM_LARGEST_OBJECT)
+    return None if value is None else wire.decode_location_param(bytes(value))
+
+
 def _filter(params: dict) -> tuple[int | None, tuple[int, int] | None, int | None]:
     """A request's SUBSCRIPTION_FILTER parameter as (filter type, start, end group); all None when
     absent. An unknown type or a length that does not match the filter closes the session."""
@@ -218,6 +224,10 @@ class MoqSession:
         self._fetch_streams: dict[int, wire.FetchObjectEncoder] = {}  # fetch streams we serve
         self._fetch_stream_requests: dict[int, int] = {}  # their stream id -> the FETCH's request id
         self._known_aliases: set[int] = set()  # aliases the peer named in SUBSCRIBE_OK or PUBLISH
+        # the tracks of our SUBSCRIBEs not answered yet (request id -> full track name), and the
+        # aliases the peer named for subscriptions still established: alias -> (request id, track)
+        self._subscribing: dict[int, tuple] = {}
+        self._alias_tracks: dict[int, tuple[int, tuple]] = {}
         self._held: deque = deque()  # data events waiting for their alias
         self._held_bytes = 0  # payload bytes in _held
         self._request_streams: dict[int, bytearray] = {}  # peer request streams, request not parsed yet
@@ -331,13 +341,17 @@ class MoqSession:
         if delivery_timeout_ms:
             params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
         msg = wire.Subscribe(rid, _raw(namespace), track_name.encode(), params)
+        self._subscribing[rid] = (msg.namespace, msg.track_name)
         return self._request(rid, lambda: self._send_control(msg))
 
     def publish(self, namespace, track_name: str, track_alias: int, *, authorization: str | None = None,
-                forward: bool = True, extensions: dict | None = None) -> int:
+                forward: bool = True, extensions: dict | None = None, largest: tuple[int, int] | None = None) -> int:
         """Push a track (PUBLISH); objects may follow at once under ``track_alias``. With
-        ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1."""
+        ``forward=False`` (FORWARD=0) none are sent until the peer's REQUEST_UPDATE sets FORWARD=1.
+        ``largest``: the track's Largest Location (draft 16: a MUST once it has objects)."""
         params = _with_token({}, authorization)
+        if largest is not None:
+            params[wire.PARAM_LARGEST_OBJECT] = wire.encode_location(*largest)
         if not forward:
             params[wire.PARAM_FORWARD] = 0
         rid = self._new_request_id()
@@ -386,6 +400,7 @@ class MoqSession:
 
     def unsubscribe(self, request_id: int) -> None:
         self._after_request(request_id, lambda: self._send_control(wire.Unsubscribe(request_id)))
+        self._subscription_over(request_id)
         self._request_closed(request_id)  # a track the peer PUBLISHed to us
 
     def publish_namespace(self, namespace, *, authorization: str | None = None) -> int:
@@ -396,6 +411,12 @@ class MoqSession:
 
     def publish_namespace_done(self, request_id: int) -> None:
         self._after_request(request_id, lambda: self._send_control(wire.PublishNamespaceDone(request_id)))
+
+    def publish_namespace_cancel(self, request_id: int, code: int, reason: str = "") -> None:
+        """Tell the peer we send no more SUBSCRIBEs for the namespace its PUBLISH_NAMESPACE
+        ``request_id`` gave us (draft 16 PUBLISH_NAMESPACE_CANCEL; ``code``: a REQUEST_ERROR code)."""
+        self._send_control(wire.PublishNamespaceCancel(request_id, int(code), reason))
+        self._request_closed(request_id)
 
     def track_status(self, namespace, track_name: str, *, authorization: str | None = None) -> int:
         params = _with_token({}, authorization)
@@ -466,6 +487,7 @@ class MoqSession:
         it should not be)."""
         self._send_control(wire.RequestErrorMessage(request_id, int(code), wire.retry_interval(retry_after), reason))
         self._request_closed(request_id)
+        self._subscription_over(request_id)  # a PUBLISH refused: its alias names nothing
 
     # answers on a SUBSCRIBE_NAMESPACE stream
     def namespace_subscription_ok(self, stream_id: int, request_id: int) -> None:
@@ -918,6 +940,21 @@ class MoqSession:
             return rid < self._next_request_id
         return rid < self._expected_peer_request or rid in self._early_peer_requests
 
+    def _claim_alias(self, alias: int, rid: int, track) -> None:
+        """The peer names ``alias`` for ``track`` (SUBSCRIBE_OK, PUBLISH): one naming another track
+        whose subscription is still established closes the session (draft 16 DUPLICATE_TRACK_ALIAS)."""
+        held = self._alias_tracks.get(alias)
+        if held is not None and held[0] != rid and None not in (held[1], track) and held[1] != track:
+            raise MoqProtocolError(f"track alias {alias} already names another track (request {held[0]})",
+                                   SessionError.DUPLICATE_TRACK_ALIAS)
+        self._alias_tracks[alias] = (rid, track)
+
+    def _subscription_over(self, rid: int) -> None:
+        """A subscription ended (PUBLISH_DONE, our UNSUBSCRIBE or refusal): its alias is free again."""
+        self._subscribing.pop(rid, None)
+        for alias in [a for a, (r, _) in self._alias_tracks.items() if r == rid]:
+            del self._alias_tracks[alias]
+
     def _request_closed(self, rid: int) -> None:
         if self._open_requests.pop(rid, None) is not None:
             self._grant_more()
@@ -989,6 +1026,7 @@ class MoqSession:
                 self._release_requests()
                 return [ev.SetupComplete()]
             if not self.is_client and isinstance(msg, wire.ClientSetup):
+                wire.check_setup_uri_parts(msg.params)
                 self.setup_authorization = self._authorization(msg.params, setup=True)
                 self.setup_done = True
                 self._peer_max_request_id = int(msg.params.get(wire.SETUP_MAX_REQUEST_ID, 0))
@@ -1010,12 +1048,12 @@ class MoqSession:
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
                                           self._authorization(msg.params), end_group=end_group, forward=forward)]
         if isinstance(msg, wire.SubscribeOk):
-            largest = None
-            if wire.PARAM_LARGEST_OBJECT in msg.params:
-                largest = wire.decode_location_param(bytes(msg.params[wire.PARAM_LARGEST_OBJECT]))
+            largest = _largest(msg.params)
+            self._claim_alias(msg.track_alias, msg.request_id, self._subscribing.pop(msg.request_id, None))
             return [ev.SubscribeAccepted(msg.request_id, msg.track_alias, largest, msg.extensions),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestErrorMessage):
+            self._subscribing.pop(msg.request_id, None)
             return [ev.RequestFailed(msg.request_id, msg.error_code, msg.reason, msg.retry_after)]
         if isinstance(msg, wire.RequestOk):
             return [ev.RequestAccepted(msg.request_id, msg.params)]
@@ -1035,9 +1073,10 @@ class MoqSession:
                                             self._authorization(msg.params))]
         if isinstance(msg, wire.Publish):
             self._check_request_id(msg.request_id, wire.MessageType.PUBLISH)
+            self._claim_alias(msg.track_alias, msg.request_id, (msg.namespace, msg.track_name))
             return [ev.TrackPublished(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                       msg.track_alias, self._authorization(msg.params), _forward(msg.params),
-                                      msg.extensions),
+                                      msg.extensions, _largest(msg.params)),
                     *self._release(msg.track_alias)]
         if isinstance(msg, wire.RequestUpdate):
             if not self._ever_requested(msg.existing_request_id):
@@ -1062,6 +1101,7 @@ class MoqSession:
             return [ev.Unsubscribed(msg.request_id)]
         if isinstance(msg, wire.PublishDone):
             self._request_closed(msg.request_id)  # a track the peer PUBLISHed has ended
+            self._subscription_over(msg.request_id)
             return [ev.PublishDoneReceived(msg.request_id, msg.status, msg.stream_count, msg.reason)]
         if isinstance(msg, wire.Goaway):
             # draft 16: one GOAWAY per session, and a URI only from the server

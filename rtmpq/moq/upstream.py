@@ -160,6 +160,8 @@ class FetchProxy:
         self.upstream = upstream
         self.upstream_request_id = upstream_request_id
         self.stream_id: int | None = None
+        self.answered = False  # FETCH_OK passed on: no other answer may follow (draft 16: exactly one)
+        self.ended = False  # the upstream's fetch stream is over (the answer may still come after it)
 
     def stream(self) -> int:
         if self.stream_id is None:
@@ -167,11 +169,14 @@ class FetchProxy:
         return self.stream_id
 
     def fail(self, code: int, reason: str) -> None:
+        """The FETCH cannot be served: REQUEST_ERROR unless FETCH_OK was passed on already (then
+        its stream, if still open, is reset: the FETCH has had its one answer)."""
         if self.conn.session.closed:
             return
-        if self.stream_id is not None:
+        if self.stream_id is not None and not self.ended:
             self.conn.session.reset_fetch_stream(self.stream_id, StreamResetCode.INTERNAL_ERROR)
-        self.conn.session.request_error(self.request_id, code, reason)
+        if not self.answered:
+            self.conn.session.request_error(self.request_id, code, reason)
         self.conn.flush()
 
     def cancel_upstream(self) -> None:

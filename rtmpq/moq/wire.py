@@ -6,6 +6,7 @@ something valid, raise ``MoqProtocolError`` (a RemoteProtocolError carrying the 
 error code) when they cannot be, and never read past what they were given.
 """
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -448,6 +449,27 @@ def decode_location_param(data: bytes) -> tuple[int, int]:
     loc = r.location()
     r.done()
     return loc
+
+
+# The PATH and AUTHORITY setup parameters follow RFC 3986: PATH is a path-abempty, then "?" and a
+# query if the URI has one; AUTHORITY is [userinfo "@"] host [":" port] (draft 16, "PATH", "AUTHORITY").
+_PCHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})"
+_SETUP_PATH = re.compile(rf"(?:/{_PCHAR}*)*(?:\?(?:{_PCHAR}|[/?])*)?")
+_SUB = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})"  # unreserved / pct-encoded / sub-delims
+_SETUP_AUTHORITY = re.compile(rf"(?:(?:{_SUB}|:)*@)?(?:\[(?:[0-9A-Fa-f:.]+|v[0-9A-Fa-f]+\.(?:{_SUB}|:)+)\]|{_SUB}*)"
+                              r"(?::[0-9]*)?")
+
+
+def check_setup_uri_parts(params: dict) -> None:
+    """A CLIENT_SETUP's PATH and AUTHORITY: one that does not conform to RFC 3986 closes the session
+    with MALFORMED_PATH / MALFORMED_AUTHORITY (draft 16 MUSTs)."""
+    for kind, pattern, code in ((SETUP_PATH, _SETUP_PATH, SessionError.MALFORMED_PATH),
+                                (SETUP_AUTHORITY, _SETUP_AUTHORITY, SessionError.MALFORMED_AUTHORITY)):
+        value = params.get(kind)
+        if value is None:
+            continue
+        if isinstance(value, int) or not pattern.fullmatch(bytes(value).decode("ascii", "replace")):
+            raise MoqProtocolError(f"{code.name}: setup parameter {kind:#x} is not RFC 3986", code)
 
 
 # -- control messages -----------------------------------------------------------------------------
