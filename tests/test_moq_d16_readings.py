@@ -419,3 +419,25 @@ async def test_a_follower_asks_again_after_a_timeout_as_after_does_not_exist(tmp
                 follower.cancel()
                 with pytest.raises((asyncio.CancelledError, SubscribeError)):
                     await follower
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_the_relays_own_tracks_say_that_a_newer_group_comes_first(tmp_path, backend):
+    """DEFAULT PUBLISHER GROUP ORDER: "If omitted, the publisher's preference is Ascending". The
+    relay sends a track's newer group before an older one (Descending) and said nothing, so a
+    reader of its SUBSCRIBE_OK took the opposite."""
+    from rtmpq.moq.wire import EXT_DEFAULT_PUBLISHER_GROUP_ORDER, GROUP_ORDER_DESCENDING
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        relay.registry.publish("live/g").set_catalog(with_video("live/g"))
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            rid = conn.session.subscribe(("live", "g"), "catalog")
+            conn.flush()
+            def accepted():
+                return next((e for e in viewer.events if isinstance(e, ev.SubscribeAccepted) and e.request_id == rid),
+                            None)
+
+            await until(accepted, deadline=5, what="SUBSCRIBE_OK")
+            ok = accepted()
+            assert ok.extensions.get(EXT_DEFAULT_PUBLISHER_GROUP_ORDER) == GROUP_ORDER_DESCENDING, ok

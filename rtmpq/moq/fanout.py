@@ -45,7 +45,7 @@ from typing import Protocol
 from ..media.frames import Frame
 from .group_cache import GroupCache
 from .loc import frame_extensions
-from .wire import EXT_DELIVERY_TIMEOUT, EXT_MAX_CACHE_DURATION
+from .wire import EXT_DEFAULT_PUBLISHER_GROUP_ORDER, EXT_DELIVERY_TIMEOUT, EXT_MAX_CACHE_DURATION, GROUP_ORDER_DESCENDING
 
 log = logging.getLogger("rtmpq.moq")
 
@@ -478,8 +478,9 @@ class TrackFanout:
         self.subscribers: set[TrackSubscription] = set()
         self.ended = False
         self.publisher_priority: int | None = None  # of a relayed track, passed on unchanged
-        # a relayed track's Track Extensions (its publisher's latest set), passed on unchanged
-        self._track_extensions: dict = {}
+        # a relayed track's Track Extensions (its publisher's latest set), passed on unchanged; this
+        # relay's own tracks say what it does: a newer group is sent before an older one
+        self._track_extensions: dict = {EXT_DEFAULT_PUBLISHER_GROUP_ORDER: GROUP_ORDER_DESCENDING}
         # read by metrics: objects and bytes in, bytes handed to subscribers' sessions, groups
         # dropped for subscribers past their budget
         self.objects_received = 0
