@@ -441,3 +441,21 @@ async def test_the_relays_own_tracks_say_that_a_newer_group_comes_first(tmp_path
             await until(accepted, deadline=5, what="SUBSCRIBE_OK")
             ok = accepted()
             assert ok.extensions.get(EXT_DEFAULT_PUBLISHER_GROUP_ORDER) == GROUP_ORDER_DESCENDING, ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscribe_of_a_broadcast_not_live_may_be_asked_again(tmp_path, backend):
+    """REQUEST_ERROR: "If a request is retryable with the same parameters at a later time, the
+    sender [...] includes a non-zero Retry Interval". A broadcast may go live at any time, yet
+    the relay's DOES_NOT_EXIST said 0: "SHOULD NOT be retried"."""
+    from rtmpq.moq.relay import NOT_LIVE_RETRY_AFTER
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            rid = conn.session.subscribe(("live", "later"), "video")
+            conn.flush()
+            await until(lambda: answered(viewer, rid), deadline=5, what="the SUBSCRIBE's answer")
+            refused = answered(viewer, rid)
+            assert refused.error_code == RequestError.DOES_NOT_EXIST, refused
+            assert refused.retry_after == NOT_LIVE_RETRY_AFTER, refused

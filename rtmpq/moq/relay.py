@@ -96,6 +96,9 @@ UPSTREAM_ANSWER_WAIT = 30.0
 # Seconds a TRACK_STATUS passed to a track's publisher may wait for its answer; then the
 # subscriber is answered TIMEOUT (a publisher that ignores TRACK_STATUS never leaves it waiting).
 TRACK_STATUS_WAIT = 5.0
+# REQUEST_ERROR's Retry Interval for a SUBSCRIBE of a broadcast that is not live here (seconds): it
+# may go live at any time, so it may be asked again (0, the draft's "SHOULD NOT be retried", said otherwise)
+NOT_LIVE_RETRY_AFTER = 1.0
 # FETCHes of one subscriber passed upstream at once (each answer may be up to MAX_FETCH_BYTES).
 MAX_FETCHES_PASSED_ON = 4
 # A FETCH refused because this relay is busy (a full send budget, the fetches above) may be sent
@@ -513,7 +516,8 @@ class MoqRelay:
                 log.info("%s: %s waits for the session upstream", _label(event.namespace, event.track_name), conn.peer)
                 return
             if publisher is None:
-                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "no such broadcast",
+                                           retry_after=NOT_LIVE_RETRY_AFTER)
                 return
             upstream = self._tracks[key] = UpstreamTrack(publisher, event.namespace, event.track_name,
                                                          label=_label(event.namespace), bounds=self.cache_bounds)
@@ -569,7 +573,7 @@ class MoqRelay:
             if not conn.session.closed:
                 log.info("%s: no session upstream within %g s for %s", _label(event.namespace, event.track_name),
                          self.upstream_wait, conn.peer)
-                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast", NOT_LIVE_RETRY_AFTER)
                 conn.flush()
 
     def _refuse_awaiting_upstream(self, namespace: tuple[str, ...]) -> None:
@@ -579,7 +583,7 @@ class MoqRelay:
             return
         for conn, event in self._awaiting_upstream.take(namespace):
             if not conn.session.closed:
-                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast")
+                self._refuse_waiting(conn, event, RequestError.DOES_NOT_EXIST, "no such broadcast", NOT_LIVE_RETRY_AFTER)
                 conn.flush()
 
     def _subscribed(self, conn: MoqConnection, namespace: tuple[str, ...], track: str) -> bool:
@@ -810,9 +814,10 @@ class MoqRelay:
         return any(c is conn and r.request_id == request_id
                    for c, r in (*self._awaiting_upstream, *(w for h in holders for w in h.waiting)))
 
-    def _refuse_waiting(self, conn: MoqConnection, request: ev.SubscribeRequested, code: int, reason: str) -> None:
+    def _refuse_waiting(self, conn: MoqConnection, request: ev.SubscribeRequested, code: int, reason: str,
+                        retry_after: float | None = None) -> None:
         """Refuse a SUBSCRIBE that was waiting, and the joining FETCHes held for it."""
-        conn.session.request_error(request.request_id, code, reason)
+        conn.session.request_error(request.request_id, code, reason, retry_after=retry_after)
         for fetch in self._held_fetches.pop((id(conn), request.request_id), ()):
             conn.session.request_error(fetch.request_id, RequestError.INVALID_JOINING_REQUEST_ID,
                                        "the subscription it joins was refused")
