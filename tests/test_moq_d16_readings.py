@@ -459,3 +459,24 @@ async def test_a_subscribe_of_a_broadcast_not_live_may_be_asked_again(tmp_path, 
             refused = answered(viewer, rid)
             assert refused.error_code == RequestError.DOES_NOT_EXIST, refused
             assert refused.retry_after == NOT_LIVE_RETRY_AFTER, refused
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_update_of_a_subscription_that_has_ended_is_told_it_does_not_exist(tmp_path, backend):
+    """REQUEST_UPDATE crossing the subscription's end (UNSUBSCRIBE, or a PUBLISH_DONE on its way):
+    the relay answered NOT_SUPPORTED, which a reader takes as "REQUEST_UPDATE is not supported"."""
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        relay.registry.publish("live/u").set_catalog(with_video("live/u"))
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            rid = conn.session.subscribe(("live", "u"), "catalog")
+            conn.flush()
+            await until(lambda: any(isinstance(e, ev.SubscribeAccepted) and e.request_id == rid
+                                    for e in viewer.events), deadline=5, what="SUBSCRIBE_OK")
+            conn.session.unsubscribe(rid)
+            update = conn.session.request_update(rid, forward=False)
+            conn.flush()
+            await until(lambda: answered(viewer, update), deadline=5, what="the REQUEST_UPDATE's answer")
+            refused = answered(viewer, update)
+            assert isinstance(refused, ev.RequestFailed) and refused.error_code == RequestError.DOES_NOT_EXIST, refused
+            assert not conn.session.closed  # a race the subscriber cannot avoid: no session error

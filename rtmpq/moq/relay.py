@@ -1279,8 +1279,9 @@ class MoqRelay:
         objects in that state). REQUEST_OK carries the Largest Location: a subscriber whose range
         grew past a gap FETCHes what it missed."""
         s = self._subs.get((id(conn), event.existing_request_id))
-        if s is None:  # it ended (an id never used closed the session in MoqSession)
-            conn.session.request_error(event.request_id, RequestError.NOT_SUPPORTED, "no such subscription here")
+        if s is None:  # it ended, its PUBLISH_DONE maybe still on its way (an id never used closed
+            # the session in MoqSession); NOT_SUPPORTED read as "no REQUEST_UPDATE here"
+            conn.session.request_error(event.request_id, RequestError.DOES_NOT_EXIST, "the subscription has ended")
             return
         if event.filter_type is not None and not self._update_filter(s, event):
             return
