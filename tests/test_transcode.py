@@ -555,3 +555,18 @@ def test_a_watched_rung_whose_source_joins_with_a_groups_backlog_delivers_that_g
     assert skipped == []
     got = [f for f in out if f.group == 1]
     assert len(got) == sum(f.group == 1 for f in frames) and got[0].index == 0 and got[0].keyframe
+
+
+def test_the_tail_of_a_group_that_comes_after_the_next_group_began_is_left_out():
+    """Over MoQ each source group has its own QUIC stream and a relay sends the newer one first:
+    under load the last frame of group 1 arrives after the first of group 2. Fed to the decoder
+    after group 2's key frame it broke group 2: h264 gave 18 of its 30 pictures, silently (dav1d,
+    an AV1 source, refused it and the rung's group 2 was one picture: `rtmpq up --ladder 360p`,
+    pyav_publisher.py --video libsvtav1 854x480, a 360p viewer on a busy host)."""
+    info, frames = make_source(seconds=4, gop=30, width=320, height=240, bframes=0)
+    late = next(i for i, f in enumerate(frames) if f.group == 2 and f.index == 0) - 1
+    frames[late], frames[late + 1] = frames[late + 1], frames[late]
+    t, out = run(info, frames, parse_ladder("180p"), ["video-180p"])
+    per_group = {g: sum(f.group == g for f in out["video-180p"]) for g in range(4)}
+    assert per_group == {0: 30, 1: 29, 2: 30, 3: 30}  # group 1 ends a picture early; group 2 whole
+    assert t.stats.late_frames == 1 and t.stats.decode_errors == 0
