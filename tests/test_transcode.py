@@ -1,5 +1,6 @@
 """The transcoder core with real PyAV encodes, no network: groups in, groups out per rung."""
 
+import asyncio
 import threading
 import time
 from fractions import Fraction
@@ -12,6 +13,8 @@ from rtmpq.media.frames import Frame
 from rtmpq.transcode.coder import RungEncoder, SourceDecoder, annexb_to_length_prefixed
 from rtmpq.transcode.ladder import LadderError, Rung, parse_ladder, rungs_for_source
 from rtmpq.transcode.pipeline import Transcoder
+
+from .conftest import until
 
 FPS = 30
 
@@ -570,3 +573,32 @@ def test_the_tail_of_a_group_that_comes_after_the_next_group_began_is_left_out()
     per_group = {g: sum(f.group == g for f in out["video-180p"]) for g in range(4)}
     assert per_group == {0: 30, 1: 29, 2: 30, 3: 30}  # group 1 ends a picture early; group 2 whole
     assert t.stats.late_frames == 1 and t.stats.decode_errors == 0
+
+
+async def test_the_end_of_a_group_whose_tail_came_late_does_not_flush_the_next_one():
+    """Over MoQ: group 1's last frame and the end of its stream come after group 2 began. That
+    end was taken for the end of the newest group (the publisher gone) and flushed the decoder:
+    the rung's group 2 was the one picture decoded by then, the rest of it never decoded, with
+    no word (seen with an AV1 source: a 360p segment of 1 picture after each late group tail)."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, frames = make_source(seconds=4, gop=30, width=320, height=240, bframes=0)
+    late = next(i for i, f in enumerate(frames) if f.group == 2 and f.index == 0) - 1
+    frames[late], frames[late + 1] = frames[late + 1], frames[late]
+    got: list[Frame] = []
+    bt = BroadcastTranscoder("live/late", parse_ladder("180p"), TranscodeConfig(), lambda tracks: None, got.append)
+    try:
+        bt.on_catalog(Catalog("live/late", (info,)))
+        bt.set_wanted("video-180p", True)
+        for i, f in enumerate(frames):
+            bt.on_frame(f)
+            if i == late + 1:
+                bt.group_ended("video", 1)  # group 1's stream ends after its late last frame
+            await asyncio.sleep(0.002)
+        bt.group_ended("video", 3)
+        await until(lambda: sum(f.group == 3 for f in got) == 30, 20, "the rung's last group")
+        assert {g: sum(f.group == g for f in got) for g in range(4)} == {0: 30, 1: 29, 2: 30, 3: 30}
+    finally:
+        bt.close()

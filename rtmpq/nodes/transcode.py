@@ -199,7 +199,10 @@ class BroadcastTranscoder:
     def on_frame(self, frame: Frame) -> None:
         t = self.transcoders.get(frame.track)
         if t is not None:
-            self._newest[frame.track] = frame.group
+            # the tail of a group may come after the next group began (over MoQ: a stream per
+            # group, the newer first): the end of that older group is not the end of the newest
+            if frame.group >= self._newest.get(frame.track, frame.group):
+                self._newest[frame.track] = frame.group
             t.push(frame)
 
     def group_ended(self, track: str, group: int) -> None:
