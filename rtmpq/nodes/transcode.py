@@ -389,6 +389,10 @@ class _RungPublisher:
         self.stream: int | None = None
         self.group: int | None = None
         self.streams = 0  # subgroup streams opened (PUBLISH_DONE's stream count)
+        # the frames of the rung's newest group, from its key frame, made while not forwarded (it
+        # goes on encoding [transcode] idle_stop after its last viewer left): a viewer back within
+        # it gets that group at once, as a rung started anew gets the current group
+        self.held: list[Frame] = []
 
     def _open(self, group: int) -> None:
         self.group = group
@@ -400,6 +404,10 @@ class _RungPublisher:
 
         session = self.conn.session
         if not self.forward or session.closed:
+            if frame.index == 0:
+                self.held = [frame]
+            elif self.held and self.held[-1].group == frame.group:
+                self.held.append(frame)
             return
         if frame.group != self.group:
             if self.stream is not None:
@@ -418,6 +426,8 @@ class _RungPublisher:
         "explicitly tells the receiver there is an unsent Subgroup")."""
         session = self.conn.session
         if not self.forward or session.closed:
+            if self.held and self.held[0].group == group:
+                self.held = []  # not whole: a viewer back waits for the next group
             return
         if self.group != group or self.stream is None:
             if self.group is not None and group < self.group:
@@ -430,7 +440,17 @@ class _RungPublisher:
         self.stream = None
         self.conn.flush()
 
+    def resume(self, encoding: bool) -> None:
+        """Forwarded again: the group held since (if the rung was ``encoding`` all along, so it
+        is the newest, and none of it went out before) goes out now, from its key frame."""
+        held, self.held = self.held, []
+        self.forward = True
+        if encoding and held and held[0].group != self.group:
+            for frame in held:
+                self.send(frame)
+
     def stop(self) -> None:
+        self.forward = False
         if self.stream is not None and not self.conn.session.closed:
             self.conn.session.end_subgroup(self.stream)
         self.stream = self.group = None
@@ -587,8 +607,9 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     session.request_error(event.request_id, 0x3, "only FORWARD updates of rungs")  # NOT_SUPPORTED
                 else:
                     session.request_ok(event.request_id)
-                    p.forward = event.forward
-                    if not event.forward:
+                    if event.forward:
+                        p.resume(encoding=p.info.name in bt.wanted)
+                    else:
                         p.stop()
                     bt.set_wanted(p.info.name, event.forward)
                 conn.flush()
