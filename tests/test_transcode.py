@@ -602,3 +602,24 @@ async def test_the_end_of_a_group_whose_tail_came_late_does_not_flush_the_next_o
         assert {g: sum(f.group == g for f in got) for g in range(4)} == {0: 30, 1: 29, 2: 30, 3: 30}
     finally:
         bt.close()
+
+
+async def test_the_rungs_a_source_is_too_small_for_are_named_in_the_log(caplog):
+    """A 640x480 publish on `up --ladder 720p,480p,360p`: the log listed "rungs video-360p
+    480x360" and said nothing of 720p and 480p, which the operator configured (and a player
+    never sees)."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, _ = make_source(seconds=0.2, width=640, height=480, bframes=0)
+    caplog.set_level("INFO", "rtmpq.transcode")
+    bt = BroadcastTranscoder("live/small", parse_ladder("720p,480p,360p"), TranscodeConfig(), lambda tracks: None,
+                             lambda frame: None)
+    try:
+        bt.on_catalog(Catalog("live/small", (info,)))
+        assert any(r.getMessage().endswith(" video: rungs video-360p 480x360 (made when watched); 720p, 480p left "
+                                           "out: not smaller than the source (640x480)") for r in caplog.records), \
+            [r.getMessage() for r in caplog.records]
+    finally:
+        bt.close()

@@ -117,8 +117,11 @@ class BroadcastTranscoder:
             now = tuple(rung for rung in t.tracks if rung.name not in self._pending)
             if now:
                 self._list(now, t)
-            log.info("%s %s: rungs %s (made when watched)", self.label, info.name,
-                     ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
+            left_out = [r.name for r in self.ladder if r.track(info.name) not in t.workers]
+            log.info("%s %s: rungs %s (made when watched)%s", self.label, info.name,
+                     ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks),
+                     f"; {', '.join(left_out)} left out: not smaller than the source ({info.width}x{info.height})"
+                     if left_out else "")
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
 
