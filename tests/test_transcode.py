@@ -625,3 +625,26 @@ async def test_the_rungs_a_source_is_too_small_for_are_named_in_the_log(caplog):
             [r.getMessage() for r in caplog.records]
     finally:
         bt.close()
+
+
+async def test_a_publisher_back_at_another_frame_rate_gets_rungs_of_that_frame_rate():
+    """The same 1280x720 publish back at 60 fps instead of 30: the rungs' encoders kept the old
+    rate (`up --ladder 720p,480p,360p`: the 360p rung's measured BANDWIDTH 1.74 Mbit/s for its
+    700 kbit/s) and the multivariant and catalog said FRAME-RATE=30.000 for them."""
+    from dataclasses import replace
+
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, _ = make_source(seconds=0.2, width=320, height=240, bframes=0)
+    listed = []
+    bt = BroadcastTranscoder("live/fps", parse_ladder("180p"), TranscodeConfig(), listed.extend, lambda frame: None)
+    try:
+        bt.on_catalog(Catalog("live/fps", (info,)))
+        assert [(r.name, r.framerate) for r in listed] == [("video-180p", 30)]
+        bt.on_catalog(Catalog("live/fps", (replace(info, framerate=60.0),)))
+        assert [(r.name, r.framerate) for r in listed[1:]] == [("video-180p", 60.0)]
+        assert bt.transcoders["video"].workers["video-180p"].encoder.ctx.framerate == 60
+    finally:
+        bt.close()

@@ -31,7 +31,7 @@ from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import names_are_public, safe_name
 from ..transcode.coder import CoderError
-from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
+from ..transcode.ladder import DEFAULT_FRAMERATE, DEFAULT_LADDER, Rung, parse_ladder
 from ..transcode.pipeline import Transcoder
 from . import runtime
 
@@ -42,6 +42,11 @@ def is_rung_track(name: str) -> bool:
     """A track named like a rung ("video-480p") is never transcoded again (a relay may still list
     the rungs of an earlier transcoder session)."""
     return RUNG_NAME.search(name) is not None
+
+
+def _rate(info: TrackInfo) -> float:
+    """The frame rate a rung encoder of ``info`` is opened with."""
+    return info.framerate or DEFAULT_FRAMERATE
 
 
 class BroadcastTranscoder:
@@ -80,7 +85,7 @@ class BroadcastTranscoder:
             t = self.transcoders.get(info.name)
             if t is None:
                 self._start(info)
-            elif (t.source.width, t.source.height) != (info.width, info.height):
+            elif (t.source.width, t.source.height) != (info.width, info.height) or _rate(t.source) != _rate(info):
                 self._resize(t, info)
             elif (t.source.init_data, t.source.codec) != (info.init_data, info.codec):
                 log.info("%s %s: new decoder configuration; rungs go on at the next group", self.label, info.name)
@@ -149,12 +154,14 @@ class BroadcastTranscoder:
         self.publish_tracks(rungs)
 
     def _resize(self, old: Transcoder, info: TrackInfo) -> None:
-        """The source's picture changed size: its rungs are made anew for the new size from the
-        next group (a rung keeps its track, gets a new size and avcC in the catalog; one no longer
-        smaller than the source is withdrawn, one that now is comes), so no rung is upscaled or
-        stretched to the old aspect."""
-        log.info("%s %s: the source is now %sx%s (was %sx%s); rungs made anew from the next group", self.label,
-                 info.name, info.width, info.height, old.source.width, old.source.height)
+        """The source's picture changed size or frame rate: its rungs are made anew for it from
+        the next group (a rung keeps its track, gets a new size, frame rate and avcC in the
+        catalog; one no longer smaller than the source is withdrawn, one that now is comes), so no
+        rung is upscaled or stretched to the old aspect, and no encoder's rate control counts the
+        old frame rate (a 30 fps rung fed 60 fps made twice its bitrate)."""
+        log.info("%s %s: the source is now %sx%s %g fps (was %sx%s %g fps); rungs made anew from the next group",
+                 self.label, info.name, info.width, info.height, _rate(info), old.source.width, old.source.height,
+                 _rate(old.source))
         before = [track for track, s in self.rung_source.items() if s == info.name]
         old.finish()  # the pictures its decoder holds back end the old size's last group
         self._stop_source(info.name)
