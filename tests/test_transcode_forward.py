@@ -1,13 +1,15 @@
 """A rung the relay stops forwarding (FORWARD=0: its last viewer left) and asks for again while
 the transcoder still encodes it ([transcode] idle_stop): the viewer back gets the group in
-progress at once, from its key frame, as a viewer of a rung started anew does (a real transcoder
-session on loopback QUIC; the relay's side is scripted here)."""
+progress at once, from its key frame, as a viewer of a rung started anew does; a group cut short
+by FORWARD=0 is reset, one that went out whole ends (a real transcoder session on loopback QUIC;
+the relay's side is scripted here)."""
 
 import asyncio
 
 from rtmpq.config import TranscodeConfig
 from rtmpq.media.catalog import Catalog
 from rtmpq.moq import events as ev
+from rtmpq.moq.fanout import RESET_CANCELLED
 from rtmpq.moq.loc import CATALOG_TRACK, frame_extensions
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
@@ -26,6 +28,7 @@ async def test_a_rung_forwarded_again_while_it_encodes_sends_the_group_in_progre
     catalog = Catalog("live/x", (info,)).to_json()
     relay: dict = {}  # the scripted relay's session, the video alias, the rung's PUBLISH
     rung: list[ev.ObjectReceived] = []
+    ends: list = []  # the rung's subgroup ends and resets: (group, "end" or the reset code)
 
     def on_connection(conn) -> None:
         session = relay["session"] = conn.session
@@ -45,8 +48,13 @@ async def test_a_rung_forwarded_again_while_it_encodes_sends_the_group_in_progre
                 session.publish_ok(event.request_id, forward=False)
                 if event.track_name == "video-180p":
                     relay["rung"] = event
-            elif isinstance(event, ev.ObjectReceived) and "rung" in relay and event.track_alias == relay["rung"].track_alias:
-                rung.append(event)
+            elif "rung" in relay and getattr(event, "track_alias", None) == relay["rung"].track_alias:
+                if isinstance(event, ev.ObjectReceived):
+                    rung.append(event)
+                elif isinstance(event, ev.SubgroupEnded):
+                    ends.append((event.group, "end"))
+                elif isinstance(event, ev.SubgroupReset):
+                    ends.append((event.group, event.code))
             conn.flush()
 
         relay["conn"] = conn
@@ -94,6 +102,13 @@ async def test_a_rung_forwarded_again_while_it_encodes_sends_the_group_in_progre
                             "group 1 of the rung, from its key frame, at once")
                 got = [o.object_id for o in rung if o.group == 1]
                 assert got == list(range(len(group1_head)))
+                assert ends == [(0, "end")]  # group 0 went out whole: ended when group 1 began
+                # its viewer leaves mid-group 1 and the rung goes on making group 1: the relay has
+                # a group cut short, and is told so (it ended as if whole at FORWARD=0)
+                forward(False)
+                send_source([f for f in frames if f.group == 1][len(group1_head):])
+                await until(lambda: len(ends) == 2, 10, "the end of the rung's group 1")
+                assert ends[1] == (1, RESET_CANCELLED)
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -26,7 +26,7 @@ from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
-from ..moq.fanout import RESET_DELIVERY_TIMEOUT
+from ..moq.fanout import RESET_CANCELLED, RESET_DELIVERY_TIMEOUT
 from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import names_are_public, safe_name
@@ -414,6 +414,7 @@ class _RungPublisher:
 
         session = self.conn.session
         if not self.forward or session.closed:
+            self._settle(frame.group)
             if frame.index == 0:
                 self.held = [frame]
             elif self.held and self.held[-1].group == frame.group:
@@ -436,6 +437,7 @@ class _RungPublisher:
         "explicitly tells the receiver there is an unsent Subgroup")."""
         session = self.conn.session
         if not self.forward or session.closed:
+            self._settle(group)
             if self.held and self.held[0].group == group:
                 self.held = []  # not whole: a viewer back waits for the next group
             return
@@ -450,12 +452,32 @@ class _RungPublisher:
         self.stream = None
         self.conn.flush()
 
+    def pause(self) -> None:
+        """FORWARD=0: no more objects. The group in progress stays open until the rung's next
+        frame says whether every frame of it went out (``_settle``)."""
+        self.forward = False
+
+    def _settle(self, group: int) -> None:
+        """Not forwarded, the rung made a frame of ``group`` (or skipped it): the stream of the
+        group in progress when forwarding stopped ends whole if ``group`` is a later one, and is
+        reset (CANCELLED) if it is that group, a frame of which is not sent. Before, it ended at
+        FORWARD=0 as if whole, and the relay kept a group cut short as a whole one."""
+        if self.stream is None or self.conn.session.closed:
+            return
+        if group == self.group:
+            self.conn.session.reset_subgroup(self.stream, RESET_CANCELLED)
+        else:
+            self.conn.session.end_subgroup(self.stream)
+        self.stream = None
+        self.conn.flush()
+
     def resume(self, encoding: bool) -> None:
-        """Forwarded again: the group held since (if the rung was ``encoding`` all along, so it
-        is the newest, and none of it went out before) goes out now, from its key frame."""
+        """Forwarded again: the group in progress goes on if nothing of it was missed, or the
+        group held since (if the rung was ``encoding`` all along, so it is the newest, and none
+        of it went out before) goes out now, from its key frame."""
         held, self.held = self.held, []
         self.forward = True
-        if encoding and held and held[0].group != self.group:
+        if encoding and held and self.stream is None and held[0].group != self.group:
             for frame in held:
                 self.send(frame)
 
@@ -620,7 +642,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     if event.forward:
                         p.resume(encoding=p.info.name in bt.wanted)
                     else:
-                        p.stop()
+                        p.pause()
                     bt.set_wanted(p.info.name, event.forward)
                 conn.flush()
             elif isinstance(event, ev.PublishDoneReceived):
