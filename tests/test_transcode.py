@@ -1,5 +1,6 @@
 """The transcoder core with real PyAV encodes, no network: groups in, groups out per rung."""
 
+import asyncio
 import threading
 import time
 from fractions import Fraction
@@ -12,6 +13,8 @@ from rtmpq.media.frames import Frame
 from rtmpq.transcode.coder import RungEncoder, SourceDecoder, annexb_to_length_prefixed
 from rtmpq.transcode.ladder import LadderError, Rung, parse_ladder, rungs_for_source
 from rtmpq.transcode.pipeline import Transcoder
+
+from .conftest import until
 
 FPS = 30
 
@@ -555,3 +558,93 @@ def test_a_watched_rung_whose_source_joins_with_a_groups_backlog_delivers_that_g
     assert skipped == []
     got = [f for f in out if f.group == 1]
     assert len(got) == sum(f.group == 1 for f in frames) and got[0].index == 0 and got[0].keyframe
+
+
+def test_the_tail_of_a_group_that_comes_after_the_next_group_began_is_left_out():
+    """Over MoQ each source group has its own QUIC stream and a relay sends the newer one first:
+    under load the last frame of group 1 arrives after the first of group 2. Fed to the decoder
+    after group 2's key frame it broke group 2: h264 gave 18 of its 30 pictures, silently (dav1d,
+    an AV1 source, refused it and the rung's group 2 was one picture: `rtmpq up --ladder 360p`,
+    pyav_publisher.py --video libsvtav1 854x480, a 360p viewer on a busy host)."""
+    info, frames = make_source(seconds=4, gop=30, width=320, height=240, bframes=0)
+    late = next(i for i, f in enumerate(frames) if f.group == 2 and f.index == 0) - 1
+    frames[late], frames[late + 1] = frames[late + 1], frames[late]
+    t, out = run(info, frames, parse_ladder("180p"), ["video-180p"])
+    per_group = {g: sum(f.group == g for f in out["video-180p"]) for g in range(4)}
+    assert per_group == {0: 30, 1: 29, 2: 30, 3: 30}  # group 1 ends a picture early; group 2 whole
+    assert t.stats.late_frames == 1 and t.stats.decode_errors == 0
+
+
+async def test_the_end_of_a_group_whose_tail_came_late_does_not_flush_the_next_one():
+    """Over MoQ: group 1's last frame and the end of its stream come after group 2 began. That
+    end was taken for the end of the newest group (the publisher gone) and flushed the decoder:
+    the rung's group 2 was the one picture decoded by then, the rest of it never decoded, with
+    no word (seen with an AV1 source: a 360p segment of 1 picture after each late group tail)."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, frames = make_source(seconds=4, gop=30, width=320, height=240, bframes=0)
+    late = next(i for i, f in enumerate(frames) if f.group == 2 and f.index == 0) - 1
+    frames[late], frames[late + 1] = frames[late + 1], frames[late]
+    got: list[Frame] = []
+    # a rung queue deep enough for the whole source: on a busy host no group is cut for being behind
+    bt = BroadcastTranscoder("live/late", parse_ladder("180p"), TranscodeConfig(rung_queue_frames=len(frames)),
+                             lambda tracks: None, got.append)
+    try:
+        bt.on_catalog(Catalog("live/late", (info,)))
+        bt.set_wanted("video-180p", True)
+        for i, f in enumerate(frames):
+            bt.on_frame(f)
+            if i == late + 1:
+                bt.group_ended("video", 1)  # group 1's stream ends after its late last frame
+            await asyncio.sleep(0.002)
+        bt.group_ended("video", 3)
+        await until(lambda: sum(f.group == 3 for f in got) == 30, 20, "the rung's last group")
+        assert {g: sum(f.group == g for f in got) for g in range(4)} == {0: 30, 1: 29, 2: 30, 3: 30}
+    finally:
+        bt.close()
+
+
+async def test_the_rungs_a_source_is_too_small_for_are_named_in_the_log(caplog):
+    """A 640x480 publish on `up --ladder 720p,480p,360p`: the log listed "rungs video-360p
+    480x360" and said nothing of 720p and 480p, which the operator configured (and a player
+    never sees)."""
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, _ = make_source(seconds=0.2, width=640, height=480, bframes=0)
+    caplog.set_level("INFO", "rtmpq.transcode")
+    bt = BroadcastTranscoder("live/small", parse_ladder("720p,480p,360p"), TranscodeConfig(), lambda tracks: None,
+                             lambda frame: None)
+    try:
+        bt.on_catalog(Catalog("live/small", (info,)))
+        assert any(r.getMessage().endswith(" video: rungs video-360p 480x360 (made when watched); 720p, 480p left "
+                                           "out: not smaller than the source (640x480)") for r in caplog.records), \
+            [r.getMessage() for r in caplog.records]
+    finally:
+        bt.close()
+
+
+async def test_a_publisher_back_at_another_frame_rate_gets_rungs_of_that_frame_rate():
+    """The same 1280x720 publish back at 60 fps instead of 30: the rungs' encoders kept the old
+    rate (`up --ladder 720p,480p,360p`: the 360p rung's measured BANDWIDTH 1.74 Mbit/s for its
+    700 kbit/s) and the multivariant and catalog said FRAME-RATE=30.000 for them."""
+    from dataclasses import replace
+
+    from rtmpq.config import TranscodeConfig
+    from rtmpq.media.catalog import Catalog
+    from rtmpq.nodes.transcode import BroadcastTranscoder
+
+    info, _ = make_source(seconds=0.2, width=320, height=240, bframes=0)
+    listed = []
+    bt = BroadcastTranscoder("live/fps", parse_ladder("180p"), TranscodeConfig(), listed.extend, lambda frame: None)
+    try:
+        bt.on_catalog(Catalog("live/fps", (info,)))
+        assert [(r.name, r.framerate) for r in listed] == [("video-180p", 30)]
+        bt.on_catalog(Catalog("live/fps", (replace(info, framerate=60.0),)))
+        assert [(r.name, r.framerate) for r in listed[1:]] == [("video-180p", 60.0)]
+        assert bt.transcoders["video"].workers["video-180p"].encoder.ctx.framerate == 60
+    finally:
+        bt.close()

@@ -26,12 +26,12 @@ from ..config import Config, TranscodeConfig
 from ..media.broadcast import BroadcastEnded, BroadcastRegistry, CatalogUpdate, PublisherLeft
 from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
-from ..moq.fanout import RESET_DELIVERY_TIMEOUT
+from ..moq.fanout import RESET_CANCELLED, RESET_DELIVERY_TIMEOUT
 from ..moq.reachability import reconnect_delay
 from ..moq.wire import ObjectStatus, PublishDoneStatus
 from ..redact import names_are_public, safe_name
 from ..transcode.coder import CoderError
-from ..transcode.ladder import DEFAULT_LADDER, Rung, parse_ladder
+from ..transcode.ladder import DEFAULT_FRAMERATE, DEFAULT_LADDER, Rung, parse_ladder
 from ..transcode.pipeline import Transcoder
 from . import runtime
 
@@ -42,6 +42,11 @@ def is_rung_track(name: str) -> bool:
     """A track named like a rung ("video-480p") is never transcoded again (a relay may still list
     the rungs of an earlier transcoder session)."""
     return RUNG_NAME.search(name) is not None
+
+
+def _rate(info: TrackInfo) -> float:
+    """The frame rate a rung encoder of ``info`` is opened with."""
+    return info.framerate or DEFAULT_FRAMERATE
 
 
 class BroadcastTranscoder:
@@ -80,7 +85,7 @@ class BroadcastTranscoder:
             t = self.transcoders.get(info.name)
             if t is None:
                 self._start(info)
-            elif (t.source.width, t.source.height) != (info.width, info.height):
+            elif (t.source.width, t.source.height) != (info.width, info.height) or _rate(t.source) != _rate(info):
                 self._resize(t, info)
             elif (t.source.init_data, t.source.codec) != (info.init_data, info.codec):
                 log.info("%s %s: new decoder configuration; rungs go on at the next group", self.label, info.name)
@@ -117,8 +122,11 @@ class BroadcastTranscoder:
             now = tuple(rung for rung in t.tracks if rung.name not in self._pending)
             if now:
                 self._list(now, t)
-            log.info("%s %s: rungs %s (made when watched)", self.label, info.name,
-                     ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks))
+            left_out = [r.name for r in self.ladder if r.track(info.name) not in t.workers]
+            log.info("%s %s: rungs %s (made when watched)%s", self.label, info.name,
+                     ", ".join(f"{r.name} {r.width}x{r.height}" for r in t.tracks),
+                     f"; {', '.join(left_out)} left out: not smaller than the source ({info.width}x{info.height})"
+                     if left_out else "")
         for track in self.wanted & set(t.workers):
             t.set_active(track, True)
 
@@ -146,12 +154,14 @@ class BroadcastTranscoder:
         self.publish_tracks(rungs)
 
     def _resize(self, old: Transcoder, info: TrackInfo) -> None:
-        """The source's picture changed size: its rungs are made anew for the new size from the
-        next group (a rung keeps its track, gets a new size and avcC in the catalog; one no longer
-        smaller than the source is withdrawn, one that now is comes), so no rung is upscaled or
-        stretched to the old aspect."""
-        log.info("%s %s: the source is now %sx%s (was %sx%s); rungs made anew from the next group", self.label,
-                 info.name, info.width, info.height, old.source.width, old.source.height)
+        """The source's picture changed size or frame rate: its rungs are made anew for it from
+        the next group (a rung keeps its track, gets a new size, frame rate and avcC in the
+        catalog; one no longer smaller than the source is withdrawn, one that now is comes), so no
+        rung is upscaled or stretched to the old aspect, and no encoder's rate control counts the
+        old frame rate (a 30 fps rung fed 60 fps made twice its bitrate)."""
+        log.info("%s %s: the source is now %sx%s %g fps (was %sx%s %g fps); rungs made anew from the next group",
+                 self.label, info.name, info.width, info.height, _rate(info), old.source.width, old.source.height,
+                 _rate(old.source))
         before = [track for track, s in self.rung_source.items() if s == info.name]
         old.finish()  # the pictures its decoder holds back end the old size's last group
         self._stop_source(info.name)
@@ -199,7 +209,10 @@ class BroadcastTranscoder:
     def on_frame(self, frame: Frame) -> None:
         t = self.transcoders.get(frame.track)
         if t is not None:
-            self._newest[frame.track] = frame.group
+            # the tail of a group may come after the next group began (over MoQ: a stream per
+            # group, the newer first): the end of that older group is not the end of the newest
+            if frame.group >= self._newest.get(frame.track, frame.group):
+                self._newest[frame.track] = frame.group
             t.push(frame)
 
     def group_ended(self, track: str, group: int) -> None:
@@ -386,6 +399,10 @@ class _RungPublisher:
         self.stream: int | None = None
         self.group: int | None = None
         self.streams = 0  # subgroup streams opened (PUBLISH_DONE's stream count)
+        # the frames of the rung's newest group, from its key frame, made while not forwarded (it
+        # goes on encoding [transcode] idle_stop after its last viewer left): a viewer back within
+        # it gets that group at once, as a rung started anew gets the current group
+        self.held: list[Frame] = []
 
     def _open(self, group: int) -> None:
         self.group = group
@@ -397,6 +414,11 @@ class _RungPublisher:
 
         session = self.conn.session
         if not self.forward or session.closed:
+            self._settle(frame.group)
+            if frame.index == 0:
+                self.held = [frame]
+            elif self.held and self.held[-1].group == frame.group:
+                self.held.append(frame)
             return
         if frame.group != self.group:
             if self.stream is not None:
@@ -415,6 +437,9 @@ class _RungPublisher:
         "explicitly tells the receiver there is an unsent Subgroup")."""
         session = self.conn.session
         if not self.forward or session.closed:
+            self._settle(group)
+            if self.held and self.held[0].group == group:
+                self.held = []  # not whole: a viewer back waits for the next group
             return
         if self.group != group or self.stream is None:
             if self.group is not None and group < self.group:
@@ -427,7 +452,37 @@ class _RungPublisher:
         self.stream = None
         self.conn.flush()
 
+    def pause(self) -> None:
+        """FORWARD=0: no more objects. The group in progress stays open until the rung's next
+        frame says whether every frame of it went out (``_settle``)."""
+        self.forward = False
+
+    def _settle(self, group: int) -> None:
+        """Not forwarded, the rung made a frame of ``group`` (or skipped it): the stream of the
+        group in progress when forwarding stopped ends whole if ``group`` is a later one, and is
+        reset (CANCELLED) if it is that group, a frame of which is not sent. Before, it ended at
+        FORWARD=0 as if whole, and the relay kept a group cut short as a whole one."""
+        if self.stream is None or self.conn.session.closed:
+            return
+        if group == self.group:
+            self.conn.session.reset_subgroup(self.stream, RESET_CANCELLED)
+        else:
+            self.conn.session.end_subgroup(self.stream)
+        self.stream = None
+        self.conn.flush()
+
+    def resume(self, encoding: bool) -> None:
+        """Forwarded again: the group in progress goes on if nothing of it was missed, or the
+        group held since (if the rung was ``encoding`` all along, so it is the newest, and none
+        of it went out before) goes out now, from its key frame."""
+        held, self.held = self.held, []
+        self.forward = True
+        if encoding and held and self.stream is None and held[0].group != self.group:
+            for frame in held:
+                self.send(frame)
+
     def stop(self) -> None:
+        self.forward = False
         if self.stream is not None and not self.conn.session.closed:
             self.conn.session.end_subgroup(self.stream)
         self.stream = self.group = None
@@ -584,9 +639,10 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     session.request_error(event.request_id, 0x3, "only FORWARD updates of rungs")  # NOT_SUPPORTED
                 else:
                     session.request_ok(event.request_id)
-                    p.forward = event.forward
-                    if not event.forward:
-                        p.stop()
+                    if event.forward:
+                        p.resume(encoding=p.info.name in bt.wanted)
+                    else:
+                        p.pause()
                     bt.set_wanted(p.info.name, event.forward)
                 conn.flush()
             elif isinstance(event, ev.PublishDoneReceived):

@@ -75,6 +75,7 @@ class TranscodeStats:
     frames_decoded: int = 0
     decode_errors: int = 0
     input_skipped_groups: int = 0  # source groups dropped before the decoder (it fell behind)
+    late_frames: int = 0  # frames of a group that came after a later group began (not decoded)
     rungs: dict[str, RungStats] = field(default_factory=dict)
 
 
@@ -260,6 +261,8 @@ class Transcoder:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._queued = 0  # frames in the inbox (approximate across threads; only a bound)
         self._dropping = False  # the decoder fell behind: drop input until the next group
+        self._newest_group: int | None = None  # the newest source group a frame came of
+        self._late_group: int | None = None  # the last group whose late frames were logged
         # source groups dropped before the decoder (decoder thread side; the rungs say so)
         self.dropped_groups: deque[int] = deque(maxlen=GROUP_STARTS_KEPT)
         self._thread = threading.Thread(target=self._run, name=f"rtmpq-decode-{source.name}", daemon=True)
@@ -268,6 +271,18 @@ class Transcoder:
     # -- event loop side ------------------------------------------------------------------------------
     def push(self, frame: Frame) -> None:
         self.stats.frames_in += 1
+        if self._newest_group is not None and frame.group < self._newest_group:
+            # the tail of a group that comes after the next group began (over MoQ each group has
+            # its own stream, and a relay sends the newer first): the decoder is past it, and fed
+            # now it would break the new group (dav1d refuses it and the group is lost; h264
+            # drops pictures of it silently). The rung's group ends a picture or two early.
+            self.stats.late_frames += 1
+            if frame.group != self._late_group:  # once a group
+                self._late_group = frame.group
+                log.info("%s %s: frames of group %d came after group %d began; left out", self.label,
+                         self.source.name, frame.group, self._newest_group)
+            return
+        self._newest_group = frame.group
         if frame.index == 0:
             self._dropping = False
         if self._dropping:
