@@ -40,6 +40,7 @@ class RefusedPublishes:
         self.cooldown = cooldown
         self.max_addresses = max_addresses
         self._addresses: OrderedDict[str, _Address] = OrderedDict()  # least recently refused first
+        self._asking: dict[str, int] = {}  # address -> its publishes the publish hook has yet to answer
 
     def __len__(self) -> int:
         return len(self._addresses)
@@ -48,6 +49,28 @@ class RefusedPublishes:
         """Seconds ``address`` must still wait before it may publish (0: it may)."""
         entry = self._addresses.get(address)
         return max(0.0, entry.cooldown_until - now) if entry is not None else 0.0
+
+    def may_ask(self, address: str, now: float) -> bool:
+        """Whether a publish from ``address`` may be put to the publish hook now: its refusals in
+        the window plus the answers still awaited for it stay under the limit. A refusal is counted
+        when the hook answers, so without this a guesser's publishes sent at once (up to
+        [rtmp] max_connections_per_ip connections, several streams each) all reached the hook
+        before the first counted."""
+        if self.limit <= 0:
+            return True
+        entry = self._addresses.get(address)
+        refused = entry.refused if entry is not None and now - entry.window_start <= self.window else 0
+        return refused + self._asking.get(address, 0) < self.limit
+
+    def asking(self, address: str) -> None:
+        """A publish from ``address`` was put to the publish hook."""
+        self._asking[address] = self._asking.get(address, 0) + 1
+
+    def answered(self, address: str) -> None:
+        """The hook answered (or failed to) a publish ``asking`` counted."""
+        left = self._asking.pop(address, 0) - 1
+        if left > 0:
+            self._asking[address] = left
 
     def refused(self, address: str, now: float) -> int:
         """A publish from ``address`` was refused. Returns the refusals counted in its window when

@@ -236,6 +236,12 @@ class IngestNode:
             name = self.access.publish_name(*admitted)
         except AccessDenied as exc:
             if exc.reason == "unknown_key" and self.publish_config.hook_url:  # the operator's service decides
+                if not self.refusals.may_ask(address, now):  # (not a guess: those asked may all be good)
+                    self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
+                                 "publish refused: too many publishes from your address await the publish hook; "
+                                 "try again in a few seconds")
+                    return
+                self.refusals.asking(address)
                 task = asyncio.get_running_loop().create_task(self._ask_hook(conn, req, address))
                 self._hook_calls.add(task)
                 task.add_done_callback(self._hook_calls.discard)
@@ -249,8 +255,11 @@ class IngestNode:
         layer holds what the encoder sends meanwhile). No answer in time is a refusal."""
         url, timeout = self.publish_config.hook_url, self.publish_config.hook_timeout
         try:
-            status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout,
-                                           ssl_context=self.hook_tls)
+            try:
+                status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout,
+                                               ssl_context=self.hook_tls)
+            finally:
+                self.refusals.answered(address)
             name = hook_name(status, body, req.app)
         except AccessDenied as exc:
             if exc.reason != "hook_refused":  # the operator's service answered what is not an answer
