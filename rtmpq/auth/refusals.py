@@ -1,4 +1,4 @@
-"""Slowing down stream key guessing: the publishes refused to each client address, and the
+"""Slowing down stream key guessing: the publishes refused to each client address (an IPv6 one's /64), and the
 addresses whose publishes are refused outright for a cool-down after too many refusals in a
 window ([rtmp] max_refused_publishes, refused_publish_window, refused_publish_cooldown).
 
@@ -7,6 +7,7 @@ MAX_TRACKED_ADDRESSES addresses, a few numbers each; when full, the address refu
 forgotten first. Neither keys nor names are kept, only how many were refused.
 """
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,6 +21,24 @@ REFUSED_PUBLISH_COOLDOWN = 120.0
 # Addresses tracked at once (tracemalloc: ~250 bytes an IPv6 entry, 1.0 MB when full). A guesser
 # spread over more addresses than this (IPv6) pushes the oldest out early.
 MAX_TRACKED_ADDRESSES = 4096
+# An IPv6 client is counted by its /64 (RFC 6177: what one site, often one host, is given; a host
+# picks addresses in it at will, privacy extensions do it on their own). Counted whole, a guesser
+# with one /64 had 10 guesses per address it chose: unlimited, and the table churned.
+IPV6_COUNTED_PREFIX = 64
+
+
+def counted_address(address: str) -> str:
+    """What refusals are counted by: an IPv4 address (IPv4-mapped too) whole, an IPv6 address's
+    /64 (``2001:db8:1:2::/64``); anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, IPV6_COUNTED_PREFIX), strict=False))
 
 
 @dataclass(slots=True)
@@ -47,6 +66,7 @@ class RefusedPublishes:
 
     def cooldown_left(self, address: str, now: float) -> float:
         """Seconds ``address`` must still wait before it may publish (0: it may)."""
+        address = counted_address(address)
         entry = self._addresses.get(address)
         return max(0.0, entry.cooldown_until - now) if entry is not None else 0.0
 
@@ -56,6 +76,7 @@ class RefusedPublishes:
         when the hook answers, so without this a guesser's publishes sent at once (up to
         [rtmp] max_connections_per_ip connections, several streams each) all reached the hook
         before the first counted."""
+        address = counted_address(address)
         if self.limit <= 0:
             return True
         entry = self._addresses.get(address)
@@ -64,10 +85,12 @@ class RefusedPublishes:
 
     def asking(self, address: str) -> None:
         """A publish from ``address`` was put to the publish hook."""
+        address = counted_address(address)
         self._asking[address] = self._asking.get(address, 0) + 1
 
     def answered(self, address: str) -> None:
         """The hook answered (or failed to) a publish ``asking`` counted."""
+        address = counted_address(address)
         left = self._asking.pop(address, 0) - 1
         if left > 0:
             self._asking[address] = left
@@ -75,6 +98,7 @@ class RefusedPublishes:
     def refused(self, address: str, now: float) -> int:
         """A publish from ``address`` was refused. Returns the refusals counted in its window when
         this one starts its cool-down (to be logged once), else 0."""
+        address = counted_address(address)
         if self.limit <= 0:
             return 0
         self._forget_stale(now)

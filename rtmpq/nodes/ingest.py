@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..auth.access import Access, AccessDenied
 from ..auth.hook import hook_name, hook_payload
-from ..auth.refusals import RefusedPublishes
+from ..auth.refusals import RefusedPublishes, counted_address
 from ..config import STOP_TIMEOUT, ConfigError, IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..http.client import HttpCallError, post_json, url_label
@@ -281,7 +281,7 @@ class IngestNode:
         self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
         if exc.reason in GUESSES and (count := self.refusals.refused(address, time.monotonic())):
             log.warning("%s: %d publishes refused within %g s: refusing every publish from %s for %g s",
-                        conn.peer, count, self.refusals.window, address, self.refusals.cooldown)
+                        conn.peer, count, self.refusals.window, counted_address(address), self.refusals.cooldown)
 
     def _admit(self, conn: RtmpConnection, req: PublishRequested, name: str, admitted) -> None:
         """Publish ``name``; ``admitted``: what a settings reload checks it by again (None: the
