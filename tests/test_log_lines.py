@@ -39,7 +39,8 @@ async def test_a_peer_cannot_forge_a_log_line_over_rtmp_or_moq(tmp_path):
         def logged() -> str:
             return (tmp_path / "node.log").read_text(errors="replace")
 
-        await until(lambda: logged().count(FORGED) >= 2 and "connected to app" in logged(), 10, "both attempts in the log")
+        await until(lambda: logged().count(FORGED) >= 2 and "connected to app" in logged(), 10,
+                    "both attempts in the log")
         lines = logged().splitlines()
         assert not [line for line in lines if line.startswith(FORGED)], lines
         assert any("FMLE/3.0\\r\\n" + FORGED in line for line in lines)

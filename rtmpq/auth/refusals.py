@@ -1,6 +1,7 @@
-"""Slowing down stream key guessing: the publishes refused to each client address (an IPv6 one's /64), and the
-addresses whose publishes are refused outright for a cool-down after too many refusals in a
-window ([rtmp] max_refused_publishes, refused_publish_window, refused_publish_cooldown).
+"""Slowing down stream key guessing: the publishes refused to each client address (an IPv6
+client's /64), and the addresses whose publishes are refused outright for a cool-down after too
+many refusals in a window ([rtmp] max_refused_publishes, refused_publish_window,
+refused_publish_cooldown).
 
 Sans-I/O: the time is passed in (seconds, any monotonic clock). Memory is bounded: at most
 MAX_TRACKED_ADDRESSES addresses, a few numbers each; when full, the address refused longest ago is
