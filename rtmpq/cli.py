@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from .config import (DEFAULT_HTTP_PORT, DEFAULT_MOQ_PORT, DEFAULT_RTMP_PORT, DEFAULT_RTMPS_PORT, Config,
                      ConfigError, bundled_static_dir, load_config, show)
+from .log_format import OneLineFormatter
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 log = logging.getLogger("rtmpq.nodes")
@@ -429,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     label = getattr(args, "log_label", "")
     label = f"[{label.replace('%', '%%')} %(process)d] " if label else ""
-    logging.basicConfig(level=getattr(args, "log_level", "INFO"),
-                        format=f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s")
+    handler = logging.StreamHandler()  # (stderr) one line per message, whatever a peer sent
+    handler.setFormatter(OneLineFormatter(f"%(asctime)s %(levelname)s {label}%(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(args, "log_level", "INFO"), handlers=[handler])
     if getattr(args, "log_level", "INFO") != "DEBUG":
         # aioquic logs each connection's QUIC version, ALPN and close at INFO ("quic: [cid] ..."):
         # three lines per MoQ session naming no peer; rtmpq.moq's lines say who did what

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from rtmpq.auth.access import Access, AccessDenied
-from rtmpq.auth.refusals import RefusedPublishes
+from rtmpq.auth.refusals import RefusedPublishes, counted_address
 from rtmpq.auth.tokens import CLOCK_SKEW_LEEWAY, mint_session_token, mint_token, verify_token
 from rtmpq.config import AuthConfig, IngestConfig, PublishConfig
 from rtmpq.media.catalog import Catalog
@@ -502,6 +502,21 @@ def test_an_address_that_keeps_being_refused_cools_down_and_others_do_not():
     assert refusals.refused("10.0.0.1", 55) == 3
     off = RefusedPublishes(limit=0)
     assert not any(off.refused("10.0.0.1", t) for t in range(100)) and len(off) == 0
+
+
+def test_an_ipv6_client_is_counted_by_its_64_and_an_ipv4_one_whole():
+    """A host picks any address of its /64: counted whole, each gave a guesser 10 more tries."""
+    refusals = RefusedPublishes(limit=3, window=60, cooldown=30)
+    for i, address in enumerate(("2001:db8:1:2::1", "2001:db8:1:2:aaaa::7", "2001:DB8:1:2:ffff:ffff:ffff:ffff")):
+        assert refusals.cooldown_left(address, i) == 0
+        counted = refusals.refused(address, i)
+    assert counted == 3  # three addresses of one /64: one guesser, cooling down
+    assert refusals.cooldown_left("2001:db8:1:2::1234", 3) == 29
+    assert refusals.cooldown_left("2001:db8:1:3::1", 3) == 0  # the next /64 is another client
+    for i in range(3):  # IPv4 (mapped or not) stays whole
+        refusals.refused("::ffff:192.0.2.1", 10 + i)
+    assert refusals.cooldown_left("192.0.2.1", 13) == 29 and refusals.cooldown_left("192.0.2.2", 13) == 0
+    assert counted_address("fe80::1%eth0") == "fe80::/64" and counted_address("?") == "?"
 
 
 def test_the_addresses_tracked_are_bounded_in_count():

@@ -12,6 +12,7 @@ from rtmpq.config import Config, ConfigError, PublishConfig, load_config, reload
 
 from .conftest import http_get, need, start_up_node, until
 from .publishers import drop_publish, ffmpeg_publish_only_args, run_process
+from .rtmp_client import TcpPublisher
 from .test_ops import samples
 
 GOOD, BAD, SLOW, ODD = "sk-good-4f1a", "sk-bad-99c0", "sk-slow-7e21", "sk-odd-02bb"
@@ -222,3 +223,37 @@ async def test_a_hook_ca_renewed_in_place_is_read_again_on_sighup(tmp_path, capl
     finally:
         await node.close()
         backend.server.close()
+
+
+async def test_guesses_sent_at_once_reach_the_hook_no_more_than_the_refusal_limit(tmp_path):
+    """A refusal counts when the hook answers: 25 guesses from one address sent at once reached the
+    hook 25 times (max_refused_publishes 10, hundreds with more connections). Now at most the limit
+    is awaited at a time; the others are refused at once, and the address then cools down."""
+    asked: list[str] = []
+
+    async def slow_no(reader, writer) -> None:
+        _, ask = await read_post(reader)
+        asked.append(ask["key"])
+        await asyncio.sleep(0.5)  # the others arrive meanwhile
+        writer.write(b"HTTP/1.1 403 X\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    hook = await asyncio.start_server(slow_no, "127.0.0.1", 0)
+    publish = PublishConfig(keys={"sk-static-1": "fixed"},
+                            hook_url=f"http://127.0.0.1:{hook.sockets[0].getsockname()[1]}/", hook_timeout=5.0)
+    node = await start_up_node(tmp_path, publish=publish)
+    try:
+        async def guess(i: int) -> str:
+            with pytest.raises(ConnectionRefusedError) as info:
+                await TcpPublisher.publish(node.rtmp.address[1], f"guess-{i}", source="127.0.0.9")
+            return str(info.value)
+
+        answers = await asyncio.gather(*(guess(i) for i in range(25)))
+        assert len(asked) == 10, asked
+        assert sum("await the publish hook" in a for a in answers) == 15, answers
+        assert "too many refused publishes" in await guess(99)  # the ten refused: cooling down
+        assert len(asked) == 10
+    finally:
+        await node.close()
+        hook.close()

@@ -368,3 +368,18 @@ def test_media_sent_before_the_publish_is_answered_are_held_up_to_a_limit():
     events = client.events()
     assert isinstance(events[-1], ConnectionFailed) and "max_pending_media_bytes" in events[-1].reason
     assert not [e for e in events if isinstance(e, MediaMessage)]
+
+
+def test_the_events_of_a_publish_show_no_key_token_or_tcurl_in_their_repr():
+    """A traceback, a failed assertion or a debug line that shows an event never shows the secrets in it."""
+    pub = InMemoryPublisher(RtmpServerSession())
+    pub.handshake()
+    pub.command(0, "connect", 1.0, {"app": "live", "tcUrl": "rtmp://127.0.0.1/live?token=tc-secret-1"})
+    pub.command(0, "createStream", 2.0, None)
+    pub.command(1, "publish", 3.0, None, "sk-secret-2?token=query-secret-3", "live")
+    events = pub.events()
+    [req] = [e for e in events if isinstance(e, PublishRequested)]
+    assert (req.key, req.query) == ("sk-secret-2", "token=query-secret-3")
+    shown = repr(events)
+    assert "Connected(" in shown and "PublishRequested(" in shown
+    assert not any(secret in shown for secret in ("tc-secret-1", "sk-secret-2", "query-secret-3")), shown

@@ -1,6 +1,8 @@
 """Tokens (JWT, HS256): what a token grants, and every way one is refused without leaking it."""
 
 import base64
+import hashlib
+import hmac
 import json
 
 import jwt
@@ -196,3 +198,16 @@ def test_a_session_token_covers_its_one_broadcast_over_hls_and_nothing_else():
     with pytest.raises(TokenError) as info:
         verify_token(foreign, SECRET, act=ACT_SUBSCRIBE, path="live/cam1", now=NOW, session_ok=True)
     assert info.value.reason == tokens.REASON_MALFORMED
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e999", "9" * 400])
+def test_a_signed_time_that_is_no_time_is_malformed(exp):
+    """JSON as Python reads it gives NaN, Infinity and integers past a float: a token signed with
+    the secret (a buggy minting tool) whose exp or nbf is one is refused as malformed (was: NaN never
+    expired, the others raised past every check: HLS 500, a MoQ request never answered)."""
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    for claim in ("exp", "nbf"):
+        times = {"exp": str(int(NOW) + 60), claim: exp}
+        payload = b64(f'{{"sub":"live/cam1","act":"subscribe","exp":{times["exp"]},"nbf":{times.get("nbf", int(NOW))}}}'.encode())
+        signature = b64(hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest())
+        assert refused(f"{header}.{payload}.{signature}").reason == tokens.REASON_MALFORMED, claim

@@ -1,12 +1,14 @@
-"""Slowing down stream key guessing: the publishes refused to each client address, and the
-addresses whose publishes are refused outright for a cool-down after too many refusals in a
-window ([rtmp] max_refused_publishes, refused_publish_window, refused_publish_cooldown).
+"""Slowing down stream key guessing: the publishes refused to each client address (an IPv6
+client's /64), and the addresses whose publishes are refused outright for a cool-down after too
+many refusals in a window ([rtmp] max_refused_publishes, refused_publish_window,
+refused_publish_cooldown).
 
 Sans-I/O: the time is passed in (seconds, any monotonic clock). Memory is bounded: at most
 MAX_TRACKED_ADDRESSES addresses, a few numbers each; when full, the address refused longest ago is
 forgotten first. Neither keys nor names are kept, only how many were refused.
 """
 
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,6 +22,24 @@ REFUSED_PUBLISH_COOLDOWN = 120.0
 # Addresses tracked at once (tracemalloc: ~250 bytes an IPv6 entry, 1.0 MB when full). A guesser
 # spread over more addresses than this (IPv6) pushes the oldest out early.
 MAX_TRACKED_ADDRESSES = 4096
+# An IPv6 client is counted by its /64 (RFC 6177: what one site, often one host, is given; a host
+# picks addresses in it at will, privacy extensions do it on their own). Counted whole, a guesser
+# with one /64 had 10 guesses per address it chose: unlimited, and the table churned.
+IPV6_COUNTED_PREFIX = 64
+
+
+def counted_address(address: str) -> str:
+    """What refusals are counted by: an IPv4 address (IPv4-mapped too) whole, an IPv6 address's
+    /64 (``2001:db8:1:2::/64``); anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").partition("%")[0])
+    except ValueError:
+        return address
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, IPV6_COUNTED_PREFIX), strict=False))
 
 
 @dataclass(slots=True)
@@ -40,18 +60,46 @@ class RefusedPublishes:
         self.cooldown = cooldown
         self.max_addresses = max_addresses
         self._addresses: OrderedDict[str, _Address] = OrderedDict()  # least recently refused first
+        self._asking: dict[str, int] = {}  # address -> its publishes the publish hook has yet to answer
 
     def __len__(self) -> int:
         return len(self._addresses)
 
     def cooldown_left(self, address: str, now: float) -> float:
         """Seconds ``address`` must still wait before it may publish (0: it may)."""
+        address = counted_address(address)
         entry = self._addresses.get(address)
         return max(0.0, entry.cooldown_until - now) if entry is not None else 0.0
+
+    def may_ask(self, address: str, now: float) -> bool:
+        """Whether a publish from ``address`` may be put to the publish hook now: its refusals in
+        the window plus the answers still awaited for it stay under the limit. A refusal is counted
+        when the hook answers, so without this a guesser's publishes sent at once (up to
+        [rtmp] max_connections_per_ip connections, several streams each) all reached the hook
+        before the first counted."""
+        address = counted_address(address)
+        if self.limit <= 0:
+            return True
+        entry = self._addresses.get(address)
+        refused = entry.refused if entry is not None and now - entry.window_start <= self.window else 0
+        return refused + self._asking.get(address, 0) < self.limit
+
+    def asking(self, address: str) -> None:
+        """A publish from ``address`` was put to the publish hook."""
+        address = counted_address(address)
+        self._asking[address] = self._asking.get(address, 0) + 1
+
+    def answered(self, address: str) -> None:
+        """The hook answered (or failed to) a publish ``asking`` counted."""
+        address = counted_address(address)
+        left = self._asking.pop(address, 0) - 1
+        if left > 0:
+            self._asking[address] = left
 
     def refused(self, address: str, now: float) -> int:
         """A publish from ``address`` was refused. Returns the refusals counted in its window when
         this one starts its cool-down (to be logged once), else 0."""
+        address = counted_address(address)
         if self.limit <= 0:
             return 0
         self._forget_stale(now)

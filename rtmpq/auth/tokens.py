@@ -36,6 +36,9 @@ MAX_TOKEN_BYTES = 4096
 # RFC 7518 3.2: an HS256 secret should be at least as long as the hash (32 bytes). Shorter ones
 # still work; ``weak_secret`` lets the configuration warn about them.
 MIN_SECRET_BYTES = 32
+# Largest ``exp``/``nbf`` taken, in seconds since the epoch (the year 9999, as far as
+# ``datetime`` goes): past it a claim is malformed, never a token that does not expire.
+MAX_TIME_CLAIM = 253_402_300_799
 # The ``aud`` that marks a playback session token (see the module docstring).
 SESSION_AUDIENCE = "rtmpq-hls-session"
 
@@ -132,12 +135,21 @@ def _claim_types(payload: dict) -> tuple:
     sub, granted, exp = payload["sub"], payload["act"], payload["exp"]
     if not isinstance(sub, str) or not isinstance(granted, str):
         raise TokenError(REASON_MALFORMED, "token sub and act must be strings")
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        raise TokenError(REASON_MALFORMED, "token exp must be a number")
+    if not _is_time(exp):
+        raise TokenError(REASON_MALFORMED, "token exp must be a number of seconds")
     nbf = payload.get("nbf")
-    if nbf is not None and (isinstance(nbf, bool) or not isinstance(nbf, (int, float))):
-        raise TokenError(REASON_MALFORMED, "token nbf must be a number")
+    if nbf is not None and not _is_time(nbf):
+        raise TokenError(REASON_MALFORMED, "token nbf must be a number of seconds")
     return sub, granted, exp, nbf
+
+
+def _is_time(value) -> bool:
+    """A JSON number that is a time: JSON as Python reads it also gives NaN, Infinity (1e999) and
+    integers too large for a float, which no comparison with the clock may see (NaN never
+    expires; the others raised past every check, a 500 on HLS, an unanswered MoQ request)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= MAX_TIME_CLAIM  # False for NaN
 
 
 def check_token_shape(token: str) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from ..auth.access import Access, AccessDenied
 from ..auth.hook import hook_name, hook_payload
-from ..auth.refusals import RefusedPublishes
+from ..auth.refusals import RefusedPublishes, counted_address
 from ..config import STOP_TIMEOUT, ConfigError, IngestConfig, PublishConfig, default_state_dir
 from ..errors import StreamNameInUse
 from ..http.client import HttpCallError, post_json, url_label
@@ -236,6 +236,12 @@ class IngestNode:
             name = self.access.publish_name(*admitted)
         except AccessDenied as exc:
             if exc.reason == "unknown_key" and self.publish_config.hook_url:  # the operator's service decides
+                if not self.refusals.may_ask(address, now):  # (not a guess: those asked may all be good)
+                    self._refuse(conn, req.stream_id, "max_refused_publishes", "NetStream.Publish.BadName",
+                                 "publish refused: too many publishes from your address await the publish hook; "
+                                 "try again in a few seconds")
+                    return
+                self.refusals.asking(address)
                 task = asyncio.get_running_loop().create_task(self._ask_hook(conn, req, address))
                 self._hook_calls.add(task)
                 task.add_done_callback(self._hook_calls.discard)
@@ -249,8 +255,11 @@ class IngestNode:
         layer holds what the encoder sends meanwhile). No answer in time is a refusal."""
         url, timeout = self.publish_config.hook_url, self.publish_config.hook_timeout
         try:
-            status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout,
-                                           ssl_context=self.hook_tls)
+            try:
+                status, body = await post_json(url, hook_payload(req.app, req.key, req.query, address), timeout,
+                                               ssl_context=self.hook_tls)
+            finally:
+                self.refusals.answered(address)
             name = hook_name(status, body, req.app)
         except AccessDenied as exc:
             if exc.reason != "hook_refused":  # the operator's service answered what is not an answer
@@ -272,7 +281,7 @@ class IngestNode:
         self._refuse(conn, req.stream_id, exc.reason, "NetStream.Publish.BadName", f"publish refused: {exc}")
         if exc.reason in GUESSES and (count := self.refusals.refused(address, time.monotonic())):
             log.warning("%s: %d publishes refused within %g s: refusing every publish from %s for %g s",
-                        conn.peer, count, self.refusals.window, address, self.refusals.cooldown)
+                        conn.peer, count, self.refusals.window, counted_address(address), self.refusals.cooldown)
 
     def _admit(self, conn: RtmpConnection, req: PublishRequested, name: str, admitted) -> None:
         """Publish ``name``; ``admitted``: what a settings reload checks it by again (None: the

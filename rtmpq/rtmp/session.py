@@ -21,7 +21,7 @@ whole message, the sink parses the tag itself, its header is known to be whole.
 import logging
 import re
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..codec import NEED_DATA, ChunkReader, amf0_decode, amf0_encode, parse_audio_tracks, parse_video_tracks
 from ..codec.amf_types import UNDEFINED
@@ -101,7 +101,7 @@ class HandshakeCompleted:
 @dataclass(frozen=True, slots=True)
 class Connected:
     app: str
-    tc_url: str
+    tc_url: str = field(repr=False)  # what the encoder was given as the server: may hold ?token= after the app
     flash_ver: str
 
 
@@ -109,9 +109,10 @@ class Connected:
 class PublishRequested:
     stream_id: int
     app: str
-    key: str  # the stream key (a secret: never log it)
+    # the stream key (a secret: never log it, and not in the repr a traceback or a failed test shows)
+    key: str = field(repr=False)
     publish_type: str  # "live", "record", "append"
-    query: str = ""  # what followed the key after '?' (may hold ?token=: a secret too)
+    query: str = field(default="", repr=False)  # what followed the key after '?' (may hold ?token=: a secret too)
 
     @property
     def broadcast(self) -> str:
