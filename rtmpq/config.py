@@ -140,6 +140,12 @@ RENDITION_IDLE_SECONDS = 15.0
 # the viewer count and the live readers; about 200 bytes each (the user agent is cut to 64
 # characters); more are served, not counted.
 MAX_VIEWERS_TRACKED = 16384
+# A separate edge ([http] max_pending_broadcasts): broadcasts it waits for at once, each opened for
+# a player's request with nothing of it come from upstream yet (a MoQ session each, up to
+# [upstream] wait). Past it, the one upstream said longest ago it does not have is let go for a new
+# name, and with none such a new name is answered 503: requests for made-up names opened a session
+# each, held by a relay's per-address limit, so real broadcasts could no longer be opened.
+EDGE_MAX_PENDING_BROADCASTS = 64
 # `rtmpq up --ladder`: the ladder runs in a child process per broadcast (`rtmpq transcode
 # --broadcast` over the node's own MoQ listener) so that a crash of a decoder (libavcodec on a
 # hostile bitstream) or an OOM kill ends only that broadcast's rungs, not every publish and viewer
@@ -314,6 +320,9 @@ class HttpConfig:
     rendition_idle: float = RENDITION_IDLE_SECONDS
     # edge: players counted per broadcast (viewers); more are served, not counted
     max_viewers_tracked: int = MAX_VIEWERS_TRACKED
+    # edge: broadcasts waited for at once, nothing of them come from upstream yet (see
+    # EDGE_MAX_PENDING_BROADCASTS)
+    max_pending_broadcasts: int = EDGE_MAX_PENDING_BROADCASTS
 
 
 @dataclass
@@ -698,7 +707,7 @@ def validate(config: Config) -> None:
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
                 "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout",
-                "rendition_idle", "max_viewers_tracked"):
+                "rendition_idle", "max_viewers_tracked", "max_pending_broadcasts"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")
     if h.audio_gap_fill < 0:

@@ -105,6 +105,8 @@ PLAYLIST = "application/vnd.apple.mpegurl"
 # a separate edge as soon as its upstream says it does not have it (a NotLive from its feed), the
 # feed waiting for it on (a player asking again plays once it is live).
 NO_SUCH_BROADCAST = "no such broadcast"
+# _broadcast's answer when [http] max_pending_broadcasts are waited for and none may be let go
+TOO_MANY_PENDING = object()
 # A playlist answer that says the broadcast is live but its publisher's codecs are not carried
 # (``audio=MP3``): the player page shows that answer's text instead of "not live (yet)".
 NOT_CARRIED_HEADER = "Rtmpq-Not-Carried"
@@ -486,7 +488,8 @@ class EdgeServer:
     # -- broadcasts -----------------------------------------------------------------------------
     def _broadcast(self, name: str) -> _Broadcast | None:
         """The newest broadcast of ``name``, opened if it is not open or has ended (an ended one
-        is kept if nothing of that name can be opened, for ENDED_PLAYLIST_KEEP)."""
+        is kept if nothing of that name can be opened, for ENDED_PLAYLIST_KEEP); TOO_MANY_PENDING
+        when a new one may not be opened now ([http] max_pending_broadcasts)."""
         b = self._broadcasts.get(name)
         now = time.monotonic()
         if b is not None and b.ended_at is None:
@@ -499,6 +502,12 @@ class EdgeServer:
                 b.last_request = now
                 return b
             return None
+        if not self._room_for_another():
+            if self._refusals.due("max_pending_broadcasts", now):  # (a flood of names: once per interval)
+                log.warning("edge: %d broadcasts waited for at once ([http] max_pending_broadcasts), none of them "
+                            "known to be missing upstream: %s (and others) not opened",
+                            self.http_config.max_pending_broadcasts, safe_name(name))
+            return TOO_MANY_PENDING
         after = 0
         if kept and b.playable:  # its readers finish it while the new one takes the name
             self._ended[name] = b
@@ -511,6 +520,22 @@ class EdgeServer:
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
         return b
+
+    def _room_for_another(self) -> bool:
+        """Whether a feed may open for another name: fewer than [http] max_pending_broadcasts
+        broadcasts waited for (opened, nothing of them come yet), or one of them that upstream said
+        it does not have, which is let go (the one asked for longest ago): its players were told
+        404 already, and one asking again opens it anew."""
+        pending = [b for b in self._broadcasts.values() if b.ended_at is None and b.catalog is None]
+        if len(pending) < self.http_config.max_pending_broadcasts:
+            return True
+        missing = [b for b in pending if b.not_live]
+        if not missing:
+            return False
+        gone = min(missing, key=lambda b: b.last_request)
+        del self._broadcasts[gone.name]
+        gone.task.cancel()  # its MoQ session closes with it
+        return True
 
     async def _feed(self, b: _Broadcast, source: AsyncIterator) -> None:
         streams = list(b.streams.values())
@@ -685,6 +710,8 @@ class EdgeServer:
             return Response(200, PLAYER_PAGE.encode(), "text/html; charset=utf-8", "no-cache")
         if b is None:
             return text(404, NO_SUCH_BROADCAST)
+        if b is TOO_MANY_PENDING:
+            return text(503, "too many broadcasts are being waited for here; ask again")
         viewer = (request.client, request.headers.get("user-agent", "")[:64])
         b = self._reading(name, b, file, query_text, viewer)
         if len(b.viewers) < b.max_viewers:
@@ -724,6 +751,8 @@ class EdgeServer:
         waited = False
         while (left := end - loop.time()) > 0:
             b = self._broadcast(name)
+            if b is TOO_MANY_PENDING:
+                return
             if b is not None and b.ended_at is None:
                 async with b.changed:
                     try:
