@@ -480,3 +480,35 @@ async def test_an_update_of_a_subscription_that_has_ended_is_told_it_does_not_ex
             refused = answered(viewer, update)
             assert isinstance(refused, ev.RequestFailed) and refused.error_code == RequestError.DOES_NOT_EXIST, refused
             assert not conn.session.closed  # a race the subscriber cannot avoid: no session error
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_request_the_relay_fails_on_closes_that_session_alone(tmp_path, backend, monkeypatch):
+    """A bug met while handling what a peer sent (injected here into TRACK_STATUS: the audit's
+    real trigger, a token time that is no number, is fixed) escaped into asyncio: the request was
+    never answered and the session went on in whatever state the handler left. Now that session
+    is closed with INTERNAL_ERROR, counted, and every other session goes on."""
+    from rtmpq.moq.relay import MoqRelay
+    from rtmpq.moq.wire import SessionError
+
+    def broken(self, conn, event):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(MoqRelay, "_on_TrackStatusRequested", broken)
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        relay.registry.publish("live/b").set_catalog(with_video("live/b"))
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as bystander, \
+                connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            closed = EventRecorder(conn)
+            conn.session.track_status(("live", "b"), "catalog")
+            conn.flush()
+            await until(lambda: any(isinstance(e, ev.SessionClosed) for e in closed.events), deadline=5,
+                        what="the failing session's close")
+            end = next(e for e in closed.events if isinstance(e, ev.SessionClosed))
+            assert end.code == SessionError.INTERNAL_ERROR, end
+            assert relay.errors["handler"] == 1
+            viewer = EventRecorder(bystander)
+            rid = bystander.session.subscribe(("live", "b"), "catalog")
+            bystander.flush()
+            await until(lambda: any(isinstance(e, ev.SubscribeAccepted) and e.request_id == rid
+                                    for e in viewer.events), deadline=5, what="the other session's SUBSCRIBE_OK")

@@ -475,7 +475,15 @@ class MoqRelay:
     def _on_event(self, conn: MoqConnection, event) -> None:
         handler = getattr(self, "_on_" + type(event).__name__, None)
         if handler is not None:
-            handler(conn, event)
+            try:
+                handler(conn, event)
+            except Exception:  # a bug met on what this peer sent: its session alone ends, said
+                # (it escaped into asyncio, the request never answered, the session left as it was);
+                # the event's type only: its fields may hold a token
+                log.error("%s: %s failed; closing its session", conn.peer, type(event).__name__, exc_info=True)
+                self.errors["handler"] += 1
+                if not conn.session.closed:
+                    conn.close_session(SessionError.INTERNAL_ERROR, "internal error")
         conn.flush()
 
     def _on_SubscribeRequested(self, conn: MoqConnection, event: ev.SubscribeRequested) -> None:
