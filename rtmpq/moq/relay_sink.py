@@ -1,7 +1,7 @@
 """Delivery of one track to one subscriber: ``ConnectionSink`` is the GroupSink a ``TrackFanout``
 (fanout.py) writes through onto a subscriber's MoQ connection (one stream per subgroup, newer
-groups first, or older first for a subscriber that asked GROUP_ORDER Ascending), ``InProcessSink`` the one for a reader in the same process, ``Subscription`` what
-the relay remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
+groups first, or older first for a subscriber that asked GROUP_ORDER Ascending), ``InProcessSink``
+the one for a reader in the same process, ``Subscription`` what the relay remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
 from fanout.py, which knows no connection.
 """
 
