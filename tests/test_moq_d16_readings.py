@@ -512,3 +512,53 @@ async def test_a_request_the_relay_fails_on_closes_that_session_alone(tmp_path, 
             bystander.flush()
             await until(lambda: any(isinstance(e, ev.SubscribeAccepted) and e.request_id == rid
                                     for e in viewer.events), deadline=5, what="the other session's SUBSCRIBE_OK")
+
+
+LAST = 29  # group 0's last object
+
+
+async def _arrival_of_two_groups_in_flight(tmp_path, backend: str, group_order: int | None) -> list[tuple[int, int]]:
+    """(group, object) of the video objects a subscriber asking ``group_order`` receives, in
+    arrival order, when the relay has group 0 (30 objects of 20 kB, many flights) and group 1's
+    first object to send at once."""
+    from rtmpq.media.frames import Frame
+
+    async with serving_relay(tmp_path, backend) as (relay, port):
+        broadcast = relay.registry.publish("live/o")
+        broadcast.set_catalog(with_video("live/o"))
+        async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
+            viewer = EventRecorder(conn)
+            rid = conn.session.subscribe(("live", "o"), VIDEO, group_order=group_order)
+            conn.flush()
+            await until(lambda: any(isinstance(e, ev.SubscribeAccepted) and e.request_id == rid
+                                    for e in viewer.events), deadline=5, what="SUBSCRIBE_OK")
+            # in one go (one loop iteration): the relay holds both groups' streams to send
+            for n in range(LAST + 1):
+                broadcast.push(Frame(VIDEO, 0, n, n * 10, n * 10, n == 0, bytes(20_000)))
+            broadcast.push(Frame(VIDEO, 1, 0, 300, 300, True, bytes(4000)))
+
+            def arrived() -> list[tuple[int, int]]:
+                return [(e.group, e.object_id) for e in viewer.events if isinstance(e, ev.ObjectReceived)]
+
+            await until(lambda: {(0, LAST), (1, 0)} <= set(arrived()), deadline=5, what="both groups' objects")
+            return arrived()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscriber_asking_ascending_gets_the_older_group_first(tmp_path, backend):
+    """GROUP ORDER Parameter: "Allows the subscriber to request Objects be delivered in Ascending
+    (0x1) or Descending (0x2) order by group"; "Scheduling Algorithm": within a subscription the
+    Group Order decides. The relay parsed the parameter and sent a newer group first anyway: the
+    transcoder's ladder, which needs each group whole and in order, got the older group's tail late."""
+    from rtmpq.moq.wire import GROUP_ORDER_ASCENDING
+
+    order = await _arrival_of_two_groups_in_flight(tmp_path, backend, GROUP_ORDER_ASCENDING)
+    assert order.index((0, LAST)) < order.index((1, 0)), order
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_subscriber_asking_no_group_order_gets_the_newer_group_first(tmp_path, backend):
+    """No GROUP_ORDER: the publisher's preference applies, the relay's Descending (its tracks'
+    DEFAULT PUBLISHER GROUP ORDER): the newer group's object overtakes the older group's tail."""
+    order = await _arrival_of_two_groups_in_flight(tmp_path, backend, None)
+    assert order.index((1, 0)) < order.index((0, LAST)), order

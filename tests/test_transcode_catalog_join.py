@@ -16,7 +16,7 @@ from rtmpq.moq import events as ev
 from rtmpq.moq.loc import CATALOG_TRACK, RENDITIONS_TRACK
 from rtmpq.moq.tls import ensure_self_signed
 from rtmpq.moq.transport import connect_moq, serve_moq
-from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, RequestError
+from rtmpq.moq.wire import FETCH_RELATIVE_JOINING, FILTER_LARGEST_OBJECT, GROUP_ORDER_ASCENDING, RequestError
 from rtmpq.nodes.transcode import transcode_over_moq
 from rtmpq.transcode.ladder import parse_ladder
 
@@ -115,3 +115,15 @@ async def test_the_transcoder_subscribes_to_the_catalog_unfiltered_when_its_fetc
     catalog_subscribes = [e for e in got if isinstance(e, ev.SubscribeRequested) and e.track_name == CATALOG_TRACK]
     assert [e.filter_type for e in catalog_subscribes] == [FILTER_LARGEST_OBJECT, None]
     assert [e.joining_request_id for e in got if isinstance(e, ev.FetchRequested)] == [catalog_subscribes[0].request_id]
+
+
+async def test_the_transcoder_asks_its_source_video_in_ascending_group_order(tmp_path):
+    """GROUP ORDER (draft 16): the decoder needs each source group whole and in order, yet the
+    transcoder asked no order, so a relay sent a newer group first (its own preference,
+    Descending) and on a loaded host the older group's tail came late and was dropped. The
+    catalog, a state track whose newest version is what counts, asks none."""
+    got: list = []
+    async with transcoding(tmp_path, got):
+        pass
+    orders = {e.track_name: e.group_order for e in got if isinstance(e, ev.SubscribeRequested)}
+    assert orders == {CATALOG_TRACK: None, "video": GROUP_ORDER_ASCENDING}, orders

@@ -29,6 +29,7 @@ class SubscribeRequested:
     authorization: str | None = _token()
     end_group: int | None = None  # an AbsoluteRange filter's End Group (the last group it passes)
     forward: bool = True  # FORWARD=0: no objects until REQUEST_UPDATE sets FORWARD=1
+    group_order: int | None = None  # GROUP_ORDER asked (Ascending 0x1, Descending 0x2); None: the publisher's
 
 
 @dataclass(frozen=True, slots=True)

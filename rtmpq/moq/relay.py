@@ -59,6 +59,7 @@ from .wire import (
     FILTER_ABSOLUTE_START,
     FILTER_LARGEST_OBJECT,
     FILTER_NEXT_GROUP_START,
+    GROUP_ORDER_ASCENDING,
     NAMESPACE_OPTION_BOTH,
     NAMESPACE_OPTION_NAMESPACE,
     NAMESPACE_OPTION_PUBLISH,
@@ -663,7 +664,9 @@ class MoqRelay:
                 request: ev.SubscribeRequested | None = None, *, forward: bool = True) -> Subscription:
         """Start delivering ``fanout`` to ``conn`` under ``alias`` (a SUBSCRIBE we accepted, whose
         filter and FORWARD ``request`` carries, or a PUBLISH we sent with FORWARD ``forward``)."""
-        sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout)
+        # GROUP_ORDER Ascending asked: older groups first (absent or Descending: the relay's newer first)
+        ascending = request is not None and request.group_order == GROUP_ORDER_ASCENDING
+        sink = ConnectionSink(conn, alias, URGENCY.get(track, DEFAULT_URGENCY), fanout, ascending=ascending)
         sub = TrackSubscription(sink, delivery_timeout=timeout, send_budget=self.send_budget, start_group=start_group)
         label = _label(namespace, track)
         sink.label, sink.errors = label, self.errors  # for datagram objects it cannot send

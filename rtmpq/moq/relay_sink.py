@@ -1,7 +1,7 @@
 """Delivery of one track to one subscriber: ``ConnectionSink`` is the GroupSink a ``TrackFanout``
 (fanout.py) writes through onto a subscriber's MoQ connection (one stream per subgroup, newer
-groups first), ``InProcessSink`` the one for a reader in the same process, ``Subscription`` what
-the relay remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
+groups first, or older first for a subscriber that asked GROUP_ORDER Ascending), ``InProcessSink``
+the one for a reader in the same process, ``Subscription`` what the relay remembers of a subscription. Kept apart from relay.py, which decides who subscribes to what, and
 from fanout.py, which knows no connection.
 """
 
@@ -25,7 +25,8 @@ DEFAULT_URGENCY = 3
 class ConnectionSink:
     """GroupSink over one MoQ connection for one subscription (one stream per subgroup)."""
 
-    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout) -> None:
+    def __init__(self, conn: MoqConnection, track_alias: int, urgency: int, fanout: TrackFanout,
+                 ascending: bool = False) -> None:
         self.conn = conn
         self.alias = track_alias
         self.urgency = urgency
@@ -33,6 +34,12 @@ class ConnectionSink:
         self.streams_opened = 0
         # the newest group opened and its streams (one per subgroup)
         self.newest: tuple[int, list[int]] | None = None
+        # GROUP_ORDER Ascending (the subscriber asked it): the oldest group still being sent goes
+        # first and newer ones wait behind it. Its groups' streams not yet delivered, by group,
+        # and the group put first
+        self.ascending = ascending
+        self._sending: dict[int, list[int]] = {}
+        self._front: int | None = None
         # the relay's error counts (rtmpq_errors_total{protocol="moq"}): datagram objects that
         # could not be sent, by why (datagram_unsupported, datagram_too_big, datagram_queue_full)
         self.errors: Counter | None = None
@@ -45,10 +52,13 @@ class ConnectionSink:
             priority = self.fanout.publisher_priority if self.fanout.publisher_priority is not None else self.urgency
         sid = self.conn.session.open_subgroup(self.alias, group_id, subgroup=subgroup, priority=priority,
                                               end_of_group=end_of_group)
-        self.conn.set_priority(sid, self.urgency, group_id, subgroup)
+        self.conn.set_priority(sid, self.urgency, group_id, subgroup, ascending=self.ascending)
+        if self.ascending:
+            self._sending.setdefault(group_id, []).append(sid)
+            self._reorder((group_id, sid))
         # newer groups before older: the group that was newest steps back, all its streams (a group
         # opened late, the tail of a joined one, starts behind)
-        if self.newest is None or group_id > self.newest[0]:
+        elif self.newest is None or group_id > self.newest[0]:
             if self.newest is not None:
                 for older in self.newest[1]:
                     self.conn.step_back(older, self.urgency)
@@ -61,9 +71,28 @@ class ConnectionSink:
         self.conn.flush()
         return sid
 
+    def _reorder(self, opened: tuple[int, int] | None = None) -> None:
+        """Ascending: forget the groups delivered; the oldest left goes first (steps forward if it
+        waited; the one that went first, if still there, waits for it: an older group opened late);
+        ``opened`` (group, stream) of a newer group waits for the older ones."""
+        for group in [g for g, sids in self._sending.items() if all(self.conn.delivered(sid) for sid in sids)]:
+            del self._sending[group]
+        front = min(self._sending, default=None)
+        if front != self._front:
+            for sid in self._sending.get(front, ()):
+                self.conn.step_forward(sid, self.urgency)
+            for sid in self._sending.get(self._front, ()):
+                self.conn.wait_for(sid, self._sending[front], self.urgency)
+            self._front = front
+        if opened is not None and opened[0] != front:
+            older = [sid for g, sids in self._sending.items() if g < opened[0] for sid in sids]
+            self.conn.wait_for(opened[1], older, self.urgency)
+
     def send_object(self, handle: int, object_id: int, payload, extensions, status: int = 0) -> None:
         self.fanout.bytes_sent += len(payload)
         self.conn.session.send_object(handle, object_id, payload, extensions, status=status)
+        if len(self._sending) > 1:  # a group waits: its turn may have come
+            self._reorder()
         self.conn.flush()
 
     def send_datagram(self, group_id: int, object_id: int, payload, extensions, priority: int | None = None,
@@ -100,6 +129,13 @@ class ConnectionSink:
             self.fanout.groups_dropped += 1
         self.conn.session.reset_subgroup(handle, code)
         self.conn.forget_stream(handle)
+        if self.ascending:  # nothing more of it is sent: the next group's turn
+            for group, sids in list(self._sending.items()):
+                if handle in sids:
+                    sids.remove(handle)
+                    if not sids:
+                        del self._sending[group]
+            self._reorder()
         self.conn.flush()
 
     def buffered_bytes(self, handle: int) -> int:

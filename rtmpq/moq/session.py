@@ -330,9 +330,10 @@ class MoqSession:
     def subscribe(self, namespace, track_name: str, *, filter_type: int | None = None,
                   start: tuple[int, int] | None = None, end_group: int | None = None,
                   delivery_timeout_ms: int | None = None, priority: int = 128, authorization: str | None = None,
-                  forward: bool = True) -> int:
+                  forward: bool = True, group_order: int | None = None) -> int:
         """SUBSCRIBE; ``end_group`` goes with an AbsoluteRange filter. With ``forward=False``
-        (FORWARD=0) no objects come until ``request_update(..., forward=True)``."""
+        (FORWARD=0) no objects come until ``request_update(..., forward=True)``. ``group_order``
+        (wire.GROUP_ORDER_ASCENDING or _DESCENDING) asks that order of groups; None: the publisher's."""
         params: dict = _with_token({wire.PARAM_SUBSCRIBER_PRIORITY: priority}, authorization)
         rid = self._new_request_id()
         _with_filter(params, filter_type, start, end_group)
@@ -340,6 +341,8 @@ class MoqSession:
             params[wire.PARAM_FORWARD] = 0
         if delivery_timeout_ms:
             params[wire.PARAM_DELIVERY_TIMEOUT] = delivery_timeout_ms
+        if group_order is not None:
+            params[wire.PARAM_GROUP_ORDER] = group_order
         msg = wire.Subscribe(rid, _raw(namespace), track_name.encode(), params)
         self._subscribing[rid] = (msg.namespace, msg.track_name)
         return self._request(rid, lambda: self._send_control(msg))
@@ -1046,7 +1049,8 @@ class MoqSession:
             forward = _forward(msg.params)
             return [ev.SubscribeRequested(msg.request_id, _text(msg.namespace), msg.track_name.decode("utf-8", "replace"),
                                           ftype, start, timeout, int(msg.params.get(wire.PARAM_SUBSCRIBER_PRIORITY, 128)),
-                                          self._authorization(msg.params), end_group=end_group, forward=forward)]
+                                          self._authorization(msg.params), end_group=end_group, forward=forward,
+                                          group_order=msg.params.get(wire.PARAM_GROUP_ORDER))]
         if isinstance(msg, wire.SubscribeOk):
             largest = _largest(msg.params)
             self._claim_alias(msg.track_alias, msg.request_id, self._subscribing.pop(msg.request_id, None))

@@ -3,13 +3,15 @@
 - ``aioquic`` (pure Python, the reference): the session writes into aioquic's QuicConnection and
   we transmit. aioquic lacks what live media needs (specs/bad-inputs.md, "QUIC (aioquic) risks"),
   so this module adds a send scheduler (before each transmit the stream queue is ordered by
-  urgency, then newer group first: audio before video, a new GoP before an old one) and
+  urgency, then newer group first: audio before video, a new GoP before an old one; the older
+  first for a subscription that asked GROUP_ORDER Ascending) and
   per-stream queued-byte accounting for the relay's send budgets. Its connections use our
   congestion controller (``congestion.py``: NewReno that random loss cannot starve) and
   flow-control windows sized for a few Mbit/s over long round trips.
 - ``aiopquic`` (picoquic on its own thread): writes go into per-stream rings that may refuse
   bytes (BufferError) when full; refused writes wait here, in order, and are retried. Priorities
-  map onto picoquic's stream priorities: a band per urgency, the newest group of a track first.
+  map onto picoquic's stream priorities: a band per urgency, the newest group of a track first
+  (for GROUP_ORDER Ascending the oldest still being sent, the newer ones in the band below).
   Unacknowledged bytes per stream are estimated from picoquic's packetized offsets and the
   connection's bytes in flight (``_PquicWriter``).
 
@@ -159,6 +161,8 @@ class _MoqConnectionMixin:
         # nobody awaits a server session's setup: mark its failure seen (no "never retrieved" noise)
         self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._priorities: dict[int, tuple[int, int, int]] = {}
+        self._ascending: set[int] = set()  # streams of subscriptions asking GROUP_ORDER Ascending
+        self._waiting: dict[int, list[int]] = {}  # stream -> the streams it is sent after (wait_for)
         self._flush_scheduled = False
         self._close_told = False  # the handler heard SessionClosed (it hears it exactly once)
         # a listener's count of what it refused or closed, by reason (metrics); None: not counted
@@ -182,15 +186,54 @@ class _MoqConnectionMixin:
                 self.handler(self, ev_closed(code, reason))
 
     # -- sending --------------------------------------------------------------------------------
-    def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0) -> None:
-        # within a group, the lowest Subgroup ID first (MoQT d16, "Scheduling Algorithm")
-        self._priorities[stream_id] = (urgency, -group, subgroup)
+    def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0,
+                     ascending: bool = False) -> None:
+        # within a group, the lowest Subgroup ID first (MoQT d16, "Scheduling Algorithm"); the
+        # newest group first, or the oldest for a subscription that asked GROUP_ORDER Ascending
+        self._priorities[stream_id] = (urgency, group if ascending else -group, subgroup)
+        if ascending:
+            self._ascending.add(stream_id)
 
     def step_back(self, stream_id: int, urgency: int) -> None:
-        """A newer group of the same track began (aioquic: the queue order already says so)."""
+        """Another group of the same subscription goes first (aioquic: the queue order already says so)."""
+
+    def step_forward(self, stream_id: int, urgency: int) -> None:
+        """The streams this one waited for are sent (aioquic: ``wait_for`` lets it go by itself)."""
+
+    def wait_for(self, stream_id: int, before: list[int], urgency: int) -> None:
+        """Send nothing of ``stream_id`` until every byte written on the streams ``before`` is
+        sent (GROUP_ORDER Ascending: a newer group behind an older one). aioquic serves its streams
+        round robin, a packet each, whatever their order: the stream is held (aioquic's own
+        ``is_blocked``, which its loop honours) and let go at a transmit once they are sent. One
+        aioquic blocks already (the peer's stream limit) is left to aioquic: sent as it comes."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None or (stream.is_blocked and stream_id not in self._waiting):
+            return
+        stream.is_blocked = True
+        self._waiting.setdefault(stream_id, []).extend(before)
+
+    def _let_go_waiting(self) -> None:
+        streams = self._quic._streams
+        for stream_id, before in list(self._waiting.items()):
+            stream = streams.get(stream_id)
+            if stream is not None and any(sid in streams and not streams[sid].sender.buffer_is_empty
+                                          for sid in before):
+                continue
+            del self._waiting[stream_id]
+            if stream is not None:
+                stream.is_blocked = False
 
     def forget_stream(self, stream_id: int) -> None:
-        self._priorities.pop(stream_id, None)
+        """The stream's last write is made. A Descending stream's tail, unsent, goes behind every
+        stream with a priority (as ever); an Ascending one keeps its place ahead of the newer groups
+        until aioquic discards it (all of it acknowledged)."""
+        if stream_id not in self._ascending:
+            self._priorities.pop(stream_id, None)
+            return
+        streams = self._quic._streams
+        for gone in [sid for sid in self._ascending if sid not in streams]:
+            self._ascending.discard(gone)
+            self._priorities.pop(gone, None)
 
     def flush(self) -> None:
         """Send soon: many session calls in one loop iteration become one transmit."""
@@ -422,6 +465,11 @@ class MoqConnection(_MoqConnectionMixin, QuicConnectionProtocol):
         self.stop_watching_peer()
         super().connection_lost(exc)
 
+    def transmit(self) -> None:
+        if self._waiting:  # (every transmit: an acknowledgement's, a timer's, ours)
+            self._let_go_waiting()
+        super().transmit()
+
     def _flush(self) -> None:
         super()._flush()
         if self._writer.held_resets:
@@ -529,6 +577,7 @@ class _PquicWriter:
         # resets held until the stream's first bytes are acknowledged: stream id -> (code, give up at)
         self.held_resets: dict[int, tuple[int, float]] = {}
         self._first_write: dict[int, int] = {}  # stream -> length of its first write (a header)
+        self.waits: dict[int, list[int]] = {}  # stream -> the streams whose waiting writes go first (wait_for)
         self._losses: deque = deque()  # (when read, connection bytes declared lost so far)
         self._loss_rate: deque = deque()  # (when read, packets sent, packets lost): LOSS_RATE_WINDOW
         self._last_queued: dict[int, tuple[tuple, int]] = {}  # stream -> ((read, written, waiting), queued)
@@ -568,6 +617,9 @@ class _PquicWriter:
         if queue:
             queue.append((data, end_stream))
             return
+        if self.waits and self._held(stream_id):
+            self.pending[stream_id] = [(data, end_stream)]
+            return
         try:
             self.quic.send_stream_data(stream_id, data, end_stream)
             self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
@@ -583,6 +635,8 @@ class _PquicWriter:
             self.held_resets.clear()
             return False
         for stream_id, queue in list(self.pending.items()):
+            if self.waits and self._held(stream_id):
+                continue
             while queue:
                 data, end = queue[0]
                 try:
@@ -646,6 +700,22 @@ class _PquicWriter:
         self._acked.pop(stream_id, None)
         self._last_queued.pop(stream_id, None)
         self._first_write.pop(stream_id, None)
+        self.waits.pop(stream_id, None)
+
+    def wait_for(self, stream_id: int, before: list[int]) -> None:
+        """Keep ``stream_id``'s writes here while any of ``before`` has writes waiting here:
+        picoquic sends whatever a ring holds when the rings above it run dry, so a newer group
+        handed over while an older one still waits for ring room would go between its pieces."""
+        self.waits.setdefault(stream_id, []).extend(before)
+
+    def _held(self, stream_id: int) -> bool:
+        before = self.waits.get(stream_id)
+        if before is None:
+            return False
+        if any(sid in self.pending for sid in before):
+            return True
+        del self.waits[stream_id]
+        return False
 
     def stop_stream(self, stream_id: int, error_code: int) -> None:
         if not self.closed:
@@ -847,7 +917,8 @@ class _ProbeSocket(asyncio.DatagramProtocol):
 
 def pquic_priority(urgency: int, *, newest: bool) -> int:
     """picoquic stream priority (lower first; even = round robin among equals): by urgency, and
-    within one urgency the newest group of a track before its older groups."""
+    within one urgency the group a subscription's order puts first (``newest``: the newest, or for
+    GROUP_ORDER Ascending the oldest still being sent) before its other groups."""
     return min(8 * urgency + (2 if newest else 4), 254)
 
 
@@ -870,8 +941,10 @@ def _pquic_protocol_class():
             self._retry_after = PQUIC_RETRY_MIN
             self._retry_seen = 0
 
-        def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0) -> None:
-            # (picoquic's bands per urgency leave a group's subgroups equal: round robin)
+        def set_priority(self, stream_id: int, urgency: int, group: int, subgroup: int = 0,
+                         ascending: bool = False) -> None:
+            # (picoquic's bands per urgency leave a group's subgroups equal: round robin; which
+            # group goes first is the sink's step_back / step_forward)
             if self._writer.open:  # a closed connection refuses it ("cnx not open")
                 self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
 
@@ -879,6 +952,16 @@ def _pquic_protocol_class():
             # still sending (picoquic retires finished streams) and the connection still open
             if stream_id in self._quic._stream_ctxs and self._writer.open:
                 self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=False))
+
+        def step_forward(self, stream_id: int, urgency: int) -> None:
+            if stream_id in self._quic._stream_ctxs and self._writer.open:
+                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
+
+        def wait_for(self, stream_id: int, before: list[int], urgency: int) -> None:
+            # the band below (picoquic sends it when the one above has nothing; the sink steps
+            # it forward when its turn comes), and its writes kept while theirs wait for ring room
+            self.step_back(stream_id, urgency)
+            self._writer.wait_for(stream_id, before)
 
         def forget_stream(self, stream_id: int) -> None:
             pass

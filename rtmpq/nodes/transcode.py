@@ -28,7 +28,7 @@ from ..media.catalog import RUNG_NAME, Catalog, TrackInfo
 from ..media.frames import VIDEO, Frame
 from ..moq.fanout import RESET_CANCELLED, RESET_DELIVERY_TIMEOUT
 from ..moq.reachability import reconnect_delay
-from ..moq.wire import ObjectStatus, PublishDoneStatus
+from ..moq.wire import GROUP_ORDER_ASCENDING, ObjectStatus, PublishDoneStatus
 from ..redact import names_are_public, safe_name
 from ..transcode.coder import CoderError
 from ..transcode.ladder import DEFAULT_FRAMERATE, DEFAULT_LADDER, Rung, parse_ladder
@@ -521,8 +521,12 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     loop = asyncio.get_running_loop()
 
     def sub(track: str) -> None:
-        requests[session.subscribe(namespace, track, priority=0 if track == CATALOG_TRACK else 128,
-                                   filter_type=catalog_join.filter_type if track == CATALOG_TRACK else None,
+        # a source track Ascending (GROUP_ORDER): the decoder needs each group whole and in order,
+        # and a relay sends a newer group first otherwise, an older group's tail then coming late
+        catalog = track == CATALOG_TRACK
+        requests[session.subscribe(namespace, track, priority=0 if catalog else 128,
+                                   filter_type=catalog_join.filter_type if catalog else None,
+                                   group_order=None if catalog else GROUP_ORDER_ASCENDING,
                                    authorization=token)] = track
         conn.flush()
 
