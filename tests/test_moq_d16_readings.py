@@ -421,6 +421,18 @@ async def test_a_follower_asks_again_after_a_timeout_as_after_does_not_exist(tmp
                     await follower
 
 
+async def catalog_subscribed(conn, viewer: EventRecorder, namespace: tuple[str, ...]) -> ev.SubscribeAccepted:
+    """SUBSCRIBE to ``namespace``'s catalog: its SUBSCRIBE_OK, once it came."""
+    rid = conn.session.subscribe(namespace, "catalog")
+    conn.flush()
+
+    def accepted():
+        return next((e for e in viewer.events if isinstance(e, ev.SubscribeAccepted) and e.request_id == rid), None)
+
+    await until(accepted, deadline=5, what="SUBSCRIBE_OK")
+    return accepted()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_the_relays_own_tracks_say_that_a_newer_group_comes_first(tmp_path, backend):
     """DEFAULT PUBLISHER GROUP ORDER: "If omitted, the publisher's preference is Ascending". The
@@ -431,15 +443,7 @@ async def test_the_relays_own_tracks_say_that_a_newer_group_comes_first(tmp_path
     async with serving_relay(tmp_path, backend) as (relay, port):
         relay.registry.publish("live/g").set_catalog(with_video("live/g"))
         async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
-            viewer = EventRecorder(conn)
-            rid = conn.session.subscribe(("live", "g"), "catalog")
-            conn.flush()
-            def accepted():
-                return next((e for e in viewer.events if isinstance(e, ev.SubscribeAccepted) and e.request_id == rid),
-                            None)
-
-            await until(accepted, deadline=5, what="SUBSCRIBE_OK")
-            ok = accepted()
+            ok = await catalog_subscribed(conn, EventRecorder(conn), ("live", "g"))
             assert ok.extensions.get(EXT_DEFAULT_PUBLISHER_GROUP_ORDER) == GROUP_ORDER_DESCENDING, ok
 
 
@@ -469,10 +473,7 @@ async def test_an_update_of_a_subscription_that_has_ended_is_told_it_does_not_ex
         relay.registry.publish("live/u").set_catalog(with_video("live/u"))
         async with connect_moq("127.0.0.1", port, insecure=True, backend=backend) as conn:
             viewer = EventRecorder(conn)
-            rid = conn.session.subscribe(("live", "u"), "catalog")
-            conn.flush()
-            await until(lambda: any(isinstance(e, ev.SubscribeAccepted) and e.request_id == rid
-                                    for e in viewer.events), deadline=5, what="SUBSCRIBE_OK")
+            rid = (await catalog_subscribed(conn, viewer, ("live", "u"))).request_id
             conn.session.unsubscribe(rid)
             update = conn.session.request_update(rid, forward=False)
             conn.flush()
