@@ -235,8 +235,9 @@ def fetch_answers(rec: EventRecorder, rid: int) -> list:
 
 async def fetch_through_relay(tmp_path, backend, answer, then=None) -> EventRecorder:
     """A FETCH of ("live", "f") "video" through a relay to a raw publisher that answers it with
-    ``answer(session, event)``; ``then(publisher connection)`` after the relay passed it on. The
-    viewer's events once its FETCH is over (its stream ended) or a second has passed."""
+    ``answer(session, event)``; ``then(publisher connection, viewer)`` after the relay passed it
+    on. The viewer's events once its FETCH is over (its stream ended) and every control message
+    the relay sent before is in (a request after it answered)."""
     make = lambda conn: FetchingPublisher(conn, answer)  # noqa: E731
     async with relay_publisher_viewer(tmp_path, backend, ("live", "f"), make_publisher=make) as (publisher, viewer):
         pub_conn, view_conn = publisher.conn, viewer.conn
@@ -244,10 +245,15 @@ async def fetch_through_relay(tmp_path, backend, answer, then=None) -> EventReco
         view_conn.flush()
         await until(lambda: any(isinstance(e, ev.FetchRequested) for e in publisher.events), what="FETCH passed on")
         if then is not None:
-            await then(pub_conn)
+            await then(pub_conn, viewer)
         await until(lambda: fetch_answers(viewer, fetch), deadline=5, what="FETCH answered")
         await until(lambda: any(isinstance(e, ev.FetchEnded) for e in viewer.events), deadline=5,
                     what="the fetch stream over")
+        # control messages come in order: once a later request is answered, any second answer to
+        # the FETCH the relay sent is in too
+        probe = view_conn.session.subscribe(("nothing", "here"), "video")
+        view_conn.flush()
+        await until(lambda: answered(viewer, probe), deadline=5, what="a later request's answer")
         viewer.fetch = fetch
         return viewer
 
@@ -262,12 +268,12 @@ async def test_a_fetch_passed_on_is_answered_once_when_its_publisher_leaves_afte
         sid = session.open_fetch_stream(event.request_id)
         session.send_fetch_object(sid, 0, 0, b"first")
 
-    async def leave(pub_conn) -> None:
-        await asyncio.sleep(0.3)  # (the object on its way through)
+    async def leave(pub_conn, viewer) -> None:
+        await until(lambda: any(isinstance(e, ev.FetchObjectReceived) for e in viewer.events), deadline=5,
+                    what="the object through the relay")
         pub_conn.close()
 
     viewer = await fetch_through_relay(tmp_path, backend, answer, leave)
-    await asyncio.sleep(0.3)
     assert [type(e) for e in fetch_answers(viewer, viewer.fetch)] == [ev.FetchAccepted], viewer.events
 
 
@@ -284,8 +290,9 @@ async def test_a_fetch_whose_stream_ends_before_its_fetch_ok_still_gets_the_fetc
         session.end_fetch_stream(sid)
         asked.append(event.request_id)
 
-    async def then_ok(pub_conn) -> None:
-        await asyncio.sleep(0.3)  # the stream and its FIN through the relay first
+    async def then_ok(pub_conn, viewer) -> None:
+        await until(lambda: any(isinstance(e, ev.FetchEnded) for e in viewer.events), deadline=5,
+                    what="the stream and its FIN through the relay first")
         pub_conn.session.fetch_ok(asked[0], (0, 1))
         pub_conn.flush()
 
