@@ -421,6 +421,11 @@ def _check(args, config: Config) -> int:
             problems.append(f"upstream.cafile (--cafile): cannot load {config.upstream.cafile}: {exc}")
     for problem in problems:
         print(f"rtmpq: {problem}", file=sys.stderr)
+    from .auth.tokens import MIN_SECRET_BYTES, weak_secret
+
+    if config.auth.secret and weak_secret(config.auth.secret):  # usable, but say it as a node says it
+        print(f"rtmpq: warning: auth.secret is short: use at least {MIN_SECRET_BYTES} random bytes (e.g. "
+              "openssl rand -hex 32): tokens signed with a short one can be guessed", file=sys.stderr)
     if not problems:
         print(f"rtmpq: configuration OK ({getattr(args, 'config', None) or 'no --config: defaults and environment'})")
     return 2 if problems else 0
