@@ -230,11 +230,12 @@ async def test_guesses_sent_at_once_reach_the_hook_no_more_than_the_refusal_limi
     hook 25 times (max_refused_publishes 10, hundreds with more connections). Now at most the limit
     is awaited at a time; the others are refused at once, and the address then cools down."""
     asked: list[str] = []
+    every_guess_in = asyncio.Event()  # each guess asked of the hook or refused: now it may answer
 
     async def slow_no(reader, writer) -> None:
         _, ask = await read_post(reader)
         asked.append(ask["key"])
-        await asyncio.sleep(0.5)  # the others arrive meanwhile
+        await every_guess_in.wait()
         writer.write(b"HTTP/1.1 403 X\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()
@@ -249,7 +250,10 @@ async def test_guesses_sent_at_once_reach_the_hook_no_more_than_the_refusal_limi
                 await TcpPublisher.publish(node.rtmp.address[1], f"guess-{i}", source="127.0.0.9")
             return str(info.value)
 
-        answers = await asyncio.gather(*(guess(i) for i in range(25)))
+        guesses = [asyncio.create_task(guess(i)) for i in range(25)]
+        await until(lambda: len(asked) + sum(g.done() for g in guesses) >= 25, 10, "every guess asked or refused")
+        every_guess_in.set()
+        answers = await asyncio.gather(*guesses)
         assert len(asked) == 10, asked
         assert sum("await the publish hook" in a for a in answers) == 15, answers
         assert "too many refused publishes" in await guess(99)  # the ten refused: cooling down
