@@ -949,13 +949,15 @@ def _pquic_protocol_class():
                 self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
 
         def step_back(self, stream_id: int, urgency: int) -> None:
-            # still sending (picoquic retires finished streams) and the connection still open
-            if stream_id in self._quic._stream_ctxs and self._writer.open:
-                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=False))
+            self._band(stream_id, urgency, newest=False)
 
         def step_forward(self, stream_id: int, urgency: int) -> None:
+            self._band(stream_id, urgency, newest=True)
+
+        def _band(self, stream_id: int, urgency: int, *, newest: bool) -> None:
+            # still sending (picoquic retires finished streams) and the connection still open
             if stream_id in self._quic._stream_ctxs and self._writer.open:
-                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=True))
+                self._quic.set_stream_priority(stream_id, pquic_priority(urgency, newest=newest))
 
         def wait_for(self, stream_id: int, before: list[int], urgency: int) -> None:
             # the band below (picoquic sends it when the one above has nothing; the sink steps
