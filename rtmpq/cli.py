@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_cmd.add_argument("--wait", type=float, metavar="S",
                          help="how long to wait for a broadcast that is not live yet, or for a --track "
                               "its catalog does not list (default 30)")
-    sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one")
+    sub_cmd.add_argument("--token", help="playback token (JWT) when the server requires one; other users see "
+                                         "arguments in ps: prefer the environment variable RTMPQ_TOKEN")
     sub_cmd.add_argument("--track", action="append", metavar="NAME",
                          help="subscribe to this track (repeat for more); default: the catalog's tracks, one "
                               "rendition per altGroup (the source's)")
@@ -168,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the path it covers: live/studio (one broadcast), live (an app); empty: all")
     token.add_argument("--ttl", type=positive(float), default=3600.0, metavar="S",
                        help="seconds until it expires (default 3600)")
-    token.add_argument("--secret", help="the shared secret (default: [auth] secret)")
+    token.add_argument("--secret", help="the shared secret (default: [auth] secret); other users see arguments "
+                                        "in ps: prefer RTMPQ_AUTH_SECRET or --config")
 
     health = sub.add_parser("health", parents=[common], help="exit 0 if the node on this host answers /healthz",
                             description="GET /healthz of the HTTP listener of the node that runs with this state "

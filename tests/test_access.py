@@ -603,3 +603,38 @@ async def test_an_address_guessing_stream_keys_is_made_to_wait_and_others_publis
         assert any(re.fullmatch(line.replace(".", r"\."), seen) for seen in lines), lines
     assert "sk-guess" not in caplog.text and "sk-ffmpeg-guess" not in caplog.text and KEY not in caplog.text
     assert "sk-guess" not in page and KEY not in page
+
+
+async def test_rtmpq_sub_takes_its_playback_token_from_the_environment(tmp_path):
+    """`rtmpq sub --token JWT` shows the token to every user of the host in `ps`; RTMPQ_TOKEN
+    carries it where only the user's own processes read it."""
+    import os
+    import sys
+
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, auth=AuthConfig(secret=SECRET, require_playback_token=True),
+                               publish=PublishConfig(grace_period=0))
+    try:
+        now = time.time()
+        publish = asyncio.create_task(run_process(ffmpeg_publish_args(
+            f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/show?token={mint_token(SECRET, 'live/show', 'publish', 60, now=now)}",
+            str(tmp_path / "ref.flv"), seconds=30), timeout=60))
+        url = f"moqt://127.0.0.1:{node.moq_address[1]}/live/show"
+        viewer = mint_token(SECRET, "live/show", "subscribe", 60, now=now)
+        for token, frames in ((None, False), (viewer, True)):
+            env = {k: v for k, v in os.environ.items() if k != "RTMPQ_TOKEN"}
+            if token:
+                env["RTMPQ_TOKEN"] = token
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "rtmpq", "sub", url, "--insecure", "--frames", "10", "--wait", "20", env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            out = (await asyncio.wait_for(proc.communicate(), 40))[0].decode()
+            assert (proc.returncode == 0) is frames, out
+            if frames:
+                assert sum(json.loads(out.splitlines()[-1])["summary"]["objects"].values()) == 10, out
+            else:
+                assert "token is required" in out, out
+            assert viewer not in out
+        await end_live_publish(publish)
+    finally:
+        await node.close()

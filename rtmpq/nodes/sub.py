@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -18,6 +19,9 @@ from .nodes import upstream_options
 # (the source's rendition is taken meanwhile, as before). A transcoder lists its rungs in a
 # catalog of its own right after the source's (the edge waits as long: RENDITION_LISTING_WAIT).
 RENDITION_WAIT = 3.0
+# The playback token when --token is not given: arguments show in ps to every user of the host,
+# a process's environment does not.
+TOKEN_ENV = "RTMPQ_TOKEN"
 
 
 async def run_sub(args, config, stop: asyncio.Event) -> int:
@@ -71,7 +75,8 @@ async def run_sub(args, config, stop: asyncio.Event) -> int:
     async def consume() -> None:
         nonlocal sizes
         choice = TrackChoice(args.track, getattr(args, "rendition", None))
-        async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=args.token,
+        token = args.token or os.environ.get(TOKEN_ENV) or None
+        async for item in follow_broadcast(host, port, broadcast, wait=config.upstream.wait, token=token,
                                            delivery_timeout_ms=timeout_ms, choice=choice, datagrams=datagrams,
                                            **upstream_options(config)):
             if isinstance(item, Catalog):
