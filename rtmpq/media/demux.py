@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
 from ..codec.flv_types import (
     AUDIO_CODEC_NAMES,
+    AUDIO_PACKET_MULTICHANNEL_CONFIG,
     AUDIO_CODECS,
     PACKET_CODED_FRAMES,
     PACKET_SEQUENCE_START,
@@ -64,6 +65,7 @@ MAX_NOT_CARRIED_LOGGED = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
+_IMPLICIT_OPUS_HEAD = OpusHead.parse(b"")  # what an empty E-RTMP Opus sequence start stands for
 
 
 # FFmpeg's and OBS's FLV writers keep 31 bits of a timestamp (``(ts >> 24) & 0x7F``), so their
@@ -500,13 +502,19 @@ class BroadcastDemuxer:
 
     # -- audio ----------------------------------------------------------------------------------
     def _on_audio(self, tag, ts: int, body, received_ns: int) -> list:
+        if tag.packet_type == AUDIO_PACKET_MULTICHANNEL_CONFIG and tag.codec == "Opus":
+            return self._opus_channel_count(tag, memoryview(body)[tag.payload_offset : tag.payload_end])
         if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
-            return []  # sequence end, multichannel configuration: nothing to carry
+            return []  # sequence end, other multichannel configurations: nothing to carry
         if tag.codec not in AUDIO_CODECS:
             return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._audio_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
+            # E-RTMP: an empty Opus sequence start is plain mono/stereo Opus (no OpusHead), not
+            # a header to wait for as ffmpeg's empty AAC one is
+            if len(payload) or tag.codec == "Opus":
+                return self._audio_sequence_start(tag, payload)
+            return _empty_header(self._log_name, tag)
         out = []
         if tag.codec in _SYNCFRAME_CODECS and len(payload):
             out = self._syncframe_track(tag, payload)
@@ -544,6 +552,23 @@ class BroadcastDemuxer:
             name=name, kind=AUDIO, codec=header.codec_string, init_data=init, timescale=SOURCE_TIMESCALE,
             sample_rate=header.sample_rate, channels=header.channels, **_bitrate(meta, AUDIO, bound)))
 
+    def _opus_channel_count(self, tag, payload) -> list:
+        """E-RTMP MultichannelConfig of an Opus track whose sequence start was empty (no
+        OpusHead, taken as stereo): its channel count, 1 or 2 (more would need the OpusHead's
+        stream counts, which the message does not give)."""
+        track = self._audio.get(tag.track_id)
+        if track is None or track.codec != "Opus" or track.config != _IMPLICIT_OPUS_HEAD or len(payload) < 2:
+            return []  # an OpusHead said it all, or no track (yet) to apply it to
+        count = payload[1]
+        if count == track.config.channels:
+            return []
+        name = track_name(AUDIO, tag.track_id)
+        if count not in (1, 2):
+            log.warning("%s: Opus track %s says %d channels (MultichannelConfig) with no OpusHead to map them; "
+                        "it is carried as stereo", self._log_name, name, count)
+            return []
+        return self._opus_track(tag, name, replace(_IMPLICIT_OPUS_HEAD, channels=count))
+
     def _audio_sequence_start(self, tag, payload) -> list:
         name = track_name(AUDIO, tag.track_id)
         if tag.codec in _SYNCFRAME_CODECS:
@@ -551,13 +576,18 @@ class BroadcastDemuxer:
         try:
             if tag.codec == "mp4a":
                 config = AudioSpecificConfig.parse(bytes(payload))
-                init, rate, channels = bytes(payload), config.sample_rate, config.channels
             else:
-                config = OpusHead.parse(payload)
-                init, rate, channels = config.to_bytes(), OPUS_SAMPLE_RATE, config.channels
+                return self._opus_track(tag, name, OpusHead.parse(payload))
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
+        return self._audio_config(tag, name, config, bytes(payload), config.sample_rate, config.channels)
+
+    def _opus_track(self, tag, name: str, config: OpusHead) -> list:
+        return self._audio_config(tag, name, config, config.to_bytes(), OPUS_SAMPLE_RATE, config.channels)
+
+    def _audio_config(self, tag, name: str, config, init: bytes, rate: int, channels: int) -> list:
+        """The audio track ``tag`` describes, configured by ``config``: a catalog when that changed it."""
         meta = self._audio_track(tag, name, config)
         if meta is None:
             return []
