@@ -76,3 +76,34 @@ async def test_an_empty_opus_sequence_start_is_plain_opus_with_its_multichannel_
     assert audio.channels == (channels or 2)
     assert audio.init_data[:8] == b"OpusHead" and audio.init_data[9] == (channels or 2)
     assert [bytes(f.payload) for f in frames if f.track == "audio"] == [p for _, p in packets]
+
+
+async def test_reserved_packet_types_are_logged_once_and_cost_nothing_else(node, caplog):
+    """"If any critical signaling or flags (e.g., AudioPacketType ...) are not recognized, the
+    system MUST fail in a controlled and predictable manner": the reserved AudioPacketTypes 3 and
+    6 (and 8..15), and the ExVideoTagHeader's MPEG2TSSequenceStart (5, not carried) and reserved
+    8..15, were dropped without a word. Now each is counted and logged once per publish (naming
+    the peer and the broadcast), and the publish goes on: every Opus frame arrives."""
+    packets = opus_packets(2, seconds=0.5)
+    collector = asyncio.create_task(collect_broadcast(node.registry, "live/reserved"))
+    pub = await TcpPublisher.publish(node.rtmp.address[1], "reserved", connect={"fourCcList": ["Opus"]})
+    pub.media(8, 0, ex_audio(SEQUENCE_START, b"Opus"))
+    for n, (ms, packet) in enumerate(packets):
+        pub.media(8, ms, ex_audio(CODED_FRAMES, b"Opus", packet))
+        if n < 3:  # each reserved type three times: one line each
+            pub.media(8, ms, ex_audio(3, b"Opus", packet))
+            pub.media(8, ms, ex_audio(12, b"Opus", packet))
+            # ExVideoTagHeader: IsExHeader, KeyFrame, VideoPacketType MPEG2TSSequenceStart / 9
+            pub.media(9, ms, bytes([0x80 | 0x10 | 5]) + b"av01" + bytes(4))
+            pub.media(9, ms, bytes([0x80 | 0x10 | 9]) + b"av01" + bytes(4))
+    pub.command(pub.stream_id, "deleteStream", 9.0, None, float(pub.stream_id))
+    await pub.writer.drain()
+    _, frames = await collector
+    pub.close()
+    assert [bytes(f.payload) for f in frames if f.track == "audio"] == [p for _, p in packets]
+    lines = [r.getMessage() for r in caplog.records if "is reserved or not carried" in r.getMessage()]
+    assert len(lines) == 4, lines
+    peer = f"127.0.0.1:{pub.writer.get_extra_info('sockname')[1]}"
+    for kind, packet_type in (("audio", 3), ("audio", 12), ("video", 5), ("video", 9)):
+        [line] = [line for line in lines if f"E-RTMP {kind} packet type {packet_type} " in line]
+        assert line.startswith(f"{peer}: live/") and "live/reserved" not in line  # (a key: named by its hash)

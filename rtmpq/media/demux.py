@@ -24,6 +24,9 @@ track as a sequence header with them would, before that key frame (an MPEG-TS so
 with -c copy sends no new sequence header when its size changes). An audio or video
 message whose FLV tag header is truncated or contradictory raises RemoteProtocolError
 (RtmpServerSession refuses those before they get here); empty messages are dropped.
+E-RTMP messages of a packet type the spec reserves (or that rtmpq does not carry, as video's
+MPEG2TSSequenceStart) are dropped, counted in ``stats.unknown_packets`` and logged once per publish
+and type.
 """
 
 import logging
@@ -35,6 +38,9 @@ from ..codec.flv_types import (
     AUDIO_PACKET_MULTICHANNEL_CONFIG,
     AUDIO_CODECS,
     PACKET_CODED_FRAMES,
+    PACKET_COMMAND,
+    PACKET_METADATA,
+    PACKET_SEQUENCE_END,
     PACKET_SEQUENCE_START,
     VIDEO_CODEC_NAMES,
     VIDEO_CODECS,
@@ -65,6 +71,11 @@ MAX_NOT_CARRIED_LOGGED = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
+# E-RTMP packet types read and not carried (sequence end, HDR metadata, command frames, audio's
+# MultichannelConfig besides Opus's): passed over without a word. Any other (reserved ones, video's
+# MPEG2TSSequenceStart) gets one log line per publish and type.
+_QUIET_VIDEO_PACKETS = frozenset((PACKET_SEQUENCE_END, PACKET_METADATA, PACKET_COMMAND))
+_QUIET_AUDIO_PACKETS = frozenset((PACKET_SEQUENCE_END, AUDIO_PACKET_MULTICHANNEL_CONFIG))
 _IMPLICIT_OPUS_HEAD = OpusHead.parse(b"")  # what an empty E-RTMP Opus sequence start stands for
 
 
@@ -135,6 +146,7 @@ class DemuxStats:
     below_zero: int = 0  # timestamps that stepped back below the publish's time 0 (its timeline moved on)
     shown_before_decoded: int = 0  # video frames with a negative composition offset, shown at their decode time
     unsupported: int = 0  # frames and headers of codecs that are not carried
+    unknown_packets: int = 0  # E-RTMP messages of a packet type the spec reserves (or rtmpq does not carry)
 
 
 @dataclass(slots=True)
@@ -179,6 +191,7 @@ class BroadcastDemuxer:
         self._meta: dict = {}  # the publisher's onMetaData
         self._not_carried: set[tuple[str, str]] = set()  # (kind, FourCC) already logged
         self._on_not_carried = not_carried
+        self._unknown_logged: set[tuple[str, int]] = set()  # (kind, E-RTMP packet type) already logged
         self._now_ms: int | None = None
 
     @property
@@ -316,6 +329,19 @@ class BroadcastDemuxer:
                         self._log_name, MAX_TRACKS_PER_KIND, kind)
         return False
 
+    def _passed_over(self, kind: str, tag, quiet: frozenset) -> list:
+        """A message with nothing to carry: sequence end, HDR metadata, command frames pass
+        without a word; a packet type the spec reserves (or video's MPEG2TSSequenceStart) is
+        counted and logged once per publish and type (at most 16 of each kind: 4 bits)."""
+        if tag.packet_type in quiet:
+            return []
+        self.stats.unknown_packets += 1
+        if (kind, tag.packet_type) not in self._unknown_logged:
+            self._unknown_logged.add((kind, tag.packet_type))
+            log.warning("%s: E-RTMP %s packet type %d (FourCC %r, track %d) is reserved or not carried; "
+                        "such messages are dropped", self._log_name, kind, tag.packet_type, tag.codec, tag.track_id)
+        return []
+
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
         self.stats.unsupported += 1
         if (kind, fourcc) not in self._not_carried and len(self._not_carried) <= MAX_NOT_CARRIED_LOGGED:
@@ -337,7 +363,7 @@ class BroadcastDemuxer:
     # -- video ----------------------------------------------------------------------------------
     def _on_video(self, tag, ts: int, body, received_ns: int) -> list:
         if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
-            return []  # sequence end, metadata (HDR), command frames: nothing to carry
+            return self._passed_over(VIDEO, tag, _QUIET_VIDEO_PACKETS)
         if tag.codec not in VIDEO_CODECS:
             return self._not_carried_codec(VIDEO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
@@ -505,7 +531,7 @@ class BroadcastDemuxer:
         if tag.packet_type == AUDIO_PACKET_MULTICHANNEL_CONFIG and tag.codec == "Opus":
             return self._opus_channel_count(tag, memoryview(body)[tag.payload_offset : tag.payload_end])
         if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
-            return []  # sequence end, other multichannel configurations: nothing to carry
+            return self._passed_over(AUDIO, tag, _QUIET_AUDIO_PACKETS)
         if tag.codec not in AUDIO_CODECS:
             return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
