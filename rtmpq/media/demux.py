@@ -35,8 +35,8 @@ from dataclasses import dataclass, field, replace
 from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_video_tracks, split_length_prefixed
 from ..codec.flv_types import (
     AUDIO_CODEC_NAMES,
-    AUDIO_PACKET_MULTICHANNEL_CONFIG,
     AUDIO_CODECS,
+    AUDIO_PACKET_MULTICHANNEL_CONFIG,
     PACKET_CODED_FRAMES,
     PACKET_COMMAND,
     PACKET_METADATA,
@@ -338,8 +338,9 @@ class BroadcastDemuxer:
         self.stats.unknown_packets += 1
         if (kind, tag.packet_type) not in self._unknown_logged:
             self._unknown_logged.add((kind, tag.packet_type))
-            log.warning("%s: E-RTMP %s packet type %d (FourCC %r, track %d) is reserved or not carried; "
-                        "such messages are dropped", self._log_name, kind, tag.packet_type, tag.codec, tag.track_id)
+            log.warning("%s: %s %s packet type %d (codec %r, track %d) is reserved or not carried; "
+                        "such messages are dropped", self._log_name, "E-RTMP" if tag.enhanced else "FLV", kind,
+                        tag.packet_type, tag.codec, tag.track_id)
         return []
 
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
