@@ -5,17 +5,19 @@ a reading of the spec that rtmpq got wrong before (docs/interop.md, "Conformance
 RTMP v2"), over a real TCP connection into `rtmpq up`."""
 
 import asyncio
+import json
 from fractions import Fraction
 
 import pytest
 
-from .conftest import start_up_node
-from .publishers import collect_broadcast
+from .conftest import http_get, start_up_node
+from .publishers import collect_broadcast, run_process
 from .rtmp_client import TcpPublisher
 
 # ExAudioTagHeader: SoundFormat.ExHeader in the top 4 bits, AudioPacketType in the low 4
 EX_AUDIO = 9 << 4
-SEQUENCE_START, CODED_FRAMES, MULTICHANNEL_CONFIG = 0, 1, 4
+SEQUENCE_START, CODED_FRAMES, MULTICHANNEL_CONFIG, MULTITRACK = 0, 1, 4, 5
+ONE_TRACK = 0  # AvMultitrackType
 
 
 def ex_audio(packet_type: int, fourcc: bytes, body: bytes = b"") -> bytes:
@@ -28,8 +30,8 @@ def multichannel_config(channels: int) -> bytes:
     return bytes([0, channels])
 
 
-def opus_packets(channels: int, seconds: float = 1.0) -> list[tuple[int, bytes]]:
-    """(ms, packet) of a libopus encode of a sine tone, 20 ms packets at 48 kHz."""
+def opus_encode(channels: int, seconds: float = 1.0) -> tuple[bytes, list[tuple[int, bytes]]]:
+    """The OpusHead and the (ms, packet) of a libopus encode of a sine tone, 20 ms packets at 48 kHz."""
     av = pytest.importorskip("av")
     codec = av.CodecContext.create("libopus", "w")
     codec.sample_rate, codec.layout, codec.format = 48000, "mono" if channels == 1 else "stereo", "s16"
@@ -43,7 +45,16 @@ def opus_packets(channels: int, seconds: float = 1.0) -> list[tuple[int, bytes]]
         if len(packets) >= seconds * 50:
             break
     source.close()
-    return packets
+    return bytes(codec.extradata), packets
+
+
+def opus_packets(channels: int, seconds: float = 1.0) -> list[tuple[int, bytes]]:
+    return opus_encode(channels, seconds)[1]
+
+
+def ex_audio_one_track(packet_type: int, fourcc: bytes, track_id: int, body: bytes = b"") -> bytes:
+    """AudioPacketType.Multitrack, AvMultitrackType.OneTrack: one track, named by its id."""
+    return bytes([EX_AUDIO | MULTITRACK, ONE_TRACK << 4 | packet_type]) + fourcc + bytes([track_id]) + body
 
 
 @pytest.fixture
@@ -62,7 +73,7 @@ async def test_an_empty_opus_sequence_start_is_plain_opus_with_its_multichannel_
     packets = opus_packets(channels or 2)
     collector = asyncio.create_task(collect_broadcast(node.registry, "live/opus-empty"))
     pub = await TcpPublisher.publish(node.rtmp.address[1], "opus-empty", connect={"fourCcList": ["Opus"]})
-    pub.media(8, 0, ex_audio(SEQUENCE_START, b"Opus"))
+    pub.media(8, 0, ex_audio(SEQUENCE_START, b"Opus"))  # empty: no OpusHead
     if channels:
         pub.media(8, 0, ex_audio(MULTICHANNEL_CONFIG, b"Opus", multichannel_config(channels)))
     for ms, packet in packets:
@@ -107,3 +118,30 @@ async def test_reserved_packet_types_are_logged_once_and_cost_nothing_else(node,
     for kind, packet_type in (("audio", 3), ("audio", 12), ("video", 5), ("video", 9)):
         [line] = [line for line in lines if f"E-RTMP {kind} packet type {packet_type} " in line]
         assert line.startswith(f"{peer}: live/") and "live/reserved" not in line  # (a key: named by its hash)
+
+
+async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node):
+    """Track ids are "identifiers only"; trackId 0 for the default track is RECOMMENDED, not
+    required. A publish whose audio is track 2 alone (OneTrack multitrack messages) had no LL-HLS
+    audio at all: the edge's audio playlist took only the track named ``audio`` (track 0). It now
+    takes the audio track with the lowest id when there is no track 0."""
+    head, packets = opus_encode(2, seconds=4.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/track2"
+    pub = await TcpPublisher.publish(node.rtmp.address[1], "track2", connect={"fourCcList": ["Opus"], "capsEx": 2.0})
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from its first message
+    pub.media(8, 0, ex_audio_one_track(SEQUENCE_START, b"Opus", 2, head))
+    for ms, packet in packets:
+        pub.media(8, ms, ex_audio_one_track(CODED_FRAMES, b"Opus", 2, packet))
+    await pub.writer.drain()
+    pub.close()
+    async with asyncio.timeout(15):
+        while not (await http_get(f"{base}/audio.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST"):
+            await asyncio.sleep(0.1)
+    status, listing = await http_get(f"{base}/index.m3u8")
+    assert status == 200 and b'CODECS="Opus"' in listing and b"audio.m3u8" in listing, listing
+    rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                 "stream=codec_name,channels,nb_read_frames", "-of", "json", f"{base}/index.m3u8"])
+    assert rc == 0, out
+    [stream] = json.loads(out)["streams"]
+    assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == ("opus", 2, len(packets))
