@@ -10,13 +10,18 @@ from fractions import Fraction
 
 import pytest
 
+from rtmpq.media.flv import read_flv_tags
+
 from .conftest import http_get, start_up_node
 from .publishers import collect_broadcast, run_process
 from .rtmp_client import TcpPublisher
 
+# ExVideoTagHeader: IsExHeader, then VideoFrameType (3 bits), then VideoPacketType
+EX_VIDEO = 0x80
 # ExAudioTagHeader: SoundFormat.ExHeader in the top 4 bits, AudioPacketType in the low 4
 EX_AUDIO = 9 << 4
 SEQUENCE_START, CODED_FRAMES, MULTICHANNEL_CONFIG, MULTITRACK = 0, 1, 4, 5
+MULTITRACK_VIDEO = 6  # VideoPacketType.Multitrack
 ONE_TRACK = 0  # AvMultitrackType
 
 
@@ -145,3 +150,42 @@ async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node):
     assert rc == 0, out
     [stream] = json.loads(out)["streams"]
     assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == ("opus", 2, len(packets))
+
+
+def ex_video_one_track(frame_type: int, packet_type: int, fourcc: bytes, track_id: int, body: bytes) -> bytes:
+    """VideoPacketType.Multitrack, AvMultitrackType.OneTrack: one track, named by its id; ``body``
+    is what follows the track id (an AVC CodedFrames body starts with its SI24 composition time)."""
+    return bytes([EX_VIDEO | frame_type << 4 | MULTITRACK_VIDEO, ONE_TRACK << 4 | packet_type]) + fourcc + \
+        bytes([track_id]) + body
+
+
+async def test_audio_follows_a_default_video_track_other_than_0_from_its_first_group(node, source_flv):
+    """Audio groups follow the default video track (track 0, else the lowest id): a publish whose
+    audio came first (audio-only groups, one per 2 s) and whose video is track 1 alone started its
+    video at group 0 while the audio was at group 2, so the audio stayed in group 2 across the
+    video's first groups instead of switching with them (track 0 was kept from starting behind
+    the audio; track 1 was not)."""
+    collector = asyncio.create_task(collect_broadcast(node.registry, "live/late-video"))
+    pub = await TcpPublisher.publish(node.rtmp.address[1], "late-video", connect={"fourCcList": ["avc1", "mp4a"]})
+    start = None
+    for tag_type, ts, body in read_flv_tags(str(source_flv)):
+        if tag_type == 8:
+            pub.media(8, ts, body)  # legacy AAC, from 0 s
+        elif tag_type == 9 and ts >= 4000:  # the video from its key frame at 4 s, as E-RTMP track 1
+            if start is None:
+                start = ts
+                assert body[0] >> 4 == 1 and body[1] == 1, "a key frame"
+                config = next(b for t, _, b in read_flv_tags(str(source_flv)) if t == 9 and b[1] == 0)
+                pub.media(9, ts, ex_video_one_track(1, 0, b"avc1", 1, config[5:]))
+            pub.media(9, ts, ex_video_one_track(body[0] >> 4, 1, b"avc1", 1, body[2:]))
+    pub.command(pub.stream_id, "deleteStream", 9.0, None, float(pub.stream_id))
+    await pub.writer.drain()
+    _, frames = await collector
+    pub.close()
+    keys = [(f.dts, f.group) for f in frames if f.track == "video-1" and f.keyframe]
+    assert [dts for dts, _ in keys] == [4000, 6000]
+    before = max(f.group for f in frames if f.track == "audio" and f.dts < 4000)
+    assert keys[0][1] >= before, "the video's first group is not behind the audio's"
+    for f in frames:
+        if f.track == "audio" and f.dts >= 4000:
+            assert f.group == max(g for dts, g in keys if dts <= f.dts), f

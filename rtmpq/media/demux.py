@@ -268,7 +268,7 @@ class BroadcastDemuxer:
         keyframe = frame_type == 1 or kind == 2
         if keyframe:
             out = self._in_band_parameter_sets(track, 0, payload)
-            self._open_video_group(track, 0, ts)
+            self._open_video_group(track, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
@@ -389,7 +389,7 @@ class BroadcastDemuxer:
                 out = self._vp9_size(track, payload)
             elif tag.codec != "av01":
                 out = self._in_band_parameter_sets(track, tag.track_id, payload)
-            self._open_video_group(track, tag.track_id, ts)
+            self._open_video_group(track, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
@@ -470,9 +470,9 @@ class BroadcastDemuxer:
                      track.name, info.width, info.height, new.width, new.height, new.codec)
         return out
 
-    def _open_video_group(self, track: _Track, track_id: int, ts: int) -> None:
+    def _open_video_group(self, track: _Track, ts: int) -> None:
         group = track.group + 1
-        if track_id == 0:
+        if track is self._default_video:  # (track 0, else the lowest id: what audio follows)
             # never behind audio: audio may have opened this group before the first keyframe
             group = max(group, max((a.group for a in self._audio.values()), default=-1))
         if self._last_keyframe is not None and self._last_keyframe[0] == ts:
