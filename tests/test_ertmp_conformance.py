@@ -22,7 +22,7 @@ EX_VIDEO = 0x80
 EX_AUDIO = 9 << 4
 SEQUENCE_START, CODED_FRAMES, MULTICHANNEL_CONFIG, MULTITRACK = 0, 1, 4, 5
 MULTITRACK_VIDEO = 6  # VideoPacketType.Multitrack
-ONE_TRACK = 0  # AvMultitrackType
+ONE_TRACK, MANY_TRACKS = 0, 1  # AvMultitrackType
 
 
 def ex_audio(packet_type: int, fourcc: bytes, body: bytes = b"") -> bytes:
@@ -55,6 +55,14 @@ def opus_encode(channels: int, seconds: float = 1.0) -> tuple[bytes, list[tuple[
 
 def opus_packets(channels: int, seconds: float = 1.0) -> list[tuple[int, bytes]]:
     return opus_encode(channels, seconds)[1]
+
+
+def ex_audio_many_tracks(packet_type: int, fourcc: bytes, tracks: list[tuple[int, bytes]]) -> bytes:
+    """AvMultitrackType.ManyTracks: one FourCC, then per track its id, UI24 size and body."""
+    out = bytes([EX_AUDIO | MULTITRACK, MANY_TRACKS << 4 | packet_type]) + fourcc
+    for track_id, body in tracks:
+        out += bytes([track_id]) + len(body).to_bytes(3, "big") + body
+    return out
 
 
 def ex_audio_one_track(packet_type: int, fourcc: bytes, track_id: int, body: bytes = b"") -> bytes:
@@ -125,19 +133,29 @@ async def test_reserved_packet_types_are_logged_once_and_cost_nothing_else(node,
         assert line.startswith(f"{peer}: live/") and "live/reserved" not in line  # (a key: named by its hash)
 
 
-async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node):
+@pytest.mark.parametrize("tracks", [(2,), (2, 0)])
+async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node, tracks):
     """Track ids are "identifiers only"; trackId 0 for the default track is RECOMMENDED, not
     required. A publish whose audio is track 2 alone (OneTrack multitrack messages) had no LL-HLS
     audio at all: the edge's audio playlist took only the track named ``audio`` (track 0). It now
-    takes the audio track with the lowest id when there is no track 0."""
-    head, packets = opus_encode(2, seconds=4.0)
+    takes the audio track with the lowest id when there is no track 0; with tracks 2 (stereo) and
+    0 (mono) in ManyTracks messages, track 2 first, still track 0."""
+    stereo_head, stereo = opus_encode(2, seconds=4.0)
+    mono_head, mono = opus_encode(1, seconds=4.0)
+    encodes = {2: (stereo_head, stereo), 0: (mono_head, mono)}
     host, http_port = node.edge.address
-    base = f"http://{host}:{http_port}/live/track2"
-    pub = await TcpPublisher.publish(node.rtmp.address[1], "track2", connect={"fourCcList": ["Opus"], "capsEx": 2.0})
+    key = f"tracks-{'-'.join(map(str, tracks))}"
+    base = f"http://{host}:{http_port}/live/{key}"
+    pub = await TcpPublisher.publish(node.rtmp.address[1], key, connect={"fourCcList": ["Opus"], "capsEx": 2.0})
     assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from its first message
-    pub.media(8, 0, ex_audio_one_track(SEQUENCE_START, b"Opus", 2, head))
-    for ms, packet in packets:
-        pub.media(8, ms, ex_audio_one_track(CODED_FRAMES, b"Opus", 2, packet))
+    if len(tracks) == 1:
+        pub.media(8, 0, ex_audio_one_track(SEQUENCE_START, b"Opus", 2, stereo_head))
+        for ms, packet in stereo:
+            pub.media(8, ms, ex_audio_one_track(CODED_FRAMES, b"Opus", 2, packet))
+    else:
+        pub.media(8, 0, ex_audio_many_tracks(SEQUENCE_START, b"Opus", [(t, encodes[t][0]) for t in tracks]))
+        for n, (ms, _) in enumerate(stereo):
+            pub.media(8, ms, ex_audio_many_tracks(CODED_FRAMES, b"Opus", [(t, encodes[t][1][n][1]) for t in tracks]))
     await pub.writer.drain()
     pub.close()
     async with asyncio.timeout(15):
@@ -149,7 +167,8 @@ async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node):
                                  "stream=codec_name,channels,nb_read_frames", "-of", "json", f"{base}/index.m3u8"])
     assert rc == 0, out
     [stream] = json.loads(out)["streams"]
-    assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == ("opus", 2, len(packets))
+    channels = 1 if 0 in tracks else 2
+    assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == ("opus", channels, len(stereo))
 
 
 def ex_video_one_track(frame_type: int, packet_type: int, fourcc: bytes, track_id: int, body: bytes) -> bytes:

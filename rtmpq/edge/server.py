@@ -339,10 +339,11 @@ class _Broadcast:
     def follow_default_audio(self, catalog: Catalog) -> None:
         """The audio playlist packages the broadcast's default audio track: ``audio`` (E-RTMP
         audio track 0), else, for a publish whose audio has no track 0 (E-RTMP only recommends
-        one), the one with the lowest track id (``audio-<id>``). Chosen until the playlist has
-        media, kept from then on."""
+        one), the one with the lowest track id (``audio-<id>``). Chosen again while the playlist
+        has no part (a track 0 whose sequence header came after another's takes over), kept from
+        its first part on."""
         stream = self.streams["a"]
-        if stream.has_media or stream.ended:
+        if stream.ended or stream.last_part is not None:
             return
         others = [t.name for t in catalog.tracks if t.kind == AUDIO and t.name != AUDIO
                   and t.name[len(AUDIO) + 1:].isdigit()]
