@@ -198,6 +198,19 @@ def test_a_rate_read_again_within_its_window_keeps_its_first_figure():
     assert rate("new", 100_000, now=100.8, since=100.0) == pytest.approx(1_000_000)
 
 
+def test_a_counter_that_starts_again_is_no_negative_rate():
+    """A broadcast published again under its name between two readings (the old one ended, or
+    its publisher came back) counts its bytes from 0 again: /api/v1/broadcasts said
+    "bitrate": -1254 for its video (seen in the E-RTMP audit, docs/interop.md)."""
+    from rtmpq.ops.view import RATE_WINDOW, _Rate
+
+    rate = _Rate()
+    assert rate("in", 4_000_000, now=100.0, since=84.0) == 2_000_000
+    # published again at 110: 500 kB in its first 2 s
+    assert rate("in", 500_000, now=100.0 + 2 * RATE_WINDOW + 8, since=110.0) == pytest.approx(2_000_000)
+    assert rate("in", 1_000_000, now=100.0 + 3 * RATE_WINDOW + 8, since=110.0) == pytest.approx(2_000_000)
+
+
 def test_the_help_of_the_error_counter_says_what_it_counts():
     """rtmpq_errors_total's HELP said "connections or requests ended by an error", but it counts
     refused publishes, stopped recordings and datagrams not sent as well (docs/operations.md)."""

@@ -7,6 +7,7 @@ PACKET_SEQUENCE_START = 0
 PACKET_CODED_FRAMES = 1
 PACKET_SEQUENCE_END = 2
 PACKET_METADATA = 4
+AUDIO_PACKET_MULTICHANNEL_CONFIG = 4  # E-RTMP AudioPacketType.MultichannelConfig (audio's 4)
 PACKET_COMMAND = 0x100  # a video command frame (FrameType 5): no media payload
 
 FRAME_KEY = 1

@@ -651,7 +651,7 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
     # no EXT-X-INDEPENDENT-SEGMENTS: a group longer than the target duration goes on in a segment
     # that starts without a keyframe (TARGET_DURATION)
     lines = ["#EXTM3U", "#EXT-X-VERSION:9"]
-    ainfo = catalog.track(AUDIO) if catalog and audio.has_media else None
+    ainfo = catalog.track(audio.track_names[0]) if catalog and audio.has_media else None
     variants = []
     for stream, uri in videos:
         if catalog is None or not stream.has_media:

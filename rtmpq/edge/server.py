@@ -336,6 +336,22 @@ class _Broadcast:
                      "for the players on it", safe_name(self.name))
         return self.kept_audio
 
+    def follow_default_audio(self, catalog: Catalog) -> None:
+        """The audio playlist packages the broadcast's default audio track: ``audio`` (E-RTMP
+        audio track 0), else, for a publish whose audio has no track 0 (E-RTMP only recommends
+        one), the one with the lowest track id (``audio-<id>``). Chosen again while the playlist
+        has no part (a track 0 whose sequence header came after another's takes over), kept from
+        its first part on."""
+        stream = self.streams["a"]
+        if stream.ended or stream.last_part is not None:
+            return
+        others = [t.name for t in catalog.tracks if t.kind == AUDIO and t.name != AUDIO
+                  and t.name[len(AUDIO) + 1:].isdigit()]
+        if catalog.track(AUDIO) is not None or not others:
+            stream.only = {AUDIO}
+        else:
+            stream.only = {min(others, key=lambda name: int(name[len(AUDIO) + 1:]))}
+
     def new_stream(self, tracks: set[str], prefix: str) -> LlHlsStream:
         """A media playlist of this broadcast, with its settings (numbered from ``first``)."""
         return LlHlsStream(tracks=tracks, prefix=prefix, part_target=self.part_target, first=self.first,
@@ -570,6 +586,7 @@ class EdgeServer:
                             if item.is_rung(info.name):  # on its source's timeline (see LlHlsStream.follows)
                                 b.streams[key].follows = b.streams.get(stream_key(item.rung_source(info.name)))
                             streams.append(b.streams[key])
+                    b.follow_default_audio(item)
                     for stream in streams:
                         stream.set_catalog(item if kept is None or stream is not b.streams["a"]
                                            else replace(item, tracks=item.tracks + (kept,)))

@@ -24,6 +24,9 @@ track as a sequence header with them would, before that key frame (an MPEG-TS so
 with -c copy sends no new sequence header when its size changes). An audio or video
 message whose FLV tag header is truncated or contradictory raises RemoteProtocolError
 (RtmpServerSession refuses those before they get here); empty messages are dropped.
+E-RTMP messages of a packet type the spec reserves (or that rtmpq does not carry, as video's
+MPEG2TSSequenceStart) are dropped, counted in ``stats.unknown_packets`` and logged once per publish
+and type.
 """
 
 import logging
@@ -33,7 +36,11 @@ from ..codec import access_unit_type, amf0_decode, parse_audio_tracks, parse_vid
 from ..codec.flv_types import (
     AUDIO_CODEC_NAMES,
     AUDIO_CODECS,
+    AUDIO_PACKET_MULTICHANNEL_CONFIG,
     PACKET_CODED_FRAMES,
+    PACKET_COMMAND,
+    PACKET_METADATA,
+    PACKET_SEQUENCE_END,
     PACKET_SEQUENCE_START,
     VIDEO_CODEC_NAMES,
     VIDEO_CODECS,
@@ -64,6 +71,12 @@ MAX_NOT_CARRIED_LOGGED = 8
 VIDEO_ALT_GROUP = 1  # MSF altGroup shared by every video track of a publish (renditions)
 _NAL_IDR = 5
 _SYNCFRAME_CODECS = {"ac-3": Ac3Header, "ec-3": Eac3Header}  # no sequence header: frames describe themselves
+# E-RTMP packet types read and not carried (sequence end, HDR metadata, command frames, audio's
+# MultichannelConfig besides Opus's): passed over without a word. Any other (reserved ones, video's
+# MPEG2TSSequenceStart) gets one log line per publish and type.
+_QUIET_VIDEO_PACKETS = frozenset((PACKET_SEQUENCE_END, PACKET_METADATA, PACKET_COMMAND))
+_QUIET_AUDIO_PACKETS = frozenset((PACKET_SEQUENCE_END, AUDIO_PACKET_MULTICHANNEL_CONFIG))
+_IMPLICIT_OPUS_HEAD = OpusHead.parse(b"")  # what an empty E-RTMP Opus sequence start stands for
 
 
 # FFmpeg's and OBS's FLV writers keep 31 bits of a timestamp (``(ts >> 24) & 0x7F``), so their
@@ -133,6 +146,7 @@ class DemuxStats:
     below_zero: int = 0  # timestamps that stepped back below the publish's time 0 (its timeline moved on)
     shown_before_decoded: int = 0  # video frames with a negative composition offset, shown at their decode time
     unsupported: int = 0  # frames and headers of codecs that are not carried
+    unknown_packets: int = 0  # E-RTMP messages of a packet type the spec reserves (or rtmpq does not carry)
 
 
 @dataclass(slots=True)
@@ -177,6 +191,7 @@ class BroadcastDemuxer:
         self._meta: dict = {}  # the publisher's onMetaData
         self._not_carried: set[tuple[str, str]] = set()  # (kind, FourCC) already logged
         self._on_not_carried = not_carried
+        self._unknown_logged: set[tuple[str, int]] = set()  # (kind, E-RTMP packet type) already logged
         self._now_ms: int | None = None
 
     @property
@@ -253,7 +268,7 @@ class BroadcastDemuxer:
         keyframe = frame_type == 1 or kind == 2
         if keyframe:
             out = self._in_band_parameter_sets(track, 0, payload)
-            self._open_video_group(track, 0, ts)
+            self._open_video_group(track, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
@@ -314,6 +329,20 @@ class BroadcastDemuxer:
                         self._log_name, MAX_TRACKS_PER_KIND, kind)
         return False
 
+    def _passed_over(self, kind: str, tag, quiet: frozenset) -> list:
+        """A message with nothing to carry: sequence end, HDR metadata, command frames pass
+        without a word; a packet type the spec reserves (or video's MPEG2TSSequenceStart) is
+        counted and logged once per publish and type (at most 16 of each kind: 4 bits)."""
+        if tag.packet_type in quiet:
+            return []
+        self.stats.unknown_packets += 1
+        if (kind, tag.packet_type) not in self._unknown_logged:
+            self._unknown_logged.add((kind, tag.packet_type))
+            log.warning("%s: %s %s packet type %d (codec %r, track %d) is reserved or not carried; "
+                        "such messages are dropped", self._log_name, "E-RTMP" if tag.enhanced else "FLV", kind,
+                        tag.packet_type, tag.codec, tag.track_id)
+        return []
+
     def _not_carried_codec(self, kind: str, fourcc: str) -> list:
         self.stats.unsupported += 1
         if (kind, fourcc) not in self._not_carried and len(self._not_carried) <= MAX_NOT_CARRIED_LOGGED:
@@ -335,7 +364,7 @@ class BroadcastDemuxer:
     # -- video ----------------------------------------------------------------------------------
     def _on_video(self, tag, ts: int, body, received_ns: int) -> list:
         if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
-            return []  # sequence end, metadata (HDR), command frames: nothing to carry
+            return self._passed_over(VIDEO, tag, _QUIET_VIDEO_PACKETS)
         if tag.codec not in VIDEO_CODECS:
             return self._not_carried_codec(VIDEO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
@@ -360,7 +389,7 @@ class BroadcastDemuxer:
                 out = self._vp9_size(track, payload)
             elif tag.codec != "av01":
                 out = self._in_band_parameter_sets(track, tag.track_id, payload)
-            self._open_video_group(track, tag.track_id, ts)
+            self._open_video_group(track, ts)
         elif track.group < 0 or track.resync:
             self.stats.dropped += 1
             return []
@@ -441,9 +470,9 @@ class BroadcastDemuxer:
                      track.name, info.width, info.height, new.width, new.height, new.codec)
         return out
 
-    def _open_video_group(self, track: _Track, track_id: int, ts: int) -> None:
+    def _open_video_group(self, track: _Track, ts: int) -> None:
         group = track.group + 1
-        if track_id == 0:
+        if track is self._default_video:  # (track 0, else the lowest id: what audio follows)
             # never behind audio: audio may have opened this group before the first keyframe
             group = max(group, max((a.group for a in self._audio.values()), default=-1))
         if self._last_keyframe is not None and self._last_keyframe[0] == ts:
@@ -500,13 +529,19 @@ class BroadcastDemuxer:
 
     # -- audio ----------------------------------------------------------------------------------
     def _on_audio(self, tag, ts: int, body, received_ns: int) -> list:
+        if tag.packet_type == AUDIO_PACKET_MULTICHANNEL_CONFIG and tag.codec == "Opus":
+            return self._opus_channel_count(tag, memoryview(body)[tag.payload_offset : tag.payload_end])
         if tag.packet_type not in (PACKET_SEQUENCE_START, PACKET_CODED_FRAMES):
-            return []  # sequence end, multichannel configuration: nothing to carry
+            return self._passed_over(AUDIO, tag, _QUIET_AUDIO_PACKETS)
         if tag.codec not in AUDIO_CODECS:
             return self._not_carried_codec(AUDIO, tag.codec)
         payload = memoryview(body)[tag.payload_offset : tag.payload_end]
         if tag.packet_type == PACKET_SEQUENCE_START:
-            return self._audio_sequence_start(tag, payload) if len(payload) else _empty_header(self._log_name, tag)
+            # E-RTMP: an empty Opus sequence start is plain mono/stereo Opus (no OpusHead), not
+            # a header to wait for as ffmpeg's empty AAC one is
+            if len(payload) or tag.codec == "Opus":
+                return self._audio_sequence_start(tag, payload)
+            return _empty_header(self._log_name, tag)
         out = []
         if tag.codec in _SYNCFRAME_CODECS and len(payload):
             out = self._syncframe_track(tag, payload)
@@ -544,6 +579,23 @@ class BroadcastDemuxer:
             name=name, kind=AUDIO, codec=header.codec_string, init_data=init, timescale=SOURCE_TIMESCALE,
             sample_rate=header.sample_rate, channels=header.channels, **_bitrate(meta, AUDIO, bound)))
 
+    def _opus_channel_count(self, tag, payload) -> list:
+        """E-RTMP MultichannelConfig of an Opus track whose sequence start was empty (no
+        OpusHead, taken as stereo): its channel count, 1 or 2 (more would need the OpusHead's
+        stream counts, which the message does not give)."""
+        track = self._audio.get(tag.track_id)
+        if track is None or track.codec != "Opus" or track.config != _IMPLICIT_OPUS_HEAD or len(payload) < 2:
+            return []  # an OpusHead said it all, or no track (yet) to apply it to
+        count = payload[1]
+        if count == track.config.channels:
+            return []
+        name = track_name(AUDIO, tag.track_id)
+        if count not in (1, 2):
+            log.warning("%s: Opus track %s says %d channels (MultichannelConfig) with no OpusHead to map them; "
+                        "it is carried as stereo", self._log_name, name, count)
+            return []
+        return self._opus_track(tag, name, replace(_IMPLICIT_OPUS_HEAD, channels=count))
+
     def _audio_sequence_start(self, tag, payload) -> list:
         name = track_name(AUDIO, tag.track_id)
         if tag.codec in _SYNCFRAME_CODECS:
@@ -551,13 +603,18 @@ class BroadcastDemuxer:
         try:
             if tag.codec == "mp4a":
                 config = AudioSpecificConfig.parse(bytes(payload))
-                init, rate, channels = bytes(payload), config.sample_rate, config.channels
             else:
-                config = OpusHead.parse(payload)
-                init, rate, channels = config.to_bytes(), OPUS_SAMPLE_RATE, config.channels
+                return self._opus_track(tag, name, OpusHead.parse(payload))
         except RemoteProtocolError as exc:
             log.warning("%s: %s sequence header of %s rejected: %s", self._log_name, tag.codec, name, exc)
             return []
+        return self._audio_config(tag, name, config, bytes(payload), config.sample_rate, config.channels)
+
+    def _opus_track(self, tag, name: str, config: OpusHead) -> list:
+        return self._audio_config(tag, name, config, config.to_bytes(), OPUS_SAMPLE_RATE, config.channels)
+
+    def _audio_config(self, tag, name: str, config, init: bytes, rate: int, channels: int) -> list:
+        """The audio track ``tag`` describes, configured by ``config``: a catalog when that changed it."""
         meta = self._audio_track(tag, name, config)
         if meta is None:
             return []

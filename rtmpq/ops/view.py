@@ -69,6 +69,9 @@ class _Rate:
             self._last[key] = (now, total, rate)
             return rate
         t, b, rate = last
+        if total < b:  # the counter started again (a new publish of the name, between readings)
+            del self._last[key]
+            return self(key, total, now, since)
         if now - t >= RATE_WINDOW:
             rate = (total - b) * 8 / (now - t)
             self._last[key] = (now, total, rate)
