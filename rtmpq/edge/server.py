@@ -840,6 +840,8 @@ class EdgeServer:
         segment = stream.segment(msn)
         if segment is None:
             return text(404, "segment no longer available")
+        if segment.gap:  # a rung's place for a group it skipped: EXT-X-GAP, nothing to fetch
+            return text(404, "a gap: this rendition has no media for that segment")
         if part is None:  # its parts one after another: no joined copy per request
             return Response(200, [p.data for p in segment.parts], ctype, "max-age=60", [ACCEPT_RANGES])
         if part >= len(segment.parts):
