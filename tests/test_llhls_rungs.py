@@ -166,4 +166,4 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
         assert abs(rung[msn][0] - source[msn][0]) < 0.05, (msn, rung_playlist, source_playlist)
     gaps = [msn for msn in rung if rung[msn][1]]
     assert len(gaps) == 1 and not any(gap for _, gap in source.values())
-    assert f',GAP=YES' in rung_playlist or gaps[0] not in list(rung)[-3:]  # its parts too, when listed
+    assert ',GAP=YES' in rung_playlist or gaps[0] not in list(rung)[-3:]  # its parts too, when listed
