@@ -8,7 +8,12 @@ is where the test wants it, every run."""
 
 import asyncio
 import re
+import urllib.request
 from dataclasses import replace
+
+import pytest
+
+from rtmpq.config import TranscodeConfig
 
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.frames import Frame
@@ -167,3 +172,65 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
     gaps = [msn for msn in rung if rung[msn][1]]
     assert len(gaps) == 1 and not any(gap for _, gap in source.values())
     assert ',GAP=YES' in rung_playlist or gaps[0] not in list(rung)[-3:]  # its parts too, when listed
+
+
+def picture_size(init: bytes) -> tuple[int, int]:
+    """(width, height) of an init segment's track header (tkhd, 16.16 fixed point at its end)."""
+    at = init.index(b"tkhd") - 4
+    end = at + int.from_bytes(init[at:at + 4], "big")
+    return int.from_bytes(init[end - 8:end - 6], "big"), int.from_bytes(init[end - 4:end - 2], "big")
+
+
+def live_args(url: str, seconds: float, size: str) -> list[str]:
+    return [a.replace("size=320x240", f"size={size}") for a in live_publish_args(url, seconds)]
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["threads", "child"])
+async def test_a_player_on_a_rung_withdrawn_by_a_smaller_republish_plays_on(tmp_path, isolate):
+    """`up --ladder 240p,180p`; ffmpeg publishes 640x360 and a player (ffmpeg) reads the 240p
+    rung's playlist; the publisher comes back (within the grace period) at 320x240, so the
+    240p rung is withdrawn (not smaller than the source). The player plays on: the playlist goes
+    on with the source's pictures (320x240, not upscaled) behind a discontinuity with the
+    source's init, to the broadcast's end; the multivariant no longer offers it. Before, the
+    rung's playlist got EXT-X-ENDLIST at the republish and the player stopped there."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, "aioquic", grace_period=2.0,
+                               transcode=TranscodeConfig(ladder="240p,180p", isolate=isolate, idle_stop=1.0))
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/smaller"
+    host, port = node.edge.address
+    base = f"http://{host}:{port}/live/smaller"
+    publisher = asyncio.create_task(run_process(live_args(url, 3, "640x360"), 60))
+    player = None
+    try:
+        async def listed() -> bool:
+            status, body = await http_text(f"{base}/index.m3u8")
+            return status == 200 and "video-240p.m3u8" in body
+        await until(listed, 20, "the 240p rung in the multivariant")
+        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-nostdin", "-i", f"{base}/video-240p.m3u8",
+                                                  "-map", "0:v", "-c", "copy", "-f", "null", "-"], 60))
+        rc, out = await publisher
+        assert rc == 0, out
+        publisher = asyncio.create_task(run_process(live_args(url, 3, "320x240"), 60))
+        await until(lambda: node.registry.get("live/smaller") is not None and node.registry.get(
+            "live/smaller").catalog.track("video").width == 320, 10, "the smaller republish")
+        _, multivariant = await http_text(f"{base}/index.m3u8")
+        rc, out = await publisher
+        assert rc == 0, out
+        _, playlist = await http_text(f"{base}/video-240p.m3u8")
+        maps = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', playlist)
+        init = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{base}/{maps[-1]}", timeout=10).read())
+        rc, played = await player
+        assert rc == 0, played
+    finally:
+        for task in (publisher, player):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (publisher, player) if t is not None), return_exceptions=True)
+        await node.close()
+    assert "video-240p.m3u8" not in multivariant and re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == \
+        ["320x240", "240x180"], multivariant
+    # the player read on through the republish: more than the first publish's 4 s of pictures
+    frames = int(re.findall(r"frame=\s*(\d+)", played)[-1])
+    assert frames > 3 * 30, played[-2000:]  # (180 in a run here; 90 before)
+    assert "#EXT-X-DISCONTINUITY" in playlist and len(maps) >= 2, playlist
+    assert picture_size(init) == (320, 240)  # the source's pictures, not upscaled to 426x240
