@@ -598,20 +598,24 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         """Whether ``request_id`` is one of our PUBLISHes (a rung's, or the list of them)."""
         return request_id in by_request or (request_id is not None and request_id == list_request)
 
-    def give_way(why: str) -> None:
+    def give_way(why: str, taken: int | None = None) -> None:
         """Another transcoder makes this broadcast's rungs (it took them over at the relay, or the
         relay's node makes them itself): ours stop, with their source subscriptions, until the
-        catalog lists no rung (that one is gone: the relay unlists a node's rungs with its session)."""
+        catalog lists no rung (that one is gone: the relay unlists a node's rungs with its session).
+        ``taken``: the PUBLISH the relay ended (UNSUBSCRIBE), which gets no PUBLISH_DONE."""
         nonlocal list_alias, list_request, yielded
         log.warning("%s: %s; this transcoder stops making the broadcast's rungs, and makes them again if the "
                     "broadcast is left with none", bt.label, why)
         yielded = True
         bt.close()
         for p in rungs.values():
-            p.done("another transcoder makes the broadcast's rungs")
+            if p.request_id == taken:
+                p.stop()
+            else:
+                p.done("another transcoder makes the broadcast's rungs")
         rungs.clear()
         by_request.clear()
-        if list_request is not None and not session.closed:
+        if list_request not in (None, taken) and not session.closed:
             session.publish_done(list_request, PublishDoneStatus.TRACK_ENDED, list_streams,
                                  "another transcoder makes the broadcast's rungs")
         list_alias = list_request = None
@@ -659,7 +663,7 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     # a newer PUBLISH of the same track took it over (moq/relay.py _take_over): another
                     # transcoder of this broadcast, or this one restarted; either way the relay no
                     # longer takes ours
-                    give_way("another transcoder took over its rungs at the relay")
+                    give_way("another transcoder took over its rungs at the relay", event.request_id)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if event.status != ObjectStatus.NORMAL:
