@@ -628,8 +628,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         conn.flush()
 
     def transcoder() -> BroadcastTranscoder:
-        made = registry[name] = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
-        return made
+        registry[name] = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
+        return registry[name]
 
     bt = transcoder()
     yielded = False  # another transcoder makes the rungs (give_way)
@@ -677,6 +677,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                             bt = transcoder()
                         if not yielded:
                             bt.on_catalog(catalog)
+                    if yielded:
+                        continue  # (no source video: another transcoder makes the rungs)
                     source_tracks &= bt.transcoders.keys()  # one that left is subscribed again if it returns
                     for source in bt.transcoders:
                         if source not in source_tracks:
