@@ -273,14 +273,44 @@ def test_a_rung_that_skips_frames_keeps_its_sources_timeline():
     group(rung, "video-360p", 4, 4 * 1980 + 5000)
     group(rung, "video-360p", 5, 5 * 1980 + 5000)
     assert [s.discontinuity for s in source.segments] == [False] * 4 + [True, False]
-    assert [s.discontinuity for s in rung.segments] == [False, False, False, True, False]
-    assert abs(rung.segments[1].duration - 2 * 1.98) < 0.01  # group 1's last picture through group 2
+    assert [s.discontinuity for s in rung.segments] == [False] * 4 + [True, False]
+    # group 1's last picture through the rest of group 1; group 2 a gap in its place (see
+    # test_a_group_a_rung_skipped_whole_keeps_its_place_as_a_gap)
+    assert abs(rung.segments[1].duration - 1.98) < 0.01 and rung.segments[2].gap
     assert "#EXT-X-DISCONTINUITY-SEQUENCE" not in rung.media_playlist()
     group(rung, "video-360p", 20, 20 * 1980 + 5000)  # stopped, pulled again 25 s later
     assert [s.msn for s in rung.segments] == [20]
     group(source, VIDEO, 21, 21 * 1980 + 60000)  # the publisher back a minute later: a seam of both
     group(rung, "video-360p", 21, 21 * 1980 + 60000)
     assert [(s.msn, s.discontinuity) for s in rung.segments] == [(20, False), (21, True)]
+
+
+def test_a_group_a_rung_skipped_whole_keeps_its_place_as_a_gap():
+    """A rung that skipped group 2 whole (its transcoder fell behind): the rung's playlist lists
+    the source's segment of it as EXT-X-GAP (its parts GAP=YES), of the source's duration, so
+    every segment stays within the target duration and numbered as the source's. Before, the
+    segment of group 1 lasted through group 2 (EXTINF 2.000 for a target of 1) and the rung's
+    later segments were numbered one behind the source's."""
+    source, rung = source_and_rung("video-360p", 640, 360)
+    n = 0
+    for g in range(5):
+        for i in range(30):
+            ts = n * 100 // 3
+            n += 1
+            source.push(Frame(VIDEO, g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
+            if g != 2:
+                rung.push(Frame("video-360p", g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1))
+    source.end()
+    rung.end()
+    assert [(s.msn, s.group, round(s.duration, 2)) for s in rung.segments] == \
+        [(s.msn, s.group, round(s.duration, 2)) for s in source.segments]
+    assert [s.gap for s in rung.segments] == [False, False, True, False, False]
+    playlist = rung.media_playlist()
+    assert "#EXT-X-GAP\n#EXTINF:1.000,\nseg2.m4s\n" in playlist
+    assert all(float(d) <= 1.5 for d in re.findall(r"#EXTINF:([\d.]+),", playlist))
+    gap_parts = re.findall(r'#EXT-X-PART:DURATION=([\d.]+),URI="seg2\.\d+\.m4s",GAP=YES\n', playlist)
+    assert gap_parts and sum(map(float, gap_parts)) == pytest.approx(1.0, abs=0.01)
+    assert 0 < rung.average_bandwidth  # (a gap, no bytes, is not measured)
 
 
 def av_catalog() -> Catalog:

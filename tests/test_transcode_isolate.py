@@ -425,3 +425,33 @@ def test_the_child_gets_the_ladder_and_auth_settings_of_up_and_no_others(monkeyp
     assert (child.transcode.ladder, child.transcode.bitrates, child.transcode.presets, child.transcode.idle_stop) == (
         "480p,360p", {"480p": "900", "360p": "500"}, {"360p": "fast"}, 2.0)
     assert (child.auth.secret, child.auth.node_token) == (SECRET, nt)
+
+
+async def test_an_audio_only_publish_starts_no_transcoder_child_until_video_comes(tmp_path):
+    """`rtmpq up --ladder 180p` (isolated): an ffmpeg publish of audio alone has nothing to
+    transcode, and no child process is started for it while it plays; the publisher back (within
+    the grace period) with video gets its child. Before, every listed broadcast got a child at
+    once, audio-only ones too: a process (PyAV, a MoQ session) with nothing to do."""
+    need("ffmpeg")
+    from .test_nodes_cli import get_when_ready
+    from .test_transcode_e2e import ffmpeg_live_args
+    from .publishers import end_live_publish
+
+    node = await start_up_node(tmp_path, "aioquic", grace_period=10.0,
+                               transcode=TranscodeConfig(ladder="180p", isolate=True))
+    ops = f"http://127.0.0.1:{node.edge.address[1]}"
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/sound"
+    publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20, video=False), timeout=60))
+    try:
+        assert b"#EXTINF" in await get_when_ready(f"{ops}/live/sound/audio.m3u8", 20)  # it plays
+        assert node.transcoder_children.children == {} and await child_pids(ops) == {}
+        await end_live_publish(publisher)
+        publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20), timeout=60))
+        async with asyncio.timeout(20):
+            while not await child_pids(ops):
+                await asyncio.sleep(0.05)
+        assert list(await child_pids(ops)) == ["live/sound"]
+    finally:
+        publisher.cancel()
+        await asyncio.gather(publisher, return_exceptions=True)
+        await node.close()

@@ -107,6 +107,7 @@ class Segment:
     discontinuity_sequence: int = 0  # EXT-X-DISCONTINUITY tags up to and including this segment
     group: int | None = None  # the source group its frames are of
     continues: bool = False  # it goes on with its group, which outgrew the target duration in the one before
+    gap: bool = False  # a rung's place for a source segment it has no media of (EXT-X-GAP; see _gaps)
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
@@ -272,10 +273,16 @@ class LlHlsStream:
                 if seam:
                     self.seam_groups.append(frame.group)
                 carried = self._short_tail(frame, seam)
+                gaps = self._gaps(frame.group) if not seam else []
                 if carried:
                     self._finish_segment()
                 elif self._group is not None:
-                    self._close_part(final=True, next_dts=None if seam else frame.dts)
+                    next_dts = None if seam or any(g.discontinuity for g in gaps) else frame.dts
+                    if gaps and next_dts is not None:  # the last picture lasts up to the first gap
+                        next_dts -= round(sum(g.duration for g in gaps) * self._timescale[primary])
+                    self._close_part(final=True, next_dts=next_dts)
+                for gap in gaps:
+                    self._add_gap(gap)
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
@@ -419,9 +426,36 @@ class LlHlsStream:
             self.discontinuity_groups.append(frame.group)
         arrival = frame.received_ns or time.time_ns()
         started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
-        self.segments.append(Segment(self._msn, started, init_version=self.init_version,
-                                     discontinuity=discontinuity, discontinuity_sequence=self._discontinuities,
-                                     group=frame.group, continues=continues))
+        self._append(Segment(self._msn, started, init_version=self.init_version, discontinuity=discontinuity,
+                             discontinuity_sequence=self._discontinuities, group=frame.group, continues=continues))
+
+    def _gaps(self, group: int) -> list[Segment]:
+        """A rung's new ``group`` after groups it skipped whole (a transcoder that fell behind):
+        the whole segments its source has of the groups between, which this playlist lists as
+        gaps. Without them the rung's last segment before ``group`` spanned both groups (an EXTINF
+        above the target duration, which Safari and strict validators reject) and its media
+        sequence numbers stayed one behind the source's for good (players switch renditions by
+        them). Taken from the source's playlist, the reference of which groups there are, not
+        from the skip said on the wire: that can be lost (a reset held past HELD_RESET_SECONDS)."""
+        if self.follows is None or self._group is None or group <= self._group + 1:
+            return []
+        return [s for s in self.follows.segments if self._group < s.group < group and s.complete and s.parts]
+
+    def _add_gap(self, source: Segment) -> None:
+        """A segment in place of ``source``'s, with its duration, parts' durations, date and
+        discontinuity, and no media (EXT-X-GAP: players fetch nothing of it; its URIs answer 404)."""
+        discontinuity = source.discontinuity and bool(self.segments)
+        self._discontinuities += discontinuity
+        if discontinuity:
+            self.discontinuity_groups.append(source.group)
+        self._append(Segment(self._msn, source.started_ns, [Part(b"", p.duration, False) for p in source.parts],
+                             complete=True, duration=source.duration, init_version=self.init_version,
+                             discontinuity=discontinuity, discontinuity_sequence=self._discontinuities,
+                             group=source.group, continues=source.continues, gap=True))
+
+    def _append(self, segment: Segment) -> None:
+        """The next segment: the window moves."""
+        self.segments.append(segment)
         self._msn += 1
         self.version += 1  # (the window moves)
         for _ in range(self._window_start(list(self.segments), self.window + 1)):
@@ -524,8 +558,8 @@ class LlHlsStream:
         """The segments a rate is measured over: the whole ones in the window; the one in progress
         only while there is none (its first parts, the key frame's, are denser than any whole
         segment: counted, BANDWIDTH rose 40 % a part into each segment and fell back at its end)."""
-        whole = [s for s in self.segments if s.complete and s.duration > 0]
-        return whole or [s for s in self.segments if s.duration > 0]
+        whole = [s for s in self.segments if s.complete and s.duration > 0 and not s.gap]
+        return whole or [s for s in self.segments if s.duration > 0 and not s.gap]
 
     @property
     def bandwidth(self) -> int:
@@ -608,8 +642,10 @@ class LlHlsStream:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp}.{(s.started_ns // 1_000_000) % 1000:03d}Z")
             if s.msn in with_parts:
                 for i, p in enumerate(s.parts):
-                    flag = ",INDEPENDENT=YES" if p.independent else ""
+                    flag = ",GAP=YES" if s.gap else ",INDEPENDENT=YES" if p.independent else ""
                     lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s{query}"{flag}')
+            if s.gap:
+                lines.append("#EXT-X-GAP")
             if s.complete:
                 lines.append(f"#EXTINF:{s.duration:.3f},")
                 lines.append(f"{self.prefix}seg{s.msn}.m4s{query}")

@@ -302,6 +302,7 @@ class _Broadcast:
         # (viewer, stream prefix) given a live playlist of this broadcast and not yet its end:
         # their plain reloads get its ENDLIST even once a new publish replaced it
         self.reading_live: set[tuple[tuple[str, str], str]] = set()
+        self.stand_ins: dict[str, str] = {}  # withdrawn rung -> the source its playlist goes on with (stand_in)
 
     @property
     def playable(self) -> bool:
@@ -351,6 +352,26 @@ class _Broadcast:
             stream.only = {AUDIO}
         else:
             stream.only = {min(others, key=lambda name: int(name[len(AUDIO) + 1:]))}
+
+    def stand_in(self, track: str, catalog: Catalog) -> str | None:
+        """The track whose pictures the playlist of ``track``, a rung ``catalog`` no longer lists,
+        goes on with: its source, while ``catalog`` lists that (the transcoder withdrew the rung
+        because the source came back no larger than it: a publisher back at a smaller size); else
+        None (the playlist ends). Players do not re-read the multivariant: one on a rung's
+        playlist that ended stopped though the broadcast went on. Its source at the source's size,
+        not upscaled (behind a discontinuity with the source's init), is the best picture there is
+        no larger than the rung's, and costs no encoder."""
+        source = self.stand_ins.get(track)
+        if source is None and self.catalog is not None and self.catalog.is_rung(track):
+            source = self.catalog.rung_source(track)
+        info = catalog.track(source) if source is not None else None
+        return source if info is not None and info.kind == VIDEO else None
+
+    def stand_in_catalog(self, track: str, catalog: Catalog) -> Catalog:
+        """``catalog`` for the playlist of ``track`` standing in (stand_in): its source's entry
+        under the rung's name."""
+        source = self.stand_ins[track]
+        return catalog.with_track(replace(catalog.track(source), name=track, source=source, alt_group=None))
 
     def new_stream(self, tracks: set[str], prefix: str) -> LlHlsStream:
         """A media playlist of this broadcast, with its settings (numbered from ``first``)."""
@@ -564,13 +585,25 @@ class EdgeServer:
                     listed = {t.name for t in item.tracks}
                     was_kept, kept = b.kept_audio, b.keep_audio(item)
                     if b.catalog is not None:  # a track that left (a publisher back without it): its playlist ends
-                        had = b.listed_tracks | ({AUDIO} if was_kept is not None else set())
+                        had = b.listed_tracks | ({AUDIO} if was_kept is not None else set()) | set(b.stand_ins)
                         for stream in [s for s in streams if not s.only <= listed and s.only <= had]:
                             if stream is b.streams["a"] and kept is not None:
                                 continue  # silence for the players on it instead (keep_audio)
+                            track = next(iter(stream.only))
+                            # (a rung nobody played has no players to keep: it ends, as before)
+                            source = b.stand_in(track, item) if stream.segments else None
+                            b.let_go(track)  # (a rung that left with its source, or withdrawn)
+                            if source is not None:  # a rung withdrawn: its players go on with its source
+                                if track not in b.stand_ins:
+                                    log.info("edge: %s: %s was withdrawn; its HLS playlist goes on with %s for the "
+                                             "players on it", safe_name(b.name), track, source)
+                                b.stand_ins[track] = source
+                                continue
+                            b.stand_ins.pop(track, None)
                             stream.end()
                             streams.remove(stream)
-                            b.let_go(next(iter(stream.only)))  # (a rung that left with its source)
+                    for track in [t for t in b.stand_ins if t in listed]:  # the rung is back: its own pictures again
+                        del b.stand_ins[track]
                     b.catalog = item
                     for info in item.tracks:  # another video track: another variant
                         key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
@@ -588,8 +621,12 @@ class EdgeServer:
                             streams.append(b.streams[key])
                     b.follow_default_audio(item)
                     for stream in streams:
-                        stream.set_catalog(item if kept is None or stream is not b.streams["a"]
-                                           else replace(item, tracks=item.tracks + (kept,)))
+                        track = next(iter(stream.only))
+                        if track in b.stand_ins:
+                            stream.set_catalog(b.stand_in_catalog(track, item))
+                        else:
+                            stream.set_catalog(item if kept is None or stream is not b.streams["a"]
+                                               else replace(item, tracks=item.tracks + (kept,)))
                     b.gap_fill.set_tracks(item.track(AUDIO) or kept, item.track(VIDEO), gone=kept is not None)
                 elif isinstance(item, Frame):
                     b.frames_in += 1  # what came from upstream (an edge node's metrics)
@@ -614,8 +651,14 @@ class EdgeServer:
                             continue  # inside the silence already listed
                         for frame in frames[:-1]:  # the rest of a filled gap, up to it
                             b.streams["a"].push(frame)
+                    if item.track in b.stand_ins:
+                        continue  # a withdrawn rung's last frames, late: its playlist has its source's now
                     for stream in streams:
                         stream.push(item)
+                    if b.stand_ins:
+                        for track, source in b.stand_ins.items():
+                            if source == item.track:
+                                b.streams[stream_key(track)].push(replace(item, track=track))
                 else:
                     continue
                 async with b.changed:
@@ -857,6 +900,8 @@ class EdgeServer:
         segment = stream.segment(msn)
         if segment is None:
             return text(404, "segment no longer available")
+        if segment.gap:  # a rung's place for a group it skipped: EXT-X-GAP, nothing to fetch
+            return text(404, "a gap: this rendition has no media for that segment")
         if part is None:  # its parts one after another: no joined copy per request
             return Response(200, [p.data for p in segment.parts], ctype, "max-age=60", [ACCEPT_RANGES])
         if part >= len(segment.parts):

@@ -202,6 +202,7 @@ class Broadcast:
         # tracks made on demand (transcoder rungs): who watches each, and who to tell
         self.demand: dict[str, int] = {}
         self._demand_watchers: list = []
+        self._catalog_watchers: list = []  # () -> None, whenever the catalog changes (watch_catalog)
 
     # -- renditions made on demand ------------------------------------------------------------------
     def want(self, track: str, wanted: bool = True) -> None:
@@ -270,8 +271,15 @@ class Broadcast:
         if catalog is not self.catalog:
             self._new_catalog(catalog)
 
+    def watch_catalog(self, callback) -> None:
+        """``callback()`` whenever the catalog changes (from inside the publisher's calls: it must
+        not block)."""
+        self._catalog_watchers.append(callback)
+
     def _new_catalog(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        for watcher in tuple(self._catalog_watchers):
+            watcher()
         update = CatalogUpdate(catalog)
         for reader in tuple(self._readers):
             reader._put(update)

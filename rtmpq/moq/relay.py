@@ -35,7 +35,7 @@ from dataclasses import replace
 from ..auth.access import Access, AccessDenied
 from ..config import MOQ_MAX_PARTIAL_BYTES
 from ..media.broadcast import BroadcastRegistry
-from ..media.catalog import Catalog
+from ..media.catalog import RUNG_NAME, Catalog
 from ..media.frames import Frame
 from ..redact import safe_name
 from . import events as ev
@@ -1168,6 +1168,13 @@ class MoqRelay:
     def _on_TrackPublished(self, conn: MoqConnection, event: ev.TrackPublished) -> None:
         if self._denied(conn, event, self.access.may_publish_over_moq, "/".join(event.namespace)):
             return
+        if self._rungs_made_here(event.namespace, event.track_name):
+            # (another transcoder node's rungs are taken over instead: _take_over, and it gives way)
+            log.warning("%s: %s offers the broadcast's renditions (%s); refused: this node makes them itself "
+                        "([transcode] ladder, isolate = false)", _label(event.namespace), conn.peer, event.track_name)
+            conn.session.request_error(event.request_id, RequestError.UNINTERESTED,
+                                       "this node makes the broadcast's renditions itself")
+            return
         key = (event.namespace, event.track_name)
         existing = self._tracks.get(key)
         if existing is not None and existing.orphaned_at is None and existing.streams_expected is not None:
@@ -1218,6 +1225,16 @@ class MoqRelay:
             if wants_tracks and event.namespace[: len(prefix)] == prefix and not other.session.closed:
                 self._publish_to(other, event.namespace, event.track_name, upstream.fanout, forward)
                 other.flush()
+
+    def _rungs_made_here(self, namespace: tuple[str, ...], track: str) -> bool:
+        """Whether ``track`` PUBLISHed into ``namespace`` is a transcoder's rung (or its list) for a
+        broadcast of this process whose catalog already lists rungs made here (``rtmpq up
+        --ladder`` on threads): a second transcoder, whose list would have replaced this node's
+        rungs' catalog entries and left their frames to this one."""
+        if track != RENDITIONS_TRACK and not RUNG_NAME.search(track):
+            return False
+        broadcast = self.registry.get("/".join(namespace))
+        return broadcast is not None and any(broadcast.catalog.is_rung(t.name) for t in broadcast.catalog.tracks)
 
     def _publish_again(self, old: UpstreamTrack, conn: MoqConnection, event: ev.TrackPublished) -> None:
         """A PUBLISH of a track whose subscription (ours, or one PUBLISHed to us) got PUBLISH_DONE and

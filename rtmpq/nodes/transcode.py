@@ -514,7 +514,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
     rungs: dict[str, _RungPublisher] = {}
     by_request: dict[int, _RungPublisher] = {}
     next_alias = [0]
-    list_alias = None
+    list_alias = list_request = None
+    list_streams = 0  # groups (streams) of the list sent since its PUBLISH
     # the catalog is joined as subscribe_broadcast and the relay join it (catalog_join.py)
     catalog_join = CatalogJoin(safe_name(name))
     catalog_alias: int | None = None  # the catalog subscription's: its joining FETCH's objects go as its
@@ -569,12 +570,14 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         send_list()
 
     def send_list() -> None:
-        nonlocal list_alias
+        nonlocal list_alias, list_request, list_streams
         # the list of what this node adds: one group per version on RENDITIONS_TRACK
         if list_alias is None:
             list_alias = next_alias[0]
             next_alias[0] += 1
-            session.publish(namespace, RENDITIONS_TRACK, list_alias, authorization=token)
+            list_request = session.publish(namespace, RENDITIONS_TRACK, list_alias, authorization=token)
+            list_streams = 0
+        list_streams += 1
         group = send_list.version = getattr(send_list, "version", -1) + 1
         sid = session.open_subgroup(list_alias, group, priority=0)
         session.send_object(sid, 0, Catalog(name, tuple(p.info for p in rungs.values())).to_json())
@@ -591,8 +594,45 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
         if p is not None:
             p.skip(group)
 
-    bt = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
-    registry[name] = bt
+    def ours(request_id: int) -> bool:
+        """Whether ``request_id`` is one of our PUBLISHes (a rung's, or the list of them)."""
+        return request_id in by_request or (request_id is not None and request_id == list_request)
+
+    def give_way(why: str, taken: int | None = None) -> None:
+        """Another transcoder makes this broadcast's rungs (it took them over at the relay, or the
+        relay's node makes them itself): ours stop, with their source subscriptions, until the
+        catalog lists no rung (that one is gone: the relay unlists a node's rungs with its session).
+        ``taken``: the PUBLISH the relay ended (UNSUBSCRIBE), which gets no PUBLISH_DONE."""
+        nonlocal list_alias, list_request, yielded
+        log.warning("%s: %s; this transcoder stops making the broadcast's rungs, and makes them again if the "
+                    "broadcast is left with none", bt.label, why)
+        yielded = True
+        bt.close()
+        for p in rungs.values():
+            if p.request_id == taken:
+                p.stop()
+            else:
+                p.done("another transcoder makes the broadcast's rungs")
+        rungs.clear()
+        by_request.clear()
+        if list_request not in (None, taken) and not session.closed:
+            session.publish_done(list_request, PublishDoneStatus.TRACK_ENDED, list_streams,
+                                 "another transcoder makes the broadcast's rungs")
+        list_alias = list_request = None
+        for rid in [rid for rid, track in requests.items() if track != CATALOG_TRACK]:
+            del requests[rid]
+            session.unsubscribe(rid)
+        for alias in [a for a, track in aliases.items() if track != CATALOG_TRACK]:
+            del aliases[alias]
+        source_tracks.clear()
+        conn.flush()
+
+    def transcoder() -> BroadcastTranscoder:
+        registry[name] = BroadcastTranscoder(name, ladder, config, publish_tracks, emit, skip, withdraw)
+        return registry[name]
+
+    bt = transcoder()
+    yielded = False  # another transcoder makes the rungs (give_way)
     source_tracks: set[str] = set()
     catalog_track = CatalogTrack(bt.label)  # older versions than the one applied are ignored
     sub(CATALOG_TRACK)
@@ -616,16 +656,29 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                 track = requests.pop(event.request_id, None)
                 if track == CATALOG_TRACK:
                     return  # the broadcast is gone
-                p = by_request.get(event.request_id)
-                if p is not None:
-                    log.warning("%s %s: the relay refused the rung: %s", bt.label, p.info.name, event.reason)
+                if ours(event.request_id) and not yielded:
+                    give_way(f"the relay refused its rungs: {event.reason}")
+            elif isinstance(event, ev.Unsubscribed):
+                if ours(event.request_id) and not yielded:
+                    # a newer PUBLISH of the same track took it over (moq/relay.py _take_over): another
+                    # transcoder of this broadcast, or this one restarted; either way the relay no
+                    # longer takes ours
+                    give_way("another transcoder took over its rungs at the relay", event.request_id)
             elif isinstance(event, ev.ObjectReceived):
                 track = aliases.get(event.track_alias)
                 if event.status != ObjectStatus.NORMAL:
                     continue  # End of Group / End of Track: neither a catalog nor a frame
                 if track == CATALOG_TRACK:
                     for catalog in catalog_track.read(event.group, event.object_id, event.payload):
-                        bt.on_catalog(catalog)
+                        if yielded and not any(catalog.is_rung(t.name) for t in catalog.tracks):
+                            log.info("%s: no transcoder makes the broadcast's rungs any more; making them again",
+                                     bt.label)
+                            yielded = False
+                            bt = transcoder()
+                        if not yielded:
+                            bt.on_catalog(catalog)
+                    if yielded:
+                        continue  # (no source video: another transcoder makes the rungs)
                     source_tracks &= bt.transcoders.keys()  # one that left is subscribed again if it returns
                     for source in bt.transcoders:
                         if source not in source_tracks:
@@ -650,6 +703,8 @@ async def transcode_over_moq(conn, name: str, ladder: tuple[Rung, ...], config: 
                     bt.set_wanted(p.info.name, event.forward)
                 conn.flush()
             elif isinstance(event, ev.PublishDoneReceived):
+                if requests.get(event.request_id) == CATALOG_TRACK and yielded:
+                    return  # the broadcast ended; its rungs were another transcoder's
                 if requests.get(event.request_id) == CATALOG_TRACK:  # the broadcast ended
                     # the rungs' last frames go out, then their streams end whole and their tracks
                     # with PUBLISH_DONE, before the session closes: a group whose stream is open

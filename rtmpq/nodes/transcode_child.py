@@ -21,6 +21,8 @@ import socket
 import sys
 
 from ..config import Config, section_environment, setting_prefixes
+from ..media.catalog import RUNG_NAME
+from ..media.frames import VIDEO
 from ..redact import names_public, safe_name
 
 log = logging.getLogger("rtmpq.transcode")
@@ -198,8 +200,11 @@ class TranscoderChild:
 
 class TranscoderChildren:
     """`up`'s ladder: a TranscoderChild for each broadcast ``relay`` lists (a transcoder node
-    would be told of it), started when it is listed and stopped (SIGTERM) CHILD_LINGER seconds
-    after it no longer is.
+    would be told of it) that has something to transcode, started when it is listed with a video
+    source track and stopped (SIGTERM) CHILD_LINGER seconds after it no longer is, or no longer
+    has one. Before, an audio-only publish got a child too, a process that had nothing to do. A
+    broadcast the relay serves for another node (published into it, or from a relay above) is not
+    in this node's registry: its catalog is not read here, and it gets a child as before.
     ``start(host, port)`` once the MoQ listener is up; ``close()`` stops them all."""
 
     def __init__(self, config: Config, relay) -> None:
@@ -210,6 +215,7 @@ class TranscoderChildren:
         self._deaths_before = 0  # of the children of broadcasts that are gone
         self._stopping: set[asyncio.Task] = set()
         self._lingering: dict[str, asyncio.TimerHandle] = {}  # gone broadcast -> its child's SIGTERM
+        self._watched: dict[str, object] = {}  # broadcast name -> the local Broadcast whose catalog we watch
 
     @property
     def deaths(self) -> int:
@@ -228,10 +234,24 @@ class TranscoderChildren:
         # once the relay's handler is over: a broadcast that ends is told of before it leaves the registry
         asyncio.get_running_loop().call_soon(self._follow_listing)
 
+    def _has_video(self, name: str) -> bool:
+        """Whether broadcast ``name`` has a video track to make rungs of (one of another node
+        is taken to: see the class docstring); its catalog's changes are followed from now on."""
+        broadcast = self.relay.registry.get(name)
+        if broadcast is None:
+            return True
+        if self._watched.get(name) is not broadcast:
+            self._watched[name] = broadcast
+            broadcast.watch_catalog(self._listing_changed)
+        return any(t.kind == VIDEO and not RUNG_NAME.search(t.name) for t in broadcast.catalog.tracks)
+
     def _follow_listing(self) -> None:
         if self._address is None:
             return
-        listed = set(self.relay.listed())
+        names = set(self.relay.listed())
+        for name in self._watched.keys() - names:
+            del self._watched[name]
+        listed = {name for name in names if self._has_video(name)}
         for name in sorted(listed - self.children.keys()):
             child = self.children[name] = TranscoderChild(self.config, name)
             child.start(*self._address)
@@ -243,7 +263,8 @@ class TranscoderChildren:
     def _gone(self, name: str) -> None:
         del self._lingering[name]
         child = self.children.pop(name)
-        log.info("transcoder: %s is gone; stopping its child process%s", child.label,
+        log.info("transcoder: %s %s; stopping its child process%s", child.label,
+                 "has no video to transcode" if name in self.relay.listed() else "is gone",
                  "" if child.pid is None else f" pid {child.pid}")
         self._stop(child)
 

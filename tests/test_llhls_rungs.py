@@ -1,0 +1,239 @@
+"""A rung's LL-HLS playlist stays in step with its source's: a group the rung skipped keeps its
+place as an EXT-X-GAP segment (durations within the target, media sequence numbers aligned).
+
+The rung here is made by a test transcoder over rtmpq's own MoQ client: it copies the source's
+video into a rung track PUBLISHed into `rtmpq up`'s relay (as `rtmpq transcode --upstream` does,
+with its `_RungPublisher`) and skips one group whole as a rung that fell behind does, so the skip
+is where the test wants it, every run."""
+
+import asyncio
+import re
+import urllib.request
+from dataclasses import replace
+
+import pytest
+
+from rtmpq.config import TranscodeConfig
+
+from rtmpq.media.catalog import Catalog
+from rtmpq.media.frames import Frame
+from rtmpq.moq import events as ev
+from rtmpq.moq.client import subscribe_broadcast
+from rtmpq.moq.loc import RENDITIONS_TRACK
+from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.transcode import _RungPublisher
+
+from .conftest import need, start_up_node, until
+from .publishers import AUDIO_ENCODE, VIDEO_ENCODE, run_process
+from .test_codecs_e2e import http_text
+
+RUNG = "video-360p"
+# ffmpeg publishing 1 s GoPs (30 fps), so a few seconds hold several groups
+ONE_SECOND_GOPS = [a for a in VIDEO_ENCODE]
+ONE_SECOND_GOPS[ONE_SECOND_GOPS.index("-g") + 1] = ONE_SECOND_GOPS[ONE_SECOND_GOPS.index("-keyint_min") + 1] = "30"
+
+
+def live_publish_args(url: str, seconds: float) -> list[str]:
+    return ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+            "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30", "-f", "lavfi", "-i", "sine=frequency=440",
+            "-t", str(seconds), *ONE_SECOND_GOPS, *AUDIO_ENCODE, "-map", "0:v", "-map", "1:a", "-f", "flv", url]
+
+
+class CopyRung:
+    """A transcoder of ``name`` at ``node`` whose rung RUNG is its source video copied, group by
+    group, but for the groups ``skip(group)`` says to skip whole (the rung's stream for such a
+    group: its header alone, reset, as a transcoder's rung that fell behind sends)."""
+
+    def __init__(self, node, name: str, skip) -> None:
+        self.node, self.name, self.skip = node, name, skip
+        self.sent: list[int] = []  # groups sent whole or begun, while the relay forwarded the rung
+        self.skipped: list[int] = []
+        self.forwarded = False
+
+    async def run(self) -> None:
+        host, port = self.node.moq_address
+        backend = self.node.moq_config.backend
+        namespace = tuple(self.name.split("/"))
+        async with connect_moq(host, port, insecure=True, backend=backend) as src, \
+                connect_moq(host, port, insecure=True, backend=backend) as pub:
+            rung: _RungPublisher | None = None
+
+            def on_event(_conn, event) -> None:
+                if isinstance(event, ev.RequestUpdated) and rung is not None \
+                        and event.existing_request_id == rung.request_id:
+                    pub.session.request_ok(event.request_id)
+                    self.forwarded = bool(event.forward)
+                    rung.resume(encoding=True) if event.forward else rung.pause()
+                    pub.flush()
+                elif isinstance(event, ev.TrackPublished):
+                    pub.session.publish_ok(event.request_id)
+                    pub.flush()
+
+            pub.handler = on_event
+            dropping = None
+            async for item in subscribe_broadcast(src, self.name, tracks=["video"], wait=20):
+                if isinstance(item, Catalog) and rung is None and item.track("video") is not None:
+                    video = item.track("video")
+                    info = replace(video, name=RUNG, source="video", alt_group=video.alt_group or 1)
+                    rung = _RungPublisher(pub, namespace, info, 1, None)
+                    pub.session.publish(namespace, RENDITIONS_TRACK, 0)  # the list of the rungs added
+                    sid = pub.session.open_subgroup(0, 0, priority=0)
+                    pub.session.send_object(sid, 0, Catalog(self.name, (info,)).to_json())
+                    pub.session.end_subgroup(sid)
+                    pub.flush()
+                elif isinstance(item, Frame) and rung is not None:
+                    if item.index == 0 and self.forwarded and self.skip(self):
+                        dropping = item.group
+                        self.skipped.append(item.group)
+                        rung.skip(item.group)
+                    if item.group == dropping:
+                        continue
+                    if item.index == 0 and self.forwarded:
+                        self.sent.append(item.group)
+                    rung.send(replace(item, track=RUNG))
+
+
+def gap_uris(playlist: str) -> list[str]:
+    return re.findall(r"^#EXT-X-GAP\n#EXTINF:[\d.]+,\n(\S+)$", playlist, re.M)
+
+
+def segments(playlist: str) -> dict[int, tuple[float, bool]]:
+    """{media sequence number: (EXTINF, EXT-X-GAP)} of a media playlist's whole segments."""
+    found = re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)
+    if found is None:
+        return {}
+    msn = int(found[1])
+    out = {}
+    gap = False
+    for line in playlist.splitlines():
+        if line == "#EXT-X-GAP":
+            gap = True
+        elif line.startswith("#EXTINF:"):
+            out[msn] = (float(line[8:].rstrip(",")), gap)
+            msn += 1
+            gap = False
+    return out
+
+
+async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_source(tmp_path):
+    """ffmpeg publishes 1 s GoPs; the rung skips one group whole once it has delivered one while
+    a player watches it. Its playlist lists that group as an EXT-X-GAP segment of the source's
+    duration at the source's media sequence number (its segment URI answers 404, nothing to
+    fetch), every EXTINF within the target duration, and ffmpeg plays the rung's playlist to its
+    end through it. Before, the segment before the skip spanned two groups (EXTINF 2.0 for a
+    target of 1) and every later segment was numbered one behind the source's."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    copy = CopyRung(node, "live/gaps", lambda c: not c.skipped and len(c.sent) >= 2)
+    task = asyncio.create_task(copy.run())
+    try:
+        publish = asyncio.create_task(run_process(
+            live_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gaps", 8), 60))
+        host, port = node.edge.address
+        base = f"http://{host}:{port}/live/gaps"
+
+        async def listed() -> bool:
+            status, body = await http_text(f"{base}/index.m3u8")
+            return status == 200 and RUNG in body
+        await until(listed, 20, "the rung in the multivariant")
+        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+                                                  "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+        rung_playlist = source_playlist = ""
+
+        await until(lambda: copy.skipped and len([g for g in copy.sent if g > copy.skipped[0]]) >= 2, 20,
+                    "two groups of the rung sent after the one it skipped")
+
+        async def in_step() -> bool:  # the newest whole segments numbered alike
+            nonlocal rung_playlist, source_playlist
+            _, rung_playlist = await http_text(f"{base}/{RUNG}.m3u8")
+            _, source_playlist = await http_text(f"{base}/video.m3u8")
+            rung, source = segments(rung_playlist), segments(source_playlist)
+            return bool(rung) and max(rung) == max(source)
+        await until(in_step, 5, "the rung's newest whole segment numbered as the source's")
+        status, _ = await http_text(f"{base}/{gap_uris(rung_playlist)[0]}")
+        assert status == 404  # no media: players fetch nothing of it (RFC 8216bis 4.4.4.7)
+        rc, out = await publish
+        assert rc == 0, out
+        rc, out = await player
+        assert rc == 0, out
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await node.close()
+    assert len(copy.skipped) == 1
+    target = int(re.search(r"#EXT-X-TARGETDURATION:(\d+)", rung_playlist)[1])
+    assert target == int(re.search(r"#EXT-X-TARGETDURATION:(\d+)", source_playlist)[1]) == 1
+    rung, source = segments(rung_playlist), segments(source_playlist)
+    assert all(round(d) <= target for d, _ in rung.values()), rung_playlist
+    common = sorted(set(rung) & set(source))
+    assert len(common) >= 3 and common[-1] == max(rung), (rung, source)
+    for msn in common:
+        assert abs(rung[msn][0] - source[msn][0]) < 0.05, (msn, rung_playlist, source_playlist)
+    gaps = [msn for msn in rung if rung[msn][1]]
+    assert len(gaps) == 1 and not any(gap for _, gap in source.values())
+    assert ',GAP=YES' in rung_playlist or gaps[0] not in list(rung)[-3:]  # its parts too, when listed
+
+
+def picture_size(init: bytes) -> tuple[int, int]:
+    """(width, height) of an init segment's track header (tkhd, 16.16 fixed point at its end)."""
+    at = init.index(b"tkhd") - 4
+    end = at + int.from_bytes(init[at:at + 4], "big")
+    return int.from_bytes(init[end - 8:end - 6], "big"), int.from_bytes(init[end - 4:end - 2], "big")
+
+
+def live_args(url: str, seconds: float, size: str) -> list[str]:
+    return [a.replace("size=320x240", f"size={size}") for a in live_publish_args(url, seconds)]
+
+
+@pytest.mark.parametrize("isolate", [False, True], ids=["threads", "child"])
+async def test_a_player_on_a_rung_withdrawn_by_a_smaller_republish_plays_on(tmp_path, isolate):
+    """`up --ladder 240p,180p`; ffmpeg publishes 640x360 and a player (ffmpeg) reads the 240p
+    rung's playlist; the publisher comes back (within the grace period) at 320x240, so the
+    240p rung is withdrawn (not smaller than the source). The player plays on: the playlist goes
+    on with the source's pictures (320x240, not upscaled) behind a discontinuity with the
+    source's init, to the broadcast's end; the multivariant no longer offers it. Before, the
+    rung's playlist got EXT-X-ENDLIST at the republish and the player stopped there."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path, "aioquic", grace_period=2.0,
+                               transcode=TranscodeConfig(ladder="240p,180p", isolate=isolate, idle_stop=1.0))
+    url = f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/smaller"
+    host, port = node.edge.address
+    base = f"http://{host}:{port}/live/smaller"
+    publisher = asyncio.create_task(run_process(live_args(url, 3, "640x360"), 60))
+    player = None
+    try:
+        async def listed() -> bool:
+            status, body = await http_text(f"{base}/index.m3u8")
+            return status == 200 and "video-240p.m3u8" in body
+        await until(listed, 20, "the 240p rung in the multivariant")
+        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-nostdin", "-i", f"{base}/video-240p.m3u8",
+                                                  "-map", "0:v", "-c", "copy", "-f", "null", "-"], 60))
+        rc, out = await publisher
+        assert rc == 0, out
+        publisher = asyncio.create_task(run_process(live_args(url, 3, "320x240"), 60))
+        multivariant = ""
+
+        async def withdrawn() -> bool:  # (the transcoder withdraws the rung once it sees the new size)
+            nonlocal multivariant
+            _, multivariant = await http_text(f"{base}/index.m3u8")
+            return "320x240" in multivariant and "video-240p.m3u8" not in multivariant
+        await until(withdrawn, 10, "the 240p rung withdrawn from the multivariant")
+        rc, out = await publisher
+        assert rc == 0, out
+        _, playlist = await http_text(f"{base}/video-240p.m3u8")
+        maps = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', playlist)
+        init = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{base}/{maps[-1]}", timeout=10).read())
+        rc, played = await player
+        assert rc == 0, played
+    finally:
+        for task in (publisher, player):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (publisher, player) if t is not None), return_exceptions=True)
+        await node.close()
+    assert re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["320x240", "240x180"], multivariant
+    # the player read on through the republish: more than the first publish's 4 s of pictures
+    frames = int(re.findall(r"frame=\s*(\d+)", played)[-1])
+    assert frames > 3 * 30, played[-2000:]  # (180 in a run here; 90 before)
+    assert "#EXT-X-DISCONTINUITY" in playlist and len(maps) >= 2, playlist
+    assert picture_size(init) == (320, 240)  # the source's pictures, not upscaled to 426x240
