@@ -570,3 +570,38 @@ async def test_a_subscriber_asking_no_group_order_gets_the_newer_group_first(tmp
     DEFAULT PUBLISHER GROUP ORDER): the newer group's object overtakes the older group's tail."""
     order = await _arrival_of_two_groups_in_flight(tmp_path, backend, None)
     assert order.index((1, 0)) < order.index((0, LAST)), order
+
+
+@pytest.mark.parametrize("backend", ["aioquic", "aiopquic"])
+async def test_a_node_sends_its_upstream_urls_path_and_query_as_path(tmp_path, backend):
+    """Draft 16 "PATH": for a moqt:// URI the client MUST send the path and, when there is one,
+    ``?`` and the query. `[upstream] url = moqt://origin:4443/relay?jwt=...` (a relay above that
+    reads a token there) lost its query."""
+    from rtmpq.nodes.remote import UpstreamLink
+
+    async with serving_relay(tmp_path / "above", backend) as (above, port), \
+            serving_relay(tmp_path / "below", backend) as (below, _):
+        link = UpstreamLink(below, f"moqt://127.0.0.1:{port}/relay/a?jwt=x.y.z&room=1", insecure=True,
+                            backend=backend)
+        link.start()
+        try:
+            await until(lambda: link.connected.is_set(), 10, "the link upstream")
+            paths = [conn.ready.result().path for conn in above.connections if conn.ready.done()]
+            assert paths == ["/relay/a?jwt=x.y.z&room=1"], paths
+        finally:
+            await link.close()
+
+
+async def test_an_edge_sends_its_upstream_urls_path_and_query_as_path(tmp_path):
+    """The same for a separate edge's subscriptions upstream (`rtmpq edge --upstream URL`)."""
+    from rtmpq.nodes.remote import moq_broadcast_source
+
+    async with serving_relay(tmp_path) as (above, port):
+        open_broadcast = moq_broadcast_source(f"moqt://127.0.0.1:{port}/origin?jwt=x.y.z", wait=0.5, insecure=True)
+        feed = open_broadcast("live/nobody").__aiter__()
+        try:
+            await asyncio.wait_for(feed.__anext__(), 10)  # NotLive: asked, and answered
+        finally:
+            await feed.aclose()
+        paths = [conn.ready.result().path for conn in above.connections if conn.ready.done()]
+        assert paths and set(paths) == {"/origin?jwt=x.y.z"}, paths

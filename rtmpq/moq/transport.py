@@ -1300,6 +1300,13 @@ def parse_moq_url(url: str, default_port: int = DEFAULT_MOQ_PORT) -> tuple[str, 
     return parts.hostname, parts.port or default_port, parts.path
 
 
+def setup_path(url: str) -> str:
+    """The PATH setup parameter for a moqt:// URL: its path and, when it has one, ``?`` and its
+    query (draft 16 "PATH": the client MUST send both; a relay above may take a token there)."""
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 class connect_moq:
     """``async with connect_moq(host, port, ...) as conn``: a client connection with setup done.
     ``token``: sent as the AUTHORIZATION TOKEN of CLIENT_SETUP (covers the whole session).

@@ -22,7 +22,7 @@ from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
 from ..moq.session import SessionCaps
-from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url
+from ..moq.transport import DEFAULT_BACKEND, connect_moq, parse_moq_url, setup_path
 from ..moq.wire import RequestError, SessionError
 from ..redact import safe_name
 
@@ -42,7 +42,8 @@ class UpstreamLink:
                  refused_reconnect_max: float = REFUSED_RECONNECT_MAX, session_caps: SessionCaps | None = None) -> None:
         self.relay = relay
         self.refused_reconnect_max = refused_reconnect_max
-        self.host, self.port, self.path = parse_moq_url(url)
+        self.host, self.port, _ = parse_moq_url(url)
+        self.path = setup_path(url)  # (its query too)
         self.tls = dict(insecure=insecure, cafile=cafile, fingerprint=fingerprint, backend=backend,
                         idle_timeout=idle_timeout, session_caps=session_caps)
         self.announce = announce
@@ -329,6 +330,7 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
     """
     if url:
         host, port, _ = parse_moq_url(url)
+        tls["path"] = setup_path(url)
 
     def open_broadcast(name: str):
         return MoqFeed(host if url else None, port if url else None, name, directory=directory, wait=wait,

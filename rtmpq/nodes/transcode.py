@@ -745,7 +745,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
     ``broadcast`` (``--broadcast``) for that one alone (no listing: followed again whenever it
     ended or was not there yet); with ``--http``, its metrics and health there."""
     from ..moq import events as ev
-    from ..moq.transport import connect_moq, parse_moq_url
+    from ..moq.transport import connect_moq, parse_moq_url, setup_path
     from ..ops.probe import UpstreamProbe
     from ..ops.view import NodeView
     from .nodes import OpsListener, node_access, node_token, upstream_tls
@@ -758,6 +758,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
         names_are_public(True)
     ladder = ladder_of(config.transcode, DEFAULT_LADDER)
     host, port, _ = parse_moq_url(config.upstream.url)
+    path = setup_path(config.upstream.url)
     tls = upstream_tls(config)
     broadcasts: dict[str, BroadcastTranscoder] = {}
     tasks: dict[str, asyncio.Task] = {}
@@ -778,7 +779,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
         while True:
             try:
                 token = node_token(config)
-                async with connect_moq(host, port, **tls, token=token) as conn:
+                async with connect_moq(host, port, path=path, **tls, token=token) as conn:
                     await transcode_over_moq(conn, name, ladder, config.transcode, token, broadcasts)
                     return
             except (ConnectionError, OSError, TimeoutError) as exc:
@@ -792,7 +793,7 @@ async def run_transcode(config: Config, stop: asyncio.Event, broadcast: str | No
         while True:
             try:
                 token = node_token(config)
-                async with connect_moq(host, port, **tls, token=token) as conn:
+                async with connect_moq(host, port, path=path, **tls, token=token) as conn:
                     events: asyncio.Queue = asyncio.Queue()
                     conn.handler = lambda _c, event: events.put_nowait(event)
                     conn.session.subscribe_namespace((), authorization=token)

@@ -7,7 +7,7 @@ upstream every ``PROBE_INTERVAL`` and keeps the outcome; /readyz reads it withou
 import asyncio
 import logging
 
-from ..moq.transport import connect_moq, parse_moq_url
+from ..moq.transport import connect_moq, parse_moq_url, setup_path
 
 log = logging.getLogger("rtmpq.ops")
 
@@ -19,7 +19,8 @@ PROBE_TIMEOUT = 3.0
 class UpstreamProbe:
     def __init__(self, url: str, *, token=lambda: None, interval: float = PROBE_INTERVAL,
                  timeout: float = PROBE_TIMEOUT, **tls) -> None:
-        self.host, self.port, self.path = parse_moq_url(url)
+        self.host, self.port, _ = parse_moq_url(url)
+        self.path = setup_path(url)  # (its query too)
         self.token = token
         self.tls = tls
         self.interval = interval
