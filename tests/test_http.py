@@ -610,3 +610,62 @@ async def test_silent_and_unfinished_clients_on_the_https_listener_are_dropped_a
         assert silent == b"" and unfinished == b"" and 0.4 < time.monotonic() - started < 5
         assert server.stats.errors["tls_handshake"] == 1 and server.stats.errors["plain_on_tls_port"] == 1
         await until(lambda: not server._gates, what="no connection left")
+
+
+async def _read_until_goaway(reader, conn, deadline: float = 10.0):
+    """The error code of the GOAWAY the server sends (None: closed without one)."""
+    import h2.events
+
+    async with asyncio.timeout(deadline):
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return event.error_code
+
+
+@pytest.mark.parametrize("flood", ["rapid reset", "pings", "settings", "window updates"])
+async def test_an_http2_flood_of_resets_or_control_frames_is_told_to_calm_down_and_closed(tmp_path, flood):
+    """Rapid Reset (CVE-2023-44487: a request and its RST_STREAM, thousands a second, bounded by
+    no max_concurrent_streams) and floods of frames that ask work but are no request: past
+    max_stream_resets / max_control_frames a second, GOAWAY ENHANCE_YOUR_CALM, the connection
+    closed and counted; the handler ran for none of the reset requests. Another client is served,
+    and one that downloads a large body (answering WINDOW_UPDATEs as it reads) is not cut."""
+    import h2.errors
+    from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
+
+    handled = []
+    big = os.urandom(4 * 1024 * 1024)
+
+    async def handler(request):
+        handled.append(request.path)
+        return Response(200, big, "video/mp4") if request.path == "/big" else await hello(request)
+
+    async with tls_server(tmp_path, handler, max_stream_resets=50, max_control_frames=100) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        if flood == "rapid reset":
+            for i in range(2000):
+                conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/r"), (":scheme", "https"),
+                                              (":authority", "x")], end_stream=True)
+                conn.reset_stream(1 + 2 * i)
+            blob = conn.data_to_send()
+        else:
+            frame = {"pings": PingFrame(0, b"12345678"), "settings": SettingsFrame(0, {0x2: 0}),
+                     "window updates": WindowUpdateFrame(0, 1)}[flood]
+            blob = conn.data_to_send() + frame.serialize() * 2000
+        writer.write(blob)
+        assert await _read_until_goaway(reader, conn) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        writer.close()
+        reason = "h2_rapid_reset" if flood == "rapid reset" else "h2_flood"
+        await until(lambda: server.stats.open == 0, 5, "the flooding connection closed")
+        assert server.stats.errors == {reason: 1}, server.stats.errors
+        assert handled.count("/r") < 60, len(handled)
+        async with httpx.AsyncClient(http2=True, verify=False, timeout=20) as other:
+            r = await other.get(f"https://127.0.0.1:{server.address[1]}/big")
+            assert r.status_code == 200 and r.http_version == "HTTP/2" and r.content == big
+        assert server.stats.errors == {reason: 1}, server.stats.errors

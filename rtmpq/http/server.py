@@ -55,6 +55,13 @@ log = logging.getLogger("rtmpq.http")
 
 # A response body is handed to the socket in pieces of at most this many bytes.
 WRITE_PIECE = 64 * 1024
+# HTTP/2: a connection's stream resets and control frames are counted over this many seconds
+# against [http] max_stream_resets and max_control_frames (both per second).
+FLOOD_WINDOW = 1.0
+# HTTP/2 frames that ask work of us and are no request (with RST_STREAM and empty DATA frames):
+# counted against [http] max_control_frames.
+_CONTROL_EVENTS = (h2.events.PingReceived, h2.events.PingAckReceived, h2.events.RemoteSettingsChanged,
+                   h2.events.PriorityUpdated, h2.events.WindowUpdated, h2.events.UnknownFrameReceived)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -144,9 +151,10 @@ class HttpServer:
         self.stats.open += 1
         return None
 
-    def wrong_scheme(self, transport: asyncio.Transport, kind: str, what: str) -> None:
-        """A client on ``transport`` spoke another protocol (``kind``): counted, and logged once
-        per WRONG_SCHEME_LOG_INTERVAL per address (a client that retries is said once)."""
+    def peer_error(self, transport: asyncio.Transport, kind: str, what: str) -> None:
+        """A client on ``transport`` spoke another protocol, or abused this one (``kind``): counted,
+        and logged once per WRONG_SCHEME_LOG_INTERVAL per address (a client that retries is said
+        once)."""
         self.stats.errors[kind] += 1
         peer = transport.get_extra_info("peername") or ("?", 0)
         if self._wrong_scheme_log.due((peer[0], kind), time.monotonic()):
@@ -205,11 +213,11 @@ class _TlsGate(asyncio.Protocol):
                     transport.abort()
                     return
                 if says_http(first[0]):
-                    server.wrong_scheme(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
+                    server.peer_error(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
                     await self._refuse_plain()
                     return
                 if says_rtmp(first[0]):
-                    server.wrong_scheme(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
+                    server.peer_error(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
                     transport.abort()
                     return
                 tls = await asyncio.get_running_loop().start_tls(transport, conn, server._ctx, server_side=True,
@@ -307,7 +315,7 @@ class _Connection(asyncio.Protocol):
                            "--http-cert") if says_tls(data[0]) else
                           (RTMP_ON_HTTP_PORT, RTMP_ON_HTTP) if says_rtmp(data[0]) else (None, ""))
             if kind is not None:  # neither can be answered in HTTP
-                self.server.wrong_scheme(self.transport, kind, what)
+                self.server.peer_error(self.transport, kind, what)
                 self.closed = True
                 self.transport.abort()
                 return
@@ -528,6 +536,11 @@ class _H2:
         self._window = asyncio.Event()
         self._last_active = time.monotonic()
         self._watchdog: asyncio.Task | None = None
+        # in this FLOOD_WINDOW: streams the peer reset, and its control frames (less 2 per DATA
+        # frame we sent it: a reader opens its windows as it reads)
+        self._counted_since = self._last_active
+        self._resets = 0
+        self._control = 0
 
     def start(self) -> None:
         self.h2.initiate_connection()
@@ -574,7 +587,12 @@ class _H2:
             self._flush()
             self.c.close()
             return
+        now = time.monotonic()
+        if now - self._counted_since >= FLOOD_WINDOW:
+            self._counted_since, self._resets, self._control = now, 0, 0
         for event in events:
+            if isinstance(event, _CONTROL_EVENTS):
+                self._control += 1
             if isinstance(event, h2.events.RequestReceived):
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 target = headers.get(":path", "/")
@@ -585,6 +603,8 @@ class _H2:
                 else:
                     self._pending[event.stream_id] = (request, 0)
             elif isinstance(event, h2.events.DataReceived):
+                if not event.data and event.stream_ended is None:
+                    self._control += 1
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if event.stream_id in self._pending:
                     request, size = self._pending[event.stream_id]
@@ -600,6 +620,9 @@ class _H2:
                 if event.stream_id in self._pending:
                     self._begin(event.stream_id, self._pending.pop(event.stream_id)[0])
             elif isinstance(event, h2.events.StreamReset):
+                if event.remote_reset:
+                    self._resets += 1
+                    self._control += 1
                 self._pending.pop(event.stream_id, None)
                 task = self._streams.pop(event.stream_id, None)
                 if task is not None:
@@ -611,7 +634,25 @@ class _H2:
                 self._flush()
                 self.c.close()
                 return
+        config = self.c.config
+        if self._resets > config.max_stream_resets:
+            self._calm("h2_rapid_reset", f"{self._resets} streams reset within {FLOOD_WINDOW:g} s "
+                                         f"(http.max_stream_resets {config.max_stream_resets})")
+        elif self._control > config.max_control_frames:
+            self._calm("h2_flood", f"{self._control} control frames within {FLOOD_WINDOW:g} s "
+                                   f"(http.max_control_frames {config.max_control_frames})")
+        else:
+            self._flush()
+
+    def _calm(self, reason: str, what: str) -> None:
+        """A flood of resets or control frames: GOAWAY ENHANCE_YOUR_CALM, closed, counted and
+        logged (once per address per WRONG_SCHEME_LOG_INTERVAL)."""
+        self.c.server.peer_error(self.c.transport, reason, f"HTTP/2 {what}: GOAWAY ENHANCE_YOUR_CALM")
+        for task in self._streams.values():
+            task.cancel()
+        self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         self._flush()
+        self.c.close()
 
     def _begin(self, stream_id: int, request: Request) -> None:
         self._last_active = time.monotonic()
@@ -638,6 +679,7 @@ class _H2:
                             continue
                         n = min(window, self.h2.max_outbound_frame_size, WRITE_PIECE, len(view) - off)
                         self.h2.send_data(stream_id, bytes(view[off:off + n]))
+                        self._control -= 2  # the WINDOW_UPDATEs it may answer with
                         off += n
                         self._flush()
                         await c.drain()
