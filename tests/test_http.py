@@ -669,3 +669,53 @@ async def test_an_http2_flood_of_resets_or_control_frames_is_told_to_calm_down_a
             r = await other.get(f"https://127.0.0.1:{server.address[1]}/big")
             assert r.status_code == 200 and r.http_version == "HTTP/2" and r.content == big
         assert server.stats.errors == {reason: 1}, server.stats.errors
+
+
+async def test_an_http2_client_that_sends_pings_and_never_reads_is_dropped_with_our_output_bounded(tmp_path):
+    """h2 answers each PING (and SETTINGS) with an ACK of its own: a client that sends them and
+    reads nothing grew our write buffer without bound (tens of MB a second). Now the connection
+    is no longer read while the socket has not taken what is queued, and is dropped after
+    write_timeout of that (as a response's reader is): our output stays near write_buffer_bytes."""
+    import ssl
+
+    from hyperframe.frame import PingFrame
+
+    async with tls_server(tmp_path, hello, write_timeout=1.0, request_timeout=60.0,
+                          max_control_frames=10 ** 9) as server:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.address[1]))
+        sock.setblocking(False)
+        # limit: our reader buffers little before it stops reading the socket
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x", limit=4096)
+        import h2.config
+        import h2.connection
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        pings = PingFrame(0, b"12345678").serialize() * 4000
+        await until(lambda: server.stats.open == 1, 5, "the connection accepted")
+        peak = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while server.stats.open and loop.time() - started < 15:
+            writer.write(pings)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.05)
+            except TimeoutError:  # the server stopped reading us
+                pass
+            except ConnectionError:
+                break
+            peak = max(peak, server.buffered_bytes())
+        writer.transport.abort()
+        print(f"peak {peak} B queued, dropped after {loop.time() - started:.1f} s")
+        assert server.stats.open == 0 and loop.time() - started < 10, "never dropped"
+        assert server.stats.errors["write_timeout"] == 1, server.stats.errors
+        # write_buffer_bytes (64 KiB), and the ACKs of the read it stopped in (TLS hands on up to
+        # 256 KiB at once: 15,000 PINGs); before, 23 MB in 15 s and growing
+        assert peak < 1024 * 1024, peak
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            assert (await other.get(f"https://127.0.0.1:{server.address[1]}/x")).status_code == 200

@@ -16,6 +16,11 @@ needs, each a named setting in ``[http]`` (rtmpq/config.py):
   socket has taken the one before (``write_buffer_bytes`` at most queued in user space), so a
   client that stops reading holds one piece of our memory, not a segment per pipelined request,
   and is dropped after ``write_timeout``; a slow one that keeps reading gets the whole body.
+  On HTTP/2, whose peer makes us write by itself (PING and SETTINGS ACKs), a connection whose
+  socket holds more than ``write_buffer_bytes`` unsent is not read until it has taken them, and
+  is dropped after ``write_timeout`` of that;
+- ``max_stream_resets`` / ``max_control_frames`` (HTTP/2, per second per connection): past them
+  (Rapid Reset; PING, SETTINGS, PRIORITY, WINDOW_UPDATE floods) GOAWAY ENHANCE_YOUR_CALM, closed.
 
 HTTP/2 is offered (ALPN ``h2``) when the listener has a certificate (``--http-cert``/
 ``--http-key``); plain HTTP/1.1 is the default.
@@ -331,9 +336,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        if self.driver is not None:
+            self.driver.writing_paused()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self.driver is not None:
+            self.driver.writing_resumed()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -424,6 +433,12 @@ class _H1:
     def lost(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    def writing_paused(self) -> None:  # HTTP/1.1 writes only responses, each drained
+        pass
+
+    def writing_resumed(self) -> None:
+        pass
 
     def _resume_reading(self) -> None:
         if self._reading_paused and not self.c.closed:
@@ -536,6 +551,7 @@ class _H2:
         self._window = asyncio.Event()
         self._last_active = time.monotonic()
         self._watchdog: asyncio.Task | None = None
+        self._stalled: asyncio.TimerHandle | None = None  # drops a peer that stopped reading
         # in this FLOOD_WINDOW: streams the peer reset, and its control frames (less 2 per DATA
         # frame we sent it: a reader opens its windows as it reads)
         self._counted_since = self._last_active
@@ -561,6 +577,25 @@ class _H2:
             task.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self.writing_resumed()
+
+    def writing_paused(self) -> None:
+        """h2 answers each PING and SETTINGS with frames of its own: from a peer that sends them
+        and reads nothing, nothing more is read (so nothing more answered) until the socket takes
+        what is queued, and after write_timeout of that it is dropped (a peer that read nothing
+        had grown our write buffer by 23 MB in 15 s)."""
+        if self.c.closed or self._stalled is not None:
+            return
+        self.c.transport.pause_reading()
+        self._stalled = asyncio.get_running_loop().call_later(self.c.config.write_timeout, self.c.abort,
+                                                               "write_timeout")
+
+    def writing_resumed(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+            if not self.c.closed:
+                self.c.transport.resume_reading()
 
     async def _idle(self) -> None:
         timeout = self.c.config.request_timeout
