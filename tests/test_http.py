@@ -719,3 +719,27 @@ async def test_an_http2_client_that_sends_pings_and_never_reads_is_dropped_with_
         assert peak < 1024 * 1024, peak
         async with httpx.AsyncClient(http2=True, verify=False) as other:
             assert (await other.get(f"https://127.0.0.1:{server.address[1]}/x")).status_code == 200
+
+
+async def test_many_http2_streams_held_at_a_zero_window_drop_their_connection_once(tmp_path):
+    """A client that opens many streams at a flow-control window of 0 (slow read across
+    streams): each stream holds its response (a reference, not a copy), the connection is dropped
+    write_timeout later and counted once, not once per stream."""
+    import h2.settings
+
+    body = os.urandom(1024 * 1024)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for i in range(50):
+            conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"),
+                                          (":authority", "x")], end_stream=True)
+        writer.write(conn.data_to_send())
+        await until(lambda: server.stats.requests == 50, 5, "the requests served")
+        await until(lambda: server.stats.open == 0, 5, "the connection dropped")
+        assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
+        writer.close()

@@ -379,8 +379,10 @@ class _Connection(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None and not self.closed else 0
 
     def abort(self, reason: str) -> None:
-        self.stats.errors[reason] += 1
+        """Drop the connection, counted once under ``reason`` (an HTTP/2 connection's streams
+        that each time out waiting for its window are one client dropped)."""
         if not self.closed:
+            self.stats.errors[reason] += 1
             self.closed = True
             self.transport.abort()
 
