@@ -59,6 +59,17 @@ async def test_requests_pipelined_keep_alive_and_bad_heads(server):
     assert server.stats.errors["request_timeout"] == 1
 
 
+async def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_closed(server):
+    """Request smuggling: a proxy in front that frames by Content-Length would see one request
+    where we (by Transfer-Encoding) saw two. RFC 9112 6.1: reject it, or close after answering;
+    we reject it (400, as nginx does) and close, so what follows is never read as a request."""
+    smuggled = await exchange(server.address[1], b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n"
+                                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                                                  b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert smuggled.startswith(b"HTTP/1.1 400 ") and smuggled.count(b"HTTP/1.1 ") == 1, smuggled
+    assert b"smuggled" not in smuggled and server.stats.errors["bad_request"] == 1
+
+
 async def test_an_absolute_form_request_target_is_served_as_its_path(server):
     """RFC 9112 3.2.2: a server MUST accept the absolute-form (what a client set up for a proxy,
     and some HTTP/1.0-era players, send); the application sees the path and query alone."""

@@ -409,6 +409,13 @@ class _Connection(asyncio.Protocol):
                 ("Server", self.server.server_header), *response.headers]
 
 
+def _has_both_lengths(headers) -> bool:
+    """A request head (h11's headers, names lower-cased) says both Content-Length and
+    Transfer-Encoding: h11 frames it by the latter, a proxy in front may by the former."""
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 class _H1:
     """HTTP/1.1 on h11: one request at a time (pipelined ones wait in h11's buffer, bounded)."""
 
@@ -498,6 +505,10 @@ class _H1:
                 if head > self.c.config.max_header_bytes:
                     self.c.stats.errors["header_too_large"] += 1
                     await self._send_error(431, "request head too large")
+                    return None
+                if _has_both_lengths(event.headers):  # request smuggling: refused (RFC 9112 6.1)
+                    self.c.stats.errors["bad_request"] += 1
+                    await self._send_error(400, "both Content-Length and Transfer-Encoding")
                     return None
                 target = origin_form(event.target.decode("latin-1"))
                 path, _, query = target.partition("?")
