@@ -552,6 +552,54 @@ class _H1:
         await c.drain()
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class HeaderBlockMeter:
+    """HTTP/2 frame heads read as the bytes come, before h2 buffers them: each header block as
+    sent (a HEADERS frame and the CONTINUATION frames after it up to END_HEADERS) is measured.
+    h2 keeps up to 64 frames of an unfinished block (h2.frame_buffer.CONTINUATION_BACKLOG), each
+    up to 16 KiB: 1.6 MiB of the node's memory per connection, measured. ``feed`` says False once
+    a block passes ``limit`` bytes. (A block as sent is no longer than the header list it decodes
+    to, as SETTINGS_MAX_HEADER_LIST_SIZE counts that, but for HEADERS padding and priority.)"""
+
+    _HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._head = bytearray()  # of the next frame, until its 9 bytes are in
+        self._skip = len(_H2_PREFACE)  # the client's preface, then each frame's payload
+        self._block = 0  # bytes of the header block not ended yet
+
+    def feed(self, data: bytes) -> bool:
+        view, pos, end = memoryview(data), 0, len(data)
+        while pos < end:
+            if self._skip:
+                taken = min(self._skip, end - pos)
+                self._skip -= taken
+                pos += taken
+                continue
+            need = 9 - len(self._head)
+            self._head += view[pos:pos + need]
+            pos += need
+            if len(self._head) < 9:
+                break
+            length, kind, flags = int.from_bytes(self._head[:3], "big"), self._head[3], self._head[4]
+            self._head.clear()
+            self._skip = length
+            if kind == self._HEADERS:
+                self._block = length
+            elif kind == self._CONTINUATION:
+                self._block += length
+            else:
+                continue
+            if self._block > self.limit:
+                return False
+            if flags & self._END_HEADERS:
+                self._block = 0
+        return True
+
+
 class _H2:
     """HTTP/2 on h2: a task per stream, the peer's flow-control windows respected."""
 
@@ -570,6 +618,7 @@ class _H2:
         self._counted_since = self._last_active
         self._resets = 0
         self._control = 0
+        self._blocks = HeaderBlockMeter(2 * c.config.max_header_bytes)
 
     def start(self) -> None:
         self.h2.initiate_connection()
@@ -626,6 +675,10 @@ class _H2:
     def data_received(self, data: bytes) -> None:
         if not data:
             self.c.close()
+            return
+        if not self._blocks.feed(data):
+            self._calm("header_too_large", f"a header block over {self._blocks.limit} bytes (twice "
+                                           f"http.max_header_bytes)")
             return
         try:
             events = self.h2.receive_data(data)
