@@ -786,3 +786,29 @@ def test_the_header_block_meter_reads_frame_heads_split_anywhere():
                 break
         # byte by byte: refused as the third CONTINUATION's head is read (18,000 B > 16,384)
         assert refused_at == (len(stream) if len(pieces) == 2 else len(good) + 9 + 2 * 6009 + 9), refused_at
+
+
+async def test_an_http2_request_head_past_max_header_bytes_is_answered_431_and_the_connection_goes_on(tmp_path):
+    """h2 holds a client to our SETTINGS_MAX_HEADER_LIST_SIZE only once it has acknowledged
+    them: a request sent at once (as every client does) with a 12 kB header was served. It is
+    answered 431, as on HTTP/1.1, and the next request on the connection is served."""
+    import h2.events
+
+    async with tls_server(tmp_path, hello, max_header_bytes=8192) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        for stream, size in ((1, 12_000), (3, 100)):
+            conn.send_headers(stream, [(":method", "GET"), (":path", f"/{stream}"), (":scheme", "https"),
+                                       (":authority", "x"), ("x-big", "v" * size)], end_stream=True)
+        writer.write(conn.data_to_send())
+        status = {}
+        async with asyncio.timeout(10):
+            while len(status) < 2:
+                data = await reader.read(65536)
+                assert data, status
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status[event.stream_id] = dict(event.headers)[b":status"]
+                writer.write(conn.data_to_send())
+        assert status == {1: b"431", 3: b"200"}, status
+        assert server.stats.errors == {"header_too_large": 1}, server.stats.errors
+        writer.close()

@@ -5,7 +5,10 @@ in and give bytes out. This module only moves those bytes and enforces what a pu
 needs, each a named setting in ``[http]`` (rtmpq/config.py):
 
 - ``max_connections`` / ``max_connections_per_ip``: more are answered 503 and closed at accept;
-- ``max_header_bytes``: a request head larger than this is answered 431 and the connection closed;
+- ``max_header_bytes``: a request head larger than this is answered 431 and the connection closed
+  (HTTP/2: the stream is answered 431 and the connection goes on, but h2 itself closes one whose
+  client sends a longer list after acknowledging our SETTINGS_MAX_HEADER_LIST_SIZE, and a header
+  block longer than twice this as sent closes it: HeaderBlockMeter);
 - ``max_request_bytes``: a body, or pipelined requests not read yet, beyond this: 413, or the
   socket stops being read until the requests before are answered;
 - ``request_timeout``: a request head must arrive within this after the connection opens or the
@@ -695,6 +698,15 @@ class _H2:
             if isinstance(event, _CONTROL_EVENTS):
                 self._control += 1
             if isinstance(event, h2.events.RequestReceived):
+                # as SETTINGS_MAX_HEADER_LIST_SIZE counts it: h2 holds a client to that (8 KiB)
+                # only once it has acknowledged our SETTINGS, and to 64 KiB before
+                if sum(len(k) + len(v) + 32 for k, v in event.headers) > self.c.config.max_header_bytes:
+                    self.c.stats.errors["header_too_large"] += 1
+                    self.h2.send_headers(event.stream_id, [(":status", "431"), ("content-length", "0")],
+                                         end_stream=True)
+                    if event.stream_ended is None:  # what it would send of a body is not wanted
+                        self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    continue
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 target = headers.get(":path", "/")
                 path, _, query = target.partition("?")
