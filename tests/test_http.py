@@ -812,3 +812,36 @@ async def test_an_http2_request_head_past_max_header_bytes_is_answered_431_and_t
         assert status == {1: b"431", 3: b"200"}, status
         assert server.stats.errors == {"header_too_large": 1}, server.stats.errors
         writer.close()
+
+
+async def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_stream_past_write_timeout(tmp_path):
+    """Slow read across streams: a client at a window of 0 that opens the connection's window a
+    byte every 0.3 s woke every stream's wait for a window, each then waiting write_timeout anew:
+    it held its streams (and the segments they answer with) and its connection for ever at a
+    frame per 0.3 s. Each 64 KiB of a body must now go within write_timeout, as on HTTP/1.1."""
+    import h2.settings
+
+    body = os.urandom(200_000)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for stream in (1, 3):
+            conn.send_headers(stream, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"),
+                                       (":authority", "x")], end_stream=True)
+        writer.write(conn.data_to_send())
+        await until(lambda: server.stats.requests == 2, 5, "the requests served")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while server.stats.open and loop.time() - started < 6:
+            conn.increment_flow_control_window(1)
+            conn.increment_flow_control_window(1, stream_id=3)
+            writer.write(conn.data_to_send())
+            await asyncio.sleep(0.3)
+        assert server.stats.open == 0, "still held"
+        assert loop.time() - started < 3, loop.time() - started
+        assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
+        writer.close()

@@ -782,18 +782,25 @@ class _H2:
             self.h2.send_headers(stream_id, fields, end_stream=head_only)
             self._flush()
             if not head_only:
+                # each WRITE_PIECE of the body must go within write_timeout, as on HTTP/1.1: a
+                # window opened by a byte at a time (or another stream's) does not hold it longer
+                loop = asyncio.get_running_loop()
+                deadline, piece_left = loop.time() + c.config.write_timeout, WRITE_PIECE
                 for chunk in response.chunks():
                     view = memoryview(chunk)
                     off = 0
                     while off < len(view):
                         window = self.h2.local_flow_control_window(stream_id)
                         if window <= 0:
-                            await self._wait_window()
+                            await self._wait_window(deadline)
                             continue
-                        n = min(window, self.h2.max_outbound_frame_size, WRITE_PIECE, len(view) - off)
+                        n = min(window, self.h2.max_outbound_frame_size, piece_left, len(view) - off)
                         self.h2.send_data(stream_id, bytes(view[off:off + n]))
                         self._control -= 2  # the WINDOW_UPDATEs it may answer with
                         off += n
+                        piece_left -= n
+                        if not piece_left:
+                            deadline, piece_left = loop.time() + c.config.write_timeout, WRITE_PIECE
                         self._flush()
                         await c.drain()
                 self.h2.end_stream(stream_id)
@@ -807,10 +814,12 @@ class _H2:
             self._streams.pop(stream_id, None)
             self._last_active = time.monotonic()
 
-    async def _wait_window(self) -> None:
+    async def _wait_window(self, deadline: float) -> None:
+        """Until the peer opens a window (any: the caller looks at its own), by ``deadline``."""
         self._window.clear()
         try:
-            await asyncio.wait_for(self._window.wait(), self.c.config.write_timeout)
+            async with asyncio.timeout_at(deadline):
+                await self._window.wait()
         except TimeoutError:  # the peer keeps its window shut: a reader that stopped reading
             self.c.abort("write_timeout")
             raise ConnectionError("write timeout") from None
