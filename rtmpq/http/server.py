@@ -758,8 +758,9 @@ class _H2:
             self._flush()
 
     def _calm(self, reason: str, what: str) -> None:
-        """A flood of resets or control frames: GOAWAY ENHANCE_YOUR_CALM, closed, counted and
-        logged (once per address per WRONG_SCHEME_LOG_INTERVAL)."""
+        """A flood of resets or control frames, or a header block too long: GOAWAY
+        ENHANCE_YOUR_CALM, closed, counted under ``reason`` and logged (once per address per
+        WRONG_SCHEME_LOG_INTERVAL)."""
         self.c.server.peer_error(self.c.transport, reason, f"HTTP/2 {what}: GOAWAY ENHANCE_YOUR_CALM")
         for task in self._streams.values():
             task.cancel()
