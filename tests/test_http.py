@@ -845,3 +845,30 @@ async def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_stream_pa
         assert loop.time() - started < 3, loop.time() - started
         assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
         writer.close()
+
+
+async def test_a_long_lived_http2_connection_keeps_a_bounded_record_of_its_closed_streams(tmp_path):
+    """h2 remembers how each of a connection's last 65,536 streams closed, ~7 MiB for a player's
+    connection after two or three hours of LL-HLS requests; we keep H2_CLOSED_STREAMS_KEPT.
+    1,500 requests on one connection: the record stays at that bound, requests go on."""
+    import h2.events
+
+    from rtmpq.http.server import H2_CLOSED_STREAMS_KEPT
+
+    async with tls_server(tmp_path, hello) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        done = 0
+        for batch in range(30):
+            for i in range(50):
+                conn.send_headers(1 + 2 * (batch * 50 + i), [(":method", "GET"), (":path", "/x"), (":scheme", "https"),
+                                                             (":authority", "x")], end_stream=True)
+            writer.write(conn.data_to_send())
+            async with asyncio.timeout(10):
+                while done < (batch + 1) * 50:
+                    data = await reader.read(65536)
+                    assert data
+                    done += sum(isinstance(e, h2.events.StreamEnded) for e in conn.receive_data(data))
+                    writer.write(conn.data_to_send())
+        (connection,) = server._connections
+        assert len(connection.driver.h2._closed_streams) == H2_CLOSED_STREAMS_KEPT < 1500
+        writer.close()

@@ -556,6 +556,14 @@ class _H1:
 
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# How the last this many HTTP/2 streams of a connection closed, as h2 remembers it (to ignore
+# frames still coming on a stream it reset). h2 keeps 65,536 (MAX_CLOSED_STREAMS): ~7 MiB of a
+# connection that lives that many requests, a player's in two or three hours of LL-HLS.
+H2_CLOSED_STREAMS_KEPT = 1024
+
+
+class _H2Connection(h2.connection.H2Connection):
+    MAX_CLOSED_STREAMS = H2_CLOSED_STREAMS_KEPT
 
 
 class HeaderBlockMeter:
@@ -609,7 +617,7 @@ class _H2:
     def __init__(self, c: _Connection) -> None:
         self.c = c
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _H2Connection(config)
         self._streams: dict[int, asyncio.Task] = {}
         self._pending: dict[int, tuple[Request, int]] = {}  # stream -> (request, body bytes so far)
         self._window = asyncio.Event()
