@@ -132,6 +132,15 @@ HTTP_WRITE_TIMEOUT = 10.0
 HTTP_WRITE_BUFFER_BYTES = 64 * 1024
 # HTTP/2 streams a client may have open at once.
 HTTP_MAX_CONCURRENT_STREAMS = 100
+# HTTP/2 streams a client may reset (RST_STREAM) in one second on one connection: past it the
+# connection is told GOAWAY ENHANCE_YOUR_CALM and closed (Rapid Reset, CVE-2023-44487: a request
+# and its reset at once are not bounded by max_concurrent_streams). A player cancels a few.
+HTTP_MAX_STREAM_RESETS = 100
+# HTTP/2 frames that ask work of us but are no request (PING, SETTINGS, PRIORITY, WINDOW_UPDATE,
+# RST_STREAM, empty DATA, unknown types) a client may send in one second on one connection, plus
+# 2 for each DATA frame we sent it then (a reader opens its windows as it reads): past it, GOAWAY
+# ENHANCE_YOUR_CALM and closed. One such flood held a core (10 s of CPU in 10 s).
+HTTP_MAX_CONTROL_FRAMES = 1000
 # The edge ([http] rendition_idle): an alternate rendition (a transcoder rung) is pulled from the
 # source only while players ask for it; this many seconds after its last request, the edge lets it
 # go (and the rung may stop after [transcode] idle_stop).
@@ -308,6 +317,8 @@ class HttpConfig:
     write_timeout: float = HTTP_WRITE_TIMEOUT
     write_buffer_bytes: int = HTTP_WRITE_BUFFER_BYTES
     max_concurrent_streams: int = HTTP_MAX_CONCURRENT_STREAMS
+    max_stream_resets: int = HTTP_MAX_STREAM_RESETS
+    max_control_frames: int = HTTP_MAX_CONTROL_FRAMES
     # LL-HLS parts of at most this many seconds (PART-TARGET; see PART_TARGET in edge/llhls.py)
     part_target: float = PART_TARGET
     # EXT-X-TARGETDURATION in whole seconds, fixed for a playlist's life; 0: the first whole
@@ -706,7 +717,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"rtmp.{key}: must be positive")
     h = config.http
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
-                "write_buffer_bytes", "max_concurrent_streams", "request_timeout", "write_timeout",
+                "write_buffer_bytes", "max_concurrent_streams", "max_stream_resets", "max_control_frames",
+                "request_timeout", "write_timeout",
                 "rendition_idle", "max_viewers_tracked", "max_pending_broadcasts"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")

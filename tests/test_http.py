@@ -59,6 +59,17 @@ async def test_requests_pipelined_keep_alive_and_bad_heads(server):
     assert server.stats.errors["request_timeout"] == 1
 
 
+async def test_a_request_with_both_content_length_and_transfer_encoding_is_refused_and_closed(server):
+    """Request smuggling: a proxy in front that frames by Content-Length would see one request
+    where we (by Transfer-Encoding) saw two. RFC 9112 6.1: reject it, or close after answering;
+    we reject it (400, as nginx does) and close, so what follows is never read as a request."""
+    smuggled = await exchange(server.address[1], b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 30\r\n"
+                                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                                                  b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert smuggled.startswith(b"HTTP/1.1 400 ") and smuggled.count(b"HTTP/1.1 ") == 1, smuggled
+    assert b"smuggled" not in smuggled and server.stats.errors["bad_request"] == 1
+
+
 async def test_an_absolute_form_request_target_is_served_as_its_path(server):
     """RFC 9112 3.2.2: a server MUST accept the absolute-form (what a client set up for a proxy,
     and some HTTP/1.0-era players, send); the application sees the path and query alone."""
@@ -437,8 +448,8 @@ async def test_endless_or_dripped_http1_heads_are_cut_off_while_another_client_i
 
 async def test_an_endless_http2_header_block_is_refused_while_another_client_is_served(tmp_path):
     """HTTP/2 CONTINUATION flood (HEADERS without END_HEADERS, then CONTINUATION frames without
-    end): h2 keeps at most 64 of them (h2.frame_buffer.CONTINUATION_BACKLOG); the connection is
-    closed as a protocol error, the memory it held bounded by that."""
+    end): h2 keeps up to 64 of them (h2.frame_buffer.CONTINUATION_BACKLOG, 1 MB here) before it
+    refuses; the connection is closed once the block passes twice max_header_bytes, as sent."""
     from hyperframe.frame import ContinuationFrame, HeadersFrame
 
     async with tls_server(tmp_path, hello) as server:
@@ -462,10 +473,12 @@ async def test_an_endless_http2_header_block_is_refused_while_another_client_is_
                     closed = True
                 if closed:
                     break
+            read = server.stats.bytes_in  # of the flooding client
             r = await other.get(f"https://127.0.0.1:{server.address[1]}/x")
             assert r.status_code == 200
         assert closed
-        assert server.stats.errors["h2_protocol"] == 1
+        assert server.stats.errors == {"header_too_large": 1}, server.stats.errors
+        assert read < 100_000, read  # 2 x 8192 allowed; before, 64 frames of 15 kB were read and held
         writer.close()
 
 
@@ -610,3 +623,252 @@ async def test_silent_and_unfinished_clients_on_the_https_listener_are_dropped_a
         assert silent == b"" and unfinished == b"" and 0.4 < time.monotonic() - started < 5
         assert server.stats.errors["tls_handshake"] == 1 and server.stats.errors["plain_on_tls_port"] == 1
         await until(lambda: not server._gates, what="no connection left")
+
+
+async def _read_until_goaway(reader, conn, deadline: float = 10.0):
+    """The error code of the GOAWAY the server sends (None: closed without one)."""
+    import h2.events
+
+    async with asyncio.timeout(deadline):
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    return event.error_code
+
+
+@pytest.mark.parametrize("flood", ["rapid reset", "pings", "settings", "window updates"])
+async def test_an_http2_flood_of_resets_or_control_frames_is_told_to_calm_down_and_closed(tmp_path, flood):
+    """Rapid Reset (CVE-2023-44487: a request and its RST_STREAM, thousands a second, bounded by
+    no max_concurrent_streams) and floods of frames that ask work but are no request: past
+    max_stream_resets / max_control_frames a second, GOAWAY ENHANCE_YOUR_CALM, the connection
+    closed and counted; the handler ran for none of the reset requests. Another client is served,
+    and one that downloads a large body (answering WINDOW_UPDATEs as it reads) is not cut."""
+    import h2.errors
+    from hyperframe.frame import PingFrame, SettingsFrame, WindowUpdateFrame
+
+    handled = []
+    big = os.urandom(4 * 1024 * 1024)
+
+    async def handler(request):
+        handled.append(request.path)
+        return Response(200, big, "video/mp4") if request.path == "/big" else await hello(request)
+
+    async with tls_server(tmp_path, handler, max_stream_resets=50, max_control_frames=100) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        if flood == "rapid reset":
+            for i in range(2000):
+                conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/r"), (":scheme", "https"),
+                                              (":authority", "x")], end_stream=True)
+                conn.reset_stream(1 + 2 * i)
+            blob = conn.data_to_send()
+        else:
+            frame = {"pings": PingFrame(0, b"12345678"), "settings": SettingsFrame(0, {0x2: 0}),
+                     "window updates": WindowUpdateFrame(0, 1)}[flood]
+            blob = conn.data_to_send() + frame.serialize() * 2000
+        writer.write(blob)
+        assert await _read_until_goaway(reader, conn) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        writer.close()
+        reason = "h2_rapid_reset" if flood == "rapid reset" else "h2_flood"
+        await until(lambda: server.stats.open == 0, 5, "the flooding connection closed")
+        assert server.stats.errors == {reason: 1}, server.stats.errors
+        assert handled.count("/r") < 60, len(handled)
+        async with httpx.AsyncClient(http2=True, verify=False, timeout=20) as other:
+            r = await other.get(f"https://127.0.0.1:{server.address[1]}/big")
+            assert r.status_code == 200 and r.http_version == "HTTP/2" and r.content == big
+        assert server.stats.errors == {reason: 1}, server.stats.errors
+
+
+async def test_an_http2_client_that_sends_pings_and_never_reads_is_dropped_with_our_output_bounded(tmp_path):
+    """h2 answers each PING (and SETTINGS) with an ACK of its own: a client that sends them and
+    reads nothing grew our write buffer without bound (tens of MB a second). Now the connection
+    is no longer read while the socket has not taken what is queued, and is dropped after
+    write_timeout of that (as a response's reader is): our output stays near write_buffer_bytes."""
+    import ssl
+
+    from hyperframe.frame import PingFrame
+
+    async with tls_server(tmp_path, hello, write_timeout=1.0, request_timeout=60.0,
+                          max_control_frames=10 ** 9) as server:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.address[1]))
+        sock.setblocking(False)
+        # limit: our reader buffers little before it stops reading the socket
+        reader, writer = await asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="x", limit=4096)
+        import h2.config
+        import h2.connection
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        pings = PingFrame(0, b"12345678").serialize() * 4000
+        await until(lambda: server.stats.open == 1, 5, "the connection accepted")
+        peak = 0
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while server.stats.open and loop.time() - started < 15:
+            writer.write(pings)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.05)
+            except TimeoutError:  # the server stopped reading us
+                pass
+            except ConnectionError:
+                break
+            peak = max(peak, server.buffered_bytes())
+        writer.transport.abort()
+        print(f"peak {peak} B queued, dropped after {loop.time() - started:.1f} s")
+        assert server.stats.open == 0 and loop.time() - started < 10, "never dropped"
+        assert server.stats.errors["write_timeout"] == 1, server.stats.errors
+        # write_buffer_bytes (64 KiB), and the ACKs of the read it stopped in (TLS hands on up to
+        # 256 KiB at once: 15,000 PINGs); before, 23 MB in 15 s and growing
+        assert peak < 1024 * 1024, peak
+        async with httpx.AsyncClient(http2=True, verify=False) as other:
+            assert (await other.get(f"https://127.0.0.1:{server.address[1]}/x")).status_code == 200
+
+
+async def test_many_http2_streams_held_at_a_zero_window_drop_their_connection_once(tmp_path):
+    """A client that opens many streams at a flow-control window of 0 (slow read across
+    streams): each stream holds its response (a reference, not a copy), the connection is dropped
+    write_timeout later and counted once, not once per stream."""
+    import h2.settings
+
+    body = os.urandom(1024 * 1024)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for i in range(50):
+            conn.send_headers(1 + 2 * i, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"),
+                                          (":authority", "x")], end_stream=True)
+        writer.write(conn.data_to_send())
+        await until(lambda: server.stats.requests == 50, 5, "the requests served")
+        await until(lambda: server.stats.open == 0, 5, "the connection dropped")
+        assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
+        writer.close()
+
+
+def test_the_header_block_meter_reads_frame_heads_split_anywhere():
+    """HeaderBlockMeter in memory, fed whole or a byte at a time: a client's real requests (a
+    4 kB cookie, bodies) pass; a block past the limit, HEADERS then CONTINUATIONs, is caught."""
+    import h2.config
+    import h2.connection
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    from rtmpq.http.server import HeaderBlockMeter
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for i in range(5):
+        client.send_headers(1 + 2 * i, [(":method", "POST"), (":path", "/api"), (":scheme", "https"),
+                                        (":authority", "x"), ("cookie", "c" * 4000)])
+        client.send_data(1 + 2 * i, b"x" * 10_000, end_stream=True)
+    good = client.data_to_send()
+    block = HeadersFrame(13).serialize()[:9]  # an empty HEADERS without END_HEADERS, then 3 x 6000 B
+    more = b"".join(ContinuationFrame(13, data=b"\x00" * 6000).serialize() for _ in range(3))
+    stream = good + block + more
+    for pieces in ([good, block + more], [stream[i:i + 1] for i in range(len(stream))]):
+        meter, fed, refused_at = HeaderBlockMeter(16384), 0, None
+        for piece in pieces:
+            fed += len(piece)
+            if not meter.feed(piece):
+                refused_at = fed
+                break
+        # byte by byte: refused as the third CONTINUATION's head is read (18,000 B > 16,384)
+        assert refused_at == (len(stream) if len(pieces) == 2 else len(good) + 9 + 2 * 6009 + 9), refused_at
+
+
+async def test_an_http2_request_head_past_max_header_bytes_is_answered_431_and_the_connection_goes_on(tmp_path):
+    """h2 holds a client to our SETTINGS_MAX_HEADER_LIST_SIZE only once it has acknowledged
+    them: a request sent at once (as every client does) with a 12 kB header was served. It is
+    answered 431, as on HTTP/1.1, and the next request on the connection is served."""
+    import h2.events
+
+    async with tls_server(tmp_path, hello, max_header_bytes=8192) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        for stream, size in ((1, 12_000), (3, 100)):
+            conn.send_headers(stream, [(":method", "GET"), (":path", f"/{stream}"), (":scheme", "https"),
+                                       (":authority", "x"), ("x-big", "v" * size)], end_stream=True)
+        writer.write(conn.data_to_send())
+        status = {}
+        async with asyncio.timeout(10):
+            while len(status) < 2:
+                data = await reader.read(65536)
+                assert data, status
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status[event.stream_id] = dict(event.headers)[b":status"]
+                writer.write(conn.data_to_send())
+        assert status == {1: b"431", 3: b"200"}, status
+        assert server.stats.errors == {"header_too_large": 1}, server.stats.errors
+        writer.close()
+
+
+async def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_stream_past_write_timeout(tmp_path):
+    """Slow read across streams: a client at a window of 0 that opens the connection's window a
+    byte every 0.3 s woke every stream's wait for a window, each then waiting write_timeout anew:
+    it held its streams (and the segments they answer with) and its connection for ever at a
+    frame per 0.3 s. Each 64 KiB of a body must now go within write_timeout, as on HTTP/1.1."""
+    import h2.settings
+
+    body = os.urandom(200_000)
+
+    async def big(request):
+        return Response(200, body, "video/mp4")
+
+    async with tls_server(tmp_path, big, write_timeout=1.0) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        for stream in (1, 3):
+            conn.send_headers(stream, [(":method", "GET"), (":path", "/seg"), (":scheme", "https"),
+                                       (":authority", "x")], end_stream=True)
+        writer.write(conn.data_to_send())
+        await until(lambda: server.stats.requests == 2, 5, "the requests served")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while server.stats.open and loop.time() - started < 6:
+            conn.increment_flow_control_window(1)
+            conn.increment_flow_control_window(1, stream_id=3)
+            writer.write(conn.data_to_send())
+            await asyncio.sleep(0.3)
+        assert server.stats.open == 0, "still held"
+        assert loop.time() - started < 3, loop.time() - started
+        assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
+        writer.close()
+
+
+async def test_a_long_lived_http2_connection_keeps_a_bounded_record_of_its_closed_streams(tmp_path):
+    """h2 remembers how each of a connection's last 65,536 streams closed, ~7 MiB for a player's
+    connection after two or three hours of LL-HLS requests; we keep H2_CLOSED_STREAMS_KEPT.
+    1,500 requests on one connection: the record stays at that bound, requests go on."""
+    import h2.events
+
+    from rtmpq.http.server import H2_CLOSED_STREAMS_KEPT
+
+    async with tls_server(tmp_path, hello) as server:
+        reader, writer, conn = await h2_connect(server.address[1])
+        done = 0
+        for batch in range(30):
+            for i in range(50):
+                conn.send_headers(1 + 2 * (batch * 50 + i), [(":method", "GET"), (":path", "/x"), (":scheme", "https"),
+                                                             (":authority", "x")], end_stream=True)
+            writer.write(conn.data_to_send())
+            async with asyncio.timeout(10):
+                while done < (batch + 1) * 50:
+                    data = await reader.read(65536)
+                    assert data
+                    done += sum(isinstance(e, h2.events.StreamEnded) for e in conn.receive_data(data))
+                    writer.write(conn.data_to_send())
+        (connection,) = server._connections
+        assert len(connection.driver.h2._closed_streams) == H2_CLOSED_STREAMS_KEPT < 1500
+        writer.close()

@@ -5,7 +5,10 @@ in and give bytes out. This module only moves those bytes and enforces what a pu
 needs, each a named setting in ``[http]`` (rtmpq/config.py):
 
 - ``max_connections`` / ``max_connections_per_ip``: more are answered 503 and closed at accept;
-- ``max_header_bytes``: a request head larger than this is answered 431 and the connection closed;
+- ``max_header_bytes``: a request head larger than this is answered 431 and the connection closed
+  (HTTP/2: the stream is answered 431 and the connection goes on, but h2 itself closes one whose
+  client sends a longer list after acknowledging our SETTINGS_MAX_HEADER_LIST_SIZE, and a header
+  block longer than twice this as sent closes it: HeaderBlockMeter);
 - ``max_request_bytes``: a body, or pipelined requests not read yet, beyond this: 413, or the
   socket stops being read until the requests before are answered;
 - ``request_timeout``: a request head must arrive within this after the connection opens or the
@@ -16,6 +19,11 @@ needs, each a named setting in ``[http]`` (rtmpq/config.py):
   socket has taken the one before (``write_buffer_bytes`` at most queued in user space), so a
   client that stops reading holds one piece of our memory, not a segment per pipelined request,
   and is dropped after ``write_timeout``; a slow one that keeps reading gets the whole body.
+  On HTTP/2, whose peer makes us write by itself (PING and SETTINGS ACKs), a connection whose
+  socket holds more than ``write_buffer_bytes`` unsent is not read until it has taken them, and
+  is dropped after ``write_timeout`` of that;
+- ``max_stream_resets`` / ``max_control_frames`` (HTTP/2, per second per connection): past them
+  (Rapid Reset; PING, SETTINGS, PRIORITY, WINDOW_UPDATE floods) GOAWAY ENHANCE_YOUR_CALM, closed.
 
 HTTP/2 is offered (ALPN ``h2``) when the listener has a certificate (``--http-cert``/
 ``--http-key``); plain HTTP/1.1 is the default.
@@ -55,6 +63,13 @@ log = logging.getLogger("rtmpq.http")
 
 # A response body is handed to the socket in pieces of at most this many bytes.
 WRITE_PIECE = 64 * 1024
+# HTTP/2: a connection's stream resets and control frames are counted over this many seconds
+# against [http] max_stream_resets and max_control_frames (both per second).
+FLOOD_WINDOW = 1.0
+# HTTP/2 frames that ask work of us and are no request (with RST_STREAM and empty DATA frames):
+# counted against [http] max_control_frames.
+_CONTROL_EVENTS = (h2.events.PingReceived, h2.events.PingAckReceived, h2.events.RemoteSettingsChanged,
+                   h2.events.PriorityUpdated, h2.events.WindowUpdated, h2.events.UnknownFrameReceived)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -144,9 +159,10 @@ class HttpServer:
         self.stats.open += 1
         return None
 
-    def wrong_scheme(self, transport: asyncio.Transport, kind: str, what: str) -> None:
-        """A client on ``transport`` spoke another protocol (``kind``): counted, and logged once
-        per WRONG_SCHEME_LOG_INTERVAL per address (a client that retries is said once)."""
+    def peer_error(self, transport: asyncio.Transport, kind: str, what: str) -> None:
+        """A client on ``transport`` spoke another protocol, or abused this one (``kind``): counted,
+        and logged once per WRONG_SCHEME_LOG_INTERVAL per address (a client that retries is said
+        once)."""
         self.stats.errors[kind] += 1
         peer = transport.get_extra_info("peername") or ("?", 0)
         if self._wrong_scheme_log.due((peer[0], kind), time.monotonic()):
@@ -205,11 +221,11 @@ class _TlsGate(asyncio.Protocol):
                     transport.abort()
                     return
                 if says_http(first[0]):
-                    server.wrong_scheme(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
+                    server.peer_error(transport, PLAIN_ON_TLS_PORT, "plain HTTP on the HTTPS listener: use https://")
                     await self._refuse_plain()
                     return
                 if says_rtmp(first[0]):
-                    server.wrong_scheme(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
+                    server.peer_error(transport, RTMP_ON_HTTP_PORT, RTMP_ON_HTTP)
                     transport.abort()
                     return
                 tls = await asyncio.get_running_loop().start_tls(transport, conn, server._ctx, server_side=True,
@@ -307,7 +323,7 @@ class _Connection(asyncio.Protocol):
                            "--http-cert") if says_tls(data[0]) else
                           (RTMP_ON_HTTP_PORT, RTMP_ON_HTTP) if says_rtmp(data[0]) else (None, ""))
             if kind is not None:  # neither can be answered in HTTP
-                self.server.wrong_scheme(self.transport, kind, what)
+                self.server.peer_error(self.transport, kind, what)
                 self.closed = True
                 self.transport.abort()
                 return
@@ -323,9 +339,13 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writable.clear()
+        if self.driver is not None:
+            self.driver.writing_paused()
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self.driver is not None:
+            self.driver.writing_resumed()
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -362,8 +382,10 @@ class _Connection(asyncio.Protocol):
         return self.transport.get_write_buffer_size() if self.transport is not None and not self.closed else 0
 
     def abort(self, reason: str) -> None:
-        self.stats.errors[reason] += 1
+        """Drop the connection, counted once under ``reason`` (an HTTP/2 connection's streams
+        that each time out waiting for its window are one client dropped)."""
         if not self.closed:
+            self.stats.errors[reason] += 1
             self.closed = True
             self.transport.abort()
 
@@ -388,6 +410,13 @@ class _Connection(asyncio.Protocol):
         return [("Content-Type", response.content_type), ("Content-Length", str(response.length)),
                 ("Cache-Control", response.cache), ("Access-Control-Allow-Origin", "*"),
                 ("Server", self.server.server_header), *response.headers]
+
+
+def _has_both_lengths(headers) -> bool:
+    """A request head (h11's headers, names lower-cased) says both Content-Length and
+    Transfer-Encoding: h11 frames it by the latter, a proxy in front may by the former."""
+    names = {name for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 class _H1:
@@ -416,6 +445,12 @@ class _H1:
     def lost(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    def writing_paused(self) -> None:  # HTTP/1.1 writes only responses, each drained
+        pass
+
+    def writing_resumed(self) -> None:
+        pass
 
     def _resume_reading(self) -> None:
         if self._reading_paused and not self.c.closed:
@@ -474,6 +509,10 @@ class _H1:
                     self.c.stats.errors["header_too_large"] += 1
                     await self._send_error(431, "request head too large")
                     return None
+                if _has_both_lengths(event.headers):  # request smuggling: refused (RFC 9112 6.1)
+                    self.c.stats.errors["bad_request"] += 1
+                    await self._send_error(400, "both Content-Length and Transfer-Encoding")
+                    return None
                 target = origin_form(event.target.decode("latin-1"))
                 path, _, query = target.partition("?")
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
@@ -516,18 +555,81 @@ class _H1:
         await c.drain()
 
 
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# How the last this many HTTP/2 streams of a connection closed, as h2 remembers it (to ignore
+# frames still coming on a stream it reset). h2 keeps 65,536 (MAX_CLOSED_STREAMS): ~7 MiB of a
+# connection that lives that many requests, a player's in two or three hours of LL-HLS.
+H2_CLOSED_STREAMS_KEPT = 1024
+
+
+class _H2Connection(h2.connection.H2Connection):
+    MAX_CLOSED_STREAMS = H2_CLOSED_STREAMS_KEPT
+
+
+class HeaderBlockMeter:
+    """HTTP/2 frame heads read as the bytes come, before h2 buffers them: each header block as
+    sent (a HEADERS frame and the CONTINUATION frames after it up to END_HEADERS) is measured.
+    h2 keeps up to 64 frames of an unfinished block (h2.frame_buffer.CONTINUATION_BACKLOG), each
+    up to 16 KiB: 1.6 MiB of the node's memory per connection, measured. ``feed`` says False once
+    a block passes ``limit`` bytes. (A block as sent is no longer than the header list it decodes
+    to, as SETTINGS_MAX_HEADER_LIST_SIZE counts that, but for HEADERS padding and priority.)"""
+
+    _HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._head = bytearray()  # of the next frame, until its 9 bytes are in
+        self._skip = len(_H2_PREFACE)  # the client's preface, then each frame's payload
+        self._block = 0  # bytes of the header block not ended yet
+
+    def feed(self, data: bytes) -> bool:
+        view, pos, end = memoryview(data), 0, len(data)
+        while pos < end:
+            if self._skip:
+                taken = min(self._skip, end - pos)
+                self._skip -= taken
+                pos += taken
+                continue
+            need = 9 - len(self._head)
+            self._head += view[pos:pos + need]
+            pos += need
+            if len(self._head) < 9:
+                break
+            length, kind, flags = int.from_bytes(self._head[:3], "big"), self._head[3], self._head[4]
+            self._head.clear()
+            self._skip = length
+            if kind == self._HEADERS:
+                self._block = length
+            elif kind == self._CONTINUATION:
+                self._block += length
+            else:
+                continue
+            if self._block > self.limit:
+                return False
+            if flags & self._END_HEADERS:
+                self._block = 0
+        return True
+
+
 class _H2:
     """HTTP/2 on h2: a task per stream, the peer's flow-control windows respected."""
 
     def __init__(self, c: _Connection) -> None:
         self.c = c
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
-        self.h2 = h2.connection.H2Connection(config)
+        self.h2 = _H2Connection(config)
         self._streams: dict[int, asyncio.Task] = {}
         self._pending: dict[int, tuple[Request, int]] = {}  # stream -> (request, body bytes so far)
         self._window = asyncio.Event()
         self._last_active = time.monotonic()
         self._watchdog: asyncio.Task | None = None
+        self._stalled: asyncio.TimerHandle | None = None  # drops a peer that stopped reading
+        # in this FLOOD_WINDOW: streams the peer reset, and its control frames (less 2 per DATA
+        # frame we sent it: a reader opens its windows as it reads)
+        self._counted_since = self._last_active
+        self._resets = 0
+        self._control = 0
+        self._blocks = HeaderBlockMeter(2 * c.config.max_header_bytes)
 
     def start(self) -> None:
         self.h2.initiate_connection()
@@ -548,6 +650,25 @@ class _H2:
             task.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
+        self.writing_resumed()
+
+    def writing_paused(self) -> None:
+        """h2 answers each PING and SETTINGS with frames of its own: from a peer that sends them
+        and reads nothing, nothing more is read (so nothing more answered) until the socket takes
+        what is queued, and after write_timeout of that it is dropped (a peer that read nothing
+        had grown our write buffer by 23 MB in 15 s)."""
+        if self.c.closed or self._stalled is not None:
+            return
+        self.c.transport.pause_reading()
+        self._stalled = asyncio.get_running_loop().call_later(self.c.config.write_timeout, self.c.abort,
+                                                               "write_timeout")
+
+    def writing_resumed(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+            if not self.c.closed:
+                self.c.transport.resume_reading()
 
     async def _idle(self) -> None:
         timeout = self.c.config.request_timeout
@@ -566,6 +687,10 @@ class _H2:
         if not data:
             self.c.close()
             return
+        if not self._blocks.feed(data):
+            self._calm("header_too_large", f"a header block over {self._blocks.limit} bytes (twice "
+                                           f"http.max_header_bytes)")
+            return
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -574,8 +699,22 @@ class _H2:
             self._flush()
             self.c.close()
             return
+        now = time.monotonic()
+        if now - self._counted_since >= FLOOD_WINDOW:
+            self._counted_since, self._resets, self._control = now, 0, 0
         for event in events:
+            if isinstance(event, _CONTROL_EVENTS):
+                self._control += 1
             if isinstance(event, h2.events.RequestReceived):
+                # as SETTINGS_MAX_HEADER_LIST_SIZE counts it: h2 holds a client to that (8 KiB)
+                # only once it has acknowledged our SETTINGS, and to 64 KiB before
+                if sum(len(k) + len(v) + 32 for k, v in event.headers) > self.c.config.max_header_bytes:
+                    self.c.stats.errors["header_too_large"] += 1
+                    self.h2.send_headers(event.stream_id, [(":status", "431"), ("content-length", "0")],
+                                         end_stream=True)
+                    if event.stream_ended is None:  # what it would send of a body is not wanted
+                        self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
+                    continue
                 headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
                 target = headers.get(":path", "/")
                 path, _, query = target.partition("?")
@@ -585,6 +724,8 @@ class _H2:
                 else:
                     self._pending[event.stream_id] = (request, 0)
             elif isinstance(event, h2.events.DataReceived):
+                if not event.data and event.stream_ended is None:
+                    self._control += 1
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if event.stream_id in self._pending:
                     request, size = self._pending[event.stream_id]
@@ -600,6 +741,9 @@ class _H2:
                 if event.stream_id in self._pending:
                     self._begin(event.stream_id, self._pending.pop(event.stream_id)[0])
             elif isinstance(event, h2.events.StreamReset):
+                if event.remote_reset:
+                    self._resets += 1
+                    self._control += 1
                 self._pending.pop(event.stream_id, None)
                 task = self._streams.pop(event.stream_id, None)
                 if task is not None:
@@ -611,7 +755,26 @@ class _H2:
                 self._flush()
                 self.c.close()
                 return
+        config = self.c.config
+        if self._resets > config.max_stream_resets:
+            self._calm("h2_rapid_reset", f"{self._resets} streams reset within {FLOOD_WINDOW:g} s "
+                                         f"(http.max_stream_resets {config.max_stream_resets})")
+        elif self._control > config.max_control_frames:
+            self._calm("h2_flood", f"{self._control} control frames within {FLOOD_WINDOW:g} s "
+                                   f"(http.max_control_frames {config.max_control_frames})")
+        else:
+            self._flush()
+
+    def _calm(self, reason: str, what: str) -> None:
+        """A flood of resets or control frames, or a header block too long: GOAWAY
+        ENHANCE_YOUR_CALM, closed, counted under ``reason`` and logged (once per address per
+        WRONG_SCHEME_LOG_INTERVAL)."""
+        self.c.server.peer_error(self.c.transport, reason, f"HTTP/2 {what}: GOAWAY ENHANCE_YOUR_CALM")
+        for task in self._streams.values():
+            task.cancel()
+        self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         self._flush()
+        self.c.close()
 
     def _begin(self, stream_id: int, request: Request) -> None:
         self._last_active = time.monotonic()
@@ -628,17 +791,25 @@ class _H2:
             self.h2.send_headers(stream_id, fields, end_stream=head_only)
             self._flush()
             if not head_only:
+                # each WRITE_PIECE of the body must go within write_timeout, as on HTTP/1.1: a
+                # window opened by a byte at a time (or another stream's) does not hold it longer
+                loop = asyncio.get_running_loop()
+                deadline, piece_left = loop.time() + c.config.write_timeout, WRITE_PIECE
                 for chunk in response.chunks():
                     view = memoryview(chunk)
                     off = 0
                     while off < len(view):
                         window = self.h2.local_flow_control_window(stream_id)
                         if window <= 0:
-                            await self._wait_window()
+                            await self._wait_window(deadline)
                             continue
-                        n = min(window, self.h2.max_outbound_frame_size, WRITE_PIECE, len(view) - off)
+                        n = min(window, self.h2.max_outbound_frame_size, piece_left, len(view) - off)
                         self.h2.send_data(stream_id, bytes(view[off:off + n]))
+                        self._control -= 2  # the WINDOW_UPDATEs it may answer with
                         off += n
+                        piece_left -= n
+                        if not piece_left:
+                            deadline, piece_left = loop.time() + c.config.write_timeout, WRITE_PIECE
                         self._flush()
                         await c.drain()
                 self.h2.end_stream(stream_id)
@@ -652,10 +823,12 @@ class _H2:
             self._streams.pop(stream_id, None)
             self._last_active = time.monotonic()
 
-    async def _wait_window(self) -> None:
+    async def _wait_window(self, deadline: float) -> None:
+        """Until the peer opens a window (any: the caller looks at its own), by ``deadline``."""
         self._window.clear()
         try:
-            await asyncio.wait_for(self._window.wait(), self.c.config.write_timeout)
+            async with asyncio.timeout_at(deadline):
+                await self._window.wait()
         except TimeoutError:  # the peer keeps its window shut: a reader that stopped reading
             self.c.abort("write_timeout")
             raise ConnectionError("write timeout") from None
