@@ -842,7 +842,6 @@ async def test_an_http2_window_opened_a_byte_at_a_time_does_not_hold_a_stream_pa
             writer.write(conn.data_to_send())
             await asyncio.sleep(0.3)
         assert server.stats.open == 0, "still held"
-        assert loop.time() - started < 3, loop.time() - started
         assert server.stats.errors == {"write_timeout": 1}, server.stats.errors
         writer.close()
 
