@@ -608,7 +608,8 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     first frame is before the cut group's last (its group id is the cut group's when its track
     is a new one, the next one when the relay kept the track). The rung's timeline does not go
     back over what it delivered (players saw the same time twice, with no discontinuity): the
-    group begun again is left out, the cut group's last picture is shown until the next group,
+    group begun again is left out, the cut group's last picture lasts a frame interval and the
+    rest of its segment is GAP=YES parts up to the next group (no part longer than PART-TARGET),
     so the rung's segments keep the source's numbers and durations, with no discontinuity of its
     own (its count would differ from the source's and the audio's). No EXT-X-PART or EXTINF is
     of 0.000 s (players stall or skip on one). A jump back further than FOLLOWER_RESTART_GAP
@@ -629,10 +630,12 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     playlist = rung.media_playlist()
     assert [s.msn for s in rung.segments] == [s.msn for s in source.segments] == [0, 1, 2]
     assert "#EXT-X-DISCONTINUITY" not in playlist
-    starts = [first_tfdt(p.data) for s in rung.segments for p in s.parts]
+    starts = [first_tfdt(p.data) for s in rung.segments for p in s.parts if not p.gap]
     assert starts == sorted(starts) and len(set(starts)) == len(starts), starts  # never back, never again
     assert abs(rung.segments[1].duration - source.segments[1].duration) < 0.002, playlist
     assert all(p.duration > 0 for s in rung.segments for p in s.parts), playlist
+    assert all(p.duration <= rung.part_target + 1e-9 for s in rung.segments for p in s.parts), playlist
+    assert rung.segments[1].parts[-1].gap and "GAP=YES" in playlist
     assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
     group(rung, "video-180p", new_id + 2, -20000)  # 24 s back, with no seam of the source
     assert len(rung.segments) == 1 and "#EXT-X-DISCONTINUITY" not in rung.media_playlist()

@@ -283,7 +283,7 @@ class LlHlsStream:
             if self._begun_again(frame):
                 self._dropping = frame.group
                 return
-            if self.follows is not None and frame.group in self.gap_groups:
+            if self.follows is not None and (frame.group in self.gap_groups or self._in_gap and frame.group == self._group):
                 return  # listed as a gap already (its transcoder said it skipped it, or it came too late)
             if frame.group != self._group:
                 if self._group is not None and frame.group < self._group and frame.index != 0:
@@ -467,7 +467,8 @@ class LlHlsStream:
         if self.follows is None or self.ended or self._group is None or group < self._group \
                 or group in self.gap_groups:
             return
-        self.gap_groups.append(group)
+        # (a rung's groups come in order: those between its last and this one will not come either)
+        self._gap_to(group)
         self._enter_gap()
         self._follow()
 
@@ -484,12 +485,16 @@ class LlHlsStream:
                       and s.media_start is not None and source.media_time - s.media_start > gap_after]
             if groups:
                 late = True
-                for g in sorted({s.group for s in source.segments if s.group is not None
-                                 and self._group <= s.group <= max(groups)}):
-                    self.gap_groups.append(g)  # (the rung's own group too: it came no further)
+                self._gap_to(max(groups))
                 self._enter_gap()
         self._follow()
         return late
+
+    def _gap_to(self, group: int) -> None:
+        """The source's groups from the rung's own (it comes no further) up to ``group`` are gaps."""
+        groups = {s.group for s in self.follows.segments if s.group is not None and self._group <= s.group < group}
+        for g in sorted((groups | {group}) - set(self.gap_groups)):
+            self.gap_groups.append(g)
 
     def _enter_gap(self) -> None:
         """The rung's media is over until its next group: its pending frames are its segment's last
@@ -505,7 +510,10 @@ class LlHlsStream:
         between, skipped whole (said on the wire or not), are gaps. Before, the skipped groups were
         listed only now, and a group cut short got a last part up to here, longer than PART-TARGET."""
         source = self.follows
-        between = [s for s in source.segments if s.group is not None and self._group < s.group < frame.group]
+        # (whole ones: a source group still in progress is the one this group was made from, under
+        # another id: a restarted transcoder's new track numbered on from the relay's)
+        between = [s for s in source.segments if s.group is not None and self._group < s.group < frame.group
+                   and s.complete]
         for g in sorted({s.group for s in between} - set(self.gap_groups)):
             self.gap_groups.append(g)
         if not self._in_gap:
