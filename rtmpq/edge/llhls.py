@@ -521,7 +521,7 @@ class LlHlsStream:
             frames = self._pending[primary]
             next_dts = None if seam or any(s.discontinuity for s in between) else frame.dts
             if between and next_dts is not None:  # the last picture lasts up to the first gap
-                next_dts -= round(sum(s.duration for s in between if s.complete) * self._timescale[primary])
+                next_dts -= round(sum(s.duration for s in between) * self._timescale[primary])
             if frames and next_dts is not None and next_dts - self._run_start(primary, frames) \
                     > self.part_target * self._timescale[primary] + FRAME_TIME_TOLERANCE_TICKS:
                 next_dts = None  # cut short: not up to the next group (PART-TARGET); GAP=YES parts after
@@ -771,7 +771,7 @@ class LlHlsStream:
                 for i, p in enumerate(s.parts):
                     flag = ",GAP=YES" if s.gap or p.gap else ",INDEPENDENT=YES" if p.independent else ""
                     lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s{query}"{flag}')
-            if s.gap:
+            if s.gap and s.complete:  # (one in progress has its parts alone, GAP=YES)
                 lines.append("#EXT-X-GAP")
             if s.complete:
                 lines.append(f"#EXTINF:{s.duration:.3f},")
