@@ -101,6 +101,27 @@ class CopyRung:
                     rung.send(replace(item, track=RUNG))
 
 
+async def play_rung(base: str) -> asyncio.Task:
+    """Once the multivariant at ``base`` lists RUNG: ffmpeg reading the rung's playlist to its end
+    (a task: its (exit code, output))."""
+    async def listed() -> bool:
+        status, body = await http_text(f"{base}/index.m3u8")
+        return status == 200 and RUNG in body
+    await until(listed, 20, "the rung in the multivariant")
+    return asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+                                            "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+
+
+async def gap_answered_404_and_played_through(gap_url: str, publish: asyncio.Task, player: asyncio.Task) -> None:
+    """A gap's URI answers 404 (no media: players fetch nothing of it, RFC 8216bis 4.4.4.7); the
+    publisher and the player (play_rung) end well."""
+    status, _ = await http_text(gap_url)
+    assert status == 404
+    for process in (publish, player):
+        rc, out = await process
+        assert rc == 0, out
+
+
 def gap_uris(playlist: str) -> list[str]:
     return re.findall(r"^#EXT-X-GAP\n#EXTINF:[\d.]+,\n(\S+)$", playlist, re.M)
 
@@ -140,12 +161,7 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
         host, port = node.edge.address
         base = f"http://{host}:{port}/live/gaps"
 
-        async def listed() -> bool:
-            status, body = await http_text(f"{base}/index.m3u8")
-            return status == 200 and RUNG in body
-        await until(listed, 20, "the rung in the multivariant")
-        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
-                                                  "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+        player = await play_rung(base)
         rung_playlist = source_playlist = ""
 
         await until(lambda: copy.skipped and len([g for g in copy.sent if g > copy.skipped[0]]) >= 2, 20,
@@ -158,12 +174,7 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
             rung, source = segments(rung_playlist), segments(source_playlist)
             return bool(rung) and max(rung) == max(source)
         await until(in_step, 5, "the rung's newest whole segment numbered as the source's")
-        status, _ = await http_text(f"{base}/{gap_uris(rung_playlist)[0]}")
-        assert status == 404  # no media: players fetch nothing of it (RFC 8216bis 4.4.4.7)
-        rc, out = await publish
-        assert rc == 0, out
-        rc, out = await player
-        assert rc == 0, out
+        await gap_answered_404_and_played_through(f"{base}/{gap_uris(rung_playlist)[0]}", publish, player)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -325,12 +336,7 @@ async def test_a_group_a_rung_cut_short_ends_within_the_part_target_and_gap_part
         host, port = node.edge.address
         base = f"http://{host}:{port}/live/cut"
 
-        async def listed() -> bool:
-            status, body = await http_text(f"{base}/index.m3u8")
-            return status == 200 and RUNG in body
-        await until(listed, 20, "the rung in the multivariant")
-        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
-                                                  "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+        player = await play_rung(base)
         rung_playlist = source_playlist = ""
         cut = None
 
@@ -343,12 +349,7 @@ async def test_a_group_a_rung_cut_short_ends_within_the_part_target_and_gap_part
             return cut is not None
         await until(cut_listed, 10, "the segment of the group cut short, whole, with GAP=YES parts")
         gap_part = next(uri for _, gap, uri in cut["parts"] if gap)
-        status, _ = await http_text(f"{base}/{gap_part}")
-        assert status == 404
-        rc, out = await publish
-        assert rc == 0, out
-        rc, out = await player
-        assert rc == 0, out
+        await gap_answered_404_and_played_through(f"{base}/{gap_part}", publish, player)
     finally:
         task.cancel()
         for t in (publish, player):
