@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from rtmpq.config import TranscodeConfig
+from rtmpq.config import HttpConfig, TranscodeConfig
+from rtmpq.edge.server import EdgeServer
 
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.frames import Frame
@@ -22,6 +23,7 @@ from rtmpq.moq import events as ev
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import RENDITIONS_TRACK
 from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.remote import moq_broadcast_source
 from rtmpq.nodes.transcode import _RungPublisher
 
 from .conftest import need, start_up_node, until
@@ -276,20 +278,29 @@ def playlist_parts(playlist: str) -> list[dict]:
     return [s for s in out if s["parts"] or s["extinf"] is not None]
 
 
-async def test_a_blocking_reload_of_a_rung_whose_transcoder_skips_is_answered_in_step_with_the_source(tmp_path):
+@pytest.mark.parametrize("edge", ["up", "separate"])
+async def test_a_blocking_reload_of_a_rung_whose_transcoder_skips_is_answered_in_step_with_the_source(tmp_path, edge):
     """ffmpeg publishes 1 s GoPs; the rung skips two groups whole, said on the wire (a reset
     subgroup). While it skips, a blocking reload of the rung's playlist for the source's next part
     (_HLS_msn/_HLS_part) is answered as the source's is (within 2 part targets, not a GoP), listing
-    that part GAP=YES. Before, the rung's playlist got nothing for the skipped groups until its next
-    group began: that reload waited 2 s (hls.js reported levelLoadTimeOut and a stall there)."""
+    that part GAP=YES: at `up`'s edge (the skip comes in-process) and at a separate edge fed over
+    MoQ, as `rtmpq edge` is (the reset subgroup). Before, the rung's playlist got nothing for the
+    skipped groups until its next group began: that reload waited 2 s (hls.js reported
+    levelLoadTimeOut and a stall there)."""
     need("ffmpeg")
     node = await start_up_node(tmp_path)
+    server = node.edge
+    if edge == "separate":
+        server = EdgeServer(moq_broadcast_source(f"moqt://127.0.0.1:{node.moq_address[1]}", wait=10, insecure=True,
+                                                 backend=node.moq_config.backend),
+                            http=HttpConfig(host="127.0.0.1", port=0))
+        await server.start()
     copy = CopyRung(node, "live/gapsoon", lambda c: len(c.sent) >= 2 and len(c.skipped) < 2)
     task = asyncio.create_task(copy.run())
     publish = asyncio.create_task(run_process(
         live_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gapsoon", 6), 60))
     try:
-        host, port = node.edge.address
+        host, port = server.address
         base = f"http://{host}:{port}/live/gapsoon"
 
         async def pulled() -> bool:  # (asking for the rung's playlist pulls it: the relay forwards it)
@@ -311,6 +322,8 @@ async def test_a_blocking_reload_of_a_rung_whose_transcoder_skips_is_answered_in
         task.cancel()
         publish.cancel()
         await asyncio.gather(task, publish, return_exceptions=True)
+        if server is not node.edge:
+            await server.close()
         await node.close()
     assert source_status == rung_status == 200, rung_playlist
     assert abs(rung_at - source_at) < 2 * 0.2, (rung_at - source_at, rung_playlist)
