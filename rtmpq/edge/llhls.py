@@ -83,8 +83,8 @@ DISCONTINUITY_GAP = 0.5
 # its playlist afresh.
 # A group that begins again at or before the rung's last frame, within this, is a transcoder's
 # re-encoding of a source group it already delivered in part (a restarted child starts over at
-# the group in progress): it is dropped up to the next group, which the cut group's last picture
-# is shown until (the rung's timeline never goes back, and no discontinuity of its own).
+# the group in progress): it is dropped up to the next group, the cut group's segment filled up to
+# it with GAP=YES parts (the rung's timeline never goes back, and no discontinuity of its own).
 FOLLOWER_RESTART_GAP = 10.0
 # A rung whose source has gone on this far (seconds of the source's media) into a group the rung has
 # not begun lists that group as a gap from then on (``[http] rung_gap_after``): the fallback for a
