@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from .auth.refusals import MAX_REFUSED_PUBLISHES, REFUSED_PUBLISH_COOLDOWN, REFUSED_PUBLISH_WINDOW
 from .directory.core import DEFAULT_TTL as DEFAULT_DIRECTORY_TTL, MAX_ENTRIES as DIRECTORY_MAX_ENTRIES, safe_url
-from .edge.llhls import PART_TARGET, TARGET_DURATION
+from .edge.llhls import PART_TARGET, RUNG_GAP_AFTER, TARGET_DURATION
 from .edge.silence import AUDIO_GAP_FILL
 from .media.broadcast import BROADCAST_MAX_GROUP_BYTES, READER_MAX_BUFFERED_BYTES
 from .media.recording import RECORDER_MAX_QUEUED_BYTES
@@ -329,6 +329,10 @@ class HttpConfig:
     audio_gap_fill: float = AUDIO_GAP_FILL
     # edge: seconds after a player's last request for a transcoder rung before the edge lets it go
     rendition_idle: float = RENDITION_IDLE_SECONDS
+    # edge: seconds of its source's media into a group a transcoder rung has not begun, after which
+    # its playlist lists that group as a gap (when the skip was not said on the wire; see
+    # RUNG_GAP_AFTER in edge/llhls.py)
+    rung_gap_after: float = RUNG_GAP_AFTER
     # edge: players counted per broadcast (viewers); more are served, not counted
     max_viewers_tracked: int = MAX_VIEWERS_TRACKED
     # edge: broadcasts waited for at once, nothing of them come from upstream yet (see
@@ -719,7 +723,7 @@ def validate(config: Config) -> None:
     for key in ("max_connections", "max_connections_per_ip", "max_header_bytes", "max_request_bytes",
                 "write_buffer_bytes", "max_concurrent_streams", "max_stream_resets", "max_control_frames",
                 "request_timeout", "write_timeout",
-                "rendition_idle", "max_viewers_tracked", "max_pending_broadcasts"):
+                "rendition_idle", "max_viewers_tracked", "max_pending_broadcasts", "rung_gap_after"):
         if getattr(h, key) <= 0:
             raise ConfigError(f"http.{key}: must be positive")
     if h.audio_gap_fill < 0:

@@ -608,7 +608,8 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     first frame is before the cut group's last (its group id is the cut group's when its track
     is a new one, the next one when the relay kept the track). The rung's timeline does not go
     back over what it delivered (players saw the same time twice, with no discontinuity): the
-    group begun again is left out, the cut group's last picture is shown until the next group,
+    group begun again is left out, the cut group's last picture lasts a frame interval and the
+    rest of its segment is GAP=YES parts up to the next group (no part longer than PART-TARGET),
     so the rung's segments keep the source's numbers and durations, with no discontinuity of its
     own (its count would differ from the source's and the audio's). No EXT-X-PART or EXTINF is
     of 0.000 s (players stall or skip on one). A jump back further than FOLLOWER_RESTART_GAP
@@ -629,10 +630,12 @@ def test_a_group_cut_short_and_begun_again_is_left_out_up_to_the_next_group(new_
     playlist = rung.media_playlist()
     assert [s.msn for s in rung.segments] == [s.msn for s in source.segments] == [0, 1, 2]
     assert "#EXT-X-DISCONTINUITY" not in playlist
-    starts = [first_tfdt(p.data) for s in rung.segments for p in s.parts]
+    starts = [first_tfdt(p.data) for s in rung.segments for p in s.parts if not p.gap]
     assert starts == sorted(starts) and len(set(starts)) == len(starts), starts  # never back, never again
     assert abs(rung.segments[1].duration - source.segments[1].duration) < 0.002, playlist
     assert all(p.duration > 0 for s in rung.segments for p in s.parts), playlist
+    assert all(p.duration <= rung.part_target + 1e-9 for s in rung.segments for p in s.parts), playlist
+    assert rung.segments[1].parts[-1].gap and "GAP=YES" in playlist
     assert not re.search(r"^#EXTINF:0\.000,|DURATION=0\.000,", playlist, re.M), playlist
     group(rung, "video-180p", new_id + 2, -20000)  # 24 s back, with no seam of the source
     assert len(rung.segments) == 1 and "#EXT-X-DISCONTINUITY" not in rung.media_playlist()
@@ -709,3 +712,40 @@ def test_every_part_begins_where_the_one_before_ended(fps, track):
     gaps = [(i, start - (prev + length)) for i, ((prev, length), (start, _)) in enumerate(zip(timeline, timeline[1:]))
             if start != prev + length]
     assert gaps == []
+
+
+def test_a_rung_its_source_left_rung_gap_after_behind_lists_the_group_as_a_gap_part_by_part():
+    """The rung delivers group 0 whole and then nothing, no skip said (a reset lost): once the
+    source is more than ``gap_after`` into group 1, the rung's playlist lists group 1 as a gap
+    (the source's segment number, date and parts so far, GAP=YES) and from then on each source
+    part as it appears, its segment whole when the source's is; group 1's frames that come after
+    all are dropped, and the rung's group 2 is its own again, numbered as the source's. Without
+    ``gap_after`` (a rung not pulled) nothing is listed before the rung's next group."""
+    def frame(track, g, i):
+        ts = 20000 + g * 990 + i * 33
+        return Frame(track, g, i, ts, ts, i == 0, b"\x00\x00\x00\x01\x65", 1)
+
+    for gap_after in (None, 0.5):
+        source, rung = source_and_rung("video-180p", 320, 180)
+        for i in range(30):
+            source.push(frame(VIDEO, 0, i))
+            rung.push(frame("video-180p", 0, i))
+        late = []
+        for i in range(30):
+            source.push(frame(VIDEO, 1, i))
+            late.append(rung.follow_source(gap_after))
+            if gap_after is None or i < 16:  # (0.5 s: the 16th frame's start, 0.528 s, is past it)
+                assert len(rung.segments) == 1, i
+            else:
+                gap = rung.segments[-1]
+                assert gap.gap and gap.msn == source.segments[-1].msn and gap.group == 1
+                assert [p.duration for p in gap.parts] == pytest.approx([p.duration for p in source.segments[-1].parts])
+        assert late.count(True) == (gap_after is not None)
+    source.push(frame(VIDEO, 2, 0))
+    rung.follow_source(0.5)
+    assert rung.segments[-1].complete and rung.segments[-1].duration == pytest.approx(source.segments[-2].duration)
+    rung.push(frame("video-180p", 1, 0))  # late: left out
+    for i in range(3):
+        rung.push(frame("video-180p", 2, i))
+    assert [(s.msn, s.gap) for s in rung.segments] == [(s.msn, s.group == 1) for s in source.segments]
+    assert "#EXT-X-GAP" in rung.media_playlist() and "GAP=YES" in rung.media_playlist()

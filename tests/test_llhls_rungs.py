@@ -8,12 +8,14 @@ is where the test wants it, every run."""
 
 import asyncio
 import re
+import time
 import urllib.request
 from dataclasses import replace
 
 import pytest
 
-from rtmpq.config import TranscodeConfig
+from rtmpq.config import HttpConfig, TranscodeConfig
+from rtmpq.edge.server import EdgeServer
 
 from rtmpq.media.catalog import Catalog
 from rtmpq.media.frames import Frame
@@ -21,6 +23,7 @@ from rtmpq.moq import events as ev
 from rtmpq.moq.client import subscribe_broadcast
 from rtmpq.moq.loc import RENDITIONS_TRACK
 from rtmpq.moq.transport import connect_moq
+from rtmpq.nodes.remote import moq_broadcast_source
 from rtmpq.nodes.transcode import _RungPublisher
 
 from .conftest import need, start_up_node, until
@@ -41,13 +44,16 @@ def live_publish_args(url: str, seconds: float) -> list[str]:
 
 class CopyRung:
     """A transcoder of ``name`` at ``node`` whose rung RUNG is its source video copied, group by
-    group, but for the groups ``skip(group)`` says to skip whole (the rung's stream for such a
-    group: its header alone, reset, as a transcoder's rung that fell behind sends)."""
+    group, but for the groups ``skip(self)`` says to skip whole (the rung's stream for such a
+    group: its header alone, reset, as a transcoder's rung that fell behind sends) and those
+    ``cut(self, frame)`` says to cut short at that frame (the rest of the group is not sent, its
+    stream reset)."""
 
-    def __init__(self, node, name: str, skip) -> None:
-        self.node, self.name, self.skip = node, name, skip
+    def __init__(self, node, name: str, skip, cut=lambda copy, frame: False) -> None:
+        self.node, self.name, self.skip, self.cut = node, name, skip, cut
         self.sent: list[int] = []  # groups sent whole or begun, while the relay forwarded the rung
         self.skipped: list[int] = []
+        self.cut_short: list[int] = []
         self.forwarded = False
 
     async def run(self) -> None:
@@ -86,11 +92,36 @@ class CopyRung:
                         dropping = item.group
                         self.skipped.append(item.group)
                         rung.skip(item.group)
+                    elif item.index > 0 and item.group != dropping and self.cut(self, item):
+                        dropping = item.group
+                        self.cut_short.append(item.group)
+                        rung.skip(item.group)
                     if item.group == dropping:
                         continue
                     if item.index == 0 and self.forwarded:
                         self.sent.append(item.group)
                     rung.send(replace(item, track=RUNG))
+
+
+async def play_rung(base: str) -> asyncio.Task:
+    """Once the multivariant at ``base`` lists RUNG: ffmpeg reading the rung's playlist to its end
+    (a task: its (exit code, output))."""
+    async def listed() -> bool:
+        status, body = await http_text(f"{base}/index.m3u8")
+        return status == 200 and RUNG in body
+    await until(listed, 20, "the rung in the multivariant")
+    return asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+                                            "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+
+
+async def gap_answered_404_and_played_through(gap_url: str, publish: asyncio.Task, player: asyncio.Task) -> None:
+    """A gap's URI answers 404 (no media: players fetch nothing of it, RFC 8216bis 4.4.4.7); the
+    publisher and the player (play_rung) end well."""
+    status, _ = await http_text(gap_url)
+    assert status == 404
+    for process in (publish, player):
+        rc, out = await process
+        assert rc == 0, out
 
 
 def gap_uris(playlist: str) -> list[str]:
@@ -132,12 +163,7 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
         host, port = node.edge.address
         base = f"http://{host}:{port}/live/gaps"
 
-        async def listed() -> bool:
-            status, body = await http_text(f"{base}/index.m3u8")
-            return status == 200 and RUNG in body
-        await until(listed, 20, "the rung in the multivariant")
-        player = asyncio.create_task(run_process(["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
-                                                  "-i", f"{base}/{RUNG}.m3u8", "-map", "0:v", "-f", "null", "-"], 60))
+        player = await play_rung(base)
         rung_playlist = source_playlist = ""
 
         await until(lambda: copy.skipped and len([g for g in copy.sent if g > copy.skipped[0]]) >= 2, 20,
@@ -150,12 +176,7 @@ async def test_a_group_a_rung_skipped_is_a_gap_in_its_playlist_in_step_with_the_
             rung, source = segments(rung_playlist), segments(source_playlist)
             return bool(rung) and max(rung) == max(source)
         await until(in_step, 5, "the rung's newest whole segment numbered as the source's")
-        status, _ = await http_text(f"{base}/{gap_uris(rung_playlist)[0]}")
-        assert status == 404  # no media: players fetch nothing of it (RFC 8216bis 4.4.4.7)
-        rc, out = await publish
-        assert rc == 0, out
-        rc, out = await player
-        assert rc == 0, out
+        await gap_answered_404_and_played_through(f"{base}/{gap_uris(rung_playlist)[0]}", publish, player)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -237,3 +258,123 @@ async def test_a_player_on_a_rung_withdrawn_by_a_smaller_republish_plays_on(tmp_
     assert frames > 3 * 30, played[-2000:]  # (180 in a run here; 90 before)
     assert "#EXT-X-DISCONTINUITY" in playlist and len(maps) >= 2, playlist
     assert picture_size(init) == (320, 240)  # the source's pictures, not upscaled to 426x240
+
+
+def playlist_parts(playlist: str) -> list[dict]:
+    """A media playlist's segments: {msn, parts: [(duration, GAP=YES, URI)], extinf (None while in
+    progress), gap (EXT-X-GAP)}."""
+    msn = int(re.search(r"#EXT-X-MEDIA-SEQUENCE:(\d+)", playlist)[1])
+    out = [{"msn": msn, "parts": [], "extinf": None, "gap": False}]
+    for line in playlist.splitlines():
+        if line.startswith("#EXT-X-PART:"):
+            duration = float(re.search(r"DURATION=([\d.]+)", line)[1])
+            out[-1]["parts"].append((duration, "GAP=YES" in line, re.search(r'URI="([^"]+)"', line)[1]))
+        elif line == "#EXT-X-GAP":
+            out[-1]["gap"] = True
+        elif line.startswith("#EXTINF:"):
+            out[-1]["extinf"] = float(line[8:].rstrip(","))
+            msn += 1
+            out.append({"msn": msn, "parts": [], "extinf": None, "gap": False})
+    return [s for s in out if s["parts"] or s["extinf"] is not None]
+
+
+@pytest.mark.parametrize("edge", ["up", "separate"])
+async def test_a_blocking_reload_of_a_rung_whose_transcoder_skips_is_answered_in_step_with_the_source(tmp_path, edge):
+    """ffmpeg publishes 1 s GoPs; the rung skips two groups whole, said on the wire (a reset
+    subgroup). While it skips, a blocking reload of the rung's playlist for the source's next part
+    (_HLS_msn/_HLS_part) is answered as the source's is (within 2 part targets, not a GoP), listing
+    that part GAP=YES: at `up`'s edge (the skip comes in-process) and at a separate edge fed over
+    MoQ, as `rtmpq edge` is (the reset subgroup). Before, the rung's playlist got nothing for the
+    skipped groups until its next group began: that reload waited 2 s (hls.js reported
+    levelLoadTimeOut and a stall there)."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    server = node.edge
+    if edge == "separate":
+        server = EdgeServer(moq_broadcast_source(f"moqt://127.0.0.1:{node.moq_address[1]}", wait=10, insecure=True,
+                                                 backend=node.moq_config.backend),
+                            http=HttpConfig(host="127.0.0.1", port=0))
+        await server.start()
+    copy = CopyRung(node, "live/gapsoon", lambda c: len(c.sent) >= 2 and len(c.skipped) < 2)
+    task = asyncio.create_task(copy.run())
+    publish = asyncio.create_task(run_process(
+        live_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/gapsoon", 6), 60))
+    try:
+        host, port = server.address
+        base = f"http://{host}:{port}/live/gapsoon"
+
+        async def pulled() -> bool:  # (asking for the rung's playlist pulls it: the relay forwards it)
+            status, body = await http_text(f"{base}/index.m3u8")
+            return status == 200 and RUNG in body and (await http_text(f"{base}/{RUNG}.m3u8"))[0] == 200
+        await until(pulled, 20, "the rung's playlist served")
+        await until(lambda: copy.skipped, 10, "the rung skipping a group")
+        _, source_playlist = await http_text(f"{base}/video.m3u8")
+        msn, part = map(int, re.search(r'PRELOAD-HINT:TYPE=PART,URI="v-seg(\d+)\.(\d+)\.m4s"', source_playlist).groups())
+        query = f"?_HLS_msn={msn}&_HLS_part={part}"
+
+        async def reload(uri: str) -> tuple[int, str, float]:
+            status, body = await http_text(f"{base}/{uri}{query}")
+            return status, body, time.monotonic()
+        (source_status, _, source_at), (rung_status, rung_playlist, rung_at) = await asyncio.gather(
+            reload("video.m3u8"), reload(f"{RUNG}.m3u8"))
+        assert copy.skipped[-1] <= copy.skipped[0] + 1 and len(copy.sent) == 2  # (asked while it skipped)
+    finally:
+        task.cancel()
+        publish.cancel()
+        await asyncio.gather(task, publish, return_exceptions=True)
+        if server is not node.edge:
+            await server.close()
+        await node.close()
+    assert source_status == rung_status == 200, rung_playlist
+    assert abs(rung_at - source_at) < 2 * 0.2, (rung_at - source_at, rung_playlist)
+    asked = [p for s in playlist_parts(rung_playlist) for p in s["parts"] if p[2] == f"v{RUNG[6:]}-seg{msn}.{part}.m4s"]
+    assert asked and asked[0][1], rung_playlist  # listed, GAP=YES
+
+
+async def test_a_group_a_rung_cut_short_ends_within_the_part_target_and_gap_parts_follow(tmp_path):
+    """The rung cuts one group short (a third of it delivered, the rest reset, as a transcoder that
+    fell behind mid-group does). That segment's parts stay within PART-TARGET: its media ends a
+    frame after its last picture and the rest of it is the source's parts, GAP=YES (their URIs
+    answer 404), its EXTINF the source's; ffmpeg plays the rung's playlist to its end through it.
+    Before, its last part lasted up to the next group (0.6 s for a PART-TARGET of 0.2)."""
+    need("ffmpeg")
+    node = await start_up_node(tmp_path)
+    copy = CopyRung(node, "live/cut", lambda c: False,
+                    lambda c, frame: not c.cut_short and len(c.sent) >= 2 and frame.index == 10)
+    task = asyncio.create_task(copy.run())
+    publish = asyncio.create_task(run_process(
+        live_publish_args(f"rtmp://127.0.0.1:{node.rtmp.address[1]}/live/cut", 5), 60))
+    player = None
+    try:
+        host, port = node.edge.address
+        base = f"http://{host}:{port}/live/cut"
+
+        player = await play_rung(base)
+        rung_playlist = source_playlist = ""
+        cut = None
+
+        async def cut_listed() -> bool:  # the cut segment whole, with its parts
+            nonlocal rung_playlist, source_playlist, cut
+            _, rung_playlist = await http_text(f"{base}/{RUNG}.m3u8")
+            _, source_playlist = await http_text(f"{base}/video.m3u8")
+            cut = next((s for s in playlist_parts(rung_playlist) if s["extinf"] is not None and not s["gap"]
+                        and any(gap for _, gap, _ in s["parts"])), None)
+            return cut is not None
+        await until(cut_listed, 10, "the segment of the group cut short, whole, with GAP=YES parts")
+        gap_part = next(uri for _, gap, uri in cut["parts"] if gap)
+        await gap_answered_404_and_played_through(f"{base}/{gap_part}", publish, player)
+    finally:
+        task.cancel()
+        for t in (publish, player):
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(task, *(t for t in (publish, player) if t is not None), return_exceptions=True)
+        await node.close()
+    assert len(copy.cut_short) == 1
+    parts = [d for s in playlist_parts(rung_playlist) for d, _, _ in s["parts"]]
+    assert max(parts) <= 0.2 + 0.0005, rung_playlist  # PART-TARGET (RFC 8216bis 4.4.4.9)
+    media = [d for d, gap, _ in cut["parts"] if not gap]
+    assert 0.3 <= sum(media) <= 0.4, rung_playlist  # its 10 pictures, a frame interval each
+    assert cut["parts"][-1][1]  # the rest: GAP=YES
+    source = next(s for s in playlist_parts(source_playlist) if s["msn"] == cut["msn"])
+    assert abs(cut["extinf"] - source["extinf"]) < 0.05, (rung_playlist, source_playlist)

@@ -83,9 +83,20 @@ DISCONTINUITY_GAP = 0.5
 # its playlist afresh.
 # A group that begins again at or before the rung's last frame, within this, is a transcoder's
 # re-encoding of a source group it already delivered in part (a restarted child starts over at
-# the group in progress): it is dropped up to the next group, which the cut group's last picture
-# is shown until (the rung's timeline never goes back, and no discontinuity of its own).
+# the group in progress): it is dropped up to the next group, the cut group's segment filled up to
+# it with GAP=YES parts (the rung's timeline never goes back, and no discontinuity of its own).
 FOLLOWER_RESTART_GAP = 10.0
+# A rung whose source has gone on this far (seconds of the source's media) into a group the rung has
+# not begun lists that group as a gap from then on (``[http] rung_gap_after``): the fallback for a
+# skip not said on the wire (a reset lost, or held past HELD_RESET_SECONDS). A rung that comes later
+# than this without skipping loses that group (its frames are dropped, it goes on at the next), so
+# the bound is above what a rung that keeps up lags by: its transcoder's queues (a decode queue of up
+# to DECODE_QUEUE_FRAMES, seconds of source on a busy host) and the way back through the relay.
+RUNG_GAP_AFTER = 3.0
+# A rung's segment cut short (its transcoder skipped the rest of its group) is filled up to its
+# source's with GAP=YES parts; a shortfall under this (seconds: the rounding of predicted part ends)
+# is none.
+GAP_PART_MIN = 0.01
 
 
 @dataclass(slots=True)
@@ -93,6 +104,7 @@ class Part:
     data: bytes
     duration: float
     independent: bool
+    gap: bool = False  # a rung's place for a part of its source's it has no media of (GAP=YES)
 
 
 @dataclass(slots=True)
@@ -107,10 +119,16 @@ class Segment:
     discontinuity_sequence: int = 0  # EXT-X-DISCONTINUITY tags up to and including this segment
     group: int | None = None  # the source group its frames are of
     continues: bool = False  # it goes on with its group, which outgrew the target duration in the one before
-    gap: bool = False  # a rung's place for a source segment it has no media of (EXT-X-GAP; see _gaps)
+    gap: bool = False  # a rung's place for a source segment it has no media of (EXT-X-GAP; see follow_source)
+    media_start: float | None = None  # its first frame's presentation time (s)
 
     def data(self) -> bytes:
         return b"".join(p.data for p in self.parts)
+
+    @property
+    def media_duration(self) -> float:
+        """Its duration but for its GAP=YES parts (the seconds its data plays)."""
+        return sum(p.duration for p in self.parts if not p.gap) if self.parts and self.parts[-1].gap else self.duration
 
 
 # A segment's date (EXT-X-PROGRAM-DATE-TIME) further than this (seconds) from its first frame's
@@ -195,6 +213,10 @@ class LlHlsStream:
         # a new video init as well: see set_catalog), so every playlist counts them alike
         self.discontinuity_groups: deque[int] = deque(maxlen=64)
         self._dropping: int | None = None  # a group begun again over what the rung has delivered
+        # a rung's groups it will not have (its transcoder skipped them, or they are late past
+        # RUNG_GAP_AFTER): listed as gaps, their late frames dropped
+        self.gap_groups: deque[int] = deque(maxlen=64)
+        self._in_gap = False  # a rung's media is over until its next group: it lists its source's parts as gaps
         # the last media playlist made: (version, query, text); the viewers a new part wakes
         # (blocking reloads) all ask for the same one, once per part
         self._rendered: tuple[int, str, str] | None = None
@@ -261,28 +283,26 @@ class LlHlsStream:
             if self._begun_again(frame):
                 self._dropping = frame.group
                 return
+            if self.follows is not None and (frame.group in self.gap_groups or self._in_gap and frame.group == self._group):
+                return  # listed as a gap already (its transcoder said it skipped it, or it came too late)
             if frame.group != self._group:
                 if self._group is not None and frame.group < self._group and frame.index != 0:
                     # the tail of a group whose segment is closed, overtaken by the next group
                     # on another QUIC stream (a relay sends the newest group first): too late
                     return
                 seam = self._is_seam(frame.dts) if self.follows is None else frame.group in self.follows.seam_groups
-                if self.follows is not None and not seam and self._last_dts is not None \
+                if self.follows is not None and not seam and self._last_dts is not None and not self._in_gap \
                         and abs(frame.dts - self._last_dts) / self._timescale[primary] > FOLLOWER_RESTART_GAP:
                     self._restart()
                 if seam:
                     self.seam_groups.append(frame.group)
                 carried = self._short_tail(frame, seam)
-                gaps = self._gaps(frame.group) if not seam else []
                 if carried:
                     self._finish_segment()
+                elif self._group is not None and self.follows is not None:
+                    self._end_followed_group(frame, seam)
                 elif self._group is not None:
-                    next_dts = None if seam or any(g.discontinuity for g in gaps) else frame.dts
-                    if gaps and next_dts is not None:  # the last picture lasts up to the first gap
-                        next_dts -= round(sum(g.duration for g in gaps) * self._timescale[primary])
-                    self._close_part(final=True, next_dts=next_dts)
-                for gap in gaps:
-                    self._add_gap(gap)
+                    self._close_part(final=True, next_dts=None if seam else frame.dts)
                 if frame.index != 0 and self._group is None and not frame.keyframe:
                     return  # never start a stream mid-group
                 self._group = frame.group
@@ -335,6 +355,8 @@ class LlHlsStream:
         """Forget every segment: the next group starts the playlist again, numbered from the
         broadcast's first group like a stream that starts late."""
         self.segments.clear()
+        self.gap_groups.clear()
+        self._in_gap = False
         self._pending = {name: [] for name in self._tracks}
         self._group = self._last_dts = None
         self._written_end.clear()
@@ -427,31 +449,136 @@ class LlHlsStream:
         arrival = frame.received_ns or time.time_ns()
         started = arrival if self.clock is None else self.clock.date_ns(frame.pts, self._timescale[frame.track], arrival)
         self._append(Segment(self._msn, started, init_version=self.init_version, discontinuity=discontinuity,
-                             discontinuity_sequence=self._discontinuities, group=frame.group, continues=continues))
+                             discontinuity_sequence=self._discontinuities, group=frame.group, continues=continues,
+                             media_start=frame.pts / self._timescale[frame.track]))
 
-    def _gaps(self, group: int) -> list[Segment]:
-        """A rung's new ``group`` after groups it skipped whole (a transcoder that fell behind):
-        the whole segments its source has of the groups between, which this playlist lists as
-        gaps. Without them the rung's last segment before ``group`` spanned both groups (an EXTINF
-        above the target duration, which Safari and strict validators reject) and its media
-        sequence numbers stayed one behind the source's for good (players switch renditions by
-        them). Taken from the source's playlist, the reference of which groups there are, not
-        from the skip said on the wire: that can be lost (a reset held past HELD_RESET_SECONDS)."""
-        if self.follows is None or self._group is None or group <= self._group + 1:
-            return []
-        return [s for s in self.follows.segments if self._group < s.group < group and s.complete and s.parts]
+    # -- a rung's gaps ----------------------------------------------------------------------------
+    # A group a rung's transcoder skipped whole (it fell behind) keeps its place in the rung's
+    # playlist: a segment for each of the source's segments of it, marked EXT-X-GAP, with the
+    # source's durations, date and parts (GAP=YES), listed part by part as the source's parts
+    # appear, from when the rung is known not to have it: the skip said on the wire (skip), or the
+    # source RUNG_GAP_AFTER into it (follow_source), or at the latest the rung's next group. A
+    # blocking reload of the rung's playlist is then answered in step with the source's. A group
+    # cut short (part of it delivered) ends where its media ends (the last picture lasts a frame
+    # interval, never past PART-TARGET) and the rest of its segment is the source's parts, GAP=YES.
+
+    def skip(self, group: int) -> None:
+        """A rung's transcoder said it skipped (the rest of) ``group``."""
+        if self.follows is None or self.ended or self._group is None or group < self._group \
+                or group in self.gap_groups:
+            return
+        # (a rung's groups come in order: those between its last and this one will not come either)
+        self._gap_to(group)
+        self._enter_gap()
+        self._follow()
+
+    def follow_source(self, gap_after: float | None = None) -> bool:
+        """Bring a rung's playlist in a gap up to its source's (call when the source's has changed);
+        with ``gap_after`` (RUNG_GAP_AFTER), a source group the rung has not begun that far into
+        it is a gap from now on. True when that made a gap (for the log)."""
+        source = self.follows
+        if source is None or self.ended or self._group is None or not self.segments:
+            return False
+        late = False
+        if not self._in_gap and gap_after is not None and source.media_time is not None:
+            groups = [s.group for s in source.segments if s.group is not None and s.group > self._group
+                      and s.media_start is not None and source.media_time - s.media_start > gap_after]
+            if groups:
+                late = True
+                self._gap_to(max(groups))
+                self._enter_gap()
+        self._follow()
+        return late
+
+    def _gap_to(self, group: int) -> None:
+        """The source's groups from the rung's own (it comes no further) up to ``group`` are gaps."""
+        groups = {s.group for s in self.follows.segments if s.group is not None and self._group <= s.group < group}
+        for g in sorted((groups | {group}) - set(self.gap_groups)):
+            self.gap_groups.append(g)
+
+    def _enter_gap(self) -> None:
+        """The rung's media is over until its next group: its pending frames are its segment's last
+        part (the last picture lasting as long as the one before), and the rest follows the source."""
+        if self._in_gap:
+            return
+        self._in_gap = True
+        if self._pending.get(self._primary):
+            self._close_part(final=False)
+
+    def _end_followed_group(self, frame: Frame, seam: bool) -> None:
+        """A rung's next group (``frame``) begins: the group before ends, and the source's groups
+        between, skipped whole (said on the wire or not), are gaps. Before, the skipped groups were
+        listed only now, and a group cut short got a last part up to here, longer than PART-TARGET."""
+        source = self.follows
+        # (whole ones: a source group still in progress is the one this group was made from, under
+        # another id: a restarted transcoder's new track numbered on from the relay's)
+        between = [s for s in source.segments if s.group is not None and self._group < s.group < frame.group
+                   and s.complete]
+        for g in sorted({s.group for s in between} - set(self.gap_groups)):
+            self.gap_groups.append(g)
+        if not self._in_gap:
+            primary = self._primary
+            frames = self._pending[primary]
+            next_dts = None if seam or any(s.discontinuity for s in between) else frame.dts
+            if between and next_dts is not None:  # the last picture lasts up to the first gap
+                next_dts -= round(sum(s.duration for s in between) * self._timescale[primary])
+            if frames and next_dts is not None and next_dts - self._run_start(primary, frames) \
+                    > self.part_target * self._timescale[primary] + FRAME_TIME_TOLERANCE_TICKS:
+                next_dts = None  # cut short: not up to the next group (PART-TARGET); GAP=YES parts after
+            self._close_part(final=seam, next_dts=next_dts)
+            last = self.segments[-1]
+            src = source.segment(last.msn)
+            short = src is not None and src.group == last.group and src.duration - last.duration > GAP_PART_MIN
+            if seam or not (short or between):
+                self._end_segment()
+                return
+            self._in_gap = True
+        self._follow(before=frame.group)
+        self._end_segment()  # (the source's is whole by now, or never here)
+        self._in_gap = False
+
+    def _follow(self, before: int | None = None) -> None:
+        """In a gap: the rest of the rung's segment in progress, then a segment per source segment
+        of the groups in ``gap_groups`` (before ``before``), each with the source's parts, GAP=YES,
+        as they appear; a segment completes when the source's does."""
+        if not self._in_gap:
+            return
+        source = self.follows
+        while self.segments:
+            last = self.segments[-1]
+            if not last.complete:
+                src = source.segment(last.msn)
+                if src is None or src.group != last.group:
+                    self._finish_segment()  # (not numbered as the source's: nothing to follow)
+                    continue
+                end = 0.0
+                for p in src.parts:
+                    end += p.duration
+                    if end - last.duration > GAP_PART_MIN:
+                        last.parts.append(Part(b"", end - last.duration, False, gap=True))
+                        last.duration = end
+                        self.version += 1
+                if not src.complete:
+                    return
+                self._finish_segment()
+                continue
+            src = source.segment(self._msn)
+            if src is None or src.group not in self.gap_groups or (before is not None and src.group >= before):
+                return
+            self._add_gap(src)
 
     def _add_gap(self, source: Segment) -> None:
-        """A segment in place of ``source``'s, with its duration, parts' durations, date and
-        discontinuity, and no media (EXT-X-GAP: players fetch nothing of it; its URIs answer 404)."""
+        """A segment in place of ``source``'s, with its date and discontinuity, and no media
+        (EXT-X-GAP: players fetch nothing of it; its URIs answer 404); its parts follow the
+        source's (_follow)."""
         discontinuity = source.discontinuity and bool(self.segments)
         self._discontinuities += discontinuity
         if discontinuity:
             self.discontinuity_groups.append(source.group)
-        self._append(Segment(self._msn, source.started_ns, [Part(b"", p.duration, False) for p in source.parts],
-                             complete=True, duration=source.duration, init_version=self.init_version,
+        self._append(Segment(self._msn, source.started_ns, init_version=self.init_version,
                              discontinuity=discontinuity, discontinuity_sequence=self._discontinuities,
-                             group=source.group, continues=source.continues, gap=True))
+                             group=source.group, continues=source.continues, gap=True,
+                             media_start=source.media_start))
 
     def _append(self, segment: Segment) -> None:
         """The next segment: the window moves."""
@@ -558,19 +685,19 @@ class LlHlsStream:
         """The segments a rate is measured over: the whole ones in the window; the one in progress
         only while there is none (its first parts, the key frame's, are denser than any whole
         segment: counted, BANDWIDTH rose 40 % a part into each segment and fell back at its end)."""
-        whole = [s for s in self.segments if s.complete and s.duration > 0 and not s.gap]
-        return whole or [s for s in self.segments if s.duration > 0 and not s.gap]
+        whole = [s for s in self.segments if s.complete and s.media_duration > 0 and not s.gap]
+        return whole or [s for s in self.segments if s.media_duration > 0 and not s.gap]
 
     @property
     def bandwidth(self) -> int:
         """Peak bits per second of a segment in the window (for BANDWIDTH)."""
-        return int(max((sum(len(p.data) for p in s.parts) * 8 / s.duration for s in self._measured()), default=0))
+        return int(max((sum(len(p.data) for p in s.parts) * 8 / s.media_duration for s in self._measured()), default=0))
 
     @property
     def average_bandwidth(self) -> int:
         """Bits per second over the segments in the window (for AVERAGE-BANDWIDTH)."""
         measured = self._measured()
-        seconds = sum(s.duration for s in measured)
+        seconds = sum(s.media_duration for s in measured)
         return int(sum(len(p.data) for s in measured for p in s.parts) * 8 / seconds) if seconds else 0
 
     # -- lookups --------------------------------------------------------------------------------
@@ -642,9 +769,9 @@ class LlHlsStream:
             lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{stamp}.{(s.started_ns // 1_000_000) % 1000:03d}Z")
             if s.msn in with_parts:
                 for i, p in enumerate(s.parts):
-                    flag = ",GAP=YES" if s.gap else ",INDEPENDENT=YES" if p.independent else ""
+                    flag = ",GAP=YES" if s.gap or p.gap else ",INDEPENDENT=YES" if p.independent else ""
                     lines.append(f'#EXT-X-PART:DURATION={p.duration:.3f},URI="{self.prefix}seg{s.msn}.{i}.m4s{query}"{flag}')
-            if s.gap:
+            if s.gap and s.complete:  # (one in progress has its parts alone, GAP=YES)
                 lines.append("#EXT-X-GAP")
             if s.complete:
                 lines.append(f"#EXTINF:{s.duration:.3f},")

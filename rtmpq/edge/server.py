@@ -33,11 +33,12 @@ from ..http.message import path_segments
 from ..http.ranges import ACCEPT_RANGES, byte_range
 from ..http.server import HttpServer
 from ..log_limit import LogLimiter
+from ..media.broadcast import GroupSkipped
 from ..media.catalog import Catalog, TrackInfo
 from ..media.frames import Frame, NotLive
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
-from .llhls import PART_TARGET, TARGET_DURATION, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
+from .llhls import PART_TARGET, RUNG_GAP_AFTER, TARGET_DURATION, LlHlsStream, MediaClock, multivariant_playlist, sequence_base
 from .silence import AUDIO_GAP_FILL, AudioGapFill
 
 log = logging.getLogger("rtmpq.edge")
@@ -267,11 +268,13 @@ else if (Hls.isSupported()) {
 class _Broadcast:
     def __init__(self, name: str, part_target: float = PART_TARGET, target_duration: int = TARGET_DURATION,
                  audio_gap_fill: float = AUDIO_GAP_FILL, after: int = 0, *,
-                 rendition_idle: float = RENDITION_IDLE_SECONDS, max_viewers: int = MAX_VIEWERS_TRACKED) -> None:
+                 rendition_idle: float = RENDITION_IDLE_SECONDS, max_viewers: int = MAX_VIEWERS_TRACKED,
+                 rung_gap_after: float = RUNG_GAP_AFTER) -> None:
         """``after``: the first number past an ended broadcast of the name still served to its
         readers (numbers_end): this one's numbers start there at the earliest. ``rendition_idle``,
-        ``max_viewers``: [http] rendition_idle, max_viewers_tracked."""
+        ``max_viewers``, ``rung_gap_after``: [http] rendition_idle, max_viewers_tracked, rung_gap_after."""
         self.name = name
+        self.rung_gap_after = rung_gap_after
         self.rendition_idle = rendition_idle
         self.max_viewers = max_viewers
         self.gap_fill = AudioGapFill(audio_gap_fill)  # silence while the audio stops and the video goes on
@@ -372,6 +375,19 @@ class _Broadcast:
         under the rung's name."""
         source = self.stand_ins[track]
         return catalog.with_track(replace(catalog.track(source), name=track, source=source, alt_group=None))
+
+    def follow_source(self, streams: list[LlHlsStream], track: str) -> None:
+        """After a frame of ``track``: the rungs made from it that are in a gap list its new parts
+        (LlHlsStream.follow_source); one it left rung_gap_after behind, while pulled, is in one now."""
+        source = self.streams.get(stream_key(track))
+        if source is None or source.only != {track}:
+            return
+        for stream in streams:
+            if stream.follows is source:
+                rung = next(iter(stream.only))
+                if stream.follow_source(self.rung_gap_after if rung in self.wanted else None):
+                    log.info("edge: %s: %s has not begun a group its source is %.1f s into; its HLS playlist "
+                             "lists it as a gap", safe_name(self.name), rung, self.rung_gap_after)
 
     def new_stream(self, tracks: set[str], prefix: str) -> LlHlsStream:
         """A media playlist of this broadcast, with its settings (numbered from ``first``)."""
@@ -552,7 +568,8 @@ class EdgeServer:
             after = ended.numbers_end
         h = self.http_config
         b = self._broadcasts[name] = _Broadcast(name, h.part_target, h.target_duration, h.audio_gap_fill, after,
-                                                rendition_idle=h.rendition_idle, max_viewers=h.max_viewers_tracked)
+                                                rendition_idle=h.rendition_idle, max_viewers=h.max_viewers_tracked,
+                                                rung_gap_after=h.rung_gap_after)
         b.source = source
         b.task = asyncio.get_running_loop().create_task(self._feed(b, source))
         log.info("edge: packaging %s", safe_name(name))
@@ -655,10 +672,16 @@ class EdgeServer:
                         continue  # a withdrawn rung's last frames, late: its playlist has its source's now
                     for stream in streams:
                         stream.push(item)
+                    b.follow_source(streams, item.track)
                     if b.stand_ins:
                         for track, source in b.stand_ins.items():
                             if source == item.track:
                                 b.streams[stream_key(track)].push(replace(item, track=track))
+                elif isinstance(item, GroupSkipped):  # a rung's transcoder skipped (the rest of) a group
+                    stream = b.streams.get(stream_key(item.track))
+                    if stream is None or stream.only != {item.track} or item.track in b.stand_ins:
+                        continue
+                    stream.skip(item.group)
                 else:
                     continue
                 async with b.changed:
@@ -906,6 +929,8 @@ class EdgeServer:
             return Response(200, [p.data for p in segment.parts], ctype, "max-age=60", [ACCEPT_RANGES])
         if part >= len(segment.parts):
             return text(404, "no such part")
+        if segment.parts[part].gap:  # the rest of a group a rung's transcoder cut short: GAP=YES
+            return text(404, "a gap: this rendition has no media for that part")
         return Response(200, segment.parts[part].data, ctype, "max-age=60", [ACCEPT_RANGES])
 
     def _dropped(self, b: _Broadcast, kind: str | None = None) -> tuple[list, set[str]]:

@@ -13,11 +13,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from ..media.broadcast import GroupSkipped
 from ..media.catalog import Catalog
 from ..media.frames import Frame, NotLive
 from ..directory.core import Change, Entry
 from ..moq import events as ev
-from ..moq.client import TrackChoice
+from ..moq.client import SkippedGroup, TrackChoice
 from ..moq.follow import BroadcastGone, follow_broadcast
 from ..moq.reachability import REFUSED_RECONNECT_MAX, reconnect_delay
 from ..moq.relay import ORIGIN_DRAIN, MoqRelay
@@ -341,9 +342,10 @@ def moq_broadcast_source(url: str, *, wait: float, token: str | None = None, dir
 
 class MoqFeed:
     """A broadcast followed over MoQ as Catalog and Frame items for the edge: every track but the
-    transcoder rungs, and the rungs that ``want`` asks for while players watch them; and a NotLive
-    item when upstream has no such broadcast (yet): the edge answers players at once (it goes on
-    waiting for the broadcast all the same)."""
+    transcoder rungs, and the rungs that ``want`` asks for while players watch them; a GroupSkipped
+    for a group (or its rest) that will not come (a rung's transcoder skipped it: its playlist lists
+    the gap at once); and a NotLive item when upstream has no such broadcast (yet): the edge answers
+    players at once (it goes on waiting for the broadcast all the same)."""
 
     def __init__(self, host: str | None, port: int | None, name: str, *, directory=None, **options) -> None:
         """From ``host:port``, or with no host from the broadcast's origin in ``directory``."""
@@ -363,3 +365,5 @@ class MoqFeed:
         async for item in source:
             if isinstance(item, (Catalog, Frame, NotLive)):
                 yield item
+            elif isinstance(item, SkippedGroup):
+                yield GroupSkipped(item.track, item.group)

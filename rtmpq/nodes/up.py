@@ -136,7 +136,8 @@ class LocalFeed:
                 elif isinstance(event, BroadcastEnded):
                     return
                 elif isinstance(event, GroupSkipped):
-                    continue  # the segmenter sees the gap: the next group starts a new segment
+                    if self._passes(catalog, event.track):
+                        yield event  # a rung's: its playlist lists the gap at once (LlHlsStream.skip)
                 elif (event.group, event.index) > newest.get(event.track, (-1, -1)) and self._passes(catalog, event.track):
                     yield event
         finally:
