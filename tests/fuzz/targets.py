@@ -277,7 +277,8 @@ def _well_formed(stream, whole: bool = False) -> None:
     for line in text.splitlines():
         assert line.startswith("#") or line.endswith(".m4s?token=t"), line
     for segment in stream.segments if whole else list(stream.segments)[-1:]:
-        assert all(len(part.data) > 0 for part in segment.parts), "an empty part"
+        # (a rung's gap parts, GAP=YES, have no media: players fetch none of them)
+        assert all(len(part.data) > 0 or part.gap for part in segment.parts), "an empty part not marked a gap"
         if segment.complete:
             segment.data()
         assert stream.init_version_data(segment.init_version), "a segment whose init is gone"
