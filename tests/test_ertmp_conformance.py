@@ -208,3 +208,46 @@ async def test_audio_follows_a_default_video_track_other_than_0_from_its_first_g
     for f in frames:
         if f.track == "audio" and f.dts >= 4000:
             assert f.group == max(g for dts, g in keys if dts <= f.dts), f
+
+
+async def test_every_audio_track_of_a_publish_is_an_hls_audio_rendition(node, source_flv):
+    """OBS multitrack audio (languages, commentary): E-RTMP audio tracks 0 and 1 in ManyTracks
+    messages beside H.264 video. Track 1 was MoQ-only: the LL-HLS multivariant listed the default
+    audio (track 0) alone. Now track 1 has its own media playlist (audio-1.m3u8) in the same audio
+    group, and the default audio is still track 0."""
+    mono_head, mono = opus_encode(1, seconds=8.0)
+    stereo_head, stereo = opus_encode(2, seconds=8.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/two-audio"
+    pub = await TcpPublisher.publish(node.rtmp.address[1], "two-audio", connect={"fourCcList": ["avc1", "Opus"]})
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from its first message
+    tags = [(ts, 9, body) for tag_type, ts, body in read_flv_tags(str(source_flv)) if tag_type == 9]
+    tags += [(ms, 8, n) for n, (ms, _) in enumerate(mono)]
+    pub.media(8, 0, ex_audio_many_tracks(SEQUENCE_START, b"Opus", [(0, mono_head), (1, stereo_head)]))
+    for ts, tag_type, body in sorted(tags, key=lambda t: t[:2]):
+        if tag_type == 9:
+            pub.media(9, ts, body)
+        else:
+            pub.media(8, ts, ex_audio_many_tracks(CODED_FRAMES, b"Opus", [(0, mono[body][1]), (1, stereo[body][1])]))
+    await pub.writer.drain()
+    pub.close()
+    async with asyncio.timeout(15):
+        while not (await http_get(f"{base}/audio-1.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST"):
+            await asyncio.sleep(0.1)
+    status, listing = await http_get(f"{base}/index.m3u8")
+    assert status == 200, listing
+    media = [line for line in listing.decode().splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert media == ['#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,'
+                     'CHANNELS="1",URI="audio.m3u8"',
+                     '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio 1",DEFAULT=NO,AUTOSELECT=YES,'
+                     'CHANNELS="2",URI="audio-1.m3u8"'], listing
+    assert b',Opus"' in listing and b'AUDIO="audio"' in listing, listing
+    status, playlist = await http_get(f"{base}/audio.m3u8")
+    assert status == 200 and b'#EXT-X-MAP:URI="a-init' in playlist
+    for uri, channels, packets in (("audio.m3u8", 1, mono), ("audio-1.m3u8", 2, stereo)):
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                     "stream=codec_name,channels,nb_read_frames", "-of", "json", f"{base}/{uri}"])
+        assert rc == 0, out
+        [stream] = json.loads(out)["streams"]
+        assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == \
+            ("opus", channels, len(packets)), uri
