@@ -469,9 +469,8 @@ class _Broadcast:
         others = []
         for k, s in self.streams.items():
             track = s.only and next(iter(s.only))
-            # (one that left the catalog is not listed; one the broadcast's end ended still is)
-            if is_audio_key(k) and k != "a" and s.has_media and track in self.listed_tracks and s.only != default.only:
-                other = self.catalog.track(track)
+            if is_audio_key(k) and k != "a" and s.has_media and s.only != default.only:
+                other = self.catalog.track(track)  # (None: it left the catalog; the broadcast's end keeps it)
                 if other is not None and other.codec == info.codec:
                     others.append((s, f"{track}.m3u8"))
         return sorted(others, key=lambda pair: int(pair[1][len(AUDIO) + 1:-len(".m3u8")]))
