@@ -70,6 +70,11 @@ def ex_audio_one_track(packet_type: int, fourcc: bytes, track_id: int, body: byt
     return bytes([EX_AUDIO | MULTITRACK, ONE_TRACK << 4 | packet_type]) + fourcc + bytes([track_id]) + body
 
 
+async def ended(url: str) -> bool:
+    """Whether the media playlist at ``url`` has ended (EXT-X-ENDLIST)."""
+    return (await http_get(url))[1].rstrip().endswith(b"#EXT-X-ENDLIST")
+
+
 @pytest.fixture
 async def node(tmp_path):
     n = await start_up_node(tmp_path)  # the ingest reads E-RTMP the same on either QUIC backend
@@ -158,9 +163,7 @@ async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node, tracks)
             pub.media(8, ms, ex_audio_many_tracks(CODED_FRAMES, b"Opus", [(t, encodes[t][1][n][1]) for t in tracks]))
     await pub.writer.drain()
     pub.close()
-    async with asyncio.timeout(15):
-        while not (await http_get(f"{base}/audio.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST"):
-            await asyncio.sleep(0.1)
+    await until(lambda: ended(f"{base}/audio.m3u8"), 15, "the playlist's ENDLIST")
     status, listing = await http_get(f"{base}/index.m3u8")
     assert status == 200 and b'CODECS="Opus"' in listing and b"audio.m3u8" in listing, listing
     rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
@@ -249,9 +252,7 @@ async def test_every_audio_track_of_a_publish_is_an_hls_audio_rendition(node, so
     publish_video_and_audio_tracks(pub, source_flv, {0: (mono_head, mono), 1: (stereo_head, stereo)}, 8000)
     await pub.writer.drain()
     pub.close()
-    async with asyncio.timeout(15):
-        while not (await http_get(f"{base}/audio-1.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST"):
-            await asyncio.sleep(0.1)
+    await until(lambda: ended(f"{base}/audio-1.m3u8"), 15, "the playlist's ENDLIST")
     status, listing = await http_get(f"{base}/index.m3u8")
     assert status == 200 and audio_renditions(listing) == AUDIO_GROUP, listing
     assert b',Opus"' in listing and b'AUDIO="audio"' in listing, listing
@@ -300,7 +301,7 @@ async def test_an_audio_track_that_leaves_ends_its_playlist_and_leaves_the_multi
             while len(audio_renditions(listing := (await http_get(f"{base}/index.m3u8"))[1])) != 1:
                 await asyncio.sleep(0.1)
         assert b'URI="audio.m3u8"' in listing and b"audio-1" not in listing, listing
-        assert (await http_get(f"{base}/audio-1.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST")
+        assert await ended(f"{base}/audio-1.m3u8")
         for uri in ("audio.m3u8", "video.m3u8"):
             assert b"#EXT-X-ENDLIST" not in (await http_get(f"{base}/{uri}"))[1], uri
     finally:

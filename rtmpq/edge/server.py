@@ -7,8 +7,8 @@ and segments, a player page.
     /live/<key>/video-1.m3u8        E-RTMP video track 1 (a rendition) and so on
     /live/<key>/audio-1.m3u8        E-RTMP audio track 1 (another audio rendition) and so on
     /live/<key>/v-init-N.mp4      CMAF init segment version N (a- for audio, v1- for video-1, a1- for
-                                  audio-1); a new
-                                  avcC/ASC mid-broadcast makes a new version (v-init.mp4: the newest)
+                                  audio-1); a new avcC/ASC mid-broadcast makes a new version
+                                  (v-init.mp4: the newest)
     /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
