@@ -12,7 +12,7 @@ import pytest
 
 from rtmpq.media.flv import read_flv_tags
 
-from .conftest import http_get, start_up_node
+from .conftest import http_get, start_up_node, until
 from .publishers import collect_broadcast, run_process
 from .rtmp_client import TcpPublisher
 
@@ -68,6 +68,11 @@ def ex_audio_many_tracks(packet_type: int, fourcc: bytes, tracks: list[tuple[int
 def ex_audio_one_track(packet_type: int, fourcc: bytes, track_id: int, body: bytes = b"") -> bytes:
     """AudioPacketType.Multitrack, AvMultitrackType.OneTrack: one track, named by its id."""
     return bytes([EX_AUDIO | MULTITRACK, ONE_TRACK << 4 | packet_type]) + fourcc + bytes([track_id]) + body
+
+
+async def ended(url: str) -> bool:
+    """Whether the media playlist at ``url`` has ended (EXT-X-ENDLIST)."""
+    return (await http_get(url))[1].rstrip().endswith(b"#EXT-X-ENDLIST")
 
 
 @pytest.fixture
@@ -158,9 +163,7 @@ async def test_audio_only_on_a_track_other_than_0_is_the_hls_audio(node, tracks)
             pub.media(8, ms, ex_audio_many_tracks(CODED_FRAMES, b"Opus", [(t, encodes[t][1][n][1]) for t in tracks]))
     await pub.writer.drain()
     pub.close()
-    async with asyncio.timeout(15):
-        while not (await http_get(f"{base}/audio.m3u8"))[1].rstrip().endswith(b"#EXT-X-ENDLIST"):
-            await asyncio.sleep(0.1)
+    await until(lambda: ended(f"{base}/audio.m3u8"), 15, "the playlist's ENDLIST")
     status, listing = await http_get(f"{base}/index.m3u8")
     assert status == 200 and b'CODECS="Opus"' in listing and b"audio.m3u8" in listing, listing
     rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
@@ -208,3 +211,98 @@ async def test_audio_follows_a_default_video_track_other_than_0_from_its_first_g
     for f in frames:
         if f.track == "audio" and f.dts >= 4000:
             assert f.group == max(g for dts, g in keys if dts <= f.dts), f
+
+
+def publish_video_and_audio_tracks(pub, source_flv, encodes: dict[int, tuple[bytes, list]], until_ms: int) -> None:
+    """The H.264 video of ``source_flv`` (legacy tags) up to ``until_ms``, and the E-RTMP audio
+    tracks ``encodes`` (track id -> OpusHead, (ms, packet) list) in ManyTracks messages."""
+    tags = [(ts, 9, body) for tag_type, ts, body in read_flv_tags(str(source_flv)) if tag_type == 9 and ts < until_ms]
+    first = next(iter(encodes.values()))[1]
+    tags += [(ms, 8, n) for n, (ms, _) in enumerate(first) if ms < until_ms]
+    pub.media(8, 0, ex_audio_many_tracks(SEQUENCE_START, b"Opus", [(t, head) for t, (head, _) in encodes.items()]))
+    for ts, tag_type, body in sorted(tags, key=lambda t: t[:2]):
+        if tag_type == 9:
+            pub.media(9, ts, body)
+        else:
+            tracks = [(t, packets[body][1]) for t, (_, packets) in encodes.items()]
+            pub.media(8, ts, ex_audio_many_tracks(CODED_FRAMES, b"Opus", tracks))
+
+
+AUDIO_GROUP = ['#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES,'
+               'CHANNELS="1",URI="audio.m3u8"',
+               '#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio 1",DEFAULT=NO,AUTOSELECT=YES,'
+               'CHANNELS="2",URI="audio-1.m3u8"']
+
+
+def audio_renditions(listing: bytes) -> list[str]:
+    return [line for line in listing.decode().splitlines() if line.startswith("#EXT-X-MEDIA:")]
+
+
+async def test_every_audio_track_of_a_publish_is_an_hls_audio_rendition(node, source_flv):
+    """OBS multitrack audio (languages, commentary): E-RTMP audio tracks 0 and 1 in ManyTracks
+    messages beside H.264 video. Track 1 was MoQ-only: the LL-HLS multivariant listed the default
+    audio (track 0) alone. Now track 1 has its own media playlist (audio-1.m3u8) in the same audio
+    group, and the default audio is still track 0."""
+    mono_head, mono = opus_encode(1, seconds=8.0)
+    stereo_head, stereo = opus_encode(2, seconds=8.0)
+    host, http_port = node.edge.address
+    base = f"http://{host}:{http_port}/live/two-audio"
+    pub = await TcpPublisher.publish(node.rtmp.address[1], "two-audio", connect={"fourCcList": ["avc1", "Opus"]})
+    assert (await http_get(f"{base}/"))[0] == 200  # the edge packages it from its first message
+    publish_video_and_audio_tracks(pub, source_flv, {0: (mono_head, mono), 1: (stereo_head, stereo)}, 8000)
+    await pub.writer.drain()
+    pub.close()
+    await until(lambda: ended(f"{base}/audio-1.m3u8"), 15, "the playlist's ENDLIST")
+    status, listing = await http_get(f"{base}/index.m3u8")
+    assert status == 200 and audio_renditions(listing) == AUDIO_GROUP, listing
+    assert b',Opus"' in listing and b'AUDIO="audio"' in listing, listing
+    status, playlist = await http_get(f"{base}/audio-1.m3u8")
+    assert status == 200 and b'#EXT-X-MAP:URI="a1-init' in playlist, playlist
+    rc, out = await run_process(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,channels",
+                                 "-of", "json", f"{base}/index.m3u8"])
+    assert rc == 0, out  # ffmpeg's HLS reader takes both renditions of the group
+    streams = json.loads(out)["streams"]
+    assert sorted((s["codec_name"], s.get("channels")) for s in streams) == [("h264", None), ("opus", 1), ("opus", 2)]
+    for uri, channels, packets in (("audio.m3u8", 1, mono), ("audio-1.m3u8", 2, stereo)):
+        rc, out = await run_process(["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+                                     "stream=codec_name,channels,nb_read_frames", "-of", "json", f"{base}/{uri}"])
+        assert rc == 0, out
+        [stream] = json.loads(out)["streams"]
+        assert (stream["codec_name"], stream["channels"], int(stream["nb_read_frames"])) == \
+            ("opus", channels, len(packets)), uri
+
+
+async def test_an_audio_track_that_leaves_ends_its_playlist_and_leaves_the_multivariant(tmp_path, source_flv):
+    """A publisher back (within the grace period) without its audio track 1: the multivariant
+    stops listing ``audio 1`` and audio-1.m3u8 ends, while the video and the default audio go on."""
+    from rtmpq.config import PublishConfig
+
+    node = await start_up_node(tmp_path, publish=PublishConfig(grace_period=30.0))
+    try:
+        mono_head, mono = opus_encode(1, seconds=4.0)
+        stereo_head, stereo = opus_encode(2, seconds=4.0)
+        host, http_port = node.edge.address
+        base = f"http://{host}:{http_port}/live/leaves"
+        for encodes in ({0: (mono_head, mono), 1: (stereo_head, stereo)}, {0: (mono_head, mono)}):
+            pub = await TcpPublisher.publish(node.rtmp.address[1], "leaves", connect={"fourCcList": ["avc1", "Opus"]})
+            assert (await http_get(f"{base}/"))[0] == 200
+            publish_video_and_audio_tracks(pub, source_flv, encodes, 4000)
+            await pub.writer.drain()
+            pub.close()
+            broadcast = node.registry.get("live/leaves")
+            await until(lambda: not broadcast.publishing, what="the publisher to leave")
+            if 1 in encodes:
+                await until(lambda: http_get(f"{base}/index.m3u8"), what="the multivariant")
+                assert audio_renditions((await http_get(f"{base}/index.m3u8"))[1]) == AUDIO_GROUP
+                for uri, other in (("audio.m3u8", "audio-1.m3u8"), ("audio-1.m3u8", "audio.m3u8")):
+                    playlist = (await http_get(f"{base}/{uri}"))[1]  # (live: the publisher may come back)
+                    assert f'#EXT-X-RENDITION-REPORT:URI="{other}"'.encode() in playlist, playlist
+        async with asyncio.timeout(15):
+            while len(audio_renditions(listing := (await http_get(f"{base}/index.m3u8"))[1])) != 1:
+                await asyncio.sleep(0.1)
+        assert b'URI="audio.m3u8"' in listing and b"audio-1" not in listing, listing
+        assert await ended(f"{base}/audio-1.m3u8")
+        for uri in ("audio.m3u8", "video.m3u8"):
+            assert b"#EXT-X-ENDLIST" not in (await http_get(f"{base}/{uri}"))[1], uri
+    finally:
+        await node.close()

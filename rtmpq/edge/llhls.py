@@ -806,10 +806,12 @@ def hls_codec(codec: str) -> str:
 
 
 def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStream, audio_uri: str,
-                          query: str = "") -> str:
+                          query: str = "", other_audio: list[tuple[LlHlsStream, str]] = ()) -> str:
     """One variant per video stream (renditions of one picture: CODECS, RESOLUTION, BANDWIDTH,
-    FRAME-RATE), all sharing the audio rendition; an audio-only variant when there is no video.
-    ``query`` (``?token=...``) is appended to every URI."""
+    FRAME-RATE), all sharing the audio group: the default audio, then ``other_audio`` (further
+    audio tracks in its codec, with their playlists' URIs: NAME "audio 1" for ``audio-1``); an
+    audio-only variant (the default audio alone) when there is no video. ``query``
+    (``?token=...``) is appended to every URI."""
     catalog = next((s.catalog for s, _ in videos if s.catalog), None) or audio.catalog
     # no EXT-X-INDEPENDENT-SEGMENTS: a group longer than the target duration goes on in a segment
     # that starts without a keyframe (TARGET_DURATION)
@@ -826,9 +828,22 @@ def multivariant_playlist(videos: list[tuple[LlHlsStream, str]], audio: LlHlsStr
         channels = f',CHANNELS="{ainfo.channels}"' if ainfo.channels else ""
         lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="audio",DEFAULT=YES,AUTOSELECT=YES'
                      f'{channels},URI="{audio_uri}{query}"')
-    audio_bandwidth = audio.bandwidth if ainfo is not None else 0
+    group = [audio] if ainfo is not None else []
+    for stream, uri in other_audio if ainfo is not None and variants else ():
+        track = stream.track_names[0]
+        info = catalog.track(track)
+        if info is None or not stream.has_media:
+            continue
+        group.append(stream)
+        channels = f',CHANNELS="{info.channels}"' if info.channels else ""
+        # E-RTMP gives no per-track name or language (audioTrackIdInfoMap: rate, channels, codec)
+        name = track.replace("-", " ")
+        lines.append(f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="audio",NAME="{name}",DEFAULT=NO,AUTOSELECT=YES'
+                     f'{channels},URI="{uri}{query}"')
+    # the largest of the group's renditions (RFC 8216bis 4.4.6.2: any playable combination)
+    audio_bandwidth = max((s.bandwidth for s in group), default=0)
     # AVERAGE-BANDWIDTH (RFC 8216bis 4.4.6.2; Apple's authoring spec requires it) once measured
-    audio_average = audio.average_bandwidth if ainfo is not None else 0
+    audio_average = max((s.average_bandwidth for s in group), default=0)
     for stream, uri, vinfo in variants:
         codecs = ",".join(hls_codec(t.codec) for t in (vinfo, ainfo) if t is not None)
         bandwidth = (stream.bandwidth or vinfo.stated_bitrate or 0) + audio_bandwidth

@@ -5,8 +5,10 @@ and segments, a player page.
     /live/<key>/video.m3u8        media playlists (?_HLS_msn=N&_HLS_part=P blocks until it exists);
     /live/<key>/audio.m3u8          audio and video segments line up: both follow the source GoPs;
     /live/<key>/video-1.m3u8        E-RTMP video track 1 (a rendition) and so on
-    /live/<key>/v-init-N.mp4      CMAF init segment version N (a- for audio, v1- for video-1); a new
-                                  avcC/ASC mid-broadcast makes a new version (v-init.mp4: the newest)
+    /live/<key>/audio-1.m3u8        E-RTMP audio track 1 (another audio rendition) and so on
+    /live/<key>/v-init-N.mp4      CMAF init segment version N (a- for audio, v1- for video-1, a1- for
+                                  audio-1); a new avcC/ASC mid-broadcast makes a new version
+                                  (v-init.mp4: the newest)
     /live/<key>/v-segN.m4s        segment N; v-segN.P.m4s: part P of it (the hinted part blocks)
     /live/<key>/                  a player page (hls.js)
 
@@ -83,9 +85,10 @@ _PAGE_NO_SLASH = re.compile(r"^/[A-Za-z0-9_.~-]{1,64}/[A-Za-z0-9_.~-]{1,128}$")
 # rtmpq/auth/access.py), percent-encoded or not (RFC 3986: %7E is ~).
 _LEGAL_NAME = "(a broadcast name is app/name or app/sub/name, each of letters, digits and _.~-, neither '.' nor '..')"
 # video tracks: "video", E-RTMP "video-1", transcoder rungs "video-480p", "video-1-480p"
-_SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
-_PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio)\.m3u8$")
-_INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a)-init(?:-(?P<version>\d{1,12}))?\.mp4$")
+_SEGMENT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a(?:\d{1,3})?)-seg(?P<msn>\d{1,12})(?:\.(?P<part>\d{1,5}))?\.m4s$")
+# audio tracks: "audio", E-RTMP "audio-1"
+_PLAYLIST = re.compile(r"^(?P<track>video(?:-\d{1,3})?(?:-\d{3,4}p)?|audio(?:-\d{1,3})?)\.m3u8$")
+_INIT = re.compile(r"^(?P<kind>v(?:\d{1,3})?(?:-?\d{3,4}p)?|a(?:\d{1,3})?)-init(?:-(?P<version>\d{1,12}))?\.mp4$")
 # An alternate rendition (a transcoder rung) is pulled from the source only while players ask for
 # it: RENDITION_IDLE_SECONDS ([http] rendition_idle, rtmpq/config.py) after its last request, the
 # edge lets it go (and the rung may stop).
@@ -122,8 +125,15 @@ PREFLIGHT_MAX_AGE = 600
 
 def stream_key(track: str) -> str:
     """Prefix of a track's files: ``v`` for video, ``v1`` for video-1, ``v480p`` for video-480p,
-    ``v1-480p`` for video-1-480p, ``a`` for audio."""
-    return "a" if track == AUDIO else "v" + track[len(VIDEO) + 1:]
+    ``v1-480p`` for video-1-480p, ``a`` for audio, ``a1`` for audio-1."""
+    if track.startswith(AUDIO):
+        return "a" + track[len(AUDIO) + 1:]
+    return "v" + track[len(VIDEO) + 1:]
+
+
+def is_audio_key(key: str) -> bool:
+    """Whether the stream of prefix ``key`` (stream_key) is an audio playlist."""
+    return key.startswith("a")
 
 # The player page plays this many seconds behind the live edge unless asked otherwise
 # (/live/<name>/?latency=SECONDS, between the two bounds): below the playlist's PART-HOLD-BACK (3
@@ -193,14 +203,15 @@ else if (Hls.isSupported()) {
       const token = data.levels.length && new URL(data.levels[0].url, location.href).searchParams.get("token");
       if (token) source = "index.m3u8?token=" + encodeURIComponent(token);
     });
-    // the audio playlist ended while the video goes on (a publisher back without audio): a media
-    // element plays only what all its buffers hold, so start over from the multivariant playlist
-    // (at the broadcast's end the multivariant still lists the audio: nothing to do)
+    // the audio playlist ended while the video goes on (a publisher back without audio, or without
+    // the further audio track played): a media element plays only what all its buffers hold, so
+    // start over from the multivariant playlist (at the broadcast's end the multivariant still
+    // lists the audio: nothing to do)
     hls.on(Hls.Events.AUDIO_TRACK_LOADED, (event, data) => {
       if (data.details.live) return;
-      const ended = hls;
+      const ended = hls, file = new URL(data.details.url, location.href).pathname.split("/").pop();
       fetch(source).then((r) => r.text()).then((listing) => {
-        if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes("TYPE=AUDIO")) {
+        if (ended === hls && listing.startsWith("#EXTM3U") && !listing.includes('URI="' + file)) {
           window.rtmpqRestarts += 1;
           hls.destroy();
           start();
@@ -444,14 +455,32 @@ class _Broadcast:
     def variants(self) -> list[tuple[LlHlsStream, str]]:
         """The video streams the multivariant playlist lists, with their playlists' URIs."""
         return [(s, f"{s.track_names[0]}.m3u8") for k, s in self.streams.items()
-                if k != "a" and s.has_media and (self.catalog is None or s.only <= self.listed_tracks)]
+                if not is_audio_key(k) and s.has_media and (self.catalog is None or s.only <= self.listed_tracks)]
+
+    def other_audio(self) -> list[tuple[LlHlsStream, str]]:
+        """The audio playlists the multivariant lists beside the default audio's (``streams["a"]``),
+        with their URIs: E-RTMP audio tracks 1, 2, ... (``audio-<id>``) the catalog lists, with media,
+        in the default audio's codec (RFC 8216bis 4.4.6.2: a variant's CODECS cover every rendition
+        of its group; a track in another codec is packaged, its playlist served, but not listed)."""
+        default = self.streams["a"]
+        info = self.catalog.track(next(iter(default.only))) if self.catalog is not None and default.only else None
+        if info is None:
+            return []
+        others = []
+        for k, s in self.streams.items():
+            track = s.only and next(iter(s.only))
+            if is_audio_key(k) and k != "a" and s.has_media and s.only != default.only:
+                other = self.catalog.track(track)  # (None: it left the catalog; the broadcast's end keeps it)
+                if other is not None and other.codec == info.codec:
+                    others.append((s, f"{track}.m3u8"))
+        return sorted(others, key=lambda pair: int(pair[1][len(AUDIO) + 1:-len(".m3u8")]))
 
     def rendition_reports(self, stream: LlHlsStream, query: str) -> str:
         """EXT-X-RENDITION-REPORT lines for ``stream``'s playlist: where every other rendition the
         multivariant lists is now (RFC 8216bis 4.4.5.4), so a player switching to it asks for its
         next part at once (AVPlayer, ExoPlayer, Shaka) instead of a plain reload first. Renditions
         with no part yet (a rung not pulled) are left out."""
-        others = self.variants() + [(self.streams["a"], "audio.m3u8")]
+        others = self.variants() + [(self.streams["a"], "audio.m3u8")] + self.other_audio()
         lines = []
         for other, uri in others:
             last = other.last_part if other is not stream and not other.ended else None
@@ -622,8 +651,9 @@ class EdgeServer:
                     for track in [t for t in b.stand_ins if t in listed]:  # the rung is back: its own pictures again
                         del b.stand_ins[track]
                     b.catalog = item
-                    for info in item.tracks:  # another video track: another variant
-                        key = stream_key(info.name) if info.kind == VIDEO and _PLAYLIST.match(f"{info.name}.m3u8") else None
+                    for info in item.tracks:  # another video track: another variant; another audio track: a rendition
+                        key = stream_key(info.name) if info.kind in (VIDEO, AUDIO) and info.name != AUDIO \
+                            and _PLAYLIST.match(f"{info.name}.m3u8") else None
                         if key is None and info.kind == AUDIO and info.name == AUDIO and b.streams["a"].ended:
                             key = "a"  # the audio is back: a new playlist (numbered on, from the same groups)
                         if key is not None and (key not in b.streams or b.streams[key].ended):
@@ -870,7 +900,8 @@ class EdgeServer:
             if not await self._wait_for(b, video, lambda: ready() or bool(self._dropped(b)[0])) or not ready():
                 return self._not_carried(b) or self._no_media(b, "the broadcast")
             videos = b.variants()
-            return Response(200, multivariant_playlist(videos, audio, "audio.m3u8", query).encode(), PLAYLIST, "no-cache")
+            listing = multivariant_playlist(videos, audio, "audio.m3u8", query, b.other_audio())
+            return Response(200, listing.encode(), PLAYLIST, "no-cache")
         pm, im = _PLAYLIST.match(file), _INIT.match(file)
         if pm is not None or im is not None:
             key = stream_key(pm["track"]) if pm is not None else im["kind"]
@@ -885,7 +916,7 @@ class EdgeServer:
             if stream is None:
                 return text(404, NO_SUCH_BROADCAST if b.not_live else "no such rendition")
             b.asked_for(stream)
-            kind = AUDIO if stream is audio else VIDEO
+            kind = AUDIO if is_audio_key(key) else VIDEO
             if not stream.has_media and (answer := self._not_carried(b, kind)) is not None:
                 return answer
             playable = lambda: stream.playable and b.caught_up(stream, time.monotonic())  # noqa: E731
@@ -897,7 +928,7 @@ class EdgeServer:
                 if response.status == 200:
                     b.read_by(viewer, stream)
                 return response
-            ctype = "audio/mp4" if stream is audio else "video/mp4"
+            ctype = "audio/mp4" if kind == AUDIO else "video/mp4"
             if im["version"] is None:  # the newest: its content changes with the next avcC
                 return Response(200, stream.init, ctype, "no-cache", [ACCEPT_RANGES])
             data = stream.init_version_data(int(im["version"]))
@@ -909,7 +940,7 @@ class EdgeServer:
         if stream is None:
             return text(404, "not found")
         b.asked_for(stream)
-        ctype = "audio/mp4" if stream is audio else "video/mp4"
+        ctype = "audio/mp4" if is_audio_key(sm["kind"]) else "video/mp4"
         msn = int(sm["msn"])
         part = int(sm["part"]) if sm["part"] is not None else None
         if not stream.has(msn, part):
