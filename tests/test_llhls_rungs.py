@@ -241,6 +241,9 @@ async def test_a_player_on_a_rung_withdrawn_by_a_smaller_republish_plays_on(tmp_
         await until(withdrawn, 10, "the 240p rung withdrawn from the multivariant")
         rc, out = await publisher
         assert rc == 0, out
+        # the broadcast ends [publish] grace_period after this publish: a player still reading now
+        # read on past the republish (before, the rung's playlist ended at it, and so did the player)
+        still_playing = not player.done()
         _, playlist = await http_text(f"{base}/video-240p.m3u8")
         maps = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', playlist)
         init = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{base}/{maps[-1]}", timeout=10).read())
@@ -253,9 +256,8 @@ async def test_a_player_on_a_rung_withdrawn_by_a_smaller_republish_plays_on(tmp_
         await asyncio.gather(*(t for t in (publisher, player) if t is not None), return_exceptions=True)
         await node.close()
     assert re.findall(r"RESOLUTION=(\d+x\d+)", multivariant) == ["320x240", "240x180"], multivariant
-    # the player read on through the republish: more than the first publish's 4 s of pictures
-    frames = int(re.findall(r"frame=\s*(\d+)", played)[-1])
-    assert frames > 3 * 30, played[-2000:]  # (180 in a run here; 90 before)
+    assert still_playing, played[-2000:]
+    assert int(re.findall(r"frame=\s*(\d+)", played)[-1]) > 0, played[-2000:]
     assert "#EXT-X-DISCONTINUITY" in playlist and len(maps) >= 2, playlist
     assert picture_size(init) == (320, 240)  # the source's pictures, not upscaled to 426x240
 
