@@ -292,14 +292,17 @@ async def test_an_audio_track_that_leaves_ends_its_playlist_and_leaves_the_multi
             broadcast = node.registry.get("live/leaves")
             await until(lambda: not broadcast.publishing, what="the publisher to leave")
             if 1 in encodes:
-                await until(lambda: http_get(f"{base}/index.m3u8"), what="the multivariant")
+                async def served() -> bool:
+                    return (await http_get(f"{base}/index.m3u8"))[0] == 200
+                await until(served, what="the multivariant")
                 assert audio_renditions((await http_get(f"{base}/index.m3u8"))[1]) == AUDIO_GROUP
                 for uri, other in (("audio.m3u8", "audio-1.m3u8"), ("audio-1.m3u8", "audio.m3u8")):
                     playlist = (await http_get(f"{base}/{uri}"))[1]  # (live: the publisher may come back)
                     assert f'#EXT-X-RENDITION-REPORT:URI="{other}"'.encode() in playlist, playlist
-        async with asyncio.timeout(15):
-            while len(audio_renditions(listing := (await http_get(f"{base}/index.m3u8"))[1])) != 1:
-                await asyncio.sleep(0.1)
+        async def default_audio_alone() -> bool:
+            return len(audio_renditions((await http_get(f"{base}/index.m3u8"))[1])) == 1
+        await until(default_audio_alone, 15, "the multivariant to list one audio rendition")
+        listing = (await http_get(f"{base}/index.m3u8"))[1]
         assert b'URI="audio.m3u8"' in listing and b"audio-1" not in listing, listing
         assert await ended(f"{base}/audio-1.m3u8")
         for uri in ("audio.m3u8", "video.m3u8"):

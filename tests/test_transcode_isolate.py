@@ -21,7 +21,7 @@ from rtmpq.nodes import transcode_child
 from rtmpq.nodes.transcode_child import TranscoderChild
 from rtmpq.redact import safe_name
 
-from .conftest import free_port, http_get, need, start_up_node
+from .conftest import free_port, http_get, need, start_up_node, until
 from .publishers import ffmpeg_clip_args, ffmpeg_publish_args, ffmpeg_replay_args, run_process, run_process_apart
 from .test_codecs_e2e import http_text
 from .test_llhls import first_tfdt
@@ -447,9 +447,7 @@ async def test_an_audio_only_publish_starts_no_transcoder_child_until_video_come
         assert node.transcoder_children.children == {} and await child_pids(ops) == {}
         await end_live_publish(publisher)
         publisher = asyncio.create_task(run_process(ffmpeg_live_args(url, 20), timeout=60))
-        async with asyncio.timeout(20):
-            while not await child_pids(ops):
-                await asyncio.sleep(0.05)
+        await until(lambda: child_pids(ops), 20, "a transcoder child once video comes")
         assert list(await child_pids(ops)) == ["live/sound"]
     finally:
         publisher.cancel()
