@@ -493,7 +493,11 @@ class LlHlsStream:
     def _gap_to(self, group: int) -> None:
         """The source's groups from the rung's own (it comes no further) up to ``group`` are gaps."""
         groups = {s.group for s in self.follows.segments if s.group is not None and self._group <= s.group < group}
-        for g in sorted((groups | {group}) - set(self.gap_groups)):
+        self._add_gap_groups(groups | {group})
+
+    def _add_gap_groups(self, groups: set[int]) -> None:
+        """``groups`` are gaps too (in order; each once)."""
+        for g in sorted(groups - set(self.gap_groups)):
             self.gap_groups.append(g)
 
     def _enter_gap(self) -> None:
@@ -514,8 +518,7 @@ class LlHlsStream:
         # another id: a restarted transcoder's new track numbered on from the relay's)
         between = [s for s in source.segments if s.group is not None and self._group < s.group < frame.group
                    and s.complete]
-        for g in sorted({s.group for s in between} - set(self.gap_groups)):
-            self.gap_groups.append(g)
+        self._add_gap_groups({s.group for s in between})
         if not self._in_gap:
             primary = self._primary
             frames = self._pending[primary]

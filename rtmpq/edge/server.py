@@ -37,6 +37,7 @@ from ..http.server import HttpServer
 from ..log_limit import LogLimiter
 from ..media.broadcast import GroupSkipped
 from ..media.catalog import Catalog, TrackInfo
+from ..media.demux import track_id, track_name
 from ..media.frames import Frame, NotLive
 from ..redact import safe_name
 from ..media.frames import AUDIO, VIDEO
@@ -360,12 +361,8 @@ class _Broadcast:
         stream = self.streams["a"]
         if stream.ended or stream.last_part is not None:
             return
-        others = [t.name for t in catalog.tracks if t.kind == AUDIO and t.name != AUDIO
-                  and t.name[len(AUDIO) + 1:].isdigit()]
-        if catalog.track(AUDIO) is not None or not others:
-            stream.only = {AUDIO}
-        else:
-            stream.only = {min(others, key=lambda name: int(name[len(AUDIO) + 1:]))}
+        ids = [i for t in catalog.tracks if t.kind == AUDIO and (i := track_id(AUDIO, t.name)) is not None]
+        stream.only = {track_name(AUDIO, min(ids, default=0))}
 
     def stand_in(self, track: str, catalog: Catalog) -> str | None:
         """The track whose pictures the playlist of ``track``, a rung ``catalog`` no longer lists,
@@ -473,7 +470,7 @@ class _Broadcast:
                 other = self.catalog.track(track)  # (None: it left the catalog; the broadcast's end keeps it)
                 if other is not None and other.codec == info.codec:
                     others.append((s, f"{track}.m3u8"))
-        return sorted(others, key=lambda pair: int(pair[1][len(AUDIO) + 1:-len(".m3u8")]))
+        return sorted(others, key=lambda pair: track_id(AUDIO, next(iter(pair[0].only))))
 
     def rendition_reports(self, stream: LlHlsStream, query: str) -> str:
         """EXT-X-RENDITION-REPORT lines for ``stream``'s playlist: where every other rendition the

@@ -170,6 +170,15 @@ def track_name(kind: str, track_id: int) -> str:
     return kind if track_id == 0 else f"{kind}-{track_id}"
 
 
+def track_id(kind: str, name: str) -> int | None:
+    """The E-RTMP track id of the track ``name`` of ``kind`` (track_name's inverse); None for a
+    name track_name does not make ("video-480p", a rung)."""
+    if name == kind:
+        return 0
+    number = name[len(kind) + 1:] if name.startswith(f"{kind}-") else ""
+    return int(number) if number.isdigit() else None
+
+
 class BroadcastDemuxer:
     """Feed ``message(type_id, timestamp32, body, received_ns)``; read ``catalog`` and the output list."""
 
